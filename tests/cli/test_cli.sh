@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The lowbit CLI end to end: outputs, exit codes and error messages on bad input.
+set -u
+B="$LOWBIT_BIN"
+M="$LOWBIT_TEST_MODELS"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect_ok NAME REGEX CMD...: exit 0 and stdout matching REGEX
+expect_ok() {
+  local name="$1" re="$2"; shift 2
+  local out
+  if out=$("$@" 2>&1) && grep -Eq -- "$re" <<<"$out"; then ok; else bad "$name: $out"; fi
+}
+# expect_err NAME REGEX CMD...: non-zero exit, stderr matching REGEX, nothing on stdout
+expect_err() {
+  local name="$1" re="$2"; shift 2
+  local out err rc
+  out=$("$@" 2>"$T/err"); rc=$?
+  err=$(cat "$T/err")
+  if [[ $rc -ne 0 ]] && grep -Eq -- "$re" <<<"$err" && [[ -z "$out" ]]; then ok; else bad "$name (rc=$rc): $err / $out"; fi
+}
+
+if [[ -d "$M/testbed-44m" ]]; then
+  expect_ok "inspect hf" "parameters +43655680" "$B" inspect "$M/testbed-44m"
+  expect_ok "inspect llama2c" "5 layers, hidden 64" "$B" inspect "$M/stories260K/stories260K.bin"
+  expect_ok "inspect json" '"parameters": 260032' "$B" inspect --json "$M/stories260K/stories260K.bin"
+  expect_ok "inspect tokenizer" "BOS added by default: no" "$B" inspect "$M/tokenizers/llama3/tokenizer.json"
+  expect_ok "tokenize ids" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids
+  expect_ok "tokenize bos" '^\[128000, 9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos
+  expect_ok "tokenize default" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids
+  expect_ok "tokenize spm bos" '^\[1, 15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --spm-convention sentencepiece
+  expect_ok "tokenize no-bos" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --no-bos
+  expect_ok "tokenize count" '^3$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --count --bos
+  expect_ok "tokenize llama2c" "403 ' Once'" "$B" tokenize --model "$M/stories260K/stories260K.bin" --text "Once upon"
+  printf 'Hello world' > "$T/in.txt"
+  expect_ok "tokenize file" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3/tokenizer.json" --file "$T/in.txt" --ids
+fi
+
+# Bad input: clear message, non-zero exit, no partial output.
+printf 'abc' > "$T/short.safetensors"
+expect_err "truncated safetensors" "too short for the 8-byte header" "$B" inspect "$T/short.safetensors"
+printf '\xff\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}' > "$T/bad.safetensors"
+expect_err "header past eof" "header length 255 runs past the end" "$B" inspect "$T/bad.safetensors"
+mkdir -p "$T/noweights" && printf '{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}' > "$T/noweights/config.json"
+expect_err "no weights" "has config.json but no weights" "$B" inspect "$T/noweights"
+printf '{"architectures":["LlamaForCausalLM"],"intermediate_size":16}' > "$T/noweights/config.json"
+expect_err "missing field" "missing required field 'hidden_size'" "$B" inspect "$T/noweights"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0}}}' > "$T/tokenizer.json"
+expect_err "tokenizer without merges" "no 'merges' array" "$B" inspect "$T/tokenizer.json"
+expect_err "missing path" "does not exist" "$B" inspect "$T/nothing-here"
+expect_err "unknown option" "--frobnicate" "$B" inspect --frobnicate "$T"
+expect_err "text and file" "excludes|exactly one" "$B" tokenize --model "$T/tokenizer.json" --text a --file "$T/tokenizer.json"
+expect_err "no subcommand" "subcommand" "$B"
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]

@@ -1,0 +1,69 @@
+// Helpers shared by the tests: where the shared models, data and fixtures are.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <zstd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace lowbit::test {
+
+inline std::string env_dir(const char* var, const char* fallback) {
+  const char* v = std::getenv(var);
+  return v && *v ? v : fallback;
+}
+inline std::string models_dir() { return env_dir("LOWBIT_TEST_MODELS", LOWBIT_TEST_MODELS_DEFAULT); }
+inline std::string data_dir() { return env_dir("LOWBIT_TEST_DATA", LOWBIT_TEST_DATA_DEFAULT); }
+inline std::string fixtures_dir() { return env_dir("LOWBIT_TEST_FIXTURES", LOWBIT_TEST_FIXTURES_DEFAULT); }
+
+// Skips the test when a shared file or directory is absent (a checkout without ../shared).
+#define LOWBIT_REQUIRE_PATH(p)                                                    \
+  do {                                                                            \
+    if (!std::filesystem::exists(p)) GTEST_SKIP() << "not available: " << (p);    \
+  } while (0)
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+// Decompresses a .zst file of little-endian int32 values.
+inline std::vector<int32_t> read_ids_zst(const std::string& path) {
+  const std::string z = slurp(path);
+  const unsigned long long n = ZSTD_getFrameContentSize(z.data(), z.size());
+  if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN) {
+    ADD_FAILURE() << "not a zstd frame with a known size: " << path;
+    return {};
+  }
+  std::vector<int32_t> ids(n / 4);
+  const size_t got = ZSTD_decompress(ids.data(), n, z.data(), z.size());
+  if (ZSTD_isError(got) || got != n) ADD_FAILURE() << "cannot decompress " << path;
+  return ids;
+}
+
+// A fresh temporary directory, removed when the object goes.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/lowbit-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+}  // namespace lowbit::test

@@ -1,0 +1,192 @@
+// lowbit inspect PATH: what a checkpoint, safetensors file or tokenizer holds.
+#include "commands.h"
+
+#include "core/error.h"
+#include "formats/checkpoint.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <map>
+
+namespace lowbit::cli {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) {
+    b /= 1000;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.1f} {}", b, units[u]);
+}
+
+std::string escape_token(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\\') out += "\\\\";
+    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else out += char(c);
+  }
+  return out;
+}
+
+namespace {
+
+struct Options {
+  std::string path;
+  bool json = false;
+  std::string spm = "transformers";
+};
+
+json tokenizer_json(const Tokenizer& t, const std::string& file) {
+  json j = {{"file", file}, {"kind", t.kind()}, {"vocab_size", t.vocab_size()},
+            {"adds_bos_by_default", t.adds_bos_by_default()}};
+  j["bos_id"] = t.bos_id() ? json(*t.bos_id()) : json(nullptr);
+  j["eos_id"] = t.eos_id() ? json(*t.eos_id()) : json(nullptr);
+  json sp = json::array();
+  for (const auto& s : t.special_tokens()) sp.push_back({{"id", s.id}, {"text", s.text}, {"role", s.role}});
+  j["special_tokens"] = sp;
+  return j;
+}
+
+void print_tokenizer(const json& t) {
+  fmt::print("tokenizer     {} ({})\n", t["kind"].get<std::string>(), t["file"].get<std::string>());
+  auto tok = [&](const char* key) {
+    if (t[key].is_null()) return std::string("none");
+    const int id = t[key].get<int>();
+    for (const auto& s : t["special_tokens"])
+      if (s["id"] == id) return fmt::format("{} '{}'", id, escape_token(s["text"].get<std::string>()));
+    return std::to_string(id);
+  };
+  fmt::print("vocab         {}\n", t["vocab_size"].get<int>());
+  fmt::print("bos / eos     {} / {}; BOS added by default: {}\n", tok("bos_id"), tok("eos_id"),
+             t["adds_bos_by_default"].get<bool>() ? "yes" : "no");
+  const auto& sp = t["special_tokens"];
+  std::string list;
+  size_t shown = 0;
+  for (const auto& s : sp) {
+    if (shown == 12) break;
+    list += fmt::format("{}{}={}", shown ? " " : "", escape_token(s["text"].get<std::string>()), s["id"].get<int>());
+    ++shown;
+  }
+  if (sp.size() > shown) list += fmt::format(" ... ({} in all)", sp.size());
+  fmt::print("special       {}\n", list.empty() ? "none" : list);
+}
+
+json weights_json(const WeightSource& w) {
+  std::map<std::string, std::pair<int64_t, int64_t>> by_dtype;  // count, bytes
+  int64_t params = 0, bytes = 0;
+  for (const auto& name : w.names()) {
+    const WeightInfo* i = w.info(name);
+    int64_t n = 1;
+    for (int64_t d : i->shape) n *= d;
+    params += n;
+    bytes += i->nbytes;
+    auto& e = by_dtype[std::string(dtype_name(i->dtype))];
+    e.first += 1;
+    e.second += i->nbytes;
+  }
+  json d = json::object();
+  for (const auto& [k, v] : by_dtype) d[k] = {{"tensors", v.first}, {"bytes", v.second}};
+  return {{"tensors", w.names().size()}, {"parameters", params}, {"bytes", bytes}, {"dtypes", d},
+          {"files", w.files()}};
+}
+
+void print_weights(const json& w) {
+  fmt::print("tensors       {} in {} file(s), {}\n", w["tensors"].get<int64_t>(), w["files"].size(),
+             human_bytes(double(w["bytes"].get<int64_t>())));
+  fmt::print("parameters    {} ({:.1f} M)\n", w["parameters"].get<int64_t>(), double(w["parameters"].get<int64_t>()) / 1e6);
+  std::string d;
+  for (auto it = w["dtypes"].begin(); it != w["dtypes"].end(); ++it)
+    d += fmt::format("{}{}: {} tensors, {}", d.empty() ? "" : "; ", it.key(), it.value()["tensors"].get<int64_t>(),
+                     human_bytes(double(it.value()["bytes"].get<int64_t>())));
+  fmt::print("dtypes        {}\n", d);
+}
+
+void run(const Options& o) {
+  TokenizerOptions topt;
+  topt.spm = o.spm == "sentencepiece" ? SpmConvention::SentencePiece : SpmConvention::Transformers;
+  const fs::path p(o.path);
+  LB_CHECK(fs::exists(p), "'{}' does not exist", o.path);
+  const std::string name = p.filename().string();
+  const bool tokenizer_file = !fs::is_directory(p) && (p.extension() == ".json" || p.extension() == ".model" ||
+                                                       (p.extension() == ".bin" && name.rfind("tok", 0) == 0));
+  json out = {{"path", o.path}};
+  if (tokenizer_file) {
+    out["tokenizer"] = tokenizer_json(*load_tokenizer(o.path, topt), o.path);
+  } else if (p.extension() == ".safetensors" && !fs::exists(p.parent_path() / "config.json")) {
+    auto f = SafetensorsFile::open(o.path);
+    auto w = SafetensorsWeights::open(o.path);
+    out["format"] = "safetensors";
+    out["weights"] = weights_json(*w);
+    out["metadata"] = f->metadata();
+  } else {
+    Checkpoint ck = open_checkpoint(o.path);
+    const LlamaConfig& c = ck.config;
+    out["format"] = ck.format;
+    out["architecture"] = {
+        {"name", "LlamaForCausalLM"}, {"layers", c.num_hidden_layers}, {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size}, {"heads", c.num_attention_heads},
+        {"kv_heads", c.num_key_value_heads}, {"head_dim", c.head_dim}, {"vocab_size", c.vocab_size},
+        {"max_position_embeddings", c.max_position_embeddings}, {"rms_norm_eps", c.rms_norm_eps},
+        {"rope_theta", c.rope_theta}, {"rope_scaling", rope_type_name(c.rope_scaling.type)},
+        {"rope_factor", c.rope_scaling.factor}, {"tie_word_embeddings", c.tie_word_embeddings},
+        {"torch_dtype", c.torch_dtype}, {"config", c.source}};
+    if (c.rope_scaling.type == RopeScaling::Type::Llama3) {
+      out["architecture"]["rope_low_freq_factor"] = c.rope_scaling.low_freq_factor;
+      out["architecture"]["rope_high_freq_factor"] = c.rope_scaling.high_freq_factor;
+      out["architecture"]["rope_original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings;
+    }
+    out["weights"] = weights_json(*ck.weights);
+    if (!ck.tokenizer_path.empty()) out["tokenizer"] = tokenizer_json(*load_tokenizer(ck.tokenizer_path, topt), ck.tokenizer_path);
+  }
+  if (o.json) {
+    fmt::print("{}\n", out.dump(1));
+    return;
+  }
+  fmt::print("path          {}\n", o.path);
+  if (out.contains("format")) fmt::print("format        {}\n", out["format"].get<std::string>());
+  if (out.contains("architecture")) {
+    const auto& a = out["architecture"];
+    fmt::print("architecture  LlamaForCausalLM: {} layers, hidden {}, {} heads ({} KV, head_dim {}), "
+               "intermediate {}, vocab {}\n",
+               a["layers"].get<int64_t>(), a["hidden_size"].get<int64_t>(), a["heads"].get<int64_t>(),
+               a["kv_heads"].get<int64_t>(), a["head_dim"].get<int64_t>(), a["intermediate_size"].get<int64_t>(),
+               a["vocab_size"].get<int64_t>());
+    std::string rope = fmt::format("theta {}, scaling {}", a["rope_theta"].get<double>(),
+                                   a["rope_scaling"].get<std::string>());
+    if (a["rope_scaling"] != "default") rope += fmt::format(" (factor {})", a["rope_factor"].get<double>());
+    fmt::print("rope          {}; max positions {}; rms_norm_eps {}\n", rope,
+               a["max_position_embeddings"].get<int64_t>(), a["rms_norm_eps"].get<double>());
+    fmt::print("embeddings    {}; stored dtype {}\n", a["tie_word_embeddings"].get<bool>() ? "tied" : "untied",
+               a["torch_dtype"].get<std::string>().empty() ? "unspecified" : a["torch_dtype"].get<std::string>());
+  }
+  if (out.contains("weights")) print_weights(out["weights"]);
+  if (out.contains("metadata") && !out["metadata"].empty()) fmt::print("metadata      {}\n", out["metadata"].dump());
+  if (out.contains("tokenizer")) print_tokenizer(out["tokenizer"]);
+  else if (!tokenizer_file) fmt::print("tokenizer     none found\n");
+}
+
+}  // namespace
+
+void register_inspect(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("inspect", "Show what a checkpoint, safetensors file or tokenizer holds");
+  cmd->add_option("path", o->path, "model directory, .safetensors, llama2.c .bin, or tokenizer file")->required();
+  cmd->add_flag("--json", o->json, "print one JSON object");
+  cmd->add_option("--spm-convention", o->spm, "how a SentencePiece tokenizer.model is applied")
+      ->check(CLI::IsMember({"transformers", "sentencepiece"}));
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace lowbit::cli

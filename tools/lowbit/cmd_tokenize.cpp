@@ -1,0 +1,71 @@
+// lowbit tokenize --model PATH (--text S | --file F) [--bos | --no-bos] [--ids | --count]
+#include "commands.h"
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "formats/checkpoint.h"
+#include "formats/tokenizer.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, text, file;
+  bool bos = false, no_bos = false, ids = false, count = false;
+  std::string spm = "transformers";
+};
+
+void run(const Options& o) {
+  TokenizerOptions topt;
+  topt.spm = o.spm == "sentencepiece" ? SpmConvention::SentencePiece : SpmConvention::Transformers;
+  const std::string tok_file = find_tokenizer_file(o.model);
+  LB_CHECK(!tok_file.empty(), "'{}': no tokenizer found (looked for tokenizer.json, tokenizer.model, tokenizer.bin, "
+           "tok512.bin)", o.model);
+  std::string path = tok_file;
+  if (tok_file == o.model && o.model.size() > 4 && o.model.ends_with(".bin") &&
+      std::filesystem::path(o.model).filename().string().rfind("tok", 0) != 0)
+    path = open_checkpoint(o.model).tokenizer_path;  // a llama2.c checkpoint: its tokenizer beside it
+  LB_CHECK(!path.empty(), "'{}': no tokenizer beside the checkpoint", o.model);
+  auto tok = load_tokenizer(path, topt);
+  const std::string text = o.file.empty() ? o.text : read_file(o.file);
+  const BosMode mode = o.bos ? BosMode::On : o.no_bos ? BosMode::Off : BosMode::Default;
+  const std::vector<int32_t> ids = tok->encode(text, mode);
+  if (o.count) {
+    fmt::print("{}\n", ids.size());
+  } else if (o.ids) {
+    fmt::print("[{}]\n", fmt::join(ids, ", "));
+  } else {
+    for (int32_t id : ids) fmt::print("{:>7} '{}'\n", id, escape_token(tok->token_text(id)));
+  }
+}
+
+}  // namespace
+
+void register_tokenize(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("tokenize", "Tokenize text exactly as transformers does");
+  cmd->add_option("--model", o->model, "model directory, tokenizer file or llama2.c checkpoint")->required();
+  auto* text = cmd->add_option("--text", o->text, "text to tokenize");
+  auto* file = cmd->add_option("--file", o->file, "file whose bytes to tokenize")->check(CLI::ExistingFile);
+  text->excludes(file);
+  cmd->callback([o, text, file] {
+    LB_CHECK(text->count() + file->count() == 1, "tokenize: give exactly one of --text or --file");
+    run(*o);
+  });
+  auto* bos = cmd->add_flag("--bos", o->bos, "add exactly one BOS token (default: the tokenizer's own default)");
+  auto* no_bos = cmd->add_flag("--no-bos", o->no_bos, "add no special tokens");
+  bos->excludes(no_bos);
+  auto* ids = cmd->add_flag("--ids", o->ids, "print the ids as a list");
+  auto* count = cmd->add_flag("--count", o->count, "print only the number of tokens");
+  ids->excludes(count);
+  cmd->add_option("--spm-convention", o->spm,
+                  "SentencePiece tokenizer.model: 'transformers' (AutoTokenizer, lm-evaluation-harness) or "
+                  "'sentencepiece' (the library; transformers' slow tokenizer, GPTQ's perplexity code)")
+      ->check(CLI::IsMember({"transformers", "sentencepiece"}));
+}
+
+}  // namespace lowbit::cli

@@ -1,0 +1,16 @@
+// Subcommands of the lowbit CLI. Each registers its options on the app and runs when chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace lowbit::cli {
+
+void register_inspect(CLI::App& app);
+void register_tokenize(CLI::App& app);
+
+// Bytes as "87.3 MB".
+std::string human_bytes(double bytes);
+// A token's text with control and non-printable bytes escaped, for display.
+std::string escape_token(const std::string& s);
+
+}  // namespace lowbit::cli
