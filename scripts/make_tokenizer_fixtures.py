@@ -12,7 +12,8 @@ tokenizers/llama3/{tokenizer.json, bos-template/tokenizer.json} and tokenizers/l
 
 Output, per (tokenizer, text): `<tok>.<text>.ids` (int32 little-endian; for mmlu the ids of every
 question concatenated, preceded by a second file `<tok>.mmlu.lens` of int32 lengths), and
-`manifest.json` with the count and SHA-256 of each ids file, the short cases encoded with the
+`manifest.json` with the count and SHA-256 of each ids file (the llama3-bos ids equal the llama3
+ones, same vocabulary, and are not committed), the short cases encoded with the
 tokenizer's default special tokens, and the decode of each text. The texts are rebuilt from the
 data exactly as lowbit's own loaders build them (see PROTOCOL.md):
   wikitext2: lines of wiki.test.raw with "\n" kept, whitespace-only lines as "", joined "\n\n"
@@ -64,7 +65,6 @@ def main():
     ap.add_argument("--stress", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                      "fixtures", "tokenizer", "stress.txt"))
     ap.add_argument("--out", required=True)
-    ap.add_argument("--bench-repeats", type=int, default=5)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -140,44 +140,10 @@ def main():
             {"text": s, "default": tok.encode(s), "plain": tok.encode(s, add_special_tokens=False)}
             for s in short]
 
-    # Single-threaded encode throughput of the references on WikiText2 (the benchmark's anchor).
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    bench = {}
-    wt = texts["wikitext2"]
-    mb = len(wt.encode("utf-8")) / 1e6
-    raw_tok = tokenizers.Tokenizer.from_file(os.path.join(tok_dir, "llama3", "tokenizer.json"))
-    for label, fn in [("hf-tokenizers", lambda: raw_tok.encode(wt, add_special_tokens=False)),
-                      ("transformers", lambda: refs["llama3"].encode(wt, add_special_tokens=False))]:
-        times = []
-        for _ in range(args.bench_repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        bench[label] = {"best_s": min(times), "MB_per_s": mb / min(times)}
-    try:
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(os.path.join(tok_dir, "llama3", "tokenizer.model"))
-        pat = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-        enc = tiktoken.Encoding("llama3", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
-        times = []
-        for _ in range(args.bench_repeats):
-            t0 = time.perf_counter()
-            tk = enc.encode_ordinary(wt)
-            times.append(time.perf_counter() - t0)
-        bench["tiktoken"] = {"best_s": min(times), "MB_per_s": mb / min(times),
-                             "same_ids": tk == refs["llama3"].encode(wt, add_special_tokens=False)}
-    except Exception as e:  # tiktoken is a second anchor only
-        bench["tiktoken"] = {"error": repr(e)}
-    bench["text_MB"] = mb
-    bench["cpu"] = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
-    manifest["bench"] = bench
-
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
-    print(json.dumps({k: manifest[k] for k in ("versions", "classes", "agreement", "decode_roundtrip",
-                                              "bench")}, indent=1))
+    print(json.dumps({k: manifest[k] for k in ("versions", "classes", "agreement", "decode_roundtrip")},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine, builds lowbit and runs its main job on the default model and
+# data: the testbed-44m checkpoint and the datasets in ../shared (or MODELS / DATA).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+MODELS="${MODELS:-$ROOT/../shared/models}"
+DATA="${DATA:-$ROOT/../shared/data}"
+"$ROOT/scripts/install-deps.sh"
+cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$ROOT/build" --target lowbit
+LOWBIT="$ROOT/build/tools/lowbit/lowbit"
+"$LOWBIT" inspect "$MODELS/testbed-44m"
+"$LOWBIT" tokenize --model "$MODELS/testbed-44m" --file "$DATA/wikitext2/wiki.test.raw" --count
