@@ -49,9 +49,11 @@ int main(int argc, char** argv) {
     else rest.push_back(argv[i]);
   }
   benchmark::RegisterBenchmark("encode/llama3/wikitext2", encode, "tokenizers/llama3",
-                               lowbit::SpmConvention::Transformers)->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("encode/llama2-transformers/wikitext2", encode, "tokenizers/llama2/tokenizer.model",
-                               lowbit::SpmConvention::Transformers)->Unit(benchmark::kMillisecond);
+                               lowbit::SpmConvention::Auto)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("encode/llama2-llama/wikitext2", encode, "tokenizers/llama2/tokenizer.model",
+                               lowbit::SpmConvention::Llama)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("encode/llama2-generic/wikitext2", encode, "tokenizers/llama2/tokenizer.model",
+                               lowbit::SpmConvention::Generic)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("encode/llama2-sentencepiece/wikitext2", encode, "tokenizers/llama2/tokenizer.model",
                                lowbit::SpmConvention::SentencePiece)->Unit(benchmark::kMillisecond);
   int n = int(rest.size());

@@ -20,6 +20,10 @@ data exactly as lowbit's own loaders build them (see PROTOCOL.md):
   ptb:       lines of ptb.test.txt stripped, joined "\n\n" (GPTQ's get_ptb); ptb-new joined " "
   mmlu:      the question field of every row of mmlu/test/*.csv, files in sorted order
   stress:    tests/fixtures/tokenizer/stress.txt
+References: llama3 / llama3-bos (AutoTokenizer on the tokenizer.json folders), llama2
+(LlamaTokenizer.from_pretrained on a folder holding tokenizer.model), llama2-auto (AutoTokenizer
+on a model folder with config.json and tokenizer.model, given by --model-config), and the
+sentencepiece library.
 """
 import argparse
 import csv
@@ -65,6 +69,7 @@ def main():
     ap.add_argument("--stress", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                      "fixtures", "tokenizer", "stress.txt"))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--model-config", help="config.json of a LLaMA-2-vocabulary model (testbed-44m's)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -98,6 +103,15 @@ def main():
     refs["llama2"] = transformers.LlamaTokenizer.from_pretrained(llama2_dir)
     refs["llama2"].backend_tokenizer.save(os.path.join(args.out, "llama2.transformers-tokenizer.json"))
     sp = spm.SentencePieceProcessor(model_file=llama2_model)
+    # AutoTokenizer on a model directory with config.json and tokenizer.model but no
+    # tokenizer_config.json (testbed-44m's layout) builds transformers' generic SentencePiece
+    # conversion instead of LlamaTokenizer's.
+    if args.model_config:
+        auto_dir = tempfile.mkdtemp()
+        shutil.copy(llama2_model, auto_dir)
+        shutil.copy(args.model_config, os.path.join(auto_dir, "config.json"))
+        refs["llama2-auto"] = transformers.AutoTokenizer.from_pretrained(auto_dir)
+        refs["llama2-auto"].backend_tokenizer.save(os.path.join(args.out, "llama2-auto.transformers-tokenizer.json"))
 
     manifest = {
         "versions": {"tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
@@ -135,6 +149,13 @@ def main():
 
     short = ["Hello world", "", " ", "The quick brown fox", "  two leading spaces",
              "<|begin_of_text|>Hi", "<s>Hi</s>", "\n\nline", "Once upon a time"]
+    for tname in [t for t in refs if t.startswith("llama2")]:
+        j = json.loads(refs[tname].backend_tokenizer.to_str())
+        manifest.setdefault("pipelines", {})[tname] = {
+            k: j.get(k) for k in ("normalizer", "pre_tokenizer", "decoder", "post_processor", "added_tokens")}
+        manifest["pipelines"][tname]["model"] = {k: v for k, v in j["model"].items() if k not in ("vocab", "merges")}
+        manifest["pipelines"][tname]["model"]["merges_sha256"] = hashlib.sha256(
+            json.dumps(j["model"]["merges"]).encode()).hexdigest()
     for tname, tok in refs.items():
         manifest["short_cases"][tname] = [
             {"text": s, "default": tok.encode(s), "plain": tok.encode(s, add_special_tokens=False)}

@@ -54,17 +54,26 @@ class Tokenizer {
   virtual std::vector<int32_t> add_default_specials(std::vector<int32_t> ids) const = 0;
 };
 
-// How a SentencePiece tokenizer.model is applied.
-//   Transformers:  as transformers >= 5 (and the tokenizer.json files of LLaMA-2 checkpoints)
-//                  tokenize: BPE over the whole text, special tokens split out. What
-//                  lm-evaluation-harness and AutoTokenizer use.
-//   SentencePiece: as the sentencepiece library does (whitespace-separated pieces, special
-//                  tokens are plain text): transformers' "slow" LlamaTokenizer, which GPTQ's
+// How a SentencePiece tokenizer.model is applied. transformers itself has two conversions of
+// such a model, and which one AutoTokenizer builds depends on the files beside it:
+//   Llama:         transformers' LlamaTokenizer (what AutoTokenizer builds when
+//                  tokenizer_config.json names LlamaTokenizer, as LLaMA-2 checkpoints do): BPE over
+//                  the whole text, U+2581 prepended only when the text does not start with a space,
+//                  special tokens split out, one leading space stripped on decode.
+//   Generic:       transformers' generic SentencePiece conversion (what AutoTokenizer builds for a
+//                  model directory with config.json and tokenizer.model but no
+//                  tokenizer_config.json): spaces become U+2581, nothing is prepended.
+//   SentencePiece: the sentencepiece library (whitespace-separated pieces, dummy prefix, special
+//                  tokens as plain text): transformers' former "slow" tokenizer, which GPTQ's
 //                  perplexity code loads with use_fast=False.
-enum class SpmConvention { Transformers, SentencePiece };
+//   Auto:          what AutoTokenizer would build from the files present (Llama for a bare
+//                  tokenizer.model).
+enum class SpmConvention { Auto, Llama, Generic, SentencePiece };
+const char* spm_convention_name(SpmConvention c);
+SpmConvention parse_spm_convention(const std::string& name);  // throws on unknown names
 
 struct TokenizerOptions {
-  SpmConvention spm = SpmConvention::Transformers;
+  SpmConvention spm = SpmConvention::Auto;
 };
 
 // Loads the tokenizer of a model directory (tokenizer.json, else tokenizer.model, else

@@ -1,9 +1,9 @@
 // SentencePiece tokenizer.model (LLaMA-2), read with the sentencepiece library.
 //
-// Two conventions (see SpmConvention in tokenizer.h):
-//   SentencePiece: the library's own EncodeAsIds/DecodeIds.
-//   Transformers:  the tokenizer.json pipeline transformers builds from the same model
-//                  (its SentencePiece-to-BPE conversion), run by lowbit's tokenizer.json engine.
+// The conventions (see SpmConvention in tokenizer.h):
+//   SentencePiece:  the library's own Encode/Decode.
+//   Llama, Generic: the tokenizer.json pipelines transformers builds from the same model (its
+//                   SentencePiece-to-BPE conversions), run by lowbit's tokenizer.json engine.
 #include "formats/tokenizer.h"
 
 #include "core/error.h"
@@ -28,7 +28,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   SentencePieceTokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos, bool add_eos)
       : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {}
 
-  std::string kind() const override { return "sentencepiece (tokenizer.model, sentencepiece convention)"; }
+  std::string kind() const override { return "sentencepiece-library (tokenizer.model)"; }
   std::string decode(std::span<const int32_t> ids) const override {
     std::vector<int> v(ids.begin(), ids.end());
     for (int id : v)
@@ -79,13 +79,20 @@ class SentencePieceTokenizer final : public Tokenizer {
   bool add_bos_, add_eos_;
 };
 
-// transformers' conversion of a SentencePiece BPE model to a tokenizer.json pipeline: the
-// vocabulary as is; merges generated from it (every split of a piece into two pieces of the
-// vocabulary, ordered by the piece's id, and within a piece by the ids of the two halves; the
-// pieces' scores are not consulted, so LLaMA-2's "▁▁" (id 259, score -1e9) merges first); Metaspace pre-tokenization that turns spaces into U+2581 and prepends one to the
-// start of the text only; byte fallback; <unk>/<s>/</s> split out of the text as special tokens;
-// the template "<s> $A" when the model adds BOS.
-json spm_to_tokenizer_json(const sentencepiece::SentencePieceProcessor& sp, bool add_bos, bool add_eos) {
+// transformers' conversions of a SentencePiece BPE model to a tokenizer.json pipeline. Both
+// keep the vocabulary as is and generate the same merges from it (every split of a piece into
+// two pieces of the vocabulary, ordered by the piece's id, and within a piece by the ids of the
+// two halves; the pieces' scores are not consulted, so LLaMA-2's "▁▁" (id 259, score -1e9)
+// merges first), use byte fallback and split <unk>/<s>/</s> out of the text as special tokens.
+//   Llama:   Metaspace pre-tokenization (spaces to U+2581, one prepended to the start of the
+//            text unless it starts with one), no unk token, decoder strips one leading space.
+//   Generic: a Replace normalizer (spaces to U+2581, nothing prepended), unk token <unk>,
+//            decoder keeps every space.
+// The template adds BOS/EOS as the tokenizer configuration asks.
+json spm_to_tokenizer_json(const sentencepiece::SentencePieceProcessor& sp, SpmConvention conv, bool add_bos,
+                           bool add_eos) {
+  LB_ASSERT(conv == SpmConvention::Llama || conv == SpmConvention::Generic);
+  const bool llama = conv == SpmConvention::Llama;
   const int n = sp.GetPieceSize();
   json vocab = json::object();
   std::unordered_map<std::string, int> id_of;
@@ -131,49 +138,82 @@ json spm_to_tokenizer_json(const sentencepiece::SentencePieceProcessor& sp, bool
     specials[e] = {{"id", e}, {"ids", {sp.eos_id()}}, {"tokens", {e}}};
   }
   const std::string ws = "\xe2\x96\x81";
-  return {
+  json decoders = {{{"type", "Replace"}, {"pattern", {{"String", ws}}}, {"content", " "}},
+                   {{"type", "ByteFallback"}},
+                   {{"type", "Fuse"}}};
+  if (llama) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  json j = {
       {"added_tokens", added},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", ws}, {"prepend_scheme", "first"}, {"split", false}}},
+      {"pre_tokenizer", nullptr},
       {"model",
        {{"type", "BPE"}, {"vocab", vocab}, {"merges", mj}, {"byte_fallback", true}, {"fuse_unk", true},
-        {"unk_token", nullptr}}},
-      {"decoder",
-       {{"type", "Sequence"},
-        {"decoders",
-         {{{"type", "Replace"}, {"pattern", {{"String", ws}}}, {"content", " "}},
-          {{"type", "ByteFallback"}},
-          {{"type", "Fuse"}},
-          {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+        {"unk_token", llama || sp.unk_id() < 0 ? json(nullptr) : json(sp.IdToPiece(sp.unk_id()))}}},
+      {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
       {"post_processor", {{"type", "TemplateProcessing"}, {"single", single}, {"special_tokens", specials}}},
   };
+  if (llama)
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", ws}, {"prepend_scheme", "first"}, {"split", false}};
+  else
+    j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", ws}};
+  return j;
 }
 
 }  // namespace
+
+const char* spm_convention_name(SpmConvention c) {
+  switch (c) {
+    case SpmConvention::Auto: return "auto";
+    case SpmConvention::Llama: return "llama";
+    case SpmConvention::Generic: return "generic";
+    case SpmConvention::SentencePiece: return "sentencepiece";
+  }
+  return "?";
+}
+
+SpmConvention parse_spm_convention(const std::string& name) {
+  for (SpmConvention c : {SpmConvention::Auto, SpmConvention::Llama, SpmConvention::Generic, SpmConvention::SentencePiece})
+    if (name == spm_convention_name(c)) return c;
+  fail("unknown SentencePiece convention '{}' (auto, llama, generic, sentencepiece)", name);
+}
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path, SpmConvention convention) {
   auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto st = sp->Load(path);
   LB_CHECK(st.ok(), "'{}' is not a SentencePiece model: {}", path, st.ToString());
   LB_CHECK(sp->GetPieceSize() > 0, "'{}': SentencePiece model has no pieces", path);
-  // Whether BOS/EOS are added by default: tokenizer_config.json's add_bos_token/add_eos_token
-  // when the checkpoint has one. Without it, transformers >= 5 adds none, while the
-  // sentencepiece-backed ("slow") LlamaTokenizer adds BOS.
-  bool add_bos = convention == SpmConvention::SentencePiece, add_eos = false;
-  const std::filesystem::path cfg_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  const std::filesystem::path cfg_path = dir / "tokenizer_config.json";
+  json cfg;
   if (std::filesystem::exists(cfg_path)) {
-    json cfg = json::parse(read_file(cfg_path.string()), nullptr, false);
+    cfg = json::parse(read_file(cfg_path.string()), nullptr, false);
     LB_CHECK(!cfg.is_discarded() && cfg.is_object(), "'{}' is not a JSON object", cfg_path.string());
+  }
+  if (convention == SpmConvention::Auto) {
+    // AutoTokenizer's choice: the class tokenizer_config.json names; a model directory without
+    // one gets the generic conversion; a bare tokenizer.model is LLaMA's.
+    const std::string cls = cfg.is_object() ? cfg.value("tokenizer_class", "") : "";
+    if (cls.rfind("Llama", 0) == 0 || cls.rfind("CodeLlama", 0) == 0) convention = SpmConvention::Llama;
+    else if (!cfg.is_object() && std::filesystem::exists(dir / "config.json")) convention = SpmConvention::Generic;
+    else if (cfg.is_object() && !cls.empty()) convention = SpmConvention::Generic;
+    else convention = SpmConvention::Llama;
+  }
+  // Whether BOS/EOS are added by default: tokenizer_config.json's add_bos_token/add_eos_token
+  // when present. Without them, transformers >= 5 adds none, while the sentencepiece-backed
+  // ("slow") LlamaTokenizer adds BOS.
+  bool add_bos = convention == SpmConvention::SentencePiece, add_eos = false;
+  if (cfg.is_object()) {
     if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) add_bos = cfg["add_bos_token"].get<bool>();
     if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) add_eos = cfg["add_eos_token"].get<bool>();
   }
   if (convention == SpmConvention::SentencePiece)
     return std::make_unique<SentencePieceTokenizer>(std::move(sp), add_bos, add_eos);
-  json j = spm_to_tokenizer_json(*sp, add_bos, add_eos);
+  json j = spm_to_tokenizer_json(*sp, convention, add_bos, add_eos);
   json config = {{"bos_token", sp->bos_id() >= 0 ? json(sp->IdToPiece(sp->bos_id())) : json(nullptr)},
                  {"eos_token", sp->eos_id() >= 0 ? json(sp->IdToPiece(sp->eos_id())) : json(nullptr)}};
   return load_hf_tokenizer_json(j.dump(), path, config.dump(),
-                                "sentencepiece (tokenizer.model, transformers convention)");
+                                fmt::format("sentencepiece-{} (tokenizer.model as transformers converts it)",
+                                            spm_convention_name(convention)));
 }
 
 }  // namespace lowbit

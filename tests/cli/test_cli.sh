@@ -33,9 +33,10 @@ if [[ -d "$M/testbed-44m" ]]; then
   expect_ok "inspect tokenizer" "BOS added by default: no" "$B" inspect "$M/tokenizers/llama3/tokenizer.json"
   expect_ok "tokenize ids" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids
   expect_ok "tokenize bos" '^\[128000, 9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos
-  expect_ok "tokenize default" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids
+  expect_ok "tokenize default" '^\[10994, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids
+  expect_ok "tokenize llama" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --spm-convention llama
   expect_ok "tokenize spm bos" '^\[1, 15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --spm-convention sentencepiece
-  expect_ok "tokenize no-bos" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --no-bos
+  expect_ok "tokenize no-bos" '^\[10994, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --no-bos
   expect_ok "tokenize count" '^3$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --count --bos
   expect_ok "tokenize llama2c" "403 ' Once'" "$B" tokenize --model "$M/stories260K/stories260K.bin" --text "Once upon"
   printf 'Hello world' > "$T/in.txt"

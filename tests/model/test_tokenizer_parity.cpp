@@ -108,7 +108,7 @@ TEST_P(TokenizerParity, MmluQuestions) {
   // transformers' LLaMA-2 convention encodes "x" and " x" alike (a U+2581 is prepended only
   // when the text does not start with a space), so a leading space cannot survive the round
   // trip there; every other text must.
-  const bool loses_leading_space = GetParam().spm == SpmConvention::Transformers &&
+  const bool loses_leading_space = GetParam().spm == SpmConvention::Llama &&
                                    std::string(GetParam().fixture_prefix) == "llama2";
   size_t roundtrip_failures = 0, leading_space = 0;
   for (const auto& q : texts().mmlu) {
@@ -127,12 +127,14 @@ TEST_P(TokenizerParity, MmluQuestions) {
 
 INSTANTIATE_TEST_SUITE_P(
     Fixtures, TokenizerParity,
-    ::testing::Values(Case{"llama3", "tokenizers/llama3", SpmConvention::Transformers},
-                      Case{"llama3", "tokenizers/llama3/bos-template", SpmConvention::Transformers},
-                      Case{"llama2", "tokenizers/llama2/tokenizer.model", SpmConvention::Transformers},
+    ::testing::Values(Case{"llama3", "tokenizers/llama3", SpmConvention::Auto},
+                      Case{"llama3", "tokenizers/llama3/bos-template", SpmConvention::Auto},
+                      Case{"llama2", "tokenizers/llama2/tokenizer.model", SpmConvention::Llama},
+                      Case{"llama2-auto", "tokenizers/llama2/tokenizer.model", SpmConvention::Generic},
                       Case{"sentencepiece", "tokenizers/llama2/tokenizer.model", SpmConvention::SentencePiece}),
     [](const auto& info) {
-      std::string n = std::string(info.param.fixture_prefix) + "_" + std::to_string(info.index);
+      std::string n = std::string(info.param.fixture_prefix) + "_" + spm_convention_name(info.param.spm) + "_" +
+                      std::to_string(info.index);
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });
@@ -140,11 +142,13 @@ INSTANTIATE_TEST_SUITE_P(
 // Short texts with the tokenizer's default special tokens (transformers' add_special_tokens=True).
 TEST(TokenizerParity, DefaultSpecialTokens) {
   LOWBIT_REQUIRE_PATH(test::models_dir() + "/tokenizers");
-  const std::map<std::string, std::string> paths = {{"llama3", "tokenizers/llama3"},
-                                                    {"llama3-bos", "tokenizers/llama3/bos-template"},
-                                                    {"llama2", "tokenizers/llama2/tokenizer.model"}};
-  for (const auto& [name, rel] : paths) {
-    auto tok = load_tokenizer(test::models_dir() + "/" + rel);
+  const std::map<std::string, std::pair<std::string, SpmConvention>> paths = {
+      {"llama3", {"tokenizers/llama3", SpmConvention::Auto}},
+      {"llama3-bos", {"tokenizers/llama3/bos-template", SpmConvention::Auto}},
+      {"llama2", {"tokenizers/llama2/tokenizer.model", SpmConvention::Llama}},
+      {"llama2-auto", {"tokenizers/llama2/tokenizer.model", SpmConvention::Generic}}};
+  for (const auto& [name, where] : paths) {
+    auto tok = load_tokenizer(test::models_dir() + "/" + where.first, {where.second});
     for (const json& c : manifest()["short_cases"][name]) {
       const std::string text = c["text"].get<std::string>();
       EXPECT_EQ(tok->encode(text), c["default"].get<std::vector<int32_t>>()) << name << " '" << text << "'";

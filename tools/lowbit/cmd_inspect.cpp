@@ -27,6 +27,14 @@ std::string human_bytes(double b) {
   return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.1f} {}", b, units[u]);
 }
 
+void add_spm_convention_option(CLI::App* cmd, std::string& target) {
+  cmd->add_option("--spm-convention", target,
+                  "SentencePiece tokenizer.model: auto (as AutoTokenizer would), llama (transformers' "
+                  "LlamaTokenizer), generic (transformers' generic conversion), sentencepiece (the library; "
+                  "GPTQ's use_fast=False)")
+      ->check(CLI::IsMember({"auto", "llama", "generic", "sentencepiece"}));
+}
+
 std::string escape_token(const std::string& s) {
   std::string out;
   for (unsigned char c : s) {
@@ -45,7 +53,7 @@ namespace {
 struct Options {
   std::string path;
   bool json = false;
-  std::string spm = "transformers";
+  std::string spm = "auto";
 };
 
 json tokenizer_json(const Tokenizer& t, const std::string& file) {
@@ -115,7 +123,7 @@ void print_weights(const json& w) {
 
 void run(const Options& o) {
   TokenizerOptions topt;
-  topt.spm = o.spm == "sentencepiece" ? SpmConvention::SentencePiece : SpmConvention::Transformers;
+  topt.spm = parse_spm_convention(o.spm);
   const fs::path p(o.path);
   LB_CHECK(fs::exists(p), "'{}' does not exist", o.path);
   const std::string name = p.filename().string();
@@ -174,7 +182,7 @@ void run(const Options& o) {
   if (out.contains("weights")) print_weights(out["weights"]);
   if (out.contains("metadata") && !out["metadata"].empty()) fmt::print("metadata      {}\n", out["metadata"].dump());
   if (out.contains("tokenizer")) print_tokenizer(out["tokenizer"]);
-  else if (!tokenizer_file) fmt::print("tokenizer     none found\n");
+  else if (out.contains("architecture")) fmt::print("tokenizer     none found\n");
 }
 
 }  // namespace
@@ -184,8 +192,7 @@ void register_inspect(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("inspect", "Show what a checkpoint, safetensors file or tokenizer holds");
   cmd->add_option("path", o->path, "model directory, .safetensors, llama2.c .bin, or tokenizer file")->required();
   cmd->add_flag("--json", o->json, "print one JSON object");
-  cmd->add_option("--spm-convention", o->spm, "how a SentencePiece tokenizer.model is applied")
-      ->check(CLI::IsMember({"transformers", "sentencepiece"}));
+  add_spm_convention_option(cmd, o->spm);
   cmd->callback([o] { run(*o); });
 }
 

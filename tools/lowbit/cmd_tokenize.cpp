@@ -16,12 +16,12 @@ namespace {
 struct Options {
   std::string model, text, file;
   bool bos = false, no_bos = false, ids = false, count = false;
-  std::string spm = "transformers";
+  std::string spm = "auto";
 };
 
 void run(const Options& o) {
   TokenizerOptions topt;
-  topt.spm = o.spm == "sentencepiece" ? SpmConvention::SentencePiece : SpmConvention::Transformers;
+  topt.spm = parse_spm_convention(o.spm);
   const std::string tok_file = find_tokenizer_file(o.model);
   LB_CHECK(!tok_file.empty(), "'{}': no tokenizer found (looked for tokenizer.json, tokenizer.model, tokenizer.bin, "
            "tok512.bin)", o.model);
@@ -62,10 +62,7 @@ void register_tokenize(CLI::App& app) {
   auto* ids = cmd->add_flag("--ids", o->ids, "print the ids as a list");
   auto* count = cmd->add_flag("--count", o->count, "print only the number of tokens");
   ids->excludes(count);
-  cmd->add_option("--spm-convention", o->spm,
-                  "SentencePiece tokenizer.model: 'transformers' (AutoTokenizer, lm-evaluation-harness) or "
-                  "'sentencepiece' (the library; transformers' slow tokenizer, GPTQ's perplexity code)")
-      ->check(CLI::IsMember({"transformers", "sentencepiece"}));
+  add_spm_convention_option(cmd, o->spm);
 }
 
 }  // namespace lowbit::cli

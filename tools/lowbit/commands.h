@@ -7,6 +7,12 @@ namespace lowbit::cli {
 
 void register_inspect(CLI::App& app);
 void register_tokenize(CLI::App& app);
+void register_ppl(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_logits(CLI::App& app);
+
+// --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
+void add_spm_convention_option(CLI::App* cmd, std::string& target);
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);

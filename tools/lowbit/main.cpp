@@ -15,6 +15,9 @@ int main(int argc, char** argv) {
   app.option_defaults()->always_capture_default();
   lowbit::cli::register_inspect(app);
   lowbit::cli::register_tokenize(app);
+  lowbit::cli::register_ppl(app);
+  lowbit::cli::register_generate(app);
+  lowbit::cli::register_logits(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

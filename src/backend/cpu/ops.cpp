@@ -1,0 +1,183 @@
+// Fast CPU ops: OpenBLAS for the matrix products, loops written so that GCC vectorizes them
+// (-O3 -march=native), OpenMP across rows and heads.
+#include "backend/ops.h"
+
+#include "core/error.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace lowbit {
+
+namespace {
+
+int g_threads = 0;  // 0: not set yet
+
+// e^x for x <= 88 (Cephes expf: range reduction by ln 2, degree-6 polynomial; about 1 ulp).
+// Branch-free so that loops over it vectorize. x below -87.3 flushes towards 0 (not exactly 0).
+inline float exp_approx(float x) {
+  x = std::max(x, -87.33f);
+  x = std::min(x, 88.37f);
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) in the low mantissa bits
+  const float n = t - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n by adding n to the exponent field.
+  const int32_t ni = std::bit_cast<int32_t>(t) - 0x4b400000;
+  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (ni << 23));
+}
+
+// RAII: OpenBLAS single-threaded inside our own parallel regions.
+struct BlasSerial {
+  int saved;
+  BlasSerial() : saved(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~BlasSerial() { openblas_set_num_threads(saved); }
+};
+
+}  // namespace
+
+void set_num_threads(int n) {
+  if (n <= 0) n = omp_get_num_procs();
+  g_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() {
+  if (g_threads == 0) set_num_threads(0);
+  return g_threads;
+}
+
+namespace ops {
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
+#pragma omp parallel for schedule(static) if (rows * dim > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    float ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < dim; ++i) ss += xr[i] * xr[i];
+    // transformers: x * rsqrt(mean(x^2) + eps) in fp32, then times the weight.
+    const float inv = 1.0f / std::sqrt(ss / float(dim) + eps);
+    for (int64_t i = 0; i < dim; ++i) yr[i] = (xr[i] * inv) * w[i];
+  }
+}
+
+void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(out), blasint(in), 1.0f, x,
+              blasint(in), w, blasint(in), 0.0f, y, blasint(out));
+}
+
+void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
+  LB_ASSERT(pos0 + T <= rt.n_pos);
+  const int64_t half = rt.half;
+#pragma omp parallel for schedule(static) if (T * heads > 256)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = rt.cos.data() + (pos0 + t) * half;
+    const float* s = rt.sin.data() + (pos0 + t) * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* a = x + t * ld + h * 2 * half;
+      float* b = a + half;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) {
+        const float av = a[i], bv = b[i];
+        a[i] = av * c[i] - bv * s[i];
+        b[i] = bv * c[i] + av * s[i];
+      }
+    }
+  }
+}
+
+void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
+               int64_t hd) {
+  // Blocks of queries against the keys they may see (causal): scores for a block are one GEMM,
+  // a row softmax over the visible prefix, then one GEMM with V. Keys past the block are never
+  // touched, which halves the work against a full T x T product.
+  constexpr int64_t kBlock = 64;
+  const int64_t group = nh / nkv;
+  const int64_t nblocks = (T + kBlock - 1) / kBlock;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int64_t ldq = nh * hd, ldk = nkv * hd;
+  BlasSerial serial;
+#pragma omp parallel
+  {
+    std::vector<float> scores(size_t(kBlock * T));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t h = 0; h < nh; ++h)
+      for (int64_t b = nblocks - 1; b >= 0; --b) {  // longest blocks first
+        const int64_t q0 = b * kBlock, rows = std::min(kBlock, T - q0), keys = q0 + rows;
+        const float* qh = q + q0 * ldq + h * hd;
+        const float* kh = k + (h / group) * hd;
+        const float* vh = v + (h / group) * hd;
+        float* s = scores.data();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(keys), blasint(hd), scale, qh,
+                    blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
+        for (int64_t r = 0; r < rows; ++r) {
+          float* sr = s + r * keys;
+          const int64_t visible = q0 + r + 1;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
+          float sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < visible; ++j) {
+            const float e = exp_approx(sr[j] - mx);
+            sr[j] = e;
+            sum += e;
+          }
+          const float inv = 1.0f / sum;
+#pragma omp simd
+          for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+          std::fill(sr + visible, sr + keys, 0.0f);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
+                    blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
+      }
+  }
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + exp_approx(-g)) * up[i];
+  }
+}
+
+void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t rows, int64_t V) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* l = logits + r * V;
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < V; ++i) mx = std::max(mx, l[i]);
+    // Partial sums in fp32 lanes, combined in double: log-softmax at better than fp32 accuracy.
+    constexpr int64_t kChunk = 1024;
+    double sum = 0;
+    for (int64_t c = 0; c < V; c += kChunk) {
+      const int64_t e = std::min(V, c + kChunk);
+      float part = 0;
+#pragma omp simd reduction(+ : part)
+      for (int64_t i = c; i < e; ++i) part += exp_approx(l[i] - mx);
+      sum += part;
+    }
+    out[r] = std::log(sum) + double(mx) - double(l[targets[r]]);
+  }
+}
+
+}  // namespace ops
+
+}  // namespace lowbit

@@ -1,0 +1,203 @@
+#include "model/llama_model.h"
+
+#include "core/error.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace lowbit {
+
+namespace {
+
+// fp32 view or converted copy of a weight.
+Tensor as_f32(const WeightSource& w, const std::string& name) {
+  Tensor t = w.get(name);
+  return t.dtype() == DType::F32 ? t : t.to_f32();
+}
+
+}  // namespace
+
+const char* linear_name(LinearKind k) {
+  switch (k) {
+    case LinearKind::Q: return "q_proj";
+    case LinearKind::K: return "k_proj";
+    case LinearKind::V: return "v_proj";
+    case LinearKind::O: return "o_proj";
+    case LinearKind::Gate: return "gate_proj";
+    case LinearKind::Up: return "up_proj";
+    case LinearKind::Down: return "down_proj";
+  }
+  return "?";
+}
+
+std::string linear_weight_name(int64_t layer, LinearKind k) {
+  const bool attn = k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V || k == LinearKind::O;
+  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_name(k) + ".weight";
+}
+
+LlamaModel::LlamaModel(Checkpoint ck) : ck_(std::move(ck)) {
+  const LlamaConfig& c = ck_.config;
+  blocks_.resize(size_t(c.num_hidden_layers));
+  // Converted fp32 blocks are kept when all of them fit in 4 GiB; larger models convert each
+  // block when it runs.
+  const int64_t per_block = 4 * (4 * c.hidden_size * c.hidden_size + 3 * c.hidden_size * c.intermediate_size);
+  cache_blocks_ = per_block * c.num_hidden_layers < (int64_t(4) << 30);
+  final_norm_w_ = as_f32(*ck_.weights, "model.norm.weight");
+  ensure_positions(std::max<int64_t>(c.max_position_embeddings, 1));
+}
+
+void LlamaModel::ensure_positions(int64_t n) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (rope_.n_pos < n) rope_ = make_rope_table(ck_.config, n);
+}
+
+std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
+  LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (blocks_[size_t(i)]) return blocks_[size_t(i)];
+  }
+  auto w = std::make_shared<BlockWeights>();
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  w->input_norm = as_f32(*ck_.weights, p + "input_layernorm.weight");
+  w->post_norm = as_f32(*ck_.weights, p + "post_attention_layernorm.weight");
+  for (LinearKind k : kAllLinears) (*w)[k] = as_f32(*ck_.weights, linear_weight_name(i, k));
+  if (cache_blocks_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    blocks_[size_t(i)] = w;
+  }
+  return w;
+}
+
+void LlamaModel::set_block_weights(int64_t i, std::shared_ptr<const BlockWeights> w) {
+  LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
+  std::lock_guard<std::mutex> lock(mu_);
+  blocks_[size_t(i)] = std::move(w);
+}
+
+void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
+  const LlamaConfig& c = config();
+  const Tensor table = ck_.weights->get("model.embed_tokens.weight");
+  const int64_t H = c.hidden_size;
+  const int64_t row_bytes = H * dtype_size(table.dtype());
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int32_t id = tokens[t];
+    LB_CHECK(id >= 0 && id < c.vocab_size, "token id {} at position {} is outside the vocabulary (size {})", id, t,
+             c.vocab_size);
+    convert_to_f32(table.dtype(), static_cast<const uint8_t*>(table.data()) + id * row_bytes, hidden + int64_t(t) * H, H);
+  }
+}
+
+void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0,
+                           const BlockHooks* hooks) const {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
+  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+  const int64_t qd = nh * hd, kvd = nkv * hd;
+  const float eps = float(c.rms_norm_eps);
+  ensure_positions(pos0 + T);
+
+  std::vector<float> x(size_t(N * H)), q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)),
+      att(size_t(N * qd));
+  auto in_hook = [&](LinearKind kind, float* p, int64_t cols) {
+    if (hooks && hooks->on_input) hooks->on_input(layer, kind, p, N, cols);
+  };
+  auto out_hook = [&](LinearKind kind, const float* p, int64_t cols) {
+    if (hooks && hooks->on_output) hooks->on_output(layer, kind, p, N, cols);
+  };
+  auto linear = [&](LinearKind kind, float* in, int64_t in_cols, float* out, int64_t out_cols) {
+    in_hook(kind, in, in_cols);
+    ops::linear(in, w[kind].data_as<float>(), out, N, in_cols, out_cols);
+    out_hook(kind, out, out_cols);
+  };
+
+  // Attention: x = norm(h); q, k, v = x W^T; RoPE on q, k; causal GQA; h += att W_o^T.
+  ops::rmsnorm(hidden, w.input_norm.data_as<float>(), x.data(), N, H, eps);
+  if (hooks && hooks->on_input) {
+    // q, k and v read the same normalized input; a hook that rewrites it (activation
+    // quantization) must see it once per linear, so each gets its own copy.
+    std::vector<float> xq(x), xk(x);
+    linear(LinearKind::Q, xq.data(), H, q.data(), qd);
+    linear(LinearKind::K, xk.data(), H, k.data(), kvd);
+    linear(LinearKind::V, x.data(), H, v.data(), kvd);
+  } else {
+    linear(LinearKind::Q, x.data(), H, q.data(), qd);
+    linear(LinearKind::K, x.data(), H, k.data(), kvd);
+    linear(LinearKind::V, x.data(), H, v.data(), kvd);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
+    ops::rope(k.data() + b * T * kvd, T, nkv, kvd, rope_, pos0);
+    ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
+                   T, nh, nkv, hd);
+  }
+  linear(LinearKind::O, att.data(), qd, x.data(), H);
+  for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
+
+  // MLP: x = norm(h); h += (silu(x Wg^T) * (x Wu^T)) Wd^T.
+  q = {};
+  k = {};
+  v = {};
+  att = {};
+  std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
+  ops::rmsnorm(hidden, w.post_norm.data_as<float>(), x.data(), N, H, eps);
+  if (hooks && hooks->on_input) {
+    std::vector<float> xg(x);
+    linear(LinearKind::Gate, xg.data(), H, gate.data(), F);
+  } else {
+    linear(LinearKind::Gate, x.data(), H, gate.data(), F);
+  }
+  linear(LinearKind::Up, x.data(), H, up.data(), F);
+  ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
+  linear(LinearKind::Down, gate.data(), F, x.data(), H);
+  for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
+}
+
+void LlamaModel::final_norm(float* hidden, int64_t rows) const {
+  ops::rmsnorm(hidden, final_norm_w_.data_as<float>(), hidden, rows, config().hidden_size, float(config().rms_norm_eps));
+}
+
+const float* LlamaModel::lm_head_f32() const {
+  std::call_once(lm_head_once_, [&] {
+    lm_head_ = as_f32(*ck_.weights, config().tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  });
+  return lm_head_.data_as<float>();
+}
+
+void LlamaModel::lm_head(const float* hidden, int64_t rows, float* logits) const {
+  ops::linear(hidden, lm_head_f32(), logits, rows, config().hidden_size, config().vocab_size);
+}
+
+Tensor LlamaModel::forward(std::span<const int32_t> tokens, const BlockHooks* hooks) const {
+  const int64_t T = int64_t(tokens.size()), H = config().hidden_size;
+  LB_CHECK(T > 0, "forward: empty input");
+  ensure_positions(T);
+  std::vector<float> hidden(size_t(T * H));
+  embed(tokens, hidden.data());
+  for (int64_t i = 0; i < config().num_hidden_layers; ++i) run_block(i, hidden.data(), 1, T, 0, hooks);
+  final_norm(hidden.data(), T);
+  Tensor logits = Tensor::empty(DType::F32, {T, config().vocab_size});
+  lm_head(hidden.data(), T, logits.mutable_data_as<float>());
+  return logits;
+}
+
+std::vector<double> LlamaModel::next_token_nll(std::span<const int32_t> tokens, const BlockHooks* hooks) const {
+  const int64_t T = int64_t(tokens.size()), H = config().hidden_size, V = config().vocab_size;
+  LB_CHECK(T >= 2, "next_token_nll: need at least 2 tokens, got {}", T);
+  ensure_positions(T);
+  std::vector<float> hidden(size_t(T * H));
+  embed(tokens, hidden.data());
+  for (int64_t i = 0; i < config().num_hidden_layers; ++i) run_block(i, hidden.data(), 1, T, 0, hooks);
+  final_norm(hidden.data(), T);
+  std::vector<double> nll(size_t(T - 1));
+  constexpr int64_t kChunk = 256;
+  std::vector<float> logits(size_t(std::min(kChunk, T - 1) * V));
+  for (int64_t r0 = 0; r0 < T - 1; r0 += kChunk) {
+    const int64_t rows = std::min(kChunk, T - 1 - r0);
+    lm_head(hidden.data() + r0 * H, rows, logits.data());
+    ops::nll_rows(logits.data(), tokens.data() + r0 + 1, nll.data() + r0, rows, V);
+  }
+  return nll;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,99 @@
+// LlamaModel: a LlamaForCausalLM on the CPU, in fp32 compute over weights kept in their stored
+// dtype (bf16/fp16/fp32, read through the checkpoint's memory map).
+//
+// The block-level API is the normal path: forward() is embed -> run_block for each block ->
+// final norm -> LM head, and calibration and quantization call run_block on captured inputs.
+// Every linear of a block has named hook points on its input and output.
+//
+// Shapes (B sequences of T tokens, H = hidden, F = intermediate, V = vocab):
+//   hidden  [B*T, H]        tokens of sequence b at rows b*T .. b*T+T-1
+//   logits  [rows, V]
+#pragma once
+
+#include "backend/ops.h"
+#include "core/tensor.h"
+#include "formats/checkpoint.h"
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+// The linears of a decoder block, in the order the block uses them.
+enum class LinearKind { Q, K, V, O, Gate, Up, Down };
+inline constexpr std::array<LinearKind, 7> kAllLinears = {LinearKind::Q, LinearKind::K,    LinearKind::V,
+                                                          LinearKind::O, LinearKind::Gate, LinearKind::Up,
+                                                          LinearKind::Down};
+const char* linear_name(LinearKind k);  // "q_proj", ..., "down_proj"
+// "model.layers.{layer}.self_attn.q_proj.weight" etc.
+std::string linear_weight_name(int64_t layer, LinearKind k);
+
+// fp32 weights of one block, row-major as torch stores them ([out, in] for linears). A tensor
+// may view the checkpoint (fp32 files) or own a converted copy.
+struct BlockWeights {
+  Tensor input_norm, post_norm;  // [H]
+  std::array<Tensor, 7> linear;  // indexed by LinearKind
+  const Tensor& operator[](LinearKind k) const { return linear[size_t(k)]; }
+  Tensor& operator[](LinearKind k) { return linear[size_t(k)]; }
+};
+
+// Hook points on every linear of a block. on_input sees (and may rewrite, e.g. to quantize
+// activations) the [rows, in] input right before the product; on_output sees the [rows, out]
+// result. q, k and v share one input, which their hooks all see.
+struct BlockHooks {
+  std::function<void(int64_t layer, LinearKind, float* x, int64_t rows, int64_t cols)> on_input;
+  std::function<void(int64_t layer, LinearKind, const float* y, int64_t rows, int64_t cols)> on_output;
+};
+
+class LlamaModel {
+ public:
+  explicit LlamaModel(Checkpoint ck);
+
+  const LlamaConfig& config() const { return ck_.config; }
+  const Checkpoint& checkpoint() const { return ck_; }
+
+  // Block i's weights in fp32 (cached for reuse when the model is small enough).
+  std::shared_ptr<const BlockWeights> block_weights(int64_t i) const;
+  // Replaces block i's weights (a quantized block's dequantized weights, for instance).
+  void set_block_weights(int64_t i, std::shared_ptr<const BlockWeights> w);
+
+  // hidden[n, H] = embedding rows of tokens[0..n).
+  void embed(std::span<const int32_t> tokens, float* hidden) const;
+  // Runs block i in place on B sequences of T tokens at positions pos0 .. pos0+T-1.
+  void run_block(int64_t i, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0 = 0,
+                 const BlockHooks* hooks = nullptr) const;
+  void run_block(int64_t i, float* hidden, int64_t B, int64_t T, int64_t pos0 = 0,
+                 const BlockHooks* hooks = nullptr) const {
+    run_block(i, *block_weights(i), hidden, B, T, pos0, hooks);
+  }
+  // Final RMSNorm in place, then logits[rows, V].
+  void final_norm(float* hidden, int64_t rows) const;
+  void lm_head(const float* hidden, int64_t rows, float* logits) const;
+
+  // Logits [T, V] of one sequence.
+  Tensor forward(std::span<const int32_t> tokens, const BlockHooks* hooks = nullptr) const;
+  // -log p(tokens[t+1] | tokens[..t]) for t < T-1, with the LM head applied in row chunks so the
+  // full [T, V] logits never exist at once.
+  std::vector<double> next_token_nll(std::span<const int32_t> tokens, const BlockHooks* hooks = nullptr) const;
+
+  // The longest sequence the RoPE table covers (grown on demand).
+  void ensure_positions(int64_t n) const;
+
+ private:
+  const float* lm_head_f32() const;
+  Checkpoint ck_;
+  mutable std::mutex mu_;
+  mutable RopeTable rope_;
+  mutable std::vector<std::shared_ptr<const BlockWeights>> blocks_;
+  bool cache_blocks_ = true;
+  Tensor final_norm_w_;
+  mutable Tensor lm_head_;
+  mutable std::once_flag lm_head_once_;
+};
+
+}  // namespace lowbit

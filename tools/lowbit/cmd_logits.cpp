@@ -1,0 +1,77 @@
+// lowbit logits --model M (--text S | --ids I,J,...) -o OUT.safetensors
+// The fp32 logits of one sequence, for parity checks against other implementations.
+#include "commands.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "model/llama_model.h"
+
+#include <fmt/format.h>
+
+#include <sstream>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, text, ids, out;
+  int threads = 0;
+};
+
+void run(const Options& o) {
+  set_num_threads(o.threads);
+  Checkpoint ck = open_checkpoint(o.model);
+  std::vector<int32_t> ids;
+  if (!o.ids.empty()) {
+    std::stringstream ss(o.ids);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      size_t used = 0;
+      long v = 0;
+      try {
+        v = std::stol(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      LB_CHECK(used == item.size() && !item.empty(), "--ids: '{}' is not an integer", item);
+      ids.push_back(int32_t(v));
+    }
+  } else {
+    LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer; pass --ids", o.model);
+    ids = load_tokenizer(ck.tokenizer_path)->encode(o.text);
+  }
+  LB_CHECK(!ids.empty(), "no input tokens");
+  LlamaModel model(std::move(ck));
+  Tensor logits = model.forward(ids);
+  Tensor tokens = Tensor::empty(DType::I32, {int64_t(ids.size())});
+  std::copy(ids.begin(), ids.end(), tokens.mutable_data_as<int32_t>());
+  SafetensorsWriter w;
+  w.add("logits", logits);
+  w.add("tokens", tokens);
+  w.set_metadata("model", o.model);
+  w.write(o.out);
+  fmt::print(stderr, "logits [{}, {}] written to {}\n", logits.dim(0), logits.dim(1), o.out);
+}
+
+}  // namespace
+
+void register_logits(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("logits", "Write the fp32 logits of one sequence to a safetensors file");
+  cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
+  auto* text = cmd->add_option("--text", o->text, "text (tokenized with the model's tokenizer and default BOS)");
+  auto* ids = cmd->add_option("--ids", o->ids, "comma-separated token ids");
+  text->excludes(ids);
+  cmd->add_option("-o,--out", o->out, "output .safetensors (tensors 'logits' [T, V] F32 and 'tokens' [T] I32)")
+      ->required();
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->callback([o, text, ids] {
+    LB_CHECK(text->count() + ids->count() == 1, "logits: give exactly one of --text or --ids");
+    run(*o);
+  });
+}
+
+}  // namespace lowbit::cli

@@ -1,0 +1,122 @@
+// lowbit ppl --model M --dataset NAME|FILE [--data-dir D] [--seqlen 2048] [--limit N] [--json]
+#include "commands.h"
+#include "progress.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/mapped_file.h"
+#include "eval/datasets.h"
+#include "eval/perplexity.h"
+#include "lowbit/version.h"
+#include "formats/tokenizer.h"
+#include "model/llama_model.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto";
+  int64_t seqlen = 2048, limit = 0;
+  int threads = 0;
+  bool json = false;
+};
+
+BosMode parse_bos(const std::string& s) {
+  return s == "on" ? BosMode::On : s == "off" ? BosMode::Off : BosMode::Default;
+}
+
+void run(const Options& o) {
+  set_num_threads(o.threads);
+  const auto t_start = std::chrono::steady_clock::now();
+  Checkpoint ck = open_checkpoint(o.model);
+  LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
+  LB_CHECK(o.seqlen <= ck.config.max_position_embeddings,
+           "--seqlen {} exceeds the model's max_position_embeddings ({})", o.seqlen, ck.config.max_position_embeddings);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(o.spm);
+  auto tok = load_tokenizer(ck.tokenizer_path, topt);
+  LB_CHECK(tok->vocab_size() <= ck.config.vocab_size, "tokenizer '{}' has {} tokens, more than the model's vocab_size {}",
+           ck.tokenizer_path, tok->vocab_size(), ck.config.vocab_size);
+  const std::string data_dir = o.dataset == "wikitext2" || o.dataset == "ptb" || o.dataset == "ptb-new" ||
+                                       o.dataset.rfind("c4", 0) == 0
+                                   ? resolve_data_dir(o.data_dir)
+                                   : o.data_dir;
+  const TextSet set = resolve_eval_set(o.dataset, data_dir);
+  auto windows = eval_windows(set, *tok, o.seqlen, parse_bos(o.bos));
+  const int64_t available = int64_t(windows.size());
+  if (o.limit > 0 && o.limit < available) windows.resize(size_t(o.limit));
+
+  Sha256 model_hash;
+  for (const auto& f : ck.weights->files()) {
+    auto m = MappedFile::open(f);
+    model_hash.update(m->data(), m->size());
+  }
+  const std::string model_sha = model_hash.hex_digest();
+
+  LlamaModel model(std::move(ck));
+  if (!o.json)
+    fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
+               windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
+               num_threads());
+  Progress progress("ppl");
+  PerplexityResult r = perplexity(model, windows, [&](int64_t done, int64_t total, double s, double ppl) {
+    progress.update(done, total, s, fmt::format("ppl {:.4f}", ppl));
+  });
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+
+  if (o.json) {
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& f : set.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
+    nlohmann::json j = {
+        {"metric", "perplexity"}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}, {"mean_nll", r.mean_nll},
+        {"model", {{"path", o.model}, {"format", model.checkpoint().format}, {"weights_sha256", model_sha},
+                   {"dtype", model.config().torch_dtype}, {"parameters", model.config().parameter_count()}}},
+        {"method", "none (16-bit)"},
+        {"dataset", {{"name", set.name}, {"convention", set.convention}, {"files", files}}},
+        {"tokenizer", {{"path", model.checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
+        {"seqlen", o.seqlen}, {"windows", r.windows}, {"windows_available", available}, {"tokens", r.tokens},
+        {"seconds", r.seconds}, {"wall_seconds", wall}, {"tokens_per_second", double(r.tokens) / r.seconds},
+        {"threads", num_threads()}, {"device", "cpu"}, {"compute_dtype", "float32"},
+        {"peak_rss_bytes", int64_t(ru.ru_maxrss) * 1024},
+        {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
+        {"window_nll", r.window_nll}};
+    fmt::print("{}\n", j.dump(1));
+    return;
+  }
+  fmt::print("{} ({}), seqlen {}, {} windows, {} tokens: {:.1f} s, {:.0f} tokens/s\n", set.name, set.convention,
+             o.seqlen, r.windows, r.tokens, r.seconds, double(r.tokens) / r.seconds);
+  fmt::print("PPL = {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
+}
+
+}  // namespace
+
+void register_ppl(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("ppl", "Perplexity under GPTQ's protocol (WikiText2, PTB, C4 or a text file)");
+  cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
+  cmd->add_option("--dataset", o->dataset, "wikitext2, ptb (validation, GPTQ), ptb-new (test, GPTQ), c4, c4-new, "
+                                           "or a text file");
+  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
+  cmd->add_option("--seqlen", o->seqlen, "tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  cmd->add_option("--limit", o->limit, "evaluate only the first N windows (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  add_spm_convention_option(cmd, o->spm);
+  cmd->add_flag("--json", o->json, "print one JSON object with the result and its identity");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace lowbit::cli
