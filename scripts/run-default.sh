@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine, builds lowbit and runs its main job on the default model and
-# data: the testbed-44m checkpoint and the datasets in ../shared (or MODELS / DATA).
+# data: the testbed-44m checkpoint and the datasets in ../shared (or MODELS / DATA): what the
+# checkpoint holds, then its WikiText2 perplexity.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODELS="${MODELS:-$ROOT/../shared/models}"
@@ -10,4 +11,5 @@ cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$ROOT/build" --target lowbit
 LOWBIT="$ROOT/build/tools/lowbit/lowbit"
 "$LOWBIT" inspect "$MODELS/testbed-44m"
-"$LOWBIT" tokenize --model "$MODELS/testbed-44m" --file "$DATA/wikitext2/wiki.test.raw" --count
+# WikiText2 perplexity under GPTQ's protocol (166 windows of 2048 tokens; a few minutes on 2 cores)
+"$LOWBIT" ppl --model "$MODELS/testbed-44m" --dataset wikitext2 --data-dir "$DATA"

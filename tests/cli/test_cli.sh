@@ -43,6 +43,20 @@ if [[ -d "$M/testbed-44m" ]]; then
   expect_ok "tokenize file" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3/tokenizer.json" --file "$T/in.txt" --ids
 fi
 
+if [[ -d "$M/stories260K" ]]; then
+  expect_ok "generate" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
+  expect_ok "logits" "" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1,403,407 -o "$T/l.safetensors"
+  expect_ok "logits file" "F32: 1 tensors" "$B" inspect "$T/l.safetensors"
+  printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..40} > "$T/story.txt"
+  expect_ok "ppl file" "^PPL = [0-9.]+ \+/- [0-9.]+$" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128
+  expect_ok "ppl json" '"windows_available": [0-9]+' "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_err "ppl seqlen" "exceeds the model's max_position_embeddings \(512\)" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 1024
+  expect_err "ppl missing data" "dataset 'wikitext2' needs wikitext2/wiki.test.raw" "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256 --data-dir "$T"
+  expect_err "ppl missing c4" "c4-validation.00000-of-00008.json.gz" "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256 --dataset c4 --data-dir "$T"
+  expect_err "ppl unknown dataset" "unknown dataset 'wikitext3'" "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256 --dataset wikitext3 --data-dir "$T"
+  expect_err "ppl no data dir" "no data directory" env -u LOWBIT_DATA "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256
+fi
+
 # Bad input: clear message, non-zero exit, no partial output.
 printf 'abc' > "$T/short.safetensors"
 expect_err "truncated safetensors" "too short for the 8-byte header" "$B" inspect "$T/short.safetensors"
@@ -50,6 +64,7 @@ printf '\xff\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_of
 expect_err "header past eof" "header length 255 runs past the end" "$B" inspect "$T/bad.safetensors"
 mkdir -p "$T/noweights" && printf '{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}' > "$T/noweights/config.json"
 expect_err "no weights" "has config.json but no weights" "$B" inspect "$T/noweights"
+expect_err "ppl no weights" "has config.json but no weights" "$B" ppl --model "$T/noweights" --data-dir "$T"
 printf '{"architectures":["LlamaForCausalLM"],"intermediate_size":16}' > "$T/noweights/config.json"
 expect_err "missing field" "missing required field 'hidden_size'" "$B" inspect "$T/noweights"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0}}}' > "$T/tokenizer.json"
