@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
-  libopenblas-dev liblapacke-dev \
+  libopenblas-openmp-dev liblapacke-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libsentencepiece-dev \
   libsqlite3-dev libzstd-dev zstd zlib1g-dev libssl-dev libtomlplusplus-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \

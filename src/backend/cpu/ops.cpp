@@ -40,13 +40,6 @@ inline float exp_approx(float x) {
   return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (ni << 23));
 }
 
-// RAII: OpenBLAS single-threaded inside our own parallel regions.
-struct BlasSerial {
-  int saved;
-  BlasSerial() : saved(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSerial() { openblas_set_num_threads(saved); }
-};
-
 }  // namespace
 
 void set_num_threads(int n) {
@@ -112,7 +105,7 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
   const int64_t nblocks = (T + kBlock - 1) / kBlock;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t ldq = nh * hd, ldk = nkv * hd;
-  BlasSerial serial;
+  // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
 #pragma omp parallel
   {
     std::vector<float> scores(size_t(kBlock * T));
