@@ -55,6 +55,20 @@ inline std::vector<int32_t> read_ids_zst(const std::string& path) {
   return ids;
 }
 
+// Decompresses a .zst file into bytes.
+inline std::string read_zst(const std::string& path) {
+  const std::string z = slurp(path);
+  const unsigned long long n = ZSTD_getFrameContentSize(z.data(), z.size());
+  if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN) {
+    ADD_FAILURE() << "not a zstd frame with a known size: " << path;
+    return {};
+  }
+  std::string out(n, '\0');
+  const size_t got = ZSTD_decompress(out.data(), n, z.data(), z.size());
+  if (ZSTD_isError(got) || got != n) ADD_FAILURE() << "cannot decompress " << path;
+  return out;
+}
+
 // A fresh temporary directory, removed when the object goes.
 struct TempDir {
   std::filesystem::path path;

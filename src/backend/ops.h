@@ -42,6 +42,17 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 // -log softmax(logits)[target] for each of `rows` rows of width V, accumulated in double.
 void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t rows, int64_t V);
+// acc[cols, cols] += x^T x for x [rows, cols] (fp32 products, summed into double): the Gram
+// matrix of a linear's inputs, from which GPTQ's Hessian is formed. Both triangles are written.
+void gram_accumulate(const float* x, int64_t rows, int64_t cols, double* acc);
+
+// Dense linear algebra on row-major fp64 matrices (LAPACK through OpenBLAS).
+// Cholesky factor of a symmetric positive-definite n x n matrix, in place: A = L L^T (lower) or
+// A = U^T U (upper); the other triangle is zeroed. Returns false (a left as LAPACK leaves it)
+// when a is not positive definite.
+bool cholesky(double* a, int64_t n, bool upper);
+// A^{-1} (full, symmetric) from A's lower Cholesky factor L, in place.
+void cholesky_inverse(double* l, int64_t n);
 
 }  // namespace ops
 
@@ -54,6 +65,7 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
                int64_t hd);
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t rows, int64_t V);
+void gram_accumulate(const float* x, int64_t rows, int64_t cols, double* acc);
 
 }  // namespace ref
 

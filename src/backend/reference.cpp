@@ -85,4 +85,13 @@ void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t 
   }
 }
 
+void gram_accumulate(const float* x, int64_t rows, int64_t cols, double* acc) {
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      double sum = 0;
+      for (int64_t r = 0; r < rows; ++r) sum += double(x[r * cols + i]) * double(x[r * cols + j]);
+      acc[i * cols + j] += sum;
+    }
+}
+
 }  // namespace lowbit::ref

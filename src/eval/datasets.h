@@ -12,6 +12,7 @@
 // the SHA-256 of the files it used.
 #pragma once
 
+#include "formats/data_files.h"
 #include "formats/tokenizer.h"
 
 #include <cstdint>
@@ -20,20 +21,12 @@
 
 namespace lowbit {
 
-struct DatasetFile {
-  std::string path;
-  std::string sha256;
-};
-
 // A text set resolved in a data directory, with what is known about its provenance.
 struct TextSet {
   std::string name;        // "wikitext2", "ptb", "ptb-new", "c4", "c4-new" or the file path
   std::string convention;  // e.g. "wikitext-2-raw-v1 test, rows joined \"\\n\\n\" (GPTQ get_wikitext2)"
   std::vector<DatasetFile> files;
 };
-
-// The data directory: the flag's value, else $LOWBIT_DATA; an error when neither is set.
-std::string resolve_data_dir(const std::string& flag_value);
 
 // Resolves an evaluation set by name (or a file path). Throws naming the missing file, the
 // expected location and, for C4, where to obtain it.
@@ -44,8 +37,5 @@ TextSet resolve_eval_set(const std::string& name, const std::string& data_dir);
 // windows, or, for C4, GPTQ's 256 windows drawn with Python's random.seed(0).
 std::vector<std::vector<int32_t>> eval_windows(const TextSet& set, const Tokenizer& tok, int64_t seqlen,
                                                BosMode bos);
-
-// Reads a .json.gz file of one JSON object per line and returns each line's "text".
-std::vector<std::string> read_jsonl_gz_texts(const std::string& path);
 
 }  // namespace lowbit

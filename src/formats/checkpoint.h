@@ -21,6 +21,8 @@
 #include "formats/llama_config.h"
 #include "formats/weights.h"
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +35,9 @@ struct Checkpoint {
   LlamaConfig config;
   std::shared_ptr<WeightSource> weights;
   std::string tokenizer_path;  // empty when none was found
+  // For a quantized checkpoint (quant/quantize.h): its "lowbit.quantization" metadata; null
+  // for a 16-bit one.
+  nlohmann::json quantization;
 };
 
 // Opens and validates (every expected tensor present with the shape the config implies).

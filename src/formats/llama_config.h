@@ -47,4 +47,8 @@ LlamaConfig load_llama_config(const std::string& path);
 
 const char* rope_type_name(RopeScaling::Type t);
 
+// A Hugging Face config.json (LlamaForCausalLM) describing c, for checkpoints lowbit writes from
+// sources that have none (llama2.c).
+std::string llama_config_to_json(const LlamaConfig& c);
+
 }  // namespace lowbit

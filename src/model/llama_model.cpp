@@ -69,6 +69,26 @@ std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
   return w;
 }
 
+void LlamaModel::set_block_cache(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cache_blocks_ = on;
+  if (!on)
+    for (auto& b : blocks_) b.reset();
+}
+
+BlockWeights clone_block_weights(const BlockWeights& w) {
+  auto copy = [](const Tensor& t) {
+    Tensor c = Tensor::empty(t.dtype(), t.shape());
+    std::memcpy(c.mutable_data(), t.data(), size_t(t.nbytes()));
+    return c;
+  };
+  BlockWeights out;
+  out.input_norm = copy(w.input_norm);
+  out.post_norm = copy(w.post_norm);
+  for (size_t i = 0; i < w.linear.size(); ++i) out.linear[i] = copy(w.linear[i]);
+  return out;
+}
+
 void LlamaModel::set_block_weights(int64_t i, std::shared_ptr<const BlockWeights> w) {
   LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
   std::lock_guard<std::mutex> lock(mu_);
@@ -105,25 +125,34 @@ void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, 
   auto out_hook = [&](LinearKind kind, const float* p, int64_t cols) {
     if (hooks && hooks->on_output) hooks->on_output(layer, kind, p, N, cols);
   };
-  auto linear = [&](LinearKind kind, float* in, int64_t in_cols, float* out, int64_t out_cols) {
-    in_hook(kind, in, in_cols);
+  const bool in_hooks = hooks && hooks->on_input;
+  auto stop_at = [&](std::initializer_list<LinearKind> kinds) {
+    if (!hooks || !hooks->stop_after_input) return false;
+    for (LinearKind k : kinds)
+      if (*hooks->stop_after_input == k) return true;
+    return false;
+  };
+  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* out, int64_t out_cols) {
     ops::linear(in, w[kind].data_as<float>(), out, N, in_cols, out_cols);
     out_hook(kind, out, out_cols);
   };
 
   // Attention: x = norm(h); q, k, v = x W^T; RoPE on q, k; causal GQA; h += att W_o^T.
   ops::rmsnorm(hidden, w.input_norm.data_as<float>(), x.data(), N, H, eps);
-  if (hooks && hooks->on_input) {
-    // q, k and v read the same normalized input; a hook that rewrites it (activation
-    // quantization) must see it once per linear, so each gets its own copy.
+  if (in_hooks) {
     std::vector<float> xq(x), xk(x);
-    linear(LinearKind::Q, xq.data(), H, q.data(), qd);
-    linear(LinearKind::K, xk.data(), H, k.data(), kvd);
-    linear(LinearKind::V, x.data(), H, v.data(), kvd);
+    in_hook(LinearKind::Q, xq.data(), H);
+    in_hook(LinearKind::K, xk.data(), H);
+    in_hook(LinearKind::V, x.data(), H);
+    if (stop_at({LinearKind::Q, LinearKind::K, LinearKind::V})) return;
+    product(LinearKind::Q, xq.data(), H, q.data(), qd);
+    product(LinearKind::K, xk.data(), H, k.data(), kvd);
+    product(LinearKind::V, x.data(), H, v.data(), kvd);
   } else {
-    linear(LinearKind::Q, x.data(), H, q.data(), qd);
-    linear(LinearKind::K, x.data(), H, k.data(), kvd);
-    linear(LinearKind::V, x.data(), H, v.data(), kvd);
+    if (stop_at({LinearKind::Q, LinearKind::K, LinearKind::V})) return;
+    product(LinearKind::Q, x.data(), H, q.data(), qd);
+    product(LinearKind::K, x.data(), H, k.data(), kvd);
+    product(LinearKind::V, x.data(), H, v.data(), kvd);
   }
   for (int64_t b = 0; b < B; ++b) {
     ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
@@ -131,7 +160,9 @@ void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, 
     ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
                    T, nh, nkv, hd);
   }
-  linear(LinearKind::O, att.data(), qd, x.data(), H);
+  in_hook(LinearKind::O, att.data(), qd);
+  if (stop_at({LinearKind::O})) return;
+  product(LinearKind::O, att.data(), qd, x.data(), H);
   for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
 
   // MLP: x = norm(h); h += (silu(x Wg^T) * (x Wu^T)) Wd^T.
@@ -139,17 +170,23 @@ void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, 
   k = {};
   v = {};
   att = {};
-  std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
   ops::rmsnorm(hidden, w.post_norm.data_as<float>(), x.data(), N, H, eps);
-  if (hooks && hooks->on_input) {
-    std::vector<float> xg(x);
-    linear(LinearKind::Gate, xg.data(), H, gate.data(), F);
-  } else {
-    linear(LinearKind::Gate, x.data(), H, gate.data(), F);
+  std::vector<float> xg;
+  if (in_hooks) {
+    xg = x;
+    in_hook(LinearKind::Gate, xg.data(), H);
+    in_hook(LinearKind::Up, x.data(), H);
   }
-  linear(LinearKind::Up, x.data(), H, up.data(), F);
+  if (stop_at({LinearKind::Gate, LinearKind::Up})) return;
+  std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
+  product(LinearKind::Gate, in_hooks ? xg.data() : x.data(), H, gate.data(), F);
+  xg = {};
+  product(LinearKind::Up, x.data(), H, up.data(), F);
   ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
-  linear(LinearKind::Down, gate.data(), F, x.data(), H);
+  up = {};
+  in_hook(LinearKind::Down, gate.data(), F);
+  if (stop_at({LinearKind::Down})) return;
+  product(LinearKind::Down, gate.data(), F, x.data(), H);
   for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
 }
 

@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -42,12 +43,22 @@ struct BlockWeights {
   Tensor& operator[](LinearKind k) { return linear[size_t(k)]; }
 };
 
+// A deep copy with every tensor owned and writable (for methods that edit a block's weights).
+BlockWeights clone_block_weights(const BlockWeights& w);
+
 // Hook points on every linear of a block. on_input sees (and may rewrite, e.g. to quantize
 // activations) the [rows, in] input right before the product; on_output sees the [rows, out]
-// result. q, k and v share one input, which their hooks all see.
+// result. q, k and v share one normalized input, gate and up another: when on_input is set, each
+// of them gets its own copy, so a hook that rewrites one linear's input leaves the others' alone.
+// Input hooks of linears sharing an input run before any of their products.
+//
+// stop_after_input: return from run_block as soon as the input hooks of that linear (and of the
+// linears sharing its input) have run; `hidden` is then left partly updated. Calibration uses it
+// to collect a linear's input statistics without running the rest of the block.
 struct BlockHooks {
   std::function<void(int64_t layer, LinearKind, float* x, int64_t rows, int64_t cols)> on_input;
   std::function<void(int64_t layer, LinearKind, const float* y, int64_t rows, int64_t cols)> on_output;
+  std::optional<LinearKind> stop_after_input;
 };
 
 class LlamaModel {
@@ -83,6 +94,10 @@ class LlamaModel {
 
   // The longest sequence the RoPE table covers (grown on demand).
   void ensure_positions(int64_t n) const;
+
+  // Whether block_weights() keeps converted fp32 blocks for reuse (on by default when all of
+  // them fit in 4 GiB). Quantization turns it off: it holds one block at a time.
+  void set_block_cache(bool on);
 
  private:
   const float* lm_head_f32() const;

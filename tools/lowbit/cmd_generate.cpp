@@ -3,6 +3,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "quant/quantize.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
 
@@ -22,7 +23,7 @@ struct Options {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  Checkpoint ck = open_checkpoint(o.model);
+  Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   auto tok = load_tokenizer(ck.tokenizer_path);
   LlamaModel model(std::move(ck));

@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "core/error.h"
+#include "quant/quantize.h"
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -139,7 +140,7 @@ void run(const Options& o) {
     out["weights"] = weights_json(*w);
     out["metadata"] = f->metadata();
   } else {
-    Checkpoint ck = open_checkpoint(o.path);
+    Checkpoint ck = open_model(o.path);
     const LlamaConfig& c = ck.config;
     out["format"] = ck.format;
     out["architecture"] = {
@@ -156,6 +157,18 @@ void run(const Options& o) {
       out["architecture"]["rope_original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings;
     }
     out["weights"] = weights_json(*ck.weights);
+    if (!ck.quantization.is_null()) {
+      const json& q = ck.quantization;
+      double bits = 0, weights = 0;
+      for (const auto& [base, l] : q["linears"].items()) {
+        const double n = l["rows"].get<double>() * l["cols"].get<double>();
+        bits += l["bits_per_weight"].get<double>() * n;
+        weights += n;
+      }
+      out["quantization"] = {{"method", q["method"]}, {"calibration", q["calibration"]}, {"source", q["source"]},
+                             {"linear_bits_per_weight", weights > 0 ? bits / weights : 0.0},
+                             {"lowbit", q["lowbit"]}, {"created", q["created"]}};
+    }
     if (!ck.tokenizer_path.empty()) out["tokenizer"] = tokenizer_json(*load_tokenizer(ck.tokenizer_path, topt), ck.tokenizer_path);
   }
   if (o.json) {
@@ -178,6 +191,16 @@ void run(const Options& o) {
                a["max_position_embeddings"].get<int64_t>(), a["rms_norm_eps"].get<double>());
     fmt::print("embeddings    {}; stored dtype {}\n", a["tie_word_embeddings"].get<bool>() ? "tied" : "untied",
                a["torch_dtype"].get<std::string>().empty() ? "unspecified" : a["torch_dtype"].get<std::string>());
+  }
+  if (out.contains("quantization")) {
+    const auto& q = out["quantization"];
+    fmt::print("quantization  {} ({}), {:.3f} bits per linear weight stored; source {}\n",
+               q["method"]["spec"].get<std::string>(), q["method"]["resolved"].get<std::string>(),
+               q["linear_bits_per_weight"].get<double>(), q["source"]["path"].get<std::string>());
+    if (!q["calibration"].is_null())
+      fmt::print("calibration   {}: {} x {} tokens, seed {}\n", q["calibration"]["set"].get<std::string>(),
+                 q["calibration"]["nsamples"].get<int64_t>(), q["calibration"]["seqlen"].get<int64_t>(),
+                 q["calibration"]["seed"].get<uint64_t>());
   }
   if (out.contains("weights")) print_weights(out["weights"]);
   if (out.contains("metadata") && !out["metadata"].empty()) fmt::print("metadata      {}\n", out["metadata"].dump());

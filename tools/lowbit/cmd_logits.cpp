@@ -4,6 +4,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "quant/quantize.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
@@ -23,7 +24,7 @@ struct Options {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  Checkpoint ck = open_checkpoint(o.model);
+  Checkpoint ck = open_model(o.model);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
     std::stringstream ss(o.ids);

@@ -4,6 +4,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "quant/quantize.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
 #include "eval/datasets.h"
@@ -38,7 +39,7 @@ BosMode parse_bos(const std::string& s) {
 void run(const Options& o) {
   set_num_threads(o.threads);
   const auto t_start = std::chrono::steady_clock::now();
-  Checkpoint ck = open_checkpoint(o.model);
+  Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   LB_CHECK(o.seqlen <= ck.config.max_position_embeddings,
            "--seqlen {} exceeds the model's max_position_embeddings ({})", o.seqlen, ck.config.max_position_embeddings);

@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "core/error.h"
+#include "quant/quantize.h"
 #include "core/mapped_file.h"
 #include "formats/checkpoint.h"
 #include "formats/tokenizer.h"
@@ -28,7 +29,7 @@ void run(const Options& o) {
   std::string path = tok_file;
   if (tok_file == o.model && o.model.size() > 4 && o.model.ends_with(".bin") &&
       std::filesystem::path(o.model).filename().string().rfind("tok", 0) != 0)
-    path = open_checkpoint(o.model).tokenizer_path;  // a llama2.c checkpoint: its tokenizer beside it
+    path = open_model(o.model).tokenizer_path;  // a llama2.c checkpoint: its tokenizer beside it
   LB_CHECK(!path.empty(), "'{}': no tokenizer beside the checkpoint", o.model);
   auto tok = load_tokenizer(path, topt);
   const std::string text = o.file.empty() ? o.text : read_file(o.file);

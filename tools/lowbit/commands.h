@@ -10,6 +10,9 @@ void register_tokenize(CLI::App& app);
 void register_ppl(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
+void register_quantize(CLI::App& app);
+void register_methods(CLI::App& app);
+void register_stats(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);

@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
   lowbit::cli::register_ppl(app);
   lowbit::cli::register_generate(app);
   lowbit::cli::register_logits(app);
+  lowbit::cli::register_quantize(app);
+  lowbit::cli::register_methods(app);
+  lowbit::cli::register_stats(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

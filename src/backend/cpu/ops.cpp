@@ -13,6 +13,12 @@
 #include <cstring>
 #include <vector>
 
+// LAPACK (in OpenBLAS), Fortran calling convention with the hidden string lengths.
+extern "C" {
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+}
+
 namespace lowbit {
 
 namespace {
@@ -169,6 +175,49 @@ void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t 
     }
     out[r] = std::log(sum) + double(mx) - double(l[targets[r]]);
   }
+}
+
+void gram_accumulate(const float* x, int64_t rows, int64_t cols, double* acc) {
+  std::vector<float> g(size_t(cols * cols));
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, blasint(cols), blasint(rows), 1.0f, x, blasint(cols), 0.0f,
+              g.data(), blasint(cols));
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < cols; ++i) {
+    for (int64_t j = i; j < cols; ++j) {
+      const double v = g[size_t(i * cols + j)];
+      acc[i * cols + j] += v;
+      if (j != i) acc[j * cols + i] += v;
+    }
+  }
+}
+
+// Row-major storage is the column-major storage of the transpose, so a row-major lower factor is
+// LAPACK's upper one and vice versa.
+bool cholesky(double* a, int64_t n, bool upper) {
+  LB_CHECK(n <= int64_t(1) << 30, "cholesky: matrix of order {} is too large", n);
+  const int ni = int(n);
+  int info = 0;
+  const char uplo = upper ? 'L' : 'U';
+  dpotrf_(&uplo, &ni, a, &ni, &info, 1);
+  LB_ASSERT(info >= 0);
+  if (info > 0) return false;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      if (upper ? j < i : j > i) a[i * n + j] = 0.0;
+  return true;
+}
+
+void cholesky_inverse(double* l, int64_t n) {
+  const int ni = int(n);
+  int info = 0;
+  const char uplo = 'U';
+  dpotri_(&uplo, &ni, l, &ni, &info, 1);
+  LB_CHECK(info == 0, "cholesky_inverse: singular factor (LAPACK dpotri info {})", info);
+  // dpotri wrote the row-major lower triangle; mirror it.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) l[i * n + j] = l[j * n + i];
 }
 
 }  // namespace ops

@@ -1,0 +1,211 @@
+#include "calib/block_driver.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+namespace lowbit {
+
+namespace {
+
+// Linears that read the same input share one statistics object: the index of that input.
+int input_site(LinearKind k) {
+  switch (k) {
+    case LinearKind::Q:
+    case LinearKind::K:
+    case LinearKind::V: return 0;
+    case LinearKind::O: return 1;
+    case LinearKind::Gate:
+    case LinearKind::Up: return 2;
+    case LinearKind::Down: return 3;
+  }
+  return 0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+BlockContext::BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
+                           int64_t seqlen, std::function<void(const LinearReport&)> report,
+                           std::function<void(const std::string&)> note)
+    : model_(model), layer_(layer), weights_(weights), inputs_(inputs), nseq_(nseq), seqlen_(seqlen),
+      report_(std::move(report)), note_(std::move(note)) {}
+
+void BlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
+  LB_ASSERT(w0 >= 0 && n >= 0 && w0 + n <= nseq_);
+  const int64_t H = model_.config().hidden_size;
+  for (int64_t s = 0; s < n; ++s) {
+    float* h = out + s * seqlen_ * H;
+    std::memcpy(h, inputs_ + (w0 + s) * seqlen_ * H, size_t(seqlen_ * H) * sizeof(float));
+    model_.run_block(layer_, w, h, 1, seqlen_, 0, hooks);
+  }
+}
+
+BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, StatsRequest what) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  LB_ASSERT(!kinds.empty());
+  // One statistics object per input site; the first requested linear of a site accumulates it.
+  std::array<std::shared_ptr<InputStats>, 4> site{};
+  std::array<LinearKind, 4> owner{};
+  LinearKind last = kinds[0];
+  for (LinearKind k : kinds) {
+    const int s = input_site(k);
+    if (!site[size_t(s)]) {
+      site[size_t(s)] = std::make_shared<InputStats>();
+      owner[size_t(s)] = k;
+    }
+    if (int(k) > int(last)) last = k;
+  }
+  BlockHooks hooks;
+  hooks.stop_after_input = last;
+  hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
+    const int s = input_site(k);
+    InputStats* st = site[size_t(s)].get();
+    if (st == nullptr || owner[size_t(s)] != k) return;
+    if (st->dim == 0) {
+      st->dim = cols;
+      if (what.hessian) st->hessian.assign(size_t(cols * cols), 0.0);
+      if (what.absmax) st->absmax.assign(size_t(cols), 0.0f);
+      if (what.absmean) st->absmean.assign(size_t(cols), 0.0);
+    }
+    LB_ASSERT(st->dim == cols);
+    if (what.hessian) ops::gram_accumulate(x, rows, cols, st->hessian.data());
+    if (what.absmax || what.absmean) {
+      std::vector<double> sum(size_t(cols), 0.0);
+      std::vector<float> mx(size_t(cols), 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float a = std::fabs(xr[c]);
+          mx[size_t(c)] = std::max(mx[size_t(c)], a);
+          sum[size_t(c)] += a;
+        }
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        if (what.absmax) st->absmax[size_t(c)] = std::max(st->absmax[size_t(c)], mx[size_t(c)]);
+        if (what.absmean) st->absmean[size_t(c)] += sum[size_t(c)];
+      }
+    }
+    st->tokens += rows;
+    st->sequences += 1;
+  };
+  const int64_t H = model_.config().hidden_size;
+  std::vector<float> h(size_t(seqlen_ * H));
+  for (int64_t s = 0; s < nseq_; ++s) {
+    std::memcpy(h.data(), inputs_ + s * seqlen_ * H, h.size() * sizeof(float));
+    model_.run_block(layer_, weights_, h.data(), 1, seqlen_, 0, &hooks);
+  }
+  StatsMap out;
+  for (auto& st : site) {
+    if (!st) continue;
+    const double scale = 2.0 / double(st->sequences);
+    for (double& v : st->hessian) v *= scale;
+    for (double& v : st->absmean) v /= double(st->tokens);
+  }
+  for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
+  return out;
+}
+
+void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb) {
+  const LlamaConfig& c = model.config();
+  const int64_t H = c.hidden_size, L = c.num_hidden_layers;
+  model.set_block_cache(false);
+  int64_t nseq = 0, T = 0;
+  std::vector<float> hidden;
+  if (plan.windows != nullptr && !plan.windows->empty()) {
+    nseq = int64_t(plan.windows->size());
+    T = int64_t((*plan.windows)[0].size());
+    for (const auto& w : *plan.windows)
+      LB_CHECK(int64_t(w.size()) == T, "calibration windows differ in length ({} and {})", T, w.size());
+    LB_CHECK(T <= c.max_position_embeddings, "calibration sequence length {} exceeds the model's "
+             "max_position_embeddings ({})", T, c.max_position_embeddings);
+    const double bytes = double(nseq) * double(T) * double(H) * 4.0;
+    try {
+      hidden.resize(size_t(nseq * T * H));
+    } catch (const std::bad_alloc&) {
+      fail("calibration activations need {:.1f} GiB ({} windows x {} tokens x {} x fp32), more than is available",
+           bytes / double(1 << 30), nseq, T, H);
+    }
+    for (int64_t s = 0; s < nseq; ++s) model.embed((*plan.windows)[size_t(s)], hidden.data() + s * T * H);
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (cb.on_block_start) cb.on_block_start(i, L);
+    BlockWeights w = clone_block_weights(*model.block_weights(i));
+    BlockContext ctx(
+        model, i, w, hidden.data(), nseq, T,
+        [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
+        [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
+    plan.quantize_block(ctx);
+    if (nseq > 0) {
+      const BlockHooks* hooks = plan.propagation_hooks ? plan.propagation_hooks(i) : nullptr;
+      for (int64_t s = 0; s < nseq; ++s) model.run_block(i, w, hidden.data() + s * T * H, 1, T, 0, hooks);
+    }
+    if (cb.on_block_done) cb.on_block_done(i, L, seconds_since(t0));
+  }
+}
+
+BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                         int64_t layer, StatsRequest what, BlockWeights* weights_out) {
+  const LlamaConfig& c = model.config();
+  LB_CHECK(layer >= 0 && layer < c.num_hidden_layers, "layer {} does not exist (the model has {})", layer,
+           c.num_hidden_layers);
+  LB_CHECK(!windows.empty(), "layer statistics need calibration windows");
+  const int64_t H = c.hidden_size, nseq = int64_t(windows.size()), T = int64_t(windows[0].size());
+  std::vector<float> hidden(size_t(nseq * T * H));
+  for (int64_t s = 0; s < nseq; ++s) {
+    LB_CHECK(int64_t(windows[size_t(s)].size()) == T, "calibration windows differ in length");
+    model.embed(windows[size_t(s)], hidden.data() + s * T * H);
+  }
+  for (int64_t i = 0; i < layer; ++i)
+    for (int64_t s = 0; s < nseq; ++s) model.run_block(i, hidden.data() + s * T * H, 1, T);
+  BlockWeights w = clone_block_weights(*model.block_weights(layer));
+  BlockContext ctx(model, layer, w, hidden.data(), nseq, T, nullptr, nullptr);
+  auto stats = ctx.collect(kAllLinears, what);
+  if (weights_out) *weights_out = std::move(w);
+  return stats;
+}
+
+double relative_weight_error(const float* w, const float* q, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(w[i]) - double(q[i]);
+    num += d * d;
+    den += double(w[i]) * double(w[i]);
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
+double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                             const std::vector<double>& h) {
+  // On at most 512 evenly spaced rows: the ratio is a per-row average, and a sample of rows
+  // estimates it well at a fraction of a full rows x cols x cols product.
+  const int64_t step = std::max<int64_t>(1, rows / 512);
+  const int64_t n = (rows + step - 1) / step;
+  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols)), hf(h.begin(), h.end());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t r = i * step;
+      wr[size_t(i * cols + c)] = w[r * cols + c];
+      d[size_t(i * cols + c)] = w[r * cols + c] - q[r * cols + c];
+    }
+  std::vector<float> dh(size_t(n * cols)), wh(size_t(n * cols));
+  ops::linear(d.data(), hf.data(), dh.data(), n, cols, cols);
+  ops::linear(wr.data(), hf.data(), wh.data(), n, cols, cols);
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n * cols; ++i) {
+    num += double(dh[size_t(i)]) * double(d[size_t(i)]);
+    den += double(wh[size_t(i)]) * double(wr[size_t(i)]);
+  }
+  return den > 0 ? num / den : 0.0;
+}
+
+}  // namespace lowbit

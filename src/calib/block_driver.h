@@ -1,0 +1,124 @@
+// The block-by-block driver of a quantization run (DESIGN.md, "How a quantization run flows"):
+//
+//   1. embed the calibration windows: block 0's inputs, [nseq * seqlen, hidden] in fp32;
+//   2. for each block in order: convert its weights to fp32; hand them, with the block's inputs,
+//      to the method, which collects the statistics it needs (BlockContext::collect runs the
+//      block with observers on its linears' inputs), quantizes the linears and writes their
+//      dequantized (fake-quant) weights back, possibly rewriting other weights too (scales
+//      folded into norms); then run the block with those weights, in place, to produce the next
+//      block's inputs; release the block.
+//
+// Peak memory is one block's fp32 weights plus one activation buffer, whatever the depth. Data-
+// free methods get no calibration inputs and no forward runs at all.
+#pragma once
+
+#include "model/llama_model.h"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+// Statistics of one linear's input over the calibration tokens. Linears that share an input
+// (q, k, v; gate, up) share one object.
+struct InputStats {
+  int64_t dim = 0;
+  int64_t tokens = 0;     // rows seen
+  int64_t sequences = 0;  // windows seen
+  // GPTQ's Hessian: 2 / sequences * sum over windows of X^T X  ([dim, dim], fp64; empty unless
+  // requested). GPTQ scales by the number of sequences, not tokens; methods that use it are
+  // invariant to the scale except through relative damping.
+  std::vector<double> hessian;
+  std::vector<float> absmax;    // [dim] max |x_j| (empty unless requested)
+  std::vector<double> absmean;  // [dim] mean |x_j| (empty unless requested)
+};
+
+struct StatsRequest {
+  bool hessian = false;
+  bool absmax = false;
+  bool absmean = false;
+};
+
+// One line of per-linear progress.
+struct LinearReport {
+  LinearKind kind = LinearKind::Q;
+  double seconds = 0;
+  double weight_rel_err = 0;  // ||W - Q||_F / ||W||_F
+  double output_rel_err = -1;  // tr(dW H dW^T) / tr(W H W^T) on the calibration inputs; < 0: not measured
+  std::string note;            // method-specific, e.g. "loss 12.3, damp 0.01"
+};
+
+class BlockContext {
+ public:
+  using StatsMap = std::map<LinearKind, std::shared_ptr<const InputStats>>;
+
+  BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
+               int64_t seqlen, std::function<void(const LinearReport&)> report,
+               std::function<void(const std::string&)> note);
+
+  const LlamaModel& model() const { return model_; }
+  int64_t layer() const { return layer_; }
+  BlockWeights& weights() { return weights_; }
+  bool has_calibration() const { return nseq_ > 0; }
+  int64_t nseq() const { return nseq_; }
+  int64_t seqlen() const { return seqlen_; }
+  // The block's calibration inputs [nseq * seqlen, hidden]: the outputs of the quantized
+  // previous blocks. Valid until the driver propagates them after the method returns.
+  const float* inputs() const { return inputs_; }
+
+  // Runs the block with the current weights on every calibration window, stopping at the last of
+  // `kinds`, and returns the statistics of those linears' inputs.
+  StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const;
+  // Runs the block with weights `w` on windows [w0, w0 + n): out[n * seqlen, hidden] receives
+  // the outputs (or, with hooks->stop_after_input, the partly updated hidden states).
+  void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const;
+
+  void report(const LinearReport& r) const { if (report_) report_(r); }
+  void note(const std::string& s) const { if (note_) note_(s); }
+
+ private:
+  const LlamaModel& model_;
+  int64_t layer_;
+  BlockWeights& weights_;
+  float* inputs_;
+  int64_t nseq_, seqlen_;
+  std::function<void(const LinearReport&)> report_;
+  std::function<void(const std::string&)> note_;
+};
+
+struct DriverCallbacks {
+  std::function<void(int64_t layer, int64_t layers)> on_block_start;
+  std::function<void(int64_t layer, const LinearReport&)> on_linear;
+  std::function<void(int64_t layer, const std::string&)> on_note;
+  std::function<void(int64_t layer, int64_t layers, double seconds)> on_block_done;
+};
+
+struct DriverPlan {
+  // Calibration windows, each of the same length; empty for data-free methods.
+  const std::vector<std::vector<int32_t>>* windows = nullptr;
+  // Quantizes block ctx.layer() (editing ctx.weights()); called once per block, in order.
+  std::function<void(BlockContext&)> quantize_block;
+  // Hooks applied when the quantized block produces the next block's inputs (activation
+  // quantization); may be null.
+  std::function<const BlockHooks*(int64_t layer)> propagation_hooks;
+};
+
+// Runs the plan over every block of the model. The model's block cache is turned off.
+void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb);
+
+// Input statistics of every linear of block `layer` of the 16-bit model (blocks before it run
+// unquantized) on the calibration windows, and the block's fp32 weights.
+BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                         int64_t layer, StatsRequest what, BlockWeights* weights_out);
+
+// ||W - Q||_F / ||W||_F over n values.
+double relative_weight_error(const float* w, const float* q, int64_t n);
+// tr(dW H dW^T) / tr(W H W^T) for W, Q [rows, cols] and H [cols, cols] (fp64).
+double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols, const std::vector<double>& h);
+
+}  // namespace lowbit

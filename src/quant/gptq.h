@@ -1,0 +1,53 @@
+// gptq: GPTQ (Frantar et al. 2023) as its reference code (IST-DASLab/gptq, gptq.py) defines it.
+//
+//   - H = 2/N sum X^T X over the calibration windows (BlockContext::collect);
+//   - dead inputs (H[j, j] == 0): H[j, j] = 1 and W[:, j] = 0;
+//   - act_order: columns processed by descending H[j, j] (a stable sort, ties by index);
+//   - damping: H += damp * mean(diag H) * I; when the Cholesky factorization still fails, the
+//     damping is multiplied by 10 (or set to 0.01 when it was 0) and the solve retried, up to 4
+//     times; the damping used is reported;
+//   - Hinv = upper Cholesky factor of H^{-1} (computed in fp64, then used in fp32);
+//   - columns in blocks of `block` (128): each column is quantized onto the affine grid
+//     (affine_grid.h) of its group, its error e = (w - q) / Hinv[i, i] is propagated to the
+//     block's remaining columns, and after the block to all later columns at once (the lazy
+//     batch update, one GEMM);
+//   - groups: per-channel (g = -1: one grid per row from the whole row, found before dead
+//     columns are zeroed, as the reference does), dynamic (a new grid whenever a column index is
+//     a multiple of g in processing order, from the not-yet-quantized weights as the reference
+//     reads them: the block's in-block updates are not yet applied to them), or static_groups
+//     (every group's grid found up front from the original weights, in original column order);
+//   - loss = sum (w - q)^2 / Hinv[i, i]^2 / 2 (the reference's reported error).
+//
+// With act_order and dynamic groups the groups follow processing order, recorded as g_idx.
+//
+//   spec: gptq:w=4,g=128,sym=0,act_order=0,static_groups=0,damp=0.01,block=128,true_seq=1
+#pragma once
+
+#include "quant/quantized_linear.h"
+
+#include <vector>
+
+namespace lowbit {
+
+struct GptqOptions {
+  int bits = 4;
+  int64_t group_size = 128;  // -1: per output channel
+  bool sym = false;
+  bool act_order = false;
+  bool static_groups = false;
+  double damp = 0.01;
+  int64_t block = 128;
+};
+
+struct GptqResult {
+  QuantizedLinear q;
+  double loss = 0;
+  double damp = 0;            // the relative damping finally used
+  int64_t dead_columns = 0;
+};
+
+// w: [rows, cols] fp32; h: [cols, cols] fp64 (taken by value: it is modified).
+GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
+                         DType dtype);
+
+}  // namespace lowbit

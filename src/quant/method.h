@@ -1,0 +1,76 @@
+// One interface for every quantization method (DESIGN.md, "One interface for every method").
+//
+// A method sees one block at a time through a BlockContext: the block's fp32 weights, the
+// calibration inputs, and collect(), which runs the block with observers to gather its linears'
+// input statistics. It writes each quantized linear's dequantized weight back into the context
+// (the block then runs with it to produce the next block's inputs) and its QuantizedLinear into
+// the QuantizedBlock. Methods that rewrite the model (scales folded into norms) edit the
+// context's other weights and record them in the QuantizedBlock too.
+//
+// Methods are named by spec strings (quant_spec.h): "rtn:w=4,g=128", "gptq:w=3,g=-1,act_order=1".
+// One file per method in src/quant/; make_method() knows them all.
+#pragma once
+
+#include "calib/block_driver.h"
+#include "core/tensor.h"
+#include "quant/quant_spec.h"
+#include "quant/quantized_linear.h"
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+// What quantizing one block produced.
+struct QuantizedBlock {
+  std::array<std::optional<QuantizedLinear>, 7> linear;  // indexed by LinearKind
+  // Norm weights the method rewrote (fp32), undefined when unchanged.
+  Tensor input_norm, post_norm;
+};
+
+class QuantMethod {
+ public:
+  explicit QuantMethod(QuantSpec spec) : spec_(std::move(spec)) {}
+  virtual ~QuantMethod() = default;
+
+  const QuantSpec& spec() const { return spec_; }
+  virtual bool needs_calibration() const = 0;
+  // #W, #A and #G as the study's tables print them (#G: -1 for per-channel).
+  virtual double weight_bits() const = 0;
+  virtual int activation_bits() const { return 16; }
+  virtual int64_t group_size() const = 0;
+  virtual void quantize_block(BlockContext& ctx, QuantizedBlock& out) = 0;
+
+ protected:
+  QuantSpec spec_;
+};
+
+// Throws lowbit::Error for unknown methods and for unknown or out-of-range options.
+std::unique_ptr<QuantMethod> make_method(const std::string& spec_text);
+// "rtn", "nf4", "gptq", ...
+std::vector<std::string> method_names();
+// The options of a method with their defaults and help, one per line.
+std::vector<std::string> method_help(const std::string& name);
+
+// The dtype in which the model stores layer `layer`'s linear `k` (the precision its fake-quant
+// weight is rounded to; fp32 for fp32 checkpoints).
+DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k);
+
+// Common end of quantizing one linear: writes q's dequantized weight into ctx.weights()[k],
+// reports the weight error (and the output error when `hessian` is given), and stores q.
+void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
+                   std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
+                   const std::string& note);
+
+// The factories, one per method file.
+std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
+
+}  // namespace lowbit

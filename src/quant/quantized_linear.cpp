@@ -1,0 +1,121 @@
+#include "quant/quantized_linear.h"
+
+#include "core/error.h"
+
+#include <cmath>
+
+namespace lowbit {
+
+const char* quant_format_name(QuantFormat f) { return f == QuantFormat::Int ? "int" : "codebook"; }
+
+float round_to_dtype(float v, DType dtype) {
+  switch (dtype) {
+    case DType::BF16: return bf16_to_f32(f32_to_bf16(v));
+    case DType::F16: return f16_to_f32(f32_to_f16(v));
+    default: return v;
+  }
+}
+
+int64_t QuantizedLinear::num_scale_groups() const {
+  if (flat_groups) return (rows * cols + group_size - 1) / group_size;
+  return rows * groups_per_row();
+}
+
+void QuantizedLinear::dequantize(float* out) const {
+  const bool is_int = format == QuantFormat::Int;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t s = scale_index(r, c);
+      const uint8_t q = codes[size_t(r * cols + c)];
+      const float v = is_int ? scales[size_t(s)] * (float(q) - zeros[size_t(s)]) : codebook[q] * scales[size_t(s)];
+      out[r * cols + c] = round_to_dtype(v, dequant_dtype);
+    }
+  }
+}
+
+Tensor QuantizedLinear::dequantize_f32() const {
+  Tensor t = Tensor::empty(DType::F32, {rows, cols});
+  dequantize(t.mutable_data_as<float>());
+  return t;
+}
+
+Tensor QuantizedLinear::dequantize_as_stored() const {
+  Tensor f = dequantize_f32();
+  if (dequant_dtype == DType::F32) return f;
+  Tensor t = Tensor::empty(dequant_dtype, {rows, cols});
+  const float* src = f.data_as<float>();
+  uint16_t* dst = t.mutable_data_as<uint16_t>();
+  const int64_t n = rows * cols;
+  if (dequant_dtype == DType::BF16)
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+  return t;
+}
+
+double QuantizedLinear::bits_per_weight() const {
+  const double n = double(rows) * double(cols);
+  double total = double(bits) * n + double(num_scale_groups()) * (scale_storage_bits + zero_storage_bits);
+  if (!g_idx.empty()) total += 32.0 * double(cols);
+  return total / n;
+}
+
+void QuantizedLinear::validate(const std::string& what) const {
+  LB_CHECK(rows > 0 && cols > 0, "{}: empty weight [{}, {}]", what, rows, cols);
+  LB_CHECK(bits >= 1 && bits <= 8, "{}: {} bits per code is outside 1..8", what, bits);
+  LB_CHECK(group_size > 0, "{}: group size {} must be positive", what, group_size);
+  LB_CHECK(int64_t(codes.size()) == rows * cols, "{}: {} codes for a [{}, {}] weight", what, codes.size(), rows, cols);
+  LB_CHECK(int64_t(scales.size()) == num_scale_groups(), "{}: {} scales, expected {}", what, scales.size(),
+           num_scale_groups());
+  if (format == QuantFormat::Int)
+    LB_CHECK(int64_t(zeros.size()) == num_scale_groups(), "{}: {} zero-points, expected {}", what, zeros.size(),
+             num_scale_groups());
+  else
+    LB_CHECK(codebook.size() == (size_t(1) << bits), "{}: codebook of {} values for {}-bit codes", what,
+             codebook.size(), bits);
+  const int maxq = (1 << bits) - 1;
+  for (uint8_t q : codes) LB_CHECK(q <= maxq, "{}: code {} exceeds {} bits", what, q, bits);
+  if (!g_idx.empty()) {
+    LB_CHECK(!flat_groups && int64_t(g_idx.size()) == cols, "{}: g_idx has {} entries for {} columns", what,
+             g_idx.size(), cols);
+    for (int32_t g : g_idx)
+      LB_CHECK(g >= 0 && g < groups_per_row(), "{}: g_idx entry {} outside [0, {})", what, g, groups_per_row());
+  }
+  for (float s : scales) LB_CHECK(std::isfinite(s), "{}: non-finite scale", what);
+}
+
+std::vector<uint8_t> pack_codes(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols, int bits) {
+  const int64_t rb = packed_row_bytes(cols, bits);
+  std::vector<uint8_t> out(size_t(rows * rb), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* dst = out.data() + r * rb;
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint32_t q = codes[size_t(r * cols + c)];
+      const int64_t bit = c * bits;
+      // A code spans at most two bytes (bits <= 8).
+      const uint32_t shifted = q << (bit % 8);
+      dst[bit / 8] |= uint8_t(shifted & 0xff);
+      if ((bit % 8) + bits > 8) dst[bit / 8 + 1] |= uint8_t(shifted >> 8);
+    }
+  }
+  return out;
+}
+
+std::vector<uint8_t> unpack_codes(const uint8_t* packed, int64_t rows, int64_t cols, int bits) {
+  const int64_t rb = packed_row_bytes(cols, bits);
+  const uint32_t mask = (1u << bits) - 1;
+  std::vector<uint8_t> out(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* src = packed + r * rb;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t bit = c * bits;
+      uint32_t v = src[bit / 8];
+      if ((bit % 8) + bits > 8) v |= uint32_t(src[bit / 8 + 1]) << 8;
+      out[size_t(r * cols + c)] = uint8_t((v >> (bit % 8)) & mask);
+    }
+  }
+  return out;
+}
+
+}  // namespace lowbit

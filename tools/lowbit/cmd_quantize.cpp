@@ -1,0 +1,152 @@
+// lowbit quantize --model M --method SPEC [--calib SET] [--nsamples 128] [--seqlen 2048] [--seed 0]
+//                 [--data-dir D] -o OUT
+#include "commands.h"
+#include "progress.h"
+
+#include "backend/ops.h"
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "formats/tokenizer.h"
+#include "lowbit/version.h"
+#include "quant/quantize.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <filesystem>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, method, calib = "wikitext2", data_dir, out, bos = "auto", spm = "auto";
+  int64_t nsamples = 128, seqlen = 2048;
+  uint64_t seed = 0;
+  int threads = 0;
+  bool force = false, json = false;
+};
+
+int64_t peak_rss_bytes() {
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return int64_t(ru.ru_maxrss) * 1024;
+}
+
+void run(const Options& o) {
+  set_num_threads(o.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto method = make_method(o.method);  // bad specs fail before any work
+  LB_CHECK(!std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force", o.out);
+  Checkpoint ck = open_model(o.model);
+  LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized ({}); quantize its 16-bit source", o.model,
+           ck.quantization["method"]["spec"].get<std::string>());
+  Calibration calib;
+  if (method->needs_calibration()) {
+    LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it (needed for calibration)", o.model);
+    LB_CHECK(o.seqlen <= ck.config.max_position_embeddings,
+             "--seqlen {} exceeds the model's max_position_embeddings ({})", o.seqlen,
+             ck.config.max_position_embeddings);
+    const bool named = o.calib == "wikitext2" || o.calib == "ptb" || o.calib == "c4";
+    const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
+    TokenizerOptions topt;
+    topt.spm = parse_spm_convention(o.spm);
+    auto tok = load_tokenizer(ck.tokenizer_path, topt);
+    const BosMode bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
+    calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, bos);
+  }
+  LlamaModel model(std::move(ck));
+  const LlamaConfig& c = model.config();
+  if (!o.json) {
+    fmt::print(stderr, "quantize: {} with {} ({})\n", o.model, method->spec().text(), method->spec().resolved());
+    if (method->needs_calibration())
+      fmt::print(stderr, "calibration: {} ({}), {} windows of {} tokens, seed {}\n", calib.set.name,
+                 calib.set.convention, calib.nsamples, calib.seqlen, calib.seed);
+    else
+      fmt::print(stderr, "calibration: none (data-free method)\n");
+  }
+  DriverCallbacks cb;
+  cb.on_linear = [&](int64_t layer, const LinearReport& r) {
+    if (o.json) return;
+    const Tensor& w = model.checkpoint().weights->get(linear_weight_name(layer, r.kind));
+    std::string line = fmt::format("  [{:>3}/{}] {:<9} {:<13} weight err {:.4f}", layer + 1, c.num_hidden_layers,
+                                   linear_name(r.kind), w.shape_str(), r.weight_rel_err);
+    if (r.output_rel_err >= 0) line += fmt::format("  output err {:.5f}", r.output_rel_err);
+    line += fmt::format("  {:.2f} s", r.seconds);
+    if (!r.note.empty()) line += "  " + r.note;
+    fmt::print(stderr, "{}\n", line);
+  };
+  cb.on_note = [&](int64_t layer, const std::string& s) {
+    if (!o.json) fmt::print(stderr, "  [{:>3}/{}] {}\n", layer + 1, c.num_hidden_layers, s);
+  };
+  cb.on_block_done = [&](int64_t layer, int64_t layers, double) {
+    if (o.json) return;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double eta = elapsed / double(layer + 1) * double(layers - layer - 1);
+    fmt::print(stderr, "block {}/{} done, {} elapsed, ETA {}\n", layer + 1, layers, format_duration(elapsed),
+               format_duration(eta));
+  };
+  QuantizedModel qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, cb);
+  double bits = 0, weights = 0;
+  for (const auto& b : qm.blocks)
+    for (const auto& l : b.linear) {
+      bits += l->bits_per_weight() * double(l->rows * l->cols);
+      weights += double(l->rows * l->cols);
+    }
+  const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()}, {"device", "cpu"}};
+  write_quantized_checkpoint(o.out, model, qm, extra, o.force);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  uintmax_t out_bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(o.out))
+    if (e.is_regular_file()) out_bytes += e.file_size();
+  if (o.json) {
+    nlohmann::json j = {{"output", o.out}, {"method", qm.method}, {"calibration", qm.calibration},
+                        {"quantize_seconds", qm.seconds}, {"wall_seconds", wall},
+                        {"linear_bits_per_weight", bits / weights}, {"output_bytes", out_bytes},
+                        {"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
+                        {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
+    fmt::print("{}\n", j.dump(1));
+    return;
+  }
+  fmt::print("wrote {}: {:.3f} bits per linear weight, {} on disk; quantized in {:.1f} s ({:.1f} s in all), "
+             "peak memory {}\n",
+             o.out, bits / weights, human_bytes(double(out_bytes)), qm.seconds, wall,
+             human_bytes(double(peak_rss_bytes())));
+}
+
+}  // namespace
+
+void register_quantize(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("quantize", "Quantize a model with one method and write the quantized checkpoint");
+  cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit)")->required();
+  cmd->add_option("--method", o->method, "method spec, e.g. gptq:w=4,g=128 (see `lowbit methods`)")->required();
+  cmd->add_option("-o,--output", o->out, "output directory")->required();
+  cmd->add_option("--calib", o->calib, "calibration set: wikitext2 (train), ptb (train), c4 (train) or a text file");
+  cmd->add_option("--nsamples", o->nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--seqlen", o->seqlen, "tokens per calibration window")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  cmd->add_option("--seed", o->seed, "calibration sampling seed (Python's random.seed)");
+  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
+  cmd->add_option("--bos", o->bos, "BOS when tokenizing the calibration text: auto, on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  add_spm_convention_option(cmd, o->spm);
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--force", o->force, "replace the output directory if it exists");
+  cmd->add_flag("--json", o->json, "print one JSON object with the result instead of progress");
+  cmd->callback([o] { run(*o); });
+}
+
+void register_methods(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("methods", "List the quantization methods and their options");
+  cmd->callback([] {
+    for (const auto& name : method_names()) {
+      fmt::print("{}\n", name);
+      for (const auto& line : method_help(name)) fmt::print("    {}\n", line);
+    }
+  });
+}
+
+}  // namespace lowbit::cli

@@ -1,0 +1,95 @@
+// lowbit stats --model M --layer L [--calib SET ...] -o OUT.safetensors
+// The input statistics of one block's linears on calibration data (GPTQ's Hessian, per-channel
+// abs-max and mean |x|) and the block's weights, for study and for reference implementations.
+#include "commands.h"
+
+#include "backend/ops.h"
+#include "calib/block_driver.h"
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "lowbit/version.h"
+#include "quant/quantize.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <set>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, calib = "wikitext2", data_dir, out;
+  int64_t layer = 0, nsamples = 128, seqlen = 2048;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+Tensor f32_tensor(const float* p, std::vector<int64_t> shape) {
+  Tensor t = Tensor::empty(DType::F32, std::move(shape));
+  std::memcpy(t.mutable_data(), p, size_t(t.nbytes()));
+  return t;
+}
+
+void run(const Options& o) {
+  set_num_threads(o.threads);
+  Checkpoint ck = open_model(o.model);
+  LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
+  const bool named = o.calib == "wikitext2" || o.calib == "ptb" || o.calib == "c4";
+  const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
+  auto tok = load_tokenizer(ck.tokenizer_path);
+  const Calibration calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, BosMode::Default);
+  LlamaModel model(std::move(ck));
+  StatsRequest req;
+  req.hessian = req.absmax = req.absmean = true;
+  BlockWeights w;
+  const auto stats = layer_input_stats(model, calib.windows, o.layer, req, &w);
+  SafetensorsWriter out;
+  std::set<const InputStats*> done;
+  const char* site_names[] = {"qkv_input", "qkv_input", "qkv_input", "o_input", "gate_up_input", "gate_up_input",
+                              "down_input"};
+  for (LinearKind k : kAllLinears) {
+    out.add(std::string("weight.") + linear_name(k), w[k]);
+    const InputStats* st = stats.at(k).get();
+    if (!done.insert(st).second) continue;
+    const std::string site = site_names[int(k)];
+    Tensor hs = Tensor::empty(DType::F64, {st->dim, st->dim});
+    std::memcpy(hs.mutable_data(), st->hessian.data(), size_t(hs.nbytes()));
+    out.add(site + ".hessian", hs);
+    out.add(site + ".absmax", f32_tensor(st->absmax.data(), {st->dim}));
+    std::vector<float> mean(st->absmean.begin(), st->absmean.end());
+    out.add(site + ".absmean", f32_tensor(mean.data(), {st->dim}));
+  }
+  out.add("weight.input_layernorm", w.input_norm);
+  out.add("weight.post_attention_layernorm", w.post_norm);
+  const nlohmann::json meta = {{"model", o.model}, {"layer", o.layer}, {"calibration", calib.identity()},
+                               {"hessian", "2/N sum X^T X over N windows (GPTQ)"},
+                               {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
+  out.set_metadata("lowbit.stats", meta.dump());
+  out.write(o.out);
+  fmt::print("wrote {}: layer {} statistics on {} x {} tokens of {}\n", o.out, o.layer, calib.nsamples, calib.seqlen,
+             calib.set.name);
+}
+
+}  // namespace
+
+void register_stats(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("stats", "Input statistics of one block's linears on calibration data");
+  cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
+  cmd->add_option("--layer", o->layer, "block index")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-o,--output", o->out, "output .safetensors file")->required();
+  cmd->add_option("--calib", o->calib, "calibration set: wikitext2, ptb, c4 or a text file");
+  cmd->add_option("--nsamples", o->nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--seqlen", o->seqlen, "tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  cmd->add_option("--seed", o->seed, "sampling seed");
+  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace lowbit::cli
