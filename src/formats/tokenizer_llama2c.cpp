@@ -3,7 +3,7 @@
 // The vocabulary size is the number of records. Encoding follows run.c's encode(): a dummy-prefix
 // " " token, one token per UTF-8 character (raw bytes as <0xNN> tokens when the character is
 // not in the vocabulary), then repeated merging of the adjacent pair whose concatenation has the
-// highest score (leftmost on ties).
+// highest score (leftmost on ties), anywhere in the text (run.c has no pre-tokenization).
 #include "formats/tokenizer.h"
 
 #include "core/error.h"
@@ -11,6 +11,7 @@
 #include "core/utf8.h"
 
 #include <cstring>
+#include <queue>
 #include <unordered_map>
 
 namespace lowbit {
@@ -118,26 +119,50 @@ std::vector<int32_t> Llama2cTokenizer::encode_plain(std::string_view text) const
       t.push_back(byte_ids_[c]);
     }
   }
+  // run.c merges, again and again, the adjacent pair of highest score (strictly above -1e10;
+  // the leftmost on ties) anywhere in the text. The same order comes out of a heap of candidate
+  // pairs keyed by (score, leftmost start), with entries invalidated when a merge changes
+  // either side: O(n log n) instead of run.c's quadratic rescans.
+  struct Node {
+    int32_t id;
+    int64_t prev, next;
+  };
+  struct Cand {
+    float score;
+    int64_t left, right;  // node indices; `left` is also the position order
+    int32_t left_id, right_id, merged;
+  };
+  auto worse = [](const Cand& a, const Cand& b) { return a.score < b.score || (a.score == b.score && a.left > b.left); };
+  std::vector<Node> nodes(t.size());
+  for (size_t i = 0; i < t.size(); ++i) nodes[i] = {t[i], int64_t(i) - 1, i + 1 < t.size() ? int64_t(i) + 1 : -1};
+  std::priority_queue<Cand, std::vector<Cand>, decltype(worse)> heap(worse);
   std::string buf;
-  while (true) {
-    float best = -1e30f;
-    int32_t best_id = -1;
-    size_t best_i = 0;
-    for (size_t i = 0; i + 1 < t.size(); ++i) {
-      buf = pieces_[size_t(t[i])];
-      buf += pieces_[size_t(t[i + 1])];
-      const int32_t id = lookup(buf);
-      if (id >= 0 && scores_[size_t(id)] > best) {
-        best = scores_[size_t(id)];
-        best_id = id;
-        best_i = i;
-      }
-    }
-    if (best_id < 0) break;
-    t[best_i] = best_id;
-    t.erase(t.begin() + std::ptrdiff_t(best_i) + 1);
+  auto consider = [&](int64_t l) {
+    if (l < 0 || nodes[size_t(l)].next < 0) return;
+    const int64_t r = nodes[size_t(l)].next;
+    buf = pieces_[size_t(nodes[size_t(l)].id)];
+    buf += pieces_[size_t(nodes[size_t(r)].id)];
+    const int32_t id = lookup(buf);
+    if (id >= 0 && scores_[size_t(id)] > -1e10f)
+      heap.push({scores_[size_t(id)], l, r, nodes[size_t(l)].id, nodes[size_t(r)].id, id});
+  };
+  for (size_t i = 0; i + 1 < t.size(); ++i) consider(int64_t(i));
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    Node& l = nodes[size_t(c.left)];
+    if (l.id < 0 || l.next != c.right || l.id != c.left_id || nodes[size_t(c.right)].id != c.right_id) continue;
+    Node& r = nodes[size_t(c.right)];
+    l.id = c.merged;
+    l.next = r.next;
+    if (r.next >= 0) nodes[size_t(r.next)].prev = c.left;
+    r.id = -1;  // removed
+    consider(l.prev);
+    consider(c.left);
   }
-  return t;
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i >= 0; i = nodes[size_t(i)].next) out.push_back(nodes[size_t(i)].id);
+  return out;
 }
 
 }  // namespace

@@ -173,5 +173,64 @@ TEST(Tokenizer, Stories260kTokenizer) {
   EXPECT_EQ(t->decode(t->encode(s)), s);
 }
 
+// run.c's encode() written out as run.c does it (rescan the whole sequence for the best merge
+// after every merge), against lowbit's heap-ordered encoder, on text with whitespace runs,
+// newlines and characters outside the 512-token vocabulary.
+TEST(Tokenizer, Llama2cEncoderMatchesRunCMergeLoop) {
+  const std::string p = test::models_dir() + "/stories260K/tok512.bin";
+  LOWBIT_REQUIRE_PATH(p);
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
+  // The vocabulary, read independently of the loader.
+  const std::string bytes = test::slurp(p);
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  for (size_t pos = 4; pos < bytes.size();) {
+    float sc;
+    int32_t len;
+    std::memcpy(&sc, bytes.data() + pos, 4);
+    std::memcpy(&len, bytes.data() + pos + 4, 4);
+    pieces.emplace_back(bytes.substr(pos + 8, size_t(len)));
+    scores.push_back(sc);
+    pos += 8 + size_t(len);
+  }
+  auto lookup = [&](const std::string& x) -> int {
+    for (size_t i = 0; i < pieces.size(); ++i)
+      if (pieces[i] == x) return int(i);
+    return -1;
+  };
+  auto run_c = [&](const std::string& text) {
+    std::vector<int> t = {lookup(" ")};
+    for (size_t i = 0; i < text.size();) {
+      const unsigned char c0 = static_cast<unsigned char>(text[i]);
+      const size_t len = c0 < 0x80 ? 1 : c0 < 0xe0 ? 2 : c0 < 0xf0 ? 3 : 4;
+      const std::string ch = text.substr(i, len);
+      i += len;
+      if (int id = lookup(ch); id >= 0) t.push_back(id);
+      else
+        for (unsigned char b : ch) t.push_back(int(b) + 3);
+    }
+    while (true) {
+      float best = -1e10f;
+      int best_id = -1, best_i = -1;
+      for (size_t i = 0; i + 1 < t.size(); ++i) {
+        const int id = lookup(pieces[size_t(t[i])] + pieces[size_t(t[i + 1])]);
+        if (id != -1 && scores[size_t(id)] > best) {
+          best = scores[size_t(id)];
+          best_id = id;
+          best_i = int(i);
+        }
+      }
+      if (best_i == -1) break;
+      t[size_t(best_i)] = best_id;
+      t.erase(t.begin() + best_i + 1);
+    }
+    return std::vector<int32_t>(t.begin(), t.end());
+  };
+  auto tok = load_tokenizer(p);
+  const std::string ptb = read_file(test::data_dir() + "/ptb/ptb.valid.txt").substr(0, 3000);
+  for (const std::string& text : {ptb, std::string("a  b   c\n\n  d\te"), std::string("Caf\xc3\xa9 \xe6\x97\xa5 !!")})
+    EXPECT_EQ(tok->encode(text, BosMode::Off), run_c(text)) << text.substr(0, 80);
+}
+
 }  // namespace
 }  // namespace lowbit
