@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <optional>
 
 namespace lowbit {
 
@@ -114,6 +115,49 @@ BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, 
   return out;
 }
 
+std::map<LinearKind, std::shared_ptr<const std::vector<float>>> BlockContext::capture_inputs(
+    std::span<const LinearKind> kinds) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  LB_ASSERT(!kinds.empty());
+  std::array<std::shared_ptr<std::vector<float>>, 4> site{};
+  std::array<LinearKind, 4> owner{};
+  LinearKind last = kinds[0];
+  for (LinearKind k : kinds) {
+    const int s = input_site(k);
+    if (!site[size_t(s)]) {
+      site[size_t(s)] = std::make_shared<std::vector<float>>();
+      owner[size_t(s)] = k;
+    }
+    if (int(k) > int(last)) last = k;
+  }
+  int64_t window = 0;
+  BlockHooks hooks;
+  hooks.stop_after_input = last;
+  hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
+    const int s = input_site(k);
+    std::vector<float>* buf = site[size_t(s)].get();
+    if (buf == nullptr || owner[size_t(s)] != k) return;
+    if (buf->empty()) {
+      try {
+        buf->resize(size_t(nseq_ * rows * cols));
+      } catch (const std::bad_alloc&) {
+        fail("layer {}: capturing the inputs of {} needs {:.1f} GiB", layer_, linear_name(k),
+             double(nseq_ * rows * cols) * 4.0 / double(1 << 30));
+      }
+    }
+    std::memcpy(buf->data() + window * rows * cols, x, size_t(rows * cols) * sizeof(float));
+  };
+  const int64_t H = model_.config().hidden_size;
+  std::vector<float> h(size_t(seqlen_ * H));
+  for (window = 0; window < nseq_; ++window) {
+    std::memcpy(h.data(), inputs_ + window * seqlen_ * H, h.size() * sizeof(float));
+    model_.run_block(layer_, weights_, h.data(), 1, seqlen_, 0, &hooks);
+  }
+  std::map<LinearKind, std::shared_ptr<const std::vector<float>>> out;
+  for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
+  return out;
+}
+
 void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb) {
   const LlamaConfig& c = model.config();
   const int64_t H = c.hidden_size, L = c.num_hidden_layers;
@@ -140,6 +184,9 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     BlockWeights w = clone_block_weights(*model.block_weights(i));
+    // For methods that calibrate every block on the 16-bit model's activations.
+    std::optional<BlockWeights> original;
+    if (nseq > 0 && !plan.propagate_quantized) original = clone_block_weights(w);
     BlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
         [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
@@ -147,7 +194,8 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     plan.quantize_block(ctx);
     if (nseq > 0) {
       const BlockHooks* hooks = plan.propagation_hooks ? plan.propagation_hooks(i) : nullptr;
-      for (int64_t s = 0; s < nseq; ++s) model.run_block(i, w, hidden.data() + s * T * H, 1, T, 0, hooks);
+      const BlockWeights& prop = original ? *original : w;
+      for (int64_t s = 0; s < nseq; ++s) model.run_block(i, prop, hidden.data() + s * T * H, 1, T, 0, hooks);
     }
     if (cb.on_block_done) cb.on_block_done(i, L, seconds_since(t0));
   }

@@ -74,6 +74,9 @@ class BlockContext {
   // Runs the block with the current weights on every calibration window, stopping at the last of
   // `kinds`, and returns the statistics of those linears' inputs.
   StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const;
+  // Runs the block with the current weights on every calibration window and returns the inputs
+  // of `kinds` ([nseq * seqlen, in_features] each; linears sharing an input share one buffer).
+  std::map<LinearKind, std::shared_ptr<const std::vector<float>>> capture_inputs(std::span<const LinearKind> kinds) const;
   // Runs the block with weights `w` on windows [w0, w0 + n): out[n * seqlen, hidden] receives
   // the outputs (or, with hooks->stop_after_input, the partly updated hidden states).
   void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const;
@@ -106,6 +109,10 @@ struct DriverPlan {
   // Hooks applied when the quantized block produces the next block's inputs (activation
   // quantization); may be null.
   std::function<const BlockHooks*(int64_t layer)> propagation_hooks;
+  // Whether the next block's inputs come from the quantized block (GPTQ) or from the block as it
+  // was before the method touched it (AWQ, SmoothQuant: their references calibrate every block
+  // on the 16-bit model's activations).
+  bool propagate_quantized = true;
 };
 
 // Runs the plan over every block of the model. The model's block cache is turned off.

@@ -108,51 +108,45 @@ void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
   }
 }
 
-void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0,
-                           const BlockHooks* hooks) const {
+namespace {
+
+bool stops_at(const BlockHooks* hooks, std::initializer_list<LinearKind> kinds) {
+  if (!hooks || !hooks->stop_after_input) return false;
+  for (LinearKind k : kinds)
+    if (*hooks->stop_after_input == k) return true;
+  return false;
+}
+
+}  // namespace
+
+bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const float* xin, float* out, int64_t B,
+                                int64_t T, int64_t pos0, const BlockHooks* hooks) const {
   const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
+  const int64_t H = c.hidden_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
   const int64_t qd = nh * hd, kvd = nkv * hd;
-  const float eps = float(c.rms_norm_eps);
   ensure_positions(pos0 + T);
-
-  std::vector<float> x(size_t(N * H)), q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)),
-      att(size_t(N * qd));
-  auto in_hook = [&](LinearKind kind, float* p, int64_t cols) {
-    if (hooks && hooks->on_input) hooks->on_input(layer, kind, p, N, cols);
+  std::vector<float> q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)), att(size_t(N * qd));
+  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
+    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
   };
-  auto out_hook = [&](LinearKind kind, const float* p, int64_t cols) {
-    if (hooks && hooks->on_output) hooks->on_output(layer, kind, p, N, cols);
-  };
-  const bool in_hooks = hooks && hooks->on_input;
-  auto stop_at = [&](std::initializer_list<LinearKind> kinds) {
-    if (!hooks || !hooks->stop_after_input) return false;
-    for (LinearKind k : kinds)
-      if (*hooks->stop_after_input == k) return true;
-    return false;
-  };
-  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* out, int64_t out_cols) {
-    ops::linear(in, w[kind].data_as<float>(), out, N, in_cols, out_cols);
-    out_hook(kind, out, out_cols);
-  };
-
-  // Attention: x = norm(h); q, k, v = x W^T; RoPE on q, k; causal GQA; h += att W_o^T.
-  ops::rmsnorm(hidden, w.input_norm.data_as<float>(), x.data(), N, H, eps);
-  if (in_hooks) {
-    std::vector<float> xq(x), xk(x);
-    in_hook(LinearKind::Q, xq.data(), H);
-    in_hook(LinearKind::K, xk.data(), H);
-    in_hook(LinearKind::V, x.data(), H);
-    if (stop_at({LinearKind::Q, LinearKind::K, LinearKind::V})) return;
+  if (hooks && hooks->on_input) {
+    // q, k and v read the same input; a hook that rewrites it (activation quantization) must
+    // see it once per linear, so each gets its own copy.
+    std::vector<float> xq(xin, xin + N * H), xk(xq), xv(xq);
+    hooks->on_input(layer, LinearKind::Q, xq.data(), N, H);
+    hooks->on_input(layer, LinearKind::K, xk.data(), N, H);
+    hooks->on_input(layer, LinearKind::V, xv.data(), N, H);
+    if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
     product(LinearKind::Q, xq.data(), H, q.data(), qd);
     product(LinearKind::K, xk.data(), H, k.data(), kvd);
-    product(LinearKind::V, x.data(), H, v.data(), kvd);
+    product(LinearKind::V, xv.data(), H, v.data(), kvd);
   } else {
-    if (stop_at({LinearKind::Q, LinearKind::K, LinearKind::V})) return;
-    product(LinearKind::Q, x.data(), H, q.data(), qd);
-    product(LinearKind::K, x.data(), H, k.data(), kvd);
-    product(LinearKind::V, x.data(), H, v.data(), kvd);
+    if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
+    product(LinearKind::Q, xin, H, q.data(), qd);
+    product(LinearKind::K, xin, H, k.data(), kvd);
+    product(LinearKind::V, xin, H, v.data(), kvd);
   }
   for (int64_t b = 0; b < B; ++b) {
     ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
@@ -160,34 +154,53 @@ void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, 
     ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
                    T, nh, nkv, hd);
   }
-  in_hook(LinearKind::O, att.data(), qd);
-  if (stop_at({LinearKind::O})) return;
-  product(LinearKind::O, att.data(), qd, x.data(), H);
-  for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
+  if (hooks && hooks->on_input) hooks->on_input(layer, LinearKind::O, att.data(), N, qd);
+  if (stops_at(hooks, {LinearKind::O})) return true;
+  product(LinearKind::O, att.data(), qd, out, H);
+  return false;
+}
 
-  // MLP: x = norm(h); h += (silu(x Wg^T) * (x Wu^T)) Wd^T.
-  q = {};
-  k = {};
-  v = {};
-  att = {};
-  ops::rmsnorm(hidden, w.post_norm.data_as<float>(), x.data(), N, H, eps);
-  std::vector<float> xg;
-  if (in_hooks) {
-    xg = x;
-    in_hook(LinearKind::Gate, xg.data(), H);
-    in_hook(LinearKind::Up, x.data(), H);
-  }
-  if (stop_at({LinearKind::Gate, LinearKind::Up})) return;
+bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin, float* out, int64_t N,
+                          const BlockHooks* hooks) const {
+  const int64_t H = config().hidden_size, F = config().intermediate_size;
+  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
+    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
+  };
   std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
-  product(LinearKind::Gate, in_hooks ? xg.data() : x.data(), H, gate.data(), F);
-  xg = {};
-  product(LinearKind::Up, x.data(), H, up.data(), F);
+  if (hooks && hooks->on_input) {
+    std::vector<float> xg(xin, xin + N * H), xu(xg);
+    hooks->on_input(layer, LinearKind::Gate, xg.data(), N, H);
+    hooks->on_input(layer, LinearKind::Up, xu.data(), N, H);
+    if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
+    product(LinearKind::Gate, xg.data(), H, gate.data(), F);
+    product(LinearKind::Up, xu.data(), H, up.data(), F);
+  } else {
+    if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
+    product(LinearKind::Gate, xin, H, gate.data(), F);
+    product(LinearKind::Up, xin, H, up.data(), F);
+  }
   ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
   up = {};
-  in_hook(LinearKind::Down, gate.data(), F);
-  if (stop_at({LinearKind::Down})) return;
-  product(LinearKind::Down, gate.data(), F, x.data(), H);
-  for (int64_t i = 0; i < N * H; ++i) hidden[i] += x[size_t(i)];
+  if (hooks && hooks->on_input) hooks->on_input(layer, LinearKind::Down, gate.data(), N, F);
+  if (stops_at(hooks, {LinearKind::Down})) return true;
+  product(LinearKind::Down, gate.data(), F, out, H);
+  return false;
+}
+
+void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0,
+                           const BlockHooks* hooks) const {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, N = B * T;
+  const float eps = float(c.rms_norm_eps);
+  std::vector<float> x(size_t(N * H)), y(size_t(N * H));
+  // h += attention(norm(h)); h += mlp(norm(h)).
+  ops::rmsnorm(hidden, w.input_norm.data_as<float>(), x.data(), N, H, eps);
+  if (attention_part(layer, w, x.data(), y.data(), B, T, pos0, hooks)) return;
+  for (int64_t i = 0; i < N * H; ++i) hidden[i] += y[size_t(i)];
+  ops::rmsnorm(hidden, w.post_norm.data_as<float>(), x.data(), N, H, eps);
+  if (mlp_part(layer, w, x.data(), y.data(), N, hooks)) return;
+  for (int64_t i = 0; i < N * H; ++i) hidden[i] += y[size_t(i)];
 }
 
 void LlamaModel::final_norm(float* hidden, int64_t rows) const {
@@ -211,6 +224,7 @@ Tensor LlamaModel::forward(std::span<const int32_t> tokens, const BlockHooks* ho
   ensure_positions(T);
   std::vector<float> hidden(size_t(T * H));
   embed(tokens, hidden.data());
+  if (hooks == nullptr) hooks = forward_hooks_.get();
   for (int64_t i = 0; i < config().num_hidden_layers; ++i) run_block(i, hidden.data(), 1, T, 0, hooks);
   final_norm(hidden.data(), T);
   Tensor logits = Tensor::empty(DType::F32, {T, config().vocab_size});
@@ -224,6 +238,7 @@ std::vector<double> LlamaModel::next_token_nll(std::span<const int32_t> tokens, 
   ensure_positions(T);
   std::vector<float> hidden(size_t(T * H));
   embed(tokens, hidden.data());
+  if (hooks == nullptr) hooks = forward_hooks_.get();
   for (int64_t i = 0; i < config().num_hidden_layers; ++i) run_block(i, hidden.data(), 1, T, 0, hooks);
   final_norm(hidden.data(), T);
   std::vector<double> nll(size_t(T - 1));

@@ -82,9 +82,21 @@ class LlamaModel {
                  const BlockHooks* hooks = nullptr) const {
     run_block(i, *block_weights(i), hidden, B, T, pos0, hooks);
   }
+  // The two halves of a block, on normalized inputs x [B*T, H], writing out [B*T, H] (before
+  // the residual add): attention (q, k, v, RoPE, causal GQA, o) and the SwiGLU MLP. Return
+  // true when hooks->stop_after_input stopped them early.
+  bool attention_part(int64_t layer, const BlockWeights& w, const float* x, float* out, int64_t B, int64_t T,
+                      int64_t pos0 = 0, const BlockHooks* hooks = nullptr) const;
+  bool mlp_part(int64_t layer, const BlockWeights& w, const float* x, float* out, int64_t rows,
+                const BlockHooks* hooks = nullptr) const;
   // Final RMSNorm in place, then logits[rows, V].
   void final_norm(float* hidden, int64_t rows) const;
   void lm_head(const float* hidden, int64_t rows, float* logits) const;
+
+  // Hooks that forward() and next_token_nll() apply when given none (a quantized model's
+  // activation quantization, for instance). Null: none.
+  void set_forward_hooks(std::shared_ptr<const BlockHooks> hooks) { forward_hooks_ = std::move(hooks); }
+  const BlockHooks* forward_hooks() const { return forward_hooks_.get(); }
 
   // Logits [T, V] of one sequence.
   Tensor forward(std::span<const int32_t> tokens, const BlockHooks* hooks = nullptr) const;
@@ -107,6 +119,7 @@ class LlamaModel {
   mutable std::vector<std::shared_ptr<const BlockWeights>> blocks_;
   bool cache_blocks_ = true;
   Tensor final_norm_w_;
+  std::shared_ptr<const BlockHooks> forward_hooks_;
   mutable Tensor lm_head_;
   mutable std::once_flag lm_head_once_;
 };

@@ -18,6 +18,8 @@ const std::map<std::string, Factory>& registry() {
       {"rtn", make_rtn},
       {"nf4", make_nf4},
       {"gptq", make_gptq},
+      {"awq", make_awq},
+      {"smoothquant", make_smoothquant},
   };
   return m;
 }

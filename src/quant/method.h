@@ -45,6 +45,12 @@ class QuantMethod {
   virtual double weight_bits() const = 0;
   virtual int activation_bits() const { return 16; }
   virtual int64_t group_size() const = 0;
+  // Whether the next block calibrates on this block's quantized outputs (GPTQ) or on the 16-bit
+  // model's (AWQ, SmoothQuant), as the method's reference does.
+  virtual bool propagates_quantized() const { return true; }
+  // The activation quantization a model quantized by this method applies in its forward
+  // (activation_quant.h), complete after the run; null for weight-only methods.
+  virtual nlohmann::json activation_config() const { return nullptr; }
   virtual void quantize_block(BlockContext& ctx, QuantizedBlock& out) = 0;
 
  protected:
@@ -72,5 +78,7 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
 std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);
 
 }  // namespace lowbit

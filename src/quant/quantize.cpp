@@ -6,6 +6,7 @@
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
+#include "quant/activation_quant.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -201,6 +202,7 @@ QuantizedModel quantize_model(LlamaModel& model, QuantMethod& method, const Cali
   qm.blocks.resize(size_t(model.config().num_hidden_layers));
   DriverPlan plan;
   plan.windows = method.needs_calibration() ? &calib->windows : nullptr;
+  plan.propagate_quantized = method.propagates_quantized();
   plan.quantize_block = [&](BlockContext& ctx) {
     QuantizedBlock& out = qm.blocks[size_t(ctx.layer())];
     auto copy = [](const Tensor& t) {
@@ -219,6 +221,7 @@ QuantizedModel quantize_model(LlamaModel& model, QuantMethod& method, const Cali
     if (changed(post_norm, ctx.weights().post_norm)) out.post_norm = copy(ctx.weights().post_norm);
   };
   run_block_by_block(model, plan, cb);
+  qm.activation = method.activation_config();
   qm.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return qm;
 }
@@ -276,6 +279,7 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
     json meta = {{"format_version", 1},
                  {"method", qm.method},
                  {"calibration", qm.calibration},
+                 {"activation", qm.activation},
                  {"source", {{"path", ck.path}, {"format", ck.format}, {"sha256", weights_sha256(ck)},
                              {"dtype", c.torch_dtype}, {"parameters", c.parameter_count()}}},
                  {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
@@ -294,6 +298,17 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
     fs::remove_all(tmp, ec);
     throw;
   }
+}
+
+void install_quantized_forward(LlamaModel& model) {
+  const json& q = model.checkpoint().quantization;
+  model.set_forward_hooks(activation_quant_hooks(q.is_null() ? json(nullptr) : q.value("activation", json(nullptr))));
+}
+
+std::unique_ptr<LlamaModel> load_model(const std::string& path) {
+  auto model = std::make_unique<LlamaModel>(open_model(path));
+  install_quantized_forward(*model);
+  return model;
 }
 
 Checkpoint open_model(const std::string& path) {

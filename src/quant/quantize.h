@@ -32,6 +32,7 @@ namespace lowbit {
 struct QuantizedModel {
   nlohmann::json method;       // {"spec", "resolved", "name", "weight_bits", "activation_bits", "group_size"}
   nlohmann::json calibration;  // Calibration::identity(), or null for data-free methods
+  nlohmann::json activation;   // activation quantization (activation_quant.h), or null
   std::vector<QuantizedBlock> blocks;
   double seconds = 0;
 };
@@ -50,6 +51,12 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
 // the dequantized linears plus the stored tensors, and Checkpoint::quantization holds the
 // metadata object; for others it is null.
 Checkpoint open_model(const std::string& path);
+
+// Installs a quantized checkpoint's activation quantization (if any) as the model's forward
+// hooks: what every evaluation of such a model must do.
+void install_quantized_forward(LlamaModel& model);
+// open_model(), a LlamaModel over it, install_quantized_forward().
+std::unique_ptr<LlamaModel> load_model(const std::string& path);
 
 // SHA-256 over the checkpoint's weight files, in order (the identity of a model in results).
 std::string weights_sha256(const Checkpoint& ck);

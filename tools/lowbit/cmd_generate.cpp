@@ -27,6 +27,7 @@ void run(const Options& o) {
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   auto tok = load_tokenizer(ck.tokenizer_path);
   LlamaModel model(std::move(ck));
+  install_quantized_forward(model);
   std::vector<int32_t> ids = tok->encode(o.prompt, BosMode::On);
   const size_t prompt_len = ids.size();
   const int64_t max_len = model.config().max_position_embeddings;

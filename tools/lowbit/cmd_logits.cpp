@@ -46,6 +46,7 @@ void run(const Options& o) {
   }
   LB_CHECK(!ids.empty(), "no input tokens");
   LlamaModel model(std::move(ck));
+  install_quantized_forward(model);
   Tensor logits = model.forward(ids);
   Tensor tokens = Tensor::empty(DType::I32, {int64_t(ids.size())});
   std::copy(ids.begin(), ids.end(), tokens.mutable_data_as<int32_t>());

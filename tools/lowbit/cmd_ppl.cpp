@@ -65,6 +65,7 @@ void run(const Options& o) {
   const std::string model_sha = model_hash.hex_digest();
 
   LlamaModel model(std::move(ck));
+  install_quantized_forward(model);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
                windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
@@ -77,6 +78,7 @@ void run(const Options& o) {
   getrusage(RUSAGE_SELF, &ru);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
+  const nlohmann::json& q = model.checkpoint().quantization;
   if (o.json) {
     nlohmann::json files = nlohmann::json::array();
     for (const auto& f : set.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
@@ -84,7 +86,10 @@ void run(const Options& o) {
         {"metric", "perplexity"}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}, {"mean_nll", r.mean_nll},
         {"model", {{"path", o.model}, {"format", model.checkpoint().format}, {"weights_sha256", model_sha},
                    {"dtype", model.config().torch_dtype}, {"parameters", model.config().parameter_count()}}},
-        {"method", "none (16-bit)"},
+        {"method", q.is_null() ? nlohmann::json("none (16-bit)") : q["method"]},
+        {"calibration", q.is_null() ? nlohmann::json(nullptr) : q["calibration"]},
+        {"activation", q.is_null() ? nlohmann::json(nullptr) : q.value("activation", nlohmann::json(nullptr))},
+        {"source_model", q.is_null() ? nlohmann::json(nullptr) : q["source"]},
         {"dataset", {{"name", set.name}, {"convention", set.convention}, {"files", files}}},
         {"tokenizer", {{"path", model.checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
         {"seqlen", o.seqlen}, {"windows", r.windows}, {"windows_available", available}, {"tokens", r.tokens},
