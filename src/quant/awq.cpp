@@ -162,7 +162,7 @@ AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& n
     best.losses.push_back(loss);
     if (loss < best_loss) {
       best_loss = loss;
-      best.ratio = ratio;
+      best.ratio = double(i) / double(opt.grid);
       best.loss = loss;
       best.scales = s;
     }
@@ -194,8 +194,10 @@ void divide_features(std::vector<float>& x, int64_t cols, const std::vector<floa
     for (int64_t c = 0; c < cols; ++c) x[size_t(t * cols + c)] /= s[size_t(c)];
 }
 
+}  // namespace
+
 // AWQ's auto_clip_layer: per (row, group), the max |w| that minimizes the output error.
-std::vector<float> search_clip(const Tensor& wt, const std::vector<float>& x, const AwqOptions& opt) {
+std::vector<float> awq_search_clip(const Tensor& wt, const std::vector<float>& x, const AwqOptions& opt) {
   const int64_t rows = wt.dim(0), cols = wt.dim(1);
   const int64_t gs = opt.group_size < 0 ? cols : opt.group_size, ng = cols / gs;
   const int64_t N = int64_t(x.size()) / cols;
@@ -224,10 +226,13 @@ std::vector<float> search_clip(const Tensor& wt, const std::vector<float>& x, co
     }
     ops::linear(xg.data(), wg.data(), org.data(), nt, gs, rows);
     for (int i = 0; i < shrinks; ++i) {
-      const float f = 1.0f - float(i) / float(opt.clip_grid);
+      // max |w| x (1 - i / grid) in fp32 (the factor computed in fp64 and rounded, as PyTorch
+      // multiplies an fp32 tensor by a Python float).
+      const float f = float(1.0 - double(i) / double(opt.clip_grid));
+      auto shrunk = [&](int64_t r) { return org_max[size_t(r)] * f; };
 #pragma omp parallel for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
-        const float mx = org_max[size_t(r)] * f;
+        const float mx = shrunk(r);
         float* q = qg.data() + r * gs;
         for (int64_t c = 0; c < gs; ++c) q[c] = std::clamp(wg[size_t(r * gs + c)], -mx, mx);
         const AwqGrid p = awq_grid(q, gs, maxq);
@@ -243,13 +248,15 @@ std::vector<float> search_clip(const Tensor& wt, const std::vector<float>& x, co
         const float err = float(e / double(nt));
         if (err < min_err[size_t(r)]) {
           min_err[size_t(r)] = err;
-          best[size_t(r * ng + g)] = org_max[size_t(r)] * f;
+          best[size_t(r * ng + g)] = shrunk(r);
         }
       }
     }
   }
   return best;
 }
+
+namespace {
 
 void apply_clip(Tensor& t, const std::vector<float>& max_val, int64_t group_size) {
   const int64_t rows = t.dim(0), cols = t.dim(1);
@@ -313,7 +320,7 @@ AwqBlockChoices awq_scale_and_clip(BlockContext& ctx, const AwqOptions& opt) {
     const std::pair<K, const std::vector<float>*> clipped[] = {
         {K::V, &x_qkv}, {K::O, &x_o}, {K::Gate, &x_gu}, {K::Up, &x_gu}, {K::Down, &x_down}};
     for (const auto& [k, x] : clipped) {
-      out.clip_max[k] = search_clip(w[k], *x, opt);
+      out.clip_max[k] = awq_search_clip(w[k], *x, opt);
       apply_clip(w[k], out.clip_max[k], opt.group_size);
     }
   }

@@ -63,6 +63,10 @@ struct AwqBlockChoices {
   std::map<LinearKind, std::vector<float>> clip_max;  // [rows * groups_per_row]
 };
 
+// Step 3 for one linear: w [rows, cols] (scaled), x [tokens, cols] its recorded (scaled) inputs;
+// the chosen max |w| per (row, group), [rows * groups_per_row].
+std::vector<float> awq_search_clip(const Tensor& w, const std::vector<float>& x, const AwqOptions& opt);
+
 // Steps 1-3 on the block in ctx: rewrites ctx.weights() (scales folded, clipped) and returns
 // the choices. Step 4 is the method's quantize_block.
 AwqBlockChoices awq_scale_and_clip(BlockContext& ctx, const AwqOptions& opt);

@@ -54,6 +54,30 @@ QuantizedLinear smoothquant_weight(const float* w, int64_t rows, int64_t cols, i
   return q;
 }
 
+SmoothingResult smoothquant_smooth_block(BlockContext& ctx, double alpha) {
+  using K = LinearKind;
+  StatsRequest req;
+  req.absmax = true;
+  SmoothingResult r;
+  r.stats = ctx.collect(kAllLinears, req);
+  BlockWeights& w = ctx.weights();
+  r.qkv = smoothquant_factors(r.stats.at(K::Q)->absmax, {&w[K::Q], &w[K::K], &w[K::V]}, alpha);
+  r.gate_up = smoothquant_factors(r.stats.at(K::Gate)->absmax, {&w[K::Gate], &w[K::Up]}, alpha);
+  auto fold = [](Tensor& norm, std::vector<Tensor*> fcs, const std::vector<float>& s) {
+    float* n = norm.mutable_data_as<float>();
+    for (int64_t c = 0; c < norm.numel(); ++c) n[c] /= s[size_t(c)];
+    for (Tensor* t : fcs) {
+      float* p = t->mutable_data_as<float>();
+      const int64_t rows = t->dim(0), cols = t->dim(1);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t c = 0; c < cols; ++c) p[i * cols + c] *= s[size_t(c)];
+    }
+  };
+  fold(w.input_norm, {&w[K::Q], &w[K::K], &w[K::V]}, r.qkv);
+  fold(w.post_norm, {&w[K::Gate], &w[K::Up]}, r.gate_up);
+  return r;
+}
+
 namespace {
 
 using K = LinearKind;
@@ -78,25 +102,11 @@ class SmoothQuant : public QuantMethod {
   nlohmann::json activation_config() const override { return activation_; }
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
-    StatsRequest req;
-    req.absmax = true;
-    const auto stats = ctx.collect(kAllLinears, req);
+    const SmoothingResult sm = smoothquant_smooth_block(ctx, alpha_);
+    const auto& stats = sm.stats;
+    const std::vector<float>& s_qkv = sm.qkv;
+    const std::vector<float>& s_gu = sm.gate_up;
     BlockWeights& w = ctx.weights();
-    // Smooth the two norm-fed groups.
-    const std::vector<float> s_qkv = smoothquant_factors(stats.at(K::Q)->absmax, {&w[K::Q], &w[K::K], &w[K::V]}, alpha_);
-    const std::vector<float> s_gu = smoothquant_factors(stats.at(K::Gate)->absmax, {&w[K::Gate], &w[K::Up]}, alpha_);
-    auto fold = [](Tensor& norm, std::vector<Tensor*> fcs, const std::vector<float>& s) {
-      float* n = norm.mutable_data_as<float>();
-      for (int64_t c = 0; c < norm.numel(); ++c) n[c] /= s[size_t(c)];
-      for (Tensor* t : fcs) {
-        float* p = t->mutable_data_as<float>();
-        const int64_t rows = t->dim(0), cols = t->dim(1);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < cols; ++c) p[r * cols + c] *= s[size_t(c)];
-      }
-    };
-    fold(w.input_norm, {&w[K::Q], &w[K::K], &w[K::V]}, s_qkv);
-    fold(w.post_norm, {&w[K::Gate], &w[K::Up]}, s_gu);
     auto range = [](const std::vector<float>& v) {
       return fmt::format("[{:.3g}, {:.3g}]", *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
     };

@@ -27,6 +27,14 @@ namespace lowbit {
 std::vector<float> smoothquant_factors(const std::vector<float>& act_absmax, const std::vector<const Tensor*>& weights,
                                        double alpha);
 
+// Collects the block's input maxima (on its current weights), folds the smoothing factors into
+// the norms and q/k/v, gate/up, and returns them with the maxima (before smoothing).
+struct SmoothingResult {
+  std::vector<float> qkv, gate_up;     // factors [hidden]
+  BlockContext::StatsMap stats;        // absmax of every linear's input
+};
+SmoothingResult smoothquant_smooth_block(BlockContext& ctx, double alpha);
+
 // Per-channel symmetric absmax weight quantization (stored as unsigned codes with zero-point
 // 2^(bits-1)).
 QuantizedLinear smoothquant_weight(const float* w, int64_t rows, int64_t cols, int bits, DType dtype);
