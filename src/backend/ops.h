@@ -34,10 +34,12 @@ void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, 
 // Rotates, in place, `heads` heads of head_dim = 2*half at each of T positions: x[t, h*hd + i]
 // with row stride ld. Position of row t is pos0 + t. transformers' rotate_half convention.
 void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0);
-// Causal GQA attention for one sequence: q [T, nh*hd], k/v [T, nkv*hd], out [T, nh*hd].
-// softmax(q k^T / sqrt(hd) + causal mask) v, fp32 throughout.
+// Causal GQA attention for one sequence: q [T, nh*hd] (positions past .. past+T-1), k/v
+// [past+T, nkv*hd] (positions 0 .. past+T-1, e.g. a KV cache followed by the new tokens),
+// out [T, nh*hd]. softmax(q k^T / sqrt(hd) + causal mask) v, fp32 throughout; query t sees keys
+// 0 .. past + t.
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
-               int64_t hd);
+               int64_t hd, int64_t past = 0);
 // out = silu(gate) * up, elementwise over n values; out may alias gate.
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 // -log softmax(logits)[target] for each of `rows` rows of width V, accumulated in double.
@@ -62,7 +64,7 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t dim
 void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out);
 void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0);
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
-               int64_t hd);
+               int64_t hd, int64_t past = 0);
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 void nll_rows(const float* logits, const int32_t* targets, double* out, int64_t rows, int64_t V);
 void gram_accumulate(const float* x, int64_t rows, int64_t cols, double* acc);

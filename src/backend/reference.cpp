@@ -42,25 +42,26 @@ void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, i
 }
 
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
-               int64_t hd) {
+               int64_t hd, int64_t past) {
   const int64_t group = nh / nkv;
   const double scale = 1.0 / std::sqrt(double(hd));
-  std::vector<double> p(static_cast<size_t>(T));
+  std::vector<double> p(static_cast<size_t>(past + T));
   for (int64_t h = 0; h < nh; ++h) {
     const int64_t kh = h / group;
     for (int64_t t = 0; t < T; ++t) {
+      const int64_t last = past + t;
       double mx = -INFINITY;
-      for (int64_t s = 0; s <= t; ++s) {
+      for (int64_t s = 0; s <= last; ++s) {
         double d = 0;
         for (int64_t i = 0; i < hd; ++i) d += double(q[t * nh * hd + h * hd + i]) * k[s * nkv * hd + kh * hd + i];
         p[size_t(s)] = d * scale;
         mx = std::max(mx, p[size_t(s)]);
       }
       double sum = 0;
-      for (int64_t s = 0; s <= t; ++s) sum += (p[size_t(s)] = std::exp(p[size_t(s)] - mx));
+      for (int64_t s = 0; s <= last; ++s) sum += (p[size_t(s)] = std::exp(p[size_t(s)] - mx));
       for (int64_t i = 0; i < hd; ++i) {
         double acc = 0;
-        for (int64_t s = 0; s <= t; ++s) acc += p[size_t(s)] * v[s * nkv * hd + kh * hd + i];
+        for (int64_t s = 0; s <= last; ++s) acc += p[size_t(s)] * v[s * nkv * hd + kh * hd + i];
         out[t * nh * hd + h * hd + i] = float(acc / sum);
       }
     }

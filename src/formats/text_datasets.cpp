@@ -57,7 +57,8 @@ std::string join(const std::vector<std::string>& rows, std::string_view sep) {
   return out;
 }
 
-std::vector<std::vector<std::string>> parse_csv(std::string_view t, const std::string& what) {
+std::vector<std::vector<std::string>> parse_csv(std::string_view t, const std::string& what,
+                                               std::vector<size_t>* row_lines) {
   std::vector<std::vector<std::string>> rows;
   std::vector<std::string> row;
   std::string field;
@@ -70,6 +71,7 @@ std::vector<std::vector<std::string>> parse_csv(std::string_view t, const std::s
   };
   auto end_row = [&] {
     end_field();
+    if (row_lines) row_lines->push_back(row_line);
     rows.push_back(std::move(row));
     row.clear();
     row_line = line;
@@ -112,6 +114,7 @@ std::vector<std::vector<std::string>> parse_csv(std::string_view t, const std::s
       ++line;
       ++i;
       if (row.empty() && !field_started) {  // a blank line: Python yields []
+        if (row_lines) row_lines->push_back(row_line);
         rows.emplace_back();
         row_line = line;
       } else {

@@ -17,6 +17,8 @@ std::string join(const std::vector<std::string>& rows, std::string_view sep);
 
 // RFC 4180 CSV as Python's csv.reader reads it (quoted fields with "" escapes and embedded
 // newlines; \r\n or \n row ends). `what` names the file in errors (malformed quoting, with line).
-std::vector<std::vector<std::string>> parse_csv(std::string_view text, const std::string& what);
+// row_lines, when given, receives the line on which each row starts.
+std::vector<std::vector<std::string>> parse_csv(std::string_view text, const std::string& what,
+                                               std::vector<size_t>* row_lines = nullptr);
 
 }  // namespace lowbit

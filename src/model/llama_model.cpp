@@ -119,8 +119,49 @@ bool stops_at(const BlockHooks* hooks, std::initializer_list<LinearKind> kinds) 
 
 }  // namespace
 
+void KvCache::truncate(int64_t n) {
+  LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
+  length = n;
+}
+
+KvCache LlamaModel::make_kv_cache(int64_t capacity) const {
+  const LlamaConfig& c = config();
+  LB_CHECK(capacity > 0 && capacity <= c.max_position_embeddings,
+           "KV cache of {} positions: the model's context is {}", capacity, c.max_position_embeddings);
+  KvCache kv;
+  kv.capacity = capacity;
+  kv.k.assign(size_t(c.num_hidden_layers), std::vector<float>(size_t(capacity * c.kv_dim())));
+  kv.v.assign(size_t(c.num_hidden_layers), std::vector<float>(size_t(capacity * c.kv_dim())));
+  return kv;
+}
+
+void LlamaModel::forward_cached(std::span<const int32_t> tokens, KvCache& cache, float* hidden_out,
+                                const BlockHooks* hooks) const {
+  const LlamaConfig& c = config();
+  const int64_t T = int64_t(tokens.size()), H = c.hidden_size;
+  LB_CHECK(T > 0, "forward_cached: no tokens");
+  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
+           cache.length, T);
+  if (hooks == nullptr) hooks = forward_hooks_.get();
+  ensure_positions(cache.length + T);
+  embed(tokens, hidden_out);
+  const float eps = float(c.rms_norm_eps);
+  std::vector<float> x(size_t(T * H)), y(size_t(T * H));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    auto w = block_weights(i);
+    ops::rmsnorm(hidden_out, w->input_norm.data_as<float>(), x.data(), T, H, eps);
+    attention_part(i, *w, x.data(), y.data(), 1, T, cache.length, hooks, &cache);
+    for (int64_t j = 0; j < T * H; ++j) hidden_out[j] += y[size_t(j)];
+    ops::rmsnorm(hidden_out, w->post_norm.data_as<float>(), x.data(), T, H, eps);
+    mlp_part(i, *w, x.data(), y.data(), T, hooks);
+    for (int64_t j = 0; j < T * H; ++j) hidden_out[j] += y[size_t(j)];
+  }
+  cache.length += T;
+  final_norm(hidden_out, T);
+}
+
 bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const float* xin, float* out, int64_t B,
-                                int64_t T, int64_t pos0, const BlockHooks* hooks) const {
+                                int64_t T, int64_t pos0, const BlockHooks* hooks, KvCache* cache) const {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
@@ -148,11 +189,22 @@ bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const floa
     product(LinearKind::K, xin, H, k.data(), kvd);
     product(LinearKind::V, xin, H, v.data(), kvd);
   }
-  for (int64_t b = 0; b < B; ++b) {
-    ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
-    ops::rope(k.data() + b * T * kvd, T, nkv, kvd, rope_, pos0);
-    ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
-                   T, nh, nkv, hd);
+  if (cache != nullptr) {
+    LB_ASSERT(B == 1 && pos0 == cache->length && cache->length + T <= cache->capacity);
+    ops::rope(q.data(), T, nh, qd, rope_, pos0);
+    ops::rope(k.data(), T, nkv, kvd, rope_, pos0);
+    float* kc = cache->k[size_t(layer)].data();
+    float* vc = cache->v[size_t(layer)].data();
+    std::memcpy(kc + pos0 * kvd, k.data(), size_t(T * kvd) * sizeof(float));
+    std::memcpy(vc + pos0 * kvd, v.data(), size_t(T * kvd) * sizeof(float));
+    ops::attention(q.data(), kc, vc, att.data(), T, nh, nkv, hd, pos0);
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
+      ops::rope(k.data() + b * T * kvd, T, nkv, kvd, rope_, pos0);
+      ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
+                     T, nh, nkv, hd);
+    }
   }
   if (hooks && hooks->on_input) hooks->on_input(layer, LinearKind::O, att.data(), N, qd);
   if (stops_at(hooks, {LinearKind::O})) return true;

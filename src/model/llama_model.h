@@ -61,6 +61,16 @@ struct BlockHooks {
   std::optional<LinearKind> stop_after_input;
 };
 
+// Keys (after RoPE) and values of the positions a sequence has run so far, per layer: for
+// incremental decoding and for scoring several continuations of one shared prefix.
+struct KvCache {
+  int64_t length = 0;    // positions held
+  int64_t capacity = 0;  // positions the buffers hold at most
+  std::vector<std::vector<float>> k, v;  // [layers][capacity * kv_dim]
+  // Forgets every position from n on (n <= length).
+  void truncate(int64_t n);
+};
+
 class LlamaModel {
  public:
   explicit LlamaModel(Checkpoint ck);
@@ -85,13 +95,22 @@ class LlamaModel {
   // The two halves of a block, on normalized inputs x [B*T, H], writing out [B*T, H] (before
   // the residual add): attention (q, k, v, RoPE, causal GQA, o) and the SwiGLU MLP. Return
   // true when hooks->stop_after_input stopped them early.
+  // With a cache (B = 1), the new keys and values are written at rows cache->length .. +T-1 of
+  // the layer's buffers and the queries attend to every cached position; pos0 is cache->length.
   bool attention_part(int64_t layer, const BlockWeights& w, const float* x, float* out, int64_t B, int64_t T,
-                      int64_t pos0 = 0, const BlockHooks* hooks = nullptr) const;
+                      int64_t pos0 = 0, const BlockHooks* hooks = nullptr, KvCache* cache = nullptr) const;
   bool mlp_part(int64_t layer, const BlockWeights& w, const float* x, float* out, int64_t rows,
                 const BlockHooks* hooks = nullptr) const;
   // Final RMSNorm in place, then logits[rows, V].
   void final_norm(float* hidden, int64_t rows) const;
   void lm_head(const float* hidden, int64_t rows, float* logits) const;
+
+  KvCache make_kv_cache(int64_t capacity) const;
+  // Runs `tokens` at positions cache.length .. cache.length + T - 1 through every block, reading
+  // and extending the cache; hidden_out [T, H] receives the final-normed hidden states (for
+  // lm_head on the rows needed). Applies the forward hooks when given none.
+  void forward_cached(std::span<const int32_t> tokens, KvCache& cache, float* hidden_out,
+                      const BlockHooks* hooks = nullptr) const;
 
   // Hooks that forward() and next_token_nll() apply when given none (a quantized model's
   // activation quantization, for instance). Null: none.

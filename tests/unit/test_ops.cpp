@@ -120,6 +120,24 @@ TEST(Ops, AttentionAcrossBlockEdges) {
   }
 }
 
+// Queries after a cache of `past` positions: the same as the last T rows of a full pass.
+TEST(Ops, AttentionWithPastKeys) {
+  for (int64_t past : {1, 17, 64, 100}) {
+    for (int64_t T : {1, 5, 64, 70}) {
+      const int64_t nh = 4, nkv = 2, hd = 16, all = past + T;
+      auto q = randn(size_t(all * nh * hd), 11, 2.0f), k = randn(size_t(all * nkv * hd), 12, 2.0f),
+           v = randn(size_t(all * nkv * hd), 13);
+      std::vector<float> full(q.size()), tail(size_t(T * nh * hd)), ref_tail(tail.size());
+      ref::attention(q.data(), k.data(), v.data(), full.data(), all, nh, nkv, hd);
+      ops::attention(q.data() + past * nh * hd, k.data(), v.data(), tail.data(), T, nh, nkv, hd, past);
+      ref::attention(q.data() + past * nh * hd, k.data(), v.data(), ref_tail.data(), T, nh, nkv, hd, past);
+      std::vector<float> want(full.begin() + past * nh * hd, full.end());
+      EXPECT_LT(rel_err(tail, want), 2e-6) << "past " << past << " T " << T;
+      EXPECT_LT(rel_err(ref_tail, want), 1e-12) << "past " << past << " T " << T;
+    }
+  }
+}
+
 TEST(Ops, SwiGlu) {
   auto g = randn(1000, 9, 4.0f), u = randn(1000, 10);
   g[0] = -90.0f;  // exp overflow region of silu

@@ -13,6 +13,7 @@ void register_logits(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_methods(CLI::App& app);
 void register_stats(CLI::App& app);
+void register_eval(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   lowbit::cli::register_quantize(app);
   lowbit::cli::register_methods(app);
   lowbit::cli::register_stats(app);
+  lowbit::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -102,7 +102,7 @@ void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, i
 }
 
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
-               int64_t hd) {
+               int64_t hd, int64_t past) {
   // Blocks of queries against the keys they may see (causal): scores for a block are one GEMM,
   // a row softmax over the visible prefix, then one GEMM with V. Keys past the block are never
   // touched, which halves the work against a full T x T product.
@@ -114,11 +114,11 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
   // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
 #pragma omp parallel
   {
-    std::vector<float> scores(size_t(kBlock * T));
+    std::vector<float> scores(size_t(kBlock * (past + T)));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < nh; ++h)
       for (int64_t b = nblocks - 1; b >= 0; --b) {  // longest blocks first
-        const int64_t q0 = b * kBlock, rows = std::min(kBlock, T - q0), keys = q0 + rows;
+        const int64_t q0 = b * kBlock, rows = std::min(kBlock, T - q0), keys = past + q0 + rows;
         const float* qh = q + q0 * ldq + h * hd;
         const float* kh = k + (h / group) * hd;
         const float* vh = v + (h / group) * hd;
@@ -127,7 +127,7 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
                     blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
         for (int64_t r = 0; r < rows; ++r) {
           float* sr = s + r * keys;
-          const int64_t visible = q0 + r + 1;
+          const int64_t visible = past + q0 + r + 1;
           float mx = -INFINITY;
           for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
           float sum = 0;

@@ -1,0 +1,208 @@
+#include "eval/multiple_choice.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "core/utf8.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+namespace lowbit {
+
+namespace {
+
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (size_t i = 0; i < s.size(); ++i) n += (static_cast<unsigned char>(s[i]) & 0xc0) != 0x80;
+  return n;
+}
+
+Metric mean_with_stderr(const std::vector<double>& x) {
+  Metric m;
+  if (x.empty()) return m;
+  const double n = double(x.size());
+  m.value = std::accumulate(x.begin(), x.end(), 0.0) / n;
+  if (x.size() > 1) {
+    double ss = 0;
+    for (double v : x) ss += (v - m.value) * (v - m.value);
+    m.stderr_ = std::sqrt(ss / (n - 1)) / std::sqrt(n);
+  }
+  return m;
+}
+
+size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+struct Request {
+  std::vector<int32_t> input;    // what the model reads
+  std::vector<int32_t> targets;  // the continuation tokens
+  size_t first_scored = 0;       // input position whose output predicts targets[0]
+};
+
+}  // namespace
+
+McEncoded encode_pair(const Tokenizer& tok, std::string context, std::string continuation, BosMode bos) {
+  size_t n_spaces = 0;
+  while (n_spaces < context.size()) {
+    const unsigned char c = static_cast<unsigned char>(context[context.size() - 1 - n_spaces]);
+    if (!(c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f))) break;
+    ++n_spaces;
+  }
+  if (n_spaces > 0) {
+    continuation = context.substr(context.size() - n_spaces) + continuation;
+    context.resize(context.size() - n_spaces);
+  }
+  LB_CHECK(!context.empty(), "multiple choice: empty context");
+  const std::vector<int32_t> whole = tok.encode(context + continuation, bos);
+  McEncoded e;
+  e.context = tok.encode(context, bos);
+  if (whole.size() > e.context.size()) e.continuation.assign(whole.begin() + std::ptrdiff_t(e.context.size()), whole.end());
+  LB_CHECK(!e.continuation.empty(), "multiple choice: continuation '{}' encodes to no tokens after its context",
+           continuation);
+  return e;
+}
+
+McResult evaluate_multiple_choice(const LlamaModel& model, const Tokenizer& tok, const McTask& task,
+                                  const McOptions& opt, const McProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const LlamaConfig& c = model.config();
+  const int64_t max_length = opt.max_length > 0 ? opt.max_length : c.max_position_embeddings;
+  LB_CHECK(max_length <= c.max_position_embeddings, "max length {} exceeds the model's context {}", max_length,
+           c.max_position_embeddings);
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  const size_t n_items = opt.limit > 0 ? std::min(task.items.size(), size_t(opt.limit)) : task.items.size();
+  McResult res;
+  res.task = task.name;
+  res.has_acc_norm = task.has_acc_norm;
+  KvCache cache = model.make_kv_cache(max_length);
+  std::vector<int32_t> cached;  // the tokens the cache holds
+  std::vector<double> acc, acc_norm;
+  std::vector<float> hidden, rows, logits;
+  for (size_t ii = 0; ii < n_items; ++ii) {
+    const McItem& item = task.items[ii];
+    const size_t nreq = item.num_requests();
+    LB_CHECK(nreq == item.choices.size(), "{} item {}: {} requests for {} choices", task.name, item.id, nreq,
+             item.choices.size());
+    std::vector<Request> reqs(nreq);
+    for (size_t r = 0; r < nreq; ++r) {
+      const McEncoded e = encode_pair(tok, item.context(r), item.continuation(r), opt.bos);
+      LB_CHECK(int64_t(e.continuation.size()) <= max_length, "{} item {}: continuation of {} tokens exceeds max "
+               "length {}", task.name, item.id, e.continuation.size(), max_length);
+      std::vector<int32_t> all = e.context;
+      all.insert(all.end(), e.continuation.begin(), e.continuation.end());
+      if (int64_t(all.size()) > max_length + 1) all.erase(all.begin(), all.end() - (max_length + 1));
+      reqs[r].targets = e.continuation;
+      reqs[r].input.assign(all.begin(), all.end() - 1);
+      reqs[r].first_scored = reqs[r].input.size() - e.continuation.size();
+      res.tokens_requested += int64_t(reqs[r].input.size());
+    }
+    // The shared prefix P of the requests' inputs, run once; positions before `keep` may come
+    // from the cache (none of them is scored).
+    size_t plen = reqs[0].input.size(), keep = reqs[0].first_scored;
+    for (const auto& r : reqs) {
+      plen = std::min(plen, common_prefix(r.input, reqs[0].input));
+      keep = std::min(keep, r.first_scored);
+    }
+    const std::vector<int32_t> prefix(reqs[0].input.begin(), reqs[0].input.begin() + std::ptrdiff_t(plen));
+    const size_t reuse = std::min({common_prefix(cached, prefix), keep, plen > 0 ? plen - 1 : 0});
+    cache.truncate(int64_t(reuse));
+    // Hidden states (final-normed) of the positions [reuse, plen) of the prefix.
+    std::vector<float> prefix_hidden;
+    if (plen > reuse) {
+      prefix_hidden.resize((plen - reuse) * size_t(H));
+      model.forward_cached(std::span<const int32_t>(prefix.data() + reuse, plen - reuse), cache, prefix_hidden.data());
+      res.tokens_run += int64_t(plen - reuse);
+    }
+    cached = prefix;
+    McItemResult ir;
+    ir.loglik.resize(nreq);
+    ir.greedy.resize(nreq);
+    for (size_t r = 0; r < nreq; ++r) {
+      const Request& q = reqs[r];
+      std::vector<float> tail_hidden;
+      if (q.input.size() > plen) {
+        tail_hidden.resize((q.input.size() - plen) * size_t(H));
+        model.forward_cached(std::span<const int32_t>(q.input.data() + plen, q.input.size() - plen), cache,
+                             tail_hidden.data());
+        res.tokens_run += int64_t(q.input.size() - plen);
+        cache.truncate(int64_t(plen));
+      }
+      const size_t nscored = q.targets.size();
+      rows.resize(nscored * size_t(H));
+      for (size_t j = 0; j < nscored; ++j) {
+        const size_t pos = q.first_scored + j;
+        const float* src = pos < plen ? prefix_hidden.data() + (pos - reuse) * size_t(H)
+                                      : tail_hidden.data() + (pos - plen) * size_t(H);
+        std::copy(src, src + H, rows.data() + j * size_t(H));
+      }
+      logits.resize(nscored * size_t(V));
+      model.lm_head(rows.data(), int64_t(nscored), logits.data());
+      std::vector<double> nll(nscored);
+      ops::nll_rows(logits.data(), q.targets.data(), nll.data(), int64_t(nscored), V);
+      double ll = 0;
+      bool greedy = true;
+      for (size_t j = 0; j < nscored; ++j) {
+        ll -= nll[j];
+        const float* l = logits.data() + j * size_t(V);
+        greedy = greedy && int32_t(std::max_element(l, l + V) - l) == q.targets[j];
+      }
+      ir.loglik[r] = ll;
+      ir.greedy[r] = greedy;
+    }
+    ir.pred = int(std::max_element(ir.loglik.begin(), ir.loglik.end()) - ir.loglik.begin());
+    std::vector<double> normed(nreq);
+    for (size_t r = 0; r < nreq; ++r) normed[r] = ir.loglik[r] / double(code_points(item.choices[r]));
+    ir.pred_norm = int(std::max_element(normed.begin(), normed.end()) - normed.begin());
+    acc.push_back(ir.pred == item.gold ? 1.0 : 0.0);
+    acc_norm.push_back(ir.pred_norm == item.gold ? 1.0 : 0.0);
+    if (!item.subject.empty()) {
+      auto& s = res.subjects[item.subject];
+      s.first += acc.back();
+      s.second += 1;
+    }
+    res.items.push_back(std::move(ir));
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress) progress(int64_t(ii + 1), int64_t(n_items), elapsed, std::accumulate(acc.begin(), acc.end(), 0.0) / double(acc.size()));
+  }
+  for (auto& [k, v] : res.subjects) v.first /= double(v.second);
+  res.n = int64_t(n_items);
+  res.acc = mean_with_stderr(acc);
+  if (task.has_acc_norm) res.acc_norm = mean_with_stderr(acc_norm);
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+MmluSummary summarize_mmlu(const McResult& r) {
+  MmluSummary s;
+  std::map<std::string, std::pair<double, int64_t>> unweighted, weighted;
+  double sum_subjects = 0, correct = 0, total = 0;
+  for (const auto& [subject, v] : r.subjects) {
+    const std::string& cat = mmlu_category(subject);
+    unweighted[cat].first += v.first;
+    unweighted[cat].second += 1;
+    weighted[cat].first += v.first * double(v.second);
+    weighted[cat].second += v.second;
+    sum_subjects += v.first;
+    correct += v.first * double(v.second);
+    total += double(v.second);
+  }
+  double cats = 0;
+  for (const auto& [cat, v] : unweighted) {
+    s.category_unweighted[cat] = v.first / double(v.second);
+    cats += s.category_unweighted[cat];
+  }
+  for (const auto& [cat, v] : weighted) s.category_weighted[cat] = v.first / double(v.second);
+  if (!r.subjects.empty()) {
+    s.average_unweighted = sum_subjects / double(r.subjects.size());
+    s.average_of_categories = cats / double(unweighted.size());
+    s.harness_weighted = correct / total;
+  }
+  return s;
+}
+
+}  // namespace lowbit

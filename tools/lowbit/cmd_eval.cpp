@@ -1,0 +1,139 @@
+// lowbit eval --model M --tasks piqa,arc_easy,... [--data-dir D] [--limit N] [--bos auto|on|off]
+//             [--mmlu-shots 5] [--json]
+#include "commands.h"
+#include "progress.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "eval/multiple_choice.h"
+#include "eval/tasks.h"
+#include "formats/tokenizer.h"
+#include "lowbit/version.h"
+#include "quant/quantize.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include <sstream>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto";
+  int64_t limit = 0, max_length = 0;
+  int mmlu_shots = 5, threads = 0;
+  bool json = false;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+nlohmann::json metric_json(const Metric& m) { return {{"value", m.value}, {"stderr", m.stderr_}}; }
+
+void run(const Options& o) {
+  set_num_threads(o.threads);
+  const std::vector<std::string> names = split(o.tasks);
+  LB_CHECK(!names.empty(), "--tasks names no task");
+  for (const auto& n : names) {
+    bool known = false;
+    for (const auto& k : task_names()) known = known || k == n;
+    LB_CHECK(known, "unknown task '{}' (known: {})", n, fmt::format("{}", fmt::join(task_names(), ", ")));
+  }
+  const std::string data_dir = resolve_data_dir(o.data_dir);
+  // Every task's data is read (and checked) before any evaluation starts.
+  std::vector<McTask> tasks;
+  for (const auto& n : names) tasks.push_back(load_task(n, data_dir, o.mmlu_shots));
+  auto model = load_model(o.model);
+  LB_CHECK(!model->checkpoint().tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(o.spm);
+  auto tok = load_tokenizer(model->checkpoint().tokenizer_path, topt);
+  McOptions mo;
+  mo.bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
+  mo.max_length = o.max_length;
+  mo.limit = o.limit;
+  const nlohmann::json& q = model->checkpoint().quantization;
+  nlohmann::json out = {
+      {"model", {{"path", o.model}, {"weights_sha256", weights_sha256(model->checkpoint())},
+                 {"parameters", model->config().parameter_count()}}},
+      {"method", q.is_null() ? nlohmann::json("none (16-bit)") : q["method"]},
+      {"calibration", q.is_null() ? nlohmann::json(nullptr) : q["calibration"]},
+      {"activation", q.is_null() ? nlohmann::json(nullptr) : q.value("activation", nlohmann::json(nullptr))},
+      {"tokenizer", {{"path", model->checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
+      {"threads", num_threads()}, {"device", "cpu"},
+      {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
+      {"tasks", nlohmann::json::array()}};
+  for (const McTask& t : tasks) {
+    Progress progress(t.name);
+    const McResult r = evaluate_multiple_choice(*model, *tok, t, mo, [&](int64_t done, int64_t total, double s, double acc) {
+      if (!o.json) progress.update(done, total, s, fmt::format("acc {:.4f}", acc));
+    });
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& f : t.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
+    nlohmann::json tj = {{"task", t.name}, {"split", t.split}, {"convention", t.convention}, {"n", r.n},
+                         {"n_available", t.items.size()}, {"acc", metric_json(r.acc)}, {"seconds", r.seconds},
+                         {"items_per_second", double(r.n) / r.seconds}, {"tokens_run", r.tokens_run},
+                         {"tokens_requested", r.tokens_requested}, {"num_fewshot", t.num_fewshot}};
+    if (t.has_acc_norm) tj["acc_norm"] = metric_json(r.acc_norm);
+    if (t.name.size() < 64) tj["files"] = files.size() <= 4 ? files : nlohmann::json(files.size());
+    std::string line = fmt::format("{} ({}, {} items): acc {:.4f} +/- {:.4f}", t.name, t.split, r.n, r.acc.value,
+                                   r.acc.stderr_);
+    if (t.has_acc_norm) line += fmt::format(", acc_norm {:.4f} +/- {:.4f}", r.acc_norm.value, r.acc_norm.stderr_);
+    line += fmt::format("  ({:.1f} s, {:.1f} items/s)", r.seconds, double(r.n) / r.seconds);
+    if (!r.subjects.empty()) {
+      const MmluSummary s = summarize_mmlu(r);
+      nlohmann::json subj = nlohmann::json::object();
+      for (const auto& [k, v] : r.subjects) subj[k] = {{"acc", v.first}, {"n", v.second}};
+      tj["mmlu"] = {{"categories_unweighted_over_subjects", s.category_unweighted},
+                    {"categories_weighted_by_size", s.category_weighted},
+                    {"average_unweighted_over_subjects", s.average_unweighted},
+                    {"average_of_categories", s.average_of_categories},
+                    {"harness_weighted_by_size", s.harness_weighted},
+                    {"subjects", subj}};
+      line += "\n  categories (unweighted mean over subjects):";
+      for (const auto& [k, v] : s.category_unweighted) line += fmt::format(" {} {:.4f}", k, v);
+      line += fmt::format("\n  average over subjects {:.4f}, of the four categories {:.4f}; harness (size-weighted) "
+                          "{:.4f}",
+                          s.average_unweighted, s.average_of_categories, s.harness_weighted);
+    }
+    out["tasks"].push_back(tj);
+    if (!o.json) fmt::print("{}\n", line);
+    std::fflush(stdout);
+  }
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  out["peak_rss_bytes"] = int64_t(ru.ru_maxrss) * 1024;
+  if (o.json) fmt::print("{}\n", out.dump(1));
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("eval", "Zero-shot tasks and MMLU with lm-evaluation-harness semantics");
+  cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit or quantized)")->required();
+  cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu");
+  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
+  cmd->add_option("--limit", o->limit, "evaluate only the first N items of each task (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default, current harness), on, off (older harness)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_option("--max-length", o->max_length, "context tokens (0: the model's max_position_embeddings)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--mmlu-shots", o->mmlu_shots, "MMLU few-shot examples from dev")->check(CLI::Range(0, 5));
+  add_spm_convention_option(cmd, o->spm);
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", o->json, "print one JSON object with the results and their identity");
+  cmd->callback([o] { run(*o); });
+}
+
+}  // namespace lowbit::cli
