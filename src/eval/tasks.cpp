@@ -188,15 +188,17 @@ std::string mmlu_example(const std::vector<std::string>& row) {
   return py_strip(row[0]) + "\nA. " + row[1] + "\nB. " + row[2] + "\nC. " + row[3] + "\nD. " + row[4] + "\nAnswer:";
 }
 
-McTask mmlu(const std::string& dir, int shots) {
+McTask mmlu(const std::string& dir, int shots, const std::string& only_subject) {
   LB_CHECK(shots >= 0 && shots <= 5, "mmlu: {} few-shot examples (0 to 5 available per subject)", shots);
   McTask t;
-  t.name = "mmlu";
+  t.name = only_subject.empty() ? "mmlu" : "mmlu_" + only_subject;
   t.split = "test";
   t.num_fewshot = shots;
+  t.has_acc_norm = false;  // the harness reports acc only for MMLU
   t.convention = fmt::format("lm-eval mmlu: {}-shot (first dev examples), \"{{question}}\\nA. ..\\nB. ..\\nC. "
                              "..\\nD. ..\\nAnswer:\" / \" A\" .. \" D\"", shots);
   for (const std::string& subject : mmlu_subjects()) {
+    if (!only_subject.empty() && subject != only_subject) continue;
     const DatasetFile test = checked_data_file(dir, "mmlu/test/" + subject + "_test.csv", "mmlu", "");
     const DatasetFile dev = checked_data_file(dir, "mmlu/dev/" + subject + "_dev.csv", "mmlu", "");
     t.files.push_back(test);
@@ -248,8 +250,15 @@ McTask load_task(const std::string& name, const std::string& data_dir, int mmlu_
   if (name == "arc_challenge") return arc(data_dir, true);
   if (name == "hellaswag") return hellaswag(data_dir);
   if (name == "winogrande") return winogrande(data_dir);
-  if (name == "mmlu") return mmlu(data_dir, mmlu_shots);
-  fail("unknown task '{}' (known: {})", name, fmt::join(task_names(), ", "));
+  if (name == "mmlu") return mmlu(data_dir, mmlu_shots, "");
+  if (name.starts_with("mmlu_")) {
+    const std::string subject = name.substr(5);
+    const auto& all = mmlu_subjects();
+    LB_CHECK(std::find(all.begin(), all.end(), subject) != all.end(), "unknown task '{}': '{}' is not an MMLU subject",
+             name, subject);
+    return mmlu(data_dir, mmlu_shots, subject);
+  }
+  fail("unknown task '{}' (known: {}, and mmlu_SUBJECT for one MMLU subject)", name, fmt::join(task_names(), ", "));
 }
 
 std::string hellaswag_preprocess(std::string text) {

@@ -50,6 +50,7 @@ struct McTask {
 
 // The task names lowbit knows, in the order the study's tables list them.
 const std::vector<std::string>& task_names();
+// Also "mmlu_SUBJECT": one MMLU subject (as the harness names them).
 // Throws for unknown names, missing files (naming them and where they come from) and malformed
 // rows (file and line). mmlu_shots: few-shot examples for MMLU (0-5; 5 is the study's).
 McTask load_task(const std::string& name, const std::string& data_dir, int mmlu_shots = 5);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
+#include <fstream>
 #include <sstream>
 
 namespace lowbit::cli {
@@ -22,6 +23,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
+  std::string log_samples;
   std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto";
   int64_t limit = 0, max_length = 0;
   int mmlu_shots = 5, threads = 0;
@@ -44,9 +46,10 @@ void run(const Options& o) {
   const std::vector<std::string> names = split(o.tasks);
   LB_CHECK(!names.empty(), "--tasks names no task");
   for (const auto& n : names) {
-    bool known = false;
+    bool known = n.starts_with("mmlu_");
     for (const auto& k : task_names()) known = known || k == n;
-    LB_CHECK(known, "unknown task '{}' (known: {})", n, fmt::format("{}", fmt::join(task_names(), ", ")));
+    LB_CHECK(known, "unknown task '{}' (known: {}, and mmlu_SUBJECT for one MMLU subject)", n,
+             fmt::format("{}", fmt::join(task_names(), ", ")));
   }
   const std::string data_dir = resolve_data_dir(o.data_dir);
   // Every task's data is read (and checked) before any evaluation starts.
@@ -72,11 +75,27 @@ void run(const Options& o) {
       {"threads", num_threads()}, {"device", "cpu"},
       {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
       {"tasks", nlohmann::json::array()}};
+  std::unique_ptr<std::ofstream> samples;
+  if (!o.log_samples.empty()) {
+    samples = std::make_unique<std::ofstream>(o.log_samples, std::ios::trunc);
+    LB_CHECK(samples->good(), "cannot write '{}'", o.log_samples);
+  }
   for (const McTask& t : tasks) {
     Progress progress(t.name);
     const McResult r = evaluate_multiple_choice(*model, *tok, t, mo, [&](int64_t done, int64_t total, double s, double acc) {
       if (!o.json) progress.update(done, total, s, fmt::format("acc {:.4f}", acc));
     });
+    if (samples) {
+      for (size_t i = 0; i < r.items.size(); ++i) {
+        const McItem& it = t.items[i];
+        const McItemResult& ir = r.items[i];
+        nlohmann::json j = {{"task", t.name}, {"id", it.id}, {"contexts", it.contexts},
+                            {"continuations", it.continuations}, {"gold", it.gold}, {"loglik", ir.loglik},
+                            {"greedy", ir.greedy}, {"pred", ir.pred}, {"pred_norm", ir.pred_norm}};
+        *samples << j.dump() << "\n";
+      }
+      samples->flush();
+    }
     nlohmann::json files = nlohmann::json::array();
     for (const auto& f : t.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
     nlohmann::json tj = {{"task", t.name}, {"split", t.split}, {"convention", t.convention}, {"n", r.n},
@@ -121,7 +140,8 @@ void register_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("eval", "Zero-shot tasks and MMLU with lm-evaluation-harness semantics");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit or quantized)")->required();
-  cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu");
+  cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu "
+                                       "(or mmlu_SUBJECT for one subject)");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
   cmd->add_option("--limit", o->limit, "evaluate only the first N items of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
@@ -133,6 +153,8 @@ void register_eval(CLI::App& app) {
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object with the results and their identity");
+  cmd->add_option("--log-samples", o->log_samples, "write every item's requests and per-choice log-likelihoods "
+                                                    "to this JSONL file");
   cmd->callback([o] { run(*o); });
 }
 
