@@ -67,22 +67,72 @@ McEncoded encode_pair(const Tokenizer& tok, std::string context, std::string con
   return e;
 }
 
+namespace {
+
+class CpuMcBackend final : public McBackend {
+ public:
+  CpuMcBackend(const LlamaModel& model, int64_t max_length)
+      : model_(model), max_length_(max_length), cache_(model.make_kv_cache(max_length)) {}
+  int64_t max_length() const override { return max_length_; }
+  void truncate(int64_t n) override { cache_.truncate(n); }
+  int run(std::span<const int32_t> tokens) override {
+    runs_.emplace_back(tokens.size() * size_t(model_.config().hidden_size));
+    model_.forward_cached(tokens, cache_, runs_.back().data());
+    return int(runs_.size()) - 1;
+  }
+  void score(const std::vector<Row>& rows, double* loglik, bool* greedy) override {
+    const int64_t H = model_.config().hidden_size, V = model_.config().vocab_size, n = int64_t(rows.size());
+    std::vector<float> x(size_t(n * H)), logits(size_t(n * V));
+    std::vector<int32_t> targets(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const float* src = runs_[size_t(rows[size_t(i)].run)].data() + rows[size_t(i)].index * H;
+      std::copy(src, src + H, x.data() + i * H);
+      targets[size_t(i)] = rows[size_t(i)].target;
+    }
+    model_.lm_head(x.data(), n, logits.data());
+    std::vector<double> nll(static_cast<size_t>(n));
+    ops::nll_rows(logits.data(), targets.data(), nll.data(), n, V);
+    for (int64_t i = 0; i < n; ++i) {
+      loglik[i] = -nll[size_t(i)];
+      const float* l = logits.data() + i * V;
+      greedy[i] = int32_t(std::max_element(l, l + V) - l) == targets[size_t(i)];
+    }
+  }
+  void clear_runs() override { runs_.clear(); }
+
+ private:
+  const LlamaModel& model_;
+  int64_t max_length_;
+  KvCache cache_;
+  std::vector<std::vector<float>> runs_;
+};
+
+}  // namespace
+
+std::unique_ptr<McBackend> make_cpu_mc_backend(const LlamaModel& model, int64_t max_length) {
+  return std::make_unique<CpuMcBackend>(model, max_length);
+}
+
 McResult evaluate_multiple_choice(const LlamaModel& model, const Tokenizer& tok, const McTask& task,
                                   const McOptions& opt, const McProgress& progress) {
-  const auto t0 = std::chrono::steady_clock::now();
   const LlamaConfig& c = model.config();
   const int64_t max_length = opt.max_length > 0 ? opt.max_length : c.max_position_embeddings;
   LB_CHECK(max_length <= c.max_position_embeddings, "max length {} exceeds the model's context {}", max_length,
            c.max_position_embeddings);
-  const int64_t H = c.hidden_size, V = c.vocab_size;
+  auto backend = make_cpu_mc_backend(model, max_length);
+  return evaluate_multiple_choice(*backend, tok, task, opt, progress);
+}
+
+McResult evaluate_multiple_choice(McBackend& backend, const Tokenizer& tok, const McTask& task, const McOptions& opt,
+                                  const McProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t max_length = backend.max_length();
   const size_t n_items = opt.limit > 0 ? std::min(task.items.size(), size_t(opt.limit)) : task.items.size();
   McResult res;
   res.task = task.name;
   res.has_acc_norm = task.has_acc_norm;
-  KvCache cache = model.make_kv_cache(max_length);
   std::vector<int32_t> cached;  // the tokens the cache holds
   std::vector<double> acc, acc_norm;
-  std::vector<float> hidden, rows, logits;
   for (size_t ii = 0; ii < n_items; ++ii) {
     const McItem& item = task.items[ii];
     const size_t nreq = item.num_requests();
@@ -110,49 +160,44 @@ McResult evaluate_multiple_choice(const LlamaModel& model, const Tokenizer& tok,
     }
     const std::vector<int32_t> prefix(reqs[0].input.begin(), reqs[0].input.begin() + std::ptrdiff_t(plen));
     const size_t reuse = std::min({common_prefix(cached, prefix), keep, plen > 0 ? plen - 1 : 0});
-    cache.truncate(int64_t(reuse));
-    // Hidden states (final-normed) of the positions [reuse, plen) of the prefix.
-    std::vector<float> prefix_hidden;
+    backend.truncate(int64_t(reuse));
+    backend.clear_runs();
+    int prefix_run = -1;
     if (plen > reuse) {
-      prefix_hidden.resize((plen - reuse) * size_t(H));
-      model.forward_cached(std::span<const int32_t>(prefix.data() + reuse, plen - reuse), cache, prefix_hidden.data());
+      prefix_run = backend.run(std::span<const int32_t>(prefix.data() + reuse, plen - reuse));
       res.tokens_run += int64_t(plen - reuse);
     }
     cached = prefix;
-    McItemResult ir;
-    ir.loglik.resize(nreq);
-    ir.greedy.resize(nreq);
+    std::vector<McBackend::Row> rows;
+    std::vector<size_t> owner;  // request of each row
     for (size_t r = 0; r < nreq; ++r) {
       const Request& q = reqs[r];
-      std::vector<float> tail_hidden;
+      int tail_run = -1;
       if (q.input.size() > plen) {
-        tail_hidden.resize((q.input.size() - plen) * size_t(H));
-        model.forward_cached(std::span<const int32_t>(q.input.data() + plen, q.input.size() - plen), cache,
-                             tail_hidden.data());
+        tail_run = backend.run(std::span<const int32_t>(q.input.data() + plen, q.input.size() - plen));
         res.tokens_run += int64_t(q.input.size() - plen);
-        cache.truncate(int64_t(plen));
+        backend.truncate(int64_t(plen));
       }
-      const size_t nscored = q.targets.size();
-      rows.resize(nscored * size_t(H));
-      for (size_t j = 0; j < nscored; ++j) {
+      for (size_t j = 0; j < q.targets.size(); ++j) {
         const size_t pos = q.first_scored + j;
-        const float* src = pos < plen ? prefix_hidden.data() + (pos - reuse) * size_t(H)
-                                      : tail_hidden.data() + (pos - plen) * size_t(H);
-        std::copy(src, src + H, rows.data() + j * size_t(H));
+        if (pos < plen) rows.push_back({prefix_run, int64_t(pos - reuse), q.targets[j]});
+        else rows.push_back({tail_run, int64_t(pos - plen), q.targets[j]});
+        owner.push_back(r);
       }
-      logits.resize(nscored * size_t(V));
-      model.lm_head(rows.data(), int64_t(nscored), logits.data());
-      std::vector<double> nll(nscored);
-      ops::nll_rows(logits.data(), q.targets.data(), nll.data(), int64_t(nscored), V);
-      double ll = 0;
-      bool greedy = true;
-      for (size_t j = 0; j < nscored; ++j) {
-        ll -= nll[j];
-        const float* l = logits.data() + j * size_t(V);
-        greedy = greedy && int32_t(std::max_element(l, l + V) - l) == q.targets[j];
-      }
-      ir.loglik[r] = ll;
-      ir.greedy[r] = greedy;
+    }
+    std::vector<double> ll(rows.size());
+    std::vector<char> gr(rows.size());
+    {
+      std::unique_ptr<bool[]> g(new bool[rows.size()]);
+      backend.score(rows, ll.data(), g.get());
+      for (size_t i = 0; i < rows.size(); ++i) gr[i] = g[i];
+    }
+    McItemResult ir;
+    ir.loglik.assign(nreq, 0.0);
+    ir.greedy.assign(nreq, true);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ir.loglik[owner[i]] += ll[i];
+      ir.greedy[owner[i]] = ir.greedy[owner[i]] && gr[i];
     }
     ir.pred = int(std::max_element(ir.loglik.begin(), ir.loglik.end()) - ir.loglik.begin());
     std::vector<double> normed(nreq);
@@ -167,7 +212,9 @@ McResult evaluate_multiple_choice(const LlamaModel& model, const Tokenizer& tok,
     }
     res.items.push_back(std::move(ir));
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (progress) progress(int64_t(ii + 1), int64_t(n_items), elapsed, std::accumulate(acc.begin(), acc.end(), 0.0) / double(acc.size()));
+    if (progress)
+      progress(int64_t(ii + 1), int64_t(n_items), elapsed,
+               std::accumulate(acc.begin(), acc.end(), 0.0) / double(acc.size()));
   }
   for (auto& [k, v] : res.subjects) v.first /= double(v.second);
   res.n = int64_t(n_items);

@@ -23,6 +23,8 @@
 
 #include <functional>
 #include <map>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,27 @@ struct McResult {
   std::map<std::string, std::pair<double, int64_t>> subjects;
 };
 
+// What the scoring engine needs from a device: a KV cache over one sequence, runs of tokens on
+// top of it whose final-normed rows stay available until clear_runs(), and log-probabilities of
+// targets at given rows of given runs.
+class McBackend {
+ public:
+  virtual ~McBackend() = default;
+  virtual int64_t max_length() const = 0;
+  virtual void truncate(int64_t n) = 0;
+  // Appends tokens after the cached positions; returns the run's id.
+  virtual int run(std::span<const int32_t> tokens) = 0;
+  struct Row {
+    int run;
+    int64_t index;  // row within the run
+    int32_t target;
+  };
+  virtual void score(const std::vector<Row>& rows, double* loglik, bool* greedy) = 0;
+  virtual void clear_runs() = 0;
+};
+// The CPU backend (LlamaModel with a KvCache).
+std::unique_ptr<McBackend> make_cpu_mc_backend(const LlamaModel& model, int64_t max_length);
+
 struct McOptions {
   BosMode bos = BosMode::Default;
   int64_t max_length = 0;  // 0: the model's max_position_embeddings
@@ -68,6 +91,9 @@ using McProgress = std::function<void(int64_t, int64_t, double, double)>;
 
 McResult evaluate_multiple_choice(const LlamaModel& model, const Tokenizer& tok, const McTask& task,
                                   const McOptions& opt, const McProgress& progress = {});
+// The same on any backend (opt.max_length is the backend's).
+McResult evaluate_multiple_choice(McBackend& backend, const Tokenizer& tok, const McTask& task, const McOptions& opt,
+                                  const McProgress& progress = {});
 
 // MMLU aggregates from per-subject results: for each category and overall, the unweighted mean
 // over subjects (the study's convention) and the size-weighted mean (the harness's groups).

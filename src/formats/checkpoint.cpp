@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 
@@ -179,6 +180,7 @@ std::shared_ptr<WeightSource> open_llama2c_checkpoint(const std::string& path, L
 }
 
 Checkpoint open_checkpoint(const std::string& path) {
+  if (is_random_checkpoint(path)) return open_random_checkpoint(path);
   LB_CHECK(fs::exists(path), "model '{}' does not exist", path);
   Checkpoint ck;
   ck.path = path;

@@ -41,6 +41,7 @@ struct Checkpoint {
 };
 
 // Opens and validates (every expected tensor present with the shape the config implies).
+// "random:DIR" opens a synthetic checkpoint (formats/random_weights.h).
 Checkpoint open_checkpoint(const std::string& path);
 
 // The tensors a LlamaForCausalLM with this config has, with their shapes.

@@ -197,6 +197,8 @@ class Gptq : public QuantMethod {
   bool needs_calibration() const override { return true; }
   double weight_bits() const override { return opt_.bits; }
   int64_t group_size() const override { return opt_.group_size; }
+  const GptqOptions& options() const { return opt_; }
+  bool true_seq() const { return true_seq_; }
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
     using K = LinearKind;
@@ -227,6 +229,13 @@ class Gptq : public QuantMethod {
 };
 
 }  // namespace
+
+const GptqOptions* gptq_options_of(const QuantMethod& m, bool* true_seq) {
+  const auto* g = dynamic_cast<const Gptq*>(&m);
+  if (g == nullptr) return nullptr;
+  if (true_seq) *true_seq = g->true_seq();
+  return &g->options();
+}
 
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec) { return std::make_unique<Gptq>(std::move(spec)); }
 

@@ -46,6 +46,10 @@ struct GptqResult {
   int64_t dead_columns = 0;
 };
 
+class QuantMethod;
+// The options of a gptq method object, and its true_seq; nullptr when m is another method.
+const GptqOptions* gptq_options_of(const QuantMethod& m, bool* true_seq);
+
 // w: [rows, cols] fp32; h: [cols, cols] fp64 (taken by value: it is modified).
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype);

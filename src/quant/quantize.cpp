@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
+#include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
@@ -312,6 +313,7 @@ std::unique_ptr<LlamaModel> load_model(const std::string& path) {
 }
 
 Checkpoint open_model(const std::string& path) {
+  if (is_random_checkpoint(path)) return open_checkpoint(path);
   const fs::path p(path);
   const fs::path st = fs::is_directory(p) ? p / "model.safetensors" : p;
   if (fs::exists(st) && st.extension() == ".safetensors" && fs::exists(st.parent_path() / "config.json")) {

@@ -10,6 +10,9 @@
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
 #include "quant/quantize.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "eval/cuda_eval.h"
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -24,7 +27,8 @@ namespace {
 
 struct Options {
   std::string log_samples;
-  std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto";
+  std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto",
+              device = "cpu";
   int64_t limit = 0, max_length = 0;
   int mmlu_shots = 5, threads = 0;
   bool json = false;
@@ -43,6 +47,7 @@ nlohmann::json metric_json(const Metric& m) { return {{"value", m.value}, {"stde
 
 void run(const Options& o) {
   set_num_threads(o.threads);
+  const DeviceChoice dev = parse_device(o.device);
   const std::vector<std::string> names = split(o.tasks);
   LB_CHECK(!names.empty(), "--tasks names no task");
   for (const auto& n : names) {
@@ -64,6 +69,22 @@ void run(const Options& o) {
   mo.bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
   mo.max_length = o.max_length;
   mo.limit = o.limit;
+  const int64_t max_length = o.max_length > 0 ? o.max_length : model->config().max_position_embeddings;
+  LB_CHECK(max_length <= model->config().max_position_embeddings, "--max-length {} exceeds the model's context {}",
+           max_length, model->config().max_position_embeddings);
+  std::string device_name = "cpu";
+  std::unique_ptr<McBackend> backend;
+#ifdef LOWBIT_WITH_CUDA
+  std::unique_ptr<cuda::Context> ctx;
+  std::unique_ptr<CudaModel> gpu;
+  if (dev.cuda) {
+    ctx = std::make_unique<cuda::Context>(dev.index);
+    device_name = ctx->name();
+    gpu = std::make_unique<CudaModel>(*model, *ctx);
+    backend = make_cuda_mc_backend(*gpu, max_length);
+  }
+#endif
+  if (!backend) backend = make_cpu_mc_backend(*model, max_length);
   const nlohmann::json& q = model->checkpoint().quantization;
   nlohmann::json out = {
       {"model", {{"path", o.model}, {"weights_sha256", weights_sha256(model->checkpoint())},
@@ -72,7 +93,7 @@ void run(const Options& o) {
       {"calibration", q.is_null() ? nlohmann::json(nullptr) : q["calibration"]},
       {"activation", q.is_null() ? nlohmann::json(nullptr) : q.value("activation", nlohmann::json(nullptr))},
       {"tokenizer", {{"path", model->checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
-      {"threads", num_threads()}, {"device", "cpu"},
+      {"threads", num_threads()}, {"device", device_name},
       {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
       {"tasks", nlohmann::json::array()}};
   std::unique_ptr<std::ofstream> samples;
@@ -82,7 +103,7 @@ void run(const Options& o) {
   }
   for (const McTask& t : tasks) {
     Progress progress(t.name);
-    const McResult r = evaluate_multiple_choice(*model, *tok, t, mo, [&](int64_t done, int64_t total, double s, double acc) {
+    const McResult r = evaluate_multiple_choice(*backend, *tok, t, mo, [&](int64_t done, int64_t total, double s, double acc) {
       if (!o.json) progress.update(done, total, s, fmt::format("acc {:.4f}", acc));
     });
     if (samples) {
@@ -153,6 +174,7 @@ void register_eval(CLI::App& app) {
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object with the results and their identity");
+  add_device_option(cmd, o->device);
   cmd->add_option("--log-samples", o->log_samples, "write every item's requests and per-choice log-likelihoods "
                                                     "to this JSONL file");
   cmd->callback([o] { run(*o); });

@@ -2,10 +2,11 @@
 #include "commands.h"
 
 #include "core/error.h"
-#include "quant/quantize.h"
 #include "formats/checkpoint.h"
+#include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
+#include "quant/quantize.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -17,37 +18,6 @@ namespace lowbit::cli {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (b >= 1000 && u < 4) {
-    b /= 1000;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.1f} {}", b, units[u]);
-}
-
-void add_spm_convention_option(CLI::App* cmd, std::string& target) {
-  cmd->add_option("--spm-convention", target,
-                  "SentencePiece tokenizer.model: auto (as AutoTokenizer would), llama (transformers' "
-                  "LlamaTokenizer), generic (transformers' generic conversion), sentencepiece (the library; "
-                  "GPTQ's use_fast=False)")
-      ->check(CLI::IsMember({"auto", "llama", "generic", "sentencepiece"}));
-}
-
-std::string escape_token(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\\') out += "\\\\";
-    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-    else out += char(c);
-  }
-  return out;
-}
 
 namespace {
 
@@ -126,7 +96,7 @@ void run(const Options& o) {
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
   const fs::path p(o.path);
-  LB_CHECK(fs::exists(p), "'{}' does not exist", o.path);
+  LB_CHECK(fs::exists(p) || is_random_checkpoint(o.path), "'{}' does not exist", o.path);
   const std::string name = p.filename().string();
   const bool tokenizer_file = !fs::is_directory(p) && (p.extension() == ".json" || p.extension() == ".model" ||
                                                        (p.extension() == ".bin" && name.rfind("tok", 0) == 0));

@@ -5,6 +5,9 @@
 #include "backend/ops.h"
 #include "core/error.h"
 #include "quant/quantize.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "model/cuda_model.h"
+#endif
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
@@ -18,12 +21,13 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, text, ids, out;
+  std::string model, text, ids, out, device = "cpu";
   int threads = 0;
 };
 
 void run(const Options& o) {
   set_num_threads(o.threads);
+  const DeviceChoice dev = parse_device(o.device);
   Checkpoint ck = open_model(o.model);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
@@ -47,7 +51,24 @@ void run(const Options& o) {
   LB_CHECK(!ids.empty(), "no input tokens");
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
-  Tensor logits = model.forward(ids);
+  Tensor logits;
+#ifdef LOWBIT_WITH_CUDA
+  if (dev.cuda) {
+    cuda::Context ctx(dev.index);
+    CudaModel gpu(model, ctx);
+    const int64_t T = int64_t(ids.size()), V = model.config().vocab_size;
+    GpuKvCache cache = gpu.make_kv_cache(T);
+    cuda::DeviceBuffer<cuda::bf16> rows;
+    gpu.forward_cached(ids, cache, rows);
+    cuda::DeviceBuffer<float> dl(static_cast<size_t>(T * V));
+    gpu.lm_head(rows.get(), dl.get(), T);
+    logits = Tensor::empty(DType::F32, {T, V});
+    cuda::download(logits.mutable_data_as<float>(), dl.get(), size_t(T * V), ctx.stream());
+  } else
+#endif
+  {
+    logits = model.forward(ids);
+  }
   Tensor tokens = Tensor::empty(DType::I32, {int64_t(ids.size())});
   std::copy(ids.begin(), ids.end(), tokens.mutable_data_as<int32_t>());
   SafetensorsWriter w;
@@ -70,6 +91,7 @@ void register_logits(CLI::App& app) {
   cmd->add_option("-o,--out", o->out, "output .safetensors (tensors 'logits' [T, V] F32 and 'tokens' [T] I32)")
       ->required();
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o->device);
   cmd->callback([o, text, ids] {
     LB_CHECK(text->count() + ids->count() == 1, "logits: give exactly one of --text or --ids");
     run(*o);

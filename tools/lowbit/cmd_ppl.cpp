@@ -12,6 +12,9 @@
 #include "lowbit/version.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "eval/cuda_eval.h"
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -26,8 +29,8 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto";
-  int64_t seqlen = 2048, limit = 0;
+  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu";
+  int64_t seqlen = 2048, limit = 0, batch = 4;
   int threads = 0;
   bool json = false;
 };
@@ -38,6 +41,7 @@ BosMode parse_bos(const std::string& s) {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
+  const DeviceChoice dev = parse_device(o.device);
   const auto t_start = std::chrono::steady_clock::now();
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
@@ -71,9 +75,24 @@ void run(const Options& o) {
                windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
                num_threads());
   Progress progress("ppl");
-  PerplexityResult r = perplexity(model, windows, [&](int64_t done, int64_t total, double s, double ppl) {
-    progress.update(done, total, s, fmt::format("ppl {:.4f}", ppl));
-  });
+  auto on_progress = [&](int64_t done, int64_t total, double s, double ppl) {
+    if (!o.json) progress.update(done, total, s, fmt::format("ppl {:.4f}", ppl));
+  };
+  PerplexityResult r;
+  std::string device_name = "cpu";
+  double gpu_peak = 0;
+#ifdef LOWBIT_WITH_CUDA
+  if (dev.cuda) {
+    cuda::Context ctx(dev.index);
+    device_name = ctx.name();
+    CudaModel gpu(model, ctx);
+    r = perplexity_cuda(gpu, windows, o.batch, on_progress);
+    gpu_peak = double(cuda::peak_device_bytes());
+  } else
+#endif
+  {
+    r = perplexity(model, windows, on_progress);
+  }
   struct rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -94,15 +113,17 @@ void run(const Options& o) {
         {"tokenizer", {{"path", model.checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
         {"seqlen", o.seqlen}, {"windows", r.windows}, {"windows_available", available}, {"tokens", r.tokens},
         {"seconds", r.seconds}, {"wall_seconds", wall}, {"tokens_per_second", double(r.tokens) / r.seconds},
-        {"threads", num_threads()}, {"device", "cpu"}, {"compute_dtype", "float32"},
+        {"threads", num_threads()}, {"device", device_name},
+        {"compute_dtype", dev.cuda ? "bfloat16 GEMMs, float32 accumulation and residual" : "float32"},
+        {"batch", dev.cuda ? o.batch : 1}, {"peak_gpu_bytes", gpu_peak},
         {"peak_rss_bytes", int64_t(ru.ru_maxrss) * 1024},
         {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
         {"window_nll", r.window_nll}};
     fmt::print("{}\n", j.dump(1));
     return;
   }
-  fmt::print("{} ({}), seqlen {}, {} windows, {} tokens: {:.1f} s, {:.0f} tokens/s\n", set.name, set.convention,
-             o.seqlen, r.windows, r.tokens, r.seconds, double(r.tokens) / r.seconds);
+  fmt::print("{} ({}), seqlen {}, {} windows, {} tokens: {:.1f} s, {:.0f} tokens/s on {}\n", set.name,
+             set.convention, o.seqlen, r.windows, r.tokens, r.seconds, double(r.tokens) / r.seconds, device_name);
   fmt::print("PPL = {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
 }
 
@@ -122,6 +143,8 @@ void register_ppl(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "on", "off"}));
   add_spm_convention_option(cmd, o->spm);
   cmd->add_flag("--json", o->json, "print one JSON object with the result and its identity");
+  add_device_option(cmd, o->device);
+  cmd->add_option("--batch", o->batch, "windows per forward on the GPU")->check(CLI::PositiveNumber);
   cmd->callback([o] { run(*o); });
 }
 

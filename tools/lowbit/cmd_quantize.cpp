@@ -8,7 +8,11 @@
 #include "core/error.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
+#include "quant/gptq.h"
 #include "quant/quantize.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "quant/gptq_cuda.h"
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -22,7 +26,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, method, calib = "wikitext2", data_dir, out, bos = "auto", spm = "auto";
+  std::string model, method, calib = "wikitext2", data_dir, out, bos = "auto", spm = "auto", device = "cpu";
   int64_t nsamples = 128, seqlen = 2048;
   uint64_t seed = 0;
   int threads = 0;
@@ -39,6 +43,12 @@ void run(const Options& o) {
   set_num_threads(o.threads);
   const auto t0 = std::chrono::steady_clock::now();
   auto method = make_method(o.method);  // bad specs fail before any work
+  const DeviceChoice dev = parse_device(o.device);
+  bool true_seq = true;
+  const GptqOptions* gptq = gptq_options_of(*method, &true_seq);
+  LB_CHECK(!dev.cuda || gptq != nullptr || !method->needs_calibration(),
+           "--device {}: {} runs on the CPU only (on the GPU: gptq, and the data-free rtn and nf4)", o.device,
+           method->spec().method());
   LB_CHECK(!std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force", o.out);
   Checkpoint ck = open_model(o.model);
   LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized ({}); quantize its 16-bit source", o.model,
@@ -88,14 +98,30 @@ void run(const Options& o) {
     fmt::print(stderr, "block {}/{} done, {} elapsed, ETA {}\n", layer + 1, layers, format_duration(elapsed),
                format_duration(eta));
   };
-  QuantizedModel qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, cb);
+  QuantizedModel qm;
+  std::string device_name = "cpu";
+  double gpu_peak = 0;
+#ifdef LOWBIT_WITH_CUDA
+  if (dev.cuda && gptq != nullptr) {
+    cuda::Context ctx(dev.index);
+    device_name = ctx.name();
+    if (!o.json) fmt::print(stderr, "device: {}\n", device_name);
+    qm = gptq_quantize_model_cuda(model, *method, *gptq, true_seq, calib, ctx, cb);
+    gpu_peak = double(cuda::peak_device_bytes());
+  } else
+#endif
+  {
+    if (dev.cuda && !o.json) fmt::print(stderr, "device: {} is data-free; it runs on the CPU\n", method->spec().method());
+    qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, cb);
+  }
   double bits = 0, weights = 0;
   for (const auto& b : qm.blocks)
     for (const auto& l : b.linear) {
       bits += l->bits_per_weight() * double(l->rows * l->cols);
       weights += double(l->rows * l->cols);
     }
-  const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()}, {"device", "cpu"}};
+  const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
+                                {"device", device_name}, {"peak_gpu_bytes", gpu_peak}};
   write_quantized_checkpoint(o.out, model, qm, extra, o.force);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   uintmax_t out_bytes = 0;
@@ -106,14 +132,16 @@ void run(const Options& o) {
                         {"quantize_seconds", qm.seconds}, {"wall_seconds", wall},
                         {"linear_bits_per_weight", bits / weights}, {"output_bytes", out_bytes},
                         {"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
+                        {"device", device_name}, {"peak_gpu_bytes", gpu_peak},
                         {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
     fmt::print("{}\n", j.dump(1));
     return;
   }
-  fmt::print("wrote {}: {:.3f} bits per linear weight, {} on disk; quantized in {:.1f} s ({:.1f} s in all), "
-             "peak memory {}\n",
-             o.out, bits / weights, human_bytes(double(out_bytes)), qm.seconds, wall,
-             human_bytes(double(peak_rss_bytes())));
+  fmt::print("wrote {}: {:.3f} bits per linear weight, {} on disk; quantized in {:.1f} s ({:.1f} s in all) on {}, "
+             "peak memory {}{}\n",
+             o.out, bits / weights, human_bytes(double(out_bytes)), qm.seconds, wall, device_name,
+             human_bytes(double(peak_rss_bytes())),
+             gpu_peak > 0 ? fmt::format(", peak GPU memory {}", human_bytes(gpu_peak)) : "");
 }
 
 }  // namespace
@@ -135,6 +163,7 @@ void register_quantize(CLI::App& app) {
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", o->force, "replace the output directory if it exists");
+  add_device_option(cmd, o->device);
   cmd->add_flag("--json", o->json, "print one JSON object with the result instead of progress");
   cmd->callback([o] { run(*o); });
 }

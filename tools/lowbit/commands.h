@@ -18,6 +18,16 @@ void register_eval(CLI::App& app);
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);
 
+// --device cpu|cuda[:N]. parse_device throws for bad text, and for cuda when lowbit was built
+// without CUDA or no device is present.
+struct DeviceChoice {
+  bool cuda = false;
+  int index = 0;
+  std::string text = "cpu";
+};
+DeviceChoice parse_device(const std::string& s);
+void add_device_option(CLI::App* cmd, std::string& target);
+
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);
 // A token's text with control and non-printable bytes escaped, for display.

@@ -1,0 +1,72 @@
+#include "backend/cuda/cuda_util.h"
+
+#include "core/error.h"
+
+#include <algorithm>
+#include <atomic>
+
+namespace lowbit::cuda {
+
+void throw_api_error(const char* api, int code, const char* detail, const char* call, const char* file, int line) {
+  fail("{} error {}{}{}{} in {} at {}:{}", api, code, *detail ? " (" : "", detail, *detail ? ")" : "", call, file, line);
+}
+
+void throw_error(const std::string& message) { throw Error(message); }
+
+void throw_out_of_memory(size_t bytes) {
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  fail("out of GPU memory allocating {:.2f} GiB ({:.2f} GiB free of {:.2f})", double(bytes) / double(1 << 30),
+       double(free_b) / double(1 << 30), double(total_b) / double(1 << 30));
+}
+
+namespace {
+std::atomic<size_t> g_in_use{0}, g_peak{0};
+}  // namespace
+
+size_t device_bytes_in_use() { return g_in_use.load(); }
+size_t peak_device_bytes() { return g_peak.load(); }
+void reset_peak_device_bytes() { g_peak.store(g_in_use.load()); }
+void note_device_alloc(size_t bytes) {
+  const size_t now = g_in_use.fetch_add(bytes) + bytes;
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+void note_device_free(size_t bytes) { g_in_use.fetch_sub(bytes); }
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+Context::Context(int device) : device_(device) {
+  const int n = device_count();
+  LB_CHECK(n > 0, "no CUDA device is available (the driver reports none)");
+  LB_CHECK(device >= 0 && device < n, "CUDA device {} does not exist ({} available)", device, n);
+  LB_CUDA_CHECK(cudaSetDevice(device));
+  LB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  LB_CUBLAS_CHECK(cublasCreate(&cublas_));
+  LB_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  LB_CUSOLVER_CHECK(cusolverDnCreate(&cusolver_));
+  LB_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, stream_));
+}
+
+Context::~Context() {
+  if (cusolver_) cusolverDnDestroy(cusolver_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::string Context::name() const {
+  cudaDeviceProp p{};
+  LB_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
+  return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
+         std::to_string(p.totalGlobalMem >> 30) + " GiB)";
+}
+
+}  // namespace lowbit::cuda

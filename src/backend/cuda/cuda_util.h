@@ -1,0 +1,142 @@
+// CUDA plumbing: error checks, device buffers, the library handles lowbit uses.
+// Every CUDA, cuBLAS and cuSOLVER call goes through one of the CHECK macros, which throw
+// lowbit::Error naming the call, file and line.
+//
+// This header is read by nvcc too, so it stays free of fmt (whose compile-time format checks
+// nvcc's front end rejects): errors are raised through functions compiled as C++.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace lowbit::cuda {
+// Throw lowbit::Error (defined in cuda_util.cpp).
+[[noreturn]] void throw_api_error(const char* api, int code, const char* detail, const char* call, const char* file,
+                                  int line);
+[[noreturn]] void throw_error(const std::string& message);
+}  // namespace lowbit::cuda
+
+#define LB_CUDA_CHECK(call)                                                                                  \
+  do {                                                                                                       \
+    const cudaError_t err_ = (call);                                                                         \
+    if (err_ != cudaSuccess)                                                                                 \
+      ::lowbit::cuda::throw_api_error("CUDA", int(err_), cudaGetErrorString(err_), #call, __FILE__, __LINE__); \
+  } while (0)
+
+#define LB_CUBLAS_CHECK(call)                                                                                     \
+  do {                                                                                                            \
+    const cublasStatus_t st_ = (call);                                                                            \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                             \
+      ::lowbit::cuda::throw_api_error("cuBLAS", int(st_), cublasGetStatusString(st_), #call, __FILE__, __LINE__); \
+  } while (0)
+
+#define LB_CUSOLVER_CHECK(call)                                                                    \
+  do {                                                                                             \
+    const cusolverStatus_t st_ = (call);                                                           \
+    if (st_ != CUSOLVER_STATUS_SUCCESS)                                                            \
+      ::lowbit::cuda::throw_api_error("cuSOLVER", int(st_), "", #call, __FILE__, __LINE__);          \
+  } while (0)
+
+// Checks the last kernel launch.
+#define LB_CUDA_LAUNCH_CHECK() LB_CUDA_CHECK(cudaGetLastError())
+
+namespace lowbit::cuda {
+
+// Bytes held by DeviceBuffers now, and the most they ever held (reset_peak_device_bytes()).
+size_t device_bytes_in_use();
+size_t peak_device_bytes();
+void reset_peak_device_bytes();
+void note_device_alloc(size_t bytes);
+void note_device_free(size_t bytes);
+[[noreturn]] void throw_out_of_memory(size_t bytes);
+
+// An owned device allocation of n elements of T (uninitialized).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) { resize(n); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  // Reallocates (contents lost) when n exceeds the current size.
+  void resize(size_t n) {
+    if (n <= n_ && p_ != nullptr) return;
+    release();
+    if (n == 0) return;
+    const cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T));
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      p_ = nullptr;
+      throw_out_of_memory(n * sizeof(T));
+    }
+    n_ = n;
+    note_device_alloc(n * sizeof(T));
+  }
+  void release() {
+    if (p_ != nullptr) {
+      cudaFree(p_);
+      note_device_free(n_ * sizeof(T));
+    }
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// The device, a stream, and the cuBLAS / cuSOLVER handles bound to it.
+class Context {
+ public:
+  explicit Context(int device);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  cusolverDnHandle_t cusolver() const { return cusolver_; }
+  void synchronize() const { LB_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  std::string name() const;
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cusolverDnHandle_t cusolver_ = nullptr;
+};
+
+template <typename T>
+void upload(T* dst, const T* src, size_t n, cudaStream_t s) {
+  LB_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, s));
+}
+template <typename T>
+void download(T* dst, const T* src, size_t n, cudaStream_t s) {
+  LB_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, s));
+  LB_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+// Number of CUDA devices (0 when the driver finds none).
+int device_count();
+
+}  // namespace lowbit::cuda

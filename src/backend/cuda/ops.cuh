@@ -1,0 +1,50 @@
+// The ops of a LLaMA block on the GPU: the CUDA twins of backend/ops.h (tests/cuda compares each
+// with its CPU version). Activations that feed matrix products are bf16; the residual stream,
+// norms, softmax and reductions are fp32. Every launcher takes device pointers, sizes and a
+// stream, and checks its launch.
+//
+// Shapes (row-major): hidden [rows, H]; q [B*T, nh*hd]; k, v [B*(past+T), nkv*hd].
+#pragma once
+
+#include "backend/cuda/cuda_util.h"
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace lowbit::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// out[i, :] = table[ids[i], :] (bf16 table -> fp32 rows).
+void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t H, cudaStream_t s);
+// y = bf16(x / rms(x) * w) per row, in fp32 (transformers' LlamaRMSNorm, rounded once).
+void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
+// In place on B sequences of T rows each (row stride ld, sequence stride T*ld), positions pos0..:
+// transformers' rotate_half RoPE with the angle tables cos/sin [n_pos, hd/2] (fp32).
+void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
+          int64_t pos0, cudaStream_t s);
+// out = silu(gate) * up.
+void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s);
+// h += y.
+void add_residual(float* h, const bf16* y, int64_t n, cudaStream_t s);
+void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
+void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
+// out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
+// a per-row max shift), and argmax[r] when argmax != nullptr.
+void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* argmax, int64_t rows, int64_t V,
+              cudaStream_t s);
+// Causal GQA attention (flash-style, no materialized score matrix): B sequences, queries at
+// positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
+// k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd is 64 or 128.
+void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
+               int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s);
+
+// C [M, N] = A [M, K] . W [N, K]^T (a Linear), bf16 inputs, fp32 accumulation; C bf16 or fp32.
+void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K);
+void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t M, int64_t N, int64_t K);
+// H [K, K] += X^T X for X [M, K] bf16 (exact products, fp32 sums): the Gram matrix of a linear's
+// inputs.
+void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K);
+
+}  // namespace lowbit::cuda

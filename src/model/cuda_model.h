@@ -1,0 +1,93 @@
+// CudaModel: a LlamaModel's forward on one GPU (DESIGN.md, "Devices"). Weights are uploaded as
+// bf16 (from the checkpoint's stored dtype, or a quantized checkpoint's dequantized weights) and
+// kept resident when they fit in the GPU's memory; otherwise each block is streamed from the
+// memory map when it runs. GEMMs go through cuBLAS (bf16 in, fp32 accumulate); the residual
+// stream, norms and softmax are fp32; attention is the flash kernel of backend/cuda.
+//
+// What runs here: perplexity windows (window_nll), incremental forwards with a KV cache for
+// multiple-choice scoring (forward_cached + lm_head_rows), and the block pieces the GPU
+// quantization driver uses.
+#pragma once
+
+#include "backend/cuda/ops.cuh"
+#include "model/llama_model.h"
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace lowbit {
+
+struct GpuBlockWeights {
+  cuda::DeviceBuffer<cuda::bf16> input_norm, post_norm;  // [H]
+  std::array<cuda::DeviceBuffer<cuda::bf16>, 7> linear;  // [out, in], indexed by LinearKind
+  const cuda::bf16* operator[](LinearKind k) const { return linear[size_t(k)].get(); }
+};
+
+struct GpuKvCache {
+  int64_t length = 0, capacity = 0;
+  std::vector<cuda::DeviceBuffer<cuda::bf16>> k, v;  // [layers][capacity * kv_dim]
+  void truncate(int64_t n);
+};
+
+class CudaModel {
+ public:
+  // resident: keep every block on the GPU (nullopt: when they take under 70% of free memory).
+  CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident = std::nullopt);
+
+  const LlamaConfig& config() const { return host_.config(); }
+  const LlamaModel& host() const { return host_; }
+  cuda::Context& context() const { return ctx_; }
+  bool resident() const { return resident_; }
+
+  // Uploads block i's weights (bf16) into w.
+  void upload_block(int64_t i, GpuBlockWeights& w) const;
+  // A block's weights: the resident copy, or uploaded into `scratch`.
+  const GpuBlockWeights& block(int64_t i, GpuBlockWeights& scratch) const;
+
+  // Mean next-token NLL of each window (GPTQ's per-window loss), windows of equal length run
+  // `batch` at a time.
+  std::vector<double> window_nll(const std::vector<std::vector<int32_t>>& windows, int64_t batch);
+
+  GpuKvCache make_kv_cache(int64_t capacity) const;
+  // Runs tokens at positions cache.length.. through every block; hidden_out [T, H] (device,
+  // fp32 -> bf16 final-normed) receives the final-normed states as bf16.
+  void forward_cached(std::span<const int32_t> tokens, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);
+  // log p(targets[r] | rows[r]) and whether it is the argmax, for hidden rows (bf16, device).
+  void score_rows(const cuda::bf16* rows, const int32_t* targets_host, int64_t n, double* loglik, bool* greedy);
+
+  // One block on B sequences of T tokens: hidden (fp32, device) updated in place; with a cache
+  // (B = 1) keys and values are appended at cache->length.
+  void run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
+                 GpuKvCache* cache = nullptr);
+  // Embeddings of tokens into hidden (fp32, device).
+  void embed(const int32_t* tokens_host, int64_t n, float* hidden);
+  // Final norm into bf16 rows.
+  void final_norm(const float* hidden, cuda::bf16* out, int64_t rows);
+  // logits [rows, V] fp32 of bf16 rows.
+  void lm_head(const cuda::bf16* rows, float* logits, int64_t n);
+
+  const float* rope_cos() const { return rope_cos_.get(); }
+  const float* rope_sin() const { return rope_sin_.get(); }
+
+ private:
+  void ensure_workspace(int64_t rows);
+  const LlamaModel& host_;
+  cuda::Context& ctx_;
+  bool resident_ = false;
+  std::vector<GpuBlockWeights> blocks_;  // when resident
+  mutable GpuBlockWeights scratch_;
+  cuda::DeviceBuffer<cuda::bf16> embed_, final_norm_w_, lm_head_;
+  cuda::DeviceBuffer<float> rope_cos_, rope_sin_;
+  int64_t rope_positions_ = 0;
+  // Per-forward workspace, grown on demand.
+  int64_t ws_rows_ = 0;
+  cuda::DeviceBuffer<cuda::bf16> x_, q_, k_, v_, att_, y_, gate_, up_;
+  cuda::DeviceBuffer<int32_t> ids_;
+};
+
+// Uploads a host tensor of any float dtype as bf16 into dst (resized).
+void upload_as_bf16(const Tensor& t, cuda::DeviceBuffer<cuda::bf16>& dst, cudaStream_t s);
+
+}  // namespace lowbit

@@ -1,0 +1,299 @@
+// The CUDA backend against its CPU twins (ggml's test-backend-ops habit): every op over shapes on
+// both sides of its kernels' tile edges, the model's logits, perplexity windows, multiple-choice
+// scores and GPTQ. Skipped when no GPU is present.
+#include "backend/cuda/gptq.cuh"
+#include "backend/cuda/ops.cuh"
+#include "backend/ops.h"
+#include "eval/cuda_eval.h"
+#include "eval/multiple_choice.h"
+#include "eval/perplexity.h"
+#include "formats/checkpoint.h"
+#include "formats/safetensors.h"
+#include "model/cuda_model.h"
+#include "quant/gptq.h"
+#include "quant/gptq_cuda.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+namespace lowbit {
+namespace {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+cuda::Context& ctx() {
+  static cuda::Context c(0);
+  return c;
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Values exactly representable in bf16, so that both sides start from the same numbers.
+std::vector<float> round_bf16(std::vector<float> v) {
+  for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+
+DeviceBuffer<bf16> to_device_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+  DeviceBuffer<bf16> d(v.size());
+  cuda::upload(d.get(), reinterpret_cast<const bf16*>(h.data()), v.size(), ctx().stream());
+  ctx().synchronize();
+  return d;
+}
+std::vector<float> from_device_bf16(const DeviceBuffer<bf16>& d, size_t n) {
+  std::vector<uint16_t> h(n);
+  cuda::download(reinterpret_cast<bf16*>(h.data()), d.get(), n, ctx().stream());
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(h[i]);
+  return v;
+}
+template <typename T>
+DeviceBuffer<T> to_device(const std::vector<T>& v) {
+  DeviceBuffer<T> d(v.size());
+  cuda::upload(d.get(), v.data(), v.size(), ctx().stream());
+  ctx().synchronize();
+  return d;
+}
+template <typename T>
+std::vector<T> from_device(const DeviceBuffer<T>& d, size_t n) {
+  std::vector<T> v(n);
+  cuda::download(v.data(), d.get(), n, ctx().stream());
+  return v;
+}
+
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+TEST(CudaOps, RmsNormSwigluResidual) {
+  REQUIRE_GPU();
+  for (int64_t dim : {64, 512, 4096, 5000}) {
+    const int64_t rows = 7;
+    auto x = randn(size_t(rows * dim), 1, 3.0f);
+    auto w = round_bf16(randn(size_t(dim), 2));
+    std::vector<float> want(x.size());
+    ref::rmsnorm(x.data(), w.data(), want.data(), rows, dim, 1e-5f);
+    auto dx = to_device(x);
+    auto dw = to_device_bf16(w);
+    DeviceBuffer<bf16> dy(x.size());
+    cuda::rmsnorm(dx.get(), dw.get(), dy.get(), rows, dim, 1e-5f, ctx().stream());
+    // One bf16 rounding of the output: relative error <= 2^-8.
+    EXPECT_LT(rel_err(from_device_bf16(dy, x.size()), want), 4e-3) << dim;
+  }
+  auto g = round_bf16(randn(10000, 3, 4.0f)), u = round_bf16(randn(10000, 4));
+  std::vector<float> want(g.size());
+  ref::swiglu(g.data(), u.data(), want.data(), int64_t(g.size()));
+  auto dg = to_device_bf16(g), du = to_device_bf16(u);
+  cuda::swiglu(dg.get(), du.get(), dg.get(), int64_t(g.size()), ctx().stream());
+  EXPECT_LT(rel_err(from_device_bf16(dg, g.size()), want), 4e-3);
+}
+
+TEST(CudaOps, RopeMatchesCpu) {
+  REQUIRE_GPU();
+  LlamaConfig c;
+  c.hidden_size = 256;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.head_dim = 128;
+  c.rope_theta = 500000;
+  c.max_position_embeddings = 300;
+  const RopeTable rt = make_rope_table(c, 300);
+  for (int64_t pos0 : {0, 37}) {
+    const int64_t B = 2, T = 70, heads = 2, hd = 128, ld = heads * hd;
+    auto x = round_bf16(randn(size_t(B * T * ld), 5));
+    std::vector<float> want = x;
+    for (int64_t b = 0; b < B; ++b) ref::rope(want.data() + b * T * ld, T, heads, ld, rt, pos0);
+    auto dx = to_device_bf16(x);
+    auto dc = to_device(rt.cos), ds = to_device(rt.sin);
+    cuda::rope(dx.get(), B, T, heads, hd, ld, dc.get(), ds.get(), pos0, ctx().stream());
+    EXPECT_LT(rel_err(from_device_bf16(dx, x.size()), want), 4e-3) << pos0;
+  }
+}
+
+// Flash attention against the scalar reference, across its 64-query and 64-key tile edges, with
+// grouped heads, batches and cached keys.
+TEST(CudaOps, AttentionAcrossTileEdges) {
+  REQUIRE_GPU();
+  struct Shape {
+    int64_t B, T, past, nh, nkv, hd;
+  };
+  for (const Shape s : {Shape{1, 1, 0, 2, 2, 64}, Shape{1, 63, 0, 4, 1, 64}, Shape{2, 64, 0, 8, 2, 128},
+                        Shape{1, 65, 0, 8, 2, 128}, Shape{3, 130, 0, 4, 4, 128}, Shape{1, 7, 100, 4, 2, 128},
+                        Shape{1, 64, 64, 2, 1, 64}, Shape{1, 200, 17, 32, 8, 128}}) {
+    const int64_t qd = s.nh * s.hd, kvd = s.nkv * s.hd, keys = s.past + s.T;
+    auto q = round_bf16(randn(size_t(s.B * s.T * qd), 6, 2.0f));
+    auto k = round_bf16(randn(size_t(s.B * keys * kvd), 7, 2.0f));
+    auto v = round_bf16(randn(size_t(s.B * keys * kvd), 8));
+    std::vector<float> want(q.size());
+    for (int64_t b = 0; b < s.B; ++b)
+      ref::attention(q.data() + b * s.T * qd, k.data() + b * keys * kvd, v.data() + b * keys * kvd,
+                     want.data() + b * s.T * qd, s.T, s.nh, s.nkv, s.hd, s.past);
+    auto dq = to_device_bf16(q), dk = to_device_bf16(k), dv = to_device_bf16(v);
+    DeviceBuffer<bf16> dout(q.size());
+    cuda::attention(dq.get(), dk.get(), dv.get(), dout.get(), s.B, s.T, s.past, s.nh, s.nkv, s.hd, qd, kvd, qd,
+                    ctx().stream());
+    // P and the output are rounded to bf16 (as in FlashAttention): ~2^-8 relative.
+    EXPECT_LT(rel_err(from_device_bf16(dout, q.size()), want), 8e-3)
+        << "B " << s.B << " T " << s.T << " past " << s.past << " nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd;
+  }
+}
+
+TEST(CudaOps, LinearGramAndNll) {
+  REQUIRE_GPU();
+  for (auto [M, N, K] : std::vector<std::array<int64_t, 3>>{{1, 7, 64}, {33, 130, 96}, {512, 512, 1792}}) {
+    auto a = round_bf16(randn(size_t(M * K), 9)), w = round_bf16(randn(size_t(N * K), 10));
+    std::vector<float> want(size_t(M * N));
+    ref::linear(a.data(), w.data(), want.data(), M, K, N);
+    auto da = to_device_bf16(a), dw = to_device_bf16(w);
+    DeviceBuffer<float> dc(size_t(M * N));
+    cuda::linear(ctx(), da.get(), dw.get(), dc.get(), M, N, K);
+    EXPECT_LT(rel_err(from_device(dc, size_t(M * N)), want), 1e-5) << M << "x" << N << "x" << K;
+    std::vector<double> g(size_t(K * K), 0.0);
+    ref::gram_accumulate(a.data(), M, K, g.data());
+    DeviceBuffer<float> dg(size_t(K * K));
+    LB_CUDA_CHECK(cudaMemset(dg.get(), 0, dg.bytes()));
+    cuda::gram_accumulate(ctx(), da.get(), dg.get(), M, K);
+    std::vector<float> gf(g.begin(), g.end());
+    EXPECT_LT(rel_err(from_device(dg, size_t(K * K)), gf), 1e-5);
+  }
+  const int64_t rows = 5, V = 32000;
+  auto logits = randn(size_t(rows * V), 11, 3.0f);
+  std::vector<int32_t> targets = {0, 17, 31999, 12345, 7};
+  std::vector<double> want(rows);
+  ref::nll_rows(logits.data(), targets.data(), want.data(), rows, V);
+  auto dl = to_device(logits);
+  auto dt = to_device(targets);
+  DeviceBuffer<float> dn(rows);
+  DeviceBuffer<int32_t> da(rows);
+  cuda::nll_rows(dl.get(), dt.get(), dn.get(), da.get(), rows, V, ctx().stream());
+  const auto got = from_device(dn, rows);
+  const auto arg = from_device(da, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_NEAR(got[size_t(r)], want[size_t(r)], 1e-4) << r;
+    const float* l = logits.data() + r * V;
+    EXPECT_EQ(arg[size_t(r)], int32_t(std::max_element(l, l + V) - l)) << r;
+  }
+}
+
+// Logits of the fixture models on the GPU against the CPU path and transformers.
+TEST(CudaModel, LogitsMatchCpuAndTransformers) {
+  REQUIRE_GPU();
+  for (const char* name : {"llama3-mini-f32", "llama3-mini-bf16", "llama2-mini-f32", "linear-mini-f32"}) {
+    const std::string dir = test::fixtures_dir() + "/models/" + name;
+    LlamaModel model(open_checkpoint(dir));
+    auto ref = SafetensorsFile::open(dir + "/logits.safetensors");
+    const Tensor tokens = ref->tensor("tokens");
+    std::vector<int32_t> ids(tokens.data_as<int32_t>(), tokens.data_as<int32_t>() + tokens.numel());
+    const Tensor hf = ref->tensor("logits");
+    const int64_t T = int64_t(ids.size()), V = model.config().vocab_size;
+    CudaModel gpu(model, ctx());
+    GpuKvCache cache = gpu.make_kv_cache(T);
+    DeviceBuffer<bf16> rows;
+    gpu.forward_cached(ids, cache, rows);
+    DeviceBuffer<float> dl(size_t(T * V));
+    gpu.lm_head(rows.get(), dl.get(), T);
+    const auto got = from_device(dl, size_t(T * V));
+    const Tensor cpu = model.forward(ids);
+    double max_abs = 0, scale = 0;
+    int64_t agree_hf = 0, agree_cpu = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* g = got.data() + t * V;
+      const float* h = hf.data_as<float>() + t * V;
+      const float* c = cpu.data_as<float>() + t * V;
+      for (int64_t i = 0; i < V; ++i) {
+        max_abs = std::max(max_abs, double(std::fabs(g[i] - h[i])));
+        scale = std::max(scale, double(std::fabs(h[i])));
+      }
+      const int64_t ag = std::max_element(g, g + V) - g;
+      agree_hf += ag == std::max_element(h, h + V) - h;
+      agree_cpu += ag == std::max_element(c, c + V) - c;
+    }
+    std::printf("%-18s GPU vs transformers fp32: max |diff| %.4f (logits up to %.2f); top-1 agreement %ld/%ld "
+                "(transformers), %ld/%ld (CPU)\n",
+                name, max_abs, scale, long(agree_hf), long(T), long(agree_cpu), long(T));
+    // bf16 activations through a few layers: errors of ~1% of the logits' range.
+    EXPECT_LT(max_abs, 0.05 * scale) << name;
+    EXPECT_GE(double(agree_hf), 0.95 * double(T)) << name;
+  }
+}
+
+TEST(CudaModel, PerplexityWindowsMatchCpu) {
+  REQUIRE_GPU();
+  const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(path);
+  LlamaModel model(open_checkpoint(path));
+  std::vector<std::vector<int32_t>> windows;
+  std::mt19937 g(1);
+  for (int w = 0; w < 5; ++w) {
+    std::vector<int32_t> ids(256);
+    for (auto& x : ids) x = int32_t(g() % 512);
+    windows.push_back(ids);
+  }
+  CudaModel gpu(model, ctx());
+  const PerplexityResult a = perplexity_cuda(gpu, windows, 2);
+  const PerplexityResult b = perplexity(model, windows);
+  std::printf("stories260K ppl GPU %.4f CPU %.4f\n", a.ppl, b.ppl);
+  EXPECT_NEAR(a.ppl, b.ppl, 0.01 * b.ppl);
+}
+
+// GPTQ on the GPU against the CPU implementation on the fixture's real weights and Hessian.
+TEST(CudaGptq, MatchesCpu) {
+  REQUIRE_GPU();
+  const std::string fx = test::fixtures_dir() + "/quant/layer0.safetensors.zst";
+  test::TempDir dir;
+  test::spit(dir / "l0.safetensors", test::read_zst(fx));
+  auto f = SafetensorsFile::open(dir / "l0.safetensors");
+  const Tensor w = f->tensor("input.q_proj");
+  const Tensor h = f->tensor("input.hessian");
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  std::vector<double> hd(h.data_as<float>(), h.data_as<float>() + h.numel());
+  std::vector<float> wv(w.data_as<float>(), w.data_as<float>() + w.numel());
+  for (bool act : {false, true})
+    for (int64_t gs : {int64_t(128), int64_t(-1)}) {
+      GptqOptions o;
+      o.bits = 4;
+      o.group_size = gs;
+      o.act_order = act;
+      const GptqResult cpu = gptq_quantize(wv.data(), rows, cols, hd, o, DType::BF16);
+      auto dw = to_device_bf16(wv);
+      std::vector<float> hf(h.data_as<float>(), h.data_as<float>() + h.numel());
+      auto dh = to_device(hf);
+      DeviceBuffer<bf16> out(size_t(rows * cols));
+      const GptqResult gpu = gptq_quantize_cuda(ctx(), dw.get(), dh.get(), 1.0, rows, cols, o, DType::BF16, out.get());
+      int64_t differ = 0;
+      for (size_t i = 0; i < cpu.q.codes.size(); ++i) differ += cpu.q.codes[i] != gpu.q.codes[i];
+      std::printf("gptq w4 g%ld act_order %d: GPU codes differ in %ld of %zu; loss %.4f vs CPU %.4f\n", long(gs),
+                  int(act), long(differ), cpu.q.codes.size(), gpu.loss, cpu.loss);
+      EXPECT_LT(double(differ), 2e-3 * double(cpu.q.codes.size()));
+      EXPECT_NEAR(gpu.loss, cpu.loss, 2e-3 * cpu.loss);
+      const auto deq = from_device_bf16(out, size_t(rows * cols));
+      const Tensor want = gpu.q.dequantize_f32();
+      EXPECT_EQ(std::memcmp(deq.data(), want.data(), deq.size() * sizeof(float)), 0);
+    }
+}
+
+}  // namespace
+}  // namespace lowbit
