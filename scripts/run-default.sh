@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine, builds lowbit and runs its main job on the default model and
-# data: the testbed-44m checkpoint and the datasets in ../shared (or MODELS / DATA): what the
-# checkpoint holds, then its WikiText2 perplexity.
+# data: the quick study (examples/quick.toml: testbed-44m quantized with RTN, GPTQ, AWQ,
+# SmoothQuant and NF4, each evaluated on WikiText2/PTB perplexity, four zero-shot tasks and
+# MMLU; about 3 minutes on 2 cores), then its report as self-contained HTML (tables and plots)
+# and Markdown. The models and data are in ../shared (or MODELS / DATA); the store and the
+# reports go to build/study-quick (or OUT). Running it again continues the study where it
+# stopped (nothing finished is recomputed) and renders the reports again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODELS="${MODELS:-$ROOT/../shared/models}"
 DATA="${DATA:-$ROOT/../shared/data}"
+OUT="${OUT:-$ROOT/build/study-quick}"
 "$ROOT/scripts/install-deps.sh"
 cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$ROOT/build" --target lowbit
 LOWBIT="$ROOT/build/tools/lowbit/lowbit"
-"$LOWBIT" inspect "$MODELS/testbed-44m"
-# WikiText2 perplexity under GPTQ's protocol (166 windows of 2048 tokens; a few minutes on 2 cores)
-"$LOWBIT" ppl --model "$MODELS/testbed-44m" --dataset wikitext2 --data-dir "$DATA"
+export LOWBIT_MODELS="$MODELS" LOWBIT_DATA="$DATA"
+mkdir -p "$OUT"
+"$LOWBIT" study "$ROOT/examples/quick.toml" --db "$OUT/quick.sqlite" --resume
+"$LOWBIT" report "$OUT/quick.sqlite" --format md -o "$OUT/report.md"
+"$LOWBIT" report "$OUT/quick.sqlite" --format html -o "$OUT/report.html"
+cat "$OUT/report.md"
+echo
+echo "report: $OUT/report.html (self-contained; open it in a browser)"
+echo "        $OUT/report.md, store $OUT/quick.sqlite"

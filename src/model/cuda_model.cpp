@@ -134,8 +134,7 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   const bf16* vall = cache ? cache->v[size_t(layer)].get() : v_.get();
   cuda::attention(q_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, qd, kvd, qd, s);
   cuda::linear(ctx_, att_.get(), w[LinearKind::O], y_.get(), N, H, qd);
-  cuda::add_residual(hidden, y_.get(), N * H, s);
-  cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
+  cuda::add_rmsnorm(hidden, y_.get(), w.post_norm.get(), x_.get(), N, H, eps, s);
   cuda::linear(ctx_, x_.get(), w[LinearKind::Gate], gate_.get(), N, F, H);
   cuda::linear(ctx_, x_.get(), w[LinearKind::Up], up_.get(), N, F, H);
   cuda::swiglu(gate_.get(), up_.get(), gate_.get(), N * F, s);

@@ -343,6 +343,12 @@ class Awq : public QuantMethod {
   double weight_bits() const override { return opt_.bits; }
   int64_t group_size() const override { return opt_.group_size; }
   bool propagates_quantized() const override { return false; }
+  void check_shapes(const LlamaConfig& c) const override {
+    if (opt_.group_size < 0) return;
+    check_group(c.hidden_size, opt_.group_size, "q_proj");
+    check_group(c.q_dim(), opt_.group_size, "o_proj");
+    check_group(c.intermediate_size, opt_.group_size, "down_proj");
+  }
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
     const auto t0 = std::chrono::steady_clock::now();

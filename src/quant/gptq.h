@@ -44,6 +44,7 @@ struct GptqResult {
   double loss = 0;
   double damp = 0;            // the relative damping finally used
   int64_t dead_columns = 0;
+  double weight_rel_err = -1;  // ||W - Q|| / ||W|| (set by the GPU path, which never holds W on the host)
 };
 
 class QuantMethod;

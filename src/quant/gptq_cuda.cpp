@@ -176,7 +176,19 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     g_idx_d.resize(size_t(cols));
     cuda::upload(g_idx_d.get(), q.g_idx.data(), size_t(cols), s);
   }
-  cuda::gptq_dequantize(codes_orig.get(), scale.get(), zero.get(), g_idx_d.get(), rows, cols, gs, ngroups, out, s);
+  {
+    // Dequantized into a scratch buffer first: out may alias the 16-bit weight the error needs.
+    DeviceBuffer<bf16> deq(static_cast<size_t>(rows * cols));
+    cuda::gptq_dequantize(codes_orig.get(), scale.get(), zero.get(), g_idx_d.get(), rows, cols, gs, ngroups,
+                          deq.get(), s);
+    DeviceBuffer<double> sums(2);
+    LB_CUDA_CHECK(cudaMemsetAsync(sums.get(), 0, sums.bytes(), s));
+    cuda::error_sums(Wb, deq.get(), rows * cols, sums.get(), s);
+    double h[2];
+    cuda::download(h, sums.get(), 2, s);
+    res.weight_rel_err = h[1] > 0 ? std::sqrt(h[0] / h[1]) : 0.0;
+    LB_CUDA_CHECK(cudaMemcpyAsync(out, deq.get(), deq.bytes(), cudaMemcpyDeviceToDevice, s));
+  }
   q.codes.resize(size_t(rows * cols));
   q.scales.resize(size_t(rows * ngroups));
   q.zeros.resize(size_t(rows * ngroups));
@@ -246,10 +258,7 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
       rep.note = fmt::format("loss {:.4g}", r.loss);
       if (r.damp != opt.damp) rep.note += fmt::format(", damping raised to {}", r.damp);
       if (r.dead_columns) rep.note += fmt::format(", {} dead inputs", r.dead_columns);
-      // The weight error against the 16-bit weight, from the host copy.
-      const Tensor orig = model.checkpoint().weights->get(linear_weight_name(layer, kind)).to_f32();
-      const Tensor deq = r.q.dequantize_f32();
-      rep.weight_rel_err = relative_weight_error(orig.data_as<float>(), deq.data_as<float>(), rows * cols);
+      rep.weight_rel_err = r.weight_rel_err;
       qm.blocks[size_t(layer)].linear[size_t(kind)] = std::move(r.q);
       if (cb.on_linear) cb.on_linear(layer, rep);
     };

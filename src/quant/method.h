@@ -51,6 +51,10 @@ class QuantMethod {
   // The activation quantization a model quantized by this method applies in its forward
   // (activation_quant.h), complete after the run; null for weight-only methods.
   virtual nlohmann::json activation_config() const { return nullptr; }
+  // Throws lowbit::Error when the method cannot quantize a model of this shape (e.g. a group
+  // size that must divide every linear's input features and does not), so that a run can be
+  // refused before any work.
+  virtual void check_shapes(const LlamaConfig& config) const {}
   virtual void quantize_block(BlockContext& ctx, QuantizedBlock& out) = 0;
 
  protected:

@@ -115,7 +115,7 @@ void QuantSpec::finish() const {
     std::vector<std::string> known;
     for (const auto& t : taken_) known.push_back(t.first);
     LB_CHECK(k != "a", "{} quantizes weights only: activation bits (a={}) need a weight-activation method "
-             "(smoothquant)", method_, v);
+             "(smoothquant, rtn)", method_, v);
     fail("{}: unknown option '{}' (known: {})", method_, k, fmt::join(known, ", "));
   }
 }

@@ -45,11 +45,18 @@ class Rtn : public QuantMethod {
     group_ = spec_.take_int("g", 128, -1, 1 << 20, "group size along the input dimension; -1: per output channel");
     LB_CHECK(group_ != 0, "rtn: option g=0 is not a group size (use -1 for per-channel)");
     sym_ = spec_.take_bool("sym", false, "symmetric grid (zero-point fixed at 2^(w-1))");
+    abits_ = int(spec_.take_int("a", 16, 2, 16, "activation bits (symmetric, every linear's input; 16: none)"));
+    const std::string act = spec_.take_choice("act", "per_token", {"per_token", "per_tensor"},
+                                              "activation scale when a < 16: per token or per tensor (dynamic)");
     spec_.finish();
+    if (abits_ < 16)
+      activation_ = {{"bits", abits_}, {"granularity", act}, {"scheme", "symmetric absmax, every linear's input"}};
   }
   bool needs_calibration() const override { return false; }
   double weight_bits() const override { return bits_; }
   int64_t group_size() const override { return group_; }
+  int activation_bits() const override { return abits_; }
+  nlohmann::json activation_config() const override { return activation_; }
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
     for (LinearKind k : kAllLinears) {
@@ -66,6 +73,8 @@ class Rtn : public QuantMethod {
   int bits_ = 4;
   int64_t group_ = 128;
   bool sym_ = false;
+  int abits_ = 16;
+  nlohmann::json activation_;
 };
 
 }  // namespace

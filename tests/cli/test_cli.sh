@@ -62,7 +62,7 @@ if [[ -d "$M/stories260K" ]]; then
   printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..60} > "$T/calib.txt"
   expect_ok "methods" "^gptq" "$B" methods
   expect_ok "quantize rtn" "^wrote .*bits per linear weight" "$B" quantize --model "$S" --method rtn:w=4,g=32 -o "$T/q-rtn"
-  expect_ok "quantized inspect" "quantization +rtn:w=4,g=32 \(rtn:w=4,g=32,sym=0\)" "$B" inspect "$T/q-rtn"
+  expect_ok "quantized inspect" "quantization +rtn:w=4,g=32 \(rtn:w=4,g=32,sym=0,a=16,act=per_token\)" "$B" inspect "$T/q-rtn"
   expect_ok "quantized ppl" '"spec": "rtn:w=4,g=32"' "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
   expect_ok "quantized generate" "Once upon a time" "$B" generate --model "$T/q-rtn" -n 8 --prompt "Once upon a time"
   expect_ok "quantize gptq" "^wrote" "$B" quantize --model "$S" --method gptq:w=4,g=32,act_order=1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-gptq"
@@ -74,7 +74,7 @@ if [[ -d "$M/stories260K" ]]; then
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"
   expect_err "quantize bits range" "gptq: option w=9 is out of range \[2, 8\]" "$B" quantize --model "$S" --method gptq:w=9 -o "$T/q-x"
   expect_err "quantize alpha range" "smoothquant: option alpha=1.5 is out of range \[0, 1\]" "$B" quantize --model "$S" --method smoothquant:alpha=1.5 -o "$T/q-x"
-  expect_err "quantize activation bits" "gptq quantizes weights only: activation bits \(a=8\) need a weight-activation method" "$B" quantize --model "$S" --method gptq:w=4,a=8 -o "$T/q-x"
+  expect_err "quantize activation bits" "gptq quantizes weights only: activation bits \(a=8\) need a weight-activation method \\(smoothquant, rtn\\)" "$B" quantize --model "$S" --method gptq:w=4,a=8 -o "$T/q-x"
   expect_err "quantize awq group" "awq: group size 128 does not divide the 64 input features of q_proj" "$B" quantize --model "$S" --method awq:w=4,g=128 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/q-x"
   expect_err "quantize missing calib" "dataset 'wikitext2 \(calibration\)' needs wikitext2/wiki.train.raw" "$B" quantize --model "$S" --method gptq --seqlen 256 --data-dir "$T" -o "$T/q-x"
   expect_err "quantize requantize" "is already quantized" "$B" quantize --model "$T/q-rtn" --method rtn -o "$T/q-x"

@@ -102,13 +102,25 @@ TEST(CudaOps, RmsNormSwigluResidual) {
     cuda::rmsnorm(dx.get(), dw.get(), dy.get(), rows, dim, 1e-5f, ctx().stream());
     // One bf16 rounding of the output: relative error <= 2^-8.
     EXPECT_LT(rel_err(from_device_bf16(dy, x.size()), want), 4e-3) << dim;
+    // The fused residual add: x + r, then the norm.
+    auto r = round_bf16(randn(x.size(), 5));
+    std::vector<float> sum(x.size());
+    for (size_t i = 0; i < x.size(); ++i) sum[i] = x[i] + r[i];
+    ref::rmsnorm(sum.data(), w.data(), want.data(), rows, dim, 1e-5f);
+    auto dr = to_device_bf16(r);
+    cuda::add_rmsnorm(dx.get(), dr.get(), dw.get(), dy.get(), rows, dim, 1e-5f, ctx().stream());
+    EXPECT_LT(rel_err(from_device_bf16(dy, x.size()), want), 4e-3) << dim;
+    EXPECT_LT(rel_err(from_device(dx, x.size()), sum), 1e-6) << dim;
   }
-  auto g = round_bf16(randn(10000, 3, 4.0f)), u = round_bf16(randn(10000, 4));
-  std::vector<float> want(g.size());
-  ref::swiglu(g.data(), u.data(), want.data(), int64_t(g.size()));
-  auto dg = to_device_bf16(g), du = to_device_bf16(u);
-  cuda::swiglu(dg.get(), du.get(), dg.get(), int64_t(g.size()), ctx().stream());
-  EXPECT_LT(rel_err(from_device_bf16(dg, g.size()), want), 4e-3);
+  // 8-wide (n % 8 == 0) and element-wise paths.
+  for (int64_t n : {10000, 10001}) {
+    auto g = round_bf16(randn(size_t(n), 3, 4.0f)), u = round_bf16(randn(size_t(n), 4));
+    std::vector<float> want(g.size());
+    ref::swiglu(g.data(), u.data(), want.data(), n);
+    auto dg = to_device_bf16(g), du = to_device_bf16(u);
+    cuda::swiglu(dg.get(), du.get(), dg.get(), n, ctx().stream());
+    EXPECT_LT(rel_err(from_device_bf16(dg, g.size()), want), 4e-3) << n;
+  }
 }
 
 TEST(CudaOps, RopeMatchesCpu) {
@@ -133,8 +145,8 @@ TEST(CudaOps, RopeMatchesCpu) {
   }
 }
 
-// Flash attention against the scalar reference, across its 64-query and 64-key tile edges, with
-// grouped heads, batches and cached keys.
+// Attention against the scalar reference, across the flash kernel's 64-query and 64-key tile
+// edges, with grouped heads, batches and cached keys, and through the plain kernel's head dims.
 TEST(CudaOps, AttentionAcrossTileEdges) {
   REQUIRE_GPU();
   struct Shape {
@@ -142,7 +154,9 @@ TEST(CudaOps, AttentionAcrossTileEdges) {
   };
   for (const Shape s : {Shape{1, 1, 0, 2, 2, 64}, Shape{1, 63, 0, 4, 1, 64}, Shape{2, 64, 0, 8, 2, 128},
                         Shape{1, 65, 0, 8, 2, 128}, Shape{3, 130, 0, 4, 4, 128}, Shape{1, 7, 100, 4, 2, 128},
-                        Shape{1, 64, 64, 2, 1, 64}, Shape{1, 200, 17, 32, 8, 128}}) {
+                        Shape{1, 64, 64, 2, 1, 64}, Shape{1, 200, 17, 32, 8, 128},
+                        // the plain kernel: other head dims, across its 4-query blocks and 32-key lanes
+                        Shape{2, 33, 0, 8, 8, 8}, Shape{1, 70, 5, 4, 2, 32}, Shape{1, 9, 40, 2, 1, 96}}) {
     const int64_t qd = s.nh * s.hd, kvd = s.nkv * s.hd, keys = s.past + s.T;
     auto q = round_bf16(randn(size_t(s.B * s.T * qd), 6, 2.0f));
     auto k = round_bf16(randn(size_t(s.B * keys * kvd), 7, 2.0f));

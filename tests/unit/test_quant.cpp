@@ -65,7 +65,7 @@ TEST(QuantSpec, ParsesAndResolves) {
   auto m = make_method("gptq:w=3,g=-1,act_order=1");
   EXPECT_EQ(m->spec().text(), "gptq:w=3,g=-1,act_order=1");
   EXPECT_EQ(m->spec().resolved(), "gptq:w=3,g=-1,sym=0,act_order=1,static_groups=0,damp=0.01,block=128,true_seq=1");
-  EXPECT_EQ(make_method("rtn")->spec().resolved(), "rtn:w=4,g=128,sym=0");
+  EXPECT_EQ(make_method("rtn")->spec().resolved(), "rtn:w=4,g=128,sym=0,a=16,act=per_token");
   EXPECT_EQ(make_method("nf4:dq=1")->spec().resolved(), "nf4:dq=1,b=64");
 }
 

@@ -30,7 +30,7 @@ struct Options {
   int64_t nsamples = 128, seqlen = 2048;
   uint64_t seed = 0;
   int threads = 0;
-  bool force = false, json = false;
+  bool force = false, json = false, no_save = false;
 };
 
 int64_t peak_rss_bytes() {
@@ -49,7 +49,9 @@ void run(const Options& o) {
   LB_CHECK(!dev.cuda || gptq != nullptr || !method->needs_calibration(),
            "--device {}: {} runs on the CPU only (on the GPU: gptq, and the data-free rtn and nf4)", o.device,
            method->spec().method());
-  LB_CHECK(!std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force", o.out);
+  LB_CHECK(o.no_save != !o.out.empty(), "give either -o OUT or --no-save");
+  LB_CHECK(o.no_save || !std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force",
+           o.out);
   Checkpoint ck = open_model(o.model);
   LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized ({}); quantize its 16-bit source", o.model,
            ck.quantization["method"]["spec"].get<std::string>());
@@ -122,11 +124,13 @@ void run(const Options& o) {
     }
   const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
                                 {"device", device_name}, {"peak_gpu_bytes", gpu_peak}};
-  write_quantized_checkpoint(o.out, model, qm, extra, o.force);
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   uintmax_t out_bytes = 0;
-  for (const auto& e : std::filesystem::directory_iterator(o.out))
-    if (e.is_regular_file()) out_bytes += e.file_size();
+  if (!o.no_save) {
+    write_quantized_checkpoint(o.out, model, qm, extra, o.force);
+    for (const auto& e : std::filesystem::directory_iterator(o.out))
+      if (e.is_regular_file()) out_bytes += e.file_size();
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (o.json) {
     nlohmann::json j = {{"output", o.out}, {"method", qm.method}, {"calibration", qm.calibration},
                         {"quantize_seconds", qm.seconds}, {"wall_seconds", wall},
@@ -137,9 +141,9 @@ void run(const Options& o) {
     fmt::print("{}\n", j.dump(1));
     return;
   }
-  fmt::print("wrote {}: {:.3f} bits per linear weight, {} on disk; quantized in {:.1f} s ({:.1f} s in all) on {}, "
+  fmt::print("{}: {:.3f} bits per linear weight, {} on disk; quantized in {:.1f} s ({:.1f} s in all) on {}, "
              "peak memory {}{}\n",
-             o.out, bits / weights, human_bytes(double(out_bytes)), qm.seconds, wall, device_name,
+             o.no_save ? std::string("not saved") : "wrote " + o.out, bits / weights, human_bytes(double(out_bytes)), qm.seconds, wall, device_name,
              human_bytes(double(peak_rss_bytes())),
              gpu_peak > 0 ? fmt::format(", peak GPU memory {}", human_bytes(gpu_peak)) : "");
 }
@@ -151,7 +155,8 @@ void register_quantize(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("quantize", "Quantize a model with one method and write the quantized checkpoint");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit)")->required();
   cmd->add_option("--method", o->method, "method spec, e.g. gptq:w=4,g=128 (see `lowbit methods`)")->required();
-  cmd->add_option("-o,--output", o->out, "output directory")->required();
+  cmd->add_option("-o,--output", o->out, "output directory");
+  cmd->add_flag("--no-save", o->no_save, "quantize and report without writing a checkpoint (measurements)");
   cmd->add_option("--calib", o->calib, "calibration set: wikitext2 (train), ptb (train), c4 (train) or a text file");
   cmd->add_option("--nsamples", o->nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("--seqlen", o->seqlen, "tokens per calibration window")

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   lowbit::cli::register_methods(app);
   lowbit::cli::register_stats(app);
   lowbit::cli::register_eval(app);
+  lowbit::cli::register_study(app);
+  lowbit::cli::register_report(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -154,6 +154,23 @@ __global__ void unpermute_codes_kernel(const uint8_t* in, uint8_t* out, int64_t 
     out[(i / cols) * cols + perm[i % cols]] = in[i];
 }
 
+__global__ void error_sums_kernel(const bf16* a, const bf16* b, int64_t n, double* sums) {
+  double num = 0, den = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double x = double(__bfloat162float(a[i])), d = x - double(__bfloat162float(b[i]));
+    num += d * d;
+    den += x * x;
+  }
+  for (int o = 16; o > 0; o /= 2) {
+    num += __shfl_xor_sync(0xffffffffu, num, o);
+    den += __shfl_xor_sync(0xffffffffu, den, o);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(&sums[0], num);
+    atomicAdd(&sums[1], den);
+  }
+}
+
 unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + 255) / 256, 65536)); }
 
 }  // namespace
@@ -220,6 +237,11 @@ void gptq_dequantize(const uint8_t* codes, const float* scale, const float* zero
                      int64_t cols, int64_t group_size, int64_t ngroups, bf16* out, cudaStream_t s) {
   gptq_dequantize_kernel<<<grid_for(rows * cols), 256, 0, s>>>(codes, scale, zero, g_idx, rows, cols, group_size,
                                                                ngroups, out);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void error_sums(const bf16* a, const bf16* b, int64_t n, double* sums, cudaStream_t s) {
+  error_sums_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 1024)), 256, 0, s>>>(a, b, n, sums);
   LB_CUDA_LAUNCH_CHECK();
 }
 

@@ -46,6 +46,8 @@ void gptq_block(const GptqBlockArgs& a, cudaStream_t s);
 // out[r, c] = bf16(scale * (code - zero)) with the group of column c = g_idx[c] (or c / gs).
 void gptq_dequantize(const uint8_t* codes, const float* scale, const float* zero, const int32_t* g_idx, int64_t rows,
                      int64_t cols, int64_t group_size, int64_t ngroups, bf16* out, cudaStream_t s);
+// sums[0] += sum((a - b)^2), sums[1] += sum(a^2) in fp64 (the relative weight error's parts).
+void error_sums(const bf16* a, const bf16* b, int64_t n, double* sums, cudaStream_t s);
 // codes_out[r, perm[i]] = codes_in[r, i].
 void unpermute_codes(const uint8_t* in, uint8_t* out, int64_t rows, int64_t cols, const int32_t* perm, cudaStream_t s);
 

@@ -20,6 +20,8 @@ using bf16 = __nv_bfloat16;
 void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t H, cudaStream_t s);
 // y = bf16(x / rms(x) * w) per row, in fp32 (transformers' LlamaRMSNorm, rounded once).
 void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
+// h += r, then y = rmsnorm(h) as above (the residual add fused with the next norm).
+void add_rmsnorm(float* h, const bf16* r, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
 // In place on B sequences of T rows each (row stride ld, sequence stride T*ld), positions pos0..:
 // transformers' rotate_half RoPE with the angle tables cos/sin [n_pos, hd/2] (fp32).
 void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
@@ -36,7 +38,7 @@ void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* 
               cudaStream_t s);
 // Causal GQA attention (flash-style, no materialized score matrix): B sequences, queries at
 // positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
-// k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd is 64 or 128.
+// k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd: even, up to 256 (64 and 128 on tensor cores).
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
                int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s);
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Side-by-side summary of the GPU benchmarks (bench/gpu/*.sh).
+
+  summarize.py ppl CONFIG TRANSFORMERS_JSON LOWBIT_JSON
+  summarize.py gptq CONFIG LOWBIT_JSON [REFERENCE_JSON]
+
+Model FLOPs per token follow PaLM's accounting for a forward pass: 2 x (parameters of every
+linear, LM head included) + 4 x layers x (heads x head_dim) x seqlen (attention scores and
+values, no discount for the causal mask). MFU divides by the GPU's dense bf16 peak.
+"""
+import json
+import sys
+
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989.4e12, "H200": 989.4e12}
+
+
+def peak_for(name):
+    for key, value in PEAK_BF16.items():
+        if key in name:
+            return value, key
+    return None, None
+
+
+def flops_per_token(cfg, seqlen):
+    h, f, layers, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim") or h // heads
+    per_layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * f
+    linear = layers * per_layer + h * v
+    return 2 * linear + 4 * layers * heads * hd * seqlen
+
+
+def load(path):
+    with open(path) as f:
+        text = f.read().strip()
+    return json.loads(text)
+
+
+def gib(b):
+    return b / 2**30
+
+
+def ppl(cfg_path, tf_path, lb_path):
+    cfg = load(cfg_path)
+    tf, lb = load(tf_path), load(lb_path)
+    seqlen = lb.get("seqlen", 2048)
+    fpt = flops_per_token(cfg, seqlen)
+    peak, peak_name = peak_for(tf["device"])
+    print(f"device: {tf['device']}; model FLOPs per token {fpt / 1e9:.2f} GFLOP (seqlen {seqlen})")
+    rows = [("transformers (sdpa, bf16, batch 1)", tf["windows"], tf["tokens"], tf["seconds"], tf["ppl"],
+             tf.get("peak_gpu_bytes", 0)),
+            (f"lowbit (batch {lb.get('batch', 1)})", lb["windows"], lb["tokens"], lb["seconds"], lb["ppl"],
+             lb.get("peak_gpu_bytes", 0))]
+    print("| run | windows | seconds | tokens/s | MFU | PPL | peak GPU memory |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, w, t, s, p, mem in rows:
+        mfu = f"{100 * fpt * t / s / peak:.1f}%" if peak else "n/a"
+        print(f"| {name} | {w} | {s:.2f} | {t / s:,.0f} | {mfu} | {p:.4f} | {gib(mem):.1f} GiB |")
+    print(f"lowbit / transformers tokens/s: {(lb['tokens'] / lb['seconds']) / (tf['tokens'] / tf['seconds']):.2f}x"
+          + (f" (MFU against the {peak_name} dense bf16 peak, {peak / 1e12:.0f} TFLOP/s)" if peak else ""))
+
+
+def gptq(cfg_path, lb_path, ref_path=None):
+    cfg = load(cfg_path)
+    lb = load(lb_path)
+    layers = cfg["num_hidden_layers"]
+    print(f"lowbit: GPTQ {lb['method']['spec']} of {layers} layers, calibration {lb['calibration']['nsamples']} x "
+          f"{lb['calibration']['seqlen']}: {lb['wall_seconds']:.1f} s in all ({lb['quantize_seconds']:.1f} s quantizing), "
+          f"peak GPU memory {gib(lb['peak_gpu_bytes']):.1f} GiB, peak host memory {gib(lb['peak_rss_bytes']):.1f} GiB, "
+          f"on {lb['device']}")
+    if ref_path:
+        ref = load(ref_path)
+        est = ref["estimated_model_seconds"]
+        print(f"PyTorch reference: {', '.join(f'{s:.1f}' for s in ref['seconds_per_layer'])} s per layer over "
+              f"{ref['layers_run']} layers -> {est:.0f} s estimated for {layers} layers, "
+              f"peak GPU memory {gib(ref['peak_gpu_bytes']):.1f} GiB")
+        print(f"speed-up: {est / lb['wall_seconds']:.1f}x")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "ppl":
+        ppl(*sys.argv[2:5])
+    else:
+        gptq(*sys.argv[2:])

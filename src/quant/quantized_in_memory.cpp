@@ -1,0 +1,90 @@
+#include "quant/quantized_in_memory.h"
+
+#include "core/error.h"
+#include "lowbit/version.h"
+
+#include <map>
+#include <memory>
+
+namespace lowbit {
+
+namespace {
+
+// The source's tensors, with the quantized linears dequantized on request and the rewritten
+// norms substituted.
+class QuantizedOverlay final : public WeightSource {
+ public:
+  QuantizedOverlay(std::shared_ptr<WeightSource> base, std::shared_ptr<const QuantizedModel> qm)
+      : base_(std::move(base)), qm_(std::move(qm)) {
+    for (const auto& name : base_->names()) infos_[name] = *base_->info(name);
+    for (size_t i = 0; i < qm_->blocks.size(); ++i) {
+      const QuantizedBlock& b = qm_->blocks[i];
+      for (LinearKind k : kAllLinears) {
+        const QuantizedLinear& q = *b.linear[size_t(k)];
+        const std::string name = linear_weight_name(int64_t(i), k);
+        LB_CHECK(infos_.count(name), "quantized model has {}, which its source does not", name);
+        linears_[name] = &q;
+        infos_[name] = WeightInfo{q.dequant_dtype, {q.rows, q.cols}, q.rows * q.cols * dtype_size(q.dequant_dtype)};
+      }
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      for (auto [name, t] : {std::pair{p + "input_layernorm.weight", &b.input_norm},
+                             std::pair{p + "post_attention_layernorm.weight", &b.post_norm}}) {
+        if (!t->defined() || t->numel() == 0) continue;
+        replaced_[name] = *t;
+        infos_[name] = WeightInfo{t->dtype(), t->shape(), t->nbytes()};
+      }
+    }
+  }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const auto& [k, v] : infos_) out.push_back(k);
+    return out;
+  }
+  const WeightInfo* info(const std::string& name) const override {
+    auto it = infos_.find(name);
+    return it == infos_.end() ? nullptr : &it->second;
+  }
+  Tensor get(const std::string& name) const override {
+    if (auto it = linears_.find(name); it != linears_.end()) return it->second->dequantize_as_stored();
+    if (auto it = replaced_.find(name); it != replaced_.end()) return it->second;
+    return base_->get(name);
+  }
+  // The files the source weights come from (the quantized tensors live in memory only).
+  std::vector<std::string> files() const override { return base_->files(); }
+
+ private:
+  std::shared_ptr<WeightSource> base_;
+  std::shared_ptr<const QuantizedModel> qm_;
+  std::map<std::string, const QuantizedLinear*> linears_;
+  std::map<std::string, Tensor> replaced_;
+  std::map<std::string, WeightInfo> infos_;
+};
+
+}  // namespace
+
+Checkpoint quantized_checkpoint_in_memory(const Checkpoint& source, QuantizedModel qm,
+                                          const nlohmann::json& source_identity) {
+  LB_CHECK(qm.blocks.size() == size_t(source.config.num_hidden_layers), "quantized model has {} blocks, the source {}",
+           qm.blocks.size(), source.config.num_hidden_layers);
+  for (size_t i = 0; i < qm.blocks.size(); ++i)
+    for (LinearKind k : kAllLinears)
+      LB_CHECK(qm.blocks[i].linear[size_t(k)].has_value(), "quantized model leaves layer {} {} unquantized", i,
+               linear_name(k));
+  auto shared = std::make_shared<const QuantizedModel>(std::move(qm));
+  Checkpoint ck;
+  ck.path = source.path;
+  ck.format = "lowbit-quantized-in-memory";
+  ck.config = source.config;
+  ck.tokenizer_path = source.tokenizer_path;
+  ck.quantization = {{"format_version", 1},
+                     {"method", shared->method},
+                     {"calibration", shared->calibration},
+                     {"activation", shared->activation},
+                     {"source", source_identity},
+                     {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
+                     {"quantize_seconds", shared->seconds}};
+  ck.weights = std::make_shared<QuantizedOverlay>(source.weights, shared);
+  return ck;
+}
+
+}  // namespace lowbit

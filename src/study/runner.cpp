@@ -1,0 +1,543 @@
+#include "study/runner.h"
+
+#include "backend/ops.h"
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "eval/datasets.h"
+#include "eval/multiple_choice.h"
+#include "eval/perplexity.h"
+#include "eval/tasks.h"
+#include "formats/tokenizer.h"
+#include "lowbit/version.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "backend/cuda/cuda_util.h"
+#include "eval/cuda_eval.h"
+#include "quant/gptq.h"
+#include "quant/gptq_cuda.h"
+#endif
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace lowbit {
+class CudaModel;  // model/cuda_model.h, in builds with CUDA
+}
+
+namespace lowbit::study {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+BosMode parse_bos(const std::string& s) { return s == "on" ? BosMode::On : s == "off" ? BosMode::Off : BosMode::Default; }
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("model name")) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  return "unknown";
+}
+
+// Seconds per unit of work, from what the store recorded and what this run measures.
+class Eta {
+ public:
+  void add_eval(const std::string& model, const std::string& key, double s) { add(evals_[{model, key}], s); }
+  void add_quant(const std::string& model, const std::string& method, double s) { add(quants_[{model, method}], s); }
+
+  // Estimated seconds of one unit; nullopt when nothing comparable was ever measured.
+  std::optional<double> eval(const std::string& model, const std::string& key) const {
+    if (auto it = evals_.find({model, key}); it != evals_.end()) return it->second.mean();
+    return mean_where(evals_, [&](const auto& k) { return k.second == key; });
+  }
+  std::optional<double> quant(const std::string& model, const std::string& method) const {
+    if (method == "fp16") return 0.0;
+    if (auto it = quants_.find({model, method}); it != quants_.end()) return it->second.mean();
+    if (auto m = mean_where(quants_, [&](const auto& k) { return k.second == method; })) return m;
+    return mean_where(quants_, [&](const auto& k) { return k.first == model; });
+  }
+
+ private:
+  struct Acc {
+    double sum = 0;
+    int64_t n = 0;
+    double mean() const { return sum / double(n); }
+  };
+  using Map = std::map<std::pair<std::string, std::string>, Acc>;
+  static void add(Acc& a, double s) {
+    a.sum += s;
+    a.n += 1;
+  }
+  template <typename F>
+  static std::optional<double> mean_where(const Map& m, F pred) {
+    double sum = 0;
+    int64_t n = 0;
+    for (const auto& [k, a] : m)
+      if (pred(k)) {
+        sum += a.mean();
+        ++n;
+      }
+    if (n == 0) return std::nullopt;
+    return sum / double(n);
+  }
+  Map evals_, quants_;
+};
+
+// One unit of remaining work.
+struct Unit {
+  const Cell* cell;
+  const Evaluation* eval;  // null: the cell's quantization
+};
+
+// What the runner keeps per model while it works on the model's cells.
+struct ModelState {
+  const ModelSpec* spec = nullptr;
+  std::string sha256;
+  json identity;
+  std::unique_ptr<Tokenizer> tok;
+  std::map<std::string, std::vector<std::vector<int32_t>>> windows;  // per PPL dataset
+  std::map<std::string, int64_t> windows_available;
+  std::map<std::string, TextSet> sets;
+  std::optional<Calibration> calib;
+};
+
+// A multiple-choice task restricted to the first `limit` items (MMLU: of each subject, as the
+// harness's --limit applies to each of MMLU's subtasks).
+McTask limit_task(McTask t, int64_t limit) {
+  if (limit <= 0) return t;
+  std::vector<McItem> kept;
+  std::map<std::string, int64_t> per_subject;
+  for (auto& it : t.items)
+    if (per_subject[it.subject]++ < limit) kept.push_back(std::move(it));
+  t.items = std::move(kept);
+  return t;
+}
+
+class Runner {
+ public:
+  Runner(const StudySpec& spec, const RunOptions& opt, const StudyEvents& ev)
+      : spec_(spec), opt_(opt), ev_(ev), plan_(expand_plan(spec)) {}
+
+  StudySummary run();
+
+ private:
+  void prepare_store();
+  void plan_units();
+  StudyProgress progress(double current_fraction = 0) const;
+  ModelState& model_state(size_t m);
+  void run_cell(const Cell& cell, const std::vector<const Evaluation*>& todo);
+  // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU.
+  std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
+                                    const Evaluation& e, json& identity, double& seconds);
+  const McTask& task(const std::string& name);
+  void note(const std::string& s) const {
+    if (ev_.on_note) ev_.on_note(s);
+  }
+
+  const StudySpec& spec_;
+  const RunOptions& opt_;
+  const StudyEvents& ev_;
+  StudyPlan plan_;
+  std::unique_ptr<Store> store_;
+  int64_t run_id_ = 0;
+  std::set<std::pair<std::string, std::string>> stored_;
+  std::vector<Unit> units_;
+  int64_t done_ = 0;
+  size_t current_unit_ = 0;
+  Eta eta_;
+  Clock::time_point t0_ = Clock::now();
+  std::map<size_t, std::unique_ptr<ModelState>> models_;
+  std::map<std::string, McTask> tasks_;
+  std::string device_name_ = "cpu";
+  bool peak_reset_ = false;
+  StudySummary summary_;
+#ifdef LOWBIT_WITH_CUDA
+  std::unique_ptr<cuda::Context> cuda_;
+#endif
+};
+
+void Runner::prepare_store() {
+  const Store::Kind kind = Store::probe(spec_.db);
+  LB_CHECK(kind != Store::Kind::Other, "'{}' is not a lowbit study store (it holds other tables); give the study "
+           "another db", spec_.db);
+  if (kind == Store::Kind::Study) {
+    Store existing(spec_.db, Store::Mode::ReadOnly);
+    const int64_t n = existing.result_count();
+    const auto name = existing.study_name();
+    LB_CHECK(!name || *name == spec_.name, "results store '{}' belongs to study '{}', not '{}'", spec_.db, *name,
+             spec_.name);
+    LB_CHECK(n == 0 || opt_.resume,
+             "results store '{}' already holds {} results of study '{}'; pass --resume to continue the study, or "
+             "remove the file to start over",
+             spec_.db, n, spec_.name);
+  } else {
+    const fs::path parent = fs::path(spec_.db).parent_path();
+    if (!parent.empty()) fs::create_directories(parent);
+  }
+  store_ = std::make_unique<Store>(spec_.db, Store::Mode::ReadWrite);
+  store_->lock();
+  store_->set_study_name(spec_.name);
+  stored_ = store_->stored_evaluations();
+  // What earlier runs measured, for the ETA.
+  std::map<std::string, std::string> cell_model;
+  for (const CellRecord& c : store_->cells()) {
+    cell_model[c.key] = c.model;
+    eta_.add_quant(c.model, c.method_name, c.quantize_seconds);
+  }
+  std::set<std::pair<std::string, std::string>> seen;
+  for (const ResultRecord& r : store_->results())
+    if (seen.emplace(r.cell_key, r.eval_key).second) eta_.add_eval(cell_model[r.cell_key], r.eval_key, r.seconds);
+}
+
+void Runner::plan_units() {
+  for (const Cell& c : plan_.cells) {
+    std::vector<Unit> cell_units;
+    for (const Evaluation& e : plan_.evaluations)
+      if (!stored_.count({c.key, e.key})) cell_units.push_back({&c, &e});
+    if (cell_units.empty()) continue;
+    if (c.method_name != "fp16") units_.push_back({&c, nullptr});
+    units_.insert(units_.end(), cell_units.begin(), cell_units.end());
+  }
+}
+
+StudyProgress Runner::progress(double current_fraction) const {
+  StudyProgress p;
+  p.done = done_;
+  p.total = int64_t(units_.size());
+  p.elapsed = since(t0_);
+  double known = 0;
+  int64_t n_known = 0, n_unknown = 0;
+  for (size_t i = current_unit_; i < units_.size(); ++i) {
+    const Unit& u = units_[i];
+    const std::string& model = u.cell->model_name;
+    std::optional<double> s = u.eval ? eta_.eval(model, u.eval->key) : eta_.quant(model, u.cell->method_name);
+    const double left = i == current_unit_ ? 1 - current_fraction : 1;
+    if (s) {
+      known += *s * left;
+      ++n_known;
+    } else {
+      ++n_unknown;
+    }
+  }
+  if (n_unknown == 0) p.eta = known;
+  else if (n_known > 0) p.eta = known + double(n_unknown) * known / double(n_known);
+  return p;
+}
+
+ModelState& Runner::model_state(size_t m) {
+  auto& slot = models_[m];
+  if (slot) return *slot;
+  // One model at a time: the previous model's windows and calibration go.
+  for (auto it = models_.begin(); it != models_.end();)
+    it = it->first == m ? std::next(it) : models_.erase(it);
+  auto ms = std::make_unique<ModelState>();
+  ms->spec = &spec_.models[m];
+  const Checkpoint ck = open_model(ms->spec->path);
+  ms->sha256 = weights_sha256(ck);
+  const auto stored = store_->model_sha256(ms->spec->name);
+  LB_CHECK(!stored || *stored == ms->sha256,
+           "model '{}' ({}) has changed since its results were stored (weights SHA-256 {}, stored {}); give it another "
+           "name in the spec, or start a new store",
+           ms->spec->name, ms->spec->path, ms->sha256, *stored);
+  ms->identity = {{"name", ms->spec->name}, {"path", ms->spec->path}, {"format", ck.format},
+                  {"weights_sha256", ms->sha256}, {"dtype", ck.config.torch_dtype},
+                  {"parameters", ck.config.parameter_count()}};
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(spec_.spm);
+  ms->tok = load_tokenizer(ck.tokenizer_path, topt);
+  ms->identity["tokenizer"] = {{"path", ck.tokenizer_path}, {"kind", ms->tok->kind()}, {"spm", spec_.spm}};
+  slot = std::move(ms);
+  return *slot;
+}
+
+const McTask& Runner::task(const std::string& name) {
+  auto it = tasks_.find(name);
+  if (it == tasks_.end())
+    it = tasks_
+             .emplace(name, limit_task(load_task(name, spec_.data_dir, spec_.eval.mmlu_shots),
+                                       name.starts_with("mmlu") ? spec_.eval.mmlu_limit : spec_.eval.task_limit))
+             .first;
+  return it->second;
+}
+
+std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
+                                          const Evaluation& e, json& id, double& seconds) {
+  const EvalSpec& es = spec_.eval;
+  auto report = [&](int64_t done, int64_t total) {
+    if (ev_.on_eval_progress)
+      ev_.on_eval_progress(cell, e, done, total, progress(total > 0 ? double(done) / double(total) : 0));
+  };
+  std::vector<MetricValue> out;
+  if (e.kind == EvalKind::Perplexity) {
+    if (!ms.windows.count(e.name)) {
+      const TextSet set = resolve_eval_set(e.name, spec_.data_dir);
+      auto w = eval_windows(set, *ms.tok, es.seqlen, parse_bos(es.bos));
+      ms.windows_available[e.name] = int64_t(w.size());
+      if (es.limit > 0 && es.limit < int64_t(w.size())) w.resize(size_t(es.limit));
+      ms.windows[e.name] = std::move(w);
+      ms.sets[e.name] = set;
+    }
+    const auto& windows = ms.windows[e.name];
+    const TextSet& set = ms.sets[e.name];
+    auto on_progress = [&](int64_t done, int64_t total, double, double) { report(done, total); };
+    PerplexityResult r;
+#ifdef LOWBIT_WITH_CUDA
+    if (gpu != nullptr) r = perplexity_cuda(*gpu, windows, es.batch, on_progress);
+    else
+#endif
+    {
+      r = perplexity(model, windows, on_progress);
+    }
+    seconds = r.seconds;
+    json files = json::array();
+    for (const auto& f : set.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
+    id["evaluation"] = {{"name", e.name}, {"key", e.key}, {"kind", "perplexity"}, {"convention", set.convention},
+                        {"files", files}, {"seqlen", es.seqlen}, {"windows", r.windows},
+                        {"windows_available", ms.windows_available[e.name]}, {"limit", es.limit},
+                        {"tokens", r.tokens}, {"bos", es.bos}, {"mean_nll", r.mean_nll}};
+    out.push_back({"ppl", r.ppl, r.ppl_stderr, r.windows});
+    return out;
+  }
+  const McTask& t = task(e.name);
+  McOptions mo;
+  mo.bos = parse_bos(es.bos);
+  mo.max_length = es.max_length;
+  const int64_t max_length = es.max_length > 0 ? es.max_length : model.config().max_position_embeddings;
+  std::unique_ptr<McBackend> backend;
+#ifdef LOWBIT_WITH_CUDA
+  if (gpu != nullptr) backend = make_cuda_mc_backend(*gpu, max_length);
+#endif
+  if (!backend) backend = make_cpu_mc_backend(model, max_length);
+  const McResult r = evaluate_multiple_choice(*backend, *ms.tok, t, mo,
+                                              [&](int64_t done, int64_t total, double, double) { report(done, total); });
+  seconds = r.seconds;
+  json files = json::array();
+  for (const auto& f : t.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
+  id["evaluation"] = {{"name", e.name}, {"key", e.key}, {"kind", "multiple_choice"}, {"split", t.split},
+                      {"convention", t.convention}, {"files", files.size() <= 4 ? files : json(files.size())},
+                      {"n", r.n}, {"limit", e.name.starts_with("mmlu") ? es.mmlu_limit : es.task_limit},
+                      {"limit_per", e.name.starts_with("mmlu") ? "subject" : "task"}, {"bos", es.bos},
+                      {"max_length", max_length},
+                      {"num_fewshot", t.num_fewshot}, {"tokens_run", r.tokens_run},
+                      {"tokens_requested", r.tokens_requested}};
+  out.push_back({"acc", r.acc.value, r.acc.stderr_, r.n});
+  if (t.has_acc_norm) out.push_back({"acc_norm", r.acc_norm.value, r.acc_norm.stderr_, r.n});
+  if (!r.subjects.empty()) {
+    const MmluSummary s = summarize_mmlu(r);
+    int64_t n_subjects = int64_t(r.subjects.size());
+    // The study's convention: unweighted means over subjects, per category and overall.
+    out.push_back({"avg_subjects", s.average_unweighted, std::nullopt, n_subjects});
+    out.push_back({"avg_categories", s.average_of_categories, std::nullopt, int64_t(s.category_unweighted.size())});
+    for (const auto& [cat, v] : s.category_unweighted) {
+      int64_t n = 0;
+      for (const auto& [subject, sv] : r.subjects) n += mmlu_category(subject) == cat ? 1 : 0;
+      out.push_back({cat, v, std::nullopt, n});
+    }
+    for (const auto& [subject, v] : r.subjects) out.push_back({"subject:" + subject, v.first, std::nullopt, v.second});
+  }
+  return out;
+}
+
+void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& todo) {
+  ModelState& ms = model_state(cell.model);
+  peak_reset_ = reset_peak_rss();
+#ifdef LOWBIT_WITH_CUDA
+  if (cuda_) cuda::reset_peak_device_bytes();
+#endif
+  const ModelSpec& mspec = *ms.spec;
+  Checkpoint source = open_model(mspec.path);
+  std::unique_ptr<LlamaModel> model;
+  json method_id = {{"spec", "fp16"}, {"name", "fp16"}, {"resolved", "fp16"}, {"weight_bits", 16},
+                    {"activation_bits", 16}, {"group_size", -1}};
+  json calibration = nullptr, activation = nullptr;
+  double quantize_seconds = 0;
+  std::string quantize_device = "none";
+  if (cell.method_name == "fp16") {
+    model = std::make_unique<LlamaModel>(std::move(source));
+  } else {
+    auto method = make_method(cell.method);
+    if (method->needs_calibration() && !ms.calib) {
+      const CalibrationSpec& cs = spec_.calibration;
+      const CalibrationSet set = resolve_calibration_set(cs.set, spec_.data_dir);
+      ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos(cs.bos));
+    }
+    const auto t0 = Clock::now();
+    QuantizedModel qm;
+    LlamaModel work(source);
+    quantize_device = "cpu";
+#ifdef LOWBIT_WITH_CUDA
+    bool true_seq = true;
+    const GptqOptions* gptq = gptq_options_of(*method, &true_seq);
+    if (cuda_ && gptq != nullptr) {
+      qm = gptq_quantize_model_cuda(work, *method, *gptq, true_seq, *ms.calib, *cuda_, {});
+      quantize_device = device_name_;
+    } else
+#endif
+    {
+      qm = quantize_model(work, *method, method->needs_calibration() ? &*ms.calib : nullptr, {});
+    }
+    quantize_seconds = since(t0);
+    method_id = qm.method;
+    calibration = qm.calibration;
+    activation = qm.activation;
+    json source_id = {{"path", mspec.path}, {"format", source.format}, {"sha256", ms.sha256},
+                      {"dtype", source.config.torch_dtype}, {"parameters", source.config.parameter_count()}};
+    model = std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), source_id));
+    install_quantized_forward(*model);
+    eta_.add_quant(cell.model_name, cell.method_name, quantize_seconds);
+    ++done_;
+    ++current_unit_;
+    if (ev_.on_quantized) ev_.on_quantized(cell, quantize_seconds, progress());
+  }
+  // The GPU forwards do not apply activation quantization: such models are evaluated on the CPU.
+  bool on_gpu = false;
+  CudaModel* gpu_model = nullptr;
+#ifdef LOWBIT_WITH_CUDA
+  on_gpu = cuda_ != nullptr && model->forward_hooks() == nullptr;
+  if (cuda_ && !on_gpu) note(fmt::format("{}: activation quantization runs on the CPU only; evaluating there", cell.method));
+  std::unique_ptr<CudaModel> gpu;  // one upload per cell, for all its evaluations
+  if (on_gpu) {
+    gpu = std::make_unique<CudaModel>(*model, *cuda_);
+    gpu_model = gpu.get();
+  }
+#endif
+  CellRecord rec;
+  rec.key = cell.key;
+  rec.model = cell.model_name;
+  rec.model_path = mspec.path;
+  rec.model_sha256 = ms.sha256;
+  rec.method = cell.method;
+  rec.method_name = cell.method_name;
+  rec.resolved = method_id.value("resolved", cell.method);
+  rec.w = cell.w;
+  rec.a = cell.a;
+  rec.g = cell.g;
+  rec.calibration = cell.calibration;
+  rec.calibration_json = calibration.dump();
+  rec.quantize_seconds = quantize_seconds;
+  rec.ord = int64_t(&cell - plan_.cells.data());
+
+  for (const Evaluation* e : todo) {
+    json id = {{"study", spec_.name}, {"cell", cell.key}, {"model", ms.identity}, {"method", method_id},
+               {"calibration", calibration}, {"activation", activation}, {"quantize_seconds", quantize_seconds},
+               {"quantize_device", quantize_device}};
+    double seconds = 0;
+    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, *e, id, seconds);
+    EvalRecord er;
+    er.eval = e->name;
+    er.eval_key = e->key;
+    er.kind = e->kind == EvalKind::Perplexity ? "perplexity" : "multiple_choice";
+    er.seconds = seconds;
+    er.peak_rss_bytes = peak_rss_bytes();
+    er.device = on_gpu ? device_name_ : "cpu";
+    er.threads = num_threads();
+    er.run_id = run_id_;
+    id["seconds"] = seconds;
+    id["peak_rss_bytes"] = er.peak_rss_bytes;
+    id["peak_rss_scope"] = peak_reset_ ? "this cell (quantization and evaluations so far)" : "the process";
+    id["device"] = er.device;
+    id["cpu"] = cpu_model();
+    id["threads"] = er.threads;
+    id["compute_dtype"] = on_gpu ? "bfloat16 GEMMs, float32 accumulation and residual" : "float32";
+#ifdef LOWBIT_WITH_CUDA
+    if (on_gpu) id["peak_gpu_bytes"] = double(cuda::peak_device_bytes());
+#endif
+    id["lowbit"] = {{"version", kVersion}, {"commit", kGitCommit}};
+    id["run"] = run_id_;
+    er.identity = id.dump();
+    store_->write_evaluation(rec, er, metrics);
+    eta_.add_eval(cell.model_name, e->key, seconds);
+    ++done_;
+    ++current_unit_;
+    ++summary_.evaluations_run;
+    summary_.results_written += int64_t(metrics.size());
+    if (ev_.on_eval_done) ev_.on_eval_done(cell, *e, metrics, seconds, progress());
+  }
+}
+
+StudySummary Runner::run() {
+  const int threads = opt_.threads >= 0 ? opt_.threads : spec_.threads;
+  set_num_threads(threads);
+#ifdef LOWBIT_WITH_CUDA
+  if (spec_.device != "cpu") {
+    const int index = spec_.device.size() > 5 ? std::stoi(spec_.device.substr(5)) : 0;
+    const int n = cuda::device_count();
+    LB_CHECK(n > 0, "device {}: no CUDA device is available", spec_.device);
+    LB_CHECK(index < n, "device {}: there are {} CUDA devices", spec_.device, n);
+    cuda_ = std::make_unique<cuda::Context>(index);
+    device_name_ = cuda_->name();
+  }
+#endif
+  prepare_store();
+  plan_units();
+  RunRecord rr;
+  rr.spec_path = fs::absolute(spec_.path).string();
+  rr.spec_text = spec_.text;
+  rr.device = device_name_;
+  rr.threads = num_threads();
+  run_id_ = store_->begin_run(rr);
+
+  // The cells with work, grouped by evaluation to do.
+  std::vector<std::pair<const Cell*, std::vector<const Evaluation*>>> work;
+  for (const Cell& c : plan_.cells) {
+    std::vector<const Evaluation*> todo;
+    for (const Evaluation& e : plan_.evaluations)
+      if (!stored_.count({c.key, e.key})) todo.push_back(&e);
+    if (!todo.empty()) work.emplace_back(&c, std::move(todo));
+  }
+  if (ev_.on_start) {
+    StudyStart s;
+    s.db = spec_.db;
+    s.cells = int64_t(plan_.cells.size());
+    s.evaluations = int64_t(plan_.evaluations.size());
+    s.stored = 0;
+    for (const Cell& c : plan_.cells)
+      for (const Evaluation& e : plan_.evaluations) s.stored += stored_.count({c.key, e.key}) ? 1 : 0;
+    s.todo_cells = int64_t(work.size());
+    s.todo_evaluations = s.cells * s.evaluations - s.stored;
+    s.threads = num_threads();
+    s.device = device_name_;
+    ev_.on_start(s);
+  }
+  for (size_t i = 0; i < work.size(); ++i) {
+    const Cell& cell = *work[i].first;
+    if (ev_.on_cell) ev_.on_cell(cell, int64_t(i), int64_t(work.size()), int64_t(work[i].second.size()));
+    try {
+      run_cell(cell, work[i].second);
+    } catch (const Error& e) {
+      throw Error(fmt::format("cell {}: {} (the results stored so far are kept; --resume continues)", cell.key,
+                              e.what()));
+    }
+  }
+  store_->finish_run(run_id_);
+  summary_.results_total = store_->result_count();
+  summary_.seconds = since(t0_);
+  return summary_;
+}
+
+}  // namespace
+
+StudySummary run_study(const StudySpec& spec, const RunOptions& opt, const StudyEvents& events) {
+  Runner r(spec, opt, events);
+  return r.run();
+}
+
+}  // namespace lowbit::study

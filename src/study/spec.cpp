@@ -1,0 +1,476 @@
+#include "study/spec.h"
+
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "eval/datasets.h"
+#include "eval/tasks.h"
+#include "formats/data_files.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace lowbit::study {
+
+std::string SourcePos::str() const {
+  if (line <= 0) return file;
+  return fmt::format("{}:{}:{}", file, line, column);
+}
+
+std::string CalibrationSpec::key() const {
+  return fmt::format("{}:n={},seqlen={},seed={},bos={}", set, nsamples, seqlen, seed, bos);
+}
+
+bool StudySpec::needs_calibration() const {
+  for (const auto& m : methods)
+    if (m.name != "fp16" && make_method(m.spec)->needs_calibration()) return true;
+  return false;
+}
+
+std::string expand_env(const std::string& s) {
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s[i] != '$' || i + 1 >= s.size() || s[i + 1] != '{') {
+      out += s[i++];
+      continue;
+    }
+    const size_t close = s.find('}', i + 2);
+    LB_CHECK(close != std::string::npos, "'{}': '${{' without a closing '}}'", s);
+    std::string body = s.substr(i + 2, close - i - 2), def;
+    bool has_default = false;
+    if (const size_t d = body.find(":-"); d != std::string::npos) {
+      def = body.substr(d + 2);
+      body = body.substr(0, d);
+      has_default = true;
+    }
+    LB_CHECK(!body.empty(), "'{}': empty variable name in '${{}}'", s);
+    const char* v = std::getenv(body.c_str());
+    if (v != nullptr && *v != '\0') out += v;
+    else if (has_default) out += def;
+    else fail("'{}': environment variable {} is not set", s, body);
+    i = close + 1;
+  }
+  return out;
+}
+
+std::vector<std::string> expand_method_grid(const std::string& name,
+                                            const std::vector<std::pair<std::string, std::vector<std::string>>>& options,
+                                            const std::vector<std::string>& zip) {
+  // Axes: each option on its own, except the zipped ones, which form one axis together.
+  struct Axis {
+    std::vector<size_t> options;  // indexes into `options`
+    size_t size = 0;
+  };
+  std::vector<Axis> axes;
+  int zip_axis = -1;
+  for (size_t i = 0; i < options.size(); ++i) {
+    const auto& [key, values] = options[i];
+    LB_CHECK(!values.empty(), "{}: option '{}' has no values", name, key);
+    const bool zipped = std::find(zip.begin(), zip.end(), key) != zip.end();
+    if (zipped && zip_axis >= 0) {
+      Axis& a = axes[size_t(zip_axis)];
+      LB_CHECK(values.size() == a.size, "{}: zipped options '{}' ({} values) and '{}' ({} values) differ in length",
+               name, options[a.options[0]].first, a.size, key, values.size());
+      a.options.push_back(i);
+      continue;
+    }
+    if (zipped) zip_axis = int(axes.size());
+    axes.push_back({{i}, values.size()});
+  }
+  for (const auto& z : zip) {
+    bool found = false;
+    for (const auto& o : options) found = found || o.first == z;
+    LB_CHECK(found, "{}: zip names '{}', which is not an option of this method", name, z);
+  }
+  std::vector<std::string> out;
+  std::vector<size_t> idx(axes.size(), 0);
+  while (true) {
+    std::string spec = name;
+    bool first = true;
+    std::vector<std::string> chosen(options.size());
+    for (size_t a = 0; a < axes.size(); ++a)
+      for (size_t o : axes[a].options) chosen[o] = options[o].second[idx[a]];
+    for (size_t o = 0; o < options.size(); ++o) {
+      if (chosen[o].empty()) continue;
+      spec += (first ? ":" : ",") + options[o].first + "=" + chosen[o];
+      first = false;
+    }
+    out.push_back(spec);
+    // The last axis varies fastest.
+    int a = int(axes.size()) - 1;
+    for (; a >= 0; --a) {
+      if (++idx[size_t(a)] < axes[size_t(a)].size) break;
+      idx[size_t(a)] = 0;
+    }
+    if (a < 0) break;
+  }
+  return out;
+}
+
+namespace {
+
+using toml::node;
+using toml::table;
+
+// What parsing needs to attribute errors: the spec's path.
+struct Ctx {
+  std::string path;
+  SourcePos pos(const toml::source_region& r) const { return {path, int64_t(r.begin.line), int64_t(r.begin.column)}; }
+  SourcePos pos(const node& n) const { return pos(n.source()); }
+  template <typename... Args>
+  [[noreturn]] void fail_at(const SourcePos& p, fmt::format_string<Args...> f, Args&&... args) const {
+    throw Error(p.str() + ": " + fmt::format(f, std::forward<Args>(args)...));
+  }
+  template <typename... Args>
+  [[noreturn]] void fail_at(const node& n, fmt::format_string<Args...> f, Args&&... args) const {
+    fail_at(pos(n), f, std::forward<Args>(args)...);
+  }
+  // Runs f; a lowbit::Error it throws is re-thrown prefixed with the position.
+  template <typename F>
+  auto at(const SourcePos& p, F&& f) const -> decltype(f()) {
+    try {
+      return f();
+    } catch (const Error& e) {
+      throw Error(p.str() + ": " + e.what());
+    }
+  }
+};
+
+void check_keys(const Ctx& c, const table& t, const std::string& what, const std::set<std::string>& known) {
+  for (const auto& [k, v] : t)
+    if (!known.count(std::string(k.str())))
+      c.fail_at(c.pos(k.source()), "unknown key '{}' in {} (known: {})", k.str(), what, fmt::join(known, ", "));
+}
+
+const node* find(const table& t, const std::string& key) { return t.get(key); }
+
+std::string get_string(const Ctx& c, const table& t, const std::string& key, const std::string& def) {
+  const node* n = find(t, key);
+  if (n == nullptr) return def;
+  if (!n->is_string()) c.fail_at(*n, "'{}' must be a string", key);
+  return std::string(*n->value<std::string>());
+}
+
+int64_t get_int(const Ctx& c, const table& t, const std::string& key, int64_t def, int64_t lo, int64_t hi) {
+  const node* n = find(t, key);
+  if (n == nullptr) return def;
+  if (!n->is_integer()) c.fail_at(*n, "'{}' must be an integer", key);
+  const int64_t v = *n->value<int64_t>();
+  if (v < lo || v > hi) c.fail_at(*n, "'{}' = {} is out of range [{}, {}]", key, v, lo, hi);
+  return v;
+}
+
+std::string get_choice(const Ctx& c, const table& t, const std::string& key, const std::string& def,
+                       const std::vector<std::string>& choices) {
+  const std::string v = get_string(c, t, key, def);
+  if (std::find(choices.begin(), choices.end(), v) == choices.end())
+    c.fail_at(*find(t, key), "'{}' = \"{}\" is not one of {}", key, v, fmt::join(choices, ", "));
+  return v;
+}
+
+// An array of strings (or one string), with each element's position.
+std::vector<std::pair<std::string, SourcePos>> get_strings(const Ctx& c, const table& t, const std::string& key) {
+  std::vector<std::pair<std::string, SourcePos>> out;
+  const node* n = find(t, key);
+  if (n == nullptr) return out;
+  if (n->is_string()) {
+    out.emplace_back(std::string(*n->value<std::string>()), c.pos(*n));
+    return out;
+  }
+  const toml::array* a = n->as_array();
+  if (a == nullptr) c.fail_at(*n, "'{}' must be an array of strings", key);
+  for (const node& e : *a) {
+    if (!e.is_string()) c.fail_at(e, "'{}': every element must be a string", key);
+    out.emplace_back(std::string(*e.value<std::string>()), c.pos(e));
+  }
+  return out;
+}
+
+// A path as written: ${VAR} expanded, relative to the spec's directory.
+std::string resolve_path(const Ctx& c, const SourcePos& p, const std::string& s) {
+  const std::string e = c.at(p, [&] { return expand_env(s); });
+  if (e.empty()) c.fail_at(p, "empty path");
+  fs::path path(e);
+  if (path.is_relative()) path = fs::absolute(fs::path(c.path)).parent_path() / path;
+  return path.lexically_normal().string();
+}
+
+// A method option's value as the spec string writes it.
+std::string option_text(const Ctx& c, const node& n, const std::string& key) {
+  if (n.is_integer()) return std::to_string(*n.value<int64_t>());
+  if (n.is_floating_point()) return fmt::format("{}", *n.value<double>());
+  if (n.is_boolean()) return *n.value<bool>() ? "1" : "0";
+  if (n.is_string()) {
+    std::string s(*n.value<std::string>());
+    if (s.empty() || s.find_first_of(",:= ") != std::string::npos) c.fail_at(n, "option '{}': \"{}\" is not a valid value", key, s);
+    return s;
+  }
+  c.fail_at(n, "option '{}' must be a number, a boolean, a string, or an array of them", key);
+}
+
+bool is_named_dataset(const std::string& s) {
+  return s == "wikitext2" || s == "ptb" || s == "ptb-new" || s == "c4" || s == "c4-new";
+}
+
+// The [[method]] tables, expanded.
+void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec) {
+  std::map<std::string, SourcePos> seen;
+  for (const node& mn : methods) {
+    const table* mt = mn.as_table();
+    if (mt == nullptr) c.fail_at(mn, "[[method]] must be a table");
+    const SourcePos tpos = c.pos(mn);
+    const node* name_node = find(*mt, "name");
+    if (name_node == nullptr) c.fail_at(tpos, "[[method]] has no 'name' (one of fp16, {})", fmt::join(method_names(), ", "));
+    const std::string name = get_string(c, *mt, "name", "");
+    if (name == "fp16") {
+      for (const auto& [k, v] : *mt)
+        if (k.str() != "name") c.fail_at(c.pos(k.source()), "method fp16 (the 16-bit baseline) takes no options ('{}')", k.str());
+      if (seen.count("fp16")) c.fail_at(*name_node, "method 'fp16' appears twice (first at {})", seen["fp16"].str());
+      seen["fp16"] = c.pos(*name_node);
+      spec.methods.push_back({"fp16", "fp16", tpos});
+      continue;
+    }
+    const auto names = method_names();
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      c.fail_at(*name_node, "unknown method '{}' (known: fp16, {})", name, fmt::join(names, ", "));
+    // a=16 ("activations not quantized") is left out of the spec string where it is the
+    // method's default, so that "rtn:w=4,g=128" names one cell however the grid is written.
+    const bool a16_default = make_method(name)->activation_bits() == 16;
+
+    std::vector<std::string> zip;
+    if (const node* z = find(*mt, "zip")) {
+      for (const auto& [s, p] : get_strings(c, *mt, "zip")) {
+        if (!mt->contains(s)) c.fail_at(p, "zip names '{}', which this [[method]] does not set", s);
+        zip.push_back(s);
+      }
+      if (zip.size() < 2) c.fail_at(*z, "zip needs at least two options to walk together");
+    }
+    // Options in the spec string's order: w, a, g, then the rest alphabetically.
+    std::vector<std::string> keys;
+    for (const char* k : {"w", "a", "g"})
+      if (mt->contains(k)) keys.push_back(k);
+    for (const auto& [k, v] : *mt) {
+      const std::string ks(k.str());
+      if (ks != "name" && ks != "zip" && ks != "w" && ks != "a" && ks != "g") keys.push_back(ks);
+    }
+    std::vector<std::pair<std::string, std::vector<std::string>>> options;
+    for (const std::string& key : keys) {
+      const node& v = *find(*mt, key);
+      std::vector<std::pair<std::string, SourcePos>> values;
+      if (const toml::array* a = v.as_array()) {
+        if (a->empty()) c.fail_at(v, "option '{}' has no values", key);
+        for (const node& e : *a) values.emplace_back(option_text(c, e, key), c.pos(e));
+      } else {
+        values.emplace_back(option_text(c, v, key), c.pos(v));
+      }
+      std::vector<std::string> texts;
+      for (auto& [text, p] : values) {
+        if (key == "a" && text == "16" && a16_default) {
+          texts.push_back("");
+          continue;
+        }
+        // Each value alone, so that an error names the element that causes it.
+        c.at(p, [&] { make_method(name + ":" + key + "=" + text); });
+        texts.push_back(text);
+      }
+      options.emplace_back(key, texts);
+    }
+    const auto specs = c.at(tpos, [&] { return expand_method_grid(name, options, zip); });
+    for (const auto& s : specs) {
+      c.at(tpos, [&] { make_method(s); });  // combinations (e.g. options that exclude each other)
+      if (auto it = seen.find(s); it != seen.end())
+        c.fail_at(tpos, "method '{}' appears twice in the grid (first from {})", s, it->second.str());
+      seen[s] = tpos;
+      spec.methods.push_back({s, name, tpos});
+    }
+  }
+}
+
+}  // namespace
+
+StudySpec parse_study_spec(const std::string& text, const std::string& path, const SpecOptions& opt) {
+  Ctx c{path};
+  StudySpec spec;
+  spec.path = path;
+  spec.text = text;
+  table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    c.fail_at(c.pos(e.source()), "{}", e.description());
+  }
+  check_keys(c, root, "the spec", {"study", "model", "calibration", "eval", "method"});
+
+  // [study]
+  const table* st = root["study"].as_table();
+  if (st == nullptr) c.fail_at(SourcePos{path, 1, 1}, "no [study] table (it names the study: [study] name = \"...\")");
+  const SourcePos study_pos = c.pos(*st);
+  check_keys(c, *st, "[study]", {"name", "db", "device", "threads", "data_dir", "spm"});
+  spec.name = get_string(c, *st, "name", "");
+  if (spec.name.empty()) c.fail_at(study_pos, "[study] needs a name");
+  const node* db = find(*st, "db");
+  spec.db = db ? resolve_path(c, c.pos(*db), get_string(c, *st, "db", ""))
+               : resolve_path(c, study_pos, spec.name + ".sqlite");
+  spec.device = get_string(c, *st, "device", "cpu");
+  if (const node* d = find(*st, "device")) {
+    const std::string& s = spec.device;
+    bool ok = s == "cpu" || s == "cuda";
+    if (s.starts_with("cuda:") && s.size() > 5)
+      ok = std::all_of(s.begin() + 5, s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    if (!ok) c.fail_at(*d, "device \"{}\": expected cpu, cuda or cuda:N", s);
+#ifndef LOWBIT_WITH_CUDA
+    if (s != "cpu" && opt.check_files)
+      c.fail_at(*d, "device \"{}\": this lowbit was built without the CUDA backend (nvcc was not found at build time)", s);
+#endif
+  }
+  spec.threads = int(get_int(c, *st, "threads", 0, 0, 4096));
+  spec.spm = get_choice(c, *st, "spm", "auto", {"auto", "llama", "generic", "sentencepiece"});
+  if (const node* d = find(*st, "data_dir")) spec.data_dir = resolve_path(c, c.pos(*d), get_string(c, *st, "data_dir", ""));
+
+  // [[model]]
+  const toml::array* models = root["model"].as_array();
+  if (models == nullptr || models->empty())
+    c.fail_at(study_pos, "no [[model]] table (each names a model: [[model]] path = \"...\")");
+  for (const node& mn : *models) {
+    const table* mt = mn.as_table();
+    if (mt == nullptr) c.fail_at(mn, "[[model]] must be a table");
+    check_keys(c, *mt, "[[model]]", {"name", "path"});
+    const node* p = find(*mt, "path");
+    if (p == nullptr) c.fail_at(mn, "[[model]] has no 'path'");
+    ModelSpec m;
+    m.pos = c.pos(*p);
+    m.path = resolve_path(c, m.pos, get_string(c, *mt, "path", ""));
+    m.name = get_string(c, *mt, "name", fs::path(m.path).filename().string());
+    if (m.name.empty() || m.name.find('|') != std::string::npos) c.fail_at(mn, "model name \"{}\" is not valid", m.name);
+    for (const auto& o : spec.models)
+      if (o.name == m.name) c.fail_at(mn, "model name '{}' is used twice (first at {})", m.name, o.pos.str());
+    spec.models.push_back(m);
+  }
+
+  // [[method]]
+  const toml::array* methods = root["method"].as_array();
+  if (methods == nullptr || methods->empty())
+    c.fail_at(study_pos, "no [[method]] table (each names a method and its grid: [[method]] name = \"rtn\", w = [4])");
+  parse_methods(c, *methods, spec);
+
+  // [calibration]
+  const table* ct = root["calibration"].as_table();
+  if (root.contains("calibration") && ct == nullptr) c.fail_at(*root.get("calibration"), "[calibration] must be a table");
+  static const table empty;
+  const table& cal = ct ? *ct : empty;
+  spec.calibration.pos = ct ? c.pos(*ct) : study_pos;
+  check_keys(c, cal, "[calibration]", {"set", "nsamples", "seqlen", "seed", "bos"});
+  spec.calibration.set = get_string(c, cal, "set", "wikitext2");
+  if (spec.calibration.set != "wikitext2" && spec.calibration.set != "ptb" && spec.calibration.set != "c4")
+    spec.calibration.set = resolve_path(c, c.pos(*find(cal, "set")), spec.calibration.set);
+  spec.calibration.nsamples = get_int(c, cal, "nsamples", 128, 1, int64_t(1) << 20);
+  spec.calibration.seqlen = get_int(c, cal, "seqlen", 2048, 2, int64_t(1) << 20);
+  spec.calibration.seed = uint64_t(get_int(c, cal, "seed", 0, 0, INT64_MAX));
+  spec.calibration.bos = get_choice(c, cal, "bos", "auto", {"auto", "on", "off"});
+
+  // [eval]
+  const table* et = root["eval"].as_table();
+  if (et == nullptr) c.fail_at(study_pos, "no [eval] table (it names what to evaluate: ppl = [...], tasks = [...])");
+  check_keys(c, *et, "[eval]",
+             {"ppl", "seqlen", "limit", "tasks", "task_limit", "mmlu_limit", "mmlu_shots", "bos", "max_length", "batch"});
+  EvalSpec& ev = spec.eval;
+  ev.seqlen = get_int(c, *et, "seqlen", 2048, 2, int64_t(1) << 20);
+  ev.limit = get_int(c, *et, "limit", 0, 0, int64_t(1) << 30);
+  ev.task_limit = get_int(c, *et, "task_limit", 0, 0, int64_t(1) << 30);
+  ev.mmlu_limit = get_int(c, *et, "mmlu_limit", ev.task_limit, 0, int64_t(1) << 30);
+  ev.mmlu_shots = int(get_int(c, *et, "mmlu_shots", 5, 0, 5));
+  ev.max_length = get_int(c, *et, "max_length", 0, 0, int64_t(1) << 20);
+  ev.batch = get_int(c, *et, "batch", 4, 1, 1 << 16);
+  ev.bos = get_choice(c, *et, "bos", "auto", {"auto", "on", "off"});
+  std::vector<std::pair<std::string, SourcePos>> ppl = get_strings(c, *et, "ppl"), tasks = get_strings(c, *et, "tasks");
+  if (ppl.empty() && tasks.empty()) c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], tasks = [...])");
+  for (auto& [name, p] : ppl) {
+    if (!is_named_dataset(name)) {
+      if (name.find('/') == std::string::npos && name.find('.') == std::string::npos)
+        c.fail_at(p, "unknown dataset '{}': not one of wikitext2, ptb, ptb-new, c4, c4-new, nor a file path", name);
+      name = resolve_path(c, p, name);
+    }
+    for (const auto& o : ev.ppl)
+      if (o == name) c.fail_at(p, "dataset '{}' is listed twice", name);
+    ev.ppl.push_back(name);
+  }
+  const auto& known = task_names();
+  const auto& subjects = mmlu_subjects();
+  for (const auto& [name, p] : tasks) {
+    const bool ok = std::find(known.begin(), known.end(), name) != known.end() ||
+                    (name.starts_with("mmlu_") &&
+                     std::find(subjects.begin(), subjects.end(), name.substr(5)) != subjects.end());
+    if (!ok) c.fail_at(p, "unknown task '{}' (known: {}, and mmlu_SUBJECT for one MMLU subject)", name, fmt::join(known, ", "));
+    if (std::find(ev.tasks.begin(), ev.tasks.end(), name) != ev.tasks.end()) c.fail_at(p, "task '{}' is listed twice", name);
+    ev.tasks.push_back(name);
+  }
+  if (!opt.check_files) return spec;
+
+  // Files: models, data, tasks. Reading them now means a study never stops half-way for a
+  // missing file.
+  for (const auto& m : spec.models) {
+    c.at(m.pos, [&] {
+      LB_CHECK(fs::exists(m.path), "model '{}' not found: {} does not exist", m.name, m.path);
+      const Checkpoint ck = open_model(m.path);
+      LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized; a study starts from a 16-bit model", m.name);
+      LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", m.name);
+      const int64_t ctx = ck.config.max_position_embeddings;
+      LB_CHECK(ev.seqlen <= ctx || ev.ppl.empty(), "[eval] seqlen {} exceeds model '{}''s max_position_embeddings ({})",
+               ev.seqlen, m.name, ctx);
+      LB_CHECK(ev.max_length <= ctx, "[eval] max_length {} exceeds model '{}''s max_position_embeddings ({})",
+               ev.max_length, m.name, ctx);
+      LB_CHECK(spec.calibration.seqlen <= ctx || !spec.needs_calibration(),
+               "[calibration] seqlen {} exceeds model '{}''s max_position_embeddings ({})", spec.calibration.seqlen,
+               m.name, ctx);
+    });
+    const LlamaConfig config = open_model(m.path).config;
+    for (const auto& mc : spec.methods) {
+      if (mc.name == "fp16") continue;
+      c.at(mc.pos, [&] {
+        try {
+          make_method(mc.spec)->check_shapes(config);
+        } catch (const Error& e) {
+          fail("{} on model '{}': {}", mc.spec, m.name, e.what());
+        }
+      });
+    }
+  }
+  bool named_data = !ev.tasks.empty() || (spec.needs_calibration() && !fs::path(spec.calibration.set).is_absolute());
+  for (const auto& d : ev.ppl) named_data = named_data || is_named_dataset(d);
+  std::string data_dir = spec.data_dir;
+  if (named_data) {
+    data_dir = c.at(spec.data_dir.empty() ? study_pos : c.pos(*find(*st, "data_dir")),
+                    [&] { return resolve_data_dir(spec.data_dir); });
+    spec.data_dir = data_dir;
+  }
+  for (size_t i = 0; i < ev.ppl.size(); ++i) c.at(ppl[i].second, [&] { resolve_eval_set(ev.ppl[i], data_dir); });
+  for (size_t i = 0; i < ev.tasks.size(); ++i)
+    c.at(tasks[i].second, [&] { load_task(ev.tasks[i], data_dir, ev.mmlu_shots); });
+  if (spec.needs_calibration())
+    c.at(ct && find(cal, "set") ? c.pos(*find(cal, "set")) : spec.calibration.pos,
+         [&] { resolve_calibration_set(spec.calibration.set, data_dir); });
+  return spec;
+}
+
+StudySpec load_study_spec(const std::string& path, const SpecOptions& opt) {
+  std::ifstream in(path, std::ios::binary);
+  LB_CHECK(in.good(), "cannot read study spec '{}'", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_study_spec(ss.str(), path, opt);
+}
+
+}  // namespace lowbit::study

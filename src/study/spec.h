@@ -1,0 +1,105 @@
+// A study spec: one TOML file naming the models, the methods with their grids of options, the
+// calibration and the evaluation of a whole study (the seed paper's Tables 1-2 are one such file,
+// examples/llama3-table1.toml).
+//
+//   [study]        name (required), db (the results store; default "<name>.sqlite"),
+//                  device ("cpu", "cuda", "cuda:N"), threads (0: all cores), data_dir
+//                  (default $LOWBIT_DATA), spm ("auto", "llama", "generic", "sentencepiece")
+//   [[model]]      name (default: the file or directory name), path
+//   [calibration]  set ("wikitext2", "ptb", "c4" or a text file), nsamples, seqlen, seed, bos
+//   [eval]         ppl = [datasets], seqlen, limit (first N windows; 0: all), bos,
+//                  tasks = [task names], task_limit (first N items of each task), mmlu_limit
+//                  (first N items of each MMLU subject; default task_limit), mmlu_shots,
+//                  max_length (context tokens), batch (windows per GPU forward)
+//   [[method]]     name (a method of `lowbit methods`, or "fp16": the 16-bit baseline), then any
+//                  option of the method; an array is one axis of the grid (w = [2, 3, 4]); zip =
+//                  ["w", "a"] walks those arrays together instead of crossing them (W8A8, W6A6)
+//
+// Paths (model paths, db, data_dir, a calibration or evaluation text file) may use ${VAR} and
+// ${VAR:-default} from the environment; relative paths are relative to the spec's directory.
+//
+// Everything is checked before any work starts, each error naming the spec file, line and column
+// ("quick.toml:14:7: rtn: option w=9 is out of range [2, 8]"): TOML syntax, unknown keys and
+// types, unknown methods and options and values out of range (through the method registry),
+// unknown datasets and tasks, missing models and data files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace lowbit::study {
+
+// Where something was written in the spec: "path:line:column".
+struct SourcePos {
+  std::string file;
+  int64_t line = 0, column = 0;
+  std::string str() const;
+};
+
+struct ModelSpec {
+  std::string name, path;  // path: expanded and absolute
+  SourcePos pos;
+};
+
+// One method of the grid after expansion: its spec string, as results record it verbatim.
+struct MethodCell {
+  std::string spec;  // "gptq:w=4,g=128", or "fp16" for the baseline
+  std::string name;  // "gptq", "fp16"
+  SourcePos pos;     // the [[method]] table it came from
+};
+
+struct CalibrationSpec {
+  std::string set = "wikitext2";  // a name, or the expanded absolute path of a text file
+  int64_t nsamples = 128, seqlen = 2048;
+  uint64_t seed = 0;
+  std::string bos = "auto";
+  SourcePos pos;
+  // "wikitext2:n=128,seqlen=2048,seed=0,bos=auto": the calibration part of a cell's key.
+  std::string key() const;
+};
+
+struct EvalSpec {
+  std::vector<std::string> ppl;    // dataset names or expanded paths
+  std::vector<std::string> tasks;  // task names (task_names(), mmlu_SUBJECT)
+  int64_t seqlen = 2048, limit = 0, task_limit = 0, mmlu_limit = 0, max_length = 0, batch = 4;
+  int mmlu_shots = 5;
+  std::string bos = "auto";
+};
+
+struct StudySpec {
+  std::string path;  // the spec file
+  std::string text;  // its contents, recorded with every run
+  std::string name, db, device = "cpu", data_dir, spm = "auto";
+  int threads = 0;
+  std::vector<ModelSpec> models;
+  std::vector<MethodCell> methods;  // in the spec's order, each grid expanded in its order
+  CalibrationSpec calibration;
+  EvalSpec eval;
+  bool needs_calibration() const;  // whether any method calibrates
+};
+
+struct SpecOptions {
+  // Check that models, data files and tasks' files exist and open (off: syntax, keys, values,
+  // methods and names only, e.g. for a spec written for another machine).
+  bool check_files = true;
+};
+
+// Parses and checks a spec file; throws lowbit::Error "FILE:LINE:COL: message".
+StudySpec load_study_spec(const std::string& path, const SpecOptions& opt = {});
+// The same on text (`path` names it in errors and anchors relative paths).
+StudySpec parse_study_spec(const std::string& text, const std::string& path, const SpecOptions& opt = {});
+
+// A method's grid: the cross product of the options' values, in the given order (the first
+// option varies slowest), except that the options named in `zip` (arrays of one length) are
+// walked together as one axis, placed where the first of them is. Returns the spec strings
+// "name:k=v,..." with the options in the given order; a value "" drops the option.
+std::vector<std::string> expand_method_grid(const std::string& name,
+                                            const std::vector<std::pair<std::string, std::vector<std::string>>>& options,
+                                            const std::vector<std::string>& zip);
+
+// ${VAR} and ${VAR:-default} from the environment; throws naming an unset variable.
+std::string expand_env(const std::string& s);
+
+}  // namespace lowbit::study
