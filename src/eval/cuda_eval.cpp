@@ -26,14 +26,7 @@ PerplexityResult perplexity_cuda(CudaModel& model, const std::vector<std::vector
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (progress) progress(r.windows, int64_t(windows.size()), elapsed, std::exp(sum / double(r.windows)));
   }
-  r.mean_nll = sum / double(r.windows);
-  r.ppl = std::exp(r.mean_nll);
-  if (r.windows > 1) {
-    double var = 0;
-    for (double m : r.window_nll) var += (m - r.mean_nll) * (m - r.mean_nll);
-    var /= double(r.windows - 1);
-    r.ppl_stderr = r.ppl * std::sqrt(var / double(r.windows));
-  }
+  summarize_windows(r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

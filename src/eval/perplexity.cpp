@@ -7,6 +7,20 @@
 
 namespace lowbit {
 
+void summarize_windows(PerplexityResult& r) {
+  // GPTQ accumulates mean * seqlen and divides by windows * seqlen: the mean of window means.
+  double sum = 0;
+  for (double m : r.window_nll) sum += m;
+  r.mean_nll = sum / double(r.windows);
+  r.ppl = std::exp(r.mean_nll);
+  if (r.windows > 1) {
+    double var = 0;
+    for (double m : r.window_nll) var += (m - r.mean_nll) * (m - r.mean_nll);
+    var /= double(r.windows - 1);
+    r.ppl_stderr = r.ppl * std::sqrt(var / double(r.windows));
+  }
+}
+
 PerplexityResult perplexity(const LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
                             const PerplexityProgress& progress) {
   LB_CHECK(!windows.empty(), "perplexity: no windows to evaluate");
@@ -25,15 +39,7 @@ PerplexityResult perplexity(const LlamaModel& model, const std::vector<std::vect
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (progress) progress(r.windows, int64_t(windows.size()), elapsed, std::exp(sum / double(r.windows)));
   }
-  // GPTQ accumulates mean * seqlen and divides by windows * seqlen: the mean of window means.
-  r.mean_nll = sum / double(r.windows);
-  r.ppl = std::exp(r.mean_nll);
-  if (r.windows > 1) {
-    double var = 0;
-    for (double m : r.window_nll) var += (m - r.mean_nll) * (m - r.mean_nll);
-    var /= double(r.windows - 1);
-    r.ppl_stderr = r.ppl * std::sqrt(var / double(r.windows));
-  }
+  summarize_windows(r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -20,6 +20,9 @@ struct PerplexityResult {
   std::vector<double> window_nll;  // mean NLL of each window
 };
 
+// Fills mean_nll, ppl and ppl_stderr from window_nll (GPTQ's mean of window means).
+void summarize_windows(PerplexityResult& r);
+
 // (windows done, windows in all, seconds so far, running ppl)
 using PerplexityProgress = std::function<void(int64_t, int64_t, double, double)>;
 

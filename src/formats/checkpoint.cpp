@@ -51,17 +51,8 @@ void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const s
 
 namespace {
 
-class Llama2cWeights final : public WeightSource {
+class Llama2cWeights final : public TableWeightSource {
  public:
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : tensors_) out.push_back(k);
-    return out;
-  }
-  const WeightInfo* info(const std::string& name) const override {
-    auto it = infos_.find(name);
-    return it == infos_.end() ? nullptr : &it->second;
-  }
   Tensor get(const std::string& name) const override {
     auto it = tensors_.find(name);
     LB_CHECK(it != tensors_.end(), "llama2.c checkpoint '{}' has no tensor named '{}'", file_->path(), name);
@@ -71,7 +62,6 @@ class Llama2cWeights final : public WeightSource {
 
   std::shared_ptr<const MappedFile> file_;
   std::map<std::string, Tensor> tensors_;
-  std::map<std::string, WeightInfo> infos_;
   void put(const std::string& name, Tensor t) {
     infos_[name] = {t.dtype(), t.shape(), t.nbytes()};
     tensors_[name] = std::move(t);

@@ -24,7 +24,7 @@ inline uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-class RandomWeights final : public WeightSource {
+class RandomWeights final : public TableWeightSource {
  public:
   explicit RandomWeights(const LlamaConfig& c) {
     for (const auto& [name, shape] : expected_llama_tensors(c)) {
@@ -32,15 +32,6 @@ class RandomWeights final : public WeightSource {
       for (int64_t d : shape) n *= d;
       infos_[name] = WeightInfo{DType::BF16, shape, n * 2};
     }
-  }
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : infos_) out.push_back(k);
-    return out;
-  }
-  const WeightInfo* info(const std::string& name) const override {
-    auto it = infos_.find(name);
-    return it == infos_.end() ? nullptr : &it->second;
   }
   Tensor get(const std::string& name) const override {
     const WeightInfo* i = info(name);
@@ -64,9 +55,6 @@ class RandomWeights final : public WeightSource {
     return t;
   }
   std::vector<std::string> files() const override { return {}; }
-
- private:
-  std::map<std::string, WeightInfo> infos_;
 };
 
 }  // namespace

@@ -119,7 +119,7 @@ QuantizedLinear read_linear(const SafetensorsFile& f, const std::string& base, c
 }
 
 // A quantized checkpoint seen as a 16-bit one: linear weights are dequantized on request.
-class DequantizedWeights final : public WeightSource {
+class DequantizedWeights final : public TableWeightSource {
  public:
   DequantizedWeights(std::shared_ptr<const SafetensorsFile> file, const json& meta) : file_(std::move(file)) {
     const json& linears = meta.at("linears");
@@ -141,15 +141,6 @@ class DequantizedWeights final : public WeightSource {
     for (const auto& e : file_->entries())
       if (!owned.count(e.name)) infos_[e.name] = WeightInfo{e.dtype, e.shape, int64_t(e.end - e.begin)};
   }
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : infos_) out.push_back(k);
-    return out;
-  }
-  const WeightInfo* info(const std::string& name) const override {
-    auto it = infos_.find(name);
-    return it == infos_.end() ? nullptr : &it->second;
-  }
   Tensor get(const std::string& name) const override {
     auto it = layouts_.find(name);
     if (it != layouts_.end()) return read_linear(*file_, it->second.first, it->second.second).dequantize_as_stored();
@@ -167,7 +158,6 @@ class DequantizedWeights final : public WeightSource {
  private:
   std::shared_ptr<const SafetensorsFile> file_;
   std::map<std::string, std::pair<std::string, json>> layouts_;  // weight name -> (base, layout)
-  std::map<std::string, WeightInfo> infos_;
 };
 
 std::string now_iso8601() {

@@ -12,7 +12,7 @@ namespace {
 
 // The source's tensors, with the quantized linears dequantized on request and the rewritten
 // norms substituted.
-class QuantizedOverlay final : public WeightSource {
+class QuantizedOverlay final : public TableWeightSource {
  public:
   QuantizedOverlay(std::shared_ptr<WeightSource> base, std::shared_ptr<const QuantizedModel> qm)
       : base_(std::move(base)), qm_(std::move(qm)) {
@@ -35,15 +35,6 @@ class QuantizedOverlay final : public WeightSource {
       }
     }
   }
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [k, v] : infos_) out.push_back(k);
-    return out;
-  }
-  const WeightInfo* info(const std::string& name) const override {
-    auto it = infos_.find(name);
-    return it == infos_.end() ? nullptr : &it->second;
-  }
   Tensor get(const std::string& name) const override {
     if (auto it = linears_.find(name); it != linears_.end()) return it->second->dequantize_as_stored();
     if (auto it = replaced_.find(name); it != replaced_.end()) return it->second;
@@ -57,7 +48,6 @@ class QuantizedOverlay final : public WeightSource {
   std::shared_ptr<const QuantizedModel> qm_;
   std::map<std::string, const QuantizedLinear*> linears_;
   std::map<std::string, Tensor> replaced_;
-  std::map<std::string, WeightInfo> infos_;
 };
 
 }  // namespace
