@@ -68,11 +68,12 @@ int main(int argc, char** argv) {
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim, qd = c.q_dim(),
                 kvd = c.kv_dim(), L = c.num_hidden_layers;
   fmt::print("{}: {} windows of {} tokens per forward on {}\n", config_path, B, T, ctx.name());
-  auto x = filled<bf16>(size_t(N * std::max(H, F)), s), y = filled<bf16>(size_t(N * std::max(H, F)), s);
-  auto up = filled<bf16>(size_t(N * F), s);
-  auto w = filled<bf16>(size_t(std::max(F, V) * H), s);
+  const int64_t ldqkv = qd + 2 * kvd;
+  auto x = filled<bf16>(size_t(N * std::max(H, 2 * F)), s);
+  auto gate_up = filled<bf16>(size_t(N * 2 * F), s);
+  auto w = filled<bf16>(size_t(std::max(2 * F, V) * H), s);
   auto hidden = filled<float>(size_t(N * H), s);
-  auto q = filled<bf16>(size_t(N * qd), s), k = filled<bf16>(size_t(N * kvd), s), v = filled<bf16>(size_t(N * kvd), s);
+  auto qkv = filled<bf16>(size_t(N * ldqkv), s);
   auto att = filled<bf16>(size_t(N * qd), s);
   auto norm = filled<bf16>(size_t(H), s);
   std::vector<float> cs(size_t(T * hd / 2), 0.5f);
@@ -93,50 +94,43 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows;
   const double per_block = double(L) / double(B);  // calls per window of a once-per-forward block op
-  auto gemm = [&](const std::string& name, int64_t M, int64_t Nn, int64_t K, double calls) {
-    const double ms = time_ms(ctx, [&] { cuda::linear(ctx, x.get(), w.get(), y.get(), M, Nn, K); });
-    rows.push_back({name, ms, 2.0 * double(M) * double(Nn) * double(K), true, calls});
+  auto gemm = [&](const std::string& name, int64_t M, int64_t Nn, int64_t K, const std::function<void()>& f) {
+    rows.push_back({name, time_ms(ctx, f), 2.0 * double(M) * double(Nn) * double(K), true, per_block});
   };
-  gemm(fmt::format("q_proj   [{}x{}] x [{}x{}]^T", N, H, qd, H), N, qd, H, per_block);
-  gemm(fmt::format("k/v_proj [{}x{}] x [{}x{}]^T", N, H, kvd, H), N, kvd, H, 2 * per_block);
-  gemm(fmt::format("o_proj   [{}x{}] x [{}x{}]^T", N, qd, H, qd), N, H, qd, per_block);
-  gemm(fmt::format("gate/up  [{}x{}] x [{}x{}]^T", N, H, F, H), N, F, H, 2 * per_block);
-  gemm(fmt::format("down     [{}x{}] x [{}x{}]^T", N, F, H, F), N, H, F, per_block);
+  // The forward's ops in order (model/cuda_model.cpp, CudaModel::run_block).
+  {
+    const double ms = time_ms(ctx, [&] { cuda::rmsnorm(hidden.get(), norm.get(), x.get(), N, H, 1e-5f, s); });
+    rows.push_back({"rmsnorm x2 (fp32 -> bf16)", ms, double(N * H) * 6.0, false, 2 * per_block});
+  }
+  gemm(fmt::format("qkv_proj [{}x{}] x [{}x{}]^T", N, H, ldqkv, H), N, ldqkv, H,
+       [&] { cuda::linear(ctx, x.get(), w.get(), qkv.get(), N, ldqkv, H); });
+  {
+    const double ms = time_ms(ctx, [&] { cuda::rope(qkv.get() + qd, B, T, nkv, hd, ldqkv, cosd.get(), sind.get(), 0, s); });
+    rows.push_back({"rope (k heads)", ms, double(N * kvd) * 4.0, false, per_block});
+  }
+  {
+    const double ms = time_ms(ctx, [&] {
+      cuda::attention(qkv.get(), qkv.get() + qd, qkv.get() + qd + kvd, att.get(), B, T, 0, nh, nkv, hd, ldqkv, ldqkv,
+                      qd, s, cosd.get(), sind.get());
+    });
+    // Causal: half of the T x T score matrix (and of P V).
+    rows.push_back({fmt::format("attention (+ rope q) B{} T{} heads {}/{} hd {}", B, T, nh, nkv, hd), ms,
+                    2.0 * 2.0 * double(B) * double(nh) * double(T) * double(T) / 2.0 * double(hd), true, per_block});
+  }
+  gemm(fmt::format("o_proj   [{}x{}] x [{}x{}]^T += fp32", N, qd, H, qd), N, H, qd,
+       [&] { cuda::linear(ctx, att.get(), w.get(), hidden.get(), N, H, qd, true); });
+  gemm(fmt::format("gate_up  [{}x{}] x [{}x{}]^T", N, H, 2 * F, H), N, 2 * F, H,
+       [&] { cuda::linear(ctx, x.get(), w.get(), gate_up.get(), N, 2 * F, H); });
+  {
+    const double ms = time_ms(ctx, [&] { cuda::swiglu_rows(gate_up.get(), N, F, s); });
+    rows.push_back({"swiglu (in place, rows [gate | up])", ms, double(N * F) * 6.0, false, per_block});
+  }
+  gemm(fmt::format("down     [{}x{}] x [{}x{}]^T += fp32", N, F, H, F), N, H, F,
+       [&] { cuda::linear(ctx, gate_up.get(), w.get(), hidden.get(), N, H, F, true, 2 * F); });
   {
     const double ms = time_ms(ctx, [&] { cuda::linear(ctx, x.get(), w.get(), logits.get(), head_rows, V, H); });
     rows.push_back({fmt::format("lm_head  [{}x{}] x [{}x{}]^T fp32", head_rows, H, V, H), ms,
                     2.0 * double(head_rows) * double(V) * double(H), true, 1.0});
-  }
-  {
-    const double ms = time_ms(ctx, [&] {
-      cuda::attention(q.get(), k.get(), v.get(), att.get(), B, T, 0, nh, nkv, hd, qd, kvd, qd, s);
-    });
-    // Causal: half of the T x T score matrix (and of P V).
-    rows.push_back({fmt::format("attention B{} T{} heads {}/{} hd {}", B, T, nh, nkv, hd), ms,
-                    2.0 * 2.0 * double(B) * double(nh) * double(T) * double(T) / 2.0 * double(hd), true, per_block});
-  }
-  {
-    const double ms = time_ms(ctx, [&] { cuda::rmsnorm(hidden.get(), norm.get(), x.get(), N, H, 1e-5f, s); });
-    rows.push_back({"rmsnorm (fp32 -> bf16)", ms, double(N * H) * 6.0, false, per_block});
-  }
-  {
-    const double ms = time_ms(ctx, [&] { cuda::add_rmsnorm(hidden.get(), y.get(), norm.get(), x.get(), N, H, 1e-5f, s); });
-    rows.push_back({"add_rmsnorm (residual + norm)", ms, double(N * H) * 12.0, false, per_block});
-  }
-  {
-    const double ms = time_ms(ctx, [&] {
-      cuda::rope(q.get(), B, T, nh, hd, qd, cosd.get(), sind.get(), 0, s);
-      cuda::rope(k.get(), B, T, nkv, hd, kvd, cosd.get(), sind.get(), 0, s);
-    });
-    rows.push_back({"rope (q and k)", ms, double(N * (qd + kvd)) * 4.0, false, per_block});
-  }
-  {
-    const double ms = time_ms(ctx, [&] { cuda::swiglu(x.get(), up.get(), y.get(), N * F, s); });
-    rows.push_back({"swiglu", ms, double(N * F) * 6.0, false, per_block});
-  }
-  {
-    const double ms = time_ms(ctx, [&] { cuda::add_residual(hidden.get(), y.get(), N * H, s); });
-    rows.push_back({"add_residual", ms, double(N * H) * 10.0, false, per_block});
   }
   {
     const double ms = time_ms(ctx, [&] {

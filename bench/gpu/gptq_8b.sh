@@ -18,4 +18,6 @@ if [[ "$REF_LAYERS" -gt 0 ]]; then
   python3 "$ROOT/scripts/device/gptq_torch_reference.py" "$M" --data-dir "$DATA" --layers "$REF_LAYERS" \
     | tail -n 1 > "$WORK/gptq_reference.json"
 fi
-python3 "$ROOT/bench/gpu/summarize.py" gptq "$M/config.json" "$WORK/gptq_lowbit.json" "$WORK/gptq_reference.json"
+REF=()
+[[ "$REF_LAYERS" -gt 0 ]] && REF=("$WORK/gptq_reference.json")
+python3 "$ROOT/bench/gpu/summarize.py" gptq "$M/config.json" "$WORK/gptq_lowbit.json" "${REF[@]}"

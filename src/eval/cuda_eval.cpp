@@ -24,6 +24,12 @@ PerplexityResult perplexity_cuda(CudaModel& model, const std::vector<std::vector
       ++r.windows;
     }
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (w0 == 0) {
+      r.first_windows = r.windows;
+      r.first_seconds = elapsed;
+      // A profile covers the forwards after the first, whose one-time costs would blur it.
+      if (model.profile() && w0 + n < windows.size()) model.profile()->reset();
+    }
     if (progress) progress(r.windows, int64_t(windows.size()), elapsed, std::exp(sum / double(r.windows)));
   }
   summarize_windows(r);

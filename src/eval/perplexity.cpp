@@ -37,6 +37,10 @@ PerplexityResult perplexity(const LlamaModel& model, const std::vector<std::vect
     r.tokens += int64_t(w.size());
     ++r.windows;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r.windows == 1) {
+      r.first_windows = 1;
+      r.first_seconds = elapsed;
+    }
     if (progress) progress(r.windows, int64_t(windows.size()), elapsed, std::exp(sum / double(r.windows)));
   }
   summarize_windows(r);

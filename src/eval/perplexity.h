@@ -17,6 +17,10 @@ struct PerplexityResult {
   int64_t windows = 0;
   int64_t tokens = 0;      // tokens in the evaluated windows (windows * seqlen)
   double seconds = 0;
+  // The first forward (one window on the CPU, one batch on the GPU), which carries the one-time
+  // costs (cuBLAS's kernel choice, loading kernels): its windows and seconds, within the above.
+  int64_t first_windows = 0;
+  double first_seconds = 0;
   std::vector<double> window_nll;  // mean NLL of each window
 };
 

@@ -10,12 +10,11 @@ namespace lowbit {
 using cuda::bf16;
 using cuda::DeviceBuffer;
 
-void upload_as_bf16(const Tensor& t, DeviceBuffer<bf16>& dst, cudaStream_t s) {
+void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
   LB_ASSERT(t.is_contiguous());
   const int64_t n = t.numel();
-  dst.resize(size_t(n));
   if (t.dtype() == DType::BF16) {
-    cuda::upload(dst.get(), reinterpret_cast<const bf16*>(t.data()), size_t(n), s);
+    cuda::upload(dst, reinterpret_cast<const bf16*>(t.data()), size_t(n), s);
     LB_CUDA_CHECK(cudaStreamSynchronize(s));  // the source may be a temporary
     return;
   }
@@ -28,8 +27,13 @@ void upload_as_bf16(const Tensor& t, DeviceBuffer<bf16>& dst, cudaStream_t s) {
     const float* p = f.data_as<float>();
     for (int64_t i = 0; i < n; ++i) host[size_t(i)] = f32_to_bf16(p[i]);
   }
-  cuda::upload(dst.get(), reinterpret_cast<const bf16*>(host.data()), size_t(n), s);
+  cuda::upload(dst, reinterpret_cast<const bf16*>(host.data()), size_t(n), s);
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void upload_as_bf16(const Tensor& t, DeviceBuffer<bf16>& dst, cudaStream_t s) {
+  dst.resize(size_t(t.numel()));
+  upload_as_bf16(t, dst.get(), s);
 }
 
 void GpuKvCache::truncate(int64_t n) {
@@ -68,12 +72,33 @@ CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<b
 }
 
 void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
+  using K = LinearKind;
+  const LlamaConfig& c = config();
   const WeightSource& ws = *host_.checkpoint().weights;
   const std::string p = "model.layers." + std::to_string(i) + ".";
   const cudaStream_t s = ctx_.stream();
+  const int64_t H = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   upload_as_bf16(ws.get(p + "input_layernorm.weight"), w.input_norm, s);
   upload_as_bf16(ws.get(p + "post_attention_layernorm.weight"), w.post_norm, s);
-  for (LinearKind k : kAllLinears) upload_as_bf16(ws.get(linear_weight_name(i, k)), w.linear[size_t(k)], s);
+  w.qkv.resize(size_t((qd + 2 * kvd) * H));
+  w.o.resize(size_t(H * qd));
+  w.gate_up.resize(size_t(2 * F * H));
+  w.down.resize(size_t(H * F));
+  w.linear[size_t(K::Q)] = w.qkv.get();
+  w.linear[size_t(K::K)] = w.qkv.get() + qd * H;
+  w.linear[size_t(K::V)] = w.qkv.get() + (qd + kvd) * H;
+  w.linear[size_t(K::O)] = w.o.get();
+  w.linear[size_t(K::Gate)] = w.gate_up.get();
+  w.linear[size_t(K::Up)] = w.gate_up.get() + F * H;
+  w.linear[size_t(K::Down)] = w.down.get();
+  for (K k : kAllLinears) {
+    const Tensor t = ws.get(linear_weight_name(i, k));
+    const int64_t rows = k == K::Q ? qd : k == K::K || k == K::V ? kvd : k == K::Gate || k == K::Up ? F : H;
+    const int64_t cols = k == K::O ? qd : k == K::Down ? F : H;
+    LB_CHECK(t.numel() == rows * cols, "{}: {} elements, the config implies [{}, {}]", linear_weight_name(i, k),
+             t.numel(), rows, cols);
+    upload_as_bf16(t, w[k], s);
+  }
 }
 
 const GpuBlockWeights& CudaModel::block(int64_t i, GpuBlockWeights& scratch) const {
@@ -86,13 +111,9 @@ void CudaModel::ensure_workspace(int64_t rows) {
   if (rows <= ws_rows_) return;
   const LlamaConfig& c = config();
   x_.resize(size_t(rows * c.hidden_size));
-  q_.resize(size_t(rows * c.q_dim()));
-  k_.resize(size_t(rows * c.kv_dim()));
-  v_.resize(size_t(rows * c.kv_dim()));
+  qkv_.resize(size_t(rows * (c.q_dim() + 2 * c.kv_dim())));
   att_.resize(size_t(rows * c.q_dim()));
-  y_.resize(size_t(rows * c.hidden_size));
-  gate_.resize(size_t(rows * c.intermediate_size));
-  up_.resize(size_t(rows * c.intermediate_size));
+  gate_up_.resize(size_t(rows * 2 * c.intermediate_size));
   ws_rows_ = rows;
 }
 
@@ -106,40 +127,56 @@ void CudaModel::embed(const int32_t* tokens, int64_t n, float* hidden) {
   cuda::embed(ids_.get(), embed_.get(), hidden, n, c.hidden_size, ctx_.stream());
 }
 
+void CudaModel::enable_profile() {
+  if (!profile_) profile_ = std::make_unique<cuda::OpProfile>(ctx_.stream());
+}
+
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
                           GpuKvCache* cache) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), ldqkv = qd + 2 * kvd;
   const float eps = float(c.rms_norm_eps);
   const cudaStream_t s = ctx_.stream();
   const int64_t past = cache ? cache->length : 0;
   LB_CHECK(past + T <= rope_positions_, "positions up to {} exceed the model's context {}", past + T, rope_positions_);
   ensure_workspace(N);
+  mark("rmsnorm");
   cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
-  bf16* kd = k_.get();
-  bf16* vd = v_.get();
+  mark("qkv_proj");
+  cuda::linear(ctx_, x_.get(), w.qkv.get(), qkv_.get(), N, ldqkv, H);
+  // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
+  mark("rope_k");
+  cuda::rope(qkv_.get() + qd, B, T, nkv, hd, ldqkv, rope_cos_.get(), rope_sin_.get(), past, s);
+  const bf16* kall = qkv_.get() + qd;
+  const bf16* vall = qkv_.get() + qd + kvd;
+  int64_t ldk = ldqkv;
   if (cache) {
     LB_ASSERT(B == 1 && past + T <= cache->capacity);
-    kd = cache->k[size_t(layer)].get() + past * kvd;
-    vd = cache->v[size_t(layer)].get() + past * kvd;
+    mark("kv_cache");
+    const size_t row = size_t(kvd) * sizeof(bf16), pitch = size_t(ldqkv) * sizeof(bf16);
+    LB_CUDA_CHECK(cudaMemcpy2DAsync(cache->k[size_t(layer)].get() + past * kvd, row, kall, pitch, row, size_t(T),
+                                    cudaMemcpyDeviceToDevice, s));
+    LB_CUDA_CHECK(cudaMemcpy2DAsync(cache->v[size_t(layer)].get() + past * kvd, row, vall, pitch, row, size_t(T),
+                                    cudaMemcpyDeviceToDevice, s));
+    kall = cache->k[size_t(layer)].get();
+    vall = cache->v[size_t(layer)].get();
+    ldk = kvd;
   }
-  cuda::linear(ctx_, x_.get(), w[LinearKind::Q], q_.get(), N, qd, H);
-  cuda::linear(ctx_, x_.get(), w[LinearKind::K], kd, N, kvd, H);
-  cuda::linear(ctx_, x_.get(), w[LinearKind::V], vd, N, kvd, H);
-  cuda::rope(q_.get(), B, T, nh, hd, qd, rope_cos_.get(), rope_sin_.get(), past, s);
-  cuda::rope(kd, B, T, nkv, hd, kvd, rope_cos_.get(), rope_sin_.get(), past, s);
-  const bf16* kall = cache ? cache->k[size_t(layer)].get() : k_.get();
-  const bf16* vall = cache ? cache->v[size_t(layer)].get() : v_.get();
-  cuda::attention(q_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, qd, kvd, qd, s);
-  cuda::linear(ctx_, att_.get(), w[LinearKind::O], y_.get(), N, H, qd);
-  cuda::add_rmsnorm(hidden, y_.get(), w.post_norm.get(), x_.get(), N, H, eps, s);
-  cuda::linear(ctx_, x_.get(), w[LinearKind::Gate], gate_.get(), N, F, H);
-  cuda::linear(ctx_, x_.get(), w[LinearKind::Up], up_.get(), N, F, H);
-  cuda::swiglu(gate_.get(), up_.get(), gate_.get(), N * F, s);
-  cuda::linear(ctx_, gate_.get(), w[LinearKind::Down], y_.get(), N, H, F);
-  cuda::add_residual(hidden, y_.get(), N * H, s);
+  mark("attention");
+  cuda::attention(qkv_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, rope_cos_.get(),
+                  rope_sin_.get());
+  mark("o_proj (+ residual)");
+  cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
+  mark("rmsnorm");
+  cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
+  mark("gate_up_proj");
+  cuda::linear(ctx_, x_.get(), w.gate_up.get(), gate_up_.get(), N, 2 * F, H);
+  mark("swiglu");
+  cuda::swiglu_rows(gate_up_.get(), N, F, s);
+  mark("down_proj (+ residual)");
+  cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
 }
 
 void CudaModel::final_norm(const float* hidden, bf16* out, int64_t rows) {
@@ -161,32 +198,48 @@ std::vector<double> CudaModel::window_nll(const std::vector<std::vector<int32_t>
   LB_CHECK(T >= 2, "windows of {} tokens: need at least 2", T);
   for (const auto& w : windows) LB_CHECK(int64_t(w.size()) == T, "windows differ in length");
   batch = std::max<int64_t>(1, batch);
-  DeviceBuffer<float> hidden(static_cast<size_t>(batch * T * H));
+  const cudaStream_t s = ctx_.stream();
+  hidden_.resize(size_t(batch * T * H));
   // LM head in chunks of rows, at most ~1 GiB of fp32 logits at a time.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T - 1, (int64_t(1) << 28) / V));
-  DeviceBuffer<float> logits(static_cast<size_t>(chunk * V)), nll(static_cast<size_t>(chunk));
-  DeviceBuffer<int32_t> targets(static_cast<size_t>(T));
-  std::vector<float> nll_host(static_cast<size_t>(chunk));
+  logits_.resize(size_t(chunk * V));
+  nll_.resize(size_t(batch * (T - 1)));
+  targets_.resize(size_t(batch * (T - 1)));
+  std::vector<int32_t> ids, targets;
+  std::vector<float> nll_host;
   std::vector<double> out;
   GpuBlockWeights scratch;
   for (size_t b0 = 0; b0 < windows.size(); b0 += size_t(batch)) {
     const int64_t nb = std::min<int64_t>(batch, int64_t(windows.size() - b0));
-    std::vector<int32_t> ids;
-    for (int64_t b = 0; b < nb; ++b) ids.insert(ids.end(), windows[b0 + size_t(b)].begin(), windows[b0 + size_t(b)].end());
-    embed(ids.data(), nb * T, hidden.get());
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden.get(), nb, T);
-    final_norm(hidden.get(), x_.get(), nb * T);
+    ids.clear();
+    targets.clear();
     for (int64_t b = 0; b < nb; ++b) {
       const std::vector<int32_t>& w = windows[b0 + size_t(b)];
-      cuda::upload(targets.get(), w.data() + 1, size_t(T - 1), ctx_.stream());
-      double sum = 0;
+      ids.insert(ids.end(), w.begin(), w.end());
+      targets.insert(targets.end(), w.begin() + 1, w.end());
+    }
+    mark("embed");
+    cuda::upload(targets_.get(), targets.data(), targets.size(), s);
+    embed(ids.data(), nb * T, hidden_.get());
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden_.get(), nb, T);
+    mark("final_norm");
+    final_norm(hidden_.get(), x_.get(), nb * T);
+    for (int64_t b = 0; b < nb; ++b) {
       for (int64_t r0 = 0; r0 < T - 1; r0 += chunk) {
-        const int64_t rows = std::min(chunk, T - 1 - r0);
-        lm_head(x_.get() + (b * T + r0) * H, logits.get(), rows);
-        cuda::nll_rows(logits.get(), targets.get() + r0, nll.get(), nullptr, rows, V, ctx_.stream());
-        cuda::download(nll_host.data(), nll.get(), size_t(rows), ctx_.stream());
-        for (int64_t r = 0; r < rows; ++r) sum += double(nll_host[size_t(r)]);
+        const int64_t rows = std::min(chunk, T - 1 - r0), at = b * (T - 1) + r0;
+        mark("lm_head");
+        lm_head(x_.get() + (b * T + r0) * H, logits_.get(), rows);
+        mark("nll");
+        cuda::nll_rows(logits_.get(), targets_.get() + at, nll_.get() + at, nullptr, rows, V, s);
       }
+    }
+    mark("download");
+    nll_host.resize(size_t(nb * (T - 1)));
+    cuda::download(nll_host.data(), nll_.get(), nll_host.size(), s);
+    if (profile_) profile_->collect();
+    for (int64_t b = 0; b < nb; ++b) {
+      double sum = 0;
+      for (int64_t r = 0; r < T - 1; ++r) sum += double(nll_host[size_t(b * (T - 1) + r)]);
       out.push_back(sum / double(T - 1));
     }
   }

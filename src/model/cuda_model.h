@@ -19,10 +19,13 @@
 
 namespace lowbit {
 
+// One block's weights in bf16. q_proj, k_proj and v_proj are stacked into one [q_dim + 2 kv_dim, H]
+// matrix and gate_proj, up_proj into one [2F, H] matrix, so that each group is one GEMM.
 struct GpuBlockWeights {
   cuda::DeviceBuffer<cuda::bf16> input_norm, post_norm;  // [H]
-  std::array<cuda::DeviceBuffer<cuda::bf16>, 7> linear;  // [out, in], indexed by LinearKind
-  const cuda::bf16* operator[](LinearKind k) const { return linear[size_t(k)].get(); }
+  cuda::DeviceBuffer<cuda::bf16> qkv, o, gate_up, down;
+  std::array<cuda::bf16*, 7> linear{};  // each linear's [out, in] matrix within those, indexed by LinearKind
+  cuda::bf16* operator[](LinearKind k) const { return linear[size_t(k)]; }
 };
 
 struct GpuKvCache {
@@ -46,6 +49,10 @@ class CudaModel {
   // A block's weights: the resident copy, or uploaded into `scratch`.
   const GpuBlockWeights& block(int64_t i, GpuBlockWeights& scratch) const;
 
+  // Per-op GPU times of the forwards from here on (profile()).
+  void enable_profile();
+  cuda::OpProfile* profile() const { return profile_.get(); }
+
   // Mean next-token NLL of each window (GPTQ's per-window loss), windows of equal length run
   // `batch` at a time.
   std::vector<double> window_nll(const std::vector<std::vector<int32_t>>& windows, int64_t batch);
@@ -67,6 +74,10 @@ class CudaModel {
   void final_norm(const float* hidden, cuda::bf16* out, int64_t rows);
   // logits [rows, V] fp32 of bf16 rows.
   void lm_head(const cuda::bf16* rows, float* logits, int64_t n);
+  // Starts the profile's op `name` (nothing without a profile).
+  void mark(const char* name) {
+    if (profile_) profile_->mark(name);
+  }
 
   const float* rope_cos() const { return rope_cos_.get(); }
   const float* rope_sin() const { return rope_sin_.get(); }
@@ -81,13 +92,21 @@ class CudaModel {
   cuda::DeviceBuffer<cuda::bf16> embed_, final_norm_w_, lm_head_;
   cuda::DeviceBuffer<float> rope_cos_, rope_sin_;
   int64_t rope_positions_ = 0;
-  // Per-forward workspace, grown on demand.
+  // Per-forward workspace, grown on demand: x_ [rows, H] normed input, qkv_ [rows, q_dim +
+  // 2 kv_dim], att_ [rows, q_dim], gate_up_ [rows, 2F].
   int64_t ws_rows_ = 0;
-  cuda::DeviceBuffer<cuda::bf16> x_, q_, k_, v_, att_, y_, gate_, up_;
+  cuda::DeviceBuffer<cuda::bf16> x_, qkv_, att_, gate_up_;
   cuda::DeviceBuffer<int32_t> ids_;
+  // window_nll's buffers, kept across calls: hidden states, one window's logits, per-token NLLs
+  // and targets of a batch.
+  cuda::DeviceBuffer<float> hidden_, logits_, nll_;
+  cuda::DeviceBuffer<int32_t> targets_;
+  std::unique_ptr<cuda::OpProfile> profile_;
 };
 
-// Uploads a host tensor of any float dtype as bf16 into dst (resized).
+// Uploads a host tensor of any float dtype as bf16 into dst (resized), or into numel()
+// elements at dst.
 void upload_as_bf16(const Tensor& t, cuda::DeviceBuffer<cuda::bf16>& dst, cudaStream_t s);
+void upload_as_bf16(const Tensor& t, cuda::bf16* dst, cudaStream_t s);
 
 }  // namespace lowbit

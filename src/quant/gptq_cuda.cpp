@@ -234,8 +234,10 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
   const int64_t cw = std::max<int64_t>(1, std::min<int64_t>(nseq, 16384 / std::max<int64_t>(T, 1)));
   const int64_t CR = cw * T;
   DeviceBuffer<bf16> xn(static_cast<size_t>(N * H)), att(static_cast<size_t>(N * qd));
-  DeviceBuffer<bf16> q(static_cast<size_t>(CR * qd)), k(static_cast<size_t>(CR * kvd)), v(static_cast<size_t>(CR * kvd)),
-      y(static_cast<size_t>(CR * H)), gate(static_cast<size_t>(CR * F)), up(static_cast<size_t>(CR * F));
+  // The block's ops as CudaModel::run_block runs them: the stacked q/k/v and gate/up projections,
+  // RoPE on k (attention rotates q), the residual adds in the o_proj and down_proj GEMMs.
+  const int64_t ldqkv = qd + 2 * kvd;
+  DeviceBuffer<bf16> qkv(static_cast<size_t>(CR * ldqkv)), gate_up(static_cast<size_t>(CR * 2 * F));
   DeviceBuffer<float> h_small(static_cast<size_t>(std::max(H, qd) * std::max(H, qd))), h_big(static_cast<size_t>(F * F)),
       h1;
   const double h_scale = 2.0 / double(nseq);
@@ -251,7 +253,7 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
       const auto tl = std::chrono::steady_clock::now();
       const int64_t rows = kind == K::Q ? qd : kind == K::K || kind == K::V ? kvd : kind == K::Gate || kind == K::Up ? F : H;
       GptqResult r = gptq_quantize_cuda(ctx, w[kind], hs, h_scale, rows, cols, opt,
-                                        linear_storage_dtype(model, layer, kind), w.linear[size_t(kind)].get());
+                                        linear_storage_dtype(model, layer, kind), w[kind]);
       LinearReport rep;
       rep.kind = kind;
       rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count();
@@ -276,24 +278,21 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
       if (gram) zero(h_small, qd * qd);
       for (int64_t r0 = 0; r0 < N; r0 += CR) {
         const int64_t rows = std::min(CR, N - r0), nb = rows / T;
-        cuda::linear(ctx, xn.get() + r0 * H, w[K::Q], q.get(), rows, qd, H);
-        cuda::linear(ctx, xn.get() + r0 * H, w[K::K], k.get(), rows, kvd, H);
-        cuda::linear(ctx, xn.get() + r0 * H, w[K::V], v.get(), rows, kvd, H);
-        cuda::rope(q.get(), nb, T, c.num_attention_heads, c.head_dim, qd, gpu.rope_cos(), gpu.rope_sin(), 0, s);
-        cuda::rope(k.get(), nb, T, c.num_key_value_heads, c.head_dim, kvd, gpu.rope_cos(), gpu.rope_sin(), 0, s);
-        cuda::attention(q.get(), k.get(), v.get(), att.get() + r0 * qd, nb, T, 0, c.num_attention_heads,
-                        c.num_key_value_heads, c.head_dim, qd, kvd, qd, s);
+        cuda::linear(ctx, xn.get() + r0 * H, w.qkv.get(), qkv.get(), rows, ldqkv, H);
+        cuda::rope(qkv.get() + qd, nb, T, c.num_key_value_heads, c.head_dim, ldqkv, gpu.rope_cos(), gpu.rope_sin(), 0, s);
+        cuda::attention(qkv.get(), qkv.get() + qd, qkv.get() + qd + kvd, att.get() + r0 * qd, nb, T, 0,
+                        c.num_attention_heads, c.num_key_value_heads, c.head_dim, ldqkv, ldqkv, qd, s, gpu.rope_cos(),
+                        gpu.rope_sin());
         if (gram) cuda::gram_accumulate(ctx, att.get() + r0 * qd, h_small.get(), rows, qd);
       }
     };
-    // hidden += o(att); xn = post_norm(hidden). With `scratch`, the residual goes to a copy.
+    // residual += o(att); xn = post_norm(residual).
     auto gate_up_pass = [&](bool gram, float* residual) {
       if (gram) zero(h_small, H * H);
       for (int64_t r0 = 0; r0 < N; r0 += CR) {
         const int64_t rows = std::min(CR, N - r0);
         float* h = residual + r0 * H;
-        cuda::linear(ctx, att.get() + r0 * qd, w[K::O], y.get(), rows, H, qd);
-        cuda::add_residual(h, y.get(), rows * H, s);
+        cuda::linear(ctx, att.get() + r0 * qd, w[K::O], h, rows, H, qd, /*accumulate=*/true);
         cuda::rmsnorm(h, w.post_norm.get(), xn.get() + r0 * H, rows, H, eps, s);
         if (gram) cuda::gram_accumulate(ctx, xn.get() + r0 * H, h_small.get(), rows, H);
       }
@@ -303,14 +302,12 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
       if (gram) zero(h_big, F * F);
       for (int64_t r0 = 0; r0 < N; r0 += CR) {
         const int64_t rows = std::min(CR, N - r0);
-        cuda::linear(ctx, xn.get() + r0 * H, w[K::Gate], gate.get(), rows, F, H);
-        cuda::linear(ctx, xn.get() + r0 * H, w[K::Up], up.get(), rows, F, H);
-        cuda::swiglu(gate.get(), up.get(), gate.get(), rows * F, s);
-        if (gram) cuda::gram_accumulate(ctx, gate.get(), h_big.get(), rows, F);
-        if (residual) {
-          cuda::linear(ctx, gate.get(), w[K::Down], y.get(), rows, H, F);
-          cuda::add_residual(residual + r0 * H, y.get(), rows * H, s);
-        }
+        cuda::linear(ctx, xn.get() + r0 * H, w.gate_up.get(), gate_up.get(), rows, 2 * F, H);
+        cuda::swiglu_rows(gate_up.get(), rows, F, s);
+        if (gram) cuda::gram_accumulate(ctx, gate_up.get(), h_big.get(), rows, F, /*ldx=*/2 * F);
+        if (residual)
+          cuda::linear(ctx, gate_up.get(), w[K::Down], residual + r0 * H, rows, H, F, /*accumulate=*/true,
+                       /*lda=*/2 * F);
       }
     };
     if (true_seq) {

@@ -50,6 +50,8 @@ if [[ -d "$M/stories260K" ]]; then
   printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..40} > "$T/story.txt"
   expect_ok "ppl file" "^PPL = [0-9.]+ \+/- [0-9.]+$" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128
   expect_ok "ppl json" '"windows_available": [0-9]+' "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_ok "ppl json first forward" '"first_forward": \{' "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_err "ppl profile on cpu" "--profile times the GPU's ops: it needs --device cuda" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128 --profile
   expect_err "ppl seqlen" "exceeds the model's max_position_embeddings \(512\)" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 1024
   expect_err "ppl missing data" "dataset 'wikitext2' needs wikitext2/wiki.test.raw" "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256 --data-dir "$T"
   expect_err "ppl missing c4" "c4-validation.00000-of-00008.json.gz" "$B" ppl --model "$M/stories260K/stories260K.bin" --seqlen 256 --dataset c4 --data-dir "$T"

@@ -88,9 +88,9 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-TEST(CudaOps, RmsNormSwigluResidual) {
+TEST(CudaOps, RmsNorm) {
   REQUIRE_GPU();
-  for (int64_t dim : {64, 512, 4096, 5000}) {
+  for (int64_t dim : {64, 512, 4096, 5000, 1030}) {  // 1030: not a multiple of 4 (the scalar kernel)
     const int64_t rows = 7;
     auto x = randn(size_t(rows * dim), 1, 3.0f);
     auto w = round_bf16(randn(size_t(dim), 2));
@@ -102,76 +102,119 @@ TEST(CudaOps, RmsNormSwigluResidual) {
     cuda::rmsnorm(dx.get(), dw.get(), dy.get(), rows, dim, 1e-5f, ctx().stream());
     // One bf16 rounding of the output: relative error <= 2^-8.
     EXPECT_LT(rel_err(from_device_bf16(dy, x.size()), want), 4e-3) << dim;
-    // The fused residual add: x + r, then the norm.
-    auto r = round_bf16(randn(x.size(), 5));
-    std::vector<float> sum(x.size());
-    for (size_t i = 0; i < x.size(); ++i) sum[i] = x[i] + r[i];
-    ref::rmsnorm(sum.data(), w.data(), want.data(), rows, dim, 1e-5f);
-    auto dr = to_device_bf16(r);
-    cuda::add_rmsnorm(dx.get(), dr.get(), dw.get(), dy.get(), rows, dim, 1e-5f, ctx().stream());
-    EXPECT_LT(rel_err(from_device_bf16(dy, x.size()), want), 4e-3) << dim;
-    EXPECT_LT(rel_err(from_device(dx, x.size()), sum), 1e-6) << dim;
-  }
-  // 8-wide (n % 8 == 0) and element-wise paths.
-  for (int64_t n : {10000, 10001}) {
-    auto g = round_bf16(randn(size_t(n), 3, 4.0f)), u = round_bf16(randn(size_t(n), 4));
-    std::vector<float> want(g.size());
-    ref::swiglu(g.data(), u.data(), want.data(), n);
-    auto dg = to_device_bf16(g), du = to_device_bf16(u);
-    cuda::swiglu(dg.get(), du.get(), dg.get(), n, ctx().stream());
-    EXPECT_LT(rel_err(from_device_bf16(dg, g.size()), want), 4e-3) << n;
   }
 }
 
+// The stacked gate/up projection's rows [gate | up], in place, 8-wide and scalar.
+TEST(CudaOps, SwigluRowsMatchesCpu) {
+  REQUIRE_GPU();
+  for (auto [rows, F] : std::vector<std::array<int64_t, 2>>{{1, 8}, {3, 5}, {7, 1792}, {65, 136}}) {
+    auto gu = round_bf16(randn(size_t(rows * 2 * F), 12, 2.0f));
+    std::vector<float> want(size_t(rows * F));
+    for (int64_t r = 0; r < rows; ++r)
+      ref::swiglu(gu.data() + r * 2 * F, gu.data() + r * 2 * F + F, want.data() + r * F, F);
+    auto d = to_device_bf16(gu);
+    cuda::swiglu_rows(d.get(), rows, F, ctx().stream());
+    const auto all = from_device_bf16(d, gu.size());
+    std::vector<float> got(size_t(rows * F)), up_after(size_t(rows * F)), up_before(size_t(rows * F));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < F; ++c) {
+        got[size_t(r * F + c)] = all[size_t(r * 2 * F + c)];
+        up_after[size_t(r * F + c)] = all[size_t(r * 2 * F + F + c)];
+        up_before[size_t(r * F + c)] = gu[size_t(r * 2 * F + F + c)];
+      }
+    EXPECT_LT(rel_err(got, want), 4e-3) << rows << "x" << F;
+    EXPECT_EQ(up_after, up_before) << "the up half is left as it was";
+  }
+}
+
+// hd 128 takes the two-pair kernel, hd 6 the scalar one.
 TEST(CudaOps, RopeMatchesCpu) {
   REQUIRE_GPU();
-  LlamaConfig c;
-  c.hidden_size = 256;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 128;
-  c.rope_theta = 500000;
-  c.max_position_embeddings = 300;
-  const RopeTable rt = make_rope_table(c, 300);
-  for (int64_t pos0 : {0, 37}) {
-    const int64_t B = 2, T = 70, heads = 2, hd = 128, ld = heads * hd;
-    auto x = round_bf16(randn(size_t(B * T * ld), 5));
-    std::vector<float> want = x;
-    for (int64_t b = 0; b < B; ++b) ref::rope(want.data() + b * T * ld, T, heads, ld, rt, pos0);
-    auto dx = to_device_bf16(x);
-    auto dc = to_device(rt.cos), ds = to_device(rt.sin);
-    cuda::rope(dx.get(), B, T, heads, hd, ld, dc.get(), ds.get(), pos0, ctx().stream());
-    EXPECT_LT(rel_err(from_device_bf16(dx, x.size()), want), 4e-3) << pos0;
+  for (int64_t hd : {128, 6}) {
+    LlamaConfig c;
+    c.hidden_size = 2 * hd;
+    c.num_attention_heads = 2;
+    c.num_key_value_heads = 1;
+    c.head_dim = hd;
+    c.rope_theta = 500000;
+    c.max_position_embeddings = 300;
+    const RopeTable rt = make_rope_table(c, 300);
+    for (int64_t pos0 : {0, 37}) {
+      const int64_t B = 2, T = 70, heads = 2, ld = heads * hd;
+      auto x = round_bf16(randn(size_t(B * T * ld), 5));
+      std::vector<float> want = x;
+      for (int64_t b = 0; b < B; ++b) ref::rope(want.data() + b * T * ld, T, heads, ld, rt, pos0);
+      auto dx = to_device_bf16(x);
+      auto dc = to_device(rt.cos), ds = to_device(rt.sin);
+      cuda::rope(dx.get(), B, T, heads, hd, ld, dc.get(), ds.get(), pos0, ctx().stream());
+      EXPECT_LT(rel_err(from_device_bf16(dx, x.size()), want), 4e-3) << "hd " << hd << " pos0 " << pos0;
+    }
   }
 }
 
-// Attention against the scalar reference, across the flash kernel's 64-query and 64-key tile
-// edges, with grouped heads, batches and cached keys, and through the plain kernel's head dims.
+// Attention against the scalar reference, across the flash kernel's 128-query and 64-key tile
+// edges (and its 16-row m-tiles), with grouped heads, batches and cached keys, through the plain
+// kernel's head dims, and with q, k and v read from rows of the stacked q/k/v projection.
 TEST(CudaOps, AttentionAcrossTileEdges) {
   REQUIRE_GPU();
   struct Shape {
     int64_t B, T, past, nh, nkv, hd;
+    bool stacked = false;  // q, k, v as the column blocks of one [B*T, qd + 2 kvd] matrix
+    bool rope = false;     // q rotated by attention itself (against rope() then attention)
   };
   for (const Shape s : {Shape{1, 1, 0, 2, 2, 64}, Shape{1, 63, 0, 4, 1, 64}, Shape{2, 64, 0, 8, 2, 128},
                         Shape{1, 65, 0, 8, 2, 128}, Shape{3, 130, 0, 4, 4, 128}, Shape{1, 7, 100, 4, 2, 128},
-                        Shape{1, 64, 64, 2, 1, 64}, Shape{1, 200, 17, 32, 8, 128},
+                        Shape{1, 64, 64, 2, 1, 64}, Shape{1, 200, 17, 32, 8, 128}, Shape{1, 127, 0, 4, 1, 128},
+                        Shape{2, 128, 0, 4, 2, 128}, Shape{1, 129, 0, 2, 1, 64}, Shape{1, 257, 3, 8, 2, 128},
+                        Shape{1, 128, 128, 2, 1, 128}, Shape{1, 17, 0, 2, 2, 128},
+                        Shape{2, 300, 0, 8, 2, 128, true}, Shape{1, 70, 0, 4, 4, 64, true},
+                        Shape{2, 200, 0, 8, 2, 128, true, true}, Shape{1, 150, 30, 4, 2, 64, false, true},
+                        Shape{1, 40, 9, 4, 2, 32, false, true},
                         // the plain kernel: other head dims, across its 4-query blocks and 32-key lanes
                         Shape{2, 33, 0, 8, 8, 8}, Shape{1, 70, 5, 4, 2, 32}, Shape{1, 9, 40, 2, 1, 96}}) {
     const int64_t qd = s.nh * s.hd, kvd = s.nkv * s.hd, keys = s.past + s.T;
     auto q = round_bf16(randn(size_t(s.B * s.T * qd), 6, 2.0f));
     auto k = round_bf16(randn(size_t(s.B * keys * kvd), 7, 2.0f));
     auto v = round_bf16(randn(size_t(s.B * keys * kvd), 8));
+    LlamaConfig rc;
+    rc.hidden_size = qd;
+    rc.num_attention_heads = s.nh;
+    rc.num_key_value_heads = s.nkv;
+    rc.head_dim = s.hd;
+    rc.rope_theta = 10000;
+    rc.max_position_embeddings = keys;
+    const RopeTable rt = make_rope_table(rc, keys);
+    auto dcos = to_device(rt.cos), dsin = to_device(rt.sin);
+    std::vector<float> q_rot = q;
+    if (s.rope)
+      for (int64_t b = 0; b < s.B; ++b) ref::rope(q_rot.data() + b * s.T * qd, s.T, s.nh, qd, rt, s.past);
     std::vector<float> want(q.size());
     for (int64_t b = 0; b < s.B; ++b)
-      ref::attention(q.data() + b * s.T * qd, k.data() + b * keys * kvd, v.data() + b * keys * kvd,
+      ref::attention(q_rot.data() + b * s.T * qd, k.data() + b * keys * kvd, v.data() + b * keys * kvd,
                      want.data() + b * s.T * qd, s.T, s.nh, s.nkv, s.hd, s.past);
-    auto dq = to_device_bf16(q), dk = to_device_bf16(k), dv = to_device_bf16(v);
     DeviceBuffer<bf16> dout(q.size());
-    cuda::attention(dq.get(), dk.get(), dv.get(), dout.get(), s.B, s.T, s.past, s.nh, s.nkv, s.hd, qd, kvd, qd,
-                    ctx().stream());
+    if (s.stacked) {
+      ASSERT_EQ(s.past, 0);
+      const int64_t ld = qd + 2 * kvd, n = s.B * s.T;
+      std::vector<float> qkv(size_t(n * ld));
+      for (int64_t r = 0; r < n; ++r) {
+        std::copy_n(q.data() + r * qd, qd, qkv.data() + r * ld);
+        std::copy_n(k.data() + r * kvd, kvd, qkv.data() + r * ld + qd);
+        std::copy_n(v.data() + r * kvd, kvd, qkv.data() + r * ld + qd + kvd);
+      }
+      auto d = to_device_bf16(qkv);
+      cuda::attention(d.get(), d.get() + qd, d.get() + qd + kvd, dout.get(), s.B, s.T, 0, s.nh, s.nkv, s.hd, ld, ld,
+                      qd, ctx().stream(), s.rope ? dcos.get() : nullptr, s.rope ? dsin.get() : nullptr);
+    } else {
+      auto dq = to_device_bf16(q), dk = to_device_bf16(k), dv = to_device_bf16(v);
+      cuda::attention(dq.get(), dk.get(), dv.get(), dout.get(), s.B, s.T, s.past, s.nh, s.nkv, s.hd, qd, kvd, qd,
+                      ctx().stream(), s.rope ? dcos.get() : nullptr, s.rope ? dsin.get() : nullptr);
+    }
     // P and the output are rounded to bf16 (as in FlashAttention): ~2^-8 relative.
     EXPECT_LT(rel_err(from_device_bf16(dout, q.size()), want), 8e-3)
-        << "B " << s.B << " T " << s.T << " past " << s.past << " nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd;
+        << "B " << s.B << " T " << s.T << " past " << s.past << " nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd
+        << (s.stacked ? " stacked" : "") << (s.rope ? " rope" : "");
   }
 }
 
@@ -192,10 +235,25 @@ TEST(CudaOps, LinearGramAndNll) {
     cuda::gram_accumulate(ctx(), da.get(), dg.get(), M, K);
     std::vector<float> gf(g.begin(), g.end());
     EXPECT_LT(rel_err(from_device(dg, size_t(K * K)), gf), 1e-5);
+    // C += A . W^T with A read from a wider matrix (row stride K + 24): the residual GEMMs; and
+    // the Gram matrix of that strided A.
+    const int64_t lda = K + 24;
+    std::vector<float> wide(size_t(M * lda), 7.0f), c0 = randn(size_t(M * N), 13);
+    for (int64_t r = 0; r < M; ++r) std::copy_n(a.data() + r * K, K, wide.data() + r * lda);
+    std::vector<float> want_acc(size_t(M * N));
+    for (size_t i = 0; i < want_acc.size(); ++i) want_acc[i] = c0[i] + want[i];
+    auto dwide = to_device_bf16(wide);
+    auto dacc = to_device(c0);
+    cuda::linear(ctx(), dwide.get(), dw.get(), dacc.get(), M, N, K, /*accumulate=*/true, lda);
+    EXPECT_LT(rel_err(from_device(dacc, size_t(M * N)), want_acc), 1e-5) << "accumulate " << M << "x" << N << "x" << K;
+    LB_CUDA_CHECK(cudaMemset(dg.get(), 0, dg.bytes()));
+    cuda::gram_accumulate(ctx(), dwide.get(), dg.get(), M, K, lda);
+    EXPECT_LT(rel_err(from_device(dg, size_t(K * K)), gf), 1e-5) << "strided gram";
   }
-  const int64_t rows = 5, V = 32000;
+  const int64_t rows = 6, V = 32000;
   auto logits = randn(size_t(rows * V), 11, 3.0f);
-  std::vector<int32_t> targets = {0, 17, 31999, 12345, 7};
+  std::fill(logits.begin() + 5 * V, logits.end(), 1.5f);  // all tied: argmax 0, NLL log V
+  std::vector<int32_t> targets = {0, 17, 31999, 12345, 7, 9};
   std::vector<double> want(rows);
   ref::nll_rows(logits.data(), targets.data(), want.data(), rows, V);
   auto dl = to_device(logits);

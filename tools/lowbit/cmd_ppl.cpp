@@ -32,11 +32,44 @@ struct Options {
   std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu";
   int64_t seqlen = 2048, limit = 0, batch = 4;
   int threads = 0;
-  bool json = false;
+  bool json = false, profile = false;
 };
 
 BosMode parse_bos(const std::string& s) {
   return s == "on" ? BosMode::On : s == "off" ? BosMode::Off : BosMode::Default;
+}
+
+#ifdef LOWBIT_WITH_CUDA
+// The GPU time of each op, per window and as a share of the pass's seconds.
+nlohmann::json profile_json(const cuda::OpProfile& p, const PerplexityResult& r) {
+  nlohmann::json ops = nlohmann::json::array();
+  double busy = 0;
+  for (const auto& e : p.totals()) {
+    ops.push_back({{"op", e.name}, {"calls", e.calls}, {"seconds", e.ms / 1e3}});
+    busy += e.ms / 1e3;
+  }
+  // Past the first forward when there was more than one (perplexity_cuda resets the profile then).
+  const bool rest = r.windows > r.first_windows;
+  return {{"ops", ops}, {"gpu_seconds", busy},
+          {"pass_seconds", rest ? r.seconds - r.first_seconds : r.seconds},
+          {"windows", rest ? r.windows - r.first_windows : r.windows},
+          {"scope", rest ? "after the first forward" : "the whole pass"}};
+}
+#endif
+
+void print_profile(const nlohmann::json& p) {
+  const double pass = p["pass_seconds"].get<double>(), windows = double(p["windows"].get<int64_t>());
+  fmt::print("GPU time per op, {} ({} windows, {:.3f} s):\n", p["scope"].get<std::string>(), p["windows"].get<int64_t>(),
+             pass);
+  fmt::print("{:<24} {:>8} {:>10} {:>12} {:>7}\n", "op", "calls", "seconds", "ms/window", "share");
+  for (const auto& e : p["ops"]) {
+    const double sec = e["seconds"].get<double>();
+    fmt::print("{:<24} {:>8} {:>10.3f} {:>12.3f} {:>6.1f}%\n", e["op"].get<std::string>(), e["calls"].get<int64_t>(),
+               sec, sec * 1e3 / windows, 100.0 * sec / pass);
+  }
+  const double busy = p["gpu_seconds"].get<double>();
+  fmt::print("{:<24} {:>8} {:>10.3f} {:>12.3f} {:>6.1f}%\n", "(GPU waiting for host)", "", pass - busy,
+             (pass - busy) * 1e3 / windows, 100.0 * (pass - busy) / pass);
 }
 
 void run(const Options& o) {
@@ -78,16 +111,20 @@ void run(const Options& o) {
   auto on_progress = [&](int64_t done, int64_t total, double s, double ppl) {
     if (!o.json) progress.update(done, total, s, fmt::format("ppl {:.4f}", ppl));
   };
+  LB_CHECK(!o.profile || dev.cuda, "--profile times the GPU's ops: it needs --device cuda");
   PerplexityResult r;
   std::string device_name = "cpu";
   double gpu_peak = 0;
+  nlohmann::json profile = nullptr;
 #ifdef LOWBIT_WITH_CUDA
   if (dev.cuda) {
     cuda::Context ctx(dev.index);
     device_name = ctx.name();
     CudaModel gpu(model, ctx);
+    if (o.profile) gpu.enable_profile();
     r = perplexity_cuda(gpu, windows, o.batch, on_progress);
     gpu_peak = double(cuda::peak_device_bytes());
+    if (o.profile) profile = profile_json(*gpu.profile(), r);
   } else
 #endif
   {
@@ -113,15 +150,18 @@ void run(const Options& o) {
         {"tokenizer", {{"path", model.checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
         {"seqlen", o.seqlen}, {"windows", r.windows}, {"windows_available", available}, {"tokens", r.tokens},
         {"seconds", r.seconds}, {"wall_seconds", wall}, {"tokens_per_second", double(r.tokens) / r.seconds},
+        {"first_forward", {{"windows", r.first_windows}, {"seconds", r.first_seconds}}},
         {"threads", num_threads()}, {"device", device_name},
         {"compute_dtype", dev.cuda ? "bfloat16 GEMMs, float32 accumulation and residual" : "float32"},
         {"batch", dev.cuda ? o.batch : 1}, {"peak_gpu_bytes", gpu_peak},
         {"peak_rss_bytes", int64_t(ru.ru_maxrss) * 1024},
         {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
         {"window_nll", r.window_nll}};
+    if (!profile.is_null()) j["profile"] = profile;
     fmt::print("{}\n", j.dump(1));
     return;
   }
+  if (!profile.is_null()) print_profile(profile);
   fmt::print("{} ({}), seqlen {}, {} windows, {} tokens: {:.1f} s, {:.0f} tokens/s on {}\n", set.name,
              set.convention, o.seqlen, r.windows, r.tokens, r.seconds, double(r.tokens) / r.seconds, device_name);
   fmt::print("PPL = {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
@@ -145,6 +185,8 @@ void register_ppl(CLI::App& app) {
   cmd->add_flag("--json", o->json, "print one JSON object with the result and its identity");
   add_device_option(cmd, o->device);
   cmd->add_option("--batch", o->batch, "windows per forward on the GPU")->check(CLI::PositiveNumber);
+  cmd->add_flag("--profile", o->profile, "time each GPU op over the pass (events between ops) and print the table "
+                                         "(in the JSON: \"profile\")");
   cmd->callback([o] { run(*o); });
 }
 

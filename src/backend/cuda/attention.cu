@@ -1,17 +1,20 @@
 // Causal GQA attention, FlashAttention-2 style: the scores are never materialized. One thread
-// block per (64 queries, head, sequence); each of its 4 warps owns 16 query rows and walks the
-// key tiles (64 keys) the rows can see, keeping a running row max and sum (online softmax) and
-// the output accumulator in registers. Both products run on tensor cores through
-// mma.sync.m16n8k16 (bf16 in, fp32 accumulate).
+// block per (128 queries, head, sequence); each of its 4 warps owns 32 query rows (two 16-row
+// m-tiles) and walks the key tiles (64 keys) the rows can see, keeping a running row max and sum
+// (online softmax) and the output accumulator in registers. Both products run on tensor cores
+// through mma.sync.m16n8k16 (bf16 in, fp32 accumulate). Two m-tiles per warp share every K and V
+// fragment a warp loads from shared memory, which halves the shared-memory reads per product
+// against one m-tile (shared-memory bandwidth, not the tensor cores, bounds the one-tile form).
 //
 // Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4 * g + t (g = 0..7, t = 0..3):
 //   A 16x16 row-major, 4 regs of 2 bf16: {A[g][2t..2t+1]}, {A[g+8][2t..]}, {A[g][2t+8..]}, {A[g+8][2t+8..]}
 //   B 16x8 (k x n), 2 regs:             {B[2t..2t+1][g]}, {B[2t+8..2t+9][g]}
 //   C 16x8 fp32, 4 values:              C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
 // so the S = Q K^T accumulators of two adjacent 8-key tiles are, element for element, the A
-// fragment of P for the next product P V (no trip through shared memory). K sits in shared
-// memory as [key][hd] (B of Q K^T reads two consecutive hd values of one key), and so does V
-// (B of P V, two consecutive keys of one hd, comes through ldmatrix.trans).
+// fragment of P for the next product P V (no trip through shared memory). Q, K and V sit in
+// shared memory as [row][hd]: Q's A fragments and K's B fragments (two consecutive hd values of
+// one key) come through ldmatrix, V's B fragments (two consecutive keys of one hd) through
+// ldmatrix.trans.
 //
 // The tensor-core kernel is compiled for head dims 64 and 128, which the LLaMA family uses
 // (testbed-44m 64, LLaMA-2/3 128); other head dims take a plain kernel (attention_generic_kernel).
@@ -26,9 +29,10 @@ namespace lowbit::cuda {
 
 namespace {
 
-constexpr int kBlockM = 64;  // queries per block (16 per warp)
-constexpr int kBlockN = 64;  // keys per tile
 constexpr int kWarps = 4;
+constexpr int kMTiles = 2;                      // 16-row m-tiles per warp
+constexpr int kBlockM = kWarps * kMTiles * 16;  // queries per block
+constexpr int kBlockN = 64;                     // keys per tile
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -41,6 +45,13 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x on the special-function unit (flushes denormal results to zero; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
@@ -68,28 +79,52 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(a));
 }
 
+// RoPE on the block's Q tile in shared memory (rotate_half, fp32 from bf16, rounded to bf16 as
+// the rope kernel does): pairs (i, i + HD/2) of each row below T, two adjacent i per step. Not
+// inlined: it runs once per block, and kept apart it leaves the main loop all the registers.
 template <int HD>
-constexpr int flash_smem_bytes() {
-  return 2 * 2 * kBlockN * (HD + 8) * int(sizeof(bf16));  // K and V tiles, double-buffered
+__device__ __noinline__ void rope_q_tile(bf16* qs, int q0, int T, int past, const float* __restrict__ rope_cos,
+                                         const float* __restrict__ rope_sin) {
+  constexpr int kHalf = HD / 2, kStride = HD + 8;
+  for (int idx = threadIdx.x; idx < kBlockM * kHalf / 2; idx += blockDim.x) {
+    const int r = idx / (kHalf / 2), i = (idx % (kHalf / 2)) * 2;
+    if (q0 + r >= T) continue;
+    const int64_t pos = int64_t(past + q0 + r) * kHalf + i;
+    const float2 c = *reinterpret_cast<const float2*>(rope_cos + pos);
+    const float2 sn = *reinterpret_cast<const float2*>(rope_sin + pos);
+    __nv_bfloat162* a = reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i);
+    __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i + kHalf);
+    const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*b);
+    *a = __floats2bfloat162_rn(av.x * c.x - bv.x * sn.x, av.y * c.y - bv.y * sn.y);
+    *b = __floats2bfloat162_rn(bv.x * c.x + av.x * sn.x, bv.y * c.y + av.y * sn.y);
+  }
 }
 
-// K and V tiles sit in shared memory as [key][hd] (rows padded by 8 bf16 so that the 8 rows an
-// ldmatrix or a fragment load touches fall on distinct banks), double-buffered: cp.async brings
-// tile i+1 while tile i is multiplied. The B fragments of P V (two consecutive keys of one hd
-// column) come from the [key][hd] layout through ldmatrix.trans.
+// Rows of the Q, K and V tiles are padded by 8 bf16, so that the 8 rows one ldmatrix matrix
+// touches fall on distinct banks.
+template <int HD>
+constexpr int flash_smem_bytes() {
+  return (kBlockM + 2 * 2 * kBlockN) * (HD + 8) * int(sizeof(bf16));  // Q; K and V double-buffered
+}
+
+// K and V tiles are double-buffered: cp.async brings tile i+1 while tile i is multiplied.
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16* __restrict__ q,
                                                                       const bf16* __restrict__ k,
                                                                       const bf16* __restrict__ v, bf16* __restrict__ out,
                                                                       int T, int past, int nh, int nkv, int64_t ldq,
-                                                                      int64_t ldk, int64_t ldo, float scale_log2) {
+                                                                      int64_t ldk, int64_t ldo, float scale_log2,
+                                                                      const float* __restrict__ rope_cos,
+                                                                      const float* __restrict__ rope_sin) {
   constexpr int KS = HD / 16;        // k-steps of Q K^T
   constexpr int NT = kBlockN / 8;    // 8-key tiles per key tile
   constexpr int OT = HD / 8;         // 8-wide output tiles
-  constexpr int kStride = HD + 8;    // padded row of a K or V tile (bf16)
+  constexpr int kStride = HD + 8;    // padded row of a Q, K or V tile (bf16)
   constexpr int kTile = kBlockN * kStride;
+  constexpr int kRowChunks = HD / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* ks = reinterpret_cast<bf16*>(smem_raw);  // [2][kBlockN][kStride]
+  bf16* qs = reinterpret_cast<bf16*>(smem_raw);  // [kBlockM][kStride]
+  bf16* ks = qs + kBlockM * kStride;              // [2][kBlockN][kStride]
   bf16* vs = ks + 2 * kTile;                      // [2][kBlockN][kStride]
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -104,42 +139,59 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
   // Keys this block can see: up to the last query's position.
   const int last_key = min(keys_total - 1, past + min(q0 + kBlockM, T) - 1);
   const int ntiles = last_key / kBlockN + 1;
+  // Each thread copies the same 16-byte column chunk c8 of rows r0, r0 + R, r0 + 2R, ... of
+  // every tile (R = threads / chunks per row), so its addresses advance by constant strides.
+  constexpr int kRowsPerPass = kWarps * 32 / kRowChunks;
+  const int r0 = threadIdx.x / kRowChunks, c8 = (threadIdx.x % kRowChunks) * 8;
+  const bf16* kp = kb + int64_t(r0) * ldk + c8;
+  const bf16* vp = vb + int64_t(r0) * ldk + c8;
+  const int64_t pass_stride = int64_t(kRowsPerPass) * ldk;
   auto load_tile = [&](int tile, int buf) {
     const int key0 = tile * kBlockN;
-    bf16* kd = ks + buf * kTile;
-    bf16* vd = vs + buf * kTile;
-    for (int idx = threadIdx.x; idx < kBlockN * HD / 8; idx += blockDim.x) {
-      const int kr = idx / (HD / 8), c8 = (idx % (HD / 8)) * 8;
-      const int key = key0 + kr;
-      const bool valid = key < keys_total;
-      const int64_t off = int64_t(valid ? key : 0) * ldk + c8;
-      cp_async16(kd + kr * kStride + c8, kb + off, valid);
-      cp_async16(vd + kr * kStride + c8, vb + off, valid);
+    bf16* kd = ks + buf * kTile + r0 * kStride + c8;
+    bf16* vd = vs + buf * kTile + r0 * kStride + c8;
+    const int64_t tile_off = int64_t(key0) * ldk;
+#pragma unroll
+    for (int i = 0; i < kBlockN / kRowsPerPass; ++i) {
+      const bool valid = key0 + r0 + i * kRowsPerPass < keys_total;  // else zero-filled from key 0's address
+      const int64_t off = tile_off + i * pass_stride;
+      cp_async16(kd + i * kRowsPerPass * kStride, valid ? kp + off : kb, valid);
+      cp_async16(vd + i * kRowsPerPass * kStride, valid ? vp + off : vb, valid);
     }
     cp_async_commit();
   };
-  load_tile(0, 0);
-
-  // Q fragments of this warp's 16 rows, for every k-step (rows past T read as zeros).
-  const int r_lo = q0 + warp * 16 + g, r_hi = r_lo + 8;
-  uint32_t qa[KS][4];
-  auto qpair = [&](int row, int col) -> uint32_t {
-    if (row >= T) return 0u;
-    return *reinterpret_cast<const uint32_t*>(qb + int64_t(row) * ldq + col);
-  };
+  // Q (rows past T read as zeros), then the first K and V tile.
 #pragma unroll
-  for (int s = 0; s < KS; ++s) {
-    qa[s][0] = qpair(r_lo, s * 16 + 2 * t);
-    qa[s][1] = qpair(r_hi, s * 16 + 2 * t);
-    qa[s][2] = qpair(r_lo, s * 16 + 2 * t + 8);
-    qa[s][3] = qpair(r_hi, s * 16 + 2 * t + 8);
+  for (int i = 0; i < kBlockM / kRowsPerPass; ++i) {
+    const int row = q0 + r0 + i * kRowsPerPass;
+    const bool valid = row < T;
+    cp_async16(qs + (r0 + i * kRowsPerPass) * kStride + c8, qb + int64_t(valid ? row : 0) * ldq + c8, valid);
   }
-  float o[OT][4];
+  cp_async_commit();
+  load_tile(0, 0);
+  if (rope_cos != nullptr) {
+    cp_async_wait<1>();  // Q has landed
+    __syncthreads();
+    rope_q_tile<HD>(qs, q0, T, past, rope_cos, rope_sin);
+    // The loop's first barrier orders these writes before any read of Q.
+  }
+
+  const int row0 = q0 + warp * 32;  // this warp's first row; m-tile mt holds rows row0 + 16 mt ..
+  float o[kMTiles][OT][4];
 #pragma unroll
-  for (int j = 0; j < OT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m_lo = -FLT_MAX, m_hi = -FLT_MAX, l_lo = 0.0f, l_hi = 0.0f;
-  const int pos_lo = past + r_lo, pos_hi = past + r_hi;  // absolute positions of the two rows
-  // ldmatrix.trans row of this lane within a 16-key chunk, and its 8-column offset (0 or 8).
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int j = 0; j < OT; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+  // Row statistics: [mt][0] for row g of the m-tile, [mt][1] for row g + 8.
+  float m[kMTiles][2], l[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
+  // ldmatrix addressing. A fragments of Q: row lane & 15, column half lane >> 4. B fragments of
+  // K for two 8-key tiles: key (lane & 7) + 8 (lane >> 4), column half (lane >> 3) & 1.
+  // ldmatrix.trans of V: key (lane & 7) + 8 ((lane >> 3) & 1) within a 16-key chunk, 8-column
+  // offset 8 (lane >> 4).
+  const int qa_row = lane & 15, qa_col = (lane >> 4) * 8;
+  const int kb_key = (lane & 7) + (lane >> 4) * 8, kb_col = ((lane >> 3) & 1) * 8;
   const int lm_key = (lane & 7) + ((lane >> 3) & 1) * 8, lm_col = (lane >> 4) * 8;
 
   for (int tile = 0; tile < ntiles; ++tile) {
@@ -154,106 +206,161 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
     const bf16* kt = ks + buf * kTile;
     const bf16* vt = vs + buf * kTile;
     // The warp skips tiles entirely after its rows (causal).
-    if (key0 <= past + q0 + warp * 16 + 15) {
-      float s[NT][4];
+    if (key0 <= past + row0 + 31) {
+      float s[kMTiles][NT][4];
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        // B fragments of two k-steps per ldmatrix.x4: rows are keys j*8 .. j*8+7, the four
-        // matrices the hd columns st*16, st*16+8, st*16+16, st*16+24.
+      for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int st = 0; st < KS; st += 2) {
+        for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+      // S = Q K^T, one k-step at a time: the Q fragments of both m-tiles, then for each pair of
+      // 8-key tiles one ldmatrix.x4 of K (keys j*8 .. j*8+15, hd columns st*16 .. st*16+15)
+      // feeding four products.
+#pragma unroll
+      for (int st = 0; st < KS; ++st) {
+        uint32_t qa[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+          ldmatrix_x4(qa[mt], qs + (warp * 32 + mt * 16 + qa_row) * kStride + st * 16 + qa_col);
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
           uint32_t kb4[4];
-          ldmatrix_x4(kb4, kt + (j * 8 + (lane & 7)) * kStride + st * 16 + (lane >> 3) * 8);
-          mma_bf16(s[j], qa[st], kb4[0], kb4[1]);
-          mma_bf16(s[j], qa[st + 1], kb4[2], kb4[3]);
+          ldmatrix_x4(kb4, kt + (j * 8 + kb_key) * kStride + st * 16 + kb_col);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_bf16(s[mt][j], qa[mt], kb4[0], kb4[1]);
+            mma_bf16(s[mt][j + 1], qa[mt], kb4[2], kb4[3]);
+          }
         }
       }
-      // Scale (in log2 units), mask, row maxima.
-      float mx_lo = m_lo, mx_hi = m_hi;
-      const bool full = key0 + kBlockN - 1 <= past + q0 + warp * 16;  // no key of the tile is masked
+      // Online softmax in log2 units (scale_log2 folds 1/sqrt(hd) and log2 e): masked scores
+      // become -inf, the row max is taken on the raw scores, and P = 2^(S scale - m) overwrites S.
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int c = key0 + j * 8 + 2 * t;
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int pos_lo = past + row0 + mt * 16 + g, pos_hi = pos_lo + 8;  // absolute positions of the two rows
+        if (key0 + kBlockN - 1 > past + row0 + mt * 16) {                  // some key of the tile is masked
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[j][e] = (full || c + e <= pos_lo) ? s[j][e] * scale_log2 : -FLT_MAX;
-          s[j][2 + e] = (full || c + e <= pos_hi) ? s[j][2 + e] * scale_log2 : -FLT_MAX;
-          mx_lo = fmaxf(mx_lo, s[j][e]);
-          mx_hi = fmaxf(mx_hi, s[j][2 + e]);
+          for (int j = 0; j < NT; ++j) {
+            const int c = key0 + j * 8 + 2 * t;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              if (c + e > pos_lo) s[mt][j][e] = -INFINITY;
+              if (c + e > pos_hi) s[mt][j][2 + e] = -INFINITY;
+            }
+          }
         }
-      }
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-      const float alpha_lo = exp2f(m_lo - mx_lo), alpha_hi = exp2f(m_hi - mx_hi);
-      m_lo = mx_lo;
-      m_hi = mx_hi;
-      float sum_lo = 0.0f, sum_hi = 0.0f;
+        // Row maxima and (below) sums as trees rather than chains: short dependencies.
+        float t_lo[NT], t_hi[NT];
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[j][e] = exp2f(s[j][e] - m_lo);
-          s[j][2 + e] = exp2f(s[j][2 + e] - m_hi);
-          sum_lo += s[j][e];
-          sum_hi += s[j][2 + e];
+        for (int j = 0; j < NT; ++j) {
+          t_lo[j] = fmaxf(s[mt][j][0], s[mt][j][1]);
+          t_hi[j] = fmaxf(s[mt][j][2], s[mt][j][3]);
         }
-      }
-      l_lo = l_lo * alpha_lo + sum_lo;  // per-lane partial sums; combined across the quad at the end
-      l_hi = l_hi * alpha_hi + sum_hi;
 #pragma unroll
-      for (int j = 0; j < OT; ++j) {
-        o[j][0] *= alpha_lo;
-        o[j][1] *= alpha_lo;
-        o[j][2] *= alpha_hi;
-        o[j][3] *= alpha_hi;
+        for (int w = NT / 2; w > 0; w /= 2)
+#pragma unroll
+          for (int j = 0; j < w; ++j) {
+            t_lo[j] = fmaxf(t_lo[j], t_lo[j + w]);
+            t_hi[j] = fmaxf(t_hi[j], t_hi[j + w]);
+          }
+        float mx_lo = t_lo[0], mx_hi = t_hi[0];
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        // Every row sees key 0 in tile 0, so the running max is finite from then on.
+        const float new_lo = fmaxf(m[mt][0], mx_lo * scale_log2), new_hi = fmaxf(m[mt][1], mx_hi * scale_log2);
+        const float alpha_lo = fast_exp2(m[mt][0] - new_lo), alpha_hi = fast_exp2(m[mt][1] - new_hi);
+        m[mt][0] = new_lo;
+        m[mt][1] = new_hi;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], scale_log2, -new_lo));
+            s[mt][j][2 + e] = fast_exp2(fmaf(s[mt][j][2 + e], scale_log2, -new_hi));
+          }
+          t_lo[j] = s[mt][j][0] + s[mt][j][1];
+          t_hi[j] = s[mt][j][2] + s[mt][j][3];
+        }
+#pragma unroll
+        for (int w = NT / 2; w > 0; w /= 2)
+#pragma unroll
+          for (int j = 0; j < w; ++j) {
+            t_lo[j] += t_lo[j + w];
+            t_hi[j] += t_hi[j + w];
+          }
+        l[mt][0] = l[mt][0] * alpha_lo + t_lo[0];  // per-lane partial sums; combined across the quad at the end
+        l[mt][1] = l[mt][1] * alpha_hi + t_hi[0];
+        // O *= alpha, unless no row of the warp's m-tile raised its max (alpha = 1 exactly),
+        // which grows common as the rows see more keys.
+        if (__any_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f))
+#pragma unroll
+        for (int j = 0; j < OT; ++j) {
+          o[mt][j][0] *= alpha_lo;
+          o[mt][j][1] *= alpha_lo;
+          o[mt][j][2] *= alpha_hi;
+          o[mt][j][3] *= alpha_hi;
+        }
       }
       // O += P V, P from the S accumulators of 8-key tiles 2kk and 2kk+1; V's B fragments for
-      // two 8-wide output tiles per ldmatrix.x4.trans.
+      // two 8-wide output tiles per ldmatrix.x4.trans, shared by both m-tiles.
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        uint32_t pa[4];
-        pa[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-        pa[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-        pa[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        uint32_t pa[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int j = 0; j < OT; j += 2) {
           uint32_t vb4[4];
           ldmatrix_x4_trans(vb4, vt + (kk * 16 + lm_key) * kStride + j * 8 + lm_col);
-          mma_bf16(o[j], pa, vb4[0], vb4[1]);
-          mma_bf16(o[j + 1], pa, vb4[2], vb4[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_bf16(o[mt][j], pa[mt], vb4[0], vb4[1]);
+            mma_bf16(o[mt][j + 1], pa[mt], vb4[2], vb4[3]);
+          }
         }
       }
     }
     __syncthreads();  // the buffer of this tile is free for tile + 2
   }
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
   bf16* ob = out + int64_t(b) * T * ldo + int64_t(head) * HD;
 #pragma unroll
-  for (int j = 0; j < OT; ++j) {
-    const int c = j * 8 + 2 * t;
-    if (r_lo < T) *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
-    if (r_hi < T) *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    float l_lo = l[mt][0], l_hi = l[mt][1];
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+    const int r_lo = row0 + mt * 16 + g, r_hi = r_lo + 8;
+#pragma unroll
+    for (int j = 0; j < OT; ++j) {
+      const int c = j * 8 + 2 * t;
+      if (r_lo < T)
+        *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[mt][j][0] * inv_lo, o[mt][j][1] * inv_lo);
+      if (r_hi < T)
+        *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[mt][j][2] * inv_hi, o[mt][j][3] * inv_hi);
+    }
   }
 }
 
 template <int HD>
 void launch_flash(const dim3& grid, cudaStream_t s, const bf16* q, const bf16* k, const bf16* v, bf16* out, int T,
-                  int past, int nh, int nkv, int64_t ldq, int64_t ldk, int64_t ldo, float scale_log2) {
+                  int past, int nh, int nkv, int64_t ldq, int64_t ldk, int64_t ldo, float scale_log2,
+                  const float* rope_cos, const float* rope_sin) {
   constexpr int bytes = flash_smem_bytes<HD>();
   static bool configured = false;  // the attribute is per kernel and device; setting it again is harmless
   if (!configured) {
     LB_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     configured = true;
   }
-  flash_attention_kernel<HD><<<grid, kWarps * 32, bytes, s>>>(q, k, v, out, T, past, nh, nkv, ldq, ldk, ldo, scale_log2);
+  flash_attention_kernel<HD><<<grid, kWarps * 32, bytes, s>>>(q, k, v, out, T, past, nh, nkv, ldq, ldk, ldo, scale_log2,
+                                                              rope_cos, rope_sin);
 }
 
 // Any head dim up to HDMAX (the models whose head dims the tensor-core kernel does not cover:
@@ -262,7 +369,8 @@ void launch_flash(const dim3& grid, cudaStream_t s, const bf16* q, const bf16* k
 template <int HDMAX>
 __global__ void attention_generic_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                          const bf16* __restrict__ v, bf16* __restrict__ out, int T, int past, int nh,
-                                         int nkv, int hd, int64_t ldq, int64_t ldk, int64_t ldo, float scale) {
+                                         int nkv, int hd, int64_t ldq, int64_t ldk, int64_t ldo, float scale,
+                                         const float* __restrict__ rope_cos, const float* __restrict__ rope_sin) {
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int head = blockIdx.y, b = blockIdx.z;
   if (row >= T) return;
@@ -270,9 +378,20 @@ __global__ void attention_generic_kernel(const bf16* __restrict__ q, const bf16*
   const bf16* qr = q + (int64_t(b) * T + row) * ldq + int64_t(head) * hd;
   float qv[HDMAX], acc[HDMAX];
   for (int d = 0; d < hd; ++d) {
-    qv[d] = __bfloat162float(qr[d]) * scale;
+    qv[d] = __bfloat162float(qr[d]);
     acc[d] = 0.0f;
   }
+  if (rope_cos != nullptr) {  // as the rope kernel: fp32 from bf16, rounded to bf16
+    const int half = hd / 2;
+    const float* c = rope_cos + int64_t(past + row) * half;
+    const float* sn = rope_sin + int64_t(past + row) * half;
+    for (int i = 0; i < half; ++i) {
+      const float a = qv[i], bv = qv[i + half];
+      qv[i] = __bfloat162float(__float2bfloat16(a * c[i] - bv * sn[i]));
+      qv[i + half] = __bfloat162float(__float2bfloat16(bv * c[i] + a * sn[i]));
+    }
+  }
+  for (int d = 0; d < hd; ++d) qv[d] *= scale;
   float m = -FLT_MAX, l = 0.0f;
   for (int j = lane; j <= past + row; j += 32) {
     const bf16* kr = k + (int64_t(b) * S + j) * ldk + int64_t(kvh) * hd;
@@ -299,7 +418,8 @@ __global__ void attention_generic_kernel(const bf16* __restrict__ q, const bf16*
 }  // namespace
 
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
-               int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s) {
+               int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
+               const float* rope_cos, const float* rope_sin) {
   if (B * T == 0) return;
   if (nh % nkv != 0)
     throw_error("attention: " + std::to_string(nh) + " heads do not group over " + std::to_string(nkv) + " KV heads");
@@ -308,10 +428,12 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(hd)));
   switch (hd) {
     case 64:
-      launch_flash<64>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2);
+      launch_flash<64>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2, rope_cos,
+                       rope_sin);
       break;
     case 128:
-      launch_flash<128>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2);
+      launch_flash<128>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2, rope_cos,
+                        rope_sin);
       break;
     default: {
       if (hd > 256 || hd % 2 != 0) throw_error("attention on the GPU supports even head dims up to 256, not " + std::to_string(hd));
@@ -319,10 +441,10 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
       const float scale = float(1.0 / std::sqrt(double(hd)));
       if (hd <= 32)
         attention_generic_kernel<32><<<g, 128, 0, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), int(hd), ldq,
-                                                       ldk, ldo, scale);
+                                                       ldk, ldo, scale, rope_cos, rope_sin);
       else
         attention_generic_kernel<256><<<g, 128, 0, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), int(hd),
-                                                        ldq, ldk, ldo, scale);
+                                                        ldq, ldk, ldo, scale, rope_cos, rope_sin);
     }
   }
   LB_CUDA_LAUNCH_CHECK();

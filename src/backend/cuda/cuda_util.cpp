@@ -62,6 +62,36 @@ Context::~Context() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+OpProfile::~OpProfile() {
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+}
+
+void OpProfile::mark(const char* name) {
+  if (used_ == events_.size()) {
+    cudaEvent_t e = nullptr;
+    LB_CUDA_CHECK(cudaEventCreate(&e));
+    events_.push_back(e);
+    names_.push_back(nullptr);
+  }
+  LB_CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
+  names_[used_++] = name;
+}
+
+void OpProfile::collect() {
+  if (used_ == 0) return;
+  mark(nullptr);  // the end of the last op
+  LB_CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1]));
+  for (size_t i = 0; i + 1 < used_; ++i) {
+    float ms = 0;
+    LB_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
+    auto it = std::find_if(totals_.begin(), totals_.end(), [&](const Entry& e) { return e.name == names_[i]; });
+    if (it == totals_.end()) it = totals_.insert(totals_.end(), Entry{names_[i], 0.0, 0});
+    it->ms += double(ms);
+    ++it->calls;
+  }
+  used_ = 0;
+}
+
 std::string Context::name() const {
   cudaDeviceProp p{};
   LB_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace lowbit::cuda {
 // Throw lowbit::Error (defined in cuda_util.cpp).
@@ -135,6 +136,39 @@ void download(T* dst, const T* src, size_t n, cudaStream_t s) {
   LB_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, s));
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
+
+// GPU time per op of the kernels one stream runs (ppl --profile): mark(name) records an event,
+// and everything launched until the next mark() or collect() counts as `name`. Time in which
+// the GPU waited for the host (after a synchronization) is in no op.
+class OpProfile {
+ public:
+  struct Entry {
+    std::string name;
+    double ms = 0;
+    int64_t calls = 0;
+  };
+  explicit OpProfile(cudaStream_t s) : stream_(s) {}
+  ~OpProfile();
+  OpProfile(const OpProfile&) = delete;
+  OpProfile& operator=(const OpProfile&) = delete;
+  void mark(const char* name);
+  // Waits for the marked ops and adds their times to the totals.
+  void collect();
+  // Drops the totals (and any marks not collected).
+  void reset() {
+    used_ = 0;
+    totals_.clear();
+  }
+  // Per op, in order of first appearance.
+  const std::vector<Entry>& totals() const { return totals_; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;  // a pool; the first used_ are recorded
+  std::vector<const char*> names_;   // names_[i]: the op that starts at events_[i]
+  size_t used_ = 0;
+  std::vector<Entry> totals_;
+};
 
 // Number of CUDA devices (0 when the driver finds none).
 int device_count();

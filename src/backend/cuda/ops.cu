@@ -1,5 +1,6 @@
 #include "backend/cuda/ops.cuh"
 
+#include <algorithm>
 #include <cfloat>
 
 namespace lowbit::cuda {
@@ -49,21 +50,26 @@ __global__ void rmsnorm_kernel(const float* x, const bf16* w, bf16* y, int64_t d
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) yr[c] = __float2bfloat16(xr[c] * inv * __bfloat162float(w[c]));
 }
 
-// h += y, then y_out = rmsnorm(h): the residual add and the next norm in one pass.
-__global__ void add_rmsnorm_kernel(float* x, const bf16* r, const bf16* w, bf16* y, int64_t dim, float eps) {
+// The same through 16-byte loads of x (dim % 4 == 0, 16-byte aligned rows and 8-byte aligned w, y).
+__global__ void rmsnorm4_kernel(const float* x, const bf16* w, bf16* y, int64_t dim, float eps) {
   __shared__ float shared[33];
-  float* xr = x + int64_t(blockIdx.x) * dim;
-  const bf16* rr = r + int64_t(blockIdx.x) * dim;
-  bf16* yr = y + int64_t(blockIdx.x) * dim;
+  const float4* xr = reinterpret_cast<const float4*>(x + int64_t(blockIdx.x) * dim);
+  const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(w);
+  __nv_bfloat162* yr = reinterpret_cast<__nv_bfloat162*>(y + int64_t(blockIdx.x) * dim);
+  const int64_t n4 = dim / 4;
   float ss = 0;
-  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
-    const float v = xr[c] + __bfloat162float(rr[c]);
-    xr[c] = v;
-    ss += v * v;
+  for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 v = xr[i];
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
   }
   ss = block_reduce<false>(ss, shared);
   const float inv = rsqrtf(ss / float(dim) + eps);
-  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) yr[c] = __float2bfloat16(xr[c] * inv * __bfloat162float(w[c]));
+  for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 v = xr[i];
+    const float2 wa = __bfloat1622float2(w2[2 * i]), wb = __bfloat1622float2(w2[2 * i + 1]);
+    yr[2 * i] = __floats2bfloat162_rn(v.x * inv * wa.x, v.y * inv * wa.y);
+    yr[2 * i + 1] = __floats2bfloat162_rn(v.z * inv * wb.x, v.w * inv * wb.y);
+  }
 }
 
 __global__ void rope_kernel(bf16* x, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos,
@@ -83,17 +89,33 @@ __global__ void rope_kernel(bf16* x, int64_t T, int64_t heads, int64_t hd, int64
   }
 }
 
-__global__ void swiglu_kernel(const bf16* gate, const bf16* up, bf16* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = __bfloat162float(gate[i]);
-    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(up[i]));
+// The same, two adjacent pairs per thread (hd % 4 == 0, even ld, 4-byte aligned x).
+__global__ void rope2_kernel(bf16* x, int T, int heads, int hd, int64_t ld, const float* cos, const float* sin,
+                             int64_t pos0) {
+  const int64_t row = blockIdx.x;
+  const int t = int(row % T), half = hd / 2, pairs = half / 2;
+  bf16* xr = x + row * ld;
+  const float* c = cos + (pos0 + t) * half;
+  const float* s = sin + (pos0 + t) * half;
+  for (int j = threadIdx.x; j < heads * pairs; j += blockDim.x) {
+    const int h = j / pairs, i = (j % pairs) * 2;
+    __nv_bfloat162* a = reinterpret_cast<__nv_bfloat162*>(xr + h * hd + i);
+    __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(xr + h * hd + i + half);
+    const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*b);
+    const float2 cv = *reinterpret_cast<const float2*>(c + i), sv = *reinterpret_cast<const float2*>(s + i);
+    *a = __floats2bfloat162_rn(av.x * cv.x - bv.x * sv.x, av.y * cv.y - bv.y * sv.y);
+    *b = __floats2bfloat162_rn(bv.x * cv.x + av.x * sv.x, bv.y * cv.y + av.y * sv.y);
   }
 }
 
-// Eight elements per thread through 16-byte loads (n % 8 == 0, 16-byte aligned pointers).
-__global__ void swiglu8_kernel(const uint4* gate, const uint4* up, uint4* out, int64_t n8) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint4 gv = gate[i], uv = up[i];
+// Rows [gate | up] of 2F, in place. grid.x covers a row's F (8 elements per thread through
+// 16-byte loads when F % 8 == 0), grid.y strides over the rows.
+__global__ void swiglu_rows8_kernel(bf16* gu, int64_t rows, int64_t F) {
+  const int64_t c = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 8;
+  if (c >= F) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    uint4* gp = reinterpret_cast<uint4*>(gu + r * 2 * F + c);
+    const uint4 gv = *gp, uv = *reinterpret_cast<const uint4*>(gu + r * 2 * F + F + c);
     const bf16* g8 = reinterpret_cast<const bf16*>(&gv);
     const bf16* u8 = reinterpret_cast<const bf16*>(&uv);
     uint4 ov;
@@ -103,13 +125,17 @@ __global__ void swiglu8_kernel(const uint4* gate, const uint4* up, uint4* out, i
       const float g = __bfloat162float(g8[e]);
       o8[e] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(u8[e]));
     }
-    out[i] = ov;
+    *gp = ov;
   }
 }
 
-__global__ void add_residual_kernel(float* h, const bf16* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    h[i] += __bfloat162float(y[i]);
+__global__ void swiglu_rows_kernel(bf16* gu, int64_t rows, int64_t F) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= F) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float g = __bfloat162float(gu[r * 2 * F + c]);
+    gu[r * 2 * F + c] = __float2bfloat16(g / (1.0f + __expf(-g)) * __bfloat162float(gu[r * 2 * F + F + c]));
+  }
 }
 
 __global__ void f32_to_bf16_kernel(const float* x, bf16* y, int64_t n) {
@@ -122,49 +148,63 @@ __global__ void bf16_to_f32_kernel(const bf16* x, float* y, int64_t n) {
     y[i] = __bfloat162float(x[i]);
 }
 
+// Running (max, sum of exp(x - max), argmax) of a set of logits; merged across lanes and warps.
+struct SoftmaxState {
+  float m, sum;
+  int32_t arg;
+};
+
+__device__ __forceinline__ SoftmaxState merge(SoftmaxState a, SoftmaxState b) {
+  if (b.m > a.m || (b.m == a.m && b.arg < a.arg)) {
+    const SoftmaxState t = a;
+    a = b;
+    b = t;
+  }
+  // a has the larger max (or the same max and the first index).
+  const float scaled = b.sum == 0.0f ? 0.0f : b.sum * __expf(b.m - a.m);
+  return {a.m, a.sum + scaled, a.arg};
+}
+
+__device__ __forceinline__ void push(SoftmaxState& st, float x, int32_t i) {
+  if (x > st.m) {
+    st.sum = st.sum * __expf(st.m - x) + 1.0f;
+    st.m = x;
+    st.arg = i;
+  } else {
+    st.sum += __expf(x - st.m);
+  }
+}
+
+// One block per row, one pass over the logits (16-byte loads when V % 4 == 0).
 __global__ void nll_kernel(const float* logits, const int32_t* targets, float* out, int32_t* argmax, int64_t V) {
-  __shared__ float shared[33];
-  __shared__ int32_t shared_idx[32];
+  __shared__ SoftmaxState shared[32];
   const float* l = logits + int64_t(blockIdx.x) * V;
-  float mx = -FLT_MAX;
-  int32_t arg = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
-    if (l[i] > mx) {
-      mx = l[i];
-      arg = int32_t(i);
+  SoftmaxState st{-FLT_MAX, 0.0f, 0};
+  if (V % 4 == 0) {
+    const float4* l4 = reinterpret_cast<const float4*>(l);
+    for (int64_t i = threadIdx.x; i < V / 4; i += blockDim.x) {
+      const float4 x = l4[i];
+      push(st, x.x, int32_t(4 * i));
+      push(st, x.y, int32_t(4 * i + 1));
+      push(st, x.z, int32_t(4 * i + 2));
+      push(st, x.w, int32_t(4 * i + 3));
     }
-  // Block argmax (first index on ties, like torch.argmax on CPU).
+  } else {
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) push(st, l[i], int32_t(i));
+  }
   for (int o = 16; o > 0; o >>= 1) {
-    const float om = __shfl_xor_sync(0xffffffffu, mx, o);
-    const int32_t oa = __shfl_xor_sync(0xffffffffu, arg, o);
-    if (om > mx || (om == mx && oa < arg)) {
-      mx = om;
-      arg = oa;
-    }
+    const SoftmaxState other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.sum, o),
+                             __shfl_xor_sync(0xffffffffu, st.arg, o)};
+    st = merge(st, other);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  if (lane == 0) {
-    shared[warp] = mx;
-    shared_idx[warp] = arg;
-  }
+  if (lane == 0) shared[warp] = st;
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < nwarps; ++w)
-      if (shared[w] > shared[0] || (shared[w] == shared[0] && shared_idx[w] < shared_idx[0])) {
-        shared[0] = shared[w];
-        shared_idx[0] = shared_idx[w];
-      }
-    shared[32] = shared[0];
-  }
-  __syncthreads();
-  const float m = shared[32];
-  const int32_t best = shared_idx[0];
-  float sum = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) sum += __expf(l[i] - m);
-  sum = block_reduce<false>(sum, shared);
-  if (threadIdx.x == 0) {
-    out[blockIdx.x] = logf(sum) + m - l[targets[blockIdx.x]];
-    if (argmax) argmax[blockIdx.x] = best;
+    SoftmaxState r = shared[0];
+    for (int w = 1; w < nwarps; ++w) r = merge(r, shared[w]);
+    out[blockIdx.x] = logf(r.sum) + r.m - l[targets[blockIdx.x]];
+    if (argmax) argmax[blockIdx.x] = r.arg;
   }
 }
 
@@ -180,37 +220,31 @@ void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t
 
 void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s) {
   if (rows == 0) return;
-  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, y, dim, eps);
-  LB_CUDA_LAUNCH_CHECK();
-}
-
-void add_rmsnorm(float* h, const bf16* r, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps,
-                 cudaStream_t s) {
-  if (rows == 0) return;
-  add_rmsnorm_kernel<<<unsigned(rows), kThreads, 0, s>>>(h, r, w, y, dim, eps);
+  const auto aligned = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  if (dim % 4 == 0 && aligned(x, 16) && aligned(w, 8) && aligned(y, 8))
+    rmsnorm4_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, y, dim, eps);
+  else
+    rmsnorm_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, y, dim, eps);
   LB_CUDA_LAUNCH_CHECK();
 }
 
 void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
           int64_t pos0, cudaStream_t s) {
   if (B * T == 0) return;
-  rope_kernel<<<unsigned(B * T), 128, 0, s>>>(x, T, heads, hd, ld, cos, sin, pos0);
-  LB_CUDA_LAUNCH_CHECK();
-}
-
-void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (n % 8 == 0 && aligned(gate) && aligned(up) && aligned(out))
-    swiglu8_kernel<<<grid_stride_blocks(n / 8), kThreads, 0, s>>>(reinterpret_cast<const uint4*>(gate),
-                                                                  reinterpret_cast<const uint4*>(up),
-                                                                  reinterpret_cast<uint4*>(out), n / 8);
+  if (hd % 4 == 0 && ld % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0)
+    rope2_kernel<<<unsigned(B * T), 128, 0, s>>>(x, int(T), int(heads), int(hd), ld, cos, sin, pos0);
   else
-    swiglu_kernel<<<grid_stride_blocks(n), kThreads, 0, s>>>(gate, up, out, n);
+    rope_kernel<<<unsigned(B * T), 128, 0, s>>>(x, T, heads, hd, ld, cos, sin, pos0);
   LB_CUDA_LAUNCH_CHECK();
 }
 
-void add_residual(float* h, const bf16* y, int64_t n, cudaStream_t s) {
-  add_residual_kernel<<<grid_stride_blocks(n), kThreads, 0, s>>>(h, y, n);
+void swiglu_rows(bf16* gate_up, int64_t rows, int64_t F, cudaStream_t s) {
+  if (rows * F == 0) return;
+  const unsigned gy = unsigned(std::min<int64_t>(rows, 65535));
+  if (F % 8 == 0 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0)
+    swiglu_rows8_kernel<<<dim3(unsigned((F / 8 + kThreads - 1) / kThreads), gy), kThreads, 0, s>>>(gate_up, rows, F);
+  else
+    swiglu_rows_kernel<<<dim3(unsigned((F + kThreads - 1) / kThreads), gy), kThreads, 0, s>>>(gate_up, rows, F);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -231,26 +265,29 @@ void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* 
   LB_CUDA_LAUNCH_CHECK();
 }
 
-void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K) {
+void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K, int64_t lda,
+            int64_t ldc) {
   const float alpha = 1.0f, beta = 0.0f;
   // Row-major C[M,N] = A[M,K] W[N,K]^T is column-major C^T[N,M] = W^T(op T of col-major W[K,N]) A^T.
   LB_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, W, CUDA_R_16BF,
-                               int(K), A, CUDA_R_16BF, int(K), &beta, C, CUDA_R_16BF, int(N), CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT));
+                               int(K), A, CUDA_R_16BF, int(lda ? lda : K), &beta, C, CUDA_R_16BF, int(ldc ? ldc : N),
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t M, int64_t N, int64_t K) {
-  const float alpha = 1.0f, beta = 0.0f;
+void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t M, int64_t N, int64_t K,
+            bool accumulate, int64_t lda) {
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   LB_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, W, CUDA_R_16BF,
-                               int(K), A, CUDA_R_16BF, int(K), &beta, C, CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT));
+                               int(K), A, CUDA_R_16BF, int(lda ? lda : K), &beta, C, CUDA_R_32F, int(N),
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K) {
+void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K, int64_t ldx) {
   const float alpha = 1.0f, beta = 1.0f;
-  // Column-major X^T is [K, M]; H = X^T (X^T)^T.
+  const int ld = int(ldx ? ldx : K);
+  // Column-major X^T is [K, M] (leading dimension ld); H = X^T (X^T)^T.
   LB_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, int(K), int(K), int(M), &alpha, X, CUDA_R_16BF,
-                               int(K), X, CUDA_R_16BF, int(K), &beta, H, CUDA_R_32F, int(K), CUBLAS_COMPUTE_32F,
+                               ld, X, CUDA_R_16BF, ld, &beta, H, CUDA_R_32F, int(K), CUBLAS_COMPUTE_32F,
                                CUBLAS_GEMM_DEFAULT));
 }
 

@@ -20,33 +20,38 @@ using bf16 = __nv_bfloat16;
 void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t H, cudaStream_t s);
 // y = bf16(x / rms(x) * w) per row, in fp32 (transformers' LlamaRMSNorm, rounded once).
 void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
-// h += r, then y = rmsnorm(h) as above (the residual add fused with the next norm).
-void add_rmsnorm(float* h, const bf16* r, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
 // In place on B sequences of T rows each (row stride ld, sequence stride T*ld), positions pos0..:
 // transformers' rotate_half RoPE with the angle tables cos/sin [n_pos, hd/2] (fp32).
 void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
           int64_t pos0, cudaStream_t s);
-// out = silu(gate) * up.
-void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t s);
-// h += y.
-void add_residual(float* h, const bf16* y, int64_t n, cudaStream_t s);
+// In place on rows [gate | up] of 2F values (the output of the stacked gate/up projection):
+// gate_up[r, 0:F] = silu(gate_up[r, 0:F]) * gate_up[r, F:2F].
+void swiglu_rows(bf16* gate_up, int64_t rows, int64_t F, cudaStream_t s);
 void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
-// a per-row max shift), and argmax[r] when argmax != nullptr.
+// a running max shift, one pass over the row), and argmax[r] (first index on ties) when argmax
+// != nullptr.
 void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* argmax, int64_t rows, int64_t V,
               cudaStream_t s);
 // Causal GQA attention (flash-style, no materialized score matrix): B sequences, queries at
 // positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
 // k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd: even, up to 256 (64 and 128 on tensor cores).
+// With rope_cos/rope_sin (the rope() tables), q is rotated as it is read (RoPE at its positions,
+// exactly as rope() would) and need not be rotated beforehand; k always must be.
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
-               int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s);
+               int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
+               const float* rope_cos = nullptr, const float* rope_sin = nullptr);
 
 // C [M, N] = A [M, K] . W [N, K]^T (a Linear), bf16 inputs, fp32 accumulation; C bf16 or fp32.
-void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K);
-void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t M, int64_t N, int64_t K);
-// H [K, K] += X^T X for X [M, K] bf16 (exact products, fp32 sums): the Gram matrix of a linear's
-// inputs.
-void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K);
+// lda, ldc: row strides of A and C (0: K and N). With accumulate (fp32 C), C += A . W^T: the
+// residual add of o_proj and down_proj, in the GEMM's epilogue.
+void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K,
+            int64_t lda = 0, int64_t ldc = 0);
+void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t M, int64_t N, int64_t K,
+            bool accumulate = false, int64_t lda = 0);
+// H [K, K] += X^T X for X [M, K] bf16 (row stride ldx, 0: K; exact products, fp32 sums): the
+// Gram matrix of a linear's inputs.
+void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K, int64_t ldx = 0);
 
 }  // namespace lowbit::cuda
