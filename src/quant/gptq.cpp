@@ -15,6 +15,36 @@
 
 namespace lowbit {
 
+std::vector<int64_t> gptq_column_order(const std::vector<double>& diag, bool act_order) {
+  std::vector<int64_t> order(diag.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (act_order)
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+  return order;
+}
+
+QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, DType dtype,
+                            const std::vector<int64_t>& order) {
+  const bool per_channel = opt.group_size < 0;
+  const int64_t gs = per_channel ? cols : opt.group_size, ngroups = (cols + gs - 1) / gs;
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = QuantFormat::Int;
+  q.bits = opt.bits;
+  q.group_size = gs;
+  q.dequant_dtype = dtype;
+  q.zero_storage_bits = opt.sym ? 0.0 : double(opt.bits);
+  q.codes.assign(size_t(rows * cols), 0);
+  q.scales.assign(size_t(rows * ngroups), 0.0f);
+  q.zeros.assign(size_t(rows * ngroups), 0.0f);
+  if (opt.act_order && !per_channel && !opt.static_groups) {
+    q.g_idx.resize(size_t(cols));
+    for (int64_t i = 0; i < cols; ++i) q.g_idx[size_t(order[size_t(i)])] = int32_t(i / gs);
+  }
+  return q;
+}
+
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype) {
   LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian has {} entries for {} columns", h.size(), cols);
@@ -54,11 +84,10 @@ GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector
     }
   }
 
-  std::vector<int64_t> perm(static_cast<size_t>(cols));
-  std::iota(perm.begin(), perm.end(), 0);
+  std::vector<double> diag(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) diag[size_t(c)] = h[size_t(c * cols + c)];
+  const std::vector<int64_t> perm = gptq_column_order(diag, opt.act_order);
   if (opt.act_order) {
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return h[size_t(a * cols + a)] > h[size_t(b * cols + b)]; });
     std::vector<float> wp(wt.size());
     std::vector<double> hp(h.size());
     for (int64_t i = 0; i < cols; ++i) {
@@ -91,21 +120,8 @@ GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector
   std::vector<float> hinv(a.begin(), a.end());
   a = {};
 
+  res.q = gptq_output(rows, cols, opt, dtype, perm);
   QuantizedLinear& q = res.q;
-  q.rows = rows;
-  q.cols = cols;
-  q.format = QuantFormat::Int;
-  q.bits = opt.bits;
-  q.group_size = gs;
-  q.dequant_dtype = dtype;
-  q.zero_storage_bits = opt.sym ? 0.0 : double(opt.bits);
-  q.codes.assign(size_t(rows * cols), 0);
-  q.scales.assign(size_t(rows * ngroups), 0.0f);
-  q.zeros.assign(size_t(rows * ngroups), 0.0f);
-  if (opt.act_order && !per_channel && !opt.static_groups) {
-    q.g_idx.resize(size_t(cols));
-    for (int64_t i = 0; i < cols; ++i) q.g_idx[size_t(perm[size_t(i)])] = int32_t(i / gs);
-  }
   if (per_channel)
     for (int64_t r = 0; r < rows; ++r) {
       q.scales[size_t(r)] = row_params[size_t(r)].scale;

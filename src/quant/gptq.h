@@ -51,6 +51,14 @@ class QuantMethod;
 // The options of a gptq method object, and its true_seq; nullptr when m is another method.
 const GptqOptions* gptq_options_of(const QuantMethod& m, bool* true_seq);
 
+// GPTQ's column order (the CPU and GPU implementations share it): with act_order, descending
+// diag (ties by index), else the identity. diag: H's diagonal, a dead column's counted as 1.
+std::vector<int64_t> gptq_column_order(const std::vector<double>& diag, bool act_order);
+// GPTQ's output linear: format fields, codes/scales/zeros sized and zeroed, and g_idx when
+// act_order (without static groups) reorders the groups. order: gptq_column_order's.
+QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, DType dtype,
+                            const std::vector<int64_t>& order);
+
 // w: [rows, cols] fp32; h: [cols, cols] fp64 (taken by value: it is modified).
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype);

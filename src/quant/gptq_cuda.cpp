@@ -82,14 +82,10 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     for (int64_t g = 0; g < ngroups; ++g)
       cuda::gptq_row_params(W.get(), rows, cols, g * gs, std::min(cols, (g + 1) * gs) - g * gs, maxq, opt.sym,
                             scale.get(), zero.get(), ngroups, g, s);
-  std::vector<int32_t> perm(static_cast<size_t>(cols));
-  std::iota(perm.begin(), perm.end(), 0);
-  if (opt.act_order) {
-    // Descending diag(H) (a dead column's diagonal counts as 1), ties by index.
-    std::vector<double> d(static_cast<size_t>(cols));
-    for (int64_t c = 0; c < cols; ++c) d[size_t(c)] = dead[size_t(c)] ? 1.0 : double(diag[size_t(c)]) * h_scale;
-    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return d[size_t(a)] > d[size_t(b)]; });
-  }
+  std::vector<double> d(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) d[size_t(c)] = dead[size_t(c)] ? 1.0 : double(diag[size_t(c)]) * h_scale;
+  const std::vector<int64_t> order = gptq_column_order(d, opt.act_order);
+  const std::vector<int32_t> perm(order.begin(), order.end());
   DeviceBuffer<int32_t> perm_d(static_cast<size_t>(cols));
   cuda::upload(perm_d.get(), perm.data(), size_t(cols), s);
   if (opt.act_order) {
@@ -159,20 +155,12 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
                                   W.get() + i2, int(cols)));
   }
 
+  res.q = gptq_output(rows, cols, opt, dtype, order);
   QuantizedLinear& q = res.q;
-  q.rows = rows;
-  q.cols = cols;
-  q.format = QuantFormat::Int;
-  q.bits = opt.bits;
-  q.group_size = gs;
-  q.dequant_dtype = dtype;
-  q.zero_storage_bits = opt.sym ? 0.0 : double(opt.bits);
   DeviceBuffer<uint8_t> codes_orig(static_cast<size_t>(rows * cols));
   cuda::unpermute_codes(codes.get(), codes_orig.get(), rows, cols, perm_d.get(), s);
   DeviceBuffer<int32_t> g_idx_d;
-  if (opt.act_order && !per_channel && !opt.static_groups) {
-    q.g_idx.resize(size_t(cols));
-    for (int64_t i = 0; i < cols; ++i) q.g_idx[size_t(perm[size_t(i)])] = int32_t(i / gs);
+  if (!q.g_idx.empty()) {
     g_idx_d.resize(size_t(cols));
     cuda::upload(g_idx_d.get(), q.g_idx.data(), size_t(cols), s);
   }
@@ -189,19 +177,12 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     res.weight_rel_err = h[1] > 0 ? std::sqrt(h[0] / h[1]) : 0.0;
     LB_CUDA_CHECK(cudaMemcpyAsync(out, deq.get(), deq.bytes(), cudaMemcpyDeviceToDevice, s));
   }
-  q.codes.resize(size_t(rows * cols));
-  q.scales.resize(size_t(rows * ngroups));
-  q.zeros.resize(size_t(rows * ngroups));
   cuda::download(q.codes.data(), codes_orig.get(), q.codes.size(), s);
   cuda::download(q.scales.data(), scale.get(), q.scales.size(), s);
   cuda::download(q.zeros.data(), zero.get(), q.zeros.size(), s);
   std::vector<double> losses(static_cast<size_t>(rows));
   cuda::download(losses.data(), loss.get(), size_t(rows), s);
   res.loss = std::accumulate(losses.begin(), losses.end(), 0.0) / 2.0;
-  if (dtype != DType::BF16) {
-    // The GPU holds bf16 weights; the stored dequantized weight follows the model's dtype.
-    q.dequant_dtype = dtype;
-  }
   return res;
 }
 

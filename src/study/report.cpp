@@ -433,9 +433,11 @@ std::string base64(const std::string& in) {
 std::string run_gnuplot(const std::string& script) {
   const char* env = std::getenv("LOWBIT_GNUPLOT");
   const std::string exe = env && *env ? env : "gnuplot";
-  char dir_tmpl[] = "/tmp/lowbit-plot-XXXXXX";
-  const char* dir = ::mkdtemp(dir_tmpl);
-  LB_CHECK(dir != nullptr, "cannot create a temporary directory for gnuplot");
+  // In the system's temporary directory ($TMPDIR, else /tmp).
+  std::string dir_tmpl = (fs::temp_directory_path() / "lowbit-plot-XXXXXX").string();
+  const char* dir = ::mkdtemp(dir_tmpl.data());
+  LB_CHECK(dir != nullptr, "cannot create a temporary directory for gnuplot under {}",
+           fs::temp_directory_path().string());
   const fs::path d(dir);
   struct Cleanup {
     fs::path d;

@@ -143,7 +143,7 @@ class Runner {
   void plan_units();
   StudyProgress progress(double current_fraction = 0) const;
   ModelState& model_state(size_t m);
-  void run_cell(const Cell& cell, const std::vector<const Evaluation*>& todo);
+  void run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending);
   // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU.
   std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
                                     const Evaluation& e, json& identity, double& seconds);
@@ -356,7 +356,7 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   return out;
 }
 
-void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& todo) {
+void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending) {
   ModelState& ms = model_state(cell.model);
   peak_reset_ = reset_peak_rss();
 #ifdef LOWBIT_WITH_CUDA
@@ -435,7 +435,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& to
   rec.quantize_seconds = quantize_seconds;
   rec.ord = int64_t(&cell - plan_.cells.data());
 
-  for (const Evaluation* e : todo) {
+  for (const Evaluation* e : pending) {
     json id = {{"study", spec_.name}, {"cell", cell.key}, {"model", ms.identity}, {"method", method_id},
                {"calibration", calibration}, {"activation", activation}, {"quantize_seconds", quantize_seconds},
                {"quantize_device", quantize_device}};
@@ -498,10 +498,10 @@ StudySummary Runner::run() {
   // The cells with work, grouped by evaluation to do.
   std::vector<std::pair<const Cell*, std::vector<const Evaluation*>>> work;
   for (const Cell& c : plan_.cells) {
-    std::vector<const Evaluation*> todo;
+    std::vector<const Evaluation*> pending;
     for (const Evaluation& e : plan_.evaluations)
-      if (!stored_.count({c.key, e.key})) todo.push_back(&e);
-    if (!todo.empty()) work.emplace_back(&c, std::move(todo));
+      if (!stored_.count({c.key, e.key})) pending.push_back(&e);
+    if (!pending.empty()) work.emplace_back(&c, std::move(pending));
   }
   if (ev_.on_start) {
     StudyStart s;
@@ -511,8 +511,8 @@ StudySummary Runner::run() {
     s.stored = 0;
     for (const Cell& c : plan_.cells)
       for (const Evaluation& e : plan_.evaluations) s.stored += stored_.count({c.key, e.key}) ? 1 : 0;
-    s.todo_cells = int64_t(work.size());
-    s.todo_evaluations = s.cells * s.evaluations - s.stored;
+    s.pending_cells = int64_t(work.size());
+    s.pending_evaluations = s.cells * s.evaluations - s.stored;
     s.threads = num_threads();
     s.device = device_name_;
     ev_.on_start(s);

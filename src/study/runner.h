@@ -43,7 +43,7 @@ struct StudyStart {
   std::string db;
   int64_t cells = 0, evaluations = 0;  // per cell
   int64_t stored = 0;                  // evaluations already in the store
-  int64_t todo_cells = 0, todo_evaluations = 0;
+  int64_t pending_cells = 0, pending_evaluations = 0;
   int threads = 0;
   std::string device;
 };

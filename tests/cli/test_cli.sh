@@ -5,26 +5,7 @@ B="$LOWBIT_BIN"
 M="$LOWBIT_TEST_MODELS"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-
-# expect_ok NAME REGEX CMD...: exit 0 and stdout matching REGEX
-expect_ok() {
-  local name="$1" re="$2"; shift 2
-  local out
-  if out=$("$@" 2>&1) && grep -Eq -- "$re" <<<"$out"; then ok; else bad "$name: $out"; fi
-}
-# expect_err NAME REGEX CMD...: non-zero exit, stderr matching REGEX, nothing on stdout
-expect_err() {
-  local name="$1" re="$2"; shift 2
-  local out err rc
-  out=$("$@" 2>"$T/err"); rc=$?
-  err=$(cat "$T/err")
-  if [[ $rc -ne 0 ]] && grep -Eq -- "$re" <<<"$err" && [[ -z "$out" ]]; then ok; else bad "$name (rc=$rc): $err / $out"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
 
 if [[ -d "$M/testbed-44m" ]]; then
   expect_ok "inspect hf" "parameters +43655680" "$B" inspect "$M/testbed-44m"
@@ -101,5 +82,4 @@ expect_err "unknown option" "--frobnicate" "$B" inspect --frobnicate "$T"
 expect_err "text and file" "excludes|exactly one" "$B" tokenize --model "$T/tokenizer.json" --text a --file "$T/tokenizer.json"
 expect_err "no subcommand" "subcommand" "$B"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+report

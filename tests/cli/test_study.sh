@@ -8,25 +8,7 @@ M="$LOWBIT_TEST_MODELS"
 D="$LOWBIT_TEST_DATA"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-
-# expect_ok NAME REGEX CMD...: exit 0 and stdout+stderr matching REGEX
-expect_ok() {
-  local name="$1" re="$2"; shift 2
-  local out
-  if out=$("$@" 2>&1) && grep -Eq -- "$re" <<<"$out"; then ok; else bad "$name: $out"; fi
-}
-# expect_err NAME REGEX CMD...: non-zero exit, stderr matching REGEX, nothing on stdout
-expect_err() {
-  local name="$1" re="$2"; shift 2
-  local out err rc
-  out=$("$@" 2>"$T/err"); rc=$?
-  err=$(cat "$T/err")
-  if [[ $rc -ne 0 ]] && grep -Eq -- "$re" <<<"$err" && [[ -z "$out" ]]; then ok; else bad "$name (rc=$rc): $err / $out"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
 
 if [[ ! -f "$M/stories260K/stories260K.bin" || ! -f "$D/piqa/valid.jsonl" ]]; then
   echo "skipped: stories260K or the data are not available"
@@ -145,5 +127,4 @@ expect_err "toml syntax" "s.toml:2:" "$B" study "$T/b/s.toml"
 expect_err "no spec" "cannot read study spec" "$B" study "$T/b/none.toml"
 [[ -z "$(ls "$T/b" | grep -v '^s.toml$')" ]] && ok || bad "a bad spec left files behind: $(ls "$T/b")"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+report

@@ -52,15 +52,15 @@ void dry_run(const StudySpec& spec) {
              plan.evaluations.size(), spec.db,
              kind == Store::Kind::Study ? "" : kind == Store::Kind::Empty ? " (new)" : " (not a study store!)");
   for (const Evaluation& e : plan.evaluations) fmt::print("  evaluation {}\n", e.key);
-  int64_t todo = 0;
+  int64_t pending = 0;
   for (const Cell& c : plan.cells) {
     int64_t missing = 0;
     for (const Evaluation& e : plan.evaluations) missing += stored.count({c.key, e.key}) ? 0 : 1;
-    todo += missing;
+    pending += missing;
     fmt::print("  cell {:<60} W{} A{} G{}  {}\n", c.key, c.w, c.a, c.g > 0 ? std::to_string(c.g) : "-",
                missing == 0 ? "stored" : fmt::format("{} to do", missing));
   }
-  fmt::print("{} of {} evaluations to do\n", todo, int64_t(plan.cells.size() * plan.evaluations.size()));
+  fmt::print("{} of {} evaluations to do\n", pending, int64_t(plan.cells.size() * plan.evaluations.size()));
 }
 
 void run(const Options& o) {
@@ -75,7 +75,7 @@ void run(const Options& o) {
   std::string cell_prefix;
   ev.on_start = [&](const StudyStart& s) {
     fmt::print(stderr, "study {}: {} cells x {} evaluations; {} stored, {} to do in {} cells; store {}; {} threads, {}\n",
-               spec.name, s.cells, s.evaluations, s.stored, s.todo_evaluations, s.todo_cells, s.db, s.threads,
+               spec.name, s.cells, s.evaluations, s.stored, s.pending_evaluations, s.pending_cells, s.db, s.threads,
                s.device);
   };
   ev.on_cell = [&](const Cell& c, int64_t i, int64_t n, int64_t missing) {
