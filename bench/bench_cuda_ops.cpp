@@ -109,13 +109,24 @@ int main(int argc, char** argv) {
     rows.push_back({"rope (k heads)", ms, double(N * kvd) * 4.0, false, per_block});
   }
   {
-    const double ms = time_ms(ctx, [&] {
-      cuda::attention(qkv.get(), qkv.get() + qd, qkv.get() + qd + kvd, att.get(), B, T, 0, nh, nkv, hd, ldqkv, ldqkv,
-                      qd, s, cosd.get(), sind.get());
-    });
-    // Causal: half of the T x T score matrix (and of P V).
-    rows.push_back({fmt::format("attention (+ rope q) B{} T{} heads {}/{} hd {}", B, T, nh, nkv, hd), ms,
-                    2.0 * 2.0 * double(B) * double(nh) * double(T) * double(T) / 2.0 * double(hd), true, per_block});
+    // The kernel the forward runs (wgmma on Hopper), and the mma.sync one beside it, not counted
+    // in the sum.
+    std::vector<cuda::AttentionKernel> kernels = {cuda::AttentionKernel::Auto};
+    if (hd == 128 && cuda::wgmma_attention_available()) kernels.push_back(cuda::AttentionKernel::MmaSync);
+    for (const cuda::AttentionKernel kernel : kernels) {
+      cuda::set_attention_kernel(kernel);
+      const double ms = time_ms(ctx, [&] {
+        cuda::attention(qkv.get(), qkv.get() + qd, qkv.get() + qd + kvd, att.get(), B, T, 0, nh, nkv, hd, ldqkv, ldqkv,
+                        qd, s, cosd.get(), sind.get());
+      });
+      const bool shown = kernel != cuda::AttentionKernel::Auto;
+      // Causal: half of the T x T score matrix (and of P V).
+      rows.push_back({fmt::format("attention (+ rope q) B{} T{} heads {}/{} hd {}{}", B, T, nh, nkv, hd,
+                                  shown ? ", mma.sync kernel (not summed)" : ""),
+                      ms, 2.0 * 2.0 * double(B) * double(nh) * double(T) * double(T) / 2.0 * double(hd), true,
+                      shown ? 0.0 : per_block});
+    }
+    cuda::set_attention_kernel(cuda::AttentionKernel::Auto);
   }
   gemm(fmt::format("o_proj   [{}x{}] x [{}x{}]^T += fp32", N, qd, H, qd), N, H, qd,
        [&] { cuda::linear(ctx, att.get(), w.get(), hidden.get(), N, H, qd, true); });

@@ -10,6 +10,20 @@ namespace lowbit {
 using cuda::bf16;
 using cuda::DeviceBuffer;
 
+namespace {
+// Output features of a linear.
+int64_t linear_rows(const LlamaConfig& c, LinearKind k) {
+  switch (k) {
+    case LinearKind::Q: return c.q_dim();
+    case LinearKind::K:
+    case LinearKind::V: return c.kv_dim();
+    case LinearKind::Gate:
+    case LinearKind::Up: return c.intermediate_size;
+    default: return c.hidden_size;
+  }
+}
+}  // namespace
+
 void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
   LB_ASSERT(t.is_contiguous());
   const int64_t n = t.numel();
@@ -44,6 +58,11 @@ void GpuKvCache::truncate(int64_t n) {
 CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident)
     : host_(host), ctx_(ctx) {
   const LlamaConfig& c = host.config();
+  const nlohmann::json& q = host.checkpoint().quantization;
+  act_ = parse_activation_scheme(q.is_object() ? q.value("activation", nlohmann::json(nullptr)) : nlohmann::json(nullptr));
+  // The only forward hooks a model carries into an evaluation are its activation quantization's.
+  LB_CHECK(host.forward_hooks() == nullptr || act_.has_value(),
+           "the GPU forward applies a checkpoint's activation quantization, not other forward hooks");
   const WeightSource& ws = *host.checkpoint().weights;
   const cudaStream_t s = ctx.stream();
   upload_as_bf16(ws.get("model.embed_tokens.weight"), embed_, s);
@@ -93,8 +112,7 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   w.linear[size_t(K::Down)] = w.down.get();
   for (K k : kAllLinears) {
     const Tensor t = ws.get(linear_weight_name(i, k));
-    const int64_t rows = k == K::Q ? qd : k == K::K || k == K::V ? kvd : k == K::Gate || k == K::Up ? F : H;
-    const int64_t cols = k == K::O ? qd : k == K::Down ? F : H;
+    const int64_t rows = linear_rows(c, k), cols = k == K::O ? qd : k == K::Down ? F : H;
     LB_CHECK(t.numel() == rows * cols, "{}: {} elements, the config implies [{}, {}]", linear_weight_name(i, k),
              t.numel(), rows, cols);
     upload_as_bf16(t, w[k], s);
@@ -114,6 +132,10 @@ void CudaModel::ensure_workspace(int64_t rows) {
   qkv_.resize(size_t(rows * (c.q_dim() + 2 * c.kv_dim())));
   att_.resize(size_t(rows * c.q_dim()));
   gate_up_.resize(size_t(rows * 2 * c.intermediate_size));
+  if (act_) {
+    xa_.resize(size_t(rows * c.hidden_size));
+    act_seg_.resize(size_t(rows));
+  }
   ws_rows_ = rows;
 }
 
@@ -131,6 +153,44 @@ void CudaModel::enable_profile() {
   if (!profile_) profile_ = std::make_unique<cuda::OpProfile>(ctx_.stream());
 }
 
+void CudaModel::quantize_input(int64_t layer, LinearKind k, bf16* x, int64_t B, int64_t T, int64_t cols,
+                               int64_t ld) {
+  const bool per_tensor = act_->granularity == ActivationScheme::Granularity::PerTensor;
+  const float scale =
+      act_->granularity == ActivationScheme::Granularity::PerTensorStatic ? act_->static_scale(layer, k) : 0.0f;
+  cuda::fake_quantize(x, B * T, cols, ld, act_->bits, per_tensor ? T : 1, scale, act_seg_.get(), ctx_.stream());
+}
+
+void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds, const GpuBlockWeights& w,
+                               const bf16* stacked, bf16* out, int64_t B, int64_t T) {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, N = B * T;
+  int64_t rows_total = 0;
+  for (LinearKind k : kinds) rows_total += linear_rows(c, k);
+  // Linears sharing an input with one static scale each (the CPU hooks quantize a copy of the
+  // input per linear): one product per linear; otherwise the input is quantized once and the
+  // stacked product runs.
+  bool one_input = !act_ || act_->granularity != ActivationScheme::Granularity::PerTensorStatic;
+  if (!one_input) {
+    one_input = true;
+    for (LinearKind k : kinds) one_input = one_input && act_->static_scale(layer, k) == act_->static_scale(layer, kinds[0]);
+  }
+  if (one_input) {
+    if (act_) quantize_input(layer, kinds[0], x_.get(), B, T, H, H);
+    cuda::linear(ctx_, x_.get(), stacked, out, N, rows_total, H);
+    return;
+  }
+  int64_t col = 0;
+  for (LinearKind k : kinds) {
+    const int64_t rows = linear_rows(c, k);
+    LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x_.get(), size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                  ctx_.stream()));
+    quantize_input(layer, k, xa_.get(), B, T, H, H);
+    cuda::linear(ctx_, xa_.get(), w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
+    col += rows;
+  }
+}
+
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
                           GpuKvCache* cache) {
   const LlamaConfig& c = config();
@@ -145,7 +205,8 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
   mark("qkv_proj");
-  cuda::linear(ctx_, x_.get(), w.qkv.get(), qkv_.get(), N, ldqkv, H);
+  static constexpr LinearKind kQkv[] = {LinearKind::Q, LinearKind::K, LinearKind::V};
+  grouped_linear(layer, kQkv, w, w.qkv.get(), qkv_.get(), B, T);
   // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
   mark("rope_k");
   cuda::rope(qkv_.get() + qd, B, T, nkv, hd, ldqkv, rope_cos_.get(), rope_sin_.get(), past, s);
@@ -168,14 +229,17 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   cuda::attention(qkv_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, rope_cos_.get(),
                   rope_sin_.get());
   mark("o_proj (+ residual)");
+  if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
   cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
   mark("gate_up_proj");
-  cuda::linear(ctx_, x_.get(), w.gate_up.get(), gate_up_.get(), N, 2 * F, H);
+  static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
+  grouped_linear(layer, kGateUp, w, w.gate_up.get(), gate_up_.get(), B, T);
   mark("swiglu");
   cuda::swiglu_rows(gate_up_.get(), N, F, s);
   mark("down_proj (+ residual)");
+  if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
   cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
 }
 

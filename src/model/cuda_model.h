@@ -4,17 +4,22 @@
 // memory map when it runs. GEMMs go through cuBLAS (bf16 in, fp32 accumulate); the residual
 // stream, norms and softmax are fp32; attention is the flash kernel of backend/cuda.
 //
+// A checkpoint's activation quantization (model/activation_scheme.h) is applied to every linear's
+// input, as the CPU forward's hooks do.
+//
 // What runs here: perplexity windows (window_nll), incremental forwards with a KV cache for
 // multiple-choice scoring (forward_cached + lm_head_rows), and the block pieces the GPU
 // quantization driver uses.
 #pragma once
 
 #include "backend/cuda/ops.cuh"
+#include "model/activation_scheme.h"
 #include "model/llama_model.h"
 
 #include <array>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 namespace lowbit {
@@ -84,6 +89,12 @@ class CudaModel {
 
  private:
   void ensure_workspace(int64_t rows);
+  // Activation quantization of a linear's bf16 input [B*T, cols] (row stride ld), in place.
+  void quantize_input(int64_t layer, LinearKind k, cuda::bf16* x, int64_t B, int64_t T, int64_t cols, int64_t ld);
+  // The linears `kinds` (stacked in that order into `stacked`) on the normed input x_: out [B*T,
+  // their rows together].
+  void grouped_linear(int64_t layer, std::span<const LinearKind> kinds, const GpuBlockWeights& w,
+                      const cuda::bf16* stacked, cuda::bf16* out, int64_t B, int64_t T);
   const LlamaModel& host_;
   cuda::Context& ctx_;
   bool resident_ = false;
@@ -96,6 +107,11 @@ class CudaModel {
   // 2 kv_dim], att_ [rows, q_dim], gate_up_ [rows, 2F].
   int64_t ws_rows_ = 0;
   cuda::DeviceBuffer<cuda::bf16> x_, qkv_, att_, gate_up_;
+  // Activation quantization: the scheme, a copy of x_ per linear (static scales that differ
+  // within a group), per-sequence maxima (per tensor).
+  std::optional<ActivationScheme> act_;
+  cuda::DeviceBuffer<cuda::bf16> xa_;
+  cuda::DeviceBuffer<unsigned> act_seg_;
   cuda::DeviceBuffer<int32_t> ids_;
   // window_nll's buffers, kept across calls: hidden states, one window's logits, per-token NLLs
   // and targets of a batch.

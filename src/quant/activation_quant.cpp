@@ -41,44 +41,26 @@ void fake_quantize_per_tensor(float* x, int64_t n, int bits) {
 }
 
 std::shared_ptr<const BlockHooks> activation_quant_hooks(const nlohmann::json& a) {
-  if (a.is_null()) return nullptr;
-  LB_CHECK(a.is_object() && a.contains("bits") && a.contains("granularity"),
-           "activation quantization metadata is malformed: {}", a.dump());
-  const int bits = a["bits"].get<int>();
-  LB_CHECK(bits >= 2 && bits <= 16, "activation quantization: {} bits is outside 2..16", bits);
-  const std::string g = a["granularity"].get<std::string>();
+  const std::optional<ActivationScheme> scheme = parse_activation_scheme(a);
+  if (!scheme) return nullptr;
+  const int bits = scheme->bits;
   auto hooks = std::make_shared<BlockHooks>();
-  if (g == "per_token") {
-    hooks->on_input = [bits](int64_t, LinearKind, float* x, int64_t rows, int64_t cols) {
-      fake_quantize_per_token(x, rows, cols, bits);
-    };
-  } else if (g == "per_tensor") {
-    hooks->on_input = [bits](int64_t, LinearKind, float* x, int64_t rows, int64_t cols) {
-      fake_quantize_per_tensor(x, rows * cols, bits);
-    };
-  } else if (g == "per_tensor_static") {
-    LB_CHECK(a.contains("static_scales") && a["static_scales"].is_object(),
-             "activation quantization per_tensor_static needs static_scales");
-    std::map<std::pair<int64_t, int>, float> scales;
-    for (const auto& [name, v] : a["static_scales"].items()) {
-      // "model.layers.{i}.{self_attn|mlp}.{linear}"
-      bool found = false;
-      for (LinearKind k : kAllLinears) {
-        const std::string suffix = std::string(".") + linear_name(k);
-        if (!name.ends_with(suffix)) continue;
-        const size_t p = std::string("model.layers.").size();
-        scales[{std::stoll(name.substr(p)), int(k)}] = v.get<float>();
-        found = true;
-      }
-      LB_CHECK(found, "activation quantization: static scale for unknown linear '{}'", name);
-    }
-    hooks->on_input = [bits, scales](int64_t layer, LinearKind k, float* x, int64_t rows, int64_t cols) {
-      auto it = scales.find({layer, int(k)});
-      LB_CHECK(it != scales.end(), "activation quantization: no static scale for layer {} {}", layer, linear_name(k));
-      fake_quantize_with_scale(x, rows * cols, bits, it->second);
-    };
-  } else {
-    fail("activation quantization: unknown granularity '{}' (per_token, per_tensor, per_tensor_static)", g);
+  switch (scheme->granularity) {
+    case ActivationScheme::Granularity::PerToken:
+      hooks->on_input = [bits](int64_t, LinearKind, float* x, int64_t rows, int64_t cols) {
+        fake_quantize_per_token(x, rows, cols, bits);
+      };
+      break;
+    case ActivationScheme::Granularity::PerTensor:
+      hooks->on_input = [bits](int64_t, LinearKind, float* x, int64_t rows, int64_t cols) {
+        fake_quantize_per_tensor(x, rows * cols, bits);
+      };
+      break;
+    case ActivationScheme::Granularity::PerTensorStatic:
+      hooks->on_input = [bits, scheme = *scheme](int64_t layer, LinearKind k, float* x, int64_t rows, int64_t cols) {
+        fake_quantize_with_scale(x, rows * cols, bits, scheme.static_scale(layer, k));
+      };
+      break;
   }
   return hooks;
 }

@@ -5,9 +5,11 @@
 //   {"bits": 8, "granularity": "per_token" | "per_tensor" | "per_tensor_static",
 //    "static_scales": {"model.layers.3.self_attn.q_proj": 0.0123, ...}}   (static only)
 // load_model() installs the hooks, so every evaluation of such a checkpoint quantizes its
-// activations exactly as the method says.
+// activations exactly as the method says. The GPU forward (model/cuda_model.h) reads the same
+// metadata (model/activation_scheme.h).
 #pragma once
 
+#include "model/activation_scheme.h"
 #include "model/llama_model.h"
 
 #include <nlohmann/json.hpp>

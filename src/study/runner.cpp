@@ -407,12 +407,10 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     ++current_unit_;
     if (ev_.on_quantized) ev_.on_quantized(cell, quantize_seconds, progress());
   }
-  // The GPU forwards do not apply activation quantization: such models are evaluated on the CPU.
   bool on_gpu = false;
   CudaModel* gpu_model = nullptr;
 #ifdef LOWBIT_WITH_CUDA
-  on_gpu = cuda_ != nullptr && model->forward_hooks() == nullptr;
-  if (cuda_ && !on_gpu) note(fmt::format("{}: activation quantization runs on the CPU only; evaluating there", cell.method));
+  on_gpu = cuda_ != nullptr;
   std::unique_ptr<CudaModel> gpu;  // one upload per cell, for all its evaluations
   if (on_gpu) {
     gpu = std::make_unique<CudaModel>(*model, *cuda_);

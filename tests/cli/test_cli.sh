@@ -26,6 +26,7 @@ fi
 
 if [[ -d "$M/stories260K" ]]; then
   expect_ok "generate" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
+  expect_err "generate bad device" "--device gpu: expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
   expect_ok "logits" "" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1,403,407 -o "$T/l.safetensors"
   expect_ok "logits file" "F32: 1 tensors" "$B" inspect "$T/l.safetensors"
   printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..40} > "$T/story.txt"

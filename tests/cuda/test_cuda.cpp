@@ -4,13 +4,16 @@
 #include "backend/cuda/gptq.cuh"
 #include "backend/cuda/ops.cuh"
 #include "backend/ops.h"
+#include "core/error.h"
 #include "eval/cuda_eval.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "model/cuda_model.h"
+#include "quant/activation_quant.h"
 #include "quant/gptq.h"
+#include "quant/quantize.h"
 #include "quant/gptq_cuda.h"
 #include "test_util.h"
 
@@ -156,8 +159,15 @@ TEST(CudaOps, RopeMatchesCpu) {
 // Attention against the scalar reference, across the flash kernel's 128-query and 64-key tile
 // edges (and its 16-row m-tiles), with grouped heads, batches and cached keys, through the plain
 // kernel's head dims, and with q, k and v read from rows of the stacked q/k/v projection.
+// Both tensor-core kernels for head dim 128 where the GPU has the Hopper one (the mma.sync kernel
+// runs for head dim 64 either way).
 TEST(CudaOps, AttentionAcrossTileEdges) {
   REQUIRE_GPU();
+  std::vector<cuda::AttentionKernel> kernels = {cuda::AttentionKernel::MmaSync};
+  if (cuda::wgmma_attention_available()) kernels.push_back(cuda::AttentionKernel::Wgmma);
+  for (const cuda::AttentionKernel kernel : kernels) {
+  cuda::set_attention_kernel(kernel);
+  const char* kernel_name = kernel == cuda::AttentionKernel::Wgmma ? "wgmma" : "mma.sync";
   struct Shape {
     int64_t B, T, past, nh, nkv, hd;
     bool stacked = false;  // q, k, v as the column blocks of one [B*T, qd + 2 kvd] matrix
@@ -170,6 +180,7 @@ TEST(CudaOps, AttentionAcrossTileEdges) {
                         Shape{1, 128, 128, 2, 1, 128}, Shape{1, 17, 0, 2, 2, 128},
                         Shape{2, 300, 0, 8, 2, 128, true}, Shape{1, 70, 0, 4, 4, 64, true},
                         Shape{2, 200, 0, 8, 2, 128, true, true}, Shape{1, 150, 30, 4, 2, 64, false, true},
+                        Shape{1, 260, 5, 8, 2, 128, false, true}, Shape{2, 384, 0, 32, 8, 128, true, true},
                         Shape{1, 40, 9, 4, 2, 32, false, true},
                         // the plain kernel: other head dims, across its 4-query blocks and 32-key lanes
                         Shape{2, 33, 0, 8, 8, 8}, Shape{1, 70, 5, 4, 2, 32}, Shape{1, 9, 40, 2, 1, 96}}) {
@@ -214,8 +225,10 @@ TEST(CudaOps, AttentionAcrossTileEdges) {
     // P and the output are rounded to bf16 (as in FlashAttention): ~2^-8 relative.
     EXPECT_LT(rel_err(from_device_bf16(dout, q.size()), want), 8e-3)
         << "B " << s.B << " T " << s.T << " past " << s.past << " nh " << s.nh << " nkv " << s.nkv << " hd " << s.hd
-        << (s.stacked ? " stacked" : "") << (s.rope ? " rope" : "");
+        << (s.stacked ? " stacked" : "") << (s.rope ? " rope" : "") << " kernel " << kernel_name;
   }
+  }
+  cuda::set_attention_kernel(cuda::AttentionKernel::Auto);
 }
 
 TEST(CudaOps, LinearGramAndNll) {
@@ -329,6 +342,79 @@ TEST(CudaModel, PerplexityWindowsMatchCpu) {
   const PerplexityResult b = perplexity(model, windows);
   std::printf("stories260K ppl GPU %.4f CPU %.4f\n", a.ppl, b.ppl);
   EXPECT_NEAR(a.ppl, b.ppl, 0.01 * b.ppl);
+}
+
+// Activation fake quantization against quant/activation_quant.h on the same (bf16) values: per
+// token, per tensor (one scale per sequence), static; rows read with a stride wider than the row.
+TEST(CudaOps, FakeQuantizeMatchesCpu) {
+  REQUIRE_GPU();
+  const int64_t B = 3, T = 5, cols = 322, ld = 330, rows = B * T;
+  auto x = round_bf16(randn(size_t(rows * ld), 31, 2.0f));
+  for (int64_t c = 0; c < cols; ++c) x[size_t(4 * ld + c)] = 0.0f;  // an all-zero row: scale 1e-5 / qmax
+  x[size_t(7 * ld + 3)] = 40.0f;                                     // an outlier
+  DeviceBuffer<unsigned> seg(static_cast<size_t>(B));
+  for (int bits : {8, 4}) {
+    for (int mode = 0; mode < 3; ++mode) {
+      std::vector<float> want = x;
+      const float scale = mode == 2 ? 0.05f : 0.0f;
+      for (int64_t b = 0; b < B; ++b) {
+        std::vector<float> seq(size_t(T * cols));
+        for (int64_t t = 0; t < T; ++t) std::copy_n(x.data() + (b * T + t) * ld, cols, seq.data() + t * cols);
+        if (mode == 0) fake_quantize_per_token(seq.data(), T, cols, bits);
+        if (mode == 1) fake_quantize_per_tensor(seq.data(), T * cols, bits);
+        if (mode == 2) fake_quantize_with_scale(seq.data(), T * cols, bits, scale);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t c = 0; c < cols; ++c)
+            want[size_t((b * T + t) * ld + c)] = bf16_to_f32(f32_to_bf16(seq[size_t(t * cols + c)]));
+      }
+      auto d = to_device_bf16(x);
+      cuda::fake_quantize(d.get(), rows, cols, ld, bits, mode == 1 ? T : 1, scale, seg.get(), ctx().stream());
+      EXPECT_EQ(from_device_bf16(d, x.size()), want) << "bits " << bits << " mode " << mode;
+    }
+  }
+}
+
+// A checkpoint with activation quantization evaluated on the GPU against the CPU forward (its
+// hooks): per-token, per-tensor (one scale per sequence) and static scales that differ between the
+// linears sharing an input (q/k/v, gate/up: one product per linear).
+TEST(CudaModel, ActivationQuantizedPerplexityMatchesCpu) {
+  REQUIRE_GPU();
+  const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(path);
+  std::vector<std::vector<int32_t>> windows;
+  std::mt19937 g(3);
+  for (int w = 0; w < 4; ++w) {
+    std::vector<int32_t> ids(256);
+    for (auto& x : ids) x = int32_t(g() % 512);
+    windows.push_back(ids);
+  }
+  nlohmann::json statics = nlohmann::json::object();
+  {
+    Checkpoint probe = open_checkpoint(path);
+    for (int64_t i = 0; i < probe.config.num_hidden_layers; ++i)
+      for (LinearKind k : kAllLinears)
+        statics[linear_weight_name(i, k).substr(0, linear_weight_name(i, k).size() - std::string(".weight").size())] =
+            k == LinearKind::K ? 0.04 : k == LinearKind::Up ? 0.03 : k == LinearKind::Down ? 0.02 : 0.025;
+  }
+  for (const nlohmann::json& act : {nlohmann::json{{"bits", 8}, {"granularity", "per_token"}},
+                                    nlohmann::json{{"bits", 8}, {"granularity", "per_tensor"}},
+                                    nlohmann::json{{"bits", 8}, {"granularity", "per_tensor_static"},
+                                                   {"static_scales", statics}}}) {
+    Checkpoint ck = open_checkpoint(path);
+    ck.quantization = {{"activation", act}};
+    LlamaModel model(std::move(ck));
+    install_quantized_forward(model);
+    ASSERT_NE(model.forward_hooks(), nullptr);
+    CudaModel gpu(model, ctx());
+    const PerplexityResult a = perplexity_cuda(gpu, windows, 2);
+    const PerplexityResult b = perplexity(model, windows);
+    std::printf("stories260K %s: ppl GPU %.4f CPU %.4f\n", act["granularity"].get<std::string>().c_str(), a.ppl, b.ppl);
+    EXPECT_NEAR(a.ppl, b.ppl, 0.01 * b.ppl) << act.dump();
+  }
+  // Without activation metadata, other forward hooks are refused rather than dropped.
+  LlamaModel plain(open_checkpoint(path));
+  plain.set_forward_hooks(std::make_shared<BlockHooks>());
+  EXPECT_THROW({ CudaModel refused(plain, ctx()); }, Error);
 }
 
 // GPTQ on the GPU against the CPU implementation on the fixture's real weights and Hessian.

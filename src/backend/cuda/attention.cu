@@ -18,6 +18,8 @@
 //
 // The tensor-core kernel is compiled for head dims 64 and 128, which the LLaMA family uses
 // (testbed-44m 64, LLaMA-2/3 128); other head dims take a plain kernel (attention_generic_kernel).
+// On Hopper, head dim 128 runs the wgmma kernel of namespace sm90 instead (same blocking and
+// online softmax, products on the warpgroup-wide instructions).
 #include "backend/cuda/ops.cuh"
 
 #include <cfloat>
@@ -128,8 +130,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
   bf16* vs = ks + 2 * kTile;                      // [2][kBlockN][kStride]
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // The longest query tiles (the last ones, under the causal mask) start first.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * kBlockM, head = blockIdx.y, b = blockIdx.z;
+  // The longest query tiles (the last ones, under the causal mask) start first, over all heads
+  // and sequences.
+  const int q0 = (gridDim.z - 1 - blockIdx.z) * kBlockM, head = blockIdx.x, b = blockIdx.y;
   const int kvh = head / (nh / nkv);
   const int keys_total = past + T;
   const bf16* qb = q + int64_t(b) * T * ldq + int64_t(head) * HD;
@@ -363,6 +366,321 @@ void launch_flash(const dim3& grid, cudaStream_t s, const bf16* q, const bf16* k
                                                               rope_cos, rope_sin);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Hopper (sm_90a) kernel for head dim 128: the two products on wgmma, the warpgroup-wide
+// asynchronous tensor-core instruction (bench_cuda_ops, H100: 1.4x the mma.sync kernel's rate).
+// One thread block per (128 queries, head, sequence) with two warpgroups of 64 query rows each,
+// key tiles of 64, so that two blocks (97 KB of shared memory, at most 128 registers a thread)
+// share an SM and one's loads and softmax overlap the other's products.
+// S = Q K^T takes Q and K from shared memory (K-major). P stays in registers: a wgmma
+// accumulator's layout is, per warp, the m16n8k16 one, so P's A fragments come straight from S
+// as in the mma.sync kernel. O += P V reads V from shared memory N-major (V's rows are keys, the
+// product's k). Q, K and V tiles are stored as two 64-column halves of 128-byte rows in the
+// 128-byte-swizzled layout wgmma reads (16-byte chunk c of row r at c ^ (r mod 8)), filled by
+// cp.async, K and V double-buffered.
+namespace sm90 {
+
+constexpr int kHd = 128;
+constexpr int kThreads = 256;  // two warpgroups of 64 query rows
+constexpr int kBlockM = 128, kBlockN = 64;
+constexpr int kQBytes = 2 * kBlockM * 128, kTileBytes = 2 * kBlockN * 128;  // two 64-column halves
+constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;  // Q; K and V twice; 1024-byte alignment
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// D [64 x 64] (+)= A [64 x 16] . B [16 x 64], A and B in shared memory (descriptors), both K-major.
+__device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+      ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// D [64 x 128] += A [64 x 16] . B [16 x 128], A in registers (the m16n8k16 A fragment of each
+// warp's 16 rows), B in shared memory N-major (transposed).
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+      ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+// Shared-memory matrix descriptor, 128-byte swizzle (PTX ISA, wgmma matrix descriptor).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lead_bytes, uint32_t stride_bytes) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | uint64_t((lead_bytes & 0x3FFFF) >> 4) << 16 |
+         uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32 | uint64_t(1) << 62;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accesses of accumulator registers across the asynchronous
+// products.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Makes this thread's shared-memory writes (cp.async, st.shared) visible to wgmma's reads.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Byte offset of element (row, col) in a swizzled tile of `rows` rows.
+__device__ __forceinline__ uint32_t swizzled(int row, int col, int rows) {
+  return uint32_t((col >> 6) * rows * 128 + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2);
+}
+#endif
+
+
+__global__ void __launch_bounds__(kThreads, 2)
+    flash_attention_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                           bf16* __restrict__ out, int T, int past, int nh, int nkv, int64_t ldq, int64_t ldk,
+                           int64_t ldo, float scale_log2, const float* __restrict__ rope_cos,
+                           const float* __restrict__ rope_sin) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* const smem = smem_raw + (base - raw);
+  const uint32_t q_s = base, k_s = base + kQBytes, v_s = k_s + 2 * kTileBytes;
+
+  // The longest query tiles (the last ones, under the causal mask) start first, over all heads
+  // and sequences.
+  const int q0 = (gridDim.z - 1 - blockIdx.z) * kBlockM, head = blockIdx.x, b = blockIdx.y;
+  const int kvh = head / (nh / nkv);
+  const int keys_total = past + T;
+  const bf16* qb = q + int64_t(b) * T * ldq + int64_t(head) * kHd;
+  const bf16* kb = k + int64_t(b) * keys_total * ldk + int64_t(kvh) * kHd;
+  const bf16* vb = v + int64_t(b) * keys_total * ldk + int64_t(kvh) * kHd;
+  const int last_key = min(keys_total - 1, past + min(q0 + kBlockM, T) - 1);
+  const int ntiles = last_key / kBlockN + 1;
+
+  // Each thread copies 16-byte chunk c16 of rows r0, r0 + 16, ...: 16 chunks per 128-value row.
+  const int c16 = threadIdx.x & 15, r0 = threadIdx.x >> 4;
+  constexpr int kRowsPerPass = kThreads / 16;
+  auto copy16 = [](uint32_t dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+  };
+  auto load_tile = [&](int tile, int buf) {
+    const int key0 = tile * kBlockN;
+#pragma unroll
+    for (int i = 0; i < kBlockN / kRowsPerPass; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      const bool valid = key0 + r < keys_total;  // else zero-filled
+      const int64_t off = valid ? int64_t(key0 + r) * ldk + c16 * 8 : 0;
+      const uint32_t o = swizzled(r, c16 * 8, kBlockN) + uint32_t(buf * kTileBytes);
+      copy16(k_s + o, kb + off, valid);
+      copy16(v_s + o, vb + off, valid);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+#pragma unroll
+  for (int i = 0; i < kBlockM / kRowsPerPass; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    const bool valid = q0 + r < T;
+    copy16(q_s + swizzled(r, c16 * 8, kBlockM), qb + (valid ? int64_t(q0 + r) * ldq + c16 * 8 : 0), valid);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+  load_tile(0, 0);
+  if (rope_cos != nullptr) {
+    asm volatile("cp.async.wait_group 1;\n" ::);  // Q has landed
+    __syncthreads();
+    // rotate_half on pairs (i, i + 64): the same offset in the two halves. fp32 from bf16,
+    // rounded to bf16, as the rope kernel does.
+    for (int idx = threadIdx.x; idx < kBlockM * 32; idx += kThreads) {
+      const int r = idx >> 5, i = (idx & 31) * 2;
+      if (q0 + r >= T) continue;
+      const int64_t pos = int64_t(past + q0 + r) * 64 + i;
+      const float2 c = *reinterpret_cast<const float2*>(rope_cos + pos);
+      const float2 sn = *reinterpret_cast<const float2*>(rope_sin + pos);
+      __nv_bfloat162* a = reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i, kBlockM));
+      __nv_bfloat162* bb = reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i + 64, kBlockM));
+      const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*bb);
+      *a = __floats2bfloat162_rn(av.x * c.x - bv.x * sn.x, av.y * c.y - bv.y * sn.y);
+      *bb = __floats2bfloat162_rn(bv.x * c.x + av.x * sn.x, bv.y * c.y + av.y * sn.y);
+    }
+    // The loop's fence and barrier order these writes before wgmma reads Q.
+  }
+
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int wg_row0 = q0 + wg * 64;                 // first query row of this warpgroup
+  const int pos_lo = past + wg_row0 + warp * 16 + g, pos_hi = pos_lo + 8;  // this thread's two rows
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+
+  for (int tile = 0; tile < ntiles; ++tile) {
+    const int key0 = tile * kBlockN, buf = tile & 1;
+    if (tile + 1 < ntiles) {
+      load_tile(tile + 1, buf ^ 1);  // its buffer was released by the barrier ending tile - 1
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
+    fence_proxy_async();
+    __syncthreads();
+    // A warpgroup skips tiles entirely after its rows (causal).
+    if (key0 <= past + wg_row0 + 63) {
+      const uint32_t kt = k_s + buf * kTileBytes, vt = v_s + buf * kTileBytes;
+      float s[kBlockN / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int st = 0; st < kHd / 16; ++st) {
+        const uint32_t koff = uint32_t((st >> 2) * kBlockM * 128 + (st & 3) * 32);
+        const uint32_t kkoff = uint32_t((st >> 2) * kBlockN * 128 + (st & 3) * 32);
+        wgmma_ss(s, smem_desc(q_s + wg * 64 * 128 + koff, 16, 1024), smem_desc(kt + kkoff, 16, 1024),
+                            st > 0);
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_regs(s);
+      // s[4j + e]: row g (e = 0, 1) or g + 8 (e = 2, 3) of the warp's 16, key key0 + 8j + 2t + (e & 1).
+      if (key0 + kBlockN - 1 > past + wg_row0 + warp * 16) {  // some key of the tile is masked
+#pragma unroll
+        for (int j = 0; j < kBlockN / 8; ++j) {
+          const int c = key0 + j * 8 + 2 * t;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (c + e > pos_lo) s[4 * j + e] = -INFINITY;
+            if (c + e > pos_hi) s[4 * j + 2 + e] = -INFINITY;
+          }
+        }
+      }
+      constexpr int kPairs = kBlockN / 16;  // pairs of 8-key tiles
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+      {
+        float a_lo[kPairs], a_hi[kPairs];
+#pragma unroll
+        for (int j = 0; j < kPairs; ++j) {
+          a_lo[j] = fmaxf(fmaxf(s[8 * j], s[8 * j + 1]), fmaxf(s[8 * j + 4], s[8 * j + 5]));
+          a_hi[j] = fmaxf(fmaxf(s[8 * j + 2], s[8 * j + 3]), fmaxf(s[8 * j + 6], s[8 * j + 7]));
+        }
+#pragma unroll
+        for (int w = kPairs / 2; w > 0; w /= 2)
+#pragma unroll
+          for (int j = 0; j < w; ++j) {
+            a_lo[j] = fmaxf(a_lo[j], a_lo[j + w]);
+            a_hi[j] = fmaxf(a_hi[j], a_hi[j + w]);
+          }
+        mx_lo = a_lo[0], mx_hi = a_hi[0];
+      }
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+      // Rows of a warp all see key 0 in tile 0, so the running max is finite from then on
+      // (a row of a later tile that is wholly masked keeps its max: alpha = 1, P = 0).
+      const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
+      const float alpha_lo = fast_exp2(m_lo - new_lo), alpha_hi = fast_exp2(m_hi - new_hi);
+      m_lo = new_lo;
+      m_hi = new_hi;
+      uint32_t p[kPairs][4];
+      float sum_lo[kPairs], sum_hi[kPairs];
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        float e[8];
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {  // 8-key tiles 2kk and 2kk + 1
+          const float* sv = s + 4 * (2 * kk + x);
+          e[4 * x + 0] = fast_exp2(fmaf(sv[0], scale_log2, -new_lo));
+          e[4 * x + 1] = fast_exp2(fmaf(sv[1], scale_log2, -new_lo));
+          e[4 * x + 2] = fast_exp2(fmaf(sv[2], scale_log2, -new_hi));
+          e[4 * x + 3] = fast_exp2(fmaf(sv[3], scale_log2, -new_hi));
+        }
+        p[kk][0] = pack_bf16(e[0], e[1]);
+        p[kk][1] = pack_bf16(e[2], e[3]);
+        p[kk][2] = pack_bf16(e[4], e[5]);
+        p[kk][3] = pack_bf16(e[6], e[7]);
+        sum_lo[kk] = (e[0] + e[1]) + (e[4] + e[5]);
+        sum_hi[kk] = (e[2] + e[3]) + (e[6] + e[7]);
+      }
+#pragma unroll
+      for (int w = kPairs / 2; w > 0; w /= 2)
+#pragma unroll
+        for (int j = 0; j < w; ++j) {
+          sum_lo[j] += sum_lo[j + w];
+          sum_hi[j] += sum_hi[j + w];
+        }
+      l_lo = l_lo * alpha_lo + sum_lo[0];  // per-lane partial sums; combined across the quad at the end
+      l_hi = l_hi * alpha_hi + sum_hi[0];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        o[4 * j + 0] *= alpha_lo;
+        o[4 * j + 1] *= alpha_lo;
+        o[4 * j + 2] *= alpha_hi;
+        o[4 * j + 3] *= alpha_hi;
+      }
+      fence_regs(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)  // keys 16kk .. 16kk + 15: two 8-row groups of V
+        wgmma_rs(o, p[kk], smem_desc(vt + kk * 16 * 128, kBlockN * 128, 1024));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_regs(o);
+    }
+    __syncthreads();  // the buffer of this tile is free for tile + 2
+  }
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+  const int r_lo = wg_row0 + warp * 16 + g, r_hi = r_lo + 8;
+  bf16* ob = out + int64_t(b) * T * ldo + int64_t(head) * kHd;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int c = j * 8 + 2 * t;
+    if (r_lo < T) *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[4 * j] * inv_lo, o[4 * j + 1] * inv_lo);
+    if (r_hi < T)
+      *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[4 * j + 2] * inv_hi, o[4 * j + 3] * inv_hi);
+  }
+#endif
+}
+
+// 1 when this binary holds the sm_90a code above for the running GPU (a Hopper GPU running an
+// sm_90a build), 0 otherwise (the PTX fallback compiled without it).
+__global__ void probe_kernel(int* has) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *has = 1;
+#else
+  *has = 0;
+#endif
+}
+
+void launch(cudaStream_t s, const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
+            int64_t nh, int64_t nkv, int64_t ldq, int64_t ldk, int64_t ldo, float scale_log2, const float* rope_cos,
+            const float* rope_sin) {
+  static bool configured = false;  // the attribute is per kernel and device; setting it again is harmless
+  if (!configured) {
+    LB_CUDA_CHECK(
+        cudaFuncSetAttribute(flash_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    configured = true;
+  }
+  const dim3 grid(unsigned(nh), unsigned(B), unsigned((T + kBlockM - 1) / kBlockM));
+  flash_attention_kernel<<<grid, kThreads, kSmemBytes, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq,
+                                                            ldk, ldo, scale_log2, rope_cos, rope_sin);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace sm90
+
 // Any head dim up to HDMAX (the models whose head dims the tensor-core kernel does not cover:
 // small test and toy models): one warp per (query, head, sequence); lane j takes keys j, j+32, ...
 // with its own online softmax, and the warp merges the 32 partial results at the end.
@@ -417,6 +735,26 @@ __global__ void attention_generic_kernel(const bf16* __restrict__ q, const bf16*
 
 }  // namespace
 
+namespace {
+AttentionKernel g_attention_kernel = AttentionKernel::Auto;
+}  // namespace
+
+void set_attention_kernel(AttentionKernel kernel) { g_attention_kernel = kernel; }
+
+bool wgmma_attention_available() {
+  static int has[64];  // per device: 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  LB_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 64 && has[dev] != 0) return has[dev] == 2;
+  DeviceBuffer<int> flag(1);
+  sm90::probe_kernel<<<1, 1>>>(flag.get());
+  LB_CUDA_LAUNCH_CHECK();
+  int h = 0;
+  LB_CUDA_CHECK(cudaMemcpy(&h, flag.get(), sizeof h, cudaMemcpyDeviceToHost));
+  if (dev < 64) has[dev] = h ? 2 : 1;
+  return h != 0;
+}
+
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
                int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
                const float* rope_cos, const float* rope_sin) {
@@ -424,8 +762,17 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
   if (nh % nkv != 0)
     throw_error("attention: " + std::to_string(nh) + " heads do not group over " + std::to_string(nkv) + " KV heads");
   if (ldq % 8 != 0 || ldk % 8 != 0 || ldo % 2 != 0) throw_error("attention: row strides must be multiples of 8 elements");
-  const dim3 grid(unsigned((T + kBlockM - 1) / kBlockM), unsigned(nh), unsigned(B));
   const float scale_log2 = float(1.4426950408889634 / std::sqrt(double(hd)));
+  if (hd == sm90::kHd && g_attention_kernel != AttentionKernel::MmaSync) {
+    const bool have = wgmma_attention_available();
+    if (have) {
+      sm90::launch(s, q, k, v, out, B, T, past, nh, nkv, ldq, ldk, ldo, scale_log2, rope_cos, rope_sin);
+      return;
+    }
+    if (g_attention_kernel == AttentionKernel::Wgmma)
+      throw_error("attention: the wgmma kernel needs a Hopper GPU and a build for sm_90a");
+  }
+  const dim3 grid(unsigned(nh), unsigned(B), unsigned((T + kBlockM - 1) / kBlockM));
   switch (hd) {
     case 64:
       launch_flash<64>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2, rope_cos,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <string>
 
 namespace lowbit::cuda {
 
@@ -207,6 +208,71 @@ __global__ void nll_kernel(const float* logits, const int32_t* targets, float* o
     if (argmax) argmax[blockIdx.x] = r.arg;
   }
 }
+
+// Activation fake quantization, one block per row. Absolute maximum of a row of bf16 pairs.
+__device__ float row_absmax(const bf16* xr, int64_t cols, float* shared) {
+  float m = 0.0f;
+  for (int64_t c = 2 * int64_t(threadIdx.x); c < cols; c += 2 * int64_t(blockDim.x)) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(xr + c));
+    m = fmaxf(m, fmaxf(fabsf(v.x), fabsf(v.y)));
+  }
+  return block_reduce<true>(m, shared);
+}
+
+// Segment maxima: seg_max[r / seg_rows] = max over its rows (as uint bits: non-negative floats
+// order as their bit patterns).
+__global__ void segment_absmax_kernel(const bf16* x, int64_t cols, int64_t ld, int64_t seg_rows, unsigned* seg_max) {
+  __shared__ float shared[33];
+  const float m = row_absmax(x + int64_t(blockIdx.x) * ld, cols, shared);
+  if (threadIdx.x == 0) atomicMax(seg_max + blockIdx.x / seg_rows, __float_as_uint(m));
+}
+
+// x <- bf16(rint(x / s) * s): s from the row's own maximum (seg_max == nullptr, static_scale <=
+// 0), its segment's maximum, or static_scale (then clamped to [-qmax - 1, qmax]).
+__global__ void fake_quantize_kernel(bf16* x, int64_t cols, int64_t ld, float qmax, int64_t seg_rows,
+                                     const unsigned* seg_max, float static_scale) {
+  __shared__ float shared[33];
+  bf16* xr = x + int64_t(blockIdx.x) * ld;
+  float sc = static_scale;
+  if (sc <= 0.0f) {
+    const float m = seg_max ? __uint_as_float(seg_max[blockIdx.x / seg_rows]) : row_absmax(xr, cols, shared);
+    sc = fmaxf(m, 1e-5f) / qmax;
+  }
+  const bool clamp = static_scale > 0.0f;
+  for (int64_t c = 2 * int64_t(threadIdx.x); c < cols; c += 2 * int64_t(blockDim.x)) {
+    __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(xr + c);
+    const float2 v = __bfloat1622float2(*p);
+    float a = rintf(v.x / sc), b = rintf(v.y / sc);
+    if (clamp) {
+      a = fminf(fmaxf(a, -qmax - 1.0f), qmax);
+      b = fminf(fmaxf(b, -qmax - 1.0f), qmax);
+    }
+    *p = __floats2bfloat162_rn(a * sc, b * sc);
+  }
+}
+
+}  // namespace
+
+void fake_quantize(bf16* x, int64_t rows, int64_t cols, int64_t ld, int bits, int64_t seg_rows, float static_scale,
+                   unsigned* seg_scratch, cudaStream_t s) {
+  if (rows == 0) return;
+  if (cols % 2 != 0 || ld % 2 != 0) throw_error("fake_quantize: row length and stride must be even");
+  if (bits < 2 || bits > 16) throw_error("fake_quantize: " + std::to_string(bits) + " bits is outside 2..16");
+  const float qmax = float((1 << (bits - 1)) - 1);
+  const unsigned* seg = nullptr;
+  if (static_scale <= 0.0f && seg_rows > 1) {
+    if (rows % seg_rows != 0) throw_error("fake_quantize: rows do not divide into segments");
+    LB_CUDA_CHECK(cudaMemsetAsync(seg_scratch, 0, size_t(rows / seg_rows) * sizeof(unsigned), s));
+    segment_absmax_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, cols, ld, seg_rows, seg_scratch);
+    LB_CUDA_LAUNCH_CHECK();
+    seg = seg_scratch;
+  }
+  fake_quantize_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, cols, ld, qmax, std::max<int64_t>(seg_rows, 1), seg,
+                                                           static_scale);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+namespace {
 
 unsigned grid_stride_blocks(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536)); }
 

@@ -27,6 +27,14 @@ void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, 
 // In place on rows [gate | up] of 2F values (the output of the stacked gate/up projection):
 // gate_up[r, 0:F] = silu(gate_up[r, 0:F]) * gate_up[r, F:2F].
 void swiglu_rows(bf16* gate_up, int64_t rows, int64_t F, cudaStream_t s);
+// Symmetric fake quantization of activations in place (quant/activation_quant.h, in fp32 from
+// bf16, rounded back to bf16): rows of `cols` values with row stride ld, x <- rint(x / s) * s with
+// s = max(absmax, 1e-5) / (2^(bits-1) - 1) over each row (seg_rows 1: per token) or each
+// segment of seg_rows rows (per tensor, one scale per sequence; seg_scratch holds
+// rows / seg_rows values), or s = static_scale when it is > 0 (values clamped to
+// [-qmax - 1, qmax]). cols and ld even.
+void fake_quantize(bf16* x, int64_t rows, int64_t cols, int64_t ld, int bits, int64_t seg_rows, float static_scale,
+                   unsigned* seg_scratch, cudaStream_t s);
 void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
@@ -42,6 +50,12 @@ void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* 
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
                int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
                const float* rope_cos = nullptr, const float* rope_sin = nullptr);
+// The tensor-core kernel attention() runs for head dim 128: Auto takes the Hopper (wgmma) kernel
+// where the GPU and the build have it (sm_90a), else the mma.sync one. Tests and benchmarks pin
+// one to compare them.
+enum class AttentionKernel { Auto, MmaSync, Wgmma };
+void set_attention_kernel(AttentionKernel kernel);
+bool wgmma_attention_available();
 
 // C [M, N] = A [M, K] . W [N, K]^T (a Linear), bf16 inputs, fp32 accumulation; C bf16 or fp32.
 // lda, ldc: row strides of A and C (0: K and N). With accumulate (fp32 C), C += A . W^T: the
