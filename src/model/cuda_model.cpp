@@ -192,7 +192,7 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
 }
 
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
-                          GpuKvCache* cache) {
+                          GpuKvCache* cache, const SiteInput* on_input) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
@@ -204,6 +204,7 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   ensure_workspace(N);
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
+  if (on_input) (*on_input)(LinearKind::Q, x_.get(), N, H, H);
   mark("qkv_proj");
   static constexpr LinearKind kQkv[] = {LinearKind::Q, LinearKind::K, LinearKind::V};
   grouped_linear(layer, kQkv, w, w.qkv.get(), qkv_.get(), B, T);
@@ -229,16 +230,19 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   cuda::attention(qkv_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, rope_cos_.get(),
                   rope_sin_.get());
   mark("o_proj (+ residual)");
+  if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
   if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
   cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
+  if (on_input) (*on_input)(LinearKind::Gate, x_.get(), N, H, H);
   mark("gate_up_proj");
   static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
   grouped_linear(layer, kGateUp, w, w.gate_up.get(), gate_up_.get(), B, T);
   mark("swiglu");
   cuda::swiglu_rows(gate_up_.get(), N, F, s);
   mark("down_proj (+ residual)");
+  if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
   if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
   cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
 }

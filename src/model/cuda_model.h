@@ -17,6 +17,7 @@
 #include "model/llama_model.h"
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -69,10 +70,14 @@ class CudaModel {
   // log p(targets[r] | rows[r]) and whether it is the argmax, for hidden rows (bf16, device).
   void score_rows(const cuda::bf16* rows, const int32_t* targets_host, int64_t n, double* loglik, bool* greedy);
 
+  // The bf16 input [rows, cols] (row stride ld) of the linears starting with `first` (Q for
+  // q/k/v, O, Gate for gate/up, Down), as run_block computes it.
+  using SiteInput = std::function<void(LinearKind first, const cuda::bf16* x, int64_t rows, int64_t cols, int64_t ld)>;
   // One block on B sequences of T tokens: hidden (fp32, device) updated in place; with a cache
-  // (B = 1) keys and values are appended at cache->length.
+  // (B = 1) keys and values are appended at cache->length. on_input sees each site's input
+  // (before any activation quantization).
   void run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
-                 GpuKvCache* cache = nullptr);
+                 GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr);
   // Embeddings of tokens into hidden (fp32, device).
   void embed(const int32_t* tokens_host, int64_t n, float* hidden);
   // Final norm into bf16 rows.

@@ -53,6 +53,7 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
+  expect_err "stats bad device" "--device cuda:x: 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"
   expect_err "quantize unknown method" "unknown method 'gptx' \(known: awq, gptq, nf4, rtn, smoothquant\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"

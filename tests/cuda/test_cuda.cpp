@@ -2,6 +2,7 @@
 // both sides of its kernels' tile edges, the model's logits, perplexity windows, multiple-choice
 // scores and GPTQ. Skipped when no GPU is present.
 #include "backend/cuda/gptq.cuh"
+#include "calib/input_stats_cuda.h"
 #include "backend/cuda/ops.cuh"
 #include "backend/ops.h"
 #include "core/error.h"
@@ -415,6 +416,64 @@ TEST(CudaModel, ActivationQuantizedPerplexityMatchesCpu) {
   LlamaModel plain(open_checkpoint(path));
   plain.set_forward_hooks(std::make_shared<BlockHooks>());
   EXPECT_THROW({ CudaModel refused(plain, ctx()); }, Error);
+}
+
+// Per-column max |x| and sum |x|, accumulated over two calls, across the kernel's 256-row chunks.
+TEST(CudaOps, ColumnAbsStatsMatchesCpu) {
+  REQUIRE_GPU();
+  const int64_t rows = 600, cols = 130, ld = 140, half = 259;
+  auto x = round_bf16(randn(size_t(rows * ld), 41, 3.0f));
+  std::vector<float> want_max(size_t(cols), 0.0f);
+  std::vector<double> want_sum(size_t(cols), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      want_max[size_t(c)] = std::max(want_max[size_t(c)], std::fabs(x[size_t(r * ld + c)]));
+      want_sum[size_t(c)] += std::fabs(x[size_t(r * ld + c)]);
+    }
+  auto d = to_device_bf16(x);
+  DeviceBuffer<float> mx(static_cast<size_t>(cols)), sm(static_cast<size_t>(cols));
+  LB_CUDA_CHECK(cudaMemset(mx.get(), 0, mx.bytes()));
+  LB_CUDA_CHECK(cudaMemset(sm.get(), 0, sm.bytes()));
+  cuda::column_abs_stats(d.get(), half, cols, ld, mx.get(), sm.get(), ctx().stream());
+  cuda::column_abs_stats(d.get() + half * ld, rows - half, cols, ld, mx.get(), sm.get(), ctx().stream());
+  EXPECT_EQ(from_device(mx, size_t(cols)), want_max);
+  const auto got = from_device(sm, size_t(cols));
+  for (int64_t c = 0; c < cols; ++c) EXPECT_NEAR(got[size_t(c)], want_sum[size_t(c)], 1e-5 * want_sum[size_t(c)]) << c;
+}
+
+// One block's input statistics with the model on the GPU against the CPU driver (bf16 against
+// fp32 activations).
+TEST(CudaCalib, InputStatsMatchCpu) {
+  REQUIRE_GPU();
+  const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(path);
+  LlamaModel model(open_checkpoint(path));
+  std::vector<std::vector<int32_t>> windows;
+  std::mt19937 g(5);
+  for (int w = 0; w < 6; ++w) {
+    std::vector<int32_t> ids(64);
+    for (auto& x : ids) x = int32_t(g() % 512);
+    windows.push_back(ids);
+  }
+  const int64_t layer = 2;
+  StatsRequest req;
+  req.hessian = req.absmax = req.absmean = true;
+  const auto want = layer_input_stats(model, windows, layer, req, nullptr);
+  const auto got = layer_input_stats_cuda(model, windows, layer, ctx());
+  for (LinearKind k : kAllLinears) {
+    const InputStats& a = *got.at(k);
+    const InputStats& b = *want.at(k);
+    ASSERT_EQ(a.dim, b.dim) << linear_name(k);
+    EXPECT_EQ(a.tokens, b.tokens);
+    EXPECT_EQ(a.sequences, b.sequences);
+    const std::vector<float> ha(a.hessian.begin(), a.hessian.end()), hb(b.hessian.begin(), b.hessian.end());
+    const std::vector<float> ma(a.absmean.begin(), a.absmean.end()), mb(b.absmean.begin(), b.absmean.end());
+    const double eh = rel_err(ha, hb), ex = rel_err(a.absmax, b.absmax), em = rel_err(ma, mb);
+    std::printf("layer %ld %s: hessian %.2e absmax %.2e absmean %.2e\n", long(layer), linear_name(k), eh, ex, em);
+    EXPECT_LT(eh, 2e-2) << linear_name(k);
+    EXPECT_LT(ex, 2e-2) << linear_name(k);
+    EXPECT_LT(em, 2e-2) << linear_name(k);
+  }
 }
 
 // GPTQ on the GPU against the CPU implementation on the fixture's real weights and Hessian.

@@ -1,6 +1,8 @@
-// lowbit stats --model M --layer L [--calib SET ...] -o OUT.safetensors
+// lowbit stats --model M --layer L [--calib SET ...] [--device cpu|cuda] -o OUT.safetensors
 // The input statistics of one block's linears on calibration data (GPTQ's Hessian, per-channel
 // abs-max and mean |x|) and the block's weights, for study and for reference implementations.
+// On the CPU from fp32 activations with fp64 sums; on the GPU from bf16 activations with fp32
+// sums (calib/input_stats_cuda.h).
 #include "commands.h"
 
 #include "backend/ops.h"
@@ -11,6 +13,9 @@
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
 #include "quant/quantize.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "calib/input_stats_cuda.h"
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -23,7 +28,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, calib = "wikitext2", data_dir, out;
+  std::string model, calib = "wikitext2", data_dir, out, device = "cpu";
   int64_t layer = 0, nsamples = 128, seqlen = 2048;
   uint64_t seed = 0;
   int threads = 0;
@@ -37,6 +42,7 @@ Tensor f32_tensor(const float* p, std::vector<int64_t> shape) {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
+  const DeviceChoice dev = parse_device(o.device);
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   const bool named = o.calib == "wikitext2" || o.calib == "ptb" || o.calib == "c4";
@@ -47,7 +53,17 @@ void run(const Options& o) {
   StatsRequest req;
   req.hessian = req.absmax = req.absmean = true;
   BlockWeights w;
-  const auto stats = layer_input_stats(model, calib.windows, o.layer, req, &w);
+  BlockContext::StatsMap stats;
+#ifdef LOWBIT_WITH_CUDA
+  if (dev.cuda) {
+    cuda::Context ctx(dev.index);
+    stats = layer_input_stats_cuda(model, calib.windows, o.layer, ctx);
+    w = *model.block_weights(o.layer);
+  } else
+#endif
+  {
+    stats = layer_input_stats(model, calib.windows, o.layer, req, &w);
+  }
   SafetensorsWriter out;
   std::set<const InputStats*> done;
   const char* site_names[] = {"qkv_input", "qkv_input", "qkv_input", "o_input", "gate_up_input", "gate_up_input",
@@ -68,6 +84,7 @@ void run(const Options& o) {
   out.add("weight.post_attention_layernorm", w.post_norm);
   const nlohmann::json meta = {{"model", o.model}, {"layer", o.layer}, {"calibration", calib.identity()},
                                {"hessian", "2/N sum X^T X over N windows (GPTQ)"},
+                               {"device", dev.cuda ? "cuda: bf16 activations, fp32 sums" : "cpu: fp32 activations, fp64 sums"},
                                {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
   out.set_metadata("lowbit.stats", meta.dump());
   out.write(o.out);
@@ -89,6 +106,7 @@ void register_stats(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "sampling seed");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o->device);
   cmd->callback([o] { run(*o); });
 }
 

@@ -253,6 +253,42 @@ __global__ void fake_quantize_kernel(bf16* x, int64_t cols, int64_t ld, float qm
 
 }  // namespace
 
+namespace {
+
+// Per column of x [rows, cols] (row stride ld): max |x| into absmax and sum |x| into abssum,
+// added to what they hold. One thread per column pair, one block row per chunk of rows.
+constexpr int kStatRows = 256;
+__global__ void column_abs_stats_kernel(const bf16* x, int64_t rows, int64_t cols, int64_t ld, float* absmax,
+                                        float* abssum) {
+  const int64_t c = 2 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x);
+  if (c >= cols) return;
+  const int64_t r0 = int64_t(blockIdx.y) * kStatRows, r1 = min(rows, r0 + kStatRows);
+  float m0 = 0.0f, m1 = 0.0f, s0 = 0.0f, s1 = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x + r * ld + c));
+    m0 = fmaxf(m0, fabsf(v.x));
+    m1 = fmaxf(m1, fabsf(v.y));
+    s0 += fabsf(v.x);
+    s1 += fabsf(v.y);
+  }
+  // Non-negative floats order as their bit patterns.
+  atomicMax(reinterpret_cast<unsigned*>(absmax + c), __float_as_uint(m0));
+  atomicMax(reinterpret_cast<unsigned*>(absmax + c + 1), __float_as_uint(m1));
+  atomicAdd(abssum + c, s0);
+  atomicAdd(abssum + c + 1, s1);
+}
+
+}  // namespace
+
+void column_abs_stats(const bf16* x, int64_t rows, int64_t cols, int64_t ld, float* absmax, float* abssum,
+                      cudaStream_t s) {
+  if (rows == 0) return;
+  if (cols % 2 != 0 || ld % 2 != 0) throw_error("column_abs_stats: row length and stride must be even");
+  const dim3 grid(unsigned((cols / 2 + kThreads - 1) / kThreads), unsigned((rows + kStatRows - 1) / kStatRows));
+  column_abs_stats_kernel<<<grid, kThreads, 0, s>>>(x, rows, cols, ld, absmax, abssum);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
 void fake_quantize(bf16* x, int64_t rows, int64_t cols, int64_t ld, int bits, int64_t seg_rows, float static_scale,
                    unsigned* seg_scratch, cudaStream_t s) {
   if (rows == 0) return;

@@ -35,6 +35,10 @@ void swiglu_rows(bf16* gate_up, int64_t rows, int64_t F, cudaStream_t s);
 // [-qmax - 1, qmax]). cols and ld even.
 void fake_quantize(bf16* x, int64_t rows, int64_t cols, int64_t ld, int bits, int64_t seg_rows, float static_scale,
                    unsigned* seg_scratch, cudaStream_t s);
+// Per column of x [rows, cols] (row stride ld; cols and ld even): absmax[j] = max(absmax[j],
+// max |x_j|) and abssum[j] += sum |x_j| (fp32): calibration statistics of a linear's input.
+void column_abs_stats(const bf16* x, int64_t rows, int64_t cols, int64_t ld, float* absmax, float* abssum,
+                      cudaStream_t s);
 void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
