@@ -10,19 +10,6 @@ namespace lowbit {
 using cuda::bf16;
 using cuda::DeviceBuffer;
 
-namespace {
-// Output features of a linear.
-int64_t linear_rows(const LlamaConfig& c, LinearKind k) {
-  switch (k) {
-    case LinearKind::Q: return c.q_dim();
-    case LinearKind::K:
-    case LinearKind::V: return c.kv_dim();
-    case LinearKind::Gate:
-    case LinearKind::Up: return c.intermediate_size;
-    default: return c.hidden_size;
-  }
-}
-}  // namespace
 
 void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
   LB_ASSERT(t.is_contiguous());
@@ -112,7 +99,7 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   w.linear[size_t(K::Down)] = w.down.get();
   for (K k : kAllLinears) {
     const Tensor t = ws.get(linear_weight_name(i, k));
-    const int64_t rows = linear_rows(c, k), cols = k == K::O ? qd : k == K::Down ? F : H;
+    const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k);
     LB_CHECK(t.numel() == rows * cols, "{}: {} elements, the config implies [{}, {}]", linear_weight_name(i, k),
              t.numel(), rows, cols);
     upload_as_bf16(t, w[k], s);
@@ -166,7 +153,7 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, N = B * T;
   int64_t rows_total = 0;
-  for (LinearKind k : kinds) rows_total += linear_rows(c, k);
+  for (LinearKind k : kinds) rows_total += linear_out_features(c, k);
   // Linears sharing an input with one static scale each (the CPU hooks quantize a copy of the
   // input per linear): one product per linear; otherwise the input is quantized once and the
   // stacked product runs.
@@ -182,7 +169,7 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
   }
   int64_t col = 0;
   for (LinearKind k : kinds) {
-    const int64_t rows = linear_rows(c, k);
+    const int64_t rows = linear_out_features(c, k);
     LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x_.get(), size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
                                   ctx_.stream()));
     quantize_input(layer, k, xa_.get(), B, T, H, H);

@@ -30,6 +30,21 @@ const char* linear_name(LinearKind k) {
   return "?";
 }
 
+int64_t linear_out_features(const LlamaConfig& c, LinearKind k) {
+  switch (k) {
+    case LinearKind::Q: return c.q_dim();
+    case LinearKind::K:
+    case LinearKind::V: return c.kv_dim();
+    case LinearKind::Gate:
+    case LinearKind::Up: return c.intermediate_size;
+    default: return c.hidden_size;
+  }
+}
+
+int64_t linear_in_features(const LlamaConfig& c, LinearKind k) {
+  return k == LinearKind::O ? c.q_dim() : k == LinearKind::Down ? c.intermediate_size : c.hidden_size;
+}
+
 std::string linear_weight_name(int64_t layer, LinearKind k) {
   const bool attn = k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V || k == LinearKind::O;
   return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_name(k) + ".weight";

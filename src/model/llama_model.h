@@ -33,6 +33,9 @@ inline constexpr std::array<LinearKind, 7> kAllLinears = {LinearKind::Q, LinearK
 const char* linear_name(LinearKind k);  // "q_proj", ..., "down_proj"
 // "model.layers.{layer}.self_attn.q_proj.weight" etc.
 std::string linear_weight_name(int64_t layer, LinearKind k);
+// A linear's output and input features (its weight is [out, in], as torch stores it).
+int64_t linear_out_features(const LlamaConfig& c, LinearKind k);
+int64_t linear_in_features(const LlamaConfig& c, LinearKind k);
 
 // fp32 weights of one block, row-major as torch stores them ([out, in] for linears). A tensor
 // may view the checkpoint (fp32 files) or own a converted copy.

@@ -232,7 +232,7 @@ QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, 
     gpu.upload_block(layer, w);
     auto quantize_linear = [&](K kind, const float* hs, int64_t cols) {
       const auto tl = std::chrono::steady_clock::now();
-      const int64_t rows = kind == K::Q ? qd : kind == K::K || kind == K::V ? kvd : kind == K::Gate || kind == K::Up ? F : H;
+      const int64_t rows = linear_out_features(c, kind);
       GptqResult r = gptq_quantize_cuda(ctx, w[kind], hs, h_scale, rows, cols, opt,
                                         linear_storage_dtype(model, layer, kind), w[kind]);
       LinearReport rep;

@@ -83,6 +83,15 @@ std::vector<T> from_device(const DeviceBuffer<T>& d, size_t n) {
   return v;
 }
 
+// n windows of `len` token ids below 512 (stories260K's vocabulary).
+std::vector<std::vector<int32_t>> random_windows(int n, int64_t len, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<std::vector<int32_t>> windows(static_cast<size_t>(n), std::vector<int32_t>(static_cast<size_t>(len)));
+  for (auto& w : windows)
+    for (auto& x : w) x = int32_t(g() % 512);
+  return windows;
+}
+
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -331,13 +340,7 @@ TEST(CudaModel, PerplexityWindowsMatchCpu) {
   const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
   LOWBIT_REQUIRE_PATH(path);
   LlamaModel model(open_checkpoint(path));
-  std::vector<std::vector<int32_t>> windows;
-  std::mt19937 g(1);
-  for (int w = 0; w < 5; ++w) {
-    std::vector<int32_t> ids(256);
-    for (auto& x : ids) x = int32_t(g() % 512);
-    windows.push_back(ids);
-  }
+  const auto windows = random_windows(5, 256, 1);
   CudaModel gpu(model, ctx());
   const PerplexityResult a = perplexity_cuda(gpu, windows, 2);
   const PerplexityResult b = perplexity(model, windows);
@@ -382,13 +385,7 @@ TEST(CudaModel, ActivationQuantizedPerplexityMatchesCpu) {
   REQUIRE_GPU();
   const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
   LOWBIT_REQUIRE_PATH(path);
-  std::vector<std::vector<int32_t>> windows;
-  std::mt19937 g(3);
-  for (int w = 0; w < 4; ++w) {
-    std::vector<int32_t> ids(256);
-    for (auto& x : ids) x = int32_t(g() % 512);
-    windows.push_back(ids);
-  }
+  const auto windows = random_windows(4, 256, 3);
   nlohmann::json statics = nlohmann::json::object();
   {
     Checkpoint probe = open_checkpoint(path);
@@ -448,13 +445,7 @@ TEST(CudaCalib, InputStatsMatchCpu) {
   const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
   LOWBIT_REQUIRE_PATH(path);
   LlamaModel model(open_checkpoint(path));
-  std::vector<std::vector<int32_t>> windows;
-  std::mt19937 g(5);
-  for (int w = 0; w < 6; ++w) {
-    std::vector<int32_t> ids(64);
-    for (auto& x : ids) x = int32_t(g() % 512);
-    windows.push_back(ids);
-  }
+  const auto windows = random_windows(6, 64, 5);
   const int64_t layer = 2;
   StatsRequest req;
   req.hessian = req.absmax = req.absmean = true;

@@ -81,6 +81,150 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(a));
 }
 
+// A thread block's share of the attention: its query tile, head, sequence, the keys it can see
+// (up to its last query's position) and where its q, k and v rows start. The longest query tiles
+// (the last ones, under the causal mask) start first, over all heads and sequences: grid
+// (heads, sequences, query tiles), tiles counted down.
+struct BlockTask {
+  int q0, head, b, keys_total, ntiles;
+  const bf16 *qb, *kb, *vb;
+};
+template <int BM, int BN, int HD>
+__device__ __forceinline__ BlockTask block_task(const bf16* q, const bf16* k, const bf16* v, int T, int past, int nh,
+                                                int nkv, int64_t ldq, int64_t ldk) {
+  BlockTask bt;
+  bt.q0 = (gridDim.z - 1 - blockIdx.z) * BM, bt.head = blockIdx.x, bt.b = blockIdx.y;
+  const int kvh = bt.head / (nh / nkv);
+  bt.keys_total = past + T;
+  bt.qb = q + int64_t(bt.b) * T * ldq + int64_t(bt.head) * HD;
+  bt.kb = k + int64_t(bt.b) * bt.keys_total * ldk + int64_t(kvh) * HD;
+  bt.vb = v + int64_t(bt.b) * bt.keys_total * ldk + int64_t(kvh) * HD;
+  const int last_key = min(bt.keys_total - 1, past + min(bt.q0 + BM, T) - 1);
+  bt.ntiles = last_key / BN + 1;
+  return bt;
+}
+
+// rotate_half RoPE on two adjacent pairs (a[i], b[i]) of a Q row in shared memory, fp32 from bf16,
+// rounded to bf16 as the rope kernel does; c, sn: the angles' cos and sin.
+__device__ __forceinline__ void rope_pairs(__nv_bfloat162* a, __nv_bfloat162* b, float2 c, float2 sn) {
+  const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*b);
+  *a = __floats2bfloat162_rn(av.x * c.x - bv.x * sn.x, av.y * c.y - bv.y * sn.y);
+  *b = __floats2bfloat162_rn(bv.x * c.x + av.x * sn.x, bv.y * c.y + av.y * sn.y);
+}
+
+// Online softmax over one key tile of a 16-row m-tile's S accumulators, in the m16n8k16 C layout
+// (also a wgmma accumulator's, per warp): NT 8-key tiles, s[j][0..1] row g and s[j][2..3] row
+// g + 8, keys key0 + 8j + 2t + (0, 1). In log2 units (scale_log2 folds 1/sqrt(hd) and log2 e).
+// With `masked`, keys after a row's position (pos_lo, pos_hi) become -inf; the row max is taken
+// on the raw scores, P = 2^(S scale - m) overwrites S, the row sums l (per lane; combined across
+// the quad at the end) and maxima m are updated, and the factors the output rows must be
+// multiplied by are returned (x: row g, y: row g + 8). Maxima and sums are trees, not chains.
+// Every row sees key 0 in the first tile, so m is finite from then on (a row wholly masked in a
+// later tile keeps its max: alpha = 1, P = 0).
+template <int NT>
+__device__ __forceinline__ float2 online_softmax_tile(float (&s)[NT][4], int key0, int t, int pos_lo, int pos_hi,
+                                                      bool masked, float scale_log2, float& m_lo, float& m_hi,
+                                                      float& l_lo, float& l_hi) {
+  if (masked) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int c = key0 + j * 8 + 2 * t;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (c + e > pos_lo) s[j][e] = -INFINITY;
+        if (c + e > pos_hi) s[j][2 + e] = -INFINITY;
+      }
+    }
+  }
+  float t_lo[NT], t_hi[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    t_lo[j] = fmaxf(s[j][0], s[j][1]);
+    t_hi[j] = fmaxf(s[j][2], s[j][3]);
+  }
+#pragma unroll
+  for (int w = NT / 2; w > 0; w /= 2)
+#pragma unroll
+    for (int j = 0; j < w; ++j) {
+      t_lo[j] = fmaxf(t_lo[j], t_lo[j + w]);
+      t_hi[j] = fmaxf(t_hi[j], t_hi[j + w]);
+    }
+  float mx_lo = t_lo[0], mx_hi = t_hi[0];
+  mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+  mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+  mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+  mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+  const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
+  const float2 alpha = make_float2(fast_exp2(m_lo - new_lo), fast_exp2(m_hi - new_hi));
+  m_lo = new_lo;
+  m_hi = new_hi;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -new_lo));
+      s[j][2 + e] = fast_exp2(fmaf(s[j][2 + e], scale_log2, -new_hi));
+    }
+    t_lo[j] = s[j][0] + s[j][1];
+    t_hi[j] = s[j][2] + s[j][3];
+  }
+#pragma unroll
+  for (int w = NT / 2; w > 0; w /= 2)
+#pragma unroll
+    for (int j = 0; j < w; ++j) {
+      t_lo[j] += t_lo[j + w];
+      t_hi[j] += t_hi[j + w];
+    }
+  l_lo = l_lo * alpha.x + t_lo[0];
+  l_hi = l_hi * alpha.y + t_hi[0];
+  return alpha;
+}
+
+// O *= alpha per row (the accumulator layout of online_softmax_tile), unless no row of the warp
+// raised its max (alpha = 1 exactly), which grows common as the rows see more keys.
+template <int OT>
+__device__ __forceinline__ void rescale_rows(float (&o)[OT][4], float2 alpha) {
+  if (!__any_sync(0xffffffffu, alpha.x != 1.0f || alpha.y != 1.0f)) return;
+#pragma unroll
+  for (int j = 0; j < OT; ++j) {
+    o[j][0] *= alpha.x;
+    o[j][1] *= alpha.x;
+    o[j][2] *= alpha.y;
+    o[j][3] *= alpha.y;
+  }
+}
+
+// The m16n8k16 A fragment of P for keys 16kk .. 16kk + 15, from the accumulators of 8-key tiles
+// 2kk and 2kk + 1 (element for element the A layout: no trip through shared memory).
+template <int NT>
+__device__ __forceinline__ void p_fragment(const float (&s)[NT][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// The output rows g and g + 8 of a 16-row m-tile (rows r_lo, r_lo + 8 below T), divided by the
+// row sums (per-lane partials, combined across the quad here).
+template <int OT>
+__device__ __forceinline__ void store_rows(bf16* ob, int64_t ldo, int T, int r_lo, int t, const float (&o)[OT][4],
+                                           float l_lo, float l_hi) {
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
+  const int r_hi = r_lo + 8;
+#pragma unroll
+  for (int j = 0; j < OT; ++j) {
+    const int c = j * 8 + 2 * t;
+    if (r_lo < T)
+      *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[j][0] * inv_lo, o[j][1] * inv_lo);
+    if (r_hi < T)
+      *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[j][2] * inv_hi, o[j][3] * inv_hi);
+  }
+}
+
 // RoPE on the block's Q tile in shared memory (rotate_half, fp32 from bf16, rounded to bf16 as
 // the rope kernel does): pairs (i, i + HD/2) of each row below T, two adjacent i per step. Not
 // inlined: it runs once per block, and kept apart it leaves the main loop all the registers.
@@ -94,11 +238,8 @@ __device__ __noinline__ void rope_q_tile(bf16* qs, int q0, int T, int past, cons
     const int64_t pos = int64_t(past + q0 + r) * kHalf + i;
     const float2 c = *reinterpret_cast<const float2*>(rope_cos + pos);
     const float2 sn = *reinterpret_cast<const float2*>(rope_sin + pos);
-    __nv_bfloat162* a = reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i);
-    __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i + kHalf);
-    const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*b);
-    *a = __floats2bfloat162_rn(av.x * c.x - bv.x * sn.x, av.y * c.y - bv.y * sn.y);
-    *b = __floats2bfloat162_rn(bv.x * c.x + av.x * sn.x, bv.y * c.y + av.y * sn.y);
+    rope_pairs(reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i),
+               reinterpret_cast<__nv_bfloat162*>(qs + r * kStride + i + kHalf), c, sn);
   }
 }
 
@@ -130,18 +271,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
   bf16* vs = ks + 2 * kTile;                      // [2][kBlockN][kStride]
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // The longest query tiles (the last ones, under the causal mask) start first, over all heads
-  // and sequences.
-  const int q0 = (gridDim.z - 1 - blockIdx.z) * kBlockM, head = blockIdx.x, b = blockIdx.y;
-  const int kvh = head / (nh / nkv);
-  const int keys_total = past + T;
-  const bf16* qb = q + int64_t(b) * T * ldq + int64_t(head) * HD;
-  const bf16* kb = k + int64_t(b) * keys_total * ldk + int64_t(kvh) * HD;
-  const bf16* vb = v + int64_t(b) * keys_total * ldk + int64_t(kvh) * HD;
-
-  // Keys this block can see: up to the last query's position.
-  const int last_key = min(keys_total - 1, past + min(q0 + kBlockM, T) - 1);
-  const int ntiles = last_key / kBlockN + 1;
+  const BlockTask bt = block_task<kBlockM, kBlockN, HD>(q, k, v, T, past, nh, nkv, ldq, ldk);
+  const int q0 = bt.q0, keys_total = bt.keys_total, ntiles = bt.ntiles;
+  const bf16 *qb = bt.qb, *kb = bt.kb, *vb = bt.vb;
   // Each thread copies the same 16-byte column chunk c8 of rows r0, r0 + R, r0 + 2R, ... of
   // every tile (R = threads / chunks per row), so its addresses advance by constant strides.
   constexpr int kRowsPerPass = kWarps * 32 / kRowChunks;
@@ -235,75 +367,12 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
           }
         }
       }
-      // Online softmax in log2 units (scale_log2 folds 1/sqrt(hd) and log2 e): masked scores
-      // become -inf, the row max is taken on the raw scores, and P = 2^(S scale - m) overwrites S.
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
-        const int pos_lo = past + row0 + mt * 16 + g, pos_hi = pos_lo + 8;  // absolute positions of the two rows
-        if (key0 + kBlockN - 1 > past + row0 + mt * 16) {                  // some key of the tile is masked
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const int c = key0 + j * 8 + 2 * t;
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              if (c + e > pos_lo) s[mt][j][e] = -INFINITY;
-              if (c + e > pos_hi) s[mt][j][2 + e] = -INFINITY;
-            }
-          }
-        }
-        // Row maxima and (below) sums as trees rather than chains: short dependencies.
-        float t_lo[NT], t_hi[NT];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          t_lo[j] = fmaxf(s[mt][j][0], s[mt][j][1]);
-          t_hi[j] = fmaxf(s[mt][j][2], s[mt][j][3]);
-        }
-#pragma unroll
-        for (int w = NT / 2; w > 0; w /= 2)
-#pragma unroll
-          for (int j = 0; j < w; ++j) {
-            t_lo[j] = fmaxf(t_lo[j], t_lo[j + w]);
-            t_hi[j] = fmaxf(t_hi[j], t_hi[j + w]);
-          }
-        float mx_lo = t_lo[0], mx_hi = t_hi[0];
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        // Every row sees key 0 in tile 0, so the running max is finite from then on.
-        const float new_lo = fmaxf(m[mt][0], mx_lo * scale_log2), new_hi = fmaxf(m[mt][1], mx_hi * scale_log2);
-        const float alpha_lo = fast_exp2(m[mt][0] - new_lo), alpha_hi = fast_exp2(m[mt][1] - new_hi);
-        m[mt][0] = new_lo;
-        m[mt][1] = new_hi;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], scale_log2, -new_lo));
-            s[mt][j][2 + e] = fast_exp2(fmaf(s[mt][j][2 + e], scale_log2, -new_hi));
-          }
-          t_lo[j] = s[mt][j][0] + s[mt][j][1];
-          t_hi[j] = s[mt][j][2] + s[mt][j][3];
-        }
-#pragma unroll
-        for (int w = NT / 2; w > 0; w /= 2)
-#pragma unroll
-          for (int j = 0; j < w; ++j) {
-            t_lo[j] += t_lo[j + w];
-            t_hi[j] += t_hi[j + w];
-          }
-        l[mt][0] = l[mt][0] * alpha_lo + t_lo[0];  // per-lane partial sums; combined across the quad at the end
-        l[mt][1] = l[mt][1] * alpha_hi + t_hi[0];
-        // O *= alpha, unless no row of the warp's m-tile raised its max (alpha = 1 exactly),
-        // which grows common as the rows see more keys.
-        if (__any_sync(0xffffffffu, alpha_lo != 1.0f || alpha_hi != 1.0f))
-#pragma unroll
-        for (int j = 0; j < OT; ++j) {
-          o[mt][j][0] *= alpha_lo;
-          o[mt][j][1] *= alpha_lo;
-          o[mt][j][2] *= alpha_hi;
-          o[mt][j][3] *= alpha_hi;
-        }
+        const int pos_lo = past + row0 + mt * 16 + g;  // absolute positions of rows g and g + 8
+        const bool masked = key0 + kBlockN - 1 > past + row0 + mt * 16;  // some key of the tile is masked
+        rescale_rows(o[mt], online_softmax_tile(s[mt], key0, t, pos_lo, pos_lo + 8, masked, scale_log2, m[mt][0],
+                                                m[mt][1], l[mt][0], l[mt][1]));
       }
       // O += P V, P from the S accumulators of 8-key tiles 2kk and 2kk+1; V's B fragments for
       // two 8-wide output tiles per ldmatrix.x4.trans, shared by both m-tiles.
@@ -311,12 +380,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         uint32_t pa[kMTiles][4];
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-        }
+        for (int mt = 0; mt < kMTiles; ++mt) p_fragment(s[mt], kk, pa[mt]);
 #pragma unroll
         for (int j = 0; j < OT; j += 2) {
           uint32_t vb4[4];
@@ -331,25 +395,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
     }
     __syncthreads();  // the buffer of this tile is free for tile + 2
   }
-  bf16* ob = out + int64_t(b) * T * ldo + int64_t(head) * HD;
+  bf16* ob = out + int64_t(bt.b) * T * ldo + int64_t(bt.head) * HD;
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-    float l_lo = l[mt][0], l_hi = l[mt][1];
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-    const int r_lo = row0 + mt * 16 + g, r_hi = r_lo + 8;
-#pragma unroll
-    for (int j = 0; j < OT; ++j) {
-      const int c = j * 8 + 2 * t;
-      if (r_lo < T)
-        *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[mt][j][0] * inv_lo, o[mt][j][1] * inv_lo);
-      if (r_hi < T)
-        *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[mt][j][2] * inv_hi, o[mt][j][3] * inv_hi);
-    }
-  }
+  for (int mt = 0; mt < kMTiles; ++mt) store_rows(ob, ldo, T, row0 + mt * 16 + g, t, o[mt], l[mt][0], l[mt][1]);
 }
 
 template <int HD>
@@ -388,22 +436,22 @@ constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;  // Q; K and V twice
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // D [64 x 64] (+)= A [64 x 16] . B [16 x 64], A and B in shared memory (descriptors), both K-major.
-__device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
       ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 // D [64 x 128] += A [64 x 16] . B [16 x 128], A in registers (the m16n8k16 A fragment of each
 // warp's 16 rows), B in shared memory N-major (transposed).
-__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -412,14 +460,14 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
       ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
 }
 // Shared-memory matrix descriptor, 128-byte swizzle (PTX ISA, wgmma matrix descriptor).
@@ -433,9 +481,11 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Keeps the compiler from moving accesses of accumulator registers across the asynchronous
 // products.
 template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+__device__ __forceinline__ void fence_regs(float (&d)[N][4]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
 }
 // Makes this thread's shared-memory writes (cp.async, st.shared) visible to wgmma's reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -458,23 +508,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   unsigned char* const smem = smem_raw + (base - raw);
   const uint32_t q_s = base, k_s = base + kQBytes, v_s = k_s + 2 * kTileBytes;
 
-  // The longest query tiles (the last ones, under the causal mask) start first, over all heads
-  // and sequences.
-  const int q0 = (gridDim.z - 1 - blockIdx.z) * kBlockM, head = blockIdx.x, b = blockIdx.y;
-  const int kvh = head / (nh / nkv);
-  const int keys_total = past + T;
-  const bf16* qb = q + int64_t(b) * T * ldq + int64_t(head) * kHd;
-  const bf16* kb = k + int64_t(b) * keys_total * ldk + int64_t(kvh) * kHd;
-  const bf16* vb = v + int64_t(b) * keys_total * ldk + int64_t(kvh) * kHd;
-  const int last_key = min(keys_total - 1, past + min(q0 + kBlockM, T) - 1);
-  const int ntiles = last_key / kBlockN + 1;
+  const BlockTask bt = block_task<kBlockM, kBlockN, kHd>(q, k, v, T, past, nh, nkv, ldq, ldk);
+  const int q0 = bt.q0, keys_total = bt.keys_total, ntiles = bt.ntiles;
 
   // Each thread copies 16-byte chunk c16 of rows r0, r0 + 16, ...: 16 chunks per 128-value row.
   const int c16 = threadIdx.x & 15, r0 = threadIdx.x >> 4;
   constexpr int kRowsPerPass = kThreads / 16;
-  auto copy16 = [](uint32_t dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-  };
+  unsigned char* const k_p = smem + kQBytes;
+  unsigned char* const v_p = k_p + 2 * kTileBytes;
   auto load_tile = [&](int tile, int buf) {
     const int key0 = tile * kBlockN;
 #pragma unroll
@@ -483,35 +524,31 @@ __global__ void __launch_bounds__(kThreads, 2)
       const bool valid = key0 + r < keys_total;  // else zero-filled
       const int64_t off = valid ? int64_t(key0 + r) * ldk + c16 * 8 : 0;
       const uint32_t o = swizzled(r, c16 * 8, kBlockN) + uint32_t(buf * kTileBytes);
-      copy16(k_s + o, kb + off, valid);
-      copy16(v_s + o, vb + off, valid);
+      cp_async16(k_p + o, bt.kb + off, valid);
+      cp_async16(v_p + o, bt.vb + off, valid);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    cp_async_commit();
   };
 #pragma unroll
   for (int i = 0; i < kBlockM / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
     const bool valid = q0 + r < T;
-    copy16(q_s + swizzled(r, c16 * 8, kBlockM), qb + (valid ? int64_t(q0 + r) * ldq + c16 * 8 : 0), valid);
+    cp_async16(smem + swizzled(r, c16 * 8, kBlockM), bt.qb + (valid ? int64_t(q0 + r) * ldq + c16 * 8 : 0), valid);
   }
-  asm volatile("cp.async.commit_group;\n" ::);
+  cp_async_commit();
   load_tile(0, 0);
   if (rope_cos != nullptr) {
-    asm volatile("cp.async.wait_group 1;\n" ::);  // Q has landed
+    cp_async_wait<1>();  // Q has landed
     __syncthreads();
-    // rotate_half on pairs (i, i + 64): the same offset in the two halves. fp32 from bf16,
-    // rounded to bf16, as the rope kernel does.
+    // rotate_half on pairs (i, i + 64): the same offset in the two halves.
     for (int idx = threadIdx.x; idx < kBlockM * 32; idx += kThreads) {
       const int r = idx >> 5, i = (idx & 31) * 2;
       if (q0 + r >= T) continue;
       const int64_t pos = int64_t(past + q0 + r) * 64 + i;
       const float2 c = *reinterpret_cast<const float2*>(rope_cos + pos);
       const float2 sn = *reinterpret_cast<const float2*>(rope_sin + pos);
-      __nv_bfloat162* a = reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i, kBlockM));
-      __nv_bfloat162* bb = reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i + 64, kBlockM));
-      const float2 av = __bfloat1622float2(*a), bv = __bfloat1622float2(*bb);
-      *a = __floats2bfloat162_rn(av.x * c.x - bv.x * sn.x, av.y * c.y - bv.y * sn.y);
-      *bb = __floats2bfloat162_rn(bv.x * c.x + av.x * sn.x, bv.y * c.y + av.y * sn.y);
+      rope_pairs(reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i, kBlockM)),
+                 reinterpret_cast<__nv_bfloat162*>(smem + swizzled(r, i + 64, kBlockM)), c, sn);
     }
     // The loop's fence and barrier order these writes before wgmma reads Q.
   }
@@ -520,25 +557,25 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int g = lane >> 2, t = lane & 3;
   const int wg_row0 = q0 + wg * 64;                 // first query row of this warpgroup
   const int pos_lo = past + wg_row0 + warp * 16 + g, pos_hi = pos_lo + 8;  // this thread's two rows
-  float o[64];
+  float o[kHd / 8][4];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+  for (int j = 0; j < kHd / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
 
   for (int tile = 0; tile < ntiles; ++tile) {
     const int key0 = tile * kBlockN, buf = tile & 1;
     if (tile + 1 < ntiles) {
       load_tile(tile + 1, buf ^ 1);  // its buffer was released by the barrier ending tile - 1
-      asm volatile("cp.async.wait_group 1;\n" ::);
+      cp_async_wait<1>();
     } else {
-      asm volatile("cp.async.wait_group 0;\n" ::);
+      cp_async_wait<0>();
     }
     fence_proxy_async();
     __syncthreads();
     // A warpgroup skips tiles entirely after its rows (causal).
     if (key0 <= past + wg_row0 + 63) {
       const uint32_t kt = k_s + buf * kTileBytes, vt = v_s + buf * kTileBytes;
-      float s[kBlockN / 2];
+      float s[kBlockN / 8][4];
       wgmma_fence();
 #pragma unroll
       for (int st = 0; st < kHd / 16; ++st) {
@@ -550,82 +587,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       wgmma_commit();
       wgmma_wait_all();
       fence_regs(s);
-      // s[4j + e]: row g (e = 0, 1) or g + 8 (e = 2, 3) of the warp's 16, key key0 + 8j + 2t + (e & 1).
-      if (key0 + kBlockN - 1 > past + wg_row0 + warp * 16) {  // some key of the tile is masked
+      const bool masked = key0 + kBlockN - 1 > past + wg_row0 + warp * 16;  // some key of the tile is masked
+      rescale_rows(o, online_softmax_tile(s, key0, t, pos_lo, pos_hi, masked, scale_log2, m_lo, m_hi, l_lo, l_hi));
+      uint32_t p[kBlockN / 16][4];
 #pragma unroll
-        for (int j = 0; j < kBlockN / 8; ++j) {
-          const int c = key0 + j * 8 + 2 * t;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (c + e > pos_lo) s[4 * j + e] = -INFINITY;
-            if (c + e > pos_hi) s[4 * j + 2 + e] = -INFINITY;
-          }
-        }
-      }
-      constexpr int kPairs = kBlockN / 16;  // pairs of 8-key tiles
-      float mx_lo = -INFINITY, mx_hi = -INFINITY;
-      {
-        float a_lo[kPairs], a_hi[kPairs];
-#pragma unroll
-        for (int j = 0; j < kPairs; ++j) {
-          a_lo[j] = fmaxf(fmaxf(s[8 * j], s[8 * j + 1]), fmaxf(s[8 * j + 4], s[8 * j + 5]));
-          a_hi[j] = fmaxf(fmaxf(s[8 * j + 2], s[8 * j + 3]), fmaxf(s[8 * j + 6], s[8 * j + 7]));
-        }
-#pragma unroll
-        for (int w = kPairs / 2; w > 0; w /= 2)
-#pragma unroll
-          for (int j = 0; j < w; ++j) {
-            a_lo[j] = fmaxf(a_lo[j], a_lo[j + w]);
-            a_hi[j] = fmaxf(a_hi[j], a_hi[j + w]);
-          }
-        mx_lo = a_lo[0], mx_hi = a_hi[0];
-      }
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-      // Rows of a warp all see key 0 in tile 0, so the running max is finite from then on
-      // (a row of a later tile that is wholly masked keeps its max: alpha = 1, P = 0).
-      const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
-      const float alpha_lo = fast_exp2(m_lo - new_lo), alpha_hi = fast_exp2(m_hi - new_hi);
-      m_lo = new_lo;
-      m_hi = new_hi;
-      uint32_t p[kPairs][4];
-      float sum_lo[kPairs], sum_hi[kPairs];
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        float e[8];
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {  // 8-key tiles 2kk and 2kk + 1
-          const float* sv = s + 4 * (2 * kk + x);
-          e[4 * x + 0] = fast_exp2(fmaf(sv[0], scale_log2, -new_lo));
-          e[4 * x + 1] = fast_exp2(fmaf(sv[1], scale_log2, -new_lo));
-          e[4 * x + 2] = fast_exp2(fmaf(sv[2], scale_log2, -new_hi));
-          e[4 * x + 3] = fast_exp2(fmaf(sv[3], scale_log2, -new_hi));
-        }
-        p[kk][0] = pack_bf16(e[0], e[1]);
-        p[kk][1] = pack_bf16(e[2], e[3]);
-        p[kk][2] = pack_bf16(e[4], e[5]);
-        p[kk][3] = pack_bf16(e[6], e[7]);
-        sum_lo[kk] = (e[0] + e[1]) + (e[4] + e[5]);
-        sum_hi[kk] = (e[2] + e[3]) + (e[6] + e[7]);
-      }
-#pragma unroll
-      for (int w = kPairs / 2; w > 0; w /= 2)
-#pragma unroll
-        for (int j = 0; j < w; ++j) {
-          sum_lo[j] += sum_lo[j + w];
-          sum_hi[j] += sum_hi[j + w];
-        }
-      l_lo = l_lo * alpha_lo + sum_lo[0];  // per-lane partial sums; combined across the quad at the end
-      l_hi = l_hi * alpha_hi + sum_hi[0];
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        o[4 * j + 0] *= alpha_lo;
-        o[4 * j + 1] *= alpha_lo;
-        o[4 * j + 2] *= alpha_hi;
-        o[4 * j + 3] *= alpha_hi;
-      }
+      for (int kk = 0; kk < kBlockN / 16; ++kk) p_fragment(s, kk, p[kk]);
       fence_regs(o);
       wgmma_fence();
 #pragma unroll
@@ -637,20 +603,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // the buffer of this tile is free for tile + 2
   }
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-  const float inv_lo = 1.0f / l_lo, inv_hi = 1.0f / l_hi;
-  const int r_lo = wg_row0 + warp * 16 + g, r_hi = r_lo + 8;
-  bf16* ob = out + int64_t(b) * T * ldo + int64_t(head) * kHd;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int c = j * 8 + 2 * t;
-    if (r_lo < T) *reinterpret_cast<uint32_t*>(ob + int64_t(r_lo) * ldo + c) = pack_bf16(o[4 * j] * inv_lo, o[4 * j + 1] * inv_lo);
-    if (r_hi < T)
-      *reinterpret_cast<uint32_t*>(ob + int64_t(r_hi) * ldo + c) = pack_bf16(o[4 * j + 2] * inv_hi, o[4 * j + 3] * inv_hi);
-  }
+  store_rows(out + int64_t(bt.b) * T * ldo + int64_t(bt.head) * kHd, ldo, T, wg_row0 + warp * 16 + g, t, o, l_lo, l_hi);
 #endif
 }
 
