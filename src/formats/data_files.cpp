@@ -41,6 +41,11 @@ DatasetFile checked_data_file(const std::string& data_dir, const std::string& re
   return f;
 }
 
+bool is_named_dataset(const std::string& name, DatasetRole role) {
+  if (name == "wikitext2" || name == "ptb" || name == "c4") return true;
+  return role == DatasetRole::Evaluation && (name == "ptb-new" || name == "c4-new");
+}
+
 std::string resolve_data_dir(const std::string& flag_value) {
   if (!flag_value.empty()) return flag_value;
   const char* env = std::getenv("LOWBIT_DATA");

@@ -17,6 +17,12 @@ struct DatasetFile {
   std::string sha256;
 };
 
+// The sets read by name from a data directory; any other name is a text file's path.
+//   Evaluation:  wikitext2, ptb, ptb-new, c4, c4-new (eval/datasets.h)
+//   Calibration: wikitext2, ptb, c4 (calib/calib_data.h)
+enum class DatasetRole { Evaluation, Calibration };
+bool is_named_dataset(const std::string& name, DatasetRole role);
+
 // The data directory: the flag's value, else $LOWBIT_DATA; an error when neither is set.
 std::string resolve_data_dir(const std::string& flag_value);
 

@@ -75,4 +75,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, const Tokeniz
   fail("'{}': unknown tokenizer file type (expected tokenizer.json, tokenizer.model or a llama2.c .bin)", file);
 }
 
+BosMode parse_bos_mode(const std::string& name) {
+  for (BosMode m : {BosMode::Default, BosMode::On, BosMode::Off})
+    if (name == bos_mode_name(m)) return m;
+  fail("unknown BOS mode '{}' (auto, on, off)", name);
+}
+
+const char* bos_mode_name(BosMode m) { return m == BosMode::On ? "on" : m == BosMode::Off ? "off" : "auto"; }
+
 }  // namespace lowbit

@@ -22,6 +22,9 @@ namespace lowbit {
 //   On:      exactly one BOS at the start and nothing else.
 //   Off:     none (transformers' add_special_tokens=False).
 enum class BosMode { Default, On, Off };
+// The CLI's and study spec's spelling: "auto" (Default), "on", "off"; throws on anything else.
+BosMode parse_bos_mode(const std::string& name);
+const char* bos_mode_name(BosMode m);
 
 struct SpecialToken {
   int32_t id;

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
+#include "core/process.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -160,15 +161,6 @@ class DequantizedWeights final : public TableWeightSource {
   std::map<std::string, std::pair<std::string, json>> layouts_;  // weight name -> (base, layout)
 };
 
-std::string now_iso8601() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 }  // namespace
 
 std::string weights_sha256(const Checkpoint& ck) {
@@ -274,7 +266,7 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
                  {"source", {{"path", ck.path}, {"format", ck.format}, {"sha256", weights_sha256(ck)},
                              {"dtype", c.torch_dtype}, {"parameters", c.parameter_count()}}},
                  {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
-                 {"created", now_iso8601()},
+                 {"created", utc_now()},
                  {"quantize_seconds", qm.seconds},
                  {"linears", linears},
                  {"modified", modified}};

@@ -1,5 +1,6 @@
 #include "study/grid.h"
 
+#include "eval/identity.h"
 #include "quant/method.h"
 
 #include <fmt/format.h>
@@ -13,19 +14,14 @@ std::string cell_key(const std::string& model, const std::string& method, const 
 StudyPlan expand_plan(const StudySpec& spec) {
   StudyPlan plan;
   const EvalSpec& e = spec.eval;
+  // The tokenizer convention changes every number: the keys name it when it is not the default.
   for (const auto& d : e.ppl)
-    plan.evaluations.push_back(
-        {EvalKind::Perplexity, d, fmt::format("{}:seqlen={},limit={},bos={}", d, e.seqlen, e.limit, e.bos)});
+    plan.evaluations.push_back({EvalKind::Perplexity, d, perplexity_key(d, e.seqlen, e.limit, e.bos, spec.spm)});
   for (const auto& t : e.tasks) {
-    const bool mmlu = t.starts_with("mmlu");
-    std::string key = fmt::format("{}:limit={},bos={},max_length={}", t, mmlu ? e.mmlu_limit : e.task_limit, e.bos,
-                                  e.max_length);
-    if (mmlu) key += fmt::format(",shots={}", e.mmlu_shots);
-    plan.evaluations.push_back({EvalKind::MultipleChoice, t, key});
+    const int64_t limit = t.starts_with("mmlu") ? e.mmlu_limit : e.task_limit;
+    plan.evaluations.push_back(
+        {EvalKind::MultipleChoice, t, multiple_choice_key(t, limit, e.bos, e.max_length, e.mmlu_shots, spec.spm)});
   }
-  // The tokenizer convention changes every number; name it when it is not the default.
-  if (spec.spm != "auto")
-    for (auto& ev : plan.evaluations) ev.key += ",spm=" + spec.spm;
 
   for (size_t m = 0; m < spec.models.size(); ++m) {
     for (const auto& mc : spec.methods) {

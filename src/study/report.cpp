@@ -1,6 +1,7 @@
 #include "study/report.h"
 
 #include "core/error.h"
+#include "core/process.h"
 #include "lowbit/version.h"
 
 #include <fmt/format.h>

@@ -3,12 +3,13 @@
 #include "backend/ops.h"
 #include "calib/calib_data.h"
 #include "core/error.h"
+#include "core/process.h"
 #include "eval/datasets.h"
+#include "eval/identity.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "eval/tasks.h"
 #include "formats/tokenizer.h"
-#include "lowbit/version.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
@@ -24,7 +25,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -44,18 +44,6 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-BosMode parse_bos(const std::string& s) { return s == "on" ? BosMode::On : s == "off" ? BosMode::Off : BosMode::Default; }
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.starts_with("model name")) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  return "unknown";
-}
 
 // Seconds per unit of work, from what the store recorded and what this run measures.
 class Eta {
@@ -146,7 +134,7 @@ class Runner {
   void run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending);
   // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU.
   std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
-                                    const Evaluation& e, json& identity, double& seconds);
+                                    const Evaluation& e, json& evaluation, double& seconds);
   const McTask& task(const std::string& name);
   void note(const std::string& s) const {
     if (ev_.on_note) ev_.on_note(s);
@@ -257,13 +245,10 @@ ModelState& Runner::model_state(size_t m) {
            "model '{}' ({}) has changed since its results were stored (weights SHA-256 {}, stored {}); give it another "
            "name in the spec, or start a new store",
            ms->spec->name, ms->spec->path, ms->sha256, *stored);
-  ms->identity = {{"name", ms->spec->name}, {"path", ms->spec->path}, {"format", ck.format},
-                  {"weights_sha256", ms->sha256}, {"dtype", ck.config.torch_dtype},
-                  {"parameters", ck.config.parameter_count()}};
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(spec_.spm);
   ms->tok = load_tokenizer(ck.tokenizer_path, topt);
-  ms->identity["tokenizer"] = {{"path", ck.tokenizer_path}, {"kind", ms->tok->kind()}, {"spm", spec_.spm}};
+  ms->identity = model_identity(ck, ms->spec->name, ms->spec->path, ms->sha256, *ms->tok, spec_.spm);
   slot = std::move(ms);
   return *slot;
 }
@@ -279,7 +264,7 @@ const McTask& Runner::task(const std::string& name) {
 }
 
 std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
-                                          const Evaluation& e, json& id, double& seconds) {
+                                          const Evaluation& e, json& evaluation, double& seconds) {
   const EvalSpec& es = spec_.eval;
   auto report = [&](int64_t done, int64_t total) {
     if (ev_.on_eval_progress)
@@ -289,7 +274,7 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   if (e.kind == EvalKind::Perplexity) {
     if (!ms.windows.count(e.name)) {
       const TextSet set = resolve_eval_set(e.name, spec_.data_dir);
-      auto w = eval_windows(set, *ms.tok, es.seqlen, parse_bos(es.bos));
+      auto w = eval_windows(set, *ms.tok, es.seqlen, parse_bos_mode(es.bos));
       ms.windows_available[e.name] = int64_t(w.size());
       if (es.limit > 0 && es.limit < int64_t(w.size())) w.resize(size_t(es.limit));
       ms.windows[e.name] = std::move(w);
@@ -307,18 +292,13 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
       r = perplexity(model, windows, on_progress);
     }
     seconds = r.seconds;
-    json files = json::array();
-    for (const auto& f : set.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
-    id["evaluation"] = {{"name", e.name}, {"key", e.key}, {"kind", "perplexity"}, {"convention", set.convention},
-                        {"files", files}, {"seqlen", es.seqlen}, {"windows", r.windows},
-                        {"windows_available", ms.windows_available[e.name]}, {"limit", es.limit},
-                        {"tokens", r.tokens}, {"bos", es.bos}, {"mean_nll", r.mean_nll}};
+    evaluation = perplexity_identity(set, {e.key, es.seqlen, es.limit, ms.windows_available[e.name], es.bos}, r);
     out.push_back({"ppl", r.ppl, r.ppl_stderr, r.windows});
     return out;
   }
   const McTask& t = task(e.name);
   McOptions mo;
-  mo.bos = parse_bos(es.bos);
+  mo.bos = parse_bos_mode(es.bos);
   mo.max_length = es.max_length;
   const int64_t max_length = es.max_length > 0 ? es.max_length : model.config().max_position_embeddings;
   std::unique_ptr<McBackend> backend;
@@ -329,15 +309,8 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   const McResult r = evaluate_multiple_choice(*backend, *ms.tok, t, mo,
                                               [&](int64_t done, int64_t total, double, double) { report(done, total); });
   seconds = r.seconds;
-  json files = json::array();
-  for (const auto& f : t.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
-  id["evaluation"] = {{"name", e.name}, {"key", e.key}, {"kind", "multiple_choice"}, {"split", t.split},
-                      {"convention", t.convention}, {"files", files.size() <= 4 ? files : json(files.size())},
-                      {"n", r.n}, {"limit", e.name.starts_with("mmlu") ? es.mmlu_limit : es.task_limit},
-                      {"limit_per", e.name.starts_with("mmlu") ? "subject" : "task"}, {"bos", es.bos},
-                      {"max_length", max_length},
-                      {"num_fewshot", t.num_fewshot}, {"tokens_run", r.tokens_run},
-                      {"tokens_requested", r.tokens_requested}};
+  const bool mmlu = e.name.starts_with("mmlu");
+  evaluation = multiple_choice_identity(t, {e.key, mmlu ? es.mmlu_limit : es.task_limit, es.bos, max_length, mmlu}, r);
   out.push_back({"acc", r.acc.value, r.acc.stderr_, r.n});
   if (t.has_acc_norm) out.push_back({"acc_norm", r.acc_norm.value, r.acc_norm.stderr_, r.n});
   if (!r.subjects.empty()) {
@@ -365,9 +338,6 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   const ModelSpec& mspec = *ms.spec;
   Checkpoint source = open_model(mspec.path);
   std::unique_ptr<LlamaModel> model;
-  json method_id = {{"spec", "fp16"}, {"name", "fp16"}, {"resolved", "fp16"}, {"weight_bits", 16},
-                    {"activation_bits", 16}, {"group_size", -1}};
-  json calibration = nullptr, activation = nullptr;
   double quantize_seconds = 0;
   std::string quantize_device = "none";
   if (cell.method_name == "fp16") {
@@ -377,7 +347,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     if (method->needs_calibration() && !ms.calib) {
       const CalibrationSpec& cs = spec_.calibration;
       const CalibrationSet set = resolve_calibration_set(cs.set, spec_.data_dir);
-      ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos(cs.bos));
+      ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos_mode(cs.bos));
     }
     const auto t0 = Clock::now();
     QuantizedModel qm;
@@ -395,9 +365,6 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
       qm = quantize_model(work, *method, method->needs_calibration() ? &*ms.calib : nullptr, {});
     }
     quantize_seconds = since(t0);
-    method_id = qm.method;
-    calibration = qm.calibration;
-    activation = qm.activation;
     json source_id = {{"path", mspec.path}, {"format", source.format}, {"sha256", ms.sha256},
                       {"dtype", source.config.torch_dtype}, {"parameters", source.config.parameter_count()}};
     model = std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), source_id));
@@ -407,6 +374,8 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     ++current_unit_;
     if (ev_.on_quantized) ev_.on_quantized(cell, quantize_seconds, progress());
   }
+  // The method, calibration, activation scheme and source as the model's metadata holds them.
+  const json method = method_part(model->checkpoint());
   bool on_gpu = false;
   CudaModel* gpu_model = nullptr;
 #ifdef LOWBIT_WITH_CUDA
@@ -424,42 +393,43 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   rec.model_sha256 = ms.sha256;
   rec.method = cell.method;
   rec.method_name = cell.method_name;
-  rec.resolved = method_id.value("resolved", cell.method);
+  rec.resolved = method["method"].value("resolved", cell.method);
   rec.w = cell.w;
   rec.a = cell.a;
   rec.g = cell.g;
   rec.calibration = cell.calibration;
-  rec.calibration_json = calibration.dump();
+  rec.calibration_json = method["calibration"].dump();
   rec.quantize_seconds = quantize_seconds;
   rec.ord = int64_t(&cell - plan_.cells.data());
 
   for (const Evaluation* e : pending) {
-    json id = {{"study", spec_.name}, {"cell", cell.key}, {"model", ms.identity}, {"method", method_id},
-               {"calibration", calibration}, {"activation", activation}, {"quantize_seconds", quantize_seconds},
-               {"quantize_device", quantize_device}};
     double seconds = 0;
-    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, *e, id, seconds);
+    json evaluation;
+    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, *e, evaluation, seconds);
+    RuntimeFacts facts;
+    facts.seconds = seconds;
+    facts.peak = peak_rss(peak_reset_ ? "this cell (quantization and evaluations so far)" : "");
+    facts.device = on_gpu ? device_name_ : "cpu";
+    facts.gpu = on_gpu;
+    facts.threads = num_threads();
+#ifdef LOWBIT_WITH_CUDA
+    if (on_gpu) facts.peak_gpu_bytes = double(cuda::peak_device_bytes());
+#endif
+    json id = result_identity(ms.identity, method, evaluation, runtime_part(facts));
+    id["study"] = spec_.name;
+    id["cell"] = cell.key;
+    id["quantize_seconds"] = quantize_seconds;
+    id["quantize_device"] = quantize_device;
+    id["run"] = run_id_;
     EvalRecord er;
     er.eval = e->name;
     er.eval_key = e->key;
-    er.kind = e->kind == EvalKind::Perplexity ? "perplexity" : "multiple_choice";
+    er.kind = evaluation["kind"].get<std::string>();
     er.seconds = seconds;
-    er.peak_rss_bytes = peak_rss_bytes();
-    er.device = on_gpu ? device_name_ : "cpu";
-    er.threads = num_threads();
+    er.peak_rss_bytes = facts.peak.bytes;
+    er.device = facts.device;
+    er.threads = facts.threads;
     er.run_id = run_id_;
-    id["seconds"] = seconds;
-    id["peak_rss_bytes"] = er.peak_rss_bytes;
-    id["peak_rss_scope"] = peak_reset_ ? "this cell (quantization and evaluations so far)" : "the process";
-    id["device"] = er.device;
-    id["cpu"] = cpu_model();
-    id["threads"] = er.threads;
-    id["compute_dtype"] = on_gpu ? "bfloat16 GEMMs, float32 accumulation and residual" : "float32";
-#ifdef LOWBIT_WITH_CUDA
-    if (on_gpu) id["peak_gpu_bytes"] = double(cuda::peak_device_bytes());
-#endif
-    id["lowbit"] = {{"version", kVersion}, {"commit", kGitCommit}};
-    id["run"] = run_id_;
     er.identity = id.dump();
     store_->write_evaluation(rec, er, metrics);
     eta_.add_eval(cell.model_name, e->key, seconds);

@@ -221,10 +221,6 @@ std::string option_text(const Ctx& c, const node& n, const std::string& key) {
   c.fail_at(n, "option '{}' must be a number, a boolean, a string, or an array of them", key);
 }
 
-bool is_named_dataset(const std::string& s) {
-  return s == "wikitext2" || s == "ptb" || s == "ptb-new" || s == "c4" || s == "c4-new";
-}
-
 // The [[method]] tables, expanded.
 void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec) {
   std::map<std::string, SourcePos> seen;
@@ -374,7 +370,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.calibration.pos = ct ? c.pos(*ct) : study_pos;
   check_keys(c, cal, "[calibration]", {"set", "nsamples", "seqlen", "seed", "bos"});
   spec.calibration.set = get_string(c, cal, "set", "wikitext2");
-  if (spec.calibration.set != "wikitext2" && spec.calibration.set != "ptb" && spec.calibration.set != "c4")
+  if (!is_named_dataset(spec.calibration.set, DatasetRole::Calibration))
     spec.calibration.set = resolve_path(c, c.pos(*find(cal, "set")), spec.calibration.set);
   spec.calibration.nsamples = get_int(c, cal, "nsamples", 128, 1, int64_t(1) << 20);
   spec.calibration.seqlen = get_int(c, cal, "seqlen", 2048, 2, int64_t(1) << 20);
@@ -398,7 +394,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   std::vector<std::pair<std::string, SourcePos>> ppl = get_strings(c, *et, "ppl"), tasks = get_strings(c, *et, "tasks");
   if (ppl.empty() && tasks.empty()) c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], tasks = [...])");
   for (auto& [name, p] : ppl) {
-    if (!is_named_dataset(name)) {
+    if (!is_named_dataset(name, DatasetRole::Evaluation)) {
       if (name.find('/') == std::string::npos && name.find('.') == std::string::npos)
         c.fail_at(p, "unknown dataset '{}': not one of wikitext2, ptb, ptb-new, c4, c4-new, nor a file path", name);
       name = resolve_path(c, p, name);
@@ -449,7 +445,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     }
   }
   bool named_data = !ev.tasks.empty() || (spec.needs_calibration() && !fs::path(spec.calibration.set).is_absolute());
-  for (const auto& d : ev.ppl) named_data = named_data || is_named_dataset(d);
+  for (const auto& d : ev.ppl) named_data = named_data || is_named_dataset(d, DatasetRole::Evaluation);
   std::string data_dir = spec.data_dir;
   if (named_data) {
     data_dir = c.at(spec.data_dir.empty() ? study_pos : c.pos(*find(*st, "data_dir")),

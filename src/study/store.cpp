@@ -1,6 +1,7 @@
 #include "study/store.h"
 
 #include "core/error.h"
+#include "core/process.h"
 #include "lowbit/version.h"
 
 #include <fcntl.h>
@@ -102,31 +103,6 @@ std::string hostname() {
 }
 
 }  // namespace
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-int64_t peak_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.starts_with("VmHWM:")) return std::stoll(line.substr(6)) * 1024;
-  return 0;
-}
-
-bool reset_peak_rss() {
-  std::ofstream out("/proc/self/clear_refs");
-  if (!out.good()) return false;
-  out << "5";
-  out.flush();
-  return out.good();
-}
 
 Store::Store(const std::string& path, Mode mode) : path_(path) {
   const int flags = mode == Mode::ReadOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;

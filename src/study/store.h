@@ -53,7 +53,7 @@ struct MetricValue {
 struct EvalRecord {
   std::string eval, eval_key, kind;  // "wikitext2", its key, "perplexity" / "multiple_choice"
   double seconds = 0;
-  int64_t peak_rss_bytes = 0;
+  int64_t peak_rss_bytes = 0;  // core/process.h's peak_rss()
   std::string device;
   int threads = 0;
   int64_t run_id = 0;
@@ -123,12 +123,5 @@ class Store {
   sqlite3* db_ = nullptr;
   int lock_fd_ = -1;
 };
-
-// Peak resident memory of this process in bytes (VmHWM), and a reset of that peak where the
-// kernel allows it (/proc/self/clear_refs); reset_peak_rss() returns whether it did.
-int64_t peak_rss_bytes();
-bool reset_peak_rss();
-// Now, UTC, ISO 8601.
-std::string utc_now();
 
 }  // namespace lowbit::study

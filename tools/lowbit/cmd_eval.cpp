@@ -5,10 +5,10 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "eval/identity.h"
 #include "eval/multiple_choice.h"
 #include "eval/tasks.h"
 #include "formats/tokenizer.h"
-#include "lowbit/version.h"
 #include "quant/quantize.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "eval/cuda_eval.h"
@@ -16,7 +16,6 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
 #include <fstream>
 #include <sstream>
@@ -66,7 +65,7 @@ void run(const Options& o) {
   topt.spm = parse_spm_convention(o.spm);
   auto tok = load_tokenizer(model->checkpoint().tokenizer_path, topt);
   McOptions mo;
-  mo.bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
+  mo.bos = parse_bos_mode(o.bos);
   mo.max_length = o.max_length;
   mo.limit = o.limit;
   const int64_t max_length = o.max_length > 0 ? o.max_length : model->config().max_position_embeddings;
@@ -85,17 +84,11 @@ void run(const Options& o) {
   }
 #endif
   if (!backend) backend = make_cpu_mc_backend(*model, max_length);
-  const nlohmann::json& q = model->checkpoint().quantization;
-  nlohmann::json out = {
-      {"model", {{"path", o.model}, {"weights_sha256", weights_sha256(model->checkpoint())},
-                 {"parameters", model->config().parameter_count()}}},
-      {"method", q.is_null() ? nlohmann::json("none (16-bit)") : q["method"]},
-      {"calibration", q.is_null() ? nlohmann::json(nullptr) : q["calibration"]},
-      {"activation", q.is_null() ? nlohmann::json(nullptr) : q.value("activation", nlohmann::json(nullptr))},
-      {"tokenizer", {{"path", model->checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
-      {"threads", num_threads()}, {"device", device_name},
-      {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
-      {"tasks", nlohmann::json::array()}};
+  // Each task's entry is the identity a study stores for it (eval/identity.h) with its results.
+  const nlohmann::json model_id = model_identity(model->checkpoint(), model_display_name(o.model), o.model,
+                                                 weights_sha256(model->checkpoint()), *tok, o.spm);
+  const nlohmann::json method = method_part(model->checkpoint());
+  nlohmann::json out = {{"tasks", nlohmann::json::array()}};
   std::unique_ptr<std::ofstream> samples;
   if (!o.log_samples.empty()) {
     samples = std::make_unique<std::ofstream>(o.log_samples, std::ios::trunc);
@@ -117,14 +110,23 @@ void run(const Options& o) {
       }
       samples->flush();
     }
-    nlohmann::json files = nlohmann::json::array();
-    for (const auto& f : t.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
-    nlohmann::json tj = {{"task", t.name}, {"split", t.split}, {"convention", t.convention}, {"n", r.n},
-                         {"n_available", t.items.size()}, {"acc", metric_json(r.acc)}, {"seconds", r.seconds},
-                         {"items_per_second", double(r.n) / r.seconds}, {"tokens_run", r.tokens_run},
-                         {"tokens_requested", r.tokens_requested}, {"num_fewshot", t.num_fewshot}};
+    RuntimeFacts facts;
+    facts.seconds = r.seconds;
+    facts.peak = peak_rss();
+    facts.device = device_name;
+    facts.gpu = dev.cuda;
+    facts.threads = num_threads();
+#ifdef LOWBIT_WITH_CUDA
+    if (dev.cuda) facts.peak_gpu_bytes = double(cuda::peak_device_bytes());
+#endif
+    const MultipleChoiceSettings ms{multiple_choice_key(t.name, o.limit, o.bos, o.max_length, o.mmlu_shots, o.spm),
+                                    o.limit, o.bos, max_length, false};
+    nlohmann::json tj = result_identity(model_id, method, multiple_choice_identity(t, ms, r), runtime_part(facts));
+    tj["task"] = t.name;
+    tj["n_available"] = t.items.size();
+    tj["acc"] = metric_json(r.acc);
+    tj["items_per_second"] = double(r.n) / r.seconds;
     if (t.has_acc_norm) tj["acc_norm"] = metric_json(r.acc_norm);
-    if (t.name.size() < 64) tj["files"] = files.size() <= 4 ? files : nlohmann::json(files.size());
     std::string line = fmt::format("{} ({}, {} items): acc {:.4f} +/- {:.4f}", t.name, t.split, r.n, r.acc.value,
                                    r.acc.stderr_);
     if (t.has_acc_norm) line += fmt::format(", acc_norm {:.4f} +/- {:.4f}", r.acc_norm.value, r.acc_norm.stderr_);
@@ -149,9 +151,7 @@ void run(const Options& o) {
     if (!o.json) fmt::print("{}\n", line);
     std::fflush(stdout);
   }
-  struct rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  out["peak_rss_bytes"] = int64_t(ru.ru_maxrss) * 1024;
+  out["peak_rss_bytes"] = peak_rss_bytes();
   if (o.json) fmt::print("{}\n", out.dump(1));
 }
 

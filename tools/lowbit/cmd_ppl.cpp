@@ -5,11 +5,9 @@
 #include "backend/ops.h"
 #include "core/error.h"
 #include "quant/quantize.h"
-#include "core/hash.h"
-#include "core/mapped_file.h"
 #include "eval/datasets.h"
+#include "eval/identity.h"
 #include "eval/perplexity.h"
-#include "lowbit/version.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
 #ifdef LOWBIT_WITH_CUDA
@@ -18,11 +16,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
 #include <chrono>
-#include <cmath>
-#include <ctime>
 
 namespace lowbit::cli {
 
@@ -34,10 +29,6 @@ struct Options {
   int threads = 0;
   bool json = false, profile = false;
 };
-
-BosMode parse_bos(const std::string& s) {
-  return s == "on" ? BosMode::On : s == "off" ? BosMode::Off : BosMode::Default;
-}
 
 #ifdef LOWBIT_WITH_CUDA
 // The GPU time of each op, per window and as a share of the pass's seconds.
@@ -85,22 +76,15 @@ void run(const Options& o) {
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
   LB_CHECK(tok->vocab_size() <= ck.config.vocab_size, "tokenizer '{}' has {} tokens, more than the model's vocab_size {}",
            ck.tokenizer_path, tok->vocab_size(), ck.config.vocab_size);
-  const std::string data_dir = o.dataset == "wikitext2" || o.dataset == "ptb" || o.dataset == "ptb-new" ||
-                                       o.dataset.rfind("c4", 0) == 0
-                                   ? resolve_data_dir(o.data_dir)
-                                   : o.data_dir;
+  const std::string data_dir =
+      is_named_dataset(o.dataset, DatasetRole::Evaluation) ? resolve_data_dir(o.data_dir) : o.data_dir;
   const TextSet set = resolve_eval_set(o.dataset, data_dir);
-  auto windows = eval_windows(set, *tok, o.seqlen, parse_bos(o.bos));
+  auto windows = eval_windows(set, *tok, o.seqlen, parse_bos_mode(o.bos));
   const int64_t available = int64_t(windows.size());
   if (o.limit > 0 && o.limit < available) windows.resize(size_t(o.limit));
 
-  Sha256 model_hash;
-  for (const auto& f : ck.weights->files()) {
-    auto m = MappedFile::open(f);
-    model_hash.update(m->data(), m->size());
-  }
-  const std::string model_sha = model_hash.hex_digest();
-
+  const nlohmann::json model_id = model_identity(ck, model_display_name(o.model), o.model, weights_sha256(ck), *tok,
+                                                 o.spm);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
   if (!o.json)
@@ -130,33 +114,32 @@ void run(const Options& o) {
   {
     r = perplexity(model, windows, on_progress);
   }
-  struct rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
-  const nlohmann::json& q = model.checkpoint().quantization;
   if (o.json) {
-    nlohmann::json files = nlohmann::json::array();
-    for (const auto& f : set.files) files.push_back({{"path", f.path}, {"sha256", f.sha256}});
-    nlohmann::json j = {
-        {"metric", "perplexity"}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}, {"mean_nll", r.mean_nll},
-        {"model", {{"path", o.model}, {"format", model.checkpoint().format}, {"weights_sha256", model_sha},
-                   {"dtype", model.config().torch_dtype}, {"parameters", model.config().parameter_count()}}},
-        {"method", q.is_null() ? nlohmann::json("none (16-bit)") : q["method"]},
-        {"calibration", q.is_null() ? nlohmann::json(nullptr) : q["calibration"]},
-        {"activation", q.is_null() ? nlohmann::json(nullptr) : q.value("activation", nlohmann::json(nullptr))},
-        {"source_model", q.is_null() ? nlohmann::json(nullptr) : q["source"]},
-        {"dataset", {{"name", set.name}, {"convention", set.convention}, {"files", files}}},
-        {"tokenizer", {{"path", model.checkpoint().tokenizer_path}, {"kind", tok->kind()}, {"bos", o.bos}}},
-        {"seqlen", o.seqlen}, {"windows", r.windows}, {"windows_available", available}, {"tokens", r.tokens},
-        {"seconds", r.seconds}, {"wall_seconds", wall}, {"tokens_per_second", double(r.tokens) / r.seconds},
-        {"first_forward", {{"windows", r.first_windows}, {"seconds", r.first_seconds}}},
-        {"threads", num_threads()}, {"device", device_name},
-        {"compute_dtype", dev.cuda ? "bfloat16 GEMMs, float32 accumulation and residual" : "float32"},
-        {"batch", dev.cuda ? o.batch : 1}, {"peak_gpu_bytes", gpu_peak},
-        {"peak_rss_bytes", int64_t(ru.ru_maxrss) * 1024},
-        {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
-        {"window_nll", r.window_nll}};
+    // The identity a study stores for this evaluation (eval/identity.h), then the pass's details.
+    RuntimeFacts facts;
+    facts.seconds = r.seconds;
+    facts.peak = peak_rss();
+    facts.device = device_name;
+    facts.gpu = dev.cuda;
+    facts.threads = num_threads();
+    if (dev.cuda) facts.peak_gpu_bytes = gpu_peak;
+    const PerplexitySettings ps{perplexity_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
+                                available, o.bos};
+    nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()), perplexity_identity(set, ps, r),
+                                       runtime_part(facts));
+    j["metric"] = "perplexity";
+    j["ppl"] = r.ppl;
+    j["ppl_stderr"] = r.ppl_stderr;
+    j["mean_nll"] = r.mean_nll;
+    j["windows"] = r.windows;
+    j["tokens"] = r.tokens;
+    j["wall_seconds"] = wall;
+    j["tokens_per_second"] = double(r.tokens) / r.seconds;
+    j["first_forward"] = {{"windows", r.first_windows}, {"seconds", r.first_seconds}};
+    j["batch"] = dev.cuda ? o.batch : 1;
+    j["window_nll"] = r.window_nll;
     if (!profile.is_null()) j["profile"] = profile;
     fmt::print("{}\n", j.dump(1));
     return;

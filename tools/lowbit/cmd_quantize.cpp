@@ -6,6 +6,7 @@
 #include "backend/ops.h"
 #include "calib/calib_data.h"
 #include "core/error.h"
+#include "core/process.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
 #include "quant/gptq.h"
@@ -16,7 +17,6 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <filesystem>
@@ -32,12 +32,6 @@ struct Options {
   int threads = 0;
   bool force = false, json = false, no_save = false;
 };
-
-int64_t peak_rss_bytes() {
-  struct rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return int64_t(ru.ru_maxrss) * 1024;
-}
 
 void run(const Options& o) {
   set_num_threads(o.threads);
@@ -61,13 +55,12 @@ void run(const Options& o) {
     LB_CHECK(o.seqlen <= ck.config.max_position_embeddings,
              "--seqlen {} exceeds the model's max_position_embeddings ({})", o.seqlen,
              ck.config.max_position_embeddings);
-    const bool named = o.calib == "wikitext2" || o.calib == "ptb" || o.calib == "c4";
+    const bool named = is_named_dataset(o.calib, DatasetRole::Calibration);
     const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
     TokenizerOptions topt;
     topt.spm = parse_spm_convention(o.spm);
     auto tok = load_tokenizer(ck.tokenizer_path, topt);
-    const BosMode bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
-    calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, bos);
+    calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, parse_bos_mode(o.bos));
   }
   LlamaModel model(std::move(ck));
   const LlamaConfig& c = model.config();

@@ -45,7 +45,7 @@ void run(const Options& o) {
   const DeviceChoice dev = parse_device(o.device);
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
-  const bool named = o.calib == "wikitext2" || o.calib == "ptb" || o.calib == "c4";
+  const bool named = is_named_dataset(o.calib, DatasetRole::Calibration);
   const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
   auto tok = load_tokenizer(ck.tokenizer_path);
   const Calibration calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, BosMode::Default);
