@@ -68,6 +68,23 @@ json perplexity_identity(const TextSet& set, const PerplexitySettings& s, const 
           {"mean_nll", r.mean_nll}};
 }
 
+std::string kl_divergence_key(const std::string& set, int64_t seqlen, int64_t limit, const std::string& bos,
+                              const std::string& spm) {
+  return "kld:" + perplexity_key(set, seqlen, limit, bos, spm);
+}
+
+json kl_divergence_identity(const TextSet& set, const PerplexitySettings& s, const KlDivergenceResult& r,
+                            const json& base) {
+  json j = perplexity_identity(set, s, r.ppl);
+  j["kind"] = "kl_divergence";
+  j["base"] = base;
+  j["base_mean_nll"] = r.base_ppl.mean_nll;
+  j["positions"] = r.kld.positions;
+  j["definition"] = "KLD(base || model) in nats per position 0..T-2 of each window, log-softmax in float64; "
+                    "percentiles by linear interpolation; top-1: argmax agreement";
+  return j;
+}
+
 json multiple_choice_identity(const McTask& t, const MultipleChoiceSettings& s, const McResult& r) {
   const json files = files_json(t.files);
   // MMLU's 57 subjects have 228 files: their count stands for them.

@@ -19,6 +19,7 @@
 
 #include "core/process.h"
 #include "eval/datasets.h"
+#include "eval/kl_divergence.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "eval/tasks.h"
@@ -65,6 +66,15 @@ struct PerplexitySettings {
   std::string bos = "auto";
 };
 nlohmann::json perplexity_identity(const TextSet& set, const PerplexitySettings& s, const PerplexityResult& r);
+
+// A KL-divergence evaluation on perplexity windows (eval/kl_divergence.h): the perplexity
+// settings, the base model's identity (model_identity() and method_part() of the base, in one
+// object), the statistics' definitions, the positions, and both models' mean NLL. The key is
+// "kld:" + the perplexity key.
+std::string kl_divergence_key(const std::string& set, int64_t seqlen, int64_t limit, const std::string& bos,
+                              const std::string& spm);
+nlohmann::json kl_divergence_identity(const TextSet& set, const PerplexitySettings& s, const KlDivergenceResult& r,
+                                      const nlohmann::json& base);
 
 // Settings of a multiple-choice evaluation.
 struct MultipleChoiceSettings {

@@ -1,4 +1,4 @@
-// lowbit ppl --model M --dataset NAME|FILE [--data-dir D] [--seqlen 2048] [--limit N] [--json]
+// lowbit ppl --model M --dataset NAME|FILE [--data-dir D] [--seqlen 2048] [--limit N] [--kl-base BASE] [--json]
 #include "commands.h"
 #include "progress.h"
 
@@ -7,6 +7,7 @@
 #include "quant/quantize.h"
 #include "eval/datasets.h"
 #include "eval/identity.h"
+#include "eval/kl_divergence.h"
 #include "eval/perplexity.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
@@ -17,6 +18,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 
 namespace lowbit::cli {
@@ -24,7 +26,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu";
+  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu", kl_base;
   int64_t seqlen = 2048, limit = 0, batch = 4;
   int threads = 0;
   bool json = false, profile = false;
@@ -63,9 +65,90 @@ void print_profile(const nlohmann::json& p) {
              (pass - busy) * 1e3 / windows, 100.0 * (pass - busy) / pass);
 }
 
+// --kl-base: the base model on the same windows beside `model` (eval/kl_divergence.h). The base's
+// tokenizer must cut the text into the same windows, token for token.
+void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<std::vector<int32_t>>& windows,
+                       int64_t available, const LlamaModel& model, const nlohmann::json& model_id,
+                       std::chrono::steady_clock::time_point t_start) {
+  Checkpoint bck = open_model(o.kl_base);
+  LB_CHECK(!bck.tokenizer_path.empty(), "--kl-base '{}' has no tokenizer beside it", o.kl_base);
+  LB_CHECK(bck.config.vocab_size == model.config().vocab_size,
+           "--kl-base '{}' has a vocabulary of {} tokens, model '{}' {}: KL-divergence compares next-token "
+           "distributions over one vocabulary",
+           o.kl_base, bck.config.vocab_size, o.model, model.config().vocab_size);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(o.spm);
+  auto btok = load_tokenizer(bck.tokenizer_path, topt);
+  auto bwindows = eval_windows(set, *btok, o.seqlen, parse_bos_mode(o.bos));
+  if (bwindows.size() > windows.size()) bwindows.resize(windows.size());
+  for (size_t i = 0; i < windows.size(); ++i) {
+    LB_CHECK(i < bwindows.size(), "--kl-base '{}': its tokenizer '{}' cuts {} into {} windows, model '{}''s into {}",
+             o.kl_base, bck.tokenizer_path, set.name, bwindows.size(), o.model, windows.size());
+    const auto diff = std::mismatch(windows[i].begin(), windows[i].end(), bwindows[i].begin());
+    LB_CHECK(diff.first == windows[i].end(),
+             "--kl-base '{}': its tokenizer '{}' gives other tokens than model '{}''s (window {}, position {}: {} vs "
+             "{}); KL-divergence needs both models to see the same windows",
+             o.kl_base, bck.tokenizer_path, o.model, i, diff.first - windows[i].begin(), *diff.second, *diff.first);
+  }
+  nlohmann::json base_id = model_identity(bck, model_display_name(o.kl_base), o.kl_base, weights_sha256(bck), *btok,
+                                          o.spm);
+  const nlohmann::json base_method = method_part(bck);
+  for (const auto& [k, v] : base_method.items()) base_id[k] = v;
+  LlamaModel base(std::move(bck));
+  install_quantized_forward(base);
+  if (!o.json)
+    fmt::print(stderr, "kld: {} against {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, o.kl_base,
+               set.name, set.convention, windows.size(), o.seqlen,
+               windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "", num_threads());
+  Progress progress("kld");
+  const KlDivergenceResult r = kl_divergence(base, model, windows, [&](int64_t done, int64_t total, double s, double k) {
+    if (!o.json) progress.update(done, total, s, fmt::format("KLD {:.6f}", k));
+  });
+  const KlDivergenceStats& k = r.kld;
+  if (o.json) {
+    RuntimeFacts facts;
+    facts.seconds = r.seconds;
+    facts.peak = peak_rss();
+    facts.threads = num_threads();
+    const PerplexitySettings ps{kl_divergence_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
+                                available, o.bos};
+    nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()),
+                                       kl_divergence_identity(set, ps, r, base_id), runtime_part(facts));
+    j["metric"] = "kl_divergence";
+    j["kld_mean"] = k.mean;
+    j["kld_stderr"] = k.stderr_;
+    j["kld_median"] = k.median;
+    j["kld_p99"] = k.p99;
+    j["kld_max"] = k.max;
+    j["top1_agreement"] = k.top1;
+    j["top1_agreement_stderr"] = k.top1_stderr;
+    j["positions"] = k.positions;
+    j["ppl"] = r.ppl.ppl;
+    j["ppl_stderr"] = r.ppl.ppl_stderr;
+    j["mean_nll"] = r.ppl.mean_nll;
+    j["base_ppl"] = r.base_ppl.ppl;
+    j["base_ppl_stderr"] = r.base_ppl.ppl_stderr;
+    j["windows"] = r.ppl.windows;
+    j["tokens"] = r.ppl.tokens;
+    j["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print("{}\n", j.dump(1));
+    return;
+  }
+  fmt::print("{} ({}), seqlen {}, {} windows, {} positions: {:.1f} s on cpu\n", set.name, set.convention, o.seqlen,
+             r.ppl.windows, k.positions, r.seconds);
+  fmt::print("PPL = {:.4f} +/- {:.4f} (base {:.4f} +/- {:.4f})\n", r.ppl.ppl, r.ppl.ppl_stderr, r.base_ppl.ppl,
+             r.base_ppl.ppl_stderr);
+  fmt::print("KLD = {:.6f} +/- {:.6f}, top-1 agreement = {:.3f}% +/- {:.3f}%, KLD p99 = {:.6f}\n", k.mean, k.stderr_,
+             100 * k.top1, 100 * k.top1_stderr, k.p99);
+  fmt::print("KLD median = {:.6f}, max = {:.6f}\n", k.median, k.max);
+}
+
 void run(const Options& o) {
   set_num_threads(o.threads);
   const DeviceChoice dev = parse_device(o.device);
+  LB_CHECK(o.kl_base.empty() || !dev.cuda, "--kl-base runs on the CPU only (KL-divergence on the GPU is not "
+           "implemented): pass --device cpu");
+  LB_CHECK(o.kl_base.empty() || !o.profile, "--profile times the GPU's perplexity pass; it does not apply to --kl-base");
   const auto t_start = std::chrono::steady_clock::now();
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
@@ -87,6 +170,7 @@ void run(const Options& o) {
                                                  o.spm);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
+  if (!o.kl_base.empty()) return run_kl_divergence(o, set, windows, available, model, model_id, t_start);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
                windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
@@ -165,6 +249,8 @@ void register_ppl(CLI::App& app) {
   cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   add_spm_convention_option(cmd, o->spm);
+  cmd->add_option("--kl-base", o->kl_base, "also KL-divergence of the model's next-token distributions from this "
+                                           "(16-bit) model's on the same windows: mean, p99, top-1 agreement");
   cmd->add_flag("--json", o->json, "print one JSON object with the result and its identity");
   add_device_option(cmd, o->device);
   cmd->add_option("--batch", o->batch, "windows per forward on the GPU")->check(CLI::PositiveNumber);
