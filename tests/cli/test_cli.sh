@@ -48,6 +48,13 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "quantize rtn" "^wrote .*bits per linear weight" "$B" quantize --model "$S" --method rtn:w=4,g=32 -o "$T/q-rtn"
   expect_ok "quantized inspect" "quantization +rtn:w=4,g=32 \(rtn:w=4,g=32,sym=0,a=16,act=per_token\)" "$B" inspect "$T/q-rtn"
   expect_ok "quantized ppl" '"spec": "rtn:w=4,g=32"' "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_ok "16-bit ppl method" '"spec": "fp16"' "$B" ppl --model "$S" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_ok "ppl kl-base" "^KLD = [0-9.]+ \+/- [0-9.]+, top-1 agreement = [0-9.]+% \+/- [0-9.]+%, KLD p99 = [0-9.]+$" "$B" ppl --model "$T/q-rtn" --kl-base "$S" --dataset "$T/story.txt" --seqlen 128 --limit 2
+  expect_ok "ppl kl-base json" '"top1_agreement": 0\.[0-9]+' "$B" ppl --model "$T/q-rtn" --kl-base "$S" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_ok "ppl kl-base itself" "^KLD = 0\.000000 \+/- 0\.000000, top-1 agreement = 100\.000% \+/- 0\.000%, KLD p99 = 0\.000000$" "$B" ppl --model "$S" --kl-base "$S" --dataset "$T/story.txt" --seqlen 128 --limit 2
+  mkdir -p "$T/tb-llama2c" && ln -s "$M/testbed-44m/config.json" "$M/testbed-44m/model.safetensors" "$T/tb-llama2c/" && cp "$M/tokenizers/llama2/tokenizer.bin" "$T/tb-llama2c/"
+  expect_err "ppl kl-base other tokenizer" "--kl-base '.*tb-llama2c': its tokenizer '.*tokenizer.bin' gives other tokens than model '.*testbed-44m''s \(window 0, position 0: token [0-9]+ vs [0-9]+\)" "$B" ppl --model "$M/testbed-44m" --kl-base "$T/tb-llama2c" --dataset "$T/story.txt" --seqlen 128 --limit 2
+  expect_err "ppl kl-base other vocabulary" "--kl-base '.*testbed-44m' has a vocabulary of 32000 tokens, model '.*stories260K.bin' 512" "$B" ppl --model "$S" --kl-base "$M/testbed-44m" --dataset "$T/story.txt" --seqlen 128 --limit 2
   expect_ok "quantized generate" "Once upon a time" "$B" generate --model "$T/q-rtn" -n 8 --prompt "Once upon a time"
   expect_ok "quantize gptq" "^wrote" "$B" quantize --model "$S" --method gptq:w=4,g=32,act_order=1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-gptq"
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"

@@ -79,6 +79,9 @@ void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<s
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
   auto btok = load_tokenizer(bck.tokenizer_path, topt);
+  LB_CHECK(btok->vocab_size() <= bck.config.vocab_size,
+           "--kl-base: tokenizer '{}' has {} tokens, more than the base model's vocab_size {}", bck.tokenizer_path,
+           btok->vocab_size(), bck.config.vocab_size);
   auto bwindows = eval_windows(set, *btok, o.seqlen, parse_bos_mode(o.bos));
   if (bwindows.size() > windows.size()) bwindows.resize(windows.size());
   for (size_t i = 0; i < windows.size(); ++i) {
@@ -86,8 +89,8 @@ void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<s
              o.kl_base, bck.tokenizer_path, set.name, bwindows.size(), o.model, windows.size());
     const auto diff = std::mismatch(windows[i].begin(), windows[i].end(), bwindows[i].begin());
     LB_CHECK(diff.first == windows[i].end(),
-             "--kl-base '{}': its tokenizer '{}' gives other tokens than model '{}''s (window {}, position {}: {} vs "
-             "{}); KL-divergence needs both models to see the same windows",
+             "--kl-base '{}': its tokenizer '{}' gives other tokens than model '{}''s (window {}, position {}: token {} "
+             "vs {}); KL-divergence needs both models to see the same windows",
              o.kl_base, bck.tokenizer_path, o.model, i, diff.first - windows[i].begin(), *diff.second, *diff.first);
   }
   nlohmann::json base_id = model_identity(bck, model_display_name(o.kl_base), o.kl_base, weights_sha256(bck), *btok,
