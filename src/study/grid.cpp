@@ -17,6 +17,8 @@ StudyPlan expand_plan(const StudySpec& spec) {
   // The tokenizer convention changes every number: the keys name it when it is not the default.
   for (const auto& d : e.ppl)
     plan.evaluations.push_back({EvalKind::Perplexity, d, perplexity_key(d, e.seqlen, e.limit, e.bos, spec.spm)});
+  for (const auto& d : e.kld)
+    plan.evaluations.push_back({EvalKind::KlDivergence, d, kl_divergence_key(d, e.seqlen, e.limit, e.bos, spec.spm)});
   for (const auto& t : e.tasks) {
     const int64_t limit = t.starts_with("mmlu") ? e.mmlu_limit : e.task_limit;
     plan.evaluations.push_back(

@@ -16,11 +16,11 @@
 
 namespace lowbit::study {
 
-enum class EvalKind { Perplexity, MultipleChoice };
+enum class EvalKind { Perplexity, KlDivergence, MultipleChoice };
 
 struct Evaluation {
   EvalKind kind = EvalKind::Perplexity;
-  std::string name;  // "wikitext2", "piqa", "mmlu", or a text file's path
+  std::string name;  // "wikitext2", "piqa", "mmlu", or a text file's path (KlDivergence: the set)
   std::string key;
 };
 
@@ -39,7 +39,7 @@ struct Cell {
 
 struct StudyPlan {
   std::vector<Cell> cells;               // models in the spec's order, each with every method
-  std::vector<Evaluation> evaluations;   // PPL datasets first, then tasks, in the spec's order
+  std::vector<Evaluation> evaluations;   // PPL datasets first, then KLD sets, then tasks, in the spec's order
 };
 
 StudyPlan expand_plan(const StudySpec& spec);

@@ -66,7 +66,7 @@ namespace {
 
 // --- The table model -----------------------------------------------------------------------
 
-enum class Group { Ppl, ZeroShot, Mmlu };
+enum class Group { Ppl, Kld, ZeroShot, Mmlu };
 
 struct Column {
   Group group;
@@ -224,12 +224,15 @@ class Tables {
         key_eval[x.eval_key] = x.eval;
         key_kind[x.eval_key] = x.kind;
       }
+    // Keys per (kind, evaluation): settings go in the header where one kind of evaluation of a set
+    // was stored under several.
     std::map<std::string, int> keys_per_eval;
-    for (const auto& k : keys_set) keys_per_eval[key_eval[k]] += 1;
+    auto kind_eval = [&](const std::string& k) { return key_kind[k] + "|" + key_eval[k]; };
+    for (const auto& k : keys_set) keys_per_eval[kind_eval(k)] += 1;
     std::vector<std::string> keys(keys_set.begin(), keys_set.end());
     auto header = [&](const std::string& k) {
       std::string h = eval_header(key_eval[k]);
-      if (keys_per_eval[key_eval[k]] > 1) h += " [" + key_settings(k) + "]";
+      if (keys_per_eval[kind_eval(k)] > 1) h += " [" + key_settings(k) + "]";
       return h;
     };
     auto sort_by = [&](std::vector<std::string>& ks, const std::vector<std::string>& order) {
@@ -239,18 +242,24 @@ class Tables {
         return a < b;
       });
     };
-    std::vector<std::string> ppl, zs, mmlu;
+    std::vector<std::string> ppl, kld, zs, mmlu;
     for (const auto& k : keys) {
       if (key_kind[k] == "perplexity") ppl.push_back(k);
+      else if (key_kind[k] == "kl_divergence") kld.push_back(k);
       else if (key_eval[k].starts_with("mmlu")) mmlu.push_back(k);
       else zs.push_back(k);
     }
     sort_by(ppl, kPplOrder);
+    sort_by(kld, kPplOrder);
     sort_by(zs, kZeroShotOrder);
     std::sort(mmlu.begin(), mmlu.end(), [&](const std::string& a, const std::string& b) {
       return std::make_pair(key_eval[a] != "mmlu", a) < std::make_pair(key_eval[b] != "mmlu", b);
     });
     for (const auto& k : ppl) t.columns.push_back({Group::Ppl, header(k), key_eval[k], k, "ppl"});
+    for (const auto& k : kld) {
+      t.columns.push_back({Group::Kld, header(k) + " KLD", key_eval[k], k, "kld_mean"});
+      t.columns.push_back({Group::Kld, header(k) + " top-1 %", key_eval[k], k, "top1_agreement"});
+    }
     int standard = 0;
     for (const auto& k : zs) {
       t.columns.push_back({Group::ZeroShot, header(k), key_eval[k], k, "acc"});
@@ -259,7 +268,7 @@ class Tables {
     if (standard >= 2) t.columns.push_back({Group::ZeroShot, "Avg.", "", "", "", true});
     for (const auto& k : mmlu) {
       if (key_eval[k] == "mmlu") {
-        const std::string suffix = keys_per_eval["mmlu"] > 1 ? " [" + key_settings(k) + "]" : "";
+        const std::string suffix = keys_per_eval[kind_eval(k)] > 1 ? " [" + key_settings(k) + "]" : "";
         for (const auto& [metric, h] : kMmluColumns) t.columns.push_back({Group::Mmlu, h + suffix, "mmlu", k, metric});
       } else {
         t.columns.push_back({Group::Mmlu, header(k), key_eval[k], k, "acc"});
@@ -276,14 +285,23 @@ class Tables {
 const char* group_title(Group g) {
   switch (g) {
     case Group::Ppl: return "Perplexity (lower is better)";
+    case Group::Kld:
+      return "KL-divergence from the 16-bit model (KLD: mean nats per token, lower is better; top-1: % of positions "
+             "where the most likely next token agrees)";
     case Group::ZeroShot: return "Zero-shot accuracy, % (higher is better)";
     case Group::Mmlu: return "MMLU accuracy, % (higher is better)";
   }
   return "";
 }
 
-std::string format_value(Group g, double v, const ReportOptions& opt) {
-  return g == Group::Ppl ? format_ppl(v, opt.decimals, opt.sci_from) : format_acc(v, opt.decimals);
+// Whether a column's values are shares printed in percent (accuracies, top-1 agreement).
+bool in_percent(const Column& c) { return c.group != Group::Ppl && c.metric != "kld_mean"; }
+
+std::string format_value(const Column& c, double v, const ReportOptions& opt) {
+  if (c.group == Group::Ppl) return format_ppl(v, opt.decimals, opt.sci_from);
+  // KLDs of a good quantization are ~1e-3 nats: three more decimals than the other numbers.
+  if (!in_percent(c)) return fmt::format("{:.{}f}", v, opt.decimals + 3);
+  return format_acc(v, opt.decimals);
 }
 
 std::string group_size(int64_t g) { return g > 0 ? std::to_string(g) : "-"; }
@@ -297,7 +315,7 @@ struct TextTable {
 
 std::vector<TextTable> text_tables(const Tables& tables, const ModelTables& t, const ReportOptions& opt) {
   std::vector<TextTable> out;
-  for (Group g : {Group::Ppl, Group::ZeroShot, Group::Mmlu}) {
+  for (Group g : {Group::Ppl, Group::Kld, Group::ZeroShot, Group::Mmlu}) {
     std::vector<const Column*> cols;
     for (const Column& c : t.columns)
       if (c.group == g) cols.push_back(&c);
@@ -311,7 +329,7 @@ std::vector<TextTable> text_tables(const Tables& tables, const ModelTables& t, c
                                         std::to_string(row.cell->a), group_size(row.cell->g)};
       for (const Column* c : cols) {
         const auto v = tables.value(t, row, *c);
-        cells.push_back(v ? format_value(g, *v, opt) : "-");
+        cells.push_back(v ? format_value(*c, *v, opt) : "-");
       }
       tt.rows.push_back(std::move(cells));
     }
@@ -326,7 +344,7 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
   std::map<std::string, std::pair<int64_t, int64_t>> eval_n;  // key -> (min n, max n) over cells
   std::map<std::string, std::string> conventions;
   for (const ResultRecord& x : r.results) {
-    if (x.metric != "ppl" && x.metric != "acc") continue;
+    if (x.metric != "ppl" && x.metric != "acc" && x.metric != "kld_mean") continue;
     auto [it, fresh] = eval_n.try_emplace(x.eval_key, x.n, x.n);
     it->second.first = std::min(it->second.first, x.n);
     it->second.second = std::max(it->second.second, x.n);
@@ -335,7 +353,8 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
       if (!id.is_discarded() && id.contains("evaluation")) {
         const json& e = id["evaluation"];
         std::string c = e.value("convention", "");
-        if (x.kind == "perplexity")
+        if (x.kind == "kl_divergence") c = "KL-divergence from the 16-bit model on " + c;
+        if (x.kind == "perplexity" || x.kind == "kl_divergence")
           c += fmt::format("; {} windows of {} tokens{}", e.value("windows", 0), e.value("seqlen", 0),
                            e.value("windows", 0) < e.value("windows_available", 0)
                                ? fmt::format(" (first {} of {})", e.value("windows", 0), e.value("windows_available", 0))
@@ -685,7 +704,7 @@ std::string render_csv(const ReportData& r) {
     }
   std::string s = "model,method,spec,calibration,W,A,G";
   for (const auto& h : headers)
-    s += "," + csv_field(h.first == Group::Ppl ? h.second + " PPL" : h.second + " acc%");
+    s += "," + csv_field(h.first == Group::Ppl ? h.second + " PPL" : h.first == Group::Kld ? h.second : h.second + " acc%");
   s += "\n";
   for (const ModelTables& t : tables.models())
     for (const Row& row : t.rows) {
@@ -697,7 +716,7 @@ std::string render_csv(const ReportData& r) {
         for (const Column& col : t.columns)
           if (col.group == h.first && (col.group == Group::Mmlu ? "MMLU " : "") + col.header == h.second) {
             const auto v = tables.value(t, row, col);
-            if (v) cell = fmt::format("{:.6g}", col.group == Group::Ppl ? *v : *v * 100);
+            if (v) cell = fmt::format("{:.6g}", in_percent(col) ? *v * 100 : *v);
           }
         s += "," + cell;
       }

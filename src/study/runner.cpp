@@ -6,6 +6,7 @@
 #include "core/process.h"
 #include "eval/datasets.h"
 #include "eval/identity.h"
+#include "eval/kl_divergence.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "eval/tasks.h"
@@ -132,9 +133,12 @@ class Runner {
   StudyProgress progress(double current_fraction = 0) const;
   ModelState& model_state(size_t m);
   void run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending);
-  // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU.
+  // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU. `base` is the cell's
+  // 16-bit model, for KL-divergence.
   std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
-                                    const Evaluation& e, json& evaluation, double& seconds);
+                                    const LlamaModel* base, const Evaluation& e, json& evaluation, double& seconds);
+  // The perplexity windows of a set (cached per model).
+  const std::vector<std::vector<int32_t>>& windows(ModelState& ms, const std::string& set);
   const McTask& task(const std::string& name);
   void note(const std::string& s) const {
     if (ev_.on_note) ev_.on_note(s);
@@ -263,24 +267,49 @@ const McTask& Runner::task(const std::string& name) {
   return it->second;
 }
 
+const std::vector<std::vector<int32_t>>& Runner::windows(ModelState& ms, const std::string& name) {
+  if (!ms.windows.count(name)) {
+    const EvalSpec& es = spec_.eval;
+    const TextSet set = resolve_eval_set(name, spec_.data_dir);
+    auto w = eval_windows(set, *ms.tok, es.seqlen, parse_bos_mode(es.bos));
+    ms.windows_available[name] = int64_t(w.size());
+    if (es.limit > 0 && es.limit < int64_t(w.size())) w.resize(size_t(es.limit));
+    ms.windows[name] = std::move(w);
+    ms.sets[name] = set;
+  }
+  return ms.windows[name];
+}
+
 std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
-                                          const Evaluation& e, json& evaluation, double& seconds) {
+                                          const LlamaModel* base, const Evaluation& e, json& evaluation,
+                                          double& seconds) {
   const EvalSpec& es = spec_.eval;
   auto report = [&](int64_t done, int64_t total) {
     if (ev_.on_eval_progress)
       ev_.on_eval_progress(cell, e, done, total, progress(total > 0 ? double(done) / double(total) : 0));
   };
   std::vector<MetricValue> out;
+  if (e.kind == EvalKind::KlDivergence) {
+    LB_CHECK(base != nullptr, "KL-divergence of cell {}: no 16-bit model", cell.key);
+    const auto& w = windows(ms, e.name);
+    const KlDivergenceResult r =
+        kl_divergence(*base, model, w, [&](int64_t done, int64_t total, double, double) { report(done, total); });
+    seconds = r.seconds;
+    // The base: the study's model as given, 16-bit.
+    json base_id = ms.identity;
+    const json base_method = method_part(base->checkpoint());
+    for (const auto& [k, v] : base_method.items()) base_id[k] = v;
+    evaluation = kl_divergence_identity(ms.sets[e.name], {e.key, es.seqlen, es.limit, ms.windows_available[e.name], es.bos},
+                                        r, base_id);
+    out.push_back({"kld_mean", r.kld.mean, r.kld.stderr_, r.kld.positions});
+    out.push_back({"kld_median", r.kld.median, std::nullopt, r.kld.positions});
+    out.push_back({"kld_p99", r.kld.p99, std::nullopt, r.kld.positions});
+    out.push_back({"kld_max", r.kld.max, std::nullopt, r.kld.positions});
+    out.push_back({"top1_agreement", r.kld.top1, r.kld.top1_stderr, r.kld.positions});
+    return out;
+  }
   if (e.kind == EvalKind::Perplexity) {
-    if (!ms.windows.count(e.name)) {
-      const TextSet set = resolve_eval_set(e.name, spec_.data_dir);
-      auto w = eval_windows(set, *ms.tok, es.seqlen, parse_bos_mode(es.bos));
-      ms.windows_available[e.name] = int64_t(w.size());
-      if (es.limit > 0 && es.limit < int64_t(w.size())) w.resize(size_t(es.limit));
-      ms.windows[e.name] = std::move(w);
-      ms.sets[e.name] = set;
-    }
-    const auto& windows = ms.windows[e.name];
+    const auto& windows = this->windows(ms, e.name);
     const TextSet& set = ms.sets[e.name];
     auto on_progress = [&](int64_t done, int64_t total, double, double) { report(done, total); };
     PerplexityResult r;
@@ -376,6 +405,18 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   }
   // The method, calibration, activation scheme and source as the model's metadata holds them.
   const json method = method_part(model->checkpoint());
+  // The 16-bit model beside a quantized one, for KL-divergence: the cell's own model for fp16.
+  std::unique_ptr<LlamaModel> base_holder;
+  const LlamaModel* base = nullptr;
+  for (const Evaluation* e : pending)
+    if (e->kind == EvalKind::KlDivergence && base == nullptr) {
+      if (cell.method_name == "fp16") {
+        base = model.get();
+      } else {
+        base_holder = std::make_unique<LlamaModel>(open_model(mspec.path));
+        base = base_holder.get();
+      }
+    }
   bool on_gpu = false;
   CudaModel* gpu_model = nullptr;
 #ifdef LOWBIT_WITH_CUDA
@@ -405,7 +446,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   for (const Evaluation* e : pending) {
     double seconds = 0;
     json evaluation;
-    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, *e, evaluation, seconds);
+    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, base, *e, evaluation, seconds);
     RuntimeFacts facts;
     facts.seconds = seconds;
     facts.peak = peak_rss(peak_reset_ ? "this cell (quantization and evaluations so far)" : "");

@@ -381,7 +381,8 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   const table* et = root["eval"].as_table();
   if (et == nullptr) c.fail_at(study_pos, "no [eval] table (it names what to evaluate: ppl = [...], tasks = [...])");
   check_keys(c, *et, "[eval]",
-             {"ppl", "seqlen", "limit", "tasks", "task_limit", "mmlu_limit", "mmlu_shots", "bos", "max_length", "batch"});
+             {"ppl", "kld", "seqlen", "limit", "tasks", "task_limit", "mmlu_limit", "mmlu_shots", "bos", "max_length",
+              "batch"});
   EvalSpec& ev = spec.eval;
   ev.seqlen = get_int(c, *et, "seqlen", 2048, 2, int64_t(1) << 20);
   ev.limit = get_int(c, *et, "limit", 0, 0, int64_t(1) << 30);
@@ -391,18 +392,27 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   ev.max_length = get_int(c, *et, "max_length", 0, 0, int64_t(1) << 20);
   ev.batch = get_int(c, *et, "batch", 4, 1, 1 << 16);
   ev.bos = get_choice(c, *et, "bos", "auto", {"auto", "on", "off"});
-  std::vector<std::pair<std::string, SourcePos>> ppl = get_strings(c, *et, "ppl"), tasks = get_strings(c, *et, "tasks");
-  if (ppl.empty() && tasks.empty()) c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], tasks = [...])");
-  for (auto& [name, p] : ppl) {
-    if (!is_named_dataset(name, DatasetRole::Evaluation)) {
-      if (name.find('/') == std::string::npos && name.find('.') == std::string::npos)
-        c.fail_at(p, "unknown dataset '{}': not one of wikitext2, ptb, ptb-new, c4, c4-new, nor a file path", name);
-      name = resolve_path(c, p, name);
+  std::vector<std::pair<std::string, SourcePos>> ppl = get_strings(c, *et, "ppl"), tasks = get_strings(c, *et, "tasks"),
+                                                  kld = get_strings(c, *et, "kld");
+  if (ppl.empty() && tasks.empty() && kld.empty())
+    c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], kld = [...], tasks = [...])");
+  for (auto* list : {&ppl, &kld}) {
+    std::vector<std::string>& out = list == &ppl ? ev.ppl : ev.kld;
+    for (auto& [name, p] : *list) {
+      if (!is_named_dataset(name, DatasetRole::Evaluation)) {
+        if (name.find('/') == std::string::npos && name.find('.') == std::string::npos)
+          c.fail_at(p, "unknown dataset '{}': not one of wikitext2, ptb, ptb-new, c4, c4-new, nor a file path", name);
+        name = resolve_path(c, p, name);
+      }
+      for (const auto& o : out)
+        if (o == name) c.fail_at(p, "dataset '{}' is listed twice", name);
+      out.push_back(name);
     }
-    for (const auto& o : ev.ppl)
-      if (o == name) c.fail_at(p, "dataset '{}' is listed twice", name);
-    ev.ppl.push_back(name);
   }
+  // The KL-divergence runs both models on the CPU (eval/kl_divergence.h).
+  if (!kld.empty() && spec.device != "cpu")
+    c.fail_at(kld.front().second, "kld: KL-divergence runs on the CPU only (device is \"{}\"); evaluate it in a "
+              "study with device = \"cpu\"", spec.device);
   const auto& known = task_names();
   const auto& subjects = mmlu_subjects();
   for (const auto& [name, p] : tasks) {
@@ -445,7 +455,8 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     }
   }
   bool named_data = !ev.tasks.empty() || (spec.needs_calibration() && !fs::path(spec.calibration.set).is_absolute());
-  for (const auto& d : ev.ppl) named_data = named_data || is_named_dataset(d, DatasetRole::Evaluation);
+  for (const auto* list : {&ev.ppl, &ev.kld})
+    for (const auto& d : *list) named_data = named_data || is_named_dataset(d, DatasetRole::Evaluation);
   std::string data_dir = spec.data_dir;
   if (named_data) {
     data_dir = c.at(spec.data_dir.empty() ? study_pos : c.pos(*find(*st, "data_dir")),
@@ -453,6 +464,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     spec.data_dir = data_dir;
   }
   for (size_t i = 0; i < ev.ppl.size(); ++i) c.at(ppl[i].second, [&] { resolve_eval_set(ev.ppl[i], data_dir); });
+  for (size_t i = 0; i < ev.kld.size(); ++i) c.at(kld[i].second, [&] { resolve_eval_set(ev.kld[i], data_dir); });
   for (size_t i = 0; i < ev.tasks.size(); ++i)
     c.at(tasks[i].second, [&] { load_task(ev.tasks[i], data_dir, ev.mmlu_shots); });
   if (spec.needs_calibration())

@@ -63,6 +63,9 @@ struct CalibrationSpec {
 struct EvalSpec {
   std::vector<std::string> ppl;    // dataset names or expanded paths
   std::vector<std::string> tasks;  // task names (task_names(), mmlu_SUBJECT)
+  // KL-divergence from the cell's 16-bit model on these sets' perplexity windows (seqlen,
+  // limit and bos as ppl's): dataset names or expanded paths, as ppl.
+  std::vector<std::string> kld;
   int64_t seqlen = 2048, limit = 0, task_limit = 0, mmlu_limit = 0, max_length = 0, batch = 4;
   int mmlu_shots = 5;
   std::string bos = "auto";

@@ -3,6 +3,8 @@
 // --resume required to continue a store, a changed model refused).
 #include "calib/calib_data.h"
 #include "core/error.h"
+#include "eval/datasets.h"
+#include "eval/kl_divergence.h"
 #include "eval/perplexity.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
@@ -113,6 +115,52 @@ TEST(StudyRunner, ResumeAfterAnInterruptionGivesTheUninterruptedResults) {
   EXPECT_EQ(rows_of(sb.db), want);
   // The interrupted run, the resumed one and the last: the refused run never started.
   EXPECT_EQ(Store(sb.db, Store::Mode::ReadOnly).runs().size(), 3u);
+}
+
+// [eval] kld: every cell's KL-divergence from the study's 16-bit model is what kl_divergence()
+// gives on the same windows (0 for the baseline), stored with the base in the identity.
+TEST(StudyRunner, KlDivergenceOfEachCellFromTheBaseline) {
+  LOWBIT_REQUIRE_PATH(stories());
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
+  test::TempDir dir;
+  StudySpec spec = load_study_spec(write_spec(dir, stories()));
+  spec.methods.resize(2);  // fp16, rtn:w=4,g=32
+  spec.eval.ppl.clear();
+  spec.eval.tasks.clear();
+  spec.eval.kld = {"ptb"};
+  run_study(spec, {}, {});
+  const ReportData r = load_report(spec.db);
+  std::map<std::pair<std::string, std::string>, const ResultRecord*> by;
+  for (const ResultRecord& x : r.results) by[{x.cell_key, x.metric}] = &x;
+  auto at = [&](const std::string& cell, const std::string& metric) { return by.at({cell, metric}); };
+  ASSERT_TRUE(by.count(std::make_pair(std::string("stories|fp16|none"), std::string("kld_mean"))));
+  EXPECT_EQ(at("stories|fp16|none", "kld_mean")->value, 0.0);
+  EXPECT_EQ(at("stories|fp16|none", "top1_agreement")->value, 1.0);
+
+  auto tok = load_tokenizer(open_model(stories()).tokenizer_path);
+  auto windows = eval_windows(resolve_eval_set("ptb", test::data_dir()), *tok, 128, BosMode::Default);
+  windows.resize(2);
+  LlamaModel base(open_model(stories()));
+  const Checkpoint source = open_model(stories());
+  LlamaModel work(source);
+  auto method = make_method("rtn:w=4,g=32");
+  LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", stories()}}));
+  install_quantized_forward(q);
+  const KlDivergenceResult want = kl_divergence(base, q, windows);
+  const std::string cell = "stories|rtn:w=4,g=32|none";
+  ASSERT_TRUE(by.count(std::make_pair(cell, std::string("kld_mean"))));
+  EXPECT_EQ(at(cell, "kld_mean")->value, want.kld.mean);
+  EXPECT_EQ(at(cell, "kld_mean")->stderr_, want.kld.stderr_);
+  EXPECT_EQ(at(cell, "kld_p99")->value, want.kld.p99);
+  EXPECT_EQ(at(cell, "top1_agreement")->value, want.kld.top1);
+  EXPECT_EQ(at(cell, "kld_mean")->n, want.kld.positions);
+  EXPECT_GT(want.kld.mean, 0.0);
+  const nlohmann::json id = nlohmann::json::parse(at(cell, "kld_mean")->identity);
+  EXPECT_EQ(id["evaluation"]["kind"], "kl_divergence");
+  EXPECT_EQ(id["evaluation"]["base"]["method"]["spec"], "fp16");
+  EXPECT_EQ(id["method"]["spec"], "rtn:w=4,g=32");
+  // The report's KLD table.
+  EXPECT_NE(render_markdown(r, {}).find("| PTB KLD | PTB top-1 % |"), std::string::npos);
 }
 
 TEST(StudyRunner, RefusesAnotherStudysStoreAndAChangedModel) {

@@ -129,7 +129,7 @@ TEST(StudySpec, ErrorsNameTheLine) {
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nppl = [\"ptb\"]\nseqlen = \"long\"\n")),
                      "/tmp/spec.toml:15:10: 'seqlen' must be an integer"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nppl = [\"ptb\"]\nwindows = 3\n")),
-                     "/tmp/spec.toml:15:1: unknown key 'windows' in [eval] (known: batch, bos, limit, max_length, "
+                     "/tmp/spec.toml:15:1: unknown key 'windows' in [eval] (known: batch, bos, kld, limit, max_length, "
                      "mmlu_limit, mmlu_shots, ppl, seqlen, task_limit, tasks)"));
   // TOML syntax errors come with toml++'s position.
   EXPECT_TRUE(starts(error_of("[study]\nname = \"x\"\nname = \"y\"\n"), "/tmp/spec.toml:3:"));
@@ -184,6 +184,32 @@ TEST(StudyGrid, CellsAndKeys) {
   EXPECT_EQ(p.evaluations[2].key, "piqa:limit=0,bos=auto,max_length=0");
   EXPECT_EQ(p.evaluations[3].key, "mmlu:limit=0,bos=auto,max_length=0,shots=5");
   EXPECT_EQ(p.evaluations[3].kind, EvalKind::MultipleChoice);
+}
+
+// [eval] kld: KL-divergence from each cell's 16-bit model, on perplexity windows.
+TEST(StudySpec, KlDivergenceSets) {
+  const std::string eval = "[eval]\nppl = [\"ptb\"]\nkld = [\"wikitext2\"]\nseqlen = 128\n";
+  const StudyPlan p = expand_plan(parse_study_spec(base_spec("[[method]]\nname = \"rtn\"\n", eval), "/tmp/spec.toml", kNoFiles));
+  ASSERT_EQ(p.evaluations.size(), 2u);
+  EXPECT_EQ(p.evaluations[0].kind, EvalKind::Perplexity);
+  EXPECT_EQ(p.evaluations[1].kind, EvalKind::KlDivergence);
+  EXPECT_EQ(p.evaluations[1].name, "wikitext2");
+  EXPECT_EQ(p.evaluations[1].key, "kld:wikitext2:seqlen=128,limit=0,bos=auto");
+  // A study may evaluate KL-divergence alone.
+  EXPECT_NO_THROW(parse_study_spec(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nkld = [\"ptb\"]\n"),
+                                   "/tmp/spec.toml", kNoFiles));
+  auto starts = [](const std::string& msg, const std::string& prefix) {
+    return msg.substr(0, prefix.size()) == prefix ? ::testing::AssertionSuccess()
+                                                  : ::testing::AssertionFailure() << msg;
+  };
+  EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nppl = [\"ptb\"]\nkld = [\"wikitext3\"]\n")),
+                     "/tmp/spec.toml:15:8: unknown dataset 'wikitext3': not one of wikitext2, ptb, ptb-new, c4, "
+                     "c4-new, nor a file path"));
+  EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nkld = [\"ptb\", \"ptb\"]\n")),
+                     "/tmp/spec.toml:14:15: dataset 'ptb' is listed twice"));
+  std::string on_gpu = base_spec("[[method]]\nname = \"rtn\"\n", eval);
+  on_gpu.replace(on_gpu.find("name = \"t\"\n"), 11, "name = \"t\"\ndevice = \"cuda\"\n");
+  EXPECT_TRUE(starts(error_of(on_gpu), "/tmp/spec.toml:16:8: kld: KL-divergence runs on the CPU only (device is \"cuda\")"));
 }
 
 TEST(StudyFormat, NumbersLikeThePaper) {
