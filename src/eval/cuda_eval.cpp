@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -35,6 +36,47 @@ PerplexityResult perplexity_cuda(CudaModel& model, const std::vector<std::vector
   summarize_windows(r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                      const KlDivergenceProgress& progress) {
+  LB_CHECK(!windows.empty(), "KL-divergence: no windows to evaluate");
+  const int64_t V = model.config().vocab_size;
+  LB_CHECK(base.config().vocab_size == V, "KL-divergence: the base model has {} tokens in its vocabulary, the model {}",
+           base.config().vocab_size, V);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  int64_t T_max = 0;
+  for (const auto& w : windows) T_max = std::max<int64_t>(T_max, int64_t(w.size()));
+  GpuKvCache cache_b = base.make_kv_cache(T_max), cache_q = model.make_kv_cache(T_max);
+  cuda::DeviceBuffer<cuda::bf16> rows_b, rows_q;
+  constexpr int64_t kChunk = 256;
+  const int64_t chunk = std::min(kChunk, T_max);
+  cuda::DeviceBuffer<float> dl_b(static_cast<size_t>(chunk * V)), dl_q(static_cast<size_t>(chunk * V));
+  std::vector<float> lb(static_cast<size_t>(chunk * V)), lq(lb.size());
+  const int64_t Hb = base.config().hidden_size, H = model.config().hidden_size;
+  KlDivergenceAccumulator acc(V);
+  for (const auto& w : windows) {
+    const int64_t T = int64_t(w.size());
+    LB_CHECK(T >= 2, "KL-divergence: a window needs at least 2 tokens, got {}", T);
+    cache_b.truncate(0);
+    cache_q.truncate(0);
+    base.forward_cached(w, cache_b, rows_b);
+    model.forward_cached(w, cache_q, rows_q);
+    const int64_t n = T - 1;
+    for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
+      const int64_t rows = std::min(kChunk, n - r0);
+      base.lm_head(rows_b.get() + r0 * Hb, dl_b.get(), rows);
+      model.lm_head(rows_q.get() + r0 * H, dl_q.get(), rows);
+      cuda::download(lb.data(), dl_b.get(), size_t(rows * V), base.context().stream());
+      cuda::download(lq.data(), dl_q.get(), size_t(rows * V), model.context().stream());
+      acc.add_rows(lb.data(), lq.data(), w.data() + r0 + 1, rows);
+    }
+    acc.end_window(T);
+    if (acc.windows() == 1) acc.set_first_seconds(elapsed());
+    if (progress) progress(acc.windows(), int64_t(windows.size()), elapsed(), acc.running_mean());
+  }
+  return acc.finish(elapsed());
 }
 
 namespace {

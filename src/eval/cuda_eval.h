@@ -2,6 +2,7 @@
 // multiple-choice backend, over a CudaModel.
 #pragma once
 
+#include "eval/kl_divergence.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "model/cuda_model.h"
@@ -12,6 +13,14 @@ namespace lowbit {
 
 PerplexityResult perplexity_cuda(CudaModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t batch,
                                  const PerplexityProgress& progress = {});
+
+// KL-divergence (eval/kl_divergence.h) with both models on the GPU (one context): per window,
+// each model's final hidden states (CudaModel::forward_cached, bf16 GEMMs with float32
+// accumulation), its LM head in chunks of 256 rows, the float32 logits downloaded and reduced on
+// the host in float64 by the same KlDivergenceAccumulator as the CPU path. Both models hold one
+// KV cache of a window's length.
+KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                      const KlDivergenceProgress& progress = {});
 
 std::unique_ptr<McBackend> make_cuda_mc_backend(CudaModel& model, int64_t max_length);
 

@@ -86,6 +86,42 @@ KlDivergenceStats summarize_kld(std::vector<double>& kld, const std::vector<uint
   return s;
 }
 
+void KlDivergenceAccumulator::add_rows(const float* base_logits, const float* logits, const int32_t* targets,
+                                       int64_t rows) {
+  const size_t first = kld_.size(), at = nll_b_.size();
+  kld_.resize(first + size_t(rows));
+  agree_.resize(kld_.size());
+  nll_b_.resize(at + size_t(rows));
+  nll_q_.resize(nll_b_.size());
+  kld_rows(base_logits, logits, rows, vocab_, kld_.data() + first, agree_.data() + first);
+  ops::nll_rows(base_logits, targets, nll_b_.data() + at, rows, vocab_);
+  ops::nll_rows(logits, targets, nll_q_.data() + at, rows, vocab_);
+  for (size_t i = first; i < kld_.size(); ++i) kld_sum_ += kld_[i];
+}
+
+void KlDivergenceAccumulator::end_window(int64_t tokens) {
+  LB_CHECK(!nll_b_.empty(), "KL-divergence: a window with no positions");
+  // Perplexity exactly as perplexity() sums it: the mean NLL of each window, summed in order.
+  for (auto [p, nll] : {std::pair{&result_.base_ppl, &nll_b_}, std::pair{&result_.ppl, &nll_q_}}) {
+    double s = 0;
+    for (double x : *nll) s += x;
+    p->window_nll.push_back(s / double(nll->size()));
+    p->tokens += tokens;
+    ++p->windows;
+    p->first_windows = 1;
+    nll->clear();
+  }
+}
+
+KlDivergenceResult KlDivergenceAccumulator::finish(double seconds) {
+  LB_CHECK(result_.ppl.windows > 0, "KL-divergence: no windows were evaluated");
+  summarize_windows(result_.ppl);
+  summarize_windows(result_.base_ppl);
+  result_.kld = summarize_kld(kld_, agree_);
+  result_.seconds = result_.ppl.seconds = result_.base_ppl.seconds = seconds;
+  return std::move(result_);
+}
+
 KlDivergenceResult kl_divergence(const LlamaModel& base, const LlamaModel& model,
                                  const std::vector<std::vector<int32_t>>& windows,
                                  const KlDivergenceProgress& progress) {
@@ -95,10 +131,7 @@ KlDivergenceResult kl_divergence(const LlamaModel& base, const LlamaModel& model
            base.config().vocab_size, V);
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  KlDivergenceResult r;
-  std::vector<double> kld;
-  std::vector<uint8_t> agree;
-  double kld_sum = 0;
+  KlDivergenceAccumulator acc(V);
   constexpr int64_t kChunk = 256;
   for (const auto& w : windows) {
     const int64_t T = int64_t(w.size());
@@ -106,41 +139,17 @@ KlDivergenceResult kl_divergence(const LlamaModel& base, const LlamaModel& model
     const std::vector<float> hb = final_hidden(base, w), hq = final_hidden(model, w);
     const int64_t n = T - 1;
     std::vector<float> lb(size_t(std::min(kChunk, n) * V)), lq(lb.size());
-    std::vector<double> nll_b(static_cast<size_t>(n)), nll_q(static_cast<size_t>(n));
-    const size_t first = kld.size();
-    kld.resize(first + size_t(n));
-    agree.resize(first + size_t(n));
     for (int64_t r0 = 0; r0 < n; r0 += kChunk) {
       const int64_t rows = std::min(kChunk, n - r0);
       base.lm_head(hb.data() + r0 * Hb, rows, lb.data());
       model.lm_head(hq.data() + r0 * H, rows, lq.data());
-      ops::nll_rows(lb.data(), w.data() + r0 + 1, nll_b.data() + r0, rows, V);
-      ops::nll_rows(lq.data(), w.data() + r0 + 1, nll_q.data() + r0, rows, V);
-      kld_rows(lb.data(), lq.data(), rows, V, kld.data() + first + size_t(r0), agree.data() + first + size_t(r0));
+      acc.add_rows(lb.data(), lq.data(), w.data() + r0 + 1, rows);
     }
-    // Perplexity exactly as perplexity() sums it: the mean NLL of each window.
-    double sb = 0, sq = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      sb += nll_b[size_t(t)];
-      sq += nll_q[size_t(t)];
-      kld_sum += kld[first + size_t(t)];
-    }
-    for (PerplexityResult* p : {&r.base_ppl, &r.ppl}) {
-      p->window_nll.push_back((p == &r.ppl ? sq : sb) / double(n));
-      p->tokens += T;
-      ++p->windows;
-    }
-    if (r.ppl.windows == 1) {
-      r.ppl.first_windows = r.base_ppl.first_windows = 1;
-      r.ppl.first_seconds = r.base_ppl.first_seconds = elapsed();
-    }
-    if (progress) progress(r.ppl.windows, int64_t(windows.size()), elapsed(), kld_sum / double(kld.size()));
+    acc.end_window(T);
+    if (acc.windows() == 1) acc.set_first_seconds(elapsed());
+    if (progress) progress(acc.windows(), int64_t(windows.size()), elapsed(), acc.running_mean());
   }
-  summarize_windows(r.ppl);
-  summarize_windows(r.base_ppl);
-  r.kld = summarize_kld(kld, agree);
-  r.seconds = r.ppl.seconds = r.base_ppl.seconds = elapsed();
-  return r;
+  return acc.finish(elapsed());
 }
 
 }  // namespace lowbit

@@ -49,6 +49,28 @@ struct KlDivergenceResult {
   double seconds = 0;
 };
 
+// The statistics over windows as logits arrive, for any device: per window, add_rows() for its
+// positions 0..T-2 in order (in chunks of any size), then end_window(T).
+class KlDivergenceAccumulator {
+ public:
+  explicit KlDivergenceAccumulator(int64_t vocab) : vocab_(vocab) {}
+  // base_logits, logits [rows, vocab]; targets [rows]: the next tokens (for both perplexities).
+  void add_rows(const float* base_logits, const float* logits, const int32_t* targets, int64_t rows);
+  void end_window(int64_t tokens);
+  int64_t windows() const { return result_.ppl.windows; }
+  double running_mean() const { return kld_sum_ / double(kld_.size()); }
+  // first_seconds: the first window's seconds (recorded by the caller at end_window(), see below).
+  void set_first_seconds(double s) { result_.ppl.first_seconds = result_.base_ppl.first_seconds = s; }
+  KlDivergenceResult finish(double seconds);
+
+ private:
+  int64_t vocab_;
+  std::vector<double> kld_, nll_b_, nll_q_;  // nll_*: the current window's
+  std::vector<uint8_t> agree_;
+  double kld_sum_ = 0;
+  KlDivergenceResult result_;
+};
+
 // (windows done, windows in all, seconds so far, running mean KLD)
 using KlDivergenceProgress = std::function<void(int64_t, int64_t, double, double)>;
 

@@ -292,8 +292,23 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   if (e.kind == EvalKind::KlDivergence) {
     LB_CHECK(base != nullptr, "KL-divergence of cell {}: no 16-bit model", cell.key);
     const auto& w = windows(ms, e.name);
-    const KlDivergenceResult r =
-        kl_divergence(*base, model, w, [&](int64_t done, int64_t total, double, double) { report(done, total); });
+    auto on_progress = [&](int64_t done, int64_t total, double, double) { report(done, total); };
+    KlDivergenceResult r;
+#ifdef LOWBIT_WITH_CUDA
+    if (gpu != nullptr) {
+      // The base beside the cell's model on the GPU (the cell's own upload for the baseline).
+      std::unique_ptr<CudaModel> gpu_base_holder;
+      CudaModel* gpu_base = gpu;
+      if (base != &model) {
+        gpu_base_holder = std::make_unique<CudaModel>(*base, *cuda_);
+        gpu_base = gpu_base_holder.get();
+      }
+      r = kl_divergence_cuda(*gpu_base, *gpu, w, on_progress);
+    } else
+#endif
+    {
+      r = kl_divergence(*base, model, w, on_progress);
+    }
     seconds = r.seconds;
     // The base: the study's model as given, 16-bit.
     json base_id = ms.identity;

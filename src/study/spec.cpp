@@ -409,10 +409,6 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
       out.push_back(name);
     }
   }
-  // The KL-divergence runs both models on the CPU (eval/kl_divergence.h).
-  if (!kld.empty() && spec.device != "cpu")
-    c.fail_at(kld.front().second, "kld: KL-divergence runs on the CPU only (device is \"{}\"); evaluate it in a "
-              "study with device = \"cpu\"", spec.device);
   const auto& known = task_names();
   const auto& subjects = mmlu_subjects();
   for (const auto& [name, p] : tasks) {

@@ -14,7 +14,9 @@
 #include "model/cuda_model.h"
 #include "quant/activation_quant.h"
 #include "quant/gptq.h"
+#include "quant/method.h"
 #include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
 #include "quant/gptq_cuda.h"
 #include "test_util.h"
 
@@ -346,6 +348,37 @@ TEST(CudaModel, PerplexityWindowsMatchCpu) {
   const PerplexityResult b = perplexity(model, windows);
   std::printf("stories260K ppl GPU %.4f CPU %.4f\n", a.ppl, b.ppl);
   EXPECT_NEAR(a.ppl, b.ppl, 0.01 * b.ppl);
+}
+
+// KL-divergence with both models on the GPU against the CPU path: stories260K and its RTN twin.
+// The GPU's bf16 GEMMs move logits by ~1e-2, which moves a mean KLD of ~0.2 by well under 5%
+// and flips the argmax at a few positions of the 765; a model against itself stays exactly 0.
+TEST(CudaModel, KlDivergenceMatchesCpu) {
+  REQUIRE_GPU();
+  const std::string path = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(path);
+  const auto windows = random_windows(3, 256, 2);
+  LlamaModel base(open_checkpoint(path));
+  const Checkpoint source = open_checkpoint(path);
+  LlamaModel work(source);
+  auto method = make_method("rtn:w=4,g=32");
+  LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", path}}));
+  install_quantized_forward(q);
+  CudaModel gpu_base(base, ctx()), gpu_q(q, ctx());
+  const KlDivergenceResult a = kl_divergence_cuda(gpu_base, gpu_q, windows);
+  const KlDivergenceResult b = kl_divergence(base, q, windows);
+  std::printf("stories260K rtn:w=4,g=32 KLD GPU %.6f CPU %.6f, top-1 GPU %.4f CPU %.4f, p99 GPU %.4f CPU %.4f\n",
+              a.kld.mean, b.kld.mean, a.kld.top1, b.kld.top1, a.kld.p99, b.kld.p99);
+  EXPECT_EQ(a.kld.positions, b.kld.positions);
+  EXPECT_GT(b.kld.mean, 0.01);
+  EXPECT_NEAR(a.kld.mean, b.kld.mean, 0.05 * b.kld.mean);
+  EXPECT_NEAR(a.kld.p99, b.kld.p99, 0.1 * b.kld.p99);
+  EXPECT_NEAR(a.kld.top1, b.kld.top1, 0.03);
+  EXPECT_NEAR(a.ppl.ppl, b.ppl.ppl, 0.01 * b.ppl.ppl);
+  EXPECT_NEAR(a.base_ppl.ppl, b.base_ppl.ppl, 0.01 * b.base_ppl.ppl);
+  const KlDivergenceResult self = kl_divergence_cuda(gpu_base, gpu_base, windows);
+  EXPECT_EQ(self.kld.mean, 0.0);
+  EXPECT_EQ(self.kld.top1, 1.0);
 }
 
 // Activation fake quantization against quant/activation_quant.h on the same (bf16) values: per

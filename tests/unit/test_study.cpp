@@ -207,9 +207,6 @@ TEST(StudySpec, KlDivergenceSets) {
                      "c4-new, nor a file path"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nkld = [\"ptb\", \"ptb\"]\n")),
                      "/tmp/spec.toml:14:15: dataset 'ptb' is listed twice"));
-  std::string on_gpu = base_spec("[[method]]\nname = \"rtn\"\n", eval);
-  on_gpu.replace(on_gpu.find("name = \"t\"\n"), 11, "name = \"t\"\ndevice = \"cuda\"\n");
-  EXPECT_TRUE(starts(error_of(on_gpu), "/tmp/spec.toml:16:8: kld: KL-divergence runs on the CPU only (device is \"cuda\")"));
 }
 
 TEST(StudyFormat, NumbersLikeThePaper) {

@@ -67,9 +67,9 @@ void print_profile(const nlohmann::json& p) {
 
 // --kl-base: the base model on the same windows beside `model` (eval/kl_divergence.h). The base's
 // tokenizer must cut the text into the same windows, token for token.
-void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<std::vector<int32_t>>& windows,
-                       int64_t available, const LlamaModel& model, const nlohmann::json& model_id,
-                       std::chrono::steady_clock::time_point t_start) {
+void run_kl_divergence(const Options& o, const DeviceChoice& dev, const TextSet& set,
+                       const std::vector<std::vector<int32_t>>& windows, int64_t available, const LlamaModel& model,
+                       const nlohmann::json& model_id, std::chrono::steady_clock::time_point t_start) {
   Checkpoint bck = open_model(o.kl_base);
   LB_CHECK(!bck.tokenizer_path.empty(), "--kl-base '{}' has no tokenizer beside it", o.kl_base);
   LB_CHECK(bck.config.vocab_size == model.config().vocab_size,
@@ -104,15 +104,33 @@ void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<s
                set.name, set.convention, windows.size(), o.seqlen,
                windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "", num_threads());
   Progress progress("kld");
-  const KlDivergenceResult r = kl_divergence(base, model, windows, [&](int64_t done, int64_t total, double s, double k) {
+  auto on_progress = [&](int64_t done, int64_t total, double s, double k) {
     if (!o.json) progress.update(done, total, s, fmt::format("KLD {:.6f}", k));
-  });
+  };
+  KlDivergenceResult r;
+  std::string device_name = "cpu";
+  double gpu_peak = 0;
+#ifdef LOWBIT_WITH_CUDA
+  if (dev.cuda) {
+    cuda::Context ctx(dev.index);
+    device_name = ctx.name();
+    CudaModel gpu_base(base, ctx), gpu_model(model, ctx);
+    r = kl_divergence_cuda(gpu_base, gpu_model, windows, on_progress);
+    gpu_peak = double(cuda::peak_device_bytes());
+  } else
+#endif
+  {
+    r = kl_divergence(base, model, windows, on_progress);
+  }
   const KlDivergenceStats& k = r.kld;
   if (o.json) {
     RuntimeFacts facts;
     facts.seconds = r.seconds;
     facts.peak = peak_rss();
+    facts.device = device_name;
+    facts.gpu = dev.cuda;
     facts.threads = num_threads();
+    if (dev.cuda) facts.peak_gpu_bytes = gpu_peak;
     const PerplexitySettings ps{kl_divergence_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
                                 available, o.bos};
     nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()),
@@ -137,8 +155,8 @@ void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<s
     fmt::print("{}\n", j.dump(1));
     return;
   }
-  fmt::print("{} ({}), seqlen {}, {} windows, {} positions: {:.1f} s on cpu\n", set.name, set.convention, o.seqlen,
-             r.ppl.windows, k.positions, r.seconds);
+  fmt::print("{} ({}), seqlen {}, {} windows, {} positions: {:.1f} s on {}\n", set.name, set.convention, o.seqlen,
+             r.ppl.windows, k.positions, r.seconds, device_name);
   fmt::print("PPL = {:.4f} +/- {:.4f} (base {:.4f} +/- {:.4f})\n", r.ppl.ppl, r.ppl.ppl_stderr, r.base_ppl.ppl,
              r.base_ppl.ppl_stderr);
   fmt::print("KLD = {:.6f} +/- {:.6f}, top-1 agreement = {:.3f}% +/- {:.3f}%, KLD p99 = {:.6f}\n", k.mean, k.stderr_,
@@ -149,8 +167,6 @@ void run_kl_divergence(const Options& o, const TextSet& set, const std::vector<s
 void run(const Options& o) {
   set_num_threads(o.threads);
   const DeviceChoice dev = parse_device(o.device);
-  LB_CHECK(o.kl_base.empty() || !dev.cuda, "--kl-base runs on the CPU only (KL-divergence on the GPU is not "
-           "implemented): pass --device cpu");
   LB_CHECK(o.kl_base.empty() || !o.profile, "--profile times the GPU's perplexity pass; it does not apply to --kl-base");
   const auto t_start = std::chrono::steady_clock::now();
   Checkpoint ck = open_model(o.model);
@@ -173,7 +189,7 @@ void run(const Options& o) {
                                                  o.spm);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
-  if (!o.kl_base.empty()) return run_kl_divergence(o, set, windows, available, model, model_id, t_start);
+  if (!o.kl_base.empty()) return run_kl_divergence(o, dev, set, windows, available, model, model_id, t_start);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
                windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
