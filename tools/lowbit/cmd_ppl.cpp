@@ -4,7 +4,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #include "eval/datasets.h"
 #include "eval/identity.h"
 #include "eval/kl_divergence.h"
