@@ -69,26 +69,49 @@ std::vector<double> llama3_rope_factors(const LlamaConfig& c) {
   return out;
 }
 
+// The converter writes llama3 scaling as per-frequency divisors only. Meta's Llama 3.x models
+// all use low/high frequency factors 1 and 4; with those fixed, the factor is the largest
+// divisor and the original context follows from any divisor in the interpolated band
+// (smooth = (orig / wavelen - 1) / 3). Candidates are checked by recomputing every divisor.
 void read_llama3_scaling(const GgufFile& f, const GgufTensorInfo& t, LlamaConfig& c) {
   LB_CHECK(t.ne.size() == 1 && t.ne[0] == c.head_dim / 2, "'{}': tensor '{}' has shape {}, expected [{}]", f.path(),
            t.name, shape_str(t.shape()), c.head_dim / 2);
   std::vector<float> got(size_t(t.numel()));
   f.dequantize(t, got.data());
+  double factor = 0;
+  for (float g : got) factor = std::max(factor, double(g));
+  LB_CHECK(factor >= 1 && std::isfinite(factor), "'{}': tensor '{}' does not hold RoPE divisors (largest {})", f.path(),
+           t.name, factor);
+  if (factor == 1.0) return;  // no scaling at all
   RopeScaling& s = c.rope_scaling;
   s.type = RopeScaling::Type::Llama3;
-  s.factor = 0;
-  for (float g : got) s.factor = std::max(s.factor, double(g));
+  s.factor = factor;
   s.low_freq_factor = 1.0;
   s.high_freq_factor = 4.0;
-  s.original_max_position_embeddings = f.get_int("llama.rope.scaling.original_context_length").value_or(8192);
-  LB_CHECK(s.factor >= 1 && s.original_max_position_embeddings > 0,
-           "'{}': tensor '{}' does not hold llama3 RoPE factors (largest {})", f.path(), t.name, s.factor);
-  const std::vector<double> want = llama3_rope_factors(c);
-  for (size_t i = 0; i < want.size(); ++i)
-    LB_CHECK(std::fabs(double(got[i]) - want[i]) <= 1e-6 * want[i],
-             "'{}': tensor '{}'[{}] = {} is not the llama3 RoPE factor {} (factor {}, low/high frequency factors 1/4, "
-             "original context {}); lowbit reads only that form of RoPE scaling from GGUF",
-             f.path(), t.name, i, got[i], want[i], s.factor, s.original_max_position_embeddings);
+  std::vector<int64_t> candidates;
+  if (auto orig = f.get_int("llama.rope.scaling.original_context_length")) candidates.push_back(*orig);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double r = got[i];
+    if (r > 1 + 1e-5 && r < factor * (1 - 1e-5)) {
+      const double smooth = (1 / r - 1 / factor) / (1 - 1 / factor);
+      const float freq = 1.0f / std::pow(float(c.rope_theta), float(2 * i) / float(c.head_dim));
+      candidates.push_back(std::llround((3 * smooth + 1) * 2 * M_PI / double(freq)));
+      break;
+    }
+  }
+  candidates.push_back(8192);
+  for (int k = 0; k <= 24; ++k) candidates.push_back(int64_t(1) << k);
+  for (int64_t orig : candidates) {
+    if (orig <= 0) continue;
+    s.original_max_position_embeddings = orig;
+    const std::vector<double> want = llama3_rope_factors(c);
+    bool same = true;
+    for (size_t i = 0; i < want.size() && same; ++i) same = std::fabs(double(got[i]) - want[i]) <= 1e-5 * want[i];
+    if (same) return;
+  }
+  fail("'{}': tensor '{}' holds RoPE divisors that no llama3 scaling with low/high frequency factors 1/4 produces "
+       "(largest {}); lowbit reads only that form of RoPE scaling from GGUF",
+       f.path(), t.name, factor);
 }
 
 class GgufLlamaWeights final : public TableWeightSource {
@@ -104,6 +127,12 @@ class GgufLlamaWeights final : public TableWeightSource {
     const GgmlTypeTraits* tr = ggml_type_traits(t.type);
     LB_CHECK(tr && tr->to_float, "'{}': tensor '{}' has ggml type {} ({}), which lowbit cannot read", file_->path(),
              t.name, ggml_type_name(t.type), t.type);
+    if (rope != Rope::None) {
+      const int64_t heads = rope == Rope::Q ? c_.num_attention_heads : c_.num_key_value_heads;
+      LB_CHECK(t.ne.size() == 2 && t.ne[1] == heads * c_.head_dim,
+               "'{}': tensor '{}' has shape {}, expected {} rows ({} heads of {})", file_->path(), t.name,
+               shape_str(t.shape()), heads * c_.head_dim, heads, c_.head_dim);
+    }
     entries_[hf] = {&t, rope};
     infos_[hf] = {DType::F32, t.shape(), t.numel() * 4};
   }
