@@ -70,6 +70,10 @@ fi
 # Bad input: clear message, non-zero exit, no partial output.
 printf 'abc' > "$T/short.safetensors"
 expect_err "truncated safetensors" "too short for the 8-byte header" "$B" inspect "$T/short.safetensors"
+expect_ok "inspect gguf" "ggml types +BF16: 1 tensors" "$B" inspect "$LOWBIT_TEST_FIXTURES/gguf/reader.gguf"
+printf 'GGUF\x01\x00\x00\x00' > "$T/v1.gguf"
+expect_err "gguf v1" "GGUF version 1 is not supported" "$B" inspect "$T/v1.gguf"
+expect_err "gguf model v1" "GGUF version 1 is not supported" "$B" ppl --model "$T/v1.gguf" --data-dir "$T"
 printf '\xff\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}' > "$T/bad.safetensors"
 expect_err "header past eof" "header length 255 runs past the end" "$B" inspect "$T/bad.safetensors"
 mkdir -p "$T/noweights" && printf '{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}' > "$T/noweights/config.json"
