@@ -1,0 +1,59 @@
+// Token ids of the tokenizer built from GGUF metadata identical to transformers' GGUF tokenizer
+// on WikiText2 test and PTB test as lowbit assembles them (fixtures written by
+// scripts/make_gguf_tokenizer_fixtures.py), and decode(encode(x)) == x as transformers has it.
+#include "core/hash.h"
+#include "core/mapped_file.h"
+#include "formats/text_datasets.h"
+#include "formats/tokenizer_gguf.h"
+#include "gguf_tokenizer_fixtures.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+
+namespace lowbit {
+namespace {
+
+using json = nlohmann::json;
+
+const std::map<std::string, std::string>& texts() {
+  static std::map<std::string, std::string> t = [] {
+    std::map<std::string, std::string> t;
+    const std::string d = test::data_dir();
+    t["wikitext2"] = join(wikitext_rows(read_file(d + "/wikitext2/wiki.test.raw")), "\n\n");
+    t["ptb"] = join(ptb_rows(read_file(d + "/ptb/ptb.test.txt")), "\n\n");
+    return t;
+  }();
+  return t;
+}
+
+class GgufTokenizerParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GgufTokenizerParity, WholeTexts) {
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/wikitext2/wiki.test.raw");
+  if (test::gguf_case_needs_models(GetParam()))
+    LOWBIT_REQUIRE_PATH(test::models_dir() + "/tokenizers/llama3/tokenizer.json");
+  auto tok = load_gguf_tokenizer(test::gguf_case_data(GetParam()), GetParam());
+  const json& c = test::gguf_manifest()["cases"][GetParam()];
+  for (const auto& [name, text] : texts()) {
+    const json& e = c["texts"][name];
+    const auto ids = tok->encode(text, BosMode::Off);
+    EXPECT_EQ(int64_t(ids.size()), e["count"].get<int64_t>()) << GetParam() << " " << name;
+    EXPECT_EQ(sha256_hex({reinterpret_cast<const char*>(ids.data()), ids.size() * 4}), e["sha256"].get<std::string>())
+        << GetParam() << " " << name;
+    EXPECT_EQ(tok->decode(ids) == text, e["decode_roundtrip"].get<bool>()) << GetParam() << " " << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerParity,
+                         ::testing::Values("smollm2", "llama2", "llama3", "llama3-default"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace lowbit
