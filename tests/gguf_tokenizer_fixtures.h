@@ -15,6 +15,22 @@
 
 namespace lowbit::test {
 
+// SmolLM2-135M-Instruct.Q4_1.gguf where scripts/fetch-smollm2.sh puts it (LOWBIT_SMOLLM2 names
+// the file itself).
+inline std::string smollm2_gguf_path() {
+  if (const char* p = std::getenv("LOWBIT_SMOLLM2"); p && *p) return p;
+  std::string dir;
+  if (const char* m = std::getenv("LOWBIT_MODELS"); m && *m) {
+    dir = m;
+  } else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) {
+    dir = std::string(x) + "/lowbit/models";
+  } else {
+    const char* home = std::getenv("HOME");
+    dir = std::string(home ? home : "") + "/.cache/lowbit/models";
+  }
+  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
 inline std::string gguf_fixtures_dir() { return fixtures_dir() + "/gguf_tokenizer"; }
 
 inline const nlohmann::json& gguf_manifest() {

@@ -1,8 +1,11 @@
 // Token ids of the tokenizer built from GGUF metadata identical to transformers' GGUF tokenizer
 // on WikiText2 test and PTB test as lowbit assembles them (fixtures written by
 // scripts/make_gguf_tokenizer_fixtures.py), and decode(encode(x)) == x as transformers has it.
+// With SmolLM2's GGUF fetched (scripts/fetch-smollm2.sh), its tokenizer is also read from the
+// file itself, through load_tokenizer().
 #include "core/hash.h"
 #include "core/mapped_file.h"
+#include "formats/gguf.h"
 #include "formats/text_datasets.h"
 #include "formats/tokenizer_gguf.h"
 #include "gguf_tokenizer_fixtures.h"
@@ -54,6 +57,39 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerParity,
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
+
+// read_gguf_tokenizer_data() gives what the gguf package's reader read from the same file, and
+// load_tokenizer() on the .gguf encodes as transformers does.
+TEST(GgufTokenizerFile, SmolLM2) {
+  const std::string path = test::smollm2_gguf_path();
+  LOWBIT_REQUIRE_PATH(path);
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/wikitext2/wiki.test.raw");
+  const GgufTokenizerData got = read_gguf_tokenizer_data(*GgufFile::open(path));
+  const GgufTokenizerData want = test::gguf_case_data("smollm2");
+  EXPECT_EQ(got.architecture, want.architecture);
+  EXPECT_EQ(got.model, want.model);
+  EXPECT_EQ(got.pre, want.pre);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.scores, want.scores);
+  EXPECT_EQ(got.token_type, want.token_type);
+  EXPECT_EQ(got.merges, want.merges);
+  EXPECT_EQ(got.bos_id, want.bos_id);
+  EXPECT_EQ(got.eos_id, want.eos_id);
+  EXPECT_EQ(got.unk_id, want.unk_id);
+  EXPECT_EQ(got.pad_id, want.pad_id);
+  EXPECT_EQ(got.sep_id, want.sep_id);
+  EXPECT_EQ(got.add_bos_token, want.add_bos_token);
+  EXPECT_EQ(got.add_eos_token, want.add_eos_token);
+  EXPECT_EQ(got.add_space_prefix, want.add_space_prefix);
+  EXPECT_EQ(got.chat_template, want.chat_template);
+
+  auto tok = load_tokenizer(path);
+  EXPECT_EQ(tok->kind(), "gguf-bpe-bytelevel (smollm)");
+  const json& e = test::gguf_manifest()["cases"]["smollm2"]["texts"]["wikitext2"];
+  const auto ids = tok->encode(texts().at("wikitext2"), BosMode::Off);
+  EXPECT_EQ(sha256_hex({reinterpret_cast<const char*>(ids.data()), ids.size() * 4}), e["sha256"].get<std::string>());
+  EXPECT_EQ(tok->encode("Hello world"), tok->encode("Hello world", BosMode::Off));  // add_bos_token false
+}
 
 }  // namespace
 }  // namespace lowbit
