@@ -11,6 +11,9 @@ AutoTokenizer.from_pretrained(dir, gguf_file=NAME), on these files:
   llama2         a tokenizer-only GGUF written here from tokenizers/llama2/tokenizer.model the way
                  convert_hf_to_gguf.py exports a SentencePiece vocabulary: model llama, tokens,
                  scores and token types, no merges (transformers derives them from the scores)
+  smollm2-tiny,  the first 1200 tokens of smollm2 / llama2 (with the merges among them, the
+  llama2-tiny    scores, types and special ids), written as <case>.gguf beside the fixtures so
+                 that the GGUF reading is tested without the 100 MB model
 
 Usage:
     python3 scripts/make_gguf_tokenizer_fixtures.py --data-dir DATA --models-dir MODELS \
@@ -161,6 +164,34 @@ def write_llama2_gguf(path, model_file):
     finish(w, n)
 
 
+def write_tiny_gguf(path, data, keep):
+    """A tokenizer-only GGUF with the first `keep` tokens of `data` (read_tokenizer_data's dict),
+    the merges among them, and every other key as it is."""
+    import gguf
+    tokens = data["tokens"][:keep]
+    kept = set(tokens)
+    merges = [m for m in data.get("merges", []) if
+              all(p in kept for p in m.split(" ")) and m.replace(" ", "") in kept]
+    w = gguf.GGUFWriter(path, data["architecture"])
+    write_tiny_llama_header(w, keep)
+    w.add_tokenizer_model(data["model"])
+    if "pre" in data:
+        w.add_tokenizer_pre(data["pre"])
+    w.add_token_list(tokens)
+    if "scores" in data:
+        w.add_token_scores(data["scores"][:keep])
+    w.add_token_types(data["token_type"][:keep])
+    if merges:
+        w.add_token_merges(merges)
+    for key, add in (("bos_id", w.add_bos_token_id), ("eos_id", w.add_eos_token_id),
+                     ("unk_id", w.add_unk_token_id), ("pad_id", w.add_pad_token_id),
+                     ("add_bos_token", w.add_add_bos_token), ("add_eos_token", w.add_add_eos_token),
+                     ("add_space_prefix", w.add_add_space_prefix), ("chat_template", w.add_chat_template)):
+        if key in data and (not key.endswith("_id") or data[key] < keep):
+            add(data[key])
+    finish(w, keep)
+
+
 def read_tokenizer_data(path):
     """The tokenizer metadata of a GGUF file, key by key, as lowbit's GgufTokenizerData."""
     import gguf
@@ -233,6 +264,15 @@ def main():
     os.makedirs(d)
     write_llama2_gguf(os.path.join(d, "model.gguf"), os.path.join(tok_dir, "llama2", "tokenizer.model"))
     cases["llama2"] = (d, "model.gguf", "llama2", {})
+    # Small tokenizer-only GGUFs committed as they are, for the reader: SmolLM2's first 1200
+    # tokens with the merges among them, and LLaMA-2's first 1200 pieces with their scores.
+    for name, src, keep in (("smollm2-tiny", args.smollm2, 1200),
+                            ("llama2-tiny", os.path.join(work, "llama2", "model.gguf"), 1200)):
+        d = os.path.join(work, name)
+        os.makedirs(d)
+        write_tiny_gguf(os.path.join(d, "model.gguf"), read_tokenizer_data(src), keep)
+        shutil.copy(os.path.join(d, "model.gguf"), os.path.join(args.out, f"{name}.gguf"))
+        cases[name] = (d, "model.gguf", name, {})
 
     manifest = {
         "versions": {"tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
@@ -263,6 +303,7 @@ def main():
         merge_lines = "".join(f"{m[0]} {m[1]}\n" if isinstance(m, list) else m + "\n" for m in merges)
         c = {
             "data": data_file, "overrides": over, "class": type(tok).__name__,
+            "gguf": f"{name}.gguf" if name.endswith("-tiny") else None,
             "bos_token": tok.bos_token, "eos_token": tok.eos_token,
             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
             "add_bos_token": tok.add_bos_token, "add_eos_token": tok.add_eos_token,

@@ -114,4 +114,23 @@ inline GgufTokenizerData gguf_case_data(const std::string& name) {
   return d;
 }
 
+inline void expect_same_data(const GgufTokenizerData& got, const GgufTokenizerData& want) {
+  EXPECT_EQ(got.architecture, want.architecture);
+  EXPECT_EQ(got.model, want.model);
+  EXPECT_EQ(got.pre, want.pre);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.scores, want.scores);
+  EXPECT_EQ(got.token_type, want.token_type);
+  EXPECT_EQ(got.merges, want.merges);
+  EXPECT_EQ(got.bos_id, want.bos_id);
+  EXPECT_EQ(got.eos_id, want.eos_id);
+  EXPECT_EQ(got.unk_id, want.unk_id);
+  EXPECT_EQ(got.pad_id, want.pad_id);
+  EXPECT_EQ(got.sep_id, want.sep_id);
+  EXPECT_EQ(got.add_bos_token, want.add_bos_token);
+  EXPECT_EQ(got.add_eos_token, want.add_eos_token);
+  EXPECT_EQ(got.add_space_prefix, want.add_space_prefix);
+  EXPECT_EQ(got.chat_template, want.chat_template);
+}
+
 }  // namespace lowbit::test

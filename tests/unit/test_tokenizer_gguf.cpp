@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "formats/gguf.h"
 #include "gguf_tokenizer_fixtures.h"
 #include "test_util.h"
 
@@ -108,8 +109,30 @@ TEST_P(GgufTokenizerCase, StressText) {
   EXPECT_EQ(tok_->decode(ids) == text, e["decode_roundtrip"].get<bool>());
 }
 
+// The small GGUF files: read_gguf_tokenizer_data() gives what the gguf package read, and
+// load_tokenizer() on the file gives the tokenizer built from that data.
+class GgufTokenizerFile : public GgufTokenizerCase {};
+
+TEST_P(GgufTokenizerFile, ReadFromFile) {
+  ASSERT_FALSE(ref()["gguf"].is_null()) << "no GGUF file committed for " << GetParam();
+  const std::string path = test::gguf_fixtures_dir() + "/" + ref()["gguf"].get<std::string>();
+  test::expect_same_data(read_gguf_tokenizer_data(*GgufFile::open(path)), data_);
+  auto t = load_tokenizer(path);
+  EXPECT_EQ(t->kind(), tok_->kind());
+  const std::string text = read_file(test::fixtures_dir() + "/tokenizer/stress.txt");
+  EXPECT_EQ(t->encode(text), tok_->encode(text));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerFile, ::testing::Values("smollm2-tiny", "llama2-tiny"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerCase,
-                         ::testing::Values("smollm2", "llama2", "llama3", "llama3-default"),
+                         ::testing::Values("smollm2", "llama2", "llama3", "llama3-default", "smollm2-tiny",
+                                           "llama2-tiny"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -213,6 +236,12 @@ TEST(GgufTokenizer, BadMetadata) {
     d.architecture = "gemma2";
     expect_error([&] { load_gguf_tokenizer(d, "m.gguf"); }, "architecture 'gemma2' is not supported");
   }
+}
+
+TEST(GgufTokenizer, FileWithoutTokenizer) {
+  const std::string path = test::fixtures_dir() + "/gguf/reader.gguf";  // metadata and tensors only
+  expect_error([&] { load_tokenizer(path); }, "no tokenizer.ggml.model: the file holds no tokenizer");
+  expect_error([&] { load_tokenizer(path); }, "reader.gguf");
 }
 
 }  // namespace
