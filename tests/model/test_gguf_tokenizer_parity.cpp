@@ -1,13 +1,15 @@
 // Token ids of the tokenizer built from GGUF metadata identical to transformers' GGUF tokenizer
 // on WikiText2 test and PTB test as lowbit assembles them (fixtures written by
 // scripts/make_gguf_tokenizer_fixtures.py), and decode(encode(x)) == x as transformers has it.
-// With SmolLM2's GGUF fetched (scripts/fetch-smollm2.sh), its tokenizer is also read from the
+// The per-case checks of gguf_tokenizer_cases.h for the LLaMA-3 cases, whose vocabulary is
+// rebuilt from the shared tokenizer.json. With SmolLM2's GGUF fetched (scripts/fetch-smollm2.sh), its tokenizer is also read from the
 // file itself, through load_tokenizer().
 #include "core/hash.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/text_datasets.h"
 #include "formats/tokenizer_gguf.h"
+#include "gguf_tokenizer_cases.h"
 #include "gguf_tokenizer_fixtures.h"
 #include "test_util.h"
 
@@ -52,11 +54,11 @@ TEST_P(GgufTokenizerParity, WholeTexts) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerParity,
                          ::testing::Values("smollm2", "llama2", "llama3", "llama3-default", "smollm2-tiny", "llama2-tiny"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::gguf_case_test_name);
+
+using test::GgufTokenizerCase;
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerCase, ::testing::Values("llama3", "llama3-default"),
+                         test::gguf_case_test_name);
 
 // read_gguf_tokenizer_data() gives what the gguf package's reader read from the same file, and
 // load_tokenizer() on the .gguf encodes as transformers does.
