@@ -16,6 +16,9 @@ quantizers/dequantizers (gguf.quants) give the blocks and the expected floats.
   tests/fixtures/gguf/reader.json
       the metadata the writer was given, and each tensor's name, dims and type id
 
+It also writes the seed corpus of fuzz/fuzz_gguf.cpp (fuzz/corpus/gguf: the reader fixture, an
+empty file and a 1-layer Q8_0 llama).
+
 Usage: python3 scripts/make_gguf_fixtures.py [OUT_DIR]   (default tests/fixtures/gguf)
 """
 import json
@@ -132,6 +135,45 @@ def main():
         assert np.array_equal(np.asarray(rt.data).view(np.uint8).reshape(-1), blocks.reshape(-1)), t.name
         assert [int(n) for n in rt.shape] == [cols, rows], (t.name, rt.shape)
     print("wrote", out, ":", ", ".join(sorted(os.listdir(out))))
+    write_fuzz_seeds(os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus", "gguf"), os.path.join(out, "reader.gguf"))
+
+
+def write_fuzz_seeds(seeds, reader):
+    """Seeds for fuzz/fuzz_gguf.cpp: the reader fixture, an empty file and a 1-layer llama."""
+    os.makedirs(seeds, exist_ok=True)
+    with open(reader, "rb") as src, open(os.path.join(seeds, "all_types.gguf"), "wb") as dst:
+        dst.write(src.read())
+    with open(os.path.join(seeds, "empty.gguf"), "wb") as f:
+        f.write(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
+    w = gguf.GGUFWriter(os.path.join(seeds, "tiny_llama.gguf"), arch="llama")
+    H, F, V, heads, kv = 32, 64, 16, 2, 1
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(H)
+    w.add_feed_forward_length(F)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_dimension_count(H // heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(V)
+    w.add_token_list([f"t{i}" for i in range(V)])
+    hd = H // heads
+    shapes = {"token_embd.weight": (V, H), "blk.0.attn_norm.weight": (H,), "blk.0.attn_q.weight": (heads * hd, H),
+              "blk.0.attn_k.weight": (kv * hd, H), "blk.0.attn_v.weight": (kv * hd, H),
+              "blk.0.attn_output.weight": (H, heads * hd), "blk.0.ffn_norm.weight": (H,),
+              "blk.0.ffn_gate.weight": (F, H), "blk.0.ffn_up.weight": (F, H), "blk.0.ffn_down.weight": (H, F),
+              "output_norm.weight": (H,)}
+    for name, shape in shapes.items():
+        x = rng.standard_normal(shape).astype(np.float32)
+        if len(shape) == 1:
+            w.add_tensor(name, x)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(x, T.Q8_0), raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 if __name__ == "__main__":

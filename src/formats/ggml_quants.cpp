@@ -3,6 +3,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -263,7 +264,18 @@ void ggml_dequantize(uint32_t id, const uint8_t* src, float* dst, int64_t n, con
   LB_CHECK(t->to_float != nullptr, "{} has ggml type {} ({}), which lowbit cannot read", what, t->name, id);
   LB_CHECK(n >= 0 && n % t->block_size == 0, "{}: {} elements of ggml type {} are not a whole number of {}-element blocks",
            what, n, t->name, t->block_size);
-  t->to_float(src, dst, n / t->block_size);
+  // Blocks are independent: chunks of them go to the OpenMP threads (the result does not depend
+  // on the split).
+  const int64_t nb = n / t->block_size, chunk = 2048;
+  if (nb <= chunk) {
+    t->to_float(src, dst, nb);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < (nb + chunk - 1) / chunk; ++c) {
+    const int64_t b0 = c * chunk;
+    t->to_float(src + b0 * t->type_size, dst + b0 * t->block_size, std::min(chunk, nb - b0));
+  }
 }
 
 }  // namespace lowbit

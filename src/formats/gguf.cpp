@@ -412,7 +412,9 @@ std::string GgufFile::describe(const GgufValue& v) {
   switch (v.type) {
     case GgufValueType::STRING: {
       if (v.str.size() <= 60) return fmt::format("string = \"{}\"", v.str);
-      return fmt::format("string ({} bytes) = \"{}...\"", v.str.size(), v.str.substr(0, 50));
+      size_t cut = 50;
+      while (cut > 0 && (uint8_t(v.str[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+      return fmt::format("string ({} bytes) = \"{}...\"", v.str.size(), v.str.substr(0, cut));
     }
     case GgufValueType::ARRAY: return fmt::format("array of {} {}", v.count, gguf_value_type_name(v.elem_type));
     case GgufValueType::FLOAT32: case GgufValueType::FLOAT64:

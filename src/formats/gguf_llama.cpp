@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "formats/ggml_quants.h"
+#include "formats/llama_tensors.h"
 
 #include <fmt/format.h>
 
@@ -14,29 +15,7 @@ namespace lowbit {
 
 namespace {
 
-// GGUF tensor names (llama.cpp's gguf-py/gguf/constants.py, MODEL_ARCH.LLAMA) and lowbit's.
 enum class Rope { None, Q, K };  // q/k rows carry the converter's RoPE permutation
-struct NameRow {
-  const char* gguf;
-  const char* hf;
-  Rope rope;
-};
-constexpr NameRow kGlobalNames[] = {
-    {"token_embd.weight", "model.embed_tokens.weight", Rope::None},
-    {"output_norm.weight", "model.norm.weight", Rope::None},
-    {"output.weight", "lm_head.weight", Rope::None},
-};
-constexpr NameRow kBlockNames[] = {  // after "blk.N." / "model.layers.N."
-    {"attn_norm.weight", "input_layernorm.weight", Rope::None},
-    {"attn_q.weight", "self_attn.q_proj.weight", Rope::Q},
-    {"attn_k.weight", "self_attn.k_proj.weight", Rope::K},
-    {"attn_v.weight", "self_attn.v_proj.weight", Rope::None},
-    {"attn_output.weight", "self_attn.o_proj.weight", Rope::None},
-    {"ffn_norm.weight", "post_attention_layernorm.weight", Rope::None},
-    {"ffn_gate.weight", "mlp.gate_proj.weight", Rope::None},
-    {"ffn_up.weight", "mlp.up_proj.weight", Rope::None},
-    {"ffn_down.weight", "mlp.down_proj.weight", Rope::None},
-};
 constexpr const char* kRopeFreqs = "rope_freqs.weight";
 
 int64_t positive_int(const GgufFile& f, const std::string& key) {
@@ -69,26 +48,49 @@ std::vector<double> llama3_rope_factors(const LlamaConfig& c) {
   return out;
 }
 
+// The converter writes llama3 scaling as per-frequency divisors only. Meta's Llama 3.x models
+// all use low/high frequency factors 1 and 4; with those fixed, the factor is the largest
+// divisor and the original context follows from any divisor in the interpolated band
+// (smooth = (orig / wavelen - 1) / 3). Candidates are checked by recomputing every divisor.
 void read_llama3_scaling(const GgufFile& f, const GgufTensorInfo& t, LlamaConfig& c) {
   LB_CHECK(t.ne.size() == 1 && t.ne[0] == c.head_dim / 2, "'{}': tensor '{}' has shape {}, expected [{}]", f.path(),
            t.name, shape_str(t.shape()), c.head_dim / 2);
   std::vector<float> got(size_t(t.numel()));
   f.dequantize(t, got.data());
+  double factor = 0;
+  for (float g : got) factor = std::max(factor, double(g));
+  LB_CHECK(factor >= 1 && std::isfinite(factor), "'{}': tensor '{}' does not hold RoPE divisors (largest {})", f.path(),
+           t.name, factor);
+  if (factor == 1.0) return;  // no scaling at all
   RopeScaling& s = c.rope_scaling;
   s.type = RopeScaling::Type::Llama3;
-  s.factor = 0;
-  for (float g : got) s.factor = std::max(s.factor, double(g));
+  s.factor = factor;
   s.low_freq_factor = 1.0;
   s.high_freq_factor = 4.0;
-  s.original_max_position_embeddings = f.get_int("llama.rope.scaling.original_context_length").value_or(8192);
-  LB_CHECK(s.factor >= 1 && s.original_max_position_embeddings > 0,
-           "'{}': tensor '{}' does not hold llama3 RoPE factors (largest {})", f.path(), t.name, s.factor);
-  const std::vector<double> want = llama3_rope_factors(c);
-  for (size_t i = 0; i < want.size(); ++i)
-    LB_CHECK(std::fabs(double(got[i]) - want[i]) <= 1e-6 * want[i],
-             "'{}': tensor '{}'[{}] = {} is not the llama3 RoPE factor {} (factor {}, low/high frequency factors 1/4, "
-             "original context {}); lowbit reads only that form of RoPE scaling from GGUF",
-             f.path(), t.name, i, got[i], want[i], s.factor, s.original_max_position_embeddings);
+  std::vector<int64_t> candidates;
+  if (auto orig = f.get_int("llama.rope.scaling.original_context_length")) candidates.push_back(*orig);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double r = got[i];
+    if (r > 1 + 1e-5 && r < factor * (1 - 1e-5)) {
+      const double smooth = (1 / r - 1 / factor) / (1 - 1 / factor);
+      const float freq = 1.0f / std::pow(float(c.rope_theta), float(2 * i) / float(c.head_dim));
+      candidates.push_back(std::llround((3 * smooth + 1) * 2 * M_PI / double(freq)));
+      break;
+    }
+  }
+  candidates.push_back(8192);
+  for (int k = 0; k <= 24; ++k) candidates.push_back(int64_t(1) << k);
+  for (int64_t orig : candidates) {
+    if (orig <= 0) continue;
+    s.original_max_position_embeddings = orig;
+    const std::vector<double> want = llama3_rope_factors(c);
+    bool same = true;
+    for (size_t i = 0; i < want.size() && same; ++i) same = std::fabs(double(got[i]) - want[i]) <= 1e-5 * want[i];
+    if (same) return;
+  }
+  fail("'{}': tensor '{}' holds RoPE divisors that no llama3 scaling with low/high frequency factors 1/4 produces "
+       "(largest {}); lowbit reads only that form of RoPE scaling from GGUF",
+       f.path(), t.name, factor);
 }
 
 class GgufLlamaWeights final : public TableWeightSource {
@@ -104,6 +106,12 @@ class GgufLlamaWeights final : public TableWeightSource {
     const GgmlTypeTraits* tr = ggml_type_traits(t.type);
     LB_CHECK(tr && tr->to_float, "'{}': tensor '{}' has ggml type {} ({}), which lowbit cannot read", file_->path(),
              t.name, ggml_type_name(t.type), t.type);
+    if (rope != Rope::None) {
+      const int64_t heads = rope == Rope::Q ? c_.num_attention_heads : c_.num_key_value_heads;
+      LB_CHECK(t.ne.size() == 2 && t.ne[1] == heads * c_.head_dim,
+               "'{}': tensor '{}' has shape {}, expected {} rows ({} heads of {})", file_->path(), t.name,
+               shape_str(t.shape()), heads * c_.head_dim, heads, c_.head_dim);
+    }
     entries_[hf] = {&t, rope};
     infos_[hf] = {DType::F32, t.shape(), t.numel() * 4};
   }
@@ -226,32 +234,29 @@ LlamaConfig gguf_llama_config(const GgufFile& f) {
 
 std::shared_ptr<WeightSource> gguf_llama_weights(std::shared_ptr<const GgufFile> f, const LlamaConfig& c) {
   auto w = std::make_shared<GgufLlamaWeights>(f, c);
+  // GGUF names from the tensor table (llama_tensors.h), for every block of the model.
+  std::map<std::string, std::pair<std::string, Rope>> names;
+  for (const TensorSpec& spec : llama_tensor_table()) {
+    const Rope rope = spec.kind == TensorKind::Q ? Rope::Q : spec.kind == TensorKind::K ? Rope::K : Rope::None;
+    if (!spec.per_layer) names[gguf_tensor_name(spec.kind)] = {hf_tensor_name(spec.kind), rope};
+    else
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+        names[gguf_tensor_name(spec.kind, i)] = {hf_tensor_name(spec.kind, i), rope};
+  }
   for (const GgufTensorInfo& t : f->tensors()) {
     if (t.name == kRopeFreqs) continue;  // folded into the config
-    bool found = false;
-    for (const NameRow& r : kGlobalNames)
-      if (t.name == r.gguf) {
-        w->add(r.hf, t, r.rope);
-        found = true;
-      }
-    // blk.N.<suffix>
-    if (!found && t.name.rfind("blk.", 0) == 0) {
+    auto it = names.find(t.name);
+    if (it == names.end() && t.name.rfind("blk.", 0) == 0) {
+      // A block tensor past llama.block_count gets its own message.
       const size_t dot = t.name.find('.', 4);
       const std::string index = t.name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
       const bool digits = !index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos;
-      if (digits && dot != std::string::npos) {
-        const int64_t n = std::stoll(index);
-        LB_CHECK(n < c.num_hidden_layers, "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(),
-                 t.name, n, c.num_hidden_layers);
-        const std::string suffix = t.name.substr(dot + 1);
-        for (const NameRow& r : kBlockNames)
-          if (suffix == r.gguf) {
-            w->add(fmt::format("model.layers.{}.{}", n, r.hf), t, r.rope);
-            found = true;
-          }
-      }
+      LB_CHECK(!digits || std::stoll(index) < c.num_hidden_layers,
+               "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(), t.name, index,
+               c.num_hidden_layers);
     }
-    LB_CHECK(found, "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    LB_CHECK(it != names.end(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    w->add(it->second.first, t, it->second.second);
   }
   return w;
 }

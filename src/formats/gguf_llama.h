@@ -10,8 +10,8 @@
 //   rope.scaling.type "none" | "linear" (+ rope.scaling.factor), or the older rope.scale_linear.
 // LLaMA-3.1-style RoPE scaling is stored by the converter as a rope_freqs.weight tensor (the
 // per-frequency divisors); lowbit recognizes the llama3 parameters that produce it (factor = its
-// largest entry, low/high frequency factors 1 and 4, original context
-// rope.scaling.original_context_length or 8192) and refuses any other.
+// largest entry, low/high frequency factors 1 and 4 as in every Llama 3.x, the original context
+// recovered from the interpolated band) and refuses any other.
 //
 // Tensors, renamed (GGUF dims are innermost first; shapes below are outermost first):
 //   token_embd.weight        -> model.embed_tokens.weight             [vocab, hidden]
