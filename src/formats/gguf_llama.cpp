@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "formats/ggml_quants.h"
+#include "formats/llama_tensors.h"
 
 #include <fmt/format.h>
 
@@ -14,29 +15,8 @@ namespace lowbit {
 
 namespace {
 
-// GGUF tensor names (llama.cpp's gguf-py/gguf/constants.py, MODEL_ARCH.LLAMA) and lowbit's.
-enum class Rope { None, Q, K };  // q/k rows carry the converter's RoPE permutation
-struct NameRow {
-  const char* gguf;
-  const char* hf;
-  Rope rope;
-};
-constexpr NameRow kGlobalNames[] = {
-    {"token_embd.weight", "model.embed_tokens.weight", Rope::None},
-    {"output_norm.weight", "model.norm.weight", Rope::None},
-    {"output.weight", "lm_head.weight", Rope::None},
-};
-constexpr NameRow kBlockNames[] = {  // after "blk.N." / "model.layers.N."
-    {"attn_norm.weight", "input_layernorm.weight", Rope::None},
-    {"attn_q.weight", "self_attn.q_proj.weight", Rope::Q},
-    {"attn_k.weight", "self_attn.k_proj.weight", Rope::K},
-    {"attn_v.weight", "self_attn.v_proj.weight", Rope::None},
-    {"attn_output.weight", "self_attn.o_proj.weight", Rope::None},
-    {"ffn_norm.weight", "post_attention_layernorm.weight", Rope::None},
-    {"ffn_gate.weight", "mlp.gate_proj.weight", Rope::None},
-    {"ffn_up.weight", "mlp.up_proj.weight", Rope::None},
-    {"ffn_down.weight", "mlp.down_proj.weight", Rope::None},
-};
+// q/k rows carry the converter's RoPE permutation.
+enum class Rope { None, Q, K };
 constexpr const char* kRopeFreqs = "rope_freqs.weight";
 
 int64_t positive_int(const GgufFile& f, const std::string& key) {
@@ -256,33 +236,27 @@ LlamaConfig gguf_llama_config(const GgufFile& f) {
 }
 
 std::shared_ptr<WeightSource> gguf_llama_weights(std::shared_ptr<const GgufFile> f, const LlamaConfig& c) {
+  // GGUF name -> (kind, layer), from the tensor table.
+  std::map<std::string, std::pair<TensorKind, int64_t>> by_gguf;
+  for (const TensorSpec& s : llama_tensor_table())
+    for (int64_t i = 0; i < (s.per_layer ? c.num_hidden_layers : 1); ++i)
+      by_gguf[gguf_tensor_name(s.kind, s.per_layer ? i : -1)] = {s.kind, s.per_layer ? i : -1};
   auto w = std::make_shared<GgufLlamaWeights>(f, c);
   for (const GgufTensorInfo& t : f->tensors()) {
     if (t.name == kRopeFreqs) continue;  // folded into the config
-    bool found = false;
-    for (const NameRow& r : kGlobalNames)
-      if (t.name == r.gguf) {
-        w->add(r.hf, t, r.rope);
-        found = true;
-      }
-    // blk.N.<suffix>
-    if (!found && t.name.rfind("blk.", 0) == 0) {
+    auto it = by_gguf.find(t.name);
+    if (it == by_gguf.end() && t.name.rfind("blk.", 0) == 0) {
+      // Say so when the name is a LLaMA block tensor of a block past llama.block_count.
       const size_t dot = t.name.find('.', 4);
       const std::string index = t.name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
-      const bool digits = !index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos;
-      if (digits && dot != std::string::npos) {
-        const int64_t n = std::stoll(index);
-        LB_CHECK(n < c.num_hidden_layers, "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(),
-                 t.name, n, c.num_hidden_layers);
-        const std::string suffix = t.name.substr(dot + 1);
-        for (const NameRow& r : kBlockNames)
-          if (suffix == r.gguf) {
-            w->add(fmt::format("model.layers.{}.{}", n, r.hf), t, r.rope);
-            found = true;
-          }
-      }
+      if (!index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos &&
+          std::stoll(index) >= c.num_hidden_layers)
+        fail("'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(), t.name, index,
+             c.num_hidden_layers);
     }
-    LB_CHECK(found, "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    LB_CHECK(it != by_gguf.end(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    const auto [kind, layer] = it->second;
+    w->add(hf_tensor_name(kind, layer), t, kind == TensorKind::Q ? Rope::Q : kind == TensorKind::K ? Rope::K : Rope::None);
   }
   return w;
 }
