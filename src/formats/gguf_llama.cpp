@@ -15,8 +15,7 @@ namespace lowbit {
 
 namespace {
 
-// q/k rows carry the converter's RoPE permutation.
-enum class Rope { None, Q, K };
+enum class Rope { None, Q, K };  // q/k rows carry the converter's RoPE permutation
 constexpr const char* kRopeFreqs = "rope_freqs.weight";
 
 int64_t positive_int(const GgufFile& f, const std::string& key) {
@@ -236,27 +235,30 @@ LlamaConfig gguf_llama_config(const GgufFile& f) {
 }
 
 std::shared_ptr<WeightSource> gguf_llama_weights(std::shared_ptr<const GgufFile> f, const LlamaConfig& c) {
-  // GGUF name -> (kind, layer), from the tensor table.
-  std::map<std::string, std::pair<TensorKind, int64_t>> by_gguf;
-  for (const TensorSpec& s : llama_tensor_table())
-    for (int64_t i = 0; i < (s.per_layer ? c.num_hidden_layers : 1); ++i)
-      by_gguf[gguf_tensor_name(s.kind, s.per_layer ? i : -1)] = {s.kind, s.per_layer ? i : -1};
   auto w = std::make_shared<GgufLlamaWeights>(f, c);
+  // GGUF names from the tensor table (llama_tensors.h), for every block of the model.
+  std::map<std::string, std::pair<std::string, Rope>> names;
+  for (const TensorSpec& spec : llama_tensor_table()) {
+    const Rope rope = spec.kind == TensorKind::Q ? Rope::Q : spec.kind == TensorKind::K ? Rope::K : Rope::None;
+    if (!spec.per_layer) names[gguf_tensor_name(spec.kind)] = {hf_tensor_name(spec.kind), rope};
+    else
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+        names[gguf_tensor_name(spec.kind, i)] = {hf_tensor_name(spec.kind, i), rope};
+  }
   for (const GgufTensorInfo& t : f->tensors()) {
     if (t.name == kRopeFreqs) continue;  // folded into the config
-    auto it = by_gguf.find(t.name);
-    if (it == by_gguf.end() && t.name.rfind("blk.", 0) == 0) {
-      // Say so when the name is a LLaMA block tensor of a block past llama.block_count.
+    auto it = names.find(t.name);
+    if (it == names.end() && t.name.rfind("blk.", 0) == 0) {
+      // A block tensor past llama.block_count gets its own message.
       const size_t dot = t.name.find('.', 4);
       const std::string index = t.name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
-      if (!index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos &&
-          std::stoll(index) >= c.num_hidden_layers)
-        fail("'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(), t.name, index,
-             c.num_hidden_layers);
+      const bool digits = !index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos;
+      LB_CHECK(!digits || std::stoll(index) < c.num_hidden_layers,
+               "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(), t.name, index,
+               c.num_hidden_layers);
     }
-    LB_CHECK(it != by_gguf.end(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
-    const auto [kind, layer] = it->second;
-    w->add(hf_tensor_name(kind, layer), t, kind == TensorKind::Q ? Rope::Q : kind == TensorKind::K ? Rope::K : Rope::None);
+    LB_CHECK(it != names.end(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    w->add(it->second.first, t, it->second.second);
   }
   return w;
 }
