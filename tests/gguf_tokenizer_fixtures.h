@@ -20,10 +20,8 @@ namespace lowbit::test {
 inline std::string smollm2_gguf_path() {
   if (const char* p = std::getenv("LOWBIT_SMOLLM2"); p && *p) return p;
   std::string dir;
-  if (const char* m = std::getenv("LOWBIT_MODELS"); m && *m) {
+  if (const char* m = std::getenv("LOWBIT_MODELS_CACHE"); m && *m) {
     dir = m;
-  } else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) {
-    dir = std::string(x) + "/lowbit/models";
   } else {
     const char* home = std::getenv("HOME");
     dir = std::string(home ? home : "") + "/.cache/lowbit/models";

@@ -259,16 +259,21 @@ GgufTokenizerJson gguf_tokenizer_json(const GgufTokenizerData& d, const std::str
   j["model"] = std::move(model);
   j["normalizer"] = nullptr;
 
-  // Added tokens, each once, in id order: GPT2Tokenizer's own unk/bos/eos "<|endoftext|>"
-  // (a new id after the vocabulary when the vocabulary lacks it), the control tokens and the
-  // tokens named by the bos/eos/unk/pad ids (special), the user-defined tokens (plain).
+  // Added tokens, each once, in id order: the default special tokens of the transformers class
+  // that builds the tokenizer (GPT2Tokenizer: "<|endoftext|>"; LlamaTokenizer: "<s>", "</s>",
+  // "<unk>"), each at its vocabulary id or, when the vocabulary lacks it, at the next id after
+  // it; the control tokens and the tokens named by the bos/eos/unk/pad ids (special); the
+  // user-defined tokens (plain).
   std::map<int64_t, std::pair<std::string, bool>> added;  // id -> content, special
-  if (byte_level) {
-    const std::string eot = "<|endoftext|>";
-    int64_t id = int64_t(n);
-    for (size_t i = 0; i < n; ++i)
-      if (d.tokens[i] == eot) id = int64_t(i);
-    added[id] = {eot, true};
+  int64_t next_id = int64_t(n);
+  std::vector<std::string> class_defaults;
+  if (byte_level) class_defaults = {"<|endoftext|>"};
+  else class_defaults = {"<s>", "</s>", "<unk>"};
+  for (const std::string& t : class_defaults) {
+    int64_t id = -1;
+    for (size_t i = 0; i < n && id < 0; ++i)
+      if (d.tokens[i] == t) id = int64_t(i);
+    added[id >= 0 ? id : next_id++] = {t, true};
   }
   for (size_t id = 0; id < d.token_type.size(); ++id) {
     if (d.token_type[id] == kTypeControl && (!byte_level || spelled_in_alphabet(d.tokens[id])))

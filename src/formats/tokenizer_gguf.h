@@ -29,10 +29,11 @@
 //     added tokens every CONTROL token (type 3; for gpt2 only those spelled in the byte
 //                  alphabet) and the tokens named by bos/eos/unk/pad ids, as special; every
 //                  USER_DEFINED token (type 4) as a plain added token; all matched whole in the
-//                  raw text before the pre-tokenizer. For gpt2 also GPT2Tokenizer's default
-//                  special token "<|endoftext|>", which gets the id after the last token when
-//                  the vocabulary lacks it (as in LLaMA-3's: id 128256, one past the model's
-//                  embedding rows; lowbit keeps it, for parity)
+//                  raw text before the pre-tokenizer. Also the default special tokens of the
+//                  class transformers builds with (GPT2Tokenizer: "<|endoftext|>"; LlamaTokenizer:
+//                  "<s>", "</s>", "<unk>"), each at the next id after the vocabulary when the
+//                  vocabulary lacks it (LLaMA-3's lacks "<|endoftext|>": it becomes id 128256, one
+//                  past the model's embedding rows; lowbit keeps it, for parity)
 //     bytes        a byte-level vocabulary may lack some byte tokens (SmolLM2's lacks 21); such
 //                  bytes are dropped from the text, as the tokenizers library's BPE does without
 //                  an unk_token

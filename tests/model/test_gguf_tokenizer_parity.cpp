@@ -53,7 +53,8 @@ TEST_P(GgufTokenizerParity, WholeTexts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerParity,
-                         ::testing::Values("smollm2", "llama2", "llama3", "llama3-default", "smollm2-tiny", "llama2-tiny"),
+                         ::testing::Values("smollm2", "llama2", "llama3", "llama3-default", "smollm2-tiny", "llama2-tiny",
+                                           "llama2-renamed"),
                          test::gguf_case_test_name);
 
 using test::GgufTokenizerCase;

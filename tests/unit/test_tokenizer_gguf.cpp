@@ -50,7 +50,7 @@ TEST_P(GgufTokenizerFile, ReadFromFile) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerFile, ::testing::Values("smollm2-tiny", "llama2-tiny"),
                          test::gguf_case_test_name);
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizerCase,
-                         ::testing::Values("smollm2", "llama2", "smollm2-tiny", "llama2-tiny"),
+                         ::testing::Values("smollm2", "llama2", "smollm2-tiny", "llama2-tiny", "llama2-renamed"),
                          test::gguf_case_test_name);
 
 // A small byte-level vocabulary: the 256 byte tokens, "ab", a control token and a user-defined
