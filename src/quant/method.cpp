@@ -20,6 +20,7 @@ const std::map<std::string, Factory>& registry() {
       {"gptq", make_gptq},
       {"awq", make_awq},
       {"smoothquant", make_smoothquant},
+      {"slim", make_slim},
   };
   return m;
 }
@@ -53,10 +54,16 @@ DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k)
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note) {
-  Tensor& w = ctx.weights()[k];
-  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
   Tensor deq = q.dequantize_f32();
+  finish_linear(ctx, k, std::move(q), std::move(deq), out, started, hessian, note);
+}
+
+void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Tensor deq, QuantizedBlock& out,
+                   std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
+                   const std::string& note) {
+  Tensor& w = ctx.weights()[k];
+  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols && deq.dim(0) == q.rows && deq.dim(1) == q.cols);
   LinearReport r;
   r.kind = k;
   r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);

@@ -78,11 +78,18 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note);
 
+// The same for a linear whose format dequantizes other than QuantizedLinear::dequantize: `deq` is
+// its dequantized weight, [rows, cols] fp32.
+void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Tensor deq, QuantizedBlock& out,
+                   std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
+                   const std::string& note);
+
 // The factories, one per method file.
 std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_slim(QuantSpec spec);
 
 }  // namespace lowbit

@@ -109,6 +109,14 @@ std::string QuantSpec::take_choice(const std::string& key, const std::string& de
   return v;
 }
 
+std::string QuantSpec::take_string(const std::string& key, const std::string& def, const std::string& help) {
+  std::string v = def;
+  if (const std::string* r = raw(key)) v = *r;
+  taken_.emplace_back(key, v);
+  help_.push_back(fmt::format("{} (default '{}'): {}", key, def, help));
+  return v;
+}
+
 void QuantSpec::finish() const {
   for (const auto& [k, v] : given_) {
     if (used_.count(k)) continue;

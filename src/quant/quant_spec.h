@@ -29,6 +29,8 @@ class QuantSpec {
   bool take_bool(const std::string& key, bool def, const std::string& help);
   std::string take_choice(const std::string& key, const std::string& def, const std::vector<std::string>& choices,
                           const std::string& help);
+  // Free text (a path, say); may not contain ',' or '='.
+  std::string take_string(const std::string& key, const std::string& def, const std::string& help);
   // Throws naming any option the method did not take, and listing those it knows.
   void finish() const;
 

@@ -1,0 +1,360 @@
+// SliM-LLM and QuIP against their official code (scripts/slim_quip_reference.py imports
+// Aaronhuang-778/SliM-LLM and Cornell-RelaxML/QuIP and runs them on the inputs stored in
+// tests/fixtures/quant/slim_quip.safetensors.zst: rows of testbed-44m's layer-0 down_proj and
+// synthetic calibration inputs).
+#include "core/error.h"
+#include "formats/safetensors.h"
+#include "quant/formats/slim_format.h"
+#include "quant/gptq.h"
+#include "quant/method.h"
+#include "quant/slim.h"
+#include "test_util.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+namespace lowbit {
+namespace {
+
+const SafetensorsFile& fixture() {
+  static test::TempDir dir;
+  static std::shared_ptr<const SafetensorsFile> f = [] {
+    const std::string path = dir / "slim_quip.safetensors";
+    test::spit(path, test::read_zst(test::fixtures_dir() + "/quant/slim_quip.safetensors.zst"));
+    return SafetensorsFile::open(path);
+  }();
+  return *f;
+}
+
+std::vector<float> f32(const std::string& name) {
+  Tensor t = fixture().tensor(name).to_f32();
+  return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
+}
+std::vector<double> f64(const std::string& name) {
+  Tensor t = fixture().tensor(name);
+  EXPECT_EQ(t.dtype(), DType::F64) << name;
+  return std::vector<double>(t.data_as<double>(), t.data_as<double>() + t.numel());
+}
+std::vector<int> i32(const std::string& name) {
+  Tensor t = fixture().tensor(name);
+  return std::vector<int>(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
+}
+std::vector<int64_t> shape(const std::string& name) { return fixture().tensor(name).shape(); }
+
+struct Inputs {
+  std::vector<float> w, x;  // [rows, cols], [windows, tokens, cols]
+  int64_t rows, cols, windows, tokens;
+  std::vector<double> h;    // 2 / windows * sum X^T X
+};
+
+uint64_t mix32(uint64_t h) {
+  h &= 0xFFFFFFFFull;
+  h ^= h >> 15;
+  h = (h * 0x2C1B3C6Dull) & 0xFFFFFFFFull;
+  h ^= h >> 12;
+  h = (h * 0x297A2D39ull) & 0xFFFFFFFFull;
+  h ^= h >> 15;
+  return h;
+}
+
+// The script's synthetic_x: exact integer-hash values times powers of two.
+std::vector<float> synthetic_x(int64_t n, int64_t cols) {
+  std::vector<double> chan(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    const double k = double(mix32(uint64_t(c) * 0x27D4EB2Full + 1) % 5) - 2.0;
+    chan[size_t(c)] = std::exp2(k) * (c % 97 == 13 ? 16.0 : 1.0) / (c < 128 ? 16.0 : 1.0);
+  }
+  std::vector<float> x(size_t(n * cols));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint64_t h = mix32(uint64_t(t) * 0x9E3779B1ull + uint64_t(c) * 0x85EBCA77ull + 0x165667B1ull);
+      x[size_t(t * cols + c)] = float((double(h & 0xFFFF) - 32768.0) / 32768.0 * chan[size_t(c)]);
+    }
+  return x;
+}
+
+const Inputs& inputs() {
+  static const Inputs in = [] {
+    Inputs r;
+    r.w = f32("input.w");
+    r.rows = shape("input.w")[0];
+    r.cols = shape("input.w")[1];
+    const std::vector<int> xs = i32("input.x_shape");
+    r.windows = xs[0];
+    r.tokens = xs[1];
+    EXPECT_EQ(xs[2], r.cols);
+    const int64_t n = r.windows * r.tokens, c = r.cols;
+    r.x = synthetic_x(n, c);
+    const std::vector<float> head = f32("input.x_head");
+    EXPECT_TRUE(std::equal(head.begin(), head.end(), r.x.begin())) << "synthetic inputs differ from the script's";
+    std::vector<double> xd(r.x.begin(), r.x.end());
+    r.h.assign(size_t(c * c), 0.0);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(c), blasint(c), blasint(n), 2.0 / double(r.windows),
+                xd.data(), blasint(c), xd.data(), blasint(c), 0.0, r.h.data(), blasint(c));
+    return r;
+  }();
+  return in;
+}
+
+// Codes of a reference dequantized weight q [rows, cols] given its scales/zeros [rows, ngroups]
+// and the group widths.
+std::vector<uint8_t> reference_codes(const std::vector<float>& q, const std::vector<float>& scales,
+                                     const std::vector<float>& zeros, const std::vector<int>& bits, int64_t rows,
+                                     int64_t cols, int64_t g) {
+  const int64_t ng = int64_t(bits.size());
+  std::vector<uint8_t> codes(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const size_t s = size_t(r * ng + c / g);
+      const float v = q[size_t(r * cols + c)];
+      if (bits[size_t(c / g)] == 1) codes[size_t(r * cols + c)] = v > zeros[s] ? 1 : v < zeros[s] ? 0 : 2;
+      else codes[size_t(r * cols + c)] = uint8_t(std::nearbyint(v / scales[s] + zeros[s]));
+    }
+  return codes;
+}
+
+// Exact equality of two float vectors, reporting the number of differences and the first one.
+void expect_same(const std::vector<float>& got, const std::vector<float>& want, const std::string& key) {
+  ASSERT_EQ(got.size(), want.size()) << key;
+  size_t n = 0, first = got.size();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i] && n++ == 0) first = i;
+  EXPECT_EQ(n, 0u) << key << ": " << n << " differ, first at " << first << ": "
+                   << (first < got.size() ? fmt::format("{:.9g} vs {:.9g}", got[first], want[first]) : "");
+}
+
+double match_rate(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  size_t same = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) same += a[i] == b[i];
+  return double(same) / double(a.size());
+}
+
+// Compares one slim_quantize result with the reference's scales, zeros and weight under `key`:
+// the first group (fitted before any error feedback) exactly, later groups to 1e-4 relative
+// (the feedback runs on an fp32 factor computed in fp32 by the reference, in fp64 here), codes
+// >= 99.9% identical.
+void expect_matches(const SlimResult& r, const std::string& key, const std::vector<int>& bits) {
+  const Inputs& in = inputs();
+  const int64_t ng = int64_t(bits.size());
+  const auto scales = f32(key + ".scales"), zeros = f32(key + ".zeros"), q = f32(key + ".q");
+  ASSERT_EQ(r.q.scales.size(), scales.size()) << key;
+  for (int64_t row = 0; row < in.rows; ++row) {
+    const size_t i = size_t(row * ng);
+    if (bits[0] == 1) {  // binary: means, to an ulp or two (see QuantizerFitMatchesReferenceExactly)
+      EXPECT_NEAR(r.q.scales[i], scales[i], 3e-7f * scales[i]) << key << " row " << row;
+      EXPECT_NEAR(r.q.zeros[i], zeros[i], 3e-7f * scales[i]) << key << " row " << row;
+      continue;
+    }
+    EXPECT_EQ(r.q.scales[i], scales[i]) << key << " row " << row;
+    EXPECT_EQ(r.q.zeros[i], zeros[i]) << key << " row " << row;
+  }
+  int64_t far = 0;
+  for (size_t i = 0; i < scales.size(); ++i) {
+    far += std::fabs(r.q.scales[i] - scales[i]) > 1e-4f * std::fabs(scales[i]);
+    far += std::fabs(r.q.zeros[i] - zeros[i]) > 1e-4f * std::max(1.0f, std::fabs(zeros[i]));
+  }
+  EXPECT_LE(far, int64_t(scales.size()) / 500) << key << ": scales/zeros off by more than 1e-4";
+  const auto ref = reference_codes(q, scales, zeros, bits, in.rows, in.cols, 128);
+  const double rate = match_rate(r.q.codes, ref);
+  std::printf("%s: codes %.5f identical, loss %.6g\n", key.c_str(), rate, r.loss);
+  EXPECT_GE(rate, 0.999) << key;
+  // The stored format dequantizes to the reference's weight (fp32 here).
+  std::vector<float> deq(size_t(in.rows * in.cols));
+  slim_dequantize(r.q, deq.data());
+  size_t close = 0;
+  for (size_t i = 0; i < deq.size(); ++i) close += std::fabs(deq[i] - q[i]) <= 1e-4f * (std::fabs(q[i]) + 1e-3f);
+  EXPECT_GE(double(close) / double(deq.size()), 0.999) << key;
+}
+
+TEST(Slim, ShrinkCandidatesAreTorchs) {
+  EXPECT_EQ(slim_shrink_candidates(), f32("slim.linspace"));
+}
+
+// Quantizer.fit on a fixed block: scale and zero per row bit for bit.
+TEST(Slim, QuantizerFitMatchesReferenceExactly) {
+  const Inputs& in = inputs();
+  const int64_t n = 128;
+  std::vector<float> w1(size_t(n * in.rows));
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t r = 0; r < in.rows; ++r) w1[size_t(j * in.rows + r)] = in.w[size_t(r * in.cols + j)];
+  const auto hd = f32("slim.fit.hinv_diag");
+  for (int bits = 1; bits <= 5; ++bits)
+    for (int sym = 0; sym <= (bits > 1 ? 1 : 0); ++sym) {
+      const std::string key = "slim.fit.b" + std::to_string(bits) + ".sym" + std::to_string(sym);
+      const SlimGroupFit f = slim_fit_group(w1.data(), in.rows, n, hd.data(), bits, sym, 1.0);
+      if (bits == 1) {
+        // mu and alpha are means: the reference's float reduction order is its kernel's, so
+        // they agree to an ulp or two rather than bit for bit.
+        const auto sc = f32(key + ".scale"), ze = f32(key + ".zero");
+        for (int64_t r = 0; r < in.rows; ++r) {
+          EXPECT_NEAR(f.scale[size_t(r)], sc[size_t(r)], 3e-7f * std::fabs(sc[size_t(r)])) << key << " " << r;
+          EXPECT_NEAR(f.zero[size_t(r)], ze[size_t(r)], 3e-7f * sc[size_t(r)]) << key << " " << r;
+        }
+        continue;
+      }
+      expect_same(f.scale, f32(key + ".scale"), key + ".scale");
+      expect_same(f.zero, f32(key + ".zero"), key + ".zero");
+    }
+  const SlimGroupFit f = slim_fit_group(w1.data(), in.rows, n, hd.data(), 3, false, 4.0);
+  expect_same(f.scale, f32("slim.fit.b3.lambda4.scale"), "lambda4.scale");
+  expect_same(f.zero, f32("slim.fit.b3.lambda4.zero"), "lambda4.zero");
+}
+
+// SBA: the salience, the KL error curves per window, the chosen count and allocation, then GPTQ.
+TEST(Slim, BitAllocationSearchAndGptqMatchReference) {
+  const Inputs& in = inputs();
+  for (int bits : {2, 3, 4}) {
+    const std::string key = "slim.w" + std::to_string(bits) + ".sba";
+    std::vector<double> h = in.h;
+    slim_salience_hessian_edit(h, in.cols);
+    double used = -1;
+    const std::vector<float> u = gptq_inverse_factor(h, in.cols, 0.0, &used);
+    EXPECT_EQ(used, 0.0);
+    const auto sal = slim_group_salience(in.w.data(), in.rows, in.cols, u.data(), 128, DType::F32);
+    const auto ref_sal = f64(key + ".salience");
+    ASSERT_EQ(sal.size(), ref_sal.size());
+    for (size_t i = 0; i < sal.size(); ++i) EXPECT_NEAR(sal[i], ref_sal[i], 1e-3 * ref_sal[i]) << key << " group " << i;
+
+    SlimSearch search(in.w.data(), in.rows, in.cols, 128, bits, sal);
+    const auto ref_err = f64(key + ".errors");
+    ASSERT_EQ(int64_t(ref_err.size()), in.windows * search.candidates());
+    std::vector<std::vector<double>> errs;
+    for (int64_t s = 0; s < in.windows; ++s) {
+      errs.push_back(search.errors(in.x.data() + s * in.tokens * in.cols, in.tokens));
+      for (int64_t i = 0; i < search.candidates(); ++i) {
+        const double ref = ref_err[size_t(s * search.candidates() + i)];
+        EXPECT_NEAR(errs.back()[size_t(i)], ref, 1e-3 * ref) << key << " window " << s << " count " << i + 1;
+      }
+    }
+    const int64_t count = slim_pick_count(errs);
+    SlimOptions opt;
+    opt.bits = bits;
+    SlimResult r = slim_quantize(in.w.data(), in.rows, in.cols, h, opt, {}, count, DType::F32);
+    EXPECT_EQ(r.group_bits, i32(key + ".bits")) << key;
+    expect_matches(r, key, r.group_bits);
+    // #W = N exactly.
+    double sum = 0;
+    for (int b : r.group_bits) sum += b;
+    EXPECT_EQ(sum / double(r.group_bits.size()), double(bits));
+  }
+}
+
+// The reference's allocation injected (its precomputed-file path) and a fixed count with the
+// stale `sym` flag: the first group is the least salient, so at w=3 and w=4 it is fitted with
+// zero = (maxq + 1) / 2.
+TEST(Slim, InjectedAllocationAndSymQuirkMatchReference) {
+  const Inputs& in = inputs();
+  for (int bits : {2, 3, 4}) {
+    SlimOptions opt;
+    opt.bits = bits;
+    const std::string key = "slim.w" + std::to_string(bits);
+    const std::vector<int> alloc = i32(key + ".sba.bits");
+    SlimResult a = slim_quantize(in.w.data(), in.rows, in.cols, in.h, opt, alloc, 0, DType::F32);
+    expect_matches(a, key + ".alloc", alloc);
+
+    SlimResult c = slim_quantize(in.w.data(), in.rows, in.cols, in.h, opt, {}, 3, DType::F32);
+    EXPECT_EQ(c.group_bits, i32(key + ".count3.bits"));
+    expect_matches(c, key + ".count3", c.group_bits);
+    if (bits >= 3) {
+      ASSERT_EQ(c.group_bits[0], bits - 1);
+      EXPECT_EQ(c.q.zeros[0], float(1 << (bits - 2)));
+    }
+  }
+}
+
+TEST(Slim, FormatRoundTripAndAccounting) {
+  const Inputs& in = inputs();
+  SlimOptions opt;
+  opt.bits = 2;
+  SlimResult r = slim_quantize(in.w.data(), in.rows, in.cols, in.h, opt, {}, 3, DType::BF16);
+  slim_validate(r.q, "w2");
+  EXPECT_EQ(slim_group_bits(r.q), r.group_bits);
+  const double code_bits = 2.0, overhead = slim_bits_per_weight(r.q) - code_bits;
+  EXPECT_GT(overhead, 0.0);
+  EXPECT_LT(overhead, 0.4);
+  std::vector<float> deq(size_t(in.rows * in.cols));
+  slim_dequantize(r.q, deq.data());
+  for (float v : deq) EXPECT_EQ(v, round_to_dtype(v, DType::BF16));
+  QuantizedLinear bad = r.q;
+  bad.codes[0] = 7;
+  EXPECT_THROW(slim_validate(bad, "bad"), Error);
+  bad = r.q;
+  slim_set_group_bits(bad, {2, 2});
+  EXPECT_THROW(slim_validate(bad, "bad"), Error);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+LlamaConfig small_config() {
+  LlamaConfig c;
+  c.hidden_size = 512;
+  c.intermediate_size = 1792;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  return c;
+}
+
+TEST(Slim, BadInputIsRefusedBeforeWork) {
+  EXPECT_NE(error_of([] { make_method("slim:w=1"); }).find("w=1 is out of range [2, 8]"), std::string::npos);
+  EXPECT_NE(error_of([] { make_method("slim:w=9"); }).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of([] { make_method("slim:alloc=/nonexistent.json"); }).find("cannot open the allocation file"),
+            std::string::npos);
+  const LlamaConfig c = small_config();
+  EXPECT_NO_THROW(make_method("slim:w=3")->check_shapes(c));
+  EXPECT_NE(error_of([&] { make_method("slim:g=256")->check_shapes(c); }).find("at least 4 groups"), std::string::npos);
+
+  test::TempDir dir;
+  auto write_alloc = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      for (LinearKind k : kAllLinears) {
+        const std::string n = linear_weight_name(l, k);
+        const int64_t ng = linear_in_features(c, k) / 128;
+        std::vector<int> bits(size_t(ng), 2);
+        bits[0] = 1;
+        bits[1] = 3;
+        j[n.substr(0, n.size() - 7)] = bits;
+      }
+    edit(j);
+    const std::string path = dir / "alloc.json";
+    std::ofstream(path) << j.dump();
+    return "slim:w=2,alloc=" + path;
+  };
+  EXPECT_NO_THROW(make_method(write_alloc([](nlohmann::json&) {}))->check_shapes(c));
+  EXPECT_NE(error_of([&] {
+              make_method(write_alloc([](nlohmann::json& j) { j.erase("model.layers.1.mlp.down_proj"); }))->check_shapes(c);
+            }).find("no entry for model.layers.1.mlp.down_proj"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              make_method(write_alloc([](nlohmann::json& j) { j["model.layers.0.self_attn.q_proj"].push_back(2); }))
+                  ->check_shapes(c);
+            }).find("has 5 widths, expected 4"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              make_method(write_alloc([](nlohmann::json& j) { j["model.layers.0.mlp.up_proj"][2] = 4; }))->check_shapes(c);
+            }).find("4-bit group"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              make_method(write_alloc([](nlohmann::json& j) { j["model.layers.7.mlp.up_proj"] = {2, 2, 2, 2}; }))
+                  ->check_shapes(c);
+            }).find("not a linear of this model"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowbit
