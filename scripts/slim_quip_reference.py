@@ -67,14 +67,15 @@ def gpu_division():
     division by one is a true division; on the CPU a 0-dim divisor is turned into a
     multiplication by its reciprocal, which rounds differently. Expanding such a divisor keeps the
     GPU's arithmetic on the CPU."""
-    orig = torch.Tensor.__truediv__
+    def wrap(orig):
+        def div(a, b):
+            if isinstance(b, torch.Tensor) and b.dim() == 0 and a.dim() > 0:
+                return orig(a, b.expand(a.shape))
+            return orig(a, b)
+        return div
 
-    def truediv(a, b):
-        if isinstance(b, torch.Tensor) and b.dim() == 0 and a.dim() > 0:
-            return orig(a, b.expand(a.shape))
-        return orig(a, b)
-
-    torch.Tensor.__truediv__ = truediv
+    torch.Tensor.__truediv__ = wrap(torch.Tensor.__truediv__)
+    torch.Tensor.__itruediv__ = wrap(torch.Tensor.__itruediv__)
 
 
 def mix32(h):
@@ -196,6 +197,78 @@ def slim_fixtures(slim_dir, w16, x16, out):
     q.fit(w[:, :GROUP].clone(), torch.diag(hd), bit_width=3)
     out["slim.fit.b3.lambda4.scale"] = q.scale.flatten().float()
     out["slim.fit.b3.lambda4.zero"] = q.zero.flatten().float()
+
+
+# ---- QuIP -------------------------------------------------------------------------------------
+
+def quip_fixtures(quip_dir, w16, x16, out):
+    sys.path.insert(0, quip_dir)
+    import torch.nn as nn
+    import method
+    import bal
+    import vector_balance
+    from quant import Quantizer
+
+    out["quip.factors"] = torch.tensor([[n, *method.butterfly_factors(n)] for n in
+                                        (64, 128, 512, 1024, 1792, 4096, 8192, 11008, 14336, 28672)], dtype=torch.int32)
+    # Fixed butterflies (the reference's own generator, seeded) injected for U and V.
+    np.random.seed(1)
+    torch.manual_seed(1)
+    bpp = {n: method.gen_rand_ortho_butterfly(n) for n in (ROWS, COLS)}
+    for name, n in (("u", ROWS), ("v", COLS)):
+        B, p_in, p_out = bpp[n]
+        out[f"quip.{name}.blocks0"] = B[0].flatten().float()
+        out[f"quip.{name}.blocks1"] = B[1].flatten().float()
+        out[f"quip.{name}.perm_in"] = p_in.to(torch.int32)
+        out[f"quip.{name}.perm_out"] = p_out.to(torch.int32)
+        out[f"quip.{name}.dense_head"] = method.mul_ortho_butterfly(bpp[n], torch.eye(n)).float()[:8].clone()
+    method.rand_ortho_butterfly = lambda n: method.mul_ortho_butterfly(bpp[n], torch.eye(n))
+
+    captured = {}
+    orig_round_ldl = vector_balance.round_ldl
+
+    def round_ldl(w, H, nbits, n_greedy_passes=9, unbiased=False):
+        captured["wt"] = w.clone()
+        r = orig_round_ldl(w, H, nbits, n_greedy_passes, unbiased)
+        captured["codes"] = r.clone()
+        return r
+
+    vector_balance.round_ldl = round_ldl
+    orig_vecbal = bal.quantize_weight_vecbal
+
+    def vecbal(**kw):
+        r = orig_vecbal(**kw)
+        captured["qw"] = r.clone()
+        return r
+
+    bal.quantize_weight_vecbal = vecbal
+
+    for bits, npasses in ((2, 0), (3, 0), (4, 0), (2, 2)):
+        layer = nn.Linear(COLS, ROWS, bias=False).half()
+        layer.weight.data = w16.to(torch.float16).clone()
+        m = bal.Balance(layer)
+        m.configure("ldlq", bits, npasses, unbiased=False)
+        m.quantizer = Quantizer()
+        m.quantizer.configure(bits, perchannel=True, sym=False, qfn="b", mse=False)
+        for s in range(WINDOWS):
+            m.add_batch(x16[s:s + 1].float(), None)
+        m.post_batch()
+        m.preproc(preproc_gptqH=True, percdamp=0.01, preproc_rescale=True, preproc_proj=True, preproc_proj_extra=0)
+        w_rot = layer.weight.data.clone()
+        h_rot = m.H.data.clone().float()
+        m.fasterquant()
+        key = f"quip.w{bits}.p{npasses}"
+        if bits == 2 and npasses == 0:
+            out["quip.s"] = m.scaleWH.float() if m.scaleWH is not None else None
+            out["quip.w_rot"] = w_rot.float()
+            out["quip.h_rot_diag"] = torch.diag(h_rot).clone()
+            out["quip.h_rot_row0"] = h_rot[0].clone()
+        out[key + ".wt"] = captured["wt"].float()
+        out[key + ".codes"] = captured["codes"].to(torch.uint8)
+        out[key + ".final"] = layer.weight.data.float().clone()
+        dw = captured["qw"].float() - w_rot.float()
+        out[key + ".proxy"] = torch.tensor([vector_balance.hessian_loss(dw, h_rot).item()], dtype=torch.float64)
+        print(f"quip w{bits} npasses {npasses}: proxy {out[key + '.proxy'].item():.6g}", file=sys.stderr)
 
 
 def main():

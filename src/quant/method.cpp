@@ -21,6 +21,7 @@ const std::map<std::string, Factory>& registry() {
       {"awq", make_awq},
       {"smoothquant", make_smoothquant},
       {"slim", make_slim},
+      {"quip", make_quip},
   };
   return m;
 }

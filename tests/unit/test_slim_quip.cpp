@@ -4,9 +4,11 @@
 // synthetic calibration inputs).
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "quant/formats/quip_format.h"
 #include "quant/formats/slim_format.h"
 #include "quant/gptq.h"
 #include "quant/method.h"
+#include "quant/quip.h"
 #include "quant/slim.h"
 #include "test_util.h"
 
@@ -14,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -354,6 +357,175 @@ TEST(Slim, BadInputIsRefusedBeforeWork) {
                   ->check_shapes(c);
             }).find("not a linear of this model"),
             std::string::npos);
+}
+
+// ---- QuIP ----------------------------------------------------------------------------------------
+
+std::vector<uint8_t> u8(const std::string& name) {
+  Tensor t = fixture().tensor(name);
+  return std::vector<uint8_t>(t.data_as<uint8_t>(), t.data_as<uint8_t>() + t.numel());
+}
+
+Butterfly fixture_butterfly(const std::string& which, int64_t n) {
+  Butterfly b;
+  b.n = n;
+  const auto [p0, p1] = quip_butterfly_factors(n);
+  b.p = {p0, p1};
+  b.blocks[0] = f32("quip." + which + ".blocks0");
+  b.blocks[1] = f32("quip." + which + ".blocks1");
+  const auto pin = i32("quip." + which + ".perm_in"), pout = i32("quip." + which + ".perm_out");
+  b.perm_in.assign(pin.begin(), pin.end());
+  b.perm_out.assign(pout.begin(), pout.end());
+  return b;
+}
+
+// Fraction of equal values.
+double same_rate(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  size_t n = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) n += a[i] == b[i];
+  return double(n) / double(a.size());
+}
+
+TEST(Quip, ButterflyFactorsAndDenseOperatorMatchReference) {
+  const auto f = i32("quip.factors");
+  for (size_t i = 0; i < f.size(); i += 3) {
+    const auto [p0, p1] = quip_butterfly_factors(f[i]);
+    EXPECT_EQ(p0, f[i + 1]) << f[i];
+    EXPECT_EQ(p1, f[i + 2]) << f[i];
+  }
+  const Inputs& in = inputs();
+  for (const auto& [which, n] : {std::pair{std::string("u"), in.rows}, std::pair{std::string("v"), in.cols}}) {
+    const Butterfly b = fixture_butterfly(which, n);
+    quip_check_butterfly(b, n, which);
+    const std::vector<float> dense = quip_butterfly_dense(b), head = f32("quip." + which + ".dense_head");
+    EXPECT_EQ(std::vector<float>(dense.begin(), dense.begin() + int64_t(head.size())), head) << which;
+  }
+}
+
+TEST(Quip, SeededButterfliesAreOrthogonalAndReproducible) {
+  for (int64_t n : {64, 512, 896}) {
+    const Butterfly b = quip_random_butterfly(n, 7);
+    const std::vector<float> u = quip_butterfly_dense(b);
+    std::vector<double> ud(u.begin(), u.end()), g(size_t(n * n));
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(n), blasint(n), blasint(n), 1.0, ud.data(), blasint(n),
+                ud.data(), blasint(n), 0.0, g.data(), blasint(n));
+    double err = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) err += (g[size_t(i * n + j)] - (i == j)) * (g[size_t(i * n + j)] - (i == j));
+    EXPECT_LT(std::sqrt(err), 1e-5) << n;
+    EXPECT_EQ(quip_butterfly_dense(quip_random_butterfly(n, 7)), u) << n;
+    EXPECT_NE(quip_butterfly_dense(quip_random_butterfly(n, 8)), u) << n;
+  }
+}
+
+// The whole per-linear pipeline with the reference's butterflies injected: rescaling, rotated W
+// and H, the fp16 grid coordinates, LDLQ codes (and greedy passes), the proxy loss and the final
+// un-rotated fp16 weight.
+TEST(Quip, LdlqWithIncoherenceMatchesReference) {
+  const Inputs& in = inputs();
+  std::vector<double> h = in.h;
+  for (double& x : h) x *= 0.5;  // sum x x^T / N
+  const Butterfly u = fixture_butterfly("u", in.rows), v = fixture_butterfly("v", in.cols);
+  for (const auto& [bits, npasses] : {std::pair{2, 0}, std::pair{3, 0}, std::pair{4, 0}, std::pair{2, 2}}) {
+    const std::string key = "quip.w" + std::to_string(bits) + ".p" + std::to_string(npasses);
+    QuipOptions opt;
+    opt.bits = bits;
+    opt.npasses = npasses;
+    QuipResult r = quip_quantize(in.w.data(), in.rows, in.cols, h, opt, &u, &v, DType::F16);
+    if (bits == 2 && npasses == 0) {
+      const auto s = f32("quip.s");
+      for (int64_t c = 0; c < in.cols; ++c) EXPECT_NEAR(r.s[size_t(c)], s[size_t(c)], 1e-6f * s[size_t(c)]) << c;
+      // fp16 roundings of fp32 products summed in another order: rare one-ulp differences.
+      const auto wr = f32("quip.w_rot");
+      EXPECT_GE(same_rate(r.w_rot, wr), 0.99);
+      for (size_t i = 0; i < wr.size(); ++i) EXPECT_LE(std::fabs(r.w_rot[i] - wr[i]), 1e-3f * std::fabs(wr[i]) + 6e-8f) << i;  // 6e-8: the subnormal spacing
+      const auto hd = f32("quip.h_rot_diag"), h0 = f32("quip.h_rot_row0");
+      for (int64_t c = 0; c < in.cols; ++c) {
+        EXPECT_NEAR(r.h_rot[size_t(c * in.cols + c)], hd[size_t(c)], 1e-4f * hd[size_t(c)]) << c;
+        EXPECT_NEAR(r.h_rot[size_t(c)], h0[size_t(c)], 1e-4f * hd[0]) << c;
+      }
+    }
+    // The grid coordinates LDLQ starts from (fp16 arithmetic) and the codes.
+    std::vector<float> wt(r.w_rot.size());
+    const float maxq = float((1 << bits) - 1);
+    for (size_t i = 0; i < wt.size(); ++i)
+      wt[i] = std::clamp(f16_to_f32(f32_to_f16(
+                             f16_to_f32(f32_to_f16(f16_to_f32(f32_to_f16(f16_to_f32(f32_to_f16(r.w_rot[i] / r.scale)) + 1.0f)) * 0.5f)) * maxq)),
+                         0.0f, maxq);
+    const double wt_rate = same_rate(wt, f32(key + ".wt"));
+    const double code_rate = match_rate(r.q.codes, u8(key + ".codes"));
+    const double proxy = f64(key + ".proxy")[0];
+    // The format dequantizes the reference's codes to its final weight (a single different code
+    // moves every weight through the rotations, so the reference's codes are used here).
+    QuantizedLinear rq = r.q;
+    rq.codes = u8(key + ".codes");
+    std::vector<float> deq(size_t(in.rows * in.cols));
+    quip_dequantize(rq, deq.data());
+    const auto fin = f32(key + ".final");
+    size_t close = 0;
+    float maxdiff = 0, maxabs = 0;
+    for (size_t i = 0; i < deq.size(); ++i) {
+      close += std::fabs(deq[i] - fin[i]) <= 2e-3f * std::fabs(fin[i]) + 1.2e-7f;
+      maxdiff = std::max(maxdiff, std::fabs(deq[i] - fin[i]));
+      maxabs = std::max(maxabs, std::fabs(fin[i]));
+    }
+    EXPECT_GE(same_rate(deq, fin), 0.99) << key;
+    // Sums that cancel to near zero keep the absolute error of their terms.
+    EXPECT_LE(maxdiff, 1e-3f * maxabs) << key;
+    std::printf("%s: grid coordinates %.5f, codes %.5f identical, proxy %.6g vs %.6g, final weight %.5f within 2 fp16 ulps\n",
+                key.c_str(), wt_rate, code_rate, r.proxy_loss, proxy, double(close) / double(deq.size()));
+    EXPECT_GE(wt_rate, 0.999) << key;
+    EXPECT_GE(code_rate, 0.999) << key;
+    EXPECT_NEAR(r.proxy_loss, proxy, 1e-3 * proxy) << key;
+    EXPECT_GE(double(close) / double(deq.size()), 0.999) << key;
+  }
+}
+
+TEST(Quip, FormatStoresTheTransform) {
+  const Inputs& in = inputs();
+  std::vector<double> h = in.h;
+  QuipOptions opt;
+  opt.bits = 3;
+  const Butterfly u = quip_random_butterfly(in.rows, 11), v = quip_random_butterfly(in.cols, 12);
+  QuipResult r = quip_quantize(in.w.data(), in.rows, in.cols, h, opt, &u, &v, DType::BF16);
+  quip_validate(r.q, "w3");
+  EXPECT_EQ(r.q.extras.at("u_seed").data_as<int64_t>()[0], 11);
+  EXPECT_EQ(r.q.extras.at("v_seed").data_as<int64_t>()[0], 12);
+  // Codes, the fp16 scale, s (fp32 per column) and the two seeds.
+  EXPECT_DOUBLE_EQ(quip_bits_per_weight(r.q), 3.0 + (16.0 + 32.0 * double(in.cols) + 128.0) / double(in.rows * in.cols));
+  // Explicit butterflies dequantize to the same weight as the seeds that made them.
+  Butterfly ue = u, ve = v;
+  ue.seed.reset();
+  ve.seed.reset();
+  QuantizedLinear e = r.q;
+  e.extras.clear();
+  quip_store_transform(e, &r.s, &ue, &ve);
+  quip_validate(e, "explicit");
+  std::vector<float> a(size_t(in.rows * in.cols)), b(a.size());
+  quip_dequantize(r.q, a.data());
+  quip_dequantize(e, b.data());
+  EXPECT_EQ(a, b);
+  QuantizedLinear bad = r.q;
+  bad.codes[3] = 8;
+  EXPECT_THROW(quip_validate(bad, "bad"), Error);
+  bad = r.q;
+  bad.extras.erase("v_seed");
+  EXPECT_THROW(quip_validate(bad, "bad"), Error);
+}
+
+TEST(Quip, BadInputIsRefusedBeforeWork) {
+  EXPECT_NE(error_of([] { make_method("quip:w=5"); }).find("out of range [2, 4]"), std::string::npos);
+  EXPECT_NE(error_of([] { make_method("quip:w=1"); }).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of([] { make_method("quip:qfn=a"); }).find("unknown option 'qfn'"), std::string::npos);
+  LlamaConfig c = small_config();
+  EXPECT_NO_THROW(make_method("quip:w=2")->check_shapes(c));
+  c.intermediate_size = 1031;  // prime
+  EXPECT_NE(error_of([&] { make_method("quip")->check_shapes(c); }).find("butterfly factors are 1031 x 1"),
+            std::string::npos);
+  EXPECT_NO_THROW(make_method("quip:proj=0")->check_shapes(c));
+  c.intermediate_size = 2 * 2053;
+  EXPECT_NE(error_of([&] { make_method("quip")->check_shapes(c); }).find("at most 1024"), std::string::npos);
 }
 
 }  // namespace
