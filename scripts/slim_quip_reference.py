@@ -114,6 +114,23 @@ def load_inputs(model_dir):
 
 # ---- SliM-LLM ----------------------------------------------------------------------------------
 
+def slim_codes(q, scales, zeros, bits):
+    """The codes behind a reference weight q [rows, cols] (scale * (code - zero) per group, or
+    sign(w - mu) * alpha + mu for 1-bit groups: 0 below mu, 1 above, 2 at mu)."""
+    codes = torch.zeros(q.shape, dtype=torch.uint8)
+    for g, b in enumerate(bits):
+        sl = slice(g * GROUP, (g + 1) * GROUP)
+        s, z = scales[:, g:g + 1], zeros[:, g:g + 1]
+        if b == 1:
+            c = torch.full(q[:, sl].shape, 2, dtype=torch.uint8)
+            c[q[:, sl] > z] = 1
+            c[q[:, sl] < z] = 0
+        else:
+            c = torch.round(q[:, sl].double() / s.double() + z.double()).to(torch.uint8)
+        codes[:, sl] = c
+    return codes
+
+
 def slim_fixtures(slim_dir, w16, x16, out):
     sys.path.insert(0, slim_dir)
     import torch.nn as nn
@@ -156,7 +173,7 @@ def slim_fixtures(slim_dir, w16, x16, out):
         out[key + ".bits"] = torch.tensor(prec, dtype=torch.int32)
         out[key + ".scales"] = scales.float()
         out[key + ".zeros"] = zeros.float()
-        out[key + ".q"] = layer.weight.data.float().clone()
+        out[key + ".codes"] = slim_codes(layer.weight.data.float(), scales, zeros, prec)
         # The reference's allocation injected (the precomputed-file path: no H edit, every group
         # asymmetric).
         layer, quant = make(bits)
@@ -166,7 +183,7 @@ def slim_fixtures(slim_dir, w16, x16, out):
         key = f"slim.w{bits}.alloc"
         out[key + ".scales"] = scales.float()
         out[key + ".zeros"] = zeros.float()
-        out[key + ".q"] = layer.weight.data.float().clone()
+        out[key + ".codes"] = slim_codes(layer.weight.data.float(), scales, zeros, prec2)
         # A fixed count without the search (salient_block = nonsalient_block = 3): the labels
         # path of fasterquant with the stale `sym` flag, on an unedited H.
         layer, quant = make(bits)
@@ -177,7 +194,7 @@ def slim_fixtures(slim_dir, w16, x16, out):
         out[key + ".bits"] = torch.tensor(prec3, dtype=torch.int32)
         out[key + ".scales"] = scales.float()
         out[key + ".zeros"] = zeros.float()
-        out[key + ".q"] = layer.weight.data.float().clone()
+        out[key + ".codes"] = slim_codes(layer.weight.data.float(), scales, zeros, prec3)
         print(f"slim w{bits}: sba {prec}, count3 {prec3}", file=sys.stderr)
 
     # The quantizer fit alone on the first block, sym off and on, every width: scale and zero per
@@ -260,12 +277,12 @@ def quip_fixtures(quip_dir, w16, x16, out):
         key = f"quip.w{bits}.p{npasses}"
         if bits == 2 and npasses == 0:
             out["quip.s"] = m.scaleWH.float() if m.scaleWH is not None else None
-            out["quip.w_rot"] = w_rot.float()
+            out["quip.w_rot"] = w_rot.half()
             out["quip.h_rot_diag"] = torch.diag(h_rot).clone()
             out["quip.h_rot_row0"] = h_rot[0].clone()
-        out[key + ".wt"] = captured["wt"].float()
+        out[key + ".wt"] = captured["wt"].half()
         out[key + ".codes"] = captured["codes"].to(torch.uint8)
-        out[key + ".final"] = layer.weight.data.float().clone()
+        out[key + ".final"] = layer.weight.data.half().clone()
         dw = captured["qw"].float() - w_rot.float()
         out[key + ".proxy"] = torch.tensor([vector_balance.hessian_loss(dw, h_rot).item()], dtype=torch.float64)
         print(f"quip w{bits} npasses {npasses}: proxy {out[key + '.proxy'].item():.6g}", file=sys.stderr)

@@ -47,6 +47,10 @@ std::vector<int> i32(const std::string& name) {
   Tensor t = fixture().tensor(name);
   return std::vector<int>(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
 }
+std::vector<uint8_t> u8(const std::string& name) {
+  Tensor t = fixture().tensor(name);
+  return std::vector<uint8_t>(t.data_as<uint8_t>(), t.data_as<uint8_t>() + t.numel());
+}
 std::vector<int64_t> shape(const std::string& name) { return fixture().tensor(name).shape(); }
 
 struct Inputs {
@@ -104,23 +108,6 @@ const Inputs& inputs() {
   return in;
 }
 
-// Codes of a reference dequantized weight q [rows, cols] given its scales/zeros [rows, ngroups]
-// and the group widths.
-std::vector<uint8_t> reference_codes(const std::vector<float>& q, const std::vector<float>& scales,
-                                     const std::vector<float>& zeros, const std::vector<int>& bits, int64_t rows,
-                                     int64_t cols, int64_t g) {
-  const int64_t ng = int64_t(bits.size());
-  std::vector<uint8_t> codes(size_t(rows * cols));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const size_t s = size_t(r * ng + c / g);
-      const float v = q[size_t(r * cols + c)];
-      if (bits[size_t(c / g)] == 1) codes[size_t(r * cols + c)] = v > zeros[s] ? 1 : v < zeros[s] ? 0 : 2;
-      else codes[size_t(r * cols + c)] = uint8_t(std::nearbyint(v / scales[s] + zeros[s]));
-    }
-  return codes;
-}
-
 // Exact equality of two float vectors, reporting the number of differences and the first one.
 void expect_same(const std::vector<float>& got, const std::vector<float>& want, const std::string& key) {
   ASSERT_EQ(got.size(), want.size()) << key;
@@ -145,7 +132,8 @@ double match_rate(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) 
 void expect_matches(const SlimResult& r, const std::string& key, const std::vector<int>& bits) {
   const Inputs& in = inputs();
   const int64_t ng = int64_t(bits.size());
-  const auto scales = f32(key + ".scales"), zeros = f32(key + ".zeros"), q = f32(key + ".q");
+  const auto scales = f32(key + ".scales"), zeros = f32(key + ".zeros");
+  const auto ref = u8(key + ".codes");
   ASSERT_EQ(r.q.scales.size(), scales.size()) << key;
   for (int64_t row = 0; row < in.rows; ++row) {
     const size_t i = size_t(row * ng);
@@ -163,15 +151,20 @@ void expect_matches(const SlimResult& r, const std::string& key, const std::vect
     far += std::fabs(r.q.zeros[i] - zeros[i]) > 1e-4f * std::max(1.0f, std::fabs(zeros[i]));
   }
   EXPECT_LE(far, int64_t(scales.size()) / 500) << key << ": scales/zeros off by more than 1e-4";
-  const auto ref = reference_codes(q, scales, zeros, bits, in.rows, in.cols, 128);
   const double rate = match_rate(r.q.codes, ref);
   std::printf("%s: codes %.5f identical, loss %.6g\n", key.c_str(), rate, r.loss);
   EXPECT_GE(rate, 0.999) << key;
-  // The stored format dequantizes to the reference's weight (fp32 here).
-  std::vector<float> deq(size_t(in.rows * in.cols));
+  // The stored format dequantizes to the reference's weight (fp32 here): the reference's codes,
+  // scales and zeros in the same format give the same values to 1e-4.
+  QuantizedLinear rq = r.q;
+  rq.codes = ref;
+  rq.scales = scales;
+  rq.zeros = zeros;
+  std::vector<float> deq(size_t(in.rows * in.cols)), want(deq.size());
   slim_dequantize(r.q, deq.data());
+  slim_dequantize(rq, want.data());
   size_t close = 0;
-  for (size_t i = 0; i < deq.size(); ++i) close += std::fabs(deq[i] - q[i]) <= 1e-4f * (std::fabs(q[i]) + 1e-3f);
+  for (size_t i = 0; i < deq.size(); ++i) close += std::fabs(deq[i] - want[i]) <= 1e-4f * (std::fabs(want[i]) + 1e-3f);
   EXPECT_GE(double(close) / double(deq.size()), 0.999) << key;
 }
 
@@ -361,10 +354,6 @@ TEST(Slim, BadInputIsRefusedBeforeWork) {
 
 // ---- QuIP ----------------------------------------------------------------------------------------
 
-std::vector<uint8_t> u8(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  return std::vector<uint8_t>(t.data_as<uint8_t>(), t.data_as<uint8_t>() + t.numel());
-}
 
 Butterfly fixture_butterfly(const std::string& which, int64_t n) {
   Butterfly b;
