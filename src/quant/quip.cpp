@@ -301,6 +301,7 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
   std::vector<uint8_t> codes = quip_round_ldl(wt.data(), rows, cols, hf, opt.bits, opt.npasses);
 
   QuantizedLinear& q = res.q;
+  q.format = &kQuipFormat;
   q.rows = rows;
   q.cols = cols;
   q.bits = opt.bits;
@@ -339,7 +340,7 @@ class Quip : public QuantMethod {
   explicit Quip(QuantSpec s) : QuantMethod(std::move(s)) {
     opt_.bits = int(spec_.take_int("w", 2, 2, 4, "weight bits of the symmetric grid (2, 3 or 4)"));
     opt_.npasses = int(spec_.take_int("npasses", 0, 0, 100, "greedy coordinate-descent passes after LDLQ"));
-    opt_.seed = uint64_t(spec_.take_int("seed", 0, 0, int64_t(1) << 40, "seed of the random butterflies"));
+    opt_.seed = uint64_t(spec_.take_int("seed", 0, 0, int64_t(1) << 32, "seed of the random butterflies"));
     opt_.damp = spec_.take_double("damp", 0.01, 0.0, 10.0, "damping, a fraction of the mean Hessian diagonal");
     opt_.rescale = spec_.take_bool("rescale", true, "diagonal rescaling of W and H (pre_rescale)");
     opt_.proj = spec_.take_bool("proj", true, "random orthogonal butterfly projections (pre_proj)");
@@ -376,15 +377,9 @@ class Quip : public QuantMethod {
       }
       QuipResult r = quip_quantize(w.data_as<float>(), rows, cols, h, opt_, &u, &v,
                                    linear_storage_dtype(ctx.model(), ctx.layer(), k));
-      const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
-      quip_validate(r.q, what);
-      Tensor deq = Tensor::empty(DType::F32, {rows, cols});
-      quip_dequantize(r.q, deq.mutable_data_as<float>());
-      float* d = deq.mutable_data_as<float>();
-      for (int64_t i = 0; i < rows * cols; ++i) d[i] = round_to_dtype(d[i], r.q.dequant_dtype);
       std::string note = fmt::format("proxy loss {:.4g}, scale {:.4g}", r.proxy_loss, r.scale);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-      finish_linear(ctx, k, std::move(r.q), std::move(deq), out, t0, &stats.at(k)->hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &stats.at(k)->hessian, note);
     }
   }
 

@@ -300,7 +300,7 @@ SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector
   QuantizedLinear& q = res.q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = &kSlimFormat;
   q.bits = opt.bits + 1;
   q.group_size = gs;
   q.dequant_dtype = dtype;
@@ -414,11 +414,7 @@ class Slim : public QuantMethod {
     for (int64_t l = 0; l < config.num_hidden_layers; ++l)
       for (LinearKind k : kAllLinears) {
         const int64_t cols = linear_in_features(config, k), ng = (cols + g - 1) / g;
-        if (alloc_path_.empty()) {
-          LB_CHECK(ng >= 4, "slim: {} has {} input features, {} groups of {}; the bit-allocation search needs at least 4 "
-                   "groups per row (a smaller g, or an allocation file)", linear_name(k), cols, ng, g);
-          continue;
-        }
+        if (alloc_path_.empty()) continue;
         const std::string name = linear_weight_name(l, k).substr(0, linear_weight_name(l, k).size() - 7);
         auto it = alloc_.find(name);
         LB_CHECK(it != alloc_.end(), "slim: allocation file '{}' has no entry for {}", alloc_path_, name);
@@ -465,11 +461,12 @@ class Slim : public QuantMethod {
       std::array<std::vector<std::vector<double>>, 7> errors;
       BlockHooks hooks;
       hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t) {
-        errors[size_t(k)].push_back(search[size_t(k)]->errors(x, rows));
+        if (search[size_t(k)]->candidates() > 0) errors[size_t(k)].push_back(search[size_t(k)]->errors(x, rows));
       };
       std::vector<float> scratch(size_t(ctx.seqlen() * ctx.model().config().hidden_size));
       for (int64_t s = 0; s < ctx.nseq(); ++s) ctx.run(ctx.weights(), s, 1, scratch.data(), &hooks);
-      for (LinearKind k : kAllLinears) count[size_t(k)] = slim_pick_count(errors[size_t(k)]);
+      for (LinearKind k : kAllLinears)
+        count[size_t(k)] = search[size_t(k)]->candidates() > 0 ? slim_pick_count(errors[size_t(k)]) : 0;
     }
 
     for (LinearKind k : kAllLinears) {
@@ -486,10 +483,7 @@ class Slim : public QuantMethod {
       if (alloc_.empty()) note += fmt::format(", search count {}", count[size_t(k)]);
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-      slim_validate(r.q, fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
-      Tensor deq = Tensor::empty(DType::F32, {r.q.rows, r.q.cols});
-      slim_dequantize(r.q, deq.mutable_data_as<float>());
-      finish_linear(ctx, k, std::move(r.q), std::move(deq), out, t0, &stats.at(k)->hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &stats.at(k)->hessian, note);
     }
   }
 

@@ -18,6 +18,8 @@
 //        group round-to-nearest per row on its min-max grid (1-bit groups binarized, below);
 //        error_i = sum over tokens of KL(softmax(X Wq^T) || softmax(Y)), both clamped at 1e-6
 //        (F.kl_div with "batchmean" over a batch of one);
+//        With fewer than 4 groups there is no candidate (the reference fails on the empty
+//        list); every group then gets N bits.
 //     c. count = argmin_i (mean over windows of error_i) + 1; the salience is recomputed with
 //        the fp32 weight and the GPTQ factor of step 2 (so the damping is percdamp * mean diag
 //        on top of the 0.01), and the `count` least salient groups get N-1 bits, the `count`

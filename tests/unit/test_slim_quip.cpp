@@ -269,14 +269,17 @@ TEST(Slim, FormatRoundTripAndAccounting) {
   SlimOptions opt;
   opt.bits = 2;
   SlimResult r = slim_quantize(in.w.data(), in.rows, in.cols, in.h, opt, {}, 3, DType::BF16);
-  slim_validate(r.q, "w2");
+  r.q.validate("w2");
+  EXPECT_STREQ(r.q.format_name(), "slim");
   EXPECT_EQ(slim_group_bits(r.q), r.group_bits);
   const double code_bits = 2.0, overhead = slim_bits_per_weight(r.q) - code_bits;
   EXPECT_GT(overhead, 0.0);
   EXPECT_LT(overhead, 0.4);
-  std::vector<float> deq(size_t(in.rows * in.cols));
-  slim_dequantize(r.q, deq.data());
-  for (float v : deq) EXPECT_EQ(v, round_to_dtype(v, DType::BF16));
+  // QuantizedLinear::dequantize rounds the format's fp32 values to the model's dtype.
+  std::vector<float> raw(size_t(in.rows * in.cols)), deq(raw.size());
+  slim_dequantize(r.q, raw.data());
+  r.q.dequantize(deq.data());
+  for (size_t i = 0; i < raw.size(); ++i) EXPECT_EQ(deq[i], round_to_dtype(raw[i], DType::BF16));
   QuantizedLinear bad = r.q;
   bad.codes[0] = 7;
   EXPECT_THROW(slim_validate(bad, "bad"), Error);
@@ -312,7 +315,6 @@ TEST(Slim, BadInputIsRefusedBeforeWork) {
             std::string::npos);
   const LlamaConfig c = small_config();
   EXPECT_NO_THROW(make_method("slim:w=3")->check_shapes(c));
-  EXPECT_NE(error_of([&] { make_method("slim:g=256")->check_shapes(c); }).find("at least 4 groups"), std::string::npos);
 
   test::TempDir dir;
   auto write_alloc = [&](const std::function<void(nlohmann::json&)>& edit) {
@@ -479,16 +481,17 @@ TEST(Quip, FormatStoresTheTransform) {
   const Butterfly u = quip_random_butterfly(in.rows, 11), v = quip_random_butterfly(in.cols, 12);
   QuipResult r = quip_quantize(in.w.data(), in.rows, in.cols, h, opt, &u, &v, DType::BF16);
   quip_validate(r.q, "w3");
-  EXPECT_EQ(r.q.extras.at("u_seed").data_as<int64_t>()[0], 11);
-  EXPECT_EQ(r.q.extras.at("v_seed").data_as<int64_t>()[0], 12);
+  EXPECT_EQ(r.q.params.at("u_seed"), 11);
+  EXPECT_EQ(r.q.params.at("v_seed"), 12);
   // Codes, the fp16 scale, s (fp32 per column) and the two seeds.
-  EXPECT_DOUBLE_EQ(quip_bits_per_weight(r.q), 3.0 + (16.0 + 32.0 * double(in.cols) + 128.0) / double(in.rows * in.cols));
+  EXPECT_DOUBLE_EQ(r.q.bits_per_weight(), 3.0 + (16.0 + 32.0 * double(in.cols) + 128.0) / double(in.rows * in.cols));
   // Explicit butterflies dequantize to the same weight as the seeds that made them.
   Butterfly ue = u, ve = v;
   ue.seed.reset();
   ve.seed.reset();
   QuantizedLinear e = r.q;
   e.extras.clear();
+  e.params = nlohmann::json::object();
   quip_store_transform(e, &r.s, &ue, &ve);
   quip_validate(e, "explicit");
   std::vector<float> a(size_t(in.rows * in.cols)), b(a.size());
@@ -499,7 +502,7 @@ TEST(Quip, FormatStoresTheTransform) {
   bad.codes[3] = 8;
   EXPECT_THROW(quip_validate(bad, "bad"), Error);
   bad = r.q;
-  bad.extras.erase("v_seed");
+  bad.params.erase("v_seed");
   EXPECT_THROW(quip_validate(bad, "bad"), Error);
 }
 

@@ -41,9 +41,7 @@ void quip_store_transform(QuantizedLinear& q, const std::vector<float>* s, const
   for (const auto& [name, b] : {std::pair{std::string("u"), u}, std::pair{std::string("v"), v}}) {
     if (!b) continue;
     if (b->seed) {
-      Tensor t = Tensor::empty(DType::I64, {1});
-      t.mutable_data_as<int64_t>()[0] = int64_t(*b->seed);
-      q.extras[name + "_seed"] = std::move(t);
+      q.params[name + "_seed"] = *b->seed;
       continue;
     }
     q.extras[name + "_perm_in"] = i32_tensor(b->perm_in);
@@ -55,10 +53,11 @@ void quip_store_transform(QuantizedLinear& q, const std::vector<float>* s, const
 
 std::optional<Butterfly> quip_stored_butterfly(const QuantizedLinear& q, const std::string& which) {
   const int64_t n = which == "u" ? q.rows : q.cols;
-  if (auto it = q.extras.find(which + "_seed"); it != q.extras.end()) {
-    const auto seed = values_of<int64_t>(it->second, DType::I64, which + "_seed");
-    LB_CHECK(seed.size() == 1 && seed[0] >= 0, "quip format: extra '{}_seed' must hold one non-negative seed", which);
-    return quip_random_butterfly(n, uint64_t(seed[0]));
+  if (q.params.contains(which + "_seed")) {
+    const auto& s = q.params.at(which + "_seed");
+    LB_CHECK(s.is_number_unsigned() || (s.is_number_integer() && s.get<int64_t>() >= 0),
+             "quip format: params '{}_seed' must be a non-negative integer", which);
+    return quip_random_butterfly(n, s.get<uint64_t>());
   }
   if (!q.extras.count(which + "_perm_in")) return std::nullopt;
   for (const char* part : {"_perm_out", "_blocks0", "_blocks1"})
@@ -101,6 +100,7 @@ double quip_bits_per_weight(const QuantizedLinear& q) {
   const double n = double(q.rows) * double(q.cols);
   double extra = 16.0;  // the scale
   for (const auto& [name, t] : q.extras) extra += 8.0 * double(t.nbytes());
+  extra += 64.0 * double(q.params.contains("u_seed") + q.params.contains("v_seed"));
   return double(q.bits) + extra / n;
 }
 
@@ -119,11 +119,16 @@ void quip_validate(const QuantizedLinear& q, const std::string& what) {
     const float* s = it->second.data_as<float>();
     for (int64_t c = 0; c < q.cols; ++c) LB_CHECK(std::isfinite(s[c]) && s[c] > 0, "{}: rescaling s[{}] = {}", what, c, s[c]);
   }
-  const bool hu = q.extras.count("u_seed") || q.extras.count("u_perm_in");
-  const bool hv = q.extras.count("v_seed") || q.extras.count("v_perm_in");
+  const bool hu = q.params.contains("u_seed") || q.extras.count("u_perm_in");
+  const bool hv = q.params.contains("v_seed") || q.extras.count("v_perm_in");
   LB_CHECK(hu == hv, "{}: quip needs both rotations U and V or neither", what);
+  if (hu) quip_check_dimension(q.rows, what + " U");
+  if (hv) quip_check_dimension(q.cols, what + " V");
   if (q.extras.count("u_perm_in")) quip_stored_butterfly(q, "u");
   if (q.extras.count("v_perm_in")) quip_stored_butterfly(q, "v");
 }
+
+const QuantFormat kQuipFormat = {"quip", 1, "w = fp16(fp16(U^T fp16((2 code / maxq - 1) * scale) V) / s)",
+                                 quip_dequantize, quip_bits_per_weight, quip_validate};
 
 }  // namespace lowbit

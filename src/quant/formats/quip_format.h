@@ -6,14 +6,14 @@
 //   group_size  cols (no groups);
 // and as extras:
 //   "s"          F32 [cols]: the diagonal rescaling (absent: none);
-//   "u_seed"     I64 [1]: U = quip_random_butterfly(rows, seed)   (quip.h), or explicitly
+//   U = quip_random_butterfly(rows, params["u_seed"]) (quip.h), or, without that seed, explicitly
 //   "u_perm_in", "u_perm_out" I32 [rows], "u_blocks0", "u_blocks1" F32 (the block rotations);
-//   the same with "v_" for V (dimension cols). No U and V: no projection.
+//   the same with "v" for V (dimension cols). No U and V: no projection.
 // Dequantization, with the reference's fp16 round trips (fp16(.) rounds to fp16):
 //   Wq  = fp16((2 k / maxq - 1) * scale)          computed as ((k / maxq) * 2 - 1) * scale
 //   W   = fp16(U^T Wq V)                          fp32 products, (U^T Wq) V
 //   out = fp16(W / s)                             per column
-// (QuantizedLinear::dequantize then rounds to the model's dtype.)
+// (QuantizedLinear::dequantize then rounds to the model's dtype.) The row is kQuipFormat.
 #pragma once
 
 #include "quant/quip.h"
@@ -25,13 +25,11 @@
 
 namespace lowbit {
 
-inline constexpr const char* kQuipFormatName = "quip";
-inline constexpr int kQuipFormatVersion = 1;
-
 // fp16((2k/maxq - 1) * scale) as the reference computes it.
 float quip_grid_value(uint8_t code, float scale, int maxq);
 
-// Records s (when given) and U, V (when given; by seed when they carry one) as extras.
+// Records s (when given) and U, V (when given; by seed in params when they carry one, else as
+// extras).
 void quip_store_transform(QuantizedLinear& q, const std::vector<float>* s, const Butterfly* u, const Butterfly* v);
 // The stored U ("u") or V ("v"), or nullopt without projection.
 std::optional<Butterfly> quip_stored_butterfly(const QuantizedLinear& q, const std::string& which);

@@ -26,7 +26,6 @@ void slim_set_group_bits(QuantizedLinear& q, const std::vector<int>& bits) {
 void slim_dequantize(const QuantizedLinear& q, float* out) {
   const std::vector<int> gb = slim_group_bits(q);
   const int64_t ng = q.groups_per_row();
-#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < q.rows; ++r)
     for (int64_t c = 0; c < q.cols; ++c) {
       const int64_t g = c / q.group_size, s = r * ng + g;
@@ -39,7 +38,7 @@ void slim_dequantize(const QuantizedLinear& q, float* out) {
       } else {
         v = q.scales[size_t(s)] * (float(code) - q.zeros[size_t(s)]);
       }
-      out[r * q.cols + c] = round_to_dtype(v, q.dequant_dtype);
+      out[r * q.cols + c] = v;
     }
 }
 
@@ -77,5 +76,10 @@ void slim_validate(const QuantizedLinear& q, const std::string& what) {
   for (float s : q.scales) LB_CHECK(std::isfinite(s), "{}: non-finite scale", what);
   for (float z : q.zeros) LB_CHECK(std::isfinite(z), "{}: non-finite zero-point", what);
 }
+
+const QuantFormat kSlimFormat = {"slim", 1,
+                                 "w = scale[group] * (code - zero[group]) at the group's width; 1-bit groups "
+                                 "sign * alpha + mu",
+                                 slim_dequantize, slim_bits_per_weight, slim_validate};
 
 }  // namespace lowbit

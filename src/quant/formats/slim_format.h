@@ -12,8 +12,9 @@
 //   b_j == 1:  w = sign * alpha + mu,  alpha = scale, mu = zero, sign = -1, +1, 0 for codes
 //              0, 1, 2. The reference binarizes with sign(w - mu), so a weight exactly at mu
 //              keeps mu: code 2 records that case.
-// Every value is computed in fp32 and then rounded to dequant_dtype, as the reference writes
-// its fp32 result into the model's 16-bit weight.
+// Every value is computed in fp32 (QuantizedLinear::dequantize then rounds it to dequant_dtype,
+// as the reference writes its fp32 result into the model's 16-bit weight). The row is
+// kSlimFormat (quant_format.h).
 #pragma once
 
 #include "quant/quantized_linear.h"
@@ -23,14 +24,11 @@
 
 namespace lowbit {
 
-inline constexpr const char* kSlimFormatName = "slim";
-inline constexpr int kSlimFormatVersion = 1;
-
 // Per-group bit widths as stored in extras["group_bits"].
 std::vector<int> slim_group_bits(const QuantizedLinear& q);
 void slim_set_group_bits(QuantizedLinear& q, const std::vector<int>& bits);
 
-// out: [rows, cols] row-major fp32 (values rounded to q.dequant_dtype).
+// The format's scalar reference: out [rows, cols] row-major fp32.
 void slim_dequantize(const QuantizedLinear& q, float* out);
 // Code bits of every group (mean N), plus each group's fp16 scale and its zero-point (b_j bits
 // for integer groups, a 16-bit mean for binary ones), plus the 8-bit group width table.
