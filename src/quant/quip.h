@@ -5,7 +5,7 @@
 // Per block, all seven linears' Hessians come from one collect() of the block; the quantized
 // block's outputs feed the next block. Per linear, W [rows, cols] in fp16 (the reference loads
 // the model in fp16; lowbit rounds the checkpoint's weight to fp16 first), H = sum x x^T / N
-// (N windows; fp64 sum, then fp32):
+// (N windows; fp64 sum, then fp32; lowbit's activations are fp32 where the reference's are fp16):
 //  1. rescale: H /= max|H|; d = max(diag H, 1e-8), e = max(diag W^T W, 1e-8);
 //     s = max((d / e)^(1/4), 1e-8); W <- fp16(W diag(s)); H <- diag(1/s) H diag(1/s).
 //  2. project: U, V random orthogonal butterflies of dimension rows and cols (below);

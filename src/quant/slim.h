@@ -18,6 +18,8 @@
 //        group round-to-nearest per row on its min-max grid (1-bit groups binarized, below);
 //        error_i = sum over tokens of KL(softmax(X Wq^T) || softmax(Y)), both clamped at 1e-6
 //        (F.kl_div with "batchmean" over a batch of one);
+//        lowbit runs the search in fp32 (the reference, with the model loaded in bf16, quantizes
+//        and multiplies in bf16), so a near tie between two counts can be decided differently.
 //        With fewer than 4 groups there is no candidate (the reference fails on the empty
 //        list); every group then gets N bits.
 //     c. count = argmin_i (mean over windows of error_i) + 1; the salience is recomputed with

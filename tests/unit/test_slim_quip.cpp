@@ -2,12 +2,15 @@
 // Aaronhuang-778/SliM-LLM and Cornell-RelaxML/QuIP and runs them on the inputs stored in
 // tests/fixtures/quant/slim_quip.safetensors.zst: rows of testbed-44m's layer-0 down_proj and
 // synthetic calibration inputs).
+#include "calib/calib_data.h"
 #include "core/error.h"
+#include "core/py_random.h"
 #include "formats/safetensors.h"
 #include "quant/formats/quip_format.h"
 #include "quant/formats/slim_format.h"
 #include "quant/gptq.h"
 #include "quant/method.h"
+#include "quant/quantize.h"
 #include "quant/quip.h"
 #include "quant/slim.h"
 #include "test_util.h"
@@ -286,6 +289,59 @@ TEST(Slim, FormatRoundTripAndAccounting) {
   bad = r.q;
   slim_set_group_bits(bad, {2, 2});
   EXPECT_THROW(slim_validate(bad, "bad"), Error);
+}
+
+// An allocation file drives the whole model: every linear gets the file's widths (the method
+// contract tests check that the written and in-memory checkpoints hold the format's weights).
+TEST(Slim, AllocationFileQuantizesTheMiniModel) {
+  const std::string mini = test::fixtures_dir() + "/models/llama3-mini-bf16";
+  LOWBIT_REQUIRE_PATH(mini);
+  LlamaModel model(open_checkpoint(mini));
+  const LlamaConfig& c = model.config();
+  test::TempDir dir;
+  nlohmann::json j;
+  std::map<std::string, std::vector<int>> want;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (LinearKind k : kAllLinears) {
+      const std::string n = linear_weight_name(l, k);
+      const int64_t ng = (linear_in_features(c, k) + 31) / 32;
+      std::vector<int> bits(size_t(ng), 2);
+      bits[size_t(l) % size_t(ng)] = 1;
+      bits[size_t(ng) - 1 - size_t(l) % size_t(ng)] = 3;
+      j[n.substr(0, n.size() - 7)] = bits;
+      want[n] = bits;
+    }
+  const std::string path = dir / "alloc.json";
+  std::ofstream(path) << j.dump();
+  auto method = make_method("slim:w=2,g=32,alloc=" + path);
+  ASSERT_NO_THROW(method->check_shapes(c));
+  Calibration calib;
+  calib.nsamples = 2;
+  calib.seqlen = 16;
+  PyRandom rng(0);
+  for (int i = 0; i < 2; ++i) {
+    std::vector<int32_t> w(16);
+    for (auto& t : w) t = int32_t(rng.randint(0, c.vocab_size - 1));
+    calib.windows.push_back(w);
+  }
+  QuantizedModel qm = quantize_model(model, *method, &calib, {});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (LinearKind k : kAllLinears) {
+      const QuantizedLinear& q = *qm.blocks[size_t(l)].linear[size_t(k)];
+      EXPECT_STREQ(q.format_name(), "slim");
+      EXPECT_EQ(slim_group_bits(q), want[linear_weight_name(l, k)]);
+      EXPECT_NO_THROW(q.validate("mini"));
+    }
+}
+
+// With fewer than 4 groups the search has no candidate: every group stays at N bits.
+TEST(Slim, SearchWithoutCandidatesKeepsNBits) {
+  const Inputs& in = inputs();
+  std::vector<double> sal = {3.0, 1.0, 2.0};
+  SlimSearch search(in.w.data(), in.rows, 384, 128, 3, sal);
+  EXPECT_EQ(search.candidates(), 0);
+  EXPECT_EQ(slim_allocate(sal, 0, 3), (std::vector<int>{3, 3, 3}));
+  EXPECT_EQ(slim_allocate({3.0, 1.0, 2.0, 0.5}, 1, 3), (std::vector<int>{4, 3, 3, 2}));
 }
 
 std::string error_of(const std::function<void()>& f) {
