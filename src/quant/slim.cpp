@@ -420,10 +420,15 @@ class Slim : public QuantMethod {
         LB_CHECK(it != alloc_.end(), "slim: allocation file '{}' has no entry for {}", alloc_path_, name);
         LB_CHECK(int64_t(it->second.size()) == ng, "slim: allocation file '{}': {} has {} widths, expected {} ({} "
                  "input features in groups of {})", alloc_path_, name, it->second.size(), ng, cols, g);
-        for (int b : it->second)
+        int64_t sum = 0;
+        for (int b : it->second) {
           LB_CHECK(b >= std::max(1, opt_.bits - 1) && b <= opt_.bits + 1, "slim: allocation file '{}': {} has a "
                    "{}-bit group; at w={} widths must be in [{}, {}]", alloc_path_, name, b, opt_.bits,
                    std::max(1, opt_.bits - 1), opt_.bits + 1);
+          sum += b;
+        }
+        LB_CHECK(sum == int64_t(opt_.bits) * ng, "slim: allocation file '{}': {}'s widths average {:.4g} bits, not "
+                 "w={} (as many N-1 as N+1 groups)", alloc_path_, name, double(sum) / double(ng), opt_.bits);
         ++expected;
       }
     if (!alloc_path_.empty() && alloc_.size() != expected)

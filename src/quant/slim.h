@@ -50,7 +50,8 @@
 //
 // Allocation file (option alloc): JSON object, one entry per linear, the per-group bit widths
 // in column order: {"model.layers.0.self_attn.q_proj": [2, 3, 1, ...], ...}. It must name every
-// linear of the model exactly once, with ceil(in_features / g) widths in [max(1, N-1), N+1].
+// linear of the model exactly once, with ceil(in_features / g) widths in [max(1, N-1), N+1]
+// averaging exactly N.
 // It replaces SBA as the reference's precomputed group-precision files do.
 //
 //   spec: slim:w=2,g=128,damp=0.01,lambda=1,alloc=

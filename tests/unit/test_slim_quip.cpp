@@ -404,6 +404,10 @@ TEST(Slim, BadInputIsRefusedBeforeWork) {
             }).find("4-bit group"),
             std::string::npos);
   EXPECT_NE(error_of([&] {
+              make_method(write_alloc([](nlohmann::json& j) { j["model.layers.0.mlp.up_proj"][2] = 3; }))->check_shapes(c);
+            }).find("average 2.25 bits, not w=2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
               make_method(write_alloc([](nlohmann::json& j) { j["model.layers.7.mlp.up_proj"] = {2, 2, 2, 2}; }))
                   ->check_shapes(c);
             }).find("not a linear of this model"),
