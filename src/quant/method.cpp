@@ -20,6 +20,8 @@ const std::map<std::string, Factory>& registry() {
       {"gptq", make_gptq},
       {"awq", make_awq},
       {"smoothquant", make_smoothquant},
+      {"pbllm", make_pbllm},
+      {"billm", make_billm},
   };
   return m;
 }
@@ -53,16 +55,24 @@ DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k)
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note) {
-  Tensor& w = ctx.weights()[k];
-  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
   Tensor deq = q.dequantize_f32();
+  std::vector<float> v(size_t(deq.numel()));
+  std::memcpy(v.data(), deq.data(), size_t(deq.nbytes()));
+  finish_linear(ctx, k, std::move(q), v, out, started, hessian, note);
+}
+
+void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, const std::vector<float>& deq,
+                   QuantizedBlock& out, std::chrono::steady_clock::time_point started,
+                   const std::vector<double>* hessian, const std::string& note) {
+  Tensor& w = ctx.weights()[k];
+  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols && int64_t(deq.size()) == q.rows * q.cols);
   LinearReport r;
   r.kind = k;
-  r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
+  r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data(), q.rows * q.cols);
   if (hessian != nullptr && !hessian->empty())
-    r.output_rel_err = relative_output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
-  std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
+    r.output_rel_err = relative_output_error(w.data_as<float>(), deq.data(), q.rows, q.cols, *hessian);
+  std::memcpy(w.mutable_data(), deq.data(), deq.size() * sizeof(float));
   r.note = note;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   out.linear[size_t(k)] = std::move(q);

@@ -78,11 +78,19 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note);
 
+// As above, for a format whose dequantization the caller ran: `deq` is q's dequantized weight
+// [rows, cols], rounded to q.dequant_dtype, and q has been validated.
+void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, const std::vector<float>& deq,
+                   QuantizedBlock& out, std::chrono::steady_clock::time_point started,
+                   const std::vector<double>* hessian, const std::string& note);
+
 // The factories, one per method file.
 std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_pbllm(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_billm(QuantSpec spec);
 
 }  // namespace lowbit
