@@ -243,7 +243,7 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   QuantizedLinear& q = res.q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = QuantFormat::Billm;
   q.bits = 1;
   q.group_size = B;
   q.dequant_dtype = dtype;

@@ -138,7 +138,7 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   QuantizedLinear& q = res.q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = QuantFormat::Pbllm;
   q.bits = 1;
   q.group_size = gs;
   q.dequant_dtype = dtype;

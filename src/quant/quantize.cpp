@@ -71,10 +71,13 @@ json linear_layout(const QuantizedLinear& q) {
 void add_linear_tensors(SafetensorsWriter& w, const std::string& base, const QuantizedLinear& q) {
   const std::vector<uint8_t> packed = pack_codes(q.codes, q.rows, q.cols, q.bits);
   w.add(base + ".qcodes", tensor_from(packed, DType::U8, {q.rows, packed_row_bytes(q.cols, q.bits)}));
-  const std::vector<int64_t> sshape =
-      q.flat_groups ? std::vector<int64_t>{q.num_scale_groups()} : std::vector<int64_t>{q.rows, q.groups_per_row()};
-  w.add(base + ".scales", tensor_from(q.scales, DType::F32, sshape));
-  if (q.format == QuantFormat::Int) w.add(base + ".zeros", tensor_from(q.zeros, DType::F32, sshape));
+  const bool grouped = q.format == QuantFormat::Int || q.format == QuantFormat::Codebook;
+  const std::vector<int64_t> sshape = !grouped      ? std::vector<int64_t>{int64_t(q.scales.size())}
+                                      : q.flat_groups ? std::vector<int64_t>{q.num_scale_groups()}
+                                                      : std::vector<int64_t>{q.rows, q.groups_per_row()};
+  if (grouped || !q.scales.empty()) w.add(base + ".scales", tensor_from(q.scales, DType::F32, sshape));
+  if (q.format == QuantFormat::Int || (q.format == QuantFormat::Pbllm))
+    w.add(base + ".zeros", tensor_from(q.zeros, DType::F32, sshape));
   if (q.format == QuantFormat::Codebook)
     w.add(base + ".codebook", tensor_from(q.codebook, DType::F32, {int64_t(q.codebook.size())}));
   if (!q.g_idx.empty()) w.add(base + ".g_idx", tensor_from(q.g_idx, DType::I32, {q.cols}));
@@ -89,8 +92,13 @@ QuantizedLinear read_linear(const SafetensorsFile& f, const std::string& base, c
   };
   QuantizedLinear q;
   const std::string fmt_name = field("format").get<std::string>();
-  LB_CHECK(fmt_name == "int" || fmt_name == "codebook", "{}: unknown format '{}'", what, fmt_name);
-  q.format = fmt_name == "int" ? QuantFormat::Int : QuantFormat::Codebook;
+  bool known = false;
+  for (QuantFormat f : {QuantFormat::Int, QuantFormat::Codebook, QuantFormat::Pbllm, QuantFormat::Billm})
+    if (fmt_name == quant_format_name(f)) {
+      q.format = f;
+      known = true;
+    }
+  LB_CHECK(known, "{}: unknown format '{}'", what, fmt_name);
   q.bits = field("bits").get<int>();
   q.group_size = field("group_size").get<int64_t>();
   q.flat_groups = field("flat_groups").get<bool>();
@@ -106,10 +114,13 @@ QuantizedLinear read_linear(const SafetensorsFile& f, const std::string& base, c
   LB_CHECK(codes.dtype() == DType::U8 && codes.numel() == q.rows * rb, "{}.qcodes: expected U8 [{}, {}], found {} {}",
            base, q.rows, rb, dtype_name(codes.dtype()), codes.shape_str());
   q.codes = unpack_codes(codes.data_as<uint8_t>(), q.rows, q.cols, q.bits);
-  q.scales = vector_from<float>(f.tensor(base + ".scales"), DType::F32, q.num_scale_groups(), base + ".scales");
-  if (q.format == QuantFormat::Int)
-    q.zeros = vector_from<float>(f.tensor(base + ".zeros"), DType::F32, q.num_scale_groups(), base + ".zeros");
-  else
+  // pbllm: one scale and zero-point per row; billm: none.
+  const int64_t nscales = q.format == QuantFormat::Pbllm ? q.rows : q.num_scale_groups();
+  if (q.format != QuantFormat::Billm)
+    q.scales = vector_from<float>(f.tensor(base + ".scales"), DType::F32, nscales, base + ".scales");
+  if (q.format == QuantFormat::Int || q.format == QuantFormat::Pbllm)
+    q.zeros = vector_from<float>(f.tensor(base + ".zeros"), DType::F32, nscales, base + ".zeros");
+  else if (q.format == QuantFormat::Codebook)
     q.codebook = vector_from<float>(f.tensor(base + ".codebook"), DType::F32, int64_t(1) << q.bits, base + ".codebook");
   if (field("g_idx").get<bool>())
     q.g_idx = vector_from<int32_t>(f.tensor(base + ".g_idx"), DType::I32, q.cols, base + ".g_idx");

@@ -1,12 +1,22 @@
 #include "quant/quantized_linear.h"
 
 #include "core/error.h"
+#include "quant/formats/billm_format.h"
+#include "quant/formats/pbllm_format.h"
 
 #include <cmath>
 
 namespace lowbit {
 
-const char* quant_format_name(QuantFormat f) { return f == QuantFormat::Int ? "int" : "codebook"; }
+const char* quant_format_name(QuantFormat f) {
+  switch (f) {
+    case QuantFormat::Int: return "int";
+    case QuantFormat::Codebook: return "codebook";
+    case QuantFormat::Pbllm: return kPbllmFormatName;
+    case QuantFormat::Billm: return kBillmFormatName;
+  }
+  return "?";
+}
 
 float round_to_dtype(float v, DType dtype) {
   switch (dtype) {
@@ -22,6 +32,8 @@ int64_t QuantizedLinear::num_scale_groups() const {
 }
 
 void QuantizedLinear::dequantize(float* out) const {
+  if (format == QuantFormat::Pbllm) return pbllm_dequantize(*this, out);
+  if (format == QuantFormat::Billm) return billm_dequantize(*this, out);
   const bool is_int = format == QuantFormat::Int;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -55,6 +67,8 @@ Tensor QuantizedLinear::dequantize_as_stored() const {
 }
 
 double QuantizedLinear::bits_per_weight() const {
+  if (format == QuantFormat::Pbllm) return pbllm_bits_per_weight(*this);
+  if (format == QuantFormat::Billm) return billm_bits_per_weight(*this);
   const double n = double(rows) * double(cols);
   double total = double(bits) * n + double(num_scale_groups()) * (scale_storage_bits + zero_storage_bits);
   if (!g_idx.empty()) total += 32.0 * double(cols);
@@ -62,6 +76,8 @@ double QuantizedLinear::bits_per_weight() const {
 }
 
 void QuantizedLinear::validate(const std::string& what) const {
+  if (format == QuantFormat::Pbllm) return pbllm_validate(*this, what);
+  if (format == QuantFormat::Billm) return billm_validate(*this, what);
   LB_CHECK(rows > 0 && cols > 0, "{}: empty weight [{}, {}]", what, rows, cols);
   LB_CHECK(bits >= 1 && bits <= 8, "{}: {} bits per code is outside 1..8", what, bits);
   LB_CHECK(group_size > 0, "{}: group size {} must be positive", what, group_size);

@@ -26,7 +26,9 @@
 
 namespace lowbit {
 
-enum class QuantFormat { Int, Codebook };
+// Pbllm and Billm: the binarization methods' mixed formats, laid out and dequantized as
+// formats/pbllm_format.h and formats/billm_format.h describe (their own scale fields and extras).
+enum class QuantFormat { Int, Codebook, Pbllm, Billm };
 const char* quant_format_name(QuantFormat f);
 
 struct QuantizedLinear {
