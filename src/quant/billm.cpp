@@ -243,7 +243,7 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   QuantizedLinear& q = res.q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Billm;
+  q.format = &kBillmFormat;
   q.bits = 1;
   q.group_size = B;
   q.dequant_dtype = dtype;
@@ -311,11 +311,11 @@ class Billm : public QuantMethod {
       BillmResult r = billm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
                                      linear_storage_dtype(ctx.model(), ctx.layer(), k));
       const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
-      billm_validate(r.q, what);
+      r.q.validate(what);
       std::vector<float> deq(r.w.size());
       billm_dequantize(r.q, deq.data());
       for (size_t i = 0; i < deq.size(); ++i)
-        LB_CHECK(deq[i] == round_to_dtype(r.w[i], r.q.dequant_dtype),
+        LB_CHECK(deq[i] == r.w[i],
                  "{}: the billm format does not reproduce weight {} ({} vs {})", what, i, deq[i], r.w[i]);
       std::string sal;
       int64_t total = 0;
@@ -328,7 +328,7 @@ class Billm : public QuantMethod {
                                      double(total) / double(r.blocks.size()), opt_.block);
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {} (the reference would fail)", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-      finish_linear(ctx, k, std::move(r.q), deq, out, t0, &st.hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
     }
   }
 

@@ -9,41 +9,55 @@
 
 namespace lowbit {
 
-namespace {
-
-using Factory = std::unique_ptr<QuantMethod> (*)(QuantSpec);
-
-const std::map<std::string, Factory>& registry() {
-  static const std::map<std::string, Factory> m = {
-      {"rtn", make_rtn},
-      {"nf4", make_nf4},
-      {"gptq", make_gptq},
-      {"awq", make_awq},
-      {"smoothquant", make_smoothquant},
-      {"pbllm", make_pbllm},
-      {"billm", make_billm},
+const std::vector<MethodInfo>& method_registry() {
+  // name, display, paper order, factory, group label, example, baseline
+  static const std::vector<MethodInfo> r = {
+      {"fp16", "FP16", 0, make_baseline, "g", "fp16", true},
+      {"rtn", "RTN", 10, make_rtn, "g", "rtn:w=3,g=64,sym=1"},
+      {"gptq", "GPTQ", 20, make_gptq, "g", "gptq:w=3,g=64,act_order=1"},
+      {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64"},
+      {"pbllm", "PB-LLM", 70, make_pbllm, "g", "pbllm:low_frac=0.8,high_bit=4,metric=magnitude,g=64,block=64"},
+      {"billm", "BiLLM", 80, make_billm, "g", "billm:block=64,metric=magnitude,up_lim=20"},
+      {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},
+      {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1"},
   };
-  return m;
+  return r;
 }
 
-}  // namespace
+const MethodInfo& method_info(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return m;
+  fail("unknown method '{}' (known: {})", name, fmt::join(method_names(), ", "));
+}
+
+bool is_baseline_method(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return m.baseline;
+  return false;
+}
 
 std::unique_ptr<QuantMethod> make_method(const std::string& spec_text) {
   QuantSpec spec = QuantSpec::parse(spec_text);
-  auto it = registry().find(spec.method());
-  LB_CHECK(it != registry().end(), "unknown method '{}' (known: {})", spec.method(), fmt::join(method_names(), ", "));
-  return it->second(std::move(spec));
+  return method_info(spec.method()).make(std::move(spec));
 }
 
 std::vector<std::string> method_names() {
   std::vector<std::string> out;
-  for (const auto& [name, f] : registry()) out.push_back(name);
+  for (const MethodInfo& m : method_registry()) out.push_back(m.name);
   return out;
 }
 
 std::vector<std::string> method_help(const std::string& name) {
   auto m = make_method(name);
   return m->spec().help();
+}
+
+void QuantMethod::check_device(const Device& d) const {
+  std::vector<std::string> kinds;
+  for (Device::Kind k : {Device::Kind::Cpu, Device::Kind::Cuda})
+    if (runs_on(k)) kinds.emplace_back(device_kind_name(k));
+  LB_CHECK(runs_on(d.kind), "method '{}' does not run on {} (it runs on: {})", spec_.method(), d.str(),
+           fmt::join(kinds, ", "));
 }
 
 DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k) {
@@ -55,24 +69,16 @@ DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k)
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note) {
+  Tensor& w = ctx.weights()[k];
+  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
   Tensor deq = q.dequantize_f32();
-  std::vector<float> v(size_t(deq.numel()));
-  std::memcpy(v.data(), deq.data(), size_t(deq.nbytes()));
-  finish_linear(ctx, k, std::move(q), v, out, started, hessian, note);
-}
-
-void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, const std::vector<float>& deq,
-                   QuantizedBlock& out, std::chrono::steady_clock::time_point started,
-                   const std::vector<double>* hessian, const std::string& note) {
-  Tensor& w = ctx.weights()[k];
-  LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols && int64_t(deq.size()) == q.rows * q.cols);
   LinearReport r;
   r.kind = k;
-  r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data(), q.rows * q.cols);
+  r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
   if (hessian != nullptr && !hessian->empty())
-    r.output_rel_err = relative_output_error(w.data_as<float>(), deq.data(), q.rows, q.cols, *hessian);
-  std::memcpy(w.mutable_data(), deq.data(), deq.size() * sizeof(float));
+    r.output_rel_err = relative_output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
+  std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
   r.note = note;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   out.linear[size_t(k)] = std::move(q);

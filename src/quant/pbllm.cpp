@@ -138,7 +138,7 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   QuantizedLinear& q = res.q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Pbllm;
+  q.format = &kPbllmFormat;
   q.bits = 1;
   q.group_size = gs;
   q.dequant_dtype = dtype;
@@ -169,9 +169,7 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   std::copy(alpha.begin(), alpha.end(), ta.mutable_data_as<float>());
   q.extras["mu"] = tm;
   q.extras["alpha"] = ta;
-  Tensor hb = Tensor::empty(DType::I32, {1});
-  hb.mutable_data_as<int32_t>()[0] = opt.high_bit;
-  q.extras["high_bit"] = hb;
+  q.params["high_bit"] = opt.high_bit;
   return res;
 }
 
@@ -221,17 +219,17 @@ class Pbllm : public QuantMethod {
       PbllmResult r = pbllm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
                                      linear_storage_dtype(ctx.model(), ctx.layer(), k));
       const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
-      pbllm_validate(r.q, what);
+      r.q.validate(what);
       std::vector<float> deq(r.w.size());
       pbllm_dequantize(r.q, deq.data());
       for (size_t i = 0; i < deq.size(); ++i)
-        LB_CHECK(deq[i] == round_to_dtype(r.w[i], r.q.dequant_dtype) || (std::isnan(deq[i]) && std::isnan(r.w[i])),
-                 "{}: the pbllm format does not reproduce weight {} ({} vs {})", what, i, deq[i], r.w[i]);
+        LB_CHECK(deq[i] == r.w[i], "{}: the pbllm format does not reproduce weight {} ({} vs {})", what, i, deq[i],
+                 r.w[i]);
       std::string note = fmt::format("loss {:.4g}, {:.4f} binarized", r.loss,
                                      double(r.binarized) / double(r.w.size()));
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {} (the reference would fail)", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-      finish_linear(ctx, k, std::move(r.q), deq, out, t0, &st.hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
     }
   }
 

@@ -26,7 +26,7 @@ fi
 
 if [[ -d "$M/stories260K" ]]; then
   expect_ok "generate" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
-  expect_err "generate bad device" "--device gpu: expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
+  expect_err "generate bad device" "device 'gpu': expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
   expect_ok "logits" "" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1,403,407 -o "$T/l.safetensors"
   expect_ok "logits file" "F32: 1 tensors" "$B" inspect "$T/l.safetensors"
   printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..40} > "$T/story.txt"
@@ -53,9 +53,9 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
-  expect_err "stats bad device" "--device cuda:x: 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
+  expect_err "stats bad device" "device 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"
-  expect_err "quantize unknown method" "unknown method 'gptx' \(known: awq, gptq, nf4, rtn, smoothquant\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
+  expect_err "quantize unknown method" "unknown method 'gptx' \(known: fp16, rtn, gptq, awq, smoothquant, nf4\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"
   expect_err "quantize bits range" "gptq: option w=9 is out of range \[2, 8\]" "$B" quantize --model "$S" --method gptq:w=9 -o "$T/q-x"
   expect_err "quantize alpha range" "smoothquant: option alpha=1.5 is out of range \[0, 1\]" "$B" quantize --model "$S" --method smoothquant:alpha=1.5 -o "$T/q-x"

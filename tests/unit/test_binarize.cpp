@@ -97,16 +97,18 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   EXPECT_EQ(bad, 0) << what;
 }
 
-// The format's dequantization reproduces the method's fp32 result bit for bit, and in bf16 its
-// rounding.
+// The format's row dequantizes to the method's fp32 result bit for bit, and a bf16 linear of it
+// to that result's rounding.
 template <typename Deq>
 void expect_format_exact(QuantizedLinear q, const std::vector<float>& w, Deq deq) {
   std::vector<float> out(w.size());
-  q.dequant_dtype = DType::F32;
   deq(q, out.data());
   EXPECT_EQ(count_identical(out, w), int64_t(w.size()));
+  q.dequant_dtype = DType::F32;
+  q.dequantize(out.data());
+  EXPECT_EQ(count_identical(out, w), int64_t(w.size()));
   q.dequant_dtype = DType::BF16;
-  deq(q, out.data());
+  q.dequantize(out.data());
   int64_t same = 0;
   for (size_t i = 0; i < w.size(); ++i) same += out[i] == round_to_dtype(w[i], DType::BF16);
   EXPECT_EQ(same, int64_t(w.size()));
@@ -170,7 +172,8 @@ void check_pbllm(const PbCase& c, const PbllmResult& r, bool exact_factor) {
       << same << " of " << want.size() << " weights identical (" << (exact_factor ? "reference" : "lowbit") << " factor)";
   const double loss_ref = values<double>(p + "loss")[0];
   EXPECT_NEAR(r.loss, loss_ref, 1e-4 * loss_ref);
-  pbllm_validate(r.q, c.name);
+  r.q.validate(c.name);
+  EXPECT_EQ(r.q.format, &kPbllmFormat);
   expect_format_exact(r.q, r.w, pbllm_dequantize);
 }
 
@@ -243,7 +246,8 @@ void check_billm(const PbCase& c, const BillmResult& r, bool exact_factor) {
   }
   const double loss_ref = values<double>(p + "loss")[0];
   EXPECT_NEAR(r.loss, loss_ref, 1e-4 * loss_ref);
-  billm_validate(r.q, c.name);
+  r.q.validate(c.name);
+  EXPECT_EQ(r.q.format, &kBillmFormat);
   expect_format_exact(r.q, r.w, billm_dequantize);
 }
 

@@ -1,15 +1,14 @@
 // Helpers shared by the subcommands.
 #include "commands.h"
 
+#include "backend/device_check.h"
+#include "core/device.h"
 #include "core/error.h"
 
 #include <fmt/format.h>
 
 #include <charconv>
 
-#ifdef LOWBIT_WITH_CUDA
-#include "backend/cuda/cuda_util.h"
-#endif
 
 namespace lowbit::cli {
 
@@ -45,24 +44,12 @@ std::string escape_token(const std::string& s) {
 }
 
 DeviceChoice parse_device(const std::string& s) {
+  const Device dev = lowbit::parse_device(s);
+  check_device_available(dev);
   DeviceChoice d;
   d.text = s;
-  if (s == "cpu") return d;
-  LB_CHECK(s == "cuda" || s.starts_with("cuda:"), "--device {}: expected cpu, cuda or cuda:N", s);
-  d.cuda = true;
-  if (s.size() > 5) {
-    const char* b = s.data() + 5;
-    auto [p, ec] = std::from_chars(b, s.data() + s.size(), d.index);
-    LB_CHECK(ec == std::errc() && p == s.data() + s.size() && d.index >= 0, "--device {}: '{}' is not a device index",
-             s, s.substr(5));
-  }
-#ifdef LOWBIT_WITH_CUDA
-  const int n = cuda::device_count();
-  LB_CHECK(n > 0, "--device {}: no CUDA device is available", s);
-  LB_CHECK(d.index < n, "--device {}: there are {} CUDA devices", s, n);
-#else
-  fail("--device {}: this lowbit was built without the CUDA backend (nvcc was not found at build time)", s);
-#endif
+  d.cuda = dev.is_cuda();
+  d.index = dev.index;
   return d;
 }
 

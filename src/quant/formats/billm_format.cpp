@@ -96,7 +96,7 @@ void billm_dequantize(const QuantizedLinear& q, float* out) {
       } else {
         v = s * pp[1] + pp[0];
       }
-      out[f] = round_to_dtype(v + 0.0f, q.dequant_dtype);
+      out[f] = v + 0.0f;
     }
   }
 }
@@ -108,5 +108,10 @@ double billm_bits_per_weight(const QuantizedLinear& q) {
   bits += 32.0 * double(q.extras.at("at_mean").numel()) + 32.0 * double(q.extras.at("params").numel());
   return bits / n;
 }
+
+const QuantFormat kBillmFormat = {"billm", 1,
+                                  "per block: sign * alpha + mu in two saliency groups; salient columns: two "
+                                  "binarizations (weight and residual) summed",
+                                  billm_dequantize, billm_bits_per_weight, billm_validate};
 
 }  // namespace lowbit

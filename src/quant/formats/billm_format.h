@@ -22,7 +22,7 @@
 //                                    (mask2), mu3a, alpha3a, mu3b, alpha3b (salient, first order
 //                                    and residual); 0 for a group with no weight in the row
 //
-// Dequantization, in fp32 in the reference's order, then rounded to dequant_dtype:
+// Dequantization, in fp32 in the reference's order (QuantizedLinear rounds to dequant_dtype):
 //   mask1 / mask2:  s * alpha + mu
 //   salient:        b1 + b2,  b1 = s * alpha3a + mu3a,  b2 = s2 * alpha3b + mu3b
 // with s = +1, -1, or 0 (at_mean); a result of -0 reads +0, as the reference's sums of masked
@@ -35,9 +35,8 @@
 
 namespace lowbit {
 
-inline constexpr const char* kBillmFormatName = "billm";
-inline constexpr int kBillmFormatVersion = 1;
-
+// The format's row is kBillmFormat (quant_format.h); these are its functions.
+// out: [rows, cols] row-major fp32.
 void billm_dequantize(const QuantizedLinear& q, float* out);
 // The bits stored per weight: the sign and group planes, the residual signs of the salient
 // columns, the salient column plane, the at-mean list and the 8 fp32 parameters per row and block.

@@ -31,9 +31,9 @@ void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(int64_t(q.codes.size()) == n, "{}: {} sign codes for a [{}, {}] weight", what, q.codes.size(), q.rows, q.cols);
   LB_CHECK(int64_t(q.scales.size()) == q.rows && int64_t(q.zeros.size()) == q.rows,
            "{}: {} scales and {} zero-points, expected one per row ({})", what, q.scales.size(), q.zeros.size(), q.rows);
-  const Tensor& hb = extra(q, "high_bit", what);
-  check_tensor(hb, DType::I32, 1, what, "high_bit");
-  const int high_bit = hb.data_as<int32_t>()[0];
+  LB_CHECK(q.params.contains("high_bit") && q.params["high_bit"].is_number_integer(),
+           "{}: pbllm weight lacks params.high_bit", what);
+  const int high_bit = q.params["high_bit"].get<int>();
   LB_CHECK(high_bit >= 2 && high_bit <= 8, "{}: high_bit {} is outside 2..8", what, high_bit);
   const Tensor& mask = extra(q, "mask", what);
   check_tensor(mask, DType::U8, q.rows * plane_row_bytes(q.cols), what, "mask");
@@ -93,7 +93,7 @@ void pbllm_dequantize(const QuantizedLinear& q, float* out) {
       } else {
         v = q.scales[size_t(r)] * (float(high[hi++]) - q.zeros[size_t(r)]);
       }
-      out[f] = round_to_dtype(v, q.dequant_dtype);
+      out[f] = v;
     }
 }
 
@@ -105,5 +105,10 @@ double pbllm_bits_per_weight(const QuantizedLinear& q) {
   const double params = 2.0 * 32.0 * double(q.extras.at("mu").numel()) + 2.0 * 32.0 * double(q.rows);
   return (planes + high + at + params) / n;
 }
+
+const QuantFormat kPbllmFormat = {"pbllm", 1,
+                                  "binarized: sign * alpha[group] + mu[group] (sign 0 at the mean); salient: "
+                                  "scale[row] * (code - zero[row])",
+                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate};
 
 }  // namespace lowbit

@@ -15,9 +15,9 @@
 //                               weights that sit exactly at their mean: the reference binarizes
 //                               with sign(w - mu), whose sign(0) = 0 gives mu, a third state
 //     mu, alpha  F32 [rows, ngroups]
-//     high_bit   I32 [1]        the salient grid's width (codes 0 .. 2^high_bit - 1)
+//   params: {"high_bit": b}          the salient grid's width (codes 0 .. 2^b - 1)
 //
-// Dequantization, in fp32 as the reference computes it, then rounded to dequant_dtype:
+// Dequantization, in fp32 as the reference computes it (QuantizedLinear rounds to dequant_dtype):
 //   binarized:  s * alpha[r, c / g] + mu[r, c / g],   s = +1, -1, or 0 (at_mean)
 //   salient:    scale[r] * (code - zero[r])
 #pragma once
@@ -28,10 +28,8 @@
 
 namespace lowbit {
 
-inline constexpr const char* kPbllmFormatName = "pbllm";
-inline constexpr int kPbllmFormatVersion = 1;
-
-// out: [rows, cols] row-major fp32 (values rounded to q.dequant_dtype).
+// The format's row is kPbllmFormat (quant_format.h); these are its functions.
+// out: [rows, cols] row-major fp32.
 void pbllm_dequantize(const QuantizedLinear& q, float* out);
 // The bits stored per weight: the sign and mask planes, the salient codes (8 bits each, as
 // stored), the at-mean list, the fp32 (mu, alpha) pairs and the per-row fp32 scale and zero.
