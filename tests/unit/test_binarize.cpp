@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 
@@ -168,6 +169,8 @@ void check_pbllm(const PbCase& c, const PbllmResult& r, bool exact_factor) {
   EXPECT_EQ(count_identical(alpha_v, alpha_ref), int64_t(alpha_ref.size()));
   const std::vector<float> want = values<float>(p + "out");
   const int64_t same = count_identical(r.w, want);
+  std::printf("%s, %s factor: %lld of %zu weights bit-identical to the reference\n", c.name,
+              exact_factor ? "reference" : "lowbit", (long long)same, want.size());
   EXPECT_GE(double(same), 0.999 * double(want.size()))
       << same << " of " << want.size() << " weights identical (" << (exact_factor ? "reference" : "lowbit") << " factor)";
   const double loss_ref = values<double>(p + "loss")[0];
@@ -222,6 +225,8 @@ void check_billm(const PbCase& c, const BillmResult& r, bool exact_factor) {
   if (exact_factor) {
     expect_close(r.params, params_ref, 1e-6, "per-row mean and scale");
     const int64_t same = count_identical(r.w, want);
+    std::printf("%s, reference factor: %lld of %zu weights bit-identical to the reference\n", c.name, (long long)same,
+                want.size());
     EXPECT_GE(double(same), 0.999 * double(want.size())) << same << " of " << want.size() << " weights identical";
   } else {
     // Every binarized value is a mean of the updated weights, so after the first block the
@@ -242,6 +247,8 @@ void check_billm(const PbCase& c, const BillmResult& r, bool exact_factor) {
     for (int64_t row = 0; row < in.rows; ++row)
       for (int64_t col = 0; col < 128; ++col, ++first)
         same += std::memcmp(&r.w[size_t(row * in.cols + col)], &want[size_t(row * in.cols + col)], 4) == 0;
+    std::printf("%s, lowbit factor: %lld of %lld first-block weights bit-identical, %lld of %zu all within 1e-4\n",
+                c.name, (long long)same, (long long)first, (long long)close(r.w, want), want.size());
     EXPECT_GE(double(same), 0.999 * double(first)) << same << " of " << first << " first-block weights identical";
   }
   const double loss_ref = values<double>(p + "loss")[0];
