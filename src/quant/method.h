@@ -119,5 +119,7 @@ std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_slim(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_quip(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_pbllm(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_billm(QuantSpec spec);
 
 }  // namespace lowbit

@@ -46,5 +46,7 @@ extern const QuantFormat kIntFormat;       // formats/int.cpp
 extern const QuantFormat kCodebookFormat;  // formats/codebook.cpp
 extern const QuantFormat kSlimFormat;      // formats/slim_format.cpp
 extern const QuantFormat kQuipFormat;      // formats/quip_format.cpp
+extern const QuantFormat kPbllmFormat;     // formats/pbllm_format.cpp
+extern const QuantFormat kBillmFormat;     // formats/billm_format.cpp
 
 }  // namespace lowbit

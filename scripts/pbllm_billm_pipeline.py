@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Whole-model reference runs of PB-LLM and BiLLM on the CPU, for comparison with lowbit's.
+
+Drives the official quantizer classes (imported from the checkouts given on the command line:
+PB-LLM's gptq_pb LowHighGPT / LowQuantizer / HighQuantizer, BiLLM's BRAGPTQ / Binarization)
+block by block as each repository's run.py (quant_sequential) does, with the changes that
+transformers 5 needs (METHODS.md sections 1.7 and 2.7): the model loads from a local directory
+(torch_dtype="auto"), the Catcher keeps every keyword argument of the first decoder layer
+(position embeddings included) and passes them on, and the calibration text comes from the local
+PTB train file (rows stripped and joined with " ", as both repositories' get_ptb do), 128 random
+2048-token windows drawn with random.seed(seed). The quantized ("fake", dequantized) model is
+saved with save_pretrained so that `lowbit ppl` evaluates it exactly as it evaluates lowbit's.
+
+  python3 scripts/pbllm_billm_pipeline.py --method pbllm --repo /tmp/pbllm \
+      --model ../shared/models/testbed-44m --ptb ../shared/data/ptb/ptb.train.txt -o /tmp/ref_pbllm
+
+Options follow the repositories' command lines: PB-LLM `xnor --low_frac F --high_bit 8
+--salient_metric hessian --groupsize 128`, BiLLM `braq --blocksize 128 --salient_metric hessian`.
+"""
+import argparse
+import importlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import types
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pbllm_billm_reference import TorchProxy  # noqa: E402
+
+# fasterquant ends with torch.cuda.synchronize(), which a machine without a GPU refuses.
+NO_CUDA = types.SimpleNamespace(synchronize=lambda: None, empty_cache=lambda: None)
+
+
+def stub_module(name, **attrs):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        m = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(m, k, v)
+        sys.modules[name] = m
+
+
+def calibration(tok, path, nsamples, seqlen, seed):
+    with open(path) as f:
+        rows = [line.strip() for line in f.read().splitlines(True)]
+    # The repositories' LlamaTokenizer (transformers 4.35) put BOS before the joined text.
+    enc = torch.tensor([[tok.bos_token_id] + tok(" ".join(rows), add_special_tokens=False).input_ids])
+    random.seed(seed)
+    out = []
+    for _ in range(nsamples):
+        i = random.randint(0, enc.shape[1] - seqlen - 1)
+        out.append(enc[:, i:i + seqlen])
+    return out
+
+
+@torch.no_grad()
+def quant_sequential(model, windows, make_quantizer, quantize):
+    layers = model.model.layers
+    dtype = next(iter(model.parameters())).dtype
+    inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype)
+    cache = {"i": 0, "kwargs": None}
+
+    class Catcher(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, inp, *args, **kwargs):
+            inps[cache["i"]] = inp
+            cache["i"] += 1
+            cache["kwargs"] = kwargs
+            raise ValueError
+
+    layers[0] = Catcher(layers[0])
+    for w in windows:
+        try:
+            model(w)
+        except ValueError:
+            pass
+    layers[0] = layers[0].module
+    kwargs = cache["kwargs"]
+    outs = torch.zeros_like(inps)
+
+    def run(layer, x):
+        y = layer(x.unsqueeze(0), **kwargs)
+        y = y[0] if isinstance(y, tuple) else y  # transformers 5 returns the tensor itself
+        return y[0]
+
+    find_layers = importlib.import_module("modelutils").find_layers
+    for i, layer in enumerate(layers):
+        t0 = time.time()
+        subset = find_layers(layer)
+        gpts = {name: make_quantizer(subset[name]) for name in subset}
+        handles = []
+        for name in gpts:
+            def hook(_, inp, out, name=name):
+                gpts[name].add_batch(inp[0].data, out.data)
+            handles.append(subset[name].register_forward_hook(hook))
+        for j in range(len(windows)):
+            outs[j] = run(layer, inps[j])
+        for h in handles:
+            h.remove()
+        for name in gpts:
+            quantize(gpts[name])
+            gpts[name].free()
+        for j in range(len(windows)):
+            outs[j] = run(layer, inps[j])
+        inps, outs = outs, inps
+        print(f"block {i + 1}/{len(layers)} done in {time.time() - t0:.0f} s", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=["pbllm", "billm"], required=True)
+    ap.add_argument("--repo", required=True, help="work tree of hahnyuan/PB-LLM or Aaronhuang-778/BiLLM")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--ptb", required=True, help="ptb.train.txt")
+    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--low_frac", type=float, default=0.9)
+    ap.add_argument("--high_bit", type=int, default=8)
+    ap.add_argument("--groupsize", type=int, default=128)
+    ap.add_argument("--blocksize", type=int, default=128)
+    ap.add_argument("--salient_metric", default="hessian")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, LlamaTokenizer
+
+    stub_module("exceptiongroup", catch=None)
+    stub_module("pyparsing", line=None)
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype="auto")
+    model.config.use_cache = False
+    # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
+    # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
+    # --spm-convention llama); beside config.json transformers 5 would pick another conversion.
+    tok_dir = tempfile.mkdtemp()
+    shutil.copy(os.path.join(args.model, "tokenizer.model"), tok_dir)
+    tok = LlamaTokenizer.from_pretrained(tok_dir)
+    windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
+
+    if args.method == "pbllm":
+        sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
+        gptq = importlib.import_module("gptq")
+        gptq.OUTPUTMASK = 0
+        gptq.torch = TorchProxy({"cuda": NO_CUDA})
+        LowQuantizer = importlib.import_module("low_quant").LowQuantizer
+        HighQuantizer = importlib.import_module("high_quant").HighQuantizer
+
+        def make(layer):
+            return gptq.LowHighGPT(layer, LowQuantizer(layer.weight, method="xnor", groupsize=args.groupsize),
+                                   HighQuantizer(args.high_bit, True, False, False),
+                                   salient_metric=args.salient_metric)
+
+        def quantize(g):
+            g.fasterquant(args.low_frac, percdamp=0.01, blocksize=args.blocksize)
+    else:
+        sys.path.insert(0, args.repo)
+        bigptq = importlib.import_module("bigptq")
+        bigptq.torch = TorchProxy({"cuda": NO_CUDA})
+        Binarization = importlib.import_module("binary").Binarization
+
+        def make(layer):
+            return bigptq.BRAGPTQ(layer, Binarization(layer.weight, method="braq", groupsize=args.blocksize),
+                                  salient_metric=args.salient_metric)
+
+        def quantize(g):
+            g.fasterquant(percdamp=0.01, blocksize=args.blocksize)
+
+    # The references print per-linear timings; keep the log to the block lines.
+    import builtins
+    real_print = builtins.print
+    builtins.print = lambda *a, **k: real_print(*a, **k) if a and str(a[0]).startswith("block") else None
+    quant_sequential(model, windows, make, quantize)
+    builtins.print = real_print
+
+    if os.path.exists(args.output):
+        shutil.rmtree(args.output)
+    model.config.use_cache = True
+    model.save_pretrained(args.output)
+    # The source's tokenizer file itself, so that every evaluation tokenizes as it does for the
+    # 16-bit model.
+    shutil.copy(os.path.join(args.model, "tokenizer.model"), args.output)
+    print("saved", args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+#include "quant/formats/billm_format.h"
+
+#include "core/error.h"
+#include "quant/formats/bit_plane.h"
+
+#include <cmath>
+
+// Built with -ffp-contract=off (src/CMakeLists.txt): the values must match the reference's
+// separately rounded products and sums.
+
+namespace lowbit {
+
+namespace {
+
+const Tensor& extra(const QuantizedLinear& q, const char* name, const std::string& what) {
+  auto it = q.extras.find(name);
+  LB_CHECK(it != q.extras.end(), "{}: billm weight lacks extras.{}", what, name);
+  return it->second;
+}
+
+int64_t salient_count(const QuantizedLinear& q) {
+  const uint8_t* sal = q.extras.at("salient").data_as<uint8_t>();
+  int64_t n = 0;
+  for (int64_t c = 0; c < q.cols; ++c) n += plane_bit(sal, q.cols, 0, c);
+  return n;
+}
+
+}  // namespace
+
+void billm_validate(const QuantizedLinear& q, const std::string& what) {
+  LB_CHECK(q.rows > 0 && q.cols > 0, "{}: empty weight [{}, {}]", what, q.rows, q.cols);
+  LB_CHECK(q.bits == 1, "{}: billm signs are 1-bit codes, found {} bits", what, q.bits);
+  LB_CHECK(q.group_size > 0 && q.cols % q.group_size == 0, "{}: block {} does not divide {} columns", what,
+           q.group_size, q.cols);
+  LB_CHECK(int64_t(q.codes.size()) == q.rows * q.cols, "{}: {} sign codes for a [{}, {}] weight", what, q.codes.size(),
+           q.rows, q.cols);
+  for (uint8_t c : q.codes) LB_CHECK(c <= 1, "{}: sign code {}", what, c);
+  const Tensor& sal = extra(q, "salient", what);
+  LB_CHECK(sal.dtype() == DType::U8 && sal.numel() == plane_row_bytes(q.cols), "{}: extras.salient is {} {}", what,
+           dtype_name(sal.dtype()), sal.shape_str());
+  const int64_t nsal = salient_count(q);
+  const Tensor& grp = extra(q, "group", what);
+  LB_CHECK(grp.dtype() == DType::U8 && grp.numel() == q.rows * plane_row_bytes(q.cols), "{}: extras.group is {} {}",
+           what, dtype_name(grp.dtype()), grp.shape_str());
+  const Tensor& s2 = extra(q, "sign2", what);
+  LB_CHECK(s2.dtype() == DType::U8 && s2.numel() == q.rows * plane_row_bytes(nsal),
+           "{}: extras.sign2 is {} {} for {} salient columns", what, dtype_name(s2.dtype()), s2.shape_str(), nsal);
+  const int64_t nblk = q.cols / q.group_size;
+  const Tensor& p = extra(q, "params", what);
+  LB_CHECK(p.dtype() == DType::F32 && p.numel() == q.rows * nblk * 8, "{}: extras.params is {} {}, expected F32 [{}, {}, 8]",
+           what, dtype_name(p.dtype()), p.shape_str(), q.rows, nblk);
+  for (int64_t i = 0; i < p.numel(); ++i) LB_CHECK(std::isfinite(p.data_as<float>()[i]), "{}: non-finite parameter", what);
+  const Tensor& at = extra(q, "at_mean", what);
+  LB_CHECK(at.dtype() == DType::I32 && at.numel() >= 1 && at.numel() == 1 + int64_t(at.data_as<int32_t>()[0]),
+           "{}: extras.at_mean is not a count followed by that many entries", what);
+  for (int64_t i = 1; i < at.numel(); ++i) {
+    const int64_t e = at.data_as<int32_t>()[i], f = e / 2;
+    LB_CHECK(e >= 0 && f < q.rows * q.cols && (i == 1 || e > at.data_as<int32_t>()[i - 1]) &&
+                 (e % 2 == 0 || plane_bit(sal.data_as<uint8_t>(), q.cols, 0, f % q.cols)),
+             "{}: extras.at_mean entry {} is not an ascending (weight, order) pair", what, e);
+  }
+}
+
+void billm_dequantize(const QuantizedLinear& q, float* out) {
+  const int64_t nblk = q.cols / q.group_size;
+  const uint8_t* sal = q.extras.at("salient").data_as<uint8_t>();
+  const uint8_t* grp = q.extras.at("group").data_as<uint8_t>();
+  const uint8_t* s2 = q.extras.at("sign2").data_as<uint8_t>();
+  const float* prm = q.extras.at("params").data_as<float>();
+  const Tensor& at = q.extras.at("at_mean");
+  const int32_t* at_e = at.data_as<int32_t>() + 1;
+  const int64_t at_n = at.numel() - 1;
+  const int64_t nsal = salient_count(q);
+  int64_t ai = 0;
+  auto sign = [&](bool positive, int64_t entry) {
+    if (ai < at_n && at_e[ai] == entry) {
+      ++ai;
+      return 0.0f;
+    }
+    return positive ? 1.0f : -1.0f;
+  };
+  for (int64_t r = 0; r < q.rows; ++r) {
+    int64_t si = 0;  // salient column index within the row's sign2 plane
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int64_t f = r * q.cols + c;
+      const float* pp = prm + (r * nblk + c / q.group_size) * 8;
+      const float s = sign(q.codes[size_t(f)] != 0, 2 * f);
+      float v;
+      if (plane_bit(sal, q.cols, 0, c)) {
+        const float b1 = s * pp[5] + pp[4];
+        const float t = sign(plane_bit(s2, nsal, r, si++), 2 * f + 1);
+        const float b2 = t * pp[7] + pp[6];
+        v = (b1 + 0.0f) + b2;
+      } else if (plane_bit(grp, q.cols, r, c)) {
+        v = s * pp[3] + pp[2];
+      } else {
+        v = s * pp[1] + pp[0];
+      }
+      out[f] = v + 0.0f;
+    }
+  }
+}
+
+double billm_bits_per_weight(const QuantizedLinear& q) {
+  const double n = double(q.rows) * double(q.cols);
+  double bits = 2.0 * 8.0 * double(q.rows * plane_row_bytes(q.cols));  // signs and groups
+  bits += 8.0 * double(q.extras.at("sign2").numel()) + 8.0 * double(q.extras.at("salient").numel());
+  bits += 32.0 * double(q.extras.at("at_mean").numel()) + 32.0 * double(q.extras.at("params").numel());
+  return bits / n;
+}
+
+const QuantFormat kBillmFormat = {"billm", 1,
+                                  "per block: sign * alpha + mu in two saliency groups; salient columns: two "
+                                  "binarizations (weight and residual) summed",
+                                  billm_dequantize, billm_bits_per_weight, billm_validate};
+
+}  // namespace lowbit

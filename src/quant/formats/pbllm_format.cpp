@@ -1,0 +1,114 @@
+#include "quant/formats/pbllm_format.h"
+
+#include "core/error.h"
+#include "quant/formats/bit_plane.h"
+
+#include <cmath>
+
+namespace lowbit {
+
+namespace {
+
+const Tensor& extra(const QuantizedLinear& q, const char* name, const std::string& what) {
+  auto it = q.extras.find(name);
+  LB_CHECK(it != q.extras.end(), "{}: pbllm weight lacks extras.{}", what, name);
+  return it->second;
+}
+
+void check_tensor(const Tensor& t, DType dtype, int64_t numel, const std::string& what, const char* name) {
+  LB_CHECK(t.dtype() == dtype && t.numel() == numel, "{}: extras.{} is {} {}, expected {} values of {}", what, name,
+           dtype_name(t.dtype()), t.shape_str(), numel, dtype_name(dtype));
+}
+
+}  // namespace
+
+void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
+  LB_CHECK(q.rows > 0 && q.cols > 0, "{}: empty weight [{}, {}]", what, q.rows, q.cols);
+  LB_CHECK(q.bits == 1, "{}: pbllm signs are 1-bit codes, found {} bits", what, q.bits);
+  LB_CHECK(q.group_size > 0 && q.cols % q.group_size == 0, "{}: binarizer group {} does not divide {} columns", what,
+           q.group_size, q.cols);
+  const int64_t n = q.rows * q.cols, ngroups = q.cols / q.group_size;
+  LB_CHECK(int64_t(q.codes.size()) == n, "{}: {} sign codes for a [{}, {}] weight", what, q.codes.size(), q.rows, q.cols);
+  LB_CHECK(int64_t(q.scales.size()) == q.rows && int64_t(q.zeros.size()) == q.rows,
+           "{}: {} scales and {} zero-points, expected one per row ({})", what, q.scales.size(), q.zeros.size(), q.rows);
+  LB_CHECK(q.params.contains("high_bit") && q.params["high_bit"].is_number_integer(),
+           "{}: pbllm weight lacks params.high_bit", what);
+  const int high_bit = q.params["high_bit"].get<int>();
+  LB_CHECK(high_bit >= 2 && high_bit <= 8, "{}: high_bit {} is outside 2..8", what, high_bit);
+  const Tensor& mask = extra(q, "mask", what);
+  check_tensor(mask, DType::U8, q.rows * plane_row_bytes(q.cols), what, "mask");
+  int64_t binarized = 0;
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const bool b = plane_bit(mask.data_as<uint8_t>(), q.cols, r, c);
+      binarized += b;
+      LB_CHECK(q.codes[size_t(r * q.cols + c)] <= (b ? 1 : 0), "{}: sign code {} at ({}, {})", what,
+               q.codes[size_t(r * q.cols + c)], r, c);
+    }
+  const Tensor& high = extra(q, "high", what);
+  check_tensor(high, DType::U8, n - binarized, what, "high");
+  const int maxq = (1 << high_bit) - 1;
+  for (int64_t i = 0; i < high.numel(); ++i)
+    LB_CHECK(high.data_as<uint8_t>()[i] <= maxq, "{}: salient code {} exceeds {} bits", what, high.data_as<uint8_t>()[i],
+             high_bit);
+  const Tensor& at = extra(q, "at_mean", what);
+  LB_CHECK(at.dtype() == DType::I32 && at.numel() >= 1 && at.numel() == 1 + int64_t(at.data_as<int32_t>()[0]),
+           "{}: extras.at_mean is not a count followed by that many indices", what);
+  for (int64_t i = 1; i < at.numel(); ++i) {
+    const int64_t f = at.data_as<int32_t>()[i];
+    LB_CHECK(f >= 0 && f < n && plane_bit(mask.data_as<uint8_t>(), q.cols, f / q.cols, f % q.cols) &&
+                 (i == 1 || f > at.data_as<int32_t>()[i - 1]),
+             "{}: extras.at_mean entry {} is not an ascending binarized position", what, f);
+  }
+  for (const char* name : {"mu", "alpha"}) {
+    const Tensor& t = extra(q, name, what);
+    check_tensor(t, DType::F32, q.rows * ngroups, what, name);
+    for (int64_t i = 0; i < t.numel(); ++i) LB_CHECK(std::isfinite(t.data_as<float>()[i]), "{}: non-finite {}", what, name);
+  }
+  for (float s : q.scales) LB_CHECK(std::isfinite(s) && s > 0.0f, "{}: salient scale {} is not positive", what, s);
+}
+
+void pbllm_dequantize(const QuantizedLinear& q, float* out) {
+  const int64_t ngroups = q.cols / q.group_size;
+  const uint8_t* mask = q.extras.at("mask").data_as<uint8_t>();
+  const uint8_t* high = q.extras.at("high").data_as<uint8_t>();
+  const float* mu = q.extras.at("mu").data_as<float>();
+  const float* alpha = q.extras.at("alpha").data_as<float>();
+  const Tensor& at = q.extras.at("at_mean");
+  const int32_t* at_i = at.data_as<int32_t>() + 1;
+  const int64_t at_n = at.numel() - 1;
+  int64_t hi = 0, ai = 0;
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int64_t f = r * q.cols + c;
+      float v;
+      if (plane_bit(mask, q.cols, r, c)) {
+        const int64_t g = r * ngroups + c / q.group_size;
+        float s = q.codes[size_t(f)] != 0 ? 1.0f : -1.0f;
+        if (ai < at_n && at_i[ai] == f) {
+          s = 0.0f;
+          ++ai;
+        }
+        v = s * alpha[g] + mu[g];
+      } else {
+        v = q.scales[size_t(r)] * (float(high[hi++]) - q.zeros[size_t(r)]);
+      }
+      out[f] = v;
+    }
+}
+
+double pbllm_bits_per_weight(const QuantizedLinear& q) {
+  const double n = double(q.rows) * double(q.cols);
+  const double planes = 2.0 * 8.0 * double(q.rows * plane_row_bytes(q.cols));
+  const double high = 8.0 * double(q.extras.at("high").numel());
+  const double at = 32.0 * double(q.extras.at("at_mean").numel());
+  const double params = 2.0 * 32.0 * double(q.extras.at("mu").numel()) + 2.0 * 32.0 * double(q.rows);
+  return (planes + high + at + params) / n;
+}
+
+const QuantFormat kPbllmFormat = {"pbllm", 1,
+                                  "binarized: sign * alpha[group] + mu[group] (sign 0 at the mean); salient: "
+                                  "scale[row] * (code - zero[row])",
+                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate};
+
+}  // namespace lowbit

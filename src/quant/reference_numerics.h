@@ -1,0 +1,43 @@
+// Floating-point operations in the exact order of the PyTorch and numpy routines that the
+// binarization references (PB-LLM, BiLLM) call, so that their discrete decisions (which mean,
+// which threshold, which error is smallest) come out the same bit for bit.
+//
+//   torch_sum_f32          torch.sum / nansum / mean of one contiguous fp32 row on the CPU:
+//                          ATen's cascade_sum (SumKernel.cpp) with 8-lane fp32 vectors (what
+//                          PyTorch 2.x's CPU sum runs, measured on an AVX-512 machine against the
+//                          fixtures): 8-lane partial sums of whole vectors, 4 interleaved
+//                          accumulators over a 4-level cascade of 16-vector chunks, the 4
+//                          accumulators added in order, then the scalar tail and the 8 lanes
+//                          added left to right onto 0;
+//   torch_column_sums_f32  torch.sum(x, dim=0) of a row-major [rows, cols] fp32 matrix (ATen's
+//                          vectorized outer sum: 32-column strips with the same cascade over the
+//                          rows, then 8-column strips and single columns with 4 interleaved row
+//                          accumulators);
+//   torch_linspace_f32     torch.linspace(start, end, steps) in fp32 (start + i * step below the
+//                          midpoint, end - (steps - 1 - i) * step from it, step = (end - start) /
+//                          (steps - 1) in fp32, each value rounded once as the fused vector code
+//                          does);
+//   numpy_quantile_f32     np.quantile(x, q, method="linear") of an fp32 array at an fp32 level:
+//                          virtual index v = (n - 1) * q in fp32, i = floor(v), g = v - i, and
+//                          lerp(x[i], x[i + 1], g) = x[i] + d * g when g < 0.5, else
+//                          x[i + 1] - d * (1 - g), d = x[i + 1] - x[i], each step rounded to fp32.
+//
+// These sums are what PyTorch computes serially; above 32768 elements a full reduction may be
+// split across threads (two-pass), which this does not model: the references ran on CUDA, whose
+// order differs anyway, so only the CPU fixtures pin the order.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace lowbit {
+
+// Sum of x[0..n); NaNs count as 0 when nan_as_zero (torch.nansum).
+float torch_sum_f32(const float* x, int64_t n, bool nan_as_zero = false);
+// out[c] = sum over r of x[r * cols + c].
+void torch_column_sums_f32(const float* x, int64_t rows, int64_t cols, float* out);
+std::vector<float> torch_linspace_f32(float start, float end, int64_t steps);
+// sorted: ascending, no NaN, non-empty.
+float numpy_quantile_f32(const std::vector<float>& sorted, float q);
+
+}  // namespace lowbit
