@@ -161,8 +161,9 @@ TEST(StudySpec, ExamplesParse) {
   const StudySpec t1 = load_study_spec(examples + "/llama3-table1.toml", kNoFiles);
   const StudyPlan plan = expand_plan(t1);
   // The paper's Table 1 rows that lowbit implements: the baseline, RTN and GPTQ and AWQ at
-  // w2-4 g128 and w2-4,8 per-channel, SmoothQuant W8A8/W6A6/W4A4, and NF4.
-  EXPECT_EQ(plan.cells.size(), 1u + 7 + 7 + 7 + 3 + 1);
+  // w2-4 g128 and w2-4,8 per-channel, SliM-LLM and QuIP at w2-4, PB-LLM at 2 and 1.7 bits,
+  // BiLLM, SmoothQuant W8A8/W6A6/W4A4, and NF4.
+  EXPECT_EQ(plan.cells.size(), 1u + 7 + 7 + 7 + 3 + 3 + 2 + 1 + 3 + 1);
   EXPECT_EQ(plan.evaluations.size(), 3u + 5 + 1);
   EXPECT_EQ(t1.device, "cuda");
 }
