@@ -66,7 +66,7 @@ void run(const Options& o) {
   topt.spm = parse_spm_convention(o.spm);
   auto tok = load_tokenizer(model->checkpoint().tokenizer_path, topt);
   McOptions mo;
-  mo.bos = o.bos == "on" ? BosMode::On : o.bos == "off" ? BosMode::Off : BosMode::Default;
+  mo.bos = parse_bos(o.bos);
   mo.max_length = o.max_length;
   mo.limit = o.limit;
   const int64_t max_length = o.max_length > 0 ? o.max_length : model->config().max_position_embeddings;
@@ -164,10 +164,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu "
                                        "(or mmlu_SUBJECT for one subject)");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
-  cmd->add_option("--limit", o->limit, "evaluate only the first N items of each task (0: all)")
+  cmd->add_option("--limit", o->limit, "items: evaluate only the first N items (questions) of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default, current harness), on, off (older harness)")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
+  add_bos_option(cmd, o->bos, "the requests (auto as the current harness, off as older ones)");
   cmd->add_option("--max-length", o->max_length, "context tokens (0: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mmlu-shots", o->mmlu_shots, "MMLU few-shot examples from dev")->check(CLI::Range(0, 5));
