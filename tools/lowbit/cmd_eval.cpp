@@ -162,7 +162,8 @@ void register_eval(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("eval", "Zero-shot tasks and MMLU with lm-evaluation-harness semantics");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit or quantized)")->required();
   cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu "
-                                       "(or mmlu_SUBJECT for one subject)");
+                                       "(or mmlu_SUBJECT for one subject); hellaswag_derived: llama.cpp's "
+                                       "derived HellaSwag text, not the harness's preprocessing");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
   cmd->add_option("--limit", o->limit, "items: evaluate only the first N items (questions) of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
