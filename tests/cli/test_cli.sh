@@ -30,7 +30,7 @@ fi
 if [[ -d "$M/stories260K" ]]; then
   expect_ok "generate" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
   expect_ok "generate max-new-tokens" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" --max-new-tokens 20
-  expect_ok "generate speed" "prompt: 1 tokens in [0-9.]+ s \([0-9.]+ tokens/s\); decode: 19 tokens in [0-9.]+ s \([0-9.]+ tokens/s\)" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
+  expect_ok "generate speed" "prompt: 1 tokens in [0-9.]+ s \([0-9.]+ tokens/s\); decode: 19 tokens in [0-9.]+ s \([0-9.]+ tokens/s\); 20 new tokens" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
   expect_ok "generate prompt bos off" "prompt: 2 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos off
   expect_ok "generate prompt bos on" "prompt: 3 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos on
   expect_err "generate empty prompt" "the prompt has no tokens" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --bos off

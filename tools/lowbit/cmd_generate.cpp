@@ -70,9 +70,11 @@ void decode(const Options& o, const Tokenizer& tok, const LlamaConfig& c, std::v
   }
   fmt::print("\n");
   std::fflush(stdout);
-  fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); decode: {} tokens in {:.3f} s ({:.1f} tokens/s)\n",
+  fmt::print(stderr,
+             "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); decode: {} tokens in {:.3f} s ({:.1f} tokens/s); "
+             "{} new tokens\n",
              prompt_len, prompt_s, double(prompt_len) / prompt_s, decode_steps, decode_s,
-             decode_steps > 0 ? double(decode_steps) / decode_s : 0.0);
+             decode_steps > 0 ? double(decode_steps) / decode_s : 0.0, ids.size() - prompt_len);
 }
 
 void run(const Options& o) {
