@@ -84,6 +84,16 @@ if [[ -d "$M/stories260K" ]]; then
   ls -a "$T" | grep -q partial && bad "a .partial directory was left in $T" || ok
 fi
 
+D="${LOWBIT_TEST_DATA:-}"
+if [[ -d "$M/stories260K" && -f "$D/hellaswag/hellaswag_val_full.txt" ]]; then
+  expect_ok "eval hellaswag_derived" "^hellaswag_derived \(validation, 3 items\): acc [0-9.]+ \+/- [0-9.]+, acc_norm" \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --limit 3 --data-dir "$D"
+  expect_ok "eval hellaswag_derived json" '"convention": "llama.cpp hellaswag_val_full.txt \(derived' \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --limit 2 --data-dir "$D" --json
+  expect_err "eval hellaswag_derived missing" "dataset 'hellaswag_derived' needs hellaswag/hellaswag_val_full.txt" \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --data-dir "$T"
+fi
+
 # Bad input: clear message, non-zero exit, no partial output.
 printf 'abc' > "$T/short.safetensors"
 expect_err "truncated safetensors" "too short for the 8-byte header" "$B" inspect "$T/short.safetensors"
