@@ -13,20 +13,6 @@ namespace lowbit {
 
 namespace {
 
-// Linears that read the same input share one statistics object: the index of that input.
-int input_site(LinearKind k) {
-  switch (k) {
-    case LinearKind::Q:
-    case LinearKind::K:
-    case LinearKind::V: return 0;
-    case LinearKind::O: return 1;
-    case LinearKind::Gate:
-    case LinearKind::Up: return 2;
-    case LinearKind::Down: return 3;
-  }
-  return 0;
-}
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -57,7 +43,7 @@ BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, 
   std::array<LinearKind, 4> owner{};
   LinearKind last = kinds[0];
   for (LinearKind k : kinds) {
-    const int s = input_site(k);
+    const int s = int(input_site(k));
     if (!site[size_t(s)]) {
       site[size_t(s)] = std::make_shared<InputStats>();
       owner[size_t(s)] = k;
@@ -67,7 +53,7 @@ BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, 
   BlockHooks hooks;
   hooks.stop_after_input = last;
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
-    const int s = input_site(k);
+    const int s = int(input_site(k));
     InputStats* st = site[size_t(s)].get();
     if (st == nullptr || owner[size_t(s)] != k) return;
     if (st->dim == 0) {
@@ -122,7 +108,7 @@ std::map<LinearKind, std::shared_ptr<std::vector<float>>> BlockContext::capture_
   std::array<LinearKind, 4> owner{};
   LinearKind last = kinds[0];
   for (LinearKind k : kinds) {
-    const int s = input_site(k);
+    const int s = int(input_site(k));
     if (!site[size_t(s)]) {
       site[size_t(s)] = std::make_shared<std::vector<float>>();
       owner[size_t(s)] = k;
@@ -133,7 +119,7 @@ std::map<LinearKind, std::shared_ptr<std::vector<float>>> BlockContext::capture_
   BlockHooks hooks;
   hooks.stop_after_input = last;
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
-    const int s = input_site(k);
+    const int s = int(input_site(k));
     std::vector<float>* buf = site[size_t(s)].get();
     if (buf == nullptr || owner[size_t(s)] != k) return;
     if (buf->empty()) {

@@ -72,16 +72,7 @@ BlockContext::StatsMap layer_input_stats_cuda(const LlamaModel& model, const std
     r->absmean.resize(sum.size());
     for (size_t i = 0; i < sum.size(); ++i) r->absmean[i] = double(sum[i]) / double(tokens);
     const std::shared_ptr<const InputStats> shared = r;
-    switch (st.first) {
-      case LinearKind::Q:
-        out[LinearKind::Q] = out[LinearKind::K] = out[LinearKind::V] = shared;
-        break;
-      case LinearKind::Gate:
-        out[LinearKind::Gate] = out[LinearKind::Up] = shared;
-        break;
-      default:
-        out[st.first] = shared;
-    }
+    for (LinearKind k : site_linears(input_site(st.first))) out[k] = shared;
   }
   return out;
 }

@@ -2,6 +2,7 @@
 // memory it does not own (a mapped checkpoint); its storage keeps that memory alive.
 #pragma once
 
+#include "core/device.h"
 #include "core/dtype.h"
 
 #include <cstdint>
@@ -11,7 +12,6 @@
 
 namespace lowbit {
 
-enum class Device : uint8_t { CPU, CUDA };
 
 struct Storage {
   virtual ~Storage() = default;
@@ -30,7 +30,7 @@ class Tensor {
                      std::shared_ptr<const void> keepalive);
 
   DType dtype() const { return dtype_; }
-  Device device() const { return device_; }
+  Device::Kind device() const { return device_; }
   const std::vector<int64_t>& shape() const { return shape_; }
   const std::vector<int64_t>& strides() const { return strides_; }
   int ndim() const { return int(shape_.size()); }
@@ -53,7 +53,7 @@ class Tensor {
 
  private:
   DType dtype_ = DType::F32;
-  Device device_ = Device::CPU;
+  Device::Kind device_ = Device::Kind::Cpu;
   std::vector<int64_t> shape_, strides_;
   const void* data_ = nullptr;
   void* mutable_data_ = nullptr;

@@ -14,31 +14,10 @@ namespace lowbit {
 
 namespace fs = std::filesystem;
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_llama_tensors(const LlamaConfig& c) {
-  const int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    out.push_back({p + "input_layernorm.weight", {h}});
-    out.push_back({p + "self_attn.q_proj.weight", {q, h}});
-    out.push_back({p + "self_attn.k_proj.weight", {kv, h}});
-    out.push_back({p + "self_attn.v_proj.weight", {kv, h}});
-    out.push_back({p + "self_attn.o_proj.weight", {h, q}});
-    out.push_back({p + "post_attention_layernorm.weight", {h}});
-    out.push_back({p + "mlp.gate_proj.weight", {f, h}});
-    out.push_back({p + "mlp.up_proj.weight", {f, h}});
-    out.push_back({p + "mlp.down_proj.weight", {h, f}});
-  }
-  out.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, h}});
-  return out;
-}
-
 void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const std::string& what) {
   for (const auto& [name, shape] : expected_llama_tensors(c)) {
     const WeightInfo* info = w.info(name);
-    if (!info && name == "lm_head.weight")
+    if (!info && name == hf_tensor_name(TensorKind::Output))
       fail("{}: config says tie_word_embeddings=false but there is no lm_head.weight", what);
     LB_CHECK(info != nullptr, "{}: missing tensor '{}'", what, name);
     LB_CHECK(info->shape == shape, "{}: tensor '{}' has wrong shape: got {}, expected {}", what, name,
@@ -151,21 +130,21 @@ std::shared_ptr<WeightSource> open_llama2c_checkpoint(const std::string& path, L
   take(c.max_position_embeddings * hs / 2);  // freq_cis_imag
   const float* wcls = c.tie_word_embeddings ? nullptr : take(V * d);
 
-  w->put("model.embed_tokens.weight", view(emb, {V, d}));
+  using K = TensorKind;
+  w->put(hf_tensor_name(K::TokenEmbd), view(emb, {V, d}));
   for (int64_t i = 0; i < L; ++i) {
-    const std::string pre = "model.layers." + std::to_string(i) + ".";
-    w->put(pre + "input_layernorm.weight", view(rms_att + i * d, {d}));
-    w->put(pre + "self_attn.q_proj.weight", rope_rows_to_hf(wq + i * d * q, c.num_attention_heads, hs, d));
-    w->put(pre + "self_attn.k_proj.weight", rope_rows_to_hf(wk + i * d * kv, c.num_key_value_heads, hs, d));
-    w->put(pre + "self_attn.v_proj.weight", view(wv + i * d * kv, {kv, d}));
-    w->put(pre + "self_attn.o_proj.weight", view(wo + i * q * d, {d, q}));
-    w->put(pre + "post_attention_layernorm.weight", view(rms_ffn + i * d, {d}));
-    w->put(pre + "mlp.gate_proj.weight", view(w1 + i * f * d, {f, d}));
-    w->put(pre + "mlp.down_proj.weight", view(w2 + i * d * f, {d, f}));
-    w->put(pre + "mlp.up_proj.weight", view(w3 + i * f * d, {f, d}));
+    w->put(hf_tensor_name(K::AttnNorm, i), view(rms_att + i * d, {d}));
+    w->put(hf_tensor_name(K::Q, i), rope_rows_to_hf(wq + i * d * q, c.num_attention_heads, hs, d));
+    w->put(hf_tensor_name(K::K, i), rope_rows_to_hf(wk + i * d * kv, c.num_key_value_heads, hs, d));
+    w->put(hf_tensor_name(K::V, i), view(wv + i * d * kv, {kv, d}));
+    w->put(hf_tensor_name(K::O, i), view(wo + i * q * d, {d, q}));
+    w->put(hf_tensor_name(K::FfnNorm, i), view(rms_ffn + i * d, {d}));
+    w->put(hf_tensor_name(K::Gate, i), view(w1 + i * f * d, {f, d}));
+    w->put(hf_tensor_name(K::Down, i), view(w2 + i * d * f, {d, f}));
+    w->put(hf_tensor_name(K::Up, i), view(w3 + i * f * d, {f, d}));
   }
-  w->put("model.norm.weight", view(rms_final, {d}));
-  if (wcls) w->put("lm_head.weight", view(wcls, {V, d}));
+  w->put(hf_tensor_name(K::OutputNorm), view(rms_final, {d}));
+  if (wcls) w->put(hf_tensor_name(K::Output), view(wcls, {V, d}));
   return w;
 }
 

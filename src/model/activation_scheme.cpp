@@ -29,16 +29,11 @@ std::optional<ActivationScheme> parse_activation_scheme(const nlohmann::json& a)
     LB_CHECK(a.contains("static_scales") && a["static_scales"].is_object(),
              "activation quantization per_tensor_static needs static_scales");
     for (const auto& [name, v] : a["static_scales"].items()) {
-      // "model.layers.{i}.{self_attn|mlp}.{linear}"
-      bool found = false;
-      for (LinearKind k : kAllLinears) {
-        const std::string suffix = std::string(".") + linear_name(k);
-        if (!name.ends_with(suffix)) continue;
-        const size_t p = std::string("model.layers.").size();
-        s.static_scales[{std::stoll(name.substr(p)), int(k)}] = v.get<float>();
-        found = true;
-      }
-      LB_CHECK(found, "activation quantization: static scale for unknown linear '{}'", name);
+      // A linear's base name, "model.layers.{i}.{self_attn|mlp}.{linear}".
+      const auto parsed = parse_hf_tensor_name(name + ".weight");
+      const auto linear = parsed ? tensor_spec(parsed->first).linear : std::nullopt;
+      LB_CHECK(linear.has_value(), "activation quantization: static scale for unknown linear '{}'", name);
+      s.static_scales[{parsed->second, int(*linear)}] = v.get<float>();
     }
   } else {
     fail("activation quantization: unknown granularity '{}' (per_token, per_tensor, per_tensor_static)", g);

@@ -52,9 +52,9 @@ CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<b
            "the GPU forward applies a checkpoint's activation quantization, not other forward hooks");
   const WeightSource& ws = *host.checkpoint().weights;
   const cudaStream_t s = ctx.stream();
-  upload_as_bf16(ws.get("model.embed_tokens.weight"), embed_, s);
-  upload_as_bf16(ws.get("model.norm.weight"), final_norm_w_, s);
-  if (!c.tie_word_embeddings) upload_as_bf16(ws.get("lm_head.weight"), lm_head_, s);
+  upload_as_bf16(ws.get(hf_tensor_name(TensorKind::TokenEmbd)), embed_, s);
+  upload_as_bf16(ws.get(hf_tensor_name(TensorKind::OutputNorm)), final_norm_w_, s);
+  if (!c.tie_word_embeddings) upload_as_bf16(ws.get(hf_tensor_name(TensorKind::Output)), lm_head_, s);
   // RoPE tables for the model's whole context.
   rope_positions_ = std::max<int64_t>(c.max_position_embeddings, 1);
   host.ensure_positions(rope_positions_);
@@ -81,11 +81,10 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   using K = LinearKind;
   const LlamaConfig& c = config();
   const WeightSource& ws = *host_.checkpoint().weights;
-  const std::string p = "model.layers." + std::to_string(i) + ".";
   const cudaStream_t s = ctx_.stream();
   const int64_t H = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
-  upload_as_bf16(ws.get(p + "input_layernorm.weight"), w.input_norm, s);
-  upload_as_bf16(ws.get(p + "post_attention_layernorm.weight"), w.post_norm, s);
+  upload_as_bf16(ws.get(hf_tensor_name(TensorKind::AttnNorm, i)), w.input_norm, s);
+  upload_as_bf16(ws.get(hf_tensor_name(TensorKind::FfnNorm, i)), w.post_norm, s);
   w.qkv.resize(size_t((qd + 2 * kvd) * H));
   w.o.resize(size_t(H * qd));
   w.gate_up.resize(size_t(2 * F * H));

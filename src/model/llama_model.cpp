@@ -17,39 +17,6 @@ Tensor as_f32(const WeightSource& w, const std::string& name) {
 
 }  // namespace
 
-const char* linear_name(LinearKind k) {
-  switch (k) {
-    case LinearKind::Q: return "q_proj";
-    case LinearKind::K: return "k_proj";
-    case LinearKind::V: return "v_proj";
-    case LinearKind::O: return "o_proj";
-    case LinearKind::Gate: return "gate_proj";
-    case LinearKind::Up: return "up_proj";
-    case LinearKind::Down: return "down_proj";
-  }
-  return "?";
-}
-
-int64_t linear_out_features(const LlamaConfig& c, LinearKind k) {
-  switch (k) {
-    case LinearKind::Q: return c.q_dim();
-    case LinearKind::K:
-    case LinearKind::V: return c.kv_dim();
-    case LinearKind::Gate:
-    case LinearKind::Up: return c.intermediate_size;
-    default: return c.hidden_size;
-  }
-}
-
-int64_t linear_in_features(const LlamaConfig& c, LinearKind k) {
-  return k == LinearKind::O ? c.q_dim() : k == LinearKind::Down ? c.intermediate_size : c.hidden_size;
-}
-
-std::string linear_weight_name(int64_t layer, LinearKind k) {
-  const bool attn = k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V || k == LinearKind::O;
-  return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + linear_name(k) + ".weight";
-}
-
 LlamaModel::LlamaModel(Checkpoint ck) : ck_(std::move(ck)) {
   const LlamaConfig& c = ck_.config;
   blocks_.resize(size_t(c.num_hidden_layers));
@@ -57,7 +24,7 @@ LlamaModel::LlamaModel(Checkpoint ck) : ck_(std::move(ck)) {
   // block when it runs.
   const int64_t per_block = 4 * (4 * c.hidden_size * c.hidden_size + 3 * c.hidden_size * c.intermediate_size);
   cache_blocks_ = per_block * c.num_hidden_layers < (int64_t(4) << 30);
-  final_norm_w_ = as_f32(*ck_.weights, "model.norm.weight");
+  final_norm_w_ = as_f32(*ck_.weights, hf_tensor_name(TensorKind::OutputNorm));
   ensure_positions(std::max<int64_t>(c.max_position_embeddings, 1));
 }
 
@@ -73,9 +40,8 @@ std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
     if (blocks_[size_t(i)]) return blocks_[size_t(i)];
   }
   auto w = std::make_shared<BlockWeights>();
-  const std::string p = "model.layers." + std::to_string(i) + ".";
-  w->input_norm = as_f32(*ck_.weights, p + "input_layernorm.weight");
-  w->post_norm = as_f32(*ck_.weights, p + "post_attention_layernorm.weight");
+  w->input_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::AttnNorm, i));
+  w->post_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::FfnNorm, i));
   for (LinearKind k : kAllLinears) (*w)[k] = as_f32(*ck_.weights, linear_weight_name(i, k));
   if (cache_blocks_) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -112,7 +78,7 @@ void LlamaModel::set_block_weights(int64_t i, std::shared_ptr<const BlockWeights
 
 void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
   const LlamaConfig& c = config();
-  const Tensor table = ck_.weights->get("model.embed_tokens.weight");
+  const Tensor table = ck_.weights->get(hf_tensor_name(TensorKind::TokenEmbd));
   const int64_t H = c.hidden_size;
   const int64_t row_bytes = H * dtype_size(table.dtype());
   for (size_t t = 0; t < tokens.size(); ++t) {
@@ -276,7 +242,7 @@ void LlamaModel::final_norm(float* hidden, int64_t rows) const {
 
 const float* LlamaModel::lm_head_f32() const {
   std::call_once(lm_head_once_, [&] {
-    lm_head_ = as_f32(*ck_.weights, config().tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    lm_head_ = as_f32(*ck_.weights, hf_tensor_name(config().tie_word_embeddings ? TensorKind::TokenEmbd : TensorKind::Output));
   });
   return lm_head_.data_as<float>();
 }

@@ -25,17 +25,7 @@
 
 namespace lowbit {
 
-// The linears of a decoder block, in the order the block uses them.
-enum class LinearKind { Q, K, V, O, Gate, Up, Down };
-inline constexpr std::array<LinearKind, 7> kAllLinears = {LinearKind::Q, LinearKind::K,    LinearKind::V,
-                                                          LinearKind::O, LinearKind::Gate, LinearKind::Up,
-                                                          LinearKind::Down};
-const char* linear_name(LinearKind k);  // "q_proj", ..., "down_proj"
-// "model.layers.{layer}.self_attn.q_proj.weight" etc.
-std::string linear_weight_name(int64_t layer, LinearKind k);
-// A linear's output and input features (its weight is [out, in], as torch stores it).
-int64_t linear_out_features(const LlamaConfig& c, LinearKind k);
-int64_t linear_in_features(const LlamaConfig& c, LinearKind k);
+// LinearKind, tensor names and input sites: formats/llama_tensors.h.
 
 // fp32 weights of one block, row-major as torch stores them ([out, in] for linears). A tensor
 // may view the checkpoint (fp32 files) or own a converted copy.

@@ -47,7 +47,7 @@ QuantizedLinear awq_quantize(const float* w, int64_t rows, int64_t cols, int bit
   QuantizedLinear q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = &kIntFormat;
   q.bits = bits;
   q.group_size = gs;
   q.dequant_dtype = dtype;

@@ -30,7 +30,7 @@ QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, 
   QuantizedLinear q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = &kIntFormat;
   q.bits = opt.bits;
   q.group_size = gs;
   q.dequant_dtype = dtype;
@@ -213,6 +213,15 @@ class Gptq : public QuantMethod {
   bool needs_calibration() const override { return true; }
   double weight_bits() const override { return opt_.bits; }
   int64_t group_size() const override { return opt_.group_size; }
+  bool runs_on(Device::Kind) const override { return true; }
+  void check_device(const Device& d) const override {
+    // The GPU's column kernel takes lazy batches of at most 128 columns; with dynamic groups the
+    // batch size changes which weights a group's grid is read from, so a larger block is refused
+    // rather than run as 128.
+    LB_CHECK(!d.is_cuda() || opt_.block <= 128,
+             "gptq on {}: block={} is not supported there (the GPU runs lazy batches of at most 128 columns); use "
+             "block<=128, or the CPU", d.str(), opt_.block);
+  }
   const GptqOptions& options() const { return opt_; }
   bool true_seq() const { return true_seq_; }
 

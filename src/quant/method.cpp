@@ -9,39 +9,53 @@
 
 namespace lowbit {
 
-namespace {
-
-using Factory = std::unique_ptr<QuantMethod> (*)(QuantSpec);
-
-const std::map<std::string, Factory>& registry() {
-  static const std::map<std::string, Factory> m = {
-      {"rtn", make_rtn},
-      {"nf4", make_nf4},
-      {"gptq", make_gptq},
-      {"awq", make_awq},
-      {"smoothquant", make_smoothquant},
+const std::vector<MethodInfo>& method_registry() {
+  // name, display, paper order, factory, group label, example, baseline
+  static const std::vector<MethodInfo> r = {
+      {"fp16", "FP16", 0, make_baseline, "g", "fp16", true},
+      {"rtn", "RTN", 10, make_rtn, "g", "rtn:w=3,g=64,sym=1"},
+      {"gptq", "GPTQ", 20, make_gptq, "g", "gptq:w=3,g=64,act_order=1"},
+      {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64"},
+      {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},
+      {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1"},
   };
-  return m;
+  return r;
 }
 
-}  // namespace
+const MethodInfo& method_info(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return m;
+  fail("unknown method '{}' (known: {})", name, fmt::join(method_names(), ", "));
+}
+
+bool is_baseline_method(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return m.baseline;
+  return false;
+}
 
 std::unique_ptr<QuantMethod> make_method(const std::string& spec_text) {
   QuantSpec spec = QuantSpec::parse(spec_text);
-  auto it = registry().find(spec.method());
-  LB_CHECK(it != registry().end(), "unknown method '{}' (known: {})", spec.method(), fmt::join(method_names(), ", "));
-  return it->second(std::move(spec));
+  return method_info(spec.method()).make(std::move(spec));
 }
 
 std::vector<std::string> method_names() {
   std::vector<std::string> out;
-  for (const auto& [name, f] : registry()) out.push_back(name);
+  for (const MethodInfo& m : method_registry()) out.push_back(m.name);
   return out;
 }
 
 std::vector<std::string> method_help(const std::string& name) {
   auto m = make_method(name);
   return m->spec().help();
+}
+
+void QuantMethod::check_device(const Device& d) const {
+  std::vector<std::string> kinds;
+  for (Device::Kind k : {Device::Kind::Cpu, Device::Kind::Cuda})
+    if (runs_on(k)) kinds.emplace_back(device_kind_name(k));
+  LB_CHECK(runs_on(d.kind), "method '{}' does not run on {} (it runs on: {})", spec_.method(), d.str(),
+           fmt::join(kinds, ", "));
 }
 
 DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k) {

@@ -8,10 +8,17 @@
 // context's other weights and record them in the QuantizedBlock too.
 //
 // Methods are named by spec strings (quant_spec.h): "rtn:w=4,g=128", "gptq:w=3,g=-1,act_order=1".
-// One file per method in src/quant/; make_method() knows them all.
+// One file per method in src/quant/, registered with one line in the method registry
+// (method.cpp): its name, its display name and row order in the paper's tables, and its factory.
+// "fp16", the 16-bit model itself, is a method too (baseline.cpp): it quantizes nothing.
+//
+// Devices: a method declares where quantize_block can run (runs_on); a run on another device is
+// refused before any work (check_device), never moved. Where the GPU path of a method is a
+// whole-model driver of its own, quantize_model_on (quantize_device.h) chooses it.
 #pragma once
 
 #include "calib/block_driver.h"
+#include "core/device.h"
 #include "core/tensor.h"
 #include "quant/quant_spec.h"
 #include "quant/quantized_linear.h"
@@ -20,6 +27,7 @@
 
 #include <array>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,8 +38,8 @@ namespace lowbit {
 // What quantizing one block produced.
 struct QuantizedBlock {
   std::array<std::optional<QuantizedLinear>, 7> linear;  // indexed by LinearKind
-  // Norm weights the method rewrote (fp32), undefined when unchanged.
-  Tensor input_norm, post_norm;
+  // Other tensors of the block the method rewrote (fp32), e.g. norms with folded scales.
+  std::map<TensorKind, Tensor> rewritten;
 };
 
 class QuantMethod {
@@ -55,15 +63,39 @@ class QuantMethod {
   // size that must divide every linear's input features and does not), so that a run can be
   // refused before any work.
   virtual void check_shapes(const LlamaConfig& config) const {}
+  // Whether the method quantizes with the model on a device of kind k. Data-free methods
+  // (no calibration forward) say yes for every kind: their result does not depend on it.
+  virtual bool runs_on(Device::Kind k) const { return k == Device::Kind::Cpu; }
+  // Throws lowbit::Error when this configuration cannot run on `d` (the default: !runs_on),
+  // naming the method, the device and what would run.
+  virtual void check_device(const Device& d) const;
   virtual void quantize_block(BlockContext& ctx, QuantizedBlock& out) = 0;
 
  protected:
   QuantSpec spec_;
 };
 
+// One row of the method registry.
+struct MethodInfo {
+  const char* name;       // the spec's name: "gptq"
+  const char* display;    // the row label in the study's tables: "GPTQ", "NormalFloat"
+  int paper_order;        // rows are ordered by it (the paper's Table 1, then Table 5)
+  std::unique_ptr<QuantMethod> (*make)(QuantSpec);
+  const char* group_label;  // how a series names the method's group size ("g" or "block")
+  // A spec that exercises the method's non-default options at group size 64 (`lowbit methods`
+  // shows it; the method contract tests quantize a mini model with it).
+  const char* example;
+  bool baseline = false;    // the 16-bit model itself (no quantization)
+};
+// The registry, in paper order.
+const std::vector<MethodInfo>& method_registry();
+// The row of `name`; throws naming the known methods.
+const MethodInfo& method_info(const std::string& name);
+bool is_baseline_method(const std::string& name);
+
 // Throws lowbit::Error for unknown methods and for unknown or out-of-range options.
 std::unique_ptr<QuantMethod> make_method(const std::string& spec_text);
-// "rtn", "nf4", "gptq", ...
+// "fp16", "rtn", "gptq", ... in paper order (the baseline first).
 std::vector<std::string> method_names();
 // The options of a method with their defaults and help, one per line.
 std::vector<std::string> method_help(const std::string& name);
@@ -79,6 +111,7 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
                    const std::string& note);
 
 // The factories, one per method file.
+std::unique_ptr<QuantMethod> make_baseline(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);

@@ -81,7 +81,7 @@ QuantizedLinear nf4_quantize(const float* w, int64_t rows, int64_t cols, int64_t
   QuantizedLinear q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Codebook;
+  q.format = &kCodebookFormat;
   q.bits = 4;
   q.group_size = blocksize;
   q.flat_groups = true;
@@ -145,6 +145,7 @@ class Nf4 : public QuantMethod {
     spec_.finish();
   }
   bool needs_calibration() const override { return false; }
+  bool runs_on(Device::Kind) const override { return true; }  // data-free: the result is the same anywhere
   double weight_bits() const override { return 4; }
   int64_t group_size() const override { return block_; }
 

@@ -1,7 +1,7 @@
 #include "quant/quantized_in_memory.h"
 
 #include "core/error.h"
-#include "lowbit/version.h"
+#include "quant/lowbit_checkpoint.h"
 
 #include <map>
 #include <memory>
@@ -11,12 +11,17 @@ namespace lowbit {
 namespace {
 
 // The source's tensors, with the quantized linears dequantized on request and the rewritten
-// norms substituted.
-class QuantizedOverlay final : public TableWeightSource {
+// tensors substituted.
+class QuantizedOverlay final : public QuantizedWeightSource {
  public:
   QuantizedOverlay(std::shared_ptr<WeightSource> base, std::shared_ptr<const QuantizedModel> qm)
       : base_(std::move(base)), qm_(std::move(qm)) {
     for (const auto& name : base_->names()) infos_[name] = *base_->info(name);
+    auto replace = [&](const std::string& name, const Tensor& t) {
+      LB_CHECK(infos_.count(name), "quantized model rewrites {}, which its source does not have", name);
+      replaced_[name] = t;
+      infos_[name] = WeightInfo{t.dtype(), t.shape(), t.nbytes()};
+    };
     for (size_t i = 0; i < qm_->blocks.size(); ++i) {
       const QuantizedBlock& b = qm_->blocks[i];
       for (LinearKind k : kAllLinears) {
@@ -26,14 +31,9 @@ class QuantizedOverlay final : public TableWeightSource {
         linears_[name] = &q;
         infos_[name] = WeightInfo{q.dequant_dtype, {q.rows, q.cols}, q.rows * q.cols * dtype_size(q.dequant_dtype)};
       }
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      for (auto [name, t] : {std::pair{p + "input_layernorm.weight", &b.input_norm},
-                             std::pair{p + "post_attention_layernorm.weight", &b.post_norm}}) {
-        if (!t->defined() || t->numel() == 0) continue;
-        replaced_[name] = *t;
-        infos_[name] = WeightInfo{t->dtype(), t->shape(), t->nbytes()};
-      }
+      for (const auto& [kind, t] : b.rewritten) replace(hf_tensor_name(kind, int64_t(i)), t);
     }
+    for (const auto& [kind, t] : qm_->rewritten) replace(hf_tensor_name(kind), t);
   }
   Tensor get(const std::string& name) const override {
     if (auto it = linears_.find(name); it != linears_.end()) return it->second->dequantize_as_stored();
@@ -42,6 +42,12 @@ class QuantizedOverlay final : public TableWeightSource {
   }
   // The files the source weights come from (the quantized tensors live in memory only).
   std::vector<std::string> files() const override { return base_->files(); }
+  bool is_quantized(const std::string& name) const override { return linears_.count(name) > 0; }
+  QuantizedLinear quantized(const std::string& name) const override {
+    auto it = linears_.find(name);
+    LB_CHECK(it != linears_.end(), "'{}' is not a quantized linear", name);
+    return *it->second;
+  }
 
  private:
   std::shared_ptr<WeightSource> base_;
@@ -66,13 +72,7 @@ Checkpoint quantized_checkpoint_in_memory(const Checkpoint& source, QuantizedMod
   ck.format = "lowbit-quantized-in-memory";
   ck.config = source.config;
   ck.tokenizer_path = source.tokenizer_path;
-  ck.quantization = {{"format_version", 1},
-                     {"method", shared->method},
-                     {"calibration", shared->calibration},
-                     {"activation", shared->activation},
-                     {"source", source_identity},
-                     {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}},
-                     {"quantize_seconds", shared->seconds}};
+  ck.quantization = quantization_metadata(*shared, source_identity);
   ck.weights = std::make_shared<QuantizedOverlay>(source.weights, shared);
   return ck;
 }

@@ -6,8 +6,6 @@
 
 namespace lowbit {
 
-const char* quant_format_name(QuantFormat f) { return f == QuantFormat::Int ? "int" : "codebook"; }
-
 float round_to_dtype(float v, DType dtype) {
   switch (dtype) {
     case DType::BF16: return bf16_to_f32(f32_to_bf16(v));
@@ -22,16 +20,12 @@ int64_t QuantizedLinear::num_scale_groups() const {
 }
 
 void QuantizedLinear::dequantize(float* out) const {
-  const bool is_int = format == QuantFormat::Int;
+  LB_ASSERT(format != nullptr);
+  (format->dequantize_fast != nullptr ? format->dequantize_fast : format->dequantize)(*this, out);
+  if (dequant_dtype == DType::F32) return;
+  const int64_t n = rows * cols;
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t s = scale_index(r, c);
-      const uint8_t q = codes[size_t(r * cols + c)];
-      const float v = is_int ? scales[size_t(s)] * (float(q) - zeros[size_t(s)]) : codebook[q] * scales[size_t(s)];
-      out[r * cols + c] = round_to_dtype(v, dequant_dtype);
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = round_to_dtype(out[i], dequant_dtype);
 }
 
 Tensor QuantizedLinear::dequantize_f32() const {
@@ -54,35 +48,25 @@ Tensor QuantizedLinear::dequantize_as_stored() const {
   return t;
 }
 
-double QuantizedLinear::bits_per_weight() const {
-  const double n = double(rows) * double(cols);
-  double total = double(bits) * n + double(num_scale_groups()) * (scale_storage_bits + zero_storage_bits);
-  if (!g_idx.empty()) total += 32.0 * double(cols);
-  return total / n;
-}
+double QuantizedLinear::bits_per_weight() const { return format->bits_per_weight(*this); }
 
 void QuantizedLinear::validate(const std::string& what) const {
+  LB_CHECK(format != nullptr, "{}: no format", what);
   LB_CHECK(rows > 0 && cols > 0, "{}: empty weight [{}, {}]", what, rows, cols);
   LB_CHECK(bits >= 1 && bits <= 8, "{}: {} bits per code is outside 1..8", what, bits);
-  LB_CHECK(group_size > 0, "{}: group size {} must be positive", what, group_size);
-  LB_CHECK(int64_t(codes.size()) == rows * cols, "{}: {} codes for a [{}, {}] weight", what, codes.size(), rows, cols);
-  LB_CHECK(int64_t(scales.size()) == num_scale_groups(), "{}: {} scales, expected {}", what, scales.size(),
-           num_scale_groups());
-  if (format == QuantFormat::Int)
-    LB_CHECK(int64_t(zeros.size()) == num_scale_groups(), "{}: {} zero-points, expected {}", what, zeros.size(),
-             num_scale_groups());
-  else
-    LB_CHECK(codebook.size() == (size_t(1) << bits), "{}: codebook of {} values for {}-bit codes", what,
-             codebook.size(), bits);
+  LB_CHECK(codes.empty() || int64_t(codes.size()) == rows * cols, "{}: {} codes for a [{}, {}] weight", what,
+           codes.size(), rows, cols);
   const int maxq = (1 << bits) - 1;
   for (uint8_t q : codes) LB_CHECK(q <= maxq, "{}: code {} exceeds {} bits", what, q, bits);
   if (!g_idx.empty()) {
-    LB_CHECK(!flat_groups && int64_t(g_idx.size()) == cols, "{}: g_idx has {} entries for {} columns", what,
-             g_idx.size(), cols);
+    LB_CHECK(group_size > 0 && !flat_groups && int64_t(g_idx.size()) == cols,
+             "{}: g_idx has {} entries for {} columns", what, g_idx.size(), cols);
     for (int32_t g : g_idx)
       LB_CHECK(g >= 0 && g < groups_per_row(), "{}: g_idx entry {} outside [0, {})", what, g, groups_per_row());
   }
   for (float s : scales) LB_CHECK(std::isfinite(s), "{}: non-finite scale", what);
+  for (float z : zeros) LB_CHECK(std::isfinite(z), "{}: non-finite zero-point", what);
+  format->validate(*this, what);
 }
 
 std::vector<uint8_t> pack_codes(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols, int bits) {

@@ -1,8 +1,11 @@
 // QuantizedLinear: the weight W [rows = out_features, cols = in_features] of one linear layer in
 // quantized form, whatever the method that produced it, and its dequantization.
 //
-//   format Int       w[r, c] = scale[s] * (code[r, c] - zero[s])      (uniform affine grid)
-//   format Codebook  w[r, c] = codebook[code[r, c]] * scale[s]        (NormalFloat and the like)
+// The fields are generic; `format` (a row of the format table, quant_format.h) says what they
+// mean. The first rows:
+//
+//   int       w[r, c] = scale[s] * (code[r, c] - zero[s])      (uniform affine grid)
+//   codebook  w[r, c] = codebook[code[r, c]] * scale[s]        (NormalFloat and the like)
 //
 // where s indexes the scale group of element (r, c):
 //   per-row groups (flat_groups = false): s = r * ngroups + group(c), group(c) = g_idx[c] when
@@ -10,6 +13,8 @@
 //     remaining cols % group_size columns when group_size does not divide cols;
 //   flat groups (flat_groups = true): s = (r * cols + c) / group_size, blocks of group_size
 //     consecutive elements of the row-major weight (bitsandbytes' blockwise layout).
+// Formats with other parts (masks, sign planes, rotations, per-group bit widths) keep them in
+// `extras` (named tensors) and `params` (scalars), which checkpoints store and read back whole.
 //
 // Every dequantized value is computed in fp32 and then rounded to `dequant_dtype` (the model's
 // 16-bit type), which is what the reference implementations evaluate: they write the quantized
@@ -18,6 +23,9 @@
 
 #include "core/dtype.h"
 #include "core/tensor.h"
+#include "quant/quant_format.h"
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <map>
@@ -26,13 +34,10 @@
 
 namespace lowbit {
 
-enum class QuantFormat { Int, Codebook };
-const char* quant_format_name(QuantFormat f);
-
 struct QuantizedLinear {
   int64_t rows = 0, cols = 0;
-  QuantFormat format = QuantFormat::Int;
-  int bits = 4;                 // width of a code
+  const QuantFormat* format = &kIntFormat;
+  int bits = 4;                 // width of a code (codes are < 2^bits)
   int64_t group_size = 0;       // columns (or flat elements) per scale group
   bool flat_groups = false;
   std::vector<uint8_t> codes;   // [rows * cols], one code per byte (bit-packed when saved)
@@ -40,9 +45,11 @@ struct QuantizedLinear {
   std::vector<float> zeros;     // [scale groups], Int only, in code units
   std::vector<int32_t> g_idx;   // [cols] or empty
   std::vector<float> codebook;  // [2^bits], Codebook only
-  // Method-specific tensors saved beside the layer (e.g. the double-quantized form of NF4's
-  // scales), under "<linear>.extra.<name>".
+  // Format-specific tensors (e.g. the double-quantized form of NF4's scales, sign planes, masks),
+  // saved beside the layer under "<linear>.extra.<name>", and format-specific scalars (a seed, a
+  // version of a factorization), saved in the layout.
   std::map<std::string, Tensor> extras;
+  nlohmann::json params = nlohmann::json::object();
   DType dequant_dtype = DType::F32;
   // Storage accounting: bits to store one group's scale and zero-point (16-bit scales and
   // code-width zero-points by default; 0 for a zero-point fixed by the format).
@@ -55,14 +62,16 @@ struct QuantizedLinear {
     if (flat_groups) return (r * cols + c) / group_size;
     return r * groups_per_row() + (g_idx.empty() ? c / group_size : g_idx[size_t(c)]);
   }
+  const char* format_name() const { return format->name; }
   // Dequantized weight, row-major [rows, cols], rounded to dequant_dtype's precision.
   void dequantize(float* out) const;
   Tensor dequantize_f32() const;
   // The weight in dequant_dtype (BF16/F16/F32), as a 16-bit model would hold it.
   Tensor dequantize_as_stored() const;
-  // Storage cost per weight: code bits plus each group's scale and zero-point bits (and g_idx).
+  // Storage cost per weight (the format's count: codes, scales, zero-points, g_idx, masks, ...).
   double bits_per_weight() const;
-  // Checks the invariants (sizes, code range, g_idx range); throws lowbit::Error naming `what`.
+  // Checks the generic invariants (shape, code count and range, g_idx range, finite scales) and
+  // the format's own; throws lowbit::Error naming `what`.
   void validate(const std::string& what) const;
 };
 

@@ -13,7 +13,7 @@ QuantizedLinear rtn_quantize(const float* w, int64_t rows, int64_t cols, int bit
   QuantizedLinear q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = &kIntFormat;
   q.bits = bits;
   q.group_size = group_size < 0 ? cols : group_size;
   q.dequant_dtype = dtype;
@@ -53,6 +53,7 @@ class Rtn : public QuantMethod {
       activation_ = {{"bits", abits_}, {"granularity", act}, {"scheme", "symmetric absmax, every linear's input"}};
   }
   bool needs_calibration() const override { return false; }
+  bool runs_on(Device::Kind) const override { return true; }  // data-free: the result is the same anywhere
   double weight_bits() const override { return bits_; }
   int64_t group_size() const override { return group_; }
   int activation_bits() const override { return abits_; }

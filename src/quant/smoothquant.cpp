@@ -33,7 +33,7 @@ QuantizedLinear smoothquant_weight(const float* w, int64_t rows, int64_t cols, i
   QuantizedLinear q;
   q.rows = rows;
   q.cols = cols;
-  q.format = QuantFormat::Int;
+  q.format = &kIntFormat;
   q.bits = bits;
   q.group_size = cols;
   q.dequant_dtype = dtype;

@@ -34,7 +34,8 @@ StudyPlan expand_plan(const StudySpec& spec) {
       c.model_name = spec.models[m].name;
       c.method = mc.spec;
       c.method_name = mc.name;
-      if (mc.name != "fp16") {
+      c.quantize_device = mc.device.empty() ? spec.device : mc.device;
+      if (!is_baseline_method(mc.name)) {
         const auto method = make_method(mc.spec);
         c.calibrated = method->needs_calibration();
         c.w = method->weight_bits();

@@ -35,6 +35,7 @@ struct Cell {
   int a = 16;
   int64_t g = -1;
   std::string key;
+  std::string quantize_device;  // where the cell quantizes ("cpu", "cuda:0"); not part of its key
 };
 
 struct StudyPlan {

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "lowbit/version.h"
+#include "quant/method.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -104,16 +105,33 @@ std::string eval_header(const std::string& name) {
   return name;
 }
 
+// The registry's row of a stored method name; null for a method this lowbit does not know (a
+// store written by another version), which is then shown by its name.
+const MethodInfo* find_method_info(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return &m;
+  return nullptr;
+}
+
 std::string method_display(const std::string& name) {
-  static const std::map<std::string, std::string> d = {
-      {"rtn", "RTN"}, {"gptq", "GPTQ"}, {"awq", "AWQ"}, {"smoothquant", "SmoothQuant"}, {"nf4", "NormalFloat"}};
-  if (auto it = d.find(name); it != d.end()) return it->second;
-  return name;
+  const MethodInfo* m = find_method_info(name);
+  return m ? m->display : name;
+}
+
+bool is_baseline_cell(const CellRecord& c) {
+  const MethodInfo* m = find_method_info(c.method_name);
+  return m != nullptr && m->baseline;
+}
+
+// Rows follow the paper's method order (the registry's), then the spec's.
+int64_t method_rank(const CellRecord& c) {
+  const MethodInfo* m = find_method_info(c.method_name);
+  return (m ? int64_t(m->paper_order) : int64_t(1) << 20) * (int64_t(1) << 32) + c.ord;
 }
 
 // The method's label: its display name and the options other than w, a and g it was given.
 std::string row_label(const CellRecord& c) {
-  if (c.method_name == "fp16") return c.model;
+  if (is_baseline_cell(c)) return c.model;
   std::string label = method_display(c.method_name);
   const size_t colon = c.method.find(':');
   std::vector<std::string> extra;
@@ -189,11 +207,11 @@ class Tables {
     std::vector<const CellRecord*> cells;
     for (const CellRecord& c : r_.cells)
       if (c.model == model) cells.push_back(&c);
-    // Methods (by label) in the order the spec first names them; the baseline first.
+    // Methods (by label) in the paper's order, then in the order the spec first names them.
     std::map<std::string, int64_t> first;
     for (const CellRecord* c : cells) {
       const std::string l = row_label(*c);
-      if (!first.count(l)) first[l] = c->method_name == "fp16" ? -1 : c->ord;
+      if (!first.count(l)) first[l] = method_rank(*c);
     }
     std::stable_sort(cells.begin(), cells.end(), [&](const CellRecord* a, const CellRecord* b) {
       const std::string la = row_label(*a), lb = row_label(*b);
@@ -487,7 +505,8 @@ struct Series {
 std::string series_name(const Row& row) {
   const CellRecord& c = *row.cell;
   std::string s = row.label;
-  if (c.method_name == "nf4") s += fmt::format(" (block {})", c.g);
+  const MethodInfo* m = find_method_info(c.method_name);
+  if (m != nullptr && std::string_view(m->group_label) != "g") s += fmt::format(" ({} {})", m->group_label, c.g);
   else if (c.g > 0) s += fmt::format(" g{}", c.g);
   else if (c.a == 16) s += " per-channel";
   if (c.a < 16) s += c.a == int(c.w) ? " W=A" : fmt::format(" A{}", c.a);
@@ -603,7 +622,7 @@ PlotSet render_plots(const ReportData& r) {
           const auto v = tables.value(t, row, *c);
           if (!v || !std::isfinite(*v) || *v <= 0) continue;
           const double y = c->group == Group::Ppl ? *v : *v * 100;
-          if (row.cell->method_name == "fp16") {
+          if (is_baseline_cell(*row.cell)) {
             baseline = y;
             continue;
           }
@@ -815,7 +834,7 @@ ul.notes { font-size: 0.88em; color: #444; }
         s += row.first_of_label && i > 0 ? "<tr class=\"first\">" : "<tr>";
         for (size_t j = 0; j < tt.rows[i].size(); ++j) {
           std::string cls;
-          if (j == 0 && row.cell->method_name == "fp16") cls = " class=\"baseline\"";
+          if (j == 0 && is_baseline_cell(*row.cell)) cls = " class=\"baseline\"";
           else if (j >= 4 && tt.rows[i][j] == "-") cls = " class=\"missing\"";
           std::string cell = html_escape(tt.rows[i][j]);
           if (j == 0 && !row.first_of_label) cell.clear();

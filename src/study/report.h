@@ -7,7 +7,8 @@
 //   MMLU         Hums., STEM, Social, Other and Avg.: unweighted means over subjects (the
 //                study's convention)
 // Rows: the 16-bit baseline (labelled with the model's name, as the paper labels LLaMA3), then
-// each method in the order the spec first names it, its rows by group size (grouped before
+// each method in the paper's order (the method registry's; methods it does not know last), a
+// method's labels in the order the spec first names them, its rows by group size (grouped before
 // per-channel), then #A and #W descending; a method's options other than w/a/g appear in its
 // label. Numbers as the paper prints them: one decimal, large PPL as 1.9E3 (the paper switches at
 // 100; lowbit by default at 1000, so that small models' PPL in the hundreds stay readable:

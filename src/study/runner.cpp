@@ -12,11 +12,10 @@
 #include "quant/method.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
+#include "quant/quantize_device.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "backend/cuda/cuda_util.h"
 #include "eval/cuda_eval.h"
-#include "quant/gptq.h"
-#include "quant/gptq_cuda.h"
 #endif
 
 #include <fmt/format.h>
@@ -69,7 +68,7 @@ class Eta {
     return mean_where(evals_, [&](const auto& k) { return k.second == key; });
   }
   std::optional<double> quant(const std::string& model, const std::string& method) const {
-    if (method == "fp16") return 0.0;
+    if (is_baseline_method(method)) return 0.0;
     if (auto it = quants_.find({model, method}); it != quants_.end()) return it->second.mean();
     if (auto m = mean_where(quants_, [&](const auto& k) { return k.second == method; })) return m;
     return mean_where(quants_, [&](const auto& k) { return k.first == model; });
@@ -213,7 +212,7 @@ void Runner::plan_units() {
     for (const Evaluation& e : plan_.evaluations)
       if (!stored_.count({c.key, e.key})) cell_units.push_back({&c, &e});
     if (cell_units.empty()) continue;
-    if (c.method_name != "fp16") units_.push_back({&c, nullptr});
+    if (!is_baseline_method(c.method_name)) units_.push_back({&c, nullptr});
     units_.insert(units_.end(), cell_units.begin(), cell_units.end());
   }
 }
@@ -370,7 +369,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   json calibration = nullptr, activation = nullptr;
   double quantize_seconds = 0;
   std::string quantize_device = "none";
-  if (cell.method_name == "fp16") {
+  if (is_baseline_method(cell.method_name)) {
     model = std::make_unique<LlamaModel>(std::move(source));
   } else {
     auto method = make_method(cell.method);
@@ -380,20 +379,11 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
       ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos(cs.bos));
     }
     const auto t0 = Clock::now();
-    QuantizedModel qm;
     LlamaModel work(source);
-    quantize_device = "cpu";
-#ifdef LOWBIT_WITH_CUDA
-    bool true_seq = true;
-    const GptqOptions* gptq = gptq_options_of(*method, &true_seq);
-    if (cuda_ && gptq != nullptr) {
-      qm = gptq_quantize_model_cuda(work, *method, *gptq, true_seq, *ms.calib, *cuda_, {});
-      quantize_device = device_name_;
-    } else
-#endif
-    {
-      qm = quantize_model(work, *method, method->needs_calibration() ? &*ms.calib : nullptr, {});
-    }
+    QuantizeRun run;
+    QuantizedModel qm = quantize_model_on(parse_device(cell.quantize_device), work, *method,
+                                          method->needs_calibration() ? &*ms.calib : nullptr, {}, &run);
+    quantize_device = run.device_name;
     quantize_seconds = since(t0);
     method_id = qm.method;
     calibration = qm.calibration;

@@ -6,6 +6,8 @@
 #include "eval/tasks.h"
 #include "formats/data_files.h"
 #include "quant/method.h"
+#include "backend/device_check.h"
+#include "core/device.h"
 #include "quant/quantize.h"
 
 #include <fmt/format.h>
@@ -35,7 +37,7 @@ std::string CalibrationSpec::key() const {
 
 bool StudySpec::needs_calibration() const {
   for (const auto& m : methods)
-    if (m.name != "fp16" && make_method(m.spec)->needs_calibration()) return true;
+    if (!is_baseline_method(m.name) && make_method(m.spec)->needs_calibration()) return true;
   return false;
 }
 
@@ -225,27 +227,40 @@ bool is_named_dataset(const std::string& s) {
   return s == "wikitext2" || s == "ptb" || s == "ptb-new" || s == "c4" || s == "c4-new";
 }
 
+// A device string of the spec: parsed, and (when files are checked) available in this build.
+void check_device_text(const Ctx& c, const node& at, const std::string& s, const SpecOptions& opt) {
+  c.at(c.pos(at), [&] { (void)parse_device(s); });
+  if (s != "cpu" && opt.check_files && !cuda_backend_built())
+    c.fail_at(at, "device \"{}\": this lowbit was built without the CUDA backend (nvcc was not found at build time)", s);
+}
+
 // The [[method]] tables, expanded.
-void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec) {
+void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, const SpecOptions& opt) {
   std::map<std::string, SourcePos> seen;
   for (const node& mn : methods) {
     const table* mt = mn.as_table();
     if (mt == nullptr) c.fail_at(mn, "[[method]] must be a table");
     const SourcePos tpos = c.pos(mn);
     const node* name_node = find(*mt, "name");
-    if (name_node == nullptr) c.fail_at(tpos, "[[method]] has no 'name' (one of fp16, {})", fmt::join(method_names(), ", "));
+    if (name_node == nullptr) c.fail_at(tpos, "[[method]] has no 'name' (one of {})", fmt::join(method_names(), ", "));
     const std::string name = get_string(c, *mt, "name", "");
-    if (name == "fp16") {
-      for (const auto& [k, v] : *mt)
-        if (k.str() != "name") c.fail_at(c.pos(k.source()), "method fp16 (the 16-bit baseline) takes no options ('{}')", k.str());
-      if (seen.count("fp16")) c.fail_at(*name_node, "method 'fp16' appears twice (first at {})", seen["fp16"].str());
-      seen["fp16"] = c.pos(*name_node);
-      spec.methods.push_back({"fp16", "fp16", tpos});
-      continue;
-    }
     const auto names = method_names();
     if (std::find(names.begin(), names.end(), name) == names.end())
-      c.fail_at(*name_node, "unknown method '{}' (known: fp16, {})", name, fmt::join(names, ", "));
+      c.fail_at(*name_node, "unknown method '{}' (known: {})", name, fmt::join(names, ", "));
+    if (is_baseline_method(name)) {
+      for (const auto& [k, v] : *mt)
+        if (k.str() != "name")
+          c.fail_at(c.pos(k.source()), "method {} (the 16-bit baseline) takes no options ('{}')", name, k.str());
+      if (seen.count(name)) c.fail_at(*name_node, "method '{}' appears twice (first at {})", name, seen[name].str());
+      seen[name] = c.pos(*name_node);
+      spec.methods.push_back({name, name, tpos, ""});
+      continue;
+    }
+    std::string device;
+    if (const node* d = find(*mt, "device")) {
+      device = get_string(c, *mt, "device", "");
+      check_device_text(c, *d, device, opt);
+    }
     // a=16 ("activations not quantized") is left out of the spec string where it is the
     // method's default, so that "rtn:w=4,g=128" names one cell however the grid is written.
     const bool a16_default = make_method(name)->activation_bits() == 16;
@@ -264,7 +279,7 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec) {
       if (mt->contains(k)) keys.push_back(k);
     for (const auto& [k, v] : *mt) {
       const std::string ks(k.str());
-      if (ks != "name" && ks != "zip" && ks != "w" && ks != "a" && ks != "g") keys.push_back(ks);
+      if (ks != "name" && ks != "zip" && ks != "device" && ks != "w" && ks != "a" && ks != "g") keys.push_back(ks);
     }
     std::vector<std::pair<std::string, std::vector<std::string>>> options;
     for (const std::string& key : keys) {
@@ -294,7 +309,7 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec) {
       if (auto it = seen.find(s); it != seen.end())
         c.fail_at(tpos, "method '{}' appears twice in the grid (first from {})", s, it->second.str());
       seen[s] = tpos;
-      spec.methods.push_back({s, name, tpos});
+      spec.methods.push_back({s, name, tpos, device});
     }
   }
 }
@@ -325,17 +340,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.db = db ? resolve_path(c, c.pos(*db), get_string(c, *st, "db", ""))
                : resolve_path(c, study_pos, spec.name + ".sqlite");
   spec.device = get_string(c, *st, "device", "cpu");
-  if (const node* d = find(*st, "device")) {
-    const std::string& s = spec.device;
-    bool ok = s == "cpu" || s == "cuda";
-    if (s.starts_with("cuda:") && s.size() > 5)
-      ok = std::all_of(s.begin() + 5, s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
-    if (!ok) c.fail_at(*d, "device \"{}\": expected cpu, cuda or cuda:N", s);
-#ifndef LOWBIT_WITH_CUDA
-    if (s != "cpu" && opt.check_files)
-      c.fail_at(*d, "device \"{}\": this lowbit was built without the CUDA backend (nvcc was not found at build time)", s);
-#endif
-  }
+  if (const node* d = find(*st, "device")) check_device_text(c, *d, spec.device, opt);
   spec.threads = int(get_int(c, *st, "threads", 0, 0, 4096));
   spec.spm = get_choice(c, *st, "spm", "auto", {"auto", "llama", "generic", "sentencepiece"});
   if (const node* d = find(*st, "data_dir")) spec.data_dir = resolve_path(c, c.pos(*d), get_string(c, *st, "data_dir", ""));
@@ -364,7 +369,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   const toml::array* methods = root["method"].as_array();
   if (methods == nullptr || methods->empty())
     c.fail_at(study_pos, "no [[method]] table (each names a method and its grid: [[method]] name = \"rtn\", w = [4])");
-  parse_methods(c, *methods, spec);
+  parse_methods(c, *methods, spec, opt);
 
   // [calibration]
   const table* ct = root["calibration"].as_table();
@@ -438,7 +443,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     });
     const LlamaConfig config = open_model(m.path).config;
     for (const auto& mc : spec.methods) {
-      if (mc.name == "fp16") continue;
+      if (is_baseline_method(mc.name)) continue;
       c.at(mc.pos, [&] {
         try {
           make_method(mc.spec)->check_shapes(config);
@@ -447,6 +452,18 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
         }
       });
     }
+  }
+  // Each method's quantization device: refused here, before any work, rather than moved.
+  for (const auto& mc : spec.methods) {
+    if (is_baseline_method(mc.name)) continue;
+    c.at(mc.pos, [&] {
+      const Device d = parse_device(mc.device.empty() ? spec.device : mc.device);
+      try {
+        make_method(mc.spec)->check_device(d);
+      } catch (const Error& e) {
+        fail("{}{}", e.what(), mc.device.empty() ? "; give its [[method]] table device = \"cpu\" to quantize it there" : "");
+      }
+    });
   }
   bool named_data = !ev.tasks.empty() || (spec.needs_calibration() && !fs::path(spec.calibration.set).is_absolute());
   for (const auto& d : ev.ppl) named_data = named_data || is_named_dataset(d);

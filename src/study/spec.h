@@ -13,7 +13,10 @@
 //                  max_length (context tokens), batch (windows per GPU forward)
 //   [[method]]     name (a method of `lowbit methods`, or "fp16": the 16-bit baseline), then any
 //                  option of the method; an array is one axis of the grid (w = [2, 3, 4]); zip =
-//                  ["w", "a"] walks those arrays together instead of crossing them (W8A8, W6A6)
+//                  ["w", "a"] walks those arrays together instead of crossing them (W8A8, W6A6);
+//                  device = "cpu" quantizes this method's cells there instead of on the study's
+//                  device (a method that cannot run on the study's device is refused unless
+//                  its table says where it runs; evaluation stays on the study's device)
 //
 // Paths (model paths, db, data_dir, a calibration or evaluation text file) may use ${VAR} and
 // ${VAR:-default} from the environment; relative paths are relative to the spec's directory.
@@ -48,6 +51,7 @@ struct MethodCell {
   std::string spec;  // "gptq:w=4,g=128", or "fp16" for the baseline
   std::string name;  // "gptq", "fp16"
   SourcePos pos;     // the [[method]] table it came from
+  std::string device;  // where its cells quantize; empty: the study's device
 };
 
 struct CalibrationSpec {

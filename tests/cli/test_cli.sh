@@ -34,10 +34,10 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "generate prompt bos off" "prompt: 2 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos off
   expect_ok "generate prompt bos on" "prompt: 3 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos on
   expect_err "generate empty prompt" "the prompt has no tokens" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --bos off
-  expect_err "generate bad device" "--device: gpu: expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
+  expect_err "generate bad device" "--device: 'gpu': expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
   # --device is checked while parsing: the missing model is never opened.
-  expect_err "ppl bad device at parse time" "--device: cuda:x: 'x' is not a device index" "$B" ppl --model "$T/no-such-model" --device cuda:x
-  expect_err "eval bad device at parse time" "--device: gpu: expected cpu, cuda or cuda:N" "$B" eval --model "$T/no-such-model" --device gpu
+  expect_err "ppl bad device at parse time" "--device: 'cuda:x': 'x' is not a device index" "$B" ppl --model "$T/no-such-model" --device cuda:x
+  expect_err "eval bad device at parse time" "--device: 'gpu': expected cpu, cuda or cuda:N" "$B" eval --model "$T/no-such-model" --device gpu
   expect_ok "logits" "" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1,403,407 -o "$T/l.safetensors"
   expect_ok "logits file" "F32: 1 tensors" "$B" inspect "$T/l.safetensors"
   expect_ok "logits --output" "logits \[3, 512\] written to" "$B" logits --model "$M/stories260K/stories260K.bin" --text "Once upon" --bos on --output "$T/l2.safetensors"
@@ -70,9 +70,9 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
   expect_ok "stats calibration flags" "^wrote .*layer 1 statistics on 2 x 64 tokens" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --bos off --spm-convention auto --seed 3 -o "$T/stats-b.safetensors"
   expect_err "stats seqlen" "--seqlen 1024 exceeds the model's max_position_embeddings \(512\)" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --seqlen 1024 -o "$T/stats3.safetensors"
-  expect_err "stats bad device" "--device: cuda:x: 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
+  expect_err "stats bad device" "--device: 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"
-  expect_err "quantize unknown method" "unknown method 'gptx' \(known: awq, gptq, nf4, rtn, smoothquant\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
+  expect_err "quantize unknown method" "unknown method 'gptx' \(known: fp16, rtn, gptq, awq, smoothquant, nf4\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"
   expect_err "quantize bits range" "gptq: option w=9 is out of range \[2, 8\]" "$B" quantize --model "$S" --method gptq:w=9 -o "$T/q-x"
   expect_err "quantize alpha range" "smoothquant: option alpha=1.5 is out of range \[0, 1\]" "$B" quantize --model "$S" --method smoothquant:alpha=1.5 -o "$T/q-x"

@@ -1,6 +1,8 @@
 // Helpers shared by the subcommands.
 #include "commands.h"
 
+#include "backend/device_check.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "formats/data_files.h"
 
@@ -8,9 +10,6 @@
 
 #include <charconv>
 
-#ifdef LOWBIT_WITH_CUDA
-#include "backend/cuda/cuda_util.h"
-#endif
 
 namespace lowbit::cli {
 
@@ -46,36 +45,25 @@ std::string escape_token(const std::string& s) {
 }
 
 DeviceChoice parse_device(const std::string& s) {
+  const Device dev = lowbit::parse_device(s);
+  check_device_available(dev);
   DeviceChoice d;
   d.text = s;
-  if (s == "cpu") return d;
-  LB_CHECK(s == "cuda" || s.starts_with("cuda:"), "--device {}: expected cpu, cuda or cuda:N", s);
-  d.cuda = true;
-  if (s.size() > 5) {
-    const char* b = s.data() + 5;
-    auto [p, ec] = std::from_chars(b, s.data() + s.size(), d.index);
-    LB_CHECK(ec == std::errc() && p == s.data() + s.size() && d.index >= 0, "--device {}: '{}' is not a device index",
-             s, s.substr(5));
-  }
-#ifdef LOWBIT_WITH_CUDA
-  const int n = cuda::device_count();
-  LB_CHECK(n > 0, "--device {}: no CUDA device is available", s);
-  LB_CHECK(d.index < n, "--device {}: there are {} CUDA devices", s, n);
-#else
-  fail("--device {}: this lowbit was built without the CUDA backend (nvcc was not found at build time)", s);
-#endif
+  d.cuda = dev.is_cuda();
+  d.index = dev.index;
   return d;
 }
 
 void add_device_option(CLI::App* cmd, std::string& target) {
-  // CLI11 prefixes the option name, so the message it prints reads "--device: gpu: expected ...".
+  // CLI11 prefixes the option's name, so the message it prints reads
+  // "--device: 'gpu': expected cpu, cuda or cuda:N".
   const CLI::Validator device(
       [](std::string& s) -> std::string {
         try {
           parse_device(s);
         } catch (const Error& e) {
           std::string m = e.what();
-          const std::string prefix = "--device ";
+          const std::string prefix = "device ";
           return m.starts_with(prefix) ? m.substr(prefix.size()) : m;
         }
         return {};

@@ -9,7 +9,7 @@
 #include "eval/tasks.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "eval/cuda_eval.h"
 #endif

@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "model/cuda_model.h"
 #endif

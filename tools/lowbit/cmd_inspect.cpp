@@ -6,7 +6,7 @@
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>

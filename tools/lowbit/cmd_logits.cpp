@@ -4,7 +4,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #ifdef LOWBIT_WITH_CUDA
 #include "model/cuda_model.h"
 #endif

@@ -4,7 +4,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
 #include "eval/datasets.h"

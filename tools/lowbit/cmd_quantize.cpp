@@ -8,13 +8,10 @@
 #include "core/error.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
-#include "quant/gptq.h"
-#include "quant/quantize.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "quant/gptq_cuda.h"
-#endif
+#include "quant/quantize_device.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
@@ -42,12 +39,8 @@ void run(const Options& o) {
   set_num_threads(o.threads);
   const auto t0 = std::chrono::steady_clock::now();
   auto method = make_method(o.method);  // bad specs fail before any work
-  const DeviceChoice dev = parse_device(o.device);
-  bool true_seq = true;
-  const GptqOptions* gptq = gptq_options_of(*method, &true_seq);
-  LB_CHECK(!dev.cuda || gptq != nullptr || !method->needs_calibration(),
-           "--device {}: {} runs on the CPU only (on the GPU: gptq, and the data-free rtn and nf4)", o.device,
-           method->spec().method());
+  const Device dev = lowbit::parse_device(o.device);
+  check_quantize_device(*method, dev);
   LB_CHECK(o.no_save != !o.out.empty(), "give either -o OUT or --no-save");
   LB_CHECK(o.no_save || !std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force",
            o.out);
@@ -87,22 +80,12 @@ void run(const Options& o) {
     fmt::print(stderr, "block {}/{} done, {} elapsed, ETA {}\n", layer + 1, layers, format_duration(elapsed),
                format_duration(eta));
   };
-  QuantizedModel qm;
-  std::string device_name = "cpu";
-  double gpu_peak = 0;
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda && gptq != nullptr) {
-    cuda::Context ctx(dev.index);
-    device_name = ctx.name();
-    if (!o.json) fmt::print(stderr, "device: {}\n", device_name);
-    qm = gptq_quantize_model_cuda(model, *method, *gptq, true_seq, calib, ctx, cb);
-    gpu_peak = double(cuda::peak_device_bytes());
-  } else
-#endif
-  {
-    if (dev.cuda && !o.json) fmt::print(stderr, "device: {} is data-free; it runs on the CPU\n", method->spec().method());
-    qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, cb);
-  }
+  QuantizeRun run;
+  QuantizedModel qm = quantize_model_on(dev, model, *method, &calib, cb, &run);
+  if (!o.json && dev.is_cuda())
+    fmt::print(stderr, "device: {}{}\n", run.device_name, run.note.empty() ? "" : " (" + run.note + ")");
+  const std::string device_name = run.device_name;
+  const double gpu_peak = run.peak_gpu_bytes;
   double bits = 0, weights = 0;
   for (const auto& b : qm.blocks)
     for (const auto& l : b.linear) {
@@ -155,9 +138,17 @@ void register_quantize(CLI::App& app) {
 void register_methods(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("methods", "List the quantization methods and their options");
   cmd->callback([] {
-    for (const auto& name : method_names()) {
-      fmt::print("{}\n", name);
-      for (const auto& line : method_help(name)) fmt::print("    {}\n", line);
+    for (const MethodInfo& m : method_registry()) {
+      auto method = make_method(m.name);
+      std::vector<std::string> devices;
+      for (Device::Kind k : {Device::Kind::Cpu, Device::Kind::Cuda})
+        if (method->runs_on(k)) devices.emplace_back(device_kind_name(k));
+      fmt::print("{} ({}){}\n", m.name, m.display, m.baseline ? ": the 16-bit model itself" : "");
+      if (m.baseline) continue;
+      fmt::print("    devices: {}{}\n", fmt::join(devices, ", "),
+                 method->needs_calibration() ? "" : " (data-free: quantized on the host)");
+      fmt::print("    example: {}\n", m.example);
+      for (const auto& line : method_help(m.name)) fmt::print("    {}\n", line);
     }
   });
 }

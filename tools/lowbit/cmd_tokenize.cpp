@@ -2,7 +2,7 @@
 #include "commands.h"
 
 #include "core/error.h"
-#include "quant/quantize.h"
+#include "quant/lowbit_checkpoint.h"
 #include "core/mapped_file.h"
 #include "formats/checkpoint.h"
 #include "formats/tokenizer.h"

@@ -92,9 +92,11 @@ void OpProfile::collect() {
   used_ = 0;
 }
 
-std::string Context::name() const {
+std::string Context::name() const { return device_name(device_); }
+
+std::string device_name(int device) {
   cudaDeviceProp p{};
-  LB_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
+  LB_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
          std::to_string(p.totalGlobalMem >> 30) + " GiB)";
 }

@@ -172,5 +172,7 @@ class OpProfile {
 
 // Number of CUDA devices (0 when the driver finds none).
 int device_count();
+// "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)".
+std::string device_name(int device);
 
 }  // namespace lowbit::cuda

@@ -1,0 +1,44 @@
+#include "quant/quantize_device.h"
+
+#include "backend/device_check.h"
+#include "core/error.h"
+#include "quant/gptq.h"
+
+#ifdef LOWBIT_WITH_CUDA
+#include "quant/gptq_cuda.h"
+#endif
+
+namespace lowbit {
+
+void check_quantize_device(const QuantMethod& method, const Device& d) {
+  LB_CHECK(!is_baseline_method(method.spec().method()), "method '{}' is the 16-bit model itself: nothing to quantize",
+           method.spec().method());
+  method.check_device(d);
+  check_device_available(d);
+}
+
+QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod& method, const Calibration* calib,
+                                 const DriverCallbacks& cb, QuantizeRun* run) {
+  check_quantize_device(method, d);
+  QuantizeRun local;
+  QuantizeRun& r = run ? *run : local;
+  r.device_name = "cpu";
+  if (d.is_cuda() && method.needs_calibration()) {
+    bool true_seq = true;
+    const GptqOptions* gptq = gptq_options_of(method, &true_seq);
+    // check_device admits on CUDA only methods with a GPU driver here.
+    LB_ASSERT(gptq != nullptr);
+#ifdef LOWBIT_WITH_CUDA
+    LB_CHECK(calib != nullptr, "method '{}' needs calibration data", method.spec().text());
+    cuda::Context ctx(d.index);
+    r.device_name = ctx.name();
+    QuantizedModel qm = gptq_quantize_model_cuda(model, method, *gptq, true_seq, *calib, ctx, cb);
+    r.peak_gpu_bytes = double(cuda::peak_device_bytes());
+    return qm;
+#endif
+  }
+  if (d.is_cuda()) r.note = method.spec().method() + " is data-free: it quantizes on the host";
+  return quantize_model(model, method, method.needs_calibration() ? calib : nullptr, cb);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,31 @@
+// Where a quantization run happens: the one place that turns a Device into a driver. The CLI's
+// quantize and the study runner both call quantize_model_on, so a method/device pair is accepted
+// or refused the same way everywhere.
+//
+//   cpu                        quantize_model (the block-by-block driver of calib/)
+//   cuda, data-free method     quantize_model on the host (nothing runs on a model), said in
+//                              QuantizeRun::note
+//   cuda, gptq                 GPTQ's GPU driver (gptq_cuda.h)
+//   cuda, any other method     refused by QuantMethod::check_device before any work
+#pragma once
+
+#include "core/device.h"
+#include "quant/quantize.h"
+
+#include <string>
+
+namespace lowbit {
+
+struct QuantizeRun {
+  std::string device_name;    // "cpu" or the GPU's name
+  double peak_gpu_bytes = 0;  // the GPU driver's peak allocation (0 on the CPU)
+  std::string note;           // e.g. that a data-free method ran on the host
+};
+
+// Throws (before any work) when the method cannot run on `d` or `d` is not available.
+void check_quantize_device(const QuantMethod& method, const Device& d);
+
+QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod& method, const Calibration* calib,
+                                 const DriverCallbacks& cb, QuantizeRun* run = nullptr);
+
+}  // namespace lowbit

@@ -1,0 +1,210 @@
+// Contracts every registered method and every quantized-linear format must keep (ggml's
+// test-backend-ops habit: one loop over the registries, so a new method or format is covered
+// without anyone remembering to add it):
+//   - the method's example spec resolves, and its resolved spec re-parses to itself;
+//   - it quantizes a mini model: every linear present, valid, one progress report each;
+//   - written to disk and opened again, and held in memory, every linear dequantizes to the same
+//     bits, and the stored QuantizedLinear reads back field for field;
+//   - a shape it cannot handle is refused by check_shapes before any work, or it quantizes;
+//   - the format's fast dequantization equals its scalar reference bit for bit;
+//   - every format of the table is produced by some registered method.
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "core/py_random.h"
+#include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <set>
+
+namespace lowbit {
+namespace {
+
+std::string mini() { return test::fixtures_dir() + "/models/llama3-mini-bf16"; }
+
+// Random token windows (the mini models have no tokenizer; the methods only need activations).
+Calibration random_calibration(int64_t vocab, int64_t n, int64_t seqlen) {
+  Calibration c;
+  c.set.name = "random tokens";
+  c.set.convention = "uniform token ids, Python random seed 0";
+  c.nsamples = n;
+  c.seqlen = seqlen;
+  c.bos = "off";
+  PyRandom rng(0);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int32_t> w(static_cast<size_t>(seqlen));
+    for (auto& t : w) t = int32_t(rng.randint(0, vocab - 1));
+    c.windows.push_back(std::move(w));
+  }
+  return c;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), size_t(a.nbytes())) == 0;
+}
+
+void expect_same_linear(const QuantizedLinear& a, const QuantizedLinear& b, const std::string& what) {
+  EXPECT_EQ(a.format, b.format) << what;
+  EXPECT_EQ(a.rows, b.rows) << what;
+  EXPECT_EQ(a.cols, b.cols) << what;
+  EXPECT_EQ(a.bits, b.bits) << what;
+  EXPECT_EQ(a.group_size, b.group_size) << what;
+  EXPECT_EQ(a.flat_groups, b.flat_groups) << what;
+  EXPECT_EQ(a.codes, b.codes) << what;
+  EXPECT_EQ(a.scales, b.scales) << what;
+  EXPECT_EQ(a.zeros, b.zeros) << what;
+  EXPECT_EQ(a.g_idx, b.g_idx) << what;
+  EXPECT_EQ(a.codebook, b.codebook) << what;
+  EXPECT_EQ(a.params, b.params) << what;
+  EXPECT_EQ(a.dequant_dtype, b.dequant_dtype) << what;
+  ASSERT_EQ(a.extras.size(), b.extras.size()) << what;
+  for (const auto& [name, t] : a.extras) {
+    ASSERT_TRUE(b.extras.count(name)) << what << " extra " << name;
+    EXPECT_TRUE(same_bits(t, b.extras.at(name))) << what << " extra " << name;
+  }
+}
+
+TEST(MethodContract, EveryMethodQuantizesWritesAndReadsBack) {
+  LOWBIT_REQUIRE_PATH(mini());
+  test::TempDir dir;
+  std::set<std::string> formats_seen;
+  for (const MethodInfo& info : method_registry()) {
+    if (info.baseline) continue;
+    SCOPED_TRACE(info.example);
+    auto method = make_method(info.example);
+    ASSERT_EQ(method->spec().method(), info.name);
+    const std::string resolved = method->spec().resolved();
+    EXPECT_EQ(make_method(resolved)->spec().resolved(), resolved);
+    EXPECT_TRUE(method->runs_on(Device::Kind::Cpu)) << "every method runs on the CPU";
+
+    LlamaModel model(open_checkpoint(mini()));
+    const LlamaConfig& c = model.config();
+    ASSERT_NO_THROW(method->check_shapes(c));
+    const Calibration calib = random_calibration(c.vocab_size, 4, 32);
+    int64_t reports = 0;
+    DriverCallbacks cb;
+    cb.on_linear = [&](int64_t, const LinearReport& r) {
+      ++reports;
+      EXPECT_GE(r.weight_rel_err, 0.0);
+    };
+    QuantizedModel qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, cb);
+    EXPECT_EQ(reports, 7 * c.num_hidden_layers);
+    ASSERT_EQ(qm.blocks.size(), size_t(c.num_hidden_layers));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+      for (LinearKind k : kAllLinears) {
+        const auto& q = qm.blocks[size_t(i)].linear[size_t(k)];
+        ASSERT_TRUE(q.has_value()) << "layer " << i << " " << linear_name(k);
+        EXPECT_NO_THROW(q->validate("contract"));
+        EXPECT_EQ(q->rows, linear_out_features(c, k));
+        EXPECT_EQ(q->cols, linear_in_features(c, k));
+        formats_seen.insert(q->format_name());
+        // The fast path, where the format has one, equals the scalar reference.
+        if (q->format->dequantize_fast != nullptr) {
+          std::vector<float> ref(size_t(q->rows * q->cols)), fast(ref.size());
+          q->format->dequantize(*q, ref.data());
+          q->format->dequantize_fast(*q, fast.data());
+          EXPECT_EQ(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(float)), 0) << q->format_name();
+        }
+        EXPECT_GT(q->bits_per_weight(), 0.0);
+      }
+
+    const std::string out = dir / info.name;
+    write_quantized_checkpoint(out, model, qm, nlohmann::json::object(), false);
+    const Checkpoint disk = open_model(out);
+    ASSERT_FALSE(disk.quantization.is_null());
+    EXPECT_EQ(disk.quantization["method"]["spec"], info.example);
+    const Checkpoint source = open_checkpoint(mini());
+    const Checkpoint mem = quantized_checkpoint_in_memory(source, qm, source_identity(source));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+      for (LinearKind k : kAllLinears) {
+        const std::string name = linear_weight_name(i, k);
+        const QuantizedLinear& q = *qm.blocks[size_t(i)].linear[size_t(k)];
+        const Tensor want = q.dequantize_as_stored();
+        EXPECT_TRUE(same_bits(disk.weights->get(name), want)) << name;
+        EXPECT_TRUE(same_bits(mem.weights->get(name), want)) << name;
+        expect_same_linear(quantized_linear_of(disk, name), q, name);
+        expect_same_linear(quantized_linear_of(mem, name), q, name);
+      }
+    // Every other tensor: the method's rewrite where it made one, else the source's.
+    for (const auto& [name, shape] : expected_llama_tensors(c)) {
+      const auto parsed = parse_hf_tensor_name(name);
+      ASSERT_TRUE(parsed.has_value()) << name;
+      if (tensor_spec(parsed->first).linear) continue;
+      EXPECT_TRUE(same_bits(disk.weights->get(name).to_f32(), mem.weights->get(name).to_f32())) << name;
+    }
+  }
+  // Every format of the table is exercised by some method.
+  for (const QuantFormat* f : quant_formats()) EXPECT_TRUE(formats_seen.count(f->name)) << f->name;
+}
+
+TEST(MethodContract, ShapesAreRefusedBeforeAnyWorkOrQuantized) {
+  LOWBIT_REQUIRE_PATH(mini());
+  // A model (random weights) whose input widths 72 and 200 no group of 64 divides: a method
+  // either refuses it in check_shapes, naming the group size, or quantizes it.
+  test::TempDir dir;
+  nlohmann::json cfg = nlohmann::json::parse(test::slurp(mini() + "/config.json"));
+  cfg["hidden_size"] = 72;
+  cfg["intermediate_size"] = 200;
+  cfg["head_dim"] = 36;
+  cfg["num_hidden_layers"] = 1;
+  test::spit(dir / "config.json", cfg.dump());
+  const std::string path = "random:" + dir.path.string();
+  for (const MethodInfo& info : method_registry()) {
+    if (info.baseline) continue;
+    SCOPED_TRACE(info.example);
+    auto method = make_method(info.example);
+    LlamaModel model(open_checkpoint(path));
+    try {
+      method->check_shapes(model.config());
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("64"), std::string::npos) << "the error names the group size: " << e.what();
+      continue;
+    }
+    const Calibration calib = random_calibration(model.config().vocab_size, 2, 16);
+    QuantizedModel qm;
+    EXPECT_NO_THROW(qm = quantize_model(model, *method, method->needs_calibration() ? &calib : nullptr, {}));
+    for (const auto& q : qm.blocks.at(0).linear) EXPECT_TRUE(q.has_value());
+  }
+}
+
+TEST(MethodContract, DevicesAreDeclaredAndRefusedBeforeWork) {
+  for (const MethodInfo& info : method_registry()) {
+    auto method = make_method(info.example);
+    const Device cuda = parse_device("cuda:0");
+    if (method->runs_on(Device::Kind::Cuda)) {
+      if (info.name != std::string("gptq")) EXPECT_NO_THROW(method->check_device(cuda)) << info.name;
+    } else {
+      try {
+        method->check_device(cuda);
+        ADD_FAILURE() << info.name << " does not run on cuda but check_device accepted it";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(info.name), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+      }
+    }
+  }
+  // GPTQ's GPU path takes lazy batches of at most 128 columns: a larger block is refused there.
+  EXPECT_NO_THROW(make_method("gptq:block=256")->check_device(parse_device("cpu")));
+  EXPECT_THROW(make_method("gptq:block=256")->check_device(parse_device("cuda")), Error);
+  EXPECT_NO_THROW(make_method("gptq:block=128")->check_device(parse_device("cuda")));
+}
+
+TEST(FormatTable, NamesAreUniqueAndFound) {
+  std::set<std::string> names;
+  for (const QuantFormat* f : quant_formats()) {
+    EXPECT_TRUE(names.insert(f->name).second) << f->name;
+    EXPECT_EQ(&find_quant_format(f->name), f);
+    EXPECT_GE(f->version, 1);
+    EXPECT_NE(f->dequantize, nullptr);
+    EXPECT_NE(f->bits_per_weight, nullptr);
+    EXPECT_NE(f->validate, nullptr);
+  }
+  EXPECT_THROW(find_quant_format("no-such-format"), Error);
+}
+
+}  // namespace
+}  // namespace lowbit
