@@ -8,11 +8,11 @@ BUILD="$ROOT/build-fuzz"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DLOWBIT_FUZZ=ON -DLOWBIT_TESTS=OFF -DLOWBIT_BENCH=OFF -DLOWBIT_NATIVE=OFF >/dev/null
-cmake --build "$BUILD" --target fuzz_safetensors fuzz_tokenizer_json
+cmake --build "$BUILD" --target fuzz_safetensors fuzz_tokenizer_json fuzz_gguf
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 total=0
-for t in safetensors tokenizer_json; do
+for t in safetensors tokenizer_json gguf; do
   mkdir -p "$WORK/$t"
   cp "$ROOT/fuzz/corpus/$t/"* "$WORK/$t/"
   log="$WORK/$t.log"

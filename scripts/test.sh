@@ -5,6 +5,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 "$ROOT/scripts/install-deps.sh"
+# SmolLM2-135M-Instruct (GGUF) into the models cache: the real model the model tests run on.
+"$ROOT/scripts/fetch-smollm2.sh" >/dev/null
 cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$ROOT/build"
 ctest --test-dir "$ROOT/build" --output-on-failure -j"$(nproc)" -LE slow

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "formats/gguf_llama.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -178,6 +179,7 @@ Checkpoint open_checkpoint(const std::string& path) {
     return open_checkpoint(bins[0].string());
   }
   const fs::path p(path);
+  if (p.extension() == ".gguf") return open_gguf_checkpoint(path);
   if (p.extension() == ".safetensors") {
     const fs::path cfg = p.parent_path() / "config.json";
     LB_CHECK(fs::exists(cfg), "'{}': a safetensors file needs the config.json beside it", path);
@@ -188,8 +190,8 @@ Checkpoint open_checkpoint(const std::string& path) {
     ck.tokenizer_path = find_tokenizer_file(p.parent_path().string());
     return ck;
   }
-  LB_CHECK(p.extension() == ".bin", "'{}': not a model (expected a Hugging Face directory, a .safetensors file "
-           "or a llama2.c .bin)", path);
+  LB_CHECK(p.extension() == ".bin", "'{}': not a model (expected a Hugging Face directory, a .safetensors file, "
+           "a .gguf file or a llama2.c .bin)", path);
   ck.format = "llama2c-v0";
   ck.weights = open_llama2c_checkpoint(path, ck.config);
   validate_llama_weights(ck.config, *ck.weights, path);

@@ -1,7 +1,8 @@
 // Opening a model checkpoint, whatever its format:
 //   - a Hugging Face LlamaForCausalLM directory: config.json + model.safetensors or sharded
 //     model.safetensors.index.json (+ tokenizer.json or tokenizer.model),
-//   - a llama2.c legacy (v0) .bin checkpoint (+ tokenizer.bin / tok512.bin beside it).
+//   - a llama2.c legacy (v0) .bin checkpoint (+ tokenizer.bin / tok512.bin beside it),
+//   - a GGUF file of a llama model (formats/gguf_llama.h; its tokenizer is in the same file).
 // Tensors are presented under Hugging Face names and shapes whatever the source (the tensor
 // table, llama_tensors.h).
 // q/k rows follow transformers' RoPE layout (the two halves of each head rotate together).
@@ -21,7 +22,7 @@ namespace lowbit {
 
 struct Checkpoint {
   std::string path;
-  std::string format;  // "hf-safetensors" or "llama2c-v0"
+  std::string format;  // "hf-safetensors", "llama2c-v0" or "gguf"
   LlamaConfig config;
   std::shared_ptr<WeightSource> weights;
   std::string tokenizer_path;  // empty when none was found

@@ -2,6 +2,8 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "formats/gguf.h"
+#include "formats/tokenizer_gguf.h"
 
 #include <cctype>
 #include <filesystem>
@@ -72,7 +74,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, const Tokeniz
     return load_sentencepiece(file, opt.spm);
   }
   if (p.extension() == ".bin") return load_llama2c_tokenizer(file);
-  fail("'{}': unknown tokenizer file type (expected tokenizer.json, tokenizer.model or a llama2.c .bin)", file);
+  if (p.extension() == ".gguf") return load_gguf_tokenizer(read_gguf_tokenizer_data(*GgufFile::open(file)), file);
+  fail("'{}': unknown tokenizer file type (expected tokenizer.json, tokenizer.model, a llama2.c .bin or a .gguf)",
+       file);
 }
 
 }  // namespace lowbit

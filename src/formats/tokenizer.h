@@ -2,7 +2,8 @@
 //   - Hugging Face tokenizer.json (byte-level BPE as LLaMA-3 uses it, and the Metaspace/byte-fallback
 //     BPE that transformers builds for LLaMA-2-style SentencePiece models),
 //   - SentencePiece tokenizer.model (LLaMA-2), through the sentencepiece library,
-//   - llama2.c tokenizer.bin / tok512.bin.
+//   - llama2.c tokenizer.bin / tok512.bin,
+//   - the tokenizer.ggml.* metadata of a .gguf file (formats/tokenizer_gguf.h).
 #pragma once
 
 #include <cstdint>
@@ -77,7 +78,7 @@ struct TokenizerOptions {
 };
 
 // Loads the tokenizer of a model directory (tokenizer.json, else tokenizer.model, else
-// tokenizer.bin/tok512.bin) or a tokenizer file. Throws lowbit::Error naming the file and the
+// tokenizer.bin/tok512.bin) or a tokenizer file (one of those, or a .gguf model file). Throws lowbit::Error naming the file and the
 // problem.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, const TokenizerOptions& opt = {});
 

@@ -372,10 +372,10 @@ void HfTokenizer::parse_model(const json& m, const std::string& what) {
   byte_token_.fill(-1);
   fallback_token_.fill(-1);
   for (int b = 0; b < 256; ++b) {
+    // A byte-level vocabulary may lack some bytes (SmolLM's lacks the ones UTF-8 text never
+    // holds, and a few controls); encode_plain maps them as the tokenizers library does.
     if (byte_level_) {
-      auto id = token_id(std::string(1, char(b)));
-      LB_CHECK(id.has_value(), "{}: byte-level vocabulary lacks the token of byte 0x{:02X}", what, b);
-      byte_token_[size_t(b)] = *id;
+      if (auto id = token_id(std::string(1, char(b)))) byte_token_[size_t(b)] = *id;
     }
     if (byte_fallback_) {
       if (auto id = token_id(fmt::format("<0x{:02X}>", b))) fallback_token_[size_t(b)] = *id;
@@ -581,7 +581,18 @@ void HfTokenizer::bpe_word(const std::string& word, std::vector<int32_t>& out,
   std::vector<int32_t> sym;
   sym.reserve(word.size());
   if (byte_level_) {
-    for (unsigned char c : word) sym.push_back(byte_token_[c]);
+    // A byte without a token becomes unk_token (consecutive ones fused under fuse_unk), or is
+    // dropped when there is none, as in the tokenizers library's BPE.
+    bool last_unk = false;
+    for (unsigned char c : word) {
+      if (byte_token_[c] >= 0) {
+        sym.push_back(byte_token_[c]);
+        last_unk = false;
+      } else if (unk_) {
+        if (!(fuse_unk_ && last_unk)) sym.push_back(*unk_);
+        last_unk = true;
+      }
+    }
   } else {
     size_t i = 0;
     bool last_unk = false;

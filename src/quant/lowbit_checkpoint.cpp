@@ -3,9 +3,11 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/mapped_file.h"
+#include "formats/gguf.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
+#include "formats/tokenizer_gguf.h"
 #include "lowbit/version.h"
 #include "model/llama_model.h"
 #include "quant/activation_quant.h"
@@ -256,11 +258,19 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
       fs::copy_file(src_dir / "config.json", tmp / "config.json");
     else
       std::ofstream(tmp / "config.json") << llama_config_to_json(c);
-    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                             "generation_config.json"})
-      if (fs::exists(src_dir / name)) fs::copy_file(src_dir / name, tmp / name);
-    if (!ck.tokenizer_path.empty() && !fs::exists(tmp / fs::path(ck.tokenizer_path).filename()))
-      fs::copy_file(ck.tokenizer_path, tmp / fs::path(ck.tokenizer_path).filename());
+    if (ck.format == "gguf") {
+      // The GGUF's tokenizer as the tokenizer.json transformers builds from it (not the whole
+      // .gguf again).
+      const GgufTokenizerJson t = gguf_tokenizer_json(read_gguf_tokenizer_data(*GgufFile::open(ck.path)), ck.path);
+      std::ofstream(tmp / "tokenizer.json") << t.tokenizer_json;
+      std::ofstream(tmp / "tokenizer_config.json") << t.tokenizer_config_json;
+    } else {
+      for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                               "special_tokens_map.json", "generation_config.json"})
+        if (fs::exists(src_dir / name)) fs::copy_file(src_dir / name, tmp / name);
+      if (!ck.tokenizer_path.empty() && !fs::exists(tmp / fs::path(ck.tokenizer_path).filename()))
+        fs::copy_file(ck.tokenizer_path, tmp / fs::path(ck.tokenizer_path).filename());
+    }
 
     SafetensorsWriter w;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i)

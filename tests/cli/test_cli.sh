@@ -97,6 +97,10 @@ fi
 # Bad input: clear message, non-zero exit, no partial output.
 printf 'abc' > "$T/short.safetensors"
 expect_err "truncated safetensors" "too short for the 8-byte header" "$B" inspect "$T/short.safetensors"
+expect_ok "inspect gguf" "ggml types +BF16: 1 tensors" "$B" inspect "$LOWBIT_TEST_FIXTURES/gguf/reader.gguf"
+printf 'GGUF\x01\x00\x00\x00' > "$T/v1.gguf"
+expect_err "gguf v1" "GGUF version 1 is not supported" "$B" inspect "$T/v1.gguf"
+expect_err "gguf model v1" "GGUF version 1 is not supported" "$B" ppl --model "$T/v1.gguf" --data-dir "$T"
 printf '\xff\x00\x00\x00\x00\x00\x00\x00{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}' > "$T/bad.safetensors"
 expect_err "header past eof" "header length 255 runs past the end" "$B" inspect "$T/bad.safetensors"
 mkdir -p "$T/noweights" && printf '{"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":10}' > "$T/noweights/config.json"
@@ -110,5 +114,15 @@ expect_err "missing path" "does not exist" "$B" inspect "$T/nothing-here"
 expect_err "unknown option" "--frobnicate" "$B" inspect --frobnicate "$T"
 expect_err "text and file" "excludes|exactly one" "$B" tokenize --model "$T/tokenizer.json" --text a --file "$T/tokenizer.json"
 expect_err "no subcommand" "subcommand" "$B"
+
+# GGUF tokenizers (tests/fixtures/gguf_tokenizer; the ids are transformers' on these files, from
+# its manifest.json).
+G="$LOWBIT_TEST_FIXTURES/gguf_tokenizer"
+expect_ok "tokenize gguf" '^\[56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids
+expect_ok "tokenize gguf bos" '^\[1, 56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids --bos
+expect_ok "tokenize gguf specials" '^\[1, 376, 259, 198, 56, 89, 2, 198\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text $'<|im_start|>user\nHi<|im_end|>\n' --ids
+expect_ok "tokenize gguf llama" '^\[1, 229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids
+expect_ok "tokenize gguf llama no-bos" '^\[229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids --no-bos
+expect_err "gguf without tokenizer" "no tokenizer.ggml.model" "$B" tokenize --model "$LOWBIT_TEST_FIXTURES/gguf/reader.gguf" --text a
 
 report

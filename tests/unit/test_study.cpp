@@ -151,8 +151,13 @@ TEST(StudySpec, MissingModelIsAnErrorBeforeAnyWork) {
 TEST(StudySpec, ExamplesParse) {
   const std::string examples = std::string(LOWBIT_SOURCE_DIR) + "/examples";
   ::setenv("LOWBIT_MODELS", "/nonexistent", 0);
+  ::setenv("LOWBIT_MODELS_CACHE", "/nonexistent", 0);
   const StudySpec quick = load_study_spec(examples + "/quick.toml", kNoFiles);
-  EXPECT_GE(quick.methods.size(), 8u);
+  EXPECT_GE(quick.methods.size(), 9u);
+  EXPECT_GE(load_study_spec(examples + "/quick-testbed.toml", kNoFiles).methods.size(), 8u);
+  const StudySpec full = load_study_spec(examples + "/smollm2-full.toml", kNoFiles);
+  EXPECT_EQ(full.device, "cuda");
+  EXPECT_EQ(expand_plan(full).cells.size(), 10u);
   const StudySpec t1 = load_study_spec(examples + "/llama3-table1.toml", kNoFiles);
   const StudyPlan plan = expand_plan(t1);
   // The paper's Table 1 rows that lowbit implements: the baseline, RTN and GPTQ and AWQ at

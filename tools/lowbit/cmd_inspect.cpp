@@ -3,6 +3,8 @@
 
 #include "core/error.h"
 #include "formats/checkpoint.h"
+#include "formats/ggml_quants.h"
+#include "formats/gguf.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -92,6 +94,36 @@ void print_weights(const json& w) {
   fmt::print("dtypes        {}\n", d);
 }
 
+// What a GGUF file holds, whatever its architecture: version, tensor types, metadata.
+json gguf_json(const GgufFile& f) {
+  json types = json::object();
+  for (const auto& t : f.tensors()) {
+    json& e = types[std::string(ggml_type_name(t.type))];
+    if (e.is_null()) e = {{"tensors", 0}, {"bytes", uint64_t(0)}};
+    e["tensors"] = e["tensors"].get<int64_t>() + 1;
+    e["bytes"] = e["bytes"].get<uint64_t>() + t.nbytes;
+  }
+  json meta = json::array();
+  for (const auto& [key, v] : f.metadata()) meta.push_back({{"key", key}, {"value", GgufFile::describe(v)}});
+  return {{"version", f.version()}, {"alignment", f.alignment()}, {"tensors", f.tensors().size()},
+          {"architecture", f.get_string("general.architecture").value_or("")},
+          {"name", f.get_string("general.name").value_or("")}, {"types", types}, {"metadata", meta}};
+}
+
+void print_gguf(const json& g) {
+  fmt::print("gguf          version {}, alignment {}, {} tensors, {} metadata keys\n", g["version"].get<uint32_t>(),
+             g["alignment"].get<uint32_t>(), g["tensors"].get<uint64_t>(), g["metadata"].size());
+  fmt::print("gguf model    architecture '{}'{}\n", g["architecture"].get<std::string>(),
+             g["name"].get<std::string>().empty() ? "" : fmt::format(", name '{}'", g["name"].get<std::string>()));
+  std::string types;
+  for (auto it = g["types"].begin(); it != g["types"].end(); ++it)
+    types += fmt::format("{}{}: {} tensors, {}", types.empty() ? "" : "; ", it.key(), it.value()["tensors"].get<int64_t>(),
+                         human_bytes(double(it.value()["bytes"].get<uint64_t>())));
+  fmt::print("ggml types    {}\n", types.empty() ? "none" : types);
+  for (const auto& m : g["metadata"])
+    fmt::print("  {:<40} {}\n", m["key"].get<std::string>(), m["value"].get<std::string>());
+}
+
 void run(const Options& o) {
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -101,6 +133,8 @@ void run(const Options& o) {
   const bool tokenizer_file = !fs::is_directory(p) && (p.extension() == ".json" || p.extension() == ".model" ||
                                                        (p.extension() == ".bin" && name.rfind("tok", 0) == 0));
   json out = {{"path", o.path}};
+  std::shared_ptr<const GgufFile> gguf;
+  if (p.extension() == ".gguf" && !fs::is_directory(p)) gguf = GgufFile::open(o.path);
   if (tokenizer_file) {
     out["tokenizer"] = tokenizer_json(*load_tokenizer(o.path, topt), o.path);
   } else if (p.extension() == ".safetensors" && !fs::exists(p.parent_path() / "config.json")) {
@@ -109,6 +143,10 @@ void run(const Options& o) {
     out["format"] = "safetensors";
     out["weights"] = weights_json(*w);
     out["metadata"] = f->metadata();
+  } else if (gguf && gguf->get_string("general.architecture") != "llama") {
+    // A GGUF lowbit cannot run: still show what it holds.
+    out["format"] = "gguf";
+    out["gguf"] = gguf_json(*gguf);
   } else {
     Checkpoint ck = open_model(o.path);
     const LlamaConfig& c = ck.config;
@@ -127,6 +165,7 @@ void run(const Options& o) {
       out["architecture"]["rope_original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings;
     }
     out["weights"] = weights_json(*ck.weights);
+    if (gguf) out["gguf"] = gguf_json(*gguf);
     if (!ck.quantization.is_null()) {
       const json& q = ck.quantization;
       double bits = 0, weights = 0;
@@ -139,10 +178,17 @@ void run(const Options& o) {
                              {"linear_bits_per_weight", weights > 0 ? bits / weights : 0.0},
                              {"lowbit", q["lowbit"]}, {"created", q["created"]}};
     }
-    if (!ck.tokenizer_path.empty()) out["tokenizer"] = tokenizer_json(*load_tokenizer(ck.tokenizer_path, topt), ck.tokenizer_path);
+    if (!ck.tokenizer_path.empty()) {
+      try {
+        out["tokenizer"] = tokenizer_json(*load_tokenizer(ck.tokenizer_path, topt), ck.tokenizer_path);
+      } catch (const Error& e) {
+        if (!gguf) throw;
+        out["tokenizer_error"] = e.what();  // the weights are still worth showing
+      }
+    }
   }
   if (o.json) {
-    fmt::print("{}\n", out.dump(1));
+    fmt::print("{}\n", out.dump(1, ' ', false, json::error_handler_t::replace));  // GGUF strings may not be UTF-8
     return;
   }
   fmt::print("path          {}\n", o.path);
@@ -159,8 +205,12 @@ void run(const Options& o) {
     if (a["rope_scaling"] != "default") rope += fmt::format(" (factor {})", a["rope_factor"].get<double>());
     fmt::print("rope          {}; max positions {}; rms_norm_eps {}\n", rope,
                a["max_position_embeddings"].get<int64_t>(), a["rms_norm_eps"].get<double>());
-    fmt::print("embeddings    {}; stored dtype {}\n", a["tie_word_embeddings"].get<bool>() ? "tied" : "untied",
-               a["torch_dtype"].get<std::string>().empty() ? "unspecified" : a["torch_dtype"].get<std::string>());
+    if (out.contains("gguf"))
+      fmt::print("embeddings    {}; weights dequantized to float32 from the ggml types below\n",
+                 a["tie_word_embeddings"].get<bool>() ? "tied" : "untied");
+    else
+      fmt::print("embeddings    {}; stored dtype {}\n", a["tie_word_embeddings"].get<bool>() ? "tied" : "untied",
+                 a["torch_dtype"].get<std::string>().empty() ? "unspecified" : a["torch_dtype"].get<std::string>());
   }
   if (out.contains("quantization")) {
     const auto& q = out["quantization"];
@@ -173,8 +223,10 @@ void run(const Options& o) {
                  q["calibration"]["seed"].get<uint64_t>());
   }
   if (out.contains("weights")) print_weights(out["weights"]);
+  if (out.contains("gguf")) print_gguf(out["gguf"]);
   if (out.contains("metadata") && !out["metadata"].empty()) fmt::print("metadata      {}\n", out["metadata"].dump());
   if (out.contains("tokenizer")) print_tokenizer(out["tokenizer"]);
+  else if (out.contains("tokenizer_error")) fmt::print("tokenizer     not readable: {}\n", out["tokenizer_error"].get<std::string>());
   else if (out.contains("architecture")) fmt::print("tokenizer     none found\n");
 }
 
@@ -183,7 +235,7 @@ void run(const Options& o) {
 void register_inspect(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("inspect", "Show what a checkpoint, safetensors file or tokenizer holds");
-  cmd->add_option("path", o->path, "model directory, .safetensors, llama2.c .bin, or tokenizer file")->required();
+  cmd->add_option("path", o->path, "model directory, .safetensors, .gguf, llama2.c .bin, or tokenizer file")->required();
   cmd->add_flag("--json", o->json, "print one JSON object");
   add_spm_convention_option(cmd, o->spm);
   cmd->callback([o] { run(*o); });
