@@ -119,10 +119,10 @@ expect_err "no subcommand" "subcommand" "$B"
 # its manifest.json).
 G="$LOWBIT_TEST_FIXTURES/gguf_tokenizer"
 expect_ok "tokenize gguf" '^\[56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids
-expect_ok "tokenize gguf bos" '^\[1, 56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids --bos
+expect_ok "tokenize gguf bos" '^\[1, 56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids --bos on
 expect_ok "tokenize gguf specials" '^\[1, 376, 259, 198, 56, 89, 2, 198\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text $'<|im_start|>user\nHi<|im_end|>\n' --ids
 expect_ok "tokenize gguf llama" '^\[1, 229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids
-expect_ok "tokenize gguf llama no-bos" '^\[229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids --no-bos
+expect_ok "tokenize gguf llama no-bos" '^\[229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids --bos off
 expect_err "gguf without tokenizer" "no tokenizer.ggml.model" "$B" tokenize --model "$LOWBIT_TEST_FIXTURES/gguf/reader.gguf" --text a
 
 report
