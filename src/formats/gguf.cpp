@@ -115,7 +115,7 @@ std::vector<int64_t> GgufTensorInfo::shape() const { return {ne.rbegin(), ne.ren
 // Reads the header of one GGUF image front to back; every read is checked against the size.
 class GgufParser {
  public:
-  GgufParser(GgufFile& f) : f_(f), p_(f.base_), size_(f.size_), what_(f.path_) {}
+  explicit GgufParser(GgufFile& f) : f_(f), p_(f.base_), size_(f.size_), what_(f.path_) {}
 
   void parse() {
     LB_CHECK(size_ >= 4, "'{}': file is {} bytes, too short for the GGUF magic", what_, size_);

@@ -65,6 +65,7 @@ struct GgufTensorInfo {
   uint32_t type = 0;        // ggml type id (formats/ggml_quants.h)
   uint64_t offset = 0;      // from the start of the data section
   uint64_t nbytes = 0;
+  int n_dims() const { return int(ne.size()); }
   int64_t numel() const;
   // The shape outermost first, as PyTorch and lowbit's Tensor list it: [ne[n-1], ..., ne[0]].
   std::vector<int64_t> shape() const;

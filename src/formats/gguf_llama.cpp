@@ -154,6 +154,8 @@ LlamaConfig gguf_llama_config(const GgufFile& f) {
   const std::string arch = f.get_string("general.architecture").value_or("");
   LB_CHECK(f.has("general.architecture"), "'{}': missing required metadata 'general.architecture'", f.path());
   LB_CHECK(arch == "llama", "'{}': general.architecture is '{}'; lowbit reads only 'llama' GGUF models", f.path(), arch);
+  if (auto experts = f.get_int("llama.expert_count"); experts && *experts > 0)
+    fail("'{}': a mixture-of-experts model (llama.expert_count = {}), which lowbit does not run", f.path(), *experts);
   LlamaConfig c;
   c.source = f.path();
   c.num_hidden_layers = positive_int(f, "llama.block_count");

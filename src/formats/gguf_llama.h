@@ -13,7 +13,8 @@
 // largest entry, low/high frequency factors 1 and 4 as in every Llama 3.x, the original context
 // recovered from the interpolated band) and refuses any other.
 //
-// Tensors, renamed (GGUF dims are innermost first; shapes below are outermost first):
+// Tensors, renamed by the tensor table (formats/llama_tensors.h; GGUF dims are innermost first,
+// shapes are outermost first):
 //   token_embd.weight        -> model.embed_tokens.weight             [vocab, hidden]
 //   blk.N.attn_norm.weight   -> model.layers.N.input_layernorm.weight
 //   blk.N.attn_q/k/v.weight  -> model.layers.N.self_attn.q/k/v_proj.weight

@@ -78,7 +78,7 @@ void LlamaModel::set_block_weights(int64_t i, std::shared_ptr<const BlockWeights
 
 void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
   const LlamaConfig& c = config();
-  const Tensor table = ck_.weights->get(hf_tensor_name(TensorKind::TokenEmbd));
+  const Tensor& table = embedding_table();
   const int64_t H = c.hidden_size;
   const int64_t row_bytes = H * dtype_size(table.dtype());
   for (size_t t = 0; t < tokens.size(); ++t) {
@@ -240,9 +240,21 @@ void LlamaModel::final_norm(float* hidden, int64_t rows) const {
   ops::rmsnorm(hidden, final_norm_w_.data_as<float>(), hidden, rows, config().hidden_size, float(config().rms_norm_eps));
 }
 
+const Tensor& LlamaModel::embedding_table() const {
+  // Read once: a memory-mapped source hands out a view (no copy), a GGUF source a dequantized
+  // table that would otherwise be rebuilt on every call.
+  std::call_once(embed_once_, [&] { embed_table_ = ck_.weights->get(hf_tensor_name(TensorKind::TokenEmbd)); });
+  return embed_table_;
+}
+
 const float* LlamaModel::lm_head_f32() const {
   std::call_once(lm_head_once_, [&] {
-    lm_head_ = as_f32(*ck_.weights, hf_tensor_name(config().tie_word_embeddings ? TensorKind::TokenEmbd : TensorKind::Output));
+    if (config().tie_word_embeddings) {
+      const Tensor& e = embedding_table();
+      lm_head_ = e.dtype() == DType::F32 ? e : e.to_f32();
+    } else {
+      lm_head_ = as_f32(*ck_.weights, hf_tensor_name(TensorKind::Output));
+    }
   });
   return lm_head_.data_as<float>();
 }

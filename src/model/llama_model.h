@@ -125,6 +125,7 @@ class LlamaModel {
 
  private:
   const float* lm_head_f32() const;
+  const Tensor& embedding_table() const;
   Checkpoint ck_;
   mutable std::mutex mu_;
   mutable RopeTable rope_;
@@ -134,6 +135,8 @@ class LlamaModel {
   std::shared_ptr<const BlockHooks> forward_hooks_;
   mutable Tensor lm_head_;
   mutable std::once_flag lm_head_once_;
+  mutable Tensor embed_table_;
+  mutable std::once_flag embed_once_;
 };
 
 }  // namespace lowbit

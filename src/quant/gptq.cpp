@@ -45,6 +45,27 @@ QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, 
   return q;
 }
 
+std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t cols, double damp, double* damp_used) {
+  double mean_diag = 0;
+  for (int64_t c = 0; c < cols; ++c) mean_diag += h[size_t(c * cols + c)];
+  mean_diag /= double(cols);
+  std::vector<double> a;
+  for (int attempt = 0;; ++attempt) {
+    a = h;
+    for (int64_t c = 0; c < cols; ++c) a[size_t(c * cols + c)] += damp * mean_diag;
+    bool ok = ops::cholesky(a.data(), cols, false);
+    if (ok) {
+      ops::cholesky_inverse(a.data(), cols);
+      ok = ops::cholesky(a.data(), cols, true);
+    }
+    if (ok) break;
+    LB_CHECK(attempt < 4, "gptq: the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
+    damp = damp > 0.0 ? damp * 10.0 : 0.01;
+  }
+  if (damp_used) *damp_used = damp;
+  return std::vector<float>(a.begin(), a.end());
+}
+
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype) {
   LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian has {} entries for {} columns", h.size(), cols);
@@ -99,26 +120,8 @@ GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector
   }
 
   // Hinv: upper Cholesky factor of (H + damp I)^{-1}, with escalating damping on failure.
-  double mean_diag = 0;
-  for (int64_t c = 0; c < cols; ++c) mean_diag += h[size_t(c * cols + c)];
-  mean_diag /= double(cols);
-  std::vector<double> a;
-  double damp = opt.damp;
-  for (int attempt = 0;; ++attempt) {
-    a = h;
-    for (int64_t c = 0; c < cols; ++c) a[size_t(c * cols + c)] += damp * mean_diag;
-    bool ok = ops::cholesky(a.data(), cols, false);
-    if (ok) {
-      ops::cholesky_inverse(a.data(), cols);
-      ok = ops::cholesky(a.data(), cols, true);
-    }
-    if (ok) break;
-    LB_CHECK(attempt < 4, "gptq: the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
-    damp = damp > 0.0 ? damp * 10.0 : 0.01;
-  }
-  res.damp = damp;
-  std::vector<float> hinv(a.begin(), a.end());
-  a = {};
+  std::vector<float> hinv = gptq_inverse_factor(h, cols, opt.damp, &res.damp);
+  h = {};
 
   res.q = gptq_output(rows, cols, opt, dtype, perm);
   QuantizedLinear& q = res.q;

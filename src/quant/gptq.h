@@ -59,6 +59,11 @@ std::vector<int64_t> gptq_column_order(const std::vector<double>& diag, bool act
 QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, DType dtype,
                             const std::vector<int64_t>& order);
 
+// Hinv = upper Cholesky factor of (H + damp * mean(diag H) * I)^{-1}, [cols, cols] row-major,
+// computed in fp64 and returned in fp32, with the escalation described above when the
+// factorization fails; *damp_used receives the relative damping finally used.
+std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t cols, double damp, double* damp_used);
+
 // w: [rows, cols] fp32; h: [cols, cols] fp64 (taken by value: it is modified).
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype);

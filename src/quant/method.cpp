@@ -16,6 +16,8 @@ const std::vector<MethodInfo>& method_registry() {
       {"rtn", "RTN", 10, make_rtn, "g", "rtn:w=3,g=64,sym=1"},
       {"gptq", "GPTQ", 20, make_gptq, "g", "gptq:w=3,g=64,act_order=1"},
       {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64"},
+      {"slim", "SliM-LLM", 40, make_slim, "g", "slim:w=3,g=64,lambda=2"},
+      {"quip", "QuIP", 50, make_quip, "g", "quip:w=3,npasses=1,seed=1"},
       {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},
       {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1"},
   };

@@ -117,5 +117,7 @@ std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_slim(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_quip(QuantSpec spec);
 
 }  // namespace lowbit

@@ -12,7 +12,7 @@ namespace lowbit {
 namespace {
 
 // The rows, defined in formats/*.cpp. A new format declares its row here and adds it to the table.
-constexpr std::array<const QuantFormat*, 2> kFormats = {&kIntFormat, &kCodebookFormat};
+constexpr std::array<const QuantFormat*, 4> kFormats = {&kIntFormat, &kCodebookFormat, &kSlimFormat, &kQuipFormat};
 
 }  // namespace
 

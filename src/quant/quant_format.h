@@ -44,5 +44,7 @@ const QuantFormat& find_quant_format(std::string_view name);
 // The first rows, which QuantizedLinear's defaults and the int/codebook methods name directly.
 extern const QuantFormat kIntFormat;       // formats/int.cpp
 extern const QuantFormat kCodebookFormat;  // formats/codebook.cpp
+extern const QuantFormat kSlimFormat;      // formats/slim_format.cpp
+extern const QuantFormat kQuipFormat;      // formats/quip_format.cpp
 
 }  // namespace lowbit

@@ -109,11 +109,22 @@ std::string QuantSpec::take_choice(const std::string& key, const std::string& de
   return v;
 }
 
+std::string QuantSpec::take_string(const std::string& key, const std::string& def, const std::string& help) {
+  std::string v = def;
+  if (const std::string* r = raw(key)) v = *r;
+  // An empty value means "not given": left out of the resolved spec, which must re-parse.
+  if (v.empty()) unset_.push_back(key);
+  else taken_.emplace_back(key, v);
+  help_.push_back(fmt::format("{} (default '{}'): {}", key, def, help));
+  return v;
+}
+
 void QuantSpec::finish() const {
   for (const auto& [k, v] : given_) {
     if (used_.count(k)) continue;
     std::vector<std::string> known;
     for (const auto& t : taken_) known.push_back(t.first);
+    known.insert(known.end(), unset_.begin(), unset_.end());
     LB_CHECK(k != "a", "{} quantizes weights only: activation bits (a={}) need a weight-activation method "
              "(smoothquant, rtn)", method_, v);
     fail("{}: unknown option '{}' (known: {})", method_, k, fmt::join(known, ", "));

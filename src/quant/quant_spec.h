@@ -29,6 +29,9 @@ class QuantSpec {
   bool take_bool(const std::string& key, bool def, const std::string& help);
   std::string take_choice(const std::string& key, const std::string& def, const std::vector<std::string>& choices,
                           const std::string& help);
+  // Free text (a path, say); may not contain ',' or '='. Empty (the default "none") is left out
+  // of resolved().
+  std::string take_string(const std::string& key, const std::string& def, const std::string& help);
   // Throws naming any option the method did not take, and listing those it knows.
   void finish() const;
 
@@ -45,6 +48,7 @@ class QuantSpec {
   std::map<std::string, bool> used_;
   std::vector<std::pair<std::string, std::string>> taken_;  // key -> resolved value
   std::vector<std::string> help_;                           // "key (default): help"
+  std::vector<std::string> unset_;                          // take_string keys left empty
 };
 
 }  // namespace lowbit

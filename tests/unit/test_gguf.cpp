@@ -418,6 +418,9 @@ TEST(GgufLlama, BadModelsAreErrors) {
     const std::string msg = error("missing.gguf", tiny_llama("llama", key).bytes());
     EXPECT_NE(msg.find(std::string("missing required metadata 'llama.") + key + "'"), std::string::npos) << msg;
   }
+  Builder moe = tiny_llama();
+  moe.kv_u32("llama.expert_count", 8);
+  EXPECT_NE(error("moe.gguf", moe.bytes()).find("a mixture-of-experts model (llama.expert_count = 8)"), std::string::npos);
   auto with_tensor = [](const std::string& name) {
     Builder b = tiny_llama();
     b.tensor(name, {8}, 0, b.data_size()).data(std::string(32, '\0'));

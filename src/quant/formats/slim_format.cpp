@@ -1,0 +1,85 @@
+#include "quant/formats/slim_format.h"
+
+#include "core/error.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace lowbit {
+
+std::vector<int> slim_group_bits(const QuantizedLinear& q) {
+  auto it = q.extras.find("group_bits");
+  LB_CHECK(it != q.extras.end(), "slim format: the group bit-width table (extra 'group_bits') is missing");
+  const Tensor& t = it->second;
+  LB_CHECK(t.dtype() == DType::I8 && t.ndim() == 1, "slim format: extra 'group_bits' must be a 1-d I8 tensor");
+  std::vector<int> out(size_t(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) out[size_t(i)] = t.data_as<int8_t>()[i];
+  return out;
+}
+
+void slim_set_group_bits(QuantizedLinear& q, const std::vector<int>& bits) {
+  Tensor t = Tensor::empty(DType::I8, {int64_t(bits.size())});
+  for (size_t i = 0; i < bits.size(); ++i) t.mutable_data_as<int8_t>()[i] = int8_t(bits[i]);
+  q.extras["group_bits"] = std::move(t);
+}
+
+void slim_dequantize(const QuantizedLinear& q, float* out) {
+  const std::vector<int> gb = slim_group_bits(q);
+  const int64_t ng = q.groups_per_row();
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int64_t g = c / q.group_size, s = r * ng + g;
+      const uint8_t code = q.codes[size_t(r * q.cols + c)];
+      float v;
+      if (gb[size_t(g)] == 1) {
+        // The reference's order: sign(w - mu) * alpha, then + mu.
+        const float sign = code == 1 ? 1.0f : code == 0 ? -1.0f : 0.0f;
+        v = sign * q.scales[size_t(s)] + q.zeros[size_t(s)];
+      } else {
+        v = q.scales[size_t(s)] * (float(code) - q.zeros[size_t(s)]);
+      }
+      out[r * q.cols + c] = v;
+    }
+}
+
+double slim_bits_per_weight(const QuantizedLinear& q) {
+  const std::vector<int> gb = slim_group_bits(q);
+  double total = 8.0 * double(gb.size());
+  for (size_t g = 0; g < gb.size(); ++g) {
+    const int64_t c0 = int64_t(g) * q.group_size, n = std::min(q.cols, c0 + q.group_size) - c0;
+    total += double(q.rows) * (double(gb[g]) * double(n) + 16.0 + (gb[g] == 1 ? 16.0 : double(gb[g])));
+  }
+  return total / (double(q.rows) * double(q.cols));
+}
+
+void slim_validate(const QuantizedLinear& q, const std::string& what) {
+  LB_CHECK(q.rows > 0 && q.cols > 0, "{}: empty weight [{}, {}]", what, q.rows, q.cols);
+  LB_CHECK(q.group_size > 0 && !q.flat_groups && q.g_idx.empty(), "{}: slim format needs per-row groups of a positive size",
+           what);
+  LB_CHECK(q.bits >= 2 && q.bits <= 8, "{}: slim code width {} is outside 2..8", what, q.bits);
+  const int64_t ng = q.groups_per_row();
+  LB_CHECK(int64_t(q.codes.size()) == q.rows * q.cols, "{}: {} codes for a [{}, {}] weight", what, q.codes.size(),
+           q.rows, q.cols);
+  LB_CHECK(int64_t(q.scales.size()) == q.rows * ng && int64_t(q.zeros.size()) == q.rows * ng,
+           "{}: {} scales and {} zero-points, expected {} each", what, q.scales.size(), q.zeros.size(), q.rows * ng);
+  const std::vector<int> gb = slim_group_bits(q);
+  LB_CHECK(int64_t(gb.size()) == ng, "{}: group bit-width table has {} entries for {} groups", what, gb.size(), ng);
+  for (size_t g = 0; g < gb.size(); ++g)
+    LB_CHECK(gb[g] >= 1 && gb[g] <= q.bits, "{}: group {} has {} bits, outside 1..{}", what, g, gb[g], q.bits);
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t c = 0; c < q.cols; ++c) {
+      const int b = gb[size_t(c / q.group_size)];
+      const int maxc = b == 1 ? 2 : (1 << b) - 1;
+      const uint8_t code = q.codes[size_t(r * q.cols + c)];
+      LB_CHECK(code <= maxc, "{}: code {} at [{}, {}] exceeds its {}-bit group's range", what, code, r, c, b);
+    }
+  for (float s : q.scales) LB_CHECK(std::isfinite(s), "{}: non-finite scale", what);
+  for (float z : q.zeros) LB_CHECK(std::isfinite(z), "{}: non-finite zero-point", what);
+}
+
+const QuantFormat kSlimFormat = {"slim", 1,
+                                 "w = scale[group] * (code - zero[group]) at the group's width; 1-bit groups "
+                                 "sign * alpha + mu",
+                                 slim_dequantize, slim_bits_per_weight, slim_validate};
+
+}  // namespace lowbit

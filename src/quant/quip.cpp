@@ -1,0 +1,394 @@
+#include "quant/quip.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "core/py_random.h"
+#include "quant/formats/quip_format.h"
+#include "quant/method.h"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace lowbit {
+
+namespace {
+
+// The reference keeps these tensors in fp16: every result is rounded to fp16.
+inline float h16(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+std::vector<int64_t> prime_factors(int64_t n) {
+  std::vector<int64_t> f;
+  for (int64_t p = 2; p * p <= n; ++p)
+    while (n % p == 0) {
+      f.push_back(p);
+      n /= p;
+    }
+  if (n > 1) f.push_back(n);
+  return f;
+}
+
+// y [n, q] -> out [n, q]: one butterfly factor along the rows.
+void apply_factor(const Butterfly& b, int f, const float* y, int64_t q, float* out) {
+  const int64_t pf = b.p[size_t(f)], mp = f == 0 ? 1 : b.p[0], ms = f == 0 ? b.p[1] : 1;
+  const float* blocks = b.blocks[size_t(f)].data();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t a = 0; a < mp; ++a)
+    for (int64_t m = 0; m < ms; ++m) {
+      const float* M = blocks + (a * ms + m) * pf * pf;
+      for (int64_t j = 0; j < pf; ++j) {
+        float* o = out + (a * pf * ms + j * ms + m) * q;
+        std::fill(o, o + q, 0.0f);
+        for (int64_t k = 0; k < pf; ++k) {
+          const float mjk = M[j * pf + k];
+          const float* yi = y + (a * pf * ms + k * ms + m) * q;
+          for (int64_t c = 0; c < q; ++c) o[c] += mjk * yi[c];
+        }
+      }
+    }
+}
+
+// a [m, k] @ b^T ([n, k]) or a @ b ([k, n]) -> c [m, n], fp32 row-major.
+void sgemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool a_t, bool b_t) {
+  cblas_sgemm(CblasRowMajor, a_t ? CblasTrans : CblasNoTrans, b_t ? CblasTrans : CblasNoTrans, blasint(m), blasint(n),
+              blasint(k), 1.0f, a, blasint(a_t ? m : k), b, blasint(b_t ? k : n), 0.0f, c, blasint(n));
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> quip_butterfly_factors(int64_t n) {
+  const std::vector<int64_t> f = prime_factors(n);
+  int64_t p0 = 1, p1 = 1;
+  for (size_t i = 0; i < f.size(); ++i) (i % 2 == 0 ? p0 : p1) *= f[i];
+  return {p0, p1};
+}
+
+void quip_check_dimension(int64_t n, const std::string& what) {
+  const auto [p0, p1] = quip_butterfly_factors(n);
+  LB_CHECK(n >= 4 && p1 > 1 && std::max(p0, p1) <= 1024,
+           "quip: {} has dimension {}, whose butterfly factors are {} x {}; supported are dimensions with two factors "
+           "of at most 1024 each (e.g. 4096 = 64 x 64, 14336 = 64 x 224, 1024 = 32 x 32)", what, n, p0, p1);
+}
+
+Butterfly quip_random_butterfly(int64_t n, uint64_t seed) {
+  Butterfly b;
+  b.n = n;
+  const auto [p0, p1] = quip_butterfly_factors(n);
+  b.p = {p0, p1};
+  b.seed = seed;
+  PyRandom rng(seed);
+  std::vector<double> spare;
+  auto gauss = [&]() {
+    if (!spare.empty()) {
+      const double z = spare.back();
+      spare.pop_back();
+      return z;
+    }
+    const double u1 = rng.random(), u2 = rng.random();
+    const double r = std::sqrt(-2.0 * std::log(1.0 - u1)), t = 2.0 * M_PI * u2;
+    spare.push_back(r * std::sin(t));
+    return r * std::cos(t);
+  };
+  for (int f = 0; f < 2; ++f) {
+    const int64_t p = b.p[size_t(f)], count = n / p;
+    std::vector<float>& out = b.blocks[size_t(f)];
+    out.resize(size_t(count * p * p));
+    std::vector<double> a(size_t(p * p));  // column-major: column j at a[j * p]
+    for (int64_t blk = 0; blk < count; ++blk) {
+      for (double& v : a) v = gauss();
+      // Gram-Schmidt, twice per column: Q with R's diagonal positive (Haar on O(p)).
+      for (int64_t j = 0; j < p; ++j) {
+        double* qj = a.data() + j * p;
+        for (int pass = 0; pass < 2; ++pass)
+          for (int64_t i = 0; i < j; ++i) {
+            const double* qi = a.data() + i * p;
+            double d = 0;
+            for (int64_t r = 0; r < p; ++r) d += qi[r] * qj[r];
+            for (int64_t r = 0; r < p; ++r) qj[r] -= d * qi[r];
+          }
+        double nrm = 0;
+        for (int64_t r = 0; r < p; ++r) nrm += qj[r] * qj[r];
+        nrm = std::sqrt(nrm);
+        for (int64_t r = 0; r < p; ++r) qj[r] /= nrm;
+      }
+      float* m = out.data() + blk * p * p;
+      for (int64_t r = 0; r < p; ++r)
+        for (int64_t c = 0; c < p; ++c) m[r * p + c] = float(a[size_t(c * p + r)]);
+    }
+  }
+  for (auto* perm : {&b.perm_in, &b.perm_out}) {
+    perm->resize(size_t(n));
+    std::iota(perm->begin(), perm->end(), 0);
+    for (int64_t i = n - 1; i > 0; --i) std::swap((*perm)[size_t(i)], (*perm)[rng.randbelow(uint64_t(i + 1))]);
+  }
+  return b;
+}
+
+void quip_check_butterfly(const Butterfly& b, int64_t n, const std::string& what) {
+  const auto [p0, p1] = quip_butterfly_factors(n);
+  LB_CHECK(b.n == n && b.p[0] == p0 && b.p[1] == p1, "{}: butterfly of dimension {} ({} x {}) for dimension {} ({} x {})",
+           what, b.n, b.p[0], b.p[1], n, p0, p1);
+  for (int f = 0; f < 2; ++f)
+    LB_CHECK(int64_t(b.blocks[size_t(f)].size()) == n * b.p[size_t(f)], "{}: butterfly factor {} has {} values, expected {}",
+             what, f, b.blocks[size_t(f)].size(), n * b.p[size_t(f)]);
+  for (const auto* perm : {&b.perm_in, &b.perm_out}) {
+    LB_CHECK(int64_t(perm->size()) == n, "{}: permutation of {} entries for dimension {}", what, perm->size(), n);
+    std::vector<char> seen(size_t(n), 0);
+    for (int32_t i : *perm) {
+      LB_CHECK(i >= 0 && i < n && !seen[size_t(i)], "{}: the butterfly's permutation is not a permutation of 0..{}", what,
+               n - 1);
+      seen[size_t(i)] = 1;
+    }
+  }
+}
+
+std::vector<float> quip_butterfly_dense(const Butterfly& b) {
+  const int64_t n = b.n;
+  std::vector<float> y(size_t(n * n), 0.0f), z(size_t(n * n));
+  for (int64_t i = 0; i < n; ++i) y[size_t(i * n + b.perm_in[size_t(i)])] = 1.0f;  // I[perm_in]
+  apply_factor(b, 0, y.data(), n, z.data());
+  apply_factor(b, 1, z.data(), n, y.data());
+  for (int64_t i = 0; i < n; ++i)
+    std::copy(y.begin() + b.perm_out[size_t(i)] * n, y.begin() + (b.perm_out[size_t(i)] + 1) * n, z.begin() + i * n);
+  return z;
+}
+
+std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols, const std::vector<float>& h, int bits,
+                                    int npasses) {
+  const int64_t d = cols;
+  const float maxq = float((1 << bits) - 1);
+  // L = chol(H) with unit diagonal, minus I: strictly lower, Lf[j * d + i] = L[j, i] / L[i, i].
+  std::vector<double> l(h.begin(), h.end());
+  LB_CHECK(ops::cholesky(l.data(), d, false), "quip: the preprocessed Hessian is not positive definite");
+  std::vector<float> lf(size_t(d * d), 0.0f);
+  for (int64_t j = 0; j < d; ++j)
+    for (int64_t i = 0; i < j; ++i) lf[size_t(j * d + i)] = float(l[size_t(j * d + i)]) * (1.0f / float(l[size_t(i * d + i)]));
+  l = {};
+
+  // Reverse order in blocks: the contribution of the columns after a block is one GEMM.
+  std::vector<float> what(wt, wt + rows * d), e(size_t(rows * d), 0.0f);
+  const int64_t B = 128;
+  std::vector<float> acc(size_t(rows * B));
+  for (int64_t b1 = d; b1 > 0; b1 -= B) {
+    const int64_t b0 = std::max<int64_t>(0, b1 - B), nb = b1 - b0;
+    if (b1 < d)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(nb), blasint(d - b1), 1.0f,
+                  e.data() + b1, blasint(d), lf.data() + b1 * d + b0, blasint(d), 0.0f, acc.data(), blasint(nb));
+    else
+      std::fill(acc.begin(), acc.end(), 0.0f);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* er = e.data() + r * d;
+      for (int64_t i = b1 - 1; i >= b0; --i) {
+        float s = acc[size_t(r * nb + (i - b0))];
+        for (int64_t j = i + 1; j < b1; ++j) s += er[j] * lf[size_t(j * d + i)];
+        const float x = wt[r * d + i] + s;
+        const float k = std::clamp(std::floor(x + 0.5f), 0.0f, maxq);
+        what[size_t(r * d + i)] = k;
+        er[i] = wt[r * d + i] - k;
+      }
+    }
+  }
+
+  if (npasses > 0) {
+    // Greedy coordinate descent on H / max diag(H), as round_ldl's passes: s = w_hat - w is
+    // updated with every move and not by the clamp at the end of a pass.
+    float hmax = 0;
+    for (int64_t i = 0; i < d; ++i) hmax = std::max(hmax, h[size_t(i * d + i)]);
+    std::vector<float> hn(h.size());
+    for (size_t i = 0; i < h.size(); ++i) hn[i] = h[i] / hmax;
+    std::vector<float> s(size_t(rows * d)), wr(what);
+    for (int64_t i = 0; i < rows * d; ++i) s[size_t(i)] = what[size_t(i)] - wt[i];
+    for (int pass = 0; pass < npasses; ++pass) {
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s.data() + r * d;
+        float* w = wr.data() + r * d;
+        for (int64_t i = d - 1; i >= 0; --i) {
+          float hs = 0;
+          for (int64_t j = 0; j < d; ++j) hs += sr[j] * hn[size_t(j * d + i)];
+          const float eps = w[i] - std::nearbyint(w[i] - hs / hn[size_t(i * d + i)]);
+          w[i] -= eps;
+          sr[i] -= eps;
+        }
+        for (int64_t i = 0; i < d; ++i) w[i] = std::clamp(w[i], 0.0f, maxq);
+      }
+      const bool fixed = wr == what;
+      what = wr;
+      if (fixed) break;
+    }
+  }
+  std::vector<uint8_t> codes(size_t(rows * d));
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t(what[i]);
+  return codes;
+}
+
+QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::vector<double>& h,
+                         const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype) {
+  LB_CHECK(int64_t(h.size()) == cols * cols, "quip: Hessian has {} entries for {} columns", h.size(), cols);
+  QuipResult res;
+  std::vector<float> wf(size_t(rows * cols)), hf(size_t(cols * cols));
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = h16(w[i]);
+  for (size_t i = 0; i < hf.size(); ++i) hf[i] = float(h[i]);
+
+  if (opt.rescale) {
+    float mx = 0;
+    for (float x : hf) mx = std::max(mx, std::fabs(x));
+    for (float& x : hf) x = x / mx;
+    res.s.resize(size_t(cols));
+    for (int64_t c = 0; c < cols; ++c) {
+      double e = 0;
+      for (int64_t r = 0; r < rows; ++r) e += double(wf[size_t(r * cols + c)]) * double(wf[size_t(r * cols + c)]);
+      const float dh = std::max(hf[size_t(c * cols + c)], 1e-8f), dw = std::max(float(e), 1e-8f);
+      res.s[size_t(c)] = std::max(std::sqrt(std::sqrt(dh / dw)), 1e-8f);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) wf[size_t(r * cols + c)] = h16(wf[size_t(r * cols + c)] * res.s[size_t(c)]);
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        float& x = hf[size_t(i * cols + j)];
+        x = x / res.s[size_t(j)];
+        x = x / res.s[size_t(i)];
+      }
+  }
+
+  if (opt.proj) {
+    LB_CHECK(u != nullptr && v != nullptr, "quip: projection without butterflies");
+    quip_check_butterfly(*u, rows, "quip U");
+    quip_check_butterfly(*v, cols, "quip V");
+    double tr = 0;
+    for (int64_t i = 0; i < cols; ++i) tr += hf[size_t(i * cols + i)];
+    // n / (tr + 1e-8) as torch's __rtruediv__ computes it: reciprocal, then the product.
+    const float f = (1.0f / (float(tr) + 1e-8f)) * float(cols);
+    for (float& x : hf) x = x * f;
+    for (int64_t i = 0; i < cols; ++i) hf[size_t(i * cols + i)] += 0.01f;
+    const std::vector<float> U = quip_butterfly_dense(*u), V = quip_butterfly_dense(*v);
+    std::vector<float> t(size_t(std::max(rows * cols, cols * cols)));
+    sgemm(U.data(), wf.data(), t.data(), rows, cols, rows, false, false);  // U W
+    sgemm(t.data(), V.data(), wf.data(), rows, cols, cols, false, true);   // (U W) V^T
+    for (float& x : wf) x = h16(x);
+    sgemm(V.data(), hf.data(), t.data(), cols, cols, cols, false, false);  // V H
+    sgemm(t.data(), V.data(), hf.data(), cols, cols, cols, false, true);   // (V H) V^T
+  }
+
+  // gptqH: dead inputs, then the relative damping.
+  double mean = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    float& dd = hf[size_t(c * cols + c)];
+    if (dd == 0.0f) {
+      dd = 1.0f;
+      for (int64_t r = 0; r < rows; ++r) wf[size_t(r * cols + c)] = 0.0f;
+      ++res.dead_columns;
+    }
+    mean += dd;
+  }
+  const float damp = float(opt.damp) * float(mean / double(cols));
+  for (int64_t c = 0; c < cols; ++c) hf[size_t(c * cols + c)] += damp;
+
+  // qfn b: the scale and the grid coordinates in fp16 arithmetic.
+  const int maxq = (1 << opt.bits) - 1;
+  double sq = 0;
+  for (float x : wf) sq += h16(x * x);
+  const float scale = h16(2.4f * h16(std::sqrt(h16(float(sq / double(wf.size()))))));
+  std::vector<float> wt(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) {
+    const float g = h16(h16(h16(h16(wf[i] / scale) + 1.0f) * 0.5f) * float(maxq));
+    wt[i] = std::clamp(g, 0.0f, float(maxq));
+  }
+  std::vector<uint8_t> codes = quip_round_ldl(wt.data(), rows, cols, hf, opt.bits, opt.npasses);
+
+  QuantizedLinear& q = res.q;
+  q.format = &kQuipFormat;
+  q.rows = rows;
+  q.cols = cols;
+  q.bits = opt.bits;
+  q.group_size = cols;
+  q.dequant_dtype = dtype;
+  q.codes = std::move(codes);
+  q.scales = {scale};
+  res.scale = scale;
+  quip_store_transform(q, opt.rescale ? &res.s : nullptr, opt.proj ? u : nullptr, opt.proj ? v : nullptr);
+
+  // The proxy loss in the rotated basis, with the H LDLQ used.
+  std::vector<float> dw(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) dw[i] = quip_grid_value(q.codes[i], scale, maxq) - wf[i];
+  double loss = 0;
+#pragma omp parallel for reduction(+ : loss) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = dw.data() + r * cols;
+    for (int64_t i = 0; i < cols; ++i) {
+      double t = 0;
+      for (int64_t j = 0; j < cols; ++j) t += double(hf[size_t(i * cols + j)]) * a[j];
+      loss += double(a[i]) * t;
+    }
+  }
+  res.proxy_loss = loss;
+  res.w_rot = std::move(wf);
+  res.h_rot = std::move(hf);
+  return res;
+}
+
+// ---- the method ------------------------------------------------------------------------------
+
+namespace {
+
+class Quip : public QuantMethod {
+ public:
+  explicit Quip(QuantSpec s) : QuantMethod(std::move(s)) {
+    opt_.bits = int(spec_.take_int("w", 2, 2, 4, "weight bits of the symmetric grid (2, 3 or 4)"));
+    opt_.npasses = int(spec_.take_int("npasses", 0, 0, 100, "greedy coordinate-descent passes after LDLQ"));
+    opt_.seed = uint64_t(spec_.take_int("seed", 0, 0, int64_t(1) << 32, "seed of the random butterflies"));
+    opt_.damp = spec_.take_double("damp", 0.01, 0.0, 10.0, "damping, a fraction of the mean Hessian diagonal");
+    opt_.rescale = spec_.take_bool("rescale", true, "diagonal rescaling of W and H (pre_rescale)");
+    opt_.proj = spec_.take_bool("proj", true, "random orthogonal butterfly projections (pre_proj)");
+    spec_.finish();
+  }
+  bool needs_calibration() const override { return true; }
+  double weight_bits() const override { return opt_.bits; }
+  int64_t group_size() const override { return -1; }
+
+  void check_shapes(const LlamaConfig& config) const override {
+    if (!opt_.proj) return;
+    for (LinearKind k : kAllLinears) {
+      quip_check_dimension(linear_out_features(config, k), fmt::format("{} (output features)", linear_name(k)));
+      quip_check_dimension(linear_in_features(config, k), fmt::format("{} (input features)", linear_name(k)));
+    }
+  }
+
+  void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
+    StatsRequest req;
+    req.hessian = true;
+    const auto stats = ctx.collect(kAllLinears, req);
+    for (LinearKind k : kAllLinears) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const Tensor& w = ctx.weights()[k];
+      const int64_t rows = w.dim(0), cols = w.dim(1);
+      // sum x x^T / N from GPTQ's 2 / N sum x x^T.
+      std::vector<double> h = stats.at(k)->hessian;
+      for (double& x : h) x *= 0.5;
+      const uint64_t su = opt_.seed * 1000003ull + uint64_t(ctx.layer()) * 16ull + 2ull * uint64_t(k);
+      Butterfly u, v;
+      if (opt_.proj) {
+        u = quip_random_butterfly(rows, su);
+        v = quip_random_butterfly(cols, su + 1);
+      }
+      QuipResult r = quip_quantize(w.data_as<float>(), rows, cols, h, opt_, &u, &v,
+                                   linear_storage_dtype(ctx.model(), ctx.layer(), k));
+      std::string note = fmt::format("proxy loss {:.4g}, scale {:.4g}", r.proxy_loss, r.scale);
+      if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &stats.at(k)->hessian, note);
+    }
+  }
+
+ private:
+  QuipOptions opt_;
+};
+
+}  // namespace
+
+std::unique_ptr<QuantMethod> make_quip(QuantSpec spec) { return std::make_unique<Quip>(std::move(spec)); }
+
+}  // namespace lowbit
