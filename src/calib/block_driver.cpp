@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstring>
 #include <new>
-#include <optional>
 
 namespace lowbit {
 
@@ -101,7 +100,7 @@ BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, 
   return out;
 }
 
-std::map<LinearKind, std::shared_ptr<const std::vector<float>>> BlockContext::capture_inputs(
+std::map<LinearKind, std::shared_ptr<std::vector<float>>> BlockContext::capture_inputs(
     std::span<const LinearKind> kinds) const {
   LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
   LB_ASSERT(!kinds.empty());
@@ -139,7 +138,7 @@ std::map<LinearKind, std::shared_ptr<const std::vector<float>>> BlockContext::ca
     std::memcpy(h.data(), inputs_ + window * seqlen_ * H, h.size() * sizeof(float));
     model_.run_block(layer_, weights_, h.data(), 1, seqlen_, 0, &hooks);
   }
-  std::map<LinearKind, std::shared_ptr<const std::vector<float>>> out;
+  std::map<LinearKind, std::shared_ptr<std::vector<float>>> out;
   for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
   return out;
 }
@@ -170,9 +169,6 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     BlockWeights w = clone_block_weights(*model.block_weights(i));
-    // For methods that calibrate every block on the 16-bit model's activations.
-    std::optional<BlockWeights> original;
-    if (nseq > 0 && !plan.propagate_quantized) original = clone_block_weights(w);
     BlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
         [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
@@ -180,7 +176,16 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     plan.quantize_block(ctx);
     if (nseq > 0) {
       const BlockHooks* hooks = plan.propagation_hooks ? plan.propagation_hooks(i) : nullptr;
-      const BlockWeights& prop = original ? *original : w;
+      // Methods that calibrate every block on the 16-bit model's activations propagate the block
+      // as the checkpoint has it: their rewritten copy is released first and the block converted
+      // again (the same fp32 values a copy taken before the method would hold), so the two never
+      // live side by side.
+      std::shared_ptr<const BlockWeights> source;
+      if (!plan.propagate_quantized) {
+        w = BlockWeights{};
+        source = model.block_weights(i);
+      }
+      const BlockWeights& prop = source ? *source : w;
       for (int64_t s = 0; s < nseq; ++s) model.run_block(i, prop, hidden.data() + s * T * H, 1, T, 0, hooks);
     }
     if (cb.on_block_done) cb.on_block_done(i, L, seconds_since(t0));

@@ -8,8 +8,19 @@
 //      folded into norms); then run the block with those weights, in place, to produce the next
 //      block's inputs; release the block.
 //
-// Peak memory is one block's fp32 weights plus one activation buffer, whatever the depth. Data-
-// free methods get no calibration inputs and no forward runs at all.
+// Peak memory, whatever the depth: the calibration activations ([nseq * seqlen, hidden] fp32),
+// one block's fp32 weights (two for a moment while a block is loaded: the fp32 conversion of the
+// source and the method's writable copy), one window's scratch, and what the method itself holds
+// while it quantizes the block:
+//   gptq         one [in, in] fp64 Hessian per input site of the linears being solved;
+//   awq          the inputs of every linear (capture_inputs: [nseq * seqlen] tokens x (3 x hidden
+//                + intermediate) fp32), one scaling group's linears and its module's output for
+//                the original and the trial weights ([nseq * seqlen, out] fp32 each);
+//   smoothquant  per-channel abs-max vectors.
+// Methods that calibrate on the 16-bit activations (propagate_quantized == false) get no second
+// block: their copy is released after the method returns, and the next block's inputs come from
+// the block converted again from the checkpoint. Data-free methods get no calibration inputs and
+// no forward runs at all.
 #pragma once
 
 #include "model/llama_model.h"
@@ -76,7 +87,8 @@ class BlockContext {
   StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const;
   // Runs the block with the current weights on every calibration window and returns the inputs
   // of `kinds` ([nseq * seqlen, in_features] each; linears sharing an input share one buffer).
-  std::map<LinearKind, std::shared_ptr<const std::vector<float>>> capture_inputs(std::span<const LinearKind> kinds) const;
+  // The buffers are the caller's alone: a method may rewrite them in place or move them out.
+  std::map<LinearKind, std::shared_ptr<std::vector<float>>> capture_inputs(std::span<const LinearKind> kinds) const;
   // Runs the block with weights `w` on windows [w0, w0 + n): out[n * seqlen, hidden] receives
   // the outputs (or, with hooks->stop_after_input, the partly updated hidden states).
   void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const;

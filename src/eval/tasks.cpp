@@ -156,6 +156,50 @@ McTask hellaswag(const std::string& dir) {
   return t;
 }
 
+// llama.cpp's HellaSwag text (hellaswag_val_full.txt, PROVENANCE.md): 6 lines per task, in the
+// original file's order: the preprocessed context, the gold label (0-3), the 4 preprocessed
+// endings. The lines are taken as they are: they were preprocessed when the file was made, by
+// rules that differ from the harness's (see tasks.h), and the original fields cannot be recovered
+// from them, so the harness's preprocessing is not applied again.
+McTask hellaswag_derived(const std::string& dir) {
+  McTask t;
+  t.name = "hellaswag_derived";
+  t.split = "validation";
+  t.convention = "llama.cpp hellaswag_val_full.txt (derived from hellaswag_val.jsonl, NOT the harness's "
+                 "preprocessing: ctx_b not capitalized, other tag removal): \"{line 1}\" / \" {ending line}\"";
+  const DatasetFile data = checked_data_file(
+      dir, "hellaswag/hellaswag_val_full.txt", "hellaswag_derived",
+      "; it is hellaswag_val_full.txt of klosax/hellaswag_text_data (7,770,677 bytes, SHA-256 "
+      "d572539320eb2050e858ca34b495bbe2103e3b3f1391a9c3bcdf215b0bb93bd1)");
+  t.files = {data};
+  const std::string text = read_file(data.path);
+  std::vector<std::string_view> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    lines.emplace_back(text.data() + pos, nl - pos);
+    pos = nl + 1;
+  }
+  LB_CHECK(!lines.empty() && lines.size() % 6 == 0,
+           "{}: {} lines; a task is 6 lines (context, label, 4 endings), so the count must be a multiple of 6",
+           data.path, lines.size());
+  for (size_t i = 0; i < lines.size(); i += 6) {
+    McItem it;
+    it.id = std::to_string(t.items.size());
+    it.contexts = {std::string(lines[i])};
+    const std::string_view label = lines[i + 1];
+    LB_CHECK(label.size() == 1 && label[0] >= '0' && label[0] <= '3', "{}:{}: label '{}' is not an integer in 0..3",
+             data.path, i + 2, label);
+    it.gold = label[0] - '0';
+    for (size_t k = 0; k < 4; ++k) {
+      it.choices.emplace_back(lines[i + 2 + k]);
+      it.continuations.push_back(" " + it.choices.back());
+    }
+    t.items.push_back(std::move(it));
+  }
+  return t;
+}
+
 McTask winogrande(const std::string& dir) {
   McTask t;
   t.name = "winogrande";
@@ -240,7 +284,8 @@ McTask mmlu(const std::string& dir, int shots, const std::string& only_subject) 
 }  // namespace
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> n = {"piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"};
+  static const std::vector<std::string> n = {"piqa",       "arc_easy",   "arc_challenge", "hellaswag",
+                                             "hellaswag_derived", "winogrande", "mmlu"};
   return n;
 }
 
@@ -249,6 +294,7 @@ McTask load_task(const std::string& name, const std::string& data_dir, int mmlu_
   if (name == "arc_easy") return arc(data_dir, false);
   if (name == "arc_challenge") return arc(data_dir, true);
   if (name == "hellaswag") return hellaswag(data_dir);
+  if (name == "hellaswag_derived") return hellaswag_derived(data_dir);
   if (name == "winogrande") return winogrande(data_dir);
   if (name == "mmlu") return mmlu(data_dir, mmlu_shots, "");
   if (name.starts_with("mmlu_")) {

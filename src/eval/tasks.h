@@ -7,6 +7,13 @@
 //   arc_challenge  test (.../ARC-Challenge/ARC-Challenge-Test.jsonl)         as arc_easy
 //   hellaswag      validation (hellaswag/hellaswag_val.jsonl)                preprocess("{activity_label}: {ctx_a} {ctx_b.capitalize()}")
 //                                                                            / " " + preprocess(ending)
+//   hellaswag_derived  validation, all 10,042 tasks (hellaswag/hellaswag_val_full.txt: llama.cpp's
+//                  6-lines-per-task text, derived from hellaswag_val.jsonl) "{line 1}" / " {ending line}"
+//                  NOT the harness's preprocessing: line 1 is preprocess'(activity_label + ": " + ctx)
+//                  with ctx_b not capitalized and llama.cpp's tag removal (drops [header], [step],
+//                  [substeps]; " [title]" -> ". "), so some contexts and endings differ from hellaswag's;
+//                  items, order and gold labels are the official ones. For when the jsonl is absent;
+//                  reported under its own name, never as hellaswag.
 //   winogrande     winogrande_xl validation (winogrande/winogrande_1.1/dev.jsonl)
 //                                                                            contexts sentence[:_] + option, shared
 //                                                                            continuation " " + sentence[_+1:].strip()

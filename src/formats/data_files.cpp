@@ -16,13 +16,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Canonical files (SHA-256 of the files Hugging Face `datasets` and GPTQ read).
+// Canonical files (SHA-256 of the files Hugging Face `datasets`, GPTQ and llama.cpp read).
 const std::map<std::string, std::string>& known_sha256() {
   static const std::map<std::string, std::string> m = {
       {"wikitext2/wiki.test.raw", "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"},
       {"ptb/ptb.train.txt", "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"},
       {"ptb/ptb.valid.txt", "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"},
       {"ptb/ptb.test.txt", "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"},
+      // llama.cpp's derived HellaSwag text (klosax/hellaswag_text_data, PROVENANCE.md).
+      {"hellaswag/hellaswag_val_full.txt", "d572539320eb2050e858ca34b495bbe2103e3b3f1391a9c3bcdf215b0bb93bd1"},
   };
   return m;
 }

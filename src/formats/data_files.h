@@ -28,7 +28,7 @@ std::string resolve_data_dir(const std::string& flag_value);
 
 // data_dir/rel, hashed. Throws when absent, naming the set (`set`), the file and the data
 // directory, followed by `hint` (where to obtain it). Files with a known canonical content
-// (WikiText2, PTB) must match its SHA-256.
+// (WikiText2, PTB, the derived HellaSwag text) must match its SHA-256.
 DatasetFile checked_data_file(const std::string& data_dir, const std::string& rel, const std::string& set,
                               const std::string& hint);
 

@@ -129,7 +129,11 @@ AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& n
   AwqBlockChoices::Group best;
   best.name = name;
   double best_loss = INFINITY;
-  BlockWeights trial = clone_block_weights(w0);
+  // The trial block shares w0's tensors (Tensor copies are views of one storage) except the
+  // group's linears, which it owns and rewrites at every grid point: one group's weights more,
+  // not a block.
+  BlockWeights trial = w0;
+  for (K k : linears) trial[k] = Tensor::empty(DType::F32, w0[k].shape());
   for (int i = 0; i < opt.grid; ++i) {
     const float ratio = float(i) / float(opt.grid);
     std::vector<float> s(static_cast<size_t>(in_cols));
@@ -275,10 +279,14 @@ AwqBlockChoices awq_scale_and_clip(BlockContext& ctx, const AwqOptions& opt) {
   BlockWeights& w = ctx.weights();
   for (K k : kAllLinears) check_group(w[k].dim(1), opt.group_size < 0 ? w[k].dim(1) : opt.group_size, linear_name(k));
   AwqBlockChoices out;
-  // The inputs of every linear in one pass of the unmodified block.
+  // The inputs of every linear in one pass of the unmodified block. The search needs them as
+  // recorded (every group is judged on the original inputs) and the clipping needs them divided
+  // by the scales, so they are held for the whole block; capture_inputs hands the buffers over,
+  // and they are moved out, not copied. That is the method's peak: [nseq * seqlen] tokens x
+  // (3 x hidden + intermediate) fp32.
   auto feats = ctx.capture_inputs(kAllLinears);
-  std::vector<float> x_qkv = *feats.at(K::Q), x_o = *feats.at(K::O), x_gu = *feats.at(K::Gate),
-                     x_down = *feats.at(K::Down);
+  std::vector<float> x_qkv = std::move(*feats.at(K::Q)), x_o = std::move(*feats.at(K::O)),
+                     x_gu = std::move(*feats.at(K::Gate)), x_down = std::move(*feats.at(K::Down));
   feats.clear();
   const SearchSpace sp{ctx.model(), ctx.layer(), ctx.nseq(), ctx.seqlen()};
   const int64_t H = w[K::Q].dim(1), qd = w[K::O].dim(1), F = w[K::Down].dim(1);
@@ -352,7 +360,6 @@ class Awq : public QuantMethod {
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
     const auto t0 = std::chrono::steady_clock::now();
-    const BlockWeights original = clone_block_weights(ctx.weights());
     const AwqBlockChoices ch = awq_scale_and_clip(ctx, opt_);
     for (const auto& n : ch.notes) ctx.note(n);
     std::string summary;
@@ -365,10 +372,10 @@ class Awq : public QuantMethod {
       const Tensor& w = ctx.weights()[k];
       QuantizedLinear q = awq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), opt_.bits, opt_.group_size,
                                        linear_storage_dtype(ctx.model(), ctx.layer(), k));
+      // The reported weight error is against the scaled (and clipped) weights the grid was
+      // computed on: the block's 16-bit function is the original's, the weights are not.
       finish_linear(ctx, k, std::move(q), out, t1, nullptr, "");
     }
-    // The errors above are against the scaled weights; the function is the original's.
-    (void)original;
   }
 
  private:

@@ -88,7 +88,10 @@ struct ModelTables {
 };
 
 const std::vector<std::string> kPplOrder = {"wikitext2", "c4", "ptb", "ptb-new", "c4-new"};
-const std::vector<std::string> kZeroShotOrder = {"piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"};
+// hellaswag_derived (llama.cpp's derived text, not the harness's preprocessing) takes HellaSwag's
+// column position under a header that names it as the derived variant.
+const std::vector<std::string> kZeroShotOrder = {"piqa",      "arc_easy",          "arc_challenge",
+                                                 "hellaswag", "hellaswag_derived", "winogrande"};
 const std::vector<std::pair<std::string, std::string>> kMmluColumns = {
     {"humanities", "Hums."}, {"stem", "STEM"}, {"social_sciences", "Social"}, {"other", "Other"}, {"avg_subjects", "Avg."}};
 
@@ -96,6 +99,7 @@ std::string eval_header(const std::string& name) {
   static const std::map<std::string, std::string> h = {
       {"wikitext2", "WikiText2"}, {"c4", "C4"}, {"ptb", "PTB"}, {"ptb-new", "PTB (test)"}, {"c4-new", "C4 (new)"},
       {"piqa", "PIQA"}, {"arc_easy", "ARC-e"}, {"arc_challenge", "ARC-c"}, {"hellaswag", "HellaSwag"},
+      {"hellaswag_derived", "HellaSwag (derived text)"},
       {"winogrande", "Wino"}};
   if (auto it = h.find(name); it != h.end()) return it->second;
   if (name.find('/') != std::string::npos) return fs::path(name).filename().string();

@@ -13,12 +13,15 @@ if [[ -d "$M/testbed-44m" ]]; then
   expect_ok "inspect json" '"parameters": 260032' "$B" inspect --json "$M/stories260K/stories260K.bin"
   expect_ok "inspect tokenizer" "BOS added by default: no" "$B" inspect "$M/tokenizers/llama3/tokenizer.json"
   expect_ok "tokenize ids" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids
-  expect_ok "tokenize bos" '^\[128000, 9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos
+  expect_ok "tokenize bos" '^\[128000, 9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos on
+  expect_ok "tokenize bos auto" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos auto
+  expect_ok "tokenize bos off" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --ids --bos off
+  expect_err "tokenize bos value" "--bos: yes not in \{auto,on,off\}|--bos.*yes" "$B" tokenize --model "$M/tokenizers/llama3" --text "Hello world" --bos yes
   expect_ok "tokenize default" '^\[10994, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids
   expect_ok "tokenize llama" '^\[15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --spm-convention llama
   expect_ok "tokenize spm bos" '^\[1, 15043, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --spm-convention sentencepiece
-  expect_ok "tokenize no-bos" '^\[10994, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --no-bos
-  expect_ok "tokenize count" '^3$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --count --bos
+  expect_ok "tokenize no-bos" '^\[10994, 3186\]$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --ids --bos off
+  expect_ok "tokenize count" '^3$' "$B" tokenize --model "$M/testbed-44m" --text "Hello world" --count --bos on
   expect_ok "tokenize llama2c" "403 ' Once'" "$B" tokenize --model "$M/stories260K/stories260K.bin" --text "Once upon"
   printf 'Hello world' > "$T/in.txt"
   expect_ok "tokenize file" '^\[9906, 1917\]$' "$B" tokenize --model "$M/tokenizers/llama3/tokenizer.json" --file "$T/in.txt" --ids
@@ -26,9 +29,21 @@ fi
 
 if [[ -d "$M/stories260K" ]]; then
   expect_ok "generate" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
-  expect_err "generate bad device" "device 'gpu': expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
+  expect_ok "generate max-new-tokens" "^Once upon a time, there was a little girl named Lily" "$B" generate --model "$M/stories260K/stories260K.bin" --max-new-tokens 20
+  expect_ok "generate speed" "prompt: 1 tokens in [0-9.]+ s \([0-9.]+ tokens/s\); decode: 19 tokens in [0-9.]+ s \([0-9.]+ tokens/s\); 20 new tokens" "$B" generate --model "$M/stories260K/stories260K.bin" -n 20
+  expect_ok "generate prompt bos off" "prompt: 2 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos off
+  expect_ok "generate prompt bos on" "prompt: 3 tokens in" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --prompt "Once upon" --bos on
+  expect_err "generate empty prompt" "the prompt has no tokens" "$B" generate --model "$M/stories260K/stories260K.bin" -n 2 --bos off
+  expect_err "generate bad device" "--device: 'gpu': expected cpu, cuda or cuda:N" "$B" generate --model "$M/stories260K/stories260K.bin" -n 4 --device gpu
+  # --device is checked while parsing: the missing model is never opened.
+  expect_err "ppl bad device at parse time" "--device: 'cuda:x': 'x' is not a device index" "$B" ppl --model "$T/no-such-model" --device cuda:x
+  expect_err "eval bad device at parse time" "--device: 'gpu': expected cpu, cuda or cuda:N" "$B" eval --model "$T/no-such-model" --device gpu
   expect_ok "logits" "" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1,403,407 -o "$T/l.safetensors"
   expect_ok "logits file" "F32: 1 tensors" "$B" inspect "$T/l.safetensors"
+  expect_ok "logits --output" "logits \[3, 512\] written to" "$B" logits --model "$M/stories260K/stories260K.bin" --text "Once upon" --bos on --output "$T/l2.safetensors"
+  expect_err "logits --out is gone" "--out" "$B" logits --model "$M/stories260K/stories260K.bin" --ids 1 --out "$T/l3.safetensors"
+  expect_ok "ppl limit help" "--limit.*windows" "$B" ppl --help
+  expect_ok "eval limit help" "--limit.*items" "$B" eval --help
   printf 'Once upon a time there was a little dog. The dog liked to run and play in the sun every day.\n%.0s' {1..40} > "$T/story.txt"
   expect_ok "ppl file" "^PPL = [0-9.]+ \+/- [0-9.]+$" "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128
   expect_ok "ppl json" '"windows_available": [0-9]+' "$B" ppl --model "$M/stories260K/stories260K.bin" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
@@ -60,7 +75,9 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
-  expect_err "stats bad device" "device 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
+  expect_ok "stats calibration flags" "^wrote .*layer 1 statistics on 2 x 64 tokens" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --bos off --spm-convention auto --seed 3 -o "$T/stats-b.safetensors"
+  expect_err "stats seqlen" "--seqlen 1024 exceeds the model's max_position_embeddings \(512\)" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --seqlen 1024 -o "$T/stats3.safetensors"
+  expect_err "stats bad device" "--device: 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"
   expect_err "quantize unknown method" "unknown method 'gptx' \(known: fp16, rtn, gptq, awq, slim, quip, pbllm, billm, smoothquant, nf4\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"
@@ -72,6 +89,16 @@ if [[ -d "$M/stories260K" ]]; then
   expect_err "quantize requantize" "is already quantized" "$B" quantize --model "$T/q-rtn" --method rtn -o "$T/q-x"
   [[ ! -e "$T/q-x" ]] && ok || bad "a failed quantize left $T/q-x behind"
   ls -a "$T" | grep -q partial && bad "a .partial directory was left in $T" || ok
+fi
+
+D="${LOWBIT_TEST_DATA:-}"
+if [[ -d "$M/stories260K" && -f "$D/hellaswag/hellaswag_val_full.txt" ]]; then
+  expect_ok "eval hellaswag_derived" "^hellaswag_derived \(validation, 3 items\): acc [0-9.]+ \+/- [0-9.]+, acc_norm" \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --limit 3 --data-dir "$D"
+  expect_ok "eval hellaswag_derived json" '"convention": "llama.cpp hellaswag_val_full.txt \(derived' \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --limit 2 --data-dir "$D" --json
+  expect_err "eval hellaswag_derived missing" "dataset 'hellaswag_derived' needs hellaswag/hellaswag_val_full.txt" \
+    "$B" eval --model "$M/stories260K/stories260K.bin" --tasks hellaswag_derived --data-dir "$T"
 fi
 
 # Bad input: clear message, non-zero exit, no partial output.
@@ -99,10 +126,10 @@ expect_err "no subcommand" "subcommand" "$B"
 # its manifest.json).
 G="$LOWBIT_TEST_FIXTURES/gguf_tokenizer"
 expect_ok "tokenize gguf" '^\[56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids
-expect_ok "tokenize gguf bos" '^\[1, 56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids --bos
+expect_ok "tokenize gguf bos" '^\[1, 56, 478, 95, 905\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text "Hello world" --ids --bos on
 expect_ok "tokenize gguf specials" '^\[1, 376, 259, 198, 56, 89, 2, 198\]$' "$B" tokenize --model "$G/smollm2-tiny.gguf" --text $'<|im_start|>user\nHi<|im_end|>\n' --ids
 expect_ok "tokenize gguf llama" '^\[1, 229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids
-expect_ok "tokenize gguf llama no-bos" '^\[229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids --no-bos
+expect_ok "tokenize gguf llama no-bos" '^\[229, 153, 132, 75, 104, 111, 111, 114, ' "$B" tokenize --model "$G/llama2-tiny.gguf" --text "Hello world" --ids --bos off
 expect_err "gguf without tokenizer" "no tokenizer.ggml.model" "$B" tokenize --model "$LOWBIT_TEST_FIXTURES/gguf/reader.gguf" --text a
 
 report

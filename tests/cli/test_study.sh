@@ -91,6 +91,17 @@ expect_err "report missing" "results store '.*nothing.sqlite' does not exist" "$
 printf 'not a database at all, just some text that is long enough..........................' > "$T/s/junk.sqlite"
 expect_err "report junk" "junk.sqlite" "$B" report "$T/s/junk.sqlite"
 
+# hellaswag_derived (llama.cpp's derived HellaSwag text): accepted by the spec, and reported in
+# HellaSwag's column position under a header that names it as derived.
+if [[ -f "$D/hellaswag/hellaswag_val_full.txt" ]]; then
+  mkdir -p "$T/h"
+  write_spec "$T/h/cli.toml" '[[method]]
+name = "fp16"' 'tasks = ["winogrande", "hellaswag_derived", "piqa"]
+task_limit = 4'
+  expect_ok "study hellaswag_derived" "3 evaluations run" "$B" study "$T/h/cli.toml"
+  expect_ok "report hellaswag_derived" "\| PIQA \| HellaSwag \(derived text\) \| Wino \| Avg\. \|" "$B" report "$T/h/cli.sqlite"
+fi
+
 # Bad specs: non-zero exit, the spec's file:line:column, and no store.
 mkdir -p "$T/b"
 write_spec "$T/b/s.toml" '[[method]]

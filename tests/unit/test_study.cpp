@@ -122,7 +122,7 @@ TEST(StudySpec, ErrorsNameTheLine) {
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n",
                                         "[eval]\nppl = [\"wikitext2\"]\ntasks = [\"piqa\",\n  \"hellaswog\"]\n")),
                      "/tmp/spec.toml:16:3: unknown task 'hellaswog' (known: piqa, arc_easy, arc_challenge, hellaswag, "
-                     "winogrande, mmlu, and mmlu_SUBJECT for one MMLU subject)"));
+                     "hellaswag_derived, winogrande, mmlu, and mmlu_SUBJECT for one MMLU subject)"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nppl = [\"wikitext3\"]\n")),
                      "/tmp/spec.toml:14:8: unknown dataset 'wikitext3': not one of wikitext2, ptb, ptb-new, c4, "
                      "c4-new, nor a file path"));

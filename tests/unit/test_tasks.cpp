@@ -2,6 +2,7 @@
 // own string functions, and every task's request strings against the harness-mirroring
 // reference (scripts/make_mc_fixtures.py, in tests/fixtures/mc).
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "eval/tasks.h"
 #include "test_util.h"
 
@@ -68,6 +69,60 @@ TEST(Tasks, RequestStringsMatchTheHarness) {
   }
   for (const char* t : {"piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu_abstract_algebra"})
     EXPECT_GT(checked[t], 0) << t;
+}
+
+// hellaswag_derived against scripts/make_hellaswag_derived_fixture.py, which reads the file as
+// llama.cpp does and builds the harness's HellaSwag requests from it.
+TEST(Tasks, HellaswagDerivedMatchesTheReference) {
+  const std::string data = test::data_dir() + "/hellaswag/hellaswag_val_full.txt";
+  LOWBIT_REQUIRE_PATH(data);
+  const nlohmann::json ref =
+      nlohmann::json::parse(read_file(test::fixtures_dir() + "/mc/hellaswag_derived.json"));
+  const McTask t = load_task("hellaswag_derived", test::data_dir());
+  EXPECT_EQ(t.name, "hellaswag_derived");
+  EXPECT_TRUE(t.has_acc_norm);
+  ASSERT_EQ(t.files.size(), 1u);
+  EXPECT_EQ(t.files[0].sha256, ref["sha256"].get<std::string>());
+  ASSERT_EQ(int64_t(t.items.size()), ref["items_total"].get<int64_t>());
+  EXPECT_EQ(t.items.size(), 10042u);
+  std::vector<int64_t> gold(4, 0);
+  for (const McItem& it : t.items) {
+    ASSERT_EQ(it.contexts.size(), 1u);
+    ASSERT_EQ(it.choices.size(), 4u);
+    ASSERT_EQ(it.num_requests(), 4u);
+    ++gold[size_t(it.gold)];
+  }
+  EXPECT_EQ(gold, ref["gold_counts"].get<std::vector<int64_t>>());
+  for (const auto& r : ref["items"]) {
+    const McItem& it = t.items.at(std::stoul(r["id"].get<std::string>()));
+    EXPECT_EQ(it.id, r["id"].get<std::string>());
+    EXPECT_EQ(it.contexts, r["contexts"].get<std::vector<std::string>>()) << it.id;
+    EXPECT_EQ(it.continuations, r["continuations"].get<std::vector<std::string>>()) << it.id;
+    EXPECT_EQ(it.choices, r["choices"].get<std::vector<std::string>>()) << it.id;
+    EXPECT_EQ(it.gold, r["gold"].get<int>()) << it.id;
+    for (size_t k = 0; k < it.num_requests(); ++k)
+      EXPECT_EQ(it.context(k) + it.continuation(k), it.contexts[0] + " " + it.choices[k]) << it.id;
+  }
+  // PROVENANCE.md's statement of the first task (rowanz ind 24).
+  EXPECT_EQ(t.items[0].contexts[0], "Roof shingle removal: A man is sitting on a roof. he");
+  EXPECT_EQ(t.items[0].gold, 3);
+}
+
+TEST(Tasks, HellaswagDerivedBadInputIsAClearError) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir.path / "hellaswag");
+  auto err = [&] {
+    try {
+      load_task("hellaswag_derived", dir.path.string());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(err().find("needs hellaswag/hellaswag_val_full.txt"), std::string::npos) << err();
+  EXPECT_NE(err().find("klosax/hellaswag_text_data"), std::string::npos) << err();
+  test::spit(dir / "hellaswag/hellaswag_val_full.txt", "ctx\n3\na\nb\nc\nd\n");
+  EXPECT_NE(err().find("has SHA-256"), std::string::npos) << err();
 }
 
 TEST(Tasks, BadInputIsAClearError) {

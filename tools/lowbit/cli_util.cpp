@@ -4,6 +4,7 @@
 #include "backend/device_check.h"
 #include "core/device.h"
 #include "core/error.h"
+#include "formats/data_files.h"
 
 #include <fmt/format.h>
 
@@ -54,7 +55,52 @@ DeviceChoice parse_device(const std::string& s) {
 }
 
 void add_device_option(CLI::App* cmd, std::string& target) {
-  cmd->add_option("--device", target, "cpu, cuda or cuda:N");
+  // CLI11 prefixes the option's name, so the message it prints reads
+  // "--device: 'gpu': expected cpu, cuda or cuda:N".
+  const CLI::Validator device(
+      [](std::string& s) -> std::string {
+        try {
+          parse_device(s);
+        } catch (const Error& e) {
+          std::string m = e.what();
+          const std::string prefix = "device ";
+          return m.starts_with(prefix) ? m.substr(prefix.size()) : m;
+        }
+        return {};
+      },
+      "DEVICE", "device");
+  cmd->add_option("--device", target, "cpu, cuda or cuda:N")->check(device);
+}
+
+void add_bos_option(CLI::App* cmd, std::string& target, const std::string& what) {
+  cmd->add_option("--bos", target,
+                  "BOS when tokenizing " + what + ": auto (the tokenizer's default), on (exactly one), off (none)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+}
+
+void add_calibration_options(CLI::App* cmd, CalibrationFlags& f) {
+  cmd->add_option("--calib", f.calib, "calibration set: wikitext2 (train), ptb (train), c4 (train) or a text file");
+  cmd->add_option("--nsamples", f.nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--seqlen", f.seqlen, "tokens per calibration window")
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
+  cmd->add_option("--seed", f.seed, "calibration sampling seed (Python's random.seed)");
+  cmd->add_option("--data-dir", f.data_dir, "data directory (default: $LOWBIT_DATA)");
+  add_bos_option(cmd, f.bos, "the calibration text");
+  add_spm_convention_option(cmd, f.spm);
+}
+
+Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, const std::string& model) {
+  LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it (needed for calibration)", model);
+  LB_CHECK(f.seqlen <= ck.config.max_position_embeddings,
+           "--seqlen {} exceeds the model's max_position_embeddings ({})", f.seqlen,
+           ck.config.max_position_embeddings);
+  // A named set lives in the data directory; a file path is read as given.
+  const bool named = is_named_dataset(f.calib, DatasetRole::Calibration);
+  const CalibrationSet set = resolve_calibration_set(f.calib, named ? resolve_data_dir(f.data_dir) : f.data_dir);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(f.spm);
+  auto tok = load_tokenizer(ck.tokenizer_path, topt);
+  return make_calibration(set, *tok, f.nsamples, f.seqlen, f.seed, parse_bos_mode(f.bos));
 }
 
 }  // namespace lowbit::cli

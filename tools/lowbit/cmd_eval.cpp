@@ -162,12 +162,12 @@ void register_eval(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("eval", "Zero-shot tasks and MMLU with lm-evaluation-harness semantics");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit or quantized)")->required();
   cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu "
-                                       "(or mmlu_SUBJECT for one subject)");
+                                       "(or mmlu_SUBJECT for one subject); hellaswag_derived: llama.cpp's "
+                                       "derived HellaSwag text, not the harness's preprocessing");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
-  cmd->add_option("--limit", o->limit, "evaluate only the first N items of each task (0: all)")
+  cmd->add_option("--limit", o->limit, "items: evaluate only the first N items (questions) of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default, current harness), on, off (older harness)")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
+  add_bos_option(cmd, o->bos, "the requests (auto as the current harness, off as older ones)");
   cmd->add_option("--max-length", o->max_length, "context tokens (0: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--mmlu-shots", o->mmlu_shots, "MMLU few-shot examples from dev")->check(CLI::Range(0, 5));

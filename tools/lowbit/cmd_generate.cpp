@@ -1,5 +1,6 @@
-// lowbit generate --model M --prompt S -n N [--device cpu|cuda[:N]]: greedy decoding with a KV
-// cache (the prompt in one forward, then one token per step).
+// lowbit generate --model M --prompt S [-n,--max-new-tokens N] [--bos auto|on|off] [--spm-convention C]
+//                 [--device cpu|cuda[:N]]: greedy decoding with a KV cache (the prompt in one
+// forward, then one token per step). Prints the prompt's and the decode steps' speed on stderr.
 #include "commands.h"
 
 #include "backend/ops.h"
@@ -14,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 
 namespace lowbit::cli {
@@ -21,7 +23,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, prompt, device = "cpu";
+  std::string model, prompt, device = "cpu", bos = "on", spm = "auto";
   int64_t n = 64;
   int threads = 0;
 };
@@ -32,11 +34,22 @@ using Step = std::function<int32_t(std::span<const int32_t> tokens)>;
 
 int32_t argmax(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Speed is measured over the model's steps only (forward, lm_head, argmax), not over detokenizing
+// and printing. The first new token comes from the prompt's forward; "decode" counts the
+// one-token forwards after it.
 void decode(const Options& o, const Tokenizer& tok, const LlamaConfig& c, std::vector<int32_t> ids, const Step& step) {
   const size_t prompt_len = ids.size();
   std::string shown;
   fmt::print("{}", o.prompt);
+  auto t = std::chrono::steady_clock::now();
   int32_t next = step(ids);
+  const double prompt_s = seconds_since(t);
+  double decode_s = 0;
+  int64_t decode_steps = 0;
   for (int64_t n = 0; n < o.n && int64_t(ids.size()) < c.max_position_embeddings; ++n) {
     if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) != c.eos_token_ids.end()) break;
     ids.push_back(next);
@@ -48,9 +61,20 @@ void decode(const Options& o, const Tokenizer& tok, const LlamaConfig& c, std::v
       std::fflush(stdout);
     }
     shown = text;
-    if (n + 1 < o.n && int64_t(ids.size()) < c.max_position_embeddings) next = step(std::span<const int32_t>(&ids.back(), 1));
+    if (n + 1 < o.n && int64_t(ids.size()) < c.max_position_embeddings) {
+      t = std::chrono::steady_clock::now();
+      next = step(std::span<const int32_t>(&ids.back(), 1));
+      decode_s += seconds_since(t);
+      ++decode_steps;
+    }
   }
   fmt::print("\n");
+  std::fflush(stdout);
+  fmt::print(stderr,
+             "prompt: {} tokens in {:.3f} s ({:.1f} tokens/s); decode: {} tokens in {:.3f} s ({:.1f} tokens/s); "
+             "{} new tokens\n",
+             prompt_len, prompt_s, double(prompt_len) / prompt_s, decode_steps, decode_s,
+             decode_steps > 0 ? double(decode_steps) / decode_s : 0.0, ids.size() - prompt_len);
 }
 
 void run(const Options& o) {
@@ -58,11 +82,14 @@ void run(const Options& o) {
   const DeviceChoice dev = parse_device(o.device);
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
-  auto tok = load_tokenizer(ck.tokenizer_path);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(o.spm);
+  auto tok = load_tokenizer(ck.tokenizer_path, topt);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
   const LlamaConfig& c = model.config();
-  std::vector<int32_t> ids = tok->encode(o.prompt, BosMode::On);
+  std::vector<int32_t> ids = tok->encode(o.prompt, parse_bos_mode(o.bos));
+  LB_CHECK(!ids.empty(), "the prompt has no tokens (empty prompt with --bos {}); give --prompt or --bos on", o.bos);
   const int64_t max_len = c.max_position_embeddings, H = c.hidden_size, V = c.vocab_size;
   LB_CHECK(int64_t(ids.size()) < max_len, "prompt has {} tokens; the model's context is {}", ids.size(), max_len);
   const int64_t capacity = std::min<int64_t>(max_len, int64_t(ids.size()) + o.n);
@@ -99,8 +126,11 @@ void register_generate(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("generate", "Greedy text generation");
   cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
-  cmd->add_option("--prompt", o->prompt, "prompt text (BOS is prepended)");
-  cmd->add_option("-n", o->n, "tokens to generate")->check(CLI::PositiveNumber);
+  cmd->add_option("--prompt", o->prompt, "prompt text");
+  add_bos_option(cmd, o->bos, "the prompt");
+  add_spm_convention_option(cmd, o->spm);
+  cmd->add_option("-n,--max-new-tokens", o->n, "tokens to generate at most (fewer at EOS or the model's context)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);
   cmd->callback([o] { run(*o); });

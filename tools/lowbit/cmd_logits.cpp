@@ -1,4 +1,4 @@
-// lowbit logits --model M (--text S | --ids I,J,...) -o OUT.safetensors
+// lowbit logits --model M (--text S [--bos auto|on|off] [--spm-convention C] | --ids I,J,...) -o OUT.safetensors
 // The fp32 logits of one sequence, for parity checks against other implementations.
 #include "commands.h"
 
@@ -21,7 +21,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, text, ids, out, device = "cpu";
+  std::string model, text, ids, out, device = "cpu", bos = "auto", spm = "auto";
   int threads = 0;
 };
 
@@ -46,7 +46,9 @@ void run(const Options& o) {
     }
   } else {
     LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer; pass --ids", o.model);
-    ids = load_tokenizer(ck.tokenizer_path)->encode(o.text);
+    TokenizerOptions topt;
+    topt.spm = parse_spm_convention(o.spm);
+    ids = load_tokenizer(ck.tokenizer_path, topt)->encode(o.text, parse_bos_mode(o.bos));
   }
   LB_CHECK(!ids.empty(), "no input tokens");
   LlamaModel model(std::move(ck));
@@ -85,10 +87,12 @@ void register_logits(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("logits", "Write the fp32 logits of one sequence to a safetensors file");
   cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
-  auto* text = cmd->add_option("--text", o->text, "text (tokenized with the model's tokenizer and default BOS)");
+  auto* text = cmd->add_option("--text", o->text, "text (tokenized with the model's tokenizer)");
   auto* ids = cmd->add_option("--ids", o->ids, "comma-separated token ids");
   text->excludes(ids);
-  cmd->add_option("-o,--out", o->out, "output .safetensors (tensors 'logits' [T, V] F32 and 'tokens' [T] I32)")
+  add_bos_option(cmd, o->bos, "--text");
+  add_spm_convention_option(cmd, o->spm);
+  cmd->add_option("-o,--output", o->out, "output .safetensors (tensors 'logits' [T, V] F32 and 'tokens' [T] I32)")
       ->required();
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);

@@ -263,10 +263,9 @@ void register_ppl(CLI::App& app) {
                                            "or a text file");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
   cmd->add_option("--seqlen", o->seqlen, "tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
-  cmd->add_option("--limit", o->limit, "evaluate only the first N windows (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--limit", o->limit, "windows: evaluate only the first N seqlen-token windows of the set (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--bos", o->bos, "BOS: auto (the tokenizer's default), on, off")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
+  add_bos_option(cmd, o->bos, "the dataset");
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--kl-base", o->kl_base, "also KL-divergence of the model's next-token distributions from this "
                                            "(16-bit) model's on the same windows: mean, p99, top-1 agreement");

@@ -1,5 +1,5 @@
 // lowbit quantize --model M --method SPEC [--calib SET] [--nsamples 128] [--seqlen 2048] [--seed 0]
-//                 [--data-dir D] -o OUT
+//                 [--data-dir D] [--bos auto|on|off] [--spm-convention C] -o OUT
 #include "commands.h"
 #include "progress.h"
 
@@ -23,9 +23,8 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, method, calib = "wikitext2", data_dir, out, bos = "auto", spm = "auto", device = "cpu";
-  int64_t nsamples = 128, seqlen = 2048;
-  uint64_t seed = 0;
+  std::string model, method, out, device = "cpu";
+  CalibrationFlags cal;
   int threads = 0;
   bool force = false, json = false, no_save = false;
 };
@@ -43,18 +42,7 @@ void run(const Options& o) {
   LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized ({}); quantize its 16-bit source", o.model,
            ck.quantization["method"]["spec"].get<std::string>());
   Calibration calib;
-  if (method->needs_calibration()) {
-    LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it (needed for calibration)", o.model);
-    LB_CHECK(o.seqlen <= ck.config.max_position_embeddings,
-             "--seqlen {} exceeds the model's max_position_embeddings ({})", o.seqlen,
-             ck.config.max_position_embeddings);
-    const bool named = is_named_dataset(o.calib, DatasetRole::Calibration);
-    const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
-    TokenizerOptions topt;
-    topt.spm = parse_spm_convention(o.spm);
-    auto tok = load_tokenizer(ck.tokenizer_path, topt);
-    calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, parse_bos_mode(o.bos));
-  }
+  if (method->needs_calibration()) calib = load_calibration(o.cal, ck, o.model);
   LlamaModel model(std::move(ck));
   const LlamaConfig& c = model.config();
   if (!o.json) {
@@ -133,15 +121,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--method", o->method, "method spec, e.g. gptq:w=4,g=128 (see `lowbit methods`)")->required();
   cmd->add_option("-o,--output", o->out, "output directory");
   cmd->add_flag("--no-save", o->no_save, "quantize and report without writing a checkpoint (measurements)");
-  cmd->add_option("--calib", o->calib, "calibration set: wikitext2 (train), ptb (train), c4 (train) or a text file");
-  cmd->add_option("--nsamples", o->nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
-  cmd->add_option("--seqlen", o->seqlen, "tokens per calibration window")
-      ->check(CLI::Range(int64_t(2), int64_t(1) << 20));
-  cmd->add_option("--seed", o->seed, "calibration sampling seed (Python's random.seed)");
-  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
-  cmd->add_option("--bos", o->bos, "BOS when tokenizing the calibration text: auto, on, off")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
-  add_spm_convention_option(cmd, o->spm);
+  add_calibration_options(cmd, o->cal);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", o->force, "replace the output directory if it exists");
   add_device_option(cmd, o->device);

@@ -1,4 +1,4 @@
-// lowbit stats --model M --layer L [--calib SET ...] [--device cpu|cuda] -o OUT.safetensors
+// lowbit stats --model M --layer L [calibration flags as quantize's] [--device cpu|cuda] -o OUT.safetensors
 // The input statistics of one block's linears on calibration data (GPTQ's Hessian, per-channel
 // abs-max and mean |x|) and the block's weights, for study and for reference implementations.
 // On the CPU from fp32 activations with fp64 sums; on the GPU from bf16 activations with fp32
@@ -28,9 +28,9 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, calib = "wikitext2", data_dir, out, device = "cpu";
-  int64_t layer = 0, nsamples = 128, seqlen = 2048;
-  uint64_t seed = 0;
+  std::string model, out, device = "cpu";
+  CalibrationFlags cal;
+  int64_t layer = 0;
   int threads = 0;
 };
 
@@ -44,11 +44,7 @@ void run(const Options& o) {
   set_num_threads(o.threads);
   const DeviceChoice dev = parse_device(o.device);
   Checkpoint ck = open_model(o.model);
-  LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
-  const bool named = is_named_dataset(o.calib, DatasetRole::Calibration);
-  const CalibrationSet set = resolve_calibration_set(o.calib, named ? resolve_data_dir(o.data_dir) : o.data_dir);
-  auto tok = load_tokenizer(ck.tokenizer_path);
-  const Calibration calib = make_calibration(set, *tok, o.nsamples, o.seqlen, o.seed, BosMode::Default);
+  const Calibration calib = load_calibration(o.cal, ck, o.model);
   LlamaModel model(std::move(ck));
   StatsRequest req;
   req.hessian = req.absmax = req.absmean = true;
@@ -100,11 +96,7 @@ void register_stats(CLI::App& app) {
   cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
   cmd->add_option("--layer", o->layer, "block index")->check(CLI::NonNegativeNumber);
   cmd->add_option("-o,--output", o->out, "output .safetensors file")->required();
-  cmd->add_option("--calib", o->calib, "calibration set: wikitext2, ptb, c4 or a text file");
-  cmd->add_option("--nsamples", o->nsamples, "calibration windows")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
-  cmd->add_option("--seqlen", o->seqlen, "tokens per window")->check(CLI::Range(int64_t(2), int64_t(1) << 20));
-  cmd->add_option("--seed", o->seed, "sampling seed");
-  cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");
+  add_calibration_options(cmd, o->cal);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);
   cmd->callback([o] { run(*o); });

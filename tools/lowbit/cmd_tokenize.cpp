@@ -1,4 +1,4 @@
-// lowbit tokenize --model PATH (--text S | --file F) [--bos | --no-bos] [--ids | --count]
+// lowbit tokenize --model PATH (--text S | --file F) [--bos auto|on|off] [--spm-convention C] [--ids | --count]
 #include "commands.h"
 
 #include "core/error.h"
@@ -16,8 +16,8 @@ namespace {
 
 struct Options {
   std::string model, text, file;
-  bool bos = false, no_bos = false, ids = false, count = false;
-  std::string spm = "auto";
+  bool ids = false, count = false;
+  std::string bos = "auto", spm = "auto";
 };
 
 void run(const Options& o) {
@@ -33,8 +33,7 @@ void run(const Options& o) {
   LB_CHECK(!path.empty(), "'{}': no tokenizer beside the checkpoint", o.model);
   auto tok = load_tokenizer(path, topt);
   const std::string text = o.file.empty() ? o.text : read_file(o.file);
-  const BosMode mode = o.bos ? BosMode::On : o.no_bos ? BosMode::Off : BosMode::Default;
-  const std::vector<int32_t> ids = tok->encode(text, mode);
+  const std::vector<int32_t> ids = tok->encode(text, parse_bos_mode(o.bos));
   if (o.count) {
     fmt::print("{}\n", ids.size());
   } else if (o.ids) {
@@ -57,9 +56,7 @@ void register_tokenize(CLI::App& app) {
     LB_CHECK(text->count() + file->count() == 1, "tokenize: give exactly one of --text or --file");
     run(*o);
   });
-  auto* bos = cmd->add_flag("--bos", o->bos, "add exactly one BOS token (default: the tokenizer's own default)");
-  auto* no_bos = cmd->add_flag("--no-bos", o->no_bos, "add no special tokens");
-  bos->excludes(no_bos);
+  add_bos_option(cmd, o->bos, "the text");
   auto* ids = cmd->add_flag("--ids", o->ids, "print the ids as a list");
   auto* count = cmd->add_flag("--count", o->count, "print only the number of tokens");
   ids->excludes(count);

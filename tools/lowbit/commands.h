@@ -1,7 +1,14 @@
 // Subcommands of the lowbit CLI. Each registers its options on the app and runs when chosen.
 #pragma once
 
+#include "calib/calib_data.h"
+#include "formats/checkpoint.h"
+#include "formats/tokenizer.h"
+
 #include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
 
 namespace lowbit::cli {
 
@@ -20,8 +27,27 @@ void register_report(CLI::App& app);
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);
 
+// --bos auto|on|off: auto is the tokenizer's own default (BosMode::Default), on adds exactly
+// one BOS, off adds none. `what` says what is tokenized, for the help text; the
+// target's value on entry is the command's default.
+void add_bos_option(CLI::App* cmd, std::string& target, const std::string& what);
+
+// The calibration flags shared by every command that draws calibration windows (quantize, stats):
+// --calib, --nsamples, --seqlen, --seed, --data-dir, --bos, --spm-convention. Both commands take
+// the same set so that their windows, and so their statistics, are the same for the same flags.
+struct CalibrationFlags {
+  std::string calib = "wikitext2", data_dir, bos = "auto", spm = "auto";
+  int64_t nsamples = 128, seqlen = 2048;
+  uint64_t seed = 0;
+};
+void add_calibration_options(CLI::App* cmd, CalibrationFlags& f);
+// The windows the flags name, tokenized with the checkpoint's tokenizer. Throws when the model
+// has no tokenizer, when --seqlen exceeds its context, or when the data is missing.
+Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, const std::string& model);
+
 // --device cpu|cuda[:N]. parse_device throws for bad text, and for cuda when lowbit was built
-// without CUDA or no device is present.
+// without CUDA or no device is present. add_device_option runs parse_device as the option's
+// validator, so a bad device is rejected while the command line is parsed, before any work.
 struct DeviceChoice {
   bool cuda = false;
   int index = 0;
