@@ -393,6 +393,15 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
   for (const CellRecord& c : r.cells)
     if (c.calibration != "none") calibs.insert(c.calibration);
   for (const auto& c : calibs) out.push_back(fmt::format("calibration `{}`", c));
+  // A GGUF's weights were rounded to its ggml types before lowbit read them: its "16-bit" row is
+  // those weights dequantized, which a reader must know to judge the 4-bit rows.
+  std::set<std::string> gguf_models;
+  for (const CellRecord& c : r.cells)
+    if (c.model_path.ends_with(".gguf")) gguf_models.insert(c.model);
+  for (const auto& m : gguf_models)
+    out.push_back(fmt::format("{}: read from GGUF; its 16-bit row is the file's weights dequantized to fp32 (the file "
+                              "stores them quantized, e.g. Q4_1 in blocks of 32, so low-bit cells start from "
+                              "already-rounded weights)", m));
   for (const ModelTables& t : tables.models()) {
     const auto over = tables.average_over(t);
     if (over.size() >= 2)
