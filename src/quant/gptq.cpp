@@ -59,7 +59,7 @@ std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t col
       ok = ops::cholesky(a.data(), cols, true);
     }
     if (ok) break;
-    LB_CHECK(attempt < 4, "gptq: the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
+    LB_CHECK(attempt < 4, "the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
     damp = damp > 0.0 ? damp * 10.0 : 0.01;
   }
   if (damp_used) *damp_used = damp;
