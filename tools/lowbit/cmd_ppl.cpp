@@ -25,6 +25,18 @@ namespace lowbit::cli {
 
 namespace {
 
+// The run's facts as results record them (one pass, this process's peak memory).
+RuntimeFacts runtime_facts(double seconds, const std::string& device_name, bool gpu, double gpu_peak) {
+  RuntimeFacts facts;
+  facts.seconds = seconds;
+  facts.peak = peak_rss();
+  facts.device = device_name;
+  facts.gpu = gpu;
+  facts.threads = num_threads();
+  if (gpu) facts.peak_gpu_bytes = gpu_peak;
+  return facts;
+}
+
 struct Options {
   std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu", kl_base;
   int64_t seqlen = 2048, limit = 0, batch = 4;
@@ -124,13 +136,7 @@ void run_kl_divergence(const Options& o, const DeviceChoice& dev, const TextSet&
   }
   const KlDivergenceStats& k = r.kld;
   if (o.json) {
-    RuntimeFacts facts;
-    facts.seconds = r.seconds;
-    facts.peak = peak_rss();
-    facts.device = device_name;
-    facts.gpu = dev.cuda;
-    facts.threads = num_threads();
-    if (dev.cuda) facts.peak_gpu_bytes = gpu_peak;
+    const RuntimeFacts facts = runtime_facts(r.seconds, device_name, dev.cuda, gpu_peak);
     const PerplexitySettings ps{kl_divergence_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
                                 available, o.bos};
     nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()),
@@ -221,13 +227,7 @@ void run(const Options& o) {
 
   if (o.json) {
     // The identity a study stores for this evaluation (eval/identity.h), then the pass's details.
-    RuntimeFacts facts;
-    facts.seconds = r.seconds;
-    facts.peak = peak_rss();
-    facts.device = device_name;
-    facts.gpu = dev.cuda;
-    facts.threads = num_threads();
-    if (dev.cuda) facts.peak_gpu_bytes = gpu_peak;
+    const RuntimeFacts facts = runtime_facts(r.seconds, device_name, dev.cuda, gpu_peak);
     const PerplexitySettings ps{perplexity_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
                                 available, o.bos};
     nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()), perplexity_identity(set, ps, r),
