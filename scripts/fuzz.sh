@@ -20,7 +20,7 @@ for t in safetensors tokenizer_json gguf; do
        >"$log" 2>&1; then
     tail -40 "$log"
     echo "fuzz_$t: FAILED (crash input saved under $WORK, copied to $ROOT/build-fuzz/)"
-    cp "$WORK"/crash-* "$WORK"/leak-* "$WORK"/timeout-* "$BUILD/" 2>/dev/null || true
+    cp "$WORK"/crash-* "$WORK"/leak-* "$WORK"/timeout-* "$WORK"/oom-* "$BUILD/" 2>/dev/null || true
     exit 1
   fi
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')

@@ -16,7 +16,9 @@ namespace lowbit {
 namespace fs = std::filesystem;
 
 void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const std::string& what) {
-  for (const auto& [name, shape] : expected_llama_tensors(c)) {
+  // Visited one at a time: a config that overstates the layer count fails at the first missing
+  // tensor without first listing them all.
+  for_each_expected_llama_tensor(c, [&](const std::string& name, const std::vector<int64_t>& shape) {
     const WeightInfo* info = w.info(name);
     if (!info && name == hf_tensor_name(TensorKind::Output))
       fail("{}: config says tie_word_embeddings=false but there is no lm_head.weight", what);
@@ -26,7 +28,7 @@ void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const s
     LB_CHECK(info->dtype == DType::F32 || info->dtype == DType::F16 || info->dtype == DType::BF16,
              "{}: tensor '{}' has dtype {}; a 16-bit checkpoint needs F32, F16 or BF16", what, name,
              dtype_name(info->dtype));
-  }
+  });
 }
 
 namespace {

@@ -267,6 +267,7 @@ void ggml_dequantize(uint32_t id, const uint8_t* src, float* dst, int64_t n, con
   // Blocks are independent: chunks of them go to the OpenMP threads (the result does not depend
   // on the split).
   const int64_t nb = n / t->block_size, chunk = 2048;
+  if (nb == 0) return;  // an empty tensor (its data pointer may be null)
   if (nb <= chunk) {
     t->to_float(src, dst, nb);
     return;

@@ -236,29 +236,17 @@ LlamaConfig gguf_llama_config(const GgufFile& f) {
 
 std::shared_ptr<WeightSource> gguf_llama_weights(std::shared_ptr<const GgufFile> f, const LlamaConfig& c) {
   auto w = std::make_shared<GgufLlamaWeights>(f, c);
-  // GGUF names from the tensor table (llama_tensors.h), for every block of the model.
-  std::map<std::string, std::pair<std::string, Rope>> names;
-  for (const TensorSpec& spec : llama_tensor_table()) {
-    const Rope rope = spec.kind == TensorKind::Q ? Rope::Q : spec.kind == TensorKind::K ? Rope::K : Rope::None;
-    if (!spec.per_layer) names[gguf_tensor_name(spec.kind)] = {hf_tensor_name(spec.kind), rope};
-    else
-      for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-        names[gguf_tensor_name(spec.kind, i)] = {hf_tensor_name(spec.kind, i), rope};
-  }
+  // Each GGUF name is parsed against the tensor table (llama_tensors.h): the work is linear in the
+  // tensors the file holds, not in llama.block_count (which the file may overstate).
   for (const GgufTensorInfo& t : f->tensors()) {
     if (t.name == kRopeFreqs) continue;  // folded into the config
-    auto it = names.find(t.name);
-    if (it == names.end() && t.name.rfind("blk.", 0) == 0) {
-      // A block tensor past llama.block_count gets its own message.
-      const size_t dot = t.name.find('.', 4);
-      const std::string index = t.name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
-      const bool digits = !index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos;
-      LB_CHECK(!digits || std::stoll(index) < c.num_hidden_layers,
-               "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}", f->path(), t.name, index,
-               c.num_hidden_layers);
-    }
-    LB_CHECK(it != names.end(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
-    w->add(it->second.first, t, it->second.second);
+    const auto parsed = parse_gguf_tensor_name(t.name);
+    LB_CHECK(parsed.has_value(), "'{}': tensor '{}' is not part of a LLaMA model", f->path(), t.name);
+    const auto [kind, layer] = *parsed;
+    LB_CHECK(layer < c.num_hidden_layers, "'{}': tensor '{}' belongs to block {}, but llama.block_count is {}",
+             f->path(), t.name, layer, c.num_hidden_layers);
+    const Rope rope = kind == TensorKind::Q ? Rope::Q : kind == TensorKind::K ? Rope::K : Rope::None;
+    w->add(hf_tensor_name(kind, layer), t, rope);
   }
   return w;
 }

@@ -65,9 +65,13 @@ std::string gguf_tensor_name(TensorKind k, int64_t layer) {
   return expand(s.gguf, s.per_layer, layer);
 }
 
-std::optional<std::pair<TensorKind, int64_t>> parse_hf_tensor_name(std::string_view name) {
+namespace {
+
+// The kind and layer of `name` under the naming column `field` (TensorSpec::hf or ::gguf).
+std::optional<std::pair<TensorKind, int64_t>> parse_tensor_name(std::string_view name,
+                                                                const char* TensorSpec::*field) {
   for (const TensorSpec& s : kTable) {
-    const std::string_view pat = s.hf;
+    const std::string_view pat = s.*field;
     if (!s.per_layer) {
       if (name == pat) return std::pair{s.kind, int64_t(-1)};
       continue;
@@ -83,6 +87,16 @@ std::optional<std::pair<TensorKind, int64_t>> parse_hf_tensor_name(std::string_v
     if (ec == std::errc() && p == digits.data() + digits.size() && layer >= 0) return std::pair{s.kind, layer};
   }
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::pair<TensorKind, int64_t>> parse_hf_tensor_name(std::string_view name) {
+  return parse_tensor_name(name, &TensorSpec::hf);
+}
+
+std::optional<std::pair<TensorKind, int64_t>> parse_gguf_tensor_name(std::string_view name) {
+  return parse_tensor_name(name, &TensorSpec::gguf);
 }
 
 std::vector<int64_t> tensor_shape(const LlamaConfig& c, TensorKind k) {
@@ -149,15 +163,22 @@ std::span<const LinearKind> site_linears(InputSite s) {
   }
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_llama_tensors(const LlamaConfig& c) {
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-  auto add = [&](TensorKind k, int64_t layer) { out.push_back({hf_tensor_name(k, layer), tensor_shape(c, k)}); };
-  add(TensorKind::TokenEmbd, -1);
+void for_each_expected_llama_tensor(
+    const LlamaConfig& c, const std::function<void(const std::string&, const std::vector<int64_t>&)>& visit) {
+  auto one = [&](TensorKind k, int64_t layer) { visit(hf_tensor_name(k, layer), tensor_shape(c, k)); };
+  one(TensorKind::TokenEmbd, -1);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     for (const TensorSpec& s : kTable)
-      if (s.per_layer) add(s.kind, i);
-  add(TensorKind::OutputNorm, -1);
-  if (!c.tie_word_embeddings) add(TensorKind::Output, -1);
+      if (s.per_layer) one(s.kind, i);
+  one(TensorKind::OutputNorm, -1);
+  if (!c.tie_word_embeddings) one(TensorKind::Output, -1);
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_llama_tensors(const LlamaConfig& c) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for_each_expected_llama_tensor(c, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    out.emplace_back(name, shape);
+  });
   return out;
 }
 

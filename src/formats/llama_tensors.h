@@ -27,6 +27,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -63,8 +64,9 @@ const TensorSpec& tensor_spec(TensorKind k);
 // Names of tensor k (of block `layer` for per-layer kinds).
 std::string hf_tensor_name(TensorKind k, int64_t layer = -1);
 std::string gguf_tensor_name(TensorKind k, int64_t layer = -1);
-// The kind and layer (-1 for model-level tensors) of an HF name; nullopt for other names.
+// The kind and layer (-1 for model-level tensors) of an HF or GGUF name; nullopt for other names.
 std::optional<std::pair<TensorKind, int64_t>> parse_hf_tensor_name(std::string_view name);
+std::optional<std::pair<TensorKind, int64_t>> parse_gguf_tensor_name(std::string_view name);
 std::vector<int64_t> tensor_shape(const LlamaConfig& c, TensorKind k);
 
 TensorKind tensor_kind(LinearKind k);
@@ -82,7 +84,9 @@ const char* input_site_name(InputSite s);  // "attn_in", "attn_out", "mlp_in", "
 std::span<const LinearKind> site_linears(InputSite s);
 
 // Every tensor a LlamaForCausalLM with this config has, with its HF name and shape (lm_head only
-// when the embeddings are not tied).
+// when the embeddings are not tied), in checkpoint order; the visitor form lists nothing up front.
+void for_each_expected_llama_tensor(
+    const LlamaConfig& c, const std::function<void(const std::string&, const std::vector<int64_t>&)>& visit);
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_llama_tensors(const LlamaConfig& c);
 
 }  // namespace lowbit

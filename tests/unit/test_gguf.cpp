@@ -430,6 +430,12 @@ TEST(GgufLlama, BadModelsAreErrors) {
             std::string::npos);
   EXPECT_NE(error("block.gguf", with_tensor("blk.7.attn_norm.weight")).find("belongs to block 7, but llama.block_count is 1"),
             std::string::npos);
+  // An overstated block count costs nothing before the missing block is named (the mapping is
+  // linear in the tensors present, not in llama.block_count).
+  Builder overstated = tiny_llama("llama", "block_count");
+  overstated.kv_u32("llama.block_count", 4000000000u);
+  const std::string msg = error("overstated.gguf", overstated.bytes());
+  EXPECT_NE(msg.find("model.layers.1."), std::string::npos) << msg;
   Builder wrong_shape = tiny_llama();
   wrong_shape.kv_u32("llama.attention.key_length", 8);
   EXPECT_NE(error("shape.gguf", wrong_shape.bytes()).find("llama.rope.dimension_count 4 differs from the head size 8"),
