@@ -123,9 +123,13 @@ class LlamaModel {
   // them fit in 4 GiB). Quantization turns it off: it holds one block at a time.
   void set_block_cache(bool on);
 
- private:
+  // The LM head [V, H] in fp32 (the embedding table when tied), the embedding table [V, H] in its
+  // stored dtype, the final norm's weight [H] in fp32: for the backward pass (train/).
   const float* lm_head_f32() const;
   const Tensor& embedding_table() const;
+  const Tensor& final_norm_weight() const { return final_norm_w_; }
+
+ private:
   Checkpoint ck_;
   mutable std::mutex mu_;
   mutable RopeTable rope_;

@@ -1,0 +1,68 @@
+// Forward and backward of a LlamaModel on a batch, for training: the loss (mean cross-entropy
+// over the target tokens) and its gradients with respect to LoRA adapters and, optionally, every
+// base weight (for full fine-tuning and for checking the backward against autograd).
+//
+// Gradient checkpointing per block: the forward keeps only each block's input [B*T, H]; the
+// backward runs the block's forward again to get its intermediates, then its backward. Peak
+// activation memory is L * B*T*H floats plus one block's intermediates.
+//
+// The batch: B sequences of T tokens; targets[b*T + t] is the token position t must predict
+// (tokens[b*T + t + 1] for a causal LM) or negative where no loss is taken (the prompt, padding,
+// the last position). Sequences attend causally from position 0; right padding therefore never
+// affects the real tokens.
+#pragma once
+
+#include "model/llama_model.h"
+#include "train/lora.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace lowbit::train {
+
+struct Batch {
+  int64_t B = 0, T = 0;
+  std::vector<int32_t> tokens;   // [B*T]
+  std::vector<int32_t> targets;  // [B*T], < 0: no loss
+  int64_t num_targets() const;
+};
+
+// Gradients of every base weight, fp32, shapes as torch stores them. Sized by zeros().
+struct BaseGrads {
+  std::vector<float> embed;       // [V, H] (includes the LM head's gradient when tied)
+  std::vector<float> lm_head;     // [V, H] (empty when tied)
+  std::vector<float> final_norm;  // [H]
+  struct Block {
+    std::vector<float> input_norm, post_norm;  // [H]
+    std::array<std::vector<float>, 7> linear;  // [out, in], by LinearKind
+  };
+  std::vector<Block> blocks;
+  static BaseGrads zeros(const LlamaConfig& c);
+};
+
+struct StepOptions {
+  // dlogits = loss_scale * (softmax - onehot): 1 / (target tokens in the whole accumulated
+  // batch) gives the gradient of the mean loss; 0 = 1 / batch.num_targets().
+  double loss_scale = 0;
+  // Seeds LoRA dropout's masks (a counter-based hash of seed, layer, linear and element, so the
+  // recomputation in the backward draws the same mask).
+  uint64_t dropout_seed = 0;
+};
+
+struct StepResult {
+  double loss_sum = 0;      // sum of -log p(target) over the batch's target tokens
+  int64_t num_targets = 0;  // their count
+  double mean_loss() const { return num_targets ? loss_sum / double(num_targets) : 0.0; }
+};
+
+// Runs the batch forward and backward. `lora` may be null (the bare base model); its gradients
+// are added into `lora_grads` (same shapes; may be null), the base weights' into `base_grads`
+// (may be null: the base is frozen). Bad input (token ids outside the vocabulary, targets
+// outside it, a sequence longer than the model's context) is a lowbit::Error.
+StepResult forward_backward(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch,
+                            const StepOptions& opt, LoraAdapters* lora_grads, BaseGrads* base_grads);
+
+// The loss alone (no gradients), with the adapters applied unmerged; dropout is off.
+StepResult forward_loss(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch);
+
+}  // namespace lowbit::train

@@ -1,0 +1,154 @@
+// The whole-model backward against transformers' autograd, and LoRA against PEFT, on the tiny
+// random LLaMA-3-style model of tests/fixtures/train (GQA, llama3 RoPE scaling past its original
+// context, untied LM head), one batch of two 70-token sequences with prompt and padding tokens
+// excluded from the loss. Fixtures: scripts/make_train_fixtures.py.
+#include "formats/checkpoint.h"
+#include "formats/safetensors.h"
+#include "test_util.h"
+#include "train/llama_backward.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+
+namespace lowbit {
+namespace {
+
+std::string dir() { return test::fixtures_dir() + "/train"; }
+
+std::vector<float> vec(const SafetensorsFile& f, const std::string& name) {
+  const Tensor t = f.tensor(name);
+  return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
+}
+
+double g_worst = 0;  // the largest error seen by rel_err, reported by each test
+
+// max |a - b| / max |b|: the relative error of a whole gradient tensor (which must not be zero).
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0, s = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    m = std::max(m, double(std::fabs(a[i] - b[i])));
+    s = std::max(s, double(std::fabs(b[i])));
+  }
+  EXPECT_GT(s, 0) << "a zero reference gradient checks nothing";
+  g_worst = std::max(g_worst, m / s);
+  return m / s;
+}
+
+// Prints the worst relative error of the test (for the record; the assertions are above).
+struct ReportWorst {
+  ReportWorst() { g_worst = 0; }
+  ~ReportWorst() {
+    ::testing::Test::RecordProperty("max_rel_err", std::to_string(g_worst));
+    std::printf("max relative gradient error: %.3g\n", g_worst);
+  }
+};
+
+train::Batch fixture_batch(const SafetensorsFile& f) {
+  const Tensor tok = f.tensor("tokens"), tgt = f.tensor("targets");
+  train::Batch b;
+  b.B = tok.dim(0);
+  b.T = tok.dim(1);
+  b.tokens.assign(tok.data_as<int32_t>(), tok.data_as<int32_t>() + tok.numel());
+  b.targets.assign(tgt.data_as<int32_t>(), tgt.data_as<int32_t>() + tgt.numel());
+  return b;
+}
+
+// fp32 on both sides with different summation orders through two blocks; the observed relative
+// errors are ~1e-6. The bar for whole-model gradients is 1e-4.
+constexpr double kTol = 1e-4;
+
+TEST(TrainParity, WholeModelGradientsMatchTransformers) {
+  ReportWorst report;
+  auto ref = SafetensorsFile::open(dir() + "/tiny_grads.safetensors");
+  LlamaModel model(open_checkpoint(dir() + "/tiny-llama3"));
+  const train::Batch batch = fixture_batch(*ref);
+  train::BaseGrads g = train::BaseGrads::zeros(model.config());
+  const train::StepResult r = train::forward_backward(model, nullptr, batch, {}, nullptr, &g);
+  EXPECT_NEAR(r.mean_loss(), vec(*ref, "loss")[0], 1e-4 * vec(*ref, "loss")[0]);
+  EXPECT_EQ(r.num_targets, batch.num_targets());
+  EXPECT_LT(rel_err(g.embed, vec(*ref, "grad.model.embed_tokens.weight")), kTol);
+  EXPECT_LT(rel_err(g.lm_head, vec(*ref, "grad.lm_head.weight")), kTol);
+  EXPECT_LT(rel_err(g.final_norm, vec(*ref, "grad.model.norm.weight")), kTol);
+  for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
+    const std::string p = "grad.model.layers." + std::to_string(l) + ".";
+    const auto& b = g.blocks[size_t(l)];
+    EXPECT_LT(rel_err(b.input_norm, vec(*ref, p + "input_layernorm.weight")), kTol) << l;
+    EXPECT_LT(rel_err(b.post_norm, vec(*ref, p + "post_attention_layernorm.weight")), kTol) << l;
+    for (LinearKind k : kAllLinears) {
+      const std::string name = "grad." + linear_weight_name(l, k);
+      EXPECT_LT(rel_err(b.linear[size_t(k)], vec(*ref, name)), kTol) << name;
+    }
+  }
+  // The loss alone agrees with the forward_backward's.
+  EXPECT_DOUBLE_EQ(train::forward_loss(model, nullptr, batch).loss_sum, r.loss_sum);
+}
+
+class LoraParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LoraParity, LossAndAdapterGradientsMatchPeft) {
+  const std::string c = GetParam();
+  ReportWorst report;
+  auto ref = SafetensorsFile::open(dir() + "/tiny_lora.safetensors");
+  auto batch_f = SafetensorsFile::open(dir() + "/tiny_grads.safetensors");
+  LlamaModel model(open_checkpoint(dir() + "/tiny-llama3"));
+  train::LoraConfig cfg;
+  if (c == "all") {
+    cfg.r = 4;
+    cfg.alpha = 8;
+  } else {
+    cfg.r = 2;
+    cfg.alpha = 4;
+    cfg.targets = {true, false, true, false, false, false, false};
+  }
+  train::LoraAdapters lora = train::LoraAdapters::zeros(model.config(), cfg);
+  int loaded = 0;
+  lora.for_each([&](const std::string& key, std::vector<float>& v) {
+    v = vec(*ref, c + "." + key);
+    ++loaded;
+  });
+  EXPECT_EQ(loaded, 2 * model.config().num_hidden_layers * (c == "all" ? 7 : 2));
+  train::LoraAdapters grads = lora.zeros_like();
+  const train::Batch batch = fixture_batch(*batch_f);
+  const train::StepResult r = train::forward_backward(model, &lora, batch, {}, &grads, nullptr);
+  const double want = vec(*ref, c + ".loss")[0];
+  EXPECT_NEAR(r.mean_loss(), want, 1e-5 * want);
+  grads.for_each([&](const std::string& key, const std::vector<float>& v) {
+    EXPECT_LT(rel_err(v, vec(*ref, c + ".grad." + key)), kTol) << key;
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LoraParity, ::testing::Values("all", "qv"));
+
+TEST(Lora, PeftInitIsKaimingUniformAndZeroB) {
+  LlamaModel model(open_checkpoint(dir() + "/tiny-llama3"));
+  train::LoraConfig cfg;
+  cfg.r = 8;
+  const auto a = train::LoraAdapters::peft_init(model.config(), cfg, 7);
+  // torch.nn.init.kaiming_uniform_(a=sqrt(5)) on A [r, in] is U(-1/sqrt(in), 1/sqrt(in)): all
+  // values inside the bound, their variance bound^2 / 3, B all zero.
+  a.for_each([&](const std::string& key, const std::vector<float>& v) {
+    if (key.find("lora_B") != std::string::npos) {
+      for (float x : v) ASSERT_EQ(x, 0.0f) << key;
+      return;
+    }
+    const bool down = key.find("down_proj") != std::string::npos;
+    const double bound = 1.0 / std::sqrt(double(down ? model.config().intermediate_size : model.config().hidden_size));
+    double ss = 0;
+    for (float x : v) {
+      ASSERT_LE(std::fabs(x), bound) << key;
+      ss += double(x) * x;
+    }
+    EXPECT_NEAR(ss / double(v.size()), bound * bound / 3, 0.15 * bound * bound / 3) << key;
+  });
+  // A zero B leaves the model's loss unchanged.
+  auto batch_f = SafetensorsFile::open(dir() + "/tiny_grads.safetensors");
+  const train::Batch batch = fixture_batch(*batch_f);
+  EXPECT_NEAR(train::forward_loss(model, &a, batch).loss_sum, train::forward_loss(model, nullptr, batch).loss_sum,
+              1e-9);
+}
+
+}  // namespace
+}  // namespace lowbit
