@@ -18,6 +18,13 @@ Writes tests/fixtures/train/ (all fp32, CPU, eager attention, no TF32):
                             adapters (PEFT's init for A; B set to seeded random values so that A's
                             gradient is not zero), the loss and every adapter's gradient, under
                             "<case>.<peft key>" and "<case>.grad.<peft key>".
+  tiny_train.safetensors    eight optimizer steps of LoRA training (PEFT r=4, alpha=8, all seven
+                            linears, PEFT's init) with torch's AdamW (weight decay 0.01),
+                            transformers' constant schedule with warmup ratio 0.2, clipping at
+                            global norm 0.3 and two accumulated micro-batches per step, each
+                            micro-batch's summed loss divided by the step's target tokens (the
+                            Trainer's num_items_in_batch): the batches, the initial adapters, the
+                            loss, gradient norm and learning rate of each step, the final adapters.
 
 Usage: python3 scripts/make_train_fixtures.py [OUT_DIR]   (default tests/fixtures/train)
 """
@@ -209,6 +216,51 @@ def lora_case(model, ids, labels, case, r, alpha, targets, seed):
     return res
 
 
+def train_case(model, seed=500, steps=8, accum=2, B=2, T=40):
+    import peft
+    torch.manual_seed(seed)
+    all7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=all7,
+                                                    bias="none", task_type="CAUSAL_LM"))
+    res = {f"train.init.{k}": v.detach().clone().contiguous() for k, v in peft.get_peft_model_state_dict(pm).items()}
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, foreach=False)
+    sched = transformers.get_constant_schedule_with_warmup(opt, num_warmup_steps=math.ceil(0.2 * steps))
+    gen = g(seed + 7)
+    ids = torch.randint(3, TINY["vocab_size"], (steps * accum, B, T), generator=gen)
+    labels = ids.clone()
+    src = torch.randint(5, 20, (steps * accum, B), generator=gen)
+    for i in range(steps * accum):
+        for b in range(B):
+            labels[i, b, : src[i, b]] = -100
+    losses, norms, lrs = [], [], []
+    for s in range(steps):
+        mbs = range(s * accum, (s + 1) * accum)
+        total = sum(int((labels[i, :, 1:] != -100).sum()) for i in mbs)
+        loss_sum = 0.0
+        for i in mbs:
+            logits = pm(input_ids=ids[i]).logits
+            l = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[i, :, 1:].reshape(-1),
+                                ignore_index=-100, reduction="sum")
+            (l / total).backward()
+            loss_sum += float(l.detach())
+        losses.append(loss_sum / total)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, 0.3)))
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    res["train.tokens"] = ids.to(torch.int32).contiguous()
+    res["train.targets"] = torch.stack([shifted_targets(labels[i]) for i in range(steps * accum)]).contiguous()
+    res["train.loss"] = torch.tensor(losses, dtype=torch.float64)
+    res["train.grad_norm"] = torch.tensor(norms, dtype=torch.float64)
+    res["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
+    for k, v in peft.get_peft_model_state_dict(pm).items():
+        res[f"train.final.{k}"] = v.detach().clone().contiguous()
+    pm.unload()
+    return res
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_file(op_fixtures(), os.path.join(OUT, "ops_backward.safetensors"))
@@ -222,6 +274,7 @@ def main():
     lora.update(lora_case(model, ids, labels, "all", 4, 8, all7, 300))
     lora.update(lora_case(model, ids, labels, "qv", 2, 4, ["q_proj", "v_proj"], 400))
     save_file(lora, os.path.join(OUT, "tiny_lora.safetensors"))
+    save_file(train_case(model), os.path.join(OUT, "tiny_train.safetensors"))
     print("wrote", OUT)
 
 

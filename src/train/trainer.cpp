@@ -1,0 +1,53 @@
+#include "train/trainer.h"
+
+#include "core/error.h"
+
+#include <cmath>
+
+namespace lowbit::train {
+
+LoraTrainer::LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt)
+    : model_(model), params_(std::move(init)), opt_(opt) {
+  LB_CHECK(opt_.total_steps > 0, "training needs at least one step, got {}", opt_.total_steps);
+  LB_CHECK(opt_.adamw.lr >= 0, "learning rate must not be negative, got {}", opt_.adamw.lr);
+  grads_ = params_.zeros_like();
+  state_ = AdamWState::zeros_like(params_);
+  warmup_ = warmup_steps(opt_.warmup_ratio, opt_.total_steps);
+}
+
+void LoraTrainer::restore(LoraAdapters params, AdamWState state) {
+  LB_CHECK(params.layers.size() == params_.layers.size() && params.num_parameters() == params_.num_parameters(),
+           "saved adapters have {} parameters in {} layers; this run's have {} in {}", params.num_parameters(),
+           params.layers.size(), params_.num_parameters(), params_.layers.size());
+  params_ = std::move(params);
+  state_ = std::move(state);
+}
+
+StepStats LoraTrainer::step(std::span<const Batch> micro) {
+  LB_CHECK(!micro.empty(), "a training step needs at least one micro-batch");
+  StepStats st;
+  for (const Batch& b : micro) {
+    st.targets += b.num_targets();
+    st.tokens += b.B * b.T;
+  }
+  LB_CHECK(st.targets > 0, "training step {} has no target tokens (every target truncated or masked)",
+           state_.step + 1);
+  grads_.set_zero();
+  StepOptions so;
+  so.loss_scale = 1.0 / double(st.targets);
+  double loss_sum = 0;
+  for (size_t i = 0; i < micro.size(); ++i) {
+    so.dropout_seed = opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(i);
+    loss_sum += forward_backward(model_, &params_, micro[i], so, &grads_, nullptr).loss_sum;
+  }
+  st.loss = loss_sum / double(st.targets);
+  st.grad_norm = clip_grad_norm(grads_, opt_.max_grad_norm);
+  LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
+           "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",
+           state_.step + 1, st.loss, st.grad_norm, state_.step);
+  st.lr = constant_with_warmup_lr(opt_.adamw.lr, state_.step, warmup_);
+  adamw_step(params_, grads_, state_, opt_.adamw, st.lr);
+  return st;
+}
+
+}  // namespace lowbit::train

@@ -1,0 +1,57 @@
+// One LoRA optimizer step at a time over a frozen base model: gradient accumulation over
+// micro-batches, clipping, the warmup schedule and AdamW (optimizer.h).
+//
+// Accumulation follows transformers' Trainer (num_items_in_batch): each micro-batch's summed
+// target-token loss is divided by the number of target tokens in the whole accumulated batch, so
+// the step's gradient is that of the mean loss over all its target tokens, however the tokens
+// fall into micro-batches.
+#pragma once
+
+#include "train/llama_backward.h"
+#include "train/optimizer.h"
+
+#include <span>
+
+namespace lowbit::train {
+
+struct TrainOptions {
+  AdamWOptions adamw;
+  double warmup_ratio = 0.03;
+  double max_grad_norm = 0.3;  // <= 0: no clipping
+  int64_t total_steps = 1;     // for the warmup's length
+  uint64_t dropout_seed = 0;
+};
+
+struct StepStats {
+  double loss = 0;         // mean over the step's target tokens
+  int64_t targets = 0;     // target tokens in the step
+  int64_t tokens = 0;      // all tokens processed (padding included)
+  double grad_norm = 0;    // before clipping
+  double lr = 0;           // the learning rate applied
+};
+
+class LoraTrainer {
+ public:
+  LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt);
+
+  // One optimizer step over the micro-batches (their gradients accumulated). A non-finite loss
+  // or gradient norm throws lowbit::Error and leaves the adapters and optimizer state as they
+  // were before the step.
+  StepStats step(std::span<const Batch> micro);
+
+  const LoraAdapters& adapters() const { return params_; }
+  const AdamWState& optimizer_state() const { return state_; }
+  const TrainOptions& options() const { return opt_; }
+  int64_t steps_done() const { return state_.step; }
+  // Continues from a saved state (checkpoint.h): the adapters and AdamW's moments and step.
+  void restore(LoraAdapters params, AdamWState state);
+
+ private:
+  const LlamaModel& model_;
+  LoraAdapters params_, grads_;
+  AdamWState state_;
+  TrainOptions opt_;
+  int64_t warmup_ = 0;
+};
+
+}  // namespace lowbit::train
