@@ -25,6 +25,12 @@ Writes tests/fixtures/train/ (all fp32, CPU, eager attention, no TF32):
                             micro-batch's summed loss divided by the step's target tokens (the
                             Trainer's num_items_in_batch): the batches, the initial adapters, the
                             loss, gradient norm and learning rate of each step, the final adapters.
+  alpaca_llama3.safetensors the first 40 records of ../shared/data/alpaca/alpaca_5000.json as
+                            qlora.py's DataCollatorForCausalLM tokenizes them with the LLaMA-3
+                            tokenizer (../shared/models/tokenizers/llama3): source = bos + Alpaca
+                            prompt, target = output + eos, truncated separately, at the limits
+                            384/128 and 48/16 ("l<src>.ids" concatenated, "l<src>.source_len",
+                            "l<src>.len" per record).
 
 Usage: python3 scripts/make_train_fixtures.py [OUT_DIR]   (default tests/fixtures/train)
 """
@@ -261,6 +267,44 @@ def train_case(model, seed=500, steps=8, accum=2, B=2, T=40):
     return res
 
 
+ALPACA_PROMPT_DICT = {
+    # qlora.py's templates.
+    "prompt_input": (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response: "
+    ),
+    "prompt_no_input": (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Response: "
+    ),
+}
+
+
+def alpaca_case(shared, n=40):
+    import json
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(shared, "models", "tokenizers", "llama3"))
+    with open(os.path.join(shared, "data", "alpaca", "alpaca_5000.json"), encoding="utf-8") as f:
+        records = json.load(f)[:n]
+    res = {}
+    for smax, tmax in ((384, 128), (48, 16)):
+        ids, slen, tot = [], [], []
+        for r in records:
+            key = "prompt_input" if r.get("input", "") != "" else "prompt_no_input"
+            src = tok.bos_token + ALPACA_PROMPT_DICT[key].format(**r)
+            tgt = r["output"] + tok.eos_token
+            s = tok(src, max_length=smax, truncation=True, add_special_tokens=False)["input_ids"]
+            t = tok(tgt, max_length=tmax, truncation=True, add_special_tokens=False)["input_ids"]
+            ids += s + t
+            slen.append(len(s))
+            tot.append(len(s) + len(t))
+        res[f"l{smax}.ids"] = torch.tensor(ids, dtype=torch.int32)
+        res[f"l{smax}.source_len"] = torch.tensor(slen, dtype=torch.int32)
+        res[f"l{smax}.len"] = torch.tensor(tot, dtype=torch.int32)
+    return res
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_file(op_fixtures(), os.path.join(OUT, "ops_backward.safetensors"))
@@ -275,6 +319,8 @@ def main():
     lora.update(lora_case(model, ids, labels, "qv", 2, 4, ["q_proj", "v_proj"], 400))
     save_file(lora, os.path.join(OUT, "tiny_lora.safetensors"))
     save_file(train_case(model), os.path.join(OUT, "tiny_train.safetensors"))
+    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
+    save_file(alpaca_case(shared), os.path.join(OUT, "alpaca_llama3.safetensors"))
     print("wrote", OUT)
 
 
