@@ -31,6 +31,10 @@ Writes tests/fixtures/train/ (all fp32, CPU, eager attention, no TF32):
                             prompt, target = output + eos, truncated separately, at the limits
                             384/128 and 48/16 ("l<src>.ids" concatenated, "l<src>.source_len",
                             "l<src>.len" per record).
+  peft-adapter/              an adapter directory written by PEFT's save_pretrained (r=3,
+                            alpha=6, q_proj, v_proj and down_proj, B seeded random), and
+  tiny_peft.safetensors     the logits of the tiny model with that adapter on the batch's first
+                            sequence ("logits" [70, V]) and the batch's loss ("loss").
 
 Usage: python3 scripts/make_train_fixtures.py [OUT_DIR]   (default tests/fixtures/train)
 """
@@ -305,6 +309,26 @@ def alpaca_case(shared, n=40):
     return res
 
 
+def peft_adapter_case(model, ids, labels, out_dir, seed=600):
+    import peft
+    torch.manual_seed(seed)
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=3, lora_alpha=6, lora_dropout=0.0, bias="none",
+                                                    target_modules=["q_proj", "v_proj", "down_proj"],
+                                                    task_type="CAUSAL_LM"))
+    gen = g(seed + 1)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        pm.peft_config["default"].base_model_name_or_path = "tiny-llama3"
+        pm.save_pretrained(out_dir)
+        os.remove(os.path.join(out_dir, "README.md"))  # PEFT's model card template
+        res = {"logits": pm(input_ids=ids[:1]).logits[0].contiguous(),
+               "loss": pm(input_ids=ids, labels=labels).loss.reshape(1)}
+    pm.unload()
+    return res
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_file(op_fixtures(), os.path.join(OUT, "ops_backward.safetensors"))
@@ -319,6 +343,8 @@ def main():
     lora.update(lora_case(model, ids, labels, "qv", 2, 4, ["q_proj", "v_proj"], 400))
     save_file(lora, os.path.join(OUT, "tiny_lora.safetensors"))
     save_file(train_case(model), os.path.join(OUT, "tiny_train.safetensors"))
+    save_file(peft_adapter_case(model, ids, labels, os.path.join(OUT, "peft-adapter")),
+              os.path.join(OUT, "tiny_peft.safetensors"))
     shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
     save_file(alpaca_case(shared), os.path.join(OUT, "alpaca_llama3.safetensors"))
     print("wrote", OUT)

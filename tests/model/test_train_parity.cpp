@@ -5,12 +5,15 @@
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
+#include "core/error.h"
+#include "train/adapter_io.h"
 #include "train/llama_backward.h"
 #include "train/trainer.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 
 namespace lowbit {
@@ -197,6 +200,80 @@ TEST(TrainParity, EightStepsMatchTorchAdamW) {
     // ~lr; 1e-3 of the tensor's largest value is well above that after eight steps at lr 1e-2.
     EXPECT_LT(rel_err(v, vec(*ref, "train.final." + key)), 1e-3) << key;
   });
+}
+
+// An adapter written by PEFT's save_pretrained, read by lowbit: merged logits and the unmerged
+// loss equal PEFT's on the same model.
+TEST(PeftAdapter, ReadsPeftFilesMergedAndUnmerged) {
+  auto ref = SafetensorsFile::open(dir() + "/tiny_peft.safetensors");
+  auto batch_f = SafetensorsFile::open(dir() + "/tiny_grads.safetensors");
+  LlamaModel model(open_checkpoint(dir() + "/tiny-llama3"));
+  const train::LoraAdapters a = train::load_peft_adapter(dir() + "/peft-adapter", model.config());
+  EXPECT_EQ(a.config.r, 3);
+  EXPECT_DOUBLE_EQ(a.config.alpha, 6);
+  EXPECT_EQ(a.config.targets, (std::array<bool, 7>{true, false, true, false, false, false, true}));
+  const train::Batch batch = fixture_batch(*batch_f);
+  const double want_loss = vec(*ref, "loss")[0];
+  EXPECT_NEAR(train::forward_loss(model, &a, batch).mean_loss(), want_loss, 1e-5 * want_loss);
+  train::merge_adapters(model, a);
+  const std::vector<int32_t> ids(batch.tokens.begin(), batch.tokens.begin() + batch.T);
+  const Tensor got = model.forward(ids);
+  const auto want = vec(*ref, "logits");
+  ASSERT_EQ(got.numel(), int64_t(want.size()));
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(got.data_as<float>()[i] - want[i])));
+  // fp32 logits of magnitude ~10 (see test_logit_parity: ~5e-5 observed there).
+  EXPECT_LT(worst, 1e-3);
+  std::printf("max |logit difference| merged: %.3g\n", worst);
+  EXPECT_NEAR(train::forward_loss(model, nullptr, batch).mean_loss(), want_loss, 1e-5 * want_loss);
+}
+
+TEST(PeftAdapter, WriteReadRoundTripAndRefusals) {
+  LlamaModel model(open_checkpoint(dir() + "/tiny-llama3"));
+  train::LoraConfig cfg;
+  cfg.r = 5;
+  cfg.alpha = 10;
+  cfg.targets = {false, true, false, true, true, false, false};
+  train::LoraAdapters a = train::LoraAdapters::peft_init(model.config(), cfg, 3);
+  float x = 0.01f;
+  a.for_each([&](const std::string&, std::vector<float>& v) {
+    for (float& f : v) f += (x += 0.001f);
+  });
+  test::TempDir tmp;
+  train::save_peft_adapter(tmp / "ad", a, "tiny-llama3");
+  const train::LoraAdapters b = train::load_peft_adapter(tmp / "ad", model.config());
+  EXPECT_EQ(b.config.r, 5);
+  EXPECT_EQ(b.config.targets, cfg.targets);
+  int n = 0;
+  b.for_each([&](const std::string& key, const std::vector<float>& v) {
+    a.for_each([&](const std::string& k2, const std::vector<float>& w) {
+      if (k2 == key) {
+        EXPECT_EQ(v, w) << key;
+        ++n;
+      }
+    });
+  });
+  EXPECT_EQ(n, 2 * 2 * 3);
+  // Another base model (hidden 128, not 64): refused, naming the tensor and both shapes.
+  LlamaModel other(open_checkpoint(test::fixtures_dir() + "/models/llama3-mini-f32"));
+  try {
+    train::load_peft_adapter(tmp / "ad", other.config());
+    ADD_FAILURE() << "adapter accepted on another base";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("k_proj.lora_A.weight"), std::string::npos) << e.what();
+  }
+  // A tensor the config does not name: refused.
+  train::LoraConfig cfg2 = cfg;
+  cfg2.targets[size_t(LinearKind::K)] = false;
+  train::save_peft_adapter(tmp / "ad2", train::LoraAdapters::zeros(model.config(), cfg2), "x");
+  std::filesystem::copy_file(tmp / "ad/adapter_model.safetensors", tmp / "ad2/adapter_model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  EXPECT_THROW(train::load_peft_adapter(tmp / "ad2", model.config()), Error);
+  EXPECT_THROW(train::load_peft_adapter(tmp / "none", model.config()), Error);
+  // lowbit_adapter.json names the base: another base's weights are refused.
+  test::spit(tmp / "ad/lowbit_adapter.json", R"({"base": {"hidden_size": 64, "weights_sha256": "abc"}})");
+  EXPECT_THROW(train::check_adapter_base(tmp / "ad", model, "def"), Error);
+  EXPECT_NO_THROW(train::check_adapter_base(tmp / "ad", model, "abc"));
 }
 
 }  // namespace

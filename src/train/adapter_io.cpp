@@ -1,0 +1,195 @@
+#include "train/adapter_io.h"
+
+#include "core/error.h"
+#include "formats/safetensors.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+namespace lowbit::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    LB_CHECK(out.good(), "cannot write '{}'", tmp);
+    out << text;
+    out.flush();
+    LB_CHECK(out.good(), "cannot write '{}'", tmp);
+  }
+  fs::rename(tmp, path);
+}
+
+Tensor f32_tensor(const std::vector<float>& v, std::vector<int64_t> shape) {
+  Tensor t = Tensor::empty(DType::F32, std::move(shape));
+  std::copy(v.begin(), v.end(), t.mutable_data_as<float>());
+  return t;
+}
+
+}  // namespace
+
+void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std::string& base_model) {
+  fs::create_directories(dir);
+  std::vector<std::string> targets;
+  for (LinearKind k : kAllLinears)
+    if (a.config.targets_kind(k)) targets.emplace_back(linear_name(k));
+  // The fields PEFT's LoraConfig writes; those lowbit does not use keep PEFT's defaults.
+  const nlohmann::json cfg = {{"peft_type", "LORA"},
+                              {"task_type", "CAUSAL_LM"},
+                              {"base_model_name_or_path", base_model},
+                              {"r", a.config.r},
+                              {"lora_alpha", a.config.alpha},
+                              {"lora_dropout", a.config.dropout},
+                              {"target_modules", targets},
+                              {"bias", "none"},
+                              {"fan_in_fan_out", false},
+                              {"inference_mode", true},
+                              {"init_lora_weights", true},
+                              {"use_rslora", false},
+                              {"use_dora", false},
+                              {"modules_to_save", nullptr},
+                              {"layers_to_transform", nullptr},
+                              {"layers_pattern", nullptr},
+                              {"rank_pattern", nlohmann::json::object()},
+                              {"alpha_pattern", nlohmann::json::object()},
+                              {"revision", nullptr}};
+  SafetensorsWriter w;
+  for (size_t l = 0; l < a.layers.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const LoraLinear& ad = a.layers[l][size_t(k)];
+      if (!ad.active()) continue;
+      w.add(peft_key(int64_t(l), k, 'A'), f32_tensor(ad.a, {ad.r, ad.in}));
+      w.add(peft_key(int64_t(l), k, 'B'), f32_tensor(ad.b, {ad.out, ad.r}));
+    }
+  w.set_metadata("format", "pt");
+  w.write(dir + "/adapter_model.safetensors");
+  write_text_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
+}
+
+LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c) {
+  const std::string cfg_path = dir + "/adapter_config.json";
+  std::ifstream in(cfg_path);
+  LB_CHECK(in.good(), "adapter '{}': no adapter_config.json", dir);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    LB_CHECK(false, "'{}': not valid JSON ({})", cfg_path, e.what());
+  }
+  auto get = [&](const char* key, auto fallback) {
+    auto it = j.find(key);
+    return it == j.end() || it->is_null() ? fallback : it->get<decltype(fallback)>();
+  };
+  LB_CHECK(get("peft_type", std::string("LORA")) == "LORA", "'{}': peft_type '{}' is not LORA", cfg_path,
+           get("peft_type", std::string()));
+  LB_CHECK(get("bias", std::string("none")) == "none", "'{}': bias '{}' is not supported (only \"none\")", cfg_path,
+           get("bias", std::string()));
+  LB_CHECK(!get("use_dora", false) && !get("use_rslora", false), "'{}': DoRA and rsLoRA adapters are not supported",
+           cfg_path);
+  LB_CHECK(!get("fan_in_fan_out", false), "'{}': fan_in_fan_out adapters are not supported", cfg_path);
+  LB_CHECK(j.contains("rank_pattern") == false || j["rank_pattern"].empty(),
+           "'{}': per-module ranks (rank_pattern) are not supported", cfg_path);
+  LB_CHECK(j.contains("alpha_pattern") == false || j["alpha_pattern"].empty(),
+           "'{}': per-module alphas (alpha_pattern) are not supported", cfg_path);
+  LoraConfig lc;
+  lc.r = get("r", int64_t(8));
+  lc.alpha = get("lora_alpha", 8.0);
+  lc.dropout = get("lora_dropout", 0.0);
+  lc.targets.fill(false);
+  const auto& tm = j.at("target_modules");
+  LB_CHECK(tm.is_array() || tm.is_string(), "'{}': target_modules must be a list of module names", cfg_path);
+  if (tm.is_string()) {
+    lc.targets[size_t(lora_target_kind(tm.get<std::string>()))] = true;
+  } else {
+    for (const auto& t : tm) lc.targets[size_t(lora_target_kind(t.get<std::string>()))] = true;
+  }
+  LoraAdapters a = LoraAdapters::zeros(c, lc);
+  auto st = SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  std::set<std::string> expected;
+  a.for_each([&](const std::string& key, std::vector<float>& v) {
+    expected.insert(key);
+    const SafetensorsEntry* e = st->find(key);
+    LB_CHECK(e != nullptr, "adapter '{}': tensor '{}' is missing (adapter_config.json targets it)", dir, key);
+    const Tensor t = st->tensor(key);
+    LB_CHECK(t.numel() == int64_t(v.size()) && t.ndim() == 2,
+             "adapter '{}': tensor '{}' has shape {}, this model needs {} elements (an adapter for another base "
+             "model?)",
+             dir, key, t.shape_str(), v.size());
+    const Tensor f = t.dtype() == DType::F32 ? t : t.to_f32();
+    std::copy(f.data_as<float>(), f.data_as<float>() + f.numel(), v.begin());
+  });
+  // Shapes exactly: [r, in] for A, [out, r] for B.
+  for (size_t l = 0; l < a.layers.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const LoraLinear& ad = a.layers[l][size_t(k)];
+      if (!ad.active()) continue;
+      const std::vector<int64_t> sa{ad.r, ad.in}, sb{ad.out, ad.r};
+      const Tensor ta = st->tensor(peft_key(int64_t(l), k, 'A')), tb = st->tensor(peft_key(int64_t(l), k, 'B'));
+      LB_CHECK(ta.shape() == sa, "adapter '{}': tensor '{}' has wrong shape: got {}, expected {}", dir,
+               peft_key(int64_t(l), k, 'A'), ta.shape_str(), shape_str(sa));
+      LB_CHECK(tb.shape() == sb, "adapter '{}': tensor '{}' has wrong shape: got {}, expected {}", dir,
+               peft_key(int64_t(l), k, 'B'), tb.shape_str(), shape_str(sb));
+    }
+  for (const auto& e : st->entries())
+    LB_CHECK(expected.count(e.name), "adapter '{}': unexpected tensor '{}' (another base model, or modules lowbit "
+             "does not adapt)", dir, e.name);
+  return a;
+}
+
+nlohmann::json base_identity(const LlamaModel& model, const std::string& weights_sha256) {
+  const LlamaConfig& c = model.config();
+  return {{"hidden_size", c.hidden_size},
+          {"intermediate_size", c.intermediate_size},
+          {"num_hidden_layers", c.num_hidden_layers},
+          {"num_attention_heads", c.num_attention_heads},
+          {"num_key_value_heads", c.num_key_value_heads},
+          {"vocab_size", c.vocab_size},
+          {"weights_sha256", weights_sha256}};
+}
+
+void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256) {
+  const std::string path = dir + "/lowbit_adapter.json";
+  if (!fs::exists(path)) return;  // a PEFT-written adapter: the tensor shapes are the check
+  std::ifstream in(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    LB_CHECK(false, "'{}': not valid JSON ({})", path, e.what());
+  }
+  LB_CHECK(j.contains("base"), "'{}' has no \"base\"", path);
+  const nlohmann::json want = j["base"], have = base_identity(model, weights_sha256);
+  for (const auto& [k, v] : want.items())
+    LB_CHECK(have.contains(k) && have[k] == v, "adapter '{}' was trained on another base model: {} is {} there, {} here",
+             dir, k, v.dump(), have.contains(k) ? have[k].dump() : "absent");
+}
+
+void merge_adapters(LlamaModel& model, const LoraAdapters& a) {
+  LB_CHECK(int64_t(a.layers.size()) == model.config().num_hidden_layers, "adapters for {} layers on a model of {}",
+           a.layers.size(), model.config().num_hidden_layers);
+  const float scaling = float(a.config.scaling());
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    auto w = std::make_shared<BlockWeights>(clone_block_weights(*model.block_weights(int64_t(l))));
+    for (LinearKind k : kAllLinears) {
+      const LoraLinear& ad = a.layers[l][size_t(k)];
+      if (!ad.active()) continue;
+      float* wk = (*w)[k].mutable_data_as<float>();
+      // W[o, i] += scaling * sum_j B[o, j] A[j, i]
+      for (int64_t o = 0; o < ad.out; ++o)
+        for (int64_t j = 0; j < ad.r; ++j) {
+          const float s = scaling * ad.b[size_t(o * ad.r + j)];
+          const float* arow = ad.a.data() + j * ad.in;
+          float* wrow = wk + o * ad.in;
+          for (int64_t i = 0; i < ad.in; ++i) wrow[i] += s * arow[i];
+        }
+    }
+    model.set_block_weights(int64_t(l), std::move(w));
+  }
+}
+
+}  // namespace lowbit::train

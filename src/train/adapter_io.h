@@ -1,0 +1,40 @@
+// LoRA adapters on disk in PEFT's format, and merging them into a model.
+//
+// A PEFT adapter directory (what PeftModel.from_pretrained(base, DIR) loads):
+//   adapter_config.json         {"peft_type": "LORA", "r", "lora_alpha", "lora_dropout",
+//                                "target_modules", "bias": "none", "task_type": "CAUSAL_LM", ...}
+//   adapter_model.safetensors   "base_model.model.model.layers.{i}.{self_attn|mlp}.{q_proj|...}
+//                                .lora_{A|B}.weight", A [r, in], B [out, r], fp32 (read: any float)
+// lowbit adds lowbit_adapter.json beside them: the base model's shape and weights' identity, so
+// that an adapter is refused on another base.
+#pragma once
+
+#include "model/llama_model.h"
+#include "train/lora.h"
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace lowbit::train {
+
+// Writes the PEFT files into `dir` (created if needed; existing files of those names replaced,
+// each written to a temporary and renamed). `base_model` is recorded as base_model_name_or_path.
+void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std::string& base_model);
+
+// Reads a PEFT LoRA adapter for a model of configuration `c`. Refused with a lowbit::Error naming
+// the file and tensor: another PEFT type, bias or DoRA/rsLoRA options lowbit does not apply, an
+// unknown target module, a tensor whose shape does not fit the model (an adapter for another
+// base), a missing or unexpected tensor.
+LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c);
+
+// The base model facts an adapter was trained on, and a check of them against a model.
+nlohmann::json base_identity(const LlamaModel& model, const std::string& weights_sha256);
+// Throws when dir/lowbit_adapter.json exists and names another base (shape or weights).
+void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256);
+
+// Replaces every adapted block's weights by W + scaling * B A (fp32): the merged model, for
+// evaluation with the existing forward passes.
+void merge_adapters(LlamaModel& model, const LoraAdapters& a);
+
+}  // namespace lowbit::train
