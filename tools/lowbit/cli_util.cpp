@@ -5,6 +5,9 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "formats/data_files.h"
+#include "core/hash.h"
+#include "quant/lowbit_checkpoint.h"
+#include "train/adapter_io.h"
 
 #include <fmt/format.h>
 
@@ -101,6 +104,27 @@ Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, co
   topt.spm = parse_spm_convention(f.spm);
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
   return make_calibration(set, *tok, f.nsamples, f.seqlen, f.seed, parse_bos_mode(f.bos));
+}
+
+void add_adapter_option(CLI::App* cmd, std::string& target) {
+  cmd->add_option("--adapter", target, "LoRA adapter directory (PEFT format) merged into the model before it runs");
+}
+
+void check_adapter_device(const std::string& dir, const DeviceChoice& dev) {
+  LB_CHECK(dir.empty() || !dev.cuda, "--adapter runs on the CPU forward (the adapter is merged into its weights); "
+           "--device {} reads the checkpoint's own weights", dev.text);
+}
+
+nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir) {
+  if (dir.empty()) return nullptr;
+  train::check_adapter_base(dir, model, weights_sha256(model.checkpoint()));
+  const train::LoraAdapters a = train::load_peft_adapter(dir, model.config());
+  train::merge_adapters(model, a);
+  std::vector<std::string> targets;
+  for (LinearKind k : kAllLinears)
+    if (a.config.targets_kind(k)) targets.emplace_back(linear_name(k));
+  return {{"path", dir}, {"sha256", sha256_file(dir + "/adapter_model.safetensors")}, {"r", a.config.r},
+          {"lora_alpha", a.config.alpha}, {"target_modules", targets}};
 }
 
 }  // namespace lowbit::cli

@@ -25,7 +25,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string log_samples;
+  std::string log_samples, adapter;
   std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto",
               device = "cpu";
   int64_t limit = 0, max_length = 0;
@@ -59,7 +59,9 @@ void run(const Options& o) {
   // Every task's data is read (and checked) before any evaluation starts.
   std::vector<McTask> tasks;
   for (const auto& n : names) tasks.push_back(load_task(n, data_dir, o.mmlu_shots));
+  check_adapter_device(o.adapter, dev);
   auto model = load_model(o.model);
+  const nlohmann::json adapter_id = apply_adapter(*model, o.adapter);
   LB_CHECK(!model->checkpoint().tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -85,8 +87,9 @@ void run(const Options& o) {
 #endif
   if (!backend) backend = make_cpu_mc_backend(*model, max_length);
   // Each task's entry is the identity a study stores for it (eval/identity.h) with its results.
-  const nlohmann::json model_id = model_identity(model->checkpoint(), model_display_name(o.model), o.model,
-                                                 weights_sha256(model->checkpoint()), *tok, o.spm);
+  nlohmann::json model_id = model_identity(model->checkpoint(), model_display_name(o.model), o.model,
+                                           weights_sha256(model->checkpoint()), *tok, o.spm);
+  if (!adapter_id.is_null()) model_id["adapter"] = adapter_id;
   const nlohmann::json method = method_part(model->checkpoint());
   nlohmann::json out = {{"tasks", nlohmann::json::array()}};
   std::unique_ptr<std::ofstream> samples;
@@ -161,6 +164,7 @@ void register_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("eval", "Zero-shot tasks and MMLU with lm-evaluation-harness semantics");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit or quantized)")->required();
+  add_adapter_option(cmd, o->adapter);
   cmd->add_option("--tasks", o->tasks, "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, mmlu "
                                        "(or mmlu_SUBJECT for one subject); hellaswag_derived: llama.cpp's "
                                        "derived HellaSwag text, not the harness's preprocessing");

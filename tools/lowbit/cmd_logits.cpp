@@ -21,7 +21,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, text, ids, out, device = "cpu", bos = "auto", spm = "auto";
+  std::string model, text, ids, out, device = "cpu", bos = "auto", spm = "auto", adapter;
   int threads = 0;
 };
 
@@ -51,8 +51,10 @@ void run(const Options& o) {
     ids = load_tokenizer(ck.tokenizer_path, topt)->encode(o.text, parse_bos_mode(o.bos));
   }
   LB_CHECK(!ids.empty(), "no input tokens");
+  check_adapter_device(o.adapter, dev);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
+  apply_adapter(model, o.adapter);
   Tensor logits;
 #ifdef LOWBIT_WITH_CUDA
   if (dev.cuda) {
@@ -87,6 +89,7 @@ void register_logits(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("logits", "Write the fp32 logits of one sequence to a safetensors file");
   cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
+  add_adapter_option(cmd, o->adapter);
   auto* text = cmd->add_option("--text", o->text, "text (tokenized with the model's tokenizer)");
   auto* ids = cmd->add_option("--ids", o->ids, "comma-separated token ids");
   text->excludes(ids);

@@ -38,7 +38,7 @@ RuntimeFacts runtime_facts(double seconds, const std::string& device_name, bool 
 }
 
 struct Options {
-  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu", kl_base;
+  std::string model, dataset = "wikitext2", data_dir, bos = "auto", spm = "auto", device = "cpu", kl_base, adapter;
   int64_t seqlen = 2048, limit = 0, batch = 4;
   int threads = 0;
   bool json = false, profile = false;
@@ -191,10 +191,11 @@ void run(const Options& o) {
   const int64_t available = int64_t(windows.size());
   if (o.limit > 0 && o.limit < available) windows.resize(size_t(o.limit));
 
-  const nlohmann::json model_id = model_identity(ck, model_display_name(o.model), o.model, weights_sha256(ck), *tok,
-                                                 o.spm);
+  nlohmann::json model_id = model_identity(ck, model_display_name(o.model), o.model, weights_sha256(ck), *tok, o.spm);
+  check_adapter_device(o.adapter, dev);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
+  if (auto ad = apply_adapter(model, o.adapter); !ad.is_null()) model_id["adapter"] = ad;
   if (!o.kl_base.empty()) return run_kl_divergence(o, dev, set, windows, available, model, model_id, t_start);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
@@ -259,6 +260,7 @@ void register_ppl(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("ppl", "Perplexity under GPTQ's protocol (WikiText2, PTB, C4 or a text file)");
   cmd->add_option("--model", o->model, "model directory or checkpoint")->required();
+  add_adapter_option(cmd, o->adapter);
   cmd->add_option("--dataset", o->dataset, "wikitext2, ptb (validation, GPTQ), ptb-new (test, GPTQ), c4, c4-new, "
                                            "or a text file");
   cmd->add_option("--data-dir", o->data_dir, "data directory (default: $LOWBIT_DATA)");

@@ -4,6 +4,9 @@
 #include "calib/calib_data.h"
 #include "formats/checkpoint.h"
 #include "formats/tokenizer.h"
+#include "model/llama_model.h"
+
+#include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -23,6 +26,7 @@ void register_stats(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_study(CLI::App& app);
 void register_report(CLI::App& app);
+void register_finetune(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);
@@ -55,6 +59,16 @@ struct DeviceChoice {
 };
 DeviceChoice parse_device(const std::string& s);
 void add_device_option(CLI::App* cmd, std::string& target);
+
+// --adapter DIR: a LoRA adapter in PEFT's format (lowbit finetune's output, or PEFT's own)
+// merged into the model's weights before it runs. apply_adapter merges it (nothing when dir is
+// empty) and returns its identity for the results ({"path", "sha256", "r", "lora_alpha",
+// "target_modules"}; null when none). An adapter for another base model is refused. The GPU
+// forward reads the checkpoint's weights, not merged ones, so --adapter with --device cuda is
+// refused by check_adapter_device.
+void add_adapter_option(CLI::App* cmd, std::string& target);
+nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir);
+void check_adapter_device(const std::string& dir, const DeviceChoice& dev);
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# lowbit finetune end to end on the 260K-parameter llama2.c model: a QLoRA run (NF4 base, LoRA
+# dropout on), the same run stopped and resumed twice (identical adapter bytes), evaluation with
+# the adapter, and refusals of bad input.
+set -u
+B="$LOWBIT_BIN"
+M="$LOWBIT_TEST_MODELS"
+D="$LOWBIT_TEST_DATA"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
+
+S="$M/stories260K/stories260K.bin"
+if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
+  A=(--model "$S" --method "qlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --steps 5 --batch 2
+     --grad-accum 2 --limit 120 --eval-size 10 --save-every 2 --threads 1)
+  expect_ok "finetune qlora" "wrote .*: final loss [0-9.]+, held-out loss [0-9.]+, 5 steps" "$B" finetune "${A[@]}" -o "$T/full"
+  expect_ok "progress line" "step 5/5 loss [0-9.]+ lr 0.0002 \|g\| [0-9.]+ [0-9]+ tok/s ETA" \
+    "$B" finetune "${A[@]}" -o "$T/full" --force
+  for f in adapter_config.json adapter_model.safetensors lowbit_adapter.json checkpoint/optimizer.safetensors; do
+    if [[ -f "$T/full/$f" ]]; then ok; else bad "finetune wrote no $f"; fi
+  done
+  expect_ok "stop after 2" "stopped after 2 steps" "$B" finetune "${A[@]}" -o "$T/part" --stop-after 2
+  expect_err "existing run" "holds a run; pass --resume" "$B" finetune "${A[@]}" -o "$T/part"
+  expect_ok "resume stop" "resumed from .* at step 2" "$B" finetune "${A[@]}" -o "$T/part" --resume --stop-after 1
+  expect_ok "resume to end" "resumed from .* at step 3" "$B" finetune "${A[@]}" -o "$T/part" --resume
+  if cmp -s "$T/full/adapter_model.safetensors" "$T/part/adapter_model.safetensors"; then ok; else
+    bad "a stopped and resumed run's adapter differs from the uninterrupted run's"; fi
+  expect_err "resume other options" "belongs to another run: its lr is 0.0002, this run's 0.001" \
+    "$B" finetune "${A[@]}" --lr 1e-3 -o "$T/part" --resume
+
+  # Bad input.
+  printf '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": 5, "output": "d"}]' > "$T/bad.json"
+  expect_err "malformed record" "bad.json': record 1's \"input\" is a number" \
+    "$B" finetune --model "$S" --data "$T/bad.json" -o "$T/x"
+  expect_err "unknown method" "unknown fine-tuning method 'dora'" "$B" finetune --model "$S" --method dora \
+    --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  expect_err "unknown method option" "unknown option 'rank'" "$B" finetune --model "$S" --method "lora:rank=4" \
+    --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  expect_err "unknown target" "unknown LoRA target 'qkv_proj'" "$B" finetune --model "$S" \
+    --method "lora:targets=qkv_proj" --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi
+
+  # Evaluation with the adapter (merged); another base model is refused.
+  printf 'Once upon a time there was a little girl. She liked to play in the park with her dog.\n%.0s' {1..40} > "$T/text.txt"
+  expect_ok "ppl with adapter" "PPL = [0-9.]+" "$B" ppl --model "$S" --adapter "$T/full" --dataset "$T/text.txt" --seqlen 64
+  if [[ -d "$M/testbed-44m" ]]; then
+    expect_err "adapter on another base" "trained on another base model: hidden_size is 64 there, 512 here" \
+      "$B" ppl --model "$M/testbed-44m" --adapter "$T/full" --dataset "$T/text.txt" --seqlen 64
+  fi
+fi
+
+report
