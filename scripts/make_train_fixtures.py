@@ -35,6 +35,17 @@ Writes tests/fixtures/train/ (all fp32, CPU, eager attention, no TF32):
                             alpha=6, q_proj, v_proj and down_proj, B seeded random), and
   tiny_peft.safetensors     the logits of the tiny model with that adapter on the batch's first
                             sequence ("logits" [70, V]) and the batch's loss ("loss").
+  tiny_qlora.safetensors    QLoRA's frozen base: every linear of the tiny model quantized by
+                            bitsandbytes' own quantize_4bit (NF4, blocksize 64, double
+                            quantization) and decoded as NF4 code value (bnb's own table,
+                            QuantState.code) x absmax (bnb's dequantize_blockwise of the
+                            double-quantized absmax, plus its offset) ("bnb.<hf name>", fp32). Its
+                            CPU dequantize_4bit is not used: in bitsandbytes 0.50.2 it disagrees
+                            with its own codes on weights whose rows are not a multiple of the
+                            block (max error 2.0 on unit-normal weights, against 0.45 for the
+                            decoded codes). Then PEFT LoRA
+                            (r=4, alpha=8, all seven linears, B seeded random) over that base: the
+                            adapters, the loss and the adapter gradients ("qlora.*").
 
 Usage: python3 scripts/make_train_fixtures.py [OUT_DIR]   (default tests/fixtures/train)
 """
@@ -329,6 +340,44 @@ def peft_adapter_case(model, ids, labels, out_dir, seed=600):
     return res
 
 
+def qlora_case(model, ids, labels, seed=700):
+    import bitsandbytes.functional as bnbf
+    import copy
+    import peft
+    base = copy.deepcopy(model)
+    res = {}
+    with torch.no_grad():
+        for name, mod in base.named_modules():
+            if isinstance(mod, torch.nn.Linear) and "lm_head" not in name:
+                q, st = bnbf.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, compress_statistics=True,
+                                           quant_type="nf4")
+                packed = q.reshape(-1)
+                # Element 2k in the high nibble, 2k+1 in the low.
+                codes = torch.stack([packed >> 4, packed & 15], 1).reshape(-1).long()[: mod.weight.numel()]
+                absmax = bnbf.dequantize_blockwise(st.absmax, st.state2) + st.offset
+                deq = (st.code[codes].reshape(-1, 64) * absmax.float().unsqueeze(1)).reshape(mod.weight.shape)
+                mod.weight.copy_(deq)
+                res[f"bnb.{name}.weight"] = deq.contiguous().clone()
+    all7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(seed)
+    pm = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=all7,
+                                                   bias="none", task_type="CAUSAL_LM"))
+    gen = g(seed + 1)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    out = pm(input_ids=ids, labels=labels)
+    out.loss.backward()
+    res["qlora.loss"] = out.loss.detach().reshape(1)
+    named = dict(pm.named_parameters())
+    for key, val in peft.get_peft_model_state_dict(pm).items():
+        res[f"qlora.{key}"] = val.detach().clone().contiguous()
+        pname = "base_model.model." + key[len("base_model.model."):].replace(".weight", ".default.weight")
+        res[f"qlora.grad.{key}"] = named[pname].grad.detach().clone().contiguous()
+    return res
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_file(op_fixtures(), os.path.join(OUT, "ops_backward.safetensors"))
@@ -345,6 +394,7 @@ def main():
     save_file(train_case(model), os.path.join(OUT, "tiny_train.safetensors"))
     save_file(peft_adapter_case(model, ids, labels, os.path.join(OUT, "peft-adapter")),
               os.path.join(OUT, "tiny_peft.safetensors"))
+    save_file(qlora_case(model, ids, labels), os.path.join(OUT, "tiny_qlora.safetensors"))
     shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
     save_file(alpaca_case(shared), os.path.join(OUT, "alpaca_llama3.safetensors"))
     print("wrote", OUT)
