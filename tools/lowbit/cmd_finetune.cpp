@@ -167,6 +167,9 @@ void run(const Options& o) {
                std::chrono::duration<double>(Clock::now() - tq).count());
   }
   install_quantized_forward(*model);
+  // The training forward reads the (dequantized) weights only; it has no activation quantization.
+  LB_CHECK(model->forward_hooks() == nullptr,
+           "model '{}' quantizes activations; fine-tuning runs weight-only quantized bases", o.model);
   const LlamaConfig& c = model->config();
 
   // Everything that changes the result; a resumed run must match it.
