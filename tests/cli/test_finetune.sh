@@ -12,8 +12,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
 
 S="$M/stories260K/stories260K.bin"
 if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
-  A=(--model "$S" --method "qlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --steps 5 --batch 2
-     --grad-accum 2 --limit 120 --eval-size 10 --save-every 2 --threads 1)
+  C=(--model "$S" --method "qlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --batch 2
+     --grad-accum 2 --limit 120 --eval-size 10 --threads 1)
+  A=("${C[@]}" --steps 5 --save-every 2)
   expect_ok "finetune qlora" "wrote .*: final loss [0-9.]+, held-out loss [0-9.]+, 5 steps" "$B" finetune "${A[@]}" -o "$T/full"
   expect_ok "progress line" "step 5/5 loss [0-9.]+ lr 0.0002 \|g\| [0-9.]+ [0-9]+ tok/s ETA" \
     "$B" finetune "${A[@]}" -o "$T/full" --force
@@ -26,6 +27,21 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
   expect_ok "resume to end" "resumed from .* at step 3" "$B" finetune "${A[@]}" -o "$T/part" --resume
   if cmp -s "$T/full/adapter_model.safetensors" "$T/part/adapter_model.safetensors"; then ok; else
     bad "a stopped and resumed run's adapter differs from the uninterrupted run's"; fi
+  # Killed (SIGKILL) at an arbitrary moment, checkpointing every step, then resumed: the same bytes.
+  K=("${C[@]}" --steps 8 --save-every 1)
+  "$B" finetune "${K[@]}" -o "$T/ref" >/dev/null 2>&1
+  "$B" finetune "${K[@]}" -o "$T/kill" >/dev/null 2>&1 &
+  pid=$!
+  sleep 0.$((RANDOM % 8 + 1))
+  kill -9 "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  if [[ -d "$T/kill/checkpoint" || -d "$T/kill/checkpoint.old" ]]; then
+    "$B" finetune "${K[@]}" -o "$T/kill" --resume >/dev/null 2>&1
+  else
+    "$B" finetune "${K[@]}" -o "$T/kill" --force >/dev/null 2>&1  # killed before its first checkpoint
+  fi
+  if cmp -s "$T/ref/adapter_model.safetensors" "$T/kill/adapter_model.safetensors"; then ok; else
+    bad "a killed and resumed run's adapter differs from the uninterrupted run's"; fi
   expect_err "resume other options" "belongs to another run: its lr is 0.0002, this run's 0.001" \
     "$B" finetune "${A[@]}" --lr 1e-3 -o "$T/part" --resume
 
