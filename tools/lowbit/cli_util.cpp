@@ -110,9 +110,9 @@ void add_adapter_option(CLI::App* cmd, std::string& target) {
   cmd->add_option("--adapter", target, "LoRA adapter directory (PEFT format) merged into the model before it runs");
 }
 
-void check_adapter_device(const std::string& dir, const DeviceChoice& dev) {
-  LB_CHECK(dir.empty() || !dev.cuda, "--adapter runs on the CPU forward (the adapter is merged into its weights); "
-           "--device {} reads the checkpoint's own weights", dev.text);
+void check_adapter_device(const std::string& dir, bool gpu) {
+  LB_CHECK(dir.empty() || !gpu, "--adapter runs on the CPU forward (the adapter is merged into its weights); "
+           "--device cuda reads the checkpoint's own weights");
 }
 
 nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir) {

@@ -68,7 +68,7 @@ void add_device_option(CLI::App* cmd, std::string& target);
 // refused by check_adapter_device.
 void add_adapter_option(CLI::App* cmd, std::string& target);
 nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir);
-void check_adapter_device(const std::string& dir, const DeviceChoice& dev);
+void check_adapter_device(const std::string& dir, bool gpu);
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);
