@@ -66,6 +66,10 @@ bool Store::write_evaluation(const CellRecord& cell, const EvalRecord& eval, con
 std::vector<CellRecord> Store::cells() const { return b_->cells(); }
 std::vector<ResultRecord> Store::results() const { return b_->results(); }
 std::vector<RunRecord> Store::runs() const { return b_->runs(); }
+void Store::import_study(const std::string& study, const std::vector<RunRecord>& runs,
+                         const std::vector<CellRecord>& cells, const std::vector<ResultRecord>& results) {
+  b_->import_study(study, runs, cells, results);
+}
 void Store::register_study(const std::string& name, const std::vector<WorkItem>& items) {
   b_->register_study(name, items);
 }

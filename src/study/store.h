@@ -60,6 +60,7 @@ struct CellRecord {
   std::string calibration_json;  // Calibration::identity(), or "null"
   double quantize_seconds = 0;
   int64_t ord = 0;
+  std::string created;  // when stored (read back; write_evaluation sets it)
 };
 
 struct MetricValue {
@@ -180,6 +181,12 @@ class Store {
   std::vector<CellRecord> cells() const;      // by ord, then key
   std::vector<ResultRecord> results() const;  // by cell key, evaluation key, metric
   std::vector<RunRecord> runs() const;
+
+  // Copies a whole study into this store, in one transaction (`lowbit store copy`): its name,
+  // runs (with their ids), cells and results, every field as recorded. Throws, writing nothing,
+  // unless this store is empty (no study name, runs, cells nor results).
+  void import_study(const std::string& study, const std::vector<RunRecord>& runs, const std::vector<CellRecord>& cells,
+                    const std::vector<ResultRecord>& results);
 
   // --- The work queue: PostgreSQL only (SQLite throws, naming the store) ---
   //

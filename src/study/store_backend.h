@@ -26,6 +26,8 @@ class StoreBackend {
   virtual std::vector<CellRecord> cells() const = 0;
   virtual std::vector<ResultRecord> results() const = 0;
   virtual std::vector<RunRecord> runs() const = 0;
+  virtual void import_study(const std::string& study, const std::vector<RunRecord>& runs,
+                            const std::vector<CellRecord>& cells, const std::vector<ResultRecord>& results) = 0;
 
   virtual void register_study(const std::string& name, const std::vector<WorkItem>& items);
   virtual Claim claim(const WorkerInfo& w, double lease_seconds);

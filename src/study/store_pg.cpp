@@ -187,6 +187,8 @@ class PgStore final : public StoreBackend {
   std::vector<CellRecord> cells() const override;
   std::vector<ResultRecord> results() const override;
   std::vector<RunRecord> runs() const override;
+  void import_study(const std::string& study, const std::vector<RunRecord>& runs, const std::vector<CellRecord>& cells,
+                    const std::vector<ResultRecord>& results) override;
 
   void register_study(const std::string& name, const std::vector<WorkItem>& items) override;
   Claim claim(const WorkerInfo& w, double lease_seconds) override;
@@ -323,7 +325,7 @@ std::vector<CellRecord> PgStore::cells() const {
   std::vector<CellRecord> out;
   // COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
   const Result s = c_.exec("SELECT key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, "
-                           "calibration, calibration_json, quantize_seconds, ord FROM cells ORDER BY ord, key COLLATE \"C\"");
+                           "calibration, calibration_json, quantize_seconds, ord, created FROM cells ORDER BY ord, key COLLATE \"C\"");
   for (int i = 0; i < s.rows(); ++i) {
     CellRecord c;
     c.key = s.text(i, 0);
@@ -340,6 +342,7 @@ std::vector<CellRecord> PgStore::cells() const {
     c.calibration_json = s.text(i, 11);
     c.quantize_seconds = s.real(i, 12);
     c.ord = s.integer(i, 13);
+    c.created = s.text(i, 14);
     out.push_back(std::move(c));
   }
   return out;
@@ -394,6 +397,38 @@ std::vector<RunRecord> PgStore::runs() const {
     out.push_back(std::move(r));
   }
   return out;
+}
+
+void PgStore::import_study(const std::string& study, const std::vector<RunRecord>& runs,
+                           const std::vector<CellRecord>& cells, const std::vector<ResultRecord>& results) {
+  c_.transaction([&] {
+    c_.exec("SELECT pg_advisory_xact_lock($1)", {num(kSchemaLock)});
+    const Result n = c_.exec("SELECT (SELECT count(*) FROM meta WHERE key = 'study') + (SELECT count(*) FROM runs) + "
+                             "(SELECT count(*) FROM cells) + (SELECT count(*) FROM results)");
+    LB_CHECK(n.integer(0, 0) == 0, "results store '{}' is not empty: a study is copied only into a new store", name_);
+    c_.exec("INSERT INTO meta(key, value) VALUES ('study', $1)", {study});
+    for (const RunRecord& r : runs)
+      c_.exec("INSERT INTO runs(id, started, finished, spec_path, spec_text, lowbit_version, git_commit, host, device, "
+              "threads) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+              {num(r.id), r.started, r.finished.empty() ? Param() : Param(r.finished), r.spec_path, r.spec_text,
+               r.lowbit_version, r.git_commit, r.host, r.device, num(int64_t(r.threads))});
+    // The identity column goes on after the copied ids.
+    c_.exec("SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST((SELECT max(id) FROM runs), 1))");
+    for (const CellRecord& c : cells)
+      c_.exec("INSERT INTO cells(key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, "
+              "calibration, calibration_json, quantize_seconds, ord, created) "
+              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+              {c.key, c.model, c.model_path, c.model_sha256, c.method, c.method_name, c.resolved, num(c.w),
+               num(int64_t(c.a)), num(c.g), c.calibration, c.calibration_json, num(c.quantize_seconds), num(c.ord),
+               c.created});
+    for (const ResultRecord& r : results)
+      c_.exec("INSERT INTO results(cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, "
+              "peak_rss_bytes, device, threads, lowbit_version, git_commit, run_id, created, identity) "
+              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+              {r.cell_key, r.eval, r.eval_key, r.kind, r.metric, num(r.value), opt_num(r.stderr_), num(r.n),
+               num(r.seconds), num(r.peak_rss_bytes), r.device, num(int64_t(r.threads)), r.lowbit_version,
+               r.git_commit, num(r.run_id), r.created, r.identity});
+  });
 }
 
 void PgStore::register_study(const std::string& name, const std::vector<WorkItem>& items) {

@@ -114,6 +114,8 @@ class SqliteStore final : public StoreBackend {
   std::vector<CellRecord> cells() const override;
   std::vector<ResultRecord> results() const override;
   std::vector<RunRecord> runs() const override;
+  void import_study(const std::string& study, const std::vector<RunRecord>& runs, const std::vector<CellRecord>& cells,
+                    const std::vector<ResultRecord>& results) override;
 
  private:
   void exec(const char* sql) const;
@@ -283,7 +285,7 @@ bool SqliteStore::write_evaluation(const CellRecord& c, const EvalRecord& e, con
 std::vector<CellRecord> SqliteStore::cells() const {
   std::vector<CellRecord> out;
   Stmt s(db_, "SELECT key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, calibration, "
-              "calibration_json, quantize_seconds, ord FROM cells ORDER BY ord, key");
+              "calibration_json, quantize_seconds, ord, created FROM cells ORDER BY ord, key");
   while (s.step()) {
     CellRecord c;
     c.key = s.text(0);
@@ -300,6 +302,7 @@ std::vector<CellRecord> SqliteStore::cells() const {
     c.calibration_json = s.text(11);
     c.quantize_seconds = s.real(12);
     c.ord = s.integer(13);
+    c.created = s.text(14);
     out.push_back(std::move(c));
   }
   return out;
@@ -353,6 +356,50 @@ std::vector<RunRecord> SqliteStore::runs() const {
     out.push_back(std::move(r));
   }
   return out;
+}
+
+void SqliteStore::import_study(const std::string& study, const std::vector<RunRecord>& runs,
+                               const std::vector<CellRecord>& cells, const std::vector<ResultRecord>& results) {
+  LB_ASSERT(lock_fd_ >= 0);
+  exec("BEGIN IMMEDIATE");
+  try {
+    Stmt n(db_, "SELECT (SELECT COUNT(*) FROM meta WHERE key = 'study') + (SELECT COUNT(*) FROM runs) + "
+                "(SELECT COUNT(*) FROM cells) + (SELECT COUNT(*) FROM results)");
+    n.step();
+    LB_CHECK(n.integer(0) == 0, "results store '{}' is not empty: a study is copied only into a new store", path_);
+    Stmt m(db_, "INSERT INTO meta(key, value) VALUES ('study', ?1)");
+    m.bind(1, study).step();
+    for (const RunRecord& r : runs) {
+      Stmt s(db_, "INSERT INTO runs(id, started, finished, spec_path, spec_text, lowbit_version, git_commit, host, "
+                  "device, threads) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+      s.bind(1, r.id).bind(2, r.started);
+      if (r.finished.empty()) s.bind(3, std::optional<double>());
+      else s.bind(3, r.finished);
+      s.bind(4, r.spec_path).bind(5, r.spec_text).bind(6, r.lowbit_version).bind(7, r.git_commit).bind(8, r.host);
+      s.bind(9, r.device).bind(10, r.threads).step();
+    }
+    for (const CellRecord& c : cells) {
+      Stmt s(db_, "INSERT INTO cells(key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, "
+                  "calibration, calibration_json, quantize_seconds, ord, created) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+      s.bind(1, c.key).bind(2, c.model).bind(3, c.model_path).bind(4, c.model_sha256).bind(5, c.method);
+      s.bind(6, c.method_name).bind(7, c.resolved).bind(8, c.w).bind(9, c.a).bind(10, c.g).bind(11, c.calibration);
+      s.bind(12, c.calibration_json).bind(13, c.quantize_seconds).bind(14, c.ord).bind(15, c.created).step();
+    }
+    for (const ResultRecord& r : results) {
+      Stmt s(db_, "INSERT INTO results(cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, "
+                  "peak_rss_bytes, device, threads, lowbit_version, git_commit, run_id, created, identity) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)");
+      s.bind(1, r.cell_key).bind(2, r.eval).bind(3, r.eval_key).bind(4, r.kind).bind(5, r.metric).bind(6, r.value);
+      s.bind(7, r.stderr_).bind(8, r.n).bind(9, r.seconds).bind(10, r.peak_rss_bytes).bind(11, r.device);
+      s.bind(12, r.threads).bind(13, r.lowbit_version).bind(14, r.git_commit).bind(15, r.run_id);
+      s.bind(16, r.created).bind(17, r.identity).step();
+    }
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 std::unique_ptr<StoreBackend> open_sqlite_store(const std::string& path, Store::Mode mode) {
