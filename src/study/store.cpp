@@ -13,15 +13,23 @@ bool is_postgres_uri(const std::string& db) {
 
 std::string redact_db(const std::string& db) {
   if (!is_postgres_uri(db)) return db;
+  std::string out = db;
   // postgresql://user:password@host/...: the password is between the first ':' after the scheme
   // and the '@' that ends the user part.
-  const size_t start = db.find("://") + 3;
-  const size_t at = db.find('@', start);
-  const size_t slash = db.find('/', start);
-  if (at == std::string::npos || (slash != std::string::npos && slash < at)) return db;
-  const size_t colon = db.find(':', start);
-  if (colon == std::string::npos || colon > at) return db;
-  return db.substr(0, colon + 1) + "***" + db.substr(at);
+  const size_t start = out.find("://") + 3;
+  const size_t at = out.find('@', start);
+  const size_t slash = out.find('/', start);
+  if (at != std::string::npos && (slash == std::string::npos || at < slash)) {
+    const size_t colon = out.find(':', start);
+    if (colon != std::string::npos && colon < at) out = out.substr(0, colon + 1) + "***" + out.substr(at);
+  }
+  // ...?password=...&...: a parameter of the query.
+  for (size_t p = out.find('?'); p != std::string::npos; p = out.find('&', p + 1)) {
+    if (out.compare(p + 1, 9, "password=") != 0) continue;
+    const size_t end = out.find('&', p + 1);
+    out = out.substr(0, p + 10) + "***" + (end == std::string::npos ? "" : out.substr(end));
+  }
+  return out;
 }
 
 std::string this_host() {

@@ -80,7 +80,7 @@ void dry_run(const StudySpec& spec) {
   const Store::Kind kind = Store::probe(spec.db);
   if (kind == Store::Kind::Study) stored = Store(spec.db, Store::Mode::ReadOnly).stored_evaluations();
   fmt::print("study {}: {} cells x {} evaluations; store {}{}\n", spec.name, plan.cells.size(),
-             plan.evaluations.size(), spec.db,
+             plan.evaluations.size(), redact_db(spec.db),
              kind == Store::Kind::Study ? "" : kind == Store::Kind::Empty ? " (new)" : " (not a study store!)");
   for (const Evaluation& e : plan.evaluations) fmt::print("  evaluation {}\n", e.key);
   int64_t pending = 0;
