@@ -541,6 +541,10 @@ StudySummary Runner::run_worker() {
   }
   for (const Evaluation& e : plan_.evaluations) evals[e.key] = &e;
   store_->register_study(spec_.name, items);
+  if (opt_.retry_failed) {
+    const int64_t n = store_->retry_failed();
+    if (n > 0) note(fmt::format("{} failed item{} back to pending", n, n == 1 ? "" : "s"));
+  }
   load_history();
 
   RunRecord rr;

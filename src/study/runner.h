@@ -35,13 +35,15 @@ namespace lowbit::study {
 // its items over. A cell that throws (a method's error, out of memory) fails its claimed items,
 // each retried by some worker up to `retries` times, then left failed; the worker goes on. A
 // worker ends when no item is pending or running; while items run elsewhere it waits (polling)
-// to take them over should their worker die.
+// to take them over should their worker die. Failed items stay failed (and reported by --status)
+// until a worker is started with retry_failed.
 struct RunOptions {
   bool resume = false;
   int threads = -1;  // -1: the spec's
   bool worker = false;
   double lease_seconds = 120;
   int retries = 2;
+  bool retry_failed = false;  // put the study's failed items back to pending first
 };
 
 // Where the whole study stands. Units are quantizations and evaluations still to do when the

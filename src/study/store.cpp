@@ -47,6 +47,7 @@ Claim StoreBackend::claim(const WorkerInfo&, double) { no_queue(); }
 void StoreBackend::heartbeat(const std::string&, double) { no_queue(); }
 void StoreBackend::start_heartbeat(const std::string&, double) { no_queue(); }
 void StoreBackend::fail_items(const std::string&, const std::string&, const std::string&, int) { no_queue(); }
+int64_t StoreBackend::retry_failed() { no_queue(); }
 int64_t StoreBackend::open_items() const { no_queue(); }
 QueueStatus StoreBackend::queue_status() const { no_queue(); }
 
@@ -89,6 +90,7 @@ void Store::start_heartbeat(const std::string& worker, double lease_seconds) {
 void Store::fail_items(const std::string& worker, const std::string& cell_key, const std::string& error, int retries) {
   b_->fail_items(worker, cell_key, error, retries);
 }
+int64_t Store::retry_failed() { return b_->retry_failed(); }
 int64_t Store::open_items() const { return b_->open_items(); }
 QueueStatus Store::queue_status() const { return b_->queue_status(); }
 

@@ -209,6 +209,9 @@ class Store {
   // The worker's running items of `cell_key` failed with `error`: each counts one failure and
   // goes back to pending, or to failed once it has failed more than `retries` times.
   void fail_items(const std::string& worker, const std::string& cell_key, const std::string& error, int retries);
+  // Puts every failed item back to pending with no failures counted (after the cause was fixed);
+  // returns how many.
+  int64_t retry_failed();
   // Items neither done nor failed (pending, or running under any lease).
   int64_t open_items() const;
   QueueStatus queue_status() const;

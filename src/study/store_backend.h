@@ -35,6 +35,7 @@ class StoreBackend {
   virtual void start_heartbeat(const std::string& worker, double lease_seconds);
   virtual void fail_items(const std::string& worker, const std::string& cell_key, const std::string& error,
                           int retries);
+  virtual int64_t retry_failed();
   virtual int64_t open_items() const;
   virtual QueueStatus queue_status() const;
 

@@ -196,6 +196,7 @@ class PgStore final : public StoreBackend {
   void start_heartbeat(const std::string& worker, double lease_seconds) override;
   void fail_items(const std::string& worker, const std::string& cell_key, const std::string& error,
                   int retries) override;
+  int64_t retry_failed() override;
   int64_t open_items() const override;
   QueueStatus queue_status() const override;
 
@@ -519,6 +520,10 @@ void PgStore::fail_items(const std::string& worker, const std::string& cell_key,
           "status = CASE WHEN failures + 1 > $4 THEN 'failed' ELSE 'pending' END "
           "WHERE worker = $1 AND cell_key = $2 AND status = 'running'",
           {worker, cell_key, error, num(int64_t(retries))});
+}
+
+int64_t PgStore::retry_failed() {
+  return c_.exec("UPDATE work SET status = 'pending', failures = 0 WHERE status = 'failed' RETURNING 1").rows();
 }
 
 int64_t PgStore::open_items() const {

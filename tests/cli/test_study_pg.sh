@@ -7,7 +7,8 @@
 #   - a worker killed while it holds a lease: --status shows the item running on its host, the
 #     lease expires, and the next worker takes the item over
 #   - a cell that fails (a calibration text too short): its items retried --retries times, then
-#     failed with the error in --status, while every other item is done
+#     failed with the error in --status, while every other item is done; once the cause is
+#     fixed, --retry-failed runs them
 #   - bad input: unreachable server, wrong password (never echoed), a store of another study,
 #     another grid under the same study name, an older schema, a database with other tables;
 #     each a clear error that writes nothing
@@ -193,6 +194,16 @@ expect_ok "status: counts" "^  $N_ITEMS work items: 27 done, 0 running, 6 failed
   bad "the cells that did not fail differ from the SQLite run's"
 [[ $(psql "$F" -qAtc "SELECT DISTINCT failures FROM work WHERE status = 'failed'") == 3 ]] && ok ||
   bad "failed items were not tried exactly 1 + 2 times"
+expect_ok "failed items stay failed" "0 evaluations run" \
+  "$B" study "$T/fail.toml" --db "$F" --worker --lease 5 --threads 1
+# The cause fixed (the calibration text now long enough), --retry-failed runs them: the numbers
+# are the SQLite run's (the same text under another file name).
+cp "$T/calib.txt" "$T/tiny.txt"
+expect_ok "retry failed" "6 failed items back to pending" \
+  "$B" study "$T/fail.toml" --db "$F" --worker --lease 5 --threads 1 --retry-failed
+[[ "$(rows "$F" | sed 's|/tiny.txt:|/calib.txt:|')" == "$(cat "$T/ref.rows")" ]] && ok ||
+  bad "the retried items differ from the SQLite run's"
+echo "a calibration text far too short" > "$T/tiny.txt"
 
 # --- lowbit store copy: a study begun in SQLite, finished by workers on PostgreSQL ------------
 # The failing spec run by one process stops at its first GPTQ cell: 9 cells of 11 stored.

@@ -188,6 +188,12 @@ TEST_F(PgStore, FailedItemsAreRetriedThenLeftFailed) {
   EXPECT_EQ(s.claim(worker("a"), 30.0).cell_key, "c1");
   EXPECT_TRUE(s.claim(worker("b"), 30.0).cell_key.empty());
   EXPECT_EQ(s.open_items(), 2);
+  // Back to pending, failures forgotten: claimable again, with the full number of retries.
+  EXPECT_EQ(s.retry_failed(), 2);
+  EXPECT_EQ(s.retry_failed(), 0);
+  EXPECT_EQ(s.claim(worker("b"), 30.0).cell_key, "c0");
+  s.fail_items("b", "c0", "again", 1);
+  EXPECT_EQ(s.queue_status().failed, 0);
 }
 
 TEST_F(PgStore, ResultsAlreadyStoredAreDoneAtRegistration) {

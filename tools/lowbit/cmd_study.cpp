@@ -27,7 +27,7 @@ using namespace lowbit::study;
 
 struct Options {
   std::string spec, db, device;
-  bool resume = false, dry_run = false, worker = false, status = false;
+  bool resume = false, dry_run = false, worker = false, status = false, retry_failed = false;
   int threads = -1;
   double lease = 120;
   int retries = 2;
@@ -50,7 +50,7 @@ void print_status(const std::string& db) {
     fmt::print("  failed   {} {}: after {} attempts, on {}, {}: {}\n", i.cell_key, i.eval_key, i.failures, i.host,
                i.device, i.error);
   const int64_t left = q.pending + q.running;
-  if (left == 0) fmt::print("  nothing left to do{}\n", q.failed > 0 ? " (failed items are not retried further)" : "");
+  if (left == 0) fmt::print("  nothing left to do{}\n", q.failed > 0 ? " (failed items stay failed; a worker started with --retry-failed tries them again)" : "");
   else if (q.seconds_per_item < 0) fmt::print("  ETA ?: no item has finished yet\n");
   else
     fmt::print("  ETA {} ({} items left at {:.1f} s per item measured, {} worker{} holding leases)\n",
@@ -159,6 +159,7 @@ void run(const Options& o) {
   ro.worker = o.worker;
   ro.lease_seconds = o.lease;
   ro.retries = o.retries;
+  ro.retry_failed = o.retry_failed;
   const StudySummary s = run_study(spec, ro, ev);
   fmt::print("study {}: {} evaluations run, {} results written in {}; the store holds {} results\n", spec.name,
              s.evaluations_run, s.results_written, format_duration(s.seconds), s.results_total);
@@ -193,6 +194,9 @@ void register_study(CLI::App& app) {
       ->check(CLI::Range(1.0, 86400.0));
   cmd->add_option("--retries", o->retries, "worker: times a failed item is retried before it is left failed")
       ->check(CLI::Range(0, 1000));
+  cmd->add_flag("--retry-failed", o->retry_failed,
+                "worker: first put the study's failed items back to pending, their failures forgotten (after "
+                "fixing what made them fail)");
   cmd->add_flag("--status", o->status,
                 "print where a study on a PostgreSQL store stands: items done, running (worker, host, device, lease "
                 "age), failed (with the error), remaining, and an ETA");
