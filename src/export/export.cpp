@@ -16,14 +16,14 @@ namespace fs = std::filesystem;
 namespace {
 
 // The rows. A new format defines its row in its own file and adds it here.
-constexpr std::array<const ExportFormat*, 4> kExportFormats = {&kGptqExport, &kAwqExport, &kCompressedTensorsExport,
-                                                               &kHfExport};
+constexpr std::array<const ExportFormat*, 5> kExportFormats = {&kGptqExport, &kAwqExport, &kCompressedTensorsExport,
+                                                               &kGgufExport, &kHfExport};
 
 // The names of the formats that hold `q` as it is.
 std::vector<std::string> formats_holding(const QuantizedLinear& q, const ExportOptions& o) {
   std::vector<std::string> out;
   for (const ExportFormat* f : kExportFormats)
-    if (f->cannot_hold(q, o).empty()) out.emplace_back(f->name);
+    if (f != &kHfExport && f->cannot_hold(q, o).empty()) out.emplace_back(f->name);
   return out;
 }
 
@@ -76,7 +76,7 @@ ExportSummary export_model(const std::string& quantized_dir, const ExportOptions
                                                : fmt::format("formats that hold it: {}", fmt::join(holders, ", "));
     LB_CHECK(o.dequantize,
              "export: format {} cannot hold '{}' ({} layout, {} bits, group size {}): {}; {}; or pass --dequantize to "
-             "write such linears as dense weights{}",
+             "write such linears as dense weights{} (or --format hf for a dense model)",
              format.name, name, q.format_name(), q.bits, q.group_size, why, others,
              format.can_dequantize ? "" : " (in compressed-tensors or gguf)");
     LB_CHECK(format.can_dequantize,

@@ -73,17 +73,23 @@ QuantizedLinear with_scales_in(const QuantizedLinear& q, DType dtype) {
   return h;
 }
 
-void record_difference(const QuantizedLinear& q, const QuantizedLinear& held, const std::string& name,
-                       ExportSummary& s) {
-  const Tensor a = q.dequantize_f32(), b = held.dequantize_f32();
+void record_difference(const QuantizedLinear& q, const float* held, const std::string& name, ExportSummary& s) {
+  const Tensor a = q.dequantize_f32();
   const float* pa = a.data_as<float>();
-  const float* pb = b.data_as<float>();
   double worst = 0.0;
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::fabs(pa[i] - pb[i])));
+  for (int64_t i = 0; i < a.numel(); ++i)
+    worst = std::max(worst, double(std::fabs(pa[i] - round_to_dtype(held[i], q.dequant_dtype))));
   if (worst > s.max_abs_diff || s.max_diff_tensor.empty()) {
     s.max_abs_diff = worst;
     s.max_diff_tensor = name;
   }
+}
+
+void record_difference(const QuantizedLinear& q, const QuantizedLinear& held, const std::string& name,
+                       ExportSummary& s) {
+  QuantizedLinear h = held;
+  h.dequant_dtype = DType::F32;
+  record_difference(q, h.dequantize_f32().data_as<float>(), name, s);
 }
 
 DType parse_export_dtype(const std::string& text, const std::string& option) {

@@ -28,6 +28,8 @@ QuantizedLinear with_scales_in(const QuantizedLinear& q, DType dtype);
 // Records max |held - q| of the dequantized weights (both rounded to q's 16-bit type) in `s`.
 void record_difference(const QuantizedLinear& q, const QuantizedLinear& held, const std::string& name,
                        ExportSummary& s);
+// The same for held weights given in fp32 [rows, cols] (rounded to q's 16-bit type here).
+void record_difference(const QuantizedLinear& q, const float* held, const std::string& name, ExportSummary& s);
 
 // Parses "f16"/"bf16"/"f32" (also "float16", "bfloat16", "float32"); throws naming `option`.
 DType parse_export_dtype(const std::string& text, const std::string& option);
