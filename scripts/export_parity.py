@@ -163,6 +163,7 @@ def ct_dequant_gidx(t, base, cfg, lin):
 
 def compare(name, lin, got, scale_dtype, fq, stats):
     want = held(lin, scale_dtype)
+    stats["held_n"] += 1
     if not torch.equal(got.float(), want):
         d = (got.float() - want).abs()
         stats["held_fail"].append(f"{name}: {int((d > 0).sum())} of {d.numel()} differ, max {float(d.max()):.3g}")
@@ -174,13 +175,21 @@ def compare(name, lin, got, scale_dtype, fq, stats):
 
 
 def new_stats():
-    return {"held_fail": [], "fq_diff": 0, "fq_max": 0.0, "n": 0, "linears": 0}
+    return {"held_fail": [], "held_n": 0, "fq_diff": 0, "fq_max": 0.0, "n": 0, "linears": 0}
+
+
+def held_text(stats):
+    if stats["held_fail"]:
+        return "FAILED " + "; ".join(stats["held_fail"][:3])
+    if stats["held_n"] < stats["linears"]:
+        return f"exact for {stats['held_n']} (the others' type computes q * d + m, compared with the fake-quant only)"
+    return "all exact"
 
 
 def report(fmt, stats, exact):
     ok = not stats["held_fail"] and (not exact or stats["fq_diff"] == 0)
     print(f"{fmt}: {stats['linears']} linears, {stats['n']} weights; consumer == lowbit held weights: "
-          f"{'all exact' if not stats['held_fail'] else 'FAILED ' + '; '.join(stats['held_fail'][:3])}; "
+          f"{held_text(stats)}; "
           f"vs fake-quant: {stats['fq_diff']} differ (max {stats['fq_max']:.3g}){' [must be 0]' if exact else ''}"
           f" -> {'ok' if ok else 'FAIL'}")
     return ok

@@ -52,7 +52,7 @@ void register_export(CLI::App& app) {
           "\nA linear whose layout the format cannot hold is refused with the formats that can hold it, or written "
           "dense with --dequantize (compressed-tensors, gguf). OUT must not exist; nothing is left behind on error.");
   cmd->add_option("QUANTIZED_DIR", o->in, "quantized checkpoint written by `lowbit quantize`")->required();
-  cmd->add_option("--format", o->e.format, "gptq, awq, compressed-tensors or gguf")->required();
+  cmd->add_option("--format", o->e.format, "gptq, awq, compressed-tensors, gguf or hf")->required();
   cmd->add_option("-o,--output", o->e.out, "output directory (a .gguf file for gguf); must not exist")->required();
   cmd->add_flag("--dequantize", o->e.dequantize,
                 "write linears the format cannot hold as dense weights instead of refusing");
