@@ -6,7 +6,11 @@ consumer does and compares the result with lowbit:
 
   gptq                GPTQModel's / AutoGPTQ's torch dequantization (bit shifts over int32 words,
                       qzeros + 1 for checkpoint_format "gptq", scales[g_idx] * (w - zeros[g_idx]))
-  awq                 AutoAWQ's unpack_awq + reverse_awq_order, (w - zeros) * scales
+  awq                 AutoAWQ's own dequantize_gemm (awq/utils/packing_utils.py of the autoawq
+                      package, loaded from its file: the package's __init__ needs a GPU stack);
+                      and, for 4-bit v1 GPTQ beside an AWQ export, AutoAWQ's unpack_reorder_pack,
+                      its AWQ -> GPTQ/ExLlama repacking (zero - 1), must give the GPTQ export's
+                      qweight and qzeros bit for bit
   compressed-tensors  compressed_tensors' own PackedQuantizationCompressor.decompress
   gguf                the gguf package's dequantize (gguf.quants)
 
@@ -111,7 +115,34 @@ def gptq_dequant(t, base, bits, v1, rows, cols):
     return wt.t()
 
 
+def autoawq_packing():
+    """AutoAWQ's packing_utils module, or None when the autoawq package is not installed."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    spec = importlib.machinery.PathFinder.find_spec("awq")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "utils", "packing_utils.py")
+    if not os.path.exists(path):
+        return None
+    mspec = importlib.util.spec_from_file_location("autoawq_packing_utils", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod
+
+
 def awq_dequant(t, base, group):
+    pu = autoawq_packing()
+    if pu is not None:
+        qweight, qzeros, scales = (t[base + s] for s in (".qweight", ".qzeros", ".scales"))
+        g = group if group > 0 else qweight.shape[0]
+        # fp32 arithmetic on the stored fp16 scale values, to compare exactly.
+        return pu.dequantize_gemm(qweight, qzeros, scales.float(), 4, g).float().t()
+    return awq_dequant_by_hand(t, base, group)
+
+
+def awq_dequant_by_hand(t, base, group):
     qweight, qzeros, scales = (t[base + s] for s in (".qweight", ".qzeros", ".scales"))
     shifts = torch.arange(0, 32, 4)
     iw = torch.bitwise_right_shift(qweight[:, :, None], shifts[None, None, :]).to(torch.int8).view(qweight.shape[0], -1)
@@ -225,6 +256,20 @@ def main():
             compare(base, lin, awq_dequant(t, base, qc["group_size"]), torch.float16, hf[base + ".weight"], st)
             st["linears"] += 1
         ok &= report("awq", st, False)
+        pu = autoawq_packing()
+        if a.gptq and pu is not None:
+            g, _ = load_st(f"{a.gptq}/model.safetensors")
+            gqc = json.load(open(f"{a.gptq}/quantize_config.json"))
+            if gqc["bits"] == 4 and gqc["checkpoint_format"] == "gptq" and not gqc["desc_act"]:
+                same = 0
+                for base in lins:
+                    qw, qz = pu.unpack_reorder_pack(t[base + ".qweight"], t[base + ".qzeros"], 4)
+                    same += int(torch.equal(qw, g[base + ".qweight"]) and torch.equal(qz, g[base + ".qzeros"]))
+                print(f"gptq vs AutoAWQ's unpack_reorder_pack of the awq export: {same} of {len(lins)} linears "
+                      f"identical -> {'ok' if same == len(lins) else 'FAIL'}")
+                ok &= same == len(lins)
+        elif pu is None:
+            print("awq: the autoawq package is not installed; unpacked by hand from AutoAWQ's conventions")
     if a.ct:
         t, _ = load_st(f"{a.ct}/model.safetensors")
         qc = json.load(open(f"{a.ct}/config.json"))["quantization_config"]
