@@ -159,7 +159,9 @@ void write_hf_side_files(const ExportSource& src, const fs::path& tmp, DType dty
   ss << in.rdbuf();
   json cfg = json::parse(ss.str(), nullptr, false);
   LB_CHECK(!cfg.is_discarded() && cfg.is_object(), "'{}' is not a JSON object", cfg_path.string());
+  // transformers 5 writes "dtype", earlier versions "torch_dtype"; both must name the written type.
   cfg["torch_dtype"] = torch_dtype_name(dtype);
+  if (cfg.contains("dtype")) cfg["dtype"] = torch_dtype_name(dtype);
   if (quantization_config.is_null())
     cfg.erase("quantization_config");
   else

@@ -27,6 +27,14 @@ quantize a3 "rtn:w=3,g=32"
 quantize ao "gptq:w=4,g=32,act_order=1"
 quantize a4 "rtn:w=4,g=32"
 "$B" export "$T/a4" --format gptq -o "$T/a4-gptq" >/dev/null || bad "export a4 gptq"
+# The GPTQ export's dense tensors are fp16 and its config says so under both spellings.
+python3 - "$T/a4-gptq/config.json" <<'PY' && ok || bad "gptq config dtype"
+import json, sys
+c = json.load(open(sys.argv[1]))
+q = c["quantization_config"]
+assert c["dtype"] == "float16" and c["torch_dtype"] == "float16", c
+assert q["quant_method"] == "gptq" and q["bits"] == 4 and q["group_size"] == 32 and q["checkpoint_format"] == "gptq", q
+PY
 expect_err "awq 3-bit" "format awq cannot hold .*AWQ's GEMM layout packs 4 bits, not 3; formats that hold it: gptq, compressed-tensors" "$B" export "$T/a3" --format awq -o "$T/x"
 expect_err "awq act-order" "act-order group map .*formats that hold it: gptq, compressed-tensors" "$B" export "$T/ao" --format awq -o "$T/x"
 expect_err "gguf 3-bit" "format gguf cannot hold .*not 3-bit asymmetric.*--dequantize" "$B" export "$T/a3" --format gguf -o "$T/x.gguf"
