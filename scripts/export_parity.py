@@ -12,7 +12,8 @@ consumer does and compares the result with lowbit:
                       its AWQ -> GPTQ/ExLlama repacking (zero - 1), must give the GPTQ export's
                       qweight and qzeros bit for bit
   compressed-tensors  compressed_tensors' own PackedQuantizationCompressor.decompress
-  gguf                the gguf package's dequantize (gguf.quants)
+  gguf                the gguf package's dequantize (gguf.quants); Q4_1's held weights are
+                      code * fp16(scale) + fp16(-scale * zero)
 
 Two comparisons per linear and format:
   held   the consumer's fp32 weights == scale_f * (code - zero), computed here from the lowbit
@@ -315,6 +316,22 @@ def gguf_check(path, lins, hf):
         tname = t.tensor_type.name
         if tname in exact_types and tname not in ("F32", "F16", "BF16"):
             compare(base, lin, w, torch.float16, hf[base + ".weight"], st)
+        elif tname == "Q4_1":
+            # ggml's q * d + m with d = fp16(scale), m = fp16(-scale * zero), in fp32.
+            r = torch.arange(lin["rows"])[:, None]
+            gi = lin["g_idx"][None, :]
+            d = lin["scales"].to(torch.float16).float()[r, gi]
+            m = (-lin["scales"] * lin["zeros"]).to(torch.float16).float()[r, gi]
+            want = lin["codes"].float() * d + m
+            st["held_n"] += 1
+            if not torch.equal(w, want):
+                dd = (w - want).abs()
+                st["held_fail"].append(f"{base}: {int((dd > 0).sum())} differ from q * d + m, max {float(dd.max()):.3g}")
+            rounded = w.to(TORCH_DTYPES[lin["dtype"]]).float()
+            dq = (rounded - hf[base + ".weight"].float()).abs()
+            st["fq_diff"] += int((dq > 0).sum())
+            st["fq_max"] = max(st["fq_max"], float(dq.max()))
+            st["n"] += dq.numel()
         else:
             rounded = w.to(TORCH_DTYPES[lin["dtype"]]).float()
             d = (rounded - hf[base + ".weight"].float()).abs()
