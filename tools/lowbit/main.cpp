@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   lowbit::cli::register_eval(app);
   lowbit::cli::register_study(app);
   lowbit::cli::register_report(app);
+  lowbit::cli::register_export(app);
+  lowbit::cli::register_store(app);
   lowbit::cli::register_finetune(app);
   try {
     app.parse(argc, argv);
