@@ -66,7 +66,9 @@ BlockWeights clone_block_weights(const BlockWeights& w) {
   BlockWeights out;
   out.input_norm = copy(w.input_norm);
   out.post_norm = copy(w.post_norm);
-  for (size_t i = 0; i < w.linear.size(); ++i) out.linear[i] = copy(w.linear[i]);
+  for (size_t i = 0; i < w.linear.size(); ++i)
+    if (w.linear[i].data() != nullptr) out.linear[i] = copy(w.linear[i]);
+  out.kernel = w.kernel;
   return out;
 }
 
@@ -90,6 +92,16 @@ void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
 }
 
 namespace {
+
+void run_linear(const BlockWeights& w, LinearKind kind, const float* in, float* out, int64_t rows, int64_t in_cols,
+                int64_t out_cols) {
+  if (const auto& k = w.kernel[size_t(kind)]) {
+    LB_ASSERT(k->in_features() == in_cols && k->out_features() == out_cols);
+    k->apply(in, out, rows);
+  } else {
+    ops::linear(in, w[kind].data_as<float>(), out, rows, in_cols, out_cols);
+  }
+}
 
 bool stops_at(const BlockHooks* hooks, std::initializer_list<LinearKind> kinds) {
   if (!hooks || !hooks->stop_after_input) return false;
@@ -150,7 +162,7 @@ bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const floa
   ensure_positions(pos0 + T);
   std::vector<float> q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)), att(size_t(N * qd));
   auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    run_linear(w, kind, in, o, N, in_cols, out_cols);
     if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
   };
   if (hooks && hooks->on_input) {
@@ -197,7 +209,7 @@ bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin
                           const BlockHooks* hooks) const {
   const int64_t H = config().hidden_size, F = config().intermediate_size;
   auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    run_linear(w, kind, in, o, N, in_cols, out_cols);
     if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
   };
   std::vector<float> gate(size_t(N * F)), up(size_t(N * F));

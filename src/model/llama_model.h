@@ -27,11 +27,23 @@ namespace lowbit {
 
 // LinearKind, tensor names and input sites: formats/llama_tensors.h.
 
+// A linear whose weight is held in a form that only it multiplies by (packed low-bit codes,
+// src/pack/): y[rows, out] = x[rows, in] @ W^T, as ops::linear computes for an fp32 W.
+class LinearKernel {
+ public:
+  virtual ~LinearKernel() = default;
+  virtual void apply(const float* x, float* y, int64_t rows) const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+};
+
 // fp32 weights of one block, row-major as torch stores them ([out, in] for linears). A tensor
-// may view the checkpoint (fp32 files) or own a converted copy.
+// may view the checkpoint (fp32 files) or own a converted copy. A linear with a kernel (packed
+// execution) runs through it, and its tensor is empty.
 struct BlockWeights {
   Tensor input_norm, post_norm;  // [H]
   std::array<Tensor, 7> linear;  // indexed by LinearKind
+  std::array<std::shared_ptr<const LinearKernel>, 7> kernel;  // indexed by LinearKind; null: use `linear`
   const Tensor& operator[](LinearKind k) const { return linear[size_t(k)]; }
   Tensor& operator[](LinearKind k) { return linear[size_t(k)]; }
 };
