@@ -15,6 +15,27 @@ Tensor as_f32(const WeightSource& w, const std::string& name) {
   return t.dtype() == DType::F32 ? t : t.to_f32();
 }
 
+// A linear kept in its stored 16-bit dtype (set_keep_16bit_weights).
+class Dense16Linear final : public LinearKernel {
+ public:
+  explicit Dense16Linear(Tensor w) : w_(std::move(w)) {}
+  void apply(const float* x, float* y, int64_t rows) const override {
+    const int64_t out = w_.dim(0), in = w_.dim(1);
+    if (rows <= ops::gemv_max_rows()) return ops::gemv(x, w_.data(), w_.dtype(), y, rows, in, out);
+    // Many rows: the product is compute-bound, so converting the weight per call costs little
+    // beside it (one pass over the weight against `rows` passes of FMAs).
+    thread_local std::vector<float> f;
+    f.resize(size_t(out * in));
+    convert_to_f32(w_.dtype(), w_.data(), f.data(), out * in);
+    ops::linear(x, f.data(), y, rows, in, out);
+  }
+  int64_t in_features() const override { return w_.dim(1); }
+  int64_t out_features() const override { return w_.dim(0); }
+
+ private:
+  Tensor w_;
+};
+
 }  // namespace
 
 LlamaModel::LlamaModel(Checkpoint ck) : ck_(std::move(ck)) {
@@ -42,7 +63,13 @@ std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
   auto w = std::make_shared<BlockWeights>();
   w->input_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::AttnNorm, i));
   w->post_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::FfnNorm, i));
-  for (LinearKind k : kAllLinears) (*w)[k] = as_f32(*ck_.weights, linear_weight_name(i, k));
+  for (LinearKind k : kAllLinears) {
+    Tensor t = ck_.weights->get(linear_weight_name(i, k));
+    if (keep_16bit_ && (t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.is_contiguous())
+      w->kernel[size_t(k)] = std::make_shared<Dense16Linear>(std::move(t));
+    else
+      (*w)[k] = t.dtype() == DType::F32 ? t : t.to_f32();
+  }
   if (cache_blocks_) {
     std::lock_guard<std::mutex> lock(mu_);
     blocks_[size_t(i)] = w;
@@ -259,20 +286,29 @@ const Tensor& LlamaModel::embedding_table() const {
   return embed_table_;
 }
 
+const Tensor& LlamaModel::lm_head_stored() const {
+  std::call_once(lm_head_stored_once_, [&] {
+    lm_head_stored_ = config().tie_word_embeddings ? embedding_table() : ck_.weights->get(hf_tensor_name(TensorKind::Output));
+  });
+  return lm_head_stored_;
+}
+
 const float* LlamaModel::lm_head_f32() const {
   std::call_once(lm_head_once_, [&] {
-    if (config().tie_word_embeddings) {
-      const Tensor& e = embedding_table();
-      lm_head_ = e.dtype() == DType::F32 ? e : e.to_f32();
-    } else {
-      lm_head_ = as_f32(*ck_.weights, hf_tensor_name(TensorKind::Output));
-    }
+    const Tensor& t = lm_head_stored();
+    lm_head_ = t.dtype() == DType::F32 ? t : t.to_f32();
   });
   return lm_head_.data_as<float>();
 }
 
 void LlamaModel::lm_head(const float* hidden, int64_t rows, float* logits) const {
-  ops::linear(hidden, lm_head_f32(), logits, rows, config().hidden_size, config().vocab_size);
+  const int64_t H = config().hidden_size, V = config().vocab_size;
+  // A few rows (decode) read the head as stored: a 16-bit head is not widened to fp32 for them.
+  const Tensor& t = lm_head_stored();
+  if (rows <= ops::gemv_max_rows() && t.is_contiguous() &&
+      (t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16))
+    return ops::gemv(hidden, t.data(), t.dtype(), logits, rows, H, V);
+  ops::linear(hidden, lm_head_f32(), logits, rows, H, V);
 }
 
 Tensor LlamaModel::forward(std::span<const int32_t> tokens, const BlockHooks* hooks) const {

@@ -131,22 +131,30 @@ class LlamaModel {
   // The longest sequence the RoPE table covers (grown on demand).
   void ensure_positions(int64_t n) const;
 
+  // Whether block_weights() leaves linears stored in BF16/F16 in that dtype, behind a kernel that
+  // reads them as they are (ops::gemv for a few rows, a per-call fp32 conversion for more): a
+  // decode step then reads half the bytes. Off by default: quantization methods edit the fp32
+  // copies. Set it before the first block_weights() call.
+  void set_keep_16bit_weights(bool on) { keep_16bit_ = on; }
+
   // Whether block_weights() keeps converted fp32 blocks for reuse (on by default when all of
   // them fit in 4 GiB). Quantization turns it off: it holds one block at a time.
   void set_block_cache(bool on);
 
  private:
   const float* lm_head_f32() const;
+  const Tensor& lm_head_stored() const;
   const Tensor& embedding_table() const;
   Checkpoint ck_;
   mutable std::mutex mu_;
   mutable RopeTable rope_;
   mutable std::vector<std::shared_ptr<const BlockWeights>> blocks_;
   bool cache_blocks_ = true;
+  bool keep_16bit_ = false;
   Tensor final_norm_w_;
   std::shared_ptr<const BlockHooks> forward_hooks_;
-  mutable Tensor lm_head_;
-  mutable std::once_flag lm_head_once_;
+  mutable Tensor lm_head_, lm_head_stored_;
+  mutable std::once_flag lm_head_once_, lm_head_stored_once_;
   mutable Tensor embed_table_;
   mutable std::once_flag embed_once_;
 };

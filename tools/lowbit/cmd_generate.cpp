@@ -87,6 +87,8 @@ void run(const Options& o) {
   topt.spm = parse_spm_convention(o.spm);
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
   LlamaModel model(std::move(ck));
+  // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
+  if (!dev.cuda) model.set_keep_16bit_weights(true);
   install_quantized_forward(model);
   apply_packed(o.packed, model, dev, false);
   const LlamaConfig& c = model.config();

@@ -77,6 +77,7 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t dim
 }
 
 void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out) {
+  if (rows <= gemv_max_rows()) return gemv(x, w, DType::F32, y, rows, in, out);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(out), blasint(in), 1.0f, x,
               blasint(in), w, blasint(in), 0.0f, y, blasint(out));
 }
