@@ -152,7 +152,7 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
       int8_t* q = a.qs.data() + j * P + b * kBlock;
       int32_t sum = 0;
       for (int64_t i = 0; i < kBlock; ++i) {
-        q[i] = int8_t(std::lround(buf[i] * id));
+        q[i] = int8_t(std::round(buf[i] * id));  // halves away from zero, as ggml's Q8_0 (roundf)
         sum += q[i];
       }
       a.d[size_t(j * w.blocks + b)] = d;
@@ -163,10 +163,11 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
 
 namespace detail {
 
-void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
+void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                    int64_t j1) {
   const int64_t bb = block_bytes(w.bits), P = w.padded();
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t j = 0; j < a.n; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       float acc = 0;
       for (int64_t b = 0; b < w.blocks; ++b) {
         const uint8_t* blk = w.qs.data() + (r * w.blocks + b) * bb;
@@ -233,15 +234,20 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
   LB_CHECK(a.blocks == w.blocks, "packed product: activations have {} blocks per row, the weight {}", a.blocks,
            w.blocks);
   LB_CHECK(isa_supported(isa), "packed product: this CPU lacks {}", isa_name(isa));
-  auto* fn = isa == Isa::Avx512Vnni ? detail::rows_q8_avx512vnni
-             : isa == Isa::Avx2     ? detail::rows_q8_avx2
-                                    : detail::rows_q8_scalar;
-  // Rows in parallel, in chunks of 16 so that a thread's outputs share cache lines rarely. Small
-  // products stay on one thread: waking the others costs more than they save.
+  const detail::RowsQ8Fn fn = isa == Isa::Avx512Vnni ? detail::rows_q8_avx512vnni
+                              : isa == Isa::Avx2     ? detail::rows_q8_avx2
+                                                     : detail::rows_q8_scalar;
+  // Weight rows in parallel, in chunks of 16 (a thread's outputs rarely share cache lines). Within
+  // a chunk, activation rows go in tiles of 64: a tile (64 x padded bytes) stays in cache while
+  // the chunk's weights stream past it, instead of every weight row streaming all activations.
+  // Small products stay on one thread: waking the others costs more than they save.
   const int64_t work = w.rows * w.blocks * a.n;
-  const int64_t chunk = 16, nchunks = (w.rows + chunk - 1) / chunk;
+  constexpr int64_t kRowChunk = 16, kActTile = 64;
+  const int64_t nchunks = (w.rows + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for schedule(static) if (work > 2048)
-  for (int64_t c = 0; c < nchunks; ++c) fn(w, a, y, c * chunk, std::min(w.rows, (c + 1) * chunk));
+  for (int64_t c = 0; c < nchunks; ++c)
+    for (int64_t j0 = 0; j0 < a.n; j0 += kActTile)
+      fn(w, a, y, c * kRowChunk, std::min(w.rows, (c + 1) * kRowChunk), j0, std::min(a.n, j0 + kActTile));
 }
 
 void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y) {

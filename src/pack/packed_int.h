@@ -99,10 +99,15 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
 void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y);
 
 namespace detail {
-// Rows [r0, r1) of y[n, rows] for activations a; one implementation per ISA.
-void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1);
-void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1);
-void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1);
+// y[j, r] for weight rows [r0, r1) and activation rows [j0, j1); one implementation per ISA.
+using RowsQ8Fn = void (*)(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                          int64_t j0, int64_t j1);
+void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                    int64_t j1);
+void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                  int64_t j1);
+void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                        int64_t j0, int64_t j1);
 }  // namespace detail
 
 }  // namespace lowbit::pack

@@ -1,4 +1,5 @@
-// The x86 kernels of packed_int.h: AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd on 256-bit vectors).
+// The x86 kernels of packed_int.h: AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd, two blocks per
+// 512-bit vector).
 // Each function carries its own target attribute, so the file builds whatever -march says and
 // the dispatcher in packed_int.cpp picks one by the CPU it runs on.
 //
@@ -96,66 +97,98 @@ LB_AVX2 void row_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y
   for (int t = 0; t < NT; ++t) y[(j0 + t) * w.rows + r] = hsum(acc[t]) + macc[t];
 }
 
-// VNNI: vpdpbusd sums four u8 x s8 products straight into int32 (no int16 step). The 8-bit
-// container is turned back into unsigned codes (c + 128 = c ^ 0x80) and its zero-point term
-// takes the 128 back: d * c + m = d * (c + 128) + (m - 128 d).
+// VNNI: vpdpbusd sums four u8 x s8 products straight into int32 (no int16 step), on 512-bit
+// vectors holding two blocks (their activations are adjacent), each half scaled by its own block's
+// factor. The 8-bit container is turned back into unsigned codes (c + 128 = c ^ 0x80) and its
+// zero-point term takes the 128 back: d * c + m = d * (c + 128) + (m - 128 d).
+template <int B>
+LB_VNNI inline __m256i codes_u8(const uint8_t* p) {
+  const __m256i c = unpack<B>(p);
+  if constexpr (B == 8) return _mm256_xor_si256(c, _mm256_set1_epi8(char(0x80)));
+  else return c;
+}
+
+template <int B>
+LB_VNNI inline float m_u8(float m, float d) {
+  if constexpr (B == 8) return m - 128.0f * d;
+  else return m;
+}
+
 template <int B, int NT>
 LB_VNNI void row_vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r, int64_t j0) {
   constexpr int64_t bb = B * kBlock / 8;
   const int64_t P = w.padded(), nb = w.blocks;
-  __m256 acc[NT];
+  __m512 acc[NT];
   float macc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps(), macc[t] = 0;
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps(), macc[t] = 0;
   const uint8_t* wq = w.qs.data() + r * nb * bb;
   const float* wd = w.d.data() + r * nb;
   const float* wm = w.m.data() + r * nb;
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256i c = unpack<B>(wq + b * bb);
-    float m = wm[b];
-    if constexpr (B == 8) {
-      c = _mm256_xor_si256(c, _mm256_set1_epi8(char(0x80)));
-      m -= 128.0f * wd[b];
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m512i c =
+        _mm512_inserti64x4(_mm512_castsi256_si512(codes_u8<B>(wq + b * bb)), codes_u8<B>(wq + (b + 1) * bb), 1);
+    const float m0 = m_u8<B>(wm[b], wd[b]), m1 = m_u8<B>(wm[b + 1], wd[b + 1]);
+    for (int t = 0; t < NT; ++t) {
+      const int64_t j = j0 + t;
+      const float* ad = a.d.data() + j * nb + b;
+      const int32_t* is = a.isum.data() + j * nb + b;
+      const __m512i q = _mm512_loadu_si512(a.qs.data() + j * P + b * kBlock);
+      const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
+      const __m512 f = _mm512_mask_blend_ps(__mmask16(0xFF00), _mm512_set1_ps(wd[b] * ad[0]),
+                                            _mm512_set1_ps(wd[b + 1] * ad[1]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
+      macc[t] += m0 * ad[0] * float(is[0]) + m1 * ad[1] * float(is[1]);
     }
+  }
+  for (; b < nb; ++b) {
+    const __m256i c = codes_u8<B>(wq + b * bb);
+    const float m = m_u8<B>(wm[b], wd[b]);
     for (int t = 0; t < NT; ++t) {
       const int64_t j = j0 + t;
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs.data() + j * P + b * kBlock));
       const float ad = a.d[size_t(j * nb + b)];
       const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, q);
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(wd[b] * ad), acc[t]);
+      acc[t] = _mm512_add_ps(acc[t], _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                                                          _mm256_set1_ps(wd[b] * ad))));
       macc[t] += m * ad * float(a.isum[size_t(j * nb + b)]);
     }
   }
-  for (int t = 0; t < NT; ++t) y[(j0 + t) * w.rows + r] = hsum(acc[t]) + macc[t];
+  for (int t = 0; t < NT; ++t) y[(j0 + t) * w.rows + r] = _mm512_reduce_add_ps(acc[t]) + macc[t];
 }
 
 template <int B, bool Vnni>
-void rows_tiled(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
+void rows_tiled(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                int64_t j1) {
   for (int64_t r = r0; r < r1; ++r) {
-    int64_t j = 0;
-    for (; j + 4 <= a.n; j += 4) Vnni ? row_vnni<B, 4>(w, a, y, r, j) : row_avx2<B, 4>(w, a, y, r, j);
-    for (; j + 2 <= a.n; j += 2) Vnni ? row_vnni<B, 2>(w, a, y, r, j) : row_avx2<B, 2>(w, a, y, r, j);
-    for (; j < a.n; ++j) Vnni ? row_vnni<B, 1>(w, a, y, r, j) : row_avx2<B, 1>(w, a, y, r, j);
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) Vnni ? row_vnni<B, 4>(w, a, y, r, j) : row_avx2<B, 4>(w, a, y, r, j);
+    for (; j + 2 <= j1; j += 2) Vnni ? row_vnni<B, 2>(w, a, y, r, j) : row_avx2<B, 2>(w, a, y, r, j);
+    for (; j < j1; ++j) Vnni ? row_vnni<B, 1>(w, a, y, r, j) : row_avx2<B, 1>(w, a, y, r, j);
   }
 }
 
 template <bool Vnni>
-void rows_any(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
+void rows_any(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+              int64_t j1) {
   switch (w.bits) {
-    case 2: rows_tiled<2, Vnni>(w, a, y, r0, r1); break;
-    case 3: rows_tiled<3, Vnni>(w, a, y, r0, r1); break;
-    case 4: rows_tiled<4, Vnni>(w, a, y, r0, r1); break;
-    default: rows_tiled<8, Vnni>(w, a, y, r0, r1); break;
+    case 2: rows_tiled<2, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    case 3: rows_tiled<3, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    case 4: rows_tiled<4, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    default: rows_tiled<8, Vnni>(w, a, y, r0, r1, j0, j1); break;
   }
 }
 
 }  // namespace
 
-void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
-  rows_any<false>(w, a, y, r0, r1);
+void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                  int64_t j1) {
+  rows_any<false>(w, a, y, r0, r1, j0, j1);
 }
 
-void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
-  rows_any<true>(w, a, y, r0, r1);
+void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                        int64_t j0, int64_t j1) {
+  rows_any<true>(w, a, y, r0, r1, j0, j1);
 }
 
 }  // namespace lowbit::pack::detail
@@ -163,11 +196,13 @@ void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float*
 #else  // not x86: the dispatcher never picks these (isa_supported says no); they run the scalar code.
 
 namespace lowbit::pack::detail {
-void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
-  rows_q8_scalar(w, a, y, r0, r1);
+void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                  int64_t j1) {
+  rows_q8_scalar(w, a, y, r0, r1, j0, j1);
 }
-void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1) {
-  rows_q8_scalar(w, a, y, r0, r1);
+void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                        int64_t j0, int64_t j1) {
+  rows_q8_scalar(w, a, y, r0, r1, j0, j1);
 }
 }  // namespace lowbit::pack::detail
 
