@@ -1,5 +1,6 @@
 #include "eval/cuda_eval.h"
 
+#include "backend/cuda/ops.cuh"
 #include "core/error.h"
 
 #include <algorithm>
@@ -53,8 +54,14 @@ KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const s
   constexpr int64_t kChunk = 256;
   const int64_t chunk = std::min(kChunk, T_max);
   cuda::DeviceBuffer<float> dl_b(static_cast<size_t>(chunk * V)), dl_q(static_cast<size_t>(chunk * V));
-  std::vector<float> lb(static_cast<size_t>(chunk * V)), lq(lb.size());
+  cuda::DeviceBuffer<int32_t> d_targets(static_cast<size_t>(chunk));
+  cuda::DeviceBuffer<double> d_kld(static_cast<size_t>(chunk)), d_nll_b(static_cast<size_t>(chunk)),
+      d_nll_q(static_cast<size_t>(chunk));
+  cuda::DeviceBuffer<uint8_t> d_agree(static_cast<size_t>(chunk));
+  std::vector<double> kld(static_cast<size_t>(chunk)), nll_b(kld.size()), nll_q(kld.size());
+  std::vector<uint8_t> agree(kld.size());
   const int64_t Hb = base.config().hidden_size, H = model.config().hidden_size;
+  const cudaStream_t s = model.context().stream();
   KlDivergenceAccumulator acc(V);
   for (const auto& w : windows) {
     const int64_t T = int64_t(w.size());
@@ -68,9 +75,16 @@ KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const s
       const int64_t rows = std::min(kChunk, n - r0);
       base.lm_head(rows_b.get() + r0 * Hb, dl_b.get(), rows);
       model.lm_head(rows_q.get() + r0 * H, dl_q.get(), rows);
-      cuda::download(lb.data(), dl_b.get(), size_t(rows * V), base.context().stream());
-      cuda::download(lq.data(), dl_q.get(), size_t(rows * V), model.context().stream());
-      acc.add_rows(lb.data(), lq.data(), w.data() + r0 + 1, rows);
+      // The reduction reads the base's logits on the model's stream.
+      if (base.context().stream() != s) LB_CUDA_CHECK(cudaStreamSynchronize(base.context().stream()));
+      cuda::upload(d_targets.get(), w.data() + r0 + 1, size_t(rows), s);
+      cuda::kld_rows(dl_b.get(), dl_q.get(), d_targets.get(), d_kld.get(), d_agree.get(), d_nll_b.get(), d_nll_q.get(),
+                     rows, V, s);
+      cuda::download(kld.data(), d_kld.get(), size_t(rows), s);
+      cuda::download(agree.data(), d_agree.get(), size_t(rows), s);
+      cuda::download(nll_b.data(), d_nll_b.get(), size_t(rows), s);
+      cuda::download(nll_q.data(), d_nll_q.get(), size_t(rows), s);
+      acc.add_values(kld.data(), agree.data(), nll_b.data(), nll_q.data(), rows);
     }
     acc.end_window(T);
     if (acc.windows() == 1) acc.set_first_seconds(elapsed());

@@ -16,9 +16,10 @@ PerplexityResult perplexity_cuda(CudaModel& model, const std::vector<std::vector
 
 // KL-divergence (eval/kl_divergence.h) with both models on the GPU (one context): per window,
 // each model's final hidden states (CudaModel::forward_cached, bf16 GEMMs with float32
-// accumulation), its LM head in chunks of 256 rows, the float32 logits downloaded and reduced on
-// the host in float64 by the same KlDivergenceAccumulator as the CPU path. Both models hold one
-// KV cache of a window's length.
+// accumulation), its LM head in chunks of 256 rows, the float32 logits reduced per row on the GPU
+// in float64 (cuda::kld_rows, the formulas of kld_rows) and only the per-row values downloaded
+// into the KlDivergenceAccumulator the CPU path uses. Both models hold one KV cache of a
+// window's length.
 KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const std::vector<std::vector<int32_t>>& windows,
                                       const KlDivergenceProgress& progress = {});
 

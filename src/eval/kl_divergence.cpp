@@ -99,6 +99,15 @@ void KlDivergenceAccumulator::add_rows(const float* base_logits, const float* lo
   for (size_t i = first; i < kld_.size(); ++i) kld_sum_ += kld_[i];
 }
 
+void KlDivergenceAccumulator::add_values(const double* kld, const uint8_t* agree, const double* nll_b,
+                                         const double* nll_q, int64_t rows) {
+  kld_.insert(kld_.end(), kld, kld + rows);
+  agree_.insert(agree_.end(), agree, agree + rows);
+  nll_b_.insert(nll_b_.end(), nll_b, nll_b + rows);
+  nll_q_.insert(nll_q_.end(), nll_q, nll_q + rows);
+  for (int64_t i = 0; i < rows; ++i) kld_sum_ += kld[i];
+}
+
 void KlDivergenceAccumulator::end_window(int64_t tokens) {
   LB_CHECK(!nll_b_.empty(), "KL-divergence: a window with no positions");
   // Perplexity exactly as perplexity() sums it: the mean NLL of each window, summed in order.

@@ -56,6 +56,9 @@ class KlDivergenceAccumulator {
   explicit KlDivergenceAccumulator(int64_t vocab) : vocab_(vocab) {}
   // base_logits, logits [rows, vocab]; targets [rows]: the next tokens (for both perplexities).
   void add_rows(const float* base_logits, const float* logits, const int32_t* targets, int64_t rows);
+  // The same from per-row values computed elsewhere (the GPU's kld_rows): KLD_t, agree_t and both
+  // models' NLL of the next token.
+  void add_values(const double* kld, const uint8_t* agree, const double* nll_b, const double* nll_q, int64_t rows);
   void end_window(int64_t tokens);
   int64_t windows() const { return result_.ppl.windows; }
   double running_mean() const { return kld_sum_ / double(kld_.size()); }

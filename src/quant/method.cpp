@@ -22,6 +22,7 @@ const std::vector<MethodInfo>& method_registry() {
       {"billm", "BiLLM", 80, make_billm, "g", "billm:block=64,metric=magnitude,up_lim=20"},
       {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},
       {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1"},
+      {"icq", "ICQ (IR-QLoRA)", 110, make_icq, "block", "icq:tau_range=0.1,tau_n=100"},
   };
   return r;
 }

@@ -114,6 +114,7 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
 std::unique_ptr<QuantMethod> make_baseline(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_rtn(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_nf4(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_icq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_awq(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_smoothquant(QuantSpec spec);

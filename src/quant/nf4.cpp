@@ -18,28 +18,42 @@ const std::array<float, 16>& nf4_values() {
   return v;
 }
 
+namespace {
+
+// torch.linspace(start, end, steps) in fp32 as its CPU kernel computes it: step = (end - start) /
+// (steps - 1) in fp32, the first half start + step * i and the second half end - step * (steps -
+// 1 - i), each as one fused multiply-add (the vectorized kernel's fmadd on x86-64 with FMA).
+std::vector<float> torch_linspace_f32(float start, float end, int64_t steps) {
+  std::vector<float> out(static_cast<size_t>(steps));
+  const float step = (end - start) / float(steps - 1);
+  for (int64_t i = 0; i < steps; ++i)
+    out[size_t(i)] = i < steps / 2 ? std::fma(step, float(i), start) : std::fma(-step, float(steps - 1 - i), end);
+  return out;
+}
+
+}  // namespace
+
 const std::array<float, 256>& dynamic_map_signed() {
   static const std::array<float, 256> m = [] {
-    // Exponents 10^-6 .. 10^0; at exponent i, 2^i fraction values: the midpoints of
-    // linspace(0.1, 1, 2^i + 1); each with both signs; then 0 and 1.
-    std::vector<double> data;
+    // bitsandbytes' create_dynamic_map: at exponent i = 0..6, the 2^i midpoints of
+    // linspace(0.1, 1, 2^i + 1) (fp32 torch.linspace; midpoints (a + b) / 2 in fp32), each times
+    // fp32(10^(i - 6)) in fp32, with both signs; then 0 and 1; sorted.
+    std::vector<float> data;
     for (int i = 0; i < 7; ++i) {
-      const int items = (1 << i) + 1;
-      const double scale = std::pow(10.0, double(-6 + i));
-      for (int j = 0; j + 1 < items; ++j) {
-        const double b0 = 0.1 + 0.9 * double(j) / double(items - 1);
-        const double b1 = 0.1 + 0.9 * double(j + 1) / double(items - 1);
-        const double mean = (b0 + b1) / 2.0;
+      const std::vector<float> b = torch_linspace_f32(0.1f, 1.0f, (int64_t(1) << i) + 1);
+      const float scale = float(std::pow(10.0, double(i - 6)));
+      for (size_t j = 0; j + 1 < b.size(); ++j) {
+        const float mean = (b[j] + b[j + 1]) / 2.0f;
         data.push_back(scale * mean);
-        data.push_back(-scale * mean);
+        data.push_back(-(scale * mean));
       }
     }
-    data.push_back(0.0);
-    data.push_back(1.0);
+    data.push_back(0.0f);
+    data.push_back(1.0f);
     LB_ASSERT(data.size() == 256);
     std::sort(data.begin(), data.end());
     std::array<float, 256> out{};
-    for (size_t i = 0; i < 256; ++i) out[i] = float(data[i]);
+    std::copy(data.begin(), data.end(), out.begin());
     return out;
   }();
   return m;
@@ -58,23 +72,31 @@ const std::array<float, 15>& nf4_thresholds() {
   return t;
 }
 
-inline uint8_t nf4_code(float x) {
+}  // namespace
+
+uint8_t nf4_code(float x) {
   const auto& t = nf4_thresholds();
   uint8_t c = 0;
   for (float th : t) c += x > th ? 1 : 0;
   return c;
 }
 
-// Nearest entry of an ascending table, ties to the lower index.
-uint8_t nearest_index(const std::array<float, 256>& table, float x) {
+float nf4_encode_block(const float* x, int64_t n, uint8_t* codes) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  const float inv = m > 0.0f ? 1.0f / m : 0.0f;
+  for (int64_t i = 0; i < n; ++i) codes[i] = m > 0.0f ? nf4_code(x[i] * inv) : uint8_t(7);
+  return m;
+}
+
+uint8_t nearest_dynamic_code(float x) {
+  const auto& table = dynamic_map_signed();
   auto it = std::lower_bound(table.begin(), table.end(), x);
   if (it == table.begin()) return 0;
   if (it == table.end()) return 255;
   const size_t hi = size_t(it - table.begin()), lo = hi - 1;
   return (x - table[lo]) <= (table[hi] - x) ? uint8_t(lo) : uint8_t(hi);
 }
-
-}  // namespace
 
 QuantizedLinear nf4_quantize(const float* w, int64_t rows, int64_t cols, int64_t blocksize, bool double_quant,
                              DType dtype) {
@@ -93,11 +115,7 @@ QuantizedLinear nf4_quantize(const float* w, int64_t rows, int64_t cols, int64_t
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * blocksize, i1 = std::min(n, i0 + blocksize);
-    float m = 0.0f;
-    for (int64_t i = i0; i < i1; ++i) m = std::max(m, std::fabs(w[i]));
-    absmax[size_t(b)] = m;
-    const float inv = m > 0.0f ? 1.0f / m : 0.0f;
-    for (int64_t i = i0; i < i1; ++i) q.codes[size_t(i)] = m > 0.0f ? nf4_code(w[i] * inv) : uint8_t(7);
+    absmax[size_t(b)] = nf4_encode_block(w + i0, i1 - i0, q.codes.data() + i0);
   }
   if (!double_quant) {
     q.scales = std::move(absmax);
@@ -123,7 +141,7 @@ QuantizedLinear nf4_quantize(const float* w, int64_t rows, int64_t cols, int64_t
     const float inv = m > 0.0f ? 1.0f / m : 0.0f;
     for (int64_t i = i0; i < i1; ++i) {
       const float centered = absmax[size_t(i)] - offset;
-      const uint8_t c = m > 0.0f ? nearest_index(map, centered * inv) : nearest_index(map, 0.0f);
+      const uint8_t c = nearest_dynamic_code(m > 0.0f ? centered * inv : 0.0f);
       codes2.mutable_data_as<uint8_t>()[i] = c;
       q.scales[size_t(i)] = map[c] * m + offset;
     }

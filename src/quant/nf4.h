@@ -11,8 +11,9 @@
 //     for dequantization is then map[code] * absmax2 + offset;
 //   - w = NF4[code] * absmax, rounded to the model's 16-bit type.
 //
-// The dynamic map here is computed in fp64 and rounded to fp32 per entry (bitsandbytes builds it
-// with fp32 torch.linspace, which can differ in the last bit of some entries).
+// The dynamic map is bitsandbytes' entry for entry: its fp32 torch.linspace, midpoints and scaling
+// are reproduced (tests compare it with create_dynamic_map() and the whole quantization with
+// bitsandbytes' quantize_4bit, tests/fixtures/quant/icq.safetensors.zst).
 //
 //   spec: nf4:dq=0,b=64
 #pragma once
@@ -27,6 +28,15 @@ namespace lowbit {
 const std::array<float, 16>& nf4_values();
 // bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), ascending.
 const std::array<float, 256>& dynamic_map_signed();
+
+// The NF4 code of a value already divided by its block's absmax (the decision tree: the number of
+// midpoints it exceeds, so ties go to the lower value).
+uint8_t nf4_code(float x);
+// One block of n values: codes of x * (1 / absmax), returns absmax = max |x| (all-zero blocks get
+// code 7, the value 0).
+float nf4_encode_block(const float* x, int64_t n, uint8_t* codes);
+// The nearest entry of dynamic_map_signed() to x (ties to the lower index).
+uint8_t nearest_dynamic_code(float x);
 
 QuantizedLinear nf4_quantize(const float* w, int64_t rows, int64_t cols, int64_t blocksize, bool double_quant,
                              DType dtype);

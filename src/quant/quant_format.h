@@ -48,5 +48,6 @@ extern const QuantFormat kSlimFormat;      // formats/slim_format.cpp
 extern const QuantFormat kQuipFormat;      // formats/quip_format.cpp
 extern const QuantFormat kPbllmFormat;     // formats/pbllm_format.cpp
 extern const QuantFormat kBillmFormat;     // formats/billm_format.cpp
+extern const QuantFormat kIcqFormat;       // formats/icq_format.cpp
 
 }  // namespace lowbit

@@ -7,6 +7,7 @@
 #include "backend/ops.h"
 #include "core/error.h"
 #include "eval/cuda_eval.h"
+#include "eval/kl_divergence.h"
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "formats/checkpoint.h"
@@ -293,6 +294,46 @@ TEST(CudaOps, LinearGramAndNll) {
     const float* l = logits.data() + r * V;
     EXPECT_EQ(arg[size_t(r)], int32_t(std::max_element(l, l + V) - l)) << r;
   }
+}
+
+// KL-divergence rows on the GPU against the CPU's kld_rows (both fp64 from the same fp32 logits;
+// only the summation order differs) and a plain fp64 NLL: random rows, rows whose argmax ties,
+// a vocabulary that is not a multiple of the block, and a row equal to its base (KLD exactly 0).
+TEST(CudaOps, KldRowsMatchCpu) {
+  REQUIRE_GPU();
+  const int64_t rows = 7, V = 49157;
+  auto b = randn(size_t(rows * V), 21, 3.0f), q = randn(size_t(rows * V), 22, 3.0f);
+  for (int64_t v = 0; v < V; ++v) q[size_t(v)] = b[size_t(v)] + 0.1f * q[size_t(v)];  // row 0: close to its base
+  std::copy(b.begin() + 2 * V, b.begin() + 3 * V, q.begin() + 2 * V);                  // row 2: equal
+  std::fill(b.begin() + 3 * V, b.begin() + 4 * V, 0.5f);                               // row 3: base all tied
+  b[size_t(4 * V + 100)] = b[size_t(4 * V + 9000)] = 40.0f;                            // row 4: tie of two maxima
+  q[size_t(4 * V + 100)] = q[size_t(4 * V + 9000)] = 40.0f;
+  const std::vector<int32_t> targets = {0, 5, 49156, 1234, 100, 77, 9000};
+  std::vector<double> want(rows);
+  std::vector<uint8_t> want_agree(rows);
+  kld_rows(b.data(), q.data(), rows, V, want.data(), want_agree.data());
+  auto db = to_device(b), dq = to_device(q);
+  auto dt = to_device(targets);
+  DeviceBuffer<double> dk(rows), dnb(rows), dnq(rows);
+  DeviceBuffer<uint8_t> da(rows);
+  cuda::kld_rows(db.get(), dq.get(), dt.get(), dk.get(), da.get(), dnb.get(), dnq.get(), rows, V, ctx().stream());
+  const auto got = from_device(dk, rows), nb = from_device(dnb, rows), nq = from_device(dnq, rows);
+  const auto agree = from_device(da, rows);
+  auto nll = [&](const std::vector<float>& l, int64_t r) {
+    const float* x = l.data() + r * V;
+    const double m = *std::max_element(x, x + V);
+    double s = 0;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(double(x[v]) - m);
+    return m + std::log(s) - double(x[targets[size_t(r)]]);
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_NEAR(got[size_t(r)], want[size_t(r)], 1e-12 + 1e-10 * want[size_t(r)]) << r;
+    EXPECT_EQ(agree[size_t(r)], want_agree[size_t(r)]) << r;
+    EXPECT_NEAR(nb[size_t(r)], nll(b, r), 1e-9) << r;
+    EXPECT_NEAR(nq[size_t(r)], nll(q, r), 1e-9) << r;
+  }
+  EXPECT_EQ(got[2], 0.0);
+  EXPECT_EQ(agree[4], 1);  // both maxima at 100 first
 }
 
 // Logits of the fixture models on the GPU against the CPU path and transformers.

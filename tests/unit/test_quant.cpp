@@ -123,7 +123,8 @@ TEST(QuantParity, RtnMatchesReferenceExactly) {
   }
 }
 
-// NF4 with and without double quantization: codes and (effective) absmax bit for bit.
+// NF4 with and without double quantization: codes bit for bit, (effective) absmax bit for bit
+// without double quantization and to fp32 rounding with it.
 TEST(QuantParity, Nf4MatchesReferenceExactly) {
   for (const std::string name : {"q_proj", "down_proj"}) {
     const Weight w = fixture_weight(name);
@@ -133,7 +134,16 @@ TEST(QuantParity, Nf4MatchesReferenceExactly) {
       const auto codes = values<uint8_t>(key + ".codes");
       const auto scales = values<float>(key + ".scales");
       EXPECT_EQ(q.codes, codes) << key << " codes differ " << first_diff(q.codes, codes);
-      EXPECT_EQ(q.scales, scales) << key << " absmax differ " << first_diff(q.scales, scales);
+      if (dq) {
+        // The reference builds the 8-bit dynamic map in fp64; lowbit reproduces bitsandbytes' fp32
+        // construction (72 of its 256 entries differ in the last bit; test_icq compares it with
+        // bitsandbytes itself), so the decoded absmax agree to fp32 rounding, the codes exactly.
+        ASSERT_EQ(q.scales.size(), scales.size()) << key;
+        for (size_t i = 0; i < scales.size(); ++i)
+          EXPECT_NEAR(q.scales[i], scales[i], 2e-7 * std::abs(scales[i])) << key << " absmax " << i;
+      } else {
+        EXPECT_EQ(q.scales, scales) << key << " absmax differ " << first_diff(q.scales, scales);
+      }
       if (dq) {
         auto as_vec = [](const Tensor& t, auto tag) {
           using T = decltype(tag);

@@ -209,6 +209,96 @@ __global__ void nll_kernel(const float* logits, const int32_t* targets, float* o
   }
 }
 
+// KL-divergence rows, one block of kKldThreads per row. Block reductions run in a fixed order
+// (per-thread strided partials, a warp butterfly, then the warps in order), so the result does not
+// depend on timing and two equal rows reduce to bit-equal values.
+constexpr int kKldThreads = 512;
+
+struct AddOp {
+  __device__ double operator()(double x, double y) const { return x + y; }
+};
+
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op, T* shared) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  __syncthreads();  // shared may still be read by a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  T r = shared[0];
+  for (int w = 1; w < nwarps; ++w) r = op(r, shared[w]);
+  return r;
+}
+
+// (max, first index of the max) of a row.
+__device__ void row_max_arg(const float* x, int64_t V, float* m_out, int32_t* arg_out, float* sm, int32_t* sa) {
+  float m = -FLT_MAX;
+  int32_t a = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+    if (x[i] > m) {  // strided in increasing order: the first index of this thread's max
+      m = x[i];
+      a = int32_t(i);
+    }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, o);
+    const int32_t oa = __shfl_xor_sync(0xffffffffu, a, o);
+    if (om > m || (om == m && oa < a)) {
+      m = om;
+      a = oa;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    sm[warp] = m;
+    sa[warp] = a;
+  }
+  __syncthreads();
+  m = sm[0];
+  a = sa[0];
+  for (int w = 1; w < nwarps; ++w)
+    if (sm[w] > m || (sm[w] == m && sa[w] < a)) {
+      m = sm[w];
+      a = sa[w];
+    }
+  *m_out = m;
+  *arg_out = a;
+}
+
+__global__ void kld_kernel(const float* base_logits, const float* logits, const int32_t* targets, double* kld,
+                           uint8_t* agree, double* nll_b, double* nll_q, int64_t V) {
+  __shared__ double sd[32];
+  __shared__ float sm[32];
+  __shared__ int32_t sa[32];
+  const int64_t r = blockIdx.x;
+  const float* b = base_logits + r * V;
+  const float* q = logits + r * V;
+  const AddOp add;
+  float mb, mq;
+  int32_t ab, aq;
+  row_max_arg(b, V, &mb, &ab, sm, sa);
+  row_max_arg(q, V, &mq, &aq, sm, sa);
+  double eb = 0, eq = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    eb += exp(double(b[i]) - double(mb));
+    eq += exp(double(q[i]) - double(mq));
+  }
+  const double lse_b = double(mb) + log(block_reduce(eb, add, sd));
+  const double lse_q = double(mq) + log(block_reduce(eq, add, sd));
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const double lb = double(b[i]) - lse_b;
+    s += exp(lb) * (lb - (double(q[i]) - lse_q));
+  }
+  s = block_reduce(s, add, sd);
+  if (threadIdx.x == 0) {
+    kld[r] = s;
+    agree[r] = ab == aq ? 1 : 0;
+    nll_b[r] = lse_b - double(b[targets[r]]);
+    nll_q[r] = lse_q - double(q[targets[r]]);
+  }
+}
+
 // Activation fake quantization, one block per row. Absolute maximum of a row of bf16 pairs.
 __device__ float row_absmax(const bf16* xr, int64_t cols, float* shared) {
   float m = 0.0f;
@@ -364,6 +454,13 @@ void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* 
               cudaStream_t s) {
   if (rows == 0) return;
   nll_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, out, argmax, V);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void kld_rows(const float* base_logits, const float* logits, const int32_t* targets, double* kld, uint8_t* agree,
+              double* nll_b, double* nll_q, int64_t rows, int64_t V, cudaStream_t s) {
+  if (rows == 0) return;
+  kld_kernel<<<unsigned(rows), kKldThreads, 0, s>>>(base_logits, logits, targets, kld, agree, nll_b, nll_q, V);
   LB_CUDA_LAUNCH_CHECK();
 }
 

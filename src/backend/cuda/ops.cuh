@@ -46,6 +46,13 @@ void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // != nullptr.
 void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* argmax, int64_t rows, int64_t V,
               cudaStream_t s);
+// KL-divergence rows (eval/kl_divergence.h, the GPU twin of kld_rows plus both NLLs): for each row
+// r of base logits b and model logits q [rows, V] (fp32), in fp64 from the fp32 values:
+//   kld[r] = sum_v p_b(v) (log p_b(v) - log p_q(v)), agree[r] = argmax b == argmax q (first index
+//   on ties), nll_b[r] = logsumexp(b) - b[targets[r]], nll_q[r] the same of q.
+// One block per row; the reductions run in a fixed order, so equal rows give kld exactly 0.
+void kld_rows(const float* base_logits, const float* logits, const int32_t* targets, double* kld, uint8_t* agree,
+              double* nll_b, double* nll_q, int64_t rows, int64_t V, cudaStream_t s);
 // Causal GQA attention (flash-style, no materialized score matrix): B sequences, queries at
 // positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
 // k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd: even, up to 256 (64 and 128 on tensor cores).
