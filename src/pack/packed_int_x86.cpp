@@ -149,7 +149,7 @@ LB_VNNI void row_vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs.data() + j * P + b * kBlock));
       const float ad = a.d[size_t(j * nb + b)];
       const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, q);
-      acc[t] = _mm512_add_ps(acc[t], _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(s),
+      acc[t] = _mm512_add_ps(acc[t], _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(s),
                                                                           _mm256_set1_ps(wd[b] * ad))));
       macc[t] += m * ad * float(a.isum[size_t(j * nb + b)]);
     }
