@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 namespace lowbit {
 
@@ -96,6 +98,8 @@ BlockWeights clone_block_weights(const BlockWeights& w) {
   for (size_t i = 0; i < w.linear.size(); ++i)
     if (w.linear[i].data() != nullptr) out.linear[i] = copy(w.linear[i]);
   out.kernel = w.kernel;
+  out.qkv = w.qkv;
+  out.gate_up = w.gate_up;
   return out;
 }
 
@@ -127,6 +131,19 @@ void run_linear(const BlockWeights& w, LinearKind kind, const float* in, float* 
     k->apply(in, out, rows);
   } else {
     ops::linear(in, w[kind].data_as<float>(), out, rows, in_cols, out_cols);
+  }
+}
+
+// Splits y [rows, sum of widths] into its column blocks, each [rows, width].
+void split_columns(const float* y, int64_t rows, std::initializer_list<std::pair<float*, int64_t>> parts) {
+  int64_t total = 0;
+  for (const auto& p : parts) total += p.second;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t off = 0;
+    for (const auto& [dst, width] : parts) {
+      std::memcpy(dst + r * width, y + r * total + off, size_t(width) * sizeof(float));
+      off += width;
+    }
   }
 }
 
@@ -205,9 +222,21 @@ bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const floa
     product(LinearKind::V, xv.data(), H, v.data(), kvd);
   } else {
     if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
-    product(LinearKind::Q, xin, H, q.data(), qd);
-    product(LinearKind::K, xin, H, k.data(), kvd);
-    product(LinearKind::V, xin, H, v.data(), kvd);
+    if (w.qkv) {
+      LB_ASSERT(w.qkv->in_features() == H && w.qkv->out_features() == qd + 2 * kvd);
+      std::vector<float> qkv(size_t(N * (qd + 2 * kvd)));
+      w.qkv->apply(xin, qkv.data(), N);
+      split_columns(qkv.data(), N, {{q.data(), qd}, {k.data(), kvd}, {v.data(), kvd}});
+      if (hooks && hooks->on_output) {
+        hooks->on_output(layer, LinearKind::Q, q.data(), N, qd);
+        hooks->on_output(layer, LinearKind::K, k.data(), N, kvd);
+        hooks->on_output(layer, LinearKind::V, v.data(), N, kvd);
+      }
+    } else {
+      product(LinearKind::Q, xin, H, q.data(), qd);
+      product(LinearKind::K, xin, H, k.data(), kvd);
+      product(LinearKind::V, xin, H, v.data(), kvd);
+    }
   }
   if (cache != nullptr) {
     LB_ASSERT(B == 1 && pos0 == cache->length && cache->length + T <= cache->capacity);
@@ -249,8 +278,19 @@ bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin
     product(LinearKind::Up, xu.data(), H, up.data(), F);
   } else {
     if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
-    product(LinearKind::Gate, xin, H, gate.data(), F);
-    product(LinearKind::Up, xin, H, up.data(), F);
+    if (w.gate_up) {
+      LB_ASSERT(w.gate_up->in_features() == H && w.gate_up->out_features() == 2 * F);
+      std::vector<float> gu(size_t(N * 2 * F));
+      w.gate_up->apply(xin, gu.data(), N);
+      split_columns(gu.data(), N, {{gate.data(), F}, {up.data(), F}});
+      if (hooks && hooks->on_output) {
+        hooks->on_output(layer, LinearKind::Gate, gate.data(), N, F);
+        hooks->on_output(layer, LinearKind::Up, up.data(), N, F);
+      }
+    } else {
+      product(LinearKind::Gate, xin, H, gate.data(), F);
+      product(LinearKind::Up, xin, H, up.data(), F);
+    }
   }
   ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
   up = {};

@@ -44,6 +44,11 @@ struct BlockWeights {
   Tensor input_norm, post_norm;  // [H]
   std::array<Tensor, 7> linear;  // indexed by LinearKind
   std::array<std::shared_ptr<const LinearKernel>, 7> kernel;  // indexed by LinearKind; null: use `linear`
+  // Optional kernels for linears that share an input, stacked along their outputs: q, k, v
+  // ([B*T, q_dim + 2 kv_dim], in that order) and gate, up ([B*T, 2 F]). One product instead of
+  // three or two (one pass over the input, one parallel region). Used when set and no input hook
+  // is installed; each part's result is what its own kernel gives.
+  std::shared_ptr<const LinearKernel> qkv, gate_up;
   const Tensor& operator[](LinearKind k) const { return linear[size_t(k)]; }
   Tensor& operator[](LinearKind k) { return linear[size_t(k)]; }
 };

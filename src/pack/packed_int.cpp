@@ -112,6 +112,26 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
   return p;
 }
 
+std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatrix*>& parts) {
+  LB_ASSERT(!parts.empty());
+  const PackedIntMatrix& first = *parts.front();
+  PackedIntMatrix out;
+  out.cols = first.cols;
+  out.bits = first.bits;
+  out.blocks = first.blocks;
+  out.source_col = first.source_col;
+  for (const PackedIntMatrix* p : parts) {
+    if (p->cols != first.cols || p->bits != first.bits || p->blocks != first.blocks ||
+        p->source_col != first.source_col)
+      return std::nullopt;
+    out.rows += p->rows;
+    out.qs.insert(out.qs.end(), p->qs.begin(), p->qs.end());
+    out.d.insert(out.d.end(), p->d.begin(), p->d.end());
+    out.m.insert(out.m.end(), p->m.begin(), p->m.end());
+  }
+  return out;
+}
+
 void gather_padded(const PackedIntMatrix& w, const float* x, int64_t n, float* out) {
   const int64_t P = w.padded();
   for (int64_t j = 0; j < n; ++j) {
@@ -230,7 +250,9 @@ Isa best_isa() {
   return chosen;
 }
 
-void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa) {
+void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa, int64_t r_begin, int64_t r_end) {
+  if (r_end < 0) r_end = w.rows;
+  LB_ASSERT(0 <= r_begin && r_begin <= r_end && r_end <= w.rows);
   LB_CHECK(a.blocks == w.blocks, "packed product: activations have {} blocks per row, the weight {}", a.blocks,
            w.blocks);
   LB_CHECK(isa_supported(isa), "packed product: this CPU lacks {}", isa_name(isa));
@@ -241,19 +263,22 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
   // a chunk, activation rows go in tiles of 64: a tile (64 x padded bytes) stays in cache while
   // the chunk's weights stream past it, instead of every weight row streaming all activations.
   // Small products stay on one thread: waking the others costs more than they save.
-  const int64_t work = w.rows * w.blocks * a.n;
+  const int64_t work = (r_end - r_begin) * w.blocks * a.n;
   constexpr int64_t kRowChunk = 16, kActTile = 64;
-  const int64_t nchunks = (w.rows + kRowChunk - 1) / kRowChunk;
+  const int64_t nchunks = (r_end - r_begin + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for schedule(static) if (work > 2048)
   for (int64_t c = 0; c < nchunks; ++c)
     for (int64_t j0 = 0; j0 < a.n; j0 += kActTile)
-      fn(w, a, y, c * kRowChunk, std::min(w.rows, (c + 1) * kRowChunk), j0, std::min(a.n, j0 + kActTile));
+      fn(w, a, y, r_begin + c * kRowChunk, std::min(r_end, r_begin + (c + 1) * kRowChunk), j0,
+         std::min(a.n, j0 + kActTile));
 }
 
-void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y) {
+void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y, int64_t r_begin, int64_t r_end) {
+  if (r_end < 0) r_end = w.rows;
+  LB_ASSERT(0 <= r_begin && r_begin <= r_end && r_end <= w.rows);
   const int64_t bb = block_bytes(w.bits), P = w.padded();
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < w.rows; ++r) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
     std::vector<float> row(static_cast<size_t>(P));
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.qs.data() + (r * w.blocks + b) * bb;

@@ -39,6 +39,7 @@
 #include "quant/quantized_linear.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,11 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
 // Whether pack_int_linear accepts q.
 bool can_pack_int(const QuantizedLinear& q);
 
+// The matrices stacked along their rows (outputs), when they read the same input the same way:
+// equal cols, container, blocks and gather order (any act_order permutation differing between
+// them keeps them apart). Empty when they do not.
+std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatrix*>& parts);
+
 // The code value c_i of element i of a block (scalar unpacking, the layouts' definition).
 int block_code(const uint8_t* block, int bits, int64_t i);
 
@@ -93,10 +99,14 @@ bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 
 // y[n, rows] = the int8-activation product (above) for activations a (from quantize_activations).
-void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa = best_isa());
+// With a row range [r_begin, r_end), only those outputs are computed (the rest of y is left as it
+// is): a view of some rows of a stacked matrix.
+void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa = best_isa(), int64_t r_begin = 0,
+               int64_t r_end = -1);
 // y[n, rows] = xp[n, padded] @ W^T in fp32 (the dequantized weight times the fp32 activations,
-// gathered by gather_padded): the accuracy reference for the integer path.
-void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y);
+// gathered by gather_padded): the accuracy reference for the integer path. Row range as above.
+void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y, int64_t r_begin = 0,
+                int64_t r_end = -1);
 
 namespace detail {
 // y[j, r] for weight rows [r0, r1) and activation rows [j0, j1); one implementation per ISA.

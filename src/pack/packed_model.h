@@ -7,6 +7,7 @@
 #include "pack/packed_int.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace lowbit::pack {
@@ -18,17 +19,24 @@ namespace lowbit::pack {
 enum class PackedActivations { Q8, F32 };
 PackedActivations parse_packed_activations(const std::string& s);  // "q8" | "f32"
 
+// A packed linear: all rows of a matrix, or rows [r_begin, r_end) of one that several linears
+// share (q, k and v stacked, say), which it reads in place.
 class PackedIntLinear final : public LinearKernel {
  public:
-  PackedIntLinear(PackedIntMatrix w, PackedActivations act) : w_(std::move(w)), act_(act) {}
+  PackedIntLinear(std::shared_ptr<const PackedIntMatrix> w, PackedActivations act, int64_t r_begin = 0,
+                  int64_t r_end = -1)
+      : w_(std::move(w)), act_(act), r0_(r_begin), r1_(r_end < 0 ? w_->rows : r_end) {}
   void apply(const float* x, float* y, int64_t rows) const override;
-  int64_t in_features() const override { return w_.cols; }
-  int64_t out_features() const override { return w_.rows; }
-  const PackedIntMatrix& matrix() const { return w_; }
+  int64_t in_features() const override { return w_->cols; }
+  int64_t out_features() const override { return r1_ - r0_; }
+  const PackedIntMatrix& matrix() const { return *w_; }
+  const std::shared_ptr<const PackedIntMatrix>& shared_matrix() const { return w_; }
+  bool whole() const { return r0_ == 0 && r1_ == w_->rows; }
 
  private:
-  PackedIntMatrix w_;
+  std::shared_ptr<const PackedIntMatrix> w_;
   PackedActivations act_;
+  int64_t r0_, r1_;
 };
 
 struct PackedSummary {

@@ -154,6 +154,32 @@ TEST(PackedModel, CachedDecodeMatchesTheFullForward) {
   }
 }
 
+// q, k, v and gate, up run stacked (one product each) unless an input hook gives every linear its
+// own input; then each runs alone from its rows of the stacked matrix. Both give the same logits.
+TEST(PackedModel, StackedProductsEqualThePerLinearOnes) {
+  LOWBIT_REQUIRE_PATH(stories());
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
+  test::TempDir dir;
+  LlamaModel m(open_checkpoint(stories()));
+  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
+  const std::vector<int32_t> ids = prompt_ids(*tok);
+  auto method = make_method("rtn:w=3,g=32");
+  write_quantized_checkpoint(dir / "q", m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
+  auto packed = load_model(dir / "q");
+  pack::install_packed_linears(*packed, pack::PackedActivations::Q8);
+  ASSERT_NE(packed->block_weights(0)->qkv, nullptr);
+  ASSERT_NE(packed->block_weights(0)->gate_up, nullptr);
+  const Tensor stacked = packed->forward(ids);
+  BlockHooks separate;
+  int64_t calls = 0;
+  separate.on_input = [&](int64_t, LinearKind, float*, int64_t, int64_t) { ++calls; };
+  const Tensor alone = packed->forward(ids, &separate);
+  EXPECT_EQ(calls, 7 * packed->config().num_hidden_layers);
+  // Each output is the same per-row computation on the same quantized input: bit for bit.
+  const Diff d = compare_logits(alone, stacked);
+  EXPECT_EQ(d.max_abs, 0.0);
+}
+
 TEST(PackedModel, KeptSixteenBitWeightsGiveTheFp32Logits) {
   const std::string path = test::fixtures_dir() + "/models/llama3-mini-bf16";
   LOWBIT_REQUIRE_PATH(path);
