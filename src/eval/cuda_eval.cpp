@@ -135,4 +135,81 @@ std::unique_ptr<McBackend> make_cuda_mc_backend(CudaModel& model, int64_t max_le
   return std::make_unique<CudaMcBackend>(model, max_length);
 }
 
+namespace {
+
+// The GPU time of each op, per window and as a share of the pass's seconds.
+nlohmann::json profile_json(const cuda::OpProfile& p, const PerplexityResult& r) {
+  nlohmann::json ops = nlohmann::json::array();
+  double busy = 0;
+  for (const auto& e : p.totals()) {
+    ops.push_back({{"op", e.name}, {"calls", e.calls}, {"seconds", e.ms / 1e3}});
+    busy += e.ms / 1e3;
+  }
+  // Past the first forward when there was more than one (perplexity_cuda resets the profile then).
+  const bool rest = r.windows > r.first_windows;
+  return {{"ops", ops}, {"gpu_seconds", busy},
+          {"pass_seconds", rest ? r.seconds - r.first_seconds : r.seconds},
+          {"windows", rest ? r.windows - r.first_windows : r.windows},
+          {"scope", rest ? "after the first forward" : "the whole pass"}};
+}
+
+class CudaPlacedModel final : public PlacedModel {
+ public:
+  CudaPlacedModel(const LlamaModel& m, cuda::Context& ctx, bool profile) : gpu_(m, ctx) {
+    if (profile) gpu_.enable_profile();
+  }
+  PerplexityResult perplexity(const std::vector<std::vector<int32_t>>& windows, int64_t batch,
+                              const PerplexityProgress& progress) override {
+    return perplexity_cuda(gpu_, windows, batch, progress);
+  }
+  KlDivergenceResult kl_divergence(PlacedModel& base, const std::vector<std::vector<int32_t>>& windows,
+                                   const KlDivergenceProgress& progress) override {
+    auto* b = dynamic_cast<CudaPlacedModel*>(&base);
+    LB_CHECK(b != nullptr, "KL-divergence: the base model is placed on another device than the model (cuda)");
+    return kl_divergence_cuda(b->gpu_, gpu_, windows, progress);
+  }
+  std::unique_ptr<McBackend> mc_backend(int64_t max_length) override {
+    return make_cuda_mc_backend(gpu_, max_length);
+  }
+  Tensor logits(std::span<const int32_t> ids) override {
+    const int64_t T = int64_t(ids.size()), V = gpu_.config().vocab_size;
+    GpuKvCache cache = gpu_.make_kv_cache(T);
+    cuda::DeviceBuffer<cuda::bf16> rows;
+    gpu_.forward_cached(ids, cache, rows);
+    cuda::DeviceBuffer<float> dl(static_cast<size_t>(T * V));
+    gpu_.lm_head(rows.get(), dl.get(), T);
+    Tensor out = Tensor::empty(DType::F32, {T, V});
+    cuda::download(out.mutable_data_as<float>(), dl.get(), size_t(T * V), gpu_.context().stream());
+    return out;
+  }
+  nlohmann::json profile(const PerplexityResult& r) const override {
+    return gpu_.profile() ? profile_json(*gpu_.profile(), r) : nlohmann::json(nullptr);
+  }
+
+ private:
+  CudaModel gpu_;
+};
+
+class CudaEvalSession final : public EvalSession {
+ public:
+  explicit CudaEvalSession(const Device& d) : device_(d), ctx_(d.index) {}
+  const Device& device() const override { return device_; }
+  std::string name() const override { return ctx_.name(); }
+  std::unique_ptr<PlacedModel> place(const LlamaModel& model, bool profile) override {
+    return std::make_unique<CudaPlacedModel>(model, ctx_, profile);
+  }
+  void reset_peak_memory() override { cuda::reset_peak_device_bytes(); }
+  std::optional<double> peak_memory_bytes() const override { return double(cuda::peak_device_bytes()); }
+
+ private:
+  Device device_;
+  cuda::Context ctx_;
+};
+
+}  // namespace
+
+std::unique_ptr<EvalSession> open_cuda_eval_session(const Device& device) {
+  return std::make_unique<CudaEvalSession>(device);
+}
+
 }  // namespace lowbit

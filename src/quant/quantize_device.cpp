@@ -5,6 +5,7 @@
 #include "quant/gptq.h"
 
 #ifdef LOWBIT_WITH_CUDA
+#include "calib/input_stats_cuda.h"
 #include "quant/gptq_cuda.h"
 #endif
 
@@ -39,6 +40,21 @@ QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod
   }
   if (d.is_cuda()) r.note = method.spec().method() + " is data-free: it quantizes on the host";
   return quantize_model(model, method, method.needs_calibration() ? calib : nullptr, cb);
+}
+
+BlockContext::StatsMap layer_input_stats_on(const Device& d, LlamaModel& model,
+                                            const std::vector<std::vector<int32_t>>& windows, int64_t layer,
+                                            const StatsRequest& req, BlockWeights* weights) {
+  check_device_available(d);
+#ifdef LOWBIT_WITH_CUDA
+  if (d.is_cuda()) {
+    cuda::Context ctx(d.index);
+    BlockContext::StatsMap stats = layer_input_stats_cuda(model, windows, layer, ctx);
+    *weights = *model.block_weights(layer);
+    return stats;
+  }
+#endif
+  return layer_input_stats(model, windows, layer, req, weights);
 }
 
 }  // namespace lowbit

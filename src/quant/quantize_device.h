@@ -28,4 +28,11 @@ void check_quantize_device(const QuantMethod& method, const Device& d);
 QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod& method, const Calibration* calib,
                                  const DriverCallbacks& cb, QuantizeRun* run = nullptr);
 
+// The input statistics of block `layer`'s linears (Hessian, max |x|, mean |x|) with the model run
+// on `d` (calib/block_driver.h's layer_input_stats on the CPU, calib/input_stats_cuda.h on a GPU),
+// and the block's weights as quantization reads them into *weights.
+BlockContext::StatsMap layer_input_stats_on(const Device& d, LlamaModel& model,
+                                            const std::vector<std::vector<int32_t>>& windows, int64_t layer,
+                                            const StatsRequest& req, BlockWeights* weights);
+
 }  // namespace lowbit

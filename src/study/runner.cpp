@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/process.h"
 #include "eval/datasets.h"
+#include "eval/eval_session.h"
 #include "eval/identity.h"
 #include "eval/kl_divergence.h"
 #include "eval/multiple_choice.h"
@@ -15,10 +16,6 @@
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "quant/quantize_device.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "backend/cuda/cuda_util.h"
-#include "eval/cuda_eval.h"
-#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -33,7 +30,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace lowbit {
-class CudaModel;  // model/cuda_model.h, in builds with CUDA
 }
 
 namespace lowbit::study {
@@ -132,9 +128,9 @@ class Runner {
   StudyProgress progress(double current_fraction = 0) const;
   ModelState& model_state(size_t m);
   void run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending);
-  // On the GPU when `gpu` is given (the model's GPU copy), else on the CPU. `base` is the cell's
-  // 16-bit model, for KL-divergence.
-  std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
+  // On the session's device: `placed` is the model placed there (once per cell); `base` is the
+  // cell's 16-bit model, for KL-divergence.
+  std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, PlacedModel& placed,
                                     const LlamaModel* base, const Evaluation& e, json& evaluation, double& seconds);
   // The perplexity windows of a set (cached per model).
   const std::vector<std::vector<int32_t>>& windows(ModelState& ms, const std::string& set);
@@ -158,11 +154,9 @@ class Runner {
   std::map<size_t, std::unique_ptr<ModelState>> models_;
   std::map<std::string, McTask> tasks_;
   std::string device_name_ = "cpu";
+  std::unique_ptr<EvalSession> session_;  // the study's evaluation device
   bool peak_reset_ = false;
   StudySummary summary_;
-#ifdef LOWBIT_WITH_CUDA
-  std::unique_ptr<cuda::Context> cuda_;
-#endif
 };
 
 void Runner::prepare_store() {
@@ -279,7 +273,7 @@ const std::vector<std::vector<int32_t>>& Runner::windows(ModelState& ms, const s
   return ms.windows[name];
 }
 
-std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, CudaModel* gpu,
+std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, PlacedModel& placed,
                                           const LlamaModel* base, const Evaluation& e, json& evaluation,
                                           double& seconds) {
   const EvalSpec& es = spec_.eval;
@@ -292,22 +286,14 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
     LB_CHECK(base != nullptr, "KL-divergence of cell {}: no 16-bit model", cell.key);
     const auto& w = windows(ms, e.name);
     auto on_progress = [&](int64_t done, int64_t total, double, double) { report(done, total); };
-    KlDivergenceResult r;
-#ifdef LOWBIT_WITH_CUDA
-    if (gpu != nullptr) {
-      // The base beside the cell's model on the GPU (the cell's own upload for the baseline).
-      std::unique_ptr<CudaModel> gpu_base_holder;
-      CudaModel* gpu_base = gpu;
-      if (base != &model) {
-        gpu_base_holder = std::make_unique<CudaModel>(*base, *cuda_);
-        gpu_base = gpu_base_holder.get();
-      }
-      r = kl_divergence_cuda(*gpu_base, *gpu, w, on_progress);
-    } else
-#endif
-    {
-      r = kl_divergence(*base, model, w, on_progress);
+    // The base beside the cell's model on the same device (the cell's own placement for the baseline).
+    std::unique_ptr<PlacedModel> base_holder;
+    PlacedModel* placed_base = &placed;
+    if (base != &model) {
+      base_holder = session_->place(*base);
+      placed_base = base_holder.get();
     }
+    const KlDivergenceResult r = placed.kl_divergence(*placed_base, w, on_progress);
     seconds = r.seconds;
     // The base: the study's model as given, 16-bit.
     json base_id = ms.identity;
@@ -326,14 +312,7 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
     const auto& windows = this->windows(ms, e.name);
     const TextSet& set = ms.sets[e.name];
     auto on_progress = [&](int64_t done, int64_t total, double, double) { report(done, total); };
-    PerplexityResult r;
-#ifdef LOWBIT_WITH_CUDA
-    if (gpu != nullptr) r = perplexity_cuda(*gpu, windows, es.batch, on_progress);
-    else
-#endif
-    {
-      r = perplexity(model, windows, on_progress);
-    }
+    const PerplexityResult r = placed.perplexity(windows, es.batch, on_progress);
     seconds = r.seconds;
     evaluation = perplexity_identity(set, {e.key, es.seqlen, es.limit, ms.windows_available[e.name], es.bos}, r);
     out.push_back({"ppl", r.ppl, r.ppl_stderr, r.windows});
@@ -344,11 +323,7 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   mo.bos = parse_bos_mode(es.bos);
   mo.max_length = es.max_length;
   const int64_t max_length = es.max_length > 0 ? es.max_length : model.config().max_position_embeddings;
-  std::unique_ptr<McBackend> backend;
-#ifdef LOWBIT_WITH_CUDA
-  if (gpu != nullptr) backend = make_cuda_mc_backend(*gpu, max_length);
-#endif
-  if (!backend) backend = make_cpu_mc_backend(model, max_length);
+  std::unique_ptr<McBackend> backend = placed.mc_backend(max_length);
   const McResult r = evaluate_multiple_choice(*backend, *ms.tok, t, mo,
                                               [&](int64_t done, int64_t total, double, double) { report(done, total); });
   seconds = r.seconds;
@@ -375,9 +350,7 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
 void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending) {
   ModelState& ms = model_state(cell.model);
   peak_reset_ = reset_peak_rss();
-#ifdef LOWBIT_WITH_CUDA
-  if (cuda_) cuda::reset_peak_device_bytes();
-#endif
+  session_->reset_peak_memory();
   const ModelSpec& mspec = *ms.spec;
   Checkpoint source = open_model(mspec.path);
   std::unique_ptr<LlamaModel> model;
@@ -422,16 +395,8 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
         base = base_holder.get();
       }
     }
-  bool on_gpu = false;
-  CudaModel* gpu_model = nullptr;
-#ifdef LOWBIT_WITH_CUDA
-  on_gpu = cuda_ != nullptr;
-  std::unique_ptr<CudaModel> gpu;  // one upload per cell, for all its evaluations
-  if (on_gpu) {
-    gpu = std::make_unique<CudaModel>(*model, *cuda_);
-    gpu_model = gpu.get();
-  }
-#endif
+  const bool on_gpu = session_->device().is_cuda();
+  const std::unique_ptr<PlacedModel> placed = session_->place(*model);  // one upload per cell
   CellRecord rec;
   rec.key = cell.key;
   rec.model = cell.model_name;
@@ -451,16 +416,14 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   for (const Evaluation* e : pending) {
     double seconds = 0;
     json evaluation;
-    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, gpu_model, base, *e, evaluation, seconds);
+    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, *placed, base, *e, evaluation, seconds);
     RuntimeFacts facts;
     facts.seconds = seconds;
     facts.peak = peak_rss(peak_reset_ ? "this cell (quantization and evaluations so far)" : "");
     facts.device = on_gpu ? device_name_ : "cpu";
     facts.gpu = on_gpu;
     facts.threads = num_threads();
-#ifdef LOWBIT_WITH_CUDA
-    if (on_gpu) facts.peak_gpu_bytes = double(cuda::peak_device_bytes());
-#endif
+    if (auto peak = session_->peak_memory_bytes()) facts.peak_gpu_bytes = *peak;
     json id = result_identity(ms.identity, method, evaluation, runtime_part(facts));
     id["study"] = spec_.name;
     id["cell"] = cell.key;
@@ -490,16 +453,8 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
 StudySummary Runner::run() {
   const int threads = opt_.threads >= 0 ? opt_.threads : spec_.threads;
   set_num_threads(threads);
-#ifdef LOWBIT_WITH_CUDA
-  if (spec_.device != "cpu") {
-    const int index = spec_.device.size() > 5 ? std::stoi(spec_.device.substr(5)) : 0;
-    const int n = cuda::device_count();
-    LB_CHECK(n > 0, "device {}: no CUDA device is available", spec_.device);
-    LB_CHECK(index < n, "device {}: there are {} CUDA devices", spec_.device, n);
-    cuda_ = std::make_unique<cuda::Context>(index);
-    device_name_ = cuda_->name();
-  }
-#endif
+  session_ = open_eval_session(parse_device(spec_.device));
+  device_name_ = session_->name();
   prepare_store();
   plan_units();
   RunRecord rr;

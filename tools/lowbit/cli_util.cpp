@@ -26,9 +26,9 @@ void add_packed_options(CLI::App* cmd, PackedFlags& f) {
       ->capture_default_str();
 }
 
-std::string apply_packed(const PackedFlags& f, LlamaModel& model, const DeviceChoice& dev, bool quiet) {
+std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet) {
   if (!f.packed) return "fake-quant";
-  LB_CHECK(!dev.cuda, "--packed runs on the CPU; it does not apply to --device {}", dev.text);
+  LB_CHECK(!on_gpu, "--packed runs on the CPU; it does not apply to a CUDA --device");
   const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act));
   if (!quiet)
     fmt::print(stderr, "packed: {} linears, {} ({:.2f} bits per weight), {} activations, {} kernels\n", s.linears,

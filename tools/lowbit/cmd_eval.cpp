@@ -10,9 +10,7 @@
 #include "eval/tasks.h"
 #include "formats/tokenizer.h"
 #include "quant/lowbit_checkpoint.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "eval/cuda_eval.h"
-#endif
+#include "eval/eval_session.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -47,7 +45,7 @@ nlohmann::json metric_json(const Metric& m) { return {{"value", m.value}, {"stde
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  const DeviceChoice dev = parse_device(o.device);
+  const auto session = open_eval_session(lowbit::parse_device(o.device));  // checked before any work
   const std::vector<std::string> names = split(o.tasks);
   LB_CHECK(!names.empty(), "--tasks names no task");
   for (const auto& n : names) {
@@ -61,7 +59,7 @@ void run(const Options& o) {
   std::vector<McTask> tasks;
   for (const auto& n : names) tasks.push_back(load_task(n, data_dir, o.mmlu_shots));
   auto model = load_model(o.model);
-  const std::string execution = apply_packed(o.packed, *model, dev, o.json);
+  const std::string execution = apply_packed(o.packed, *model, session->device().is_cuda(), o.json);
   LB_CHECK(!model->checkpoint().tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -73,19 +71,9 @@ void run(const Options& o) {
   const int64_t max_length = o.max_length > 0 ? o.max_length : model->config().max_position_embeddings;
   LB_CHECK(max_length <= model->config().max_position_embeddings, "--max-length {} exceeds the model's context {}",
            max_length, model->config().max_position_embeddings);
-  std::string device_name = "cpu";
-  std::unique_ptr<McBackend> backend;
-#ifdef LOWBIT_WITH_CUDA
-  std::unique_ptr<cuda::Context> ctx;
-  std::unique_ptr<CudaModel> gpu;
-  if (dev.cuda) {
-    ctx = std::make_unique<cuda::Context>(dev.index);
-    device_name = ctx->name();
-    gpu = std::make_unique<CudaModel>(*model, *ctx);
-    backend = make_cuda_mc_backend(*gpu, max_length);
-  }
-#endif
-  if (!backend) backend = make_cpu_mc_backend(*model, max_length);
+  const std::string device_name = session->name();
+  const auto placed = session->place(*model);
+  const std::unique_ptr<McBackend> backend = placed->mc_backend(max_length);
   // Each task's entry is the identity a study stores for it (eval/identity.h) with its results.
   const nlohmann::json model_id = model_identity(model->checkpoint(), model_display_name(o.model), o.model,
                                                  weights_sha256(model->checkpoint()), *tok, o.spm);
@@ -116,11 +104,9 @@ void run(const Options& o) {
     facts.seconds = r.seconds;
     facts.peak = peak_rss();
     facts.device = device_name;
-    facts.gpu = dev.cuda;
+    facts.gpu = session->device().is_cuda();
     facts.threads = num_threads();
-#ifdef LOWBIT_WITH_CUDA
-    if (dev.cuda) facts.peak_gpu_bytes = double(cuda::peak_device_bytes());
-#endif
+    facts.peak_gpu_bytes = session->peak_memory_bytes();
     const MultipleChoiceSettings ms{multiple_choice_key(t.name, o.limit, o.bos, o.max_length, o.mmlu_shots, o.spm),
                                     o.limit, o.bos, max_length, false};
     nlohmann::json tj = result_identity(model_id, method, multiple_choice_identity(t, ms, r), runtime_part(facts));

@@ -90,7 +90,7 @@ void run(const Options& o) {
   // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
   if (!dev.cuda) model.set_keep_16bit_weights(true);
   install_quantized_forward(model);
-  apply_packed(o.packed, model, dev, false);
+  apply_packed(o.packed, model, dev.cuda, false);
   const LlamaConfig& c = model.config();
   std::vector<int32_t> ids = tok->encode(o.prompt, parse_bos_mode(o.bos));
   LB_CHECK(!ids.empty(), "the prompt has no tokens (empty prompt with --bos {}); give --prompt or --bos on", o.bos);

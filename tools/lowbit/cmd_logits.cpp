@@ -5,9 +5,7 @@
 #include "backend/ops.h"
 #include "core/error.h"
 #include "quant/lowbit_checkpoint.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "model/cuda_model.h"
-#endif
+#include "eval/eval_session.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
@@ -27,7 +25,7 @@ struct Options {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  const DeviceChoice dev = parse_device(o.device);
+  const auto session = open_eval_session(lowbit::parse_device(o.device));  // checked before any work
   Checkpoint ck = open_model(o.model);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
@@ -53,24 +51,7 @@ void run(const Options& o) {
   LB_CHECK(!ids.empty(), "no input tokens");
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
-  Tensor logits;
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda) {
-    cuda::Context ctx(dev.index);
-    CudaModel gpu(model, ctx);
-    const int64_t T = int64_t(ids.size()), V = model.config().vocab_size;
-    GpuKvCache cache = gpu.make_kv_cache(T);
-    cuda::DeviceBuffer<cuda::bf16> rows;
-    gpu.forward_cached(ids, cache, rows);
-    cuda::DeviceBuffer<float> dl(static_cast<size_t>(T * V));
-    gpu.lm_head(rows.get(), dl.get(), T);
-    logits = Tensor::empty(DType::F32, {T, V});
-    cuda::download(logits.mutable_data_as<float>(), dl.get(), size_t(T * V), ctx.stream());
-  } else
-#endif
-  {
-    logits = model.forward(ids);
-  }
+  const Tensor logits = session->place(model)->logits(ids);
   Tensor tokens = Tensor::empty(DType::I32, {int64_t(ids.size())});
   std::copy(ids.begin(), ids.end(), tokens.mutable_data_as<int32_t>());
   SafetensorsWriter w;

@@ -11,9 +11,7 @@
 #include "eval/perplexity.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "eval/cuda_eval.h"
-#endif
+#include "eval/eval_session.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -26,14 +24,14 @@ namespace lowbit::cli {
 namespace {
 
 // The run's facts as results record them (one pass, this process's peak memory).
-RuntimeFacts runtime_facts(double seconds, const std::string& device_name, bool gpu, double gpu_peak) {
+RuntimeFacts runtime_facts(double seconds, const EvalSession& session) {
   RuntimeFacts facts;
   facts.seconds = seconds;
   facts.peak = peak_rss();
-  facts.device = device_name;
-  facts.gpu = gpu;
+  facts.device = session.name();
+  facts.gpu = session.device().is_cuda();
   facts.threads = num_threads();
-  if (gpu) facts.peak_gpu_bytes = gpu_peak;
+  facts.peak_gpu_bytes = session.peak_memory_bytes();
   return facts;
 }
 
@@ -45,23 +43,6 @@ struct Options {
   PackedFlags packed;
 };
 
-#ifdef LOWBIT_WITH_CUDA
-// The GPU time of each op, per window and as a share of the pass's seconds.
-nlohmann::json profile_json(const cuda::OpProfile& p, const PerplexityResult& r) {
-  nlohmann::json ops = nlohmann::json::array();
-  double busy = 0;
-  for (const auto& e : p.totals()) {
-    ops.push_back({{"op", e.name}, {"calls", e.calls}, {"seconds", e.ms / 1e3}});
-    busy += e.ms / 1e3;
-  }
-  // Past the first forward when there was more than one (perplexity_cuda resets the profile then).
-  const bool rest = r.windows > r.first_windows;
-  return {{"ops", ops}, {"gpu_seconds", busy},
-          {"pass_seconds", rest ? r.seconds - r.first_seconds : r.seconds},
-          {"windows", rest ? r.windows - r.first_windows : r.windows},
-          {"scope", rest ? "after the first forward" : "the whole pass"}};
-}
-#endif
 
 void print_profile(const nlohmann::json& p) {
   const double pass = p["pass_seconds"].get<double>(), windows = double(p["windows"].get<int64_t>());
@@ -80,7 +61,7 @@ void print_profile(const nlohmann::json& p) {
 
 // --kl-base: the base model on the same windows beside `model` (eval/kl_divergence.h). The base's
 // tokenizer must cut the text into the same windows, token for token.
-void run_kl_divergence(const Options& o, const DeviceChoice& dev, const TextSet& set,
+void run_kl_divergence(const Options& o, EvalSession& session, const TextSet& set,
                        const std::vector<std::vector<int32_t>>& windows, int64_t available, const LlamaModel& model,
                        const nlohmann::json& model_id, std::chrono::steady_clock::time_point t_start) {
   Checkpoint bck = open_model(o.kl_base);
@@ -120,24 +101,12 @@ void run_kl_divergence(const Options& o, const DeviceChoice& dev, const TextSet&
   auto on_progress = [&](int64_t done, int64_t total, double s, double k) {
     if (!o.json) progress.update(done, total, s, fmt::format("KLD {:.6f}", k));
   };
-  KlDivergenceResult r;
-  std::string device_name = "cpu";
-  double gpu_peak = 0;
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda) {
-    cuda::Context ctx(dev.index);
-    device_name = ctx.name();
-    CudaModel gpu_base(base, ctx), gpu_model(model, ctx);
-    r = kl_divergence_cuda(gpu_base, gpu_model, windows, on_progress);
-    gpu_peak = double(cuda::peak_device_bytes());
-  } else
-#endif
-  {
-    r = kl_divergence(base, model, windows, on_progress);
-  }
+  const std::string device_name = session.name();
+  const auto placed_base = session.place(base), placed = session.place(model);
+  const KlDivergenceResult r = placed->kl_divergence(*placed_base, windows, on_progress);
   const KlDivergenceStats& k = r.kld;
   if (o.json) {
-    const RuntimeFacts facts = runtime_facts(r.seconds, device_name, dev.cuda, gpu_peak);
+    const RuntimeFacts facts = runtime_facts(r.seconds, session);
     const PerplexitySettings ps{kl_divergence_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
                                 available, o.bos};
     nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()),
@@ -173,7 +142,8 @@ void run_kl_divergence(const Options& o, const DeviceChoice& dev, const TextSet&
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  const DeviceChoice dev = parse_device(o.device);
+  const auto session = open_eval_session(lowbit::parse_device(o.device));
+  const bool gpu = session->device().is_cuda();
   LB_CHECK(o.kl_base.empty() || !o.profile, "--profile times the GPU's perplexity pass; it does not apply to --kl-base");
   const auto t_start = std::chrono::steady_clock::now();
   Checkpoint ck = open_model(o.model);
@@ -196,8 +166,8 @@ void run(const Options& o) {
                                                  o.spm);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
-  const std::string execution = apply_packed(o.packed, model, dev, o.json);
-  if (!o.kl_base.empty()) return run_kl_divergence(o, dev, set, windows, available, model, model_id, t_start);
+  const std::string execution = apply_packed(o.packed, model, gpu, o.json);
+  if (!o.kl_base.empty()) return run_kl_divergence(o, *session, set, windows, available, model, model_id, t_start);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
                windows.size(), o.seqlen, windows.size() < size_t(available) ? fmt::format(" (of {})", available) : "",
@@ -206,30 +176,16 @@ void run(const Options& o) {
   auto on_progress = [&](int64_t done, int64_t total, double s, double ppl) {
     if (!o.json) progress.update(done, total, s, fmt::format("ppl {:.4f}", ppl));
   };
-  LB_CHECK(!o.profile || dev.cuda, "--profile times the GPU's ops: it needs --device cuda");
-  PerplexityResult r;
-  std::string device_name = "cpu";
-  double gpu_peak = 0;
-  nlohmann::json profile = nullptr;
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda) {
-    cuda::Context ctx(dev.index);
-    device_name = ctx.name();
-    CudaModel gpu(model, ctx);
-    if (o.profile) gpu.enable_profile();
-    r = perplexity_cuda(gpu, windows, o.batch, on_progress);
-    gpu_peak = double(cuda::peak_device_bytes());
-    if (o.profile) profile = profile_json(*gpu.profile(), r);
-  } else
-#endif
-  {
-    r = perplexity(model, windows, on_progress);
-  }
+  LB_CHECK(!o.profile || gpu, "--profile times the GPU's ops: it needs --device cuda");
+  const std::string device_name = session->name();
+  const auto placed = session->place(model, o.profile);
+  const PerplexityResult r = placed->perplexity(windows, o.batch, on_progress);
+  const nlohmann::json profile = placed->profile(r);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
 
   if (o.json) {
     // The identity a study stores for this evaluation (eval/identity.h), then the pass's details.
-    const RuntimeFacts facts = runtime_facts(r.seconds, device_name, dev.cuda, gpu_peak);
+    const RuntimeFacts facts = runtime_facts(r.seconds, *session);
     const PerplexitySettings ps{perplexity_key(set.name, o.seqlen, o.limit, o.bos, o.spm), o.seqlen, o.limit,
                                 available, o.bos};
     nlohmann::json j = result_identity(model_id, method_part(model.checkpoint()), perplexity_identity(set, ps, r),
@@ -243,7 +199,7 @@ void run(const Options& o) {
     j["wall_seconds"] = wall;
     j["tokens_per_second"] = double(r.tokens) / r.seconds;
     j["first_forward"] = {{"windows", r.first_windows}, {"seconds", r.first_seconds}};
-    j["batch"] = dev.cuda ? o.batch : 1;
+    j["batch"] = gpu ? o.batch : 1;
     j["execution"] = execution;
     j["window_nll"] = r.window_nll;
     if (!profile.is_null()) j["profile"] = profile;

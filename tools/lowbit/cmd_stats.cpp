@@ -13,9 +13,8 @@
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
 #include "quant/quantize.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "calib/input_stats_cuda.h"
-#endif
+#include "backend/device_check.h"
+#include "quant/quantize_device.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -42,24 +41,15 @@ Tensor f32_tensor(const float* p, std::vector<int64_t> shape) {
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  const DeviceChoice dev = parse_device(o.device);
+  const Device dev = lowbit::parse_device(o.device);
+  check_device_available(dev);  // before any work
   Checkpoint ck = open_model(o.model);
   const Calibration calib = load_calibration(o.cal, ck, o.model);
   LlamaModel model(std::move(ck));
   StatsRequest req;
   req.hessian = req.absmax = req.absmean = true;
   BlockWeights w;
-  BlockContext::StatsMap stats;
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda) {
-    cuda::Context ctx(dev.index);
-    stats = layer_input_stats_cuda(model, calib.windows, o.layer, ctx);
-    w = *model.block_weights(o.layer);
-  } else
-#endif
-  {
-    stats = layer_input_stats(model, calib.windows, o.layer, req, &w);
-  }
+  const BlockContext::StatsMap stats = layer_input_stats_on(dev, model, calib.windows, o.layer, req, &w);
   SafetensorsWriter out;
   std::set<const InputStats*> done;
   const char* site_names[] = {"qkv_input", "qkv_input", "qkv_input", "o_input", "gate_up_input", "gate_up_input",
@@ -80,7 +70,7 @@ void run(const Options& o) {
   out.add("weight.post_attention_layernorm", w.post_norm);
   const nlohmann::json meta = {{"model", o.model}, {"layer", o.layer}, {"calibration", calib.identity()},
                                {"hessian", "2/N sum X^T X over N windows (GPTQ)"},
-                               {"device", dev.cuda ? "cuda: bf16 activations, fp32 sums" : "cpu: fp32 activations, fp64 sums"},
+                               {"device", dev.is_cuda() ? "cuda: bf16 activations, fp32 sums" : "cpu: fp32 activations, fp64 sums"},
                                {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
   out.set_metadata("lowbit.stats", meta.dump());
   out.write(o.out);

@@ -69,8 +69,9 @@ struct PackedFlags {
 void add_packed_options(CLI::App* cmd, PackedFlags& f);
 // Installs the packed kernels into `model` when --packed is given (printing one line on stderr
 // unless `quiet`); returns the execution's name for results: "fake-quant" (the dequantized 16-bit
-// weights, the default), "packed-q8" or "packed-f32". Throws for --packed with a CUDA device.
-std::string apply_packed(const PackedFlags& f, LlamaModel& model, const DeviceChoice& dev, bool quiet);
+// weights, the default), "packed-q8" or "packed-f32". Throws for --packed when the model runs on a
+// GPU (`on_gpu`).
+std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet);
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);

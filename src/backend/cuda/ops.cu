@@ -219,7 +219,7 @@ struct AddOp {
 };
 
 template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T* shared) {
+__device__ T block_reduce_ordered(T v, Op op, T* shared) {
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   __syncthreads();  // shared may still be read by a previous reduction
@@ -283,14 +283,14 @@ __global__ void kld_kernel(const float* base_logits, const float* logits, const 
     eb += exp(double(b[i]) - double(mb));
     eq += exp(double(q[i]) - double(mq));
   }
-  const double lse_b = double(mb) + log(block_reduce(eb, add, sd));
-  const double lse_q = double(mq) + log(block_reduce(eq, add, sd));
+  const double lse_b = double(mb) + log(block_reduce_ordered(eb, add, sd));
+  const double lse_q = double(mq) + log(block_reduce_ordered(eq, add, sd));
   double s = 0;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const double lb = double(b[i]) - lse_b;
     s += exp(lb) * (lb - (double(q[i]) - lse_q));
   }
-  s = block_reduce(s, add, sd);
+  s = block_reduce_ordered(s, add, sd);
   if (threadIdx.x == 0) {
     kld[r] = s;
     agree[r] = ab == aq ? 1 : 0;

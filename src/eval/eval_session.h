@@ -1,0 +1,62 @@
+// Evaluation on the device a command or study chose (core/device.h), without the caller knowing
+// which backends this build has: an EvalSession owns the device (on a GPU, its context), places
+// models on it, and each placed model answers perplexity, KL-divergence and multiple-choice
+// requests there. open_eval_session() is the one place that knows the CUDA backend
+// (eval/cuda_eval.cpp implements it); the CPU session is the reference every GPU result is
+// tested against.
+#pragma once
+
+#include "core/device.h"
+#include "eval/kl_divergence.h"
+#include "eval/multiple_choice.h"
+#include "eval/perplexity.h"
+#include "model/llama_model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+// A model as placed on a session's device (on a GPU: its weights uploaded once, for all the
+// evaluations asked of it). It refers to the LlamaModel it was placed from, which must outlive it.
+class PlacedModel {
+ public:
+  virtual ~PlacedModel() = default;
+  // `batch`: windows per forward where the device batches them (the CPU runs one at a time; the
+  // result does not depend on it).
+  virtual PerplexityResult perplexity(const std::vector<std::vector<int32_t>>& windows, int64_t batch,
+                                      const PerplexityProgress& progress = {}) = 0;
+  // KLD(base || this model); base must be placed on the same session (throws otherwise).
+  virtual KlDivergenceResult kl_divergence(PlacedModel& base, const std::vector<std::vector<int32_t>>& windows,
+                                           const KlDivergenceProgress& progress = {}) = 0;
+  virtual std::unique_ptr<McBackend> mc_backend(int64_t max_length) = 0;
+  // Logits [T, vocab] (fp32) of every position of one sequence.
+  virtual Tensor logits(std::span<const int32_t> ids) = 0;
+  // The GPU time of each op of the perplexity passes (ppl --profile), when the model was placed
+  // with profiling on a device that has it; null otherwise.
+  virtual nlohmann::json profile(const PerplexityResult& r) const { return nullptr; }
+};
+
+class EvalSession {
+ public:
+  virtual ~EvalSession() = default;
+  virtual const Device& device() const = 0;
+  // As results record it: "cpu", or the GPU's name.
+  virtual std::string name() const = 0;
+  virtual std::unique_ptr<PlacedModel> place(const LlamaModel& model, bool profile = false) = 0;
+  // Device memory high-water mark since the last reset (GPU sessions; nullopt on the CPU, whose
+  // peak is the process's resident set).
+  virtual void reset_peak_memory() {}
+  virtual std::optional<double> peak_memory_bytes() const { return std::nullopt; }
+};
+
+// Throws lowbit::Error naming the device when this build or machine cannot use it
+// (check_device_available).
+std::unique_ptr<EvalSession> open_eval_session(const Device& device);
+
+}  // namespace lowbit
