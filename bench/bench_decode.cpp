@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <random>
@@ -151,14 +152,22 @@ int main(int argc, char** argv) {
         v.decode_tps.push_back(d);
       }
 
+    // The machine's load while measuring: other processes on few cores slow the threaded variants
+    // unevenly (a parallel region waits for its slowest thread), so a reading needs its load.
+    double load[3] = {0, 0, 0};
+    if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+      if (std::fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = load[1] = load[2] = -1;
+      std::fclose(f);
+    }
     nlohmann::json out = {{"model", a.model}, {"threads", num_threads()}, {"rounds", a.rounds},
+                          {"load_average_1m", load[0]},
                           {"prompt_tokens", a.prompt}, {"new_tokens", a.n_new},
                           {"packed_kernels", pack::isa_name(pack::best_isa())}, {"variants", nlohmann::json::array()}};
     const double base = median(vs[1].decode_tps);
     if (!a.json)
       fmt::print("decode at batch 1, {} threads, prompt {} + {} new tokens, medians of {} alternated rounds "
-                 "(packed kernels: {})\n{:<12} {:>14} {:>14} {:>12} {:>14}\n",
-                 num_threads(), a.prompt, a.n_new, a.rounds, pack::isa_name(pack::best_isa()), "variant",
+                 "(packed kernels: {}; load average {:.2f} at the end)\n{:<12} {:>14} {:>14} {:>12} {:>14}\n",
+                 num_threads(), a.prompt, a.n_new, a.rounds, pack::isa_name(pack::best_isa()), load[0], "variant",
                  "prompt tok/s", "decode tok/s", "vs 16-bit", "packed linears");
     for (const auto& v : vs) {
       const double p = median(v.prompt_tps), d = median(v.decode_tps);
