@@ -9,7 +9,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
   libopenblas-openmp-dev liblapacke-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libsentencepiece-dev \
-  libsqlite3-dev libzstd-dev zstd zlib1g-dev libssl-dev libtomlplusplus-dev \
+  libsqlite3-dev libpq-dev postgresql libzstd-dev zstd zlib1g-dev libssl-dev libtomlplusplus-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   gnuplot-nox \
   clang libclang-rt-14-dev

@@ -25,6 +25,8 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -121,9 +123,13 @@ class Runner {
       : spec_(spec), opt_(opt), ev_(ev), plan_(expand_plan(spec)) {}
 
   StudySummary run();
+  StudySummary run_worker();
 
  private:
+  void setup_device();
   void prepare_store();
+  // What earlier runs measured, for the ETA.
+  void load_history();
   void plan_units();
   StudyProgress progress(double current_fraction = 0) const;
   ModelState& model_state(size_t m);
@@ -154,6 +160,7 @@ class Runner {
   std::map<size_t, std::unique_ptr<ModelState>> models_;
   std::map<std::string, McTask> tasks_;
   std::string device_name_ = "cpu";
+  std::string worker_;  // worker mode: this worker's id, whose leases its writes need
   std::unique_ptr<EvalSession> session_;  // the study's evaluation device
   bool peak_reset_ = false;
   StudySummary summary_;
@@ -181,7 +188,10 @@ void Runner::prepare_store() {
   store_->lock();
   store_->set_study_name(spec_.name);
   stored_ = store_->stored_evaluations();
-  // What earlier runs measured, for the ETA.
+  load_history();
+}
+
+void Runner::load_history() {
   std::map<std::string, std::string> cell_model;
   for (const CellRecord& c : store_->cells()) {
     cell_model[c.key] = c.model;
@@ -440,7 +450,13 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     er.threads = facts.threads;
     er.run_id = run_id_;
     er.identity = id.dump();
-    store_->write_evaluation(rec, er, metrics);
+    if (!store_->write_evaluation(rec, er, metrics, worker_)) {
+      note(fmt::format("{} of cell {}: another worker took the item over (this worker's lease had expired); "
+                       "its result is that worker's to write", e->key, cell.key));
+      ++done_;
+      ++current_unit_;
+      continue;
+    }
     eta_.add_eval(cell.model_name, e->key, seconds);
     ++done_;
     ++current_unit_;
@@ -450,11 +466,17 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   }
 }
 
-StudySummary Runner::run() {
+void Runner::setup_device() {
   const int threads = opt_.threads >= 0 ? opt_.threads : spec_.threads;
   set_num_threads(threads);
   session_ = open_eval_session(parse_device(spec_.device));
   device_name_ = session_->name();
+}
+
+StudySummary Runner::run() {
+  LB_CHECK(!is_postgres_uri(spec_.db), "results store '{}' is a PostgreSQL database, shared by workers: run "
+           "`lowbit study SPEC --db URI --worker` (any number of them)", redact_db(spec_.db));
+  setup_device();
   prepare_store();
   plan_units();
   RunRecord rr;
@@ -502,11 +524,108 @@ StudySummary Runner::run() {
   return summary_;
 }
 
+StudySummary Runner::run_worker() {
+  LB_CHECK(is_postgres_uri(spec_.db), "--worker: results store '{}' is a SQLite file, which one `lowbit study` "
+           "writes at a time; workers share a PostgreSQL store (--db postgresql://...)", spec_.db);
+  LB_CHECK(opt_.lease_seconds >= 1, "--lease {}: a lease lasts at least 1 second", opt_.lease_seconds);
+  LB_CHECK(opt_.retries >= 0, "--retries {}: must be 0 or more", opt_.retries);
+  setup_device();
+  store_ = std::make_unique<Store>(spec_.db, Store::Mode::ReadWrite);
+  std::vector<WorkItem> items;
+  std::map<std::string, const Cell*> cells;
+  std::map<std::string, const Evaluation*> evals;
+  for (size_t i = 0; i < plan_.cells.size(); ++i) {
+    cells[plan_.cells[i].key] = &plan_.cells[i];
+    for (size_t j = 0; j < plan_.evaluations.size(); ++j)
+      items.push_back({plan_.cells[i].key, plan_.evaluations[j].key, int64_t(i), int64_t(j)});
+  }
+  for (const Evaluation& e : plan_.evaluations) evals[e.key] = &e;
+  store_->register_study(spec_.name, items);
+  if (opt_.retry_failed) {
+    const int64_t n = store_->retry_failed();
+    if (n > 0) note(fmt::format("{} failed item{} back to pending", n, n == 1 ? "" : "s"));
+  }
+  load_history();
+
+  RunRecord rr;
+  rr.spec_path = fs::absolute(spec_.path).string();
+  rr.spec_text = spec_.text;
+  rr.device = spec_.device == "cpu" ? "cpu" : fmt::format("{} ({})", spec_.device, device_name_);
+  rr.threads = num_threads();
+  run_id_ = store_->begin_run(rr);
+  WorkerInfo w;
+  w.host = this_host();
+  w.id = fmt::format("{}:{}:run{}", w.host, ::getpid(), run_id_);
+  w.device = rr.device;
+  w.run_id = run_id_;
+  worker_ = w.id;
+  store_->start_heartbeat(w.id, opt_.lease_seconds);
+  if (ev_.on_start) {
+    const QueueStatus q = store_->queue_status();
+    StudyStart s;
+    s.db = redact_db(spec_.db);
+    s.cells = int64_t(plan_.cells.size());
+    s.evaluations = int64_t(plan_.evaluations.size());
+    s.stored = q.done;
+    s.pending_evaluations = q.pending + q.running;
+    s.pending_cells = -1;
+    s.threads = num_threads();
+    s.device = rr.device;
+    ev_.on_start(s);
+  }
+  // While other workers hold every open item, poll for expired leases at this period.
+  const auto poll = std::chrono::duration<double>(std::clamp(opt_.lease_seconds / 4, 0.2, 5.0));
+  bool waiting = false;
+  for (int64_t claims = 0;;) {
+    const Claim c = store_->claim(w, opt_.lease_seconds);
+    if (c.cell_key.empty()) {
+      const int64_t open = store_->open_items();
+      if (open == 0) break;
+      if (!waiting) note(fmt::format("waiting: {} items are running on other workers", open));
+      waiting = true;
+      std::this_thread::sleep_for(poll);
+      continue;
+    }
+    waiting = false;
+    auto ci = cells.find(c.cell_key);
+    LB_CHECK(ci != cells.end(), "results store '{}': work item of unknown cell '{}'", redact_db(spec_.db), c.cell_key);
+    const Cell& cell = *ci->second;
+    std::vector<const Evaluation*> pending;
+    for (const std::string& k : c.eval_keys) {
+      auto ei = evals.find(k);
+      LB_CHECK(ei != evals.end(), "results store '{}': work item of unknown evaluation '{}'", redact_db(spec_.db), k);
+      pending.push_back(ei->second);
+    }
+    if (c.taken_over > 0)
+      note(fmt::format("cell {}: took over {} item{} whose worker's lease expired", cell.key, c.taken_over,
+                       c.taken_over == 1 ? "" : "s"));
+    // Progress and ETA of this claim.
+    units_.clear();
+    current_unit_ = 0;
+    done_ = 0;
+    if (!is_baseline_method(cell.method_name)) units_.push_back({&cell, nullptr});
+    for (const Evaluation* e : pending) units_.push_back({&cell, e});
+    if (ev_.on_cell) ev_.on_cell(cell, claims++, 0, int64_t(pending.size()));
+    try {
+      run_cell(cell, pending);
+    } catch (const std::exception& e) {
+      // The cell's items not yet done go back to the queue (or fail for good after `retries`).
+      store_->fail_items(w.id, cell.key, e.what(), opt_.retries);
+      ++summary_.cells_failed;
+      note(fmt::format("cell {} failed: {} (recorded; retried up to {} times)", cell.key, e.what(), opt_.retries));
+    }
+  }
+  store_->finish_run(run_id_);
+  summary_.results_total = store_->result_count();
+  summary_.seconds = since(t0_);
+  return summary_;
+}
+
 }  // namespace
 
 StudySummary run_study(const StudySpec& spec, const RunOptions& opt, const StudyEvents& events) {
   Runner r(spec, opt, events);
-  return r.run();
+  return opt.worker ? r.run_worker() : r.run();
 }
 
 }  // namespace lowbit::study

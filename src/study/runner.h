@@ -26,9 +26,24 @@
 
 namespace lowbit::study {
 
+// Worker mode (`lowbit study --worker`, a PostgreSQL store): any number of processes on any
+// machines run one study together. Each registers the study (idempotent; the first creates it
+// and its work items), then repeatedly claims the next claimable (cell, evaluation) items of one
+// cell (store.h, Store::claim), quantizes the cell once for them, and writes each evaluation in
+// the transaction that completes its item. A heartbeat thread extends the worker's leases every
+// lease/4 seconds; a worker that dies stops beating, its leases expire, and another worker takes
+// its items over. A cell that throws (a method's error, out of memory) fails its claimed items,
+// each retried by some worker up to `retries` times, then left failed; the worker goes on. A
+// worker ends when no item is pending or running; while items run elsewhere it waits (polling)
+// to take them over should their worker die. Failed items stay failed (and reported by --status)
+// until a worker is started with retry_failed.
 struct RunOptions {
   bool resume = false;
   int threads = -1;  // -1: the spec's
+  bool worker = false;
+  double lease_seconds = 120;
+  int retries = 2;
+  bool retry_failed = false;  // put the study's failed items back to pending first
 };
 
 // Where the whole study stands. Units are quantizations and evaluations still to do when the
@@ -51,7 +66,7 @@ struct StudyStart {
 struct StudyEvents {
   std::function<void(const StudyStart&)> on_start;
   // A cell with work to do: its index among the cells with work, and how many of its
-  // evaluations are missing.
+  // evaluations are missing. Worker mode: the index of the claim, and count 0 (not known).
   std::function<void(const Cell&, int64_t index, int64_t count, int64_t missing)> on_cell;
   std::function<void(const Cell&, double seconds, const StudyProgress&)> on_quantized;
   // Inside an evaluation: items (windows, questions) done of total.
@@ -64,12 +79,14 @@ struct StudyEvents {
 
 struct StudySummary {
   int64_t evaluations_run = 0, results_written = 0, results_total = 0;
+  int64_t cells_failed = 0;  // worker mode: claims whose cell threw (their items were failed)
   double seconds = 0;
 };
 
 // Runs (or continues) the study; `spec` comes from load_study_spec (checked). Throws
 // lowbit::Error for a store that cannot be used, and for failures inside a cell (naming it);
-// what was stored before stays stored.
+// what was stored before stays stored. With opt.worker, runs as one worker of the study (the
+// store must be PostgreSQL); failures inside a cell are recorded in the store instead.
 StudySummary run_study(const StudySpec& spec, const RunOptions& opt, const StudyEvents& events);
 
 }  // namespace lowbit::study

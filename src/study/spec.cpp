@@ -1,4 +1,5 @@
 #include "study/spec.h"
+#include "study/store.h"
 
 #include "calib/calib_data.h"
 #include "core/error.h"
@@ -333,8 +334,14 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.name = get_string(c, *st, "name", "");
   if (spec.name.empty()) c.fail_at(study_pos, "[study] needs a name");
   const node* db = find(*st, "db");
-  spec.db = db ? resolve_path(c, c.pos(*db), get_string(c, *st, "db", ""))
-               : resolve_path(c, study_pos, spec.name + ".sqlite");
+  if (db != nullptr) {
+    // A PostgreSQL URI is no path: it stays as written (with ${VAR} expanded).
+    const std::string text = get_string(c, *st, "db", "");
+    const std::string expanded = c.at(c.pos(*db), [&] { return expand_env(text); });
+    spec.db = is_postgres_uri(expanded) ? expanded : resolve_path(c, c.pos(*db), text);
+  } else {
+    spec.db = resolve_path(c, study_pos, spec.name + ".sqlite");
+  }
   spec.device = get_string(c, *st, "device", "cpu");
   if (const node* d = find(*st, "device")) check_device_text(c, *d, spec.device, opt);
   spec.threads = int(get_int(c, *st, "threads", 0, 0, 4096));

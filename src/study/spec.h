@@ -2,7 +2,8 @@
 // calibration and the evaluation of a whole study (the seed paper's Tables 1-2 are one such file,
 // examples/llama3-table1.toml).
 //
-//   [study]        name (required), db (the results store; default "<name>.sqlite"),
+//   [study]        name (required), db (the results store: a SQLite file, default
+//                  "<name>.sqlite", or a postgresql:// URI),
 //                  device ("cpu", "cuda", "cuda:N"), threads (0: all cores), data_dir
 //                  (default $LOWBIT_DATA), spm ("auto", "llama", "generic", "sentencepiece")
 //   [[model]]      name (default: the file or directory name), path

@@ -1,0 +1,331 @@
+#include "study/report_tables.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace lowbit::study {
+
+const MethodInfo* find_method_info(const std::string& name) {
+  for (const MethodInfo& m : method_registry())
+    if (name == m.name) return &m;
+  return nullptr;
+}
+
+bool is_baseline_cell(const CellRecord& c) {
+  const MethodInfo* m = find_method_info(c.method_name);
+  return m != nullptr && m->baseline;
+}
+
+std::string slug(const std::string& s) {
+  std::string out;
+  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' ? c : '_';
+  return out;
+}
+
+namespace {
+
+const std::vector<std::string> kPplOrder = {"wikitext2", "c4", "ptb", "ptb-new", "c4-new"};
+// hellaswag_derived (llama.cpp's derived text, not the harness's preprocessing) takes HellaSwag's
+// column position under a header that names it as the derived variant.
+const std::vector<std::string> kZeroShotOrder = {"piqa",      "arc_easy",          "arc_challenge",
+                                                 "hellaswag", "hellaswag_derived", "winogrande"};
+const std::vector<std::pair<std::string, std::string>> kMmluColumns = {
+    {"humanities", "Hums."}, {"stem", "STEM"}, {"social_sciences", "Social"}, {"other", "Other"}, {"avg_subjects", "Avg."}};
+
+std::string eval_header(const std::string& name) {
+  static const std::map<std::string, std::string> h = {
+      {"wikitext2", "WikiText2"}, {"c4", "C4"}, {"ptb", "PTB"}, {"ptb-new", "PTB (test)"}, {"c4-new", "C4 (new)"},
+      {"piqa", "PIQA"}, {"arc_easy", "ARC-e"}, {"arc_challenge", "ARC-c"}, {"hellaswag", "HellaSwag"},
+      {"hellaswag_derived", "HellaSwag (derived text)"},
+      {"winogrande", "Wino"}};
+  if (auto it = h.find(name); it != h.end()) return it->second;
+  if (name.find('/') != std::string::npos) return fs::path(name).filename().string();
+  return name;
+}
+
+std::string method_display(const std::string& name) {
+  const MethodInfo* m = find_method_info(name);
+  return m ? m->display : name;
+}
+
+// Rows follow the paper's method order (the registry's), then the spec's.
+int64_t method_rank(const CellRecord& c) {
+  const MethodInfo* m = find_method_info(c.method_name);
+  return (m ? int64_t(m->paper_order) : int64_t(1) << 20) * (int64_t(1) << 32) + c.ord;
+}
+
+// The method's label: its display name and the options other than w, a and g it was given.
+std::string row_label(const CellRecord& c) {
+  if (is_baseline_cell(c)) return c.model;
+  std::string label = method_display(c.method_name);
+  const size_t colon = c.method.find(':');
+  std::vector<std::string> extra;
+  if (colon != std::string::npos) {
+    std::stringstream ss(c.method.substr(colon + 1));
+    std::string item;
+    while (std::getline(ss, item, ','))
+      if (!item.starts_with("w=") && !item.starts_with("a=") && !item.starts_with("g=")) extra.push_back(item);
+  }
+  if (!extra.empty()) label += fmt::format(" ({})", fmt::join(extra, ", "));
+  return label;
+}
+
+int order_of(const std::vector<std::string>& order, const std::string& name) {
+  auto it = std::find(order.begin(), order.end(), name);
+  return it == order.end() ? int(order.size()) : int(it - order.begin());
+}
+
+// The settings part of an evaluation key ("seqlen=2048,limit=0,bos=auto").
+std::string key_settings(const std::string& key) {
+  const size_t colon = key.rfind(':');
+  return colon == std::string::npos ? key : key.substr(colon + 1);
+}
+
+std::string group_size(int64_t g) { return g > 0 ? std::to_string(g) : "-"; }
+
+
+}  // namespace
+
+Tables::Tables(const ReportData& r) : r_(r) {
+  for (const ResultRecord& x : r.results) by_key_[{x.cell_key, x.eval_key, x.metric}] = &x;
+  std::vector<std::string> models;
+  for (const CellRecord& c : r.cells)
+    if (std::find(models.begin(), models.end(), c.model) == models.end()) models.push_back(c.model);
+  for (const auto& m : models) tables_.push_back(build(m));
+}
+
+const ResultRecord* Tables::find(const std::string& cell, const std::string& eval_key, const std::string& metric) const {
+  auto it = by_key_.find({cell, eval_key, metric});
+  return it == by_key_.end() ? nullptr : it->second;
+}
+
+std::optional<double> Tables::value(const ModelTables& t, const Row& row, const Column& c) const {
+  if (!c.average) {
+    const ResultRecord* x = find(row.cell->key, c.eval_key, c.metric);
+    if (x == nullptr) return std::nullopt;
+    return x->value;
+  }
+  double sum = 0;
+  int n = 0;
+  for (const Column& o : t.columns) {
+    if (o.group != Group::ZeroShot || o.average || order_of(kZeroShotOrder, o.eval) == int(kZeroShotOrder.size()))
+      continue;
+    const ResultRecord* x = find(row.cell->key, o.eval_key, o.metric);
+    if (x == nullptr) return std::nullopt;
+    sum += x->value;
+    ++n;
+  }
+  if (n == 0) return std::nullopt;
+  return sum / n;
+}
+
+std::vector<std::string> Tables::average_over(const ModelTables& t) const {
+  std::vector<std::string> out;
+  for (const Column& o : t.columns)
+    if (o.group == Group::ZeroShot && !o.average && order_of(kZeroShotOrder, o.eval) < int(kZeroShotOrder.size()))
+      out.push_back(o.header);
+  return out;
+}
+
+ModelTables Tables::build(const std::string& model) const {
+  ModelTables t;
+  t.model = model;
+  std::vector<const CellRecord*> cells;
+  for (const CellRecord& c : r_.cells)
+    if (c.model == model) cells.push_back(&c);
+  // Methods (by label) in the paper's order, then in the order the spec first names them.
+  std::map<std::string, int64_t> first;
+  for (const CellRecord* c : cells) {
+    const std::string l = row_label(*c);
+    if (!first.count(l)) first[l] = method_rank(*c);
+  }
+  std::stable_sort(cells.begin(), cells.end(), [&](const CellRecord* a, const CellRecord* b) {
+    const std::string la = row_label(*a), lb = row_label(*b);
+    if (first.at(la) != first.at(lb)) return first.at(la) < first.at(lb);
+    if (la != lb) return la < lb;
+    const bool ga = a->g > 0, gb = b->g > 0;
+    if (ga != gb) return ga;
+    if (a->g != b->g) return a->g < b->g;
+    if (a->a != b->a) return a->a > b->a;
+    if (a->w != b->w) return a->w > b->w;
+    if (a->calibration != b->calibration) return a->calibration < b->calibration;
+    return a->ord < b->ord;
+  });
+  std::string prev;
+  for (const CellRecord* c : cells) {
+    Row row;
+    row.cell = c;
+    row.label = row_label(*c);
+    row.first_of_label = row.label != prev;
+    prev = row.label;
+    t.rows.push_back(row);
+  }
+  // Columns: the evaluations stored for this model's cells.
+  std::set<std::string> keys_set;
+  std::map<std::string, std::string> key_eval, key_kind;
+  std::set<std::string> cell_keys;
+  for (const CellRecord* c : cells) cell_keys.insert(c->key);
+  for (const ResultRecord& x : r_.results)
+    if (cell_keys.count(x.cell_key)) {
+      keys_set.insert(x.eval_key);
+      key_eval[x.eval_key] = x.eval;
+      key_kind[x.eval_key] = x.kind;
+    }
+  // Keys per (kind, evaluation): settings go in the header where one kind of evaluation of a set
+  // was stored under several.
+  std::map<std::string, int> keys_per_eval;
+  auto kind_eval = [&](const std::string& k) { return key_kind[k] + "|" + key_eval[k]; };
+  for (const auto& k : keys_set) keys_per_eval[kind_eval(k)] += 1;
+  std::vector<std::string> keys(keys_set.begin(), keys_set.end());
+  auto header = [&](const std::string& k) {
+    std::string h = eval_header(key_eval[k]);
+    if (keys_per_eval[kind_eval(k)] > 1) h += " [" + key_settings(k) + "]";
+    return h;
+  };
+  auto sort_by = [&](std::vector<std::string>& ks, const std::vector<std::string>& order) {
+    std::stable_sort(ks.begin(), ks.end(), [&](const std::string& a, const std::string& b) {
+      const int oa = order_of(order, key_eval[a]), ob = order_of(order, key_eval[b]);
+      if (oa != ob) return oa < ob;
+      return a < b;
+    });
+  };
+  std::vector<std::string> ppl, kld, zs, mmlu;
+  for (const auto& k : keys) {
+    if (key_kind[k] == "perplexity") ppl.push_back(k);
+    else if (key_kind[k] == "kl_divergence") kld.push_back(k);
+    else if (key_eval[k].starts_with("mmlu")) mmlu.push_back(k);
+    else zs.push_back(k);
+  }
+  sort_by(ppl, kPplOrder);
+  sort_by(kld, kPplOrder);
+  sort_by(zs, kZeroShotOrder);
+  std::sort(mmlu.begin(), mmlu.end(), [&](const std::string& a, const std::string& b) {
+    return std::make_pair(key_eval[a] != "mmlu", a) < std::make_pair(key_eval[b] != "mmlu", b);
+  });
+  for (const auto& k : ppl) t.columns.push_back({Group::Ppl, header(k), key_eval[k], k, "ppl"});
+  for (const auto& k : kld) {
+    t.columns.push_back({Group::Kld, header(k) + " KLD", key_eval[k], k, "kld_mean"});
+    t.columns.push_back({Group::Kld, header(k) + " top-1 %", key_eval[k], k, "top1_agreement"});
+  }
+  int standard = 0;
+  for (const auto& k : zs) {
+    t.columns.push_back({Group::ZeroShot, header(k), key_eval[k], k, "acc"});
+    standard += order_of(kZeroShotOrder, key_eval[k]) < int(kZeroShotOrder.size()) ? 1 : 0;
+  }
+  if (standard >= 2) t.columns.push_back({Group::ZeroShot, "Avg.", "", "", "", true});
+  for (const auto& k : mmlu) {
+    if (key_eval[k] == "mmlu") {
+      const std::string suffix = keys_per_eval[kind_eval(k)] > 1 ? " [" + key_settings(k) + "]" : "";
+      for (const auto& [metric, h] : kMmluColumns) t.columns.push_back({Group::Mmlu, h + suffix, "mmlu", k, metric});
+    } else {
+      t.columns.push_back({Group::Mmlu, header(k), key_eval[k], k, "acc"});
+    }
+  }
+  return t;
+}
+
+const char* group_title(Group g) {
+  switch (g) {
+    case Group::Ppl: return "Perplexity (lower is better)";
+    case Group::Kld:
+      return "KL-divergence from the 16-bit model (KLD: mean nats per token, lower is better; top-1: % of positions "
+             "where the most likely next token agrees)";
+    case Group::ZeroShot: return "Zero-shot accuracy, % (higher is better)";
+    case Group::Mmlu: return "MMLU accuracy, % (higher is better)";
+  }
+  return "";
+}
+
+bool in_percent(const Column& c) { return c.group != Group::Ppl && c.metric != "kld_mean"; }
+
+std::string format_value(const Column& c, double v, const ReportOptions& opt) {
+  if (c.group == Group::Ppl) return format_ppl(v, opt.decimals, opt.sci_from);
+  // KLDs of a good quantization are ~1e-3 nats: three more decimals than the other numbers.
+  if (!in_percent(c)) return fmt::format("{:.{}f}", v, opt.decimals + 3);
+  return format_acc(v, opt.decimals);
+}
+
+std::vector<TextTable> text_tables(const Tables& tables, const ModelTables& t, const ReportOptions& opt) {
+  std::vector<TextTable> out;
+  for (Group g : {Group::Ppl, Group::Kld, Group::ZeroShot, Group::Mmlu}) {
+    std::vector<const Column*> cols;
+    for (const Column& c : t.columns)
+      if (c.group == g) cols.push_back(&c);
+    if (cols.empty()) continue;
+    TextTable tt;
+    tt.group = g;
+    tt.header = {"Method", "#W", "#A", "#G"};
+    for (const Column* c : cols) tt.header.push_back(c->header);
+    for (const Row& row : t.rows) {
+      std::vector<std::string> cells = {row.first_of_label ? row.label : "", format_bits(row.cell->w),
+                                        std::to_string(row.cell->a), group_size(row.cell->g)};
+      for (const Column* c : cols) {
+        const auto v = tables.value(t, row, *c);
+        cells.push_back(v ? format_value(*c, *v, opt) : "-");
+      }
+      tt.rows.push_back(std::move(cells));
+    }
+    out.push_back(std::move(tt));
+  }
+  return out;
+}
+
+std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
+  std::vector<std::string> out;
+  std::map<std::string, std::pair<int64_t, int64_t>> eval_n;  // key -> (min n, max n) over cells
+  std::map<std::string, std::string> conventions;
+  for (const ResultRecord& x : r.results) {
+    if (x.metric != "ppl" && x.metric != "acc" && x.metric != "kld_mean") continue;
+    auto [it, fresh] = eval_n.try_emplace(x.eval_key, x.n, x.n);
+    it->second.first = std::min(it->second.first, x.n);
+    it->second.second = std::max(it->second.second, x.n);
+    if (fresh) {
+      const json id = json::parse(x.identity, nullptr, false);
+      if (!id.is_discarded() && id.contains("evaluation")) {
+        const json& e = id["evaluation"];
+        std::string c = e.value("convention", "");
+        if (x.kind == "kl_divergence") c = "KL-divergence from the 16-bit model on " + c;
+        if (x.kind == "perplexity" || x.kind == "kl_divergence")
+          c += fmt::format("; {} windows of {} tokens{}", e.value("windows", 0), e.value("seqlen", 0),
+                           e.value("windows", 0) < e.value("windows_available", 0)
+                               ? fmt::format(" (first {} of {})", e.value("windows", 0), e.value("windows_available", 0))
+                               : "");
+        else
+          c += fmt::format("; {} items, {}-shot, BOS {}", e.value("n", 0), e.value("num_fewshot", 0),
+                           e.value("bos", std::string("auto")));
+        conventions[x.eval_key] = c;
+      }
+    }
+  }
+  for (const auto& [k, c] : conventions) out.push_back(fmt::format("`{}`: {}", k, c));
+  std::set<std::string> calibs;
+  for (const CellRecord& c : r.cells)
+    if (c.calibration != "none") calibs.insert(c.calibration);
+  for (const auto& c : calibs) out.push_back(fmt::format("calibration `{}`", c));
+  // A GGUF's weights were rounded to its ggml types before lowbit read them: its "16-bit" row is
+  // those weights dequantized, which a reader must know to judge the 4-bit rows.
+  std::set<std::string> gguf_models;
+  for (const CellRecord& c : r.cells)
+    if (c.model_path.ends_with(".gguf")) gguf_models.insert(c.model);
+  for (const auto& m : gguf_models)
+    out.push_back(fmt::format("{}: read from GGUF; its 16-bit row is the file's weights dequantized to fp32 (the file "
+                              "stores them quantized, e.g. Q4_1 in blocks of 32, so low-bit cells start from "
+                              "already-rounded weights)", m));
+  for (const ModelTables& t : tables.models()) {
+    const auto over = tables.average_over(t);
+    if (over.size() >= 2)
+      out.push_back(fmt::format("{}: Avg. is the mean accuracy over {}", t.model, fmt::join(over, ", ")));
+  }
+  return out;
+}
+
+}  // namespace lowbit::study
