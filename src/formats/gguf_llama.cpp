@@ -25,29 +25,6 @@ int64_t positive_int(const GgufFile& f, const std::string& key) {
   return *v;
 }
 
-// The rope_freqs.weight divisors the converter writes for llama3 scaling with these parameters
-// (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors, in double precision as Python does).
-std::vector<double> llama3_rope_factors(const LlamaConfig& c) {
-  const RopeScaling& s = c.rope_scaling;
-  const double low_wavelen = double(s.original_max_position_embeddings) / s.low_freq_factor;
-  const double high_wavelen = double(s.original_max_position_embeddings) / s.high_freq_factor;
-  std::vector<double> out;
-  for (int64_t i = 0; i < c.head_dim; i += 2) {
-    const float freq = 1.0f / std::pow(float(c.rope_theta), float(i) / float(c.head_dim));
-    const double wavelen = 2 * M_PI / double(freq);
-    if (wavelen < high_wavelen) {
-      out.push_back(1.0);
-    } else if (wavelen > low_wavelen) {
-      out.push_back(s.factor);
-    } else {
-      const double smooth = (double(s.original_max_position_embeddings) / wavelen - s.low_freq_factor) /
-                            (s.high_freq_factor - s.low_freq_factor);
-      out.push_back(1.0 / ((1.0 - smooth) / s.factor + smooth));
-    }
-  }
-  return out;
-}
-
 // The converter writes llama3 scaling as per-frequency divisors only. Meta's Llama 3.x models
 // all use low/high frequency factors 1 and 4; with those fixed, the factor is the largest
 // divisor and the original context follows from any divisor in the interpolated band
@@ -149,6 +126,29 @@ class GgufLlamaWeights final : public TableWeightSource {
 };
 
 }  // namespace
+
+// The rope_freqs.weight divisors the converter writes for llama3 scaling with these parameters
+// (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors, in double precision as Python does).
+std::vector<double> llama3_rope_factors(const LlamaConfig& c) {
+  const RopeScaling& s = c.rope_scaling;
+  const double low_wavelen = double(s.original_max_position_embeddings) / s.low_freq_factor;
+  const double high_wavelen = double(s.original_max_position_embeddings) / s.high_freq_factor;
+  std::vector<double> out;
+  for (int64_t i = 0; i < c.head_dim; i += 2) {
+    const float freq = 1.0f / std::pow(float(c.rope_theta), float(i) / float(c.head_dim));
+    const double wavelen = 2 * M_PI / double(freq);
+    if (wavelen < high_wavelen) {
+      out.push_back(1.0);
+    } else if (wavelen > low_wavelen) {
+      out.push_back(s.factor);
+    } else {
+      const double smooth = (double(s.original_max_position_embeddings) / wavelen - s.low_freq_factor) /
+                            (s.high_freq_factor - s.low_freq_factor);
+      out.push_back(1.0 / ((1.0 - smooth) / s.factor + smooth));
+    }
+  }
+  return out;
+}
 
 LlamaConfig gguf_llama_config(const GgufFile& f) {
   const std::string arch = f.get_string("general.architecture").value_or("");

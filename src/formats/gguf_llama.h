@@ -34,6 +34,7 @@
 #include "formats/weights.h"
 
 #include <memory>
+#include <vector>
 #include <string>
 
 namespace lowbit {
@@ -41,6 +42,10 @@ namespace lowbit {
 // The LlamaConfig of a GGUF file. Throws naming the file and key for a non-llama architecture, a
 // missing required key or an inconsistent value.
 LlamaConfig gguf_llama_config(const GgufFile& f);
+
+// The rope_freqs.weight divisors (one per frequency, head_dim / 2) that llama.cpp's converter
+// writes for llama3 RoPE scaling: the form in which GGUF carries that scaling.
+std::vector<double> llama3_rope_factors(const LlamaConfig& c);
 
 // The tensors of a GGUF LLaMA under Hugging Face names. Throws naming the tensor for one outside
 // the LLaMA layout or of a ggml type lowbit cannot read.

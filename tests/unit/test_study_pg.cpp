@@ -48,7 +48,7 @@ class PgStore : public ::testing::Test {
     db_ = "t_" + name;
     for (char& c : db_) c = char(std::tolower(static_cast<unsigned char>(c)));
     ASSERT_EQ(run("psql '" + uri_ + "' -qAtc 'CREATE DATABASE " + db_ + "' && echo ok"), "ok");
-    const size_t q = uri_.find("/postgres?");
+    const size_t q = uri_.rfind("/postgres");
     uri_db_ = uri_.substr(0, q) + "/" + db_ + uri_.substr(q + 9);
   }
   // Runs SQL on the test's database (to look at what the store wrote).

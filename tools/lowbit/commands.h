@@ -27,6 +27,7 @@ void register_stats(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_study(CLI::App& app);
 void register_report(CLI::App& app);
+void register_export(CLI::App& app);
 void register_store(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).

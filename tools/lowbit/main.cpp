@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   lowbit::cli::register_eval(app);
   lowbit::cli::register_study(app);
   lowbit::cli::register_report(app);
+  lowbit::cli::register_export(app);
   lowbit::cli::register_store(app);
   try {
     app.parse(argc, argv);

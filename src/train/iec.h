@@ -1,0 +1,32 @@
+// IR-QLoRA's Information Elastic Connection (IEC; Qin et al. 2024, htqin/IR-QLoRA
+// IRQLoraLinear4bit.forward): a LoRA path with two extra trainable scalars per linear, both
+// starting at 0, that add parameter-free group means of the input:
+//
+//   h      = A x + a_s * mean_groups(x)      mean_groups: x's `in` features cut into r contiguous
+//                                            groups of in / r, each averaged (an r-vector)
+//   y_lora = (B h + b_s * repeat_interleave(h, out / r)) * scaling
+//                                            output chunk k (out / r contiguous outputs) gets
+//                                            b_s * h[k]
+//   y      = base(x) + y_lora
+//
+// Requires in % r == 0 and out % r == 0 (LLaMA-3-8B's linears at r = 64). fp32, as the
+// reference's script runs it (no --bf16).
+#pragma once
+
+#include <cstdint>
+
+namespace lowbit {
+
+struct IecLora {
+  const float* a = nullptr;  // [r, in]
+  const float* b = nullptr;  // [out, r]
+  int64_t r = 0, in = 0, out = 0;
+  float a_scale = 0, b_scale = 0;  // the two IEC scalars
+  float scaling = 0;               // lora_alpha / r
+};
+
+// y [n, out] += the IEC LoRA path of x [n, in]; throws lowbit::Error naming the sizes when r does
+// not divide in and out.
+void iec_lora_forward(const IecLora& l, const float* x, int64_t n, float* y);
+
+}  // namespace lowbit
