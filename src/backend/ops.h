@@ -3,6 +3,7 @@
 // scalar references written straight from the definitions, which tests compare the fast path to.
 #pragma once
 
+#include "core/dtype.h"
 #include "formats/llama_config.h"
 
 #include <cstdint>
@@ -29,8 +30,13 @@ namespace ops {
 
 // y[r, :] = x[r, :] / rms(x[r, :]) * w   for r < rows; x and y may alias.
 void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps);
-// y[rows, out] = x[rows, in] @ w[out, in]^T (a torch Linear without bias).
+// y[rows, out] = x[rows, in] @ w[out, in]^T (a torch Linear without bias); a few rows go to gemv.
 void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out);
+// y[rows, out] = x[rows, in] @ w[out, in]^T for 1 <= rows <= gemv_max_rows() (decode), with w
+// stored as F32, BF16 or F16 (converted exactly to fp32 as it is read; products and sums in fp32).
+// Each weight row is read once for all rows of x.
+void gemv(const float* x, const void* w, DType wt, float* y, int64_t rows, int64_t in, int64_t out);
+int64_t gemv_max_rows();
 // Rotates, in place, `heads` heads of head_dim = 2*half at each of T positions: x[t, h*hd + i]
 // with row stride ld. Position of row t is pos0 + t. transformers' rotate_half convention.
 void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0);

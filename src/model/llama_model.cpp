@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 namespace lowbit {
 
@@ -14,6 +16,27 @@ Tensor as_f32(const WeightSource& w, const std::string& name) {
   Tensor t = w.get(name);
   return t.dtype() == DType::F32 ? t : t.to_f32();
 }
+
+// A linear kept in its stored 16-bit dtype (set_keep_16bit_weights).
+class Dense16Linear final : public LinearKernel {
+ public:
+  explicit Dense16Linear(Tensor w) : w_(std::move(w)) {}
+  void apply(const float* x, float* y, int64_t rows) const override {
+    const int64_t out = w_.dim(0), in = w_.dim(1);
+    if (rows <= ops::gemv_max_rows()) return ops::gemv(x, w_.data(), w_.dtype(), y, rows, in, out);
+    // Many rows: the product is compute-bound, so converting the weight per call costs little
+    // beside it (one pass over the weight against `rows` passes of FMAs).
+    thread_local std::vector<float> f;
+    f.resize(size_t(out * in));
+    convert_to_f32(w_.dtype(), w_.data(), f.data(), out * in);
+    ops::linear(x, f.data(), y, rows, in, out);
+  }
+  int64_t in_features() const override { return w_.dim(1); }
+  int64_t out_features() const override { return w_.dim(0); }
+
+ private:
+  Tensor w_;
+};
 
 }  // namespace
 
@@ -42,7 +65,13 @@ std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
   auto w = std::make_shared<BlockWeights>();
   w->input_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::AttnNorm, i));
   w->post_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::FfnNorm, i));
-  for (LinearKind k : kAllLinears) (*w)[k] = as_f32(*ck_.weights, linear_weight_name(i, k));
+  for (LinearKind k : kAllLinears) {
+    Tensor t = ck_.weights->get(linear_weight_name(i, k));
+    if (keep_16bit_ && (t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.is_contiguous())
+      w->kernel[size_t(k)] = std::make_shared<Dense16Linear>(std::move(t));
+    else
+      (*w)[k] = t.dtype() == DType::F32 ? t : t.to_f32();
+  }
   if (cache_blocks_) {
     std::lock_guard<std::mutex> lock(mu_);
     blocks_[size_t(i)] = w;
@@ -66,7 +95,11 @@ BlockWeights clone_block_weights(const BlockWeights& w) {
   BlockWeights out;
   out.input_norm = copy(w.input_norm);
   out.post_norm = copy(w.post_norm);
-  for (size_t i = 0; i < w.linear.size(); ++i) out.linear[i] = copy(w.linear[i]);
+  for (size_t i = 0; i < w.linear.size(); ++i)
+    if (w.linear[i].data() != nullptr) out.linear[i] = copy(w.linear[i]);
+  out.kernel = w.kernel;
+  out.qkv = w.qkv;
+  out.gate_up = w.gate_up;
   return out;
 }
 
@@ -90,6 +123,29 @@ void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {
 }
 
 namespace {
+
+void run_linear(const BlockWeights& w, LinearKind kind, const float* in, float* out, int64_t rows, int64_t in_cols,
+                int64_t out_cols) {
+  if (const auto& k = w.kernel[size_t(kind)]) {
+    LB_ASSERT(k->in_features() == in_cols && k->out_features() == out_cols);
+    k->apply(in, out, rows);
+  } else {
+    ops::linear(in, w[kind].data_as<float>(), out, rows, in_cols, out_cols);
+  }
+}
+
+// Splits y [rows, sum of widths] into its column blocks, each [rows, width].
+void split_columns(const float* y, int64_t rows, std::initializer_list<std::pair<float*, int64_t>> parts) {
+  int64_t total = 0;
+  for (const auto& p : parts) total += p.second;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t off = 0;
+    for (const auto& [dst, width] : parts) {
+      std::memcpy(dst + r * width, y + r * total + off, size_t(width) * sizeof(float));
+      off += width;
+    }
+  }
+}
 
 bool stops_at(const BlockHooks* hooks, std::initializer_list<LinearKind> kinds) {
   if (!hooks || !hooks->stop_after_input) return false;
@@ -150,7 +206,7 @@ bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const floa
   ensure_positions(pos0 + T);
   std::vector<float> q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)), att(size_t(N * qd));
   auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    run_linear(w, kind, in, o, N, in_cols, out_cols);
     if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
   };
   if (hooks && hooks->on_input) {
@@ -166,9 +222,21 @@ bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const floa
     product(LinearKind::V, xv.data(), H, v.data(), kvd);
   } else {
     if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
-    product(LinearKind::Q, xin, H, q.data(), qd);
-    product(LinearKind::K, xin, H, k.data(), kvd);
-    product(LinearKind::V, xin, H, v.data(), kvd);
+    if (w.qkv) {
+      LB_ASSERT(w.qkv->in_features() == H && w.qkv->out_features() == qd + 2 * kvd);
+      std::vector<float> qkv(size_t(N * (qd + 2 * kvd)));
+      w.qkv->apply(xin, qkv.data(), N);
+      split_columns(qkv.data(), N, {{q.data(), qd}, {k.data(), kvd}, {v.data(), kvd}});
+      if (hooks && hooks->on_output) {
+        hooks->on_output(layer, LinearKind::Q, q.data(), N, qd);
+        hooks->on_output(layer, LinearKind::K, k.data(), N, kvd);
+        hooks->on_output(layer, LinearKind::V, v.data(), N, kvd);
+      }
+    } else {
+      product(LinearKind::Q, xin, H, q.data(), qd);
+      product(LinearKind::K, xin, H, k.data(), kvd);
+      product(LinearKind::V, xin, H, v.data(), kvd);
+    }
   }
   if (cache != nullptr) {
     LB_ASSERT(B == 1 && pos0 == cache->length && cache->length + T <= cache->capacity);
@@ -197,7 +265,7 @@ bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin
                           const BlockHooks* hooks) const {
   const int64_t H = config().hidden_size, F = config().intermediate_size;
   auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    ops::linear(in, w[kind].data_as<float>(), o, N, in_cols, out_cols);
+    run_linear(w, kind, in, o, N, in_cols, out_cols);
     if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
   };
   std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
@@ -210,8 +278,19 @@ bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin
     product(LinearKind::Up, xu.data(), H, up.data(), F);
   } else {
     if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
-    product(LinearKind::Gate, xin, H, gate.data(), F);
-    product(LinearKind::Up, xin, H, up.data(), F);
+    if (w.gate_up) {
+      LB_ASSERT(w.gate_up->in_features() == H && w.gate_up->out_features() == 2 * F);
+      std::vector<float> gu(size_t(N * 2 * F));
+      w.gate_up->apply(xin, gu.data(), N);
+      split_columns(gu.data(), N, {{gate.data(), F}, {up.data(), F}});
+      if (hooks && hooks->on_output) {
+        hooks->on_output(layer, LinearKind::Gate, gate.data(), N, F);
+        hooks->on_output(layer, LinearKind::Up, up.data(), N, F);
+      }
+    } else {
+      product(LinearKind::Gate, xin, H, gate.data(), F);
+      product(LinearKind::Up, xin, H, up.data(), F);
+    }
   }
   ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
   up = {};
@@ -247,20 +326,29 @@ const Tensor& LlamaModel::embedding_table() const {
   return embed_table_;
 }
 
+const Tensor& LlamaModel::lm_head_stored() const {
+  std::call_once(lm_head_stored_once_, [&] {
+    lm_head_stored_ = config().tie_word_embeddings ? embedding_table() : ck_.weights->get(hf_tensor_name(TensorKind::Output));
+  });
+  return lm_head_stored_;
+}
+
 const float* LlamaModel::lm_head_f32() const {
   std::call_once(lm_head_once_, [&] {
-    if (config().tie_word_embeddings) {
-      const Tensor& e = embedding_table();
-      lm_head_ = e.dtype() == DType::F32 ? e : e.to_f32();
-    } else {
-      lm_head_ = as_f32(*ck_.weights, hf_tensor_name(TensorKind::Output));
-    }
+    const Tensor& t = lm_head_stored();
+    lm_head_ = t.dtype() == DType::F32 ? t : t.to_f32();
   });
   return lm_head_.data_as<float>();
 }
 
 void LlamaModel::lm_head(const float* hidden, int64_t rows, float* logits) const {
-  ops::linear(hidden, lm_head_f32(), logits, rows, config().hidden_size, config().vocab_size);
+  const int64_t H = config().hidden_size, V = config().vocab_size;
+  // A few rows (decode) read the head as stored: a 16-bit head is not widened to fp32 for them.
+  const Tensor& t = lm_head_stored();
+  if (rows <= ops::gemv_max_rows() && t.is_contiguous() &&
+      (t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16))
+    return ops::gemv(hidden, t.data(), t.dtype(), logits, rows, H, V);
+  ops::linear(hidden, lm_head_f32(), logits, rows, H, V);
 }
 
 Tensor LlamaModel::forward(std::span<const int32_t> tokens, const BlockHooks* hooks) const {

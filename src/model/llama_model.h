@@ -27,11 +27,28 @@ namespace lowbit {
 
 // LinearKind, tensor names and input sites: formats/llama_tensors.h.
 
+// A linear whose weight is held in a form that only it multiplies by (packed low-bit codes,
+// src/pack/): y[rows, out] = x[rows, in] @ W^T, as ops::linear computes for an fp32 W.
+class LinearKernel {
+ public:
+  virtual ~LinearKernel() = default;
+  virtual void apply(const float* x, float* y, int64_t rows) const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+};
+
 // fp32 weights of one block, row-major as torch stores them ([out, in] for linears). A tensor
-// may view the checkpoint (fp32 files) or own a converted copy.
+// may view the checkpoint (fp32 files) or own a converted copy. A linear with a kernel (packed
+// execution) runs through it, and its tensor is empty.
 struct BlockWeights {
   Tensor input_norm, post_norm;  // [H]
   std::array<Tensor, 7> linear;  // indexed by LinearKind
+  std::array<std::shared_ptr<const LinearKernel>, 7> kernel;  // indexed by LinearKind; null: use `linear`
+  // Optional kernels for linears that share an input, stacked along their outputs: q, k, v
+  // ([B*T, q_dim + 2 kv_dim], in that order) and gate, up ([B*T, 2 F]). One product instead of
+  // three or two (one pass over the input, one parallel region). Used when set and no input hook
+  // is installed; each part's result is what its own kernel gives.
+  std::shared_ptr<const LinearKernel> qkv, gate_up;
   const Tensor& operator[](LinearKind k) const { return linear[size_t(k)]; }
   Tensor& operator[](LinearKind k) { return linear[size_t(k)]; }
 };
@@ -119,6 +136,12 @@ class LlamaModel {
   // The longest sequence the RoPE table covers (grown on demand).
   void ensure_positions(int64_t n) const;
 
+  // Whether block_weights() leaves linears stored in BF16/F16 in that dtype, behind a kernel that
+  // reads them as they are (ops::gemv for a few rows, a per-call fp32 conversion for more): a
+  // decode step then reads half the bytes. Off by default: quantization methods edit the fp32
+  // copies. Set it before the first block_weights() call.
+  void set_keep_16bit_weights(bool on) { keep_16bit_ = on; }
+
   // Whether block_weights() keeps converted fp32 blocks for reuse (on by default when all of
   // them fit in 4 GiB). Quantization turns it off: it holds one block at a time.
   void set_block_cache(bool on);
@@ -126,6 +149,7 @@ class LlamaModel {
   // The LM head [V, H] in fp32 (the embedding table when tied), the embedding table [V, H] in its
   // stored dtype, the final norm's weight [H] in fp32: for the backward pass (train/).
   const float* lm_head_f32() const;
+  const Tensor& lm_head_stored() const;
   const Tensor& embedding_table() const;
   const Tensor& final_norm_weight() const { return final_norm_w_; }
 
@@ -135,10 +159,11 @@ class LlamaModel {
   mutable RopeTable rope_;
   mutable std::vector<std::shared_ptr<const BlockWeights>> blocks_;
   bool cache_blocks_ = true;
+  bool keep_16bit_ = false;
   Tensor final_norm_w_;
   std::shared_ptr<const BlockHooks> forward_hooks_;
-  mutable Tensor lm_head_;
-  mutable std::once_flag lm_head_once_;
+  mutable Tensor lm_head_, lm_head_stored_;
+  mutable std::once_flag lm_head_once_, lm_head_stored_once_;
   mutable Tensor embed_table_;
   mutable std::once_flag embed_once_;
 };

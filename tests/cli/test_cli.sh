@@ -71,7 +71,13 @@ if [[ -d "$M/stories260K" ]]; then
   expect_err "ppl kl-base other tokenizer" "--kl-base '.*tb-llama2c': its tokenizer '.*tokenizer.bin' gives other tokens than model '.*testbed-44m''s \(window 0, position 0: token [0-9]+ vs [0-9]+\)" "$B" ppl --model "$M/testbed-44m" --kl-base "$T/tb-llama2c" --dataset "$T/story.txt" --seqlen 128 --limit 2
   expect_err "ppl kl-base other vocabulary" "--kl-base '.*testbed-44m' has a vocabulary of 32000 tokens, model '.*stories260K.bin' 512" "$B" ppl --model "$S" --kl-base "$M/testbed-44m" --dataset "$T/story.txt" --seqlen 128 --limit 2
   expect_ok "quantized generate" "Once upon a time" "$B" generate --model "$T/q-rtn" -n 8 --prompt "Once upon a time"
+  expect_ok "packed generate" "^packed: 35 linears, .* q8 activations" "$B" generate --model "$T/q-rtn" -n 8 --prompt "Once upon a time" --packed
+  expect_ok "packed ppl" '"execution": "packed-f32"' "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json --packed --packed-act f32
+  expect_ok "fake-quant ppl execution" '"execution": "fake-quant"' "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json
+  expect_err "packed 16-bit model" "model '.*stories260K.bin' is not a quantized checkpoint: --packed needs one" "$B" generate --model "$S" -n 2 --packed
+  expect_err "packed bad activations" "--packed-act: q4 not in \{q8,f32\}" "$B" generate --model "$T/q-rtn" -n 2 --packed --packed-act q4
   expect_ok "quantize gptq" "^wrote" "$B" quantize --model "$S" --method gptq:w=4,g=32,act_order=1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-gptq"
+  expect_ok "packed gptq act_order" "^packed: 35 linears" "$B" generate --model "$T/q-gptq" -n 8 --prompt "Once upon a time" --packed
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"

@@ -8,13 +8,37 @@
 #include "core/hash.h"
 #include "quant/lowbit_checkpoint.h"
 #include "train/adapter_io.h"
+#include "pack/packed_model.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 
 
 namespace lowbit::cli {
+
+void add_packed_options(CLI::App* cmd, PackedFlags& f) {
+  cmd->add_flag("--packed", f.packed,
+                "run a quantized checkpoint's linears from their packed codes on the CPU (no dequantized weights; "
+                "default: off, the fake-quant 16-bit weights the study measures)");
+  cmd->add_option("--packed-act", f.act,
+                  "activations of the packed products: q8 (8-bit per block of 32, integer dot products) or f32 "
+                  "(fp32, for accuracy checks)")
+      ->check(CLI::IsMember({"q8", "f32"}))
+      ->capture_default_str();
+}
+
+std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet) {
+  if (!f.packed) return "fake-quant";
+  LB_CHECK(!on_gpu, "--packed runs on the CPU; it does not apply to a CUDA --device");
+  const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act));
+  if (!quiet)
+    fmt::print(stderr, "packed: {} linears, {} ({:.2f} bits per weight), {} activations, {} kernels\n", s.linears,
+               human_bytes(double(s.packed_bytes)), 8.0 * double(s.packed_bytes) / double(std::max<int64_t>(s.weights, 1)),
+               f.act, pack::isa_name(pack::best_isa()));
+  return "packed-" + f.act;
+}
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};

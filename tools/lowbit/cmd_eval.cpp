@@ -29,6 +29,7 @@ struct Options {
   int64_t limit = 0, max_length = 0;
   int mmlu_shots = 5, threads = 0;
   bool json = false;
+  PackedFlags packed;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -59,7 +60,9 @@ void run(const Options& o) {
   for (const auto& n : names) tasks.push_back(load_task(n, data_dir, o.mmlu_shots));
   check_adapter_device(o.adapter, session->device().is_cuda());
   auto model = load_model(o.model);
+  LB_CHECK(o.adapter.empty() || !o.packed.packed, "--adapter merges the adapter into 16-bit weights; it cannot run with --packed");
   const nlohmann::json adapter_id = apply_adapter(*model, o.adapter);
+  const std::string execution = apply_packed(o.packed, *model, session->device().is_cuda(), o.json);
   LB_CHECK(!model->checkpoint().tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -112,6 +115,7 @@ void run(const Options& o) {
                                     o.limit, o.bos, max_length, false};
     nlohmann::json tj = result_identity(model_id, method, multiple_choice_identity(t, ms, r), runtime_part(facts));
     tj["task"] = t.name;
+    tj["execution"] = execution;
     tj["n_available"] = t.items.size();
     tj["acc"] = metric_json(r.acc);
     tj["items_per_second"] = double(r.n) / r.seconds;
@@ -165,6 +169,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", o->json, "print one JSON object with the results and their identity");
   add_device_option(cmd, o->device);
+  add_packed_options(cmd, o->packed);
   cmd->add_option("--log-samples", o->log_samples, "write every item's requests and per-choice log-likelihoods "
                                                     "to this JSONL file");
   cmd->callback([o] { run(*o); });

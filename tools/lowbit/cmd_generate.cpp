@@ -1,5 +1,5 @@
 // lowbit generate --model M --prompt S [-n,--max-new-tokens N] [--bos auto|on|off] [--spm-convention C]
-//                 [--device cpu|cuda[:N]]: greedy decoding with a KV cache (the prompt in one
+//                 [--device cpu|cuda[:N]] [--packed [--packed-act q8|f32]]: greedy decoding with a KV cache (the prompt in one
 // forward, then one token per step). Prints the prompt's and the decode steps' speed on stderr.
 #include "commands.h"
 
@@ -26,6 +26,7 @@ struct Options {
   std::string model, prompt, device = "cpu", bos = "on", spm = "auto";
   int64_t n = 64;
   int threads = 0;
+  PackedFlags packed;
 };
 
 // Runs `tokens` after those the model has seen and returns the argmax of the last position's
@@ -86,7 +87,10 @@ void run(const Options& o) {
   topt.spm = parse_spm_convention(o.spm);
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
   LlamaModel model(std::move(ck));
+  // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
+  if (!dev.cuda) model.set_keep_16bit_weights(true);
   install_quantized_forward(model);
+  apply_packed(o.packed, model, dev.cuda, false);
   const LlamaConfig& c = model.config();
   std::vector<int32_t> ids = tok->encode(o.prompt, parse_bos_mode(o.bos));
   LB_CHECK(!ids.empty(), "the prompt has no tokens (empty prompt with --bos {}); give --prompt or --bos on", o.bos);
@@ -133,6 +137,7 @@ void register_generate(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);
+  add_packed_options(cmd, o->packed);
   cmd->callback([o] { run(*o); });
 }
 

@@ -40,6 +40,7 @@ struct Options {
   int64_t seqlen = 2048, limit = 0, batch = 4;
   int threads = 0;
   bool json = false, profile = false;
+  PackedFlags packed;
 };
 
 
@@ -165,7 +166,9 @@ void run(const Options& o) {
   check_adapter_device(o.adapter, gpu);
   LlamaModel model(std::move(ck));
   install_quantized_forward(model);
+  LB_CHECK(o.adapter.empty() || !o.packed.packed, "--adapter merges the adapter into 16-bit weights; it cannot run with --packed");
   if (auto ad = apply_adapter(model, o.adapter); !ad.is_null()) model_id["adapter"] = ad;
+  const std::string execution = apply_packed(o.packed, model, gpu, o.json);
   if (!o.kl_base.empty()) return run_kl_divergence(o, *session, set, windows, available, model, model_id, t_start);
   if (!o.json)
     fmt::print(stderr, "ppl: {} on {} ({}), {} windows of {} tokens{}, {} threads\n", o.model, set.name, set.convention,
@@ -199,6 +202,7 @@ void run(const Options& o) {
     j["tokens_per_second"] = double(r.tokens) / r.seconds;
     j["first_forward"] = {{"windows", r.first_windows}, {"seconds", r.first_seconds}};
     j["batch"] = gpu ? o.batch : 1;
+    j["execution"] = execution;
     j["window_nll"] = r.window_nll;
     if (!profile.is_null()) j["profile"] = profile;
     fmt::print("{}\n", j.dump(1));
@@ -229,6 +233,7 @@ void register_ppl(CLI::App& app) {
                                            "(16-bit) model's on the same windows: mean, p99, top-1 agreement");
   cmd->add_flag("--json", o->json, "print one JSON object with the result and its identity");
   add_device_option(cmd, o->device);
+  add_packed_options(cmd, o->packed);
   cmd->add_option("--batch", o->batch, "windows per forward on the GPU")->check(CLI::PositiveNumber);
   cmd->add_flag("--profile", o->profile, "time each GPU op over the pass (events between ops) and print the table "
                                          "(in the JSON: \"profile\")");

@@ -13,6 +13,10 @@
 #include <cstdint>
 #include <string>
 
+namespace lowbit {
+class LlamaModel;
+}
+
 namespace lowbit::cli {
 
 void register_inspect(CLI::App& app);
@@ -71,6 +75,18 @@ void add_device_option(CLI::App* cmd, std::string& target);
 void add_adapter_option(CLI::App* cmd, std::string& target);
 nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir);
 void check_adapter_device(const std::string& dir, bool gpu);
+// --packed and --packed-act: run a quantized checkpoint's linears from their packed codes on the
+// CPU (src/pack/) instead of dequantizing them to 16-bit weights at load.
+struct PackedFlags {
+  bool packed = false;
+  std::string act = "q8";
+};
+void add_packed_options(CLI::App* cmd, PackedFlags& f);
+// Installs the packed kernels into `model` when --packed is given (printing one line on stderr
+// unless `quiet`); returns the execution's name for results: "fake-quant" (the dequantized 16-bit
+// weights, the default), "packed-q8" or "packed-f32". Throws for --packed when the model runs on a
+// GPU (`on_gpu`).
+std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet);
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);

@@ -77,6 +77,7 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t dim
 }
 
 void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out) {
+  if (rows <= gemv_max_rows()) return gemv(x, w, DType::F32, y, rows, in, out);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(out), blasint(in), 1.0f, x,
               blasint(in), w, blasint(in), 0.0f, y, blasint(out));
 }
@@ -114,7 +115,8 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
   // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
 #pragma omp parallel
   {
-    std::vector<float> scores(size_t(kBlock * (past + T)));
+    // Sized for the longest block there is (one row when decoding: no 64-row buffer to clear).
+    std::vector<float> scores(size_t(std::min(kBlock, T) * (past + T)));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < nh; ++h)
       for (int64_t b = nblocks - 1; b >= 0; --b) {  // longest blocks first

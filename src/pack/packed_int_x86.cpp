@@ -1,0 +1,209 @@
+// The x86 kernels of packed_int.h: AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd, two blocks per
+// 512-bit vector).
+// Each function carries its own target attribute, so the file builds whatever -march says and
+// the dispatcher in packed_int.cpp picks one by the CPU it runs on.
+//
+// Per block: unpack the 32 codes into 32 bytes (the container layouts of packed_int.h), multiply
+// them with the 32 int8 activations into eight int32 partial sums, convert, and accumulate with
+// the block's fp32 factor d * ad in eight float lanes; the zero-point term m * ad * isum is
+// accumulated in a scalar. A row is multiplied with up to 4 activation rows at once, so the
+// unpacked block is reused across them (small-batch products; batch 1 is decode).
+#include "pack/packed_int.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace lowbit::pack::detail {
+
+namespace {
+
+#define LB_AVX2 __attribute__((target("avx2,fma")))
+#define LB_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+// 32 codes of a block as bytes in element order (signed int8 for the 8-bit container).
+template <int B>
+LB_AVX2 inline __m256i unpack(const uint8_t* p) {
+  if constexpr (B == 4) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m4 = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+  } else if constexpr (B == 2 || B == 3) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i m2 = _mm_set1_epi8(3);
+    const __m128i a0 = _mm_and_si128(v, m2), a1 = _mm_and_si128(_mm_srli_epi16(v, 2), m2);
+    const __m128i a2 = _mm_and_si128(_mm_srli_epi16(v, 4), m2), a3 = _mm_and_si128(_mm_srli_epi16(v, 6), m2);
+    const __m256i lo2 = _mm256_set_m128i(_mm_unpacklo_epi64(a2, a3), _mm_unpacklo_epi64(a0, a1));
+    if constexpr (B == 2) {
+      return lo2;
+    } else {
+      uint32_t hb;
+      std::memcpy(&hb, p + 8, 4);
+      // Byte i takes byte i/8 of the high-bit word, then tests bit i%8 of it.
+      const __m256i spread = _mm256_shuffle_epi8(
+          _mm256_set1_epi32(int(hb)), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+      const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+      const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+      return _mm256_or_si256(lo2, _mm256_and_si256(set, _mm256_set1_epi8(4)));
+    }
+  } else {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+}
+
+LB_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Eight int32 sums of codes x activations over one block, AVX2: maddubs takes unsigned x signed
+// bytes (codes < 16 and |qa| <= 127 keep its int16 pair sums exact); the signed 8-bit container
+// moves its signs onto the activations first (ggml's mul_sum_i8_pairs).
+template <int B>
+LB_AVX2 inline __m256i dot_avx2(__m256i c, __m256i q) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (B == 8) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+    return _mm256_madd_epi16(p16, ones);
+  } else {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(c, q), ones);
+  }
+}
+
+template <int B, int NT>
+LB_AVX2 void row_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r, int64_t j0) {
+  constexpr int64_t bb = B * kBlock / 8;
+  const int64_t P = w.padded(), nb = w.blocks;
+  __m256 acc[NT];
+  float macc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps(), macc[t] = 0;
+  const uint8_t* wq = w.qs.data() + r * nb * bb;
+  const float* wd = w.d.data() + r * nb;
+  const float* wm = w.m.data() + r * nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i c = unpack<B>(wq + b * bb);
+    for (int t = 0; t < NT; ++t) {
+      const int64_t j = j0 + t;
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs.data() + j * P + b * kBlock));
+      const float ad = a.d[size_t(j * nb + b)];
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_avx2<B>(c, q)), _mm256_set1_ps(wd[b] * ad), acc[t]);
+      macc[t] += wm[b] * ad * float(a.isum[size_t(j * nb + b)]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[(j0 + t) * w.rows + r] = hsum(acc[t]) + macc[t];
+}
+
+// VNNI: vpdpbusd sums four u8 x s8 products straight into int32 (no int16 step), on 512-bit
+// vectors holding two blocks (their activations are adjacent), each half scaled by its own block's
+// factor. The 8-bit container is turned back into unsigned codes (c + 128 = c ^ 0x80) and its
+// zero-point term takes the 128 back: d * c + m = d * (c + 128) + (m - 128 d).
+template <int B>
+LB_VNNI inline __m256i codes_u8(const uint8_t* p) {
+  const __m256i c = unpack<B>(p);
+  if constexpr (B == 8) return _mm256_xor_si256(c, _mm256_set1_epi8(char(0x80)));
+  else return c;
+}
+
+template <int B>
+LB_VNNI inline float m_u8(float m, float d) {
+  if constexpr (B == 8) return m - 128.0f * d;
+  else return m;
+}
+
+template <int B, int NT>
+LB_VNNI void row_vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r, int64_t j0) {
+  constexpr int64_t bb = B * kBlock / 8;
+  const int64_t P = w.padded(), nb = w.blocks;
+  __m512 acc[NT];
+  float macc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps(), macc[t] = 0;
+  const uint8_t* wq = w.qs.data() + r * nb * bb;
+  const float* wd = w.d.data() + r * nb;
+  const float* wm = w.m.data() + r * nb;
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m512i c =
+        _mm512_inserti64x4(_mm512_castsi256_si512(codes_u8<B>(wq + b * bb)), codes_u8<B>(wq + (b + 1) * bb), 1);
+    const float m0 = m_u8<B>(wm[b], wd[b]), m1 = m_u8<B>(wm[b + 1], wd[b + 1]);
+    for (int t = 0; t < NT; ++t) {
+      const int64_t j = j0 + t;
+      const float* ad = a.d.data() + j * nb + b;
+      const int32_t* is = a.isum.data() + j * nb + b;
+      const __m512i q = _mm512_loadu_si512(a.qs.data() + j * P + b * kBlock);
+      const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, q);
+      const __m512 f = _mm512_mask_blend_ps(__mmask16(0xFF00), _mm512_set1_ps(wd[b] * ad[0]),
+                                            _mm512_set1_ps(wd[b + 1] * ad[1]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[t]);
+      macc[t] += m0 * ad[0] * float(is[0]) + m1 * ad[1] * float(is[1]);
+    }
+  }
+  for (; b < nb; ++b) {
+    const __m256i c = codes_u8<B>(wq + b * bb);
+    const float m = m_u8<B>(wm[b], wd[b]);
+    for (int t = 0; t < NT; ++t) {
+      const int64_t j = j0 + t;
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs.data() + j * P + b * kBlock));
+      const float ad = a.d[size_t(j * nb + b)];
+      const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c, q);
+      acc[t] = _mm512_add_ps(acc[t], _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                                                          _mm256_set1_ps(wd[b] * ad))));
+      macc[t] += m * ad * float(a.isum[size_t(j * nb + b)]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) y[(j0 + t) * w.rows + r] = _mm512_reduce_add_ps(acc[t]) + macc[t];
+}
+
+template <int B, bool Vnni>
+void rows_tiled(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                int64_t j1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) Vnni ? row_vnni<B, 4>(w, a, y, r, j) : row_avx2<B, 4>(w, a, y, r, j);
+    for (; j + 2 <= j1; j += 2) Vnni ? row_vnni<B, 2>(w, a, y, r, j) : row_avx2<B, 2>(w, a, y, r, j);
+    for (; j < j1; ++j) Vnni ? row_vnni<B, 1>(w, a, y, r, j) : row_avx2<B, 1>(w, a, y, r, j);
+  }
+}
+
+template <bool Vnni>
+void rows_any(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+              int64_t j1) {
+  switch (w.bits) {
+    case 2: rows_tiled<2, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    case 3: rows_tiled<3, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    case 4: rows_tiled<4, Vnni>(w, a, y, r0, r1, j0, j1); break;
+    default: rows_tiled<8, Vnni>(w, a, y, r0, r1, j0, j1); break;
+  }
+}
+
+}  // namespace
+
+void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                  int64_t j1) {
+  rows_any<false>(w, a, y, r0, r1, j0, j1);
+}
+
+void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                        int64_t j0, int64_t j1) {
+  rows_any<true>(w, a, y, r0, r1, j0, j1);
+}
+
+}  // namespace lowbit::pack::detail
+
+#else  // not x86: the dispatcher never picks these (isa_supported says no); they run the scalar code.
+
+namespace lowbit::pack::detail {
+void rows_q8_avx2(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
+                  int64_t j1) {
+  rows_q8_scalar(w, a, y, r0, r1, j0, j1);
+}
+void rows_q8_avx512vnni(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1,
+                        int64_t j0, int64_t j1) {
+  rows_q8_scalar(w, a, y, r0, r1, j0, j1);
+}
+}  // namespace lowbit::pack::detail
+
+#endif
