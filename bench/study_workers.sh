@@ -39,7 +39,7 @@ printf "%-26s %7.1f s wall %7.1f s CPU   %d results\n" "SQLite, one process" "$(
   "$(echo "$c1 - $c0" | bc)" "$(wc -l < "$T/ref.rows")"
 for n in $COUNTS; do
   psql "$URI" -qAtc "CREATE DATABASE w$n" > /dev/null
-  db="${URI/\/postgres?//w$n?}"
+  db="${URI%/postgres}/w$n"
   t0=$(now)
   cpu > "$T/c0"; c0=$(cat "$T/c0")
   pids=()

@@ -573,8 +573,10 @@ StudySummary Runner::run_worker() {
     s.device = rr.device;
     ev_.on_start(s);
   }
-  // While other workers hold every open item, poll for expired leases at this period.
-  const auto poll = std::chrono::duration<double>(std::clamp(opt_.lease_seconds / 4, 0.2, 5.0));
+  // While other workers hold every open item, poll for expired leases and for the study's end at
+  // this period (a poll is one short query; a longer period would keep an idle worker alive for
+  // seconds after the last item is done).
+  const auto poll = std::chrono::duration<double>(std::clamp(opt_.lease_seconds / 4, 0.2, 1.0));
   bool waiting = false;
   for (int64_t claims = 0;;) {
     const Claim c = store_->claim(w, opt_.lease_seconds);
