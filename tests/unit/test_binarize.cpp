@@ -16,6 +16,7 @@
 #include "quant/pbllm.h"
 #include "quant/reference_numerics.h"
 #include "test_util.h"
+#include "zst_fixture.h"
 
 #include <gtest/gtest.h>
 
@@ -27,22 +28,11 @@
 namespace lowbit {
 namespace {
 
-const SafetensorsFile& fixture() {
-  static test::TempDir dir;
-  static std::shared_ptr<const SafetensorsFile> f = [] {
-    const std::string path = dir / "binarize.safetensors";
-    test::spit(path, test::read_zst(test::fixtures_dir() + "/quant/binarize.safetensors.zst"));
-    return SafetensorsFile::open(path);
-  }();
-  return *f;
-}
+const SafetensorsFile& fixture() { return test::zst_fixture("quant/binarize.safetensors.zst"); }
 
 template <typename T>
 std::vector<T> values(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  std::vector<T> v(size_t(t.numel()));
-  std::memcpy(v.data(), t.data(), size_t(t.nbytes()));
-  return v;
+  return test::tensor_values<T>(fixture(), name);
 }
 
 struct Inputs {

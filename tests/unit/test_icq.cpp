@@ -8,6 +8,7 @@
 #include "quant/method.h"
 #include "quant/nf4.h"
 #include "test_util.h"
+#include "zst_fixture.h"
 
 #include <gtest/gtest.h>
 
@@ -17,22 +18,11 @@
 namespace lowbit {
 namespace {
 
-const SafetensorsFile& fixture() {
-  static test::TempDir dir;
-  static std::shared_ptr<const SafetensorsFile> f = [] {
-    const std::string path = dir / "icq.safetensors";
-    test::spit(path, test::read_zst(test::fixtures_dir() + "/quant/icq.safetensors.zst"));
-    return SafetensorsFile::open(path);
-  }();
-  return *f;
-}
+const SafetensorsFile& fixture() { return test::zst_fixture("quant/icq.safetensors.zst"); }
 
 template <typename T>
 std::vector<T> values(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  std::vector<T> v(size_t(t.numel()));
-  std::memcpy(v.data(), t.data(), size_t(t.nbytes()));
-  return v;
+  return test::tensor_values<T>(fixture(), name);
 }
 
 // Bitwise equality of two float vectors, naming the first differences.

@@ -9,6 +9,7 @@
 #include "quant/quant_spec.h"
 #include "quant/rtn.h"
 #include "test_util.h"
+#include "zst_fixture.h"
 
 #include <gtest/gtest.h>
 
@@ -19,22 +20,11 @@ namespace lowbit {
 namespace {
 
 // The fixture, decompressed once into a temporary file and mapped.
-const SafetensorsFile& fixture() {
-  static test::TempDir dir;
-  static std::shared_ptr<const SafetensorsFile> f = [] {
-    const std::string path = dir / "layer0.safetensors";
-    test::spit(path, test::read_zst(test::fixtures_dir() + "/quant/layer0.safetensors.zst"));
-    return SafetensorsFile::open(path);
-  }();
-  return *f;
-}
+const SafetensorsFile& fixture() { return test::zst_fixture("quant/layer0.safetensors.zst"); }
 
 template <typename T>
 std::vector<T> values(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  std::vector<T> v(size_t(t.numel()));
-  std::memcpy(v.data(), t.data(), size_t(t.nbytes()));
-  return v;
+  return test::tensor_values<T>(fixture(), name);
 }
 
 std::vector<double> fixture_hessian() {

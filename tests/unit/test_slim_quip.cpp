@@ -14,6 +14,7 @@
 #include "quant/quip.h"
 #include "quant/slim.h"
 #include "test_util.h"
+#include "zst_fixture.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -27,15 +28,7 @@
 namespace lowbit {
 namespace {
 
-const SafetensorsFile& fixture() {
-  static test::TempDir dir;
-  static std::shared_ptr<const SafetensorsFile> f = [] {
-    const std::string path = dir / "slim_quip.safetensors";
-    test::spit(path, test::read_zst(test::fixtures_dir() + "/quant/slim_quip.safetensors.zst"));
-    return SafetensorsFile::open(path);
-  }();
-  return *f;
-}
+const SafetensorsFile& fixture() { return test::zst_fixture("quant/slim_quip.safetensors.zst"); }
 
 std::vector<float> f32(const std::string& name) {
   Tensor t = fixture().tensor(name).to_f32();
@@ -46,14 +39,8 @@ std::vector<double> f64(const std::string& name) {
   EXPECT_EQ(t.dtype(), DType::F64) << name;
   return std::vector<double>(t.data_as<double>(), t.data_as<double>() + t.numel());
 }
-std::vector<int> i32(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  return std::vector<int>(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel());
-}
-std::vector<uint8_t> u8(const std::string& name) {
-  Tensor t = fixture().tensor(name);
-  return std::vector<uint8_t>(t.data_as<uint8_t>(), t.data_as<uint8_t>() + t.numel());
-}
+std::vector<int> i32(const std::string& name) { return test::tensor_values<int32_t>(fixture(), name); }
+std::vector<uint8_t> u8(const std::string& name) { return test::tensor_values<uint8_t>(fixture(), name); }
 std::vector<int64_t> shape(const std::string& name) { return fixture().tensor(name).shape(); }
 
 struct Inputs {
