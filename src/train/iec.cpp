@@ -4,7 +4,7 @@
 
 #include <vector>
 
-namespace lowbit {
+namespace lowbit::train {
 
 void iec_lora_forward(const IecLora& l, const float* x, int64_t n, float* y) {
   LB_CHECK(l.r > 0 && l.in % l.r == 0 && l.out % l.r == 0,
@@ -32,4 +32,4 @@ void iec_lora_forward(const IecLora& l, const float* x, int64_t n, float* y) {
   }
 }
 
-}  // namespace lowbit
+}  // namespace lowbit::train

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-namespace lowbit {
+namespace lowbit::train {
 
 struct IecLora {
   const float* a = nullptr;  // [r, in]
@@ -29,4 +29,4 @@ struct IecLora {
 // not divide in and out.
 void iec_lora_forward(const IecLora& l, const float* x, int64_t n, float* y);
 
-}  // namespace lowbit
+}  // namespace lowbit::train

@@ -44,7 +44,7 @@ TEST(Iec, ForwardMatchesTheReferenceModule) {
       y[size_t(t * out + o)] = float(s);
     }
   for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], want_base[i], 1e-3) << "base " << i;
-  IecLora l;
+  train::IecLora l;
   l.a = a.data();
   l.b = b.data();
   l.r = r;
@@ -55,7 +55,7 @@ TEST(Iec, ForwardMatchesTheReferenceModule) {
   l.scaling = float(f->tensor("scaling").data_as<double>()[0]);
   EXPECT_EQ(l.scaling, 16.0f / 64.0f);
   std::vector<float> path(size_t(n * out), 0.0f);
-  iec_lora_forward(l, x.data(), n, path.data());
+  train::iec_lora_forward(l, x.data(), n, path.data());
   double moved = 0;
   for (size_t i = 0; i < path.size(); ++i) {
     const double want_path = double(want[i]) - double(want_base[i]);
@@ -64,10 +64,10 @@ TEST(Iec, ForwardMatchesTheReferenceModule) {
   }
   EXPECT_GT(moved, 0.05) << "the LoRA path must move the outputs for the comparison to mean anything";
   // Without the IEC scalars the path is plain LoRA: B A x * scaling.
-  IecLora plain = l;
+  train::IecLora plain = l;
   plain.a_scale = plain.b_scale = 0;
   std::vector<float> y0(size_t(n * out), 0.0f);
-  iec_lora_forward(plain, x.data(), 1, y0.data());
+  train::iec_lora_forward(plain, x.data(), 1, y0.data());
   double s = 0;
   for (int64_t k = 0; k < r; ++k) {
     double h = 0;
@@ -78,7 +78,7 @@ TEST(Iec, ForwardMatchesTheReferenceModule) {
   l.r = 48;
   std::vector<float> bad(static_cast<size_t>(out));
   try {
-    iec_lora_forward(l, x.data(), 1, bad.data());
+    train::iec_lora_forward(l, x.data(), 1, bad.data());
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rank 48 must divide the linear's input (256) and output (128) sizes"),
