@@ -110,17 +110,28 @@ for i in 1 2 3 4; do
   "$B" "${W[@]}" > "$T/w$i.log" 2>&1 &
   pids+=($!)
 done
-# Each victim is killed at a random moment after it first holds a lease (its worker id names its
-# pid), so that it dies with work in hand.
+# Each victim is killed at a random moment (0-100 ms) after it first holds a lease (its worker id
+# names its pid), so that it dies with work in hand. Both victims are watched at once: the study
+# takes well under a second, and a victim watched only after the other's death could have
+# finished by then.
 holds_lease() { [[ $(psql "$A" -qAtc "SELECT count(*) FROM work WHERE worker LIKE '%:$1:%' AND status = 'running'" 2> /dev/null) -gt 0 ]]; }
-killed=0
-for k in 1 2; do
+kill_when_leased() {
   for _ in $(seq 1 500); do
-    holds_lease "${pids[$k]}" && break
+    holds_lease "$1" && break
     sleep 0.01
   done
-  sleep "$(awk -v m=$((RANDOM % 300)) 'BEGIN { printf "%.3f", m / 1000 }')"
-  if kill -9 "${pids[$k]}" 2> /dev/null; then
+  sleep "$(awk -v m="$2" 'BEGIN { printf "%.3f", m / 1000 }')"
+  kill -9 "$1" 2> /dev/null && touch "$T/killed.$1"
+}
+killers=()
+for k in 1 2; do
+  kill_when_leased "${pids[$k]}" $((RANDOM % 100)) &
+  killers+=($!)
+done
+for p in "${killers[@]}"; do wait "$p" || true; done
+killed=0
+for k in 1 2; do
+  if [[ -e "$T/killed.${pids[$k]}" ]]; then
     killed=$((killed + 1))
     wait "${pids[$k]}" 2> /dev/null
   fi
