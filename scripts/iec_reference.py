@@ -8,7 +8,9 @@ module), and the reference replaces the PEFT module by IRQLoraLinear4bit (which 
 search() on the fp weight, tau_n 100). Then A, B and the two IEC scalars are set to fixed random
 values and the module's forward runs on fixed random inputs; the fixture holds the fp weight,
 A, B, a_s, b_s, the inputs and the outputs (base and LoRA path together, as the module returns
-them), plus the base output alone (adapters disabled).
+them), plus the base output alone (adapters disabled), and autograd's gradients for a fixed
+upstream gradient dy: A, B, the two scalars, and the LoRA path's share of the input gradient
+(the input gradient with the adapters minus the one without).
 
 Substitutions, each only where the reference cannot run here as written:
   - utils.bnb.nn.Params4bit(...).cuda(0) quantizes on the CPU with bitsandbytes' quantize_4bit
@@ -77,15 +79,28 @@ def main():
         irq.lora_default_A_scale.copy_(a_s)
         irq.lora_default_B_scale.copy_(b_s)
     x = torch.randn(5, IN, generator=g)
-    with torch.no_grad():
-        y = irq(x)
-        irq._disable_adapters = True
-        y_base = irq(x)
-        irq._disable_adapters = False
-    print(f"y {tuple(y.shape)}, |y - base| max {float((y - y_base).abs().max()):.4g}")
+    dy = torch.randn(5, OUT, generator=g)
+    # Forward and autograd backward with the adapters, then with them disabled (the base's share
+    # of the input gradient, to subtract).
+    xg = x.clone().requires_grad_(True)
+    y = irq(xg)
+    y.backward(dy)
+    grads = {"grad.lora_a": irq.lora_A["default"].weight.grad.clone(),
+             "grad.lora_b": irq.lora_B["default"].weight.grad.clone(),
+             "grad.a_scale": irq.lora_default_A_scale.grad.clone(),
+             "grad.b_scale": irq.lora_default_B_scale.grad.clone()}
+    irq._disable_adapters = True
+    xb = x.clone().requires_grad_(True)
+    y_base = irq(xb)
+    y_base.backward(dy)
+    irq._disable_adapters = False
+    grads["grad.x_lora"] = (xg.grad - xb.grad).detach()
+    print(f"y {tuple(y.shape)}, |y - base| max {float((y - y_base).abs().max()):.4g}, "
+          f"grad a_s {float(grads['grad.a_scale']):.6g}, b_s {float(grads['grad.b_scale']):.6g}")
     write_safetensors(args.out, {"w": w, "lora_a": a, "lora_b": b, "a_scale": a_s, "b_scale": b_s, "x": x,
-                                 "y": y.float(), "y_base": y_base.float(),
-                                 "scaling": torch.tensor([irq.scaling["default"]], dtype=torch.float64)})
+                                 "y": y.detach().float(), "y_base": y_base.detach().float(), "dy": dy,
+                                 "scaling": torch.tensor([irq.scaling["default"]], dtype=torch.float64),
+                                 **{k: v.float().contiguous() for k, v in grads.items()}})
 
 
 if __name__ == "__main__":

@@ -29,4 +29,19 @@ struct IecLora {
 // not divide in and out.
 void iec_lora_forward(const IecLora& l, const float* x, int64_t n, float* y);
 
+// Gradients of the path for the upstream gradient dy [n, out], added into: dx [n, in], da [r, in],
+// db [out, r], *da_scale, *db_scale (any may be null). With h = A x + a_s m (m the group means):
+//   dh = s (B^T dy + b_s sum of dy over each output chunk),   s = scaling
+//   dB += s dy h^T,   d b_s += s sum_j dy_j h_(j / (out / r)),   dA += dh x^T,   d a_s += dh . m,
+//   dx += A^T dh + a_s dh_(i / (in / r)) / (in / r).
+// Sums over tokens in fp64.
+struct IecGrads {
+  float* dx = nullptr;
+  float* da = nullptr;
+  float* db = nullptr;
+  float* da_scale = nullptr;
+  float* db_scale = nullptr;
+};
+void iec_lora_backward(const IecLora& l, const float* x, const float* dy, int64_t n, const IecGrads& g);
+
 }  // namespace lowbit::train

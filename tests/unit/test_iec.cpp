@@ -1,4 +1,4 @@
-// IR-QLoRA's IEC forward against the official module (utils.IRQLoraLinear4bit, run by
+// IR-QLoRA's IEC forward and backward against the official module (utils.IRQLoraLinear4bit, run by
 // scripts/iec_reference.py on the CPU: tests/fixtures/train/iec.safetensors): the base is ICQ's
 // NF4 weight (quant/icq.h, whose decisions test_icq checks against the reference's search()),
 // the LoRA path with both IEC scalars set: the path equal to 1e-5, the base to ~1e-3 (below).
@@ -84,6 +84,42 @@ TEST(Iec, ForwardMatchesTheReferenceModule) {
     EXPECT_NE(std::string(e.what()).find("rank 48 must divide the linear's input (256) and output (128) sizes"),
               std::string::npos) << e.what();
   }
+}
+
+// Gradients of the path against autograd through the official module, for a fixed upstream
+// gradient: A, B, both scalars and the path's share of the input gradient.
+TEST(Iec, BackwardMatchesAutogradThroughTheReferenceModule) {
+  auto f = SafetensorsFile::open(test::fixtures_dir() + "/train/iec.safetensors");
+  const Tensor w = f->tensor("w");
+  const int64_t out = w.dim(0), in = w.dim(1), r = f->tensor("lora_a").dim(0);
+  const std::vector<float> x = floats(*f, "x"), a = floats(*f, "lora_a"), b = floats(*f, "lora_b"),
+                           dy = floats(*f, "dy");
+  const int64_t n = int64_t(x.size()) / in;
+  train::IecLora l;
+  l.a = a.data();
+  l.b = b.data();
+  l.r = r;
+  l.in = in;
+  l.out = out;
+  l.a_scale = floats(*f, "a_scale")[0];
+  l.b_scale = floats(*f, "b_scale")[0];
+  l.scaling = float(f->tensor("scaling").data_as<double>()[0]);
+  std::vector<float> dx(x.size(), 0.0f), da(a.size(), 0.0f), db(b.size(), 0.0f);
+  float da_s = 0, db_s = 0;
+  train::iec_lora_backward(l, x.data(), dy.data(), n, {dx.data(), da.data(), db.data(), &da_s, &db_s});
+  auto expect_close = [](const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double scale = 0;
+    for (float v : want) scale = std::max(scale, std::fabs(double(v)));
+    ASSERT_GT(scale, 0.0) << what;
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-5 * scale) << what << " " << i;
+  };
+  expect_close(da, floats(*f, "grad.lora_a"), "dA");
+  expect_close(db, floats(*f, "grad.lora_b"), "dB");
+  expect_close(dx, floats(*f, "grad.x_lora"), "dx (LoRA path)");
+  const float want_as = floats(*f, "grad.a_scale")[0], want_bs = floats(*f, "grad.b_scale")[0];
+  EXPECT_NEAR(da_s, want_as, 1e-5 * std::fabs(want_as));
+  EXPECT_NEAR(db_s, want_bs, 1e-5 * std::fabs(want_bs));
 }
 
 }  // namespace
