@@ -1,6 +1,7 @@
 // Fast CPU ops: OpenBLAS for the matrix products, loops written so that GCC vectorizes them
 // (-O3 -march=native), OpenMP across rows and heads.
 #include "backend/ops.h"
+#include "backend/ops_backward.h"
 
 #include "core/error.h"
 
@@ -82,7 +83,12 @@ void linear(const float* x, const float* w, float* y, int64_t rows, int64_t in, 
               blasint(in), w, blasint(in), 0.0f, y, blasint(out));
 }
 
-void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
+namespace {
+
+// Rotates each (x[i], x[i + half]) pair of every head by the position's angle (rotate_half RoPE),
+// or by its negative (Inverse: the transpose [[c, s], [-s, c]], RoPE's backward).
+template <bool Inverse>
+void rotate_pairs(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
   LB_ASSERT(pos0 + T <= rt.n_pos);
   const int64_t half = rt.half;
 #pragma omp parallel for schedule(static) if (T * heads > 256)
@@ -95,11 +101,27 @@ void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, i
 #pragma omp simd
       for (int64_t i = 0; i < half; ++i) {
         const float av = a[i], bv = b[i];
-        a[i] = av * c[i] - bv * s[i];
-        b[i] = bv * c[i] + av * s[i];
+        if constexpr (Inverse) {
+          a[i] = av * c[i] + bv * s[i];
+          b[i] = bv * c[i] - av * s[i];
+        } else {
+          a[i] = av * c[i] - bv * s[i];
+          b[i] = bv * c[i] + av * s[i];
+        }
       }
     }
   }
+}
+
+}  // namespace
+
+void rope(float* x, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
+  rotate_pairs<false>(x, T, heads, ld, rt, pos0);
+}
+
+// Declared in backend/ops_backward.h; beside the forward, whose loop it shares.
+void rope_backward(float* dx, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
+  rotate_pairs<true>(dx, T, heads, ld, rt, pos0);
 }
 
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,

@@ -69,26 +69,7 @@ void linear_backward(const float* x, const float* w, const float* dy, float* dx,
                 blasint(out), x, blasint(in), 1.0f, dw, blasint(in));
 }
 
-void rope_backward(float* dx, int64_t T, int64_t heads, int64_t ld, const RopeTable& rt, int64_t pos0) {
-  LB_ASSERT(pos0 + T <= rt.n_pos);
-  const int64_t half = rt.half;
-#pragma omp parallel for schedule(static) if (T * heads > 256)
-  for (int64_t t = 0; t < T; ++t) {
-    const float* c = rt.cos.data() + (pos0 + t) * half;
-    const float* s = rt.sin.data() + (pos0 + t) * half;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* a = dx + t * ld + h * 2 * half;
-      float* b = a + half;
-#pragma omp simd
-      for (int64_t i = 0; i < half; ++i) {
-        // The transpose of [[c, -s], [s, c]].
-        const float da = a[i], db = b[i];
-        a[i] = da * c[i] + db * s[i];
-        b[i] = db * c[i] - da * s[i];
-      }
-    }
-  }
-}
+// rope_backward is in cpu/ops.cpp, beside the forward it transposes.
 
 void attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk,
                         float* dv, int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
