@@ -102,6 +102,16 @@ class Result {
   PGresult* r_;
 };
 
+// Row `i` of a result, read the way cell_from_row and its siblings (store_backend.h) read one.
+struct RowOf {
+  const Result& r;
+  int i;
+  bool null(int col) const { return r.null(i, col); }
+  std::string text(int col) const { return r.text(i, col); }
+  double real(int col) const { return r.real(i, col); }
+  int64_t integer(int col) const { return r.integer(i, col); }
+};
+
 // One connection to the database.
 class Connection {
  public:
@@ -325,78 +335,24 @@ bool PgStore::write_evaluation(const CellRecord& c, const EvalRecord& e, const s
 std::vector<CellRecord> PgStore::cells() const {
   std::vector<CellRecord> out;
   // COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
-  const Result s = c_.exec("SELECT key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, "
-                           "calibration, calibration_json, quantize_seconds, ord, created FROM cells ORDER BY ord, key COLLATE \"C\"");
-  for (int i = 0; i < s.rows(); ++i) {
-    CellRecord c;
-    c.key = s.text(i, 0);
-    c.model = s.text(i, 1);
-    c.model_path = s.text(i, 2);
-    c.model_sha256 = s.text(i, 3);
-    c.method = s.text(i, 4);
-    c.method_name = s.text(i, 5);
-    c.resolved = s.text(i, 6);
-    c.w = s.real(i, 7);
-    c.a = int(s.integer(i, 8));
-    c.g = s.integer(i, 9);
-    c.calibration = s.text(i, 10);
-    c.calibration_json = s.text(i, 11);
-    c.quantize_seconds = s.real(i, 12);
-    c.ord = s.integer(i, 13);
-    c.created = s.text(i, 14);
-    out.push_back(std::move(c));
-  }
+  const Result s = c_.exec(fmt::format("SELECT {} FROM cells ORDER BY ord, key COLLATE \"C\"", kCellColumns));
+  for (int i = 0; i < s.rows(); ++i) out.push_back(cell_from_row(RowOf{s, i}));
   return out;
 }
 
 std::vector<ResultRecord> PgStore::results() const {
   std::vector<ResultRecord> out;
-  const Result s = c_.exec(
-      "SELECT cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, peak_rss_bytes, device, threads, "
-      "lowbit_version, git_commit, run_id, created, identity FROM results "
-      "ORDER BY cell_key COLLATE \"C\", eval_key COLLATE \"C\", metric COLLATE \"C\"");
-  for (int i = 0; i < s.rows(); ++i) {
-    ResultRecord r;
-    r.cell_key = s.text(i, 0);
-    r.eval = s.text(i, 1);
-    r.eval_key = s.text(i, 2);
-    r.kind = s.text(i, 3);
-    r.metric = s.text(i, 4);
-    r.value = s.real(i, 5);
-    if (!s.null(i, 6)) r.stderr_ = s.real(i, 6);
-    r.n = s.integer(i, 7);
-    r.seconds = s.real(i, 8);
-    r.peak_rss_bytes = s.integer(i, 9);
-    r.device = s.text(i, 10);
-    r.threads = int(s.integer(i, 11));
-    r.lowbit_version = s.text(i, 12);
-    r.git_commit = s.text(i, 13);
-    r.run_id = s.integer(i, 14);
-    r.created = s.text(i, 15);
-    r.identity = s.text(i, 16);
-    out.push_back(std::move(r));
-  }
+  const Result s = c_.exec(fmt::format(
+      "SELECT {} FROM results ORDER BY cell_key COLLATE \"C\", eval_key COLLATE \"C\", metric COLLATE \"C\"",
+      kResultColumns));
+  for (int i = 0; i < s.rows(); ++i) out.push_back(result_from_row(RowOf{s, i}));
   return out;
 }
 
 std::vector<RunRecord> PgStore::runs() const {
   std::vector<RunRecord> out;
-  const Result s = c_.exec("SELECT id, started, finished, spec_path, spec_text, lowbit_version, git_commit, host, "
-                           "device, threads FROM runs ORDER BY id");
-  for (int i = 0; i < s.rows(); ++i) {
-    RunRecord r;
-    r.id = s.integer(i, 0);
-    r.started = s.text(i, 1);
-    r.finished = s.text(i, 2);
-    r.spec_path = s.text(i, 3);
-    r.spec_text = s.text(i, 4);
-    r.lowbit_version = s.text(i, 5);
-    r.git_commit = s.text(i, 6);
-    r.host = s.text(i, 7);
-    r.device = s.text(i, 8);
-    r.threads = int(s.integer(i, 9));
-    out.push_back(std::move(r));
-  }
+  const Result s = c_.exec(fmt::format("SELECT {} FROM runs ORDER BY id", kRunColumns));
+  for (int i = 0; i < s.rows(); ++i) out.push_back(run_from_row(RowOf{s, i}));
   return out;
 }
 

@@ -6,6 +6,7 @@
 #include "lowbit/version.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sqlite3.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -284,77 +285,22 @@ bool SqliteStore::write_evaluation(const CellRecord& c, const EvalRecord& e, con
 
 std::vector<CellRecord> SqliteStore::cells() const {
   std::vector<CellRecord> out;
-  Stmt s(db_, "SELECT key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, calibration, "
-              "calibration_json, quantize_seconds, ord, created FROM cells ORDER BY ord, key");
-  while (s.step()) {
-    CellRecord c;
-    c.key = s.text(0);
-    c.model = s.text(1);
-    c.model_path = s.text(2);
-    c.model_sha256 = s.text(3);
-    c.method = s.text(4);
-    c.method_name = s.text(5);
-    c.resolved = s.text(6);
-    c.w = s.real(7);
-    c.a = int(s.integer(8));
-    c.g = s.integer(9);
-    c.calibration = s.text(10);
-    c.calibration_json = s.text(11);
-    c.quantize_seconds = s.real(12);
-    c.ord = s.integer(13);
-    c.created = s.text(14);
-    out.push_back(std::move(c));
-  }
+  Stmt s(db_, fmt::format("SELECT {} FROM cells ORDER BY ord, key", kCellColumns).c_str());
+  while (s.step()) out.push_back(cell_from_row(s));
   return out;
 }
 
 std::vector<ResultRecord> SqliteStore::results() const {
   std::vector<ResultRecord> out;
-  Stmt s(db_, "SELECT cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, peak_rss_bytes, device, "
-              "threads, lowbit_version, git_commit, run_id, created, identity FROM results "
-              "ORDER BY cell_key, eval_key, metric");
-  while (s.step()) {
-    ResultRecord r;
-    r.cell_key = s.text(0);
-    r.eval = s.text(1);
-    r.eval_key = s.text(2);
-    r.kind = s.text(3);
-    r.metric = s.text(4);
-    r.value = s.real(5);
-    if (!s.null(6)) r.stderr_ = s.real(6);
-    r.n = s.integer(7);
-    r.seconds = s.real(8);
-    r.peak_rss_bytes = s.integer(9);
-    r.device = s.text(10);
-    r.threads = int(s.integer(11));
-    r.lowbit_version = s.text(12);
-    r.git_commit = s.text(13);
-    r.run_id = s.integer(14);
-    r.created = s.text(15);
-    r.identity = s.text(16);
-    out.push_back(std::move(r));
-  }
+  Stmt s(db_, fmt::format("SELECT {} FROM results ORDER BY cell_key, eval_key, metric", kResultColumns).c_str());
+  while (s.step()) out.push_back(result_from_row(s));
   return out;
 }
 
 std::vector<RunRecord> SqliteStore::runs() const {
   std::vector<RunRecord> out;
-  Stmt s(db_, "SELECT id, started, finished, spec_path, spec_text, lowbit_version, git_commit, host, device, threads "
-              "FROM runs ORDER BY id");
-  while (s.step()) {
-    RunRecord r;
-    r.id = s.integer(0);
-    r.started = s.text(1);
-    r.finished = s.text(2);
-    r.spec_path = s.text(3);
-    r.spec_text = s.text(4);
-    r.lowbit_version = s.text(5);
-    r.git_commit = s.text(6);
-    r.host = s.text(7);
-    r.device = s.text(8);
-    r.threads = int(s.integer(9));
-    out.push_back(std::move(r));
-  }
+  Stmt s(db_, fmt::format("SELECT {} FROM runs ORDER BY id", kRunColumns).c_str());
+  while (s.step()) out.push_back(run_from_row(s));
   return out;
 }
 
