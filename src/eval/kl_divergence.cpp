@@ -88,15 +88,12 @@ KlDivergenceStats summarize_kld(std::vector<double>& kld, const std::vector<uint
 
 void KlDivergenceAccumulator::add_rows(const float* base_logits, const float* logits, const int32_t* targets,
                                        int64_t rows) {
-  const size_t first = kld_.size(), at = nll_b_.size();
-  kld_.resize(first + size_t(rows));
-  agree_.resize(kld_.size());
-  nll_b_.resize(at + size_t(rows));
-  nll_q_.resize(nll_b_.size());
-  kld_rows(base_logits, logits, rows, vocab_, kld_.data() + first, agree_.data() + first);
-  ops::nll_rows(base_logits, targets, nll_b_.data() + at, rows, vocab_);
-  ops::nll_rows(logits, targets, nll_q_.data() + at, rows, vocab_);
-  for (size_t i = first; i < kld_.size(); ++i) kld_sum_ += kld_[i];
+  std::vector<double> kld(static_cast<size_t>(rows)), nll_b(kld.size()), nll_q(kld.size());
+  std::vector<uint8_t> agree(kld.size());
+  kld_rows(base_logits, logits, rows, vocab_, kld.data(), agree.data());
+  ops::nll_rows(base_logits, targets, nll_b.data(), rows, vocab_);
+  ops::nll_rows(logits, targets, nll_q.data(), rows, vocab_);
+  add_values(kld.data(), agree.data(), nll_b.data(), nll_q.data(), rows);
 }
 
 void KlDivergenceAccumulator::add_values(const double* kld, const uint8_t* agree, const double* nll_b,
