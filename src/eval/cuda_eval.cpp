@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
+#include <numeric>
 
 namespace lowbit {
 
@@ -120,6 +122,56 @@ class CudaMcBackend final : public McBackend {
     model_.score_rows(gathered_.get(), targets.data(), n, loglik, greedy);
   }
   void clear_runs() override { runs_.clear(); }
+  bool prefers_batches() const override { return true; }
+  // Sequences longest first, cut into batches of one padded length and about kBatchTokens
+  // positions; the right padding (the sequence's last token repeated) is never attended to by
+  // the positions before it.
+  void score_sequences(const std::vector<std::vector<int32_t>>& seqs, const std::vector<SeqRow>& rows,
+                       double* loglik, bool* greedy) override {
+    constexpr int64_t kBatchTokens = 16384;
+    const int64_t H = model_.config().hidden_size, V = model_.config().vocab_size;
+    std::vector<std::vector<size_t>> rows_of(seqs.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const SeqRow& r = rows[i];
+      LB_CHECK(r.seq >= 0 && size_t(r.seq) < seqs.size() && r.index >= 0 && r.index < int64_t(seqs[size_t(r.seq)].size()),
+               "multiple choice: row {} (sequence {}, position {}) outside the {} sequences", i, r.seq, r.index,
+               seqs.size());
+      rows_of[size_t(r.seq)].push_back(i);
+    }
+    std::vector<size_t> order(seqs.size());
+    std::iota(order.begin(), order.end(), size_t(0));
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
+    for (size_t k = 0; k < order.size();) {
+      const int64_t T = int64_t(seqs[order[k]].size());
+      const int64_t B = std::min<int64_t>(std::max<int64_t>(1, kBatchTokens / T), int64_t(order.size() - k));
+      std::vector<int32_t> ids(size_t(B * T)), flat, targets;
+      std::vector<size_t> which;
+      for (int64_t b = 0; b < B; ++b) {
+        const std::vector<int32_t>& q = seqs[order[k + size_t(b)]];
+        std::copy(q.begin(), q.end(), ids.begin() + b * T);
+        std::fill(ids.begin() + b * T + int64_t(q.size()), ids.begin() + (b + 1) * T, q.back());
+        for (size_t i : rows_of[order[k + size_t(b)]]) {
+          flat.push_back(int32_t(b * T + rows[i].index));
+          targets.push_back(rows[i].target);
+          which.push_back(i);
+        }
+      }
+      k += size_t(B);
+      if (flat.empty()) continue;
+      model_.forward_rows(ids.data(), B, T, flat, gathered_);
+      // The LM head's fp32 logits in chunks of at most ~1 GiB.
+      const int64_t n = int64_t(flat.size()), chunk = std::max<int64_t>(1, (int64_t(1) << 28) / V);
+      std::vector<double> ll(static_cast<size_t>(n));
+      std::unique_ptr<bool[]> g(new bool[static_cast<size_t>(n)]);
+      for (int64_t c0 = 0; c0 < n; c0 += chunk)
+        model_.score_rows(gathered_.get() + c0 * H, targets.data() + c0, std::min(chunk, n - c0), ll.data() + c0,
+                          g.get() + c0);
+      for (int64_t i = 0; i < n; ++i) {
+        loglik[which[size_t(i)]] = ll[size_t(i)];
+        greedy[which[size_t(i)]] = g[size_t(i)];
+      }
+    }
+  }
 
  private:
   CudaModel& model_;

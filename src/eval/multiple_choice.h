@@ -15,6 +15,10 @@
 // requests runs once and each request runs only its remainder on top of it; the cache also keeps
 // the previous item's prefix, so consecutive items that share a prefix (MMLU's five shots of one
 // subject) reuse it too. Only the positions that are scored go through the LM head.
+//
+// A GPU instead scores whole requests many at a time (McScoring::Batched: no cache, requests of
+// similar length right-padded into one forward): one short run per request leaves it waiting on
+// kernel launches. Requests of an item that read the same tokens (MMLU's four letters) run once.
 #pragma once
 
 #include "eval/tasks.h"
@@ -76,12 +80,31 @@ class McBackend {
   };
   virtual void score(const std::vector<Row>& rows, double* loglik, bool* greedy) = 0;
   virtual void clear_runs() = 0;
+
+  // Whole sequences at once, without the cache (McScoring::Batched): log p(target | row `index`
+  // of sequence `seq`) and whether the target is the argmax, for each row. The cache's contents
+  // are undefined afterwards.
+  struct SeqRow {
+    int64_t seq;
+    int64_t index;
+    int32_t target;
+  };
+  virtual void score_sequences(const std::vector<std::vector<int32_t>>& seqs, const std::vector<SeqRow>& rows,
+                               double* loglik, bool* greedy) = 0;
+  // Whether McScoring::Auto batches on this backend (a GPU) rather than running cached prefixes.
+  virtual bool prefers_batches() const { return false; }
 };
 // The CPU backend (LlamaModel with a KvCache).
 std::unique_ptr<McBackend> make_cpu_mc_backend(const LlamaModel& model, int64_t max_length);
 
+// How requests are run: Cached (prefix reuse through the KV cache, one run at a time), Batched
+// (whole requests in padded batches) or Auto (what the backend prefers). Both give the same
+// scores up to floating-point summation order.
+enum class McScoring { Auto, Cached, Batched };
+
 struct McOptions {
   BosMode bos = BosMode::Default;
+  McScoring scoring = McScoring::Auto;
   int64_t max_length = 0;  // 0: the model's max_position_embeddings
   int64_t limit = 0;       // 0: every item
 };

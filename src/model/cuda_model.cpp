@@ -300,6 +300,29 @@ std::vector<double> CudaModel::window_nll(const std::vector<std::vector<int32_t>
   return out;
 }
 
+void CudaModel::forward_rows(const int32_t* ids, int64_t B, int64_t T, const std::vector<int32_t>& rows,
+                             DeviceBuffer<bf16>& out) {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, n = int64_t(rows.size());
+  for (int32_t r : rows) LB_CHECK(r >= 0 && r < B * T, "row {} outside the batch of {} x {} positions", r, B, T);
+  const cudaStream_t s = ctx_.stream();
+  hidden_.resize(size_t(B * T * H));
+  mark("embed");
+  embed(ids, B * T, hidden_.get());
+  GpuBlockWeights scratch;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden_.get(), B, T);
+  mark("final_norm");
+  final_norm(hidden_.get(), x_.get(), B * T);
+  // The scored rows of the normed states: the embedding lookup is that gather (into fp32, which
+  // holds bf16 exactly), then back to bf16.
+  targets_.resize(size_t(n));
+  cuda::upload(targets_.get(), rows.data(), size_t(n), s);
+  logits_.resize(size_t(n * H));
+  cuda::embed(targets_.get(), x_.get(), logits_.get(), n, H, s);
+  out.resize(size_t(n * H));
+  cuda::f32_to_bf16(logits_.get(), out.get(), n * H, s);
+}
+
 GpuKvCache CudaModel::make_kv_cache(int64_t capacity) const {
   const LlamaConfig& c = config();
   LB_CHECK(capacity > 0 && capacity <= rope_positions_, "KV cache of {} positions: the model's context is {}", capacity,

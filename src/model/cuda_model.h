@@ -8,7 +8,8 @@
 // input, as the CPU forward's hooks do.
 //
 // What runs here: perplexity windows (window_nll), incremental forwards with a KV cache for
-// multiple-choice scoring (forward_cached + lm_head_rows), and the block pieces the GPU
+// multiple-choice scoring (forward_cached, or forward_rows on padded batches, + score_rows), and
+// the block pieces the GPU
 // quantization driver uses.
 #pragma once
 
@@ -67,6 +68,11 @@ class CudaModel {
   // Runs tokens at positions cache.length.. through every block; hidden_out [T, H] (device,
   // fp32 -> bf16 final-normed) receives the final-normed states as bf16.
   void forward_cached(std::span<const int32_t> tokens, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);
+  // B sequences of T tokens (ids [B * T], host; right-padded by the caller) through every block
+  // without a cache; out [n, H] receives the final-normed states (bf16) of the n flat positions
+  // `rows` (b * T + t).
+  void forward_rows(const int32_t* ids, int64_t B, int64_t T, const std::vector<int32_t>& rows,
+                    cuda::DeviceBuffer<cuda::bf16>& out);
   // log p(targets[r] | rows[r]) and whether it is the argmax, for hidden rows (bf16, device).
   void score_rows(const cuda::bf16* rows, const int32_t* targets_host, int64_t n, double* loglik, bool* greedy);
 

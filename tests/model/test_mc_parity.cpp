@@ -55,6 +55,19 @@ TEST(McParity, Testbed44mMatchesTransformers) {
       }
     }
     const McResult res = evaluate_multiple_choice(*testbed().model, *testbed().tok, task, McOptions{});
+    // The batched bookkeeping (whole requests, an item's identical inputs once) on the first
+    // items of each task.
+    McOptions batched;
+    batched.scoring = McScoring::Batched;
+    batched.limit = 8;
+    const McResult rb = evaluate_multiple_choice(*testbed().model, *testbed().tok, task, batched);
+    ASSERT_EQ(rb.items.size(), std::min<size_t>(8, res.items.size()));
+    for (size_t i = 0; i < rb.items.size(); ++i) {
+      for (size_t r = 0; r < res.items[i].loglik.size(); ++r)
+        EXPECT_NEAR(rb.items[i].loglik[r], res.items[i].loglik[r], 1e-3) << name << " " << task.items[i].id;
+      EXPECT_EQ(rb.items[i].pred, res.items[i].pred) << name << " " << task.items[i].id;
+      EXPECT_EQ(rb.items[i].pred_norm, res.items[i].pred_norm) << name << " " << task.items[i].id;
+    }
     double task_worst = 0;
     for (size_t i = 0; i < task.items.size(); ++i) {
       const auto& want = (*refs[name][i])["loglik"];

@@ -25,7 +25,7 @@ namespace {
 struct Options {
   std::string log_samples, adapter;
   std::string model, tasks = "piqa,arc_easy,arc_challenge,hellaswag,winogrande", data_dir, bos = "auto", spm = "auto",
-              device = "cpu";
+              device = "cpu", mc_scoring = "auto";
   int64_t limit = 0, max_length = 0;
   int mmlu_shots = 5, threads = 0;
   bool json = false;
@@ -71,6 +71,8 @@ void run(const Options& o) {
   mo.bos = parse_bos_mode(o.bos);
   mo.max_length = o.max_length;
   mo.limit = o.limit;
+  mo.scoring = o.mc_scoring == "cached" ? McScoring::Cached : o.mc_scoring == "batched" ? McScoring::Batched
+                                                                                        : McScoring::Auto;
   const int64_t max_length = o.max_length > 0 ? o.max_length : model->config().max_position_embeddings;
   LB_CHECK(max_length <= model->config().max_position_embeddings, "--max-length {} exceeds the model's context {}",
            max_length, model->config().max_position_embeddings);
@@ -164,6 +166,10 @@ void register_eval(CLI::App& app) {
   add_bos_option(cmd, o->bos, "the requests (auto as the current harness, off as older ones)");
   cmd->add_option("--max-length", o->max_length, "context tokens (0: the model's max_position_embeddings)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--mc-scoring", o->mc_scoring, "cached: prefix reuse through the KV cache, one run at a time; "
+                                                "batched: whole requests in padded batches; auto: batched on a "
+                                                "GPU, cached on the CPU (scores equal up to rounding)")
+      ->check(CLI::IsMember({"auto", "cached", "batched"}));
   cmd->add_option("--mmlu-shots", o->mmlu_shots, "MMLU few-shot examples from dev")->check(CLI::Range(0, 5));
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
