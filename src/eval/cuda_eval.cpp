@@ -205,6 +205,27 @@ nlohmann::json profile_json(const cuda::OpProfile& p, const PerplexityResult& r)
           {"scope", rest ? "after the first forward" : "the whole pass"}};
 }
 
+class CudaDecoder final : public Decoder {
+ public:
+  CudaDecoder(CudaModel& gpu, int64_t capacity)
+      : gpu_(gpu), cache_(gpu.make_kv_cache(capacity)), logits_(static_cast<size_t>(gpu.config().vocab_size)),
+        host_(static_cast<size_t>(gpu.config().vocab_size)) {}
+  std::span<const float> step(std::span<const int32_t> tokens) override {
+    const int64_t H = gpu_.config().hidden_size;
+    gpu_.forward_cached(tokens, cache_, normed_);
+    gpu_.lm_head(normed_.get() + (int64_t(tokens.size()) - 1) * H, logits_.get(), 1);
+    cuda::download(host_.data(), logits_.get(), host_.size(), gpu_.context().stream());
+    return host_;
+  }
+
+ private:
+  CudaModel& gpu_;
+  GpuKvCache cache_;
+  cuda::DeviceBuffer<cuda::bf16> normed_;
+  cuda::DeviceBuffer<float> logits_;
+  std::vector<float> host_;
+};
+
 class CudaPlacedModel final : public PlacedModel {
  public:
   CudaPlacedModel(const LlamaModel& m, cuda::Context& ctx, bool profile) : gpu_(m, ctx) {
@@ -233,6 +254,9 @@ class CudaPlacedModel final : public PlacedModel {
     Tensor out = Tensor::empty(DType::F32, {T, V});
     cuda::download(out.mutable_data_as<float>(), dl.get(), size_t(T * V), gpu_.context().stream());
     return out;
+  }
+  std::unique_ptr<Decoder> decoder(int64_t capacity) override {
+    return std::make_unique<CudaDecoder>(gpu_, capacity);
   }
   nlohmann::json profile(const PerplexityResult& r) const override {
     return gpu_.profile() ? profile_json(*gpu_.profile(), r) : nlohmann::json(nullptr);

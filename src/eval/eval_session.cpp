@@ -10,6 +10,24 @@ namespace lowbit {
 
 namespace {
 
+class CpuDecoder final : public Decoder {
+ public:
+  CpuDecoder(const LlamaModel& m, int64_t capacity)
+      : model_(m), cache_(m.make_kv_cache(capacity)), logits_(size_t(m.config().vocab_size)) {}
+  std::span<const float> step(std::span<const int32_t> tokens) override {
+    const int64_t H = model_.config().hidden_size;
+    hidden_.resize(tokens.size() * size_t(H));
+    model_.forward_cached(tokens, cache_, hidden_.data());
+    model_.lm_head(hidden_.data() + (int64_t(tokens.size()) - 1) * H, 1, logits_.data());
+    return logits_;
+  }
+
+ private:
+  const LlamaModel& model_;
+  KvCache cache_;
+  std::vector<float> hidden_, logits_;
+};
+
 class CpuPlacedModel final : public PlacedModel {
  public:
   explicit CpuPlacedModel(const LlamaModel& m) : model_(m) {}
@@ -28,6 +46,9 @@ class CpuPlacedModel final : public PlacedModel {
   }
   Tensor logits(std::span<const int32_t> ids) override {
     return model_.forward(ids);
+  }
+  std::unique_ptr<Decoder> decoder(int64_t capacity) override {
+    return std::make_unique<CpuDecoder>(model_, capacity);
   }
 
  private:

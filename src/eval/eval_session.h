@@ -22,6 +22,15 @@
 
 namespace lowbit {
 
+// Incremental decoding on a placed model (generate): a KV cache of a fixed capacity; step() runs
+// tokens after those already seen and returns the fp32 logits [vocab] of the last one, valid
+// until the next step.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual std::span<const float> step(std::span<const int32_t> tokens) = 0;
+};
+
 // A model as placed on a session's device (on a GPU: its weights uploaded once, for all the
 // evaluations asked of it). It refers to the LlamaModel it was placed from, which must outlive it.
 class PlacedModel {
@@ -37,6 +46,8 @@ class PlacedModel {
   virtual std::unique_ptr<McBackend> mc_backend(int64_t max_length) = 0;
   // Logits [T, vocab] (fp32) of every position of one sequence.
   virtual Tensor logits(std::span<const int32_t> ids) = 0;
+  // A decoder over `capacity` positions (throws beyond the model's context).
+  virtual std::unique_ptr<Decoder> decoder(int64_t capacity) = 0;
   // The GPU time of each op of the perplexity passes (ppl --profile), when the model was placed
   // with profiling on a device that has it; null otherwise.
   virtual nlohmann::json profile(const PerplexityResult& r) const { return nullptr; }

@@ -71,23 +71,13 @@ std::string escape_token(const std::string& s) {
   return out;
 }
 
-DeviceChoice parse_device(const std::string& s) {
-  const Device dev = lowbit::parse_device(s);
-  check_device_available(dev);
-  DeviceChoice d;
-  d.text = s;
-  d.cuda = dev.is_cuda();
-  d.index = dev.index;
-  return d;
-}
-
 void add_device_option(CLI::App* cmd, std::string& target) {
   // CLI11 prefixes the option's name, so the message it prints reads
   // "--device: 'gpu': expected cpu, cuda or cuda:N".
   const CLI::Validator device(
       [](std::string& s) -> std::string {
         try {
-          parse_device(s);
+          check_device_available(lowbit::parse_device(s));
         } catch (const Error& e) {
           std::string m = e.what();
           const std::string prefix = "device ";

@@ -5,12 +5,10 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "eval/eval_session.h"
 #include "formats/tokenizer.h"
 #include "model/llama_model.h"
 #include "quant/lowbit_checkpoint.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "model/cuda_model.h"
-#endif
 
 #include <fmt/format.h>
 
@@ -80,7 +78,8 @@ void decode(const Options& o, const Tokenizer& tok, const LlamaConfig& c, std::v
 
 void run(const Options& o) {
   set_num_threads(o.threads);
-  const DeviceChoice dev = parse_device(o.device);
+  const auto session = open_eval_session(lowbit::parse_device(o.device));  // checked before any work
+  const bool cuda = session->device().is_cuda();
   Checkpoint ck = open_model(o.model);
   LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
@@ -88,39 +87,20 @@ void run(const Options& o) {
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
   LlamaModel model(std::move(ck));
   // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
-  if (!dev.cuda) model.set_keep_16bit_weights(true);
+  if (!cuda) model.set_keep_16bit_weights(true);
   install_quantized_forward(model);
-  apply_packed(o.packed, model, dev.cuda, false);
+  apply_packed(o.packed, model, cuda, false);
   const LlamaConfig& c = model.config();
   std::vector<int32_t> ids = tok->encode(o.prompt, parse_bos_mode(o.bos));
   LB_CHECK(!ids.empty(), "the prompt has no tokens (empty prompt with --bos {}); give --prompt or --bos on", o.bos);
-  const int64_t max_len = c.max_position_embeddings, H = c.hidden_size, V = c.vocab_size;
+  const int64_t max_len = c.max_position_embeddings;
   LB_CHECK(int64_t(ids.size()) < max_len, "prompt has {} tokens; the model's context is {}", ids.size(), max_len);
   const int64_t capacity = std::min<int64_t>(max_len, int64_t(ids.size()) + o.n);
-#ifdef LOWBIT_WITH_CUDA
-  if (dev.cuda) {
-    cuda::Context ctx(dev.index);
-    CudaModel gpu(model, ctx);
-    GpuKvCache cache = gpu.make_kv_cache(capacity);
-    cuda::DeviceBuffer<cuda::bf16> normed;
-    cuda::DeviceBuffer<float> logits(static_cast<size_t>(V));
-    std::vector<float> host(static_cast<size_t>(V));
-    decode(o, *tok, c, ids, [&](std::span<const int32_t> tokens) {
-      gpu.forward_cached(tokens, cache, normed);
-      gpu.lm_head(normed.get() + (int64_t(tokens.size()) - 1) * H, logits.get(), 1);
-      cuda::download(host.data(), logits.get(), size_t(V), ctx.stream());
-      return argmax(host.data(), V);
-    });
-    return;
-  }
-#endif
-  KvCache cache = model.make_kv_cache(capacity);
-  std::vector<float> hidden, logits(static_cast<size_t>(V));
+  const auto placed = session->place(model);
+  const std::unique_ptr<Decoder> decoder = placed->decoder(capacity);
   decode(o, *tok, c, ids, [&](std::span<const int32_t> tokens) {
-    hidden.resize(tokens.size() * size_t(H));
-    model.forward_cached(tokens, cache, hidden.data());
-    model.lm_head(hidden.data() + (int64_t(tokens.size()) - 1) * H, 1, logits.data());
-    return argmax(logits.data(), V);
+    const std::span<const float> logits = decoder->step(tokens);
+    return argmax(logits.data(), int64_t(logits.size()));
   });
 }
 

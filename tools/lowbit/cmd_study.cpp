@@ -112,7 +112,7 @@ void run(const Options& o) {
     return;
   }
   if (!o.device.empty()) {
-    (void)parse_device(o.device);
+    check_device_available(lowbit::parse_device(o.device));
     LB_CHECK(o.device == "cpu" || cuda_backend_built(), "--device {}: this lowbit was built without the CUDA backend",
              o.device);
     spec.device = o.device;

@@ -55,15 +55,9 @@ void add_calibration_options(CLI::App* cmd, CalibrationFlags& f);
 // has no tokenizer, when --seqlen exceeds its context, or when the data is missing.
 Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, const std::string& model);
 
-// --device cpu|cuda[:N]. parse_device throws for bad text, and for cuda when lowbit was built
-// without CUDA or no device is present. add_device_option runs parse_device as the option's
-// validator, so a bad device is rejected while the command line is parsed, before any work.
-struct DeviceChoice {
-  bool cuda = false;
-  int index = 0;
-  std::string text = "cpu";
-};
-DeviceChoice parse_device(const std::string& s);
+// --device cpu|cuda[:N]. The option's validator parses the text (core/device.h) and checks that
+// the device exists (backend/device_check.h), so a bad device is rejected while the command line
+// is parsed, before any work; commands then parse it into a Device.
 void add_device_option(CLI::App* cmd, std::string& target);
 
 // --adapter DIR: a LoRA adapter in PEFT's format (lowbit finetune's output, or PEFT's own)
