@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Whole-model reference runs of PB-LLM and BiLLM on the CPU, for comparison with lowbit's.
+"""Whole-model reference runs of PB-LLM, BiLLM, SliM-LLM and QuIP on the CPU, for comparison
+with lowbit's.
 
 Drives the official quantizer classes (imported from the checkouts given on the command line:
-PB-LLM's gptq_pb LowHighGPT / LowQuantizer / HighQuantizer, BiLLM's BRAGPTQ / Binarization)
-block by block as each repository's run.py (quant_sequential) does, with the changes that
+PB-LLM's gptq_pb LowHighGPT / LowQuantizer / HighQuantizer, BiLLM's BRAGPTQ / Binarization,
+SliM-LLM's slim-llm SliMGPTQ / utils.mixed_quantizer.Quantizer, QuIP's bal.Balance /
+quant.Quantizer) block by block as each repository's driver does (PB-LLM's and BiLLM's run.py
+quant_sequential, SliM-LLM's run.py quant_sequential with its second, salience pass, QuIP's
+llama.py llama_sequential), with the changes that
 transformers 5 needs (METHODS.md sections 1.7 and 2.7): the model loads from a local directory
 (torch_dtype="auto"), the Catcher keeps every keyword argument of the first decoder layer
 (position embeddings included) and passes them on, and the calibration text comes from the local
@@ -11,11 +15,18 @@ PTB train file (rows stripped and joined with " ", as both repositories' get_ptb
 2048-token windows drawn with random.seed(seed). The quantized ("fake", dequantized) model is
 saved with save_pretrained so that `lowbit ppl` evaluates it exactly as it evaluates lowbit's.
 
-  python3 scripts/pbllm_billm_pipeline.py --method pbllm --repo /tmp/pbllm \
+  python3 scripts/reference_pipeline.py --method pbllm --repo /tmp/pbllm \
       --model ../shared/models/testbed-44m --ptb ../shared/data/ptb/ptb.train.txt -o /tmp/ref_pbllm
 
 Options follow the repositories' command lines: PB-LLM `xnor --low_frac F --high_bit 8
---salient_metric hessian --groupsize 128`, BiLLM `braq --blocksize 128 --salient_metric hessian`.
+--salient_metric hessian --groupsize 128`, BiLLM `braq --blocksize 128 --salient_metric hessian`,
+SliM-LLM `{wbits}bit --groupsize 128` (salience-determined allocation, metric mse, lambda 1),
+QuIP `--quant ldlq --wbits W --npasses 0 --pre_gptqH --pre_rescale --pre_proj --qfn b`. QuIP draws
+its rotations from torch's unseeded generator: --seed also seeds torch here, and a spread over
+seeds is what compares with lowbit's (whose butterflies are seeded by its own generator).
+
+  python3 scripts/reference_pipeline.py --method slim --repo /tmp/slim/slim-llm --wbits 3 ...
+  python3 scripts/reference_pipeline.py --method quip --repo /tmp/quip --wbits 2 --seed 1 ...
 """
 import argparse
 import importlib
@@ -61,7 +72,7 @@ def calibration(tok, path, nsamples, seqlen, seed):
 
 
 @torch.no_grad()
-def quant_sequential(model, windows, make_quantizer, quantize):
+def quant_sequential(model, windows, make_quantizer, quantize, between=None):
     layers = model.model.layers
     dtype = next(iter(model.parameters())).dtype
     inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype)
@@ -93,10 +104,11 @@ def quant_sequential(model, windows, make_quantizer, quantize):
         y = y[0] if isinstance(y, tuple) else y  # transformers 5 returns the tensor itself
         return y[0]
 
-    find_layers = importlib.import_module("modelutils").find_layers
     for i, layer in enumerate(layers):
         t0 = time.time()
-        subset = find_layers(layer)
+        # The decoder layer's linears in module order (q, k, v, o, gate, up, down), as the
+        # repositories' modelutils.find_layers lists them.
+        subset = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
         gpts = {name: make_quantizer(subset[name]) for name in subset}
         handles = []
         for name in gpts:
@@ -107,6 +119,17 @@ def quant_sequential(model, windows, make_quantizer, quantize):
             outs[j] = run(layer, inps[j])
         for h in handles:
             h.remove()
+        if between is not None:
+            # Work between the statistics pass and the quantization (SliM-LLM: the salience, then
+            # a second pass over the windows whose hook gets each linear's input and output).
+            hook_of = between(gpts)
+            if hook_of is not None:
+                handles = [subset[name].register_forward_hook(
+                    lambda _, inp, out, name=name: hook_of(gpts[name], inp[0].data, out.data)) for name in gpts]
+                for j in range(len(windows)):
+                    outs[j] = run(layer, inps[j])
+                for h in handles:
+                    h.remove()
         for name in gpts:
             quantize(gpts[name])
             gpts[name].free()
@@ -118,8 +141,10 @@ def quant_sequential(model, windows, make_quantizer, quantize):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=["pbllm", "billm"], required=True)
-    ap.add_argument("--repo", required=True, help="work tree of hahnyuan/PB-LLM or Aaronhuang-778/BiLLM")
+    ap.add_argument("--method", choices=["pbllm", "billm", "slim", "quip"], required=True)
+    ap.add_argument("--repo", required=True, help="work tree of hahnyuan/PB-LLM, Aaronhuang-778/BiLLM, "
+                    "Cornell-RelaxML/QuIP, or the slim-llm directory of Aaronhuang-778/SliM-LLM")
+    ap.add_argument("--wbits", type=int, default=2, help="slim, quip: weight bits")
     ap.add_argument("--model", required=True)
     ap.add_argument("--ptb", required=True, help="ptb.train.txt")
     ap.add_argument("-o", "--output", required=True)
@@ -133,13 +158,16 @@ def main():
     ap.add_argument("--salient_metric", default="hessian")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, LlamaTokenizer
 
     stub_module("exceptiongroup", catch=None)
     stub_module("pyparsing", line=None)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype="auto")
+    # QuIP's llama.py loads the model in fp16, the other three with torch_dtype="auto".
+    model = AutoModelForCausalLM.from_pretrained(args.model,
+                                                 torch_dtype=torch.float16 if args.method == "quip" else "auto")
     model.config.use_cache = False
     # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
     # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
@@ -149,6 +177,7 @@ def main():
     tok = LlamaTokenizer.from_pretrained(tok_dir)
     windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
 
+    between = None
     if args.method == "pbllm":
         sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
         gptq = importlib.import_module("gptq")
@@ -164,6 +193,49 @@ def main():
 
         def quantize(g):
             g.fasterquant(args.low_frac, percdamp=0.01, blocksize=args.blocksize)
+    elif args.method == "slim":
+        sys.path.insert(0, args.repo)
+        torch.cuda.synchronize = lambda *a, **k: None  # fasterquant synchronizes a GPU
+        SliMGPTQ = importlib.import_module("slim_gptq").SliMGPTQ
+        Quantizer = importlib.import_module("utils.mixed_quantizer").Quantizer
+        index = {"n": 0}
+
+        def make(layer):
+            # run.py counts every linear of the model in order (layer_index, unused by fasterquant).
+            index["n"] += 1
+            q = Quantizer(layer.weight, method=f"{args.wbits}bit", groupsize=args.groupsize, metric="mse",
+                          lambda_salience=1)
+            return SliMGPTQ(layer, q, disable_gptq=False, layer_index=index["n"], salient_block=-1,
+                            nonsalient_block=-1, bit_width=args.wbits)
+
+        def between(gpts):
+            for g in gpts.values():
+                g.get_salience(blocksize=args.groupsize)
+            return lambda g, inp, out: g.get_block(inp, out, blocksize=args.groupsize)
+
+        def quantize(g):
+            g.fasterquant(percdamp=0.01, blocksize=args.groupsize, layer_name="", saved_block_precision=None)
+    elif args.method == "quip":
+        sys.path.insert(0, args.repo)
+        Balance = importlib.import_module("bal").Balance
+        QuipQuantizer = importlib.import_module("quant").Quantizer
+
+        def make(layer):
+            b = Balance(layer)
+            b.configure("ldlq", args.wbits, 0, unbiased=False)
+            b.quantizer = QuipQuantizer()
+            b.quantizer.configure(args.wbits, perchannel=True, sym=False, qfn="b", mse=False)
+            return b
+
+        def between(gpts):
+            for g in gpts.values():
+                g.post_batch()
+            return None
+
+        def quantize(g):
+            g.preproc(preproc_gptqH=True, percdamp=0.01, preproc_rescale=True, preproc_proj=True,
+                      preproc_proj_extra=0)
+            g.fasterquant()
     else:
         sys.path.insert(0, args.repo)
         bigptq = importlib.import_module("bigptq")
@@ -181,7 +253,7 @@ def main():
     import builtins
     real_print = builtins.print
     builtins.print = lambda *a, **k: real_print(*a, **k) if a and str(a[0]).startswith("block") else None
-    quant_sequential(model, windows, make, quantize)
+    quant_sequential(model, windows, make, quantize, between=between)
     builtins.print = real_print
 
     if os.path.exists(args.output):
