@@ -90,6 +90,12 @@ std::vector<float> make_x(int64_t M, int64_t K, int64_t lda, bool exact, std::mt
   return x;
 }
 
+DeviceBuffer<float> to_device_f32(const std::vector<float>& v) {
+  DeviceBuffer<float> d(v.size());
+  cuda::upload(d.get(), v.data(), v.size(), w4_ctx().stream());
+  return d;
+}
+
 struct Reference {
   std::vector<double> y, sumabs;  // [M, N]
 };
@@ -202,6 +208,52 @@ TEST(CudaW4A16, RandomWeightsMatchTheReference) {
   sweep(false);
 }
 
+TEST(CudaW4A16, AccumulateAddsExactSumsIntoFp32) {
+  // C += x W^T (the residual add of o_proj and down_proj): exact numbers, C starting at multiples
+  // of 2^-9 like the products' sums, so C + y is exact in fp32 and must match bit for bit; the
+  // columns past N keep their values.
+  REQUIRE_GPU();
+  std::mt19937 rng(606);
+  cuda::W4A16Workspace ws;
+  std::uniform_int_distribution<int> start(-64, 64);
+  for (const Case& c : kCases) {
+    const QuantizedLinear q = random_w4_linear(c.n, c.k, c.group, c.bits, c.order, W4Scales::PowerOfTwo, rng);
+    const cuda::W4A16Weight w = pack::upload_w4_tiles(pack::pack_w4_tiles(q, "test"), "test", w4_ctx().stream());
+    const Tensor wt = q.dequantize_f32();
+    const std::vector<float> wref(wt.data_as<float>(), wt.data_as<float>() + c.n * c.k);
+    for (int64_t M : {1, 17, 64}) {
+      const int64_t lda = c.k + (M == 17 ? 1 : 0), ldc = c.n + (M == 1 ? 0 : 5);
+      const std::vector<float> x = make_x(M, c.k, lda, true, rng);
+      const std::vector<uint16_t> xb = to_bf16_bits(x);
+      DeviceBuffer<bf16> dx(xb.size());
+      cuda::upload(dx.get(), reinterpret_cast<const bf16*>(xb.data()), xb.size(), w4_ctx().stream());
+      const Reference ref = reference(wref, c.n, c.k, x, M, lda);
+      std::vector<float> c0(size_t(M * ldc));
+      for (auto& v : c0) v = float(start(rng)) / 512.0f;
+      for (int variant = 0; variant < 4; ++variant) {
+        const auto kernel = variant == 0 ? cuda::W4A16Kernel::Simple : cuda::W4A16Kernel::Mma;
+        const int splits = variant == 3 ? 3 : variant == 2 ? 1 : 0;
+        DeviceBuffer<float> dc = to_device_f32(c0);
+        cuda::w4a16_linear_accumulate(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits);
+        std::vector<float> got(c0.size());
+        cuda::download(got.data(), dc.get(), got.size(), w4_ctx().stream());
+        int bad = 0;
+        for (int64_t m = 0; m < M && bad < 5; ++m)
+          for (int64_t n = 0; n < ldc && bad < 5; ++n) {
+            const size_t i = size_t(m * ldc + n);
+            const float want = n < c.n ? float(double(c0[i]) + ref.y[size_t(m * c.n + n)]) : c0[i];
+            if (got[i] != want) {
+              ADD_FAILURE() << "N " << c.n << " K " << c.k << " M " << M << " variant " << variant << ": C[" << m
+                            << ", " << n << "] = " << got[i] << ", expected " << want;
+              ++bad;
+            }
+          }
+        if (bad) return;
+      }
+    }
+  }
+}
+
 TEST(CudaW4A16, Fp32ScalesStayWithinTheirBf16Rounding) {
   // Scales that are not bf16 values are rounded once when packed: each weight moves by at most
   // 2^-9 of itself beyond the fake-quant weight's own rounding, so y by at most 2^-8 sum |x w|.
@@ -240,7 +292,9 @@ TEST(CudaW4A16, SplitSumsAreDeterministic) {
     cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), 0, 0, cuda::W4A16Kernel::Mma, 17);
     cuda::download(reinterpret_cast<bf16*>((rep == 0 ? first : again).data()), dc.get(), first.size(),
                    w4_ctx().stream());
-    if (rep > 0) ASSERT_EQ(first, again) << "call " << rep;
+    if (rep > 0) {
+      ASSERT_EQ(first, again) << "call " << rep;
+    }
   }
 }
 

@@ -35,7 +35,8 @@ struct MmaParams {
   const uint32_t* scales;  // [chunks, groups, 8, 8]
   const bf16* A;           // [M, lda], slot order
   int64_t lda;
-  bf16* C;                 // [M, ldc]
+  bf16* C;                 // [M, ldc], or
+  float* Cf;               // [M, ldc], accumulated into (C += A W^T), when not null
   int64_t ldc;
   float* partial;          // [splits, M, padded_n] when splits > 1
   unsigned* counters;      // [mblocks, colblocks]
@@ -67,10 +68,17 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void store_pair(bf16* C, int64_t ldc, int N, int row, int col, float v0, float v1) {
-  bf16* c = C + int64_t(row) * ldc + col;
-  if (col < N) c[0] = __float2bfloat16_rn(v0);
-  if (col + 1 < N) c[1] = __float2bfloat16_rn(v1);
+// Each output has one writer (the block of its column tile, or the last of its splits), so the
+// fp32 accumulation needs no atomics.
+__device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col, float v0, float v1) {
+  const int64_t at = int64_t(row) * p.ldc + col;
+  if (p.Cf != nullptr) {
+    if (col < p.N) p.Cf[at] += v0;
+    if (col + 1 < p.N) p.Cf[at + 1] += v1;
+  } else {
+    if (col < p.N) p.C[at] = __float2bfloat16_rn(v0);
+    if (col + 1 < p.N) p.C[at + 1] = __float2bfloat16_rn(v1);
+  }
 }
 
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
@@ -181,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
         for (int h = 0; h < 2; ++h) {
           const int row = m0 + mt * 16 + g + 8 * h;
           if (row < p.M)
-            store_pair(p.C, p.ldc, p.N, row, chunk * 64 + j * 8 + 2 * t, acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
+            store_pair(p, row, chunk * 64 + j * 8 + 2 * t, acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
         }
     return;
   }
@@ -228,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
             sum.x += v.x;
             sum.y += v.y;
           }
-          store_pair(p.C, p.ldc, p.N, row, col, sum.x, sum.y);
+          store_pair(p, row, col, sum.x, sum.y);
         }
   }
   if (threadIdx.x == 0) *counter = 0u;  // ready for the next call on this workspace
@@ -236,8 +244,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
 
 // One output per thread, from the layout's definition: the cross-check of the tensor-core path.
 __global__ void w4a16_simple_kernel(const uint32_t* codes, const uint32_t* scales, const int32_t* source_col,
-                                    const bf16* A, int64_t lda, bf16* C, int64_t ldc, int N, int K, int padded_k,
-                                    int group_slots, int groups, int ksteps) {
+                                    const bf16* A, int64_t lda, bf16* C, float* Cf, int64_t ldc, int N, int K,
+                                    int padded_k, int group_slots, int groups, int ksteps) {
   const int n = int(blockIdx.x * blockDim.x + threadIdx.x);
   const int m = int(blockIdx.y);
   if (n >= N) return;
@@ -254,7 +262,8 @@ __global__ void w4a16_simple_kernel(const uint32_t* codes, const uint32_t* scale
     const float w = __bfloat162float(__float2bfloat16_rn(scale * (float(q) - zero)));
     acc = fmaf(__bfloat162float(A[int64_t(m) * lda + c]), w, acc);
   }
-  C[int64_t(m) * ldc + n] = __float2bfloat16_rn(acc);
+  if (Cf != nullptr) Cf[int64_t(m) * ldc + n] += acc;
+  else C[int64_t(m) * ldc + n] = __float2bfloat16_rn(acc);
 }
 
 // out[m, slot] = A[m, column of the slot] (0 for padding): the activations in slot order.
@@ -313,23 +322,26 @@ W4A16Weight upload_w4a16(int64_t n, int64_t k, int64_t group_slots, int64_t grou
   return w;
 }
 
-void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+namespace {
+
+void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
   if (lda == 0) lda = w.k;
   if (ldc == 0) ldc = w.n;
   if (w.codes.get() == nullptr || w.scales.get() == nullptr)
     throw_error("w4a16_linear: the weight was not uploaded (upload_w4a16)");
-  if (lda < w.k || ldc < w.n || M < 0 || M > 65535 * 64)
+  if (lda < w.k || ldc < w.n || M < 0 || M > 65535 * 64 || (kernel == W4A16Kernel::Simple && M > 65535))
     throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
-                " (lda >= K, ldc >= N and 0 <= M <= 4194240 needed)");
+                " (lda >= K, ldc >= N, 0 <= M <= 4194240, and M <= 65535 for the plain kernel)");
   if (M == 0) return;
   const int32_t* map = w.source_col.size() ? w.source_col.get() : nullptr;
 
   if (kernel == W4A16Kernel::Simple) {
-    const dim3 grid(unsigned((w.n + 127) / 128), unsigned(M));
-    w4a16_simple_kernel<<<grid, 128, 0, s>>>(w.codes.get(), w.scales.get(), map, A, lda, C, ldc, int(w.n), int(w.k),
-                                             int(w.padded_k()), int(w.group_slots), int(w.groups), int(w.ksteps()));
+    const dim3 grid{unsigned((w.n + 127) / 128), unsigned(M)};
+    w4a16_simple_kernel<<<grid, 128, 0, s>>>(w.codes.get(), w.scales.get(), map, A, lda, C, Cf, ldc, int(w.n),
+                                             int(w.k), int(w.padded_k()), int(w.group_slots), int(w.groups),
+                                             int(w.ksteps()));
     LB_CUDA_LAUNCH_CHECK();
     return;
   }
@@ -375,6 +387,7 @@ void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16
   p.A = a;
   p.lda = a_ld;
   p.C = C;
+  p.Cf = Cf;
   p.ldc = ldc;
   p.M = int(M);
   p.N = int(w.n);
@@ -395,7 +408,7 @@ void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16
     p.partial = ws.partial.get();
     p.counters = ws.counters.get();
   }
-  const dim3 grid(unsigned(colblocks), unsigned(splits), unsigned(mblocks));
+  const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
   // Compiled configurations: 1-4 m-tiles; 4 k-steps in flight per lane for up to 2 m-tiles, 2
   // beyond (the 3-4 m-tile accumulators take the registers).
   switch (mt) {
@@ -404,6 +417,18 @@ void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16
     case 3: launch_mma<3, 2>(p, grid, s); break;
     default: launch_mma<4, 2>(p, grid, s); break;
   }
+}
+
+}  // namespace
+
+void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits);
+}
+
+void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
+                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits);
 }
 
 }  // namespace lowbit::cuda

@@ -25,6 +25,8 @@
 
 namespace lowbit::cuda {
 
+using bf16 = __nv_bfloat16;  // as in ops.cuh
+
 // A W4Tiles matrix on the device (the fields of pack::W4Tiles, same meaning).
 struct W4A16Weight {
   int64_t n = 0, k = 0, group_slots = 0, groups = 0;
@@ -60,5 +62,10 @@ enum class W4A16Kernel { Auto, Mma, Simple };
 // bad strides or a weight that was never uploaded.
 void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
                   int64_t lda = 0, int64_t ldc = 0, W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0);
+// C [M, N] (fp32, row stride ldc, 0: N) += A . W^T: the residual add of o_proj and down_proj in
+// the epilogue (the sum of the product is rounded to fp32 once, then added).
+void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
+                             cudaStream_t s, int64_t lda = 0, int64_t ldc = 0,
+                             W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0);
 
 }  // namespace lowbit::cuda
