@@ -4,7 +4,8 @@
 // the plain CUDA-core kernel, over N and K on both sides of the 64-column chunk and the 16-slot
 // step, group sizes that are and are not multiples of 16, act_order and uneven groups, 1-4 bit
 // codes, batch M across the 16-row m-tile and the 64-row block (1, 2, 3, 8, 16, 17, 64, 100),
-// and row strides wider than the matrices. Skipped without a GPU.
+// and row strides wider than the matrices. Then CudaModel with packed linears (--packed on a CUDA
+// device) against the same model's fake-quant GPU forward. Skipped without a GPU.
 //
 // Two kinds of numbers:
 //  - exact: power-of-two scales and activations in {-8..8} / 8, so every product and every fp32
@@ -18,8 +19,15 @@
 #include "backend/cuda/w4a16.cuh"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "eval/cuda_eval.h"
+#include "formats/checkpoint.h"
+#include "model/cuda_model.h"
 #include "pack/w4_tiles.h"
 #include "pack/w4_tiles_cuda.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
+#include "test_util.h"
 #include "w4_test_linear.h"
 
 #include <gtest/gtest.h>
@@ -318,6 +326,113 @@ TEST(CudaW4A16, BadArgumentsAreErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("blk.0.attn_q"), std::string::npos) << e.what();
   }
+}
+
+// A quantized model's forward with packed linears against its fake-quant GPU forward (bf16
+// weights dequantized from the same codes). The weights differ only by the scales' rounding to
+// bf16 (2^-9 relative at most; RTN's scales are fp32) and the products by their fp32 summation
+// order, so the logits agree to well under 1% (relative L2), where a misplaced code or scale
+// would move them by their own size; perplexities agree within 1%.
+struct PackedForward {
+  std::vector<float> logits;  // [T, V]
+  double ppl = 0;
+};
+
+PackedForward run_forward(CudaModel& gpu, const std::vector<int32_t>& ids,
+                          const std::vector<std::vector<int32_t>>& windows) {
+  const int64_t T = int64_t(ids.size()), V = gpu.config().vocab_size;
+  GpuKvCache cache = gpu.make_kv_cache(T);
+  DeviceBuffer<bf16> rows;
+  // The prompt in two pieces: a batch of rows, then single-row (decode) steps.
+  const int64_t first = T - 3;
+  gpu.forward_cached(std::span<const int32_t>(ids.data(), size_t(first)), cache, rows);
+  DeviceBuffer<float> dl(size_t(T * V));
+  gpu.lm_head(rows.get(), dl.get(), first);
+  for (int64_t t = first; t < T; ++t) {
+    gpu.forward_cached(std::span<const int32_t>(ids.data() + t, 1), cache, rows);
+    gpu.lm_head(rows.get(), dl.get() + t * V, 1);
+  }
+  PackedForward out;
+  out.logits.resize(size_t(T * V));
+  cuda::download(out.logits.data(), dl.get(), out.logits.size(), gpu.context().stream());
+  out.ppl = perplexity_cuda(gpu, windows, 2).ppl;
+  return out;
+}
+
+void expect_packed_matches_fake_quant(const std::string& path, const char* spec) {
+  SCOPED_TRACE(path + " " + spec);
+  const Checkpoint source = open_checkpoint(path);
+  LlamaModel work(source);
+  auto method = make_method(spec);
+  LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", path}}));
+  install_quantized_forward(q);
+  const int64_t V = q.config().vocab_size;
+  std::mt19937 g(77);
+  std::vector<int32_t> ids(40);
+  for (auto& x : ids) x = int32_t(g() % uint32_t(std::min<int64_t>(V, 512)));
+  std::vector<std::vector<int32_t>> windows(3, std::vector<int32_t>(64));
+  for (auto& w : windows)
+    for (auto& x : w) x = int32_t(g() % uint32_t(std::min<int64_t>(V, 512)));
+
+  CudaModel dense(q, w4_ctx());
+  CudaModel packed(q, w4_ctx(), std::nullopt, pack::gpu_packed_linears_of(q, w4_ctx().stream()));
+  ASSERT_TRUE(packed.packed());
+  ASSERT_TRUE(packed.resident());
+  GpuBlockWeights scratch;
+  for (int64_t i = 0; i < q.config().num_hidden_layers; ++i) {
+    const GpuBlockWeights& b = packed.block(i, scratch);
+    for (LinearKind k : kAllLinears) {
+      EXPECT_NE(b.packed_linear(k), nullptr) << "block " << i;
+      EXPECT_EQ(b[k], nullptr) << "block " << i;  // no bf16 copy of a packed linear
+    }
+    EXPECT_EQ(b.qkv.size() + b.o.size() + b.gate_up.size() + b.down.size(), 0u);
+  }
+  const PackedForward a = run_forward(packed, ids, windows);
+  const PackedForward b = run_forward(dense, ids, windows);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.logits.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(a.logits[i])) << i;
+    num += (double(a.logits[i]) - b.logits[i]) * (double(a.logits[i]) - b.logits[i]);
+    den += double(b.logits[i]) * b.logits[i];
+  }
+  const double rel = std::sqrt(num / den);
+  std::printf("%s %s: packed vs fake-quant GPU logits rel. L2 %.2e; ppl %.4f vs %.4f\n", path.c_str(), spec, rel,
+              a.ppl, b.ppl);
+  EXPECT_LT(rel, 1e-2);
+  EXPECT_NEAR(a.ppl, b.ppl, 0.01 * b.ppl);
+}
+
+TEST(CudaModelPacked, LogitsMatchTheFakeQuantGpuForward) {
+  REQUIRE_GPU();
+  // llama3-mini: H 128, F 448 (down_proj's last group of 128 holds 64 columns), k/v 64 rows.
+  const std::string mini = test::fixtures_dir() + "/models/llama3-mini-bf16";
+  expect_packed_matches_fake_quant(mini, "rtn:w=4,g=128");
+  expect_packed_matches_fake_quant(mini, "rtn:w=3,g=32");
+  const std::string stories = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(stories);
+  expect_packed_matches_fake_quant(stories, "rtn:w=4,g=32");
+}
+
+TEST(CudaModelPacked, RefusesPartlyPackedGroupsAndUnquantizedModels) {
+  REQUIRE_GPU();
+  const std::string mini = test::fixtures_dir() + "/models/llama3-mini-bf16";
+  const Checkpoint source = open_checkpoint(mini);
+  LlamaModel work(source);
+  auto method = make_method("rtn:w=4,g=128");
+  LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", mini}}));
+  const GpuPackedLinears all = pack::gpu_packed_linears_of(q, w4_ctx().stream());
+  // Only q_proj packed: its group (q, k, v) would run two ways.
+  const GpuPackedLinears only_q = [&](int64_t layer, LinearKind k) -> std::shared_ptr<const cuda::W4A16Weight> {
+    return k == LinearKind::Q ? all(layer, k) : nullptr;
+  };
+  try {
+    CudaModel m(q, w4_ctx(), std::nullopt, only_q);
+    FAIL() << "no error for a partly packed q/k/v group";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("q_proj, k_proj and v_proj"), std::string::npos) << e.what();
+  }
+  LlamaModel plain(open_checkpoint(mini));
+  EXPECT_THROW(pack::gpu_packed_linears_of(plain, w4_ctx().stream()), Error);
 }
 
 }  // namespace

@@ -100,7 +100,7 @@ void run(const Options& o) {
 #ifdef LOWBIT_WITH_CUDA
   if (dev.cuda) {
     cuda::Context ctx(dev.index);
-    CudaModel gpu(model, ctx);
+    CudaModel gpu(model, ctx, std::nullopt, gpu_packed_linears(model, ctx.stream()));
     GpuKvCache cache = gpu.make_kv_cache(capacity);
     cuda::DeviceBuffer<cuda::bf16> normed;
     cuda::DeviceBuffer<float> logits(static_cast<size_t>(V));
