@@ -58,6 +58,7 @@ void GpuKvCache::truncate(int64_t n) {
 CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident,
                      GpuPackedLinears packed)
     : host_(host), ctx_(ctx), packed_(std::move(packed)) {
+  w4ws_.blas = ctx.cublas();
   const LlamaConfig& c = host.config();
   const nlohmann::json& q = host.checkpoint().quantization;
   act_ = parse_activation_scheme(q.is_object() ? q.value("activation", nlohmann::json(nullptr)) : nlohmann::json(nullptr));

@@ -15,6 +15,7 @@
 #include "pack/w4_tiles_layout.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -29,6 +30,8 @@ constexpr int kThreads = kWarps * 32;
 // Fewest k-steps (of 16) one split of K is given: shorter splits spend more on the epilogue
 // and the partial sums than they gain in parallelism.
 constexpr int kMinStepsPerSplit = 8;
+// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS.
+constexpr int64_t kMaxMmaRows = 64;
 
 struct MmaParams {
   const uint4* codes;      // [chunks, kstride, 32] (16 bytes per lane and step)
@@ -84,8 +87,9 @@ __device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col,
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
 // iteration, whose code words are loaded one iteration ahead (register double buffering keeps
 // 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles' accumulators take registers).
+// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers (3 blocks with 8 steps).
 template <int MT, int U>
-__global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) {
+__global__ void __launch_bounds__(kThreads, MT == 1 ? (U == 4 ? 4 : 3) : 1) w4a16_mma_kernel(const MmaParams p) {
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
   const int chunk = int(blockIdx.x) * kWarps + warp;
@@ -120,13 +124,40 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
 #pragma unroll
     for (int u = 0; u < U; ++u)
       cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
-    int cur_group = -1;
+    // The scale words of the next iteration's group are loaded with its codes, so that a group
+    // boundary exposes no load latency (the launcher aligns splits to groups where a group is a
+    // whole number of iterations; elsewhere a step that enters another group loads its words).
+    const uint4* sv = reinterpret_cast<const uint4*>(sp);
+    int cur_group = -1, nxt_group = kbeg / p.group_steps;
+    uint4 sc_nxt[2] = {__ldg(sv + size_t(nxt_group) * 16), __ldg(sv + size_t(nxt_group) * 16 + 1)};
     uint32_t s2[8], c2[8];  // per column tile: (scale, scale) and (128 + zero, 128 + zero)
+    auto set_scales = [&](int grp) {
+      const bool ready = grp == nxt_group;
+      const uint4 lo = ready ? sc_nxt[0] : __ldg(sv + size_t(grp) * 16);
+      const uint4 hi = ready ? sc_nxt[1] : __ldg(sv + size_t(grp) * 16 + 1);
+      const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        s2[j] = __byte_perm(words[j], 0u, 0x1010);
+        c2[j] = __byte_perm(words[j], 0u, 0x3232);
+      }
+      cur_group = grp;
+    };
 
     for (int ks = kbeg; ks < kend; ks += U) {
 #pragma unroll
       for (int u = 0; u < U; ++u)
         nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+      // Enter this iteration's group (from the words prefetched last iteration), then prefetch
+      // the next iteration's.
+      const int g_now = ks / p.group_steps;
+      if (g_now != cur_group) set_scales(g_now);
+      const int gn = (ks + U) / p.group_steps;
+      if (ks + U < kend && gn != cur_group && gn != nxt_group) {
+        nxt_group = gn;
+        sc_nxt[0] = __ldg(sv + size_t(gn) * 16);
+        sc_nxt[1] = __ldg(sv + size_t(gn) * 16 + 1);
+      }
       // A fragments of this iteration's steps (two 32-bit words per row: columns 2t.. and 2t+8..).
       uint32_t a[U][MT][4];
 #pragma unroll
@@ -145,17 +176,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
         const int kstep = ks + u;
         if (kstep < kend) {
           const int grp = kstep / p.group_steps;
-          if (grp != cur_group) {
-            cur_group = grp;
-            const uint4* sv = reinterpret_cast<const uint4*>(sp + size_t(grp) * 64);
-            const uint4 lo = __ldg(sv), hi = __ldg(sv + 1);
-            const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-              s2[j] = __byte_perm(words[j], 0u, 0x1010);
-              c2[j] = __byte_perm(words[j], 0u, 0x3232);
-            }
-          }
+          if (grp != cur_group) set_scales(grp);  // a group boundary inside the iteration
           const uint32_t words[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
 #pragma unroll
           for (int j = 0; j < 4; ++j)
@@ -219,25 +240,33 @@ __global__ void __launch_bounds__(kThreads) w4a16_mma_kernel(const MmaParams p) 
   __syncthreads();
   if (!last) return;
   __threadfence();
-  if (active) {
+  // All threads share the tile's (row, column pair) sums, each reading its splits 8 at a time:
+  // the reads are L2 round trips, and a chain of them per fragment would dominate small products.
+  const int rows = min(MT * 16, p.M - m0);
+  const int col0 = int(blockIdx.x) * kWarps * 64;
+  const int pairs = min(kWarps * 64, int(np) - col0) / 2;  // columns of active warps only
+  const size_t stride = size_t(p.M) * size_t(np);
+  for (int e = int(threadIdx.x); e < rows * pairs; e += kThreads) {
+    const int row = m0 + e / pairs, col = col0 + 2 * (e % pairs);
+    const float* src = p.partial + size_t(row) * size_t(np) + col;
+    float2 sum = make_float2(0.0f, 0.0f);
+    int sp = 0;
+    for (; sp + 8 <= p.splits; sp += 8) {
+      float2 v[8];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int u = 0; u < 8; ++u) v[u] = __ldcg(reinterpret_cast<const float2*>(src + size_t(sp + u) * stride));
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = m0 + mt * 16 + g + 8 * h;
-          if (row >= p.M) continue;
-          const int col = chunk * 64 + j * 8 + 2 * t;
-          float2 sum = make_float2(0.0f, 0.0f);
-          for (int s = 0; s < p.splits; ++s) {
-            const float2 v = __ldcg(reinterpret_cast<const float2*>(p.partial + (size_t(s) * size_t(p.M) + size_t(row)) *
-                                                                                     size_t(np) + col));
-            sum.x += v.x;
-            sum.y += v.y;
-          }
-          store_pair(p, row, col, sum.x, sum.y);
-        }
+      for (int u = 0; u < 8; ++u) {
+        sum.x += v[u].x;
+        sum.y += v[u].y;
+      }
+    }
+    for (; sp < p.splits; ++sp) {
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(src + size_t(sp) * stride));
+      sum.x += v.x;
+      sum.y += v.y;
+    }
+    store_pair(p, row, col, sum.x, sum.y);
   }
   if (threadIdx.x == 0) *counter = 0u;  // ready for the next call on this workspace
 }
@@ -275,6 +304,40 @@ __global__ void w4a16_gather_kernel(const bf16* A, int64_t lda, const int32_t* s
   const int s = int(i % padded_k);
   const int c = source_col != nullptr ? source_col[s] : (s < K ? s : -1);
   out[i] = c >= 0 ? A[m * lda + c] : __float2bfloat16_rn(0.0f);
+}
+
+// out[n, slot] = the weight at slot (bf16, the same value the other kernels compute), for the
+// first `kcols` slots: the dequantize-then-cuBLAS path of large M.
+__global__ void w4a16_dequant_kernel(const uint32_t* codes, const uint32_t* scales, bf16* out, int64_t total,
+                                     int kcols, int ksteps, int group_slots, int groups) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int n = int(i / kcols), s = int(i % kcols);
+  const w4::CodePos pos = w4::code_pos(n, s, ksteps);
+  const uint32_t q = (codes[pos.word] >> pos.shift) & 15u;
+  const uint32_t sz = scales[w4::scale_pos(n, s / group_slots, groups)];
+  const float scale = __uint_as_float(sz << 16);
+  const float zero = __uint_as_float(sz & 0xffff0000u) - float(w4::kZeroBias);
+  out[i] = __float2bfloat16_rn(scale * (float(q) - zero));
+}
+
+cublasHandle_t own_blas_handle() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t x = nullptr;
+    LB_CUBLAS_CHECK(cublasCreate(&x));
+    return x;
+  }();
+  return h;
+}
+
+// k-steps per iteration for one m-tile: 4, or 8 with LOWBIT_W4A16_STEPS=8 (a tuning knob for
+// bench_w4a16: twice the loads in flight per warp, at 3 blocks per SM instead of 4).
+int steps_mt1() {
+  static const int u = [] {
+    const char* e = std::getenv("LOWBIT_W4A16_STEPS");
+    return e != nullptr && std::string(e) == "8" ? 8 : 4;
+  }();
+  return u;
 }
 
 int sm_count() {
@@ -330,10 +393,13 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   if (ldc == 0) ldc = w.n;
   if (w.codes.get() == nullptr || w.scales.get() == nullptr)
     throw_error("w4a16_linear: the weight was not uploaded (upload_w4a16)");
-  if (lda < w.k || ldc < w.n || M < 0 || M > 65535 * 64 || (kernel == W4A16Kernel::Simple && M > 65535))
+  const int64_t max_m = kernel == W4A16Kernel::Simple ? 65535
+                        : kernel == W4A16Kernel::Mma  ? 65535 * 64
+                                                      : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
+  if (lda < w.k || ldc < w.n || M < 0 || M > max_m)
     throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
-                " (lda >= K, ldc >= N, 0 <= M <= 4194240, and M <= 65535 for the plain kernel)");
+                " (lda >= K, ldc >= N and 0 <= M <= " + std::to_string(max_m) + " needed)");
   if (M == 0) return;
   const int32_t* map = w.source_col.size() ? w.source_col.get() : nullptr;
 
@@ -362,6 +428,27 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     ksteps = w.ksteps();
   }
 
+  if (kernel == W4A16Kernel::DequantGemm || (kernel == W4A16Kernel::Auto && M > kMaxMmaRows)) {
+    // The whole weight dequantized once into bf16 (in slot order), then cuBLAS: for large M the
+    // product is compute-bound and the dequantization's cost is shared by M rows.
+    const int64_t kcols = ksteps * 16, total = w.n * kcols;
+    ws.dequantized.resize(size_t(total));
+    w4a16_dequant_kernel<<<unsigned((total + 255) / 256), 256, 0, s>>>(
+        w.codes.get(), w.scales.get(), ws.dequantized.get(), total, int(kcols), int(w.ksteps()), int(w.group_slots),
+        int(w.groups));
+    LB_CUDA_LAUNCH_CHECK();
+    cublasHandle_t h = ws.blas != nullptr ? ws.blas : own_blas_handle();
+    LB_CUBLAS_CHECK(cublasSetStream(h, s));
+    const float alpha = 1.0f, beta = Cf != nullptr ? 1.0f : 0.0f;
+    // Row-major C[M, N] = A[M, K] W[N, K]^T is column-major C^T = W^T A^T (as cuda::linear).
+    LB_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(w.n), int(M), int(kcols), &alpha,
+                                 ws.dequantized.get(), CUDA_R_16BF, int(kcols), a, CUDA_R_16BF, int(a_ld), &beta,
+                                 Cf != nullptr ? static_cast<void*>(Cf) : static_cast<void*>(C),
+                                 Cf != nullptr ? CUDA_R_32F : CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+
   // m-tiles per block: the fewest 16-row tiles that hold M, up to 4 (M > 64 takes several
   // blocks along M, each streaming the weights again, mostly from L2).
   const int mt = M <= 16 ? 1 : M <= 32 ? 2 : M <= 48 ? 3 : 4;
@@ -369,16 +456,23 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   const int64_t colblocks = (w.chunks() + kWarps - 1) / kWarps;
   if (splits <= 0) {
     // Enough blocks for about 4 per SM; no split shorter than kMinStepsPerSplit k-steps; and
-    // the fp32 partial sums (written and read: 8 M N bytes per split) at most the weight's
-    // bytes (N K / 2).
+    // the fp32 partial sums (written and read: 8 M N bytes per split, mostly in L2) at most
+    // twice the weight's bytes (N K / 2).
     static const int sms = sm_count();
-    const int64_t want = (4 * int64_t(sms) + colblocks * mblocks - 1) / (colblocks * mblocks);
+    // (Rounded down: one wave of resident blocks, no short second wave.)
+    const int64_t want = std::max<int64_t>(1, 4 * int64_t(sms) / (colblocks * mblocks));
     const int64_t by_length = std::max<int64_t>(1, ksteps / kMinStepsPerSplit);
-    const int64_t by_traffic = std::max<int64_t>(1, w.padded_k() / (16 * M));
+    const int64_t by_traffic = std::max<int64_t>(1, w.padded_k() / (8 * M));
     splits = int(std::clamp<int64_t>(std::min({want, by_length, by_traffic}), 1, 65535));
   }
   splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
-  const int per = int((ksteps + splits - 1) / splits);
+  // Splits start on an iteration (and, where a group is a whole number of iterations, on a
+  // group: see the kernel's scale prefetch).
+  const int u_steps = mt == 1 ? steps_mt1() : mt == 2 ? 4 : 2;
+  const int64_t gsteps = w.group_slots / 16;
+  const int64_t align = gsteps % u_steps == 0 ? gsteps : u_steps;
+  int per = int((ksteps + splits - 1) / splits);
+  per = int((per + align - 1) / align * align);
   splits = int((ksteps + per - 1) / per);  // no empty split
 
   MmaParams p{};
@@ -409,10 +503,13 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     p.counters = ws.counters.get();
   }
   const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
-  // Compiled configurations: 1-4 m-tiles; 4 k-steps in flight per lane for up to 2 m-tiles, 2
-  // beyond (the 3-4 m-tile accumulators take the registers).
+  // Compiled configurations: 1-4 m-tiles; 4 k-steps in flight per lane for up to 2 m-tiles (8 as
+  // an option for one), 2 beyond (the 3-4 m-tile accumulators take the registers).
   switch (mt) {
-    case 1: launch_mma<1, 4>(p, grid, s); break;
+    case 1:
+      if (u_steps == 8) launch_mma<1, 8>(p, grid, s);
+      else launch_mma<1, 4>(p, grid, s);
+      break;
     case 2: launch_mma<2, 4>(p, grid, s); break;
     case 3: launch_mma<3, 2>(p, grid, s); break;
     default: launch_mma<4, 2>(p, grid, s); break;
