@@ -84,12 +84,30 @@ __device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col,
   }
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // 0 bytes read: the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Stages of the asynchronous-copy pipeline: each lane copies its own 16 bytes per k-step into
+// its own shared-memory slots, kStages - 1 iterations ahead, and reads them back itself (no
+// barrier: cp.async's groups are per thread).
+constexpr int kStages = 4;
+
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
-// iteration, whose code words are loaded one iteration ahead (register double buffering keeps
-// 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles' accumulators take registers).
-// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers (3 blocks with 8 steps).
-template <int MT, int U>
-__global__ void __launch_bounds__(kThreads, MT == 1 ? (U == 4 ? 4 : 3) : 1) w4a16_mma_kernel(const MmaParams p) {
+// iteration. The code words come either one iteration ahead through registers (Async false:
+// double buffering keeps 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles'
+// accumulators take registers) or kStages - 1 iterations ahead through cp.async into shared
+// memory (Async true: more bytes in flight, no registers held for them).
+// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers.
+template <int MT, int U, bool Async>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(const MmaParams p) {
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
   const int chunk = int(blockIdx.x) * kWarps + warp;
@@ -121,9 +139,31 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (U == 4 ? 4 : 3) : 1) w4a1
       }
 
     uint4 cur[U], nxt[U];
+    [[maybe_unused]] uint4(*stage)[U][kThreads] = nullptr;
+    if constexpr (Async) {
+      __shared__ uint4 stage_buf[kStages][U][kThreads];  // [stage][step][thread], 32 KiB for U = 4
+      stage = stage_buf;
+    }
+    // Issues the copies of iteration `it` (steps kbeg + U it ..) into its stage; always commits
+    // a group, so that wait_group counts iterations.
+    [[maybe_unused]] auto issue = [&](int it) {
+      const int slot = it % kStages;
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+      for (int u = 0; u < U; ++u) {
+        const int kstep = kbeg + it * U + u;
+        const bool ok = kstep < kend;
+        cp_async16(&stage[slot][u][threadIdx.x], wp + size_t(ok ? kstep : kbeg) * 32, ok);
+      }
+      cp_async_commit();
+    };
+    if constexpr (Async) {
+#pragma unroll
+      for (int it = 0; it < kStages - 1; ++it) issue(it);
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+    }
     // The scale words of the next iteration's group are loaded with its codes, so that a group
     // boundary exposes no load latency (the launcher aligns splits to groups where a group is a
     // whole number of iterations; elsewhere a step that enters another group loads its words).
@@ -144,10 +184,17 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (U == 4 ? 4 : 3) : 1) w4a1
       cur_group = grp;
     };
 
-    for (int ks = kbeg; ks < kend; ks += U) {
+    for (int ks = kbeg, it = 0; ks < kend; ks += U, ++it) {
+      if constexpr (Async) {
+        issue(it + kStages - 1);
+        cp_async_wait<kStages - 1>();  // this iteration's group has landed
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+        for (int u = 0; u < U; ++u) cur[u] = stage[it % kStages][u][threadIdx.x];
+      } else {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+      }
       // Enter this iteration's group (from the words prefetched last iteration), then prefetch
       // the next iteration's.
       const int g_now = ks / p.group_steps;
@@ -195,9 +242,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (U == 4 ? 4 : 3) : 1) w4a1
             }
         }
       }
+      if constexpr (!Async) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+      }
     }
+    if constexpr (Async) cp_async_wait<0>();
   }
 
   if (p.splits == 1) {
@@ -330,14 +380,14 @@ cublasHandle_t own_blas_handle() {
   return h;
 }
 
-// k-steps per iteration for one m-tile: 4, or 8 with LOWBIT_W4A16_STEPS=8 (a tuning knob for
-// bench_w4a16: twice the loads in flight per warp, at 3 blocks per SM instead of 4).
-int steps_mt1() {
-  static const int u = [] {
-    const char* e = std::getenv("LOWBIT_W4A16_STEPS");
-    return e != nullptr && std::string(e) == "8" ? 8 : 4;
+// The code pipeline for one m-tile: registers, or cp.async with LOWBIT_W4A16_PIPE=async (a
+// tuning knob for bench_w4a16 and the tests).
+bool async_mt1() {
+  static const bool a = [] {
+    const char* e = std::getenv("LOWBIT_W4A16_PIPE");
+    return e != nullptr && std::string(e) == "async";
   }();
-  return u;
+  return a;
 }
 
 int sm_count() {
@@ -347,9 +397,9 @@ int sm_count() {
   return std::max(n, 1);
 }
 
-template <int MT, int U>
+template <int MT, int U, bool Async = false>
 void launch_mma(const MmaParams& p, dim3 grid, cudaStream_t s) {
-  w4a16_mma_kernel<MT, U><<<grid, kThreads, 0, s>>>(p);
+  w4a16_mma_kernel<MT, U, Async><<<grid, kThreads, 0, s>>>(p);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -468,7 +518,7 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
   // Splits start on an iteration (and, where a group is a whole number of iterations, on a
   // group: see the kernel's scale prefetch).
-  const int u_steps = mt == 1 ? steps_mt1() : mt == 2 ? 4 : 2;
+  const int u_steps = mt <= 2 ? 4 : 2;
   const int64_t gsteps = w.group_slots / 16;
   const int64_t align = gsteps % u_steps == 0 ? gsteps : u_steps;
   int per = int((ksteps + splits - 1) / splits);
@@ -503,11 +553,12 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     p.counters = ws.counters.get();
   }
   const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
-  // Compiled configurations: 1-4 m-tiles; 4 k-steps in flight per lane for up to 2 m-tiles (8 as
-  // an option for one), 2 beyond (the 3-4 m-tile accumulators take the registers).
+  // Compiled configurations: 1-4 m-tiles; 4 k-steps per iteration for up to 2 m-tiles, 2 beyond
+  // (the 3-4 m-tile accumulators take the registers); for one m-tile, the cp.async pipeline
+  // as an option.
   switch (mt) {
     case 1:
-      if (u_steps == 8) launch_mma<1, 8>(p, grid, s);
+      if (async_mt1()) launch_mma<1, 4, true>(p, grid, s);
       else launch_mma<1, 4>(p, grid, s);
       break;
     case 2: launch_mma<2, 4>(p, grid, s); break;
