@@ -15,7 +15,6 @@
 #include "pack/w4_tiles_layout.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -30,8 +29,10 @@ constexpr int kThreads = kWarps * 32;
 // Fewest k-steps (of 16) one split of K is given: shorter splits spend more on the epilogue
 // and the partial sums than they gain in parallelism.
 constexpr int kMinStepsPerSplit = 8;
-// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS.
-constexpr int64_t kMaxMmaRows = 64;
+// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS. (On an H100 the
+// tensor-core kernel took 2.3 to 3.8 times cuBLAS's time at M = 64 and LLaMA-3-8B's shapes:
+// the fragments of A come from global memory, not through shared memory.)
+constexpr int64_t kMaxMmaRows = 32;
 
 struct MmaParams {
   const uint4* codes;      // [chunks, kstride, 32] (16 bytes per lane and step)
@@ -84,29 +85,13 @@ __device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col,
   }
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int n = valid ? 16 : 0;  // 0 bytes read: the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Stages of the asynchronous-copy pipeline: each lane copies its own 16 bytes per k-step into
-// its own shared-memory slots, kStages - 1 iterations ahead, and reads them back itself (no
-// barrier: cp.async's groups are per thread).
-constexpr int kStages = 4;
-
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
-// iteration. The code words come either one iteration ahead through registers (Async false:
-// double buffering keeps 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles'
-// accumulators take registers) or kStages - 1 iterations ahead through cp.async into shared
-// memory (Async true: more bytes in flight, no registers held for them).
-// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers.
-template <int MT, int U, bool Async>
+// iteration, whose code words are loaded one iteration ahead (register double buffering keeps
+// 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles' accumulators take registers).
+// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers. (A cp.async pipeline through
+// shared memory, 3 iterations ahead, measured no faster on an H100: 12.5 against 11.7 us at
+// 4096 x 4096, M = 1; 133 against 142 us for the LM head.)
+template <int MT, int U>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(const MmaParams p) {
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
@@ -139,31 +124,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(co
       }
 
     uint4 cur[U], nxt[U];
-    [[maybe_unused]] uint4(*stage)[U][kThreads] = nullptr;
-    if constexpr (Async) {
-      __shared__ uint4 stage_buf[kStages][U][kThreads];  // [stage][step][thread], 32 KiB for U = 4
-      stage = stage_buf;
-    }
-    // Issues the copies of iteration `it` (steps kbeg + U it ..) into its stage; always commits
-    // a group, so that wait_group counts iterations.
-    [[maybe_unused]] auto issue = [&](int it) {
-      const int slot = it % kStages;
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int kstep = kbeg + it * U + u;
-        const bool ok = kstep < kend;
-        cp_async16(&stage[slot][u][threadIdx.x], wp + size_t(ok ? kstep : kbeg) * 32, ok);
-      }
-      cp_async_commit();
-    };
-    if constexpr (Async) {
-#pragma unroll
-      for (int it = 0; it < kStages - 1; ++it) issue(it);
-    } else {
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
-    }
+    for (int u = 0; u < U; ++u)
+      cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
     // The scale words of the next iteration's group are loaded with its codes, so that a group
     // boundary exposes no load latency (the launcher aligns splits to groups where a group is a
     // whole number of iterations; elsewhere a step that enters another group loads its words).
@@ -184,17 +147,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(co
       cur_group = grp;
     };
 
-    for (int ks = kbeg, it = 0; ks < kend; ks += U, ++it) {
-      if constexpr (Async) {
-        issue(it + kStages - 1);
-        cp_async_wait<kStages - 1>();  // this iteration's group has landed
+    for (int ks = kbeg; ks < kend; ks += U) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) cur[u] = stage[it % kStages][u][threadIdx.x];
-      } else {
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-          nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
-      }
+      for (int u = 0; u < U; ++u)
+        nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
       // Enter this iteration's group (from the words prefetched last iteration), then prefetch
       // the next iteration's.
       const int g_now = ks / p.group_steps;
@@ -242,12 +198,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(co
             }
         }
       }
-      if constexpr (!Async) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
-      }
+      for (int u = 0; u < U; ++u) cur[u] = nxt[u];
     }
-    if constexpr (Async) cp_async_wait<0>();
   }
 
   if (p.splits == 1) {
@@ -356,19 +309,38 @@ __global__ void w4a16_gather_kernel(const bf16* A, int64_t lda, const int32_t* s
   out[i] = c >= 0 ? A[m * lda + c] : __float2bfloat16_rn(0.0f);
 }
 
-// out[n, slot] = the weight at slot (bf16, the same value the other kernels compute), for the
-// first `kcols` slots: the dequantize-then-cuBLAS path of large M.
-__global__ void w4a16_dequant_kernel(const uint32_t* codes, const uint32_t* scales, bf16* out, int64_t total,
-                                     int kcols, int ksteps, int group_slots, int groups) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  const int n = int(i / kcols), s = int(i % kcols);
-  const w4::CodePos pos = w4::code_pos(n, s, ksteps);
-  const uint32_t q = (codes[pos.word] >> pos.shift) & 15u;
-  const uint32_t sz = scales[w4::scale_pos(n, s / group_slots, groups)];
-  const float scale = __uint_as_float(sz << 16);
-  const float zero = __uint_as_float(sz & 0xffff0000u) - float(w4::kZeroBias);
-  out[i] = __float2bfloat16_rn(scale * (float(q) - zero));
+// out[n, slot] (bf16, rows of kcols = 16 ksteps slots, n < N): the weight the other kernels
+// compute, for the dequantize-then-cuBLAS path of large M. One warp per (chunk, k-step) reads
+// the step's 512 bytes and dequantizes them exactly as the tensor-core kernel does; each lane
+// writes its B fragments' bf16 pairs (the 8 lanes of a column meet in 32 contiguous bytes).
+__global__ void w4a16_dequant_kernel(const uint4* codes, const uint32_t* scales, bf16* out, int N, int chunks,
+                                     int kstride, int ksteps, int group_steps, int groups) {
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const int64_t wid = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (wid >= int64_t(chunks) * ksteps) return;
+  const int chunk = int(wid / ksteps), kstep = int(wid % ksteps);
+  const uint4 q = __ldcs(codes + (size_t(chunk) * size_t(kstride) + size_t(kstep)) * 32 + lane);
+  const uint4* sv =
+      reinterpret_cast<const uint4*>(scales + (size_t(chunk) * size_t(groups) + size_t(kstep / group_steps)) * 64 + g * 8);
+  const uint4 lo = __ldg(sv), hi = __ldg(sv + 1);
+  const uint32_t sw[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+  const int64_t kcols = int64_t(ksteps) * 16;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int tile = 2 * j + half;
+      const int n = chunk * 64 + tile * 8 + g;
+      const uint32_t s2 = __byte_perm(sw[tile], 0u, 0x1010), c2 = __byte_perm(sw[tile], 0u, 0x3232);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int pn = 2 * half + r;  // rows 2t, 2t+1 (r 0) or 2t+8, 2t+9 (r 1) of the step
+        const uint32_t v = lop3_and_or(words[j] >> (4 * pn), 0x000f000fu, 0x43004300u);
+        const uint32_t b = as_u32(__hmul2(__hsub2(as_bf2(v), as_bf2(c2)), as_bf2(s2)));
+        if (n < N) *reinterpret_cast<uint32_t*>(out + int64_t(n) * kcols + kstep * 16 + 2 * t + 8 * r) = b;
+      }
+    }
 }
 
 cublasHandle_t own_blas_handle() {
@@ -380,16 +352,6 @@ cublasHandle_t own_blas_handle() {
   return h;
 }
 
-// The code pipeline for one m-tile: registers, or cp.async with LOWBIT_W4A16_PIPE=async (a
-// tuning knob for bench_w4a16 and the tests).
-bool async_mt1() {
-  static const bool a = [] {
-    const char* e = std::getenv("LOWBIT_W4A16_PIPE");
-    return e != nullptr && std::string(e) == "async";
-  }();
-  return a;
-}
-
 int sm_count() {
   int dev = 0, n = 0;
   LB_CUDA_CHECK(cudaGetDevice(&dev));
@@ -397,9 +359,9 @@ int sm_count() {
   return std::max(n, 1);
 }
 
-template <int MT, int U, bool Async = false>
+template <int MT, int U>
 void launch_mma(const MmaParams& p, dim3 grid, cudaStream_t s) {
-  w4a16_mma_kernel<MT, U, Async><<<grid, kThreads, 0, s>>>(p);
+  w4a16_mma_kernel<MT, U><<<grid, kThreads, 0, s>>>(p);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -481,11 +443,11 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   if (kernel == W4A16Kernel::DequantGemm || (kernel == W4A16Kernel::Auto && M > kMaxMmaRows)) {
     // The whole weight dequantized once into bf16 (in slot order), then cuBLAS: for large M the
     // product is compute-bound and the dequantization's cost is shared by M rows.
-    const int64_t kcols = ksteps * 16, total = w.n * kcols;
-    ws.dequantized.resize(size_t(total));
-    w4a16_dequant_kernel<<<unsigned((total + 255) / 256), 256, 0, s>>>(
-        w.codes.get(), w.scales.get(), ws.dequantized.get(), total, int(kcols), int(w.ksteps()), int(w.group_slots),
-        int(w.groups));
+    const int64_t kcols = ksteps * 16, warps = w.chunks() * ksteps;
+    ws.dequantized.resize(size_t(w.n * kcols));
+    w4a16_dequant_kernel<<<unsigned((warps + 3) / 4), 128, 0, s>>>(
+        reinterpret_cast<const uint4*>(w.codes.get()), w.scales.get(), ws.dequantized.get(), int(w.n),
+        int(w.chunks()), int(w.ksteps()), int(ksteps), int(w.group_slots / 16), int(w.groups));
     LB_CUDA_LAUNCH_CHECK();
     cublasHandle_t h = ws.blas != nullptr ? ws.blas : own_blas_handle();
     LB_CUBLAS_CHECK(cublasSetStream(h, s));
@@ -505,14 +467,15 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   const int64_t mblocks = (M + 16 * mt - 1) / (16 * mt);
   const int64_t colblocks = (w.chunks() + kWarps - 1) / kWarps;
   if (splits <= 0) {
-    // Enough blocks for about 4 per SM; no split shorter than kMinStepsPerSplit k-steps; and
-    // the fp32 partial sums (written and read: 8 M N bytes per split, mostly in L2) at most
-    // twice the weight's bytes (N K / 2).
+    // Enough blocks for about 4 per SM; no split shorter than kMinStepsPerSplit k-steps; and at
+    // most 128 / M splits: the last block of a column tile reads splits x M x 256 partial sums,
+    // and on an H100 that cost about 0.03 us per (row x split) at 4096 x 4096 (M = 16 with 32
+    // splits took 27.6 us against 11.7 at M = 1).
     static const int sms = sm_count();
     // (Rounded down: one wave of resident blocks, no short second wave.)
     const int64_t want = std::max<int64_t>(1, 4 * int64_t(sms) / (colblocks * mblocks));
     const int64_t by_length = std::max<int64_t>(1, ksteps / kMinStepsPerSplit);
-    const int64_t by_traffic = std::max<int64_t>(1, w.padded_k() / (8 * M));
+    const int64_t by_traffic = std::max<int64_t>(1, 128 / M);
     splits = int(std::clamp<int64_t>(std::min({want, by_length, by_traffic}), 1, 65535));
   }
   splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
@@ -554,13 +517,9 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   }
   const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
   // Compiled configurations: 1-4 m-tiles; 4 k-steps per iteration for up to 2 m-tiles, 2 beyond
-  // (the 3-4 m-tile accumulators take the registers); for one m-tile, the cp.async pipeline
-  // as an option.
+  // (the 3-4 m-tile accumulators take the registers).
   switch (mt) {
-    case 1:
-      if (async_mt1()) launch_mma<1, 4, true>(p, grid, s);
-      else launch_mma<1, 4>(p, grid, s);
-      break;
+    case 1: launch_mma<1, 4>(p, grid, s); break;
     case 2: launch_mma<2, 4>(p, grid, s); break;
     case 3: launch_mma<3, 2>(p, grid, s); break;
     default: launch_mma<4, 2>(p, grid, s); break;

@@ -8,7 +8,7 @@
 // fp32 accumulate). K is split over thread blocks when N alone gives too few of them (batch 1-16
 // decode); the partial sums meet in an fp32 workspace and the last block of each column tile
 // adds them in a fixed order (results do not depend on block timing) and writes bf16.
-// Beyond 64 rows (prefill, perplexity windows) Auto dequantizes the weight into a bf16 scratch
+// Beyond 32 rows (prefill, perplexity windows, large batches) Auto dequantizes the weight into a bf16 scratch
 // and runs cuBLAS: the product is then compute-bound, and the scratch costs one bf16 copy of the
 // largest linear, not of the model.
 // The plain kernel (W4A16Kernel::Simple) computes one output per thread on CUDA cores from the
@@ -62,7 +62,7 @@ struct W4A16Workspace {
 
 // Mma: the tensor-core kernel. DequantGemm: the weight dequantized to bf16 by a kernel, then
 // cuBLAS's bf16 GEMM (for large M, where the product is compute-bound). Simple: the plain
-// CUDA-core kernel. Auto: Mma up to 64 rows, DequantGemm beyond.
+// CUDA-core kernel. Auto: Mma up to 32 rows, DequantGemm beyond.
 enum class W4A16Kernel { Auto, Mma, DequantGemm, Simple };
 
 // C [M, N] (row stride ldc, 0: N) = A [M, K] (row stride lda, 0: K) . W^T. `splits` forces the
