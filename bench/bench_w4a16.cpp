@@ -1,5 +1,7 @@
 // The W4A16 GEMM (backend/cuda/w4a16.cuh) against cuBLAS's bf16 GEMM (cublasGemmEx, fp32
 // accumulation, cuda::linear) at LLaMA-3-8B's linear shapes, batch M = 1, 4, 16, 64 by default.
+// W4A16 runs as w4a16_linear's Auto picks: the tensor-core kernel up to 32 rows, the weight
+// dequantized to bf16 and cuBLAS beyond.
 //
 //   build/bench/bench_w4a16 [--m 1,4,16,64] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]
 //
