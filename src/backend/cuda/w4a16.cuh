@@ -8,15 +8,17 @@
 // fp32 accumulate). K is split over thread blocks when N alone gives too few of them (batch 1-16
 // decode); the partial sums meet in an fp32 workspace and the last block of each column tile
 // adds them in a fixed order (results do not depend on block timing) and writes bf16.
-// Beyond 32 rows (prefill, perplexity windows, large batches) Auto dequantizes the weight into a bf16 scratch
-// and runs cuBLAS: the product is then compute-bound, and the scratch costs one bf16 copy of the
-// largest linear, not of the model.
+//
+// Beyond 32 rows (prefill, perplexity windows, large batches) Auto dequantizes the weight into a
+// bf16 scratch (W4A16Kernel::DequantGemm) and runs cuBLAS: the product is then compute-bound,
+// and the scratch costs one bf16 copy of the largest linear, not of the model.
+//
 // The plain kernel (W4A16Kernel::Simple) computes one output per thread on CUDA cores from the
 // layout's definition (w4_tiles_layout.h's code_pos / scale_pos) and the slot map: the cross-check.
 //
-// Both dequantize w = bf16(bf16(scale) * (code - zero)) and multiply it by the bf16 activation
-// exactly (a product of two bf16 values is exact in fp32); they differ only in the order of the
-// fp32 sums.
+// All paths dequantize w = bf16(bf16(scale) * (code - zero)) and multiply it by the bf16
+// activation exactly (a product of two bf16 values is exact in fp32); they differ only in the
+// order of the fp32 sums.
 #pragma once
 
 #include "backend/cuda/cuda_util.h"
