@@ -62,6 +62,17 @@ LB_W4_HD CodePos code_pos(int64_t n, int64_t k, int64_t ksteps) {
   return CodePos{((chunk * ksteps + kstep) * 32 + lane) * kWordsPerLaneStep + j, int(16 * odd + 4 * p)};
 }
 
+struct NibbleCoord {
+  int64_t n, k;  // column and slot
+};
+
+// The inverse of code_pos, in the kernels' terms: the (column, slot) of nibble p (bits 4p..4p+3,
+// odd 0) or p + 4 (bits 16 + 4p.., odd 1) of word j of lane `lane` at (chunk, kstep).
+LB_W4_HD NibbleCoord nibble_coord(int64_t chunk, int64_t kstep, int lane, int j, int p, int odd) {
+  const int g = lane / 4, t = lane % 4;
+  return NibbleCoord{chunk * kChunkN + 8 * (2 * j + p / 2) + g, kstep * kStepK + 2 * t + 8 * (p % 2) + odd};
+}
+
 // Index of the (scale, zero) word of (column n, group), for a matrix of `groups` groups.
 LB_W4_HD int64_t scale_pos(int64_t n, int64_t group, int64_t groups) {
   const int64_t chunk = n / kChunkN, tile = (n % kChunkN) / 8, g = n % 8;

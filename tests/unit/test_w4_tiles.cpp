@@ -135,6 +135,22 @@ TEST(W4Tiles, CodePositionsAreDistinct) {
   EXPECT_EQ(int64_t(seen.size()), np * ksteps * 16);
 }
 
+TEST(W4Tiles, NibbleCoordinatesInvertCodePositions) {
+  // What a kernel's lane reads from its 16 bytes (nibble_coord) is where the packer put it.
+  const int64_t ksteps = 5;
+  for (int64_t chunk = 0; chunk < 3; ++chunk)
+    for (int64_t ks = 0; ks < ksteps; ++ks)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int j = 0; j < 4; ++j)
+          for (int p = 0; p < 4; ++p)
+            for (int odd = 0; odd < 2; ++odd) {
+              const pack::w4::NibbleCoord c = pack::w4::nibble_coord(chunk, ks, lane, j, p, odd);
+              const pack::w4::CodePos pos = pack::w4::code_pos(c.n, c.k, ksteps);
+              ASSERT_EQ(pos.word, ((chunk * ksteps + ks) * 32 + lane) * 4 + j);
+              ASSERT_EQ(pos.shift, 4 * p + 16 * odd);
+            }
+}
+
 TEST(W4Tiles, SlotOrderAndPadding) {
   std::mt19937 rng(5);
   {  // Plain groups of a multiple of 16: identity, slots from K on are padding.

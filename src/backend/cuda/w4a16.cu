@@ -315,7 +315,7 @@ __global__ void w4a16_gather_kernel(const bf16* A, int64_t lda, const int32_t* s
 // writes its B fragments' bf16 pairs (the 8 lanes of a column meet in 32 contiguous bytes).
 __global__ void w4a16_dequant_kernel(const uint4* codes, const uint32_t* scales, bf16* out, int N, int chunks,
                                      int kstride, int ksteps, int group_steps, int groups) {
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const int lane = int(threadIdx.x) % 32, g = lane / 4;
   const int64_t wid = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (wid >= int64_t(chunks) * ksteps) return;
   const int chunk = int(wid / ksteps), kstep = int(wid % ksteps);
@@ -331,14 +331,15 @@ __global__ void w4a16_dequant_kernel(const uint4* codes, const uint32_t* scales,
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int tile = 2 * j + half;
-      const int n = chunk * 64 + tile * 8 + g;
       const uint32_t s2 = __byte_perm(sw[tile], 0u, 0x1010), c2 = __byte_perm(sw[tile], 0u, 0x3232);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int pn = 2 * half + r;  // rows 2t, 2t+1 (r 0) or 2t+8, 2t+9 (r 1) of the step
         const uint32_t v = lop3_and_or(words[j] >> (4 * pn), 0x000f000fu, 0x43004300u);
         const uint32_t b = as_u32(__hmul2(__hsub2(as_bf2(v), as_bf2(c2)), as_bf2(s2)));
-        if (n < N) *reinterpret_cast<uint32_t*>(out + int64_t(n) * kcols + kstep * 16 + 2 * t + 8 * r) = b;
+        // The pair's low half is the even slot (odd 0), its high half the next.
+        const w4::NibbleCoord at = w4::nibble_coord(chunk, kstep, lane, j, pn, 0);
+        if (at.n < N) *reinterpret_cast<uint32_t*>(out + at.n * kcols + at.k) = b;
       }
     }
 }
