@@ -228,7 +228,8 @@ class CudaDecoder final : public Decoder {
 
 class CudaPlacedModel final : public PlacedModel {
  public:
-  CudaPlacedModel(const LlamaModel& m, cuda::Context& ctx, bool profile) : gpu_(m, ctx) {
+  CudaPlacedModel(const LlamaModel& m, cuda::Context& ctx, bool profile)
+      : gpu_(m, ctx, std::nullopt, gpu_packed_linears(m, ctx.stream())) {
     if (profile) gpu_.enable_profile();
   }
   PerplexityResult perplexity(const std::vector<std::vector<int32_t>>& windows, int64_t batch,

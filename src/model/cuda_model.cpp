@@ -37,13 +37,28 @@ void upload_as_bf16(const Tensor& t, DeviceBuffer<bf16>& dst, cudaStream_t s) {
   upload_as_bf16(t, dst.get(), s);
 }
 
+namespace {
+GpuPackedFactory& packed_factory() {
+  static GpuPackedFactory f;
+  return f;
+}
+}  // namespace
+
+void set_gpu_packed_factory(GpuPackedFactory f) { packed_factory() = std::move(f); }
+
+GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s) {
+  return packed_factory() ? packed_factory()(model, s) : GpuPackedLinears{};
+}
+
 void GpuKvCache::truncate(int64_t n) {
   LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
   length = n;
 }
 
-CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident)
-    : host_(host), ctx_(ctx) {
+CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident,
+                     GpuPackedLinears packed)
+    : host_(host), ctx_(ctx), packed_(std::move(packed)) {
+  w4ws_.blas = ctx.cublas();
   const LlamaConfig& c = host.config();
   const nlohmann::json& q = host.checkpoint().quantization;
   act_ = parse_activation_scheme(q.is_object() ? q.value("activation", nlohmann::json(nullptr)) : nlohmann::json(nullptr));
@@ -69,7 +84,8 @@ CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<b
   const double total = double(per_block) * 2.0 * double(c.num_hidden_layers);
   size_t free_b = 0, total_b = 0;
   LB_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  resident_ = resident.value_or(total < 0.7 * double(free_b));
+  // Packed linears are packed and uploaded once, so their blocks stay.
+  resident_ = packed_ ? true : resident.value_or(total < 0.7 * double(free_b));
   if (resident_) {
     blocks_.resize(size_t(c.num_hidden_layers));
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) upload_block(i, blocks_[size_t(i)]);
@@ -85,20 +101,44 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   const int64_t H = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   upload_as_bf16(ws.get(hf_tensor_name(TensorKind::AttnNorm, i)), w.input_norm, s);
   upload_as_bf16(ws.get(hf_tensor_name(TensorKind::FfnNorm, i)), w.post_norm, s);
-  w.qkv.resize(size_t((qd + 2 * kvd) * H));
-  w.o.resize(size_t(H * qd));
-  w.gate_up.resize(size_t(2 * F * H));
-  w.down.resize(size_t(H * F));
-  w.linear[size_t(K::Q)] = w.qkv.get();
-  w.linear[size_t(K::K)] = w.qkv.get() + qd * H;
-  w.linear[size_t(K::V)] = w.qkv.get() + (qd + kvd) * H;
-  w.linear[size_t(K::O)] = w.o.get();
-  w.linear[size_t(K::Gate)] = w.gate_up.get();
-  w.linear[size_t(K::Up)] = w.gate_up.get() + F * H;
-  w.linear[size_t(K::Down)] = w.down.get();
+  w.packed = {};
+  if (packed_)
+    for (K k : kAllLinears) w.packed[size_t(k)] = packed_(i, k);
+  auto is_packed = [&](K k) { return w.packed[size_t(k)] != nullptr; };
+  LB_CHECK(is_packed(K::Q) == is_packed(K::K) && is_packed(K::Q) == is_packed(K::V),
+           "block {}: q_proj, k_proj and v_proj are packed in part (q {}, k {}, v {}); the GPU runs them as one group",
+           i, is_packed(K::Q), is_packed(K::K), is_packed(K::V));
+  LB_CHECK(is_packed(K::Gate) == is_packed(K::Up),
+           "block {}: gate_proj and up_proj are packed in part (gate {}, up {}); the GPU runs them as one group", i,
+           is_packed(K::Gate), is_packed(K::Up));
+  w.linear = {};
+  if (!is_packed(K::Q)) {
+    w.qkv.resize(size_t((qd + 2 * kvd) * H));
+    w.linear[size_t(K::Q)] = w.qkv.get();
+    w.linear[size_t(K::K)] = w.qkv.get() + qd * H;
+    w.linear[size_t(K::V)] = w.qkv.get() + (qd + kvd) * H;
+  }
+  if (!is_packed(K::O)) {
+    w.o.resize(size_t(H * qd));
+    w.linear[size_t(K::O)] = w.o.get();
+  }
+  if (!is_packed(K::Gate)) {
+    w.gate_up.resize(size_t(2 * F * H));
+    w.linear[size_t(K::Gate)] = w.gate_up.get();
+    w.linear[size_t(K::Up)] = w.gate_up.get() + F * H;
+  }
+  if (!is_packed(K::Down)) {
+    w.down.resize(size_t(H * F));
+    w.linear[size_t(K::Down)] = w.down.get();
+  }
   for (K k : kAllLinears) {
-    const Tensor t = ws.get(linear_weight_name(i, k));
     const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k);
+    if (const cuda::W4A16Weight* p = w.packed_linear(k)) {
+      LB_CHECK(p->n == rows && p->k == cols, "{}: packed weight [{}, {}], the config implies [{}, {}]",
+               linear_weight_name(i, k), p->n, p->k, rows, cols);
+      continue;
+    }
+    const Tensor t = ws.get(linear_weight_name(i, k));
     LB_CHECK(t.numel() == rows * cols, "{}: {} elements, the config implies [{}, {}]", linear_weight_name(i, k),
              t.numel(), rows, cols);
     upload_as_bf16(t, w[k], s);
@@ -161,18 +201,29 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
     one_input = true;
     for (LinearKind k : kinds) one_input = one_input && act_->static_scale(layer, k) == act_->static_scale(layer, kinds[0]);
   }
+  // Packed linears run one product each, into their columns of the stacked output.
+  const bool packed = w.packed_linear(kinds[0]) != nullptr;
   if (one_input) {
     if (act_) quantize_input(layer, kinds[0], x_.get(), B, T, H, H);
-    cuda::linear(ctx_, x_.get(), stacked, out, N, rows_total, H);
-    return;
+    if (!packed) {
+      cuda::linear(ctx_, x_.get(), stacked, out, N, rows_total, H);
+      return;
+    }
   }
   int64_t col = 0;
   for (LinearKind k : kinds) {
     const int64_t rows = linear_out_features(c, k);
-    LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x_.get(), size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
-                                  ctx_.stream()));
-    quantize_input(layer, k, xa_.get(), B, T, H, H);
-    cuda::linear(ctx_, xa_.get(), w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
+    const bf16* x = x_.get();
+    if (!one_input) {
+      LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x_.get(), size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+                                    ctx_.stream()));
+      quantize_input(layer, k, xa_.get(), B, T, H, H);
+      x = xa_.get();
+    }
+    if (packed)
+      cuda::w4a16_linear(*w.packed_linear(k), x, out + col, N, w4ws_, ctx_.stream(), /*lda=*/H, /*ldc=*/rows_total);
+    else
+      cuda::linear(ctx_, x, w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
     col += rows;
   }
 }
@@ -218,7 +269,10 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   mark("o_proj (+ residual)");
   if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
   if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
-  cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
+  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::O))
+    cuda::w4a16_linear_accumulate(*p, att_.get(), hidden, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
+  else
+    cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
   if (on_input) (*on_input)(LinearKind::Gate, x_.get(), N, H, H);
@@ -230,7 +284,10 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   mark("down_proj (+ residual)");
   if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
   if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
-  cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
+  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::Down))
+    cuda::w4a16_linear_accumulate(*p, gate_up_.get(), hidden, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
+  else
+    cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
 }
 
 void CudaModel::final_norm(const float* hidden, bf16* out, int64_t rows) {

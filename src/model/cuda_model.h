@@ -4,6 +4,12 @@
 // memory map when it runs. GEMMs go through cuBLAS (bf16 in, fp32 accumulate); the residual
 // stream, norms and softmax are fp32; attention is the flash kernel of backend/cuda.
 //
+// Packed 4-bit linears (backend/cuda/w4a16.cuh): a quantized checkpoint's linears can run from
+// their 4-bit codes instead of bf16 weights (GpuPackedLinears, made by pack/w4_tiles_cuda.h for
+// `--packed` on a CUDA device). q/k/v and gate/up then run as one W4A16 product per linear
+// writing into the stacked outputs, o_proj and down_proj add into the residual stream in the
+// product's epilogue; no bf16 copy of a packed linear is ever made, and the model stays resident.
+//
 // A checkpoint's activation quantization (model/activation_scheme.h) is applied to every linear's
 // input, as the CPU forward's hooks do.
 //
@@ -14,6 +20,7 @@
 #pragma once
 
 #include "backend/cuda/ops.cuh"
+#include "backend/cuda/w4a16.cuh"
 #include "model/activation_scheme.h"
 #include "model/llama_model.h"
 
@@ -28,12 +35,27 @@ namespace lowbit {
 
 // One block's weights in bf16. q_proj, k_proj and v_proj are stacked into one [q_dim + 2 kv_dim, H]
 // matrix and gate_proj, up_proj into one [2F, H] matrix, so that each group is one GEMM.
+// With packed linears, a linear that has one (packed[k]) has no bf16 matrix (linear[k] null, and
+// its group's stacked buffer unallocated); q/k/v and gate/up are packed all or none.
 struct GpuBlockWeights {
   cuda::DeviceBuffer<cuda::bf16> input_norm, post_norm;  // [H]
   cuda::DeviceBuffer<cuda::bf16> qkv, o, gate_up, down;
   std::array<cuda::bf16*, 7> linear{};  // each linear's [out, in] matrix within those, indexed by LinearKind
+  std::array<std::shared_ptr<const cuda::W4A16Weight>, 7> packed{};  // indexed by LinearKind
   cuda::bf16* operator[](LinearKind k) const { return linear[size_t(k)]; }
+  const cuda::W4A16Weight* packed_linear(LinearKind k) const { return packed[size_t(k)].get(); }
 };
+
+// The packed weight of linear `kind` of block `layer`, uploaded; null: that linear runs from its
+// bf16 weight.
+using GpuPackedLinears = std::function<std::shared_ptr<const cuda::W4A16Weight>(int64_t layer, LinearKind kind)>;
+// The packed linears of a model for the CudaModels that the evaluation sessions and `generate`
+// build: set once by `--packed` on a CUDA device (pack::use_gpu_packed_linears); unset, or
+// returning an empty GpuPackedLinears for a model, every linear runs from bf16.
+using GpuPackedFactory = std::function<GpuPackedLinears(const LlamaModel& model, cudaStream_t s)>;
+void set_gpu_packed_factory(GpuPackedFactory f);
+// The factory's GpuPackedLinears for `model` (empty when no factory is set).
+GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s);
 
 struct GpuKvCache {
   int64_t length = 0, capacity = 0;
@@ -44,7 +66,12 @@ struct GpuKvCache {
 class CudaModel {
  public:
   // resident: keep every block on the GPU (nullopt: when they take under 70% of free memory).
-  CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident = std::nullopt);
+  // packed: where the linears' packed weights come from (empty: every linear runs from bf16;
+  // set: every block is resident). Throws lowbit::Error for a q/k/v or gate/up group that is
+  // packed in part.
+  CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident = std::nullopt,
+            GpuPackedLinears packed = {});
+  bool packed() const { return static_cast<bool>(packed_); }
 
   const LlamaConfig& config() const { return host_.config(); }
   const LlamaModel& host() const { return host_; }
@@ -108,6 +135,8 @@ class CudaModel {
                       const cuda::bf16* stacked, cuda::bf16* out, int64_t B, int64_t T);
   const LlamaModel& host_;
   cuda::Context& ctx_;
+  GpuPackedLinears packed_;
+  mutable cuda::W4A16Workspace w4ws_;
   bool resident_ = false;
   std::vector<GpuBlockWeights> blocks_;  // when resident
   mutable GpuBlockWeights scratch_;

@@ -9,6 +9,9 @@
 #include "quant/lowbit_checkpoint.h"
 #include "train/adapter_io.h"
 #include "pack/packed_model.h"
+#ifdef LOWBIT_WITH_CUDA
+#include "pack/w4_tiles_cuda.h"
+#endif
 
 #include <fmt/format.h>
 
@@ -20,7 +23,7 @@ namespace lowbit::cli {
 
 void add_packed_options(CLI::App* cmd, PackedFlags& f) {
   cmd->add_flag("--packed", f.packed,
-                "run a quantized checkpoint's linears from their packed codes on the CPU (no dequantized weights; "
+                "run a quantized checkpoint's linears from their packed codes (CPU kernels, or the W4A16 GEMM for int codes of up to 4 bits on a CUDA device; no dequantized weights; "
                 "default: off, the fake-quant 16-bit weights the study measures)");
   cmd->add_option("--packed-act", f.act,
                   "activations of the packed products: q8 (8-bit per block of 32, integer dot products) or f32 "
@@ -31,7 +34,20 @@ void add_packed_options(CLI::App* cmd, PackedFlags& f) {
 
 std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet) {
   if (!f.packed) return "fake-quant";
-  LB_CHECK(!on_gpu, "--packed runs on the CPU; it does not apply to a CUDA --device");
+  if (on_gpu) {
+#ifdef LOWBIT_WITH_CUDA
+    // Refuses a model that is not quantized now; each linear is packed (and a layout the tiles
+    // cannot hold refused, naming the linear) when the model is placed on the GPU.
+    (void)pack::gpu_packed_linears_of(model, nullptr);
+    pack::use_gpu_packed_linears();
+    if (!quiet)
+      fmt::print(stderr, "packed: quantized linears run from 4-bit W4A16 tiles on the GPU (bf16 activations; "
+                         "--packed-act applies to the CPU only)\n");
+    return "packed-w4a16";
+#else
+    LB_CHECK(false, "--packed on a CUDA device needs a build with the CUDA backend");
+#endif
+  }
   const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act));
   if (!quiet)
     fmt::print(stderr, "packed: {} linears, {} ({:.2f} bits per weight), {} activations, {} kernels\n", s.linears,

@@ -1,0 +1,194 @@
+// The W4A16 GEMM (backend/cuda/w4a16.cuh) against cuBLAS's bf16 GEMM (cublasGemmEx, fp32
+// accumulation, cuda::linear) at LLaMA-3-8B's linear shapes, batch M = 1, 4, 16, 64 by default.
+// W4A16 runs as w4a16_linear's Auto picks: the tensor-core kernel up to 32 rows, the weight
+// dequantized to bf16 and cuBLAS beyond.
+//
+//   build/bench/bench_w4a16 [--m 1,4,16,64] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]
+//
+// Per point: the median over `samples` CUDA-event timings of `calls` back-to-back calls, divided
+// by `calls`. Both sides rotate through enough copies of their weights (at least 256 MiB in all)
+// that every call reads its weights from HBM, not from the 50 MiB L2. The table gives the time of
+// each, the speed-up, and the bytes each call must read (4-bit codes + scales, or bf16 weights;
+// activations and outputs are small) per second, against the peak given by --peak-gbs (default
+// 4800 GB/s, the H200's; the H100 SXM's is 3350). Before timing, each shape's tensor-core output
+// at the largest M is checked against the plain kernel's (the largest relative difference is
+// printed; it is fp32 summation order only).
+#include "backend/cuda/ops.cuh"
+#include "backend/cuda/w4a16.cuh"
+#include "core/dtype.h"
+#include "pack/w4_tiles.h"
+#include "pack/w4_tiles_cuda.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+using namespace lowbit;
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t k, n;
+};
+
+// Median per-call milliseconds of f(i) (i counts calls, for rotating weight copies).
+double median_ms(const cuda::Context& ctx, const std::function<void(int)>& f, int samples, int calls) {
+  cudaEvent_t a, b;
+  LB_CUDA_CHECK(cudaEventCreate(&a));
+  LB_CUDA_CHECK(cudaEventCreate(&b));
+  int i = 0;
+  for (int w = 0; w < 3 * calls; ++w) f(i++);  // warm-up
+  std::vector<double> ms;
+  for (int s = 0; s < samples; ++s) {
+    LB_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
+    for (int c = 0; c < calls; ++c) f(i++);
+    LB_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
+    LB_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    LB_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(double(t) / calls);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+uint32_t next(uint64_t& s) {
+  s = s * 6364136223846793005ull + 1442695040888963407ull;
+  return uint32_t(s >> 33);
+}
+
+// A random 4-bit weight with groups of 128 and bf16 scales.
+QuantizedLinear random_int4(int64_t n, int64_t k, uint64_t seed) {
+  QuantizedLinear q;
+  q.rows = n;
+  q.cols = k;
+  q.bits = 4;
+  q.group_size = 128;
+  q.dequant_dtype = DType::BF16;
+  q.codes.resize(size_t(n * k));
+  for (auto& c : q.codes) c = uint8_t(next(seed) & 15u);
+  q.scales.resize(size_t(q.num_scale_groups()));
+  q.zeros.resize(q.scales.size());
+  for (size_t i = 0; i < q.scales.size(); ++i) {
+    q.scales[i] = bf16_to_f32(f32_to_bf16(0.002f + float(next(seed) % 1000) * 1e-5f));
+    q.zeros[i] = float(next(seed) % 16);
+  }
+  return q;
+}
+
+DeviceBuffer<bf16> random_bf16(size_t n, uint64_t seed, cudaStream_t s) {
+  std::vector<uint16_t> h(n);
+  for (auto& v : h) v = f32_to_bf16(float(int(next(seed) % 2001) - 1000) * 1e-3f);
+  DeviceBuffer<bf16> d(n);
+  cuda::upload(d.get(), reinterpret_cast<const bf16*>(h.data()), n, s);
+  LB_CUDA_CHECK(cudaStreamSynchronize(s));
+  return d;
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  size_t p = 0;
+  while (p < s.size()) {
+    const size_t q = s.find(',', p);
+    v.push_back(std::stoll(s.substr(p, q == std::string::npos ? std::string::npos : q - p)));
+    if (q == std::string::npos) break;
+    p = q + 1;
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> ms = {1, 4, 16, 64};
+  int samples = 41, calls = 10;
+  bool lm_head = false;
+  double peak_gbs = 4800.0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--m" && i + 1 < argc) ms = parse_list(argv[++i]);
+    else if (a == "--samples" && i + 1 < argc) samples = std::stoi(argv[++i]);
+    else if (a == "--calls" && i + 1 < argc) calls = std::stoi(argv[++i]);
+    else if (a == "--lm-head") lm_head = true;
+    else if (a == "--peak-gbs" && i + 1 < argc) peak_gbs = std::stod(argv[++i]);
+    else {
+      fmt::print(stderr,
+                 "usage: bench_w4a16 [--m 1,4,16,64] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]\n");
+      return 2;
+    }
+  }
+  if (cuda::device_count() == 0) {
+    fmt::print(stderr, "bench_w4a16: no CUDA device\n");
+    return 1;
+  }
+  cuda::Context ctx(0);
+  const cudaStream_t s = ctx.stream();
+  fmt::print("device: {}\n", cuda::device_name(0));
+  fmt::print("median of {} samples x {} calls; weights rotated through >= 256 MiB of copies\n\n", samples, calls);
+
+  std::vector<Shape> shapes = {{"q/o_proj", 4096, 4096},
+                               {"qkv_proj", 4096, 6144},
+                               {"gate/up_proj", 4096, 14336},
+                               {"down_proj", 14336, 4096}};
+  if (lm_head) shapes.push_back({"lm_head", 4096, 128256});
+  const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+
+  fmt::print("| shape | K x N | M | cuBLAS bf16 us | W4A16 us | speed-up | W4A16 GB/s | % of {:.0f} GB/s | cuBLAS GB/s |\n",
+             peak_gbs);
+  fmt::print("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::vector<std::string> checks;
+  for (const Shape& sh : shapes) {
+    const pack::W4Tiles tiles = pack::pack_w4_tiles(random_int4(sh.n, sh.k, uint64_t(sh.n * 31 + sh.k)), sh.name);
+    const double w4_bytes = double(tiles.codes.size() + tiles.scales.size()) * 4.0;
+    const double bf16_bytes = double(sh.n) * double(sh.k) * 2.0;
+    const double rotate = 256.0 * 1024 * 1024;
+    const int w4_copies = int(std::clamp(std::ceil(rotate / w4_bytes), 1.0, 64.0));
+    const int bf_copies = int(std::clamp(std::ceil(rotate / bf16_bytes), 1.0, 64.0));
+    std::vector<cuda::W4A16Weight> w4;
+    for (int c = 0; c < w4_copies; ++c) w4.push_back(pack::upload_w4_tiles(tiles, sh.name, s));
+    std::vector<DeviceBuffer<bf16>> wb;
+    for (int c = 0; c < bf_copies; ++c) wb.push_back(random_bf16(size_t(sh.n * sh.k), uint64_t(c + 1), s));
+    DeviceBuffer<bf16> x = random_bf16(size_t(max_m * sh.k), 99, s);
+    DeviceBuffer<bf16> y(size_t(max_m * sh.n)), y_ref(size_t(max_m * sh.n));
+    cuda::W4A16Workspace ws;
+
+    {  // the tensor-core kernel against the plain one at the largest M
+      cuda::w4a16_linear(w4[0], x.get(), y.get(), max_m, ws, s, 0, 0, cuda::W4A16Kernel::Mma);
+      cuda::w4a16_linear(w4[0], x.get(), y_ref.get(), max_m, ws, s, 0, 0, cuda::W4A16Kernel::Simple);
+      std::vector<uint16_t> a(size_t(max_m * sh.n)), b(a.size());
+      cuda::download(reinterpret_cast<bf16*>(a.data()), y.get(), a.size(), s);
+      cuda::download(reinterpret_cast<bf16*>(b.data()), y_ref.get(), b.size(), s);
+      double worst = 0, scale = 0;
+      for (size_t i = 0; i < a.size(); ++i) scale = std::max(scale, double(std::fabs(bf16_to_f32(b[i]))));
+      for (size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, double(std::fabs(bf16_to_f32(a[i]) - bf16_to_f32(b[i]))) / std::max(scale, 1e-30));
+      checks.push_back(fmt::format("{} M={}: max |mma - plain| / max |plain| = {:.2e}", sh.name, max_m, worst));
+    }
+
+    for (int64_t M : ms) {
+      const double t_blas = median_ms(
+          ctx, [&](int i) { cuda::linear(ctx, x.get(), wb[size_t(i % bf_copies)].get(), y.get(), M, sh.n, sh.k); },
+          samples, calls);
+      const double t_w4 = median_ms(
+          ctx, [&](int i) { cuda::w4a16_linear(w4[size_t(i % w4_copies)], x.get(), y.get(), M, ws, s); }, samples,
+          calls);
+      const double gbs = w4_bytes / (t_w4 * 1e-3) / 1e9;
+      fmt::print("| {} | {}x{} | {} | {:.2f} | {:.2f} | {:.2f}x | {:.0f} | {:.0f}% | {:.0f} |\n", sh.name, sh.k, sh.n,
+                 M, t_blas * 1e3, t_w4 * 1e3, t_blas / t_w4, gbs, 100.0 * gbs / peak_gbs,
+                 bf16_bytes / (t_blas * 1e-3) / 1e9);
+      std::fflush(stdout);
+    }
+  }
+  fmt::print("\n");
+  for (const auto& c : checks) fmt::print("{}\n", c);
+  return 0;
+}

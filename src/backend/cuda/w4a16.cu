@@ -1,0 +1,542 @@
+// The W4A16 kernels (w4a16.cuh). Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4 g + t:
+//   A 16x16 row-major, 4 regs of 2 bf16: {A[g][2t..2t+1]}, {A[g+8][2t..]}, {A[g][2t+8..]}, {A[g+8][2t+8..]}
+//   B 16x8 (k x n), 2 regs:             {B[2t..2t+1][g]}, {B[2t+8..2t+9][g]}
+//   C 16x8 fp32, 4 values:              C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
+// pack/w4_tiles_layout.h puts each lane's B codes of a 16 x 64 step in one 16-byte word group.
+//
+// Dequantization in registers (the exponent trick of Marlin-style kernels, here for bf16): a
+// bf16 with bits 0x4300 is 128.0 and its 7 mantissa bits count units, so OR-ing a 4-bit code q
+// into the low bits gives exactly 128 + q. One lop3 ((w >> 4p) & 0x000f000f | 0x43004300) makes
+// both halves of a bf16x2 B register at once; subtracting the pair's (128 + zero) (exact: small
+// integers) and multiplying by the bf16 scale (one rounding) gives bf16(scale * (q - zero)), no
+// int-to-float conversions.
+#include "backend/cuda/w4a16.cuh"
+
+#include "pack/w4_tiles_layout.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace lowbit::cuda {
+
+namespace {
+
+namespace w4 = ::lowbit::pack::w4;
+
+constexpr int kWarps = 4;  // warps per block; warp w owns column chunk 4 * blockIdx.x + w
+constexpr int kThreads = kWarps * 32;
+// Fewest k-steps (of 16) one split of K is given: shorter splits spend more on the epilogue
+// and the partial sums than they gain in parallelism.
+constexpr int kMinStepsPerSplit = 8;
+// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS. (On an H100 the
+// tensor-core kernel took 2.3 to 3.8 times cuBLAS's time at M = 64 and LLaMA-3-8B's shapes:
+// the fragments of A come from global memory, not through shared memory.)
+constexpr int64_t kMaxMmaRows = 32;
+
+struct MmaParams {
+  const uint4* codes;      // [chunks, kstride, 32] (16 bytes per lane and step)
+  const uint32_t* scales;  // [chunks, groups, 8, 8]
+  const bf16* A;           // [M, lda], slot order
+  int64_t lda;
+  bf16* C;                 // [M, ldc], or
+  float* Cf;               // [M, ldc], accumulated into (C += A W^T), when not null
+  int64_t ldc;
+  float* partial;          // [splits, M, padded_n] when splits > 1
+  unsigned* counters;      // [mblocks, colblocks]
+  int M, N, chunks, kstride, ksteps, group_steps, groups, splits, steps_per_split;
+};
+
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;  // (a & b) | c: immediate 0xea = (0xf0 & 0xcc) | 0xaa
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+__device__ __forceinline__ __nv_bfloat162 as_bf2(uint32_t u) {
+  __nv_bfloat162 v;
+  memcpy(&v, &u, 4);
+  return v;
+}
+__device__ __forceinline__ uint32_t as_u32(__nv_bfloat162 v) {
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Each output has one writer (the block of its column tile, or the last of its splits), so the
+// fp32 accumulation needs no atomics.
+__device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col, float v0, float v1) {
+  const int64_t at = int64_t(row) * p.ldc + col;
+  if (p.Cf != nullptr) {
+    if (col < p.N) p.Cf[at] += v0;
+    if (col + 1 < p.N) p.Cf[at + 1] += v1;
+  } else {
+    if (col < p.N) p.C[at] = __float2bfloat16_rn(v0);
+    if (col + 1 < p.N) p.C[at + 1] = __float2bfloat16_rn(v1);
+  }
+}
+
+// One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
+// iteration, whose code words are loaded one iteration ahead (register double buffering keeps
+// 2 U 16-byte loads per lane in flight; U shrinks as the m-tiles' accumulators take registers).
+// One m-tile keeps 4 blocks (16 warps) per SM within 128 registers. (A cp.async pipeline through
+// shared memory, 3 iterations ahead, measured no faster on an H100: 12.5 against 11.7 us at
+// 4096 x 4096, M = 1; 133 against 142 us for the LM head.)
+template <int MT, int U>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1) w4a16_mma_kernel(const MmaParams p) {
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int chunk = int(blockIdx.x) * kWarps + warp;
+  const int split = int(blockIdx.y);
+  const int m0 = int(blockIdx.z) * MT * 16;
+  const int kbeg = split * p.steps_per_split;
+  const int kend = min(kbeg + p.steps_per_split, p.ksteps);
+  const bool active = chunk < p.chunks;
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.0f;
+
+  if (active && kbeg < kend) {
+    const uint4* wp = p.codes + size_t(chunk) * size_t(p.kstride) * 32 + lane;
+    const uint32_t* sp = p.scales + size_t(chunk) * size_t(p.groups) * 64 + g * 8;
+    // This lane's A rows (g and g + 8 of each m-tile); rows past M read as 0.
+    const uint32_t* arow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = m0 + mt * 16 + g + 8 * h;
+        arow[mt][h] = row < p.M ? reinterpret_cast<const uint32_t*>(p.A + int64_t(row) * p.lda + 2 * t) : nullptr;
+      }
+
+    uint4 cur[U], nxt[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      cur[u] = kbeg + u < kend ? __ldcs(wp + size_t(kbeg + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+    // The scale words of the next iteration's group are loaded with its codes, so that a group
+    // boundary exposes no load latency (the launcher aligns splits to groups where a group is a
+    // whole number of iterations; elsewhere a step that enters another group loads its words).
+    const uint4* sv = reinterpret_cast<const uint4*>(sp);
+    int cur_group = -1, nxt_group = kbeg / p.group_steps;
+    uint4 sc_nxt[2] = {__ldg(sv + size_t(nxt_group) * 16), __ldg(sv + size_t(nxt_group) * 16 + 1)};
+    uint32_t s2[8], c2[8];  // per column tile: (scale, scale) and (128 + zero, 128 + zero)
+    auto set_scales = [&](int grp) {
+      const bool ready = grp == nxt_group;
+      const uint4 lo = ready ? sc_nxt[0] : __ldg(sv + size_t(grp) * 16);
+      const uint4 hi = ready ? sc_nxt[1] : __ldg(sv + size_t(grp) * 16 + 1);
+      const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        s2[j] = __byte_perm(words[j], 0u, 0x1010);
+        c2[j] = __byte_perm(words[j], 0u, 0x3232);
+      }
+      cur_group = grp;
+    };
+
+    for (int ks = kbeg; ks < kend; ks += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        nxt[u] = ks + U + u < kend ? __ldcs(wp + size_t(ks + U + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
+      // Enter this iteration's group (from the words prefetched last iteration), then prefetch
+      // the next iteration's.
+      const int g_now = ks / p.group_steps;
+      if (g_now != cur_group) set_scales(g_now);
+      const int gn = (ks + U) / p.group_steps;
+      if (ks + U < kend && gn != cur_group && gn != nxt_group) {
+        nxt_group = gn;
+        sc_nxt[0] = __ldg(sv + size_t(gn) * 16);
+        sc_nxt[1] = __ldg(sv + size_t(gn) * 16 + 1);
+      }
+      // A fragments of this iteration's steps (two 32-bit words per row: columns 2t.. and 2t+8..).
+      uint32_t a[U][MT][4];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int off = (ks + u) * 8;  // 16 bf16 per step = 8 words
+          const bool in = ks + u < kend;
+          a[u][mt][0] = in && arow[mt][0] ? __ldg(arow[mt][0] + off) : 0u;
+          a[u][mt][1] = in && arow[mt][1] ? __ldg(arow[mt][1] + off) : 0u;
+          a[u][mt][2] = in && arow[mt][0] ? __ldg(arow[mt][0] + off + 4) : 0u;
+          a[u][mt][3] = in && arow[mt][1] ? __ldg(arow[mt][1] + off + 4) : 0u;
+        }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int kstep = ks + u;
+        if (kstep < kend) {
+          const int grp = kstep / p.group_steps;
+          if (grp != cur_group) set_scales(grp);  // a group boundary inside the iteration
+          const uint32_t words[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int tile = 2 * j + half;
+              uint32_t b[2];
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                const int pn = 2 * half + r;  // nibble pair: tile 2j + pn / 2, rows + 8 (pn % 2)
+                const uint32_t v = lop3_and_or(words[j] >> (4 * pn), 0x000f000fu, 0x43004300u);
+                b[r] = as_u32(__hmul2(__hsub2(as_bf2(v), as_bf2(c2[tile])), as_bf2(s2[tile])));
+              }
+#pragma unroll
+              for (int mt = 0; mt < MT; ++mt) mma_bf16(acc[mt][tile], a[u][mt], b[0], b[1]);
+            }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+    }
+  }
+
+  if (p.splits == 1) {
+    if (!active) return;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + mt * 16 + g + 8 * h;
+          if (row < p.M)
+            store_pair(p, row, chunk * 64 + j * 8 + 2 * t, acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
+        }
+    return;
+  }
+
+  // Split K: publish this block's partial sums, and let the last block of the column tile to
+  // arrive add all of them in split order (the same sums whichever block comes last).
+  const int64_t np = int64_t(p.chunks) * 64;
+  if (active) {
+    float* part = p.partial + size_t(split) * size_t(p.M) * size_t(np);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + mt * 16 + g + 8 * h;
+          if (row < p.M)
+            __stcg(reinterpret_cast<float2*>(part + int64_t(row) * np + chunk * 64 + j * 8 + 2 * t),
+                   make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]));
+        }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ bool last;
+  unsigned* counter = p.counters + size_t(blockIdx.z) * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == unsigned(p.splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // All threads share the tile's (row, column pair) sums, each reading its splits 8 at a time:
+  // the reads are L2 round trips, and a chain of them per fragment would dominate small products.
+  const int rows = min(MT * 16, p.M - m0);
+  const int col0 = int(blockIdx.x) * kWarps * 64;
+  const int pairs = min(kWarps * 64, int(np) - col0) / 2;  // columns of active warps only
+  const size_t stride = size_t(p.M) * size_t(np);
+  for (int e = int(threadIdx.x); e < rows * pairs; e += kThreads) {
+    const int row = m0 + e / pairs, col = col0 + 2 * (e % pairs);
+    const float* src = p.partial + size_t(row) * size_t(np) + col;
+    float2 sum = make_float2(0.0f, 0.0f);
+    int sp = 0;
+    for (; sp + 8 <= p.splits; sp += 8) {
+      float2 v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = __ldcg(reinterpret_cast<const float2*>(src + size_t(sp + u) * stride));
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        sum.x += v[u].x;
+        sum.y += v[u].y;
+      }
+    }
+    for (; sp < p.splits; ++sp) {
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(src + size_t(sp) * stride));
+      sum.x += v.x;
+      sum.y += v.y;
+    }
+    store_pair(p, row, col, sum.x, sum.y);
+  }
+  if (threadIdx.x == 0) *counter = 0u;  // ready for the next call on this workspace
+}
+
+// One output per thread, from the layout's definition: the cross-check of the tensor-core path.
+__global__ void w4a16_simple_kernel(const uint32_t* codes, const uint32_t* scales, const int32_t* source_col,
+                                    const bf16* A, int64_t lda, bf16* C, float* Cf, int64_t ldc, int N, int K,
+                                    int padded_k, int group_slots, int groups, int ksteps) {
+  const int n = int(blockIdx.x * blockDim.x + threadIdx.x);
+  const int m = int(blockIdx.y);
+  if (n >= N) return;
+  float acc = 0.0f;
+  for (int s = 0; s < padded_k; ++s) {
+    const int c = source_col != nullptr ? source_col[s] : (s < K ? s : -1);
+    if (c < 0) continue;
+    const w4::CodePos pos = w4::code_pos(n, s, ksteps);
+    const uint32_t q = (codes[pos.word] >> pos.shift) & 15u;
+    const uint32_t sz = scales[w4::scale_pos(n, s / group_slots, groups)];
+    const float scale = __uint_as_float(sz << 16);
+    const float zero = __uint_as_float(sz & 0xffff0000u) - float(w4::kZeroBias);
+    // scale * (q - zero) is exact in fp32 (an 8-bit mantissa times a small integer); one rounding.
+    const float w = __bfloat162float(__float2bfloat16_rn(scale * (float(q) - zero)));
+    acc = fmaf(__bfloat162float(A[int64_t(m) * lda + c]), w, acc);
+  }
+  if (Cf != nullptr) Cf[int64_t(m) * ldc + n] += acc;
+  else C[int64_t(m) * ldc + n] = __float2bfloat16_rn(acc);
+}
+
+// out[m, slot] = A[m, column of the slot] (0 for padding): the activations in slot order.
+__global__ void w4a16_gather_kernel(const bf16* A, int64_t lda, const int32_t* source_col, int K, int padded_k,
+                                    int64_t total, bf16* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int64_t m = i / padded_k;
+  const int s = int(i % padded_k);
+  const int c = source_col != nullptr ? source_col[s] : (s < K ? s : -1);
+  out[i] = c >= 0 ? A[m * lda + c] : __float2bfloat16_rn(0.0f);
+}
+
+// out[n, slot] (bf16, rows of kcols = 16 ksteps slots, n < N): the weight the other kernels
+// compute, for the dequantize-then-cuBLAS path of large M. One warp per (chunk, k-step) reads
+// the step's 512 bytes and dequantizes them exactly as the tensor-core kernel does; each lane
+// writes its B fragments' bf16 pairs (the 8 lanes of a column meet in 32 contiguous bytes).
+__global__ void w4a16_dequant_kernel(const uint4* codes, const uint32_t* scales, bf16* out, int N, int chunks,
+                                     int kstride, int ksteps, int group_steps, int groups) {
+  const int lane = int(threadIdx.x) % 32, g = lane / 4;
+  const int64_t wid = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (wid >= int64_t(chunks) * ksteps) return;
+  const int chunk = int(wid / ksteps), kstep = int(wid % ksteps);
+  const uint4 q = __ldcs(codes + (size_t(chunk) * size_t(kstride) + size_t(kstep)) * 32 + lane);
+  const uint4* sv =
+      reinterpret_cast<const uint4*>(scales + (size_t(chunk) * size_t(groups) + size_t(kstep / group_steps)) * 64 + g * 8);
+  const uint4 lo = __ldg(sv), hi = __ldg(sv + 1);
+  const uint32_t sw[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+  const int64_t kcols = int64_t(ksteps) * 16;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int tile = 2 * j + half;
+      const uint32_t s2 = __byte_perm(sw[tile], 0u, 0x1010), c2 = __byte_perm(sw[tile], 0u, 0x3232);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int pn = 2 * half + r;  // rows 2t, 2t+1 (r 0) or 2t+8, 2t+9 (r 1) of the step
+        const uint32_t v = lop3_and_or(words[j] >> (4 * pn), 0x000f000fu, 0x43004300u);
+        const uint32_t b = as_u32(__hmul2(__hsub2(as_bf2(v), as_bf2(c2)), as_bf2(s2)));
+        // The pair's low half is the even slot (odd 0), its high half the next.
+        const w4::NibbleCoord at = w4::nibble_coord(chunk, kstep, lane, j, pn, 0);
+        if (at.n < N) *reinterpret_cast<uint32_t*>(out + at.n * kcols + at.k) = b;
+      }
+    }
+}
+
+cublasHandle_t own_blas_handle() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t x = nullptr;
+    LB_CUBLAS_CHECK(cublasCreate(&x));
+    return x;
+  }();
+  return h;
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  LB_CUDA_CHECK(cudaGetDevice(&dev));
+  LB_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return std::max(n, 1);
+}
+
+template <int MT, int U>
+void launch_mma(const MmaParams& p, dim3 grid, cudaStream_t s) {
+  w4a16_mma_kernel<MT, U><<<grid, kThreads, 0, s>>>(p);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+W4A16Weight upload_w4a16(int64_t n, int64_t k, int64_t group_slots, int64_t groups, const std::vector<uint32_t>& codes,
+                         const std::vector<uint32_t>& scales, const std::vector<int32_t>& source_col,
+                         const char* what, cudaStream_t s) {
+  W4A16Weight w;
+  w.n = n;
+  w.k = k;
+  w.group_slots = group_slots;
+  w.groups = groups;
+  const bool shape_ok = n > 0 && k > 0 && groups > 0 && group_slots > 0 && group_slots % 16 == 0 &&
+                        w.padded_k() >= k && w.padded_n() <= int64_t(INT32_MAX) && w.ksteps() <= int64_t(INT32_MAX);
+  if (!shape_ok || int64_t(codes.size()) != w.chunks() * w.ksteps() * 128 ||
+      int64_t(scales.size()) != w.chunks() * groups * 64 ||
+      !(source_col.empty() || int64_t(source_col.size()) == w.padded_k()))
+    throw_error(std::string(what) + ": W4A16 weight [" + std::to_string(n) + ", " + std::to_string(k) + "] with " +
+                std::to_string(groups) + " groups of " + std::to_string(group_slots) + " slots has " +
+                std::to_string(codes.size()) + " code words, " + std::to_string(scales.size()) + " scale words and " +
+                std::to_string(source_col.size()) + " slot entries; expected " +
+                std::to_string(w.chunks() * w.ksteps() * 128) + ", " + std::to_string(w.chunks() * groups * 64) +
+                " and 0 or " + std::to_string(w.padded_k()));
+  w.codes.resize(codes.size());
+  upload(w.codes.get(), codes.data(), codes.size(), s);
+  w.scales.resize(scales.size());
+  upload(w.scales.get(), scales.data(), scales.size(), s);
+  if (!source_col.empty()) {
+    w.source_col.resize(source_col.size());
+    upload(w.source_col.get(), source_col.data(), source_col.size(), s);
+  }
+  return w;
+}
+
+namespace {
+
+void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+  if (lda == 0) lda = w.k;
+  if (ldc == 0) ldc = w.n;
+  if (w.codes.get() == nullptr || w.scales.get() == nullptr)
+    throw_error("w4a16_linear: the weight was not uploaded (upload_w4a16)");
+  const int64_t max_m = kernel == W4A16Kernel::Simple ? 65535
+                        : kernel == W4A16Kernel::Mma  ? 65535 * 64
+                                                      : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
+  if (lda < w.k || ldc < w.n || M < 0 || M > max_m)
+    throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
+                std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
+                " (lda >= K, ldc >= N and 0 <= M <= " + std::to_string(max_m) + " needed)");
+  if (M == 0) return;
+  const int32_t* map = w.source_col.size() ? w.source_col.get() : nullptr;
+
+  if (kernel == W4A16Kernel::Simple) {
+    const dim3 grid{unsigned((w.n + 127) / 128), unsigned(M)};
+    w4a16_simple_kernel<<<grid, 128, 0, s>>>(w.codes.get(), w.scales.get(), map, A, lda, C, Cf, ldc, int(w.n),
+                                             int(w.k), int(w.padded_k()), int(w.group_slots), int(w.groups),
+                                             int(w.ksteps()));
+    LB_CUDA_LAUNCH_CHECK();
+    return;
+  }
+
+  // x is read in place when its columns are the slots (and its rows allow 4-byte fragment
+  // loads); else it is gathered into slot order first.
+  const bool direct = map == nullptr && w.k % 16 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0;
+  const bf16* a = A;
+  int64_t a_ld = lda, ksteps = w.k / 16;
+  if (!direct) {
+    const int64_t total = M * w.padded_k();
+    ws.gathered.resize(size_t(total));
+    w4a16_gather_kernel<<<unsigned((total + 255) / 256), 256, 0, s>>>(A, lda, map, int(w.k), int(w.padded_k()), total,
+                                                                      ws.gathered.get());
+    LB_CUDA_LAUNCH_CHECK();
+    a = ws.gathered.get();
+    a_ld = w.padded_k();
+    ksteps = w.ksteps();
+  }
+
+  if (kernel == W4A16Kernel::DequantGemm || (kernel == W4A16Kernel::Auto && M > kMaxMmaRows)) {
+    // The whole weight dequantized once into bf16 (in slot order), then cuBLAS: for large M the
+    // product is compute-bound and the dequantization's cost is shared by M rows.
+    const int64_t kcols = ksteps * 16, warps = w.chunks() * ksteps;
+    ws.dequantized.resize(size_t(w.n * kcols));
+    w4a16_dequant_kernel<<<unsigned((warps + 3) / 4), 128, 0, s>>>(
+        reinterpret_cast<const uint4*>(w.codes.get()), w.scales.get(), ws.dequantized.get(), int(w.n),
+        int(w.chunks()), int(w.ksteps()), int(ksteps), int(w.group_slots / 16), int(w.groups));
+    LB_CUDA_LAUNCH_CHECK();
+    cublasHandle_t h = ws.blas != nullptr ? ws.blas : own_blas_handle();
+    LB_CUBLAS_CHECK(cublasSetStream(h, s));
+    const float alpha = 1.0f, beta = Cf != nullptr ? 1.0f : 0.0f;
+    // Row-major C[M, N] = A[M, K] W[N, K]^T is column-major C^T = W^T A^T (as cuda::linear).
+    LB_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(w.n), int(M), int(kcols), &alpha,
+                                 ws.dequantized.get(), CUDA_R_16BF, int(kcols), a, CUDA_R_16BF, int(a_ld), &beta,
+                                 Cf != nullptr ? static_cast<void*>(Cf) : static_cast<void*>(C),
+                                 Cf != nullptr ? CUDA_R_32F : CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+
+  // m-tiles per block: the fewest 16-row tiles that hold M, up to 4 (M > 64 takes several
+  // blocks along M, each streaming the weights again, mostly from L2).
+  const int mt = M <= 16 ? 1 : M <= 32 ? 2 : M <= 48 ? 3 : 4;
+  const int64_t mblocks = (M + 16 * mt - 1) / (16 * mt);
+  const int64_t colblocks = (w.chunks() + kWarps - 1) / kWarps;
+  if (splits <= 0) {
+    // Enough blocks for about 4 per SM; no split shorter than kMinStepsPerSplit k-steps; and at
+    // most 128 / M splits: the last block of a column tile reads splits x M x 256 partial sums,
+    // and on an H100 that cost about 0.03 us per (row x split) at 4096 x 4096 (M = 16 with 32
+    // splits took 27.6 us against 11.7 at M = 1).
+    static const int sms = sm_count();
+    // (Rounded down: one wave of resident blocks, no short second wave.)
+    const int64_t want = std::max<int64_t>(1, 4 * int64_t(sms) / (colblocks * mblocks));
+    const int64_t by_length = std::max<int64_t>(1, ksteps / kMinStepsPerSplit);
+    const int64_t by_traffic = std::max<int64_t>(1, 128 / M);
+    splits = int(std::clamp<int64_t>(std::min({want, by_length, by_traffic}), 1, 65535));
+  }
+  splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
+  // Splits start on an iteration (and, where a group is a whole number of iterations, on a
+  // group: see the kernel's scale prefetch).
+  const int u_steps = mt <= 2 ? 4 : 2;
+  const int64_t gsteps = w.group_slots / 16;
+  const int64_t align = gsteps % u_steps == 0 ? gsteps : u_steps;
+  int per = int((ksteps + splits - 1) / splits);
+  per = int((per + align - 1) / align * align);
+  splits = int((ksteps + per - 1) / per);  // no empty split
+
+  MmaParams p{};
+  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
+  p.scales = w.scales.get();
+  p.A = a;
+  p.lda = a_ld;
+  p.C = C;
+  p.Cf = Cf;
+  p.ldc = ldc;
+  p.M = int(M);
+  p.N = int(w.n);
+  p.chunks = int(w.chunks());
+  p.kstride = int(w.ksteps());
+  p.ksteps = int(ksteps);
+  p.group_steps = int(w.group_slots / 16);
+  p.groups = int(w.groups);
+  p.splits = splits;
+  p.steps_per_split = per;
+  if (splits > 1) {
+    ws.partial.resize(size_t(splits) * size_t(M) * size_t(w.padded_n()));
+    const size_t need = size_t(mblocks * colblocks);
+    if (ws.counters.size() < need) {
+      ws.counters.resize(need);
+      LB_CUDA_CHECK(cudaMemsetAsync(ws.counters.get(), 0, ws.counters.bytes(), s));
+    }
+    p.partial = ws.partial.get();
+    p.counters = ws.counters.get();
+  }
+  const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
+  // Compiled configurations: 1-4 m-tiles; 4 k-steps per iteration for up to 2 m-tiles, 2 beyond
+  // (the 3-4 m-tile accumulators take the registers).
+  switch (mt) {
+    case 1: launch_mma<1, 4>(p, grid, s); break;
+    case 2: launch_mma<2, 4>(p, grid, s); break;
+    case 3: launch_mma<3, 2>(p, grid, s); break;
+    default: launch_mma<4, 2>(p, grid, s); break;
+  }
+}
+
+}  // namespace
+
+void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits);
+}
+
+void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
+                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits);
+}
+
+}  // namespace lowbit::cuda
