@@ -37,6 +37,7 @@ OUT = os.path.join(HERE, "..", "tests", "fixtures", "llava_next")
 IMAGES = os.path.join(HERE, "..", "tests", "fixtures", "vision")
 PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 IMAGE_TOKEN = 300
+GENERATE = 12
 
 
 def main():
@@ -81,6 +82,14 @@ def main():
         input_ids = torch.tensor([ids], dtype=torch.long)
         with torch.no_grad():
             out = model(input_ids=input_ids, pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+        # Greedy decoding with transformers' generate (KV cache, image features in the prefill),
+        # without stopping at EOS so that every step is compared.
+        model.generation_config.eos_token_id = None
+        with torch.no_grad():
+            gen = model.generate(input_ids=input_ids, pixel_values=batch["pixel_values"],
+                                 image_sizes=batch["image_sizes"], max_new_tokens=GENERATE, do_sample=False,
+                                 pad_token_id=0)
+        tensors[f"{name}.generated"] = gen[0, len(ids):].numpy().astype(np.int32)
         tensors[f"{name}.input_ids"] = np.array(ids, dtype=np.int32)
         tensors[f"{name}.image_features"] = feats.numpy().astype(np.float32)
         tensors[f"{name}.logits"] = out.logits[0].numpy().astype(np.float32)

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -313,6 +314,35 @@ Tensor LlavaNextModel::forward(std::span<const int32_t> ids, std::span<const vis
   std::vector<Tensor> feats;
   for (const auto& im : images) feats.push_back(image_features(im));
   return forward_embeddings(embed(ids, feats));
+}
+
+std::vector<int32_t> LlavaNextModel::generate(std::span<const int32_t> ids,
+                                              std::span<const vision::ProcessedImage> images, int64_t max_new_tokens,
+                                              std::span<const int64_t> stop_ids,
+                                              const std::function<void(int32_t)>& on_token) const {
+  const int64_t T = int64_t(ids.size()), H = cfg_.text.hidden_size, V = cfg_.text.vocab_size;
+  const int64_t context = cfg_.text.max_position_embeddings;
+  LB_CHECK(T < context, "LLaVA-Next: the prompt has {} tokens; the model's context is {}", T, context);
+  std::vector<Tensor> feats;
+  for (const auto& im : images) feats.push_back(image_features(im));
+  Tensor hidden = embed(ids, feats);
+  KvCache cache = llm_->make_kv_cache(std::min(context, T + max_new_tokens));
+  llm_->run_cached(hidden.mutable_data_as<float>(), T, cache);
+  std::vector<float> logits(static_cast<size_t>(V)), h(static_cast<size_t>(H));
+  const float* last = hidden.data_as<float>() + (T - 1) * H;
+  std::vector<int32_t> out;
+  while (int64_t(out.size()) < max_new_tokens) {
+    llm_->lm_head(last, 1, logits.data());
+    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out.push_back(next);
+    if (on_token) on_token(next);
+    if (std::find(stop_ids.begin(), stop_ids.end(), int64_t(next)) != stop_ids.end()) break;
+    if (int64_t(out.size()) == max_new_tokens || cache.length >= cache.capacity) break;
+    llm_->embed(std::span<const int32_t>(&out.back(), 1), h.data());
+    llm_->run_cached(h.data(), 1, cache);
+    last = h.data();
+  }
+  return out;
 }
 
 }  // namespace lowbit

@@ -30,6 +30,7 @@
 #include "vision/clip_vision.h"
 #include "vision/image_processor.h"
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -91,6 +92,13 @@ class LlavaNextModel {
   Tensor forward(std::span<const int32_t> ids, std::span<const vision::ProcessedImage> images) const;
   // Runs embeddings [T, H] (from embed) through the language model; logits [T, V].
   Tensor forward_embeddings(Tensor hidden) const;
+  // Greedy decoding (transformers' generate with do_sample=False): the prompt with its images in
+  // one forward through a KV cache, then one token per step; at most max_new_tokens, or fewer at
+  // the model's context or after a token of stop_ids (which is returned as the last token, as
+  // transformers returns its EOS). on_token sees each new token as it is chosen.
+  std::vector<int32_t> generate(std::span<const int32_t> ids, std::span<const vision::ProcessedImage> images,
+                                int64_t max_new_tokens, std::span<const int64_t> stop_ids,
+                                const std::function<void(int32_t)>& on_token = nullptr) const;
 
  private:
   LlavaNextModel() = default;

@@ -114,6 +114,28 @@ TEST(LlavaNext, LogitsMatchTransformers) {
   check_against_reference(*m);
 }
 
+TEST(LlavaNext, GreedyGenerationMatchesTransformers) {
+  FixtureModel fm;
+  auto m = LlavaNextModel::open(fm.path());
+  const auto& ref = zst_fixture("llava_next/reference.safetensors.zst");
+  for (const char* name : kImages) {
+    SCOPED_TRACE(name);
+    const auto ids = tensor_values<int32_t>(ref, std::string(name) + ".input_ids");
+    const auto want = tensor_values<int32_t>(ref, std::string(name) + ".generated");
+    const vision::ProcessedImage img = load_image(*m, name);
+    std::vector<int32_t> seen;
+    const auto got = m->generate(ids, std::span(&img, 1), int64_t(want.size()), {},
+                                 [&](int32_t t) { seen.push_back(t); });
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(seen, got);
+    // A stop token ends the generation after it.
+    const int64_t stop = want[3];
+    const auto stopped = m->generate(ids, std::span(&img, 1), int64_t(want.size()), std::span(&stop, 1));
+    const size_t first = size_t(std::find(want.begin(), want.end(), int32_t(stop)) - want.begin());
+    EXPECT_EQ(stopped, std::vector<int32_t>(want.begin(), want.begin() + long(first) + 1));
+  }
+}
+
 // transformers 4.5x's layout: model.language_model.*, lm_head, the tower with its vision_model level.
 TEST(LlavaNext, NewerCheckpointLayoutGivesTheSameLogits) {
   FixtureModel fm([](const std::string& n) {
