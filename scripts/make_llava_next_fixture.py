@@ -16,7 +16,8 @@ around the image's placeholder tokens (as many as the model's features), records
   "<image>.input_ids" int32 [T], "<image>.image_features" float32 [N, 64] (packed: base tile,
   unpadded grid with newline columns), "<image>.logits" float32 [T, 320].
 Writes tests/fixtures/llava_next/{config.json, preprocessor_config.json,
-model.safetensors.zst, reference.safetensors.zst}.
+model.safetensors.zst, reference.safetensors.zst} and cli_tall_150x420.txt (the tall image's
+input ids and generated ids as comma-separated lines, for tests/cli/test_vlm.sh).
 
   python3 scripts/make_llava_next_fixture.py
 """
@@ -104,6 +105,10 @@ def main():
                 dst.write(src.read())
         subprocess.run(["zstd", "-19", "-f", "-q", os.path.join(tmp, "model.safetensors"), "-o",
                         os.path.join(OUT, "model.safetensors.zst")], check=True)
+    # The tall image's case as text, for the CLI test: input ids, then the generated ids.
+    with open(os.path.join(OUT, "cli_tall_150x420.txt"), "w") as f:
+        for key in ["input_ids", "generated"]:
+            f.write(",".join(str(int(x)) for x in tensors[f"tall_150x420.jpg.{key}"]) + "\n")
     ref = os.path.join(OUT, "reference.safetensors")
     save_file(tensors, ref, metadata={"transformers": __import__("transformers").__version__,
                                       "torch": torch.__version__})
