@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import tempfile
+import types
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.modeling_llava_next import LlavaNextModel, image_size_to_num_patches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "llava_next")
@@ -39,6 +41,9 @@ IMAGES = os.path.join(HERE, "..", "tests", "fixtures", "vision")
 PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 IMAGE_TOKEN = 300
 GENERATE = 12
+SIZES = [(1, 1), (13, 20), (150, 420), (420, 150), (300, 1100), (1100, 300), (336, 336), (337, 1009), (672, 672),
+         (1000, 1), (1, 1000), (480, 640), (640, 480), (768, 1024), (1080, 1920), (2000, 3000), (97, 333),
+         (500, 499), (999, 1000), (56, 57)]
 
 
 def main():
@@ -95,6 +100,22 @@ def main():
         tensors[f"{name}.image_features"] = feats.numpy().astype(np.float32)
         tensors[f"{name}.logits"] = out.logits[0].numpy().astype(np.float32)
         print(name, "image tokens", n, "sequence", len(ids))
+
+    # Image token counts over many sizes, from transformers' own packing (pack_image_features on
+    # zero features) for the tiny config and for LLaVA-Next-8B's (336-px tiles, 24 x 24 patches):
+    # rows (height, width, tokens).
+    for key, size, patch, pins in [("small", 56, 14, PINPOINTS),
+                                   ("real", 336, 14, [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])]:
+        fake = types.SimpleNamespace(config=types.SimpleNamespace(
+            vision_config=types.SimpleNamespace(image_size=size, patch_size=patch), image_grid_pinpoints=pins))
+        rows = []
+        for h, w in SIZES:
+            n = image_size_to_num_patches((h, w), pins, size)
+            feats = [torch.zeros(n, (size // patch) ** 2, 2)]
+            _, lens = LlavaNextModel.pack_image_features(fake, feats, torch.tensor([[h, w]]), "default",
+                                                         torch.zeros(2))
+            rows.append([h, w, int(lens[0])])
+        tensors[f"token_counts.{key}"] = np.array(rows, dtype=np.int64)
 
     os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -224,11 +224,16 @@ std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir) {
   return m;
 }
 
-int64_t LlavaNextModel::image_token_count(int64_t height, int64_t width) const {
-  const int64_t G = cfg_.vision.grid(), S = cfg_.vision.image_size;
-  const auto best = vision::select_best_resolution(height, width, cfg_.pinpoints);
+int64_t llava_next_image_token_count(const LlavaNextConfig& c, int64_t height, int64_t width) {
+  LB_CHECK(height > 0 && width > 0, "image of {} x {} pixels", height, width);
+  const int64_t G = c.vision.grid(), S = c.vision.image_size;
+  const auto best = vision::select_best_resolution(height, width, c.pinpoints);
   const UnpadBox b = unpad_box(height, width, best.first / S * G, best.second / S * G);
   return G * G + b.rows * (b.cols + 1);
+}
+
+int64_t LlavaNextModel::image_token_count(int64_t height, int64_t width) const {
+  return llava_next_image_token_count(cfg_, height, width);
 }
 
 Tensor LlavaNextModel::image_features(const vision::ProcessedImage& image) const {

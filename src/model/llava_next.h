@@ -67,6 +67,10 @@ struct UnpadBox {
 };
 UnpadBox unpad_box(int64_t height, int64_t width, int64_t grid_h, int64_t grid_w);
 
+// Image tokens an image of height x width takes under config c: G*G for the base tile, plus the
+// cropped grid's rows times (columns + 1).
+int64_t llava_next_image_token_count(const LlavaNextConfig& c, int64_t height, int64_t width);
+
 class LlavaNextModel {
  public:
   // A directory with config.json and model.safetensors (or a sharded index); the image processor

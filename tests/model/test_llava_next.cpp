@@ -114,6 +114,24 @@ TEST(LlavaNext, LogitsMatchTransformers) {
   check_against_reference(*m);
 }
 
+// The packing's length (select_best_resolution, unpad_image, newlines) over many sizes and aspect
+// ratios, against transformers' pack_image_features, for the tiny config and LLaVA-Next-8B's.
+TEST(LlavaNext, ImageTokenCountsMatchTransformers) {
+  const auto& ref = zst_fixture("llava_next/reference.safetensors.zst");
+  LlavaNextConfig small = parse_llava_next_config(lowbit::test::slurp(fixtures_dir() + "/llava_next/config.json"),
+                                                  "config.json");
+  LlavaNextConfig real = small;
+  real.vision.image_size = 336;
+  real.vision.patch_size = 14;
+  real.pinpoints = {{336, 672}, {672, 336}, {672, 672}, {1008, 336}, {336, 1008}};
+  for (auto [key, cfg] : {std::pair{"token_counts.small", &small}, std::pair{"token_counts.real", &real}}) {
+    const Tensor rows = ref.tensor(key);
+    const int64_t* r = rows.data_as<int64_t>();
+    for (int64_t i = 0; i < rows.dim(0); ++i, r += 3)
+      EXPECT_EQ(llava_next_image_token_count(*cfg, r[0], r[1]), r[2]) << key << ": " << r[0] << " x " << r[1];
+  }
+}
+
 TEST(LlavaNext, GreedyGenerationMatchesTransformers) {
   FixtureModel fm;
   auto m = LlavaNextModel::open(fm.path());
