@@ -123,6 +123,22 @@ def main():
                 again = (((levels.astype(np.float64) * (1 / 255)).astype(np.float32) - mean) / std).astype(np.float32)
                 assert np.array_equal(again.view(np.uint32), pv.view(np.uint32)), name
                 tensors[f"{name}.real.levels"] = levels.astype(np.uint8)
+    # PIL's bicubic resize on its own, over random sizes both ways (both pass orders, up- and
+    # downscaling, one axis alone): "resize.<i>" uint8 [h2, w2, 3] of a crop [h1, w1] of
+    # rgb_240x180.png, with "resize.cases" int64 [n, 4] = (h1, w1, h2, w2).
+    rng = np.random.default_rng(7)
+    src = np.array(Image.open(os.path.join(OUT, "rgb_240x180.png")).convert("RGB"))
+    cases = []
+    for i in range(24):
+        h1, w1 = int(rng.integers(1, 181)), int(rng.integers(1, 241))
+        h2 = h1 if i % 6 == 0 else int(rng.integers(1, 49))
+        w2 = w1 if i % 6 == 1 else int(rng.integers(1, 49))
+        if (h2, w2) == (h1, w1):
+            w2 = w1 + 1
+        out = np.array(Image.fromarray(np.ascontiguousarray(src[:h1, :w1])).resize((w2, h2), Image.BICUBIC))
+        tensors[f"resize.{i}"] = out
+        cases.append([h1, w1, h2, w2])
+    tensors["resize.cases"] = np.array(cases, dtype=np.int64)
     # select_best_resolution and get_patch_output_size on their own, over the real pinpoints:
     # rows (height, width, best height, best width, fitted height, fitted width).
     rows = []

@@ -125,6 +125,23 @@ TEST(ImageProcessor, SelectBestResolutionAndFit) {
   }
 }
 
+// PIL's resize alone, on crops of random sizes to random sizes (both pass orders, one axis only,
+// up- and downscaling): bit-equal.
+TEST(ImageProcessor, ResizeEqualsPil) {
+  const Image img = read_image(image_path("rgb_240x180.png"));
+  const Tensor cases = fixture().tensor("resize.cases");
+  const int64_t* c = cases.data_as<int64_t>();
+  for (int64_t i = 0; i < cases.dim(0); ++i, c += 4) {
+    SCOPED_TRACE(std::to_string(c[0]) + " x " + std::to_string(c[1]) + " -> " + std::to_string(c[2]) + " x " +
+                 std::to_string(c[3]));
+    Image crop{c[1], c[0], 3, {}};
+    for (int64_t y = 0; y < c[0]; ++y)
+      crop.pixels.insert(crop.pixels.end(), img.row(y), img.row(y) + c[1] * 3);
+    const Image out = resize(crop, c[3], c[2]);
+    EXPECT_EQ(out.pixels, tensor_values<uint8_t>(fixture(), "resize." + std::to_string(i)));
+  }
+}
+
 TEST(ImageProcessor, ResizeToSameSizeIsACopy) {
   const Image img = read_image(image_path("rgb_240x180.png"));
   const Image same = resize(img, img.width, img.height);
