@@ -19,7 +19,8 @@ each file as PIL opens it, with two processor configurations:
   plain RGB or greyscale, "<image>.rgb" uint8 [H, W, 3]: the image after the processor's RGB
   conversion (PIL's decoder, palette expansion, alpha compositing onto white).
 
-Also writes two images lowbit must refuse as unsupported modes: a 16-bit greyscale PNG and a
+Also writes a grey+alpha PNG and a palette PNG with a transparent entry, whose RGB conversion
+alone is recorded, and two images lowbit must refuse as unsupported modes: a 16-bit greyscale PNG and a
 CMYK JPEG.
 
   python3 scripts/make_vision_fixtures.py     # writes tests/fixtures/vision/{*.png,*.jpg,processor.safetensors.zst}
@@ -93,6 +94,13 @@ def write_images():
     a = scene(13, 20, 8)[..., 2]
     Image.fromarray(a, "L").save(os.path.join(OUT, "gray_20x13.jpg"), quality=95)
     files["gray_20x13.jpg"] = False
+    # Modes whose RGB conversion alone is checked (".rgb", no pixel values): grey with alpha, and a
+    # palette with a transparent entry (tRNS), both composited onto white.
+    a = scene(20, 24, 11)
+    alpha = np.clip(np.mgrid[0:20, 0:24][1] * 11, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([a[..., 1], alpha]), "LA").save(os.path.join(OUT, "la_24x20.png"))
+    p = Image.fromarray(a).quantize(colors=8, method=Image.Quantize.MEDIANCUT)
+    p.save(os.path.join(OUT, "palette_trns_24x20.png"), transparency=3)
     # Images lowbit refuses (unsupported modes), not run through the processor.
     Image.fromarray(scene(8, 8, 9)[..., 0].astype(np.uint16) * 257).save(os.path.join(OUT, "gray16_8x8.png"))
     Image.fromarray(scene(8, 8, 10)).convert("CMYK").save(os.path.join(OUT, "cmyk_8x8.jpg"))
@@ -148,6 +156,11 @@ def main():
         fit = get_patch_output_size(np.zeros((3, h, w), np.uint8), best, ChannelDimension.FIRST)
         rows.append([h, w, *best, *fit])
     tensors["select_best.real"] = np.array(rows, dtype=np.int64)
+    for name in ["la_24x20.png", "palette_trns_24x20.png"]:
+        with Image.open(os.path.join(OUT, name)) as im:
+            im.load()
+            tensors[f"{name}.rgb"] = convert_to_rgb(im, return_numpy=True)
+            tensors[f"{name}.image_size"] = np.array([im.height, im.width], dtype=np.int64)
     meta = {"reference": json.dumps({"transformers_class": "LlavaNextImageProcessorPil", "pillow": PIL.__version__,
                                      "small": SMALL, "real": REAL, "common": COMMON})}
     path = os.path.join(OUT, "processor.safetensors")

@@ -43,13 +43,16 @@ const char* kImages[] = {"bilevel_45x31.png", "gray_20x13.jpg", "gray_333x97.png
 }  // namespace
 
 TEST(ImageDecode, RgbEqualsPilsConversion) {
-  for (const char* name : kImages) {
+  std::vector<std::string> names(std::begin(kImages), std::end(kImages));
+  names.push_back("la_24x20.png");
+  names.push_back("palette_trns_24x20.png");
+  for (const std::string& name : names) {
     SCOPED_TRACE(name);
     const Image rgb = to_rgb(read_image(image_path(name)));
-    const auto size = tensor_values<int64_t>(fixture(), std::string(name) + ".image_size");
+    const auto size = tensor_values<int64_t>(fixture(), name + ".image_size");
     ASSERT_EQ(rgb.height, size[0]);
     ASSERT_EQ(rgb.width, size[1]);
-    const std::string key = std::string(name) + ".rgb";
+    const std::string key = name + ".rgb";
     if (!fixture().find(key)) continue;  // a plain RGB/L PNG: the lossless file is the reference
     const auto want = tensor_values<uint8_t>(fixture(), key);
     ASSERT_EQ(want.size(), rgb.pixels.size());
