@@ -36,5 +36,7 @@ expect_err "token count" "the prompt has 76 image tokens \(id 300\) but the imag
   "$B" vlm-logits --model "$M" --image "$IMG" --image "$IMG" --ids "$IDS" -o "$T/bad.safetensors"
 expect_err "no tokenizer" "has no tokenizer; pass --ids" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi
 expect_err "prompt and ids" "" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi --ids 1
+expect_err "llava in generate" "a LLaVA-Next model \(vision-language\); run it with lowbit vlm-generate" \
+  "$B" generate --model "$M" --prompt hi
 if [[ ! -e "$T/bad.safetensors" ]]; then ok; else bad "a refused run wrote its output"; fi
 report

@@ -80,6 +80,8 @@ Inputs prepare(const Options& o) {
 
 void run_generate(const Options& o) {
   Inputs in = prepare(o);
+  // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
+  in.model->language_model().set_keep_16bit_weights(true);
   std::vector<int64_t> stop = in.model->config().text.eos_token_ids;
   if (in.tok)
     for (const SpecialToken& s : in.tok->special_tokens())
