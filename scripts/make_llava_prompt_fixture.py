@@ -8,13 +8,18 @@ message, the user turn "<image>\\n" + question, rendered with Meta-Llama-3's own
 transformers' apply_chat_template), then tokenized the way LLaVA-NeXT's tokenizer_image_token does:
 the text split at each "<image>", each piece tokenized on its own, the image token(s) between them.
 For each case: the rendered prompt and the ids with `count` copies of image id 128256 per image.
+"processor_cases": the same prompts through transformers' LlavaNextProcessor (llava-hf's settings,
+"<image>" an added token) with blank images of given sizes: its input_ids, image tokens expanded.
 
-  python3 scripts/make_llava_prompt_fixture.py   # writes tests/fixtures/llava_next/prompts.json
+  python3 scripts/make_llava_prompt_fixture.py   # writes tests/fixtures/llava_next/prompts.json.zst
 """
 import json
 import os
+import subprocess
 
-from transformers import AutoTokenizer
+from PIL import Image
+from transformers import AutoTokenizer, LlavaNextProcessor
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER = os.path.join(HERE, "..", "..", "shared", "models", "tokenizers", "llama3")
@@ -47,9 +52,26 @@ def main():
             if i < len(pieces) - 1:
                 ids += [IMAGE_ID] * counts[i]
         out.append({"question": question, "n_images": n_images, "counts": counts, "prompt": prompt, "ids": ids})
+    # The same prompts through transformers' LlavaNextProcessor as llava-hf's checkpoints configure it
+    # (336-px tiles, patch 14, "default" strategy, one CLS token; "<image>" an added token, id
+    # 128256), with blank images of given sizes: the input_ids it writes, image tokens expanded.
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert tok.convert_tokens_to_ids("<image>") == IMAGE_ID
+    proc = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+            image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+        tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor_cases = []
+    for case, sizes in zip(out, [[(480, 640)], [(1080, 1920)], [(97, 333), (600, 200)], [(336, 336)]]):
+        images = [Image.new("RGB", (w, h)) for h, w in sizes]
+        ids = proc(images=images, text=case["prompt"], return_tensors="np")["input_ids"][0].tolist()
+        processor_cases.append({"prompt": case["prompt"], "sizes": sizes, "ids": ids})
     with open(OUT, "w") as f:
-        json.dump({"system": SYSTEM, "image_token_id": IMAGE_ID, "cases": out}, f, indent=1, ensure_ascii=False)
+        json.dump({"system": SYSTEM, "image_token_id": IMAGE_ID, "cases": out, "processor_cases": processor_cases},
+                  f, separators=(",", ":"), ensure_ascii=False)
         f.write("\n")
+    subprocess.run(["zstd", "-19", "-f", "--rm", "-q", OUT], check=True)
 
 
 if __name__ == "__main__":
