@@ -19,15 +19,17 @@ each file as PIL opens it, with two processor configurations:
   plain RGB or greyscale, "<image>.rgb" uint8 [H, W, 3]: the image after the processor's RGB
   conversion (PIL's decoder, palette expansion, alpha compositing onto white).
 
-Also writes a grey+alpha PNG and a palette PNG with a transparent entry, whose RGB conversion
-alone is recorded, and two images lowbit must refuse as unsupported modes: a 16-bit greyscale PNG and a
+Also writes a grey+alpha PNG, a palette PNG with a transparent entry and 16-bit RGB and RGBA PNGs,
+whose RGB conversion alone is recorded, and two images lowbit must refuse as unsupported modes: a 16-bit greyscale PNG and a
 CMYK JPEG.
 
   python3 scripts/make_vision_fixtures.py     # writes tests/fixtures/vision/{*.png,*.jpg,processor.safetensors.zst}
 """
 import json
 import os
+import struct
 import subprocess
+import zlib
 
 import numpy as np
 import PIL
@@ -66,6 +68,10 @@ def scene(h, w, seed):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def write_images():
     os.makedirs(OUT, exist_ok=True)
     files = {}
@@ -101,6 +107,13 @@ def write_images():
     Image.fromarray(np.dstack([a[..., 1], alpha]), "LA").save(os.path.join(OUT, "la_24x20.png"))
     p = Image.fromarray(a).quantize(colors=8, method=Image.Quantize.MEDIANCUT)
     p.save(os.path.join(OUT, "palette_trns_24x20.png"), transparency=3)
+    # 16-bit colour PNGs (PIL cannot write them; a minimal encoder): PIL reads their high bytes.
+    for ct, ch, name in [(2, 3, "rgb16_7x5.png"), (6, 4, "rgba16_7x5.png")]:
+        a = np.random.default_rng(12 + ch).integers(0, 65536, (5, 7, ch), dtype=np.uint16)
+        raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(5))
+        with open(os.path.join(OUT, name), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 7, 5, 16, ct, 0, 0, 0)) +
+                    png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
     # Images lowbit refuses (unsupported modes), not run through the processor.
     Image.fromarray(scene(8, 8, 9)[..., 0].astype(np.uint16) * 257).save(os.path.join(OUT, "gray16_8x8.png"))
     Image.fromarray(scene(8, 8, 10)).convert("CMYK").save(os.path.join(OUT, "cmyk_8x8.jpg"))
@@ -156,7 +169,7 @@ def main():
         fit = get_patch_output_size(np.zeros((3, h, w), np.uint8), best, ChannelDimension.FIRST)
         rows.append([h, w, *best, *fit])
     tensors["select_best.real"] = np.array(rows, dtype=np.int64)
-    for name in ["la_24x20.png", "palette_trns_24x20.png"]:
+    for name in ["la_24x20.png", "palette_trns_24x20.png", "rgb16_7x5.png", "rgba16_7x5.png"]:
         with Image.open(os.path.join(OUT, name)) as im:
             im.load()
             tensors[f"{name}.rgb"] = convert_to_rgb(im, return_numpy=True)

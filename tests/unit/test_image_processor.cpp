@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <random>
 
 using namespace lowbit;
 using namespace lowbit::vision;
@@ -46,6 +47,8 @@ TEST(ImageDecode, RgbEqualsPilsConversion) {
   std::vector<std::string> names(std::begin(kImages), std::end(kImages));
   names.push_back("la_24x20.png");
   names.push_back("palette_trns_24x20.png");
+  names.push_back("rgb16_7x5.png");
+  names.push_back("rgba16_7x5.png");
   for (const std::string& name : names) {
     SCOPED_TRACE(name);
     const Image rgb = to_rgb(read_image(image_path(name)));
@@ -180,6 +183,35 @@ TEST(ImageDecode, BadInputNamesTheFile) {
   expect_error(dir / "absent.png", "cannot open");
   expect_error(image_path("gray16_8x8.png"), "unsupported image mode: 16-bit greyscale");
   expect_error(image_path("cmyk_8x8.jpg"), "unsupported image mode: CMYK");
+}
+
+// Damaged files (a byte changed, or the file cut short, at many places): decoding either succeeds
+// or throws lowbit::Error; it never crashes or throws anything else.
+TEST(ImageDecode, DamagedFilesFailCleanly) {
+  for (const char* name : {"rgba_64x48.png", "palette_200x200.png", "gray_20x13.jpg", "tall_150x420.jpg"}) {
+    SCOPED_TRACE(name);
+    const std::string bytes = lowbit::test::slurp(image_path(name));
+    std::mt19937 rng(1);
+    int errors = 0, decoded = 0;
+    for (int i = 0; i < 300; ++i) {
+      std::string b = bytes;
+      const size_t at = rng() % b.size();
+      if (i % 3 == 2)
+        b.resize(at);
+      else
+        b[at] = char(rng() & 0xff);
+      const std::vector<uint8_t> v(b.begin(), b.end());
+      try {
+        const Image img = decode_image(v, name);
+        EXPECT_EQ(img.pixels.size(), size_t(img.width * img.height * img.channels));
+        ++decoded;
+      } catch (const lowbit::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+        ++errors;
+      }
+    }
+    EXPECT_GT(errors, 0);
+  }
 }
 
 TEST(ImageProcessor, BadConfigNamesTheField) {
