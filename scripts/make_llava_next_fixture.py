@@ -101,6 +101,12 @@ def main():
         tensors[f"{name}.logits"] = out.logits[0].numpy().astype(np.float32)
         print(name, "image tokens", n, "sequence", len(ids))
 
+    # The language model alone: text-only ids (no image tokens, no pixel values).
+    text_ids = [1] + list(rng.integers(3, 300, 23))
+    with torch.no_grad():
+        tensors["text_only.logits"] = model(input_ids=torch.tensor([text_ids])).logits[0].numpy().astype(np.float32)
+    tensors["text_only.input_ids"] = np.array(text_ids, dtype=np.int32)
+
     # Image token counts over many sizes, from transformers' own packing (pack_image_features on
     # zero features) for the tiny config and for LLaVA-Next-8B's (336-px tiles, 24 x 24 patches):
     # rows (height, width, tokens).

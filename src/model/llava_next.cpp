@@ -4,6 +4,7 @@
 #include "backend/vision_ops.h"
 #include "core/error.h"
 #include "formats/llama_tensors.h"
+#include "formats/llava_next_checkpoint.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 
@@ -30,39 +31,6 @@ std::string read_text(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-// The language model's tensors under LlamaForCausalLM's names ("model.layers.0...", "lm_head.weight"),
-// read from wherever the LLaVA checkpoint keeps them.
-class RenamedWeights final : public WeightSource {
- public:
-  RenamedWeights(std::shared_ptr<WeightSource> base, std::string body_prefix, std::string lm_head)
-      : base_(std::move(base)), body_(std::move(body_prefix)), head_(std::move(lm_head)) {}
-  std::string source_name(const std::string& name) const {
-    if (name == "lm_head.weight") return head_;
-    if (name.rfind("model.", 0) == 0) return body_ + name.substr(6);
-    return "\x01";  // no such tensor
-  }
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const std::string& n : base_->names()) {
-      if (n == head_) out.push_back("lm_head.weight");
-      else if (n.rfind(body_, 0) == 0) out.push_back("model." + n.substr(body_.size()));
-    }
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  const WeightInfo* info(const std::string& name) const override { return base_->info(source_name(name)); }
-  Tensor get(const std::string& name) const override {
-    const std::string s = source_name(name);
-    LB_CHECK(base_->has(s), "LLaVA checkpoint has no tensor '{}' (the language model's '{}')", s, name);
-    return base_->get(s);
-  }
-  std::vector<std::string> files() const override { return base_->files(); }
-
- private:
-  std::shared_ptr<WeightSource> base_;
-  std::string body_, head_;
-};
 
 std::string first_present(const WeightSource& w, std::initializer_list<std::string> prefixes, const std::string& probe,
                           const std::string& what, const std::string& dir) {
@@ -91,24 +59,12 @@ int64_t LlavaNextConfig::feature_layers() const {
 LlavaNextConfig parse_llava_next_config(const std::string& text, const std::string& path) {
   json j = json::parse(text, nullptr, false);
   LB_CHECK(!j.is_discarded() && j.is_object(), "{}: not a JSON object", path);
-  bool is_llava_next = j.value("model_type", "") == "llava_next";
-  if (j.contains("architectures") && j["architectures"].is_array())
-    for (const auto& a : j["architectures"])
-      if (a.is_string() && a.get<std::string>() == "LlavaNextForConditionalGeneration") is_llava_next = true;
-  LB_CHECK(is_llava_next, "{}: not a LLaVA-Next model (model_type '{}'); expected LlavaNextForConditionalGeneration",
-           path, j.value("model_type", ""));
+  LB_CHECK(is_llava_next_config(j), "{}: not a LLaVA-Next model (model_type '{}'); expected "
+           "LlavaNextForConditionalGeneration", path, j.value("model_type", ""));
   LlavaNextConfig c;
   c.source = path;
   try {
-    // transformers' LlamaConfig defaults for fields a LLaVA text_config may leave out.
-    json t = j.value("text_config", json::object());
-    const json defaults = {{"model_type", "llama"},       {"hidden_size", 4096},          {"intermediate_size", 11008},
-                           {"num_hidden_layers", 32},     {"num_attention_heads", 32},    {"vocab_size", 32000},
-                           {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-6},     {"rope_theta", 10000.0}};
-    for (auto& [k, v] : defaults.items())
-      if (!t.contains(k) || t[k].is_null()) t[k] = v;
-    if (!t.contains("tie_word_embeddings")) t["tie_word_embeddings"] = j.value("tie_word_embeddings", false);
-    c.text = parse_llama_config(t.dump(), path + ": text_config");
+    c.text = llava_next_text_config(j, path);
     c.vision = vision::parse_clip_vision_config(j.value("vision_config", json::object()), path);
     c.image_token_id = j.value("image_token_index", j.value("image_token_id", int64_t(32000)));
     const json& fl = j.contains("vision_feature_layer") ? j["vision_feature_layer"] : json(-2);
@@ -177,15 +133,11 @@ std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir) {
   const WeightSource& w = *m->weights_;
 
   // The language model.
-  const std::string body = first_present(w, {"model.language_model.", "language_model.model."},
-                                         "embed_tokens.weight", "language model", dir);
-  std::string head = c.text.tie_word_embeddings ? std::string() : "lm_head.weight";
-  if (!c.text.tie_word_embeddings && !w.has(head)) head = "language_model.lm_head.weight";
   Checkpoint ck;
   ck.path = dir;
-  ck.format = "hf-safetensors";
+  ck.format = "llava-next-language-model";
   ck.config = c.text;
-  ck.weights = std::make_shared<RenamedWeights>(m->weights_, body, head);
+  ck.weights = llava_next_language_weights(m->weights_, c.text, dir);
   validate_llama_weights(ck.config, *ck.weights, dir);
   ck.tokenizer_path = find_tokenizer_file(dir);
   m->tokenizer_path_ = ck.tokenizer_path;

@@ -36,7 +36,8 @@ expect_err "token count" "the prompt has 76 image tokens \(id 300\) but the imag
   "$B" vlm-logits --model "$M" --image "$IMG" --image "$IMG" --ids "$IDS" -o "$T/bad.safetensors"
 expect_err "no tokenizer" "has no tokenizer; pass --ids" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi
 expect_err "prompt and ids" "" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi --ids 1
-expect_err "llava in generate" "a LLaVA-Next model \(vision-language\); run it with lowbit vlm-generate" \
-  "$B" generate --model "$M" --prompt hi
+# LLaMA commands given the directory run its language model.
+expect_ok "logits of the LLM part" "logits \[3, 320\] written" "$B" logits --model "$M" --ids 1,5,7 \
+  -o "$T/text.safetensors"
 if [[ ! -e "$T/bad.safetensors" ]]; then ok; else bad "a refused run wrote its output"; fi
 report

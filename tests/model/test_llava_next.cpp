@@ -154,6 +154,26 @@ TEST(LlavaNext, GreedyGenerationMatchesTransformers) {
   }
 }
 
+// open_checkpoint() of a LLaVA-Next directory is its language model: every LLaMA command (ppl,
+// quantize, logits) runs on the LLM part. Text-only logits against transformers' LLaVA-Next.
+TEST(LlavaNext, LanguageModelOpensAsALlamaCheckpoint) {
+  FixtureModel fm;
+  const auto& ref = zst_fixture("llava_next/reference.safetensors.zst");
+  const auto ids = tensor_values<int32_t>(ref, "text_only.input_ids");
+  const auto want = tensor_values<float>(ref, "text_only.logits");
+  Checkpoint ck = open_checkpoint(fm.path());
+  EXPECT_EQ(ck.format, "llava-next-language-model");
+  EXPECT_EQ(ck.config.vocab_size, 320);
+  EXPECT_EQ(ck.config.num_hidden_layers, 2);
+  LlamaModel llm(std::move(ck));
+  const Stats s = compare_rows(llm.forward(ids), want, 320);
+  EXPECT_LT(s.max_diff, 3e-5);
+  EXPECT_EQ(s.top1_agree, s.rows);
+  auto m = LlavaNextModel::open(fm.path());
+  const Stats v = compare_rows(m->forward(ids, {}), want, 320);
+  EXPECT_LT(v.max_diff, 3e-5);
+}
+
 // transformers 4.5x's layout: model.language_model.*, lm_head, the tower with its vision_model level.
 TEST(LlavaNext, NewerCheckpointLayoutGivesTheSameLogits) {
   FixtureModel fm([](const std::string& n) {
