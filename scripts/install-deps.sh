@@ -10,6 +10,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libopenblas-openmp-dev liblapacke-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libsentencepiece-dev \
   libsqlite3-dev libpq-dev postgresql libzstd-dev zstd zlib1g-dev libssl-dev libtomlplusplus-dev \
+  libjpeg-dev libpng-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   gnuplot-nox \
   clang libclang-rt-14-dev

@@ -3,17 +3,21 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "formats/gguf_llama.h"
+#include "formats/llava_next_checkpoint.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 
 namespace lowbit {
 
 namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const std::string& what) {
   // Visited one at a time: a config that overstates the layer count fails at the first missing
@@ -32,6 +36,14 @@ void validate_llama_weights(const LlamaConfig& c, const WeightSource& w, const s
 }
 
 namespace {
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream in(path);
+  LB_CHECK(in.good(), "cannot open '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 class Llama2cWeights final : public TableWeightSource {
  public:
@@ -160,6 +172,8 @@ Checkpoint open_checkpoint(const std::string& path) {
     const fs::path dir(path);
     const fs::path cfg = dir / "config.json";
     if (fs::exists(cfg)) {
+      if (is_llava_next_config(json::parse(read_file_text(cfg.string()), nullptr, false)))
+        return open_llava_next_language_model(path);
       ck.format = "hf-safetensors";
       ck.config = load_llama_config(cfg.string());
       LB_CHECK(fs::exists(dir / "model.safetensors") || fs::exists(dir / "model.safetensors.index.json"),

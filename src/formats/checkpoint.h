@@ -2,7 +2,9 @@
 //   - a Hugging Face LlamaForCausalLM directory: config.json + model.safetensors or sharded
 //     model.safetensors.index.json (+ tokenizer.json or tokenizer.model),
 //   - a llama2.c legacy (v0) .bin checkpoint (+ tokenizer.bin / tok512.bin beside it),
-//   - a GGUF file of a llama model (formats/gguf_llama.h; its tokenizer is in the same file).
+//   - a GGUF file of a llama model (formats/gguf_llama.h; its tokenizer is in the same file),
+//   - a Hugging Face LlavaNextForConditionalGeneration directory: its language model
+//     (formats/llava_next_checkpoint.h).
 // Tensors are presented under Hugging Face names and shapes whatever the source (the tensor
 // table, llama_tensors.h).
 // q/k rows follow transformers' RoPE layout (the two halves of each head rotate together).
@@ -22,7 +24,7 @@ namespace lowbit {
 
 struct Checkpoint {
   std::string path;
-  std::string format;  // "hf-safetensors", "llama2c-v0" or "gguf"
+  std::string format;  // "hf-safetensors", "llama2c-v0", "gguf" or "llava-next-language-model"
   LlamaConfig config;
   std::shared_ptr<WeightSource> weights;
   std::string tokenizer_path;  // empty when none was found

@@ -87,6 +87,9 @@ LlamaConfig parse_llama_config(const std::string& text, const std::string& path)
   if (j.contains("architectures") && j["architectures"].is_array())
     for (const auto& a : j["architectures"])
       if (a.is_string() && a.get<std::string>() == "LlamaForCausalLM") is_llama = true;
+  LB_CHECK(j.value("model_type", "") != "llava_next",
+           "{}: a LLaVA-Next model (vision-language): give its directory, whose language model LLaMA commands "
+           "read, or run it with lowbit vlm-generate or vlm-logits", path);
   LB_CHECK(is_llama, "{}: not a LLaMA model (model_type '{}', architectures {}); lowbit reads LlamaForCausalLM",
            path, j.value("model_type", ""), j.contains("architectures") ? j["architectures"].dump() : "absent");
 

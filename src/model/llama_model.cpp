@@ -174,14 +174,19 @@ KvCache LlamaModel::make_kv_cache(int64_t capacity) const {
 
 void LlamaModel::forward_cached(std::span<const int32_t> tokens, KvCache& cache, float* hidden_out,
                                 const BlockHooks* hooks) const {
+  LB_CHECK(!tokens.empty(), "forward_cached: no tokens");
+  embed(tokens, hidden_out);
+  run_cached(hidden_out, int64_t(tokens.size()), cache, hooks);
+}
+
+void LlamaModel::run_cached(float* hidden_out, int64_t T, KvCache& cache, const BlockHooks* hooks) const {
   const LlamaConfig& c = config();
-  const int64_t T = int64_t(tokens.size()), H = c.hidden_size;
+  const int64_t H = c.hidden_size;
   LB_CHECK(T > 0, "forward_cached: no tokens");
   LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
            cache.length, T);
   if (hooks == nullptr) hooks = forward_hooks_.get();
   ensure_positions(cache.length + T);
-  embed(tokens, hidden_out);
   const float eps = float(c.rms_norm_eps);
   std::vector<float> x(size_t(T * H)), y(size_t(T * H));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

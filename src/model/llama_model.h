@@ -121,6 +121,9 @@ class LlamaModel {
   // lm_head on the rows needed). Applies the forward hooks when given none.
   void forward_cached(std::span<const int32_t> tokens, KvCache& cache, float* hidden_out,
                       const BlockHooks* hooks = nullptr) const;
+  // The same from input embeddings: hidden [T, H] (token embeddings, or embeddings with other
+  // rows spliced in, as LLaVA's image features) run in place and final-normed.
+  void run_cached(float* hidden, int64_t T, KvCache& cache, const BlockHooks* hooks = nullptr) const;
 
   // Hooks that forward() and next_token_nll() apply when given none (a quantized model's
   // activation quantization, for instance). Null: none.

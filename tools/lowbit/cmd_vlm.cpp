@@ -1,0 +1,168 @@
+// lowbit vlm-generate --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) [-n N]
+// lowbit vlm-logits   --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) -o OUT.safetensors
+// A LLaVA-Next checkpoint (LlavaNextForConditionalGeneration) on the CPU with images. --prompt is
+// a question put in LLaVA-NeXT's LLaMA-3 conversation (model/llava_prompt.h) with one <image> line
+// per image; --ids are token ids already holding each image's image tokens (as transformers'
+// processor writes input_ids). Every image is decoded and preprocessed before the model runs, so a
+// bad file is reported before any work and nothing is written.
+#include "commands.h"
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "model/llava_next.h"
+#include "model/llava_prompt.h"
+#include "vision/image.h"
+#include "vision/image_processor.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <sstream>
+
+namespace lowbit::cli {
+
+namespace {
+
+struct Options {
+  std::string model, prompt, ids, out;
+  std::vector<std::string> images;
+  int64_t n = 64;
+  int threads = 0;
+};
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    LB_CHECK(used == item.size() && !item.empty(), "--ids: '{}' is not an integer", item);
+    ids.push_back(int32_t(v));
+  }
+  LB_CHECK(!ids.empty(), "--ids: no token ids");
+  return ids;
+}
+
+// The model, the images preprocessed, the prompt's ids and its tokenizer (null with --ids).
+struct Inputs {
+  std::unique_ptr<LlavaNextModel> model;
+  std::vector<vision::ProcessedImage> images;
+  std::vector<int32_t> ids;
+  std::unique_ptr<Tokenizer> tok;
+};
+
+Inputs prepare(const Options& o) {
+  set_num_threads(o.threads);
+  Inputs in;
+  in.model = LlavaNextModel::open(o.model);
+  for (const std::string& path : o.images)
+    in.images.push_back(vision::preprocess_llava_next(vision::read_image(path), in.model->processor()));
+  if (!o.ids.empty()) {
+    in.ids = parse_ids(o.ids);
+    return in;
+  }
+  LB_CHECK(!in.model->tokenizer_path().empty(), "model '{}' has no tokenizer; pass --ids", o.model);
+  in.tok = load_tokenizer(in.model->tokenizer_path());
+  std::vector<int64_t> counts;
+  for (const auto& im : in.images) counts.push_back(in.model->image_token_count(im.height, im.width));
+  in.ids = tokenize_with_images(*in.tok, llava_llama3_prompt(o.prompt, int64_t(in.images.size())), counts,
+                                int32_t(in.model->config().image_token_id));
+  return in;
+}
+
+void run_generate(const Options& o) {
+  Inputs in = prepare(o);
+  // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
+  in.model->language_model().set_keep_16bit_weights(true);
+  std::vector<int64_t> stop = in.model->config().text.eos_token_ids;
+  if (in.tok)
+    for (const SpecialToken& s : in.tok->special_tokens())
+      if (s.text == "<|eot_id|>") stop.push_back(s.id);  // the end of an assistant turn
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> shown_ids;
+  std::string shown;
+  const auto out = in.model->generate(in.ids, in.images, o.n, stop, [&](int32_t t) {
+    if (!in.tok) return;
+    if (std::find(stop.begin(), stop.end(), int64_t(t)) != stop.end()) return;
+    shown_ids.push_back(t);
+    const std::string text = in.tok->decode(shown_ids);
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+      fmt::print("{}", text.substr(shown.size()));
+      std::fflush(stdout);
+    }
+    shown = text;
+  });
+  if (!in.tok) {
+    std::string list;
+    for (int32_t t : out) list += (list.empty() ? "" : ",") + std::to_string(t);
+    fmt::print("{}", list);
+  }
+  fmt::print("\n");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s\n", in.images.size(), in.ids.size(),
+             out.size(), s);
+}
+
+void run_logits(const Options& o) {
+  Inputs in = prepare(o);
+  const Tensor logits = in.model->forward(in.ids, in.images);
+  Tensor tokens = Tensor::empty(DType::I32, {int64_t(in.ids.size())});
+  std::copy(in.ids.begin(), in.ids.end(), tokens.mutable_data_as<int32_t>());
+  SafetensorsWriter w;
+  w.add("logits", logits);
+  w.add("tokens", tokens);
+  w.set_metadata("model", o.model);
+  w.write(o.out);
+  fmt::print(stderr, "logits [{}, {}] written to {}\n", logits.dim(0), logits.dim(1), o.out);
+}
+
+void add_common(CLI::App* cmd, Options& o, CLI::Option*& prompt, CLI::Option*& ids) {
+  cmd->add_option("--model", o.model, "LLaVA-Next model directory (LlavaNextForConditionalGeneration)")->required();
+  cmd->add_option("--image", o.images, "image file (PNG or JPEG); repeat for several, in prompt order")
+      ->required()
+      ->check(CLI::ExistingFile);
+  prompt = cmd->add_option("--prompt", o.prompt, "question, put in LLaVA-NeXT's LLaMA-3 conversation");
+  ids = cmd->add_option("--ids", o.ids, "comma-separated token ids already holding the image tokens");
+  prompt->excludes(ids);
+  cmd->add_option("--threads", o.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+}  // namespace
+
+void register_vlm(CLI::App& app) {
+  {
+    auto o = std::make_shared<Options>();
+    CLI::App* cmd = app.add_subcommand("vlm-generate", "Greedy generation of a LLaVA-Next model about images");
+    CLI::Option *prompt = nullptr, *ids = nullptr;
+    add_common(cmd, *o, prompt, ids);
+    cmd->add_option("-n,--max-new-tokens", o->n, "tokens to generate at most (fewer at <|eot_id|> or EOS)")
+        ->check(CLI::PositiveNumber);
+    cmd->callback([o, prompt, ids] {
+      LB_CHECK(prompt->count() + ids->count() == 1, "vlm-generate: give exactly one of --prompt or --ids");
+      run_generate(*o);
+    });
+  }
+  {
+    auto o = std::make_shared<Options>();
+    CLI::App* cmd = app.add_subcommand("vlm-logits", "Write the fp32 logits of a LLaVA-Next model on images and a "
+                                                     "prompt to a safetensors file");
+    CLI::Option *prompt = nullptr, *ids = nullptr;
+    add_common(cmd, *o, prompt, ids);
+    cmd->add_option("-o,--output", o->out, "output .safetensors (tensors 'logits' [T, V] F32 and 'tokens' [T] I32)")
+        ->required();
+    cmd->callback([o, prompt, ids] {
+      LB_CHECK(prompt->count() + ids->count() == 1, "vlm-logits: give exactly one of --prompt or --ids");
+      run_logits(*o);
+    });
+  }
+}
+
+}  // namespace lowbit::cli
