@@ -1,4 +1,5 @@
 #include "pack/w4_tiles_cuda.h"
+#include "pack/gpu_packed.h"
 
 #include "core/error.h"
 #include "formats/llama_tensors.h"
@@ -29,6 +30,11 @@ void use_gpu_packed_linears() {
     if (model.checkpoint().quantization.is_null()) return {};
     return gpu_packed_linears_of(model, s);
   });
+}
+
+void enable_gpu_packed_linears(const LlamaModel& model) {
+  (void)gpu_packed_linears_of(model, nullptr);
+  use_gpu_packed_linears();
 }
 
 }  // namespace lowbit::pack

@@ -8,10 +8,8 @@
 #include "core/hash.h"
 #include "quant/lowbit_checkpoint.h"
 #include "train/adapter_io.h"
+#include "pack/gpu_packed.h"
 #include "pack/packed_model.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "pack/w4_tiles_cuda.h"
-#endif
 
 #include <fmt/format.h>
 
@@ -35,18 +33,11 @@ void add_packed_options(CLI::App* cmd, PackedFlags& f) {
 std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet) {
   if (!f.packed) return "fake-quant";
   if (on_gpu) {
-#ifdef LOWBIT_WITH_CUDA
-    // Refuses a model that is not quantized now; each linear is packed (and a layout the tiles
-    // cannot hold refused, naming the linear) when the model is placed on the GPU.
-    (void)pack::gpu_packed_linears_of(model, nullptr);
-    pack::use_gpu_packed_linears();
+    pack::enable_gpu_packed_linears(model);
     if (!quiet)
       fmt::print(stderr, "packed: quantized linears run from 4-bit W4A16 tiles on the GPU (bf16 activations; "
                          "--packed-act applies to the CPU only)\n");
     return "packed-w4a16";
-#else
-    LB_CHECK(false, "--packed on a CUDA device needs a build with the CUDA backend");
-#endif
   }
   const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act));
   if (!quiet)
