@@ -148,7 +148,7 @@ nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir) {
   for (LinearKind k : kAllLinears)
     if (a.config.targets_kind(k)) targets.emplace_back(linear_name(k));
   return {{"path", dir}, {"sha256", sha256_file(dir + "/adapter_model.safetensors")}, {"r", a.config.r},
-          {"lora_alpha", a.config.alpha}, {"target_modules", targets}};
+          {"lora_alpha", a.config.alpha}, {"target_modules", targets}, {"iec", a.config.iec}};
 }
 
 }  // namespace lowbit::cli
