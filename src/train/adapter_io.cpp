@@ -160,6 +160,20 @@ nlohmann::json base_identity(const LlamaModel& model, const std::string& weights
           {"weights_sha256", weights_sha256}};
 }
 
+std::string adapter_base_quantization(const std::string& dir) {
+  const std::string path = dir + "/lowbit_adapter.json";
+  if (!fs::exists(path)) return {};
+  std::ifstream in(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    LB_CHECK(false, "'{}': not valid JSON ({})", path, e.what());
+  }
+  auto it = j.find("base_quantization");
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256) {
   const std::string path = dir + "/lowbit_adapter.json";
   if (!fs::exists(path)) return;  // a PEFT-written adapter: the tensor shapes are the check

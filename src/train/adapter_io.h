@@ -34,6 +34,9 @@ LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c);
 
 // The base model facts an adapter was trained on, and a check of them against a model.
 nlohmann::json base_identity(const LlamaModel& model, const std::string& weights_sha256);
+// The quantization method spec the adapter's frozen base had in training (lowbit_adapter.json's
+// "base_quantization", e.g. "icq:tau_range=0.1,tau_n=100,dq=1"); empty when none is recorded.
+std::string adapter_base_quantization(const std::string& dir);
 // Throws when dir/lowbit_adapter.json exists and names another base (shape or weights).
 void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256);
 

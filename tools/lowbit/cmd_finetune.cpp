@@ -279,6 +279,7 @@ void run(const Options& o) {
   nlohmann::json summary = {{"base", train::base_identity(*model, weights_sha)}, {"run", run_id}, {"log", log},
                             {"peak_rss_bytes", peak_rss_bytes()},
                             {"train_seconds", std::chrono::duration<double>(Clock::now() - t_start).count()}};
+  if (!method.base_spec.empty()) summary["base_quantization"] = method.base_spec;
   if (!split.held_out.empty()) summary["eval_loss"] = eval_loss();
   train::save_peft_adapter(o.out, trainer.adapters(), o.model);
   {
