@@ -150,7 +150,10 @@ nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir) {
                             quantized_source ? q["source"]["sha256"].get<std::string>()
                                              : weights_sha256(model.checkpoint()));
   if (const std::string trained = train::adapter_base_quantization(dir); !trained.empty()) {
-    const std::string here = q.is_object() && q.contains("method") ? q["method"].dump() : "none (16-bit)";
+    std::string here = "none (16-bit)";
+    if (q.is_object() && q.contains("method"))
+      here = q["method"].is_object() && q["method"].contains("resolved") ? q["method"]["resolved"].get<std::string>()
+                                                                        : q["method"].dump();
     fmt::print(stderr, "adapter '{}' was trained over a base quantized with {}; this base's quantization: {}\n", dir,
                trained, here);
   }
