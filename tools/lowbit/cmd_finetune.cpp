@@ -57,8 +57,12 @@ nlohmann::json MethodChoice::json() const {
   std::vector<std::string> t;
   for (LinearKind k : kAllLinears)
     if (lora.targets_kind(k)) t.emplace_back(linear_name(k));
-  return {{"name", name}, {"base", base_spec.empty() ? "as loaded" : base_spec}, {"r", lora.r},
-          {"alpha", lora.alpha}, {"dropout", lora.dropout}, {"targets", t}, {"iec", lora.iec}};
+  nlohmann::json j = {{"name", name}, {"base", base_spec.empty() ? "as loaded" : base_spec}, {"r", lora.r},
+                      {"alpha", lora.alpha}, {"dropout", lora.dropout}, {"targets", t}};
+  // Only when on: the identity of a run without IEC stays what it was before IEC existed, so
+  // that such a run still resumes.
+  if (lora.iec) j["iec"] = true;
+  return j;
 }
 
 MethodChoice parse_method(const std::string& spec) {
