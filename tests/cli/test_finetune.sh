@@ -67,6 +67,14 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
     --grad-accum 2 --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq"
   if grep -aq "layers.0.self_attn.q_proj.lora_default_A_scale" "$T/irq/adapter_model.safetensors"; then ok; else
     bad "the IR-QLoRA adapter has no IEC scalars"; fi
+  # Stopped and resumed (the scalars and their AdamW moments in the checkpoint): the same bytes.
+  "$B" finetune --model "$S" --method "irqlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" \
+    --batch 2 --grad-accum 2 --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq2" --stop-after 2 >/dev/null 2>&1
+  expect_ok "irqlora resume" "resumed from .* at step 2" "$B" finetune --model "$S" \
+    --method "irqlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --batch 2 --grad-accum 2 \
+    --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq2" --resume
+  if cmp -s "$T/irq/adapter_model.safetensors" "$T/irq2/adapter_model.safetensors"; then ok; else
+    bad "a stopped and resumed IR-QLoRA run's adapter differs from the uninterrupted run's"; fi
   expect_err "irqlora rank" "r = 3 does not divide q_proj's input \(64\) and output \(64\)" "$B" finetune \
     --model "$S" --method "irqlora:r=3" --data "$D/alpaca/alpaca_5000.json" -o "$T/y"
   if [[ ! -e "$T/y" ]]; then ok; else bad "a refused run left output"; fi
