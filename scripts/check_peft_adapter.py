@@ -6,6 +6,10 @@ peft.PeftModel.from_pretrained (unmerged), computes the logits of TEXT, and comp
 `lowbit logits --model MODEL --adapter ADAPTER --text TEXT` (lowbit merges the adapter into the
 weights). Prints the largest absolute difference and exits non-zero above --tol.
 
+An IR-QLoRA adapter (IEC scalars "...lora_default_{A,B}_scale" beside A and B, which PEFT does not
+load) runs with the official IRQLoraLinear4bit's IEC forward on every adapted linear
+(make_irqlora_train_fixtures.iec_forward), the scalars set from the adapter file.
+
 Usage: python3 scripts/check_peft_adapter.py MODEL ADAPTER [--lowbit build/tools/lowbit/lowbit]
                                              [--text "..."] [--tol 1e-3]
 """
@@ -40,6 +44,23 @@ def main():
     ids = got["tokens"].long()[None]
     base = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager")
     model = peft.PeftModel.from_pretrained(base, a.adapter).eval()
+    tensors = load_file(os.path.join(a.adapter, "adapter_model.safetensors"))
+    scales = {k: v for k, v in tensors.items() if k.endswith("_A_scale") or k.endswith("_B_scale")}
+    if scales:
+        import types
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from make_irqlora_train_fixtures import iec_forward
+        n = 0
+        for name, mod in model.named_modules():
+            if isinstance(mod, peft.tuners.lora.Linear):
+                for which in ("A", "B"):
+                    key = f"{name}.lora_default_{which}_scale"
+                    mod.register_parameter(f"lora_default_{which}_scale",
+                                           torch.nn.Parameter(scales.pop(key).float().reshape(1)))
+                mod.forward = types.MethodType(iec_forward, mod)
+                n += 1
+        assert not scales, f"IEC scalars of no adapted linear: {sorted(scales)[:3]}"
+        print(f"IR-QLoRA adapter: IEC on {n} linears")
     with torch.no_grad():
         want = model(input_ids=ids).logits[0]
         with model.disable_adapter():

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "train/iec.h"
 
 #include <filesystem>
 #include <fstream>
@@ -65,6 +66,9 @@ void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std:
       if (!ad.active()) continue;
       w.add(peft_key(int64_t(l), k, 'A'), f32_tensor(ad.a, {ad.r, ad.in}));
       w.add(peft_key(int64_t(l), k, 'B'), f32_tensor(ad.b, {ad.out, ad.r}));
+      if (!ad.has_iec()) continue;
+      w.add(iec_key(int64_t(l), k, 'A'), f32_tensor(ad.a_scale, {1}));
+      w.add(iec_key(int64_t(l), k, 'B'), f32_tensor(ad.b_scale, {1}));
     }
   w.set_metadata("format", "pt");
   w.write(dir + "/adapter_model.safetensors");
@@ -108,15 +112,19 @@ LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c) {
   } else {
     for (const auto& t : tm) lc.targets[size_t(lora_target_kind(t.get<std::string>()))] = true;
   }
-  LoraAdapters a = LoraAdapters::zeros(c, lc);
   auto st = SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  // IR-QLoRA's adapters carry the IEC scalars beside A and B (PEFT's config has no field for them).
+  for (const auto& e : st->entries())
+    if (e.name.ends_with("_A_scale") || e.name.ends_with("_B_scale")) lc.iec = true;
+  LoraAdapters a = LoraAdapters::zeros(c, lc);
   std::set<std::string> expected;
   a.for_each([&](const std::string& key, std::vector<float>& v) {
     expected.insert(key);
     const SafetensorsEntry* e = st->find(key);
     LB_CHECK(e != nullptr, "adapter '{}': tensor '{}' is missing (adapter_config.json targets it)", dir, key);
     const Tensor t = st->tensor(key);
-    LB_CHECK(t.numel() == int64_t(v.size()) && t.ndim() == 2,
+    const bool scalar = v.size() == 1 && key.ends_with("_scale");
+    LB_CHECK(t.numel() == int64_t(v.size()) && t.ndim() == (scalar ? 1 : 2),
              "adapter '{}': tensor '{}' has shape {}, this model needs {} elements (an adapter for another base "
              "model?)",
              dir, key, t.shape_str(), v.size());
@@ -152,6 +160,20 @@ nlohmann::json base_identity(const LlamaModel& model, const std::string& weights
           {"weights_sha256", weights_sha256}};
 }
 
+std::string adapter_base_quantization(const std::string& dir) {
+  const std::string path = dir + "/lowbit_adapter.json";
+  if (!fs::exists(path)) return {};
+  std::ifstream in(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    LB_CHECK(false, "'{}': not valid JSON ({})", path, e.what());
+  }
+  auto it = j.find("base_quantization");
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256) {
   const std::string path = dir + "/lowbit_adapter.json";
   if (!fs::exists(path)) return;  // a PEFT-written adapter: the tensor shapes are the check
@@ -179,6 +201,10 @@ void merge_adapters(LlamaModel& model, const LoraAdapters& a) {
       const LoraLinear& ad = a.layers[l][size_t(k)];
       if (!ad.active()) continue;
       float* wk = (*w)[k].mutable_data_as<float>();
+      if (ad.has_iec()) {
+        iec_merge({ad.a.data(), ad.b.data(), ad.r, ad.in, ad.out, ad.a_scale[0], ad.b_scale[0], scaling}, wk);
+        continue;
+      }
       // W[o, i] += scaling * sum_j B[o, j] A[j, i]
       for (int64_t o = 0; o < ad.out; ++o)
         for (int64_t j = 0; j < ad.r; ++j) {

@@ -4,7 +4,11 @@
 //   adapter_config.json         {"peft_type": "LORA", "r", "lora_alpha", "lora_dropout",
 //                                "target_modules", "bias": "none", "task_type": "CAUSAL_LM", ...}
 //   adapter_model.safetensors   "base_model.model.model.layers.{i}.{self_attn|mlp}.{q_proj|...}
-//                                .lora_{A|B}.weight", A [r, in], B [out, r], fp32 (read: any float)
+//                                .lora_{A|B}.weight", A [r, in], B [out, r], fp32 (read: any float);
+//                               IR-QLoRA's adapters add "...{q_proj|...}.lora_default_{A|B}_scale"
+//                               [1] per linear (IEC's a_s, b_s; iec.h), the names its
+//                               IRQLoraLinear4bit's parameters get from save_pretrained and under
+//                               which its evaluation reloads them
 // lowbit adds lowbit_adapter.json beside them: the base model's shape and weights' identity, so
 // that an adapter is refused on another base.
 #pragma once
@@ -22,19 +26,23 @@ namespace lowbit::train {
 // each written to a temporary and renamed). `base_model` is recorded as base_model_name_or_path.
 void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std::string& base_model);
 
-// Reads a PEFT LoRA adapter for a model of configuration `c`. Refused with a lowbit::Error naming
-// the file and tensor: another PEFT type, bias or DoRA/rsLoRA options lowbit does not apply, an
-// unknown target module, a tensor whose shape does not fit the model (an adapter for another
-// base), a missing or unexpected tensor.
+// Reads a PEFT LoRA adapter for a model of configuration `c` (IEC on when it holds IEC scalars).
+// Refused with a lowbit::Error naming the file and tensor: another PEFT type, bias or
+// DoRA/rsLoRA options lowbit does not apply, an unknown target module, a tensor whose shape does
+// not fit the model (an adapter for another base), a missing or unexpected tensor.
 LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c);
 
 // The base model facts an adapter was trained on, and a check of them against a model.
 nlohmann::json base_identity(const LlamaModel& model, const std::string& weights_sha256);
+// The quantization method spec the adapter's frozen base had in training (lowbit_adapter.json's
+// "base_quantization", e.g. "icq:tau_range=0.1,tau_n=100,dq=1"); empty when none is recorded.
+std::string adapter_base_quantization(const std::string& dir);
 // Throws when dir/lowbit_adapter.json exists and names another base (shape or weights).
 void check_adapter_base(const std::string& dir, const LlamaModel& model, const std::string& weights_sha256);
 
-// Replaces every adapted block's weights by W + scaling * B A (fp32): the merged model, for
-// evaluation with the existing forward passes.
+// Replaces every adapted block's weights by W + scaling * B A (fp32; with IEC the exact merge
+// W + scaling * (B + b_s R)(A + a_s M) of iec.h): the merged model, for evaluation with the
+// existing forward passes.
 void merge_adapters(LlamaModel& model, const LoraAdapters& a);
 
 }  // namespace lowbit::train

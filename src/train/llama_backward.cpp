@@ -2,6 +2,7 @@
 
 #include "backend/ops_backward.h"
 #include "core/error.h"
+#include "train/iec.h"
 
 #include <algorithm>
 #include <cstring>
@@ -49,8 +50,12 @@ struct Ctx {
 // What a linear's LoRA branch keeps for its backward.
 struct LoraSaved {
   std::vector<float> xd;  // dropout(x) [N, in], only when dropout is on
-  std::vector<float> t;   // dropout(x) A^T [N, r]
+  std::vector<float> t;   // dropout(x) A^T [N, r] (with IEC: h = that + a_s * mean_groups(x))
 };
+
+IecLora iec_view(const LoraLinear& a, double scaling) {
+  return {a.a.data(), a.b.data(), a.r, a.in, a.out, a.a_scale[0], a.b_scale[0], float(scaling)};
+}
 
 // One block's intermediates, from its (re)computed forward.
 struct BlockState {
@@ -87,6 +92,12 @@ void linear_forward(const Ctx& cx, int64_t layer, LinearKind k, const float* w, 
     s.xd.clear();
   }
   s.t.resize(size_t(N * a->r));
+  if (a->has_iec()) {
+    const IecLora l = iec_view(*a, cx.lora->config.scaling());
+    iec_down(l, x, xd, N, s.t.data());
+    iec_up(l, s.t.data(), N, y);
+    return;
+  }
   ops::linear(xd, a->a.data(), s.t.data(), N, in, a->r);
   std::vector<float> tmp(size_t(N * out));
   ops::linear(s.t.data(), a->b.data(), tmp.data(), N, a->r, out);
@@ -103,12 +114,23 @@ void linear_backward(const Ctx& cx, int64_t layer, LinearKind k, const float* w,
   const LoraLinear* a = adapter(cx, layer, k);
   if (a == nullptr) return;
   LoraLinear* g = grads ? &grads->layers[size_t(layer)][size_t(k)] : nullptr;
+  const bool dropped = !s.xd.empty();
+  if (a->has_iec()) {
+    std::vector<float> dxd(dropped ? size_t(N * in) : 0);
+    IecGrads ig;
+    ig.dx = dx;
+    ig.dxd = dropped ? dxd.data() : dx;
+    if (g != nullptr) ig = {dx, g->a.data(), g->b.data(), g->a_scale.data(), g->b_scale.data(), ig.dxd};
+    iec_lora_backward(iec_view(*a, cx.lora->config.scaling()), x, dropped ? s.xd.data() : x, s.t.data(), dy, N, ig);
+    if (dropped)
+      for (int64_t i = 0; i < N * in; ++i) dx[i] += dxd[size_t(i)] * keep_scale(cx, layer, k, i);
+    return;
+  }
   const float scaling = float(cx.lora->config.scaling());
   std::vector<float> dys(size_t(N * out)), dt(size_t(N * a->r));
   for (int64_t i = 0; i < N * out; ++i) dys[size_t(i)] = scaling * dy[i];
   // t = xd A^T, y += scaling t B^T:  dB += scaling dy^T t,  dt = scaling dy B.
   ops::linear_backward(s.t.data(), a->b.data(), dys.data(), dt.data(), g ? g->b.data() : nullptr, N, a->r, out);
-  const bool dropped = !s.xd.empty();
   const float* xd = dropped ? s.xd.data() : x;
   if (!dropped) {
     // dA += dt^T xd,  dx += dt A.

@@ -25,6 +25,9 @@ template <typename F> void zip4(LoraAdapters& p, const LoraAdapters& g, LoraAdap
       if (!pa.active()) continue;
       f(pa.a, g.layers[l][k].a, m.layers[l][k].a, v.layers[l][k].a);
       f(pa.b, g.layers[l][k].b, m.layers[l][k].b, v.layers[l][k].b);
+      // IEC's scalars are parameters of the same AdamW group (IR-QLoRA trains them with A and B).
+      f(pa.a_scale, g.layers[l][k].a_scale, m.layers[l][k].a_scale, v.layers[l][k].a_scale);
+      f(pa.b_scale, g.layers[l][k].b_scale, m.layers[l][k].b_scale, v.layers[l][k].b_scale);
     }
 }
 

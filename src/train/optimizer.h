@@ -1,4 +1,5 @@
-// The optimizer side of training LoRA adapters, with torch's and transformers' semantics:
+// The optimizer side of training LoRA adapters (every tensor LoraAdapters::for_each visits: A, B
+// and IEC's scalars, one parameter group), with torch's and transformers' semantics:
 //   - AdamW (torch.optim.AdamW, decoupled weight decay, bias-corrected moments, fp32 state):
 //       p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //       p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)

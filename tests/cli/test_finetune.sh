@@ -60,6 +60,29 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
   # Evaluation with the adapter (merged); another base model is refused.
   printf 'Once upon a time there was a little girl. She liked to play in the park with her dog.\n%.0s' {1..40} > "$T/text.txt"
   expect_ok "ppl with adapter" "PPL = [0-9.]+" "$B" ppl --model "$S" --adapter "$T/full" --dataset "$T/text.txt" --seqlen 64
+  # IR-QLoRA: ICQ base + IEC scalars (saved under IR-QLoRA's names), evaluated over the ICQ base
+  # quantized separately from the same source; a rank that does not divide the linears is refused.
+  expect_ok "finetune irqlora" "wrote .*: final loss [0-9.]+, held-out loss [0-9.]+, 3 steps" "$B" finetune \
+    --model "$S" --method "irqlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --batch 2 \
+    --grad-accum 2 --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq"
+  if grep -aq "layers.0.self_attn.q_proj.lora_default_A_scale" "$T/irq/adapter_model.safetensors"; then ok; else
+    bad "the IR-QLoRA adapter has no IEC scalars"; fi
+  # Stopped and resumed (the scalars and their AdamW moments in the checkpoint): the same bytes.
+  "$B" finetune --model "$S" --method "irqlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" \
+    --batch 2 --grad-accum 2 --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq2" --stop-after 2 >/dev/null 2>&1
+  expect_ok "irqlora resume" "resumed from .* at step 2" "$B" finetune --model "$S" \
+    --method "irqlora:r=4,alpha=8,dropout=0.1" --data "$D/alpaca/alpaca_5000.json" --batch 2 --grad-accum 2 \
+    --limit 120 --eval-size 10 --threads 1 --steps 3 -o "$T/irq2" --resume
+  if cmp -s "$T/irq/adapter_model.safetensors" "$T/irq2/adapter_model.safetensors"; then ok; else
+    bad "a stopped and resumed IR-QLoRA run's adapter differs from the uninterrupted run's"; fi
+  expect_err "irqlora rank" "r = 3 does not divide q_proj's input \(64\) and output \(64\)" "$B" finetune \
+    --model "$S" --method "irqlora:r=3" --data "$D/alpaca/alpaca_5000.json" -o "$T/y"
+  if [[ ! -e "$T/y" ]]; then ok; else bad "a refused run left output"; fi
+  expect_err "iec option" "iec must be 0 or 1" "$B" finetune --model "$S" --method "qlora:iec=yes" \
+    --data "$D/alpaca/alpaca_5000.json" -o "$T/y"
+  "$B" quantize --model "$S" --method "icq:tau_range=0.1,tau_n=100,dq=1" -o "$T/icq" >/dev/null 2>&1
+  expect_ok "ppl irqlora adapter on the icq base" "trained over a base quantized with icq" "$B" ppl --model "$T/icq" \
+    --adapter "$T/irq" --dataset "$T/text.txt" --seqlen 64
   if [[ -d "$M/testbed-44m" ]]; then
     expect_err "adapter on another base" "trained on another base model: hidden_size is 64 there, 512 here" \
       "$B" ppl --model "$M/testbed-44m" --adapter "$T/full" --dataset "$T/text.txt" --seqlen 64

@@ -138,14 +138,29 @@ void check_adapter_device(const std::string& dir, bool gpu) {
 
 nlohmann::json apply_adapter(LlamaModel& model, const std::string& dir) {
   if (dir.empty()) return nullptr;
-  train::check_adapter_base(dir, model, weights_sha256(model.checkpoint()));
+  // A quantized checkpoint is the adapter's base when it was quantized from the model the adapter
+  // was trained on (QLoRA and IR-QLoRA train over a quantized copy of a 16-bit source).
+  const nlohmann::json& q = model.checkpoint().quantization;
+  const bool quantized_source = q.is_object() && q.contains("source") && q["source"].is_object() &&
+                                q["source"].contains("sha256") && q["source"]["sha256"].is_string();
+  train::check_adapter_base(dir, model,
+                            quantized_source ? q["source"]["sha256"].get<std::string>()
+                                             : weights_sha256(model.checkpoint()));
+  if (const std::string trained = train::adapter_base_quantization(dir); !trained.empty()) {
+    std::string here = "none (16-bit)";
+    if (q.is_object() && q.contains("method"))
+      here = q["method"].is_object() && q["method"].contains("resolved") ? q["method"]["resolved"].get<std::string>()
+                                                                        : q["method"].dump();
+    fmt::print(stderr, "adapter '{}' was trained over a base quantized with {}; this base's quantization: {}\n", dir,
+               trained, here);
+  }
   const train::LoraAdapters a = train::load_peft_adapter(dir, model.config());
   train::merge_adapters(model, a);
   std::vector<std::string> targets;
   for (LinearKind k : kAllLinears)
     if (a.config.targets_kind(k)) targets.emplace_back(linear_name(k));
   return {{"path", dir}, {"sha256", sha256_file(dir + "/adapter_model.safetensors")}, {"r", a.config.r},
-          {"lora_alpha", a.config.alpha}, {"target_modules", targets}};
+          {"lora_alpha", a.config.alpha}, {"target_modules", targets}, {"iec", a.config.iec}};
 }
 
 }  // namespace lowbit::cli

@@ -43,8 +43,10 @@ struct Options {
 };
 
 // The --method spec: "qlora:..." (the base quantized with NF4 + double quantization, QLoRA's
-// frozen base) or "lora:..." (the base as loaded), with r, alpha, dropout and targets
-// (all, or names joined by '+', e.g. q_proj+v_proj).
+// frozen base), "irqlora:..." (IR-QLoRA: the base quantized with ICQ, icq:tau_range=0.1,tau_n=100
+// as its training script, and IEC's two scalars per adapted linear) or "lora:..." (the base as
+// loaded), with r, alpha, dropout, targets (all, or names joined by '+', e.g. q_proj+v_proj) and
+// iec (0 or 1: the elastic connection on or off; irqlora's default 1, the others' 0).
 struct MethodChoice {
   std::string name, base_spec;  // base_spec empty: the base as loaded
   train::LoraConfig lora;
@@ -55,20 +57,25 @@ nlohmann::json MethodChoice::json() const {
   std::vector<std::string> t;
   for (LinearKind k : kAllLinears)
     if (lora.targets_kind(k)) t.emplace_back(linear_name(k));
-  return {{"name", name}, {"base", base_spec.empty() ? "as loaded" : base_spec}, {"r", lora.r},
-          {"alpha", lora.alpha}, {"dropout", lora.dropout}, {"targets", t}};
+  nlohmann::json j = {{"name", name}, {"base", base_spec.empty() ? "as loaded" : base_spec}, {"r", lora.r},
+                      {"alpha", lora.alpha}, {"dropout", lora.dropout}, {"targets", t}};
+  // Only when on: the identity of a run without IEC stays what it was before IEC existed, so
+  // that such a run still resumes.
+  if (lora.iec) j["iec"] = true;
+  return j;
 }
 
 MethodChoice parse_method(const std::string& spec) {
   MethodChoice m;
   const auto colon = spec.find(':');
   m.name = spec.substr(0, colon);
-  LB_CHECK(m.name == "qlora" || m.name == "lora", "--method '{}': unknown fine-tuning method '{}' (known: qlora, lora)",
-           spec, m.name);
-  if (m.name == "qlora") {
-    m.base_spec = "nf4:dq=1";
+  LB_CHECK(m.name == "qlora" || m.name == "irqlora" || m.name == "lora",
+           "--method '{}': unknown fine-tuning method '{}' (known: qlora, irqlora, lora)", spec, m.name);
+  if (m.name == "qlora" || m.name == "irqlora") {
+    m.base_spec = m.name == "qlora" ? "nf4:dq=1" : "icq:tau_range=0.1,tau_n=100,dq=1";
     m.lora.r = 64;
     m.lora.alpha = 16;
+    m.lora.iec = m.name == "irqlora";
   }
   if (colon == std::string::npos) return m;
   std::string rest = spec.substr(colon + 1);
@@ -100,8 +107,11 @@ MethodChoice parse_method(const std::string& spec) {
             p = plus + 1;
           }
         }
+      } else if (k == "iec") {
+        LB_CHECK(v == "0" || v == "1", "--method '{}': iec must be 0 or 1, got '{}'", spec, v);
+        m.lora.iec = v == "1";
       } else {
-        LB_CHECK(false, "--method '{}': unknown option '{}' (known: r, alpha, dropout, targets)", spec, k);
+        LB_CHECK(false, "--method '{}': unknown option '{}' (known: r, alpha, dropout, targets, iec)", spec, k);
       }
     } catch (const std::logic_error&) {
       LB_CHECK(false, "--method '{}': '{}' is not a number for '{}'", spec, v, k);
@@ -132,6 +142,8 @@ void run(const Options& o) {
   // Data first: bad records fail before the model is loaded or quantized.
   const auto records = train::read_alpaca_json(o.data);
   Checkpoint source = open_model(o.model);
+  // Before the base is quantized: IEC's rank must divide the adapted linears.
+  train::check_lora_config(source.config, method.lora);
   LB_CHECK(!source.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -196,14 +208,17 @@ void run(const Options& o) {
     LB_CHECK(ck.has_value(), "--resume: no checkpoint in '{}'", ckdir);
     LB_CHECK(ck->params.config.r == method.lora.r, "--resume: the checkpoint's rank is {}, --method's {}",
              ck->params.config.r, method.lora.r);
+    LB_CHECK(ck->params.config.iec == method.lora.iec, "--resume: the checkpoint's adapters {} IEC scalars, --method "
+             "'{}' {}", ck->params.config.iec ? "have" : "lack", o.method, method.lora.iec ? "has them" : "does not");
     ck->params.config = method.lora;
     trainer.restore(std::move(ck->params), std::move(ck->state));
     log = ck->log;
     fmt::print(stderr, "resumed from '{}' at step {}\n", ckdir, trainer.steps_done());
   }
-  fmt::print(stderr, "LoRA r={} alpha={} dropout={} on {} ({} trainable parameters); {} steps x {} x {} sequences, "
+  fmt::print(stderr, "LoRA r={} alpha={} dropout={}{} on {} ({} trainable parameters); {} steps x {} x {} sequences, "
              "lr {} (warmup {} steps), max grad norm {}, {} threads\n",
-             method.lora.r, method.lora.alpha, method.lora.dropout, method.json()["targets"].dump(),
+             method.lora.r, method.lora.alpha, method.lora.dropout, method.lora.iec ? " + IEC" : "",
+             method.json()["targets"].dump(),
              trainer.adapters().num_parameters(), o.steps, o.batch, o.grad_accum, o.lr,
              train::warmup_steps(o.warmup_ratio, o.steps), o.max_grad_norm, num_threads());
 
@@ -268,6 +283,7 @@ void run(const Options& o) {
   nlohmann::json summary = {{"base", train::base_identity(*model, weights_sha)}, {"run", run_id}, {"log", log},
                             {"peak_rss_bytes", peak_rss_bytes()},
                             {"train_seconds", std::chrono::duration<double>(Clock::now() - t_start).count()}};
+  if (!method.base_spec.empty()) summary["base_quantization"] = method.base_spec;
   if (!split.held_out.empty()) summary["eval_loss"] = eval_loss();
   train::save_peft_adapter(o.out, trainer.adapters(), o.model);
   {
@@ -296,8 +312,9 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit; or already quantized with --method lora)")
       ->required();
   cmd->add_option("--method", o->method,
-                  "qlora:r=,alpha=,dropout=,targets= (base quantized NF4 with double quantization, QLoRA's) or "
-                  "lora:... (base as loaded); targets: all or names joined by '+' (q_proj+v_proj)");
+                  "qlora:r=,alpha=,dropout=,targets=,iec= (base quantized NF4 with double quantization, QLoRA's), "
+                  "irqlora:... (IR-QLoRA: base quantized with ICQ, tau_n 100, and IEC's scalars) or lora:... (base "
+                  "as loaded); targets: all or names joined by '+' (q_proj+v_proj); iec=0|1");
   cmd->add_option("--data", o->data, "instruction data in Stanford Alpaca's JSON format")->required();
   cmd->add_option("-o,--output", o->out, "output directory (adapters, checkpoint)")->required();
   cmd->add_option("--steps", o->steps, "optimizer steps")->check(CLI::PositiveNumber);
