@@ -16,6 +16,7 @@
 #include "train/lora.h"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace lowbit::train {
@@ -38,7 +39,16 @@ struct BaseGrads {
   };
   std::vector<Block> blocks;
   static BaseGrads zeros(const LlamaConfig& c);
+  // Only the blocks' linears (the embedding, LM head and norms empty: their gradients are not
+  // computed), for training parameters that live in the linears alone.
+  static BaseGrads linears_only(const LlamaConfig& c);
 };
+
+// A loss on the logits other than cross-entropy with the batch's targets (distillation):
+// called for consecutive row chunks [row0, row0 + rows) of the [B*T, V] logits, in order; it
+// receives the chunk's logits in `logits` [rows, V], overwrites them with d loss / d logits and
+// returns the chunk's loss. The step's loss_sum is the sum of its returns.
+using LogitsLoss = std::function<double(int64_t row0, int64_t rows, int64_t V, float* logits)>;
 
 struct StepOptions {
   // dlogits = loss_scale * (softmax - onehot): 1 / (target tokens in the whole accumulated
@@ -47,6 +57,8 @@ struct StepOptions {
   // Seeds LoRA dropout's masks (a counter-based hash of seed, layer, linear and element, so the
   // recomputation in the backward draws the same mask).
   uint64_t dropout_seed = 0;
+  // Replaces the cross-entropy (and loss_scale) when set.
+  LogitsLoss logits_loss;
 };
 
 struct StepResult {

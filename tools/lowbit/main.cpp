@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   lowbit::cli::register_export(app);
   lowbit::cli::register_store(app);
   lowbit::cli::register_finetune(app);
+  lowbit::cli::register_distill(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
