@@ -2,6 +2,7 @@
 // student before training is the 2-bit RTN model (logits equal), the group parameters' gradient
 // through the whole model agrees with central finite differences of the DAD loss, and a few
 // steps of DAD lower the KL divergence from the teacher on the windows trained on.
+#include "calib/calib_data.h"
 #include "core/error.h"
 #include "formats/checkpoint.h"
 #include "quant/formats/fdb_format.h"
@@ -146,6 +147,33 @@ TEST(FdbTrain, DistillationLowersTheKl) {
     for (const auto& layer : t.linears())
       for (const QuantizedLinear& q : layer) EXPECT_NO_THROW(q.validate("trained"));
   }
+}
+
+// init=gptq: the fdb weights dequantize to GPTQ's 2-bit weights bit for bit, block after block
+// (GPTQ calibrates each block on the previous blocks' quantized outputs, which are the same).
+TEST(FdbTrain, GptqInitEqualsGptq) {
+  Calibration calib;
+  calib.nsamples = 4;
+  calib.seqlen = 32;
+  std::mt19937 gen(7);
+  LlamaModel a(open_checkpoint(tiny())), b(open_checkpoint(tiny()));
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> w;
+    for (int t = 0; t < 32; ++t) w.push_back(int32_t(gen() % uint32_t(a.config().vocab_size)));
+    calib.windows.push_back(w);
+  }
+  auto gptq = make_method("gptq:w=2,g=16");
+  auto fdb = make_method("dbllm:g=16,init=gptq");
+  ASSERT_TRUE(fdb->needs_calibration());
+  const QuantizedModel qa = quantize_model(a, *gptq, &calib, {}), qb = quantize_model(b, *fdb, &calib, {});
+  for (size_t l = 0; l < qa.blocks.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const QuantizedLinear& x = *qa.blocks[l].linear[size_t(k)];
+      const QuantizedLinear& y = *qb.blocks[l].linear[size_t(k)];
+      ASSERT_EQ(y.format, &kFdbFormat);
+      const Tensor dx = x.dequantize_f32(), dy = y.dequantize_f32();
+      EXPECT_EQ(std::memcmp(dx.data(), dy.data(), size_t(dx.nbytes())), 0) << l << " " << linear_name(k);
+    }
 }
 
 TEST(FdbTrain, BadInputIsRefused) {
