@@ -46,7 +46,7 @@ namespace {
 class Dbllm : public QuantMethod {
  public:
   explicit Dbllm(QuantSpec s) : QuantMethod(std::move(s)) {
-    group_ = spec_.take_int("g", 128, 8, 1 << 20, "group size along the input dimension (two scales per group)");
+    group_ = spec_.take_int("g", 128, 2, 1 << 20, "group size along the input dimension (two scales per group)");
     init_ = spec_.take_choice("init", "rtn", {"rtn", "gptq"}, "the 2-bit quantizer FDB starts from");
     offset_ = spec_.take_bool("offset", true, "store a per-group offset beta = s * (1 - z): exact for the asymmetric "
                               "grid's every zero-point (2 + 48/g bits); 0: the paper's grid {-s, 0, s, 2s}, 2 + 32/g");
