@@ -1,6 +1,7 @@
 // Forward and backward of a LlamaModel on a batch, for training: the loss (mean cross-entropy
-// over the target tokens) and its gradients with respect to LoRA adapters and, optionally, every
-// base weight (for full fine-tuning and for checking the backward against autograd).
+// over the target tokens, or any loss on the logits: StepOptions::logits_loss) and its gradients
+// with respect to LoRA adapters and, optionally, every base weight (for full fine-tuning, for
+// parameters that live in the linears, and for checking the backward against autograd).
 //
 // Gradient checkpointing per block: the forward keeps only each block's input [B*T, H]; the
 // backward runs the block's forward again to get its intermediates, then its backward. Peak
