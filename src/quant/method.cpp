@@ -18,6 +18,7 @@ const std::vector<MethodInfo>& method_registry() {
       {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64"},
       {"slim", "SliM-LLM", 40, make_slim, "g", "slim:w=3,g=64,lambda=2"},
       {"quip", "QuIP", 50, make_quip, "g", "quip:w=3,npasses=1,seed=1"},
+      {"dbllm", "DB-LLM (FDB init)", 60, make_dbllm, "g", "dbllm:g=64,offset=0"},
       {"pbllm", "PB-LLM", 70, make_pbllm, "g", "pbllm:low_frac=0.8,high_bit=4,metric=magnitude,g=64,block=64"},
       {"billm", "BiLLM", 80, make_billm, "g", "billm:block=64,metric=magnitude,up_lim=20"},
       {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},

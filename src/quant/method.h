@@ -122,5 +122,6 @@ std::unique_ptr<QuantMethod> make_slim(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_quip(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_pbllm(QuantSpec spec);
 std::unique_ptr<QuantMethod> make_billm(QuantSpec spec);
+std::unique_ptr<QuantMethod> make_dbllm(QuantSpec spec);
 
 }  // namespace lowbit

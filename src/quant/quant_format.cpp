@@ -12,8 +12,8 @@ namespace lowbit {
 namespace {
 
 // The rows, defined in formats/*.cpp. A new format declares its row here and adds it to the table.
-constexpr std::array<const QuantFormat*, 7> kFormats = {&kIntFormat,   &kCodebookFormat, &kSlimFormat, &kQuipFormat,
-                                                        &kPbllmFormat, &kBillmFormat,    &kIcqFormat};
+constexpr std::array<const QuantFormat*, 8> kFormats = {&kIntFormat,   &kCodebookFormat, &kSlimFormat, &kQuipFormat,
+                                                        &kPbllmFormat, &kBillmFormat,    &kIcqFormat,  &kFdbFormat};
 
 }  // namespace
 

@@ -49,5 +49,6 @@ extern const QuantFormat kQuipFormat;      // formats/quip_format.cpp
 extern const QuantFormat kPbllmFormat;     // formats/pbllm_format.cpp
 extern const QuantFormat kBillmFormat;     // formats/billm_format.cpp
 extern const QuantFormat kIcqFormat;       // formats/icq_format.cpp
+extern const QuantFormat kFdbFormat;       // formats/fdb_format.cpp
 
 }  // namespace lowbit

@@ -29,7 +29,19 @@ BaseGrads BaseGrads::zeros(const LlamaConfig& c) {
   return g;
 }
 
+BaseGrads BaseGrads::linears_only(const LlamaConfig& c) {
+  BaseGrads g;
+  g.blocks.resize(size_t(c.num_hidden_layers));
+  for (auto& b : g.blocks)
+    for (LinearKind k : kAllLinears)
+      b.linear[size_t(k)].assign(size_t(linear_out_features(c, k) * linear_in_features(c, k)), 0.0f);
+  return g;
+}
+
 namespace {
+
+// The buffer's data, or null for an empty one (a gradient that is not wanted).
+float* or_null(std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -208,7 +220,7 @@ void block_backward(const Ctx& cx, int64_t layer, const BlockWeights& w, const f
   dup = {};
   std::vector<float> dn(size_t(N * H));
   ops::rmsnorm_backward(st.h_mid.data(), w.post_norm.data_as<float>(), dx.data(), dn.data(),
-                        bg ? bg->post_norm.data() : nullptr, N, H, eps);
+                        bg ? or_null(bg->post_norm) : nullptr, N, H, eps);
   for (int64_t i = 0; i < N * H; ++i) dh[i] += dn[size_t(i)];  // dh is now d h_mid
   // Attention: h_mid = h_in + o(attn(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h_in).
   std::vector<float> datt(size_t(N * qd)), dq(size_t(N * qd)), dk(size_t(N * kvd)), dv(size_t(N * kvd));
@@ -224,7 +236,7 @@ void block_backward(const Ctx& cx, int64_t layer, const BlockWeights& w, const f
   lin_bwd(LinearKind::K, st.x1.data(), dk.data(), dx.data(), true, H, kvd);
   lin_bwd(LinearKind::V, st.x1.data(), dv.data(), dx.data(), true, H, kvd);
   ops::rmsnorm_backward(h_in, w.input_norm.data_as<float>(), dx.data(), dn.data(),
-                        bg ? bg->input_norm.data() : nullptr, N, H, eps);
+                        bg ? or_null(bg->input_norm) : nullptr, N, H, eps);
   for (int64_t i = 0; i < N * H; ++i) dh[i] += dn[size_t(i)];
 }
 
@@ -270,15 +282,18 @@ StepResult run(const LlamaModel& model, const LoraAdapters* lora, const Batch& b
   ops::rmsnorm(h.data(), model.final_norm_weight().data_as<float>(), x.data(), N, H, float(c.rms_norm_eps));
   const float* head = model.lm_head_f32();
   float* dhead = nullptr;
-  if (base_grads) dhead = c.tie_word_embeddings ? base_grads->embed.data() : base_grads->lm_head.data();
+  if (base_grads) dhead = c.tie_word_embeddings ? or_null(base_grads->embed) : or_null(base_grads->lm_head);
   std::vector<float> dx(backward ? size_t(N * H) : 0);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(64) << 20) / (4 * V)));
   std::vector<float> logits(size_t(chunk * V));
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
     ops::linear(x.data() + r0 * H, head, logits.data(), rows, H, V);
-    res.loss_sum += ops::cross_entropy_backward(logits.data(), batch.targets.data() + r0, logits.data(), rows, V,
-                                                float(scale));
+    if (opt.logits_loss)
+      res.loss_sum += opt.logits_loss(r0, rows, V, logits.data());
+    else
+      res.loss_sum += ops::cross_entropy_backward(logits.data(), batch.targets.data() + r0, logits.data(), rows, V,
+                                                  float(scale));
     if (backward)
       ops::linear_backward(x.data() + r0 * H, head, logits.data(), dx.data() + r0 * H, dhead, rows, H, V);
   }
@@ -286,7 +301,7 @@ StepResult run(const LlamaModel& model, const LoraAdapters* lora, const Batch& b
   // dh at the final norm's input, then through the blocks in reverse, recomputing each.
   std::vector<float> dh(size_t(N * H));
   ops::rmsnorm_backward(h.data(), model.final_norm_weight().data_as<float>(), dx.data(), dh.data(),
-                        base_grads ? base_grads->final_norm.data() : nullptr, N, H, float(c.rms_norm_eps));
+                        base_grads ? or_null(base_grads->final_norm) : nullptr, N, H, float(c.rms_norm_eps));
   for (int64_t l = L - 1; l >= 0; --l) {
     auto w = model.block_weights(l);
     std::vector<float> hb = block_in[size_t(l)];
@@ -295,7 +310,7 @@ StepResult run(const LlamaModel& model, const LoraAdapters* lora, const Batch& b
                    base_grads ? &base_grads->blocks[size_t(l)] : nullptr);
     block_in[size_t(l)] = {};
   }
-  if (base_grads) ops::embedding_backward(batch.tokens.data(), dh.data(), base_grads->embed.data(), N, H);
+  if (base_grads && !base_grads->embed.empty()) ops::embedding_backward(batch.tokens.data(), dh.data(), base_grads->embed.data(), N, H);
   return res;
 }
 

@@ -1,7 +1,8 @@
 // Forward and backward of a LlamaModel on a batch, for training: the loss (mean cross-entropy
-// over the target tokens) and its gradients with respect to LoRA adapters (A, B and, with IEC,
-// IR-QLoRA's two scalars per linear: iec.h) and, optionally, every base weight (for full
-// fine-tuning and for checking the backward against autograd).
+// over the target tokens, or any loss on the logits: StepOptions::logits_loss) and its gradients
+// with respect to LoRA adapters (A, B and, with IEC, IR-QLoRA's two scalars per linear: iec.h)
+// and, optionally, every base weight (for full fine-tuning, for parameters that live in the
+// linears, and for checking the backward against autograd).
 //
 // Gradient checkpointing per block: the forward keeps only each block's input [B*T, H]; the
 // backward runs the block's forward again to get its intermediates, then its backward. Peak
@@ -17,6 +18,7 @@
 #include "train/lora.h"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace lowbit::train {
@@ -39,7 +41,16 @@ struct BaseGrads {
   };
   std::vector<Block> blocks;
   static BaseGrads zeros(const LlamaConfig& c);
+  // Only the blocks' linears (the embedding, LM head and norms empty: their gradients are not
+  // computed), for training parameters that live in the linears alone.
+  static BaseGrads linears_only(const LlamaConfig& c);
 };
+
+// A loss on the logits other than cross-entropy with the batch's targets (distillation):
+// called for consecutive row chunks [row0, row0 + rows) of the [B*T, V] logits, in order; it
+// receives the chunk's logits in `logits` [rows, V], overwrites them with d loss / d logits and
+// returns the chunk's loss. The step's loss_sum is the sum of its returns.
+using LogitsLoss = std::function<double(int64_t row0, int64_t rows, int64_t V, float* logits)>;
 
 struct StepOptions {
   // dlogits = loss_scale * (softmax - onehot): 1 / (target tokens in the whole accumulated
@@ -48,6 +59,8 @@ struct StepOptions {
   // Seeds LoRA dropout's masks (a counter-based hash of seed, layer, linear and element, so the
   // recomputation in the backward draws the same mask).
   uint64_t dropout_seed = 0;
+  // Replaces the cross-entropy (and loss_scale) when set.
+  LogitsLoss logits_loss;
 };
 
 struct StepResult {

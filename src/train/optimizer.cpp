@@ -33,26 +33,31 @@ template <typename F> void zip4(LoraAdapters& p, const LoraAdapters& g, LoraAdap
 
 }  // namespace
 
-void adamw_step(LoraAdapters& params, const LoraAdapters& grads, AdamWState& st, const AdamWOptions& opt, double lr) {
-  st.step += 1;
+void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v,
+                  int64_t step, const AdamWOptions& opt, double lr) {
+  LB_ASSERT(p.size() == g.size() && p.size() == m.size() && p.size() == v.size() && step >= 1);
   // torch computes these in Python floats (double) and applies them to fp32 tensors.
-  const double bc1 = 1.0 - std::pow(opt.beta1, double(st.step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, double(st.step)));
+  const double bc1 = 1.0 - std::pow(opt.beta1, double(step));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, double(step)));
   const float step_size = float(lr / bc1);
   const float decay = float(1.0 - lr * opt.weight_decay);
   const float b1 = float(opt.beta1), b2 = float(opt.beta2), eps = float(opt.eps), bc2s = float(bc2_sqrt);
+#pragma omp parallel for simd schedule(static) if (p.size() > 65536)
+  for (size_t i = 0; i < p.size(); ++i) {
+    p[i] *= decay;
+    // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    m[i] += (g[i] - m[i]) * (1.0f - b1);
+    v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
+    const float denom = std::sqrt(v[i]) / bc2s + eps;
+    p[i] -= step_size * (m[i] / denom);
+  }
+}
+
+void adamw_step(LoraAdapters& params, const LoraAdapters& grads, AdamWState& st, const AdamWOptions& opt, double lr) {
+  st.step += 1;
   zip4(params, grads, st.m, st.v,
        [&](std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v) {
-         LB_ASSERT(p.size() == g.size() && p.size() == m.size() && p.size() == v.size());
-#pragma omp parallel for simd schedule(static) if (p.size() > 65536)
-         for (size_t i = 0; i < p.size(); ++i) {
-           p[i] *= decay;
-           // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-           m[i] += (g[i] - m[i]) * (1.0f - b1);
-           v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
-           const float denom = std::sqrt(v[i]) / bc2s + eps;
-           p[i] -= step_size * (m[i] / denom);
-         }
+         adamw_update(p, g, m, v, st.step, opt, lr);
        });
 }
 

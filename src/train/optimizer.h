@@ -14,6 +14,7 @@
 #include "train/lora.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace lowbit::train {
 
@@ -29,6 +30,11 @@ struct AdamWState {
   LoraAdapters m, v;
   static AdamWState zeros_like(const LoraAdapters& params);
 };
+
+// One AdamW update of one parameter vector p from its gradient g and moments m, v, at optimizer
+// step `step` (1-based, after incrementing) and learning rate `lr`.
+void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v,
+                  int64_t step, const AdamWOptions& opt, double lr);
 
 // One AdamW update of `params` from `grads` at learning rate `lr` (the scheduled one).
 void adamw_step(LoraAdapters& params, const LoraAdapters& grads, AdamWState& state, const AdamWOptions& opt,

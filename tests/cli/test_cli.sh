@@ -85,7 +85,7 @@ if [[ -d "$M/stories260K" ]]; then
   expect_err "stats seqlen" "--seqlen 1024 exceeds the model's max_position_embeddings \(512\)" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --seqlen 1024 -o "$T/stats3.safetensors"
   expect_err "stats bad device" "--device: 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"
-  expect_err "quantize unknown method" "unknown method 'gptx' \(known: fp16, rtn, gptq, awq, slim, quip, pbllm, billm, smoothquant, nf4, icq\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
+  expect_err "quantize unknown method" "unknown method 'gptx' \(known: fp16, rtn, gptq, awq, slim, quip, dbllm, pbllm, billm, smoothquant, nf4, icq\)" "$B" quantize --model "$S" --method gptx -o "$T/q-x"
   expect_err "quantize bad option" "gptq: unknown option 'bits'" "$B" quantize --model "$S" --method gptq:bits=4 -o "$T/q-x"
   expect_err "quantize bits range" "gptq: option w=9 is out of range \[2, 8\]" "$B" quantize --model "$S" --method gptq:w=9 -o "$T/q-x"
   expect_err "quantize alpha range" "smoothquant: option alpha=1.5 is out of range \[0, 1\]" "$B" quantize --model "$S" --method smoothquant:alpha=1.5 -o "$T/q-x"

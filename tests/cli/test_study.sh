@@ -106,7 +106,7 @@ fi
 mkdir -p "$T/b"
 write_spec "$T/b/s.toml" '[[method]]
 name = "rtx"'
-expect_err "unknown method" "s.toml:23:8: unknown method 'rtx' \(known: fp16, rtn, gptq, awq, slim, quip, pbllm, billm, smoothquant, nf4, icq\)" "$B" study "$T/b/s.toml"
+expect_err "unknown method" "s.toml:23:8: unknown method 'rtx' \(known: fp16, rtn, gptq, awq, slim, quip, dbllm, pbllm, billm, smoothquant, nf4, icq\)" "$B" study "$T/b/s.toml"
 write_spec "$T/b/s.toml" '[[method]]
 name = "rtn"
 w = [4, 9]'

@@ -105,7 +105,7 @@ TEST(StudySpec, ErrorsNameTheLine) {
                                                   : ::testing::AssertionFailure() << msg;
   };
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtx\"\n")),
-                     "/tmp/spec.toml:18:8: unknown method 'rtx' (known: fp16, rtn, gptq, awq, slim, quip, pbllm, billm, smoothquant, nf4, icq)"));
+                     "/tmp/spec.toml:18:8: unknown method 'rtx' (known: fp16, rtn, gptq, awq, slim, quip, dbllm, pbllm, billm, smoothquant, nf4, icq)"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"gptq\"\nw = [4, 9]\n")),
                      "/tmp/spec.toml:19:9: gptq: option w=9 is out of range [2, 8]"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\nw = 4\nbits = 4\n")),

@@ -34,6 +34,7 @@ void register_export(CLI::App& app);
 void register_store(CLI::App& app);
 void register_finetune(CLI::App& app);
 void register_vlm(CLI::App& app);
+void register_distill(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).
 void add_spm_convention_option(CLI::App* cmd, std::string& target);

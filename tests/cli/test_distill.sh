@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# lowbit distill end to end on the 260K-parameter llama2.c model: the FDB initialization alone
+# (perplexity equal to 2-bit RTN's), a few steps of DAD (the checkpoint records the training and
+# reads back), and refusals of bad input before any work.
+set -u
+B="$LOWBIT_BIN"
+M="$LOWBIT_TEST_MODELS"
+D="$LOWBIT_TEST_DATA"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
+
+S="$M/stories260K/stories260K.bin"
+if [[ -f "$S" && -f "$D/ptb/ptb.train.txt" ]]; then
+  C0=(--model "$S" --calib ptb --nsamples 8 --seqlen 64 --threads 1)
+  C=("${C0[@]}" --data-dir "$D" --method "dbllm:g=4")
+  P=(--dataset ptb --data-dir "$D" --seqlen 64 --limit 4 --threads 1)
+  expect_ok "init only" "wrote .*: 0 steps of DAD" "$B" distill "${C[@]}" --steps 0 -o "$T/init"
+  expect_ok "rtn" "wrote" "$B" quantize --model "$S" --method "rtn:w=2,g=4" -o "$T/rtn" --threads 1
+  ppl_init=$("$B" ppl --model "$T/init" "${P[@]}" 2>/dev/null | grep -Eo "PPL = [0-9.]+")
+  ppl_rtn=$("$B" ppl --model "$T/rtn" "${P[@]}" 2>/dev/null | grep -Eo "PPL = [0-9.]+")
+  if [[ -n "$ppl_init" && "$ppl_init" == "$ppl_rtn" ]]; then ok; else
+    bad "FDB init perplexity '$ppl_init' differs from 2-bit RTN's '$ppl_rtn'"; fi
+  expect_ok "train" "step 3/3: DAD loss [0-9.]+, KL [0-9.]+" "$B" distill "${C[@]}" --steps 3 --grad-accum 2 \
+    --lr 1e-3 -o "$T/dad"
+  expect_ok "inspect" "quantization  dbllm:g=4 \(dbllm:g=4,init=rtn,offset=1\)" "$B" inspect "$T/dad"
+  expect_ok "ppl of trained" "PPL = [0-9.]+" "$B" ppl --model "$T/dad" "${P[@]}"
+  if grep -aq 'dad_weight' "$T/dad/model.safetensors"; then ok; else bad "no training record in the metadata"; fi
+
+  # Bad input, refused before any output.
+  expect_err "not dbllm" "give a dbllm spec" "$B" distill "${C0[@]}" --data-dir "$D" --method "rtn:w=2" -o "$T/x"
+  expect_err "bad dad" "DAD weight 'focal' is not one of" "$B" distill "${C[@]}" --dad focal -o "$T/x"
+  expect_err "bad group" "option g=128 does not divide" "$B" distill "${C0[@]}" --data-dir "$D" --method "dbllm:g=128" -o "$T/x"
+  expect_err "gptq without offset" "offset=0 .* needs init=rtn" "$B" distill "${C0[@]}" \
+    --data-dir "$D" --method "dbllm:init=gptq,offset=0" -o "$T/x"
+  expect_err "existing output" "exists; remove it or pass --force" "$B" distill "${C[@]}" -o "$T/init"
+  expect_err "missing data" "ptb" "$B" distill "${C0[@]}" --method "dbllm:g=4" --data-dir "$T/nodata" -o "$T/x"
+  if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi
+else
+  echo "SKIP: $S or $D/ptb absent"
+fi
+report
