@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <sstream>
 
 
 namespace lowbit::cli {
@@ -45,6 +46,25 @@ std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, b
                human_bytes(double(s.packed_bytes)), 8.0 * double(s.packed_bytes) / double(std::max<int64_t>(s.weights, 1)),
                f.act, pack::isa_name(pack::best_isa()));
   return "packed-" + f.act;
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    LB_CHECK(used == item.size() && !item.empty(), "--ids: '{}' is not an integer", item);
+    ids.push_back(int32_t(v));
+  }
+  LB_CHECK(!ids.empty(), "--ids: no token ids");
+  return ids;
 }
 
 std::string human_bytes(double b) {

@@ -12,7 +12,6 @@
 
 #include <fmt/format.h>
 
-#include <sstream>
 
 namespace lowbit::cli {
 
@@ -29,19 +28,7 @@ void run(const Options& o) {
   Checkpoint ck = open_model(o.model);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
-    std::stringstream ss(o.ids);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-      size_t used = 0;
-      long v = 0;
-      try {
-        v = std::stol(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      LB_CHECK(used == item.size() && !item.empty(), "--ids: '{}' is not an integer", item);
-      ids.push_back(int32_t(v));
-    }
+    ids = parse_token_ids(o.ids);
   } else {
     LB_CHECK(!ck.tokenizer_path.empty(), "model '{}' has no tokenizer; pass --ids", o.model);
     TokenizerOptions topt;

@@ -19,7 +19,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <sstream>
 
 namespace lowbit::cli {
 
@@ -31,25 +30,6 @@ struct Options {
   int64_t n = 64;
   int threads = 0;
 };
-
-std::vector<int32_t> parse_ids(const std::string& text) {
-  std::vector<int32_t> ids;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    LB_CHECK(used == item.size() && !item.empty(), "--ids: '{}' is not an integer", item);
-    ids.push_back(int32_t(v));
-  }
-  LB_CHECK(!ids.empty(), "--ids: no token ids");
-  return ids;
-}
 
 // The model, the images preprocessed, the prompt's ids and its tokenizer (null with --ids).
 struct Inputs {
@@ -66,7 +46,7 @@ Inputs prepare(const Options& o) {
   for (const std::string& path : o.images)
     in.images.push_back(vision::preprocess_llava_next(vision::read_image(path), in.model->processor()));
   if (!o.ids.empty()) {
-    in.ids = parse_ids(o.ids);
+    in.ids = parse_token_ids(o.ids);
     return in;
   }
   LB_CHECK(!in.model->tokenizer_path().empty(), "model '{}' has no tokenizer; pass --ids", o.model);

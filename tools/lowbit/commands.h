@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lowbit {
 class LlamaModel;
@@ -86,6 +87,10 @@ std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, b
 
 // Bytes as "87.3 MB".
 std::string human_bytes(double bytes);
+
+// --ids I,J,...: comma-separated token ids; throws lowbit::Error naming an item that is not an
+// integer, or when there is none.
+std::vector<int32_t> parse_token_ids(const std::string& text);
 // A token's text with control and non-printable bytes escaped, for display.
 std::string escape_token(const std::string& s);
 
