@@ -7,6 +7,7 @@
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
+#include "train_fixture.h"
 #include "train/adapter_io.h"
 #include "train/llama_backward.h"
 #include "train/train_checkpoint.h"
@@ -20,12 +21,10 @@
 namespace lowbit {
 namespace {
 
-std::string dir() { return test::fixtures_dir() + "/train"; }
-
-std::vector<float> vec(const SafetensorsFile& f, const std::string& name) {
-  const Tensor t = f.tensor(name);
-  return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
-}
+using test::fixture_batch;
+using test::float_vector;
+std::string dir() { return test::train_fixtures_dir(); }
+std::vector<float> vec(const SafetensorsFile& f, const std::string& name) { return float_vector(f, name); }
 
 // max |a - b| / max |b| over a tensor (a scalar: its relative error).
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
@@ -37,16 +36,6 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   }
   EXPECT_GT(s, 0) << "a zero reference checks nothing";
   return m / s;
-}
-
-train::Batch fixture_batch(const SafetensorsFile& f) {
-  const Tensor tok = f.tensor("tokens"), tgt = f.tensor("targets");
-  train::Batch b;
-  b.B = tok.dim(0);
-  b.T = tok.dim(1);
-  b.tokens.assign(tok.data_as<int32_t>(), tok.data_as<int32_t>() + tok.numel());
-  b.targets.assign(tgt.data_as<int32_t>(), tgt.data_as<int32_t>() + tgt.numel());
-  return b;
 }
 
 train::LoraConfig irqlora_config() {
@@ -103,7 +92,9 @@ TEST(IrqloraParity, ThreeStepsMatchTorchAdamW) {
   train::LoraAdapters init = train::LoraAdapters::zeros(model.config(), irqlora_config());
   load_into(init, *ref, "train.init.");
   init.for_each([&](const std::string& key, const std::vector<float>& v) {
-    if (key.ends_with("_scale")) EXPECT_EQ(v, std::vector<float>{0.0f}) << key;  // IR-QLoRA's init
+    if (key.ends_with("_scale")) {
+      EXPECT_EQ(v, std::vector<float>{0.0f}) << key;  // IR-QLoRA's init
+    }
   });
   train::TrainOptions opt;
   opt.adamw.lr = 1e-2;
@@ -170,12 +161,7 @@ TEST(IrqloraParity, PeftWrittenAdapterMergedAndUnmerged) {
   const double want_loss = vec(*grads_f, "grad.loss")[0];
   EXPECT_NEAR(train::forward_loss(model, &a, batch).mean_loss(), want_loss, 1e-5 * want_loss);
   train::merge_adapters(model, a);
-  const std::vector<int32_t> ids(batch.tokens.begin(), batch.tokens.begin() + batch.T);
-  const Tensor got = model.forward(ids);
-  const auto want = vec(*ref, "logits");
-  ASSERT_EQ(got.numel(), int64_t(want.size()));
-  double worst = 0;
-  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(got.data_as<float>()[i] - want[i])));
+  const double worst = test::max_first_sequence_logit_difference(model, batch, vec(*ref, "logits"));
   EXPECT_LT(worst, 1e-3);  // fp32 logits of magnitude ~10, as the plain LoRA adapter test
   std::printf("max |logit difference| merged: %.3g\n", worst);
   EXPECT_NEAR(train::forward_loss(model, nullptr, batch).mean_loss(), want_loss, 1e-5 * want_loss);
@@ -213,7 +199,9 @@ TEST(Irqlora, AdapterAndCheckpointKeepTheScalars) {
   EXPECT_EQ(n, 2 * 7 * 2);
   ck->state.m.for_each([&](const std::string& key, const std::vector<float>& v) {
     st.m.for_each([&](const std::string& k2, const std::vector<float>& w) {
-      if (k2 == key) EXPECT_EQ(v, w) << key;
+      if (k2 == key) {
+        EXPECT_EQ(v, w) << key;
+      }
     });
   });
   // Plain LoRA adapters have no scalars and read back without IEC.

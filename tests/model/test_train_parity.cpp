@@ -8,6 +8,7 @@
 #include "quant/quantized_in_memory.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
+#include "train_fixture.h"
 #include "core/error.h"
 #include "train/adapter_io.h"
 #include "train/llama_backward.h"
@@ -23,12 +24,10 @@
 namespace lowbit {
 namespace {
 
-std::string dir() { return test::fixtures_dir() + "/train"; }
-
-std::vector<float> vec(const SafetensorsFile& f, const std::string& name) {
-  const Tensor t = f.tensor(name);
-  return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
-}
+using test::fixture_batch;
+using test::float_vector;
+std::string dir() { return test::train_fixtures_dir(); }
+std::vector<float> vec(const SafetensorsFile& f, const std::string& name) { return float_vector(f, name); }
 
 double g_worst = 0;  // the largest error seen by rel_err, reported by each test
 
@@ -53,16 +52,6 @@ struct ReportWorst {
     std::printf("max relative error against the reference: %.3g\n", g_worst);
   }
 };
-
-train::Batch fixture_batch(const SafetensorsFile& f) {
-  const Tensor tok = f.tensor("tokens"), tgt = f.tensor("targets");
-  train::Batch b;
-  b.B = tok.dim(0);
-  b.T = tok.dim(1);
-  b.tokens.assign(tok.data_as<int32_t>(), tok.data_as<int32_t>() + tok.numel());
-  b.targets.assign(tgt.data_as<int32_t>(), tgt.data_as<int32_t>() + tgt.numel());
-  return b;
-}
 
 // fp32 on both sides with different summation orders through two blocks; the observed relative
 // errors are ~1e-6. The bar for whole-model gradients is 1e-4.
@@ -349,12 +338,7 @@ TEST(PeftAdapter, ReadsPeftFilesMergedAndUnmerged) {
   const double want_loss = vec(*ref, "loss")[0];
   EXPECT_NEAR(train::forward_loss(model, &a, batch).mean_loss(), want_loss, 1e-5 * want_loss);
   train::merge_adapters(model, a);
-  const std::vector<int32_t> ids(batch.tokens.begin(), batch.tokens.begin() + batch.T);
-  const Tensor got = model.forward(ids);
-  const auto want = vec(*ref, "logits");
-  ASSERT_EQ(got.numel(), int64_t(want.size()));
-  double worst = 0;
-  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, double(std::fabs(got.data_as<float>()[i] - want[i])));
+  const double worst = test::max_first_sequence_logit_difference(model, batch, vec(*ref, "logits"));
   // fp32 logits of magnitude ~10 (see test_logit_parity: ~5e-5 observed there).
   EXPECT_LT(worst, 1e-3);
   std::printf("max |logit difference| merged: %.3g\n", worst);
