@@ -3,7 +3,7 @@
 benchmarks, computed by lmms-eval's own task code on hand-made items, for
 tests/unit/test_vlm_scoring.cpp.
 
-  python3 scripts/make_vlm_scoring_fixtures.py --lmms-eval CHECKOUT [--out tests/fixtures/vlm/scoring.json]
+  python3 scripts/make_vlm_scoring_fixtures.py --lmms-eval CHECKOUT [--commit SHA] [--out tests/fixtures/vlm/scoring.json.zst]
 
 CHECKOUT is a checkout of github.com/EvolvingLMMs-Lab/lmms-eval. lmms-eval is not installed:
 the task files this needs (tasks/{ai2d,chartqa,docvqa,mme,mmbench}, tasks/_task_utils/mcq_extract.py,
@@ -65,7 +65,7 @@ def check_yaml_kwargs(root):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lmms-eval", required=True, help="checkout of EvolvingLMMs-Lab/lmms-eval")
-    ap.add_argument("--out", default="tests/fixtures/vlm/scoring.json")
+    ap.add_argument("--out", default="tests/fixtures/vlm/scoring.json.zst")
     ap.add_argument("--commit", default="", help="the checkout's commit, recorded when CHECKOUT is not a git work tree")
     a = ap.parse_args()
     root = a.lmms_eval
@@ -270,9 +270,12 @@ def main():
                  ("Aé", ["A", "B"]), ("A。", ["A", "B"]), ("Option A: red, option B: blue", ["A", "B"]),
                  ("B is not right, A is", ["A", "B"]), ("ABCD", ["A", "B", "C", "D"]), ("A, B", ["A", "B"])]
     out["extract_mcq_answer"] = [[s, c or [], mcq.extract_mcq_answer(s, c)] for s, c in mcq_cases]
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    text = json.dumps(out, indent=1, ensure_ascii=False) + "\n"
+    # From a file, so that the frame records its size (the tests' reader needs it).
+    plain_path = a.out[:-4] if a.out.endswith(".zst") else a.out + ".json"
+    with open(plain_path, "w") as f:
+        f.write(text)
+    subprocess.run(["zstd", "-19", "-q", "-f", "--rm", plain_path, "-o", a.out], check=True)
     print(f"wrote {a.out}")
 
 

@@ -1,5 +1,5 @@
 // The vision-language benchmarks' prompts, answer extraction, per-item scores and aggregates
-// against lmms-eval's own task code on hand-made items (tests/fixtures/vlm/scoring.json, written
+// against lmms-eval's own task code on hand-made items (tests/fixtures/vlm/scoring.json.zst, written
 // by scripts/make_vlm_scoring_fixtures.py from an lmms-eval checkout). Every comparison is exact:
 // the scores are the same arithmetic in the same order.
 #include "core/error.h"
@@ -13,7 +13,7 @@ namespace lowbit::vlm {
 namespace {
 
 const Json& fixture() {
-  static const Json j = Json::parse(test::slurp(test::fixtures_dir() + "/vlm/scoring.json"));
+  static const Json j = Json::parse(test::read_zst(test::fixtures_dir() + "/vlm/scoring.json.zst"));
   return j;
 }
 

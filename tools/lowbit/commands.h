@@ -35,6 +35,7 @@ void register_export(CLI::App& app);
 void register_store(CLI::App& app);
 void register_finetune(CLI::App& app);
 void register_vlm(CLI::App& app);
+void register_vlm_eval(CLI::App& app);
 void register_distill(CLI::App& app);
 
 // --spm-convention auto|llama|generic|sentencepiece (how a SentencePiece tokenizer.model is applied).

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   lowbit::cli::register_store(app);
   lowbit::cli::register_finetune(app);
   lowbit::cli::register_vlm(app);
+  lowbit::cli::register_vlm_eval(app);
   lowbit::cli::register_distill(app);
   try {
     app.parse(argc, argv);

@@ -27,18 +27,55 @@ bool py_isalpha(uint32_t cp) {
   return false;
 }
 
-std::u32string to_u32(std::string_view s) {
-  std::u32string out;
+namespace {
+
+// Length of the well-formed sequence at s[i] (> 0), or minus the length of its maximal
+// ill-formed subpart (the lead byte and the continuation bytes that could still have completed it).
+int64_t utf8_step(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return i + k < s.size() ? uint8_t(s[i + k]) : uint8_t(0); };
+  const uint8_t c = b(0);
+  if (c < 0x80) return 1;
+  int n = 0;
+  uint8_t lo = 0x80, hi = 0xbf;  // the range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  else if (c == 0xe0) n = 3, lo = 0xa0;
+  else if ((c >= 0xe1 && c <= 0xec) || c == 0xee || c == 0xef) n = 3;
+  else if (c == 0xed) n = 3, hi = 0x9f;
+  else if (c == 0xf0) n = 4, lo = 0x90;
+  else if (c >= 0xf1 && c <= 0xf3) n = 4;
+  else if (c == 0xf4) n = 4, hi = 0x8f;
+  else return -1;
+  for (int k = 1; k < n; ++k) {
+    const uint8_t x = b(size_t(k));
+    const bool ok = i + size_t(k) < s.size() && (k == 1 ? (x >= lo && x <= hi) : (x >= 0x80 && x <= 0xbf));
+    if (!ok) return -k;
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string utf8_lossy(std::string_view s) {
+  std::string out;
   size_t i = 0;
   while (i < s.size()) {
-    const size_t bad = utf8_find_invalid(s.substr(i, std::min<size_t>(4, s.size() - i)));
-    if (bad == 0) {
-      out.push_back(0xfffd);
-      ++i;
-      continue;
+    const int64_t n = utf8_step(s, i);
+    if (n > 0) {
+      out.append(s.substr(i, size_t(n)));
+      i += size_t(n);
+    } else {
+      out.append("\xEF\xBF\xBD");
+      i += size_t(-n);
     }
-    out.push_back(utf8_next(s, i));
   }
+  return out;
+}
+
+std::u32string to_u32(std::string_view s) {
+  const std::string v = utf8_lossy(s);
+  std::u32string out;
+  size_t i = 0;
+  while (i < v.size()) out.push_back(utf8_next(v, i));
   return out;
 }
 

@@ -19,7 +19,10 @@ namespace lowbit::vlm {
 
 bool py_isspace(uint32_t cp);
 bool py_isalpha(uint32_t cp);
-std::u32string to_u32(std::string_view s);  // invalid UTF-8 bytes become U+FFFD
+// Invalid UTF-8 replaced by U+FFFD, one per maximal ill-formed subpart (Unicode's recommended
+// practice, which Rust's String::from_utf8_lossy and so the tokenizers library's decode follow).
+std::string utf8_lossy(std::string_view s);
+std::u32string to_u32(std::string_view s);  // as utf8_lossy decodes it
 std::string to_utf8(std::u32string_view s);
 
 std::string py_strip(std::string_view s);                       // str.strip()

@@ -1,0 +1,91 @@
+#include "eval/vlm/vlm_eval.h"
+
+#include "core/error.h"
+#include "eval/vlm/py_text.h"
+#include "formats/tokenizer.h"
+#include "model/llava_next.h"
+#include "model/llava_prompt.h"
+#include "vision/image.h"
+#include "vision/image_processor.h"
+
+#include <algorithm>
+
+namespace lowbit::vlm {
+
+std::vector<int32_t> vlm_prompt_ids(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
+                                    const Json& doc, int64_t image_tokens) {
+  const std::vector<int64_t> counts = {image_tokens};
+  return tokenize_with_images(tok, llava_llama3_prompt(task.doc_to_text(doc), 1), counts,
+                              int32_t(model.config().image_token_id));
+}
+
+std::string decode_answer(const Tokenizer& tok, std::span<const int32_t> ids) {
+  std::vector<int32_t> kept;
+  const std::vector<SpecialToken> specials = tok.special_tokens();
+  for (int32_t id : ids)
+    if (std::none_of(specials.begin(), specials.end(), [&](const SpecialToken& s) { return s.id == id; }))
+      kept.push_back(id);
+  return utf8_lossy(tok.decode(kept));
+}
+
+namespace {
+
+// Runs f, prefixing any lowbit::Error with the item's name.
+template <typename F>
+auto for_item(const VlmItem& item, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    if (msg.rfind(item.where, 0) == 0) throw;
+    throw Error(item.where + ": " + msg);
+  }
+}
+
+}  // namespace
+
+VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
+                           const std::vector<VlmItem>& items, int64_t max_new_tokens, const VlmItemCallback& on_item) {
+  VlmEvalResult r;
+  r.task = task.name;
+  r.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : task.max_new_tokens;
+  // Everything that can be refused is refused before the first generation.
+  for (const VlmItem& item : items)
+    for_item(item, [&] {
+      check_vlm_doc(task, item.doc, item.where);
+      (void)vision::read_image(item.image);
+      (void)task.process(item.doc, "");
+      return 0;
+    });
+
+  std::vector<int64_t> stop = model.config().text.eos_token_ids;
+  for (const SpecialToken& s : tok.special_tokens())
+    if (s.text == "<|eot_id|>") stop.push_back(s.id);
+
+  for (size_t i = 0; i < items.size(); ++i) {
+    const VlmItem& item = items[i];
+    VlmPrediction p;
+    p.where = item.where;
+    for_item(item, [&] {
+      const vision::ProcessedImage image =
+          vision::preprocess_llava_next(vision::read_image(item.image), model.processor());
+      const std::vector<int32_t> ids =
+          vlm_prompt_ids(model, tok, task, item.doc, model.image_token_count(image.height, image.width));
+      const std::vector<vision::ProcessedImage> images = {image};
+      const std::vector<int32_t> out = model.generate(ids, images, r.max_new_tokens, stop);
+      p.prompt_tokens = int64_t(ids.size());
+      p.new_tokens = int64_t(out.size());
+      p.prediction = decode_answer(tok, out);
+      p.record = task.process(item.doc, p.prediction);
+      return 0;
+    });
+    if (on_item) on_item(i, items.size(), p);
+    r.items.push_back(std::move(p));
+  }
+  std::vector<Json> records;
+  for (const VlmPrediction& p : r.items) records.push_back(p.record);
+  r.metrics = task.aggregate(records);
+  return r;
+}
+
+}  // namespace lowbit::vlm
