@@ -6,10 +6,14 @@ merges, and special tokens at 256-319 (<|begin_of_text|> 256, <|end_of_text|> 25
 <|start_header_id|> 258, <|end_header_id|> 259, <|eot_id|> 260, <image> 300 (the config's
 image_token_index), reserved tokens elsewhere).
 
-  python3 scripts/make_vlm_eval_fixture.py [--llama3 ../shared/models/tokenizers/llama3/tokenizer.json]
-      [--out tests/fixtures/vlm/tokenizer.json]
+  python3 scripts/make_vlm_eval_fixture.py [--llama3 ../shared/models/tokenizers/llama3]
+      [--out tests/fixtures/vlm]
 
 The result is loaded back with the tokenizers library and a chat prompt round-trips through it.
+Beside it, prompts.json: benchmark questions (as the tasks' doc_to_text give them) rendered by
+transformers' apply_chat_template with Meta-Llama-3's chat template (the llama3 tokenizer_config)
+the two ways lmms-eval's LLaVA-Next models build them: `llava` (LLaVA-NeXT's conv_llava_llama_3:
+its system turn, then "<image>\n" + question) and `llava_hf` (the user turn alone).
 """
 import argparse
 import json
@@ -30,13 +34,47 @@ def bytes_to_unicode():
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
+# conv_llava_llama_3's system message (LLaVA-NeXT, llava/conversation.py).
+SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that the "
+          "user provides, and assist the user with a variety of tasks using natural language.")
+# doc_to_text outputs of the five tasks (ai2d, chartqa, docvqa, mmbench_en with its blank line, mme).
+QUESTIONS = [
+    "Which label shows the sun?\nA. A\nB. B\nC. C\nD. D\nAnswer with the option's letter from the given choices "
+    "directly.",
+    "What is the highest value?\nAnswer the question with a single word.",
+    "What is the date?\nAnswer the question using a single word or phrase.",
+    "The car is parked. Which color is the car? There are several options:\nA. red\nB. blue\n\nAnswer with the "
+    "option's letter from the given choices directly.",
+    "Are there two cats?\nAnswer the question using a single word or phrase.",
+    "  Question with spaces around it \u00e9  \n",
+]
+
+
+def write_prompts(llama3_dir, path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama3_dir)
+    cases = []
+    for q in QUESTIONS:
+        user = "<image>\n" + q
+        llava = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+                                        tokenize=False, add_generation_prompt=True)
+        llava_hf = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                           add_generation_prompt=True)
+        cases.append({"question": q, "llava": llava, "llava_hf": llava_hf})
+    with open(path, "w") as f:
+        json.dump(cases, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--llama3", default=os.path.join(HERE, "..", "..", "shared", "models", "tokenizers", "llama3",
-                                                     "tokenizer.json"))
-    ap.add_argument("--out", default=os.path.join(HERE, "..", "tests", "fixtures", "vlm", "tokenizer.json"))
+    ap.add_argument("--llama3", default=os.path.join(HERE, "..", "..", "shared", "models", "tokenizers", "llama3"))
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "tests", "fixtures", "vlm"))
     a = ap.parse_args()
-    t = json.load(open(a.llama3))
+    write_prompts(a.llama3, os.path.join(a.out, "prompts.json"))
+    t = json.load(open(os.path.join(a.llama3, "tokenizer.json")))
+    a.out = os.path.join(a.out, "tokenizer.json")
     b2u = bytes_to_unicode()
     t["model"]["vocab"] = {b2u[b]: b for b in range(256)}
     t["model"]["merges"] = []

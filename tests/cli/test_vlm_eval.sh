@@ -37,8 +37,10 @@ for t in ai2d chartqa docvqa mmbench_en mme; do
 done
 expect_ok "text output" "mme_cognition_score = [0-9]" "$B" vlm-eval --model "$M" --task mme --data "$D/mme.jsonl" \
   --max-new-tokens 2 --threads 1
-expect_ok "limit" "ai2d \(lmms-eval ai2d, test split, 1 items" "$B" vlm-eval --model "$M" --task ai2d --data "$D" \
+expect_ok "limit" "ai2d \(lmms-eval ai2d, test split, 1 items, max_new_tokens 2, conversation llava" "$B" vlm-eval --model "$M" --task ai2d --data "$D" \
   --limit 1 --max-new-tokens 2 --threads 1
+expect_ok "llava_hf conversation" "\"conversation\": \"llava_hf\"" "$B" vlm-eval --model "$M" --task docvqa --data "$D" \
+  --max-new-tokens 2 --threads 1 --conversation llava_hf --json
 
 expect_err "unknown task" "unknown vision-language task 'mmbench_cn' \(known: ai2d, chartqa, docvqa, mmbench_en, mme\)" \
   "$B" vlm-eval --model "$M" --task mmbench_cn --data "$D"

@@ -154,7 +154,7 @@ TEST(VlmEval, EveryTaskEndToEnd) {
     test::TempDir dir;
     const auto items = load_vlm_items(task, write_items(dir, name, sample_docs(name)));
     size_t seen = 0;
-    const VlmEvalResult r = evaluate_vlm(*m.model, *m.tok, task, items, n_new,
+    const VlmEvalResult r = evaluate_vlm(*m.model, *m.tok, task, items, VlmEvalOptions{n_new},
                                          [&](size_t i, size_t n, const VlmPrediction&) {
                                            EXPECT_EQ(i, seen++);
                                            EXPECT_EQ(n, items.size());
@@ -216,7 +216,7 @@ TEST(VlmEval, BadItemsAreRefusedBeforeTheModelRuns) {
   size_t calls = 0;
   auto items = load_vlm_items(vlm_task("ai2d"), file);
   std::string e = error_of([&] {
-    evaluate_vlm(*m.model, *m.tok, vlm_task("ai2d"), items, 2, [&](size_t, size_t, const VlmPrediction&) { ++calls; });
+    evaluate_vlm(*m.model, *m.tok, vlm_task("ai2d"), items, VlmEvalOptions{2}, [&](size_t, size_t, const VlmPrediction&) { ++calls; });
   });
   EXPECT_HAS(e, file + ":2: image '");
   EXPECT_HAS(e, "corrupt JPEG");
@@ -226,7 +226,7 @@ TEST(VlmEval, BadItemsAreRefusedBeforeTheModelRuns) {
   fs::copy_file(fixtures_dir() + "/vision/gray_20x13.jpg", dir / "img/gray_20x13.jpg", fs::copy_options::overwrite_existing);
   file = write_items(dir, "ai2d", docs);
   items = load_vlm_items(vlm_task("ai2d"), file);
-  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("ai2d"), items, 2); });
+  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("ai2d"), items, VlmEvalOptions{2}); });
   EXPECT_HAS(e, file + ":2: ai2d item: answer 7 is not an index of its 3 options");
   // An unsupported image mode.
   test::TempDir d2;
@@ -234,7 +234,7 @@ TEST(VlmEval, BadItemsAreRefusedBeforeTheModelRuns) {
   const std::string mf = write_items(d2, "mme", mdocs);
   fs::copy_file(fixtures_dir() + "/vision/cmyk_8x8.jpg", d2 / "img/rgba_64x48.png", fs::copy_options::overwrite_existing);
   items = load_vlm_items(vlm_task("mme"), mf);
-  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("mme"), items, 2); });
+  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("mme"), items, VlmEvalOptions{2}); });
   EXPECT_HAS(e, mf + ":3: image '");
   EXPECT_HAS(e, "unsupported image mode: CMYK");
   // An MME answer that is not Yes/No.
@@ -242,7 +242,7 @@ TEST(VlmEval, BadItemsAreRefusedBeforeTheModelRuns) {
   const std::string mf2 = write_items(d2, "mme", mdocs);
   fs::copy_file(fixtures_dir() + "/vision/rgba_64x48.png", d2 / "img/rgba_64x48.png", fs::copy_options::overwrite_existing);
   items = load_vlm_items(vlm_task("mme"), mf2);
-  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("mme"), items, 2); });
+  e = error_of([&] { evaluate_vlm(*m.model, *m.tok, vlm_task("mme"), items, VlmEvalOptions{2}); });
   EXPECT_HAS(e, mf2 + ":1: mme item 'count/0.png': answer 'Maybe' is not Yes or No");
 }
 

@@ -1,8 +1,9 @@
 // The vision-language benchmarks' prompts, answer extraction, per-item scores and aggregates
 // against lmms-eval's own task code on hand-made items (tests/fixtures/vlm/scoring.json.zst, written
 // by scripts/make_vlm_scoring_fixtures.py from an lmms-eval checkout). Every comparison is exact:
-// the scores are the same arithmetic in the same order.
+// the scores are the same arithmetic in the same order. Also the prompts' chat templates.
 #include "core/error.h"
+#include "eval/vlm/vlm_eval.h"
 #include "eval/vlm/vlm_scoring.h"
 #include "eval/vlm/vlm_task.h"
 #include "test_util.h"
@@ -78,6 +79,20 @@ TEST(VlmScoring, ExtractMcqAnswer) {
     EXPECT_EQ(extract_mcq_answer(c[0].get<std::string>(), c[1].get<std::vector<std::string>>()),
               c[2].get<std::string>())
         << c[0] << " " << c[1];
+}
+
+// The two conversations against Meta-Llama-3's chat template rendered by transformers
+// (tests/fixtures/vlm/prompts.json, scripts/make_vlm_eval_fixture.py).
+TEST(VlmScoring, ConversationsAreLlama3ChatTemplate) {
+  const Json cases = Json::parse(test::slurp(test::fixtures_dir() + "/vlm/prompts.json"));
+  ASSERT_GE(cases.size(), 5u);
+  for (const Json& c : cases) {
+    const std::string q = c["question"].get<std::string>();
+    EXPECT_EQ(vlm_prompt(q, VlmConversation::Llava), c["llava"].get<std::string>()) << q;
+    EXPECT_EQ(vlm_prompt(q, VlmConversation::LlavaHf), c["llava_hf"].get<std::string>()) << q;
+  }
+  EXPECT_EQ(parse_vlm_conversation("llava_hf"), VlmConversation::LlavaHf);
+  EXPECT_THROW(parse_vlm_conversation("vicuna"), Error);
 }
 
 TEST(VlmScoring, UnknownTaskIsNamed) {

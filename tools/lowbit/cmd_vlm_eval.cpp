@@ -1,5 +1,6 @@
 // lowbit vlm-eval --model DIR --task ai2d|chartqa|docvqa|mmbench_en|mme --data FILE_OR_DIR
-//                 [--limit N] [--max-new-tokens N] [--predictions OUT.jsonl] [--json]
+//                 [--limit N] [--max-new-tokens N] [--conversation llava|llava_hf]
+//                 [--predictions OUT.jsonl] [--json]
 // A LLaVA-Next checkpoint on one vision-language benchmark with lmms-eval's conventions
 // (eval/vlm/vlm_task.h): greedy answers, the task's scoring and aggregate. Every item and image
 // is checked before the model runs; the predictions file is written only after the last item.
@@ -23,7 +24,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, task, data, predictions;
+  std::string model, task, data, predictions, conversation = "llava";
   int64_t limit = 0, max_new_tokens = 0;
   int threads = 0;
   bool json = false;
@@ -38,6 +39,9 @@ std::string metric_text(const vlm::Json& v) {
 void run(const Options& o) {
   set_num_threads(o.threads);
   const vlm::VlmTask& task = vlm::vlm_task(o.task);
+  vlm::VlmEvalOptions opt;
+  opt.max_new_tokens = o.max_new_tokens;
+  opt.conversation = vlm::parse_vlm_conversation(o.conversation);
   const std::vector<vlm::VlmItem> items = vlm::load_vlm_items(task, o.data, o.limit);
   auto model = LlavaNextModel::open(o.model);
   LB_CHECK(!model->tokenizer_path().empty(), "vlm-eval: model '{}' has no tokenizer (tokenizer.json)", o.model);
@@ -46,7 +50,7 @@ void run(const Options& o) {
 
   const auto t0 = std::chrono::steady_clock::now();
   const vlm::VlmEvalResult r =
-      vlm::evaluate_vlm(*model, *tok, task, items, o.max_new_tokens, [&](size_t i, size_t n, const vlm::VlmPrediction& p) {
+      vlm::evaluate_vlm(*model, *tok, task, items, opt, [&](size_t i, size_t n, const vlm::VlmPrediction& p) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const double eta = s / double(i + 1) * double(n - i - 1);
         fmt::print(stderr, "[{}/{}] {}: {} -> {} ({:.0f} s, ETA {:.0f} s)\n", i + 1, n, p.where,
@@ -77,13 +81,15 @@ void run(const Options& o) {
                            {"data", o.data},
                            {"items", r.items.size()},
                            {"max_new_tokens", r.max_new_tokens},
+                           {"conversation", vlm::vlm_conversation_name(r.conversation)},
                            {"seconds", seconds},
                            {"metrics", r.metrics}};
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  fmt::print("{} (lmms-eval {}, {} split, {} items, max_new_tokens {}, {:.1f} s)\n", task.name, task.lmms_eval_task,
-             task.split, r.items.size(), r.max_new_tokens, seconds);
+  fmt::print("{} (lmms-eval {}, {} split, {} items, max_new_tokens {}, conversation {}, {:.1f} s)\n", task.name,
+             task.lmms_eval_task, task.split, r.items.size(), r.max_new_tokens,
+             vlm::vlm_conversation_name(r.conversation), seconds);
   for (const auto& [k, v] : r.metrics.items()) fmt::print("  {} = {}\n", k, metric_text(v));
 }
 
@@ -103,6 +109,10 @@ void register_vlm_eval(CLI::App& app) {
   cmd->add_option("--limit", o->limit, "evaluate only the first N items (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "tokens to generate at most (0: the task's, as lmms-eval)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--conversation", o->conversation, "the prompt: llava (lmms-eval's llava model, LLaVA-NeXT's "
+                                                     "system turn) or llava_hf (its llava_hf model, user turn only)")
+      ->check(CLI::IsMember({"llava", "llava_hf"}))
+      ->capture_default_str();
   cmd->add_option("--predictions", o->predictions, "also write each item's answer and record to this jsonl");
   cmd->add_flag("--json", o->json, "print the result as JSON");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);

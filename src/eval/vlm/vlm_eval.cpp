@@ -12,10 +12,25 @@
 
 namespace lowbit::vlm {
 
+VlmConversation parse_vlm_conversation(const std::string& name) {
+  if (name == "llava") return VlmConversation::Llava;
+  if (name == "llava_hf") return VlmConversation::LlavaHf;
+  throw Error(fmt::format("unknown conversation '{}' (llava or llava_hf)", name));
+}
+
+const char* vlm_conversation_name(VlmConversation c) { return c == VlmConversation::Llava ? "llava" : "llava_hf"; }
+
+std::string vlm_prompt(const std::string& question, VlmConversation c) {
+  if (c == VlmConversation::Llava) return llava_llama3_prompt(question, 1);
+  return "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" +
+         py_strip(std::string(kImagePlaceholder) + "\n" + question) +
+         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+}
+
 std::vector<int32_t> vlm_prompt_ids(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
-                                    const Json& doc, int64_t image_tokens) {
+                                    const Json& doc, int64_t image_tokens, VlmConversation c) {
   const std::vector<int64_t> counts = {image_tokens};
-  return tokenize_with_images(tok, llava_llama3_prompt(task.doc_to_text(doc), 1), counts,
+  return tokenize_with_images(tok, vlm_prompt(task.doc_to_text(doc), c), counts,
                               int32_t(model.config().image_token_id));
 }
 
@@ -45,10 +60,12 @@ auto for_item(const VlmItem& item, F&& f) -> decltype(f()) {
 }  // namespace
 
 VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
-                           const std::vector<VlmItem>& items, int64_t max_new_tokens, const VlmItemCallback& on_item) {
+                           const std::vector<VlmItem>& items, const VlmEvalOptions& options,
+                           const VlmItemCallback& on_item) {
   VlmEvalResult r;
   r.task = task.name;
-  r.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : task.max_new_tokens;
+  r.conversation = options.conversation;
+  r.max_new_tokens = options.max_new_tokens > 0 ? options.max_new_tokens : task.max_new_tokens;
   // Everything that can be refused is refused before the first generation.
   for (const VlmItem& item : items)
     for_item(item, [&] {
@@ -70,7 +87,8 @@ VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, co
       const vision::ProcessedImage image =
           vision::preprocess_llava_next(vision::read_image(item.image), model.processor());
       const std::vector<int32_t> ids =
-          vlm_prompt_ids(model, tok, task, item.doc, model.image_token_count(image.height, image.width));
+          vlm_prompt_ids(model, tok, task, item.doc, model.image_token_count(image.height, image.width),
+                         options.conversation);
       const std::vector<vision::ProcessedImage> images = {image};
       const std::vector<int32_t> out = model.generate(ids, images, r.max_new_tokens, stop);
       p.prompt_tokens = int64_t(ids.size());
