@@ -388,7 +388,7 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
   // A progress note every tenth of the steps (and at the last).
   auto progress_note = [&](int64_t step, int64_t steps, double loss, double eta) {
     if (steps >= 10 && step % (steps / 10) != 0 && step != steps) return;
-    note(fmt::format("{}: step {}/{} loss {:.4f} ETA {:.0f} s", cell.key, step, steps, loss, eta));
+    note(fmt::format("training step {}/{}: loss {:.4f}, ETA {:.0f} s", step, steps, loss, eta));
   };
   if (cell.train.kind == TrainKind::Finetune) {
     train::FinetuneOptions o = cell.train.finetune;
