@@ -161,6 +161,11 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
                                "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = 100\n")),
             "/tmp/spec.toml:21:1: fine-tuning 'qlora' with the same options appears twice in the grid (first from "
             "/tmp/spec.toml:17:1)");
+  std::string on_gpu = spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n");
+  on_gpu.replace(on_gpu.find("name = \"t\"\n"), 11, "name = \"t\"\ndevice = \"cuda\"\n");
+  EXPECT_EQ(error_of(on_gpu), "/tmp/spec.toml:18:1: [[finetune]] cells are evaluated with their adapters merged into "
+                              "the CPU forward's weights; the study's device is \"cuda\" (give [study] device = "
+                              "\"cpu\")");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nsteps = -1\n")),
             "/tmp/spec.toml:19:9: option 'steps' = -1 is out of range [0, 1099511627776]");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ndad = \"kl\"\n")),
