@@ -396,6 +396,17 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
   for (const CellRecord& c : r.cells)
     if (c.calibration != "none") calibs.insert(c.calibration);
   for (const auto& c : calibs) out.push_back(fmt::format("calibration `{}`", c));
+  // Each trained row's training, as its key names it, and how it ended.
+  for (const ModelTables& t : tables.models())
+    for (const Row& row : t.rows) {
+      const CellRecord& c = *row.cell;
+      const json j = json::parse(c.training, nullptr, false);
+      if (!j.is_object() || !j.contains("key")) continue;
+      const int64_t steps = j.contains("log") && j["log"].is_array() ? int64_t(j["log"].size()) : 0;
+      out.push_back(fmt::format("{}, {}: trained `{}`; {} steps in {:.0f} s, last loss {}", t.model, row.label,
+                                j["key"].get<std::string>(), steps, c.train_seconds,
+                                c.train_loss ? fmt::format("{:.4f}", *c.train_loss) : std::string("-")));
+    }
   // A GGUF's weights were rounded to its ggml types before lowbit read them: its "16-bit" row is
   // those weights dequantized, which a reader must know to judge the 4-bit rows.
   std::set<std::string> gguf_models;

@@ -689,6 +689,10 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.calibration.seqlen = get_int(c, cal, "seqlen", 2048, 2, int64_t(1) << 20);
   spec.calibration.seed = uint64_t(get_int(c, cal, "seed", 0, 0, INT64_MAX));
   spec.calibration.bos = get_choice(c, cal, "bos", "auto", {"auto", "on", "off"});
+  for (const MethodCell& mc : spec.methods)
+    if (mc.train.kind == TrainKind::Distill && mc.train.distill.batch > spec.calibration.nsamples)
+      c.fail_at(mc.pos, "{}: batch {} is more than the [calibration] windows it distills on (nsamples {})", mc.spec,
+                mc.train.distill.batch, spec.calibration.nsamples);
 
   // [eval]
   const table* et = root["eval"].as_table();

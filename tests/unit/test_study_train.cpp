@@ -166,6 +166,8 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
   EXPECT_EQ(error_of(on_gpu), "/tmp/spec.toml:18:1: [[finetune]] cells are evaluated with their adapters merged into "
                               "the CPU forward's weights; the study's device is \"cuda\" (give [study] device = "
                               "\"cpu\")");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\nbatch = 16\n")),
+            "/tmp/spec.toml:17:1: dbllm: batch 16 is more than the [calibration] windows it distills on (nsamples 8)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nsteps = -1\n")),
             "/tmp/spec.toml:19:9: option 'steps' = -1 is out of range [0, 1099511627776]");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ndad = \"kl\"\n")),
@@ -347,6 +349,9 @@ TEST(StudyTrainReport, PaperLabels) {
                                          "NormalFloat (dq=1) #W4", "QLoRA (steps=100) #W4", "QLoRA (steps=200) #W4",
                                          "IR-QLoRA #W4"};
   EXPECT_EQ(labels, want) << md;
+  EXPECT_NE(md.find("m, QLoRA (steps=200): trained `finetune:r=64,steps=200,seed=0`; 0 steps in 0 s, last loss 1.0000"),
+            std::string::npos)
+      << md;
 }
 
 }  // namespace
