@@ -31,16 +31,29 @@ namespace {
 std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
 std::string alpaca() { return test::data_dir() + "/alpaca/alpaca_5000.json"; }
 
-// Evaluations: PTB and a short text in `text_dir` (two, so that a cell can stop between them).
+// Texts of the test's own in `text_dir` (tokenizing PTB would take most of the test's time):
+// calibration windows for DB-LLM, and two evaluation texts (two, so that a cell can stop between
+// its evaluations).
 std::string write_spec(const test::TempDir& dir, const std::string& text_dir) {
   const std::string spec = dir / "train.toml";
-  std::string text;
-  for (int i = 0; i < 40; ++i) text += "Once upon a time there was a little girl who liked to play in the park. ";
-  test::spit(text_dir + "/story.txt", text);
-  test::spit(spec, "[study]\nname = \"train\"\nthreads = 1\ndata_dir = \"" + test::data_dir() +
-                       "\"\n\n[[model]]\nname = \"stories\"\npath = \"" + stories() +
-                       "\"\n\n[calibration]\nset = \"ptb\"\nnsamples = 4\nseqlen = 64\n\n"
-                       "[eval]\nppl = [\"ptb\", \"" + text_dir + "/story.txt\"]\nseqlen = 64\nlimit = 2\n\n"
+  const std::vector<std::string> sentences = {
+      "Once upon a time there was a little girl who liked to play in the park. ",
+      "One day she found a shiny red ball under a big tree and she was very happy. ",
+      "Her brother wanted the ball too, so they played together until the sun went down. ",
+      "The dog barked at the cat, and the cat ran up the tree to hide from the dog. "};
+  std::string story, calib, other;
+  for (int i = 0; i < 40; ++i) {
+    story += sentences[size_t(i) % 2];
+    other += sentences[2 + size_t(i) % 2];
+    for (const auto& x : sentences) calib += x;
+  }
+  test::spit(text_dir + "/story.txt", story);
+  test::spit(text_dir + "/other.txt", other);
+  test::spit(text_dir + "/calib.txt", calib);
+  test::spit(spec, "[study]\nname = \"train\"\nthreads = 1\n\n[[model]]\nname = \"stories\"\npath = \"" + stories() +
+                       "\"\n\n[calibration]\nset = \"" + text_dir + "/calib.txt\"\nnsamples = 4\nseqlen = 64\n\n"
+                       "[eval]\nppl = [\"" + text_dir + "/story.txt\", \"" + text_dir +
+                       "/other.txt\"]\nseqlen = 64\nlimit = 2\n\n"
                        "[[finetune]]\nmethod = [\"qlora\", \"irqlora\"]\ndata = \"" + alpaca() +
                        "\"\nr = 4\nalpha = 8\nsteps = 4\nbatch = 2\ngrad_accum = 2\nlr = 1e-3\nlimit = 120\n\n"
                        "[[distill]]\ng = 4\nsteps = 3\ngrad_accum = 2\nlr = 1e-3\n");
@@ -50,7 +63,6 @@ std::string write_spec(const test::TempDir& dir, const std::string& text_dir) {
 void require_files() {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(alpaca());
-  LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.train.txt");
 }
 
 TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
@@ -67,11 +79,11 @@ TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
   ASSERT_EQ(r.cells.size(), 3u);
 
   auto tok = load_tokenizer(open_model(stories()).tokenizer_path);
-  auto windows = eval_windows(resolve_eval_set("ptb", test::data_dir()), *tok, 64, BosMode::Default);
+  auto windows = eval_windows(resolve_eval_set(dir / "story.txt", ""), *tok, 64, BosMode::Default);
   windows.resize(2);
   std::map<std::string, double> ppl;
   for (const ResultRecord& x : r.results)
-    if (x.eval == "ptb") ppl[x.cell_key] = x.value;
+    if (x.eval == dir / "story.txt") ppl[x.cell_key] = x.value;
 
   for (const CellRecord& c : r.cells) {
     SCOPED_TRACE(c.key);
@@ -94,7 +106,7 @@ TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
       o.steps = 3;
       o.grad_accum = 2;
       o.lr = 1e-3;
-      const Calibration calib = make_calibration(resolve_calibration_set("ptb", test::data_dir()), *tok, 4, 64, 0,
+      const Calibration calib = make_calibration(resolve_calibration_set(dir / "calib.txt", ""), *tok, 4, 64, 0,
                                                  BosMode::Default);
       train::DistillResult d = train::run_distill(stories(), o, calib);
       EXPECT_EQ(t["log"], d.training["log"]);
