@@ -90,6 +90,12 @@ class Eta {
   Map evals_, quants_;
 };
 
+// The ETA's name of a cell's quantization: a trained cell's (quantization and training) takes
+// other times than its method's alone.
+std::string eta_method(const std::string& method_name, bool trained) {
+  return trained ? method_name + "+training" : method_name;
+}
+
 // One unit of remaining work.
 struct Unit {
   const Cell* cell;
@@ -211,7 +217,8 @@ void Runner::load_history() {
   std::map<std::string, std::string> cell_model;
   for (const CellRecord& c : store_->cells()) {
     cell_model[c.key] = c.model;
-    eta_.add_quant(c.model, c.method_name, c.quantize_seconds);
+    const bool trained = c.training != "null";
+    eta_.add_quant(c.model, eta_method(c.method_name, trained), c.quantize_seconds + c.train_seconds);
   }
   std::set<std::pair<std::string, std::string>> seen;
   for (const ResultRecord& r : store_->results())
@@ -239,7 +246,7 @@ StudyProgress Runner::progress(double current_fraction) const {
   for (size_t i = current_unit_; i < units_.size(); ++i) {
     const Unit& u = units_[i];
     const std::string& model = u.cell->model_name;
-    std::optional<double> s = u.eval ? eta_.eval(model, u.eval->key) : eta_.quant(model, u.cell->method_name);
+    std::optional<double> s = u.eval ? eta_.eval(model, u.eval->key) : eta_.quant(model, eta_method(u.cell->method_name, u.cell->train.kind != TrainKind::None));
     const double left = i == current_unit_ ? 1 - current_fraction : 1;
     if (s) {
       known += *s * left;
@@ -450,7 +457,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     model = std::move(trained.model);
     quantize_seconds = trained.quantize_seconds;
     quantize_device = "cpu";
-    eta_.add_quant(cell.model_name, cell.method_name, trained.quantize_seconds + trained.train_seconds);
+    eta_.add_quant(cell.model_name, eta_method(cell.method_name, true), trained.quantize_seconds + trained.train_seconds);
     ++done_;
     ++current_unit_;
     if (ev_.on_quantized) ev_.on_quantized(cell, trained.quantize_seconds + trained.train_seconds, progress());
