@@ -19,13 +19,18 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-BlockContext::BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
+BlockContext::BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, int64_t nseq,
                            int64_t seqlen, std::function<void(const LinearReport&)> report,
                            std::function<void(const std::string&)> note)
-    : model_(model), layer_(layer), weights_(weights), inputs_(inputs), nseq_(nseq), seqlen_(seqlen),
-      report_(std::move(report)), note_(std::move(note)) {}
+    : model_(model), layer_(layer), weights_(weights), nseq_(nseq), seqlen_(seqlen), report_(std::move(report)),
+      note_(std::move(note)) {}
 
-void BlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
+CpuBlockContext::CpuBlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs,
+                                 int64_t nseq, int64_t seqlen, std::function<void(const LinearReport&)> report,
+                                 std::function<void(const std::string&)> note)
+    : BlockContext(model, layer, weights, nseq, seqlen, std::move(report), std::move(note)), inputs_(inputs) {}
+
+void CpuBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
   LB_ASSERT(w0 >= 0 && n >= 0 && w0 + n <= nseq_);
   const int64_t H = model_.config().hidden_size;
   for (int64_t s = 0; s < n; ++s) {
@@ -35,7 +40,7 @@ void BlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out,
   }
 }
 
-BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, StatsRequest what) const {
+BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kinds, StatsRequest what) const {
   LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
   LB_ASSERT(!kinds.empty());
   // One statistics object per input site; the first requested linear of a site accumulates it.
@@ -100,8 +105,7 @@ BlockContext::StatsMap BlockContext::collect(std::span<const LinearKind> kinds, 
   return out;
 }
 
-std::map<LinearKind, std::shared_ptr<std::vector<float>>> BlockContext::capture_inputs(
-    std::span<const LinearKind> kinds) const {
+BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind> kinds) const {
   LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
   LB_ASSERT(!kinds.empty());
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
@@ -138,9 +142,81 @@ std::map<LinearKind, std::shared_ptr<std::vector<float>>> BlockContext::capture_
     std::memcpy(h.data(), inputs_ + window * seqlen_ * H, h.size() * sizeof(float));
     model_.run_block(layer_, weights_, h.data(), 1, seqlen_, 0, &hooks);
   }
-  std::map<LinearKind, std::shared_ptr<std::vector<float>>> out;
+  Inputs out;
   for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
   return out;
+}
+
+namespace {
+
+// The CPU probe: the part's output with w0 kept, recomputed in full for every trial.
+class CpuPartProbe final : public BlockContext::PartProbe {
+ public:
+  CpuPartProbe(const LlamaModel& model, int64_t layer, int64_t nseq, int64_t seqlen, BlockContext::Part part,
+               LinearKind linear, const BlockWeights& w0, const std::vector<float>& x)
+      : model_(model), layer_(layer), nseq_(nseq), seqlen_(seqlen), part_(part), linear_(linear), x_(x) {
+    const int64_t N = nseq * seqlen;
+    in_cols_ = int64_t(x.size()) / N;
+    LB_CHECK(in_cols_ * N == int64_t(x.size()), "layer {}: probe inputs of {} values are not {} rows", layer,
+             x.size(), N);
+    out_cols_ = part == BlockContext::Part::Linear ? w0[linear].dim(0) : model.config().hidden_size;
+    org_.resize(size_t(N * out_cols_));
+    cur_.resize(org_.size());
+    forward(w0, org_.data());
+  }
+  double mse(const BlockWeights& w) override {
+    forward(w, cur_.data());
+    double loss = 0;
+    for (size_t j = 0; j < org_.size(); ++j) {
+      const double d = double(org_[j]) - double(cur_[j]);
+      loss += d * d;
+    }
+    return loss / double(org_.size());
+  }
+
+ private:
+  void forward(const BlockWeights& w, float* out) const {
+    const int64_t T = seqlen_, H = model_.config().hidden_size;
+    switch (part_) {
+      case BlockContext::Part::Attention:
+        for (int64_t s = 0; s < nseq_; ++s)
+          model_.attention_part(layer_, w, x_.data() + s * T * in_cols_, out + s * T * H, 1, T, 0, nullptr);
+        break;
+      case BlockContext::Part::Mlp:
+        for (int64_t s = 0; s < nseq_; ++s)
+          model_.mlp_part(layer_, w, x_.data() + s * T * in_cols_, out + s * T * H, T, nullptr);
+        break;
+      case BlockContext::Part::Linear:
+        ops::linear(x_.data(), w[linear_].data_as<float>(), out, nseq_ * T, in_cols_, w[linear_].dim(0));
+        break;
+    }
+  }
+  const LlamaModel& model_;
+  int64_t layer_, nseq_, seqlen_;
+  BlockContext::Part part_;
+  LinearKind linear_;
+  const std::vector<float>& x_;
+  int64_t in_cols_ = 0, out_cols_ = 0;
+  std::vector<float> org_, cur_;
+};
+
+}  // namespace
+
+std::unique_ptr<BlockContext::PartProbe> CpuBlockContext::probe(Part part, LinearKind linear, const BlockWeights& w0,
+                                                                 std::span<const LinearKind>,
+                                                                 const std::vector<float>& x) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  return std::make_unique<CpuPartProbe>(model_, layer_, nseq_, seqlen_, part, linear, w0, x);
+}
+
+int64_t calibration_seqlen(const LlamaConfig& c, const std::vector<std::vector<int32_t>>& windows) {
+  LB_CHECK(!windows.empty(), "no calibration windows");
+  const int64_t T = int64_t(windows[0].size());
+  for (const auto& w : windows)
+    LB_CHECK(int64_t(w.size()) == T, "calibration windows differ in length ({} and {})", T, w.size());
+  LB_CHECK(T <= c.max_position_embeddings, "calibration sequence length {} exceeds the model's "
+           "max_position_embeddings ({})", T, c.max_position_embeddings);
+  return T;
 }
 
 void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb) {
@@ -151,11 +227,7 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
   std::vector<float> hidden;
   if (plan.windows != nullptr && !plan.windows->empty()) {
     nseq = int64_t(plan.windows->size());
-    T = int64_t((*plan.windows)[0].size());
-    for (const auto& w : *plan.windows)
-      LB_CHECK(int64_t(w.size()) == T, "calibration windows differ in length ({} and {})", T, w.size());
-    LB_CHECK(T <= c.max_position_embeddings, "calibration sequence length {} exceeds the model's "
-             "max_position_embeddings ({})", T, c.max_position_embeddings);
+    T = calibration_seqlen(c, *plan.windows);
     const double bytes = double(nseq) * double(T) * double(H) * 4.0;
     try {
       hidden.resize(size_t(nseq * T * H));
@@ -169,7 +241,7 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     BlockWeights w = clone_block_weights(*model.block_weights(i));
-    BlockContext ctx(
+    CpuBlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
         [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
         [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
@@ -207,7 +279,7 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
   for (int64_t i = 0; i < layer; ++i)
     for (int64_t s = 0; s < nseq; ++s) model.run_block(i, hidden.data() + s * T * H, 1, T);
   BlockWeights w = clone_block_weights(*model.block_weights(layer));
-  BlockContext ctx(model, layer, w, hidden.data(), nseq, T, nullptr, nullptr);
+  CpuBlockContext ctx(model, layer, w, hidden.data(), nseq, T, nullptr, nullptr);
   auto stats = ctx.collect(kAllLinears, what);
   if (weights_out) *weights_out = std::move(w);
   return stats;

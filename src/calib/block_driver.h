@@ -21,6 +21,10 @@
 // block: their copy is released after the method returns, and the next block's inputs come from
 // the block converted again from the checkpoint. Data-free methods get no calibration inputs and
 // no forward runs at all.
+//
+// The method sees the block through a BlockContext and nothing else; on a GPU
+// (block_driver_cuda.h) the calibration activations and every forward stay on the device, and the
+// same method code runs unchanged.
 #pragma once
 
 #include "model/llama_model.h"
@@ -64,13 +68,20 @@ struct LinearReport {
   std::string note;            // method-specific, e.g. "loss 12.3, damp 0.01"
 };
 
+// What a method sees of one block: its weights (fp32, host, writable), the calibration windows'
+// inputs, and the block's forward on them, run wherever the context lives (CpuBlockContext below,
+// CudaBlockContext in block_driver_cuda.h). Methods call only this interface, so one method runs on
+// every device; the statistics and buffers it returns are host memory either way.
 class BlockContext {
  public:
   using StatsMap = std::map<LinearKind, std::shared_ptr<const InputStats>>;
+  using Inputs = std::map<LinearKind, std::shared_ptr<std::vector<float>>>;
 
-  BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
-               int64_t seqlen, std::function<void(const LinearReport&)> report,
-               std::function<void(const std::string&)> note);
+  BlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, int64_t nseq, int64_t seqlen,
+               std::function<void(const LinearReport&)> report, std::function<void(const std::string&)> note);
+  virtual ~BlockContext() = default;
+  BlockContext(const BlockContext&) = delete;
+  BlockContext& operator=(const BlockContext&) = delete;
 
   const LlamaModel& model() const { return model_; }
   int64_t layer() const { return layer_; }
@@ -78,32 +89,64 @@ class BlockContext {
   bool has_calibration() const { return nseq_ > 0; }
   int64_t nseq() const { return nseq_; }
   int64_t seqlen() const { return seqlen_; }
-  // The block's calibration inputs [nseq * seqlen, hidden]: the outputs of the quantized
-  // previous blocks. Valid until the driver propagates them after the method returns.
-  const float* inputs() const { return inputs_; }
+  // "cpu" or the GPU's name.
+  virtual std::string device_name() const = 0;
 
   // Runs the block with the current weights on every calibration window, stopping at the last of
   // `kinds`, and returns the statistics of those linears' inputs.
-  StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const;
+  virtual StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const = 0;
   // Runs the block with the current weights on every calibration window and returns the inputs
   // of `kinds` ([nseq * seqlen, in_features] each; linears sharing an input share one buffer).
   // The buffers are the caller's alone: a method may rewrite them in place or move them out.
-  std::map<LinearKind, std::shared_ptr<std::vector<float>>> capture_inputs(std::span<const LinearKind> kinds) const;
+  virtual Inputs capture_inputs(std::span<const LinearKind> kinds) const = 0;
   // Runs the block with weights `w` on windows [w0, w0 + n): out[n * seqlen, hidden] receives
-  // the outputs (or, with hooks->stop_after_input, the partly updated hidden states).
-  void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const;
+  // the outputs (or, with hooks->stop_after_input, the partly updated hidden states). hooks see
+  // (and may change) each linear's input as fp32 host rows, one window at a time.
+  virtual void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const = 0;
+
+  // A part of the block judged on recorded inputs (AWQ's scale search): made with the block's
+  // weights w0 and the part's inputs x ([nseq * seqlen, in] fp32 host: the normed input for
+  // Attention and Mlp, the linear's input for Linear), it holds the part's output with w0;
+  // mse(w) is the mean squared difference between that and the part's output with weights w,
+  // which may differ from w0 only in the linears `varying`.
+  enum class Part { Attention, Mlp, Linear };
+  class PartProbe {
+   public:
+    virtual ~PartProbe() = default;
+    virtual double mse(const BlockWeights& w) = 0;
+  };
+  virtual std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
+                                           std::span<const LinearKind> varying, const std::vector<float>& x) const = 0;
 
   void report(const LinearReport& r) const { if (report_) report_(r); }
   void note(const std::string& s) const { if (note_) note_(s); }
 
- private:
+ protected:
   const LlamaModel& model_;
   int64_t layer_;
   BlockWeights& weights_;
-  float* inputs_;
   int64_t nseq_, seqlen_;
   std::function<void(const LinearReport&)> report_;
   std::function<void(const std::string&)> note_;
+};
+
+// The block on the CPU (LlamaModel::run_block), its inputs in host memory.
+class CpuBlockContext final : public BlockContext {
+ public:
+  // inputs: the block's calibration inputs [nseq * seqlen, hidden], the outputs of the quantized
+  // previous blocks; the driver propagates them in place after the method returns.
+  CpuBlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
+                  int64_t seqlen, std::function<void(const LinearReport&)> report,
+                  std::function<void(const std::string&)> note);
+  std::string device_name() const override { return "cpu"; }
+  StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const override;
+  Inputs capture_inputs(std::span<const LinearKind> kinds) const override;
+  void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const override;
+  std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
+                                   std::span<const LinearKind> varying, const std::vector<float>& x) const override;
+
+ private:
+  float* inputs_;
 };
 
 struct DriverCallbacks {
@@ -127,8 +170,13 @@ struct DriverPlan {
   bool propagate_quantized = true;
 };
 
-// Runs the plan over every block of the model. The model's block cache is turned off.
+// The length of the calibration windows; throws unless all have it and the model's context holds it.
+int64_t calibration_seqlen(const LlamaConfig& c, const std::vector<std::vector<int32_t>>& windows);
+
+// Runs the plan over every block of the model on the CPU. The model's block cache is turned off.
 void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb);
+// A driver: run_block_by_block, or its GPU twin (block_driver_cuda.h).
+using BlockDriver = std::function<void(LlamaModel&, const DriverPlan&, const DriverCallbacks&)>;
 
 // Input statistics of every linear of block `layer` of the 16-bit model (blocks before it run
 // unquantized) on the calibration windows, and the block's fp32 weights.

@@ -145,6 +145,38 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   }
 }
 
+void CudaModel::upload_weights(const BlockWeights& host, GpuBlockWeights& w, std::span<const LinearKind> only) const {
+  using K = LinearKind;
+  const LlamaConfig& c = config();
+  const cudaStream_t s = ctx_.stream();
+  const int64_t H = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  if (only.empty()) {
+    upload_as_bf16(host.input_norm, w.input_norm, s);
+    upload_as_bf16(host.post_norm, w.post_norm, s);
+    w.packed = {};
+    w.linear = {};
+    w.qkv.resize(size_t((qd + 2 * kvd) * H));
+    w.linear[size_t(K::Q)] = w.qkv.get();
+    w.linear[size_t(K::K)] = w.qkv.get() + qd * H;
+    w.linear[size_t(K::V)] = w.qkv.get() + (qd + kvd) * H;
+    w.o.resize(size_t(H * qd));
+    w.linear[size_t(K::O)] = w.o.get();
+    w.gate_up.resize(size_t(2 * F * H));
+    w.linear[size_t(K::Gate)] = w.gate_up.get();
+    w.linear[size_t(K::Up)] = w.gate_up.get() + F * H;
+    w.down.resize(size_t(H * F));
+    w.linear[size_t(K::Down)] = w.down.get();
+    only = kAllLinears;
+  }
+  for (K k : only) {
+    const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k);
+    LB_CHECK(w[k] != nullptr, "{}: no bf16 matrix to upload into", linear_name(k));
+    LB_CHECK(host[k].numel() == rows * cols, "layer weights: {} has {} elements, the config implies [{}, {}]",
+             linear_name(k), host[k].numel(), rows, cols);
+    upload_as_bf16(host[k], w[k], s);
+  }
+}
+
 const GpuBlockWeights& CudaModel::block(int64_t i, GpuBlockWeights& scratch) const {
   if (resident_) return blocks_[size_t(i)];
   upload_block(i, scratch);
@@ -188,7 +220,7 @@ void CudaModel::quantize_input(int64_t layer, LinearKind k, bf16* x, int64_t B, 
 }
 
 void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds, const GpuBlockWeights& w,
-                               const bf16* stacked, bf16* out, int64_t B, int64_t T) {
+                               const bf16* stacked, bf16* x, bf16* out, int64_t B, int64_t T) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, N = B * T;
   int64_t rows_total = 0;
@@ -204,47 +236,43 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
   // Packed linears run one product each, into their columns of the stacked output.
   const bool packed = w.packed_linear(kinds[0]) != nullptr;
   if (one_input) {
-    if (act_) quantize_input(layer, kinds[0], x_.get(), B, T, H, H);
+    if (act_) quantize_input(layer, kinds[0], x, B, T, H, H);
     if (!packed) {
-      cuda::linear(ctx_, x_.get(), stacked, out, N, rows_total, H);
+      cuda::linear(ctx_, x, stacked, out, N, rows_total, H);
       return;
     }
   }
   int64_t col = 0;
   for (LinearKind k : kinds) {
     const int64_t rows = linear_out_features(c, k);
-    const bf16* x = x_.get();
+    const bf16* xk = x;
     if (!one_input) {
-      LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x_.get(), size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
+      LB_CUDA_CHECK(cudaMemcpyAsync(xa_.get(), x, size_t(N * H) * sizeof(bf16), cudaMemcpyDeviceToDevice,
                                     ctx_.stream()));
       quantize_input(layer, k, xa_.get(), B, T, H, H);
-      x = xa_.get();
+      xk = xa_.get();
     }
     if (packed)
-      cuda::w4a16_linear(*w.packed_linear(k), x, out + col, N, w4ws_, ctx_.stream(), /*lda=*/H, /*ldc=*/rows_total);
+      cuda::w4a16_linear(*w.packed_linear(k), xk, out + col, N, w4ws_, ctx_.stream(), /*lda=*/H, /*ldc=*/rows_total);
     else
-      cuda::linear(ctx_, x, w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
+      cuda::linear(ctx_, xk, w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
     col += rows;
   }
 }
 
-void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
-                          GpuKvCache* cache, const SiteInput* on_input) {
+void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
+                               bool accumulate, GpuKvCache* cache, const SiteInput* on_input) {
   const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
+  const int64_t H = c.hidden_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), ldqkv = qd + 2 * kvd;
-  const float eps = float(c.rms_norm_eps);
   const cudaStream_t s = ctx_.stream();
   const int64_t past = cache ? cache->length : 0;
   LB_CHECK(past + T <= rope_positions_, "positions up to {} exceed the model's context {}", past + T, rope_positions_);
   ensure_workspace(N);
-  mark("rmsnorm");
-  cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
-  if (on_input) (*on_input)(LinearKind::Q, x_.get(), N, H, H);
   mark("qkv_proj");
   static constexpr LinearKind kQkv[] = {LinearKind::Q, LinearKind::K, LinearKind::V};
-  grouped_linear(layer, kQkv, w, w.qkv.get(), qkv_.get(), B, T);
+  grouped_linear(layer, kQkv, w, w.qkv.get(), x, qkv_.get(), B, T);
   // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
   mark("rope_k");
   cuda::rope(qkv_.get() + qd, B, T, nkv, hd, ldqkv, rope_cos_.get(), rope_sin_.get(), past, s);
@@ -266,28 +294,54 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   mark("attention");
   cuda::attention(qkv_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, rope_cos_.get(),
                   rope_sin_.get());
-  mark("o_proj (+ residual)");
+  mark(accumulate ? "o_proj (+ residual)" : "o_proj");
   if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
   if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
-  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::O))
-    cuda::w4a16_linear_accumulate(*p, att_.get(), hidden, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
-  else
-    cuda::linear(ctx_, att_.get(), w[LinearKind::O], hidden, N, H, qd, /*accumulate=*/true);
+  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::O)) {
+    if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
+    cuda::w4a16_linear_accumulate(*p, att_.get(), out, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
+  } else {
+    cuda::linear(ctx_, att_.get(), w[LinearKind::O], out, N, H, qd, accumulate);
+  }
+}
+
+void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
+                         bool accumulate, const SiteInput* on_input) {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
+  const cudaStream_t s = ctx_.stream();
+  ensure_workspace(N);
+  mark("gate_up_proj");
+  static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
+  grouped_linear(layer, kGateUp, w, w.gate_up.get(), x, gate_up_.get(), B, T);
+  mark("swiglu");
+  cuda::swiglu_rows(gate_up_.get(), N, F, s);
+  mark(accumulate ? "down_proj (+ residual)" : "down_proj");
+  if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
+  if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
+  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::Down)) {
+    if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
+    cuda::w4a16_linear_accumulate(*p, gate_up_.get(), out, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
+  } else {
+    cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], out, N, H, F, accumulate, /*lda=*/2 * F);
+  }
+}
+
+void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
+                          GpuKvCache* cache, const SiteInput* on_input) {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size, N = B * T;
+  const float eps = float(c.rms_norm_eps);
+  const cudaStream_t s = ctx_.stream();
+  ensure_workspace(N);
+  mark("rmsnorm");
+  cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
+  if (on_input) (*on_input)(LinearKind::Q, x_.get(), N, H, H);
+  attention_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, cache, on_input);
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
   if (on_input) (*on_input)(LinearKind::Gate, x_.get(), N, H, H);
-  mark("gate_up_proj");
-  static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
-  grouped_linear(layer, kGateUp, w, w.gate_up.get(), gate_up_.get(), B, T);
-  mark("swiglu");
-  cuda::swiglu_rows(gate_up_.get(), N, F, s);
-  mark("down_proj (+ residual)");
-  if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
-  if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
-  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::Down))
-    cuda::w4a16_linear_accumulate(*p, gate_up_.get(), hidden, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
-  else
-    cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], hidden, N, H, F, /*accumulate=*/true, /*lda=*/2 * F);
+  mlp_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, on_input);
 }
 
 void CudaModel::final_norm(const float* hidden, bf16* out, int64_t rows) {

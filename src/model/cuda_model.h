@@ -15,8 +15,8 @@
 //
 // What runs here: perplexity windows (window_nll), incremental forwards with a KV cache for
 // multiple-choice scoring (forward_cached, or forward_rows on padded batches, + score_rows), and
-// the block pieces the GPU
-// quantization driver uses.
+// the block pieces the GPU quantization drivers use (run_block with site hooks, the attention
+// and MLP halves, blocks uploaded from a method's working copy).
 #pragma once
 
 #include "backend/cuda/ops.cuh"
@@ -80,6 +80,9 @@ class CudaModel {
 
   // Uploads block i's weights (bf16) into w.
   void upload_block(int64_t i, GpuBlockWeights& w) const;
+  // Uploads host block weights (fp32 or any float dtype; a quantization method's working copy)
+  // as bf16 into w; with `only`, just those linears, into a w that holds the block already.
+  void upload_weights(const BlockWeights& host, GpuBlockWeights& w, std::span<const LinearKind> only = {}) const;
   // A block's weights: the resident copy, or uploaded into `scratch`.
   const GpuBlockWeights& block(int64_t i, GpuBlockWeights& scratch) const;
 
@@ -111,6 +114,14 @@ class CudaModel {
   // (before any activation quantization).
   void run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
                  GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr);
+  // The block's two halves on a normed input x (bf16 [B*T, H], device; it is the workspace the
+  // half may quantize in place): out (fp32 [B*T, H], device) = the attention's o_proj output or
+  // the MLP's down_proj output, or out += it with accumulate (run_block: the residual add). The
+  // attention part appends to the cache as run_block does; on_input sees O's and Down's inputs.
+  void attention_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
+                      bool accumulate, GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr);
+  void mlp_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
+                bool accumulate, const SiteInput* on_input = nullptr);
   // Embeddings of tokens into hidden (fp32, device).
   void embed(const int32_t* tokens_host, int64_t n, float* hidden);
   // Final norm into bf16 rows.
@@ -129,10 +140,10 @@ class CudaModel {
   void ensure_workspace(int64_t rows);
   // Activation quantization of a linear's bf16 input [B*T, cols] (row stride ld), in place.
   void quantize_input(int64_t layer, LinearKind k, cuda::bf16* x, int64_t B, int64_t T, int64_t cols, int64_t ld);
-  // The linears `kinds` (stacked in that order into `stacked`) on the normed input x_: out [B*T,
-  // their rows together].
+  // The linears `kinds` (stacked in that order into `stacked`) on the normed input x [B*T, H]
+  // (quantized in place under an activation scheme): out [B*T, their rows together].
   void grouped_linear(int64_t layer, std::span<const LinearKind> kinds, const GpuBlockWeights& w,
-                      const cuda::bf16* stacked, cuda::bf16* out, int64_t B, int64_t T);
+                      const cuda::bf16* stacked, cuda::bf16* x, cuda::bf16* out, int64_t B, int64_t T);
   const LlamaModel& host_;
   cuda::Context& ctx_;
   GpuPackedLinears packed_;

@@ -85,38 +85,14 @@ namespace {
 
 using K = LinearKind;
 
-// The module a scaling group is judged through: its output for the recorded inputs x.
-enum class Inspect { Attention, Mlp, Linear };
+using Part = BlockContext::Part;
 
-struct SearchSpace {
-  const LlamaModel& model;
-  int64_t layer, nseq, seqlen;
-};
-
-// out [N, out_features] = module(x) with weights w.
-void inspect_forward(const SearchSpace& sp, Inspect what, K linear, const BlockWeights& w, const float* x,
-                     int64_t in_cols, float* out) {
-  const int64_t N = sp.nseq * sp.seqlen, T = sp.seqlen, H = sp.model.config().hidden_size;
-  switch (what) {
-    case Inspect::Attention:
-      for (int64_t s = 0; s < sp.nseq; ++s)
-        sp.model.attention_part(sp.layer, w, x + s * T * in_cols, out + s * T * H, 1, T, 0, nullptr);
-      break;
-    case Inspect::Mlp:
-      for (int64_t s = 0; s < sp.nseq; ++s)
-        sp.model.mlp_part(sp.layer, w, x + s * T * in_cols, out + s * T * H, T, nullptr);
-      break;
-    case Inspect::Linear:
-      ops::linear(x, w[linear].data_as<float>(), out, N, in_cols, w[linear].dim(0));
-      break;
-  }
-}
-
-AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& name, Inspect what, K single,
+// The group's scales: the grid point whose scaled, fake-quantized weights change the module's
+// output (judged through ctx.probe, on the context's device) least.
+AwqBlockChoices::Group search_scales(const BlockContext& ctx, const std::string& name, Part what, K single,
                                      const std::vector<K>& linears, const BlockWeights& w0, const std::vector<float>& x,
                                      int64_t in_cols, const AwqOptions& opt) {
-  const int64_t N = sp.nseq * sp.seqlen;
-  const int64_t out_cols = what == Inspect::Linear ? w0[single].dim(0) : sp.model.config().hidden_size;
+  const int64_t N = ctx.nseq() * ctx.seqlen();
   // mean |x| per input channel (AWQ's get_act_scale).
   std::vector<double> sum(size_t(in_cols), 0.0);
   for (int64_t t = 0; t < N; ++t)
@@ -124,8 +100,7 @@ AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& n
   std::vector<float> x_mean(static_cast<size_t>(in_cols));
   for (int64_t c = 0; c < in_cols; ++c) x_mean[size_t(c)] = float(sum[size_t(c)] / double(N));
 
-  std::vector<float> org(size_t(N * out_cols)), cur(size_t(N * out_cols));
-  inspect_forward(sp, what, single, w0, x.data(), in_cols, org.data());
+  const auto probe = ctx.probe(what, single, w0, linears, x);
   AwqBlockChoices::Group best;
   best.name = name;
   double best_loss = INFINITY;
@@ -156,13 +131,7 @@ AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& n
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < in_cols; ++c) p[r * in_cols + c] /= s[size_t(c)];
     }
-    inspect_forward(sp, what, single, trial, x.data(), in_cols, cur.data());
-    double loss = 0;
-    for (size_t j = 0; j < org.size(); ++j) {
-      const double d = double(org[j]) - double(cur[j]);
-      loss += d * d;
-    }
-    loss /= double(org.size());
+    const double loss = probe->mse(trial);
     best.losses.push_back(loss);
     if (loss < best_loss) {
       best_loss = loss;
@@ -171,7 +140,7 @@ AwqBlockChoices::Group search_scales(const SearchSpace& sp, const std::string& n
       best.scales = s;
     }
   }
-  LB_CHECK(best.ratio >= 0, "awq: layer {} group {}: no finite loss in the scale search", sp.layer, name);
+  LB_CHECK(best.ratio >= 0, "awq: layer {} group {}: no finite loss in the scale search", ctx.layer(), name);
   return best;
 }
 
@@ -288,20 +257,19 @@ AwqBlockChoices awq_scale_and_clip(BlockContext& ctx, const AwqOptions& opt) {
   std::vector<float> x_qkv = std::move(*feats.at(K::Q)), x_o = std::move(*feats.at(K::O)),
                      x_gu = std::move(*feats.at(K::Gate)), x_down = std::move(*feats.at(K::Down));
   feats.clear();
-  const SearchSpace sp{ctx.model(), ctx.layer(), ctx.nseq(), ctx.seqlen()};
   const int64_t H = w[K::Q].dim(1), qd = w[K::O].dim(1), F = w[K::Down].dim(1);
   const bool v_to_o = w[K::V].dim(0) == w[K::O].dim(0) && w[K::V].dim(1) == w[K::O].dim(1);
 
   // 1. every group searched on the original weights.
-  out.groups.push_back(search_scales(sp, "qkv", Inspect::Attention, K::Q, {K::Q, K::K, K::V}, w, x_qkv, H, opt));
+  out.groups.push_back(search_scales(ctx, "qkv", Part::Attention, K::Q, {K::Q, K::K, K::V}, w, x_qkv, H, opt));
   if (v_to_o)
-    out.groups.push_back(search_scales(sp, "v->o", Inspect::Linear, K::O, {K::O}, w, x_o, qd, opt));
+    out.groups.push_back(search_scales(ctx, "v->o", Part::Linear, K::O, {K::O}, w, x_o, qd, opt));
   else
     out.notes.push_back(fmt::format("v_proj -> o_proj scaling skipped: v_proj is [{}, {}], o_proj [{}, {}] (grouped-"
                                     "query attention), as in AWQ's reference",
                                     w[K::V].dim(0), w[K::V].dim(1), w[K::O].dim(0), w[K::O].dim(1)));
-  out.groups.push_back(search_scales(sp, "gate,up", Inspect::Mlp, K::Gate, {K::Gate, K::Up}, w, x_gu, H, opt));
-  out.groups.push_back(search_scales(sp, "up->down", Inspect::Linear, K::Down, {K::Down}, w, x_down, F, opt));
+  out.groups.push_back(search_scales(ctx, "gate,up", Part::Mlp, K::Gate, {K::Gate, K::Up}, w, x_gu, H, opt));
+  out.groups.push_back(search_scales(ctx, "up->down", Part::Linear, K::Down, {K::Down}, w, x_down, F, opt));
 
   // 2. fold the scales; the recorded inputs follow.
   for (const auto& g : out.groups) {

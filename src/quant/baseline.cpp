@@ -13,7 +13,6 @@ class Baseline : public QuantMethod {
   bool needs_calibration() const override { return false; }
   double weight_bits() const override { return 16; }
   int64_t group_size() const override { return -1; }
-  bool runs_on(Device::Kind) const override { return true; }
   void quantize_block(BlockContext& ctx, QuantizedBlock&) override {
     fail("method 'fp16' is the 16-bit model itself; there is nothing to quantize (layer {})", ctx.layer());
   }

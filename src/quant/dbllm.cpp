@@ -58,7 +58,6 @@ class Dbllm : public QuantMethod {
   bool needs_calibration() const override { return inner_ != nullptr; }
   double weight_bits() const override { return 2; }
   int64_t group_size() const override { return group_; }
-  bool runs_on(Device::Kind k) const override { return inner_ == nullptr || k == Device::Kind::Cpu; }
   void check_shapes(const LlamaConfig& c) const override {
     for (LinearKind k : kAllLinears) {
       const int64_t in = linear_in_features(c, k);

@@ -216,7 +216,6 @@ class Gptq : public QuantMethod {
   bool needs_calibration() const override { return true; }
   double weight_bits() const override { return opt_.bits; }
   int64_t group_size() const override { return opt_.group_size; }
-  bool runs_on(Device::Kind) const override { return true; }
   void check_device(const Device& d) const override {
     // The GPU's column kernel takes lazy batches of at most 128 columns; with dynamic groups the
     // batch size changes which weights a group's grid is read from, so a larger block is refused

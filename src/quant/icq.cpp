@@ -183,7 +183,6 @@ class Icq : public QuantMethod {
     spec_.finish();
   }
   bool needs_calibration() const override { return false; }
-  bool runs_on(Device::Kind) const override { return true; }  // data-free: the result is the same anywhere
   double weight_bits() const override { return 4; }
   int64_t group_size() const override { return o_.blocksize; }
 

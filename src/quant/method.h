@@ -12,9 +12,11 @@
 // (method.cpp): its name, its display name and row order in the paper's tables, and its factory.
 // "fp16", the 16-bit model itself, is a method too (baseline.cpp): it quantizes nothing.
 //
-// Devices: a method declares where quantize_block can run (runs_on); a run on another device is
-// refused before any work (check_device), never moved. Where the GPU path of a method is a
-// whole-model driver of its own, quantize_model_on (quantize_device.h) chooses it.
+// Devices: quantize_block sees the block only through its BlockContext, whose forwards run where
+// the context lives (CpuBlockContext, CudaBlockContext), so every method runs on every device.
+// A configuration a device cannot run is refused before any work (check_device), never moved.
+// Where a method also has a whole-model GPU driver of its own (GPTQ), quantize_model_on
+// (quantize_device.h) chooses it.
 #pragma once
 
 #include "calib/block_driver.h"
@@ -63,9 +65,10 @@ class QuantMethod {
   // size that must divide every linear's input features and does not), so that a run can be
   // refused before any work.
   virtual void check_shapes(const LlamaConfig& config) const {}
-  // Whether the method quantizes with the model on a device of kind k. Data-free methods
-  // (no calibration forward) say yes for every kind: their result does not depend on it.
-  virtual bool runs_on(Device::Kind k) const { return k == Device::Kind::Cpu; }
+  // Whether the method quantizes with the model on a device of kind k: every kind unless a
+  // method says otherwise (data-free methods' results do not depend on it; the others run their
+  // forwards through the BlockContext of that device).
+  virtual bool runs_on(Device::Kind) const { return true; }
   // Throws lowbit::Error when this configuration cannot run on `d` (the default: !runs_on),
   // naming the method, the device and what would run.
   virtual void check_device(const Device& d) const;

@@ -10,7 +10,7 @@ namespace lowbit {
 using json = nlohmann::json;
 
 QuantizedModel quantize_model(LlamaModel& model, QuantMethod& method, const Calibration* calib,
-                              const DriverCallbacks& cb) {
+                              const DriverCallbacks& cb, const BlockDriver& driver) {
   LB_CHECK(!method.needs_calibration() || calib != nullptr, "method '{}' needs calibration data",
            method.spec().text());
   const auto t0 = std::chrono::steady_clock::now();
@@ -40,7 +40,10 @@ QuantizedModel quantize_model(LlamaModel& model, QuantMethod& method, const Cali
     if (changed(in_norm, ctx.weights().input_norm)) out.rewritten[TensorKind::AttnNorm] = copy(ctx.weights().input_norm);
     if (changed(post_norm, ctx.weights().post_norm)) out.rewritten[TensorKind::FfnNorm] = copy(ctx.weights().post_norm);
   };
-  run_block_by_block(model, plan, cb);
+  if (driver)
+    driver(model, plan, cb);
+  else
+    run_block_by_block(model, plan, cb);
   qm.activation = method.activation_config();
   qm.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return qm;

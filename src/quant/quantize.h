@@ -26,8 +26,10 @@ struct QuantizedModel {
   double seconds = 0;
 };
 
-// Runs `method` over every block of `model`. `calib` may be null only for data-free methods.
+// Runs `method` over every block of `model` with `driver` (the CPU's run_block_by_block when
+// empty; quantize_model_on in quantize_device.h chooses by device). `calib` may be null only for
+// data-free methods.
 QuantizedModel quantize_model(LlamaModel& model, QuantMethod& method, const Calibration* calib,
-                              const DriverCallbacks& cb);
+                              const DriverCallbacks& cb, const BlockDriver& driver = {});
 
 }  // namespace lowbit

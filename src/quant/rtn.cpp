@@ -53,7 +53,6 @@ class Rtn : public QuantMethod {
       activation_ = {{"bits", abits_}, {"granularity", act}, {"scheme", "symmetric absmax, every linear's input"}};
   }
   bool needs_calibration() const override { return false; }
-  bool runs_on(Device::Kind) const override { return true; }  // data-free: the result is the same anywhere
   double weight_bits() const override { return bits_; }
   int64_t group_size() const override { return group_; }
   int activation_bits() const override { return abits_; }

@@ -57,7 +57,7 @@ TEST_P(AwqSmoothQuantParity, ChoicesMatchTheReference) {
   std::vector<float> x = block_inputs(model, ids);
 
   BlockWeights w = clone_block_weights(*model.block_weights(0));
-  BlockContext ctx(model, 0, w, x.data(), ids.dim(0), ids.dim(1), nullptr, nullptr);
+  CpuBlockContext ctx(model, 0, w, x.data(), ids.dim(0), ids.dim(1), nullptr, nullptr);
   AwqOptions opt;
   opt.bits = c.bits;
   opt.group_size = c.group;
@@ -101,7 +101,7 @@ TEST_P(AwqSmoothQuantParity, ChoicesMatchTheReference) {
   }
 
   BlockWeights w2 = clone_block_weights(*model.block_weights(0));
-  BlockContext ctx2(model, 0, w2, x.data(), ids.dim(0), ids.dim(1), nullptr, nullptr);
+  CpuBlockContext ctx2(model, 0, w2, x.data(), ids.dim(0), ids.dim(1), nullptr, nullptr);
   const SmoothingResult sm = smoothquant_smooth_block(ctx2, 0.5);
   const double dq = max_rel_diff(sm.qkv, floats(ref->tensor("sq.qkv")));
   const double dg = max_rel_diff(sm.gate_up, floats(ref->tensor("sq.gate_up")));

@@ -404,6 +404,32 @@ unsigned grid_stride_blocks(int64_t n) { return unsigned(std::min<int64_t>((n + 
 
 }  // namespace
 
+namespace {
+
+// Per block: sum over a grid-stride share of (a - b)^2 in fp64, a fixed reduction tree.
+__global__ void squared_diff_partials_kernel(const float* a, const float* b, int64_t n, double* partial) {
+  __shared__ double red[kThreads];
+  double acc = 0.0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const double d = double(a[i]) - double(b[i]);
+    acc += d * d;
+  }
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}
+
+}  // namespace
+
+void squared_diff_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s) {
+  squared_diff_partials_kernel<<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
 void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t H, cudaStream_t s) {
   if (n == 0) return;
   embed_kernel<<<unsigned(n), kThreads, 0, s>>>(ids, table, out, n, H);

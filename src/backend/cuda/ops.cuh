@@ -40,6 +40,10 @@ void fake_quantize(bf16* x, int64_t rows, int64_t cols, int64_t ld, int bits, in
 void column_abs_stats(const bf16* x, int64_t rows, int64_t cols, int64_t ld, float* absmax, float* abssum,
                       cudaStream_t s);
 void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
+// partial[0 .. kSquaredDiffBlocks) = sums of (a[i] - b[i])^2 (fp64) over fixed shares of the n
+// values: their sum, taken in order on the host, is a deterministic sum of squared differences.
+inline constexpr int kSquaredDiffBlocks = 512;
+void squared_diff_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s);
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
 // a running max shift, one pass over the row), and argmax[r] (first index on ties) when argmax

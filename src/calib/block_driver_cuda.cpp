@@ -1,0 +1,343 @@
+#include "calib/block_driver_cuda.h"
+
+#include "backend/cuda/ops.cuh"
+#include "core/error.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <new>
+
+namespace lowbit {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+namespace {
+
+// Rows per forward: about 16k, in whole windows.
+int64_t windows_per_chunk(int64_t seqlen) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(seqlen, 1)); }
+
+int64_t site_dim(const LlamaConfig& c, InputSite s) {
+  switch (s) {
+    case InputSite::AttnIn:
+    case InputSite::MlpIn: return c.hidden_size;
+    case InputSite::AttnOut: return c.q_dim();
+    case InputSite::MlpOut: return c.intermediate_size;
+  }
+  return 0;
+}
+
+// x (bf16 [rows, cols], row stride ld, device) as fp32 into host dst [rows, cols], through the
+// device staging buffers.
+void download_rows(const bf16* x, int64_t rows, int64_t cols, int64_t ld, float* dst, DeviceBuffer<bf16>& packed,
+                   DeviceBuffer<float>& wide, cudaStream_t s) {
+  const bf16* src = x;
+  if (ld != cols) {
+    packed.resize(size_t(rows * cols));
+    LB_CUDA_CHECK(cudaMemcpy2DAsync(packed.get(), size_t(cols) * sizeof(bf16), x, size_t(ld) * sizeof(bf16),
+                                    size_t(cols) * sizeof(bf16), size_t(rows), cudaMemcpyDeviceToDevice, s));
+    src = packed.get();
+  }
+  wide.resize(size_t(rows * cols));
+  cuda::bf16_to_f32(src, wide.get(), rows * cols, s);
+  cuda::download(dst, wide.get(), size_t(rows * cols), s);
+}
+
+// Host fp32 rows as bf16 into dst (device), through an fp32 staging buffer, `rows_per_copy` at a
+// time.
+void upload_rows_bf16(const float* src, int64_t rows, int64_t cols, bf16* dst, DeviceBuffer<float>& wide,
+                      int64_t rows_per_copy, cudaStream_t s) {
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_copy) {
+    const int64_t n = std::min(rows_per_copy, rows - r0);
+    wide.resize(size_t(n * cols));
+    cuda::upload(wide.get(), src + r0 * cols, size_t(n * cols), s);
+    cuda::f32_to_bf16(wide.get(), dst + r0 * cols, n * cols, s);
+  }
+}
+
+}  // namespace
+
+CudaBlockContext::CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& weights, float* hidden, int64_t nseq,
+                                   int64_t seqlen, std::function<void(const LinearReport&)> report,
+                                   std::function<void(const std::string&)> note)
+    : BlockContext(gpu.host(), layer, weights, nseq, seqlen, std::move(report), std::move(note)), gpu_(gpu),
+      hidden_(hidden), chunk_(windows_per_chunk(seqlen)) {}
+
+void CudaBlockContext::forward(
+    const GpuBlockWeights& gw, int64_t w0, int64_t n,
+    const std::function<void(int64_t, LinearKind, const bf16*, int64_t, int64_t, int64_t)>& on_input,
+    float* out_host) const {
+  LB_ASSERT(w0 >= 0 && n >= 0 && w0 + n <= nseq_);
+  const int64_t T = seqlen_, H = model_.config().hidden_size;
+  const cudaStream_t s = gpu_.context().stream();
+  scratch_.resize(size_t(std::min(chunk_, std::max<int64_t>(n, 1)) * T * H));
+  for (int64_t c0 = w0; c0 < w0 + n; c0 += chunk_) {
+    const int64_t nb = std::min(chunk_, w0 + n - c0);
+    LB_CUDA_CHECK(cudaMemcpyAsync(scratch_.get(), hidden_ + c0 * T * H, size_t(nb * T * H) * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, s));
+    const CudaModel::SiteInput site = [&](LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+      on_input(c0, first, x, rows, cols, ld);
+    };
+    gpu_.run_block(layer_, gw, scratch_.get(), nb, T, nullptr, on_input ? &site : nullptr);
+    if (out_host != nullptr) cuda::download(out_host + (c0 - w0) * T * H, scratch_.get(), size_t(nb * T * H), s);
+  }
+  gpu_.context().synchronize();
+}
+
+BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kinds, StatsRequest what) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  LB_ASSERT(!kinds.empty());
+  const LlamaConfig& c = model_.config();
+  const cudaStream_t s = gpu_.context().stream();
+  struct Site {
+    bool wanted = false;
+    int64_t dim = 0;
+    DeviceBuffer<float> h, absmax, abssum;
+  };
+  std::array<Site, 4> sites;
+  for (LinearKind k : kinds) {
+    Site& st = sites[size_t(input_site(k))];
+    if (st.wanted) continue;
+    st.wanted = true;
+    st.dim = site_dim(c, input_site(k));
+    if (what.hessian) st.h.resize(size_t(st.dim * st.dim));
+    st.absmax.resize(size_t(st.dim));
+    st.abssum.resize(size_t(st.dim));
+    for (auto* b : {&st.h, &st.absmax, &st.abssum})
+      if (b->size() > 0) LB_CUDA_CHECK(cudaMemsetAsync(b->get(), 0, b->bytes(), s));
+  }
+  gpu_.upload_weights(weights_, gw_);
+  forward(gw_, 0, nseq_, [&](int64_t, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+    Site& st = sites[size_t(input_site(first))];
+    if (!st.wanted) return;
+    LB_ASSERT(st.dim == cols);
+    if (what.hessian) cuda::gram_accumulate(gpu_.context(), x, st.h.get(), rows, cols, ld);
+    if (what.absmax || what.absmean) cuda::column_abs_stats(x, rows, cols, ld, st.absmax.get(), st.abssum.get(), s);
+  }, nullptr);
+
+  const int64_t tokens = nseq_ * seqlen_;
+  std::array<std::shared_ptr<const InputStats>, 4> done{};
+  for (size_t i = 0; i < sites.size(); ++i) {
+    const Site& st = sites[i];
+    if (!st.wanted) continue;
+    auto r = std::make_shared<InputStats>();
+    r->dim = st.dim;
+    r->tokens = tokens;
+    r->sequences = nseq_;
+    if (what.hessian) {
+      std::vector<float> h(size_t(st.dim * st.dim));
+      cuda::download(h.data(), st.h.get(), h.size(), s);
+      r->hessian.resize(h.size());
+      const double scale = 2.0 / double(nseq_);
+      for (size_t j = 0; j < h.size(); ++j) r->hessian[j] = double(h[j]) * scale;
+    }
+    if (what.absmax) {
+      r->absmax.resize(size_t(st.dim));
+      cuda::download(r->absmax.data(), st.absmax.get(), r->absmax.size(), s);
+    }
+    if (what.absmean) {
+      std::vector<float> sum(size_t(st.dim));
+      cuda::download(sum.data(), st.abssum.get(), sum.size(), s);
+      r->absmean.resize(sum.size());
+      for (size_t j = 0; j < sum.size(); ++j) r->absmean[j] = double(sum[j]) / double(tokens);
+    }
+    done[i] = r;
+  }
+  StatsMap out;
+  for (LinearKind k : kinds) out[k] = done[size_t(input_site(k))];
+  return out;
+}
+
+BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind> kinds) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  LB_ASSERT(!kinds.empty());
+  const LlamaConfig& c = model_.config();
+  std::array<std::shared_ptr<std::vector<float>>, 4> site{};
+  for (LinearKind k : kinds) {
+    auto& buf = site[size_t(input_site(k))];
+    if (buf) continue;
+    const int64_t dim = site_dim(c, input_site(k));
+    try {
+      buf = std::make_shared<std::vector<float>>(size_t(nseq_ * seqlen_ * dim));
+    } catch (const std::bad_alloc&) {
+      fail("layer {}: capturing the inputs of {} needs {:.1f} GiB of host memory", layer_, linear_name(k),
+           double(nseq_ * seqlen_ * dim) * 4.0 / double(1 << 30));
+    }
+  }
+  DeviceBuffer<bf16> packed;
+  DeviceBuffer<float> wide;
+  const cudaStream_t s = gpu_.context().stream();
+  gpu_.upload_weights(weights_, gw_);
+  forward(gw_, 0, nseq_, [&](int64_t w0, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+    std::vector<float>* buf = site[size_t(input_site(first))].get();
+    if (buf == nullptr) return;
+    download_rows(x, rows, cols, ld, buf->data() + w0 * seqlen_ * cols, packed, wide, s);
+  }, nullptr);
+  Inputs out;
+  for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
+  return out;
+}
+
+void CudaBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
+  LB_CHECK(!hooks || (!hooks->on_output && !hooks->stop_after_input),
+           "layer {}: the GPU block context runs input hooks only (no output hooks, no stop after an input)", layer_);
+  GpuBlockWeights gw;
+  gpu_.upload_weights(w, gw);
+  if (!hooks || !hooks->on_input) {
+    forward(gw, w0, n, nullptr, out);
+    return;
+  }
+  // One window at a time, each linear of a site seeing its own host copy, as the CPU hooks do.
+  DeviceBuffer<bf16> packed;
+  DeviceBuffer<float> wide;
+  std::vector<float> x_host;
+  const cudaStream_t s = gpu_.context().stream();
+  for (int64_t win = w0; win < w0 + n; ++win) {
+    forward(gw, win, 1, [&](int64_t, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+      x_host.resize(size_t(rows * cols));
+      download_rows(x, rows, cols, ld, x_host.data(), packed, wide, s);
+      std::vector<float> copy;
+      for (LinearKind k : site_linears(input_site(first))) {
+        copy = x_host;
+        hooks->on_input(layer_, k, copy.data(), rows, cols);
+      }
+    }, out + (win - w0) * seqlen_ * model_.config().hidden_size);
+  }
+}
+
+namespace {
+
+// The GPU probe: the part's inputs (bf16) and reference output (fp32) resident; a trial uploads
+// the varying linears and reduces the squared differences on the GPU, a chunk of windows at a
+// time, in a fixed order.
+class CudaPartProbe final : public BlockContext::PartProbe {
+ public:
+  CudaPartProbe(CudaModel& gpu, int64_t layer, int64_t nseq, int64_t seqlen, BlockContext::Part part,
+                LinearKind linear, const BlockWeights& w0, std::span<const LinearKind> varying,
+                const std::vector<float>& x)
+      : gpu_(gpu), layer_(layer), nseq_(nseq), seqlen_(seqlen), part_(part), linear_(linear),
+        varying_(varying.begin(), varying.end()), chunk_(windows_per_chunk(seqlen)) {
+    const int64_t N = nseq * seqlen;
+    in_cols_ = int64_t(x.size()) / N;
+    LB_CHECK(in_cols_ * N == int64_t(x.size()), "layer {}: probe inputs of {} values are not {} rows", layer,
+             x.size(), N);
+    out_cols_ = part == BlockContext::Part::Linear ? w0[linear].dim(0) : gpu.config().hidden_size;
+    const cudaStream_t s = gpu.context().stream();
+    x_.resize(size_t(N * in_cols_));
+    DeviceBuffer<float> wide;
+    upload_rows_bf16(x.data(), N, in_cols_, x_.get(), wide, chunk_ * seqlen, s);
+    gpu.upload_weights(w0, gw_);
+    org_.resize(size_t(N * out_cols_));
+    for (int64_t c0 = 0; c0 < nseq; c0 += chunk_) forward_chunk(c0, org_.get() + c0 * seqlen * out_cols_);
+    cur_.resize(size_t(std::min(chunk_, nseq) * seqlen * out_cols_));
+    partial_.resize(size_t(cuda::kSquaredDiffBlocks));
+    gpu.context().synchronize();
+  }
+  double mse(const BlockWeights& w) override {
+    const cudaStream_t s = gpu_.context().stream();
+    gpu_.upload_weights(w, gw_, varying_);
+    std::vector<double> part(size_t(cuda::kSquaredDiffBlocks));
+    double sum = 0;
+    for (int64_t c0 = 0; c0 < nseq_; c0 += chunk_) {
+      const int64_t nb = std::min(chunk_, nseq_ - c0), n = nb * seqlen_ * out_cols_;
+      forward_chunk(c0, cur_.get());
+      cuda::squared_diff_partials(org_.get() + c0 * seqlen_ * out_cols_, cur_.get(), n, partial_.get(), s);
+      cuda::download(part.data(), partial_.get(), part.size(), s);
+      for (double v : part) sum += v;
+    }
+    return sum / double(nseq_ * seqlen_ * out_cols_);
+  }
+
+ private:
+  void forward_chunk(int64_t c0, float* out) {
+    const int64_t nb = std::min(chunk_, nseq_ - c0), T = seqlen_;
+    bf16* x = x_.get() + c0 * T * in_cols_;
+    switch (part_) {
+      case BlockContext::Part::Attention:
+        gpu_.attention_part(layer_, gw_, x, out, nb, T, /*accumulate=*/false);
+        break;
+      case BlockContext::Part::Mlp:
+        gpu_.mlp_part(layer_, gw_, x, out, nb, T, /*accumulate=*/false);
+        break;
+      case BlockContext::Part::Linear:
+        cuda::linear(gpu_.context(), x, gw_[linear_], out, nb * T, out_cols_, in_cols_);
+        break;
+    }
+  }
+  CudaModel& gpu_;
+  int64_t layer_, nseq_, seqlen_;
+  BlockContext::Part part_;
+  LinearKind linear_;
+  std::vector<LinearKind> varying_;
+  int64_t chunk_, in_cols_ = 0, out_cols_ = 0;
+  GpuBlockWeights gw_;
+  DeviceBuffer<bf16> x_;
+  DeviceBuffer<float> org_, cur_;
+  DeviceBuffer<double> partial_;
+};
+
+}  // namespace
+
+std::unique_ptr<BlockContext::PartProbe> CudaBlockContext::probe(Part part, LinearKind linear, const BlockWeights& w0,
+                                                                  std::span<const LinearKind> varying,
+                                                                  const std::vector<float>& x) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  return std::make_unique<CudaPartProbe>(gpu_, layer_, nseq_, seqlen_, part, linear, w0, varying, x);
+}
+
+void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb,
+                             cuda::Context& ctx) {
+  const LlamaConfig& c = model.config();
+  const int64_t H = c.hidden_size, L = c.num_hidden_layers;
+  model.set_block_cache(false);
+  int64_t nseq = 0, T = 0;
+  if (plan.windows != nullptr && !plan.windows->empty()) {
+    nseq = int64_t(plan.windows->size());
+    T = calibration_seqlen(c, *plan.windows);
+  }
+  CudaModel gpu(model, ctx, /*resident=*/false);
+  DeviceBuffer<float> hidden;
+  if (nseq > 0) {
+    size_t free_b = 0, total_b = 0;
+    LB_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const double bytes = double(nseq) * double(T) * double(H) * 4.0;
+    LB_CHECK(bytes < 0.8 * double(free_b), "calibration activations need {:.1f} GiB on {} ({} windows x {} tokens x "
+             "{} x fp32), {:.1f} GiB are free", bytes / double(1 << 30), ctx.name(), nseq, T, H,
+             double(free_b) / double(1 << 30));
+    hidden.resize(size_t(nseq * T * H));
+    for (int64_t s = 0; s < nseq; ++s) gpu.embed((*plan.windows)[size_t(s)].data(), T, hidden.get() + s * T * H);
+  }
+  const int64_t chunk = windows_per_chunk(T);
+  for (int64_t i = 0; i < L; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (cb.on_block_start) cb.on_block_start(i, L);
+    BlockWeights w = clone_block_weights(*model.block_weights(i));
+    {
+      CudaBlockContext bctx(
+          gpu, i, w, hidden.get(), nseq, T, [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
+          [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
+      plan.quantize_block(bctx);
+    }
+    if (nseq > 0) {
+      LB_CHECK(!plan.propagation_hooks || plan.propagation_hooks(i) == nullptr,
+               "layer {}: the GPU driver does not run propagation hooks", i);
+      // As on the CPU: methods calibrating on the 16-bit activations propagate the block as the
+      // checkpoint has it.
+      std::shared_ptr<const BlockWeights> source;
+      if (!plan.propagate_quantized) {
+        w = BlockWeights{};
+        source = model.block_weights(i);
+      }
+      GpuBlockWeights gw;
+      gpu.upload_weights(source ? *source : w, gw);
+      for (int64_t c0 = 0; c0 < nseq; c0 += chunk)
+        gpu.run_block(i, gw, hidden.get() + c0 * T * H, std::min(chunk, nseq - c0), T);
+      ctx.synchronize();
+    }
+    if (cb.on_block_done)
+      cb.on_block_done(i, L, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+}
+
+}  // namespace lowbit

@@ -1,0 +1,60 @@
+// The block-by-block driver on one GPU: block_driver.h's run_block_by_block with the calibration
+// activations resident on the GPU and every forward of a block (BlockContext's collect,
+// capture_inputs, run and probe) run by CudaModel (bf16 products, fp32 residual stream). What a
+// method computes from those (Hessian solves, grids, searches, rounding) is the method's own
+// host code, the same code the CPU driver runs: one method, two devices.
+//
+// Device memory: the calibration activations ([nseq * seqlen, hidden] fp32), one block's bf16
+// weights (two while a probe holds the block it judges), the forward's workspace for up to
+// about 16k rows, and what a call holds while it runs:
+//   collect         per requested input site an fp32 [dim, dim] Gram sum and two [dim] vectors;
+//   capture_inputs  a staging copy of one chunk's input (the inputs themselves go to the host);
+//   probe           the part's inputs (bf16 [nseq * seqlen, in]) and its reference output
+//                   (fp32 [nseq * seqlen, out]).
+// Statistics differ from the CPU's by the bf16 forward: inputs are the GPU forward's bf16
+// activations, Hessians are their exact products summed in fp32 (as GPTQ's GPU driver does).
+#pragma once
+
+#include "backend/cuda/cuda_util.h"
+#include "calib/block_driver.h"
+#include "model/cuda_model.h"
+
+namespace lowbit {
+
+class CudaBlockContext final : public BlockContext {
+ public:
+  // hidden: the block's calibration inputs on the GPU ([nseq * seqlen, hidden] fp32), which the
+  // driver propagates in place after the method returns.
+  CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& weights, float* hidden, int64_t nseq, int64_t seqlen,
+                   std::function<void(const LinearReport&)> report, std::function<void(const std::string&)> note);
+  std::string device_name() const override { return gpu_.context().name(); }
+  StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const override;
+  Inputs capture_inputs(std::span<const LinearKind> kinds) const override;
+  // On the GPU the hooks observe: on_input sees a host copy of each linear's input, one window
+  // at a time, and what it writes there does not reach the product; on_output and
+  // stop_after_input are refused.
+  void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const override;
+  std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
+                                   std::span<const LinearKind> varying, const std::vector<float>& x) const override;
+
+ private:
+  // Runs the block with GPU weights gw over windows [w0, w0 + n) of the inputs, a chunk at a
+  // time, into scratch_ (the inputs stay); on_input as CudaModel::run_block's, with the chunk's
+  // first window.
+  void forward(const GpuBlockWeights& gw, int64_t w0, int64_t n,
+               const std::function<void(int64_t window, LinearKind first, const cuda::bf16* x, int64_t rows,
+                                        int64_t cols, int64_t ld)>& on_input,
+               float* out_host) const;
+  CudaModel& gpu_;
+  float* hidden_;
+  int64_t chunk_;  // windows per forward
+  mutable GpuBlockWeights gw_;
+  mutable cuda::DeviceBuffer<float> scratch_;
+};
+
+// run_block_by_block on the GPU of `ctx`; the same plan, the same callbacks, the same results up
+// to the bf16 forward. Throws before any work when the calibration activations do not fit.
+void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb,
+                             cuda::Context& ctx);
+
+}  // namespace lowbit

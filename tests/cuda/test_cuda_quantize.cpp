@@ -1,0 +1,196 @@
+// The GPU block driver against the CPU one: the block context's forwards (statistics, captured
+// inputs, a block run with hooks, AWQ's probe) and every registered calibration method quantizing
+// the mini model on both. The GPU forward is bf16 (products) where the CPU's is fp32, so the
+// statistics agree to ~1e-2 and a method's rounding decisions differ where a weight sits near a
+// decision boundary; each comparison prints its figures. Skipped when no GPU is present.
+#include "backend/cuda/cuda_util.h"
+#include "calib/block_driver_cuda.h"
+#include "calib/calib_data.h"
+#include "core/py_random.h"
+#include "formats/checkpoint.h"
+#include "model/cuda_model.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "quant/quantize_device.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+
+namespace lowbit {
+namespace {
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+std::string mini() { return test::fixtures_dir() + "/models/llama3-mini-bf16"; }
+
+Calibration random_calibration(int64_t vocab, int64_t n, int64_t seqlen) {
+  Calibration c;
+  c.set.name = "random tokens";
+  c.set.convention = "uniform token ids, Python random seed 0";
+  c.nsamples = n;
+  c.seqlen = seqlen;
+  c.bos = "off";
+  PyRandom rng(0);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int32_t> w(static_cast<size_t>(seqlen));
+    for (auto& t : w) t = int32_t(rng.randint(0, vocab - 1));
+    c.windows.push_back(std::move(w));
+  }
+  return c;
+}
+
+template <typename A, typename B>
+double rel_diff(const A& a, const B& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// Block 1's inputs on both devices (block 0 run on each device's forward), and its contexts.
+struct TwoContexts {
+  LlamaModel model{open_checkpoint(mini())};
+  Calibration calib = random_calibration(model.config().vocab_size, 6, 96);
+  cuda::Context ctx{0};
+  CudaModel gpu{model, ctx, false};
+  BlockWeights w_cpu = clone_block_weights(*model.block_weights(1));
+  BlockWeights w_gpu = clone_block_weights(*model.block_weights(1));
+  std::vector<float> hidden;
+  cuda::DeviceBuffer<float> hidden_dev;
+  std::unique_ptr<CpuBlockContext> cpu_ctx;
+  std::unique_ptr<CudaBlockContext> gpu_ctx;
+
+  TwoContexts() {
+    const int64_t H = model.config().hidden_size, T = calib.seqlen, n = calib.nsamples;
+    hidden.resize(size_t(n * T * H));
+    for (int64_t s = 0; s < n; ++s) {
+      model.embed(calib.windows[size_t(s)], hidden.data() + s * T * H);
+      model.run_block(0, hidden.data() + s * T * H, 1, T);
+    }
+    hidden_dev.resize(hidden.size());
+    cuda::upload(hidden_dev.get(), hidden.data(), hidden.size(), ctx.stream());
+    cpu_ctx = std::make_unique<CpuBlockContext>(model, 1, w_cpu, hidden.data(), n, T, nullptr, nullptr);
+    gpu_ctx = std::make_unique<CudaBlockContext>(gpu, 1, w_gpu, hidden_dev.get(), n, T, nullptr, nullptr);
+  }
+};
+
+TEST(CudaBlockContext, ForwardsMatchCpu) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  TwoContexts t;
+  StatsRequest req;
+  req.hessian = req.absmax = req.absmean = true;
+  const auto a = t.cpu_ctx->collect(kAllLinears, req);
+  const auto b = t.gpu_ctx->collect(kAllLinears, req);
+  for (LinearKind k : kAllLinears) {
+    const InputStats& x = *a.at(k);
+    const InputStats& y = *b.at(k);
+    ASSERT_EQ(x.dim, y.dim);
+    EXPECT_EQ(x.tokens, y.tokens);
+    EXPECT_EQ(x.sequences, y.sequences);
+    const double eh = rel_diff(y.hessian, x.hessian), ex = rel_diff(y.absmax, x.absmax),
+                 em = rel_diff(y.absmean, x.absmean);
+    std::printf("collect %s: hessian %.2e absmax %.2e absmean %.2e\n", linear_name(k), eh, ex, em);
+    EXPECT_LT(eh, 2e-2) << linear_name(k);
+    EXPECT_LT(ex, 2e-2) << linear_name(k);
+    EXPECT_LT(em, 2e-2) << linear_name(k);
+  }
+  const auto ia = t.cpu_ctx->capture_inputs(kAllLinears);
+  const auto ib = t.gpu_ctx->capture_inputs(kAllLinears);
+  for (LinearKind k : {LinearKind::Q, LinearKind::O, LinearKind::Gate, LinearKind::Down}) {
+    ASSERT_EQ(ia.at(k)->size(), ib.at(k)->size());
+    const double e = rel_diff(*ib.at(k), *ia.at(k));
+    std::printf("capture_inputs %s: %.2e\n", linear_name(k), e);
+    EXPECT_LT(e, 1e-2) << linear_name(k);
+  }
+  // A run of windows 2..4 with an observing hook: the outputs, and each window's rows seen once
+  // per linear.
+  const int64_t H = t.model.config().hidden_size, T = t.calib.seqlen;
+  std::vector<float> oa(size_t(3 * T * H)), ob(oa.size());
+  int calls_a = 0, calls_b = 0;
+  BlockHooks ha, hb;
+  ha.on_input = [&](int64_t, LinearKind, float*, int64_t rows, int64_t) { calls_a += rows == T; };
+  hb.on_input = [&](int64_t, LinearKind, float*, int64_t rows, int64_t) { calls_b += rows == T; };
+  t.cpu_ctx->run(t.w_cpu, 2, 3, oa.data(), &ha);
+  t.gpu_ctx->run(t.w_gpu, 2, 3, ob.data(), &hb);
+  const double er = rel_diff(ob, oa);
+  std::printf("run: outputs %.2e, hook calls %d (CPU %d)\n", er, calls_b, calls_a);
+  EXPECT_LT(er, 1e-2);
+  EXPECT_EQ(calls_a, 3 * 7);
+  EXPECT_EQ(calls_b, calls_a);
+  // Probes: the output change of a scaled q/k/v, gate/up and down, judged on both devices.
+  const std::vector<float>& x_qkv = *ia.at(LinearKind::Q);
+  const std::vector<float>& x_gu = *ia.at(LinearKind::Gate);
+  const std::vector<float>& x_down = *ia.at(LinearKind::Down);
+  struct Case {
+    BlockContext::Part part;
+    LinearKind linear;
+    std::vector<LinearKind> varying;
+    const std::vector<float>* x;
+  };
+  const Case cases[] = {{BlockContext::Part::Attention, LinearKind::Q, {LinearKind::Q, LinearKind::K, LinearKind::V}, &x_qkv},
+                        {BlockContext::Part::Mlp, LinearKind::Gate, {LinearKind::Gate, LinearKind::Up}, &x_gu},
+                        {BlockContext::Part::Linear, LinearKind::Down, {LinearKind::Down}, &x_down}};
+  for (const Case& c : cases) {
+    auto pa = t.cpu_ctx->probe(c.part, c.linear, t.w_cpu, c.varying, *c.x);
+    auto pb = t.gpu_ctx->probe(c.part, c.linear, t.w_cpu, c.varying, *c.x);
+    EXPECT_LT(pb->mse(t.w_cpu), 1e-12);
+    BlockWeights trial = t.w_cpu;
+    for (LinearKind k : c.varying) {
+      trial[k] = Tensor::empty(DType::F32, t.w_cpu[k].shape());
+      const float* src = t.w_cpu[k].data_as<float>();
+      float* dst = trial[k].mutable_data_as<float>();
+      for (int64_t i = 0; i < trial[k].numel(); ++i) dst[i] = src[i] * (1.0f + 0.05f * float((i * 7919) % 11 - 5));
+    }
+    const double ma = pa->mse(trial), mb = pb->mse(trial);
+    std::printf("probe %s: mse GPU %.6e CPU %.6e\n", linear_name(c.linear), mb, ma);
+    EXPECT_NEAR(mb, ma, 3e-2 * ma) << linear_name(c.linear);
+  }
+}
+
+// Every calibration method of the registry (its example spec) on the mini model, on the CPU and
+// on the GPU block driver: the dequantized weights of every linear, and each side's weight error.
+TEST(CudaBlockDriver, EveryMethodMatchesCpu) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  for (const MethodInfo& info : method_registry()) {
+    auto m_cpu = make_method(info.example);
+    if (!m_cpu->needs_calibration()) continue;
+    auto m_gpu = make_method(info.example);
+    LlamaModel model_a(open_checkpoint(mini())), model_b(open_checkpoint(mini()));
+    const Calibration calib = random_calibration(model_a.config().vocab_size, 8, 128);
+    const QuantizedModel a = quantize_model(model_a, *m_cpu, &calib, {});
+    QuantizeRun run;
+    const QuantizedModel b = quantize_model_on(parse_device("cuda:0"), model_b, *m_gpu, &calib, {}, &run);
+    EXPECT_NE(run.device_name, "cpu") << info.name;
+    double worst = 0, worst_err_ratio = 0;
+    for (size_t l = 0; l < a.blocks.size(); ++l)
+      for (LinearKind k : kAllLinears) {
+        const Tensor qa = a.blocks[l].linear[size_t(k)]->dequantize_f32();
+        const Tensor qb = b.blocks[l].linear[size_t(k)]->dequantize_f32();
+        const Tensor w = model_a.block_weights(int64_t(l))->linear[size_t(k)].to_f32();
+        const std::span<const float> va(qa.data_as<float>(), size_t(qa.numel())),
+            vb(qb.data_as<float>(), size_t(qb.numel())), vw(w.data_as<float>(), size_t(w.numel()));
+        // The GPU result's distance from the CPU's, against the CPU's own quantization error.
+        const double d = rel_diff(vb, va), err = rel_diff(va, vw), err_b = rel_diff(vb, vw);
+        worst = std::max(worst, d / std::max(err, 1e-12));
+        worst_err_ratio = std::max(worst_err_ratio, std::fabs(err_b / std::max(err, 1e-12) - 1.0));
+      }
+    std::printf("%-40s GPU vs CPU weights: worst distance %.3f of the CPU's error; error differs by %.3f\n",
+                info.example, worst, worst_err_ratio);
+    EXPECT_LT(worst, 0.5) << info.example;
+    EXPECT_LT(worst_err_ratio, 0.1) << info.example;
+  }
+}
+
+}  // namespace
+}  // namespace lowbit
