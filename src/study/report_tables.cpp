@@ -403,9 +403,11 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
       const json j = json::parse(c.training, nullptr, false);
       if (!j.is_object() || !j.contains("key")) continue;
       const int64_t steps = j.contains("log") && j["log"].is_array() ? int64_t(j["log"].size()) : 0;
-      out.push_back(fmt::format("{}, {}: trained `{}`; {} steps in {:.0f} s, last loss {}", t.model, row.label,
+      const bool held_out = j.contains("eval_loss") && j["eval_loss"].is_number();
+      out.push_back(fmt::format("{}, {}: trained `{}`; {} steps in {:.0f} s, last loss {}{}", t.model, row.label,
                                 j["key"].get<std::string>(), steps, c.train_seconds,
-                                c.train_loss ? fmt::format("{:.4f}", *c.train_loss) : std::string("-")));
+                                c.train_loss ? fmt::format("{:.4f}", *c.train_loss) : std::string("-"),
+                                held_out ? fmt::format(", held-out loss {:.4f}", j["eval_loss"].get<double>()) : ""));
     }
   // A GGUF's weights were rounded to its ggml types before lowbit read them: its "16-bit" row is
   // those weights dequantized, which a reader must know to judge the 4-bit rows.

@@ -301,7 +301,8 @@ TEST(StudyTrainReport, PaperLabels) {
     c.ord = ord;
     if (!training.empty()) {
       const std::string kind = training.starts_with("dad:") ? "distill" : "finetune";
-      c.training = R"({"kind":")" + kind + R"(","key":")" + training + "\"}";
+      c.training = R"({"kind":")" + kind + R"(","key":")" + training + "\"" +
+                   (training.find("steps=200") != std::string::npos ? R"(,"eval_loss":2.5})" : "}");
       c.train_loss = 1;
     }
     return c;
@@ -349,7 +350,8 @@ TEST(StudyTrainReport, PaperLabels) {
                                          "NormalFloat (dq=1) #W4", "QLoRA (steps=100) #W4", "QLoRA (steps=200) #W4",
                                          "IR-QLoRA #W4"};
   EXPECT_EQ(labels, want) << md;
-  EXPECT_NE(md.find("m, QLoRA (steps=200): trained `finetune:r=64,steps=200,seed=0`; 0 steps in 0 s, last loss 1.0000"),
+  EXPECT_NE(md.find("m, QLoRA (steps=200): trained `finetune:r=64,steps=200,seed=0`; 0 steps in 0 s, last loss 1.0000, "
+                     "held-out loss 2.5000"),
             std::string::npos)
       << md;
 }
