@@ -422,11 +422,11 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
     return out;
   }
   LB_ASSERT(cell.train.kind == TrainKind::Distill);
-  train::DistillResult r = train::run_distill(mspec.path, cell.train.distill, calibration(ms),
-                                                    [&](const train::DistillStep& st) {
-                                                      progress_note(st.step, st.steps, st.record["loss"].get<double>(),
-                                                                    st.eta);
-                                                    });
+  train::DistillEvents de;
+  de.on_step = [&](const train::DistillStep& st) {
+    progress_note(st.step, st.steps, st.record["loss"].get<double>(), st.eta);
+  };
+  train::DistillResult r = train::run_distill(mspec.path, cell.train.distill, calibration(ms), de);
   out.quantize_seconds = r.init_seconds;
   out.train_seconds = r.train_seconds;
   const json& log = r.training["log"];

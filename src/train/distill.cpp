@@ -27,7 +27,7 @@ void check_distill_options(const DistillOptions& o) {
 }
 
 DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration& calib,
-                          const std::function<void(const DistillStep&)>& on_step) {
+                          const DistillEvents& events) {
   check_distill_options(o);
   auto method = make_method(o.method);
   FdbTrainOptions topt;
@@ -54,6 +54,7 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   DriverCallbacks cb;
   res.qm = quantize_model(qsrc, *method, method->needs_calibration() ? &calib : nullptr, cb);
   res.init_seconds = res.qm.seconds;
+  if (events.on_init) events.on_init(res.init_seconds);
 
   FdbLinears lin(size_t(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -83,7 +84,7 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
                           {"grad_norm", st.grad_norm}, {"lr", st.lr}};
     log.push_back(rec);
     const double el = since(t_train);
-    if (on_step) on_step({s + 1, o.steps, rec, el, el / double(s + 1) * double(o.steps - s - 1)});
+    if (events.on_step) events.on_step({s + 1, o.steps, rec, el, el / double(s + 1) * double(o.steps - s - 1)});
   }
   res.train_seconds = since(t_train);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)

@@ -34,6 +34,11 @@ struct DistillStep {
   double elapsed = 0, eta = 0;  // seconds
 };
 
+struct DistillEvents {
+  std::function<void(double seconds)> on_init;  // the fdb initialization is done
+  std::function<void(const DistillStep&)> on_step;
+};
+
 struct DistillResult {
   // The trained fdb model; its method JSON holds "training" (every option, the data's identity,
   // the loss log, the seconds).
@@ -45,6 +50,6 @@ struct DistillResult {
 // Runs the initialization and `o.steps` steps of DAD on `model_path` (a 16-bit model: teacher
 // and source) with the windows of `calib`.
 DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration& calib,
-                          const std::function<void(const DistillStep&)>& on_step = {});
+                          const DistillEvents& events = {});
 
 }  // namespace lowbit::train

@@ -49,14 +49,16 @@ void run(const Options& o) {
   fmt::print(stderr, "distill: {} with {}; data {} ({}), {} windows of {} tokens, seed {}\n", o.model,
              make_method(o.method)->spec().resolved(), calib.set.name, calib.set.convention, calib.nsamples,
              calib.seqlen, calib.seed);
-  train::DistillResult r = train::run_distill(o.model, o, calib, [&](const train::DistillStep& st) {
+  train::DistillEvents ev;
+  ev.on_init = [](double seconds) { fmt::print(stderr, "fdb init: {:.1f} s\n", seconds); };
+  ev.on_step = [](const train::DistillStep& st) {
     const auto& rec = st.record;
     fmt::print(stderr, "step {}/{}: DAD loss {:.5f}, KL {:.5f}, mean weight {:.3f}, grad norm {:.4g}, lr {:.3g}, "
                "{} elapsed, ETA {}\n", st.step, st.steps, rec["loss"].get<double>(), rec["kl"].get<double>(),
                rec["weight"].get<double>(), rec["grad_norm"].get<double>(), rec["lr"].get<double>(),
                format_duration(st.elapsed), format_duration(st.eta));
-  });
-  fmt::print(stderr, "fdb init: {:.1f} s\n", r.init_seconds);
+  };
+  train::DistillResult r = train::run_distill(o.model, o, calib, ev);
   LlamaModel teacher(std::move(ck));
   const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
                                 {"device", "cpu"}, {"training", r.training}};
