@@ -406,9 +406,8 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
     };
     train::FinetuneResult r = train::run_finetune(o, fe);
     // The evaluated model: the frozen base with the adapters merged into its weights, as
-    // `lowbit ppl|eval --adapter` evaluates them.
-    train::merge_adapters(*r.model, r.adapters);
-    out.model = std::move(r.model);
+    // `lowbit ppl|eval --adapter` evaluates them (and into the weights a GPU placement uploads).
+    out.model = train::merged_model(*r.model, r.adapters);
     out.quantize_seconds = r.quantize_seconds;
     out.train_seconds = r.train_seconds;
     const json& log = r.summary["log"];

@@ -185,11 +185,6 @@ void parse_finetune(const Ctx& c, const toml::array& tables, StudySpec& spec, st
     for (const auto& k : kLoraKeys) known.insert(k);
     for (const auto& k : kFinetuneKeys) known.insert(k);
     check_keys(c, *t, "[[finetune]]", known);
-    // The GPU forward reads a checkpoint's own weights, not the merged ones (as `lowbit ppl
-    // --adapter` is refused there).
-    if (spec.device != "cpu")
-      c.fail_at(tpos, "[[finetune]] cells are evaluated with their adapters merged into the CPU forward's weights; "
-                "the study's device is \"{}\" (give [study] device = \"cpu\")", spec.device);
     const node* mn = find(*t, "method");
     if (mn == nullptr) c.fail_at(tpos, "[[finetune]] has no 'method' (qlora, irqlora or lora)");
     const node* dn = find(*t, "data");

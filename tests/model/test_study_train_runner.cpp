@@ -4,8 +4,10 @@
 // interrupted after a trained cell resumes without training it again, to the uninterrupted
 // study's numbers.
 #include "calib/calib_data.h"
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "eval/datasets.h"
+#include "eval/eval_session.h"
 #include "eval/perplexity.h"
 #include "formats/tokenizer.h"
 #include "quant/lowbit_checkpoint.h"
@@ -22,6 +24,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -184,6 +188,84 @@ TEST(StudyTrain, ResumeDoesNotRetrainFinishedCells) {
   trained.clear();
   EXPECT_EQ(run_study(sb, resume, count).evaluations_run, 0);
   EXPECT_TRUE(trained.empty());
+}
+
+// The model a LoRA-FT cell evaluates: trained adapters merged over the NF4 base. Its block
+// weights are merge_adapters' (the CPU forward's numbers are those of `--adapter`), and its
+// checkpoint's weights, which a GPU placement uploads, are those same merged weights.
+train::FinetuneResult small_qlora() {
+  train::FinetuneOptions o;
+  o.model = stories();
+  o.method = "qlora:r=4,alpha=8,targets=q_proj+v_proj+down_proj";
+  o.data = alpaca();
+  o.steps = 4;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-2;
+  o.limit = 40;
+  return train::run_finetune(o);
+}
+
+TEST(StudyTrain, MergedModelCarriesTheMergeInItsWeights) {
+  LOWBIT_REQUIRE_PATH(stories());
+  LOWBIT_REQUIRE_PATH(alpaca());
+  const train::FinetuneResult f = small_qlora();
+  const auto merged = train::merged_model(*f.model, f.adapters);
+  LlamaModel in_place(f.model->checkpoint());
+  train::merge_adapters(in_place, f.adapters);
+  const WeightSource& w = *merged->checkpoint().weights;
+  const WeightSource& base = *f.model->checkpoint().weights;
+  int64_t changed = 0;
+  for (int64_t l = 0; l < merged->config().num_hidden_layers; ++l) {
+    const auto mine = merged->block_weights(l), want = in_place.block_weights(l);
+    for (LinearKind k : kAllLinears) {
+      const Tensor& a = (*mine)[k];
+      const Tensor& b = (*want)[k];
+      ASSERT_EQ(a.numel(), b.numel());
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), size_t(a.nbytes())), 0) << l << " " << linear_name(k);
+      // What a GPU uploads: the merged fp32 weight where adapted, the base's tensor elsewhere.
+      const Tensor t = w.get(linear_weight_name(l, k));
+      const bool adapted = f.adapters.layers[size_t(l)][size_t(k)].active();
+      const Tensor& expect = adapted ? b : base.get(linear_weight_name(l, k));
+      ASSERT_EQ(t.dtype(), expect.dtype());
+      ASSERT_EQ(t.nbytes(), expect.nbytes());
+      EXPECT_EQ(std::memcmp(t.data(), expect.data(), size_t(t.nbytes())), 0) << l << " " << linear_name(k);
+      if (adapted) {
+        const Tensor d = base.get(linear_weight_name(l, k));
+        changed += d.dtype() != t.dtype() || std::memcmp(d.data(), t.data(), size_t(t.nbytes())) != 0;
+      }
+    }
+  }
+  EXPECT_EQ(changed, 3 * merged->config().num_hidden_layers);
+  EXPECT_EQ(merged->checkpoint().quantization, f.model->checkpoint().quantization);
+}
+
+// On a GPU (skipped without one): the merged model's perplexity is the CPU's within the bf16
+// forward's error, and not the base's (the adapters are read).
+TEST(StudyTrain, OnAGpuTheMergedAdaptersAreEvaluated) {
+  LOWBIT_REQUIRE_PATH(stories());
+  LOWBIT_REQUIRE_PATH(alpaca());
+  if (!cuda_backend_built()) GTEST_SKIP() << "built without CUDA";
+  try {
+    check_device_available(parse_device("cuda:0"));
+  } catch (const Error& e) {
+    GTEST_SKIP() << e.what();
+  }
+  const train::FinetuneResult f = small_qlora();
+  const auto merged = train::merged_model(*f.model, f.adapters);
+  auto tok = load_tokenizer(open_model(stories()).tokenizer_path);
+  test::TempDir dir;
+  std::string text;
+  for (int i = 0; i < 60; ++i) text += "Once upon a time there was a little girl who liked to play in the park. ";
+  test::spit(dir / "t.txt", text);
+  auto windows = eval_windows(resolve_eval_set(dir / "t.txt", ""), *tok, 64, BosMode::Default);
+  const auto gpu = open_eval_session(parse_device("cuda:0"));
+  const double cpu_merged = perplexity(*merged, windows).ppl;
+  const double gpu_merged = gpu->place(*merged)->perplexity(windows, 2, {}).ppl;
+  const double gpu_base = gpu->place(*f.model)->perplexity(windows, 2, {}).ppl;
+  std::printf("ppl: merged CPU %.4f GPU %.4f, base GPU %.4f\n", cpu_merged, gpu_merged, gpu_base);
+  EXPECT_NEAR(gpu_merged, cpu_merged, 0.01 * cpu_merged);
+  EXPECT_NE(gpu_merged, gpu_base);
 }
 
 }  // namespace

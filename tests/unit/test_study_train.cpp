@@ -161,11 +161,6 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
                                "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = 100\n")),
             "/tmp/spec.toml:21:1: fine-tuning 'qlora' with the same options appears twice in the grid (first from "
             "/tmp/spec.toml:17:1)");
-  std::string on_gpu = spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n");
-  on_gpu.replace(on_gpu.find("name = \"t\"\n"), 11, "name = \"t\"\ndevice = \"cuda\"\n");
-  EXPECT_EQ(error_of(on_gpu), "/tmp/spec.toml:18:1: [[finetune]] cells are evaluated with their adapters merged into "
-                              "the CPU forward's weights; the study's device is \"cuda\" (give [study] device = "
-                              "\"cpu\")");
   EXPECT_EQ(error_of(spec_with("[[distill]]\nbatch = 16\n")),
             "/tmp/spec.toml:17:1: dbllm: batch 16 is more than the [calibration] windows it distills on (nsamples 8)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nsteps = -1\n")),
