@@ -7,8 +7,9 @@
 
 namespace lowbit::study {
 
-std::string cell_key(const std::string& model, const std::string& method, const std::string& calibration) {
-  return model + "|" + method + "|" + calibration;
+std::string cell_key(const std::string& model, const std::string& method, const std::string& calibration,
+                     const std::string& training) {
+  return model + "|" + method + "|" + calibration + (training.empty() ? "" : "|" + training);
 }
 
 StudyPlan expand_plan(const StudySpec& spec) {
@@ -33,16 +34,19 @@ StudyPlan expand_plan(const StudySpec& spec) {
       c.method = mc.spec;
       c.method_name = mc.name;
       c.quantize_device = mc.device.empty() ? spec.device : mc.device;
-      if (!is_baseline_method(mc.name)) {
-        const auto method = make_method(mc.spec);
+      c.train = mc.train;
+      if (const std::string q = mc.quant_spec(); !is_baseline_method(mc.name) && !q.empty()) {
+        const auto method = make_method(q);
         c.calibrated = method->needs_calibration();
         c.w = method->weight_bits();
         c.a = method->activation_bits();
         c.g = method->group_size();
       }
+      // DAD distills on the calibration windows.
+      c.calibrated = c.calibrated || mc.train.kind == TrainKind::Distill;
       c.calibration = c.calibrated ? spec.calibration.key() : "none";
       if (c.calibrated && spec.spm != "auto") c.calibration += ",spm=" + spec.spm;
-      c.key = cell_key(c.model_name, c.method, c.calibration);
+      c.key = cell_key(c.model_name, c.method, c.calibration, mc.train.key);
       plan.cells.push_back(std::move(c));
     }
   }

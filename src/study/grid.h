@@ -2,7 +2,10 @@
 //
 // A cell is what is quantized once: one model, one method spec, and the calibration when the
 // method calibrates. Its key, "MODEL|SPEC|CALIBRATION" (CALIBRATION: CalibrationSpec::key(), or
-// "none" for data-free methods and the baseline), identifies it in the results store. An
+// "none" for data-free methods and the baseline), identifies it in the results store. A trained
+// cell ([[finetune]], [[distill]]) is quantized and trained once; its key adds the training,
+// "MODEL|SPEC|CALIBRATION|TRAINING" (TrainSpec::key: every training option, defaults included),
+// so that results under other training options are never taken for these. An
 // evaluation's key names the dataset or task and every setting that changes its numbers
 // ("wikitext2:seqlen=2048,limit=0,bos=auto"), so that results under other settings are never
 // taken for these. A result is (cell key, evaluation key, metric).
@@ -36,6 +39,7 @@ struct Cell {
   int64_t g = -1;
   std::string key;
   std::string quantize_device;  // where the cell quantizes ("cpu", "cuda:0"); not part of its key
+  TrainSpec train;              // kind None: quantized only
 };
 
 struct StudyPlan {
@@ -45,6 +49,7 @@ struct StudyPlan {
 
 StudyPlan expand_plan(const StudySpec& spec);
 
-std::string cell_key(const std::string& model, const std::string& method, const std::string& calibration);
+std::string cell_key(const std::string& model, const std::string& method, const std::string& calibration,
+                     const std::string& training = "");
 
 }  // namespace lowbit::study

@@ -57,16 +57,64 @@ std::string method_display(const std::string& name) {
   return m ? m->display : name;
 }
 
+// A trained cell's training: its kind ("finetune", "distill"; empty when untrained) and its
+// options as the training key names them.
+struct Training {
+  std::string kind;
+  std::vector<std::pair<std::string, std::string>> options;
+};
+
+Training training_of(const CellRecord& c) {
+  Training t;
+  const json j = json::parse(c.training, nullptr, false);
+  if (!j.is_object() || !j.contains("kind") || !j["kind"].is_string()) return t;
+  t.kind = j["kind"].get<std::string>();
+  const std::string key = j.value("key", std::string());
+  std::stringstream ss(key.substr(key.find(':') + 1));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const size_t eq = item.find('=');
+    if (eq != std::string::npos) t.options.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+  }
+  return t;
+}
+
+// Trained rows as the paper labels them (Tables 5-6: QLoRA, IR-QLoRA; DB-LLM), placed after the
+// quantizer they start from (NormalFloat; the FDB initialization before its own row).
+struct TrainedMethod {
+  const char* kind;
+  const char* name;
+  const char* display;
+  int paper_order;
+};
+constexpr TrainedMethod kTrainedMethods[] = {
+    {"finetune", "qlora", "QLoRA", 101},
+    {"finetune", "irqlora", "IR-QLoRA", 102},
+    {"finetune", "lora", "LoRA", 103},
+    {"distill", "dbllm", "DB-LLM", 59},
+};
+
+const TrainedMethod* trained_method(const CellRecord& c, const std::string& kind) {
+  for (const TrainedMethod& m : kTrainedMethods)
+    if (kind == m.kind && c.method_name == m.name) return &m;
+  return nullptr;
+}
+
 // Rows follow the paper's method order (the registry's), then the spec's.
 int64_t method_rank(const CellRecord& c) {
   const MethodInfo* m = find_method_info(c.method_name);
-  return (m ? int64_t(m->paper_order) : int64_t(1) << 20) * (int64_t(1) << 32) + c.ord;
+  int64_t order = m ? int64_t(m->paper_order) : int64_t(1) << 20;
+  if (const TrainedMethod* t = trained_method(c, training_of(c).kind)) order = t->paper_order;
+  return order * (int64_t(1) << 32) + c.ord;
 }
 
-// The method's label: its display name and the options other than w, a and g it was given.
-std::string row_label(const CellRecord& c) {
+// The method's label: its display name and the options other than w, a and g it was given; a
+// trained cell's also the training options that differ between the model's cells of that method
+// (steps=200), so that the rows of a training grid are told apart.
+std::string row_label(const CellRecord& c, const std::vector<std::string>& train_extra = {}) {
   if (is_baseline_cell(c)) return c.model;
-  std::string label = method_display(c.method_name);
+  const TrainedMethod* tm = trained_method(c, training_of(c).kind);
+  std::string label = tm ? tm->display : method_display(c.method_name);
   const size_t colon = c.method.find(':');
   std::vector<std::string> extra;
   if (colon != std::string::npos) {
@@ -75,8 +123,39 @@ std::string row_label(const CellRecord& c) {
     while (std::getline(ss, item, ','))
       if (!item.starts_with("w=") && !item.starts_with("a=") && !item.starts_with("g=")) extra.push_back(item);
   }
+  extra.insert(extra.end(), train_extra.begin(), train_extra.end());
   if (!extra.empty()) label += fmt::format(" ({})", fmt::join(extra, ", "));
   return label;
+}
+
+// Per trained cell, its training options ("k=v") whose values differ among the cells of the same
+// method and kind.
+std::map<const CellRecord*, std::vector<std::string>> varying_training(const std::vector<const CellRecord*>& cells) {
+  std::map<std::pair<std::string, std::string>, std::vector<const CellRecord*>> groups;
+  std::map<const CellRecord*, Training> tr;
+  for (const CellRecord* c : cells) {
+    tr[c] = training_of(*c);
+    if (!tr[c].kind.empty()) groups[{tr[c].kind, c->method_name}].push_back(c);
+  }
+  std::map<const CellRecord*, std::vector<std::string>> out;
+  for (const auto& [g, members] : groups) {
+    std::vector<std::string> keys;  // in the key's order
+    for (const auto& [k, v] : tr[members[0]].options) {
+      std::set<std::string> values;
+      for (const CellRecord* c : members) {
+        std::string value = "(absent)";
+        for (const auto& [k2, v2] : tr[c].options)
+          if (k2 == k) value = v2;
+        values.insert(value);
+      }
+      if (values.size() > 1) keys.push_back(k);
+    }
+    for (const CellRecord* c : members)
+      for (const std::string& k : keys)
+        for (const auto& [k2, v2] : tr[c].options)
+          if (k2 == k) out[c].push_back(k + "=" + v2);
+  }
+  return out;
 }
 
 int order_of(const std::vector<std::string>& order, const std::string& name) {
@@ -143,13 +222,19 @@ ModelTables Tables::build(const std::string& model) const {
   for (const CellRecord& c : r_.cells)
     if (c.model == model) cells.push_back(&c);
   // Methods (by label) in the paper's order, then in the order the spec first names them.
+  const auto train_extra = varying_training(cells);
+  std::map<const CellRecord*, std::string> labels;
+  for (const CellRecord* c : cells) {
+    auto it = train_extra.find(c);
+    labels[c] = row_label(*c, it == train_extra.end() ? std::vector<std::string>{} : it->second);
+  }
   std::map<std::string, int64_t> first;
   for (const CellRecord* c : cells) {
-    const std::string l = row_label(*c);
+    const std::string& l = labels.at(c);
     if (!first.count(l)) first[l] = method_rank(*c);
   }
   std::stable_sort(cells.begin(), cells.end(), [&](const CellRecord* a, const CellRecord* b) {
-    const std::string la = row_label(*a), lb = row_label(*b);
+    const std::string &la = labels.at(a), &lb = labels.at(b);
     if (first.at(la) != first.at(lb)) return first.at(la) < first.at(lb);
     if (la != lb) return la < lb;
     const bool ga = a->g > 0, gb = b->g > 0;
@@ -164,7 +249,7 @@ ModelTables Tables::build(const std::string& model) const {
   for (const CellRecord* c : cells) {
     Row row;
     row.cell = c;
-    row.label = row_label(*c);
+    row.label = labels.at(c);
     row.first_of_label = row.label != prev;
     prev = row.label;
     t.rows.push_back(row);
@@ -311,6 +396,19 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
   for (const CellRecord& c : r.cells)
     if (c.calibration != "none") calibs.insert(c.calibration);
   for (const auto& c : calibs) out.push_back(fmt::format("calibration `{}`", c));
+  // Each trained row's training, as its key names it, and how it ended.
+  for (const ModelTables& t : tables.models())
+    for (const Row& row : t.rows) {
+      const CellRecord& c = *row.cell;
+      const json j = json::parse(c.training, nullptr, false);
+      if (!j.is_object() || !j.contains("key")) continue;
+      const int64_t steps = j.contains("log") && j["log"].is_array() ? int64_t(j["log"].size()) : 0;
+      const bool held_out = j.contains("eval_loss") && j["eval_loss"].is_number();
+      out.push_back(fmt::format("{}, {}: trained `{}`; {} steps in {:.0f} s, last loss {}{}", t.model, row.label,
+                                j["key"].get<std::string>(), steps, c.train_seconds,
+                                c.train_loss ? fmt::format("{:.4f}", *c.train_loss) : std::string("-"),
+                                held_out ? fmt::format(", held-out loss {:.4f}", j["eval_loss"].get<double>()) : ""));
+    }
   // A GGUF's weights were rounded to its ggml types before lowbit read them: its "16-bit" row is
   // those weights dequantized, which a reader must know to judge the 4-bit rows.
   std::set<std::string> gguf_models;

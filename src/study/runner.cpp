@@ -16,6 +16,9 @@
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "quant/quantize_device.h"
+#include "train/adapter_io.h"
+#include "train/distill.h"
+#include "train/finetune.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -87,6 +90,12 @@ class Eta {
   Map evals_, quants_;
 };
 
+// The ETA's name of a cell's quantization: a trained cell's (quantization and training) takes
+// other times than its method's alone.
+std::string eta_method(const std::string& method_name, bool trained) {
+  return trained ? method_name + "+training" : method_name;
+}
+
 // One unit of remaining work.
 struct Unit {
   const Cell* cell;
@@ -103,6 +112,15 @@ struct ModelState {
   std::map<std::string, int64_t> windows_available;
   std::map<std::string, TextSet> sets;
   std::optional<Calibration> calib;
+};
+
+// What training a cell gives: the model to evaluate and what the store records of it.
+struct TrainOutcome {
+  std::unique_ptr<LlamaModel> model;
+  double quantize_seconds = 0, train_seconds = 0;
+  std::optional<double> final_loss;
+  std::string resolved;  // the method as the cell's record resolves it
+  json record;           // CellRecord::training
 };
 
 // A multiple-choice task restricted to the first `limit` items (MMLU: of each subject, as the
@@ -134,6 +152,10 @@ class Runner {
   StudyProgress progress(double current_fraction = 0) const;
   ModelState& model_state(size_t m);
   void run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending);
+  // A trained cell's model: quantized and fine-tuned (adapters merged) or distilled.
+  TrainOutcome train_cell(const Cell& cell, ModelState& ms, const Checkpoint& source);
+  // The calibration windows of the model (made once per model).
+  const Calibration& calibration(ModelState& ms);
   // On the session's device: `placed` is the model placed there (once per cell); `base` is the
   // cell's 16-bit model, for KL-divergence.
   std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, PlacedModel& placed,
@@ -195,7 +217,8 @@ void Runner::load_history() {
   std::map<std::string, std::string> cell_model;
   for (const CellRecord& c : store_->cells()) {
     cell_model[c.key] = c.model;
-    eta_.add_quant(c.model, c.method_name, c.quantize_seconds);
+    const bool trained = c.training != "null";
+    eta_.add_quant(c.model, eta_method(c.method_name, trained), c.quantize_seconds + c.train_seconds);
   }
   std::set<std::pair<std::string, std::string>> seen;
   for (const ResultRecord& r : store_->results())
@@ -223,7 +246,7 @@ StudyProgress Runner::progress(double current_fraction) const {
   for (size_t i = current_unit_; i < units_.size(); ++i) {
     const Unit& u = units_[i];
     const std::string& model = u.cell->model_name;
-    std::optional<double> s = u.eval ? eta_.eval(model, u.eval->key) : eta_.quant(model, u.cell->method_name);
+    std::optional<double> s = u.eval ? eta_.eval(model, u.eval->key) : eta_.quant(model, eta_method(u.cell->method_name, u.cell->train.kind != TrainKind::None));
     const double left = i == current_unit_ ? 1 - current_fraction : 1;
     if (s) {
       known += *s * left;
@@ -357,6 +380,67 @@ std::vector<MetricValue> Runner::evaluate(const Cell& cell, ModelState& ms, cons
   return out;
 }
 
+const Calibration& Runner::calibration(ModelState& ms) {
+  if (!ms.calib) {
+    const CalibrationSpec& cs = spec_.calibration;
+    const CalibrationSet set = resolve_calibration_set(cs.set, spec_.data_dir);
+    ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos_mode(cs.bos));
+  }
+  return *ms.calib;
+}
+
+TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoint& source) {
+  const ModelSpec& mspec = *ms.spec;
+  TrainOutcome out;
+  // A progress note every tenth of the steps (and at the last).
+  auto progress_note = [&](int64_t step, int64_t steps, double loss, double eta) {
+    if (steps >= 10 && step % (steps / 10) != 0 && step != steps) return;
+    note(fmt::format("training step {}/{}: loss {:.4f}, ETA {:.0f} s", step, steps, loss, eta));
+  };
+  if (cell.train.kind == TrainKind::Finetune) {
+    train::FinetuneOptions o = cell.train.finetune;
+    o.model = mspec.path;
+    train::FinetuneEvents fe;
+    fe.on_step = [&](const train::FinetuneStep& st) {
+      progress_note(st.step, st.steps, st.record["loss"].get<double>(), st.eta_seconds);
+    };
+    train::FinetuneResult r = train::run_finetune(o, fe);
+    // The evaluated model: the frozen base with the adapters merged into its weights, as
+    // `lowbit ppl|eval --adapter` evaluates them (and into the weights a GPU placement uploads).
+    out.model = train::merged_model(*r.model, r.adapters);
+    out.quantize_seconds = r.quantize_seconds;
+    out.train_seconds = r.train_seconds;
+    const json& log = r.summary["log"];
+    if (!log.empty()) out.final_loss = log.back()["loss"].get<double>();
+    const train::FinetuneMethod m = train::parse_finetune_method(o.method);
+    out.resolved = m.name + ":" + m.canonical_options();
+    out.record = {{"kind", "finetune"}, {"key", cell.train.key}, {"base_quantization", m.base_spec},
+                  {"run", r.summary["run"]}, {"log", log}, {"train_seconds", r.train_seconds},
+                  {"quantize_seconds", r.quantize_seconds}, {"trainable_parameters", r.adapters.num_parameters()}};
+    if (r.summary.contains("eval_loss")) out.record["eval_loss"] = r.summary["eval_loss"];
+    return out;
+  }
+  LB_ASSERT(cell.train.kind == TrainKind::Distill);
+  train::DistillEvents de;
+  de.on_step = [&](const train::DistillStep& st) {
+    progress_note(st.step, st.steps, st.record["loss"].get<double>(), st.eta);
+  };
+  train::DistillResult r = train::run_distill(mspec.path, cell.train.distill, calibration(ms), de);
+  out.quantize_seconds = r.init_seconds;
+  out.train_seconds = r.train_seconds;
+  const json& log = r.training["log"];
+  if (!log.empty()) out.final_loss = log.back()["loss"].get<double>();
+  out.record = r.training;
+  out.record["kind"] = "distill";
+  out.record["key"] = cell.train.key;
+  out.record["init_seconds"] = r.init_seconds;
+  json source_id = {{"path", mspec.path}, {"format", source.format}, {"sha256", ms.sha256},
+                    {"dtype", source.config.torch_dtype}, {"parameters", source.config.parameter_count()}};
+  out.model = std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(r.qm), source_id));
+  install_quantized_forward(*out.model);
+  return out;
+}
+
 void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending) {
   ModelState& ms = model_state(cell.model);
   peak_reset_ = reset_peak_rss();
@@ -366,15 +450,21 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   std::unique_ptr<LlamaModel> model;
   double quantize_seconds = 0;
   std::string quantize_device = "none";
-  if (is_baseline_method(cell.method_name)) {
+  TrainOutcome trained;
+  if (cell.train.kind != TrainKind::None) {
+    trained = train_cell(cell, ms, source);
+    model = std::move(trained.model);
+    quantize_seconds = trained.quantize_seconds;
+    quantize_device = "cpu";
+    eta_.add_quant(cell.model_name, eta_method(cell.method_name, true), trained.quantize_seconds + trained.train_seconds);
+    ++done_;
+    ++current_unit_;
+    if (ev_.on_quantized) ev_.on_quantized(cell, trained.quantize_seconds + trained.train_seconds, progress());
+  } else if (is_baseline_method(cell.method_name)) {
     model = std::make_unique<LlamaModel>(std::move(source));
   } else {
     auto method = make_method(cell.method);
-    if (method->needs_calibration() && !ms.calib) {
-      const CalibrationSpec& cs = spec_.calibration;
-      const CalibrationSet set = resolve_calibration_set(cs.set, spec_.data_dir);
-      ms.calib = make_calibration(set, *ms.tok, cs.nsamples, cs.seqlen, cs.seed, parse_bos_mode(cs.bos));
-    }
+    if (method->needs_calibration()) (void)calibration(ms);
     const auto t0 = Clock::now();
     LlamaModel work(source);
     QuantizeRun run;
@@ -414,7 +504,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   rec.model_sha256 = ms.sha256;
   rec.method = cell.method;
   rec.method_name = cell.method_name;
-  rec.resolved = method["method"].value("resolved", cell.method);
+  rec.resolved = trained.resolved.empty() ? method["method"].value("resolved", cell.method) : trained.resolved;
   rec.w = cell.w;
   rec.a = cell.a;
   rec.g = cell.g;
@@ -422,6 +512,9 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   rec.calibration_json = method["calibration"].dump();
   rec.quantize_seconds = quantize_seconds;
   rec.ord = int64_t(&cell - plan_.cells.data());
+  rec.train_seconds = trained.train_seconds;
+  rec.train_loss = trained.final_loss;
+  rec.training = trained.record.dump();
 
   for (const Evaluation* e : pending) {
     double seconds = 0;
@@ -439,6 +532,12 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     id["cell"] = cell.key;
     id["quantize_seconds"] = quantize_seconds;
     id["quantize_device"] = quantize_device;
+    if (cell.train.kind != TrainKind::None) {
+      // The training's identity without its loss log (the cell's record holds that once).
+      json t = trained.record;
+      t.erase("log");
+      id["training"] = t;
+    }
     id["run"] = run_id_;
     EvalRecord er;
     er.eval = e->name;

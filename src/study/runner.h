@@ -7,7 +7,12 @@
 // disk) and each missing evaluation runs and is stored in one transaction as soon as it ends.
 // A run killed at any moment therefore loses at most the evaluation in progress, and the next
 // run redoes exactly what is missing: quantization is deterministic (same spec and seed ->
-// identical weights), so the numbers are those an uninterrupted run gives.
+// identical weights), so the numbers are those an uninterrupted run gives. A trained cell
+// ([[finetune]], [[distill]]) is quantized and trained the same way, on the CPU, through
+// train::run_finetune (its adapters then merged into the base's weights) or train::run_distill:
+// trained only while some of its evaluations are missing, and deterministic too (the same
+// options, data and seeds give the same adapters and weights, bit for bit). Its training's
+// seconds, last loss and record (options, loss log) go into the store with its first result.
 //
 // Store semantics: a new store is created; an existing one that holds results is continued only
 // with `resume` (otherwise an error, so that a study is never mixed into another's store by

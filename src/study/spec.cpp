@@ -1,4 +1,5 @@
 #include "study/spec.h"
+#include "study/spec_parse.h"
 #include "study/store.h"
 
 #include "calib/calib_data.h"
@@ -10,6 +11,7 @@
 #include "backend/device_check.h"
 #include "core/device.h"
 #include "quant/quantize.h"
+#include "train/instruct_data.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -36,9 +38,17 @@ std::string CalibrationSpec::key() const {
   return fmt::format("{}:n={},seqlen={},seed={},bos={}", set, nsamples, seqlen, seed, bos);
 }
 
+std::string MethodCell::quant_spec() const {
+  if (train.kind == TrainKind::Finetune) return train::parse_finetune_method(spec).base_spec;
+  return spec;
+}
+
 bool StudySpec::needs_calibration() const {
-  for (const auto& m : methods)
-    if (!is_baseline_method(m.name) && make_method(m.spec)->needs_calibration()) return true;
+  for (const auto& m : methods) {
+    if (m.train.kind == TrainKind::Distill) return true;
+    if (m.train.kind == TrainKind::Finetune || is_baseline_method(m.name)) continue;
+    if (make_method(m.spec)->needs_calibration()) return true;
+  }
   return false;
 }
 
@@ -123,34 +133,7 @@ std::vector<std::string> expand_method_grid(const std::string& name,
   return out;
 }
 
-namespace {
-
-using toml::node;
-using toml::table;
-
-// What parsing needs to attribute errors: the spec's path.
-struct Ctx {
-  std::string path;
-  SourcePos pos(const toml::source_region& r) const { return {path, int64_t(r.begin.line), int64_t(r.begin.column)}; }
-  SourcePos pos(const node& n) const { return pos(n.source()); }
-  template <typename... Args>
-  [[noreturn]] void fail_at(const SourcePos& p, fmt::format_string<Args...> f, Args&&... args) const {
-    throw Error(p.str() + ": " + fmt::format(f, std::forward<Args>(args)...));
-  }
-  template <typename... Args>
-  [[noreturn]] void fail_at(const node& n, fmt::format_string<Args...> f, Args&&... args) const {
-    fail_at(pos(n), f, std::forward<Args>(args)...);
-  }
-  // Runs f; a lowbit::Error it throws is re-thrown prefixed with the position.
-  template <typename F>
-  auto at(const SourcePos& p, F&& f) const -> decltype(f()) {
-    try {
-      return f();
-    } catch (const Error& e) {
-      throw Error(p.str() + ": " + e.what());
-    }
-  }
-};
+namespace spec_detail {
 
 void check_keys(const Ctx& c, const table& t, const std::string& what, const std::set<std::string>& known) {
   for (const auto& [k, v] : t)
@@ -250,7 +233,7 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
           c.fail_at(c.pos(k.source()), "method {} (the 16-bit baseline) takes no options ('{}')", name, k.str());
       if (seen.count(name)) c.fail_at(*name_node, "method '{}' appears twice (first at {})", name, seen[name].str());
       seen[name] = c.pos(*name_node);
-      spec.methods.push_back({name, name, tpos, ""});
+      spec.methods.push_back({name, name, tpos, "", {}});
       continue;
     }
     std::string device;
@@ -306,12 +289,16 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
       if (auto it = seen.find(s); it != seen.end())
         c.fail_at(tpos, "method '{}' appears twice in the grid (first from {})", s, it->second.str());
       seen[s] = tpos;
-      spec.methods.push_back({s, name, tpos, device});
+      spec.methods.push_back({s, name, tpos, device, {}});
     }
   }
 }
 
-}  // namespace
+
+}  // namespace spec_detail
+
+using namespace spec_detail;
+
 
 StudySpec parse_study_spec(const std::string& text, const std::string& path, const SpecOptions& opt) {
   Ctx c{path};
@@ -324,7 +311,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   } catch (const toml::parse_error& e) {
     c.fail_at(c.pos(e.source()), "{}", e.description());
   }
-  check_keys(c, root, "the spec", {"study", "model", "calibration", "eval", "method"});
+  check_keys(c, root, "the spec", {"study", "model", "calibration", "eval", "method", "finetune", "distill"});
 
   // [study]
   const table* st = root["study"].as_table();
@@ -368,11 +355,22 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     spec.models.push_back(m);
   }
 
-  // [[method]]
+  // [[method]], [[finetune]], [[distill]]: the cells in the spec's order.
   const toml::array* methods = root["method"].as_array();
-  if (methods == nullptr || methods->empty())
+  const toml::array* finetunes = root["finetune"].as_array();
+  const toml::array* distills = root["distill"].as_array();
+  for (const char* k : {"method", "finetune", "distill"})
+    if (root.contains(k) && root[k].as_array() == nullptr) c.fail_at(*root.get(k), "[[{}]] must be an array of tables", k);
+  if ((methods == nullptr || methods->empty()) && (finetunes == nullptr || finetunes->empty()) &&
+      (distills == nullptr || distills->empty()))
     c.fail_at(study_pos, "no [[method]] table (each names a method and its grid: [[method]] name = \"rtn\", w = [4])");
-  parse_methods(c, *methods, spec, opt);
+  if (methods) parse_methods(c, *methods, spec, opt);
+  std::map<std::string, SourcePos> trained;
+  if (finetunes) parse_finetune(c, *finetunes, spec, trained);
+  if (distills) parse_distill(c, *distills, spec, trained);
+  std::stable_sort(spec.methods.begin(), spec.methods.end(), [](const MethodCell& a, const MethodCell& b) {
+    return a.pos.line < b.pos.line;
+  });
 
   // [calibration]
   const table* ct = root["calibration"].as_table();
@@ -388,6 +386,10 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.calibration.seqlen = get_int(c, cal, "seqlen", 2048, 2, int64_t(1) << 20);
   spec.calibration.seed = uint64_t(get_int(c, cal, "seed", 0, 0, INT64_MAX));
   spec.calibration.bos = get_choice(c, cal, "bos", "auto", {"auto", "on", "off"});
+  for (const MethodCell& mc : spec.methods)
+    if (mc.train.kind == TrainKind::Distill && mc.train.distill.batch > spec.calibration.nsamples)
+      c.fail_at(mc.pos, "{}: batch {} is more than the [calibration] windows it distills on (nsamples {})", mc.spec,
+                mc.train.distill.batch, spec.calibration.nsamples);
 
   // [eval]
   const table* et = root["eval"].as_table();
@@ -455,7 +457,11 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
       if (is_baseline_method(mc.name)) continue;
       c.at(mc.pos, [&] {
         try {
-          make_method(mc.spec)->check_shapes(config);
+          const std::string q = mc.quant_spec();
+          if (!q.empty()) make_method(q)->check_shapes(config);
+          // Before any work: IEC's rank must divide the adapted linears.
+          if (mc.train.kind == TrainKind::Finetune)
+            train::check_lora_config(config, train::parse_finetune_method(mc.spec).lora);
         } catch (const Error& e) {
           fail("{} on model '{}': {}", mc.spec, m.name, e.what());
         }
@@ -464,7 +470,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   }
   // Each method's quantization device: refused here, before any work, rather than moved.
   for (const auto& mc : spec.methods) {
-    if (is_baseline_method(mc.name)) continue;
+    if (is_baseline_method(mc.name) || mc.train.kind != TrainKind::None) continue;  // training runs on the CPU
     c.at(mc.pos, [&] {
       const Device d = parse_device(mc.device.empty() ? spec.device : mc.device);
       try {
@@ -472,6 +478,21 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
       } catch (const Error& e) {
         fail("{}{}", e.what(), mc.device.empty() ? "; give its [[method]] table device = \"cpu\" to quantize it there" : "");
       }
+    });
+  }
+  // Fine-tuning data: read whole (every record checked) now rather than after hours of work.
+  std::set<std::string> data_checked;
+  for (const auto& mc : spec.methods) {
+    if (mc.train.kind != TrainKind::Finetune) continue;
+    const train::FinetuneOptions& o = mc.train.finetune;
+    if (!data_checked.insert(o.data + "|" + std::to_string(o.eval_size) + "|" + std::to_string(o.limit)).second)
+      continue;
+    c.at(mc.train.data_pos, [&] {
+      LB_CHECK(fs::exists(o.data), "fine-tuning data '{}' does not exist", o.data);
+      const int64_t n = int64_t(train::read_alpaca_json(o.data).size());
+      const int64_t used = o.limit > 0 ? std::min(o.limit, n) : n;
+      LB_CHECK(used > o.eval_size, "fine-tuning data '{}': {} records{} leave none to train on after eval_size {}",
+               o.data, used, o.limit > 0 ? fmt::format(" (limit {})", o.limit) : "", o.eval_size);
     });
   }
   bool named_data = !ev.tasks.empty() || (spec.needs_calibration() && !fs::path(spec.calibration.set).is_absolute());

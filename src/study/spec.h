@@ -18,6 +18,21 @@
 //                  device = "cpu" quantizes this method's cells there instead of on the study's
 //                  device (a method that cannot run on the study's device is refused unless
 //                  its table says where it runs; evaluation stays on the study's device)
+//   [[finetune]]   a LoRA-FT row of the paper's Tables 5-6, as `lowbit finetune` runs it (CPU):
+//                  method ("qlora": the base quantized nf4:dq=1; "irqlora": the base quantized
+//                  icq:tau_range=0.1,tau_n=100,dq=1 and IEC; "lora": the 16-bit base), data (an
+//                  Alpaca JSON file, required), the LoRA options r, alpha, dropout, targets, iec,
+//                  and the training options steps, batch, grad_accum, lr, warmup_ratio,
+//                  max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_eps, source_max_len,
+//                  target_max_len, eval_size, limit, seed, data_seed (the command's options, with
+//                  its defaults); training runs on the CPU, the evaluations (the adapters
+//                  merged into the base's weights) on the study's device
+//   [[distill]]    a DB-LLM row, as `lowbit distill` runs it (CPU) on the [calibration] windows:
+//                  the dbllm method's options (g, init, offset) and the training options steps,
+//                  batch, grad_accum, lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta,
+//                  latent, latent_lr_scale (the command's, with its defaults)
+//                  In both, any value may be an array (an axis of the grid) and zip walks arrays
+//                  together, as in [[method]].
 //
 // Paths (model paths, db, data_dir, a calibration or evaluation text file) may use ${VAR} and
 // ${VAR:-default} from the environment; relative paths are relative to the spec's directory.
@@ -27,6 +42,9 @@
 // types, unknown methods and options and values out of range (through the method registry),
 // unknown datasets and tasks, missing models and data files.
 #pragma once
+
+#include "train/distill.h"
+#include "train/finetune.h"
 
 #include <cstdint>
 #include <string>
@@ -47,12 +65,31 @@ struct ModelSpec {
   SourcePos pos;
 };
 
+// How a cell is trained after (or with) its quantization.
+enum class TrainKind { None, Finetune, Distill };
+
+struct TrainSpec {
+  TrainKind kind = TrainKind::None;
+  // Finetune: every option but `model` (the cell's model) and checkpointing (none); data is the
+  // expanded absolute path, spm the study's.
+  train::FinetuneOptions finetune;
+  SourcePos data_pos;             // where finetune's data was written
+  train::DistillOptions distill;  // Distill: method is the cell's dbllm spec
+  // Every training option, defaults included: the training part of the cell's key
+  // ("finetune:r=64,alpha=16,...,data=/abs/alpaca.json,steps=100,...", "dad:steps=100,...").
+  std::string key;
+};
+
 // One method of the grid after expansion: its spec string, as results record it verbatim.
 struct MethodCell {
-  std::string spec;  // "gptq:w=4,g=128", or "fp16" for the baseline
-  std::string name;  // "gptq", "fp16"
-  SourcePos pos;     // the [[method]] table it came from
+  std::string spec;  // "gptq:w=4,g=128", "fp16" for the baseline, "qlora:r=16" for a LoRA-FT cell
+  std::string name;  // "gptq", "fp16", "qlora", "irqlora", "lora", "dbllm"
+  SourcePos pos;     // the [[method]], [[finetune]] or [[distill]] table it came from
   std::string device;  // where its cells quantize; empty: the study's device
+  TrainSpec train;
+  // The quantization method behind the cell: the spec, or a LoRA-FT cell's base ("nf4:dq=1";
+  // empty for lora over the 16-bit model).
+  std::string quant_spec() const;
 };
 
 struct CalibrationSpec {
@@ -85,7 +122,7 @@ struct StudySpec {
   std::vector<MethodCell> methods;  // in the spec's order, each grid expanded in its order
   CalibrationSpec calibration;
   EvalSpec eval;
-  bool needs_calibration() const;  // whether any method calibrates
+  bool needs_calibration() const;  // whether any method calibrates (or trains on calibration windows)
 };
 
 struct SpecOptions {

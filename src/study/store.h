@@ -9,7 +9,10 @@
 //            the spec's path and text, lowbit version and commit, host, device, threads
 //   cells    one row per quantized model (cell): key, model (name, path, weights SHA-256),
 //            method (spec verbatim, resolved, name, #W #A #G), calibration (key and identity),
-//            the quantization's seconds, and the cell's position in the spec (ord)
+//            the quantization's seconds, and the cell's position in the spec (ord); a trained
+//            cell ([[finetune]], [[distill]]) also its training's seconds, final loss and record
+//            (JSON: the training key, every option, the loss log); stores written before these
+//            columns existed gain them (0, NULL, 'null') when opened for writing, and read as such
 //   results  one row per (cell, evaluation, metric): value, stderr, n, the evaluation's seconds,
 //            peak memory, device, threads, lowbit version and commit, the run, a timestamp, and
 //            the full identity as JSON (PROTOCOL.md, "What every result records");
@@ -61,6 +64,10 @@ struct CellRecord {
   double quantize_seconds = 0;
   int64_t ord = 0;
   std::string created;  // when stored (read back; write_evaluation sets it)
+  double train_seconds = 0;          // the training's optimizer steps (0: not trained)
+  std::optional<double> train_loss;  // the training's loss at its last step
+  // {"kind": "finetune"|"distill", "key": TrainSpec::key, "options", "log", ...}; "null" untrained.
+  std::string training = "null";
 };
 
 struct MetricValue {

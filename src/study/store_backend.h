@@ -50,7 +50,16 @@ class StoreBackend {
 // one row of them. Row: text(col), real(col), integer(col), null(col) of the current row.
 inline constexpr const char* kCellColumns =
     "key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, calibration, calibration_json, "
-    "quantize_seconds, ord, created";
+    "quantize_seconds, ord, created, train_seconds, train_loss, training";
+// The same of a store written before the training columns existed.
+inline constexpr const char* kCellColumnsUntrained =
+    "key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, calibration, calibration_json, "
+    "quantize_seconds, ord, created, 0.0, NULL, 'null'";
+// Adds the training columns to such a store (each back end runs these when they are missing).
+inline constexpr const char* kAddTrainingColumns[] = {
+    "ALTER TABLE cells ADD COLUMN train_seconds DOUBLE PRECISION NOT NULL DEFAULT 0",
+    "ALTER TABLE cells ADD COLUMN train_loss DOUBLE PRECISION",
+    "ALTER TABLE cells ADD COLUMN training TEXT NOT NULL DEFAULT 'null'"};
 inline constexpr const char* kResultColumns =
     "cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, peak_rss_bytes, device, threads, "
     "lowbit_version, git_commit, run_id, created, identity";
@@ -75,6 +84,9 @@ CellRecord cell_from_row(const Row& s) {
   c.quantize_seconds = s.real(12);
   c.ord = s.integer(13);
   c.created = s.text(14);
+  c.train_seconds = s.real(15);
+  if (!s.null(16)) c.train_loss = s.real(16);
+  c.training = s.text(17);
   return c;
 }
 

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS cells (
   method TEXT NOT NULL, method_name TEXT NOT NULL, resolved TEXT NOT NULL,
   w REAL NOT NULL, a INTEGER NOT NULL, g INTEGER NOT NULL,
   calibration TEXT NOT NULL, calibration_json TEXT NOT NULL,
-  quantize_seconds REAL NOT NULL, ord INTEGER NOT NULL, created TEXT NOT NULL);
+  quantize_seconds REAL NOT NULL, ord INTEGER NOT NULL, created TEXT NOT NULL,
+  train_seconds REAL NOT NULL DEFAULT 0, train_loss REAL, training TEXT NOT NULL DEFAULT 'null');
 CREATE TABLE IF NOT EXISTS results (
   id INTEGER PRIMARY KEY,
   cell_key TEXT NOT NULL REFERENCES cells(key),
@@ -120,7 +121,9 @@ class SqliteStore final : public StoreBackend {
 
  private:
   void exec(const char* sql) const;
+  bool has_training_columns() const;
   std::string path_;
+  bool training_columns_ = true;
   sqlite3* db_ = nullptr;
   int lock_fd_ = -1;
 };
@@ -145,8 +148,11 @@ SqliteStore::SqliteStore(const std::string& path, Store::Mode mode) : StoreBacke
       exec(kSchema);
       Stmt s(db_, "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1), ('created', ?2)");
       s.bind(1, std::to_string(kSchemaVersion)).bind(2, utc_now()).step();
+      if (!has_training_columns())
+        for (const char* sql : kAddTrainingColumns) exec(sql);
       exec("COMMIT");
     }
+    training_columns_ = has_training_columns();
     Stmt s(db_, "SELECT value FROM meta WHERE key = 'schema_version'");
     LB_CHECK(s.step(), "'{}' is not a lowbit study store (no schema version)", path);
     LB_CHECK(s.text(0) == std::to_string(kSchemaVersion), "'{}': study store schema version {} is not supported (this "
@@ -195,6 +201,12 @@ void SqliteStore::exec(const char* sql) const {
     sqlite3_free(err);
     fail("results store: {}", msg);
   }
+}
+
+bool SqliteStore::has_training_columns() const {
+  Stmt s(db_, "SELECT COUNT(*) FROM pragma_table_info('cells') WHERE name = 'training'");
+  s.step();
+  return s.integer(0) > 0;
 }
 
 void SqliteStore::lock() {
@@ -260,11 +272,12 @@ bool SqliteStore::write_evaluation(const CellRecord& c, const EvalRecord& e, con
   try {
     const std::string now = utc_now();
     Stmt cs(db_, "INSERT OR IGNORE INTO cells(key, model, model_path, model_sha256, method, method_name, resolved, w, "
-                 "a, g, calibration, calibration_json, quantize_seconds, ord, created) "
-                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+                 "a, g, calibration, calibration_json, quantize_seconds, ord, created, train_seconds, train_loss, "
+                 "training) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)");
     cs.bind(1, c.key).bind(2, c.model).bind(3, c.model_path).bind(4, c.model_sha256).bind(5, c.method);
     cs.bind(6, c.method_name).bind(7, c.resolved).bind(8, c.w).bind(9, c.a).bind(10, c.g).bind(11, c.calibration);
-    cs.bind(12, c.calibration_json).bind(13, c.quantize_seconds).bind(14, c.ord).bind(15, now).step();
+    cs.bind(12, c.calibration_json).bind(13, c.quantize_seconds).bind(14, c.ord).bind(15, now);
+    cs.bind(16, c.train_seconds).bind(17, c.train_loss).bind(18, c.training).step();
     for (const MetricValue& m : metrics) {
       // A plain INSERT: a result stored twice is a broken invariant, and fails the transaction.
       Stmt rs(db_, "INSERT INTO results(cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, "
@@ -285,7 +298,8 @@ bool SqliteStore::write_evaluation(const CellRecord& c, const EvalRecord& e, con
 
 std::vector<CellRecord> SqliteStore::cells() const {
   std::vector<CellRecord> out;
-  Stmt s(db_, fmt::format("SELECT {} FROM cells ORDER BY ord, key", kCellColumns).c_str());
+  Stmt s(db_, fmt::format("SELECT {} FROM cells ORDER BY ord, key",
+                          training_columns_ ? kCellColumns : kCellColumnsUntrained).c_str());
   while (s.step()) out.push_back(cell_from_row(s));
   return out;
 }
@@ -326,11 +340,12 @@ void SqliteStore::import_study(const std::string& study, const std::vector<RunRe
     }
     for (const CellRecord& c : cells) {
       Stmt s(db_, "INSERT INTO cells(key, model, model_path, model_sha256, method, method_name, resolved, w, a, g, "
-                  "calibration, calibration_json, quantize_seconds, ord, created) "
-                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+                  "calibration, calibration_json, quantize_seconds, ord, created, train_seconds, train_loss, training) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)");
       s.bind(1, c.key).bind(2, c.model).bind(3, c.model_path).bind(4, c.model_sha256).bind(5, c.method);
       s.bind(6, c.method_name).bind(7, c.resolved).bind(8, c.w).bind(9, c.a).bind(10, c.g).bind(11, c.calibration);
-      s.bind(12, c.calibration_json).bind(13, c.quantize_seconds).bind(14, c.ord).bind(15, c.created).step();
+      s.bind(12, c.calibration_json).bind(13, c.quantize_seconds).bind(14, c.ord).bind(15, c.created);
+      s.bind(16, c.train_seconds).bind(17, c.train_loss).bind(18, c.training).step();
     }
     for (const ResultRecord& r : results) {
       Stmt s(db_, "INSERT INTO results(cell_key, eval, eval_key, kind, metric, value, stderr, n, seconds, "

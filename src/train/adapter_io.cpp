@@ -2,10 +2,12 @@
 
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "quant/lowbit_checkpoint.h"
 #include "train/iec.h"
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 namespace lowbit::train {
@@ -216,6 +218,51 @@ void merge_adapters(LlamaModel& model, const LoraAdapters& a) {
     }
     model.set_block_weights(int64_t(l), std::move(w));
   }
+}
+
+namespace {
+
+// A checkpoint's weights with some tensors replaced (the merged linears).
+class ReplacedWeights final : public TableWeightSource {
+ public:
+  ReplacedWeights(std::shared_ptr<WeightSource> base, std::map<std::string, Tensor> replaced)
+      : base_(std::move(base)), replaced_(std::move(replaced)) {
+    for (const auto& name : base_->names()) infos_[name] = *base_->info(name);
+    for (const auto& [name, t] : replaced_) {
+      LB_CHECK(infos_.count(name), "merged weight {} is not a tensor of the base", name);
+      infos_[name] = WeightInfo{t.dtype(), t.shape(), t.nbytes()};
+    }
+  }
+  Tensor get(const std::string& name) const override {
+    if (auto it = replaced_.find(name); it != replaced_.end()) return it->second;
+    return base_->get(name);
+  }
+  std::vector<std::string> files() const override { return base_->files(); }
+
+ private:
+  std::shared_ptr<WeightSource> base_;
+  std::map<std::string, Tensor> replaced_;
+};
+
+}  // namespace
+
+std::unique_ptr<LlamaModel> merged_model(const LlamaModel& base, const LoraAdapters& a) {
+  // The merge on a model of its own over the same weights, so that `base` keeps its blocks.
+  LlamaModel work(base.checkpoint());
+  merge_adapters(work, a);
+  std::map<std::string, Tensor> replaced;
+  std::vector<std::shared_ptr<const BlockWeights>> blocks;
+  for (size_t l = 0; l < a.layers.size(); ++l) {
+    blocks.push_back(work.block_weights(int64_t(l)));
+    for (LinearKind k : kAllLinears)
+      if (a.layers[l][size_t(k)].active()) replaced[linear_weight_name(int64_t(l), k)] = (*blocks.back())[k];
+  }
+  Checkpoint ck = base.checkpoint();
+  ck.weights = std::make_shared<ReplacedWeights>(ck.weights, std::move(replaced));
+  auto out = std::make_unique<LlamaModel>(std::move(ck));
+  for (size_t l = 0; l < blocks.size(); ++l) out->set_block_weights(int64_t(l), blocks[l]);
+  install_quantized_forward(*out);
+  return out;
 }
 
 }  // namespace lowbit::train

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <memory>
 #include <string>
 
 namespace lowbit::train {
@@ -44,5 +45,11 @@ void check_adapter_base(const std::string& dir, const LlamaModel& model, const s
 // W + scaling * (B + b_s R)(A + a_s M) of iec.h): the merged model, for evaluation with the
 // existing forward passes.
 void merge_adapters(LlamaModel& model, const LoraAdapters& a);
+
+// A new model: `base` with the adapters merged, both into its block weights (what the CPU forward
+// reads, exactly as merge_adapters gives them) and into its checkpoint's weights (what a GPU
+// placement uploads): each adapted linear's tensor is the merged fp32 weight, every other tensor
+// and the quantization metadata the base's. `base` is left as it is and may go.
+std::unique_ptr<LlamaModel> merged_model(const LlamaModel& base, const LoraAdapters& a);
 
 }  // namespace lowbit::train

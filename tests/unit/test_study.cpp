@@ -155,6 +155,12 @@ TEST(StudySpec, ExamplesParse) {
   const StudySpec quick = load_study_spec(examples + "/quick.toml", kNoFiles);
   EXPECT_GE(quick.methods.size(), 9u);
   EXPECT_GE(load_study_spec(examples + "/quick-testbed.toml", kNoFiles).methods.size(), 8u);
+  // The LoRA-FT track: fp16, NormalFloat, QLoRA, IR-QLoRA, the FDB initialization, DB-LLM.
+  const StudyPlan lora = expand_plan(load_study_spec(examples + "/lora-ft-testbed.toml", kNoFiles));
+  ASSERT_EQ(lora.cells.size(), 6u);
+  EXPECT_EQ(lora.cells[2].train.kind, TrainKind::Finetune);
+  EXPECT_EQ(lora.cells[3].method, "irqlora");
+  EXPECT_EQ(lora.cells[5].train.kind, TrainKind::Distill);
   const StudySpec full = load_study_spec(examples + "/smollm2-full.toml", kNoFiles);
   EXPECT_EQ(full.device, "cuda");
   EXPECT_EQ(expand_plan(full).cells.size(), 10u);

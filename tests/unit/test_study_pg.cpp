@@ -206,6 +206,45 @@ TEST_F(PgStore, ResultsAlreadyStoredAreDoneAtRegistration) {
   EXPECT_EQ(q.pending, 3);
 }
 
+// A trained cell's training columns; a store written before them reads as untrained cells and
+// gains the columns when opened for writing.
+TEST_F(PgStore, TrainingColumnsAndOlderStores) {
+  CellRecord c = cell("c0");
+  c.train_seconds = 12.5;
+  c.train_loss = 1.25;
+  c.training = R"({"kind":"finetune","key":"finetune:steps=3"})";
+  {
+    Store s(uri_db_, Store::Mode::ReadWrite);
+    s.register_study("t", items());
+    const int64_t run_id = begin(s);
+    s.write_evaluation(c, eval("e0", run_id), {{"ppl", 10, std::nullopt, 1}});
+    const auto cells = Store(uri_db_, Store::Mode::ReadOnly).cells();
+    ASSERT_EQ(cells.size(), 1u);
+    EXPECT_EQ(cells[0].train_seconds, 12.5);
+    EXPECT_EQ(cells[0].train_loss.value_or(-1), 1.25);
+    EXPECT_EQ(cells[0].training, c.training);
+  }
+  ASSERT_EQ(sql("ALTER TABLE cells DROP COLUMN train_seconds, DROP COLUMN train_loss, DROP COLUMN training; "
+                "SELECT 'ok'"),
+            "ok");
+  {
+    const auto cells = Store(uri_db_, Store::Mode::ReadOnly).cells();
+    ASSERT_EQ(cells.size(), 1u);
+    EXPECT_EQ(cells[0].train_seconds, 0);
+    EXPECT_FALSE(cells[0].train_loss.has_value());
+    EXPECT_EQ(cells[0].training, "null");
+  }
+  Store s(uri_db_, Store::Mode::ReadWrite);
+  CellRecord d = c;
+  d.key = "c1";
+  s.write_evaluation(d, eval("e0", begin(s)), {{"ppl", 9, std::nullopt, 1}});
+  const auto cells = s.cells();
+  ASSERT_EQ(cells.size(), 2u);
+  EXPECT_EQ(cells[0].training, "null");
+  EXPECT_EQ(cells[1].train_loss.value_or(-1), 1.25);
+  EXPECT_EQ(cells[1].training, c.training);
+}
+
 TEST_F(PgStore, RefusesOtherStoresAndReportsUnreachableOnes) {
   sql("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('schema_version', '0')");
   EXPECT_THROW(Store(uri_db_, Store::Mode::ReadWrite), Error);

@@ -135,11 +135,13 @@ void run(const Options& o) {
   };
   ev.on_cell = [&](const Cell& c, int64_t i, int64_t n, int64_t missing) {
     const std::string index = n > 0 ? fmt::format("{}/{}", i + 1, n) : fmt::format("claim {}", i + 1);
-    fmt::print(stderr, "[{}] {} {}{}: {} evaluation{} to do\n", index, c.model_name, c.method,
-               c.calibrated ? " (calibration " + c.calibration + ")" : "", missing, missing == 1 ? "" : "s");
+    fmt::print(stderr, "[{}] {} {}{}{}: {} evaluation{} to do\n", index, c.model_name, c.method,
+               c.calibrated ? " (calibration " + c.calibration + ")" : "",
+               c.train.key.empty() ? "" : " (training " + c.train.key + ")", missing, missing == 1 ? "" : "s");
   };
-  ev.on_quantized = [&](const Cell&, double seconds, const StudyProgress& p) {
-    fmt::print(stderr, "    quantized in {:.1f} s  [{}]\n", seconds, study_status(p));
+  ev.on_quantized = [&](const Cell& c, double seconds, const StudyProgress& p) {
+    fmt::print(stderr, "    {} in {:.1f} s  [{}]\n", c.train.key.empty() ? "quantized" : "quantized and trained", seconds,
+               study_status(p));
   };
   ev.on_eval_progress = [&](const Cell&, const Evaluation& e, int64_t done, int64_t total, const StudyProgress& p) {
     if (!tty) return;

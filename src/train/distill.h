@@ -1,0 +1,55 @@
+// DB-LLM end to end, as `lowbit distill` runs it and a study's DB-LLM cells run it: the fdb
+// initialization (the dbllm method, quant/dbllm.h), then its group parameters (and optionally
+// latent weights) trained by Deviation-Aware Distillation from the 16-bit model on calibration
+// windows (fdb_train.h). One function, so that a study cell and the command with the same
+// options and calibration give the same weights, bit for bit.
+#pragma once
+
+#include "calib/calib_data.h"
+#include "quant/quantize.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace lowbit::train {
+
+struct DistillOptions {
+  std::string method = "dbllm:g=128";  // the initialization's dbllm spec
+  std::string dad = "cross";           // DAD weight: cross, teacher, none (dad.h)
+  int64_t steps = 100, batch = 1, grad_accum = 4;  // steps 0: the initialization alone
+  double lr = 1e-4, warmup_ratio = 0.0, max_grad_norm = 1.0, gamma = 1.0, latent_lr_scale = 1.0;
+  bool train_beta = true, latent = false;
+};
+
+// Throws lowbit::Error naming the option for values no run can take (a method that is not
+// dbllm, steps < 0, lr <= 0, an unknown DAD weight, ...).
+void check_distill_options(const DistillOptions& o);
+
+struct DistillStep {
+  int64_t step = 0, steps = 0;  // step: 1-based
+  nlohmann::json record;        // {"step", "loss", "kl", "weight", "grad_norm", "lr"}
+  double elapsed = 0, eta = 0;  // seconds
+};
+
+struct DistillEvents {
+  std::function<void(double seconds)> on_init;  // the fdb initialization is done
+  std::function<void(const DistillStep&)> on_step;
+};
+
+struct DistillResult {
+  // The trained fdb model; its method JSON holds "training" (every option, the data's identity,
+  // the loss log, the seconds).
+  QuantizedModel qm;
+  nlohmann::json training;
+  double init_seconds = 0, train_seconds = 0;
+};
+
+// Runs the initialization and `o.steps` steps of DAD on `model_path` (a 16-bit model: teacher
+// and source) with the windows of `calib`.
+DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration& calib,
+                          const DistillEvents& events = {});
+
+}  // namespace lowbit::train

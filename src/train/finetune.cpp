@@ -1,0 +1,278 @@
+#include "train/finetune.h"
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/process.h"
+#include "formats/tokenizer.h"
+#include "quant/lowbit_checkpoint.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
+#include "train/adapter_io.h"
+#include "train/instruct_data.h"
+#include "train/train_checkpoint.h"
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace lowbit::train {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
+
+nlohmann::json FinetuneMethod::json() const {
+  std::vector<std::string> t;
+  for (LinearKind k : kAllLinears)
+    if (lora.targets_kind(k)) t.emplace_back(linear_name(k));
+  nlohmann::json j = {{"name", name}, {"base", base_spec.empty() ? "as loaded" : base_spec}, {"r", lora.r},
+                      {"alpha", lora.alpha}, {"dropout", lora.dropout}, {"targets", t}};
+  // Only when on: the identity of a run without IEC stays what it was before IEC existed, so
+  // that such a run still resumes.
+  if (lora.iec) j["iec"] = true;
+  return j;
+}
+
+std::string FinetuneMethod::canonical_options() const {
+  std::vector<std::string> t;
+  bool all = true;
+  for (LinearKind k : kAllLinears) {
+    if (lora.targets_kind(k)) t.emplace_back(linear_name(k));
+    all = all && lora.targets_kind(k);
+  }
+  return fmt::format("r={},alpha={},dropout={},targets={},iec={}", lora.r, lora.alpha, lora.dropout,
+                     all ? std::string("all") : fmt::format("{}", fmt::join(t, "+")), lora.iec ? 1 : 0);
+}
+
+FinetuneMethod parse_finetune_method(const std::string& spec) {
+  FinetuneMethod m;
+  const auto colon = spec.find(':');
+  m.name = spec.substr(0, colon);
+  LB_CHECK(m.name == "qlora" || m.name == "irqlora" || m.name == "lora",
+           "--method '{}': unknown fine-tuning method '{}' (known: qlora, irqlora, lora)", spec, m.name);
+  if (m.name == "qlora" || m.name == "irqlora") {
+    m.base_spec = m.name == "qlora" ? "nf4:dq=1" : "icq:tau_range=0.1,tau_n=100,dq=1";
+    m.lora.r = 64;
+    m.lora.alpha = 16;
+    m.lora.iec = m.name == "irqlora";
+  }
+  if (colon == std::string::npos) return m;
+  std::string rest = spec.substr(colon + 1);
+  size_t pos = 0;
+  while (pos <= rest.size() && !rest.empty()) {
+    const size_t comma = rest.find(',', pos);
+    const std::string kv = rest.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    const auto eq = kv.find('=');
+    LB_CHECK(eq != std::string::npos, "--method '{}': '{}' is not key=value", spec, kv);
+    const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
+    try {
+      if (k == "r") {
+        m.lora.r = std::stoll(v);
+      } else if (k == "alpha") {
+        m.lora.alpha = std::stod(v);
+      } else if (k == "dropout") {
+        m.lora.dropout = std::stod(v);
+      } else if (k == "targets") {
+        if (v == "all") {
+          m.lora.targets.fill(true);
+        } else {
+          m.lora.targets.fill(false);
+          size_t p = 0;
+          while (p <= v.size()) {
+            const size_t plus = v.find('+', p);
+            m.lora.targets[size_t(lora_target_kind(v.substr(p, plus == std::string::npos ? plus : plus - p)))] = true;
+            if (plus == std::string::npos) break;
+            p = plus + 1;
+          }
+        }
+      } else if (k == "iec") {
+        LB_CHECK(v == "0" || v == "1", "--method '{}': iec must be 0 or 1, got '{}'", spec, v);
+        m.lora.iec = v == "1";
+      } else {
+        LB_CHECK(false, "--method '{}': unknown option '{}' (known: r, alpha, dropout, targets, iec)", spec, k);
+      }
+    } catch (const std::logic_error&) {
+      LB_CHECK(false, "--method '{}': '{}' is not a number for '{}'", spec, v, k);
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  LB_CHECK(m.lora.r > 0, "--method '{}': r must be positive", spec);
+  LB_CHECK(m.lora.dropout >= 0 && m.lora.dropout < 1, "--method '{}': dropout must be in [0, 1)", spec);
+  return m;
+}
+
+void check_finetune_options(const FinetuneOptions& o) {
+  (void)parse_finetune_method(o.method);
+  LB_CHECK(o.steps > 0 && o.batch > 0 && o.grad_accum > 0, "--steps, --batch and --grad-accum must be positive");
+  LB_CHECK(o.source_max > 0 && o.target_max > 0, "--source-max-len and --target-max-len must be positive");
+  LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
+  LB_CHECK(o.eval_size >= 0 && o.limit >= 0, "--eval-size and --limit must be 0 or more");
+}
+
+FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) {
+  auto note = [&](const std::string& s) {
+    if (ev.on_note) ev.on_note(s);
+  };
+  const auto t_start = Clock::now();
+  const FinetuneMethod method = parse_finetune_method(o.method);
+  check_finetune_options(o);
+
+  // Data first: bad records fail before the model is loaded or quantized.
+  const auto records = read_alpaca_json(o.data);
+  Checkpoint source = open_model(o.model);
+  // Before the base is quantized: IEC's rank must divide the adapted linears.
+  check_lora_config(source.config, method.lora);
+  LB_CHECK(!source.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
+  TokenizerOptions topt;
+  topt.spm = parse_spm_convention(o.spm);
+  auto tok = load_tokenizer(source.tokenizer_path, topt);
+  const int64_t n_records = o.limit > 0 ? std::min<int64_t>(o.limit, int64_t(records.size())) : int64_t(records.size());
+  std::vector<InstructExample> examples;
+  examples.reserve(size_t(n_records));
+  int64_t src_trunc = 0, tgt_trunc = 0;
+  for (int64_t i = 0; i < n_records; ++i) {
+    examples.push_back(tokenize_example(*tok, records[size_t(i)], {o.source_max, o.target_max}));
+    src_trunc += examples.back().source_truncated;
+    tgt_trunc += examples.back().target_truncated;
+  }
+  const Split split = split_indices(n_records, o.eval_size, o.data_seed);
+  LB_CHECK(!split.train.empty(), "'{}': no records left to train on ({} records, {} held out)", o.data, n_records,
+           split.held_out.size());
+  const int32_t pad = tok->eos_id().value_or(0);  // never seen by the loss
+  note(fmt::format("finetune: {} records of {} ({} held out); truncated to {}/{} tokens: {} sources, {} targets",
+                   n_records, o.data, split.held_out.size(), o.source_max, o.target_max, src_trunc, tgt_trunc));
+
+  FinetuneResult res;
+  const std::string weights_sha = weights_sha256(source);
+  if (method.base_spec.empty()) {
+    res.model = std::make_unique<LlamaModel>(std::move(source));
+  } else {
+    LB_CHECK(source.quantization.is_null(), "--method {} quantizes the base; model '{}' is already quantized",
+             method.name, o.model);
+    auto qmethod = make_method(method.base_spec);
+    const auto tq = Clock::now();
+    LlamaModel work(source);
+    QuantizedModel qm = quantize_model(work, *qmethod, nullptr, {});
+    const nlohmann::json source_id = {{"path", o.model}, {"format", source.format}, {"sha256", weights_sha}};
+    res.model = std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), source_id));
+    res.quantize_seconds = since(tq);
+    note(fmt::format("base: {} quantized with {} in {:.1f} s (frozen)", o.model, method.base_spec,
+                     res.quantize_seconds));
+  }
+  LlamaModel& model = *res.model;
+  install_quantized_forward(model);
+  // The training forward reads the (dequantized) weights only; it has no activation quantization.
+  LB_CHECK(model.forward_hooks() == nullptr,
+           "model '{}' quantizes activations; fine-tuning runs weight-only quantized bases", o.model);
+  const LlamaConfig& c = model.config();
+
+  // Everything that changes the result; a resumed run must match it.
+  const nlohmann::json run_id = {
+      {"model", o.model},           {"weights_sha256", weights_sha},  {"method", method.json()},
+      {"data", o.data},             {"data_sha256", sha256_file(o.data)}, {"records", n_records},
+      {"held_out", o.eval_size},    {"source_max_len", o.source_max}, {"target_max_len", o.target_max},
+      {"steps", o.steps},           {"batch", o.batch},               {"grad_accum", o.grad_accum},
+      {"lr", o.lr},                 {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm},
+      {"weight_decay", o.weight_decay}, {"adam_betas", {o.beta1, o.beta2}}, {"adam_eps", o.adam_eps},
+      {"seed", o.seed},             {"data_seed", o.data_seed}};
+
+  TrainOptions topts;
+  topts.adamw = {o.lr, o.beta1, o.beta2, o.adam_eps, o.weight_decay};
+  topts.warmup_ratio = o.warmup_ratio;
+  topts.max_grad_norm = o.max_grad_norm;
+  topts.total_steps = o.steps;
+  topts.dropout_seed = o.seed;
+  LoraTrainer trainer(model, LoraAdapters::peft_init(c, method.lora, o.seed), topts);
+  nlohmann::json log = nlohmann::json::array();
+  const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
+  if (o.resume) {
+    LB_CHECK(!ckdir.empty(), "--resume needs an output directory");
+    auto ck = load_train_checkpoint(ckdir, c, run_id);
+    LB_CHECK(ck.has_value(), "--resume: no checkpoint in '{}'", ckdir);
+    LB_CHECK(ck->params.config.r == method.lora.r, "--resume: the checkpoint's rank is {}, --method's {}",
+             ck->params.config.r, method.lora.r);
+    LB_CHECK(ck->params.config.iec == method.lora.iec, "--resume: the checkpoint's adapters {} IEC scalars, --method "
+             "'{}' {}", ck->params.config.iec ? "have" : "lack", o.method, method.lora.iec ? "has them" : "does not");
+    ck->params.config = method.lora;
+    trainer.restore(std::move(ck->params), std::move(ck->state));
+    log = ck->log;
+    note(fmt::format("resumed from '{}' at step {}", ckdir, trainer.steps_done()));
+  }
+  note(fmt::format("LoRA r={} alpha={} dropout={}{} on {} ({} trainable parameters); {} steps x {} x {} sequences, "
+                   "lr {} (warmup {} steps), max grad norm {}, {} threads",
+                   method.lora.r, method.lora.alpha, method.lora.dropout, method.lora.iec ? " + IEC" : "",
+                   method.json()["targets"].dump(), trainer.adapters().num_parameters(), o.steps, o.batch,
+                   o.grad_accum, o.lr, warmup_steps(o.warmup_ratio, o.steps), o.max_grad_norm, num_threads()));
+
+  const int64_t ntrain = int64_t(split.train.size());
+  int64_t cached_epoch = -1;
+  std::vector<int64_t> order;
+  auto example_at = [&](int64_t cursor) -> const InstructExample* {
+    const int64_t epoch = cursor / ntrain;
+    if (epoch != cached_epoch) {
+      order = epoch_order(split.train, o.data_seed, epoch);
+      cached_epoch = epoch;
+    }
+    return &examples[size_t(order[size_t(cursor % ntrain)])];
+  };
+  auto eval_loss = [&]() {
+    double sum = 0;
+    int64_t n = 0;
+    for (size_t i = 0; i < split.held_out.size(); i += size_t(o.batch)) {
+      std::vector<const InstructExample*> part;
+      for (size_t j = i; j < std::min(split.held_out.size(), i + size_t(o.batch)); ++j)
+        part.push_back(&examples[size_t(split.held_out[j])]);
+      const auto r = forward_loss(model, &trainer.adapters(), make_batch(part, pad));
+      sum += r.loss_sum;
+      n += r.num_targets;
+    }
+    return n ? sum / double(n) : NAN;
+  };
+
+  const auto t_loop = Clock::now();
+  const int64_t first = trainer.steps_done();
+  int64_t tokens_run = 0;
+  int64_t done_this_run = 0;
+  for (int64_t s = first; s < o.steps; ++s) {
+    std::vector<Batch> micro;
+    for (int64_t a = 0; a < o.grad_accum; ++a) {
+      std::vector<const InstructExample*> part;
+      for (int64_t b = 0; b < o.batch; ++b) part.push_back(example_at((s * o.grad_accum + a) * o.batch + b));
+      micro.push_back(make_batch(part, pad));
+    }
+    const StepStats st = trainer.step(micro);
+    tokens_run += st.tokens;
+    ++done_this_run;
+    const double elapsed = since(t_loop);
+    nlohmann::json rec = {{"step", s + 1}, {"loss", st.loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm},
+                          {"targets", st.targets}, {"tokens", st.tokens}};
+    if (o.eval_every > 0 && !split.held_out.empty() && (s + 1) % o.eval_every == 0) rec["eval_loss"] = eval_loss();
+    log.push_back(rec);
+    if (ev.on_step)
+      ev.on_step({s + 1, o.steps, rec, double(tokens_run) / elapsed,
+                  elapsed / double(done_this_run) * double(o.steps - s - 1)});
+    const bool last = s + 1 == o.steps;
+    const bool stop = o.stop_after > 0 && done_this_run == o.stop_after;
+    if (!ckdir.empty() && (last || stop || (o.save_every > 0 && (s + 1) % o.save_every == 0)))
+      save_train_checkpoint(ckdir, trainer.adapters(), trainer.optimizer_state(), run_id, log);
+    if (stop && !last) {
+      res.finished = false;
+      break;
+    }
+  }
+  res.train_seconds = since(t_loop);
+  res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id}, {"log", log},
+                 {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)}};
+  if (!method.base_spec.empty()) res.summary["base_quantization"] = method.base_spec;
+  if (res.finished && !split.held_out.empty()) res.summary["eval_loss"] = eval_loss();
+  res.adapters = trainer.adapters();
+  return res;
+}
+
+}  // namespace lowbit::train

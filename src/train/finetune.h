@@ -1,0 +1,83 @@
+// LoRA fine-tuning end to end, as `lowbit finetune` runs it and a study's LoRA-FT cells run it:
+// the instruction data read and tokenized, the frozen base loaded (and quantized, for QLoRA and
+// IR-QLoRA), the adapters trained step by step, optionally checkpointed. One function, so that a
+// study cell and the command with the same options give the same adapters, byte for byte.
+#pragma once
+
+#include "model/llama_model.h"
+#include "train/lora.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace lowbit::train {
+
+// A fine-tuning method spec: "qlora:..." (the base quantized with NF4 + double quantization,
+// QLoRA's frozen base), "irqlora:..." (IR-QLoRA: the base quantized with ICQ,
+// icq:tau_range=0.1,tau_n=100,dq=1 as its training script, and IEC's two scalars per adapted
+// linear) or "lora:..." (the base as loaded), with r, alpha, dropout, targets (all, or names
+// joined by '+', e.g. q_proj+v_proj) and iec (0 or 1; irqlora's default 1, the others' 0).
+struct FinetuneMethod {
+  std::string name, base_spec;  // base_spec empty: the base as loaded
+  LoraConfig lora;
+  // {"name", "base", "r", "alpha", "dropout", "targets", ["iec": true]}: the run's identity.
+  nlohmann::json json() const;
+  // "r=64,alpha=16,dropout=0,targets=all,iec=0": every LoRA option, defaults included.
+  std::string canonical_options() const;
+};
+
+// Throws lowbit::Error naming the spec for an unknown method, option or value.
+FinetuneMethod parse_finetune_method(const std::string& spec);
+
+struct FinetuneOptions {
+  std::string model, method = "qlora:r=64,alpha=16", data, spm = "auto";
+  int64_t steps = 100, batch = 1, grad_accum = 16, source_max = 384, target_max = 128, eval_size = 0,
+          eval_every = 0, limit = 0;
+  double lr = 2e-4, warmup_ratio = 0.03, max_grad_norm = 0.3, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999,
+         adam_eps = 1e-8;
+  uint64_t seed = 0, data_seed = 42;
+  // Checkpointing: out empty, none. A checkpoint (adapters, AdamW state, loss log) goes to
+  // OUT/checkpoint every save_every steps and at the end; resume continues the one there (the
+  // same options, checked); stop_after > 0 stops after that many steps of this call.
+  std::string out;
+  int64_t save_every = 50, stop_after = 0;
+  bool resume = false;
+};
+
+// Throws lowbit::Error for options no run can take (non-positive steps, batch, ...).
+void check_finetune_options(const FinetuneOptions& o);
+
+struct FinetuneStep {
+  int64_t step = 0, steps = 0;  // step: 1-based
+  nlohmann::json record;        // {"step", "loss", "lr", "grad_norm", "targets", "tokens"[, "eval_loss"]}
+  double tokens_per_second = 0, eta_seconds = 0;
+};
+
+struct FinetuneEvents {
+  std::function<void(const std::string&)> on_note;  // one line of what happens (data, base, resume)
+  std::function<void(const FinetuneStep&)> on_step;
+};
+
+struct FinetuneResult {
+  // The frozen base the adapters were trained over (quantized in memory for qlora and irqlora,
+  // its quantized forward installed); the adapters are not merged into it.
+  std::unique_ptr<LlamaModel> model;
+  LoraAdapters adapters;
+  // What lowbit_adapter.json records: {"base", "run" (every option), "log" (one record per
+  // step), "peak_rss_bytes", "train_seconds"[, "base_quantization"][, "eval_loss"]}.
+  nlohmann::json summary;
+  bool finished = true;  // false: stopped by stop_after before the last step
+  double quantize_seconds = 0;  // the base's quantization (0 for lora)
+  double train_seconds = 0;     // the optimizer steps of this call
+};
+
+// Runs the fine-tuning. The data is read before the model is loaded, and the LoRA configuration
+// checked against the model before the base is quantized, so that bad input fails before any
+// work.
+FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& events = {});
+
+}  // namespace lowbit::train

@@ -1,0 +1,355 @@
+// A study's trained cells without models: [[finetune]] and [[distill]] tables (grids, keys that
+// name every training option, errors at file:line:column), the training columns of the store
+// (and a store written before them), and the paper's labels of trained rows.
+#include "core/error.h"
+#include "study/grid.h"
+#include "study/report.h"
+#include "study/spec.h"
+#include "study/store.h"
+#include "test_util.h"
+
+#include <gtest/gtest.h>
+
+#include <sqlite3.h>
+
+#include <sstream>
+
+namespace lowbit::study {
+namespace {
+
+const SpecOptions kNoFiles{false};
+
+// Lines 1-16 are the study, the model, the calibration and the evaluation; the tables start on
+// line 17.
+std::string spec_with(const std::string& tables) {
+  return "[study]\nname = \"t\"\n\n[[model]]\nname = \"m\"\npath = \"models/m\"\n\n"
+         "[calibration]\nset = \"ptb\"\nnsamples = 8\nseqlen = 64\n\n"
+         "[eval]\nppl = [\"ptb\"]\ntasks = [\"mmlu\"]\n\n" +
+         tables;
+}
+
+std::string error_of(const std::string& text, const SpecOptions& opt = kNoFiles) {
+  try {
+    parse_study_spec(text, "/tmp/spec.toml", opt);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error for:\n" << text;
+  return "";
+}
+
+TEST(StudyTrainSpec, FinetuneGridAndKeys) {
+  const StudySpec s = parse_study_spec(
+      spec_with("[[method]]\nname = \"nf4\"\ndq = 1\n\n"
+                "[[finetune]]\nmethod = [\"qlora\", \"irqlora\"]\ndata = \"alpaca.json\"\nsteps = [10, 20]\nlr = 1e-4\n"),
+      "/tmp/x/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 5u);
+  EXPECT_EQ(s.methods[0].spec, "nf4:dq=1");
+  EXPECT_EQ(s.methods[0].train.kind, TrainKind::None);
+  // Axes in the keys' order (a TOML table's: alphabetical), the last varying fastest.
+  EXPECT_EQ(s.methods[1].spec, "qlora");
+  EXPECT_EQ(s.methods[1].name, "qlora");
+  EXPECT_EQ(s.methods[1].train.kind, TrainKind::Finetune);
+  EXPECT_EQ(s.methods[1].train.finetune.steps, 10);
+  EXPECT_EQ(s.methods[2].train.finetune.steps, 20);
+  EXPECT_EQ(s.methods[3].spec, "irqlora");
+  EXPECT_EQ(s.methods[1].train.finetune.data, "/tmp/x/alpaca.json");
+  EXPECT_EQ(s.methods[1].train.finetune.lr, 1e-4);
+  EXPECT_EQ(s.methods[1].quant_spec(), "nf4:dq=1");
+  EXPECT_EQ(s.methods[3].quant_spec(), "icq:tau_range=0.1,tau_n=100,dq=1");
+  EXPECT_FALSE(s.needs_calibration());
+
+  const StudyPlan p = expand_plan(s);
+  ASSERT_EQ(p.cells.size(), 5u);
+  // Every option in the key, defaults included (those of lowbit finetune).
+  EXPECT_EQ(p.cells[1].key,
+            "m|qlora|none|finetune:r=64,alpha=16,dropout=0,targets=all,iec=0,data=/tmp/x/alpaca.json,steps=10,batch=1,"
+            "grad_accum=16,lr=0.0001,warmup_ratio=0.03,max_grad_norm=0.3,weight_decay=0,adam_beta1=0.9,"
+            "adam_beta2=0.999,adam_eps=1e-08,source_max_len=384,target_max_len=128,eval_size=0,limit=0,seed=0,"
+            "data_seed=42,spm=auto");
+  EXPECT_NE(p.cells[1].key, p.cells[2].key);
+  EXPECT_NE(p.cells[3].key.find("|irqlora|none|finetune:r=64,alpha=16,dropout=0,targets=all,iec=1,"), std::string::npos);
+  // #W #A #G of the base quantization: NF4 at 4 bits in blocks of 64.
+  EXPECT_EQ(p.cells[1].w, 4);
+  EXPECT_EQ(p.cells[1].a, 16);
+  EXPECT_EQ(p.cells[1].g, 64);
+  EXPECT_FALSE(p.cells[1].calibrated);
+  // An untrained cell keeps its key.
+  EXPECT_EQ(p.cells[0].key, "m|nf4:dq=1|none");
+}
+
+TEST(StudyTrainSpec, LoraOptionsFormTheMethodSpec) {
+  const StudySpec s = parse_study_spec(
+      spec_with("[[finetune]]\nmethod = \"irqlora\"\ndata = \"/d/a.json\"\nr = [8, 16]\niec = false\n"
+                "targets = \"q_proj+v_proj\"\n"),
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 2u);
+  // Options in the table's (alphabetical) order, as the method spec `lowbit finetune` takes.
+  EXPECT_EQ(s.methods[0].spec, "irqlora:iec=0,r=8,targets=q_proj+v_proj");
+  EXPECT_EQ(s.methods[0].train.finetune.method, s.methods[0].spec);
+  const StudyPlan p = expand_plan(s);
+  EXPECT_NE(p.cells[1].key.find("finetune:r=16,alpha=16,dropout=0,targets=q_proj+v_proj,iec=0,data=/d/a.json,"),
+            std::string::npos)
+      << p.cells[1].key;
+}
+
+TEST(StudyTrainSpec, DistillGridAndKeys) {
+  const StudySpec s = parse_study_spec(
+      spec_with("[[distill]]\ng = [64, 128]\nsteps = 150\nlr = 5e-4\ndad = \"teacher\"\nlatent = true\n"),
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 2u);
+  EXPECT_EQ(s.methods[0].spec, "dbllm:g=64");
+  EXPECT_EQ(s.methods[0].name, "dbllm");
+  EXPECT_EQ(s.methods[0].train.kind, TrainKind::Distill);
+  EXPECT_EQ(s.methods[0].train.distill.method, "dbllm:g=64");
+  EXPECT_EQ(s.methods[1].train.distill.steps, 150);
+  EXPECT_TRUE(s.methods[1].train.distill.latent);
+  EXPECT_TRUE(s.needs_calibration());  // DAD trains on the calibration windows
+  const StudyPlan p = expand_plan(s);
+  EXPECT_EQ(p.cells[1].key,
+            "m|dbllm:g=128|ptb:n=8,seqlen=64,seed=0,bos=auto|dad:steps=150,batch=1,grad_accum=4,lr=0.0005,"
+            "warmup_ratio=0,max_grad_norm=1,dad=teacher,gamma=1,train_beta=1,latent=1,latent_lr_scale=1");
+  EXPECT_TRUE(p.cells[1].calibrated);
+  EXPECT_EQ(p.cells[1].w, 2);
+  EXPECT_EQ(p.cells[1].g, 128);
+}
+
+TEST(StudyTrainSpec, ZipWalksTrainingOptionsTogether) {
+  const StudySpec s = parse_study_spec(
+      spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = [100, 200]\nseed = [0, 1]\n"
+                "data_seed = [42, 43]\nzip = [\"seed\", \"data_seed\"]\n"),
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 4u);
+  // Axes in the keys' order (a TOML table's): data_seed with seed, then steps.
+  EXPECT_EQ(s.methods[1].train.finetune.seed, 0u);
+  EXPECT_EQ(s.methods[1].train.finetune.steps, 200);
+  EXPECT_EQ(s.methods[2].train.finetune.seed, 1u);
+  EXPECT_EQ(s.methods[2].train.finetune.data_seed, 43u);
+  EXPECT_EQ(s.methods[2].train.finetune.steps, 100);
+}
+
+TEST(StudyTrainSpec, ATableWithTrainingAloneIsAStudy) {
+  EXPECT_EQ(parse_study_spec(spec_with("[[distill]]\n"), "/tmp/spec.toml", kNoFiles).methods.size(), 1u);
+  EXPECT_EQ(error_of(spec_with("")),
+            "/tmp/spec.toml:1:1: no [[method]] table (each names a method and its grid: [[method]] name = \"rtn\", w = "
+            "[4])");
+}
+
+TEST(StudyTrainSpec, ErrorsNameTheLine) {
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\ndata = \"a.json\"\n")),
+            "/tmp/spec.toml:17:1: [[finetune]] has no 'method' (qlora, irqlora or lora)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\n")),
+            "/tmp/spec.toml:17:1: [[finetune]] has no 'data' (instruction data in Stanford Alpaca's JSON format)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = [\"qlora\", \"dora\"]\ndata = \"a.json\"\n")),
+            "/tmp/spec.toml:18:20: unknown fine-tuning method 'dora' (known: qlora, irqlora, lora)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = [10, 0]\n")),
+            "/tmp/spec.toml:20:14: option 'steps' = 0 is out of range [1, 1099511627776]");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nlr = \"fast\"\n")),
+            "/tmp/spec.toml:20:6: option 'lr': fast is not a number");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nbatch = 1.5\n")),
+            "/tmp/spec.toml:20:9: option 'batch': 1.5 is not an integer");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nrank = 8\n")),
+            "/tmp/spec.toml:20:1: unknown key 'rank' in [[finetune]] (known: adam_beta1, adam_beta2, adam_eps, alpha, "
+            "batch, data, data_seed, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
+            "source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, zip)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ntargets = \"qkv_proj\"\n")),
+            "/tmp/spec.toml:20:11: unknown LoRA target 'qkv_proj' (known: q_proj, k_proj, v_proj, o_proj, gate_proj, "
+            "up_proj, down_proj)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = [\"a.json\"]\n")),
+            "/tmp/spec.toml:19:8: 'data' must be a string (a file path)");
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n\n"
+                               "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = 100\n")),
+            "/tmp/spec.toml:21:1: fine-tuning 'qlora' with the same options appears twice in the grid (first from "
+            "/tmp/spec.toml:17:1)");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\nbatch = 16\n")),
+            "/tmp/spec.toml:17:1: dbllm: batch 16 is more than the [calibration] windows it distills on (nsamples 8)");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nsteps = -1\n")),
+            "/tmp/spec.toml:19:9: option 'steps' = -1 is out of range [0, 1099511627776]");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndad = \"kl\"\n")),
+            "/tmp/spec.toml:18:7: DAD weight 'kl' is not one of none, teacher, cross");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 1\n")), "/tmp/spec.toml:18:5: dbllm: option g=1 is out of range [2, 1048576] (group size along the input dimension "
+            "(two scales per group))");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nepochs = 2\n")),
+            "/tmp/spec.toml:19:10: unknown key 'epochs' in [[distill]] (training options: steps, batch, grad_accum, "
+            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale; and the dbllm method's "
+            "options)");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ng = [64, 128]\nsteps = [1]\nzip = [\"g\", \"steps\"]\n")),
+            "/tmp/spec.toml:17:1: distill: zipped options 'g' (2 values) and 'steps' (1 values) differ in length");
+}
+
+// The data file is read when the spec is checked: missing or malformed, the spec fails, naming it.
+TEST(StudyTrainSpec, MissingOrBadDataFailsTheCheck) {
+  test::TempDir dir;
+  const std::string model = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(model);
+  auto spec = [&](const std::string& data, const std::string& extra = "") {
+    return "[study]\nname = \"t\"\n\n[[model]]\npath = \"" + model + "\"\n\n[eval]\nppl = [\"" +
+           std::string(dir / "t.txt") + "\"]\nseqlen = 64\n\n[[finetune]]\nmethod = \"qlora\"\nr = 4\ndata = \"" + data + "\"\n" +
+           extra;
+  };
+  test::spit(dir / "t.txt", "some text to evaluate on\n");
+  EXPECT_EQ(error_of(spec(dir / "missing.json"), SpecOptions{true}),
+            "/tmp/spec.toml:14:8: fine-tuning data '" + std::string(dir / "missing.json") + "' does not exist");
+  test::spit(dir / "bad.json", "[{\"instruction\": \"a\", \"output\": 5}]");
+  const std::string bad = error_of(spec(dir / "bad.json"), SpecOptions{true});
+  EXPECT_EQ(bad.substr(0, 21), "/tmp/spec.toml:14:8: ") << bad;
+  EXPECT_NE(bad.find("bad.json"), std::string::npos) << bad;
+  test::spit(dir / "two.json", "[{\"instruction\": \"a\", \"output\": \"b\"}, {\"instruction\": \"c\", \"output\": \"d\"}]");
+  EXPECT_EQ(error_of(spec(dir / "two.json", "eval_size = 2\n"), SpecOptions{true}),
+            "/tmp/spec.toml:14:8: fine-tuning data '" + std::string(dir / "two.json") +
+                "': 2 records leave none to train on after eval_size 2");
+  // IEC's rank must divide every adapted linear (stories260K: hidden 64, MLP 172).
+  const std::string iec =
+      error_of("[study]\nname = \"t\"\n\n[[model]]\npath = \"" + model + "\"\n\n[eval]\nppl = [\"" +
+                   std::string(dir / "t.txt") + "\"]\nseqlen = 64\n\n[[finetune]]\nmethod = \"irqlora\"\nr = 24\ndata = \"" +
+                   std::string(dir / "two.json") + "\"\n",
+               SpecOptions{true});
+  EXPECT_EQ(iec.substr(0, 47), "/tmp/spec.toml:11:1: irqlora:r=24 on model 'sto") << iec;
+}
+
+// The store holds each trained cell's training; a store written before those columns reads as
+// untrained cells and gains them when opened for writing.
+TEST(StudyTrainStore, TrainingColumnsAndOlderStores) {
+  test::TempDir dir;
+  const std::string db = dir / "s.sqlite";
+  CellRecord c;
+  c.key = "m|qlora|none|finetune:steps=3";
+  c.model = "m";
+  c.model_path = "/m";
+  c.model_sha256 = "abc";
+  c.method = "qlora";
+  c.method_name = "qlora";
+  c.resolved = "qlora:r=64";
+  c.w = 4;
+  c.g = 64;
+  c.calibration = "none";
+  c.calibration_json = "null";
+  c.train_seconds = 12.5;
+  c.train_loss = 1.25;
+  c.training = R"({"kind":"finetune","key":"finetune:steps=3"})";
+  EvalRecord e;
+  e.eval = e.eval_key = "ptb";
+  e.kind = "perplexity";
+  e.identity = "{}";
+  {
+    Store s(db, Store::Mode::ReadWrite);
+    s.lock();
+    s.set_study_name("t");
+    e.run_id = s.begin_run({});
+    s.write_evaluation(c, e, {{"ppl", 10, std::nullopt, 1}});
+  }
+  {
+    const auto cells = Store(db, Store::Mode::ReadOnly).cells();
+    ASSERT_EQ(cells.size(), 1u);
+    EXPECT_EQ(cells[0].train_seconds, 12.5);
+    EXPECT_EQ(cells[0].train_loss.value_or(-1), 1.25);
+    EXPECT_EQ(cells[0].training, c.training);
+  }
+  // A store of the earlier layout: the cells table without the training columns.
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  for (const char* col : {"train_seconds", "train_loss", "training"})
+    ASSERT_EQ(sqlite3_exec(h, (std::string("ALTER TABLE cells DROP COLUMN ") + col).c_str(), nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(h);
+  sqlite3_close(h);
+  {
+    const auto cells = Store(db, Store::Mode::ReadOnly).cells();
+    ASSERT_EQ(cells.size(), 1u);
+    EXPECT_EQ(cells[0].train_seconds, 0);
+    EXPECT_FALSE(cells[0].train_loss.has_value());
+    EXPECT_EQ(cells[0].training, "null");
+  }
+  {
+    Store s(db, Store::Mode::ReadWrite);
+    s.lock();
+    CellRecord d = c;
+    d.key = "m|qlora|none|finetune:steps=4";
+    s.write_evaluation(d, e, {{"ppl", 9, std::nullopt, 1}});
+    const auto cells = s.cells();
+    ASSERT_EQ(cells.size(), 2u);
+    EXPECT_EQ(cells[0].training, "null");
+    EXPECT_EQ(cells[1].train_loss.value_or(-1), 1.25);
+  }
+}
+
+// Rows of trained cells as the paper labels them (Table 5: NormalFloat, QLoRA, IR-QLoRA; DB-LLM
+// before its FDB initialization), and the training options that differ between rows of one
+// method named in their labels.
+TEST(StudyTrainReport, PaperLabels) {
+  test::TempDir dir;
+  const std::string db = dir / "s.sqlite";
+  auto cell = [](const std::string& method, const std::string& name, double w, int64_t g, const std::string& training,
+                 int64_t ord) {
+    CellRecord c;
+    c.key = "m|" + method + "|none" + (training.empty() ? "" : "|" + training);
+    c.model = "m";
+    c.model_path = "/m";
+    c.model_sha256 = "abc";
+    c.method = method;
+    c.method_name = name;
+    c.resolved = method;
+    c.w = w;
+    c.g = g;
+    c.calibration = "none";
+    c.calibration_json = "null";
+    c.ord = ord;
+    if (!training.empty()) {
+      const std::string kind = training.starts_with("dad:") ? "distill" : "finetune";
+      c.training = R"({"kind":")" + kind + R"(","key":")" + training + "\"" +
+                   (training.find("steps=200") != std::string::npos ? R"(,"eval_loss":2.5})" : "}");
+      c.train_loss = 1;
+    }
+    return c;
+  };
+  {
+    Store s(db, Store::Mode::ReadWrite);
+    s.lock();
+    s.set_study_name("t");
+    EvalRecord e;
+    e.eval = "mmlu";
+    e.eval_key = "mmlu:k";
+    e.kind = "multiple_choice";
+    e.identity = "{}";
+    e.run_id = s.begin_run({});
+    int64_t ord = 0;
+    for (const CellRecord& c :
+         {cell("irqlora", "irqlora", 4, 64, "finetune:r=64,steps=100,seed=0", ord++),
+          cell("qlora", "qlora", 4, 64, "finetune:r=64,steps=100,seed=0", ord++),
+          cell("qlora", "qlora", 4, 64, "finetune:r=64,steps=200,seed=0", ord++),
+          cell("nf4:dq=1", "nf4", 4, 64, "", ord++), cell("fp16", "fp16", 16, -1, "", ord++),
+          cell("dbllm:g=128", "dbllm", 2, 128, "dad:steps=150", ord++), cell("dbllm:g=128", "dbllm", 2, 128, "", ord++)})
+      s.write_evaluation(c, e, {{"avg_subjects", 0.5, std::nullopt, 57}});
+  }
+  const std::string md = render_markdown(load_report(db));
+  // Each row's label and #W.
+  std::vector<std::string> labels;
+  std::stringstream ss(md.substr(md.find("| Method")));
+  std::string line;
+  std::getline(ss, line);
+  std::getline(ss, line);
+  auto trim = [](std::string x) {
+    while (!x.empty() && x.front() == ' ') x.erase(x.begin());
+    while (!x.empty() && x.back() == ' ') x.pop_back();
+    return x;
+  };
+  while (std::getline(ss, line) && line.starts_with("|")) {
+    std::vector<std::string> fields;
+    std::stringstream ls(line);
+    std::string f;
+    while (std::getline(ls, f, '|')) fields.push_back(trim(f));
+    ASSERT_GE(fields.size(), 3u) << line;
+    labels.push_back(fields[1] + " #W" + fields[2]);
+  }
+  const std::vector<std::string> want = {"m #W16",           "DB-LLM #W2",           "DB-LLM (FDB init) #W2",
+                                         "NormalFloat (dq=1) #W4", "QLoRA (steps=100) #W4", "QLoRA (steps=200) #W4",
+                                         "IR-QLoRA #W4"};
+  EXPECT_EQ(labels, want) << md;
+  EXPECT_NE(md.find("m, QLoRA (steps=200): trained `finetune:r=64,steps=200,seed=0`; 0 steps in 0 s, last loss 1.0000, "
+                     "held-out loss 2.5000"),
+            std::string::npos)
+      << md;
+}
+
+}  // namespace
+}  // namespace lowbit::study
