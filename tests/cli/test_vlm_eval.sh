@@ -29,6 +29,8 @@ for t in ai2d chartqa docvqa mmbench_en mme; do
     --predictions "$T/$t.pred.jsonl" 2>"$T/log")
   if [[ $? -eq 0 ]]; then ok; else bad "vlm-eval $t: $(cat "$T/log")"; fi
   grep -q "\"items\": ${N[$t]}," <<<"$out" && ok || bad "$t item count: $out"
+  grep -Eq "\"weights_sha256\": \"[0-9a-f]{64}\"" <<<"$out" && grep -q "\"path\": \"$D/$t.jsonl\"" <<<"$out" && ok ||
+    bad "$t identity: $out"
   for k in ${KEYS[$t]}; do
     grep -Eq "\"$k\": [0-9.e+-]+" <<<"$out" && ok || bad "$t metric $k: $out"
   done
@@ -39,7 +41,7 @@ expect_ok "text output" "mme_cognition_score = [0-9]" "$B" vlm-eval --model "$M"
   --max-new-tokens 2 --threads 1
 expect_ok "limit" "ai2d \(lmms-eval ai2d, test split, 1 items, max_new_tokens 2, conversation llava" "$B" vlm-eval --model "$M" --task ai2d --data "$D" \
   --limit 1 --max-new-tokens 2 --threads 1
-expect_ok "llava_hf conversation" "\"conversation\": \"llava_hf\"" "$B" vlm-eval --model "$M" --task docvqa --data "$D" \
+expect_ok "llava_hf conversation and identity" "\"key\": \"docvqa:conversation=llava_hf,max_new_tokens=2,limit=0\"" "$B" vlm-eval --model "$M" --task docvqa --data "$D" \
   --max-new-tokens 2 --threads 1 --conversation llava_hf --json
 
 expect_err "unknown task" "unknown vision-language task 'mmbench_cn' \(known: ai2d, chartqa, docvqa, mmbench_en, mme\)" \

@@ -8,7 +8,9 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "eval/identity.h"
 #include "eval/vlm/vlm_eval.h"
+#include "quant/lowbit_checkpoint.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
 
@@ -74,6 +76,15 @@ void run(const Options& o) {
   }
 
   if (o.json) {
+    RuntimeFacts facts;
+    facts.seconds = seconds;
+    facts.peak = peak_rss();
+    facts.threads = num_threads();
+    const Checkpoint& ck = model->language_model().checkpoint();
+    const nlohmann::json identity = result_identity(
+        model_identity(ck, model_display_name(o.model), o.model, weights_sha256(ck), *tok, "auto"), method_part(ck),
+        nlohmann::json::parse(vlm::vlm_evaluation_identity(task, vlm::vlm_data_file(task, o.data), opt, o.limit, r).dump()),
+        runtime_part(facts));
     const vlm::Json out = {{"task", task.name},
                            {"lmms_eval_task", task.lmms_eval_task},
                            {"split", task.split},
@@ -83,7 +94,8 @@ void run(const Options& o) {
                            {"max_new_tokens", r.max_new_tokens},
                            {"conversation", vlm::vlm_conversation_name(r.conversation)},
                            {"seconds", seconds},
-                           {"metrics", r.metrics}};
+                           {"metrics", r.metrics},
+                           {"identity", vlm::Json::parse(identity.dump())}};
     fmt::print("{}\n", out.dump(2));
     return;
   }

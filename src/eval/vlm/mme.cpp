@@ -87,8 +87,8 @@ Json aggregate_one(const std::vector<Json>& records, const char* key, Json& per_
   for (const auto& [cat, questions] : cats) {
     double cat_total = 0;
     for (const Question& q : questions) {
-      LB_CHECK(q.scores.size() == 2, "mme: question_id '{}' ({}) has {} questions; MME scores image pairs (2)", q.id,
-               cat, q.scores.size());
+      LB_CHECK(q.scores.size() == 2, "mme: question_id '{}' ({}) has {} questions; MME scores image pairs (2) "
+               "(a --limit that splits a pair leaves one)", q.id, cat, q.scores.size());
       const double sum = q.scores[0] + q.scores[1];
       const double acc = sum / 2.0 * 100.0;
       const double acc_plus = (sum == 2 ? 1.0 : 0.0) * 100.0;

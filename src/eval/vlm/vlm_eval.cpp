@@ -1,6 +1,7 @@
 #include "eval/vlm/vlm_eval.h"
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "eval/vlm/py_text.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
@@ -41,6 +42,27 @@ std::string decode_answer(const Tokenizer& tok, std::span<const int32_t> ids) {
     if (std::none_of(specials.begin(), specials.end(), [&](const SpecialToken& s) { return s.id == id; }))
       kept.push_back(id);
   return utf8_lossy(tok.decode(kept));
+}
+
+std::string vlm_evaluation_key(const VlmTask& task, const VlmEvalOptions& options, int64_t limit) {
+  const int64_t n = options.max_new_tokens > 0 ? options.max_new_tokens : task.max_new_tokens;
+  return fmt::format("{}:conversation={},max_new_tokens={},limit={}", task.name,
+                     vlm_conversation_name(options.conversation), n, limit);
+}
+
+Json vlm_evaluation_identity(const VlmTask& task, const std::string& data_file, const VlmEvalOptions& options,
+                             int64_t limit, const VlmEvalResult& r) {
+  return Json{{"kind", "vision_language"},
+              {"task", task.name},
+              {"key", vlm_evaluation_key(task, options, limit)},
+              {"convention", "lmms-eval " + task.lmms_eval_task},
+              {"split", task.split},
+              {"files", Json::array({Json{{"path", data_file}, {"sha256", sha256_file(data_file)}}})},
+              {"conversation", vlm_conversation_name(options.conversation)},
+              {"decoding", "greedy"},
+              {"max_new_tokens", r.max_new_tokens},
+              {"limit", limit},
+              {"items", r.items.size()}};
 }
 
 namespace {

@@ -61,6 +61,14 @@ VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, co
                            const std::vector<VlmItem>& items, const VlmEvalOptions& options = {},
                            const VlmItemCallback& on_item = nullptr);
 
+// The evaluation's key ("docvqa:conversation=llava,max_new_tokens=32,limit=0") and identity
+// (eval/identity.h's "evaluation" part): the task and its lmms-eval counterpart, the data file and
+// its SHA-256 (the images are identified through the paths it lists), every setting that changes
+// the numbers, the items evaluated.
+std::string vlm_evaluation_key(const VlmTask& task, const VlmEvalOptions& options, int64_t limit);
+Json vlm_evaluation_identity(const VlmTask& task, const std::string& data_file, const VlmEvalOptions& options,
+                             int64_t limit, const VlmEvalResult& r);
+
 // The token ids of one item's prompt (its image taking `image_tokens` image tokens).
 std::vector<int32_t> vlm_prompt_ids(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
                                     const Json& doc, int64_t image_tokens,

@@ -99,13 +99,19 @@ void check_vlm_doc(const VlmTask& task, const Json& doc, const std::string& wher
   }
 }
 
-std::vector<VlmItem> load_vlm_items(const VlmTask& task, const std::string& path, int64_t limit) {
+std::string vlm_data_file(const VlmTask& task, const std::string& path) {
   namespace fs = std::filesystem;
   std::string file = path;
   if (fs::is_directory(path)) file = (fs::path(path) / (task.name + ".jsonl")).string();
   LB_CHECK(fs::is_regular_file(file), "{} data '{}' not found (a jsonl file, or a folder holding {}.jsonl; "
            "scripts/vlm_parquet_to_jsonl.py writes it from the Hugging Face parquet files)",
            task.name, file, task.name);
+  return file;
+}
+
+std::vector<VlmItem> load_vlm_items(const VlmTask& task, const std::string& path, int64_t limit) {
+  namespace fs = std::filesystem;
+  const std::string file = vlm_data_file(task, path);
   std::ifstream in(file, std::ios::binary);
   LB_CHECK(in.good(), "cannot open '{}'", file);
   const fs::path base = fs::path(file).parent_path();

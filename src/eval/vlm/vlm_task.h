@@ -82,6 +82,9 @@ struct VlmItem {
   Json doc;           // the line's fields, checked against the task's FieldSpecs
 };
 
+// The jsonl a --data path names: the file itself, or DIR/TASK.jsonl for a directory. Throws when
+// it does not exist.
+std::string vlm_data_file(const VlmTask& task, const std::string& path);
 // Reads a task's items from a jsonl file, or from DIR/TASK.jsonl for a directory. Every line is
 // parsed and checked before any is returned: a malformed line, a missing or mistyped field, or a
 // missing image file is a lowbit::Error naming the file, line and field. limit > 0 keeps the
