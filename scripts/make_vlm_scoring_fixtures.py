@@ -112,6 +112,10 @@ def main():
     commit = commit or a.commit
     out = {"lmms_eval_commit": commit, "max_new_tokens": gen}
 
+    # lmms-eval's ConfigurableTask.process_results (api/task.py) strips every generate_until answer
+    # before a task's process_results or metric sees it; filters (AI2D's) run on the raw answer
+    # before that. The items below follow that pipeline from the model's raw answer.
+
     # ---------------- AI2D ----------------
     ai2d_docs = [
         {"question": "Which label shows the sun?", "options": ["A", "B", "C", "D"], "answer": "1"},
@@ -126,7 +130,7 @@ def main():
     items = []
     for i, p in enumerate(ai2d_preds):
         doc = ai2d_docs[i % len(ai2d_docs)]
-        filt = ai2d.MultiChoiceRegexFilter().apply([[p]], [doc])[0]
+        filt = ai2d.MultiChoiceRegexFilter().apply([[p]], [doc])[0].strip()
         target = ai2d.ai2d_doc_to_target(doc, "mcq")
         em = metrics.exact_match_hf_evaluate([filt], [target], ignore_case=True, ignore_punctuation=True)["exact_match"]
         rec = {"exact_match": float(em), "filtered": filt, "target": target}
@@ -147,7 +151,7 @@ def main():
     for i, (p, t) in enumerate(pairs):
         doc = {"question": f"What is the value of bar {i}?", "answer": t,
                "type": "human_test" if i % 3 else "augmented_test"}
-        rec = chartqa.chartqa_process_results(doc, [p])
+        rec = chartqa.chartqa_process_results(doc, [p.strip()])
         recs.append(rec)
         items.append({"doc": doc, "prediction": p, "text": chartqa.chartqa_doc_to_text(doc, DEFAULT_KWARGS["chartqa"]),
                       "record": rec})
@@ -169,7 +173,7 @@ def main():
     for i, (refs, p) in enumerate(cases):
         doc = {"questionId": 1000 + i if i % 2 else str(2000 + i), "question": f"What is written in field {i}?",
                "answers": refs}
-        rec = metrics.anls(references=doc["answers"], predictions=[p])
+        rec = metrics.anls(references=doc["answers"], predictions=[p.strip()])
         recs.append(rec)
         items.append({"doc": doc, "prediction": p, "text": docvqa.docvqa_doc_to_text(doc, DEFAULT_KWARGS["docvqa"]),
                       "record": rec})
@@ -193,7 +197,7 @@ def main():
                  "...yes", "Noo"]
     recs, items = [], []
     for d, p in zip(mme_docs, mme_preds):
-        rec = mme.mme_process_results(d, [p])
+        rec = mme.mme_process_results(d, [p.strip()])
         recs.append(rec)
         items.append({"doc": d, "prediction": p, "text": mme.mme_doc_to_text(d, DEFAULT_KWARGS["mme"]), "record": rec,
                       "parsed": mme.parse_pred_ans(p)})
@@ -244,7 +248,7 @@ def main():
     assert len(mmb_preds) == len(docs), (len(mmb_preds), len(docs))
     recs, items = [], []
     for d, p in zip(docs, mmb_preds):
-        rec = mmb.mmbench_process_results(d, [p])
+        rec = mmb.mmbench_process_results(d, [p.strip()])
         del rec["submission"]
         recs.append(rec)
         items.append({"doc": d, "prediction": p, "text": mmb.mmbench_doc_to_text(d, DEFAULT_KWARGS["mmbench"]),
@@ -253,6 +257,8 @@ def main():
     out["mmbench_en"] = {"items": items, "aggregate": {"gpt_eval_score": overall * 100,
                                                        "category_acc": {k: float(v) for k, v in sorted(cat_acc.items())}}}
 
+    out["chartqa_relaxed_correctness"] = [[p, t, bool(chartqa.relaxed_correctness(p, t))] for p, t in pairs]
+    out["anls"] = [[refs, p, metrics.anls(references=refs, predictions=[p])["anls"]] for refs, p in cases]
     ev = mmb.mmbench_evaluator
     answers = ["A", "A.", "(A)", "A)", "A).", "(A).", ":A", "A:", "A,", "B C", "A B C D", "a", "A cat is here",
                "A cat is here and there", "The option B", "I choose B", "B. because", "E", "(E)", "Failed to obtain answer via API A",

@@ -63,6 +63,18 @@ TEST(VlmScoring, GenerationLengthsAreLmmsEvals) {
   EXPECT_EQ(vlm_task("mmbench_en").max_new_tokens, m["mmbench"].get<int64_t>());
 }
 
+TEST(VlmScoring, ChartQaRelaxedCorrectness) {
+  for (const Json& c : fixture()["chartqa_relaxed_correctness"])
+    EXPECT_EQ(chartqa_relaxed_correctness(c[0].get<std::string>(), c[1].get<std::string>()), c[2].get<bool>())
+        << c[0] << " vs " << c[1];
+}
+
+TEST(VlmScoring, Anls) {
+  for (const Json& c : fixture()["anls"])
+    EXPECT_EQ(anls(c[0].get<std::vector<std::string>>(), c[1].get<std::string>()), c[2].get<double>())
+        << c[0] << " vs " << c[1];
+}
+
 TEST(VlmScoring, MmbenchCanInferOption) {
   for (const Json& c : fixture()["mmbench_can_infer_option"])
     EXPECT_EQ(mmbench_can_infer_option(c[0].get<std::string>()), c[1].get<std::string>()) << c[0];

@@ -43,7 +43,7 @@ Json process(const Json& doc, const std::string& prediction) {
   const int64_t answer = index_value(doc["answer"]);
   const size_t n = doc["options"].size();
   LB_CHECK(answer >= 0 && size_t(answer) < n, "ai2d item: answer {} is not an index of its {} options", answer, n);
-  const std::string filtered = ai2d_filter(prediction);
+  const std::string filtered = py_strip(ai2d_filter(prediction));
   const std::string target = letter(size_t(answer));
   return Json{{"exact_match", exact_match_ignore_case_punct(filtered, target) ? 1.0 : 0.0},
               {"filtered", filtered},

@@ -43,7 +43,7 @@ std::string doc_to_text(const Json& doc) {
 }
 
 Json process(const Json& doc, const std::string& prediction) {
-  const double score = chartqa_relaxed_correctness(prediction, doc["answer"].get<std::string>()) ? 1.0 : 0.0;
+  const double score = chartqa_relaxed_correctness(py_strip(prediction), doc["answer"].get<std::string>()) ? 1.0 : 0.0;
   Json r{{"relaxed_overall", score}};
   if (doc["type"].get<std::string>() == "human_test")
     r["relaxed_human_split"] = score;

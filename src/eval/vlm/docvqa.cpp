@@ -53,7 +53,7 @@ std::string doc_to_text(const Json& doc) {
 }
 
 Json process(const Json& doc, const std::string& prediction) {
-  return Json{{"anls", anls(doc["answers"].get<std::vector<std::string>>(), prediction)}};
+  return Json{{"anls", anls(doc["answers"].get<std::vector<std::string>>(), py_strip(prediction))}};
 }
 
 Json aggregate(const std::vector<Json>& records) { return Json{{"anls", mean_of(records, "anls")}}; }

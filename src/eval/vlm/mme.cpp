@@ -58,7 +58,7 @@ Json process(const Json& doc, const std::string& prediction) {
   const std::string gt = gt_answer(doc);
   LB_CHECK(gt == "yes" || gt == "no", "mme item '{}': answer '{}' is not Yes or No",
            doc["question_id"].get<std::string>(), doc["answer"].get<std::string>());
-  const std::string pred = mme_parse_pred_ans(prediction);
+  const std::string pred = mme_parse_pred_ans(py_strip(prediction));
   const std::string& category = doc["category"].get_ref<const std::string&>();
   const char* key = mme_is_perception(category) ? "mme_perception_score" : "mme_cognition_score";
   return Json{{key, Json{{"question_id", doc["question_id"]}, {"category", category}, {"score", pred == gt ? 1.0 : 0.0}}}};

@@ -63,8 +63,10 @@ struct VlmTask {
   std::vector<FieldSpec> fields;  // besides "image"
   // The question text lmms-eval's doc_to_text gives the model (before the chat template).
   std::string (*doc_to_text)(const Json& doc) = nullptr;
-  // One item's record from its doc and the model's decoded answer, as lmms-eval's
-  // process_results (or filter + metric) returns it: {metric name: value}.
+  // One item's record from its doc and the model's decoded answer, as lmms-eval's pipeline
+  // makes it: the task's filter (AI2D) on the raw answer, then the answer stripped
+  // (ConfigurableTask.process_results strips every generated answer), then the task's
+  // process_results or metric: {metric name: value}.
   Json (*process)(const Json& doc, const std::string& prediction) = nullptr;
   // The metrics from every item's record, in item order, as lmms-eval's aggregations compute
   // them: {metric name: value (null where no item contributes)}. Throws lowbit::Error naming
