@@ -191,7 +191,11 @@ std::string render_csv(const ReportData& r) {
     }
   std::string s = "model,method,spec,calibration,W,A,G";
   for (const auto& h : headers)
-    s += "," + csv_field(h.first == Group::Ppl ? h.second + " PPL" : h.first == Group::Kld ? h.second : h.second + " acc%");
+    s += "," + csv_field(h.first == Group::Ppl ? h.second + " PPL"
+                         : h.first == Group::Kld || (h.first == Group::Vlm && (h.second.starts_with("MMBench") ||
+                                                                                 h.second.starts_with("MME")))
+                             ? h.second
+                             : h.second + " acc%");
   s += "\n";
   for (const ModelTables& t : tables.models())
     for (const Row& row : t.rows) {

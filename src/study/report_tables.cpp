@@ -41,6 +41,23 @@ const std::vector<std::string> kZeroShotOrder = {"piqa",      "arc_easy",       
 const std::vector<std::pair<std::string, std::string>> kMmluColumns = {
     {"humanities", "Hums."}, {"stem", "STEM"}, {"social_sciences", "Social"}, {"other", "Other"}, {"avg_subjects", "Avg."}};
 
+// Table 8's columns: the vision-language benchmarks (eval/vlm/vlm_task.h), each with the metric
+// the paper reports; MME gives two.
+struct VlmColumn {
+  const char* eval;
+  const char* header;
+  const char* metric;
+};
+constexpr VlmColumn kVlmColumns[] = {
+    {"ai2d", "AI2D", "exact_match"},
+    {"chartqa", "ChartQA", "relaxed_overall"},
+    {"docvqa", "DocVQA", "anls"},
+    {"mmbench_en", "MMBench", "gpt_eval_score"},
+    {"mme", "MME Cognition", "mme_cognition_score"},
+    {"mme", "MME Perception", "mme_perception_score"},
+};
+const std::vector<std::string> kVlmOrder = {"ai2d", "chartqa", "docvqa", "mmbench_en", "mme"};
+
 std::string eval_header(const std::string& name) {
   static const std::map<std::string, std::string> h = {
       {"wikitext2", "WikiText2"}, {"c4", "C4"}, {"ptb", "PTB"}, {"ptb-new", "PTB (test)"}, {"c4-new", "C4 (new)"},
@@ -283,16 +300,18 @@ ModelTables Tables::build(const std::string& model) const {
       return a < b;
     });
   };
-  std::vector<std::string> ppl, kld, zs, mmlu;
+  std::vector<std::string> ppl, kld, zs, mmlu, vlm;
   for (const auto& k : keys) {
     if (key_kind[k] == "perplexity") ppl.push_back(k);
     else if (key_kind[k] == "kl_divergence") kld.push_back(k);
+    else if (key_kind[k] == "vision_language") vlm.push_back(k);
     else if (key_eval[k].starts_with("mmlu")) mmlu.push_back(k);
     else zs.push_back(k);
   }
   sort_by(ppl, kPplOrder);
   sort_by(kld, kPplOrder);
   sort_by(zs, kZeroShotOrder);
+  sort_by(vlm, kVlmOrder);
   std::sort(mmlu.begin(), mmlu.end(), [&](const std::string& a, const std::string& b) {
     return std::make_pair(key_eval[a] != "mmlu", a) < std::make_pair(key_eval[b] != "mmlu", b);
   });
@@ -315,6 +334,16 @@ ModelTables Tables::build(const std::string& model) const {
       t.columns.push_back({Group::Mmlu, header(k), key_eval[k], k, "acc"});
     }
   }
+  for (const auto& k : vlm) {
+    const std::string suffix = keys_per_eval[kind_eval(k)] > 1 ? " [" + key_settings(k) + "]" : "";
+    bool known = false;
+    for (const VlmColumn& c : kVlmColumns)
+      if (key_eval[k] == c.eval) {
+        t.columns.push_back({Group::Vlm, c.header + suffix, key_eval[k], k, c.metric});
+        known = true;
+      }
+    if (!known) t.columns.push_back({Group::Vlm, header(k), key_eval[k], k, "score"});
+  }
   return t;
 }
 
@@ -326,14 +355,22 @@ const char* group_title(Group g) {
              "where the most likely next token agrees)";
     case Group::ZeroShot: return "Zero-shot accuracy, % (higher is better)";
     case Group::Mmlu: return "MMLU accuracy, % (higher is better)";
+    case Group::Vlm:
+      return "Vision-language benchmarks (higher is better; AI2D, ChartQA, DocVQA and MMBench in %, MME as scores "
+             "out of 800 (cognition) and 2000 (perception))";
   }
   return "";
 }
 
-bool in_percent(const Column& c) { return c.group != Group::Ppl && c.metric != "kld_mean"; }
+bool in_percent(const Column& c) {
+  // MMBench's score and MME's are stored as lmms-eval reports them (0-100, 0-2000).
+  if (c.group == Group::Vlm) return c.metric == "exact_match" || c.metric == "relaxed_overall" || c.metric == "anls";
+  return c.group != Group::Ppl && c.metric != "kld_mean";
+}
 
 std::string format_value(const Column& c, double v, const ReportOptions& opt) {
   if (c.group == Group::Ppl) return format_ppl(v, opt.decimals, opt.sci_from);
+  if (c.group == Group::Vlm && !in_percent(c)) return fmt::format("{:.{}f}", v, opt.decimals);
   // KLDs of a good quantization are ~1e-3 nats: three more decimals than the other numbers.
   if (!in_percent(c)) return fmt::format("{:.{}f}", v, opt.decimals + 3);
   return format_acc(v, opt.decimals);
@@ -341,7 +378,7 @@ std::string format_value(const Column& c, double v, const ReportOptions& opt) {
 
 std::vector<TextTable> text_tables(const Tables& tables, const ModelTables& t, const ReportOptions& opt) {
   std::vector<TextTable> out;
-  for (Group g : {Group::Ppl, Group::Kld, Group::ZeroShot, Group::Mmlu}) {
+  for (Group g : {Group::Ppl, Group::Kld, Group::ZeroShot, Group::Mmlu, Group::Vlm}) {
     std::vector<const Column*> cols;
     for (const Column& c : t.columns)
       if (c.group == g) cols.push_back(&c);
@@ -369,7 +406,8 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
   std::map<std::string, std::pair<int64_t, int64_t>> eval_n;  // key -> (min n, max n) over cells
   std::map<std::string, std::string> conventions;
   for (const ResultRecord& x : r.results) {
-    if (x.metric != "ppl" && x.metric != "acc" && x.metric != "kld_mean") continue;
+    const bool vlm = x.kind == "vision_language";
+    if (x.metric != "ppl" && x.metric != "acc" && x.metric != "kld_mean" && !vlm) continue;
     auto [it, fresh] = eval_n.try_emplace(x.eval_key, x.n, x.n);
     it->second.first = std::min(it->second.first, x.n);
     it->second.second = std::max(it->second.second, x.n);
@@ -379,7 +417,10 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
         const json& e = id["evaluation"];
         std::string c = e.value("convention", "");
         if (x.kind == "kl_divergence") c = "KL-divergence from the 16-bit model on " + c;
-        if (x.kind == "perplexity" || x.kind == "kl_divergence")
+        if (vlm)
+          c += fmt::format("; {} items, conversation {}, greedy, at most {} new tokens", e.value("items", 0),
+                           e.value("conversation", std::string("?")), e.value("max_new_tokens", 0));
+        else if (x.kind == "perplexity" || x.kind == "kl_divergence")
           c += fmt::format("; {} windows of {} tokens{}", e.value("windows", 0), e.value("seqlen", 0),
                            e.value("windows", 0) < e.value("windows_available", 0)
                                ? fmt::format(" (first {} of {})", e.value("windows", 0), e.value("windows_available", 0))

@@ -15,7 +15,7 @@
 
 namespace lowbit::study {
 
-enum class Group { Ppl, Kld, ZeroShot, Mmlu };
+enum class Group { Ppl, Kld, ZeroShot, Mmlu, Vlm };
 
 struct Column {
   Group group;

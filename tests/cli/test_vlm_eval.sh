@@ -2,7 +2,7 @@
 # lowbit vlm-eval on the tiny random-weight LLaVA-Next (tests/fixtures/llava_next) with the test
 # tokenizer (tests/fixtures/vlm/tokenizer.json): sample parquet files in the lmms-lab datasets'
 # layout (scripts/make_vlm_sample_parquet.py) converted by scripts/vlm_parquet_to_jsonl.py, every
-# benchmark run to its metrics, and refusals of bad input (unknown task, missing field, corrupt
+# benchmark run to its metrics, results stored and reported as Table 8, and refusals of bad input (unknown task, missing field, corrupt
 # image, no tokenizer) that name the item and write nothing. Skipped (77) without pyarrow.
 set -u
 B="$LOWBIT_BIN"
@@ -43,6 +43,15 @@ expect_ok "limit" "ai2d \(lmms-eval ai2d, test split, 1 items, max_new_tokens 2,
   --limit 1 --max-new-tokens 2 --threads 1
 expect_ok "llava_hf conversation and identity" "\"key\": \"docvqa:conversation=llava_hf,max_new_tokens=2,limit=0\"" "$B" vlm-eval --model "$M" --task docvqa --data "$D" \
   --max-new-tokens 2 --threads 1 --conversation llava_hf --json
+
+# Results into a study store, laid out as Table 8 by lowbit report.
+for t in ai2d mme; do
+  expect_ok "store $t" "written to $T/vlm.sqlite" "$B" vlm-eval --model "$M" --task "$t" --data "$D" --max-new-tokens 2 \
+    --threads 1 --store "$T/vlm.sqlite" --name llava-tiny
+done
+expect_err "stored twice" "already holds ai2d:conversation=llava,max_new_tokens=2,limit=0 of cell llava-tiny\|fp16\|none" \
+  "$B" vlm-eval --model "$M" --task ai2d --data "$D" --max-new-tokens 2 --threads 1 --store "$T/vlm.sqlite" --name llava-tiny
+expect_ok "Table 8 layout" "\| AI2D +\| MME Cognition +\| MME Perception +\|" "$B" report "$T/vlm.sqlite"
 
 expect_err "unknown task" "unknown vision-language task 'mmbench_cn' \(known: ai2d, chartqa, docvqa, mmbench_en, mme\)" \
   "$B" vlm-eval --model "$M" --task mmbench_cn --data "$D"

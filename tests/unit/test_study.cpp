@@ -406,6 +406,39 @@ TEST(StudyReport, TablesFromAStore) {
   EXPECT_EQ(html.find("<script"), std::string::npos);  // self-contained, static
 }
 
+// Vision-language results (lowbit vlm-eval --store) laid out as the paper's Table 8: AI2D, ChartQA
+// and DocVQA (fractions) in percent, MMBench (stored 0-100) and MME's scores as stored.
+TEST(StudyReport, VisionLanguageTable) {
+  test::TempDir dir;
+  const std::string db = dir / "s.sqlite";
+  {
+    Store s(db, Store::Mode::ReadWrite);
+    start(s);
+    const CellRecord base = cell("fp16", "fp16", 16, 16, -1, 0);
+    const CellRecord g4 = cell("gptq:w=4,g=128", "gptq", 4, 16, 128, 1);
+    for (const auto& [c, ai2d, mme_c, mme_p] :
+         {std::tuple{g4, 0.707, 331.6, 1563.4}, std::tuple{base, 0.717, 376.8, 1588.3}}) {
+      s.write_evaluation(c, eval("ai2d", "vision_language"), {{"exact_match", ai2d, std::nullopt, 3088}});
+      s.write_evaluation(c, eval("mme", "vision_language"),
+                         {{"mme_perception_score", mme_p, std::nullopt, 2374},
+                          {"mme_cognition_score", mme_c, std::nullopt, 2374}});
+    }
+    s.write_evaluation(base, eval("mmbench_en", "vision_language"), {{"gpt_eval_score", 72.2, std::nullopt, 4329}});
+    s.write_evaluation(base, eval("docvqa", "vision_language"), {{"anls", 0.782, std::nullopt, 5349}});
+  }
+  const ReportData r = load_report(db);
+  const std::string md = squeeze(render_markdown(r));
+  const std::string want =
+      "| Method | #W | #A | #G | AI2D | DocVQA | MMBench | MME Cognition | MME Perception |\n"
+      "| - | -: | -: | -: | -: | -: | -: | -: | -: |\n"
+      "| m | 16 | 16 | - | 71.7 | 78.2 | 72.2 | 376.8 | 1588.3 |\n"
+      "| GPTQ | 4 | 16 | 128 | 70.7 | - | - | 331.6 | 1563.4 |\n";
+  EXPECT_NE(md.find(want), std::string::npos) << md;
+  EXPECT_NE(md.find("Vision-language benchmarks"), std::string::npos) << md;
+  const std::string csv = render_csv(r);
+  EXPECT_NE(csv.find("AI2D acc%,DocVQA acc%,MMBench,MME Cognition,MME Perception\n"), std::string::npos) << csv;
+}
+
 TEST(StudyReport, HtmlWithoutGnuplotStillHasTables) {
   test::TempDir dir;
   const std::string db = dir / "s.sqlite";

@@ -1,9 +1,12 @@
 // lowbit vlm-eval --model DIR --task ai2d|chartqa|docvqa|mmbench_en|mme --data FILE_OR_DIR
 //                 [--limit N] [--max-new-tokens N] [--conversation llava|llava_hf]
-//                 [--predictions OUT.jsonl] [--json]
+//                 [--predictions OUT.jsonl] [--json] [--store DB [--study NAME] [--name MODEL]]
 // A LLaVA-Next checkpoint on one vision-language benchmark with lmms-eval's conventions
 // (eval/vlm/vlm_task.h): greedy answers, the task's scoring and aggregate. Every item and image
 // is checked before the model runs; the predictions file is written only after the last item.
+// --store records the result in a study's results store (study/store.h) as one evaluation of the
+// model's cell ("MODEL|METHOD|CALIBRATION", the 16-bit model's method being fp16), so that
+// `lowbit report` lays it out as the paper's Table 8.
 #include "commands.h"
 
 #include "backend/ops.h"
@@ -11,6 +14,8 @@
 #include "eval/identity.h"
 #include "eval/vlm/vlm_eval.h"
 #include "quant/lowbit_checkpoint.h"
+#include "study/grid.h"
+#include "study/store.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
 
@@ -27,6 +32,7 @@ namespace {
 
 struct Options {
   std::string model, task, data, predictions, conversation = "llava";
+  std::string store, study = "vlm", name;
   int64_t limit = 0, max_new_tokens = 0;
   int threads = 0;
   bool json = false;
@@ -36,6 +42,27 @@ std::string metric_text(const vlm::Json& v) {
   if (v.is_null()) return "n/a (no item)";
   if (v.is_number()) return fmt::format("{:.4f}", v.get<double>());
   return v.dump();
+}
+
+// The model's cell as a study stores it, from the checkpoint's quantization record (none: fp16).
+study::CellRecord cell_record(const std::string& name, const std::string& path, const std::string& sha256,
+                              const nlohmann::json& method_id) {
+  study::CellRecord c;
+  const nlohmann::json& m = method_id["method"];
+  const nlohmann::json& cal = method_id["calibration"];
+  c.model = name;
+  c.model_path = path;
+  c.model_sha256 = sha256;
+  c.method = m.value("spec", std::string("fp16"));
+  c.method_name = m.value("name", std::string("fp16"));
+  c.resolved = m.value("resolved", c.method);
+  c.w = m.value("weight_bits", 16.0);
+  c.a = m.value("activation_bits", 16);
+  c.g = m.value("group_size", int64_t(-1));
+  c.calibration = cal.is_object() ? cal.value("key", std::string("none")) : "none";
+  c.calibration_json = cal.dump();
+  c.key = study::cell_key(name, c.method, c.calibration);
+  return c;
 }
 
 void run(const Options& o) {
@@ -49,6 +76,28 @@ void run(const Options& o) {
   LB_CHECK(!model->tokenizer_path().empty(), "vlm-eval: model '{}' has no tokenizer (tokenizer.json)", o.model);
   auto tok = load_tokenizer(model->tokenizer_path());
   model->language_model().set_keep_16bit_weights(true);  // decode reads every weight once per token
+  const std::string data_file = vlm::vlm_data_file(task, o.data);
+  const std::string eval_key = vlm::vlm_evaluation_key(task, opt, o.limit);
+  const bool want_identity = o.json || !o.store.empty();
+  const Checkpoint& ck = model->language_model().checkpoint();
+  const std::string name = o.name.empty() ? model_display_name(o.model) : o.name;
+  const std::string sha = want_identity ? weights_sha256(ck) : "";
+  const nlohmann::json method_id = method_part(ck);
+
+  // The store is opened, and the result's place in it checked, before the model runs.
+  std::unique_ptr<study::Store> store;
+  study::CellRecord cell;
+  if (!o.store.empty()) {
+    store = std::make_unique<study::Store>(o.store, study::Store::Mode::ReadWrite);
+    store->lock();
+    const auto existing = store->study_name();
+    LB_CHECK(!existing || *existing == o.study, "results store '{}' belongs to study '{}', not '{}' (--study)",
+             o.store, existing.value_or(""), o.study);
+    if (!existing) store->set_study_name(o.study);
+    cell = cell_record(name, o.model, sha, method_id);
+    LB_CHECK(!store->stored_evaluations().count({cell.key, eval_key}),
+             "results store '{}' already holds {} of cell {}", o.store, eval_key, cell.key);
+  }
 
   const auto t0 = std::chrono::steady_clock::now();
   const vlm::VlmEvalResult r =
@@ -75,16 +124,45 @@ void run(const Options& o) {
     std::filesystem::rename(tmp, o.predictions);
   }
 
-  if (o.json) {
+  nlohmann::json identity;
+  if (want_identity) {
     RuntimeFacts facts;
     facts.seconds = seconds;
     facts.peak = peak_rss();
     facts.threads = num_threads();
-    const Checkpoint& ck = model->language_model().checkpoint();
-    const nlohmann::json identity = result_identity(
-        model_identity(ck, model_display_name(o.model), o.model, weights_sha256(ck), *tok, "auto"), method_part(ck),
-        nlohmann::json::parse(vlm::vlm_evaluation_identity(task, vlm::vlm_data_file(task, o.data), opt, o.limit, r).dump()),
-        runtime_part(facts));
+    identity = result_identity(model_identity(ck, name, o.model, sha, *tok, "auto"), method_id,
+                               nlohmann::json::parse(vlm::vlm_evaluation_identity(task, data_file, opt, o.limit, r).dump()),
+                               runtime_part(facts));
+  }
+  if (store) {
+    study::RunRecord rr;
+    rr.spec_text = fmt::format("lowbit vlm-eval --model {} --task {} --data {} --limit {} --max-new-tokens {} "
+                               "--conversation {}", o.model, o.task, o.data, o.limit, o.max_new_tokens, o.conversation);
+    rr.device = "cpu";
+    rr.threads = num_threads();
+    const int64_t run_id = store->begin_run(rr);
+    nlohmann::json id = identity;
+    id["study"] = o.study;
+    id["cell"] = cell.key;
+    id["run"] = run_id;
+    study::EvalRecord er;
+    er.eval = task.name;
+    er.eval_key = eval_key;
+    er.kind = "vision_language";
+    er.seconds = seconds;
+    er.peak_rss_bytes = identity.value("peak_rss_bytes", int64_t(0));
+    er.device = "cpu";
+    er.threads = num_threads();
+    er.run_id = run_id;
+    er.identity = id.dump();
+    std::vector<study::MetricValue> metrics;
+    for (const auto& [k, v] : r.metrics.items())
+      if (v.is_number()) metrics.push_back({k, v.get<double>(), std::nullopt, int64_t(r.items.size())});
+    store->write_evaluation(cell, er, metrics);
+    store->finish_run(run_id);
+    fmt::print(stderr, "{} of cell {} written to {}\n", eval_key, cell.key, o.store);
+  }
+  if (o.json) {
     const vlm::Json out = {{"task", task.name},
                            {"lmms_eval_task", task.lmms_eval_task},
                            {"split", task.split},
@@ -127,6 +205,9 @@ void register_vlm_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--predictions", o->predictions, "also write each item's answer and record to this jsonl");
   cmd->add_flag("--json", o->json, "print the result as JSON");
+  cmd->add_option("--store", o->store, "also record the result in this study results store (SQLite file)");
+  cmd->add_option("--study", o->study, "the study's name in --store")->capture_default_str();
+  cmd->add_option("--name", o->name, "the model's name in --store and the identity (default: the directory's name)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->callback([o] { run(*o); });
 }
