@@ -146,7 +146,7 @@ def main():
              ("-3", "3"), ("-3", "-3.1"), ("1e3", "1000"), ("1E3", "1000"), ("12%%", "0.12"), ("", ""),
              ("abc", "ABC"), ("2019", "2018"), ("3.", "3"), (".5", "0.5"), ("+4", "4"), ("4.2 million", "4.2"),
              ("$5", "5"), ("5", "$5"), ("Infinity", "inf"), ("0x10", "16"), ("\u00a012", "12"), ("17.5", "17.50"),
-             ("Bulgaria", "bulgaria"), ("Bulgaria.", "Bulgaria")]
+             ("Bulgaria", "bulgaria"), ("Bulgaria.", "Bulgaria"), ("\u00c9T\u00c9", "\u00e9t\u00e9")]
     recs, items = [], []
     for i, (p, t) in enumerate(pairs):
         doc = {"question": f"What is the value of bar {i}?", "answer": t,
@@ -168,7 +168,9 @@ def main():
              (["x"], ""), ([""], "x"), (["caf\u00e9"], "cafe"), (["caf\u00e9"], "CAF\u00e9"), (["12,500"], "12500"),
              (["$ 3.50"], "$3.50"), (["March 5, 1968"], "march 5 1968"), (["ITC Limited"], "ITC Ltd"),
              (["ITC Limited"], "The company is ITC Limited"), (["yes"], "Yes."), (["a b c"], " a  b  c "),
-             (["na\u00efve"], "naive"), (["R&D"], "r & d"), (["50%"], "50 %")]
+             (["na\u00efve"], "naive"), (["R&D"], "r & d"), (["50%"], "50 %"), (["caf\u00e9"], "CAF\u00c9"),
+             (["\u0395\u03bb\u03bb\u03ac\u03b4\u03b1"], "\u0395\u039b\u039b\u0386\u0394\u0391"),
+             (["\u041c\u043e\u0441\u043a\u0432\u0430"], "\u041c\u041e\u0421\u041a\u0412\u0410"), (["\u0141\u00f3d\u017a"], "\u0142\u00d3D\u0179")]
     recs, items = [], []
     for i, (refs, p) in enumerate(cases):
         doc = {"questionId": 1000 + i if i % 2 else str(2000 + i), "question": f"What is written in field {i}?",
@@ -265,7 +267,7 @@ def main():
                "A\nB", "", "  C  ", "C.D", "Option: (D)."]
     out["mmbench_can_infer_option"] = [[s, ev.can_infer_option(s) or ""] for s in answers]
     choice_doc = {"A": "Red", "B": "blue", "C": "dark red", "D": None}
-    texts = ["red", "Blue", "It is dark red", "BLUE sky", "green", "", "red and blue"]
+    texts = ["red", "Blue", "It is dark red", "BLUE sky", "green", "", "red and blue", "R\u00c9D", "\u00dcber red"]
     out["mmbench_can_infer_text"] = {"doc": choice_doc,
                                      "cases": [[s, ev.can_infer_text(s, dict(choice_doc)) or ""] for s in texts]}
     mcq_cases = [("The correct answer is (B).", None), ("B", ["A", "B", "C", "D"]), ("Answer: C", ["A", "B", "C", "D"]),

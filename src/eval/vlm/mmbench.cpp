@@ -117,7 +117,7 @@ std::string extract_mcq_answer(const std::string& response, const std::vector<st
   for (const auto& ch : choices) rfind_all(ch + ":", Colon, ch);
   for (const auto& ch : choices) rfind_all(ch + ")", RightParen, ch);
   for (const auto& ch : choices) rfind_all(ch + " ", Space, ch);
-  const std::string text_lower = py_lower(text);  // ASCII lowering keeps byte offsets
+  const std::string text_lower = py_lower(text);  // every capital py_lower maps keeps its UTF-8 length
   for (const std::string& phrase : kPhrases) {
     const size_t idx = text_lower.find(phrase);
     if (idx == std::string::npos) continue;

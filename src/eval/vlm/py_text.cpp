@@ -121,18 +121,40 @@ std::vector<std::string> py_split(std::string_view s) {
   return out;
 }
 
-std::string py_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
-  return out;
+namespace {
+
+uint32_t lower_cp(uint32_t cp) {
+  if (cp >= 'A' && cp <= 'Z') return cp + 32;
+  if (cp < 0xc0) return cp;
+  if (cp <= 0xde) return cp == 0xd7 ? cp : cp + 32;
+  if (cp >= 0x100 && cp <= 0x137) return (cp % 2 == 0 && cp != 0x130) ? cp + 1 : cp;
+  if (cp >= 0x139 && cp <= 0x148) return cp % 2 == 1 ? cp + 1 : cp;
+  if (cp >= 0x14a && cp <= 0x177) return cp % 2 == 0 ? cp + 1 : cp;
+  if (cp == 0x178) return 0xff;
+  if (cp >= 0x179 && cp <= 0x17e) return cp % 2 == 1 ? cp + 1 : cp;
+  if (cp == 0x386) return 0x3ac;
+  if (cp >= 0x388 && cp <= 0x38a) return cp + 37;
+  if (cp == 0x38c) return 0x3cc;
+  if (cp == 0x38e || cp == 0x38f) return cp + 63;
+  if (cp >= 0x391 && cp <= 0x3ab) return cp == 0x3a2 ? cp : cp + 32;
+  if (cp >= 0x400 && cp <= 0x40f) return cp + 80;
+  if (cp >= 0x410 && cp <= 0x42f) return cp + 32;
+  return cp;
 }
 
-std::string py_upper(std::string_view s) {
+}  // namespace
+
+std::string py_lower(std::string_view s) {
   std::string out(s);
-  for (char& c : out)
-    if (c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
-  return out;
+  bool ascii = true;
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+    if (static_cast<unsigned char>(c) >= 0x80) ascii = false;
+  }
+  if (ascii) return out;
+  std::u32string u = to_u32(s);
+  for (char32_t& c : u) c = lower_cp(uint32_t(c));
+  return to_utf8(u);
 }
 
 std::string py_replace(std::string_view s, std::string_view from, std::string_view to) {

@@ -3,8 +3,9 @@
 //
 // Whitespace is Python's str.isspace() set (ASCII \t\n\v\f\r, \x1c-\x1f and space, and the
 // Unicode spaces U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000).
-// lower/upper change ASCII letters only: the benchmarks' answers and options are English, and
-// a non-ASCII letter is left as it is (Python would case-map it). isalpha is exact for ASCII and
+// lower() maps the capitals of ASCII, Latin-1, Latin Extended-A (but U+0130, which Python lowers
+// to two code points), basic Greek (with its tonos capitals) and basic Cyrillic, as Python does;
+// capitals of other scripts are left as they are. isalpha is exact for ASCII and
 // covers the common letter blocks beyond it (Latin-1 and Latin Extended, Greek, Cyrillic, CJK
 // ideographs, kana, Hangul).
 #pragma once
@@ -30,7 +31,6 @@ std::string py_strip_chars(std::string_view s, std::string_view chars);   // str
 std::string py_rstrip_chars(std::string_view s, std::string_view chars);  // str.rstrip(chars), ASCII chars
 std::vector<std::string> py_split(std::string_view s);          // str.split()
 std::string py_lower(std::string_view s);
-std::string py_upper(std::string_view s);
 std::string py_replace(std::string_view s, std::string_view from, std::string_view to);  // str.replace
 bool contains(std::string_view s, std::string_view part);
 // float(text): surrounding whitespace, sign, digits with single underscores between them, a
