@@ -85,6 +85,19 @@ config() {
   esac
 }
 for c in $CONFIGS; do config "$c" >/dev/null; done
+# What a later step would stop on, checked before any work.
+[[ -x "$LOWBIT" ]] || { echo "LOWBIT '$LOWBIT' is not an executable" >&2; exit 1; }
+[[ -f "$DATA/ptb/ptb.train.txt" || "$CALIB" != ptb ]] || { echo "missing $DATA/ptb/ptb.train.txt" >&2; exit 1; }
+"$PYTHON" -c "import torch, transformers, safetensors, numpy" ||
+  { echo "$PYTHON lacks torch, transformers, safetensors or numpy" >&2; exit 1; }
+if [[ "$REF_DEVICE" == cuda ]]; then
+  "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" ||
+    { echo "REF_DEVICE=cuda but torch sees no GPU (REF_DEVICE=cpu runs the references on the CPU)" >&2; exit 1; }
+fi
+if [[ " $CONFIGS " == *" quip-"* ]]; then
+  "$PYTHON" -c "import primefac, scipy" || { echo "QuIP's method.py imports primefac and scipy: install them (pip" \
+    "install --target DIR primefac-*.whl, then PYTHONPATH=DIR)" >&2; exit 1; }
+fi
 for r in PB-LLM/gptq_pb/gptq.py BiLLM/bigptq.py SliM-LLM/slim-llm/slim_gptq.py QuIP/bal.py; do
   [[ -f "$REFS/$r" ]] || { echo "missing $REFS/$r (REFS holds the official work trees)" >&2; exit 1; }
 done
