@@ -52,6 +52,9 @@
 #   salience search (the reference's rounds: 5 // 2 - 1 = 1 candidate, as lowbit's) and in GPTQ; it
 #   runs at the study's g=128 (SLIM_G).
 # - QuIP has no groups; its butterflies factor 576 = 24 x 24 and 1536 = 32 x 48 on both sides.
+# Small calibrations: SliM-LLM's salience pass (get_salience) damps the Hessian by an absolute 0.01,
+# so with fewer calibration tokens than down_proj's 1536 inputs its Cholesky factorization can
+# fail (SmolLM2 at 2 x 128 tokens did); keep NSAMPLES x SEQLEN in the thousands for slim-*.
 set -euo pipefail
 if [[ $# -ne 5 ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
