@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Whole-model reference runs of PB-LLM, BiLLM, SliM-LLM and QuIP on the CPU, for comparison
-with lowbit's.
+"""Whole-model reference runs of PB-LLM, BiLLM, SliM-LLM and QuIP, on the GPU (--device cuda, as
+their repositories run) or on the CPU, for comparison with lowbit's.
 
 Drives the official quantizer classes (imported from the checkouts given on the command line:
 PB-LLM's gptq_pb LowHighGPT / LowQuantizer / HighQuantizer, BiLLM's BRAGPTQ / Binarization,
@@ -15,21 +15,39 @@ PTB train file (rows stripped and joined with " ", as both repositories' get_ptb
 2048-token windows drawn with random.seed(seed). The quantized ("fake", dequantized) model is
 saved with save_pretrained so that `lowbit ppl` evaluates it exactly as it evaluates lowbit's.
 
+Calibration windows: --ptb draws them as the repositories do (their tokenizer, their text);
+--windows FILE takes the very windows lowbit quantizes on, the file `lowbit quantize
+--save-calib FILE` writes (I32 "windows" [nsamples, seqlen]), so that both sides calibrate on the
+same tokens whatever the tokenizer (scripts/device/compare_reference_methods.sh does that).
+
+--device cuda runs everything as the repositories' drivers do on their GPU: the quantizers'
+torch.cuda calls are the real ones, TF32 is off (as their modules set it), the Hessians, the
+searches and the block forwards run on the GPU. The whole model is moved to the GPU at once
+instead of block by block (the same arithmetic; a small model fits), and back to the CPU to be
+saved. --device cpu (the default) stubs torch.cuda.synchronize, which fasterquant calls.
+
   python3 scripts/reference_pipeline.py --method pbllm --repo /tmp/pbllm \
       --model ../shared/models/testbed-44m --ptb ../shared/data/ptb/ptb.train.txt -o /tmp/ref_pbllm
+  lowbit quantize --model M --method pbllm --calib ptb --save-calib /tmp/w.safetensors -o /tmp/lb_pbllm
+  python3 scripts/reference_pipeline.py --method pbllm --repo /tmp/pbllm --model M_HF \
+      --windows /tmp/w.safetensors --device cuda -o /tmp/ref_pbllm
 
 Options follow the repositories' command lines: PB-LLM `xnor --low_frac F --high_bit 8
 --salient_metric hessian --groupsize 128`, BiLLM `braq --blocksize 128 --salient_metric hessian`,
 SliM-LLM `{wbits}bit --groupsize 128` (salience-determined allocation, metric mse, lambda 1),
 QuIP `--quant ldlq --wbits W --npasses 0 --pre_gptqH --pre_rescale --pre_proj --qfn b`. QuIP draws
 its rotations from torch's unseeded generator: --seed also seeds torch here, and a spread over
-seeds is what compares with lowbit's (whose butterflies are seeded by its own generator).
+seeds is what compares with lowbit's (whose butterflies are seeded by its own generator). QuIP's
+butterflies are drawn on the CPU (torch's generator, and numpy's for scipy's special_ortho_group,
+both seeded with --seed) and then moved, so a seed gives the same ones on either device.
+The model loads with torch_dtype="auto" (QuIP: float16), or --dtype.
 
   python3 scripts/reference_pipeline.py --method slim --repo /tmp/slim/slim-llm --wbits 3 ...
   python3 scripts/reference_pipeline.py --method quip --repo /tmp/quip --wbits 2 --seed 1 ...
 """
 import argparse
 import importlib
+import json
 import os
 import random
 import shutil
@@ -44,6 +62,8 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pbllm_billm_reference import TorchProxy  # noqa: E402
 
+TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
 # fasterquant ends with torch.cuda.synchronize(), which a machine without a GPU refuses.
 NO_CUDA = types.SimpleNamespace(synchronize=lambda: None, empty_cache=lambda: None)
 
@@ -56,6 +76,18 @@ def stub_module(name, **attrs):
         for k, v in attrs.items():
             setattr(m, k, v)
         sys.modules[name] = m
+
+
+def windows_of(path):
+    """The windows `lowbit quantize --save-calib` wrote: a list of [1, seqlen] int64 tensors."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as f:
+        if "windows" not in f.keys():
+            raise SystemExit(f"{path}: no 'windows' tensor (write it with lowbit quantize --save-calib)")
+        w = f.get_tensor("windows")
+    if w.dim() != 2 or w.dtype != torch.int32:
+        raise SystemExit(f"{path}: 'windows' is {w.dtype} {list(w.shape)}, expected int32 [nsamples, seqlen]")
+    return [w[i:i + 1].long() for i in range(w.shape[0])]
 
 
 def calibration(tok, path, nsamples, seqlen, seed):
@@ -72,10 +104,10 @@ def calibration(tok, path, nsamples, seqlen, seed):
 
 
 @torch.no_grad()
-def quant_sequential(model, windows, make_quantizer, quantize, between=None):
+def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev="cpu"):
     layers = model.model.layers
     dtype = next(iter(model.parameters())).dtype
-    inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype)
+    inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype, device=dev)
     cache = {"i": 0, "kwargs": None}
 
     class Catcher(nn.Module):
@@ -92,7 +124,7 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None):
     layers[0] = Catcher(layers[0])
     for w in windows:
         try:
-            model(w)
+            model(w.to(dev))
         except ValueError:
             pass
     layers[0] = layers[0].module
@@ -146,11 +178,16 @@ def main():
                     "Cornell-RelaxML/QuIP, or the slim-llm directory of Aaronhuang-778/SliM-LLM")
     ap.add_argument("--wbits", type=int, default=2, help="slim, quip: weight bits")
     ap.add_argument("--model", required=True)
-    ap.add_argument("--ptb", required=True, help="ptb.train.txt")
+    cal = ap.add_mutually_exclusive_group(required=True)
+    cal.add_argument("--ptb", help="ptb.train.txt: draw the windows as the repositories do")
+    cal.add_argument("--windows", help="the windows lowbit calibrates on (lowbit quantize --save-calib FILE)")
     ap.add_argument("-o", "--output", required=True)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nsamples", type=int, default=128, help="with --ptb")
+    ap.add_argument("--seqlen", type=int, default=2048, help="with --ptb")
+    ap.add_argument("--seed", type=int, default=0, help="the windows' random.seed (with --ptb) and torch's")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default=None,
+                    help="the model's type while it is quantized (default: auto; QuIP float16, as its llama.py)")
     ap.add_argument("--low_frac", type=float, default=0.9)
     ap.add_argument("--high_bit", type=int, default=8)
     ap.add_argument("--groupsize", type=int, default=128)
@@ -159,30 +196,53 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    # QuIP draws the butterflies' factors other than 2 x 2 with scipy's special_ortho_group, from
+    # numpy's global generator: seeded too, so that a run can be repeated.
+    import numpy
+    numpy.random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no GPU")
+        # GPTQ's and the four repositories' drivers turn TF32 off.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     from transformers import AutoModelForCausalLM, LlamaTokenizer
 
     stub_module("exceptiongroup", catch=None)
     stub_module("pyparsing", line=None)
     # QuIP's llama.py loads the model in fp16, the other three with torch_dtype="auto".
+    dtype = args.dtype or ("float16" if args.method == "quip" else "auto")
     model = AutoModelForCausalLM.from_pretrained(args.model,
-                                                 torch_dtype=torch.float16 if args.method == "quip" else "auto")
+                                                 torch_dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     model.config.use_cache = False
-    # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
-    # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
-    # --spm-convention llama); beside config.json transformers 5 would pick another conversion.
-    tok_dir = tempfile.mkdtemp()
-    shutil.copy(os.path.join(args.model, "tokenizer.model"), tok_dir)
-    tok = LlamaTokenizer.from_pretrained(tok_dir)
-    windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
+    if args.windows:
+        windows = windows_of(args.windows)
+    else:
+        # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
+        # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
+        # --spm-convention llama); beside config.json transformers 5 would pick another conversion.
+        tok_dir = tempfile.mkdtemp()
+        shutil.copy(os.path.join(args.model, "tokenizer.model"), tok_dir)
+        tok = LlamaTokenizer.from_pretrained(tok_dir)
+        windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
+    if max(int(w.max()) for w in windows) >= model.config.vocab_size:
+        raise SystemExit(f"calibration ids reach {max(int(w.max()) for w in windows)}, beyond the model's "
+                         f"vocabulary of {model.config.vocab_size}: the windows are another tokenizer's")
+    print(f"calibration: {len(windows)} windows of {windows[0].shape[1]} tokens; model {dtype} on {args.device}",
+          flush=True)
+    if cuda:
+        model.to("cuda")
 
     between = None
     if args.method == "pbllm":
         sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
         gptq = importlib.import_module("gptq")
         gptq.OUTPUTMASK = 0
-        gptq.torch = TorchProxy({"cuda": NO_CUDA})
+        if not cuda:
+            gptq.torch = TorchProxy({"cuda": NO_CUDA})
         LowQuantizer = importlib.import_module("low_quant").LowQuantizer
         HighQuantizer = importlib.import_module("high_quant").HighQuantizer
 
@@ -195,7 +255,8 @@ def main():
             g.fasterquant(args.low_frac, percdamp=0.01, blocksize=args.blocksize)
     elif args.method == "slim":
         sys.path.insert(0, args.repo)
-        torch.cuda.synchronize = lambda *a, **k: None  # fasterquant synchronizes a GPU
+        if not cuda:
+            torch.cuda.synchronize = lambda *a, **k: None  # fasterquant synchronizes a GPU
         SliMGPTQ = importlib.import_module("slim_gptq").SliMGPTQ
         Quantizer = importlib.import_module("utils.mixed_quantizer").Quantizer
         index = {"n": 0}
@@ -239,7 +300,8 @@ def main():
     else:
         sys.path.insert(0, args.repo)
         bigptq = importlib.import_module("bigptq")
-        bigptq.torch = TorchProxy({"cuda": NO_CUDA})
+        if not cuda:
+            bigptq.torch = TorchProxy({"cuda": NO_CUDA})
         Binarization = importlib.import_module("binary").Binarization
 
         def make(layer):
@@ -253,17 +315,29 @@ def main():
     import builtins
     real_print = builtins.print
     builtins.print = lambda *a, **k: real_print(*a, **k) if a and str(a[0]).startswith("block") else None
-    quant_sequential(model, windows, make, quantize, between=between)
+    t0 = time.time()
+    quant_sequential(model, windows, make, quantize, between=between, dev=args.device)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.time() - t0
     builtins.print = real_print
 
     if os.path.exists(args.output):
         shutil.rmtree(args.output)
+    model.to("cpu")
     model.config.use_cache = True
     model.save_pretrained(args.output)
-    # The source's tokenizer file itself, so that every evaluation tokenizes as it does for the
-    # 16-bit model.
-    shutil.copy(os.path.join(args.model, "tokenizer.model"), args.output)
-    print("saved", args.output)
+    # The source's tokenizer files themselves, so that every evaluation tokenizes as it does for
+    # the 16-bit model.
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(args.model, name)):
+            shutil.copy(os.path.join(args.model, name), args.output)
+    with open(os.path.join(args.output, "reference_run.json"), "w") as f:
+        json.dump({"method": args.method, "repo": os.path.abspath(args.repo), "args": vars(args),
+                   "windows": [len(windows), int(windows[0].shape[1])], "dtype": dtype, "device": args.device,
+                   "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+                   "quantize_seconds": seconds}, f, indent=1)
+    print(f"saved {args.output}: quantized in {seconds:.1f} s on {args.device}")
 
 
 if __name__ == "__main__":

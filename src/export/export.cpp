@@ -52,21 +52,27 @@ ExportSummary export_model(const std::string& quantized_dir, const ExportOptions
 
   ExportSource src;
   src.ck = open_model(quantized_dir);
-  LB_CHECK(src.ck.format == "lowbit-quantized",
-           "export: '{}' is not a lowbit quantized checkpoint (it reads as {}; `lowbit quantize` writes one)",
+  // A model that is not quantized (a GGUF file, a llama2.c checkpoint, a safetensors directory)
+  // has only the dense form: hf writes it as lowbit reads it, e.g. a GGUF's dequantized weights.
+  LB_CHECK(src.ck.format == "lowbit-quantized" || &format == &kHfExport,
+           "export: '{}' is not a lowbit quantized checkpoint (it reads as {}; `lowbit quantize` writes one); only "
+           "--format hf writes a model that is not quantized",
            quantized_dir, src.ck.format);
   src.weights = dynamic_cast<const QuantizedWeightSource*>(src.ck.weights.get());
-  LB_ASSERT(src.weights != nullptr);
+  LB_ASSERT(src.weights != nullptr || src.ck.format != "lowbit-quantized");
   src.dir = fs::is_directory(quantized_dir) ? fs::path(quantized_dir) : fs::path(quantized_dir).parent_path();
-  const nlohmann::json activation = src.ck.quantization.value("activation", nlohmann::json(nullptr));
+  const nlohmann::json activation = src.ck.quantization.is_object()
+                                        ? src.ck.quantization.value("activation", nlohmann::json(nullptr))
+                                        : nlohmann::json(nullptr);
   LB_CHECK(activation.is_null() || activation.empty() || activation.value("bits", 16) >= 16,
            "export: '{}' quantizes activations ({}); the export formats hold weight quantization only, and the "
            "model's accuracy depends on its activation quantization",
            quantized_dir, activation.dump());
 
   // Which linears the format holds; the others are refused, or written dense when asked.
-  for (const std::string& name : src.weights->names())
-    if (src.weights->is_quantized(name)) src.linear_names.push_back(name);
+  if (src.weights != nullptr)
+    for (const std::string& name : src.weights->names())
+      if (src.weights->is_quantized(name)) src.linear_names.push_back(name);
   for (const std::string& name : src.linear_names) {
     const QuantizedLinear q = src.weights->quantized(name);
     const std::string why = format.cannot_hold(q, o);

@@ -147,7 +147,7 @@ Tensor i32_tensor(const std::vector<int32_t>& v, std::vector<int64_t> shape) {
 std::vector<std::string> dense_tensor_names(const ExportSource& src) {
   std::vector<std::string> out;
   for (const auto& [name, shape] : expected_llama_tensors(src.ck.config))
-    if (!src.weights->is_quantized(name)) out.push_back(name);
+    if (src.weights == nullptr || !src.weights->is_quantized(name)) out.push_back(name);
   return out;
 }
 

@@ -229,6 +229,28 @@ std::string weights_sha256(const Checkpoint& ck) {
   return h.hex_digest();
 }
 
+void write_source_side_files(const Checkpoint& ck, const fs::path& dir) {
+  // config.json: the source's own when it has one, else one written from its hyper-parameters.
+  const fs::path src_dir = fs::is_directory(ck.path) ? fs::path(ck.path) : fs::path(ck.path).parent_path();
+  if ((ck.format == "hf-safetensors" || ck.format == "lowbit-quantized") && fs::exists(src_dir / "config.json"))
+    fs::copy_file(src_dir / "config.json", dir / "config.json");
+  else
+    std::ofstream(dir / "config.json") << llama_config_to_json(ck.config);
+  if (ck.format == "gguf") {
+    // The GGUF's tokenizer as the tokenizer.json transformers builds from it (not the whole
+    // .gguf again).
+    const GgufTokenizerJson t = gguf_tokenizer_json(read_gguf_tokenizer_data(*GgufFile::open(ck.path)), ck.path);
+    std::ofstream(dir / "tokenizer.json") << t.tokenizer_json;
+    std::ofstream(dir / "tokenizer_config.json") << t.tokenizer_config_json;
+  } else {
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                             "special_tokens_map.json", "generation_config.json"})
+      if (fs::exists(src_dir / name)) fs::copy_file(src_dir / name, dir / name);
+    if (!ck.tokenizer_path.empty() && !fs::exists(dir / fs::path(ck.tokenizer_path).filename()))
+      fs::copy_file(ck.tokenizer_path, dir / fs::path(ck.tokenizer_path).filename());
+  }
+}
+
 void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& source, const QuantizedModel& qm,
                                 const json& extra, bool overwrite) {
   const fs::path out(out_dir);
@@ -243,25 +265,7 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   try {
-    // config.json: the source's own when it has one, else one written from its hyper-parameters.
-    const fs::path src_dir = fs::is_directory(ck.path) ? fs::path(ck.path) : fs::path(ck.path).parent_path();
-    if ((ck.format == "hf-safetensors" || ck.format == "lowbit-quantized") && fs::exists(src_dir / "config.json"))
-      fs::copy_file(src_dir / "config.json", tmp / "config.json");
-    else
-      std::ofstream(tmp / "config.json") << llama_config_to_json(c);
-    if (ck.format == "gguf") {
-      // The GGUF's tokenizer as the tokenizer.json transformers builds from it (not the whole
-      // .gguf again).
-      const GgufTokenizerJson t = gguf_tokenizer_json(read_gguf_tokenizer_data(*GgufFile::open(ck.path)), ck.path);
-      std::ofstream(tmp / "tokenizer.json") << t.tokenizer_json;
-      std::ofstream(tmp / "tokenizer_config.json") << t.tokenizer_config_json;
-    } else {
-      for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                               "special_tokens_map.json", "generation_config.json"})
-        if (fs::exists(src_dir / name)) fs::copy_file(src_dir / name, tmp / name);
-      if (!ck.tokenizer_path.empty() && !fs::exists(tmp / fs::path(ck.tokenizer_path).filename()))
-        fs::copy_file(ck.tokenizer_path, tmp / fs::path(ck.tokenizer_path).filename());
-    }
+    write_source_side_files(ck, tmp);
 
     SafetensorsWriter w;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i)

@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -65,6 +66,12 @@ QuantizedLinear read_linear(const std::function<Tensor(const std::string&)>& get
 nlohmann::json quantization_metadata(const QuantizedModel& qm, const nlohmann::json& source_identity);
 // {"path", "format", "sha256", "dtype", "parameters"} of a checkpoint.
 nlohmann::json source_identity(const Checkpoint& ck);
+
+// Writes into `dir` the files a checkpoint directory of `ck` carries beside its weights:
+// config.json (the source's own when it has one, else one written from its hyper-parameters) and
+// the tokenizer (a GGUF's as the tokenizer.json and tokenizer_config.json transformers builds from
+// it; otherwise the source's tokenizer files copied).
+void write_source_side_files(const Checkpoint& ck, const std::filesystem::path& dir);
 
 // Writes the quantized checkpoint directory `out_dir` (which must not exist unless `overwrite`):
 // everything goes to a temporary directory beside it that is renamed into place when complete.

@@ -82,6 +82,28 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
   expect_ok "stats calibration flags" "^wrote .*layer 1 statistics on 2 x 64 tokens" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --bos off --spm-convention auto --seed 3 -o "$T/stats-b.safetensors"
+  # --save-calib writes the windows it draws; Python's random over lowbit's ids of the same text
+  # draws the same ones.
+  expect_ok "save-calib" "^wrote " "$B" stats --model "$S" --layer 0 --calib "$T/calib.txt" --nsamples 3 --seqlen 64 --seed 3 --save-calib "$T/windows.safetensors" -o "$T/stats-w.safetensors"
+  "$B" tokenize --model "$S" --file "$T/calib.txt" --ids > "$T/calib_ids.json"
+  python3 - "$T/windows.safetensors" "$T/calib_ids.json" <<'PY' && ok || bad "save-calib windows"
+import json, random, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+e = h["windows"]
+assert e["dtype"] == "I32" and e["shape"] == [3, 64], e
+assert json.loads(h["__metadata__"]["calibration"])["seed"] == 3
+raw = b[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]]
+got = list(struct.unpack("<%di" % (3 * 64), raw))
+ids = json.load(open(sys.argv[2]))
+random.seed(3)
+want = []
+for _ in range(3):
+    i = random.randint(0, len(ids) - 64 - 1)
+    want += ids[i:i + 64]
+assert got == want
+PY
   expect_err "stats seqlen" "--seqlen 1024 exceeds the model's max_position_embeddings \(512\)" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --seqlen 1024 -o "$T/stats3.safetensors"
   expect_err "stats bad device" "--device: 'cuda:x': 'x' is not a device index" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --device cuda:x -o "$T/stats2.safetensors"
   expect_err "quantize exists" "output '.*q-rtn' exists; remove it or pass --force" "$B" quantize --model "$S" --method rtn -o "$T/q-rtn"

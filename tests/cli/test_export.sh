@@ -43,10 +43,34 @@ expect_err "nf4 everywhere" "format 'codebook' is not an affine int grid; none o
 expect_err "gptq dequantize" "has no place for dense linears" "$B" export "$T/nf" --format gptq --dequantize -o "$T/x"
 expect_ok "ct dequantize" "0 linears packed, 14 dense" "$B" export "$T/nf" --format compressed-tensors --dequantize -o "$T/nf-ct"
 grep -q '"ignore"' "$T/nf-ct/config.json" && ok || bad "nf-ct ignore list"
+# A model that is not quantized exports to hf as lowbit reads it: the exported directory gives
+# the very logits of its source (a bf16 safetensors directory; a GGUF file, dequantized to f32).
+same_logits() {  # same_logits NAME MODEL_A MODEL_B
+  "$B" logits --model "$2" --ids 1,5,9,300,41 -o "$T/la.safetensors" >/dev/null 2>&1 &&
+    "$B" logits --model "$3" --ids 1,5,9,300,41 -o "$T/lb.safetensors" >/dev/null 2>&1 &&
+    python3 - "$T/la.safetensors" "$T/lb.safetensors" <<'PY' && ok || bad "$1: logits differ"
+import json, struct, sys
+def logits(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    e = json.loads(b[8:8 + n])["logits"]
+    return b[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]]
+a, b = logits(sys.argv[1]), logits(sys.argv[2])
+assert len(a) > 0 and a == b
+PY
+}
+expect_ok "dense model hf" "0 linears packed, 0 dense" "$B" export "$T/mini" --format hf -o "$T/mini-hf"
+same_logits "dense model hf" "$T/mini" "$T/mini-hf"
+zstd -dq "$F/gguf/llama3-mini-bf16.gguf.zst" -o "$T/mini.gguf"
+expect_ok "gguf hf" "not quantized.*F32" "$B" export "$T/mini.gguf" --format hf --dtype f32 -o "$T/gguf-hf"
+grep -q '"torch_dtype": "float32"' "$T/gguf-hf/config.json" && [[ -f "$T/gguf-hf/tokenizer.json" ]] && ok ||
+  bad "gguf hf config and tokenizer"
+same_logits "gguf hf" "$T/mini.gguf" "$T/gguf-hf"
+
 # Bad input: nothing partial is left behind.
 expect_err "missing dir" "export: '$T/none' does not exist" "$B" export "$T/none" --format gptq -o "$T/x"
 expect_err "output exists" "output '$T/a4-gptq' exists" "$B" export "$T/a4" --format gptq -o "$T/a4-gptq"
-expect_err "not quantized" "is not a lowbit quantized checkpoint" "$B" export "$T/mini" --format gptq -o "$T/x"
+expect_err "not quantized" "is not a lowbit quantized checkpoint .*only --format hf writes a model that is not quantized" "$B" export "$T/mini" --format gptq -o "$T/x"
 expect_err "unknown format" "unknown export format 'exl2' \(known: gptq, awq, compressed-tensors, gguf, hf\)" "$B" export "$T/a4" --format exl2 -o "$T/x"
 expect_err "no parent" "directory '$T/no/such' does not exist" "$B" export "$T/a4" --format gptq -o "$T/no/such/x"
 cp -r "$T/a4" "$T/corrupt"

@@ -5,6 +5,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "formats/data_files.h"
+#include "formats/safetensors.h"
 #include "core/hash.h"
 #include "quant/lowbit_checkpoint.h"
 #include "train/adapter_io.h"
@@ -131,6 +132,8 @@ void add_calibration_options(CLI::App* cmd, CalibrationFlags& f) {
   cmd->add_option("--data-dir", f.data_dir, "data directory (default: $LOWBIT_DATA)");
   add_bos_option(cmd, f.bos, "the calibration text");
   add_spm_convention_option(cmd, f.spm);
+  cmd->add_option("--save-calib", f.save,
+                  "also write the calibration windows (token ids, I32 [nsamples, seqlen]) to this .safetensors file");
 }
 
 Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, const std::string& model) {
@@ -144,7 +147,17 @@ Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, co
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(f.spm);
   auto tok = load_tokenizer(ck.tokenizer_path, topt);
-  return make_calibration(set, *tok, f.nsamples, f.seqlen, f.seed, parse_bos_mode(f.bos));
+  Calibration c = make_calibration(set, *tok, f.nsamples, f.seqlen, f.seed, parse_bos_mode(f.bos));
+  if (!f.save.empty()) {
+    Tensor ids = Tensor::empty(DType::I32, {c.nsamples, c.seqlen});
+    int32_t* p = ids.mutable_data_as<int32_t>();
+    for (const auto& w : c.windows) p = std::copy(w.begin(), w.end(), p);
+    SafetensorsWriter w;
+    w.add("windows", ids);
+    w.set_metadata("calibration", c.identity().dump());
+    w.write(f.save);
+  }
+  return c;
 }
 
 void add_adapter_option(CLI::App* cmd, std::string& target) {

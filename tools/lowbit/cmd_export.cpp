@@ -1,4 +1,4 @@
-// lowbit export QUANTIZED_DIR --format gptq|awq|compressed-tensors|gguf -o OUT
+// lowbit export QUANTIZED_DIR --format gptq|awq|compressed-tensors|gguf|hf -o OUT
 // Writes a lowbit quantized checkpoint in a format inference engines load (src/export/export.h).
 #include "commands.h"
 
@@ -51,7 +51,10 @@ void register_export(CLI::App& app) {
           format_list() +
           "\nA linear whose layout the format cannot hold is refused with the formats that can hold it, or written "
           "dense with --dequantize (compressed-tensors, gguf). OUT must not exist; nothing is left behind on error.");
-  cmd->add_option("QUANTIZED_DIR", o->in, "quantized checkpoint written by `lowbit quantize`")->required();
+  cmd->add_option("QUANTIZED_DIR", o->in,
+                  "quantized checkpoint written by `lowbit quantize` (--format hf also takes a model that is not "
+                  "quantized, e.g. a .gguf file, and writes its weights as lowbit reads them)")
+      ->required();
   cmd->add_option("--format", o->e.format, "gptq, awq, compressed-tensors, gguf or hf")->required();
   cmd->add_option("-o,--output", o->e.out, "output directory (a .gguf file for gguf); must not exist")->required();
   cmd->add_flag("--dequantize", o->e.dequantize,

@@ -51,12 +51,17 @@ void add_bos_option(CLI::App* cmd, std::string& target, const std::string& what)
 // the same set so that their windows, and so their statistics, are the same for the same flags.
 struct CalibrationFlags {
   std::string calib = "wikitext2", data_dir, bos = "auto", spm = "auto";
+  std::string save;  // --save-calib FILE.safetensors: the drawn windows, for other programs to reuse
   int64_t nsamples = 128, seqlen = 2048;
   uint64_t seed = 0;
 };
 void add_calibration_options(CLI::App* cmd, CalibrationFlags& f);
 // The windows the flags name, tokenized with the checkpoint's tokenizer. Throws when the model
-// has no tokenizer, when --seqlen exceeds its context, or when the data is missing.
+// has no tokenizer, when --seqlen exceeds its context, or when the data is missing. With
+// --save-calib FILE it also writes them there before any work is done on them:
+//   "windows"  I32 [nsamples, seqlen]  the token ids, window by window in drawing order
+//   metadata "calibration": Calibration::identity() as JSON
+// so that a reference implementation can calibrate on exactly the windows lowbit uses.
 Calibration load_calibration(const CalibrationFlags& f, const Checkpoint& ck, const std::string& model);
 
 // --device cpu|cuda[:N]. The option's validator parses the text (core/device.h) and checks that
