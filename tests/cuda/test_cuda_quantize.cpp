@@ -158,7 +158,8 @@ TEST(CudaBlockContext, ForwardsMatchCpu) {
 }
 
 // Every calibration method of the registry (its example spec) on the mini model, on the CPU and
-// on the GPU block driver: the dequantized weights of every linear, and each side's weight error.
+// on the GPU block driver: each linear's weight error on both (the distance between the two
+// results is printed).
 TEST(CudaBlockDriver, EveryMethodMatchesCpu) {
   REQUIRE_GPU();
   LOWBIT_REQUIRE_PATH(mini() + "/config.json");
@@ -187,8 +188,11 @@ TEST(CudaBlockDriver, EveryMethodMatchesCpu) {
       }
     std::printf("%-40s GPU vs CPU weights: worst distance %.3f of the CPU's error; error differs by %.3f\n",
                 info.example, worst, worst_err_ratio);
-    EXPECT_LT(worst, 0.5) << info.example;
-    EXPECT_LT(worst_err_ratio, 0.1) << info.example;
+    // The distance is printed, not bounded: where one rounding decision differs, error feedback
+    // (GPTQ, SliM-LLM, QuIP's LDLQ, BiLLM's compensation) carries the two results apart by about
+    // one quantization error (GPTQ's own GPU driver: 1.25 on an H200) while both are
+    // equally good quantizations of W. What must agree is how good: each linear's error.
+    EXPECT_LT(worst_err_ratio, 0.05) << info.example;
   }
 }
 
