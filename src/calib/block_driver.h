@@ -27,6 +27,7 @@
 // same method code runs unchanged.
 #pragma once
 
+#include "core/device.h"
 #include "model/llama_model.h"
 
 #include <cstdint>
@@ -89,7 +90,8 @@ class BlockContext {
   bool has_calibration() const { return nseq_ > 0; }
   int64_t nseq() const { return nseq_; }
   int64_t seqlen() const { return seqlen_; }
-  // "cpu" or the GPU's name.
+  // Where the block's forwards run, and its name ("cpu" or the GPU's).
+  virtual Device device() const = 0;
   virtual std::string device_name() const = 0;
 
   // Runs the block with the current weights on every calibration window, stopping at the last of
@@ -138,6 +140,7 @@ class CpuBlockContext final : public BlockContext {
   CpuBlockContext(const LlamaModel& model, int64_t layer, BlockWeights& weights, float* inputs, int64_t nseq,
                   int64_t seqlen, std::function<void(const LinearReport&)> report,
                   std::function<void(const std::string&)> note);
+  Device device() const override { return Device{}; }
   std::string device_name() const override { return "cpu"; }
   StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const override;
   Inputs capture_inputs(std::span<const LinearKind> kinds) const override;

@@ -67,8 +67,9 @@ CudaBlockContext::CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& 
 void CudaBlockContext::forward(
     const GpuBlockWeights& gw, int64_t w0, int64_t n,
     const std::function<void(int64_t, LinearKind, const bf16*, int64_t, int64_t, int64_t)>& on_input,
-    float* out_host) const {
+    float* out_host, std::optional<InputSite> stop_after) const {
   LB_ASSERT(w0 >= 0 && n >= 0 && w0 + n <= nseq_);
+  LB_ASSERT(!stop_after || out_host == nullptr);
   const int64_t T = seqlen_, H = model_.config().hidden_size;
   const cudaStream_t s = gpu_.context().stream();
   scratch_.resize(size_t(std::min(chunk_, std::max<int64_t>(n, 1)) * T * H));
@@ -79,7 +80,7 @@ void CudaBlockContext::forward(
     const CudaModel::SiteInput site = [&](LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
       on_input(c0, first, x, rows, cols, ld);
     };
-    gpu_.run_block(layer_, gw, scratch_.get(), nb, T, nullptr, on_input ? &site : nullptr);
+    gpu_.run_block(layer_, gw, scratch_.get(), nb, T, nullptr, on_input ? &site : nullptr, stop_after);
     if (out_host != nullptr) cuda::download(out_host + (c0 - w0) * T * H, scratch_.get(), size_t(nb * T * H), s);
   }
   gpu_.context().synchronize();
@@ -96,7 +97,9 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     DeviceBuffer<float> h, absmax, abssum;
   };
   std::array<Site, 4> sites;
+  InputSite last = input_site(kinds[0]);
   for (LinearKind k : kinds) {
+    last = std::max(last, input_site(k));
     Site& st = sites[size_t(input_site(k))];
     if (st.wanted) continue;
     st.wanted = true;
@@ -114,7 +117,7 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     LB_ASSERT(st.dim == cols);
     if (what.hessian) cuda::gram_accumulate(gpu_.context(), x, st.h.get(), rows, cols, ld);
     if (what.absmax || what.absmean) cuda::column_abs_stats(x, rows, cols, ld, st.absmax.get(), st.abssum.get(), s);
-  }, nullptr);
+  }, nullptr, last);
 
   const int64_t tokens = nseq_ * seqlen_;
   std::array<std::shared_ptr<const InputStats>, 4> done{};
@@ -154,7 +157,9 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
   LB_ASSERT(!kinds.empty());
   const LlamaConfig& c = model_.config();
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
+  InputSite last = input_site(kinds[0]);
   for (LinearKind k : kinds) {
+    last = std::max(last, input_site(k));
     auto& buf = site[size_t(input_site(k))];
     if (buf) continue;
     const int64_t dim = site_dim(c, input_site(k));
@@ -173,7 +178,7 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
     std::vector<float>* buf = site[size_t(input_site(first))].get();
     if (buf == nullptr) return;
     download_rows(x, rows, cols, ld, buf->data() + w0 * seqlen_ * cols, packed, wide, s);
-  }, nullptr);
+  }, nullptr, last);
   Inputs out;
   for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
   return out;

@@ -27,7 +27,10 @@ class CudaBlockContext final : public BlockContext {
   // driver propagates in place after the method returns.
   CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& weights, float* hidden, int64_t nseq, int64_t seqlen,
                    std::function<void(const LinearReport&)> report, std::function<void(const std::string&)> note);
+  Device device() const override { return Device{Device::Kind::Cuda, gpu_.context().device()}; }
   std::string device_name() const override { return gpu_.context().name(); }
+  // The model on the GPU (for solves that run on the context's device, e.g. gptq_quantize_on).
+  CudaModel& gpu() const { return gpu_; }
   StatsMap collect(std::span<const LinearKind> kinds, StatsRequest what) const override;
   Inputs capture_inputs(std::span<const LinearKind> kinds) const override;
   // On the GPU the hooks observe: on_input sees a host copy of each linear's input, one window
@@ -41,10 +44,11 @@ class CudaBlockContext final : public BlockContext {
   // Runs the block with GPU weights gw over windows [w0, w0 + n) of the inputs, a chunk at a
   // time, into scratch_ (the inputs stay); on_input as CudaModel::run_block's, with the chunk's
   // first window.
+  // stop_after: as CudaModel::run_block's (out_host must then be null).
   void forward(const GpuBlockWeights& gw, int64_t w0, int64_t n,
                const std::function<void(int64_t window, LinearKind first, const cuda::bf16* x, int64_t rows,
                                         int64_t cols, int64_t ld)>& on_input,
-               float* out_host) const;
+               float* out_host, std::optional<InputSite> stop_after = std::nullopt) const;
   CudaModel& gpu_;
   float* hidden_;
   int64_t chunk_;  // windows per forward

@@ -261,7 +261,8 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
 }
 
 void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
-                               bool accumulate, GpuKvCache* cache, const SiteInput* on_input) {
+                               bool accumulate, GpuKvCache* cache, const SiteInput* on_input,
+                               bool stop_at_output_input) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, N = B * T;
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
@@ -296,6 +297,7 @@ void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x,
                   rope_sin_.get());
   mark(accumulate ? "o_proj (+ residual)" : "o_proj");
   if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
+  if (stop_at_output_input) return;
   if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
   if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::O)) {
     if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
@@ -306,7 +308,7 @@ void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x,
 }
 
 void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
-                         bool accumulate, const SiteInput* on_input) {
+                         bool accumulate, const SiteInput* on_input, bool stop_at_output_input) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
   const cudaStream_t s = ctx_.stream();
@@ -318,6 +320,7 @@ void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float
   cuda::swiglu_rows(gate_up_.get(), N, F, s);
   mark(accumulate ? "down_proj (+ residual)" : "down_proj");
   if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
+  if (stop_at_output_input) return;
   if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
   if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::Down)) {
     if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
@@ -328,7 +331,7 @@ void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float
 }
 
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
-                          GpuKvCache* cache, const SiteInput* on_input) {
+                          GpuKvCache* cache, const SiteInput* on_input, std::optional<InputSite> stop_after) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size, N = B * T;
   const float eps = float(c.rms_norm_eps);
@@ -337,11 +340,15 @@ void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
   if (on_input) (*on_input)(LinearKind::Q, x_.get(), N, H, H);
-  attention_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, cache, on_input);
+  if (stop_after == InputSite::AttnIn) return;
+  attention_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, cache, on_input,
+                 stop_after == InputSite::AttnOut);
+  if (stop_after == InputSite::AttnOut) return;
   mark("rmsnorm");
   cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
   if (on_input) (*on_input)(LinearKind::Gate, x_.get(), N, H, H);
-  mlp_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, on_input);
+  if (stop_after == InputSite::MlpIn) return;
+  mlp_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, on_input, stop_after == InputSite::MlpOut);
 }
 
 void CudaModel::final_norm(const float* hidden, bf16* out, int64_t rows) {

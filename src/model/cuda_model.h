@@ -112,16 +112,21 @@ class CudaModel {
   // One block on B sequences of T tokens: hidden (fp32, device) updated in place; with a cache
   // (B = 1) keys and values are appended at cache->length. on_input sees each site's input
   // (before any activation quantization).
+  // With stop_after, the block stops once that site's input has been seen (hidden is then
+  // partly updated: a caller that stops keeps its own copy).
   void run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
-                 GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr);
+                 GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr,
+                 std::optional<InputSite> stop_after = std::nullopt);
   // The block's two halves on a normed input x (bf16 [B*T, H], device; it is the workspace the
   // half may quantize in place): out (fp32 [B*T, H], device) = the attention's o_proj output or
   // the MLP's down_proj output, or out += it with accumulate (run_block: the residual add). The
   // attention part appends to the cache as run_block does; on_input sees O's and Down's inputs.
+  // stop_at_output_input: return once on_input has seen O's (Down's) input, before the product.
   void attention_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
-                      bool accumulate, GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr);
+                      bool accumulate, GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr,
+                      bool stop_at_output_input = false);
   void mlp_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
-                bool accumulate, const SiteInput* on_input = nullptr);
+                bool accumulate, const SiteInput* on_input = nullptr, bool stop_at_output_input = false);
   // Embeddings of tokens into hidden (fp32, device).
   void embed(const int32_t* tokens_host, int64_t n, float* hidden);
   // Final norm into bf16 rows.

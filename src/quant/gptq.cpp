@@ -224,8 +224,6 @@ class Gptq : public QuantMethod {
              "gptq on {}: block={} is not supported there (the GPU runs lazy batches of at most 128 columns); use "
              "block<=128, or the CPU", d.str(), opt_.block);
   }
-  const GptqOptions& options() const { return opt_; }
-  bool true_seq() const { return true_seq_; }
 
   void quantize_block(BlockContext& ctx, QuantizedBlock& out) override {
     using K = LinearKind;
@@ -240,8 +238,11 @@ class Gptq : public QuantMethod {
         const auto t0 = std::chrono::steady_clock::now();
         const Tensor& w = ctx.weights()[k];
         const InputStats& st = *stats.at(k);
-        GptqResult r = gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_,
-                                     linear_storage_dtype(ctx.model(), ctx.layer(), k));
+        const DType dtype = linear_storage_dtype(ctx.model(), ctx.layer(), k);
+        std::optional<GptqResult> on_device =
+            gptq_quantize_on(ctx, w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+        GptqResult r = on_device ? std::move(*on_device)
+                                 : gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
         std::string note = fmt::format("loss {:.4g}", r.loss);
         if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
         if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
@@ -256,13 +257,6 @@ class Gptq : public QuantMethod {
 };
 
 }  // namespace
-
-const GptqOptions* gptq_options_of(const QuantMethod& m, bool* true_seq) {
-  const auto* g = dynamic_cast<const Gptq*>(&m);
-  if (g == nullptr) return nullptr;
-  if (true_seq) *true_seq = g->true_seq();
-  return &g->options();
-}
 
 std::unique_ptr<QuantMethod> make_gptq(QuantSpec spec) { return std::make_unique<Gptq>(std::move(spec)); }
 

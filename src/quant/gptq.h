@@ -25,6 +25,7 @@
 
 #include "quant/quantized_linear.h"
 
+#include <optional>
 #include <vector>
 
 namespace lowbit {
@@ -47,9 +48,13 @@ struct GptqResult {
   double weight_rel_err = -1;  // ||W - Q|| / ||W|| (set by the GPU path, which never holds W on the host)
 };
 
-class QuantMethod;
-// The options of a gptq method object, and its true_seq; nullptr when m is another method.
-const GptqOptions* gptq_options_of(const QuantMethod& m, bool* true_seq);
+class BlockContext;
+// GPTQ's solve of W [rows, cols] (fp32, host) with H (fp64, host) on the device of `ctx` where that
+// device has one: on a GPU, gptq_quantize_cuda (gptq_cuda.h: the Hessian inverse by cuSOLVER, the
+// columns by a kernel, the lazy batch updates by cuBLAS; W read as bf16); nullopt on the CPU, and
+// in builds without CUDA, where the caller runs gptq_quantize. Same options, same decisions.
+std::optional<GptqResult> gptq_quantize_on(const BlockContext& ctx, const float* w, int64_t rows, int64_t cols,
+                                           const std::vector<double>& h, const GptqOptions& opt, DType dtype);
 
 // GPTQ's column order (the CPU and GPU implementations share it): with act_order, descending
 // diag (ties by index), else the identity. diag: H's diagonal, a dead column's counted as 1.

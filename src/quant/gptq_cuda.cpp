@@ -1,5 +1,7 @@
 #include "quant/gptq_cuda.h"
 
+#include "calib/block_driver_cuda.h"
+
 #include "backend/cuda/gptq.cuh"
 #include "core/error.h"
 
@@ -186,149 +188,30 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
   return res;
 }
 
-QuantizedModel gptq_quantize_model_cuda(LlamaModel& model, QuantMethod& method, const GptqOptions& opt, bool true_seq,
-                                        const Calibration& calib, cuda::Context& ctx, const DriverCallbacks& cb) {
-  using K = LinearKind;
-  const auto t0 = std::chrono::steady_clock::now();
-  const LlamaConfig& c = model.config();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim(), L = c.num_hidden_layers;
-  const int64_t nseq = int64_t(calib.windows.size()), T = calib.seqlen, N = nseq * T;
-  const float eps = float(c.rms_norm_eps);
+std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float* w, int64_t rows, int64_t cols,
+                                           const std::vector<double>& h, const GptqOptions& opt, DType dtype) {
+  if (!bctx.device().is_cuda()) return std::nullopt;
+  // CudaBlockContext is the one context on a CUDA device.
+  cuda::Context& ctx = static_cast<const CudaBlockContext&>(bctx).gpu().context();
   const cudaStream_t s = ctx.stream();
-  LB_CHECK(nseq > 0, "gptq needs calibration windows");
-  QuantizedModel qm;
-  qm.method = {{"spec", method.spec().text()}, {"resolved", method.spec().resolved()},
-               {"name", method.spec().method()}, {"weight_bits", method.weight_bits()},
-               {"activation_bits", method.activation_bits()}, {"group_size", method.group_size()}};
-  qm.calibration = calib.identity();
-  qm.blocks.resize(size_t(L));
-
-  CudaModel gpu(model, ctx, /*resident=*/false);
-  DeviceBuffer<float> hidden(static_cast<size_t>(N * H));
+  LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian of {} values for {} input features", h.size(), cols);
+  DeviceBuffer<bf16> W(static_cast<size_t>(rows * cols));
   {
-    std::vector<int32_t> ids;
-    ids.reserve(size_t(N));
-    for (const auto& w : calib.windows) ids.insert(ids.end(), w.begin(), w.end());
-    gpu.embed(ids.data(), N, hidden.get());
-  }
-  // Windows per chunk of the GEMM-heavy steps: about 16k rows.
-  const int64_t cw = std::max<int64_t>(1, std::min<int64_t>(nseq, 16384 / std::max<int64_t>(T, 1)));
-  const int64_t CR = cw * T;
-  DeviceBuffer<bf16> xn(static_cast<size_t>(N * H)), att(static_cast<size_t>(N * qd));
-  // The block's ops as CudaModel::run_block runs them: the stacked q/k/v and gate/up projections,
-  // RoPE on k (attention rotates q), the residual adds in the o_proj and down_proj GEMMs.
-  const int64_t ldqkv = qd + 2 * kvd;
-  DeviceBuffer<bf16> qkv(static_cast<size_t>(CR * ldqkv)), gate_up(static_cast<size_t>(CR * 2 * F));
-  DeviceBuffer<float> h_small(static_cast<size_t>(std::max(H, qd) * std::max(H, qd))), h_big(static_cast<size_t>(F * F)),
-      h1;
-  const double h_scale = 2.0 / double(nseq);
-  const std::vector<std::vector<K>> groups =
-      true_seq ? std::vector<std::vector<K>>{{K::Q, K::K, K::V}, {K::O}, {K::Gate, K::Up}, {K::Down}}
-               : std::vector<std::vector<K>>{{K::Q, K::K, K::V, K::O, K::Gate, K::Up, K::Down}};
-  GpuBlockWeights w;
-  for (int64_t layer = 0; layer < L; ++layer) {
-    const auto tb = std::chrono::steady_clock::now();
-    if (cb.on_block_start) cb.on_block_start(layer, L);
-    gpu.upload_block(layer, w);
-    auto quantize_linear = [&](K kind, const float* hs, int64_t cols) {
-      const auto tl = std::chrono::steady_clock::now();
-      const int64_t rows = linear_out_features(c, kind);
-      GptqResult r = gptq_quantize_cuda(ctx, w[kind], hs, h_scale, rows, cols, opt,
-                                        linear_storage_dtype(model, layer, kind), w[kind]);
-      LinearReport rep;
-      rep.kind = kind;
-      rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count();
-      rep.note = fmt::format("loss {:.4g}", r.loss);
-      if (r.damp != opt.damp) rep.note += fmt::format(", damping raised to {}", r.damp);
-      if (r.dead_columns) rep.note += fmt::format(", {} dead inputs", r.dead_columns);
-      rep.weight_rel_err = r.weight_rel_err;
-      qm.blocks[size_t(layer)].linear[size_t(kind)] = std::move(r.q);
-      if (cb.on_linear) cb.on_linear(layer, rep);
-    };
-    auto zero = [&](DeviceBuffer<float>& b, int64_t n) { LB_CUDA_CHECK(cudaMemsetAsync(b.get(), 0, size_t(n) * sizeof(float), s)); };
-    // The inputs of each site, chunk by chunk, with the weights as they are now.
-    auto qkv_pass = [&](bool gram) {
-      if (gram) zero(h_small, H * H);
-      for (int64_t r0 = 0; r0 < N; r0 += CR) {
-        const int64_t rows = std::min(CR, N - r0);
-        cuda::rmsnorm(hidden.get() + r0 * H, w.input_norm.get(), xn.get() + r0 * H, rows, H, eps, s);
-        if (gram) cuda::gram_accumulate(ctx, xn.get() + r0 * H, h_small.get(), rows, H);
-      }
-    };
-    auto o_pass = [&](bool gram) {
-      if (gram) zero(h_small, qd * qd);
-      for (int64_t r0 = 0; r0 < N; r0 += CR) {
-        const int64_t rows = std::min(CR, N - r0), nb = rows / T;
-        cuda::linear(ctx, xn.get() + r0 * H, w.qkv.get(), qkv.get(), rows, ldqkv, H);
-        cuda::rope(qkv.get() + qd, nb, T, c.num_key_value_heads, c.head_dim, ldqkv, gpu.rope_cos(), gpu.rope_sin(), 0, s);
-        cuda::attention(qkv.get(), qkv.get() + qd, qkv.get() + qd + kvd, att.get() + r0 * qd, nb, T, 0,
-                        c.num_attention_heads, c.num_key_value_heads, c.head_dim, ldqkv, ldqkv, qd, s, gpu.rope_cos(),
-                        gpu.rope_sin());
-        if (gram) cuda::gram_accumulate(ctx, att.get() + r0 * qd, h_small.get(), rows, qd);
-      }
-    };
-    // residual += o(att); xn = post_norm(residual).
-    auto gate_up_pass = [&](bool gram, float* residual) {
-      if (gram) zero(h_small, H * H);
-      for (int64_t r0 = 0; r0 < N; r0 += CR) {
-        const int64_t rows = std::min(CR, N - r0);
-        float* h = residual + r0 * H;
-        cuda::linear(ctx, att.get() + r0 * qd, w[K::O], h, rows, H, qd, /*accumulate=*/true);
-        cuda::rmsnorm(h, w.post_norm.get(), xn.get() + r0 * H, rows, H, eps, s);
-        if (gram) cuda::gram_accumulate(ctx, xn.get() + r0 * H, h_small.get(), rows, H);
-      }
-    };
-    // down's input per chunk; with `residual`, also residual += down(...).
-    auto down_pass = [&](bool gram, float* residual) {
-      if (gram) zero(h_big, F * F);
-      for (int64_t r0 = 0; r0 < N; r0 += CR) {
-        const int64_t rows = std::min(CR, N - r0);
-        cuda::linear(ctx, xn.get() + r0 * H, w.gate_up.get(), gate_up.get(), rows, 2 * F, H);
-        cuda::swiglu_rows(gate_up.get(), rows, F, s);
-        if (gram) cuda::gram_accumulate(ctx, gate_up.get(), h_big.get(), rows, F, /*ldx=*/2 * F);
-        if (residual)
-          cuda::linear(ctx, gate_up.get(), w[K::Down], residual + r0 * H, rows, H, F, /*accumulate=*/true,
-                       /*lda=*/2 * F);
-      }
-    };
-    if (true_seq) {
-      qkv_pass(true);
-      for (K kind : {K::Q, K::K, K::V}) quantize_linear(kind, h_small.get(), H);
-      o_pass(true);
-      quantize_linear(K::O, h_small.get(), qd);
-      gate_up_pass(true, hidden.get());
-      for (K kind : {K::Gate, K::Up}) quantize_linear(kind, h_small.get(), H);
-      down_pass(true, nullptr);
-      quantize_linear(K::Down, h_big.get(), F);
-      down_pass(false, hidden.get());
-    } else {
-      // Every site's statistics from the unquantized block (hidden untouched), then the
-      // quantized block's outputs.
-      DeviceBuffer<float> h_qkv(static_cast<size_t>(H * H)), h_o(static_cast<size_t>(qd * qd)), h_gu(static_cast<size_t>(H * H));
-      qkv_pass(true);
-      LB_CUDA_CHECK(cudaMemcpyAsync(h_qkv.get(), h_small.get(), size_t(H * H) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-      o_pass(true);
-      LB_CUDA_CHECK(cudaMemcpyAsync(h_o.get(), h_small.get(), size_t(qd * qd) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-      h1.resize(size_t(N * H));
-      LB_CUDA_CHECK(cudaMemcpyAsync(h1.get(), hidden.get(), size_t(N * H) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-      gate_up_pass(true, h1.get());
-      LB_CUDA_CHECK(cudaMemcpyAsync(h_gu.get(), h_small.get(), size_t(H * H) * sizeof(float), cudaMemcpyDeviceToDevice, s));
-      down_pass(true, nullptr);
-      for (K kind : {K::Q, K::K, K::V}) quantize_linear(kind, h_qkv.get(), H);
-      quantize_linear(K::O, h_o.get(), qd);
-      for (K kind : {K::Gate, K::Up}) quantize_linear(kind, h_gu.get(), H);
-      quantize_linear(K::Down, h_big.get(), F);
-      qkv_pass(false);
-      o_pass(false);
-      gate_up_pass(false, hidden.get());
-      down_pass(false, hidden.get());
-    }
+    std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows * cols; ++i) wb[size_t(i)] = f32_to_bf16(w[i]);
+    cuda::upload(W.get(), reinterpret_cast<const bf16*>(wb.data()), wb.size(), s);
     ctx.synchronize();
-    if (cb.on_block_done)
-      cb.on_block_done(layer, L, std::chrono::duration<double>(std::chrono::steady_clock::now() - tb).count());
   }
-  qm.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return qm;
+  DeviceBuffer<float> H(static_cast<size_t>(cols * cols));
+  {
+    const std::vector<float> hf(h.begin(), h.end());
+    cuda::upload(H.get(), hf.data(), hf.size(), s);
+    ctx.synchronize();
+  }
+  // The dequantized weight the kernel also writes is not needed: the caller dequantizes q.
+  GptqResult r = gptq_quantize_cuda(ctx, W.get(), H.get(), 1.0, rows, cols, opt, dtype, W.get());
+  ctx.synchronize();
+  return r;
 }
 
 }  // namespace lowbit

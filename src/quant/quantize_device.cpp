@@ -2,12 +2,10 @@
 
 #include "backend/device_check.h"
 #include "core/error.h"
-#include "quant/gptq.h"
 
 #ifdef LOWBIT_WITH_CUDA
 #include "calib/block_driver_cuda.h"
 #include "calib/input_stats_cuda.h"
-#include "quant/gptq_cuda.h"
 #endif
 
 namespace lowbit {
@@ -30,14 +28,10 @@ QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod
     LB_CHECK(calib != nullptr, "method '{}' needs calibration data", method.spec().text());
     cuda::Context ctx(d.index);
     r.device_name = ctx.name();
-    bool true_seq = true;
-    QuantizedModel qm;
-    if (const GptqOptions* gptq = gptq_options_of(method, &true_seq))
-      qm = gptq_quantize_model_cuda(model, method, *gptq, true_seq, *calib, ctx, cb);
-    else
-      qm = quantize_model(model, method, calib, cb, [&](LlamaModel& m, const DriverPlan& plan, const DriverCallbacks& c) {
-        run_block_by_block_cuda(m, plan, c, ctx);
-      });
+    QuantizedModel qm =
+        quantize_model(model, method, calib, cb, [&](LlamaModel& m, const DriverPlan& plan, const DriverCallbacks& c) {
+          run_block_by_block_cuda(m, plan, c, ctx);
+        });
     r.peak_gpu_bytes = double(cuda::peak_device_bytes());
     return qm;
 #endif

@@ -5,10 +5,10 @@
 //   cpu                        quantize_model (the block-by-block driver of calib/)
 //   cuda, data-free method     quantize_model on the host (nothing runs on a model), said in
 //                              QuantizeRun::note
-//   cuda, gptq                 GPTQ's GPU driver (gptq_cuda.h: the solves on the GPU too)
 //   cuda, any other method     quantize_model with the GPU block driver (block_driver_cuda.h):
-//                              the block's forwards on the GPU, the method's arithmetic on the
-//                              host
+//                              the block's forwards and statistics on the GPU, the method's
+//                              arithmetic where the method runs it (GPTQ's solve on the GPU too,
+//                              gptq_quantize_on; the others' on the host)
 // A configuration a device cannot run is refused by QuantMethod::check_device before any work.
 #pragma once
 
