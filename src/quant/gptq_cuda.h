@@ -5,10 +5,8 @@
 // block driver, block_driver_cuda.h, gathers the Hessians there).
 #pragma once
 
-#include "backend/cuda/cuda_util.h"
+#include "backend/cuda/ops.cuh"
 #include "quant/gptq.h"
-
-#include <cuda_bf16.h>
 
 namespace lowbit {
 
