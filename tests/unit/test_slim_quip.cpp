@@ -24,23 +24,28 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 
 namespace lowbit {
 namespace {
 
 const SafetensorsFile& fixture() { return test::zst_fixture("quant/slim_quip.safetensors.zst"); }
 
-std::vector<float> f32(const std::string& name) {
-  Tensor t = fixture().tensor(name).to_f32();
+std::vector<float> f32(const std::string& name, const SafetensorsFile& file = fixture()) {
+  Tensor t = file.tensor(name).to_f32();
   return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
 }
-std::vector<double> f64(const std::string& name) {
-  Tensor t = fixture().tensor(name);
+std::vector<double> f64(const std::string& name, const SafetensorsFile& file = fixture()) {
+  Tensor t = file.tensor(name);
   EXPECT_EQ(t.dtype(), DType::F64) << name;
   return std::vector<double>(t.data_as<double>(), t.data_as<double>() + t.numel());
 }
-std::vector<int> i32(const std::string& name) { return test::tensor_values<int32_t>(fixture(), name); }
-std::vector<uint8_t> u8(const std::string& name) { return test::tensor_values<uint8_t>(fixture(), name); }
+std::vector<int> i32(const std::string& name, const SafetensorsFile& file = fixture()) {
+  return test::tensor_values<int32_t>(file, name);
+}
+std::vector<uint8_t> u8(const std::string& name, const SafetensorsFile& file = fixture()) {
+  return test::tensor_values<uint8_t>(file, name);
+}
 std::vector<int64_t> shape(const std::string& name) { return fixture().tensor(name).shape(); }
 
 struct Inputs {
@@ -119,11 +124,11 @@ double match_rate(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) 
 // the first group (fitted before any error feedback) exactly, later groups to 1e-4 relative
 // (the feedback runs on an fp32 factor computed in fp32 by the reference, in fp64 here), codes
 // >= 99.9% identical.
-void expect_matches(const SlimResult& r, const std::string& key, const std::vector<int>& bits) {
-  const Inputs& in = inputs();
+void expect_matches(const SlimResult& r, const std::string& key, const std::vector<int>& bits,
+                    const Inputs& in = inputs(), const SafetensorsFile& file = fixture()) {
   const int64_t ng = int64_t(bits.size());
-  const auto scales = f32(key + ".scales"), zeros = f32(key + ".zeros");
-  const auto ref = u8(key + ".codes");
+  const auto scales = f32(key + ".scales", file), zeros = f32(key + ".zeros", file);
+  const auto ref = u8(key + ".codes", file);
   ASSERT_EQ(r.q.scales.size(), scales.size()) << key;
   for (int64_t row = 0; row < in.rows; ++row) {
     const size_t i = size_t(row * ng);
@@ -329,6 +334,110 @@ TEST(Slim, SearchWithoutCandidatesKeepsNBits) {
   EXPECT_EQ(search.candidates(), 0);
   EXPECT_EQ(slim_allocate(sal, 0, 3), (std::vector<int>{3, 3, 3}));
   EXPECT_EQ(slim_allocate({3.0, 1.0, 2.0, 0.5}, 1, 3), (std::vector<int>{4, 3, 3, 2}));
+}
+
+// ---- widths that are not a multiple of the group size ----------------------------------------
+// tests/fixtures/quant/slim_partial.safetensors.zst (scripts/slim_partial_reference.py): the
+// first 576 and 192 columns of the same rows, calibrated by synthetic_x at that width. The
+// reference's last group is then the remaining 64 columns, everything else unchanged.
+
+const SafetensorsFile& partial_fixture() { return test::zst_fixture("quant/slim_partial.safetensors.zst"); }
+
+const Inputs& partial_inputs(int64_t cols) {
+  static std::map<int64_t, Inputs> cache;
+  auto it = cache.find(cols);
+  if (it != cache.end()) return it->second;
+  const SafetensorsFile& file = partial_fixture();
+  const std::string pre = "c" + std::to_string(cols) + ".input.";
+  Inputs r;
+  r.w = f32(pre + "w", file);
+  r.rows = file.tensor(pre + "w").shape()[0];
+  r.cols = file.tensor(pre + "w").shape()[1];
+  EXPECT_EQ(r.cols, cols);
+  const std::vector<int> xs = i32(pre + "x_shape", file);
+  r.windows = xs[0];
+  r.tokens = xs[1];
+  EXPECT_EQ(xs[2], cols);
+  const int64_t n = r.windows * r.tokens;
+  r.x = synthetic_x(n, cols);
+  const std::vector<float> head = f32(pre + "x_head", file);
+  EXPECT_TRUE(std::equal(head.begin(), head.end(), r.x.begin())) << "synthetic inputs differ from the script's";
+  std::vector<double> xd(r.x.begin(), r.x.end());
+  r.h.assign(size_t(cols * cols), 0.0);
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(cols), blasint(cols), blasint(n),
+              2.0 / double(r.windows), xd.data(), blasint(cols), xd.data(), blasint(cols), 0.0, r.h.data(),
+              blasint(cols));
+  return cache.emplace(cols, std::move(r)).first->second;
+}
+
+// The search, the allocation and GPTQ with a last group of 64 columns, held to the same criteria
+// as the full-group cases. At 192 columns (two groups) the reference's search has no candidate
+// and its fasterquant fails on the empty error list; lowbit keeps every group at N bits there.
+TEST(Slim, PartialLastGroupSearchAndGptqMatchReference) {
+  const SafetensorsFile& file = partial_fixture();
+  for (int64_t cols : {576, 192})
+    for (int bits : {2, 3}) {
+      const Inputs& in = partial_inputs(cols);
+      const int64_t ng = (cols + 127) / 128;
+      const std::string key = "c" + std::to_string(cols) + ".w" + std::to_string(bits) + ".sba";
+      std::vector<double> h = in.h;
+      slim_salience_hessian_edit(h, cols);
+      double used = -1;
+      const std::vector<float> u = gptq_inverse_factor(h, cols, 0.0, &used);
+      EXPECT_EQ(used, 0.0);
+      const auto sal = slim_group_salience(in.w.data(), in.rows, cols, u.data(), 128, DType::F32);
+      const auto ref_sal = f64(key + ".salience", file);
+      ASSERT_EQ(int64_t(sal.size()), ng) << key;
+      ASSERT_EQ(sal.size(), ref_sal.size()) << key;
+      for (size_t i = 0; i < sal.size(); ++i) EXPECT_NEAR(sal[i], ref_sal[i], 1e-3 * ref_sal[i]) << key << " group " << i;
+
+      SlimSearch search(in.w.data(), in.rows, cols, 128, bits, sal);
+      EXPECT_EQ(search.candidates(), ng / 2 - 1) << key;
+      SlimOptions opt;
+      opt.bits = bits;
+      if (file.find(key + ".fails")) {
+        EXPECT_EQ(search.candidates(), 0) << key;
+        SlimResult r = slim_quantize(in.w.data(), in.rows, cols, h, opt, {}, 0, DType::F32);
+        EXPECT_EQ(r.group_bits, std::vector<int>(size_t(ng), bits)) << key;
+        continue;
+      }
+      const auto ref_err = f64(key + ".errors", file);
+      ASSERT_EQ(int64_t(ref_err.size()), in.windows * search.candidates()) << key;
+      std::vector<std::vector<double>> errs;
+      for (int64_t s = 0; s < in.windows; ++s) {
+        errs.push_back(search.errors(in.x.data() + s * in.tokens * cols, in.tokens));
+        for (int64_t i = 0; i < search.candidates(); ++i) {
+          const double ref = ref_err[size_t(s * search.candidates() + i)];
+          EXPECT_NEAR(errs.back()[size_t(i)], ref, 1e-3 * ref) << key << " window " << s << " count " << i + 1;
+        }
+      }
+      const int64_t count = slim_pick_count(errs);
+      SlimResult r = slim_quantize(in.w.data(), in.rows, cols, h, opt, {}, count, DType::F32);
+      EXPECT_EQ(r.group_bits, i32(key + ".bits", file)) << key;
+      expect_matches(r, key, r.group_bits, in, file);
+    }
+}
+
+// A fixed count of one (the labels path with the stale `sym` flag) and injected allocations
+// whose partial last group is at N-1 bits (binarized at N = 2) or N+1 bits.
+TEST(Slim, PartialLastGroupCountAndAllocationMatchReference) {
+  const SafetensorsFile& file = partial_fixture();
+  for (int64_t cols : {576, 192})
+    for (int bits : {2, 3}) {
+      const Inputs& in = partial_inputs(cols);
+      const std::string pre = "c" + std::to_string(cols) + ".w" + std::to_string(bits);
+      SlimOptions opt;
+      opt.bits = bits;
+      SlimResult c = slim_quantize(in.w.data(), in.rows, cols, in.h, opt, {}, 1, DType::F32);
+      EXPECT_EQ(c.group_bits, i32(pre + ".count1.bits", file)) << pre;
+      expect_matches(c, pre + ".count1", c.group_bits, in, file);
+      for (const char* name : {".alloc_lo", ".alloc_hi"}) {
+        const std::vector<int> alloc = i32(pre + name + ".bits", file);
+        EXPECT_EQ(alloc.back(), std::string(name) == ".alloc_lo" ? bits - 1 : bits + 1);
+        SlimResult a = slim_quantize(in.w.data(), in.rows, cols, in.h, opt, alloc, 0, DType::F32);
+        expect_matches(a, pre + name, alloc, in, file);
+      }
+    }
 }
 
 std::string error_of(const std::function<void()>& f) {
