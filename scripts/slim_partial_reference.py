@@ -91,7 +91,16 @@ def fixtures(slim_dir, wfull, out):
             out[key + ".bits"] = torch.tensor(prec, dtype=torch.int32)
             out[key + ".scales"] = scales.float()
             out[key + ".zeros"] = zeros.float()
-            out[key + ".codes"] = slim_codes(layer.weight.data.float(), scales, zeros, prec)
+            codes = slim_codes(layer.weight.data.float(), scales, zeros, prec)
+            # The codes, scales and zeros give back the reference's weight exactly (the test
+            # compares through the format's dequantization).
+            for gi, b in enumerate(prec):
+                sl = slice(gi * GROUP, min((gi + 1) * GROUP, cols))
+                s, z, c = scales[:, gi:gi + 1], zeros[:, gi:gi + 1], codes[:, sl].float()
+                deq = (torch.where(c == 1, 1.0, torch.where(c == 0, -1.0, 0.0)) * s + z if b == 1
+                       else s * (c - z))
+                assert torch.equal(deq, layer.weight.data[:, sl].float()), (key, gi)
+            out[key + ".codes"] = codes
 
         for bits in (2, 3):
             pre = f"c{cols}.w{bits}"

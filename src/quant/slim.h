@@ -6,6 +6,12 @@
 // (H = 2/N sum X^T X); the block's quantized outputs feed the next block.
 //
 // Per linear (N = w bits, groups of g = 128 input columns, ngroups = ceil(cols / g)):
+// A width that is not a multiple of g (SmolLM2's 576 = 4 x 128 + 64) ends in a narrower group,
+// and the reference treats it as any other: its salience sums its own columns (so a 64-column
+// group tends to rank low), it counts as one group in the search's candidate range (576: five
+// groups, one candidate, count 1), the search's RTN or binarization and the quantizer fit
+// (min-max, saliency z-scores, means) run over its columns only, and GPTQ walks it as the last
+// column block. lowbit does the same (scripts/slim_partial_reference.py checks 576 and 192).
 //  1. Bit allocation (SBA), unless an allocation file gives the per-group widths:
 //     a. the Hessian is edited in place, as get_salience does: dead diagonal entries set to 1,
 //        then an ABSOLUTE 0.01 added to the whole diagonal (this edit stays for step 2);
@@ -20,8 +26,9 @@
 //        (F.kl_div with "batchmean" over a batch of one);
 //        lowbit runs the search in fp32 (the reference, with the model loaded in bf16, quantizes
 //        and multiplies in bf16), so a near tie between two counts can be decided differently.
-//        With fewer than 4 groups there is no candidate (the reference fails on the empty
-//        list); every group then gets N bits.
+//        With fewer than 4 groups there is no candidate (the reference's fasterquant fails on
+//        min() of the empty error list, e.g. at 192 columns: one group of 128 and one of 64);
+//        every group then gets N bits.
 //     c. count = argmin_i (mean over windows of error_i) + 1; the salience is recomputed with
 //        the fp32 weight and the GPTQ factor of step 2 (so the damping is percdamp * mean diag
 //        on top of the 0.01), and the `count` least salient groups get N-1 bits, the `count`

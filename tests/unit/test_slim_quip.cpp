@@ -1,7 +1,8 @@
 // SliM-LLM and QuIP against their official code (scripts/slim_quip_reference.py imports
 // Aaronhuang-778/SliM-LLM and Cornell-RelaxML/QuIP and runs them on the inputs stored in
 // tests/fixtures/quant/slim_quip.safetensors.zst: rows of testbed-44m's layer-0 down_proj and
-// synthetic calibration inputs).
+// synthetic calibration inputs; scripts/slim_partial_reference.py does the same for SliM-LLM at
+// widths 576 and 192, whose last group is 64 columns, in slim_partial.safetensors.zst).
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/py_random.h"
@@ -159,7 +160,13 @@ void expect_matches(const SlimResult& r, const std::string& key, const std::vect
   slim_dequantize(r.q, deq.data());
   slim_dequantize(rq, want.data());
   size_t close = 0;
-  for (size_t i = 0; i < deq.size(); ++i) close += std::fabs(deq[i] - want[i]) <= 1e-4f * (std::fabs(want[i]) + 1e-3f);
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < deq.size(); ++i) {
+    close += std::fabs(deq[i] - want[i]) <= 1e-4f * (std::fabs(want[i]) + 1e-3f);
+    max_diff = std::max(max_diff, double(std::fabs(deq[i] - want[i])));
+    max_ref = std::max(max_ref, double(std::fabs(want[i])));
+  }
+  std::printf("%s: weight max |lowbit - reference| %.3g (max |reference| %.3g)\n", key.c_str(), max_diff, max_ref);
   EXPECT_GE(double(close) / double(deq.size()), 0.999) << key;
 }
 
