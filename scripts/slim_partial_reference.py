@@ -34,36 +34,6 @@ ROWS, WINDOWS, TOKENS, GROUP = 64, 4, 256, 128
 WIDTHS = (576, 192)
 
 
-def synthetic_x(cols):
-    """slim_quip_reference.synthetic_x at another width: [WINDOWS, TOKENS, cols]."""
-    t = np.arange(WINDOWS * TOKENS, dtype=np.uint64)[:, None]
-    c = np.arange(cols, dtype=np.uint64)[None, :]
-    h = sq.mix32(t * np.uint64(0x9E3779B1) + c * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
-    u = ((h & np.uint64(0xFFFF)).astype(np.float64) - 32768.0) / 32768.0
-    cc = np.arange(cols, dtype=np.uint64)
-    k = (sq.mix32(cc * np.uint64(0x27D4EB2F) + np.uint64(1)) % np.uint64(5)).astype(np.float64) - 2.0
-    chan = np.exp2(k)
-    chan[np.arange(cols) % 97 == 13] *= 16.0
-    chan[:GROUP] /= 16.0
-    return torch.tensor((u * chan[None, :]).astype(np.float32).reshape(WINDOWS, TOKENS, cols))
-
-
-def slim_codes(q, scales, zeros, bits):
-    """sq.slim_codes for any width: the last slice is the partial group."""
-    codes = torch.zeros(q.shape, dtype=torch.uint8)
-    for g, b in enumerate(bits):
-        sl = slice(g * GROUP, min((g + 1) * GROUP, q.shape[1]))
-        s, z = scales[:, g:g + 1], zeros[:, g:g + 1]
-        if b == 1:
-            c = torch.full(q[:, sl].shape, 2, dtype=torch.uint8)
-            c[q[:, sl] > z] = 1
-            c[q[:, sl] < z] = 0
-        else:
-            c = torch.round(q[:, sl].double() / s.double() + z.double()).to(torch.uint8)
-        codes[:, sl] = c
-    return codes
-
-
 def fixtures(slim_dir, wfull, out):
     sys.path.insert(0, slim_dir)
     import torch.nn as nn
@@ -73,7 +43,7 @@ def fixtures(slim_dir, wfull, out):
 
     for cols in WIDTHS:
         w16 = wfull[:, :cols].contiguous()
-        w, x = w16.float(), synthetic_x(cols)
+        w, x = w16.float(), sq.synthetic_x(cols, WINDOWS, TOKENS)
         out[f"c{cols}.input.w"] = w16
         out[f"c{cols}.input.x_head"] = x.flatten()[:4096].clone()
         out[f"c{cols}.input.x_shape"] = torch.tensor(list(x.shape), dtype=torch.int32)
@@ -91,7 +61,7 @@ def fixtures(slim_dir, wfull, out):
             out[key + ".bits"] = torch.tensor(prec, dtype=torch.int32)
             out[key + ".scales"] = scales.float()
             out[key + ".zeros"] = zeros.float()
-            codes = slim_codes(layer.weight.data.float(), scales, zeros, prec)
+            codes = sq.slim_codes(layer.weight.data.float(), scales, zeros, prec)
             # The codes, scales and zeros give back the reference's weight exactly (the test
             # compares through the format's dequantization).
             for gi, b in enumerate(prec):

@@ -88,21 +88,21 @@ def mix32(h):
     return h
 
 
-def synthetic_x():
-    """X [WINDOWS, TOKENS, COLS]: integer-hash uniform values in [-1, 1) with 16 significant
+def synthetic_x(cols=COLS, windows=WINDOWS, tokens=TOKENS):
+    """X [windows, tokens, cols]: integer-hash uniform values in [-1, 1) with 16 significant
     bits, times a power of two per channel (2^-2 .. 2^2; every 97th channel 16 times more; the
     first group 16 times less), so that lowbit's tests regenerate it exactly (test_slim_quip.cpp
     synthetic_x) instead of storing 8 MB."""
-    t = np.arange(WINDOWS * TOKENS, dtype=np.uint64)[:, None]
-    c = np.arange(COLS, dtype=np.uint64)[None, :]
+    t = np.arange(windows * tokens, dtype=np.uint64)[:, None]
+    c = np.arange(cols, dtype=np.uint64)[None, :]
     h = mix32(t * np.uint64(0x9E3779B1) + c * np.uint64(0x85EBCA77) + np.uint64(0x165667B1))
     u = ((h & np.uint64(0xFFFF)).astype(np.float64) - 32768.0) / 32768.0
-    cc = np.arange(COLS, dtype=np.uint64)
+    cc = np.arange(cols, dtype=np.uint64)
     k = (mix32(cc * np.uint64(0x27D4EB2F) + np.uint64(1)) % np.uint64(5)).astype(np.float64) - 2.0
     chan = np.exp2(k)
-    chan[np.arange(COLS) % 97 == 13] *= 16.0
+    chan[np.arange(cols) % 97 == 13] *= 16.0
     chan[:GROUP] /= 16.0
-    return torch.tensor((u * chan[None, :]).astype(np.float32).reshape(WINDOWS, TOKENS, COLS))
+    return torch.tensor((u * chan[None, :]).astype(np.float32).reshape(windows, tokens, cols))
 
 
 def load_inputs(model_dir):
@@ -116,10 +116,11 @@ def load_inputs(model_dir):
 
 def slim_codes(q, scales, zeros, bits):
     """The codes behind a reference weight q [rows, cols] (scale * (code - zero) per group, or
-    sign(w - mu) * alpha + mu for 1-bit groups: 0 below mu, 1 above, 2 at mu)."""
+    sign(w - mu) * alpha + mu for 1-bit groups: 0 below mu, 1 above, 2 at mu). A width that is not
+    a multiple of GROUP ends in a partial group, as the reference's column blocks do."""
     codes = torch.zeros(q.shape, dtype=torch.uint8)
     for g, b in enumerate(bits):
-        sl = slice(g * GROUP, (g + 1) * GROUP)
+        sl = slice(g * GROUP, min((g + 1) * GROUP, q.shape[1]))
         s, z = scales[:, g:g + 1], zeros[:, g:g + 1]
         if b == 1:
             c = torch.full(q[:, sl].shape, 2, dtype=torch.uint8)
