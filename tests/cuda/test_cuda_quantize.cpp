@@ -6,12 +6,12 @@
 #include "backend/cuda/cuda_util.h"
 #include "calib/block_driver_cuda.h"
 #include "calib/calib_data.h"
-#include "core/py_random.h"
 #include "formats/checkpoint.h"
 #include "model/cuda_model.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
 #include "quant/quantize_device.h"
+#include "random_calibration.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -29,21 +29,7 @@ namespace {
 
 std::string mini() { return test::fixtures_dir() + "/models/llama3-mini-bf16"; }
 
-Calibration random_calibration(int64_t vocab, int64_t n, int64_t seqlen) {
-  Calibration c;
-  c.set.name = "random tokens";
-  c.set.convention = "uniform token ids, Python random seed 0";
-  c.nsamples = n;
-  c.seqlen = seqlen;
-  c.bos = "off";
-  PyRandom rng(0);
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<int32_t> w(static_cast<size_t>(seqlen));
-    for (auto& t : w) t = int32_t(rng.randint(0, vocab - 1));
-    c.windows.push_back(std::move(w));
-  }
-  return c;
-}
+using test::random_calibration;
 
 template <typename A, typename B>
 double rel_diff(const A& a, const B& b) {

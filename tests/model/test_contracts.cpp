@@ -10,9 +10,9 @@
 //   - every format of the table is produced by some registered method.
 #include "calib/calib_data.h"
 #include "core/error.h"
-#include "core/py_random.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
+#include "random_calibration.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -25,22 +25,7 @@ namespace {
 
 std::string mini() { return test::fixtures_dir() + "/models/llama3-mini-bf16"; }
 
-// Random token windows (the mini models have no tokenizer; the methods only need activations).
-Calibration random_calibration(int64_t vocab, int64_t n, int64_t seqlen) {
-  Calibration c;
-  c.set.name = "random tokens";
-  c.set.convention = "uniform token ids, Python random seed 0";
-  c.nsamples = n;
-  c.seqlen = seqlen;
-  c.bos = "off";
-  PyRandom rng(0);
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<int32_t> w(static_cast<size_t>(seqlen));
-    for (auto& t : w) t = int32_t(rng.randint(0, vocab - 1));
-    c.windows.push_back(std::move(w));
-  }
-  return c;
-}
+using test::random_calibration;
 
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() &&
@@ -176,7 +161,9 @@ TEST(MethodContract, DevicesAreDeclaredAndRefusedBeforeWork) {
     auto method = make_method(info.example);
     const Device cuda = parse_device("cuda:0");
     if (method->runs_on(Device::Kind::Cuda)) {
-      if (info.name != std::string("gptq")) EXPECT_NO_THROW(method->check_device(cuda)) << info.name;
+      if (info.name != std::string("gptq")) {
+        EXPECT_NO_THROW(method->check_device(cuda)) << info.name;
+      }
     } else {
       try {
         method->check_device(cuda);

@@ -6,6 +6,7 @@
 #include "study/report.h"
 #include "study/spec.h"
 #include "study/store.h"
+#include "study_spec_errors.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -18,7 +19,8 @@
 namespace lowbit::study {
 namespace {
 
-const SpecOptions kNoFiles{false};
+using spec_test::error_of;
+using spec_test::kNoFiles;
 
 // Markdown with runs of spaces and of dashes squeezed to one, so that tests do not depend on
 // column widths.
@@ -35,17 +37,6 @@ std::string base_spec(const std::string& methods = "[[method]]\nname = \"rtn\"\n
   return "[study]\nname = \"t\"\n\n[[model]]\nname = \"m\"\npath = \"models/m\"\n\n"
          "[calibration]\nset = \"ptb\"\nnsamples = 8\nseqlen = 64\n\n" +
          eval + "\n" + methods;
-}
-
-// The error message parsing `text` gives (fails the test when it parses).
-std::string error_of(const std::string& text, const SpecOptions& opt = kNoFiles) {
-  try {
-    parse_study_spec(text, "/tmp/spec.toml", opt);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error for:\n" << text;
-  return "";
 }
 
 TEST(StudySpec, ParsesAndExpandsTheGrid) {

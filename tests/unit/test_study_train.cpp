@@ -6,6 +6,7 @@
 #include "study/report.h"
 #include "study/spec.h"
 #include "study/store.h"
+#include "study_spec_errors.h"
 #include "test_util.h"
 
 #include <gtest/gtest.h>
@@ -17,7 +18,8 @@
 namespace lowbit::study {
 namespace {
 
-const SpecOptions kNoFiles{false};
+using spec_test::error_of;
+using spec_test::kNoFiles;
 
 // Lines 1-16 are the study, the model, the calibration and the evaluation; the tables start on
 // line 17.
@@ -26,16 +28,6 @@ std::string spec_with(const std::string& tables) {
          "[calibration]\nset = \"ptb\"\nnsamples = 8\nseqlen = 64\n\n"
          "[eval]\nppl = [\"ptb\"]\ntasks = [\"mmlu\"]\n\n" +
          tables;
-}
-
-std::string error_of(const std::string& text, const SpecOptions& opt = kNoFiles) {
-  try {
-    parse_study_spec(text, "/tmp/spec.toml", opt);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error for:\n" << text;
-  return "";
 }
 
 TEST(StudyTrainSpec, FinetuneGridAndKeys) {
