@@ -76,13 +76,24 @@ LlamaConfig llava_next_text_config(const json& j, const std::string& path) {
   return parse_llama_config(t.dump(), path + ": text_config");
 }
 
-std::shared_ptr<WeightSource> llava_next_language_weights(std::shared_ptr<WeightSource> all, const LlamaConfig& text,
-                                                          const std::string& dir) {
+namespace {
+
+// The prefix under which the checkpoint stores the LLaMA body ("model.language_model." or
+// "language_model.model.").
+std::string language_prefix(const WeightSource& all, const std::string& dir) {
   std::string body;
   for (const char* p : {"model.language_model.", "language_model.model."})
-    if (all->has(std::string(p) + "embed_tokens.weight")) body = p;
+    if (all.has(std::string(p) + "embed_tokens.weight")) body = p;
   LB_CHECK(!body.empty(), "{}: no language model found (looked for 'model.language_model.embed_tokens.weight' and "
            "'language_model.model.embed_tokens.weight')", dir);
+  return body;
+}
+
+}  // namespace
+
+std::shared_ptr<WeightSource> llava_next_language_weights(std::shared_ptr<WeightSource> all, const LlamaConfig& text,
+                                                          const std::string& dir) {
+  const std::string body = language_prefix(*all, dir);
   std::string head;
   if (!text.tie_word_embeddings)
     head = all->has("lm_head.weight") ? "lm_head.weight" : "language_model.lm_head.weight";
@@ -107,6 +118,24 @@ Checkpoint open_llava_next_language_model(const std::string& dir) {
   validate_llama_weights(ck.config, *ck.weights, dir);
   ck.tokenizer_path = find_tokenizer_file(dir);
   return ck;
+}
+
+bool is_llava_next_dir(const std::string& path) {
+  const fs::path cfg = fs::path(path) / "config.json";
+  if (!fs::is_directory(path) || !fs::exists(cfg)) return false;
+  std::ifstream in(cfg);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return is_llava_next_config(json::parse(ss.str(), nullptr, false));
+}
+
+std::vector<std::string> llava_next_non_language_tensors(const WeightSource& all, const std::string& dir) {
+  const std::string body = language_prefix(all, dir);
+  std::vector<std::string> out;
+  for (const std::string& n : all.names())
+    if (n.rfind(body, 0) != 0 && n != "lm_head.weight" && n != "language_model.lm_head.weight") out.push_back(n);
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace lowbit

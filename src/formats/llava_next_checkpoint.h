@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace lowbit {
 
@@ -28,5 +29,12 @@ std::shared_ptr<WeightSource> llava_next_language_weights(std::shared_ptr<Weight
                                                           const std::string& dir);
 // The LLM part of the LLaVA-Next checkpoint in `dir` (format "llava-next-language-model"), validated.
 Checkpoint open_llava_next_language_model(const std::string& dir);
+
+// Whether `path` is a directory whose config.json describes a LLaVA-Next model.
+bool is_llava_next_dir(const std::string& path);
+// The names of `all` (a LLaVA-Next checkpoint's tensors) that are not the language model's: the
+// vision tower, the projector, image_newline and anything else the checkpoint carries, under
+// their names as stored, sorted. The LM head is the language model's under either of its names.
+std::vector<std::string> llava_next_non_language_tensors(const WeightSource& all, const std::string& dir);
 
 }  // namespace lowbit

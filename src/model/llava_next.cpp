@@ -120,7 +120,13 @@ UnpadBox unpad_box(int64_t height, int64_t width, int64_t grid_h, int64_t grid_w
   return {grid_h, grid_w - 2 * pad, 0, pad};
 }
 
-std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir) {
+std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir) { return open_impl(dir, nullptr); }
+
+std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir, Checkpoint language_model) {
+  return open_impl(dir, &language_model);
+}
+
+std::unique_ptr<LlavaNextModel> LlavaNextModel::open_impl(const std::string& dir, Checkpoint* language_model) {
   LB_CHECK(fs::is_directory(dir), "LLaVA-Next model '{}' is not a directory", dir);
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   LB_CHECK(fs::exists(cfg_path), "LLaVA-Next model '{}' has no config.json", dir);
@@ -132,14 +138,31 @@ std::unique_ptr<LlavaNextModel> LlavaNextModel::open(const std::string& dir) {
   m->weights_ = SafetensorsWeights::open(dir);
   const WeightSource& w = *m->weights_;
 
-  // The language model.
+  // The language model: the directory's own, or the one given.
   Checkpoint ck;
-  ck.path = dir;
-  ck.format = "llava-next-language-model";
-  ck.config = c.text;
-  ck.weights = llava_next_language_weights(m->weights_, c.text, dir);
-  validate_llama_weights(ck.config, *ck.weights, dir);
-  ck.tokenizer_path = find_tokenizer_file(dir);
+  if (language_model != nullptr) {
+    ck = std::move(*language_model);
+    const LlamaConfig& a = ck.config;
+    const LlamaConfig& b = c.text;
+    auto same = [&](const char* field, int64_t x, int64_t y) {
+      LB_CHECK(x == y, "LLaVA-Next model '{}': the language model '{}' has {} {}, the config's text_config {}", dir,
+               ck.path, field, x, y);
+    };
+    same("hidden_size", a.hidden_size, b.hidden_size);
+    same("vocab_size", a.vocab_size, b.vocab_size);
+    same("num_hidden_layers", a.num_hidden_layers, b.num_hidden_layers);
+    same("num_attention_heads", a.num_attention_heads, b.num_attention_heads);
+    same("num_key_value_heads", a.num_key_value_heads, b.num_key_value_heads);
+    same("intermediate_size", a.intermediate_size, b.intermediate_size);
+    if (ck.tokenizer_path.empty()) ck.tokenizer_path = find_tokenizer_file(dir);
+  } else {
+    ck.path = dir;
+    ck.format = "llava-next-language-model";
+    ck.config = c.text;
+    ck.weights = llava_next_language_weights(m->weights_, c.text, dir);
+    validate_llama_weights(ck.config, *ck.weights, dir);
+    ck.tokenizer_path = find_tokenizer_file(dir);
+  }
   m->tokenizer_path_ = ck.tokenizer_path;
   m->llm_ = std::make_unique<LlamaModel>(std::move(ck));
 

@@ -77,6 +77,12 @@ class LlavaNextModel {
   // from preprocessor_config.json beside them, or LLaVA-Next's defaults with the config's pinpoints
   // and the tower's image size.
   static std::unique_ptr<LlavaNextModel> open(const std::string& dir);
+  // The same directory's vision tower, projector, image_newline, processor and config, around the
+  // language model `language_model` instead of the directory's own (e.g. the quantized LLM part
+  // that quant/llava_next_quantized.h writes beside the vision tensors, or one held in memory).
+  // Its hyper-parameters must be the config's text_config (hidden size, vocabulary, layers,
+  // heads); refused otherwise, naming both values.
+  static std::unique_ptr<LlavaNextModel> open(const std::string& dir, Checkpoint language_model);
 
   const LlavaNextConfig& config() const { return cfg_; }
   const LlamaModel& language_model() const { return *llm_; }
@@ -106,6 +112,7 @@ class LlavaNextModel {
 
  private:
   LlavaNextModel() = default;
+  static std::unique_ptr<LlavaNextModel> open_impl(const std::string& dir, Checkpoint* language_model);
   LlavaNextConfig cfg_;
   vision::ImageProcessorConfig processor_;
   std::string tokenizer_path_;

@@ -5,6 +5,7 @@
 #include "core/mapped_file.h"
 #include "core/process.h"
 #include "formats/gguf.h"
+#include "formats/llava_next_checkpoint.h"
 #include "formats/random_weights.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -23,6 +24,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 
 namespace lowbit {
 
@@ -30,6 +32,14 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+
+std::string slurp_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  LB_CHECK(in.good(), "cannot open '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 DType parse_dtype_name(const std::string& s, const std::string& what) {
   auto d = dtype_from_name(s);
@@ -232,7 +242,11 @@ std::string weights_sha256(const Checkpoint& ck) {
 void write_source_side_files(const Checkpoint& ck, const fs::path& dir) {
   // config.json: the source's own when it has one, else one written from its hyper-parameters.
   const fs::path src_dir = fs::is_directory(ck.path) ? fs::path(ck.path) : fs::path(ck.path).parent_path();
-  if ((ck.format == "hf-safetensors" || ck.format == "lowbit-quantized") && fs::exists(src_dir / "config.json"))
+  // A quantized LLaVA-Next checkpoint's config.json is the LLaVA model's; what is written here is
+  // its language model alone, so its config is the text_config's.
+  const bool multimodal = ck.quantization.is_object() && ck.quantization.contains("multimodal");
+  if ((ck.format == "hf-safetensors" || ck.format == "lowbit-quantized") && !multimodal &&
+      fs::exists(src_dir / "config.json"))
     fs::copy_file(src_dir / "config.json", dir / "config.json");
   else
     std::ofstream(dir / "config.json") << llama_config_to_json(ck.config);
@@ -252,7 +266,7 @@ void write_source_side_files(const Checkpoint& ck, const fs::path& dir) {
 }
 
 void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& source, const QuantizedModel& qm,
-                                const json& extra, bool overwrite) {
+                                const json& extra, bool overwrite, const CheckpointAdditions* additions) {
   const fs::path out(out_dir);
   LB_CHECK(!fs::exists(out) || overwrite, "output '{}' exists; remove it or pass --force", out_dir);
   const Checkpoint& ck = source.checkpoint();
@@ -265,7 +279,8 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   try {
-    write_source_side_files(ck, tmp);
+    if (additions != nullptr && additions->side_files) additions->side_files(tmp);
+    else write_source_side_files(ck, tmp);
 
     SafetensorsWriter w;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i)
@@ -283,6 +298,13 @@ void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& so
       auto it = rewritten.find(name);
       w.add(name, it != rewritten.end() ? *it->second : ck.weights->get(name));
     }
+    if (additions != nullptr)
+      for (const auto& [name, t] : additions->tensors) {
+        const auto parsed = parse_hf_tensor_name(name);
+        LB_CHECK(!parsed.has_value() && name.rfind("model.layers.", 0) != 0, "cannot write '{}': tensor '{}' beside the language model has one of its "
+                 "names", out_dir, name);
+        w.add(name, t);
+      }
     json meta = quantization_metadata(qm, source_identity(ck));
     for (auto it = extra.begin(); it != extra.end(); ++it) meta[it.key()] = it.value();
     w.set_metadata("format", "pt");
@@ -332,7 +354,16 @@ Checkpoint open_model(const std::string& path) {
       Checkpoint ck;
       ck.path = path;
       ck.format = "lowbit-quantized";
-      ck.config = load_llama_config((st.parent_path() / "config.json").string());
+      const std::string cfg = (st.parent_path() / "config.json").string();
+      const json cfg_json = json::parse(slurp_text(cfg), nullptr, false);
+      if (is_llava_next_config(cfg_json)) {
+        // The LLM part of a quantized LLaVA-Next checkpoint (quant/llava_next_quantized.h).
+        LB_CHECK(meta.contains("multimodal"), "'{}': config.json describes a LLaVA-Next model, but the quantized "
+                 "checkpoint's metadata has no 'multimodal' record (its vision tensors are not described)", path);
+        ck.config = llava_next_text_config(cfg_json, cfg);
+      } else {
+        ck.config = load_llama_config(cfg);
+      }
       ck.weights = std::make_shared<DequantizedWeights>(file, meta);
       validate_llama_weights(ck.config, *ck.weights, path);
       ck.tokenizer_path = find_tokenizer_file(st.parent_path().string());

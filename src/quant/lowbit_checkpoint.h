@@ -73,15 +73,29 @@ nlohmann::json source_identity(const Checkpoint& ck);
 // it; otherwise the source's tokenizer files copied).
 void write_source_side_files(const Checkpoint& ck, const std::filesystem::path& dir);
 
+// What a checkpoint carries beyond the quantized language model (a LLaVA-Next checkpoint's vision
+// tower and projector, quant/llava_next_quantized.h).
+struct CheckpointAdditions {
+  // Written to model.safetensors as given (dtype, shape and bytes), beside the model's tensors;
+  // a name the model's tensors use is refused.
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  // Writes the side files (config.json, tokenizer, ...) into the directory it is given, in place
+  // of write_source_side_files().
+  std::function<void(const std::filesystem::path&)> side_files;
+};
+
 // Writes the quantized checkpoint directory `out_dir` (which must not exist unless `overwrite`):
 // everything goes to a temporary directory beside it that is renamed into place when complete.
 // `extra` is merged into the metadata (e.g. peak memory).
 void write_quantized_checkpoint(const std::string& out_dir, const LlamaModel& source, const QuantizedModel& qm,
-                                const nlohmann::json& extra, bool overwrite);
+                                const nlohmann::json& extra, bool overwrite,
+                                const CheckpointAdditions* additions = nullptr);
 
 // Opens a model directory or file, quantized or not. For a quantized checkpoint, the weights are
 // the dequantized linears plus the stored tensors, and Checkpoint::quantization holds the
-// metadata object; for others it is null.
+// metadata object; for others it is null. A quantized LLaVA-Next checkpoint (its config.json a
+// LlavaNextForConditionalGeneration's, its metadata holding "multimodal") opens as its language
+// model, the config being the text_config; its vision tensors pass through unread.
 Checkpoint open_model(const std::string& path);
 // The QuantizedLinear behind weight `name` of a checkpoint that open_model() opened as quantized
 // (on disk or in memory); throws when it is not one.

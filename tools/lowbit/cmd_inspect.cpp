@@ -177,6 +177,15 @@ void run(const Options& o) {
       out["quantization"] = {{"method", q["method"]}, {"calibration", q["calibration"]}, {"source", q["source"]},
                              {"linear_bits_per_weight", weights > 0 ? bits / weights : 0.0},
                              {"lowbit", q["lowbit"]}, {"created", q["created"]}};
+      if (q.contains("multimodal")) {
+        // A quantized LLaVA-Next checkpoint (quant/llava_next_quantized.h): the weights above are its
+        // language model and its vision parts, stored beside it.
+        const json& mm = q["multimodal"];
+        out["multimodal"] = {{"architecture", mm.value("architecture", std::string())},
+                             {"calibration_input", mm.value("calibration_input", std::string())},
+                             {"kept_tensors", mm.value("kept", json::array()).size()},
+                             {"kept_bytes", mm.value("kept_bytes", int64_t(0))}};
+      }
     }
     if (!ck.tokenizer_path.empty()) {
       try {
@@ -221,6 +230,13 @@ void run(const Options& o) {
       fmt::print("calibration   {}: {} x {} tokens, seed {}\n", q["calibration"]["set"].get<std::string>(),
                  q["calibration"]["nsamples"].get<int64_t>(), q["calibration"]["seqlen"].get<int64_t>(),
                  q["calibration"]["seed"].get<uint64_t>());
+  }
+  if (out.contains("multimodal")) {
+    const auto& mm = out["multimodal"];
+    fmt::print("multimodal    {}: its language model quantized; vision tower, projector and image_newline "
+               "kept as stored ({} tensors, {}); calibration input: {} through the language model alone\n",
+               mm["architecture"].get<std::string>(), mm["kept_tensors"].get<int64_t>(),
+               human_bytes(double(mm["kept_bytes"].get<int64_t>())), mm["calibration_input"].get<std::string>());
   }
   if (out.contains("weights")) print_weights(out["weights"]);
   if (out.contains("gguf")) print_gguf(out["gguf"]);

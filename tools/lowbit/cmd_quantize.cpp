@@ -1,5 +1,8 @@
 // lowbit quantize --model M --method SPEC [--calib SET] [--nsamples 128] [--seqlen 2048] [--seed 0]
-//                 [--data-dir D] [--bos auto|on|off] [--spm-convention C] -o OUT
+//                 [--data-dir D] [--bos auto|on|off] [--spm-convention C] [--language-model-only] -o OUT
+// A LLaVA-Next directory has its language model quantized (calibrated on text through the LLM
+// alone) and is written whole, the vision tower and projector as stored
+// (quant/llava_next_quantized.h); --language-model-only writes the LLM part alone.
 #include "commands.h"
 #include "progress.h"
 
@@ -7,8 +10,10 @@
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/process.h"
+#include "formats/llava_next_checkpoint.h"
 #include "formats/tokenizer.h"
 #include "lowbit/version.h"
+#include "quant/llava_next_quantized.h"
 #include "quant/quantize_device.h"
 
 #include <fmt/format.h>
@@ -26,7 +31,7 @@ struct Options {
   std::string model, method, out, device = "cpu";
   CalibrationFlags cal;
   int threads = 0;
-  bool force = false, json = false, no_save = false;
+  bool force = false, json = false, no_save = false, language_model_only = false;
 };
 
 void run(const Options& o) {
@@ -41,12 +46,23 @@ void run(const Options& o) {
   Checkpoint ck = open_model(o.model);
   LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized ({}); quantize its 16-bit source", o.model,
            ck.quantization["method"]["spec"].get<std::string>());
+  const bool llava = ck.format == "llava-next-language-model";
+  LB_CHECK(llava || !o.language_model_only, "--language-model-only: model '{}' is not a LLaVA-Next model (format "
+           "{})", o.model, ck.format);
+  // A LLaVA-Next model is written whole: its vision parts are checked before any work.
+  std::vector<std::string> kept;
+  if (llava && !o.language_model_only) kept = check_llava_next_source(o.model);
   Calibration calib;
   if (method->needs_calibration()) calib = load_calibration(o.cal, ck, o.model);
   LlamaModel model(std::move(ck));
   const LlamaConfig& c = model.config();
   if (!o.json) {
     fmt::print(stderr, "quantize: {} with {} ({})\n", o.model, method->spec().text(), method->spec().resolved());
+    if (llava)
+      fmt::print(stderr, "LLaVA-Next: its language model is quantized (calibration text through the LLM alone); {}\n",
+                 o.language_model_only ? "written alone as a LLaMA checkpoint (--language-model-only)"
+                                       : fmt::format("the vision tower, projector and image_newline ({} tensors) are "
+                                                     "kept as stored", kept.size()));
     if (method->needs_calibration())
       fmt::print(stderr, "calibration: {} ({}), {} windows of {} tokens, seed {}\n", calib.set.name,
                  calib.set.convention, calib.nsamples, calib.seqlen, calib.seed);
@@ -90,7 +106,8 @@ void run(const Options& o) {
                                 {"device", device_name}, {"peak_gpu_bytes", gpu_peak}};
   uintmax_t out_bytes = 0;
   if (!o.no_save) {
-    write_quantized_checkpoint(o.out, model, qm, extra, o.force);
+    if (llava && !o.language_model_only) write_quantized_llava_next(o.out, o.model, model, qm, extra, o.force);
+    else write_quantized_checkpoint(o.out, model, qm, extra, o.force);
     for (const auto& e : std::filesystem::directory_iterator(o.out))
       if (e.is_regular_file()) out_bytes += e.file_size();
   }
@@ -121,6 +138,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--method", o->method, "method spec, e.g. gptq:w=4,g=128 (see `lowbit methods`)")->required();
   cmd->add_option("-o,--output", o->out, "output directory");
   cmd->add_flag("--no-save", o->no_save, "quantize and report without writing a checkpoint (measurements)");
+  cmd->add_flag("--language-model-only", o->language_model_only,
+                "for a LLaVA-Next model: write its quantized language model alone, as a LLaMA checkpoint (by "
+                "default the vision tower and projector are written beside it, as stored)");
   add_calibration_options(cmd, o->cal);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", o->force, "replace the output directory if it exists");

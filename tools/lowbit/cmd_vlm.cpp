@@ -13,6 +13,7 @@
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
 #include "model/llava_prompt.h"
+#include "quant/llava_next_quantized.h"
 #include "vision/image.h"
 #include "vision/image_processor.h"
 
@@ -42,7 +43,7 @@ struct Inputs {
 Inputs prepare(const Options& o) {
   set_num_threads(o.threads);
   Inputs in;
-  in.model = LlavaNextModel::open(o.model);
+  in.model = load_llava_next(o.model);  // 16-bit, or its language model quantized
   for (const std::string& path : o.images)
     in.images.push_back(vision::preprocess_llava_next(vision::read_image(path), in.model->processor()));
   if (!o.ids.empty()) {

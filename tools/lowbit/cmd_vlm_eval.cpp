@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "eval/identity.h"
 #include "eval/vlm/vlm_eval.h"
+#include "quant/llava_next_quantized.h"
 #include "quant/lowbit_checkpoint.h"
 #include "study/grid.h"
 #include "study/store.h"
@@ -59,7 +60,12 @@ study::CellRecord cell_record(const std::string& name, const std::string& path, 
   c.w = m.value("weight_bits", 16.0);
   c.a = m.value("activation_bits", 16);
   c.g = m.value("group_size", int64_t(-1));
-  c.calibration = cal.is_object() ? cal.value("key", std::string("none")) : "none";
+  // The calibration part of the key as a study writes it (CalibrationSpec::key), so that a quantized
+  // checkpoint's result lands in the cell a study gives the same method and calibration.
+  c.calibration = cal.is_object() ? fmt::format("{}:n={},seqlen={},seed={},bos={}", cal.value("set", std::string()),
+                                                cal.value("nsamples", int64_t(0)), cal.value("seqlen", int64_t(0)),
+                                                cal.value("seed", uint64_t(0)), cal.value("bos", std::string("auto")))
+                                  : "none";
   c.calibration_json = cal.dump();
   c.key = study::cell_key(name, c.method, c.calibration);
   return c;
@@ -72,7 +78,7 @@ void run(const Options& o) {
   opt.max_new_tokens = o.max_new_tokens;
   opt.conversation = vlm::parse_vlm_conversation(o.conversation);
   const std::vector<vlm::VlmItem> items = vlm::load_vlm_items(task, o.data, o.limit);
-  auto model = LlavaNextModel::open(o.model);
+  auto model = load_llava_next(o.model);  // 16-bit, or its language model quantized
   LB_CHECK(!model->tokenizer_path().empty(), "vlm-eval: model '{}' has no tokenizer (tokenizer.json)", o.model);
   auto tok = load_tokenizer(model->tokenizer_path());
   model->language_model().set_keep_16bit_weights(true);  // decode reads every weight once per token
