@@ -1,6 +1,7 @@
 #include "study/grid.h"
 
 #include "eval/identity.h"
+#include "eval/vlm/vlm_eval.h"
 #include "quant/method.h"
 
 #include <fmt/format.h>
@@ -24,6 +25,12 @@ StudyPlan expand_plan(const StudySpec& spec) {
     const int64_t limit = t.starts_with("mmlu") ? e.mmlu_limit : e.task_limit;
     plan.evaluations.push_back(
         {EvalKind::MultipleChoice, t, multiple_choice_key(t, limit, e.bos, e.max_length, e.mmlu_shots, spec.spm)});
+  }
+  for (const auto& t : e.vlm_tasks) {
+    vlm::VlmEvalOptions o;
+    o.max_new_tokens = e.vlm_max_new_tokens;
+    o.conversation = vlm::parse_vlm_conversation(e.vlm_conversation);
+    plan.evaluations.push_back({EvalKind::VisionLanguage, t, vlm::vlm_evaluation_key(vlm::vlm_task(t), o, e.vlm_limit)});
   }
 
   for (size_t m = 0; m < spec.models.size(); ++m) {

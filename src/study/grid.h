@@ -19,7 +19,9 @@
 
 namespace lowbit::study {
 
-enum class EvalKind { Perplexity, KlDivergence, MultipleChoice };
+// VisionLanguage: a benchmark of eval/vlm/vlm_task.h on a LLaVA-Next model (the cell's language
+// model under the model's vision tower), keyed as `lowbit vlm-eval --store` keys it.
+enum class EvalKind { Perplexity, KlDivergence, MultipleChoice, VisionLanguage };
 
 struct Evaluation {
   EvalKind kind = EvalKind::Perplexity;
@@ -44,7 +46,8 @@ struct Cell {
 
 struct StudyPlan {
   std::vector<Cell> cells;               // models in the spec's order, each with every method
-  std::vector<Evaluation> evaluations;   // PPL datasets first, then KLD sets, then tasks, in the spec's order
+  std::vector<Evaluation> evaluations;   // PPL datasets first, then KLD sets, then tasks, then vision-language
+                                         // tasks, in the spec's order
 };
 
 StudyPlan expand_plan(const StudySpec& spec);

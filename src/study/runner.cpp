@@ -11,6 +11,10 @@
 #include "eval/multiple_choice.h"
 #include "eval/perplexity.h"
 #include "eval/tasks.h"
+#include "eval/vlm/vlm_eval.h"
+#include "eval/vlm/vlm_task.h"
+#include "model/llava_next.h"
+#include "quant/llava_next_quantized.h"
 #include "formats/tokenizer.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
@@ -160,6 +164,10 @@ class Runner {
   // cell's 16-bit model, for KL-divergence.
   std::vector<MetricValue> evaluate(const Cell& cell, ModelState& ms, const LlamaModel& model, PlacedModel& placed,
                                     const LlamaModel* base, const Evaluation& e, json& evaluation, double& seconds);
+  // A vision-language benchmark (`lowbit vlm-eval`'s evaluation, on the CPU) of the cell's LLaVA-Next
+  // model `vlm`: the cell's language model under the model's vision tower and projector.
+  std::vector<MetricValue> evaluate_vision_language(const Cell& cell, ModelState& ms, const LlavaNextModel& vlm,
+                                                    const Evaluation& e, json& evaluation, double& seconds);
   // The perplexity windows of a set (cached per model).
   const std::vector<std::vector<int32_t>>& windows(ModelState& ms, const std::string& set);
   const McTask& task(const std::string& name);
@@ -181,6 +189,7 @@ class Runner {
   Clock::time_point t0_ = Clock::now();
   std::map<size_t, std::unique_ptr<ModelState>> models_;
   std::map<std::string, McTask> tasks_;
+  std::map<std::string, std::vector<vlm::VlmItem>> vlm_items_;  // per vision-language task
   std::string device_name_ = "cpu";
   std::string worker_;  // worker mode: this worker's id, whose leases its writes need
   std::unique_ptr<EvalSession> session_;  // the study's evaluation device
@@ -441,6 +450,31 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
   return out;
 }
 
+std::vector<MetricValue> Runner::evaluate_vision_language(const Cell& cell, ModelState& ms, const LlavaNextModel& vlm,
+                                                          const Evaluation& e, json& evaluation, double& seconds) {
+  const EvalSpec& es = spec_.eval;
+  const vlm::VlmTask& task = vlm::vlm_task(e.name);
+  auto it = vlm_items_.find(e.name);
+  if (it == vlm_items_.end()) it = vlm_items_.emplace(e.name, vlm::load_vlm_items(task, es.vlm_data, es.vlm_limit)).first;
+  vlm::VlmEvalOptions opt;
+  opt.max_new_tokens = es.vlm_max_new_tokens;
+  opt.conversation = vlm::parse_vlm_conversation(es.vlm_conversation);
+  const auto t0 = Clock::now();
+  const vlm::VlmEvalResult r =
+      vlm::evaluate_vlm(vlm, *ms.tok, task, it->second, opt, [&](size_t i, size_t n, const vlm::VlmPrediction&) {
+        if (ev_.on_eval_progress)
+          ev_.on_eval_progress(cell, e, int64_t(i + 1), int64_t(n), progress(double(i + 1) / double(n)));
+      });
+  seconds = since(t0);
+  evaluation = json::parse(
+      vlm::vlm_evaluation_identity(task, vlm::vlm_data_file(task, es.vlm_data), opt, es.vlm_limit, r).dump());
+  // The metrics as `lowbit vlm-eval --store` records them: every numeric aggregate, over the items.
+  std::vector<MetricValue> out;
+  for (const auto& [k, v] : r.metrics.items())
+    if (v.is_number()) out.push_back({k, v.get<double>(), std::nullopt, int64_t(r.items.size())});
+  return out;
+}
+
 void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pending) {
   ModelState& ms = model_state(cell.model);
   peak_reset_ = reset_peak_rss();
@@ -496,7 +530,19 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
       }
     }
   const bool on_gpu = session_->device().is_cuda();
-  const std::unique_ptr<PlacedModel> placed = session_->place(*model);  // one upload per cell
+  // One upload per cell, when some evaluation runs on the session's device.
+  std::unique_ptr<PlacedModel> placed;
+  for (const Evaluation* e : pending)
+    if (e->kind != EvalKind::VisionLanguage && !placed) placed = session_->place(*model);
+  // The LLaVA-Next model of a vision-language evaluation: the model's vision tower and projector
+  // (as stored) around the cell's language model, exactly as load_llava_next() reads the checkpoint
+  // `lowbit quantize` writes for this cell. It runs on the CPU.
+  std::unique_ptr<LlavaNextModel> vlm_model;
+  for (const Evaluation* e : pending)
+    if (e->kind == EvalKind::VisionLanguage && !vlm_model) {
+      vlm_model = llava_next_with_language_model(mspec.path, model->checkpoint());
+      vlm_model->language_model().set_keep_16bit_weights(true);  // as vlm-eval decodes
+    }
   CellRecord rec;
   rec.key = cell.key;
   rec.model = cell.model_name;
@@ -519,14 +565,19 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
   for (const Evaluation* e : pending) {
     double seconds = 0;
     json evaluation;
-    const std::vector<MetricValue> metrics = evaluate(cell, ms, *model, *placed, base, *e, evaluation, seconds);
+    const bool vision_language = e->kind == EvalKind::VisionLanguage;
+    const std::vector<MetricValue> metrics =
+        vision_language ? evaluate_vision_language(cell, ms, *vlm_model, *e, evaluation, seconds)
+                        : evaluate(cell, ms, *model, *placed, base, *e, evaluation, seconds);
+    const bool eval_on_gpu = on_gpu && !vision_language;
     RuntimeFacts facts;
     facts.seconds = seconds;
     facts.peak = peak_rss(peak_reset_ ? "this cell (quantization and evaluations so far)" : "");
-    facts.device = on_gpu ? device_name_ : "cpu";
-    facts.gpu = on_gpu;
+    facts.device = eval_on_gpu ? device_name_ : "cpu";
+    facts.gpu = eval_on_gpu;
     facts.threads = num_threads();
-    if (auto peak = session_->peak_memory_bytes()) facts.peak_gpu_bytes = *peak;
+    if (eval_on_gpu)
+      if (auto peak = session_->peak_memory_bytes()) facts.peak_gpu_bytes = *peak;
     json id = result_identity(ms.identity, method, evaluation, runtime_part(facts));
     id["study"] = spec_.name;
     id["cell"] = cell.key;

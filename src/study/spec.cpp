@@ -6,6 +6,9 @@
 #include "core/error.h"
 #include "eval/datasets.h"
 #include "eval/tasks.h"
+#include "eval/vlm/vlm_task.h"
+#include "formats/llava_next_checkpoint.h"
+#include "quant/llava_next_quantized.h"
 #include "formats/data_files.h"
 #include "quant/method.h"
 #include "backend/device_check.h"
@@ -396,7 +399,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   if (et == nullptr) c.fail_at(study_pos, "no [eval] table (it names what to evaluate: ppl = [...], tasks = [...])");
   check_keys(c, *et, "[eval]",
              {"ppl", "kld", "seqlen", "limit", "tasks", "task_limit", "mmlu_limit", "mmlu_shots", "bos", "max_length",
-              "batch"});
+              "batch", "vlm_tasks", "vlm_data", "vlm_limit", "vlm_max_new_tokens", "vlm_conversation"});
   EvalSpec& ev = spec.eval;
   ev.seqlen = get_int(c, *et, "seqlen", 2048, 2, int64_t(1) << 20);
   ev.limit = get_int(c, *et, "limit", 0, 0, int64_t(1) << 30);
@@ -407,9 +410,30 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   ev.batch = get_int(c, *et, "batch", 4, 1, 1 << 16);
   ev.bos = get_choice(c, *et, "bos", "auto", {"auto", "on", "off"});
   std::vector<std::pair<std::string, SourcePos>> ppl = get_strings(c, *et, "ppl"), tasks = get_strings(c, *et, "tasks"),
-                                                  kld = get_strings(c, *et, "kld");
-  if (ppl.empty() && tasks.empty() && kld.empty())
-    c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], kld = [...], tasks = [...])");
+                                                  kld = get_strings(c, *et, "kld"),
+                                                  vlm_tasks = get_strings(c, *et, "vlm_tasks");
+  if (ppl.empty() && tasks.empty() && kld.empty() && vlm_tasks.empty())
+    c.fail_at(*et, "[eval] names nothing to evaluate (ppl = [...], kld = [...], tasks = [...], vlm_tasks = [...])");
+  ev.vlm_limit = get_int(c, *et, "vlm_limit", 0, 0, int64_t(1) << 30);
+  ev.vlm_max_new_tokens = get_int(c, *et, "vlm_max_new_tokens", 0, 0, int64_t(1) << 20);
+  ev.vlm_conversation = get_choice(c, *et, "vlm_conversation", "llava", {"llava", "llava_hf"});
+  const auto& vlm_known = vlm::vlm_task_names();
+  for (const auto& [name, p] : vlm_tasks) {
+    if (std::find(vlm_known.begin(), vlm_known.end(), name) == vlm_known.end())
+      c.fail_at(p, "unknown vision-language task '{}' (known: {})", name, fmt::join(vlm_known, ", "));
+    if (std::find(ev.vlm_tasks.begin(), ev.vlm_tasks.end(), name) != ev.vlm_tasks.end())
+      c.fail_at(p, "vision-language task '{}' is listed twice", name);
+    ev.vlm_tasks.push_back(name);
+  }
+  const node* vlm_data_node = find(*et, "vlm_data");
+  if (vlm_data_node != nullptr)
+    ev.vlm_data = resolve_path(c, c.pos(*vlm_data_node), get_string(c, *et, "vlm_data", ""));
+  if (!ev.vlm_tasks.empty() && ev.vlm_data.empty())
+    c.fail_at(*et->get("vlm_tasks"), "vlm_tasks need vlm_data (a folder holding TASK.jsonl for each task, as written "
+              "by scripts/vlm_parquet_to_jsonl.py)");
+  for (const char* k : {"vlm_data", "vlm_limit", "vlm_max_new_tokens", "vlm_conversation"})
+    if (ev.vlm_tasks.empty() && et->contains(k))
+      c.fail_at(c.pos(*et->get(k)), "'{}' is set but vlm_tasks names no vision-language task", k);
   for (auto* list : {&ppl, &kld}) {
     std::vector<std::string>& out = list == &ppl ? ev.ppl : ev.kld;
     for (auto& [name, p] : *list) {
@@ -434,6 +458,18 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
     ev.tasks.push_back(name);
   }
   if (!opt.check_files) return spec;
+
+  // Vision-language tasks run LLaVA-Next models: every model must be one, whole.
+  if (!ev.vlm_tasks.empty())
+    for (const auto& m : spec.models)
+      c.at(m.pos, [&] {
+        LB_CHECK(is_llava_next_dir(m.path), "model '{}' is not a LLaVA-Next model (config.json with model_type "
+                 "llava_next); vlm_tasks (at {}) evaluate LLaVA-Next models only", m.name, vlm_tasks[0].second.str());
+        (void)check_llava_next_source(m.path);
+      });
+  // Their items, every field and image path checked now rather than after hours of work.
+  for (size_t i = 0; i < ev.vlm_tasks.size(); ++i)
+    c.at(vlm_tasks[i].second, [&] { vlm::load_vlm_items(vlm::vlm_task(ev.vlm_tasks[i]), ev.vlm_data, ev.vlm_limit); });
 
   // Files: models, data, tasks. Reading them now means a study never stops half-way for a
   // missing file.

@@ -11,7 +11,13 @@
 //   [eval]         ppl = [datasets], seqlen, limit (first N windows; 0: all), bos,
 //                  tasks = [task names], task_limit (first N items of each task), mmlu_limit
 //                  (first N items of each MMLU subject; default task_limit), mmlu_shots,
-//                  max_length (context tokens), batch (windows per GPU forward)
+//                  max_length (context tokens), batch (windows per GPU forward),
+//                  vlm_tasks = [vision-language benchmarks: ai2d, chartqa, docvqa, mmbench_en,
+//                  mme] for LLaVA-Next models (every [[model]] must be one), vlm_data (a folder
+//                  holding TASK.jsonl for each, as `lowbit vlm-eval --data`; required with
+//                  vlm_tasks), vlm_limit (first N items; 0: all), vlm_max_new_tokens (0: the
+//                  task's), vlm_conversation ("llava" or "llava_hf"); each runs on the CPU with
+//                  the cell's quantized language model under the model's own vision tower
 //   [[method]]     name (a method of `lowbit methods`, or "fp16": the 16-bit baseline), then any
 //                  option of the method; an array is one axis of the grid (w = [2, 3, 4]); zip =
 //                  ["w", "a"] walks those arrays together instead of crossing them (W8A8, W6A6);
@@ -111,6 +117,13 @@ struct EvalSpec {
   int64_t seqlen = 2048, limit = 0, task_limit = 0, mmlu_limit = 0, max_length = 0, batch = 4;
   int mmlu_shots = 5;
   std::string bos = "auto";
+  // Vision-language benchmarks (eval/vlm/vlm_task.h) of LLaVA-Next models, as `lowbit vlm-eval`
+  // runs them: task names, the folder (or, for one task, the file) of their items (expanded
+  // absolute path), and its settings.
+  std::vector<std::string> vlm_tasks;
+  std::string vlm_data;
+  int64_t vlm_limit = 0, vlm_max_new_tokens = 0;
+  std::string vlm_conversation = "llava";
 };
 
 struct StudySpec {

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# lowbit quantize on the tiny random-weight LLaVA-Next of tests/fixtures/llava_next: the whole model
+# written (the quantized language model beside the vision tower and projector), read by inspect,
+# vlm-generate, vlm-eval --store (Table 8) and ppl (its language model, as --language-model-only
+# writes it alone); refusals of bad input before any work, with nothing written.
+set -u
+B="$LOWBIT_BIN"
+F="$LOWBIT_TEST_FIXTURES"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/expect.sh"
+
+M="$T/llava"
+mkdir -p "$M"
+cp "$F/llava_next/config.json" "$F/llava_next/preprocessor_config.json" "$F/vlm/tokenizer.json" "$M/"
+zstd -dq "$F/llava_next/model.safetensors.zst" -o "$M/model.safetensors"
+IMG="$F/vision/tall_150x420.jpg"
+IDS=$(sed -n 1p "$F/llava_next/cli_tall_150x420.txt")
+for i in $(seq 1 40); do echo "The quick brown fox jumps over the lazy dog, number $i."; done >"$T/calib.txt"
+
+expect_ok "quantize rtn" "wrote $T/q: 4.625 bits per linear weight" \
+  "$B" quantize --model "$M" --method rtn:w=4,g=32 -o "$T/q" --threads 1
+expect_ok "says what it keeps" "vision tower, projector and image_newline \(60 tensors\) are kept as stored" \
+  "$B" quantize --model "$M" --method rtn:w=4,g=32 --no-save --threads 1
+if cmp -s "$M/config.json" "$T/q/config.json" && cmp -s "$M/preprocessor_config.json" "$T/q/preprocessor_config.json"; then
+  ok; else bad "config.json and preprocessor_config.json are not the source's"; fi
+expect_ok "inspect" "multimodal +LlavaNextForConditionalGeneration: its language model quantized; vision tower, projector and image_newline kept as stored \(60 tensors" \
+  "$B" inspect "$T/q"
+expect_ok "inspect json" '"kept_tensors": 60' "$B" inspect "$T/q" --json
+expect_ok "vlm-generate" "^[0-9]+(,[0-9]+){11}\$" "$B" vlm-generate --model "$T/q" --image "$IMG" --ids "$IDS" -n 12 --threads 1
+expect_ok "quantize gptq" "wrote $T/g:" "$B" quantize --model "$M" --method gptq:w=4,g=32 --calib "$T/calib.txt" \
+  --nsamples 2 --seqlen 32 -o "$T/g" --threads 1
+expect_ok "vlm-generate gptq" "^[0-9]+(,[0-9]+){11}\$" "$B" vlm-generate --model "$T/g" --image "$IMG" --ids "$IDS" -n 12 --threads 1
+
+# The language model alone: a LLaMA checkpoint whose perplexity equals the whole checkpoint's.
+expect_ok "language model only" "wrote $T/g-llm:" "$B" quantize --model "$M" --method gptq:w=4,g=32 \
+  --calib "$T/calib.txt" --nsamples 2 --seqlen 32 -o "$T/g-llm" --language-model-only --threads 1
+P1=$("$B" ppl --model "$T/g" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
+P2=$("$B" ppl --model "$T/g-llm" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
+if [[ -n "$P1" && "$P1" == "$P2" ]]; then ok; else bad "ppl of the LLM part: '$P1' vs '$P2'"; fi
+expect_err "llm-only is no LLaVA" "is not a LLaVA-Next model directory" \
+  "$B" vlm-generate --model "$T/g-llm" --image "$IMG" --ids "$IDS"
+
+# vlm-eval --store on the quantized checkpoint: its cell is the method's, reported as Table 8.
+mkdir -p "$T/vlm"
+cp "$F/vision/la_24x20.png" "$F/vision/gray_20x13.jpg" "$T/vlm/"
+cat >"$T/vlm/ai2d.jsonl" <<'EOF'
+{"question": "Which label shows the sun?", "options": ["A", "B", "C", "D"], "answer": "1", "image": "la_24x20.png"}
+{"question": "What eats the grasshopper?", "options": ["frog", "grass", "sun"], "answer": 0, "image": "gray_20x13.jpg"}
+EOF
+expect_ok "vlm-eval fp16" "written to" "$B" vlm-eval --model "$M" --task ai2d --data "$T/vlm" --max-new-tokens 4 \
+  --store "$T/vlm.sqlite" --name llava --threads 1
+expect_ok "vlm-eval rtn" "of cell llava\|rtn:w=4,g=32\|none written to" "$B" vlm-eval --model "$T/q" --task ai2d \
+  --data "$T/vlm" --max-new-tokens 4 --store "$T/vlm.sqlite" --name llava --threads 1
+expect_ok "vlm-eval gptq" "of cell llava\|gptq:w=4,g=32\|$T/calib.txt:n=2,seqlen=32,seed=0,bos=auto written to" \
+  "$B" vlm-eval --model "$T/g" --task ai2d --data "$T/vlm" --max-new-tokens 4 --store "$T/vlm.sqlite" --name llava \
+  --threads 1
+expect_ok "Table 8 rows" "\| GPTQ +\| +4 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
+expect_ok "Table 8 rtn" "\| RTN +\| +4 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
+
+# Bad input: refused before any work, nothing written.
+python3 - "$M/model.safetensors" "$T/broken" <<'EOF'
+import json, os, shutil, struct, sys
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+for f in ("config.json", "preprocessor_config.json", "tokenizer.json"):
+    shutil.copy(os.path.join(os.path.dirname(src), f), out)
+with open(src, "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+    data = f.read()
+drop = "multi_modal_projector.linear_2.weight"
+kept, body = {}, b""
+for name, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0] if kv[0] != "__metadata__" else -1):
+    if name == "__metadata__" or name == drop:
+        continue
+    b, t = e["data_offsets"]
+    kept[name] = {"dtype": e["dtype"], "shape": e["shape"], "data_offsets": [len(body), len(body) + t - b]}
+    body += data[b:t]
+h = json.dumps(kept).encode()
+with open(os.path.join(out, "model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + body)
+EOF
+expect_err "missing projector tensor" "LLaVA checkpoint: missing tensor 'multi_modal_projector.linear_2.weight'" \
+  "$B" quantize --model "$T/broken" --method rtn:w=4,g=32 -o "$T/bad"
+expect_err "already quantized" "is already quantized \(rtn:w=4,g=32\)" \
+  "$B" quantize --model "$T/q" --method rtn:w=4,g=32 -o "$T/bad"
+expect_err "output exists" "output '$T/q' exists" "$B" quantize --model "$M" --method rtn:w=4,g=32 -o "$T/q"
+expect_err "bad method" "" "$B" quantize --model "$M" --method rtn:w=9 -o "$T/bad"
+S="$LOWBIT_TEST_MODELS/stories260K/stories260K.bin"
+if [[ -e "$S" ]]; then
+  expect_err "llm-only on LLaMA" "--language-model-only: model '$S' is not a LLaVA-Next model" \
+    "$B" quantize --model "$S" --method rtn:w=4,g=32 --language-model-only -o "$T/bad"
+fi
+if [[ ! -e "$T/bad" ]] && [[ -z "$(ls -A "$T" | grep partial)" ]]; then ok; else bad "a refused run left output"; fi
+report
