@@ -241,6 +241,18 @@ TEST(QuantizedLlava, BadInputIsRefusedBeforeAnyWork) {
   extract_language_model(llava, dir / "plain");
   EXPECT_HAS(error_of([&] { check_llava_next_source(dir / "plain"); }), "is not a LLaVA-Next model directory");
   EXPECT_HAS(error_of([&] { load_llava_next(dir / "plain"); }), "is not a LLaVA-Next model directory");
+  // A study whose vision-language task would run a model that is not LLaVA-Next.
+  fs::create_directories(dir.path / "vlm");
+  test::spit(dir / "vlm/ai2d.jsonl", "");
+  test::spit(dir / "s.toml", "[study]\nname = \"s\"\n\n[[model]]\npath = \"plain\"\n\n[eval]\nvlm_tasks = "
+                             "[\"ai2d\"]\nvlm_data = \"vlm\"\n\n[[method]]\nname = \"rtn\"\nw = 4\ng = 32\n");
+  EXPECT_HAS(error_of([&] { study::load_study_spec(dir / "s.toml"); }),
+             dir / "s.toml" + ":5:8: model 'plain' is not a LLaVA-Next model");
+  // Its items are read with the spec: an empty file is refused by name.
+  test::spit(dir / "s.toml", "[study]\nname = \"s\"\n\n[[model]]\npath = \"llava\"\n\n[eval]\nvlm_tasks = "
+                             "[\"ai2d\"]\nvlm_data = \"vlm\"\n\n[[method]]\nname = \"rtn\"\nw = 4\ng = 32\n");
+  EXPECT_HAS(error_of([&] { study::load_study_spec(dir / "s.toml"); }),
+             dir / "s.toml" + ":8:14: " + dir / "vlm/ai2d.jsonl" + ": no items");
   // An output that exists.
   fs::create_directories(dir / "taken");
   EXPECT_HAS(error_of([&] { write_quantized_llava_next(dir / "taken", llava, src, qm, json::object(), false); }),

@@ -68,6 +68,41 @@ TEST(StudySpec, ParsesAndExpandsTheGrid) {
   EXPECT_TRUE(s.needs_calibration());
 }
 
+// Vision-language benchmarks of LLaVA-Next models: their evaluations keyed as vlm-eval --store
+// keys them, and bad settings named by line and column.
+TEST(StudySpec, VisionLanguageTasks) {
+  const StudySpec s = parse_study_spec(
+      base_spec("[[method]]\nname = \"rtn\"\nw = 4\n",
+                "[eval]\nvlm_tasks = [\"ai2d\", \"mme\"]\nvlm_data = \"vlm\"\nvlm_limit = 5\n"),
+      "/tmp/spec.toml", spec_test::kNoFiles);
+  EXPECT_EQ(s.eval.vlm_tasks, (std::vector<std::string>{"ai2d", "mme"}));
+  EXPECT_EQ(s.eval.vlm_data, "/tmp/vlm");
+  EXPECT_EQ(s.eval.vlm_limit, 5);
+  EXPECT_EQ(s.eval.vlm_conversation, "llava");
+  const StudyPlan plan = expand_plan(s);
+  ASSERT_EQ(plan.evaluations.size(), 2u);
+  EXPECT_EQ(plan.evaluations[0].kind, EvalKind::VisionLanguage);
+  EXPECT_EQ(plan.evaluations[0].key, "ai2d:conversation=llava,max_new_tokens=16,limit=5");
+  EXPECT_EQ(plan.evaluations[1].key, "mme:conversation=llava,max_new_tokens=16,limit=5");
+
+  auto starts = [](const std::string& msg, const std::string& prefix) {
+    return msg.substr(0, prefix.size()) == prefix ? ::testing::AssertionSuccess()
+                                                  : ::testing::AssertionFailure() << msg;
+  };
+  const std::string m = "[[method]]\nname = \"rtn\"\nw = 4\n";
+  EXPECT_TRUE(starts(error_of(base_spec(m, "[eval]\nvlm_tasks = [\"ai2d\", \"vqa\"]\nvlm_data = \"vlm\"\n")),
+                     "/tmp/spec.toml:14:22: unknown vision-language task 'vqa' (known: ai2d, chartqa, docvqa, "
+                     "mmbench_en, mme)"));
+  EXPECT_TRUE(starts(error_of(base_spec(m, "[eval]\nvlm_tasks = [\"ai2d\", \"ai2d\"]\nvlm_data = \"vlm\"\n")),
+                     "/tmp/spec.toml:14:22: vision-language task 'ai2d' is listed twice"));
+  EXPECT_TRUE(starts(error_of(base_spec(m, "[eval]\nvlm_tasks = [\"ai2d\"]\n")),
+                     "/tmp/spec.toml:14:13: vlm_tasks need vlm_data"));
+  EXPECT_TRUE(starts(error_of(base_spec(m, "[eval]\nppl = [\"ptb\"]\nvlm_limit = 3\n")),
+                     "/tmp/spec.toml:15:13: 'vlm_limit' is set but vlm_tasks names no vision-language task"));
+  EXPECT_TRUE(starts(error_of(base_spec(m, "[eval]\nvlm_tasks = [\"mme\"]\nvlm_data = \"v\"\nvlm_conversation = \"hf\"\n")),
+                     "/tmp/spec.toml:16:20: 'vlm_conversation' = \"hf\" is not one of llava, llava_hf"));
+}
+
 TEST(StudySpec, GridExpansionCrossesAndZips) {
   EXPECT_EQ(expand_method_grid("rtn", {{"w", {"2", "3"}}, {"g", {"128", "-1"}}}, {}),
             (std::vector<std::string>{"rtn:w=2,g=128", "rtn:w=2,g=-1", "rtn:w=3,g=128", "rtn:w=3,g=-1"}));
