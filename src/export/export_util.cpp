@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "formats/llama_tensors.h"
+#include "formats/llava_next_checkpoint.h"
 
 #include <cmath>
 #include <cstring>
@@ -159,6 +160,9 @@ void write_hf_side_files(const ExportSource& src, const fs::path& tmp, DType dty
   ss << in.rdbuf();
   json cfg = json::parse(ss.str(), nullptr, false);
   LB_CHECK(!cfg.is_discarded() && cfg.is_object(), "'{}' is not a JSON object", cfg_path.string());
+  // A LLaVA-Next model (16-bit, or quantized by lowbit) is exported as its language model: the
+  // written tensors are the LLM's, under LLaMA's names, so the config is the text_config's.
+  if (is_llava_next_config(cfg)) cfg = json::parse(llama_config_to_json(src.ck.config));
   // transformers 5 writes "dtype", earlier versions "torch_dtype"; both must name the written type.
   cfg["torch_dtype"] = torch_dtype_name(dtype);
   if (cfg.contains("dtype")) cfg["dtype"] = torch_dtype_name(dtype);

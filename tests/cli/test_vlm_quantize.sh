@@ -38,6 +38,15 @@ expect_ok "language model only" "wrote $T/g-llm:" "$B" quantize --model "$M" --m
 P1=$("$B" ppl --model "$T/g" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
 P2=$("$B" ppl --model "$T/g-llm" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
 if [[ -n "$P1" && "$P1" == "$P2" ]]; then ok; else bad "ppl of the LLM part: '$P1' vs '$P2'"; fi
+# export writes the language model, as a LLaMA checkpoint with the text_config: its perplexity is
+# the quantized checkpoint's (dense fake-quant weights, exact), and the 16-bit model's likewise.
+expect_ok "export hf" "largest difference from the fake-quant weights: 0" "$B" export "$T/g" --format hf -o "$T/g-hf"
+P3=$("$B" ppl --model "$T/g-hf" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
+if [[ -n "$P3" && "$P1" == "$P3" ]]; then ok; else bad "ppl of the export: '$P3' vs '$P1'"; fi
+expect_ok "export hf 16-bit" "" "$B" export "$M" --format hf -o "$T/m-hf"
+P4=$("$B" ppl --model "$M" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
+P5=$("$B" ppl --model "$T/m-hf" --dataset "$T/calib.txt" --seqlen 32 --threads 1 2>/dev/null | grep -Eo 'PPL = [0-9.]+')
+if [[ -n "$P4" && "$P4" == "$P5" && "$P4" != "$P1" ]]; then ok; else bad "ppl of the 16-bit export: '$P5' vs '$P4' ('$P1' quantized)"; fi
 expect_err "llm-only is no LLaVA" "is not a LLaVA-Next model directory" \
   "$B" vlm-generate --model "$T/g-llm" --image "$IMG" --ids "$IDS"
 
@@ -86,7 +95,9 @@ expect_err "missing projector tensor" "LLaVA checkpoint: missing tensor 'multi_m
 expect_err "already quantized" "is already quantized \(rtn:w=4,g=32\)" \
   "$B" quantize --model "$T/q" --method rtn:w=4,g=32 -o "$T/bad"
 expect_err "output exists" "output '$T/q' exists" "$B" quantize --model "$M" --method rtn:w=4,g=32 -o "$T/q"
-expect_err "bad method" "" "$B" quantize --model "$M" --method rtn:w=9 -o "$T/bad"
+expect_err "bad method" "rtn: option w=9" "$B" quantize --model "$M" --method rtn:w=9 -o "$T/bad"
+expect_err "method that cannot run" "awq: group size 128 does not divide the 64 input features of q_proj" \
+  "$B" quantize --model "$M" --method awq:w=4,g=128 --calib "$T/nonexistent.txt" -o "$T/bad"
 S="$LOWBIT_TEST_MODELS/stories260K/stories260K.bin"
 if [[ -e "$S" ]]; then
   expect_err "llm-only on LLaMA" "--language-model-only: model '$S' is not a LLaVA-Next model" \

@@ -190,6 +190,13 @@ TEST(StudySpec, ExamplesParse) {
   const StudySpec full = load_study_spec(examples + "/smollm2-full.toml", kNoFiles);
   EXPECT_EQ(full.device, "cuda");
   EXPECT_EQ(expand_plan(full).cells.size(), 10u);
+  // The paper's Tables 7-8: LLaVA-Next-8B, the baseline and RTN, GPTQ, AWQ at w2-4 g128; three
+  // perplexities and the five vision-language benchmarks.
+  const StudyPlan t8 = expand_plan(load_study_spec(examples + "/llava-next-table8.toml", kNoFiles));
+  EXPECT_EQ(t8.cells.size(), 1u + 3 * 3);
+  ASSERT_EQ(t8.evaluations.size(), 3u + 5);
+  EXPECT_EQ(t8.evaluations[3].kind, EvalKind::VisionLanguage);
+  EXPECT_EQ(t8.evaluations[7].key, "mme:conversation=llava,max_new_tokens=16,limit=0");
   const StudySpec t1 = load_study_spec(examples + "/llama3-table1.toml", kNoFiles);
   const StudyPlan plan = expand_plan(t1);
   // The paper's Table 1 rows that lowbit implements: the baseline, RTN and GPTQ and AWQ at

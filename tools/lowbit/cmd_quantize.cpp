@@ -49,6 +49,7 @@ void run(const Options& o) {
   const bool llava = ck.format == "llava-next-language-model";
   LB_CHECK(llava || !o.language_model_only, "--language-model-only: model '{}' is not a LLaVA-Next model (format "
            "{})", o.model, ck.format);
+  method->check_shapes(ck.config);  // e.g. a group size that does not divide a linear's width
   // A LLaVA-Next model is written whole: its vision parts are checked before any work.
   std::vector<std::string> kept;
   if (llava && !o.language_model_only) kept = check_llava_next_source(o.model);
