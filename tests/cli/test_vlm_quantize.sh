@@ -66,6 +66,42 @@ expect_ok "vlm-eval gptq" "of cell llava\|gptq:w=4,g=32\|$T/calib.txt:n=2,seqlen
   --threads 1
 expect_ok "Table 8 rows" "\| GPTQ +\| +4 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
 expect_ok "Table 8 rtn" "\| RTN +\| +4 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
+# A study of the same model, methods and calibration finds those results stored: its cells are the
+# ones vlm-eval --store filled (the quantized checkpoints' source model, the same keys).
+cat >"$T/vlm.toml" <<EOF
+[study]
+name = "vlm"
+db = "vlm.sqlite"
+threads = 1
+[[model]]
+name = "llava"
+path = "llava"
+[calibration]
+set = "calib.txt"
+nsamples = 2
+seqlen = 32
+[eval]
+vlm_tasks = ["ai2d"]
+vlm_data = "vlm"
+vlm_max_new_tokens = 4
+[[method]]
+name = "fp16"
+[[method]]
+name = "rtn"
+w = 4
+g = 32
+[[method]]
+name = "gptq"
+w = 4
+g = 32
+[[method]]
+name = "rtn"
+w = 3
+g = 32
+EOF
+expect_ok "study finds vlm-eval's results" "1 of 4 evaluations to do" "$B" study "$T/vlm.toml" --dry-run
+expect_ok "study adds a cell" "" "$B" study "$T/vlm.toml" --resume
+expect_ok "Table 8 rtn 3-bit" "\| +\| +3 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
 
 # Bad input: refused before any work, nothing written.
 python3 - "$M/model.safetensors" "$T/broken" <<'EOF'

@@ -100,7 +100,12 @@ void run(const Options& o) {
     LB_CHECK(!existing || *existing == o.study, "results store '{}' belongs to study '{}', not '{}' (--study)",
              o.store, existing.value_or(""), o.study);
     if (!existing) store->set_study_name(o.study);
-    cell = cell_record(name, o.model, sha, method_id);
+    // A quantized checkpoint's cell is its source model's (path and weights SHA-256), as a study
+    // records the cells it quantizes from that model; the identity below names the file evaluated.
+    const nlohmann::json& src = method_id["source_model"];
+    const bool quantized = src.is_object() && src.contains("sha256");
+    cell = cell_record(name, quantized ? src.value("path", o.model) : o.model,
+                       quantized ? src["sha256"].get<std::string>() : sha, method_id);
     LB_CHECK(!store->stored_evaluations().count({cell.key, eval_key}),
              "results store '{}' already holds {} of cell {}", o.store, eval_key, cell.key);
   }
