@@ -156,7 +156,8 @@ TEST(StudySpec, ErrorsNameTheLine) {
                      "/tmp/spec.toml:15:10: 'seqlen' must be an integer"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\n", "[eval]\nppl = [\"ptb\"]\nwindows = 3\n")),
                      "/tmp/spec.toml:15:1: unknown key 'windows' in [eval] (known: batch, bos, kld, limit, max_length, "
-                     "mmlu_limit, mmlu_shots, ppl, seqlen, task_limit, tasks)"));
+                     "mmlu_limit, mmlu_shots, ppl, seqlen, task_limit, tasks, vlm_conversation, vlm_data, vlm_limit, "
+                     "vlm_max_new_tokens, vlm_tasks)"));
   // TOML syntax errors come with toml++'s position.
   EXPECT_TRUE(starts(error_of("[study]\nname = \"x\"\nname = \"y\"\n"), "/tmp/spec.toml:3:"));
   EXPECT_TRUE(starts(error_of("[study]\nname = \"x\"\n"),

@@ -1,6 +1,7 @@
 // lowbit vlm-generate --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) [-n N]
 // lowbit vlm-logits   --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) -o OUT.safetensors
-// A LLaVA-Next checkpoint (LlavaNextForConditionalGeneration) on the CPU with images. --prompt is
+// A LLaVA-Next checkpoint (LlavaNextForConditionalGeneration, or one whose language model `lowbit
+// quantize` quantized: quant/llava_next_quantized.h) on the CPU with images. --prompt is
 // a question put in LLaVA-NeXT's LLaMA-3 conversation (model/llava_prompt.h) with one <image> line
 // per image; --ids are token ids already holding each image's image tokens (as transformers'
 // processor writes input_ids). Every image is decoded and preprocessed before the model runs, so a
