@@ -1,20 +1,14 @@
-// The W4A16 kernels (w4a16.cuh). Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4 g + t:
-//   A 16x16 row-major, 4 regs of 2 bf16: {A[g][2t..2t+1]}, {A[g+8][2t..]}, {A[g][2t+8..]}, {A[g+8][2t+8..]}
-//   B 16x8 (k x n), 2 regs:             {B[2t..2t+1][g]}, {B[2t+8..2t+9][g]}
-//   C 16x8 fp32, 4 values:              C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
-// pack/w4_tiles_layout.h puts each lane's B codes of a 16 x 64 step in one 16-byte word group.
-//
-// Dequantization in registers (the exponent trick of Marlin-style kernels, here for bf16): a
-// bf16 with bits 0x4300 is 128.0 and its 7 mantissa bits count units, so OR-ing a 4-bit code q
-// into the low bits gives exactly 128 + q. One lop3 ((w >> 4p) & 0x000f000f | 0x43004300) makes
-// both halves of a bf16x2 B register at once; subtracting the pair's (128 + zero) (exact: small
-// integers) and multiplying by the bf16 scale (one rounding) gives bf16(scale * (q - zero)), no
-// int-to-float conversions.
+// The W4A16 kernels of w4a16.cuh except the staged one (w4a16_staged.cu), and the dispatch.
+// Fragment layouts and the in-register dequantization are drawn in w4a16_device.cuh.
 #include "backend/cuda/w4a16.cuh"
+
+#include "backend/cuda/w4a16_device.cuh"
+#include "backend/cuda/w4a16_staged_layout.h"
 
 #include "pack/w4_tiles_layout.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -23,67 +17,26 @@ namespace lowbit::cuda {
 namespace {
 
 namespace w4 = ::lowbit::pack::w4;
+using namespace ::lowbit::cuda::w4a16_detail;
 
 constexpr int kWarps = 4;  // warps per block; warp w owns column chunk 4 * blockIdx.x + w
 constexpr int kThreads = kWarps * 32;
 // Fewest k-steps (of 16) one split of K is given: shorter splits spend more on the epilogue
 // and the partial sums than they gain in parallelism.
 constexpr int kMinStepsPerSplit = 8;
-// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS. (On an H100 the
-// tensor-core kernel took 2.3 to 3.8 times cuBLAS's time at M = 64 and LLaMA-3-8B's shapes:
-// the fragments of A come from global memory, not through shared memory.)
-constexpr int64_t kMaxMmaRows = 32;
-
-struct MmaParams {
-  const uint4* codes;      // [chunks, kstride, 32] (16 bytes per lane and step)
-  const uint32_t* scales;  // [chunks, groups, 8, 8]
-  const bf16* A;           // [M, lda], slot order
-  int64_t lda;
-  bf16* C;                 // [M, ldc], or
-  float* Cf;               // [M, ldc], accumulated into (C += A W^T), when not null
-  int64_t ldc;
-  float* partial;          // [splits, M, padded_n] when splits > 1
-  unsigned* counters;      // [mblocks, colblocks]
-  int M, N, chunks, kstride, ksteps, group_steps, groups, splits, steps_per_split;
-};
-
-__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t d;  // (a & b) | c: immediate 0xea = (0xf0 & 0xcc) | 0xaa
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ __nv_bfloat162 as_bf2(uint32_t u) {
-  __nv_bfloat162 v;
-  memcpy(&v, &u, 4);
-  return v;
-}
-__device__ __forceinline__ uint32_t as_u32(__nv_bfloat162 v) {
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  return u;
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Each output has one writer (the block of its column tile, or the last of its splits), so the
-// fp32 accumulation needs no atomics.
-__device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col, float v0, float v1) {
-  const int64_t at = int64_t(row) * p.ldc + col;
-  if (p.Cf != nullptr) {
-    if (col < p.N) p.Cf[at] += v0;
-    if (col + 1 < p.N) p.Cf[at + 1] += v1;
-  } else {
-    if (col < p.N) p.C[at] = __float2bfloat16_rn(v0);
-    if (col + 1 < p.N) p.C[at + 1] = __float2bfloat16_rn(v1);
-  }
-}
+// Auto's choice by rows: W4A16Kernel::Mma up to kMaxMmaRows, Staged up to kMaxStagedRows,
+// DequantGemm beyond. (On an H100 Mma took 2.3 to 3.8 times cuBLAS's time at M = 64 and
+// LLaMA-3-8B's shapes, its A fragments coming from global memory per warp and m-tile; the
+// staged kernel reads each A tile once per block through shared memory and reuses each
+// dequantized B fragment for up to 4 m-tiles. bench_w4a16 prints all of them side by side per
+// M, which is where these two numbers come from.)
+constexpr int64_t kMaxMmaRows = 16;
+constexpr int64_t kMaxStagedRows = 256;
+// The staged kernel's splits: no split shorter than 4 stages (16 k-steps: the cp.async ring
+// needs 3 stages to fill), and splits x M at most kMaxStagedSplitRows (the last block of a tile
+// reads splits x rows x 256 partial sums back from L2).
+constexpr int kMinStagedStepsPerSplit = 16;
+constexpr int64_t kMaxStagedSplitRows = 512;
 
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
 // iteration, whose code words are loaded one iteration ahead (register double buffering keeps
@@ -400,15 +353,87 @@ W4A16Weight upload_w4a16(int64_t n, int64_t k, int64_t group_slots, int64_t grou
 
 namespace {
 
+// The kernel named by LOWBIT_W4A16_KERNEL (read once), or Auto when it is unset or "auto".
+W4A16Kernel kernel_from_env() {
+  static const W4A16Kernel k = [] {
+    const char* v = std::getenv("LOWBIT_W4A16_KERNEL");
+    return v == nullptr ? W4A16Kernel::Auto : parse_w4a16_kernel(v, "LOWBIT_W4A16_KERNEL");
+  }();
+  return k;
+}
+
+W4A16Kernel resolve_kernel(W4A16Kernel k, int64_t M) {
+  if (k != W4A16Kernel::Auto) return k;
+  k = kernel_from_env();
+  if (k != W4A16Kernel::Auto) return k;
+  return M <= kMaxMmaRows ? W4A16Kernel::Mma : M <= kMaxStagedRows ? W4A16Kernel::Staged : W4A16Kernel::DequantGemm;
+}
+
+// The staged kernel on activations a [M, a_ld] in slot order (16-byte aligned rows) with
+// `ksteps` k-steps of them.
+void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf, int64_t ldc,
+                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits) {
+  const int rows = staged_block_rows(M);
+  const int64_t mblocks = (M + rows - 1) / rows;
+  const int64_t colblocks = (w.chunks() + staged::kBlockChunks - 1) / staged::kBlockChunks;
+  if (splits <= 0) {
+    // One wave of resident blocks (rounded down: no short second wave).
+    static const int sms = sm_count();
+    static int per_sm[4] = {0, 0, 0, 0};
+    int& bps = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
+    if (bps == 0) bps = staged_blocks_per_sm(rows);
+    const int64_t want = std::max<int64_t>(1, int64_t(bps) * sms / (colblocks * mblocks));
+    const int64_t by_length = std::max<int64_t>(1, ksteps / kMinStagedStepsPerSplit);
+    const int64_t by_traffic = std::max<int64_t>(1, kMaxStagedSplitRows / M);
+    splits = int(std::clamp<int64_t>(std::min({want, by_length, by_traffic}), 1, 65535));
+  }
+  splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
+  // Splits of whole stages (4 k-steps), none empty.
+  int per = int((ksteps + splits - 1) / splits);
+  per = (per + staged::kStageSteps - 1) / staged::kStageSteps * staged::kStageSteps;
+  splits = int((ksteps + per - 1) / per);
+
+  MmaParams p{};
+  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
+  p.scales = w.scales.get();
+  p.A = a;
+  p.lda = a_ld;
+  p.C = C;
+  p.Cf = Cf;
+  p.ldc = ldc;
+  p.M = int(M);
+  p.N = int(w.n);
+  p.chunks = int(w.chunks());
+  p.kstride = int(w.ksteps());
+  p.ksteps = int(ksteps);
+  p.group_steps = int(w.group_slots / 16);
+  p.groups = int(w.groups);
+  p.splits = splits;
+  p.steps_per_split = per;
+  if (splits > 1) {
+    ws.partial.resize(size_t(splits) * size_t(M) * size_t(w.padded_n()));
+    const size_t need = size_t(mblocks * colblocks);
+    if (ws.counters.size() < need) {
+      ws.counters.resize(need);
+      LB_CUDA_CHECK(cudaMemsetAsync(ws.counters.get(), 0, ws.counters.bytes(), s));
+    }
+    p.partial = ws.partial.get();
+    p.counters = ws.counters.get();
+  }
+  launch_staged(p, rows, s);
+}
+
 void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
          int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
   if (lda == 0) lda = w.k;
   if (ldc == 0) ldc = w.n;
   if (w.codes.get() == nullptr || w.scales.get() == nullptr)
     throw_error("w4a16_linear: the weight was not uploaded (upload_w4a16)");
-  const int64_t max_m = kernel == W4A16Kernel::Simple ? 65535
-                        : kernel == W4A16Kernel::Mma  ? 65535 * 64
-                                                      : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
+  kernel = resolve_kernel(kernel, M);
+  const int64_t max_m = kernel == W4A16Kernel::Simple   ? 65535
+                        : kernel == W4A16Kernel::Mma    ? 65535 * 64
+                        : kernel == W4A16Kernel::Staged ? 65535 * 128
+                                                        : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
   if (lda < w.k || ldc < w.n || M < 0 || M > max_m)
     throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
@@ -426,8 +451,10 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   }
 
   // x is read in place when its columns are the slots (and its rows allow 4-byte fragment
-  // loads); else it is gathered into slot order first.
-  const bool direct = map == nullptr && w.k % 16 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0;
+  // loads, or the staged kernel's 16-byte copies); else it is gathered into slot order first.
+  const int64_t a_align = kernel == W4A16Kernel::Staged ? 16 : 4;  // bytes
+  const bool direct = map == nullptr && w.k % 16 == 0 && (lda * 2) % a_align == 0 &&
+                      reinterpret_cast<uintptr_t>(A) % uintptr_t(a_align) == 0;
   const bf16* a = A;
   int64_t a_ld = lda, ksteps = w.k / 16;
   if (!direct) {
@@ -441,7 +468,7 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     ksteps = w.ksteps();
   }
 
-  if (kernel == W4A16Kernel::DequantGemm || (kernel == W4A16Kernel::Auto && M > kMaxMmaRows)) {
+  if (kernel == W4A16Kernel::DequantGemm) {
     // The whole weight dequantized once into bf16 (in slot order), then cuBLAS: for large M the
     // product is compute-bound and the dequantization's cost is shared by M rows.
     const int64_t kcols = ksteps * 16, warps = w.chunks() * ksteps;
@@ -459,6 +486,11 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
                                  Cf != nullptr ? static_cast<void*>(Cf) : static_cast<void*>(C),
                                  Cf != nullptr ? CUDA_R_32F : CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F,
                                  CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+
+  if (kernel == W4A16Kernel::Staged) {
+    run_staged(w, a, a_ld, ksteps, C, Cf, ldc, M, ws, s, splits);
     return;
   }
 
@@ -528,6 +560,29 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
 }
 
 }  // namespace
+
+W4A16Kernel parse_w4a16_kernel(const std::string& name, const char* what) {
+  if (name == "auto") return W4A16Kernel::Auto;
+  if (name == "mma" || name == "old") return W4A16Kernel::Mma;
+  if (name == "staged" || name == "new") return W4A16Kernel::Staged;
+  if (name == "dequant") return W4A16Kernel::DequantGemm;
+  if (name == "simple") return W4A16Kernel::Simple;
+  throw_error(std::string(what) + ": unknown W4A16 kernel '" + name +
+              "' (auto, mma or old, staged or new, dequant, simple)");
+}
+
+const char* w4a16_kernel_name(W4A16Kernel k) {
+  switch (k) {
+    case W4A16Kernel::Auto: return "auto";
+    case W4A16Kernel::Mma: return "mma";
+    case W4A16Kernel::Staged: return "staged";
+    case W4A16Kernel::DequantGemm: return "dequant";
+    case W4A16Kernel::Simple: return "simple";
+  }
+  return "?";
+}
+
+W4A16Kernel w4a16_auto_kernel(int64_t M) { return resolve_kernel(W4A16Kernel::Auto, M); }
 
 void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
                   int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
