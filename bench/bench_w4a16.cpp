@@ -7,7 +7,7 @@
 // which Auto's row thresholds (w4a16.cu: kMaxMmaRows, kMaxStagedRows) are set.
 //
 //   build/bench/bench_w4a16 [--m 1,4,16,32,64,128,256] [--kernels mma,staged,dequant,auto]
-//                           [--splits 0] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]
+//                           [--splits 0] [--rows 0] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]
 //
 // Per point: the median over `samples` CUDA-event timings of `calls` back-to-back calls, divided
 // by `calls`. Both sides rotate through enough copies of their weights (at least 256 MiB in all)
@@ -15,7 +15,8 @@
 // each and its speed-up over cuBLAS, and for Auto the bytes each call must read (4-bit codes +
 // scales; activations and outputs are small) per second, against the peak given by --peak-gbs
 // (default 4800 GB/s, the H200's; the H100 SXM's is 3350). --splits forces the K splits of mma
-// and staged (0: their own choice). Before timing, each shape's tensor-core outputs (mma and
+// and staged (0: their own choice), --rows the staged kernel's rows per block (16, 32, 64, 128;
+// 0: its cost model's choice): the numbers that calibrate w4a16_staged_plan.h. Before timing, each shape's tensor-core outputs (mma and
 // staged) at the largest M are checked against the plain kernel's (the largest relative
 // difference is printed; it is fp32 summation order only: a layout or indexing fault shows as a
 // difference of order 1).
@@ -132,7 +133,7 @@ int run_bench(int argc, char** argv) {
   std::vector<int64_t> ms = {1, 4, 16, 32, 64, 128, 256};
   std::vector<cuda::W4A16Kernel> kernels = {cuda::W4A16Kernel::Mma, cuda::W4A16Kernel::Staged,
                                             cuda::W4A16Kernel::DequantGemm, cuda::W4A16Kernel::Auto};
-  int samples = 41, calls = 10, splits = 0;
+  int samples = 41, calls = 10, splits = 0, rows = 0;
   bool lm_head = false;
   double peak_gbs = 4800.0;
   for (int i = 1; i < argc; ++i) {
@@ -140,6 +141,7 @@ int run_bench(int argc, char** argv) {
     if (a == "--m" && i + 1 < argc) ms = parse_list(argv[++i]);
     else if (a == "--kernels" && i + 1 < argc) kernels = parse_kernels(argv[++i]);
     else if (a == "--splits" && i + 1 < argc) splits = std::stoi(argv[++i]);
+    else if (a == "--rows" && i + 1 < argc) rows = std::stoi(argv[++i]);
     else if (a == "--samples" && i + 1 < argc) samples = std::stoi(argv[++i]);
     else if (a == "--calls" && i + 1 < argc) calls = std::stoi(argv[++i]);
     else if (a == "--lm-head") lm_head = true;
@@ -147,7 +149,7 @@ int run_bench(int argc, char** argv) {
     else {
       fmt::print(stderr,
                  "usage: bench_w4a16 [--m 1,4,16,32,64,128,256] [--kernels mma,staged,dequant,auto] [--splits 0] "
-                 "[--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]\n");
+                 "[--rows 0] [--samples 41] [--calls 10] [--lm-head] [--peak-gbs 4800]\n");
       return 2;
     }
   }
@@ -202,7 +204,8 @@ int run_bench(int argc, char** argv) {
     double scale = 0;
     for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, double(std::fabs(bf16_to_f32(b[i]))));
     for (const cuda::W4A16Kernel k : {cuda::W4A16Kernel::Mma, cuda::W4A16Kernel::Staged}) {
-      cuda::w4a16_linear(w4[0], x.get(), y.get(), max_m, ws, s, 0, 0, k, splits);
+      cuda::w4a16_linear(w4[0], x.get(), y.get(), max_m, ws, s, 0, 0, k, splits,
+                         k == cuda::W4A16Kernel::Staged ? rows : 0);
       cuda::download(reinterpret_cast<bf16*>(a.data()), y.get(), a.size(), s);
       double worst = 0;
       for (size_t i = 0; i < a.size(); ++i)
@@ -219,8 +222,10 @@ int run_bench(int argc, char** argv) {
       double t_auto = 0;
       for (const cuda::W4A16Kernel k : kernels) {
         const int sp = k == cuda::W4A16Kernel::Mma || k == cuda::W4A16Kernel::Staged ? splits : 0;
+        const int br = k == cuda::W4A16Kernel::Staged ? rows : 0;
         const double t = median_ms(
-            ctx, [&](int i) { cuda::w4a16_linear(w4[size_t(i % w4_copies)], x.get(), y.get(), M, ws, s, 0, 0, k, sp); },
+            ctx,
+            [&](int i) { cuda::w4a16_linear(w4[size_t(i % w4_copies)], x.get(), y.get(), M, ws, s, 0, 0, k, sp, br); },
             samples, calls);
         if (k == cuda::W4A16Kernel::Auto) t_auto = t;
         row += fmt::format(" {:.2f} | {:.2f}x |", t * 1e3, t_blas / t);

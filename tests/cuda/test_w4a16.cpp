@@ -137,13 +137,13 @@ Reference reference(const std::vector<float>& w, int64_t N, int64_t K, const std
 std::vector<uint16_t> run_and_check(const cuda::W4A16Weight& w, const DeviceBuffer<bf16>& dx, int64_t M, int64_t lda,
                                     int64_t ldc, const Reference& ref, bool exact, cuda::W4A16Kernel kernel,
                                     int splits, cuda::W4A16Workspace& ws, const std::string& what,
-                                    double extra_sumabs = 0.0) {
+                                    double extra_sumabs = 0.0, int block_rows = 0) {
   const int64_t N = w.n, K = w.k;
   const uint16_t sentinel = f32_to_bf16(-777.0f);
   std::vector<uint16_t> h(size_t(M * ldc), sentinel);
   DeviceBuffer<bf16> dc(h.size());
   cuda::upload(dc.get(), reinterpret_cast<const bf16*>(h.data()), h.size(), w4_ctx().stream());
-  cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits);
+  cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits, block_rows);
   cuda::download(reinterpret_cast<bf16*>(h.data()), dc.get(), h.size(), w4_ctx().stream());
   const double chain = double(K / 16 + 16 + 64) * std::ldexp(1.0, -23) + extra_sumabs;
   int bad = 0;
@@ -208,6 +208,12 @@ void sweep(bool exact) {
         run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Staged, splits, ws,
                       what + " staged splits " + std::to_string(splits));
       }
+      // Every compiled row block of the staged kernel, whatever M (more or fewer rows than M).
+      for (int rows : {16, 32, 64, 128})
+        for (int splits : {0, 2})
+          run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Staged, splits, ws,
+                        what + " staged rows " + std::to_string(rows) + " splits " + std::to_string(splits), 0.0,
+                        rows);
       if (::testing::Test::HasFailure()) return;
     }
   }
@@ -245,15 +251,18 @@ TEST(CudaW4A16, AccumulateAddsExactSumsIntoFp32) {
       const Reference ref = reference(wref, c.n, c.k, x, M, lda);
       std::vector<float> c0(size_t(M * ldc));
       for (auto& v : c0) v = float(start(rng)) / 512.0f;
-      // 0 simple, 1-3 Mma (splits 0, 1, 3), 4 dequant + cuBLAS, 5-7 Staged (splits 0, 1, 3).
-      for (int variant = 0; variant < 8; ++variant) {
+      // 0 simple, 1-3 Mma (splits 0, 1, 3), 4 dequant + cuBLAS, 5-7 Staged (splits 0, 1, 3),
+      // 8-11 Staged with 16, 32, 64, 128 rows per block and 2 splits.
+      for (int variant = 0; variant < 12; ++variant) {
         const auto kernel = variant == 0   ? cuda::W4A16Kernel::Simple
                             : variant == 4 ? cuda::W4A16Kernel::DequantGemm
                             : variant >= 5 ? cuda::W4A16Kernel::Staged
                                            : cuda::W4A16Kernel::Mma;
-        const int splits = variant == 3 || variant == 7 ? 3 : variant == 2 || variant == 6 ? 1 : 0;
+        const int splits = variant >= 8 ? 2 : variant == 3 || variant == 7 ? 3 : variant == 2 || variant == 6 ? 1 : 0;
+        const int rows = variant >= 8 ? 16 << (variant - 8) : 0;
         DeviceBuffer<float> dc = to_device_f32(c0);
-        cuda::w4a16_linear_accumulate(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits);
+        cuda::w4a16_linear_accumulate(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits,
+                                      rows);
         std::vector<float> got(c0.size());
         cuda::download(got.data(), dc.get(), got.size(), w4_ctx().stream());
         int bad = 0;
@@ -311,7 +320,8 @@ TEST(CudaW4A16, SplitSumsAreDeterministic) {
     cuda::upload(dx.get(), reinterpret_cast<const bf16*>(xb.data()), xb.size(), w4_ctx().stream());
     std::vector<uint16_t> first(size_t(M * q.rows)), again(first.size());
     for (int rep = 0; rep < 20; ++rep) {
-      cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), 0, 0, kernel, 17);
+      cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), 0, 0, kernel, 17,
+                         kernel == cuda::W4A16Kernel::Staged ? 128 : 0);
       cuda::download(reinterpret_cast<bf16*>((rep == 0 ? first : again).data()), dc.get(), first.size(),
                      w4_ctx().stream());
       if (rep > 0) {
@@ -355,6 +365,9 @@ TEST(CudaW4A16, BadArgumentsAreErrors) {
   DeviceBuffer<bf16> dx(128), dc(64);
   EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 100), Error);  // lda < K
   EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 0, 10), Error);  // ldc < N
+  EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 0, 0, cuda::W4A16Kernel::Staged,
+                                  0, 48),
+               Error);  // no such row block
   const cuda::W4A16Weight empty;
   EXPECT_THROW(cuda::w4a16_linear(empty, dx.get(), dc.get(), 1, ws, w4_ctx().stream()), Error);
   std::vector<uint32_t> short_codes(t.codes.begin(), t.codes.end() - 1);

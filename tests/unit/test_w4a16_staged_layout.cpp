@@ -16,6 +16,7 @@
 //    numbers are exact (power-of-two scales, activations in {-8..8} / 8), so any misplaced
 //    byte shows as a difference.
 #include "backend/cuda/w4a16_staged_layout.h"
+#include "backend/cuda/w4a16_staged_plan.h"
 #include "core/dtype.h"
 #include "pack/w4_tiles.h"
 #include "pack/w4_tiles_layout.h"
@@ -172,6 +173,33 @@ TEST(W4A16StagedLayout, LdmatrixGivesTheMmaAFragmentsAndReadsEachElementOnce) {
           for (int v : seen) ASSERT_EQ(v, 1);
         }
   }
+}
+
+TEST(W4A16StagedLayout, PlansCutKIntoWholeStagesAndPickACompiledBlock) {
+  const auto bps = [](int rows) { return rows == 16 ? 3 : rows == 32 ? 2 : 1; };
+  for (int64_t M : {1, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 1000})
+    for (int64_t chunks : {1, 5, 64, 224, 2004})
+      for (int64_t ksteps : {1, 7, 8, 13, 256, 896})
+        for (int forced : {0, 1, 3, 100})
+          for (int rows_forced : {0, 16, 128}) {
+            const st::Plan p = st::plan(M, chunks, ksteps, 132, bps, forced, rows_forced);
+            const std::string what = "M " + std::to_string(M) + " chunks " + std::to_string(chunks) + " ksteps " +
+                                     std::to_string(ksteps) + " splits " + std::to_string(forced);
+            ASSERT_TRUE(p.rows == 16 || p.rows == 32 || p.rows == 64 || p.rows == 128) << what;
+            if (rows_forced > 0) {
+              ASSERT_EQ(p.rows, rows_forced) << what;
+            } else {
+              ASSERT_GE(p.rows, std::min<int64_t>(M, 64)) << what;
+            }
+            ASSERT_EQ(p.per % st::kStageSteps, 0) << what;
+            ASSERT_GE(p.splits, 1) << what;
+            ASSERT_LT(int64_t(p.splits - 1) * p.per, ksteps) << what;  // no empty split
+            ASSERT_GE(int64_t(p.splits) * p.per, ksteps) << what;      // all of K
+            if (forced == 0) {
+              ASSERT_LE(p.splits, std::max<int64_t>(1, ksteps / 16)) << what;
+            }
+            ASSERT_GT(p.est_us, 0.0) << what;
+          }
 }
 
 // ---- The whole kernel on the CPU ----

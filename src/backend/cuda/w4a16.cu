@@ -4,6 +4,7 @@
 
 #include "backend/cuda/w4a16_device.cuh"
 #include "backend/cuda/w4a16_staged_layout.h"
+#include "backend/cuda/w4a16_staged_plan.h"
 
 #include "pack/w4_tiles_layout.h"
 
@@ -32,11 +33,6 @@ constexpr int kMinStepsPerSplit = 8;
 // M, which is where these two numbers come from.)
 constexpr int64_t kMaxMmaRows = 16;
 constexpr int64_t kMaxStagedRows = 256;
-// The staged kernel's splits: no split shorter than 4 stages (16 k-steps: the cp.async ring
-// needs 3 stages to fill), and splits x M at most kMaxStagedSplitRows (the last block of a tile
-// reads splits x rows x 256 partial sums back from L2).
-constexpr int kMinStagedStepsPerSplit = 16;
-constexpr int64_t kMaxStagedSplitRows = 512;
 
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
 // iteration, whose code words are loaded one iteration ahead (register double buffering keeps
@@ -372,26 +368,21 @@ W4A16Kernel resolve_kernel(W4A16Kernel k, int64_t M) {
 // The staged kernel on activations a [M, a_ld] in slot order (16-byte aligned rows) with
 // `ksteps` k-steps of them.
 void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf, int64_t ldc,
-                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits) {
-  const int rows = staged_block_rows(M);
+                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits, int block_rows) {
+  // Rows per block and K splits from the cost model of w4a16_staged_plan.h (either may be forced).
+  static const int sms = sm_count();
+  static int per_sm[4] = {0, 0, 0, 0};
+  const auto blocks_per_sm = [](int rows) {
+    int& n = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
+    if (n == 0) n = staged_blocks_per_sm(rows);
+    return n;
+  };
+  const staged::Plan plan = staged::plan(M, w.chunks(), ksteps, sms, blocks_per_sm, splits, block_rows);
+  const int rows = plan.rows;
+  splits = plan.splits;
+  const int per = plan.per;
   const int64_t mblocks = (M + rows - 1) / rows;
   const int64_t colblocks = (w.chunks() + staged::kBlockChunks - 1) / staged::kBlockChunks;
-  if (splits <= 0) {
-    // One wave of resident blocks (rounded down: no short second wave).
-    static const int sms = sm_count();
-    static int per_sm[4] = {0, 0, 0, 0};
-    int& bps = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
-    if (bps == 0) bps = staged_blocks_per_sm(rows);
-    const int64_t want = std::max<int64_t>(1, int64_t(bps) * sms / (colblocks * mblocks));
-    const int64_t by_length = std::max<int64_t>(1, ksteps / kMinStagedStepsPerSplit);
-    const int64_t by_traffic = std::max<int64_t>(1, kMaxStagedSplitRows / M);
-    splits = int(std::clamp<int64_t>(std::min({want, by_length, by_traffic}), 1, 65535));
-  }
-  splits = int(std::clamp<int64_t>(splits, 1, std::min<int64_t>(ksteps, 65535)));
-  // Splits of whole stages (4 k-steps), none empty.
-  int per = int((ksteps + splits - 1) / splits);
-  per = (per + staged::kStageSteps - 1) / staged::kStageSteps * staged::kStageSteps;
-  splits = int((ksteps + per - 1) / per);
 
   MmaParams p{};
   p.codes = reinterpret_cast<const uint4*>(w.codes.get());
@@ -424,7 +415,7 @@ void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t kstep
 }
 
 void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits, int block_rows) {
   if (lda == 0) lda = w.k;
   if (ldc == 0) ldc = w.n;
   if (w.codes.get() == nullptr || w.scales.get() == nullptr)
@@ -438,6 +429,8 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
                 " (lda >= K, ldc >= N and 0 <= M <= " + std::to_string(max_m) + " needed)");
+  if (!(block_rows == 0 || block_rows == 16 || block_rows == 32 || block_rows == 64 || block_rows == 128))
+    throw_error("w4a16_linear: block_rows " + std::to_string(block_rows) + " (0, 16, 32, 64 or 128 needed)");
   if (M == 0) return;
   const int32_t* map = w.source_col.size() ? w.source_col.get() : nullptr;
 
@@ -490,7 +483,7 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   }
 
   if (kernel == W4A16Kernel::Staged) {
-    run_staged(w, a, a_ld, ksteps, C, Cf, ldc, M, ws, s, splits);
+    run_staged(w, a, a_ld, ksteps, C, Cf, ldc, M, ws, s, splits, block_rows);
     return;
   }
 
@@ -585,13 +578,14 @@ const char* w4a16_kernel_name(W4A16Kernel k) {
 W4A16Kernel w4a16_auto_kernel(int64_t M) { return resolve_kernel(W4A16Kernel::Auto, M); }
 
 void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
-  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits);
+                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits, int block_rows) {
+  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits, block_rows);
 }
 
 void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
-                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
-  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits);
+                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits,
+                             int block_rows) {
+  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits, block_rows);
 }
 
 }  // namespace lowbit::cuda

@@ -87,14 +87,16 @@ W4A16Kernel w4a16_auto_kernel(int64_t M);
 
 // C [M, N] (row stride ldc, 0: N) = A [M, K] (row stride lda, 0: K) . W^T. `splits` forces the
 // number of K splits of the tensor-core kernels (0: chosen from the shape and the GPU's SM count;
-// tests pin it to cover the single-split and the multi-split epilogues). Throws lowbit::Error on
-// bad strides or a weight that was never uploaded.
+// tests pin it to cover the single-split and the multi-split epilogues). `block_rows` forces the
+// staged kernel's rows per block (16, 32, 64 or 128; 0: chosen; any works for any M). Throws
+// lowbit::Error on bad strides, a bad block_rows or a weight that was never uploaded.
 void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-                  int64_t lda = 0, int64_t ldc = 0, W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0);
+                  int64_t lda = 0, int64_t ldc = 0, W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0,
+                  int block_rows = 0);
 // C [M, N] (fp32, row stride ldc, 0: N) += A . W^T: the residual add of o_proj and down_proj in
 // the epilogue (the sum of the product is rounded to fp32 once, then added).
 void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
                              cudaStream_t s, int64_t lda = 0, int64_t ldc = 0,
-                             W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0);
+                             W4A16Kernel kernel = W4A16Kernel::Auto, int splits = 0, int block_rows = 0);
 
 }  // namespace lowbit::cuda

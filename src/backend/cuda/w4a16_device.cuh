@@ -88,9 +88,7 @@ __device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col,
   }
 }
 
-// The staged kernel's configurations, by rows per block (w4a16_staged.cu).
-// Rows of x one block of the staged kernel covers for a product of M rows (16, 32, 64 or 128).
-int staged_block_rows(int64_t M);
+// The staged kernel's configurations, by rows per block: 16, 32, 64 or 128 (w4a16_staged.cu).
 // Thread blocks of the staged kernel (for block_rows rows) resident on one SM.
 int staged_blocks_per_sm(int block_rows);
 // Launches the staged kernel on grid {column blocks, p.splits, row blocks} for block_rows rows

@@ -26,7 +26,8 @@
 // registers a thread: 128 accumulators, 16 A, 16 scale pairs, codes and addresses, with the
 // k-steps of a stage unrolled) and the 64-row block (181) hold one block (8 warps) per SM, the
 // smaller ones two or three; the launcher asks the runtime
-// (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and sizes the K split to fill one wave. With
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and picks the row block and the K splits with
+// the cost model of w4a16_staged_plan.h. With
 // two warps along M the B fragments are dequantized twice per block (once per warp row): the
 // price of keeping 128 accumulators per thread at most; the A tile is read from shared memory
 // by the 4 warps of a warp row (4 x 16 KiB per k-step at 128 rows, half the tensor-core time at
@@ -317,8 +318,6 @@ void prepare(const Config& c) {
 }
 
 }  // namespace
-
-int staged_block_rows(int64_t M) { return M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128; }
 
 int staged_blocks_per_sm(int block_rows) {
   const Config c = config_of(block_rows);
