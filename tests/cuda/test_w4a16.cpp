@@ -332,8 +332,8 @@ TEST(CudaW4A16, SplitSumsAreDeterministic) {
 }
 
 TEST(CudaW4A16, KernelNamesAndAutoChoice) {
-  // No device needed: the names LOWBIT_W4A16_KERNEL accepts, and Auto's rows thresholds.
-  EXPECT_EQ(cuda::parse_w4a16_kernel("old", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Mma);
+  // No device needed: the kernel names (LOWBIT_W4A16_KERNEL, bench_w4a16 --kernels), and Auto's
+  // rows thresholds.
   EXPECT_EQ(cuda::parse_w4a16_kernel("mma", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Mma);
   EXPECT_EQ(cuda::parse_w4a16_kernel("new", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Staged);
   EXPECT_EQ(cuda::parse_w4a16_kernel("staged", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Staged);

@@ -349,19 +349,31 @@ W4A16Weight upload_w4a16(int64_t n, int64_t k, int64_t group_slots, int64_t grou
 
 namespace {
 
-// The kernel named by LOWBIT_W4A16_KERNEL (read once), or Auto when it is unset or "auto".
-W4A16Kernel kernel_from_env() {
-  static const W4A16Kernel k = [] {
+// LOWBIT_W4A16_KERNEL (read once): a kernel for Auto to run at every M, or "old" for Auto's
+// choice before the staged kernel (Mma up to kMaxMmaRowsOld rows, DequantGemm beyond).
+constexpr int64_t kMaxMmaRowsOld = 32;
+struct EnvChoice {
+  W4A16Kernel kernel = W4A16Kernel::Auto;
+  bool old = false;
+};
+
+EnvChoice choice_from_env() {
+  static const EnvChoice c = [] {
+    EnvChoice e;
     const char* v = std::getenv("LOWBIT_W4A16_KERNEL");
-    return v == nullptr ? W4A16Kernel::Auto : parse_w4a16_kernel(v, "LOWBIT_W4A16_KERNEL");
+    if (v == nullptr || *v == '\0') return e;
+    if (std::string(v) == "old") e.old = true;
+    else e.kernel = parse_w4a16_kernel(v, "LOWBIT_W4A16_KERNEL");
+    return e;
   }();
-  return k;
+  return c;
 }
 
 W4A16Kernel resolve_kernel(W4A16Kernel k, int64_t M) {
   if (k != W4A16Kernel::Auto) return k;
-  k = kernel_from_env();
-  if (k != W4A16Kernel::Auto) return k;
+  const EnvChoice e = choice_from_env();
+  if (e.old) return M <= kMaxMmaRowsOld ? W4A16Kernel::Mma : W4A16Kernel::DequantGemm;
+  if (e.kernel != W4A16Kernel::Auto) return e.kernel;
   return M <= kMaxMmaRows ? W4A16Kernel::Mma : M <= kMaxStagedRows ? W4A16Kernel::Staged : W4A16Kernel::DequantGemm;
 }
 
@@ -556,12 +568,12 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
 
 W4A16Kernel parse_w4a16_kernel(const std::string& name, const char* what) {
   if (name == "auto") return W4A16Kernel::Auto;
-  if (name == "mma" || name == "old") return W4A16Kernel::Mma;
+  if (name == "mma") return W4A16Kernel::Mma;
   if (name == "staged" || name == "new") return W4A16Kernel::Staged;
   if (name == "dequant") return W4A16Kernel::DequantGemm;
   if (name == "simple") return W4A16Kernel::Simple;
-  throw_error(std::string(what) + ": unknown W4A16 kernel '" + name +
-              "' (auto, mma or old, staged or new, dequant, simple)");
+  throw_error(std::string(what) + ": unknown W4A16 kernel '" + name + "' (auto, mma, staged or new, dequant, simple" +
+              (std::string(what) == "LOWBIT_W4A16_KERNEL" ? ", old)" : ")"));
 }
 
 const char* w4a16_kernel_name(W4A16Kernel k) {

@@ -72,14 +72,15 @@ struct W4A16Workspace {
 // Mma: the register-streaming tensor-core kernel. Staged: the shared-memory pipelined
 // tensor-core kernel. DequantGemm: the weight dequantized to bf16 by a kernel, then cuBLAS's
 // bf16 GEMM (for large M, where the product is compute-bound). Simple: the plain CUDA-core
-// kernel. Auto: Mma up to 16 rows, Staged up to 256, DequantGemm beyond; the environment
-// variable LOWBIT_W4A16_KERNEL (auto, mma, staged, dequant, simple; old = mma, new = staged)
-// makes Auto run the kernel it names at every M (read once per process; an unknown name is a
-// lowbit::Error at the first product).
+// kernel. Auto: Mma up to 16 rows, Staged up to 256, DequantGemm beyond. The environment
+// variable LOWBIT_W4A16_KERNEL changes Auto (read once per process; an unknown value is a
+// lowbit::Error at the first product): auto, mma, staged (or new), dequant, simple run that
+// kernel at every M; old restores Auto's choice before the staged kernel (Mma up to 32 rows,
+// DequantGemm beyond).
 enum class W4A16Kernel { Auto, Mma, DequantGemm, Simple, Staged };
 
-// The kernel of a name above; throws lowbit::Error naming `what` (an option or variable) and the
-// name otherwise.
+// The kernel of a name above (auto, mma, staged or new, dequant, simple); throws lowbit::Error
+// naming `what` (an option or variable) and the name otherwise.
 W4A16Kernel parse_w4a16_kernel(const std::string& name, const char* what);
 const char* w4a16_kernel_name(W4A16Kernel k);
 // What Auto runs for M rows (LOWBIT_W4A16_KERNEL included).
