@@ -304,7 +304,8 @@ struct Emulator {
             const int first_group = step0 / group_steps;
             for (int w = 0; w < warps; ++w) {
               const int wn = w % st::kWarpsN, wr = w / st::kWarpsN;
-              if (chunk0 + wn >= chunks) continue;
+              const int live_mt = std::min(wmt, std::max(0, (M - m0 - wr * wmt * 16 + 15) / 16));
+              if (chunk0 + wn >= chunks || live_mt == 0) continue;
               for (int kk = 0; kk < st::kStageSteps; ++kk) {
                 const int step = step0 + kk;
                 if (step >= kend) break;
@@ -329,7 +330,7 @@ struct Emulator {
                     }
                   }
                 }
-                for (int mt = 0; mt < wmt; ++mt) {
+                for (int mt = 0; mt < live_mt; ++mt) {
                   int addr[32];
                   for (int lane = 0; lane < 32; ++lane) {
                     const st::RowUnit u = st::a_ldmatrix_unit((wr * wmt + mt) * 16, kk, lane);

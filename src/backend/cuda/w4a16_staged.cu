@@ -22,9 +22,9 @@
 //    32    1   2   256       32       4 x (4 + 8 + 4) KiB =  64 KiB
 //    64    2   2   256       64       4 x (8 + 8 + 4) KiB =  80 KiB
 //   128    4   2   256      128       4 x (16 + 8 + 4) KiB = 112 KiB
-// sm_90 has 64K registers and 228 KiB of shared memory per SM: the 128-row block (254
+// sm_90 has 64K registers and 228 KiB of shared memory per SM: the 128-row block (247
 // registers a thread: 128 accumulators, 16 A, 16 scale pairs, codes and addresses, with the
-// k-steps of a stage unrolled) and the 64-row block (181) hold one block (8 warps) per SM, the
+// k-steps of a stage unrolled) and the 64-row block (184) hold one block (8 warps) per SM, the
 // smaller ones two or three; the launcher asks the runtime
 // (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and picks the row block and the K splits with
 // the cost model of w4a16_staged_plan.h. With
@@ -74,8 +74,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 }
 
 // Blocks per SM the registers are capped for: one at 64 and 128 rows (up to 255 registers; ptxas
-// uses 254 at 128 rows and 181 at 64, without spills, where a cap of 128 spilled), two at 32
-// rows (128; 121 used), three for the 16-row block of 128 threads (170; 139 used).
+// (CUDA 13.0, sm_90a) uses 247 at 128 rows and 184 at 64, without spills, where a cap of 128
+// spilled), two at 32 rows (128, all used, no spills), three for the 16-row block of 128 threads
+// (170; 151 used).
 template <int WMT, int WM>
 __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 3) w4a16_staged_kernel(const MmaParams p) {
   constexpr int kThreads = st::threads(WM);
@@ -103,6 +104,9 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
   const int kbeg = split * p.steps_per_split;
   const int kend = min(kbeg + p.steps_per_split, p.ksteps);
   const int stages = kbeg < kend ? (kend - kbeg + st::kStageSteps - 1) / st::kStageSteps : 0;
+  // m-tiles of this warp holding a row below M (warp-uniform): the others skip their ldmatrix
+  // and mma (their rows are neither stored nor published).
+  const int live_mt = min(WMT, max(0, (p.M - m0 - wr * WMT * 16 + 15) / 16));
 
   // One stage's copies: A rows (zeros past M and past the split's end), the code words and the
   // scale words of the groups the stage touches (neither past N nor past the split's end).
@@ -161,7 +165,7 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
     __syncthreads();
     if (s + st::kStages - 1 < stages) load_stage(s + st::kStages - 1);
     cp_async_commit();
-    if (!active) continue;
+    if (!active || live_mt == 0) continue;
     const int buf = s % st::kStages;
     const int step0 = kbeg + s * st::kStageSteps;
     const int first_group = step0 / p.group_steps;
@@ -188,7 +192,7 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
 #pragma unroll
       for (int mt = 0; mt < WMT; ++mt) {
         const st::RowUnit u = st::a_ldmatrix_unit((wr * WMT + mt) * 16, kk, lane);
-        ldmatrix_x4(a[mt], a_src + st::a_offset(u.row, u.unit));
+        if (mt < live_mt) ldmatrix_x4(a[mt], a_src + st::a_offset(u.row, u.unit));
       }
       const uint4 q = *reinterpret_cast<const uint4*>(b_src + st::b_offset(wn, kk, lane));
       const uint32_t words[4] = {q.x, q.y, q.z, q.w};
@@ -200,7 +204,8 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
           const uint32_t b0 = dequant_pair(words[j], 2 * half, c2[tile], s2[tile]);
           const uint32_t b1 = dequant_pair(words[j], 2 * half + 1, c2[tile], s2[tile]);
 #pragma unroll
-          for (int mt = 0; mt < WMT; ++mt) mma_bf16(acc[mt][tile], a[mt], b0, b1);
+          for (int mt = 0; mt < WMT; ++mt)
+            if (mt < live_mt) mma_bf16(acc[mt][tile], a[mt], b0, b1);
         }
     }
   }

@@ -57,13 +57,16 @@ inline double estimate_us(int64_t M, int64_t chunks, int64_t ksteps, int rows, i
   const int64_t resident = int64_t(blocks_per_sm) * sms;
   const int64_t waves = (blocks + resident - 1) / resident;
   const int64_t per_sm = (std::min(blocks, resident) + sms - 1) / sms;  // blocks sharing an SM
+  // The mma run on all rows of a block; A is read, and partial sums written and read back, only
+  // for rows below M.
+  const double live_rows = double(std::min<int64_t>(rows, M));
   const double flops = double(rows) * 256.0 * 16.0 * 2.0 * per;
-  const double bytes = 256.0 * 16.0 * 0.5 * per + double(rows) * 16.0 * 2.0 * per;  // codes + A
+  const double bytes = 256.0 * 16.0 * 0.5 * per + live_rows * 16.0 * 2.0 * per;  // codes + A
   const double t_flop = double(waves * per_sm) * flops / (kSmMmaFlops * mma_efficiency(wmt_of_rows(rows)));
   const double t_sm = double(waves * per_sm) * bytes / kSmStreamBytes;
   const double t_hbm = (double(chunks) * 64.0 * double(ksteps) * 16.0 * 0.5 + double(M) * double(ksteps) * 32.0) /
                        kHbmBytes;
-  const double t_tail = splits > 1 ? double(rows) * 256.0 * 4.0 * double(splits + 1) / kSmL2ReadBytes : 0.0;
+  const double t_tail = splits > 1 ? live_rows * 256.0 * 4.0 * double(splits + 1) / kSmL2ReadBytes : 0.0;
   return 1e6 * (std::max({t_flop, t_sm, t_hbm}) + t_tail);
 }
 
