@@ -22,9 +22,9 @@
 //    32    1   2   256       32       4 x (4 + 8 + 4) KiB =  64 KiB
 //    64    2   2   256       64       4 x (8 + 8 + 4) KiB =  80 KiB
 //   128    4   2   256      128       4 x (16 + 8 + 4) KiB = 112 KiB
-// sm_90 has 64K registers and 228 KiB of shared memory per SM: the 128-row block (247
+// sm_90 has 64K registers and 228 KiB of shared memory per SM: the 128-row block (249
 // registers a thread: 128 accumulators, 16 A, 16 scale pairs, codes and addresses, with the
-// k-steps of a stage unrolled) and the 64-row block (184) hold one block (8 warps) per SM, the
+// k-steps of a stage unrolled) and the 64-row block (245) hold one block (8 warps) per SM, the
 // smaller ones two or three; the launcher asks the runtime
 // (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and picks the row block and the K splits with
 // the cost model of w4a16_staged_plan.h. With
@@ -74,7 +74,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 }
 
 // Blocks per SM the registers are capped for: one at 64 and 128 rows (up to 255 registers; ptxas
-// (CUDA 13.0, sm_90a) uses 247 at 128 rows and 184 at 64, without spills, where a cap of 128
+// (CUDA 13.0, sm_90a) uses 249 at 128 rows and 245 at 64, without spills, where a cap of 128
 // spilled), two at 32 rows (128, all used, no spills), three for the 16-row block of 128 threads
 // (170; 151 used).
 template <int WMT, int WM>
@@ -252,8 +252,10 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
   if (!last) return;
   __threadfence();
   if (active) {
-    // Per m-tile, kFold splits' 16 pairs of this thread's fragments per round trip to L2.
-    constexpr int kFold = 1;
+    // Per m-tile, kFold splits' 16 pairs of this thread's fragments per round trip to L2: 32 kFold
+    // registers beside the 32 WMT accumulators, as many as the register caps above leave without
+    // spills (32 to 128 KiB of loads in flight per block: the tail is bound by L2 latency).
+    constexpr int kFold = WMT == 2 ? 4 : WMT == 4 ? 2 : WM == 2 ? 1 : 2;
 #pragma unroll
     for (int mt = 0; mt < WMT; ++mt) {
       const int row0 = m0 + (wr * WMT + mt) * 16 + g;
