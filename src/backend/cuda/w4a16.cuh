@@ -12,8 +12,9 @@
 // From 17 to 256 rows (batched decode, prefill, perplexity windows) Auto runs the staged kernel
 // (W4A16Kernel::Staged, w4a16_staged.cu): the structure of Marlin-style kernels, with A tiles and
 // code words brought into shared memory by a 4-stage cp.async ring, A fragments read by ldmatrix,
-// and each dequantized B fragment multiplied into up to 4 16-row m-tiles of a warp (128 rows per
-// block), so that the weight is read and dequantized once per 128 rows.
+// and each dequantized B fragment multiplied into up to 4 16-row m-tiles of a warp: the weight is
+// read once per block of 16 to 128 rows (two warp rows of up to 64) and dequantized once per
+// warp row. Rows per block and K splits come from a cost model (w4a16_staged_plan.h).
 //
 // Beyond 256 rows Auto dequantizes the weight into a bf16 scratch (W4A16Kernel::DequantGemm) and
 // runs cuBLAS: the product is then compute-bound, and the scratch costs one bf16 copy of the
