@@ -42,7 +42,8 @@ using test::W4Scales;
 struct Config {
   int wmt, wm;
 };
-const Config kConfigs[] = {{1, 1}, {1, 2}, {2, 2}, {4, 2}};  // the kernel's compiled ones
+// The kernel's compiled ones, and two others of the same template (their maps must hold too).
+const Config kConfigs[] = {{1, 1}, {2, 1}, {4, 1}, {4, 2}, {1, 2}, {2, 2}};
 
 TEST(W4A16StagedLayout, CopiesCoverEveryStageByteOnce) {
   for (const Config c : kConfigs) {
@@ -176,7 +177,7 @@ TEST(W4A16StagedLayout, LdmatrixGivesTheMmaAFragmentsAndReadsEachElementOnce) {
 }
 
 TEST(W4A16StagedLayout, PlansCutKIntoWholeStagesAndPickACompiledBlock) {
-  const auto bps = [](int rows) { return rows == 16 ? 3 : rows == 32 ? 2 : 1; };
+  const auto bps = [](int rows) { return rows <= 32 ? 3 : rows == 64 ? 2 : 1; };
   for (int64_t M : {1, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 1000})
     for (int64_t chunks : {1, 5, 64, 224, 2004})
       for (int64_t ksteps : {1, 7, 8, 13, 256, 896})
@@ -397,14 +398,16 @@ struct EmuCase {
 
 TEST(W4A16StagedLayout, EmulatedKernelEqualsTheTilesWeightTimesX) {
   const EmuCase cases[] = {
-      {300, 320, 64, W4Order::ActOrder, 17, 1, 2, 1},  // 5 chunks: a second column block of one chunk
-      {300, 320, 64, W4Order::ActOrder, 33, 2, 2, 3},
-      {130, 200, 128, W4Order::Plain, 64, 2, 2, 2},    // partial last group (K 200: 208 slots)
+      {300, 320, 64, W4Order::ActOrder, 17, 2, 1, 1},  // 5 chunks: a second column block of one chunk
+      {300, 320, 64, W4Order::ActOrder, 33, 4, 1, 3},  // m-tiles wholly past M
+      {130, 200, 128, W4Order::Plain, 64, 4, 1, 2},    // partial last group (K 200: 208 slots)
       {72, 256, 16, W4Order::Plain, 100, 4, 2, 1},     // 1-step groups: 4 groups per stage
       {72, 256, 16, W4Order::Plain, 100, 4, 2, 3},
       {70, 192, 40, W4Order::Uneven, 256, 4, 2, 2},    // uneven groups, two row blocks
       {64, 128, 128, W4Order::Plain, 5, 1, 1, 1},      // the 16-row block
       {200, 384, 32, W4Order::Plain, 130, 4, 2, 4},    // rows past 128: a second, partial row block
+      {200, 384, 32, W4Order::Plain, 70, 4, 1, 2},     // two 64-row blocks, the second partial
+      {130, 200, 128, W4Order::Plain, 40, 2, 2, 1},    // two warp rows of 2 m-tiles (not compiled)
   };
   std::mt19937 rng(2024);
   std::uniform_int_distribution<int> small(-8, 8);

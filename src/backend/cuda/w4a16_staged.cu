@@ -19,19 +19,20 @@
 // Configurations (WMT m-tiles per warp, WM warps along M; 4 warps along N; 256 columns):
 //   rows  WMT WM threads  acc regs  shared memory (4 stages x (A + B 8 KiB + scales 4 KiB))
 //    16    1   1   128       32       4 x (2 + 8 + 4) KiB =  56 KiB
-//    32    1   2   256       32       4 x (4 + 8 + 4) KiB =  64 KiB
-//    64    2   2   256       64       4 x (8 + 8 + 4) KiB =  80 KiB
+//    32    2   1   128       64       4 x (4 + 8 + 4) KiB =  64 KiB
+//    64    4   1   128      128       4 x (8 + 8 + 4) KiB =  80 KiB
 //   128    4   2   256      128       4 x (16 + 8 + 4) KiB = 112 KiB
-// sm_90 has 64K registers and 228 KiB of shared memory per SM: the 128-row block (249
-// registers a thread: 128 accumulators, 16 A, 16 scale pairs, codes and addresses, with the
-// k-steps of a stage unrolled) and the 64-row block (245) hold one block (8 warps) per SM, the
-// smaller ones two or three; the launcher asks the runtime
-// (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and picks the row block and the K splits with
-// the cost model of w4a16_staged_plan.h. With
-// two warps along M the B fragments are dequantized twice per block (once per warp row): the
-// price of keeping 128 accumulators per thread at most; the A tile is read from shared memory
-// by the 4 warps of a warp row (4 x 16 KiB per k-step at 128 rows, half the tensor-core time at
-// 128 bytes per clock).
+// sm_90 has 64K registers and 228 KiB of shared memory per SM. The 64- and 128-row blocks use
+// about 250 registers a thread (128 accumulators, 16 A, 16 scale pairs, codes and addresses,
+// with the k-steps of a stage unrolled): two 64-row blocks or one 128-row block per SM, 8 warps
+// either way; the 16- and 32-row blocks (151 and 167 registers) fit three. The launcher asks the
+// runtime (cudaOccupancyMaxActiveBlocksPerMultiprocessor) and picks the row block and the K
+// splits with the cost model of w4a16_staged_plan.h. Up to 64 rows one warp holds all of a
+// block's m-tiles, so each B fragment is dequantized once per block; at 128 rows the two warp
+// rows dequantize it once each (the price of at most 128 accumulators a thread). Each warp reads
+// its m-tiles' A fragments from shared memory: rows x 128 bytes per k-step and block, 16 KiB at
+// 128 rows, 128 cycles of shared-memory bandwidth against ~512 cycles of the block's 256 mma at
+// the SM's dense peak (more at mma.sync's rate).
 //
 // Rows beyond M read zeros (cp.async's zero fill) and are not stored; k-steps beyond the split's
 // end are neither loaded nor multiplied. A block beyond N (a partial last column block) keeps
@@ -73,12 +74,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
                : "r"(smem_addr(p)));
 }
 
-// Blocks per SM the registers are capped for: one at 64 and 128 rows (up to 255 registers; ptxas
-// (CUDA 13.0, sm_90a) uses 249 at 128 rows and 245 at 64, without spills, where a cap of 128
-// spilled), two at 32 rows (128, all used, no spills), three for the 16-row block of 128 threads
-// (170; 151 used).
+// Blocks per SM the registers are capped for (ptxas of CUDA 13.0 for sm_90a, no spills): one
+// 256-thread block at 128 rows (255 registers; 249 used), two 128-thread blocks at 64 rows (255;
+// 252 used), three at 16 and 32 rows (170; 151 and 167 used).
 template <int WMT, int WM>
-__global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 3) w4a16_staged_kernel(const MmaParams p) {
+__global__ void __launch_bounds__(st::threads(WM), WM == 2 ? 1 : WMT == 4 ? 2 : 3) w4a16_staged_kernel(const MmaParams p) {
   constexpr int kThreads = st::threads(WM);
   constexpr int kRows = st::block_rows(WMT, WM);
   constexpr int kAStage = st::a_stage_bytes(kRows);
@@ -253,9 +253,9 @@ __global__ void __launch_bounds__(st::threads(WM), WMT >= 2 ? 1 : WM == 2 ? 2 : 
   __threadfence();
   if (active) {
     // Per m-tile, kFold splits' 16 pairs of this thread's fragments per round trip to L2: 32 kFold
-    // registers beside the 32 WMT accumulators, as many as the register caps above leave without
-    // spills (32 to 128 KiB of loads in flight per block: the tail is bound by L2 latency).
-    constexpr int kFold = WMT == 2 ? 4 : WMT == 4 ? 2 : WM == 2 ? 1 : 2;
+    // registers beside the 32 WMT accumulators, within the register caps above (32 to 64 KiB of
+    // loads in flight per block: the tail is bound by L2 latency).
+    constexpr int kFold = 2;
 #pragma unroll
     for (int mt = 0; mt < WMT; ++mt) {
       const int row0 = m0 + (wr * WMT + mt) * 16 + g;
@@ -307,8 +307,8 @@ struct Config {
 Config config_of(int block_rows) {
   switch (block_rows) {
     case 16: return {16, st::threads(1), kernel_of<1, 1>()};
-    case 32: return {32, st::threads(2), kernel_of<1, 2>()};
-    case 64: return {64, st::threads(2), kernel_of<2, 2>()};
+    case 32: return {32, st::threads(1), kernel_of<2, 1>()};
+    case 64: return {64, st::threads(1), kernel_of<4, 1>()};
     case 128: return {128, st::threads(2), kernel_of<4, 2>()};
     default: throw_error("w4a16 staged kernel: no configuration for " + std::to_string(block_rows) + " rows per block");
   }

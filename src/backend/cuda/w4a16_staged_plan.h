@@ -30,8 +30,8 @@ inline constexpr double kHbmBytes = 3.0e12;  // achievable HBM3 bandwidth of the
 // instructions for 64 columns) is shared by 8 wmt mma.
 inline double mma_efficiency(int wmt) { return wmt >= 4 ? 0.9 : wmt == 2 ? 0.75 : 0.5; }
 
-// The compiled row blocks: rows = 16 wmt wm.
-inline int wmt_of_rows(int rows) { return rows >= 128 ? 4 : rows == 64 ? 2 : 1; }
+// m-tiles per warp of the compiled row blocks (w4a16_staged.cu): 16 -> 1, 32 -> 2, 64 and 128 -> 4.
+inline int wmt_of_rows(int rows) { return rows >= 64 ? 4 : rows == 32 ? 2 : 1; }
 
 struct Plan {
   int rows = 16;    // rows per block: 16, 32, 64 or 128
