@@ -16,10 +16,11 @@
 // scales; activations and outputs are small) per second, against the peak given by --peak-gbs
 // (default 4800 GB/s, the H200's; the H100 SXM's is 3350). --splits forces the K splits of mma
 // and staged (0: their own choice), --rows the staged kernel's rows per block (16, 32, 64, 128;
-// 0: its cost model's choice): the numbers that calibrate w4a16_staged_plan.h. Before timing, each shape's tensor-core outputs (mma and
-// staged) at the largest M are checked against the plain kernel's (the largest relative
-// difference is printed; it is fp32 summation order only: a layout or indexing fault shows as a
-// difference of order 1, flagged MISMATCH, and the exit status is then 3).
+// 0: its cost model's choice): the numbers that calibrate w4a16_staged_plan.h. Before timing,
+// each shape's tensor-core outputs (mma and staged) at the largest M are checked against the
+// plain kernel's (the largest relative difference is printed; it is fp32 summation order only:
+// a layout or indexing fault shows as a difference of order 1, flagged MISMATCH, and the exit
+// status is then 3).
 #include "backend/cuda/ops.cuh"
 #include "backend/cuda/w4a16.cuh"
 #include "core/dtype.h"

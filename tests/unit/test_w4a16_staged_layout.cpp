@@ -101,7 +101,8 @@ TEST(W4A16StagedLayout, ScaleWordsAreTheLayoutsOfTheLanesColumns) {
     for (int64_t group = 0; group < groups; ++group)
       for (int g = 0; g < 8; ++g)
         for (int tile = 0; tile < 8; ++tile)
-          ASSERT_EQ((chunk * groups + group) * 64 + g * 8 + tile, pack::w4::scale_pos(chunk * 64 + 8 * tile + g, group, groups));
+          ASSERT_EQ((chunk * groups + group) * 64 + g * 8 + tile,
+                    pack::w4::scale_pos(chunk * 64 + 8 * tile + g, group, groups));
 }
 
 TEST(W4A16StagedLayout, StageGroupsHoldEveryStepsGroup) {
@@ -271,7 +272,8 @@ struct Emulator {
                 const st::RowUnit u = st::a_copy_unit(tid + i * threads);
                 const int row = m0 + u.row;
                 const bool valid = row < M && step0 + u.unit / 2 < kend;
-                const uint16_t* src = valid ? &x[size_t(int64_t(row) * lda + int64_t(step0) * 16 + u.unit * 8)] : nullptr;
+                const uint16_t* src =
+                    valid ? &x[size_t(int64_t(row) * lda + int64_t(step0) * 16 + u.unit * 8)] : nullptr;
                 copy16(buf * a_stage + st::a_offset(u.row, u.unit), src, valid, stage);
               }
               for (int i = 0; i < st::kBUnits / threads; ++i) {

@@ -78,7 +78,8 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 // 256-thread block at 128 rows (255 registers; 249 used), two 128-thread blocks at 64 rows (255;
 // 252 used), three at 16 and 32 rows (170; 151 and 167 used).
 template <int WMT, int WM>
-__global__ void __launch_bounds__(st::threads(WM), WM == 2 ? 1 : WMT == 4 ? 2 : 3) w4a16_staged_kernel(const MmaParams p) {
+__global__ void __launch_bounds__(st::threads(WM), WM == 2 ? 1 : WMT == 4 ? 2 : 3)
+    w4a16_staged_kernel(const MmaParams p) {
   constexpr int kThreads = st::threads(WM);
   constexpr int kRows = st::block_rows(WMT, WM);
   constexpr int kAStage = st::a_stage_bytes(kRows);
@@ -287,7 +288,8 @@ __global__ void __launch_bounds__(st::threads(WM), WM == 2 ? 1 : WMT == 4 ? 2 : 
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          if (row0 + 8 * h < p.M) store_pair(p, row0 + 8 * h, chunk * 64 + j * 8 + 2 * t, acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
+          if (row0 + 8 * h < p.M)
+            store_pair(p, row0 + 8 * h, chunk * 64 + j * 8 + 2 * t, acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
     }
   }
   if (threadIdx.x == 0) *counter = 0u;  // ready for the next call on this workspace
