@@ -42,6 +42,14 @@ butterflies are drawn on the CPU (torch's generator, and numpy's for scipy's spe
 both seeded with --seed) and then moved, so a seed gives the same ones on either device.
 The model loads with torch_dtype="auto" (QuIP: float16), or --dtype.
 
+Timing: reference_run.json records quantize_seconds (from the calibration pass to the last
+quantized layer), seconds_per_layer (each decoder layer's statistics pass, quantization and
+propagation, the GPU synchronized at its end), layers_run, device_name and, on the GPU, torch's
+peak_gpu_bytes. --layers N quantizes the first N decoder layers and stops (the calibration pass
+runs as for the whole model); --no-save skips saving the model and prints the record as one JSON
+line on stdout (-o then optional: it gets reference_run.json alone). bench/gpu/methods_8b.sh uses
+both on an 8B-shaped model.
+
   python3 scripts/reference_pipeline.py --method slim --repo /tmp/slim/slim-llm --wbits 3 ...
   python3 scripts/reference_pipeline.py --method quip --repo /tmp/quip --wbits 2 --seed 1 ...
 """
@@ -104,8 +112,11 @@ def calibration(tok, path, nsamples, seqlen, seed):
 
 
 @torch.no_grad()
-def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev="cpu"):
+def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev="cpu", nlayers=None):
+    """Quantizes the first nlayers decoder layers (all by default) in order; returns each one's
+    seconds (its statistics pass, quantization and propagation, the GPU synchronized)."""
     layers = model.model.layers
+    nlayers = len(layers) if nlayers is None else nlayers
     dtype = next(iter(model.parameters())).dtype
     inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype, device=dev)
     cache = {"i": 0, "kwargs": None}
@@ -136,7 +147,9 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev
         y = y[0] if isinstance(y, tuple) else y  # transformers 5 returns the tensor itself
         return y[0]
 
-    for i, layer in enumerate(layers):
+    seconds = []
+    for i in range(nlayers):
+        layer = layers[i]
         t0 = time.time()
         # The decoder layer's linears in module order (q, k, v, o, gate, up, down), as the
         # repositories' modelutils.find_layers lists them.
@@ -168,7 +181,11 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev
         for j in range(len(windows)):
             outs[j] = run(layer, inps[j])
         inps, outs = outs, inps
-        print(f"block {i + 1}/{len(layers)} done in {time.time() - t0:.0f} s", flush=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.time() - t0)
+        print(f"block {i + 1}/{nlayers} done in {seconds[-1]:.0f} s", flush=True)
+    return seconds
 
 
 def main():
@@ -181,7 +198,10 @@ def main():
     cal = ap.add_mutually_exclusive_group(required=True)
     cal.add_argument("--ptb", help="ptb.train.txt: draw the windows as the repositories do")
     cal.add_argument("--windows", help="the windows lowbit calibrates on (lowbit quantize --save-calib FILE)")
-    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("-o", "--output", help="the quantized model's directory (with --no-save: only reference_run.json)")
+    ap.add_argument("--layers", type=int, help="quantize only the first N decoder layers, then stop (timing)")
+    ap.add_argument("--no-save", action="store_true", help="do not save the model; print the run's record as one "
+                    "JSON line (and write -o/reference_run.json if -o is given)")
     ap.add_argument("--nsamples", type=int, default=128, help="with --ptb")
     ap.add_argument("--seqlen", type=int, default=2048, help="with --ptb")
     ap.add_argument("--seed", type=int, default=0, help="the windows' random.seed (with --ptb) and torch's")
@@ -195,6 +215,8 @@ def main():
     ap.add_argument("--salient_metric", default="hessian")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    if not args.output and not args.no_save:
+        ap.error("give -o OUTPUT or --no-save")
     torch.manual_seed(args.seed)
     # QuIP draws the butterflies' factors other than 2 x 2 with scipy's special_ortho_group, from
     # numpy's global generator: seeded too, so that a run can be repeated.
@@ -231,6 +253,11 @@ def main():
     if max(int(w.max()) for w in windows) >= model.config.vocab_size:
         raise SystemExit(f"calibration ids reach {max(int(w.max()) for w in windows)}, beyond the model's "
                          f"vocabulary of {model.config.vocab_size}: the windows are another tokenizer's")
+    nlayers = model.config.num_hidden_layers
+    if args.layers is not None:
+        if not 1 <= args.layers <= nlayers:
+            raise SystemExit(f"--layers {args.layers}: the model has {nlayers} decoder layers")
+        nlayers = args.layers
     print(f"calibration: {len(windows)} windows of {windows[0].shape[1]} tokens; model {dtype} on {args.device}",
           flush=True)
     if cuda:
@@ -316,28 +343,42 @@ def main():
     real_print = builtins.print
     builtins.print = lambda *a, **k: real_print(*a, **k) if a and str(a[0]).startswith("block") else None
     t0 = time.time()
-    quant_sequential(model, windows, make, quantize, between=between, dev=args.device)
+    per_layer = quant_sequential(model, windows, make, quantize, between=between, dev=args.device,
+                                 nlayers=nlayers)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.time() - t0
     builtins.print = real_print
 
-    if os.path.exists(args.output):
+    # quantize_seconds: from the calibration pass to the last quantized layer's outputs.
+    record = {"method": args.method, "repo": os.path.abspath(args.repo), "args": vars(args),
+              "windows": [len(windows), int(windows[0].shape[1])], "dtype": dtype,
+              "model_dtype": str(next(iter(model.parameters())).dtype).removeprefix("torch."), "device": args.device,
+              "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+              "quantize_seconds": seconds, "layers_run": nlayers,
+              "model_layers": model.config.num_hidden_layers, "seconds_per_layer": per_layer,
+              "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0}
+    if args.output and os.path.exists(args.output):
         shutil.rmtree(args.output)
-    model.to("cpu")
-    model.config.use_cache = True
-    model.save_pretrained(args.output)
-    # The source's tokenizer files themselves, so that every evaluation tokenizes as it does for
-    # the 16-bit model.
-    for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(args.model, name)):
-            shutil.copy(os.path.join(args.model, name), args.output)
-    with open(os.path.join(args.output, "reference_run.json"), "w") as f:
-        json.dump({"method": args.method, "repo": os.path.abspath(args.repo), "args": vars(args),
-                   "windows": [len(windows), int(windows[0].shape[1])], "dtype": dtype, "device": args.device,
-                   "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-                   "quantize_seconds": seconds}, f, indent=1)
-    print(f"saved {args.output}: quantized in {seconds:.1f} s on {args.device}")
+    if args.no_save:
+        if args.output:
+            os.makedirs(args.output)
+    else:
+        model.to("cpu")
+        model.config.use_cache = True
+        model.save_pretrained(args.output)
+        # The source's tokenizer files themselves, so that every evaluation tokenizes as it does for
+        # the 16-bit model.
+        for name in TOKENIZER_FILES:
+            if os.path.exists(os.path.join(args.model, name)):
+                shutil.copy(os.path.join(args.model, name), args.output)
+    if args.output:
+        with open(os.path.join(args.output, "reference_run.json"), "w") as f:
+            json.dump(record, f, indent=1)
+    if args.no_save:
+        print(json.dumps(record))
+    else:
+        print(f"saved {args.output}: quantized in {seconds:.1f} s on {args.device}")
 
 
 if __name__ == "__main__":

@@ -345,4 +345,31 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
   }
 }
 
+BlockContext::StatsMap layer_input_stats_cuda(LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                              int64_t layer, StatsRequest what, BlockWeights* weights_out,
+                                              cuda::Context& ctx) {
+  const LlamaConfig& c = model.config();
+  LB_CHECK(layer >= 0 && layer < c.num_hidden_layers, "layer {} does not exist (the model has {})", layer,
+           c.num_hidden_layers);
+  LB_CHECK(!windows.empty(), "layer statistics need calibration windows");
+  const int64_t H = c.hidden_size, nseq = int64_t(windows.size()), T = int64_t(windows[0].size());
+  for (const auto& w : windows) LB_CHECK(int64_t(w.size()) == T, "calibration windows differ in length");
+  CudaModel gpu(model, ctx, /*resident=*/false);
+  DeviceBuffer<float> hidden(size_t(nseq * T * H));
+  for (int64_t s = 0; s < nseq; ++s) gpu.embed(windows[size_t(s)].data(), T, hidden.get() + s * T * H);
+  const int64_t chunk = windows_per_chunk(T);
+  GpuBlockWeights scratch;
+  for (int64_t i = 0; i < layer; ++i) {
+    const GpuBlockWeights& gw = gpu.block(i, scratch);
+    for (int64_t c0 = 0; c0 < nseq; c0 += chunk)
+      gpu.run_block(i, gw, hidden.get() + c0 * T * H, std::min(chunk, nseq - c0), T);
+  }
+  BlockWeights w = clone_block_weights(*model.block_weights(layer));
+  CudaBlockContext bctx(gpu, layer, w, hidden.get(), nseq, T, nullptr, nullptr);
+  auto stats = bctx.collect(kAllLinears, what);
+  ctx.synchronize();
+  if (weights_out) *weights_out = std::move(w);
+  return stats;
+}
+
 }  // namespace lowbit

@@ -61,4 +61,12 @@ class CudaBlockContext final : public BlockContext {
 void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const DriverCallbacks& cb,
                              cuda::Context& ctx);
 
+// block_driver.h's layer_input_stats on the GPU of `ctx`: the blocks before `layer` run there on
+// the windows, then a CudaBlockContext of `layer` collects `what` for all seven linears (the
+// statistics of its bf16 forward). The block's weights as quantization reads them go to
+// *weights_out (may be null).
+BlockContext::StatsMap layer_input_stats_cuda(LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                              int64_t layer, StatsRequest what, BlockWeights* weights_out,
+                                              cuda::Context& ctx);
+
 }  // namespace lowbit

@@ -5,7 +5,6 @@
 
 #ifdef LOWBIT_WITH_CUDA
 #include "calib/block_driver_cuda.h"
-#include "calib/input_stats_cuda.h"
 #endif
 
 namespace lowbit {
@@ -47,9 +46,7 @@ BlockContext::StatsMap layer_input_stats_on(const Device& d, LlamaModel& model,
 #ifdef LOWBIT_WITH_CUDA
   if (d.is_cuda()) {
     cuda::Context ctx(d.index);
-    BlockContext::StatsMap stats = layer_input_stats_cuda(model, windows, layer, ctx);
-    *weights = *model.block_weights(layer);
-    return stats;
+    return layer_input_stats_cuda(model, windows, layer, req, weights, ctx);
   }
 #endif
   return layer_input_stats(model, windows, layer, req, weights);

@@ -32,7 +32,7 @@ QuantizedModel quantize_model_on(const Device& d, LlamaModel& model, QuantMethod
                                  const DriverCallbacks& cb, QuantizeRun* run = nullptr);
 
 // The input statistics of block `layer`'s linears (Hessian, max |x|, mean |x|) with the model run
-// on `d` (calib/block_driver.h's layer_input_stats on the CPU, calib/input_stats_cuda.h on a GPU),
+// on `d` (calib/block_driver.h's layer_input_stats on the CPU, calib/block_driver_cuda.h's on a GPU),
 // and the block's weights as quantization reads them into *weights.
 BlockContext::StatsMap layer_input_stats_on(const Device& d, LlamaModel& model,
                                             const std::vector<std::vector<int32_t>>& windows, int64_t layer,

@@ -82,6 +82,20 @@ std::string expand_env(const std::string& s) {
   return out;
 }
 
+// Whether method spec `spec` ("name:k1=v1,k2=v2") sets option `key` to `value`.
+static bool spec_sets(const std::string& spec, const std::string& key, const std::string& value) {
+  const size_t colon = spec.find(':');
+  if (colon == std::string::npos) return false;
+  const std::string want = key + "=" + value;
+  size_t start = colon + 1;
+  while (start <= spec.size()) {
+    const size_t end = std::min(spec.find(',', start), spec.size());
+    if (spec.compare(start, end - start, want) == 0) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
 std::vector<std::string> expand_method_grid(const std::string& name,
                                             const std::vector<std::pair<std::string, std::vector<std::string>>>& options,
                                             const std::vector<std::string>& zip) {
@@ -265,6 +279,7 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
       if (ks != "name" && ks != "zip" && ks != "device" && ks != "w" && ks != "a" && ks != "g") keys.push_back(ks);
     }
     std::vector<std::pair<std::string, std::vector<std::string>>> options;
+    std::vector<std::vector<SourcePos>> positions;  // of each option's values
     for (const std::string& key : keys) {
       const node& v = *find(*mt, key);
       std::vector<std::pair<std::string, SourcePos>> values;
@@ -275,18 +290,41 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
         values.emplace_back(option_text(c, v, key), c.pos(v));
       }
       std::vector<std::string> texts;
+      std::vector<SourcePos> at;
       for (auto& [text, p] : values) {
-        if (key == "a" && text == "16" && a16_default) {
-          texts.push_back("");
-          continue;
-        }
-        // Each value alone, so that an error names the element that causes it.
-        c.at(p, [&] { make_method(name + ":" + key + "=" + text); });
-        texts.push_back(text);
+        texts.push_back(key == "a" && text == "16" && a16_default ? "" : text);
+        at.push_back(p);
       }
       options.emplace_back(key, texts);
+      positions.push_back(std::move(at));
     }
     const auto specs = c.at(tpos, [&] { return expand_method_grid(name, options, zip); });
+    // Each value alone first, so that an error names the element that causes it. A value that
+    // is valid only beside another option's (pbllm's g=64 with block=64, block's default being
+    // 128) passes when some combination of the grid that holds it is valid; the combinations
+    // are checked below.
+    for (size_t o = 0; o < options.size(); ++o) {
+      const auto& [key, texts] = options[o];
+      for (size_t i = 0; i < texts.size(); ++i) {
+        if (texts[i].empty()) continue;
+        try {
+          make_method(name + ":" + key + "=" + texts[i]);
+          continue;
+        } catch (const Error&) {
+        }
+        bool valid_somewhere = false;
+        for (const auto& s : specs) {
+          if (!spec_sets(s, key, texts[i])) continue;
+          try {
+            make_method(s);
+            valid_somewhere = true;
+            break;
+          } catch (const Error&) {
+          }
+        }
+        if (!valid_somewhere) c.at(positions[o][i], [&] { make_method(name + ":" + key + "=" + texts[i]); });
+      }
+    }
     for (const auto& s : specs) {
       c.at(tpos, [&] { make_method(s); });  // combinations (e.g. options that exclude each other)
       if (auto it = seen.find(s); it != seen.end())

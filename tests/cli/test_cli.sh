@@ -80,6 +80,15 @@ if [[ -d "$M/stories260K" ]]; then
   expect_ok "packed gptq act_order" "^packed: 35 linears" "$B" generate --model "$T/q-gptq" -n 8 --prompt "Once upon a time" --packed
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
   expect_ok "quantize smoothquant" '"activation_bits": 6' "$B" quantize --model "$S" --method smoothquant:w=6,a=6 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-sq" --json
+  # --no-save --json: nothing written, one time per decoder block (5), within the whole quantization's.
+  "$B" quantize --model "$S" --method gptq:w=4,g=32 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --no-save --json \
+    > "$T/q-nosave.json" 2>&1 && python3 - "$T/q-nosave.json" <<'PY' && ok || bad "quantize block_seconds: $(cat "$T/q-nosave.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+b = j["block_seconds"]
+assert len(b) == 5 and all(s > 0 for s in b) and sum(b) <= j["quantize_seconds"], (b, j["quantize_seconds"])
+assert j["output_bytes"] == 0, j["output_bytes"]
+PY
   expect_ok "stats" "^wrote .*layer 1 statistics" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 -o "$T/stats.safetensors"
   expect_ok "stats calibration flags" "^wrote .*layer 1 statistics on 2 x 64 tokens" "$B" stats --model "$S" --layer 1 --calib "$T/calib.txt" --nsamples 2 --seqlen 64 --bos off --spm-convention auto --seed 3 -o "$T/stats-b.safetensors"
   # --save-calib writes the windows it draws; Python's random over lowbit's ids of the same text

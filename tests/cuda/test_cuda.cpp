@@ -2,7 +2,7 @@
 // both sides of its kernels' tile edges, the model's logits, perplexity windows, multiple-choice
 // scores and GPTQ. Skipped when no GPU is present.
 #include "backend/cuda/gptq.cuh"
-#include "calib/input_stats_cuda.h"
+#include "calib/block_driver_cuda.h"
 #include "backend/cuda/ops.cuh"
 #include "backend/ops.h"
 #include "core/error.h"
@@ -592,7 +592,7 @@ TEST(CudaCalib, InputStatsMatchCpu) {
   StatsRequest req;
   req.hessian = req.absmax = req.absmean = true;
   const auto want = layer_input_stats(model, windows, layer, req, nullptr);
-  const auto got = layer_input_stats_cuda(model, windows, layer, ctx());
+  const auto got = layer_input_stats_cuda(model, windows, layer, req, nullptr, ctx());
   for (LinearKind k : kAllLinears) {
     const InputStats& a = *got.at(k);
     const InputStats& b = *want.at(k);

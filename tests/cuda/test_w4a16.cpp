@@ -1,11 +1,13 @@
 // The W4A16 GEMM (backend/cuda/w4a16.cuh) against the CPU reference: the fake-quant weight
-// (QuantizedLinear::dequantize, bf16) times the bf16 activations, summed in double. The
-// tensor-core kernel (single- and multi-split epilogues, in-place and gathered activations), the
-// plain CUDA-core kernel and the dequantize + cuBLAS path, over N and K on both sides of the
-// 64-column chunk and the 16-slot step, group sizes that are and are not multiples of 16,
-// act_order and uneven groups, 1-4 bit codes, batch M across the 16-row m-tile and the 64-row
-// block (1, 2, 3, 8, 16, 17, 64, 100), and row strides wider than the matrices. Then CudaModel with packed linears (--packed on a CUDA
-// device) against the same model's fake-quant GPU forward. Skipped without a GPU.
+// (QuantizedLinear::dequantize, bf16) times the bf16 activations, summed in double. Both
+// tensor-core kernels (Mma and Staged; single- and multi-split epilogues, in-place and gathered
+// activations), the plain CUDA-core kernel and the dequantize + cuBLAS path, over N and K on
+// both sides of the 64-column chunk and the 16-slot step, group sizes that are and are not
+// multiples of 16, act_order and uneven groups, 1-4 bit codes, batch M across the 16-row
+// m-tile, Mma's 64-row block and Staged's 16- to 128-row blocks (1, 2, 3, 8, 16, 17, 33, 64,
+// 100, 256), and row strides wider than the matrices. Then CudaModel with packed linears
+// (--packed on a CUDA device) against the same model's fake-quant GPU forward. Skipped without
+// a GPU.
 //
 // Two kinds of numbers:
 //  - exact: power-of-two scales and activations in {-8..8} / 8, so every product and every fp32
@@ -33,6 +35,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -76,7 +79,7 @@ const Case kCases[] = {
     {70, 192, 40, 2, W4Order::Uneven},     // groups of unequal sizes, 2-bit codes
     {1000, 1024, 128, 4, W4Order::Plain},  // 16 chunks: 4 column blocks
 };
-const int64_t kBatches[] = {1, 2, 3, 8, 16, 17, 64, 100};
+const int64_t kBatches[] = {1, 2, 3, 8, 16, 17, 33, 64, 100, 256};
 
 std::vector<uint16_t> to_bf16_bits(const std::vector<float>& v) {
   std::vector<uint16_t> h(v.size());
@@ -134,13 +137,13 @@ Reference reference(const std::vector<float>& w, int64_t N, int64_t K, const std
 std::vector<uint16_t> run_and_check(const cuda::W4A16Weight& w, const DeviceBuffer<bf16>& dx, int64_t M, int64_t lda,
                                     int64_t ldc, const Reference& ref, bool exact, cuda::W4A16Kernel kernel,
                                     int splits, cuda::W4A16Workspace& ws, const std::string& what,
-                                    double extra_sumabs = 0.0) {
+                                    double extra_sumabs = 0.0, int block_rows = 0) {
   const int64_t N = w.n, K = w.k;
   const uint16_t sentinel = f32_to_bf16(-777.0f);
   std::vector<uint16_t> h(size_t(M * ldc), sentinel);
   DeviceBuffer<bf16> dc(h.size());
   cuda::upload(dc.get(), reinterpret_cast<const bf16*>(h.data()), h.size(), w4_ctx().stream());
-  cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits);
+  cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits, block_rows);
   cuda::download(reinterpret_cast<bf16*>(h.data()), dc.get(), h.size(), w4_ctx().stream());
   const double chain = double(K / 16 + 16 + 64) * std::ldexp(1.0, -23) + extra_sumabs;
   int bad = 0;
@@ -199,9 +202,18 @@ void sweep(bool exact) {
                                std::to_string(M) + " lda " + std::to_string(lda) + " ldc " + std::to_string(ldc);
       run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Simple, 0, ws, what + " simple");
       run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::DequantGemm, 0, ws, what + " dequant+gemm");
-      for (int splits : {0, 1, 3})
+      for (int splits : {0, 1, 3}) {
         run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Mma, splits, ws,
                       what + " mma splits " + std::to_string(splits));
+        run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Staged, splits, ws,
+                      what + " staged splits " + std::to_string(splits));
+      }
+      // Every compiled row block of the staged kernel, whatever M (more or fewer rows than M).
+      for (int rows : {16, 32, 64, 128})
+        for (int splits : {0, 2})
+          run_and_check(w, dx, M, lda, ldc, ref, exact, cuda::W4A16Kernel::Staged, splits, ws,
+                        what + " staged rows " + std::to_string(rows) + " splits " + std::to_string(splits), 0.0,
+                        rows);
       if (::testing::Test::HasFailure()) return;
     }
   }
@@ -230,8 +242,8 @@ TEST(CudaW4A16, AccumulateAddsExactSumsIntoFp32) {
     const cuda::W4A16Weight w = pack::upload_w4_tiles(pack::pack_w4_tiles(q, "test"), "test", w4_ctx().stream());
     const Tensor wt = q.dequantize_f32();
     const std::vector<float> wref(wt.data_as<float>(), wt.data_as<float>() + c.n * c.k);
-    for (int64_t M : {1, 17, 64}) {
-      const int64_t lda = c.k + (M == 17 ? 1 : 0), ldc = c.n + (M == 1 ? 0 : 5);
+    for (int64_t M : {1, 17, 33, 64, 100, 256}) {
+      const int64_t lda = c.k + (M == 17 || M == 100 ? 1 : 0), ldc = c.n + (M == 1 ? 0 : 5);
       const std::vector<float> x = make_x(M, c.k, lda, true, rng);
       const std::vector<uint16_t> xb = to_bf16_bits(x);
       DeviceBuffer<bf16> dx(xb.size());
@@ -239,13 +251,18 @@ TEST(CudaW4A16, AccumulateAddsExactSumsIntoFp32) {
       const Reference ref = reference(wref, c.n, c.k, x, M, lda);
       std::vector<float> c0(size_t(M * ldc));
       for (auto& v : c0) v = float(start(rng)) / 512.0f;
-      for (int variant = 0; variant < 5; ++variant) {
+      // 0 simple, 1-3 Mma (splits 0, 1, 3), 4 dequant + cuBLAS, 5-7 Staged (splits 0, 1, 3),
+      // 8-11 Staged with 16, 32, 64, 128 rows per block and 2 splits.
+      for (int variant = 0; variant < 12; ++variant) {
         const auto kernel = variant == 0   ? cuda::W4A16Kernel::Simple
                             : variant == 4 ? cuda::W4A16Kernel::DequantGemm
+                            : variant >= 5 ? cuda::W4A16Kernel::Staged
                                            : cuda::W4A16Kernel::Mma;
-        const int splits = variant == 3 ? 3 : variant == 2 ? 1 : 0;
+        const int splits = variant >= 8 ? 2 : variant == 3 || variant == 7 ? 3 : variant == 2 || variant == 6 ? 1 : 0;
+        const int rows = variant >= 8 ? 16 << (variant - 8) : 0;
         DeviceBuffer<float> dc = to_device_f32(c0);
-        cuda::w4a16_linear_accumulate(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits);
+        cuda::w4a16_linear_accumulate(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), lda, ldc, kernel, splits,
+                                      rows);
         std::vector<float> got(c0.size());
         cuda::download(got.data(), dc.get(), got.size(), w4_ctx().stream());
         int bad = 0;
@@ -275,14 +292,16 @@ TEST(CudaW4A16, Fp32ScalesStayWithinTheirBf16Rounding) {
   const cuda::W4A16Weight w = pack::upload_w4_tiles(pack::pack_w4_tiles(q, "test"), "test", w4_ctx().stream());
   const Tensor wt = q.dequantize_f32();
   const std::vector<float> wref(wt.data_as<float>(), wt.data_as<float>() + q.rows * q.cols);
-  for (int64_t M : {1, 16, 64}) {
+  for (int64_t M : {1, 16, 64, 130}) {
     const std::vector<float> x = make_x(M, q.cols, q.cols, false, rng);
     const std::vector<uint16_t> xb = to_bf16_bits(x);
     DeviceBuffer<bf16> dx(xb.size());
     cuda::upload(dx.get(), reinterpret_cast<const bf16*>(xb.data()), xb.size(), w4_ctx().stream());
     const Reference ref = reference(wref, q.rows, q.cols, x, M, q.cols);
     run_and_check(w, dx, M, q.cols, q.rows, ref, false, cuda::W4A16Kernel::Mma, 0, ws,
-                  "fp32 scales M " + std::to_string(M), std::ldexp(1.0, -8));
+                  "fp32 scales mma M " + std::to_string(M), std::ldexp(1.0, -8));
+    run_and_check(w, dx, M, q.cols, q.rows, ref, false, cuda::W4A16Kernel::Staged, 0, ws,
+                  "fp32 scales staged M " + std::to_string(M), std::ldexp(1.0, -8));
   }
 }
 
@@ -293,20 +312,47 @@ TEST(CudaW4A16, SplitSumsAreDeterministic) {
   cuda::W4A16Workspace ws;
   const QuantizedLinear q = random_w4_linear(512, 4096, 128, 4, W4Order::Plain, W4Scales::Bf16, rng);
   const cuda::W4A16Weight w = pack::upload_w4_tiles(pack::pack_w4_tiles(q, "test"), "test", w4_ctx().stream());
-  const int64_t M = 5;
-  const std::vector<float> x = make_x(M, q.cols, q.cols, false, rng);
-  const std::vector<uint16_t> xb = to_bf16_bits(x);
-  DeviceBuffer<bf16> dx(xb.size()), dc(size_t(M * q.rows));
-  cuda::upload(dx.get(), reinterpret_cast<const bf16*>(xb.data()), xb.size(), w4_ctx().stream());
-  std::vector<uint16_t> first(size_t(M * q.rows)), again(first.size());
-  for (int rep = 0; rep < 20; ++rep) {
-    cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), 0, 0, cuda::W4A16Kernel::Mma, 17);
-    cuda::download(reinterpret_cast<bf16*>((rep == 0 ? first : again).data()), dc.get(), first.size(),
-                   w4_ctx().stream());
-    if (rep > 0) {
-      ASSERT_EQ(first, again) << "call " << rep;
+  for (const auto kernel : {cuda::W4A16Kernel::Mma, cuda::W4A16Kernel::Staged}) {
+    const int64_t M = kernel == cuda::W4A16Kernel::Mma ? 5 : 100;
+    const std::vector<float> x = make_x(M, q.cols, q.cols, false, rng);
+    const std::vector<uint16_t> xb = to_bf16_bits(x);
+    DeviceBuffer<bf16> dx(xb.size()), dc(size_t(M * q.rows));
+    cuda::upload(dx.get(), reinterpret_cast<const bf16*>(xb.data()), xb.size(), w4_ctx().stream());
+    std::vector<uint16_t> first(size_t(M * q.rows)), again(first.size());
+    for (int rep = 0; rep < 20; ++rep) {
+      cuda::w4a16_linear(w, dx.get(), dc.get(), M, ws, w4_ctx().stream(), 0, 0, kernel, 17,
+                         kernel == cuda::W4A16Kernel::Staged ? 128 : 0);
+      cuda::download(reinterpret_cast<bf16*>((rep == 0 ? first : again).data()), dc.get(), first.size(),
+                     w4_ctx().stream());
+      if (rep > 0) {
+        ASSERT_EQ(first, again) << cuda::w4a16_kernel_name(kernel) << " call " << rep;
+      }
     }
   }
+}
+
+TEST(CudaW4A16, KernelNamesAndAutoChoice) {
+  // No device needed: the kernel names (LOWBIT_W4A16_KERNEL, bench_w4a16 --kernels), and Auto's
+  // rows thresholds.
+  EXPECT_EQ(cuda::parse_w4a16_kernel("mma", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Mma);
+  EXPECT_EQ(cuda::parse_w4a16_kernel("new", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Staged);
+  EXPECT_EQ(cuda::parse_w4a16_kernel("staged", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Staged);
+  EXPECT_EQ(cuda::parse_w4a16_kernel("dequant", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::DequantGemm);
+  EXPECT_EQ(cuda::parse_w4a16_kernel("simple", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Simple);
+  EXPECT_EQ(cuda::parse_w4a16_kernel("auto", "LOWBIT_W4A16_KERNEL"), cuda::W4A16Kernel::Auto);
+  try {
+    cuda::parse_w4a16_kernel("marlin", "LOWBIT_W4A16_KERNEL");
+    FAIL() << "no error for an unknown kernel name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LOWBIT_W4A16_KERNEL"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("marlin"), std::string::npos) << e.what();
+  }
+  if (std::getenv("LOWBIT_W4A16_KERNEL") != nullptr) GTEST_SKIP() << "LOWBIT_W4A16_KERNEL is set";
+  EXPECT_EQ(cuda::w4a16_auto_kernel(1), cuda::W4A16Kernel::Mma);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(16), cuda::W4A16Kernel::Mma);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(17), cuda::W4A16Kernel::Staged);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(256), cuda::W4A16Kernel::Staged);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(257), cuda::W4A16Kernel::DequantGemm);
 }
 
 TEST(CudaW4A16, BadArgumentsAreErrors) {
@@ -319,6 +365,9 @@ TEST(CudaW4A16, BadArgumentsAreErrors) {
   DeviceBuffer<bf16> dx(128), dc(64);
   EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 100), Error);  // lda < K
   EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 0, 10), Error);  // ldc < N
+  EXPECT_THROW(cuda::w4a16_linear(w, dx.get(), dc.get(), 1, ws, w4_ctx().stream(), 0, 0, cuda::W4A16Kernel::Staged,
+                                  0, 48),
+               Error);  // no such row block
   const cuda::W4A16Weight empty;
   EXPECT_THROW(cuda::w4a16_linear(empty, dx.get(), dc.get(), 1, ws, w4_ctx().stream()), Error);
   std::vector<uint32_t> short_codes(t.codes.begin(), t.codes.end() - 1);

@@ -114,6 +114,14 @@ TEST(StudySpec, GridExpansionCrossesAndZips) {
   EXPECT_THROW(expand_method_grid("sq", {{"w", {"8", "4"}}, {"a", {"8"}}}, {"w", "a"}), Error);
 }
 
+TEST(StudySpec, OptionsValidOnlyTogether) {
+  // pbllm's g=64 alone is refused (block's default is 128), beside block=64 it is a cell.
+  const StudyPlan plan = expand_plan(parse_study_spec(
+      base_spec("[[method]]\nname = \"pbllm\"\ng = 64\nblock = 64\n"), "/tmp/spec.toml", kNoFiles));
+  ASSERT_EQ(plan.cells.size(), 1u);
+  EXPECT_EQ(plan.cells[0].method, "pbllm:g=64,block=64");
+}
+
 TEST(StudySpec, ExpandsEnvironmentVariables) {
   ::setenv("LOWBIT_TEST_SPEC_VAR", "/data/x", 1);
   ::unsetenv("LOWBIT_TEST_SPEC_UNSET");
@@ -141,6 +149,14 @@ TEST(StudySpec, ErrorsNameTheLine) {
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"smoothquant\"\nw = [8, 4]\na = [8]\nzip = [\"w\", \"a\"]\n")),
                      "/tmp/spec.toml:17:1: smoothquant: zipped options 'w' (2 values) and 'a' (1 values) differ in "
                      "length"));
+  // A value valid only beside another option (pbllm's g=64 needs block=64, block's default being
+  // 128) is refused only when no combination of the grid holds it validly; then at the value.
+  EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"pbllm\"\ng = 64\n")),
+                     "/tmp/spec.toml:19:5: pbllm: option g=64 is not a multiple of block=128"));
+  EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"pbllm\"\ng = [64, 128]\nblock = [128, 32]\nzip = [\"g\", \"block\"]\n")),
+                     "/tmp/spec.toml:19:6: pbllm: option g=64 is not a multiple of block=128"));
+  EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"pbllm\"\ng = [64, 128]\nblock = [64, 128]\n")),
+                     "/tmp/spec.toml:17:1: pbllm: option g=64 is not a multiple of block=128"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"rtn\"\nw = 4\n\n[[method]]\nname = \"rtn\"\nw = 4\n")),
                      "/tmp/spec.toml:21:1: method 'rtn:w=4' appears twice in the grid (first from /tmp/spec.toml:17:1)"));
   EXPECT_TRUE(starts(error_of(base_spec("[[method]]\nname = \"fp16\"\nw = 4\n")),
@@ -198,6 +214,13 @@ TEST(StudySpec, ExamplesParse) {
   ASSERT_EQ(t8.evaluations.size(), 3u + 5);
   EXPECT_EQ(t8.evaluations[3].kind, EvalKind::VisionLanguage);
   EXPECT_EQ(t8.evaluations[7].key, "mme:conversation=llava,max_new_tokens=16,limit=0");
+  // The same on SmolLM2, with PB-LLM and BiLLM (groups of 64: pbllm's g=64 beside block=64).
+  const StudySpec smol_ft = load_study_spec(examples + "/smollm2-lora-ft.toml", kNoFiles);
+  const StudyPlan smol_ft_plan = expand_plan(smol_ft);
+  ASSERT_EQ(smol_ft_plan.cells.size(), 8u);
+  EXPECT_EQ(smol_ft_plan.cells[4].method, "pbllm:g=64,block=64,high_bit=8,low_frac=0.9");
+  EXPECT_EQ(smol_ft_plan.cells[7].train.kind, TrainKind::Distill);
+  EXPECT_EQ(smol_ft.device, "cuda");
   const StudySpec t1 = load_study_spec(examples + "/llama3-table1.toml", kNoFiles);
   const StudyPlan plan = expand_plan(t1);
   // The paper's Table 1 rows that lowbit implements: the baseline, RTN and GPTQ and AWQ at

@@ -1,5 +1,7 @@
 // lowbit quantize --model M --method SPEC [--calib SET] [--nsamples 128] [--seqlen 2048] [--seed 0]
-//                 [--data-dir D] [--bos auto|on|off] [--spm-convention C] [--language-model-only] -o OUT
+//                 [--data-dir D] [--bos auto|on|off] [--spm-convention C] [--language-model-only]
+//                 [--device D] [--json] (-o OUT | --no-save)
+// --json prints quantize_seconds (the whole quantization) and block_seconds (each decoder block).
 // A LLaVA-Next directory has its language model quantized (calibrated on text through the LLM
 // alone) and is written whole, the vision tower and projector as stored
 // (quant/llava_next_quantized.h); --language-model-only writes the LLM part alone.
@@ -22,6 +24,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <vector>
 
 namespace lowbit::cli {
 
@@ -84,7 +87,11 @@ void run(const Options& o) {
   cb.on_note = [&](int64_t layer, const std::string& s) {
     if (!o.json) fmt::print(stderr, "  [{:>3}/{}] {}\n", layer + 1, c.num_hidden_layers, s);
   };
-  cb.on_block_done = [&](int64_t layer, int64_t layers, double) {
+  // Each decoder block's seconds (its statistics, quantization and propagation), reported by --json
+  // so that benchmarks can time a method per layer.
+  std::vector<double> block_seconds;
+  cb.on_block_done = [&](int64_t layer, int64_t layers, double seconds) {
+    block_seconds.push_back(seconds);
     if (o.json) return;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double eta = elapsed / double(layer + 1) * double(layers - layer - 1);
@@ -115,7 +122,7 @@ void run(const Options& o) {
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (o.json) {
     nlohmann::json j = {{"output", o.out}, {"method", qm.method}, {"calibration", qm.calibration},
-                        {"quantize_seconds", qm.seconds}, {"wall_seconds", wall},
+                        {"quantize_seconds", qm.seconds}, {"block_seconds", block_seconds}, {"wall_seconds", wall},
                         {"linear_bits_per_weight", bits / weights}, {"output_bytes", out_bytes},
                         {"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
                         {"device", device_name}, {"peak_gpu_bytes", gpu_peak},

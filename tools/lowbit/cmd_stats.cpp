@@ -2,7 +2,7 @@
 // The input statistics of one block's linears on calibration data (GPTQ's Hessian, per-channel
 // abs-max and mean |x|) and the block's weights, for study and for reference implementations.
 // On the CPU from fp32 activations with fp64 sums; on the GPU from bf16 activations with fp32
-// sums (calib/input_stats_cuda.h).
+// sums (calib/block_driver_cuda.h).
 #include "commands.h"
 
 #include "backend/ops.h"

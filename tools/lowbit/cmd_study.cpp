@@ -88,7 +88,7 @@ void dry_run(const StudySpec& spec) {
     int64_t missing = 0;
     for (const Evaluation& e : plan.evaluations) missing += stored.count({c.key, e.key}) ? 0 : 1;
     pending += missing;
-    fmt::print("  cell {:<60} W{} A{} G{}  {}\n", c.key, c.w, c.a, c.g > 0 ? std::to_string(c.g) : "-",
+    fmt::print("  cell {:<60} W{:.4g} A{} G{}  {}\n", c.key, c.w, c.a, c.g > 0 ? std::to_string(c.g) : "-",
                missing == 0 ? "stored" : fmt::format("{} to do", missing));
   }
   fmt::print("{} of {} evaluations to do\n", pending, int64_t(plan.cells.size() * plan.evaluations.size()));

@@ -1,20 +1,15 @@
-// The W4A16 kernels (w4a16.cuh). Fragment layouts of mma.m16n8k16 (PTX ISA), lane = 4 g + t:
-//   A 16x16 row-major, 4 regs of 2 bf16: {A[g][2t..2t+1]}, {A[g+8][2t..]}, {A[g][2t+8..]}, {A[g+8][2t+8..]}
-//   B 16x8 (k x n), 2 regs:             {B[2t..2t+1][g]}, {B[2t+8..2t+9][g]}
-//   C 16x8 fp32, 4 values:              C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
-// pack/w4_tiles_layout.h puts each lane's B codes of a 16 x 64 step in one 16-byte word group.
-//
-// Dequantization in registers (the exponent trick of Marlin-style kernels, here for bf16): a
-// bf16 with bits 0x4300 is 128.0 and its 7 mantissa bits count units, so OR-ing a 4-bit code q
-// into the low bits gives exactly 128 + q. One lop3 ((w >> 4p) & 0x000f000f | 0x43004300) makes
-// both halves of a bf16x2 B register at once; subtracting the pair's (128 + zero) (exact: small
-// integers) and multiplying by the bf16 scale (one rounding) gives bf16(scale * (q - zero)), no
-// int-to-float conversions.
+// The W4A16 kernels of w4a16.cuh except the staged one (w4a16_staged.cu), and the dispatch.
+// Fragment layouts and the in-register dequantization are drawn in w4a16_device.cuh.
 #include "backend/cuda/w4a16.cuh"
+
+#include "backend/cuda/w4a16_device.cuh"
+#include "backend/cuda/w4a16_staged_layout.h"
+#include "backend/cuda/w4a16_staged_plan.h"
 
 #include "pack/w4_tiles_layout.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -23,67 +18,21 @@ namespace lowbit::cuda {
 namespace {
 
 namespace w4 = ::lowbit::pack::w4;
+using namespace ::lowbit::cuda::w4a16_detail;
 
 constexpr int kWarps = 4;  // warps per block; warp w owns column chunk 4 * blockIdx.x + w
 constexpr int kThreads = kWarps * 32;
 // Fewest k-steps (of 16) one split of K is given: shorter splits spend more on the epilogue
 // and the partial sums than they gain in parallelism.
 constexpr int kMinStepsPerSplit = 8;
-// Above this many rows, Auto dequantizes the weight and multiplies with cuBLAS. (On an H100 the
-// tensor-core kernel took 2.3 to 3.8 times cuBLAS's time at M = 64 and LLaMA-3-8B's shapes:
-// the fragments of A come from global memory, not through shared memory.)
-constexpr int64_t kMaxMmaRows = 32;
-
-struct MmaParams {
-  const uint4* codes;      // [chunks, kstride, 32] (16 bytes per lane and step)
-  const uint32_t* scales;  // [chunks, groups, 8, 8]
-  const bf16* A;           // [M, lda], slot order
-  int64_t lda;
-  bf16* C;                 // [M, ldc], or
-  float* Cf;               // [M, ldc], accumulated into (C += A W^T), when not null
-  int64_t ldc;
-  float* partial;          // [splits, M, padded_n] when splits > 1
-  unsigned* counters;      // [mblocks, colblocks]
-  int M, N, chunks, kstride, ksteps, group_steps, groups, splits, steps_per_split;
-};
-
-__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t d;  // (a & b) | c: immediate 0xea = (0xf0 & 0xcc) | 0xaa
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ __nv_bfloat162 as_bf2(uint32_t u) {
-  __nv_bfloat162 v;
-  memcpy(&v, &u, 4);
-  return v;
-}
-__device__ __forceinline__ uint32_t as_u32(__nv_bfloat162 v) {
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  return u;
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Each output has one writer (the block of its column tile, or the last of its splits), so the
-// fp32 accumulation needs no atomics.
-__device__ __forceinline__ void store_pair(const MmaParams& p, int row, int col, float v0, float v1) {
-  const int64_t at = int64_t(row) * p.ldc + col;
-  if (p.Cf != nullptr) {
-    if (col < p.N) p.Cf[at] += v0;
-    if (col + 1 < p.N) p.Cf[at + 1] += v1;
-  } else {
-    if (col < p.N) p.C[at] = __float2bfloat16_rn(v0);
-    if (col + 1 < p.N) p.C[at + 1] = __float2bfloat16_rn(v1);
-  }
-}
+// Auto's choice by rows: W4A16Kernel::Mma up to kMaxMmaRows, Staged up to kMaxStagedRows,
+// DequantGemm beyond. (On an H100 Mma took 2.3 to 3.8 times cuBLAS's time at M = 64 and
+// LLaMA-3-8B's shapes, its A fragments coming from global memory per warp and m-tile; the
+// staged kernel reads each A tile once per block through shared memory and reuses each
+// dequantized B fragment for up to 4 m-tiles. bench_w4a16 prints all of them side by side per
+// M, which is where these two numbers come from.)
+constexpr int64_t kMaxMmaRows = 16;
+constexpr int64_t kMaxStagedRows = 256;
 
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
 // iteration, whose code words are loaded one iteration ahead (register double buffering keeps
@@ -400,19 +349,100 @@ W4A16Weight upload_w4a16(int64_t n, int64_t k, int64_t group_slots, int64_t grou
 
 namespace {
 
+// LOWBIT_W4A16_KERNEL (read once): a kernel for Auto to run at every M, or "old" for Auto's
+// choice before the staged kernel (Mma up to kMaxMmaRowsOld rows, DequantGemm beyond).
+constexpr int64_t kMaxMmaRowsOld = 32;
+struct EnvChoice {
+  W4A16Kernel kernel = W4A16Kernel::Auto;
+  bool old = false;
+};
+
+EnvChoice choice_from_env() {
+  static const EnvChoice c = [] {
+    EnvChoice e;
+    const char* v = std::getenv("LOWBIT_W4A16_KERNEL");
+    if (v == nullptr || *v == '\0') return e;
+    if (std::string(v) == "old") e.old = true;
+    else e.kernel = parse_w4a16_kernel(v, "LOWBIT_W4A16_KERNEL");
+    return e;
+  }();
+  return c;
+}
+
+W4A16Kernel resolve_kernel(W4A16Kernel k, int64_t M) {
+  if (k != W4A16Kernel::Auto) return k;
+  const EnvChoice e = choice_from_env();
+  if (e.old) return M <= kMaxMmaRowsOld ? W4A16Kernel::Mma : W4A16Kernel::DequantGemm;
+  if (e.kernel != W4A16Kernel::Auto) return e.kernel;
+  return M <= kMaxMmaRows ? W4A16Kernel::Mma : M <= kMaxStagedRows ? W4A16Kernel::Staged : W4A16Kernel::DequantGemm;
+}
+
+// The staged kernel on activations a [M, a_ld] in slot order (16-byte aligned rows) with
+// `ksteps` k-steps of them.
+void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf, int64_t ldc,
+                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits, int block_rows) {
+  // Rows per block and K splits from the cost model of w4a16_staged_plan.h (either may be forced).
+  static const int sms = sm_count();
+  static int per_sm[4] = {0, 0, 0, 0};
+  const auto blocks_per_sm = [](int rows) {
+    int& n = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
+    if (n == 0) n = staged_blocks_per_sm(rows);
+    return n;
+  };
+  const staged::Plan plan = staged::plan(M, w.chunks(), ksteps, sms, blocks_per_sm, splits, block_rows);
+  const int rows = plan.rows;
+  splits = plan.splits;
+  const int per = plan.per;
+  const int64_t mblocks = (M + rows - 1) / rows;
+  const int64_t colblocks = (w.chunks() + staged::kBlockChunks - 1) / staged::kBlockChunks;
+
+  MmaParams p{};
+  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
+  p.scales = w.scales.get();
+  p.A = a;
+  p.lda = a_ld;
+  p.C = C;
+  p.Cf = Cf;
+  p.ldc = ldc;
+  p.M = int(M);
+  p.N = int(w.n);
+  p.chunks = int(w.chunks());
+  p.kstride = int(w.ksteps());
+  p.ksteps = int(ksteps);
+  p.group_steps = int(w.group_slots / 16);
+  p.groups = int(w.groups);
+  p.splits = splits;
+  p.steps_per_split = per;
+  if (splits > 1) {
+    ws.partial.resize(size_t(splits) * size_t(M) * size_t(w.padded_n()));
+    const size_t need = size_t(mblocks * colblocks);
+    if (ws.counters.size() < need) {
+      ws.counters.resize(need);
+      LB_CUDA_CHECK(cudaMemsetAsync(ws.counters.get(), 0, ws.counters.bytes(), s));
+    }
+    p.partial = ws.partial.get();
+    p.counters = ws.counters.get();
+  }
+  launch_staged(p, rows, s);
+}
+
 void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
+         int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits, int block_rows) {
   if (lda == 0) lda = w.k;
   if (ldc == 0) ldc = w.n;
   if (w.codes.get() == nullptr || w.scales.get() == nullptr)
     throw_error("w4a16_linear: the weight was not uploaded (upload_w4a16)");
-  const int64_t max_m = kernel == W4A16Kernel::Simple ? 65535
-                        : kernel == W4A16Kernel::Mma  ? 65535 * 64
-                                                      : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
+  kernel = resolve_kernel(kernel, M);
+  const int64_t max_m = kernel == W4A16Kernel::Simple   ? 65535
+                        : kernel == W4A16Kernel::Mma    ? 65535 * 64
+                        : kernel == W4A16Kernel::Staged ? 65535 * 128
+                                                        : int64_t(INT32_MAX) / std::max<int64_t>(lda, ldc);
   if (lda < w.k || ldc < w.n || M < 0 || M > max_m)
     throw_error("w4a16_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
                 " (lda >= K, ldc >= N and 0 <= M <= " + std::to_string(max_m) + " needed)");
+  if (!(block_rows == 0 || block_rows == 16 || block_rows == 32 || block_rows == 64 || block_rows == 128))
+    throw_error("w4a16_linear: block_rows " + std::to_string(block_rows) + " (0, 16, 32, 64 or 128 needed)");
   if (M == 0) return;
   const int32_t* map = w.source_col.size() ? w.source_col.get() : nullptr;
 
@@ -426,8 +456,10 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   }
 
   // x is read in place when its columns are the slots (and its rows allow 4-byte fragment
-  // loads); else it is gathered into slot order first.
-  const bool direct = map == nullptr && w.k % 16 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0;
+  // loads, or the staged kernel's 16-byte copies); else it is gathered into slot order first.
+  const int64_t a_align = kernel == W4A16Kernel::Staged ? 16 : 4;  // bytes
+  const bool direct = map == nullptr && w.k % 16 == 0 && (lda * 2) % a_align == 0 &&
+                      reinterpret_cast<uintptr_t>(A) % uintptr_t(a_align) == 0;
   const bf16* a = A;
   int64_t a_ld = lda, ksteps = w.k / 16;
   if (!direct) {
@@ -441,7 +473,7 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
     ksteps = w.ksteps();
   }
 
-  if (kernel == W4A16Kernel::DequantGemm || (kernel == W4A16Kernel::Auto && M > kMaxMmaRows)) {
+  if (kernel == W4A16Kernel::DequantGemm) {
     // The whole weight dequantized once into bf16 (in slot order), then cuBLAS: for large M the
     // product is compute-bound and the dequantization's cost is shared by M rows.
     const int64_t kcols = ksteps * 16, warps = w.chunks() * ksteps;
@@ -459,6 +491,11 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
                                  Cf != nullptr ? static_cast<void*>(Cf) : static_cast<void*>(C),
                                  Cf != nullptr ? CUDA_R_32F : CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F,
                                  CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+
+  if (kernel == W4A16Kernel::Staged) {
+    run_staged(w, a, a_ld, ksteps, C, Cf, ldc, M, ws, s, splits, block_rows);
     return;
   }
 
@@ -529,14 +566,38 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
 
 }  // namespace
 
+W4A16Kernel parse_w4a16_kernel(const std::string& name, const char* what) {
+  if (name == "auto") return W4A16Kernel::Auto;
+  if (name == "mma") return W4A16Kernel::Mma;
+  if (name == "staged" || name == "new") return W4A16Kernel::Staged;
+  if (name == "dequant") return W4A16Kernel::DequantGemm;
+  if (name == "simple") return W4A16Kernel::Simple;
+  throw_error(std::string(what) + ": unknown W4A16 kernel '" + name + "' (auto, mma, staged or new, dequant, simple" +
+              (std::string(what) == "LOWBIT_W4A16_KERNEL" ? ", old)" : ")"));
+}
+
+const char* w4a16_kernel_name(W4A16Kernel k) {
+  switch (k) {
+    case W4A16Kernel::Auto: return "auto";
+    case W4A16Kernel::Mma: return "mma";
+    case W4A16Kernel::Staged: return "staged";
+    case W4A16Kernel::DequantGemm: return "dequant";
+    case W4A16Kernel::Simple: return "simple";
+  }
+  return "?";
+}
+
+W4A16Kernel w4a16_auto_kernel(int64_t M) { return resolve_kernel(W4A16Kernel::Auto, M); }
+
 void w4a16_linear(const W4A16Weight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
-                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
-  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits);
+                  int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits, int block_rows) {
+  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel, splits, block_rows);
 }
 
 void w4a16_linear_accumulate(const W4A16Weight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
-                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits) {
-  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits);
+                             cudaStream_t s, int64_t lda, int64_t ldc, W4A16Kernel kernel, int splits,
+                             int block_rows) {
+  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel, splits, block_rows);
 }
 
 }  // namespace lowbit::cuda
