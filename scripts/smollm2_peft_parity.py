@@ -17,10 +17,12 @@ fp32 weights, from the same initial adapters, on the same batches, CPU, fp32:
      mean cross-entropy over the step's target tokens.
 
 Compared: (a) the gradient of every A and B at step 1, per tensor ||g_lowbit - g_peft|| /
-||g_peft||, and over all tensors; (b) the loss of every step (lowbit's OUT/lowbit/lowbit_adapter.json
-"log"), max |diff| and the first step where it passes --loss-tol; also the gradient norms and the
-final adapters. Writes OUT/parity.json and prints a summary; exits non-zero when (a) exceeds
---grad-tol or (b) exceeds --loss-tol.
+||g_peft||, and over all tensors; both fp32 gradients also against PEFT's computation in float64
+(same weights, adapters and batch), which tells rounding from a difference of the computation;
+(b) the loss of every step (lowbit's OUT/lowbit/lowbit_adapter.json "log"), max |diff| and the
+first step where it passes --loss-tol; also the gradient norms and the final adapters. Writes
+OUT/parity.json and prints a summary; exits non-zero when lowbit's step-1 gradients are farther
+than --grad-tol from the float64 ones (worst tensor) or (b) exceeds --loss-tol.
 
 Usage: python3 scripts/smollm2_peft_parity.py [--gguf ~/.cache/lowbit/models/SmolLM2-135M-Instruct.Q4_1.gguf]
            [--lowbit build/tools/lowbit/lowbit] [--data ../shared/data/alpaca/alpaca_5000.json]
@@ -212,8 +214,9 @@ def main():
 
     # The same step-1 gradient in float64: how far each fp32 computation is from it.
     loss64, grads64 = fp64_gradients(model_dir, init_dir, keys, batches[1], steps[0]["targets"])
-    fp64 = {"loss": loss64, "loss_err_lowbit": abs(log[0]["loss"] - loss64), "loss_err_peft": abs(first_loss_peft - loss64),
-            "lowbit": error_summary(lowbit_grads, grads64, keys), "peft": error_summary(peft_grads, grads64, keys)}
+    fp64 = {"loss": loss64, "loss_err_lowbit": abs(log[0]["loss"] - loss64),
+            "loss_err_peft": abs(first_loss_peft - loss64), "lowbit": error_summary(lowbit_grads, grads64, keys),
+            "peft": error_summary(peft_grads, grads64, keys)}
     for side in ("lowbit", "peft"):
         e = fp64[side]
         print(f"step 1 against float64: {side} fp32 gradients worst relative error {e['worst_rel_err']:.3g} "
@@ -229,8 +232,8 @@ def main():
     report = {
         "model": a.gguf, "r": a.r, "alpha": a.alpha, "steps": a.steps, "batch": a.batch, "grad_accum": a.grad_accum,
         "lr": a.lr, "warmup_steps": math.ceil(a.warmup_ratio * a.steps), "max_grad_norm": a.max_grad_norm,
-        "threads": a.threads, "torch_threads": a.torch_threads, "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                           "peft": peft.__version__},
+        "threads": a.threads, "torch_threads": a.torch_threads,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "step1_gradients": grad_report, "step1_float64": fp64,
         "loss": {"max_abs_diff": max(diffs), "argmax_step": steps[diffs.index(max(diffs))]["step"],
                  "first_step_over_tol": over[0] if over else None, "steps_over_tol": len(over)},
@@ -251,8 +254,13 @@ def main():
           f"{report['loss']['argmax_step']}), gradient norm max relative diff {report['grad_norm_max_rel_diff']:.3g}, "
           f"final adapters worst relative error {final[worst_final]:.3g} ({worst_final}); "
           f"lowbit {lowbit_seconds:.0f} s, PEFT {peft_seconds:.0f} s")
-    ok = grad_report["worst_rel_err"] <= a.grad_tol and report["loss"]["max_abs_diff"] <= a.loss_tol
-    print("PASS" if ok else f"FAIL (tolerances: gradients {a.grad_tol}, loss {a.loss_tol})")
+    # The gradients are held to the float64 computation: PEFT's own fp32 gradients are farther from
+    # it than lowbit's (on SmolLM2 r 8: 2.9e-4 against 1.8e-5 for the worst tensor), so the fp32
+    # difference measures PEFT's rounding more than lowbit's.
+    ok = fp64["lowbit"]["worst_rel_err"] <= a.grad_tol and report["loss"]["max_abs_diff"] <= a.loss_tol
+    print(f"gradient check against PEFT in float64: worst {fp64['lowbit']['worst_rel_err']:.3g} (PEFT fp32: "
+          f"{fp64['peft']['worst_rel_err']:.3g})")
+    print("PASS" if ok else f"FAIL (tolerances: gradients {a.grad_tol} against float64, loss {a.loss_tol})")
     return 0 if ok else 1
 
 
