@@ -17,9 +17,9 @@
 #include <fmt/ranges.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <cmath>
 
 namespace lowbit::train {
 
@@ -156,6 +156,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   Checkpoint source = open_model(o.model);
   // Before the base is quantized: IEC's rank must divide the adapted linears.
   check_lora_config(source.config, method.lora);
+  // The adapter to start from, if any: its shapes and configuration are checked here too.
+  LoraAdapters given;
+  if (!o.init_adapter.empty()) given = load_init_adapter(o.init_adapter, source.config, method.lora);
   LB_CHECK(!source.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -199,8 +202,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   LB_CHECK(model.forward_hooks() == nullptr,
            "model '{}' quantizes activations; fine-tuning runs weight-only quantized bases", o.model);
   const LlamaConfig& c = model.config();
-  LoraAdapters init = o.init_adapter.empty() ? LoraAdapters::peft_init(c, method.lora, o.seed)
-                                             : load_init_adapter(o.init_adapter, c, method.lora);
+  LoraAdapters init = o.init_adapter.empty() ? LoraAdapters::peft_init(c, method.lora, o.seed) : std::move(given);
   if (!o.init_adapter.empty()) check_adapter_base(o.init_adapter, model, weights_sha);
 
   // Everything that changes the result; a resumed run must match it.
