@@ -2,8 +2,8 @@
 # LoRA training on SmolLM2-135M-Instruct against transformers + PEFT + torch
 # (scripts/smollm2_peft_parity.py): the first step's gradients of every A and B and the loss of
 # each step, from the same adapters on the same batches. SMOLLM2_PEFT_STEPS steps (default 5,
-# about a minute and a half on 2 cores; the README's figures are of 50). Label slow; skipped without the
-# model (scripts/fetch-smollm2.sh) or Python's torch, transformers and peft.
+# about a minute and a half on 2 cores; the README's figures are of 50). Label slow; skipped
+# without the model (scripts/fetch-smollm2.sh) or Python's torch, transformers and peft.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 GGUF="${LOWBIT_MODELS_CACHE:-$HOME/.cache/lowbit/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
