@@ -36,6 +36,22 @@ Tensor f32_tensor(const std::vector<float>& v, std::vector<int64_t> shape) {
 
 }  // namespace
 
+void save_lora_tensors(const std::string& path, const LoraAdapters& a) {
+  SafetensorsWriter w;
+  for (size_t l = 0; l < a.layers.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const LoraLinear& ad = a.layers[l][size_t(k)];
+      if (!ad.active()) continue;
+      w.add(peft_key(int64_t(l), k, 'A'), f32_tensor(ad.a, {ad.r, ad.in}));
+      w.add(peft_key(int64_t(l), k, 'B'), f32_tensor(ad.b, {ad.out, ad.r}));
+      if (!ad.has_iec()) continue;
+      w.add(iec_key(int64_t(l), k, 'A'), f32_tensor(ad.a_scale, {1}));
+      w.add(iec_key(int64_t(l), k, 'B'), f32_tensor(ad.b_scale, {1}));
+    }
+  w.set_metadata("format", "pt");
+  w.write(path);
+}
+
 void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std::string& base_model) {
   fs::create_directories(dir);
   std::vector<std::string> targets;
@@ -61,19 +77,7 @@ void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std:
                               {"rank_pattern", nlohmann::json::object()},
                               {"alpha_pattern", nlohmann::json::object()},
                               {"revision", nullptr}};
-  SafetensorsWriter w;
-  for (size_t l = 0; l < a.layers.size(); ++l)
-    for (LinearKind k : kAllLinears) {
-      const LoraLinear& ad = a.layers[l][size_t(k)];
-      if (!ad.active()) continue;
-      w.add(peft_key(int64_t(l), k, 'A'), f32_tensor(ad.a, {ad.r, ad.in}));
-      w.add(peft_key(int64_t(l), k, 'B'), f32_tensor(ad.b, {ad.out, ad.r}));
-      if (!ad.has_iec()) continue;
-      w.add(iec_key(int64_t(l), k, 'A'), f32_tensor(ad.a_scale, {1}));
-      w.add(iec_key(int64_t(l), k, 'B'), f32_tensor(ad.b_scale, {1}));
-    }
-  w.set_metadata("format", "pt");
-  w.write(dir + "/adapter_model.safetensors");
+  save_lora_tensors(dir + "/adapter_model.safetensors", a);
   write_text_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
 }
 
@@ -148,6 +152,38 @@ LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c) {
   for (const auto& e : st->entries())
     LB_CHECK(expected.count(e.name), "adapter '{}': unexpected tensor '{}' (another base model, or modules lowbit "
              "does not adapt)", dir, e.name);
+  return a;
+}
+
+LoraAdapters load_init_adapter(const std::string& dir, const LlamaConfig& c, const LoraConfig& config) {
+  LoraAdapters a = load_peft_adapter(dir, c);
+  const std::string cfg = dir + "/adapter_config.json";
+  LB_CHECK(a.config.r == config.r, "--init-adapter '{}': r is {}, the run's {}", cfg, a.config.r, config.r);
+  LB_CHECK(a.config.alpha == config.alpha, "--init-adapter '{}': lora_alpha is {}, the run's {}", cfg, a.config.alpha,
+           config.alpha);
+  auto names = [](const LoraConfig& lc) {
+    std::string s;
+    for (LinearKind k : kAllLinears)
+      if (lc.targets_kind(k)) {
+        if (!s.empty()) s += '+';
+        s += linear_name(k);
+      }
+    return s;
+  };
+  LB_CHECK(a.config.targets == config.targets, "--init-adapter '{}': target_modules are {}, the run's {}", cfg,
+           names(a.config), names(config));
+  LB_CHECK(!a.config.iec || config.iec, "--init-adapter '{}': the adapter holds IEC scalars, the run has no IEC",
+           dir);
+  if (config.iec && !a.config.iec) {
+    LoraAdapters z = LoraAdapters::zeros(c, config);
+    for (size_t l = 0; l < z.layers.size(); ++l)
+      for (size_t k = 0; k < 7; ++k) {
+        z.layers[l][k].a = std::move(a.layers[l][k].a);
+        z.layers[l][k].b = std::move(a.layers[l][k].b);
+      }
+    return z;
+  }
+  a.config = config;
   return a;
 }
 

@@ -26,12 +26,23 @@ namespace lowbit::train {
 // Writes the PEFT files into `dir` (created if needed; existing files of those names replaced,
 // each written to a temporary and renamed). `base_model` is recorded as base_model_name_or_path.
 void save_peft_adapter(const std::string& dir, const LoraAdapters& a, const std::string& base_model);
+// Writes only the tensors, under the names adapter_model.safetensors gives them (fp32; written to
+// a temporary and renamed): also what `finetune --dump-grads` writes a gradient as.
+void save_lora_tensors(const std::string& path, const LoraAdapters& a);
 
 // Reads a PEFT LoRA adapter for a model of configuration `c` (IEC on when it holds IEC scalars).
 // Refused with a lowbit::Error naming the file and tensor: another PEFT type, bias or
 // DoRA/rsLoRA options lowbit does not apply, an unknown target module, a tensor whose shape does
 // not fit the model (an adapter for another base), a missing or unexpected tensor.
 LoraAdapters load_peft_adapter(const std::string& dir, const LlamaConfig& c);
+
+// Reads a PEFT adapter (as load_peft_adapter) as the starting point of training with `config`:
+// its r, lora_alpha and target_modules must be config's (refused naming the field, the file and
+// both values). IEC scalars are taken when the adapter holds them; a run with IEC from an adapter
+// without them starts them at 0 (IEC's own init); an adapter with them for a run without IEC is
+// refused. The dropout is the run's (it is no property of the weights). Returns adapters whose
+// config is `config`.
+LoraAdapters load_init_adapter(const std::string& dir, const LlamaConfig& c, const LoraConfig& config);
 
 // The base model facts an adapter was trained on, and a check of them against a model.
 nlohmann::json base_identity(const LlamaModel& model, const std::string& weights_sha256);

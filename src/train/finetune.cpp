@@ -18,12 +18,40 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 namespace lowbit::train {
 
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// FinetuneOptions::save_batches' file, written to a temporary and renamed.
+template <typename MicroBatches>
+void write_batches_jsonl(const std::string& path, int64_t steps, MicroBatches&& micro_batches) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    LB_CHECK(out.good(), "--save-batches: cannot write '{}'", tmp);
+    for (int64_t s = 0; s < steps; ++s) {
+      const std::vector<Batch> micro = micro_batches(s);
+      for (size_t a = 0; a < micro.size(); ++a) {
+        const Batch& b = micro[a];
+        nlohmann::json tokens = nlohmann::json::array(), targets = nlohmann::json::array();
+        for (int64_t i = 0; i < b.B; ++i) {
+          tokens.push_back(std::vector<int32_t>(b.tokens.begin() + i * b.T, b.tokens.begin() + (i + 1) * b.T));
+          targets.push_back(std::vector<int32_t>(b.targets.begin() + i * b.T, b.targets.begin() + (i + 1) * b.T));
+        }
+        out << nlohmann::json{{"step", s + 1}, {"micro", a}, {"tokens", tokens}, {"targets", targets}}.dump() << "\n";
+      }
+    }
+    out.flush();
+    LB_CHECK(out.good(), "--save-batches: failed writing '{}' (disk full?)", tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
 }  // namespace
 
 nlohmann::json FinetuneMethod::json() const {
@@ -128,6 +156,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   Checkpoint source = open_model(o.model);
   // Before the base is quantized: IEC's rank must divide the adapted linears.
   check_lora_config(source.config, method.lora);
+  // The adapter to start from, if any: its shapes and configuration are checked here too.
+  LoraAdapters given;
+  if (!o.init_adapter.empty()) given = load_init_adapter(o.init_adapter, source.config, method.lora);
   LB_CHECK(!source.tokenizer_path.empty(), "model '{}' has no tokenizer beside it", o.model);
   TokenizerOptions topt;
   topt.spm = parse_spm_convention(o.spm);
@@ -171,9 +202,11 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   LB_CHECK(model.forward_hooks() == nullptr,
            "model '{}' quantizes activations; fine-tuning runs weight-only quantized bases", o.model);
   const LlamaConfig& c = model.config();
+  LoraAdapters init = o.init_adapter.empty() ? LoraAdapters::peft_init(c, method.lora, o.seed) : std::move(given);
+  if (!o.init_adapter.empty()) check_adapter_base(o.init_adapter, model, weights_sha);
 
   // Everything that changes the result; a resumed run must match it.
-  const nlohmann::json run_id = {
+  nlohmann::json run_id = {
       {"model", o.model},           {"weights_sha256", weights_sha},  {"method", method.json()},
       {"data", o.data},             {"data_sha256", sha256_file(o.data)}, {"records", n_records},
       {"held_out", o.eval_size},    {"source_max_len", o.source_max}, {"target_max_len", o.target_max},
@@ -181,6 +214,10 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
       {"lr", o.lr},                 {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm},
       {"weight_decay", o.weight_decay}, {"adam_betas", {o.beta1, o.beta2}}, {"adam_eps", o.adam_eps},
       {"seed", o.seed},             {"data_seed", o.data_seed}};
+  // Only when given: a run from the seeded init keeps the identity it had before the option.
+  if (!o.init_adapter.empty())
+    run_id["init_adapter"] = {{"path", o.init_adapter},
+                              {"sha256", sha256_file(o.init_adapter + "/adapter_model.safetensors")}};
 
   TrainOptions topts;
   topts.adamw = {o.lr, o.beta1, o.beta2, o.adam_eps, o.weight_decay};
@@ -188,7 +225,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.max_grad_norm = o.max_grad_norm;
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
-  LoraTrainer trainer(model, LoraAdapters::peft_init(c, method.lora, o.seed), topts);
+  LoraTrainer trainer(model, std::move(init), topts);
   nlohmann::json log = nlohmann::json::array();
   const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
   if (o.resume) {
@@ -235,18 +272,33 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     return n ? sum / double(n) : NAN;
   };
 
-  const auto t_loop = Clock::now();
-  const int64_t first = trainer.steps_done();
-  int64_t tokens_run = 0;
-  int64_t done_this_run = 0;
-  for (int64_t s = first; s < o.steps; ++s) {
+  auto micro_batches = [&](int64_t s) {
     std::vector<Batch> micro;
     for (int64_t a = 0; a < o.grad_accum; ++a) {
       std::vector<const InstructExample*> part;
       for (int64_t b = 0; b < o.batch; ++b) part.push_back(example_at((s * o.grad_accum + a) * o.batch + b));
       micro.push_back(make_batch(part, pad));
     }
-    const StepStats st = trainer.step(micro);
+    return micro;
+  };
+  if (!o.save_batches.empty()) {
+    write_batches_jsonl(o.save_batches, o.steps, micro_batches);
+    note(fmt::format("wrote the {} steps' batches to '{}'", o.steps, o.save_batches));
+  }
+
+  const auto t_loop = Clock::now();
+  const int64_t first = trainer.steps_done();
+  int64_t tokens_run = 0;
+  int64_t done_this_run = 0;
+  for (int64_t s = first; s < o.steps; ++s) {
+    const std::vector<Batch> micro = micro_batches(s);
+    const bool dump = !o.dump_grads.empty() && done_this_run == 0;
+    LoraAdapters grad;
+    const StepStats st = trainer.step(micro, dump ? &grad : nullptr);
+    if (dump) {
+      save_lora_tensors(o.dump_grads, grad);
+      note(fmt::format("wrote step {}'s gradient (before clipping) to '{}'", s + 1, o.dump_grads));
+    }
     tokens_run += st.tokens;
     ++done_this_run;
     const double elapsed = since(t_loop);

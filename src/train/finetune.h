@@ -46,6 +46,19 @@ struct FinetuneOptions {
   std::string out;
   int64_t save_every = 50, stop_after = 0;
   bool resume = false;
+  // Start from this PEFT adapter directory's A and B (and IEC scalars when it holds them) instead
+  // of the seeded init; its r, alpha and targets must be the method's (load_init_adapter). Part
+  // of the run's identity (its path and the SHA-256 of its tensors).
+  std::string init_adapter;
+  // Outside references of the same training; neither changes the result.
+  // save_batches: a JSON-lines file, written before the first step, with every micro-batch of the
+  // whole run in the order training reads them, one per line:
+  //   {"step": s (1-based), "micro": a (0-based), "tokens": [[id, ...] x batch], "targets": [[...]]}
+  // tokens right-padded to the micro-batch's longest sequence; targets[b][t] is the token that
+  // position t predicts (tokens[b][t+1] inside the response), -100 where no loss is taken.
+  // dump_grads: a safetensors file with the gradient of the first step this call runs, before
+  // clipping (of the mean loss over the step's target tokens), under PEFT's parameter names.
+  std::string save_batches, dump_grads;
 };
 
 // Throws lowbit::Error for options no run can take (non-positive steps, batch, ...).

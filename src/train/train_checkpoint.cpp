@@ -78,6 +78,10 @@ std::optional<TrainCheckpoint> load_train_checkpoint(const std::string& dir, con
     LB_CHECK(saved.contains(k) && saved[k] == v,
              "checkpoint '{}' belongs to another run: its {} is {}, this run's {}; remove it or use another output",
              d, k, saved.contains(k) ? saved[k].dump() : "absent", v.dump());
+  // Options recorded only when given (an init adapter, IEC): the checkpoint's must be given too.
+  for (const auto& [k, v] : saved.items())
+    LB_CHECK(run.contains(k), "checkpoint '{}' belongs to another run: its {} is {}, this run has none; remove it or "
+             "use another output", d, k, v.dump());
   TrainCheckpoint ck;
   ck.params = load_peft_adapter(d, c);
   ck.state = AdamWState::zeros_like(ck.params);

@@ -32,7 +32,8 @@ void save_train_checkpoint(const std::string& dir, const LoraAdapters& params, c
                            const nlohmann::json& run, const nlohmann::json& log);
 
 // The checkpoint in DIR (or DIR.old), or nullopt when there is none. Its run identity must equal
-// `run`: a difference is a lowbit::Error naming the first differing key and both values.
+// `run`: a difference (a key of either missing in the other included) is a lowbit::Error naming
+// the first differing key and both values.
 std::optional<TrainCheckpoint> load_train_checkpoint(const std::string& dir, const LlamaConfig& c,
                                                      const nlohmann::json& run);
 

@@ -23,7 +23,7 @@ void LoraTrainer::restore(LoraAdapters params, AdamWState state) {
   state_ = std::move(state);
 }
 
-StepStats LoraTrainer::step(std::span<const Batch> micro) {
+StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient) {
   LB_CHECK(!micro.empty(), "a training step needs at least one micro-batch");
   StepStats st;
   for (const Batch& b : micro) {
@@ -41,6 +41,7 @@ StepStats LoraTrainer::step(std::span<const Batch> micro) {
     loss_sum += forward_backward(model_, &params_, micro[i], so, &grads_, nullptr).loss_sum;
   }
   st.loss = loss_sum / double(st.targets);
+  if (gradient != nullptr) *gradient = grads_;
   st.grad_norm = clip_grad_norm(grads_, opt_.max_grad_norm);
   LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
            "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",

@@ -36,8 +36,9 @@ class LoraTrainer {
 
   // One optimizer step over the micro-batches (their gradients accumulated). A non-finite loss
   // or gradient norm throws lowbit::Error and leaves the adapters and optimizer state as they
-  // were before the step.
-  StepStats step(std::span<const Batch> micro);
+  // were before the step. `gradient`, when given, receives the step's gradient before clipping
+  // (of the mean loss over the step's target tokens; shaped like the adapters).
+  StepStats step(std::span<const Batch> micro, LoraAdapters* gradient = nullptr);
 
   const LoraAdapters& adapters() const { return params_; }
   const AdamWState& optimizer_state() const { return state_; }

@@ -109,6 +109,14 @@ void register_finetune(CLI::App& app) {
   cmd->add_option("--save-every", o->save_every, "checkpoint every N steps (and at the end)");
   cmd->add_flag("--resume", o->resume, "continue the run checkpointed in OUT/checkpoint (same options)");
   cmd->add_option("--stop-after", o->stop_after, "stop after N steps of this invocation, checkpointed (0: run on)");
+  cmd->add_option("--init-adapter", o->init_adapter,
+                  "start from this PEFT adapter directory's A and B (and IEC scalars) instead of the seeded init; "
+                  "its r, lora_alpha and target_modules must be --method's");
+  cmd->add_option("--save-batches", o->save_batches,
+                  "write every micro-batch of the run (tokens, shifted targets; JSON lines) to this file before "
+                  "training, for an outside reference to train on the same data");
+  cmd->add_option("--dump-grads", o->dump_grads,
+                  "write the first step's gradient (before clipping; safetensors, PEFT's names) to this file");
   cmd->add_flag("--force", o->force, "start over even if OUT holds an adapter");
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
