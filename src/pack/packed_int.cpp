@@ -112,6 +112,44 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
   return p;
 }
 
+PackedIntMatrix pack_q8_dense(DType dtype, const void* w, int64_t rows, int64_t cols) {
+  LB_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+           "8-bit packing of a dense matrix: dtype {} is not f32, bf16 or f16", dtype_name(dtype));
+  LB_CHECK(rows > 0 && cols > 0, "8-bit packing of a dense matrix: shape [{}, {}]", rows, cols);
+  PackedIntMatrix p;
+  p.rows = rows;
+  p.cols = cols;
+  p.bits = 8;
+  p.blocks = (cols + kBlock - 1) / kBlock;
+  if (p.padded() != cols) {
+    p.source_col.assign(size_t(p.padded()), -1);
+    for (int64_t c = 0; c < cols; ++c) p.source_col[size_t(c)] = int32_t(c);
+  }
+  p.qs.assign(size_t(rows * p.blocks * kBlock), 0);
+  p.d.resize(size_t(rows * p.blocks));
+  p.m.assign(size_t(rows * p.blocks), 0.0f);
+  const int64_t row_bytes = cols * dtype_size(dtype);
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(p.padded()), 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      convert_to_f32(dtype, static_cast<const uint8_t*>(w) + r * row_bytes, row.data(), cols);
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        const float* x = row.data() + b * kBlock;
+        float amax = 0;
+        for (int64_t i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+        // ggml's order of operations (quantize_row_q8_0_ref): the codes come from the reciprocal.
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t* q = reinterpret_cast<int8_t*>(p.qs.data()) + (r * p.blocks + b) * kBlock;
+        for (int64_t i = 0; i < kBlock; ++i) q[i] = int8_t(std::round(x[i] * id));
+        p.d[size_t(r * p.blocks + b)] = d;
+      }
+    }
+  }
+  return p;
+}
+
 std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatrix*>& parts) {
   LB_ASSERT(!parts.empty());
   const PackedIntMatrix& first = *parts.front();
@@ -155,6 +193,8 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
   a.d.resize(size_t(n * w.blocks));
   a.isum.resize(size_t(n * w.blocks));
   a.qs.resize(size_t(n * P));
+  a.dsum.resize(size_t(n * w.blocks));
+  a.qs4.resize(size_t(n * P));
 #pragma omp parallel for schedule(static) if (n * P > 65536)
   for (int64_t j = 0; j < n; ++j) {
     float buf[kBlock];
@@ -177,7 +217,17 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
       }
       a.d[size_t(j * w.blocks + b)] = d;
       a.isum[size_t(j * w.blocks + b)] = sum;
+      a.dsum[size_t(j * w.blocks + b)] = d * float(sum);
     }
+    const int8_t* q = a.qs.data() + j * P;
+    int8_t* q4 = a.qs4.data() + j * P;
+    const int64_t whole = w.blocks / 4 * 4;
+    for (int64_t g = 0; g < whole; g += 4)
+      for (int64_t k = 0; k < 4; ++k) {
+        std::memcpy(q4 + g * kBlock + k * 16, q + (g + k) * kBlock, 16);
+        std::memcpy(q4 + g * kBlock + 64 + k * 16, q + (g + k) * kBlock + 16, 16);
+      }
+    std::memcpy(q4 + whole * kBlock, q + whole * kBlock, size_t((w.blocks - whole) * kBlock));
   }
 }
 

@@ -36,6 +36,7 @@
 // with the inner sum in exact int32 arithmetic.
 #pragma once
 
+#include "core/tensor.h"
 #include "quant/quantized_linear.h"
 
 #include <cstdint>
@@ -69,6 +70,13 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
 // Whether pack_int_linear accepts q.
 bool can_pack_int(const QuantizedLinear& q);
 
+// A dense matrix w [rows, cols] (stored as `dtype`: f32, bf16 or f16, row-major) quantized to 8
+// bits per block of 32 columns, as ggml's Q8_0: d = max|w| / 127 over the block, codes
+// round(w / d) in [-127, 127] (halves away from zero), in the 8-bit container with m = 0. d stays
+// fp32 (Q8_0 stores it in fp16; the codes are the same). Columns are padded to whole blocks with
+// zeros. For the LM head of packed execution (packed_model.h), which is not a quantized linear.
+PackedIntMatrix pack_q8_dense(DType dtype, const void* w, int64_t rows, int64_t cols);
+
 // The matrices stacked along their rows (outputs), when they read the same input the same way:
 // equal cols, container, blocks and gather order (any act_order permutation differing between
 // them keeps them apart). Empty when they do not.
@@ -78,11 +86,20 @@ std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatri
 int block_code(const uint8_t* block, int bits, int64_t i);
 
 // Activations quantized per block of 32 padded positions (see the header comment).
+//
+// qs4 holds the same int8 values as qs, reordered for the 4-bit kernels, which unpack four blocks
+// of nibbles (64 bytes) at once into their low nibbles (elements 0..15 of each block) and high
+// nibbles (16..31): within each whole group of four blocks b0..b3 (128 bytes of a row),
+//   bytes   0.. 63: elements 0..15 of b0, then of b1, b2, b3
+//   bytes  64..127: elements 16..31 of b0, then of b1, b2, b3
+// The last blocks % 4 blocks of a row stay in qs's order.
 struct Q8Activations {
   int64_t n = 0, blocks = 0;
   std::vector<float> d;       // [n, blocks]
   std::vector<int32_t> isum;  // [n, blocks]
+  std::vector<float> dsum;    // [n, blocks]: d * isum, the factor of a block's zero-point term
   std::vector<int8_t> qs;     // [n, blocks * 32]
+  std::vector<int8_t> qs4;    // [n, blocks * 32], qs in the 4-bit kernels' order (above)
 };
 
 // x [n, cols] gathered into w's padded order (fp32, padding 0): out [n, padded()].

@@ -6,8 +6,10 @@
 // runs across the 4-row activation tile. Codes, scales and zero-points are random, so the packed
 // layout must reproduce every code of every container exactly.
 #include "core/error.h"
+#include "formats/safetensors.h"
 #include "pack/packed_int.h"
 #include "quant/quantized_linear.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -234,6 +236,70 @@ TEST(PackedInt, ActivationQuantizationFollowsQ8_0) {
     sum += a.qs[size_t(i)];
   }
   EXPECT_EQ(a.isum[0], sum);
+}
+
+// pack_q8_dense against ggml's Q8_0 of the same matrix (the gguf package's quantizer,
+// scripts/make_q8_head_fixture.py): every code equal, d equal to Q8_0's fp16 scale once rounded to
+// fp16, m zero; a width that is not a multiple of 32 equals Q8_0 of the matrix padded with zeros.
+// Then its product, on every ISA, against the Q8_0-dequantized matrix times the activations.
+TEST(PackedInt, DenseEightBitPackingFollowsQ8_0) {
+  const std::string path = test::fixtures_dir() + "/pack/q8_dense.safetensors";
+  LOWBIT_REQUIRE_PATH(path);
+  auto ref = SafetensorsFile::open(path);
+  const Tensor w = ref->tensor("w");
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  for (const int64_t width : {cols, int64_t(150)}) {
+    const std::string suffix = width == cols ? "" : "150";
+    const Tensor codes = ref->tensor("codes" + suffix), d16 = ref->tensor("d" + suffix);
+    std::vector<float> wm(size_t(rows * width));
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(w.data_as<float>() + r * cols, width, wm.begin() + r * width);
+    const pack::PackedIntMatrix p = pack::pack_q8_dense(DType::F32, wm.data(), rows, width);
+    ASSERT_EQ(p.bits, 8);
+    ASSERT_EQ(p.blocks, cols / 32);
+    EXPECT_EQ(p.source_col.empty(), width == cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        const uint8_t* blk = p.qs.data() + (r * p.blocks + b) * 32;
+        for (int64_t i = 0; i < 32; ++i)
+          ASSERT_EQ(pack::block_code(blk, 8, i), int(codes.data_as<int8_t>()[r * cols + b * 32 + i]))
+              << "width " << width << " row " << r << " block " << b << " element " << i;
+        const size_t k = size_t(r * p.blocks + b);
+        EXPECT_EQ(f32_to_f16(p.d[k]), d16.data_as<uint16_t>()[k]) << "row " << r << " block " << b;
+        EXPECT_EQ(p.m[k], 0.0f);
+      }
+    // The product: Q8_0's dequantized weights (fp16 d times the codes) times the activations the
+    // kernel sees; the only differences are d's fp16 rounding and fp32 sums.
+    std::mt19937 rng(5);
+    for (int64_t n : {1, 3}) {
+      const std::vector<float> x = random_x(n, width, rng);
+      pack::Q8Activations a;
+      pack::quantize_activations(p, x.data(), n, a);
+      for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+        if (!pack::isa_supported(isa)) continue;
+        std::vector<float> y(size_t(n * rows));
+        pack::matmul_q8(p, a, y.data(), isa);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t r = 0; r < rows; ++r) {
+            double want = 0, mag = 0;
+            for (int64_t c = 0; c < width; ++c) {
+              const int64_t b = c / 32;
+              const double wq = double(f16_to_f32(d16.data_as<uint16_t>()[r * p.blocks + b])) *
+                                double(codes.data_as<int8_t>()[r * cols + c]);
+              const double xq = double(a.d[size_t(j * p.blocks + b)]) * double(a.qs[size_t(j * p.padded() + c)]);
+              want += wq * xq;
+              mag += std::fabs(wq * xq);
+            }
+            EXPECT_NEAR(y[size_t(j * rows + r)], want, 1e-3 * mag + 1e-6)
+                << pack::isa_name(isa) << " width " << width << " row " << r;
+          }
+      }
+    }
+  }
+  // Bad input is refused, naming the dtype or shape.
+  const std::vector<int8_t> i8(64, 1);
+  EXPECT_THROW(pack::pack_q8_dense(DType::I8, i8.data(), 2, 32), Error);
+  EXPECT_THROW(pack::pack_q8_dense(DType::F32, w.data(), 0, 32), Error);
 }
 
 TEST(PackedInt, FormatsWithoutAPackedKernelAreRefused) {
