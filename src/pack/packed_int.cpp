@@ -86,14 +86,19 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
     order.resize(size_t(int64_t(block_group.size()) * kBlock), -1);
   }
   p.blocks = int64_t(block_group.size());
+  // One (d, m) pair per group when every group spans the same number of blocks.
+  p.group_blocks = gpr > 0 ? p.blocks / gpr : 1;
+  for (int64_t b = 0; b < p.blocks && p.group_blocks > 1; ++b)
+    if (block_group[size_t(b)] != b / p.group_blocks) p.group_blocks = 1;
+  if (p.group_blocks < 1 || p.blocks % p.group_blocks != 0) p.group_blocks = 1;
   bool identity = p.padded() == q.cols;
   for (int64_t i = 0; identity && i < p.padded(); ++i) identity = order[size_t(i)] == i;
   if (!identity) p.source_col = order;
 
   const int64_t bb = block_bytes(p.bits);
   p.qs.assign(size_t(p.rows * p.blocks * bb), 0);
-  p.d.resize(size_t(p.rows * p.blocks));
-  p.m.resize(size_t(p.rows * p.blocks));
+  p.d.resize(size_t(p.rows * p.pairs()));
+  p.m.resize(size_t(p.rows * p.pairs()));
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < p.rows; ++r)
     for (int64_t b = 0; b < p.blocks; ++b) {
@@ -106,8 +111,8 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
         const int code = c < 0 ? 0 : q.codes[size_t(r * q.cols + c)];
         put_code(blk, p.bits, i, p.bits == 8 ? code - 128 : code);
       }
-      p.d[size_t(r * p.blocks + b)] = scale;
-      p.m[size_t(r * p.blocks + b)] = p.bits == 8 ? scale * (128.0f - zero) : -scale * zero;
+      p.d[p.pair(r, b)] = scale;
+      p.m[p.pair(r, b)] = p.bits == 8 ? scale * (128.0f - zero) : -scale * zero;
     }
   return p;
 }
@@ -127,7 +132,6 @@ PackedIntMatrix pack_q8_dense(DType dtype, const void* w, int64_t rows, int64_t 
   }
   p.qs.assign(size_t(rows * p.blocks * kBlock), 0);
   p.d.resize(size_t(rows * p.blocks));
-  p.m.assign(size_t(rows * p.blocks), 0.0f);
   const int64_t row_bytes = cols * dtype_size(dtype);
 #pragma omp parallel
   {
@@ -157,10 +161,11 @@ std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatri
   out.cols = first.cols;
   out.bits = first.bits;
   out.blocks = first.blocks;
+  out.group_blocks = first.group_blocks;
   out.source_col = first.source_col;
   for (const PackedIntMatrix* p : parts) {
     if (p->cols != first.cols || p->bits != first.bits || p->blocks != first.blocks ||
-        p->source_col != first.source_col)
+        p->group_blocks != first.group_blocks || p->m.empty() != first.m.empty() || p->source_col != first.source_col)
       return std::nullopt;
     out.rows += p->rows;
     out.qs.insert(out.qs.end(), p->qs.begin(), p->qs.end());
@@ -194,6 +199,7 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
   a.isum.resize(size_t(n * w.blocks));
   a.qs.resize(size_t(n * P));
   a.dsum.resize(size_t(n * w.blocks));
+  a.gsum.assign(size_t(n * w.pairs()), 0.0f);
   a.qs4.resize(size_t(n * P));
 #pragma omp parallel for schedule(static) if (n * P > 65536)
   for (int64_t j = 0; j < n; ++j) {
@@ -218,6 +224,7 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
       a.d[size_t(j * w.blocks + b)] = d;
       a.isum[size_t(j * w.blocks + b)] = sum;
       a.dsum[size_t(j * w.blocks + b)] = d * float(sum);
+      a.gsum[size_t(j * w.pairs() + b / w.group_blocks)] += d * float(sum);
     }
     const int8_t* q = a.qs.data() + j * P;
     int8_t* q4 = a.qs4.data() + j * P;
@@ -244,8 +251,8 @@ void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, 
         const int8_t* q = a.qs.data() + j * P + b * kBlock;
         int32_t dot = 0;
         for (int64_t i = 0; i < kBlock; ++i) dot += block_code(blk, w.bits, i) * int32_t(q[i]);
-        const int64_t wb = r * w.blocks + b, ab = j * w.blocks + b;
-        acc += a.d[size_t(ab)] * (w.d[size_t(wb)] * float(dot) + w.m[size_t(wb)] * float(a.isum[size_t(ab)]));
+        const size_t wb = w.pair(r, b), ab = size_t(j * w.blocks + b);
+        acc += a.d[ab] * (w.d[wb] * float(dot) + w.m_at(r, b) * float(a.isum[ab]));
       }
       y[j * w.rows + r] = acc;
     }
@@ -335,7 +342,7 @@ void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y, 
     std::vector<float> row(static_cast<size_t>(P));
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.qs.data() + (r * w.blocks + b) * bb;
-      const float d = w.d[size_t(r * w.blocks + b)], m = w.m[size_t(r * w.blocks + b)];
+      const float d = w.d[w.pair(r, b)], m = w.m_at(r, b);
       for (int64_t i = 0; i < kBlock; ++i) row[size_t(b * kBlock + i)] = d * float(block_code(blk, w.bits, i)) + m;
     }
     for (int64_t j = 0; j < n; ++j) {

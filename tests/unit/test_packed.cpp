@@ -158,9 +158,9 @@ TEST(PackedInt, CodesRoundTripThroughEveryContainer) {
         const int code = pack::block_code(p.qs.data() + (r * p.blocks + b) * bb, p.bits, pos % pack::kBlock);
         const int want_code = q.codes[size_t(r * q.cols + col)] - (p.bits == 8 ? 128 : 0);
         ASSERT_EQ(code, want_code) << "bits " << c.bits << " row " << r << " col " << col;
-        const float got = p.d[size_t(r * p.blocks + b)] * float(code) + p.m[size_t(r * p.blocks + b)];
+        const float got = p.d[p.pair(r, b)] * float(code) + p.m[p.pair(r, b)];
         const float want = w[size_t(r * q.cols + col)];
-        ASSERT_NEAR(got, want, 2e-6f * std::max(1.0f, std::fabs(p.m[size_t(r * p.blocks + b)])));
+        ASSERT_NEAR(got, want, 2e-6f * std::max(1.0f, std::fabs(p.m[p.pair(r, b)])));
       }
   }
 }
@@ -257,6 +257,7 @@ TEST(PackedInt, DenseEightBitPackingFollowsQ8_0) {
     const pack::PackedIntMatrix p = pack::pack_q8_dense(DType::F32, wm.data(), rows, width);
     ASSERT_EQ(p.bits, 8);
     ASSERT_EQ(p.blocks, cols / 32);
+    EXPECT_TRUE(p.m.empty());
     EXPECT_EQ(p.source_col.empty(), width == cols);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t b = 0; b < p.blocks; ++b) {
@@ -266,7 +267,7 @@ TEST(PackedInt, DenseEightBitPackingFollowsQ8_0) {
               << "width " << width << " row " << r << " block " << b << " element " << i;
         const size_t k = size_t(r * p.blocks + b);
         EXPECT_EQ(f32_to_f16(p.d[k]), d16.data_as<uint16_t>()[k]) << "row " << r << " block " << b;
-        EXPECT_EQ(p.m[k], 0.0f);
+        EXPECT_EQ(p.m_at(r, b), 0.0f);
       }
     // The product: Q8_0's dequantized weights (fp16 d times the codes) times the activations the
     // kernel sees; the only differences are d's fp16 rounding and fp32 sums.
@@ -300,6 +301,34 @@ TEST(PackedInt, DenseEightBitPackingFollowsQ8_0) {
   const std::vector<int8_t> i8(64, 1);
   EXPECT_THROW(pack::pack_q8_dense(DType::I8, i8.data(), 2, 32), Error);
   EXPECT_THROW(pack::pack_q8_dense(DType::F32, w.data(), 0, 32), Error);
+}
+
+// One (d, m) pair per group when every group spans the same number of blocks (the products on
+// such shapes are checked above), one per block otherwise.
+TEST(PackedInt, GroupsOfEqualBlocksShareOnePair) {
+  std::mt19937 rng(7);
+  struct Shape {
+    int64_t cols, group;
+    bool act_order;
+    int64_t want;
+  };
+  for (const Shape& c : {Shape{256, 128, false, 4}, Shape{256, 64, true, 2}, Shape{288, 96, false, 3},
+                         Shape{256, 32, false, 1}, Shape{200, 128, false, 1}, Shape{256, 48, false, 1},
+                         Shape{160, -1, false, 5}}) {
+    const QuantizedLinear q =
+        random_linear(3, c.cols, 4, c.group < 0 ? c.cols : c.group, c.act_order, true, rng);
+    const pack::PackedIntMatrix p = pack::pack_int_linear(q, "test");
+    EXPECT_EQ(p.group_blocks, c.want) << c.cols << " " << c.group;
+    EXPECT_EQ(int64_t(p.d.size()), 3 * p.blocks / p.group_blocks);
+    for (int64_t r = 0; r < 3; ++r)
+      for (int64_t b = 0; b < p.blocks; ++b)
+        for (int64_t i = 0; i < pack::kBlock; ++i) {
+          const int32_t col = p.source_col.empty() ? int32_t(b * pack::kBlock + i) : p.source_col[size_t(b * pack::kBlock + i)];
+          if (col < 0) continue;
+          const int64_t g = q.g_idx.empty() ? col / q.group_size : q.g_idx[size_t(col)];
+          ASSERT_EQ(p.d[p.pair(r, b)], q.scales[size_t(r * q.groups_per_row() + g)]);
+        }
+  }
 }
 
 TEST(PackedInt, FormatsWithoutAPackedKernelAreRefused) {
