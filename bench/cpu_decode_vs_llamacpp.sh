@@ -121,11 +121,17 @@ try: print(json.load(sys.stdin)[0]["avg_ts"])
 except Exception: print("nan")')
       record model "$name" engine llama.cpp variant "${q^^} poll $poll" round "$r" decode_tps "$tps" load "$(load1)"
     done
-    for v in gptq rtn32; do
-      tps=$("$BENCH" --model "$W/$name-base" --q4 "$W/$name-$v" --variants packed-4bit --packed-head q8 \
+    # lowbit as it runs by default (OMP_WAIT_POLICY=PASSIVE, products of under 65,536 blocks on one
+    # thread: settings for shared cores), and with the settings for idle cores: OpenMP's threads
+    # spin about 0.3 ms between products before sleeping (GOMP_SPINCOUNT=30000) and products from
+    # 8,192 blocks use every thread (LOWBIT_PACKED_PARALLEL_BLOCKS), as llama.cpp's threads poll.
+    for vs in gptq: gptq:spin rtn32: rtn32:spin; do
+      v=${vs%:*} mode=${vs#*:} env=()
+      [[ $mode == spin ]] && env=(GOMP_SPINCOUNT=30000 LOWBIT_PACKED_PARALLEL_BLOCKS=8192)
+      tps=$(env "${env[@]}" "$BENCH" --model "$W/$name-base" --q4 "$W/$name-$v" --variants packed-4bit --packed-head q8 \
         --threads "$THREADS" --rounds 1 --prompt "$PROMPT" --new "$NEW" --json |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["variants"][0]["decode_tokens_per_s"])')
-      record model "$name" engine lowbit variant "packed-4bit-$v" round "$r" decode_tps "$tps" load "$(load1)"
+      record model "$name" engine lowbit variant "packed-4bit-$v${mode:+ $mode}" round "$r" decode_tps "$tps" load "$(load1)"
     done
   done
 done

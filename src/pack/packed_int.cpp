@@ -86,11 +86,11 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
     order.resize(size_t(int64_t(block_group.size()) * kBlock), -1);
   }
   p.blocks = int64_t(block_group.size());
-  // One (d, m) pair per group when every group spans the same number of blocks.
-  p.group_blocks = gpr > 0 ? p.blocks / gpr : 1;
+  // One (d, m) pair per group when the groups span the first one's number of blocks, the last
+  // one at most that many: block b is then in group b / G.
+  p.group_blocks = std::max<int64_t>(1, (int64_t(members[0].size()) + kBlock - 1) / kBlock);
   for (int64_t b = 0; b < p.blocks && p.group_blocks > 1; ++b)
     if (block_group[size_t(b)] != b / p.group_blocks) p.group_blocks = 1;
-  if (p.group_blocks < 1 || p.blocks % p.group_blocks != 0) p.group_blocks = 1;
   bool identity = p.padded() == q.cols;
   for (int64_t i = 0; identity && i < p.padded(); ++i) identity = order[size_t(i)] == i;
   if (!identity) p.source_col = order;
@@ -163,6 +163,9 @@ std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatri
   out.blocks = first.blocks;
   out.group_blocks = first.group_blocks;
   out.source_col = first.source_col;
+  size_t total = 0;
+  for (const PackedIntMatrix* p : parts) total += p->qs.size();
+  out.qs.reserve(total);
   for (const PackedIntMatrix* p : parts) {
     if (p->cols != first.cols || p->bits != first.bits || p->blocks != first.blocks ||
         p->group_blocks != first.group_blocks || p->m.empty() != first.m.empty() || p->source_col != first.source_col)
@@ -307,6 +310,24 @@ Isa best_isa() {
   return chosen;
 }
 
+int64_t min_parallel_blocks() {
+  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
+  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much
+  // when the cores are shared. Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048,
+  // 416 at 16,384, 436 at 65,536. On idle cores a lower bound lets decode's smaller products use
+  // every thread.
+  static const int64_t n = [] {
+    const char* env = std::getenv("LOWBIT_PACKED_PARALLEL_BLOCKS");
+    if (env == nullptr || *env == '\0') return int64_t(65536);
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    LB_CHECK(end != env && *end == '\0' && v >= 0,
+             "LOWBIT_PACKED_PARALLEL_BLOCKS='{}' is not a non-negative number of blocks", env);
+    return int64_t(v);
+  }();
+  return n;
+}
+
 void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa, int64_t r_begin, int64_t r_end) {
   if (r_end < 0) r_end = w.rows;
   LB_ASSERT(0 <= r_begin && r_begin <= r_end && r_end <= w.rows);
@@ -321,10 +342,7 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
   // the chunk's weights stream past it, instead of every weight row streaming all activations.
   const int64_t work = (r_end - r_begin) * w.blocks * a.n;
   constexpr int64_t kRowChunk = 16, kActTile = 64;
-  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
-  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much.
-  // Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048, 416 at 16,384, 436 at 65,536.
-  constexpr int64_t kMinParallelBlocks = 65536;
+  const int64_t kMinParallelBlocks = min_parallel_blocks();
   const int64_t nchunks = (r_end - r_begin + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for schedule(static) if (work > kMinParallelBlocks)
   for (int64_t c = 0; c < nchunks; ++c)

@@ -17,11 +17,11 @@
 //   w[r, p] = d[r, b / G] * c_p + m[r, b / G]   for the 32 positions p of block b
 // where c_p is the code value stored (below) and, for the group's scale s and zero-point z,
 // d = s and m = -s * z (m = s * (128 - z) for the 8-bit container, which stores q - 128).
-// G (group_blocks) is the number of blocks every group of a row spans when they all span the same
-// number (the columns a multiple of the group size, act_order or not): one (d, m) pair per group,
-// so a 4-bit weight with groups of 128 costs 16 bytes of codes per block and 8 bytes of (d, m)
-// per four blocks (4.5 bits per weight, as ggml's Q4_1 at group 32). Otherwise G = 1: a pair per
-// block.
+// G (group_blocks) is the number of blocks the groups of a row span when all but the last span
+// the same number and the last no more (act_order or not; the last group is the partial one when
+// the group size does not divide the columns): one (d, m) pair per group, so a 4-bit weight with
+// groups of 128 costs 16 bytes of codes per block and 8 bytes of (d, m) per four blocks (4.5 bits
+// per weight, as ggml's Q4_1 at group 32). Otherwise G = 1: a pair per block.
 //
 // Containers (codes of 1..8 bits go into the smallest that holds them: 1-2 -> 2, 3 -> 3,
 // 4 -> 4, 5-8 -> 8). Element i of the block is c_i:
@@ -53,6 +53,7 @@ namespace lowbit::pack {
 
 inline constexpr int64_t kBlock = 32;
 
+
 // The container for codes of `bits` (1..8) bits: 2, 3, 4 or 8.
 int container_bits(int bits);
 // Bytes per block of 32 codes in a container.
@@ -62,12 +63,12 @@ struct PackedIntMatrix {
   int64_t rows = 0, cols = 0;        // the logical weight [rows = out, cols = in]
   int bits = 4;                      // the container (2, 3, 4 or 8)
   int64_t blocks = 0;                // blocks per row; the padded input has blocks * 32 positions
-  int64_t group_blocks = 1;          // G above: blocks per (d, m) pair; divides blocks
+  int64_t group_blocks = 1;          // G above: blocks per (d, m) pair (the last pair's may be fewer)
   std::vector<int32_t> source_col;   // [blocks * 32] or empty (identity), see above
   std::vector<uint8_t> qs;           // [rows, blocks, block_bytes(bits)]
   std::vector<float> d, m;           // [rows, pairs()]; m empty: all zero (pack_q8_dense)
   int64_t padded() const { return blocks * kBlock; }
-  int64_t pairs() const { return blocks / group_blocks; }
+  int64_t pairs() const { return (blocks + group_blocks - 1) / group_blocks; }
   // Index into d and m of block b of row r.
   size_t pair(int64_t r, int64_t b) const { return size_t(r * pairs() + b / group_blocks); }
   float m_at(int64_t r, int64_t b) const { return m.empty() ? 0.0f : m[pair(r, b)]; }
@@ -126,6 +127,10 @@ enum class Isa { Scalar, Avx2, Avx512Vnni };
 Isa best_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
+
+// The number of block products (rows x blocks x activation rows) from which matmul_q8 runs on
+// all threads: 65,536, or LOWBIT_PACKED_PARALLEL_BLOCKS (read once; a bad value throws).
+int64_t min_parallel_blocks();
 
 // y[n, rows] = the int8-activation product (above) for activations a (from quantize_activations).
 // With a row range [r_begin, r_end), only those outputs are computed (the rest of y is left as it
