@@ -8,6 +8,7 @@
 #   THREADS [2]  ROUNDS [6]  PROMPT [128]  NEW [128]      decode runs, as bench_decode's options
 #   NSAMPLES [32]  SEQLEN_CALIB [2048]                     GPTQ calibration windows (PTB train)
 #   PPL_CHARS [60000]  PPL_SEQLEN [512]                     perplexity text (WikiText2 test)
+#   PPL [1]                                                 0: decode only
 #   LLAMA_CPP_SRC     llama.cpp's sources [the vendored copy of the llama-cpp-python 0.3.36 sdist,
 #                     downloaded with pip into $CACHE when absent]
 #   CACHE [~/.cache/lowbit/cpu-decode-vs-llamacpp]          the models made here (work/), llama.cpp's
@@ -138,7 +139,8 @@ done
 
 # Perplexity on the same windows.
 T="$W/wikitext2_test_head.txt"
-for name in "${MODELS[@]}"; do
+[[ "${PPL:-1}" == 0 ]] && MODELS_PPL=() || MODELS_PPL=("${MODELS[@]}")
+for name in "${MODELS_PPL[@]}"; do
   "$LB" tokenize --model "$W/$name-base" --file "$T" --ids > "$W/$name-ids.txt"
   ppl=$("$LB" ppl --model "$W/$name-base" --dataset "$T" --seqlen "$PPL_SEQLEN" --threads "$THREADS" --json |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ppl"], d["windows"])')

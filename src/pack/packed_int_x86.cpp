@@ -251,75 +251,9 @@ inline void prefetch_pairs(const PackedIntMatrix& w, int64_t r) {
   if (!w.m.empty()) __builtin_prefetch(w.m.data() + k);
 }
 
-// One activation row (decode) against weight rows r .. r+R-1: the activations and their factors
-// are loaded once per step for all R rows, and the R code streams are in flight together (at
-// batch 1 a row of a small model is a few hundred bytes, so one row at a time leaves the core
-// waiting on memory and on the per-row sums).
-template <int B, int R>
-LB_VNNI void rows_vnni_1act(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r, int64_t j) {
-  constexpr int64_t bb = B * kBlock / 8;
-  const int64_t P = w.padded(), nb = w.blocks, np = w.pairs(), gb = w.group_blocks;
-  __m512 acc[R], macc[R];
-  for (int i = 0; i < R; ++i) {
-    acc[i] = _mm512_setzero_ps(), macc[i] = _mm512_setzero_ps();
-    zero_point_terms<B, 1>(w, a, r + i, j, &macc[i]);
-  }
-  const float* ad = a.d.data() + j * nb;
-  int64_t b = 0;
-  if constexpr (B == 4) {
-    const __m512i m4 = _mm512_set1_epi8(15);
-    const int8_t* q = a.qs4.data() + j * P;
-    for (; b + 4 <= nb; b += 4) {
-      const __m512i qlo = _mm512_loadu_si512(q + b * kBlock), qhi = _mm512_loadu_si512(q + b * kBlock + 64);
-      const __m128 ad4 = _mm_loadu_ps(ad + b);
-      for (int i = 0; i < R; ++i) {
-        const __m512i v = _mm512_loadu_si512(w.qs.data() + ((r + i) * nb + b) * bb);
-        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, qlo);
-        s = _mm512_dpbusd_epi32(s, hi, qhi);
-        const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        const __m512 f = _mm512_permutexvar_ps(
-            idx, _mm512_castps128_ps512(_mm_mul_ps(block_d4(w.d.data() + (r + i) * np, b, gb), ad4)));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, acc[i]);
-      }
-    }
-  } else {
-    const int8_t* q = a.qs.data() + j * P;
-    for (; b + 2 <= nb; b += 2) {
-      const __m512i qv = _mm512_loadu_si512(q + b * kBlock);
-      for (int i = 0; i < R; ++i) {
-        const uint8_t* wq = w.qs.data() + ((r + i) * nb + b) * bb;
-        __m512i c;
-        if constexpr (B == 8)
-          c = _mm512_xor_si512(_mm512_loadu_si512(wq), _mm512_set1_epi8(char(0x80)));
-        else
-          c = _mm512_inserti64x4(_mm512_castsi256_si512(codes_u8<B>(wq)), codes_u8<B>(wq + bb), 1);
-        const __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, qv);
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), factors2(block_d2(w.d.data() + (r + i) * np, b, gb), ad + b),
-                                 acc[i]);
-      }
-    }
-  }
-  for (; b < nb; ++b)
-    for (int i = 0; i < R; ++i) block_vnni<B, 1>(w, a, r + i, j, b, &acc[i]);
-  for (int i = 0; i < R; ++i) y[j * w.rows + r + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], macc[i]));
-}
-
 template <int B, bool Vnni>
 void rows_tiled(const PackedIntMatrix& w, const Q8Activations& a, float* y, int64_t r0, int64_t r1, int64_t j0,
                 int64_t j1) {
-  if constexpr (Vnni) {
-    if (j1 - j0 == 1) {
-      int64_t r = r0;
-      for (; r + 4 <= r1; r += 4) {
-        prefetch_pairs(w, r);
-        prefetch_pairs(w, r + 2);
-        rows_vnni_1act<B, 4>(w, a, y, r, j0);
-      }
-      for (; r < r1; ++r) rows_vnni_1act<B, 1>(w, a, y, r, j0);
-      return;
-    }
-  }
   for (int64_t r = r0; r < r1; ++r) {
     prefetch_pairs(w, r);
     int64_t j = j0;
