@@ -1,7 +1,8 @@
 // CPU decode speed at batch 1: 16-bit against packed 4-bit and 2-bit, side by side in one run.
 //
 //   bench_decode --model DIR [--threads 2] [--rounds 6] [--prompt 128] [--new 128]
-//                [--q4 QUANTIZED_DIR] [--q2 QUANTIZED_DIR] [--json]
+//                [--q4 QUANTIZED_DIR] [--q2 QUANTIZED_DIR] [--variants LIST] [--packed-head stored|q8]
+//                [--json]
 //
 // Each variant runs what `lowbit generate` runs: the prompt in one forward through the KV cache,
 // then one token per step (forward_cached, LM head on the last row, argmax), greedy. Prompt
@@ -12,6 +13,10 @@
 //   packed-4bit   --q4 (default: RTN w4 g128 of --model, written to a temporary directory),
 //                 run from its packed codes with 8-bit activations
 //   packed-2bit   --q2 (default: RTN w2 g64), likewise
+// The packed variants' LM head: --packed-head stored (default: as the checkpoint holds it) or q8
+// (packed to 8 bits per block of 32 at load, as llama.cpp runs a Q8_0 output tensor).
+// --variants picks some of them (comma-separated names, e.g. `packed-4bit`), in that order; a
+// script alternating this program with another (llama.cpp's llama-bench) runs one round at a time.
 // Reported: the median over rounds of prompt tokens/s and decode tokens/s (the steps after the
 // prompt's forward), and the packed linears' bytes.
 #include "backend/ops.h"
@@ -40,10 +45,28 @@ using namespace lowbit;
 
 struct Args {
   std::string model, q4, q2;
+  std::vector<std::string> variants = {"fp32", "16-bit", "packed-4bit", "packed-2bit"};
   int threads = 2, rounds = 6;
   int64_t prompt = 128, n_new = 128;
   bool json = false;
+  pack::PackedHead head = pack::PackedHead::Stored;
 };
+
+const std::vector<std::string> kVariants = {"fp32", "16-bit", "packed-4bit", "packed-2bit"};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    const std::string name = s.substr(b, e - b);
+    LB_CHECK(std::find(kVariants.begin(), kVariants.end(), name) != kVariants.end(),
+             "bench_decode: --variants '{}': '{}' is not one of fp32, 16-bit, packed-4bit, packed-2bit", s, name);
+    out.push_back(name);
+    b = e + 1;
+  }
+  return out;
+}
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -60,6 +83,8 @@ Args parse(int argc, char** argv) {
     else if (k == "--rounds") a.rounds = std::stoi(val());
     else if (k == "--prompt") a.prompt = std::stoll(val());
     else if (k == "--new") a.n_new = std::stoll(val());
+    else if (k == "--variants") a.variants = split_list(val());
+    else if (k == "--packed-head") a.head = pack::parse_packed_head(val());
     else if (k == "--json") a.json = true;
     else throw Error(fmt::format("bench_decode: unknown option '{}'", k));
   }
@@ -71,7 +96,7 @@ Args parse(int argc, char** argv) {
 struct Variant {
   std::string name;
   std::unique_ptr<LlamaModel> model;
-  int64_t packed_bytes = 0;
+  int64_t packed_bytes = 0, head_bytes = 0;
   std::vector<double> prompt_tps, decode_tps;
 };
 
@@ -125,21 +150,26 @@ int main(int argc, char** argv) {
       }
     } cleanup{tmp};
     std::filesystem::create_directories(tmp);
-    const std::string q4 = a.q4.empty() ? quantize_rtn(a.model, "rtn:w=4,g=128", (tmp / "q4").string()) : a.q4;
-    const std::string q2 = a.q2.empty() ? quantize_rtn(a.model, "rtn:w=2,g=64", (tmp / "q2").string()) : a.q2;
+    auto wanted = [&](const char* n) { return std::find(a.variants.begin(), a.variants.end(), n) != a.variants.end(); };
+    const std::string q4 = !wanted("packed-4bit") || !a.q4.empty() ? a.q4
+                                                                   : quantize_rtn(a.model, "rtn:w=4,g=128", (tmp / "q4").string());
+    const std::string q2 = !wanted("packed-2bit") || !a.q2.empty() ? a.q2
+                                                                   : quantize_rtn(a.model, "rtn:w=2,g=64", (tmp / "q2").string());
 
-    std::vector<Variant> vs(4);
-    vs[0].name = "fp32";
-    vs[0].model = std::make_unique<LlamaModel>(open_model(a.model));
-    vs[1].name = "16-bit";
-    vs[1].model = std::make_unique<LlamaModel>(open_model(a.model));
-    vs[1].model->set_keep_16bit_weights(true);
-    vs[2].name = "packed-4bit";
-    vs[3].name = "packed-2bit";
-    for (int i : {2, 3}) {
-      vs[size_t(i)].model = load_model(i == 2 ? q4 : q2);
-      vs[size_t(i)].packed_bytes =
-          pack::install_packed_linears(*vs[size_t(i)].model, pack::PackedActivations::Q8).packed_bytes;
+    std::vector<Variant> vs;
+    for (const std::string& name : a.variants) {
+      Variant v;
+      v.name = name;
+      if (name == "fp32" || name == "16-bit") {
+        v.model = std::make_unique<LlamaModel>(open_model(a.model));
+        v.model->set_keep_16bit_weights(name == "16-bit");
+      } else {
+        v.model = load_model(name == "packed-4bit" ? q4 : q2);
+        const pack::PackedSummary ps = pack::install_packed_linears(*v.model, pack::PackedActivations::Q8, a.head);
+        v.packed_bytes = ps.packed_bytes;
+        v.head_bytes = ps.head_bytes;
+      }
+      vs.push_back(std::move(v));
     }
     std::mt19937 g(0);
     std::vector<int32_t> prompt(static_cast<size_t>(a.prompt));
@@ -162,17 +192,22 @@ int main(int argc, char** argv) {
     nlohmann::json out = {{"model", a.model}, {"threads", num_threads()}, {"rounds", a.rounds},
                           {"load_average_1m", load[0]},
                           {"prompt_tokens", a.prompt}, {"new_tokens", a.n_new},
-                          {"packed_kernels", pack::isa_name(pack::best_isa())}, {"variants", nlohmann::json::array()}};
-    const double base = median(vs[1].decode_tps);
+                          {"packed_kernels", pack::isa_name(pack::best_isa())},
+                          {"packed_head", a.head == pack::PackedHead::Q8 ? "q8" : "stored"}, {"variants", nlohmann::json::array()}};
+    // Speeds relative to the 16-bit variant when it ran, else to the first.
+    const auto base_it = std::find_if(vs.begin(), vs.end(), [](const Variant& v) { return v.name == "16-bit"; });
+    const double base = median((base_it != vs.end() ? *base_it : vs.front()).decode_tps);
     if (!a.json)
       fmt::print("decode at batch 1, {} threads, prompt {} + {} new tokens, medians of {} alternated rounds "
-                 "(packed kernels: {}; load average {:.2f} at the end)\n{:<12} {:>14} {:>14} {:>12} {:>14}\n",
-                 num_threads(), a.prompt, a.n_new, a.rounds, pack::isa_name(pack::best_isa()), load[0], "variant",
-                 "prompt tok/s", "decode tok/s", "vs 16-bit", "packed linears");
+                 "(packed kernels: {}, LM head {}; load average {:.2f} at the end)\n{:<12} {:>14} {:>14} {:>12} {:>14}\n",
+                 num_threads(), a.prompt, a.n_new, a.rounds, pack::isa_name(pack::best_isa()),
+                 a.head == pack::PackedHead::Q8 ? "8-bit in the packed variants" : "as stored", load[0], "variant",
+                 "prompt tok/s", "decode tok/s", base_it != vs.end() ? "vs 16-bit" : "vs first", "packed linears");
     for (const auto& v : vs) {
       const double p = median(v.prompt_tps), d = median(v.decode_tps);
       out["variants"].push_back({{"name", v.name}, {"prompt_tokens_per_s", p}, {"decode_tokens_per_s", d},
-                                 {"decode_rounds", v.decode_tps}, {"packed_bytes", v.packed_bytes}});
+                                 {"decode_rounds", v.decode_tps}, {"packed_bytes", v.packed_bytes},
+                                 {"packed_head_bytes", v.head_bytes}});
       if (!a.json)
         fmt::print("{:<12} {:>14.1f} {:>14.1f} {:>11.2f}x {:>14}\n", v.name, p, d, d / base,
                    v.packed_bytes ? fmt::format("{:.1f} MB", double(v.packed_bytes) / 1e6) : "-");

@@ -346,8 +346,16 @@ const float* LlamaModel::lm_head_f32() const {
   return lm_head_.data_as<float>();
 }
 
+void LlamaModel::set_lm_head_kernel(std::shared_ptr<const LinearKernel> k) {
+  LB_CHECK(!k || (k->in_features() == config().hidden_size && k->out_features() == config().vocab_size),
+           "LM head kernel: [{}, {}] for a model with vocabulary {} and hidden size {}", k ? k->out_features() : 0,
+           k ? k->in_features() : 0, config().vocab_size, config().hidden_size);
+  lm_head_kernel_ = std::move(k);
+}
+
 void LlamaModel::lm_head(const float* hidden, int64_t rows, float* logits) const {
   const int64_t H = config().hidden_size, V = config().vocab_size;
+  if (lm_head_kernel_) return lm_head_kernel_->apply(hidden, logits, rows);
   // A few rows (decode) read the head as stored: a 16-bit head is not widened to fp32 for them.
   const Tensor& t = lm_head_stored();
   if (rows <= ops::gemv_max_rows() && t.is_contiguous() &&

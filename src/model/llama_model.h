@@ -114,6 +114,10 @@ class LlamaModel {
   // Final RMSNorm in place, then logits[rows, V].
   void final_norm(float* hidden, int64_t rows) const;
   void lm_head(const float* hidden, int64_t rows, float* logits) const;
+  // A kernel that lm_head() runs instead of the stored head ([V, H]: packed execution's 8-bit
+  // head, say); null restores the stored one. The embedding lookup keeps reading the stored table.
+  void set_lm_head_kernel(std::shared_ptr<const LinearKernel> k);
+  const LinearKernel* lm_head_kernel() const { return lm_head_kernel_.get(); }
 
   KvCache make_kv_cache(int64_t capacity) const;
   // Runs `tokens` at positions cache.length .. cache.length + T - 1 through every block, reading
@@ -166,6 +170,7 @@ class LlamaModel {
   Tensor final_norm_w_;
   std::shared_ptr<const BlockHooks> forward_hooks_;
   mutable Tensor lm_head_, lm_head_stored_;
+  std::shared_ptr<const LinearKernel> lm_head_kernel_;
   mutable std::once_flag lm_head_once_, lm_head_stored_once_;
   mutable Tensor embed_table_;
   mutable std::once_flag embed_once_;

@@ -86,14 +86,19 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
     order.resize(size_t(int64_t(block_group.size()) * kBlock), -1);
   }
   p.blocks = int64_t(block_group.size());
+  // One (d, m) pair per group when the groups span the first one's number of blocks, the last
+  // one at most that many: block b is then in group b / G.
+  p.group_blocks = std::max<int64_t>(1, (int64_t(members[0].size()) + kBlock - 1) / kBlock);
+  for (int64_t b = 0; b < p.blocks && p.group_blocks > 1; ++b)
+    if (block_group[size_t(b)] != b / p.group_blocks) p.group_blocks = 1;
   bool identity = p.padded() == q.cols;
   for (int64_t i = 0; identity && i < p.padded(); ++i) identity = order[size_t(i)] == i;
   if (!identity) p.source_col = order;
 
   const int64_t bb = block_bytes(p.bits);
   p.qs.assign(size_t(p.rows * p.blocks * bb), 0);
-  p.d.resize(size_t(p.rows * p.blocks));
-  p.m.resize(size_t(p.rows * p.blocks));
+  p.d.resize(size_t(p.rows * p.pairs()));
+  p.m.resize(size_t(p.rows * p.pairs()));
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < p.rows; ++r)
     for (int64_t b = 0; b < p.blocks; ++b) {
@@ -106,9 +111,46 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
         const int code = c < 0 ? 0 : q.codes[size_t(r * q.cols + c)];
         put_code(blk, p.bits, i, p.bits == 8 ? code - 128 : code);
       }
-      p.d[size_t(r * p.blocks + b)] = scale;
-      p.m[size_t(r * p.blocks + b)] = p.bits == 8 ? scale * (128.0f - zero) : -scale * zero;
+      p.d[p.pair(r, b)] = scale;
+      p.m[p.pair(r, b)] = p.bits == 8 ? scale * (128.0f - zero) : -scale * zero;
     }
+  return p;
+}
+
+PackedIntMatrix pack_q8_dense(DType dtype, const void* w, int64_t rows, int64_t cols) {
+  LB_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+           "8-bit packing of a dense matrix: dtype {} is not f32, bf16 or f16", dtype_name(dtype));
+  LB_CHECK(rows > 0 && cols > 0, "8-bit packing of a dense matrix: shape [{}, {}]", rows, cols);
+  PackedIntMatrix p;
+  p.rows = rows;
+  p.cols = cols;
+  p.bits = 8;
+  p.blocks = (cols + kBlock - 1) / kBlock;
+  if (p.padded() != cols) {
+    p.source_col.assign(size_t(p.padded()), -1);
+    for (int64_t c = 0; c < cols; ++c) p.source_col[size_t(c)] = int32_t(c);
+  }
+  p.qs.assign(size_t(rows * p.blocks * kBlock), 0);
+  p.d.resize(size_t(rows * p.blocks));
+  const int64_t row_bytes = cols * dtype_size(dtype);
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(p.padded()), 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      convert_to_f32(dtype, static_cast<const uint8_t*>(w) + r * row_bytes, row.data(), cols);
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        const float* x = row.data() + b * kBlock;
+        float amax = 0;
+        for (int64_t i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+        // ggml's order of operations (quantize_row_q8_0_ref): the codes come from the reciprocal.
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t* q = reinterpret_cast<int8_t*>(p.qs.data()) + (r * p.blocks + b) * kBlock;
+        for (int64_t i = 0; i < kBlock; ++i) q[i] = int8_t(std::round(x[i] * id));
+        p.d[size_t(r * p.blocks + b)] = d;
+      }
+    }
+  }
   return p;
 }
 
@@ -119,10 +161,14 @@ std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatri
   out.cols = first.cols;
   out.bits = first.bits;
   out.blocks = first.blocks;
+  out.group_blocks = first.group_blocks;
   out.source_col = first.source_col;
+  size_t total = 0;
+  for (const PackedIntMatrix* p : parts) total += p->qs.size();
+  out.qs.reserve(total);
   for (const PackedIntMatrix* p : parts) {
     if (p->cols != first.cols || p->bits != first.bits || p->blocks != first.blocks ||
-        p->source_col != first.source_col)
+        p->group_blocks != first.group_blocks || p->m.empty() != first.m.empty() || p->source_col != first.source_col)
       return std::nullopt;
     out.rows += p->rows;
     out.qs.insert(out.qs.end(), p->qs.begin(), p->qs.end());
@@ -155,6 +201,9 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
   a.d.resize(size_t(n * w.blocks));
   a.isum.resize(size_t(n * w.blocks));
   a.qs.resize(size_t(n * P));
+  a.dsum.resize(size_t(n * w.blocks));
+  a.gsum.assign(size_t(n * w.pairs()), 0.0f);
+  a.qs4.resize(size_t(n * P));
 #pragma omp parallel for schedule(static) if (n * P > 65536)
   for (int64_t j = 0; j < n; ++j) {
     float buf[kBlock];
@@ -177,7 +226,18 @@ void quantize_activations(const PackedIntMatrix& w, const float* x, int64_t n, Q
       }
       a.d[size_t(j * w.blocks + b)] = d;
       a.isum[size_t(j * w.blocks + b)] = sum;
+      a.dsum[size_t(j * w.blocks + b)] = d * float(sum);
+      a.gsum[size_t(j * w.pairs() + b / w.group_blocks)] += d * float(sum);
     }
+    const int8_t* q = a.qs.data() + j * P;
+    int8_t* q4 = a.qs4.data() + j * P;
+    const int64_t whole = w.blocks / 4 * 4;
+    for (int64_t g = 0; g < whole; g += 4)
+      for (int64_t k = 0; k < 4; ++k) {
+        std::memcpy(q4 + g * kBlock + k * 16, q + (g + k) * kBlock, 16);
+        std::memcpy(q4 + g * kBlock + 64 + k * 16, q + (g + k) * kBlock + 16, 16);
+      }
+    std::memcpy(q4 + whole * kBlock, q + whole * kBlock, size_t((w.blocks - whole) * kBlock));
   }
 }
 
@@ -194,8 +254,8 @@ void rows_q8_scalar(const PackedIntMatrix& w, const Q8Activations& a, float* y, 
         const int8_t* q = a.qs.data() + j * P + b * kBlock;
         int32_t dot = 0;
         for (int64_t i = 0; i < kBlock; ++i) dot += block_code(blk, w.bits, i) * int32_t(q[i]);
-        const int64_t wb = r * w.blocks + b, ab = j * w.blocks + b;
-        acc += a.d[size_t(ab)] * (w.d[size_t(wb)] * float(dot) + w.m[size_t(wb)] * float(a.isum[size_t(ab)]));
+        const size_t wb = w.pair(r, b), ab = size_t(j * w.blocks + b);
+        acc += a.d[ab] * (w.d[wb] * float(dot) + w.m_at(r, b) * float(a.isum[ab]));
       }
       y[j * w.rows + r] = acc;
     }
@@ -250,6 +310,24 @@ Isa best_isa() {
   return chosen;
 }
 
+int64_t min_parallel_blocks() {
+  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
+  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much
+  // when the cores are shared. Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048,
+  // 416 at 16,384, 436 at 65,536. On idle cores a lower bound lets decode's smaller products use
+  // every thread.
+  static const int64_t n = [] {
+    const char* env = std::getenv("LOWBIT_PACKED_PARALLEL_BLOCKS");
+    if (env == nullptr || *env == '\0') return int64_t(65536);
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    LB_CHECK(end != env && *end == '\0' && v >= 0,
+             "LOWBIT_PACKED_PARALLEL_BLOCKS='{}' is not a non-negative number of blocks", env);
+    return int64_t(v);
+  }();
+  return n;
+}
+
 void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa isa, int64_t r_begin, int64_t r_end) {
   if (r_end < 0) r_end = w.rows;
   LB_ASSERT(0 <= r_begin && r_begin <= r_end && r_end <= w.rows);
@@ -264,10 +342,7 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
   // the chunk's weights stream past it, instead of every weight row streaming all activations.
   const int64_t work = (r_end - r_begin) * w.blocks * a.n;
   constexpr int64_t kRowChunk = 16, kActTile = 64;
-  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
-  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much.
-  // Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048, 416 at 16,384, 436 at 65,536.
-  constexpr int64_t kMinParallelBlocks = 65536;
+  const int64_t kMinParallelBlocks = min_parallel_blocks();
   const int64_t nchunks = (r_end - r_begin + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for schedule(static) if (work > kMinParallelBlocks)
   for (int64_t c = 0; c < nchunks; ++c)
@@ -285,7 +360,7 @@ void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y, 
     std::vector<float> row(static_cast<size_t>(P));
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* blk = w.qs.data() + (r * w.blocks + b) * bb;
-      const float d = w.d[size_t(r * w.blocks + b)], m = w.m[size_t(r * w.blocks + b)];
+      const float d = w.d[w.pair(r, b)], m = w.m_at(r, b);
       for (int64_t i = 0; i < kBlock; ++i) row[size_t(b * kBlock + i)] = d * float(block_code(blk, w.bits, i)) + m;
     }
     for (int64_t j = 0; j < n; ++j) {

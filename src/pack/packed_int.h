@@ -1,5 +1,5 @@
 // Packed integer weights for CPU execution: the "int" format's codes (w = scale * (code - zero)),
-// repacked into blocks of 32 consecutive inputs with one fp32 pair (d, m) per block, and the
+// repacked into blocks of 32 consecutive inputs with one fp32 pair (d, m) per group, and the
 // matrix products that read them directly (never materializing the dequantized weight).
 //
 // Layout. The input dimension is reordered and padded once at packing time:
@@ -14,9 +14,14 @@
 // one gather, not a permuted weight).
 //
 // Block of 32 codes, for a weight row r and block b (all blocks of a row are contiguous):
-//   w[r, p] = d[r, b] * c_p + m[r, b]   for the 32 positions p of block b
+//   w[r, p] = d[r, b / G] * c_p + m[r, b / G]   for the 32 positions p of block b
 // where c_p is the code value stored (below) and, for the group's scale s and zero-point z,
 // d = s and m = -s * z (m = s * (128 - z) for the 8-bit container, which stores q - 128).
+// G (group_blocks) is the number of blocks the groups of a row span when all but the last span
+// the same number and the last no more (act_order or not; the last group is the partial one when
+// the group size does not divide the columns): one (d, m) pair per group, so a 4-bit weight with
+// groups of 128 costs 16 bytes of codes per block and 8 bytes of (d, m) per four blocks (4.5 bits
+// per weight, as ggml's Q4_1 at group 32). Otherwise G = 1: a pair per block.
 //
 // Containers (codes of 1..8 bits go into the smallest that holds them: 1-2 -> 2, 3 -> 3,
 // 4 -> 4, 5-8 -> 8). Element i of the block is c_i:
@@ -36,6 +41,7 @@
 // with the inner sum in exact int32 arithmetic.
 #pragma once
 
+#include "core/tensor.h"
 #include "quant/quantized_linear.h"
 
 #include <cstdint>
@@ -47,6 +53,7 @@ namespace lowbit::pack {
 
 inline constexpr int64_t kBlock = 32;
 
+
 // The container for codes of `bits` (1..8) bits: 2, 3, 4 or 8.
 int container_bits(int bits);
 // Bytes per block of 32 codes in a container.
@@ -56,10 +63,15 @@ struct PackedIntMatrix {
   int64_t rows = 0, cols = 0;        // the logical weight [rows = out, cols = in]
   int bits = 4;                      // the container (2, 3, 4 or 8)
   int64_t blocks = 0;                // blocks per row; the padded input has blocks * 32 positions
+  int64_t group_blocks = 1;          // G above: blocks per (d, m) pair (the last pair's may be fewer)
   std::vector<int32_t> source_col;   // [blocks * 32] or empty (identity), see above
   std::vector<uint8_t> qs;           // [rows, blocks, block_bytes(bits)]
-  std::vector<float> d, m;           // [rows, blocks]
+  std::vector<float> d, m;           // [rows, pairs()]; m empty: all zero (pack_q8_dense)
   int64_t padded() const { return blocks * kBlock; }
+  int64_t pairs() const { return (blocks + group_blocks - 1) / group_blocks; }
+  // Index into d and m of block b of row r.
+  size_t pair(int64_t r, int64_t b) const { return size_t(r * pairs() + b / group_blocks); }
+  float m_at(int64_t r, int64_t b) const { return m.empty() ? 0.0f : m[pair(r, b)]; }
   size_t nbytes() const { return qs.size() + (d.size() + m.size()) * sizeof(float) + source_col.size() * 4; }
 };
 
@@ -69,8 +81,16 @@ PackedIntMatrix pack_int_linear(const QuantizedLinear& q, const std::string& wha
 // Whether pack_int_linear accepts q.
 bool can_pack_int(const QuantizedLinear& q);
 
+// A dense matrix w [rows, cols] (stored as `dtype`: f32, bf16 or f16, row-major) quantized to 8
+// bits per block of 32 columns, as ggml's Q8_0: d = max|w| / 127 over the block, codes
+// round(w / d) in [-127, 127] (halves away from zero), in the 8-bit container with m = 0 (not
+// stored: m is empty). d stays
+// fp32 (Q8_0 stores it in fp16; the codes are the same). Columns are padded to whole blocks with
+// zeros. For the LM head of packed execution (packed_model.h), which is not a quantized linear.
+PackedIntMatrix pack_q8_dense(DType dtype, const void* w, int64_t rows, int64_t cols);
+
 // The matrices stacked along their rows (outputs), when they read the same input the same way:
-// equal cols, container, blocks and gather order (any act_order permutation differing between
+// equal cols, container, blocks, group_blocks and gather order (any act_order permutation differing between
 // them keeps them apart). Empty when they do not.
 std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatrix*>& parts);
 
@@ -78,11 +98,21 @@ std::optional<PackedIntMatrix> stack_rows(const std::vector<const PackedIntMatri
 int block_code(const uint8_t* block, int bits, int64_t i);
 
 // Activations quantized per block of 32 padded positions (see the header comment).
+//
+// qs4 holds the same int8 values as qs, reordered for the 4-bit kernels, which unpack four blocks
+// of nibbles (64 bytes) at once into their low nibbles (elements 0..15 of each block) and high
+// nibbles (16..31): within each whole group of four blocks b0..b3 (128 bytes of a row),
+//   bytes   0.. 63: elements 0..15 of b0, then of b1, b2, b3
+//   bytes  64..127: elements 16..31 of b0, then of b1, b2, b3
+// The last blocks % 4 blocks of a row stay in qs's order.
 struct Q8Activations {
   int64_t n = 0, blocks = 0;
   std::vector<float> d;       // [n, blocks]
   std::vector<int32_t> isum;  // [n, blocks]
+  std::vector<float> dsum;    // [n, blocks]: d * isum, the factor of a block's zero-point term
+  std::vector<float> gsum;    // [n, w.pairs()]: dsum summed over each (d, m) pair's blocks
   std::vector<int8_t> qs;     // [n, blocks * 32]
+  std::vector<int8_t> qs4;    // [n, blocks * 32], qs in the 4-bit kernels' order (above)
 };
 
 // x [n, cols] gathered into w's padded order (fp32, padding 0): out [n, padded()].
@@ -97,6 +127,10 @@ enum class Isa { Scalar, Avx2, Avx512Vnni };
 Isa best_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
+
+// The number of block products (rows x blocks x activation rows) from which matmul_q8 runs on
+// all threads: 65,536, or LOWBIT_PACKED_PARALLEL_BLOCKS (read once; a bad value throws).
+int64_t min_parallel_blocks();
 
 // y[n, rows] = the int8-activation product (above) for activations a (from quantize_activations).
 // With a row range [r_begin, r_end), only those outputs are computed (the rest of y is left as it

@@ -16,6 +16,12 @@ PackedActivations parse_packed_activations(const std::string& s) {
   throw Error(fmt::format("--packed-act '{}' is not one of q8, f32", s));
 }
 
+PackedHead parse_packed_head(const std::string& s) {
+  if (s == "stored") return PackedHead::Stored;
+  if (s == "q8") return PackedHead::Q8;
+  throw Error(fmt::format("--packed-head '{}' is not one of stored, q8", s));
+}
+
 void PackedIntLinear::apply(const float* x, float* y, int64_t rows) const {
   const PackedIntMatrix& w = *w_;
   // A view of some rows computes only those, into a [rows, all outputs] scratch it then copies
@@ -47,7 +53,7 @@ Tensor as_f32(const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to_f32()
 
 }  // namespace
 
-PackedSummary install_packed_linears(LlamaModel& model, PackedActivations act) {
+PackedSummary install_packed_linears(LlamaModel& model, PackedActivations act, PackedHead head) {
   const Checkpoint& ck = model.checkpoint();
   LB_CHECK(!ck.quantization.is_null(), "model '{}' is not a quantized checkpoint: --packed needs one", ck.path);
   auto* source = dynamic_cast<const QuantizedWeightSource*>(ck.weights.get());
@@ -95,6 +101,14 @@ PackedSummary install_packed_linears(LlamaModel& model, PackedActivations act) {
     w->qkv = stack({LinearKind::Q, LinearKind::K, LinearKind::V});
     w->gate_up = stack({LinearKind::Gate, LinearKind::Up});
     model.set_block_weights(i, std::move(w));
+  }
+  if (head == PackedHead::Q8) {
+    const Tensor& t = model.lm_head_stored();
+    LB_CHECK(t.is_contiguous() && t.ndim() == 2, "model '{}': the LM head is not a contiguous matrix", ck.path);
+    auto kernel = std::make_shared<PackedIntLinear>(
+        std::make_shared<const PackedIntMatrix>(pack_q8_dense(t.dtype(), t.data(), t.dim(0), t.dim(1))), act);
+    sum.head_bytes = int64_t(kernel->matrix().nbytes());
+    model.set_lm_head_kernel(std::move(kernel));
   }
   return sum;
 }

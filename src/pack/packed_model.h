@@ -39,15 +39,25 @@ class PackedIntLinear final : public LinearKernel {
   int64_t r0_, r1_;
 };
 
+// The LM head under packed execution: Stored keeps it as the checkpoint stores it (16-bit or fp32,
+// the default: the logits of the fake-quant model); Q8 packs it at load to 8 bits per block of 32
+// (ggml's Q8_0 codes, pack_q8_dense) and runs it through the integer kernels with 8-bit
+// activations, as llama.cpp runs a Q8_0 output tensor. For decode speed: the head is the largest
+// matrix a small model reads per token.
+enum class PackedHead { Stored, Q8 };
+PackedHead parse_packed_head(const std::string& s);  // "stored" | "q8"
+
 struct PackedSummary {
   int64_t linears = 0;
   int64_t packed_bytes = 0;     // codes, (d, m) pairs and gather tables of the packed linears
   int64_t weights = 0;          // weights they hold
+  int64_t head_bytes = 0;       // the packed LM head's bytes (PackedHead::Q8), else 0
 };
 
 // Replaces every quantized linear of `model` (opened from a quantized checkpoint) with its packed
 // kernel: block i's weights become its norms plus the kernels. Throws lowbit::Error when the
-// model is not quantized or a linear's format has no packed kernel (naming the linear).
-PackedSummary install_packed_linears(LlamaModel& model, PackedActivations act);
+// model is not quantized or a linear's format has no packed kernel (naming the linear). With
+// PackedHead::Q8 the LM head is packed as well (its kernel runs with `act`'s activations).
+PackedSummary install_packed_linears(LlamaModel& model, PackedActivations act, PackedHead head = PackedHead::Stored);
 
 }  // namespace lowbit::pack

@@ -212,6 +212,51 @@ TEST(PackedModel, KeptSixteenBitWeightsGiveTheFp32Logits) {
   EXPECT_LE(d.max_abs, 1e-4 * std::max(1.0, d.max_ref));
 }
 
+// PackedHead::Q8: the LM head packed to 8 bits per block of 32 (its codes are checked against
+// ggml's Q8_0 in test_packed). Against the stored head, both with fp32 activations: the 8-bit head
+// moves each logit by about 1/254 of its block's largest weight times the hidden state, so the loss
+// by a small fraction and nearly no argmax. Decode through the cache runs the same kernel.
+TEST(PackedModel, EightBitHeadStaysCloseToTheStoredHead) {
+  LOWBIT_REQUIRE_PATH(stories());
+  LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
+  test::TempDir dir;
+  LlamaModel m(open_checkpoint(stories()));
+  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
+  const std::vector<int32_t> ids = prompt_ids(*tok);
+  auto method = make_method("rtn:w=4,g=32");
+  write_quantized_checkpoint(dir / "q", m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
+  auto stored = load_model(dir / "q");
+  pack::install_packed_linears(*stored, pack::PackedActivations::F32);
+  EXPECT_EQ(stored->lm_head_kernel(), nullptr);
+  auto q8 = load_model(dir / "q");
+  const pack::PackedSummary s = pack::install_packed_linears(*q8, pack::PackedActivations::F32, pack::PackedHead::Q8);
+  ASSERT_NE(q8->lm_head_kernel(), nullptr);
+  const int64_t V = q8->config().vocab_size, H = q8->config().hidden_size;
+  EXPECT_EQ(s.head_bytes, V * ((H + 31) / 32) * (32 + 4));  // codes and d; m is not stored
+  const Tensor want = stored->forward(ids), got = q8->forward(ids);
+  const Diff d = compare_logits(got, want);
+  const double nll_stored = mean_nll(*stored, ids), nll_q8 = mean_nll(*q8, ids);
+  std::printf("8-bit head: max |dlogit| %.2e (max |logit| %.2f), argmax agrees %lld/%lld, nll %.5f vs %.5f\n",
+              d.max_abs, d.max_ref, (long long)d.argmax_agree, (long long)d.rows, nll_q8, nll_stored);
+  EXPECT_GT(d.max_abs, 0.0);  // the head did change
+  EXPECT_LE(d.max_abs, 0.02 * std::max(1.0, d.max_ref));
+  EXPECT_NEAR(nll_q8, nll_stored, 0.002 * nll_stored);
+  EXPECT_GE(double(d.argmax_agree), 0.95 * double(d.rows));
+  // The cached decode path's last row equals the full forward's.
+  KvCache cache = q8->make_kv_cache(int64_t(ids.size()));
+  std::vector<float> hidden(ids.size() * size_t(H)), logits(static_cast<size_t>(V));
+  q8->forward_cached(ids, cache, hidden.data());
+  q8->lm_head(hidden.data() + (int64_t(ids.size()) - 1) * H, 1, logits.data());
+  const float* last = got.data_as<float>() + (int64_t(ids.size()) - 1) * V;
+  for (int64_t v = 0; v < V; ++v) ASSERT_NEAR(logits[size_t(v)], last[v], 1e-4 * std::max(1.0, d.max_ref)) << v;
+  // A head of the wrong shape is refused.
+  const std::vector<float> small(64, 0.5f);
+  auto wrong = std::make_shared<pack::PackedIntLinear>(
+      std::make_shared<const pack::PackedIntMatrix>(pack::pack_q8_dense(DType::F32, small.data(), 2, 32)),
+      pack::PackedActivations::Q8);
+  EXPECT_THROW(q8->set_lm_head_kernel(wrong), Error);
+}
+
 TEST(PackedModel, UnquantizedModelIsRefused) {
   LOWBIT_REQUIRE_PATH(stories());
   LlamaModel m(open_checkpoint(stories()));

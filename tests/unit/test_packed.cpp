@@ -6,8 +6,10 @@
 // runs across the 4-row activation tile. Codes, scales and zero-points are random, so the packed
 // layout must reproduce every code of every container exactly.
 #include "core/error.h"
+#include "formats/safetensors.h"
 #include "pack/packed_int.h"
 #include "quant/quantized_linear.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -156,9 +158,9 @@ TEST(PackedInt, CodesRoundTripThroughEveryContainer) {
         const int code = pack::block_code(p.qs.data() + (r * p.blocks + b) * bb, p.bits, pos % pack::kBlock);
         const int want_code = q.codes[size_t(r * q.cols + col)] - (p.bits == 8 ? 128 : 0);
         ASSERT_EQ(code, want_code) << "bits " << c.bits << " row " << r << " col " << col;
-        const float got = p.d[size_t(r * p.blocks + b)] * float(code) + p.m[size_t(r * p.blocks + b)];
+        const float got = p.d[p.pair(r, b)] * float(code) + p.m[p.pair(r, b)];
         const float want = w[size_t(r * q.cols + col)];
-        ASSERT_NEAR(got, want, 2e-6f * std::max(1.0f, std::fabs(p.m[size_t(r * p.blocks + b)])));
+        ASSERT_NEAR(got, want, 2e-6f * std::max(1.0f, std::fabs(p.m[p.pair(r, b)])));
       }
   }
 }
@@ -234,6 +236,99 @@ TEST(PackedInt, ActivationQuantizationFollowsQ8_0) {
     sum += a.qs[size_t(i)];
   }
   EXPECT_EQ(a.isum[0], sum);
+}
+
+// pack_q8_dense against ggml's Q8_0 of the same matrix (the gguf package's quantizer,
+// scripts/make_q8_head_fixture.py): every code equal, d equal to Q8_0's fp16 scale once rounded to
+// fp16, m zero; a width that is not a multiple of 32 equals Q8_0 of the matrix padded with zeros.
+// Then its product, on every ISA, against the Q8_0-dequantized matrix times the activations.
+TEST(PackedInt, DenseEightBitPackingFollowsQ8_0) {
+  const std::string path = test::fixtures_dir() + "/pack/q8_dense.safetensors";
+  LOWBIT_REQUIRE_PATH(path);
+  auto ref = SafetensorsFile::open(path);
+  const Tensor w = ref->tensor("w");
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  for (const int64_t width : {cols, int64_t(150)}) {
+    const std::string suffix = width == cols ? "" : "150";
+    const Tensor codes = ref->tensor("codes" + suffix), d16 = ref->tensor("d" + suffix);
+    std::vector<float> wm(size_t(rows * width));
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(w.data_as<float>() + r * cols, width, wm.begin() + r * width);
+    const pack::PackedIntMatrix p = pack::pack_q8_dense(DType::F32, wm.data(), rows, width);
+    ASSERT_EQ(p.bits, 8);
+    ASSERT_EQ(p.blocks, cols / 32);
+    EXPECT_TRUE(p.m.empty());
+    EXPECT_EQ(p.source_col.empty(), width == cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        const uint8_t* blk = p.qs.data() + (r * p.blocks + b) * 32;
+        for (int64_t i = 0; i < 32; ++i)
+          ASSERT_EQ(pack::block_code(blk, 8, i), int(codes.data_as<int8_t>()[r * cols + b * 32 + i]))
+              << "width " << width << " row " << r << " block " << b << " element " << i;
+        const size_t k = size_t(r * p.blocks + b);
+        EXPECT_EQ(f32_to_f16(p.d[k]), d16.data_as<uint16_t>()[k]) << "row " << r << " block " << b;
+        EXPECT_EQ(p.m_at(r, b), 0.0f);
+      }
+    // The product: Q8_0's dequantized weights (fp16 d times the codes) times the activations the
+    // kernel sees; the only differences are d's fp16 rounding and fp32 sums.
+    std::mt19937 rng(5);
+    for (int64_t n : {1, 3}) {
+      const std::vector<float> x = random_x(n, width, rng);
+      pack::Q8Activations a;
+      pack::quantize_activations(p, x.data(), n, a);
+      for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni}) {
+        if (!pack::isa_supported(isa)) continue;
+        std::vector<float> y(size_t(n * rows));
+        pack::matmul_q8(p, a, y.data(), isa);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t r = 0; r < rows; ++r) {
+            double want = 0, mag = 0;
+            for (int64_t c = 0; c < width; ++c) {
+              const int64_t b = c / 32;
+              const double wq = double(f16_to_f32(d16.data_as<uint16_t>()[r * p.blocks + b])) *
+                                double(codes.data_as<int8_t>()[r * cols + c]);
+              const double xq = double(a.d[size_t(j * p.blocks + b)]) * double(a.qs[size_t(j * p.padded() + c)]);
+              want += wq * xq;
+              mag += std::fabs(wq * xq);
+            }
+            EXPECT_NEAR(y[size_t(j * rows + r)], want, 1e-3 * mag + 1e-6)
+                << pack::isa_name(isa) << " width " << width << " row " << r;
+          }
+      }
+    }
+  }
+  // Bad input is refused, naming the dtype or shape.
+  const std::vector<int8_t> i8(64, 1);
+  EXPECT_THROW(pack::pack_q8_dense(DType::I8, i8.data(), 2, 32), Error);
+  EXPECT_THROW(pack::pack_q8_dense(DType::F32, w.data(), 0, 32), Error);
+}
+
+// One (d, m) pair per group when the groups span equal numbers of blocks, the last one at most as
+// many (the products on such shapes are checked above), one per block otherwise.
+TEST(PackedInt, GroupsOfEqualBlocksShareOnePair) {
+  std::mt19937 rng(7);
+  struct Shape {
+    int64_t cols, group;
+    bool act_order;
+    int64_t want;
+  };
+  for (const Shape& c : {Shape{256, 128, false, 4}, Shape{256, 64, true, 2}, Shape{288, 96, false, 3},
+                         Shape{256, 32, false, 1}, Shape{200, 128, false, 4}, Shape{256, 48, false, 2},
+                         Shape{200, 96, true, 3}, Shape{160, -1, false, 5}}) {
+    const QuantizedLinear q =
+        random_linear(3, c.cols, 4, c.group < 0 ? c.cols : c.group, c.act_order, true, rng);
+    const pack::PackedIntMatrix p = pack::pack_int_linear(q, "test");
+    EXPECT_EQ(p.group_blocks, c.want) << c.cols << " " << c.group;
+    EXPECT_EQ(int64_t(p.d.size()), 3 * ((p.blocks + p.group_blocks - 1) / p.group_blocks));
+    for (int64_t r = 0; r < 3; ++r)
+      for (int64_t b = 0; b < p.blocks; ++b)
+        for (int64_t i = 0; i < pack::kBlock; ++i) {
+          const int32_t col = p.source_col.empty() ? int32_t(b * pack::kBlock + i) : p.source_col[size_t(b * pack::kBlock + i)];
+          if (col < 0) continue;
+          const int64_t g = q.g_idx.empty() ? col / q.group_size : q.g_idx[size_t(col)];
+          ASSERT_EQ(p.d[p.pair(r, b)], q.scales[size_t(r * q.groups_per_row() + g)]);
+        }
+  }
 }
 
 TEST(PackedInt, FormatsWithoutAPackedKernelAreRefused) {

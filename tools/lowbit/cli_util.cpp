@@ -30,23 +30,32 @@ void add_packed_options(CLI::App* cmd, PackedFlags& f) {
                   "(fp32, for accuracy checks)")
       ->check(CLI::IsMember({"q8", "f32"}))
       ->capture_default_str();
+  cmd->add_option("--packed-head", f.head,
+                  "the LM head under --packed on the CPU: stored (as the checkpoint holds it) or q8 (packed at "
+                  "load to 8 bits per block of 32, ggml's Q8_0 codes, for decode speed)")
+      ->check(CLI::IsMember({"stored", "q8"}))
+      ->capture_default_str();
 }
 
 std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet) {
   if (!f.packed) return "fake-quant";
   if (on_gpu) {
+    LB_CHECK(f.head == "stored", "--packed-head {} applies to the CPU only (a CUDA device runs the LM head as stored)",
+             f.head);
     pack::enable_gpu_packed_linears(model);
     if (!quiet)
       fmt::print(stderr, "packed: quantized linears run from 4-bit W4A16 tiles on the GPU (bf16 activations; "
                          "--packed-act applies to the CPU only)\n");
     return "packed-w4a16";
   }
-  const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act));
+  const pack::PackedHead head = pack::parse_packed_head(f.head);
+  const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act), head);
   if (!quiet)
-    fmt::print(stderr, "packed: {} linears, {} ({:.2f} bits per weight), {} activations, {} kernels\n", s.linears,
+    fmt::print(stderr, "packed: {} linears, {} ({:.2f} bits per weight), {} activations, {} kernels{}\n", s.linears,
                human_bytes(double(s.packed_bytes)), 8.0 * double(s.packed_bytes) / double(std::max<int64_t>(s.weights, 1)),
-               f.act, pack::isa_name(pack::best_isa()));
-  return "packed-" + f.act;
+               f.act, pack::isa_name(pack::best_isa()),
+               head == pack::PackedHead::Q8 ? fmt::format("; LM head 8-bit, {}", human_bytes(double(s.head_bytes))) : "");
+  return "packed-" + f.act + (head == pack::PackedHead::Q8 ? "-head-q8" : "");
 }
 
 std::vector<int32_t> parse_token_ids(const std::string& text) {

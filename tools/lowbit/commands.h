@@ -83,11 +83,13 @@ void check_adapter_device(const std::string& dir, bool gpu);
 struct PackedFlags {
   bool packed = false;
   std::string act = "q8";
+  std::string head = "stored";
 };
 void add_packed_options(CLI::App* cmd, PackedFlags& f);
 // Installs the packed kernels into `model` when --packed is given (printing one line on stderr
 // unless `quiet`); returns the execution's name for results: "fake-quant" (the dequantized 16-bit
-// weights, the default), "packed-q8" or "packed-f32". Throws for --packed when the model runs on a
+// weights, the default), "packed-q8" or "packed-f32", with "-head-q8" appended for --packed-head q8.
+// Throws for --packed when the model runs on a
 // GPU (`on_gpu`).
 std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet);
 
