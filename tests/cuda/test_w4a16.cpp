@@ -351,8 +351,8 @@ TEST(CudaW4A16, KernelNamesAndAutoChoice) {
   EXPECT_EQ(cuda::w4a16_auto_kernel(1), cuda::W4A16Kernel::Mma);
   EXPECT_EQ(cuda::w4a16_auto_kernel(16), cuda::W4A16Kernel::Mma);
   EXPECT_EQ(cuda::w4a16_auto_kernel(17), cuda::W4A16Kernel::Staged);
-  EXPECT_EQ(cuda::w4a16_auto_kernel(256), cuda::W4A16Kernel::Staged);
-  EXPECT_EQ(cuda::w4a16_auto_kernel(257), cuda::W4A16Kernel::DequantGemm);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(128), cuda::W4A16Kernel::Staged);
+  EXPECT_EQ(cuda::w4a16_auto_kernel(129), cuda::W4A16Kernel::DequantGemm);
 }
 
 TEST(CudaW4A16, BadArgumentsAreErrors) {

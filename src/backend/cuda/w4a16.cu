@@ -26,13 +26,14 @@ constexpr int kThreads = kWarps * 32;
 // and the partial sums than they gain in parallelism.
 constexpr int kMinStepsPerSplit = 8;
 // Auto's choice by rows: W4A16Kernel::Mma up to kMaxMmaRows, Staged up to kMaxStagedRows,
-// DequantGemm beyond. (On an H100 Mma took 2.3 to 3.8 times cuBLAS's time at M = 64 and
-// LLaMA-3-8B's shapes, its A fragments coming from global memory per warp and m-tile; the
-// staged kernel reads each A tile once per block through shared memory and reuses each
-// dequantized B fragment for up to 4 m-tiles. bench_w4a16 prints all of them side by side per
-// M, which is where these two numbers come from.)
+// DequantGemm beyond. Measured on an H100 at LLaMA-3-8B's five shapes (bench_w4a16, README):
+// at M = 16 Mma is the faster on 3 of 5 and on their sum; at M = 64 Staged beats DequantGemm on
+// 4 of 5 (Mma takes 2.3 to 8 times cuBLAS's time there: its A fragments come from global memory
+// per warp and m-tile), at M = 128 on 3 of 5 and on their sum (1169 against 1450 us), at M = 256
+// on none (2532 against 1513 us: the staged kernel's mma.sync issue rate, not its memory
+// traffic, bounds it there).
 constexpr int64_t kMaxMmaRows = 16;
-constexpr int64_t kMaxStagedRows = 256;
+constexpr int64_t kMaxStagedRows = 128;
 
 // One block: kWarps column chunks x MT 16-row m-tiles x one split of K. U: k-steps per
 // iteration, whose code words are loaded one iteration ahead (register double buffering keeps

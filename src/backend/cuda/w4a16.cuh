@@ -9,14 +9,14 @@
 // decode); the partial sums meet in an fp32 workspace and the last block of each column tile
 // adds them in a fixed order (results do not depend on block timing) and writes bf16.
 //
-// From 17 to 256 rows (batched decode, prefill, perplexity windows) Auto runs the staged kernel
+// From 17 to 128 rows (batched decode, prefill, perplexity windows) Auto runs the staged kernel
 // (W4A16Kernel::Staged, w4a16_staged.cu): the structure of Marlin-style kernels, with A tiles and
 // code words brought into shared memory by a 4-stage cp.async ring, A fragments read by ldmatrix,
 // and each dequantized B fragment multiplied into up to 4 16-row m-tiles of a warp: the weight is
 // read once per block of 16 to 128 rows (two warp rows of up to 64) and dequantized once per
 // warp row. Rows per block and K splits come from a cost model (w4a16_staged_plan.h).
 //
-// Beyond 256 rows Auto dequantizes the weight into a bf16 scratch (W4A16Kernel::DequantGemm) and
+// Beyond 128 rows Auto dequantizes the weight into a bf16 scratch (W4A16Kernel::DequantGemm) and
 // runs cuBLAS: the product is then compute-bound, and the scratch costs one bf16 copy of the
 // largest linear, not of the model.
 //
@@ -73,7 +73,7 @@ struct W4A16Workspace {
 // Mma: the register-streaming tensor-core kernel. Staged: the shared-memory pipelined
 // tensor-core kernel. DequantGemm: the weight dequantized to bf16 by a kernel, then cuBLAS's
 // bf16 GEMM (for large M, where the product is compute-bound). Simple: the plain CUDA-core
-// kernel. Auto: Mma up to 16 rows, Staged up to 256, DequantGemm beyond. The environment
+// kernel. Auto: Mma up to 16 rows, Staged up to 128, DequantGemm beyond. The environment
 // variable LOWBIT_W4A16_KERNEL changes Auto (read once per process; an unknown value is a
 // lowbit::Error at the first product): auto, mma, staged (or new), dequant, simple run that
 // kernel at every M; old restores Auto's choice before the staged kernel (Mma up to 32 rows,
