@@ -78,6 +78,10 @@ if [[ -d "$M/stories260K" ]]; then
   expect_err "packed bad activations" "--packed-act: q4 not in \{q8,f32\}" "$B" generate --model "$T/q-rtn" -n 2 --packed --packed-act q4
   expect_ok "packed 8-bit head" '"execution": "packed-q8-head-q8"' "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json --packed --packed-head q8
   expect_err "packed bad head" "--packed-head: q4 not in \{stored,q8\}" "$B" generate --model "$T/q-rtn" -n 2 --packed --packed-head q4
+  expect_err "packed bad parallel blocks" "LOWBIT_PACKED_PARALLEL_BLOCKS='-5' is not a non-negative number of blocks" \
+    env LOWBIT_PACKED_PARALLEL_BLOCKS=-5 "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json --packed
+  expect_ok "packed parallel blocks" '"execution": "packed-q8"' \
+    env LOWBIT_PACKED_PARALLEL_BLOCKS=0 "$B" ppl --model "$T/q-rtn" --dataset "$T/story.txt" --seqlen 128 --limit 2 --json --packed
   expect_ok "quantize gptq" "^wrote" "$B" quantize --model "$S" --method gptq:w=4,g=32,act_order=1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-gptq"
   expect_ok "packed gptq act_order" "^packed: 35 linears" "$B" generate --model "$T/q-gptq" -n 8 --prompt "Once upon a time" --packed
   expect_ok "quantize awq" "^wrote" "$B" quantize --model "$S" --method awq:w=4,g=-1 --calib "$T/calib.txt" --nsamples 4 --seqlen 64 -o "$T/q-awq"
