@@ -457,8 +457,15 @@ void HfTokenizer::parse_decoder(const json& d, const std::string& what) {
     decoder_.push_back({DecStep::Fuse});
   } else if (type == "Strip") {
     DecStep s{DecStep::Strip, d.value("content", " ")};
-    s.start = d.value("start", 0);
-    s.stop = d.value("stop", 0);
+    // Characters stripped at each end: non-negative integers (a float or a huge number is a bad
+    // file, not something to convert).
+    for (auto [key, field] : {std::pair{"start", &s.start}, std::pair{"stop", &s.stop}}) {
+      if (!d.contains(key)) continue;
+      const json& v = d[key];
+      LB_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= (1 << 20),
+               "{}: Strip decoder's '{}' is {}, not a count of characters in [0, {}]", what, key, v.dump(), 1 << 20);
+      *field = int(v.get<int64_t>());
+    }
     decoder_.push_back(s);
   } else {
     fail("{}: decoder '{}' is not supported", what, type);

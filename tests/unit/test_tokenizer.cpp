@@ -106,6 +106,13 @@ TEST(HfTokenizerCorrupt, Errors) {
     j["post_processor"]["single"][0]["SpecialToken"]["id"] = "<x>";
     expect_error([&] { load_hf_tokenizer_json(j.dump(), "t.json"); }, "does not define");
   }
+  // A Strip decoder's counts: a float too large for an int (found by fuzz_tokenizer_json), a
+  // negative one.
+  for (const json& bad : {json(8.8e82), json(-1), json(2.5)}) {
+    json j = tiny();
+    j["decoder"]["decoders"][3]["stop"] = bad;
+    expect_error([&] { load_hf_tokenizer_json(j.dump(), "t.json"); }, "Strip decoder's 'stop' is");
+  }
   expect_error([] { load_hf_tokenizer_json("[1,2]", "t.json"); }, "not a JSON object");
 }
 
