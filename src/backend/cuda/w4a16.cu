@@ -378,25 +378,11 @@ W4A16Kernel resolve_kernel(W4A16Kernel k, int64_t M) {
   return M <= kMaxMmaRows ? W4A16Kernel::Mma : M <= kMaxStagedRows ? W4A16Kernel::Staged : W4A16Kernel::DequantGemm;
 }
 
-// The staged kernel on activations a [M, a_ld] in slot order (16-byte aligned rows) with
-// `ksteps` k-steps of them.
-void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf, int64_t ldc,
-                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits, int block_rows) {
-  // Rows per block and K splits from the cost model of w4a16_staged_plan.h (either may be forced).
-  static const int sms = sm_count();
-  static int per_sm[4] = {0, 0, 0, 0};
-  const auto blocks_per_sm = [](int rows) {
-    int& n = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
-    if (n == 0) n = staged_blocks_per_sm(rows);
-    return n;
-  };
-  const staged::Plan plan = staged::plan(M, w.chunks(), ksteps, sms, blocks_per_sm, splits, block_rows);
-  const int rows = plan.rows;
-  splits = plan.splits;
-  const int per = plan.per;
-  const int64_t mblocks = (M + rows - 1) / rows;
-  const int64_t colblocks = (w.chunks() + staged::kBlockChunks - 1) / staged::kBlockChunks;
-
+// The parameters both tensor-core kernels take; with splits > 1, the workspace's partial sums
+// and the `tiles` column tiles' arrival counters (zeroed when first allocated; the last block of
+// each tile leaves its counter at 0 again).
+MmaParams mma_params(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf,
+                     int64_t ldc, int64_t M, int splits, int per, int64_t tiles, W4A16Workspace& ws, cudaStream_t s) {
   MmaParams p{};
   p.codes = reinterpret_cast<const uint4*>(w.codes.get());
   p.scales = w.scales.get();
@@ -416,7 +402,7 @@ void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t kstep
   p.steps_per_split = per;
   if (splits > 1) {
     ws.partial.resize(size_t(splits) * size_t(M) * size_t(w.padded_n()));
-    const size_t need = size_t(mblocks * colblocks);
+    const size_t need = size_t(tiles);
     if (ws.counters.size() < need) {
       ws.counters.resize(need);
       LB_CUDA_CHECK(cudaMemsetAsync(ws.counters.get(), 0, ws.counters.bytes(), s));
@@ -424,6 +410,29 @@ void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t kstep
     p.partial = ws.partial.get();
     p.counters = ws.counters.get();
   }
+  return p;
+}
+
+// The staged kernel on activations a [M, a_ld] in slot order (16-byte aligned rows) with
+// `ksteps` k-steps of them.
+void run_staged(const W4A16Weight& w, const bf16* a, int64_t a_ld, int64_t ksteps, bf16* C, float* Cf, int64_t ldc,
+                int64_t M, W4A16Workspace& ws, cudaStream_t s, int splits, int block_rows) {
+  // Rows per block and K splits from the cost model of w4a16_staged_plan.h (either may be forced).
+  static const int sms = sm_count();
+  static int per_sm[4] = {0, 0, 0, 0};
+  const auto blocks_per_sm = [](int rows) {
+    int& n = per_sm[rows == 16 ? 0 : rows == 32 ? 1 : rows == 64 ? 2 : 3];
+    if (n == 0) n = staged_blocks_per_sm(rows);
+    return n;
+  };
+  const staged::Plan plan = staged::plan(M, w.chunks(), ksteps, sms, blocks_per_sm, splits, block_rows);
+  const int rows = plan.rows;
+  splits = plan.splits;
+  const int per = plan.per;
+  const int64_t mblocks = (M + rows - 1) / rows;
+  const int64_t colblocks = (w.chunks() + staged::kBlockChunks - 1) / staged::kBlockChunks;
+
+  const MmaParams p = mma_params(w, a, a_ld, ksteps, C, Cf, ldc, M, splits, per, mblocks * colblocks, ws, s);
   launch_staged(p, rows, s);
 }
 
@@ -527,33 +536,7 @@ void run(const W4A16Weight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A
   per = int((per + align - 1) / align * align);
   splits = int((ksteps + per - 1) / per);  // no empty split
 
-  MmaParams p{};
-  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
-  p.scales = w.scales.get();
-  p.A = a;
-  p.lda = a_ld;
-  p.C = C;
-  p.Cf = Cf;
-  p.ldc = ldc;
-  p.M = int(M);
-  p.N = int(w.n);
-  p.chunks = int(w.chunks());
-  p.kstride = int(w.ksteps());
-  p.ksteps = int(ksteps);
-  p.group_steps = int(w.group_slots / 16);
-  p.groups = int(w.groups);
-  p.splits = splits;
-  p.steps_per_split = per;
-  if (splits > 1) {
-    ws.partial.resize(size_t(splits) * size_t(M) * size_t(w.padded_n()));
-    const size_t need = size_t(mblocks * colblocks);
-    if (ws.counters.size() < need) {
-      ws.counters.resize(need);
-      LB_CUDA_CHECK(cudaMemsetAsync(ws.counters.get(), 0, ws.counters.bytes(), s));
-    }
-    p.partial = ws.partial.get();
-    p.counters = ws.counters.get();
-  }
+  const MmaParams p = mma_params(w, a, a_ld, ksteps, C, Cf, ldc, M, splits, per, mblocks * colblocks, ws, s);
   const dim3 grid{unsigned(colblocks), unsigned(splits), unsigned(mblocks)};
   // Compiled configurations: 1-4 m-tiles; 4 k-steps per iteration for up to 2 m-tiles, 2 beyond
   // (the 3-4 m-tile accumulators take the registers).
