@@ -31,6 +31,15 @@ std::vector<int32_t> prompt_ids(const Tokenizer& tok) {
   return ids;
 }
 
+// stories260K quantized by the data-free method `spec` into `out`; the prompt's ids.
+std::vector<int32_t> write_quantized_stories(const std::string& spec, const std::string& out) {
+  LlamaModel m(open_checkpoint(stories()));
+  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
+  auto method = make_method(spec);
+  write_quantized_checkpoint(out, m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
+  return prompt_ids(*tok);
+}
+
 struct Diff {
   double max_abs = 0, max_ref = 0;
   int64_t argmax_agree = 0, rows = 0;
@@ -113,12 +122,8 @@ TEST(PackedModel, CachedDecodeMatchesTheFullForward) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
   test::TempDir dir;
-  LlamaModel m(open_checkpoint(stories()));
-  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
-  std::vector<int32_t> ids = prompt_ids(*tok);
+  std::vector<int32_t> ids = write_quantized_stories("rtn:w=4,g=32", dir / "q");
   ids.resize(40);
-  auto method = make_method("rtn:w=4,g=32");
-  write_quantized_checkpoint(dir / "q", m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
   for (auto act : {pack::PackedActivations::F32, pack::PackedActivations::Q8}) {
     auto packed = load_model(dir / "q");
     pack::install_packed_linears(*packed, act);
@@ -160,11 +165,7 @@ TEST(PackedModel, StackedProductsEqualThePerLinearOnes) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
   test::TempDir dir;
-  LlamaModel m(open_checkpoint(stories()));
-  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
-  const std::vector<int32_t> ids = prompt_ids(*tok);
-  auto method = make_method("rtn:w=3,g=32");
-  write_quantized_checkpoint(dir / "q", m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
+  const std::vector<int32_t> ids = write_quantized_stories("rtn:w=3,g=32", dir / "q");
   auto packed = load_model(dir / "q");
   pack::install_packed_linears(*packed, pack::PackedActivations::Q8);
   ASSERT_NE(packed->block_weights(0)->qkv, nullptr);
@@ -220,11 +221,7 @@ TEST(PackedModel, EightBitHeadStaysCloseToTheStoredHead) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
   test::TempDir dir;
-  LlamaModel m(open_checkpoint(stories()));
-  auto tok = load_tokenizer(m.checkpoint().tokenizer_path);
-  const std::vector<int32_t> ids = prompt_ids(*tok);
-  auto method = make_method("rtn:w=4,g=32");
-  write_quantized_checkpoint(dir / "q", m, quantize_model(m, *method, nullptr, {}), nlohmann::json::object(), false);
+  const std::vector<int32_t> ids = write_quantized_stories("rtn:w=4,g=32", dir / "q");
   auto stored = load_model(dir / "q");
   pack::install_packed_linears(*stored, pack::PackedActivations::F32);
   EXPECT_EQ(stored->lm_head_kernel(), nullptr);
