@@ -46,20 +46,11 @@ QUIP_SEED=${QUIP_SEED:-0} THREADS=${THREADS:-0} PYTHON=${PYTHON:-python3} REF_DT
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() { echo "methods_8b.sh: $*" >&2; exit 1; }
 
-# config NAME -> "method|configuration|lowbit spec|reference_pipeline.py arguments"
-config() {
-  case $1 in
-    pbllm-1.7) echo "PB-LLM|low_frac 0.9, 8-bit salient, g128|pbllm:low_frac=0.9,high_bit=8,g=128,block=128|--method pbllm --repo $REFS/PB-LLM --low_frac 0.9 --high_bit 8 --groupsize 128 --blocksize 128" ;;
-    # 6/7 to the double's 17 digits, the same number on both sides: 1 + 7 (1 - 6/7) = 2 bits.
-    pbllm-2) echo "PB-LLM|low_frac 6/7, 8-bit salient, g128|pbllm:low_frac=0.8571428571428571,high_bit=8,g=128,block=128|--method pbllm --repo $REFS/PB-LLM --low_frac 0.8571428571428571 --high_bit 8 --groupsize 128 --blocksize 128" ;;
-    billm) echo "BiLLM|braq, block 128|billm:block=128|--method billm --repo $REFS/BiLLM --blocksize 128" ;;
-    slim-2|slim-3) local w=${1#slim-}
-      echo "SliM-LLM|${w}-bit g128|slim:w=$w,g=128|--method slim --repo $REFS/SliM-LLM/slim-llm --wbits $w --groupsize 128" ;;
-    quip-2|quip-3|quip-4) local w=${1#quip-}
-      echo "QuIP|${w}-bit, seed $QUIP_SEED|quip:w=$w,seed=$QUIP_SEED|--method quip --repo $REFS/QuIP --wbits $w --seed $QUIP_SEED" ;;
-    *) echo "unknown configuration '$1' (known: pbllm-1.7 pbllm-2 billm slim-2 slim-3 quip-2 quip-3 quip-4)" >&2; return 1 ;;
-  esac
-}
+# config NAME -> "method|configuration|lowbit spec|reference_pipeline.py arguments", at the
+# study's groups of 128
+source "$ROOT/scripts/device/reference_configs.sh"
+PB_G=128 BILLM_BLOCK=128 SLIM_G=128
+config() { reference_config "$1"; }
 
 # Every input a later step would stop on, checked before any work.
 [[ -x "$1" && -f "$1" ]] || die "LOWBIT '$1' is not an executable file"

@@ -73,20 +73,10 @@ mkdir -p "$WORK"
 WORK=$(realpath "$WORK")
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
-# config NAME -> "method|config|lowbit spec|reference_pipeline.py arguments"
-config() {
-  case $1 in
-    pbllm-1.7) echo "PB-LLM|low_frac 0.9, 8-bit salient, g$PB_G|pbllm:low_frac=0.9,high_bit=8,g=$PB_G,block=$PB_G|--method pbllm --repo $REFS/PB-LLM --low_frac 0.9 --high_bit 8 --groupsize $PB_G --blocksize $PB_G" ;;
-    # 6/7 to the double's 17 digits, the same number on both sides: 1 + 7 (1 - 6/7) = 2 bits.
-    pbllm-2) echo "PB-LLM|low_frac 6/7, 8-bit salient, g$PB_G|pbllm:low_frac=0.8571428571428571,high_bit=8,g=$PB_G,block=$PB_G|--method pbllm --repo $REFS/PB-LLM --low_frac 0.8571428571428571 --high_bit 8 --groupsize $PB_G --blocksize $PB_G" ;;
-    billm) echo "BiLLM|braq, block $BILLM_BLOCK|billm:block=$BILLM_BLOCK|--method billm --repo $REFS/BiLLM --blocksize $BILLM_BLOCK" ;;
-    slim-2|slim-3) local w=${1#slim-}
-      echo "SliM-LLM|${w}-bit g$SLIM_G|slim:w=$w,g=$SLIM_G|--method slim --repo $REFS/SliM-LLM/slim-llm --wbits $w --groupsize $SLIM_G" ;;
-    quip-2|quip-3|quip-4) local w=${1#quip-}
-      echo "QuIP|${w}-bit, seed $QUIP_SEED|quip:w=$w,seed=$QUIP_SEED|--method quip --repo $REFS/QuIP --wbits $w --seed $QUIP_SEED" ;;
-    *) echo "unknown configuration '$1' (known: pbllm-1.7 pbllm-2 billm slim-2 slim-3 quip-2 quip-3 quip-4)" >&2; return 1 ;;
-  esac
-}
+# config NAME -> "method|config|lowbit spec|reference_pipeline.py arguments" (PB_G, BILLM_BLOCK, SLIM_G
+# and QUIP_SEED above)
+source "$ROOT/scripts/device/reference_configs.sh"
+config() { reference_config "$1"; }
 for c in $CONFIGS; do config "$c" >/dev/null; done
 # What a later step would stop on, checked before any work.
 [[ -x "$LOWBIT" ]] || { echo "LOWBIT '$LOWBIT' is not an executable" >&2; exit 1; }
