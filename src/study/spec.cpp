@@ -82,20 +82,6 @@ std::string expand_env(const std::string& s) {
   return out;
 }
 
-// Whether method spec `spec` ("name:k1=v1,k2=v2") sets option `key` to `value`.
-static bool spec_sets(const std::string& spec, const std::string& key, const std::string& value) {
-  const size_t colon = spec.find(':');
-  if (colon == std::string::npos) return false;
-  const std::string want = key + "=" + value;
-  size_t start = colon + 1;
-  while (start <= spec.size()) {
-    const size_t end = std::min(spec.find(',', start), spec.size());
-    if (spec.compare(start, end - start, want) == 0) return true;
-    start = end + 1;
-  }
-  return false;
-}
-
 std::vector<std::string> expand_method_grid(const std::string& name,
                                             const std::vector<std::pair<std::string, std::vector<std::string>>>& options,
                                             const std::vector<std::string>& zip) {
@@ -312,9 +298,14 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
           continue;
         } catch (const Error&) {
         }
+        // The grid's combinations that hold value i: this option (with its zipped partners) fixed
+        // at index i.
+        const bool zipped = std::find(zip.begin(), zip.end(), key) != zip.end();
+        auto fixed = options;
+        for (auto& [k, vals] : fixed)
+          if (k == key || (zipped && std::find(zip.begin(), zip.end(), k) != zip.end())) vals = {vals[i]};
         bool valid_somewhere = false;
-        for (const auto& s : specs) {
-          if (!spec_sets(s, key, texts[i])) continue;
+        for (const auto& s : expand_method_grid(name, fixed, zip)) {
           try {
             make_method(s);
             valid_somewhere = true;
