@@ -24,7 +24,8 @@ same tokens whatever the tokenizer (scripts/device/compare_reference_methods.sh 
 torch.cuda calls are the real ones, TF32 is off (as their modules set it), the Hessians, the
 searches and the block forwards run on the GPU. The whole model is moved to the GPU at once
 instead of block by block (the same arithmetic; a small model fits), and back to the CPU to be
-saved. --device cpu (the default) stubs torch.cuda.synchronize, which fasterquant calls.
+saved. With --device cpu (the default), the torch.cuda.synchronize that fasterquant calls is
+replaced by a no-op (a machine without a GPU refuses it); nothing else changes.
 
   python3 scripts/reference_pipeline.py --method pbllm --repo /tmp/pbllm \
       --model ../shared/models/testbed-44m --ptb ../shared/data/ptb/ptb.train.txt -o /tmp/ref_pbllm
