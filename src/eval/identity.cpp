@@ -1,6 +1,6 @@
 #include "eval/identity.h"
 
-#include "lowbit/version.h"
+#include "core/version.h"
 
 #include <fmt/format.h>
 

@@ -20,7 +20,7 @@
 #include "export/export_util.h"
 #include "export/int32_packing.h"
 #include "formats/safetensors.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 
 #include <fstream>
 

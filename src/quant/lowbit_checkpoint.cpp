@@ -10,7 +10,7 @@
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 #include "model/llama_model.h"
 #include "quant/activation_quant.h"
 #include "quant/quantize.h"

@@ -2,7 +2,7 @@
 
 #include "core/error.h"
 #include "core/process.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 #include "quant/method.h"
 #include "study/report_tables.h"
 

@@ -13,7 +13,7 @@
 
 #include "core/error.h"
 #include "core/process.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 
 #include <fmt/format.h>
 #include <libpq-fe.h>

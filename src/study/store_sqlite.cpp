@@ -3,7 +3,7 @@
 
 #include "core/error.h"
 #include "core/process.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>

@@ -14,7 +14,7 @@
 #include "core/process.h"
 #include "formats/llava_next_checkpoint.h"
 #include "formats/tokenizer.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 #include "quant/llava_next_quantized.h"
 #include "quant/quantize_device.h"
 

@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 #include "quant/quantize.h"
 #include "backend/device_check.h"
 #include "quant/quantize_device.h"

@@ -2,7 +2,7 @@
 #include "commands.h"
 
 #include "core/error.h"
-#include "lowbit/version.h"
+#include "core/version.h"
 
 #include <fmt/format.h>
 
