@@ -1,5 +1,5 @@
 // enable_gpu_packed_linears in a build without the CUDA backend (the CUDA build's is in
-// w4_tiles_cuda.cpp).
+// gpu_packed_cuda.cpp).
 #include "pack/gpu_packed.h"
 
 #include "core/error.h"

@@ -25,6 +25,7 @@
 #include "formats/checkpoint.h"
 #include "model/cuda_model.h"
 #include "pack/w4_tiles.h"
+#include "pack/gpu_packed_cuda.h"
 #include "pack/w4_tiles_cuda.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
@@ -486,7 +487,7 @@ TEST(CudaModelPacked, RefusesPartlyPackedGroupsAndUnquantizedModels) {
   LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", mini}}));
   const GpuPackedLinears all = pack::gpu_packed_linears_of(q, w4_ctx().stream());
   // Only q_proj packed: its group (q, k, v) would run two ways.
-  const GpuPackedLinears only_q = [&](int64_t layer, LinearKind k) -> std::shared_ptr<const cuda::W4A16Weight> {
+  const GpuPackedLinears only_q = [&](int64_t layer, LinearKind k) -> std::shared_ptr<const cuda::PackedWeight> {
     return k == LinearKind::Q ? all(layer, k) : nullptr;
   };
   try {

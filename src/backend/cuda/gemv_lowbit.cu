@@ -1,0 +1,329 @@
+// The low-bit GEMV kernels of gemv_lowbit.cuh and their dispatch. The layout's definition
+// (unit_code, word_index) is pack/gemv_layout.h's, called here with compile-time widths.
+#include "backend/cuda/gemv_lowbit.cuh"
+
+#include "pack/gemv_layout.h"
+
+#include <algorithm>
+#include <string>
+
+namespace lowbit::cuda {
+
+namespace {
+
+namespace gv = ::lowbit::pack::gemv;
+
+constexpr int kWarps = 4;  // warps per block
+constexpr int kThreads = kWarps * 32;
+
+struct GemvParams {
+  const uint4* codes;      // [N, bits, units] 16-byte words
+  const uint32_t* scales;  // [N, groups]
+  const bf16* A;           // [M, lda], rows readable (and 16-byte aligned) up to units * 128 columns
+  int64_t lda;
+  bf16* C;   // [M, ldc] or null
+  float* Cf;  // [M, ldc] (accumulated into) or null
+  int64_t ldc;
+  int M, N, units, groups;
+  int group_quanta;  // group size / 32
+  float table[16];
+};
+
+// The weight of code q under scale word sw (gemv_layout.h's formulas, bit for bit).
+template <bool CB>
+__device__ __forceinline__ float decode(uint32_t q, uint32_t sw, const float* table) {
+  if constexpr (CB) {
+    return __bfloat162float(__float2bfloat16_rn(__fmul_rn(table[q], __uint_as_float(sw))));
+  } else {
+    const float scale = __uint_as_float(sw << 16), zero = __uint_as_float(sw & 0xffff0000u);
+    // scale * (q - zero) is exact in fp32 (8 significant bits times an integer below 2^9).
+    return __bfloat162float(__float2bfloat16_rn(__fmul_rn(scale, float(q) - zero)));
+  }
+}
+
+// Unit u of row n: its 4 * BITS code words (zero for a row past N) and its 4 scale words (one per
+// 32 columns).
+template <int BITS>
+__device__ __forceinline__ void load_unit(const GemvParams& p, int n, int u, uint32_t (&w)[4 * BITS],
+                                          uint32_t (&sw)[4]) {
+  if (n >= p.N) {
+#pragma unroll
+    for (int i = 0; i < 4 * BITS; ++i) w[i] = 0u;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) sw[q] = 0u;
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < BITS; ++j) {
+    const uint4 v = __ldcs(p.codes + (int64_t(n) * BITS + j) * p.units + u);
+    w[4 * j] = v.x;
+    w[4 * j + 1] = v.y;
+    w[4 * j + 2] = v.z;
+    w[4 * j + 3] = v.w;
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) sw[q] = __ldg(p.scales + int64_t(n) * p.groups + (4 * u + q) / p.group_quanta);
+}
+
+// ROWS rows of W per warp, up to MR rows of x (p.M <= MR).
+template <int BITS, bool CB, int MR, int ROWS>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
+  __shared__ float table[16];
+  if constexpr (CB) {
+    if (threadIdx.x < 16) table[threadIdx.x] = p.table[threadIdx.x];
+    __syncthreads();
+  }
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int n0 = (int(blockIdx.x) * kWarps + warp) * ROWS;
+  if (n0 >= p.N) return;
+
+  float acc[ROWS][MR];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int m = 0; m < MR; ++m) acc[r][m] = 0.0f;
+
+  for (int u = lane; u < p.units; u += 32) {
+    uint32_t w[ROWS][4 * BITS], sw[ROWS][4];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) load_unit<BITS>(p, n0 + r, u, w[r], sw[r]);
+#pragma unroll
+    for (int run = 0; run < 16; ++run) {  // 8 columns at a time
+      float wf[ROWS][8];
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wf[r][e] = decode<CB>(gv::unit_code(w[r], BITS, 8 * run + e), sw[r][run / 4], table);
+      const int64_t k0 = int64_t(u) * 128 + 8 * run;
+#pragma unroll
+      for (int m = 0; m < MR; ++m) {
+        if (m < p.M) {
+          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(p.A + int64_t(m) * p.lda + k0));
+          const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+          float x[8];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            x[2 * e] = __uint_as_float(xw[e] << 16);
+            x[2 * e + 1] = __uint_as_float(xw[e] & 0xffff0000u);
+          }
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(x[e], wf[r][e], acc[r][m]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int n = n0 + r;
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+      float v = acc[r][m];
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (lane == m && m < p.M && n < p.N) {
+        if (p.Cf != nullptr) p.Cf[int64_t(m) * p.ldc + n] += v;
+        else p.C[int64_t(m) * p.ldc + n] = __float2bfloat16_rn(v);
+      }
+    }
+  }
+}
+
+// out [N, units * 128] bf16: one thread per (row, unit), decoding as gemv_kernel does.
+template <int BITS, bool CB>
+__global__ void __launch_bounds__(kThreads) gemv_dequant_kernel(const GemvParams p, bf16* out) {
+  __shared__ float table[16];
+  if constexpr (CB) {
+    if (threadIdx.x < 16) table[threadIdx.x] = p.table[threadIdx.x];
+    __syncthreads();
+  }
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= int64_t(p.N) * p.units) return;
+  const int n = int(i / p.units), u = int(i % p.units);
+  uint32_t w[4 * BITS], sw[4];
+  load_unit<BITS>(p, n, u, w, sw);
+  uint4* dst = reinterpret_cast<uint4*>(out + int64_t(n) * p.units * 128 + int64_t(u) * 128);
+#pragma unroll
+  for (int run = 0; run < 16; ++run) {
+    uint32_t h[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const __nv_bfloat162 pair =
+          __floats2bfloat162_rn(decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e), sw[run / 4], table),
+                                decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e + 1), sw[run / 4], table));
+      h[e] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+    dst[run] = make_uint4(h[0], h[1], h[2], h[3]);
+  }
+}
+
+// out[m, c] = A[m, c] for c < K, 0 for K <= c < padded_k: rows the kernel can read 16 bytes at
+// a time up to the last unit.
+__global__ void gemv_pad_kernel(const bf16* A, int64_t lda, int K, int padded_k, int64_t total, bf16* out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int64_t m = i / padded_k;
+  const int c = int(i % padded_k);
+  out[i] = c < K ? A[m * lda + c] : __float2bfloat16_rn(0.0f);
+}
+
+cublasHandle_t own_blas_handle() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t x = nullptr;
+    LB_CUBLAS_CHECK(cublasCreate(&x));
+    return x;
+  }();
+  return h;
+}
+
+// Compiled configurations: the four container widths (and 4-bit int, which the W4A16 tiles
+// normally run) x up to 1, 4, 16 rows of x (the decode batches that matter; a kernel for 16
+// rows runs 2..3 rows at the cost of idle accumulators, 5..15 as 16).
+template <int BITS, bool CB>
+void launch_gemv(const GemvParams& p, cudaStream_t s) {
+  constexpr int rows = BITS == 8 ? 1 : 2;  // 8-bit units take 32 registers a row
+  const unsigned blocks = unsigned((p.N + kWarps * rows - 1) / (kWarps * rows));
+  if (p.M <= 1) gemv_kernel<BITS, CB, 1, rows><<<blocks, kThreads, 0, s>>>(p);
+  else if (p.M <= 4) gemv_kernel<BITS, CB, 4, rows><<<blocks, kThreads, 0, s>>>(p);
+  else gemv_kernel<BITS, CB, 16, rows><<<blocks, kThreads, 0, s>>>(p);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+template <int BITS, bool CB>
+void launch_dequant(const GemvParams& p, bf16* out, cudaStream_t s) {
+  const int64_t threads = int64_t(p.N) * p.units;
+  gemv_dequant_kernel<BITS, CB><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(p, out);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void dispatch_gemv(const GemvWeight& w, const GemvParams& p, cudaStream_t s) {
+  if (w.codebook) return launch_gemv<4, true>(p, s);
+  switch (w.bits) {
+    case 2: return launch_gemv<2, false>(p, s);
+    case 3: return launch_gemv<3, false>(p, s);
+    case 4: return launch_gemv<4, false>(p, s);
+    default: return launch_gemv<8, false>(p, s);
+  }
+}
+
+void dispatch_dequant(const GemvWeight& w, const GemvParams& p, bf16* out, cudaStream_t s) {
+  if (w.codebook) return launch_dequant<4, true>(p, out, s);
+  switch (w.bits) {
+    case 2: return launch_dequant<2, false>(p, out, s);
+    case 3: return launch_dequant<3, false>(p, out, s);
+    case 4: return launch_dequant<4, false>(p, out, s);
+    default: return launch_dequant<8, false>(p, out, s);
+  }
+}
+
+GemvParams params_of(const GemvWeight& w) {
+  GemvParams p{};
+  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
+  p.scales = w.scales.get();
+  p.N = int(w.n);
+  p.units = int(w.units());
+  p.groups = int(w.groups());
+  p.group_quanta = int(w.group_size / 32);
+  for (int i = 0; i < 16; ++i) p.table[i] = w.table[size_t(i)];
+  return p;
+}
+
+void run(const GemvWeight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+         int64_t lda, int64_t ldc, GemvKernel kernel) {
+  if (lda == 0) lda = w.k;
+  if (ldc == 0) ldc = w.n;
+  if (w.codes.get() == nullptr || w.scales.get() == nullptr)
+    throw_error("gemv_linear: the weight was not uploaded (upload_gemv)");
+  if (lda < w.k || ldc < w.n || M < 0 || M > int64_t(INT32_MAX) / std::max<int64_t>(w.padded_k(), ldc))
+    throw_error("gemv_linear: weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) + "] with M " +
+                std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
+                " (lda >= K, ldc >= N and 0 <= M needed)");
+  if (M == 0) return;
+  if (kernel == GemvKernel::Auto) kernel = M <= kGemvMaxRows ? GemvKernel::Gemv : GemvKernel::DequantGemm;
+
+  if (kernel == GemvKernel::DequantGemm) {
+    const int64_t kp = w.padded_k();
+    ws.dequantized.resize(size_t(w.n * kp));
+    dispatch_dequant(w, params_of(w), ws.dequantized.get(), s);
+    cublasHandle_t h = ws.blas != nullptr ? ws.blas : own_blas_handle();
+    LB_CUBLAS_CHECK(cublasSetStream(h, s));
+    const float alpha = 1.0f, beta = Cf != nullptr ? 1.0f : 0.0f;
+    // Row-major C[M, N] = A[M, K] W[N, K]^T is column-major C^T = W^T A^T (as cuda::linear); the
+    // scratch's rows are padded_k long, of which the first K are the weight.
+    LB_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(w.n), int(M), int(w.k), &alpha,
+                                 ws.dequantized.get(), CUDA_R_16BF, int(kp), A, CUDA_R_16BF, int(lda), &beta,
+                                 Cf != nullptr ? static_cast<void*>(Cf) : static_cast<void*>(C),
+                                 Cf != nullptr ? CUDA_R_32F : CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+
+  // The kernel reads x 16 bytes at a time up to the last unit: in place when the rows allow it,
+  // else from a zero-padded copy.
+  const bool direct = w.k == w.padded_k() && lda % 8 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
+  const bf16* a = A;
+  int64_t a_ld = lda;
+  if (!direct) {
+    const int64_t total = M * w.padded_k();
+    ws.gathered.resize(size_t(total));
+    gemv_pad_kernel<<<unsigned((total + 255) / 256), 256, 0, s>>>(A, lda, int(w.k), int(w.padded_k()), total,
+                                                                 ws.gathered.get());
+    LB_CUDA_LAUNCH_CHECK();
+    a = ws.gathered.get();
+    a_ld = w.padded_k();
+  }
+  GemvParams p = params_of(w);
+  p.lda = a_ld;
+  p.ldc = ldc;
+  // Launches of up to 16 rows of x (the kernel's widest configuration).
+  for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxRows) {
+    p.M = int(std::min<int64_t>(kGemvMaxRows, M - m0));
+    p.A = a + m0 * a_ld;
+    p.C = C != nullptr ? C + m0 * ldc : nullptr;
+    p.Cf = Cf != nullptr ? Cf + m0 * ldc : nullptr;
+    dispatch_gemv(w, p, s);
+  }
+}
+
+}  // namespace
+
+GemvWeight upload_gemv(int64_t n, int64_t k, int bits, bool codebook, int64_t group_size,
+                       const std::vector<uint32_t>& codes, const std::vector<uint32_t>& scales,
+                       const std::array<float, 16>& table, const char* what, cudaStream_t s) {
+  GemvWeight w;
+  w.n = n;
+  w.k = k;
+  w.bits = bits;
+  w.codebook = codebook;
+  w.group_size = group_size;
+  w.table = table;
+  const bool shape_ok = n > 0 && k > 0 && gv::valid_bits(bits) && (!codebook || bits == 4) && group_size > 0 &&
+                        group_size % gv::kGroupQuantum == 0 && n <= int64_t(INT32_MAX) / 16 &&
+                        w.padded_k() <= int64_t(INT32_MAX) / 16;
+  if (!shape_ok || int64_t(codes.size()) != n * w.units() * 4 * bits || int64_t(scales.size()) != n * w.groups())
+    throw_error(std::string(what) + ": GEMV weight [" + std::to_string(n) + ", " + std::to_string(k) + "] of " +
+                std::to_string(bits) + "-bit " + (codebook ? "codebook" : "int") + " codes in groups of " +
+                std::to_string(group_size) + " has " + std::to_string(codes.size()) + " code words and " +
+                std::to_string(scales.size()) + " scale words; expected 2, 3, 4 or 8 bits (codebook: 4), groups " +
+                "a multiple of 32, " + std::to_string(n * w.units() * 4 * bits) + " and " +
+                std::to_string(n * w.groups()));
+  w.codes.resize(codes.size());
+  upload(w.codes.get(), codes.data(), codes.size(), s);
+  w.scales.resize(scales.size());
+  upload(w.scales.get(), scales.data(), scales.size(), s);
+  return w;
+}
+
+void gemv_linear(const GemvWeight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,
+                 int64_t lda, int64_t ldc, GemvKernel kernel) {
+  run(w, A, C, nullptr, M, ws, s, lda, ldc, kernel);
+}
+
+void gemv_linear_accumulate(const GemvWeight& w, const bf16* A, float* C, int64_t M, W4A16Workspace& ws,
+                            cudaStream_t s, int64_t lda, int64_t ldc, GemvKernel kernel) {
+  run(w, A, nullptr, C, M, ws, s, lda, ldc, kernel);
+}
+
+}  // namespace lowbit::cuda
