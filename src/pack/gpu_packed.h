@@ -24,10 +24,16 @@ enum class GpuPackedLayout { W4A16, Gemv };
 // and why no layout holds it.
 GpuPackedLayout gpu_packed_layout(const QuantizedLinear& q, const std::string& what);
 
-// Checks now that `model` is a quantized checkpoint (each linear's layout is checked, and a
-// linear no layout holds refused naming it, when the model is placed on the GPU), and makes
-// every CudaModel built from here on run its quantized linears packed. Throws lowbit::Error when
-// the model is not quantized, or when this build has no CUDA backend (pack/gpu_packed_none.cpp).
-void enable_gpu_packed_linears(const LlamaModel& model);
+// The layouts of every quantized linear of `model`, from the checkpoint's metadata (a linear with
+// a g_idx, or one the metadata does not describe, is read): "packed-w4a16", "packed-gemv" or
+// "packed-w4a16+gemv", the execution results record. Throws lowbit::Error when the model is not
+// quantized, or naming the first linear no layout holds.
+std::string gpu_packed_execution(const LlamaModel& model);
+
+// Checks now that `model` is a quantized checkpoint whose every quantized linear has a layout
+// (gpu_packed_execution, returned), and makes every CudaModel built from here on run its
+// quantized linears packed. Throws lowbit::Error as gpu_packed_execution does, or when this
+// build has no CUDA backend (pack/gpu_packed_none.cpp).
+std::string enable_gpu_packed_linears(const LlamaModel& model);
 
 }  // namespace lowbit::pack

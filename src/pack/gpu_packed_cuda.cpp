@@ -37,9 +37,10 @@ void use_gpu_packed_linears() {
   });
 }
 
-void enable_gpu_packed_linears(const LlamaModel& model) {
-  (void)gpu_packed_linears_of(model, nullptr);
+std::string enable_gpu_packed_linears(const LlamaModel& model) {
+  std::string execution = gpu_packed_execution(model);
   use_gpu_packed_linears();
+  return execution;
 }
 
 }  // namespace lowbit::pack

@@ -6,8 +6,8 @@
 
 namespace lowbit::pack {
 
-void enable_gpu_packed_linears(const LlamaModel&) {
-  LB_CHECK(false, "--packed on a CUDA device needs a build with the CUDA backend");
+std::string enable_gpu_packed_linears(const LlamaModel&) {
+  fail("--packed on a CUDA device needs a build with the CUDA backend");
 }
 
 }  // namespace lowbit::pack

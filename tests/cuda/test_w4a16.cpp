@@ -31,6 +31,7 @@
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "test_util.h"
+#include "packed_forward.h"
 #include "w4_test_linear.h"
 
 #include <gtest/gtest.h>
@@ -46,7 +47,9 @@ namespace {
 
 using cuda::bf16;
 using cuda::DeviceBuffer;
+using test::PackedForward;
 using test::random_w4_linear;
+using test::run_forward;
 using test::W4Order;
 using test::W4Scales;
 
@@ -389,32 +392,6 @@ TEST(CudaW4A16, BadArgumentsAreErrors) {
 // size; perplexities agree within 1%. With the method's fp32 scales the weights themselves
 // differ by up to 2^-9 relative, which on these random-weight models moves the logits by about
 // 1% (seen on an H100), so that check allows 3%.
-struct PackedForward {
-  std::vector<float> logits;  // [T, V]
-  double ppl = 0;
-};
-
-PackedForward run_forward(CudaModel& gpu, const std::vector<int32_t>& ids,
-                          const std::vector<std::vector<int32_t>>& windows) {
-  const int64_t T = int64_t(ids.size()), V = gpu.config().vocab_size;
-  GpuKvCache cache = gpu.make_kv_cache(T);
-  DeviceBuffer<bf16> rows;
-  // The prompt in two pieces: a batch of rows, then single-row (decode) steps.
-  const int64_t first = T - 3;
-  gpu.forward_cached(std::span<const int32_t>(ids.data(), size_t(first)), cache, rows);
-  DeviceBuffer<float> dl(size_t(T * V));
-  gpu.lm_head(rows.get(), dl.get(), first);
-  for (int64_t t = first; t < T; ++t) {
-    gpu.forward_cached(std::span<const int32_t>(ids.data() + t, 1), cache, rows);
-    gpu.lm_head(rows.get(), dl.get() + t * V, 1);
-  }
-  PackedForward out;
-  out.logits.resize(size_t(T * V));
-  cuda::download(out.logits.data(), dl.get(), out.logits.size(), gpu.context().stream());
-  out.ppl = perplexity_cuda(gpu, windows, 2).ppl;
-  return out;
-}
-
 void expect_packed_matches_fake_quant(const std::string& path, const char* spec, bool bf16_scales) {
   SCOPED_TRACE(path + " " + spec + (bf16_scales ? " bf16 scales" : " fp32 scales"));
   const Checkpoint source = open_checkpoint(path);
