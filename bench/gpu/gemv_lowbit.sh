@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The low-bit GEMV kernels (2/3/8-bit int, NF4) on a GPU: first correctness (test_gemv_pack and
-# test_gpu_packed_execution on the CPU; test_cuda's GemvLowbit.*, CudaModelPackedGemv.*, and the
+# The low-bit GEMV kernels (2/3/8-bit int, NF4) on a GPU: first correctness (test_gemv_pack,
+# test_gemv_lane and test_gpu_packed_execution on the CPU; test_cuda's GemvLowbit.*, CudaModelPackedGemv.*, and the
 # W4A16 tests that share CudaModel's packed linears: every kernel against the CPU product of the
 # dequantized weight, the packed models against their fake-quant forward), then an end-to-end
-# `lowbit ppl --packed --device cuda` on stories260K quantized to 2 and 3 bits against the same
+# `lowbit ppl --packed --device cuda` on stories260K quantized to 2, 3 and 8 bits against the same
 # checkpoint without --packed, then bench_gemv_lowbit's table against cuBLAS bf16 at M = 1, 4, 16
 # on LLaMA-3-8B's shapes and the LM head. Outputs go to OUT_DIR.
 #
@@ -22,6 +22,7 @@ step() {
   "$@" 2>&1 | tee "$OUT/$log" || { echo "FAILED: $*" | tee -a "$OUT/failed.txt"; status=1; }
 }
 step test_gemv_pack.txt "$B/tests/test_gemv_pack"
+step test_gemv_lane.txt "$B/tests/test_gemv_lane"
 step test_gpu_packed_execution.txt "$B/tests/test_gpu_packed_execution"
 step test_cuda_gemv.txt "$B/tests/test_cuda" --gtest_filter='GemvLowbit.*:CudaModelPackedGemv.*:CudaW4A16.*:CudaModelPacked.*'
 MODELS=${LOWBIT_TEST_MODELS:-../shared/models} DATA=${LOWBIT_TEST_DATA:-../shared/data}

@@ -20,7 +20,9 @@
 // 2^-9 sum |x w| more. In the exact cases (int codes with power-of-two scales, activations in
 // {-8..8} / 8, K * max|code - zero| < 2^17) every product and partial sum is a multiple of 2^-9
 // below 2^15, exact in fp32 whatever the order, and the output must equal the reference rounded
-// once to bf16, bit for bit: any misplaced code, scale or zero-point shows.
+// once to bf16, bit for bit: any misplaced code, scale or zero-point shows. Wherever the Gemv
+// kernel runs, its outputs must also equal its CPU emulation (tests/gemv_emulation.h, the same
+// lane code and butterfly, checked without a GPU by tests/unit/test_gemv_lane.cpp) bit for bit.
 #include "backend/cuda/gemv_lowbit.cuh"
 #include "backend/cuda/packed_weight.cuh"
 #include "core/dtype.h"
@@ -35,6 +37,7 @@
 #include "quant/nf4.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
+#include "gemv_emulation.h"
 #include "packed_forward.h"
 #include "test_util.h"
 #include "w4_test_linear.h"
@@ -199,6 +202,23 @@ void check(const std::vector<double>& got, const std::vector<double>& base, doub
     }
 }
 
+// The Gemv kernel runs exactly the fp32 operations of its CPU emulation, in the same order
+// (explicit fused multiply-adds and roundings, no reassociation): its bf16 outputs must equal the
+// emulation's bit for bit.
+void expect_emulated(const std::vector<uint16_t>& got, const std::vector<float>& sums, int64_t M, int64_t N,
+                     int64_t ldc, const std::string& what) {
+  int bad = 0;
+  for (int64_t m = 0; m < M && bad < 5; ++m)
+    for (int64_t n = 0; n < N && bad < 5; ++n) {
+      const uint16_t want = f32_to_bf16(sums[size_t(m * N + n)]);
+      if (got[size_t(m * ldc + n)] != want) {
+        ADD_FAILURE() << what << ": y[" << m << ", " << n << "] = " << bf16_to_f32(got[size_t(m * ldc + n)])
+                      << ", the emulated kernel's " << bf16_to_f32(want);
+        ++bad;
+      }
+    }
+}
+
 const char* kernel_name(GemvKernel k) {
   return k == GemvKernel::Gemv ? "gemv" : k == GemvKernel::DequantGemm ? "dequant" : "auto";
 }
@@ -222,6 +242,11 @@ void sweep(bool exact) {
       const std::vector<float> xb = round_bf16(xf);
       const DeviceBuffer<bf16> dx = upload_bf16(xf);
       const Reference ref_b = reference(wref, c.n, c.k, xb, M, lda), ref_f = reference(wref, c.n, c.k, xf, M, lda);
+      // The Gemv kernel's sums as its lanes' code computes them on the CPU (tests/gemv_emulation.h).
+      std::vector<uint16_t> x_tight(size_t(M * c.k));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < c.k; ++k) x_tight[size_t(m * c.k + k)] = f32_to_bf16(xf[size_t(m * lda + k)]);
+      const std::vector<float> emulated = test::emulate_gemv_sums(p, x_tight, M);
       for (GemvKernel kernel : {GemvKernel::Auto, GemvKernel::Gemv, GemvKernel::DequantGemm}) {
         const std::string what = std::string(c.bits ? "int" + std::to_string(c.bits) : "nf4") + " [" +
                                  std::to_string(c.n) + ", " + std::to_string(c.k) + "] g" + std::to_string(c.group) +
@@ -236,6 +261,8 @@ void sweep(bool exact) {
         std::vector<double> got(h.size());
         for (size_t i = 0; i < h.size(); ++i) got[i] = bf16_to_f32(h[i]);
         check(got, std::vector<double>(h.size(), 0.0), sentinel, M, c.n, c.k, ldc, ref_b, ref_f, exact, true, what);
+        const bool gemv_ran = kernel == GemvKernel::Gemv || (kernel == GemvKernel::Auto && M <= cuda::kGemvMaxRows);
+        if (gemv_ran) expect_emulated(h, emulated, M, c.n, ldc, what);
         // fp32 accumulation into C (the residual add), for M = 3 and 17 (one and two launches).
         if (M == 3 || M == 17) {
           std::vector<float> base(size_t(M * ldc));
@@ -251,6 +278,15 @@ void sweep(bool exact) {
           for (size_t i = 0; i < based.size(); ++i)
             if (based[i] == sentinel) based[i] = 0.0;  // gap columns: compared with the sentinel itself
           check(gotf, based, sentinel, M, c.n, c.k, ldc, ref_b, ref_f, false, false, what + " accumulate");
+          if (gemv_ran) {
+            // The epilogue adds the warp's sum to C once, in fp32.
+            std::vector<float> want(hf.size());
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < ldc; ++n)
+                want[size_t(m * ldc + n)] =
+                    n < c.n ? base[size_t(m * ldc + n)] + emulated[size_t(m * c.n + n)] : base[size_t(m * ldc + n)];
+            EXPECT_EQ(hf, want) << what << " accumulate: not the emulated kernel's fp32 sums";
+          }
         }
       }
     }

@@ -1,7 +1,9 @@
-// The low-bit GEMV kernels of gemv_lowbit.cuh and their dispatch. The layout's definition
-// (unit_code, word_index) is pack/gemv_layout.h's, called here with compile-time widths.
+// The low-bit GEMV kernels of gemv_lowbit.cuh and their dispatch. A lane's loads, decoding and
+// sums are gemv_lowbit_lane.h's (which the CPU test runs too); the layout's definition is
+// pack/gemv_layout.h's, called with compile-time widths.
 #include "backend/cuda/gemv_lowbit.cuh"
 
+#include "backend/cuda/gemv_lowbit_lane.h"
 #include "pack/gemv_layout.h"
 
 #include <algorithm>
@@ -17,55 +19,15 @@ constexpr int kWarps = 4;  // warps per block
 constexpr int kThreads = kWarps * 32;
 
 struct GemvParams {
-  const uint4* codes;      // [N, bits, units] 16-byte words
-  const uint32_t* scales;  // [N, groups]
-  const bf16* A;           // [M, lda], rows readable (and 16-byte aligned) up to units * 128 columns
-  int64_t lda;
-  bf16* C;   // [M, ldc] or null
+  gemv_lane::Params lane;
+  bf16* C;    // [M, ldc] or null
   float* Cf;  // [M, ldc] (accumulated into) or null
   int64_t ldc;
-  int M, N, units, groups;
-  int group_quanta;  // group size / 32
   float table[16];
 };
 
-// The weight of code q under scale word sw (gemv_layout.h's formulas, bit for bit).
-template <bool CB>
-__device__ __forceinline__ float decode(uint32_t q, uint32_t sw, const float* table) {
-  if constexpr (CB) {
-    return __bfloat162float(__float2bfloat16_rn(__fmul_rn(table[q], __uint_as_float(sw))));
-  } else {
-    const float scale = __uint_as_float(sw << 16), zero = __uint_as_float(sw & 0xffff0000u);
-    // scale * (q - zero) is exact in fp32 (8 significant bits times an integer below 2^9).
-    return __bfloat162float(__float2bfloat16_rn(__fmul_rn(scale, float(q) - zero)));
-  }
-}
-
-// Unit u of row n: its 4 * BITS code words (zero for a row past N) and its 4 scale words (one per
-// 32 columns).
-template <int BITS>
-__device__ __forceinline__ void load_unit(const GemvParams& p, int n, int u, uint32_t (&w)[4 * BITS],
-                                          uint32_t (&sw)[4]) {
-  if (n >= p.N) {
-#pragma unroll
-    for (int i = 0; i < 4 * BITS; ++i) w[i] = 0u;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) sw[q] = 0u;
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < BITS; ++j) {
-    const uint4 v = __ldcs(p.codes + (int64_t(n) * BITS + j) * p.units + u);
-    w[4 * j] = v.x;
-    w[4 * j + 1] = v.y;
-    w[4 * j + 2] = v.z;
-    w[4 * j + 3] = v.w;
-  }
-#pragma unroll
-  for (int q = 0; q < 4; ++q) sw[q] = __ldg(p.scales + int64_t(n) * p.groups + (4 * u + q) / p.group_quanta);
-}
-
-// ROWS rows of W per warp, up to MR rows of x (p.M <= MR).
+// ROWS rows of W per warp, up to MR rows of x (p.lane.M <= MR): each lane's sums
+// (gemv_lowbit_lane.h), then the warp's butterfly; lane m writes row m's output.
 template <int BITS, bool CB, int MR, int ROWS>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   __shared__ float table[16];
@@ -75,46 +37,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   }
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int n0 = (int(blockIdx.x) * kWarps + warp) * ROWS;
-  if (n0 >= p.N) return;
-
+  if (n0 >= p.lane.N) return;
   float acc[ROWS][MR];
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-    for (int m = 0; m < MR; ++m) acc[r][m] = 0.0f;
-
-  for (int u = lane; u < p.units; u += 32) {
-    uint32_t w[ROWS][4 * BITS], sw[ROWS][4];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) load_unit<BITS>(p, n0 + r, u, w[r], sw[r]);
-#pragma unroll
-    for (int run = 0; run < 16; ++run) {  // 8 columns at a time
-      float wf[ROWS][8];
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) wf[r][e] = decode<CB>(gv::unit_code(w[r], BITS, 8 * run + e), sw[r][run / 4], table);
-      const int64_t k0 = int64_t(u) * 128 + 8 * run;
-#pragma unroll
-      for (int m = 0; m < MR; ++m) {
-        if (m < p.M) {
-          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(p.A + int64_t(m) * p.lda + k0));
-          const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-          float x[8];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            x[2 * e] = __uint_as_float(xw[e] << 16);
-            x[2 * e + 1] = __uint_as_float(xw[e] & 0xffff0000u);
-          }
-#pragma unroll
-          for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(x[e], wf[r][e], acc[r][m]);
-        }
-      }
-    }
-  }
-
+  gemv_lane::lane_sums<BITS, CB, MR, ROWS>(p.lane, n0, lane, table, acc);
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     const int n = n0 + r;
@@ -123,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
       float v = acc[r][m];
 #pragma unroll
       for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == m && m < p.M && n < p.N) {
+      if (lane == m && m < p.lane.M && n < p.lane.N) {
         if (p.Cf != nullptr) p.Cf[int64_t(m) * p.ldc + n] += v;
         else p.C[int64_t(m) * p.ldc + n] = __float2bfloat16_rn(v);
       }
@@ -139,20 +64,21 @@ __global__ void __launch_bounds__(kThreads) gemv_dequant_kernel(const GemvParams
     if (threadIdx.x < 16) table[threadIdx.x] = p.table[threadIdx.x];
     __syncthreads();
   }
+  const gemv_lane::Params& q = p.lane;
   const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= int64_t(p.N) * p.units) return;
-  const int n = int(i / p.units), u = int(i % p.units);
+  if (i >= int64_t(q.N) * q.units) return;
+  const int n = int(i / q.units), u = int(i % q.units);
   uint32_t w[4 * BITS], sw[4];
-  load_unit<BITS>(p, n, u, w, sw);
-  uint4* dst = reinterpret_cast<uint4*>(out + int64_t(n) * p.units * 128 + int64_t(u) * 128);
+  gemv_lane::load_unit<BITS>(q, n, u, w, sw);
+  uint4* dst = reinterpret_cast<uint4*>(out + int64_t(n) * q.units * 128 + int64_t(u) * 128);
 #pragma unroll
   for (int run = 0; run < 16; ++run) {
     uint32_t h[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const __nv_bfloat162 pair =
-          __floats2bfloat162_rn(decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e), sw[run / 4], table),
-                                decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e + 1), sw[run / 4], table));
+          __floats2bfloat162_rn(gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e), sw[run / 4], table),
+                                gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e + 1), sw[run / 4], table));
       h[e] = *reinterpret_cast<const uint32_t*>(&pair);
     }
     dst[run] = make_uint4(h[0], h[1], h[2], h[3]);
@@ -184,16 +110,16 @@ cublasHandle_t own_blas_handle() {
 template <int BITS, bool CB>
 void launch_gemv(const GemvParams& p, cudaStream_t s) {
   constexpr int rows = BITS == 8 ? 1 : 2;  // 8-bit units take 32 registers a row
-  const unsigned blocks = unsigned((p.N + kWarps * rows - 1) / (kWarps * rows));
-  if (p.M <= 1) gemv_kernel<BITS, CB, 1, rows><<<blocks, kThreads, 0, s>>>(p);
-  else if (p.M <= 4) gemv_kernel<BITS, CB, 4, rows><<<blocks, kThreads, 0, s>>>(p);
+  const unsigned blocks = unsigned((p.lane.N + kWarps * rows - 1) / (kWarps * rows));
+  if (p.lane.M <= 1) gemv_kernel<BITS, CB, 1, rows><<<blocks, kThreads, 0, s>>>(p);
+  else if (p.lane.M <= 4) gemv_kernel<BITS, CB, 4, rows><<<blocks, kThreads, 0, s>>>(p);
   else gemv_kernel<BITS, CB, 16, rows><<<blocks, kThreads, 0, s>>>(p);
   LB_CUDA_LAUNCH_CHECK();
 }
 
 template <int BITS, bool CB>
 void launch_dequant(const GemvParams& p, bf16* out, cudaStream_t s) {
-  const int64_t threads = int64_t(p.N) * p.units;
+  const int64_t threads = int64_t(p.lane.N) * p.lane.units;
   gemv_dequant_kernel<BITS, CB><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(p, out);
   LB_CUDA_LAUNCH_CHECK();
 }
@@ -220,12 +146,12 @@ void dispatch_dequant(const GemvWeight& w, const GemvParams& p, bf16* out, cudaS
 
 GemvParams params_of(const GemvWeight& w) {
   GemvParams p{};
-  p.codes = reinterpret_cast<const uint4*>(w.codes.get());
-  p.scales = w.scales.get();
-  p.N = int(w.n);
-  p.units = int(w.units());
-  p.groups = int(w.groups());
-  p.group_quanta = int(w.group_size / 32);
+  p.lane.codes = w.codes.get();
+  p.lane.scales = w.scales.get();
+  p.lane.N = int(w.n);
+  p.lane.units = int(w.units());
+  p.lane.groups = int(w.groups());
+  p.lane.group_quanta = int(w.group_size / 32);
   for (int i = 0; i < 16; ++i) p.table[i] = w.table[size_t(i)];
   return p;
 }
@@ -275,12 +201,12 @@ void run(const GemvWeight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A1
     a_ld = w.padded_k();
   }
   GemvParams p = params_of(w);
-  p.lda = a_ld;
+  p.lane.lda = a_ld;
   p.ldc = ldc;
   // Launches of up to 16 rows of x (the kernel's widest configuration).
   for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxRows) {
-    p.M = int(std::min<int64_t>(kGemvMaxRows, M - m0));
-    p.A = a + m0 * a_ld;
+    p.lane.M = int(std::min<int64_t>(kGemvMaxRows, M - m0));
+    p.lane.A = reinterpret_cast<const uint16_t*>(a + m0 * a_ld);
     p.C = C != nullptr ? C + m0 * ldc : nullptr;
     p.Cf = Cf != nullptr ? Cf + m0 * ldc : nullptr;
     dispatch_gemv(w, p, s);
