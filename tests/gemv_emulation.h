@@ -54,7 +54,7 @@ void launch_rows(const cuda::gemv_lane::Params& p, const float* table, float* y,
 // stride K) times the packed weight, as the GPU's Gemv kernel computes them.
 inline std::vector<float> emulate_gemv_sums(const pack::GemvPacked& w, const std::vector<uint16_t>& x, int64_t M) {
   const int64_t kp = w.padded_k();
-  // The kernel's zero-padded copy of x (what it reads in place when K is whole units).
+  // The kernel's zero-padded copy of x (what it reads in place when K is whole tiles).
   std::vector<uint16_t> xp(size_t(M * kp), 0);
   for (int64_t m = 0; m < M; ++m) std::copy_n(x.begin() + m * w.k, w.k, xp.begin() + m * kp);
   std::vector<float> y(size_t(M * w.n), 0.0f);
@@ -65,7 +65,8 @@ inline std::vector<float> emulate_gemv_sums(const pack::GemvPacked& w, const std
   p.N = int(w.n);
   p.units = int(w.units());
   p.groups = int(w.groups());
-  p.group_quanta = int(w.group_size / 32);
+  p.group_size = int(w.group_size);
+  p.group_shift = cuda::gemv_lane::group_shift_of(p.group_size);
   const float* table = w.codebook.data();
   for (int64_t m0 = 0; m0 < M; m0 += 16) {
     p.M = int(std::min<int64_t>(16, M - m0));

@@ -6,14 +6,23 @@
 // round-trip test) and the kernels all call.
 //
 // Terms. The weight is W [N outputs, K inputs]; y[M, N] = x[M, K] W^T. Each row is cut into
-// `units` of 128 consecutive columns (K padded to units * 128 with code 0), and a unit's codes
-// take `bits` 16-byte words (its planes): 2 bits 32 bytes, 3 bits 48, 4 bits 64, 8 bits 128.
+// tiles of 1024 columns (K padded to a whole tile with code 0), a tile into 8 units of 128 codes,
+// and a unit's codes take `bits` 16-byte words (its planes): 2 bits 32 bytes, 3 bits 48, 4 bits
+// 64, 8 bits 128. The kernels read x 8 columns (16 bytes) at a time, a `run`, and unit j of a
+// tile holds the tile's runs j, j + 8, ..., j + 120, interleaved so that the 8 lanes that take
+// the 8 units of a tile read 128 contiguous bytes of x per run (a warp's 32 lanes: 4 tiles, 4
+// cache lines per load) while each lane's codes stay contiguous:
+//
+//   code i (0..127) of unit u (tile t = u / 8, j = u % 8) is column 1024 t + 64 (i / 8) + 8 j + i % 8
+//
+//     columns of tile t:   0..7   8..15  ...  56..63 | 64..71  72..79 ... | ...  1016..1023
+//     unit (j), run:       j0 r0  j1 r0  ...  j7 r0  | j0 r1   j1 r1  ... | ...  j7 r15
 //
 // Codes: uint32 words, [n][plane j 0..bits-1][unit u][word w 0..3]: plane j of every unit of a
 // row is one contiguous array of 16-byte words, so the 32 lanes of a warp that take 32
 // consecutive units of a row read 512 contiguous bytes per plane with one 16-byte load each.
 // A lane then holds the unit's 4 * bits words, word index W = 4 j + w, in the order of the
-// UnitN structs below; code i (i = 0..127, column 128 u + i) sits in them as:
+// UnitN structs below; code i of the unit sits in them as:
 //
 //   2, 4, 8 bits (per = 32 / bits codes per word): word i / per, bits [b (i % per), b (i % per) + b)
 //
@@ -28,9 +37,9 @@
 //     lo[W] (W 0..7):   31..30 ... 1..0   =  q[16W+15] & 3 ... q[16W] & 3
 //     hi[W] (W 0..3):   31 ... 0          =  q[32W+31] >> 2 ... q[32W] >> 2
 //
-// Scales: uint32 words, [n][group g 0..groups-1], groups = ceil(units * 128 / group_size), the
-// group of column c being c / group_size (group_size a multiple of 32, so a run of 8 columns the
-// kernels decode together never straddles two groups):
+// Scales: uint32 words, [n][group g 0..groups-1], groups = ceil(padded K / group_size), the group
+// of column c being c / group_size (group_size a multiple of 32, so a run never straddles two
+// groups):
 //   int:      bf16(scale) in the low half | bf16(zero) in the high half; the zero-point is an
 //             integer in [-256, 256], exact in bf16;  w = bf16(scale * (code - zero)), the fp32
 //             product being exact (8 significant bits times an integer below 2^9)
@@ -52,7 +61,9 @@ namespace lowbit::pack::gemv {
 
 enum class Kind : int { Int = 0, Codebook = 1 };
 
-inline constexpr int64_t kUnitCodes = 128;   // columns per unit
+inline constexpr int64_t kUnitCodes = 128;   // codes per unit
+inline constexpr int64_t kTileUnits = 8;     // units per tile
+inline constexpr int64_t kTileCodes = kUnitCodes * kTileUnits;  // columns per tile (1024)
 inline constexpr int64_t kRunCodes = 8;      // columns the kernels decode together (16 bytes of bf16 x)
 inline constexpr int64_t kGroupQuantum = 32; // group sizes are multiples of this
 
@@ -92,6 +103,23 @@ LB_GEMV_HD void set_unit_code(uint32_t* w, int bits, int i, uint32_t code) {
   }
   const int per = 32 / bits;
   w[i / per] |= code << (bits * (i % per));
+}
+
+// The first column of run r (0..15) of unit u; code i of the unit is column
+// run_column(u, i / 8) + i % 8.
+LB_GEMV_HD int64_t run_column(int64_t u, int r) {
+  return (u / kTileUnits) * kTileCodes + 64 * r + 8 * (u % kTileUnits);
+}
+
+struct CodeSlot {
+  int64_t unit;
+  int code;  // 0..127
+};
+
+// The inverse: where the code of column c lives.
+LB_GEMV_HD CodeSlot column_slot(int64_t c) {
+  const int64_t t = c / kTileCodes, r = c % kTileCodes;
+  return CodeSlot{t * kTileUnits + (r % 64) / 8, int(8 * (r / 64) + c % 8)};
 }
 
 // Index of word W (0..4 bits - 1) of unit u of row n in the code words, for `units` units a row.

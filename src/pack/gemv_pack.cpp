@@ -92,8 +92,8 @@ GemvPacked pack_gemv(const QuantizedLinear& q, const std::string& what) {
     for (int64_t u = 0; u < units; ++u) {
       std::fill(unit.begin(), unit.end(), 0u);
       for (int i = 0; i < int(gemv::kUnitCodes); ++i) {
-        const int64_t c = u * gemv::kUnitCodes + i;
-        if (c >= p.k) break;  // padding keeps code 0
+        const int64_t c = gemv::run_column(u, i / 8) + i % 8;
+        if (c >= p.k) continue;  // padding keeps code 0
         const uint32_t code = row[c];
         LB_CHECK(code < limit, "{}: code {} at [{}, {}] does not fit {} bits", what, code, n, c, q.bits);
         gemv::set_unit_code(unit.data(), p.bits, i, code);
@@ -133,8 +133,8 @@ GemvUnpacked unpack_gemv(const GemvPacked& p) {
     for (int64_t u = 0; u < units; ++u) {
       for (int W = 0; W < words; ++W) unit[size_t(W)] = p.codes[size_t(gemv::word_index(n, u, W, p.bits, units))];
       for (int i = 0; i < int(gemv::kUnitCodes); ++i) {
-        const int64_t c = u * gemv::kUnitCodes + i;
-        if (c >= p.k) break;
+        const int64_t c = gemv::run_column(u, i / 8) + i % 8;
+        if (c >= p.k) continue;
         out.codes[size_t(n * p.k + c)] = uint8_t(gemv::unit_code(unit.data(), p.bits, i));
       }
     }

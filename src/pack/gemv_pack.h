@@ -1,9 +1,9 @@
 // Low-bit GEMV weights: an "int" QuantizedLinear of 1-3 or 5-8 bits (4 too, though the W4A16
 // tiles of pack/w4_tiles.h are the GPU's 4-bit int path) or a 4-bit "codebook" one (NormalFloat,
 // NF4 with or without double quantization) repacked, once at load, into the layout the GPU's
-// GEMV kernels stream (pack/gemv_layout.h draws it): codes in 128-column units of 2, 3, 4 or 8
-// bits a code (1-bit int codes take the 2-bit container, 5-7-bit ones the 8-bit one), and one
-// scale word per (row, group).
+// GEMV kernels stream (pack/gemv_layout.h draws it): codes in units of 128 (interleaved by runs of
+// 8 columns over tiles of 1024) of 2, 3, 4 or 8 bits a code (1-bit int codes take the 2-bit
+// container, 5-7-bit ones the 8-bit one), and one scale word per (row, group).
 //
 // What the layout holds: per-row groups (flat groups only where they coincide with per-row ones:
 // cols a multiple of the group size), a group size that is a multiple of 32, no act_order
@@ -38,7 +38,7 @@ struct GemvPacked {
   std::vector<uint32_t> scales;  // [n, groups], gemv_layout.h
   std::array<float, 16> codebook{};  // codebook kind: the table, 0 past its 2^q.bits entries
 
-  int64_t units() const { return (k + gemv::kUnitCodes - 1) / gemv::kUnitCodes; }
+  int64_t units() const { return (k + gemv::kTileCodes - 1) / gemv::kTileCodes * gemv::kTileUnits; }
   int64_t padded_k() const { return units() * gemv::kUnitCodes; }
   int64_t groups() const { return (padded_k() + group_size - 1) / group_size; }
   size_t nbytes() const { return (codes.size() + scales.size()) * 4; }

@@ -2,8 +2,8 @@
 // dequantized weight (QuantizedLinear::dequantize in bf16, which tests/unit/test_gemv_pack.cpp
 // ties to the layout and the quant tests to the references): 1-, 2-, 3-, 5-, 8-bit int codes (the
 // 2-, 3- and 8-bit containers, and the 4-bit one) and NF4 with and without double quantization,
-// over N on both sides of a warp's rows, K on both sides of the 128-column unit (x read in place
-// or from the zero-padded copy), group sizes 32/64/128 with partial last groups, batch M = 1, 3,
+// over N on both sides of a warp's rows, K on both sides of the 1024-column tile (x read in place
+// or from the zero-padded copy), group sizes 32/64/128 (and 96) with partial last groups, batch M = 1, 3,
 // 16 (the GEMV's widest launch), 17 and 64 (two and four launches, and DequantGemm), both
 // kernels and Auto, bf16 output and the fp32 accumulating epilogue, row strides wider than the
 // matrices. Then CudaModel with such packed linears (--packed on a CUDA device) against the same
@@ -86,6 +86,8 @@ const Case kCases[] = {
     {64, 256, 32, 8, false},
     {301, 4096, 128, 8, false},  // one row per warp: N % 4 = 1
     {50, 128, 64, 5, false},     // 5-bit codes in the 8-bit container
+    {40, 1000, 96, 3, false},    // groups of 96 (not a power of two: divided, not shifted)
+    {24, 3072, 128, 2, false},   // three tiles: 24 units a row, lanes 24..31 idle
     {70, 256, 128, 4, false},    // the 4-bit int container (the W4A16 tiles' codes, GEMV layout)
     {64, 128, 64, 0, true},      // NF4 with double quantization
     {129, 448, 64, 0, true},     // K % 128 = 64: padded copy of x

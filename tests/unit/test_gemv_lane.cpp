@@ -1,7 +1,7 @@
 // The low-bit GEMV kernel's arithmetic on the CPU, without a GPU: its lanes' code
 // (src/backend/cuda/gemv_lowbit_lane.h) run over a whole grid by tests/gemv_emulation.h, against
 // the CPU product of lowbit's own dequantized weight (QuantizedLinear::dequantize in bf16), for
-// 1-8-bit int and NF4 codes, K on both sides of the 128-column unit, partial last groups, and
+// 1-8-bit int and NF4 codes, K on both sides of the 1024-column tile, partial last groups, and
 // M = 1, 3, 16, 17, 64 (the 1-, 4- and 16-row configurations and several launches); and the
 // lanes' decoding (which the dequantize + cuBLAS kernel runs too) against the layout's weight.
 //
@@ -40,7 +40,7 @@ struct Case {
 const Case kCases[] = {
     {64, 128, 128, 2}, {130, 200, 64, 2}, {257, 4096, 128, 2}, {33, 172, 32, 3}, {96, 384, 32, 3},
     {40, 256, 64, 1},  {64, 256, 32, 8},  {31, 1024, 128, 8},  {50, 128, 64, 5}, {70, 256, 128, 4},
-    {64, 128, 64, 0},  {129, 448, 64, 0}, {48, 4096, 64, 0},
+    {64, 128, 64, 0},  {129, 448, 64, 0}, {48, 4096, 64, 0},  {40, 1000, 96, 3},  // groups of 96: a division
 };
 
 QuantizedLinear make_linear(const Case& c, bool exact, std::mt19937& rng) {
@@ -124,20 +124,22 @@ TEST(GemvLane, DecodingEqualsTheLayoutsWeight) {
     lp.N = int(p.n);
     lp.units = int(p.units());
     lp.groups = int(p.groups());
-    lp.group_quanta = int(p.group_size / 32);
+    lp.group_size = int(p.group_size);
+    lp.group_shift = -1;  // the division (the emulation takes the shift)
     std::vector<float> got(size_t(p.n * p.k));
     auto decode_all = [&](auto bits_tag, auto cb_tag) {
       constexpr int B = decltype(bits_tag)::value;
       constexpr bool CB = decltype(cb_tag)::value;
       for (int n = 0; n < int(p.n); ++n)
         for (int u = 0; u < int(p.units()); ++u) {
-          uint32_t w[4 * B], sw[4];
-          cuda::gemv_lane::load_unit<B>(lp, n, u, w, sw);
+          uint32_t w[4 * B];
+          cuda::gemv_lane::load_unit<B>(lp, n, u, w);
           for (int i = 0; i < 128; ++i) {
-            const int64_t col = int64_t(u) * 128 + i;
-            if (col >= p.k) break;
+            const int64_t c0 = pack::gemv::run_column(u, i / 8), col = c0 + i % 8;
+            if (col >= p.k) continue;
+            const uint32_t sw = cuda::gemv_lane::load_group_scale(lp, n, int(c0));
             got[size_t(n * p.k + col)] =
-                cuda::gemv_lane::decode<CB>(pack::gemv::unit_code(w, B, i), sw[i / 32], p.codebook.data());
+                cuda::gemv_lane::decode<CB>(pack::gemv::unit_code(w, B, i), sw, p.codebook.data());
           }
         }
     };

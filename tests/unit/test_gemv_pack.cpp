@@ -1,6 +1,6 @@
 // The GPU's low-bit GEMV layout packed on the host (src/pack/gemv_pack.h), checked on the CPU:
 // the round trip back to codes, scales and zero-points for random codes of every width, group
-// sizes 32/64/128 and K on both sides of the 128-column unit; the layout's dequantized weight
+// sizes 32/64/128 and K on both sides of the 1024-column tile; the layout's dequantized weight
 // against the format's own dequantize (QuantizedLinear::dequantize, int and NF4 with double
 // quantization); the raw code words against the bit drawing of gemv_layout.h, written out here a
 // second time independently of unit_code/word_index; padding; the layout --packed picks per
@@ -28,7 +28,7 @@ using test::W4Scales;
 struct Shape {
   int64_t rows, cols, group;
 };
-// K below, at and past the 128-column unit, a partial last group (200 % 64, 172 % 32), groups
+// K below, at and past the 1024-column tile, a partial last group (200 % 64, 172 % 32), groups
 // larger than K.
 const Shape kShapes[] = {{3, 128, 128}, {5, 200, 64}, {64, 172, 32},  {17, 384, 128},
                          {2, 96, 128},  {9, 256, 32}, {33, 1024, 64}, {4, 4096, 128}};
@@ -99,9 +99,10 @@ TEST(GemvPack, CodeWordsFollowTheDrawing) {
     int q_bits, row, col;
     uint32_t code;
   };
-  const int64_t rows = 3, cols = 300;  // 3 units a row, the last one partly padding
-  for (const Probe& pr : {Probe{2, 1, 37, 2}, Probe{2, 2, 299, 3}, Probe{3, 1, 37, 5}, Probe{3, 0, 200, 6},
-                          Probe{3, 2, 131, 3}, Probe{4, 2, 133, 11}, Probe{8, 1, 255, 201}, Probe{8, 0, 6, 77}}) {
+  const int64_t rows = 3, cols = 1300;  // 2 tiles (16 units) a row, the second mostly padding
+  for (const Probe& pr : {Probe{2, 1, 37, 2}, Probe{2, 2, 1299, 3}, Probe{3, 1, 37, 5}, Probe{3, 0, 200, 6},
+                          Probe{3, 2, 1131, 3}, Probe{4, 2, 133, 11}, Probe{8, 1, 1023, 201}, Probe{8, 0, 6, 77},
+                          Probe{2, 0, 0, 1}, Probe{3, 1, 1087, 7}}) {
     SCOPED_TRACE(std::to_string(pr.q_bits) + " bits at [" + std::to_string(pr.row) + ", " + std::to_string(pr.col) +
                  "]");
     QuantizedLinear q;
@@ -114,7 +115,10 @@ TEST(GemvPack, CodeWordsFollowTheDrawing) {
     q.scales.assign(size_t(q.num_scale_groups()), 1.0f);
     q.zeros.assign(q.scales.size(), 0.0f);
     const pack::GemvPacked p = pack::pack_gemv(q, "test");
-    const int64_t units = 3, b = pr.q_bits, u = pr.col / 128, i = pr.col % 128;
+    ASSERT_EQ(p.units(), 16);
+    // Column c is code 8 (c % 1024 / 64) + c % 8 of unit 8 (c / 1024) + c % 64 / 8.
+    const int64_t units = 16, b = pr.q_bits;
+    const int64_t u = 8 * (pr.col / 1024) + pr.col % 64 / 8, i = 8 * (pr.col % 1024 / 64) + pr.col % 8;
     // Word W of unit u of row n is 32-bit word ((n * b + W / 4) * units + u) * 4 + W % 4.
     auto at = [&](int64_t W) { return size_t(((pr.row * b + W / 4) * units + u) * 4 + W % 4); };
     std::vector<uint32_t> expect(p.codes.size(), 0u);
@@ -129,28 +133,36 @@ TEST(GemvPack, CodeWordsFollowTheDrawing) {
   }
 }
 
+TEST(GemvPack, RunColumnAndColumnSlotAreInverse) {
+  for (int64_t c = 0; c < 3 * pack::gemv::kTileCodes; ++c) {
+    const pack::gemv::CodeSlot s = pack::gemv::column_slot(c);
+    ASSERT_EQ(pack::gemv::run_column(s.unit, s.code / 8) + s.code % 8, c);
+  }
+}
+
 TEST(GemvPack, PaddingIsZero) {
   std::mt19937 rng(14);
-  // K = 200: 56 padding columns in the second unit; groups of 64: the layout has 4 groups a row,
-  // the linear 4 too (the last holding 8 columns); groups of 128 past K: scale words 0.
+  // K = 200: one tile of 8 units, 824 padding columns; groups of 64.
   const QuantizedLinear q = random_w4_linear(5, 200, 64, 3, W4Order::Plain, W4Scales::Bf16, rng);
   const pack::GemvPacked p = pack::pack_gemv(q, "test");
-  ASSERT_EQ(p.units(), 2);
-  for (int64_t n = 0; n < p.n; ++n) {
-    uint32_t w[12];
-    for (int W = 0; W < 12; ++W) w[W] = p.codes[size_t(pack::gemv::word_index(n, 1, W, 3, 2))];
-    for (int i = 200 - 128; i < 128; ++i) EXPECT_EQ(pack::gemv::unit_code(w, 3, i), 0u) << n << " " << i;
-  }
-  const QuantizedLinear q2 = random_w4_linear(2, 100, 32, 2, W4Order::Plain, W4Scales::Bf16, rng);
-  const pack::GemvPacked p2 = pack::pack_gemv(q2, "test");
-  ASSERT_EQ(p2.groups(), 4);  // 128 padded columns; the linear has 4 groups (the last of 4 columns)
+  ASSERT_EQ(p.units(), 8);
+  ASSERT_EQ(p.padded_k(), 1024);
+  for (int64_t n = 0; n < p.n; ++n)
+    for (int64_t u = 0; u < 8; ++u) {
+      uint32_t w[12];
+      for (int W = 0; W < 12; ++W) w[W] = p.codes[size_t(pack::gemv::word_index(n, u, W, 3, 8))];
+      for (int i = 0; i < 128; ++i)
+        if (pack::gemv::run_column(u, i / 8) + i % 8 >= 200) {
+          EXPECT_EQ(pack::gemv::unit_code(w, 3, i), 0u) << n << " " << i;
+        }
+    }
+  // K = 64, groups of 32: the linear has 2 groups a row, the layout 32 (1024 padded columns),
+  // those past the linear's with scale word 0.
   const QuantizedLinear q3 = random_w4_linear(2, 64, 32, 8, W4Order::Plain, W4Scales::Bf16, rng);
   const pack::GemvPacked p3 = pack::pack_gemv(q3, "test");
-  ASSERT_EQ(p3.groups(), 4);  // two groups of the linear, two of padding
-  for (int64_t n = 0; n < 2; ++n) {
-    EXPECT_EQ(p3.scales[size_t(n * 4 + 2)], 0u);
-    EXPECT_EQ(p3.scales[size_t(n * 4 + 3)], 0u);
-  }
+  ASSERT_EQ(p3.groups(), 32);
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t g = 2; g < 32; ++g) EXPECT_EQ(p3.scales[size_t(n * 32 + g)], 0u);
 }
 
 void expect_refused(const QuantizedLinear& q, const std::string& needle) {

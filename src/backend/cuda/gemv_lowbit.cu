@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   }
 }
 
-// out [N, units * 128] bf16: one thread per (row, unit), decoding as gemv_kernel does.
+// out [N, units * 128] bf16 in column order: one thread per (row, unit), decoding as gemv_kernel
+// does.
 template <int BITS, bool CB>
 __global__ void __launch_bounds__(kThreads) gemv_dequant_kernel(const GemvParams p, bf16* out) {
   __shared__ float table[16];
@@ -68,20 +69,22 @@ __global__ void __launch_bounds__(kThreads) gemv_dequant_kernel(const GemvParams
   const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= int64_t(q.N) * q.units) return;
   const int n = int(i / q.units), u = int(i % q.units);
-  uint32_t w[4 * BITS], sw[4];
-  gemv_lane::load_unit<BITS>(q, n, u, w, sw);
-  uint4* dst = reinterpret_cast<uint4*>(out + int64_t(n) * q.units * 128 + int64_t(u) * 128);
+  uint32_t w[4 * BITS];
+  gemv_lane::load_unit<BITS>(q, n, u, w);
+  bf16* row = out + int64_t(n) * q.units * 128;
 #pragma unroll
   for (int run = 0; run < 16; ++run) {
+    const int c0 = int(gv::run_column(u, run));
+    const uint32_t sw = gemv_lane::load_group_scale(q, n, c0);
     uint32_t h[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const __nv_bfloat162 pair =
-          __floats2bfloat162_rn(gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e), sw[run / 4], table),
-                                gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e + 1), sw[run / 4], table));
+          __floats2bfloat162_rn(gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e), sw, table),
+                                gemv_lane::decode<CB>(gv::unit_code(w, BITS, 8 * run + 2 * e + 1), sw, table));
       h[e] = *reinterpret_cast<const uint32_t*>(&pair);
     }
-    dst[run] = make_uint4(h[0], h[1], h[2], h[3]);
+    *reinterpret_cast<uint4*>(row + c0) = make_uint4(h[0], h[1], h[2], h[3]);
   }
 }
 
@@ -151,7 +154,8 @@ GemvParams params_of(const GemvWeight& w) {
   p.lane.N = int(w.n);
   p.lane.units = int(w.units());
   p.lane.groups = int(w.groups());
-  p.lane.group_quanta = int(w.group_size / 32);
+  p.lane.group_size = int(w.group_size);
+  p.lane.group_shift = gemv_lane::group_shift_of(int(w.group_size));
   for (int i = 0; i < 16; ++i) p.table[i] = w.table[size_t(i)];
   return p;
 }

@@ -4,11 +4,12 @@
 //
 // Gemv (batch-small decode, M <= 16 per launch): a weight-streaming kernel on CUDA cores. Each
 // warp owns a few output rows (2; 1 for 8-bit codes, whose units take twice the registers); its
-// lanes walk the rows' 128-column units (lane l takes units l, l + 32, ...), each with `bits`
-// coalesced 16-byte loads of codes (streamed past L1) and one scale word per 32 columns, decode 8
-// codes at a time into fp32 weights, and multiply them by 8 bf16 activations (one 16-byte load
-// per row of x, from L1/L2: every warp of the grid reads the same x) into per-(row of W, row of
-// x) fp32 sums, which a warp shuffle adds up at the end. Compiled for up to 1, 4 and 16 rows of
+// lanes walk the rows' 128-code units (lane l takes units l, l + 32, ...), each with `bits`
+// coalesced 16-byte loads of codes (streamed past L1), decode 8 codes (a run of 8 columns, one
+// scale word) at a time into fp32 weights, and multiply them by 8 bf16 activations (one 16-byte
+// load per row of x, from L1/L2: every warp of the grid reads the same x; the layout interleaves
+// runs so that a warp's loads of x touch 4 cache lines, not 32) into per-(row of W, row of x)
+// fp32 sums, which a warp shuffle adds up at the end. Compiled for up to 1, 4 and 16 rows of
 // x; more rows run in launches of 16 (each streaming the weight again), which Auto leaves to
 // DequantGemm.
 //
@@ -42,7 +43,7 @@ struct GemvWeight {
   std::array<float, 16> table{};  // codebook kind: the values
   DeviceBuffer<uint32_t> codes;   // [n, bits, units, 4]
   DeviceBuffer<uint32_t> scales;  // [n, groups]
-  int64_t units() const { return (k + 127) / 128; }
+  int64_t units() const { return (k + 1023) / 1024 * 8; }  // whole tiles of 8 units
   int64_t padded_k() const { return units() * 128; }
   int64_t groups() const { return (padded_k() + group_size - 1) / group_size; }
   size_t bytes() const { return (codes.size() + scales.size()) * 4; }

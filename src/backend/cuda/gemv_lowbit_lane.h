@@ -7,10 +7,11 @@
 //
 // The work of a warp: ROWS consecutive rows of W from n0, up to MR rows of x. Lane l takes the
 // units l, l + 32, ... of those rows; for each it loads the `bits` 16-byte code words of each row
-// (gemv_layout.h: plane j of unit u of row n is 16-byte word (n * bits + j) * units + u) and the
-// 4 scale words of its 32-column quarters (word n * groups + (4 u + q) / (group_size / 32)),
-// decodes 8 codes at a time, and adds x[m, c] * w[n, c] into acc[r][m] with fused multiply-adds
-// in column order. The kernel then adds the 32 lanes' sums by a shuffle butterfly.
+// (gemv_layout.h: plane j of unit u of row n is 16-byte word (n * bits + j) * units + u), and for
+// each of the unit's 16 runs (8 columns from c0 = run_column(u, run)) the scale word of its group
+// (n * groups + c0 / group_size), decodes its 8 codes, and adds x[m, c] * w[n, c] into acc[r][m]
+// with fused multiply-adds, run by run. The kernel then adds the 32 lanes' sums by a shuffle
+// butterfly.
 #pragma once
 
 #include "pack/gemv_layout.h"
@@ -39,7 +40,8 @@ struct Params {
   const uint16_t* A;       // bf16 [M, lda], rows readable (16-byte aligned) up to units * 128 columns
   int64_t lda;
   int M, N, units, groups;
-  int group_quanta;  // group size / 32
+  int group_size;   // a multiple of 32
+  int group_shift;  // log2(group_size) when it is a power of two, else -1 (a shift, not a division)
 };
 
 LB_GEMV_HD float as_float(uint32_t u) {
@@ -124,12 +126,11 @@ LB_GEMV_HD float decode(uint32_t q, uint32_t sw, const float* table) {
   }
 }
 
-// Unit u of row n: its 4 * BITS code words (zero for a row past N) and its 4 scale words.
+// The 4 * BITS code words of unit u of row n (zero for a row past N).
 template <int BITS>
-LB_GEMV_HD void load_unit(const Params& p, int n, int u, uint32_t (&w)[4 * BITS], uint32_t (&sw)[4]) {
+LB_GEMV_HD void load_unit(const Params& p, int n, int u, uint32_t (&w)[4 * BITS]) {
   if (n >= p.N) {
     for (int i = 0; i < 4 * BITS; ++i) w[i] = 0u;
-    for (int q = 0; q < 4; ++q) sw[q] = 0u;
     return;
   }
   LB_GEMV_UNROLL
@@ -140,8 +141,19 @@ LB_GEMV_HD void load_unit(const Params& p, int n, int u, uint32_t (&w)[4 * BITS]
     w[4 * j + 2] = v.z;
     w[4 * j + 3] = v.w;
   }
-  LB_GEMV_UNROLL
-  for (int q = 0; q < 4; ++q) sw[q] = load_scale(p.scales + int64_t(n) * p.groups + (4 * u + q) / p.group_quanta);
+}
+
+// The scale word of the group of column c0 of row n (0 for a row past N).
+LB_GEMV_HD uint32_t load_group_scale(const Params& p, int n, int c0) {
+  const int g = p.group_shift >= 0 ? c0 >> p.group_shift : c0 / p.group_size;
+  return n < p.N ? load_scale(p.scales + int64_t(n) * p.groups + g) : 0u;
+}
+
+// group_shift for a group size.
+LB_GEMV_HD int group_shift_of(int group_size) {
+  for (int s = 0; s < 31; ++s)
+    if ((1 << s) == group_size) return s;
+  return -1;
 }
 
 // Lane `lane`'s sums acc[r][m] (r < ROWS rows of W from n0, m < p.M <= MR rows of x), from 0.
@@ -153,22 +165,23 @@ LB_GEMV_HD void lane_sums(const Params& p, int n0, int lane, const float* table,
     for (int m = 0; m < MR; ++m) acc[r][m] = 0.0f;
 
   for (int u = lane; u < p.units; u += 32) {
-    uint32_t w[ROWS][4 * BITS], sw[ROWS][4];
+    uint32_t w[ROWS][4 * BITS];
     LB_GEMV_UNROLL
-    for (int r = 0; r < ROWS; ++r) load_unit<BITS>(p, n0 + r, u, w[r], sw[r]);
+    for (int r = 0; r < ROWS; ++r) load_unit<BITS>(p, n0 + r, u, w[r]);
     LB_GEMV_UNROLL
     for (int run = 0; run < 16; ++run) {  // 8 columns at a time
+      const int c0 = int(pack::gemv::run_column(u, run));  // padded K < 2^31 (upload_gemv checks)
       float wf[ROWS][8];
       LB_GEMV_UNROLL
-      for (int r = 0; r < ROWS; ++r)
+      for (int r = 0; r < ROWS; ++r) {
+        const uint32_t sw = load_group_scale(p, n0 + r, c0);
         LB_GEMV_UNROLL
-        for (int e = 0; e < 8; ++e)
-          wf[r][e] = decode<CB>(pack::gemv::unit_code(w[r], BITS, 8 * run + e), sw[r][run / 4], table);
-      const int64_t k0 = int64_t(u) * 128 + 8 * run;
+        for (int e = 0; e < 8; ++e) wf[r][e] = decode<CB>(pack::gemv::unit_code(w[r], BITS, 8 * run + e), sw, table);
+      }
       LB_GEMV_UNROLL
       for (int m = 0; m < MR; ++m) {
         if (m < p.M) {
-          const Words4 xv = load_cached(p.A + int64_t(m) * p.lda + k0);
+          const Words4 xv = load_cached(p.A + int64_t(m) * p.lda + c0);
           const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
           float x[8];
           LB_GEMV_UNROLL
