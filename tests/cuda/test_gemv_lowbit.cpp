@@ -264,7 +264,8 @@ void sweep(bool exact) {
         std::vector<double> got(h.size());
         for (size_t i = 0; i < h.size(); ++i) got[i] = bf16_to_f32(h[i]);
         check(got, std::vector<double>(h.size(), 0.0), sentinel, M, c.n, c.k, ldc, ref_b, ref_f, exact, true, what);
-        const bool gemv_ran = kernel == GemvKernel::Gemv || (kernel == GemvKernel::Auto && M <= cuda::kGemvMaxRows);
+        const bool gemv_ran =
+            kernel == GemvKernel::Gemv || (kernel == GemvKernel::Auto && cuda::gemv_auto_kernel(M) == GemvKernel::Gemv);
         if (gemv_ran) expect_emulated(h, emulated, M, c.n, ldc, what);
         // fp32 accumulation into C (the residual add), for M = 3 and 17 (one and two launches).
         if (M == 3 || M == 17) {

@@ -7,6 +7,7 @@
 #include "pack/gemv_layout.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 namespace lowbit::cuda {
@@ -160,6 +161,18 @@ GemvParams params_of(const GemvWeight& w) {
   return p;
 }
 
+// LOWBIT_GEMV_KERNEL (read once): auto, gemv or dequant for Auto to run at every M.
+GemvKernel kernel_from_env() {
+  static const GemvKernel k = [] {
+    const char* v = std::getenv("LOWBIT_GEMV_KERNEL");
+    if (v == nullptr || *v == '\0' || std::string(v) == "auto") return GemvKernel::Auto;
+    if (std::string(v) == "gemv") return GemvKernel::Gemv;
+    if (std::string(v) == "dequant") return GemvKernel::DequantGemm;
+    throw_error(std::string("LOWBIT_GEMV_KERNEL: unknown low-bit GEMV kernel '") + v + "' (auto, gemv, dequant)");
+  }();
+  return k;
+}
+
 void run(const GemvWeight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A16Workspace& ws, cudaStream_t s,
          int64_t lda, int64_t ldc, GemvKernel kernel) {
   if (lda == 0) lda = w.k;
@@ -171,7 +184,7 @@ void run(const GemvWeight& w, const bf16* A, bf16* C, float* Cf, int64_t M, W4A1
                 std::to_string(M) + ", lda " + std::to_string(lda) + ", ldc " + std::to_string(ldc) +
                 " (lda >= K, ldc >= N and 0 <= M needed)");
   if (M == 0) return;
-  if (kernel == GemvKernel::Auto) kernel = M <= kGemvMaxRows ? GemvKernel::Gemv : GemvKernel::DequantGemm;
+  if (kernel == GemvKernel::Auto) kernel = gemv_auto_kernel(M);
 
   if (kernel == GemvKernel::DequantGemm) {
     const int64_t kp = w.padded_k();
@@ -244,6 +257,12 @@ GemvWeight upload_gemv(int64_t n, int64_t k, int bits, bool codebook, int64_t gr
   w.scales.resize(scales.size());
   upload(w.scales.get(), scales.data(), scales.size(), s);
   return w;
+}
+
+GemvKernel gemv_auto_kernel(int64_t M) {
+  const GemvKernel k = kernel_from_env();
+  if (k != GemvKernel::Auto) return k;
+  return M <= kGemvMaxRows ? GemvKernel::Gemv : GemvKernel::DequantGemm;
 }
 
 void gemv_linear(const GemvWeight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,

@@ -56,9 +56,13 @@ GemvWeight upload_gemv(int64_t n, int64_t k, int bits, bool codebook, int64_t gr
                        const std::array<float, 16>& table, const char* what, cudaStream_t s);
 
 // Gemv: the weight-streaming kernel (at any M, in launches of 16 rows). DequantGemm: bf16 scratch
-// + cuBLAS. Auto: Gemv up to kGemvMaxRows rows, DequantGemm beyond.
+// + cuBLAS. Auto: Gemv up to kGemvMaxRows rows, DequantGemm beyond; the environment variable
+// LOWBIT_GEMV_KERNEL (auto, gemv or dequant; read once per process, an unknown value is a
+// lowbit::Error at the first product) makes Auto run one kernel at every M.
 enum class GemvKernel { Auto, Gemv, DequantGemm };
 inline constexpr int64_t kGemvMaxRows = 16;
+// What Auto runs for M rows (LOWBIT_GEMV_KERNEL included).
+GemvKernel gemv_auto_kernel(int64_t M);
 
 // C [M, N] (row stride ldc, 0: N) = A [M, K] (row stride lda, 0: K) . W^T. The workspace is the
 // W4A16 one (its gathered activations, dequantized scratch and cuBLAS handle). Throws
