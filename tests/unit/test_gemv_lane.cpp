@@ -79,7 +79,8 @@ void sweep(bool exact) {
           double rb = 0, sb = 0, rf = 0, sf = 0;
           for (int64_t k = 0; k < c.k; ++k) {
             const double wk = w[size_t(n * c.k + k)];
-            const double b = double(bf16_to_f32(xb[size_t(m * c.k + k)])) * wk, f = double(xf[size_t(m * c.k + k)]) * wk;
+            const double b = double(bf16_to_f32(xb[size_t(m * c.k + k)])) * wk;
+            const double f = double(xf[size_t(m * c.k + k)]) * wk;
             rb += b;
             sb += std::fabs(b);
             rf += f;
