@@ -27,6 +27,8 @@
 #include "pack/w4_tiles.h"
 #include "pack/w4_tiles_cuda.h"
 
+#include "cuda_bench_util.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -39,6 +41,10 @@
 using namespace lowbit;
 using cuda::bf16;
 using cuda::DeviceBuffer;
+using bench::median_ms;
+using bench::next;
+using bench::parse_list;
+using bench::random_bf16;
 
 namespace {
 
@@ -46,34 +52,6 @@ struct Shape {
   const char* name;
   int64_t k, n;
 };
-
-// Median per-call milliseconds of f(i) (i counts calls, for rotating weight copies).
-double median_ms(const cuda::Context& ctx, const std::function<void(int)>& f, int samples, int calls) {
-  cudaEvent_t a, b;
-  LB_CUDA_CHECK(cudaEventCreate(&a));
-  LB_CUDA_CHECK(cudaEventCreate(&b));
-  int i = 0;
-  for (int w = 0; w < 3 * calls; ++w) f(i++);  // warm-up
-  std::vector<double> ms;
-  for (int s = 0; s < samples; ++s) {
-    LB_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
-    for (int c = 0; c < calls; ++c) f(i++);
-    LB_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
-    LB_CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    LB_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(double(t) / calls);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-uint32_t next(uint64_t& s) {
-  s = s * 6364136223846793005ull + 1442695040888963407ull;
-  return uint32_t(s >> 33);
-}
 
 // A random 4-bit weight with groups of 128 and bf16 scales.
 QuantizedLinear random_int4(int64_t n, int64_t k, uint64_t seed) {
@@ -92,27 +70,6 @@ QuantizedLinear random_int4(int64_t n, int64_t k, uint64_t seed) {
     q.zeros[i] = float(next(seed) % 16);
   }
   return q;
-}
-
-DeviceBuffer<bf16> random_bf16(size_t n, uint64_t seed, cudaStream_t s) {
-  std::vector<uint16_t> h(n);
-  for (auto& v : h) v = f32_to_bf16(float(int(next(seed) % 2001) - 1000) * 1e-3f);
-  DeviceBuffer<bf16> d(n);
-  cuda::upload(d.get(), reinterpret_cast<const bf16*>(h.data()), n, s);
-  LB_CUDA_CHECK(cudaStreamSynchronize(s));
-  return d;
-}
-
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> v;
-  size_t p = 0;
-  while (p < s.size()) {
-    const size_t q = s.find(',', p);
-    v.push_back(std::stoll(s.substr(p, q == std::string::npos ? std::string::npos : q - p)));
-    if (q == std::string::npos) break;
-    p = q + 1;
-  }
-  return v;
 }
 
 std::vector<cuda::W4A16Kernel> parse_kernels(const std::string& s) {

@@ -133,9 +133,9 @@ void CudaModel::upload_block(int64_t i, GpuBlockWeights& w) const {
   }
   for (K k : kAllLinears) {
     const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k);
-    if (const cuda::W4A16Weight* p = w.packed_linear(k)) {
-      LB_CHECK(p->n == rows && p->k == cols, "{}: packed weight [{}, {}], the config implies [{}, {}]",
-               linear_weight_name(i, k), p->n, p->k, rows, cols);
+    if (const cuda::PackedWeight* p = w.packed_linear(k)) {
+      LB_CHECK(p->n() == rows && p->k() == cols, "{}: packed weight [{}, {}], the config implies [{}, {}]",
+               linear_weight_name(i, k), p->n(), p->k(), rows, cols);
       continue;
     }
     const Tensor t = ws.get(linear_weight_name(i, k));
@@ -253,7 +253,7 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
       xk = xa_.get();
     }
     if (packed)
-      cuda::w4a16_linear(*w.packed_linear(k), xk, out + col, N, w4ws_, ctx_.stream(), /*lda=*/H, /*ldc=*/rows_total);
+      cuda::packed_linear(*w.packed_linear(k), xk, out + col, N, w4ws_, ctx_.stream(), /*lda=*/H, /*ldc=*/rows_total);
     else
       cuda::linear(ctx_, xk, w[k], out + col, N, rows, H, /*lda=*/H, /*ldc=*/rows_total);
     col += rows;
@@ -299,9 +299,9 @@ void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x,
   if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
   if (stop_at_output_input) return;
   if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
-  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::O)) {
+  if (const cuda::PackedWeight* p = w.packed_linear(LinearKind::O)) {
     if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
-    cuda::w4a16_linear_accumulate(*p, att_.get(), out, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
+    cuda::packed_linear_accumulate(*p, att_.get(), out, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
   } else {
     cuda::linear(ctx_, att_.get(), w[LinearKind::O], out, N, H, qd, accumulate);
   }
@@ -322,9 +322,9 @@ void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float
   if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
   if (stop_at_output_input) return;
   if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
-  if (const cuda::W4A16Weight* p = w.packed_linear(LinearKind::Down)) {
+  if (const cuda::PackedWeight* p = w.packed_linear(LinearKind::Down)) {
     if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
-    cuda::w4a16_linear_accumulate(*p, gate_up_.get(), out, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
+    cuda::packed_linear_accumulate(*p, gate_up_.get(), out, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
   } else {
     cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], out, N, H, F, accumulate, /*lda=*/2 * F);
   }

@@ -4,11 +4,13 @@
 // memory map when it runs. GEMMs go through cuBLAS (bf16 in, fp32 accumulate); the residual
 // stream, norms and softmax are fp32; attention is the flash kernel of backend/cuda.
 //
-// Packed 4-bit linears (backend/cuda/w4a16.cuh): a quantized checkpoint's linears can run from
-// their 4-bit codes instead of bf16 weights (GpuPackedLinears, made by pack/w4_tiles_cuda.h for
-// `--packed` on a CUDA device). q/k/v and gate/up then run as one W4A16 product per linear
-// writing into the stacked outputs, o_proj and down_proj add into the residual stream in the
-// product's epilogue; no bf16 copy of a packed linear is ever made, and the model stays resident.
+// Packed low-bit linears (backend/cuda/packed_weight.cuh): a quantized checkpoint's linears can
+// run from their codes instead of bf16 weights (GpuPackedLinears, made by pack/gpu_packed_cuda.h
+// for `--packed` on a CUDA device): 4-bit int codes through the W4A16 GEMM, 2-, 3- and 8-bit int
+// codes and NF4 through the low-bit GEMV kernels. q/k/v and gate/up then run as one packed
+// product per linear writing into the stacked outputs, o_proj and down_proj add into the residual
+// stream in the product's epilogue; no bf16 copy of a packed linear is ever made, and the model
+// stays resident.
 //
 // A checkpoint's activation quantization (model/activation_scheme.h) is applied to every linear's
 // input, as the CPU forward's hooks do.
@@ -20,7 +22,7 @@
 #pragma once
 
 #include "backend/cuda/ops.cuh"
-#include "backend/cuda/w4a16.cuh"
+#include "backend/cuda/packed_weight.cuh"
 #include "model/activation_scheme.h"
 #include "model/llama_model.h"
 
@@ -41,14 +43,14 @@ struct GpuBlockWeights {
   cuda::DeviceBuffer<cuda::bf16> input_norm, post_norm;  // [H]
   cuda::DeviceBuffer<cuda::bf16> qkv, o, gate_up, down;
   std::array<cuda::bf16*, 7> linear{};  // each linear's [out, in] matrix within those, indexed by LinearKind
-  std::array<std::shared_ptr<const cuda::W4A16Weight>, 7> packed{};  // indexed by LinearKind
+  std::array<std::shared_ptr<const cuda::PackedWeight>, 7> packed{};  // indexed by LinearKind
   cuda::bf16* operator[](LinearKind k) const { return linear[size_t(k)]; }
-  const cuda::W4A16Weight* packed_linear(LinearKind k) const { return packed[size_t(k)].get(); }
+  const cuda::PackedWeight* packed_linear(LinearKind k) const { return packed[size_t(k)].get(); }
 };
 
 // The packed weight of linear `kind` of block `layer`, uploaded; null: that linear runs from its
 // bf16 weight.
-using GpuPackedLinears = std::function<std::shared_ptr<const cuda::W4A16Weight>(int64_t layer, LinearKind kind)>;
+using GpuPackedLinears = std::function<std::shared_ptr<const cuda::PackedWeight>(int64_t layer, LinearKind kind)>;
 // The packed linears of a model for the CudaModels that the evaluation sessions and `generate`
 // build: set once by `--packed` on a CUDA device (pack::use_gpu_packed_linears); unset, or
 // returning an empty GpuPackedLinears for a model, every linear runs from bf16.

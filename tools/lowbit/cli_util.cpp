@@ -23,7 +23,7 @@ namespace lowbit::cli {
 
 void add_packed_options(CLI::App* cmd, PackedFlags& f) {
   cmd->add_flag("--packed", f.packed,
-                "run a quantized checkpoint's linears from their packed codes (CPU kernels, or the W4A16 GEMM for int codes of up to 4 bits on a CUDA device; no dequantized weights; "
+                "run a quantized checkpoint's linears from their packed codes (CPU kernels; on a CUDA device the W4A16 GEMM for 4-bit int codes and the low-bit GEMV for 1-3 and 5-8-bit int codes and NF4, other formats refused; no dequantized weights; "
                 "default: off, the fake-quant 16-bit weights the study measures)");
   cmd->add_option("--packed-act", f.act,
                   "activations of the packed products: q8 (8-bit per block of 32, integer dot products) or f32 "
@@ -42,11 +42,15 @@ std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, b
   if (on_gpu) {
     LB_CHECK(f.head == "stored", "--packed-head {} applies to the CPU only (a CUDA device runs the LM head as stored)",
              f.head);
-    pack::enable_gpu_packed_linears(model);
+    const std::string execution = pack::enable_gpu_packed_linears(model);
     if (!quiet)
-      fmt::print(stderr, "packed: quantized linears run from 4-bit W4A16 tiles on the GPU (bf16 activations; "
-                         "--packed-act applies to the CPU only)\n");
-    return "packed-w4a16";
+      fmt::print(stderr, "packed: quantized linears run from their codes on the GPU ({}: {}; bf16 activations; "
+                         "--packed-act applies to the CPU only)\n",
+                 execution,
+                 execution == "packed-w4a16" ? "4-bit W4A16 tiles"
+                 : execution == "packed-gemv" ? "low-bit GEMV"
+                                              : "4-bit W4A16 tiles and low-bit GEMV");
+    return execution;
   }
   const pack::PackedHead head = pack::parse_packed_head(f.head);
   const pack::PackedSummary s = pack::install_packed_linears(model, pack::parse_packed_activations(f.act), head);

@@ -88,9 +88,9 @@ struct PackedFlags {
 void add_packed_options(CLI::App* cmd, PackedFlags& f);
 // Installs the packed kernels into `model` when --packed is given (printing one line on stderr
 // unless `quiet`); returns the execution's name for results: "fake-quant" (the dequantized 16-bit
-// weights, the default), "packed-q8" or "packed-f32", with "-head-q8" appended for --packed-head q8.
-// Throws for --packed when the model runs on a
-// GPU (`on_gpu`).
+// weights, the default), "packed-q8" or "packed-f32", with "-head-q8" appended for --packed-head q8;
+// on a GPU (`on_gpu`) "packed-w4a16", "packed-gemv" or "packed-w4a16+gemv" (pack/gpu_packed.h).
+// Throws for a linear no GPU layout holds, and for --packed on a GPU in a build without CUDA.
 std::string apply_packed(const PackedFlags& f, LlamaModel& model, bool on_gpu, bool quiet);
 
 // Bytes as "87.3 MB".

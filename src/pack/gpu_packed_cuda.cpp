@@ -1,26 +1,31 @@
-#include "pack/w4_tiles_cuda.h"
-#include "pack/gpu_packed.h"
+#include "pack/gpu_packed_cuda.h"
 
 #include "core/error.h"
 #include "formats/llama_tensors.h"
+#include "pack/gemv_cuda.h"
+#include "pack/w4_tiles_cuda.h"
 #include "quant/lowbit_checkpoint.h"
 
-#include <memory>
-
 namespace lowbit::pack {
+
+std::shared_ptr<const cuda::PackedWeight> upload_packed_linear(const QuantizedLinear& q, const std::string& what,
+                                                               cudaStream_t s) {
+  auto out = std::make_shared<cuda::PackedWeight>();
+  // gpu_packed_layout names the linear and says what no layout can hold (format, bits, groups).
+  if (gpu_packed_layout(q, what) == GpuPackedLayout::W4A16) out->w = upload_w4_tiles(pack_w4_tiles(q, what), what, s);
+  else out->w = upload_gemv_packed(pack_gemv(q, what), what, s);
+  return out;
+}
 
 GpuPackedLinears gpu_packed_linears_of(const LlamaModel& model, cudaStream_t s) {
   const Checkpoint& ck = model.checkpoint();
   LB_CHECK(!ck.quantization.is_null(), "model '{}' is not a quantized checkpoint: --packed needs one", ck.path);
   auto* source = dynamic_cast<const QuantizedWeightSource*>(ck.weights.get());
   LB_CHECK(source != nullptr, "model '{}' has no quantized linears to pack", ck.path);
-  return [source, s](int64_t layer, LinearKind kind) -> std::shared_ptr<const cuda::W4A16Weight> {
+  return [source, s](int64_t layer, LinearKind kind) -> std::shared_ptr<const cuda::PackedWeight> {
     const std::string name = linear_weight_name(layer, kind);
     if (!source->is_quantized(name)) return nullptr;
-    const QuantizedLinear q = source->quantized(name);
-    // pack_w4_tiles names the linear and says what it cannot hold (format, bits, zero-points).
-    const W4Tiles tiles = pack_w4_tiles(q, name);
-    return std::make_shared<const cuda::W4A16Weight>(upload_w4_tiles(tiles, name, s));
+    return upload_packed_linear(source->quantized(name), name, s);
   };
 }
 
@@ -32,9 +37,10 @@ void use_gpu_packed_linears() {
   });
 }
 
-void enable_gpu_packed_linears(const LlamaModel& model) {
-  (void)gpu_packed_linears_of(model, nullptr);
+std::string enable_gpu_packed_linears(const LlamaModel& model) {
+  std::string execution = gpu_packed_execution(model);
   use_gpu_packed_linears();
+  return execution;
 }
 
 }  // namespace lowbit::pack

@@ -1,0 +1,63 @@
+#include "core/error.h"
+#include "formats/llama_tensors.h"
+#include "pack/gemv_pack.h"
+#include "pack/gpu_packed.h"
+#include "pack/w4_tiles.h"
+#include "quant/lowbit_checkpoint.h"
+
+#include <algorithm>
+
+namespace lowbit::pack {
+
+GpuPackedLayout gpu_packed_layout(const QuantizedLinear& q, const std::string& what) {
+  // 4-bit int codes keep the tensor-core tiles (bench_w4a16: faster than a CUDA-core GEMV).
+  if (can_pack_w4_tiles(q) && q.bits == 4) return GpuPackedLayout::W4A16;
+  std::string why;
+  if (can_pack_gemv(q, &why)) return GpuPackedLayout::Gemv;
+  if (can_pack_w4_tiles(q)) return GpuPackedLayout::W4A16;
+  fail("{}: --packed on a CUDA device has no kernel for this linear ({}-bit {}): {}", what, q.bits, q.format_name(),
+       why);
+}
+
+std::string gpu_packed_execution(const LlamaModel& model) {
+  const Checkpoint& ck = model.checkpoint();
+  LB_CHECK(!ck.quantization.is_null(), "model '{}' is not a quantized checkpoint: --packed needs one", ck.path);
+  auto* source = dynamic_cast<const QuantizedWeightSource*>(ck.weights.get());
+  LB_CHECK(source != nullptr, "model '{}' has no quantized linears to pack", ck.path);
+  const nlohmann::json* linears =
+      ck.quantization.contains("linears") && ck.quantization["linears"].is_object() ? &ck.quantization["linears"]
+                                                                                     : nullptr;
+  bool w4 = false, gemv = false;
+  for (int64_t layer = 0; layer < model.config().num_hidden_layers; ++layer)
+    for (LinearKind kind : kAllLinears) {
+      const std::string name = linear_weight_name(layer, kind);
+      if (!source->is_quantized(name)) continue;
+      // The layout the metadata records decides, without reading the codes, unless the linear
+      // has a g_idx (whether it permutes the groups is in its data).
+      const std::string base = linear_base_name(layer, kind);
+      GpuPackedLayout l;
+      const bool listed = linears != nullptr && linears->contains(base);
+      const nlohmann::json* e = listed ? &(*linears)[base] : nullptr;
+      const bool has_g_idx =
+          e != nullptr && e->contains("tensors") &&
+          std::any_of((*e)["tensors"].begin(), (*e)["tensors"].end(), [](const nlohmann::json& t) {
+            return t.is_string() && t.get<std::string>() == "g_idx";
+          });
+      if (e != nullptr && !has_g_idx && e->contains("format") && e->contains("bits") && e->contains("group_size")) {
+        QuantizedLinear stub;
+        stub.format = &find_quant_format((*e)["format"].get<std::string>());
+        stub.bits = (*e)["bits"].get<int>();
+        stub.group_size = (*e)["group_size"].get<int64_t>();
+        stub.flat_groups = e->value("flat_groups", false);
+        stub.rows = e->value("rows", int64_t(0));
+        stub.cols = e->value("cols", int64_t(0));
+        l = gpu_packed_layout(stub, name);
+      } else {
+        l = gpu_packed_layout(source->quantized(name), name);
+      }
+      (l == GpuPackedLayout::W4A16 ? w4 : gemv) = true;
+    }
+  return w4 && gemv ? "packed-w4a16+gemv" : gemv ? "packed-gemv" : "packed-w4a16";
+}
+
+}  // namespace lowbit::pack
