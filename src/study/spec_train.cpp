@@ -217,7 +217,7 @@ void parse_finetune(const Ctx& c, const toml::array& tables, StudySpec& spec, st
       train::FinetuneOptions& o = mc.train.finetune;
       o.data = data;
       o.spm = spec.spm;
-      // Trained on the study's device (refused there before any work when it cannot train it).
+      // Trained on the study's device unless the table names one.
       o.device = spec.device;
       mc.train.data_pos = c.pos(*dn);
       std::string lora;

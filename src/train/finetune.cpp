@@ -138,8 +138,8 @@ FinetuneMethod parse_finetune_method(const std::string& spec) {
 }
 
 void check_finetune_options(const FinetuneOptions& o) {
-  const FinetuneMethod m = parse_finetune_method(o.method);
-  check_step_device(parse_device(o.device), m.lora);
+  (void)parse_finetune_method(o.method);
+  (void)parse_device(o.device);
   LB_CHECK(o.steps > 0 && o.batch > 0 && o.grad_accum > 0, "--steps, --batch and --grad-accum must be positive");
   LB_CHECK(o.source_max > 0 && o.target_max > 0, "--source-max-len and --target-max-len must be positive");
   LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
@@ -232,7 +232,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.max_grad_norm = o.max_grad_norm;
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
-  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model, &method.lora);
+  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model);
   if (device.is_cuda()) note(fmt::format("training on {} (fp32 base and adapters)", engine->name()));
   LoraTrainer trainer(model, std::move(init), topts, engine.get());
   nlohmann::json log = nlohmann::json::array();

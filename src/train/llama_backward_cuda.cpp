@@ -35,9 +35,12 @@ struct GpuBlock {
 // One linear's adapter on the GPU, its gradient, and what its forward keeps for the backward.
 struct GpuAdapter {
   int64_t r = 0;
+  bool iec = false;            // IEC's scalars (train/iec.h)
+  float a_s = 0, b_s = 0;      // their values
   DeviceBuffer<float> a, b;    // [r, in], [out, r]
   DeviceBuffer<float> da, db;  // the same shapes
-  DeviceBuffer<float> t;       // dropout(x) A^T [N, r]
+  DeviceBuffer<float> dscales; // [2]: the gradients of a_s and b_s
+  DeviceBuffer<float> t;       // dropout(x) A^T [N, r] (with IEC: + a_s * the group means of x)
 };
 
 }  // namespace
@@ -61,6 +64,7 @@ struct CudaLlamaBackward::Impl {
   DeviceBuffer<float> dact, dgate, dup, dx, dn, datt, dq, dk, dv;
   DeviceBuffer<float> logits;  // [chunk, V]
   DeviceBuffer<double> loss;   // [N]
+  DeviceBuffer<double> partial;  // [N, r]: the terms of an IEC scalar's gradient
   DeviceBuffer<int32_t> targets;
 
   // The step's settings.
@@ -121,6 +125,15 @@ struct CudaLlamaBackward::Impl {
         LB_CHECK(a.in == in && a.out == out && int64_t(a.a.size()) == a.r * in && int64_t(a.b.size()) == out * a.r,
                  "LoRA adapter of block {} {}: A {} values and B {} for r {} on a [{}, {}] linear", i,
                  linear_name(k), a.a.size(), a.b.size(), a.r, out, in);
+        g.iec = a.has_iec();
+        if (g.iec) {
+          LB_CHECK(a.a_scale.size() == 1 && a.b_scale.size() == 1 && in % a.r == 0 && out % a.r == 0,
+                   "IEC adapter of block {} {}: {} and {} scalars, rank {} on a [{}, {}] linear", i, linear_name(k),
+                   a.a_scale.size(), a.b_scale.size(), a.r, out, in);
+          g.a_s = a.a_scale[0];
+          g.b_s = a.b_scale[0];
+          partial.resize(size_t(N * a.r));
+        }
         g.a.resize(a.a.size());
         g.b.resize(a.b.size());
         cuda::upload(g.a.get(), a.a.data(), a.a.size(), stream());
@@ -131,6 +144,8 @@ struct CudaLlamaBackward::Impl {
           g.db.resize(a.b.size());
           LB_CUDA_CHECK(cudaMemsetAsync(g.da.get(), 0, a.a.size() * sizeof(float), stream()));
           LB_CUDA_CHECK(cudaMemsetAsync(g.db.get(), 0, a.b.size() * sizeof(float), stream()));
+          g.dscales.resize(2);
+          LB_CUDA_CHECK(cudaMemsetAsync(g.dscales.get(), 0, 2 * sizeof(float), stream()));
         }
       }
   }
@@ -176,8 +191,13 @@ struct CudaLlamaBackward::Impl {
       cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
       xin = xd.get();
     }
+    const float scaling = float(lora->config.scaling());
     cuda::linear_f32(ctx, xin, a->a.get(), a->t.get(), N, in, a->r);
-    cuda::linear_f32(ctx, a->t.get(), a->b.get(), out_y, N, a->r, out, float(lora->config.scaling()), true);
+    // IEC (train/iec.h): h = xd A^T + a_s mean_groups(x) (the means read x, not the dropped-out
+    // input), y += scaling (h B^T + b_s repeat_interleave(h)).
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_add_f32(x, a->t.get(), N, in, a->r, a->a_s, stream());
+    cuda::linear_f32(ctx, a->t.get(), a->b.get(), out_y, N, a->r, out, scaling, true);
+    if (a->iec && a->b_s != 0.0f) cuda::repeat_add_f32(a->t.get(), out_y, N, out, a->r, a->b_s * scaling, stream());
   }
 
   // dx [N, in] = (or += with accumulate) the gradient at x for dy [N, out]; LoRA gradients into
@@ -192,15 +212,25 @@ struct CudaLlamaBackward::Impl {
     // t = xd A^T, y += scaling t B^T:  dB += scaling dy^T t,  dt = scaling dy B.
     dt.resize(size_t(N * a->r));
     cuda::linear_backward_f32(ctx, a->t.get(), a->b.get(), dy, dt.get(), a->db.get(), N, a->r, out, false, scaling);
+    if (a->iec) {
+      // The b_s term: dh_k += b_s s sum of dy over output chunk k, d b_s += s sum_j dy_j h_(j / chunk);
+      // then the a_s term: d a_s += dh . mean_groups(x) (train/iec.h's iec_lora_backward).
+      cuda::chunk_sum_backward_f32(dy, a->t.get(), dt.get(), partial.get(), N, out, a->r, scaling, a->b_s, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get() + 1, stream());
+      cuda::group_dot_f32(x, dt.get(), partial.get(), N, in, a->r, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get(), stream());
+    }
     if (!dropped()) {
       // dA += dt^T x,  dx += dt A.
       cuda::linear_backward_f32(ctx, x, a->a.get(), dt.get(), dxo, a->da.get(), N, in, a->r, true);
-      return;
+    } else {
+      // The mask drawn again: dA += dt^T xd,  dxd = dt A,  dx += dxd * mask.
+      cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
+      cuda::linear_backward_f32(ctx, xd.get(), a->a.get(), dt.get(), dxd.get(), a->da.get(), N, in, a->r, false);
+      cuda::dropout_mask_f32(dxd.get(), dxo, N * in, mask_stream(layer, k), lora->config.dropout, true, stream());
     }
-    // The mask drawn again: dA += dt^T xd,  dxd = dt A,  dx += dxd * mask.
-    cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
-    cuda::linear_backward_f32(ctx, xd.get(), a->a.get(), dt.get(), dxd.get(), a->da.get(), N, in, a->r, false);
-    cuda::dropout_mask_f32(dxd.get(), dxo, N * in, mask_stream(layer, k), lora->config.dropout, true, stream());
+    // IEC's means read x itself: dx_i += a_s dh_(i / group) / group.
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_backward_f32(dt.get(), dxo, N, in, a->r, a->a_s, stream());
   }
 
   // hidden [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)); the intermediates kept.
@@ -263,10 +293,6 @@ struct CudaLlamaBackward::Impl {
   StepResult run(const LoraAdapters* l, const Batch& batch, const StepOptions& opt, bool backward,
                  LoraAdapters* lora_grads) {
     check_step_input(model, l, batch);
-    if (l != nullptr)
-      for (const auto& layer : l->layers)
-        for (const LoraLinear& a : layer)
-          LB_CHECK(!a.has_iec(), "training on the GPU: IR-QLoRA's IEC scalars (iec=1) train on the CPU only");
     const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
     alloc(batch.B, batch.T, backward);
     set_rope(T);
@@ -343,6 +369,13 @@ struct CudaLlamaBackward::Impl {
           cuda::download(tmp.data(), dev->get(), tmp.size(), stream());
           for (size_t j = 0; j < tmp.size(); ++j) (*host)[j] += tmp[j];
         }
+        if (!a.iec) continue;
+        LB_CHECK(out.a_scale.size() == 1 && out.b_scale.size() == 1,
+                 "LoRA gradient of block {} {} has no IEC scalars; its adapters have them", i, linear_name(k));
+        float sc[2];
+        cuda::download(sc, a.dscales.get(), 2, stream());
+        out.a_scale[0] += sc[0];
+        out.b_scale[0] += sc[1];
       }
   }
 };

@@ -4,8 +4,9 @@
 // Contract: that of forward_backward / forward_loss in llama_backward.h, restricted to
 //   - a frozen base (base_grads must be null),
 //   - cross-entropy over the batch's targets with StepOptions::loss_scale (no logits_loss),
-//   - plain LoRA adapters (no IEC scalars: IR-QLoRA trains on the CPU),
-// each refused otherwise with a lowbit::Error naming the option. LoRA dropout draws the CPU's
+// each refused otherwise with a lowbit::Error naming the option. Adapters may carry IR-QLoRA's
+// IEC scalars (iec.h): their gradients come down with A's and B's (each a fixed-order fp64 sum
+// over the tokens, as on the CPU). LoRA dropout draws the CPU's
 // counter-based masks bit for bit (same seed, layer, linear and element), so a GPU step and a
 // CPU step see the same masks and differ only by fp32 summation order.
 //

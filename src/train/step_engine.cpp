@@ -25,14 +25,8 @@ class CpuStepEngine final : public StepEngine {
 
 }  // namespace
 
-void check_step_device(const Device& d, const LoraConfig& lora) {
-  if (!d.is_cuda()) return;
-  LB_CHECK(!lora.iec, "training on {}: IR-QLoRA's IEC scalars (iec=1) train on the CPU only (device cpu)", d.str());
-}
-
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, const LoraConfig* lora) {
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model) {
   check_device_available(d);
-  if (lora != nullptr) check_step_device(d, *lora);
   if (d.is_cuda()) return make_cuda_step_engine(d, model);
   return std::make_unique<CpuStepEngine>(model);
 }

@@ -3,9 +3,9 @@
 // StepEngine from make_step_engine, so one training loop runs on either device.
 //
 //   cpu    llama_backward.h's forward_backward / forward_loss (everything they support)
-//   cuda   llama_backward_cuda.h's CudaLlamaBackward: LoRA over a frozen base only. Options it
-//          does not run (base weights' gradients, a custom logits loss, IEC's scalars) throw
-//          lowbit::Error naming them; nothing moves to the CPU silently.
+//   cuda   llama_backward_cuda.h's CudaLlamaBackward: LoRA (with or without IEC) over a frozen
+//          base only. Options it does not run (base weights' gradients, a custom logits loss)
+//          throw lowbit::Error naming them; nothing moves to the CPU silently.
 #pragma once
 
 #include "core/device.h"
@@ -28,14 +28,8 @@ class StepEngine {
 };
 
 // An engine for `model` (which must outlive it) on device `d`. Throws lowbit::Error when the
-// device is not available in this build or on this machine, and, on a GPU, for a LoRA
-// configuration the GPU path does not run (check_step_device).
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model,
-                                             const LoraConfig* lora = nullptr);
-
-// Throws lowbit::Error (before any work) when training with `lora` cannot run on `d`: on a GPU,
-// IEC's scalars (IR-QLoRA) are CPU-only.
-void check_step_device(const Device& d, const LoraConfig& lora);
+// device is not available in this build or on this machine.
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model);
 
 // The CUDA engine (llama_backward_cuda.cpp; in a build without CUDA, a function that throws).
 std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model);

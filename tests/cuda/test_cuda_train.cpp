@@ -1,7 +1,8 @@
 // LoRA training on the GPU (train/llama_backward_cuda.h) against its references: the CPU's
-// forward_backward on stories260K (GQA, tied head) and on a random-weight GQA model, PEFT's
-// autograd gradients and torch's AdamW steps on the tiny model of tests/fixtures/train, and
-// `lowbit finetune`'s loss curve (QLoRA on stories260K) on the CPU. Skipped without a GPU.
+// forward_backward on stories260K (GQA, tied head; fp32 and NF4 bases) and on a random-weight GQA
+// model (also with IR-QLoRA's IEC scalars), PEFT's and IR-QLoRA's autograd gradients and torch's
+// AdamW steps on the tiny model of tests/fixtures/train, and `lowbit finetune`'s loss curve
+// (QLoRA and IR-QLoRA on stories260K) on the CPU. Skipped without a GPU.
 //
 // Tolerances. Both devices run fp32 throughout (the GPU's base weights are the CPU's fp32 values,
 // cuBLAS SGEMM without TF32), with the same LoRA dropout masks, so a step differs only by
@@ -117,19 +118,28 @@ train::Batch random_batch(int64_t V, uint32_t seed, int64_t B = 2, int64_t T = 6
   return b;
 }
 
-// r 8 on all seven linears: A from PEFT's init, B random (PEFT's zero B would zero A's gradient).
-train::LoraAdapters random_lora(const LlamaConfig& c, double dropout, uint64_t seed) {
+// r 8 on all seven linears: A from PEFT's init, B random (PEFT's zero B would zero A's gradient);
+// with IEC, its scalars random too (their init, 0, would skip their terms of the forward).
+train::LoraAdapters random_lora(const LlamaConfig& c, double dropout, uint64_t seed, bool iec = false) {
   train::LoraConfig cfg;
   cfg.r = 8;
   cfg.alpha = 16;
   cfg.dropout = dropout;
+  cfg.iec = iec;
   train::LoraAdapters a = train::LoraAdapters::peft_init(c, cfg, seed);
   std::mt19937 g(uint32_t(seed) + 1);
   std::normal_distribution<float> d(0.0f, 0.02f);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  int scalars = 0;
   a.for_each([&](const std::string& key, std::vector<float>& v) {
     if (key.find("lora_B") != std::string::npos)
       for (float& x : v) x = d(g);
+    if (key.find("_scale") != std::string::npos) {
+      for (float& x : v) x = u(g);
+      ++scalars;
+    }
   });
+  EXPECT_EQ(scalars, iec ? 2 * 7 * c.num_hidden_layers : 0);
   return a;
 }
 
@@ -149,6 +159,7 @@ void expect_gpu_matches_cpu(const LlamaModel& model, const train::LoraAdapters& 
   int64_t tensors = 0;
   std::vector<std::vector<float>> want;
   g_cpu.for_each([&](const std::string&, const std::vector<float>& v) { want.push_back(v); });
+  // A and B of all seven linears of every block (and IEC's two scalars).
   size_t i = 0;
   g_gpu.for_each([&](const std::string& key, const std::vector<float>& v) {
     ASSERT_LT(i, want.size());
@@ -157,14 +168,16 @@ void expect_gpu_matches_cpu(const LlamaModel& model, const train::LoraAdapters& 
     ++tensors;
     EXPECT_LT(e, kGradTol) << key;
   });
-  EXPECT_EQ(tensors, 2 * model.config().num_hidden_layers * 7);
+  EXPECT_EQ(tensors, (lora.config.iec ? 4 : 2) * model.config().num_hidden_layers * 7);
   std::printf("loss GPU %.8f CPU %.8f; worst gradient relative error over %lld tensors %.3g\n", got.mean_loss(),
               cpu.mean_loss(), (long long)tensors, worst);
 
   // The loss alone (no dropout) on both.
   const double cpu_loss = train::forward_loss(model, &lora, batch).loss_sum;
   EXPECT_NEAR(gpu.forward_loss(&lora, batch).loss_sum, cpu_loss, kLossTol * cpu_loss);
-  if (lora.config.dropout == 0) EXPECT_NEAR(got.loss_sum, cpu_loss, kLossTol * cpu_loss);
+  if (lora.config.dropout == 0) {
+    EXPECT_NEAR(got.loss_sum, cpu_loss, kLossTol * cpu_loss);
+  }
 
   // Gradients are added into the buffer: a second step doubles them.
   train::LoraAdapters twice = g_gpu;
@@ -196,6 +209,15 @@ TEST_P(CudaTrainDropout, RandomGqaModelMatchesCpu) {
   LlamaModel model(open_checkpoint(write_random_gqa_config(dir)));
   expect_gpu_matches_cpu(model, random_lora(model.config(), GetParam(), 5),
                          random_batch(model.config().vocab_size, 12));
+}
+
+// IR-QLoRA's elastic connection (train/iec.h): r 8 divides every linear of the random model.
+TEST_P(CudaTrainDropout, RandomGqaModelWithIecMatchesCpu) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  LlamaModel model(open_checkpoint(write_random_gqa_config(dir)));
+  expect_gpu_matches_cpu(model, random_lora(model.config(), GetParam(), 6, true),
+                         random_batch(model.config().vocab_size, 14));
 }
 
 // QLoRA's frozen base: the dequantized NF4 weights, the same on both devices.
@@ -239,6 +261,35 @@ TEST(CudaTrain, TinyLlamaMatchesPeft) {
   });
 }
 
+// The same with IEC against IR-QLoRA's IRQLoraLinear4bit under autograd (tiny_irqlora.safetensors,
+// scripts/make_irqlora_train_fixtures.py): A, B and both scalars of every linear.
+TEST(CudaTrain, TinyLlamaIecMatchesIrqlora) {
+  REQUIRE_GPU();
+  auto ref = SafetensorsFile::open(test::train_fixtures_dir() + "/tiny_irqlora.safetensors");
+  auto batch_f = SafetensorsFile::open(test::train_fixtures_dir() + "/tiny_grads.safetensors");
+  LlamaModel model(open_checkpoint(tiny()));
+  train::LoraConfig cfg;
+  cfg.r = 4;
+  cfg.alpha = 8;
+  cfg.iec = true;
+  train::LoraAdapters lora = train::LoraAdapters::zeros(model.config(), cfg);
+  int scalars = 0;
+  lora.for_each([&](const std::string& key, std::vector<float>& v) {
+    v = test::float_vector(*ref, "grad." + key);
+    scalars += v.size() == 1 && v[0] != 0.0f;
+  });
+  EXPECT_EQ(scalars, 2 * 7 * model.config().num_hidden_layers) << "the fixture's scalars are nonzero";
+  train::LoraAdapters grads = lora.zeros_like();
+  const train::Batch batch = test::fixture_batch(*batch_f);
+  train::CudaLlamaBackward gpu(model, 0);
+  const train::StepResult r = gpu.forward_backward(&lora, batch, {}, &grads, nullptr);
+  const double want = test::float_vector(*ref, "grad.loss")[0];
+  EXPECT_NEAR(r.mean_loss(), want, kLossTol * want);
+  grads.for_each([&](const std::string& key, const std::vector<float>& v) {
+    EXPECT_LT(rel_err(v, test::float_vector(*ref, "grad.grad." + key)), kGradTol) << key;
+  });
+}
+
 // Eight optimizer steps through the one trainer loop with the GPU engine, against torch's AdamW +
 // transformers' warmup + clip_grad_norm_ + PEFT (tiny_train.safetensors, as the CPU's
 // TrainParity.EightStepsMatchTorchAdamW checks the CPU engine).
@@ -257,7 +308,7 @@ TEST(CudaTrain, EightStepsMatchTorchAdamW) {
   opt.warmup_ratio = 0.2;
   opt.max_grad_norm = 0.3;
   opt.total_steps = 8;
-  const auto engine = train::make_step_engine(parse_device("cuda:0"), model, &cfg);
+  const auto engine = train::make_step_engine(parse_device("cuda:0"), model);
   EXPECT_NE(engine->name(), "cpu");
   train::LoraTrainer trainer(model, std::move(init), opt, engine.get());
   const Tensor tok = ref->tensor("train.tokens"), tgt = ref->tensor("train.targets");
@@ -287,9 +338,12 @@ TEST(CudaTrain, EightStepsMatchTorchAdamW) {
 }
 
 // `lowbit finetune --device cuda` against `--device cpu`: QLoRA (NF4 base, r 8 on every linear,
-// dropout 0.05) on stories260K and the Alpaca subset, a few steps of two micro-batches, and the
-// held-out loss at the end.
-TEST(CudaTrain, FinetuneLossCurveMatchesCpu) {
+// dropout 0.05) and IR-QLoRA (ICQ base, IEC, r 4: it divides stories260K's linears) on
+// stories260K and the Alpaca subset, a few steps of two micro-batches, and the held-out loss at
+// the end.
+class CudaFinetune : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaFinetune, LossCurveMatchesCpu) {
   REQUIRE_GPU();
   const std::string alpaca = test::data_dir() + "/alpaca/alpaca_5000.json";
   LOWBIT_REQUIRE_PATH(stories());
@@ -297,7 +351,7 @@ TEST(CudaTrain, FinetuneLossCurveMatchesCpu) {
   auto run = [&](const std::string& device) {
     train::FinetuneOptions o;
     o.model = stories();
-    o.method = "qlora:r=8,alpha=16,dropout=0.05";
+    o.method = GetParam();
     o.data = alpaca;
     o.steps = 4;
     o.batch = 2;
@@ -326,6 +380,10 @@ TEST(CudaTrain, FinetuneLossCurveMatchesCpu) {
   EXPECT_FALSE(cpu.summary["run"].contains("device"));
 }
 
+INSTANTIATE_TEST_SUITE_P(Methods, CudaFinetune,
+                         ::testing::Values("qlora:r=8,alpha=16,dropout=0.05", "irqlora:r=4,alpha=8,dropout=0.05"),
+                         [](const auto& info) { return info.param.substr(0, info.param.find(':')); });
+
 std::string error_text(const std::function<void()>& f) {
   try {
     f();
@@ -352,16 +410,6 @@ TEST(CudaTrain, UnsupportedOptionsAreRefused) {
   train::StepOptions so;
   so.logits_loss = [](int64_t, int64_t, int64_t, float*) { return 0.0; };
   EXPECT_NE(error_text([&] { gpu.forward_backward(&lora, batch, so, &grads, nullptr); }).find("logits"),
-            std::string::npos);
-  // IR-QLoRA's IEC scalars: by the engine's factory, and by the GPU path itself.
-  train::LoraConfig iec;
-  iec.r = 4;
-  iec.iec = true;
-  const train::LoraAdapters with_iec = train::LoraAdapters::zeros(c, iec);
-  EXPECT_NE(error_text([&] { (void)train::make_step_engine(parse_device("cuda"), model, &iec); }).find("IEC"),
-            std::string::npos);
-  train::LoraAdapters iec_grads = with_iec.zeros_like();
-  EXPECT_NE(error_text([&] { gpu.forward_backward(&with_iec, batch, {}, &iec_grads, nullptr); }).find("IEC"),
             std::string::npos);
   // Bad input, as on the CPU: a token or a target outside the vocabulary.
   train::Batch bad = batch;

@@ -121,10 +121,9 @@ TEST(StudyTrainSpec, ZipWalksTrainingOptionsTogether) {
   EXPECT_EQ(s.methods[2].train.finetune.steps, 100);
 }
 
-// Fine-tuning trains on the study's device unless the table names one; a GPU refuses IR-QLoRA's
-// IEC (CPU-only) when the spec is read, not after the base is quantized.
+// Fine-tuning trains on the study's device unless the table names one (an axis like any option).
 TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
-  // spec_with's lines with the study's device on line 3: the tables start on line 18.
+  // spec_with's study on a GPU.
   std::string cuda_study = spec_with("");
   cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
   const StudySpec s = parse_study_spec(
@@ -143,23 +142,26 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
                                          "/tmp/spec.toml", kNoFiles);
   EXPECT_EQ(cpu.methods[0].train.finetune.device, "cpu");
   EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
-  EXPECT_EQ(error_of(cuda_study + "[[finetune]]\nmethod = \"irqlora\"\ndata = \"a.json\"\n"),
-            "/tmp/spec.toml:18:1: training on cuda:0: IR-QLoRA's IEC scalars (iec=1) train on the CPU only (device cpu)");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ndevice = \"gpu\"\n")),
             "/tmp/spec.toml:20:10: device 'gpu': expected cpu, cuda or cuda:N");
 }
 
-// The options a GPU cannot train are refused before any work, with or without a GPU here.
-TEST(StudyTrainSpec, FinetuneOptionsRefuseIecOnTheGpu) {
+// lowbit finetune's device is checked with its other options, before any work (whether the
+// device exists here is checked when the run starts).
+TEST(StudyTrainSpec, FinetuneOptionsCheckTheDevice) {
   train::FinetuneOptions o;
-  o.method = "qlora:iec=1,r=8";
-  o.device = "cuda:1";
-  EXPECT_THROW(train::check_finetune_options(o), Error);
-  o.device = "cpu";
-  EXPECT_NO_THROW(train::check_finetune_options(o));
-  o.method = "qlora:r=8";
-  o.device = "cuda";
-  EXPECT_NO_THROW(train::check_finetune_options(o));
+  o.method = "irqlora:r=8";
+  for (const char* d : {"cpu", "cuda", "cuda:1"}) {
+    o.device = d;
+    EXPECT_NO_THROW(train::check_finetune_options(o)) << d;
+  }
+  o.device = "gpu";
+  try {
+    train::check_finetune_options(o);
+    ADD_FAILURE() << "device 'gpu' accepted";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "device 'gpu': expected cpu, cuda or cuda:N");
+  }
 }
 
 TEST(StudyTrainSpec, ATableWithTrainingAloneIsAStudy) {

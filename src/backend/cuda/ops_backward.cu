@@ -270,6 +270,65 @@ __global__ void dropout_kernel(const float* x, float* y, int64_t n, uint64_t str
   }
 }
 
+__global__ void group_mean_add_kernel(const float* x, float* h, int64_t rows, int64_t in, int64_t r, float coef) {
+  const int64_t gi = in / r;
+  LB_GRID_STRIDE(idx, rows * r) {
+    const int64_t k = idx % r, t = idx / r;
+    float sum = 0.0f;
+    for (int64_t i = k * gi; i < (k + 1) * gi; ++i) sum += x[t * in + i];
+    h[idx] += coef * (sum / float(gi));
+  }
+}
+
+__global__ void repeat_add_kernel(const float* h, float* y, int64_t rows, int64_t out, int64_t r, float coef) {
+  const int64_t go = out / r;
+  LB_GRID_STRIDE(idx, rows * out) {
+    const int64_t o = idx % out, t = idx / out;
+    y[idx] += coef * h[t * r + o / go];
+  }
+}
+
+__global__ void group_mean_backward_kernel(const float* dh, float* dx, int64_t rows, int64_t in, int64_t r,
+                                           float coef) {
+  const int64_t gi = in / r;
+  LB_GRID_STRIDE(idx, rows * in) {
+    const int64_t i = idx % in, t = idx / in;
+    dx[idx] += coef * dh[t * r + i / gi] / float(gi);
+  }
+}
+
+__global__ void chunk_sum_backward_kernel(const float* dy, const float* h, float* dh, double* partial, int64_t rows,
+                                          int64_t out, int64_t r, float scale, float coef) {
+  const int64_t go = out / r;
+  LB_GRID_STRIDE(idx, rows * r) {
+    const int64_t k = idx % r, t = idx / r;
+    double c = 0;
+    for (int64_t j = k * go; j < (k + 1) * go; ++j) c += double(scale * dy[t * out + j]);
+    partial[idx] = c * double(h[idx]);
+    dh[idx] += float(double(coef) * c);
+  }
+}
+
+__global__ void group_dot_kernel(const float* x, const float* dh, double* partial, int64_t rows, int64_t in,
+                                 int64_t r) {
+  const int64_t gi = in / r;
+  LB_GRID_STRIDE(idx, rows * r) {
+    const int64_t k = idx % r, t = idx / r;
+    double sum = 0;
+    for (int64_t i = k * gi; i < (k + 1) * gi; ++i) sum += double(x[t * in + i]);
+    partial[idx] = double(dh[idx]) * (sum / double(gi));
+  }
+}
+
+// One block.
+__global__ void sum_into_kernel(const double* partial, int64_t n, float* out) {
+  __shared__ double shared[kThreads];
+  double v = 0;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) v += partial[i];
+  v = block_sum(v, shared);
+  if (threadIdx.x == 0) out[0] += float(v);
+}
+
 __global__ void add_kernel(float* y, const float* x, int64_t n) {
   LB_GRID_STRIDE(i, n) y[i] += x[i];
 }
@@ -390,6 +449,53 @@ void dropout_mask_f32(const float* x, float* y, int64_t n, uint64_t stream, doub
                       cudaStream_t s) {
   if (n == 0) return;
   dropout_kernel<<<grid_for(n), kThreads, 0, s>>>(x, y, n, stream, p, float(1.0 / (1.0 - p)), accumulate);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+static void check_groups(int64_t cols, int64_t r) {
+  if (r <= 0 || cols % r != 0) throw_error("IEC kernels: the rank does not divide the linear's features");
+}
+
+void group_mean_add_f32(const float* x, float* h, int64_t rows, int64_t in, int64_t r, float coef, cudaStream_t s) {
+  check_groups(in, r);
+  if (rows * r == 0) return;
+  group_mean_add_kernel<<<grid_for(rows * r), kThreads, 0, s>>>(x, h, rows, in, r, coef);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void repeat_add_f32(const float* h, float* y, int64_t rows, int64_t out, int64_t r, float coef, cudaStream_t s) {
+  check_groups(out, r);
+  if (rows * out == 0) return;
+  repeat_add_kernel<<<grid_for(rows * out), kThreads, 0, s>>>(h, y, rows, out, r, coef);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void group_mean_backward_f32(const float* dh, float* dx, int64_t rows, int64_t in, int64_t r, float coef,
+                             cudaStream_t s) {
+  check_groups(in, r);
+  if (rows * in == 0) return;
+  group_mean_backward_kernel<<<grid_for(rows * in), kThreads, 0, s>>>(dh, dx, rows, in, r, coef);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void chunk_sum_backward_f32(const float* dy, const float* h, float* dh, double* partial, int64_t rows, int64_t out,
+                            int64_t r, float scale, float coef, cudaStream_t s) {
+  check_groups(out, r);
+  if (rows * r == 0) return;
+  chunk_sum_backward_kernel<<<grid_for(rows * r), kThreads, 0, s>>>(dy, h, dh, partial, rows, out, r, scale, coef);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void group_dot_f32(const float* x, const float* dh, double* partial, int64_t rows, int64_t in, int64_t r,
+                   cudaStream_t s) {
+  check_groups(in, r);
+  if (rows * r == 0) return;
+  group_dot_kernel<<<grid_for(rows * r), kThreads, 0, s>>>(x, dh, partial, rows, in, r);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void sum_into_f32(const double* partial, int64_t n, float* out, cudaStream_t s) {
+  sum_into_kernel<<<1, kThreads, 0, s>>>(partial, n, out);
   LB_CUDA_LAUNCH_CHECK();
 }
 

@@ -74,6 +74,29 @@ void cross_entropy_backward_f32(const float* logits, const int32_t* targets, flo
 void dropout_mask_f32(const float* x, float* y, int64_t n, uint64_t stream, double p, bool accumulate,
                       cudaStream_t s);
 
+// Group means and their repeats, for IR-QLoRA's elastic connection (train/iec.h). Rows of `cols`
+// values cut into r contiguous groups of cols / r (r divides cols):
+//   group_mean_add_f32:      h [rows, r] += coef * mean of group k of x [rows, in]
+//                            (each mean summed in fp32 in index order, as the CPU's iec_down)
+//   repeat_add_f32:          y [rows, out] += coef * h [rows, r] at column o / (out / r)
+//   group_mean_backward_f32: dx [rows, in] += coef * dh [rows, r] at column i / (in / r),
+//                            divided by in / r (the means' backward)
+void group_mean_add_f32(const float* x, float* h, int64_t rows, int64_t in, int64_t r, float coef, cudaStream_t s);
+void repeat_add_f32(const float* h, float* y, int64_t rows, int64_t out, int64_t r, float coef, cudaStream_t s);
+void group_mean_backward_f32(const float* dh, float* dx, int64_t rows, int64_t in, int64_t r, float coef,
+                             cudaStream_t s);
+// The repeat's backward for the upstream gradient dy [rows, out]: with c[t, k] = sum over output
+// chunk k of float(scale * dy[t, j]) (fp64; train/iec.cpp's dys), dh [rows, r] += float(coef *
+// c) and partial [rows * r] = c * h (fp64: the terms of the scalar b_s's gradient).
+void chunk_sum_backward_f32(const float* dy, const float* h, float* dh, double* partial, int64_t rows, int64_t out,
+                            int64_t r, float scale, float coef, cudaStream_t s);
+// partial [rows * r] = dh[t, k] * mean of group k of x [rows, in] (fp64: the terms of the scalar
+// a_s's gradient).
+void group_dot_f32(const float* x, const float* dh, double* partial, int64_t rows, int64_t in, int64_t r,
+                   cudaStream_t s);
+// *out += float(sum of partial [n]), the sum taken in fp64 in a fixed order (one block).
+void sum_into_f32(const double* partial, int64_t n, float* out, cudaStream_t s);
+
 // y [n] += x; out [n] = a + b (out may alias a or b).
 void add_f32(float* y, const float* x, int64_t n, cudaStream_t s);
 void sum_f32(const float* a, const float* b, float* out, int64_t n, cudaStream_t s);
