@@ -12,7 +12,12 @@
 //   loss               1e-5 relative,
 //   gradients          1e-4 relative error of the whole tensor (max |gpu - cpu| / max |cpu|), the
 //                      project's bar for fp32 whole-model gradients (test_train_parity.cpp);
-//                      max-normalized so that tensors with many near-zero entries are fair,
+//                      max-normalized so that tensors with many near-zero entries are fair;
+//                      IEC's scalars 1e-3: each is one sum over every token and feature of terms
+//                      of both signs that largely cancel, so the summation-order noise of its
+//                      terms shows ~100x larger relative to it (observed between two summation
+//                      orders: up to 2.6e-5 on the random model, where A's and B's stay under
+//                      5e-6),
 //   a loss curve       1e-5 at the first step (identical adapters and batches), 1e-3 after
 //                      (the project's bar for a loss curve: AdamW's first updates are nearly
 //                      sign(g) * lr, so fp32 noise in a near-zero gradient entry can move it by
@@ -51,6 +56,9 @@ namespace {
 
 constexpr double kLossTol = 1e-5;
 constexpr double kGradTol = 1e-4;
+constexpr double kScalarTol = 1e-3;
+// The bar of a gradient tensor: IEC's scalars are the one-element ones.
+double grad_tol(const std::vector<float>& v) { return v.size() == 1 ? kScalarTol : kGradTol; }
 
 std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
 std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
@@ -166,7 +174,7 @@ void expect_gpu_matches_cpu(const LlamaModel& model, const train::LoraAdapters& 
     const double e = rel_err(v, want[i++]);
     worst = std::max(worst, e);
     ++tensors;
-    EXPECT_LT(e, kGradTol) << key;
+    EXPECT_LT(e, grad_tol(v)) << key;
   });
   EXPECT_EQ(tensors, (lora.config.iec ? 4 : 2) * model.config().num_hidden_layers * 7);
   std::printf("loss GPU %.8f CPU %.8f; worst gradient relative error over %lld tensors %.3g\n", got.mean_loss(),
@@ -286,7 +294,7 @@ TEST(CudaTrain, TinyLlamaIecMatchesIrqlora) {
   const double want = test::float_vector(*ref, "grad.loss")[0];
   EXPECT_NEAR(r.mean_loss(), want, kLossTol * want);
   grads.for_each([&](const std::string& key, const std::vector<float>& v) {
-    EXPECT_LT(rel_err(v, test::float_vector(*ref, "grad.grad." + key)), kGradTol) << key;
+    EXPECT_LT(rel_err(v, test::float_vector(*ref, "grad.grad." + key)), grad_tol(v)) << key;
   });
 }
 
