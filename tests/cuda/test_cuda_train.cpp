@@ -22,7 +22,8 @@
 //                      (the project's bar for a loss curve: AdamW's first updates are nearly
 //                      sign(g) * lr, so fp32 noise in a near-zero gradient entry can move it by
 //                      up to ~lr on one side only).
-#include "backend/cuda/cuda_util.h"
+#include "backend/cuda/ops_backward.cuh"
+#include "backend/ops_backward.h"
 #include "core/error.h"
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
@@ -73,6 +74,142 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   }
   EXPECT_GT(s, 0) << "a zero reference gradient checks nothing";
   return s > 0 ? m / s : 0;
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+cuda::Context& ctx() {
+  static cuda::Context c(0);
+  return c;
+}
+
+template <typename T>
+cuda::DeviceBuffer<T> up(const std::vector<T>& v) {
+  cuda::DeviceBuffer<T> d(v.size());
+  cuda::upload(d.get(), v.data(), v.size(), ctx().stream());
+  ctx().synchronize();
+  return d;
+}
+template <typename T>
+std::vector<T> down(const cuda::DeviceBuffer<T>& d, size_t n) {
+  std::vector<T> v(n);
+  cuda::download(v.data(), d.get(), n, ctx().stream());
+  return v;
+}
+
+// Each fp32 training kernel against its CPU twin (backend/ops.h, ops_backward.h), on shapes past
+// the kernels' 256-thread blocks, so that a failing training test points at its op. The bars: the
+// same arithmetic in another order (1e-6, 1e-5 where a product or softmax sums over a row).
+TEST(CudaTrainOps, MatchTheirCpuTwins) {
+  REQUIRE_GPU();
+  const cudaStream_t s = ctx().stream();
+  {  // rmsnorm and its backward: rows of 300 values.
+    const int64_t rows = 9, dim = 300;
+    const auto x = randn(size_t(rows * dim), 1, 2.0f), w = randn(size_t(dim), 2), dy = randn(size_t(rows * dim), 3);
+    std::vector<float> y(x.size()), dx(x.size());
+    ops::rmsnorm(x.data(), w.data(), y.data(), rows, dim, 1e-5f);
+    ops::rmsnorm_backward(x.data(), w.data(), dy.data(), dx.data(), nullptr, rows, dim, 1e-5f);
+    auto gx = up(x), gw = up(w), gdy = up(dy);
+    cuda::DeviceBuffer<float> gy(x.size()), gdx(x.size());
+    cuda::rmsnorm_f32(gx.get(), gw.get(), gy.get(), rows, dim, 1e-5f, s);
+    cuda::rmsnorm_backward_f32(gx.get(), gw.get(), gdy.get(), gdx.get(), rows, dim, 1e-5f, s);
+    EXPECT_LT(rel_err(down(gy, y.size()), y), 1e-6);
+    EXPECT_LT(rel_err(down(gdx, dx.size()), dx), 1e-6);
+  }
+  {  // linear and its backward (dx accumulated, dw added into).
+    const int64_t rows = 37, in = 300, out = 70;
+    const auto x = randn(size_t(rows * in), 4), w = randn(size_t(out * in), 5), dy = randn(size_t(rows * out), 6);
+    const auto dx0 = randn(x.size(), 7), dw0 = randn(w.size(), 8);
+    std::vector<float> y(size_t(rows * out)), dx = dx0, dw = dw0;
+    ops::linear(x.data(), w.data(), y.data(), rows, in, out);
+    ops::linear_backward(x.data(), w.data(), dy.data(), dx.data(), dw.data(), rows, in, out, true);
+    auto gx = up(x), gw = up(w), gdy = up(dy), gdx = up(dx0), gdw = up(dw0);
+    cuda::DeviceBuffer<float> gy(y.size());
+    cuda::linear_f32(ctx(), gx.get(), gw.get(), gy.get(), rows, in, out);
+    cuda::linear_backward_f32(ctx(), gx.get(), gw.get(), gdy.get(), gdx.get(), gdw.get(), rows, in, out, true);
+    EXPECT_LT(rel_err(down(gy, y.size()), y), 1e-5);
+    EXPECT_LT(rel_err(down(gdx, dx.size()), dx), 1e-5);
+    EXPECT_LT(rel_err(down(gdw, dw.size()), dw), 1e-5);
+  }
+  {  // RoPE and its inverse on 2 sequences of 70 rows, 6 heads of 24 in rows of stride 150.
+    const int64_t B = 2, T = 70, heads = 6, half = 12, ld = 150;
+    RopeTable rt;
+    rt.n_pos = T;
+    rt.half = half;
+    std::mt19937 g(9);
+    std::uniform_real_distribution<float> ang(-3.0f, 3.0f);
+    for (int64_t i = 0; i < T * half; ++i) {
+      const float a = ang(g);
+      rt.cos.push_back(std::cos(a));
+      rt.sin.push_back(std::sin(a));
+    }
+    const auto x = randn(size_t(B * T * ld), 10);
+    for (bool inverse : {false, true}) {
+      std::vector<float> want = x;
+      for (int64_t b = 0; b < B; ++b) {
+        if (inverse)
+          ops::rope_backward(want.data() + b * T * ld, T, heads, ld, rt, 0);
+        else
+          ops::rope(want.data() + b * T * ld, T, heads, ld, rt, 0);
+      }
+      auto gx = up(x), gc = up(rt.cos), gs = up(rt.sin);
+      cuda::rope_f32(gx.get(), B * T, T, heads, half, ld, gc.get(), gs.get(), inverse, s);
+      EXPECT_LT(rel_err(down(gx, x.size()), want), 1e-6) << inverse;
+    }
+  }
+  {  // Causal GQA attention and its backward: 6 query heads on 2 key/value heads of 24, 70 rows.
+    const int64_t T = 70, nh = 6, nkv = 2, hd = 24;
+    const auto q = randn(size_t(T * nh * hd), 11), k = randn(size_t(T * nkv * hd), 12),
+               v = randn(size_t(T * nkv * hd), 13), dout = randn(size_t(T * nh * hd), 14);
+    std::vector<float> out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
+    ops::attention(q.data(), k.data(), v.data(), out.data(), T, nh, nkv, hd);
+    ops::attention_backward(q.data(), k.data(), v.data(), dout.data(), dq.data(), dk.data(), dv.data(), T, nh, nkv, hd);
+    auto gq = up(q), gk = up(k), gv = up(v), gdo = up(dout);
+    cuda::DeviceBuffer<float> gout(q.size()), gdq(q.size()), gdk(k.size()), gdv(v.size()), p(size_t(nh * T * T)),
+        dp(size_t(nh * T * T));
+    cuda::attention_f32(gq.get(), gk.get(), gv.get(), gout.get(), p.get(), T, nh, nkv, hd, s);
+    cuda::attention_backward_f32(gq.get(), gk.get(), gv.get(), gdo.get(), gdq.get(), gdk.get(), gdv.get(), p.get(),
+                                 dp.get(), T, nh, nkv, hd, s);
+    EXPECT_LT(rel_err(down(gout, out.size()), out), 1e-5);
+    EXPECT_LT(rel_err(down(gdq, dq.size()), dq), 1e-5);
+    EXPECT_LT(rel_err(down(gdk, dk.size()), dk), 1e-5);
+    EXPECT_LT(rel_err(down(gdv, dv.size()), dv), 1e-5);
+  }
+  {  // SwiGLU and its backward.
+    const int64_t n = 1000;
+    const auto gate = randn(size_t(n), 15, 3.0f), upv = randn(size_t(n), 16), dout = randn(size_t(n), 17);
+    std::vector<float> out(static_cast<size_t>(n)), dg(out.size()), du(out.size());
+    ops::swiglu(gate.data(), upv.data(), out.data(), n);
+    ops::swiglu_backward(gate.data(), upv.data(), dout.data(), dg.data(), du.data(), n);
+    auto gg = up(gate), gu = up(upv), gd = up(dout);
+    cuda::DeviceBuffer<float> go(out.size()), gdg(out.size()), gdu(out.size());
+    cuda::swiglu_f32(gg.get(), gu.get(), go.get(), n, s);
+    cuda::swiglu_backward_f32(gg.get(), gu.get(), gd.get(), gdg.get(), gdu.get(), n, s);
+    EXPECT_LT(rel_err(down(go, size_t(n)), out), 1e-6);
+    EXPECT_LT(rel_err(down(gdg, size_t(n)), dg), 1e-6);
+    EXPECT_LT(rel_err(down(gdu, size_t(n)), du), 1e-6);
+  }
+  {  // Cross-entropy rows of 1000 logits, two of them without a target; dlogits in place.
+    const int64_t rows = 6, V = 1000;
+    const auto logits = randn(size_t(rows * V), 18, 4.0f);
+    const std::vector<int32_t> targets = {3, -100, 999, 0, -1, 517};
+    std::vector<float> d(logits.size());
+    const double want = ops::cross_entropy_backward(logits.data(), targets.data(), d.data(), rows, V, 0.25f);
+    auto gl = up(logits);
+    auto gt = up(targets);
+    cuda::DeviceBuffer<double> loss(static_cast<size_t>(rows));
+    cuda::cross_entropy_backward_f32(gl.get(), gt.get(), gl.get(), loss.get(), rows, V, 0.25f, s);
+    double got = 0;
+    for (double x : down(loss, size_t(rows))) got += x;
+    EXPECT_NEAR(got, want, 1e-9 * want);
+    EXPECT_LT(rel_err(down(gl, d.size()), d), 1e-6);
+  }
 }
 
 // A random-weight LLaMA with grouped-query attention (8 query heads on 2 key/value heads, head
