@@ -1,5 +1,6 @@
 #include "train/finetune.h"
 
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/process.h"
@@ -9,7 +10,6 @@
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "train/adapter_io.h"
-#include "backend/device_check.h"
 #include "train/instruct_data.h"
 #include "train/step_engine.h"
 #include "train/train_checkpoint.h"
@@ -219,9 +219,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
       {"lr", o.lr},                 {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm},
       {"weight_decay", o.weight_decay}, {"adam_betas", {o.beta1, o.beta2}}, {"adam_eps", o.adam_eps},
       {"seed", o.seed},             {"data_seed", o.data_seed}};
-  // Only when given: a run from the seeded init keeps the identity it had before the option.
   // Only off the CPU: a CPU run keeps the identity it had before the option.
   if (device.is_cuda()) run_id["device"] = device_kind_name(device.kind);
+  // Only when given: a run from the seeded init keeps the identity it had before the option.
   if (!o.init_adapter.empty())
     run_id["init_adapter"] = {{"path", o.init_adapter},
                               {"sha256", sha256_file(o.init_adapter + "/adapter_model.safetensors")}};
