@@ -31,8 +31,10 @@
 //                  and the training options steps, batch, grad_accum, lr, warmup_ratio,
 //                  max_grad_norm, weight_decay, adam_beta1, adam_beta2, adam_eps, source_max_len,
 //                  target_max_len, eval_size, limit, seed, data_seed (the command's options, with
-//                  its defaults); training runs on the CPU, the evaluations (the adapters
-//                  merged into the base's weights) on the study's device
+//                  its defaults); training runs on the study's device, or where the table's
+//                  device ("cpu", "cuda", "cuda:N"; an axis like the others) says, the
+//                  evaluations (the adapters merged into the base's weights) on the study's
+//                  device
 //   [[distill]]    a DB-LLM row, as `lowbit distill` runs it (CPU) on the [calibration] windows:
 //                  the dbllm method's options (g, init, offset) and the training options steps,
 //                  batch, grad_accum, lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta,

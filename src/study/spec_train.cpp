@@ -2,6 +2,7 @@
 // trained as `lowbit finetune` and `lowbit distill` train (spec.h).
 #include "study/spec_parse.h"
 
+#include "core/device.h"
 #include "quant/method.h"
 #include "train/dad.h"
 
@@ -53,7 +54,7 @@ const std::vector<std::string> kLoraKeys = {"r", "alpha", "dropout", "targets", 
 const std::vector<std::string> kFinetuneKeys = {
     "steps",         "batch",     "grad_accum", "lr",         "warmup_ratio",   "max_grad_norm",
     "weight_decay",  "adam_beta1", "adam_beta2", "adam_eps",  "source_max_len", "target_max_len",
-    "eval_size",     "limit",     "seed",       "data_seed"};
+    "eval_size",     "limit",     "seed",       "data_seed",      "device"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale"};
 
@@ -75,6 +76,7 @@ void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const 
   else if (k == "limit") o.limit = int_value(k, v, 0, kBig);
   else if (k == "seed") o.seed = uint64_t(int_value(k, v, 0, INT64_MAX));
   else if (k == "data_seed") o.data_seed = uint64_t(int_value(k, v, 0, INT64_MAX));
+  else if (k == "device") o.device = (void(parse_device(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -215,6 +217,8 @@ void parse_finetune(const Ctx& c, const toml::array& tables, StudySpec& spec, st
       train::FinetuneOptions& o = mc.train.finetune;
       o.data = data;
       o.spm = spec.spm;
+      // Trained on the study's device unless the table names one.
+      o.device = spec.device;
       mc.train.data_pos = c.pos(*dn);
       std::string lora;
       for (const auto& [k, v] : point) {

@@ -1,5 +1,6 @@
 #include "train/finetune.h"
 
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/process.h"
@@ -10,6 +11,7 @@
 #include "quant/quantized_in_memory.h"
 #include "train/adapter_io.h"
 #include "train/instruct_data.h"
+#include "train/step_engine.h"
 #include "train/train_checkpoint.h"
 #include "train/trainer.h"
 
@@ -137,6 +139,7 @@ FinetuneMethod parse_finetune_method(const std::string& spec) {
 
 void check_finetune_options(const FinetuneOptions& o) {
   (void)parse_finetune_method(o.method);
+  (void)parse_device(o.device);
   LB_CHECK(o.steps > 0 && o.batch > 0 && o.grad_accum > 0, "--steps, --batch and --grad-accum must be positive");
   LB_CHECK(o.source_max > 0 && o.target_max > 0, "--source-max-len and --target-max-len must be positive");
   LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
@@ -150,6 +153,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   const auto t_start = Clock::now();
   const FinetuneMethod method = parse_finetune_method(o.method);
   check_finetune_options(o);
+  const Device device = parse_device(o.device);
+  check_device_available(device);
 
   // Data first: bad records fail before the model is loaded or quantized.
   const auto records = read_alpaca_json(o.data);
@@ -214,6 +219,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
       {"lr", o.lr},                 {"warmup_ratio", o.warmup_ratio}, {"max_grad_norm", o.max_grad_norm},
       {"weight_decay", o.weight_decay}, {"adam_betas", {o.beta1, o.beta2}}, {"adam_eps", o.adam_eps},
       {"seed", o.seed},             {"data_seed", o.data_seed}};
+  // Only off the CPU: a CPU run keeps the identity it had before the option.
+  if (device.is_cuda()) run_id["device"] = device_kind_name(device.kind);
   // Only when given: a run from the seeded init keeps the identity it had before the option.
   if (!o.init_adapter.empty())
     run_id["init_adapter"] = {{"path", o.init_adapter},
@@ -225,7 +232,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.max_grad_norm = o.max_grad_norm;
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
-  LoraTrainer trainer(model, std::move(init), topts);
+  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model);
+  if (device.is_cuda()) note(fmt::format("training on {} (fp32 base and adapters)", engine->name()));
+  LoraTrainer trainer(model, std::move(init), topts, engine.get());
   nlohmann::json log = nlohmann::json::array();
   const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
   if (o.resume) {
@@ -265,7 +274,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
       std::vector<const InstructExample*> part;
       for (size_t j = i; j < std::min(split.held_out.size(), i + size_t(o.batch)); ++j)
         part.push_back(&examples[size_t(split.held_out[j])]);
-      const auto r = forward_loss(model, &trainer.adapters(), make_batch(part, pad));
+      const auto r = engine->forward_loss(&trainer.adapters(), make_batch(part, pad));
       sum += r.loss_sum;
       n += r.num_targets;
     }

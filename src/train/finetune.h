@@ -59,9 +59,13 @@ struct FinetuneOptions {
   // dump_grads: a safetensors file with the gradient of the first step this call runs, before
   // clipping (of the mean loss over the step's target tokens), under PEFT's parameter names.
   std::string save_batches, dump_grads;
+  // Where the steps run: "cpu", "cuda" or "cuda:N" (step_engine.h); the base is loaded and
+  // quantized on the host either way. Part of the run's identity when it is not the CPU.
+  std::string device = "cpu";
 };
 
-// Throws lowbit::Error for options no run can take (non-positive steps, batch, ...).
+// Throws lowbit::Error for options no run can take (non-positive steps, batch, ..., a device
+// string that names no device).
 void check_finetune_options(const FinetuneOptions& o);
 
 struct FinetuneStep {

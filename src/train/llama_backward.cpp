@@ -240,26 +240,10 @@ void block_backward(const Ctx& cx, int64_t layer, const BlockWeights& w, const f
   for (int64_t i = 0; i < N * H; ++i) dh[i] += dn[size_t(i)];
 }
 
-void check_batch(const LlamaModel& model, const Batch& batch) {
-  const LlamaConfig& c = model.config();
-  LB_CHECK(batch.B > 0 && batch.T > 0, "training batch of {} x {} tokens is empty", batch.B, batch.T);
-  LB_CHECK(int64_t(batch.tokens.size()) == batch.B * batch.T && int64_t(batch.targets.size()) == batch.B * batch.T,
-           "training batch: {} tokens and {} targets for {} x {}", batch.tokens.size(), batch.targets.size(),
-           batch.B, batch.T);
-  LB_CHECK(batch.T <= c.max_position_embeddings, "training sequence of {} tokens is longer than the model's context {}",
-           batch.T, c.max_position_embeddings);
-  for (size_t i = 0; i < batch.targets.size(); ++i)
-    LB_CHECK(batch.targets[i] < c.vocab_size, "target token {} at position {} is outside the vocabulary (size {})",
-             batch.targets[i], i, c.vocab_size);
-}
-
 StepResult run(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                bool backward, LoraAdapters* lora_grads, BaseGrads* base_grads) {
-  check_batch(model, batch);
+  check_step_input(model, lora, batch);
   const LlamaConfig& c = model.config();
-  if (lora != nullptr)
-    LB_CHECK(int64_t(lora->layers.size()) == c.num_hidden_layers, "LoRA adapters for {} layers on a model of {}",
-             lora->layers.size(), c.num_hidden_layers);
   const int64_t B = batch.B, T = batch.T, N = B * T, H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
   const RopeTable rope = make_rope_table(c, T);
   const Ctx cx{model, c, rope, lora, backward, opt.dropout_seed};
@@ -315,6 +299,22 @@ StepResult run(const LlamaModel& model, const LoraAdapters* lora, const Batch& b
 }
 
 }  // namespace
+
+void check_step_input(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch) {
+  const LlamaConfig& c = model.config();
+  LB_CHECK(batch.B > 0 && batch.T > 0, "training batch of {} x {} tokens is empty", batch.B, batch.T);
+  LB_CHECK(int64_t(batch.tokens.size()) == batch.B * batch.T && int64_t(batch.targets.size()) == batch.B * batch.T,
+           "training batch: {} tokens and {} targets for {} x {}", batch.tokens.size(), batch.targets.size(),
+           batch.B, batch.T);
+  LB_CHECK(batch.T <= c.max_position_embeddings, "training sequence of {} tokens is longer than the model's context {}",
+           batch.T, c.max_position_embeddings);
+  for (size_t i = 0; i < batch.targets.size(); ++i)
+    LB_CHECK(batch.targets[i] < c.vocab_size, "target token {} at position {} is outside the vocabulary (size {})",
+             batch.targets[i], i, c.vocab_size);
+  if (lora != nullptr)
+    LB_CHECK(int64_t(lora->layers.size()) == c.num_hidden_layers, "LoRA adapters for {} layers on a model of {}",
+             lora->layers.size(), c.num_hidden_layers);
+}
 
 StepResult forward_backward(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch,
                             const StepOptions& opt, LoraAdapters* lora_grads, BaseGrads* base_grads) {

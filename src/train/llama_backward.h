@@ -79,4 +79,10 @@ StepResult forward_backward(const LlamaModel& model, const LoraAdapters* lora, c
 // The loss alone (no gradients), with the adapters applied unmerged; dropout is off.
 StepResult forward_loss(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch);
 
+// The checks both functions make before any work (and the GPU twin, llama_backward_cuda.h): the
+// batch's shape, its length against the model's context, its targets against the vocabulary, the
+// adapters' layer count. Throws lowbit::Error naming the values. (Token ids are checked where
+// they are embedded.)
+void check_step_input(const LlamaModel& model, const LoraAdapters* lora, const Batch& batch);
+
 }  // namespace lowbit::train

@@ -6,8 +6,12 @@
 
 namespace lowbit::train {
 
-LoraTrainer::LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt)
-    : model_(model), params_(std::move(init)), opt_(opt) {
+LoraTrainer::LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt, StepEngine* engine)
+    : model_(model), engine_(engine), params_(std::move(init)), opt_(opt) {
+  if (engine_ == nullptr) {
+    own_engine_ = make_step_engine(Device{}, model_);
+    engine_ = own_engine_.get();
+  }
   LB_CHECK(opt_.total_steps > 0, "training needs at least one step, got {}", opt_.total_steps);
   LB_CHECK(opt_.adamw.lr >= 0, "learning rate must not be negative, got {}", opt_.adamw.lr);
   grads_ = params_.zeros_like();
@@ -38,7 +42,7 @@ StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient
   double loss_sum = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
     so.dropout_seed = opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(i);
-    loss_sum += forward_backward(model_, &params_, micro[i], so, &grads_, nullptr).loss_sum;
+    loss_sum += engine_->forward_backward(&params_, micro[i], so, &grads_, nullptr).loss_sum;
   }
   st.loss = loss_sum / double(st.targets);
   if (gradient != nullptr) *gradient = grads_;

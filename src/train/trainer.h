@@ -9,7 +9,9 @@
 
 #include "train/llama_backward.h"
 #include "train/optimizer.h"
+#include "train/step_engine.h"
 
+#include <memory>
 #include <span>
 
 namespace lowbit::train {
@@ -32,7 +34,9 @@ struct StepStats {
 
 class LoraTrainer {
  public:
-  LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt);
+  // engine: where the forward and backward run (step_engine.h; it must outlive the trainer);
+  // null: on the CPU.
+  LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt, StepEngine* engine = nullptr);
 
   // One optimizer step over the micro-batches (their gradients accumulated). A non-finite loss
   // or gradient norm throws lowbit::Error and leaves the adapters and optimizer state as they
@@ -49,6 +53,8 @@ class LoraTrainer {
 
  private:
   const LlamaModel& model_;
+  std::unique_ptr<StepEngine> own_engine_;  // the CPU's, when none is given
+  StepEngine* engine_ = nullptr;
   LoraAdapters params_, grads_;
   AdamWState state_;
   TrainOptions opt_;

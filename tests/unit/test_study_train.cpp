@@ -6,6 +6,7 @@
 #include "study/report.h"
 #include "study/spec.h"
 #include "study/store.h"
+#include "train/finetune.h"
 #include "study_spec_errors.h"
 #include "test_util.h"
 
@@ -120,6 +121,49 @@ TEST(StudyTrainSpec, ZipWalksTrainingOptionsTogether) {
   EXPECT_EQ(s.methods[2].train.finetune.steps, 100);
 }
 
+// Fine-tuning trains on the study's device unless the table names one (an axis like any option).
+TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
+  // spec_with's study on a GPU.
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec s = parse_study_spec(
+      cuda_study + "[[finetune]]\nmethod = [\"qlora\", \"irqlora\"]\ndevice = [\"cuda\", \"cpu\"]\n"
+                   "zip = [\"method\", \"device\"]\ndata = \"a.json\"\n\n"
+                   "[[finetune]]\nmethod = \"lora\"\ndata = \"a.json\"\n",
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 3u);
+  EXPECT_EQ(s.methods[0].spec, "qlora");
+  EXPECT_EQ(s.methods[0].train.finetune.device, "cuda");
+  EXPECT_EQ(s.methods[1].spec, "irqlora");
+  EXPECT_EQ(s.methods[1].train.finetune.device, "cpu");
+  EXPECT_EQ(s.methods[2].train.finetune.device, "cuda");
+  // The device is where the cell trains, not what it computes: the cell's key leaves it out.
+  const StudySpec cpu = parse_study_spec(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n"),
+                                         "/tmp/spec.toml", kNoFiles);
+  EXPECT_EQ(cpu.methods[0].train.finetune.device, "cpu");
+  EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
+  EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ndevice = \"gpu\"\n")),
+            "/tmp/spec.toml:20:10: device 'gpu': expected cpu, cuda or cuda:N");
+}
+
+// lowbit finetune's device is checked with its other options, before any work (whether the
+// device exists here is checked when the run starts).
+TEST(StudyTrainSpec, FinetuneOptionsCheckTheDevice) {
+  train::FinetuneOptions o;
+  o.method = "irqlora:r=8";
+  for (const char* d : {"cpu", "cuda", "cuda:1"}) {
+    o.device = d;
+    EXPECT_NO_THROW(train::check_finetune_options(o)) << d;
+  }
+  o.device = "gpu";
+  try {
+    train::check_finetune_options(o);
+    ADD_FAILURE() << "device 'gpu' accepted";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "device 'gpu': expected cpu, cuda or cuda:N");
+  }
+}
+
 TEST(StudyTrainSpec, ATableWithTrainingAloneIsAStudy) {
   EXPECT_EQ(parse_study_spec(spec_with("[[distill]]\n"), "/tmp/spec.toml", kNoFiles).methods.size(), 1u);
   EXPECT_EQ(error_of(spec_with("")),
@@ -142,7 +186,7 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "/tmp/spec.toml:20:9: option 'batch': 1.5 is not an integer");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nrank = 8\n")),
             "/tmp/spec.toml:20:1: unknown key 'rank' in [[finetune]] (known: adam_beta1, adam_beta2, adam_eps, alpha, "
-            "batch, data, data_seed, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
+            "batch, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
             "source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, zip)");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ntargets = \"qkv_proj\"\n")),
             "/tmp/spec.toml:20:11: unknown LoRA target 'qkv_proj' (known: q_proj, k_proj, v_proj, o_proj, gate_proj, "

@@ -77,7 +77,8 @@ void register_finetune(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "finetune",
-      "Fine-tune LoRA adapters over a frozen (optionally quantized) base on instruction data (CPU, fp32). Writes "
+      "Fine-tune LoRA adapters over a frozen (optionally quantized) base on instruction data (fp32, on the CPU or "
+      "with --device cuda on a GPU). Writes "
       "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) plus lowbit_adapter.json, and a "
       "resumable checkpoint in OUT/checkpoint");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit; or already quantized with --method lora)")
@@ -120,6 +121,7 @@ void register_finetune(CLI::App& app) {
   cmd->add_flag("--force", o->force, "start over even if OUT holds an adapter");
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o->device);
   cmd->callback([o] { run(*o); });
 }
 

@@ -1,0 +1,427 @@
+#include "train/llama_backward_cuda.h"
+
+#include "backend/cuda/ops_backward.cuh"
+#include "core/error.h"
+#include "train/step_engine.h"
+
+#include <algorithm>
+
+namespace lowbit::train {
+
+namespace {
+
+using cuda::DeviceBuffer;
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+void upload_f32(const Tensor& t, DeviceBuffer<float>& dst, cudaStream_t s) {
+  const Tensor f = t.dtype() == DType::F32 && t.is_contiguous() ? t : t.to_f32();
+  dst.resize(size_t(f.numel()));
+  cuda::upload(dst.get(), f.data_as<float>(), size_t(f.numel()), s);
+  // The source may be a temporary.
+  LB_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+struct GpuBlock {
+  DeviceBuffer<float> input_norm, post_norm;  // [H]
+  std::array<DeviceBuffer<float>, 7> linear;  // [out, in], by LinearKind
+};
+
+// One linear's adapter on the GPU, its gradient, and what its forward keeps for the backward.
+struct GpuAdapter {
+  int64_t r = 0;
+  bool iec = false;            // IEC's scalars (train/iec.h)
+  float a_s = 0, b_s = 0;      // their values
+  DeviceBuffer<float> a, b;    // [r, in], [out, r]
+  DeviceBuffer<float> da, db;  // the same shapes
+  DeviceBuffer<float> dscales; // [2]: the gradients of a_s and b_s
+  DeviceBuffer<float> t;       // dropout(x) A^T [N, r] (with IEC: + a_s * the group means of x)
+};
+
+}  // namespace
+
+struct CudaLlamaBackward::Impl {
+  const LlamaModel& model;
+  const LlamaConfig& c;
+  cuda::Context ctx;
+  std::vector<GpuBlock> blocks;
+  DeviceBuffer<float> final_norm, head;  // [H], [V, H]
+  // RoPE tables [T, hd / 2] of the current sequence length.
+  int64_t rope_T = 0;
+  DeviceBuffer<float> rope_cos, rope_sin;
+
+  // Per-step state (grown on demand).
+  std::vector<std::array<GpuAdapter, 7>> adapters;
+  DeviceBuffer<float> h, grad, checkpoints;  // [N, H] the hidden state and its gradient; [L, N, H]
+  DeviceBuffer<float> x1, q, k, v, att, h_mid, x2, gate, up, act, y;
+  DeviceBuffer<float> probs, dprobs;  // [nh, T, T]
+  DeviceBuffer<float> xd, dxd, dt;   // [N, max in], [N, max in], [N, r]
+  DeviceBuffer<float> dact, dgate, dup, dx, dn, datt, dq, dk, dv;
+  DeviceBuffer<float> logits;  // [chunk, V]
+  DeviceBuffer<double> loss;   // [N]
+  DeviceBuffer<double> partial;  // [N, r]: the terms of an IEC scalar's gradient
+  DeviceBuffer<int32_t> targets;
+
+  // The step's settings.
+  const LoraAdapters* lora = nullptr;
+  bool dropout_on = false;
+  uint64_t seed = 0;
+  int64_t B = 0, T = 0, N = 0;
+
+  Impl(const LlamaModel& m, int device) : model(m), c(m.config()), ctx(device) {
+    const cudaStream_t s = ctx.stream();
+    blocks.resize(size_t(c.num_hidden_layers));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      auto w = model.block_weights(l);
+      GpuBlock& g = blocks[size_t(l)];
+      upload_f32(w->input_norm, g.input_norm, s);
+      upload_f32(w->post_norm, g.post_norm, s);
+      for (LinearKind k : kAllLinears) {
+        const Tensor& t = (*w)[k];
+        LB_CHECK(t.numel() == linear_out_features(c, k) * linear_in_features(c, k),
+                 "block {} {}: {} weights for a [{}, {}] linear", l, linear_name(k), t.numel(),
+                 linear_out_features(c, k), linear_in_features(c, k));
+        upload_f32(t, g.linear[size_t(k)], s);
+      }
+    }
+    upload_f32(model.final_norm_weight(), final_norm, s);
+    const size_t nhead = size_t(c.vocab_size * c.hidden_size);
+    head.resize(nhead);
+    cuda::upload(head.get(), model.lm_head_f32(), nhead, s);
+    ctx.synchronize();
+  }
+
+  cudaStream_t stream() const { return ctx.stream(); }
+
+  void set_rope(int64_t len) {
+    if (rope_T == len) return;
+    const RopeTable rt = make_rope_table(c, len);
+    LB_ASSERT(rt.half * 2 == c.head_dim);
+    rope_cos.resize(rt.cos.size());
+    rope_sin.resize(rt.sin.size());
+    cuda::upload(rope_cos.get(), rt.cos.data(), rt.cos.size(), stream());
+    cuda::upload(rope_sin.get(), rt.sin.data(), rt.sin.size(), stream());
+    ctx.synchronize();
+    rope_T = len;
+  }
+
+  // The adapters (and zeroed gradient buffers) uploaded for this step.
+  void set_adapters(const LoraAdapters* l, bool grads) {
+    lora = l;
+    if (l == nullptr) return;
+    adapters.resize(l->layers.size());
+    for (size_t i = 0; i < l->layers.size(); ++i)
+      for (LinearKind k : kAllLinears) {
+        const LoraLinear& a = l->layers[i][size_t(k)];
+        GpuAdapter& g = adapters[i][size_t(k)];
+        g.r = a.active() ? a.r : 0;
+        if (!a.active()) continue;
+        const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+        LB_CHECK(a.in == in && a.out == out && int64_t(a.a.size()) == a.r * in && int64_t(a.b.size()) == out * a.r,
+                 "LoRA adapter of block {} {}: A {} values and B {} for r {} on a [{}, {}] linear", i,
+                 linear_name(k), a.a.size(), a.b.size(), a.r, out, in);
+        g.iec = a.has_iec();
+        if (g.iec) {
+          LB_CHECK(a.a_scale.size() == 1 && a.b_scale.size() == 1 && in % a.r == 0 && out % a.r == 0,
+                   "IEC adapter of block {} {}: {} and {} scalars, rank {} on a [{}, {}] linear", i, linear_name(k),
+                   a.a_scale.size(), a.b_scale.size(), a.r, out, in);
+          g.a_s = a.a_scale[0];
+          g.b_s = a.b_scale[0];
+          partial.resize(size_t(N * a.r));
+        }
+        g.a.resize(a.a.size());
+        g.b.resize(a.b.size());
+        cuda::upload(g.a.get(), a.a.data(), a.a.size(), stream());
+        cuda::upload(g.b.get(), a.b.data(), a.b.size(), stream());
+        g.t.resize(size_t(N * a.r));
+        if (grads) {
+          g.da.resize(a.a.size());
+          g.db.resize(a.b.size());
+          LB_CUDA_CHECK(cudaMemsetAsync(g.da.get(), 0, a.a.size() * sizeof(float), stream()));
+          LB_CUDA_CHECK(cudaMemsetAsync(g.db.get(), 0, a.b.size() * sizeof(float), stream()));
+          g.dscales.resize(2);
+          LB_CUDA_CHECK(cudaMemsetAsync(g.dscales.get(), 0, 2 * sizeof(float), stream()));
+        }
+      }
+  }
+
+  GpuAdapter* adapter(int64_t layer, LinearKind k) {
+    if (lora == nullptr) return nullptr;
+    GpuAdapter& a = adapters[size_t(layer)][size_t(k)];
+    return a.r > 0 ? &a : nullptr;
+  }
+  bool dropped() const { return dropout_on && lora->config.dropout > 0; }
+  // The dropout mask stream of (layer, kind): train/llama_backward.cpp's keep_scale.
+  uint64_t mask_stream(int64_t layer, LinearKind k) const {
+    return seed ^ splitmix64(uint64_t(layer) * 8 + uint64_t(k) + 1);
+  }
+
+  void alloc(int64_t B_, int64_t T_, bool backward) {
+    B = B_;
+    T = T_;
+    N = B * T;
+    const int64_t H = c.hidden_size, F = c.intermediate_size, L = c.num_hidden_layers;
+    const int64_t qd = c.num_attention_heads * c.head_dim, kvd = c.num_key_value_heads * c.head_dim;
+    const int64_t wide = std::max({H, F, qd});
+    for (auto* b : {&h, &grad, &x1, &h_mid, &x2, &y, &dx, &dn}) b->resize(size_t(N * H));
+    for (auto* b : {&q, &att, &datt, &dq}) b->resize(size_t(N * qd));
+    for (auto* b : {&k, &v, &dk, &dv}) b->resize(size_t(N * kvd));
+    for (auto* b : {&gate, &up, &act, &dact, &dgate, &dup}) b->resize(size_t(N * F));
+    for (auto* b : {&xd, &dxd}) b->resize(size_t(N * wide));
+    probs.resize(size_t(c.num_attention_heads * T * T));
+    dprobs.resize(size_t(c.num_attention_heads * T * T));
+    if (backward) checkpoints.resize(size_t(L * N * H));
+    loss.resize(size_t(N));
+    targets.resize(size_t(N));
+  }
+
+  // y [N, out] = x W^T (+ scaling * dropout(x) A^T B^T).
+  void linear_forward(int64_t layer, LinearKind k, const float* x, float* out_y) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cuda::linear_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), out_y, N, in, out);
+    const GpuAdapter* a = adapter(layer, k);
+    if (a == nullptr) return;
+    const float* xin = x;
+    if (dropped()) {
+      cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
+      xin = xd.get();
+    }
+    const float scaling = float(lora->config.scaling());
+    cuda::linear_f32(ctx, xin, a->a.get(), a->t.get(), N, in, a->r);
+    // IEC (train/iec.h): h = xd A^T + a_s mean_groups(x) (the means read x, not the dropped-out
+    // input), y += scaling (h B^T + b_s repeat_interleave(h)).
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_add_f32(x, a->t.get(), N, in, a->r, a->a_s, stream());
+    cuda::linear_f32(ctx, a->t.get(), a->b.get(), out_y, N, a->r, out, scaling, true);
+    if (a->iec && a->b_s != 0.0f) cuda::repeat_add_f32(a->t.get(), out_y, N, out, a->r, a->b_s * scaling, stream());
+  }
+
+  // dx [N, in] = (or += with accumulate) the gradient at x for dy [N, out]; LoRA gradients into
+  // the adapter's da, db.
+  void linear_backward(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo, bool accumulate) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cuda::linear_backward_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), dy, dxo, nullptr, N, in, out,
+                              accumulate);
+    GpuAdapter* a = adapter(layer, k);
+    if (a == nullptr) return;
+    const float scaling = float(lora->config.scaling());
+    // t = xd A^T, y += scaling t B^T:  dB += scaling dy^T t,  dt = scaling dy B.
+    dt.resize(size_t(N * a->r));
+    cuda::linear_backward_f32(ctx, a->t.get(), a->b.get(), dy, dt.get(), a->db.get(), N, a->r, out, false, scaling);
+    if (a->iec) {
+      // The b_s term: dh_k += b_s s sum of dy over output chunk k, d b_s += s sum_j dy_j h_(j / chunk);
+      // then the a_s term: d a_s += dh . mean_groups(x) (train/iec.h's iec_lora_backward).
+      cuda::chunk_sum_backward_f32(dy, a->t.get(), dt.get(), partial.get(), N, out, a->r, scaling, a->b_s, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get() + 1, stream());
+      cuda::group_dot_f32(x, dt.get(), partial.get(), N, in, a->r, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get(), stream());
+    }
+    if (!dropped()) {
+      // dA += dt^T x,  dx += dt A.
+      cuda::linear_backward_f32(ctx, x, a->a.get(), dt.get(), dxo, a->da.get(), N, in, a->r, true);
+    } else {
+      // The mask drawn again: dA += dt^T xd,  dxd = dt A,  dx += dxd * mask.
+      cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
+      cuda::linear_backward_f32(ctx, xd.get(), a->a.get(), dt.get(), dxd.get(), a->da.get(), N, in, a->r, false);
+      cuda::dropout_mask_f32(dxd.get(), dxo, N * in, mask_stream(layer, k), lora->config.dropout, true, stream());
+    }
+    // IEC's means read x itself: dx_i += a_s dh_(i / group) / group.
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_backward_f32(dt.get(), dxo, N, in, a->r, a->a_s, stream());
+  }
+
+  // hidden [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)); the intermediates kept.
+  void block_forward(int64_t layer, float* hid) {
+    const GpuBlock& w = blocks[size_t(layer)];
+    const int64_t H = c.hidden_size, F = c.intermediate_size;
+    const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+    const int64_t qd = nh * hd, kvd = nkv * hd;
+    const float eps = float(c.rms_norm_eps);
+    const cudaStream_t s = stream();
+    cuda::rmsnorm_f32(hid, w.input_norm.get(), x1.get(), N, H, eps, s);
+    linear_forward(layer, LinearKind::Q, x1.get(), q.get());
+    linear_forward(layer, LinearKind::K, x1.get(), k.get());
+    linear_forward(layer, LinearKind::V, x1.get(), v.get());
+    cuda::rope_f32(q.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), false, s);
+    cuda::rope_f32(k.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), false, s);
+    for (int64_t b = 0; b < B; ++b)
+      cuda::attention_f32(q.get() + b * T * qd, k.get() + b * T * kvd, v.get() + b * T * kvd, att.get() + b * T * qd,
+                          probs.get(), T, nh, nkv, hd, s);
+    linear_forward(layer, LinearKind::O, att.get(), y.get());
+    cuda::sum_f32(hid, y.get(), h_mid.get(), N * H, s);
+    cuda::rmsnorm_f32(h_mid.get(), w.post_norm.get(), x2.get(), N, H, eps, s);
+    linear_forward(layer, LinearKind::Gate, x2.get(), gate.get());
+    linear_forward(layer, LinearKind::Up, x2.get(), up.get());
+    cuda::swiglu_f32(gate.get(), up.get(), act.get(), N * F, s);
+    linear_forward(layer, LinearKind::Down, act.get(), y.get());
+    cuda::sum_f32(h_mid.get(), y.get(), hid, N * H, s);
+  }
+
+  // dh [N, H]: in, the gradient at the block's output; out, at its input h_in.
+  void block_backward(int64_t layer, const float* h_in, float* dh) {
+    const GpuBlock& w = blocks[size_t(layer)];
+    const int64_t H = c.hidden_size, F = c.intermediate_size;
+    const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+    const int64_t qd = nh * hd, kvd = nkv * hd;
+    const float eps = float(c.rms_norm_eps);
+    const cudaStream_t s = stream();
+    // MLP: h_out = h_mid + down(silu(gate(x2)) * up(x2)), x2 = norm(h_mid).
+    linear_backward(layer, LinearKind::Down, act.get(), dh, dact.get(), false);
+    cuda::swiglu_backward_f32(gate.get(), up.get(), dact.get(), dgate.get(), dup.get(), N * F, s);
+    linear_backward(layer, LinearKind::Gate, x2.get(), dgate.get(), dx.get(), false);
+    linear_backward(layer, LinearKind::Up, x2.get(), dup.get(), dx.get(), true);
+    cuda::rmsnorm_backward_f32(h_mid.get(), w.post_norm.get(), dx.get(), dn.get(), N, H, eps, s);
+    cuda::add_f32(dh, dn.get(), N * H, s);  // dh is now d h_mid
+    // Attention: h_mid = h_in + o(attn(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h_in).
+    linear_backward(layer, LinearKind::O, att.get(), dh, datt.get(), false);
+    for (int64_t b = 0; b < B; ++b)
+      cuda::attention_backward_f32(q.get() + b * T * qd, k.get() + b * T * kvd, v.get() + b * T * kvd,
+                                   datt.get() + b * T * qd, dq.get() + b * T * qd, dk.get() + b * T * kvd,
+                                   dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
+    cuda::rope_f32(dq.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), true, s);
+    cuda::rope_f32(dk.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), true, s);
+    linear_backward(layer, LinearKind::Q, x1.get(), dq.get(), dx.get(), false);
+    linear_backward(layer, LinearKind::K, x1.get(), dk.get(), dx.get(), true);
+    linear_backward(layer, LinearKind::V, x1.get(), dv.get(), dx.get(), true);
+    cuda::rmsnorm_backward_f32(h_in, w.input_norm.get(), dx.get(), dn.get(), N, H, eps, s);
+    cuda::add_f32(dh, dn.get(), N * H, s);
+  }
+
+  StepResult run(const LoraAdapters* l, const Batch& batch, const StepOptions& opt, bool backward,
+                 LoraAdapters* lora_grads) {
+    check_step_input(model, l, batch);
+    const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
+    alloc(batch.B, batch.T, backward);
+    set_rope(T);
+    dropout_on = backward;
+    seed = opt.dropout_seed;
+    set_adapters(l, backward);
+    const cudaStream_t s = stream();
+
+    StepResult res;
+    res.num_targets = batch.num_targets();
+    const double scale = opt.loss_scale > 0 ? opt.loss_scale : (res.num_targets ? 1.0 / double(res.num_targets) : 0.0);
+
+    {
+      // The embedding on the host (it checks the token ids), then up.
+      std::vector<float> host(size_t(N * H));
+      model.embed(batch.tokens, host.data());
+      cuda::upload(h.get(), host.data(), host.size(), s);
+      cuda::upload(targets.get(), batch.targets.data(), batch.targets.size(), s);
+      ctx.synchronize();
+    }
+    for (int64_t i = 0; i < L; ++i) {
+      if (backward)
+        LB_CUDA_CHECK(cudaMemcpyAsync(checkpoints.get() + i * N * H, h.get(), size_t(N * H) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, s));
+      block_forward(i, h.get());
+    }
+    // Final norm, LM head and loss in chunks of rows: the [N, V] logits never exist at once.
+    cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    logits.resize(size_t(chunk * V));
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+      const int64_t rows = std::min(chunk, N - r0);
+      cuda::linear_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
+      cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
+                                       float(scale), s);
+      if (backward)
+        cuda::linear_backward_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), dx.get() + r0 * H, nullptr, rows,
+                                  H, V, false);
+    }
+    std::vector<double> row_loss(static_cast<size_t>(N));
+    cuda::download(row_loss.data(), loss.get(), row_loss.size(), s);
+    for (double x : row_loss) res.loss_sum += x;
+    if (!backward) return res;
+
+    // dh at the final norm's input, then through the blocks in reverse, recomputing each.
+    cuda::rmsnorm_backward_f32(h.get(), final_norm.get(), dx.get(), grad.get(), N, H, float(c.rms_norm_eps), s);
+    for (int64_t i = L - 1; i >= 0; --i) {
+      const float* h_in = checkpoints.get() + i * N * H;
+      LB_CUDA_CHECK(cudaMemcpyAsync(h.get(), h_in, size_t(N * H) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+      block_forward(i, h.get());
+      block_backward(i, h_in, grad.get());
+    }
+    if (lora_grads != nullptr && lora != nullptr) download_grads(*lora_grads);
+    ctx.synchronize();
+    return res;
+  }
+
+  // Adds the step's adapter gradients into g (the host's buffers, same shapes as the adapters).
+  void download_grads(LoraAdapters& g) {
+    LB_CHECK(g.layers.size() == lora->layers.size(), "LoRA gradients for {} layers, adapters for {}",
+             g.layers.size(), lora->layers.size());
+    std::vector<float> tmp;
+    for (size_t i = 0; i < g.layers.size(); ++i)
+      for (LinearKind k : kAllLinears) {
+        const GpuAdapter& a = adapters[i][size_t(k)];
+        if (a.r == 0) continue;
+        LoraLinear& out = g.layers[i][size_t(k)];
+        const LoraLinear& src = lora->layers[i][size_t(k)];
+        LB_CHECK(out.a.size() == src.a.size() && out.b.size() == src.b.size(),
+                 "LoRA gradient of block {} {}: {} and {} values for adapters of {} and {}", i, linear_name(k),
+                 out.a.size(), out.b.size(), src.a.size(), src.b.size());
+        for (auto [dev, host] : {std::pair{&a.da, &out.a}, std::pair{&a.db, &out.b}}) {
+          tmp.resize(host->size());
+          cuda::download(tmp.data(), dev->get(), tmp.size(), stream());
+          for (size_t j = 0; j < tmp.size(); ++j) (*host)[j] += tmp[j];
+        }
+        if (!a.iec) continue;
+        LB_CHECK(out.a_scale.size() == 1 && out.b_scale.size() == 1,
+                 "LoRA gradient of block {} {} has no IEC scalars; its adapters have them", i, linear_name(k));
+        float sc[2];
+        cuda::download(sc, a.dscales.get(), 2, stream());
+        out.a_scale[0] += sc[0];
+        out.b_scale[0] += sc[1];
+      }
+  }
+};
+
+CudaLlamaBackward::CudaLlamaBackward(const LlamaModel& model, int device)
+    : impl_(std::make_unique<Impl>(model, device)) {}
+CudaLlamaBackward::~CudaLlamaBackward() = default;
+
+std::string CudaLlamaBackward::device_name() const { return impl_->ctx.name(); }
+
+StepResult CudaLlamaBackward::forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
+                                               LoraAdapters* lora_grads, BaseGrads* base_grads) {
+  LB_CHECK(base_grads == nullptr,
+           "training on the GPU: gradients of the base weights (full fine-tuning, DB-LLM's distillation) are "
+           "computed on the CPU only");
+  LB_CHECK(!opt.logits_loss,
+           "training on the GPU: a loss on the logits other than cross-entropy (distillation) runs on the CPU only");
+  return impl_->run(lora, batch, opt, true, lora_grads);
+}
+
+StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch& batch) {
+  return impl_->run(lora, batch, StepOptions{}, false, nullptr);
+}
+
+namespace {
+
+class CudaStepEngine final : public StepEngine {
+ public:
+  CudaStepEngine(const LlamaModel& model, int device) : gpu_(model, device) {}
+  std::string name() const override { return gpu_.device_name(); }
+  StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
+                              LoraAdapters* lora_grads, BaseGrads* base_grads) override {
+    return gpu_.forward_backward(lora, batch, opt, lora_grads, base_grads);
+  }
+  StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) override {
+    return gpu_.forward_loss(lora, batch);
+  }
+
+ private:
+  CudaLlamaBackward gpu_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model) {
+  return std::make_unique<CudaStepEngine>(model, d.index);
+}
+
+}  // namespace lowbit::train

@@ -1,0 +1,58 @@
+// The GPU twin of llama_backward.h for LoRA training over a frozen base: the same forward,
+// backward, loss and gradient checkpointing, on one CUDA device (backend/cuda/ops_backward.cuh).
+//
+// Contract: that of forward_backward / forward_loss in llama_backward.h, restricted to
+//   - a frozen base (base_grads must be null),
+//   - cross-entropy over the batch's targets with StepOptions::loss_scale (no logits_loss),
+// each refused otherwise with a lowbit::Error naming the option. Adapters may carry IR-QLoRA's
+// IEC scalars (iec.h): their gradients come down with A's and B's (each a fixed-order fp64 sum
+// over the tokens, as on the CPU). LoRA dropout draws the CPU's
+// counter-based masks bit for bit (same seed, layer, linear and element), so a GPU step and a
+// CPU step see the same masks and differ only by fp32 summation order.
+//
+// Precision: everything is fp32, the adapters' math and the base alike. The base weights are
+// the LlamaModel's fp32 block weights (for QLoRA, the dequantized NF4 values the CPU trains
+// over), uploaded once as fp32 and kept resident with the fp32 LM head; GEMMs are cuBLAS SGEMM
+// without TF32. fp32 rather than bf16 for the base: the GPU then computes the very function the
+// CPU does (a bf16 copy of a dequantized NF4 weight is a different base), and the parity tests
+// hold at fp32 tolerances. The cost is 4 bytes per base weight on the GPU (32 GB for an 8B
+// model).
+//
+// Memory besides the weights: each block's input [B*T, H] for every block (the checkpoints),
+// one block's intermediates, the attention's [nh, T, T] probabilities and their gradient for one
+// sequence at a time (the attention materializes its scores; fine for T <= 2048), and the logits
+// of a chunk of rows (the [B*T, V] logits never exist at once).
+//
+// Adapters go up and gradients come down on every call (the trainer's LoRA parameters stay on
+// the host, where AdamW runs); they are small next to the base.
+#pragma once
+
+#include "train/llama_backward.h"
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lowbit::train {
+
+class CudaLlamaBackward {
+ public:
+  // Uploads `model`'s weights (fp32) to GPU `device`. The model must outlive this object.
+  CudaLlamaBackward(const LlamaModel& model, int device);
+  ~CudaLlamaBackward();
+  CudaLlamaBackward(const CudaLlamaBackward&) = delete;
+  CudaLlamaBackward& operator=(const CudaLlamaBackward&) = delete;
+
+  std::string device_name() const;
+
+  StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
+                              LoraAdapters* lora_grads, BaseGrads* base_grads);
+  StepResult forward_loss(const LoraAdapters* lora, const Batch& batch);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lowbit::train

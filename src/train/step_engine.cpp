@@ -1,0 +1,34 @@
+#include "train/step_engine.h"
+
+#include "backend/device_check.h"
+#include "core/error.h"
+
+namespace lowbit::train {
+
+namespace {
+
+class CpuStepEngine final : public StepEngine {
+ public:
+  explicit CpuStepEngine(const LlamaModel& model) : model_(model) {}
+  std::string name() const override { return "cpu"; }
+  StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
+                              LoraAdapters* lora_grads, BaseGrads* base_grads) override {
+    return train::forward_backward(model_, lora, batch, opt, lora_grads, base_grads);
+  }
+  StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) override {
+    return train::forward_loss(model_, lora, batch);
+  }
+
+ private:
+  const LlamaModel& model_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model) {
+  check_device_available(d);
+  if (d.is_cuda()) return make_cuda_step_engine(d, model);
+  return std::make_unique<CpuStepEngine>(model);
+}
+
+}  // namespace lowbit::train

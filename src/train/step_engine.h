@@ -1,0 +1,37 @@
+// Where a training step runs: the one place that turns a Device into a forward_backward. The
+// trainer (trainer.h), `lowbit finetune --device` and a study's fine-tuning cells all take a
+// StepEngine from make_step_engine, so one training loop runs on either device.
+//
+//   cpu    llama_backward.h's forward_backward / forward_loss (everything they support)
+//   cuda   llama_backward_cuda.h's CudaLlamaBackward: LoRA (with or without IEC) over a frozen
+//          base only. Options it does not run (base weights' gradients, a custom logits loss)
+//          throw lowbit::Error naming them; nothing moves to the CPU silently.
+#pragma once
+
+#include "core/device.h"
+#include "train/llama_backward.h"
+
+#include <memory>
+#include <string>
+
+namespace lowbit::train {
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+  // "cpu", or the GPU's name.
+  virtual std::string name() const = 0;
+  // The contracts of llama_backward.h's functions of the same names, on the engine's model.
+  virtual StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
+                                      LoraAdapters* lora_grads, BaseGrads* base_grads) = 0;
+  virtual StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) = 0;
+};
+
+// An engine for `model` (which must outlive it) on device `d`. Throws lowbit::Error when the
+// device is not available in this build or on this machine.
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model);
+
+// The CUDA engine (llama_backward_cuda.cpp; in a build without CUDA, a function that throws).
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model);
+
+}  // namespace lowbit::train
