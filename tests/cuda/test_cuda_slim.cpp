@@ -120,7 +120,9 @@ TEST(CudaSlim, SearchErrorsMatchHost) {
     std::printf("kl_errors job %zu (%s, R %lld): count GPU %lld host %lld%s\n", j, linear_name(k),
                 static_cast<long long>(R), static_cast<long long>(c_gpu), static_cast<long long>(c_host),
                 clear ? "" : " (near tie)");
-    if (clear) EXPECT_EQ(c_gpu, c_host) << linear_name(k) << " job " << j;
+    if (clear) {
+      EXPECT_EQ(c_gpu, c_host) << linear_name(k) << " job " << j;
+    }
   }
   std::printf("kl_errors: worst relative difference GPU vs host %.3e\n", worst);
 }
