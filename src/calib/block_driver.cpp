@@ -147,6 +147,22 @@ BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind>
   return out;
 }
 
+BlockContext::KlErrors CpuBlockContext::kl_errors(std::span<const KlSearchJob> jobs) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  KlErrors out(jobs.size());
+  BlockHooks hooks;
+  hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (jobs[j].linear != k) continue;
+      LB_ASSERT(jobs[j].search->cols == cols);
+      out[j].push_back(kl_search_errors(*jobs[j].search, x, rows));
+    }
+  };
+  std::vector<float> scratch(size_t(seqlen_ * model_.config().hidden_size));
+  for (int64_t s = 0; s < nseq_; ++s) run(weights_, s, 1, scratch.data(), &hooks);
+  return out;
+}
+
 namespace {
 
 // The CPU probe: the part's output with w0 kept, recomputed in full for every trial.

@@ -27,6 +27,7 @@
 // same method code runs unchanged.
 #pragma once
 
+#include "calib/kl_search.h"
 #include "core/device.h"
 #include "model/llama_model.h"
 
@@ -120,6 +121,19 @@ class BlockContext {
   virtual std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
                                            std::span<const LinearKind> varying, const std::vector<float>& x) const = 0;
 
+  // A KL search (calib/kl_search.h) and the linear whose inputs judge it (search->cols must be
+  // its in_features; the search's matrices must outlive the call).
+  struct KlSearchJob {
+    LinearKind linear = LinearKind::Q;
+    const KlSearch* search = nullptr;
+  };
+  // Runs the block with the current weights on every calibration window and evaluates every
+  // job's candidates on that window's inputs of its linear: out[job][window][i - 1] = error_i
+  // (host; empty rows for a search without candidates). The CPU evaluates on the host
+  // (kl_search_errors, one window at a time); a GPU context where its activations are.
+  using KlErrors = std::vector<std::vector<std::vector<double>>>;
+  virtual KlErrors kl_errors(std::span<const KlSearchJob> jobs) const = 0;
+
   void report(const LinearReport& r) const { if (report_) report_(r); }
   void note(const std::string& s) const { if (note_) note_(s); }
 
@@ -147,6 +161,7 @@ class CpuBlockContext final : public BlockContext {
   void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const override;
   std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
                                    std::span<const LinearKind> varying, const std::vector<float>& x) const override;
+  KlErrors kl_errors(std::span<const KlSearchJob> jobs) const override;
 
  private:
   float* inputs_;

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <map>
 #include <new>
+#include <optional>
 
 namespace lowbit {
 
@@ -209,6 +211,105 @@ void CudaBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* 
       }
     }, out + (win - w0) * seqlen_ * model_.config().hidden_size);
   }
+}
+
+BlockContext::KlErrors CudaBlockContext::kl_errors(std::span<const KlSearchJob> jobs) const {
+  LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
+  const cudaStream_t s = gpu_.context().stream();
+  const int64_t T = seqlen_;
+  // Each search's matrices on the device; a delta shared by several steps is uploaded once.
+  struct Job {
+    const KlSearch* search = nullptr;
+    int64_t rows = 0, cols = 0, R = 0;
+    DeviceBuffer<float> w, start;
+    std::map<const float*, DeviceBuffer<float>> deltas;
+    DeviceBuffer<double> errors;  // [nseq, R]
+  };
+  std::vector<Job> dev(jobs.size());
+  std::optional<InputSite> last;
+  int64_t max_rows = 0, max_cols = 0;
+  const auto upload_matrix = [&](DeviceBuffer<float>& dst, const float* src, int64_t n) {
+    dst.resize(size_t(n));
+    cuda::upload(dst.get(), src, size_t(n), s);
+  };
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const KlSearch& ks = *jobs[j].search;
+    Job& d = dev[j];
+    d.search = &ks;
+    d.rows = ks.rows;
+    d.cols = ks.cols;
+    d.R = int64_t(ks.candidates.size());
+    LB_ASSERT(ks.cols == weights_[jobs[j].linear].dim(1) && ks.rows == weights_[jobs[j].linear].dim(0));
+    if (d.R == 0) continue;
+    upload_matrix(d.w, ks.w, ks.rows * ks.cols);
+    upload_matrix(d.start, ks.start, ks.rows * ks.cols);
+    for (const auto& cand : ks.candidates)
+      for (const KlSearch::Step& st : cand) {
+        LB_ASSERT(st.c0 >= 0 && st.c0 < st.c1 && st.c1 <= ks.cols && st.delta != nullptr);
+        if (!d.deltas.contains(st.delta)) upload_matrix(d.deltas[st.delta], st.delta, ks.rows * ks.cols);
+      }
+    d.errors.resize(size_t(nseq_ * d.R));
+    const InputSite site = input_site(jobs[j].linear);
+    last = last ? std::max(*last, site) : site;
+    max_rows = std::max(max_rows, ks.rows);
+    max_cols = std::max(max_cols, ks.cols);
+  }
+  KlErrors out(jobs.size(), std::vector<std::vector<double>>(size_t(nseq_)));
+  if (!last) return out;
+
+  // The products run in fp32 on the inputs widened from bf16, not bf16 x bf16: the search ranks
+  // candidates by how far their outputs move from Y, and bf16 operands would round W and the
+  // grid values by up to 2^-8 of their size, a perturbation of Z - Y that the host search (fp32
+  // weights) does not have. Widening X is exact, so on the same inputs the two agree up to the
+  // order of fp32 sums. At 8B shapes the fp32 products are a few ms per window and linear.
+  DeviceBuffer<bf16> packed;
+  DeviceBuffer<float> x(size_t(T * max_cols)), y(size_t(T * max_rows)), z(size_t(T * max_rows));
+  DeviceBuffer<double> logq(size_t(T * max_rows)), row_kl{size_t(T)};
+  const cuda::Context& cc = gpu_.context();
+  gpu_.upload_weights(weights_, gw_);
+  forward(gw_, 0, nseq_, [&](int64_t c0, LinearKind first, const bf16* xs, int64_t rows, int64_t cols, int64_t ld) {
+    for (int64_t b = 0; b < rows / T; ++b) {
+      bool widened = false;
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        Job& d = dev[j];
+        if (d.R == 0 || input_site(jobs[j].linear) != input_site(first)) continue;
+        LB_ASSERT(d.cols == cols);
+        if (!widened) {
+          // The window's bf16 rows as fp32 [T, cols] (exact).
+          const bf16* src = xs + b * T * ld;
+          if (ld != cols) {
+            packed.resize(size_t(T * cols));
+            LB_CUDA_CHECK(cudaMemcpy2DAsync(packed.get(), size_t(cols) * sizeof(bf16), src, size_t(ld) * sizeof(bf16),
+                                            size_t(cols) * sizeof(bf16), size_t(T), cudaMemcpyDeviceToDevice, s));
+            src = packed.get();
+          }
+          cuda::bf16_to_f32(src, x.get(), T * cols, s);
+          widened = true;
+        }
+        const int64_t O = d.rows, C = d.cols;
+        cuda::linear_f32(cc, x.get(), C, d.w.get(), C, y.get(), O, T, O, C, false);
+        cuda::clamped_log_softmax_rows(y.get(), logq.get(), T, O, s);
+        cuda::linear_f32(cc, x.get(), C, d.start.get(), C, z.get(), O, T, O, C, false);
+        double* err = d.errors.get() + (c0 + b) * d.R;
+        for (int64_t i = 0; i < d.R; ++i) {
+          for (const KlSearch::Step& st : d.search->candidates[size_t(i)])
+            cuda::linear_f32(cc, x.get() + st.c0, C, d.deltas.at(st.delta).get() + st.c0, C, z.get(), O, T, O,
+                             st.c1 - st.c0, true);
+          cuda::clamped_softmax_kl_rows(z.get(), logq.get(), row_kl.get(), T, O, s);
+          cuda::sum_ordered(row_kl.get(), T, err + i, s);
+        }
+      }
+    }
+  }, nullptr, *last);
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const Job& d = dev[j];
+    if (d.R == 0) continue;
+    std::vector<double> all(size_t(nseq_ * d.R));
+    cuda::download(all.data(), d.errors.get(), all.size(), s);
+    for (int64_t w = 0; w < nseq_; ++w)
+      out[j][size_t(w)].assign(all.begin() + w * d.R, all.begin() + (w + 1) * d.R);
+  }
+  return out;
 }
 
 namespace {

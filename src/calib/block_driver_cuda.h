@@ -2,13 +2,18 @@
 // activations resident on the GPU and every forward of a block (BlockContext's collect,
 // capture_inputs, run and probe) run by CudaModel (bf16 products, fp32 residual stream). What a
 // method computes from those (Hessian solves, grids, searches, rounding) is the method's own
-// host code, the same code the CPU driver runs: one method, two devices.
+// host code, the same code the CPU driver runs: one method, two devices. The exception is work
+// that needs every window's inputs again and again (SliM-LLM's KL search: kl_errors), which the
+// context runs where the inputs are.
 //
 // Device memory: the calibration activations ([nseq * seqlen, hidden] fp32), one block's bf16
 // weights (two while a probe holds the block it judges), the forward's workspace for up to
 // about 16k rows, and what a call holds while it runs:
 //   collect         per requested input site an fp32 [dim, dim] Gram sum and two [dim] vectors;
 //   capture_inputs  a staging copy of one chunk's input (the inputs themselves go to the host);
+//   kl_errors       each search's fp32 matrices (w, start and each distinct delta: [out, in]),
+//                   one window's input in fp32 ([seqlen, in]), its outputs Y, Z (fp32) and
+//                   log q (fp64) ([seqlen, out] each);
 //   probe           the part's inputs (bf16 [nseq * seqlen, in]) and its reference output
 //                   (fp32 [nseq * seqlen, out]).
 // Statistics differ from the CPU's by the bf16 forward: inputs are the GPU forward's bf16
@@ -39,6 +44,11 @@ class CudaBlockContext final : public BlockContext {
   void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const override;
   std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
                                    std::span<const LinearKind> varying, const std::vector<float>& x) const override;
+  // On the GPU: the searches' matrices are uploaded once (fp32), each window's inputs stay on the
+  // device, widened from the forward's bf16 to fp32 (exactly), and every product, softmax and
+  // sum runs there (cuda::linear_f32, cuda::clamped_softmax_kl_rows): the host evaluation's
+  // arithmetic on the GPU's inputs, up to the order of fp32 sums in the products.
+  KlErrors kl_errors(std::span<const KlSearchJob> jobs) const override;
 
  private:
   // Runs the block with GPU weights gw over windows [w0, w0 + n) of the inputs, a chunk at a

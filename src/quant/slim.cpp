@@ -103,8 +103,7 @@ void slim_search_quantize(const float* w, int64_t rows, int64_t cols, int64_t c0
 }
 
 SlimSearch::SlimSearch(const float* w, int64_t rows, int64_t cols, int64_t group_size, int bits,
-                       std::vector<double> salience)
-    : w_(w), rows_(rows), cols_(cols), group_(group_size), order_(ascending_order(salience)) {
+                       std::vector<double> salience) {
   const size_t n = size_t(rows * cols);
   mid_.resize(n);
   dlo_.resize(n);
@@ -120,52 +119,24 @@ SlimSearch::SlimSearch(const float* w, int64_t rows, int64_t cols, int64_t group
     dlo_[i] = lo[i] - mid_[i];
     dhi_[i] = hi[i] - mid_[i];
   }
+  // Each candidate moves one more group down and one up, so Z is updated by the two groups'
+  // differences.
+  const std::vector<int64_t> order = ascending_order(salience);
+  const int64_t ng = int64_t(order.size());
+  search_.rows = rows;
+  search_.cols = cols;
+  search_.w = w;
+  search_.start = mid_.data();
+  for (int64_t i = 1; i <= ng / 2 - 1; ++i) {
+    std::vector<KlSearch::Step> steps;
+    for (const auto& [g, d] : {std::pair{order[size_t(i - 1)], &dlo_}, std::pair{order[size_t(ng - i)], &dhi_}})
+      steps.push_back({g * group_size, std::min(cols, (g + 1) * group_size), d->data()});
+    search_.candidates.push_back(std::move(steps));
+  }
 }
 
 std::vector<double> SlimSearch::errors(const float* x, int64_t tokens) const {
-  const int64_t R = candidates();
-  std::vector<double> out;
-  if (R <= 0) return out;
-  const int64_t T = tokens, O = rows_, C = cols_, ng = int64_t(order_.size());
-  // log q = log(clamp(softmax(Y), 1e-6)), Y = X W^T.
-  std::vector<float> y(size_t(T * O)), z(size_t(T * O));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(T), blasint(O), blasint(C), 1.0f, x, blasint(C), w_,
-              blasint(C), 0.0f, y.data(), blasint(O));
-  std::vector<double> logq(size_t(T * O));
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < T; ++t) {
-    const float* yt = y.data() + t * O;
-    const float m = *std::max_element(yt, yt + O);
-    double s = 0;
-    for (int64_t o = 0; o < O; ++o) s += std::exp(double(yt[o] - m));
-    for (int64_t o = 0; o < O; ++o)
-      logq[size_t(t * O + o)] = std::log(std::max(std::exp(double(yt[o] - m)) / s, 1e-6));
-  }
-  // Z = X Q^T with every group at N bits; each candidate moves one more group down and one up,
-  // so Z is updated by the two groups' differences.
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(T), blasint(O), blasint(C), 1.0f, x, blasint(C),
-              mid_.data(), blasint(C), 0.0f, z.data(), blasint(O));
-  for (int64_t i = 1; i <= R; ++i) {
-    for (const auto& [g, d] : {std::pair{order_[size_t(i - 1)], &dlo_}, std::pair{order_[size_t(ng - i)], &dhi_}}) {
-      const int64_t c0 = g * group_, n = std::min(C, c0 + group_) - c0;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(T), blasint(O), blasint(n), 1.0f, x + c0,
-                  blasint(C), d->data() + c0, blasint(C), 1.0f, z.data(), blasint(O));
-    }
-    double kl = 0;
-#pragma omp parallel for reduction(+ : kl) schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* zt = z.data() + t * O;
-      const float m = *std::max_element(zt, zt + O);
-      double s = 0;
-      for (int64_t o = 0; o < O; ++o) s += std::exp(double(zt[o] - m));
-      for (int64_t o = 0; o < O; ++o) {
-        const double p = std::max(std::exp(double(zt[o] - m)) / s, 1e-6);
-        kl += p * (std::log(p) - logq[size_t(t * O + o)]);
-      }
-    }
-    out.push_back(kl);
-  }
-  return out;
+  return kl_search_errors(search_, x, tokens);
 }
 
 int64_t slim_pick_count(const std::vector<std::vector<double>>& errors_per_window) {
@@ -463,15 +434,11 @@ class Slim : public QuantMethod {
             slim_group_salience(w.data_as<float>(), w.dim(0), cols, u.data(), opt_.group_size,
                                 linear_storage_dtype(ctx.model(), ctx.layer(), k)));
       }
-      std::array<std::vector<std::vector<double>>, 7> errors;
-      BlockHooks hooks;
-      hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t) {
-        if (search[size_t(k)]->candidates() > 0) errors[size_t(k)].push_back(search[size_t(k)]->errors(x, rows));
-      };
-      std::vector<float> scratch(size_t(ctx.seqlen() * ctx.model().config().hidden_size));
-      for (int64_t s = 0; s < ctx.nseq(); ++s) ctx.run(ctx.weights(), s, 1, scratch.data(), &hooks);
+      std::vector<BlockContext::KlSearchJob> jobs;
       for (LinearKind k : kAllLinears)
-        count[size_t(k)] = search[size_t(k)]->candidates() > 0 ? slim_pick_count(errors[size_t(k)]) : 0;
+        if (search[size_t(k)]->candidates() > 0) jobs.push_back({k, &search[size_t(k)]->kl_search()});
+      const BlockContext::KlErrors errors = jobs.empty() ? BlockContext::KlErrors{} : ctx.kl_errors(jobs);
+      for (size_t j = 0; j < jobs.size(); ++j) count[size_t(jobs[j].linear)] = slim_pick_count(errors[j]);
     }
 
     for (LinearKind k : kAllLinears) {

@@ -64,6 +64,7 @@
 //   spec: slim:w=2,g=128,damp=0.01,lambda=1,alloc=
 #pragma once
 
+#include "calib/kl_search.h"
 #include "core/dtype.h"
 #include "quant/quantized_linear.h"
 
@@ -98,20 +99,26 @@ std::vector<int> slim_allocate(const std::vector<double>& salience, int64_t coun
 // (same layout).
 void slim_search_quantize(const float* w, int64_t rows, int64_t cols, int64_t c0, int64_t c1, int bits, float* out);
 
-// activation_aware_search for one linear: construct once per linear, then errors() per window.
+// activation_aware_search for one linear: construct once per linear, then errors() per window
+// on the host, or kl_search() handed to BlockContext::kl_errors for every window wherever the
+// block lives. The search (calib/kl_search.h) starts from every group at N bits; candidate i
+// moves the i-th least salient group to N-1 bits and the i-th most salient to N+1, in that order.
 class SlimSearch {
  public:
+  // w [rows, cols] must outlive the search.
   SlimSearch(const float* w, int64_t rows, int64_t cols, int64_t group_size, int bits, std::vector<double> salience);
+  SlimSearch(const SlimSearch&) = delete;
+  SlimSearch& operator=(const SlimSearch&) = delete;
   // Candidate counts i = 1 .. ngroups/2 - 1 (none for fewer than 4 groups).
-  int64_t candidates() const { return int64_t(order_.size() / 2) - 1; }
+  int64_t candidates() const { return int64_t(search_.candidates.size()); }
   // error_i for i = 1 .. candidates() on one window's inputs x [tokens, cols].
   std::vector<double> errors(const float* x, int64_t tokens) const;
+  // The search as calib/kl_search.h describes it; it points into this object and w.
+  const KlSearch& kl_search() const { return search_; }
 
  private:
-  const float* w_;
-  int64_t rows_, cols_, group_;
-  std::vector<int64_t> order_;             // groups by ascending salience
   std::vector<float> mid_, dlo_, dhi_;     // Q_N, Q_{N-1} - Q_N, Q_{N+1} - Q_N: [rows, cols]
+  KlSearch search_;
 };
 
 // count = argmin over i of the mean over windows of error_i, plus 1 (the first minimum).

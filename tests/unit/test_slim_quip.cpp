@@ -3,9 +3,11 @@
 // tests/fixtures/quant/slim_quip.safetensors.zst: rows of testbed-44m's layer-0 down_proj and
 // synthetic calibration inputs; scripts/slim_partial_reference.py does the same for SliM-LLM at
 // widths 576 and 192, whose last group is 64 columns, in slim_partial.safetensors.zst).
+#include "calib/block_driver.h"
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/py_random.h"
+#include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "quant/formats/quip_format.h"
 #include "quant/formats/slim_format.h"
@@ -14,6 +16,7 @@
 #include "quant/quantize.h"
 #include "quant/quip.h"
 #include "quant/slim.h"
+#include "random_calibration.h"
 #include "test_util.h"
 #include "zst_fixture.h"
 
@@ -681,6 +684,41 @@ TEST(Quip, BadInputIsRefusedBeforeWork) {
   EXPECT_NO_THROW(make_method("quip:proj=0")->check_shapes(c));
   c.intermediate_size = 2 * 2053;
   EXPECT_NE(error_of([&] { make_method("quip")->check_shapes(c); }).find("at most 1024"), std::string::npos);
+}
+
+// The block context's evaluation of the search over every window (what the method calls) is the
+// host evaluation above on each window's inputs of the linear, bit for bit, for every linear.
+TEST(Slim, ContextSearchErrorsAreTheHostEvaluation) {
+  const std::string dir = test::fixtures_dir() + "/models/llama3-mini-f32";
+  LOWBIT_REQUIRE_PATH(dir + "/config.json");
+  LlamaModel model(open_checkpoint(dir));
+  const Calibration calib = test::random_calibration(model.config().vocab_size, 3, 32);
+  const int64_t H = model.config().hidden_size, T = calib.seqlen, n = calib.nsamples;
+  std::vector<float> x(size_t(n * T * H));
+  for (int64_t s = 0; s < n; ++s) model.embed(calib.windows[size_t(s)], x.data() + s * T * H);
+  BlockWeights w = clone_block_weights(*model.block_weights(0));
+  CpuBlockContext ctx(model, 0, w, x.data(), n, T, nullptr, nullptr);
+  std::vector<std::unique_ptr<SlimSearch>> searches;
+  std::vector<BlockContext::KlSearchJob> jobs;
+  for (LinearKind k : kAllLinears) {
+    const Tensor& wk = w[k];
+    const int64_t groups = (wk.dim(1) + 15) / 16;
+    std::vector<double> sal(static_cast<size_t>(groups));
+    for (int64_t g = 0; g < groups; ++g) sal[size_t(g)] = double((g * 7) % groups);
+    searches.push_back(std::make_unique<SlimSearch>(wk.data_as<float>(), wk.dim(0), wk.dim(1), 16, 2, sal));
+    ASSERT_GT(searches.back()->candidates(), 0) << linear_name(k);
+    jobs.push_back({k, &searches.back()->kl_search()});
+  }
+  const BlockContext::KlErrors got = ctx.kl_errors(jobs);
+  const BlockContext::Inputs in = ctx.capture_inputs(kAllLinears);
+  ASSERT_EQ(got.size(), jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const LinearKind k = jobs[j].linear;
+    ASSERT_EQ(int64_t(got[j].size()), n) << linear_name(k);
+    for (int64_t s = 0; s < n; ++s)
+      EXPECT_EQ(got[j][size_t(s)], searches[j]->errors(in.at(k)->data() + s * T * w[k].dim(1), T))
+          << linear_name(k) << " window " << s;
+  }
 }
 
 }  // namespace

@@ -299,6 +299,55 @@ __global__ void kld_kernel(const float* base_logits, const float* logits, const 
   }
 }
 
+// SliM-LLM's search rows (kl_search.h): the host code's arithmetic, one block of kKldThreads per row.
+// (max, sum of exp(x - max)) of a row, the shift taken in fp32 as the host does.
+__device__ void clamped_softmax_shift(const float* x, int64_t O, float* m, double* sum, double* sd, float* sm,
+                                      int32_t* sa) {
+  int32_t arg;
+  row_max_arg(x, O, m, &arg, sm, sa);
+  double e = 0;
+  for (int64_t i = threadIdx.x; i < O; i += blockDim.x) e += exp(double(x[i] - *m));
+  *sum = block_reduce_ordered(e, AddOp{}, sd);
+}
+
+__global__ void clamped_log_softmax_kernel(const float* y, double* logq, int64_t O) {
+  __shared__ double sd[32];
+  __shared__ float sm[32];
+  __shared__ int32_t sa[32];
+  const float* yr = y + int64_t(blockIdx.x) * O;
+  double* lq = logq + int64_t(blockIdx.x) * O;
+  float m;
+  double sum;
+  clamped_softmax_shift(yr, O, &m, &sum, sd, sm, sa);
+  for (int64_t i = threadIdx.x; i < O; i += blockDim.x) lq[i] = log(fmax(exp(double(yr[i] - m)) / sum, 1e-6));
+}
+
+__global__ void clamped_softmax_kl_kernel(const float* z, const double* logq, double* row_kl, int64_t O) {
+  __shared__ double sd[32];
+  __shared__ float sm[32];
+  __shared__ int32_t sa[32];
+  const float* zr = z + int64_t(blockIdx.x) * O;
+  const double* lq = logq + int64_t(blockIdx.x) * O;
+  float m;
+  double sum;
+  clamped_softmax_shift(zr, O, &m, &sum, sd, sm, sa);
+  double kl = 0;
+  for (int64_t i = threadIdx.x; i < O; i += blockDim.x) {
+    const double p = fmax(exp(double(zr[i] - m)) / sum, 1e-6);
+    kl += p * (log(p) - lq[i]);
+  }
+  kl = block_reduce_ordered(kl, AddOp{}, sd);
+  if (threadIdx.x == 0) row_kl[blockIdx.x] = kl;
+}
+
+__global__ void sum_ordered_kernel(const double* v, int64_t n, double* out) {
+  __shared__ double sd[32];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+  s = block_reduce_ordered(s, AddOp{}, sd);
+  if (threadIdx.x == 0) *out = s;
+}
+
 // Activation fake quantization, one block per row. Absolute maximum of a row of bf16 pairs.
 __device__ float row_absmax(const bf16* xr, int64_t cols, float* shared) {
   float m = 0.0f;
@@ -490,6 +539,24 @@ void kld_rows(const float* base_logits, const float* logits, const int32_t* targ
   LB_CUDA_LAUNCH_CHECK();
 }
 
+void clamped_log_softmax_rows(const float* y, double* logq, int64_t rows, int64_t O, cudaStream_t s) {
+  if (rows == 0) return;
+  clamped_log_softmax_kernel<<<unsigned(rows), kKldThreads, 0, s>>>(y, logq, O);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void clamped_softmax_kl_rows(const float* z, const double* logq, double* row_kl, int64_t rows, int64_t O,
+                             cudaStream_t s) {
+  if (rows == 0) return;
+  clamped_softmax_kl_kernel<<<unsigned(rows), kKldThreads, 0, s>>>(z, logq, row_kl, O);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void sum_ordered(const double* v, int64_t n, double* out, cudaStream_t s) {
+  sum_ordered_kernel<<<1, kKldThreads, 0, s>>>(v, n, out);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
 void linear(const Context& ctx, const bf16* A, const bf16* W, bf16* C, int64_t M, int64_t N, int64_t K, int64_t lda,
             int64_t ldc) {
   const float alpha = 1.0f, beta = 0.0f;
@@ -513,6 +580,16 @@ void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int
   // Column-major X^T is [K, M] (leading dimension ld); H = X^T (X^T)^T.
   LB_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, int(K), int(K), int(M), &alpha, X, CUDA_R_16BF,
                                ld, X, CUDA_R_16BF, ld, &beta, H, CUDA_R_32F, int(K), CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+}
+
+void linear_f32(const Context& ctx, const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
+                int64_t M, int64_t N, int64_t K, bool accumulate) {
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // As linear(): row-major C[M,N] = A W^T is column-major C^T = op_T(W^T) A^T. CUBLAS_COMPUTE_32F
+  // with fp32 operands runs fp32 FMAs (TF32 only with the _FAST_TF32 compute types).
+  LB_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, W, CUDA_R_32F,
+                               int(ldw), A, CUDA_R_32F, int(lda), &beta, C, CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F,
                                CUBLAS_GEMM_DEFAULT));
 }
 

@@ -57,6 +57,16 @@ void nll_rows(const float* logits, const int32_t* targets, float* out, int32_t* 
 // One block per row; the reductions run in a fixed order, so equal rows give kld exactly 0.
 void kld_rows(const float* base_logits, const float* logits, const int32_t* targets, double* kld, uint8_t* agree,
               double* nll_b, double* nll_q, int64_t rows, int64_t V, cudaStream_t s);
+// SliM-LLM's bit-allocation search (calib/kl_search.h) on rows of fp32 linear outputs [rows, O],
+// one block per row, fp64 from the fp32 values as the host code computes them (the max and
+// z - max in fp32, exp/log/sums in fp64; reductions in a fixed order):
+//   logq[r, o] = log(max(softmax(y[r, :])[o], 1e-6));
+//   row_kl[r] = sum_o p (log p - logq[r, o]),  p = max(softmax(z[r, :])[o], 1e-6).
+void clamped_log_softmax_rows(const float* y, double* logq, int64_t rows, int64_t O, cudaStream_t s);
+void clamped_softmax_kl_rows(const float* z, const double* logq, double* row_kl, int64_t rows, int64_t O,
+                             cudaStream_t s);
+// *out = sum of v[0 .. n) (fp64, one block, a fixed order).
+void sum_ordered(const double* v, int64_t n, double* out, cudaStream_t s);
 // Causal GQA attention (flash-style, no materialized score matrix): B sequences, queries at
 // positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
 // k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd: even, up to 256 (64 and 128 on tensor cores).
@@ -82,5 +92,9 @@ void linear(const Context& ctx, const bf16* A, const bf16* W, float* C, int64_t 
 // H [K, K] += X^T X for X [M, K] bf16 (row stride ldx, 0: K; exact products, fp32 sums): the
 // Gram matrix of a linear's inputs.
 void gram_accumulate(const Context& ctx, const bf16* X, float* H, int64_t M, int64_t K, int64_t ldx = 0);
+// C[M, N] = A[M, K] W[N, K]^T (or C += it with accumulate), all fp32 with fp32 products and sums
+// (no TF32); row strides lda, ldw, ldc.
+void linear_f32(const Context& ctx, const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
+                int64_t M, int64_t N, int64_t K, bool accumulate);
 
 }  // namespace lowbit::cuda
