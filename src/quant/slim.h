@@ -26,6 +26,8 @@
 //        (F.kl_div with "batchmean" over a batch of one);
 //        lowbit runs the search in fp32 (the reference, with the model loaded in bf16, quantizes
 //        and multiplies in bf16), so a near tie between two counts can be decided differently.
+//        The block context evaluates it where the block's inputs are (BlockContext::kl_errors:
+//        on a GPU, the bf16 forward's inputs with fp32 products there; calib/kl_search.h).
 //        With fewer than 4 groups there is no candidate (the reference's fasterquant fails on
 //        min() of the empty error list, e.g. at 192 columns: one group of 128 and one of 64);
 //        every group then gets N bits.
