@@ -17,7 +17,8 @@
 #           command resumes an interrupted run
 #
 # Variables (default):
-#   CONFIGS        "pbllm-1.7 pbllm-2 billm slim-2 slim-3 quip-2 quip-3 quip-4" (a subset runs those)
+#   CONFIGS        "pbllm-1.7 pbllm-2 billm slim-2 slim-3 quip-2 quip-3 quip-4" (a subset runs those;
+#                  quip-W-sN is quip-W with seed N, e.g. "quip-4 quip-4-s1 quip-4-s2" for a spread)
 #   REF_DEVICE     cuda   the reference quantizers (reference_pipeline.py --device)
 #   LOWBIT_DEVICE  cpu    lowbit quantize --device (these four methods quantize on the CPU today)
 #   PPL_DEVICE     cpu    lowbit ppl --device, the same for both models (cuda with a CUDA build)
@@ -26,7 +27,7 @@
 #   PPL_SETS "wikitext2 ptb-new", PPL_SEQLEN 2048, PPL_LIMIT 0 (all windows): the evaluation
 #   SPM auto (--spm-convention of quantize's calibration and of ppl), THREADS 0 (all cores)
 #   QUIP_SEED 0    the seed of QuIP's butterflies on both sides (different generators: a spread over
-#                  seeds is what compares)
+#                  seeds is what compares; on SmolLM2 one seed's perplexity can be 30% off, see README)
 #   PB_G 64, BILLM_BLOCK 64, SLIM_G 128: group sizes (see below); PYTHON python3; REF_DTYPE (empty:
 #                  each repository's, torch_dtype="auto" and QuIP's float16)
 #
