@@ -13,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <vector>
 
 // Built with -ffp-contract=off (src/CMakeLists.txt): the reference rounds every product and sum
 // on its own; the searches compare errors computed exactly as it computes them.
@@ -23,55 +24,102 @@ namespace {
 
 float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
-// BRA(x, mask, order) over a [rows, n] slice (row stride ld) as binary.high_order_residual
-// computes it. recon [rows * n]; params [rows * 2 * order] (mu, alpha per order) and signs
-// [order][rows * n] (-1, 0, +1 at masked entries) when not null.
-void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t n, int order, float* recon,
-         float* params, int8_t* signs) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const auto nn = static_cast<size_t>(n);
-    std::vector<float> nm(nn), so(nn, 0.0f), res(nn), tmp(nn);
-    const uint8_t* m = mask + r * n;
-    int64_t cnt = 0;
+// Working rows of one thread: two masks, their reconstructions, the residual and the summed
+// terms.
+struct RowScratch {
+  std::vector<uint8_t> lo, hi;
+  std::vector<float> ga, gb, res, tmp;
+  explicit RowScratch(int64_t n)
+      : lo(size_t(n)), hi(size_t(n)), ga(size_t(n)), gb(size_t(n)), res(size_t(n)), tmp(size_t(n)) {}
+};
+
+// BRA(x, mask, order) of one row of n values as binary.high_order_residual computes it:
+// recon [n]; params [2 * order] (mu, alpha per order) and signs [order] rows of sign_stride
+// (-1, 0, +1 at masked entries) when not null. res, tmp: [n] scratch. The loops are branch-free
+// selects so that they vectorize; each value is rounded exactly as in the reference's tensors.
+void bra_row(const float* x, const uint8_t* m, int64_t n, int order, float* recon, float* res, float* tmp,
+             float* params, int8_t* signs, size_t sign_stride) {
+  int64_t cnt = 0;
+  for (int64_t j = 0; j < n; ++j) cnt += m[j] != 0;
+  std::fill(recon, recon + n, 0.0f);
+  for (int od = 0; od < order; ++od) {
     for (int64_t j = 0; j < n; ++j) {
-      nm[size_t(j)] = x[r * ld + j] * (m[j] ? 1.0f : 0.0f);
-      cnt += m[j] != 0;
+      const float nm = x[j] * (m[j] ? 1.0f : 0.0f);
+      res[j] = nm - recon[j];
+      tmp[j] = m[j] ? res[j] : 0.0f;  // nansum skips the NaN-filled entries
     }
-    for (int od = 0; od < order; ++od) {
-      for (int64_t j = 0; j < n; ++j) {
-        res[size_t(j)] = nm[size_t(j)] - so[size_t(j)];
-        tmp[size_t(j)] = m[j] ? res[size_t(j)] : 0.0f;  // nansum skips the NaN-filled entries
-      }
-      float mean = torch_sum_f32(tmp.data(), n) / float(cnt);
-      if (std::isnan(mean)) mean = 0.0f;
-      for (int64_t j = 0; j < n; ++j) tmp[size_t(j)] = m[j] ? std::fabs(res[size_t(j)] - mean) : 0.0f;
-      float scale = torch_sum_f32(tmp.data(), n) / float(cnt);
-      if (std::isnan(scale)) scale = 0.0f;
-      for (int64_t j = 0; j < n; ++j) {
-        // Unmasked entries: sign(NaN) = 0, so b = mean, times the mask's 0.
-        const float s = m[j] ? sign_of(res[size_t(j)] - mean) : 0.0f;
-        const float b = s * scale + mean;
-        so[size_t(j)] = so[size_t(j)] + b * (m[j] ? 1.0f : 0.0f);
-        if (signs != nullptr && m[j]) signs[size_t(od) * size_t(rows * n) + size_t(r * n + j)] = int8_t(s);
-      }
-      if (params != nullptr) {
-        params[size_t(r * 2 * order + 2 * od)] = mean;
-        params[size_t(r * 2 * order + 2 * od + 1)] = scale;
-      }
+    float mean = torch_sum_f32(tmp, n) / float(cnt);
+    if (std::isnan(mean)) mean = 0.0f;
+    for (int64_t j = 0; j < n; ++j) tmp[j] = m[j] ? std::fabs(res[j] - mean) : 0.0f;
+    float scale = torch_sum_f32(tmp, n) / float(cnt);
+    if (std::isnan(scale)) scale = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      // Unmasked entries: sign(NaN) = 0, so b = mean, times the mask's 0.
+      const float sg = m[j] ? sign_of(res[j] - mean) : 0.0f;
+      const float b = sg * scale + mean;
+      recon[j] = recon[j] + b * (m[j] ? 1.0f : 0.0f);
     }
-    std::copy(so.begin(), so.end(), recon + r * n);
+    if (signs != nullptr)
+      for (int64_t j = 0; j < n; ++j)
+        if (m[j]) signs[size_t(od) * sign_stride + size_t(j)] = int8_t(sign_of(res[j] - mean));
+    if (params != nullptr) {
+      params[2 * od] = mean;
+      params[2 * od + 1] = scale;
+    }
   }
 }
 
-// mean((s - r)^2) over n values, as torch.mean computes it.
-float mse(const float* s, const float* r, int64_t n) {
-  std::vector<float> e(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = s[i] - r[i];
-    e[size_t(i)] = d * d;
+// BRA over a [rows, n] slice (row stride ld): recon [rows * n]; params [rows * 2 * order] and
+// signs [order][rows * n] when not null.
+void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t n, int order, float* recon,
+         float* params, int8_t* signs) {
+#pragma omp parallel
+  {
+    RowScratch sc(n);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      bra_row(x + r * ld, mask + r * n, n, order, recon + r * n, sc.res.data(), sc.tmp.data(),
+              params != nullptr ? params + r * 2 * order : nullptr, signs != nullptr ? signs + r * n : nullptr,
+              size_t(rows * n));
   }
-  return torch_sum_f32(e.data(), n) / float(n);
+}
+
+// torch.mean of the squared errors of ncand candidates over a [rows, n] slice, in one parallel
+// region: row_err(c, r, sc, e) writes candidate c's n squared errors of row r into e. Each
+// candidate's mean adds its rows * n terms in torch_sum_f32's order: threads take groups of rows
+// that hold whole chunks of that sum and keep only each chunk's partial sums
+// (torch_sum_from_chunks_f32), so no [ncand, rows * n] array is stored.
+template <typename RowErr>
+std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const RowErr& row_err) {
+  const int64_t numel = rows * n, chunk = torch_sum_chunk_f32(numel);
+  const int64_t nchunks = numel / chunk, nrest = numel - nchunks * chunk;
+  const int64_t group = chunk / std::gcd(n, chunk);  // rows of a whole number of chunks
+  const int64_t ngroups = (rows + group - 1) / group;
+  std::vector<float> partials(size_t(ncand * nchunks * kTorchSumPartials)), rest(size_t(ncand * nrest));
+#pragma omp parallel
+  {
+    RowScratch sc(n);
+    std::vector<float> e(size_t(group * n));
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const int64_t r0 = g * group, r1 = std::min(rows, r0 + group), e0 = r0 * n, len = (r1 - r0) * n;
+      for (int64_t c = 0; c < ncand; ++c) {
+        for (int64_t r = r0; r < r1; ++r) row_err(c, r, sc, e.data() + (r - r0) * n);
+        int64_t off = 0;
+        for (; off + chunk <= len && e0 + off + chunk <= nchunks * chunk; off += chunk)
+          torch_sum_chunk_partials_f32(e.data() + off, chunk,
+                                       partials.data() + (c * nchunks + (e0 + off) / chunk) * kTorchSumPartials);
+        if (off < len)
+          std::copy(e.data() + off, e.data() + len, rest.data() + c * nrest + (e0 + off - nchunks * chunk));
+      }
+    }
+  }
+  std::vector<float> out(static_cast<size_t>(ncand));
+  for (int64_t c = 0; c < ncand; ++c)
+    out[size_t(c)] = torch_sum_from_chunks_f32(partials.data() + c * nchunks * kTorchSumPartials,
+                                               rest.data() + c * nrest, numel) /
+                     float(numel);
+  return out;
 }
 
 struct BlockMasks {
@@ -85,35 +133,44 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::vector<float> a(static_cast<size_t>(numel)), colsum(static_cast<size_t>(n));
   for (int64_t i = 0; i < numel; ++i) a[size_t(i)] = std::fabs(s[size_t(i)]);
   torch_column_sums_f32(a.data(), rows, n, colsum.data());
-  std::vector<int64_t> top(static_cast<size_t>(n));
+  std::vector<int64_t> top(static_cast<size_t>(n)), rank(static_cast<size_t>(n));
   std::iota(top.begin(), top.end(), 0);
   std::stable_sort(top.begin(), top.end(), [&](int64_t x, int64_t y) { return colsum[size_t(x)] > colsum[size_t(y)]; });
+  for (int64_t i = 0; i < n; ++i) rank[size_t(top[size_t(i)])] = i;
 
-  std::vector<float> g3(static_cast<size_t>(numel)), g4(static_cast<size_t>(numel)), rec(static_cast<size_t>(numel));
-  std::vector<uint8_t> m3(static_cast<size_t>(numel)), not3(static_cast<size_t>(numel));
-  auto set_salient = [&](int64_t k) {
-    std::vector<uint8_t> col(static_cast<size_t>(n), 0);
-    for (int64_t i = 0; i < k; ++i) col[size_t(top[size_t(i)])] = 1;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < n; ++j) {
-        m3[size_t(r * n + j)] = col[size_t(j)];
-        not3[size_t(r * n + j)] = !col[size_t(j)];
-      }
-  };
+  // Salient columns: k = 1 .. up_lim - 1, the k top-scoring columns (order 2) against the rest
+  // (order 2). Every row's masks are the same two column masks.
+  const int64_t nk = up_lim - 1;
+  std::vector<uint8_t> colmask(size_t(2 * nk * n));  // [k - 1][salient, rest][n]
+  for (int64_t k = 1; k < up_lim; ++k)
+    for (int64_t j = 0; j < n; ++j) {
+      colmask[size_t((2 * (k - 1)) * n + j)] = rank[size_t(j)] < k;
+      colmask[size_t((2 * (k - 1) + 1) * n + j)] = rank[size_t(j)] >= k;
+    }
+  const std::vector<float> ek = candidate_mses(rows, n, nk, [&](int64_t c, int64_t r, RowScratch& sc, float* e) {
+    const float* x = s.data() + r * n;
+    bra_row(x, colmask.data() + 2 * c * n, n, 2, sc.ga.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
+    bra_row(x, colmask.data() + (2 * c + 1) * n, n, 2, sc.gb.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr,
+            0);
+    for (int64_t j = 0; j < n; ++j) {
+      const float d = x[j] - (sc.gb[size_t(j)] + sc.ga[size_t(j)]);
+      e[j] = d * d;
+    }
+  });
   BlockMasks out;
   float best = std::numeric_limits<float>::infinity();
-  for (int64_t k = 1; k < up_lim; ++k) {
-    set_salient(k);
-    bra(s.data(), n, m3.data(), rows, n, 2, g3.data(), nullptr, nullptr);
-    bra(s.data(), n, not3.data(), rows, n, 2, g4.data(), nullptr, nullptr);
-    for (int64_t i = 0; i < numel; ++i) rec[size_t(i)] = g4[size_t(i)] + g3[size_t(i)];
-    const float e = mse(s.data(), rec.data(), numel);
-    if (e < best) {
-      best = e;
+  for (int64_t k = 1; k < up_lim; ++k)
+    if (ek[size_t(k - 1)] < best) {
+      best = ek[size_t(k - 1)];
       out.info.salient = k;
     }
-  }
-  set_salient(out.info.salient);
+  std::vector<uint8_t> m3(static_cast<size_t>(numel)), not3(static_cast<size_t>(numel));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      m3[size_t(r * n + j)] = rank[size_t(j)] < out.info.salient;
+      not3[size_t(r * n + j)] = !m3[size_t(r * n + j)];
+    }
+  std::vector<float> g3(static_cast<size_t>(numel));
   bra(s.data(), n, m3.data(), rows, n, 2, g3.data(), nullptr, nullptr);
 
   // The split: quantiles of |S| with the salient entries 0.
@@ -122,32 +179,42 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::vector<float> sorted = absn;
   std::sort(sorted.begin(), sorted.end());
   const std::vector<float> levels = torch_linspace_f32(0.10f, 0.90f, 81);
-  std::vector<uint8_t> m1(static_cast<size_t>(numel)), m2(static_cast<size_t>(numel));
-  std::vector<float> g1(static_cast<size_t>(numel)), g2(static_cast<size_t>(numel));
-  auto split_masks = [&](float p) {
-    for (int64_t i = 0; i < numel; ++i) {
-      m2[size_t(i)] = absn[size_t(i)] >= p && not3[size_t(i)];
-      m1[size_t(i)] = absn[size_t(i)] < p && not3[size_t(i)];
-    }
-  };
+  std::vector<float> splits(levels.size());
+  for (size_t li = 0; li < levels.size(); ++li) splits[li] = numpy_quantile_f32(sorted, levels[li]);
+  const std::vector<float> ep =
+      candidate_mses(rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r, RowScratch& sc, float* e) {
+        const float p = splits[size_t(c)];
+        const float* x = s.data() + r * n;
+        const float* an = absn.data() + r * n;
+        const uint8_t* nt = not3.data() + r * n;
+        uint8_t* lo = sc.lo.data();  // below the split
+        uint8_t* hi = sc.hi.data();  // at or above it
+        for (int64_t j = 0; j < n; ++j) {
+          lo[j] = an[j] < p && nt[j];
+          hi[j] = an[j] >= p && nt[j];
+        }
+        bra_row(x, lo, n, 1, sc.ga.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
+        bra_row(x, hi, n, 1, sc.gb.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
+        const float* g3r = g3.data() + r * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const float d = x[j] - ((sc.ga[size_t(j)] + sc.gb[size_t(j)]) + g3r[j]);
+          e[j] = d * d;
+        }
+      });
   best = std::numeric_limits<float>::infinity();
-  for (size_t li = 0; li < levels.size(); ++li) {
-    const float p = numpy_quantile_f32(sorted, levels[li]);
-    split_masks(p);
-    bra(s.data(), n, m1.data(), rows, n, 1, g1.data(), nullptr, nullptr);
-    bra(s.data(), n, m2.data(), rows, n, 1, g2.data(), nullptr, nullptr);
-    for (int64_t i = 0; i < numel; ++i) rec[size_t(i)] = (g1[size_t(i)] + g2[size_t(i)]) + g3[size_t(i)];
-    const float e = mse(s.data(), rec.data(), numel);
-    if (e < best) {
-      best = e;
+  for (size_t li = 0; li < levels.size(); ++li)
+    if (ep[li] < best) {
+      best = ep[li];
       out.info.split_index = int64_t(li);
-      out.info.split = p;
+      out.info.split = splits[li];
     }
+  out.m1.resize(size_t(numel));
+  out.m2.resize(size_t(numel));
+  for (int64_t i = 0; i < numel; ++i) {
+    out.m2[size_t(i)] = absn[size_t(i)] >= out.info.split && not3[size_t(i)];
+    out.m1[size_t(i)] = absn[size_t(i)] < out.info.split && not3[size_t(i)];
   }
-  split_masks(out.info.split);
-  out.m1 = m1;
-  out.m2 = m2;
-  out.m3 = m3;
+  out.m3 = std::move(m3);
   return out;
 }
 

@@ -36,6 +36,19 @@ namespace lowbit {
 float torch_sum_f32(const float* x, int64_t n, bool nan_as_zero = false);
 // out[c] = sum over r of x[r * cols + c].
 void torch_column_sums_f32(const float* x, int64_t rows, int64_t cols, float* out);
+
+// torch_sum_f32 of n values assembled from pieces, for sums whose terms several threads produce:
+// the values fall into whole chunks of torch_sum_chunk_f32(n) values (ATen's level-0 cascade
+// steps; 512 values up to n = 2^24) and the n % chunk values after them, and the sum is a fixed
+// function of each whole chunk's kTorchSumPartials partial sums and of those last values.
+// torch_sum_chunk_partials_f32 writes one chunk's partials (its values added onto 0, value q of
+// every kTorchSumPartials onto partial q, in order); torch_sum_from_chunks_f32 takes
+// partials [n / chunk][kTorchSumPartials] and rest [n % chunk] and returns torch_sum_f32 of the
+// n values, bit for bit.
+constexpr int kTorchSumPartials = 32;
+int64_t torch_sum_chunk_f32(int64_t n);
+void torch_sum_chunk_partials_f32(const float* x, int64_t chunk, float* partials);
+float torch_sum_from_chunks_f32(const float* partials, const float* rest, int64_t n);
 std::vector<float> torch_linspace_f32(float start, float end, int64_t steps);
 // sorted: ascending, no NaN, non-empty.
 float numpy_quantile_f32(const std::vector<float>& sorted, float q);
