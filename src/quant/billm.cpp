@@ -24,47 +24,93 @@ namespace {
 
 float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
-// Working rows of one thread: two masks, their reconstructions, the residual and the summed
-// terms.
+// BRA rows evaluated together (bra_rows) and the rows of candidate errors computed per call of a
+// search's row function (candidate_mses).
+constexpr int kBatchRows = 8;
+constexpr int kMaxJobs = 2 * kBatchRows;
+
+// Working rows of one thread for a batch: two masks and two reconstructions per row, the
+// residuals and summed terms of every job.
 struct RowScratch {
-  std::vector<uint8_t> lo, hi;
-  std::vector<float> ga, gb, res, tmp;
+  std::vector<uint8_t> lo, hi;     // [kBatchRows * n]
+  std::vector<float> ga, gb;       // [kBatchRows * n]
+  std::vector<float> res, tmp;     // [kMaxJobs * n]
   explicit RowScratch(int64_t n)
-      : lo(size_t(n)), hi(size_t(n)), ga(size_t(n)), gb(size_t(n)), res(size_t(n)), tmp(size_t(n)) {}
+      : lo(size_t(kBatchRows * n)), hi(size_t(kBatchRows * n)), ga(size_t(kBatchRows * n)),
+        gb(size_t(kBatchRows * n)), res(size_t(kMaxJobs * n)), tmp(size_t(kMaxJobs * n)) {}
 };
 
-// BRA(x, mask, order) of one row of n values as binary.high_order_residual computes it:
-// recon [n]; params [2 * order] (mu, alpha per order) and signs [order] rows of sign_stride
-// (-1, 0, +1 at masked entries) when not null. res, tmp: [n] scratch. The loops are branch-free
-// selects so that they vectorize; each value is rounded exactly as in the reference's tensors.
-void bra_row(const float* x, const uint8_t* m, int64_t n, int order, float* recon, float* res, float* tmp,
-             float* params, int8_t* signs, size_t sign_stride) {
-  int64_t cnt = 0;
-  for (int64_t j = 0; j < n; ++j) cnt += m[j] != 0;
-  std::fill(recon, recon + n, 0.0f);
+// One BRA(x, mask, order) of a row of n values: recon [n]; params [2 * order] (mu, alpha per
+// order) and signs [order] rows of sign_stride (-1, 0, +1 at masked entries) when not null.
+struct BraJob {
+  const float* x;
+  const uint8_t* m;
+  float* recon;
+  float* params = nullptr;
+  int8_t* signs = nullptr;
+  size_t sign_stride = 0;
+};
+
+// Up to kMaxJobs BRAs as binary.high_order_residual computes each, phase by phase across the
+// jobs so that the dependency chains of their sums overlap. res, tmp: [njobs * n] scratch. The
+// loops are branch-free selects that vectorize; each value is rounded as in the reference's
+// tensors.
+void bra_rows(const BraJob* jobs, int njobs, int64_t n, int order, float* res, float* tmp) {
+  float cnt[kMaxJobs], mean[kMaxJobs], scale[kMaxJobs];
+  for (int i = 0; i < njobs; ++i) {
+    const uint8_t* m = jobs[i].m;
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; ++j) c += m[j] != 0;
+    cnt[i] = float(c);
+    std::fill(jobs[i].recon, jobs[i].recon + n, 0.0f);
+  }
   for (int od = 0; od < order; ++od) {
-    for (int64_t j = 0; j < n; ++j) {
-      const float nm = x[j] * (m[j] ? 1.0f : 0.0f);
-      res[j] = nm - recon[j];
-      tmp[j] = m[j] ? res[j] : 0.0f;  // nansum skips the NaN-filled entries
+    for (int i = 0; i < njobs; ++i) {
+      const float* x = jobs[i].x;
+      const uint8_t* m = jobs[i].m;
+      const float* so = jobs[i].recon;
+      float* r = res + i * n;
+      float* t = tmp + i * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const float nm = x[j] * (m[j] ? 1.0f : 0.0f);
+        r[j] = nm - so[j];
+        t[j] = m[j] ? r[j] : 0.0f;  // nansum skips the NaN-filled entries
+      }
     }
-    float mean = torch_sum_f32(tmp, n) / float(cnt);
-    if (std::isnan(mean)) mean = 0.0f;
-    for (int64_t j = 0; j < n; ++j) tmp[j] = m[j] ? std::fabs(res[j] - mean) : 0.0f;
-    float scale = torch_sum_f32(tmp, n) / float(cnt);
-    if (std::isnan(scale)) scale = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      // Unmasked entries: sign(NaN) = 0, so b = mean, times the mask's 0.
-      const float sg = m[j] ? sign_of(res[j] - mean) : 0.0f;
-      const float b = sg * scale + mean;
-      recon[j] = recon[j] + b * (m[j] ? 1.0f : 0.0f);
+    for (int i = 0; i < njobs; ++i) {
+      mean[i] = torch_sum_f32(tmp + i * n, n) / cnt[i];
+      if (std::isnan(mean[i])) mean[i] = 0.0f;
     }
-    if (signs != nullptr)
-      for (int64_t j = 0; j < n; ++j)
-        if (m[j]) signs[size_t(od) * sign_stride + size_t(j)] = int8_t(sign_of(res[j] - mean));
-    if (params != nullptr) {
-      params[2 * od] = mean;
-      params[2 * od + 1] = scale;
+    for (int i = 0; i < njobs; ++i) {
+      const uint8_t* m = jobs[i].m;
+      const float* r = res + i * n;
+      float* t = tmp + i * n;
+      const float mu = mean[i];
+      for (int64_t j = 0; j < n; ++j) t[j] = m[j] ? std::fabs(r[j] - mu) : 0.0f;
+    }
+    for (int i = 0; i < njobs; ++i) {
+      scale[i] = torch_sum_f32(tmp + i * n, n) / cnt[i];
+      if (std::isnan(scale[i])) scale[i] = 0.0f;
+    }
+    for (int i = 0; i < njobs; ++i) {
+      const BraJob& jb = jobs[i];
+      const uint8_t* m = jb.m;
+      const float* r = res + i * n;
+      float* so = jb.recon;
+      const float mu = mean[i], sc = scale[i];
+      for (int64_t j = 0; j < n; ++j) {
+        // Unmasked entries: sign(NaN) = 0, so b = mean, times the mask's 0.
+        const float sg = m[j] ? sign_of(r[j] - mu) : 0.0f;
+        const float b = sg * sc + mu;
+        so[j] = so[j] + b * (m[j] ? 1.0f : 0.0f);
+      }
+      if (jb.signs != nullptr)
+        for (int64_t j = 0; j < n; ++j)
+          if (m[j]) jb.signs[size_t(od) * jb.sign_stride + size_t(j)] = int8_t(sign_of(r[j] - mu));
+      if (jb.params != nullptr) {
+        jb.params[2 * od] = mu;
+        jb.params[2 * od + 1] = sc;
+      }
     }
   }
 }
@@ -73,22 +119,29 @@ void bra_row(const float* x, const uint8_t* m, int64_t n, int order, float* reco
 // signs [order][rows * n] when not null.
 void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t n, int order, float* recon,
          float* params, int8_t* signs) {
+  const int64_t nbatch = (rows + kMaxJobs - 1) / kMaxJobs;
 #pragma omp parallel
   {
     RowScratch sc(n);
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r)
-      bra_row(x + r * ld, mask + r * n, n, order, recon + r * n, sc.res.data(), sc.tmp.data(),
-              params != nullptr ? params + r * 2 * order : nullptr, signs != nullptr ? signs + r * n : nullptr,
-              size_t(rows * n));
+    for (int64_t bi = 0; bi < nbatch; ++bi) {
+      const int64_t r0 = bi * kMaxJobs, r1 = std::min(rows, r0 + kMaxJobs);
+      BraJob jobs[kMaxJobs];
+      for (int64_t r = r0; r < r1; ++r)
+        jobs[r - r0] = BraJob{x + r * ld, mask + r * n, recon + r * n,
+                              params != nullptr ? params + r * 2 * order : nullptr,
+                              signs != nullptr ? signs + r * n : nullptr, size_t(rows * n)};
+      bra_rows(jobs, int(r1 - r0), n, order, sc.res.data(), sc.tmp.data());
+    }
   }
 }
 
 // torch.mean of the squared errors of ncand candidates over a [rows, n] slice, in one parallel
-// region: row_err(c, r, sc, e) writes candidate c's n squared errors of row r into e. Each
-// candidate's mean adds its rows * n terms in torch_sum_f32's order: threads take groups of rows
-// that hold whole chunks of that sum and keep only each chunk's partial sums
-// (torch_sum_from_chunks_f32), so no [ncand, rows * n] array is stored.
+// region: row_err(c, r0, r1, sc, e) writes candidate c's squared errors of rows r0 .. r1 - 1
+// (at most kBatchRows) into e [(r1 - r0) * n]. Each candidate's mean adds its rows * n terms in
+// torch_sum_f32's order: threads take groups of rows that hold whole chunks of that sum and keep
+// only each chunk's partial sums (torch_sum_from_chunks_f32), so no [ncand, rows * n] array is
+// stored.
 template <typename RowErr>
 std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const RowErr& row_err) {
   const int64_t numel = rows * n, chunk = torch_sum_chunk_f32(numel);
@@ -104,7 +157,8 @@ std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const 
     for (int64_t g = 0; g < ngroups; ++g) {
       const int64_t r0 = g * group, r1 = std::min(rows, r0 + group), e0 = r0 * n, len = (r1 - r0) * n;
       for (int64_t c = 0; c < ncand; ++c) {
-        for (int64_t r = r0; r < r1; ++r) row_err(c, r, sc, e.data() + (r - r0) * n);
+        for (int64_t r = r0; r < r1; r += kBatchRows)
+          row_err(c, r, std::min(r1, r + kBatchRows), sc, e.data() + (r - r0) * n);
         int64_t off = 0;
         for (; off + chunk <= len && e0 + off + chunk <= nchunks * chunk; off += chunk)
           torch_sum_chunk_partials_f32(e.data() + off, chunk,
@@ -147,16 +201,24 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       colmask[size_t((2 * (k - 1)) * n + j)] = rank[size_t(j)] < k;
       colmask[size_t((2 * (k - 1) + 1) * n + j)] = rank[size_t(j)] >= k;
     }
-  const std::vector<float> ek = candidate_mses(rows, n, nk, [&](int64_t c, int64_t r, RowScratch& sc, float* e) {
-    const float* x = s.data() + r * n;
-    bra_row(x, colmask.data() + 2 * c * n, n, 2, sc.ga.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
-    bra_row(x, colmask.data() + (2 * c + 1) * n, n, 2, sc.gb.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr,
-            0);
-    for (int64_t j = 0; j < n; ++j) {
-      const float d = x[j] - (sc.gb[size_t(j)] + sc.ga[size_t(j)]);
-      e[j] = d * d;
-    }
-  });
+  const std::vector<float> ek =
+      candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, float* e) {
+        const uint8_t* sal = colmask.data() + 2 * c * n;
+        const uint8_t* other = sal + n;
+        BraJob jobs[kMaxJobs];
+        int nj = 0;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* x = s.data() + r * n;
+          jobs[nj++] = BraJob{x, sal, sc.ga.data() + (r - r0) * n};
+          jobs[nj++] = BraJob{x, other, sc.gb.data() + (r - r0) * n};
+        }
+        bra_rows(jobs, nj, n, 2, sc.res.data(), sc.tmp.data());
+        const float* x = s.data() + r0 * n;
+        for (int64_t i = 0; i < (r1 - r0) * n; ++i) {
+          const float d = x[i] - (sc.gb[size_t(i)] + sc.ga[size_t(i)]);
+          e[i] = d * d;
+        }
+      });
   BlockMasks out;
   float best = std::numeric_limits<float>::infinity();
   for (int64_t k = 1; k < up_lim; ++k)
@@ -181,24 +243,30 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   const std::vector<float> levels = torch_linspace_f32(0.10f, 0.90f, 81);
   std::vector<float> splits(levels.size());
   for (size_t li = 0; li < levels.size(); ++li) splits[li] = numpy_quantile_f32(sorted, levels[li]);
-  const std::vector<float> ep =
-      candidate_mses(rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r, RowScratch& sc, float* e) {
+  const std::vector<float> ep = candidate_mses(
+      rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, float* e) {
         const float p = splits[size_t(c)];
-        const float* x = s.data() + r * n;
-        const float* an = absn.data() + r * n;
-        const uint8_t* nt = not3.data() + r * n;
+        const int64_t len = (r1 - r0) * n;
+        const float* x = s.data() + r0 * n;
+        const float* an = absn.data() + r0 * n;
+        const uint8_t* nt = not3.data() + r0 * n;
         uint8_t* lo = sc.lo.data();  // below the split
         uint8_t* hi = sc.hi.data();  // at or above it
-        for (int64_t j = 0; j < n; ++j) {
-          lo[j] = an[j] < p && nt[j];
-          hi[j] = an[j] >= p && nt[j];
+        for (int64_t i = 0; i < len; ++i) {
+          lo[i] = an[i] < p && nt[i];
+          hi[i] = an[i] >= p && nt[i];
         }
-        bra_row(x, lo, n, 1, sc.ga.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
-        bra_row(x, hi, n, 1, sc.gb.data(), sc.res.data(), sc.tmp.data(), nullptr, nullptr, 0);
-        const float* g3r = g3.data() + r * n;
-        for (int64_t j = 0; j < n; ++j) {
-          const float d = x[j] - ((sc.ga[size_t(j)] + sc.gb[size_t(j)]) + g3r[j]);
-          e[j] = d * d;
+        BraJob jobs[kMaxJobs];
+        int nj = 0;
+        for (int64_t r = 0; r < r1 - r0; ++r) {
+          jobs[nj++] = BraJob{x + r * n, lo + r * n, sc.ga.data() + r * n};
+          jobs[nj++] = BraJob{x + r * n, hi + r * n, sc.gb.data() + r * n};
+        }
+        bra_rows(jobs, nj, n, 1, sc.res.data(), sc.tmp.data());
+        const float* g3r = g3.data() + r0 * n;
+        for (int64_t i = 0; i < len; ++i) {
+          const float d = x[i] - ((sc.ga[size_t(i)] + sc.gb[size_t(i)]) + g3r[i]);
+          e[i] = d * d;
         }
       });
   best = std::numeric_limits<float>::infinity();
