@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -176,6 +177,27 @@ std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const 
   return out;
 }
 
+// Ascending sort of magnitudes (no sign bit set: their bit patterns order as their values) by a
+// three-pass radix sort of the bit patterns; the sorted values are the same bits as std::sort's.
+// With a NaN the order is std::sort's, whatever that makes of it.
+void sort_magnitudes(std::vector<float>& v) {
+  if (std::any_of(v.begin(), v.end(), [](float x) { return std::isnan(x) || std::signbit(x); })) {
+    std::sort(v.begin(), v.end());
+    return;
+  }
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  std::vector<uint32_t> a(v.size()), b(v.size());
+  std::memcpy(a.data(), v.data(), v.size() * sizeof(float));
+  for (int shift = 0; shift < 32; shift += kBits) {
+    std::vector<size_t> start(kBuckets + 1, 0);
+    for (uint32_t k : a) ++start[((k >> shift) & (kBuckets - 1)) + 1];
+    for (int i = 0; i < kBuckets; ++i) start[size_t(i + 1)] += start[size_t(i)];
+    for (uint32_t k : a) b[start[(k >> shift) & (kBuckets - 1)]++] = k;
+    a.swap(b);
+  }
+  std::memcpy(v.data(), a.data(), v.size() * sizeof(float));
+}
+
 struct BlockMasks {
   std::vector<uint8_t> m1, m2, m3;  // [rows * n]
   BillmBlock info;
@@ -239,7 +261,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::vector<float> absn(static_cast<size_t>(numel));
   for (int64_t i = 0; i < numel; ++i) absn[size_t(i)] = std::fabs(s[size_t(i)] * (not3[size_t(i)] ? 1.0f : 0.0f));
   std::vector<float> sorted = absn;
-  std::sort(sorted.begin(), sorted.end());
+  sort_magnitudes(sorted);
   const std::vector<float> levels = torch_linspace_f32(0.10f, 0.90f, 81);
   std::vector<float> splits(levels.size());
   for (size_t li = 0; li < levels.size(); ++li) splits[li] = numpy_quantile_f32(sorted, levels[li]);
