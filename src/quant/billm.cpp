@@ -27,7 +27,7 @@ float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
 // BRA rows evaluated together (bra_rows) and the rows of candidate errors computed per call of a
 // search's row function (candidate_mses).
-constexpr int kBatchRows = 8;
+constexpr int kBatchRows = 16;
 constexpr int kMaxJobs = 2 * kBatchRows;
 
 // Working rows of one thread for a batch: two masks and two reconstructions per row, the
@@ -116,6 +116,135 @@ void bra_rows(const BraJob* jobs, int njobs, int64_t n, int order, float* res, f
   }
 }
 
+// ---- BRA across rows: one row per vector lane -------------------------------------------------
+// For the searches' short rows (kLaneSumMin <= n < kLaneSumMax) a batch of kBatchRows rows is
+// held transposed, [n] vectors of one value per row, and every lane runs exactly the scalar
+// operations of bra_rows on its row, torch_sum_f32's additions included: no horizontal sums, no
+// dependency chains through a single row.
+
+typedef float VecR __attribute__((vector_size(kBatchRows * sizeof(float))));
+typedef int32_t MaskR __attribute__((vector_size(kBatchRows * sizeof(int32_t))));
+constexpr int64_t kLaneSumMin = 8, kLaneSumMax = 512;
+
+// Each lane's torch_sum_f32 of its n values t[0..n) (kLaneSumMin <= n < kLaneSumMax: fewer than
+// one chunk; reference_numerics.cpp's short-row order: 4 accumulators x 8 lanes over 32-value
+// steps, three empty cascade levels added, leftover 8-value vectors onto the first accumulator,
+// the other three added, then the tail and the 8 lanes left to right onto 0).
+VecR lane_sums(const VecR* t, int64_t n) {
+  const int64_t nvec = n / 8, size = nvec / 4;
+  const VecR zero{};
+  auto acc = [&](int64_t q) {
+    VecR a = zero;
+    for (int64_t i = 0; i < size; ++i) a += t[i * 32 + q];
+    for (int j = 1; j < 4; ++j) a += zero;  // x + 0 is not x for x = -0
+    return a;
+  };
+  VecR a = zero;
+  for (int64_t k = nvec * 8; k < n; ++k) a += t[k];
+  for (int64_t l = 0; l < 8; ++l) {
+    VecR p = acc(l);
+    for (int64_t v = size * 4; v < nvec; ++v) p += t[v * 8 + l];
+    for (int64_t k = 1; k < 4; ++k) p += acc(k * 8 + l);
+    a += p;
+  }
+  return zero + a;
+}
+
+VecR abs_r(VecR v) {
+  const MaskR magnitude = MaskR{} + 0x7fffffff;  // fabs clears the sign bit, as here
+  return (VecR)((MaskR)v & magnitude);
+}
+
+// BRA(x, mask, order) of each lane's row: x, mf (1 or 0 per entry), recon [n]; res, tmp: [n]
+// scratch.
+void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon, VecR* res, VecR* tmp) {
+  const VecR zero{}, one = zero + 1.0f, mone = zero - 1.0f;
+  VecR cnt = zero;  // counts below 2^24 add exactly
+  for (int64_t j = 0; j < n; ++j) cnt += mf[j];
+  for (int64_t j = 0; j < n; ++j) recon[j] = zero;
+  for (int od = 0; od < order; ++od) {
+    for (int64_t j = 0; j < n; ++j) {
+      res[j] = x[j] * mf[j] - recon[j];
+      tmp[j] = mf[j] != zero ? res[j] : zero;
+    }
+    VecR mean = lane_sums(tmp, n) / cnt;
+    mean = mean != mean ? zero : mean;
+    for (int64_t j = 0; j < n; ++j) tmp[j] = mf[j] != zero ? abs_r(res[j] - mean) : zero;
+    VecR scale = lane_sums(tmp, n) / cnt;
+    scale = scale != scale ? zero : scale;
+    for (int64_t j = 0; j < n; ++j) {
+      const VecR d = res[j] - mean;
+      const VecR sg = mf[j] != zero ? (d > zero ? one : (d < zero ? mone : zero)) : zero;
+      const VecR b = sg * scale + mean;
+      recon[j] = recon[j] + b * mf[j];
+    }
+  }
+}
+
+bool lane_rows(int64_t n) { return n >= kLaneSumMin && n < kLaneSumMax; }
+
+// Lane working arrays of one thread, [n] vectors each (none where rows are not taken lane-wise);
+// x, an, keep and g3 hold the batch of rows that starts at row `batch`.
+struct LaneScratch {
+  std::vector<VecR> x, an, keep, g3, ma, mb, ga, gb, res, tmp;
+  int64_t batch = -1;
+  explicit LaneScratch(int64_t n)
+      : x(size_t(n)), an(size_t(n)), keep(size_t(n)), g3(size_t(n)), ma(size_t(n)), mb(size_t(n)), ga(size_t(n)),
+        gb(size_t(n)), res(size_t(n)), tmp(size_t(n)) {}
+};
+
+// The 16 x 16 block m ([k] vectors of 16) transposed in place. A transpose swaps the row and
+// column index bit by bit: for each bit s, every element whose row and column differ in s moves
+// to the row with the other s, one two-vector shuffle per row.
+void transpose16(VecR* m) {
+  static_assert(kBatchRows == 16);
+  auto step = [m](int s, MaskR lo, MaskR hi) {
+    for (int i = 0; i < 16; ++i)
+      if ((i & s) == 0) {
+        const VecR a = m[i], b = m[i + s];
+        m[i] = __builtin_shuffle(a, b, lo);
+        m[i + s] = __builtin_shuffle(a, b, hi);
+      }
+  };
+  step(8, MaskR{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+       MaskR{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+  step(4, MaskR{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+       MaskR{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31});
+  step(2, MaskR{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+       MaskR{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
+  step(1, MaskR{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+       MaskR{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31});
+}
+
+// dst[j] lane i = src[i * ld + j] for the nr <= kBatchRows rows of src, 0 in the lanes past them.
+void to_lanes(const float* src, int64_t ld, int64_t nr, int64_t n, VecR* dst) {
+  int64_t j0 = 0;
+  for (; j0 + kBatchRows <= n; j0 += kBatchRows) {
+    VecR m[kBatchRows] = {};
+    for (int64_t i = 0; i < nr; ++i) std::memcpy(&m[i], src + i * ld + j0, sizeof(VecR));
+    transpose16(m);
+    std::copy(m, m + kBatchRows, dst + j0);
+  }
+  for (; j0 < n; ++j0) {
+    VecR v{};
+    for (int64_t i = 0; i < nr; ++i) v[i] = src[i * ld + j0];
+    dst[j0] = v;
+  }
+}
+
+// e[i * n + j] = src[j] lane i for the nr rows.
+void from_lanes(const VecR* src, int64_t nr, int64_t n, float* e) {
+  int64_t j0 = 0;
+  for (; j0 + kBatchRows <= n; j0 += kBatchRows) {
+    VecR m[kBatchRows];
+    std::copy(src + j0, src + j0 + kBatchRows, m);
+    transpose16(m);
+    for (int64_t i = 0; i < nr; ++i) std::memcpy(e + i * n + j0, &m[i], sizeof(VecR));
+  }
+  for (; j0 < n; ++j0)
+    for (int64_t i = 0; i < nr; ++i) e[i * n + j0] = src[j0][i];
+}
+
 // BRA over a [rows, n] slice (row stride ld): recon [rows * n]; params [rows * 2 * order] and
 // signs [order][rows * n] when not null.
 void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t n, int order, float* recon,
@@ -138,7 +267,7 @@ void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t 
 }
 
 // torch.mean of the squared errors of ncand candidates over a [rows, n] slice, in one parallel
-// region: row_err(c, r0, r1, sc, e) writes candidate c's squared errors of rows r0 .. r1 - 1
+// region: row_err(c, r0, r1, sc, ls, e) writes candidate c's squared errors of rows r0 .. r1 - 1
 // (at most kBatchRows) into e [(r1 - r0) * n]. Each candidate's mean adds its rows * n terms in
 // torch_sum_f32's order: threads take groups of rows that hold whole chunks of that sum and keep
 // only each chunk's partial sums (torch_sum_from_chunks_f32), so no [ncand, rows * n] array is
@@ -147,19 +276,21 @@ template <typename RowErr>
 std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const RowErr& row_err) {
   const int64_t numel = rows * n, chunk = torch_sum_chunk_f32(numel);
   const int64_t nchunks = numel / chunk, nrest = numel - nchunks * chunk;
-  const int64_t group = chunk / std::gcd(n, chunk);  // rows of a whole number of chunks
+  // Rows of a whole number of chunks and of batches.
+  const int64_t group = std::lcm(chunk / std::gcd(n, chunk), int64_t(kBatchRows));
   const int64_t ngroups = (rows + group - 1) / group;
   std::vector<float> partials(size_t(ncand * nchunks * kTorchSumPartials)), rest(size_t(ncand * nrest));
 #pragma omp parallel
   {
     RowScratch sc(n);
+    LaneScratch ls(lane_rows(n) ? n : 0);
     std::vector<float> e(size_t(group * n));
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < ngroups; ++g) {
       const int64_t r0 = g * group, r1 = std::min(rows, r0 + group), e0 = r0 * n, len = (r1 - r0) * n;
       for (int64_t c = 0; c < ncand; ++c) {
         for (int64_t r = r0; r < r1; r += kBatchRows)
-          row_err(c, r, std::min(r1, r + kBatchRows), sc, e.data() + (r - r0) * n);
+          row_err(c, r, std::min(r1, r + kBatchRows), sc, ls, e.data() + (r - r0) * n);
         int64_t off = 0;
         for (; off + chunk <= len && e0 + off + chunk <= nchunks * chunk; off += chunk)
           torch_sum_chunk_partials_f32(e.data() + off, chunk,
@@ -224,9 +355,28 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       colmask[size_t((2 * (k - 1) + 1) * n + j)] = rank[size_t(j)] >= k;
     }
   const std::vector<float> ek =
-      candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, float* e) {
+      candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls, float* e) {
         const uint8_t* sal = colmask.data() + 2 * c * n;
         const uint8_t* other = sal + n;
+        if (lane_rows(n)) {
+          if (ls.batch != r0) {
+            to_lanes(s.data() + r0 * n, n, r1 - r0, n, ls.x.data());
+            ls.batch = r0;
+          }
+          const VecR zero{};
+          for (int64_t j = 0; j < n; ++j) {
+            ls.ma[size_t(j)] = zero + (sal[j] ? 1.0f : 0.0f);
+            ls.mb[size_t(j)] = zero + (other[j] ? 1.0f : 0.0f);
+          }
+          bra_lanes(ls.x.data(), ls.ma.data(), n, 2, ls.ga.data(), ls.res.data(), ls.tmp.data());
+          bra_lanes(ls.x.data(), ls.mb.data(), n, 2, ls.gb.data(), ls.res.data(), ls.tmp.data());
+          for (int64_t j = 0; j < n; ++j) {
+            const VecR d = ls.x[size_t(j)] - (ls.gb[size_t(j)] + ls.ga[size_t(j)]);
+            ls.tmp[size_t(j)] = d * d;
+          }
+          from_lanes(ls.tmp.data(), r1 - r0, n, e);
+          return;
+        }
         BraJob jobs[kMaxJobs];
         int nj = 0;
         for (int64_t r = r0; r < r1; ++r) {
@@ -254,7 +404,8 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       m3[size_t(r * n + j)] = rank[size_t(j)] < out.info.salient;
       not3[size_t(r * n + j)] = !m3[size_t(r * n + j)];
     }
-  std::vector<float> g3(static_cast<size_t>(numel));
+  std::vector<float> g3(static_cast<size_t>(numel)), keepf(static_cast<size_t>(numel));
+  for (int64_t i = 0; i < numel; ++i) keepf[size_t(i)] = not3[size_t(i)] ? 1.0f : 0.0f;
   bra(s.data(), n, m3.data(), rows, n, 2, g3.data(), nullptr, nullptr);
 
   // The split: quantiles of |S| with the salient entries 0.
@@ -266,12 +417,37 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::vector<float> splits(levels.size());
   for (size_t li = 0; li < levels.size(); ++li) splits[li] = numpy_quantile_f32(sorted, levels[li]);
   const std::vector<float> ep = candidate_mses(
-      rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, float* e) {
+      rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls,
+                                           float* e) {
         const float p = splits[size_t(c)];
         const int64_t len = (r1 - r0) * n;
         const float* x = s.data() + r0 * n;
         const float* an = absn.data() + r0 * n;
         const uint8_t* nt = not3.data() + r0 * n;
+        if (lane_rows(n)) {
+          if (ls.batch != r0) {
+            to_lanes(x, n, r1 - r0, n, ls.x.data());
+            to_lanes(an, n, r1 - r0, n, ls.an.data());
+            to_lanes(keepf.data() + r0 * n, n, r1 - r0, n, ls.keep.data());
+            to_lanes(g3.data() + r0 * n, n, r1 - r0, n, ls.g3.data());
+            ls.batch = r0;
+          }
+          const VecR zero{}, one = zero + 1.0f, pv = zero + p;
+          for (int64_t j = 0; j < n; ++j) {
+            const VecR a = ls.an[size_t(j)];
+            const MaskR keep = ls.keep[size_t(j)] != zero;
+            ls.ma[size_t(j)] = (a < pv) & keep ? one : zero;   // below the split
+            ls.mb[size_t(j)] = (a >= pv) & keep ? one : zero;  // at or above it
+          }
+          bra_lanes(ls.x.data(), ls.ma.data(), n, 1, ls.ga.data(), ls.res.data(), ls.tmp.data());
+          bra_lanes(ls.x.data(), ls.mb.data(), n, 1, ls.gb.data(), ls.res.data(), ls.tmp.data());
+          for (int64_t j = 0; j < n; ++j) {
+            const VecR d = ls.x[size_t(j)] - ((ls.ga[size_t(j)] + ls.gb[size_t(j)]) + ls.g3[size_t(j)]);
+            ls.tmp[size_t(j)] = d * d;
+          }
+          from_lanes(ls.tmp.data(), r1 - r0, n, e);
+          return;
+        }
         uint8_t* lo = sc.lo.data();  // below the split
         uint8_t* hi = sc.hi.data();  // at or above it
         for (int64_t i = 0; i < len; ++i) {
