@@ -156,8 +156,10 @@ VecR abs_r(VecR v) {
 }
 
 // BRA(x, mask, order) of each lane's row: x, mf (1 or 0 per entry), recon [n]; res, tmp: [n]
-// scratch.
-void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon, VecR* res, VecR* tmp) {
+// scratch; params [2 * order] (mu, alpha per order) and signs [order * n] (the signs at masked
+// entries, 0 elsewhere) when not null.
+void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon, VecR* res, VecR* tmp,
+               VecR* params = nullptr, VecR* signs = nullptr) {
   const VecR zero{}, one = zero + 1.0f, mone = zero - 1.0f;
   VecR cnt = zero;  // counts below 2^24 add exactly
   for (int64_t j = 0; j < n; ++j) cnt += mf[j];
@@ -177,6 +179,11 @@ void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon,
       const VecR sg = mf[j] != zero ? (d > zero ? one : (d < zero ? mone : zero)) : zero;
       const VecR b = sg * scale + mean;
       recon[j] = recon[j] + b * mf[j];
+      if (signs != nullptr) signs[od * n + j] = sg;
+    }
+    if (params != nullptr) {
+      params[2 * od] = mean;
+      params[2 * od + 1] = scale;
     }
   }
 }
@@ -249,6 +256,38 @@ void from_lanes(const VecR* src, int64_t nr, int64_t n, float* e) {
 // signs [order][rows * n] when not null.
 void bra(const float* x, int64_t ld, const uint8_t* mask, int64_t rows, int64_t n, int order, float* recon,
          float* params, int8_t* signs) {
+  if (lane_rows(n)) {
+    const int64_t nbatch = (rows + kBatchRows - 1) / kBatchRows;
+#pragma omp parallel
+    {
+      LaneScratch ls(n);
+      std::vector<float> mf(size_t(kBatchRows * n));
+      std::vector<VecR> prm(size_t(2 * order)), sgn(size_t(order * n));
+#pragma omp for schedule(static)
+      for (int64_t bi = 0; bi < nbatch; ++bi) {
+        const int64_t r0 = bi * kBatchRows, nr = std::min(rows - r0, int64_t(kBatchRows));
+        for (int64_t i = 0; i < nr * n; ++i) mf[size_t(i)] = mask[r0 * n + i] ? 1.0f : 0.0f;
+        to_lanes(x + r0 * ld, ld, nr, n, ls.x.data());
+        to_lanes(mf.data(), n, nr, n, ls.ma.data());
+        bra_lanes(ls.x.data(), ls.ma.data(), n, order, ls.ga.data(), ls.res.data(), ls.tmp.data(), prm.data(),
+                  sgn.data());
+        from_lanes(ls.ga.data(), nr, n, recon + r0 * n);
+        for (int64_t i = 0; i < nr; ++i) {
+          const int64_t r = r0 + i;
+          for (int od = 0; od < order; ++od) {
+            if (params != nullptr) {
+              params[r * 2 * order + 2 * od] = prm[size_t(2 * od)][i];
+              params[r * 2 * order + 2 * od + 1] = prm[size_t(2 * od + 1)][i];
+            }
+            if (signs != nullptr)
+              for (int64_t j = 0; j < n; ++j)
+                if (mask[r * n + j]) signs[od * rows * n + r * n + j] = int8_t(sgn[size_t(od * n + j)][i]);
+          }
+        }
+      }
+    }
+    return;
+  }
   const int64_t nbatch = (rows + kMaxJobs - 1) / kMaxJobs;
 #pragma omp parallel
   {
