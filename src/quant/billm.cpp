@@ -117,38 +117,13 @@ void bra_rows(const BraJob* jobs, int njobs, int64_t n, int order, float* res, f
 }
 
 // ---- BRA across rows: one row per vector lane -------------------------------------------------
-// For the searches' short rows (kLaneSumMin <= n < kLaneSumMax) a batch of kBatchRows rows is
-// held transposed, [n] vectors of one value per row, and every lane runs exactly the scalar
-// operations of bra_rows on its row, torch_sum_f32's additions included: no horizontal sums, no
-// dependency chains through a single row.
+// For the searches' short rows (torch_sum_f32_lanes' range, 8 <= n < 512) a batch of kBatchRows
+// rows is held transposed, [n] vectors of one value per row, and every lane runs exactly the
+// scalar operations of bra_rows on its row, torch_sum_f32's additions included: no horizontal
+// sums, no dependency chains through a single row.
 
 typedef float VecR __attribute__((vector_size(kBatchRows * sizeof(float))));
 typedef int32_t MaskR __attribute__((vector_size(kBatchRows * sizeof(int32_t))));
-constexpr int64_t kLaneSumMin = 8, kLaneSumMax = 512;
-
-// Each lane's torch_sum_f32 of its n values t[0..n) (kLaneSumMin <= n < kLaneSumMax: fewer than
-// one chunk; reference_numerics.cpp's short-row order: 4 accumulators x 8 lanes over 32-value
-// steps, three empty cascade levels added, leftover 8-value vectors onto the first accumulator,
-// the other three added, then the tail and the 8 lanes left to right onto 0).
-VecR lane_sums(const VecR* t, int64_t n) {
-  const int64_t nvec = n / 8, size = nvec / 4;
-  const VecR zero{};
-  auto acc = [&](int64_t q) {
-    VecR a = zero;
-    for (int64_t i = 0; i < size; ++i) a += t[i * 32 + q];
-    for (int j = 1; j < 4; ++j) a += zero;  // x + 0 is not x for x = -0
-    return a;
-  };
-  VecR a = zero;
-  for (int64_t k = nvec * 8; k < n; ++k) a += t[k];
-  for (int64_t l = 0; l < 8; ++l) {
-    VecR p = acc(l);
-    for (int64_t v = size * 4; v < nvec; ++v) p += t[v * 8 + l];
-    for (int64_t k = 1; k < 4; ++k) p += acc(k * 8 + l);
-    a += p;
-  }
-  return zero + a;
-}
 
 VecR abs_r(VecR v) {
   const MaskR magnitude = MaskR{} + 0x7fffffff;  // fabs clears the sign bit, as here
@@ -169,10 +144,10 @@ void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon,
       res[j] = x[j] * mf[j] - recon[j];
       tmp[j] = mf[j] != zero ? res[j] : zero;
     }
-    VecR mean = lane_sums(tmp, n) / cnt;
+    VecR mean = torch_sum_f32_lanes(tmp, n) / cnt;
     mean = mean != mean ? zero : mean;
     for (int64_t j = 0; j < n; ++j) tmp[j] = mf[j] != zero ? abs_r(res[j] - mean) : zero;
-    VecR scale = lane_sums(tmp, n) / cnt;
+    VecR scale = torch_sum_f32_lanes(tmp, n) / cnt;
     scale = scale != scale ? zero : scale;
     for (int64_t j = 0; j < n; ++j) {
       const VecR d = res[j] - mean;
@@ -188,7 +163,7 @@ void bra_lanes(const VecR* x, const VecR* mf, int64_t n, int order, VecR* recon,
   }
 }
 
-bool lane_rows(int64_t n) { return n >= kLaneSumMin && n < kLaneSumMax; }
+bool lane_rows(int64_t n) { return torch_sum_f32_lanes_fits(n); }
 
 // Lane working arrays of one thread, [n] vectors each (none where rows are not taken lane-wise);
 // x, an, keep and g3 hold the batch of rows that starts at row `batch`.

@@ -163,6 +163,30 @@ TEST(ReferenceNumerics, ChunkedSumsEqualTheWholeSum) {
   EXPECT_GE(reordered, 8) << "the data should tell summation orders apart";
 }
 
+TEST(ReferenceNumerics, LaneSumsEqualRowSums) {
+  // 16 rows per vector, each lane summed as torch_sum_f32 sums its row, for every short length.
+  typedef float V16 __attribute__((vector_size(16 * sizeof(float))));
+  uint32_t state = 777;
+  std::vector<V16> t(511);
+  std::vector<float> row(511);
+  for (V16& v : t)
+    for (int i = 0; i < 16; ++i) {
+      state = state * 1664525u + 1013904223u;
+      v[i] = std::ldexp(float(state >> 8) / 16777216.0f - 0.5f, int(state % 41) - 20);
+    }
+  int64_t checked = 0;
+  for (int64_t n = 1; n < 600; ++n) {
+    if (!torch_sum_f32_lanes_fits(n)) continue;
+    const V16 s = torch_sum_f32_lanes(t.data(), n);
+    for (int i = 0; i < 16; ++i) {
+      for (int64_t j = 0; j < n; ++j) row[size_t(j)] = t[size_t(j)][i];
+      const float want = torch_sum_f32(row.data(), n), got = s[i];
+      checked += std::memcmp(&got, &want, 4) == 0;
+    }
+  }
+  EXPECT_EQ(checked, (511 - 8 + 1) * 16);
+}
+
 // ---- PB-LLM ------------------------------------------------------------------------------------
 
 struct PbCase {
