@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 // Built with -ffp-contract=off (src/CMakeLists.txt): the reference rounds every product and sum
@@ -175,27 +176,34 @@ struct LaneScratch {
         gb(size_t(n)), res(size_t(n)), tmp(size_t(n)) {}
 };
 
+// One step of transpose16 for the row pair (a, b) = (m[i], m[i + S]): lane p of the first takes
+// b[p - S] where p has bit S, of the second a[p + S] where p lacks it.
+template <int S, bool Second, size_t... P>
+VecR swap_bit(VecR a, VecR b, std::index_sequence<P...>) {
+  return __builtin_shufflevector(
+      a, b, (Second ? ((P & S) ? 16 + P : P + S) : ((P & S) ? 16 + P - S : P))...);
+}
+
+template <int S>
+void transpose_step(VecR* m) {
+  constexpr auto lanes = std::make_index_sequence<16>{};
+  for (int i = 0; i < 16; ++i)
+    if ((i & S) == 0) {
+      const VecR a = m[i], b = m[i + S];
+      m[i] = swap_bit<S, false>(a, b, lanes);
+      m[i + S] = swap_bit<S, true>(a, b, lanes);
+    }
+}
+
 // The 16 x 16 block m ([k] vectors of 16) transposed in place. A transpose swaps the row and
-// column index bit by bit: for each bit s, every element whose row and column differ in s moves
-// to the row with the other s, one two-vector shuffle per row.
+// column index bit by bit: for each bit S, every element whose row and column differ in S moves
+// to the row with the other S, one two-vector shuffle per row.
 void transpose16(VecR* m) {
   static_assert(kBatchRows == 16);
-  auto step = [m](int s, MaskR lo, MaskR hi) {
-    for (int i = 0; i < 16; ++i)
-      if ((i & s) == 0) {
-        const VecR a = m[i], b = m[i + s];
-        m[i] = __builtin_shuffle(a, b, lo);
-        m[i + s] = __builtin_shuffle(a, b, hi);
-      }
-  };
-  step(8, MaskR{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-       MaskR{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
-  step(4, MaskR{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-       MaskR{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31});
-  step(2, MaskR{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-       MaskR{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
-  step(1, MaskR{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-       MaskR{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31});
+  transpose_step<8>(m);
+  transpose_step<4>(m);
+  transpose_step<2>(m);
+  transpose_step<1>(m);
 }
 
 // dst[j] lane i = src[i * ld + j] for the nr <= kBatchRows rows of src, 0 in the lanes past them.
