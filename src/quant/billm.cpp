@@ -367,6 +367,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::stable_sort(top.begin(), top.end(), [&](int64_t x, int64_t y) { return colsum[size_t(x)] > colsum[size_t(y)]; });
   for (int64_t i = 0; i < n; ++i) rank[size_t(top[size_t(i)])] = i;
 
+  const bool lanes = lane_rows(n);
   // Salient columns: k = 1 .. up_lim - 1, the k top-scoring columns (order 2) against the rest
   // (order 2). Every row's masks are the same two column masks.
   const int64_t nk = up_lim - 1;
@@ -380,7 +381,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls, float* e) {
         const uint8_t* sal = colmask.data() + 2 * c * n;
         const uint8_t* other = sal + n;
-        if (lane_rows(n)) {
+        if (lanes) {
           if (ls.batch != r0) {
             to_lanes(s.data() + r0 * n, n, r1 - r0, n, ls.x.data());
             ls.batch = r0;
@@ -446,7 +447,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
         const float* x = s.data() + r0 * n;
         const float* an = absn.data() + r0 * n;
         const uint8_t* nt = not3.data() + r0 * n;
-        if (lane_rows(n)) {
+        if (lanes) {
           if (ls.batch != r0) {
             to_lanes(x, n, r1 - r0, n, ls.x.data());
             to_lanes(an, n, r1 - r0, n, ls.an.data());
