@@ -130,6 +130,63 @@ TEST(ReferenceNumerics, SumsAreExactForExactData) {
   }
 }
 
+TEST(ReferenceNumerics, ChunkedSumsEqualTheWholeSum) {
+  // Values spread over 2^-20 .. 2^20 so that every change of order changes the rounding. The
+  // whole sum runs torch_sum_f32's cascade (through nansum, which NaN-free data leaves alone, for
+  // rows shorter than a chunk, which the plain sum takes through the chunked form); the sizes
+  // cross each tail, chunk and carry boundary (16, 256, 4096 chunks) and the level change at 2^24.
+  const int64_t big = (int64_t(1) << 24) + 4133;
+  std::vector<float> x(static_cast<size_t>(big));
+  uint32_t state = 12345;
+  for (float& v : x) {
+    state = state * 1664525u + 1013904223u;
+    v = std::ldexp(float(state >> 8) / 16777216.0f - 0.5f, int(state % 41) - 20);
+  }
+  int64_t reordered = 0;
+  for (int64_t n : {int64_t(1), int64_t(7), int64_t(8), int64_t(64), int64_t(100), int64_t(511), int64_t(512),
+                    int64_t(513), int64_t(576 * 64), int64_t(8192 + 72), int64_t(131072 + 4095), int64_t(2097152 + 33),
+                    int64_t(3000000), big}) {
+    const int64_t chunk = torch_sum_chunk_f32(n), nchunks = n / chunk;
+    EXPECT_EQ(chunk, n / 32 > (int64_t(1) << 19) ? 1024 : 512) << n;
+    std::vector<float> partials(size_t(nchunks * kTorchSumPartials));
+    for (int64_t c = 0; c < nchunks; ++c)
+      torch_sum_chunk_partials_f32(x.data() + c * chunk, chunk, partials.data() + c * kTorchSumPartials);
+    const float whole = torch_sum_f32(x.data(), n, /*nan_as_zero=*/true);
+    const float pieces = torch_sum_from_chunks_f32(partials.data(), x.data() + nchunks * chunk, n);
+    const float plain = torch_sum_f32(x.data(), n);
+    EXPECT_EQ(std::memcmp(&pieces, &whole, 4), 0) << n << ": " << pieces << " vs " << whole;
+    EXPECT_EQ(std::memcmp(&plain, &whole, 4), 0) << n << ": " << plain << " vs " << whole;
+    float seq = 0.0f;
+    for (int64_t i = 0; i < n; ++i) seq += x[size_t(i)];
+    reordered += seq != whole;
+  }
+  EXPECT_GE(reordered, 8) << "the data should tell summation orders apart";
+}
+
+TEST(ReferenceNumerics, LaneSumsEqualRowSums) {
+  // 16 rows per vector, each lane summed as torch_sum_f32 sums its row, for every short length.
+  typedef float V16 __attribute__((vector_size(16 * sizeof(float))));
+  uint32_t state = 777;
+  std::vector<V16> t(511);
+  std::vector<float> row(511);
+  for (V16& v : t)
+    for (int i = 0; i < 16; ++i) {
+      state = state * 1664525u + 1013904223u;
+      v[i] = std::ldexp(float(state >> 8) / 16777216.0f - 0.5f, int(state % 41) - 20);
+    }
+  int64_t checked = 0;
+  for (int64_t n = 1; n < 600; ++n) {
+    if (!torch_sum_f32_lanes_fits(n)) continue;
+    const V16 s = torch_sum_f32_lanes(t.data(), n);
+    for (int i = 0; i < 16; ++i) {
+      for (int64_t j = 0; j < n; ++j) row[size_t(j)] = t[size_t(j)][i];
+      const float want = torch_sum_f32(row.data(), n), got = s[i];
+      checked += std::memcmp(&got, &want, 4) == 0;
+    }
+  }
+  EXPECT_EQ(checked, (511 - 8 + 1) * 16);
+}
+
 // ---- PB-LLM ------------------------------------------------------------------------------------
 
 struct PbCase {
