@@ -44,14 +44,15 @@ std::string gpu_packed_execution(const LlamaModel& model) {
             return t.is_string() && t.get<std::string>() == "g_idx";
           });
       if (e != nullptr && !has_g_idx && e->contains("format") && e->contains("bits") && e->contains("group_size")) {
-        QuantizedLinear stub;
-        stub.format = &find_quant_format((*e)["format"].get<std::string>());
-        stub.bits = (*e)["bits"].get<int>();
-        stub.group_size = (*e)["group_size"].get<int64_t>();
-        stub.flat_groups = e->value("flat_groups", false);
-        stub.rows = e->value("rows", int64_t(0));
-        stub.cols = e->value("cols", int64_t(0));
-        l = gpu_packed_layout(stub, name);
+        // The linear as its metadata describes it: the fields gpu_packed_layout reads, no codes.
+        QuantizedLinear described;
+        described.format = &find_quant_format((*e)["format"].get<std::string>());
+        described.bits = (*e)["bits"].get<int>();
+        described.group_size = (*e)["group_size"].get<int64_t>();
+        described.flat_groups = e->value("flat_groups", false);
+        described.rows = e->value("rows", int64_t(0));
+        described.cols = e->value("cols", int64_t(0));
+        l = gpu_packed_layout(described, name);
       } else {
         l = gpu_packed_layout(source->quantized(name), name);
       }

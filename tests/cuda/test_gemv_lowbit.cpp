@@ -40,6 +40,7 @@
 #include "quant/quantized_in_memory.h"
 #include "gemv_emulation.h"
 #include "packed_forward.h"
+#include "product_reference.h"
 #include "test_util.h"
 #include "w4_test_linear.h"
 
@@ -130,30 +131,8 @@ std::vector<float> round_bf16(const std::vector<float>& v) {
   return r;
 }
 
-struct Reference {
-  std::vector<double> y, sumabs;  // [M, N]
-};
-
-Reference reference(const std::vector<float>& w, int64_t N, int64_t K, const std::vector<float>& x, int64_t M,
-                    int64_t lda) {
-  Reference r;
-  r.y.assign(size_t(M * N), 0.0);
-  r.sumabs.assign(size_t(M * N), 0.0);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0, a = 0;
-      const float* xr = x.data() + m * lda;
-      const float* wr = w.data() + n * K;
-      for (int64_t k = 0; k < K; ++k) {
-        const double p = double(xr[k]) * double(wr[k]);
-        s += p;
-        a += std::fabs(p);
-      }
-      r.y[size_t(m * N + n)] = s;
-      r.sumabs[size_t(m * N + n)] = a;
-    }
-  return r;
-}
+using test::Reference;
+using test::reference;
 
 DeviceBuffer<bf16> upload_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> h(v.size());
