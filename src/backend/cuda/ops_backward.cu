@@ -95,21 +95,23 @@ __global__ void rope_kernel(float* x, int64_t rows, int64_t T, int64_t heads, in
   }
 }
 
-// scores[h, i, j] = scale * q_i,h . k_j,g for j <= i (g = h / group); 0 above the diagonal.
-__global__ void attention_scores_kernel(const float* q, const float* k, float* scores, int64_t T, int64_t nh,
+// out[h, i, j] = scale * a_i,h . b_j,g for j <= i (g = h / group), 0 above the diagonal: the
+// scores (a = q, b = k, the softmax scale) and the probabilities' gradient (a = dout, b = v,
+// scale 1).
+__global__ void causal_head_dots_kernel(const float* a, const float* b, float* out, int64_t T, int64_t nh,
                                         int64_t nkv, int64_t hd, float scale) {
   const int64_t group = nh / nkv;
   LB_GRID_STRIDE(idx, nh * T * T) {
     const int64_t j = idx % T, i = (idx / T) % T, h = idx / (T * T);
     if (j > i) {
-      scores[idx] = 0.0f;
+      out[idx] = 0.0f;
       continue;
     }
-    const float* qi = q + i * nh * hd + h * hd;
-    const float* kj = k + j * nkv * hd + (h / group) * hd;
+    const float* ai = a + i * nh * hd + h * hd;
+    const float* bj = b + j * nkv * hd + (h / group) * hd;
     float acc = 0;
-    for (int64_t d = 0; d < hd; ++d) acc += qi[d] * kj[d];
-    scores[idx] = scale * acc;
+    for (int64_t d = 0; d < hd; ++d) acc += ai[d] * bj[d];
+    out[idx] = scale * acc;
   }
 }
 
@@ -140,24 +142,6 @@ __global__ void attention_out_kernel(const float* p, const float* v, float* out,
     float acc = 0;
     for (int64_t j = 0; j <= i; ++j) acc += pr[j] * vc[j * nkv * hd];
     out[idx] = acc;
-  }
-}
-
-// dp[h, i, j] = dout_i,h . v_j,g for j <= i; 0 above the diagonal.
-__global__ void attention_dprobs_kernel(const float* dout, const float* v, float* dp, int64_t T, int64_t nh,
-                                        int64_t nkv, int64_t hd) {
-  const int64_t group = nh / nkv;
-  LB_GRID_STRIDE(idx, nh * T * T) {
-    const int64_t j = idx % T, i = (idx / T) % T, h = idx / (T * T);
-    if (j > i) {
-      dp[idx] = 0.0f;
-      continue;
-    }
-    const float* di = dout + i * nh * hd + h * hd;
-    const float* vj = v + j * nkv * hd + (h / group) * hd;
-    float acc = 0;
-    for (int64_t d = 0; d < hd; ++d) acc += di[d] * vj[d];
-    dp[idx] = acc;
   }
 }
 
@@ -395,7 +379,7 @@ void attention_f32(const float* q, const float* k, const float* v, float* out, f
                    int64_t nkv, int64_t hd, cudaStream_t s) {
   if (nkv <= 0 || nh % nkv != 0) throw_error("attention_f32: heads not a multiple of key/value heads");
   const float scale = 1.0f / std::sqrt(float(hd));
-  attention_scores_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(q, k, probs, T, nh, nkv, hd, scale);
+  causal_head_dots_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(q, k, probs, T, nh, nkv, hd, scale);
   LB_CUDA_LAUNCH_CHECK();
   attention_softmax_kernel<<<unsigned(nh * T), kThreads, 0, s>>>(probs, T);
   LB_CUDA_LAUNCH_CHECK();
@@ -410,11 +394,11 @@ void attention_backward_f32(const float* q, const float* k, const float* v, cons
   // P = softmax(scale q k^T + mask) recomputed; dP = dO V^T; dS = P (dP - rowsum(P dP));
   // dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO (summed over a group's heads).
   const float scale = 1.0f / std::sqrt(float(hd));
-  attention_scores_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(q, k, probs, T, nh, nkv, hd, scale);
+  causal_head_dots_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(q, k, probs, T, nh, nkv, hd, scale);
   LB_CUDA_LAUNCH_CHECK();
   attention_softmax_kernel<<<unsigned(nh * T), kThreads, 0, s>>>(probs, T);
   LB_CUDA_LAUNCH_CHECK();
-  attention_dprobs_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(dout, v, dprobs, T, nh, nkv, hd);
+  causal_head_dots_kernel<<<grid_for(nh * T * T), kThreads, 0, s>>>(dout, v, dprobs, T, nh, nkv, hd, 1.0f);
   LB_CUDA_LAUNCH_CHECK();
   attention_dscores_kernel<<<unsigned(nh * T), kThreads, 0, s>>>(probs, dprobs, T);
   LB_CUDA_LAUNCH_CHECK();
