@@ -1,6 +1,7 @@
 // lowbit generate --model M --prompt S [-n,--max-new-tokens N] [--bos auto|on|off] [--spm-convention C]
 //                 [--device cpu|cuda[:N]] [--packed [--packed-act q8|f32]]: greedy decoding with a KV cache (the prompt in one
-// forward, then one token per step). Prints the prompt's and the decode steps' speed on stderr.
+// forward, then one token per step). Prints the prompt's and the decode steps' speed on stderr, and on a GPU
+// the peak of lowbit's GPU memory.
 #include "commands.h"
 
 #include "backend/ops.h"
@@ -102,6 +103,9 @@ void run(const Options& o) {
     const std::span<const float> logits = decoder->step(tokens);
     return argmax(logits.data(), int64_t(logits.size()));
   });
+  // The GPU's high-water mark of lowbit's own allocations (weights, KV cache, scratch).
+  if (const auto peak = session->peak_memory_bytes())
+    fmt::print(stderr, "peak GPU memory: {:.0f} bytes ({:.2f} GiB)\n", *peak, *peak / double(1 << 30));
 }
 
 }  // namespace
