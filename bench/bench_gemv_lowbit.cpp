@@ -1,11 +1,12 @@
 // The low-bit GEMV kernels (backend/cuda/gemv_lowbit.cuh) against cuBLAS's bf16 GEMM
 // (cublasGemmEx, fp32 accumulation, cuda::linear) at LLaMA-3-8B's linear shapes (N x K: q/o_proj
 // 4096 x 4096, gate/up_proj 14336 x 4096, down_proj 4096 x 14336, LM head 128256 x 4096), batch
-// M = 1, 4, 16 by default, for each format: int2, int3 and int8 with groups of 128, NF4 (blocks
-// of 64, double-quantized absmax decoded to fp32 at packing), and the W4A16 GEMM on int4 groups
-// of 128 for comparison (its Auto kernel).
+// M = 1, 4, 16 by default, for each format: int2, int3, int4 and int8 with groups of 128, NF4
+// (blocks of 64, double-quantized absmax decoded to fp32 at packing), and the W4A16 GEMM on int4
+// groups of 128 (its Auto kernel): int4 and w4a16 are the same weight in the two layouts a 4-bit
+// linear can run in (LOWBIT_PACKED_INT4 in src/pack/gpu_packed_layout.cpp picks).
 //
-//   build/bench/bench_gemv_lowbit [--m 1,4,16] [--formats int2,int3,int8,nf4,w4a16] [--dequant]
+//   build/bench/bench_gemv_lowbit [--m 1,4,16] [--formats int2,int3,int4,int8,nf4,w4a16] [--dequant]
 //                                 [--samples 41] [--calls 10] [--no-lm-head] [--peak-gbs 4800]
 //
 // Per point: the median over `samples` CUDA-event timings of `calls` back-to-back calls, divided
@@ -98,10 +99,11 @@ std::vector<Format> parse_formats(const std::string& s) {
     const std::string name = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
     if (name == "int2") v.push_back({name, 2, false});
     else if (name == "int3") v.push_back({name, 3, false});
+    else if (name == "int4") v.push_back({name, 4, false});
     else if (name == "int8") v.push_back({name, 8, false});
     else if (name == "nf4") v.push_back({name, 0, false});
     else if (name == "w4a16") v.push_back({name, 4, true});
-    else throw std::invalid_argument("--formats: unknown format '" + name + "' (int2, int3, int8, nf4, w4a16)");
+    else throw std::invalid_argument("--formats: unknown format '" + name + "' (int2, int3, int4, int8, nf4, w4a16)");
     if (q == std::string::npos) break;
     p = q + 1;
   }
@@ -110,7 +112,7 @@ std::vector<Format> parse_formats(const std::string& s) {
 
 int run_bench(int argc, char** argv) {
   std::vector<int64_t> ms = {1, 4, 16};
-  std::vector<Format> formats = parse_formats("int2,int3,int8,nf4,w4a16");
+  std::vector<Format> formats = parse_formats("int2,int3,int4,int8,nf4,w4a16");
   int samples = 41, calls = 10;
   bool lm_head = true, dequant = false;
   double peak_gbs = 4800.0;
@@ -125,7 +127,7 @@ int run_bench(int argc, char** argv) {
     else if (a == "--peak-gbs" && i + 1 < argc) peak_gbs = std::stod(argv[++i]);
     else {
       fmt::print(stderr,
-                 "usage: bench_gemv_lowbit [--m 1,4,16] [--formats int2,int3,int8,nf4,w4a16] [--dequant] "
+                 "usage: bench_gemv_lowbit [--m 1,4,16] [--formats int2,int3,int4,int8,nf4,w4a16] [--dequant] "
                  "[--samples 41] [--calls 10] [--no-lm-head] [--peak-gbs 4800]\n");
       return 2;
     }

@@ -6,11 +6,22 @@
 #include "quant/lowbit_checkpoint.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 namespace lowbit::pack {
 
 GpuPackedLayout gpu_packed_layout(const QuantizedLinear& q, const std::string& what) {
-  // 4-bit int codes keep the tensor-core tiles (bench_w4a16: faster than a CUDA-core GEMV).
+  // 4-bit int codes keep the tensor-core tiles (they serve every row count; bench_gemv_lowbit
+  // times both layouts side by side: int4 against w4a16). LOWBIT_PACKED_INT4=gemv puts 4-bit
+  // linears the GEMV layout can hold into it instead.
+  static const bool int4_gemv = [] {
+    const char* v = std::getenv("LOWBIT_PACKED_INT4");
+    LB_CHECK(v == nullptr || std::string(v) == "gemv" || std::string(v) == "w4a16",
+             "LOWBIT_PACKED_INT4 is '{}': expected 'gemv' or 'w4a16'", v == nullptr ? "" : v);
+    return v != nullptr && std::string(v) == "gemv";
+  }();
+  if (q.bits == 4 && int4_gemv && can_pack_gemv(q)) return GpuPackedLayout::Gemv;
   if (can_pack_w4_tiles(q) && q.bits == 4) return GpuPackedLayout::W4A16;
   std::string why;
   if (can_pack_gemv(q, &why)) return GpuPackedLayout::Gemv;
