@@ -250,6 +250,14 @@ TEST(LlavaNext, PackingOfProjectedTilesAndTheCpuRunner) {
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), size_t(a.nbytes())));
   const std::vector<int64_t> none;
   EXPECT_EQ(cpu->generate(ids, std::span(&img, 1), 6, none), m->generate(ids, std::span(&img, 1), 6, none));
+#ifndef LOWBIT_WITH_CUDA
+  try {
+    place_llava_next(*m, parse_device("cuda:0"));
+    ADD_FAILURE() << "no error";
+  } catch (const lowbit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+  }
+#endif
 
   // Tile features of the wrong shape, and tiles that do not fit the image's grid, are named.
   const Tensor short_tiles = Tensor::empty(DType::F32, {tiles.dim(0) - 1, H});
