@@ -2,32 +2,48 @@
 # A LLaVA-Next model's language model quantized on the GPU (the GPU block driver) and written
 # whole, beside the same quantization on the CPU: both checkpoints are inspected, their language
 # models' perplexity is measured by one `lowbit ppl` (on PPL_DEVICE), and both answer the same
-# image and question with vlm-generate (on the CPU: LLaVA-Next has no GPU path). Prints one line
-# per method with both perplexities and both answers.
+# image and question with vlm-generate (on VLM_DEVICE: the vision tower, projector and LLM in bf16
+# on the GPU). Prints one line per method with both perplexities and both answers, and for each
+# quantization its time and peak memory (host and GPU) as `lowbit quantize` reports them, and each
+# answer's seconds and peak GPU memory.
 #
 #   scripts/device/llava_next_quantize_gpu.sh LOWBIT LLAVA_DIR DATA IMAGE WORK
 #
 #   LOWBIT     a lowbit binary built with CUDA (with DEVICE=cpu any build: the script's own check)
-#   LLAVA_DIR  a LlavaNextForConditionalGeneration directory (llava-hf/llama3-llava-next-8b-hf)
+#   LLAVA_DIR  a LlavaNextForConditionalGeneration directory (llava-hf/llama3-llava-next-8b-hf, or the
+#              random-weight 8B-config model llava_next_gpu_parity.py --build-only writes)
 #   DATA       the data directory (CALIB's train file, wikitext2/wiki.test.raw)
 #   IMAGE      a PNG or JPEG
 #   WORK       the output directory (a checkpoint already there is not written again)
 #
 # Variables (default): METHODS "rtn:w=4,g=128 gptq:w=4,g=128 awq:w=4,g=128", DEVICE cuda (the
-# quantization's), PPL_DEVICE cuda, CALIB wikitext2, NSAMPLES 128, SEQLEN 2048, PPL_SEQLEN 2048,
-# PPL_LIMIT 40 (windows), PROMPT "What is shown in this image?", NEW 32 (tokens), THREADS 0.
+# quantization's), PPL_DEVICE cuda (none: no perplexity), CALIB wikitext2, NSAMPLES 128, SEQLEN 2048, PPL_SEQLEN 2048,
+# PPL_LIMIT 40 (windows), PROMPT "What is shown in this image?", IDS (token ids holding the image's
+# tokens, instead of PROMPT, for a model without a tokenizer), NEW 32 (tokens), VLM_DEVICE cuda,
+# THREADS 0, CPU_TOO 1 (0: quantize on DEVICE only).
 set -euo pipefail
 LOWBIT=$1 LLAVA=$2 DATA=$3 IMAGE=$4 WORK=$5
 METHODS=${METHODS:-"rtn:w=4,g=128 gptq:w=4,g=128 awq:w=4,g=128"}
 DEVICE=${DEVICE:-cuda} PPL_DEVICE=${PPL_DEVICE:-cuda} CALIB=${CALIB:-wikitext2}
 NSAMPLES=${NSAMPLES:-128} SEQLEN=${SEQLEN:-2048} PPL_SEQLEN=${PPL_SEQLEN:-2048} PPL_LIMIT=${PPL_LIMIT:-40}
-PROMPT=${PROMPT:-"What is shown in this image?"} NEW=${NEW:-32} THREADS=${THREADS:-0}
+PROMPT=${PROMPT:-"What is shown in this image?"} IDS=${IDS:-} NEW=${NEW:-32} THREADS=${THREADS:-0}
+VLM_DEVICE=${VLM_DEVICE:-cuda} CPU_TOO=${CPU_TOO:-1}
 mkdir -p "$WORK"
 
-ppl() { "$LOWBIT" ppl --model "$1" --data-dir "$DATA" --seqlen "$PPL_SEQLEN" --limit "$PPL_LIMIT" \
+ppl() { [[ "$PPL_DEVICE" == none ]] && { echo n/a; return; }
+        "$LOWBIT" ppl --model "$1" --data-dir "$DATA" --seqlen "$PPL_SEQLEN" --limit "$PPL_LIMIT" \
           --device "$PPL_DEVICE" --threads "$THREADS" 2>/dev/null | grep -Eo 'PPL = [0-9.eE+]+' | cut -d' ' -f3; }
-answer() { "$LOWBIT" vlm-generate --model "$1" --image "$IMAGE" --prompt "$PROMPT" -n "$NEW" --threads "$THREADS" \
-             2>/dev/null | head -c 200 | tr '\n' ' '; }
+# The answer, then (after " | ") vlm-generate's own line: its seconds, device and peak GPU memory.
+answer() {
+  local q=(--prompt "$PROMPT")
+  [[ -n "$IDS" ]] && q=(--ids "$IDS")
+  local err="$WORK/answer.err" text
+  text=$("$LOWBIT" vlm-generate --model "$1" --image "$IMAGE" "${q[@]}" -n "$NEW" --threads "$THREADS" \
+           --device "$VLM_DEVICE" 2>"$err" | head -c 200 | tr '\n' ' ') || true
+  echo "$text | $(tail -n 1 "$err")"
+}
+# quantize's summary line: its time and peak memory.
+cost() { grep -Eo 'quantized in .*' "$1" | tail -n 1; }
 
 echo "16-bit: ppl $(ppl "$LLAVA"); answer: $(answer "$LLAVA")"
 for m in $METHODS; do
@@ -39,7 +55,8 @@ for m in $METHODS; do
         || { echo "$m on $dev: quantize failed (see $out.log)"; continue; }
     fi
     "$LOWBIT" inspect "$out" | grep -E '^(quantization|multimodal)' | sed "s|^|  $m $dev: |"
+    echo "$m quantized on $dev: $(cost "$out.log")"
     echo "$m quantized on $dev: ppl $(ppl "$out"); answer: $(answer "$out")"
-    [[ "$dev" == cpu ]] && break
+    [[ "$dev" == cpu || "$CPU_TOO" == 0 ]] && break
   done
 done

@@ -457,18 +457,32 @@ GpuKvCache CudaModel::make_kv_cache(int64_t capacity) const {
 }
 
 void CudaModel::forward_cached(std::span<const int32_t> tokens, GpuKvCache& cache, DeviceBuffer<bf16>& normed) {
-  const LlamaConfig& c = config();
-  const int64_t T = int64_t(tokens.size()), H = c.hidden_size;
+  const int64_t T = int64_t(tokens.size()), H = config().hidden_size;
   LB_CHECK(T > 0, "forward_cached: no tokens");
-  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
-           cache.length, T);
   DeviceBuffer<float> hidden(static_cast<size_t>(T * H));
   embed(tokens.data(), T, hidden.get());
+  run_cached(hidden.get(), T, cache, normed);
+}
+
+void CudaModel::forward_embeddings_cached(const float* hidden_host, int64_t T, GpuKvCache& cache,
+                                         DeviceBuffer<bf16>& normed) {
+  const int64_t H = config().hidden_size;
+  LB_CHECK(T > 0, "forward_embeddings_cached: no positions");
+  DeviceBuffer<float> hidden(static_cast<size_t>(T * H));
+  cuda::upload(hidden.get(), hidden_host, size_t(T * H), ctx_.stream());
+  run_cached(hidden.get(), T, cache, normed);
+}
+
+void CudaModel::run_cached(float* hidden, int64_t T, GpuKvCache& cache, DeviceBuffer<bf16>& normed) {
+  const LlamaConfig& c = config();
+  const int64_t H = c.hidden_size;
+  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
+           cache.length, T);
   GpuBlockWeights scratch;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden.get(), 1, T, &cache);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden, 1, T, &cache);
   cache.length += T;
   normed.resize(size_t(T * H));
-  final_norm(hidden.get(), normed.get(), T);
+  final_norm(hidden, normed.get(), T);
 }
 
 void CudaModel::score_rows(const bf16* rows, const int32_t* targets_host, int64_t n, double* loglik, bool* greedy) {

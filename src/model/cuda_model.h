@@ -100,6 +100,10 @@ class CudaModel {
   // Runs tokens at positions cache.length.. through every block; hidden_out [T, H] (device,
   // fp32 -> bf16 final-normed) receives the final-normed states as bf16.
   void forward_cached(std::span<const int32_t> tokens, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);
+  // The same from input embeddings instead of token ids: hidden_host [T, H] fp32 (host), e.g.
+  // LLaVA-Next's token embeddings with image features spliced in (model/llava_next.h).
+  void forward_embeddings_cached(const float* hidden_host, int64_t T, GpuKvCache& cache,
+                                 cuda::DeviceBuffer<cuda::bf16>& normed);
   // B sequences of T tokens (ids [B * T], host; right-padded by the caller) through every block
   // without a cache; out [n, H] receives the final-normed states (bf16) of the n flat positions
   // `rows` (b * T + t).
@@ -145,6 +149,8 @@ class CudaModel {
 
  private:
   void ensure_workspace(int64_t rows);
+  // The blocks and the final norm on hidden (fp32 [T, H], device) after the cache's positions.
+  void run_cached(float* hidden, int64_t T, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);
   // Activation quantization of a linear's bf16 input [B*T, cols] (row stride ld), in place.
   void quantize_input(int64_t layer, LinearKind k, cuda::bf16* x, int64_t B, int64_t T, int64_t cols, int64_t ld);
   // The linears `kinds` (stacked in that order into `stacked`) on the normed input x [B*T, H]

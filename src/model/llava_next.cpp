@@ -211,38 +211,68 @@ int64_t LlavaNextModel::image_token_count(int64_t height, int64_t width) const {
   return llava_next_image_token_count(cfg_, height, width);
 }
 
-Tensor LlavaNextModel::image_features(const vision::ProcessedImage& image) const {
-  const int64_t G = cfg_.vision.grid(), P = G * G, S = cfg_.vision.image_size;
-  const int64_t H = cfg_.text.hidden_size, Dv = cfg_.vision.hidden_size;
-  const int64_t tiles = image.pixel_values.dim(0);
-  const auto best = vision::select_best_resolution(image.height, image.width, cfg_.pinpoints);
+namespace {
+
+// (rows, cols) of the image's tile grid, checked against the tiles given.
+std::pair<int64_t, int64_t> tile_grid(const LlavaNextConfig& cfg, const vision::ProcessedImage& image) {
+  const int64_t S = cfg.vision.image_size;
+  const int64_t tiles = image.pixel_values.ndim() == 4 ? image.pixel_values.dim(0) : 0;
+  const auto best = vision::select_best_resolution(image.height, image.width, cfg.pinpoints);
   const int64_t r = best.first / S, c = best.second / S;
   LB_CHECK(tiles == 1 + r * c, "image of {} x {}: {} tiles given, the pinpoints imply {} (1 + {} x {})", image.height,
            image.width, tiles, 1 + r * c, r, c);
+  return {r, c};
+}
+
+}  // namespace
+
+Tensor LlavaNextModel::image_features(const vision::ProcessedImage& image) const {
+  return pack_image_features(image, projected_tiles(image));
+}
+
+Tensor LlavaNextModel::projected_tiles(const vision::ProcessedImage& image) const {
+  const int64_t G = cfg_.vision.grid(), P = G * G;
+  const int64_t H = cfg_.text.hidden_size, Dv = cfg_.vision.hidden_size;
+  tile_grid(cfg_, image);
+  const int64_t tiles = image.pixel_values.dim(0);
 
   // Tower, CLS dropped ("default"), projector.
   const Tensor hs = tower_->hidden_states(image.pixel_values, cfg_.feature_layers());
   std::vector<float> x(size_t(tiles * P * Dv));
   for (int64_t t = 0; t < tiles; ++t)
     std::memcpy(x.data() + t * P * Dv, hs.data_as<float>() + (t * (P + 1) + 1) * Dv, size_t(P * Dv) * 4);
-  std::vector<float> y(size_t(tiles * P * H)), z(size_t(tiles * P * H));
+  std::vector<float> y(size_t(tiles * P * H));
+  Tensor out = Tensor::empty(DType::F32, {tiles * P, H});
+  float* z = out.mutable_data_as<float>();
   ops::linear(x.data(), proj1_w_.data_as<float>(), y.data(), tiles * P, Dv, H);
   if (proj1_b_.defined() && proj1_b_.numel() > 0) ops::add_bias(y.data(), proj1_b_.data_as<float>(), tiles * P, H);
   ops::gelu(y.data(), tiles * P * H);
-  ops::linear(y.data(), proj2_w_.data_as<float>(), z.data(), tiles * P, H, H);
-  if (proj2_b_.defined() && proj2_b_.numel() > 0) ops::add_bias(z.data(), proj2_b_.data_as<float>(), tiles * P, H);
+  ops::linear(y.data(), proj2_w_.data_as<float>(), z, tiles * P, H, H);
+  if (proj2_b_.defined() && proj2_b_.numel() > 0) ops::add_bias(z, proj2_b_.data_as<float>(), tiles * P, H);
+  return out;
+}
+
+Tensor LlavaNextModel::pack_image_features(const vision::ProcessedImage& image, const Tensor& projected) const {
+  const int64_t G = cfg_.vision.grid(), P = G * G, H = cfg_.text.hidden_size;
+  const auto [r, c] = tile_grid(cfg_, image);
+  const int64_t tiles = 1 + r * c;
+  LB_CHECK(projected.dtype() == DType::F32 && projected.ndim() == 2 && projected.dim(0) == tiles * P &&
+               projected.dim(1) == H && projected.is_contiguous(),
+           "LLaVA-Next: projected tile features of shape {} ({}), expected [{}, {}] float32", projected.shape_str(),
+           dtype_name(projected.dtype()), tiles * P, H);
+  const float* z = projected.data_as<float>();
 
   // Base tile, then the grid's kept rows, each followed by the newline embedding.
   const UnpadBox b = unpad_box(image.height, image.width, r * G, c * G);
   const int64_t n = P + b.rows * (b.cols + 1);
   Tensor out = Tensor::empty(DType::F32, {n, H});
   float* o = out.mutable_data_as<float>();
-  std::memcpy(o, z.data(), size_t(P * H) * 4);
+  std::memcpy(o, z, size_t(P * H) * 4);
   o += P * H;
   for (int64_t Y = b.row0; Y < b.row0 + b.rows; ++Y) {
     for (int64_t X = b.col0; X < b.col0 + b.cols; ++X) {
       const int64_t tile = 1 + (Y / G) * c + X / G, pos = (Y % G) * G + X % G;
-      std::memcpy(o, z.data() + (tile * P + pos) * H, size_t(H) * 4);
+      std::memcpy(o, z + (tile * P + pos) * H, size_t(H) * 4);
       o += H;
     }
     std::memcpy(o, newline_.data_as<float>(), size_t(H) * 4);

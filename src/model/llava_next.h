@@ -93,8 +93,24 @@ class LlavaNextModel {
 
   // Image tokens an image of height x width takes.
   int64_t image_token_count(int64_t height, int64_t width) const;
-  // Packed features [image_token_count, H] of one preprocessed image.
+  // Packed features [image_token_count, H] of one preprocessed image: pack_image_features of
+  // projected_tiles.
   Tensor image_features(const vision::ProcessedImage& image) const;
+  // Steps 1-2 on the CPU: the projector's output [tiles * G*G, H] (fp32) for the image's tiles
+  // (tile t's patch g at row t*G*G + g). Throws when the tile count is not the one the pinpoints
+  // imply for the image's size.
+  Tensor projected_tiles(const vision::ProcessedImage& image) const;
+  // Steps 3-4, whichever device computed `projected` [tiles * G*G, H] (fp32, host): the base
+  // tile, the cropped grid and the newline rows -> [image_token_count, H].
+  Tensor pack_image_features(const vision::ProcessedImage& image, const Tensor& projected) const;
+
+  // The projector's weights (fp32; biases empty without multimodal_projector_bias) and
+  // image_newline, for a copy on another device.
+  struct Projector {
+    Tensor w1, b1, w2, b2;  // [H, Dv], [H], [H, H], [H]
+  };
+  Projector projector() const { return {proj1_w_, proj1_b_, proj2_w_, proj2_b_}; }
+  const Tensor& image_newline() const { return newline_; }  // [H]
   // Input embeddings [T, H]: token embeddings with the image tokens' rows replaced by the images'
   // features (each [n_i, H], in prompt order). The number of image tokens must equal sum n_i.
   Tensor embed(std::span<const int32_t> ids, std::span<const Tensor> features) const;

@@ -14,6 +14,7 @@
 #include "eval/vlm/vlm_eval.h"
 #include "eval/vlm/vlm_task.h"
 #include "model/llava_next.h"
+#include "model/llava_next_device.h"
 #include "quant/llava_next_quantized.h"
 #include "formats/tokenizer.h"
 #include "quant/method.h"
@@ -460,11 +461,13 @@ std::vector<MetricValue> Runner::evaluate_vision_language(const Cell& cell, Mode
   opt.max_new_tokens = es.vlm_max_new_tokens;
   opt.conversation = vlm::parse_vlm_conversation(es.vlm_conversation);
   const auto t0 = Clock::now();
+  // On the study's device: on a GPU the vision tower, projector and language model in bf16.
+  const std::unique_ptr<LlavaNextRunner> runner = place_llava_next(vlm, session_->device());
   const vlm::VlmEvalResult r =
       vlm::evaluate_vlm(vlm, *ms.tok, task, it->second, opt, [&](size_t i, size_t n, const vlm::VlmPrediction&) {
         if (ev_.on_eval_progress)
           ev_.on_eval_progress(cell, e, int64_t(i + 1), int64_t(n), progress(double(i + 1) / double(n)));
-      });
+      }, runner.get());
   seconds = since(t0);
   evaluation = json::parse(
       vlm::vlm_evaluation_identity(task, vlm::vlm_data_file(task, es.vlm_data), opt, es.vlm_limit, r).dump());
@@ -569,7 +572,7 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
     const std::vector<MetricValue> metrics =
         vision_language ? evaluate_vision_language(cell, ms, *vlm_model, *e, evaluation, seconds)
                         : evaluate(cell, ms, *model, *placed, base, *e, evaluation, seconds);
-    const bool eval_on_gpu = on_gpu && !vision_language;
+    const bool eval_on_gpu = on_gpu;
     RuntimeFacts facts;
     facts.seconds = seconds;
     facts.peak = peak_rss(peak_reset_ ? "this cell (quantization and evaluations so far)" : "");

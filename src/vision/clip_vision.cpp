@@ -99,18 +99,14 @@ ClipVisionTower::ClipVisionTower(const ClipVisionConfig& cfg, const WeightSource
   }
 }
 
-Tensor ClipVisionTower::hidden_states(const Tensor& pixel_values, int64_t k) const {
-  const int64_t S = cfg_.image_size, p = cfg_.patch_size, G = cfg_.grid(), P = cfg_.num_patches();
-  const int64_t D = cfg_.hidden_size, F = cfg_.intermediate_size, C = cfg_.num_channels;
+std::vector<float> clip_patches(const Tensor& pixel_values, const ClipVisionConfig& cfg) {
+  const int64_t S = cfg.image_size, p = cfg.patch_size, G = cfg.grid(), P = cfg.num_patches(), C = cfg.num_channels;
   LB_CHECK(pixel_values.dtype() == DType::F32 && pixel_values.ndim() == 4 && pixel_values.dim(1) == C &&
                pixel_values.dim(2) == S && pixel_values.dim(3) == S && pixel_values.is_contiguous(),
            "vision tower: pixel_values has shape {} ({}), expected [N, {}, {}, {}] float32",
            pixel_values.shape_str(), dtype_name(pixel_values.dtype()), C, S, S);
-  LB_CHECK(k >= 0 && k <= layers_loaded(), "vision tower: hidden state {} asked, {} layers loaded", k, layers_loaded());
-  const int64_t N = pixel_values.dim(0), T = P + 1, rows = N * T;
+  const int64_t N = pixel_values.dim(0);
   const float* px = pixel_values.data_as<float>();
-
-  // im2col: each patch as one row in the weight's (c, ky, kx) order.
   std::vector<float> patches(size_t(N * P * C * p * p));
 #pragma omp parallel for collapse(2) schedule(static) if (N * P > 64)
   for (int64_t n = 0; n < N; ++n)
@@ -121,6 +117,16 @@ Tensor ClipVisionTower::hidden_states(const Tensor& pixel_values, int64_t k) con
         for (int64_t ky = 0; ky < p; ++ky)
           std::memcpy(dst + (c * p + ky) * p, px + ((n * C + c) * S + gy * p + ky) * S + gx * p, size_t(p) * 4);
     }
+  return patches;
+}
+
+Tensor ClipVisionTower::hidden_states(const Tensor& pixel_values, int64_t k) const {
+  const int64_t p = cfg_.patch_size, P = cfg_.num_patches();
+  const int64_t D = cfg_.hidden_size, F = cfg_.intermediate_size, C = cfg_.num_channels;
+  const std::vector<float> patches = clip_patches(pixel_values, cfg_);
+  LB_CHECK(k >= 0 && k <= layers_loaded(), "vision tower: hidden state {} asked, {} layers loaded", k, layers_loaded());
+  const int64_t N = pixel_values.dim(0), T = P + 1, rows = N * T;
+
   Tensor out = Tensor::empty(DType::F32, {rows, D});
   float* h = out.mutable_data_as<float>();
   std::vector<float> pe(size_t(N * P * D));

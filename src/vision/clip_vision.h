@@ -41,6 +41,11 @@ struct ClipVisionConfig {
 // defaults above (ViT-L/14 at 336 px); `what` names the config in errors.
 ClipVisionConfig parse_clip_vision_config(const nlohmann::json& j, const std::string& what);
 
+// The patches of pixel_values [N, 3, S, S] float32 as rows [N*P, 3*p*p] (tile n, patch (gy, gx) at
+// row n*P + gy*G + gx; columns in the patch embedding weight's (c, ky, kx) order): the stride-p
+// convolution as one product. Throws naming the shape when pixel_values is not [N, 3, S, S] float32.
+std::vector<float> clip_patches(const Tensor& pixel_values, const ClipVisionConfig& cfg);
+
 class ClipVisionTower {
  public:
   // Reads the tower's tensors named prefix + "embeddings.patch_embedding.weight", prefix +
@@ -53,10 +58,18 @@ class ClipVisionTower {
   // hidden_states(k) [N*(P+1), D] for pixel_values [N, 3, S, S] float32, 0 <= k <= layers_loaded().
   Tensor hidden_states(const Tensor& pixel_values, int64_t k) const;
 
- private:
+  // The weights (fp32, [out, in] matrices and [n] vectors as stored), for a copy on another device.
   struct Layer {
     Tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
   };
+  const Layer& layer(int64_t i) const { return layers_.at(size_t(i)); }
+  const Tensor& patch_weight() const { return patch_w_; }         // [D, 3*p*p]
+  const Tensor& class_embedding() const { return class_emb_; }    // [D]
+  const Tensor& position_embedding() const { return pos_emb_; }   // [P+1, D]
+  const Tensor& pre_norm_weight() const { return pre_ln_w_; }     // [D]
+  const Tensor& pre_norm_bias() const { return pre_ln_b_; }       // [D]
+
+ private:
   ClipVisionConfig cfg_;
   Tensor patch_w_;        // [D, 3*p*p]
   Tensor class_emb_;      // [D]

@@ -36,6 +36,13 @@ expect_err "token count" "the prompt has 76 image tokens \(id 300\) but the imag
   "$B" vlm-logits --model "$M" --image "$IMG" --image "$IMG" --ids "$IDS" -o "$T/bad.safetensors"
 expect_err "no tokenizer" "has no tokenizer; pass --ids" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi
 expect_err "prompt and ids" "" "$B" vlm-generate --model "$M" --image "$IMG" --prompt hi --ids 1
+expect_ok "vlm-generate --device cpu" "^$GEN\$" "$B" vlm-generate --model "$M" --image "$IMG" --ids "$IDS" -n 12 \
+  --threads 1 --device cpu
+# --device is checked while parsing, before the model is opened.
+expect_err "bad device" "--device: 'gpu': expected cpu, cuda or cuda:N" \
+  "$B" vlm-logits --model "$T/no-such-model" --image "$IMG" --ids "$IDS" -o "$T/bad.safetensors" --device gpu
+expect_err "vlm-eval bad device" "--device: 'cuda:x': 'x' is not a device index" \
+  "$B" vlm-eval --model "$T/no-such-model" --task mme --data "$T" --device cuda:x
 # LLaMA commands given the directory run its language model.
 expect_ok "logits of the LLM part" "logits \[3, 320\] written" "$B" logits --model "$M" --ids 1,5,7 \
   -o "$T/text.safetensors"

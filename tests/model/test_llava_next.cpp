@@ -9,14 +9,18 @@
 // every position must agree.
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "core/device.h"
 #include "model/llava_next.h"
+#include "model/llava_next_device.h"
 #include "vision/image.h"
 #include "vision/image_processor.h"
 #include "zst_fixture.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 using namespace lowbit;
@@ -221,4 +225,57 @@ TEST(LlavaNext, BadInputIsNamed) {
   EXPECT_THROW(parse_llava_next_config(R"({"model_type": "llava_next", "vision_feature_layer": [-2, -5]})", "c.json"),
                lowbit::Error);
   EXPECT_THROW(parse_llava_next_config(R"({"model_type": "llava", "text_config": {}})", "c.json"), lowbit::Error);
+}
+
+// The device split of image_features: the tile features (CPU or GPU) and the host packing.
+// The CPU runner of place_llava_next is the model's own forward, bit for bit.
+TEST(LlavaNext, PackingOfProjectedTilesAndTheCpuRunner) {
+  FixtureModel fm;
+  auto m = LlavaNextModel::open(fm.path());
+  const auto& ref = zst_fixture("llava_next/reference.safetensors.zst");
+  const vision::ProcessedImage img = load_image(*m, "wide_1100x300.jpg");
+  const Tensor tiles = m->projected_tiles(img);
+  const int64_t P = m->config().vision.num_patches(), H = m->config().text.hidden_size;
+  EXPECT_EQ(tiles.shape(), (std::vector<int64_t>{img.pixel_values.dim(0) * P, H}));
+  const Tensor packed = m->pack_image_features(img, tiles), feats = m->image_features(img);
+  ASSERT_EQ(packed.shape(), feats.shape());
+  EXPECT_EQ(0, std::memcmp(packed.data(), feats.data(), size_t(feats.nbytes())));
+  // Tile 0 (the base image) is the packing's first P rows.
+  EXPECT_EQ(0, std::memcmp(packed.data(), tiles.data(), size_t(P * H) * 4));
+
+  auto cpu = place_llava_next(*m, parse_device("cpu"));
+  EXPECT_EQ(cpu->device_name(), "cpu");
+  const auto ids = tensor_values<int32_t>(ref, "wide_1100x300.jpg.input_ids");
+  const Tensor a = cpu->forward(ids, std::span(&img, 1)), b = m->forward(ids, std::span(&img, 1));
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), size_t(a.nbytes())));
+  const std::vector<int64_t> none;
+  EXPECT_EQ(cpu->generate(ids, std::span(&img, 1), 6, none), m->generate(ids, std::span(&img, 1), 6, none));
+#ifndef LOWBIT_WITH_CUDA
+  try {
+    place_llava_next(*m, parse_device("cuda:0"));
+    ADD_FAILURE() << "no error";
+  } catch (const lowbit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+  }
+#endif
+
+  // Tile features of the wrong shape, and tiles that do not fit the image's grid, are named.
+  const Tensor short_tiles = Tensor::empty(DType::F32, {tiles.dim(0) - 1, H});
+  try {
+    m->pack_image_features(img, short_tiles);
+    ADD_FAILURE() << "no error";
+  } catch (const lowbit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("expected [{}, {}]", tiles.dim(0), H)), std::string::npos)
+        << e.what();
+  }
+  vision::ProcessedImage base_only = img;  // the base tile alone, for an image whose grid has more
+  const int64_t S = m->config().vision.image_size;
+  base_only.pixel_values = Tensor::empty(DType::F32, {1, 3, S, S});
+  std::memcpy(base_only.pixel_values.mutable_data(), img.pixel_values.data(), size_t(3 * S * S) * 4);
+  try {
+    m->projected_tiles(base_only);
+    ADD_FAILURE() << "no error";
+  } catch (const lowbit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("1 tiles given, the pinpoints imply"), std::string::npos) << e.what();
+  }
 }

@@ -1,18 +1,24 @@
 // lowbit vlm-generate --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) [-n N]
+//                     [--device cpu|cuda[:N]]
 // lowbit vlm-logits   --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) -o OUT.safetensors
+//                     [--device cpu|cuda[:N]]
 // A LLaVA-Next checkpoint (LlavaNextForConditionalGeneration, or one whose language model `lowbit
-// quantize` quantized: quant/llava_next_quantized.h) on the CPU with images. --prompt is
+// quantize` quantized: quant/llava_next_quantized.h) with images, on the CPU (fp32) or a GPU (the
+// vision tower, projector and language model in bf16: model/llava_next_device.h). --prompt is
 // a question put in LLaVA-NeXT's LLaMA-3 conversation (model/llava_prompt.h) with one <image> line
 // per image; --ids are token ids already holding each image's image tokens (as transformers'
 // processor writes input_ids). Every image is decoded and preprocessed before the model runs, so a
 // bad file is reported before any work and nothing is written.
 #include "commands.h"
 
+#include "backend/device_check.h"
 #include "backend/ops.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
+#include "model/llava_next_device.h"
 #include "model/llava_prompt.h"
 #include "quant/llava_next_quantized.h"
 #include "vision/image.h"
@@ -27,15 +33,18 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, prompt, ids, out;
+  std::string model, prompt, ids, out, device = "cpu";
   std::vector<std::string> images;
   int64_t n = 64;
   int threads = 0;
 };
 
-// The model, the images preprocessed, the prompt's ids and its tokenizer (null with --ids).
+// The model, the images preprocessed, the prompt's ids and its tokenizer (null with --ids), and
+// the model placed on --device.
 struct Inputs {
   std::unique_ptr<LlavaNextModel> model;
+  std::unique_ptr<LlavaNextRunner> runner;
+  bool gpu = false;
   std::vector<vision::ProcessedImage> images;
   std::vector<int32_t> ids;
   std::unique_ptr<Tokenizer> tok;
@@ -43,10 +52,14 @@ struct Inputs {
 
 Inputs prepare(const Options& o) {
   set_num_threads(o.threads);
+  const Device device = parse_device(o.device);
+  check_device_available(device);  // before any work
   Inputs in;
   in.model = load_llava_next(o.model);  // 16-bit, or its language model quantized
   for (const std::string& path : o.images)
     in.images.push_back(vision::preprocess_llava_next(vision::read_image(path), in.model->processor()));
+  in.gpu = device.is_cuda();
+  in.runner = place_llava_next(*in.model, device);
   if (!o.ids.empty()) {
     in.ids = parse_token_ids(o.ids);
     return in;
@@ -62,8 +75,9 @@ Inputs prepare(const Options& o) {
 
 void run_generate(const Options& o) {
   Inputs in = prepare(o);
-  // Decode reads every weight once per token: 16-bit weights stay 16-bit (half the bytes).
-  in.model->language_model().set_keep_16bit_weights(true);
+  // Decode on the CPU reads every weight once per token: 16-bit weights stay 16-bit (half the
+  // bytes). The GPU holds its own bf16 copy.
+  if (!in.gpu) in.model->language_model().set_keep_16bit_weights(true);
   std::vector<int64_t> stop = in.model->config().text.eos_token_ids;
   if (in.tok)
     for (const SpecialToken& s : in.tok->special_tokens())
@@ -71,7 +85,7 @@ void run_generate(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> shown_ids;
   std::string shown;
-  const auto out = in.model->generate(in.ids, in.images, o.n, stop, [&](int32_t t) {
+  const auto out = in.runner->generate(in.ids, in.images, o.n, stop, [&](int32_t t) {
     if (!in.tok) return;
     if (std::find(stop.begin(), stop.end(), int64_t(t)) != stop.end()) return;
     shown_ids.push_back(t);
@@ -89,19 +103,22 @@ void run_generate(const Options& o) {
   }
   fmt::print("\n");
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s\n", in.images.size(), in.ids.size(),
-             out.size(), s);
+  const auto peak = in.runner->peak_memory_bytes();
+  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s on {}{}\n", in.images.size(),
+             in.ids.size(), out.size(), s, in.runner->device_name(),
+             peak ? fmt::format(" (peak GPU memory {:.2f} GiB)", *peak / double(1 << 30)) : std::string());
 }
 
 void run_logits(const Options& o) {
   Inputs in = prepare(o);
-  const Tensor logits = in.model->forward(in.ids, in.images);
+  const Tensor logits = in.runner->forward(in.ids, in.images);
   Tensor tokens = Tensor::empty(DType::I32, {int64_t(in.ids.size())});
   std::copy(in.ids.begin(), in.ids.end(), tokens.mutable_data_as<int32_t>());
   SafetensorsWriter w;
   w.add("logits", logits);
   w.add("tokens", tokens);
   w.set_metadata("model", o.model);
+  w.set_metadata("device", in.runner->device_name());
   w.write(o.out);
   fmt::print(stderr, "logits [{}, {}] written to {}\n", logits.dim(0), logits.dim(1), o.out);
 }
@@ -115,6 +132,7 @@ void add_common(CLI::App* cmd, Options& o, CLI::Option*& prompt, CLI::Option*& i
   ids = cmd->add_option("--ids", o.ids, "comma-separated token ids already holding the image tokens");
   prompt->excludes(ids);
   cmd->add_option("--threads", o.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o.device);
 }
 
 }  // namespace

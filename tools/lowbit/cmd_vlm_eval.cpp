@@ -1,15 +1,19 @@
 // lowbit vlm-eval --model DIR --task ai2d|chartqa|docvqa|mmbench_en|mme --data FILE_OR_DIR
-//                 [--limit N] [--max-new-tokens N] [--conversation llava|llava_hf]
+//                 [--limit N] [--max-new-tokens N] [--conversation llava|llava_hf] [--device cpu|cuda[:N]]
 //                 [--predictions OUT.jsonl] [--json] [--store DB [--study NAME] [--name MODEL]]
 // A LLaVA-Next checkpoint on one vision-language benchmark with lmms-eval's conventions
 // (eval/vlm/vlm_task.h): greedy answers, the task's scoring and aggregate. Every item and image
 // is checked before the model runs; the predictions file is written only after the last item.
+// --device cuda runs the vision tower, projector and language model on a GPU in bf16
+// (model/llava_next_device.h).
 // --store records the result in a study's results store (study/store.h) as one evaluation of the
 // model's cell ("MODEL|METHOD|CALIBRATION", the 16-bit model's method being fp16), so that
 // `lowbit report` lays it out as the paper's Table 8.
 #include "commands.h"
 
+#include "backend/device_check.h"
 #include "backend/ops.h"
+#include "core/device.h"
 #include "core/error.h"
 #include "eval/identity.h"
 #include "eval/vlm/vlm_eval.h"
@@ -19,6 +23,7 @@
 #include "study/store.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
+#include "model/llava_next_device.h"
 
 #include <fmt/format.h>
 
@@ -32,7 +37,7 @@ namespace lowbit::cli {
 namespace {
 
 struct Options {
-  std::string model, task, data, predictions, conversation = "llava";
+  std::string model, task, data, predictions, conversation = "llava", device = "cpu";
   std::string store, study = "vlm", name;
   int64_t limit = 0, max_new_tokens = 0;
   int threads = 0;
@@ -73,6 +78,8 @@ study::CellRecord cell_record(const std::string& name, const std::string& path, 
 
 void run(const Options& o) {
   set_num_threads(o.threads);
+  const Device device = parse_device(o.device);
+  check_device_available(device);  // before any work
   const vlm::VlmTask& task = vlm::vlm_task(o.task);
   vlm::VlmEvalOptions opt;
   opt.max_new_tokens = o.max_new_tokens;
@@ -81,7 +88,9 @@ void run(const Options& o) {
   auto model = load_llava_next(o.model);  // 16-bit, or its language model quantized
   LB_CHECK(!model->tokenizer_path().empty(), "vlm-eval: model '{}' has no tokenizer (tokenizer.json)", o.model);
   auto tok = load_tokenizer(model->tokenizer_path());
-  model->language_model().set_keep_16bit_weights(true);  // decode reads every weight once per token
+  // Decode on the CPU reads every weight once per token (16-bit weights stay 16-bit); the GPU
+  // holds its own bf16 copy.
+  if (!device.is_cuda()) model->language_model().set_keep_16bit_weights(true);
   const std::string data_file = vlm::vlm_data_file(task, o.data);
   const std::string eval_key = vlm::vlm_evaluation_key(task, opt, o.limit);
   const bool want_identity = o.json || !o.store.empty();
@@ -110,6 +119,8 @@ void run(const Options& o) {
              "results store '{}' already holds {} of cell {}", o.store, eval_key, cell.key);
   }
 
+  const std::unique_ptr<LlavaNextRunner> runner = place_llava_next(*model, device);
+  const std::string device_name = runner->device_name();
   const auto t0 = std::chrono::steady_clock::now();
   const vlm::VlmEvalResult r =
       vlm::evaluate_vlm(*model, *tok, task, items, opt, [&](size_t i, size_t n, const vlm::VlmPrediction& p) {
@@ -117,7 +128,7 @@ void run(const Options& o) {
         const double eta = s / double(i + 1) * double(n - i - 1);
         fmt::print(stderr, "[{}/{}] {}: {} -> {} ({:.0f} s, ETA {:.0f} s)\n", i + 1, n, p.where,
                    vlm::Json(p.prediction).dump(), p.record.dump(), s, eta);
-      });
+      }, runner.get());
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   if (!o.predictions.empty()) {
@@ -141,6 +152,9 @@ void run(const Options& o) {
     facts.seconds = seconds;
     facts.peak = peak_rss();
     facts.threads = num_threads();
+    facts.device = device_name;
+    facts.gpu = device.is_cuda();
+    facts.peak_gpu_bytes = runner->peak_memory_bytes();
     identity = result_identity(model_identity(ck, name, o.model, sha, *tok, "auto"), method_id,
                                nlohmann::json::parse(vlm::vlm_evaluation_identity(task, data_file, opt, o.limit, r).dump()),
                                runtime_part(facts));
@@ -148,8 +162,9 @@ void run(const Options& o) {
   if (store) {
     study::RunRecord rr;
     rr.spec_text = fmt::format("lowbit vlm-eval --model {} --task {} --data {} --limit {} --max-new-tokens {} "
-                               "--conversation {}", o.model, o.task, o.data, o.limit, o.max_new_tokens, o.conversation);
-    rr.device = "cpu";
+                               "--conversation {} --device {}", o.model, o.task, o.data, o.limit, o.max_new_tokens,
+                               o.conversation, o.device);
+    rr.device = device_name;
     rr.threads = num_threads();
     const int64_t run_id = store->begin_run(rr);
     nlohmann::json id = identity;
@@ -162,7 +177,7 @@ void run(const Options& o) {
     er.kind = "vision_language";
     er.seconds = seconds;
     er.peak_rss_bytes = identity.value("peak_rss_bytes", int64_t(0));
-    er.device = "cpu";
+    er.device = device_name;
     er.threads = num_threads();
     er.run_id = run_id;
     er.identity = id.dump();
@@ -220,6 +235,7 @@ void register_vlm_eval(CLI::App& app) {
   cmd->add_option("--study", o->study, "the study's name in --store")->capture_default_str();
   cmd->add_option("--name", o->name, "the model's name in --store and the identity (default: the directory's name)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_option(cmd, o->device);
   cmd->callback([o] { run(*o); });
 }
 

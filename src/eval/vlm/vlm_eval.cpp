@@ -5,6 +5,7 @@
 #include "eval/vlm/py_text.h"
 #include "formats/tokenizer.h"
 #include "model/llava_next.h"
+#include "model/llava_next_device.h"
 #include "model/llava_prompt.h"
 #include "vision/image.h"
 #include "vision/image_processor.h"
@@ -83,7 +84,7 @@ auto for_item(const VlmItem& item, F&& f) -> decltype(f()) {
 
 VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
                            const std::vector<VlmItem>& items, const VlmEvalOptions& options,
-                           const VlmItemCallback& on_item) {
+                           const VlmItemCallback& on_item, LlavaNextRunner* runner) {
   VlmEvalResult r;
   r.task = task.name;
   r.conversation = options.conversation;
@@ -112,7 +113,8 @@ VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, co
           vlm_prompt_ids(model, tok, task, item.doc, model.image_token_count(image.height, image.width),
                          options.conversation);
       const std::vector<vision::ProcessedImage> images = {image};
-      const std::vector<int32_t> out = model.generate(ids, images, r.max_new_tokens, stop);
+      const std::vector<int32_t> out = runner != nullptr ? runner->generate(ids, images, r.max_new_tokens, stop)
+                                                         : model.generate(ids, images, r.max_new_tokens, stop);
       p.prompt_tokens = int64_t(ids.size());
       p.new_tokens = int64_t(out.size());
       p.prediction = decode_answer(tok, out);

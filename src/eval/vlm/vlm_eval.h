@@ -14,6 +14,7 @@
 
 namespace lowbit {
 class LlavaNextModel;
+class LlavaNextRunner;
 class Tokenizer;
 }  // namespace lowbit
 
@@ -57,9 +58,11 @@ using VlmItemCallback = std::function<void(size_t i, size_t n, const VlmPredicti
 
 // Every image is decoded and every item's fields checked against the task (an out-of-range AI2D
 // answer, an MME answer that is not Yes/No) before the model runs; errors name the item.
+// `runner`: the model placed on a device (model/llava_next_device.h) that generates; null: the
+// model's own CPU forward.
 VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, const VlmTask& task,
                            const std::vector<VlmItem>& items, const VlmEvalOptions& options = {},
-                           const VlmItemCallback& on_item = nullptr);
+                           const VlmItemCallback& on_item = nullptr, LlavaNextRunner* runner = nullptr);
 
 // The evaluation's key ("docvqa:conversation=llava,max_new_tokens=32,limit=0") and identity
 // (eval/identity.h's "evaluation" part): the task and its lmms-eval counterpart, the data file and
