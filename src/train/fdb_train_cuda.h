@@ -1,0 +1,69 @@
+// The GPU side of FdbTrainer (fdb_train.h): DB-LLM's Deviation-Aware Distillation step on one CUDA
+// device, computing what the CPU step computes. Two CudaLlamaBackward engines
+// (llama_backward_cuda.h) on the same GPU: the 16-bit teacher and the student, whose block
+// linears are the fdb weights dequantized on the GPU (fdb_format.h's rule, fp32, bit for bit the
+// CPU's dequantize_f32).
+//
+// One micro-batch:
+//   1. the teacher's forward to its final norm: its normalized hidden states Xt [B*T, H] stay on
+//      the GPU (the [B*T, V] teacher logits are never stored);
+//   2. the student's forward and backward with CudaStepHooks: per chunk of rows of its logits,
+//      the teacher's logits of the same rows (Xt times the frozen LM head) and the DAD loss and
+//      d loss / d logits (backend/cuda/fdb_train.cuh, fp64 sums as dad.cpp); per block linear,
+//      dW = dy^T x reduced on the GPU to the group gradients (alpha1, alpha2, beta) as
+//      fdb_group_grad does, accumulated per micro-batch like the CPU (fp64 per group, fp32 across
+//      micro-batches);
+//   3. the group gradients come down to the host, where FdbTrainer clips and runs AdamW exactly as
+//      on the CPU; the new group parameters go up and the student's weights are re-dequantized on
+//      the GPU (set_linear).
+// With latent weights (FdbTrainOptions::latent) every linear's dW also comes down to the host (the
+// latent weights, their AdamW state and the re-binarization stay on the host, as on the CPU):
+// correct, but one full-weight transfer per linear per micro-batch.
+//
+// Memory on the GPU: both models' block weights and LM heads in fp32 (teacher and student:
+// 2 x 4 bytes per parameter), the fdb planes (2 bits per weight), group parameters and their
+// gradients (3 fp32 each per group, twice), one linear's dW, the two engines' activations
+// (llama_backward_cuda.h) and two [chunk, V] logits chunks.
+#pragma once
+
+#include "core/device.h"
+#include "train/dad.h"
+#include "train/llama_backward.h"
+#include "quant/quantized_linear.h"
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lowbit::train {
+
+// Per [layer][LinearKind], a host vector of a linear's values.
+using FdbGradBuffers = std::vector<std::array<std::vector<float>, 7>>;
+
+class FdbCudaEngine {
+ public:
+  virtual ~FdbCudaEngine() = default;
+  virtual std::string name() const = 0;
+  // The student's linear (layer, k) becomes q's dequantized weight: q's group parameters (and
+  // its planes when `planes`, i.e. after a re-binarization or at the first call) go up.
+  virtual void set_linear(int64_t layer, LinearKind k, const QuantizedLinear& q, bool planes) = 0;
+  // One micro-batch: the DAD loss with `scale` (dad_loss_backward's sums); adds d loss / d
+  // (alpha1, alpha2, beta) of every linear into galpha[layer][k] ([groups * 3]) and, when glatent
+  // is not null, d loss / dW into (*glatent)[layer][k] ([out * in]).
+  virtual DadSums micro_step(const Batch& b, const DadOptions& dad, double scale, FdbGradBuffers& galpha,
+                             FdbGradBuffers* glatent) = 0;
+  // The sum over the batch's positions of KL(teacher || student), without gradients.
+  virtual double kl_sum(const Batch& b) = 0;
+  // The most GPU memory the process's device buffers have held (both engines, the fdb state).
+  virtual double peak_device_bytes() const = 0;
+};
+
+// An engine on GPU `d` for `student` and `teacher` (same architecture; both must outlive it)
+// whose student linears are set from `linears` ([layer][LinearKind], fdb format, validated by
+// the caller). In a build without CUDA, throws lowbit::Error naming the device.
+std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& student,
+                                                    const LlamaModel& teacher,
+                                                    const std::vector<std::array<QuantizedLinear, 7>>& linears);
+
+}  // namespace lowbit::train
