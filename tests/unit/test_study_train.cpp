@@ -6,6 +6,7 @@
 #include "study/report.h"
 #include "study/spec.h"
 #include "study/store.h"
+#include "train/distill.h"
 #include "train/finetune.h"
 #include "study_spec_errors.h"
 #include "test_util.h"
@@ -146,8 +147,42 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
             "/tmp/spec.toml:20:10: device 'gpu': expected cpu, cuda or cuda:N");
 }
 
+// DB-LLM's distillation too: the study's device unless the table names one, not in the key.
+TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = [64, 128]\ndevice = [\"cuda:0\", \"cpu\"]\n"
+                                                    "zip = [\"g\", \"device\"]\n\n[[distill]]\nsteps = 5\n",
+                                       "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 3u);
+  EXPECT_EQ(s.methods[0].spec, "dbllm:g=64");
+  EXPECT_EQ(s.methods[0].train.distill.device, "cuda:0");
+  EXPECT_EQ(s.methods[1].train.distill.device, "cpu");
+  EXPECT_EQ(s.methods[2].train.distill.device, "cuda");
+  const StudySpec cpu = parse_study_spec(spec_with("[[distill]]\ng = 64\n"), "/tmp/spec.toml", kNoFiles);
+  EXPECT_EQ(cpu.methods[0].train.distill.device, "cpu");
+  EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndevice = \"gpu\"\n")),
+            "/tmp/spec.toml:18:10: device 'gpu': expected cpu, cuda or cuda:N");
+}
+
 // lowbit finetune's device is checked with its other options, before any work (whether the
 // device exists here is checked when the run starts).
+TEST(StudyTrainSpec, DistillOptionsCheckTheDevice) {
+  train::DistillOptions o;
+  for (const char* d : {"cpu", "cuda", "cuda:1"}) {
+    o.device = d;
+    EXPECT_NO_THROW(train::check_distill_options(o)) << d;
+  }
+  o.device = "gpu";
+  try {
+    train::check_distill_options(o);
+    ADD_FAILURE() << "device 'gpu' accepted";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "device 'gpu': expected cpu, cuda or cuda:N");
+  }
+}
+
 TEST(StudyTrainSpec, FinetuneOptionsCheckTheDevice) {
   train::FinetuneOptions o;
   o.method = "irqlora:r=8";
@@ -207,8 +242,8 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "(two scales per group))");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nepochs = 2\n")),
             "/tmp/spec.toml:19:10: unknown key 'epochs' in [[distill]] (training options: steps, batch, grad_accum, "
-            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale; and the dbllm method's "
-            "options)");
+            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device; and the dbllm "
+            "method's options)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = [64, 128]\nsteps = [1]\nzip = [\"g\", \"steps\"]\n")),
             "/tmp/spec.toml:17:1: distill: zipped options 'g' (2 values) and 'steps' (1 values) differ in length");
 }
