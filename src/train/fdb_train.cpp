@@ -146,14 +146,16 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
     }
   FdbStepStats st;
   st.positions = positions;
+  if (gpu_) gpu_->begin_step();
   for (const Batch& b0 : micro) {
     const Batch b = distill_batch(b0);
     FdbGradBuffers* gl = opt_.latent ? &glatent : nullptr;
-    const DadSums sums = gpu_ ? gpu_->micro_step(b, opt_.dad, scale, galpha, gl) : cpu_micro_step(b, scale, galpha, gl);
+    const DadSums sums = gpu_ ? gpu_->micro_step(b, opt_.dad, scale, gl) : cpu_micro_step(b, scale, galpha, gl);
     st.loss += sums.loss;
     st.kl += sums.kl * scale;
     st.weight += sums.weight * scale;
   }
+  if (gpu_) gpu_->end_step(galpha);
   // Offsets that are not trained (or not stored) get no gradient.
   const bool any_beta = opt_.train_beta;
   double ss = 0;

@@ -67,11 +67,13 @@ class Engine final : public FdbCudaEngine {
                              g.group, s);
   }
 
-  DadSums micro_step(const Batch& b, const DadOptions& dad, double scale, FdbGradBuffers& galpha,
-                     FdbGradBuffers* glatent) override {
-    const cudaStream_t s = stream();
+  void begin_step() override {
     for (auto& layer : lin_)
-      for (GpuFdb& g : layer) LB_CUDA_CHECK(cudaMemsetAsync(g.grad.get(), 0, g.grad.bytes(), s));
+      for (GpuFdb& g : layer) LB_CUDA_CHECK(cudaMemsetAsync(g.grad.get(), 0, g.grad.bytes(), stream()));
+  }
+
+  DadSums micro_step(const Batch& b, const DadOptions& dad, double scale, FdbGradBuffers* glatent) override {
+    const cudaStream_t s = stream();
     const float* th = teacher_hidden(b);
     DadSums sums;
     std::vector<double> part;
@@ -107,6 +109,11 @@ class Engine final : public FdbCudaEngine {
     for (double x : part) sums.kl += x;
     cuda::download(part.data(), rw_.get(), part.size(), s);
     for (double x : part) sums.weight += x;
+    return sums;
+  }
+
+  void end_step(FdbGradBuffers& galpha) override {
+    const cudaStream_t s = stream();
     std::vector<float> tmp;
     for (size_t l = 0; l < lin_.size(); ++l)
       for (LinearKind k : kAllLinears) {
@@ -118,7 +125,6 @@ class Engine final : public FdbCudaEngine {
         cuda::download(tmp.data(), g.grad.get(), tmp.size(), s);
         for (size_t i = 0; i < dst.size(); ++i) dst[i] += tmp[i];
       }
-    return sums;
   }
 
   double kl_sum(const Batch& b) override {

@@ -11,9 +11,8 @@
 //      the teacher's logits of the same rows (Xt times the frozen LM head) and the DAD loss and
 //      d loss / d logits (backend/cuda/fdb_train.cuh, fp64 sums as dad.cpp); per block linear,
 //      dW = dy^T x reduced on the GPU to the group gradients (alpha1, alpha2, beta) as
-//      fdb_group_grad does, accumulated per micro-batch like the CPU (fp64 per group, fp32 across
-//      micro-batches);
-//   3. the group gradients come down to the host, where FdbTrainer clips and runs AdamW exactly as
+//      fdb_group_grad does, accumulated like the CPU (fp64 per group, fp32 across micro-batches);
+//   3. after the step's last micro-batch the group gradients come down to the host, where FdbTrainer clips and runs AdamW exactly as
 //      on the CPU; the new group parameters go up and the student's weights are re-dequantized on
 //      the GPU (set_linear).
 // With latent weights (FdbTrainOptions::latent) every linear's dW also comes down to the host (the
@@ -48,11 +47,15 @@ class FdbCudaEngine {
   // The student's linear (layer, k) becomes q's dequantized weight: q's group parameters (and
   // its planes when `planes`, i.e. after a re-binarization or at the first call) go up.
   virtual void set_linear(int64_t layer, LinearKind k, const QuantizedLinear& q, bool planes) = 0;
-  // One micro-batch: the DAD loss with `scale` (dad_loss_backward's sums); adds d loss / d
-  // (alpha1, alpha2, beta) of every linear into galpha[layer][k] ([groups * 3]) and, when glatent
-  // is not null, d loss / dW into (*glatent)[layer][k] ([out * in]).
-  virtual DadSums micro_step(const Batch& b, const DadOptions& dad, double scale, FdbGradBuffers& galpha,
-                             FdbGradBuffers* glatent) = 0;
+  // A step's gradients: begin_step() zeroes the group gradients on the GPU, each micro_step()
+  // adds a micro-batch's (fp64 per group, rounded to fp32, added in fp32: the CPU's order), and
+  // end_step() adds their sums into galpha[layer][k] ([groups * 3]) on the host, one transfer per
+  // step whatever the number of micro-batches.
+  virtual void begin_step() = 0;
+  // One micro-batch: the DAD loss with `scale` (dad_loss_backward's sums); when glatent is not
+  // null, d loss / dW of every linear is added into (*glatent)[layer][k] ([out * in]) on the host.
+  virtual DadSums micro_step(const Batch& b, const DadOptions& dad, double scale, FdbGradBuffers* glatent) = 0;
+  virtual void end_step(FdbGradBuffers& galpha) = 0;
   // The sum over the batch's positions of KL(teacher || student), without gradients.
   virtual double kl_sum(const Batch& b) = 0;
   // The most GPU memory the process's device buffers have held (both engines, the fdb state).

@@ -255,7 +255,9 @@ TEST(CudaFdbTrain, MicroStepMatchesTheCpu) {
     dad.weight = w;
     train::FdbGradBuffers ga = zeros(q, false), gl = zeros(q, true), ra = zeros(q, false), rl = zeros(q, true);
     const train::DadSums want = cpu_micro_step(q, b, dad, scale, ra, rl);
-    const train::DadSums got = gpu->micro_step(b, dad, scale, ga, &gl);
+    gpu->begin_step();
+    const train::DadSums got = gpu->micro_step(b, dad, scale, &gl);
+    gpu->end_step(ga);
     EXPECT_NEAR(got.loss, want.loss, 1e-5 * want.loss);
     EXPECT_NEAR(got.kl, want.kl, 1e-5 * want.kl);
     EXPECT_NEAR(got.weight, want.weight, 1e-5 * want.weight);
@@ -323,8 +325,8 @@ TEST(CudaFdbTrain, BadInputIsRefused) {
   auto gpu = train::make_fdb_cuda_engine(kGpu, student, teacher, q);
   train::Batch bad = random_batch(1, 8, teacher.config().vocab_size, 3);
   bad.tokens[2] = int32_t(teacher.config().vocab_size);
-  train::FdbGradBuffers ga = zeros(q, false);
-  EXPECT_THROW(gpu->micro_step(bad, {}, 1.0, ga, nullptr), Error);
+  gpu->begin_step();
+  EXPECT_THROW(gpu->micro_step(bad, {}, 1.0, nullptr), Error);
 }
 
 }  // namespace

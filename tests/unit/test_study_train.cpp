@@ -151,16 +151,17 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
 TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
   std::string cuda_study = spec_with("");
   cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
-  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = [64, 128]\ndevice = [\"cuda:0\", \"cpu\"]\n"
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = [64, 128]\ndevice = [\"cuda\", \"cpu\"]\n"
                                                     "zip = [\"g\", \"device\"]\n\n[[distill]]\nsteps = 5\n",
                                        "/tmp/spec.toml", kNoFiles);
   ASSERT_EQ(s.methods.size(), 3u);
   EXPECT_EQ(s.methods[0].spec, "dbllm:g=64");
-  EXPECT_EQ(s.methods[0].train.distill.device, "cuda:0");
+  EXPECT_EQ(s.methods[0].train.distill.device, "cuda");
   EXPECT_EQ(s.methods[1].train.distill.device, "cpu");
   EXPECT_EQ(s.methods[2].train.distill.device, "cuda");
   const StudySpec cpu = parse_study_spec(spec_with("[[distill]]\ng = 64\n"), "/tmp/spec.toml", kNoFiles);
   EXPECT_EQ(cpu.methods[0].train.distill.device, "cpu");
+  // The device is where the cell trains, not what it computes: the cell's key leaves it out.
   EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
   EXPECT_EQ(error_of(spec_with("[[distill]]\ndevice = \"gpu\"\n")),
             "/tmp/spec.toml:18:10: device 'gpu': expected cpu, cuda or cuda:N");
