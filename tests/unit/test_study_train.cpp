@@ -1,6 +1,7 @@
 // A study's trained cells without models: [[finetune]] and [[distill]] tables (grids, keys that
 // name every training option, errors at file:line:column), the training columns of the store
 // (and a store written before them), and the paper's labels of trained rows.
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "study/grid.h"
 #include "study/report.h"
@@ -277,6 +278,22 @@ TEST(StudyTrainSpec, MissingOrBadDataFailsTheCheck) {
                    std::string(dir / "two.json") + "\"\n",
                SpecOptions{true});
   EXPECT_EQ(iec.substr(0, 47), "/tmp/spec.toml:11:1: irqlora:r=24 on model 'sto") << iec;
+}
+
+// A table's training device that this build cannot use is refused when the spec is checked.
+TEST(StudyTrainSpec, TrainingOnAMissingBackendFailsTheCheck) {
+  if (cuda_backend_built()) GTEST_SKIP() << "this build has the CUDA backend";
+  test::TempDir dir;
+  const std::string model = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(model);
+  test::spit(dir / "t.txt", "some text to calibrate and evaluate on, long enough for a few windows of tokens\n");
+  const std::string text = "[study]\nname = \"t\"\n\n[[model]]\npath = \"" + model +
+                           "\"\n\n[calibration]\nset = \"" + std::string(dir / "t.txt") +
+                           "\"\nnsamples = 2\nseqlen = 8\n\n[eval]\nppl = [\"" + std::string(dir / "t.txt") +
+                           "\"]\nseqlen = 64\n\n[[distill]]\ng = 4\ndevice = \"cuda\"\n";
+  EXPECT_EQ(error_of(text, SpecOptions{true}),
+            "/tmp/spec.toml:16:1: dbllm:g=4: training device \"cuda\": this lowbit was built without the CUDA "
+            "backend (nvcc was not found at build time)");
 }
 
 // The store holds each trained cell's training; a store written before those columns reads as
