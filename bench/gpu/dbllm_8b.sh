@@ -12,8 +12,9 @@
 #   WORK_DIR       the output directory (a model of a layer count already there is reused)
 #   TOKENIZER_DIR  a LLaMA-3 tokenizer directory (tokenizer.json), copied beside the model
 #   LAYERS         decoder layer counts to build and time (default "2 4"); each model has the 8B
-#                  shapes and that many decoder layers (both models live on the GPU in fp32,
-#                  ~1.75 GB per layer for teacher and student together, plus 4.2 GB of LM heads)
+#                  shapes and that many decoder layers (the 16-bit model lives on the GPU in
+#                  fp32, ~0.87 GB per layer plus 2.1 GB of LM head; the student is its fdb
+#                  planes, group parameters and their gradients, ~0.1 GB per layer)
 #
 # Seconds per step: (elapsed at the end of the last step - at the end of the first) / (STEPS - 1)
 # from the run's "elapsed" record, so the first step (cuBLAS start-up, buffer allocation) is left

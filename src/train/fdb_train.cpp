@@ -87,7 +87,7 @@ FdbTrainer::FdbTrainer(LlamaModel& student, const LlamaModel& teacher, FdbLinear
   warmup_ = warmup_steps(opt_.warmup_ratio, opt_.total_steps);
   if (opt_.device.is_cuda()) {
     check_device_available(opt_.device);
-    gpu_ = make_fdb_cuda_engine(opt_.device, student_, teacher_, q_);
+    gpu_ = make_fdb_cuda_engine(opt_.device, teacher_, q_);
   } else {
     cpu_grads_ = BaseGrads::linears_only(c);
   }

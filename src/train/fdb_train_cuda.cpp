@@ -30,18 +30,28 @@ int dad_mode(DadWeight w) {
 
 class Engine final : public FdbCudaEngine {
  public:
-  Engine(const Device& d, const LlamaModel& student, const LlamaModel& teacher,
-         const std::vector<std::array<QuantizedLinear, 7>>& linears)
-      : c_(student.config()), student_(student, d.index), teacher_(teacher, d.index) {
+  Engine(const Device& d, const LlamaModel& teacher, const std::vector<std::array<QuantizedLinear, 7>>& linears)
+      : c_(teacher.config()), gpu_(teacher, d.index) {
     LB_CHECK(int64_t(linears.size()) == c_.num_hidden_layers, "fdb training on {}: {} layers of fdb weights for a "
              "model of {}", d.str(), linears.size(), c_.num_hidden_layers);
     lin_.resize(linears.size());
+    int64_t most = 0;
     for (size_t l = 0; l < linears.size(); ++l)
-      for (LinearKind k : kAllLinears) set_linear(int64_t(l), k, linears[l][size_t(k)], true);
-    student_.context().synchronize();
+      for (LinearKind k : kAllLinears) {
+        set_linear(int64_t(l), k, linears[l][size_t(k)], true);
+        most = std::max(most, linear_out_features(c_, k) * linear_in_features(c_, k));
+      }
+    weight_.resize(size_t(most));
+    gpu_.context().synchronize();
+    // The student's weights: each fdb linear dequantized into one scratch right before each use.
+    student_.weight = [this](int64_t layer, LinearKind k) -> const float* {
+      const GpuFdb& g = lin_[size_t(layer)][size_t(k)];
+      cuda::fdb_dequantize_f32(g.b1.get(), g.b2.get(), g.alpha.get(), weight_.get(), g.rows, g.cols, g.group, stream());
+      return weight_.get();
+    };
   }
 
-  std::string name() const override { return student_.device_name(); }
+  std::string name() const override { return gpu_.device_name(); }
 
   void set_linear(int64_t layer, LinearKind k, const QuantizedLinear& q, bool planes) override {
     GpuFdb& g = lin_[size_t(layer)][size_t(k)];
@@ -63,8 +73,6 @@ class Engine final : public FdbCudaEngine {
       g.grad.resize(size_t(a.numel()));
     }
     cuda::upload(g.alpha.get(), a.data_as<float>(), size_t(a.numel()), s);
-    cuda::fdb_dequantize_f32(g.b1.get(), g.b2.get(), g.alpha.get(), student_.linear_weight(layer, k), g.rows, g.cols,
-                             g.group, s);
   }
 
   void begin_step() override {
@@ -78,7 +86,7 @@ class Engine final : public FdbCudaEngine {
     DadSums sums;
     std::vector<double> part;
     std::vector<float> host_dw;
-    CudaStepHooks hooks;
+    CudaStepHooks hooks = student_;
     hooks.logits_loss = [&](int64_t row0, int64_t rows, int64_t V, float* logits) {
       teacher_logits(th, row0, rows);
       cuda::dad_loss_backward_f32(tlogits_.get(), logits, rloss_.get() + row0, rkl_.get() + row0, rw_.get() + row0,
@@ -101,7 +109,7 @@ class Engine final : public FdbCudaEngine {
         for (size_t i = 0; i < dst.size(); ++i) dst[i] += host_dw[i];
       }
     };
-    const StepResult r = student_.forward_backward_hooked(b, hooks);
+    const StepResult r = gpu_.forward_backward_hooked(b, hooks);
     sums.loss = r.loss_sum;
     const int64_t N = b.B * b.T;
     part.resize(size_t(N));
@@ -130,14 +138,14 @@ class Engine final : public FdbCudaEngine {
   double kl_sum(const Batch& b) override {
     const cudaStream_t s = stream();
     const float* th = teacher_hidden(b);
-    const float* sh = student_.forward_hidden(b);
+    const float* sh = gpu_.forward_hidden(b, &student_);
     const int64_t N = b.B * b.T, H = c_.hidden_size, V = c_.vocab_size;
     const int64_t chunk = rows_per_chunk(N);
     slogits_.resize(size_t(chunk * V));
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       teacher_logits(th, r0, rows);
-      cuda::linear_f32(student_.context(), sh + r0 * H, student_.lm_head(), slogits_.get(), rows, H, V);
+      cuda::linear_f32(gpu_.context(), sh + r0 * H, gpu_.lm_head(), slogits_.get(), rows, H, V);
       cuda::dad_loss_backward_f32(tlogits_.get(), slogits_.get(), rloss_.get() + r0, rkl_.get() + r0,
                                   rw_.get() + r0, rows, V, 0, 1.0, 1.0, s);
     }
@@ -151,45 +159,52 @@ class Engine final : public FdbCudaEngine {
   double peak_device_bytes() const override { return double(cuda::peak_device_bytes()); }
 
  private:
-  cudaStream_t stream() const { return student_.context().stream(); }
+  cudaStream_t stream() const { return gpu_.context().stream(); }
 
   // The [N, V] logits in chunks of at most 256 MiB, as the step's own loss loop.
   int64_t rows_per_chunk(int64_t N) const {
     return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * c_.vocab_size)));
   }
 
-  // The teacher's normalized hidden states of the batch, ready for the student's stream; the
-  // per-row sums sized for it.
+  // The teacher's normalized hidden states of the batch (the model's own weights), copied out of
+  // the engine's buffers, which the student's pass reuses; the per-row sums sized for it.
   const float* teacher_hidden(const Batch& b) {
-    const float* th = teacher_.forward_hidden(b);
-    teacher_.context().synchronize();
+    const float* th = gpu_.forward_hidden(b);
     const size_t N = size_t(b.B * b.T);
+    teacher_h_.resize(N * size_t(c_.hidden_size));
+    LB_CUDA_CHECK(cudaMemcpyAsync(teacher_h_.get(), th, N * size_t(c_.hidden_size) * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, stream()));
     rloss_.resize(N);
     rkl_.resize(N);
     rw_.resize(N);
-    return th;
+    return teacher_h_.get();
   }
 
-  // tlogits_ [rows, V] = the teacher's logits of rows [row0, row0 + rows), on the student's stream.
+  // tlogits_ [rows, V] = the teacher's logits of rows [row0, row0 + rows) (the LM head is the
+  // student's too: frozen).
   void teacher_logits(const float* th, int64_t row0, int64_t rows) {
     const int64_t H = c_.hidden_size, V = c_.vocab_size;
     tlogits_.resize(size_t(rows * V));
-    cuda::linear_f32(student_.context(), th + row0 * H, teacher_.lm_head(), tlogits_.get(), rows, H, V);
+    cuda::linear_f32(gpu_.context(), th + row0 * H, gpu_.lm_head(), tlogits_.get(), rows, H, V);
   }
 
   const LlamaConfig& c_;
-  CudaLlamaBackward student_, teacher_;
+  // One engine over the 16-bit model: run as it is, the teacher; with student_'s weight hook, the
+  // student (the embedding, norms and LM head are the 16-bit model's on both sides).
+  CudaLlamaBackward gpu_;
+  CudaStepHooks student_;
   std::vector<std::array<GpuFdb, 7>> lin_;
+  DeviceBuffer<float> weight_;              // [largest linear]: the fdb weight in use
+  DeviceBuffer<float> teacher_h_;           // [N, H]: the teacher's normalized hidden states
   DeviceBuffer<float> tlogits_, slogits_;   // [chunk, V]
   DeviceBuffer<double> rloss_, rkl_, rw_;  // [N]: per row, the DAD loss, KL and weight
 };
 
 }  // namespace
 
-std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& student,
-                                                    const LlamaModel& teacher,
+std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& teacher,
                                                     const std::vector<std::array<QuantizedLinear, 7>>& linears) {
-  return std::make_unique<Engine>(d, student, teacher, linears);
+  return std::make_unique<Engine>(d, teacher, linears);
 }
 
 }  // namespace lowbit::train

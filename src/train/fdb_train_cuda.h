@@ -1,28 +1,30 @@
 // The GPU side of FdbTrainer (fdb_train.h): DB-LLM's Deviation-Aware Distillation step on one CUDA
-// device, computing what the CPU step computes. Two CudaLlamaBackward engines
-// (llama_backward_cuda.h) on the same GPU: the 16-bit teacher and the student, whose block
-// linears are the fdb weights dequantized on the GPU (fdb_format.h's rule, fp32, bit for bit the
-// CPU's dequantize_f32).
+// device, computing what the CPU step computes. One CudaLlamaBackward (llama_backward_cuda.h) over
+// the 16-bit model serves both sides: run as it is, it is the teacher; with a weight hook that
+// dequantizes each fdb linear on the GPU right before each use (fdb_format.h's rule, fp32, bit for
+// bit the CPU's dequantize_f32) into one scratch, it is the student, whose embedding, norms and LM
+// head are the 16-bit model's anyway. The student's weights never exist in fp32 all at once.
 //
 // One micro-batch:
-//   1. the teacher's forward to its final norm: its normalized hidden states Xt [B*T, H] stay on
-//      the GPU (the [B*T, V] teacher logits are never stored);
+//   1. the teacher's forward to its final norm: its normalized hidden states Xt [B*T, H] are kept
+//      on the GPU (the [B*T, V] teacher logits are never stored);
 //   2. the student's forward and backward with CudaStepHooks: per chunk of rows of its logits,
 //      the teacher's logits of the same rows (Xt times the frozen LM head) and the DAD loss and
 //      d loss / d logits (backend/cuda/fdb_train.cuh, fp64 sums as dad.cpp); per block linear,
 //      dW = dy^T x reduced on the GPU to the group gradients (alpha1, alpha2, beta) as
 //      fdb_group_grad does, accumulated like the CPU (fp64 per group, fp32 across micro-batches);
-//   3. after the step's last micro-batch the group gradients come down to the host, where FdbTrainer clips and runs AdamW exactly as
-//      on the CPU; the new group parameters go up and the student's weights are re-dequantized on
-//      the GPU (set_linear).
+//   3. after the step's last micro-batch the group gradients come down to the host, where
+//      FdbTrainer clips and runs AdamW exactly as on the CPU; the new group parameters go up
+//      (set_linear) and are dequantized at their next use.
 // With latent weights (FdbTrainOptions::latent) every linear's dW also comes down to the host (the
 // latent weights, their AdamW state and the re-binarization stay on the host, as on the CPU):
 // correct, but one full-weight transfer per linear per micro-batch.
 //
-// Memory on the GPU: both models' block weights and LM heads in fp32 (teacher and student:
-// 2 x 4 bytes per parameter), the fdb planes (2 bits per weight), group parameters and their
-// gradients (3 fp32 each per group, twice), one linear's dW, the two engines' activations
-// (llama_backward_cuda.h) and two [chunk, V] logits chunks.
+// Memory on the GPU: the 16-bit model as CudaLlamaBackward holds it (its block weights and LM
+// head), the fdb planes (2 bits per weight), the group parameters and their gradients (3 fp32
+// each per group, twice), two scratches of the largest linear (its dequantized fdb weight, its
+// dW), the engine's activations (llama_backward_cuda.h), the teacher's [B*T, H] hidden states
+// and two [chunk, V] logits chunks.
 #pragma once
 
 #include "core/device.h"
@@ -45,7 +47,8 @@ class FdbCudaEngine {
   virtual ~FdbCudaEngine() = default;
   virtual std::string name() const = 0;
   // The student's linear (layer, k) becomes q's dequantized weight: q's group parameters (and
-  // its planes when `planes`, i.e. after a re-binarization or at the first call) go up.
+  // its planes when `planes`, i.e. after a re-binarization or at the first call) go up; the
+  // next use dequantizes them.
   virtual void set_linear(int64_t layer, LinearKind k, const QuantizedLinear& q, bool planes) = 0;
   // A step's gradients: begin_step() zeroes the group gradients on the GPU, each micro_step()
   // adds a micro-batch's (fp64 per group, rounded to fp32, added in fp32: the CPU's order), and
@@ -62,11 +65,10 @@ class FdbCudaEngine {
   virtual double peak_device_bytes() const = 0;
 };
 
-// An engine on GPU `d` for `student` and `teacher` (same architecture; both must outlive it)
-// whose student linears are set from `linears` ([layer][LinearKind], fdb format, validated by
-// the caller). In a build without CUDA, throws lowbit::Error naming the device.
-std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& student,
-                                                    const LlamaModel& teacher,
+// An engine on GPU `d` for the 16-bit `teacher` (which must outlive it) whose student linears are
+// set from `linears` ([layer][LinearKind], fdb format, validated by the caller). In a build
+// without CUDA, throws lowbit::Error naming the device.
+std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& teacher,
                                                     const std::vector<std::array<QuantizedLinear, 7>>& linears);
 
 }  // namespace lowbit::train

@@ -182,10 +182,16 @@ struct CudaLlamaBackward::Impl {
     targets.resize(size_t(N));
   }
 
+  // The fp32 weight [out, in] of a block's linear (hooks->weight's when given).
+  const float* weight(int64_t layer, LinearKind k) {
+    if (hooks != nullptr && hooks->weight) return hooks->weight(layer, k);
+    return blocks[size_t(layer)].linear[size_t(k)].get();
+  }
+
   // y [N, out] = x W^T (+ scaling * dropout(x) A^T B^T).
   void linear_forward(int64_t layer, LinearKind k, const float* x, float* out_y) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), out_y, N, in, out);
+    cuda::linear_f32(ctx, x, weight(layer, k), out_y, N, in, out);
     const GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float* xin = x;
@@ -206,8 +212,7 @@ struct CudaLlamaBackward::Impl {
   // the adapter's da, db.
   void linear_backward(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo, bool accumulate) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_backward_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), dy, dxo, nullptr, N, in, out,
-                              accumulate);
+    cuda::linear_backward_f32(ctx, x, weight(layer, k), dy, dxo, nullptr, N, in, out, accumulate);
     if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad(layer, k, x, dy);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
@@ -363,8 +368,8 @@ struct CudaLlamaBackward::Impl {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
     hook_dw.resize(size_t(in * out));
     LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
-    cuda::linear_backward_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), dy, nullptr, hook_dw.get(), N,
-                              in, out, false);
+    // dW alone (dx null): the weight is not read.
+    cuda::linear_backward_f32(ctx, x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
     hooks->weight_grad(layer, k, hook_dw.get());
   }
 
@@ -445,12 +450,13 @@ StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const 
   return impl_->run(nullptr, batch, StepOptions{}, true, nullptr);
 }
 
-const float* CudaLlamaBackward::forward_hidden(const Batch& batch) { return impl_->hidden(batch); }
-
-float* CudaLlamaBackward::linear_weight(int64_t layer, LinearKind k) {
-  LB_CHECK(layer >= 0 && layer < int64_t(impl_->blocks.size()), "linear_weight: layer {} of a {}-layer model", layer,
-           impl_->blocks.size());
-  return impl_->blocks[size_t(layer)].linear[size_t(k)].get();
+const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
+  impl_->hooks = hooks;
+  struct Reset {
+    Impl* impl;
+    ~Reset() { impl->hooks = nullptr; }
+  } reset{impl_.get()};
+  return impl_->hidden(batch);
 }
 
 const float* CudaLlamaBackward::lm_head() const { return impl_->head.get(); }

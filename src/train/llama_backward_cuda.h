@@ -57,6 +57,10 @@ struct CudaStepHooks {
   // Called in the backward with each block linear's weight gradient dW [out, in] = dy^T x for
   // this batch (device memory valid during the call only).
   std::function<void(int64_t layer, LinearKind k, const float* dw)> weight_grad;
+  // Replaces the model's base weights: called before each use of block `layer`'s linear k
+  // (forward, recomputation, backward) for the fp32 weight [out, in] to compute with, valid
+  // until the next call. The embedding, norms and LM head stay the model's.
+  std::function<const float*(int64_t layer, LinearKind k)> weight;
 };
 
 class CudaLlamaBackward {
@@ -73,17 +77,15 @@ class CudaLlamaBackward {
                               LoraAdapters* lora_grads, BaseGrads* base_grads);
   StepResult forward_loss(const LoraAdapters* lora, const Batch& batch);
 
-  // For CudaStepHooks' users (no adapters; the base frozen as far as the step is concerned).
-  // forward_backward with the hooks; either may be empty (then the step's default: the
-  // cross-entropy over the targets with StepOptions' loss_scale of 0, no weight gradients).
+  // For CudaStepHooks' users (no adapters). forward_backward with the hooks; any may be empty
+  // (then the step's default: the cross-entropy over the targets with StepOptions' loss_scale of
+  // 0, no weight gradients, the model's weights).
   StepResult forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks);
-  // The forward up to the final norm: the normalized hidden states [B*T, H] on the device, valid
-  // until the next call on this object. The logits are these times lm_head()^T.
-  const float* forward_hidden(const Batch& batch);
-  // The fp32 weight [out, in] the step multiplies by for block `layer`'s linear k, and the LM
-  // head [V, H]: device memory owned by this object. A caller may overwrite a linear's weight
-  // between steps (on context()'s stream).
-  float* linear_weight(int64_t layer, LinearKind k);
+  // The forward up to the final norm (with hooks->weight's weights when given): the normalized
+  // hidden states [B*T, H] on the device, valid until the next call on this object. The logits
+  // are these times lm_head()^T.
+  const float* forward_hidden(const Batch& batch, const CudaStepHooks* hooks = nullptr);
+  // The LM head [V, H] on the device.
   const float* lm_head() const;
   const cuda::Context& context() const;
 

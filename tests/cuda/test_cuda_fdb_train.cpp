@@ -245,10 +245,10 @@ train::DadSums cpu_micro_step(const train::FdbLinears& q, const train::Batch& b,
 TEST(CudaFdbTrain, MicroStepMatchesTheCpu) {
   REQUIRE_GPU();
   const train::FdbLinears q = fdb_init("dbllm:g=16");
-  LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
+  LlamaModel teacher(open_checkpoint(tiny()));
   const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
   const double scale = 1.0 / 80.0;
-  auto gpu = train::make_fdb_cuda_engine(kGpu, student, teacher, q);
+  auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q);
   for (train::DadWeight w : {train::DadWeight::Cross, train::DadWeight::Teacher, train::DadWeight::None}) {
     SCOPED_TRACE(train::dad_weight_name(w));
     train::DadOptions dad;
@@ -312,7 +312,7 @@ TEST(CudaFdbTrain, BadInputIsRefused) {
   LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
   train::FdbLinears q = fdb_init("dbllm:g=16");
   train::FdbLinears fewer(q.begin(), q.begin() + 1);
-  EXPECT_THROW(train::make_fdb_cuda_engine(kGpu, student, teacher, fewer), Error);
+  EXPECT_THROW(train::make_fdb_cuda_engine(kGpu, teacher, fewer), Error);
   train::FdbTrainOptions opt;
   opt.device = Device{Device::Kind::Cuda, 99};
   try {
@@ -322,7 +322,7 @@ TEST(CudaFdbTrain, BadInputIsRefused) {
     EXPECT_NE(std::string(e.what()).find("cuda:99"), std::string::npos) << e.what();
   }
   // Bad batches, as on the CPU: a token outside the vocabulary.
-  auto gpu = train::make_fdb_cuda_engine(kGpu, student, teacher, q);
+  auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q);
   train::Batch bad = random_batch(1, 8, teacher.config().vocab_size, 3);
   bad.tokens[2] = int32_t(teacher.config().vocab_size);
   gpu->begin_step();
