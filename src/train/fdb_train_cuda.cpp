@@ -30,8 +30,10 @@ int dad_mode(DadWeight w) {
 
 class Engine final : public FdbCudaEngine {
  public:
-  Engine(const Device& d, const LlamaModel& teacher, const std::vector<std::array<QuantizedLinear, 7>>& linears)
+  Engine(const Device& d, const LlamaModel& teacher, const std::vector<std::array<QuantizedLinear, 7>>& linears,
+         int64_t max_chunk_rows)
       : c_(teacher.config()), gpu_(teacher, d.index) {
+    student_.max_chunk_rows = max_chunk_rows;
     LB_CHECK(int64_t(linears.size()) == c_.num_hidden_layers, "fdb training on {}: {} layers of fdb weights for a "
              "model of {}", d.str(), linears.size(), c_.num_hidden_layers);
     lin_.resize(linears.size());
@@ -161,9 +163,10 @@ class Engine final : public FdbCudaEngine {
  private:
   cudaStream_t stream() const { return gpu_.context().stream(); }
 
-  // The [N, V] logits in chunks of at most 256 MiB, as the step's own loss loop.
+  // The [N, V] logits in chunks of at most 256 MiB (and max_chunk_rows), as the step's own loop.
   int64_t rows_per_chunk(int64_t N) const {
-    return std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * c_.vocab_size)));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * c_.vocab_size)));
+    return student_.max_chunk_rows > 0 ? std::min(chunk, student_.max_chunk_rows) : chunk;
   }
 
   // The teacher's normalized hidden states of the batch (the model's own weights), copied out of
@@ -203,8 +206,9 @@ class Engine final : public FdbCudaEngine {
 }  // namespace
 
 std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& teacher,
-                                                    const std::vector<std::array<QuantizedLinear, 7>>& linears) {
-  return std::make_unique<Engine>(d, teacher, linears);
+                                                    const std::vector<std::array<QuantizedLinear, 7>>& linears,
+                                                    int64_t max_chunk_rows) {
+  return std::make_unique<Engine>(d, teacher, linears, max_chunk_rows);
 }
 
 }  // namespace lowbit::train

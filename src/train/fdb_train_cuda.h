@@ -66,9 +66,11 @@ class FdbCudaEngine {
 };
 
 // An engine on GPU `d` for the 16-bit `teacher` (which must outlive it) whose student linears are
-// set from `linears` ([layer][LinearKind], fdb format, validated by the caller). In a build
+// set from `linears` ([layer][LinearKind], fdb format, validated by the caller). max_chunk_rows >
+// 0 caps the rows of each logits chunk (CudaStepHooks::max_chunk_rows; for tests). In a build
 // without CUDA, throws lowbit::Error naming the device.
 std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& teacher,
-                                                    const std::vector<std::array<QuantizedLinear, 7>>& linears);
+                                                    const std::vector<std::array<QuantizedLinear, 7>>& linears,
+                                                    int64_t max_chunk_rows = 0);
 
 }  // namespace lowbit::train

@@ -329,7 +329,8 @@ struct CudaLlamaBackward::Impl {
     }
     // Final norm, LM head and loss in chunks of rows: the [N, V] logits never exist at once.
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    if (hooks != nullptr && hooks->max_chunk_rows > 0) chunk = std::min(chunk, hooks->max_chunk_rows);
     logits.resize(size_t(chunk * V));
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);

@@ -61,6 +61,9 @@ struct CudaStepHooks {
   // (forward, recomputation, backward) for the fp32 weight [out, in] to compute with, valid
   // until the next call. The embedding, norms and LM head stay the model's.
   std::function<const float*(int64_t layer, LinearKind k)> weight;
+  // At most this many rows of logits per chunk (0: the engine's 256 MiB chunks); the same losses
+  // and gradients in more calls of logits_loss (tests reach chunk edges with it).
+  int64_t max_chunk_rows = 0;
 };
 
 class CudaLlamaBackward {

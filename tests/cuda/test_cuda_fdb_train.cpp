@@ -241,33 +241,37 @@ train::DadSums cpu_micro_step(const train::FdbLinears& q, const train::Batch& b,
   return sums;
 }
 
-// One micro-batch: the DAD loss, its sums and every gradient, against the CPU's.
+// One micro-batch: the DAD loss, its sums and every gradient, against the CPU's; with the logits
+// in one chunk and in chunks of 7 rows (80 rows: 11 full chunks and one of 3).
 TEST(CudaFdbTrain, MicroStepMatchesTheCpu) {
   REQUIRE_GPU();
   const train::FdbLinears q = fdb_init("dbllm:g=16");
   LlamaModel teacher(open_checkpoint(tiny()));
   const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
   const double scale = 1.0 / 80.0;
-  auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q);
-  for (train::DadWeight w : {train::DadWeight::Cross, train::DadWeight::Teacher, train::DadWeight::None}) {
-    SCOPED_TRACE(train::dad_weight_name(w));
-    train::DadOptions dad;
-    dad.weight = w;
-    train::FdbGradBuffers ga = zeros(q, false), gl = zeros(q, true), ra = zeros(q, false), rl = zeros(q, true);
-    const train::DadSums want = cpu_micro_step(q, b, dad, scale, ra, rl);
-    gpu->begin_step();
-    const train::DadSums got = gpu->micro_step(b, dad, scale, &gl);
-    gpu->end_step(ga);
-    EXPECT_NEAR(got.loss, want.loss, 1e-5 * want.loss);
-    EXPECT_NEAR(got.kl, want.kl, 1e-5 * want.kl);
-    EXPECT_NEAR(got.weight, want.weight, 1e-5 * want.weight);
-    for (size_t l = 0; l < q.size(); ++l)
-      for (LinearKind k : kAllLinears) {
-        EXPECT_LT(rel_err(ga[l][size_t(k)], ra[l][size_t(k)]), 1e-4) << "layer " << l << " " << linear_name(k);
-        EXPECT_LT(rel_err(gl[l][size_t(k)], rl[l][size_t(k)]), 1e-4) << "dW layer " << l << " " << linear_name(k);
-      }
-    // The KL alone (no gradients) is the same sum.
-    EXPECT_NEAR(gpu->kl_sum(b), want.kl, 1e-5 * want.kl);
+  for (int64_t chunk_rows : {0, 7}) {
+    SCOPED_TRACE(::testing::Message() << "chunk rows " << chunk_rows);
+    auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q, chunk_rows);
+    for (train::DadWeight w : {train::DadWeight::Cross, train::DadWeight::Teacher, train::DadWeight::None}) {
+      SCOPED_TRACE(train::dad_weight_name(w));
+      train::DadOptions dad;
+      dad.weight = w;
+      train::FdbGradBuffers ga = zeros(q, false), gl = zeros(q, true), ra = zeros(q, false), rl = zeros(q, true);
+      const train::DadSums want = cpu_micro_step(q, b, dad, scale, ra, rl);
+      gpu->begin_step();
+      const train::DadSums got = gpu->micro_step(b, dad, scale, &gl);
+      gpu->end_step(ga);
+      EXPECT_NEAR(got.loss, want.loss, 1e-5 * want.loss);
+      EXPECT_NEAR(got.kl, want.kl, 1e-5 * want.kl);
+      EXPECT_NEAR(got.weight, want.weight, 1e-5 * want.weight);
+      for (size_t l = 0; l < q.size(); ++l)
+        for (LinearKind k : kAllLinears) {
+          EXPECT_LT(rel_err(ga[l][size_t(k)], ra[l][size_t(k)]), 1e-4) << "layer " << l << " " << linear_name(k);
+          EXPECT_LT(rel_err(gl[l][size_t(k)], rl[l][size_t(k)]), 1e-4) << "dW layer " << l << " " << linear_name(k);
+        }
+      // The KL alone (no gradients) is the same sum.
+      EXPECT_NEAR(gpu->kl_sum(b), want.kl, 1e-5 * want.kl);
+    }
   }
 }
 
