@@ -535,7 +535,7 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   }
   // Each method's quantization device: refused here, before any work, rather than moved.
   for (const auto& mc : spec.methods) {
-    if (is_baseline_method(mc.name) || mc.train.kind != TrainKind::None) continue;  // training runs on the CPU
+    if (is_baseline_method(mc.name) || mc.train.kind != TrainKind::None) continue;  // training: below
     c.at(mc.pos, [&] {
       const Device d = parse_device(mc.device.empty() ? spec.device : mc.device);
       try {
@@ -544,6 +544,15 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
         fail("{}{}", e.what(), mc.device.empty() ? "; give its [[method]] table device = \"cpu\" to quantize it there" : "");
       }
     });
+  }
+  // Each trained cell's training device (the study's or its table's): a GPU this build lacks is
+  // refused here, before any work.
+  for (const auto& mc : spec.methods) {
+    if (mc.train.kind == TrainKind::None || !opt.check_files || cuda_backend_built()) continue;
+    const std::string& d = mc.train.kind == TrainKind::Finetune ? mc.train.finetune.device : mc.train.distill.device;
+    if (d != "cpu")
+      c.fail_at(mc.pos, "{}: training device \"{}\": this lowbit was built without the CUDA backend (nvcc was not "
+                "found at build time)", mc.spec, d);
   }
   // Fine-tuning data: read whole (every record checked) now rather than after hours of work.
   std::set<std::string> data_checked;

@@ -56,7 +56,8 @@ const std::vector<std::string> kFinetuneKeys = {
     "weight_decay",  "adam_beta1", "adam_beta2", "adam_eps",  "source_max_len", "target_max_len",
     "eval_size",     "limit",     "seed",       "data_seed",      "device"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
-                                               "dad", "gamma", "train_beta", "latent", "latent_lr_scale"};
+                                               "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
+                                               "device"};
 
 void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const std::string& v) {
   constexpr int64_t kBig = int64_t(1) << 40;
@@ -93,6 +94,7 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
   else if (k == "train_beta") o.train_beta = bool_value(k, v);
   else if (k == "latent") o.latent = bool_value(k, v);
   else if (k == "latent_lr_scale") o.latent_lr_scale = real_value(k, v, 0, 1e6);
+  else if (k == "device") o.device = (void(parse_device(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -273,6 +275,8 @@ void parse_distill(const Ctx& c, const toml::array& tables, StudySpec& spec, std
       mc.device = "cpu";
       mc.train.kind = TrainKind::Distill;
       train::DistillOptions& o = mc.train.distill;
+      // Trained on the study's device unless the table names one.
+      o.device = spec.device;
       std::string method;
       for (const auto& [k, v] : point) {
         if (contains(kDistillKeys, k)) set_distill_option(o, k, v);

@@ -1,5 +1,6 @@
 #include "train/distill.h"
 
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "quant/method.h"
 #include "train/fdb_train.h"
@@ -24,6 +25,7 @@ void check_distill_options(const DistillOptions& o) {
   LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
   LB_CHECK(o.gamma > 0, "--gamma {} must be positive", o.gamma);
   (void)parse_dad_weight(o.dad);
+  (void)parse_device(o.device);
 }
 
 DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration& calib,
@@ -40,7 +42,10 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   topt.train_beta = o.train_beta;
   topt.latent = o.latent;
   topt.latent_lr_scale = o.latent_lr_scale;
+  topt.device = parse_device(o.device);
   LB_CHECK(calib.nsamples >= o.batch, "--nsamples {} is fewer than one batch of {}", calib.nsamples, o.batch);
+  // A GPU that this build or machine lacks is refused here, before the initialization.
+  if (o.steps > 0) check_device_available(topt.device);
 
   LlamaModel teacher(open_model(model_path));
   LB_CHECK(teacher.checkpoint().quantization.is_null(),
@@ -74,7 +79,7 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
     return b;
   };
   const auto t_train = Clock::now();
-  nlohmann::json log = nlohmann::json::array();
+  nlohmann::json log = nlohmann::json::array(), elapsed = nlohmann::json::array();
   int64_t next = 0;
   for (int64_t s = 0; s < o.steps; ++s) {
     std::vector<Batch> micro;
@@ -84,6 +89,7 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
                           {"grad_norm", st.grad_norm}, {"lr", st.lr}};
     log.push_back(rec);
     const double el = since(t_train);
+    elapsed.push_back(el);
     if (events.on_step) events.on_step({s + 1, o.steps, rec, el, el / double(s + 1) * double(o.steps - s - 1)});
   }
   res.train_seconds = since(t_train);
@@ -96,8 +102,11 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
       {"schedule", "constant after linear warmup"}, {"warmup_ratio", o.warmup_ratio},
       {"max_grad_norm", o.max_grad_norm}, {"optimizer", "AdamW(beta1 0.9, beta2 0.999, eps 1e-8, wd 0)"},
       {"dad_weight", dad_weight_name(topt.dad.weight)}, {"dad_gamma", o.gamma}, {"temperature", 1},
-      {"train_beta", o.train_beta}, {"latent", o.latent}, {"latent_lr_scale", o.latent_lr_scale},
-      {"data", calib.identity()}, {"windows_seen", next}, {"seconds", res.train_seconds}, {"log", log}};
+      {"train_beta", o.train_beta}, {"latent", o.latent}, 
+      {"device", o.steps > 0 ? device_display_name(topt.device) : "cpu"}, {"latent_lr_scale", o.latent_lr_scale},
+      {"data", calib.identity()}, {"windows_seen", next}, {"seconds", res.train_seconds}, {"log", log},
+      {"elapsed", elapsed}};
+  if (topt.device.is_cuda()) res.training["peak_gpu_bytes"] = trainer.peak_device_bytes();
   res.qm.method["training"] = res.training;
   return res;
 }

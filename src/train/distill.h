@@ -22,10 +22,15 @@ struct DistillOptions {
   int64_t steps = 100, batch = 1, grad_accum = 4;  // steps 0: the initialization alone
   double lr = 1e-4, warmup_ratio = 0.0, max_grad_norm = 1.0, gamma = 1.0, latent_lr_scale = 1.0;
   bool train_beta = true, latent = false;
+  // Where the training steps run: "cpu" or a GPU ("cuda", "cuda:N"; fdb_train_cuda.h). The fdb
+  // initialization (2-bit RTN by default) runs on the CPU either way. Not part of a study
+  // cell's key: both devices compute the same step up to fp32 summation order.
+  std::string device = "cpu";
 };
 
 // Throws lowbit::Error naming the option for values no run can take (a method that is not
-// dbllm, steps < 0, lr <= 0, an unknown DAD weight, ...).
+// dbllm, steps < 0, lr <= 0, an unknown DAD weight, a device string that names no device, ...).
+// Whether the device is present is checked by run_distill before any work.
 void check_distill_options(const DistillOptions& o);
 
 struct DistillStep {
@@ -41,7 +46,8 @@ struct DistillEvents {
 
 struct DistillResult {
   // The trained fdb model; its method JSON holds "training" (every option, the data's identity,
-  // the loss log, the seconds).
+  // the loss log, "elapsed": the seconds from the first step's start to each step's end, the
+  // device and, on a GPU, "peak_gpu_bytes").
   QuantizedModel qm;
   nlohmann::json training;
   double init_seconds = 0, train_seconds = 0;

@@ -1,5 +1,6 @@
 #include "train/fdb_train.h"
 
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/fdb_format.h"
@@ -81,12 +82,22 @@ FdbTrainer::FdbTrainer(LlamaModel& student, const LlamaModel& teacher, FdbLinear
                                    std::vector<float>(size_t(w.numel()), 0.0f)};
       }
     }
-    refresh(int64_t(l));
+    if (!opt_.device.is_cuda()) refresh(int64_t(l));
   }
   warmup_ = warmup_steps(opt_.warmup_ratio, opt_.total_steps);
+  if (opt_.device.is_cuda()) {
+    check_device_available(opt_.device);
+    gpu_ = make_fdb_cuda_engine(opt_.device, teacher_, q_);
+  } else {
+    cpu_grads_ = BaseGrads::linears_only(c);
+  }
 }
 
 void FdbTrainer::refresh(int64_t layer) {
+  if (gpu_) {
+    for (LinearKind k : kAllLinears) gpu_->set_linear(layer, k, q_[size_t(layer)][size_t(k)], opt_.latent);
+    return;
+  }
   auto w = std::make_shared<BlockWeights>(clone_block_weights(*student_.block_weights(layer)));
   for (LinearKind k : kAllLinears) {
     w->linear[size_t(k)] = q_[size_t(layer)][size_t(k)].dequantize_f32();
@@ -127,7 +138,7 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
   for (const Batch& b : micro) positions += b.B * b.T;
   const double scale = 1.0 / double(positions);
 
-  std::vector<std::array<std::vector<float>, 7>> galpha(static_cast<size_t>(L)), glatent(opt_.latent ? static_cast<size_t>(L) : 0);
+  FdbGradBuffers galpha(static_cast<size_t>(L)), glatent(opt_.latent ? static_cast<size_t>(L) : 0);
   for (int64_t l = 0; l < L; ++l)
     for (LinearKind k : kAllLinears) {
       galpha[size_t(l)][size_t(k)].assign(size_t(q_[size_t(l)][size_t(k)].extras.at("fdb.alpha").numel()), 0.0f);
@@ -135,40 +146,16 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
     }
   FdbStepStats st;
   st.positions = positions;
-  BaseGrads bg = BaseGrads::linears_only(c);
-  std::vector<float> dalpha;
+  if (gpu_) gpu_->begin_step();
   for (const Batch& b0 : micro) {
     const Batch b = distill_batch(b0);
-    const std::vector<float> tl = teacher_logits(b);
-    StepOptions so;
-    DadSums sums;
-    so.logits_loss = [&](int64_t row0, int64_t rows, int64_t V, float* logits) {
-      const DadSums s = dad_loss_backward(tl.data() + row0 * V, logits, rows, V, opt_.dad, scale);
-      sums.loss += s.loss;
-      sums.kl += s.kl;
-      sums.weight += s.weight;
-      return s.loss;
-    };
-    for (auto& blk : bg.blocks)
-      for (auto& g : blk.linear) std::fill(g.begin(), g.end(), 0.0f);
-    forward_backward(student_, nullptr, b, so, nullptr, &bg);
+    FdbGradBuffers* gl = opt_.latent ? &glatent : nullptr;
+    const DadSums sums = gpu_ ? gpu_->micro_step(b, opt_.dad, scale, gl) : cpu_micro_step(b, scale, galpha, gl);
     st.loss += sums.loss;
     st.kl += sums.kl * scale;
     st.weight += sums.weight * scale;
-    for (int64_t l = 0; l < L; ++l)
-      for (LinearKind k : kAllLinears) {
-        const QuantizedLinear& q = q_[size_t(l)][size_t(k)];
-        const std::vector<float>& dw = bg.blocks[size_t(l)].linear[size_t(k)];
-        std::vector<float>& ga = galpha[size_t(l)][size_t(k)];
-        dalpha.resize(ga.size());
-        fdb_group_grad(q, dw.data(), dalpha.data());
-        for (size_t i = 0; i < ga.size(); ++i) ga[i] += dalpha[i];
-        if (opt_.latent) {
-          std::vector<float>& gl = glatent[size_t(l)][size_t(k)];
-          for (size_t i = 0; i < gl.size(); ++i) gl[i] += dw[i];
-        }
-      }
   }
+  if (gpu_) gpu_->end_step(galpha);
   // Offsets that are not trained (or not stored) get no gradient.
   const bool any_beta = opt_.train_beta;
   double ss = 0;
@@ -212,8 +199,41 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
   return st;
 }
 
+DadSums FdbTrainer::cpu_micro_step(const Batch& b, double scale, FdbGradBuffers& galpha, FdbGradBuffers* glatent) {
+  const int64_t L = student_.config().num_hidden_layers;
+  const std::vector<float> tl = teacher_logits(b);
+  StepOptions so;
+  DadSums sums;
+  so.logits_loss = [&](int64_t row0, int64_t rows, int64_t V, float* logits) {
+    const DadSums s = dad_loss_backward(tl.data() + row0 * V, logits, rows, V, opt_.dad, scale);
+    sums.loss += s.loss;
+    sums.kl += s.kl;
+    sums.weight += s.weight;
+    return s.loss;
+  };
+  for (auto& blk : cpu_grads_.blocks)
+    for (auto& g : blk.linear) std::fill(g.begin(), g.end(), 0.0f);
+  forward_backward(student_, nullptr, b, so, nullptr, &cpu_grads_);
+  std::vector<float> dalpha;
+  for (int64_t l = 0; l < L; ++l)
+    for (LinearKind k : kAllLinears) {
+      const QuantizedLinear& q = q_[size_t(l)][size_t(k)];
+      const std::vector<float>& dw = cpu_grads_.blocks[size_t(l)].linear[size_t(k)];
+      std::vector<float>& ga = galpha[size_t(l)][size_t(k)];
+      dalpha.resize(ga.size());
+      fdb_group_grad(q, dw.data(), dalpha.data());
+      for (size_t i = 0; i < ga.size(); ++i) ga[i] += dalpha[i];
+      if (glatent != nullptr) {
+        std::vector<float>& gl = (*glatent)[size_t(l)][size_t(k)];
+        for (size_t i = 0; i < gl.size(); ++i) gl[i] += dw[i];
+      }
+    }
+  return sums;
+}
+
 double FdbTrainer::eval_kl(const Batch& b0) const {
   const Batch b = distill_batch(b0);
+  if (gpu_) return gpu_->kl_sum(b) / double(b.B * b.T);
   const std::vector<float> tl = teacher_logits(b);
   const int64_t V = student_.config().vocab_size;
   double kl = 0;

@@ -15,14 +15,22 @@
 //     The planes stay those of the initialization until the first step.
 // The embeddings, norms and LM head stay frozen (the 16-bit model's).
 //
+// Device (FdbTrainOptions::device): the CPU runs llama_backward.h's forward_backward with the DAD
+// loss as its logits loss; a GPU runs the same step in fdb_train_cuda.h's engine (forward,
+// backward, DAD loss and the group gradients on the GPU; clipping, AdamW and, with latent
+// weights, their update and re-binarization on the host, as on the CPU). With a GPU the
+// student model's host weights are not refreshed: the student lives on the GPU.
+//
 // Optimizer: AdamW (optimizer.h) on every trained vector, clipping by the global norm of all
 // of them, constant learning rate after a linear warmup. Each step's loss is the DAD loss
 // averaged over all positions of its micro-batches (every position of a window is distilled).
 #pragma once
 
+#include "core/device.h"
 #include "model/llama_model.h"
 #include "quant/quantized_linear.h"
 #include "train/dad.h"
+#include "train/fdb_train_cuda.h"
 #include "train/llama_backward.h"
 #include "train/optimizer.h"
 
@@ -49,6 +57,7 @@ struct FdbTrainOptions {
   bool latent = false;
   double latent_lr_scale = 1.0;  // the latent weights' learning rate relative to the scales'
   DadOptions dad;
+  Device device;  // cpu, or the GPU the step runs on (checked available by the constructor)
 };
 
 struct FdbStepStats {
@@ -75,11 +84,15 @@ class FdbTrainer {
   double eval_kl(const Batch& batch) const;
 
   const FdbLinears& linears() const { return q_; }
+  // On a GPU, the most device memory held so far (bytes); 0 on the CPU.
+  double peak_device_bytes() const { return gpu_ ? gpu_->peak_device_bytes() : 0.0; }
   int64_t steps_done() const { return step_; }
 
  private:
   std::vector<float> teacher_logits(const Batch& b) const;
   void refresh(int64_t layer);
+  // One micro-batch on the CPU: galpha (and glatent when not null) += its gradients.
+  DadSums cpu_micro_step(const Batch& b, double scale, FdbGradBuffers& galpha, FdbGradBuffers* glatent);
 
   LlamaModel& student_;
   const LlamaModel& teacher_;
@@ -92,6 +105,8 @@ class FdbTrainer {
   std::vector<std::array<std::vector<float>, 7>> latent_;
   std::vector<std::array<Moments, 7>> latent_m_;
   int64_t step_ = 0, warmup_ = 0;
+  BaseGrads cpu_grads_;                 // the CPU step's dW (empty on a GPU)
+  std::unique_ptr<FdbCudaEngine> gpu_;  // null on the CPU
 };
 
 }  // namespace lowbit::train

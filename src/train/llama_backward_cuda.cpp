@@ -69,6 +69,8 @@ struct CudaLlamaBackward::Impl {
 
   // The step's settings.
   const LoraAdapters* lora = nullptr;
+  const CudaStepHooks* hooks = nullptr;  // forward_backward_hooked's
+  DeviceBuffer<float> hook_dw;           // [max out * in]: a linear's dW for hooks->weight_grad
   bool dropout_on = false;
   uint64_t seed = 0;
   int64_t B = 0, T = 0, N = 0;
@@ -180,10 +182,16 @@ struct CudaLlamaBackward::Impl {
     targets.resize(size_t(N));
   }
 
+  // The fp32 weight [out, in] of a block's linear (hooks->weight's when given).
+  const float* weight(int64_t layer, LinearKind k) {
+    if (hooks != nullptr && hooks->weight) return hooks->weight(layer, k);
+    return blocks[size_t(layer)].linear[size_t(k)].get();
+  }
+
   // y [N, out] = x W^T (+ scaling * dropout(x) A^T B^T).
   void linear_forward(int64_t layer, LinearKind k, const float* x, float* out_y) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), out_y, N, in, out);
+    cuda::linear_f32(ctx, x, weight(layer, k), out_y, N, in, out);
     const GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float* xin = x;
@@ -204,8 +212,8 @@ struct CudaLlamaBackward::Impl {
   // the adapter's da, db.
   void linear_backward(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo, bool accumulate) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_backward_f32(ctx, x, blocks[size_t(layer)].linear[size_t(k)].get(), dy, dxo, nullptr, N, in, out,
-                              accumulate);
+    cuda::linear_backward_f32(ctx, x, weight(layer, k), dy, dxo, nullptr, N, in, out, accumulate);
+    if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad(layer, k, x, dy);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float scaling = float(lora->config.scaling());
@@ -321,13 +329,19 @@ struct CudaLlamaBackward::Impl {
     }
     // Final norm, LM head and loss in chunks of rows: the [N, V] logits never exist at once.
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    if (hooks != nullptr && hooks->max_chunk_rows > 0) chunk = std::min(chunk, hooks->max_chunk_rows);
     logits.resize(size_t(chunk * V));
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       cuda::linear_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
-      cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
-                                       float(scale), s);
+      if (hooks != nullptr && hooks->logits_loss) {
+        res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
+        LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
+      } else {
+        cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
+                                         float(scale), s);
+      }
       if (backward)
         cuda::linear_backward_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), dx.get() + r0 * H, nullptr, rows,
                                   H, V, false);
@@ -348,6 +362,33 @@ struct CudaLlamaBackward::Impl {
     if (lora_grads != nullptr && lora != nullptr) download_grads(*lora_grads);
     ctx.synchronize();
     return res;
+  }
+
+  // dW [out, in] = dy^T x of a block linear, handed to hooks->weight_grad.
+  void hooked_weight_grad(int64_t layer, LinearKind k, const float* x, const float* dy) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    hook_dw.resize(size_t(in * out));
+    LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
+    // dW alone (dx null): the weight is not read.
+    cuda::linear_backward_f32(ctx, x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
+    hooks->weight_grad(layer, k, hook_dw.get());
+  }
+
+  // The forward alone to the final norm's output (x1).
+  const float* hidden(const Batch& batch) {
+    check_step_input(model, nullptr, batch);
+    const int64_t H = c.hidden_size;
+    alloc(batch.B, batch.T, false);
+    set_rope(T);
+    dropout_on = false;
+    set_adapters(nullptr, false);
+    std::vector<float> host(size_t(N * H));
+    model.embed(batch.tokens, host.data());
+    cuda::upload(h.get(), host.data(), host.size(), stream());
+    ctx.synchronize();
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) block_forward(i, h.get());
+    cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), stream());
+    return x1.get();
   }
 
   // Adds the step's adapter gradients into g (the host's buffers, same shapes as the adapters).
@@ -389,16 +430,39 @@ std::string CudaLlamaBackward::device_name() const { return impl_->ctx.name(); }
 StepResult CudaLlamaBackward::forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                                                LoraAdapters* lora_grads, BaseGrads* base_grads) {
   LB_CHECK(base_grads == nullptr,
-           "training on the GPU: gradients of the base weights (full fine-tuning, DB-LLM's distillation) are "
-           "computed on the CPU only");
+           "training on the GPU: gradients of the base weights (full fine-tuning) are computed on the CPU only "
+           "(DB-LLM's distillation runs on the GPU through train/fdb_train_cuda.h)");
   LB_CHECK(!opt.logits_loss,
-           "training on the GPU: a loss on the logits other than cross-entropy (distillation) runs on the CPU only");
+           "training on the GPU: a host loss on the logits other than cross-entropy runs on the CPU only (a GPU "
+           "logits loss goes through forward_backward_hooked)");
   return impl_->run(lora, batch, opt, true, lora_grads);
 }
 
 StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch& batch) {
   return impl_->run(lora, batch, StepOptions{}, false, nullptr);
 }
+
+StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks) {
+  impl_->hooks = &hooks;
+  struct Reset {
+    Impl* impl;
+    ~Reset() { impl->hooks = nullptr; }
+  } reset{impl_.get()};
+  return impl_->run(nullptr, batch, StepOptions{}, true, nullptr);
+}
+
+const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
+  impl_->hooks = hooks;
+  struct Reset {
+    Impl* impl;
+    ~Reset() { impl->hooks = nullptr; }
+  } reset{impl_.get()};
+  return impl_->hidden(batch);
+}
+
+const float* CudaLlamaBackward::lm_head() const { return impl_->head.get(); }
+
+const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
 
 namespace {
 

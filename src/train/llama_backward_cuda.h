@@ -4,7 +4,10 @@
 // Contract: that of forward_backward / forward_loss in llama_backward.h, restricted to
 //   - a frozen base (base_grads must be null),
 //   - cross-entropy over the batch's targets with StepOptions::loss_scale (no logits_loss),
-// each refused otherwise with a lowbit::Error naming the option. Adapters may carry IR-QLoRA's
+// each refused otherwise with a lowbit::Error naming the option. forward_backward_hooked
+// (CudaStepHooks) is the GPU way to train other parameters: a logits loss computed on the device
+// and each linear's weight gradient handed to the caller on the device (DB-LLM's distillation,
+// fdb_train_cuda.h). Adapters may carry IR-QLoRA's
 // IEC scalars (iec.h): their gradients come down with A's and B's (each a fixed-order fp64 sum
 // over the tokens, as on the CPU). LoRA dropout draws the CPU's
 // counter-based masks bit for bit (same seed, layer, linear and element), so a GPU step and a
@@ -30,11 +33,38 @@
 #include "train/llama_backward.h"
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+namespace lowbit::cuda {
+class Context;
+}
+
 namespace lowbit::train {
+
+// Hooks through which a trainer of parameters other than LoRA adapters (DB-LLM's fdb scales:
+// train/fdb_train_cuda.h) drives a GPU step without the logits or weight gradients leaving the
+// device. Device pointers; the hooks run on the engine's stream (context().stream()) and must
+// enqueue their work there.
+struct CudaStepHooks {
+  // Replaces the cross-entropy: called for consecutive row chunks [row0, row0 + rows) of the
+  // [B*T, V] logits, in order, with the chunk's logits [rows, V] on the device; overwrites them
+  // with d loss / d logits and returns the chunk's loss. The step's loss_sum is the sum of the
+  // returns (num_targets stays the batch's target count).
+  std::function<double(int64_t row0, int64_t rows, int64_t V, float* logits)> logits_loss;
+  // Called in the backward with each block linear's weight gradient dW [out, in] = dy^T x for
+  // this batch (device memory valid during the call only).
+  std::function<void(int64_t layer, LinearKind k, const float* dw)> weight_grad;
+  // Replaces the model's base weights: called before each use of block `layer`'s linear k
+  // (forward, recomputation, backward) for the fp32 weight [out, in] to compute with, valid
+  // until the next call. The embedding, norms and LM head stay the model's.
+  std::function<const float*(int64_t layer, LinearKind k)> weight;
+  // At most this many rows of logits per chunk (0: the engine's 256 MiB chunks); the same losses
+  // and gradients in more calls of logits_loss (tests reach chunk edges with it).
+  int64_t max_chunk_rows = 0;
+};
 
 class CudaLlamaBackward {
  public:
@@ -49,6 +79,18 @@ class CudaLlamaBackward {
   StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                               LoraAdapters* lora_grads, BaseGrads* base_grads);
   StepResult forward_loss(const LoraAdapters* lora, const Batch& batch);
+
+  // For CudaStepHooks' users (no adapters). forward_backward with the hooks; any may be empty
+  // (then the step's default: the cross-entropy over the targets with StepOptions' loss_scale of
+  // 0, no weight gradients, the model's weights).
+  StepResult forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks);
+  // The forward up to the final norm (with hooks->weight's weights when given): the normalized
+  // hidden states [B*T, H] on the device, valid until the next call on this object. The logits
+  // are these times lm_head()^T.
+  const float* forward_hidden(const Batch& batch, const CudaStepHooks* hooks = nullptr);
+  // The LM head [V, H] on the device.
+  const float* lm_head() const;
+  const cuda::Context& context() const;
 
  private:
   struct Impl;

@@ -5,7 +5,9 @@
 //   cpu    llama_backward.h's forward_backward / forward_loss (everything they support)
 //   cuda   llama_backward_cuda.h's CudaLlamaBackward: LoRA (with or without IEC) over a frozen
 //          base only. Options it does not run (base weights' gradients, a custom logits loss)
-//          throw lowbit::Error naming them; nothing moves to the CPU silently.
+//          throw lowbit::Error naming them; nothing moves to the CPU silently. (DB-LLM's
+//          distillation, which needs both, has its own GPU engine over the same class:
+//          fdb_train_cuda.h, chosen by FdbTrainOptions::device.)
 #pragma once
 
 #include "core/device.h"

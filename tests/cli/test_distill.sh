@@ -33,6 +33,8 @@ if [[ -f "$S" && -f "$D/ptb/ptb.train.txt" ]]; then
   expect_err "bad group" "option g=128 does not divide" "$B" distill "${C0[@]}" --data-dir "$D" --method "dbllm:g=128" -o "$T/x"
   expect_err "gptq without offset" "offset=0 .* needs init=rtn" "$B" distill "${C0[@]}" \
     --data-dir "$D" --method "dbllm:init=gptq,offset=0" -o "$T/x"
+  expect_err "missing gpu" "cuda:99" "$B" distill "${C[@]}" --device cuda:99 -o "$T/x"
+  expect_err "bad device" "--device" "$B" distill "${C[@]}" --device gpu -o "$T/x"
   expect_err "existing output" "exists; remove it or pass --force" "$B" distill "${C[@]}" -o "$T/init"
   expect_err "missing data" "ptb" "$B" distill "${C0[@]}" --method "dbllm:g=4" --data-dir "$T/nodata" -o "$T/x"
   if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi

@@ -188,6 +188,15 @@ TEST(FdbTrain, BadInputIsRefused) {
   EXPECT_THROW(train::FdbTrainer(student, teacher, not_fdb, {}), Error);
   train::FdbTrainer t(student, teacher, q, {});
   EXPECT_THROW(t.step({}), Error);
+  // A GPU that is not there (or a build without CUDA) is refused by name before any work.
+  train::FdbTrainOptions gpu;
+  gpu.device = parse_device("cuda:99");
+  try {
+    train::FdbTrainer g(student, teacher, q, gpu);
+    ADD_FAILURE() << "no lowbit::Error for cuda:99";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:99"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

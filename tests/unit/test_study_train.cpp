@@ -1,11 +1,13 @@
 // A study's trained cells without models: [[finetune]] and [[distill]] tables (grids, keys that
 // name every training option, errors at file:line:column), the training columns of the store
 // (and a store written before them), and the paper's labels of trained rows.
+#include "backend/device_check.h"
 #include "core/error.h"
 #include "study/grid.h"
 #include "study/report.h"
 #include "study/spec.h"
 #include "study/store.h"
+#include "train/distill.h"
 #include "train/finetune.h"
 #include "study_spec_errors.h"
 #include "test_util.h"
@@ -146,8 +148,43 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
             "/tmp/spec.toml:20:10: device 'gpu': expected cpu, cuda or cuda:N");
 }
 
+// DB-LLM's distillation too: the study's device unless the table names one, not in the key.
+TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = [64, 128]\ndevice = [\"cuda\", \"cpu\"]\n"
+                                                    "zip = [\"g\", \"device\"]\n\n[[distill]]\nsteps = 5\n",
+                                       "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 3u);
+  EXPECT_EQ(s.methods[0].spec, "dbllm:g=64");
+  EXPECT_EQ(s.methods[0].train.distill.device, "cuda");
+  EXPECT_EQ(s.methods[1].train.distill.device, "cpu");
+  EXPECT_EQ(s.methods[2].train.distill.device, "cuda");
+  const StudySpec cpu = parse_study_spec(spec_with("[[distill]]\ng = 64\n"), "/tmp/spec.toml", kNoFiles);
+  EXPECT_EQ(cpu.methods[0].train.distill.device, "cpu");
+  // The device is where the cell trains, not what it computes: the cell's key leaves it out.
+  EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndevice = \"gpu\"\n")),
+            "/tmp/spec.toml:18:10: device 'gpu': expected cpu, cuda or cuda:N");
+}
+
 // lowbit finetune's device is checked with its other options, before any work (whether the
 // device exists here is checked when the run starts).
+TEST(StudyTrainSpec, DistillOptionsCheckTheDevice) {
+  train::DistillOptions o;
+  for (const char* d : {"cpu", "cuda", "cuda:1"}) {
+    o.device = d;
+    EXPECT_NO_THROW(train::check_distill_options(o)) << d;
+  }
+  o.device = "gpu";
+  try {
+    train::check_distill_options(o);
+    ADD_FAILURE() << "device 'gpu' accepted";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "device 'gpu': expected cpu, cuda or cuda:N");
+  }
+}
+
 TEST(StudyTrainSpec, FinetuneOptionsCheckTheDevice) {
   train::FinetuneOptions o;
   o.method = "irqlora:r=8";
@@ -207,8 +244,8 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "(two scales per group))");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nepochs = 2\n")),
             "/tmp/spec.toml:19:10: unknown key 'epochs' in [[distill]] (training options: steps, batch, grad_accum, "
-            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale; and the dbllm method's "
-            "options)");
+            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device; and the dbllm "
+            "method's options)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = [64, 128]\nsteps = [1]\nzip = [\"g\", \"steps\"]\n")),
             "/tmp/spec.toml:17:1: distill: zipped options 'g' (2 values) and 'steps' (1 values) differ in length");
 }
@@ -241,6 +278,22 @@ TEST(StudyTrainSpec, MissingOrBadDataFailsTheCheck) {
                    std::string(dir / "two.json") + "\"\n",
                SpecOptions{true});
   EXPECT_EQ(iec.substr(0, 47), "/tmp/spec.toml:11:1: irqlora:r=24 on model 'sto") << iec;
+}
+
+// A table's training device that this build cannot use is refused when the spec is checked.
+TEST(StudyTrainSpec, TrainingOnAMissingBackendFailsTheCheck) {
+  if (cuda_backend_built()) GTEST_SKIP() << "this build has the CUDA backend";
+  test::TempDir dir;
+  const std::string model = test::models_dir() + "/stories260K/stories260K.bin";
+  LOWBIT_REQUIRE_PATH(model);
+  test::spit(dir / "t.txt", "some text to calibrate and evaluate on, long enough for a few windows of tokens\n");
+  const std::string text = "[study]\nname = \"t\"\n\n[[model]]\npath = \"" + model +
+                           "\"\n\n[calibration]\nset = \"" + std::string(dir / "t.txt") +
+                           "\"\nnsamples = 2\nseqlen = 8\n\n[eval]\nppl = [\"" + std::string(dir / "t.txt") +
+                           "\"]\nseqlen = 64\n\n[[distill]]\ng = 4\ndevice = \"cuda\"\n";
+  EXPECT_EQ(error_of(text, SpecOptions{true}),
+            "/tmp/spec.toml:16:1: dbllm:g=4: training device \"cuda\": this lowbit was built without the CUDA "
+            "backend (nvcc was not found at build time)");
 }
 
 // The store holds each trained cell's training; a store written before those columns reads as

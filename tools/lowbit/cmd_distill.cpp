@@ -3,10 +3,12 @@
 // DB-LLM end to end: the fdb initialization (the dbllm method, quant/dbllm.h), then its group
 // parameters (and optionally latent weights) trained by Deviation-Aware Distillation from the
 // 16-bit model on calibration windows (train/fdb_train.h), written as a quantized checkpoint
-// whose metadata records the training. --steps 0 writes the initialization alone.
+// whose metadata records the training. --steps 0 writes the initialization alone. --device cuda
+// runs the training steps on the GPU (train/fdb_train_cuda.h); the initialization stays on the CPU.
 #include "commands.h"
 #include "progress.h"
 
+#include "backend/device_check.h"
 #include "backend/ops.h"
 #include "core/error.h"
 #include "core/process.h"
@@ -41,6 +43,8 @@ void run(const Options& o) {
   const auto t0 = Clock::now();
   train::check_distill_options(o);  // bad specs and options fail before any work
   LB_CHECK(!std::filesystem::exists(o.out) || o.force, "output '{}' exists; remove it or pass --force", o.out);
+  // The training device is refused before the model and calibration are read.
+  if (o.steps > 0) check_device_available(parse_device(o.device));
 
   Checkpoint ck = open_model(o.model);
   LB_CHECK(ck.quantization.is_null(), "model '{}' is already quantized; distill starts from its 16-bit source", o.model);
@@ -61,11 +65,14 @@ void run(const Options& o) {
   train::DistillResult r = train::run_distill(o.model, o, calib, ev);
   LlamaModel teacher(std::move(ck));
   const nlohmann::json extra = {{"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
-                                {"device", "cpu"}, {"training", r.training}};
+                                {"device", r.training["device"]}, {"training", r.training}};
   write_quantized_checkpoint(o.out, teacher, r.qm, extra, o.force);
-  fmt::print("wrote {}: {} steps of DAD in {:.1f} s ({:.1f} s in all), peak memory {}\n", o.out, o.steps,
-             r.train_seconds, std::chrono::duration<double>(Clock::now() - t0).count(),
-             human_bytes(double(peak_rss_bytes())));
+  fmt::print("wrote {}: {} steps of DAD on {} in {:.1f} s ({:.1f} s in all), peak memory {}{}\n", o.out, o.steps,
+             r.training["device"].get<std::string>(), r.train_seconds,
+             std::chrono::duration<double>(Clock::now() - t0).count(), human_bytes(double(peak_rss_bytes())),
+             r.training.contains("peak_gpu_bytes")
+                 ? fmt::format(", peak GPU memory {}", human_bytes(r.training["peak_gpu_bytes"].get<double>()))
+                 : "");
 }
 
 }  // namespace
@@ -93,6 +100,7 @@ void register_distill(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--latent-lr-scale", o->latent_lr_scale, "latent weights' learning rate / the scales'")
       ->capture_default_str();
+  add_device_option(cmd, o->device);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", o->force, "replace the output directory if it exists");
   cmd->callback([o] { run(*o); });

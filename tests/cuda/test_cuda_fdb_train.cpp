@@ -1,0 +1,337 @@
+// DB-LLM's distillation on the GPU (train/fdb_train_cuda.h) against the CPU step it twins
+// (train/fdb_train.cpp: llama_backward.h's forward_backward with dad.h's loss, fdb_group_grad),
+// on the tiny LLaMA-3 fixture (GQA, llama3 RoPE): the kernels against their CPU twins, one
+// micro-batch's DAD loss and gradients (group parameters and, for latent weights, dW), two
+// FdbTrainer steps and the KL after them. The CPU is the reference: its DAD loss is checked
+// against torch (tests/unit/test_dad.cpp) and its group gradients against finite differences
+// (tests/model/test_fdb_train.cpp). Skipped without a GPU.
+//
+// Tolerances. Both sides are fp32 with fp64 softmax sums (the GPU's student weights are the CPU's
+// dequantized fp32 values bit for bit; cuBLAS SGEMM without TF32), so they differ by summation
+// order only, the bars of test_cuda_train.cpp:
+//   kernels            dequantize exact (same products and sums, no fma); group sums and the DAD
+//                      loss 1e-6 (fp64 sums in another order, rounded to fp32 once);
+//   loss, KL, weight   1e-5 relative (fp32 order noise through the blocks, ~1e-6 observed for the
+//                      LoRA step on the same model);
+//   gradients          1e-4 relative error of the whole tensor (max |gpu - cpu| / max |cpu|), the
+//                      project's bar for fp32 whole-model gradients (test_train_parity.cpp);
+//   after two steps    the second step's loss and the KL 1e-3 relative: AdamW's first update is
+//                      nearly lr * sign(g), so fp32 noise in a near-zero gradient entry can move
+//                      that parameter by up to lr on one side only (the project's bar for a loss
+//                      curve).
+#include "backend/cuda/fdb_train.cuh"
+#include "core/error.h"
+#include "formats/checkpoint.h"
+#include "quant/formats/bit_plane.h"
+#include "quant/formats/fdb_format.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "test_util.h"
+#include "train/dad.h"
+#include "train/fdb_train.h"
+#include "train/fdb_train_cuda.h"
+#include "train/llama_backward.h"
+#include "train_fixture.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <tuple>
+
+namespace lowbit {
+namespace {
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
+
+const Device kGpu{Device::Kind::Cuda, 0};
+
+// max |a - b| / max |b| over a whole tensor (b, the reference, must not be all zero).
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0, s = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    m = std::max(m, double(std::fabs(a[i] - b[i])));
+    s = std::max(s, double(std::fabs(b[i])));
+  }
+  EXPECT_GT(s, 0) << "a zero reference checks nothing";
+  return s > 0 ? m / s : 0;
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+cuda::Context& ctx() {
+  static cuda::Context c(0);
+  return c;
+}
+
+template <typename T>
+cuda::DeviceBuffer<T> up(const T* p, size_t n) {
+  cuda::DeviceBuffer<T> d(n);
+  cuda::upload(d.get(), p, n, ctx().stream());
+  ctx().synchronize();
+  return d;
+}
+template <typename T>
+std::vector<T> down(const cuda::DeviceBuffer<T>& d, size_t n) {
+  std::vector<T> v(n);
+  cuda::download(v.data(), d.get(), n, ctx().stream());
+  return v;
+}
+
+// A random fdb linear [rows, cols] in groups of g (random planes and group parameters).
+QuantizedLinear random_fdb(int64_t rows, int64_t cols, int64_t g, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<uint8_t> p1(size_t(rows * cols)), p2(p1.size());
+  for (size_t i = 0; i < p1.size(); ++i) {
+    p1[i] = uint8_t(gen() & 1u);
+    p2[i] = uint8_t(gen() & 1u);
+  }
+  QuantizedLinear q;
+  q.format = &kFdbFormat;
+  q.rows = rows;
+  q.cols = cols;
+  q.bits = 2;
+  q.group_size = g;
+  q.params = {{"has_beta", true}};
+  q.extras["fdb.b1"] = pack_plane(p1, rows, cols);
+  q.extras["fdb.b2"] = pack_plane(p2, rows, cols);
+  const std::vector<float> a = randn(size_t(rows * cols / g * 3), seed + 1, 0.05f);
+  Tensor at = Tensor::empty(DType::F32, {rows * cols / g, 3});
+  std::memcpy(at.mutable_data(), a.data(), a.size() * sizeof(float));
+  q.extras["fdb.alpha"] = at;
+  q.validate("random fdb");
+  return q;
+}
+
+// Each kernel against its CPU twin, on shapes past the 256-thread blocks and the 32-lane warps
+// (groups of 32 and 96 columns, rows of 1000 and 3001 logits).
+TEST(CudaFdbOps, MatchTheirCpuTwins) {
+  REQUIRE_GPU();
+  const cudaStream_t s = ctx().stream();
+  for (int64_t g : {32, 96}) {
+    SCOPED_TRACE(g);
+    const int64_t rows = 37, cols = 288;
+    const QuantizedLinear q = random_fdb(rows, cols, g, uint32_t(g));
+    const Tensor& b1 = q.extras.at("fdb.b1");
+    const Tensor& b2 = q.extras.at("fdb.b2");
+    const Tensor& al = q.extras.at("fdb.alpha");
+    auto d1 = up(b1.data_as<uint8_t>(), size_t(b1.numel())), d2 = up(b2.data_as<uint8_t>(), size_t(b2.numel()));
+    auto da = up(al.data_as<float>(), size_t(al.numel()));
+    cuda::DeviceBuffer<float> w(size_t(rows * cols));
+    cuda::fdb_dequantize_f32(d1.get(), d2.get(), da.get(), w.get(), rows, cols, g, s);
+    const Tensor want = q.dequantize_f32();
+    const std::vector<float> got = down(w, size_t(rows * cols));
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), size_t(want.nbytes())), 0);
+
+    const std::vector<float> dw = randn(size_t(rows * cols), 5);
+    auto ddw = up(dw.data(), dw.size());
+    // Accumulates: start from a nonzero buffer.
+    const std::vector<float> base = randn(size_t(al.numel()), 6);
+    auto dg = up(base.data(), base.size());
+    cuda::fdb_group_grad_f32(ddw.get(), d1.get(), d2.get(), dg.get(), rows, cols, g, s);
+    std::vector<float> ref(base.size());
+    train::fdb_group_grad(q, dw.data(), ref.data());
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] += base[i];
+    EXPECT_LT(rel_err(down(dg, ref.size()), ref), 1e-6);
+  }
+  for (int64_t V : {1000, 3001}) {
+    for (auto [mode, weight, gamma] : {std::tuple{0, train::DadWeight::None, 1.0},
+                                       std::tuple{1, train::DadWeight::Teacher, 1.0},
+                                       std::tuple{2, train::DadWeight::Cross, 1.5}}) {
+      SCOPED_TRACE(::testing::Message() << "V " << V << " weight " << mode);
+      const int64_t rows = 5;
+      const double scale = 1.0 / 7.0;
+      const std::vector<float> t = randn(size_t(rows * V), 7, 3.0f), z = randn(size_t(rows * V), 8, 3.0f);
+      auto dt = up(t.data(), t.size()), dz = up(z.data(), z.size());
+      cuda::DeviceBuffer<double> loss{size_t(rows)}, kl{size_t(rows)}, w{size_t(rows)};
+      cuda::dad_loss_backward_f32(dt.get(), dz.get(), loss.get(), kl.get(), w.get(), rows, V, mode, gamma, scale, s);
+      std::vector<float> ref = z;
+      train::DadOptions o;
+      o.weight = weight;
+      o.gamma = gamma;
+      const train::DadSums sums = train::dad_loss_backward(t.data(), ref.data(), rows, V, o, scale);
+      EXPECT_LT(rel_err(down(dz, ref.size()), ref), 1e-6);
+      double gl = 0, gk = 0, gw = 0;
+      for (double x : down(loss, size_t(rows))) gl += x;
+      for (double x : down(kl, size_t(rows))) gk += x;
+      for (double x : down(w, size_t(rows))) gw += x;
+      EXPECT_NEAR(gl, sums.loss, 1e-6 * sums.loss);
+      EXPECT_NEAR(gk, sums.kl, 1e-6 * sums.kl);
+      EXPECT_NEAR(gw, sums.weight, 1e-6 * sums.weight);
+    }
+  }
+}
+
+train::FdbLinears fdb_init(const std::string& spec) {
+  LlamaModel work(open_checkpoint(tiny()));
+  auto method = make_method(spec);
+  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+  train::FdbLinears out(qm.blocks.size());
+  for (size_t l = 0; l < qm.blocks.size(); ++l)
+    for (LinearKind k : kAllLinears) out[l][size_t(k)] = *qm.blocks[l].linear[size_t(k)];
+  return out;
+}
+
+train::Batch random_batch(int64_t B, int64_t T, int64_t V, uint32_t seed) {
+  std::mt19937 gen(seed);
+  train::Batch b;
+  b.B = B;
+  b.T = T;
+  for (int64_t i = 0; i < B * T; ++i) b.tokens.push_back(int32_t(gen() % uint32_t(V)));
+  b.targets.assign(b.tokens.size(), 0);
+  return b;
+}
+
+train::FdbGradBuffers zeros(const train::FdbLinears& q, bool latent) {
+  train::FdbGradBuffers g(q.size());
+  for (size_t l = 0; l < q.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const QuantizedLinear& x = q[l][size_t(k)];
+      g[l][size_t(k)].assign(latent ? size_t(x.rows * x.cols) : size_t(x.extras.at("fdb.alpha").numel()), 0.0f);
+    }
+  return g;
+}
+
+// The CPU step of fdb_train.cpp, spelled out: the student's weights are the fdb weights'
+// dequantized values, the teacher's logits come from its forward, the DAD loss is the logits
+// loss of forward_backward, and the group gradients are fdb_group_grad of the linears' dW.
+train::DadSums cpu_micro_step(const train::FdbLinears& q, const train::Batch& b, const train::DadOptions& dad,
+                              double scale, train::FdbGradBuffers& galpha, train::FdbGradBuffers& glatent) {
+  LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
+  for (size_t l = 0; l < q.size(); ++l) {
+    auto w = std::make_shared<BlockWeights>(clone_block_weights(*student.block_weights(int64_t(l))));
+    for (LinearKind k : kAllLinears) w->linear[size_t(k)] = q[l][size_t(k)].dequantize_f32();
+    student.set_block_weights(int64_t(l), w);
+  }
+  std::vector<float> tl;
+  for (int64_t s = 0; s < b.B; ++s) {
+    const Tensor t = teacher.forward(std::span<const int32_t>(b.tokens.data() + s * b.T, size_t(b.T)));
+    tl.insert(tl.end(), t.data_as<float>(), t.data_as<float>() + t.numel());
+  }
+  train::DadSums sums;
+  train::StepOptions so;
+  so.logits_loss = [&](int64_t r0, int64_t rows, int64_t V, float* z) {
+    const train::DadSums s = train::dad_loss_backward(tl.data() + r0 * V, z, rows, V, dad, scale);
+    sums.loss += s.loss;
+    sums.kl += s.kl;
+    sums.weight += s.weight;
+    return s.loss;
+  };
+  train::BaseGrads g = train::BaseGrads::linears_only(student.config());
+  train::forward_backward(student, nullptr, b, so, nullptr, &g);
+  for (size_t l = 0; l < q.size(); ++l)
+    for (LinearKind k : kAllLinears) {
+      const std::vector<float>& dw = g.blocks[l].linear[size_t(k)];
+      train::fdb_group_grad(q[l][size_t(k)], dw.data(), galpha[l][size_t(k)].data());
+      glatent[l][size_t(k)] = dw;
+    }
+  return sums;
+}
+
+// One micro-batch: the DAD loss, its sums and every gradient, against the CPU's; with the logits
+// in one chunk and in chunks of 7 rows (80 rows: 11 full chunks and one of 3).
+TEST(CudaFdbTrain, MicroStepMatchesTheCpu) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
+  const double scale = 1.0 / 80.0;
+  for (int64_t chunk_rows : {0, 7}) {
+    SCOPED_TRACE(::testing::Message() << "chunk rows " << chunk_rows);
+    auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q, chunk_rows);
+    for (train::DadWeight w : {train::DadWeight::Cross, train::DadWeight::Teacher, train::DadWeight::None}) {
+      SCOPED_TRACE(train::dad_weight_name(w));
+      train::DadOptions dad;
+      dad.weight = w;
+      train::FdbGradBuffers ga = zeros(q, false), gl = zeros(q, true), ra = zeros(q, false), rl = zeros(q, true);
+      const train::DadSums want = cpu_micro_step(q, b, dad, scale, ra, rl);
+      gpu->begin_step();
+      const train::DadSums got = gpu->micro_step(b, dad, scale, &gl);
+      gpu->end_step(ga);
+      EXPECT_NEAR(got.loss, want.loss, 1e-5 * want.loss);
+      EXPECT_NEAR(got.kl, want.kl, 1e-5 * want.kl);
+      EXPECT_NEAR(got.weight, want.weight, 1e-5 * want.weight);
+      for (size_t l = 0; l < q.size(); ++l)
+        for (LinearKind k : kAllLinears) {
+          EXPECT_LT(rel_err(ga[l][size_t(k)], ra[l][size_t(k)]), 1e-4) << "layer " << l << " " << linear_name(k);
+          EXPECT_LT(rel_err(gl[l][size_t(k)], rl[l][size_t(k)]), 1e-4) << "dW layer " << l << " " << linear_name(k);
+        }
+      // The KL alone (no gradients) is the same sum.
+      EXPECT_NEAR(gpu->kl_sum(b), want.kl, 1e-5 * want.kl);
+    }
+  }
+}
+
+// FdbTrainer on either device: two steps of two micro-batches, with and without latent weights.
+TEST(CudaFdbTrain, TrainerStepsMatchTheCpu) {
+  REQUIRE_GPU();
+  for (bool latent : {false, true}) {
+    SCOPED_TRACE(latent ? "latent" : "scales");
+    train::FdbTrainOptions opt;
+    // A small rate: a near-zero gradient entry whose sign differs between the devices moves its
+    // parameter by up to 2 lr (AdamW's first update is nearly lr * sign(g)).
+    opt.adamw.lr = 1e-4;
+    opt.total_steps = 2;
+    opt.latent = latent;
+    opt.latent_lr_scale = 0.1;
+    LlamaModel teacher(open_checkpoint(tiny())), s_cpu(open_checkpoint(tiny())), s_gpu(open_checkpoint(tiny()));
+    const train::FdbLinears q = fdb_init("dbllm:g=16");
+    train::FdbTrainer cpu(s_cpu, teacher, q, opt);
+    opt.device = kGpu;
+    train::FdbTrainer gpu(s_gpu, teacher, q, opt);
+    const int64_t V = teacher.config().vocab_size;
+    const std::vector<train::Batch> micro = {random_batch(1, 48, V, 21), random_batch(2, 24, V, 22)};
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE(step);
+      const train::FdbStepStats a = cpu.step(micro), g = gpu.step(micro);
+      const double tol = step == 0 ? 1e-5 : 1e-3;
+      EXPECT_NEAR(g.loss, a.loss, tol * a.loss);
+      EXPECT_NEAR(g.kl, a.kl, tol * a.kl);
+      EXPECT_NEAR(g.weight, a.weight, tol * a.weight);
+      EXPECT_NEAR(g.grad_norm, a.grad_norm, (step == 0 ? 1e-4 : 1e-3) * a.grad_norm);
+      EXPECT_EQ(g.positions, a.positions);
+    }
+    const double kc = cpu.eval_kl(micro[0]), kg = gpu.eval_kl(micro[0]);
+    EXPECT_NEAR(kg, kc, 1e-3 * kc);
+    for (const auto& layer : gpu.linears())
+      for (const QuantizedLinear& x : layer) EXPECT_NO_THROW(x.validate("trained on the GPU"));
+  }
+}
+
+TEST(CudaFdbTrain, BadInputIsRefused) {
+  REQUIRE_GPU();
+  LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
+  train::FdbLinears q = fdb_init("dbllm:g=16");
+  train::FdbLinears fewer(q.begin(), q.begin() + 1);
+  EXPECT_THROW(train::make_fdb_cuda_engine(kGpu, teacher, fewer), Error);
+  train::FdbTrainOptions opt;
+  opt.device = Device{Device::Kind::Cuda, 99};
+  try {
+    train::FdbTrainer t(student, teacher, q, opt);
+    ADD_FAILURE() << "no lowbit::Error for cuda:99";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:99"), std::string::npos) << e.what();
+  }
+  // Bad batches, as on the CPU: a token outside the vocabulary.
+  auto gpu = train::make_fdb_cuda_engine(kGpu, teacher, q);
+  train::Batch bad = random_batch(1, 8, teacher.config().vocab_size, 3);
+  bad.tokens[2] = int32_t(teacher.config().vocab_size);
+  gpu->begin_step();
+  EXPECT_THROW(gpu->micro_step(bad, {}, 1.0, nullptr), Error);
+}
+
+}  // namespace
+}  // namespace lowbit
