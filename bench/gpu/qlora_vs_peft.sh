@@ -26,7 +26,8 @@
 #
 # Variables (default): SEQ 512, BATCH 1, ACCUM 4, STEPS 4, METHOD qlora:r=64,alpha=16 (r and
 # alpha are passed to the PEFT side too), GRAD_CKPT 1, DEVICE cuda (cpu checks the script on a
-# small model), TOKENIZER_DIR (for "8b"), PYTHON python3
+# small model), TOKENIZER_DIR (for "8b"), PEFT_IMPL auto (peft, or torch for the plain-torch
+# LoRA even where PEFT is installed), PYTHON python3
 set -euo pipefail
 if [[ $# -lt 3 || $# -gt 4 ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -35,7 +36,7 @@ fi
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 LOWBIT=$1 WORK=$2 MODEL=$3 LAYERS=${4:-4}
 SEQ=${SEQ:-512} BATCH=${BATCH:-1} ACCUM=${ACCUM:-4} STEPS=${STEPS:-4} METHOD=${METHOD:-qlora:r=64,alpha=16}
-GRAD_CKPT=${GRAD_CKPT:-1} DEVICE=${DEVICE:-cuda} PYTHON=${PYTHON:-python3}
+GRAD_CKPT=${GRAD_CKPT:-1} DEVICE=${DEVICE:-cuda} PEFT_IMPL=${PEFT_IMPL:-auto} PYTHON=${PYTHON:-python3}
 die() { echo "qlora_vs_peft.sh: $*" >&2; exit 1; }
 [[ -x "$LOWBIT" && -f "$LOWBIT" ]] || die "LOWBIT '$LOWBIT' is not an executable file"
 (( STEPS >= 2 )) || die "STEPS $STEPS: lowbit's throughput leaves out the first step, so at least 2 are needed"
@@ -76,19 +77,25 @@ CKPT=()
   echo "qlora_vs_peft.sh: the peft package does not import here; the PEFT side runs its plain-torch LoRA fallback" >&2
 "$PYTHON" "$ROOT/scripts/device/peft_lora_step_bench.py" "${PEFT_MODEL[@]}" --layers "$( [[ "$MODEL" == 8b ]] && echo "$LAYERS" || echo 0 )" \
   --seq "$SEQ" --batch "$BATCH" --accum "$ACCUM" --steps $(( STEPS - 1 )) --warmup 1 --r "$R" --alpha "$ALPHA" \
-  --device "$DEVICE" "${CKPT[@]}" 2> "$WORK/peft.log" | tail -n 1 > "$WORK/peft.json" ||
+  --impl "$PEFT_IMPL" --device "$DEVICE" "${CKPT[@]}" 2> "$WORK/peft.log" | tail -n 1 > "$WORK/peft.json" ||
   { tail -n 20 "$WORK/peft.log" >&2; exit 1; }
 
-"$PYTHON" - "$WORK/lowbit/lowbit_adapter.json" "$WORK/peft.json" "$SEQ" <<'EOF' | tee "$WORK/results.txt"
-import json, sys
+"$PYTHON" - "$WORK/lowbit/lowbit_adapter.json" "$WORK/peft.json" "$SEQ" "$WORK/lowbit.log" <<'EOF' | tee "$WORK/results.txt"
+import json, re, sys
 lb, pf, seq = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
+m = re.search(r"\((\d+) trainable parameters\)", open(sys.argv[4]).read())
+lb_params = int(m.group(1)) if m else None
+if lb_params != pf["trainable_parameters"]:
+    print(f"WARNING: trainable parameters differ: lowbit {lb_params}, PEFT side {pf['trainable_parameters']} "
+          "(not the same model shape)")
 secs = lb["step_seconds"]
 tokens = [r["tokens"] for r in lb["log"][-len(secs):]]
 lb_tps = sum(tokens[1:]) / sum(secs[1:])
 g = lb.get("gpu_memory", {})
 print(f"sequence {seq}, batch {pf['batch']} x {pf['accum']} micro-batches, {pf['layers']} layers, r {lb['run']['method']['r']} "
       f"alpha {lb['run']['method']['alpha']} on {', '.join(lb['run']['method']['targets'])}")
-print(f"device: {g.get('device', 'cpu')} (lowbit), {pf['device']} ({pf['impl']})")
+same = f"; {lb_params} trainable parameters on both sides" if lb_params == pf["trainable_parameters"] else ""
+print(f"device: {g.get('device', 'cpu')} (lowbit), {pf['device']} ({pf['impl']}){same}")
 print(f"{'':34} {'tokens/s':>10} {'peak memory':>14}")
 peak_lb = g.get("peak_in_use_bytes")
 peak_pf = pf.get("peak_memory_bytes")
