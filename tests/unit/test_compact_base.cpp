@@ -13,6 +13,7 @@
 #include "quant/quantized_linear.h"
 #include "test_util.h"
 #include "train/compact_base.h"
+#include "train/lora.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -184,6 +185,22 @@ TEST(CompactBase, EightBillionShapes) {
   std::printf("LLaMA-3-8B QLoRA base on the GPU: linears %.2f GiB, head %.2f GiB, scratch %.2f GiB, total %.2f GiB\n",
               double(b.linears) / (1 << 30), double(b.head) / (1 << 30), double(b.scratch) / (1 << 30),
               double(b.total()) / (1 << 30));
+}
+
+// The adapters' GPU bytes against the adapters lora.h builds: A, B, their gradients and the
+// gradients' step sums (3 x the parameters), the forward's [N, r] product and two IEC gradient
+// slots per adapted linear.
+TEST(CompactBase, AdapterBytesCountTheAdapters) {
+  const LlamaConfig c = load_llama_config(std::string(LOWBIT_SOURCE_DIR) + "/bench/configs/llama3-tiny.json");
+  train::LoraConfig cfg;
+  cfg.r = 64;
+  for (bool all : {true, false}) {
+    if (!all) cfg.targets = {true, false, true, false, false, false, false};  // q_proj, v_proj
+    const int64_t linears = all ? 7 : 2, tokens = 512;
+    const int64_t params = train::LoraAdapters::zeros(c, cfg).num_parameters();
+    EXPECT_EQ(train::gpu_adapter_bytes(c, cfg.r, cfg.targets, tokens),
+              4 * (3 * params + c.num_hidden_layers * linears * (tokens * cfg.r + 2)));
+  }
 }
 
 }  // namespace
