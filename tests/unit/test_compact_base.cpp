@@ -145,6 +145,29 @@ TEST(CompactBase, IntCodesAreExact) {
   }
 }
 
+// A quantized checkpoint read back from disk (what `lowbit finetune --method lora:...` trains
+// over): its linears come compact from the file's codes (3-bit codes in nibbles here).
+TEST(CompactBase, CheckpointOnDiskIsExact) {
+  test::TempDir dir;
+  const std::string path = random_config(dir);
+  Checkpoint source = open_checkpoint(path);
+  LlamaModel work(source);
+  auto method = make_method("rtn:w=3,g=32");
+  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+  const std::string out = (dir.path / "q").string();
+  write_quantized_checkpoint(out, work, qm, nlohmann::json::object(), false);
+  auto model = load_model(out);
+  ASSERT_FALSE(model->checkpoint().quantization.is_null());
+  const auto base = expect_exact(*model, CompactKind::Int);
+  EXPECT_EQ(base.layers[1][size_t(LinearKind::K)].code_bits, 4);
+  train::CompactLayout l;
+  l.kind = CompactKind::Int;
+  l.bits = 3;
+  l.group_size = 32;
+  l.flat_groups = false;
+  expect_bytes(base, model->config(), l);
+}
+
 TEST(CompactBase, UnquantizedBf16StaysSixteenBit) {
   test::TempDir dir;
   LlamaModel model(open_checkpoint(random_config(dir)));
