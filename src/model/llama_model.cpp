@@ -43,6 +43,7 @@ class Dense16Linear final : public LinearKernel {
 LlamaModel::LlamaModel(Checkpoint ck) : ck_(std::move(ck)) {
   const LlamaConfig& c = ck_.config;
   blocks_.resize(size_t(c.num_hidden_layers));
+  replaced_.assign(size_t(c.num_hidden_layers), false);
   // Converted fp32 blocks are kept when all of them fit in 4 GiB; larger models convert each
   // block when it runs.
   const int64_t per_block = 4 * (4 * c.hidden_size * c.hidden_size + 3 * c.hidden_size * c.intermediate_size);
@@ -107,6 +108,13 @@ void LlamaModel::set_block_weights(int64_t i, std::shared_ptr<const BlockWeights
   LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
   std::lock_guard<std::mutex> lock(mu_);
   blocks_[size_t(i)] = std::move(w);
+  replaced_[size_t(i)] = true;
+}
+
+bool LlamaModel::block_weights_replaced(int64_t i) const {
+  LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
+  std::lock_guard<std::mutex> lock(mu_);
+  return replaced_[size_t(i)];
 }
 
 void LlamaModel::embed(std::span<const int32_t> tokens, float* hidden) const {

@@ -92,6 +92,9 @@ class LlamaModel {
   std::shared_ptr<const BlockWeights> block_weights(int64_t i) const;
   // Replaces block i's weights (a quantized block's dequantized weights, for instance).
   void set_block_weights(int64_t i, std::shared_ptr<const BlockWeights> w);
+  // Whether set_block_weights() replaced block i: its weights are then no longer the checkpoint's
+  // (readers of the checkpoint's quantized linears must use block_weights() instead).
+  bool block_weights_replaced(int64_t i) const;
 
   // hidden[n, H] = embedding rows of tokens[0..n).
   void embed(std::span<const int32_t> tokens, float* hidden) const;
@@ -165,6 +168,7 @@ class LlamaModel {
   mutable std::mutex mu_;
   mutable RopeTable rope_;
   mutable std::vector<std::shared_ptr<const BlockWeights>> blocks_;
+  std::vector<bool> replaced_;  // by set_block_weights
   bool cache_blocks_ = true;
   bool keep_16bit_ = false;
   Tensor final_norm_w_;

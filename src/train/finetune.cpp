@@ -233,7 +233,20 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
   const std::unique_ptr<StepEngine> engine = make_step_engine(device, model);
-  if (device.is_cuda()) note(fmt::format("training on {} (fp32 base and adapters)", engine->name()));
+  if (device.is_cuda())
+    note(fmt::format("training on {} (fp32 compute: the base expanded per linear)", engine->name()));
+  const std::optional<EngineMemory> mem0 = engine->memory();
+  if (mem0) {
+    constexpr double GiB = double(int64_t(1) << 30);
+    const GpuModelBytes& m = mem0->model;
+    note(fmt::format("GPU holds the model in {:.2f} GiB: base {} {:.2f} GiB, norms {:.3f} GiB, LM head {:.2f} GiB, "
+                     "scratch {:.2f} GiB (embedding on the host)",
+                     double(m.total()) / GiB, mem0->base_layout, double(m.linears) / GiB, double(m.norms) / GiB,
+                     double(m.head) / GiB, double(m.scratch) / GiB));
+    if (mem0->layout)
+      note(fmt::format("gpu_model_bytes() for this configuration and layout: {:.2f} GiB",
+                       double(gpu_model_bytes(c, *mem0->layout).total()) / GiB));
+  }
   LoraTrainer trainer(model, std::move(init), topts, engine.get());
   nlohmann::json log = nlohmann::json::array();
   const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
@@ -299,7 +312,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   const int64_t first = trainer.steps_done();
   int64_t tokens_run = 0;
   int64_t done_this_run = 0;
+  std::vector<double> step_seconds;  // of this call's steps
   for (int64_t s = first; s < o.steps; ++s) {
+    const auto t_step = Clock::now();
     const std::vector<Batch> micro = micro_batches(s);
     const bool dump = !o.dump_grads.empty() && done_this_run == 0;
     LoraAdapters grad;
@@ -310,6 +325,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     }
     tokens_run += st.tokens;
     ++done_this_run;
+    step_seconds.push_back(since(t_step));
     const double elapsed = since(t_loop);
     nlohmann::json rec = {{"step", s + 1}, {"loss", st.loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm},
                           {"targets", st.targets}, {"tokens", st.tokens}};
@@ -329,9 +345,26 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   }
   res.train_seconds = since(t_loop);
   res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id}, {"log", log},
-                 {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)}};
+                 {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)},
+                 {"step_seconds", step_seconds}, {"tokens_this_call", tokens_run},
+                 {"tokens_per_second", res.train_seconds > 0 ? double(tokens_run) / res.train_seconds : 0.0}};
   if (!method.base_spec.empty()) res.summary["base_quantization"] = method.base_spec;
   if (res.finished && !split.held_out.empty()) res.summary["eval_loss"] = eval_loss();
+  if (const auto mem = engine->memory()) {
+    const auto bytes_json = [](const GpuModelBytes& b) {
+      return nlohmann::json{{"linears", b.linears}, {"norms", b.norms}, {"head", b.head}, {"scratch", b.scratch},
+                            {"total", b.total()}};
+    };
+    nlohmann::json g = {{"device", engine->name()},
+                        {"base_layout", mem->base_layout},
+                        {"model_bytes", bytes_json(mem->model)},
+                        {"adapter_bytes", gpu_adapter_bytes(c, method.lora.r, method.lora.targets, o.batch *
+                                                            (o.source_max + o.target_max))},
+                        {"peak_allocated_bytes", mem->peak_allocated},
+                        {"peak_in_use_bytes", mem->peak_in_use}};
+    if (mem->layout) g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout));
+    res.summary["gpu_memory"] = g;
+  }
   res.adapters = trainer.adapters();
   return res;
 }

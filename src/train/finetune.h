@@ -85,7 +85,14 @@ struct FinetuneResult {
   std::unique_ptr<LlamaModel> model;
   LoraAdapters adapters;
   // What lowbit_adapter.json records: {"base", "run" (every option), "log" (one record per
-  // step), "peak_rss_bytes", "train_seconds"[, "base_quantization"][, "eval_loss"]}.
+  // step), "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
+  // call), "tokens_this_call", "tokens_per_second" (theirs over the steps' time)[,
+  // "base_quantization"][, "eval_loss"][, "gpu_memory"]}. gpu_memory (on a GPU): {"device",
+  // "base_layout", "model_bytes" and "model_bytes_predicted" ({"linears", "norms", "head",
+  // "scratch", "total"}: as allocated, and gpu_model_bytes()' for the configuration and layout),
+  // "adapter_bytes" (gpu_adapter_bytes() at the longest micro-batch), "peak_allocated_bytes" (the
+  // device buffers' high-water), "peak_in_use_bytes" (cudaMemGetInfo's total - free after a step,
+  // the CUDA context and cuBLAS' workspaces included)}.
   nlohmann::json summary;
   bool finished = true;  // false: stopped by stop_after before the last step
   double quantize_seconds = 0;  // the base's quantization (0 for lora)

@@ -61,6 +61,19 @@ struct StepOptions {
   uint64_t dropout_seed = 0;
   // Replaces the cross-entropy (and loss_scale) when set.
   LogitsLoss logits_loss;
+  // The caller's promise that `lora` is the same object, holding the same values, as in its
+  // previous call to the same engine (a later micro-batch of one optimizer step): an engine that
+  // keeps the adapters on a device (llama_backward_cuda.h) then does not upload them again. The
+  // CPU ignores it.
+  bool adapters_unchanged = false;
+  // The caller's promise that another call follows for the same step, with the same `lora`
+  // (adapters_unchanged) and the same `lora_grads`: an engine on a device may then keep this
+  // call's adapter gradients there, summed in call order, and add the sum into lora_grads with
+  // the last call's (one download per optimizer step instead of one per micro-batch). Into
+  // gradient buffers that start at zero, as the trainer's do, the result is bit for bit that of
+  // adding each call's gradients on the host. A call without adapters_unchanged starts anew
+  // (a sum left by a step that failed midway is dropped). The CPU ignores it.
+  bool more_micro_batches = false;
 };
 
 struct StepResult {

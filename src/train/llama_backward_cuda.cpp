@@ -1,10 +1,13 @@
 #include "train/llama_backward_cuda.h"
 
+#include "backend/cuda/compact_weight.cuh"
 #include "backend/cuda/ops_backward.cuh"
 #include "core/error.h"
+#include "train/compact_base.h"
 #include "train/step_engine.h"
 
 #include <algorithm>
+#include <tuple>
 
 namespace lowbit::train {
 
@@ -27,9 +30,66 @@ void upload_f32(const Tensor& t, DeviceBuffer<float>& dst, cudaStream_t s) {
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
+// One frozen linear in its compact form (train/compact_base.h): F32 is used in place, every other
+// kind is expanded into the shared scratch before each use.
+struct GpuLinear {
+  CompactKind kind = CompactKind::F32;
+  DeviceBuffer<float> f32, scales, zeros, codebook, tau;
+  DeviceBuffer<uint16_t> half;
+  DeviceBuffer<uint8_t> codes;
+  DeviceBuffer<int32_t> g_idx;
+  cuda::CompactWeightView view;  // pointers into the buffers above
+  int64_t numel = 0;
+
+  size_t bytes() const {
+    return f32.bytes() + scales.bytes() + zeros.bytes() + codebook.bytes() + tau.bytes() + half.bytes() +
+           codes.bytes() + g_idx.bytes();
+  }
+};
+
+template <typename T>
+const T* upload_vec(const std::vector<T>& v, DeviceBuffer<T>& dst, cudaStream_t s) {
+  if (v.empty()) return nullptr;
+  dst.resize(v.size());
+  cuda::upload(dst.get(), v.data(), v.size(), s);
+  return dst.get();
+}
+
+// Uploads w (the caller synchronizes before w goes away).
+void upload_linear(const CompactLinear& w, GpuLinear& g, cudaStream_t s) {
+  g.kind = w.kind;
+  g.numel = w.numel();
+  cuda::CompactWeightView& v = g.view;
+  v.rows = w.rows;
+  v.cols = w.cols;
+  switch (w.kind) {
+    case CompactKind::F32: upload_vec(w.f32, g.f32, s); return;
+    case CompactKind::Half16:
+      v.kind = cuda::CompactWeightView::kHalf16;
+      v.half = upload_vec(w.half, g.half, s);
+      v.half_is_bf16 = w.half_dtype == DType::BF16;
+      return;
+    case CompactKind::Int:
+    case CompactKind::Codebook: break;
+  }
+  v.kind = w.kind == CompactKind::Int ? cuda::CompactWeightView::kInt : cuda::CompactWeightView::kCodebook;
+  v.codes = upload_vec(w.codes, g.codes, s);
+  v.code_bits = w.code_bits;
+  v.scales = upload_vec(w.scales, g.scales, s);
+  v.zeros = upload_vec(w.zeros, g.zeros, s);
+  v.codebook = upload_vec(w.codebook, g.codebook, s);
+  v.tau = upload_vec(w.tau, g.tau, s);
+  v.g_idx = upload_vec(w.g_idx, g.g_idx, s);
+  v.group_size = w.group_size;
+  v.flat_groups = w.flat_groups;
+  LB_CHECK(w.round_to == DType::F32 || w.round_to == DType::BF16 || w.round_to == DType::F16,
+           "a compact linear rounds to {}, not a float type", dtype_name(w.round_to));
+  v.round_to = w.round_to == DType::BF16 ? 1 : w.round_to == DType::F16 ? 2 : 0;
+}
+
 struct GpuBlock {
   DeviceBuffer<float> input_norm, post_norm;  // [H]
-  std::array<DeviceBuffer<float>, 7> linear;  // [out, in], by LinearKind
+  std::array<GpuLinear, 7> linear;            // [out, in], by LinearKind
 };
 
 // One linear's adapter on the GPU, its gradient, and what its forward keeps for the backward.
@@ -39,6 +99,7 @@ struct GpuAdapter {
   float a_s = 0, b_s = 0;      // their values
   DeviceBuffer<float> a, b;    // [r, in], [out, r]
   DeviceBuffer<float> da, db;  // the same shapes
+  DeviceBuffer<float> acc_a, acc_b;  // the same: the sum of earlier micro-batches' da, db (deferred)
   DeviceBuffer<float> dscales; // [2]: the gradients of a_s and b_s
   DeviceBuffer<float> t;       // dropout(x) A^T [N, r] (with IEC: + a_s * the group means of x)
 };
@@ -51,6 +112,16 @@ struct CudaLlamaBackward::Impl {
   cuda::Context ctx;
   std::vector<GpuBlock> blocks;
   DeviceBuffer<float> final_norm, head;  // [H], [V, H]
+  DeviceBuffer<float> scratch;           // [the largest compact linear]: the expanded weight in use
+  GpuModelBytes model_bytes;
+  std::string base_layout;
+  std::optional<CompactLayout> layout;  // of every linear, when they share one
+  size_t peak_used = 0;  // the most cudaMemGetInfo showed in use after a step
+  const LoraAdapters* uploaded = nullptr;  // the adapters whose values the GPU holds
+  // Deferred gradients (StepOptions::more_micro_batches): acc_a, acc_b hold the sum of earlier
+  // calls' gradients, for these adapters and this host buffer.
+  const LoraAdapters* pending_lora = nullptr;
+  const LoraAdapters* pending_grads = nullptr;
   // RoPE tables [T, hd / 2] of the current sequence length.
   int64_t rope_T = 0;
   DeviceBuffer<float> rope_cos, rope_sin;
@@ -78,24 +149,56 @@ struct CudaLlamaBackward::Impl {
   Impl(const LlamaModel& m, int device) : model(m), c(m.config()), ctx(device) {
     const cudaStream_t s = ctx.stream();
     blocks.resize(size_t(c.num_hidden_layers));
+    CompactBase first;  // the first block's linears (without their data), for the log
+    bool uniform = true;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      auto w = model.block_weights(l);
       GpuBlock& g = blocks[size_t(l)];
-      upload_f32(w->input_norm, g.input_norm, s);
-      upload_f32(w->post_norm, g.post_norm, s);
+      // Norms from the weights a block runs with (a method may rewrite them).
+      {
+        auto w = model.block_weights_replaced(l) ? model.block_weights(l) : nullptr;
+        const WeightSource& src = *model.checkpoint().weights;
+        upload_f32(w ? w->input_norm : src.get(hf_tensor_name(TensorKind::AttnNorm, l)), g.input_norm, s);
+        upload_f32(w ? w->post_norm : src.get(hf_tensor_name(TensorKind::FfnNorm, l)), g.post_norm, s);
+      }
+      // One block's compact linears on the host at a time.
+      std::array<CompactLinear, 7> lin = make_compact_block(model, l);
       for (LinearKind k : kAllLinears) {
-        const Tensor& t = (*w)[k];
-        LB_CHECK(t.numel() == linear_out_features(c, k) * linear_in_features(c, k),
-                 "block {} {}: {} weights for a [{}, {}] linear", l, linear_name(k), t.numel(),
-                 linear_out_features(c, k), linear_in_features(c, k));
-        upload_f32(t, g.linear[size_t(k)], s);
+        const CompactLinear& w = lin[size_t(k)];
+        upload_linear(w, g.linear[size_t(k)], s);
+        model_bytes.linears += int64_t(g.linear[size_t(k)].bytes());
+        if (w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, 4 * w.numel());
+      }
+      ctx.synchronize();
+      for (CompactLinear& w : lin) w.f32 = {}, w.half = {}, w.codes = {};
+      CompactBase one{{std::move(lin)}};
+      if (l == 0) {
+        first = std::move(one);
+        layout = first.uniform_layout();
+      } else {
+        uniform = uniform && layout && one.uniform_layout() == layout;
       }
     }
+    base_layout = first.describe();
+    if (!uniform) layout.reset();
+    scratch.resize(size_t(model_bytes.scratch / 4));
     upload_f32(model.final_norm_weight(), final_norm, s);
     const size_t nhead = size_t(c.vocab_size * c.hidden_size);
     head.resize(nhead);
     cuda::upload(head.get(), model.lm_head_f32(), nhead, s);
     ctx.synchronize();
+    model_bytes.norms = int64_t(final_norm.bytes());
+    for (const GpuBlock& b : blocks) model_bytes.norms += int64_t(b.input_norm.bytes() + b.post_norm.bytes());
+    model_bytes.head = int64_t(head.bytes());
+  }
+
+  // The fp32 weight [out, in] of a block's linear: hooks->weight's when given, else in place
+  // (F32) or expanded into the scratch, which holds it until the next call.
+  const float* weight(int64_t layer, LinearKind k) {
+    if (hooks != nullptr && hooks->weight) return hooks->weight(layer, k);
+    GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
+    if (g.kind == CompactKind::F32) return g.f32.get();
+    cuda::expand_compact_weight(g.view, scratch.get(), stream());
+    return scratch.get();
   }
 
   cudaStream_t stream() const { return ctx.stream(); }
@@ -112,10 +215,13 @@ struct CudaLlamaBackward::Impl {
     rope_T = len;
   }
 
-  // The adapters (and zeroed gradient buffers) uploaded for this step.
-  void set_adapters(const LoraAdapters* l, bool grads) {
+  // The adapters (and zeroed gradient buffers) for this step: uploaded unless `unchanged` says
+  // the GPU already holds these values (StepOptions::adapters_unchanged).
+  void set_adapters(const LoraAdapters* l, bool grads, bool unchanged) {
     lora = l;
     if (l == nullptr) return;
+    const bool upload = !(unchanged && uploaded == l && adapters.size() == l->layers.size());
+    uploaded = nullptr;  // until the upload below is queued
     adapters.resize(l->layers.size());
     for (size_t i = 0; i < l->layers.size(); ++i)
       for (LinearKind k : kAllLinears) {
@@ -136,10 +242,12 @@ struct CudaLlamaBackward::Impl {
           g.b_s = a.b_scale[0];
           partial.resize(size_t(N * a.r));
         }
-        g.a.resize(a.a.size());
-        g.b.resize(a.b.size());
-        cuda::upload(g.a.get(), a.a.data(), a.a.size(), stream());
-        cuda::upload(g.b.get(), a.b.data(), a.b.size(), stream());
+        if (upload) {
+          g.a.resize(a.a.size());
+          g.b.resize(a.b.size());
+          cuda::upload(g.a.get(), a.a.data(), a.a.size(), stream());
+          cuda::upload(g.b.get(), a.b.data(), a.b.size(), stream());
+        }
         g.t.resize(size_t(N * a.r));
         if (grads) {
           g.da.resize(a.a.size());
@@ -150,6 +258,7 @@ struct CudaLlamaBackward::Impl {
           LB_CUDA_CHECK(cudaMemsetAsync(g.dscales.get(), 0, 2 * sizeof(float), stream()));
         }
       }
+    uploaded = l;
   }
 
   GpuAdapter* adapter(int64_t layer, LinearKind k) {
@@ -180,12 +289,6 @@ struct CudaLlamaBackward::Impl {
     if (backward) checkpoints.resize(size_t(L * N * H));
     loss.resize(size_t(N));
     targets.resize(size_t(N));
-  }
-
-  // The fp32 weight [out, in] of a block's linear (hooks->weight's when given).
-  const float* weight(int64_t layer, LinearKind k) {
-    if (hooks != nullptr && hooks->weight) return hooks->weight(layer, k);
-    return blocks[size_t(layer)].linear[size_t(k)].get();
   }
 
   // y [N, out] = x W^T (+ scaling * dropout(x) A^T B^T).
@@ -301,12 +404,19 @@ struct CudaLlamaBackward::Impl {
   StepResult run(const LoraAdapters* l, const Batch& batch, const StepOptions& opt, bool backward,
                  LoraAdapters* lora_grads) {
     check_step_input(model, l, batch);
+    // A deferred sum continues with the call the caller promised; a call without
+    // adapters_unchanged starts a new step and drops it (after a step that failed midway).
+    if (!opt.adapters_unchanged) pending_lora = pending_grads = nullptr;
+    LB_CHECK(pending_grads == nullptr || (backward && l == pending_lora && lora_grads == pending_grads),
+             "training on the GPU: a micro-batch announced more of its step (more_micro_batches), but the next call "
+             "{}",
+             !backward ? "computes a loss only" : "has other adapters or another gradient buffer");
     const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
     alloc(batch.B, batch.T, backward);
     set_rope(T);
     dropout_on = backward;
     seed = opt.dropout_seed;
-    set_adapters(l, backward);
+    set_adapters(l, backward, opt.adapters_unchanged);
     const cudaStream_t s = stream();
 
     StepResult res;
@@ -359,8 +469,19 @@ struct CudaLlamaBackward::Impl {
       block_forward(i, h.get());
       block_backward(i, h_in, grad.get());
     }
-    if (lora_grads != nullptr && lora != nullptr) download_grads(*lora_grads);
+    if (lora_grads != nullptr && lora != nullptr) {
+      if (opt.more_micro_batches || pending_grads != nullptr) accumulate_on_device(pending_grads == nullptr);
+      if (opt.more_micro_batches) {
+        pending_lora = lora;
+        pending_grads = lora_grads;
+        download_grads(*lora_grads, false);  // IEC's scalars only
+      } else {
+        download_grads(*lora_grads, true, pending_grads != nullptr);
+        pending_lora = pending_grads = nullptr;
+      }
+    }
     ctx.synchronize();
+    note_memory_in_use();
     return res;
   }
 
@@ -381,7 +502,7 @@ struct CudaLlamaBackward::Impl {
     alloc(batch.B, batch.T, false);
     set_rope(T);
     dropout_on = false;
-    set_adapters(nullptr, false);
+    set_adapters(nullptr, false, false);
     std::vector<float> host(size_t(N * H));
     model.embed(batch.tokens, host.data());
     cuda::upload(h.get(), host.data(), host.size(), stream());
@@ -391,8 +512,36 @@ struct CudaLlamaBackward::Impl {
     return x1.get();
   }
 
-  // Adds the step's adapter gradients into g (the host's buffers, same shapes as the adapters).
-  void download_grads(LoraAdapters& g) {
+  // Every buffer is allocated after a step (they are kept for the next), so what the device
+  // shows in use then is the step's peak, besides the allocator's transient workspaces.
+  void note_memory_in_use() {
+    size_t free = 0, total = 0;
+    LB_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    peak_used = std::max(peak_used, total - free);
+  }
+
+  // acc = (first ? 0 : acc) + this call's da, db: the host's order of sums, kept on the device.
+  void accumulate_on_device(bool first) {
+    for (size_t i = 0; i < adapters.size(); ++i)
+      for (LinearKind k : kAllLinears) {
+        GpuAdapter& a = adapters[i][size_t(k)];
+        if (a.r == 0) continue;
+        const LoraLinear& src = lora->layers[i][size_t(k)];
+        for (auto [d, acc, n] :
+             {std::tuple{&a.da, &a.acc_a, src.a.size()}, std::tuple{&a.db, &a.acc_b, src.b.size()}}) {
+          if (first) {
+            acc->resize(n);
+            LB_CUDA_CHECK(cudaMemsetAsync(acc->get(), 0, n * sizeof(float), stream()));
+          }
+          cuda::add_f32(acc->get(), d->get(), int64_t(n), stream());
+        }
+      }
+  }
+
+  // Adds the step's adapter gradients into g (the host's buffers, same shapes as the adapters):
+  // A's and B's when `matrices` (from acc_a, acc_b when `accumulated`, else this call's), IEC's
+  // scalars always (two values; added on the host per call).
+  void download_grads(LoraAdapters& g, bool matrices, bool accumulated = false) {
     LB_CHECK(g.layers.size() == lora->layers.size(), "LoRA gradients for {} layers, adapters for {}",
              g.layers.size(), lora->layers.size());
     std::vector<float> tmp;
@@ -405,11 +554,13 @@ struct CudaLlamaBackward::Impl {
         LB_CHECK(out.a.size() == src.a.size() && out.b.size() == src.b.size(),
                  "LoRA gradient of block {} {}: {} and {} values for adapters of {} and {}", i, linear_name(k),
                  out.a.size(), out.b.size(), src.a.size(), src.b.size());
-        for (auto [dev, host] : {std::pair{&a.da, &out.a}, std::pair{&a.db, &out.b}}) {
-          tmp.resize(host->size());
-          cuda::download(tmp.data(), dev->get(), tmp.size(), stream());
-          for (size_t j = 0; j < tmp.size(); ++j) (*host)[j] += tmp[j];
-        }
+        if (matrices)
+          for (auto [dev, host] : {std::pair{accumulated ? &a.acc_a : &a.da, &out.a},
+                                   std::pair{accumulated ? &a.acc_b : &a.db, &out.b}}) {
+            tmp.resize(host->size());
+            cuda::download(tmp.data(), dev->get(), tmp.size(), stream());
+            for (size_t j = 0; j < tmp.size(); ++j) (*host)[j] += tmp[j];
+          }
         if (!a.iec) continue;
         LB_CHECK(out.a_scale.size() == 1 && out.b_scale.size() == 1,
                  "LoRA gradient of block {} {} has no IEC scalars; its adapters have them", i, linear_name(k));
@@ -464,6 +615,20 @@ const float* CudaLlamaBackward::lm_head() const { return impl_->head.get(); }
 
 const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
 
+GpuModelBytes CudaLlamaBackward::model_bytes() const { return impl_->model_bytes; }
+std::string CudaLlamaBackward::base_layout() const { return impl_->base_layout; }
+std::optional<CompactLayout> CudaLlamaBackward::uniform_layout() const { return impl_->layout; }
+int64_t CudaLlamaBackward::peak_in_use_bytes() const { return int64_t(impl_->peak_used); }
+
+std::vector<float> CudaLlamaBackward::download_weight(int64_t layer, LinearKind k) {
+  LB_CHECK(layer >= 0 && layer < impl_->c.num_hidden_layers, "layer {} of a {}-layer model", layer,
+           impl_->c.num_hidden_layers);
+  std::vector<float> out(size_t(linear_out_features(impl_->c, k) * linear_in_features(impl_->c, k)));
+  const float* w = impl_->weight(layer, k);
+  cuda::download(out.data(), w, out.size(), impl_->stream());
+  return out;
+}
+
 namespace {
 
 class CudaStepEngine final : public StepEngine {
@@ -476,6 +641,10 @@ class CudaStepEngine final : public StepEngine {
   }
   StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) override {
     return gpu_.forward_loss(lora, batch);
+  }
+  std::optional<EngineMemory> memory() const override {
+    return EngineMemory{gpu_.base_layout(), gpu_.uniform_layout(), gpu_.model_bytes(),
+                        int64_t(cuda::peak_device_bytes()), gpu_.peak_in_use_bytes()};
   }
 
  private:

@@ -13,13 +13,20 @@
 // counter-based masks bit for bit (same seed, layer, linear and element), so a GPU step and a
 // CPU step see the same masks and differ only by fp32 summation order.
 //
-// Precision: everything is fp32, the adapters' math and the base alike. The base weights are
-// the LlamaModel's fp32 block weights (for QLoRA, the dequantized NF4 values the CPU trains
-// over), uploaded once as fp32 and kept resident with the fp32 LM head; GEMMs are cuBLAS SGEMM
-// without TF32. fp32 rather than bf16 for the base: the GPU then computes the very function the
-// CPU does (a bf16 copy of a dequantized NF4 weight is a different base), and the parity tests
-// hold at fp32 tolerances. The cost is 4 bytes per base weight on the GPU (32 GB for an 8B
-// model).
+// Precision: everything is fp32, the adapters' math and the base alike; GEMMs are cuBLAS SGEMM
+// without TF32. The base is the very fp32 function the CPU trains over (for QLoRA, the dequantized
+// NF4 values; a bf16 copy of them would be another base), so the parity tests hold at fp32
+// tolerances.
+//
+// The frozen base is held compact (train/compact_base.h): a quantized checkpoint's linears ("int",
+// "codebook" i.e. NF4, "icq") as their codes (4 bits for codes of up to 4 bits) and fp32 scales,
+// an unquantized linear stored in BF16/F16 as those 16 bits, anything else in fp32. Right before
+// each use, forward and backward, a linear is expanded into one shared fp32 scratch
+// (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses. For QLoRA on
+// LLaMA-3-8B that is ~3.9 GB of linears instead of ~28 GB. The norms and the LM head are fp32
+// ([V, H]: 2.1 GB for LLaMA-3's vocabulary); the embedding table stays on the host (a step
+// gathers its rows there and uploads the [B*T, H] result). gpu_model_bytes() gives the total for a
+// configuration; model_bytes() what was allocated.
 //
 // Memory besides the weights: each block's input [B*T, H] for every block (the checkpoints),
 // one block's intermediates, the attention's [nh, T, T] probabilities and their gradient for one
@@ -27,14 +34,19 @@
 // of a chunk of rows (the [B*T, V] logits never exist at once).
 //
 // Adapters go up and gradients come down on every call (the trainer's LoRA parameters stay on
-// the host, where AdamW runs); they are small next to the base.
+// the host, where AdamW runs), except within one optimizer step: a call with
+// StepOptions::adapters_unchanged reuses the adapters already uploaded, and one with
+// more_micro_batches keeps its gradients on the GPU, summed there in call order, until the step's
+// last call downloads the sum (bit for bit the host's sum into zeroed buffers).
 #pragma once
 
+#include "train/compact_base.h"
 #include "train/llama_backward.h"
 
 #include <array>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,6 +103,15 @@ class CudaLlamaBackward {
   // The LM head [V, H] on the device.
   const float* lm_head() const;
   const cuda::Context& context() const;
+  // The device bytes the model holds (measured from its buffers; gpu_model_bytes() predicts
+  // them), the base's layout, and the most cudaMemGetInfo showed in use after any step so far.
+  GpuModelBytes model_bytes() const;
+  std::string base_layout() const;
+  std::optional<CompactLayout> uniform_layout() const;  // nullopt: the linears' layouts differ
+  int64_t peak_in_use_bytes() const;
+  // The fp32 weight [out, in] of block `layer`'s linear `k` as the GPU computes with it (expanded
+  // from its compact form like every use), downloaded: for tests.
+  std::vector<float> download_weight(int64_t layer, LinearKind k);
 
  private:
   struct Impl;

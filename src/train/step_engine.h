@@ -11,12 +11,25 @@
 #pragma once
 
 #include "core/device.h"
+#include "train/compact_base.h"
 #include "train/llama_backward.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace lowbit::train {
+
+// What a device engine holds on its device (none for the CPU).
+struct EngineMemory {
+  std::string base_layout;   // CompactBase::describe() of the frozen base as held
+  std::optional<CompactLayout> layout;  // every linear's, when they share one (gpu_model_bytes)
+  GpuModelBytes model;       // the model's part: linears, norms, head, scratch
+  int64_t peak_allocated = 0;  // high-water of the process's device buffers (cuda_util.h)
+  // The most the device showed in use (cudaMemGetInfo: total - free) after a step: the buffers
+  // above plus the CUDA context, cuBLAS' workspaces and anything else on the device.
+  int64_t peak_in_use = 0;
+};
 
 class StepEngine {
  public:
@@ -27,6 +40,8 @@ class StepEngine {
   virtual StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                                       LoraAdapters* lora_grads, BaseGrads* base_grads) = 0;
   virtual StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) = 0;
+  // The device memory the engine holds and has held; nullopt on the CPU.
+  virtual std::optional<EngineMemory> memory() const { return std::nullopt; }
 };
 
 // An engine for `model` (which must outlive it) on device `d`. Throws lowbit::Error when the

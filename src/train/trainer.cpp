@@ -42,6 +42,8 @@ StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient
   double loss_sum = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
     so.dropout_seed = opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(i);
+    so.adapters_unchanged = i > 0;  // AdamW changes them only after the last micro-batch
+    so.more_micro_batches = i + 1 < micro.size();
     loss_sum += engine_->forward_backward(&params_, micro[i], so, &grads_, nullptr).loss_sum;
   }
   st.loss = loss_sum / double(st.targets);

@@ -35,6 +35,7 @@
 #include "train/finetune.h"
 #include "train/llama_backward.h"
 #include "train/llama_backward_cuda.h"
+#include "train/compact_base.h"
 #include "train/step_engine.h"
 #include "train/trainer.h"
 #include "train_fixture.h"
@@ -44,6 +45,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <functional>
 #include <random>
 
@@ -382,6 +385,25 @@ TEST_P(CudaTrainDropout, Nf4BaseMatchesCpu) {
 INSTANTIATE_TEST_SUITE_P(Dropout, CudaTrainDropout, ::testing::Values(0.0, 0.1),
                          [](const auto& info) { return info.param == 0 ? std::string("Off") : std::string("On"); });
 
+// IR-QLoRA's frozen base (ICQ: NF4 plus a shift per block) and an 8-bit int base on the random
+// GQA model: both held compact on the GPU, expanded per use.
+TEST_P(CudaTrainDropout, IcqAndInt8BasesMatchCpu) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  const std::string path = write_random_gqa_config(dir);
+  for (const char* spec : {"icq:tau_range=0.1,tau_n=100,dq=1", "rtn:w=8,g=64"}) {
+    SCOPED_TRACE(spec);
+    Checkpoint source = open_checkpoint(path);
+    LlamaModel work(source);
+    auto method = make_method(spec);
+    QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+    LlamaModel model(quantized_checkpoint_in_memory(source, std::move(qm), {{"path", path}}));
+    install_quantized_forward(model);
+    expect_gpu_matches_cpu(model, random_lora(model.config(), GetParam(), 8),
+                           random_batch(model.config().vocab_size, 15));
+  }
+}
+
 // Against PEFT's autograd directly (tests/fixtures/train, scripts/make_train_fixtures.py): the
 // GPU's loss and adapter gradients on the tiny model (GQA, llama3 RoPE past its original
 // context, untied head), at the CPU parity test's bars.
@@ -525,6 +547,16 @@ TEST_P(CudaFinetune, LossCurveMatchesCpu) {
   // The device is part of a GPU run's identity (and absent from a CPU run's, as before it existed).
   EXPECT_EQ(gpu.summary["run"]["device"], "cuda");
   EXPECT_FALSE(cpu.summary["run"].contains("device"));
+  // The GPU's memory report: the model's bytes as held are gpu_model_bytes()' for the layout (the
+  // quantized base compact, not fp32), and the peaks cover them.
+  ASSERT_TRUE(gpu.summary.contains("gpu_memory"));
+  EXPECT_FALSE(cpu.summary.contains("gpu_memory"));
+  const nlohmann::json& m = gpu.summary["gpu_memory"];
+  EXPECT_EQ(m["model_bytes"], m["model_bytes_predicted"]);
+  const int64_t total = m["model_bytes"]["total"].get<int64_t>();
+  EXPECT_GT(m["peak_allocated_bytes"].get<int64_t>(), total);
+  EXPECT_GE(m["peak_in_use_bytes"].get<int64_t>(), total);
+  EXPECT_NE(m["base_layout"].get<std::string>().find("codebook"), std::string::npos) << m.dump();
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, CudaFinetune,
@@ -539,6 +571,94 @@ std::string error_text(const std::function<void()>& f) {
   }
   ADD_FAILURE() << "no lowbit::Error";
   return {};
+}
+
+// The compact base (train/compact_base.h) as the GPU expands it into its scratch: every linear
+// equals the fp32 weight the CPU trains over (LlamaModel::block_weights) bit for bit, for QLoRA's
+// NF4 + DQ, IR-QLoRA's ICQ, int codes of 4 and 8 bits (bf16-rounded) and an unquantized bf16 base;
+// the device bytes the model holds are those make_compact_base() and gpu_model_bytes() count.
+TEST(CudaTrain, CompactBaseExpandsToTheCpuWeights) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  const std::string path = write_random_gqa_config(dir);
+  for (const char* spec : {"nf4:dq=1", "icq:tau_range=0.1,tau_n=100,dq=1", "rtn:w=4,g=64", "rtn:w=8,g=32", ""}) {
+    SCOPED_TRACE(spec);
+    Checkpoint source = open_checkpoint(path);
+    std::unique_ptr<LlamaModel> model;
+    if (*spec == 0) {
+      model = std::make_unique<LlamaModel>(source);
+    } else {
+      LlamaModel work(source);
+      auto method = make_method(spec);
+      QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+      model = std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), {{"path", path}}));
+    }
+    const LlamaConfig& c = model->config();
+    const size_t before = cuda::device_bytes_in_use();
+    train::CudaLlamaBackward gpu(*model, 0);
+    const train::GpuModelBytes held = gpu.model_bytes();
+    EXPECT_EQ(cuda::device_bytes_in_use() - before, size_t(held.total())) << "the model's buffers, no others";
+    const train::CompactBase base = train::make_compact_base(*model);
+    EXPECT_EQ(held.linears, base.bytes(c).linears);
+    EXPECT_EQ(held.total(), base.bytes(c).total());
+    ASSERT_TRUE(gpu.uniform_layout().has_value());
+    EXPECT_EQ(held.total(), train::gpu_model_bytes(c, *gpu.uniform_layout()).total());
+    EXPECT_NE(base.layers[0][0].kind, train::CompactKind::F32) << gpu.base_layout();
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      auto w = model->block_weights(l);
+      for (LinearKind k : kAllLinears) {
+        const std::vector<float> got = gpu.download_weight(l, k);
+        const Tensor& want = (*w)[k];
+        ASSERT_EQ(int64_t(got.size()), want.numel());
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "layer " << l << " " << linear_name(k);
+      }
+    }
+  }
+}
+
+// The later micro-batches of one optimizer step reuse the adapters on the GPU
+// (StepOptions::adapters_unchanged) and sum their gradients there (more_micro_batches), one
+// download per step: the same gradients, bit for bit, as uploading the adapters and adding each
+// micro-batch's gradients on the host, into buffers that start at zero as the trainer's do. A
+// call without adapters_unchanged starts anew; a continuation with another buffer is refused.
+TEST(CudaTrain, MicroBatchesOfOneStepStayOnTheGpu) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  LlamaModel model(open_checkpoint(write_random_gqa_config(dir)));
+  const LlamaConfig& c = model.config();
+  for (bool iec : {false, true}) {
+    SCOPED_TRACE(iec ? "with IEC" : "without IEC");
+    const train::LoraAdapters lora = random_lora(c, 0.1, 10, iec);
+    const train::Batch micro[3] = {random_batch(c.vocab_size, 31), random_batch(c.vocab_size, 32),
+                                   random_batch(c.vocab_size, 33)};
+    train::CudaLlamaBackward gpu(model, 0);
+    train::LoraAdapters g_host = lora.zeros_like(), g_device = lora.zeros_like();
+    train::StepOptions so;
+    for (int i = 0; i < 3; ++i) {
+      so.dropout_seed = uint64_t(i);
+      gpu.forward_backward(&lora, micro[i], so, &g_host, nullptr);
+    }
+    for (int i = 0; i < 3; ++i) {
+      so.dropout_seed = uint64_t(i);
+      so.adapters_unchanged = i > 0;
+      so.more_micro_batches = i < 2;
+      gpu.forward_backward(&lora, micro[i], so, &g_device, nullptr);
+    }
+    std::vector<std::vector<float>> want;
+    g_host.for_each([&](const std::string&, const std::vector<float>& v) { want.push_back(v); });
+    size_t i = 0;
+    g_device.for_each([&](const std::string& key, const std::vector<float>& v) { EXPECT_EQ(v, want[i++]) << key; });
+    // A promised continuation with another gradient buffer is refused; a fresh call is not.
+    train::LoraAdapters other = lora.zeros_like();
+    so.adapters_unchanged = false;
+    so.more_micro_batches = true;
+    gpu.forward_backward(&lora, micro[0], so, &g_device, nullptr);
+    so.adapters_unchanged = true;
+    so.more_micro_batches = false;
+    EXPECT_THROW(gpu.forward_backward(&lora, micro[1], so, &other, nullptr), Error);
+    so.adapters_unchanged = false;
+    EXPECT_NO_THROW(gpu.forward_backward(&lora, micro[1], so, &other, nullptr));
+  }
 }
 
 // What the GPU path does not run is refused with an error naming it, never moved to the CPU.

@@ -64,11 +64,16 @@ void run(const Options& o) {
     LB_CHECK(out.good(), "cannot write '{}/lowbit_adapter.json'", o.out);
   }
   fs::rename(o.out + "/lowbit_adapter.json.tmp", o.out + "/lowbit_adapter.json");
-  fmt::print("wrote {}: final loss {:.4f}{}, {} steps, peak memory {}\n", o.out,
+  fmt::print("wrote {}: final loss {:.4f}{}, {} steps, peak memory {}{}\n", o.out,
              log.empty() ? NAN : log.back()["loss"].get<double>(),
              summary.contains("eval_loss") ? fmt::format(", held-out loss {:.4f}", summary["eval_loss"].get<double>())
                                            : "",
-             o.steps, human_bytes(double(peak_rss_bytes())));
+             o.steps, human_bytes(double(peak_rss_bytes())),
+             summary.contains("gpu_memory")
+                 ? fmt::format(", GPU peak {} allocated, {} in use",
+                               human_bytes(summary["gpu_memory"]["peak_allocated_bytes"].get<double>()),
+                               human_bytes(summary["gpu_memory"]["peak_in_use_bytes"].get<double>()))
+                 : "");
 }
 
 }  // namespace

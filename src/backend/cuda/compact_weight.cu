@@ -1,0 +1,66 @@
+#include "backend/cuda/compact_weight.cuh"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+namespace lowbit::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+
+// core/dtype.h's f32_to_bf16 for finite values (the expanded weights are finite: the formats'
+// validate checks their scales), widened back.
+__device__ float round_bf16(float v) {
+  uint32_t u = __float_as_uint(v);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __uint_as_float(u & 0xffff0000u);
+}
+
+// IEEE binary16 round to nearest even, widened back: core/dtype.h's f32_to_f16 for finite values.
+__device__ float round_f16(float v) { return __half2float(__float2half_rn(v)); }
+
+__global__ void expand_kernel(CompactWeightView w, float* __restrict__ out) {
+  const int64_t n = w.rows * w.cols;
+  const int64_t gpr = (w.cols + w.group_size - 1) / w.group_size;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    if (w.kind == CompactWeightView::kHalf16) {
+      const uint16_t h = w.half[i];
+      out[i] = w.half_is_bf16 ? bf16_bits_to_f32(h) : __half2float(__ushort_as_half(h));
+      continue;
+    }
+    const int code = w.code_bits == 8 ? int(w.codes[i]) : int((w.codes[i >> 1] >> (4 * (i & 1))) & 0xF);
+    int64_t s;
+    if (w.flat_groups) {
+      s = i / w.group_size;
+    } else {
+      const int64_t r = i / w.cols, c = i - r * w.cols;
+      s = r * gpr + (w.g_idx != nullptr ? int64_t(w.g_idx[c]) : c / w.group_size);
+    }
+    float v;
+    if (w.kind == CompactWeightView::kInt) {
+      v = __fmul_rn(w.scales[s], __fsub_rn(float(code), w.zeros[s]));
+    } else {
+      v = __fmul_rn(w.codebook[code], w.scales[s]);
+      if (w.tau != nullptr) v = __fadd_rn(v, w.tau[i / w.group_size]);
+    }
+    if (w.round_to == 1) v = round_bf16(v);
+    if (w.round_to == 2) v = round_f16(v);
+    out[i] = v;
+  }
+}
+
+}  // namespace
+
+void expand_compact_weight(const CompactWeightView& w, float* out, cudaStream_t s) {
+  const int64_t n = w.rows * w.cols;
+  if (n == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
+  expand_kernel<<<blocks, kThreads, 0, s>>>(w, out);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace lowbit::cuda
