@@ -189,6 +189,90 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev
     return seconds
 
 
+def reference_method(args, cuda):
+    """The official quantizer of args.method as (make, between, quantize): make(linear) builds its
+    per-linear object, between(gpts) runs between the statistics pass and the quantization (and may
+    return the hook of a second pass over the windows), quantize(gpt) quantizes the linear in place.
+    args holds the command line's options (method, repo, wbits, low_frac, high_bit, groupsize,
+    blocksize, salient_metric)."""
+    between = None
+    if args.method == "pbllm":
+        sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
+        gptq = importlib.import_module("gptq")
+        gptq.OUTPUTMASK = 0
+        if not cuda:
+            gptq.torch = TorchProxy({"cuda": NO_CUDA})
+        LowQuantizer = importlib.import_module("low_quant").LowQuantizer
+        HighQuantizer = importlib.import_module("high_quant").HighQuantizer
+
+        def make(layer):
+            return gptq.LowHighGPT(layer, LowQuantizer(layer.weight, method="xnor", groupsize=args.groupsize),
+                                   HighQuantizer(args.high_bit, True, False, False),
+                                   salient_metric=args.salient_metric)
+
+        def quantize(g):
+            g.fasterquant(args.low_frac, percdamp=0.01, blocksize=args.blocksize)
+    elif args.method == "slim":
+        sys.path.insert(0, args.repo)
+        if not cuda:
+            torch.cuda.synchronize = lambda *a, **k: None  # fasterquant synchronizes a GPU
+        SliMGPTQ = importlib.import_module("slim_gptq").SliMGPTQ
+        Quantizer = importlib.import_module("utils.mixed_quantizer").Quantizer
+        index = {"n": 0}
+
+        def make(layer):
+            # run.py counts every linear of the model in order (layer_index, unused by fasterquant).
+            index["n"] += 1
+            q = Quantizer(layer.weight, method=f"{args.wbits}bit", groupsize=args.groupsize, metric="mse",
+                          lambda_salience=1)
+            return SliMGPTQ(layer, q, disable_gptq=False, layer_index=index["n"], salient_block=-1,
+                            nonsalient_block=-1, bit_width=args.wbits)
+
+        def between(gpts):
+            for g in gpts.values():
+                g.get_salience(blocksize=args.groupsize)
+            return lambda g, inp, out: g.get_block(inp, out, blocksize=args.groupsize)
+
+        def quantize(g):
+            g.fasterquant(percdamp=0.01, blocksize=args.groupsize, layer_name="", saved_block_precision=None)
+    elif args.method == "quip":
+        sys.path.insert(0, args.repo)
+        Balance = importlib.import_module("bal").Balance
+        QuipQuantizer = importlib.import_module("quant").Quantizer
+
+        def make(layer):
+            b = Balance(layer)
+            b.configure("ldlq", args.wbits, 0, unbiased=False)
+            b.quantizer = QuipQuantizer()
+            b.quantizer.configure(args.wbits, perchannel=True, sym=False, qfn="b", mse=False)
+            return b
+
+        def between(gpts):
+            for g in gpts.values():
+                g.post_batch()
+            return None
+
+        def quantize(g):
+            g.preproc(preproc_gptqH=True, percdamp=0.01, preproc_rescale=True, preproc_proj=True,
+                      preproc_proj_extra=0)
+            g.fasterquant()
+    else:
+        sys.path.insert(0, args.repo)
+        bigptq = importlib.import_module("bigptq")
+        if not cuda:
+            bigptq.torch = TorchProxy({"cuda": NO_CUDA})
+        Binarization = importlib.import_module("binary").Binarization
+
+        def make(layer):
+            return bigptq.BRAGPTQ(layer, Binarization(layer.weight, method="braq", groupsize=args.blocksize),
+                                  salient_metric=args.salient_metric)
+
+        def quantize(g):
+            g.fasterquant(percdamp=0.01, blocksize=args.blocksize)
+
+    return make, between, quantize
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["pbllm", "billm", "slim", "quip"], required=True)
@@ -264,80 +348,7 @@ def main():
     if cuda:
         model.to("cuda")
 
-    between = None
-    if args.method == "pbllm":
-        sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
-        gptq = importlib.import_module("gptq")
-        gptq.OUTPUTMASK = 0
-        if not cuda:
-            gptq.torch = TorchProxy({"cuda": NO_CUDA})
-        LowQuantizer = importlib.import_module("low_quant").LowQuantizer
-        HighQuantizer = importlib.import_module("high_quant").HighQuantizer
-
-        def make(layer):
-            return gptq.LowHighGPT(layer, LowQuantizer(layer.weight, method="xnor", groupsize=args.groupsize),
-                                   HighQuantizer(args.high_bit, True, False, False),
-                                   salient_metric=args.salient_metric)
-
-        def quantize(g):
-            g.fasterquant(args.low_frac, percdamp=0.01, blocksize=args.blocksize)
-    elif args.method == "slim":
-        sys.path.insert(0, args.repo)
-        if not cuda:
-            torch.cuda.synchronize = lambda *a, **k: None  # fasterquant synchronizes a GPU
-        SliMGPTQ = importlib.import_module("slim_gptq").SliMGPTQ
-        Quantizer = importlib.import_module("utils.mixed_quantizer").Quantizer
-        index = {"n": 0}
-
-        def make(layer):
-            # run.py counts every linear of the model in order (layer_index, unused by fasterquant).
-            index["n"] += 1
-            q = Quantizer(layer.weight, method=f"{args.wbits}bit", groupsize=args.groupsize, metric="mse",
-                          lambda_salience=1)
-            return SliMGPTQ(layer, q, disable_gptq=False, layer_index=index["n"], salient_block=-1,
-                            nonsalient_block=-1, bit_width=args.wbits)
-
-        def between(gpts):
-            for g in gpts.values():
-                g.get_salience(blocksize=args.groupsize)
-            return lambda g, inp, out: g.get_block(inp, out, blocksize=args.groupsize)
-
-        def quantize(g):
-            g.fasterquant(percdamp=0.01, blocksize=args.groupsize, layer_name="", saved_block_precision=None)
-    elif args.method == "quip":
-        sys.path.insert(0, args.repo)
-        Balance = importlib.import_module("bal").Balance
-        QuipQuantizer = importlib.import_module("quant").Quantizer
-
-        def make(layer):
-            b = Balance(layer)
-            b.configure("ldlq", args.wbits, 0, unbiased=False)
-            b.quantizer = QuipQuantizer()
-            b.quantizer.configure(args.wbits, perchannel=True, sym=False, qfn="b", mse=False)
-            return b
-
-        def between(gpts):
-            for g in gpts.values():
-                g.post_batch()
-            return None
-
-        def quantize(g):
-            g.preproc(preproc_gptqH=True, percdamp=0.01, preproc_rescale=True, preproc_proj=True,
-                      preproc_proj_extra=0)
-            g.fasterquant()
-    else:
-        sys.path.insert(0, args.repo)
-        bigptq = importlib.import_module("bigptq")
-        if not cuda:
-            bigptq.torch = TorchProxy({"cuda": NO_CUDA})
-        Binarization = importlib.import_module("binary").Binarization
-
-        def make(layer):
-            return bigptq.BRAGPTQ(layer, Binarization(layer.weight, method="braq", groupsize=args.blocksize),
-                                  salient_metric=args.salient_metric)
-
-        def quantize(g):
-            g.fasterquant(percdamp=0.01, blocksize=args.blocksize)
+    make, between, quantize = reference_method(args, cuda)
 
     # The references print per-linear timings; keep the log to the block lines.
     import builtins
