@@ -34,6 +34,10 @@ itself. --perturb EPS multiplies the reference chain's calibration inputs of blo
 the reference chain's quantized model (fake-quant, fp32, with the source's tokenizer files) for
 `lowbit ppl`, so that perturbed runs can be evaluated.
 
+--compare A B skips the chains: per decoder layer, the fraction of linear weights that two
+quantized models (dense directories: the reference's output, lowbit's export) hold equal, and
+||A - B||_F / ||A||_F over the layer's linears.
+
   python3 scripts/reference_chain_diff.py --method pbllm --repo REFS/PB-LLM --low_frac 0.8571428571428571 \\
       --groupsize 64 --blocksize 64 --model WORK/source-hf --windows w.safetensors --lowbit LB_DENSE > pbllm.jsonl
 """
@@ -56,8 +60,25 @@ def out_rel(w, q, h):
     return ((d @ h * d).sum() / (w @ h * w).sum()).item()
 
 
+def compare(a, b):
+    from safetensors.torch import load_file
+    ta, tb = (load_file(os.path.join(d, "model.safetensors")) for d in (a, b))
+    layers = sorted({int(k.split(".")[2]) for k in ta if k.startswith("model.layers.") and k.endswith("proj.weight")})
+    for i in layers:
+        keys = [k for k in ta if k.startswith(f"model.layers.{i}.") and k.endswith("proj.weight")]
+        same = sum((ta[k].float() == tb[k].float()).sum().item() for k in keys)
+        total = sum(ta[k].numel() for k in keys)
+        num = sum((ta[k].double() - tb[k].double()).pow(2).sum().item() for k in keys)
+        den = sum(ta[k].double().pow(2).sum().item() for k in keys)
+        print(json.dumps({"layer": i, "same": same / total, "w_rel": (num / den) ** 0.5}))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        compare(sys.argv[2], sys.argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two quantized models' weights")
     ap.add_argument("--method", choices=["pbllm", "billm", "slim"], required=True)
     ap.add_argument("--repo", required=True, help="the official work tree (as reference_pipeline.py's --repo)")
     ap.add_argument("--model", required=True, help="the fp32 source model (HF directory) both sides quantized")
@@ -71,7 +92,7 @@ def main():
     ap.add_argument("--order", type=int, help="permute the reference chain's windows with this seed")
     ap.add_argument("--lowbit-stats", help="`lowbit stats --layer L` of the same model and windows: on layer "
                     "L the official quantizer also runs on lowbit's own Hessians (fp64 sums, rounded to fp32), "
-                    "reported as same_lbH / err_lbH")
+                    "reported as same_lbH / near_lbH / err_lbH")
     ap.add_argument("--save", help="write the reference chain's quantized model here")
     ap.add_argument("--wbits", type=int, default=2)
     ap.add_argument("--low_frac", type=float, default=0.9)
@@ -244,6 +265,7 @@ def main():
                     rec["near_cross"] = ((q_lb - q_x).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
                 if lbh is not None:
                     rec["same_lbH"] = (q_lb == lbh[n][2]).double().mean().item()
+                    rec["near_lbH"] = ((q_lb - lbh[n][2]).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
                     rec["err_lbH"] = out_rel(w0, lbh[n][2], lbh[n][1])
             print(json.dumps(rec), flush=True)
         x_ref = forward_all(layer, x_ref)

@@ -195,6 +195,9 @@ def reference_method(args, cuda):
     return the hook of a second pass over the windows), quantize(gpt) quantizes the linear in place.
     args holds the command line's options (method, repo, wbits, low_frac, high_bit, groupsize,
     blocksize, salient_metric)."""
+    # BiLLM's bigptq.py imports names it never uses from packages a bare environment may lack.
+    stub_module("exceptiongroup", catch=None)
+    stub_module("pyparsing", line=None)
     between = None
     if args.method == "pbllm":
         sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
@@ -318,8 +321,6 @@ def main():
         torch.backends.cudnn.allow_tf32 = False
     from transformers import AutoModelForCausalLM, LlamaTokenizer
 
-    stub_module("exceptiongroup", catch=None)
-    stub_module("pyparsing", line=None)
     # QuIP's llama.py loads the model in fp16, the other three with torch_dtype="auto".
     dtype = args.dtype or ("float16" if args.method == "quip" else "auto")
     model = AutoModelForCausalLM.from_pretrained(args.model,
