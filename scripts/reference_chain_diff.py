@@ -34,6 +34,11 @@ itself. --perturb EPS multiplies the reference chain's calibration inputs of blo
 the reference chain's quantized model (fake-quant, fp32, with the source's tokenizer files) for
 `lowbit ppl`, so that perturbed runs can be evaluated.
 
+--factor-fp64 has the official quantizer compute its inverse-Hessian factor (torch.linalg.cholesky,
+torch.cholesky_inverse) in fp64 and round it to fp32, as lowbit does (obs_hinv.h); with
+--lowbit-stats this separates what the fp32 factorization of an ill-conditioned H decides from
+everything else.
+
 --compare A B skips the chains: per decoder layer, the fraction of linear weights that two
 quantized models (dense directories: the reference's output, lowbit's export) hold equal, and
 ||A - B||_F / ||A||_F over the layer's linears.
@@ -93,6 +98,8 @@ def main():
     ap.add_argument("--lowbit-stats", help="`lowbit stats --layer L` of the same model and windows: on layer "
                     "L the official quantizer also runs on lowbit's own Hessians (fp64 sums, rounded to fp32), "
                     "reported as same_lbH / near_lbH / err_lbH")
+    ap.add_argument("--factor-fp64", action="store_true", help="the official quantizer's Cholesky factorizations "
+                    "in fp64 (rounded back to fp32)")
     ap.add_argument("--save", help="write the reference chain's quantized model here")
     ap.add_argument("--wbits", type=int, default=2)
     ap.add_argument("--low_frac", type=float, default=0.9)
@@ -123,6 +130,15 @@ def main():
         site = {"q_proj": "qkv_input", "k_proj": "qkv_input", "v_proj": "qkv_input", "o_proj": "o_input",
                 "gate_proj": "gate_up_input", "up_proj": "gate_up_input", "down_proj": "down_input"}
     make, between, quantize = rp.reference_method(a, cuda=False)
+    if a.factor_fp64:
+        from pbllm_billm_reference import TorchProxy
+        import types
+        module = {"pbllm": "gptq", "billm": "bigptq", "slim": "slim_gptq"}[a.method]
+        linalg = types.SimpleNamespace(
+            cholesky=lambda x, upper=False: torch.linalg.cholesky(x.double(), upper=upper).to(x.dtype))
+        sys.modules[module].torch = TorchProxy({
+            "cuda": rp.NO_CUDA, "linalg": linalg,
+            "cholesky_inverse": lambda x: torch.cholesky_inverse(x.double()).to(x.dtype)})
 
     layers = model.model.layers
     nlayers = a.layers or len(layers)
