@@ -34,6 +34,11 @@ itself. --perturb EPS multiplies the reference chain's calibration inputs of blo
 the reference chain's quantized model (fake-quant, fp32, with the source's tokenizer files) for
 `lowbit ppl`, so that perturbed runs can be evaluated.
 
+--lowbit-stats FILE (`lowbit stats --layer 0` on the same windows) also runs the official
+quantizer on lowbit's own block-0 Hessians (same_lbH, near_lbH, err_lbH): lowbit's chain Hessians
+are otherwise the reference's add_batch on lowbit's block inputs, computed by torch's forward of
+lowbit's weights.
+
 --factor-fp64 has the official quantizer compute its inverse-Hessian factor (torch.linalg.cholesky,
 torch.cholesky_inverse) in fp64 and round it to fp32, as lowbit does (obs_hinv.h); with
 --lowbit-stats this separates what the fp32 factorization of an ill-conditioned H decides from
@@ -96,7 +101,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--order", type=int, help="permute the reference chain's windows with this seed")
     ap.add_argument("--lowbit-stats", help="`lowbit stats --layer L` of the same model and windows: on layer "
-                    "L the official quantizer also runs on lowbit's own Hessians (fp64 sums, rounded to fp32), "
+                    "L the official quantizer also runs on lowbit's own Hessians (fp64 sums, rounded to fp32); "
+                    "lowbit stats runs the blocks before L unquantized, so only L = 0 is lowbit's chain, "
                     "reported as same_lbH / near_lbH / err_lbH")
     ap.add_argument("--factor-fp64", action="store_true", help="the official quantizer's Cholesky factorizations "
                     "in fp64 (rounded back to fp32)")
