@@ -189,81 +189,15 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev
     return seconds
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=["pbllm", "billm", "slim", "quip"], required=True)
-    ap.add_argument("--repo", required=True, help="work tree of hahnyuan/PB-LLM, Aaronhuang-778/BiLLM, "
-                    "Cornell-RelaxML/QuIP, or the slim-llm directory of Aaronhuang-778/SliM-LLM")
-    ap.add_argument("--wbits", type=int, default=2, help="slim, quip: weight bits")
-    ap.add_argument("--model", required=True)
-    cal = ap.add_mutually_exclusive_group(required=True)
-    cal.add_argument("--ptb", help="ptb.train.txt: draw the windows as the repositories do")
-    cal.add_argument("--windows", help="the windows lowbit calibrates on (lowbit quantize --save-calib FILE)")
-    ap.add_argument("-o", "--output", help="the quantized model's directory (with --no-save: only reference_run.json)")
-    ap.add_argument("--layers", type=int, help="quantize only the first N decoder layers, then stop (timing)")
-    ap.add_argument("--no-save", action="store_true", help="do not save the model; print the run's record as one "
-                    "JSON line (and write -o/reference_run.json if -o is given)")
-    ap.add_argument("--nsamples", type=int, default=128, help="with --ptb")
-    ap.add_argument("--seqlen", type=int, default=2048, help="with --ptb")
-    ap.add_argument("--seed", type=int, default=0, help="the windows' random.seed (with --ptb) and torch's")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default=None,
-                    help="the model's type while it is quantized (default: auto; QuIP float16, as its llama.py)")
-    ap.add_argument("--low_frac", type=float, default=0.9)
-    ap.add_argument("--high_bit", type=int, default=8)
-    ap.add_argument("--groupsize", type=int, default=128)
-    ap.add_argument("--blocksize", type=int, default=128)
-    ap.add_argument("--salient_metric", default="hessian")
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
-    if not args.output and not args.no_save:
-        ap.error("give -o OUTPUT or --no-save")
-    torch.manual_seed(args.seed)
-    # QuIP draws the butterflies' factors other than 2 x 2 with scipy's special_ortho_group, from
-    # numpy's global generator: seeded too, so that a run can be repeated.
-    import numpy
-    numpy.random.seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = args.device == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: torch sees no GPU")
-        # GPTQ's and the four repositories' drivers turn TF32 off.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    from transformers import AutoModelForCausalLM, LlamaTokenizer
-
+def reference_method(args, cuda):
+    """The official quantizer of args.method as (make, between, quantize): make(linear) builds its
+    per-linear object, between(gpts) runs between the statistics pass and the quantization (and may
+    return the hook of a second pass over the windows), quantize(gpt) quantizes the linear in place.
+    args holds the command line's options (method, repo, wbits, low_frac, high_bit, groupsize,
+    blocksize, salient_metric)."""
+    # BiLLM's bigptq.py imports names it never uses from packages a bare environment may lack.
     stub_module("exceptiongroup", catch=None)
     stub_module("pyparsing", line=None)
-    # QuIP's llama.py loads the model in fp16, the other three with torch_dtype="auto".
-    dtype = args.dtype or ("float16" if args.method == "quip" else "auto")
-    model = AutoModelForCausalLM.from_pretrained(args.model,
-                                                 torch_dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    model.config.use_cache = False
-    if args.windows:
-        windows = windows_of(args.windows)
-    else:
-        # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
-        # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
-        # --spm-convention llama); beside config.json transformers 5 would pick another conversion.
-        tok_dir = tempfile.mkdtemp()
-        shutil.copy(os.path.join(args.model, "tokenizer.model"), tok_dir)
-        tok = LlamaTokenizer.from_pretrained(tok_dir)
-        windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
-    if max(int(w.max()) for w in windows) >= model.config.vocab_size:
-        raise SystemExit(f"calibration ids reach {max(int(w.max()) for w in windows)}, beyond the model's "
-                         f"vocabulary of {model.config.vocab_size}: the windows are another tokenizer's")
-    nlayers = model.config.num_hidden_layers
-    if args.layers is not None:
-        if not 1 <= args.layers <= nlayers:
-            raise SystemExit(f"--layers {args.layers}: the model has {nlayers} decoder layers")
-        nlayers = args.layers
-    print(f"calibration: {len(windows)} windows of {windows[0].shape[1]} tokens; model {dtype} on {args.device}",
-          flush=True)
-    if cuda:
-        model.to("cuda")
-
     between = None
     if args.method == "pbllm":
         sys.path.insert(0, os.path.join(args.repo, "gptq_pb"))
@@ -338,6 +272,84 @@ def main():
 
         def quantize(g):
             g.fasterquant(percdamp=0.01, blocksize=args.blocksize)
+
+    return make, between, quantize
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=["pbllm", "billm", "slim", "quip"], required=True)
+    ap.add_argument("--repo", required=True, help="work tree of hahnyuan/PB-LLM, Aaronhuang-778/BiLLM, "
+                    "Cornell-RelaxML/QuIP, or the slim-llm directory of Aaronhuang-778/SliM-LLM")
+    ap.add_argument("--wbits", type=int, default=2, help="slim, quip: weight bits")
+    ap.add_argument("--model", required=True)
+    cal = ap.add_mutually_exclusive_group(required=True)
+    cal.add_argument("--ptb", help="ptb.train.txt: draw the windows as the repositories do")
+    cal.add_argument("--windows", help="the windows lowbit calibrates on (lowbit quantize --save-calib FILE)")
+    ap.add_argument("-o", "--output", help="the quantized model's directory (with --no-save: only reference_run.json)")
+    ap.add_argument("--layers", type=int, help="quantize only the first N decoder layers, then stop (timing)")
+    ap.add_argument("--no-save", action="store_true", help="do not save the model; print the run's record as one "
+                    "JSON line (and write -o/reference_run.json if -o is given)")
+    ap.add_argument("--nsamples", type=int, default=128, help="with --ptb")
+    ap.add_argument("--seqlen", type=int, default=2048, help="with --ptb")
+    ap.add_argument("--seed", type=int, default=0, help="the windows' random.seed (with --ptb) and torch's")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default=None,
+                    help="the model's type while it is quantized (default: auto; QuIP float16, as its llama.py)")
+    ap.add_argument("--low_frac", type=float, default=0.9)
+    ap.add_argument("--high_bit", type=int, default=8)
+    ap.add_argument("--groupsize", type=int, default=128)
+    ap.add_argument("--blocksize", type=int, default=128)
+    ap.add_argument("--salient_metric", default="hessian")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if not args.output and not args.no_save:
+        ap.error("give -o OUTPUT or --no-save")
+    torch.manual_seed(args.seed)
+    # QuIP draws the butterflies' factors other than 2 x 2 with scipy's special_ortho_group, from
+    # numpy's global generator: seeded too, so that a run can be repeated.
+    import numpy
+    numpy.random.seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no GPU")
+        # GPTQ's and the four repositories' drivers turn TF32 off.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    from transformers import AutoModelForCausalLM, LlamaTokenizer
+
+    # QuIP's llama.py loads the model in fp16, the other three with torch_dtype="auto".
+    dtype = args.dtype or ("float16" if args.method == "quip" else "auto")
+    model = AutoModelForCausalLM.from_pretrained(args.model,
+                                                 torch_dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    model.config.use_cache = False
+    if args.windows:
+        windows = windows_of(args.windows)
+    else:
+        # Both repositories load LLaMA tokenizers with LlamaTokenizer (datautils.get_tokenizer). On a
+        # folder holding only tokenizer.model it converts the model as LlamaTokenizer does (lowbit's
+        # --spm-convention llama); beside config.json transformers 5 would pick another conversion.
+        tok_dir = tempfile.mkdtemp()
+        shutil.copy(os.path.join(args.model, "tokenizer.model"), tok_dir)
+        tok = LlamaTokenizer.from_pretrained(tok_dir)
+        windows = calibration(tok, args.ptb, args.nsamples, args.seqlen, args.seed)
+    if max(int(w.max()) for w in windows) >= model.config.vocab_size:
+        raise SystemExit(f"calibration ids reach {max(int(w.max()) for w in windows)}, beyond the model's "
+                         f"vocabulary of {model.config.vocab_size}: the windows are another tokenizer's")
+    nlayers = model.config.num_hidden_layers
+    if args.layers is not None:
+        if not 1 <= args.layers <= nlayers:
+            raise SystemExit(f"--layers {args.layers}: the model has {nlayers} decoder layers")
+        nlayers = args.layers
+    print(f"calibration: {len(windows)} windows of {windows[0].shape[1]} tokens; model {dtype} on {args.device}",
+          flush=True)
+    if cuda:
+        model.to("cuda")
+
+    make, between, quantize = reference_method(args, cuda)
 
     # The references print per-linear timings; keep the log to the block lines.
     import builtins
