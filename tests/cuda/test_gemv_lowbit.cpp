@@ -175,7 +175,7 @@ void check(const std::vector<double>& got, const std::vector<double>& base, doub
       const double out_round = bf16_out ? std::ldexp(std::fabs(rb), -8)
                                         : std::ldexp(std::fabs(rb) + std::fabs(base[i]), -22);
       const double tol_b = out_round + chain * sb;
-      const double tol_f = out_round + (chain + std::ldexp(1.0, -9)) * sf;
+      const double tol_f = out_round + (chain + std::ldexp(1.0, -8)) * sf;  // x rounded to bf16: 2^-8 relative
       if (!(std::fabs(y - rb) <= tol_b) || !(std::fabs(y - rf) <= tol_f)) {
         ADD_FAILURE() << what << ": y[" << m << ", " << n << "] = " << y << ", reference " << rb << " (bf16 x; "
                       << "tolerance " << tol_b << "), " << rf << " (fp32 x; tolerance " << tol_f << ")";

@@ -14,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -147,6 +148,36 @@ TEST(FdbTrain, DistillationLowersTheKl) {
     for (const auto& layer : t.linears())
       for (const QuantizedLinear& q : layer) EXPECT_NO_THROW(q.validate("trained"));
   }
+}
+
+// Two trainers made from the same linears (whose tensors share storage when copied) train
+// independently: the second one's steps equal a lone trainer's, and the caller's linears stay as
+// they were.
+TEST(FdbTrain, TrainersOwnTheirParameters) {
+  LlamaModel teacher(open_checkpoint(tiny())), s1(open_checkpoint(tiny())), s2(open_checkpoint(tiny())),
+      s3(open_checkpoint(tiny()));
+  train::FdbTrainOptions opt;
+  opt.adamw.lr = 1e-3;
+  opt.total_steps = 2;
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  const std::vector<float> before(q[0][0].extras.at("fdb.alpha").data_as<float>(),
+                                  q[0][0].extras.at("fdb.alpha").data_as<float>() +
+                                      q[0][0].extras.at("fdb.alpha").numel());
+  train::FdbTrainer a(s1, teacher, q, opt), b(s2, teacher, q, opt);
+  const std::vector<train::Batch> micro = {random_batch(1, 24, teacher.config().vocab_size, 5)};
+  std::vector<train::FdbStepStats> lone;
+  {
+    train::FdbTrainer c(s3, teacher, q, opt);
+    for (int s = 0; s < 2; ++s) lone.push_back(c.step(micro));
+  }
+  for (int s = 0; s < 2; ++s) {
+    a.step(micro);
+    const train::FdbStepStats st = b.step(micro);
+    EXPECT_EQ(st.loss, lone[size_t(s)].loss) << "step " << s;
+    EXPECT_EQ(st.grad_norm, lone[size_t(s)].grad_norm) << "step " << s;
+  }
+  const Tensor& now = q[0][0].extras.at("fdb.alpha");
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), now.data_as<float>()));
 }
 
 // init=gptq: the fdb weights dequantize to GPTQ's 2-bit weights bit for bit, block after block
