@@ -262,7 +262,7 @@ GemvWeight upload_gemv(int64_t n, int64_t k, int bits, bool codebook, int64_t gr
 GemvKernel gemv_auto_kernel(int64_t M) {
   const GemvKernel k = kernel_from_env();
   if (k != GemvKernel::Auto) return k;
-  return M <= kGemvMaxRows ? GemvKernel::Gemv : GemvKernel::DequantGemm;
+  return M <= kGemvAutoMaxRows ? GemvKernel::Gemv : GemvKernel::DequantGemm;
 }
 
 void gemv_linear(const GemvWeight& w, const bf16* A, bf16* C, int64_t M, W4A16Workspace& ws, cudaStream_t s,

@@ -56,11 +56,14 @@ GemvWeight upload_gemv(int64_t n, int64_t k, int bits, bool codebook, int64_t gr
                        const std::array<float, 16>& table, const char* what, cudaStream_t s);
 
 // Gemv: the weight-streaming kernel (at any M, in launches of 16 rows). DequantGemm: bf16 scratch
-// + cuBLAS. Auto: Gemv up to kGemvMaxRows rows, DequantGemm beyond; the environment variable
+// + cuBLAS. Auto: Gemv up to kGemvAutoMaxRows rows, DequantGemm beyond (bench_gemv_lowbit on an
+// H100 at LLaMA-3-8B's shapes: the GEMV beat dequantize + cuBLAS at M = 1 and 4 for every format
+// and shape, and lost at M = 16 for all of them, by 2-5x); the environment variable
 // LOWBIT_GEMV_KERNEL (auto, gemv or dequant; read once per process, an unknown value is a
 // lowbit::Error at the first product) makes Auto run one kernel at every M.
 enum class GemvKernel { Auto, Gemv, DequantGemm };
-inline constexpr int64_t kGemvMaxRows = 16;
+inline constexpr int64_t kGemvMaxRows = 16;     // rows per launch of the GEMV
+inline constexpr int64_t kGemvAutoMaxRows = 4;  // rows up to which Auto runs the GEMV
 // What Auto runs for M rows (LOWBIT_GEMV_KERNEL included).
 GemvKernel gemv_auto_kernel(int64_t M);
 
