@@ -211,10 +211,7 @@ int64_t LlavaNextModel::image_token_count(int64_t height, int64_t width) const {
   return llava_next_image_token_count(cfg_, height, width);
 }
 
-namespace {
-
-// (rows, cols) of the image's tile grid, checked against the tiles given.
-std::pair<int64_t, int64_t> tile_grid(const LlavaNextConfig& cfg, const vision::ProcessedImage& image) {
+std::pair<int64_t, int64_t> llava_next_tile_grid(const LlavaNextConfig& cfg, const vision::ProcessedImage& image) {
   const int64_t S = cfg.vision.image_size;
   const int64_t tiles = image.pixel_values.ndim() == 4 ? image.pixel_values.dim(0) : 0;
   const auto best = vision::select_best_resolution(image.height, image.width, cfg.pinpoints);
@@ -224,8 +221,6 @@ std::pair<int64_t, int64_t> tile_grid(const LlavaNextConfig& cfg, const vision::
   return {r, c};
 }
 
-}  // namespace
-
 Tensor LlavaNextModel::image_features(const vision::ProcessedImage& image) const {
   return pack_image_features(image, projected_tiles(image));
 }
@@ -233,7 +228,7 @@ Tensor LlavaNextModel::image_features(const vision::ProcessedImage& image) const
 Tensor LlavaNextModel::projected_tiles(const vision::ProcessedImage& image) const {
   const int64_t G = cfg_.vision.grid(), P = G * G;
   const int64_t H = cfg_.text.hidden_size, Dv = cfg_.vision.hidden_size;
-  tile_grid(cfg_, image);
+  llava_next_tile_grid(cfg_, image);
   const int64_t tiles = image.pixel_values.dim(0);
 
   // Tower, CLS dropped ("default"), projector.
@@ -254,7 +249,7 @@ Tensor LlavaNextModel::projected_tiles(const vision::ProcessedImage& image) cons
 
 Tensor LlavaNextModel::pack_image_features(const vision::ProcessedImage& image, const Tensor& projected) const {
   const int64_t G = cfg_.vision.grid(), P = G * G, H = cfg_.text.hidden_size;
-  const auto [r, c] = tile_grid(cfg_, image);
+  const auto [r, c] = llava_next_tile_grid(cfg_, image);
   const int64_t tiles = 1 + r * c;
   LB_CHECK(projected.dtype() == DType::F32 && projected.ndim() == 2 && projected.dim(0) == tiles * P &&
                projected.dim(1) == H && projected.is_contiguous(),

@@ -34,6 +34,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lowbit {
@@ -70,6 +71,9 @@ UnpadBox unpad_box(int64_t height, int64_t width, int64_t grid_h, int64_t grid_w
 // Image tokens an image of height x width takes under config c: G*G for the base tile, plus the
 // cropped grid's rows times (columns + 1).
 int64_t llava_next_image_token_count(const LlavaNextConfig& c, int64_t height, int64_t width);
+// (rows, cols) of a processed image's any-resolution tile grid; throws lowbit::Error when its
+// tile count is not 1 + rows x cols (every device's tower checks this before any work).
+std::pair<int64_t, int64_t> llava_next_tile_grid(const LlavaNextConfig& c, const vision::ProcessedImage& image);
 
 class LlavaNextModel {
  public:

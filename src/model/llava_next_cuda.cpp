@@ -115,6 +115,7 @@ Tensor CudaClipVision::hidden_states(const Tensor& pixel_values, int64_t k) {
 Tensor CudaClipVision::projected_tiles(const vision::ProcessedImage& image) {
   const LlavaNextConfig& cfg = host_.config();
   const int64_t P = cfg.vision.num_patches(), Dv = cfg.vision.hidden_size, H = cfg.text.hidden_size;
+  llava_next_tile_grid(cfg, image);  // the tile count, before any GPU work
   run(image.pixel_values, cfg.feature_layers());
   const int64_t n = tiles_ * P;
   const cudaStream_t s = ctx_.stream();

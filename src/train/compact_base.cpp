@@ -135,6 +135,12 @@ GpuModelBytes CompactBase::bytes(const LlamaConfig& c) const {
 }
 
 std::string CompactBase::describe() const {
+  std::string s;
+  for (const auto& k : kind_names()) s += (s.empty() ? "" : " + ") + k;
+  return s;
+}
+
+std::set<std::string> CompactBase::kind_names() const {
   std::set<std::string> kinds;
   for (const auto& layer : layers)
     for (const CompactLinear& w : layer) {
@@ -146,9 +152,7 @@ std::string CompactBase::describe() const {
       }
       kinds.insert(d);
     }
-  std::string s;
-  for (const auto& k : kinds) s += (s.empty() ? "" : " + ") + k;
-  return s;
+  return kinds;
 }
 
 std::array<CompactLinear, 7> make_compact_block(const LlamaModel& model, int64_t l) {

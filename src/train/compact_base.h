@@ -35,6 +35,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,8 @@ struct CompactBase {
   // "codebook (4-bit storage, flat blocks of 64)", kinds joined by " + " when they differ: for
   // the log.
   std::string describe() const;
+  // The distinct kinds describe() joins (for combining the descriptions of several bases).
+  std::set<std::string> kind_names() const;
   // The layout every linear shares; nullopt when they differ.
   std::optional<CompactLayout> uniform_layout() const;
 };

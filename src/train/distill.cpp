@@ -42,7 +42,10 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   topt.train_beta = o.train_beta;
   topt.latent = o.latent;
   topt.latent_lr_scale = o.latent_lr_scale;
-  topt.device = parse_device(o.device);
+  // The training device (parsed, so a malformed name is refused even without steps); with no
+  // steps nothing trains, so the trainer stays on the host and no GPU is asked for.
+  const Device train_device = parse_device(o.device);
+  if (o.steps > 0) topt.device = train_device;
   LB_CHECK(calib.nsamples >= o.batch, "--nsamples {} is fewer than one batch of {}", calib.nsamples, o.batch);
   // A GPU that this build or machine lacks is refused here, before the initialization.
   if (o.steps > 0) check_device_available(topt.device);

@@ -18,6 +18,7 @@ struct GpuFdb {
   int64_t rows = 0, cols = 0, group = 0;
   DeviceBuffer<uint8_t> b1, b2;     // planes [rows, ceil(cols / 8)]
   DeviceBuffer<float> alpha, grad;  // [groups, 3]
+  DType round_to = DType::F32;      // the linear's dequant_dtype: what its dequantized weight holds
 };
 
 int dad_mode(DadWeight w) {
@@ -48,7 +49,8 @@ class Engine final : public FdbCudaEngine {
     // The student's weights: each fdb linear dequantized into one scratch right before each use.
     student_.weight = [this](int64_t layer, LinearKind k) -> const float* {
       const GpuFdb& g = lin_[size_t(layer)][size_t(k)];
-      cuda::fdb_dequantize_f32(g.b1.get(), g.b2.get(), g.alpha.get(), weight_.get(), g.rows, g.cols, g.group, stream());
+      cuda::fdb_dequantize_f32(g.b1.get(), g.b2.get(), g.alpha.get(), weight_.get(), g.rows, g.cols, g.group, stream(),
+                               g.round_to);
       return weight_.get();
     };
   }
@@ -66,6 +68,7 @@ class Engine final : public FdbCudaEngine {
       g.rows = q.rows;
       g.cols = q.cols;
       g.group = q.group_size;
+      g.round_to = q.dequant_dtype;
       for (auto [dev, name] : {std::pair{&g.b1, "fdb.b1"}, std::pair{&g.b2, "fdb.b2"}}) {
         const Tensor& p = q.extras.at(name);
         dev->resize(size_t(p.numel()));

@@ -1,8 +1,9 @@
 // The GPU side of FdbTrainer (fdb_train.h): DB-LLM's Deviation-Aware Distillation step on one CUDA
 // device, computing what the CPU step computes. One CudaLlamaBackward (llama_backward_cuda.h) over
 // the 16-bit model serves both sides: run as it is, it is the teacher; with a weight hook that
-// dequantizes each fdb linear on the GPU right before each use (fdb_format.h's rule, fp32, bit for
-// bit the CPU's dequantize_f32) into one scratch, it is the student, whose embedding, norms and LM
+// dequantizes each fdb linear on the GPU right before each use (fdb_format.h's rule in fp32, then
+// rounded to the linear's dequant_dtype: bit for bit the CPU's dequantize_f32) into one scratch,
+// it is the student, whose embedding, norms and LM
 // head are the 16-bit model's anyway. The student's weights never exist in fp32 all at once.
 //
 // One micro-batch:
@@ -20,10 +21,10 @@
 // latent weights, their AdamW state and the re-binarization stay on the host, as on the CPU):
 // correct, but one full-weight transfer per linear per micro-batch.
 //
-// Memory on the GPU: the 16-bit model as CudaLlamaBackward holds it (its block weights and LM
-// head), the fdb planes (2 bits per weight), the group parameters and their gradients (3 fp32
-// each per group, twice), two scratches of the largest linear (its dequantized fdb weight, its
-// dW), the engine's activations (llama_backward_cuda.h), the teacher's [B*T, H] hidden states
+// Memory on the GPU: the 16-bit model as CudaLlamaBackward holds it (its compact block weights
+// and LM head), the fdb planes (2 bits per weight), the group parameters and their gradients (3
+// fp32 each per group, twice), three fp32 scratches of the largest linear (the dequantized fdb
+// weight, its dW, the teacher's expanded weight), the engine's activations (llama_backward_cuda.h), the teacher's [B*T, H] hidden states
 // and two [chunk, V] logits chunks.
 #pragma once
 

@@ -7,6 +7,8 @@
 #include "train/step_engine.h"
 
 #include <algorithm>
+#include <set>
+#include <string>
 #include <tuple>
 
 namespace lowbit::train {
@@ -149,7 +151,7 @@ struct CudaLlamaBackward::Impl {
   Impl(const LlamaModel& m, int device) : model(m), c(m.config()), ctx(device) {
     const cudaStream_t s = ctx.stream();
     blocks.resize(size_t(c.num_hidden_layers));
-    CompactBase first;  // the first block's linears (without their data), for the log
+    std::set<std::string> kinds;  // every block's linear kinds, for the log
     bool uniform = true;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       GpuBlock& g = blocks[size_t(l)];
@@ -171,14 +173,14 @@ struct CudaLlamaBackward::Impl {
       ctx.synchronize();
       for (CompactLinear& w : lin) w.f32 = {}, w.half = {}, w.codes = {};
       CompactBase one{{std::move(lin)}};
+      kinds.merge(one.kind_names());
       if (l == 0) {
-        first = std::move(one);
-        layout = first.uniform_layout();
+        layout = one.uniform_layout();
       } else {
         uniform = uniform && layout && one.uniform_layout() == layout;
       }
     }
-    base_layout = first.describe();
+    for (const auto& k : kinds) base_layout += (base_layout.empty() ? "" : " + ") + k;
     if (!uniform) layout.reset();
     scratch.resize(size_t(model_bytes.scratch / 4));
     upload_f32(model.final_norm_weight(), final_norm, s);

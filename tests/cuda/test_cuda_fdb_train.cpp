@@ -135,6 +135,16 @@ TEST(CudaFdbOps, MatchTheirCpuTwins) {
     const Tensor want = q.dequantize_f32();
     const std::vector<float> got = down(w, size_t(rows * cols));
     EXPECT_EQ(std::memcmp(got.data(), want.data(), size_t(want.nbytes())), 0);
+    // A linear of a 16-bit checkpoint holds its dequantized weight rounded to that dtype.
+    for (DType dt : {DType::BF16, DType::F16}) {
+      QuantizedLinear r = q;
+      r.dequant_dtype = dt;
+      cuda::fdb_dequantize_f32(d1.get(), d2.get(), da.get(), w.get(), rows, cols, g, s, dt);
+      const Tensor want16 = r.dequantize_f32();
+      const std::vector<float> got16 = down(w, size_t(rows * cols));
+      EXPECT_EQ(std::memcmp(got16.data(), want16.data(), size_t(want16.nbytes())), 0) << dtype_name(dt);
+      EXPECT_NE(std::memcmp(got16.data(), want.data(), size_t(want.nbytes())), 0) << dtype_name(dt);
+    }
 
     const std::vector<float> dw = randn(size_t(rows * cols), 5);
     auto ddw = up(dw.data(), dw.size());
@@ -275,11 +285,13 @@ TEST(CudaFdbTrain, MicroStepMatchesTheCpu) {
   }
 }
 
-// FdbTrainer on either device: two steps of two micro-batches, with and without latent weights.
+// FdbTrainer on either device: two steps of two micro-batches, with and without latent weights,
+// and with the linears' dequantized weights held as bf16 (a bf16 checkpoint's).
 TEST(CudaFdbTrain, TrainerStepsMatchTheCpu) {
   REQUIRE_GPU();
-  for (bool latent : {false, true}) {
-    SCOPED_TRACE(latent ? "latent" : "scales");
+  for (int mode : {0, 1, 2}) {
+    const bool latent = mode == 1, bf16 = mode == 2;
+    SCOPED_TRACE(latent ? "latent" : bf16 ? "scales, bf16 weights" : "scales");
     train::FdbTrainOptions opt;
     // A small rate: a near-zero gradient entry whose sign differs between the devices moves its
     // parameter by up to 2 lr (AdamW's first update is nearly lr * sign(g)).
@@ -288,7 +300,10 @@ TEST(CudaFdbTrain, TrainerStepsMatchTheCpu) {
     opt.latent = latent;
     opt.latent_lr_scale = 0.1;
     LlamaModel teacher(open_checkpoint(tiny())), s_cpu(open_checkpoint(tiny())), s_gpu(open_checkpoint(tiny()));
-    const train::FdbLinears q = fdb_init("dbllm:g=16");
+    train::FdbLinears q = fdb_init("dbllm:g=16");
+    if (bf16)
+      for (auto& layer : q)
+        for (QuantizedLinear& x : layer) x.dequant_dtype = DType::BF16;
     train::FdbTrainer cpu(s_cpu, teacher, q, opt);
     opt.device = kGpu;
     train::FdbTrainer gpu(s_gpu, teacher, q, opt);

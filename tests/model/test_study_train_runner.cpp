@@ -114,6 +114,13 @@ TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
                                                  BosMode::Default);
       train::DistillResult d = train::run_distill(stories(), o, calib);
       EXPECT_EQ(t["log"], d.training["log"]);
+      {
+        // With no steps nothing trains: a GPU that is not there is not asked for.
+        train::DistillOptions z = o;
+        z.steps = 0;
+        z.device = "cuda:99";
+        EXPECT_NO_THROW(train::run_distill(stories(), z, calib));
+      }
       LlamaModel teacher(open_model(stories()));
       write_quantized_checkpoint(dir / "dbllm", teacher, d.qm, nlohmann::json::object(), false);
       EXPECT_EQ(perplexity(*load_model(dir / "dbllm"), windows).ppl, ppl[c.key]);

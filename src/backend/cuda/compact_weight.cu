@@ -1,5 +1,7 @@
 #include "backend/cuda/compact_weight.cuh"
 
+#include "backend/cuda/rounding.cuh"
+
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -11,17 +13,6 @@ namespace {
 constexpr int kThreads = 256;
 
 __device__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
-
-// core/dtype.h's f32_to_bf16 for finite values (the expanded weights are finite: the formats'
-// validate checks their scales), widened back.
-__device__ float round_bf16(float v) {
-  uint32_t u = __float_as_uint(v);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return __uint_as_float(u & 0xffff0000u);
-}
-
-// IEEE binary16 round to nearest even, widened back: core/dtype.h's f32_to_f16 for finite values.
-__device__ float round_f16(float v) { return __half2float(__float2half_rn(v)); }
 
 __global__ void expand_kernel(CompactWeightView w, float* __restrict__ out) {
   const int64_t n = w.rows * w.cols;
@@ -47,8 +38,7 @@ __global__ void expand_kernel(CompactWeightView w, float* __restrict__ out) {
       v = __fmul_rn(w.codebook[code], w.scales[s]);
       if (w.tau != nullptr) v = __fadd_rn(v, w.tau[i / w.group_size]);
     }
-    if (w.round_to == 1) v = round_bf16(v);
-    if (w.round_to == 2) v = round_f16(v);
+    v = round_to_mode(v, w.round_to);
     out[i] = v;
   }
 }

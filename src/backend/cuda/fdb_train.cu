@@ -1,5 +1,7 @@
 #include "backend/cuda/fdb_train.cuh"
 
+#include "backend/cuda/rounding.cuh"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -45,7 +47,7 @@ __device__ __forceinline__ bool plane_bit(const uint8_t* p, int64_t row_bytes, i
 }
 
 __global__ void fdb_dequantize_kernel(const uint8_t* b1, const uint8_t* b2, const float* alpha, float* w,
-                                      int64_t rows, int64_t cols, int64_t group) {
+                                      int64_t rows, int64_t cols, int64_t group, int round_to) {
   const int64_t rb = (cols + 7) / 8, ng = cols / group;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * cols;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -55,7 +57,7 @@ __global__ void fdb_dequantize_kernel(const uint8_t* b1, const uint8_t* b2, cons
     const float p2 = plane_bit(b2, rb, r, c) ? 1.0f : 0.0f;
     // The CPU's order and roundings (no contraction into an fma).
     const float sum = __fadd_rn(__fmul_rn(a[0], p1), __fmul_rn(a[1], p2));
-    w[i] = __fadd_rn(sum, a[2]);
+    w[i] = round_to_mode(__fadd_rn(sum, a[2]), round_to);
   }
 }
 
@@ -140,10 +142,13 @@ __global__ void dad_kernel(const float* teacher, float* student, double* loss, d
 }  // namespace
 
 void fdb_dequantize_f32(const uint8_t* b1, const uint8_t* b2, const float* alpha, float* w, int64_t rows,
-                        int64_t cols, int64_t group, cudaStream_t s) {
+                        int64_t cols, int64_t group, cudaStream_t s, DType round_to) {
   if (rows * cols == 0) return;
   if (group <= 0 || cols % group != 0) throw_error("fdb_dequantize_f32: the group size does not divide the columns");
-  fdb_dequantize_kernel<<<grid_for(rows * cols), kThreads, 0, s>>>(b1, b2, alpha, w, rows, cols, group);
+  if (round_to != DType::F32 && round_to != DType::BF16 && round_to != DType::F16)
+    throw_error("fdb_dequantize_f32: weights are rounded to F32, BF16 or F16 only");
+  const int mode = round_to == DType::BF16 ? kRoundBf16 : round_to == DType::F16 ? kRoundF16 : kRoundNone;
+  fdb_dequantize_kernel<<<grid_for(rows * cols), kThreads, 0, s>>>(b1, b2, alpha, w, rows, cols, group, mode);
   LB_CUDA_LAUNCH_CHECK();
 }
 

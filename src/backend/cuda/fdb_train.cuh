@@ -8,16 +8,19 @@
 #pragma once
 
 #include "backend/cuda/cuda_util.h"
+#include "core/dtype.h"
 
 #include <cstdint>
 
 namespace lowbit::cuda {
 
-// w [rows, cols] = (alpha1 b1 + alpha2 b2) + beta per element (fdb_format.h), fp32 in that order.
+// w [rows, cols] = round((alpha1 b1 + alpha2 b2) + beta) per element (fdb_format.h), fp32 in that
+// order, then rounded to `round_to` (the linear's dequant_dtype: F32 leaves it, BF16/F16 round
+// to nearest even as QuantizedLinear::dequantize does).
 // b1, b2: bit planes (formats/bit_plane.h: rows of ceil(cols / 8) bytes, least significant bit
 // first); alpha [rows * cols / group, 3].
 void fdb_dequantize_f32(const uint8_t* b1, const uint8_t* b2, const float* alpha, float* w, int64_t rows,
-                        int64_t cols, int64_t group, cudaStream_t s);
+                        int64_t cols, int64_t group, cudaStream_t s, DType round_to = DType::F32);
 
 // dalpha [rows * cols / group, 3] += float of the fp64 sums over each group of dw [rows, cols]:
 // (sum dw * b1, sum dw * b2, sum dw): the gradients at alpha1, alpha2, beta.
