@@ -23,6 +23,9 @@ Per linear it prints one JSON line:
              from the same W and, up to the forward's fp32 rounding, the same H)
   near_cross fraction within 1e-6 * max|W| of it
   same_ref   fraction equal to the reference chain's linear
+  bits_ref, bits_cross, bits_lb  (slim) the bits of each group of 128 columns: the official
+             allocation on the reference chain and on lowbit's chain, and lowbit's (--lowbit-packed:
+             as stored; else as its weights imply); alloc_same: bits_lb == bits_cross
 Where same_cross stays near 1 while x_rel grows, both sides take the same decisions and the
 chains part through the propagation alone; a linear with same_cross far below 1 on the first
 block (x_rel 0) is a decision that differs.
@@ -55,6 +58,7 @@ import argparse
 import copy
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -68,6 +72,19 @@ def out_rel(w, q, h):
     d = (w - q).double()
     w = w.double()
     return ((d @ h * d).sum() / (w @ h * w).sum()).item()
+
+
+def group_bits(q, groupsize):
+    """The bits each column group's weights imply: ceil(log2) of the most distinct values in any one
+    row of the group (SliM-LLM quantizes a group to 2^b levels per row, 1-bit groups to 2). A 1-bit
+    row holds a third value, its mean, where an updated weight lands on the mean exactly (the sign of
+    0 is 0, on both sides), and then reads as 2 bits: --lowbit-packed reads lowbit's stored bits."""
+    bits = []
+    for c in range(0, q.shape[1], groupsize):
+        s = q[:, c:c + groupsize].sort(dim=1).values
+        n = int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+        bits.append(max(1, math.ceil(math.log2(n))))
+    return bits
 
 
 def compare(a, b):
@@ -95,6 +112,8 @@ def main():
     ap.add_argument("--windows", required=True, help="the calibration windows (lowbit quantize --save-calib)")
     ap.add_argument("--lowbit", help="lowbit's quantized model, dense (lowbit export --format hf --dtype f32); "
                     "without it only the reference chain runs")
+    ap.add_argument("--lowbit-packed", help="slim: lowbit's quantized model as `lowbit quantize` wrote it; "
+                    "bits_lb is then its stored allocation (extra.group_bits) instead of the bits its weights imply")
     ap.add_argument("--no-cross", action="store_true", help="skip the official quantizer on lowbit's chain")
     ap.add_argument("--layers", type=int, help="the first N decoder layers (default: all)")
     ap.add_argument("--perturb", type=float, default=0.0, help="relative noise on block 0's reference inputs")
@@ -127,6 +146,12 @@ def main():
     model.config.use_cache = False
     windows = rp.windows_of(a.windows)
     lowbit = load_file(os.path.join(a.lowbit, "model.safetensors")) if a.lowbit else None
+    packed_bits = None
+    if a.lowbit_packed:
+        from safetensors import safe_open
+        with safe_open(os.path.join(a.lowbit_packed, "model.safetensors"), framework="pt") as f:
+            packed_bits = {k[:-len(".extra.group_bits")]: f.get_tensor(k).tolist()
+                           for k in f.keys() if k.endswith(".extra.group_bits")}
     lb_stats, lb_stats_layer = None, -1
     if a.lowbit_stats:
         from safetensors import safe_open
@@ -219,11 +244,11 @@ def main():
             w0 = subset[n].weight.data.clone()
             builtins.print = lambda *p, **k: None  # the quantizers print per-linear timings
             try:
-                quantize(g)
+                bits = quantize(g)
             finally:
                 builtins.print = real_print
             g.free()
-            res[n] = (w0, hs[n], subset[n].weight.data.clone())
+            res[n] = (w0, hs[n], subset[n].weight.data.clone(), bits)
         return res
 
     @torch.no_grad()
@@ -271,8 +296,10 @@ def main():
             probe = copy.deepcopy(layer_lb_orig)
             names = [n for n, m in probe.named_modules() if isinstance(m, nn.Linear)]
             lbh = quantize_block(probe, x_lb_in, {n: lb_stats[site[n.split(".")[-1]] + ".hessian"] for n in names})
-        for n, (w0, h_ref, q_ref) in ref.items():
+        for n, (w0, h_ref, q_ref, bits_ref) in ref.items():
             rec = {"layer": i, "linear": n, "x_rel": x_rel, "err_ref": out_rel(w0, q_ref, h_ref)}
+            if bits_ref is not None:
+                rec["bits_ref"] = "".join(map(str, bits_ref))
             if lowbit is not None:
                 q_lb = lowbit[f"model.layers.{i}.{n}.weight"].to(torch.float32)
                 h_lb = cross[n][1] if cross is not None else hs[n]
@@ -285,6 +312,16 @@ def main():
                     rec["err_cross"] = out_rel(w0, q_x, h_lb)
                     rec["same_cross"] = (q_lb == q_x).double().mean().item()
                     rec["near_cross"] = ((q_lb - q_x).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
+                    if cross[n][3] is not None:
+                        # the official allocation on lowbit's chain against the bits lowbit's
+                        # weights imply (checked on the cross run's own weights: bits_cross_implied)
+                        rec["bits_cross"] = "".join(map(str, cross[n][3]))
+                        rec["bits_cross_implied"] = "".join(map(str, group_bits(q_x, a.groupsize)))
+                        if packed_bits is not None:
+                            rec["bits_lb"] = "".join(map(str, packed_bits[f"model.layers.{i}.{n}"]))
+                        else:
+                            rec["bits_lb"] = "".join(map(str, group_bits(q_lb, a.groupsize)))
+                        rec["alloc_same"] = rec["bits_lb"] == rec["bits_cross"]
                 if lbh is not None:
                     rec["same_lbH"] = (q_lb == lbh[n][2]).double().mean().item()
                     rec["near_lbH"] = ((q_lb - lbh[n][2]).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
