@@ -35,7 +35,8 @@ torch's generator seeded by SEED): the same Hessians up to fp32 rounding, the of
 itself. --perturb EPS multiplies the reference chain's calibration inputs of block 0 by
 (1 + EPS * u), u ~ N(0, 1) seeded by --seed. Either shows how far a rounding-sized change travels. --save DIR writes
 the reference chain's quantized model (fake-quant, fp32, with the source's tokenizer files) for
-`lowbit ppl`, so that perturbed runs can be evaluated.
+`lowbit ppl`, so that perturbed runs can be evaluated; --save-cross DIR the cross run's linears
+(the official quantizer's decisions on lowbit's chain) in the same form.
 
 --lowbit-stats FILE (`lowbit stats --layer 0` on the same windows) also runs the official
 quantizer on lowbit's own block-0 Hessians (same_lbH, near_lbH, err_lbH): lowbit's chain Hessians
@@ -126,6 +127,8 @@ def main():
     ap.add_argument("--factor-fp64", action="store_true", help="the official quantizer's Cholesky factorizations "
                     "in fp64 (rounded back to fp32)")
     ap.add_argument("--save", help="write the reference chain's quantized model here")
+    ap.add_argument("--save-cross", help="write the cross run's model here: every linear as the official quantizer "
+                    "decided it on lowbit's chain (after --save's model is written)")
     ap.add_argument("--wbits", type=int, default=2)
     ap.add_argument("--low_frac", type=float, default=0.9)
     ap.add_argument("--high_bit", type=int, default=8)
@@ -255,6 +258,7 @@ def main():
     def forward_all(layer, x):
         return torch.stack([run(layer, x[j]) for j in range(x.shape[0])])
 
+    cross_weights = {}
     for i in range(nlayers):
         t0 = time.time()
         layer = layers[i]
@@ -309,6 +313,8 @@ def main():
                 rec["same_ref"] = (q_lb == q_ref).double().mean().item()
                 if cross is not None:
                     q_x = cross[n][2]
+                    if a.save_cross:
+                        cross_weights[f"model.layers.{i}.{n}.weight"] = q_x
                     rec["err_cross"] = out_rel(w0, q_x, h_lb)
                     rec["same_cross"] = (q_lb == q_x).double().mean().item()
                     rec["near_cross"] = ((q_lb - q_x).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
@@ -332,14 +338,23 @@ def main():
             x_lb = forward_all(layer_lb, x_lb)
         print(f"block {i} done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    if a.save:
-        if os.path.exists(a.save):
-            shutil.rmtree(a.save)
+    def save(path):
+        if os.path.exists(path):
+            shutil.rmtree(path)
         model.config.use_cache = True
-        model.save_pretrained(a.save)
+        model.save_pretrained(path)
         for name in rp.TOKENIZER_FILES:
             if os.path.exists(os.path.join(a.model, name)):
-                shutil.copy(os.path.join(a.model, name), a.save)
+                shutil.copy(os.path.join(a.model, name), path)
+
+    if a.save:
+        save(a.save)
+    if a.save_cross:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, w in cross_weights.items():
+                params[key].copy_(w)
+        save(a.save_cross)
 
 
 if __name__ == "__main__":
