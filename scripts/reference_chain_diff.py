@@ -23,6 +23,9 @@ Per linear it prints one JSON line:
              from the same W and, up to the forward's fp32 rounding, the same H)
   near_cross fraction within 1e-6 * max|W| of it
   same_ref   fraction equal to the reference chain's linear
+  bits_ref, bits_cross, bits_lb  (slim) the bits of each group of 128 columns: the official
+             allocation on the reference chain and on lowbit's chain, and lowbit's (--lowbit-packed:
+             as stored; else as its weights imply); alloc_same: bits_lb == bits_cross
 Where same_cross stays near 1 while x_rel grows, both sides take the same decisions and the
 chains part through the propagation alone; a linear with same_cross far below 1 on the first
 block (x_rel 0) is a decision that differs.
@@ -32,7 +35,8 @@ torch's generator seeded by SEED): the same Hessians up to fp32 rounding, the of
 itself. --perturb EPS multiplies the reference chain's calibration inputs of block 0 by
 (1 + EPS * u), u ~ N(0, 1) seeded by --seed. Either shows how far a rounding-sized change travels. --save DIR writes
 the reference chain's quantized model (fake-quant, fp32, with the source's tokenizer files) for
-`lowbit ppl`, so that perturbed runs can be evaluated.
+`lowbit ppl`, so that perturbed runs can be evaluated; --save-cross DIR the cross run's linears
+(the official quantizer's decisions on lowbit's chain) in the same form.
 
 --lowbit-stats FILE (`lowbit stats --layer 0` on the same windows) also runs the official
 quantizer on lowbit's own block-0 Hessians (same_lbH, near_lbH, err_lbH): lowbit's chain Hessians
@@ -55,6 +59,7 @@ import argparse
 import copy
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -68,6 +73,19 @@ def out_rel(w, q, h):
     d = (w - q).double()
     w = w.double()
     return ((d @ h * d).sum() / (w @ h * w).sum()).item()
+
+
+def group_bits(q, groupsize):
+    """The bits each column group's weights imply: ceil(log2) of the most distinct values in any one
+    row of the group (SliM-LLM quantizes a group to 2^b levels per row, 1-bit groups to 2). A 1-bit
+    row holds a third value, its mean, where an updated weight lands on the mean exactly (the sign of
+    0 is 0, on both sides), and then reads as 2 bits: --lowbit-packed reads lowbit's stored bits."""
+    bits = []
+    for c in range(0, q.shape[1], groupsize):
+        s = q[:, c:c + groupsize].sort(dim=1).values
+        n = int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+        bits.append(max(1, math.ceil(math.log2(n))))
+    return bits
 
 
 def compare(a, b):
@@ -95,6 +113,8 @@ def main():
     ap.add_argument("--windows", required=True, help="the calibration windows (lowbit quantize --save-calib)")
     ap.add_argument("--lowbit", help="lowbit's quantized model, dense (lowbit export --format hf --dtype f32); "
                     "without it only the reference chain runs")
+    ap.add_argument("--lowbit-packed", help="slim: lowbit's quantized model as `lowbit quantize` wrote it; "
+                    "bits_lb is then its stored allocation (extra.group_bits) instead of the bits its weights imply")
     ap.add_argument("--no-cross", action="store_true", help="skip the official quantizer on lowbit's chain")
     ap.add_argument("--layers", type=int, help="the first N decoder layers (default: all)")
     ap.add_argument("--perturb", type=float, default=0.0, help="relative noise on block 0's reference inputs")
@@ -107,6 +127,8 @@ def main():
     ap.add_argument("--factor-fp64", action="store_true", help="the official quantizer's Cholesky factorizations "
                     "in fp64 (rounded back to fp32)")
     ap.add_argument("--save", help="write the reference chain's quantized model here")
+    ap.add_argument("--save-cross", help="write the cross run's model here: every linear as the official quantizer "
+                    "decided it on lowbit's chain (after --save's model is written)")
     ap.add_argument("--wbits", type=int, default=2)
     ap.add_argument("--low_frac", type=float, default=0.9)
     ap.add_argument("--high_bit", type=int, default=8)
@@ -127,6 +149,12 @@ def main():
     model.config.use_cache = False
     windows = rp.windows_of(a.windows)
     lowbit = load_file(os.path.join(a.lowbit, "model.safetensors")) if a.lowbit else None
+    packed_bits = None
+    if a.lowbit_packed:
+        from safetensors import safe_open
+        with safe_open(os.path.join(a.lowbit_packed, "model.safetensors"), framework="pt") as f:
+            packed_bits = {k[:-len(".extra.group_bits")]: f.get_tensor(k).tolist()
+                           for k in f.keys() if k.endswith(".extra.group_bits")}
     lb_stats, lb_stats_layer = None, -1
     if a.lowbit_stats:
         from safetensors import safe_open
@@ -219,17 +247,18 @@ def main():
             w0 = subset[n].weight.data.clone()
             builtins.print = lambda *p, **k: None  # the quantizers print per-linear timings
             try:
-                quantize(g)
+                bits = quantize(g)
             finally:
                 builtins.print = real_print
             g.free()
-            res[n] = (w0, hs[n], subset[n].weight.data.clone())
+            res[n] = (w0, hs[n], subset[n].weight.data.clone(), bits)
         return res
 
     @torch.no_grad()
     def forward_all(layer, x):
         return torch.stack([run(layer, x[j]) for j in range(x.shape[0])])
 
+    cross_weights = {}
     for i in range(nlayers):
         t0 = time.time()
         layer = layers[i]
@@ -271,8 +300,10 @@ def main():
             probe = copy.deepcopy(layer_lb_orig)
             names = [n for n, m in probe.named_modules() if isinstance(m, nn.Linear)]
             lbh = quantize_block(probe, x_lb_in, {n: lb_stats[site[n.split(".")[-1]] + ".hessian"] for n in names})
-        for n, (w0, h_ref, q_ref) in ref.items():
+        for n, (w0, h_ref, q_ref, bits_ref) in ref.items():
             rec = {"layer": i, "linear": n, "x_rel": x_rel, "err_ref": out_rel(w0, q_ref, h_ref)}
+            if bits_ref is not None:
+                rec["bits_ref"] = "".join(map(str, bits_ref))
             if lowbit is not None:
                 q_lb = lowbit[f"model.layers.{i}.{n}.weight"].to(torch.float32)
                 h_lb = cross[n][1] if cross is not None else hs[n]
@@ -282,9 +313,21 @@ def main():
                 rec["same_ref"] = (q_lb == q_ref).double().mean().item()
                 if cross is not None:
                     q_x = cross[n][2]
+                    if a.save_cross:
+                        cross_weights[f"model.layers.{i}.{n}.weight"] = q_x
                     rec["err_cross"] = out_rel(w0, q_x, h_lb)
                     rec["same_cross"] = (q_lb == q_x).double().mean().item()
                     rec["near_cross"] = ((q_lb - q_x).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
+                    if cross[n][3] is not None:
+                        # the official allocation on lowbit's chain against the bits lowbit's
+                        # weights imply (checked on the cross run's own weights: bits_cross_implied)
+                        rec["bits_cross"] = "".join(map(str, cross[n][3]))
+                        rec["bits_cross_implied"] = "".join(map(str, group_bits(q_x, a.groupsize)))
+                        if packed_bits is not None:
+                            rec["bits_lb"] = "".join(map(str, packed_bits[f"model.layers.{i}.{n}"]))
+                        else:
+                            rec["bits_lb"] = "".join(map(str, group_bits(q_lb, a.groupsize)))
+                        rec["alloc_same"] = rec["bits_lb"] == rec["bits_cross"]
                 if lbh is not None:
                     rec["same_lbH"] = (q_lb == lbh[n][2]).double().mean().item()
                     rec["near_lbH"] = ((q_lb - lbh[n][2]).abs() <= 1e-6 * w0.abs().max()).double().mean().item()
@@ -295,14 +338,23 @@ def main():
             x_lb = forward_all(layer_lb, x_lb)
         print(f"block {i} done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    if a.save:
-        if os.path.exists(a.save):
-            shutil.rmtree(a.save)
+    def save(path):
+        if os.path.exists(path):
+            shutil.rmtree(path)
         model.config.use_cache = True
-        model.save_pretrained(a.save)
+        model.save_pretrained(path)
         for name in rp.TOKENIZER_FILES:
             if os.path.exists(os.path.join(a.model, name)):
-                shutil.copy(os.path.join(a.model, name), a.save)
+                shutil.copy(os.path.join(a.model, name), path)
+
+    if a.save:
+        save(a.save)
+    if a.save_cross:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, w in cross_weights.items():
+                params[key].copy_(w)
+        save(a.save_cross)
 
 
 if __name__ == "__main__":

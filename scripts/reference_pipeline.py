@@ -237,7 +237,9 @@ def reference_method(args, cuda):
             return lambda g, inp, out: g.get_block(inp, out, blocksize=args.groupsize)
 
         def quantize(g):
-            g.fasterquant(percdamp=0.01, blocksize=args.groupsize, layer_name="", saved_block_precision=None)
+            # fasterquant returns (block_precision, scales, zeros, g_idx): the bits of each group
+            return g.fasterquant(percdamp=0.01, blocksize=args.groupsize, layer_name="",
+                                 saved_block_precision=None)[0]
     elif args.method == "quip":
         sys.path.insert(0, args.repo)
         Balance = importlib.import_module("bal").Balance
