@@ -1,5 +1,6 @@
 #include "backend/cuda/fdb_train.cuh"
 
+#include "backend/cuda/block_reduce.cuh"
 #include "backend/cuda/rounding.cuh"
 
 #include <algorithm>
@@ -12,35 +13,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-unsigned grid_for(int64_t n) {
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)));
-}
-
-// Sum over the block (kThreads threads) through shared memory, in a fixed order; every thread
-// gets the result.
-__device__ double block_sum(double v, double* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) shared[threadIdx.x] += shared[threadIdx.x + w];
-    __syncthreads();
-  }
-  const double r = shared[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ float block_max(float v, float* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + w]);
-    __syncthreads();
-  }
-  const float r = shared[0];
-  __syncthreads();
-  return r;
-}
+unsigned grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 __device__ __forceinline__ bool plane_bit(const uint8_t* p, int64_t row_bytes, int64_t r, int64_t c) {
   return ((p[r * row_bytes + c / 8] >> (c % 8)) & 1u) != 0;
@@ -103,15 +76,15 @@ __global__ void dad_kernel(const float* teacher, float* student, double* loss, d
     mt = fmaxf(mt, t[i]);
     ms = fmaxf(ms, z[i]);
   }
-  mt = block_max(mt, fshared);
-  ms = block_max(ms, fshared);
+  mt = block_tree_max<kThreads>(mt, fshared);
+  ms = block_tree_max<kThreads>(ms, fshared);
   double st = 0, ss = 0;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
     st += exp(double(t[i]) - double(mt));
     ss += exp(double(z[i]) - double(ms));
   }
-  st = block_sum(st, dshared);
-  ss = block_sum(ss, dshared);
+  st = block_tree_sum<kThreads>(st, dshared);
+  ss = block_tree_sum<kThreads>(ss, dshared);
   const double lse_t = double(mt) + log(st), lse_s = double(ms) + log(ss);
   double kl = 0, hp = 0, hpq = 0;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
@@ -123,9 +96,9 @@ __global__ void dad_kernel(const float* teacher, float* student, double* loss, d
     }
     hpq -= p * lq;
   }
-  kl = block_sum(kl, dshared);
-  hp = block_sum(hp, dshared);
-  hpq = block_sum(hpq, dshared);
+  kl = block_tree_sum<kThreads>(kl, dshared);
+  hp = block_tree_sum<kThreads>(hp, dshared);
+  hpq = block_tree_sum<kThreads>(hpq, dshared);
   double w = 1;
   if (weight_mode == 1) w = pow(hp, gamma);
   if (weight_mode == 2) w = pow(hpq, gamma);

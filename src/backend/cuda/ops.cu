@@ -1,5 +1,7 @@
 #include "backend/cuda/ops.cuh"
 
+#include "backend/cuda/block_reduce.cuh"
+
 #include <algorithm>
 #include <cfloat>
 #include <string>
@@ -9,30 +11,6 @@ namespace lowbit::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Sum (or max) over the block; every thread gets the result.
-template <bool kMax>
-__device__ float block_reduce(float v, float* shared) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-  v = kMax ? warp_max(v) : warp_sum(v);
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  float r = threadIdx.x < nwarps ? shared[threadIdx.x] : (kMax ? -FLT_MAX : 0.0f);
-  if (warp == 0) r = kMax ? warp_max(r) : warp_sum(r);
-  if (threadIdx.x == 0) shared[32] = r;
-  __syncthreads();
-  return shared[32];
-}
 
 __global__ void embed_kernel(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t H) {
   const int64_t i = blockIdx.x;

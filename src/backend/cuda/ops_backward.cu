@@ -1,5 +1,7 @@
 #include "backend/cuda/ops_backward.cuh"
 
+#include "backend/cuda/block_reduce.cuh"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -11,36 +13,9 @@ namespace {
 constexpr int kThreads = 256;
 
 // Blocks of kThreads threads for a grid-stride loop over n elements.
-unsigned grid_for(int64_t n) { return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
+unsigned grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 #define LB_GRID_STRIDE(i, n) for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
-// Sum over the block (kThreads threads) through shared memory, in a fixed order; every thread
-// gets the result.
-template <typename T>
-__device__ T block_sum(T v, T* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) shared[threadIdx.x] += shared[threadIdx.x + w];
-    __syncthreads();
-  }
-  const T r = shared[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ float block_max(float v, float* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + w]);
-    __syncthreads();
-  }
-  const float r = shared[0];
-  __syncthreads();
-  return r;
-}
 
 __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -55,7 +30,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t
   float* yr = y + int64_t(blockIdx.x) * dim;
   double ss = 0;
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) ss += double(xr[i]) * xr[i];
-  ss = block_sum(ss, shared);
+  ss = block_tree_sum<kThreads>(ss, shared);
   const float inv = 1.0f / sqrtf(float(ss) / float(dim) + eps);
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) yr[i] = (xr[i] * inv) * w[i];
 }
@@ -70,8 +45,8 @@ __global__ void rmsnorm_backward_kernel(const float* x, const float* w, const fl
     ss += double(x[off + i]) * x[off + i];
     dot += double(w[i]) * dy[off + i] * x[off + i];
   }
-  ss = block_sum(ss, shared);
-  dot = block_sum(dot, shared);
+  ss = block_tree_sum<kThreads>(ss, shared);
+  dot = block_tree_sum<kThreads>(dot, shared);
   const double inv = 1.0 / sqrt(ss / double(dim) + eps);
   const double c = dot * inv * inv * inv / double(dim);
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) dx[off + i] = float(inv * w[i] * dy[off + i] - x[off + i] * c);
@@ -123,10 +98,10 @@ __global__ void attention_softmax_kernel(float* p, int64_t T) {
   float* pr = p + row * T;
   float mx = -FLT_MAX;
   for (int64_t j = threadIdx.x; j <= i; j += kThreads) mx = fmaxf(mx, pr[j]);
-  mx = block_max(mx, shared);
+  mx = block_tree_max<kThreads>(mx, shared);
   double sum = 0;
   for (int64_t j = threadIdx.x; j <= i; j += kThreads) sum += double(expf(pr[j] - mx));
-  sum = block_sum(sum, dshared);
+  sum = block_tree_sum<kThreads>(sum, dshared);
   const float inv = float(1.0 / sum);
   for (int64_t j = threadIdx.x; j < T; j += kThreads) pr[j] = j <= i ? expf(pr[j] - mx) * inv : 0.0f;
 }
@@ -153,7 +128,7 @@ __global__ void attention_dscores_kernel(const float* p, float* dp, int64_t T) {
   float* dr = dp + row * T;
   double dot = 0;
   for (int64_t j = threadIdx.x; j <= i; j += kThreads) dot += double(pr[j]) * dr[j];
-  const float d = float(block_sum(dot, shared));
+  const float d = float(block_tree_sum<kThreads>(dot, shared));
   for (int64_t j = threadIdx.x; j < T; j += kThreads) dr[j] = j <= i ? pr[j] * (dr[j] - d) : 0.0f;
 }
 
@@ -226,10 +201,10 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   }
   float mx = -FLT_MAX;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) mx = fmaxf(mx, l[i]);
-  mx = block_max(mx, shared);
+  mx = block_tree_max<kThreads>(mx, shared);
   double sum = 0;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) sum += exp(double(l[i] - mx));
-  sum = block_sum(sum, dshared);
+  sum = block_tree_sum<kThreads>(sum, dshared);
   const double lse = log(sum) + double(mx);
   const double lt = double(l[tgt]);
   // Every thread has read l[tgt] before any writes it (dlogits may alias logits).
@@ -309,7 +284,7 @@ __global__ void sum_into_kernel(const double* partial, int64_t n, float* out) {
   __shared__ double shared[kThreads];
   double v = 0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) v += partial[i];
-  v = block_sum(v, shared);
+  v = block_tree_sum<kThreads>(v, shared);
   if (threadIdx.x == 0) out[0] += float(v);
 }
 
