@@ -21,6 +21,7 @@
 #include "quant/quantized_in_memory.h"
 #include "quant/gptq_cuda.h"
 #include "test_util.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -33,11 +34,6 @@ namespace {
 
 using cuda::bf16;
 using cuda::DeviceBuffer;
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 cuda::Context& ctx() {
   static cuda::Context c(0);

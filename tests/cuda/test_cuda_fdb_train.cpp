@@ -32,6 +32,7 @@
 #include "train/fdb_train_cuda.h"
 #include "train/llama_backward.h"
 #include "train_fixture.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -43,53 +44,15 @@
 namespace lowbit {
 namespace {
 
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
+using test::ctx;
+using test::down;
+using test::randn;
+using test::rel_err;
+using test::up;
 
 std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
 
 const Device kGpu{Device::Kind::Cuda, 0};
-
-// max |a - b| / max |b| over a whole tensor (b, the reference, must not be all zero).
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0, s = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    m = std::max(m, double(std::fabs(a[i] - b[i])));
-    s = std::max(s, double(std::fabs(b[i])));
-  }
-  EXPECT_GT(s, 0) << "a zero reference checks nothing";
-  return s > 0 ? m / s : 0;
-}
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
-
-cuda::Context& ctx() {
-  static cuda::Context c(0);
-  return c;
-}
-
-template <typename T>
-cuda::DeviceBuffer<T> up(const T* p, size_t n) {
-  cuda::DeviceBuffer<T> d(n);
-  cuda::upload(d.get(), p, n, ctx().stream());
-  ctx().synchronize();
-  return d;
-}
-template <typename T>
-std::vector<T> down(const cuda::DeviceBuffer<T>& d, size_t n) {
-  std::vector<T> v(n);
-  cuda::download(v.data(), d.get(), n, ctx().stream());
-  return v;
-}
 
 // A random fdb linear [rows, cols] in groups of g (random planes and group parameters).
 QuantizedLinear random_fdb(int64_t rows, int64_t cols, int64_t g, uint32_t seed) {

@@ -39,6 +39,7 @@
 #include "vision/image.h"
 #include "vision/image_processor.h"
 #include "zst_fixture.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -55,11 +56,6 @@ namespace {
 namespace fs = std::filesystem;
 using cuda::bf16;
 using test::fixtures_dir;
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 constexpr double kU = 1.0 / 256;  // bf16's unit roundoff (8 significant bits)
 const char* kImages[] = {"tall_150x420.jpg", "wide_1100x300.jpg"};

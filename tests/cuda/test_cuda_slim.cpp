@@ -26,6 +26,7 @@
 #include "quant/slim.h"
 #include "random_calibration.h"
 #include "test_util.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -42,11 +43,6 @@
 
 namespace lowbit {
 namespace {
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 std::string mini() { return test::fixtures_dir() + "/models/llama3-mini-bf16"; }
 

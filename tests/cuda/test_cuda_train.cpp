@@ -39,6 +39,7 @@
 #include "train/step_engine.h"
 #include "train/trainer.h"
 #include "train_fixture.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -53,10 +54,11 @@
 namespace lowbit {
 namespace {
 
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
+using test::ctx;
+using test::down;
+using test::randn;
+using test::rel_err;
+using test::up;
 
 constexpr double kLossTol = 1e-5;
 constexpr double kGradTol = 1e-4;
@@ -66,45 +68,6 @@ double grad_tol(const std::vector<float>& v) { return v.size() == 1 ? kScalarTol
 
 std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
 std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
-
-// max |a - b| / max |b| over a whole tensor (b, the reference, must not be all zero).
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0, s = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    m = std::max(m, double(std::fabs(a[i] - b[i])));
-    s = std::max(s, double(std::fabs(b[i])));
-  }
-  EXPECT_GT(s, 0) << "a zero reference gradient checks nothing";
-  return s > 0 ? m / s : 0;
-}
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
-
-cuda::Context& ctx() {
-  static cuda::Context c(0);
-  return c;
-}
-
-template <typename T>
-cuda::DeviceBuffer<T> up(const std::vector<T>& v) {
-  cuda::DeviceBuffer<T> d(v.size());
-  cuda::upload(d.get(), v.data(), v.size(), ctx().stream());
-  ctx().synchronize();
-  return d;
-}
-template <typename T>
-std::vector<T> down(const cuda::DeviceBuffer<T>& d, size_t n) {
-  std::vector<T> v(n);
-  cuda::download(v.data(), d.get(), n, ctx().stream());
-  return v;
-}
 
 // Each fp32 training kernel against its CPU twin (backend/ops.h, ops_backward.h), on shapes past
 // the kernels' 256-thread blocks, so that a failing training test points at its op. The bars: the

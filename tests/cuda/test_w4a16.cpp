@@ -34,6 +34,7 @@
 #include "product_reference.h"
 #include "test_util.h"
 #include "w4_test_linear.h"
+#include "cuda_test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -53,11 +54,6 @@ using test::random_w4_linear;
 using test::run_forward;
 using test::W4Order;
 using test::W4Scales;
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 cuda::Context& w4_ctx() {
   static cuda::Context c(0);
