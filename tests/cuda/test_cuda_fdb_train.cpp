@@ -26,6 +26,7 @@
 #include "quant/formats/fdb_format.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
+#include "fdb_fixture.h"
 #include "test_util.h"
 #include "train/dad.h"
 #include "train/fdb_train.h"
@@ -50,7 +51,10 @@ using test::randn;
 using test::rel_err;
 using test::up;
 
-std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
+std::string tiny() { return test::fdb_tiny_model(); }
+
+using test::fdb_init;
+using test::random_batch;
 
 const Device kGpu{Device::Kind::Cuda, 0};
 
@@ -148,26 +152,6 @@ TEST(CudaFdbOps, MatchTheirCpuTwins) {
   }
 }
 
-train::FdbLinears fdb_init(const std::string& spec) {
-  LlamaModel work(open_checkpoint(tiny()));
-  auto method = make_method(spec);
-  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
-  train::FdbLinears out(qm.blocks.size());
-  for (size_t l = 0; l < qm.blocks.size(); ++l)
-    for (LinearKind k : kAllLinears) out[l][size_t(k)] = *qm.blocks[l].linear[size_t(k)];
-  return out;
-}
-
-train::Batch random_batch(int64_t B, int64_t T, int64_t V, uint32_t seed) {
-  std::mt19937 gen(seed);
-  train::Batch b;
-  b.B = B;
-  b.T = T;
-  for (int64_t i = 0; i < B * T; ++i) b.tokens.push_back(int32_t(gen() % uint32_t(V)));
-  b.targets.assign(b.tokens.size(), 0);
-  return b;
-}
-
 train::FdbGradBuffers zeros(const train::FdbLinears& q, bool latent) {
   train::FdbGradBuffers g(q.size());
   for (size_t l = 0; l < q.size(); ++l)
@@ -184,11 +168,7 @@ train::FdbGradBuffers zeros(const train::FdbLinears& q, bool latent) {
 train::DadSums cpu_micro_step(const train::FdbLinears& q, const train::Batch& b, const train::DadOptions& dad,
                               double scale, train::FdbGradBuffers& galpha, train::FdbGradBuffers& glatent) {
   LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
-  for (size_t l = 0; l < q.size(); ++l) {
-    auto w = std::make_shared<BlockWeights>(clone_block_weights(*student.block_weights(int64_t(l))));
-    for (LinearKind k : kAllLinears) w->linear[size_t(k)] = q[l][size_t(k)].dequantize_f32();
-    student.set_block_weights(int64_t(l), w);
-  }
+  test::set_fdb_linears(student, q);
   std::vector<float> tl;
   for (int64_t s = 0; s < b.B; ++s) {
     const Tensor t = teacher.forward(std::span<const int32_t>(b.tokens.data() + s * b.T, size_t(b.T)));

@@ -9,6 +9,7 @@
 #include "quant/method.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
+#include "fdb_fixture.h"
 #include "test_util.h"
 #include "train/fdb_train.h"
 
@@ -24,35 +25,10 @@
 namespace lowbit {
 namespace {
 
-std::string tiny() { return test::fixtures_dir() + "/train/tiny-llama3"; }
+std::string tiny() { return test::fdb_tiny_model(); }
 
-train::FdbLinears fdb_init(const std::string& spec) {
-  LlamaModel work(open_checkpoint(tiny()));
-  auto method = make_method(spec);
-  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
-  train::FdbLinears out(qm.blocks.size());
-  for (size_t l = 0; l < qm.blocks.size(); ++l)
-    for (LinearKind k : kAllLinears) out[l][size_t(k)] = *qm.blocks[l].linear[size_t(k)];
-  return out;
-}
-
-train::Batch random_batch(int64_t B, int64_t T, int64_t V, uint32_t seed) {
-  std::mt19937 gen(seed);
-  train::Batch b;
-  b.B = B;
-  b.T = T;
-  for (int64_t i = 0; i < B * T; ++i) b.tokens.push_back(int32_t(gen() % uint32_t(V)));
-  b.targets.assign(b.tokens.size(), 0);
-  return b;
-}
-
-void set_linears(LlamaModel& m, const train::FdbLinears& q) {
-  for (size_t l = 0; l < q.size(); ++l) {
-    auto w = std::make_shared<BlockWeights>(clone_block_weights(*m.block_weights(int64_t(l))));
-    for (LinearKind k : kAllLinears) w->linear[size_t(k)] = q[l][size_t(k)].dequantize_f32();
-    m.set_block_weights(int64_t(l), w);
-  }
-}
+using test::fdb_init;
+using test::random_batch;
 
 TEST(FdbTrain, UntrainedStudentIsTheRtnModel) {
   const Checkpoint source = open_checkpoint(tiny());
@@ -74,7 +50,7 @@ TEST(FdbTrain, UntrainedStudentIsTheRtnModel) {
 TEST(FdbTrain, GroupGradientMatchesFiniteDifferences) {
   LlamaModel teacher(open_checkpoint(tiny())), student(open_checkpoint(tiny()));
   train::FdbLinears q = fdb_init("dbllm:g=16");
-  set_linears(student, q);
+  test::set_fdb_linears(student, q);
   const int64_t V = teacher.config().vocab_size;
   const train::Batch b = random_batch(2, 16, V, 2);
   std::vector<float> tl;
@@ -107,13 +83,13 @@ TEST(FdbTrain, GroupGradientMatchesFiniteDifferences) {
       const float orig = a[best];
       const float h = 0.02f * std::max(std::fabs(orig), 1e-3f);
       a[best] = orig + h;
-      set_linears(student, q);
+      test::set_fdb_linears(student, q);
       const double lp = loss_of(nullptr);
       a[best] = orig - h;
-      set_linears(student, q);
+      test::set_fdb_linears(student, q);
       const double lm = loss_of(nullptr);
       a[best] = orig;
-      set_linears(student, q);
+      test::set_fdb_linears(student, q);
       const double fd = (lp - lm) / (2.0 * double(h));
       EXPECT_NEAR(da[best], fd, 0.05 * std::fabs(fd)) << "layer " << l << " " << linear_name(k) << " param " << best;
       ++checked;
