@@ -176,30 +176,7 @@ def main():
 
     layers = model.model.layers
     nlayers = a.layers or len(layers)
-    H = model.config.hidden_size
-    inps = torch.zeros((len(windows), windows[0].shape[1], H))
-    cache = {"i": 0, "kwargs": None}
-
-    class Catcher(nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, inp, *args, **kwargs):
-            inps[cache["i"]] = inp
-            cache["i"] += 1
-            cache["kwargs"] = kwargs
-            raise ValueError
-
-    layers[0] = Catcher(layers[0])
-    with torch.no_grad():
-        for w in windows:
-            try:
-                model(w)
-            except ValueError:
-                pass
-    layers[0] = layers[0].module
-    kwargs = cache["kwargs"]
+    inps, kwargs = rp.first_layer_inputs(model, windows, torch.float32)
     x_ref = inps.clone()
     if a.order is not None:
         x_ref = x_ref[torch.randperm(len(windows), generator=torch.Generator().manual_seed(a.order))]
@@ -208,9 +185,7 @@ def main():
     x_lb = inps.clone()
 
     def run(layer, x):
-        y = layer(x.unsqueeze(0), **kwargs)
-        y = y[0] if isinstance(y, tuple) else y
-        return y[0]
+        return rp.layer_output(layer, x, kwargs)
 
     import builtins
     real_print = builtins.print

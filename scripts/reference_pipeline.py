@@ -113,12 +113,11 @@ def calibration(tok, path, nsamples, seqlen, seed):
 
 
 @torch.no_grad()
-def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev="cpu", nlayers=None):
-    """Quantizes the first nlayers decoder layers (all by default) in order; returns each one's
-    seconds (its statistics pass, quantization and propagation, the GPU synchronized)."""
+def first_layer_inputs(model, windows, dtype, dev="cpu"):
+    """The first decoder layer's inputs [len(windows), T, H] (dtype, on dev) and keyword arguments
+    (attention mask, position embeddings) for the windows, caught as the repositories' Catcher
+    catches them."""
     layers = model.model.layers
-    nlayers = len(layers) if nlayers is None else nlayers
-    dtype = next(iter(model.parameters())).dtype
     inps = torch.zeros((len(windows), windows[0].shape[1], model.config.hidden_size), dtype=dtype, device=dev)
     cache = {"i": 0, "kwargs": None}
 
@@ -140,13 +139,27 @@ def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev
         except ValueError:
             pass
     layers[0] = layers[0].module
-    kwargs = cache["kwargs"]
+    return inps, cache["kwargs"]
+
+
+def layer_output(layer, x, kwargs):
+    """A decoder layer's output for one sequence x [T, H] with the caught keyword arguments."""
+    y = layer(x.unsqueeze(0), **kwargs)
+    y = y[0] if isinstance(y, tuple) else y  # transformers 5 returns the tensor itself
+    return y[0]
+
+
+@torch.no_grad()
+def quant_sequential(model, windows, make_quantizer, quantize, between=None, dev="cpu", nlayers=None):
+    """Quantizes the first nlayers decoder layers (all by default) in order; returns each one's
+    seconds (its statistics pass, quantization and propagation, the GPU synchronized)."""
+    layers = model.model.layers
+    nlayers = len(layers) if nlayers is None else nlayers
+    inps, kwargs = first_layer_inputs(model, windows, next(iter(model.parameters())).dtype, dev)
     outs = torch.zeros_like(inps)
 
     def run(layer, x):
-        y = layer(x.unsqueeze(0), **kwargs)
-        y = y[0] if isinstance(y, tuple) else y  # transformers 5 returns the tensor itself
-        return y[0]
+        return layer_output(layer, x, kwargs)
 
     seconds = []
     for i in range(nlayers):
