@@ -36,6 +36,23 @@ inline train::Batch fixture_batch(const SafetensorsFile& f) {
   return b;
 }
 
+// The micro-batches of optimizer step s of a stored training run: "train.tokens" and
+// "train.targets" [micro-batches, B, T] (int32), split evenly over the steps of "train.loss".
+inline std::vector<train::Batch> fixture_step_batches(const SafetensorsFile& f, int64_t s) {
+  const Tensor tok = f.tensor("train.tokens"), tgt = f.tensor("train.targets");
+  const int64_t micro = tok.dim(0), B = tok.dim(1), T = tok.dim(2), accum = micro / f.tensor("train.loss").dim(0);
+  std::vector<train::Batch> mbs;
+  for (int64_t i = s * accum; i < (s + 1) * accum; ++i) {
+    train::Batch b;
+    b.B = B;
+    b.T = T;
+    b.tokens.assign(tok.data_as<int32_t>() + i * B * T, tok.data_as<int32_t>() + (i + 1) * B * T);
+    b.targets.assign(tgt.data_as<int32_t>() + i * B * T, tgt.data_as<int32_t>() + (i + 1) * B * T);
+    mbs.push_back(std::move(b));
+  }
+  return mbs;
+}
+
 // max |logit - want| of model.forward on the batch's first sequence (a model with its adapter
 // merged); infinity, with a failure recorded, when the sizes differ.
 inline double max_first_sequence_logit_difference(const LlamaModel& model, const train::Batch& batch,

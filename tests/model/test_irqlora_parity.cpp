@@ -101,21 +101,11 @@ TEST(IrqloraParity, ThreeStepsMatchTorchAdamW) {
   opt.adamw.weight_decay = 0.01;
   opt.warmup_ratio = 0.34;
   opt.max_grad_norm = 0.3;
-  const Tensor tok = ref->tensor("train.tokens"), tgt = ref->tensor("train.targets");
   const Tensor loss = ref->tensor("train.loss"), norm = ref->tensor("train.grad_norm"), lr = ref->tensor("train.lr");
   opt.total_steps = loss.dim(0);
   train::LoraTrainer trainer(model, std::move(init), opt);
-  const int64_t micro = tok.dim(0), B = tok.dim(1), T = tok.dim(2), accum = micro / loss.dim(0);
   for (int64_t s = 0; s < loss.dim(0); ++s) {
-    std::vector<train::Batch> mbs;
-    for (int64_t i = s * accum; i < (s + 1) * accum; ++i) {
-      train::Batch b;
-      b.B = B;
-      b.T = T;
-      b.tokens.assign(tok.data_as<int32_t>() + i * B * T, tok.data_as<int32_t>() + (i + 1) * B * T);
-      b.targets.assign(tgt.data_as<int32_t>() + i * B * T, tgt.data_as<int32_t>() + (i + 1) * B * T);
-      mbs.push_back(std::move(b));
-    }
+    const std::vector<train::Batch> mbs = test::fixture_step_batches(*ref, s);
     if (s + 1 == loss.dim(0)) {
       // The last step's gradients (before clipping), from the adapters the first steps made.
       train::LoraAdapters g = trainer.adapters().zeros_like();

@@ -164,20 +164,10 @@ TEST(TrainParity, EightStepsMatchTorchAdamW) {
   opt.max_grad_norm = 0.3;
   opt.total_steps = 8;
   train::LoraTrainer trainer(model, std::move(init), opt);
-  const Tensor tok = ref->tensor("train.tokens"), tgt = ref->tensor("train.targets");
   const Tensor loss = ref->tensor("train.loss"), norm = ref->tensor("train.grad_norm"), lr = ref->tensor("train.lr");
-  const int64_t micro = tok.dim(0), B = tok.dim(1), T = tok.dim(2), accum = micro / loss.dim(0);
   double worst_loss = 0;
   for (int64_t s = 0; s < loss.dim(0); ++s) {
-    std::vector<train::Batch> mbs;
-    for (int64_t i = s * accum; i < (s + 1) * accum; ++i) {
-      train::Batch b;
-      b.B = B;
-      b.T = T;
-      b.tokens.assign(tok.data_as<int32_t>() + i * B * T, tok.data_as<int32_t>() + (i + 1) * B * T);
-      b.targets.assign(tgt.data_as<int32_t>() + i * B * T, tgt.data_as<int32_t>() + (i + 1) * B * T);
-      mbs.push_back(std::move(b));
-    }
+    const std::vector<train::Batch> mbs = test::fixture_step_batches(*ref, s);
     const train::StepStats st = trainer.step(mbs);
     const double want = loss.data_as<double>()[s];
     worst_loss = std::max(worst_loss, std::fabs(st.loss - want) / want);
