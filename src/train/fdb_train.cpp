@@ -70,9 +70,11 @@ FdbTrainer::FdbTrainer(LlamaModel& student, const LlamaModel& teacher, FdbLinear
       const std::string what = fmt::format("layer {} {}", l, linear_name(k));
       LB_CHECK(q.format == &kFdbFormat, "fdb training: {} is in format '{}', not fdb", what, q.format_name());
       q.validate(what);
-      // Tensors share their storage when copied: the trainer owns what it updates in place
-      // (the group parameters), so two trainers, or the caller's linears, never see its steps.
-      for (auto& [name, t] : q.extras) {
+      // Tensors share their storage when copied: the trainer owns the one tensor it updates in
+      // place (the group parameters; re-binarization assigns new planes), so two trainers, or the
+      // caller's linears, never see its steps.
+      {
+        Tensor& t = q.extras.at("fdb.alpha");
         Tensor own = Tensor::empty(t.dtype(), t.shape());
         std::memcpy(own.mutable_data(), t.data(), size_t(t.nbytes()));
         t = std::move(own);
