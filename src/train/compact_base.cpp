@@ -122,15 +122,16 @@ void expand_compact_linear(const CompactLinear& w, float* out) {
     }
 }
 
-GpuModelBytes CompactBase::bytes(const LlamaConfig& c) const {
+GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p) const {
+  const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
   for (const auto& layer : layers)
     for (const CompactLinear& w : layer) {
       b.linears += w.bytes();
-      if (w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * 4);
+      if (bf16 || w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * (bf16 ? 2 : 4));
     }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
-  b.head = c.vocab_size * c.hidden_size * 4;
+  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
 }
 
@@ -224,7 +225,8 @@ CompactBase make_compact_base(const LlamaModel& model) {
   return base;
 }
 
-GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l) {
+GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, ComputePrecision p) {
+  const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
   for (LinearKind k : kAllLinears) {
     const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k), n = rows * cols;
@@ -244,10 +246,10 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l) {
       }
     }
     b.linears += bytes * c.num_hidden_layers;
-    if (l.kind != CompactKind::F32) b.scratch = std::max(b.scratch, 4 * n);
+    if (bf16 || l.kind != CompactKind::F32) b.scratch = std::max(b.scratch, (bf16 ? 2 : 4) * n);
   }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
-  b.head = c.vocab_size * c.hidden_size * 4;
+  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
 }
 

@@ -25,9 +25,10 @@ class CpuStepEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model) {
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
+  check_compute_precision(d, compute);
   check_device_available(d);
-  if (d.is_cuda()) return make_cuda_step_engine(d, model);
+  if (d.is_cuda()) return make_cuda_step_engine(d, model, compute);
   return std::make_unique<CpuStepEngine>(model);
 }
 

@@ -12,11 +12,13 @@
 
 #include "core/device.h"
 #include "train/compact_base.h"
+#include "train/compute_precision.h"
 #include "train/llama_backward.h"
 
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lowbit::train {
 
@@ -31,6 +33,13 @@ struct EngineMemory {
   int64_t peak_in_use = 0;
 };
 
+// Where a step's time went, one phase at a time (LOWBIT_TRAIN_PROFILE=1): seconds of device time
+// between CUDA events, or host wall time for the host's phases.
+struct PhaseSeconds {
+  std::string name;
+  double seconds = 0;
+};
+
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
@@ -42,13 +51,23 @@ class StepEngine {
   virtual StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) = 0;
   // The device memory the engine holds and has held; nullopt on the CPU.
   virtual std::optional<EngineMemory> memory() const { return std::nullopt; }
+  // The precision of the step's matrix products (compute_precision.h).
+  virtual ComputePrecision compute() const { return ComputePrecision::Fp32; }
+  // Phase timing: whether the engine times its phases (the GPU's does when the environment sets
+  // LOWBIT_TRAIN_PROFILE=1; timing costs an event per phase change), and the seconds per phase
+  // since the last call, in order of first appearance (then reset; empty when not timing).
+  virtual bool profiling() const { return false; }
+  virtual std::vector<PhaseSeconds> take_phase_seconds() { return {}; }
 };
 
-// An engine for `model` (which must outlive it) on device `d`. Throws lowbit::Error when the
-// device is not available in this build or on this machine.
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model);
+// An engine for `model` (which must outlive it) on device `d` whose products run in `compute`
+// (fp32 unless asked: `lowbit finetune` chooses its device's default through
+// FinetuneOptions::compute). Throws lowbit::Error when the device is not available in this build
+// or on this machine, or does not run `compute` (the CPU runs fp32 only).
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model,
+                                             ComputePrecision compute = ComputePrecision::Fp32);
 
 // The CUDA engine (llama_backward_cuda.cpp; in a build without CUDA, a function that throws).
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model);
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute);
 
 }  // namespace lowbit::train

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <chrono>
 #include <cmath>
 
 namespace lowbit::train {
@@ -48,12 +49,18 @@ StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient
   }
   st.loss = loss_sum / double(st.targets);
   if (gradient != nullptr) *gradient = grads_;
+  const auto t_host = std::chrono::steady_clock::now();
   st.grad_norm = clip_grad_norm(grads_, opt_.max_grad_norm);
   LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
            "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",
            state_.step + 1, st.loss, st.grad_norm, state_.step);
   st.lr = constant_with_warmup_lr(opt_.adamw.lr, state_.step, warmup_);
   adamw_step(params_, grads_, state_, opt_.adamw, st.lr);
+  if (engine_->profiling()) {
+    st.phases = engine_->take_phase_seconds();
+    st.phases.push_back(
+        {"host AdamW", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_host).count()});
+  }
   return st;
 }
 

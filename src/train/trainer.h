@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace lowbit::train {
 
@@ -30,6 +31,9 @@ struct StepStats {
   int64_t tokens = 0;      // all tokens processed (padding included)
   double grad_norm = 0;    // before clipping
   double lr = 0;           // the learning rate applied
+  // When the engine times its phases (StepEngine::profiling): its device phases over the step's
+  // micro-batches, then "host AdamW" (the host's gradient clipping and AdamW update, wall time).
+  std::vector<PhaseSeconds> phases;
 };
 
 class LoraTrainer {

@@ -2,6 +2,7 @@
 
 #include "backend/cuda/rounding.cuh"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -14,13 +15,18 @@ constexpr int kThreads = 256;
 
 __device__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
 
-__global__ void expand_kernel(CompactWeightView w, float* __restrict__ out) {
+__device__ void store(float* out, float v) { *out = v; }
+__device__ void store(uint16_t* out, float v) { *out = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+
+// Out: float (the fp32 weight) or uint16_t (its bf16 rounding).
+template <typename Out>
+__global__ void expand_kernel(CompactWeightView w, Out* __restrict__ out) {
   const int64_t n = w.rows * w.cols;
   const int64_t gpr = (w.cols + w.group_size - 1) / w.group_size;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     if (w.kind == CompactWeightView::kHalf16) {
       const uint16_t h = w.half[i];
-      out[i] = w.half_is_bf16 ? bf16_bits_to_f32(h) : __half2float(__ushort_as_half(h));
+      store(out + i, w.half_is_bf16 ? bf16_bits_to_f32(h) : __half2float(__ushort_as_half(h)));
       continue;
     }
     const int code = w.code_bits == 8 ? int(w.codes[i]) : int((w.codes[i >> 1] >> (4 * (i & 1))) & 0xF);
@@ -39,18 +45,23 @@ __global__ void expand_kernel(CompactWeightView w, float* __restrict__ out) {
       if (w.tau != nullptr) v = __fadd_rn(v, w.tau[i / w.group_size]);
     }
     v = round_to_mode(v, w.round_to);
-    out[i] = v;
+    store(out + i, v);
   }
+}
+
+template <typename Out>
+void expand(const CompactWeightView& w, Out* out, cudaStream_t s) {
+  const int64_t n = w.rows * w.cols;
+  if (n == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
+  expand_kernel<Out><<<blocks, kThreads, 0, s>>>(w, out);
+  LB_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void expand_compact_weight(const CompactWeightView& w, float* out, cudaStream_t s) {
-  const int64_t n = w.rows * w.cols;
-  if (n == 0) return;
-  const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
-  expand_kernel<<<blocks, kThreads, 0, s>>>(w, out);
-  LB_CUDA_LAUNCH_CHECK();
-}
+void expand_compact_weight(const CompactWeightView& w, float* out, cudaStream_t s) { expand(w, out, s); }
+
+void expand_compact_weight_bf16(const CompactWeightView& w, uint16_t* out, cudaStream_t s) { expand(w, out, s); }
 
 }  // namespace lowbit::cuda
