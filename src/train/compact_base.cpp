@@ -253,15 +253,19 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, Comp
   return b;
 }
 
-int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens) {
-  int64_t floats = 0;
+int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens,
+                          ComputePrecision p, bool moments) {
+  int64_t bytes = 0;
   for (LinearKind k : kAllLinears) {
     if (!targets[size_t(k)]) continue;
+    const int64_t params = r * (linear_in_features(c, k) + linear_out_features(c, k));
     // A, B, dA, dB, their sums over a step's micro-batches, the forward's [N, r] product and the
-    // two IEC scalars' gradients.
-    floats += 3 * r * (linear_in_features(c, k) + linear_out_features(c, k)) + tokens * r + 2;
+    // two IEC scalars' gradients; AdamW's two moments when held; A and B in bf16 for the bf16
+    // products.
+    bytes += 4 * ((moments ? 5 : 3) * params + tokens * r + 2);
+    if (p == ComputePrecision::Bf16) bytes += 2 * params;
   }
-  return 4 * floats * c.num_hidden_layers;
+  return bytes * c.num_hidden_layers;
 }
 
 }  // namespace lowbit::train

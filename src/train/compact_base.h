@@ -133,9 +133,11 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l,
 
 // The GPU bytes of the adapters (A, B, their gradients and the gradients' sums over a step's
 // micro-batches, the [N, r] products a forward keeps for N = batch * sequence tokens, two
-// gradient slots for IEC's scalars) of rank r on the `targets` linears of every block, with
-// gradient accumulation (without it, the sums are not allocated: 4 r (in + out) bytes less a
-// linear).
-int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens);
+// gradient slots for IEC's scalars; with `moments`, AdamW's two moments of adapters held on the
+// device; in the bf16 mode, A and B rounded to bf16) of rank r on the `targets` linears of every
+// block, with gradient accumulation (without it and without held adapters, the sums are not
+// allocated: 4 r (in + out) bytes less a linear).
+int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens,
+                          ComputePrecision p = ComputePrecision::Fp32, bool moments = false);
 
 }  // namespace lowbit::train

@@ -257,6 +257,11 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
                        double(gpu_model_bytes(c, *mem0->layout, compute).total()) / GiB));
   }
   LoraTrainer trainer(model, std::move(init), topts, engine.get());
+  if (device.is_cuda())
+    note(trainer.optimizer_on_device()
+             ? "AdamW on the device: the adapters, their gradients and the moments stay there for the run"
+             : "AdamW on the host (adapters with IEC's scalars): the adapters go up and the gradients come down "
+               "every step");
   nlohmann::json log = nlohmann::json::array();
   const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
   if (o.resume) {
@@ -354,7 +359,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   }
   res.train_seconds = since(t_loop);
   res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id},
-                 {"compute", compute_precision_name(compute)}, {"log", log},
+                 {"compute", compute_precision_name(compute)},
+                 {"optimizer", trainer.optimizer_on_device() ? "device" : "host"}, {"log", log},
                  {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)},
                  {"step_seconds", step_seconds}, {"tokens_this_call", tokens_run},
                  {"tokens_per_second", res.train_seconds > 0 ? double(tokens_run) / res.train_seconds : 0.0}};
@@ -368,8 +374,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     nlohmann::json g = {{"device", engine->name()},
                         {"base_layout", mem->base_layout},
                         {"model_bytes", bytes_json(mem->model)},
-                        {"adapter_bytes", gpu_adapter_bytes(c, method.lora.r, method.lora.targets, o.batch *
-                                                            (o.source_max + o.target_max))},
+                        {"adapter_bytes", gpu_adapter_bytes(c, method.lora.r, method.lora.targets,
+                                                            o.batch * (o.source_max + o.target_max), compute,
+                                                            trainer.optimizer_on_device())},
                         {"peak_allocated_bytes", mem->peak_allocated},
                         {"peak_in_use_bytes", mem->peak_in_use}};
     if (mem->layout) g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout, compute));

@@ -94,7 +94,9 @@ struct FinetuneResult {
   std::unique_ptr<LlamaModel> model;
   LoraAdapters adapters;
   // What lowbit_adapter.json records: {"base", "run" (every option), "compute" (the products'
-  // precision, also in "run" when it is not fp32), "log" (one record per step), "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
+  // precision, also in "run" when it is not fp32), "optimizer" ("device": AdamW ran on the GPU
+  // with the adapters held there, trainer.h; "host" otherwise), "log" (one record per step),
+  // "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
   // call), "tokens_this_call", "tokens_per_second" (theirs over the steps' time)[,
   // "base_quantization"][, "eval_loss"][, "gpu_memory"]}. gpu_memory (on a GPU): {"device",
   // "base_layout", "model_bytes" and "model_bytes_predicted" ({"linears", "norms", "head",

@@ -1,5 +1,6 @@
 #include "train/llama_backward_cuda.h"
 
+#include "backend/cuda/adamw.cuh"
 #include "backend/cuda/compact_weight.cuh"
 #include "backend/cuda/mixed_gemm.cuh"
 #include "backend/cuda/ops_backward.cuh"
@@ -8,6 +9,7 @@
 #include "train/step_engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -106,6 +108,7 @@ struct GpuAdapter {
   DeviceBuffer<uint16_t> a16, b16;  // bf16 mode: a, b rounded to bf16 (the products' operands)
   DeviceBuffer<float> da, db;  // the same shapes
   DeviceBuffer<float> acc_a, acc_b;  // the same: the sum of earlier micro-batches' da, db (deferred)
+  DeviceBuffer<float> m_a, v_a, m_b, v_b;  // held adapters: AdamW's moments of a and b
   DeviceBuffer<float> dscales; // [2]: the gradients of a_s and b_s
   DeviceBuffer<float> t;       // dropout(x) A^T [N, r] (with IEC: + a_s * the group means of x)
 };
@@ -118,6 +121,7 @@ constexpr const char* kPhaseAttention = "attention";
 constexpr const char* kPhaseHead = "loss/LM head";  // final norm, head products, cross-entropy
 constexpr const char* kPhaseOther = "norms/RoPE/SwiGLU/casts";
 constexpr const char* kPhaseTransfer = "host<->device transfers";
+constexpr const char* kPhaseAdamW = "AdamW (device)";  // the held adapters' norm, clipping and update
 
 bool profile_requested() {
   const char* v = std::getenv("LOWBIT_TRAIN_PROFILE");
@@ -148,6 +152,11 @@ struct CudaLlamaBackward::Impl {
   std::optional<CompactLayout> layout;  // of every linear, when they share one
   size_t peak_used = 0;  // the most cudaMemGetInfo showed in use after a step
   const LoraAdapters* uploaded = nullptr;  // the adapters whose values the GPU holds
+  // Held adapters (StepEngine::hold_adapters): the trainer's host object whose values live on the
+  // device (a, b, acc_a, acc_b as the step's gradient sum, the moments); no other adapters are
+  // taken meanwhile.
+  const LoraAdapters* held = nullptr;
+  DeviceBuffer<double> norm_partial, norm_sum;
   // Deferred gradients (StepOptions::more_micro_batches): acc_a, acc_b hold the sum of earlier
   // calls' gradients, for these adapters and this host buffer.
   const LoraAdapters* pending_lora = nullptr;
@@ -324,7 +333,11 @@ struct CudaLlamaBackward::Impl {
   void set_adapters(const LoraAdapters* l, bool grads, bool unchanged) {
     lora = l;
     if (l == nullptr) return;
-    const bool upload = !(unchanged && uploaded == l && adapters.size() == l->layers.size());
+    LB_CHECK(held == nullptr || l == held,
+             "training on the GPU: the device holds a trainer's adapters (TrainOptions::optimizer_on_device); a step "
+             "with other adapters waits until it releases them");
+    // Held adapters are current on the device only (the host object may be stale).
+    const bool upload = held == nullptr && !(unchanged && uploaded == l && adapters.size() == l->layers.size());
     uploaded = nullptr;  // until the upload below is queued
     adapters.resize(l->layers.size());
     for (size_t i = 0; i < l->layers.size(); ++i)
@@ -596,8 +609,13 @@ struct CudaLlamaBackward::Impl {
     cuda::add_f32(dh, dn.get(), N * H, s);
   }
 
+  // How a backward call treats its adapters' gradients: per StepOptions (downloaded, or summed
+  // on the device until the step's last call downloads them), or summed into the held adapters'
+  // step sum (kHeldFirst starts it).
+  enum class Sum { kOptions, kHeldFirst, kHeldNext };
+
   StepResult run(const LoraAdapters* l, const Batch& batch, const StepOptions& opt, bool backward,
-                 LoraAdapters* lora_grads) {
+                 LoraAdapters* lora_grads, Sum sum = Sum::kOptions) {
     check_step_input(model, l, batch);
     // A deferred sum continues with the call the caller promised; a call without
     // adapters_unchanged starts a new step and drops it (after a step that failed midway).
@@ -687,7 +705,10 @@ struct CudaLlamaBackward::Impl {
       block_backward(i, h_in, grad.get());
     }
     phase(kPhaseTransfer);
-    if (lora_grads != nullptr && lora != nullptr) {
+    if (sum != Sum::kOptions) {
+      phase(kPhaseOther);
+      accumulate_on_device(sum == Sum::kHeldFirst);
+    } else if (lora_grads != nullptr && lora != nullptr) {
       if (opt.more_micro_batches || pending_grads != nullptr) accumulate_on_device(pending_grads == nullptr);
       if (opt.more_micro_batches) {
         pending_lora = lora;
@@ -730,6 +751,153 @@ struct CudaLlamaBackward::Impl {
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), stream());
     collect_phases();
     return x1.get();
+  }
+
+  // Visits every active adapter with its host twins in `x` (may be null) as (gpu, host linear).
+  template <typename F>
+  void for_active(const LoraAdapters* x, F&& f) {
+    for (size_t i = 0; i < adapters.size(); ++i)
+      for (LinearKind k : kAllLinears) {
+        GpuAdapter& a = adapters[i][size_t(k)];
+        if (a.r > 0) f(a, x != nullptr ? &x->layers[i][size_t(k)] : nullptr, i, k);
+      }
+  }
+
+  bool can_hold(const LoraAdapters& p) const {
+    bool iec = false;
+    for (const auto& layer : p.layers)
+      for (const LoraLinear& a : layer) iec = iec || (a.active() && a.has_iec());
+    return !iec && hooks == nullptr;
+  }
+
+  // Uploads p (the adapters) and state's moments; p's values then live on the device.
+  void hold(const LoraAdapters& p, const AdamWState& state) {
+    LB_CHECK(can_hold(p), "training on the GPU: adapters with IEC's scalars are not held on the device (AdamW runs on "
+             "the host for them)");
+    LB_CHECK(state.m.layers.size() == p.layers.size() && state.v.layers.size() == p.layers.size(),
+             "AdamW state of {} and {} layers for adapters of {}", state.m.layers.size(), state.v.layers.size(),
+             p.layers.size());
+    held = nullptr;
+    pending_lora = pending_grads = nullptr;
+    set_adapters(&p, false, false);
+    phase(kPhaseTransfer);
+    for_active(&p, [&](GpuAdapter& a, const LoraLinear*, size_t i, LinearKind k) {
+      const LoraLinear& m = state.m.layers[i][size_t(k)];
+      const LoraLinear& v = state.v.layers[i][size_t(k)];
+      LB_CHECK(m.a.size() == a.a.size() && m.b.size() == a.b.size() && v.a.size() == a.a.size() &&
+                   v.b.size() == a.b.size(),
+               "AdamW state of block {} {}: moments of {} and {} values for adapters of {} and {}", i, linear_name(k),
+               m.a.size(), m.b.size(), a.a.size(), a.b.size());
+      for (auto [dst, src] : {std::pair{&a.m_a, &m.a}, std::pair{&a.v_a, &v.a}, std::pair{&a.m_b, &m.b},
+                              std::pair{&a.v_b, &v.b}}) {
+        dst->resize(src->size());
+        cuda::upload(dst->get(), src->data(), src->size(), stream());
+      }
+      a.acc_a.resize(a.a.size());
+      a.acc_b.resize(a.b.size());
+    });
+    ctx.synchronize();
+    collect_phases();
+    held = &p;
+  }
+
+  void release() {
+    held = nullptr;
+    uploaded = nullptr;  // the device's values may differ from the host object's
+  }
+
+  // One micro-batch of a step over the held adapters, its gradients added to the step's sum.
+  StepResult held_step(const Batch& batch, const StepOptions& opt, bool first) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    StepOptions so = opt;
+    so.adapters_unchanged = true;
+    so.more_micro_batches = false;
+    return run(held, batch, so, true, nullptr, first ? Sum::kHeldFirst : Sum::kHeldNext);
+  }
+
+  // The global L2 norm of the step's gradient sum: each tensor's squares in fixed-order fp64
+  // partial sums, then their sum.
+  double grad_norm() {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    phase(kPhaseAdamW);
+    int64_t tensors = 0;
+    for_active(nullptr, [&](GpuAdapter&, const LoraLinear*, size_t, LinearKind) { tensors += 2; });
+    norm_partial.resize(size_t(std::max<int64_t>(1, tensors) * cuda::kSquareSumBlocks));
+    norm_sum.resize(1);
+    int64_t t = 0;
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t, LinearKind) {
+      cuda::sum_squares_f64(a.acc_a.get(), int64_t(h->a.size()), norm_partial.get() + t++ * cuda::kSquareSumBlocks,
+                            stream());
+      cuda::sum_squares_f64(a.acc_b.get(), int64_t(h->b.size()), norm_partial.get() + t++ * cuda::kSquareSumBlocks,
+                            stream());
+    });
+    double ss = 0;
+    if (tensors > 0) {
+      cuda::sum_f64(norm_partial.get(), tensors * cuda::kSquareSumBlocks, norm_sum.get(), stream());
+      cuda::download(&ss, norm_sum.get(), 1, stream());
+    }
+    collect_phases();
+    return std::sqrt(ss);
+  }
+
+  // The clipped AdamW update of the held adapters (optimizer.h's adamw_update, element for
+  // element) from the step's gradient sum; their bf16 copies follow.
+  void adamw(double norm, double max_norm, const AdamWOptions& opt, double lr, int64_t step) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    phase(kPhaseAdamW);
+    const AdamWCoefficients k = adamw_coefficients(step, opt, lr);
+    cuda::AdamWStepF32 c;
+    c.grad_scale = clip_coefficient(norm, max_norm);
+    c.decay = k.decay;
+    c.one_minus_b1 = k.one_minus_b1;
+    c.b2 = k.b2;
+    c.one_minus_b2 = k.one_minus_b2;
+    c.bc2_sqrt = k.bc2_sqrt;
+    c.eps = k.eps;
+    c.step_size = k.step_size;
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t, LinearKind) {
+      cuda::adamw_update_f32(a.a.get(), a.acc_a.get(), a.m_a.get(), a.v_a.get(), int64_t(h->a.size()), c, stream());
+      cuda::adamw_update_f32(a.b.get(), a.acc_b.get(), a.m_b.get(), a.v_b.get(), int64_t(h->b.size()), c, stream());
+      if (bf16) {
+        cast(a.a.get(), a.a16, int64_t(h->a.size()));
+        cast(a.b.get(), a.b16, int64_t(h->b.size()));
+      }
+    });
+    ctx.synchronize();
+    collect_phases();
+  }
+
+  // The held values into the non-null host objects (shaped like the held adapters).
+  void download_held(LoraAdapters* p, AdamWState* state, LoraAdapters* grads) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    for (const LoraAdapters* x : {p, grads, state ? &state->m : nullptr, state ? &state->v : nullptr})
+      LB_CHECK(x == nullptr || x->layers.size() == held->layers.size(), "held adapters of {} layers into {}",
+               held->layers.size(), x->layers.size());
+    phase(kPhaseTransfer);
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t i, LinearKind k) {
+      // The host buffers must have the held adapters' shapes (the device's may be larger).
+      auto get = [&](const DeviceBuffer<float>& src, std::vector<float>& dst, size_t n) {
+        LB_CHECK(dst.size() == n && src.size() >= n, "block {} {}: a host buffer of {} values for {} held", i,
+                 linear_name(k), dst.size(), n);
+        cuda::download(dst.data(), src.get(), n, stream());
+      };
+      const size_t na = h->a.size(), nb = h->b.size();
+      if (p != nullptr) {
+        get(a.a, p->layers[i][size_t(k)].a, na);
+        get(a.b, p->layers[i][size_t(k)].b, nb);
+      }
+      if (state != nullptr) {
+        get(a.m_a, state->m.layers[i][size_t(k)].a, na);
+        get(a.v_a, state->v.layers[i][size_t(k)].a, na);
+        get(a.m_b, state->m.layers[i][size_t(k)].b, nb);
+        get(a.v_b, state->v.layers[i][size_t(k)].b, nb);
+      }
+      if (grads != nullptr) {
+        get(a.acc_a, grads->layers[i][size_t(k)].a, na);
+        get(a.acc_b, grads->layers[i][size_t(k)].b, nb);
+      }
+    });
+    collect_phases();
   }
 
   // The seconds per phase since the last call, then none.
@@ -857,6 +1025,23 @@ void CudaLlamaBackward::check_hooks_precision() const {
 }
 
 bool CudaLlamaBackward::profiling() const { return impl_->profile != nullptr; }
+
+bool CudaLlamaBackward::can_hold_adapters(const LoraAdapters& params) const { return impl_->can_hold(params); }
+void CudaLlamaBackward::hold_adapters(const LoraAdapters& params, const AdamWState& state) {
+  impl_->hold(params, state);
+}
+void CudaLlamaBackward::release_adapters() { impl_->release(); }
+StepResult CudaLlamaBackward::held_forward_backward(const Batch& batch, const StepOptions& opt, bool first) {
+  return impl_->held_step(batch, opt, first);
+}
+double CudaLlamaBackward::held_grad_norm() { return impl_->grad_norm(); }
+void CudaLlamaBackward::held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                                        int64_t step) {
+  impl_->adamw(grad_norm, max_grad_norm, opt, lr, step);
+}
+void CudaLlamaBackward::download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) {
+  impl_->download_held(params, state, grads);
+}
 std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() { return impl_->take_phases(); }
 
 const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
@@ -901,6 +1086,22 @@ class CudaStepEngine final : public StepEngine {
   ComputePrecision compute() const override { return gpu_.compute(); }
   bool profiling() const override { return gpu_.profiling(); }
   std::vector<PhaseSeconds> take_phase_seconds() override { return gpu_.take_phase_seconds(); }
+  bool can_hold_adapters(const LoraAdapters& params) const override { return gpu_.can_hold_adapters(params); }
+  void hold_adapters(const LoraAdapters& params, const AdamWState& state) override {
+    gpu_.hold_adapters(params, state);
+  }
+  void release_adapters() override { gpu_.release_adapters(); }
+  StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first) override {
+    return gpu_.held_forward_backward(batch, opt, first);
+  }
+  double held_grad_norm() override { return gpu_.held_grad_norm(); }
+  void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                       int64_t step) override {
+    gpu_.held_adamw_step(grad_norm, max_grad_norm, opt, lr, step);
+  }
+  void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) override {
+    gpu_.download_held(params, state, grads);
+  }
 
  private:
   CudaLlamaBackward gpu_;

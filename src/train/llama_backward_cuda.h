@@ -54,8 +54,11 @@
 // sequence at a time (the attention materializes its scores; fine for T <= 2048), and the logits
 // of a chunk of rows (the [B*T, V] logits never exist at once).
 //
-// Adapters go up and gradients come down on every call (the trainer's LoRA parameters stay on
-// the host, where AdamW runs), except within one optimizer step: a call with
+// The trainer (trainer.h, TrainOptions::optimizer_on_device) normally has the engine hold the
+// adapters: they, their gradient sum and AdamW's moments stay on the device for the whole run and
+// AdamW runs there (backend/cuda/adamw.cuh), nothing but the gradient norm coming down per step.
+// Otherwise (adapters with IEC's scalars, or optimizer_on_device off), adapters go up and
+// gradients come down on every call (AdamW on the host), except within one optimizer step: a call with
 // StepOptions::adapters_unchanged reuses the adapters already uploaded, and one with
 // more_micro_batches keeps its gradients on the GPU, summed there in call order, until the step's
 // last call downloads the sum (bit for bit the host's sum into zeroed buffers).
@@ -133,6 +136,18 @@ class CudaLlamaBackward {
   // and the device seconds per phase since the last call (then reset).
   bool profiling() const;
   std::vector<PhaseSeconds> take_phase_seconds();
+
+  // Held adapters: StepEngine's contract of the same names (step_engine.h). The adapters, the
+  // step's gradient sum (acc) and AdamW's moments live in this object's buffers between steps;
+  // the norm is the one fp64 value that comes down per step. Adapters with IEC's scalars are
+  // not held (their scalars' values are kernel arguments taken from the host).
+  bool can_hold_adapters(const LoraAdapters& params) const;
+  void hold_adapters(const LoraAdapters& params, const AdamWState& state);
+  void release_adapters();
+  StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first_micro_batch);
+  double held_grad_norm();
+  void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr, int64_t step);
+  void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads);
   const cuda::Context& context() const;
   // The device bytes the model holds (measured from its buffers; gpu_model_bytes() predicts
   // them), the base's layout, and the most cudaMemGetInfo showed in use after any step so far.

@@ -14,6 +14,7 @@
 #include "train/compact_base.h"
 #include "train/compute_precision.h"
 #include "train/llama_backward.h"
+#include "train/optimizer.h"
 
 #include <memory>
 #include <optional>
@@ -58,6 +59,29 @@ class StepEngine {
   // since the last call, in order of first appearance (then reset; empty when not timing).
   virtual bool profiling() const { return false; }
   virtual std::vector<PhaseSeconds> take_phase_seconds() { return {}; }
+
+  // Training with the adapters held on the engine's device for the whole run (the GPU engine's,
+  // for adapters without IEC's scalars): hold_adapters() uploads the adapters and AdamW's
+  // moments once; each optimizer step then runs its micro-batches (held_forward_backward: the
+  // gradients summed on the device, the first call of a step starting the sum), the global
+  // gradient norm (fp64) and the clipped AdamW update (optimizer.h's operations, bit for bit) on
+  // the device, and nothing goes up or comes down but the norm; download_held() gives the
+  // current values when a caller needs them (checkpoints, evaluation, the end). While adapters are
+  // held, forward_loss and forward_backward take only those adapters (the same LoraAdapters
+  // object, whose host values may be stale: the device's are used), or none; release_adapters()
+  // ends it. The defaults refuse (can_hold_adapters() false).
+  virtual bool can_hold_adapters(const LoraAdapters& params) const;
+  virtual void hold_adapters(const LoraAdapters& params, const AdamWState& state);
+  virtual void release_adapters();
+  virtual StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first_micro_batch);
+  virtual double held_grad_norm();
+  // Clips the step's gradient sum by clip_coefficient(grad_norm, max_grad_norm) and applies AdamW
+  // at learning rate lr as optimizer step `step` (1-based).
+  virtual void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                               int64_t step);
+  // Each non-null argument (shaped like the held adapters) receives the device's values: the
+  // adapters, AdamW's moments (not its step count), the step's gradient sum before clipping.
+  virtual void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads);
 };
 
 // An engine for `model` (which must outlive it) on device `d` whose products run in `compute`
