@@ -685,11 +685,16 @@ struct CudaLlamaBackward::Impl {
         mm_backward(x1.get() + r0 * H, head.get(), logits.get(), dx.get() + r0 * H, nullptr, rows, H, V, false);
       }
     }
-    std::vector<double> row_loss(static_cast<size_t>(N));
-    phase(kPhaseTransfer);
-    cuda::download(row_loss.data(), loss.get(), row_loss.size(), s);
-    for (double x : row_loss) res.loss_sum += x;
+    // The rows' losses come down at the end (one wait for the device per call, after the
+    // backward has been queued), summed in row order after the hooks' chunk losses.
+    auto add_row_losses = [&] {
+      std::vector<double> row_loss(static_cast<size_t>(N));
+      phase(kPhaseTransfer);
+      cuda::download(row_loss.data(), loss.get(), row_loss.size(), s);
+      for (double x : row_loss) res.loss_sum += x;
+    };
     if (!backward) {
+      add_row_losses();
       collect_phases();
       return res;
     }
@@ -704,11 +709,11 @@ struct CudaLlamaBackward::Impl {
       block_forward(i, h.get());
       block_backward(i, h_in, grad.get());
     }
-    phase(kPhaseTransfer);
     if (sum != Sum::kOptions) {
       phase(kPhaseOther);
       accumulate_on_device(sum == Sum::kHeldFirst);
     } else if (lora_grads != nullptr && lora != nullptr) {
+      phase(kPhaseTransfer);
       if (opt.more_micro_batches || pending_grads != nullptr) accumulate_on_device(pending_grads == nullptr);
       if (opt.more_micro_batches) {
         pending_lora = lora;
@@ -719,6 +724,7 @@ struct CudaLlamaBackward::Impl {
         pending_lora = pending_grads = nullptr;
       }
     }
+    add_row_losses();
     ctx.synchronize();
     collect_phases();
     note_memory_in_use();
