@@ -19,10 +19,10 @@
 # limits (scripts/device/long_alpaca.py; SEQ split 3:1), the PEFT side through random token ids of
 # that length. Each side's tokens/s is over the optimizer steps after its first (lowbit: its
 # step_seconds; PEFT: after --warmup 1). Each step is ACCUM micro-batches forward and backward
-# plus AdamW (lowbit's on the host, PEFT's torch AdamW on the GPU). PEFT's side checkpoints
-# every block's activations as QLoRA's script does (GRAD_CKPT=0: it keeps them; lowbit always
-# recomputes each block in the backward). When the peft package does not import, the PEFT side
-# runs its documented plain-torch LoRA fallback and the output says so.
+# plus AdamW (lowbit's on the GPU with the adapters held there, PEFT's torch AdamW on the GPU).
+# PEFT's side checkpoints every block's activations as QLoRA's script does (GRAD_CKPT=0: it keeps
+# them; lowbit always recomputes each block in the backward). When the peft package does not
+# import, the PEFT side runs its documented plain-torch LoRA fallback and the output says so.
 #
 # Variables (default): SEQ 512, BATCH 1, ACCUM 4, STEPS 4, METHOD qlora:r=64,alpha=16 (r and
 # alpha are passed to the PEFT side too), COMPUTE bf16 (lowbit's --compute: fp32, tf32 or bf16;
@@ -104,7 +104,7 @@ print(f"sequence {seq}, batch {pf['batch']} x {pf['accum']} micro-batches, {pf['
       f"alpha {lb['run']['method']['alpha']} on {', '.join(lb['run']['method']['targets'])}")
 same = f"; {lb_params} trainable parameters on both sides" if lb_params == pf["trainable_parameters"] else ""
 print(f"device: {g.get('device', 'cpu')} (lowbit), {pf['device']} ({pf['impl']}){same}")
-print(f"lowbit compute: {compute}")
+print(f"lowbit compute: {compute}, AdamW on the {lb.get('optimizer', 'host')}")
 print(f"{'':34} {'tokens/s':>10} {'peak memory':>14}")
 peak_lb = g.get("peak_in_use_bytes")
 peak_pf = pf.get("peak_memory_bytes")
@@ -117,7 +117,7 @@ print("peak memory: lowbit's is cudaMemGetInfo's in use (context included); PEFT
 phases = re.findall(r"^step (\d+) phases: (.*) \(sum ([0-9.]+) s\)$", log, re.M)
 if phases:
     step, items, total = phases[-1]
-    print(f"lowbit step {step} by phase (LOWBIT_TRAIN_PROFILE=1; device time, host AdamW wall time; sum {float(total):.4f} s, "
+    print(f"lowbit step {step} by phase (LOWBIT_TRAIN_PROFILE=1; device time, a host AdamW's wall time; sum {float(total):.4f} s, "
           f"step {secs[-1]:.4f} s):")
     for name, sec in re.findall(r"([^,]+?) ([0-9.]+) s(?:, |$)", items):
         print(f"  {name:28} {float(sec):8.4f} s {100 * float(sec) / secs[-1]:5.1f}%")
