@@ -10,6 +10,9 @@
 //   bf16   the frozen base expanded into bf16, activations and gradients rounded to bf16 for the
 //          products, fp32 accumulation and outputs (train/llama_backward_cuda.h says which products)
 //
+// tf32 and bf16 also run the attention's products as fp32 SGEMMs (train/llama_backward_cuda.h)
+// rather than the fp32 mode's kernels: fp32 arithmetic in another summation order.
+//
 // A GPU run's default is bf16; the CPU takes fp32 only.
 #pragma once
 

@@ -558,9 +558,17 @@ struct CudaLlamaBackward::Impl {
     cuda::rope_f32(q.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), false, s);
     cuda::rope_f32(k.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), false, s);
     phase(kPhaseAttention);
-    for (int64_t b = 0; b < B; ++b)
-      cuda::attention_f32(q.get() + b * T * qd, k.get() + b * T * kvd, v.get() + b * T * kvd, att.get() + b * T * qd,
-                          probs.get(), T, nh, nkv, hd, s);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* qb = q.get() + b * T * qd;
+      const float* kb = k.get() + b * T * kvd;
+      const float* vb = v.get() + b * T * kvd;
+      float* ob = att.get() + b * T * qd;
+      if (compute == ComputePrecision::Fp32) {
+        cuda::attention_f32(qb, kb, vb, ob, probs.get(), T, nh, nkv, hd, s);
+      } else {
+        cuda::attention_gemm_f32(ctx, qb, kb, vb, ob, probs.get(), T, nh, nkv, hd);
+      }
+    }
     linear_forward(layer, LinearKind::O, att.get(), y.get());
     phase(kPhaseOther);
     cuda::sum_f32(hid, y.get(), h_mid.get(), N * H, s);
@@ -594,10 +602,19 @@ struct CudaLlamaBackward::Impl {
     // Attention: h_mid = h_in + o(attn(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h_in).
     linear_backward(layer, LinearKind::O, att.get(), dh, datt.get(), false);
     phase(kPhaseAttention);
-    for (int64_t b = 0; b < B; ++b)
-      cuda::attention_backward_f32(q.get() + b * T * qd, k.get() + b * T * kvd, v.get() + b * T * kvd,
-                                   datt.get() + b * T * qd, dq.get() + b * T * qd, dk.get() + b * T * kvd,
-                                   dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* qb = q.get() + b * T * qd;
+      const float* kb = k.get() + b * T * kvd;
+      const float* vb = v.get() + b * T * kvd;
+      const float* gb = datt.get() + b * T * qd;
+      if (compute == ComputePrecision::Fp32) {
+        cuda::attention_backward_f32(qb, kb, vb, gb, dq.get() + b * T * qd, dk.get() + b * T * kvd,
+                                     dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
+      } else {
+        cuda::attention_backward_gemm_f32(ctx, qb, kb, vb, gb, dq.get() + b * T * qd, dk.get() + b * T * kvd,
+                                          dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd);
+      }
+    }
     phase(kPhaseOther);
     cuda::rope_f32(dq.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), true, s);
     cuda::rope_f32(dk.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), true, s);

@@ -20,6 +20,9 @@
 //   tf32  the same fp32 buffers; every product of the step (the base linears, the adapters' A and
 //         B, the LM head) on tensor cores with CUBLAS_COMPUTE_32F_FAST_TF32, set per call
 //         (backend/cuda/mixed_gemm.cuh), so nothing else on the cuBLAS handle changes.
+//   Both fast modes run the attention's products as fp32 strided-batched SGEMMs
+//   (ops_backward.cuh's attention_gemm_f32: the fp32 mode's arithmetic in another summation
+//   order) instead of the fp32 mode's one-thread-per-output kernels.
 //   bf16  the frozen base is expanded into a bf16 scratch (the bf16 rounding of the fp32 weight
 //         above: exact for bases whose dequantized values are bf16 already, as QLoRA's NF4 of a
 //         bf16 checkpoint is), the LM head is held in bf16, and every product takes bf16 operands

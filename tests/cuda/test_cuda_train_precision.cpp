@@ -1,6 +1,7 @@
 // The GPU training step's faster precisions (train/compute_precision.h, llama_backward_cuda.h's
 // "Precision") against its fp32 mode, which test_cuda_train.cpp holds to the CPU, PEFT and torch:
 // the bf16 expansion of every compact base kind against the CPU's bf16 rounding of its weights,
+// the fast modes' SGEMM attention against the fp32 mode's kernels,
 // the loss and every LoRA gradient of a step in tf32 and bf16, gradients summed on the device over
 // a step's micro-batches, `lowbit finetune --device cuda`'s default (bf16) against --compute fp32,
 // the phase timing, and what the bf16 mode refuses. Skipped without a GPU.
@@ -34,6 +35,7 @@
 //                        gradient entry moves it by up to lr: 1e-2 relative at every step (the
 //                        fp32 curve's bar against the CPU is 1e-3).
 #include "backend/cuda/compact_weight.cuh"
+#include "backend/cuda/ops_backward.cuh"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "formats/checkpoint.h"
@@ -204,6 +206,44 @@ TEST(CudaTrainPrecision, Bf16ExpansionIsTheCpusRounding) {
     if (w.round_to != DType::BF16) {
       EXPECT_NE(bf16_rounded(f32), f32) << "every value was a bf16 value already";
     }
+  }
+}
+
+// The fast modes' attention (its products as strided-batched SGEMMs, cuda::attention_gemm_f32)
+// against the fp32 mode's kernels, forward and backward, for grouped-query (8 heads on 2) and
+// plain multi-head attention at lengths off any tile: the same fp32 arithmetic in another
+// summation order, so the kernels' bar against the CPU, 1e-5 of each tensor's largest value.
+TEST(CudaTrainPrecision, GemmAttentionMatchesTheKernels) {
+  REQUIRE_GPU();
+  const cudaStream_t s = ctx().stream();
+  struct Shape {
+    int64_t T, nh, nkv, hd;
+  };
+  for (const Shape& sh : {Shape{70, 8, 2, 32}, Shape{33, 4, 4, 16}, Shape{1, 2, 1, 8}}) {
+    SCOPED_TRACE("T " + std::to_string(sh.T) + ", " + std::to_string(sh.nh) + " heads on " + std::to_string(sh.nkv));
+    const int64_t qd = sh.nh * sh.hd, kvd = sh.nkv * sh.hd, P = sh.nh * sh.T * sh.T;
+    const auto q = test::randn(size_t(sh.T * qd), 1), k = test::randn(size_t(sh.T * kvd), 2),
+               v = test::randn(size_t(sh.T * kvd), 3), dout = test::randn(size_t(sh.T * qd), 4);
+    auto gq = up(q), gk = up(k), gv = up(v), gdo = up(dout);
+    std::vector<std::vector<float>> results[2];
+    for (int gemm = 0; gemm < 2; ++gemm) {
+      cuda::DeviceBuffer<float> out{size_t(sh.T * qd)}, dq{size_t(sh.T * qd)}, dk{size_t(sh.T * kvd)},
+          dv{size_t(sh.T * kvd)}, probs{size_t(P)}, dprobs{size_t(P)};
+      if (gemm) {
+        cuda::attention_gemm_f32(ctx(), gq.get(), gk.get(), gv.get(), out.get(), probs.get(), sh.T, sh.nh, sh.nkv,
+                                 sh.hd);
+        cuda::attention_backward_gemm_f32(ctx(), gq.get(), gk.get(), gv.get(), gdo.get(), dq.get(), dk.get(),
+                                          dv.get(), probs.get(), dprobs.get(), sh.T, sh.nh, sh.nkv, sh.hd);
+      } else {
+        cuda::attention_f32(gq.get(), gk.get(), gv.get(), out.get(), probs.get(), sh.T, sh.nh, sh.nkv, sh.hd, s);
+        cuda::attention_backward_f32(gq.get(), gk.get(), gv.get(), gdo.get(), dq.get(), dk.get(), dv.get(),
+                                     probs.get(), dprobs.get(), sh.T, sh.nh, sh.nkv, sh.hd, s);
+      }
+      results[gemm] = {test::down(out, size_t(sh.T * qd)), test::down(dq, size_t(sh.T * qd)),
+                       test::down(dk, size_t(sh.T * kvd)), test::down(dv, size_t(sh.T * kvd))};
+    }
+    const char* names[] = {"out", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; ++i) EXPECT_LT(test::rel_err(results[1][i], results[0][i]), 1e-5) << names[i];
   }
 }
 
