@@ -125,11 +125,15 @@ void expand_compact_linear(const CompactLinear& w, float* out) {
 GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p) const {
   const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
-  for (const auto& layer : layers)
+  for (const auto& layer : layers) {
+    int64_t block = 0;
     for (const CompactLinear& w : layer) {
       b.linears += w.bytes();
-      if (bf16 || w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * (bf16 ? 2 : 4));
+      block += w.numel();
+      if (!bf16 && w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * 4);
     }
+    if (bf16) b.scratch = std::max(b.scratch, 2 * block);
+  }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
   b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
@@ -246,7 +250,11 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, Comp
       }
     }
     b.linears += bytes * c.num_hidden_layers;
-    if (bf16 || l.kind != CompactKind::F32) b.scratch = std::max(b.scratch, (bf16 ? 2 : 4) * n);
+    if (bf16) {
+      b.scratch += 2 * n;  // a block's seven linears
+    } else if (l.kind != CompactKind::F32) {
+      b.scratch = std::max(b.scratch, 4 * n);
+    }
   }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
   b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);

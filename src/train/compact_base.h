@@ -87,7 +87,8 @@ void expand_compact_linear(const CompactLinear& w, float* out);
 // host (a training step gathers its rows there and uploads the [B*T, H] result). By the step's
 // precision (compute_precision.h): fp32 and tf32 hold the head in fp32 and expand into an fp32
 // scratch the size of the largest linear that needs one (F32 linears are used in place); bf16
-// holds the head in bf16 and expands every linear, F32 ones too, into a bf16 scratch.
+// holds the head in bf16 and expands every linear, F32 ones too, into a bf16 scratch of one
+// block's seven linears (a block's expansions serve its recomputation and its backward).
 struct GpuModelBytes {
   int64_t linears = 0;  // codes, scales, zeros, codebooks, taus, g_idx (or 16-/32-bit weights)
   int64_t norms = 0;    // fp32

@@ -140,7 +140,15 @@ struct CudaLlamaBackward::Impl {
   DeviceBuffer<float> final_norm, head;  // [H], [V, H] (head: fp32 and tf32 modes)
   DeviceBuffer<uint16_t> head16;         // [V, H] bf16 (bf16 mode)
   DeviceBuffer<float> scratch;           // [the largest compact linear]: the expanded weight in use
-  DeviceBuffer<uint16_t> scratch16;      // bf16 mode: [the largest linear], the bf16 weight in use
+  // bf16 mode: one block's seven linears in bf16, [sum of out * in] at block_offset[kind], the
+  // weights of block cached_layer for the kinds in cached (the base is frozen, so an expanded
+  // linear stays valid until another block's takes its place: a block's recomputation and its
+  // backward, and the last block of the forward and the first of the backward, share one
+  // expansion).
+  DeviceBuffer<uint16_t> scratch16;
+  std::array<int64_t, 7> block_offset{};
+  int64_t cached_layer = -1;
+  std::array<bool, 7> cached{};
   // bf16 mode: the products' bf16 operands. xb [N, max in] an input (or the final norm's output),
   // dyb [max(N * max out, logits chunk)] an upstream gradient, tb / dtb [N, r] the adapter's
   // product and its gradient.
@@ -208,7 +216,7 @@ struct CudaLlamaBackward::Impl {
         upload_linear(w, g.linear[size_t(k)], s);
         model_bytes.linears += int64_t(g.linear[size_t(k)].bytes());
         // bf16 rounds every linear into its scratch, F32 ones too.
-        if (bf16 || w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, (bf16 ? 2 : 4) * w.numel());
+        if (!bf16 && w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, 4 * w.numel());
       }
       ctx.synchronize();
       for (CompactLinear& w : lin) w.f32 = {}, w.half = {}, w.codes = {};
@@ -223,7 +231,13 @@ struct CudaLlamaBackward::Impl {
     for (const auto& k : kinds) base_layout += (base_layout.empty() ? "" : " + ") + k;
     if (!uniform) layout.reset();
     if (bf16) {
-      scratch16.resize(size_t(model_bytes.scratch / 2));
+      int64_t n = 0;
+      for (LinearKind k : kAllLinears) {
+        block_offset[size_t(k)] = n;
+        n += linear_out_features(c, k) * linear_in_features(c, k);
+      }
+      model_bytes.scratch = 2 * n;
+      scratch16.resize(size_t(n));
     } else {
       scratch.resize(size_t(model_bytes.scratch / 4));
     }
@@ -304,14 +318,21 @@ struct CudaLlamaBackward::Impl {
   // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call).
   const uint16_t* weight16(int64_t layer, LinearKind k) {
     LB_ASSERT(bf16 && (hooks == nullptr || !hooks->weight));
+    uint16_t* dst = scratch16.get() + block_offset[size_t(k)];
+    if (layer != cached_layer) {
+      cached_layer = layer;
+      cached.fill(false);
+    }
+    if (cached[size_t(k)]) return dst;
     GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
     phase(kPhaseExpand);
     if (g.kind == CompactKind::F32) {
-      cuda::to_bf16(g.f32.get(), scratch16.get(), g.numel, stream());
+      cuda::to_bf16(g.f32.get(), dst, g.numel, stream());
     } else {
-      cuda::expand_compact_weight_bf16(g.view, scratch16.get(), stream());
+      cuda::expand_compact_weight_bf16(g.view, dst, stream());
     }
-    return scratch16.get();
+    cached[size_t(k)] = true;
+    return dst;
   }
 
   cudaStream_t stream() const { return ctx.stream(); }

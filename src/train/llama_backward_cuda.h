@@ -46,7 +46,9 @@
 // "codebook" i.e. NF4, "icq") as their codes (4 bits for codes of up to 4 bits) and fp32 scales,
 // an unquantized linear stored in BF16/F16 as those 16 bits, anything else in fp32. Right before
 // each use, forward and backward, a linear is expanded into one shared fp32 scratch
-// (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses. For QLoRA on
+// (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses (the bf16 mode:
+// into a bf16 scratch of one block's seven linears, kept while the block is in use, so the
+// recomputation of a block and its backward expand it once). For QLoRA on
 // LLaMA-3-8B that is ~3.9 GB of linears instead of ~28 GB. The norms and the LM head are fp32
 // ([V, H]: 2.1 GB for LLaMA-3's vocabulary); the embedding table stays on the host (a step
 // gathers its rows there and uploads the [B*T, H] result). gpu_model_bytes() gives the total for a
