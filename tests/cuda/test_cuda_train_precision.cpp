@@ -53,6 +53,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -243,7 +244,23 @@ TEST(CudaTrainPrecision, GemmAttentionMatchesTheKernels) {
                        test::down(dk, size_t(sh.T * kvd)), test::down(dv, size_t(sh.T * kvd))};
     }
     const char* names[] = {"out", "dq", "dk", "dv"};
-    for (int i = 0; i < 4; ++i) EXPECT_LT(test::rel_err(results[1][i], results[0][i]), 1e-5) << names[i];
+    for (int i = 0; i < 4; ++i) {
+      // One position: the softmax is the constant 1, so the scores' gradient P (dP - sum P dP)
+      // vanishes and with it dq and dk (up to the rounding of dP's two dot products, each of hd
+      // terms: bounded by 1e-5 of hd max|dout| max|v|), a zero the relative bar cannot measure.
+      if (sh.T == 1 && (i == 1 || i == 2)) {
+        const auto amax = [](const std::vector<float>& x) {
+          float m = 0;
+          for (float e : x) m = std::max(m, std::fabs(e));
+          return m;
+        };
+        const double bound = 1e-5 * double(sh.hd) * amax(dout) * amax(v) * amax(i == 1 ? k : q);
+        for (int gemm = 0; gemm < 2; ++gemm)
+          EXPECT_LE(amax(results[gemm][i]), bound) << names[i] << (gemm ? " (gemm)" : " (kernels)");
+        continue;
+      }
+      EXPECT_LT(test::rel_err(results[1][i], results[0][i]), 1e-5) << names[i];
+    }
   }
 }
 
