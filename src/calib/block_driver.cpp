@@ -56,7 +56,7 @@ BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kind
     if (int(k) > int(last)) last = k;
   }
   BlockHooks hooks;
-  hooks.stop_after_input = last;
+  hooks.stop_after = input_site(last);
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
     const int s = int(input_site(k));
     InputStats* st = site[size_t(s)].get();
@@ -121,7 +121,7 @@ BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind>
   }
   int64_t window = 0;
   BlockHooks hooks;
-  hooks.stop_after_input = last;
+  hooks.stop_after = input_site(last);
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
     const int s = int(input_site(k));
     std::vector<float>* buf = site[size_t(s)].get();

@@ -187,7 +187,7 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
 }
 
 void CudaBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
-  LB_CHECK(!hooks || (!hooks->on_output && !hooks->stop_after_input),
+  LB_CHECK(!hooks || (!hooks->on_output && !hooks->stop_after),
            "layer {}: the GPU block context runs input hooks only (no output hooks, no stop after an input)", layer_);
   GpuBlockWeights gw;
   gpu_.upload_weights(w, gw);
