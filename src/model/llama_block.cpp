@@ -1,5 +1,7 @@
 #include "model/llama_block.h"
 
+#include "core/error.h"
+
 namespace lowbit {
 
 std::span<const BlockStep> block_steps() { return kLlamaBlockSteps; }
@@ -24,6 +26,16 @@ bool run_block_steps(BlockOps& ops, std::span<const BlockStep> steps, std::optio
     }
   }
   return false;
+}
+
+InputSite last_input_site(std::span<const LinearKind> kinds) {
+  LB_ASSERT(!kinds.empty());
+  std::optional<InputSite> last;
+  for (InputSite s : visited_sites(block_steps()))
+    for (LinearKind k : kinds)
+      if (input_site(k) == s) last = s;
+  LB_ASSERT(last.has_value());
+  return *last;
 }
 
 std::vector<InputSite> visited_sites(std::span<const BlockStep> steps, std::optional<InputSite> stop_after) {

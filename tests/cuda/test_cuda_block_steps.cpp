@@ -48,7 +48,7 @@ TEST(CudaBlockSteps, SitesVisitedAndStopsAsOnTheCpu) {
   const int64_t layer = 1, T = 24, H = c.hidden_size;
   std::mt19937 g(7);
   std::uniform_int_distribution<int32_t> d(0, int32_t(c.vocab_size - 1));
-  std::vector<int32_t> tokens(size_t(T));
+  std::vector<int32_t> tokens(static_cast<size_t>(T));
   for (auto& t : tokens) t = d(g);
   std::vector<float> hidden0(size_t(T * H));
   model.embed(tokens, hidden0.data());

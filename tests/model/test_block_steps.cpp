@@ -143,6 +143,28 @@ TEST_F(CpuBlockVisits, HooksFollowTheStepsAndTheTensorTable) {
   }
 }
 
+// A run that stops after last_input_site(kinds) has shown every linear of `kinds` its input, for
+// every set of linears; the linears of a site share its width.
+TEST_F(CpuBlockVisits, LastInputSiteServesEveryLinear) {
+  for (InputSite s : kAllInputSites)
+    for (LinearKind k : site_linears(s))
+      EXPECT_EQ(linear_in_features(model_->config(), k), input_site_features(model_->config(), s)) << linear_name(k);
+  for (unsigned mask = 1; mask < (1u << kAllLinears.size()); ++mask) {
+    std::vector<LinearKind> kinds;
+    for (size_t i = 0; i < kAllLinears.size(); ++i)
+      if (mask & (1u << i)) kinds.push_back(kAllLinears[i]);
+    Visit v;
+    (void)run(0, last_input_site(kinds), /*observe=*/true, &v);
+    for (LinearKind k : kinds)
+      EXPECT_NE(std::find(v.inputs.begin(), v.inputs.end(), k), v.inputs.end()) << "mask " << mask << " " << linear_name(k);
+    // ...and stopped at the first site that serves them all: one of theirs, the last visited.
+    const InputSite last = last_input_site(kinds);
+    EXPECT_EQ(input_site(v.inputs.back()), last) << "mask " << mask;
+    EXPECT_TRUE(std::any_of(kinds.begin(), kinds.end(), [&](LinearKind k) { return input_site(k) == last; }))
+        << "mask " << mask;
+  }
+}
+
 // Stopping leaves the residual stream as the steps before the stop made it: unchanged within the
 // attention half, the attention half's residual added within the MLP half.
 TEST_F(CpuBlockVisits, StopLeavesTheStepsBeforeIt) {
