@@ -1,7 +1,8 @@
 // The LLaMA decoder block, written once for every device: the sequence of its steps, the input
-// sites where hooks run, and the one loop that walks them. LlamaModel (CPU, fp32) and CudaModel
-// (GPU, bf16 GEMMs) implement the steps behind BlockOps; the loop, the order of the sites and
-// where a run stops are the same for both.
+// sites where hooks run, and the one loop that walks them. LlamaModel (CPU, fp32), CudaModel
+// (GPU, bf16 GEMMs) and the CPU training forward (train/llama_backward.cpp: LoRA branches, the
+// intermediates kept for the backward) implement the steps behind BlockOps; the loop, the order
+// of the sites and where a run stops are the same for all.
 //
 //   step                 half   what it does (h: the residual stream [B*T, H])
 //   Norm                 attn   x = rmsnorm(h, input_layernorm)
