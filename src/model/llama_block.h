@@ -1,8 +1,9 @@
 // The LLaMA decoder block, written once for every device: the sequence of its steps, the input
 // sites where hooks run, and the one loop that walks them. LlamaModel (CPU, fp32), CudaModel
-// (GPU, bf16 GEMMs) and the CPU training forward (train/llama_backward.cpp: LoRA branches, the
-// intermediates kept for the backward) implement the steps behind BlockOps; the loop, the order
-// of the sites and where a run stops are the same for all.
+// (GPU, bf16 GEMMs) and the training forwards (train/llama_backward.cpp on the CPU,
+// llama_backward_cuda.cpp on the GPU: LoRA branches, the intermediates kept for the backward)
+// implement the steps behind BlockOps; the loop, the order of the sites and where a run stops are
+// the same for all.
 //
 //   step                 half   what it does (h: the residual stream [B*T, H])
 //   Norm                 attn   x = rmsnorm(h, input_layernorm)
