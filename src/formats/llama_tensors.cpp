@@ -154,7 +154,9 @@ const char* input_site_name(InputSite s) {
   return "?";
 }
 
-int64_t input_site_features(const LlamaConfig& c, InputSite s) { return linear_in_features(c, site_linears(s).front()); }
+int64_t input_site_features(const LlamaConfig& c, InputSite s) {
+  return linear_in_features(c, site_linears(s).front());
+}
 
 std::span<const LinearKind> site_linears(InputSite s) {
   switch (s) {

@@ -408,7 +408,8 @@ void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float
   ensure_workspace(B * T);
   GpuBlockOps ops(*this, layer, w, B, T, nullptr, on_input);
   ops.set_half(x, out, accumulate);
-  run_block_steps(ops, half_steps(BlockHalf::Mlp), stop_at_output_input ? std::optional(InputSite::MlpOut) : std::nullopt);
+  run_block_steps(ops, half_steps(BlockHalf::Mlp),
+                  stop_at_output_input ? std::optional(InputSite::MlpOut) : std::nullopt);
 }
 
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,

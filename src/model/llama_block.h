@@ -97,13 +97,15 @@ class BlockOps {
 
 // Runs `steps` (block_steps() or a half) on ops; returns true when stop_after stopped the run
 // (right after that site's Hooks step), false when every step ran.
-bool run_block_steps(BlockOps& ops, std::span<const BlockStep> steps, std::optional<InputSite> stop_after = std::nullopt);
+bool run_block_steps(BlockOps& ops, std::span<const BlockStep> steps,
+                     std::optional<InputSite> stop_after = std::nullopt);
 
 // The site, of those the linears `kinds` read (not empty), that a block run visits last: a run
 // that needs only their inputs stops after it.
 InputSite last_input_site(std::span<const LinearKind> kinds);
 
 // The input sites a run of `steps` visits, in order, up to and including stop_after.
-std::vector<InputSite> visited_sites(std::span<const BlockStep> steps, std::optional<InputSite> stop_after = std::nullopt);
+std::vector<InputSite> visited_sites(std::span<const BlockStep> steps,
+                                     std::optional<InputSite> stop_after = std::nullopt);
 
 }  // namespace lowbit

@@ -156,7 +156,8 @@ TEST_F(CpuBlockVisits, LastInputSiteServesEveryLinear) {
     Visit v;
     (void)run(0, last_input_site(kinds), /*observe=*/true, &v);
     for (LinearKind k : kinds)
-      EXPECT_NE(std::find(v.inputs.begin(), v.inputs.end(), k), v.inputs.end()) << "mask " << mask << " " << linear_name(k);
+      EXPECT_NE(std::find(v.inputs.begin(), v.inputs.end(), k), v.inputs.end())
+          << "mask " << mask << " " << linear_name(k);
     // ...and stopped at the first site that serves them all: one of theirs, the last visited.
     const InputSite last = last_input_site(kinds);
     EXPECT_EQ(input_site(v.inputs.back()), last) << "mask " << mask;
