@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# QLoRA on a LLaMA-3-8B-shaped model (random weights) on one GPU: `lowbit finetune --device cuda`
-# at sequence 512 (source 384 + target 128 tokens, QLoRA's Alpaca limits, every record long
+# QLoRA on a LLaMA-3-8B-shaped model (random weights) on one GPU: `lowbit finetune --device cuda
+# --compute COMPUTE` at sequence 512 (source 384 + target 128 tokens, QLoRA's Alpaca limits, every record long
 # enough to fill both), batch 1 with gradient accumulation, r 64, alpha 16 on all seven linears.
 # Prints the GPU memory the model holds (as allocated and as gpu_model_bytes() predicts it), the
 # peak device memory, and the training throughput (tokens/s over the steps after the first).
@@ -21,7 +21,9 @@
 #   STEPS 4, ACCUM 4 (micro-batches of one sequence per optimizer step), METHOD
 #   qlora:r=64,alpha=16, DEVICE cuda (cpu checks the script with CONFIG=bench/configs/llama3-tiny.json),
 #   CONFIG bench/configs/llama3-8b.json, SEQ 512 (split 3:1 into source and target limits),
-#   TARGET_GB 12 (the issue's bar for the peak, in 10^9 bytes), PYTHON python3
+#   TARGET_GB 12 (the issue's bar for the peak, in 10^9 bytes), COMPUTE bf16 (--compute: fp32,
+#   tf32 or bf16; fp32 with DEVICE cpu), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, each step's time
+#   per phase in the log), PYTHON python3
 set -euo pipefail
 if [[ $# -lt 3 || $# -gt 4 ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -31,11 +33,13 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 LOWBIT=$1 WORK=$2 TOK=$3 LAYERS=${4:-32}
 STEPS=${STEPS:-4} ACCUM=${ACCUM:-4} METHOD=${METHOD:-qlora:r=64,alpha=16} DEVICE=${DEVICE:-cuda}
 CONFIG=${CONFIG:-$ROOT/bench/configs/llama3-8b.json} SEQ=${SEQ:-512} TARGET_GB=${TARGET_GB:-12}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-python3} PROFILE=${PROFILE:-0}
+if [[ "$DEVICE" == cpu ]]; then COMPUTE=${COMPUTE:-fp32}; else COMPUTE=${COMPUTE:-bf16}; fi
 die() { echo "qlora_8b.sh: $*" >&2; exit 1; }
 [[ -x "$LOWBIT" && -f "$LOWBIT" ]] || die "LOWBIT '$LOWBIT' is not an executable file"
 [[ -f "$TOK/tokenizer.json" ]] || die "TOKENIZER_DIR '$TOK' has no tokenizer.json (a LLaMA-3 tokenizer directory)"
 [[ -f "$CONFIG" ]] || die "CONFIG '$CONFIG' does not exist"
+[[ "$COMPUTE" == fp32 || "$COMPUTE" == tf32 || "$COMPUTE" == bf16 ]] || die "COMPUTE '$COMPUTE': fp32, tf32 or bf16"
 [[ "$LAYERS" =~ ^[1-9][0-9]*$ ]] || die "LAYERS '$LAYERS' is not a positive number"
 (( STEPS >= 2 )) || die "STEPS $STEPS: the throughput leaves out the first step, so at least 2 are needed"
 
@@ -56,10 +60,10 @@ DATA="$WORK/long_alpaca.json"
 
 OUT="$WORK/run-$LAYERS"
 echo "finetune: $METHOD on $CONFIG with $LAYERS layers, sequence $SEQ ($SOURCE + $TARGET), batch 1 x $ACCUM," \
-     "$STEPS steps, --device $DEVICE" >&2
-"$LOWBIT" finetune --model "random:$M" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch 1 \
+     "$STEPS steps, --device $DEVICE --compute $COMPUTE" >&2
+LOWBIT_TRAIN_PROFILE=$PROFILE "$LOWBIT" finetune --model "random:$M" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch 1 \
   --grad-accum "$ACCUM" --source-max-len "$SOURCE" --target-max-len "$TARGET" --warmup-ratio 0 --save-every 0 \
-  --device "$DEVICE" --force -o "$OUT" 2> >(tee "$WORK/finetune-$LAYERS.log" >&2)
+  --device "$DEVICE" --compute "$COMPUTE" --force -o "$OUT" 2> >(tee "$WORK/finetune-$LAYERS.log" >&2)
 
 "$PYTHON" - "$OUT/lowbit_adapter.json" "$SEQ" "$TARGET_GB" "$LAYERS" <<'EOF'
 import json, sys
@@ -71,7 +75,7 @@ tokens = [r["tokens"] for r in log[-len(secs):]]
 if any(t % seq for t in tokens):
     print(f"note: some micro-batches are shorter than {seq} tokens: tokens per step {tokens}")
 steady = sum(tokens[1:]) / sum(secs[1:])
-print(f"layers {layers}, sequence {seq}, {len(secs)} steps of {tokens[0]} tokens")
+print(f"layers {layers}, sequence {seq}, {len(secs)} steps of {tokens[0]} tokens, compute {s.get('compute', 'fp32')}")
 print(f"  tokens/s (steps 2..{len(secs)})      {steady:10.1f}")
 print(f"  seconds per step (all)           {' '.join(f'{x:.2f}' for x in secs)}")
 print(f"  host peak RSS                    {s['peak_rss_bytes'] / GiB:10.2f} GiB")

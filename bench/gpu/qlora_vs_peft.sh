@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training speed on one GPU, side by side in one run: lowbit's QLoRA step (`lowbit finetune
-# --device cuda`: NF4 + DQ base held compact, fp32 compute) against transformers + PEFT (bf16
+# --device cuda --compute COMPUTE`: NF4 + DQ base held compact, bf16 products by default) against transformers + PEFT (bf16
 # LoRA on a bf16 base, scripts/device/peft_lora_step_bench.py), at the same model shape, rank,
 # alpha, target linears (lowbit's QLoRA defaults: r 64, alpha 16, dropout 0, all seven),
 # sequence length, batch and accumulation. Prints tokens/s of each and their ratio.
@@ -19,14 +19,16 @@
 # limits (scripts/device/long_alpaca.py; SEQ split 3:1), the PEFT side through random token ids of
 # that length. Each side's tokens/s is over the optimizer steps after its first (lowbit: its
 # step_seconds; PEFT: after --warmup 1). Each step is ACCUM micro-batches forward and backward
-# plus AdamW (lowbit's on the host, PEFT's torch AdamW on the GPU). PEFT's side checkpoints
-# every block's activations as QLoRA's script does (GRAD_CKPT=0: it keeps them; lowbit always
-# recomputes each block in the backward). When the peft package does not import, the PEFT side
-# runs its documented plain-torch LoRA fallback and the output says so.
+# plus AdamW (lowbit's on the GPU with the adapters held there, PEFT's torch AdamW on the GPU).
+# PEFT's side checkpoints every block's activations as QLoRA's script does (GRAD_CKPT=0: it keeps
+# them; lowbit always recomputes each block in the backward). When the peft package does not
+# import, the PEFT side runs its documented plain-torch LoRA fallback and the output says so.
 #
 # Variables (default): SEQ 512, BATCH 1, ACCUM 4, STEPS 4, METHOD qlora:r=64,alpha=16 (r and
-# alpha are passed to the PEFT side too), GRAD_CKPT 1, DEVICE cuda (cpu checks the script on a
-# small model), TOKENIZER_DIR (for "8b"), PEFT_IMPL auto (peft, or torch for the plain-torch
+# alpha are passed to the PEFT side too), COMPUTE bf16 (lowbit's --compute: fp32, tf32 or bf16;
+# fp32 with DEVICE cpu), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, and the last step's time per phase
+# is printed; the events cost a little time), GRAD_CKPT 1, DEVICE cuda (cpu checks the script on
+# a small model), TOKENIZER_DIR (for "8b"), PEFT_IMPL auto (peft, or torch for the plain-torch
 # LoRA even where PEFT is installed), PYTHON python3
 set -euo pipefail
 if [[ $# -lt 3 || $# -gt 4 ]]; then
@@ -37,8 +39,11 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 LOWBIT=$1 WORK=$2 MODEL=$3 LAYERS=${4:-4}
 SEQ=${SEQ:-512} BATCH=${BATCH:-1} ACCUM=${ACCUM:-4} STEPS=${STEPS:-4} METHOD=${METHOD:-qlora:r=64,alpha=16}
 GRAD_CKPT=${GRAD_CKPT:-1} DEVICE=${DEVICE:-cuda} PEFT_IMPL=${PEFT_IMPL:-auto} PYTHON=${PYTHON:-python3}
+if [[ "$DEVICE" == cpu ]]; then COMPUTE=${COMPUTE:-fp32}; else COMPUTE=${COMPUTE:-bf16}; fi
+PROFILE=${PROFILE:-0}
 die() { echo "qlora_vs_peft.sh: $*" >&2; exit 1; }
 [[ -x "$LOWBIT" && -f "$LOWBIT" ]] || die "LOWBIT '$LOWBIT' is not an executable file"
+[[ "$COMPUTE" == fp32 || "$COMPUTE" == tf32 || "$COMPUTE" == bf16 ]] || die "COMPUTE '$COMPUTE': fp32, tf32 or bf16"
 (( STEPS >= 2 )) || die "STEPS $STEPS: lowbit's throughput leaves out the first step, so at least 2 are needed"
 R=$(sed -n 's/.*r=\([0-9]*\).*/\1/p' <<< "$METHOD") ALPHA=$(sed -n 's/.*alpha=\([0-9.]*\).*/\1/p' <<< "$METHOD")
 [[ -n "$R" && -n "$ALPHA" ]] || die "METHOD '$METHOD' must give r= and alpha= (they are passed to the PEFT side)"
@@ -65,10 +70,10 @@ DATA="$WORK/long_alpaca.json"
 "$PYTHON" "$ROOT/scripts/device/long_alpaca.py" "$DATA" $(( STEPS * ACCUM * BATCH ))
 SOURCE=$(( SEQ * 3 / 4 )) TARGET=$(( SEQ - SEQ * 3 / 4 ))
 
-echo "lowbit: finetune $METHOD on $LOWBIT_MODEL, sequence $SEQ, batch $BATCH x $ACCUM, $STEPS steps" >&2
-"$LOWBIT" finetune --model "$LOWBIT_MODEL" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch "$BATCH" \
+echo "lowbit: finetune $METHOD on $LOWBIT_MODEL, sequence $SEQ, batch $BATCH x $ACCUM, $STEPS steps, compute $COMPUTE" >&2
+LOWBIT_TRAIN_PROFILE=$PROFILE "$LOWBIT" finetune --model "$LOWBIT_MODEL" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch "$BATCH" \
   --grad-accum "$ACCUM" --source-max-len "$SOURCE" --target-max-len "$TARGET" --warmup-ratio 0 --save-every 0 \
-  --device "$DEVICE" --force -o "$WORK/lowbit" 2> "$WORK/lowbit.log" || { tail -n 20 "$WORK/lowbit.log" >&2; exit 1; }
+  --device "$DEVICE" --compute "$COMPUTE" --force -o "$WORK/lowbit" 2> "$WORK/lowbit.log" || { tail -n 20 "$WORK/lowbit.log" >&2; exit 1; }
 
 echo "transformers + PEFT: the same shape, bf16 LoRA on a bf16 base" >&2
 CKPT=()
@@ -80,10 +85,13 @@ CKPT=()
   --impl "$PEFT_IMPL" --device "$DEVICE" "${CKPT[@]}" 2> "$WORK/peft.log" | tail -n 1 > "$WORK/peft.json" ||
   { tail -n 20 "$WORK/peft.log" >&2; exit 1; }
 
-"$PYTHON" - "$WORK/lowbit/lowbit_adapter.json" "$WORK/peft.json" "$SEQ" "$WORK/lowbit.log" <<'EOF' | tee "$WORK/results.txt"
+"$PYTHON" - "$WORK/lowbit/lowbit_adapter.json" "$WORK/peft.json" "$SEQ" "$WORK/lowbit.log" "$COMPUTE" <<'EOF' | tee "$WORK/results.txt"
 import json, re, sys
-lb, pf, seq = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3])
-m = re.search(r"\((\d+) trainable parameters\)", open(sys.argv[4]).read())
+lb, pf, seq, compute = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3]), sys.argv[5]
+log = open(sys.argv[4]).read()
+if lb.get("compute", "fp32") != compute:
+    sys.exit(f"lowbit ran in {lb.get('compute')} compute, COMPUTE asked for {compute}")
+m = re.search(r"\((\d+) trainable parameters\)", log)
 lb_params = int(m.group(1)) if m else None
 if lb_params != pf["trainable_parameters"]:
     print(f"WARNING: trainable parameters differ: lowbit {lb_params}, PEFT side {pf['trainable_parameters']} "
@@ -96,13 +104,21 @@ print(f"sequence {seq}, batch {pf['batch']} x {pf['accum']} micro-batches, {pf['
       f"alpha {lb['run']['method']['alpha']} on {', '.join(lb['run']['method']['targets'])}")
 same = f"; {lb_params} trainable parameters on both sides" if lb_params == pf["trainable_parameters"] else ""
 print(f"device: {g.get('device', 'cpu')} (lowbit), {pf['device']} ({pf['impl']}){same}")
+print(f"lowbit compute: {compute}, AdamW on the {lb.get('optimizer', 'host')}")
 print(f"{'':34} {'tokens/s':>10} {'peak memory':>14}")
 peak_lb = g.get("peak_in_use_bytes")
 peak_pf = pf.get("peak_memory_bytes")
 fmt = lambda b: f"{b / 2**30:10.2f} GiB" if b else f"{'n/a':>14}"
-print(f"{'lowbit ' + lb['run']['method']['name'] + ' (NF4 base, fp32)':34} {lb_tps:10.1f} {fmt(peak_lb)}")
+print(f"{'lowbit ' + lb['run']['method']['name'] + f' (NF4 base, {compute})':34} {lb_tps:10.1f} {fmt(peak_lb)}")
 print(f"{'transformers + ' + pf['impl'] + ' (bf16)':34} {pf['tokens_per_second']:10.1f} {fmt(peak_pf)}")
 print(f"ratio lowbit / PEFT: {lb_tps / pf['tokens_per_second']:.2f}x  (tokens per micro-batch: lowbit {tokens[0] // pf['accum']}, "
       f"PEFT {pf['batch'] * seq})")
 print("peak memory: lowbit's is cudaMemGetInfo's in use (context included); PEFT's torch.cuda.max_memory_allocated")
+phases = re.findall(r"^step (\d+) phases: (.*) \(sum ([0-9.]+) s\)$", log, re.M)
+if phases:
+    step, items, total = phases[-1]
+    print(f"lowbit step {step} by phase (LOWBIT_TRAIN_PROFILE=1; device time, a host AdamW's wall time; sum {float(total):.4f} s, "
+          f"step {secs[-1]:.4f} s):")
+    for name, sec in re.findall(r"([^,]+?) ([0-9.]+) s(?:, |$)", items):
+        print(f"  {name:28} {float(sec):8.4f} s {100 * float(sec) / secs[-1]:5.1f}%")
 EOF

@@ -10,7 +10,8 @@
 // codes and NF4 through the low-bit GEMV kernels. q/k/v and gate/up then run as one packed
 // product per linear writing into the stacked outputs, o_proj and down_proj add into the residual
 // stream in the product's epilogue; no bf16 copy of a packed linear is ever made, and the model
-// stays resident.
+// stays resident. The token embedding of such a model (when the LM head is its own matrix) stays
+// on the host: a lookup gathers its bf16 rows there and uploads them.
 //
 // A checkpoint's activation quantization (model/activation_scheme.h) is applied to every linear's
 // input, as the CPU forward's hooks do.
@@ -76,6 +77,8 @@ class CudaModel {
   CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident = std::nullopt,
             GpuPackedLinears packed = {});
   bool packed() const { return static_cast<bool>(packed_); }
+  // Whether token lookups read a host-held table (a packed model whose LM head is its own matrix).
+  bool embedding_on_host() const { return !embed_host_.empty(); }
 
   const LlamaConfig& config() const { return host_.config(); }
   const LlamaModel& host() const { return host_; }
@@ -169,6 +172,10 @@ class CudaModel {
   std::vector<GpuBlockWeights> blocks_;  // when resident
   mutable GpuBlockWeights scratch_;
   cuda::DeviceBuffer<cuda::bf16> embed_, final_norm_w_, lm_head_;
+  // A packed, untied model's embedding table [V, H] in bf16 on the host instead of embed_, and
+  // the gathered rows on their way up.
+  std::vector<uint16_t> embed_host_;
+  cuda::DeviceBuffer<cuda::bf16> embed_rows_;
   cuda::DeviceBuffer<float> rope_cos_, rope_sin_;
   int64_t rope_positions_ = 0;
   // Per-forward workspace, grown on demand: x_ [rows, H] normed input, qkv_ [rows, q_dim +

@@ -54,7 +54,7 @@ const std::vector<std::string> kLoraKeys = {"r", "alpha", "dropout", "targets", 
 const std::vector<std::string> kFinetuneKeys = {
     "steps",         "batch",     "grad_accum", "lr",         "warmup_ratio",   "max_grad_norm",
     "weight_decay",  "adam_beta1", "adam_beta2", "adam_eps",  "source_max_len", "target_max_len",
-    "eval_size",     "limit",     "seed",       "data_seed",      "device"};
+    "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
                                                "device"};
@@ -78,6 +78,7 @@ void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const 
   else if (k == "seed") o.seed = uint64_t(int_value(k, v, 0, INT64_MAX));
   else if (k == "data_seed") o.data_seed = uint64_t(int_value(k, v, 0, INT64_MAX));
   else if (k == "device") o.device = (void(parse_device(v)), v);
+  else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -100,12 +101,17 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
 
 std::string finetune_key(const train::FinetuneOptions& o) {
   const train::FinetuneMethod m = train::parse_finetune_method(o.method);
+  // The products' precision changes the numbers: named when it is not fp32 (so fp32 cells, every
+  // CPU cell, keep the keys they had before the option).
+  const train::ComputePrecision p = train::finetune_compute(o);
+  const std::string compute =
+      p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));
   return fmt::format("finetune:{},data={},steps={},batch={},grad_accum={},lr={},warmup_ratio={},max_grad_norm={},"
                      "weight_decay={},adam_beta1={},adam_beta2={},adam_eps={},source_max_len={},target_max_len={},"
-                     "eval_size={},limit={},seed={},data_seed={},spm={}",
+                     "eval_size={},limit={},seed={},data_seed={},spm={}{}",
                      m.canonical_options(), o.data, o.steps, o.batch, o.grad_accum, o.lr, o.warmup_ratio,
                      o.max_grad_norm, o.weight_decay, o.beta1, o.beta2, o.adam_eps, o.source_max, o.target_max,
-                     o.eval_size, o.limit, o.seed, o.data_seed, o.spm);
+                     o.eval_size, o.limit, o.seed, o.data_seed, o.spm, compute);
 }
 
 std::string distill_key(const train::DistillOptions& o) {

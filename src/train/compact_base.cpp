@@ -122,15 +122,20 @@ void expand_compact_linear(const CompactLinear& w, float* out) {
     }
 }
 
-GpuModelBytes CompactBase::bytes(const LlamaConfig& c) const {
+GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p) const {
+  const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
-  for (const auto& layer : layers)
+  for (const auto& layer : layers) {
+    int64_t block = 0;
     for (const CompactLinear& w : layer) {
       b.linears += w.bytes();
-      if (w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * 4);
+      block += w.numel();
+      if (!bf16 && w.needs_scratch()) b.scratch = std::max(b.scratch, w.numel() * 4);
     }
+    if (bf16) b.scratch = std::max(b.scratch, 2 * block);
+  }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
-  b.head = c.vocab_size * c.hidden_size * 4;
+  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
 }
 
@@ -224,7 +229,8 @@ CompactBase make_compact_base(const LlamaModel& model) {
   return base;
 }
 
-GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l) {
+GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, ComputePrecision p) {
+  const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
   for (LinearKind k : kAllLinears) {
     const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k), n = rows * cols;
@@ -244,22 +250,30 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l) {
       }
     }
     b.linears += bytes * c.num_hidden_layers;
-    if (l.kind != CompactKind::F32) b.scratch = std::max(b.scratch, 4 * n);
+    if (bf16) {
+      b.scratch += 2 * n;  // a block's seven linears
+    } else if (l.kind != CompactKind::F32) {
+      b.scratch = std::max(b.scratch, 4 * n);
+    }
   }
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
-  b.head = c.vocab_size * c.hidden_size * 4;
+  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
 }
 
-int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens) {
-  int64_t floats = 0;
+int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens,
+                          ComputePrecision p, bool moments) {
+  int64_t bytes = 0;
   for (LinearKind k : kAllLinears) {
     if (!targets[size_t(k)]) continue;
+    const int64_t params = r * (linear_in_features(c, k) + linear_out_features(c, k));
     // A, B, dA, dB, their sums over a step's micro-batches, the forward's [N, r] product and the
-    // two IEC scalars' gradients.
-    floats += 3 * r * (linear_in_features(c, k) + linear_out_features(c, k)) + tokens * r + 2;
+    // two IEC scalars' gradients; AdamW's two moments when held; A and B in bf16 for the bf16
+    // products.
+    bytes += 4 * ((moments ? 5 : 3) * params + tokens * r + 2);
+    if (p == ComputePrecision::Bf16) bytes += 2 * params;
   }
-  return 4 * floats * c.num_hidden_layers;
+  return bytes * c.num_hidden_layers;
 }
 
 }  // namespace lowbit::train

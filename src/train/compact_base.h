@@ -31,6 +31,7 @@
 #include "core/dtype.h"
 #include "formats/llama_config.h"
 #include "formats/llama_tensors.h"
+#include "train/compute_precision.h"
 
 #include <array>
 #include <cstdint>
@@ -82,13 +83,17 @@ CompactLinear compact_linear(const QuantizedLinear& q);
 void expand_compact_linear(const CompactLinear& w, float* out);
 
 // What the GPU holds for a model: every block's seven linears and two norms, the final norm, the
-// LM head (fp32 [V, H]) and the one scratch a linear expands into. The embedding table stays on the
-// host (a training step gathers its rows there and uploads the [B*T, H] result).
+// LM head ([V, H]) and the one scratch a linear expands into. The embedding table stays on the
+// host (a training step gathers its rows there and uploads the [B*T, H] result). By the step's
+// precision (compute_precision.h): fp32 and tf32 hold the head in fp32 and expand into an fp32
+// scratch the size of the largest linear that needs one (F32 linears are used in place); bf16
+// holds the head in bf16 and expands every linear, F32 ones too, into a bf16 scratch of one
+// block's seven linears (a block's expansions serve its recomputation and its backward).
 struct GpuModelBytes {
   int64_t linears = 0;  // codes, scales, zeros, codebooks, taus, g_idx (or 16-/32-bit weights)
   int64_t norms = 0;    // fp32
-  int64_t head = 0;     // fp32
-  int64_t scratch = 0;  // fp32, the largest linear that needs one (0 when none does)
+  int64_t head = 0;     // fp32 (bf16 in the bf16 mode)
+  int64_t scratch = 0;  // the expanded linear in use (0 when none is expanded)
   int64_t total() const { return linears + norms + head + scratch; }
 };
 
@@ -104,7 +109,7 @@ struct CompactLayout {
 
 struct CompactBase {
   std::vector<std::array<CompactLinear, 7>> layers;  // [layer][LinearKind]
-  GpuModelBytes bytes(const LlamaConfig& c) const;
+  GpuModelBytes bytes(const LlamaConfig& c, ComputePrecision p = ComputePrecision::Fp32) const;
   // "codebook (4-bit storage, flat blocks of 64)", kinds joined by " + " when they differ: for
   // the log.
   std::string describe() const;
@@ -123,14 +128,17 @@ CompactBase make_compact_base(const LlamaModel& model);
 std::array<CompactLinear, 7> make_compact_block(const LlamaModel& model, int64_t layer);
 
 // The GPU bytes of the model part of LoRA training for configuration `c` with every linear in
-// layout `l` (the formula CompactBase::bytes() gives for such a base).
-GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l);
+// layout `l`, computing in precision `p` (the formula CompactBase::bytes() gives for such a base).
+GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l,
+                              ComputePrecision p = ComputePrecision::Fp32);
 
 // The GPU bytes of the adapters (A, B, their gradients and the gradients' sums over a step's
 // micro-batches, the [N, r] products a forward keeps for N = batch * sequence tokens, two
-// gradient slots for IEC's scalars) of rank r on the `targets` linears of every block, with
-// gradient accumulation (without it, the sums are not allocated: 4 r (in + out) bytes less a
-// linear).
-int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens);
+// gradient slots for IEC's scalars; with `moments`, AdamW's two moments of adapters held on the
+// device; in the bf16 mode, A and B rounded to bf16) of rank r on the `targets` linears of every
+// block, with gradient accumulation (without it and without held adapters, the sums are not
+// allocated: 4 r (in + out) bytes less a linear).
+int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens,
+                          ComputePrecision p = ComputePrecision::Fp32, bool moments = false);
 
 }  // namespace lowbit::train

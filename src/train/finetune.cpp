@@ -144,6 +144,11 @@ void check_finetune_options(const FinetuneOptions& o) {
   LB_CHECK(o.source_max > 0 && o.target_max > 0, "--source-max-len and --target-max-len must be positive");
   LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
   LB_CHECK(o.eval_size >= 0 && o.limit >= 0, "--eval-size and --limit must be 0 or more");
+  (void)finetune_compute(o);
+}
+
+ComputePrecision finetune_compute(const FinetuneOptions& o) {
+  return resolve_compute_precision(parse_device(o.device), o.compute);
 }
 
 FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) {
@@ -154,6 +159,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   const FinetuneMethod method = parse_finetune_method(o.method);
   check_finetune_options(o);
   const Device device = parse_device(o.device);
+  const ComputePrecision compute = finetune_compute(o);
   check_device_available(device);
 
   // Data first: bad records fail before the model is loaded or quantized.
@@ -221,6 +227,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
       {"seed", o.seed},             {"data_seed", o.data_seed}};
   // Only off the CPU: a CPU run keeps the identity it had before the option.
   if (device.is_cuda()) run_id["device"] = device_kind_name(device.kind);
+  // Only off fp32: an fp32 run (every CPU run) keeps the identity it had before the option.
+  if (compute != ComputePrecision::Fp32) run_id["compute"] = compute_precision_name(compute);
   // Only when given: a run from the seeded init keeps the identity it had before the option.
   if (!o.init_adapter.empty())
     run_id["init_adapter"] = {{"path", o.init_adapter},
@@ -232,9 +240,10 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.max_grad_norm = o.max_grad_norm;
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
-  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model);
+  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model, compute);
   if (device.is_cuda())
-    note(fmt::format("training on {} (fp32 compute: the base expanded per linear)", engine->name()));
+    note(fmt::format("training on {} ({} compute: the base expanded per linear{})", engine->name(),
+                     compute_precision_name(compute), engine->profiling() ? "; timing its phases" : ""));
   const std::optional<EngineMemory> mem0 = engine->memory();
   if (mem0) {
     constexpr double GiB = double(int64_t(1) << 30);
@@ -245,9 +254,14 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
                      double(m.head) / GiB, double(m.scratch) / GiB));
     if (mem0->layout)
       note(fmt::format("gpu_model_bytes() for this configuration and layout: {:.2f} GiB",
-                       double(gpu_model_bytes(c, *mem0->layout).total()) / GiB));
+                       double(gpu_model_bytes(c, *mem0->layout, compute).total()) / GiB));
   }
   LoraTrainer trainer(model, std::move(init), topts, engine.get());
+  if (device.is_cuda())
+    note(trainer.optimizer_on_device()
+             ? "AdamW on the device: the adapters, their gradients and the moments stay there for the run"
+             : "AdamW on the host (adapters with IEC's scalars): the adapters go up and the gradients come down "
+               "every step");
   nlohmann::json log = nlohmann::json::array();
   const std::string ckdir = o.out.empty() ? std::string() : o.out + "/checkpoint";
   if (o.resume) {
@@ -333,7 +347,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     log.push_back(rec);
     if (ev.on_step)
       ev.on_step({s + 1, o.steps, rec, double(tokens_run) / elapsed,
-                  elapsed / double(done_this_run) * double(o.steps - s - 1)});
+                  elapsed / double(done_this_run) * double(o.steps - s - 1), st.phases});
     const bool last = s + 1 == o.steps;
     const bool stop = o.stop_after > 0 && done_this_run == o.stop_after;
     if (!ckdir.empty() && (last || stop || (o.save_every > 0 && (s + 1) % o.save_every == 0)))
@@ -344,7 +358,9 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     }
   }
   res.train_seconds = since(t_loop);
-  res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id}, {"log", log},
+  res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id},
+                 {"compute", compute_precision_name(compute)},
+                 {"optimizer", trainer.optimizer_on_device() ? "device" : "host"}, {"log", log},
                  {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)},
                  {"step_seconds", step_seconds}, {"tokens_this_call", tokens_run},
                  {"tokens_per_second", res.train_seconds > 0 ? double(tokens_run) / res.train_seconds : 0.0}};
@@ -358,11 +374,12 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
     nlohmann::json g = {{"device", engine->name()},
                         {"base_layout", mem->base_layout},
                         {"model_bytes", bytes_json(mem->model)},
-                        {"adapter_bytes", gpu_adapter_bytes(c, method.lora.r, method.lora.targets, o.batch *
-                                                            (o.source_max + o.target_max))},
+                        {"adapter_bytes", gpu_adapter_bytes(c, method.lora.r, method.lora.targets,
+                                                            o.batch * (o.source_max + o.target_max), compute,
+                                                            trainer.optimizer_on_device())},
                         {"peak_allocated_bytes", mem->peak_allocated},
                         {"peak_in_use_bytes", mem->peak_in_use}};
-    if (mem->layout) g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout));
+    if (mem->layout) g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout, compute));
     res.summary["gpu_memory"] = g;
   }
   res.adapters = trainer.adapters();

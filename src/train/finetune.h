@@ -6,6 +6,7 @@
 
 #include "model/llama_model.h"
 #include "train/lora.h"
+#include "train/step_engine.h"
 
 #include <nlohmann/json.hpp>
 
@@ -62,16 +63,24 @@ struct FinetuneOptions {
   // Where the steps run: "cpu", "cuda" or "cuda:N" (step_engine.h); the base is loaded and
   // quantized on the host either way. Part of the run's identity when it is not the CPU.
   std::string device = "cpu";
+  // The precision of the steps' matrix products (compute_precision.h): "fp32", "tf32", "bf16", or
+  // empty for the device's default (bf16 on a GPU, fp32 on the CPU, which takes nothing else).
+  // Part of the run's identity when it is not fp32.
+  std::string compute;
 };
 
 // Throws lowbit::Error for options no run can take (non-positive steps, batch, ..., a device
-// string that names no device).
+// string that names no device, a --compute the device does not run).
 void check_finetune_options(const FinetuneOptions& o);
+
+// The precision run_finetune computes in: o.compute on o.device, or the device's default.
+ComputePrecision finetune_compute(const FinetuneOptions& o);
 
 struct FinetuneStep {
   int64_t step = 0, steps = 0;  // step: 1-based
   nlohmann::json record;        // {"step", "loss", "lr", "grad_norm", "targets", "tokens"[, "eval_loss"]}
   double tokens_per_second = 0, eta_seconds = 0;
+  std::vector<PhaseSeconds> phases;  // where the step's time went (LOWBIT_TRAIN_PROFILE=1), else empty
 };
 
 struct FinetuneEvents {
@@ -84,8 +93,10 @@ struct FinetuneResult {
   // its quantized forward installed); the adapters are not merged into it.
   std::unique_ptr<LlamaModel> model;
   LoraAdapters adapters;
-  // What lowbit_adapter.json records: {"base", "run" (every option), "log" (one record per
-  // step), "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
+  // What lowbit_adapter.json records: {"base", "run" (every option), "compute" (the products'
+  // precision, also in "run" when it is not fp32), "optimizer" ("device": AdamW ran on the GPU
+  // with the adapters held there, trainer.h; "host" otherwise), "log" (one record per step),
+  // "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
   // call), "tokens_this_call", "tokens_per_second" (theirs over the steps' time)[,
   // "base_quantization"][, "eval_loss"][, "gpu_memory"]}. gpu_memory (on a GPU): {"device",
   // "base_layout", "model_bytes" and "model_bytes_predicted" ({"linears", "norms", "head",

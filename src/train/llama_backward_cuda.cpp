@@ -1,6 +1,8 @@
 #include "train/llama_backward_cuda.h"
 
+#include "backend/cuda/adamw.cuh"
 #include "backend/cuda/compact_weight.cuh"
+#include "backend/cuda/mixed_gemm.cuh"
 #include "backend/cuda/ops_backward.cuh"
 #include "core/error.h"
 #include "model/llama_block.h"
@@ -8,6 +10,9 @@
 #include "train/step_engine.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 #include <string>
 #include <tuple>
@@ -101,26 +106,66 @@ struct GpuAdapter {
   bool iec = false;            // IEC's scalars (train/iec.h)
   float a_s = 0, b_s = 0;      // their values
   DeviceBuffer<float> a, b;    // [r, in], [out, r]
+  DeviceBuffer<uint16_t> a16, b16;  // bf16 mode: a, b rounded to bf16 (the products' operands)
   DeviceBuffer<float> da, db;  // the same shapes
   DeviceBuffer<float> acc_a, acc_b;  // the same: the sum of earlier micro-batches' da, db (deferred)
+  DeviceBuffer<float> m_a, v_a, m_b, v_b;  // held adapters: AdamW's moments of a and b
   DeviceBuffer<float> dscales; // [2]: the gradients of a_s and b_s
   DeviceBuffer<float> t;       // dropout(x) A^T [N, r] (with IEC: + a_s * the group means of x)
 };
+
+// The phases of a step LOWBIT_TRAIN_PROFILE=1 times (StepEngine::take_phase_seconds).
+constexpr const char* kPhaseForwardGemm = "forward GEMMs";  // the block linears' and adapters' (recomputation included)
+constexpr const char* kPhaseBackwardGemm = "backward GEMMs";
+constexpr const char* kPhaseExpand = "base expansion";
+constexpr const char* kPhaseAttention = "attention";
+constexpr const char* kPhaseHead = "loss/LM head";  // final norm, head products, cross-entropy
+constexpr const char* kPhaseOther = "norms/RoPE/SwiGLU/casts";
+constexpr const char* kPhaseTransfer = "host<->device transfers";
+constexpr const char* kPhaseAdamW = "AdamW (device)";  // the held adapters' norm, clipping and update
+
+bool profile_requested() {
+  const char* v = std::getenv("LOWBIT_TRAIN_PROFILE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
 
 }  // namespace
 
 struct CudaLlamaBackward::Impl {
   const LlamaModel& model;
   const LlamaConfig& c;
+  const ComputePrecision compute;
+  const bool bf16;  // compute == Bf16
   cuda::Context ctx;
   std::vector<GpuBlock> blocks;
-  DeviceBuffer<float> final_norm, head;  // [H], [V, H]
+  DeviceBuffer<float> final_norm, head;  // [H], [V, H] (head: fp32 and tf32 modes)
+  DeviceBuffer<uint16_t> head16;         // [V, H] bf16 (bf16 mode)
   DeviceBuffer<float> scratch;           // [the largest compact linear]: the expanded weight in use
+  // bf16 mode: one block's seven linears in bf16, [sum of out * in] at block_offset[kind], the
+  // weights of block cached_layer for the kinds in cached (the base is frozen, so an expanded
+  // linear stays valid until another block's takes its place: a block's recomputation and its
+  // backward, and the last block of the forward and the first of the backward, share one
+  // expansion).
+  DeviceBuffer<uint16_t> scratch16;
+  std::array<int64_t, 7> block_offset{};
+  int64_t cached_layer = -1;
+  std::array<bool, 7> cached{};
+  // bf16 mode: the products' bf16 operands. xb [N, max in] an input (or the final norm's output),
+  // dyb [max(N * max out, logits chunk)] an upstream gradient, tb / dtb [N, r] the adapter's
+  // product and its gradient.
+  DeviceBuffer<uint16_t> xb, dyb, tb, dtb;
+  std::unique_ptr<cuda::OpProfile> profile;  // LOWBIT_TRAIN_PROFILE=1
+  const char* phase_now = nullptr;
   GpuModelBytes model_bytes;
   std::string base_layout;
   std::optional<CompactLayout> layout;  // of every linear, when they share one
   size_t peak_used = 0;  // the most cudaMemGetInfo showed in use after a step
   const LoraAdapters* uploaded = nullptr;  // the adapters whose values the GPU holds
+  // Held adapters (StepEngine::hold_adapters): the trainer's host object whose values live on the
+  // device (a, b, acc_a, acc_b as the step's gradient sum, the moments); no other adapters are
+  // taken meanwhile.
+  const LoraAdapters* held = nullptr;
+  DeviceBuffer<double> norm_partial, norm_sum;
   // Deferred gradients (StepOptions::more_micro_batches): acc_a, acc_b hold the sum of earlier
   // calls' gradients, for these adapters and this host buffer.
   const LoraAdapters* pending_lora = nullptr;
@@ -149,8 +194,10 @@ struct CudaLlamaBackward::Impl {
   uint64_t seed = 0;
   int64_t B = 0, T = 0, N = 0;
 
-  Impl(const LlamaModel& m, int device) : model(m), c(m.config()), ctx(device) {
+  Impl(const LlamaModel& m, int device, ComputePrecision p)
+      : model(m), c(m.config()), compute(p), bf16(p == ComputePrecision::Bf16), ctx(device) {
     const cudaStream_t s = ctx.stream();
+    if (profile_requested()) profile = std::make_unique<cuda::OpProfile>(s);
     blocks.resize(size_t(c.num_hidden_layers));
     std::set<std::string> kinds;  // every block's linear kinds, for the log
     bool uniform = true;
@@ -169,7 +216,8 @@ struct CudaLlamaBackward::Impl {
         const CompactLinear& w = lin[size_t(k)];
         upload_linear(w, g.linear[size_t(k)], s);
         model_bytes.linears += int64_t(g.linear[size_t(k)].bytes());
-        if (w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, 4 * w.numel());
+        // bf16 rounds every linear into its scratch, F32 ones too.
+        if (!bf16 && w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, 4 * w.numel());
       }
       ctx.synchronize();
       for (CompactLinear& w : lin) w.f32 = {}, w.half = {}, w.codes = {};
@@ -183,25 +231,109 @@ struct CudaLlamaBackward::Impl {
     }
     for (const auto& k : kinds) base_layout += (base_layout.empty() ? "" : " + ") + k;
     if (!uniform) layout.reset();
-    scratch.resize(size_t(model_bytes.scratch / 4));
+    if (bf16) {
+      int64_t n = 0;
+      for (LinearKind k : kAllLinears) {
+        block_offset[size_t(k)] = n;
+        n += linear_out_features(c, k) * linear_in_features(c, k);
+      }
+      model_bytes.scratch = 2 * n;
+      scratch16.resize(size_t(n));
+    } else {
+      scratch.resize(size_t(model_bytes.scratch / 4));
+    }
     upload_f32(model.final_norm_weight(), final_norm, s);
     const size_t nhead = size_t(c.vocab_size * c.hidden_size);
-    head.resize(nhead);
-    cuda::upload(head.get(), model.lm_head_f32(), nhead, s);
-    ctx.synchronize();
+    if (bf16) {
+      // Through a bounded fp32 staging buffer, rounded on the device: the fp32 head never exists
+      // whole on the GPU.
+      head16.resize(nhead);
+      DeviceBuffer<float> stage(std::min<size_t>(nhead, size_t(1) << 24));
+      for (size_t i = 0; i < nhead; i += stage.size()) {
+        const size_t n = std::min(stage.size(), nhead - i);
+        cuda::upload(stage.get(), model.lm_head_f32() + i, n, s);
+        cuda::to_bf16(stage.get(), head16.get() + i, int64_t(n), s);
+      }
+      ctx.synchronize();
+    } else {
+      head.resize(nhead);
+      cuda::upload(head.get(), model.lm_head_f32(), nhead, s);
+      ctx.synchronize();
+    }
     model_bytes.norms = int64_t(final_norm.bytes());
     for (const GpuBlock& b : blocks) model_bytes.norms += int64_t(b.input_norm.bytes() + b.post_norm.bytes());
-    model_bytes.head = int64_t(head.bytes());
+    model_bytes.head = int64_t(bf16 ? head16.bytes() : head.bytes());
+  }
+
+  // Marks the start of a phase (LOWBIT_TRAIN_PROFILE=1): what the stream runs from here to the
+  // next change counts as `p`.
+  void phase(const char* p) {
+    if (profile == nullptr || p == phase_now) return;
+    profile->mark(p);
+    phase_now = p;
+  }
+  // Adds the marked phases' times to the totals (at the end of a call, after its last sync).
+  void collect_phases() {
+    if (profile == nullptr) return;
+    profile->collect();
+    phase_now = nullptr;
+  }
+
+  // The step's fp32 products, in fp32 (SGEMM, no TF32) or tf32 (per call): ops_backward.cuh's
+  // linear_f32 / linear_backward_f32 contracts.
+  void mm(const float* x, const float* w, float* y, int64_t rows, int64_t in, int64_t out, float alpha = 1.0f,
+          bool accumulate = false) {
+    if (compute == ComputePrecision::Tf32) {
+      cuda::linear_tf32(ctx, x, w, y, rows, in, out, alpha, accumulate);
+    } else {
+      cuda::linear_f32(ctx, x, w, y, rows, in, out, alpha, accumulate);
+    }
+  }
+  void mm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t in,
+                   int64_t out, bool accumulate_dx, float alpha = 1.0f) {
+    if (compute == ComputePrecision::Tf32) {
+      cuda::linear_backward_tf32(ctx, x, w, dy, dx, dw, rows, in, out, accumulate_dx, alpha);
+    } else {
+      cuda::linear_backward_f32(ctx, x, w, dy, dx, dw, rows, in, out, accumulate_dx, alpha);
+    }
+  }
+  // dst [n] = bf16(src), as an "other" phase.
+  void cast(const float* src, DeviceBuffer<uint16_t>& dst, int64_t n) {
+    phase(kPhaseOther);
+    dst.resize(size_t(n));
+    cuda::to_bf16(src, dst.get(), n, stream());
   }
 
   // The fp32 weight [out, in] of a block's linear: hooks->weight's when given, else in place
   // (F32) or expanded into the scratch, which holds it until the next call.
   const float* weight(int64_t layer, LinearKind k) {
+    LB_ASSERT(!bf16);
     if (hooks != nullptr && hooks->weight) return hooks->weight(layer, k);
     GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
     if (g.kind == CompactKind::F32) return g.f32.get();
+    phase(kPhaseExpand);
     cuda::expand_compact_weight(g.view, scratch.get(), stream());
     return scratch.get();
+  }
+
+  // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call).
+  const uint16_t* weight16(int64_t layer, LinearKind k) {
+    LB_ASSERT(bf16 && (hooks == nullptr || !hooks->weight));
+    uint16_t* dst = scratch16.get() + block_offset[size_t(k)];
+    if (layer != cached_layer) {
+      cached_layer = layer;
+      cached.fill(false);
+    }
+    if (cached[size_t(k)]) return dst;
+    GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
+    phase(kPhaseExpand);
+    if (g.kind == CompactKind::F32) {
+      cuda::to_bf16(g.f32.get(), dst, g.numel, stream());
+    } else {
+      cuda::expand_compact_weight_bf16(g.view, dst, stream());
+    }
+    cached[size_t(k)] = true;
+    return dst;
   }
 
   cudaStream_t stream() const { return ctx.stream(); }
@@ -223,7 +355,11 @@ struct CudaLlamaBackward::Impl {
   void set_adapters(const LoraAdapters* l, bool grads, bool unchanged) {
     lora = l;
     if (l == nullptr) return;
-    const bool upload = !(unchanged && uploaded == l && adapters.size() == l->layers.size());
+    LB_CHECK(held == nullptr || l == held,
+             "training on the GPU: the device holds a trainer's adapters (TrainOptions::optimizer_on_device); a step "
+             "with other adapters waits until it releases them");
+    // Held adapters are current on the device only (the host object may be stale).
+    const bool upload = held == nullptr && !(unchanged && uploaded == l && adapters.size() == l->layers.size());
     uploaded = nullptr;  // until the upload below is queued
     adapters.resize(l->layers.size());
     for (size_t i = 0; i < l->layers.size(); ++i)
@@ -246,10 +382,15 @@ struct CudaLlamaBackward::Impl {
           partial.resize(size_t(N * a.r));
         }
         if (upload) {
+          phase(kPhaseTransfer);
           g.a.resize(a.a.size());
           g.b.resize(a.b.size());
           cuda::upload(g.a.get(), a.a.data(), a.a.size(), stream());
           cuda::upload(g.b.get(), a.b.data(), a.b.size(), stream());
+          if (bf16) {
+            cast(g.a.get(), g.a16, int64_t(a.a.size()));
+            cast(g.b.get(), g.b16, int64_t(a.b.size()));
+          }
         }
         g.t.resize(size_t(N * a.r));
         if (grads) {
@@ -290,14 +431,21 @@ struct CudaLlamaBackward::Impl {
     probs.resize(size_t(c.num_attention_heads * T * T));
     dprobs.resize(size_t(c.num_attention_heads * T * T));
     if (backward) checkpoints.resize(size_t(L * N * H));
+    if (bf16) {
+      xb.resize(size_t(N * wide));
+      dyb.resize(size_t(N * wide));
+    }
     loss.resize(size_t(N));
     targets.resize(size_t(N));
   }
 
   // y [N, out] = x W^T (+ scaling * dropout(x) A^T B^T).
   void linear_forward(int64_t layer, LinearKind k, const float* x, float* out_y) {
+    if (bf16) return linear_forward_bf16(layer, k, x, out_y);
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_f32(ctx, x, weight(layer, k), out_y, N, in, out);
+    const float* w = weight(layer, k);
+    phase(kPhaseForwardGemm);
+    mm(x, w, out_y, N, in, out);
     const GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float* xin = x;
@@ -306,26 +454,54 @@ struct CudaLlamaBackward::Impl {
       xin = xd.get();
     }
     const float scaling = float(lora->config.scaling());
-    cuda::linear_f32(ctx, xin, a->a.get(), a->t.get(), N, in, a->r);
+    mm(xin, a->a.get(), a->t.get(), N, in, a->r);
     // IEC (train/iec.h): h = xd A^T + a_s mean_groups(x) (the means read x, not the dropped-out
     // input), y += scaling (h B^T + b_s repeat_interleave(h)).
     if (a->iec && a->a_s != 0.0f) cuda::group_mean_add_f32(x, a->t.get(), N, in, a->r, a->a_s, stream());
-    cuda::linear_f32(ctx, a->t.get(), a->b.get(), out_y, N, a->r, out, scaling, true);
+    mm(a->t.get(), a->b.get(), out_y, N, a->r, out, scaling, true);
+    if (a->iec && a->b_s != 0.0f) cuda::repeat_add_f32(a->t.get(), out_y, N, out, a->r, a->b_s * scaling, stream());
+  }
+
+  // The same in bf16 (llama_backward_cuda.h, "Precision"): every product's operands rounded to
+  // bf16, its output fp32; t, IEC's terms and y stay fp32.
+  void linear_forward_bf16(int64_t layer, LinearKind k, const float* x, float* out_y) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cast(x, xb, N * in);
+    const uint16_t* w = weight16(layer, k);
+    phase(kPhaseForwardGemm);
+    cuda::linear_bf16(ctx, xb.get(), w, out_y, N, in, out);
+    GpuAdapter* a = adapter(layer, k);
+    if (a == nullptr) return;
+    if (dropped()) {
+      phase(kPhaseOther);
+      cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
+      cast(xd.get(), xb, N * in);
+    }
+    const float scaling = float(lora->config.scaling());
+    phase(kPhaseForwardGemm);
+    cuda::linear_bf16(ctx, xb.get(), a->a16.get(), a->t.get(), N, in, a->r);
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_add_f32(x, a->t.get(), N, in, a->r, a->a_s, stream());
+    cast(a->t.get(), tb, N * a->r);
+    phase(kPhaseForwardGemm);
+    cuda::linear_bf16(ctx, tb.get(), a->b16.get(), out_y, N, a->r, out, scaling, true);
     if (a->iec && a->b_s != 0.0f) cuda::repeat_add_f32(a->t.get(), out_y, N, out, a->r, a->b_s * scaling, stream());
   }
 
   // dx [N, in] = (or += with accumulate) the gradient at x for dy [N, out]; LoRA gradients into
   // the adapter's da, db.
   void linear_backward(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo, bool accumulate) {
+    if (bf16) return linear_backward_bf16(layer, k, x, dy, dxo, accumulate);
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cuda::linear_backward_f32(ctx, x, weight(layer, k), dy, dxo, nullptr, N, in, out, accumulate);
+    const float* w = weight(layer, k);
+    phase(kPhaseBackwardGemm);
+    mm_backward(x, w, dy, dxo, nullptr, N, in, out, accumulate);
     if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad(layer, k, x, dy);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float scaling = float(lora->config.scaling());
     // t = xd A^T, y += scaling t B^T:  dB += scaling dy^T t,  dt = scaling dy B.
     dt.resize(size_t(N * a->r));
-    cuda::linear_backward_f32(ctx, a->t.get(), a->b.get(), dy, dt.get(), a->db.get(), N, a->r, out, false, scaling);
+    mm_backward(a->t.get(), a->b.get(), dy, dt.get(), a->db.get(), N, a->r, out, false, scaling);
     if (a->iec) {
       // The b_s term: dh_k += b_s s sum of dy over output chunk k, d b_s += s sum_j dy_j h_(j / chunk);
       // then the a_s term: d a_s += dh . mean_groups(x) (train/iec.h's iec_lora_backward).
@@ -336,20 +512,61 @@ struct CudaLlamaBackward::Impl {
     }
     if (!dropped()) {
       // dA += dt^T x,  dx += dt A.
-      cuda::linear_backward_f32(ctx, x, a->a.get(), dt.get(), dxo, a->da.get(), N, in, a->r, true);
+      mm_backward(x, a->a.get(), dt.get(), dxo, a->da.get(), N, in, a->r, true);
     } else {
       // The mask drawn again: dA += dt^T xd,  dxd = dt A,  dx += dxd * mask.
       cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
-      cuda::linear_backward_f32(ctx, xd.get(), a->a.get(), dt.get(), dxd.get(), a->da.get(), N, in, a->r, false);
+      mm_backward(xd.get(), a->a.get(), dt.get(), dxd.get(), a->da.get(), N, in, a->r, false);
       cuda::dropout_mask_f32(dxd.get(), dxo, N * in, mask_stream(layer, k), lora->config.dropout, true, stream());
     }
     // IEC's means read x itself: dx_i += a_s dh_(i / group) / group.
     if (a->iec && a->a_s != 0.0f) cuda::group_mean_backward_f32(dt.get(), dxo, N, in, a->r, a->a_s, stream());
   }
 
-  // The block's steps (model/llama_block.h) for training on the GPU: fp32, each linear with its
-  // LoRA branch, the intermediates kept in the Impl's buffers for the backward (the residual
-  // stream after the attention half in h_mid). No hooks: the training forward has none.
+  // The same in bf16: dy, t, dt and the (dropped-out) input rounded to bf16 for the products; dx,
+  // dA, dB, dt and IEC's terms accumulate in fp32.
+  void linear_backward_bf16(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo,
+                            bool accumulate) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cast(dy, dyb, N * out);
+    const uint16_t* w = weight16(layer, k);
+    phase(kPhaseBackwardGemm);
+    cuda::linear_backward_bf16(ctx, nullptr, w, dyb.get(), dxo, nullptr, N, in, out, accumulate);
+    GpuAdapter* a = adapter(layer, k);
+    if (a == nullptr) return;
+    const float scaling = float(lora->config.scaling());
+    dt.resize(size_t(N * a->r));
+    cast(a->t.get(), tb, N * a->r);
+    phase(kPhaseBackwardGemm);
+    cuda::linear_backward_bf16(ctx, tb.get(), a->b16.get(), dyb.get(), dt.get(), a->db.get(), N, a->r, out, false,
+                               scaling);
+    if (a->iec) {
+      cuda::chunk_sum_backward_f32(dy, a->t.get(), dt.get(), partial.get(), N, out, a->r, scaling, a->b_s, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get() + 1, stream());
+      cuda::group_dot_f32(x, dt.get(), partial.get(), N, in, a->r, stream());
+      cuda::sum_into_f32(partial.get(), N * a->r, a->dscales.get(), stream());
+    }
+    cast(dt.get(), dtb, N * a->r);
+    if (!dropped()) {
+      cast(x, xb, N * in);
+      phase(kPhaseBackwardGemm);
+      cuda::linear_backward_bf16(ctx, xb.get(), a->a16.get(), dtb.get(), dxo, a->da.get(), N, in, a->r, true);
+    } else {
+      phase(kPhaseOther);
+      cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
+      cast(xd.get(), xb, N * in);
+      phase(kPhaseBackwardGemm);
+      cuda::linear_backward_bf16(ctx, xb.get(), a->a16.get(), dtb.get(), dxd.get(), a->da.get(), N, in, a->r, false);
+      phase(kPhaseOther);
+      cuda::dropout_mask_f32(dxd.get(), dxo, N * in, mask_stream(layer, k), lora->config.dropout, true, stream());
+    }
+    if (a->iec && a->a_s != 0.0f) cuda::group_mean_backward_f32(dt.get(), dxo, N, in, a->r, a->a_s, stream());
+  }
+
+  // The block's steps (model/llama_block.h) for training on the GPU: each linear with its LoRA
+  // branch in the run's compute precision, the intermediates kept in the Impl's buffers for the
+  // backward (the residual stream after the attention half in h_mid), each op timed under its
+  // phase. No hooks: the training forward has none.
   class BlockSteps final : public BlockOps {
    public:
     BlockSteps(Impl& e, int64_t layer, float* hid) : e_(e), w_(e.blocks[size_t(layer)]), layer_(layer), hid_(hid) {}
@@ -357,6 +574,7 @@ struct CudaLlamaBackward::Impl {
     void norm(BlockHalf half) override {
       const int64_t H = e_.c.hidden_size;
       const float eps = float(e_.c.rms_norm_eps);
+      e_.phase(kPhaseOther);
       if (half == BlockHalf::Attention)
         cuda::rmsnorm_f32(hid_, w_.input_norm.get(), e_.x1.get(), e_.N, H, eps, e_.stream());
       else
@@ -383,17 +601,29 @@ struct CudaLlamaBackward::Impl {
       const int64_t T = e_.T, nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
       const int64_t qd = nh * hd, kvd = nkv * hd;
       const cudaStream_t s = e_.stream();
+      e_.phase(kPhaseOther);
       cuda::rope_f32(e_.q.get(), e_.N, T, nh, hd / 2, qd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
       cuda::rope_f32(e_.k.get(), e_.N, T, nkv, hd / 2, kvd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
-      for (int64_t b = 0; b < e_.B; ++b)
-        cuda::attention_f32(e_.q.get() + b * T * qd, e_.k.get() + b * T * kvd, e_.v.get() + b * T * kvd,
-                            e_.att.get() + b * T * qd, e_.probs.get(), T, nh, nkv, hd, s);
+      e_.phase(kPhaseAttention);
+      for (int64_t b = 0; b < e_.B; ++b) {
+        const float* qb = e_.q.get() + b * T * qd;
+        const float* kb = e_.k.get() + b * T * kvd;
+        const float* vb = e_.v.get() + b * T * kvd;
+        float* ob = e_.att.get() + b * T * qd;
+        if (e_.compute == ComputePrecision::Fp32) {
+          cuda::attention_f32(qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd, s);
+        } else {
+          cuda::attention_gemm_f32(e_.ctx, qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd);
+        }
+      }
     }
     void swiglu() override {
+      e_.phase(kPhaseOther);
       cuda::swiglu_f32(e_.gate.get(), e_.up.get(), e_.act.get(), e_.N * e_.c.intermediate_size, e_.stream());
     }
     void residual(BlockHalf half) override {
       const int64_t n = e_.N * e_.c.hidden_size;
+      e_.phase(kPhaseOther);
       if (half == BlockHalf::Attention)
         cuda::sum_f32(hid_, e_.y.get(), e_.h_mid.get(), n, e_.stream());
       else
@@ -423,28 +653,47 @@ struct CudaLlamaBackward::Impl {
     const cudaStream_t s = stream();
     // MLP: h_out = h_mid + down(silu(gate(x2)) * up(x2)), x2 = norm(h_mid).
     linear_backward(layer, LinearKind::Down, act.get(), dh, dact.get(), false);
+    phase(kPhaseOther);
     cuda::swiglu_backward_f32(gate.get(), up.get(), dact.get(), dgate.get(), dup.get(), N * F, s);
     linear_backward(layer, LinearKind::Gate, x2.get(), dgate.get(), dx.get(), false);
     linear_backward(layer, LinearKind::Up, x2.get(), dup.get(), dx.get(), true);
+    phase(kPhaseOther);
     cuda::rmsnorm_backward_f32(h_mid.get(), w.post_norm.get(), dx.get(), dn.get(), N, H, eps, s);
     cuda::add_f32(dh, dn.get(), N * H, s);  // dh is now d h_mid
     // Attention: h_mid = h_in + o(attn(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h_in).
     linear_backward(layer, LinearKind::O, att.get(), dh, datt.get(), false);
-    for (int64_t b = 0; b < B; ++b)
-      cuda::attention_backward_f32(q.get() + b * T * qd, k.get() + b * T * kvd, v.get() + b * T * kvd,
-                                   datt.get() + b * T * qd, dq.get() + b * T * qd, dk.get() + b * T * kvd,
-                                   dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
+    phase(kPhaseAttention);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* qb = q.get() + b * T * qd;
+      const float* kb = k.get() + b * T * kvd;
+      const float* vb = v.get() + b * T * kvd;
+      const float* gb = datt.get() + b * T * qd;
+      if (compute == ComputePrecision::Fp32) {
+        cuda::attention_backward_f32(qb, kb, vb, gb, dq.get() + b * T * qd, dk.get() + b * T * kvd,
+                                     dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
+      } else {
+        cuda::attention_backward_gemm_f32(ctx, qb, kb, vb, gb, dq.get() + b * T * qd, dk.get() + b * T * kvd,
+                                          dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd);
+      }
+    }
+    phase(kPhaseOther);
     cuda::rope_f32(dq.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), true, s);
     cuda::rope_f32(dk.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), true, s);
     linear_backward(layer, LinearKind::Q, x1.get(), dq.get(), dx.get(), false);
     linear_backward(layer, LinearKind::K, x1.get(), dk.get(), dx.get(), true);
     linear_backward(layer, LinearKind::V, x1.get(), dv.get(), dx.get(), true);
+    phase(kPhaseOther);
     cuda::rmsnorm_backward_f32(h_in, w.input_norm.get(), dx.get(), dn.get(), N, H, eps, s);
     cuda::add_f32(dh, dn.get(), N * H, s);
   }
 
+  // How a backward call treats its adapters' gradients: per StepOptions (downloaded, or summed
+  // on the device until the step's last call downloads them), or summed into the held adapters'
+  // step sum (kHeldFirst starts it).
+  enum class Sum { kOptions, kHeldFirst, kHeldNext };
+
   StepResult run(const LoraAdapters* l, const Batch& batch, const StepOptions& opt, bool backward,
-                 LoraAdapters* lora_grads) {
+                 LoraAdapters* lora_grads, Sum sum = Sum::kOptions) {
     check_step_input(model, l, batch);
     // A deferred sum continues with the call the caller promised; a call without
     // adapters_unchanged starts a new step and drops it (after a step that failed midway).
@@ -454,10 +703,14 @@ struct CudaLlamaBackward::Impl {
              "{}",
              !backward ? "computes a loss only" : "has other adapters or another gradient buffer");
     const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
+    // The embedding on the host (it checks the token ids), before the timed device work.
+    std::vector<float> host(size_t(batch.B * batch.T * H));
+    model.embed(batch.tokens, host.data());
     alloc(batch.B, batch.T, backward);
     set_rope(T);
     dropout_on = backward;
     seed = opt.dropout_seed;
+    phase(kPhaseTransfer);
     set_adapters(l, backward, opt.adapters_unchanged);
     const cudaStream_t s = stream();
 
@@ -465,28 +718,36 @@ struct CudaLlamaBackward::Impl {
     res.num_targets = batch.num_targets();
     const double scale = opt.loss_scale > 0 ? opt.loss_scale : (res.num_targets ? 1.0 / double(res.num_targets) : 0.0);
 
-    {
-      // The embedding on the host (it checks the token ids), then up.
-      std::vector<float> host(size_t(N * H));
-      model.embed(batch.tokens, host.data());
-      cuda::upload(h.get(), host.data(), host.size(), s);
-      cuda::upload(targets.get(), batch.targets.data(), batch.targets.size(), s);
-      ctx.synchronize();
-    }
+    phase(kPhaseTransfer);
+    cuda::upload(h.get(), host.data(), host.size(), s);
+    cuda::upload(targets.get(), batch.targets.data(), batch.targets.size(), s);
+    ctx.synchronize();
     for (int64_t i = 0; i < L; ++i) {
-      if (backward)
+      if (backward) {
+        phase(kPhaseOther);
         LB_CUDA_CHECK(cudaMemcpyAsync(checkpoints.get() + i * N * H, h.get(), size_t(N * H) * sizeof(float),
                                       cudaMemcpyDeviceToDevice, s));
+      }
       block_forward(i, h.get());
     }
     // Final norm, LM head and loss in chunks of rows: the [N, V] logits never exist at once.
+    phase(kPhaseHead);
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
     int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
     if (hooks != nullptr && hooks->max_chunk_rows > 0) chunk = std::min(chunk, hooks->max_chunk_rows);
     logits.resize(size_t(chunk * V));
+    if (bf16) {
+      xb.resize(size_t(N * H));
+      cuda::to_bf16(x1.get(), xb.get(), N * H, s);
+      if (backward) dyb.resize(size_t(chunk * V));
+    }
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
-      cuda::linear_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
+      if (bf16) {
+        cuda::linear_bf16(ctx, xb.get() + r0 * H, head16.get(), logits.get(), rows, H, V);
+      } else {
+        mm(x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
+      }
       if (hooks != nullptr && hooks->logits_loss) {
         res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
         LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
@@ -494,24 +755,43 @@ struct CudaLlamaBackward::Impl {
         cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
                                          float(scale), s);
       }
-      if (backward)
-        cuda::linear_backward_f32(ctx, x1.get() + r0 * H, head.get(), logits.get(), dx.get() + r0 * H, nullptr, rows,
-                                  H, V, false);
+      if (backward && bf16) {
+        cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
+        cuda::linear_backward_bf16(ctx, nullptr, head16.get(), dyb.get(), dx.get() + r0 * H, nullptr, rows, H, V,
+                                   false);
+      } else if (backward) {
+        mm_backward(x1.get() + r0 * H, head.get(), logits.get(), dx.get() + r0 * H, nullptr, rows, H, V, false);
+      }
     }
-    std::vector<double> row_loss(static_cast<size_t>(N));
-    cuda::download(row_loss.data(), loss.get(), row_loss.size(), s);
-    for (double x : row_loss) res.loss_sum += x;
-    if (!backward) return res;
+    // The rows' losses come down at the end (one wait for the device per call, after the
+    // backward has been queued), summed in row order after the hooks' chunk losses.
+    auto add_row_losses = [&] {
+      std::vector<double> row_loss(static_cast<size_t>(N));
+      phase(kPhaseTransfer);
+      cuda::download(row_loss.data(), loss.get(), row_loss.size(), s);
+      for (double x : row_loss) res.loss_sum += x;
+    };
+    if (!backward) {
+      add_row_losses();
+      collect_phases();
+      return res;
+    }
 
     // dh at the final norm's input, then through the blocks in reverse, recomputing each.
+    phase(kPhaseHead);
     cuda::rmsnorm_backward_f32(h.get(), final_norm.get(), dx.get(), grad.get(), N, H, float(c.rms_norm_eps), s);
     for (int64_t i = L - 1; i >= 0; --i) {
       const float* h_in = checkpoints.get() + i * N * H;
+      phase(kPhaseOther);
       LB_CUDA_CHECK(cudaMemcpyAsync(h.get(), h_in, size_t(N * H) * sizeof(float), cudaMemcpyDeviceToDevice, s));
       block_forward(i, h.get());
       block_backward(i, h_in, grad.get());
     }
-    if (lora_grads != nullptr && lora != nullptr) {
+    if (sum != Sum::kOptions) {
+      phase(kPhaseOther);
+      accumulate_on_device(sum == Sum::kHeldFirst);
+    } else if (lora_grads != nullptr && lora != nullptr) {
+      phase(kPhaseTransfer);
       if (opt.more_micro_batches || pending_grads != nullptr) accumulate_on_device(pending_grads == nullptr);
       if (opt.more_micro_batches) {
         pending_lora = lora;
@@ -522,7 +802,9 @@ struct CudaLlamaBackward::Impl {
         pending_lora = pending_grads = nullptr;
       }
     }
+    add_row_losses();
     ctx.synchronize();
+    collect_phases();
     note_memory_in_use();
     return res;
   }
@@ -551,7 +833,164 @@ struct CudaLlamaBackward::Impl {
     ctx.synchronize();
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) block_forward(i, h.get());
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), stream());
+    collect_phases();
     return x1.get();
+  }
+
+  // Visits every active adapter with its host twins in `x` (may be null) as (gpu, host linear).
+  template <typename F>
+  void for_active(const LoraAdapters* x, F&& f) {
+    for (size_t i = 0; i < adapters.size(); ++i)
+      for (LinearKind k : kAllLinears) {
+        GpuAdapter& a = adapters[i][size_t(k)];
+        if (a.r > 0) f(a, x != nullptr ? &x->layers[i][size_t(k)] : nullptr, i, k);
+      }
+  }
+
+  bool can_hold(const LoraAdapters& p) const {
+    bool iec = false;
+    for (const auto& layer : p.layers)
+      for (const LoraLinear& a : layer) iec = iec || (a.active() && a.has_iec());
+    return !iec && hooks == nullptr;
+  }
+
+  // Uploads p (the adapters) and state's moments; p's values then live on the device.
+  void hold(const LoraAdapters& p, const AdamWState& state) {
+    LB_CHECK(can_hold(p), "training on the GPU: adapters with IEC's scalars are not held on the device (AdamW runs on "
+             "the host for them)");
+    LB_CHECK(state.m.layers.size() == p.layers.size() && state.v.layers.size() == p.layers.size(),
+             "AdamW state of {} and {} layers for adapters of {}", state.m.layers.size(), state.v.layers.size(),
+             p.layers.size());
+    held = nullptr;
+    pending_lora = pending_grads = nullptr;
+    set_adapters(&p, false, false);
+    phase(kPhaseTransfer);
+    for_active(&p, [&](GpuAdapter& a, const LoraLinear*, size_t i, LinearKind k) {
+      const LoraLinear& m = state.m.layers[i][size_t(k)];
+      const LoraLinear& v = state.v.layers[i][size_t(k)];
+      LB_CHECK(m.a.size() == a.a.size() && m.b.size() == a.b.size() && v.a.size() == a.a.size() &&
+                   v.b.size() == a.b.size(),
+               "AdamW state of block {} {}: moments of {} and {} values for adapters of {} and {}", i, linear_name(k),
+               m.a.size(), m.b.size(), a.a.size(), a.b.size());
+      for (auto [dst, src] : {std::pair{&a.m_a, &m.a}, std::pair{&a.v_a, &v.a}, std::pair{&a.m_b, &m.b},
+                              std::pair{&a.v_b, &v.b}}) {
+        dst->resize(src->size());
+        cuda::upload(dst->get(), src->data(), src->size(), stream());
+      }
+      a.acc_a.resize(a.a.size());
+      a.acc_b.resize(a.b.size());
+    });
+    ctx.synchronize();
+    collect_phases();
+    held = &p;
+  }
+
+  void release() {
+    held = nullptr;
+    uploaded = nullptr;  // the device's values may differ from the host object's
+  }
+
+  // One micro-batch of a step over the held adapters, its gradients added to the step's sum.
+  StepResult held_step(const Batch& batch, const StepOptions& opt, bool first) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    StepOptions so = opt;
+    so.adapters_unchanged = true;
+    so.more_micro_batches = false;
+    return run(held, batch, so, true, nullptr, first ? Sum::kHeldFirst : Sum::kHeldNext);
+  }
+
+  // The global L2 norm of the step's gradient sum: each tensor's squares in fixed-order fp64
+  // partial sums, then their sum.
+  double grad_norm() {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    phase(kPhaseAdamW);
+    int64_t tensors = 0;
+    for_active(nullptr, [&](GpuAdapter&, const LoraLinear*, size_t, LinearKind) { tensors += 2; });
+    norm_partial.resize(size_t(std::max<int64_t>(1, tensors) * cuda::kSquareSumBlocks));
+    norm_sum.resize(1);
+    int64_t t = 0;
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t, LinearKind) {
+      cuda::sum_squares_f64(a.acc_a.get(), int64_t(h->a.size()), norm_partial.get() + t++ * cuda::kSquareSumBlocks,
+                            stream());
+      cuda::sum_squares_f64(a.acc_b.get(), int64_t(h->b.size()), norm_partial.get() + t++ * cuda::kSquareSumBlocks,
+                            stream());
+    });
+    double ss = 0;
+    if (tensors > 0) {
+      cuda::sum_f64(norm_partial.get(), tensors * cuda::kSquareSumBlocks, norm_sum.get(), stream());
+      cuda::download(&ss, norm_sum.get(), 1, stream());
+    }
+    collect_phases();
+    return std::sqrt(ss);
+  }
+
+  // The clipped AdamW update of the held adapters (optimizer.h's adamw_update, element for
+  // element) from the step's gradient sum; their bf16 copies follow.
+  void adamw(double norm, double max_norm, const AdamWOptions& opt, double lr, int64_t step) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    phase(kPhaseAdamW);
+    const AdamWCoefficients k = adamw_coefficients(step, opt, lr);
+    cuda::AdamWStepF32 c;
+    c.grad_scale = clip_coefficient(norm, max_norm);
+    c.decay = k.decay;
+    c.one_minus_b1 = k.one_minus_b1;
+    c.b2 = k.b2;
+    c.one_minus_b2 = k.one_minus_b2;
+    c.bc2_sqrt = k.bc2_sqrt;
+    c.eps = k.eps;
+    c.step_size = k.step_size;
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t, LinearKind) {
+      cuda::adamw_update_f32(a.a.get(), a.acc_a.get(), a.m_a.get(), a.v_a.get(), int64_t(h->a.size()), c, stream());
+      cuda::adamw_update_f32(a.b.get(), a.acc_b.get(), a.m_b.get(), a.v_b.get(), int64_t(h->b.size()), c, stream());
+      if (bf16) {
+        cast(a.a.get(), a.a16, int64_t(h->a.size()));
+        cast(a.b.get(), a.b16, int64_t(h->b.size()));
+      }
+    });
+    ctx.synchronize();
+    collect_phases();
+  }
+
+  // The held values into the non-null host objects (shaped like the held adapters).
+  void download_held(LoraAdapters* p, AdamWState* state, LoraAdapters* grads) {
+    LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
+    for (const LoraAdapters* x : {p, grads, state ? &state->m : nullptr, state ? &state->v : nullptr})
+      LB_CHECK(x == nullptr || x->layers.size() == held->layers.size(), "held adapters of {} layers into {}",
+               held->layers.size(), x->layers.size());
+    phase(kPhaseTransfer);
+    for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t i, LinearKind k) {
+      // The host buffers must have the held adapters' shapes (the device's may be larger).
+      auto get = [&](const DeviceBuffer<float>& src, std::vector<float>& dst, size_t n) {
+        LB_CHECK(dst.size() == n && src.size() >= n, "block {} {}: a host buffer of {} values for {} held", i,
+                 linear_name(k), dst.size(), n);
+        cuda::download(dst.data(), src.get(), n, stream());
+      };
+      const size_t na = h->a.size(), nb = h->b.size();
+      if (p != nullptr) {
+        get(a.a, p->layers[i][size_t(k)].a, na);
+        get(a.b, p->layers[i][size_t(k)].b, nb);
+      }
+      if (state != nullptr) {
+        get(a.m_a, state->m.layers[i][size_t(k)].a, na);
+        get(a.v_a, state->v.layers[i][size_t(k)].a, na);
+        get(a.m_b, state->m.layers[i][size_t(k)].b, nb);
+        get(a.v_b, state->v.layers[i][size_t(k)].b, nb);
+      }
+      if (grads != nullptr) {
+        get(a.acc_a, grads->layers[i][size_t(k)].a, na);
+        get(a.acc_b, grads->layers[i][size_t(k)].b, nb);
+      }
+    });
+    collect_phases();
+  }
+
+  // The seconds per phase since the last call, then none.
+  std::vector<PhaseSeconds> take_phases() {
+    std::vector<PhaseSeconds> out;
+    if (profile == nullptr) return out;
+    for (const auto& e : profile->totals()) out.push_back({e.name, e.ms / 1000.0});
+    profile->reset();
+    return out;
   }
 
   // Every buffer is allocated after a step (they are kept for the next), so what the device
@@ -614,8 +1053,8 @@ struct CudaLlamaBackward::Impl {
   }
 };
 
-CudaLlamaBackward::CudaLlamaBackward(const LlamaModel& model, int device)
-    : impl_(std::make_unique<Impl>(model, device)) {}
+CudaLlamaBackward::CudaLlamaBackward(const LlamaModel& model, int device, ComputePrecision compute)
+    : impl_(std::make_unique<Impl>(model, device, compute)) {}
 CudaLlamaBackward::~CudaLlamaBackward() = default;
 
 std::string CudaLlamaBackward::device_name() const { return impl_->ctx.name(); }
@@ -636,6 +1075,7 @@ StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch
 }
 
 StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks) {
+  check_hooks_precision();
   impl_->hooks = &hooks;
   struct Reset {
     Impl* impl;
@@ -645,6 +1085,7 @@ StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const 
 }
 
 const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
+  if (hooks != nullptr) check_hooks_precision();
   impl_->hooks = hooks;
   struct Reset {
     Impl* impl;
@@ -653,7 +1094,39 @@ const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaSte
   return impl_->hidden(batch);
 }
 
-const float* CudaLlamaBackward::lm_head() const { return impl_->head.get(); }
+const float* CudaLlamaBackward::lm_head() const {
+  LB_CHECK(!impl_->bf16, "training on the GPU: the fp32 LM head is held in the fp32 and tf32 modes only, this engine "
+           "computes in bf16");
+  return impl_->head.get();
+}
+
+ComputePrecision CudaLlamaBackward::compute() const { return impl_->compute; }
+
+void CudaLlamaBackward::check_hooks_precision() const {
+  LB_CHECK(impl_->compute == ComputePrecision::Fp32,
+           "training on the GPU: step hooks (DB-LLM's distillation) run in fp32 compute only, this engine computes in "
+           "{}", compute_precision_name(impl_->compute));
+}
+
+bool CudaLlamaBackward::profiling() const { return impl_->profile != nullptr; }
+
+bool CudaLlamaBackward::can_hold_adapters(const LoraAdapters& params) const { return impl_->can_hold(params); }
+void CudaLlamaBackward::hold_adapters(const LoraAdapters& params, const AdamWState& state) {
+  impl_->hold(params, state);
+}
+void CudaLlamaBackward::release_adapters() { impl_->release(); }
+StepResult CudaLlamaBackward::held_forward_backward(const Batch& batch, const StepOptions& opt, bool first) {
+  return impl_->held_step(batch, opt, first);
+}
+double CudaLlamaBackward::held_grad_norm() { return impl_->grad_norm(); }
+void CudaLlamaBackward::held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                                        int64_t step) {
+  impl_->adamw(grad_norm, max_grad_norm, opt, lr, step);
+}
+void CudaLlamaBackward::download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) {
+  impl_->download_held(params, state, grads);
+}
+std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() { return impl_->take_phases(); }
 
 const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
 
@@ -666,8 +1139,14 @@ std::vector<float> CudaLlamaBackward::download_weight(int64_t layer, LinearKind 
   LB_CHECK(layer >= 0 && layer < impl_->c.num_hidden_layers, "layer {} of a {}-layer model", layer,
            impl_->c.num_hidden_layers);
   std::vector<float> out(size_t(linear_out_features(impl_->c, k) * linear_in_features(impl_->c, k)));
-  const float* w = impl_->weight(layer, k);
-  cuda::download(out.data(), w, out.size(), impl_->stream());
+  if (impl_->bf16) {
+    cuda::DeviceBuffer<float> wide(out.size());
+    cuda::from_bf16(impl_->weight16(layer, k), wide.get(), int64_t(out.size()), impl_->stream());
+    cuda::download(out.data(), wide.get(), out.size(), impl_->stream());
+  } else {
+    cuda::download(out.data(), impl_->weight(layer, k), out.size(), impl_->stream());
+  }
+  impl_->collect_phases();
   return out;
 }
 
@@ -675,7 +1154,7 @@ namespace {
 
 class CudaStepEngine final : public StepEngine {
  public:
-  CudaStepEngine(const LlamaModel& model, int device) : gpu_(model, device) {}
+  CudaStepEngine(const LlamaModel& model, int device, ComputePrecision compute) : gpu_(model, device, compute) {}
   std::string name() const override { return gpu_.device_name(); }
   StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                               LoraAdapters* lora_grads, BaseGrads* base_grads) override {
@@ -688,6 +1167,25 @@ class CudaStepEngine final : public StepEngine {
     return EngineMemory{gpu_.base_layout(), gpu_.uniform_layout(), gpu_.model_bytes(),
                         int64_t(cuda::peak_device_bytes()), gpu_.peak_in_use_bytes()};
   }
+  ComputePrecision compute() const override { return gpu_.compute(); }
+  bool profiling() const override { return gpu_.profiling(); }
+  std::vector<PhaseSeconds> take_phase_seconds() override { return gpu_.take_phase_seconds(); }
+  bool can_hold_adapters(const LoraAdapters& params) const override { return gpu_.can_hold_adapters(params); }
+  void hold_adapters(const LoraAdapters& params, const AdamWState& state) override {
+    gpu_.hold_adapters(params, state);
+  }
+  void release_adapters() override { gpu_.release_adapters(); }
+  StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first) override {
+    return gpu_.held_forward_backward(batch, opt, first);
+  }
+  double held_grad_norm() override { return gpu_.held_grad_norm(); }
+  void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                       int64_t step) override {
+    gpu_.held_adamw_step(grad_norm, max_grad_norm, opt, lr, step);
+  }
+  void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) override {
+    gpu_.download_held(params, state, grads);
+  }
 
  private:
   CudaLlamaBackward gpu_;
@@ -695,8 +1193,8 @@ class CudaStepEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model) {
-  return std::make_unique<CudaStepEngine>(model, d.index);
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
+  return std::make_unique<CudaStepEngine>(model, d.index, compute);
 }
 
 }  // namespace lowbit::train

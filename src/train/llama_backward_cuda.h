@@ -13,16 +13,42 @@
 // counter-based masks bit for bit (same seed, layer, linear and element), so a GPU step and a
 // CPU step see the same masks and differ only by fp32 summation order.
 //
-// Precision: everything is fp32, the adapters' math and the base alike; GEMMs are cuBLAS SGEMM
-// without TF32. The base is the very fp32 function the CPU trains over (for QLoRA, the dequantized
-// NF4 values; a bf16 copy of them would be another base), so the parity tests hold at fp32
-// tolerances.
+// Precision (train/compute_precision.h; chosen per engine, fp32 unless asked):
+//   fp32  everything is fp32, the adapters' math and the base alike; GEMMs are cuBLAS SGEMM
+//         without TF32. The base is the very fp32 function the CPU trains over (for QLoRA, the
+//         dequantized NF4 values), so the parity tests hold at fp32 tolerances.
+//   tf32  the same fp32 buffers; every product of the step (the base linears, the adapters' A and
+//         B, the LM head) on tensor cores with CUBLAS_COMPUTE_32F_FAST_TF32, set per call
+//         (backend/cuda/mixed_gemm.cuh), so nothing else on the cuBLAS handle changes.
+//   Both fast modes run the attention's products as fp32 strided-batched SGEMMs
+//   (ops_backward.cuh's attention_gemm_f32: the fp32 mode's arithmetic in another summation
+//   order) instead of the fp32 mode's one-thread-per-output kernels.
+//   bf16  the frozen base is expanded into a bf16 scratch (the bf16 rounding of the fp32 weight
+//         above: exact for bases whose dequantized values are bf16 already, as QLoRA's NF4 of a
+//         bf16 checkpoint is), the LM head is held in bf16, and every product takes bf16 operands
+//         with fp32 accumulation and fp32 output (cublasGemmEx, CUBLAS_COMPUTE_32F). The
+//         adapters' products run in bf16 too, as PEFT's autocast runs them: x, A, B, the product
+//         t = x A^T, the upstream gradient dy and dt are rounded to bf16 as operands, while t, dt,
+//         dx, dA and dB themselves are fp32 (each product accumulates its fp32 output; dx of the
+//         base and the adapter path add in fp32). The choice: the adapters' products are ~3% of a
+//         step's multiply-adds at r 64 on LLaMA-3-8B but in fp32 would take about a third of the
+//         GEMM time, and PEFT's bf16 LoRA is the reference being matched. The master weights A,
+//         B (and IEC's scalars), their gradients and AdamW's moments stay fp32 (on the host),
+//         as do the residual stream, RMSNorm, RoPE, attention and its softmax, SwiGLU, the
+//         cross-entropy and IEC's group means. Hooks (CudaStepHooks) run in fp32 only.
+//
+// Phase timing: with LOWBIT_TRAIN_PROFILE=1 in the environment the engine records a CUDA event at
+// every change of phase (forward GEMMs, backward GEMMs, base expansion, attention, loss/LM head,
+// the other elementwise kernels, host<->device transfers) and take_phase_seconds() hands out the
+// sums; without it, no event is recorded.
 //
 // The frozen base is held compact (train/compact_base.h): a quantized checkpoint's linears ("int",
 // "codebook" i.e. NF4, "icq") as their codes (4 bits for codes of up to 4 bits) and fp32 scales,
 // an unquantized linear stored in BF16/F16 as those 16 bits, anything else in fp32. Right before
 // each use, forward and backward, a linear is expanded into one shared fp32 scratch
-// (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses. For QLoRA on
+// (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses (the bf16 mode:
+// into a bf16 scratch of one block's seven linears, kept while the block is in use, so the
+// recomputation of a block and its backward expand it once). For QLoRA on
 // LLaMA-3-8B that is ~3.9 GB of linears instead of ~28 GB. The norms and the LM head are fp32
 // ([V, H]: 2.1 GB for LLaMA-3's vocabulary); the embedding table stays on the host (a step
 // gathers its rows there and uploads the [B*T, H] result). gpu_model_bytes() gives the total for a
@@ -33,15 +59,20 @@
 // sequence at a time (the attention materializes its scores; fine for T <= 2048), and the logits
 // of a chunk of rows (the [B*T, V] logits never exist at once).
 //
-// Adapters go up and gradients come down on every call (the trainer's LoRA parameters stay on
-// the host, where AdamW runs), except within one optimizer step: a call with
+// The trainer (trainer.h, TrainOptions::optimizer_on_device) normally has the engine hold the
+// adapters: they, their gradient sum and AdamW's moments stay on the device for the whole run and
+// AdamW runs there (backend/cuda/adamw.cuh), nothing but the gradient norm coming down per step.
+// Otherwise (adapters with IEC's scalars, or optimizer_on_device off), adapters go up and
+// gradients come down on every call (AdamW on the host), except within one optimizer step: a call with
 // StepOptions::adapters_unchanged reuses the adapters already uploaded, and one with
 // more_micro_batches keeps its gradients on the GPU, summed there in call order, until the step's
 // last call downloads the sum (bit for bit the host's sum into zeroed buffers).
 #pragma once
 
 #include "train/compact_base.h"
+#include "train/compute_precision.h"
 #include "train/llama_backward.h"
+#include "train/step_engine.h"
 
 #include <array>
 #include <functional>
@@ -80,8 +111,9 @@ struct CudaStepHooks {
 
 class CudaLlamaBackward {
  public:
-  // Uploads `model`'s weights (fp32) to GPU `device`. The model must outlive this object.
-  CudaLlamaBackward(const LlamaModel& model, int device);
+  // Uploads `model`'s weights to GPU `device` for steps computing in `compute` (see
+  // "Precision"). The model must outlive this object.
+  CudaLlamaBackward(const LlamaModel& model, int device, ComputePrecision compute = ComputePrecision::Fp32);
   ~CudaLlamaBackward();
   CudaLlamaBackward(const CudaLlamaBackward&) = delete;
   CudaLlamaBackward& operator=(const CudaLlamaBackward&) = delete;
@@ -92,16 +124,35 @@ class CudaLlamaBackward {
                               LoraAdapters* lora_grads, BaseGrads* base_grads);
   StepResult forward_loss(const LoraAdapters* lora, const Batch& batch);
 
-  // For CudaStepHooks' users (no adapters). forward_backward with the hooks; any may be empty
-  // (then the step's default: the cross-entropy over the targets with StepOptions' loss_scale of
-  // 0, no weight gradients, the model's weights).
+  // For CudaStepHooks' users (no adapters; fp32 compute only, refused otherwise).
+  // forward_backward with the hooks; any may be empty (then the step's default: the
+  // cross-entropy over the targets with StepOptions' loss_scale of 0, no weight gradients, the
+  // model's weights).
   StepResult forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks);
   // The forward up to the final norm (with hooks->weight's weights when given): the normalized
   // hidden states [B*T, H] on the device, valid until the next call on this object. The logits
   // are these times lm_head()^T.
   const float* forward_hidden(const Batch& batch, const CudaStepHooks* hooks = nullptr);
-  // The LM head [V, H] on the device.
+  // The LM head [V, H] on the device (fp32 and tf32 modes; the bf16 mode holds it in bf16 only
+  // and refuses).
   const float* lm_head() const;
+  ComputePrecision compute() const;
+  // Phase timing (see above): whether LOWBIT_TRAIN_PROFILE=1 was set when this object was built,
+  // and the device seconds per phase since the last call (then reset).
+  bool profiling() const;
+  std::vector<PhaseSeconds> take_phase_seconds();
+
+  // Held adapters: StepEngine's contract of the same names (step_engine.h). The adapters, the
+  // step's gradient sum (acc) and AdamW's moments live in this object's buffers between steps;
+  // the norm is the one fp64 value that comes down per step. Adapters with IEC's scalars are
+  // not held (their scalars' values are kernel arguments taken from the host).
+  bool can_hold_adapters(const LoraAdapters& params) const;
+  void hold_adapters(const LoraAdapters& params, const AdamWState& state);
+  void release_adapters();
+  StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first_micro_batch);
+  double held_grad_norm();
+  void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr, int64_t step);
+  void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads);
   const cuda::Context& context() const;
   // The device bytes the model holds (measured from its buffers; gpu_model_bytes() predicts
   // them), the base's layout, and the most cudaMemGetInfo showed in use after any step so far.
@@ -109,11 +160,13 @@ class CudaLlamaBackward {
   std::string base_layout() const;
   std::optional<CompactLayout> uniform_layout() const;  // nullopt: the linears' layouts differ
   int64_t peak_in_use_bytes() const;
-  // The fp32 weight [out, in] of block `layer`'s linear `k` as the GPU computes with it (expanded
-  // from its compact form like every use), downloaded: for tests.
+  // The weight [out, in] of block `layer`'s linear `k` as the GPU computes with it (expanded from
+  // its compact form like every use; in the bf16 mode the bf16 values, widened), downloaded: for
+  // tests.
   std::vector<float> download_weight(int64_t layer, LinearKind k);
 
  private:
+  void check_hooks_precision() const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

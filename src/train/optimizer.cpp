@@ -33,21 +33,32 @@ template <typename F> void zip4(LoraAdapters& p, const LoraAdapters& g, LoraAdap
 
 }  // namespace
 
+AdamWCoefficients adamw_coefficients(int64_t step, const AdamWOptions& opt, double lr) {
+  LB_ASSERT(step >= 1);
+  const double bc1 = 1.0 - std::pow(opt.beta1, double(step));
+  AdamWCoefficients k;
+  k.step_size = float(lr / bc1);
+  k.decay = float(1.0 - lr * opt.weight_decay);
+  k.one_minus_b1 = 1.0f - float(opt.beta1);
+  k.b2 = float(opt.beta2);
+  k.one_minus_b2 = 1.0f - float(opt.beta2);
+  k.eps = float(opt.eps);
+  k.bc2_sqrt = float(std::sqrt(1.0 - std::pow(opt.beta2, double(step))));
+  return k;
+}
+
 void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v,
                   int64_t step, const AdamWOptions& opt, double lr) {
   LB_ASSERT(p.size() == g.size() && p.size() == m.size() && p.size() == v.size() && step >= 1);
-  // torch computes these in Python floats (double) and applies them to fp32 tensors.
-  const double bc1 = 1.0 - std::pow(opt.beta1, double(step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, double(step)));
-  const float step_size = float(lr / bc1);
-  const float decay = float(1.0 - lr * opt.weight_decay);
-  const float b1 = float(opt.beta1), b2 = float(opt.beta2), eps = float(opt.eps), bc2s = float(bc2_sqrt);
+  const AdamWCoefficients k = adamw_coefficients(step, opt, lr);
+  const float step_size = k.step_size, decay = k.decay, omb1 = k.one_minus_b1, b2 = k.b2, omb2 = k.one_minus_b2,
+              eps = k.eps, bc2s = k.bc2_sqrt;
 #pragma omp parallel for simd schedule(static) if (p.size() > 65536)
   for (size_t i = 0; i < p.size(); ++i) {
     p[i] *= decay;
     // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-    m[i] += (g[i] - m[i]) * (1.0f - b1);
-    v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
+    m[i] += (g[i] - m[i]) * omb1;
+    v[i] = v[i] * b2 + omb2 * g[i] * g[i];
     const float denom = std::sqrt(v[i]) / bc2s + eps;
     p[i] -= step_size * (m[i] / denom);
   }
@@ -68,12 +79,16 @@ double clip_grad_norm(LoraAdapters& grads, double max_norm) {
   });
   const double norm = std::sqrt(ss);
   if (max_norm > 0) {
-    const float coef = float(std::min(1.0, max_norm / (norm + 1e-6)));
+    const float coef = clip_coefficient(norm, max_norm);
     grads.for_each([&](const std::string&, std::vector<float>& g) {
       for (float& x : g) x *= coef;
     });
   }
   return norm;
+}
+
+float clip_coefficient(double norm, double max_norm) {
+  return max_norm > 0 ? float(std::min(1.0, max_norm / (norm + 1e-6))) : 1.0f;
 }
 
 int64_t warmup_steps(double warmup_ratio, int64_t total_steps) {

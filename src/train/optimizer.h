@@ -31,6 +31,19 @@ struct AdamWState {
   static AdamWState zeros_like(const LoraAdapters& params);
 };
 
+// The fp32 coefficients of one AdamW update at optimizer step `step` (1-based) and learning rate
+// `lr`: torch computes the bias corrections in Python floats (double) and applies them to fp32
+// tensors, so they are computed in double and rounded once. adamw_update and the GPU's twin
+// (backend/cuda/adamw.cuh) both take these.
+struct AdamWCoefficients {
+  float step_size = 0;     // lr / (1 - beta1^step)
+  float decay = 1;         // 1 - lr * weight_decay
+  float one_minus_b1 = 0;  // 1.0f - float(beta1)
+  float b2 = 0, one_minus_b2 = 0, eps = 0;
+  float bc2_sqrt = 1;      // sqrt(1 - beta2^step)
+};
+AdamWCoefficients adamw_coefficients(int64_t step, const AdamWOptions& opt, double lr);
+
 // One AdamW update of one parameter vector p from its gradient g and moments m, v, at optimizer
 // step `step` (1-based, after incrementing) and learning rate `lr`.
 void adamw_update(std::vector<float>& p, const std::vector<float>& g, std::vector<float>& m, std::vector<float>& v,
@@ -43,6 +56,9 @@ void adamw_step(LoraAdapters& params, const LoraAdapters& grads, AdamWState& sta
 // The global L2 norm of all gradients (accumulated in double), and the clipping above when
 // max_norm > 0. Returns the norm before clipping.
 double clip_grad_norm(LoraAdapters& grads, double max_norm);
+// The factor clipping multiplies every gradient by for a global norm `norm`: float(min(1,
+// max_norm / (norm + 1e-6))), or 1 when max_norm <= 0 (no clipping).
+float clip_coefficient(double norm, double max_norm);
 
 // warmup steps = ceil(ratio * total_steps).
 int64_t warmup_steps(double warmup_ratio, int64_t total_steps);

@@ -3,7 +3,27 @@
 #include "backend/device_check.h"
 #include "core/error.h"
 
+#include <cstdlib>
+
 namespace lowbit::train {
+
+bool StepEngine::can_hold_adapters(const LoraAdapters&) const { return false; }
+
+namespace {
+
+[[noreturn]] void no_held_adapters(const std::string& engine) {
+  LB_CHECK(false, "training on {}: this engine does not hold adapters on its device", engine);
+  std::abort();
+}
+
+}  // namespace
+
+void StepEngine::hold_adapters(const LoraAdapters&, const AdamWState&) { no_held_adapters(name()); }
+void StepEngine::release_adapters() {}
+StepResult StepEngine::held_forward_backward(const Batch&, const StepOptions&, bool) { no_held_adapters(name()); }
+double StepEngine::held_grad_norm() { no_held_adapters(name()); }
+void StepEngine::held_adamw_step(double, double, const AdamWOptions&, double, int64_t) { no_held_adapters(name()); }
+void StepEngine::download_held(LoraAdapters*, AdamWState*, LoraAdapters*) { no_held_adapters(name()); }
 
 namespace {
 
@@ -25,9 +45,10 @@ class CpuStepEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model) {
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
+  check_compute_precision(d, compute);
   check_device_available(d);
-  if (d.is_cuda()) return make_cuda_step_engine(d, model);
+  if (d.is_cuda()) return make_cuda_step_engine(d, model, compute);
   return std::make_unique<CpuStepEngine>(model);
 }
 

@@ -12,11 +12,14 @@
 
 #include "core/device.h"
 #include "train/compact_base.h"
+#include "train/compute_precision.h"
 #include "train/llama_backward.h"
+#include "train/optimizer.h"
 
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lowbit::train {
 
@@ -31,6 +34,13 @@ struct EngineMemory {
   int64_t peak_in_use = 0;
 };
 
+// Where a step's time went, one phase at a time (LOWBIT_TRAIN_PROFILE=1): seconds of device time
+// between CUDA events, or host wall time for the host's phases.
+struct PhaseSeconds {
+  std::string name;
+  double seconds = 0;
+};
+
 class StepEngine {
  public:
   virtual ~StepEngine() = default;
@@ -42,13 +52,46 @@ class StepEngine {
   virtual StepResult forward_loss(const LoraAdapters* lora, const Batch& batch) = 0;
   // The device memory the engine holds and has held; nullopt on the CPU.
   virtual std::optional<EngineMemory> memory() const { return std::nullopt; }
+  // The precision of the step's matrix products (compute_precision.h).
+  virtual ComputePrecision compute() const { return ComputePrecision::Fp32; }
+  // Phase timing: whether the engine times its phases (the GPU's does when the environment sets
+  // LOWBIT_TRAIN_PROFILE=1; timing costs an event per phase change), and the seconds per phase
+  // since the last call, in order of first appearance (then reset; empty when not timing).
+  virtual bool profiling() const { return false; }
+  virtual std::vector<PhaseSeconds> take_phase_seconds() { return {}; }
+
+  // Training with the adapters held on the engine's device for the whole run (the GPU engine's,
+  // for adapters without IEC's scalars): hold_adapters() uploads the adapters and AdamW's
+  // moments once; each optimizer step then runs its micro-batches (held_forward_backward: the
+  // gradients summed on the device, the first call of a step starting the sum), the global
+  // gradient norm (fp64) and the clipped AdamW update (optimizer.h's operations, bit for bit) on
+  // the device, and nothing goes up or comes down but the norm; download_held() gives the
+  // current values when a caller needs them (checkpoints, evaluation, the end). While adapters are
+  // held, forward_loss and forward_backward take only those adapters (the same LoraAdapters
+  // object, whose host values may be stale: the device's are used), or none; release_adapters()
+  // ends it. The defaults refuse (can_hold_adapters() false).
+  virtual bool can_hold_adapters(const LoraAdapters& params) const;
+  virtual void hold_adapters(const LoraAdapters& params, const AdamWState& state);
+  virtual void release_adapters();
+  virtual StepResult held_forward_backward(const Batch& batch, const StepOptions& opt, bool first_micro_batch);
+  virtual double held_grad_norm();
+  // Clips the step's gradient sum by clip_coefficient(grad_norm, max_grad_norm) and applies AdamW
+  // at learning rate lr as optimizer step `step` (1-based).
+  virtual void held_adamw_step(double grad_norm, double max_grad_norm, const AdamWOptions& opt, double lr,
+                               int64_t step);
+  // Each non-null argument (shaped like the held adapters) receives the device's values: the
+  // adapters, AdamW's moments (not its step count), the step's gradient sum before clipping.
+  virtual void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads);
 };
 
-// An engine for `model` (which must outlive it) on device `d`. Throws lowbit::Error when the
-// device is not available in this build or on this machine.
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model);
+// An engine for `model` (which must outlive it) on device `d` whose products run in `compute`
+// (fp32 unless asked: `lowbit finetune` chooses its device's default through
+// FinetuneOptions::compute). Throws lowbit::Error when the device is not available in this build
+// or on this machine, or does not run `compute` (the CPU runs fp32 only).
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model,
+                                             ComputePrecision compute = ComputePrecision::Fp32);
 
 // The CUDA engine (llama_backward_cuda.cpp; in a build without CUDA, a function that throws).
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model);
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute);
 
 }  // namespace lowbit::train

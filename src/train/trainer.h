@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace lowbit::train {
 
@@ -22,6 +23,12 @@ struct TrainOptions {
   double max_grad_norm = 0.3;  // <= 0: no clipping
   int64_t total_steps = 1;     // for the warmup's length
   uint64_t dropout_seed = 0;
+  // When the engine can hold the adapters on its device (StepEngine::can_hold_adapters: the GPU
+  // engine, adapters without IEC's scalars), they, their gradient sum and AdamW's moments stay
+  // there for the whole run: no upload or download per step, the clipping and AdamW on the
+  // device (the host's operations; the global norm's fp64 sum in another order). false: AdamW
+  // on the host, the adapters going up and their gradients coming down every step.
+  bool optimizer_on_device = true;
 };
 
 struct StepStats {
@@ -30,6 +37,10 @@ struct StepStats {
   int64_t tokens = 0;      // all tokens processed (padding included)
   double grad_norm = 0;    // before clipping
   double lr = 0;           // the learning rate applied
+  // When the engine times its phases (StepEngine::profiling): its device phases over the step's
+  // micro-batches (with the device's AdamW when it holds the adapters), then "host AdamW" (the
+  // host's gradient clipping and AdamW update, wall time) when the host runs it.
+  std::vector<PhaseSeconds> phases;
 };
 
 class LoraTrainer {
@@ -37,6 +48,9 @@ class LoraTrainer {
   // engine: where the forward and backward run (step_engine.h; it must outlive the trainer);
   // null: on the CPU.
   LoraTrainer(const LlamaModel& model, LoraAdapters init, TrainOptions opt, StepEngine* engine = nullptr);
+  ~LoraTrainer();
+  LoraTrainer(const LoraTrainer&) = delete;
+  LoraTrainer& operator=(const LoraTrainer&) = delete;
 
   // One optimizer step over the micro-batches (their gradients accumulated). A non-finite loss
   // or gradient norm throws lowbit::Error and leaves the adapters and optimizer state as they
@@ -44,8 +58,12 @@ class LoraTrainer {
   // (of the mean loss over the step's target tokens; shaped like the adapters).
   StepStats step(std::span<const Batch> micro, LoraAdapters* gradient = nullptr);
 
-  const LoraAdapters& adapters() const { return params_; }
-  const AdamWState& optimizer_state() const { return state_; }
+  // The current adapters and AdamW state (downloaded first when the engine holds them and they
+  // changed since the last call).
+  const LoraAdapters& adapters() const;
+  const AdamWState& optimizer_state() const;
+  // Whether the engine holds the adapters and AdamW's moments (TrainOptions::optimizer_on_device).
+  bool optimizer_on_device() const { return held_; }
   const TrainOptions& options() const { return opt_; }
   int64_t steps_done() const { return state_.step; }
   // Continues from a saved state (checkpoint.h): the adapters and AdamW's moments and step.
@@ -55,8 +73,16 @@ class LoraTrainer {
   const LlamaModel& model_;
   std::unique_ptr<StepEngine> own_engine_;  // the CPU's, when none is given
   StepEngine* engine_ = nullptr;
-  LoraAdapters params_, grads_;
-  AdamWState state_;
+  // With held_, the engine's values are the current ones: params_ and state_'s moments are
+  // refreshed from it when stale (adapters(), optimizer_state()).
+  mutable LoraAdapters params_;
+  LoraAdapters grads_;
+  mutable AdamWState state_;
+  bool held_ = false;
+  mutable bool host_stale_ = false;
+  void hold();
+  void sync() const;
+  StepStats step_on_device(std::span<const Batch> micro, LoraAdapters* gradient, StepStats st);
   TrainOptions opt_;
   int64_t warmup_ = 0;
 };

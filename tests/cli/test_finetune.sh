@@ -21,6 +21,9 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
   for f in adapter_config.json adapter_model.safetensors lowbit_adapter.json checkpoint/optimizer.safetensors; do
     if [[ -f "$T/full/$f" ]]; then ok; else bad "finetune wrote no $f"; fi
   done
+  # The products' precision is recorded: fp32, the CPU's only mode.
+  if grep -q '"compute": "fp32"' "$T/full/lowbit_adapter.json"; then ok; else
+    bad "lowbit_adapter.json does not record \"compute\": \"fp32\""; fi
   expect_ok "stop after 2" "stopped after 2 steps" "$B" finetune "${A[@]}" -o "$T/part" --stop-after 2
   expect_err "existing run" "holds a run; pass --resume" "$B" finetune "${A[@]}" -o "$T/part"
   expect_ok "resume stop" "resumed from .* at step 2" "$B" finetune "${A[@]}" -o "$T/part" --resume --stop-after 1
@@ -55,6 +58,11 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
     --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
   expect_err "unknown target" "unknown LoRA target 'qkv_proj'" "$B" finetune --model "$S" \
     --method "lora:targets=qkv_proj" --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  # The CPU trains in fp32 only: tf32 and bf16 are refused naming the option and the device.
+  for p in bf16 tf32; do
+    expect_err "--compute $p on the CPU" "--compute $p on device cpu: the CPU trains in fp32 only" \
+      "$B" finetune --model "$S" --compute $p --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  done
   if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi
 
   # Evaluation with the adapter (merged); another base model is refused.

@@ -40,6 +40,7 @@
 #include "train/trainer.h"
 #include "train_fixture.h"
 #include "cuda_test_util.h"
+#include "cuda_train_models.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -57,8 +58,11 @@ namespace {
 using test::ctx;
 using test::down;
 using test::randn;
+using test::random_batch;
+using test::random_lora;
 using test::rel_err;
 using test::up;
+using test::write_random_gqa_config;
 
 constexpr double kLossTol = 1e-5;
 constexpr double kGradTol = 1e-4;
@@ -176,82 +180,6 @@ TEST(CudaTrainOps, MatchTheirCpuTwins) {
     EXPECT_NEAR(got, want, 1e-9 * want);
     EXPECT_LT(rel_err(down(gl, d.size()), d), 1e-6);
   }
-}
-
-// A random-weight LLaMA with grouped-query attention (8 query heads on 2 key/value heads, head
-// dim 32), llama3 RoPE, a tied head and sizes past the kernels' 256-thread blocks.
-std::string write_random_gqa_config(const test::TempDir& dir) {
-  const nlohmann::json cfg = {
-      {"architectures", {"LlamaForCausalLM"}},
-      {"model_type", "llama"},
-      {"hidden_act", "silu"},
-      {"hidden_size", 320},
-      {"intermediate_size", 864},
-      {"num_attention_heads", 8},
-      {"num_key_value_heads", 2},
-      {"head_dim", 32},
-      {"num_hidden_layers", 2},
-      {"vocab_size", 1000},
-      {"max_position_embeddings", 512},
-      {"rms_norm_eps", 1e-5},
-      {"rope_theta", 500000.0},
-      {"rope_scaling",
-       {{"factor", 8.0},
-        {"high_freq_factor", 4.0},
-        {"low_freq_factor", 1.0},
-        {"original_max_position_embeddings", 32},
-        {"rope_type", "llama3"}}},
-      {"tie_word_embeddings", true},
-      {"bos_token_id", 1},
-      {"eos_token_id", 2}};
-  test::spit(dir / "config.json", cfg.dump());
-  return "random:" + dir.path.string();
-}
-
-// B = 2 sequences of T = 64 random tokens: targets are the next tokens, except the first 10
-// positions of sequence 0 (a prompt), the last 9 of sequence 1 (padding, token 0) and each last
-// position.
-train::Batch random_batch(int64_t V, uint32_t seed, int64_t B = 2, int64_t T = 64) {
-  std::mt19937 g(seed);
-  train::Batch b;
-  b.B = B;
-  b.T = T;
-  b.tokens.resize(size_t(B * T));
-  b.targets.assign(size_t(B * T), -100);
-  for (auto& t : b.tokens) t = int32_t(g() % uint32_t(V));
-  for (int64_t t = T - 9; t < T; ++t) b.tokens[size_t(T + t)] = 0;
-  for (int64_t s = 0; s < B; ++s)
-    for (int64_t t = 0; t + 1 < T; ++t) {
-      if (s == 0 && t < 10) continue;
-      if (s == 1 && t + 1 >= T - 9) continue;
-      b.targets[size_t(s * T + t)] = b.tokens[size_t(s * T + t + 1)];
-    }
-  return b;
-}
-
-// r 8 on all seven linears: A from PEFT's init, B random (PEFT's zero B would zero A's gradient);
-// with IEC, its scalars random too (their init, 0, would skip their terms of the forward).
-train::LoraAdapters random_lora(const LlamaConfig& c, double dropout, uint64_t seed, bool iec = false) {
-  train::LoraConfig cfg;
-  cfg.r = 8;
-  cfg.alpha = 16;
-  cfg.dropout = dropout;
-  cfg.iec = iec;
-  train::LoraAdapters a = train::LoraAdapters::peft_init(c, cfg, seed);
-  std::mt19937 g(uint32_t(seed) + 1);
-  std::normal_distribution<float> d(0.0f, 0.02f);
-  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
-  int scalars = 0;
-  a.for_each([&](const std::string& key, std::vector<float>& v) {
-    if (key.find("lora_B") != std::string::npos)
-      for (float& x : v) x = d(g);
-    if (key.find("_scale") != std::string::npos) {
-      for (float& x : v) x = u(g);
-      ++scalars;
-    }
-  });
-  EXPECT_EQ(scalars, iec ? 2 * 7 * c.num_hidden_layers : 0);
-  return a;
 }
 
 // One forward_backward on both devices: loss, target count and every adapter gradient; then the
@@ -438,7 +366,7 @@ TEST(CudaTrain, EightStepsMatchTorchAdamW) {
   opt.warmup_ratio = 0.2;
   opt.max_grad_norm = 0.3;
   opt.total_steps = 8;
-  const auto engine = train::make_step_engine(parse_device("cuda:0"), model);
+  const auto engine = train::make_step_engine(parse_device("cuda:0"), model, train::ComputePrecision::Fp32);
   EXPECT_NE(engine->name(), "cpu");
   train::LoraTrainer trainer(model, std::move(init), opt, engine.get());
   const Tensor loss = ref->tensor("train.loss"), norm = ref->tensor("train.grad_norm"), lr = ref->tensor("train.lr");
@@ -482,6 +410,7 @@ TEST_P(CudaFinetune, LossCurveMatchesCpu) {
     o.source_max = 64;
     o.target_max = 32;
     o.device = device;
+    o.compute = "fp32";  // the parity mode (a GPU run's default is bf16)
     return train::run_finetune(o);
   };
   const train::FinetuneResult cpu = run("cpu"), gpu = run("cuda");

@@ -430,6 +430,20 @@ TEST(CudaModelPacked, LogitsMatchTheFakeQuantGpuForward) {
   LOWBIT_REQUIRE_PATH(stories);
   expect_packed_matches_fake_quant(stories, "rtn:w=4,g=32", true);
   expect_packed_matches_fake_quant(stories, "rtn:w=4,g=32", false);
+  // An untied model (its LM head a matrix of its own): the packed model looks tokens up in a
+  // host-held embedding table; the logits must not change.
+  const std::string untied = test::fixtures_dir() + "/models/llama2-mini-f32";
+  expect_packed_matches_fake_quant(untied, "rtn:w=4,g=128", true);
+  {
+    const Checkpoint source = open_checkpoint(untied);
+    LlamaModel work(source);
+    auto method = make_method("rtn:w=4,g=128");
+    LlamaModel q(quantized_checkpoint_in_memory(source, quantize_model(work, *method, nullptr, {}), {{"path", untied}}));
+    const CudaModel packed(q, w4_ctx(), std::nullopt, pack::gpu_packed_linears_of(q, w4_ctx().stream()));
+    EXPECT_TRUE(packed.embedding_on_host());
+    const CudaModel plain(q, w4_ctx());
+    EXPECT_FALSE(plain.embedding_on_host());
+  }
 }
 
 TEST(CudaModelPacked, RefusesPartlyPackedGroupsAndUnquantizedModels) {

@@ -82,14 +82,18 @@ train::CompactBase expect_exact(const LlamaModel& model, CompactKind kind) {
   return base;
 }
 
-// The byte count of a base built from `model` is the formula's for its layout.
+// The byte count of a base built from `model` is the formula's for its layout, in the fp32 mode
+// and the bf16 mode (bf16 head, a bf16 scratch of one block's linears).
 void expect_bytes(const train::CompactBase& base, const LlamaConfig& c, const train::CompactLayout& l) {
-  const train::GpuModelBytes got = base.bytes(c), want = train::gpu_model_bytes(c, l);
-  EXPECT_EQ(got.linears, want.linears);
-  EXPECT_EQ(got.norms, want.norms);
-  EXPECT_EQ(got.head, want.head);
-  EXPECT_EQ(got.scratch, want.scratch);
-  EXPECT_EQ(got.total(), want.total());
+  for (train::ComputePrecision p : {train::ComputePrecision::Fp32, train::ComputePrecision::Bf16}) {
+    SCOPED_TRACE(train::compute_precision_name(p));
+    const train::GpuModelBytes got = base.bytes(c, p), want = train::gpu_model_bytes(c, l, p);
+    EXPECT_EQ(got.linears, want.linears);
+    EXPECT_EQ(got.norms, want.norms);
+    EXPECT_EQ(got.head, want.head);
+    EXPECT_EQ(got.scratch, want.scratch);
+    EXPECT_EQ(got.total(), want.total());
+  }
 }
 
 TEST(CompactBase, Nf4DoubleQuantIsExact) {
@@ -208,11 +212,19 @@ TEST(CompactBase, EightBillionShapes) {
   std::printf("LLaMA-3-8B QLoRA base on the GPU: linears %.2f GiB, head %.2f GiB, scratch %.2f GiB, total %.2f GiB\n",
               double(b.linears) / (1 << 30), double(b.head) / (1 << 30), double(b.scratch) / (1 << 30),
               double(b.total()) / (1 << 30));
+  // The bf16 mode: the head in bf16, a bf16 scratch of one block's seven linears.
+  const train::GpuModelBytes h = train::gpu_model_bytes(c, l, train::ComputePrecision::Bf16);
+  EXPECT_EQ(h.linears, b.linears);
+  EXPECT_EQ(h.head, 2 * c.vocab_size * c.hidden_size);
+  EXPECT_EQ(h.scratch, 2 * weights / c.num_hidden_layers);
+  std::printf("in the bf16 mode: head %.2f GiB, scratch %.2f GiB, total %.2f GiB\n", double(h.head) / (1 << 30),
+              double(h.scratch) / (1 << 30), double(h.total()) / (1 << 30));
 }
 
 // The adapters' GPU bytes against the adapters lora.h builds: A, B, their gradients and the
-// gradients' step sums (3 x the parameters), the forward's [N, r] product and two IEC gradient
-// slots per adapted linear.
+// gradients' step sums (3 x the parameters; 5 with AdamW's moments held on the device), the
+// forward's [N, r] product and two IEC gradient slots per adapted linear (and in the bf16 mode A
+// and B in bf16).
 TEST(CompactBase, AdapterBytesCountTheAdapters) {
   const LlamaConfig c = load_llama_config(std::string(LOWBIT_SOURCE_DIR) + "/bench/configs/llama3-tiny.json");
   train::LoraConfig cfg;
@@ -223,6 +235,9 @@ TEST(CompactBase, AdapterBytesCountTheAdapters) {
     const int64_t params = train::LoraAdapters::zeros(c, cfg).num_parameters();
     EXPECT_EQ(train::gpu_adapter_bytes(c, cfg.r, cfg.targets, tokens),
               4 * (3 * params + c.num_hidden_layers * linears * (tokens * cfg.r + 2)));
+    // Held on the device (AdamW's two moments) in the bf16 mode (A and B in bf16 besides).
+    EXPECT_EQ(train::gpu_adapter_bytes(c, cfg.r, cfg.targets, tokens, train::ComputePrecision::Bf16, true),
+              4 * (5 * params + c.num_hidden_layers * linears * (tokens * cfg.r + 2)) + 2 * params);
   }
 }
 

@@ -139,13 +139,30 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
   EXPECT_EQ(s.methods[1].spec, "irqlora");
   EXPECT_EQ(s.methods[1].train.finetune.device, "cpu");
   EXPECT_EQ(s.methods[2].train.finetune.device, "cuda");
-  // The device is where the cell trains, not what it computes: the cell's key leaves it out.
+  // The device is where the cell trains, not what it computes: the cell's key leaves it out. What
+  // it computes in is named when it is not fp32: a GPU cell's default, bf16, is; fp32 is not.
   const StudySpec cpu = parse_study_spec(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n"),
                                          "/tmp/spec.toml", kNoFiles);
   EXPECT_EQ(cpu.methods[0].train.finetune.device, "cpu");
-  EXPECT_EQ(expand_plan(cpu).cells[0].key, expand_plan(s).cells[0].key);
+  const std::string cpu_key = expand_plan(cpu).cells[0].key;
+  EXPECT_EQ(cpu_key.find("compute="), std::string::npos);
+  EXPECT_EQ(expand_plan(s).cells[0].key, cpu_key + ",compute=bf16");
+  const StudySpec fp32 = parse_study_spec(
+      cuda_study + "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ncompute = [\"fp32\", \"tf32\"]\n",
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(fp32.methods.size(), 2u);
+  EXPECT_EQ(fp32.methods[0].train.finetune.compute, "fp32");
+  EXPECT_EQ(expand_plan(fp32).cells[0].key, cpu_key);
+  EXPECT_EQ(expand_plan(fp32).cells[1].key, cpu_key + ",compute=tf32");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ndevice = \"gpu\"\n")),
             "/tmp/spec.toml:20:10: device 'gpu': expected cpu, cuda or cuda:N");
+  // A precision the device does not run, or none at all.
+  EXPECT_NE(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ncompute = \"bf16\"\n"))
+                .find("--compute bf16 on device cpu: the CPU trains in fp32 only"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ncompute = \"fp16\"\n"))
+                .find("--compute 'fp16': unknown precision"),
+            std::string::npos);
 }
 
 // DB-LLM's distillation too: the study's device unless the table names one, not in the key.
@@ -223,7 +240,7 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "/tmp/spec.toml:20:9: option 'batch': 1.5 is not an integer");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nrank = 8\n")),
             "/tmp/spec.toml:20:1: unknown key 'rank' in [[finetune]] (known: adam_beta1, adam_beta2, adam_eps, alpha, "
-            "batch, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
+            "batch, compute, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
             "source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, zip)");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ntargets = \"qkv_proj\"\n")),
             "/tmp/spec.toml:20:11: unknown LoRA target 'qkv_proj' (known: q_proj, k_proj, v_proj, o_proj, gate_proj, "

@@ -48,6 +48,13 @@ void run(const Options& o) {
                rec.contains("eval_loss") ? fmt::format(" eval {:.4f}", rec["eval_loss"].get<double>()) : "",
                rec["lr"].get<double>(), rec["grad_norm"].get<double>(), st.tokens_per_second,
                format_duration(st.eta_seconds));
+    if (!st.phases.empty()) {
+      double total = 0;
+      for (const auto& p : st.phases) total += p.seconds;
+      std::string line;
+      for (const auto& p : st.phases) line += fmt::format("{}{} {:.4f} s", line.empty() ? "" : ", ", p.name, p.seconds);
+      fmt::print(stderr, "step {} phases: {} (sum {:.4f} s)\n", st.step, line, total);
+    }
   };
   const train::FinetuneResult r = train::run_finetune(o, ev);
   if (!r.finished) {
@@ -82,8 +89,8 @@ void register_finetune(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "finetune",
-      "Fine-tune LoRA adapters over a frozen (optionally quantized) base on instruction data (fp32, on the CPU or "
-      "with --device cuda on a GPU). Writes "
+      "Fine-tune LoRA adapters over a frozen (optionally quantized) base on instruction data (on the CPU in fp32, "
+      "or with --device cuda on a GPU in bf16 by default: --compute). Writes "
       "a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) plus lowbit_adapter.json, and a "
       "resumable checkpoint in OUT/checkpoint");
   cmd->add_option("--model", o->model, "model directory or checkpoint (16-bit; or already quantized with --method lora)")
@@ -127,6 +134,11 @@ void register_finetune(CLI::App& app) {
   add_spm_convention_option(cmd, o->spm);
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);
+  cmd->add_option("--compute", o->compute,
+                  "precision of the training step's matrix products: fp32 (exact, the CPU's only mode), tf32 or "
+                  "bf16 (bf16 base and activations, fp32 accumulation, fp32 adapters and AdamW) [default: bf16 on "
+                  "cuda, fp32 on cpu]; LOWBIT_TRAIN_PROFILE=1 prints each GPU step's time per phase")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
   cmd->callback([o] { run(*o); });
 }
 

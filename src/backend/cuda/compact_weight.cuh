@@ -1,4 +1,4 @@
-// The GPU expansion of a compact frozen weight (train/compact_base.h's layout) into fp32, for
+// The GPU expansion of a compact frozen weight (train/compact_base.h's layout) into fp32 (or bf16), for
 // LoRA training over a quantized or 16-bit base: each linear is expanded into one reusable fp32
 // scratch right before it is used, forward and backward, so the GPU holds the codes and scales
 // instead of 4 bytes a weight.
@@ -40,5 +40,10 @@ struct CompactWeightView {
 
 // out [rows, cols] (fp32) = the expanded weight.
 void expand_compact_weight(const CompactWeightView& w, float* out, cudaStream_t s);
+// out [rows, cols] (bf16 bit patterns) = the expanded fp32 weight rounded to bf16 (to nearest
+// even: core/dtype.h's f32_to_bf16 of expand_compact_weight's value, bit for bit), for the bf16
+// training mode (train/compute_precision.h). Exact for a base whose dequantized weights are
+// rounded to bf16 already (round_to bf16, or Half16 holding bf16).
+void expand_compact_weight_bf16(const CompactWeightView& w, uint16_t* out, cudaStream_t s);
 
 }  // namespace lowbit::cuda

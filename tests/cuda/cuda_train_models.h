@@ -1,0 +1,95 @@
+// The models, batches and adapters the GPU training tests share: a random-weight GQA LLaMA written
+// as a config for lowbit's random: loader, random micro-batches with masked prompt and padding
+// positions, and LoRA adapters with random B (and IEC scalars).
+#pragma once
+
+#include "test_util.h"
+#include "train/llama_backward.h"
+#include "train/lora.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <random>
+#include <string>
+
+namespace lowbit::test {
+
+// A random-weight LLaMA with grouped-query attention (8 query heads on 2 key/value heads, head
+// dim 32), llama3 RoPE, a tied head and sizes past the kernels' 256-thread blocks.
+inline std::string write_random_gqa_config(const test::TempDir& dir) {
+  const nlohmann::json cfg = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_act", "silu"},
+      {"hidden_size", 320},
+      {"intermediate_size", 864},
+      {"num_attention_heads", 8},
+      {"num_key_value_heads", 2},
+      {"head_dim", 32},
+      {"num_hidden_layers", 2},
+      {"vocab_size", 1000},
+      {"max_position_embeddings", 512},
+      {"rms_norm_eps", 1e-5},
+      {"rope_theta", 500000.0},
+      {"rope_scaling",
+       {{"factor", 8.0},
+        {"high_freq_factor", 4.0},
+        {"low_freq_factor", 1.0},
+        {"original_max_position_embeddings", 32},
+        {"rope_type", "llama3"}}},
+      {"tie_word_embeddings", true},
+      {"bos_token_id", 1},
+      {"eos_token_id", 2}};
+  test::spit(dir / "config.json", cfg.dump());
+  return "random:" + dir.path.string();
+}
+
+// B = 2 sequences of T = 64 random tokens: targets are the next tokens, except the first 10
+// positions of sequence 0 (a prompt), the last 9 of sequence 1 (padding, token 0) and each last
+// position.
+inline train::Batch random_batch(int64_t V, uint32_t seed, int64_t B = 2, int64_t T = 64) {
+  std::mt19937 g(seed);
+  train::Batch b;
+  b.B = B;
+  b.T = T;
+  b.tokens.resize(size_t(B * T));
+  b.targets.assign(size_t(B * T), -100);
+  for (auto& t : b.tokens) t = int32_t(g() % uint32_t(V));
+  for (int64_t t = T - 9; t < T; ++t) b.tokens[size_t(T + t)] = 0;
+  for (int64_t s = 0; s < B; ++s)
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      if (s == 0 && t < 10) continue;
+      if (s == 1 && t + 1 >= T - 9) continue;
+      b.targets[size_t(s * T + t)] = b.tokens[size_t(s * T + t + 1)];
+    }
+  return b;
+}
+
+// r 8 on all seven linears: A from PEFT's init, B random (PEFT's zero B would zero A's gradient);
+// with IEC, its scalars random too (their init, 0, would skip their terms of the forward).
+inline train::LoraAdapters random_lora(const LlamaConfig& c, double dropout, uint64_t seed, bool iec = false) {
+  train::LoraConfig cfg;
+  cfg.r = 8;
+  cfg.alpha = 16;
+  cfg.dropout = dropout;
+  cfg.iec = iec;
+  train::LoraAdapters a = train::LoraAdapters::peft_init(c, cfg, seed);
+  std::mt19937 g(uint32_t(seed) + 1);
+  std::normal_distribution<float> d(0.0f, 0.02f);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  int scalars = 0;
+  a.for_each([&](const std::string& key, std::vector<float>& v) {
+    if (key.find("lora_B") != std::string::npos)
+      for (float& x : v) x = d(g);
+    if (key.find("_scale") != std::string::npos) {
+      for (float& x : v) x = u(g);
+      ++scalars;
+    }
+  });
+  EXPECT_EQ(scalars, iec ? 2 * 7 * c.num_hidden_layers : 0);
+  return a;
+}
+
+}  // namespace lowbit::test
