@@ -51,11 +51,6 @@ GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s) {
   return packed_factory() ? packed_factory()(model, s) : GpuPackedLinears{};
 }
 
-void GpuKvCache::truncate(int64_t n) {
-  LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
-  length = n;
-}
-
 CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident,
                      GpuPackedLinears packed)
     : host_(host), ctx_(ctx), packed_(std::move(packed)) {
@@ -542,8 +537,7 @@ void CudaModel::forward_rows(const int32_t* ids, int64_t B, int64_t T, const std
 
 GpuKvCache CudaModel::make_kv_cache(int64_t capacity) const {
   const LlamaConfig& c = config();
-  LB_CHECK(capacity > 0 && capacity <= rope_positions_, "KV cache of {} positions: the model's context is {}", capacity,
-           rope_positions_);
+  KvPositions::check_capacity(capacity, rope_positions_);
   GpuKvCache kv;
   kv.capacity = capacity;
   kv.k.resize(size_t(c.num_hidden_layers));
@@ -575,8 +569,7 @@ void CudaModel::forward_embeddings_cached(const float* hidden_host, int64_t T, G
 void CudaModel::run_cached(float* hidden, int64_t T, GpuKvCache& cache, DeviceBuffer<bf16>& normed) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size;
-  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
-           cache.length, T);
+  cache.check_room(T);
   GpuBlockWeights scratch;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden, 1, T, &cache);
   cache.length += T;

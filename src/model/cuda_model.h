@@ -62,10 +62,9 @@ GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s);
 
 class GpuBlockOps;  // cuda_model.cpp: the block's steps (model/llama_block.h) on the GPU
 
-struct GpuKvCache {
-  int64_t length = 0, capacity = 0;
+// A KV cache on the GPU (positions and their rules: model/kv_cache.h).
+struct GpuKvCache : KvPositions {
   std::vector<cuda::DeviceBuffer<cuda::bf16>> k, v;  // [layers][capacity * kv_dim]
-  void truncate(int64_t n);
 };
 
 class CudaModel {

@@ -158,15 +158,9 @@ void split_columns(const float* y, int64_t rows, std::initializer_list<std::pair
 
 }  // namespace
 
-void KvCache::truncate(int64_t n) {
-  LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
-  length = n;
-}
-
 KvCache LlamaModel::make_kv_cache(int64_t capacity) const {
   const LlamaConfig& c = config();
-  LB_CHECK(capacity > 0 && capacity <= c.max_position_embeddings,
-           "KV cache of {} positions: the model's context is {}", capacity, c.max_position_embeddings);
+  KvPositions::check_capacity(capacity, c.max_position_embeddings);
   KvCache kv;
   kv.capacity = capacity;
   kv.k.assign(size_t(c.num_hidden_layers), std::vector<float>(size_t(capacity * c.kv_dim())));
@@ -184,8 +178,7 @@ void LlamaModel::forward_cached(std::span<const int32_t> tokens, KvCache& cache,
 void LlamaModel::run_cached(float* hidden_out, int64_t T, KvCache& cache, const BlockHooks* hooks) const {
   const LlamaConfig& c = config();
   LB_CHECK(T > 0, "forward_cached: no tokens");
-  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
-           cache.length, T);
+  cache.check_room(T);
   if (hooks == nullptr) hooks = forward_hooks_.get();
   ensure_positions(cache.length + T);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)

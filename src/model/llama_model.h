@@ -13,6 +13,7 @@
 #include "backend/ops.h"
 #include "core/tensor.h"
 #include "formats/checkpoint.h"
+#include "model/kv_cache.h"
 
 #include <array>
 #include <functional>
@@ -72,14 +73,11 @@ struct BlockHooks {
   std::optional<InputSite> stop_after;
 };
 
-// Keys (after RoPE) and values of the positions a sequence has run so far, per layer: for
-// incremental decoding and for scoring several continuations of one shared prefix.
-struct KvCache {
-  int64_t length = 0;    // positions held
-  int64_t capacity = 0;  // positions the buffers hold at most
+// Keys (after RoPE) and values of the positions a sequence has run so far, per layer, on the
+// host: for incremental decoding and for scoring several continuations of one shared prefix
+// (positions and their rules: model/kv_cache.h).
+struct KvCache : KvPositions {
   std::vector<std::vector<float>> k, v;  // [layers][capacity * kv_dim]
-  // Forgets every position from n on (n <= length).
-  void truncate(int64_t n);
 };
 
 class LlamaModel {

@@ -4,6 +4,7 @@
 // observe leave every number as it is. tests/cuda/test_cuda_block_steps.cpp checks the GPU
 // forward against the same description and against this CPU forward.
 #include "backend/ops.h"
+#include "core/error.h"
 #include "formats/checkpoint.h"
 #include "model/llama_block.h"
 #include "model/llama_model.h"
@@ -193,6 +194,33 @@ TEST_F(CpuBlockVisits, ObservingChangesNoNumber) {
   const std::vector<float> observed = run(0, std::nullopt, /*observe=*/true, &v);
   EXPECT_EQ(0, std::memcmp(plain.data(), observed.data(), plain.size() * sizeof(float)));
   EXPECT_NE(0, std::memcmp(plain.data(), hidden0_.data(), plain.size() * sizeof(float))) << "the block ran";
+}
+
+// The cache's positions (model/kv_cache.h): a capacity outside the model's context, a forward
+// that would overrun the cache and a truncation past its length are refused, naming the numbers.
+TEST_F(CpuBlockVisits, KvCacheRefusesWhatDoesNotFit) {
+  const int64_t context = model_->config().max_position_embeddings;
+  auto message = [](const auto& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { model_->make_kv_cache(0); }).find("KV cache of 0 positions"), std::string::npos);
+  EXPECT_NE(message([&] { model_->make_kv_cache(context + 1); }).find(std::to_string(context)), std::string::npos);
+  KvCache cache = model_->make_kv_cache(8);
+  std::vector<float> hidden(size_t(8 * model_->config().hidden_size));
+  model_->forward_cached(std::span(tokens_).first(6), cache, hidden.data());
+  EXPECT_EQ(cache.length, 6);
+  EXPECT_NE(message([&] { model_->forward_cached(std::span(tokens_).first(3), cache, hidden.data()); })
+                .find("KV cache holds 8 positions; 6 + 3 do not fit"),
+            std::string::npos);
+  EXPECT_EQ(cache.length, 6) << "a refused forward leaves the cache as it was";
+  EXPECT_NE(message([&] { cache.truncate(7); }).find("cannot truncate 6 positions to 7"), std::string::npos);
+  cache.truncate(2);
+  EXPECT_EQ(cache.length, 2);
 }
 
 }  // namespace
