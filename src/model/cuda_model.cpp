@@ -416,23 +416,21 @@ class GpuBlockOps final : public BlockOps {
 
 void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
                                bool accumulate, GpuKvCache* cache, const SiteInput* on_input,
-                               bool stop_at_output_input) {
+                               std::optional<InputSite> stop_after) {
   const int64_t past = cache ? cache->length : 0;
   LB_CHECK(past + T <= rope_positions_, "positions up to {} exceed the model's context {}", past + T, rope_positions_);
   ensure_workspace(B * T);
   GpuBlockOps ops(*this, layer, w, B, T, cache, on_input);
   ops.set_half(x, out, accumulate);
-  run_block_steps(ops, half_steps(BlockHalf::Attention),
-                  stop_at_output_input ? std::optional(InputSite::AttnOut) : std::nullopt);
+  run_block_steps(ops, half_steps(BlockHalf::Attention), stop_after);
 }
 
 void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
-                         bool accumulate, const SiteInput* on_input, bool stop_at_output_input) {
+                         bool accumulate, const SiteInput* on_input, std::optional<InputSite> stop_after) {
   ensure_workspace(B * T);
   GpuBlockOps ops(*this, layer, w, B, T, nullptr, on_input);
   ops.set_half(x, out, accumulate);
-  run_block_steps(ops, half_steps(BlockHalf::Mlp),
-                  stop_at_output_input ? std::optional(InputSite::MlpOut) : std::nullopt);
+  run_block_steps(ops, half_steps(BlockHalf::Mlp), stop_after);
 }
 
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,

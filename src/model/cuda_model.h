@@ -131,13 +131,14 @@ class CudaModel {
   // half may quantize in place): out (fp32 [B*T, H], device) = the attention's o_proj output or
   // the MLP's down_proj output, or out += it with accumulate (run_block: the residual add): the
   // halves of model/llama_block.h. The attention part appends to the cache as run_block does;
-  // on_input sees the half's two sites (Q's and O's inputs; Gate's and Down's).
-  // stop_at_output_input: return once on_input has seen O's (Down's) input, before the product.
+  // on_input sees the half's two sites (Q's and O's inputs; Gate's and Down's). stop_after: as
+  // run_block's, for a site of the half.
   void attention_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
                       bool accumulate, GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr,
-                      bool stop_at_output_input = false);
+                      std::optional<InputSite> stop_after = std::nullopt);
   void mlp_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
-                bool accumulate, const SiteInput* on_input = nullptr, bool stop_at_output_input = false);
+                bool accumulate, const SiteInput* on_input = nullptr,
+                std::optional<InputSite> stop_after = std::nullopt);
   // Embeddings of tokens into hidden (fp32, device).
   void embed(const int32_t* tokens_host, int64_t n, float* hidden);
   // Final norm into bf16 rows.
