@@ -2,6 +2,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "model/llama_block.h"
 
 #include <algorithm>
 #include <chrono>
@@ -46,17 +47,15 @@ BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kind
   // One statistics object per input site; the first requested linear of a site accumulates it.
   std::array<std::shared_ptr<InputStats>, 4> site{};
   std::array<LinearKind, 4> owner{};
-  LinearKind last = kinds[0];
   for (LinearKind k : kinds) {
     const int s = int(input_site(k));
     if (!site[size_t(s)]) {
       site[size_t(s)] = std::make_shared<InputStats>();
       owner[size_t(s)] = k;
     }
-    if (int(k) > int(last)) last = k;
   }
   BlockHooks hooks;
-  hooks.stop_after_input = last;
+  hooks.stop_after = last_input_site(kinds);
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
     const int s = int(input_site(k));
     InputStats* st = site[size_t(s)].get();
@@ -110,18 +109,16 @@ BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind>
   LB_ASSERT(!kinds.empty());
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
   std::array<LinearKind, 4> owner{};
-  LinearKind last = kinds[0];
   for (LinearKind k : kinds) {
     const int s = int(input_site(k));
     if (!site[size_t(s)]) {
       site[size_t(s)] = std::make_shared<std::vector<float>>();
       owner[size_t(s)] = k;
     }
-    if (int(k) > int(last)) last = k;
   }
   int64_t window = 0;
   BlockHooks hooks;
-  hooks.stop_after_input = last;
+  hooks.stop_after = last_input_site(kinds);
   hooks.on_input = [&](int64_t, LinearKind k, float* x, int64_t rows, int64_t cols) {
     const int s = int(input_site(k));
     std::vector<float>* buf = site[size_t(s)].get();

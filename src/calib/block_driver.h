@@ -103,7 +103,7 @@ class BlockContext {
   // The buffers are the caller's alone: a method may rewrite them in place or move them out.
   virtual Inputs capture_inputs(std::span<const LinearKind> kinds) const = 0;
   // Runs the block with weights `w` on windows [w0, w0 + n): out[n * seqlen, hidden] receives
-  // the outputs (or, with hooks->stop_after_input, the partly updated hidden states). hooks see
+  // the outputs (or, with hooks->stop_after, the partly updated hidden states). hooks see
   // (and may change) each linear's input as fp32 host rows, one window at a time.
   virtual void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const = 0;
 

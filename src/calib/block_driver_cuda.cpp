@@ -2,6 +2,7 @@
 
 #include "backend/cuda/ops.cuh"
 #include "core/error.h"
+#include "model/llama_block.h"
 
 #include <algorithm>
 #include <array>
@@ -20,15 +21,6 @@ namespace {
 // Rows per forward: about 16k, in whole windows.
 int64_t windows_per_chunk(int64_t seqlen) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(seqlen, 1)); }
 
-int64_t site_dim(const LlamaConfig& c, InputSite s) {
-  switch (s) {
-    case InputSite::AttnIn:
-    case InputSite::MlpIn: return c.hidden_size;
-    case InputSite::AttnOut: return c.q_dim();
-    case InputSite::MlpOut: return c.intermediate_size;
-  }
-  return 0;
-}
 
 // x (bf16 [rows, cols], row stride ld, device) as fp32 into host dst [rows, cols], through the
 // device staging buffers.
@@ -99,13 +91,12 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     DeviceBuffer<float> h, absmax, abssum;
   };
   std::array<Site, 4> sites;
-  InputSite last = input_site(kinds[0]);
+  const InputSite last = last_input_site(kinds);
   for (LinearKind k : kinds) {
-    last = std::max(last, input_site(k));
     Site& st = sites[size_t(input_site(k))];
     if (st.wanted) continue;
     st.wanted = true;
-    st.dim = site_dim(c, input_site(k));
+    st.dim = input_site_features(c, input_site(k));
     if (what.hessian) st.h.resize(size_t(st.dim * st.dim));
     st.absmax.resize(size_t(st.dim));
     st.abssum.resize(size_t(st.dim));
@@ -159,12 +150,11 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
   LB_ASSERT(!kinds.empty());
   const LlamaConfig& c = model_.config();
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
-  InputSite last = input_site(kinds[0]);
+  const InputSite last = last_input_site(kinds);
   for (LinearKind k : kinds) {
-    last = std::max(last, input_site(k));
     auto& buf = site[size_t(input_site(k))];
     if (buf) continue;
-    const int64_t dim = site_dim(c, input_site(k));
+    const int64_t dim = input_site_features(c, input_site(k));
     try {
       buf = std::make_shared<std::vector<float>>(size_t(nseq_ * seqlen_ * dim));
     } catch (const std::bad_alloc&) {
@@ -187,7 +177,7 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
 }
 
 void CudaBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks) const {
-  LB_CHECK(!hooks || (!hooks->on_output && !hooks->stop_after_input),
+  LB_CHECK(!hooks || (!hooks->on_output && !hooks->stop_after),
            "layer {}: the GPU block context runs input hooks only (no output hooks, no stop after an input)", layer_);
   GpuBlockWeights gw;
   gpu_.upload_weights(w, gw);
@@ -226,7 +216,7 @@ BlockContext::KlErrors CudaBlockContext::kl_errors(std::span<const KlSearchJob> 
     DeviceBuffer<double> errors;  // [nseq, R]
   };
   std::vector<Job> dev(jobs.size());
-  std::optional<InputSite> last;
+  std::vector<LinearKind> searched;  // the linears of the jobs with candidates
   int64_t max_rows = 0, max_cols = 0;
   const auto upload_matrix = [&](DeviceBuffer<float>& dst, const float* src, int64_t n) {
     dst.resize(size_t(n));
@@ -249,13 +239,13 @@ BlockContext::KlErrors CudaBlockContext::kl_errors(std::span<const KlSearchJob> 
         if (!d.deltas.contains(st.delta)) upload_matrix(d.deltas[st.delta], st.delta, ks.rows * ks.cols);
       }
     d.errors.resize(size_t(nseq_ * d.R));
-    const InputSite site = input_site(jobs[j].linear);
-    last = last ? std::max(*last, site) : site;
+    searched.push_back(jobs[j].linear);
     max_rows = std::max(max_rows, ks.rows);
     max_cols = std::max(max_cols, ks.cols);
   }
   KlErrors out(jobs.size(), std::vector<std::vector<double>>(size_t(nseq_)));
-  if (!last) return out;
+  if (searched.empty()) return out;
+  const InputSite last = last_input_site(searched);
 
   // The products run in fp32 on the inputs widened from bf16, not bf16 x bf16: the search ranks
   // candidates by how far their outputs move from Y, and bf16 operands would round W and the
@@ -301,7 +291,7 @@ BlockContext::KlErrors CudaBlockContext::kl_errors(std::span<const KlSearchJob> 
         }
       }
     }
-  }, nullptr, *last);
+  }, nullptr, last);
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Job& d = dev[j];
     if (d.R == 0) continue;

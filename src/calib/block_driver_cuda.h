@@ -40,7 +40,7 @@ class CudaBlockContext final : public BlockContext {
   Inputs capture_inputs(std::span<const LinearKind> kinds) const override;
   // On the GPU the hooks observe: on_input sees a host copy of each linear's input, one window
   // at a time, and what it writes there does not reach the product; on_output and
-  // stop_after_input are refused.
+  // stop_after are refused.
   void run(const BlockWeights& w, int64_t w0, int64_t n, float* out, const BlockHooks* hooks = nullptr) const override;
   std::unique_ptr<PartProbe> probe(Part part, LinearKind linear, const BlockWeights& w0,
                                    std::span<const LinearKind> varying, const std::vector<float>& x) const override;

@@ -26,8 +26,5 @@ KlDivergenceResult kl_divergence_cuda(CudaModel& base, CudaModel& model, const s
 
 std::unique_ptr<McBackend> make_cuda_mc_backend(CudaModel& model, int64_t max_length);
 
-// The GPU's EvalSession (eval/eval_session.h): one cuda::Context; each placed model is a CudaModel
-// on it, and KL-divergence runs both models in that context.
-std::unique_ptr<EvalSession> open_cuda_eval_session(const Device& device);
 
 }  // namespace lowbit

@@ -2,9 +2,6 @@
 
 #include "backend/device_check.h"
 #include "core/error.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "eval/cuda_eval.h"
-#endif
 
 namespace lowbit {
 
@@ -71,10 +68,7 @@ class CpuEvalSession final : public EvalSession {
 
 std::unique_ptr<EvalSession> open_eval_session(const Device& device) {
   check_device_available(device);
-#ifdef LOWBIT_WITH_CUDA
   if (device.is_cuda()) return open_cuda_eval_session(device);
-#endif
-  LB_CHECK(!device.is_cuda(), "device {}: this lowbit was built without CUDA", device.str());
   return std::make_unique<CpuEvalSession>();
 }
 

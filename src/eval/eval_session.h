@@ -70,4 +70,9 @@ class EvalSession {
 // (check_device_available).
 std::unique_ptr<EvalSession> open_eval_session(const Device& device);
 
+// The GPU's EvalSession, which open_eval_session opens for a CUDA device: one cuda::Context; each
+// placed model is a CudaModel on it, and KL-divergence runs both models in that context
+// (eval/cuda_eval.cpp). A build without CUDA links eval/cuda_eval_none.cpp instead, which refuses.
+std::unique_ptr<EvalSession> open_cuda_eval_session(const Device& device);
+
 }  // namespace lowbit

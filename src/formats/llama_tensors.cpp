@@ -154,6 +154,10 @@ const char* input_site_name(InputSite s) {
   return "?";
 }
 
+int64_t input_site_features(const LlamaConfig& c, InputSite s) {
+  return linear_in_features(c, site_linears(s).front());
+}
+
 std::span<const LinearKind> site_linears(InputSite s) {
   switch (s) {
     case InputSite::AttnIn: return kAttnIn;

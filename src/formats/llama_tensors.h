@@ -82,6 +82,8 @@ InputSite input_site(LinearKind k);
 const char* input_site_name(InputSite s);  // "attn_in", "attn_out", "mlp_in", "mlp_out"
 // The linears reading site s, in block order (the first one is the site's representative).
 std::span<const LinearKind> site_linears(InputSite s);
+// The width of site s's input: the in_features of its linears.
+int64_t input_site_features(const LlamaConfig& c, InputSite s);
 
 // Every tensor a LlamaForCausalLM with this config has, with its HF name and shape (lm_head only
 // when the embeddings are not tied), in checkpoint order; the visitor form lists nothing up front.

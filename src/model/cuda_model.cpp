@@ -1,6 +1,7 @@
 #include "model/cuda_model.h"
 
 #include "core/error.h"
+#include "model/llama_block.h"
 
 #include <algorithm>
 #include <cstring>
@@ -48,11 +49,6 @@ void set_gpu_packed_factory(GpuPackedFactory f) { packed_factory() = std::move(f
 
 GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s) {
   return packed_factory() ? packed_factory()(model, s) : GpuPackedLinears{};
-}
-
-void GpuKvCache::truncate(int64_t n) {
-  LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
-  length = n;
 }
 
 CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<bool> resident,
@@ -288,95 +284,163 @@ void CudaModel::grouped_linear(int64_t layer, std::span<const LinearKind> kinds,
   }
 }
 
+// The block's steps (model/llama_block.h) on the GPU: bf16 GEMMs into the model's workspace, the
+// residual stream fp32. The projections that end a half (o_proj, down_proj) add into their output
+// in the GEMM's epilogue when accumulating (a whole block: into the residual stream), so the
+// Residual step has nothing left to do.
+class GpuBlockOps final : public BlockOps {
+ public:
+  GpuBlockOps(CudaModel& m, int64_t layer, const GpuBlockWeights& w, int64_t B, int64_t T, GpuKvCache* cache,
+              const CudaModel::SiteInput* on_input)
+      : m_(m), c_(m.config()), layer_(layer), w_(w), B_(B), T_(T), N_(B * T), cache_(cache), on_input_(on_input) {}
+
+  // A whole block on hidden (fp32 [N, H], device), the normed input in the model's workspace.
+  void set_hidden(float* hidden) {
+    hidden_ = hidden;
+    x_ = m_.x_.get();
+    out_ = hidden;
+    accumulate_ = true;
+  }
+  // One half on a normed input x (bf16 [N, H], device; the half may quantize it in place):
+  // out = the half's output, or out += it with accumulate.
+  void set_half(bf16* x, float* out, bool accumulate) {
+    x_ = x;
+    out_ = out;
+    accumulate_ = accumulate;
+  }
+
+  void norm(BlockHalf h) override {
+    m_.mark("rmsnorm");
+    const bf16* weight = h == BlockHalf::Attention ? w_.input_norm.get() : w_.post_norm.get();
+    cuda::rmsnorm(hidden_, weight, x_, N_, c_.hidden_size, float(c_.rms_norm_eps), m_.ctx_.stream());
+  }
+
+  void hooks(InputSite s) override {
+    if (!on_input_) return;
+    const int64_t H = c_.hidden_size, F = c_.intermediate_size, qd = c_.q_dim();
+    switch (s) {
+      case InputSite::AttnIn: (*on_input_)(LinearKind::Q, x_, N_, H, H); break;
+      case InputSite::AttnOut: (*on_input_)(LinearKind::O, m_.att_.get(), N_, qd, qd); break;
+      case InputSite::MlpIn: (*on_input_)(LinearKind::Gate, x_, N_, H, H); break;
+      case InputSite::MlpOut: (*on_input_)(LinearKind::Down, m_.gate_up_.get(), N_, F, 2 * F); break;
+    }
+  }
+
+  void products(InputSite s) override {
+    static constexpr LinearKind kQkv[] = {LinearKind::Q, LinearKind::K, LinearKind::V};
+    static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
+    const int64_t F = c_.intermediate_size, qd = c_.q_dim();
+    switch (s) {
+      case InputSite::AttnIn:
+        m_.mark("qkv_proj");
+        m_.grouped_linear(layer_, kQkv, w_, w_.qkv.get(), x_, m_.qkv_.get(), B_, T_);
+        break;
+      case InputSite::AttnOut:
+        m_.mark(accumulate_ ? "o_proj (+ residual)" : "o_proj");
+        output_product(LinearKind::O, m_.att_.get(), qd, qd);
+        break;
+      case InputSite::MlpIn:
+        m_.mark("gate_up_proj");
+        m_.grouped_linear(layer_, kGateUp, w_, w_.gate_up.get(), x_, m_.gate_up_.get(), B_, T_);
+        break;
+      case InputSite::MlpOut:
+        m_.mark(accumulate_ ? "down_proj (+ residual)" : "down_proj");
+        output_product(LinearKind::Down, m_.gate_up_.get(), F, 2 * F);
+        break;
+    }
+  }
+
+  void attention() override {
+    const int64_t T = T_, nh = c_.num_attention_heads, nkv = c_.num_key_value_heads, hd = c_.head_dim;
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim(), ldqkv = qd + 2 * kvd;
+    const cudaStream_t s = m_.ctx_.stream();
+    const int64_t past = cache_ ? cache_->length : 0;
+    bf16* qkv = m_.qkv_.get();
+    // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
+    m_.mark("rope_k");
+    cuda::rope(qkv + qd, B_, T, nkv, hd, ldqkv, m_.rope_cos_.get(), m_.rope_sin_.get(), past, s);
+    const bf16* kall = qkv + qd;
+    const bf16* vall = qkv + qd + kvd;
+    int64_t ldk = ldqkv;
+    if (cache_) {
+      LB_ASSERT(B_ == 1 && past + T <= cache_->capacity);
+      m_.mark("kv_cache");
+      const size_t row = size_t(kvd) * sizeof(bf16), pitch = size_t(ldqkv) * sizeof(bf16);
+      LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->k[size_t(layer_)].get() + past * kvd, row, kall, pitch, row, size_t(T),
+                                      cudaMemcpyDeviceToDevice, s));
+      LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->v[size_t(layer_)].get() + past * kvd, row, vall, pitch, row, size_t(T),
+                                      cudaMemcpyDeviceToDevice, s));
+      kall = cache_->k[size_t(layer_)].get();
+      vall = cache_->v[size_t(layer_)].get();
+      ldk = kvd;
+    }
+    m_.mark("attention");
+    cuda::attention(qkv, kall, vall, m_.att_.get(), B_, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, m_.rope_cos_.get(),
+                    m_.rope_sin_.get());
+  }
+
+  void swiglu() override {
+    m_.mark("swiglu");
+    cuda::swiglu_rows(m_.gate_up_.get(), N_, c_.intermediate_size, m_.ctx_.stream());
+  }
+
+  void residual(BlockHalf) override {}
+
+ private:
+  // o_proj or down_proj on its input a [N, cols] (row stride lda), quantized in place under an
+  // activation scheme: out = or += a W^T.
+  void output_product(LinearKind k, bf16* a, int64_t cols, int64_t lda) {
+    const int64_t H = c_.hidden_size;
+    const cudaStream_t s = m_.ctx_.stream();
+    if (m_.act_) m_.quantize_input(layer_, k, a, B_, T_, cols, lda);
+    if (const cuda::PackedWeight* p = w_.packed_linear(k)) {
+      if (!accumulate_) LB_CUDA_CHECK(cudaMemsetAsync(out_, 0, size_t(N_ * H) * sizeof(float), s));
+      cuda::packed_linear_accumulate(*p, a, out_, N_, m_.w4ws_, s, /*lda=*/lda, /*ldc=*/H);
+    } else {
+      cuda::linear(m_.ctx_, a, w_[k], out_, N_, H, cols, accumulate_, /*lda=*/lda);
+    }
+  }
+
+  CudaModel& m_;
+  const LlamaConfig& c_;
+  const int64_t layer_;
+  const GpuBlockWeights& w_;
+  const int64_t B_, T_, N_;
+  GpuKvCache* cache_;
+  const CudaModel::SiteInput* on_input_;
+  float* hidden_ = nullptr;
+  bf16* x_ = nullptr;
+  float* out_ = nullptr;
+  bool accumulate_ = true;
+};
+
 void CudaModel::attention_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
                                bool accumulate, GpuKvCache* cache, const SiteInput* on_input,
-                               bool stop_at_output_input) {
-  const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, N = B * T;
-  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), ldqkv = qd + 2 * kvd;
-  const cudaStream_t s = ctx_.stream();
+                               std::optional<InputSite> stop_after) {
   const int64_t past = cache ? cache->length : 0;
   LB_CHECK(past + T <= rope_positions_, "positions up to {} exceed the model's context {}", past + T, rope_positions_);
-  ensure_workspace(N);
-  mark("qkv_proj");
-  static constexpr LinearKind kQkv[] = {LinearKind::Q, LinearKind::K, LinearKind::V};
-  grouped_linear(layer, kQkv, w, w.qkv.get(), x, qkv_.get(), B, T);
-  // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
-  mark("rope_k");
-  cuda::rope(qkv_.get() + qd, B, T, nkv, hd, ldqkv, rope_cos_.get(), rope_sin_.get(), past, s);
-  const bf16* kall = qkv_.get() + qd;
-  const bf16* vall = qkv_.get() + qd + kvd;
-  int64_t ldk = ldqkv;
-  if (cache) {
-    LB_ASSERT(B == 1 && past + T <= cache->capacity);
-    mark("kv_cache");
-    const size_t row = size_t(kvd) * sizeof(bf16), pitch = size_t(ldqkv) * sizeof(bf16);
-    LB_CUDA_CHECK(cudaMemcpy2DAsync(cache->k[size_t(layer)].get() + past * kvd, row, kall, pitch, row, size_t(T),
-                                    cudaMemcpyDeviceToDevice, s));
-    LB_CUDA_CHECK(cudaMemcpy2DAsync(cache->v[size_t(layer)].get() + past * kvd, row, vall, pitch, row, size_t(T),
-                                    cudaMemcpyDeviceToDevice, s));
-    kall = cache->k[size_t(layer)].get();
-    vall = cache->v[size_t(layer)].get();
-    ldk = kvd;
-  }
-  mark("attention");
-  cuda::attention(qkv_.get(), kall, vall, att_.get(), B, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, rope_cos_.get(),
-                  rope_sin_.get());
-  mark(accumulate ? "o_proj (+ residual)" : "o_proj");
-  if (on_input) (*on_input)(LinearKind::O, att_.get(), N, qd, qd);
-  if (stop_at_output_input) return;
-  if (act_) quantize_input(layer, LinearKind::O, att_.get(), B, T, qd, qd);
-  if (const cuda::PackedWeight* p = w.packed_linear(LinearKind::O)) {
-    if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
-    cuda::packed_linear_accumulate(*p, att_.get(), out, N, w4ws_, s, /*lda=*/qd, /*ldc=*/H);
-  } else {
-    cuda::linear(ctx_, att_.get(), w[LinearKind::O], out, N, H, qd, accumulate);
-  }
+  ensure_workspace(B * T);
+  GpuBlockOps ops(*this, layer, w, B, T, cache, on_input);
+  ops.set_half(x, out, accumulate);
+  run_block_steps(ops, half_steps(BlockHalf::Attention), stop_after);
 }
 
 void CudaModel::mlp_part(int64_t layer, const GpuBlockWeights& w, bf16* x, float* out, int64_t B, int64_t T,
-                         bool accumulate, const SiteInput* on_input, bool stop_at_output_input) {
-  const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
-  const cudaStream_t s = ctx_.stream();
-  ensure_workspace(N);
-  mark("gate_up_proj");
-  static constexpr LinearKind kGateUp[] = {LinearKind::Gate, LinearKind::Up};
-  grouped_linear(layer, kGateUp, w, w.gate_up.get(), x, gate_up_.get(), B, T);
-  mark("swiglu");
-  cuda::swiglu_rows(gate_up_.get(), N, F, s);
-  mark(accumulate ? "down_proj (+ residual)" : "down_proj");
-  if (on_input) (*on_input)(LinearKind::Down, gate_up_.get(), N, F, 2 * F);
-  if (stop_at_output_input) return;
-  if (act_) quantize_input(layer, LinearKind::Down, gate_up_.get(), B, T, F, 2 * F);
-  if (const cuda::PackedWeight* p = w.packed_linear(LinearKind::Down)) {
-    if (!accumulate) LB_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * H) * sizeof(float), s));
-    cuda::packed_linear_accumulate(*p, gate_up_.get(), out, N, w4ws_, s, /*lda=*/2 * F, /*ldc=*/H);
-  } else {
-    cuda::linear(ctx_, gate_up_.get(), w[LinearKind::Down], out, N, H, F, accumulate, /*lda=*/2 * F);
-  }
+                         bool accumulate, const SiteInput* on_input, std::optional<InputSite> stop_after) {
+  ensure_workspace(B * T);
+  GpuBlockOps ops(*this, layer, w, B, T, nullptr, on_input);
+  ops.set_half(x, out, accumulate);
+  run_block_steps(ops, half_steps(BlockHalf::Mlp), stop_after);
 }
 
 void CudaModel::run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
                           GpuKvCache* cache, const SiteInput* on_input, std::optional<InputSite> stop_after) {
-  const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, N = B * T;
-  const float eps = float(c.rms_norm_eps);
-  const cudaStream_t s = ctx_.stream();
-  ensure_workspace(N);
-  mark("rmsnorm");
-  cuda::rmsnorm(hidden, w.input_norm.get(), x_.get(), N, H, eps, s);
-  if (on_input) (*on_input)(LinearKind::Q, x_.get(), N, H, H);
-  if (stop_after == InputSite::AttnIn) return;
-  attention_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, cache, on_input,
-                 stop_after == InputSite::AttnOut);
-  if (stop_after == InputSite::AttnOut) return;
-  mark("rmsnorm");
-  cuda::rmsnorm(hidden, w.post_norm.get(), x_.get(), N, H, eps, s);
-  if (on_input) (*on_input)(LinearKind::Gate, x_.get(), N, H, H);
-  if (stop_after == InputSite::MlpIn) return;
-  mlp_part(layer, w, x_.get(), hidden, B, T, /*accumulate=*/true, on_input, stop_after == InputSite::MlpOut);
+  const int64_t past = cache ? cache->length : 0;
+  LB_CHECK(past + T <= rope_positions_, "positions up to {} exceed the model's context {}", past + T, rope_positions_);
+  ensure_workspace(B * T);
+  GpuBlockOps ops(*this, layer, w, B, T, cache, on_input);
+  ops.set_hidden(hidden);
+  run_block_steps(ops, block_steps(), stop_after);
 }
 
 void CudaModel::final_norm(const float* hidden, bf16* out, int64_t rows) {
@@ -471,8 +535,7 @@ void CudaModel::forward_rows(const int32_t* ids, int64_t B, int64_t T, const std
 
 GpuKvCache CudaModel::make_kv_cache(int64_t capacity) const {
   const LlamaConfig& c = config();
-  LB_CHECK(capacity > 0 && capacity <= rope_positions_, "KV cache of {} positions: the model's context is {}", capacity,
-           rope_positions_);
+  KvPositions::check_capacity(capacity, rope_positions_);
   GpuKvCache kv;
   kv.capacity = capacity;
   kv.k.resize(size_t(c.num_hidden_layers));
@@ -504,8 +567,7 @@ void CudaModel::forward_embeddings_cached(const float* hidden_host, int64_t T, G
 void CudaModel::run_cached(float* hidden, int64_t T, GpuKvCache& cache, DeviceBuffer<bf16>& normed) {
   const LlamaConfig& c = config();
   const int64_t H = c.hidden_size;
-  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
-           cache.length, T);
+  cache.check_room(T);
   GpuBlockWeights scratch;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) run_block(i, block(i, scratch), hidden, 1, T, &cache);
   cache.length += T;

@@ -60,10 +60,11 @@ void set_gpu_packed_factory(GpuPackedFactory f);
 // The factory's GpuPackedLinears for `model` (empty when no factory is set).
 GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s);
 
-struct GpuKvCache {
-  int64_t length = 0, capacity = 0;
+class GpuBlockOps;  // cuda_model.cpp: the block's steps (model/llama_block.h) on the GPU
+
+// A KV cache on the GPU (positions and their rules: model/kv_cache.h).
+struct GpuKvCache : KvPositions {
   std::vector<cuda::DeviceBuffer<cuda::bf16>> k, v;  // [layers][capacity * kv_dim]
-  void truncate(int64_t n);
 };
 
 class CudaModel {
@@ -118,9 +119,9 @@ class CudaModel {
   // The bf16 input [rows, cols] (row stride ld) of the linears starting with `first` (Q for
   // q/k/v, O, Gate for gate/up, Down), as run_block computes it.
   using SiteInput = std::function<void(LinearKind first, const cuda::bf16* x, int64_t rows, int64_t cols, int64_t ld)>;
-  // One block on B sequences of T tokens: hidden (fp32, device) updated in place; with a cache
-  // (B = 1) keys and values are appended at cache->length. on_input sees each site's input
-  // (before any activation quantization).
+  // One block on B sequences of T tokens (the steps of model/llama_block.h): hidden (fp32,
+  // device) updated in place; with a cache (B = 1) keys and values are appended at
+  // cache->length. on_input sees each site's input (before any activation quantization).
   // With stop_after, the block stops once that site's input has been seen (hidden is then
   // partly updated: a caller that stops keeps its own copy).
   void run_block(int64_t layer, const GpuBlockWeights& w, float* hidden, int64_t B, int64_t T,
@@ -128,14 +129,16 @@ class CudaModel {
                  std::optional<InputSite> stop_after = std::nullopt);
   // The block's two halves on a normed input x (bf16 [B*T, H], device; it is the workspace the
   // half may quantize in place): out (fp32 [B*T, H], device) = the attention's o_proj output or
-  // the MLP's down_proj output, or out += it with accumulate (run_block: the residual add). The
-  // attention part appends to the cache as run_block does; on_input sees O's and Down's inputs.
-  // stop_at_output_input: return once on_input has seen O's (Down's) input, before the product.
+  // the MLP's down_proj output, or out += it with accumulate (run_block: the residual add): the
+  // halves of model/llama_block.h. The attention part appends to the cache as run_block does;
+  // on_input sees the half's two sites (Q's and O's inputs; Gate's and Down's). stop_after: as
+  // run_block's, for a site of the half.
   void attention_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
                       bool accumulate, GpuKvCache* cache = nullptr, const SiteInput* on_input = nullptr,
-                      bool stop_at_output_input = false);
+                      std::optional<InputSite> stop_after = std::nullopt);
   void mlp_part(int64_t layer, const GpuBlockWeights& w, cuda::bf16* x, float* out, int64_t B, int64_t T,
-                bool accumulate, const SiteInput* on_input = nullptr, bool stop_at_output_input = false);
+                bool accumulate, const SiteInput* on_input = nullptr,
+                std::optional<InputSite> stop_after = std::nullopt);
   // Embeddings of tokens into hidden (fp32, device).
   void embed(const int32_t* tokens_host, int64_t n, float* hidden);
   // Final norm into bf16 rows.
@@ -151,6 +154,7 @@ class CudaModel {
   const float* rope_sin() const { return rope_sin_.get(); }
 
  private:
+  friend class GpuBlockOps;
   void ensure_workspace(int64_t rows);
   // The blocks and the final norm on hidden (fp32 [T, H], device) after the cache's positions.
   void run_cached(float* hidden, int64_t T, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);

@@ -1,6 +1,7 @@
 #include "model/llama_model.h"
 
 #include "core/error.h"
+#include "model/llama_block.h"
 
 #include <algorithm>
 #include <cstring>
@@ -155,24 +156,11 @@ void split_columns(const float* y, int64_t rows, std::initializer_list<std::pair
   }
 }
 
-bool stops_at(const BlockHooks* hooks, std::initializer_list<LinearKind> kinds) {
-  if (!hooks || !hooks->stop_after_input) return false;
-  for (LinearKind k : kinds)
-    if (*hooks->stop_after_input == k) return true;
-  return false;
-}
-
 }  // namespace
-
-void KvCache::truncate(int64_t n) {
-  LB_CHECK(n >= 0 && n <= length, "KV cache: cannot truncate {} positions to {}", length, n);
-  length = n;
-}
 
 KvCache LlamaModel::make_kv_cache(int64_t capacity) const {
   const LlamaConfig& c = config();
-  LB_CHECK(capacity > 0 && capacity <= c.max_position_embeddings,
-           "KV cache of {} positions: the model's context is {}", capacity, c.max_position_embeddings);
+  KvPositions::check_capacity(capacity, c.max_position_embeddings);
   KvCache kv;
   kv.capacity = capacity;
   kv.k.assign(size_t(c.num_hidden_layers), std::vector<float>(size_t(capacity * c.kv_dim())));
@@ -189,143 +177,215 @@ void LlamaModel::forward_cached(std::span<const int32_t> tokens, KvCache& cache,
 
 void LlamaModel::run_cached(float* hidden_out, int64_t T, KvCache& cache, const BlockHooks* hooks) const {
   const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size;
   LB_CHECK(T > 0, "forward_cached: no tokens");
-  LB_CHECK(cache.length + T <= cache.capacity, "KV cache holds {} positions; {} + {} do not fit", cache.capacity,
-           cache.length, T);
+  cache.check_room(T);
   if (hooks == nullptr) hooks = forward_hooks_.get();
   ensure_positions(cache.length + T);
-  const float eps = float(c.rms_norm_eps);
-  std::vector<float> x(size_t(T * H)), y(size_t(T * H));
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    auto w = block_weights(i);
-    ops::rmsnorm(hidden_out, w->input_norm.data_as<float>(), x.data(), T, H, eps);
-    attention_part(i, *w, x.data(), y.data(), 1, T, cache.length, hooks, &cache);
-    for (int64_t j = 0; j < T * H; ++j) hidden_out[j] += y[size_t(j)];
-    ops::rmsnorm(hidden_out, w->post_norm.data_as<float>(), x.data(), T, H, eps);
-    mlp_part(i, *w, x.data(), y.data(), T, hooks);
-    for (int64_t j = 0; j < T * H; ++j) hidden_out[j] += y[size_t(j)];
-  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    run_block(i, *block_weights(i), hidden_out, 1, T, cache.length, hooks, &cache);
   cache.length += T;
   final_norm(hidden_out, T);
 }
 
+namespace {
+
+// The block's steps (model/llama_block.h) on the CPU: fp32 host buffers, hooks per linear.
+class CpuBlockOps final : public BlockOps {
+ public:
+  CpuBlockOps(const LlamaConfig& c, const RopeTable& rope, int64_t layer, const BlockWeights& w, int64_t B, int64_t T,
+              int64_t pos0, const BlockHooks* hooks, KvCache* cache)
+      : c_(c), rope_(rope), layer_(layer), w_(w), B_(B), T_(T), N_(B * T), pos0_(pos0), hooks_(hooks), cache_(cache) {}
+
+  // A whole block: hidden [N, H] runs in place; the normed input and each half's output live here.
+  void set_hidden(float* hidden) {
+    hidden_ = hidden;
+    xbuf_.resize(size_t(N_ * c_.hidden_size));
+    ybuf_.resize(size_t(N_ * c_.hidden_size));
+    x_ = xbuf_.data();
+    out_ = ybuf_.data();
+  }
+  // One half on a normed input x [N, H], writing its output [N, H] (before the residual add).
+  void set_half(const float* x, float* out) {
+    x_ = x;
+    out_ = out;
+  }
+
+  void norm(BlockHalf h) override {
+    const Tensor& weight = h == BlockHalf::Attention ? w_.input_norm : w_.post_norm;
+    ops::rmsnorm(hidden_, weight.data_as<float>(), xbuf_.data(), N_, c_.hidden_size, float(c_.rms_norm_eps));
+  }
+
+  void hooks(InputSite s) override {
+    const int64_t H = c_.hidden_size;
+    switch (s) {
+      case InputSite::AttnIn:
+        q_.resize(size_t(N_ * c_.q_dim()));
+        k_.resize(size_t(N_ * c_.kv_dim()));
+        v_.resize(size_t(N_ * c_.kv_dim()));
+        att_.resize(size_t(N_ * c_.q_dim()));
+        // q, k and v read the same input; a hook that rewrites it (activation quantization) must
+        // see it once per linear, so each gets its own copy.
+        if (has_input_hooks()) {
+          xq_.assign(x_, x_ + N_ * H);
+          xk_ = xq_;
+          xv_ = xq_;
+          hooks_->on_input(layer_, LinearKind::Q, xq_.data(), N_, H);
+          hooks_->on_input(layer_, LinearKind::K, xk_.data(), N_, H);
+          hooks_->on_input(layer_, LinearKind::V, xv_.data(), N_, H);
+        }
+        break;
+      case InputSite::AttnOut:
+        if (has_input_hooks()) hooks_->on_input(layer_, LinearKind::O, att_.data(), N_, c_.q_dim());
+        break;
+      case InputSite::MlpIn:
+        gate_.resize(size_t(N_ * c_.intermediate_size));
+        up_.resize(size_t(N_ * c_.intermediate_size));
+        if (has_input_hooks()) {
+          xq_.assign(x_, x_ + N_ * H);
+          xk_ = xq_;
+          hooks_->on_input(layer_, LinearKind::Gate, xq_.data(), N_, H);
+          hooks_->on_input(layer_, LinearKind::Up, xk_.data(), N_, H);
+        }
+        break;
+      case InputSite::MlpOut:
+        if (has_input_hooks()) hooks_->on_input(layer_, LinearKind::Down, gate_.data(), N_, c_.intermediate_size);
+        break;
+    }
+  }
+
+  void products(InputSite s) override {
+    const int64_t H = c_.hidden_size, F = c_.intermediate_size, qd = c_.q_dim(), kvd = c_.kv_dim();
+    switch (s) {
+      case InputSite::AttnIn:
+        if (has_input_hooks()) {
+          product(LinearKind::Q, xq_.data(), H, q_.data(), qd);
+          product(LinearKind::K, xk_.data(), H, k_.data(), kvd);
+          product(LinearKind::V, xv_.data(), H, v_.data(), kvd);
+          xq_ = {}, xk_ = {}, xv_ = {};
+        } else if (w_.qkv) {
+          LB_ASSERT(w_.qkv->in_features() == H && w_.qkv->out_features() == qd + 2 * kvd);
+          std::vector<float> qkv(size_t(N_ * (qd + 2 * kvd)));
+          w_.qkv->apply(x_, qkv.data(), N_);
+          split_columns(qkv.data(), N_, {{q_.data(), qd}, {k_.data(), kvd}, {v_.data(), kvd}});
+          if (hooks_ && hooks_->on_output) {
+            hooks_->on_output(layer_, LinearKind::Q, q_.data(), N_, qd);
+            hooks_->on_output(layer_, LinearKind::K, k_.data(), N_, kvd);
+            hooks_->on_output(layer_, LinearKind::V, v_.data(), N_, kvd);
+          }
+        } else {
+          product(LinearKind::Q, x_, H, q_.data(), qd);
+          product(LinearKind::K, x_, H, k_.data(), kvd);
+          product(LinearKind::V, x_, H, v_.data(), kvd);
+        }
+        break;
+      case InputSite::AttnOut:
+        product(LinearKind::O, att_.data(), qd, out_, H);
+        q_ = {}, k_ = {}, v_ = {}, att_ = {};
+        break;
+      case InputSite::MlpIn:
+        if (has_input_hooks()) {
+          product(LinearKind::Gate, xq_.data(), H, gate_.data(), F);
+          product(LinearKind::Up, xk_.data(), H, up_.data(), F);
+          xq_ = {}, xk_ = {};
+        } else if (w_.gate_up) {
+          LB_ASSERT(w_.gate_up->in_features() == H && w_.gate_up->out_features() == 2 * F);
+          std::vector<float> gu(size_t(N_ * 2 * F));
+          w_.gate_up->apply(x_, gu.data(), N_);
+          split_columns(gu.data(), N_, {{gate_.data(), F}, {up_.data(), F}});
+          if (hooks_ && hooks_->on_output) {
+            hooks_->on_output(layer_, LinearKind::Gate, gate_.data(), N_, F);
+            hooks_->on_output(layer_, LinearKind::Up, up_.data(), N_, F);
+          }
+        } else {
+          product(LinearKind::Gate, x_, H, gate_.data(), F);
+          product(LinearKind::Up, x_, H, up_.data(), F);
+        }
+        break;
+      case InputSite::MlpOut:
+        product(LinearKind::Down, gate_.data(), F, out_, H);
+        gate_ = {};
+        break;
+    }
+  }
+
+  void attention() override {
+    const int64_t T = T_, nh = c_.num_attention_heads, nkv = c_.num_key_value_heads, hd = c_.head_dim;
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+    if (cache_ != nullptr) {
+      LB_ASSERT(B_ == 1 && pos0_ == cache_->length && cache_->length + T <= cache_->capacity);
+      ops::rope(q_.data(), T, nh, qd, rope_, pos0_);
+      ops::rope(k_.data(), T, nkv, kvd, rope_, pos0_);
+      float* kc = cache_->k[size_t(layer_)].data();
+      float* vc = cache_->v[size_t(layer_)].data();
+      std::memcpy(kc + pos0_ * kvd, k_.data(), size_t(T * kvd) * sizeof(float));
+      std::memcpy(vc + pos0_ * kvd, v_.data(), size_t(T * kvd) * sizeof(float));
+      ops::attention(q_.data(), kc, vc, att_.data(), T, nh, nkv, hd, pos0_);
+    } else {
+      for (int64_t b = 0; b < B_; ++b) {
+        ops::rope(q_.data() + b * T * qd, T, nh, qd, rope_, pos0_);
+        ops::rope(k_.data() + b * T * kvd, T, nkv, kvd, rope_, pos0_);
+        ops::attention(q_.data() + b * T * qd, k_.data() + b * T * kvd, v_.data() + b * T * kvd,
+                       att_.data() + b * T * qd, T, nh, nkv, hd);
+      }
+    }
+  }
+
+  void swiglu() override {
+    ops::swiglu(gate_.data(), up_.data(), gate_.data(), N_ * c_.intermediate_size);
+    up_ = {};
+  }
+
+  void residual(BlockHalf) override {
+    for (int64_t i = 0; i < N_ * c_.hidden_size; ++i) hidden_[i] += out_[i];
+  }
+
+ private:
+  bool has_input_hooks() const { return hooks_ && hooks_->on_input; }
+  void product(LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
+    run_linear(w_, kind, in, o, N_, in_cols, out_cols);
+    if (hooks_ && hooks_->on_output) hooks_->on_output(layer_, kind, o, N_, out_cols);
+  }
+
+  const LlamaConfig& c_;
+  const RopeTable& rope_;
+  const int64_t layer_;
+  const BlockWeights& w_;
+  const int64_t B_, T_, N_, pos0_;
+  const BlockHooks* hooks_;
+  KvCache* cache_;
+  float* hidden_ = nullptr;
+  const float* x_ = nullptr;
+  float* out_ = nullptr;
+  std::vector<float> xbuf_, ybuf_;
+  // Per-linear copies of a site's input (q/k/v or gate/up) when input hooks run.
+  std::vector<float> xq_, xk_, xv_;
+  std::vector<float> q_, k_, v_, att_, gate_, up_;
+};
+
+}  // namespace
+
 bool LlamaModel::attention_part(int64_t layer, const BlockWeights& w, const float* xin, float* out, int64_t B,
                                 int64_t T, int64_t pos0, const BlockHooks* hooks, KvCache* cache) const {
-  const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, N = B * T;
-  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
-  const int64_t qd = nh * hd, kvd = nkv * hd;
   ensure_positions(pos0 + T);
-  std::vector<float> q(size_t(N * qd)), k(size_t(N * kvd)), v(size_t(N * kvd)), att(size_t(N * qd));
-  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    run_linear(w, kind, in, o, N, in_cols, out_cols);
-    if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
-  };
-  if (hooks && hooks->on_input) {
-    // q, k and v read the same input; a hook that rewrites it (activation quantization) must
-    // see it once per linear, so each gets its own copy.
-    std::vector<float> xq(xin, xin + N * H), xk(xq), xv(xq);
-    hooks->on_input(layer, LinearKind::Q, xq.data(), N, H);
-    hooks->on_input(layer, LinearKind::K, xk.data(), N, H);
-    hooks->on_input(layer, LinearKind::V, xv.data(), N, H);
-    if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
-    product(LinearKind::Q, xq.data(), H, q.data(), qd);
-    product(LinearKind::K, xk.data(), H, k.data(), kvd);
-    product(LinearKind::V, xv.data(), H, v.data(), kvd);
-  } else {
-    if (stops_at(hooks, {LinearKind::Q, LinearKind::K, LinearKind::V})) return true;
-    if (w.qkv) {
-      LB_ASSERT(w.qkv->in_features() == H && w.qkv->out_features() == qd + 2 * kvd);
-      std::vector<float> qkv(size_t(N * (qd + 2 * kvd)));
-      w.qkv->apply(xin, qkv.data(), N);
-      split_columns(qkv.data(), N, {{q.data(), qd}, {k.data(), kvd}, {v.data(), kvd}});
-      if (hooks && hooks->on_output) {
-        hooks->on_output(layer, LinearKind::Q, q.data(), N, qd);
-        hooks->on_output(layer, LinearKind::K, k.data(), N, kvd);
-        hooks->on_output(layer, LinearKind::V, v.data(), N, kvd);
-      }
-    } else {
-      product(LinearKind::Q, xin, H, q.data(), qd);
-      product(LinearKind::K, xin, H, k.data(), kvd);
-      product(LinearKind::V, xin, H, v.data(), kvd);
-    }
-  }
-  if (cache != nullptr) {
-    LB_ASSERT(B == 1 && pos0 == cache->length && cache->length + T <= cache->capacity);
-    ops::rope(q.data(), T, nh, qd, rope_, pos0);
-    ops::rope(k.data(), T, nkv, kvd, rope_, pos0);
-    float* kc = cache->k[size_t(layer)].data();
-    float* vc = cache->v[size_t(layer)].data();
-    std::memcpy(kc + pos0 * kvd, k.data(), size_t(T * kvd) * sizeof(float));
-    std::memcpy(vc + pos0 * kvd, v.data(), size_t(T * kvd) * sizeof(float));
-    ops::attention(q.data(), kc, vc, att.data(), T, nh, nkv, hd, pos0);
-  } else {
-    for (int64_t b = 0; b < B; ++b) {
-      ops::rope(q.data() + b * T * qd, T, nh, qd, rope_, pos0);
-      ops::rope(k.data() + b * T * kvd, T, nkv, kvd, rope_, pos0);
-      ops::attention(q.data() + b * T * qd, k.data() + b * T * kvd, v.data() + b * T * kvd, att.data() + b * T * qd,
-                     T, nh, nkv, hd);
-    }
-  }
-  if (hooks && hooks->on_input) hooks->on_input(layer, LinearKind::O, att.data(), N, qd);
-  if (stops_at(hooks, {LinearKind::O})) return true;
-  product(LinearKind::O, att.data(), qd, out, H);
-  return false;
+  CpuBlockOps ops(config(), rope_, layer, w, B, T, pos0, hooks, cache);
+  ops.set_half(xin, out);
+  return run_block_steps(ops, half_steps(BlockHalf::Attention), hooks ? hooks->stop_after : std::nullopt);
 }
 
 bool LlamaModel::mlp_part(int64_t layer, const BlockWeights& w, const float* xin, float* out, int64_t N,
                           const BlockHooks* hooks) const {
-  const int64_t H = config().hidden_size, F = config().intermediate_size;
-  auto product = [&](LinearKind kind, const float* in, int64_t in_cols, float* o, int64_t out_cols) {
-    run_linear(w, kind, in, o, N, in_cols, out_cols);
-    if (hooks && hooks->on_output) hooks->on_output(layer, kind, o, N, out_cols);
-  };
-  std::vector<float> gate(size_t(N * F)), up(size_t(N * F));
-  if (hooks && hooks->on_input) {
-    std::vector<float> xg(xin, xin + N * H), xu(xg);
-    hooks->on_input(layer, LinearKind::Gate, xg.data(), N, H);
-    hooks->on_input(layer, LinearKind::Up, xu.data(), N, H);
-    if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
-    product(LinearKind::Gate, xg.data(), H, gate.data(), F);
-    product(LinearKind::Up, xu.data(), H, up.data(), F);
-  } else {
-    if (stops_at(hooks, {LinearKind::Gate, LinearKind::Up})) return true;
-    if (w.gate_up) {
-      LB_ASSERT(w.gate_up->in_features() == H && w.gate_up->out_features() == 2 * F);
-      std::vector<float> gu(size_t(N * 2 * F));
-      w.gate_up->apply(xin, gu.data(), N);
-      split_columns(gu.data(), N, {{gate.data(), F}, {up.data(), F}});
-      if (hooks && hooks->on_output) {
-        hooks->on_output(layer, LinearKind::Gate, gate.data(), N, F);
-        hooks->on_output(layer, LinearKind::Up, up.data(), N, F);
-      }
-    } else {
-      product(LinearKind::Gate, xin, H, gate.data(), F);
-      product(LinearKind::Up, xin, H, up.data(), F);
-    }
-  }
-  ops::swiglu(gate.data(), up.data(), gate.data(), N * F);
-  up = {};
-  if (hooks && hooks->on_input) hooks->on_input(layer, LinearKind::Down, gate.data(), N, F);
-  if (stops_at(hooks, {LinearKind::Down})) return true;
-  product(LinearKind::Down, gate.data(), F, out, H);
-  return false;
+  CpuBlockOps ops(config(), rope_, layer, w, 1, N, 0, hooks, nullptr);
+  ops.set_half(xin, out);
+  return run_block_steps(ops, half_steps(BlockHalf::Mlp), hooks ? hooks->stop_after : std::nullopt);
 }
 
 void LlamaModel::run_block(int64_t layer, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0,
-                           const BlockHooks* hooks) const {
-  const LlamaConfig& c = config();
-  const int64_t H = c.hidden_size, N = B * T;
-  const float eps = float(c.rms_norm_eps);
-  std::vector<float> x(size_t(N * H)), y(size_t(N * H));
-  // h += attention(norm(h)); h += mlp(norm(h)).
-  ops::rmsnorm(hidden, w.input_norm.data_as<float>(), x.data(), N, H, eps);
-  if (attention_part(layer, w, x.data(), y.data(), B, T, pos0, hooks)) return;
-  for (int64_t i = 0; i < N * H; ++i) hidden[i] += y[size_t(i)];
-  ops::rmsnorm(hidden, w.post_norm.data_as<float>(), x.data(), N, H, eps);
-  if (mlp_part(layer, w, x.data(), y.data(), N, hooks)) return;
-  for (int64_t i = 0; i < N * H; ++i) hidden[i] += y[size_t(i)];
+                           const BlockHooks* hooks, KvCache* cache) const {
+  // h += attention(norm(h)); h += mlp(norm(h)): the steps of model/llama_block.h.
+  ensure_positions(pos0 + T);
+  CpuBlockOps ops(config(), rope_, layer, w, B, T, pos0, hooks, cache);
+  ops.set_hidden(hidden);
+  run_block_steps(ops, block_steps(), hooks ? hooks->stop_after : std::nullopt);
 }
 
 void LlamaModel::final_norm(float* hidden, int64_t rows) const {

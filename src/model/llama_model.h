@@ -13,6 +13,7 @@
 #include "backend/ops.h"
 #include "core/tensor.h"
 #include "formats/checkpoint.h"
+#include "model/kv_cache.h"
 
 #include <array>
 #include <functional>
@@ -56,29 +57,27 @@ struct BlockWeights {
 // A deep copy with every tensor owned and writable (for methods that edit a block's weights).
 BlockWeights clone_block_weights(const BlockWeights& w);
 
-// Hook points on every linear of a block. on_input sees (and may rewrite, e.g. to quantize
-// activations) the [rows, in] input right before the product; on_output sees the [rows, out]
-// result. q, k and v share one normalized input, gate and up another: when on_input is set, each
-// of them gets its own copy, so a hook that rewrites one linear's input leaves the others' alone.
-// Input hooks of linears sharing an input run before any of their products.
+// Hook points on every linear of a block, under the hook rules of model/llama_block.h. on_input
+// sees (and may rewrite, e.g. to quantize activations) the [rows, in] input right before the
+// product; on_output sees the [rows, out] result. q, k and v share one normalized input, gate and
+// up another: when on_input is set, each of them gets its own copy, so a hook that rewrites one
+// linear's input leaves the others' alone. Input hooks of linears sharing an input run before any
+// of their products.
 //
-// stop_after_input: return from run_block as soon as the input hooks of that linear (and of the
-// linears sharing its input) have run; `hidden` is then left partly updated. Calibration uses it
-// to collect a linear's input statistics without running the rest of the block.
+// stop_after: return from run_block as soon as the input hooks of that site have run; `hidden`
+// is then left partly updated. Calibration uses it to collect a linear's input statistics
+// without running the rest of the block.
 struct BlockHooks {
   std::function<void(int64_t layer, LinearKind, float* x, int64_t rows, int64_t cols)> on_input;
   std::function<void(int64_t layer, LinearKind, const float* y, int64_t rows, int64_t cols)> on_output;
-  std::optional<LinearKind> stop_after_input;
+  std::optional<InputSite> stop_after;
 };
 
-// Keys (after RoPE) and values of the positions a sequence has run so far, per layer: for
-// incremental decoding and for scoring several continuations of one shared prefix.
-struct KvCache {
-  int64_t length = 0;    // positions held
-  int64_t capacity = 0;  // positions the buffers hold at most
+// Keys (after RoPE) and values of the positions a sequence has run so far, per layer, on the
+// host: for incremental decoding and for scoring several continuations of one shared prefix
+// (positions and their rules: model/kv_cache.h).
+struct KvCache : KvPositions {
   std::vector<std::vector<float>> k, v;  // [layers][capacity * kv_dim]
-  // Forgets every position from n on (n <= length).
-  void truncate(int64_t n);
 };
 
 class LlamaModel {
@@ -98,16 +97,19 @@ class LlamaModel {
 
   // hidden[n, H] = embedding rows of tokens[0..n).
   void embed(std::span<const int32_t> tokens, float* hidden) const;
-  // Runs block i in place on B sequences of T tokens at positions pos0 .. pos0+T-1.
+  // Runs block i in place on B sequences of T tokens at positions pos0 .. pos0+T-1: the steps of
+  // model/llama_block.h. With a cache (B = 1, pos0 = cache->length), the block's keys and values
+  // are appended to it and the queries attend to every cached position (the caller advances
+  // cache->length after the last block).
   void run_block(int64_t i, const BlockWeights& w, float* hidden, int64_t B, int64_t T, int64_t pos0 = 0,
-                 const BlockHooks* hooks = nullptr) const;
+                 const BlockHooks* hooks = nullptr, KvCache* cache = nullptr) const;
   void run_block(int64_t i, float* hidden, int64_t B, int64_t T, int64_t pos0 = 0,
                  const BlockHooks* hooks = nullptr) const {
     run_block(i, *block_weights(i), hidden, B, T, pos0, hooks);
   }
   // The two halves of a block, on normalized inputs x [B*T, H], writing out [B*T, H] (before
-  // the residual add): attention (q, k, v, RoPE, causal GQA, o) and the SwiGLU MLP. Return
-  // true when hooks->stop_after_input stopped them early.
+  // the residual add): attention (q, k, v, RoPE, causal GQA, o) and the SwiGLU MLP, the halves of
+  // model/llama_block.h. Return true when hooks->stop_after stopped them early.
   // With a cache (B = 1), the new keys and values are written at rows cache->length .. +T-1 of
   // the layer's buffers and the queries attend to every cached position; pos0 is cache->length.
   bool attention_part(int64_t layer, const BlockWeights& w, const float* x, float* out, int64_t B, int64_t T,

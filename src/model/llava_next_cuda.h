@@ -52,7 +52,5 @@ class CudaClipVision {
   int64_t tiles_ = 0;
 };
 
-// The GPU runner of place_llava_next (device `device`).
-std::unique_ptr<LlavaNextRunner> make_cuda_llava_next_runner(const LlavaNextModel& model, int device);
 
 }  // namespace lowbit

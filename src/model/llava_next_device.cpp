@@ -2,9 +2,6 @@
 
 #include "backend/device_check.h"
 #include "core/error.h"
-#ifdef LOWBIT_WITH_CUDA
-#include "model/llava_next_cuda.h"
-#endif
 
 namespace lowbit {
 
@@ -32,11 +29,7 @@ class CpuLlavaNextRunner final : public LlavaNextRunner {
 
 std::unique_ptr<LlavaNextRunner> place_llava_next(const LlavaNextModel& model, const Device& device) {
   check_device_available(device);
-#ifdef LOWBIT_WITH_CUDA
   if (device.is_cuda()) return make_cuda_llava_next_runner(model, device.index);
-#endif
-  LB_CHECK(!device.is_cuda(), "device {}: this lowbit was built without CUDA, so LLaVA-Next runs on the CPU only",
-           device.str());
   return std::make_unique<CpuLlavaNextRunner>(model);
 }
 

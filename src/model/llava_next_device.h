@@ -47,4 +47,8 @@ class LlavaNextRunner {
 // other than a checkpoint's activation quantization).
 std::unique_ptr<LlavaNextRunner> place_llava_next(const LlavaNextModel& model, const Device& device);
 
+// The GPU runner that place_llava_next makes for CUDA device `device` (model/llava_next_cuda.cpp;
+// a build without CUDA links model/llava_next_cuda_none.cpp instead, which refuses).
+std::unique_ptr<LlavaNextRunner> make_cuda_llava_next_runner(const LlavaNextModel& model, int device);
+
 }  // namespace lowbit

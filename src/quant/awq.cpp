@@ -308,9 +308,8 @@ namespace {
 class Awq : public QuantMethod {
  public:
   explicit Awq(QuantSpec s) : QuantMethod(std::move(s)) {
-    opt_.bits = int(spec_.take_int("w", 4, 2, 8, "weight bits"));
-    opt_.group_size = spec_.take_int("g", 128, -1, 1 << 20, "group size along the input dimension; -1: per channel");
-    LB_CHECK(opt_.group_size != 0, "awq: option g=0 is not a group size (use -1 for per-channel)");
+    opt_.bits = spec_.take_weight_bits(4);
+    opt_.group_size = spec_.take_group_size(128);
     opt_.grid = int(spec_.take_int("grid", 20, 1, 1000, "points of the scale exponent grid in [0, 1)"));
     opt_.clip = spec_.take_bool("clip", true, "search the clipping range of every linear but q and k");
     spec_.finish();

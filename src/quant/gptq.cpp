@@ -201,10 +201,9 @@ namespace {
 class Gptq : public QuantMethod {
  public:
   explicit Gptq(QuantSpec s) : QuantMethod(std::move(s)) {
-    opt_.bits = int(spec_.take_int("w", 4, 2, 8, "weight bits"));
-    opt_.group_size = spec_.take_int("g", 128, -1, 1 << 20, "group size along the input dimension; -1: per channel");
-    LB_CHECK(opt_.group_size != 0, "gptq: option g=0 is not a group size (use -1 for per-channel)");
-    opt_.sym = spec_.take_bool("sym", false, "symmetric grid");
+    opt_.bits = spec_.take_weight_bits(4);
+    opt_.group_size = spec_.take_group_size(128);
+    opt_.sym = spec_.take_symmetric(false);
     opt_.act_order = spec_.take_bool("act_order", false, "quantize columns by descending Hessian diagonal");
     opt_.static_groups = spec_.take_bool("static_groups", false, "find every group's grid before the updates");
     opt_.damp = spec_.take_double("damp", 0.01, 0.0, 10.0, "damping, a fraction of the mean Hessian diagonal");

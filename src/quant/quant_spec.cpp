@@ -85,6 +85,19 @@ double QuantSpec::take_double(const std::string& key, double def, double lo, dou
   return v;
 }
 
+int QuantSpec::take_weight_bits(int def) { return int(take_int("w", def, 2, 8, "weight bits")); }
+
+int64_t QuantSpec::take_group_size(int64_t def) {
+  const int64_t g =
+      take_int("g", def, -1, 1 << 20, "group size along the input dimension; -1: per output channel");
+  LB_CHECK(g != 0, "{}: option g=0 is not a group size (use -1 for per-channel)", method_);
+  return g;
+}
+
+bool QuantSpec::take_symmetric(bool def) {
+  return take_bool("sym", def, "symmetric grid (zero-point fixed at 2^(w-1))");
+}
+
 bool QuantSpec::take_bool(const std::string& key, bool def, const std::string& help) {
   bool v = def;
   if (const std::string* r = raw(key)) {

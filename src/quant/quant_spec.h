@@ -32,6 +32,15 @@ class QuantSpec {
   // Free text (a path, say); may not contain ',' or '='. Empty (the default "none") is left out
   // of resolved().
   std::string take_string(const std::string& key, const std::string& def, const std::string& help);
+  // The options of the min-max integer grid (affine_grid.h) that RTN, GPTQ and AWQ share, with one
+  // name, range, help and check each (a method takes them in its own order, which resolved() keeps):
+  //   w    weight bits, 2..8
+  //   g    group size along the input dimension; -1: per output channel (0 is refused)
+  //   sym  symmetric grid, the zero-point fixed at 2^(w-1)
+  int take_weight_bits(int def);
+  int64_t take_group_size(int64_t def);
+  bool take_symmetric(bool def);
+
   // Throws naming any option the method did not take, and listing those it knows.
   void finish() const;
 

@@ -38,4 +38,12 @@ BlockContext::StatsMap layer_input_stats_on(const Device& d, LlamaModel& model,
                                             const std::vector<std::vector<int32_t>>& windows, int64_t layer,
                                             const StatsRequest& req, BlockWeights* weights);
 
+// The GPU halves of the two above, which they call for a CUDA device (after the checks):
+// quantize_device_cuda.cpp, or in a build without CUDA quantize_device_none.cpp, which refuses.
+QuantizedModel quantize_model_gpu(const Device& d, LlamaModel& model, QuantMethod& method, const Calibration& calib,
+                                  const DriverCallbacks& cb, QuantizeRun& run);
+BlockContext::StatsMap layer_input_stats_gpu(const Device& d, LlamaModel& model,
+                                             const std::vector<std::vector<int32_t>>& windows, int64_t layer,
+                                             const StatsRequest& req, BlockWeights* weights);
+
 }  // namespace lowbit

@@ -41,10 +41,9 @@ namespace {
 class Rtn : public QuantMethod {
  public:
   explicit Rtn(QuantSpec s) : QuantMethod(std::move(s)) {
-    bits_ = int(spec_.take_int("w", 4, 2, 8, "weight bits"));
-    group_ = spec_.take_int("g", 128, -1, 1 << 20, "group size along the input dimension; -1: per output channel");
-    LB_CHECK(group_ != 0, "rtn: option g=0 is not a group size (use -1 for per-channel)");
-    sym_ = spec_.take_bool("sym", false, "symmetric grid (zero-point fixed at 2^(w-1))");
+    bits_ = spec_.take_weight_bits(4);
+    group_ = spec_.take_group_size(128);
+    sym_ = spec_.take_symmetric(false);
     abits_ = int(spec_.take_int("a", 16, 2, 16, "activation bits (symmetric, every linear's input; 16: none)"));
     const std::string act = spec_.take_choice("act", "per_token", {"per_token", "per_tensor"},
                                               "activation scale when a < 16: per token or per tensor (dynamic)");

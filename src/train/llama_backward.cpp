@@ -2,6 +2,7 @@
 
 #include "backend/ops_backward.h"
 #include "core/error.h"
+#include "model/llama_block.h"
 #include "train/iec.h"
 
 #include <algorithm>
@@ -154,46 +155,99 @@ void linear_backward(const Ctx& cx, int64_t layer, LinearKind k, const float* w,
   for (int64_t i = 0; i < N * in; ++i) dx[i] += dxd[size_t(i)] * keep_scale(cx, layer, k, i);
 }
 
-// h [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)). With st, keeps the intermediates.
+// The block's steps (model/llama_block.h) for training: fp32 on the CPU, each linear with its
+// LoRA branch, every intermediate the backward needs kept in a BlockState (the residual stream
+// after the attention half in h_mid, not in place). No hooks: the training forward has none.
+class TrainBlockOps final : public BlockOps {
+ public:
+  TrainBlockOps(const Ctx& cx, int64_t layer, const BlockWeights& w, float* h, int64_t B, int64_t T, BlockState& st)
+      : cx_(cx), c_(cx.c), layer_(layer), w_(w), h_(h), B_(B), T_(T), N_(B * T), st_(st) {
+    y_.resize(size_t(N_ * c_.hidden_size));
+  }
+
+  void norm(BlockHalf half) override {
+    const int64_t H = c_.hidden_size;
+    const float eps = float(c_.rms_norm_eps);
+    if (half == BlockHalf::Attention) {
+      st_.x1.resize(size_t(N_ * H));
+      ops::rmsnorm(h_, w_.input_norm.data_as<float>(), st_.x1.data(), N_, H, eps);
+    } else {
+      st_.x2.resize(size_t(N_ * H));
+      ops::rmsnorm(st_.h_mid.data(), w_.post_norm.data_as<float>(), st_.x2.data(), N_, H, eps);
+    }
+  }
+
+  void hooks(InputSite) override {}
+
+  void products(InputSite s) override {
+    const int64_t H = c_.hidden_size, F = c_.intermediate_size, qd = c_.q_dim(), kvd = c_.kv_dim();
+    switch (s) {
+      case InputSite::AttnIn:
+        st_.q.resize(size_t(N_ * qd));
+        st_.k.resize(size_t(N_ * kvd));
+        st_.v.resize(size_t(N_ * kvd));
+        lin(LinearKind::Q, st_.x1.data(), st_.q.data(), H, qd);
+        lin(LinearKind::K, st_.x1.data(), st_.k.data(), H, kvd);
+        lin(LinearKind::V, st_.x1.data(), st_.v.data(), H, kvd);
+        break;
+      case InputSite::AttnOut: lin(LinearKind::O, st_.att.data(), y_.data(), qd, H); break;
+      case InputSite::MlpIn:
+        st_.gate.resize(size_t(N_ * F));
+        st_.up.resize(size_t(N_ * F));
+        lin(LinearKind::Gate, st_.x2.data(), st_.gate.data(), H, F);
+        lin(LinearKind::Up, st_.x2.data(), st_.up.data(), H, F);
+        break;
+      case InputSite::MlpOut: lin(LinearKind::Down, st_.act.data(), y_.data(), F, H); break;
+    }
+  }
+
+  void attention() override {
+    const int64_t T = T_, nh = c_.num_attention_heads, nkv = c_.num_key_value_heads, hd = c_.head_dim;
+    const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+    st_.att.resize(size_t(N_ * qd));
+    for (int64_t b = 0; b < B_; ++b) {
+      ops::rope(st_.q.data() + b * T * qd, T, nh, qd, cx_.rope, 0);
+      ops::rope(st_.k.data() + b * T * kvd, T, nkv, kvd, cx_.rope, 0);
+      ops::attention(st_.q.data() + b * T * qd, st_.k.data() + b * T * kvd, st_.v.data() + b * T * kvd,
+                     st_.att.data() + b * T * qd, T, nh, nkv, hd);
+    }
+  }
+
+  void swiglu() override {
+    st_.act.resize(size_t(N_ * c_.intermediate_size));
+    ops::swiglu(st_.gate.data(), st_.up.data(), st_.act.data(), N_ * c_.intermediate_size);
+  }
+
+  void residual(BlockHalf half) override {
+    const int64_t n = N_ * c_.hidden_size;
+    if (half == BlockHalf::Attention) {
+      st_.h_mid.resize(size_t(n));
+      for (int64_t i = 0; i < n; ++i) st_.h_mid[size_t(i)] = h_[i] + y_[size_t(i)];
+    } else {
+      for (int64_t i = 0; i < n; ++i) h_[i] = st_.h_mid[size_t(i)] + y_[size_t(i)];
+    }
+  }
+
+ private:
+  void lin(LinearKind k, const float* x, float* y, int64_t in, int64_t out) {
+    linear_forward(cx_, layer_, k, w_[k].data_as<float>(), x, y, N_, in, out, st_.lora[size_t(k)]);
+  }
+
+  const Ctx& cx_;
+  const LlamaConfig& c_;
+  const int64_t layer_;
+  const BlockWeights& w_;
+  float* h_;
+  const int64_t B_, T_, N_;
+  BlockState& st_;
+  std::vector<float> y_;  // the output of o_proj, then of down_proj [N, H]
+};
+
+// h [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)), keeping the intermediates in st.
 void block_forward(const Ctx& cx, int64_t layer, const BlockWeights& w, float* h, int64_t B, int64_t T,
                    BlockState& st) {
-  const LlamaConfig& c = cx.c;
-  const int64_t H = c.hidden_size, F = c.intermediate_size, N = B * T;
-  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
-  const int64_t qd = nh * hd, kvd = nkv * hd;
-  const float eps = float(c.rms_norm_eps);
-  auto lin = [&](LinearKind k, const float* x, float* y, int64_t in, int64_t out) {
-    linear_forward(cx, layer, k, w[k].data_as<float>(), x, y, N, in, out, st.lora[size_t(k)]);
-  };
-  st.x1.resize(size_t(N * H));
-  st.q.resize(size_t(N * qd));
-  st.k.resize(size_t(N * kvd));
-  st.v.resize(size_t(N * kvd));
-  st.att.resize(size_t(N * qd));
-  ops::rmsnorm(h, w.input_norm.data_as<float>(), st.x1.data(), N, H, eps);
-  lin(LinearKind::Q, st.x1.data(), st.q.data(), H, qd);
-  lin(LinearKind::K, st.x1.data(), st.k.data(), H, kvd);
-  lin(LinearKind::V, st.x1.data(), st.v.data(), H, kvd);
-  for (int64_t b = 0; b < B; ++b) {
-    ops::rope(st.q.data() + b * T * qd, T, nh, qd, cx.rope, 0);
-    ops::rope(st.k.data() + b * T * kvd, T, nkv, kvd, cx.rope, 0);
-    ops::attention(st.q.data() + b * T * qd, st.k.data() + b * T * kvd, st.v.data() + b * T * kvd,
-                   st.att.data() + b * T * qd, T, nh, nkv, hd);
-  }
-  std::vector<float> y(size_t(N * H));
-  lin(LinearKind::O, st.att.data(), y.data(), qd, H);
-  st.h_mid.resize(size_t(N * H));
-  for (int64_t i = 0; i < N * H; ++i) st.h_mid[size_t(i)] = h[i] + y[size_t(i)];
-  st.x2.resize(size_t(N * H));
-  ops::rmsnorm(st.h_mid.data(), w.post_norm.data_as<float>(), st.x2.data(), N, H, eps);
-  st.gate.resize(size_t(N * F));
-  st.up.resize(size_t(N * F));
-  st.act.resize(size_t(N * F));
-  lin(LinearKind::Gate, st.x2.data(), st.gate.data(), H, F);
-  lin(LinearKind::Up, st.x2.data(), st.up.data(), H, F);
-  ops::swiglu(st.gate.data(), st.up.data(), st.act.data(), N * F);
-  lin(LinearKind::Down, st.act.data(), y.data(), F, H);
-  for (int64_t i = 0; i < N * H; ++i) h[i] = st.h_mid[size_t(i)] + y[size_t(i)];
+  TrainBlockOps ops(cx, layer, w, h, B, T, st);
+  run_block_steps(ops, block_steps());
 }
 
 // dh [N, H]: in, the gradient at the block's output; out, at its input h_in.

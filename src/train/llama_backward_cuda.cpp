@@ -5,6 +5,7 @@
 #include "backend/cuda/mixed_gemm.cuh"
 #include "backend/cuda/ops_backward.cuh"
 #include "core/error.h"
+#include "model/llama_block.h"
 #include "train/compact_base.h"
 #include "train/step_engine.h"
 
@@ -562,45 +563,84 @@ struct CudaLlamaBackward::Impl {
     if (a->iec && a->a_s != 0.0f) cuda::group_mean_backward_f32(dt.get(), dxo, N, in, a->r, a->a_s, stream());
   }
 
-  // hidden [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)); the intermediates kept.
-  void block_forward(int64_t layer, float* hid) {
-    const GpuBlock& w = blocks[size_t(layer)];
-    const int64_t H = c.hidden_size, F = c.intermediate_size;
-    const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
-    const int64_t qd = nh * hd, kvd = nkv * hd;
-    const float eps = float(c.rms_norm_eps);
-    const cudaStream_t s = stream();
-    phase(kPhaseOther);
-    cuda::rmsnorm_f32(hid, w.input_norm.get(), x1.get(), N, H, eps, s);
-    linear_forward(layer, LinearKind::Q, x1.get(), q.get());
-    linear_forward(layer, LinearKind::K, x1.get(), k.get());
-    linear_forward(layer, LinearKind::V, x1.get(), v.get());
-    phase(kPhaseOther);
-    cuda::rope_f32(q.get(), N, T, nh, hd / 2, qd, rope_cos.get(), rope_sin.get(), false, s);
-    cuda::rope_f32(k.get(), N, T, nkv, hd / 2, kvd, rope_cos.get(), rope_sin.get(), false, s);
-    phase(kPhaseAttention);
-    for (int64_t b = 0; b < B; ++b) {
-      const float* qb = q.get() + b * T * qd;
-      const float* kb = k.get() + b * T * kvd;
-      const float* vb = v.get() + b * T * kvd;
-      float* ob = att.get() + b * T * qd;
-      if (compute == ComputePrecision::Fp32) {
-        cuda::attention_f32(qb, kb, vb, ob, probs.get(), T, nh, nkv, hd, s);
-      } else {
-        cuda::attention_gemm_f32(ctx, qb, kb, vb, ob, probs.get(), T, nh, nkv, hd);
+  // The block's steps (model/llama_block.h) for training on the GPU: each linear with its LoRA
+  // branch in the run's compute precision, the intermediates kept in the Impl's buffers for the
+  // backward (the residual stream after the attention half in h_mid), each op timed under its
+  // phase. No hooks: the training forward has none.
+  class BlockSteps final : public BlockOps {
+   public:
+    BlockSteps(Impl& e, int64_t layer, float* hid) : e_(e), w_(e.blocks[size_t(layer)]), layer_(layer), hid_(hid) {}
+
+    void norm(BlockHalf half) override {
+      const int64_t H = e_.c.hidden_size;
+      const float eps = float(e_.c.rms_norm_eps);
+      e_.phase(kPhaseOther);
+      if (half == BlockHalf::Attention)
+        cuda::rmsnorm_f32(hid_, w_.input_norm.get(), e_.x1.get(), e_.N, H, eps, e_.stream());
+      else
+        cuda::rmsnorm_f32(e_.h_mid.get(), w_.post_norm.get(), e_.x2.get(), e_.N, H, eps, e_.stream());
+    }
+    void hooks(InputSite) override {}
+    void products(InputSite s) override {
+      switch (s) {
+        case InputSite::AttnIn:
+          e_.linear_forward(layer_, LinearKind::Q, e_.x1.get(), e_.q.get());
+          e_.linear_forward(layer_, LinearKind::K, e_.x1.get(), e_.k.get());
+          e_.linear_forward(layer_, LinearKind::V, e_.x1.get(), e_.v.get());
+          break;
+        case InputSite::AttnOut: e_.linear_forward(layer_, LinearKind::O, e_.att.get(), e_.y.get()); break;
+        case InputSite::MlpIn:
+          e_.linear_forward(layer_, LinearKind::Gate, e_.x2.get(), e_.gate.get());
+          e_.linear_forward(layer_, LinearKind::Up, e_.x2.get(), e_.up.get());
+          break;
+        case InputSite::MlpOut: e_.linear_forward(layer_, LinearKind::Down, e_.act.get(), e_.y.get()); break;
       }
     }
-    linear_forward(layer, LinearKind::O, att.get(), y.get());
-    phase(kPhaseOther);
-    cuda::sum_f32(hid, y.get(), h_mid.get(), N * H, s);
-    cuda::rmsnorm_f32(h_mid.get(), w.post_norm.get(), x2.get(), N, H, eps, s);
-    linear_forward(layer, LinearKind::Gate, x2.get(), gate.get());
-    linear_forward(layer, LinearKind::Up, x2.get(), up.get());
-    phase(kPhaseOther);
-    cuda::swiglu_f32(gate.get(), up.get(), act.get(), N * F, s);
-    linear_forward(layer, LinearKind::Down, act.get(), y.get());
-    phase(kPhaseOther);
-    cuda::sum_f32(h_mid.get(), y.get(), hid, N * H, s);
+    void attention() override {
+      const LlamaConfig& c = e_.c;
+      const int64_t T = e_.T, nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+      const int64_t qd = nh * hd, kvd = nkv * hd;
+      const cudaStream_t s = e_.stream();
+      e_.phase(kPhaseOther);
+      cuda::rope_f32(e_.q.get(), e_.N, T, nh, hd / 2, qd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
+      cuda::rope_f32(e_.k.get(), e_.N, T, nkv, hd / 2, kvd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
+      e_.phase(kPhaseAttention);
+      for (int64_t b = 0; b < e_.B; ++b) {
+        const float* qb = e_.q.get() + b * T * qd;
+        const float* kb = e_.k.get() + b * T * kvd;
+        const float* vb = e_.v.get() + b * T * kvd;
+        float* ob = e_.att.get() + b * T * qd;
+        if (e_.compute == ComputePrecision::Fp32) {
+          cuda::attention_f32(qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd, s);
+        } else {
+          cuda::attention_gemm_f32(e_.ctx, qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd);
+        }
+      }
+    }
+    void swiglu() override {
+      e_.phase(kPhaseOther);
+      cuda::swiglu_f32(e_.gate.get(), e_.up.get(), e_.act.get(), e_.N * e_.c.intermediate_size, e_.stream());
+    }
+    void residual(BlockHalf half) override {
+      const int64_t n = e_.N * e_.c.hidden_size;
+      e_.phase(kPhaseOther);
+      if (half == BlockHalf::Attention)
+        cuda::sum_f32(hid_, e_.y.get(), e_.h_mid.get(), n, e_.stream());
+      else
+        cuda::sum_f32(e_.h_mid.get(), e_.y.get(), hid_, n, e_.stream());
+    }
+
+   private:
+    Impl& e_;
+    const GpuBlock& w_;
+    const int64_t layer_;
+    float* hid_;
+  };
+
+  // hidden [N, H] in place: h += attn(norm(h)); h += mlp(norm(h)); the intermediates kept.
+  void block_forward(int64_t layer, float* hid) {
+    BlockSteps steps(*this, layer, hid);
+    run_block_steps(steps, block_steps());
   }
 
   // dh [N, H]: in, the gradient at the block's output; out, at its input h_in.

@@ -80,6 +80,34 @@ TEST(QuantSpec, BadSpecsNameTheProblem) {
   EXPECT_NE(err("gptq:act_order=2").find("not a boolean"), std::string::npos);
 }
 
+// RTN, GPTQ and AWQ take the integer grid's w, g and sym through the shared helpers: one range,
+// one help line and one g=0 refusal (naming the method) each.
+TEST(QuantSpec, IntegerGridOptionsAreShared) {
+  std::vector<std::string> w_help, g_help;
+  for (const char* name : {"rtn", "gptq", "awq"}) {
+    SCOPED_TRACE(name);
+    try {
+      make_method(std::string(name) + ":g=0");
+      ADD_FAILURE() << "g=0 accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(std::string(name) + ": option g=0 is not a group size", 0), 0u) << e.what();
+    }
+    EXPECT_THROW(make_method(std::string(name) + ":w=9"), Error);
+    EXPECT_THROW(make_method(std::string(name) + ":g=-2"), Error);
+    for (const std::string& line : method_help(name)) {
+      if (line.find("w (") != std::string::npos && w_help.size() < 3) w_help.push_back(line);
+      if (line.find("g (") != std::string::npos && g_help.size() < 3) g_help.push_back(line);
+    }
+  }
+  ASSERT_EQ(w_help.size(), 3u);
+  ASSERT_EQ(g_help.size(), 3u);
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_EQ(w_help[i], w_help[0]);
+    EXPECT_EQ(g_help[i], g_help[0]);
+  }
+  EXPECT_EQ(make_method("gptq:sym=1")->spec().resolved().find("sym=1") != std::string::npos, true);
+}
+
 TEST(QuantizedLinear, PackingRoundTrips) {
   std::mt19937 g(1);
   for (int bits = 1; bits <= 8; ++bits)
