@@ -52,7 +52,8 @@ class CudaClipVision {
   int64_t tiles_ = 0;
 };
 
-// The GPU runner of place_llava_next (device `device`).
+// The GPU runner of place_llava_next (device `device`). Its language model runs its quantized
+// linears packed when the packed-linear factory is set (model/cuda_model.h, gpu_packed_linears).
 std::unique_ptr<LlavaNextRunner> make_cuda_llava_next_runner(const LlavaNextModel& model, int device);
 
 }  // namespace lowbit
