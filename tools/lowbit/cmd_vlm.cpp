@@ -113,8 +113,8 @@ void run_generate(const Options& o) {
   fmt::print("\n");
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto peak = in.runner->peak_memory_bytes();
-  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s on {}{}\n", in.images.size(),
-             in.ids.size(), out.size(), s, in.runner->device_name(),
+  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s on {}, {}{}\n", in.images.size(),
+             in.ids.size(), out.size(), s, in.runner->device_name(), in.execution,
              peak ? fmt::format(" (peak GPU memory {:.2f} GiB)", *peak / double(1 << 30)) : std::string());
 }
 
