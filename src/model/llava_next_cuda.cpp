@@ -146,7 +146,9 @@ class CudaLlavaNextRunner final : public LlavaNextRunner {
       : model_(m),
         ctx_(std::make_unique<cuda::Context>(device)),
         vision_(m, *ctx_),
-        llm_(m.language_model(), *ctx_),
+        // The language model's quantized linears run packed when `--packed` set the factory
+        // (as the evaluation sessions' CudaModels do); otherwise every linear runs from bf16.
+        llm_(m.language_model(), *ctx_, std::nullopt, gpu_packed_linears(m.language_model(), ctx_->stream())),
         logits_(static_cast<size_t>(kChunk * m.config().text.vocab_size)) {}
 
   std::string device_name() const override { return ctx_->name(); }

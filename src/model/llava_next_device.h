@@ -8,7 +8,12 @@
 //         the tile features (any-resolution grid, image_newline) and the splicing of the features
 //         into the token embeddings on the host (LlavaNextModel's, shared with the CPU path), and
 //         the language model as CudaModel from those input embeddings (bf16 weights, fp32
-//         accumulation; a quantized checkpoint's dequantized weights, as `eval --device cuda`).
+//         accumulation; a quantized checkpoint's dequantized weights, as `eval --device cuda`,
+//         or, once `--packed` has set the packed-linear factory (pack::enable_gpu_packed_linears,
+//         model/cuda_model.h's gpu_packed_linears), its quantized linears from their codes).
+// Packed execution on the CPU is the language model's own (pack::install_packed_linears on
+// model.language_model() before or after placing): the runner runs whatever kernels it holds.
+// Either way the vision tower and the projector run as stored.
 #pragma once
 
 #include "core/device.h"
@@ -48,7 +53,9 @@ class LlavaNextRunner {
 std::unique_ptr<LlavaNextRunner> place_llava_next(const LlavaNextModel& model, const Device& device);
 
 // The GPU runner that place_llava_next makes for CUDA device `device` (model/llava_next_cuda.cpp;
-// a build without CUDA links model/llava_next_cuda_none.cpp instead, which refuses).
+// a build without CUDA links model/llava_next_cuda_none.cpp instead, which refuses). Its language
+// model runs its quantized linears packed when the packed-linear factory is set
+// (model/cuda_model.h, gpu_packed_linears).
 std::unique_ptr<LlavaNextRunner> make_cuda_llava_next_runner(const LlavaNextModel& model, int device);
 
 }  // namespace lowbit

@@ -418,8 +418,11 @@ std::vector<std::string> notes(const ReportData& r, const Tables& tables) {
         std::string c = e.value("convention", "");
         if (x.kind == "kl_divergence") c = "KL-divergence from the 16-bit model on " + c;
         if (vlm)
-          c += fmt::format("; {} items, conversation {}, greedy, at most {} new tokens", e.value("items", 0),
-                           e.value("conversation", std::string("?")), e.value("max_new_tokens", 0));
+          c += fmt::format("; {} items, conversation {}, greedy, at most {} new tokens{}", e.value("items", 0),
+                           e.value("conversation", std::string("?")), e.value("max_new_tokens", 0),
+                           e.value("execution", std::string("fake-quant")) == "fake-quant"
+                               ? ""
+                               : "; execution " + e.value("execution", std::string()));
         else if (x.kind == "perplexity" || x.kind == "kl_divergence")
           c += fmt::format("; {} windows of {} tokens{}", e.value("windows", 0), e.value("seqlen", 0),
                            e.value("windows", 0) < e.value("windows_available", 0)

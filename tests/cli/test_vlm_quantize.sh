@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # lowbit quantize on the tiny random-weight LLaVA-Next of tests/fixtures/llava_next: the whole model
 # written (the quantized language model beside the vision tower and projector), read by inspect,
-# vlm-generate, vlm-eval --store (Table 8) and ppl (its language model, as --language-model-only
-# writes it alone); refusals of bad input before any work, with nothing written.
+# vlm-generate, vlm-logits and vlm-eval --store (Table 8), fake-quant and --packed, and ppl (its
+# language model, as --language-model-only writes it alone); refusals of bad input before any
+# work, with nothing written.
 set -u
 B="$LOWBIT_BIN"
 F="$LOWBIT_TEST_FIXTURES"
@@ -28,6 +29,57 @@ expect_ok "inspect" "multimodal +LlavaNextForConditionalGeneration: its language
   "$B" inspect "$T/q"
 expect_ok "inspect json" '"kept_tensors": 60' "$B" inspect "$T/q" --json
 expect_ok "vlm-generate" "^[0-9]+(,[0-9]+){11}\$" "$B" vlm-generate --model "$T/q" --image "$IMG" --ids "$IDS" -n 12 --threads 1
+
+# --packed: the language model from its packed codes, the vision tower and projector as stored;
+# vlm-logits records the execution. With fp32 activations the logits are the fake-quant model's up
+# to fp32 summation order (tests/model/test_llava_packed.cpp holds the same bar on both images).
+expect_ok "vlm-generate packed" "^packed: 14 linears, .* q8 activations" \
+  "$B" vlm-generate --model "$T/q" --image "$IMG" --ids "$IDS" -n 12 --threads 1 --packed
+expect_ok "vlm-generate packed tokens" "^[0-9]+(,[0-9]+){11}\$" \
+  "$B" vlm-generate --model "$T/q" --image "$IMG" --ids "$IDS" -n 12 --threads 1 --packed --packed-head q8
+expect_ok "vlm-logits fake-quant" "written to" \
+  "$B" vlm-logits --model "$T/q" --image "$IMG" --ids "$IDS" -o "$T/fake.safetensors" --threads 1
+expect_ok "vlm-logits packed f32" "^packed: 14 linears, .* f32 activations" \
+  "$B" vlm-logits --model "$T/q" --image "$IMG" --ids "$IDS" -o "$T/pf32.safetensors" --threads 1 --packed --packed-act f32
+expect_ok "vlm-logits packed q8" "written to" \
+  "$B" vlm-logits --model "$T/q" --image "$IMG" --ids "$IDS" -o "$T/pq8.safetensors" --threads 1 --packed --packed-head q8
+execution() {
+  python3 - "$1" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    print(json.loads(f.read(n))["__metadata__"].get("execution", "(none)"))
+PY
+}
+for pair in "fake:fake-quant" "pf32:packed-f32" "pq8:packed-q8-head-q8"; do
+  got=$(execution "$T/${pair%%:*}.safetensors")
+  if [[ "$got" == "${pair#*:}" ]]; then ok; else bad "vlm-logits execution of ${pair%%:*}: '$got'"; fi
+done
+if python3 - "$T/pf32.safetensors" "$T/fake.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def logits(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        data = f.read()
+    e = h["logits"]
+    b, t = e["data_offsets"]
+    return np.frombuffer(data[b:t], dtype=np.float32).reshape(e["shape"])
+a, b = logits(sys.argv[1]), logits(sys.argv[2])
+d = float(np.abs(a - b).max())
+ok = a.shape == b.shape and d <= 1e-4 * max(1.0, float(np.abs(b).max())) and (a.argmax(1) == b.argmax(1)).all()
+sys.exit(0 if ok and d > 0 else 1)  # close, and not the same computation
+PY
+then ok; else bad "packed f32 logits are not the fake-quant ones up to summation order"; fi
+expect_err "packed 16-bit LLaVA" "model '$M' is not a quantized checkpoint: --packed needs one" \
+  "$B" vlm-logits --model "$M" --image "$IMG" --ids "$IDS" -o "$T/bad.safetensors" --packed
+expect_err "packed 16-bit LLaVA generate" "model '$M' is not a quantized checkpoint: --packed needs one" \
+  "$B" vlm-generate --model "$M" --image "$IMG" --ids "$IDS" -n 2 --packed
+expect_err "packed bad activations" "--packed-act: q4 not in \{q8,f32\}" \
+  "$B" vlm-generate --model "$T/q" --image "$IMG" --ids "$IDS" -n 2 --packed --packed-act q4
+if [[ ! -e "$T/bad.safetensors" ]]; then ok; else bad "a refused vlm-logits wrote its output"; fi
+
 expect_ok "quantize gptq" "wrote $T/g:" "$B" quantize --model "$M" --method gptq:w=4,g=32 --calib "$T/calib.txt" \
   --nsamples 2 --seqlen 32 -o "$T/g" --threads 1
 expect_ok "vlm-generate gptq" "^[0-9]+(,[0-9]+){11}\$" "$B" vlm-generate --model "$T/g" --image "$IMG" --ids "$IDS" -n 12 --threads 1
@@ -102,6 +154,20 @@ EOF
 expect_ok "study finds vlm-eval's results" "1 of 4 evaluations to do" "$B" study "$T/vlm.toml" --dry-run
 expect_ok "study adds a cell" "" "$B" study "$T/vlm.toml" --resume
 expect_ok "Table 8 rtn 3-bit" "\| +\| +3 +\| +16 +\| +32 +\|" "$B" report "$T/vlm.sqlite"
+# vlm-eval --packed: the execution in the identity and the key, so that --store keeps the packed
+# result beside the cell's fake-quant one (the study's number) instead of refusing or replacing it.
+expect_ok "vlm-eval packed json" '"execution": "packed-q8"' "$B" vlm-eval --model "$T/q" --task ai2d --data "$T/vlm" \
+  --max-new-tokens 4 --json --threads 1 --packed
+expect_ok "vlm-eval packed store" \
+  "ai2d:conversation=llava,max_new_tokens=4,limit=0,execution=packed-q8 of cell llava\|rtn:w=4,g=32\|none written to" \
+  "$B" vlm-eval --model "$T/q" --task ai2d --data "$T/vlm" --max-new-tokens 4 --store "$T/vlm.sqlite" --name llava \
+  --threads 1 --packed
+expect_ok "Table 8 packed column" "AI2D \[conversation=llava,max_new_tokens=4,limit=0,execution=packed-q8\]" \
+  "$B" report "$T/vlm.sqlite"
+expect_ok "Table 8 packed note" "execution=packed-q8\`: lmms-eval ai2d; .*; execution packed-q8" "$B" report "$T/vlm.sqlite"
+expect_err "vlm-eval packed 16-bit" "model '$M' is not a quantized checkpoint: --packed needs one" \
+  "$B" vlm-eval --model "$M" --task ai2d --data "$T/vlm" --max-new-tokens 4 --store "$T/refused.sqlite" --packed
+if [[ ! -e "$T/refused.sqlite" ]]; then ok; else bad "a refused vlm-eval --store created its store"; fi
 
 # Bad input: refused before any work, nothing written.
 python3 - "$M/model.safetensors" "$T/broken" <<'EOF'

@@ -2,7 +2,8 @@
 // tests/model/test_llava_next.cpp holds to transformers: the vision ops against their CPU twins,
 // then the tiny random-weight LLaVA-Next of tests/fixtures/llava_next (its two real images): the
 // tower's hidden states, the packed image features, the logits (also against transformers' fp32
-// logits), greedy generation, and a quantized checkpoint as `lowbit quantize` writes it.
+// logits), greedy generation, and a quantized checkpoint as `lowbit quantize` writes it, its language
+// model fake-quant (dequantized weights) and packed (--packed: run from its codes).
 //
 // Tolerances. The GPU rounds every weight and every product's inputs to bf16 (8 significant bits:
 // unit roundoff u = 2^-8) and accumulates in fp32; the CPU computes in fp32 throughout. One
@@ -24,16 +25,19 @@
 #include "backend/ops.h"
 #include "backend/vision_ops.h"
 #include "core/device.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "model/cuda_model.h"
 #include "model/llava_next.h"
 #include "model/llava_next_cuda.h"
 #include "model/llava_next_device.h"
+#include "pack/gpu_packed.h"
 #include "quant/llava_next_quantized.h"
 #include "quant/lowbit_checkpoint.h"
 #include "quant/method.h"
 #include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
 #include "random_calibration.h"
 #include "test_util.h"
 #include "vision/image.h"
@@ -382,6 +386,99 @@ TEST(CudaLlavaNext, QuantizedCheckpointMatchesTheCpu) {
   const Diff d = diff(gpu->forward(ids, std::span(&img, 1)), cpu);
   expect_bf16_close(d, "quantized checkpoint logits vs CPU");
   expect_greedy_agreement(*m, *gpu, ids, img, 12);
+}
+
+// --packed on the GPU (`vlm-generate`/`vlm-logits`/`vlm-eval --packed --device cuda`): the runner's
+// language model runs its quantized linears from their codes (4-bit: the W4A16 tiles; 2-bit: the
+// low-bit GEMV), the vision tower and projector as in the fake-quant runner, against the fake-quant
+// GPU forward of the same model. The bar is CudaModelPacked.LogitsMatchTheFakeQuantGpuForward's
+// (tests/cuda/test_w4a16.cpp), for its reasons: with the int scales rounded to bf16 (the packed
+// layouts' precision) both forwards hold the same bf16 weights and differ only in summation order
+// and the bf16 roundings it flips, so the logits agree within 1% (relative L2) and the perplexity
+// of the prompt within 1%; with the method's fp32 scales, as `lowbit quantize` writes them, the
+// weights differ by up to 2^-9 relative and the logits may move by about 1%, so 3% is allowed.
+// Greedy decoding is then held to the CPU's fake-quant model as the bf16 runner is
+// (expect_greedy_agreement).
+double prompt_ppl(const Tensor& logits, const std::vector<int32_t>& ids) {
+  const int64_t T = logits.dim(0), V = logits.dim(1);
+  double s = 0;
+  for (int64_t t = 0; t + 1 < T; ++t) {
+    const float* l = logits.data_as<float>() + t * V;
+    const double m = *std::max_element(l, l + V);
+    double z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v]) - m);
+    s += m + std::log(z) - double(l[ids[size_t(t + 1)]]);
+  }
+  return std::exp(s / double(T - 1));
+}
+
+void expect_packed_llava_matches_fake_quant(const FixtureModel& fm, const char* spec, bool bf16_scales,
+                                            const char* execution) {
+  SCOPED_TRACE(std::string(spec) + (bf16_scales ? " bf16 scales" : " fp32 scales (as written)"));
+  const Checkpoint source = open_model(fm.path());
+  LlamaModel work(source);
+  auto method = make_method(spec);
+  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+  std::unique_ptr<LlavaNextModel> m;
+  if (bf16_scales) {
+    for (QuantizedBlock& b : qm.blocks)
+      for (auto& l : b.linear)
+        if (l)
+          for (float& sc : l->scales) sc = bf16_to_f32(f32_to_bf16(sc));
+    m = llava_next_with_language_model(fm.path(),
+                                       quantized_checkpoint_in_memory(source, std::move(qm), {{"path", fm.path()}}));
+  } else {
+    const std::string out = fm.dir / (std::string("packed-") + execution);
+    LlamaModel src(source);
+    write_quantized_llava_next(out, fm.path(), src, qm, nlohmann::json::object(), false);
+    m = load_llava_next(out);
+  }
+  set_gpu_packed_factory({});
+  auto fake = place_llava_next(*m, parse_device("cuda:0"));
+  EXPECT_EQ(pack::enable_gpu_packed_linears(m->language_model()), execution);  // what apply_packed does
+  auto packed = place_llava_next(*m, parse_device("cuda:0"));
+  set_gpu_packed_factory({});  // the other tests' CudaModels run from bf16
+  for (const char* name : kImages) {
+    SCOPED_TRACE(name);
+    const auto ids = fixture_ids(name);
+    const vision::ProcessedImage img = load_image(*m, name);
+    const Tensor a = packed->forward(ids, std::span(&img, 1));
+    const Tensor b = fake->forward(ids, std::span(&img, 1));
+    ASSERT_EQ(a.shape(), b.shape());
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const double x = a.data_as<float>()[i], y = b.data_as<float>()[i];
+      ASSERT_TRUE(std::isfinite(x)) << i;
+      num += (x - y) * (x - y);
+      den += y * y;
+    }
+    const double rel = std::sqrt(num / den), ppl_a = prompt_ppl(a, ids), ppl_b = prompt_ppl(b, ids);
+    std::printf("%s %s (%s scales): packed (%s) vs fake-quant GPU logits rel. L2 %.2e; prompt ppl %.4f vs %.4f\n",
+                name, spec, bf16_scales ? "bf16" : "fp32", execution, rel, ppl_a, ppl_b);
+    EXPECT_LT(rel, bf16_scales ? 1e-2 : 3e-2);
+    EXPECT_GT(rel, 0.0) << "the packed runner gave the bf16 runner's logits bit for bit: are its linears packed?";
+    EXPECT_NEAR(ppl_a, ppl_b, 0.01 * ppl_b);
+  }
+  expect_greedy_agreement(*m, *packed, fixture_ids(kImages[0]), load_image(*m, kImages[0]), 12);
+}
+
+TEST(CudaLlavaNextPacked, LogitsMatchTheFakeQuantGpuForward) {
+  REQUIRE_GPU();
+  FixtureModel fm;
+  for (bool bf16_scales : {true, false}) {
+    expect_packed_llava_matches_fake_quant(fm, "rtn:w=4,g=32", bf16_scales, "packed-w4a16");
+    expect_packed_llava_matches_fake_quant(fm, "rtn:w=2,g=32", bf16_scales, "packed-gemv");
+  }
+  // A 16-bit LLaVA-Next has nothing to pack: refused, naming the model.
+  auto plain = LlavaNextModel::open(fm.path());
+  try {
+    pack::enable_gpu_packed_linears(plain->language_model());
+    FAIL() << "a 16-bit LLaVA-Next was packed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a quantized checkpoint: --packed needs one"), std::string::npos)
+        << e.what();
+  }
+  set_gpu_packed_factory({});
 }
 
 }  // namespace

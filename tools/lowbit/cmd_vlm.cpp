@@ -1,10 +1,15 @@
 // lowbit vlm-generate --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) [-n N]
-//                     [--device cpu|cuda[:N]]
+//                     [--device cpu|cuda[:N]] [--packed [--packed-act q8|f32] [--packed-head stored|q8]]
 // lowbit vlm-logits   --model DIR --image F [--image F ...] (--prompt Q | --ids I,J,...) -o OUT.safetensors
-//                     [--device cpu|cuda[:N]]
+//                     [--device cpu|cuda[:N]] [--packed [--packed-act q8|f32] [--packed-head stored|q8]]
 // A LLaVA-Next checkpoint (LlavaNextForConditionalGeneration, or one whose language model `lowbit
 // quantize` quantized: quant/llava_next_quantized.h) with images, on the CPU (fp32) or a GPU (the
-// vision tower, projector and language model in bf16: model/llava_next_device.h). --prompt is
+// vision tower, projector and language model in bf16: model/llava_next_device.h). A quantized
+// language model runs as its dequantized (fake-quant) weights, or with --packed from its packed
+// codes, as `generate --packed` runs a text model (the CPU's packed kernels, or on a GPU the W4A16
+// GEMM and the low-bit GEMV); the vision tower and the projector run as stored either way, and
+// --packed on a 16-bit LLaVA-Next is refused. vlm-logits records the execution ("fake-quant",
+// "packed-q8", "packed-w4a16", ...) in the output's metadata "execution". --prompt is
 // a question put in LLaVA-NeXT's LLaMA-3 conversation (model/llava_prompt.h) with one <image> line
 // per image; --ids are token ids already holding each image's image tokens (as transformers'
 // processor writes input_ids). Every image is decoded and preprocessed before the model runs, so a
@@ -37,13 +42,15 @@ struct Options {
   std::vector<std::string> images;
   int64_t n = 64;
   int threads = 0;
+  PackedFlags packed;
 };
 
 // The model, the images preprocessed, the prompt's ids and its tokenizer (null with --ids), and
-// the model placed on --device.
+// the model placed on --device with its language model's execution (apply_packed's name).
 struct Inputs {
   std::unique_ptr<LlavaNextModel> model;
   std::unique_ptr<LlavaNextRunner> runner;
+  std::string execution;
   bool gpu = false;
   std::vector<vision::ProcessedImage> images;
   std::vector<int32_t> ids;
@@ -59,6 +66,8 @@ Inputs prepare(const Options& o) {
   for (const std::string& path : o.images)
     in.images.push_back(vision::preprocess_llava_next(vision::read_image(path), in.model->processor()));
   in.gpu = device.is_cuda();
+  // Before placing: on a GPU the packed linears are uploaded when the runner builds its model.
+  in.execution = apply_packed(o.packed, in.model->language_model(), in.gpu, false);
   in.runner = place_llava_next(*in.model, device);
   if (!o.ids.empty()) {
     in.ids = parse_token_ids(o.ids);
@@ -76,7 +85,7 @@ Inputs prepare(const Options& o) {
 void run_generate(const Options& o) {
   Inputs in = prepare(o);
   // Decode on the CPU reads every weight once per token: 16-bit weights stay 16-bit (half the
-  // bytes). The GPU holds its own bf16 copy.
+  // bytes). The GPU holds its own bf16 copy. (Packed linears hold their codes whatever this says.)
   if (!in.gpu) in.model->language_model().set_keep_16bit_weights(true);
   std::vector<int64_t> stop = in.model->config().text.eos_token_ids;
   if (in.tok)
@@ -104,8 +113,8 @@ void run_generate(const Options& o) {
   fmt::print("\n");
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const auto peak = in.runner->peak_memory_bytes();
-  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s on {}{}\n", in.images.size(),
-             in.ids.size(), out.size(), s, in.runner->device_name(),
+  fmt::print(stderr, "{} images, prompt {} tokens, {} new tokens in {:.2f} s on {}, {}{}\n", in.images.size(),
+             in.ids.size(), out.size(), s, in.runner->device_name(), in.execution,
              peak ? fmt::format(" (peak GPU memory {:.2f} GiB)", *peak / double(1 << 30)) : std::string());
 }
 
@@ -119,6 +128,7 @@ void run_logits(const Options& o) {
   w.add("tokens", tokens);
   w.set_metadata("model", o.model);
   w.set_metadata("device", in.runner->device_name());
+  w.set_metadata("execution", in.execution);
   w.write(o.out);
   fmt::print(stderr, "logits [{}, {}] written to {}\n", logits.dim(0), logits.dim(1), o.out);
 }
@@ -133,6 +143,7 @@ void add_common(CLI::App* cmd, Options& o, CLI::Option*& prompt, CLI::Option*& i
   prompt->excludes(ids);
   cmd->add_option("--threads", o.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o.device);
+  add_packed_options(cmd, o.packed);
 }
 
 }  // namespace

@@ -1,11 +1,17 @@
 // lowbit vlm-eval --model DIR --task ai2d|chartqa|docvqa|mmbench_en|mme --data FILE_OR_DIR
 //                 [--limit N] [--max-new-tokens N] [--conversation llava|llava_hf] [--device cpu|cuda[:N]]
 //                 [--predictions OUT.jsonl] [--json] [--store DB [--study NAME] [--name MODEL]]
+//                 [--packed [--packed-act q8|f32] [--packed-head stored|q8]]
 // A LLaVA-Next checkpoint on one vision-language benchmark with lmms-eval's conventions
 // (eval/vlm/vlm_task.h): greedy answers, the task's scoring and aggregate. Every item and image
 // is checked before the model runs; the predictions file is written only after the last item.
 // --device cuda runs the vision tower, projector and language model on a GPU in bf16
 // (model/llava_next_device.h).
+// --packed runs a quantized language model from its packed codes (as `eval --packed`; refused for
+// a 16-bit LLaVA-Next), the vision tower and projector as stored. The identity records the
+// execution ("fake-quant", "packed-q8", "packed-w4a16", ...); a packed one is also part of the
+// evaluation's key (eval/vlm/vlm_eval.h), so that --store keeps it beside the cell's fake-quant
+// result, the number the study reports, instead of in its place.
 // --store records the result in a study's results store (study/store.h) as one evaluation of the
 // model's cell ("MODEL|METHOD|CALIBRATION", the 16-bit model's method being fp16), so that
 // `lowbit report` lays it out as the paper's Table 8.
@@ -42,6 +48,7 @@ struct Options {
   int64_t limit = 0, max_new_tokens = 0;
   int threads = 0;
   bool json = false;
+  PackedFlags packed;
 };
 
 std::string metric_text(const vlm::Json& v) {
@@ -91,6 +98,8 @@ void run(const Options& o) {
   // Decode on the CPU reads every weight once per token (16-bit weights stay 16-bit); the GPU
   // holds its own bf16 copy.
   if (!device.is_cuda()) model->language_model().set_keep_16bit_weights(true);
+  // Before the store is touched and before placing (a GPU runner uploads the packed linears).
+  opt.execution = apply_packed(o.packed, model->language_model(), device.is_cuda(), o.json);
   const std::string data_file = vlm::vlm_data_file(task, o.data);
   const std::string eval_key = vlm::vlm_evaluation_key(task, opt, o.limit);
   const bool want_identity = o.json || !o.store.empty();
@@ -162,8 +171,11 @@ void run(const Options& o) {
   if (store) {
     study::RunRecord rr;
     rr.spec_text = fmt::format("lowbit vlm-eval --model {} --task {} --data {} --limit {} --max-new-tokens {} "
-                               "--conversation {} --device {}", o.model, o.task, o.data, o.limit, o.max_new_tokens,
-                               o.conversation, o.device);
+                               "--conversation {} --device {}{}", o.model, o.task, o.data, o.limit, o.max_new_tokens,
+                               o.conversation, o.device,
+                               o.packed.packed ? fmt::format(" --packed --packed-act {} --packed-head {}",
+                                                             o.packed.act, o.packed.head)
+                                               : "");
     rr.device = device_name;
     rr.threads = num_threads();
     const int64_t run_id = store->begin_run(rr);
@@ -197,15 +209,16 @@ void run(const Options& o) {
                            {"items", r.items.size()},
                            {"max_new_tokens", r.max_new_tokens},
                            {"conversation", vlm::vlm_conversation_name(r.conversation)},
+                           {"execution", opt.execution},
                            {"seconds", seconds},
                            {"metrics", r.metrics},
                            {"identity", vlm::Json::parse(identity.dump())}};
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  fmt::print("{} (lmms-eval {}, {} split, {} items, max_new_tokens {}, conversation {}, {:.1f} s)\n", task.name,
-             task.lmms_eval_task, task.split, r.items.size(), r.max_new_tokens,
-             vlm::vlm_conversation_name(r.conversation), seconds);
+  fmt::print("{} (lmms-eval {}, {} split, {} items, max_new_tokens {}, conversation {}, {}, {:.1f} s)\n",
+             task.name, task.lmms_eval_task, task.split, r.items.size(), r.max_new_tokens,
+             vlm::vlm_conversation_name(r.conversation), opt.execution, seconds);
   for (const auto& [k, v] : r.metrics.items()) fmt::print("  {} = {}\n", k, metric_text(v));
 }
 
@@ -236,6 +249,7 @@ void register_vlm_eval(CLI::App& app) {
   cmd->add_option("--name", o->name, "the model's name in --store and the identity (default: the directory's name)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_device_option(cmd, o->device);
+  add_packed_options(cmd, o->packed);
   cmd->callback([o] { run(*o); });
 }
 

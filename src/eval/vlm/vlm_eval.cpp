@@ -47,8 +47,10 @@ std::string decode_answer(const Tokenizer& tok, std::span<const int32_t> ids) {
 
 std::string vlm_evaluation_key(const VlmTask& task, const VlmEvalOptions& options, int64_t limit) {
   const int64_t n = options.max_new_tokens > 0 ? options.max_new_tokens : task.max_new_tokens;
-  return fmt::format("{}:conversation={},max_new_tokens={},limit={}", task.name,
-                     vlm_conversation_name(options.conversation), n, limit);
+  // The fake-quant key is the one studies have always stored, so it names no execution.
+  return fmt::format("{}:conversation={},max_new_tokens={},limit={}{}", task.name,
+                     vlm_conversation_name(options.conversation), n, limit,
+                     options.execution == "fake-quant" ? "" : ",execution=" + options.execution);
 }
 
 Json vlm_evaluation_identity(const VlmTask& task, const std::string& data_file, const VlmEvalOptions& options,
@@ -60,6 +62,7 @@ Json vlm_evaluation_identity(const VlmTask& task, const std::string& data_file, 
               {"split", task.split},
               {"files", Json::array({Json{{"path", data_file}, {"sha256", sha256_file(data_file)}}})},
               {"conversation", vlm_conversation_name(options.conversation)},
+              {"execution", options.execution},
               {"decoding", "greedy"},
               {"max_new_tokens", r.max_new_tokens},
               {"limit", limit},

@@ -36,6 +36,12 @@ std::string vlm_prompt(const std::string& question, VlmConversation c);
 struct VlmEvalOptions {
   int64_t max_new_tokens = 0;  // 0: the task's
   VlmConversation conversation = VlmConversation::Llava;
+  // How the language model's quantized linears ran, as the caller set the model up (evaluate_vlm
+  // does not change it): "fake-quant" (their dequantized 16-bit weights, what the study measures;
+  // also a 16-bit model's) or a packed execution ("packed-q8", "packed-w4a16", ...: the names
+  // `--packed` gives, tools/lowbit/commands.h). Part of the identity; a packed one is part of the
+  // key, so that its results stand beside the fake-quant ones of the same cell.
+  std::string execution = "fake-quant";
 };
 
 struct VlmPrediction {
@@ -64,7 +70,8 @@ VlmEvalResult evaluate_vlm(const LlavaNextModel& model, const Tokenizer& tok, co
                            const std::vector<VlmItem>& items, const VlmEvalOptions& options = {},
                            const VlmItemCallback& on_item = nullptr, LlavaNextRunner* runner = nullptr);
 
-// The evaluation's key ("docvqa:conversation=llava,max_new_tokens=32,limit=0") and identity
+// The evaluation's key ("docvqa:conversation=llava,max_new_tokens=32,limit=0", with
+// ",execution=packed-q8" appended under a packed execution) and identity
 // (eval/identity.h's "evaluation" part): the task and its lmms-eval counterpart, the data file and
 // its SHA-256 (the images are identified through the paths it lists), every setting that changes
 // the numbers, the items evaluated.
