@@ -52,5 +52,4 @@ class CudaClipVision {
   int64_t tiles_ = 0;
 };
 
-
 }  // namespace lowbit
