@@ -135,7 +135,11 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
   const float scale = 1.0f / std::sqrt(float(hd));
   const int64_t ldq = nh * hd, ldk = nkv * hd;
   // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
-#pragma omp parallel
+  // Decode's attention (one query row against a short cache: some microseconds per layer) runs on
+  // the calling thread: waking the OpenMP threads (OMP_WAIT_POLICY=PASSIVE) for it costs more than
+  // the second core saves, once per layer and token. Same products and order either way.
+  const bool parallel = T * nh * (past + T) * hd > (int64_t(1) << 20);
+#pragma omp parallel if (parallel)
   {
     // Sized for the longest block there is (one row when decoding: no 64-row buffer to clear).
     std::vector<float> scores(size_t(std::min(kBlock, T) * (past + T)));
