@@ -3,6 +3,7 @@
 #include "backend/ops.h"
 #include "backend/ops_backward.h"
 
+#include "backend/cpu/thread_pool.h"
 #include "core/error.h"
 
 #include <cblas.h>
@@ -124,55 +125,126 @@ void rope_backward(float* dx, int64_t T, int64_t heads, int64_t ld, const RopeTa
   rotate_pairs<true>(dx, T, heads, ld, rt, pos0);
 }
 
+namespace {
+
+// Head h, query rows [q0, q0 + rows) of attention() below: scores as one GEMM over the keys the
+// rows may see, a row softmax over each row's visible prefix, then one GEMM with V. `scores`
+// holds rows * (past + q0 + rows) floats.
+void attend_block(const float* q, const float* k, const float* v, float* out, int64_t nh,
+                                    int64_t nkv, int64_t hd, int64_t past, int64_t h, int64_t q0, int64_t rows,
+                                    float* s) {
+  const int64_t group = nh / nkv, ldq = nh * hd, ldk = nkv * hd, keys = past + q0 + rows;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const float* qh = q + q0 * ldq + h * hd;
+  const float* kh = k + (h / group) * hd;
+  const float* vh = v + (h / group) * hd;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(keys), blasint(hd), scale, qh,
+              blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * keys;
+    const int64_t visible = past + q0 + r + 1;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < visible; ++j) {
+      const float e = exp_approx(sr[j] - mx);
+      sr[j] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+    std::fill(sr + visible, sr + keys, 0.0f);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
+              blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
+}
+
+// Head h of one query row (attention() with T = 1): the same steps as attend_block with the
+// products as plain loops (the fp32 sums in another order than OpenBLAS's).
+void attend_row(const float* q, const float* k, const float* v, float* out, int64_t nh, int64_t nkv, int64_t hd,
+                int64_t past, int64_t h, float* s) {
+  const int64_t group = nh / nkv, ldk = nkv * hd, keys = past + 1;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const float* qh = q + h * hd;
+  const float* kh = k + (h / group) * hd;
+  const float* vh = v + (h / group) * hd;
+  // Four keys at a time: their four reductions overlap.
+  int64_t j = 0;
+  for (; j + 4 <= keys; j += 4) {
+    const float *k0 = kh + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+    float d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int64_t i = 0; i < hd; ++i) {
+      d0 += qh[i] * k0[i];
+      d1 += qh[i] * k1[i];
+      d2 += qh[i] * k2[i];
+      d3 += qh[i] * k3[i];
+    }
+    s[j] = scale * d0;
+    s[j + 1] = scale * d1;
+    s[j + 2] = scale * d2;
+    s[j + 3] = scale * d3;
+  }
+  for (; j < keys; ++j) {
+    const float* kj = kh + j * ldk;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
+    s[j] = scale * dot;
+  }
+  float mx = -INFINITY;
+  for (j = 0; j < keys; ++j) mx = std::max(mx, s[j]);
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < keys; ++j) {
+    const float e = exp_approx(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+  float* o = out + h * hd;
+  std::fill(o, o + hd, 0.0f);
+  for (int64_t j = 0; j < keys; ++j) {
+    const float p = s[j] * inv;
+    const float* vj = vh + j * ldk;
+#pragma omp simd
+    for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+  }
+}
+
+}  // namespace
+
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
                int64_t hd, int64_t past) {
   // Blocks of queries against the keys they may see (causal): scores for a block are one GEMM,
   // a row softmax over the visible prefix, then one GEMM with V. Keys past the block are never
   // touched, which halves the work against a full T x T product.
   constexpr int64_t kBlock = 64;
-  const int64_t group = nh / nkv;
   const int64_t nblocks = (T + kBlock - 1) / kBlock;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t ldq = nh * hd, ldk = nkv * hd;
+  // Decode: one query row per head, without BLAS (a GEMM call with one row costs OpenBLAS some
+  // microseconds of set-up, which were most of decode's attention: about 38 us per layer of
+  // SmolLM2-135M at 128 keys through 18 such calls), its heads on the thread pool
+  // (backend/cpu/thread_pool.h), whose workers are awake between decode's products.
+  if (T == 1) {
+    parallel_chunks(nh, [&](int64_t h) {
+      thread_local std::vector<float> scores;
+      scores.resize(size_t(past + 1));
+      attend_row(q, k, v, out, nh, nkv, hd, past, h, scores.data());
+    });
+    return;
+  }
   // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
-  // Decode's attention (one query row against a short cache: some microseconds per layer) runs on
-  // the calling thread: waking the OpenMP threads (OMP_WAIT_POLICY=PASSIVE) for it costs more than
-  // the second core saves, once per layer and token. Same products and order either way.
-  const bool parallel = T * nh * (past + T) * hd > (int64_t(1) << 20);
-#pragma omp parallel if (parallel)
+#pragma omp parallel
   {
-    // Sized for the longest block there is (one row when decoding: no 64-row buffer to clear).
+    // Sized for the longest block there is.
     std::vector<float> scores(size_t(std::min(kBlock, T) * (past + T)));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < nh; ++h)
-      for (int64_t b = nblocks - 1; b >= 0; --b) {  // longest blocks first
-        const int64_t q0 = b * kBlock, rows = std::min(kBlock, T - q0), keys = past + q0 + rows;
-        const float* qh = q + q0 * ldq + h * hd;
-        const float* kh = k + (h / group) * hd;
-        const float* vh = v + (h / group) * hd;
-        float* s = scores.data();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(keys), blasint(hd), scale, qh,
-                    blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
-        for (int64_t r = 0; r < rows; ++r) {
-          float* sr = s + r * keys;
-          const int64_t visible = past + q0 + r + 1;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < visible; ++j) {
-            const float e = exp_approx(sr[j] - mx);
-            sr[j] = e;
-            sum += e;
-          }
-          const float inv = 1.0f / sum;
-#pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
-          std::fill(sr + visible, sr + keys, 0.0f);
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
-                    blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
-      }
+      for (int64_t b = nblocks - 1; b >= 0; --b)  // longest blocks first
+        attend_block(q, k, v, out, nh, nkv, hd, past, h, b * kBlock, std::min(kBlock, T - b * kBlock),
+                     scores.data());
   }
 }
 

@@ -31,9 +31,19 @@
 //   - The caller, when all chunks are claimed and some still run on workers, polls for
 //     LOWBIT_POOL_WAIT_SPIN_US microseconds (default 20) and then sleeps until the last one ends:
 //     a worker that lost its core mid-chunk is then not kept from the caller's core.
+//   - When the workers did not help with a job, other threads want the cores: a stall (after its
+//     own chunks the caller waited for a worker's chunk longer than its own took, and over
+//     100 us: the worker lost its core mid-chunk) or a miss (the caller ran every chunk while the
+//     workers were polling, not asleep: none got a core in time). The next 16 jobs then run on the
+//     caller alone, twice as many after each further stall or miss (up to 1,024), half as many
+//     after a job the workers helped with. Serial jobs leave the workers asleep, so on cores
+//     another process keeps busy decode runs about as fast as on one thread instead of waiting
+//     for threads that lost their cores, and it is back on all threads some tokens after the
+//     cores are free again.
 //   - LOWBIT_POOL_SPIN_US=0 makes workers sleep as soon as a job ends (every job then wakes them
 //     through the kernel, as OMP_WAIT_POLICY=PASSIVE does). Both variables are read once; a value
-//     that is not a non-negative integer throws lowbit::Error.
+//     that is not a non-negative integer throws lowbit::Error. LOWBIT_POOL_STATS=1 prints, at
+//     exit, the jobs run, the chunks the caller ran, the serial jobs, stalls and misses.
 #pragma once
 
 #include <cstdint>
