@@ -139,7 +139,7 @@ TEST(Ops, AttentionWithPastKeys) {
 }
 
 // Decode's attention (one query row, SmolLM2-135M's heads: 9 query, 3 KV, 64 wide) runs its heads
-// on the thread pool without BLAS: against the reference, and the same bits at 1 and 2 threads.
+// on the thread pool: against the reference, and the same bits at 1 and 2 threads.
 TEST(Ops, DecodeAttentionOnThePool) {
   const int saved = num_threads();
   for (int64_t past : {0, 3, 127, 255}) {

@@ -127,6 +127,28 @@ void rope_backward(float* dx, int64_t T, int64_t heads, int64_t ld, const RopeTa
 
 namespace {
 
+// sum of e[0, n) in a fixed order: 16 lanes, lane l summing e[l], e[l + 16], ... over the whole
+// groups of 16, the rest added to lane 0 in turn, then 0 + lane 0 + lane 1 + ... + lane 15. This
+// is the order in which GCC's AVX-512 code for an `omp simd reduction` loop summed the softmax,
+// written out: the sum no longer depends on the compiler's choices where the loop is inlined
+// (or on the vector width), so decode's attention, on the thread pool, and the OpenMP path give
+// the bits they gave before either existed.
+float softmax_sum(const float* e, int64_t n) {
+  using V16 = float __attribute__((vector_size(64)));
+  V16 lanes = {};
+  const int64_t whole = n / 16 * 16;
+  for (int64_t j = 0; j < whole; j += 16) {
+    V16 x;
+    std::memcpy(&x, e + j, sizeof(x));
+    lanes += x;
+  }
+  float lane0 = lanes[0];
+  for (int64_t j = whole; j < n; ++j) lane0 += e[j];
+  float sum = 0.0f + lane0;
+  for (int l = 1; l < 16; ++l) sum += lanes[l];
+  return sum;
+}
+
 // Head h, query rows [q0, q0 + rows) of attention() below: scores as one GEMM over the keys the
 // rows may see, a row softmax over each row's visible prefix, then one GEMM with V. `scores`
 // holds rows * (past + q0 + rows) floats.
@@ -145,73 +167,15 @@ void attend_block(const float* q, const float* k, const float* v, float* out, in
     const int64_t visible = past + q0 + r + 1;
     float mx = -INFINITY;
     for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < visible; ++j) {
-      const float e = exp_approx(sr[j] - mx);
-      sr[j] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < visible; ++j) sr[j] = exp_approx(sr[j] - mx);
+    const float inv = 1.0f / softmax_sum(sr, visible);
 #pragma omp simd
     for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
     std::fill(sr + visible, sr + keys, 0.0f);
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
               blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
-}
-
-// Head h of one query row (attention() with T = 1): the same steps as attend_block with the
-// products as plain loops (the fp32 sums in another order than OpenBLAS's).
-void attend_row(const float* q, const float* k, const float* v, float* out, int64_t nh, int64_t nkv, int64_t hd,
-                int64_t past, int64_t h, float* s) {
-  const int64_t group = nh / nkv, ldk = nkv * hd, keys = past + 1;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const float* qh = q + h * hd;
-  const float* kh = k + (h / group) * hd;
-  const float* vh = v + (h / group) * hd;
-  // Four keys at a time: their four reductions overlap.
-  int64_t j = 0;
-  for (; j + 4 <= keys; j += 4) {
-    const float *k0 = kh + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
-    float d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-    for (int64_t i = 0; i < hd; ++i) {
-      d0 += qh[i] * k0[i];
-      d1 += qh[i] * k1[i];
-      d2 += qh[i] * k2[i];
-      d3 += qh[i] * k3[i];
-    }
-    s[j] = scale * d0;
-    s[j + 1] = scale * d1;
-    s[j + 2] = scale * d2;
-    s[j + 3] = scale * d3;
-  }
-  for (; j < keys; ++j) {
-    const float* kj = kh + j * ldk;
-    float dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
-    s[j] = scale * dot;
-  }
-  float mx = -INFINITY;
-  for (j = 0; j < keys; ++j) mx = std::max(mx, s[j]);
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < keys; ++j) {
-    const float e = exp_approx(s[j] - mx);
-    s[j] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / sum;
-  float* o = out + h * hd;
-  std::fill(o, o + hd, 0.0f);
-  for (int64_t j = 0; j < keys; ++j) {
-    const float p = s[j] * inv;
-    const float* vj = vh + j * ldk;
-#pragma omp simd
-    for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
-  }
 }
 
 }  // namespace
@@ -223,15 +187,20 @@ void attention(const float* q, const float* k, const float* v, float* out, int64
   // touched, which halves the work against a full T x T product.
   constexpr int64_t kBlock = 64;
   const int64_t nblocks = (T + kBlock - 1) / kBlock;
-  // Decode: one query row per head, without BLAS (a GEMM call with one row costs OpenBLAS some
-  // microseconds of set-up, which were most of decode's attention: about 38 us per layer of
-  // SmolLM2-135M at 128 keys through 18 such calls), its heads on the thread pool
-  // (backend/cpu/thread_pool.h), whose workers are awake between decode's products.
-  if (T == 1) {
+  // Decode (one query row: some tens of microseconds per layer at a few hundred keys, most of it
+  // OpenBLAS's set-up of 2 x nh one-row GEMMs) runs its heads on the thread pool
+  // (backend/cpu/thread_pool.h), whose workers are awake between decode's products: an OpenMP
+  // region here would wake passive threads once per layer and token. OpenBLAS runs a GEMM of
+  // under 2^18 multiply-adds on the calling thread (GEMM_MULTITHREAD_THRESHOLD), so a worker's
+  // GEMMs start no threads of their own; longer caches take the OpenMP path. Both run the same
+  // attend_block, with the same GEMMs, so the bits are the same. (Plain loops instead of the
+  // one-row GEMMs measured 2.5x faster on one thread, but sum in another order: decode's tokens
+  // would change.)
+  if (T == 1 && (past + 1) * hd < (int64_t(1) << 17)) {
     parallel_chunks(nh, [&](int64_t h) {
       thread_local std::vector<float> scores;
       scores.resize(size_t(past + 1));
-      attend_row(q, k, v, out, nh, nkv, hd, past, h, scores.data());
+      attend_block(q, k, v, out, nh, nkv, hd, past, h, 0, 1, scores.data());
     });
     return;
   }

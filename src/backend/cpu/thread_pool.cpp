@@ -99,7 +99,7 @@ class ThreadPool {
  public:
   ThreadPool(int workers, PoolWaitPolicy policy) : policy_(policy) {
     threads_.reserve(size_t(workers));
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, workers] { worker_loop(workers + 1); });
   }
   ~ThreadPool() {
     if (const char* e = std::getenv("LOWBIT_POOL_STATS"); e != nullptr && *e == '1')
@@ -189,8 +189,13 @@ class ThreadPool {
     }
   }
 
-  void worker_loop() {
+  void worker_loop(int threads) {
     t_in_pool = true;
+    // OpenBLAS (its OpenMP build), called from a chunk, sizes its thread count from the calling
+    // thread's omp_get_max_threads() and resets its global count when that differs; a worker's
+    // default would differ from the caller's set_num_threads() value, and the two would keep
+    // resetting it.
+    omp_set_num_threads(threads);
     // Jobs start only after the constructor returns, so 0 (epoch_'s first value) is the epoch
     // before any job, even if the first job is published before this thread starts.
     uint32_t seen = 0;
