@@ -117,7 +117,7 @@ class ThreadPool {
 
   // Caller side; one job at a time (the caller holds g_pool_mu).
   void run(int64_t n, detail::ChunkFn fn, void* ctx) {
-    if (serial_left_ > 0) {
+    if (serial_left_ > 0 && n < kAlwaysOffered) {
       --serial_left_;
       ++stats_.serial_jobs;
       for (int64_t c = 0; c < n; ++c) fn(ctx, c);
@@ -216,6 +216,10 @@ class ThreadPool {
   // Backoff after stalls, in jobs: the first stall sends 16 jobs to the caller alone (a token's
   // worth on a small model), each further one twice as many, up to 1,024.
   static constexpr int64_t kStallUs = 100, kFirstBackoff = 16, kMaxBackoff = 1024;
+  // Jobs of this many chunks (a small model's LM head at decode, a prompt's products: hundreds of
+  // microseconds) are offered to the workers even during a backoff: a worker that wakes in time
+  // takes part of the job, one that does not costs nothing.
+  static constexpr int64_t kAlwaysOffered = 32;
 
   const PoolWaitPolicy policy_;
   int64_t backoff_ = 0, serial_left_ = 0;  // the caller's
