@@ -312,11 +312,10 @@ Isa best_isa() {
 }
 
 int64_t min_parallel_blocks() {
-  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
-  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much
-  // when the cores are shared. Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048,
-  // 416 at 16,384, 436 at 65,536. On idle cores a lower bound lets decode's smaller products use
-  // every thread.
+  // Below this many block products (some microseconds on one core) splitting a product gains
+  // less than the claims and the wait for the last chunk cost. At decode every product of
+  // SmolLM2-135M runs on all threads, and all of testbed-44m's but its attention output (512 rows
+  // of 16 blocks).
   static const int64_t n = [] {
     const char* env = std::getenv("LOWBIT_PACKED_PARALLEL_BLOCKS");
     if (env == nullptr || *env == '\0') return int64_t(8192);

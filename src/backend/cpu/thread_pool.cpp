@@ -160,9 +160,12 @@ class ThreadPool {
       stats_.misses += miss;
       if (stall) stats_.stall_us += std::chrono::duration<double, std::micro>(wait).count();
       backoff_ = std::min<int64_t>(kMaxBackoff, backoff_ == 0 ? kFirstBackoff : 2 * backoff_);
-    } else {
+    } else if (own < n) {
       backoff_ /= 2;
     }
+    // During a backoff the workers do not poll: jobs are rare, and a polling worker would take
+    // a share of the contended cores from the caller.
+    calm_.store(backoff_ == 0, std::memory_order_relaxed);
     serial_left_ = backoff_;
   }
 
@@ -201,7 +204,8 @@ class ThreadPool {
     uint32_t seen = 0;
     for (;;) {
       auto fresh = [&] { return epoch_.load(std::memory_order_acquire) != seen; };
-      if (!poll_for(policy_.worker_spin_us, fresh)) {
+      poll_for(policy_.worker_spin_us, [&] { return fresh() || !calm_.load(std::memory_order_relaxed); });
+      if (!fresh()) {
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
         // Returns at once when epoch_ is no longer `seen` (the kernel compares it under its lock).
         while (epoch_.load(std::memory_order_seq_cst) == seen) futex_wait(epoch_, seen);
@@ -234,6 +238,7 @@ class ThreadPool {
   alignas(64) std::atomic<uint32_t> done_{0};       // chunks of the current job that have run
   alignas(64) std::atomic<int> sleepers_{0};        // workers asleep (or about to be) on epoch_
   std::atomic<bool> caller_sleeping_{false};
+  std::atomic<bool> calm_{true};  // no backoff: idle workers poll before they sleep
   std::atomic<bool> stop_{false};
 };
 

@@ -37,8 +37,9 @@
 //     workers were polling, not asleep: none got a core in time). The next 16 jobs then run on the
 //     caller alone, twice as many after each further stall or miss (up to 1,024), half as many
 //     after a job the workers helped with; jobs of 32 chunks or more (the LM head at decode, a
-//     prompt's products) are offered to the workers all the same. Serial jobs leave the workers
-//     asleep, so on cores
+//     prompt's products) are offered to the workers all the same. During a backoff idle workers
+//     sleep at once instead of polling (a polling worker would take a share of the contended
+//     cores from the caller), so on cores
 //     another process keeps busy decode runs about as fast as on one thread instead of waiting
 //     for threads that lost their cores, and it is back on all threads some tokens after the
 //     cores are free again.
