@@ -128,8 +128,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     # is recorded as nan.
     for qp in q4_0:50 q4_0:0 f32:50; do
       q=${qp%:*} poll=${qp#*:}
-      tps=$(timeout "${LLAMA_TIMEOUT:-120}" "$LBIN/llama-bench" -m "$W/$name-$q.gguf" -t "$THREADS" -p 0 -n "$NEW" \
-        -d "$PROMPT" -r 1 --poll "$poll" -o json 2>/dev/null |
+      tps=$({ timeout "${LLAMA_TIMEOUT:-120}" "$LBIN/llama-bench" -m "$W/$name-$q.gguf" -t "$THREADS" -p 0 -n "$NEW" \
+        -d "$PROMPT" -r 1 --poll "$poll" -o json 2>/dev/null || true; } |
         python3 -c 'import json,sys
 try: print(json.load(sys.stdin)[0]["avg_ts"])
 except Exception: print("nan")')
