@@ -149,9 +149,9 @@ class ThreadPool {
     // The workers did not help: a stall (after its own chunks the caller waited longer than they
     // took, and than kStallUs, for a chunk a worker holds: a worker lost its core mid-chunk) or a
     // miss (the caller ran every chunk though the workers were polling, not asleep: none got a
-    // core in time; a worker woken from its sleep misses a short job anyway). Both mean other threads
-    // want the cores; then the next jobs run on the caller alone, twice as many after each further
-    // one, half as many after a job the workers helped with (see the header).
+    // core in time; a worker woken from its sleep misses a short job anyway). Both mean other
+    // threads want the cores; then the next jobs run on the caller alone, twice as many after each
+    // further one, half as many after a job the workers helped with (see the header).
     const auto wait = t2 - t1;
     const bool stall = wait > std::max<Clock::duration>(t1 - t0, std::chrono::microseconds(kStallUs));
     const bool miss = own == n && !woke;
@@ -173,8 +173,6 @@ class ThreadPool {
     int64_t jobs = 0, serial_jobs = 0, chunks = 0, chunks_by_caller = 0, stalls = 0, misses = 0;
     double stall_us = 0;
   };
-  const Stats& stats() const { return stats_; }
-
   // Claims and runs chunks of job `seq` until none is left; returns how many it ran.
   int64_t run_chunks(uint32_t seq) {
     int64_t ran = 0;
@@ -217,8 +215,8 @@ class ThreadPool {
     }
   }
 
-  // Backoff after stalls, in jobs: the first stall sends 16 jobs to the caller alone (a token's
-  // worth on a small model), each further one twice as many, up to 1,024.
+  // Backoff after stalls and misses, in jobs: the first sends 16 jobs to the caller alone (a
+  // token's worth on a small model), each further one twice as many, up to 1,024.
   static constexpr int64_t kStallUs = 100, kFirstBackoff = 16, kMaxBackoff = 1024;
   // Jobs of this many chunks (a small model's LM head at decode, a prompt's products: hundreds of
   // microseconds) are offered to the workers even during a backoff: a worker that wakes in time
