@@ -9,6 +9,11 @@
 #   NSAMPLES [32]  SEQLEN_CALIB [2048]                     GPTQ calibration windows (PTB train)
 #   PPL_CHARS [60000]  PPL_SEQLEN [512]                     perplexity text (WikiText2 test)
 #   PPL [1]                                                 0: decode only
+#   LOAD [0]          busy loops (`yes > /dev/null`) kept running beside the decode rounds: the
+#                     figures under load (LOAD=1 takes one of two cores from both engines)
+#   LLAMA_TIMEOUT [120]  seconds after which a llama-bench run is recorded as nan
+#   BASELINE_BENCH    another build's bench_decode (an older commit's, say), run in each round on
+#                     the GPTQ model beside this build's: before and after in one run [unset]
 #   LLAMA_CPP_SRC     llama.cpp's sources [the vendored copy of the llama-cpp-python 0.3.36 sdist,
 #                     downloaded with pip into $CACHE when absent]
 #   CACHE [~/.cache/lowbit/cpu-decode-vs-llamacpp]          the models made here (work/), llama.cpp's
@@ -89,7 +94,8 @@ prepare() {
       ;;
     *) die "unknown model '$name' (testbed-44m, smollm2)" ;;
   esac
-  [[ -e "$W/$name-base" ]] || ln -s "$base" "$W/$name-base"
+  # A link to the base (testbed-44m) follows this checkout: an older one may point into one since removed.
+  [[ "$base" == "$W/$name-base" ]] || ln -sfn "$base" "$W/$name-base"
   [[ -f "$W/$name-q4_0.gguf" ]] || "$LBIN/llama-quantize" "$W/$name-f32.gguf" "$W/$name-q4_0.gguf" Q4_0 "$THREADS" \
     >"$W/$name-q4_0.log" 2>&1 || die "llama-quantize Q4_0 failed: $W/$name-q4_0.log"
   [[ -d "$W/$name-gptq" ]] || "$LB" quantize --model "$base" --method gptq:w=4,g=128 --calib ptb \
@@ -106,7 +112,14 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 
 for name in "${MODELS[@]}"; do prepare "$name"; done
 
-# Decode, alternated.
+# Decode, alternated; beside LOAD busy loops when asked.
+LOAD_PIDS=()
+stop_load() { for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; LOAD_PIDS=(); }
+trap stop_load EXIT
+for ((i = 0; i < ${LOAD:-0}; i++)); do
+  yes > /dev/null &
+  LOAD_PIDS+=($!)
+done
 for ((r = 1; r <= ROUNDS; r++)); do
   for name in "${MODELS[@]}"; do
     # llama.cpp's threads poll for work (--poll 50, its default) between graph nodes; beside
@@ -115,27 +128,35 @@ for ((r = 1; r <= ROUNDS; r++)); do
     # is recorded as nan.
     for qp in q4_0:50 q4_0:0 f32:50; do
       q=${qp%:*} poll=${qp#*:}
-      tps=$(timeout "${LLAMA_TIMEOUT:-120}" "$LBIN/llama-bench" -m "$W/$name-$q.gguf" -t "$THREADS" -p 0 -n "$NEW" \
-        -d "$PROMPT" -r 1 --poll "$poll" -o json 2>/dev/null |
+      tps=$({ timeout "${LLAMA_TIMEOUT:-120}" "$LBIN/llama-bench" -m "$W/$name-$q.gguf" -t "$THREADS" -p 0 -n "$NEW" \
+        -d "$PROMPT" -r 1 --poll "$poll" -o json 2>/dev/null || true; } |
         python3 -c 'import json,sys
 try: print(json.load(sys.stdin)[0]["avg_ts"])
 except Exception: print("nan")')
       record model "$name" engine llama.cpp variant "${q^^} poll $poll" round "$r" decode_tps "$tps" load "$(load1)"
     done
-    # lowbit as it runs by default (OMP_WAIT_POLICY=PASSIVE, products of under 65,536 blocks on one
-    # thread: settings for shared cores), and with the settings for idle cores: OpenMP's threads
-    # spin about 0.3 ms between products before sleeping (GOMP_SPINCOUNT=30000) and products from
-    # 8,192 blocks use every thread (LOWBIT_PACKED_PARALLEL_BLOCKS), as llama.cpp's threads poll.
-    for vs in gptq: gptq:spin rtn32: rtn32:spin; do
+    # lowbit as it runs by default (decode's products on its thread pool, whose idle workers poll
+    # for 100 us with yields, then sleep: src/backend/cpu/thread_pool.h), and with workers that
+    # sleep as soon as a job ends (LOWBIT_POOL_SPIN_US=0: every product wakes them through the
+    # kernel, as passive OpenMP threads are woken).
+    for vs in gptq: gptq:nopoll rtn32:; do
       v=${vs%:*} mode=${vs#*:} env=()
-      [[ $mode == spin ]] && env=(GOMP_SPINCOUNT=30000 LOWBIT_PACKED_PARALLEL_BLOCKS=8192)
+      [[ $mode == nopoll ]] && env=(LOWBIT_POOL_SPIN_US=0)
       tps=$(env "${env[@]}" "$BENCH" --model "$W/$name-base" --q4 "$W/$name-$v" --variants packed-4bit --packed-head q8 \
         --threads "$THREADS" --rounds 1 --prompt "$PROMPT" --new "$NEW" --json |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["variants"][0]["decode_tokens_per_s"])')
       record model "$name" engine lowbit variant "packed-4bit-$v${mode:+ $mode}" round "$r" decode_tps "$tps" load "$(load1)"
     done
+    if [[ -n "${BASELINE_BENCH:-}" ]]; then
+      tps=$("$BASELINE_BENCH" --model "$W/$name-base" --q4 "$W/$name-gptq" --variants packed-4bit --packed-head q8 \
+        --threads "$THREADS" --rounds 1 --prompt "$PROMPT" --new "$NEW" --json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["variants"][0]["decode_tokens_per_s"])')
+      record model "$name" engine lowbit variant "packed-4bit-gptq baseline" round "$r" decode_tps "$tps" load "$(load1)"
+    fi
   done
 done
+
+stop_load
 
 # Perplexity on the same windows.
 T="$W/wikitext2_test_head.txt"
@@ -161,13 +182,14 @@ for name in "${MODELS_PPL[@]}"; do
   done
 done
 
-python3 - "$RESULTS" "$THREADS" "$PROMPT" "$NEW" "$PPL_CHARS" "$PPL_SEQLEN" <<'EOF'
+python3 - "$RESULTS" "$THREADS" "$PROMPT" "$NEW" "$PPL_CHARS" "$PPL_SEQLEN" "${LOAD:-0}" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-threads, prompt, new, chars, seqlen = sys.argv[2:]
+threads, prompt, new, chars, seqlen = sys.argv[2:7]
 speed = [r for r in rows if "decode_tps" in r]
 loads = [float(r["load"]) for r in speed]
 print(f"decode at batch 1, {threads} threads, {prompt}-token context + {new} new tokens, "
+      f"{sys.argv[7]} busy loops beside, "
       f"median of {max(int(r['round']) for r in speed)} alternated rounds; "
       f"1-minute load average {min(loads):.2f}..{max(loads):.2f} (median {statistics.median(loads):.2f})")
 print(f"{'model':<12} {'engine':<10} {'variant':<22} {'decode tok/s':>13} {'rounds':>40}")

@@ -1,5 +1,6 @@
 #include "pack/packed_int.h"
 
+#include "backend/cpu/thread_pool.h"
 #include "core/error.h"
 
 #include <omp.h>
@@ -311,14 +312,13 @@ Isa best_isa() {
 }
 
 int64_t min_parallel_blocks() {
-  // Below this many block products (1 MB of 4-bit weights: some tens of microseconds on one core)
-  // a product runs on one thread: waking another (OMP_WAIT_POLICY=PASSIVE) costs about as much
-  // when the cores are shared. Measured on testbed-44m decode, 2 threads: 400 tokens/s at 2,048,
-  // 416 at 16,384, 436 at 65,536. On idle cores a lower bound lets decode's smaller products use
-  // every thread.
+  // Below this many block products (some microseconds on one core) splitting a product gains
+  // less than the claims and the wait for the last chunk cost. At decode every product of
+  // SmolLM2-135M runs on all threads, and all of testbed-44m's but its attention output (512 rows
+  // of 16 blocks).
   static const int64_t n = [] {
     const char* env = std::getenv("LOWBIT_PACKED_PARALLEL_BLOCKS");
-    if (env == nullptr || *env == '\0') return int64_t(65536);
+    if (env == nullptr || *env == '\0') return int64_t(8192);
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
     LB_CHECK(end != env && *end == '\0' && v >= 0,
@@ -337,18 +337,26 @@ void matmul_q8(const PackedIntMatrix& w, const Q8Activations& a, float* y, Isa i
   const detail::RowsQ8Fn fn = isa == Isa::Avx512Vnni ? detail::rows_q8_avx512vnni
                               : isa == Isa::Avx2     ? detail::rows_q8_avx2
                                                      : detail::rows_q8_scalar;
-  // Weight rows in parallel, in chunks of 16 (a thread's outputs rarely share cache lines). Within
-  // a chunk, activation rows go in tiles of 64: a tile (64 x padded bytes) stays in cache while
-  // the chunk's weights stream past it, instead of every weight row streaming all activations.
+  // Weight rows in parallel on the thread pool (backend/cpu/thread_pool.h), in chunks of a multiple
+  // of 16 rows (a thread's outputs rarely share cache lines) holding at least kChunkBlocks block
+  // products (some microseconds: a claim costs a contended atomic, so decode's small products get
+  // a few chunks, not one per 16 rows). Within a chunk, activation rows go in tiles of 64: a tile
+  // (64 x padded bytes) stays in cache while the chunk's weights stream past it, instead of every
+  // weight row streaming all activations. A row's result does not depend on the chunking.
   const int64_t work = (r_end - r_begin) * w.blocks * a.n;
-  constexpr int64_t kRowChunk = 16, kActTile = 64;
-  const int64_t kMinParallelBlocks = min_parallel_blocks();
-  const int64_t nchunks = (r_end - r_begin + kRowChunk - 1) / kRowChunk;
-#pragma omp parallel for schedule(static) if (work > kMinParallelBlocks)
-  for (int64_t c = 0; c < nchunks; ++c)
-    for (int64_t j0 = 0; j0 < a.n; j0 += kActTile)
-      fn(w, a, y, r_begin + c * kRowChunk, std::min(r_end, r_begin + (c + 1) * kRowChunk), j0,
-         std::min(a.n, j0 + kActTile));
+  constexpr int64_t kRowStep = 16, kActTile = 64, kChunkBlocks = 4096;
+  const int64_t step_blocks = std::max<int64_t>(1, kRowStep * w.blocks * a.n);
+  const int64_t chunk_rows = kRowStep * std::max<int64_t>(1, (kChunkBlocks + step_blocks - 1) / step_blocks);
+  const int64_t nchunks = (r_end - r_begin + chunk_rows - 1) / chunk_rows;
+  auto chunk = [&](int64_t c) {
+    const int64_t r0 = r_begin + c * chunk_rows, r1 = std::min(r_end, r0 + chunk_rows);
+    for (int64_t j0 = 0; j0 < a.n; j0 += kActTile) fn(w, a, y, r0, r1, j0, std::min(a.n, j0 + kActTile));
+  };
+  if (work > min_parallel_blocks()) {
+    parallel_chunks(nchunks, chunk);
+  } else {
+    for (int64_t c = 0; c < nchunks; ++c) chunk(c);
+  }
 }
 
 void matmul_f32(const PackedIntMatrix& w, const float* xp, int64_t n, float* y, int64_t r_begin, int64_t r_end) {

@@ -128,8 +128,9 @@ Isa best_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 
-// The number of block products (rows x blocks x activation rows) from which matmul_q8 runs on
-// all threads: 65,536, or LOWBIT_PACKED_PARALLEL_BLOCKS (read once; a bad value throws).
+// The number of block products (rows x blocks x activation rows) above which matmul_q8 splits its
+// rows over the thread pool (backend/cpu/thread_pool.h): 8,192, or LOWBIT_PACKED_PARALLEL_BLOCKS
+// (read once; a bad value throws). Smaller products run on the calling thread.
 int64_t min_parallel_blocks();
 
 // y[n, rows] = the int8-activation product (above) for activations a (from quantize_activations).

@@ -5,6 +5,7 @@
 // the columns, groups smaller and larger than a block, act-order permutations), and the batch
 // runs across the 4-row activation tile. Codes, scales and zero-points are random, so the packed
 // layout must reproduce every code of every container exactly.
+#include "backend/ops.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
 #include "pack/packed_int.h"
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -329,6 +331,40 @@ TEST(PackedInt, GroupsOfEqualBlocksShareOnePair) {
           ASSERT_EQ(p.d[p.pair(r, b)], q.scales[size_t(r * q.groups_per_row() + g)]);
         }
   }
+}
+
+// matmul_q8 splits the rows of a large enough product over the thread pool; which thread computes
+// a row must not change it. Decode's shapes (one activation row, products above the parallel
+// threshold) and prompt-sized ones, whole matrices and row views, at 2 and 3 threads, equal the
+// single-threaded product bit for bit, job after job.
+TEST(PackedInt, ThreadedProductsEqualTheSingleThreadedOnesBitForBit) {
+  std::mt19937 rng(9);
+  const int saved = num_threads();
+  struct Shape {
+    int64_t rows, cols, n, r0, r1;
+  };
+  for (const Shape& c : {Shape{3584, 512, 1, 0, -1}, Shape{1000, 576, 1, 100, 900}, Shape{600, 1536, 2, 0, -1},
+                         Shape{520, 512, 70, 0, -1}}) {
+    ASSERT_GT(c.rows * (c.cols / 32) * c.n, pack::min_parallel_blocks());
+    const QuantizedLinear q = random_linear(c.rows, c.cols, 4, 128, false, true, rng);
+    const pack::PackedIntMatrix p = pack::pack_int_linear(q, "test");
+    const std::vector<float> x = random_x(c.n, c.cols, rng);
+    pack::Q8Activations a;
+    pack::quantize_activations(p, x.data(), c.n, a);
+    set_num_threads(1);
+    std::vector<float> want(size_t(c.n * c.rows), -1.0f);
+    pack::matmul_q8(p, a, want.data(), pack::best_isa(), c.r0, c.r1);
+    for (int t : {2, 3}) {
+      set_num_threads(t);
+      for (int rep = 0; rep < 50; ++rep) {
+        std::vector<float> y(size_t(c.n * c.rows), -1.0f);
+        pack::matmul_q8(p, a, y.data(), pack::best_isa(), c.r0, c.r1);
+        ASSERT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * sizeof(float)))
+            << c.rows << "x" << c.cols << " n " << c.n << " threads " << t << " repeat " << rep;
+      }
+    }
+  }
+  set_num_threads(saved);
 }
 
 TEST(PackedInt, FormatsWithoutAPackedKernelAreRefused) {

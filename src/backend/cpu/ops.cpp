@@ -3,6 +3,7 @@
 #include "backend/ops.h"
 #include "backend/ops_backward.h"
 
+#include "backend/cpu/thread_pool.h"
 #include "core/error.h"
 
 #include <cblas.h>
@@ -124,51 +125,95 @@ void rope_backward(float* dx, int64_t T, int64_t heads, int64_t ld, const RopeTa
   rotate_pairs<true>(dx, T, heads, ld, rt, pos0);
 }
 
+namespace {
+
+// sum of e[0, n) in a fixed order: 16 lanes, lane l summing e[l], e[l + 16], ... over the whole
+// groups of 16, the rest added to lane 0 in turn, then 0 + lane 0 + lane 1 + ... + lane 15. This
+// is the order in which GCC's AVX-512 code for an `omp simd reduction` loop summed the softmax,
+// written out: the sum no longer depends on the compiler's choices where the loop is inlined
+// (or on the vector width), so decode's attention, on the thread pool, and the OpenMP path give
+// the bits they gave before either existed.
+float softmax_sum(const float* e, int64_t n) {
+  using V16 = float __attribute__((vector_size(64)));
+  V16 lanes = {};
+  const int64_t whole = n / 16 * 16;
+  for (int64_t j = 0; j < whole; j += 16) {
+    V16 x;
+    std::memcpy(&x, e + j, sizeof(x));
+    lanes += x;
+  }
+  float lane0 = lanes[0];
+  for (int64_t j = whole; j < n; ++j) lane0 += e[j];
+  float sum = 0.0f + lane0;
+  for (int l = 1; l < 16; ++l) sum += lanes[l];
+  return sum;
+}
+
+// Head h, query rows [q0, q0 + rows) of attention() below: scores as one GEMM over the keys the
+// rows may see, a row softmax over each row's visible prefix, then one GEMM with V. `scores`
+// holds rows * (past + q0 + rows) floats.
+void attend_block(const float* q, const float* k, const float* v, float* out, int64_t nh,
+                                    int64_t nkv, int64_t hd, int64_t past, int64_t h, int64_t q0, int64_t rows,
+                                    float* s) {
+  const int64_t group = nh / nkv, ldq = nh * hd, ldk = nkv * hd, keys = past + q0 + rows;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const float* qh = q + q0 * ldq + h * hd;
+  const float* kh = k + (h / group) * hd;
+  const float* vh = v + (h / group) * hd;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(keys), blasint(hd), scale, qh,
+              blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * keys;
+    const int64_t visible = past + q0 + r + 1;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
+#pragma omp simd
+    for (int64_t j = 0; j < visible; ++j) sr[j] = exp_approx(sr[j] - mx);
+    const float inv = 1.0f / softmax_sum(sr, visible);
+#pragma omp simd
+    for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+    std::fill(sr + visible, sr + keys, 0.0f);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
+              blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
+}
+
+}  // namespace
+
 void attention(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t nh, int64_t nkv,
                int64_t hd, int64_t past) {
   // Blocks of queries against the keys they may see (causal): scores for a block are one GEMM,
   // a row softmax over the visible prefix, then one GEMM with V. Keys past the block are never
   // touched, which halves the work against a full T x T product.
   constexpr int64_t kBlock = 64;
-  const int64_t group = nh / nkv;
   const int64_t nblocks = (T + kBlock - 1) / kBlock;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t ldq = nh * hd, ldk = nkv * hd;
+  // Decode (one query row: some tens of microseconds per layer at a few hundred keys, most of it
+  // OpenBLAS's set-up of 2 x nh one-row GEMMs) runs its heads on the thread pool
+  // (backend/cpu/thread_pool.h), whose workers are awake between decode's products: an OpenMP
+  // region here would wake passive threads once per layer and token. OpenBLAS runs a GEMM of
+  // under 2^18 multiply-adds on the calling thread (GEMM_MULTITHREAD_THRESHOLD), so a worker's
+  // GEMMs start no threads of their own; longer caches take the OpenMP path. Both run the same
+  // attend_block, with the same GEMMs, so the bits are the same. (Plain loops instead of the
+  // one-row GEMMs measured 2.5x faster on one thread, but sum in another order: decode's tokens
+  // would change.)
+  if (T == 1 && (past + 1) * hd < (int64_t(1) << 17)) {
+    parallel_chunks(nh, [&](int64_t h) {
+      thread_local std::vector<float> scores;
+      scores.resize(size_t(past + 1));
+      attend_block(q, k, v, out, nh, nkv, hd, past, h, 0, 1, scores.data());
+    });
+    return;
+  }
   // OpenBLAS (its OpenMP build) runs single-threaded when called inside a parallel region.
 #pragma omp parallel
   {
-    // Sized for the longest block there is (one row when decoding: no 64-row buffer to clear).
+    // Sized for the longest block there is.
     std::vector<float> scores(size_t(std::min(kBlock, T) * (past + T)));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < nh; ++h)
-      for (int64_t b = nblocks - 1; b >= 0; --b) {  // longest blocks first
-        const int64_t q0 = b * kBlock, rows = std::min(kBlock, T - q0), keys = past + q0 + rows;
-        const float* qh = q + q0 * ldq + h * hd;
-        const float* kh = k + (h / group) * hd;
-        const float* vh = v + (h / group) * hd;
-        float* s = scores.data();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(rows), blasint(keys), blasint(hd), scale, qh,
-                    blasint(ldq), kh, blasint(ldk), 0.0f, s, blasint(keys));
-        for (int64_t r = 0; r < rows; ++r) {
-          float* sr = s + r * keys;
-          const int64_t visible = past + q0 + r + 1;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, sr[j]);
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < visible; ++j) {
-            const float e = exp_approx(sr[j] - mx);
-            sr[j] = e;
-            sum += e;
-          }
-          const float inv = 1.0f / sum;
-#pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
-          std::fill(sr + visible, sr + keys, 0.0f);
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(hd), blasint(keys), 1.0f, s,
-                    blasint(keys), vh, blasint(ldk), 0.0f, out + q0 * ldq + h * hd, blasint(ldq));
-      }
+      for (int64_t b = nblocks - 1; b >= 0; --b)  // longest blocks first
+        attend_block(q, k, v, out, nh, nkv, hd, past, h, b * kBlock, std::min(kBlock, T - b * kBlock),
+                     scores.data());
   }
 }
 
