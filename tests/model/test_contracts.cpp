@@ -8,6 +8,8 @@
 //   - a shape it cannot handle is refused by check_shapes before any work, or it quantizes;
 //   - the format's fast dequantization equals its scalar reference bit for bit;
 //   - every format of the table is produced by some registered method;
+//   - every grid axis a method declares is an option of its spec, and a spec that sets it alone
+//     parses and keeps its value;
 //   - every format row brings an example linear (QuantFormat::example) that validates, is written
 //     and opened again byte for byte, dequantizes the same on its fast path and after the round
 //     trip, counts bits_per_weight within the documented bounds of what it stores, and, corrupted
@@ -22,6 +24,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -185,6 +188,40 @@ TEST(MethodContract, DevicesAreDeclaredAndRefusedBeforeWork) {
   EXPECT_NO_THROW(make_method("gptq:block=256")->check_device(parse_device("cpu")));
   EXPECT_THROW(make_method("gptq:block=256")->check_device(parse_device("cuda")), Error);
   EXPECT_NO_THROW(make_method("gptq:block=128")->check_device(parse_device("cuda")));
+}
+
+TEST(MethodContract, GridAxesParseInTheSpec) {
+  for (const std::string& name : method_names()) {
+    const MethodInfo& info = method_info(name);
+    SCOPED_TRACE(name);
+    if (info.baseline) {
+      EXPECT_TRUE(info.grid_axes.empty()) << "the baseline takes no options";
+      continue;
+    }
+    // Every axis at the example's value (every option is taken, defaults included), all in one
+    // spec, as a grid point sets them (an axis may be valid only beside another: pbllm's g and
+    // block).
+    std::set<std::string> seen;
+    std::vector<std::pair<std::string, std::string>> point;
+    const auto example = make_method(info.example);
+    const auto& taken = example->spec().taken();
+    for (const std::string& axis : info.grid_axes) {
+      EXPECT_TRUE(seen.insert(axis).second) << axis << " declared twice";
+      EXPECT_TRUE(is_grid_axis(info, axis));
+      auto it = std::find_if(taken.begin(), taken.end(), [&](const auto& kv) { return kv.first == axis; });
+      ASSERT_NE(it, taken.end()) << "grid axis '" << axis << "' is not an option of " << name;
+      point.push_back(*it);
+    }
+    std::string spec = name;
+    for (const auto& [k, v] : point) spec += (spec == name ? ":" : ",") + k + "=" + v;
+    std::unique_ptr<QuantMethod> m;
+    ASSERT_NO_THROW(m = make_method(spec)) << spec;
+    for (const auto& kv : point) {
+      const auto& t = m->spec().taken();
+      EXPECT_NE(std::find(t.begin(), t.end(), kv), t.end()) << spec << " -> " << m->spec().resolved();
+    }
+    EXPECT_FALSE(is_grid_axis(info, "no_such_option"));
+  }
 }
 
 TEST(FormatTable, NamesAreUniqueAndFound) {
