@@ -285,8 +285,9 @@ TEST(FormatTable, EveryFormatsExampleRoundTripsAndIsChecked) {
       ASSERT_EQ(q.rows, rows);
       ASSERT_EQ(q.cols, cols);
       ASSERT_NO_THROW(q.validate(what));
-      // The same seed gives the same linear; another seed another one.
+      // The same seed gives the same linear; another seed another weight.
       expect_same_linear(f->example(rows, cols, seed), q, what);
+      EXPECT_FALSE(same_bits(f->example(rows, cols, seed + 100).dequantize_as_stored(), q.dequantize_as_stored()));
 
       // The scalar reference and the fast path agree bit for bit.
       std::vector<float> ref(size_t(rows * cols)), fast(ref.size());

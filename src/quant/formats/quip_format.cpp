@@ -132,8 +132,14 @@ void quip_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(hu == hv, "{}: quip needs both rotations U and V or neither", what);
   if (hu) quip_check_dimension(q.rows, what + " U");
   if (hv) quip_check_dimension(q.cols, what + " V");
-  if (q.extras.count("u_perm_in")) quip_stored_butterfly(q, "u");
-  if (q.extras.count("v_perm_in")) quip_stored_butterfly(q, "v");
+  for (const char* which : {"u", "v"}) {
+    if (!q.extras.count(std::string(which) + "_perm_in")) continue;
+    try {
+      quip_stored_butterfly(q, which);
+    } catch (const Error& e) {
+      fail("{}: {}", what, e.what());
+    }
+  }
 }
 
 namespace {
