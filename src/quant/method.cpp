@@ -4,26 +4,28 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
 namespace lowbit {
 
 const std::vector<MethodInfo>& method_registry() {
-  // name, display, paper order, factory, group label, example, baseline
+  // name, display, paper order, factory, group label, example, grid axes, baseline
   static const std::vector<MethodInfo> r = {
-      {"fp16", "FP16", 0, make_baseline, "g", "fp16", true},
-      {"rtn", "RTN", 10, make_rtn, "g", "rtn:w=3,g=64,sym=1"},
-      {"gptq", "GPTQ", 20, make_gptq, "g", "gptq:w=3,g=64,act_order=1"},
-      {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64"},
-      {"slim", "SliM-LLM", 40, make_slim, "g", "slim:w=3,g=64,lambda=2"},
-      {"quip", "QuIP", 50, make_quip, "g", "quip:w=3,npasses=1,seed=1"},
-      {"dbllm", "DB-LLM (FDB init)", 60, make_dbllm, "g", "dbllm:g=64,offset=0"},
-      {"pbllm", "PB-LLM", 70, make_pbllm, "g", "pbllm:low_frac=0.8,high_bit=4,metric=magnitude,g=64,block=64"},
-      {"billm", "BiLLM", 80, make_billm, "g", "billm:block=64,metric=magnitude,up_lim=20"},
-      {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5"},
-      {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1"},
-      {"icq", "ICQ (IR-QLoRA)", 110, make_icq, "block", "icq:tau_range=0.1,tau_n=100"},
+      {"fp16", "FP16", 0, make_baseline, "g", "fp16", {}, true},
+      {"rtn", "RTN", 10, make_rtn, "g", "rtn:w=3,g=64,sym=1", {"w", "a", "g"}},
+      {"gptq", "GPTQ", 20, make_gptq, "g", "gptq:w=3,g=64,act_order=1", {"w", "g"}},
+      {"awq", "AWQ", 30, make_awq, "g", "awq:w=3,g=64", {"w", "g"}},
+      {"slim", "SliM-LLM", 40, make_slim, "g", "slim:w=3,g=64,lambda=2", {"w", "g"}},
+      {"quip", "QuIP", 50, make_quip, "g", "quip:w=3,npasses=1,seed=1", {"w"}},
+      {"dbllm", "DB-LLM (FDB init)", 60, make_dbllm, "g", "dbllm:g=64,offset=0", {"g"}},
+      {"pbllm", "PB-LLM", 70, make_pbllm, "g", "pbllm:low_frac=0.8,high_bit=4,metric=magnitude,g=64,block=64",
+       {"low_frac", "high_bit", "g", "block"}},
+      {"billm", "BiLLM", 80, make_billm, "g", "billm:block=64,metric=magnitude,up_lim=20", {}},
+      {"smoothquant", "SmoothQuant", 90, make_smoothquant, "g", "smoothquant:w=8,a=8,alpha=0.5", {"w", "a"}},
+      {"nf4", "NormalFloat", 100, make_nf4, "block", "nf4:dq=1", {"b"}},
+      {"icq", "ICQ (IR-QLoRA)", 110, make_icq, "block", "icq:tau_range=0.1,tau_n=100", {}},
   };
   return r;
 }
@@ -32,6 +34,10 @@ const MethodInfo& method_info(const std::string& name) {
   for (const MethodInfo& m : method_registry())
     if (name == m.name) return m;
   fail("unknown method '{}' (known: {})", name, fmt::join(method_names(), ", "));
+}
+
+bool is_grid_axis(const MethodInfo& m, const std::string& option) {
+  return std::find(m.grid_axes.begin(), m.grid_axes.end(), option) != m.grid_axes.end();
 }
 
 bool is_baseline_method(const std::string& name) {

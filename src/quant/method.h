@@ -88,8 +88,14 @@ struct MethodInfo {
   // A spec that exercises the method's non-default options at group size 64 (`lowbit methods`
   // shows it; the method contract tests quantize a mini model with it).
   const char* example;
+  // The options a study grid may vary for the method: the [[method]] table of a study may give
+  // these a list of values; a list for any other option is refused (study/spec.cpp). Each is an
+  // option of the method's spec (the contract tests parse every one).
+  std::vector<std::string> grid_axes;
   bool baseline = false;    // the 16-bit model itself (no quantization)
 };
+// Whether `option` is one of the method's grid axes.
+bool is_grid_axis(const MethodInfo& m, const std::string& option);
 // The registry, in paper order.
 const std::vector<MethodInfo>& method_registry();
 // The row of `name`; throws naming the known methods.

@@ -7,9 +7,16 @@
 //     bits, and the stored QuantizedLinear reads back field for field;
 //   - a shape it cannot handle is refused by check_shapes before any work, or it quantizes;
 //   - the format's fast dequantization equals its scalar reference bit for bit;
-//   - every format of the table is produced by some registered method.
+//   - every format of the table is produced by some registered method;
+//   - every grid axis a method declares is an option of its spec, and a spec that sets it alone
+//     parses and keeps its value;
+//   - every format row brings an example linear (QuantFormat::example) that validates, is written
+//     and opened again byte for byte, dequantizes the same on its fast path and after the round
+//     trip, counts bits_per_weight within the documented bounds of what it stores, and, corrupted
+//     (one owned tensor of the wrong size, a code out of range), is refused naming the tensor.
 #include "calib/calib_data.h"
 #include "core/error.h"
+#include "formats/safetensors.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "random_calibration.h"
@@ -17,7 +24,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <tuple>
 #include <set>
 
 namespace lowbit {
@@ -180,6 +190,40 @@ TEST(MethodContract, DevicesAreDeclaredAndRefusedBeforeWork) {
   EXPECT_NO_THROW(make_method("gptq:block=128")->check_device(parse_device("cuda")));
 }
 
+TEST(MethodContract, GridAxesParseInTheSpec) {
+  for (const std::string& name : method_names()) {
+    const MethodInfo& info = method_info(name);
+    SCOPED_TRACE(name);
+    if (info.baseline) {
+      EXPECT_TRUE(info.grid_axes.empty()) << "the baseline takes no options";
+      continue;
+    }
+    // Every axis at the example's value (every option is taken, defaults included), all in one
+    // spec, as a grid point sets them (an axis may be valid only beside another: pbllm's g and
+    // block).
+    std::set<std::string> seen;
+    std::vector<std::pair<std::string, std::string>> point;
+    const auto example = make_method(info.example);
+    const auto& taken = example->spec().taken();
+    for (const std::string& axis : info.grid_axes) {
+      EXPECT_TRUE(seen.insert(axis).second) << axis << " declared twice";
+      EXPECT_TRUE(is_grid_axis(info, axis));
+      auto it = std::find_if(taken.begin(), taken.end(), [&](const auto& kv) { return kv.first == axis; });
+      ASSERT_NE(it, taken.end()) << "grid axis '" << axis << "' is not an option of " << name;
+      point.push_back(*it);
+    }
+    std::string spec = name;
+    for (const auto& [k, v] : point) spec += (spec == name ? ":" : ",") + k + "=" + v;
+    std::unique_ptr<QuantMethod> m;
+    ASSERT_NO_THROW(m = make_method(spec)) << spec;
+    for (const auto& kv : point) {
+      const auto& t = m->spec().taken();
+      EXPECT_NE(std::find(t.begin(), t.end(), kv), t.end()) << spec << " -> " << m->spec().resolved();
+    }
+    EXPECT_FALSE(is_grid_axis(info, "no_such_option"));
+  }
+}
+
 TEST(FormatTable, NamesAreUniqueAndFound) {
   std::set<std::string> names;
   for (const QuantFormat* f : quant_formats()) {
@@ -191,6 +235,117 @@ TEST(FormatTable, NamesAreUniqueAndFound) {
     EXPECT_NE(f->validate, nullptr);
   }
   EXPECT_THROW(find_quant_format("no-such-format"), Error);
+}
+
+// The word a validation error about the tensor of checkpoint suffix `suffix` must contain.
+std::string tensor_word(const std::string& suffix) {
+  if (suffix == "qcodes") return "code";
+  if (suffix == "scales") return "scale";
+  if (suffix == "zeros") return "zero";
+  if (suffix.rfind("extra.", 0) == 0) return suffix.substr(6);
+  return suffix;  // g_idx, codebook
+}
+
+// q with the tensor of `suffix` one element short (fields) or long (extras).
+QuantizedLinear with_wrong_size(QuantizedLinear q, const std::string& suffix) {
+  if (suffix == "qcodes") q.codes.pop_back();
+  else if (suffix == "scales") q.scales.pop_back();
+  else if (suffix == "zeros") q.zeros.pop_back();
+  else if (suffix == "g_idx") q.g_idx.pop_back();
+  else if (suffix == "codebook") q.codebook.pop_back();
+  else {
+    const Tensor& t = q.extras.at(suffix.substr(6));
+    Tensor longer = Tensor::empty(t.dtype(), {t.numel() + 1});
+    std::memcpy(longer.mutable_data(), t.data(), size_t(t.nbytes()));
+    q.extras[suffix.substr(6)] = std::move(longer);
+  }
+  return q;
+}
+
+std::string validation_error(const QuantizedLinear& q) {
+  try {
+    q.validate("corrupt");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(FormatTable, EveryFormatsExampleRoundTripsAndIsChecked) {
+  test::TempDir dir;
+  for (const QuantFormat* f : quant_formats()) {
+    SCOPED_TRACE(f->name);
+    ASSERT_NE(f->example, nullptr) << "format " << f->name << " has no example linear";
+    for (const auto& [rows, cols, seed] : {std::tuple{int64_t(64), int64_t(128), uint64_t(1)},
+                                           std::tuple{int64_t(128), int64_t(64), uint64_t(2)}}) {
+      const std::string what = fmt::format("{} [{}, {}] seed {}", f->name, rows, cols, seed);
+      SCOPED_TRACE(what);
+      const QuantizedLinear q = f->example(rows, cols, seed);
+      ASSERT_EQ(q.format, f);
+      ASSERT_EQ(q.rows, rows);
+      ASSERT_EQ(q.cols, cols);
+      ASSERT_NO_THROW(q.validate(what));
+      // The same seed gives the same linear; another seed another weight.
+      expect_same_linear(f->example(rows, cols, seed), q, what);
+      EXPECT_FALSE(same_bits(f->example(rows, cols, seed + 100).dequantize_as_stored(), q.dequantize_as_stored()));
+
+      // The scalar reference and the fast path agree bit for bit.
+      std::vector<float> ref(size_t(rows * cols)), fast(ref.size());
+      f->dequantize(q, ref.data());
+      for (float v : ref) ASSERT_TRUE(std::isfinite(v));
+      if (f->dequantize_fast != nullptr) {
+        f->dequantize_fast(q, fast.data());
+        EXPECT_EQ(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(float)), 0);
+      }
+
+      // Written as the quantized checkpoint writes a linear, opened again: the same tensors byte
+      // for byte, the same fields, the same dequantized weight.
+      const std::string base = "model.layers.0.mlp.down_proj";
+      const auto tensors = linear_tensors(q);
+      SafetensorsWriter w;
+      for (const auto& [suffix, t] : tensors) w.add(base + "." + suffix, t);
+      w.set_metadata(kQuantizationMetadataKey, nlohmann::json{{"linears", {{base, linear_layout(q)}}}}.dump());
+      const std::string path = dir / (std::string(f->name) + std::to_string(seed) + ".safetensors");
+      w.write(path);
+      const auto file = SafetensorsFile::open(path);
+      const auto layout = nlohmann::json::parse(file->metadata().at(kQuantizationMetadataKey))["linears"][base];
+      const QuantizedLinear back =
+          read_linear([&](const std::string& suffix) { return file->tensor(base + "." + suffix); }, layout, path);
+      expect_same_linear(back, q, what);
+      const auto back_tensors = linear_tensors(back);
+      ASSERT_EQ(back_tensors.size(), tensors.size());
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        EXPECT_EQ(back_tensors[i].first, tensors[i].first);
+        EXPECT_TRUE(same_bits(back_tensors[i].second, tensors[i].second)) << tensors[i].first;
+        EXPECT_TRUE(same_bits(file->tensor(base + "." + tensors[i].first), tensors[i].second)) << tensors[i].first;
+      }
+      EXPECT_TRUE(same_bits(back.dequantize_as_stored(), q.dequantize_as_stored()));
+      std::vector<float> back_ref(ref.size());
+      f->dequantize(back, back_ref.data());
+      EXPECT_EQ(std::memcmp(ref.data(), back_ref.data(), ref.size() * sizeof(float)), 0);
+
+      // bits_per_weight within the bounds quant_format.h documents.
+      double stored = 0;
+      for (const auto& [suffix, t] : tensors) stored += 8.0 * double(t.nbytes());
+      stored /= double(rows * cols);
+      const double params = 64.0 * double(q.params.size()) / double(rows * cols);
+      EXPECT_GE(q.bits_per_weight(), stored / 4.0) << "stored " << stored;
+      EXPECT_LE(q.bits_per_weight(), stored + params) << "stored " << stored;
+      EXPECT_DOUBLE_EQ(layout["bits_per_weight"].get<double>(), q.bits_per_weight());
+
+      // Every owned tensor of the wrong size is refused, the error naming it.
+      for (const auto& [suffix, t] : tensors) {
+        const std::string msg = validation_error(with_wrong_size(q, suffix));
+        EXPECT_NE(msg.find(tensor_word(suffix)), std::string::npos) << suffix << ": '" << msg << "'";
+      }
+      // A code out of its range is refused.
+      if (!q.codes.empty() && q.bits < 8) {
+        QuantizedLinear bad = q;
+        bad.codes[bad.codes.size() / 2] = uint8_t(1u << q.bits);
+        EXPECT_NE(validation_error(bad).find("code"), std::string::npos) << validation_error(bad);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "quant/formats/bit_plane.h"
+#include "quant/formats/example_random.h"
 
 #include <cmath>
 
@@ -109,9 +110,52 @@ double billm_bits_per_weight(const QuantizedLinear& q) {
   return bits / n;
 }
 
+namespace {
+
+// Blocks of 32 columns, about 10% of the columns salient, the other weights split between the
+// two saliency groups; a few binarizations (of either order) at their mean.
+QuantizedLinear billm_example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kBillmFormat;
+  q.bits = 1;
+  q.group_size = 32;
+  q.dequant_dtype = DType::BF16;
+  std::vector<uint8_t> sal(static_cast<size_t>(cols));
+  for (auto& s : sal) s = rng.chance(0.1);
+  int64_t nsal = 0;
+  for (uint8_t s : sal) nsal += s;
+  std::vector<uint8_t> grp(size_t(rows * cols), 0), sign2(size_t(rows * nsal));
+  std::vector<int32_t> at{0};
+  q.codes = rng.codes(rows * cols, 1);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t f = r * cols + c;
+      if (!sal[size_t(c)]) grp[size_t(f)] = uint8_t(rng.below(2));
+      for (int o = 0; o < (sal[size_t(c)] ? 2 : 1); ++o)
+        if (rng.chance(0.01)) at.push_back(int32_t(2 * f + o));
+    }
+  for (auto& s : sign2) s = uint8_t(rng.below(2));
+  at[0] = int32_t(at.size() - 1);
+  q.extras["salient"] = pack_plane(sal, 1, cols);
+  q.extras["group"] = pack_plane(grp, rows, cols);
+  q.extras["sign2"] = pack_plane(sign2, rows, nsal);
+  Tensor a = Tensor::empty(DType::I32, {int64_t(at.size())});
+  std::copy(at.begin(), at.end(), a.mutable_data_as<int32_t>());
+  q.extras["at_mean"] = std::move(a);
+  Tensor p = rng.f32({rows, cols / q.group_size, 8}, 0.005f, 0.05f);
+  for (int64_t i = 0; i < p.numel(); i += 2) p.mutable_data_as<float>()[i] -= 0.03f;  // the means (mu) either sign
+  q.extras["params"] = std::move(p);
+  return q;
+}
+
+}  // namespace
+
 const QuantFormat kBillmFormat = {"billm", 1,
                                   "per block: sign * alpha + mu in two saliency groups; salient columns: two "
                                   "binarizations (weight and residual) summed",
-                                  billm_dequantize, billm_bits_per_weight, billm_validate};
+                                  billm_dequantize, billm_bits_per_weight, billm_validate, nullptr, billm_example};
 
 }  // namespace lowbit

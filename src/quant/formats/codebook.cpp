@@ -10,6 +10,8 @@
 // scales are what every reference evaluates, so they are kept exactly; validate checks the
 // extras' presence and sizes.
 #include "core/error.h"
+#include "quant/formats/example_random.h"
+#include "quant/nf4.h"
 #include "quant/quantized_linear.h"
 
 namespace lowbit {
@@ -62,9 +64,38 @@ void validate(const QuantizedLinear& q, const std::string& what) {
   }
 }
 
+// NF4 in flat blocks of 64 with double-quantized scales (the decoded scales from the 8-bit form,
+// as nf4.cpp keeps them).
+QuantizedLinear example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kCodebookFormat;
+  q.bits = 4;
+  q.group_size = 64;
+  q.flat_groups = true;
+  q.dequant_dtype = DType::BF16;
+  q.codes = rng.codes(rows * cols, 4);
+  q.codebook.assign(nf4_values().begin(), nf4_values().end());
+  const int64_t blocks = q.num_scale_groups();
+  Tensor codes = Tensor::empty(DType::U8, {blocks});
+  for (int64_t i = 0; i < blocks; ++i) codes.mutable_data_as<uint8_t>()[i] = uint8_t(rng.below(256));
+  Tensor s2 = rng.f32({(blocks + 255) / 256}, 0.01f, 0.05f);
+  Tensor off = rng.f32({1}, 0.02f, 0.06f);
+  for (int64_t i = 0; i < blocks; ++i)
+    q.scales.push_back(dynamic_map_signed()[codes.data_as<uint8_t>()[i]] * s2.data_as<float>()[i / 256] +
+                       off.data_as<float>()[0]);
+  q.scale_storage_bits = 8.0 + 32.0 / 256.0;
+  q.extras["absmax_codes"] = std::move(codes);
+  q.extras["absmax_scales"] = std::move(s2);
+  q.extras["absmax_offset"] = std::move(off);
+  return q;
+}
+
 }  // namespace
 
 const QuantFormat kCodebookFormat = {"codebook", 1, "w = codebook[code] * scale[group]", dequantize_ref,
-                                     bits_per_weight, validate, dequantize_fast};
+                                     bits_per_weight, validate, dequantize_fast, example};
 
 }  // namespace lowbit

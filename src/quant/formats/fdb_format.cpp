@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "quant/formats/bit_plane.h"
+#include "quant/formats/example_random.h"
 
 #include <cmath>
 #include <cstring>
@@ -160,7 +161,30 @@ QuantizedLinear fdb_unpack128(const std::vector<BlockFdb128>& blocks, int64_t ro
   return q;
 }
 
+namespace {
+
+// Groups of 32 with offsets (has_beta), planes and scales drawn freely (not from a 2-bit grid).
+QuantizedLinear fdb_example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kFdbFormat;
+  q.bits = 2;
+  q.group_size = 32;
+  q.dequant_dtype = DType::BF16;
+  q.params["has_beta"] = true;
+  q.extras["fdb.b1"] = pack_plane(rng.codes(rows * cols, 1), rows, cols);
+  q.extras["fdb.b2"] = pack_plane(rng.codes(rows * cols, 1), rows, cols);
+  Tensor alpha = rng.f32({rows * cols / q.group_size, 3}, 0.005f, 0.05f);
+  for (int64_t s = 0; s < alpha.dim(0); ++s) alpha.mutable_data_as<float>()[3 * s + 1] *= -1.0f;
+  q.extras["fdb.alpha"] = std::move(alpha);
+  return q;
+}
+
+}  // namespace
+
 const QuantFormat kFdbFormat = {"fdb", 1, "w = alpha1[group] * b1 + alpha2[group] * b2 + beta[group], b in {0, 1}",
-                                fdb_dequantize, fdb_bits_per_weight, fdb_validate};
+                                fdb_dequantize, fdb_bits_per_weight, fdb_validate, nullptr, fdb_example};
 
 }  // namespace lowbit

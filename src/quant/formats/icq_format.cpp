@@ -9,6 +9,7 @@
 //   params: {"tau_group": 256}
 // In fp32: the NF4 value times its absmax, then the tau added (the reference's forward).
 #include "core/error.h"
+#include "quant/formats/example_random.h"
 #include "quant/nf4.h"
 #include "quant/quant_format.h"
 #include "quant/quantized_linear.h"
@@ -56,9 +57,24 @@ void validate(const QuantizedLinear& q, const std::string& what) {
            dtype_name(ta.dtype()), blocks, g2);
 }
 
+// The codebook row's example (NF4, double-quantized scales, flat blocks of 64) with a shift per
+// block, the shifts' absmax in groups of 4 blocks so that several groups are exercised.
+QuantizedLinear example(int64_t rows, int64_t cols, uint64_t seed) {
+  QuantizedLinear q = kCodebookFormat.example(rows, cols, seed);
+  ExampleRandom rng(seed ^ 0x1c9u);
+  q.format = &kIcqFormat;
+  q.params["tau_group"] = 4;
+  const int64_t blocks = rows * cols / q.group_size;
+  Tensor tq = Tensor::empty(DType::U8, {blocks});
+  for (int64_t b = 0; b < blocks; ++b) tq.mutable_data_as<uint8_t>()[b] = uint8_t(rng.below(256));
+  q.extras["icq.tau_q"] = std::move(tq);
+  q.extras["icq.tau_absmax"] = rng.f32({(blocks + 3) / 4}, 0.001f, 0.01f);
+  return q;
+}
+
 }  // namespace
 
 const QuantFormat kIcqFormat = {"icq", 1, "w = codebook[code] * scale[block] + map[tau_q[block]] * tau_absmax",
-                                dequantize, bits_per_weight, validate};
+                                dequantize, bits_per_weight, validate, nullptr, example};
 
 }  // namespace lowbit

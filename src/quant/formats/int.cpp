@@ -5,6 +5,7 @@
 // codes < 2^bits; zero-points are in code units (integers for every method lowbit has, stored
 // as fp32); g_idx, when present, maps each column to its group (GPTQ's act_order).
 #include "core/error.h"
+#include "quant/formats/example_random.h"
 #include "quant/quantized_linear.h"
 
 namespace lowbit {
@@ -51,9 +52,28 @@ void validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(q.codebook.empty(), "{}: format int has no codebook ({} values given)", what, q.codebook.size());
 }
 
+// Asymmetric groups of 32 in act_order's column order (a random g_idx), 2 to 4 bits.
+QuantizedLinear example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.bits = 2 + int(rng.below(3));
+  q.group_size = 32;
+  q.zero_storage_bits = double(q.bits);
+  q.dequant_dtype = DType::BF16;
+  q.codes = rng.codes(rows * cols, q.bits);
+  for (int64_t s = 0; s < q.num_scale_groups(); ++s) {
+    q.scales.push_back(rng.uniform(0.005f, 0.05f));
+    q.zeros.push_back(float(rng.below(int64_t(1) << q.bits)));
+  }
+  for (int64_t c = 0; c < cols; ++c) q.g_idx.push_back(int32_t(rng.below(q.groups_per_row())));
+  return q;
+}
+
 }  // namespace
 
 const QuantFormat kIntFormat = {"int", 1, "w = scale[group] * (code - zero[group])", dequantize_ref, bits_per_weight,
-                                validate, dequantize_fast};
+                                validate, dequantize_fast, example};
 
 }  // namespace lowbit

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "quant/formats/bit_plane.h"
+#include "quant/formats/example_random.h"
 
 #include <cmath>
 
@@ -106,9 +107,56 @@ double pbllm_bits_per_weight(const QuantizedLinear& q) {
   return (planes + high + at + params) / n;
 }
 
+namespace {
+
+// About 80% of the weights binarized (groups of 32), the rest on a 4-bit grid; a few binarized
+// weights at their mean.
+QuantizedLinear pbllm_example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kPbllmFormat;
+  q.bits = 1;
+  q.group_size = 32;
+  q.dequant_dtype = DType::BF16;
+  q.params["high_bit"] = 4;
+  const int64_t n = rows * cols;
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  std::vector<uint8_t> high;
+  std::vector<int32_t> at{0};
+  q.codes.assign(size_t(n), 0);
+  for (int64_t f = 0; f < n; ++f) {
+    mask[size_t(f)] = rng.chance(0.8);
+    if (mask[size_t(f)]) {
+      q.codes[size_t(f)] = uint8_t(rng.below(2));
+      if (rng.chance(0.01)) at.push_back(int32_t(f));
+    } else {
+      high.push_back(uint8_t(rng.below(16)));
+    }
+  }
+  at[0] = int32_t(at.size() - 1);
+  q.extras["mask"] = pack_plane(mask, rows, cols);
+  Tensor h = Tensor::empty(DType::U8, {int64_t(high.size())});
+  std::copy(high.begin(), high.end(), h.mutable_data_as<uint8_t>());
+  q.extras["high"] = std::move(h);
+  Tensor a = Tensor::empty(DType::I32, {int64_t(at.size())});
+  std::copy(at.begin(), at.end(), a.mutable_data_as<int32_t>());
+  q.extras["at_mean"] = std::move(a);
+  q.extras["mu"] = rng.f32({rows, cols / q.group_size}, -0.01f, 0.01f);
+  q.extras["alpha"] = rng.f32({rows, cols / q.group_size}, 0.005f, 0.05f);
+  for (int64_t r = 0; r < rows; ++r) {
+    q.scales.push_back(rng.uniform(0.005f, 0.05f));
+    q.zeros.push_back(float(rng.below(16)));
+  }
+  return q;
+}
+
+}  // namespace
+
 const QuantFormat kPbllmFormat = {"pbllm", 1,
                                   "binarized: sign * alpha[group] + mu[group] (sign 0 at the mean); salient: "
                                   "scale[row] * (code - zero[row])",
-                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate};
+                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate, nullptr, pbllm_example};
 
 }  // namespace lowbit

@@ -1,6 +1,7 @@
 #include "quant/formats/quip_format.h"
 
 #include "core/error.h"
+#include "quant/formats/example_random.h"
 
 #include <cblas.h>
 
@@ -70,6 +71,13 @@ std::optional<Butterfly> quip_stored_butterfly(const QuantizedLinear& q, const s
   b.perm_out = values_of<int32_t>(q.extras.at(which + "_perm_out"), DType::I32, which + "_perm_out");
   b.blocks[0] = values_of<float>(q.extras.at(which + "_blocks0"), DType::F32, which + "_blocks0");
   b.blocks[1] = values_of<float>(q.extras.at(which + "_blocks1"), DType::F32, which + "_blocks1");
+  for (int f = 0; f < 2; ++f)
+    LB_CHECK(int64_t(b.blocks[size_t(f)].size()) == n * b.p[size_t(f)], "quip format: extra '{}_blocks{}' holds {} values, "
+             "expected {} ({} x {} x {})", which, f, b.blocks[size_t(f)].size(), n * b.p[size_t(f)], n / b.p[size_t(f)],
+             b.p[size_t(f)], b.p[size_t(f)]);
+  LB_CHECK(int64_t(b.perm_in.size()) == n && int64_t(b.perm_out.size()) == n,
+           "quip format: extras '{0}_perm_in' and '{0}_perm_out' hold {1} and {2} entries for dimension {3}", which,
+           b.perm_in.size(), b.perm_out.size(), n);
   quip_check_butterfly(b, n, "quip format " + which);
   return b;
 }
@@ -110,7 +118,7 @@ void quip_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(int64_t(q.codes.size()) == q.rows * q.cols, "{}: {} codes for a [{}, {}] weight", what, q.codes.size(),
            q.rows, q.cols);
   LB_CHECK(q.scales.size() == 1 && std::isfinite(q.scales[0]) && q.scales[0] > 0,
-           "{}: quip needs one positive scale per matrix ({} given)", what, q.scales.size());
+           "{}: quip needs one positive scale per matrix ({} scales given)", what, q.scales.size());
   const int maxq = (1 << q.bits) - 1;
   for (uint8_t c : q.codes) LB_CHECK(c <= maxq, "{}: code {} exceeds {} bits", what, c, q.bits);
   if (auto it = q.extras.find("s"); it != q.extras.end()) {
@@ -124,11 +132,43 @@ void quip_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(hu == hv, "{}: quip needs both rotations U and V or neither", what);
   if (hu) quip_check_dimension(q.rows, what + " U");
   if (hv) quip_check_dimension(q.cols, what + " V");
-  if (q.extras.count("u_perm_in")) quip_stored_butterfly(q, "u");
-  if (q.extras.count("v_perm_in")) quip_stored_butterfly(q, "v");
+  for (const char* which : {"u", "v"}) {
+    if (!q.extras.count(std::string(which) + "_perm_in")) continue;
+    try {
+      quip_stored_butterfly(q, which);
+    } catch (const Error& e) {
+      fail("{}: {}", what, e.what());
+    }
+  }
 }
 
+namespace {
+
+// 2 to 4 bits with a rescaling s, U stored explicitly (extras) and V by its seed (params), so
+// that both ways of storing a rotation are exercised.
+QuantizedLinear quip_example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kQuipFormat;
+  q.bits = 2 + int(rng.below(3));
+  q.group_size = cols;
+  q.dequant_dtype = DType::BF16;
+  q.codes = rng.codes(rows * cols, q.bits);
+  q.scales = {h16(rng.uniform(0.02f, 0.2f))};
+  std::vector<float> s(static_cast<size_t>(cols));
+  for (auto& v : s) v = rng.uniform(0.5f, 2.0f);
+  Butterfly u = quip_random_butterfly(rows, rng.next() >> 1);
+  u.seed.reset();
+  const Butterfly v = quip_random_butterfly(cols, rng.next() >> 1);
+  quip_store_transform(q, &s, &u, &v);
+  return q;
+}
+
+}  // namespace
+
 const QuantFormat kQuipFormat = {"quip", 1, "w = fp16(fp16(U^T fp16((2 code / maxq - 1) * scale) V) / s)",
-                                 quip_dequantize, quip_bits_per_weight, quip_validate};
+                                 quip_dequantize, quip_bits_per_weight, quip_validate, nullptr, quip_example};
 
 }  // namespace lowbit

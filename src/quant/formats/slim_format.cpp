@@ -1,6 +1,7 @@
 #include "quant/formats/slim_format.h"
 
 #include "core/error.h"
+#include "quant/formats/example_random.h"
 
 #include <cmath>
 #include <cstring>
@@ -63,7 +64,7 @@ void slim_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(int64_t(q.scales.size()) == q.rows * ng && int64_t(q.zeros.size()) == q.rows * ng,
            "{}: {} scales and {} zero-points, expected {} each", what, q.scales.size(), q.zeros.size(), q.rows * ng);
   const std::vector<int> gb = slim_group_bits(q);
-  LB_CHECK(int64_t(gb.size()) == ng, "{}: group bit-width table has {} entries for {} groups", what, gb.size(), ng);
+  LB_CHECK(int64_t(gb.size()) == ng, "{}: group bit-width table (extra group_bits) has {} entries for {} groups", what, gb.size(), ng);
   for (size_t g = 0; g < gb.size(); ++g)
     LB_CHECK(gb[g] >= 1 && gb[g] <= q.bits, "{}: group {} has {} bits, outside 1..{}", what, g, gb[g], q.bits);
   for (int64_t r = 0; r < q.rows; ++r)
@@ -77,9 +78,43 @@ void slim_validate(const QuantizedLinear& q, const std::string& what) {
   for (float z : q.zeros) LB_CHECK(std::isfinite(z), "{}: non-finite zero-point", what);
 }
 
+namespace {
+
+// 3-bit storage, groups of 32 at 1, 2 or 3 bits; binary groups hold some weights at their mean
+// (code 2).
+QuantizedLinear slim_example(int64_t rows, int64_t cols, uint64_t seed) {
+  ExampleRandom rng(seed);
+  QuantizedLinear q;
+  q.rows = rows;
+  q.cols = cols;
+  q.format = &kSlimFormat;
+  q.bits = 3;
+  q.group_size = 32;
+  q.dequant_dtype = DType::BF16;
+  const int64_t ng = q.groups_per_row();
+  std::vector<int> gb(static_cast<size_t>(ng));
+  for (auto& b : gb) b = 1 + int(rng.below(3));
+  slim_set_group_bits(q, gb);
+  q.codes.resize(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int b = gb[size_t(c / q.group_size)];
+      q.codes[size_t(r * cols + c)] = uint8_t(rng.below(b == 1 ? 3 : int64_t(1) << b));
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < ng; ++g) {
+      const int b = gb[size_t(g)];
+      q.scales.push_back(rng.uniform(0.005f, 0.05f));
+      q.zeros.push_back(b == 1 ? rng.uniform(-0.01f, 0.01f) : float(rng.below(int64_t(1) << b)));
+    }
+  return q;
+}
+
+}  // namespace
+
 const QuantFormat kSlimFormat = {"slim", 1,
                                  "w = scale[group] * (code - zero[group]) at the group's width; 1-bit groups "
                                  "sign * alpha + mu",
-                                 slim_dequantize, slim_bits_per_weight, slim_validate};
+                                 slim_dequantize, slim_bits_per_weight, slim_validate, nullptr, slim_example};
 
 }  // namespace lowbit
