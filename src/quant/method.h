@@ -88,9 +88,10 @@ struct MethodInfo {
   // A spec that exercises the method's non-default options at group size 64 (`lowbit methods`
   // shows it; the method contract tests quantize a mini model with it).
   const char* example;
-  // The options a study grid may vary for the method: the [[method]] table of a study may give
-  // these a list of values; a list for any other option is refused (study/spec.cpp). Each is an
-  // option of the method's spec (the contract tests parse every one).
+  // The options the study's grids vary for the method (its paper's axes, shown by `lowbit
+  // methods`). A study's [[method]] table may still give a list of values for any other option of
+  // the method (e.g. GPTQ's act_order): that varies it too. Each is an option of the method's
+  // spec (the contract tests parse every one).
   std::vector<std::string> grid_axes;
   bool baseline = false;    // the 16-bit model itself (no quantization)
 };

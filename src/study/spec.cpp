@@ -316,15 +316,6 @@ void parse_methods(const Ctx& c, const toml::array& methods, StudySpec& spec, co
         if (!valid_somewhere) c.at(positions[o][i], [&] { make_method(name + ":" + key + "=" + texts[i]); });
       }
     }
-    // A list of values makes an option a grid axis: only those the registry declares for the
-    // method (each value alone being valid, as checked above).
-    const MethodInfo& info = method_info(name);
-    for (const auto& [k, v] : *mt) {
-      const std::string ks(k.str());
-      if (ks == "name" || ks == "zip" || ks == "device" || !v.is_array() || is_grid_axis(info, ks)) continue;
-      c.fail_at(c.pos(k.source()), "method {} takes no grid axis '{}' (its grid axes: {}); give '{}' one value", name, ks,
-                info.grid_axes.empty() ? "none" : fmt::format("{}", fmt::join(info.grid_axes, ", ")), ks);
-    }
     for (const auto& s : specs) {
       c.at(tpos, [&] { make_method(s); });  // combinations (e.g. options that exclude each other)
       if (auto it = seen.find(s); it != seen.end())

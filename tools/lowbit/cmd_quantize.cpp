@@ -170,7 +170,7 @@ void register_methods(CLI::App& app) {
       fmt::print("    devices: {}{}\n", fmt::join(devices, ", "),
                  method->needs_calibration() ? "" : " (data-free: quantized on the host)");
       fmt::print("    example: {}\n", m.example);
-      fmt::print("    grid axes: {}\n", m.grid_axes.empty() ? "none" : fmt::format("{}", fmt::join(m.grid_axes, ", ")));
+      fmt::print("    grid axes (the paper's): {}\n", m.grid_axes.empty() ? "none" : fmt::format("{}", fmt::join(m.grid_axes, ", ")));
       for (const auto& line : method_help(m.name)) fmt::print("    {}\n", line);
     }
   });
