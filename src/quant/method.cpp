@@ -36,10 +36,6 @@ const MethodInfo& method_info(const std::string& name) {
   fail("unknown method '{}' (known: {})", name, fmt::join(method_names(), ", "));
 }
 
-bool is_grid_axis(const MethodInfo& m, const std::string& option) {
-  return std::find(m.grid_axes.begin(), m.grid_axes.end(), option) != m.grid_axes.end();
-}
-
 bool is_baseline_method(const std::string& name) {
   for (const MethodInfo& m : method_registry())
     if (name == m.name) return m.baseline;

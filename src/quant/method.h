@@ -95,8 +95,6 @@ struct MethodInfo {
   std::vector<std::string> grid_axes;
   bool baseline = false;    // the 16-bit model itself (no quantization)
 };
-// Whether `option` is one of the method's grid axes.
-bool is_grid_axis(const MethodInfo& m, const std::string& option);
 // The registry, in paper order.
 const std::vector<MethodInfo>& method_registry();
 // The row of `name`; throws naming the known methods.

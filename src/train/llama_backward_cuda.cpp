@@ -879,6 +879,10 @@ struct CudaLlamaBackward::Impl {
       }
       a.acc_a.resize(a.a.size());
       a.acc_b.resize(a.b.size());
+      // A held step's gradient sum starts from zero: its norm or download before the first
+      // held step reads zeros, not whatever the buffers held.
+      LB_CUDA_CHECK(cudaMemsetAsync(a.acc_a.get(), 0, a.acc_a.size() * sizeof(*a.acc_a.get()), stream()));
+      LB_CUDA_CHECK(cudaMemsetAsync(a.acc_b.get(), 0, a.acc_b.size() * sizeof(*a.acc_b.get()), stream()));
     });
     ctx.synchronize();
     collect_phases();

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -39,16 +41,53 @@ TEST_F(ThreadPoolTest, EveryChunkRunsOnceAtAnyThreadCount) {
 TEST_F(ThreadPoolTest, ChunksRunOnTheWorkersToo) {
   // Each chunk holds its thread until some chunk has run off the calling thread (or 20 s have
   // passed, on cores busy with other work): a worker that gets a core claims one of the chunks.
+  // 32 chunks: a job the workers are offered even during a backoff an earlier job left.
   set_num_threads(2);
   const std::thread::id caller = std::this_thread::get_id();
   std::atomic<int> elsewhere{0};
   const auto t0 = std::chrono::steady_clock::now();
-  parallel_chunks(4, [&](int64_t) {
+  parallel_chunks(32, [&](int64_t) {
     if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
     while (elsewhere.load() == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
       std::this_thread::yield();
   });
   EXPECT_GT(elsewhere.load(), 0);
+}
+
+TEST_F(ThreadPoolTest, AChunksExceptionReachesTheCallerAfterTheJob) {
+  for (int t : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(t));
+    set_num_threads(t);
+    std::atomic<int> running{0};
+    try {
+      parallel_chunks(64, [&](int64_t c) {
+        running.fetch_add(1);
+        if (c == 5) {
+          running.fetch_sub(1);
+          throw std::runtime_error("chunk 5");
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        running.fetch_sub(1);
+      });
+      ADD_FAILURE() << "no exception";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "chunk 5");
+    }
+    // Nothing of the job runs any more once the exception is out.
+    EXPECT_EQ(running.load(), 0);
+    // The pool is usable again, from this thread, with its workers.
+    expect_each_chunk_once(200);
+  }
+  set_num_threads(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int> elsewhere{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  parallel_chunks(32, [&](int64_t) {
+    if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
+    while (elsewhere.load() == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
+      std::this_thread::yield();
+  });
+  EXPECT_GT(elsewhere.load(), 0) << "after an exception the caller runs every job alone";
 }
 
 TEST_F(ThreadPoolTest, NestedCallsRunOnTheCallingThread) {

@@ -15,6 +15,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -167,6 +168,13 @@ class ThreadPool {
     // a share of the contended cores from the caller.
     calm_.store(backoff_ == 0, std::memory_order_relaxed);
     serial_left_ = backoff_;
+    // Every chunk has ended (done_ reached n), so no thread holds ctx any more.
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(error_mu_);
+      error.swap(error_);
+    }
+    if (error) std::rethrow_exception(error);
   }
 
   struct Stats {
@@ -182,9 +190,16 @@ class ThreadPool {
       if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
       // The claim holds the job open (it cannot end before this chunk is counted), so fn_ and
       // ctx_ are this job's.
-      fn_(ctx_, next_of(s));
+      try {
+        fn_(ctx_, next_of(s));
+      } catch (...) {  // kept for the caller, which rethrows it once every chunk has ended
+        std::lock_guard<std::mutex> lock(error_mu_);
+        if (!error_) error_ = std::current_exception();
+      }
       ++ran;
-      const uint32_t d = done_.fetch_add(1, std::memory_order_acq_rel) + 1;
+      // seq_cst, as the caller's store to caller_sleeping_ and load of done_: either this thread
+      // sees the caller asleep, or the caller sees this count before it sleeps.
+      const uint32_t d = done_.fetch_add(1, std::memory_order_seq_cst) + 1;
       if (d == uint32_t(count_of(s)) && caller_sleeping_.load(std::memory_order_seq_cst)) futex_wake(done_, 1);
       s = state_.load(std::memory_order_acquire);
     }
@@ -238,6 +253,8 @@ class ThreadPool {
   std::atomic<bool> caller_sleeping_{false};
   std::atomic<bool> calm_{true};  // no backoff: idle workers poll before they sleep
   std::atomic<bool> stop_{false};
+  std::mutex error_mu_;
+  std::exception_ptr error_;  // the first exception a chunk of the current job threw
 };
 
 std::mutex g_pool_mu;  // held by the caller of a job, and for creating or replacing g_pool
@@ -270,9 +287,11 @@ void parallel_chunks_impl(int64_t n, ChunkFn fn, void* ctx) {
     g_pool.reset();
     g_pool = std::make_unique<ThreadPool>(threads - 1, policy);
   }
-  t_in_pool = true;
+  struct InPool {  // reset on the way out, an exception's included
+    InPool() { t_in_pool = true; }
+    ~InPool() { t_in_pool = false; }
+  } in_pool;
   g_pool->run(n, fn, ctx);
-  t_in_pool = false;
 }
 
 }  // namespace detail

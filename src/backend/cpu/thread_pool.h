@@ -14,7 +14,10 @@
 //     running. Which thread runs a chunk does not change its result: fn(c) must compute the same
 //     thing whichever thread calls it (disjoint outputs per chunk), so results do not depend on
 //     the thread count or the timing.
-//   - fn must not throw (a worker has no one to hand an exception to: it terminates).
+//   - An exception thrown by fn reaches the caller of parallel_chunks once every chunk that was
+//     started has ended (the first one; later ones are dropped), so nothing is left running on
+//     the caller's data. Which other chunks ran is unspecified (the caller alone stops at the
+//     throwing chunk; the pool's threads run the remaining ones).
 //   - One job at a time: a call from inside a chunk, from an OpenMP parallel region, or from a
 //     second thread while the pool runs another job runs all chunks on the calling thread.
 //   - The pool is created at the first call with num_threads() - 1 workers (set_num_threads,
