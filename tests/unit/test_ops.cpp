@@ -141,7 +141,10 @@ TEST(Ops, AttentionWithPastKeys) {
 // Decode's attention (one query row, SmolLM2-135M's heads: 9 query, 3 KV, 64 wide) runs its heads
 // on the thread pool: against the reference, and the same bits at 1 and 2 threads.
 TEST(Ops, DecodeAttentionOnThePool) {
-  const int saved = num_threads();
+  struct RestoreThreads {  // also when an assertion ends the test early
+    int n = num_threads();
+    ~RestoreThreads() { set_num_threads(n); }
+  } restore;
   for (int64_t past : {0, 3, 127, 255}) {
     const int64_t nh = 9, nkv = 3, hd = 64, all = past + 1;
     auto q = randn(size_t(nh * hd), 21, 2.0f), k = randn(size_t(all * nkv * hd), 22, 2.0f),
@@ -157,7 +160,6 @@ TEST(Ops, DecodeAttentionOnThePool) {
       ASSERT_EQ(one, two) << "past " << past << " repeat " << rep;
     }
   }
-  set_num_threads(saved);
 }
 
 TEST(Ops, SwiGlu) {

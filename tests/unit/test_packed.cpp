@@ -339,7 +339,10 @@ TEST(PackedInt, GroupsOfEqualBlocksShareOnePair) {
 // single-threaded product bit for bit, job after job.
 TEST(PackedInt, ThreadedProductsEqualTheSingleThreadedOnesBitForBit) {
   std::mt19937 rng(9);
-  const int saved = num_threads();
+  struct RestoreThreads {  // also when an assertion ends the test early
+    int n = num_threads();
+    ~RestoreThreads() { set_num_threads(n); }
+  } restore;
   struct Shape {
     int64_t rows, cols, n, r0, r1;
   };
@@ -364,7 +367,6 @@ TEST(PackedInt, ThreadedProductsEqualTheSingleThreadedOnesBitForBit) {
       }
     }
   }
-  set_num_threads(saved);
 }
 
 TEST(PackedInt, FormatsWithoutAPackedKernelAreRefused) {
