@@ -25,6 +25,22 @@ void expect_each_chunk_once(int jobs) {
   }
 }
 
+// Runs a job whose chunks each hold their thread until some chunk has run off the calling thread
+// (or 20 s have passed, on cores busy with other work): a worker that gets a core claims one of
+// them. Returns how many chunks ran on workers. 32 chunks: a job the workers are offered even
+// during a backoff an earlier job left.
+int chunks_run_off_the_caller() {
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int> elsewhere{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  parallel_chunks(32, [&](int64_t) {
+    if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
+    while (elsewhere.load() == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
+      std::this_thread::yield();
+  });
+  return elsewhere.load();
+}
+
 class ThreadPoolTest : public ::testing::Test {
  protected:
   void TearDown() override { set_num_threads(saved_); }
@@ -39,19 +55,8 @@ TEST_F(ThreadPoolTest, EveryChunkRunsOnceAtAnyThreadCount) {
 }
 
 TEST_F(ThreadPoolTest, ChunksRunOnTheWorkersToo) {
-  // Each chunk holds its thread until some chunk has run off the calling thread (or 20 s have
-  // passed, on cores busy with other work): a worker that gets a core claims one of the chunks.
-  // 32 chunks: a job the workers are offered even during a backoff an earlier job left.
   set_num_threads(2);
-  const std::thread::id caller = std::this_thread::get_id();
-  std::atomic<int> elsewhere{0};
-  const auto t0 = std::chrono::steady_clock::now();
-  parallel_chunks(32, [&](int64_t) {
-    if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
-    while (elsewhere.load() == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
-      std::this_thread::yield();
-  });
-  EXPECT_GT(elsewhere.load(), 0);
+  EXPECT_GT(chunks_run_off_the_caller(), 0);
 }
 
 TEST_F(ThreadPoolTest, AChunksExceptionReachesTheCallerAfterTheJob) {
@@ -79,15 +84,7 @@ TEST_F(ThreadPoolTest, AChunksExceptionReachesTheCallerAfterTheJob) {
     expect_each_chunk_once(200);
   }
   set_num_threads(2);
-  const std::thread::id caller = std::this_thread::get_id();
-  std::atomic<int> elsewhere{0};
-  const auto t0 = std::chrono::steady_clock::now();
-  parallel_chunks(32, [&](int64_t) {
-    if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
-    while (elsewhere.load() == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
-      std::this_thread::yield();
-  });
-  EXPECT_GT(elsewhere.load(), 0) << "after an exception the caller runs every job alone";
+  EXPECT_GT(chunks_run_off_the_caller(), 0) << "after an exception the caller runs every job alone";
 }
 
 TEST_F(ThreadPoolTest, NestedCallsRunOnTheCallingThread) {
