@@ -6,6 +6,7 @@
 #include "backend/cuda/ops_backward.cuh"
 #include "core/error.h"
 #include "model/llama_block.h"
+#include "train/adamw_cuda.h"
 #include "train/compact_base.h"
 #include "train/step_engine.h"
 
@@ -933,16 +934,7 @@ struct CudaLlamaBackward::Impl {
   void adamw(double norm, double max_norm, const AdamWOptions& opt, double lr, int64_t step) {
     LB_CHECK(held != nullptr, "training on the GPU: no adapters are held");
     phase(kPhaseAdamW);
-    const AdamWCoefficients k = adamw_coefficients(step, opt, lr);
-    cuda::AdamWStepF32 c;
-    c.grad_scale = clip_coefficient(norm, max_norm);
-    c.decay = k.decay;
-    c.one_minus_b1 = k.one_minus_b1;
-    c.b2 = k.b2;
-    c.one_minus_b2 = k.one_minus_b2;
-    c.bc2_sqrt = k.bc2_sqrt;
-    c.eps = k.eps;
-    c.step_size = k.step_size;
+    const cuda::AdamWStepF32 c = adamw_step_f32(adamw_coefficients(step, opt, lr), clip_coefficient(norm, max_norm));
     for_active(held, [&](GpuAdapter& a, const LoraLinear* h, size_t, LinearKind) {
       cuda::adamw_update_f32(a.a.get(), a.acc_a.get(), a.m_a.get(), a.v_a.get(), int64_t(h->a.size()), c, stream());
       cuda::adamw_update_f32(a.b.get(), a.acc_b.get(), a.m_b.get(), a.v_b.get(), int64_t(h->b.size()), c, stream());

@@ -18,6 +18,7 @@
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
+#include "train/adamw_cuda.h"
 #include "train/finetune.h"
 #include "train/llama_backward_cuda.h"
 #include "train/optimizer.h"
@@ -82,16 +83,7 @@ TEST(CudaTrainHeld, AdamWAndNormMatchTheHost) {
     std::vector<float> gc = g;
     for (float& x : gc) x *= coef;
     train::adamw_update(p, gc, m, v, step, opt, 1e-4);
-    const train::AdamWCoefficients k = train::adamw_coefficients(step, opt, 1e-4);
-    cuda::AdamWStepF32 c;
-    c.grad_scale = coef;
-    c.decay = k.decay;
-    c.one_minus_b1 = k.one_minus_b1;
-    c.b2 = k.b2;
-    c.one_minus_b2 = k.one_minus_b2;
-    c.bc2_sqrt = k.bc2_sqrt;
-    c.eps = k.eps;
-    c.step_size = k.step_size;
+    const cuda::AdamWStepF32 c = train::adamw_step_f32(train::adamw_coefficients(step, opt, 1e-4), coef);
     cuda::adamw_update_f32(dp.get(), dg.get(), dm.get(), dv.get(), int64_t(n), c, s);
     for (auto [dev, host, name] : {std::tuple{&dp, &p, "p"}, std::tuple{&dm, &m, "m"}, std::tuple{&dv, &v, "v"}}) {
       const std::vector<float> got = test::down(*dev, n);
