@@ -28,6 +28,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "logits_compare.h"
 #include "model/cuda_model.h"
 #include "model/llava_next.h"
 #include "model/llava_next_cuda.h"
@@ -400,16 +401,7 @@ TEST(CudaLlavaNext, QuantizedCheckpointMatchesTheCpu) {
 // Greedy decoding is then held to the CPU's fake-quant model as the bf16 runner is
 // (expect_greedy_agreement).
 double prompt_ppl(const Tensor& logits, const std::vector<int32_t>& ids) {
-  const int64_t T = logits.dim(0), V = logits.dim(1);
-  double s = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const float* l = logits.data_as<float>() + t * V;
-    const double m = *std::max_element(l, l + V);
-    double z = 0;
-    for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v]) - m);
-    s += m + std::log(z) - double(l[ids[size_t(t + 1)]]);
-  }
-  return std::exp(s / double(T - 1));
+  return std::exp(test::mean_next_token_nll(logits, ids));
 }
 
 void expect_packed_llava_matches_fake_quant(const FixtureModel& fm, const char* spec, bool bf16_scales,

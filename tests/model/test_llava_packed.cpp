@@ -14,6 +14,7 @@
 // of the argmaxes the same. Every position is compared, the image-token rows included, so the
 // packed products run on the projected image features too.
 #include "core/error.h"
+#include "logits_compare.h"
 #include "model/llava_next.h"
 #include "pack/packed_model.h"
 #include "quant/llava_next_quantized.h"
@@ -71,42 +72,8 @@ vision::ProcessedImage load_image(const LlavaNextModel& m, const std::string& na
   return vision::preprocess_llava_next(vision::read_image(fixtures_dir() + "/vision/" + name), m.processor());
 }
 
-struct Diff {
-  double max_abs = 0, max_ref = 0;
-  int64_t argmax_agree = 0, rows = 0;
-};
-
-Diff compare_logits(const Tensor& got, const Tensor& want) {
-  Diff d;
-  EXPECT_EQ(got.shape(), want.shape());
-  const int64_t rows = want.dim(0), V = want.dim(1);
-  const float* g = got.data_as<float>();
-  const float* w = want.data_as<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t v = 0; v < V; ++v) {
-      d.max_abs = std::max(d.max_abs, double(std::fabs(g[r * V + v] - w[r * V + v])));
-      d.max_ref = std::max(d.max_ref, double(std::fabs(w[r * V + v])));
-    }
-    d.argmax_agree += std::max_element(g + r * V, g + (r + 1) * V) - (g + r * V) ==
-                      std::max_element(w + r * V, w + (r + 1) * V) - (w + r * V);
-  }
-  d.rows = rows;
-  return d;
-}
-
-// Mean next-token NLL of ids under logits [T, V] (positions 0..T-2 predicting 1..T-1).
-double mean_nll(const Tensor& logits, const std::vector<int32_t>& ids) {
-  const int64_t T = logits.dim(0), V = logits.dim(1);
-  double s = 0;
-  for (int64_t t = 0; t + 1 < T; ++t) {
-    const float* l = logits.data_as<float>() + t * V;
-    const double m = *std::max_element(l, l + V);
-    double z = 0;
-    for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v]) - m);
-    s += m + std::log(z) - double(l[ids[size_t(t + 1)]]);
-  }
-  return s / double(T - 1);
-}
+using test::compare_logits;
+using test::mean_next_token_nll;
 
 std::string bytes_of(const Tensor& t) { return std::string(static_cast<const char*>(t.data()), size_t(t.nbytes())); }
 
@@ -131,8 +98,8 @@ TEST(PackedLlava, LogitsMatchTheFakeQuantModel) {
         EXPECT_EQ(bytes_of(packed->image_features(img)), bytes_of(fake->image_features(img)));
         const Tensor want = fake->forward(ids, std::span(&img, 1));
         const Tensor got = packed->forward(ids, std::span(&img, 1));
-        const Diff d = compare_logits(got, want);
-        const double nll_fake = mean_nll(want, ids), nll_packed = mean_nll(got, ids);
+        const test::LogitsDiff d = compare_logits(got, want);
+        const double nll_fake = mean_next_token_nll(want, ids), nll_packed = mean_next_token_nll(got, ids);
         std::printf("%-14s %-18s %s: max |dlogit| %.2e (max |logit| %.2f), argmax agrees %lld/%lld, nll %.5f vs "
                     "%.5f\n",
                     spec.c_str(), name, f32 ? "f32" : "q8 ", d.max_abs, d.max_ref, (long long)d.argmax_agree,

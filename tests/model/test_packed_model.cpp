@@ -9,6 +9,7 @@
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "eval/perplexity.h"
+#include "logits_compare.h"
 #include "pack/packed_model.h"
 #include "quant/lowbit_checkpoint.h"
 #include "quant/quantize.h"
@@ -40,27 +41,7 @@ std::vector<int32_t> write_quantized_stories(const std::string& spec, const std:
   return prompt_ids(*tok);
 }
 
-struct Diff {
-  double max_abs = 0, max_ref = 0;
-  int64_t argmax_agree = 0, rows = 0;
-};
-
-Diff compare_logits(const Tensor& got, const Tensor& want) {
-  Diff d;
-  const int64_t rows = want.dim(0), V = want.dim(1);
-  const float* g = got.data_as<float>();
-  const float* w = want.data_as<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t v = 0; v < V; ++v) {
-      d.max_abs = std::max(d.max_abs, double(std::fabs(g[r * V + v] - w[r * V + v])));
-      d.max_ref = std::max(d.max_ref, double(std::fabs(w[r * V + v])));
-    }
-    d.argmax_agree += std::max_element(g + r * V, g + (r + 1) * V) - (g + r * V) ==
-                      std::max_element(w + r * V, w + (r + 1) * V) - (w + r * V);
-  }
-  d.rows = rows;
-  return d;
-}
+using test::compare_logits;
 
 double mean_nll(const LlamaModel& m, const std::vector<int32_t>& ids) {
   const std::vector<double> nll = m.next_token_nll(ids);
@@ -94,7 +75,7 @@ TEST(PackedModel, LogitsMatchTheFakeQuantModel) {
       const pack::PackedSummary s = pack::install_packed_linears(*packed, act);
       EXPECT_EQ(s.linears, 7 * packed->config().num_hidden_layers) << spec;
       const Tensor got = packed->forward(ids);
-      const Diff d = compare_logits(got, want);
+      const test::LogitsDiff d = compare_logits(got, want);
       const double nll_fake = mean_nll(*fake, ids), nll_packed = mean_nll(*packed, ids);
       const bool f32 = act == pack::PackedActivations::F32;
       std::printf("%-28s %s: max |dlogit| %.2e (max |logit| %.2f), argmax agrees %lld/%lld, nll %.5f vs %.5f\n",
@@ -177,7 +158,7 @@ TEST(PackedModel, StackedProductsEqualThePerLinearOnes) {
   const Tensor alone = packed->forward(ids, &separate);
   EXPECT_EQ(calls, 7 * packed->config().num_hidden_layers);
   // Each output is the same per-row computation on the same quantized input: bit for bit.
-  const Diff d = compare_logits(alone, stacked);
+  const test::LogitsDiff d = compare_logits(alone, stacked);
   EXPECT_EQ(d.max_abs, 0.0);
 }
 
@@ -209,7 +190,7 @@ TEST(PackedModel, KeptSixteenBitWeightsGiveTheFp32Logits) {
   EXPECT_LE(max_abs, 1e-4 * std::max(1.0, max_ref));
   // And the batched product (converted per call) agrees with it too.
   const Tensor batched = kept.forward(ids);
-  const Diff d = compare_logits(batched, want);
+  const test::LogitsDiff d = compare_logits(batched, want);
   EXPECT_LE(d.max_abs, 1e-4 * std::max(1.0, d.max_ref));
 }
 
@@ -231,7 +212,7 @@ TEST(PackedModel, EightBitHeadStaysCloseToTheStoredHead) {
   const int64_t V = q8->config().vocab_size, H = q8->config().hidden_size;
   EXPECT_EQ(s.head_bytes, V * ((H + 31) / 32) * (32 + 4));  // codes and d; m is not stored
   const Tensor want = stored->forward(ids), got = q8->forward(ids);
-  const Diff d = compare_logits(got, want);
+  const test::LogitsDiff d = compare_logits(got, want);
   const double nll_stored = mean_nll(*stored, ids), nll_q8 = mean_nll(*q8, ids);
   std::printf("8-bit head: max |dlogit| %.2e (max |logit| %.2f), argmax agrees %lld/%lld, nll %.5f vs %.5f\n",
               d.max_abs, d.max_ref, (long long)d.argmax_agree, (long long)d.rows, nll_q8, nll_stored);
