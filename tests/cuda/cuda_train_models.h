@@ -5,6 +5,7 @@
 
 #include "test_util.h"
 #include "train/llama_backward.h"
+#include "train/llama_backward_cuda.h"
 #include "train/lora.h"
 
 #include <gtest/gtest.h>
@@ -12,7 +13,9 @@
 
 #include <cstdint>
 #include <random>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace lowbit::test {
 
@@ -90,6 +93,31 @@ inline train::LoraAdapters random_lora(const LlamaConfig& c, double dropout, uin
   });
   EXPECT_EQ(scalars, iec ? 2 * 7 * c.num_hidden_layers : 0);
   return a;
+}
+
+// The micro-batches of one step run twice on `gpu`: each call with its gradients downloaded and
+// summed on the host (into g_host), and all with their gradients kept and summed on the device
+// (adapters_unchanged after the first, more_micro_batches before the last) into g_device: the two
+// sums are equal bit for bit. `so` is the options the calls share (dropout seeds set per call);
+// it is left as the last call had it.
+inline void expect_device_sum_equals_host_sum(train::CudaLlamaBackward& gpu, const train::LoraAdapters& lora,
+                                              std::span<const train::Batch> micro, train::StepOptions& so,
+                                              train::LoraAdapters& g_host, train::LoraAdapters& g_device) {
+  const int n = int(micro.size());
+  for (int i = 0; i < n; ++i) {
+    so.dropout_seed = uint64_t(i);
+    gpu.forward_backward(&lora, micro[size_t(i)], so, &g_host, nullptr);
+  }
+  for (int i = 0; i < n; ++i) {
+    so.dropout_seed = uint64_t(i);
+    so.adapters_unchanged = i > 0;
+    so.more_micro_batches = i < n - 1;
+    gpu.forward_backward(&lora, micro[size_t(i)], so, &g_device, nullptr);
+  }
+  std::vector<std::vector<float>> want;
+  g_host.for_each([&](const std::string&, const std::vector<float>& v) { want.push_back(v); });
+  size_t i = 0;
+  g_device.for_each([&](const std::string& key, const std::vector<float>& v) { EXPECT_EQ(v, want[i++]) << key; });
 }
 
 }  // namespace lowbit::test

@@ -58,6 +58,7 @@ namespace {
 using test::ctx;
 using test::down;
 using test::randn;
+using test::expect_device_sum_equals_host_sum;
 using test::random_batch;
 using test::random_lora;
 using test::rel_err;
@@ -516,20 +517,7 @@ TEST(CudaTrain, MicroBatchesOfOneStepStayOnTheGpu) {
     train::CudaLlamaBackward gpu(model, 0);
     train::LoraAdapters g_host = lora.zeros_like(), g_device = lora.zeros_like();
     train::StepOptions so;
-    for (int i = 0; i < 3; ++i) {
-      so.dropout_seed = uint64_t(i);
-      gpu.forward_backward(&lora, micro[i], so, &g_host, nullptr);
-    }
-    for (int i = 0; i < 3; ++i) {
-      so.dropout_seed = uint64_t(i);
-      so.adapters_unchanged = i > 0;
-      so.more_micro_batches = i < 2;
-      gpu.forward_backward(&lora, micro[i], so, &g_device, nullptr);
-    }
-    std::vector<std::vector<float>> want;
-    g_host.for_each([&](const std::string&, const std::vector<float>& v) { want.push_back(v); });
-    size_t i = 0;
-    g_device.for_each([&](const std::string& key, const std::vector<float>& v) { EXPECT_EQ(v, want[i++]) << key; });
+    expect_device_sum_equals_host_sum(gpu, lora, micro, so, g_host, g_device);
     // A promised continuation with another gradient buffer is refused; a fresh call is not.
     train::LoraAdapters other = lora.zeros_like();
     so.adapters_unchanged = false;
