@@ -1,6 +1,8 @@
 // Helpers shared by the tests: where the shared models, data and fixtures are.
 #pragma once
 
+#include "core/error.h"
+
 #include <gtest/gtest.h>
 #include <zstd.h>
 
@@ -9,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -79,5 +82,16 @@ struct TempDir {
   ~TempDir() { std::filesystem::remove_all(path); }
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
+
+// The message of the lowbit::Error that f throws; a test failure (and "") when it throws none.
+inline std::string error_text(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no lowbit::Error";
+  return {};
+}
 
 }  // namespace lowbit::test

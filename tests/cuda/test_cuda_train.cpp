@@ -446,15 +446,7 @@ INSTANTIATE_TEST_SUITE_P(Methods, CudaFinetune,
                          ::testing::Values("qlora:r=8,alpha=16,dropout=0.05", "irqlora:r=4,alpha=8,dropout=0.05"),
                          [](const auto& info) { return info.param.substr(0, info.param.find(':')); });
 
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowbit::Error";
-  return {};
-}
+using test::error_text;
 
 // The compact base (train/compact_base.h) as the GPU expands it into its scratch: every linear
 // equals the fp32 weight the CPU trains over (LlamaModel::block_weights) bit for bit, for QLoRA's

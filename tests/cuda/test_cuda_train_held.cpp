@@ -52,15 +52,7 @@ using test::rel_err;
 using test::up;
 using test::write_random_gqa_config;
 
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowbit::Error";
-  return {};
-}
+using test::error_text;
 
 // The device AdamW update (with the clipping's factor) against the host's adamw_update after the
 // host's clip multiply, on 100,003 values (past any block), at a step with weight decay and

@@ -81,15 +81,7 @@ using test::write_random_gqa_config;
 
 std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
 
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowbit::Error";
-  return {};
-}
+using test::error_text;
 
 // `spec` applied to the model at `path` ("" for the model as loaded).
 std::unique_ptr<LlamaModel> load_base(const std::string& path, const std::string& spec) {

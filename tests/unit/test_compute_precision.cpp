@@ -3,6 +3,7 @@
 // naming --compute and the device, from the precision alone and from `lowbit finetune`'s options
 // (tests/cli/test_finetune.sh checks the command's refusal).
 #include "core/error.h"
+#include "test_util.h"
 #include "train/compute_precision.h"
 #include "train/finetune.h"
 
@@ -14,15 +15,7 @@
 namespace lowbit::train {
 namespace {
 
-std::string error_text(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowbit::Error";
-  return "";
-}
+using lowbit::test::error_text;
 
 TEST(ComputePrecision, NamesAndDefaults) {
   for (ComputePrecision p : {ComputePrecision::Fp32, ComputePrecision::Tf32, ComputePrecision::Bf16})
