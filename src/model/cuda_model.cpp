@@ -68,15 +68,16 @@ CudaModel::CudaModel(const LlamaModel& host, cuda::Context& ctx, std::optional<b
   // that the GPU need not hold); the rows are gathered there in bf16 and widened on the GPU,
   // the very values the device table would give.
   if (packed_ && !c.tie_word_embeddings) {
-    const Tensor& e = ws.get(hf_tensor_name(TensorKind::TokenEmbd));
+    const Tensor e = ws.get(hf_tensor_name(TensorKind::TokenEmbd));
     LB_ASSERT(e.is_contiguous());
-    embed_host_.resize(size_t(e.numel()));
     if (e.dtype() == DType::BF16) {
-      std::memcpy(embed_host_.data(), e.data(), embed_host_.size() * sizeof(uint16_t));
+      embed_host_ = e;  // the loaded table itself (a view; no copy)
     } else {
+      embed_host_ = Tensor::empty(DType::BF16, e.shape());
       const Tensor f = e.dtype() == DType::F32 ? e : e.to_f32();
       const float* p = f.data_as<float>();
-      for (size_t i = 0; i < embed_host_.size(); ++i) embed_host_[i] = f32_to_bf16(p[i]);
+      uint16_t* d = embed_host_.mutable_data_as<uint16_t>();
+      for (int64_t i = 0; i < e.numel(); ++i) d[i] = f32_to_bf16(p[i]);
     }
   } else {
     upload_as_bf16(ws.get(hf_tensor_name(TensorKind::TokenEmbd)), embed_, s);
@@ -216,10 +217,11 @@ void CudaModel::embed(const int32_t* tokens, int64_t n, float* hidden) {
     LB_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, "token id {} at position {} is outside the vocabulary "
              "(size {})", tokens[i], i, c.vocab_size);
   const int64_t H = c.hidden_size;
-  if (!embed_host_.empty()) {
+  if (embedding_on_host()) {
+    const uint16_t* table = embed_host_.data_as<uint16_t>();
     std::vector<uint16_t> rows(size_t(n * H));
     for (int64_t i = 0; i < n; ++i)
-      std::memcpy(rows.data() + i * H, embed_host_.data() + int64_t(tokens[i]) * H, size_t(H) * sizeof(uint16_t));
+      std::memcpy(rows.data() + i * H, table + int64_t(tokens[i]) * H, size_t(H) * sizeof(uint16_t));
     embed_rows_.resize(rows.size());
     cuda::upload(embed_rows_.get(), reinterpret_cast<const bf16*>(rows.data()), rows.size(), ctx_.stream());
     cuda::bf16_to_f32(embed_rows_.get(), hidden, n * H, ctx_.stream());

@@ -77,7 +77,7 @@ class CudaModel {
             GpuPackedLinears packed = {});
   bool packed() const { return static_cast<bool>(packed_); }
   // Whether token lookups read a host-held table (a packed model whose LM head is its own matrix).
-  bool embedding_on_host() const { return !embed_host_.empty(); }
+  bool embedding_on_host() const { return embed_host_.data() != nullptr; }
 
   const LlamaConfig& config() const { return host_.config(); }
   const LlamaModel& host() const { return host_; }
@@ -172,9 +172,9 @@ class CudaModel {
   std::vector<GpuBlockWeights> blocks_;  // when resident
   mutable GpuBlockWeights scratch_;
   cuda::DeviceBuffer<cuda::bf16> embed_, final_norm_w_, lm_head_;
-  // A packed, untied model's embedding table [V, H] in bf16 on the host instead of embed_, and
-  // the gathered rows on their way up.
-  std::vector<uint16_t> embed_host_;
+  // A packed, untied model's embedding table [V, H] in bf16 on the host instead of embed_ (the
+  // checkpoint's own tensor when it is stored in bf16), and the gathered rows on their way up.
+  Tensor embed_host_;
   cuda::DeviceBuffer<cuda::bf16> embed_rows_;
   cuda::DeviceBuffer<float> rope_cos_, rope_sin_;
   int64_t rope_positions_ = 0;
