@@ -59,6 +59,16 @@ void LoraTrainer::restore(LoraAdapters params, AdamWState state) {
   if (held_) hold();  // the saved values go up
 }
 
+uint64_t LoraTrainer::dropout_seed(size_t micro_batch) const {
+  return opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(micro_batch);
+}
+
+void LoraTrainer::check_finite(const StepStats& st) const {
+  LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
+           "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",
+           state_.step + 1, st.loss, st.grad_norm, state_.step);
+}
+
 StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient) {
   LB_CHECK(!micro.empty(), "a training step needs at least one micro-batch");
   StepStats st;
@@ -74,7 +84,7 @@ StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient
   so.loss_scale = 1.0 / double(st.targets);
   double loss_sum = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
-    so.dropout_seed = opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(i);
+    so.dropout_seed = dropout_seed(i);
     so.adapters_unchanged = i > 0;  // AdamW changes them only after the last micro-batch
     so.more_micro_batches = i + 1 < micro.size();
     loss_sum += engine_->forward_backward(&params_, micro[i], so, &grads_, nullptr).loss_sum;
@@ -83,9 +93,7 @@ StepStats LoraTrainer::step(std::span<const Batch> micro, LoraAdapters* gradient
   if (gradient != nullptr) *gradient = grads_;
   const auto t_host = std::chrono::steady_clock::now();
   st.grad_norm = clip_grad_norm(grads_, opt_.max_grad_norm);
-  LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
-           "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",
-           state_.step + 1, st.loss, st.grad_norm, state_.step);
+  check_finite(st);
   st.lr = constant_with_warmup_lr(opt_.adamw.lr, state_.step, warmup_);
   adamw_step(params_, grads_, state_, opt_.adamw, st.lr);
   if (engine_->profiling()) {
@@ -103,7 +111,7 @@ StepStats LoraTrainer::step_on_device(std::span<const Batch> micro, LoraAdapters
   so.loss_scale = 1.0 / double(st.targets);
   double loss_sum = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
-    so.dropout_seed = opt_.dropout_seed ^ (uint64_t(state_.step) << 20) ^ uint64_t(i);
+    so.dropout_seed = dropout_seed(i);
     loss_sum += engine_->held_forward_backward(micro[i], so, i == 0).loss_sum;
   }
   st.loss = loss_sum / double(st.targets);
@@ -112,9 +120,7 @@ StepStats LoraTrainer::step_on_device(std::span<const Batch> micro, LoraAdapters
     engine_->download_held(nullptr, nullptr, gradient);
   }
   st.grad_norm = engine_->held_grad_norm();
-  LB_CHECK(std::isfinite(st.loss) && std::isfinite(st.grad_norm),
-           "training step {}: the loss is {} and the gradient norm {}; stopping with the adapters of step {}",
-           state_.step + 1, st.loss, st.grad_norm, state_.step);
+  check_finite(st);
   st.lr = constant_with_warmup_lr(opt_.adamw.lr, state_.step, warmup_);
   engine_->held_adamw_step(st.grad_norm, opt_.max_grad_norm, opt_.adamw, st.lr, state_.step + 1);
   state_.step += 1;

@@ -83,6 +83,10 @@ class LoraTrainer {
   void hold();
   void sync() const;
   StepStats step_on_device(std::span<const Batch> micro, LoraAdapters* gradient, StepStats st);
+  // What both kinds of step share: micro-batch i's dropout seed in this step, and the stop on a
+  // non-finite loss or gradient norm (before the update, so the last good adapters stay).
+  uint64_t dropout_seed(size_t micro_batch) const;
+  void check_finite(const StepStats& st) const;
   TrainOptions opt_;
   int64_t warmup_ = 0;
 };
