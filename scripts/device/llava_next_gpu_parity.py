@@ -84,7 +84,10 @@ def build(args):
                           multimodal_projector_bias=True, tie_word_embeddings=False)
     dtype = getattr(torch, args.save_dtype)
     torch.set_default_dtype(dtype)  # a full-depth model is built in the dtype it is saved in
-    model = LlavaNextForConditionalGeneration(cfg).eval()
+    # Built on the GPU when there is one: the initialization and the random draws of the 8B
+    # config's ~8.4 billion parameters take seconds there and many minutes on the host.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlavaNextForConditionalGeneration(cfg).eval()
     torch.set_default_dtype(torch.float32)
     with torch.no_grad():  # every weight random, norms around 1: no path is an identity
         for name, p in model.named_parameters():
