@@ -28,13 +28,17 @@ CudaDecodeGraph::CudaDecodeGraph(CudaModel& model, GpuKvCache& cache) : m_(model
   logits_.resize(size_t(c.vocab_size));
   token_.resize(1);
   pos_.resize(1);
-  if (model.embedding_on_host()) {
-    row_.resize(size_t(c.hidden_size));
-    row_host_.resize(size_t(c.hidden_size));
-  }
+  if (model.embedding_on_host()) row_.resize(size_t(c.hidden_size));
+  // Pinned, so that the uploads before a replay and the token's download are plain DMA (every
+  // step ends with a synchronization, so the next step may overwrite them).
+  const size_t bytes = 2 * sizeof(int32_t) + (model.embedding_on_host() ? size_t(c.hidden_size) * sizeof(uint16_t) : 0);
+  LB_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&staging_), bytes));
 }
 
-CudaDecodeGraph::~CudaDecodeGraph() { destroy_graph(); }
+CudaDecodeGraph::~CudaDecodeGraph() {
+  destroy_graph();
+  if (staging_ != nullptr) cudaFreeHost(staging_);
+}
 
 void CudaDecodeGraph::destroy_graph() {
   if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
@@ -112,16 +116,17 @@ int32_t CudaDecodeGraph::step(int32_t token) {
   // The step's inputs, uploaded outside the graph when the device does not hold them already
   // (after a step it holds the position that follows and the token it chose).
   if (pos_on_device_ != cache_.length) {
-    pos_host_ = int32_t(cache_.length);
-    cuda::upload(pos_.get(), &pos_host_, 1, s);
+    staging_[1] = int32_t(cache_.length);
+    cuda::upload(pos_.get(), staging_ + 1, 1, s);
   }
   if (m_.embedding_on_host()) {
     const int64_t H = c.hidden_size;
-    std::memcpy(row_host_.data(), m_.embed_host_.data_as<uint16_t>() + int64_t(token) * H, size_t(H) * sizeof(uint16_t));
-    cuda::upload(row_.get(), reinterpret_cast<const cuda::bf16*>(row_host_.data()), size_t(H), s);
+    uint16_t* row = reinterpret_cast<uint16_t*>(staging_ + 2);
+    std::memcpy(row, m_.embed_host_.data_as<uint16_t>() + int64_t(token) * H, size_t(H) * sizeof(uint16_t));
+    cuda::upload(row_.get(), reinterpret_cast<const cuda::bf16*>(row), size_t(H), s);
   } else if (token_on_device_ != token) {
-    token_host_ = token;
-    cuda::upload(token_.get(), &token_host_, 1, s);
+    staging_[0] = token;
+    cuda::upload(token_.get(), staging_, 1, s);
   }
   // A forward of more rows since the capture may have moved the workspaces the graph uses.
   if (exec_ != nullptr && workspace_addresses() != captured_addresses_) destroy_graph();
@@ -136,10 +141,9 @@ int32_t CudaDecodeGraph::step(int32_t token) {
   }
   cache_.length += 1;
   pos_on_device_ = cache_.length;
-  int32_t next = 0;
-  cuda::download(&next, token_.get(), 1, s);
-  token_on_device_ = next;
-  return next;
+  cuda::download(staging_, token_.get(), 1, s);
+  token_on_device_ = staging_[0];
+  return staging_[0];
 }
 
 }  // namespace lowbit

@@ -33,7 +33,6 @@
 
 #include "model/cuda_model.h"
 
-#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -78,10 +77,11 @@ class CudaDecodeGraph {
   cuda::DeviceBuffer<float> hidden_, logits_;
   cuda::DeviceBuffer<cuda::bf16> normed_, row_;  // row_: the host-held table's looked-up row
   cuda::DeviceBuffer<int32_t> token_, pos_;      // the device-held token id and position
-  std::vector<uint16_t> row_host_;
+  // Pinned host staging of the transfers around a step: [0] the token id, [1] the position,
+  // then the host-held table's row (H bf16 values).
+  int32_t* staging_ = nullptr;
   int64_t token_on_device_ = -1, pos_on_device_ = -1;  // what token_ and pos_ hold (-1: unknown)
-  int32_t token_host_ = 0, pos_host_ = 0;               // upload sources
-  bool warmed_ = false;                                  // enqueue() ran eagerly with these workspaces
+  bool warmed_ = false;                                  // enqueue() ran eagerly once
   std::vector<const void*> captured_addresses_;
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;

@@ -45,6 +45,9 @@ using test::ctx;
 
 constexpr int kSteps = 20;
 
+// The tests choose graph decode themselves: LOWBIT_CUDA_GRAPHS from the environment is dropped.
+void default_graph_setting() { ::unsetenv("LOWBIT_CUDA_GRAPHS"); }
+
 // Whether two vectors hold the same bytes (bf16 has no host ==, and -0 / NaN would blur one).
 template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
@@ -158,6 +161,7 @@ void expect_graph_equals_eager(CudaModel& gpu, const std::string& what, int grow
 
 TEST(CudaDecodeGraph, Bf16ModelsEqualEagerDecodeBitForBit) {
   REQUIRE_GPU();
+  default_graph_setting();
   // llama3-mini: head dim 64, tied head; llama2-mini: head dim 32 (the generic attention
   // kernel), its own LM head matrix.
   for (const char* name : {"llama3-mini-bf16", "llama2-mini-f32"}) {
@@ -176,6 +180,7 @@ TEST(CudaDecodeGraph, Bf16ModelsEqualEagerDecodeBitForBit) {
 
 TEST(CudaDecodeGraph, PackedModelsEqualEagerDecodeBitForBit) {
   REQUIRE_GPU();
+  default_graph_setting();
   const std::string mini = test::fixtures_dir() + "/models/llama3-mini-bf16";
   // 4-bit codes in the W4A16 tiles (split-K sums at one row), 3-bit codes in groups of 48 (the
   // tiles too), 2-bit codes (the low-bit GEMV).
@@ -196,6 +201,7 @@ TEST(CudaDecodeGraph, PackedModelsEqualEagerDecodeBitForBit) {
 
 TEST(CudaDecodeGraph, HostHeldEmbeddingEqualsEagerDecodeBitForBit) {
   REQUIRE_GPU();
+  default_graph_setting();
   // Untied packed models keep the embedding table on the host: the step's row is uploaded
   // before each replay.
   const auto q = quantized(test::fixtures_dir() + "/models/llama2-mini-f32", "rtn:w=4,g=128");
@@ -211,6 +217,7 @@ TEST(CudaDecodeGraph, HostHeldEmbeddingEqualsEagerDecodeBitForBit) {
 
 TEST(CudaDecodeGraph, RecapturesWhenALargerForwardMovesTheWorkspaces) {
   REQUIRE_GPU();
+  default_graph_setting();
   const auto q = quantized(test::fixtures_dir() + "/models/llama3-mini-bf16", "rtn:w=4,g=128");
   expect_graph_equals_eager(*packed_model(*q), "packed, a 300-row forward after step 5", 5);
   LlamaModel m(open_checkpoint(test::fixtures_dir() + "/models/llama3-mini-bf16"));
@@ -258,6 +265,7 @@ TEST(CudaDecodeGraph, DecoderGivesTheEagerTokensAndHonoursTheVariable) {
 
 TEST(CudaDecodeGraph, RefusesModelsItCannotCapture) {
   REQUIRE_GPU();
+  default_graph_setting();
   LlamaModel m(open_checkpoint(test::fixtures_dir() + "/models/llama3-mini-bf16"));
   {
     CudaModel streamed(m, ctx(), false);  // blocks uploaded from the host at every forward
