@@ -14,8 +14,10 @@
 //   token = argmax(logits) (first index on ties), written over the token id; position += 1
 // so the next replay decodes the token this one chose, at the next position: one graph serves
 // every step of one cache (model, cache, capacity). The kernels, their launch parameters and
-// their order are the eager step's (forward_cached of one token, then lm_head): the logits are
-// the eager path's bit for bit, and so are the greedy tokens (tests/cuda/test_cuda_graph.cpp).
+// their order are the eager step's (forward_cached of one token, then lm_head; only the KV-cache
+// append is a copy kernel, cuda::kv_append, where the eager step copies the same bytes with
+// cudaMemcpy2DAsync at a host-side address): the logits are the eager path's bit for bit, and
+// so are the greedy tokens (tests/cuda/test_cuda_graph.cpp).
 //
 // Capture. A graph may not allocate, synchronize with the host or branch on host values, so the
 // first step runs the same enqueue eagerly (it allocates what the step needs: the model's
