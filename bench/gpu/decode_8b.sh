@@ -11,7 +11,8 @@
 #
 # Variables (default): NEW 128 (new tokens), ROUNDS 3 (lowbit runs; the median is printed),
 # METHOD rtn:w=4,g=128. The model is `random:DIR` (weights generated on request, nothing on disk
-# but the 4-bit checkpoint, about 6 GB).
+# but the 4-bit checkpoint, about 6 GB). lowbit's one-token steps replay a CUDA graph (printed as
+# "decode steps"); LOWBIT_CUDA_GRAPHS=0 in the environment measures the eager steps instead.
 set -euo pipefail
 LOWBIT=$1 DATA=$2 WORK=$3 TOK=$4 PEAK=${5:-3350}
 NEW=${NEW:-128} ROUNDS=${ROUNDS:-3} METHOD=${METHOD:-rtn:w=4,g=128}
@@ -42,9 +43,11 @@ linear = L * (h * h * 2 + h * kv * 2 + h * f * 3)            # q, o, k, v, gate,
 w4_bytes = linear * 0.5 + linear / 128 * 4                   # 4-bit codes, a bf16 (scale, zero) pair per 128
 head_bytes = V * h * 2                                       # the bf16 LM head
 bf16_bytes = (linear + V * h) * 2
-runs = []
+runs, paths = [], set()
 for r in range(1, rounds + 1):
     t = open(f"{work}/lowbit_decode_{r}.log").read()
+    d = re.search(r"decode steps: (.*)", t)
+    paths.add(d.group(1) if d else "not printed")
     m = re.search(r"decode: (\d+) tokens in ([0-9.]+) s \(([0-9.]+) tokens/s\)", t)
     p = re.search(r"peak GPU memory: ([0-9]+) bytes", t)
     runs.append((float(m.group(3)), float(p.group(1)) if p else float("nan")))
@@ -53,6 +56,7 @@ tf = json.load(open(f"{work}/transformers_decode.json"))
 bound = peak * 1e9 / (w4_bytes + head_bytes)
 bound16 = peak * 1e9 / bf16_bytes
 print(f"GPU {tf['gpu']}, prompt {tf['prompt_tokens']} tokens, {tf['decode_steps']} decode steps")
+print(f"lowbit decode steps: {', '.join(sorted(paths))}")
 print(f"| engine | decode tokens/s | peak GPU memory GiB | bandwidth bound tokens/s ({peak:.0f} GB/s) | share of bound |")
 print("| --- | --: | --: | --: | --: |")
 print(f"| lowbit 4-bit packed (median of {rounds}: {', '.join(f'{r[0]:.1f}' for r in runs)}) | {lb:.1f} | "

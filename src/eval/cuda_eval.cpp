@@ -2,6 +2,7 @@
 
 #include "backend/cuda/ops.cuh"
 #include "core/error.h"
+#include "model/cuda_decode_graph.h"
 
 #include <algorithm>
 #include <chrono>
@@ -205,18 +206,34 @@ nlohmann::json profile_json(const cuda::OpProfile& p, const PerplexityResult& r)
           {"scope", rest ? "after the first forward" : "the whole pass"}};
 }
 
+// Steps of several tokens (the prompt) run eagerly; one-token steps replay a CudaDecodeGraph where
+// the model allows one (its logits are the eager step's bit for bit), else run eagerly too.
 class CudaDecoder final : public Decoder {
  public:
   CudaDecoder(CudaModel& gpu, int64_t capacity)
       : gpu_(gpu), cache_(gpu.make_kv_cache(capacity)), logits_(static_cast<size_t>(gpu.config().vocab_size)),
-        host_(static_cast<size_t>(gpu.config().vocab_size)) {}
+        host_(static_cast<size_t>(gpu.config().vocab_size)) {
+    const std::string why = CudaDecodeGraph::refusal(gpu);
+    if (why.empty()) graph_ = std::make_unique<CudaDecodeGraph>(gpu, cache_);
+    else path_ = "eager (" + why + ")";
+  }
   std::span<const float> step(std::span<const int32_t> tokens) override {
+    if (graph_ && tokens.size() == 1) {
+      graph_->step(tokens[0]);
+      cuda::download(host_.data(), graph_->logits(), host_.size(), gpu_.context().stream());
+      return host_;
+    }
     const int64_t H = gpu_.config().hidden_size;
     gpu_.forward_cached(tokens, cache_, normed_);
     gpu_.lm_head(normed_.get() + (int64_t(tokens.size()) - 1) * H, logits_.get(), 1);
     cuda::download(host_.data(), logits_.get(), host_.size(), gpu_.context().stream());
     return host_;
   }
+  int32_t next_greedy(std::span<const int32_t> tokens) override {
+    if (graph_ && tokens.size() == 1) return graph_->step(tokens[0]);
+    return Decoder::next_greedy(tokens);
+  }
+  std::string decode_path() const override { return graph_ ? graph_->describe() : path_; }
 
  private:
   CudaModel& gpu_;
@@ -224,6 +241,8 @@ class CudaDecoder final : public Decoder {
   cuda::DeviceBuffer<cuda::bf16> normed_;
   cuda::DeviceBuffer<float> logits_;
   std::vector<float> host_;
+  std::unique_ptr<CudaDecodeGraph> graph_;  // after cache_, which it refers to
+  std::string path_;
 };
 
 class CudaPlacedModel final : public PlacedModel {

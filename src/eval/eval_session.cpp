@@ -3,7 +3,14 @@
 #include "backend/device_check.h"
 #include "core/error.h"
 
+#include <algorithm>
+
 namespace lowbit {
+
+int32_t Decoder::next_greedy(std::span<const int32_t> tokens) {
+  const std::span<const float> logits = step(tokens);
+  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
 
 namespace {
 

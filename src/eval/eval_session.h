@@ -24,11 +24,17 @@ namespace lowbit {
 
 // Incremental decoding on a placed model (generate): a KV cache of a fixed capacity; step() runs
 // tokens after those already seen and returns the fp32 logits [vocab] of the last one, valid
-// until the next step.
+// until the next step. next_greedy() runs them the same way and returns the argmax of those
+// logits (the first index on ties, as std::max_element) without bringing them to the host where
+// the device can take it (the GPU's one-token steps: a CUDA graph with the argmax on the device).
 class Decoder {
  public:
   virtual ~Decoder() = default;
   virtual std::span<const float> step(std::span<const int32_t> tokens) = 0;
+  virtual int32_t next_greedy(std::span<const int32_t> tokens);
+  // How the one-token steps run where a device has several ways ("CUDA graph", "eager (...)");
+  // empty otherwise.
+  virtual std::string decode_path() const { return {}; }
 };
 
 // A model as placed on a session's device (on a GPU: its weights uploaded once, for all the

@@ -358,27 +358,34 @@ class GpuBlockOps final : public BlockOps {
     const cudaStream_t s = m_.ctx_.stream();
     const int64_t past = cache_ ? cache_->length : 0;
     bf16* qkv = m_.qkv_.get();
+    // Under a CUDA graph's capture (CudaDecodeGraph) the position is read from the device.
+    const int32_t* past_dev = cache_ ? m_.device_past_ : nullptr;
     // Rows of qkv_ are [q | k | v]. RoPE here on k; attention rotates q as it reads it.
     m_.mark("rope_k");
-    cuda::rope(qkv + qd, B_, T, nkv, hd, ldqkv, m_.rope_cos_.get(), m_.rope_sin_.get(), past, s);
+    cuda::rope(qkv + qd, B_, T, nkv, hd, ldqkv, m_.rope_cos_.get(), m_.rope_sin_.get(), past, s, past_dev);
     const bf16* kall = qkv + qd;
     const bf16* vall = qkv + qd + kvd;
     int64_t ldk = ldqkv;
     if (cache_) {
       LB_ASSERT(B_ == 1 && past + T <= cache_->capacity);
       m_.mark("kv_cache");
-      const size_t row = size_t(kvd) * sizeof(bf16), pitch = size_t(ldqkv) * sizeof(bf16);
-      LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->k[size_t(layer_)].get() + past * kvd, row, kall, pitch, row, size_t(T),
-                                      cudaMemcpyDeviceToDevice, s));
-      LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->v[size_t(layer_)].get() + past * kvd, row, vall, pitch, row, size_t(T),
-                                      cudaMemcpyDeviceToDevice, s));
+      if (past_dev != nullptr) {
+        cuda::kv_append(kall, vall, ldqkv, cache_->k[size_t(layer_)].get(), cache_->v[size_t(layer_)].get(), kvd, T,
+                        past_dev, s);
+      } else {
+        const size_t row = size_t(kvd) * sizeof(bf16), pitch = size_t(ldqkv) * sizeof(bf16);
+        LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->k[size_t(layer_)].get() + past * kvd, row, kall, pitch, row, size_t(T),
+                                        cudaMemcpyDeviceToDevice, s));
+        LB_CUDA_CHECK(cudaMemcpy2DAsync(cache_->v[size_t(layer_)].get() + past * kvd, row, vall, pitch, row, size_t(T),
+                                        cudaMemcpyDeviceToDevice, s));
+      }
       kall = cache_->k[size_t(layer_)].get();
       vall = cache_->v[size_t(layer_)].get();
       ldk = kvd;
     }
     m_.mark("attention");
     cuda::attention(qkv, kall, vall, m_.att_.get(), B_, T, past, nh, nkv, hd, ldqkv, ldk, qd, s, m_.rope_cos_.get(),
-                    m_.rope_sin_.get());
+                    m_.rope_sin_.get(), past_dev);
   }
 
   void swiglu() override {

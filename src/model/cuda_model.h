@@ -17,9 +17,11 @@
 // input, as the CPU forward's hooks do.
 //
 // What runs here: perplexity windows (window_nll), incremental forwards with a KV cache for
-// multiple-choice scoring (forward_cached, or forward_rows on padded batches, + score_rows), and
-// the block pieces the GPU quantization drivers use (run_block with site hooks, the attention
-// and MLP halves, blocks uploaded from a method's working copy).
+// multiple-choice scoring and decoding (forward_cached, or forward_rows on padded batches, +
+// score_rows), and the block pieces the GPU quantization drivers use (run_block with site hooks,
+// the attention and MLP halves, blocks uploaded from a method's working copy). Everything here
+// is launched kernel by kernel ("eager"); batch-1 greedy decode replays the same kernels of a
+// one-token step as a CUDA graph (model/cuda_decode_graph.h; LOWBIT_CUDA_GRAPHS=0 keeps it eager).
 #pragma once
 
 #include "backend/cuda/ops.cuh"
@@ -60,7 +62,8 @@ void set_gpu_packed_factory(GpuPackedFactory f);
 // The factory's GpuPackedLinears for `model` (empty when no factory is set).
 GpuPackedLinears gpu_packed_linears(const LlamaModel& model, cudaStream_t s);
 
-class GpuBlockOps;  // cuda_model.cpp: the block's steps (model/llama_block.h) on the GPU
+class GpuBlockOps;      // cuda_model.cpp: the block's steps (model/llama_block.h) on the GPU
+class CudaDecodeGraph;  // model/cuda_decode_graph.h: a one-token decode step as a CUDA graph
 
 // A KV cache on the GPU (positions and their rules: model/kv_cache.h).
 struct GpuKvCache : KvPositions {
@@ -155,6 +158,7 @@ class CudaModel {
 
  private:
   friend class GpuBlockOps;
+  friend class CudaDecodeGraph;
   void ensure_workspace(int64_t rows);
   // The blocks and the final norm on hidden (fp32 [T, H], device) after the cache's positions.
   void run_cached(float* hidden, int64_t T, GpuKvCache& cache, cuda::DeviceBuffer<cuda::bf16>& normed);
@@ -178,6 +182,9 @@ class CudaModel {
   cuda::DeviceBuffer<cuda::bf16> embed_rows_;
   cuda::DeviceBuffer<float> rope_cos_, rope_sin_;
   int64_t rope_positions_ = 0;
+  // While a CudaDecodeGraph enqueues its step: the cached blocks' position (int32, device), which
+  // RoPE, the KV-cache append and attention then read instead of the cache's host-side length.
+  const int32_t* device_past_ = nullptr;
   // Per-forward workspace, grown on demand: x_ [rows, H] normed input, qkv_ [rows, q_dim +
   // 2 kv_dim], att_ [rows, q_dim], gate_up_ [rows, 2F].
   int64_t ws_rows_ = 0;

@@ -1,7 +1,8 @@
 // lowbit generate --model M --prompt S [-n,--max-new-tokens N] [--bos auto|on|off] [--spm-convention C]
 //                 [--device cpu|cuda[:N]] [--packed [--packed-act q8|f32]]: greedy decoding with a KV cache (the prompt in one
 // forward, then one token per step). Prints the prompt's and the decode steps' speed on stderr, and on a GPU
-// the peak of lowbit's GPU memory.
+// how the one-token steps ran (a CUDA graph per token, or eager with the reason) and the peak of lowbit's GPU
+// memory.
 #include "commands.h"
 
 #include "backend/ops.h"
@@ -31,8 +32,6 @@ struct Options {
 // Runs `tokens` after those the model has seen and returns the argmax of the last position's
 // logits.
 using Step = std::function<int32_t(std::span<const int32_t> tokens)>;
-
-int32_t argmax(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -99,10 +98,9 @@ void run(const Options& o) {
   const int64_t capacity = std::min<int64_t>(max_len, int64_t(ids.size()) + o.n);
   const auto placed = session->place(model);
   const std::unique_ptr<Decoder> decoder = placed->decoder(capacity);
-  decode(o, *tok, c, ids, [&](std::span<const int32_t> tokens) {
-    const std::span<const float> logits = decoder->step(tokens);
-    return argmax(logits.data(), int64_t(logits.size()));
-  });
+  decode(o, *tok, c, ids, [&](std::span<const int32_t> tokens) { return decoder->next_greedy(tokens); });
+  // On a GPU: whether the one-token steps replayed a CUDA graph (LOWBIT_CUDA_GRAPHS=0: eager).
+  if (const std::string path = decoder->decode_path(); !path.empty()) fmt::print(stderr, "decode steps: {}\n", path);
   // The GPU's high-water mark of lowbit's own allocations (weights, KV cache, scratch).
   if (const auto peak = session->peak_memory_bytes())
     fmt::print(stderr, "peak GPU memory: {:.0f} bytes ({:.2f} GiB)\n", *peak, *peak / double(1 << 30));

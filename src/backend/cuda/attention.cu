@@ -258,7 +258,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
                                                                       int T, int past, int nh, int nkv, int64_t ldq,
                                                                       int64_t ldk, int64_t ldo, float scale_log2,
                                                                       const float* __restrict__ rope_cos,
-                                                                      const float* __restrict__ rope_sin) {
+                                                                      const float* __restrict__ rope_sin,
+                                                                      const int32_t* __restrict__ past_dev) {
+  if (past_dev != nullptr) past = *past_dev;
   constexpr int KS = HD / 16;        // k-steps of Q K^T
   constexpr int NT = kBlockN / 8;    // 8-key tiles per key tile
   constexpr int OT = HD / 8;         // 8-wide output tiles
@@ -403,7 +405,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(const bf16
 template <int HD>
 void launch_flash(const dim3& grid, cudaStream_t s, const bf16* q, const bf16* k, const bf16* v, bf16* out, int T,
                   int past, int nh, int nkv, int64_t ldq, int64_t ldk, int64_t ldo, float scale_log2,
-                  const float* rope_cos, const float* rope_sin) {
+                  const float* rope_cos, const float* rope_sin, const int32_t* past_dev) {
   constexpr int bytes = flash_smem_bytes<HD>();
   static bool configured = false;  // the attribute is per kernel and device; setting it again is harmless
   if (!configured) {
@@ -411,7 +413,7 @@ void launch_flash(const dim3& grid, cudaStream_t s, const bf16* q, const bf16* k
     configured = true;
   }
   flash_attention_kernel<HD><<<grid, kWarps * 32, bytes, s>>>(q, k, v, out, T, past, nh, nkv, ldq, ldk, ldo, scale_log2,
-                                                              rope_cos, rope_sin);
+                                                              rope_cos, rope_sin, past_dev);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -500,8 +502,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     flash_attention_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                            bf16* __restrict__ out, int T, int past, int nh, int nkv, int64_t ldq, int64_t ldk,
                            int64_t ldo, float scale_log2, const float* __restrict__ rope_cos,
-                           const float* __restrict__ rope_sin) {
+                           const float* __restrict__ rope_sin, const int32_t* __restrict__ past_dev) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (past_dev != nullptr) past = *past_dev;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -619,7 +622,7 @@ __global__ void probe_kernel(int* has) {
 
 void launch(cudaStream_t s, const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
             int64_t nh, int64_t nkv, int64_t ldq, int64_t ldk, int64_t ldo, float scale_log2, const float* rope_cos,
-            const float* rope_sin) {
+            const float* rope_sin, const int32_t* past_dev) {
   static bool configured = false;  // the attribute is per kernel and device; setting it again is harmless
   if (!configured) {
     LB_CUDA_CHECK(
@@ -628,7 +631,7 @@ void launch(cudaStream_t s, const bf16* q, const bf16* k, const bf16* v, bf16* o
   }
   const dim3 grid(unsigned(nh), unsigned(B), unsigned((T + kBlockM - 1) / kBlockM));
   flash_attention_kernel<<<grid, kThreads, kSmemBytes, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq,
-                                                            ldk, ldo, scale_log2, rope_cos, rope_sin);
+                                                            ldk, ldo, scale_log2, rope_cos, rope_sin, past_dev);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -641,7 +644,9 @@ template <int HDMAX>
 __global__ void attention_generic_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                          const bf16* __restrict__ v, bf16* __restrict__ out, int T, int past, int nh,
                                          int nkv, int hd, int64_t ldq, int64_t ldk, int64_t ldo, float scale,
-                                         const float* __restrict__ rope_cos, const float* __restrict__ rope_sin) {
+                                         const float* __restrict__ rope_cos, const float* __restrict__ rope_sin,
+                                         const int32_t* __restrict__ past_dev) {
+  if (past_dev != nullptr) past = *past_dev;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int head = blockIdx.y, b = blockIdx.z;
   if (row >= T) return;
@@ -710,7 +715,7 @@ bool wgmma_attention_available() {
 
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
                int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
-               const float* rope_cos, const float* rope_sin) {
+               const float* rope_cos, const float* rope_sin, const int32_t* past_dev) {
   if (B * T == 0) return;
   if (nh % nkv != 0)
     throw_error("attention: " + std::to_string(nh) + " heads do not group over " + std::to_string(nkv) + " KV heads");
@@ -719,7 +724,7 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
   if (hd == sm90::kHd && g_attention_kernel != AttentionKernel::MmaSync) {
     const bool have = wgmma_attention_available();
     if (have) {
-      sm90::launch(s, q, k, v, out, B, T, past, nh, nkv, ldq, ldk, ldo, scale_log2, rope_cos, rope_sin);
+      sm90::launch(s, q, k, v, out, B, T, past, nh, nkv, ldq, ldk, ldo, scale_log2, rope_cos, rope_sin, past_dev);
       return;
     }
     if (g_attention_kernel == AttentionKernel::Wgmma)
@@ -729,11 +734,11 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
   switch (hd) {
     case 64:
       launch_flash<64>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2, rope_cos,
-                       rope_sin);
+                       rope_sin, past_dev);
       break;
     case 128:
       launch_flash<128>(grid, s, q, k, v, out, int(T), int(past), int(nh), int(nkv), ldq, ldk, ldo, scale_log2, rope_cos,
-                        rope_sin);
+                        rope_sin, past_dev);
       break;
     default: {
       if (hd > 256 || hd % 2 != 0) throw_error("attention on the GPU supports even head dims up to 256, not " + std::to_string(hd));
@@ -741,10 +746,10 @@ void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B
       const float scale = float(1.0 / std::sqrt(double(hd)));
       if (hd <= 32)
         attention_generic_kernel<32><<<g, 128, 0, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), int(hd), ldq,
-                                                       ldk, ldo, scale, rope_cos, rope_sin);
+                                                       ldk, ldo, scale, rope_cos, rope_sin, past_dev);
       else
         attention_generic_kernel<256><<<g, 128, 0, s>>>(q, k, v, out, int(T), int(past), int(nh), int(nkv), int(hd),
-                                                        ldq, ldk, ldo, scale, rope_cos, rope_sin);
+                                                        ldq, ldk, ldo, scale, rope_cos, rope_sin, past_dev);
     }
   }
   LB_CUDA_LAUNCH_CHECK();

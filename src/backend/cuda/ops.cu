@@ -52,8 +52,9 @@ __global__ void rmsnorm4_kernel(const float* x, const bf16* w, bf16* y, int64_t 
 }
 
 __global__ void rope_kernel(bf16* x, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos,
-                            const float* sin, int64_t pos0) {
+                            const float* sin, int64_t pos0, const int32_t* pos0_dev) {
   // grid: (B*T), threads over heads * hd/2
+  if (pos0_dev != nullptr) pos0 = *pos0_dev;
   const int64_t row = blockIdx.x, t = row % T, half = hd / 2;
   bf16* xr = x + row * ld;
   const float* c = cos + (pos0 + t) * half;
@@ -70,7 +71,8 @@ __global__ void rope_kernel(bf16* x, int64_t T, int64_t heads, int64_t hd, int64
 
 // The same, two adjacent pairs per thread (hd % 4 == 0, even ld, 4-byte aligned x).
 __global__ void rope2_kernel(bf16* x, int T, int heads, int hd, int64_t ld, const float* cos, const float* sin,
-                             int64_t pos0) {
+                             int64_t pos0, const int32_t* pos0_dev) {
+  if (pos0_dev != nullptr) pos0 = *pos0_dev;
   const int64_t row = blockIdx.x;
   const int t = int(row % T), half = hd / 2, pairs = half / 2;
   bf16* xr = x + row * ld;
@@ -84,6 +86,59 @@ __global__ void rope2_kernel(bf16* x, int T, int heads, int hd, int64_t ld, cons
     const float2 cv = *reinterpret_cast<const float2*>(c + i), sv = *reinterpret_cast<const float2*>(s + i);
     *a = __floats2bfloat162_rn(av.x * cv.x - bv.x * sv.x, av.y * cv.y - bv.y * sv.y);
     *b = __floats2bfloat162_rn(bv.x * cv.x + av.x * sv.x, bv.y * cv.y + av.y * sv.y);
+  }
+}
+
+// grid: (T, 2): row t of k (y 0) or v (y 1) into the cache row *pos + t, 16 bytes per thread
+// where the row allows (kvd % 8 == 0 and 16-byte aligned rows), else one value per thread.
+__global__ void kv_append_kernel(const bf16* k, const bf16* v, int64_t ld, bf16* cache_k, bf16* cache_v, int64_t kvd,
+                                 const int32_t* pos) {
+  const int64_t t = blockIdx.x;
+  const bf16* src = (blockIdx.y == 0 ? k : v) + t * ld;
+  bf16* dst = (blockIdx.y == 0 ? cache_k : cache_v) + (int64_t(*pos) + t) * kvd;
+  const bool wide = kvd % 8 == 0 && ld % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  if (wide) {
+    for (int64_t c = threadIdx.x; c < kvd / 8; c += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+  } else {
+    for (int64_t c = threadIdx.x; c < kvd; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
+__global__ void add_i32_kernel(int32_t* x, int32_t by) { *x += by; }
+
+// One block per row: each thread keeps the first largest of its strided values (NaN never
+// compares larger), then the block keeps the largest of those, the smallest index on ties.
+__global__ void argmax_kernel(const float* x, int32_t* out, int64_t V) {
+  __shared__ float best_v[32];
+  __shared__ int32_t best_i[32];
+  const float* r = x + int64_t(blockIdx.x) * V;
+  float bv = -INFINITY;
+  int32_t bi = -1;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float v = r[i];
+    if (v > bv || (bi < 0 && v == bv)) {  // the first -inf counts too: every row has an index
+      bv = v;
+      bi = int32_t(i);
+    }
+  }
+  const auto better = [](float v, int32_t i, float w, int32_t j) {  // (w, j) beats (v, i)
+    return j >= 0 && (i < 0 || w > v || (w == v && j < i));
+  };
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int32_t j = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (better(bv, bi, w, j)) bv = w, bi = j;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  if (lane == 0) best_v[warp] = bv, best_i[warp] = bi;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < nwarps; ++w)
+      if (better(bv, bi, best_v[w], best_i[w])) bv = best_v[w], bi = best_i[w];
+    // std::max_element keeps element 0 when it is NaN (no value compares greater).
+    out[blockIdx.x] = bi < 0 || isnan(r[0]) ? 0 : bi;
   }
 }
 
@@ -474,12 +529,30 @@ void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, 
 }
 
 void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
-          int64_t pos0, cudaStream_t s) {
+          int64_t pos0, cudaStream_t s, const int32_t* pos0_dev) {
   if (B * T == 0) return;
   if (hd % 4 == 0 && ld % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0)
-    rope2_kernel<<<unsigned(B * T), 128, 0, s>>>(x, int(T), int(heads), int(hd), ld, cos, sin, pos0);
+    rope2_kernel<<<unsigned(B * T), 128, 0, s>>>(x, int(T), int(heads), int(hd), ld, cos, sin, pos0, pos0_dev);
   else
-    rope_kernel<<<unsigned(B * T), 128, 0, s>>>(x, T, heads, hd, ld, cos, sin, pos0);
+    rope_kernel<<<unsigned(B * T), 128, 0, s>>>(x, T, heads, hd, ld, cos, sin, pos0, pos0_dev);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void kv_append(const bf16* k, const bf16* v, int64_t ld, bf16* cache_k, bf16* cache_v, int64_t kvd, int64_t T,
+               const int32_t* pos_dev, cudaStream_t s) {
+  if (T == 0) return;
+  kv_append_kernel<<<dim3(unsigned(T), 2), 128, 0, s>>>(k, v, ld, cache_k, cache_v, kvd, pos_dev);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void add_i32(int32_t* x, int32_t by, cudaStream_t s) {
+  add_i32_kernel<<<1, 1, 0, s>>>(x, by);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t V, cudaStream_t s) {
+  if (rows == 0) return;
+  argmax_kernel<<<unsigned(rows), 1024, 0, s>>>(x, out, V);
   LB_CUDA_LAUNCH_CHECK();
 }
 

@@ -21,9 +21,20 @@ void embed(const int32_t* ids, const bf16* table, float* out, int64_t n, int64_t
 // y = bf16(x / rms(x) * w) per row, in fp32 (transformers' LlamaRMSNorm, rounded once).
 void rmsnorm(const float* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
 // In place on B sequences of T rows each (row stride ld, sequence stride T*ld), positions pos0..:
-// transformers' rotate_half RoPE with the angle tables cos/sin [n_pos, hd/2] (fp32).
+// transformers' rotate_half RoPE with the angle tables cos/sin [n_pos, hd/2] (fp32). With pos0_dev
+// (device), the kernel reads pos0 from there instead (a CUDA graph's position; pos0 is ignored).
 void rope(bf16* x, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t ld, const float* cos, const float* sin,
-          int64_t pos0, cudaStream_t s);
+          int64_t pos0, cudaStream_t s, const int32_t* pos0_dev = nullptr);
+// A KV cache append at a position held on the device: rows pos .. pos+T-1 of cache_k and cache_v
+// (row stride kvd) = the T rows of k and v (kvd values each, row stride ld), pos = *pos_dev. The
+// same bytes as the cudaMemcpy2DAsync of the eager path, at a position a CUDA graph can change.
+void kv_append(const bf16* k, const bf16* v, int64_t ld, bf16* cache_k, bf16* cache_v, int64_t kvd, int64_t T,
+               const int32_t* pos_dev, cudaStream_t s);
+// *x += by (one device int32: a CUDA graph's position, advanced at the end of its step).
+void add_i32(int32_t* x, int32_t by, cudaStream_t s);
+// out[r] = the index of the largest of x[r, 0:V] (fp32), the first one on ties: std::max_element's
+// answer, NaN included (a NaN is never larger; a NaN at index 0 is kept). One block per row.
+void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t V, cudaStream_t s);
 // In place on rows [gate | up] of 2F values (the output of the stacked gate/up projection):
 // gate_up[r, 0:F] = silu(gate_up[r, 0:F]) * gate_up[r, F:2F].
 void swiglu_rows(bf16* gate_up, int64_t rows, int64_t F, cudaStream_t s);
@@ -71,10 +82,12 @@ void sum_ordered(const double* v, int64_t n, double* out, cudaStream_t s);
 // positions past .. past+T-1 attending keys 0 .. past+t. q [B*T, nh*hd] (row stride ldq),
 // k, v [B*(past+T), nkv*hd] (row stride ldk), out [B*T, nh*hd] (row stride ldo). hd: even, up to 256 (64 and 128 on tensor cores).
 // With rope_cos/rope_sin (the rope() tables), q is rotated as it is read (RoPE at its positions,
-// exactly as rope() would) and need not be rotated beforehand; k always must be.
+// exactly as rope() would) and need not be rotated beforehand; k always must be. With past_dev
+// (device), the kernels read past from there instead (a CUDA graph's position; the launch does
+// not depend on past, and the arithmetic is the same as with the host value).
 void attention(const bf16* q, const bf16* k, const bf16* v, bf16* out, int64_t B, int64_t T, int64_t past,
                int64_t nh, int64_t nkv, int64_t hd, int64_t ldq, int64_t ldk, int64_t ldo, cudaStream_t s,
-               const float* rope_cos = nullptr, const float* rope_sin = nullptr);
+               const float* rope_cos = nullptr, const float* rope_sin = nullptr, const int32_t* past_dev = nullptr);
 // The tensor-core kernel attention() runs for head dim 128: Auto takes the Hopper (wgmma) kernel
 // where the GPU and the build have it (sm_90a), else the mma.sync one. Tests and benchmarks pin
 // one to compare them.
