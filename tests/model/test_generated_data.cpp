@@ -197,8 +197,11 @@ TEST(GeneratedData, EosEndsASequence) {
   EXPECT_GT(sequences, o.nsamples);  // shorter sequences, packed
   std::vector<int32_t> stream;
   for (const auto& w : stop.windows) stream.insert(stream.end(), w.begin(), w.end());
-  for (size_t t = 0; t < stream.size(); ++t)
-    if (stream[t] == 2) EXPECT_TRUE(t > 0 && stream[t - 1] == 1) << t;
+  for (size_t t = 0; t < stream.size(); ++t) {
+    if (stream[t] == 2) {
+      EXPECT_TRUE(t > 0 && stream[t - 1] == 1) << t;
+    }
+  }
 }
 
 TEST(GeneratedData, BadOptionsAreRefusedNamingTheValue) {
