@@ -435,7 +435,9 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
   de.on_step = [&](const train::DistillStep& st) {
     progress_note(st.step, st.steps, st.record["loss"].get<double>(), st.eta);
   };
-  train::DistillResult r = train::run_distill(mspec.path, cell.train.distill, calibration(ms), de);
+  const bool generated = cell.train.distill.data == "generated";
+  train::DistillResult r =
+      train::run_distill(mspec.path, cell.train.distill, generated ? nullptr : &calibration(ms), de);
   out.quantize_seconds = r.init_seconds;
   out.train_seconds = r.train_seconds;
   const json& log = r.training["log"];

@@ -5,6 +5,7 @@
 #include "core/device.h"
 #include "quant/method.h"
 #include "train/dad.h"
+#include "train/generated_data.h"
 
 #include <fmt/ranges.h>
 
@@ -57,7 +58,9 @@ const std::vector<std::string> kFinetuneKeys = {
     "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
-                                               "device"};
+                                               "device", "data", "gen_nsamples", "gen_seqlen", "gen_seed",
+                                               "gen_first", "gen_greedy", "gen_temperature", "gen_top_k", "gen_eos",
+                                               "gen_bos"};
 
 void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const std::string& v) {
   constexpr int64_t kBig = int64_t(1) << 40;
@@ -96,7 +99,32 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
   else if (k == "latent") o.latent = bool_value(k, v);
   else if (k == "latent_lr_scale") o.latent_lr_scale = real_value(k, v, 0, 1e6);
   else if (k == "device") o.device = (void(parse_device(v)), v);
-  else fail("option '{}' is not a training option", k);
+  else if (k == "data") {
+    LB_CHECK(v == "calib" || v == "generated", "option 'data': \"{}\" is not one of calib, generated", v);
+    o.data = v;
+  } else if (k == "gen_nsamples") o.gen.nsamples = int_value(k, v, 1, 1 << 20);
+  else if (k == "gen_seqlen") o.gen.seqlen = int_value(k, v, 2, 1 << 20);
+  else if (k == "gen_seed") o.gen.seed = uint64_t(int_value(k, v, 0, INT64_MAX));
+  else if (k == "gen_first") {
+    LB_CHECK(v == "random" || v == "sweep", "option 'gen_first': \"{}\" is not one of random, sweep", v);
+    o.gen.first = v;
+  } else if (k == "gen_greedy") {
+    try {
+      (void)train::parse_gen_greedy(v);
+    } catch (const Error&) {
+      fail("option 'gen_greedy': \"{}\" is not N or \"LO-HI\" (non-negative integers, LO <= HI)", v);
+    }
+    o.gen.greedy = v;
+  } else if (k == "gen_temperature") o.gen.temperature = real_value(k, v, 1e-6, 1e6);
+  else if (k == "gen_top_k") o.gen.top_k = int_value(k, v, 0, int64_t(1) << 31);
+  else if (k == "gen_eos") {
+    LB_CHECK(v == "stop" || v == "continue", "option 'gen_eos': \"{}\" is not one of stop, continue", v);
+    o.gen.eos = v;
+  } else if (k == "gen_bos") {
+    LB_CHECK(v == "window" || v == "both" || v == "off", "option 'gen_bos': \"{}\" is not one of window, both, off",
+             v);
+    o.gen.bos = v;
+  } else fail("option '{}' is not a training option", k);
 }
 
 std::string finetune_key(const train::FinetuneOptions& o) {
@@ -115,10 +143,20 @@ std::string finetune_key(const train::FinetuneOptions& o) {
 }
 
 std::string distill_key(const train::DistillOptions& o) {
+  // Generated data is named with all its options (so that it never shares a key with a
+  // calibration-text cell); calibration cells keep the keys they had before the option (their
+  // calibration is the cell's calibration key).
+  std::string data;
+  if (o.data == "generated") {
+    const train::GenDataOptions& g = o.gen;
+    data = fmt::format(",data=generated,gen_nsamples={},gen_seqlen={},gen_seed={},gen_first={},gen_greedy={},"
+                       "gen_temperature={},gen_top_k={},gen_eos={},gen_bos={}",
+                       g.nsamples, g.seqlen, g.seed, g.first, g.greedy, g.temperature, g.top_k, g.eos, g.bos);
+  }
   return fmt::format("dad:steps={},batch={},grad_accum={},lr={},warmup_ratio={},max_grad_norm={},dad={},gamma={},"
-                     "train_beta={},latent={},latent_lr_scale={}",
+                     "train_beta={},latent={},latent_lr_scale={}{}",
                      o.steps, o.batch, o.grad_accum, o.lr, o.warmup_ratio, o.max_grad_norm, o.dad, o.gamma,
-                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale);
+                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, data);
 }
 
 // A table's values as grid axes: each key with its values (an array's elements, or the one
@@ -284,9 +322,18 @@ void parse_distill(const Ctx& c, const toml::array& tables, StudySpec& spec, std
       // Trained on the study's device unless the table names one.
       o.device = spec.device;
       std::string method;
+      std::string gen_option;
       for (const auto& [k, v] : point) {
         if (contains(kDistillKeys, k)) set_distill_option(o, k, v);
         else method += (method.empty() ? ":" : ",") + k + "=" + v;
+        if (gen_option.empty() && k.rfind("gen_", 0) == 0) gen_option = k;
+      }
+      // Generation options on calibration data would change nothing but the grid's size.
+      if (!gen_option.empty() && o.data != "generated") {
+        SourcePos at = tpos;
+        for (const auto& [k, vs] : axes)
+          if (k == gen_option) at = vs.front().second;
+        c.fail_at(at, "option '{}' needs data = \"generated\" (this cell's data is \"{}\")", gen_option, o.data);
       }
       mc.spec = "dbllm" + method;
       o.method = mc.spec;

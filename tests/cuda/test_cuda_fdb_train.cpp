@@ -29,6 +29,7 @@
 #include "fdb_fixture.h"
 #include "test_util.h"
 #include "train/dad.h"
+#include "train/distill.h"
 #include "train/fdb_train.h"
 #include "train/fdb_train_cuda.h"
 #include "train/llama_backward.h"
@@ -266,6 +267,32 @@ TEST(CudaFdbTrain, TrainerStepsMatchTheCpu) {
     EXPECT_NEAR(kg, kc, 1e-3 * kc);
     for (const auto& layer : gpu.linears())
       for (const QuantizedLinear& x : layer) EXPECT_NO_THROW(x.validate("trained on the GPU"));
+  }
+}
+
+// lowbit distill --data generated --device cuda: the windows are generated on the CPU whatever
+// the training device (train/generated_data.h), so the data identity is the CPU run's and the
+// first step, on the same windows, matches the CPU's to the micro-step's bars.
+TEST(CudaFdbTrain, GeneratedDataIsTheCpusWindows) {
+  REQUIRE_GPU();
+  train::DistillOptions o;
+  o.method = "dbllm:g=16";
+  o.steps = 2;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-4;
+  o.data = "generated";
+  o.gen.nsamples = 4;
+  o.gen.seqlen = 24;
+  o.gen.seed = 4;
+  const train::DistillResult cpu = train::run_distill(tiny(), o, nullptr);
+  o.device = "cuda";
+  const train::DistillResult gpu = train::run_distill(tiny(), o, nullptr);
+  EXPECT_EQ(gpu.training["data"], cpu.training["data"]);
+  EXPECT_EQ(gpu.training["data"]["set"], "generated");
+  for (int step = 0; step < 2; ++step) {
+    const double a = cpu.training["log"][step]["loss"].get<double>(), g = gpu.training["log"][step]["loss"].get<double>();
+    EXPECT_NEAR(g, a, (step == 0 ? 1e-5 : 1e-3) * a) << step;
   }
 }
 
