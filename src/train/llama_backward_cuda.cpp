@@ -317,7 +317,7 @@ struct CudaLlamaBackward::Impl {
   // final norm held); allocates the resident base when chosen.
   void choose_resident(const StepEngineOptions& o) {
     resident_stride = resident_block_elements(c);
-    const int64_t need = 2 * c.num_hidden_layers * resident_stride;
+    const int64_t need = 2 * c.num_hidden_layers * resident_stride;  // bytes
     size_t free = 0, total = 0;
     LB_CUDA_CHECK(cudaMemGetInfo(&free, &total));
     // The blocks' norms go up after this: part of `other`.
@@ -332,7 +332,7 @@ struct CudaLlamaBackward::Impl {
       return;
     }
     resident = true;
-    base16.resize(size_t(need));
+    base16.resize(size_t(c.num_hidden_layers * resident_stride));
     // The rounding's tail of each block is never read; zeroed so the buffer holds no garbage.
     LB_CUDA_CHECK(cudaMemsetAsync(base16.get(), 0, base16.bytes(), stream()));
   }
