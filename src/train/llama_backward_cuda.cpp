@@ -884,12 +884,16 @@ struct CudaLlamaBackward::Impl {
       if (hooks != nullptr && hooks->logits_loss) {
         res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
         LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
+      } else if (fuse && backward) {
+        // The gradient straight into the head product's bf16 operand (the fp32 one has no reader).
+        cuda::cross_entropy_backward_bf16(logits.get(), targets.get() + r0, dyb.get(), loss.get() + r0, rows, V,
+                                          float(scale), s);
       } else {
         cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
                                          float(scale), s);
       }
       if (backward && bf16) {
-        cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
+        if (!fuse) cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
         cuda::linear_backward_bf16(ctx, nullptr, head16.get(), dyb.get(), dx.get() + r0 * H, nullptr, rows, H, V,
                                    false);
       } else if (backward) {

@@ -41,7 +41,8 @@
 // (RMSNorm's output for Q, K, V or gate and up and for the LM head, SwiGLU's for the down
 // projection, SwiGLU's backward's dgate and dup for theirs), and an input already rounded is not
 // rounded again by the next product that reads it (Q, K and V share x1's, gate and up x2's, the
-// backward's LoRA A products reuse what the recomputation left), and each RMSNorm's backward adds
+// backward's LoRA A products reuse what the recomputation left), the cross-entropy writes the
+// logits' gradient as the LM head backward's bf16 operand only, and each RMSNorm's backward adds
 // its gradient into the residual stream's in the same pass. The fp32 values are computed by
 // the same kernels' code (and rounded as to_bf16 rounds them, added as add_f32 adds them), so a
 // fused step equals the one-launch-at-a-time step bit for bit; LOWBIT_TRAIN_FUSE=0 in the

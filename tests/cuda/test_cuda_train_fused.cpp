@@ -1,10 +1,11 @@
 // The bf16 training step's fused elementwise work (llama_backward_cuda.h, "Fusion") against the
 // one-launch-at-a-time path (LOWBIT_TRAIN_FUSE=0): each fused kernel (RMSNorm, SwiGLU and
-// SwiGLU's backward, each with the bf16 rounding of its output, against the unfused kernel
-// followed by to_bf16; RMSNorm's backward with the residual add, against it followed by
-// add_f32), and whole training steps with and without fusion: the same values bit for
-// bit, since the fused kernels compute the same fp32 values with the same code and round them as
-// to_bf16 does, and reusing xb skips only casts of unchanged inputs. Skipped without a GPU.
+// SwiGLU's backward, each with the bf16 rounding of its output, and the cross-entropy writing its
+// gradient as bf16 only, against the unfused kernel followed by to_bf16; RMSNorm's backward with
+// the residual add, against it followed by add_f32), and whole training steps with and without
+// fusion: the same values bit for bit, since the fused kernels compute the same fp32 values with
+// the same code and round them as to_bf16 does, and reusing xb skips only casts of unchanged
+// inputs. Skipped without a GPU.
 //
 // Tolerance: none. Every comparison is exact.
 #include "backend/cuda/mixed_gemm.cuh"
@@ -80,6 +81,22 @@ TEST(CudaTrainFused, KernelsMatchTheUnfusedOnes) {
     cuda::add_f32(dh0.get(), dn.get(), n, s);
     cuda::rmsnorm_backward_add_f32(x.get(), w.get(), dy.get(), dh1.get(), rows, dim, 1e-5f, s);
     expect_bits(down(dh1, size_t(n)), down(dh0, size_t(n)), "rmsnorm backward + add");
+  }
+  // The cross-entropy's gradient as bf16 only, against the fp32 gradient then to_bf16: rows with a
+  // target (the first and the last of V among them) and an ignored row; the same losses.
+  {
+    const int64_t rows = 5, V = 1000;
+    const std::vector<int32_t> tg = {0, 999, -100, 17, 512};
+    auto logits = up(randn(size_t(rows * V), 10, 3.0f));
+    auto targets = up(tg);
+    cuda::DeviceBuffer<float> d32{size_t(rows * V)};
+    cuda::DeviceBuffer<uint16_t> b0{size_t(rows * V)}, b1{size_t(rows * V)};
+    cuda::DeviceBuffer<double> l0{size_t(rows)}, l1{size_t(rows)};
+    cuda::cross_entropy_backward_f32(logits.get(), targets.get(), d32.get(), l0.get(), rows, V, 0.01f, s);
+    cuda::to_bf16(d32.get(), b0.get(), rows * V, s);
+    cuda::cross_entropy_backward_bf16(logits.get(), targets.get(), b1.get(), l1.get(), rows, V, 0.01f, s);
+    expect_bits(down(b1, size_t(rows * V)), down(b0, size_t(rows * V)), "cross-entropy bf16(dlogits)");
+    expect_bits(down(l1, size_t(rows)), down(l0, size_t(rows)), "cross-entropy losses");
   }
   const int64_t n = 100003;
   std::vector<float> g = randn(size_t(n), 3, 4.0f);

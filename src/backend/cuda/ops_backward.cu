@@ -215,16 +215,26 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
 }
 
 // One block per row.
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* dlogits, double* loss,
-                                     int64_t V, float scale) {
+// kBf16: the gradient written as its bf16 rounding into dlogits16 (dlogits unused), from the
+// very fp32 value the fp32 kernel stores.
+template <bool kBf16>
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* dlogits, uint16_t* dlogits16,
+                                     double* loss, int64_t V, float scale) {
   __shared__ float shared[kThreads];
   __shared__ double dshared[kThreads];
   const int64_t r = blockIdx.x;
   const float* l = logits + r * V;
-  float* d = dlogits + r * V;
+  float* d = kBf16 ? nullptr : dlogits + r * V;
+  uint16_t* d16 = kBf16 ? dlogits16 + r * V : nullptr;
   const int32_t tgt = targets[r];
   if (tgt < 0) {
-    for (int64_t i = threadIdx.x; i < V; i += kThreads) d[i] = 0.0f;
+    for (int64_t i = threadIdx.x; i < V; i += kThreads) {
+      if constexpr (kBf16) {
+        d16[i] = bf16_bits(0.0f);
+      } else {
+        d[i] = 0.0f;
+      }
+    }
     if (threadIdx.x == 0) loss[r] = 0.0;
     return;
   }
@@ -241,7 +251,12 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   if (threadIdx.x == 0) loss[r] = lse - lt;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
     const float p = float(exp(double(l[i]) - lse)) * scale;
-    d[i] = i == tgt ? p - scale : p;
+    const float g = i == tgt ? p - scale : p;
+    if constexpr (kBf16) {
+      d16[i] = bf16_bits(g);
+    } else {
+      d[i] = g;
+    }
   }
 }
 
@@ -523,7 +538,14 @@ void swiglu_backward_f32_bf16(const float* gate, const float* up, const float* d
 void cross_entropy_backward_f32(const float* logits, const int32_t* targets, float* dlogits, double* loss,
                                 int64_t rows, int64_t V, float scale, cudaStream_t s) {
   if (rows == 0) return;
-  cross_entropy_kernel<<<unsigned(rows), kThreads, 0, s>>>(logits, targets, dlogits, loss, V, scale);
+  cross_entropy_kernel<false><<<unsigned(rows), kThreads, 0, s>>>(logits, targets, dlogits, nullptr, loss, V, scale);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void cross_entropy_backward_bf16(const float* logits, const int32_t* targets, uint16_t* dlogits16, double* loss,
+                                 int64_t rows, int64_t V, float scale, cudaStream_t s) {
+  if (rows == 0) return;
+  cross_entropy_kernel<true><<<unsigned(rows), kThreads, 0, s>>>(logits, targets, nullptr, dlogits16, loss, V, scale);
   LB_CUDA_LAUNCH_CHECK();
 }
 

@@ -93,6 +93,11 @@ void swiglu_backward_f32_bf16(const float* gate, const float* up, const float* d
 // The targets must be < V (the caller checks them).
 void cross_entropy_backward_f32(const float* logits, const int32_t* targets, float* dlogits, double* loss,
                                 int64_t rows, int64_t V, float scale, cudaStream_t s);
+// The same loss, with the gradient written only as its bf16 rounding dlogits16 [rows, V] (to_bf16
+// of the fp32 dlogits above, bit for bit: one kernel's code), for the bf16 training mode, whose LM
+// head backward reads nothing else. dlogits16 must not alias logits.
+void cross_entropy_backward_bf16(const float* logits, const int32_t* targets, uint16_t* dlogits16, double* loss,
+                                 int64_t rows, int64_t V, float scale, cudaStream_t s);
 
 // LoRA dropout's mask (train/llama_backward.cpp's keep_scale, bit for bit): element i of a
 // linear's input keeps keep(i) = (u(i) < p ? 0 : float(1 / (1 - p))) with
