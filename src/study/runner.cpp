@@ -428,6 +428,7 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
                   {"run", r.summary["run"]}, {"log", log}, {"train_seconds", r.train_seconds},
                   {"quantize_seconds", r.quantize_seconds}, {"trainable_parameters", r.adapters.num_parameters()}};
     if (r.summary.contains("eval_loss")) out.record["eval_loss"] = r.summary["eval_loss"];
+    out.record["base_resident"] = r.summary["base_resident"];
     return out;
   }
   LB_ASSERT(cell.train.kind == TrainKind::Distill);

@@ -55,7 +55,8 @@ const std::vector<std::string> kLoraKeys = {"r", "alpha", "dropout", "targets", 
 const std::vector<std::string> kFinetuneKeys = {
     "steps",         "batch",     "grad_accum", "lr",         "warmup_ratio",   "max_grad_norm",
     "weight_decay",  "adam_beta1", "adam_beta2", "adam_eps",  "source_max_len", "target_max_len",
-    "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute"};
+    "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute",
+    "base_resident"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
                                                "device", "data", "gen_nsamples", "gen_seqlen", "gen_seed",
@@ -82,6 +83,8 @@ void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const 
   else if (k == "data_seed") o.data_seed = uint64_t(int_value(k, v, 0, INT64_MAX));
   else if (k == "device") o.device = (void(parse_device(v)), v);
   else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
+  // auto, on or off; a TOML boolean (true: "1", false: "0") as on and off.
+  else if (k == "base_resident") o.base_resident = v == "1" ? "on" : v == "0" ? "off" : (void(train::parse_base_residency(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -130,7 +133,8 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
 std::string finetune_key(const train::FinetuneOptions& o) {
   const train::FinetuneMethod m = train::parse_finetune_method(o.method);
   // The products' precision changes the numbers: named when it is not fp32 (so fp32 cells, every
-  // CPU cell, keep the keys they had before the option).
+  // CPU cell, keep the keys they had before the option). base_resident does not change them
+  // (base_residency.h) and is not named: a cell trained with either choice is the same cell.
   const train::ComputePrecision p = train::finetune_compute(o);
   const std::string compute =
       p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));

@@ -236,6 +236,34 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
             std::string::npos);
 }
 
+// base_resident (train/base_residency.h): auto, on or off, a boolean for on and off; it changes
+// no number, so a cell's key leaves it out (and a grid over it repeats one cell: refused); on
+// where it does not apply (the CPU) is refused.
+TEST(StudyTrainSpec, BaseResidentIsNotInTheKey) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const std::string table = "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n";
+  const StudySpec plain = parse_study_spec(cuda_study + table, "/tmp/spec.toml", kNoFiles);
+  EXPECT_EQ(plain.methods[0].train.finetune.base_resident, "auto");
+  const std::string key = expand_plan(plain).cells[0].key;
+  EXPECT_EQ(key.find("resident"), std::string::npos);
+  for (const auto& [value, want] : std::vector<std::pair<std::string, std::string>>{
+           {"\"on\"", "on"}, {"\"off\"", "off"}, {"\"auto\"", "auto"}, {"true", "on"}, {"false", "off"}}) {
+    SCOPED_TRACE(value);
+    const StudySpec s = parse_study_spec(cuda_study + table + "base_resident = " + value + "\n", "/tmp/spec.toml",
+                                         kNoFiles);
+    EXPECT_EQ(s.methods[0].train.finetune.base_resident, want);
+    EXPECT_EQ(expand_plan(s).cells[0].key, key);
+  }
+  EXPECT_NE(error_of(cuda_study + table + "base_resident = [\"on\", \"off\"]\n").find("appears twice in the grid"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with(table + "base_resident = \"on\"\n")).find("--base-resident on with --compute fp32 on "
+                                                                       "device cpu"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with(table + "base_resident = \"maybe\"\n")).find("--base-resident 'maybe': unknown value"),
+            std::string::npos);
+}
+
 // DB-LLM's distillation too: the study's device unless the table names one, not in the key.
 TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
   std::string cuda_study = spec_with("");
@@ -311,8 +339,9 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "/tmp/spec.toml:20:9: option 'batch': 1.5 is not an integer");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nrank = 8\n")),
             "/tmp/spec.toml:20:1: unknown key 'rank' in [[finetune]] (known: adam_beta1, adam_beta2, adam_eps, alpha, "
-            "batch, compute, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
-            "source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, zip)");
+            "base_resident, batch, compute, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, "
+            "max_grad_norm, method, r, seed, source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, "
+            "zip)");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ntargets = \"qkv_proj\"\n")),
             "/tmp/spec.toml:20:11: unknown LoRA target 'qkv_proj' (known: q_proj, k_proj, v_proj, o_proj, gate_proj, "
             "up_proj, down_proj)");
