@@ -286,7 +286,8 @@ int64_t gpu_step_bytes(const LlamaConfig& c, int64_t B, int64_t T, ComputePrecis
   int64_t floats = 8 * N * H + 4 * N * qd + 4 * N * kvd + 6 * N * F + 2 * N * wide;
   floats += 2 * c.num_attention_heads * T * T + L * N * H + chunk * V + T * c.head_dim;
   int64_t bytes = 4 * floats + 8 * N + 4 * N;  // the rows' fp64 losses, int32 targets
-  if (p == ComputePrecision::Bf16) bytes += 2 * (N * wide + std::max(N * wide, chunk * V));
+  // bf16: xb, dyb, and (fused, the default) dyb2 [N, F], the up projection's upstream gradient.
+  if (p == ComputePrecision::Bf16) bytes += 2 * (N * wide + std::max(N * wide, chunk * V) + N * F);
   return bytes;
 }
 

@@ -149,7 +149,8 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l,
 // two [N, max(H, F, q dim)] dropout buffers, every block's input ([L, N, H], the checkpoints), one
 // sequence's attention probabilities and their gradient ([heads, T, T] each), a chunk of logits
 // (at most 256 MiB), the RoPE tables, the rows' losses and targets; in the bf16 mode, the
-// products' bf16 operands. An upper bound of what llama_backward_cuda.cpp allocates for such a
+// products' bf16 operands (an input, an upstream gradient and, for SwiGLU's backward, a second
+// [N, F] one). An upper bound of what llama_backward_cuda.cpp allocates for such a
 // batch, less the adapters' [N, r] buffers beyond gpu_adapter_bytes' (dt and its bf16 copies: 8 N r
 // bytes a step): base_residency.h's `other` with gpu_adapter_bytes.
 int64_t gpu_step_bytes(const LlamaConfig& c, int64_t B, int64_t T, ComputePrecision p = ComputePrecision::Fp32);

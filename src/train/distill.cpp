@@ -78,6 +78,9 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   LlamaModel qsrc(open_model(model_path));
   DriverCallbacks cb;
   res.qm = quantize_model(qsrc, *method, method->needs_calibration() ? &calib : nullptr, cb);
+  // A calibrating initialization records its data as the generation's identity: the windows'
+  // Calibration::identity() names none of the sampling options that chose them.
+  if (generated && method->needs_calibration()) res.qm.calibration = gen_data_identity(o.gen);
   res.init_seconds = res.qm.seconds;
   if (events.on_init) events.on_init(res.init_seconds);
 

@@ -60,7 +60,8 @@ struct DistillResult {
   // The trained fdb model; its method JSON holds "training" (every option, the data's identity,
   // the loss log, "elapsed": the seconds from the first step's start to each step's end, the
   // device and, on a GPU, "peak_gpu_bytes"). "data" is Calibration::identity() for data = calib
-  // (as before the option) and gen_data_identity() for data = generated.
+  // (as before the option) and gen_data_identity() for data = generated, and so is
+  // qm.calibration when the initialization calibrates (null when it does not).
   QuantizedModel qm;
   nlohmann::json training;
   double init_seconds = 0, train_seconds = 0;

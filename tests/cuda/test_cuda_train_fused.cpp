@@ -216,5 +216,24 @@ TEST(CudaTrainFused, StepsMatchTheUnfusedStep) {
   EXPECT_EQ(fused->forward_loss(&iec, batch).loss_sum, unfused->forward_loss(&iec, batch).loss_sum);
 }
 
+// A step's buffers (no adapters: gpu_adapter_bytes' share is the adapters') fit in
+// gpu_step_bytes(), base residency's auto estimate of them, fused (SwiGLU's backward writes a
+// second [N, F] bf16 operand) and not: the device bytes a first step adds to a built engine.
+TEST(CudaTrainFused, StepBuffersFitGpuStepBytes) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  const LlamaModel m(open_checkpoint(write_random_gqa_config(dir)));
+  const LlamaConfig& c = m.config();
+  const train::Batch batch = random_batch(c.vocab_size, 97);
+  const int64_t bound = train::gpu_step_bytes(c, batch.B, batch.T, ComputePrecision::Bf16);
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    const auto e = engine(m, fuse, BaseResidency::Off);
+    const int64_t before = int64_t(cuda::device_bytes_in_use());
+    (void)e->forward_backward(nullptr, batch, train::StepOptions{}, nullptr, nullptr);
+    EXPECT_LE(int64_t(cuda::device_bytes_in_use()) - before, bound);
+  }
+}
+
 }  // namespace
 }  // namespace lowbit

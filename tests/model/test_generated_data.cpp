@@ -272,5 +272,26 @@ TEST(GeneratedData, DistillTrainsOnGeneratedWindows) {
             std::string::npos);
 }
 
+// An initialization that calibrates (init=gptq) on generated windows records them by the
+// generation's identity, so that two generations differing only in a sampling option are told
+// apart; a non-calibrating one records none.
+TEST(GeneratedData, CalibratingInitRecordsTheGeneration) {
+  train::DistillOptions o;
+  o.method = "dbllm:g=16,init=gptq";
+  o.steps = 0;
+  o.batch = 2;
+  o.data = "generated";
+  o.gen = small(4);
+  o.gen.nsamples = 2;
+  o.gen.seqlen = 24;
+  const train::DistillResult r = train::run_distill(tiny(), o, nullptr);
+  EXPECT_EQ(r.qm.calibration, train::gen_data_identity(o.gen));
+  o.gen.temperature = 0.5;
+  const train::DistillResult hot = train::run_distill(tiny(), o, nullptr);
+  EXPECT_NE(hot.qm.calibration, r.qm.calibration);
+  o.method = "dbllm:g=16";
+  EXPECT_TRUE(train::run_distill(tiny(), o, nullptr).qm.calibration.is_null());
+}
+
 }  // namespace
 }  // namespace lowbit

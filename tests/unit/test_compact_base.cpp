@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -266,6 +267,20 @@ TEST(CompactBase, StepBytes) {
   EXPECT_GT(train::gpu_step_bytes(c, 2, 512), fp32);
   std::printf("LLaMA-3-8B step buffers at 1 x 512 tokens: %.2f GiB (fp32), %.2f GiB (bf16)\n", double(fp32) / (1 << 30),
               double(bf16) / (1 << 30));
+}
+
+// The bf16 mode's operands over fp32's: xb [N, max(H, F, q dim)], dyb [max(N * that, logits
+// chunk)] and the fused SwiGLU backward's dyb2 [N, F] (llama_backward_cuda.cpp's alloc()), 2 bytes
+// each, at a shape where the logits chunk is the larger (LLaMA-3-8B) and one where it is not.
+TEST(CompactBase, StepBytesCountTheBf16Operands) {
+  for (const char* name : {"llama3-8b.json", "llama3-tiny.json"}) {
+    const LlamaConfig c = load_llama_config(std::string(LOWBIT_SOURCE_DIR) + "/bench/configs/" + name);
+    const int64_t B = 2, T = 256, N = B * T, V = c.vocab_size, F = c.intermediate_size;
+    const int64_t wide = std::max({c.hidden_size, F, c.num_attention_heads * c.head_dim});
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+    const int64_t extra = train::gpu_step_bytes(c, B, T, train::ComputePrecision::Bf16) - train::gpu_step_bytes(c, B, T);
+    EXPECT_EQ(extra, 2 * (N * wide + std::max(N * wide, chunk * V) + N * F)) << name;
+  }
 }
 
 // The adapters' GPU bytes against the adapters lora.h builds: A, B, their gradients and the
