@@ -100,8 +100,15 @@ bool CudaDecodeGraph::capture() {
     failed_ = "capture failed: " + error;
     return false;
   }
+  const cudaError_t inst = cudaGraphInstantiate(&exec_, g, 0);
+  if (inst != cudaSuccess) {  // as a failed capture: the steps run eagerly
+    cudaGraphDestroy(g);
+    exec_ = nullptr;
+    (void)cudaGetLastError();
+    failed_ = std::string("capture failed: cudaGraphInstantiate: ") + cudaGetErrorString(inst);
+    return false;
+  }
   graph_ = g;
-  LB_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
   captured_addresses_ = workspace_addresses();
   ++captures_;
   return true;
