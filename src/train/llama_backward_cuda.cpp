@@ -151,10 +151,15 @@ struct CudaLlamaBackward::Impl {
   std::array<int64_t, 7> block_offset{};
   int64_t cached_layer = -1;
   std::array<bool, 7> cached{};
+  // Whether the cached linears came from hooks->weight (CudaStepHooks): a hooked weight may
+  // change between calls (DB-LLM's scales after an optimizer step) and the same engine runs
+  // unhooked too (DB-LLM's teacher), so a call with or after hooked weights starts uncached.
+  bool cached_hooked = false;
   // bf16 mode: the products' bf16 operands. xb [N, max in] an input (or the final norm's output),
   // dyb [max(N * max out, logits chunk)] an upstream gradient, tb / dtb [N, r] the adapter's
   // product and its gradient.
   DeviceBuffer<uint16_t> xb, dyb, tb, dtb;
+  DeviceBuffer<uint16_t> head_xb;  // bf16 mode: head_logits' rows of hidden states [rows, H]
   std::unique_ptr<cuda::OpProfile> profile;  // LOWBIT_TRAIN_PROFILE=1
   const char* phase_now = nullptr;
   GpuModelBytes model_bytes;
@@ -317,15 +322,32 @@ struct CudaLlamaBackward::Impl {
     return scratch.get();
   }
 
-  // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call).
+  bool hooked_weights() const { return hooks != nullptr && bool(hooks->weight); }
+  // At the start of a call: the bf16 cache is dropped when this call's or the last call's weights
+  // are a hook's.
+  void start_weight_cache() {
+    if (hooked_weights() || cached_hooked) cached_layer = -1;
+    cached_hooked = hooked_weights();
+  }
+
+  // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call);
+  // with hooks->weight, the hook's fp32 weight rounded (the bf16 of the fp32 weight, as for the
+  // model's own linears).
   const uint16_t* weight16(int64_t layer, LinearKind k) {
-    LB_ASSERT(bf16 && (hooks == nullptr || !hooks->weight));
+    LB_ASSERT(bf16);
     uint16_t* dst = scratch16.get() + block_offset[size_t(k)];
     if (layer != cached_layer) {
       cached_layer = layer;
       cached.fill(false);
     }
     if (cached[size_t(k)]) return dst;
+    if (hooked_weights()) {
+      const float* w = hooks->weight(layer, k);
+      phase(kPhaseExpand);
+      cuda::to_bf16(w, dst, linear_out_features(c, k) * linear_in_features(c, k), stream());
+      cached[size_t(k)] = true;
+      return dst;
+    }
     GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
     phase(kPhaseExpand);
     if (g.kind == CompactKind::F32) {
@@ -533,6 +555,7 @@ struct CudaLlamaBackward::Impl {
     const uint16_t* w = weight16(layer, k);
     phase(kPhaseBackwardGemm);
     cuda::linear_backward_bf16(ctx, nullptr, w, dyb.get(), dxo, nullptr, N, in, out, accumulate);
+    if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad_bf16(layer, k, x);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float scaling = float(lora->config.scaling());
@@ -709,6 +732,7 @@ struct CudaLlamaBackward::Impl {
     model.embed(batch.tokens, host.data());
     alloc(batch.B, batch.T, backward);
     set_rope(T);
+    start_weight_cache();
     dropout_on = backward;
     seed = opt.dropout_seed;
     phase(kPhaseTransfer);
@@ -810,14 +834,38 @@ struct CudaLlamaBackward::Impl {
     return res;
   }
 
-  // dW [out, in] = dy^T x of a block linear, handed to hooks->weight_grad.
+  // dW [out, in] = dy^T x of a block linear in the step's precision (fp32 or tf32), handed to
+  // hooks->weight_grad.
   void hooked_weight_grad(int64_t layer, LinearKind k, const float* x, const float* dy) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
     hook_dw.resize(size_t(in * out));
     LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
     // dW alone (dx null): the weight is not read.
-    cuda::linear_backward_f32(ctx, x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
+    mm_backward(x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
     hooks->weight_grad(layer, k, hook_dw.get());
+  }
+  // The same in bf16: dy already rounded into dyb by the caller, x rounded into xb here; fp32 dW.
+  void hooked_weight_grad_bf16(int64_t layer, LinearKind k, const float* x) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cast(x, xb, N * in);
+    hook_dw.resize(size_t(in * out));
+    LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
+    phase(kPhaseBackwardGemm);
+    cuda::linear_backward_bf16(ctx, xb.get(), nullptr, dyb.get(), nullptr, hook_dw.get(), N, in, out, false);
+    hooks->weight_grad(layer, k, hook_dw.get());
+  }
+
+  // logits [rows, V] = hidden [rows, H] times the LM head, in the step's precision (bf16: the
+  // rows rounded to bf16 against the bf16 head), in the caller's phase.
+  void head_logits(const float* hidden, float* out, int64_t rows) {
+    const int64_t H = c.hidden_size, V = c.vocab_size;
+    if (bf16) {
+      head_xb.resize(size_t(rows * H));
+      cuda::to_bf16(hidden, head_xb.get(), rows * H, stream());
+      cuda::linear_bf16(ctx, head_xb.get(), head16.get(), out, rows, H, V);
+    } else {
+      mm(hidden, head.get(), out, rows, H, V);
+    }
   }
 
   // The forward alone to the final norm's output (x1).
@@ -826,6 +874,7 @@ struct CudaLlamaBackward::Impl {
     const int64_t H = c.hidden_size;
     alloc(batch.B, batch.T, false);
     set_rope(T);
+    start_weight_cache();
     dropout_on = false;
     set_adapters(nullptr, false, false);
     std::vector<float> host(size_t(N * H));
@@ -1071,7 +1120,6 @@ StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch
 }
 
 StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks) {
-  check_hooks_precision();
   impl_->hooks = &hooks;
   struct Reset {
     Impl* impl;
@@ -1081,7 +1129,6 @@ StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const 
 }
 
 const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
-  if (hooks != nullptr) check_hooks_precision();
   impl_->hooks = hooks;
   struct Reset {
     Impl* impl;
@@ -1096,13 +1143,13 @@ const float* CudaLlamaBackward::lm_head() const {
   return impl_->head.get();
 }
 
+void CudaLlamaBackward::head_logits(const float* hidden, float* logits, int64_t rows) {
+  impl_->head_logits(hidden, logits, rows);
+}
+
 ComputePrecision CudaLlamaBackward::compute() const { return impl_->compute; }
 
-void CudaLlamaBackward::check_hooks_precision() const {
-  LB_CHECK(impl_->compute == ComputePrecision::Fp32,
-           "training on the GPU: step hooks (DB-LLM's distillation) run in fp32 compute only, this engine computes in "
-           "{}", compute_precision_name(impl_->compute));
-}
+void CudaLlamaBackward::mark_phase(const char* name) { impl_->phase(name); }
 
 bool CudaLlamaBackward::profiling() const { return impl_->profile != nullptr; }
 
@@ -1122,7 +1169,10 @@ void CudaLlamaBackward::held_adamw_step(double grad_norm, double max_grad_norm, 
 void CudaLlamaBackward::download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) {
   impl_->download_held(params, state, grads);
 }
-std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() { return impl_->take_phases(); }
+std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() {
+  impl_->collect_phases();  // phases marked since the last call's end (mark_phase)
+  return impl_->take_phases();
+}
 
 const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
 
