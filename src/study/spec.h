@@ -38,7 +38,8 @@
 //   [[distill]]    a DB-LLM row, as `lowbit distill` runs it (CPU) on the [calibration] windows:
 //                  the dbllm method's options (g, init, offset) and the training options steps,
 //                  batch, grad_accum, lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta,
-//                  latent, latent_lr_scale (the command's, with its defaults)
+//                  latent, latent_lr_scale, device, compute (the command's, with its defaults;
+//                  compute other than fp32, a GPU mode, adds ",compute=..." to the cell's key)
 //                  In both, any value may be an array (an axis of the grid) and zip walks arrays
 //                  together, as in [[method]].
 //

@@ -57,7 +57,7 @@ const std::vector<std::string> kFinetuneKeys = {
     "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
-                                               "device"};
+                                               "device", "compute"};
 
 void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const std::string& v) {
   constexpr int64_t kBig = int64_t(1) << 40;
@@ -96,6 +96,7 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
   else if (k == "latent") o.latent = bool_value(k, v);
   else if (k == "latent_lr_scale") o.latent_lr_scale = real_value(k, v, 0, 1e6);
   else if (k == "device") o.device = (void(parse_device(v)), v);
+  else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -115,10 +116,15 @@ std::string finetune_key(const train::FinetuneOptions& o) {
 }
 
 std::string distill_key(const train::DistillOptions& o) {
+  // As finetune_key: the products' precision is named when it is not fp32 (fp32, the default on
+  // every device, keeps the keys cells had before the option).
+  const train::ComputePrecision p = train::distill_compute(o);
+  const std::string compute =
+      p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));
   return fmt::format("dad:steps={},batch={},grad_accum={},lr={},warmup_ratio={},max_grad_norm={},dad={},gamma={},"
-                     "train_beta={},latent={},latent_lr_scale={}",
+                     "train_beta={},latent={},latent_lr_scale={}{}",
                      o.steps, o.batch, o.grad_accum, o.lr, o.warmup_ratio, o.max_grad_norm, o.dad, o.gamma,
-                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale);
+                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, compute);
 }
 
 // A table's values as grid axes: each key with its values (an array's elements, or the one

@@ -7,6 +7,8 @@
 
 #include "calib/calib_data.h"
 #include "quant/quantize.h"
+#include "train/compute_precision.h"
+#include "train/step_engine.h"
 
 #include <nlohmann/json.hpp>
 
@@ -26,7 +28,16 @@ struct DistillOptions {
   // initialization (2-bit RTN by default) runs on the CPU either way. Not part of a study
   // cell's key: both devices compute the same step up to fp32 summation order.
   std::string device = "cpu";
+  // The precision of a GPU step's matrix products (train/compute_precision.h; "" means fp32 on
+  // every device, unlike fine-tuning's bf16 on a GPU: a distillation's default stays the
+  // arithmetic its results and checkpoints were made with). tf32 and bf16 are GPU modes; with
+  // them a study cell's key names the mode.
+  std::string compute;
 };
+
+// The precision o's training steps compute in: o.compute parsed, or fp32 when it is empty.
+// Throws lowbit::Error naming --compute and the device for a mode the device does not run.
+ComputePrecision distill_compute(const DistillOptions& o);
 
 // Throws lowbit::Error naming the option for values no run can take (a method that is not
 // dbllm, steps < 0, lr <= 0, an unknown DAD weight, a device string that names no device, ...).
@@ -37,6 +48,7 @@ struct DistillStep {
   int64_t step = 0, steps = 0;  // step: 1-based
   nlohmann::json record;        // {"step", "loss", "kl", "weight", "grad_norm", "lr"}
   double elapsed = 0, eta = 0;  // seconds
+  std::vector<PhaseSeconds> phases;  // where the step's time went (LOWBIT_TRAIN_PROFILE=1 on a GPU), else empty
 };
 
 struct DistillEvents {
@@ -47,7 +59,7 @@ struct DistillEvents {
 struct DistillResult {
   // The trained fdb model; its method JSON holds "training" (every option, the data's identity,
   // the loss log, "elapsed": the seconds from the first step's start to each step's end, the
-  // device and, on a GPU, "peak_gpu_bytes").
+  // device, "compute" (the products' precision) and, on a GPU, "peak_gpu_bytes").
   QuantizedModel qm;
   nlohmann::json training;
   double init_seconds = 0, train_seconds = 0;
