@@ -169,6 +169,9 @@ class Engine final : public FdbCudaEngine {
   }
 
   double kl_sum(const Batch& b) override {
+    // Not a step's work: its phases are dropped, the step's so far kept.
+    fold_phases(nullptr);
+    std::vector<PhaseSeconds> keep = phases_;
     const cudaStream_t s = stream();
     const float* th = teacher_hidden(b);
     const float* sh = gpu_.forward_hidden(b, &student_);
@@ -188,7 +191,8 @@ class Engine final : public FdbCudaEngine {
     cuda::download(kl.data(), rkl_.get(), kl.size(), s);
     double sum = 0;
     for (double x : kl) sum += x;
-    fold_phases(nullptr);
+    (void)gpu_.take_phase_seconds();
+    phases_ = std::move(keep);
     return sum;
   }
 

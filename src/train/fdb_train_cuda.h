@@ -35,7 +35,7 @@
 // expansion: in bf16 the rounding of the dequantized weights, host<->device transfers), and this
 // engine's own: "fdb dequantization", "fdb group gradients", "teacher logits", "DAD loss",
 // "fdb latent dW download" (latent weights only), "fdb gradients download" (end_step) and "fdb
-// parameters upload" (set_linear).
+// parameters upload" (set_linear). kl_sum's work is not a step's and is not counted.
 //
 // Memory on the GPU: the 16-bit model as CudaLlamaBackward holds it (its compact block weights
 // and LM head), the fdb planes (2 bits per weight), the group parameters and their gradients (3

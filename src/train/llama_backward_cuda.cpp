@@ -775,6 +775,7 @@ struct CudaLlamaBackward::Impl {
       }
       if (hooks != nullptr && hooks->logits_loss) {
         res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
+        phase(kPhaseHead);  // the hook may have marked its own phases
         LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
       } else {
         cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
@@ -1186,6 +1187,7 @@ std::vector<float> CudaLlamaBackward::download_weight(int64_t layer, LinearKind 
            impl_->c.num_hidden_layers);
   std::vector<float> out(size_t(linear_out_features(impl_->c, k) * linear_in_features(impl_->c, k)));
   if (impl_->bf16) {
+    impl_->start_weight_cache();  // the model's weights, not a hook's left in the cache
     cuda::DeviceBuffer<float> wide(out.size());
     cuda::from_bf16(impl_->weight16(layer, k), wide.get(), int64_t(out.size()), impl_->stream());
     cuda::download(out.data(), wide.get(), out.size(), impl_->stream());
