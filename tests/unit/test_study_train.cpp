@@ -214,7 +214,8 @@ TEST(StudyTrainSpec, DistillComputeIsInTheKeyWhenNotFp32) {
   EXPECT_NE(error_of(cuda_study + "[[distill]]\ng = 64\ndevice = \"cpu\"\ncompute = \"tf32\"\n")
                 .find("--compute tf32 on device cpu"),
             std::string::npos);
-  EXPECT_NE(error_of(spec_with("[[distill]]\ng = 64\ncompute = \"fp16\"\n")).find("--compute 'fp16': unknown precision"),
+  EXPECT_NE(error_of(spec_with("[[distill]]\ng = 64\ncompute = \"fp16\"\n"))
+                .find("--compute 'fp16': unknown precision"),
             std::string::npos);
 }
 

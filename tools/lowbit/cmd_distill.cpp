@@ -57,11 +57,12 @@ void run(const Options& o) {
   fmt::print(stderr, "distill: {} with {}; data {} ({}), {} windows of {} tokens, seed {}\n", o.model,
              make_method(o.method)->spec().resolved(), calib.set.name, calib.set.convention, calib.nsamples,
              calib.seqlen, calib.seed);
-  if (o.steps > 0 && parse_device(o.device).is_cuda())
-    fmt::print(stderr, "training on {} ({} compute{})\n", o.device, train::compute_precision_name(train::distill_compute(o)),
-               std::getenv("LOWBIT_TRAIN_PROFILE") != nullptr && std::string(std::getenv("LOWBIT_TRAIN_PROFILE")) == "1"
-                   ? "; timing its phases"
-                   : "");
+  if (o.steps > 0 && parse_device(o.device).is_cuda()) {
+    const char* profile = std::getenv("LOWBIT_TRAIN_PROFILE");
+    fmt::print(stderr, "training on {} ({} compute{})\n", o.device,
+               train::compute_precision_name(train::distill_compute(o)),
+               profile != nullptr && std::string(profile) == "1" ? "; timing its phases" : "");
+  }
   train::DistillEvents ev;
   ev.on_init = [](double seconds) { fmt::print(stderr, "fdb init: {:.1f} s\n", seconds); };
   ev.on_step = [](const train::DistillStep& st) {
