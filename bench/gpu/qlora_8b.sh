@@ -22,7 +22,8 @@
 #   qlora:r=64,alpha=16, DEVICE cuda (cpu checks the script with CONFIG=bench/configs/llama3-tiny.json),
 #   CONFIG bench/configs/llama3-8b.json, SEQ 512 (split 3:1 into source and target limits),
 #   TARGET_GB 12 (the issue's bar for the peak, in 10^9 bytes), COMPUTE bf16 (--compute: fp32,
-#   tf32 or bf16; fp32 with DEVICE cpu), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, each step's time
+#   tf32 or bf16; fp32 with DEVICE cpu), BASE_RESIDENT off (--base-resident: off measures the compact
+#   base against TARGET_GB; on or auto keep the bf16 base expanded, ~13 GiB more at 32 layers), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, each step's time
 #   per phase in the log), PYTHON python3
 set -euo pipefail
 if [[ $# -lt 3 || $# -gt 4 ]]; then
@@ -40,6 +41,9 @@ die() { echo "qlora_8b.sh: $*" >&2; exit 1; }
 [[ -f "$TOK/tokenizer.json" ]] || die "TOKENIZER_DIR '$TOK' has no tokenizer.json (a LLaMA-3 tokenizer directory)"
 [[ -f "$CONFIG" ]] || die "CONFIG '$CONFIG' does not exist"
 [[ "$COMPUTE" == fp32 || "$COMPUTE" == tf32 || "$COMPUTE" == bf16 ]] || die "COMPUTE '$COMPUTE': fp32, tf32 or bf16"
+BASE_RESIDENT=${BASE_RESIDENT:-off}
+[[ "$BASE_RESIDENT" == auto || "$BASE_RESIDENT" == on || "$BASE_RESIDENT" == off ]] ||
+  die "BASE_RESIDENT '$BASE_RESIDENT': auto, on or off"
 [[ "$LAYERS" =~ ^[1-9][0-9]*$ ]] || die "LAYERS '$LAYERS' is not a positive number"
 (( STEPS >= 2 )) || die "STEPS $STEPS: the throughput leaves out the first step, so at least 2 are needed"
 
@@ -60,10 +64,10 @@ DATA="$WORK/long_alpaca.json"
 
 OUT="$WORK/run-$LAYERS"
 echo "finetune: $METHOD on $CONFIG with $LAYERS layers, sequence $SEQ ($SOURCE + $TARGET), batch 1 x $ACCUM," \
-     "$STEPS steps, --device $DEVICE --compute $COMPUTE" >&2
+     "$STEPS steps, --device $DEVICE --compute $COMPUTE --base-resident $BASE_RESIDENT" >&2
 LOWBIT_TRAIN_PROFILE=$PROFILE "$LOWBIT" finetune --model "random:$M" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch 1 \
   --grad-accum "$ACCUM" --source-max-len "$SOURCE" --target-max-len "$TARGET" --warmup-ratio 0 --save-every 0 \
-  --device "$DEVICE" --compute "$COMPUTE" --force -o "$OUT" 2> >(tee "$WORK/finetune-$LAYERS.log" >&2)
+  --device "$DEVICE" --compute "$COMPUTE" --base-resident "$BASE_RESIDENT" --force -o "$OUT" 2> >(tee "$WORK/finetune-$LAYERS.log" >&2)
 
 "$PYTHON" - "$OUT/lowbit_adapter.json" "$SEQ" "$TARGET_GB" "$LAYERS" <<'EOF'
 import json, sys
@@ -86,7 +90,7 @@ if g is None:
 m, p = g["model_bytes"], g.get("model_bytes_predicted")
 print(f"  device                           {g['device']}")
 print(f"  base as held                     {g['base_layout']}")
-for k in ("linears", "norms", "head", "scratch", "total"):
+for k in ("linears", "norms", "head", "scratch", "resident", "total"):
     pred = f"   (gpu_model_bytes: {p[k] / GiB:.3f})" if p else ""
     print(f"  model {k:<26} {m[k] / GiB:10.3f} GiB{pred}")
 print(f"  adapters + gradients (predicted) {g['adapter_bytes'] / GiB:10.3f} GiB")

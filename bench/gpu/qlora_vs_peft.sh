@@ -26,7 +26,8 @@
 #
 # Variables (default): SEQ 512, BATCH 1, ACCUM 4, STEPS 4, METHOD qlora:r=64,alpha=16 (r and
 # alpha are passed to the PEFT side too), COMPUTE bf16 (lowbit's --compute: fp32, tf32 or bf16;
-# fp32 with DEVICE cpu), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, and the last step's time per phase
+# fp32 with DEVICE cpu), BASE_RESIDENT auto (lowbit's --base-resident: auto, on or off; on keeps the
+# bf16 base expanded for the run instead of expanding each block per step), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, and the last step's time per phase
 # is printed; the events cost a little time), GRAD_CKPT 1, DEVICE cuda (cpu checks the script on
 # a small model), TOKENIZER_DIR (for "8b"), PEFT_IMPL auto (peft, or torch for the plain-torch
 # LoRA even where PEFT is installed), PYTHON python3
@@ -40,10 +41,12 @@ LOWBIT=$1 WORK=$2 MODEL=$3 LAYERS=${4:-4}
 SEQ=${SEQ:-512} BATCH=${BATCH:-1} ACCUM=${ACCUM:-4} STEPS=${STEPS:-4} METHOD=${METHOD:-qlora:r=64,alpha=16}
 GRAD_CKPT=${GRAD_CKPT:-1} DEVICE=${DEVICE:-cuda} PEFT_IMPL=${PEFT_IMPL:-auto} PYTHON=${PYTHON:-python3}
 if [[ "$DEVICE" == cpu ]]; then COMPUTE=${COMPUTE:-fp32}; else COMPUTE=${COMPUTE:-bf16}; fi
-PROFILE=${PROFILE:-0}
+PROFILE=${PROFILE:-0} BASE_RESIDENT=${BASE_RESIDENT:-auto}
 die() { echo "qlora_vs_peft.sh: $*" >&2; exit 1; }
 [[ -x "$LOWBIT" && -f "$LOWBIT" ]] || die "LOWBIT '$LOWBIT' is not an executable file"
 [[ "$COMPUTE" == fp32 || "$COMPUTE" == tf32 || "$COMPUTE" == bf16 ]] || die "COMPUTE '$COMPUTE': fp32, tf32 or bf16"
+[[ "$BASE_RESIDENT" == auto || "$BASE_RESIDENT" == on || "$BASE_RESIDENT" == off ]] ||
+  die "BASE_RESIDENT '$BASE_RESIDENT': auto, on or off"
 (( STEPS >= 2 )) || die "STEPS $STEPS: lowbit's throughput leaves out the first step, so at least 2 are needed"
 R=$(sed -n 's/.*r=\([0-9]*\).*/\1/p' <<< "$METHOD") ALPHA=$(sed -n 's/.*alpha=\([0-9.]*\).*/\1/p' <<< "$METHOD")
 [[ -n "$R" && -n "$ALPHA" ]] || die "METHOD '$METHOD' must give r= and alpha= (they are passed to the PEFT side)"
@@ -70,10 +73,10 @@ DATA="$WORK/long_alpaca.json"
 "$PYTHON" "$ROOT/scripts/device/long_alpaca.py" "$DATA" $(( STEPS * ACCUM * BATCH ))
 SOURCE=$(( SEQ * 3 / 4 )) TARGET=$(( SEQ - SEQ * 3 / 4 ))
 
-echo "lowbit: finetune $METHOD on $LOWBIT_MODEL, sequence $SEQ, batch $BATCH x $ACCUM, $STEPS steps, compute $COMPUTE" >&2
+echo "lowbit: finetune $METHOD on $LOWBIT_MODEL, sequence $SEQ, batch $BATCH x $ACCUM, $STEPS steps, compute $COMPUTE, base resident $BASE_RESIDENT" >&2
 LOWBIT_TRAIN_PROFILE=$PROFILE "$LOWBIT" finetune --model "$LOWBIT_MODEL" --method "$METHOD" --data "$DATA" --steps "$STEPS" --batch "$BATCH" \
   --grad-accum "$ACCUM" --source-max-len "$SOURCE" --target-max-len "$TARGET" --warmup-ratio 0 --save-every 0 \
-  --device "$DEVICE" --compute "$COMPUTE" --force -o "$WORK/lowbit" 2> "$WORK/lowbit.log" || { tail -n 20 "$WORK/lowbit.log" >&2; exit 1; }
+  --device "$DEVICE" --compute "$COMPUTE" --base-resident "$BASE_RESIDENT" --force -o "$WORK/lowbit" 2> "$WORK/lowbit.log" || { tail -n 20 "$WORK/lowbit.log" >&2; exit 1; }
 
 echo "transformers + PEFT: the same shape, bf16 LoRA on a bf16 base" >&2
 CKPT=()
@@ -104,7 +107,8 @@ print(f"sequence {seq}, batch {pf['batch']} x {pf['accum']} micro-batches, {pf['
       f"alpha {lb['run']['method']['alpha']} on {', '.join(lb['run']['method']['targets'])}")
 same = f"; {lb_params} trainable parameters on both sides" if lb_params == pf["trainable_parameters"] else ""
 print(f"device: {g.get('device', 'cpu')} (lowbit), {pf['device']} ({pf['impl']}){same}")
-print(f"lowbit compute: {compute}, AdamW on the {lb.get('optimizer', 'host')}")
+print(f"lowbit compute: {compute}, base {'resident (expanded once)' if lb.get('base_resident') else 'expanded per block and step'}, "
+      f"AdamW on the {lb.get('optimizer', 'host')}")
 print(f"{'':34} {'tokens/s':>10} {'peak memory':>14}")
 peak_lb = g.get("peak_in_use_bytes")
 peak_pf = pf.get("peak_memory_bytes")

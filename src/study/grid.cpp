@@ -49,8 +49,9 @@ StudyPlan expand_plan(const StudySpec& spec) {
         c.a = method->activation_bits();
         c.g = method->group_size();
       }
-      // DAD distills on the calibration windows.
-      c.calibrated = c.calibrated || mc.train.kind == TrainKind::Distill;
+      // DAD distills on the calibration windows, or on windows the model generates (named by the
+      // training key), which no calibration text enters, also not the initialization's.
+      if (mc.train.kind == TrainKind::Distill) c.calibrated = mc.train.distill.data == "calib";
       c.calibration = c.calibrated ? spec.calibration.key() : "none";
       if (c.calibrated && spec.spm != "auto") c.calibration += ",spm=" + spec.spm;
       c.key = cell_key(c.model_name, c.method, c.calibration, mc.train.key);

@@ -428,6 +428,7 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
                   {"run", r.summary["run"]}, {"log", log}, {"train_seconds", r.train_seconds},
                   {"quantize_seconds", r.quantize_seconds}, {"trainable_parameters", r.adapters.num_parameters()}};
     if (r.summary.contains("eval_loss")) out.record["eval_loss"] = r.summary["eval_loss"];
+    out.record["base_resident"] = r.summary["base_resident"];
     return out;
   }
   LB_ASSERT(cell.train.kind == TrainKind::Distill);
@@ -435,7 +436,9 @@ TrainOutcome Runner::train_cell(const Cell& cell, ModelState& ms, const Checkpoi
   de.on_step = [&](const train::DistillStep& st) {
     progress_note(st.step, st.steps, st.record["loss"].get<double>(), st.eta);
   };
-  train::DistillResult r = train::run_distill(mspec.path, cell.train.distill, calibration(ms), de);
+  const bool generated = cell.train.distill.data == "generated";
+  train::DistillResult r =
+      train::run_distill(mspec.path, cell.train.distill, generated ? nullptr : &calibration(ms), de);
   out.quantize_seconds = r.init_seconds;
   out.train_seconds = r.train_seconds;
   const json& log = r.training["log"];

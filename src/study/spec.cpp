@@ -48,7 +48,12 @@ std::string MethodCell::quant_spec() const {
 
 bool StudySpec::needs_calibration() const {
   for (const auto& m : methods) {
-    if (m.train.kind == TrainKind::Distill) return true;
+    // Distillation on generated windows reads no calibration text (its initialization, when it
+    // calibrates, calibrates on the generated windows).
+    if (m.train.kind == TrainKind::Distill) {
+      if (m.train.distill.data == "calib") return true;
+      continue;
+    }
     if (m.train.kind == TrainKind::Finetune || is_baseline_method(m.name)) continue;
     if (make_method(m.spec)->needs_calibration()) return true;
   }
@@ -419,7 +424,8 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
   spec.calibration.seed = uint64_t(get_int(c, cal, "seed", 0, 0, INT64_MAX));
   spec.calibration.bos = get_choice(c, cal, "bos", "auto", {"auto", "on", "off"});
   for (const MethodCell& mc : spec.methods)
-    if (mc.train.kind == TrainKind::Distill && mc.train.distill.batch > spec.calibration.nsamples)
+    if (mc.train.kind == TrainKind::Distill && mc.train.distill.data == "calib" &&
+        mc.train.distill.batch > spec.calibration.nsamples)
       c.fail_at(mc.pos, "{}: batch {} is more than the [calibration] windows it distills on (nsamples {})", mc.spec,
                 mc.train.distill.batch, spec.calibration.nsamples);
 
@@ -527,6 +533,15 @@ StudySpec parse_study_spec(const std::string& text, const std::string& path, con
           // Before any work: IEC's rank must divide the adapted linears.
           if (mc.train.kind == TrainKind::Finetune)
             train::check_lora_config(config, train::parse_finetune_method(mc.spec).lora);
+          // Generated windows fit the model's context and start with a BOS it has.
+          if (mc.train.kind == TrainKind::Distill && mc.train.distill.data == "generated") {
+            const train::GenDataOptions& g = mc.train.distill.gen;
+            LB_CHECK(g.seqlen <= config.max_position_embeddings,
+                     "gen_seqlen {} exceeds the model's max_position_embeddings ({})", g.seqlen,
+                     config.max_position_embeddings);
+            LB_CHECK(g.bos == "off" || config.bos_token_id.has_value(),
+                     "gen_bos \"{}\": the model's config has no bos_token_id; give gen_bos = \"off\"", g.bos);
+          }
         } catch (const Error& e) {
           fail("{} on model '{}': {}", mc.spec, m.name, e.what());
         }

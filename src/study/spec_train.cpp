@@ -5,6 +5,7 @@
 #include "core/device.h"
 #include "quant/method.h"
 #include "train/dad.h"
+#include "train/generated_data.h"
 
 #include <fmt/ranges.h>
 
@@ -54,10 +55,13 @@ const std::vector<std::string> kLoraKeys = {"r", "alpha", "dropout", "targets", 
 const std::vector<std::string> kFinetuneKeys = {
     "steps",         "batch",     "grad_accum", "lr",         "warmup_ratio",   "max_grad_norm",
     "weight_decay",  "adam_beta1", "adam_beta2", "adam_eps",  "source_max_len", "target_max_len",
-    "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute"};
+    "eval_size",     "limit",     "seed",       "data_seed",      "device",       "compute",
+    "base_resident"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
-                                               "device", "compute"};
+                                               "device", "compute", "data", "gen_nsamples", "gen_seqlen",
+                                               "gen_seed", "gen_first", "gen_greedy", "gen_temperature", "gen_top_k",
+                                               "gen_eos", "gen_bos"};
 
 void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const std::string& v) {
   constexpr int64_t kBig = int64_t(1) << 40;
@@ -79,6 +83,8 @@ void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const 
   else if (k == "data_seed") o.data_seed = uint64_t(int_value(k, v, 0, INT64_MAX));
   else if (k == "device") o.device = (void(parse_device(v)), v);
   else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
+  // auto, on or off; a TOML boolean (true: "1", false: "0") as on and off.
+  else if (k == "base_resident") o.base_resident = v == "1" ? "on" : v == "0" ? "off" : (void(train::parse_base_residency(v)), v);
   else fail("option '{}' is not a training option", k);
 }
 
@@ -97,13 +103,39 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
   else if (k == "latent_lr_scale") o.latent_lr_scale = real_value(k, v, 0, 1e6);
   else if (k == "device") o.device = (void(parse_device(v)), v);
   else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
-  else fail("option '{}' is not a training option", k);
+  else if (k == "data") {
+    LB_CHECK(v == "calib" || v == "generated", "option 'data': \"{}\" is not one of calib, generated", v);
+    o.data = v;
+  } else if (k == "gen_nsamples") o.gen.nsamples = int_value(k, v, 1, 1 << 20);
+  else if (k == "gen_seqlen") o.gen.seqlen = int_value(k, v, 2, 1 << 20);
+  else if (k == "gen_seed") o.gen.seed = uint64_t(int_value(k, v, 0, INT64_MAX));
+  else if (k == "gen_first") {
+    LB_CHECK(v == "random" || v == "sweep", "option 'gen_first': \"{}\" is not one of random, sweep", v);
+    o.gen.first = v;
+  } else if (k == "gen_greedy") {
+    try {
+      (void)train::parse_gen_greedy(v);
+    } catch (const Error&) {
+      fail("option 'gen_greedy': \"{}\" is not N or \"LO-HI\" (non-negative integers, LO <= HI)", v);
+    }
+    o.gen.greedy = v;
+  } else if (k == "gen_temperature") o.gen.temperature = real_value(k, v, 1e-6, 1e6);
+  else if (k == "gen_top_k") o.gen.top_k = int_value(k, v, 0, int64_t(1) << 31);
+  else if (k == "gen_eos") {
+    LB_CHECK(v == "stop" || v == "continue", "option 'gen_eos': \"{}\" is not one of stop, continue", v);
+    o.gen.eos = v;
+  } else if (k == "gen_bos") {
+    LB_CHECK(v == "window" || v == "both" || v == "off", "option 'gen_bos': \"{}\" is not one of window, both, off",
+             v);
+    o.gen.bos = v;
+  } else fail("option '{}' is not a training option", k);
 }
 
 std::string finetune_key(const train::FinetuneOptions& o) {
   const train::FinetuneMethod m = train::parse_finetune_method(o.method);
   // The products' precision changes the numbers: named when it is not fp32 (so fp32 cells, every
-  // CPU cell, keep the keys they had before the option).
+  // CPU cell, keep the keys they had before the option). base_resident does not change them
+  // (base_residency.h) and is not named: a cell trained with either choice is the same cell.
   const train::ComputePrecision p = train::finetune_compute(o);
   const std::string compute =
       p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));
@@ -117,14 +149,24 @@ std::string finetune_key(const train::FinetuneOptions& o) {
 
 std::string distill_key(const train::DistillOptions& o) {
   // As finetune_key: the products' precision is named when it is not fp32 (fp32, the default on
-  // every device, keeps the keys cells had before the option).
+  // every device, keeps the keys cells had before the option). Generated data is named after it
+  // with all its options (so that it never shares a key with a calibration-text cell);
+  // calibration cells keep the keys they had before the option (their calibration is the cell's
+  // calibration key). Both: "...,latent_lr_scale=S,compute=bf16,data=generated,gen_nsamples=...".
   const train::ComputePrecision p = train::distill_compute(o);
   const std::string compute =
       p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));
+  std::string data;
+  if (o.data == "generated") {
+    const train::GenDataOptions& g = o.gen;
+    data = fmt::format(",data=generated,gen_nsamples={},gen_seqlen={},gen_seed={},gen_first={},gen_greedy={},"
+                       "gen_temperature={},gen_top_k={},gen_eos={},gen_bos={}",
+                       g.nsamples, g.seqlen, g.seed, g.first, g.greedy, g.temperature, g.top_k, g.eos, g.bos);
+  }
   return fmt::format("dad:steps={},batch={},grad_accum={},lr={},warmup_ratio={},max_grad_norm={},dad={},gamma={},"
-                     "train_beta={},latent={},latent_lr_scale={}{}",
+                     "train_beta={},latent={},latent_lr_scale={}{}{}",
                      o.steps, o.batch, o.grad_accum, o.lr, o.warmup_ratio, o.max_grad_norm, o.dad, o.gamma,
-                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, compute);
+                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, compute, data);
 }
 
 // A table's values as grid axes: each key with its values (an array's elements, or the one
@@ -290,9 +332,18 @@ void parse_distill(const Ctx& c, const toml::array& tables, StudySpec& spec, std
       // Trained on the study's device unless the table names one.
       o.device = spec.device;
       std::string method;
+      std::string gen_option;
       for (const auto& [k, v] : point) {
         if (contains(kDistillKeys, k)) set_distill_option(o, k, v);
         else method += (method.empty() ? ":" : ",") + k + "=" + v;
+        if (gen_option.empty() && k.rfind("gen_", 0) == 0) gen_option = k;
+      }
+      // Generation options on calibration data would change nothing but the grid's size.
+      if (!gen_option.empty() && o.data != "generated") {
+        SourcePos at = tpos;
+        for (const auto& [k, vs] : axes)
+          if (k == gen_option) at = vs.front().second;
+        c.fail_at(at, "option '{}' needs data = \"generated\" (this cell's data is \"{}\")", gen_option, o.data);
       }
       mc.spec = "dbllm" + method;
       o.method = mc.spec;

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 namespace lowbit::train {
@@ -122,9 +123,21 @@ void expand_compact_linear(const CompactLinear& w, float* out) {
     }
 }
 
-GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p) const {
+int64_t resident_block_elements(const LlamaConfig& c) {
+  int64_t n = 0;
+  for (LinearKind k : kAllLinears) n += linear_out_features(c, k) * linear_in_features(c, k);
+  return (n + 127) / 128 * 128;
+}
+
+GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p, bool resident) const {
   const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
+  b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
+  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
+  if (bf16 && resident) {
+    b.resident = 2 * int64_t(layers.size()) * resident_block_elements(c);
+    return b;
+  }
   for (const auto& layer : layers) {
     int64_t block = 0;
     for (const CompactLinear& w : layer) {
@@ -134,8 +147,6 @@ GpuModelBytes CompactBase::bytes(const LlamaConfig& c, ComputePrecision p) const
     }
     if (bf16) b.scratch = std::max(b.scratch, 2 * block);
   }
-  b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
-  b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
 }
 
@@ -229,9 +240,15 @@ CompactBase make_compact_base(const LlamaModel& model) {
   return base;
 }
 
-GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, ComputePrecision p) {
+GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, ComputePrecision p, bool resident) {
   const bool bf16 = p == ComputePrecision::Bf16;
   GpuModelBytes b;
+  if (bf16 && resident) {
+    b.resident = 2 * c.num_hidden_layers * resident_block_elements(c);
+    b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
+    b.head = c.vocab_size * c.hidden_size * 2;
+    return b;
+  }
   for (LinearKind k : kAllLinears) {
     const int64_t rows = linear_out_features(c, k), cols = linear_in_features(c, k), n = rows * cols;
     int64_t bytes = 0;
@@ -259,6 +276,18 @@ GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l, Comp
   b.norms = (2 * c.num_hidden_layers + 1) * c.hidden_size * 4;
   b.head = c.vocab_size * c.hidden_size * (bf16 ? 2 : 4);
   return b;
+}
+
+int64_t gpu_step_bytes(const LlamaConfig& c, int64_t B, int64_t T, ComputePrecision p) {
+  const int64_t N = B * T, H = c.hidden_size, F = c.intermediate_size, L = c.num_hidden_layers, V = c.vocab_size;
+  const int64_t qd = c.num_attention_heads * c.head_dim, kvd = c.num_key_value_heads * c.head_dim;
+  const int64_t wide = std::max({H, F, qd});
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
+  int64_t floats = 8 * N * H + 4 * N * qd + 4 * N * kvd + 6 * N * F + 2 * N * wide;
+  floats += 2 * c.num_attention_heads * T * T + L * N * H + chunk * V + T * c.head_dim;
+  int64_t bytes = 4 * floats + 8 * N + 4 * N;  // the rows' fp64 losses, int32 targets
+  if (p == ComputePrecision::Bf16) bytes += 2 * (N * wide + std::max(N * wide, chunk * V));
+  return bytes;
 }
 
 int64_t gpu_adapter_bytes(const LlamaConfig& c, int64_t r, const std::array<bool, 7>& targets, int64_t tokens,

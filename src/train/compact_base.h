@@ -88,14 +88,23 @@ void expand_compact_linear(const CompactLinear& w, float* out);
 // precision (compute_precision.h): fp32 and tf32 hold the head in fp32 and expand into an fp32
 // scratch the size of the largest linear that needs one (F32 linears are used in place); bf16
 // holds the head in bf16 and expands every linear, F32 ones too, into a bf16 scratch of one
-// block's seven linears (a block's expansions serve its recomputation and its backward).
+// block's seven linears (a block's expansions serve its recomputation and its backward). The
+// bf16 mode with a resident base (base_residency.h) holds instead every block's seven linears
+// expanded into bf16, [layers, resident_block_elements()], and neither the compact linears nor a
+// scratch.
 struct GpuModelBytes {
   int64_t linears = 0;  // codes, scales, zeros, codebooks, taus, g_idx (or 16-/32-bit weights)
   int64_t norms = 0;    // fp32
   int64_t head = 0;     // fp32 (bf16 in the bf16 mode)
   int64_t scratch = 0;  // the expanded linear in use (0 when none is expanded)
-  int64_t total() const { return linears + norms + head + scratch; }
+  int64_t resident = 0; // the resident bf16 base (0 unless resident)
+  int64_t total() const { return linears + norms + head + scratch + resident; }
 };
+
+// The elements one block takes in a resident bf16 base: its seven linears' out * in, in
+// LinearKind order, rounded up to a multiple of 128 (256 bytes: each block starts at cudaMalloc's
+// alignment, as the per-block scratch does, so cuBLAS sees the same operand alignment either way).
+int64_t resident_block_elements(const LlamaConfig& c);
 
 // The layout of every linear of a base, for gpu_model_bytes(): what a quantization spec yields.
 struct CompactLayout {
@@ -109,7 +118,8 @@ struct CompactLayout {
 
 struct CompactBase {
   std::vector<std::array<CompactLinear, 7>> layers;  // [layer][LinearKind]
-  GpuModelBytes bytes(const LlamaConfig& c, ComputePrecision p = ComputePrecision::Fp32) const;
+  // resident: the bf16 mode's resident base (base_residency.h; ignored in the other modes).
+  GpuModelBytes bytes(const LlamaConfig& c, ComputePrecision p = ComputePrecision::Fp32, bool resident = false) const;
   // "codebook (4-bit storage, flat blocks of 64)", kinds joined by " + " when they differ: for
   // the log.
   std::string describe() const;
@@ -128,9 +138,21 @@ CompactBase make_compact_base(const LlamaModel& model);
 std::array<CompactLinear, 7> make_compact_block(const LlamaModel& model, int64_t layer);
 
 // The GPU bytes of the model part of LoRA training for configuration `c` with every linear in
-// layout `l`, computing in precision `p` (the formula CompactBase::bytes() gives for such a base).
+// layout `l`, computing in precision `p` (the formula CompactBase::bytes() gives for such a base),
+// with the bf16 mode's base resident when `resident` (ignored in the other modes).
 GpuModelBytes gpu_model_bytes(const LlamaConfig& c, const CompactLayout& l,
-                              ComputePrecision p = ComputePrecision::Fp32);
+                              ComputePrecision p = ComputePrecision::Fp32, bool resident = false);
+
+// The GPU bytes of a step's buffers besides the model and the adapters, for micro-batches of B
+// sequences of T tokens (N = B T): the hidden state, its gradient and the block's intermediates
+// and their gradients ([N, H], [N, q heads * head dim], [N, kv heads * head dim], [N, F] each),
+// two [N, max(H, F, q dim)] dropout buffers, every block's input ([L, N, H], the checkpoints), one
+// sequence's attention probabilities and their gradient ([heads, T, T] each), a chunk of logits
+// (at most 256 MiB), the RoPE tables, the rows' losses and targets; in the bf16 mode, the
+// products' bf16 operands. An upper bound of what llama_backward_cuda.cpp allocates for such a
+// batch, less the adapters' [N, r] buffers beyond gpu_adapter_bytes' (dt and its bf16 copies: 8 N r
+// bytes a step): base_residency.h's `other` with gpu_adapter_bytes.
+int64_t gpu_step_bytes(const LlamaConfig& c, int64_t B, int64_t T, ComputePrecision p = ComputePrecision::Fp32);
 
 // The GPU bytes of the adapters (A, B, their gradients and the gradients' sums over a step's
 // micro-batches, the [N, r] products a forward keeps for N = batch * sequence tokens, two

@@ -26,6 +26,10 @@ void check_distill_options(const DistillOptions& o) {
   LB_CHECK(o.gamma > 0, "--gamma {} must be positive", o.gamma);
   (void)parse_dad_weight(o.dad);
   (void)parse_device(o.device);
+  LB_CHECK(o.data == "calib" || o.data == "generated", "--data '{}' is not one of calib, generated", o.data);
+  check_gen_data_options(o.gen);
+  LB_CHECK(o.data != "generated" || o.gen.nsamples >= o.batch, "--gen-nsamples {} is fewer than one batch of {}",
+           o.gen.nsamples, o.batch);
   (void)distill_compute(o);
 }
 
@@ -35,9 +39,11 @@ ComputePrecision distill_compute(const DistillOptions& o) {
   return p;
 }
 
-DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration& calib,
+DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration* calib_in,
                           const DistillEvents& events) {
   check_distill_options(o);
+  const bool generated = o.data == "generated";
+  LB_CHECK(generated || calib_in != nullptr, "run_distill: data = calib needs the calibration windows");
   auto method = make_method(o.method);
   FdbTrainOptions topt;
   topt.dad.weight = parse_dad_weight(o.dad);
@@ -55,7 +61,8 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   if (o.steps > 0) topt.device = train_device;
   // Likewise the products' precision (checked against the device by check_distill_options).
   if (o.steps > 0) topt.compute = distill_compute(o);
-  LB_CHECK(calib.nsamples >= o.batch, "--nsamples {} is fewer than one batch of {}", calib.nsamples, o.batch);
+  LB_CHECK(generated || calib_in->nsamples >= o.batch, "--nsamples {} is fewer than one batch of {}",
+           calib_in->nsamples, o.batch);
   // A GPU that this build or machine lacks is refused here, before the initialization.
   if (o.steps > 0) check_device_available(topt.device);
 
@@ -64,6 +71,16 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
            "model '{}' is already quantized; distill starts from its 16-bit source", model_path);
   const LlamaConfig& c = teacher.config();
   method->check_shapes(c);
+
+  // Generated windows: written by the teacher (on the CPU, whatever the training device) before
+  // the initialization, which calibrates on them too when it calibrates at all.
+  Calibration gen;
+  if (generated) {
+    const auto t_gen = Clock::now();
+    gen = generate_distill_data(teacher, o.gen, events.on_generate);
+    if (events.on_generated) events.on_generated(since(t_gen));
+  }
+  const Calibration& calib = generated ? gen : *calib_in;
 
   // The fdb initialization, on a model of its own (quantization rewrites its blocks).
   DistillResult res;
@@ -118,7 +135,8 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
       {"train_beta", o.train_beta}, {"latent", o.latent}, 
       {"device", o.steps > 0 ? device_display_name(topt.device) : "cpu"},
       {"compute", compute_precision_name(topt.compute)}, {"latent_lr_scale", o.latent_lr_scale},
-      {"data", calib.identity()}, {"windows_seen", next}, {"seconds", res.train_seconds}, {"log", log},
+      {"data", generated ? gen_data_identity(o.gen) : calib.identity()}, {"windows_seen", next},
+      {"seconds", res.train_seconds}, {"log", log},
       {"elapsed", elapsed}};
   if (topt.device.is_cuda()) res.training["peak_gpu_bytes"] = trainer.peak_device_bytes();
   res.qm.method["training"] = res.training;

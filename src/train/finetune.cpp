@@ -145,10 +145,15 @@ void check_finetune_options(const FinetuneOptions& o) {
   LB_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr {} must be positive", o.lr);
   LB_CHECK(o.eval_size >= 0 && o.limit >= 0, "--eval-size and --limit must be 0 or more");
   (void)finetune_compute(o);
+  (void)finetune_base_residency(o);
 }
 
 ComputePrecision finetune_compute(const FinetuneOptions& o) {
   return resolve_compute_precision(parse_device(o.device), o.compute);
+}
+
+BaseResidency finetune_base_residency(const FinetuneOptions& o) {
+  return resolve_base_residency(parse_device(o.device), finetune_compute(o), parse_base_residency(o.base_resident));
 }
 
 FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) {
@@ -240,21 +245,35 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   topts.max_grad_norm = o.max_grad_norm;
   topts.total_steps = o.steps;
   topts.dropout_seed = o.seed;
-  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model, compute);
+  StepEngineOptions eopts;
+  eopts.compute = compute;
+  eopts.base_resident = finetune_base_residency(o);
+  // auto's `other`: the adapters (held, with their moments) and a step's buffers at the longest
+  // micro-batch.
+  eopts.other_bytes = gpu_adapter_bytes(c, method.lora.r, method.lora.targets, o.batch * (o.source_max + o.target_max),
+                                        compute, true) +
+                      gpu_step_bytes(c, o.batch, o.source_max + o.target_max, compute);
+  const std::unique_ptr<StepEngine> engine = make_step_engine(device, model, eopts);
   if (device.is_cuda())
-    note(fmt::format("training on {} ({} compute: the base expanded per linear{})", engine->name(),
-                     compute_precision_name(compute), engine->profiling() ? "; timing its phases" : ""));
+    note(fmt::format("training on {} ({} compute: {}{})", engine->name(), compute_precision_name(compute),
+                     engine->base_resident() ? "the base expanded into bf16 once and kept (--base-resident "
+                                               + std::string(base_residency_name(eopts.base_resident)) + ")"
+                     : compute == ComputePrecision::Bf16 ? "the base expanded per block and step"
+                                                         : "the base expanded per linear",
+                     engine->profiling() ? "; timing its phases" : ""));
   const std::optional<EngineMemory> mem0 = engine->memory();
   if (mem0) {
     constexpr double GiB = double(int64_t(1) << 30);
     const GpuModelBytes& m = mem0->model;
-    note(fmt::format("GPU holds the model in {:.2f} GiB: base {} {:.2f} GiB, norms {:.3f} GiB, LM head {:.2f} GiB, "
-                     "scratch {:.2f} GiB (embedding on the host)",
-                     double(m.total()) / GiB, mem0->base_layout, double(m.linears) / GiB, double(m.norms) / GiB,
-                     double(m.head) / GiB, double(m.scratch) / GiB));
+    note(fmt::format("GPU holds the model in {:.2f} GiB: base {} {:.2f} GiB{}, norms {:.3f} GiB, LM head {:.2f} "
+                     "GiB, scratch {:.2f} GiB (embedding on the host)",
+                     double(m.total()) / GiB, mem0->base_layout, double(m.linears) / GiB,
+                     m.resident > 0 ? fmt::format(" (dropped), resident bf16 base {:.2f} GiB", double(m.resident) / GiB)
+                                    : std::string(),
+                     double(m.norms) / GiB, double(m.head) / GiB, double(m.scratch) / GiB));
     if (mem0->layout)
       note(fmt::format("gpu_model_bytes() for this configuration and layout: {:.2f} GiB",
-                       double(gpu_model_bytes(c, *mem0->layout, compute).total()) / GiB));
+                       double(gpu_model_bytes(c, *mem0->layout, compute, engine->base_resident()).total()) / GiB));
   }
   LoraTrainer trainer(model, std::move(init), topts, engine.get());
   if (device.is_cuda())
@@ -359,7 +378,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   }
   res.train_seconds = since(t_loop);
   res.summary = {{"base", base_identity(model, weights_sha)}, {"run", run_id},
-                 {"compute", compute_precision_name(compute)},
+                 {"compute", compute_precision_name(compute)}, {"base_resident", engine->base_resident()},
                  {"optimizer", trainer.optimizer_on_device() ? "device" : "host"}, {"log", log},
                  {"peak_rss_bytes", peak_rss_bytes()}, {"train_seconds", since(t_start)},
                  {"step_seconds", step_seconds}, {"tokens_this_call", tokens_run},
@@ -368,8 +387,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   if (res.finished && !split.held_out.empty()) res.summary["eval_loss"] = eval_loss();
   if (const auto mem = engine->memory()) {
     const auto bytes_json = [](const GpuModelBytes& b) {
-      return nlohmann::json{{"linears", b.linears}, {"norms", b.norms}, {"head", b.head}, {"scratch", b.scratch},
-                            {"total", b.total()}};
+      return nlohmann::json{{"linears", b.linears}, {"norms", b.norms},       {"head", b.head},
+                            {"scratch", b.scratch}, {"resident", b.resident}, {"total", b.total()}};
     };
     nlohmann::json g = {{"device", engine->name()},
                         {"base_layout", mem->base_layout},
@@ -379,7 +398,8 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
                                                             trainer.optimizer_on_device())},
                         {"peak_allocated_bytes", mem->peak_allocated},
                         {"peak_in_use_bytes", mem->peak_in_use}};
-    if (mem->layout) g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout, compute));
+    if (mem->layout)
+      g["model_bytes_predicted"] = bytes_json(gpu_model_bytes(c, *mem->layout, compute, engine->base_resident()));
     res.summary["gpu_memory"] = g;
   }
   res.adapters = trainer.adapters();

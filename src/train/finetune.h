@@ -67,14 +67,24 @@ struct FinetuneOptions {
   // empty for the device's default (bf16 on a GPU, fp32 on the CPU, which takes nothing else).
   // Part of the run's identity when it is not fp32.
   std::string compute;
+  // Whether the bf16 mode keeps its base expanded for the run (base_residency.h): "auto", "on" or
+  // "off". auto is off on the CPU and for fp32 or tf32 compute; on is refused there. Not part of
+  // the run's identity: a resident base gives the same numbers bit for bit, so a run may resume
+  // with another choice. The choice made is recorded in the summary (base_resident).
+  std::string base_resident = "auto";
 };
 
 // Throws lowbit::Error for options no run can take (non-positive steps, batch, ..., a device
-// string that names no device, a --compute the device does not run).
+// string that names no device, a --compute the device does not run, a --base-resident that is
+// not auto, on or off, or on where it does not apply).
 void check_finetune_options(const FinetuneOptions& o);
 
 // The precision run_finetune computes in: o.compute on o.device, or the device's default.
 ComputePrecision finetune_compute(const FinetuneOptions& o);
+
+// What run_finetune asks of its engine for the base (resolve_base_residency of o.base_resident on
+// o.device at finetune_compute(o)): Off, On, or Auto for the engine to decide.
+BaseResidency finetune_base_residency(const FinetuneOptions& o);
 
 struct FinetuneStep {
   int64_t step = 0, steps = 0;  // step: 1-based
@@ -94,13 +104,15 @@ struct FinetuneResult {
   std::unique_ptr<LlamaModel> model;
   LoraAdapters adapters;
   // What lowbit_adapter.json records: {"base", "run" (every option), "compute" (the products'
-  // precision, also in "run" when it is not fp32), "optimizer" ("device": AdamW ran on the GPU
+  // precision, also in "run" when it is not fp32), "base_resident" (true: the bf16 base was held
+  // expanded for the run, base_residency.h), "optimizer" ("device": AdamW ran on the GPU
   // with the adapters held there, trainer.h; "host" otherwise), "log" (one record per step),
   // "peak_rss_bytes", "train_seconds", "step_seconds" (wall time of each step of this
   // call), "tokens_this_call", "tokens_per_second" (theirs over the steps' time)[,
   // "base_quantization"][, "eval_loss"][, "gpu_memory"]}. gpu_memory (on a GPU): {"device",
   // "base_layout", "model_bytes" and "model_bytes_predicted" ({"linears", "norms", "head",
-  // "scratch", "total"}: as allocated, and gpu_model_bytes()' for the configuration and layout),
+  // "scratch", "resident", "total"}: as allocated, and gpu_model_bytes()' for the configuration
+  // and layout),
   // "adapter_bytes" (gpu_adapter_bytes() at the longest micro-batch), "peak_allocated_bytes" (the
   // device buffers' high-water), "peak_in_use_bytes" (cudaMemGetInfo's total - free after a step,
   // the CUDA context and cuBLAS' workspaces included)}.

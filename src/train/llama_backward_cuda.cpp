@@ -130,6 +130,12 @@ bool profile_requested() {
   return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
+// LOWBIT_TRAIN_FUSE=0: the bf16 step's elementwise work one launch at a time (see Impl::fuse).
+bool fusion_requested() {
+  const char* v = std::getenv("LOWBIT_TRAIN_FUSE");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 }  // namespace
 
 struct CudaLlamaBackward::Impl {
@@ -149,17 +155,36 @@ struct CudaLlamaBackward::Impl {
   // expansion).
   DeviceBuffer<uint16_t> scratch16;
   std::array<int64_t, 7> block_offset{};
+  int64_t block_elements = 0;  // the seven linears' out * in
   int64_t cached_layer = -1;
   std::array<bool, 7> cached{};
   // Whether the cached linears came from hooks->weight (CudaStepHooks): a hooked weight may
   // change between calls (DB-LLM's scales after an optimizer step) and the same engine runs
   // unhooked too (DB-LLM's teacher), so a call with or after hooked weights starts uncached.
   bool cached_hooked = false;
+  // bf16 mode with a resident base (base_residency.h): every block's seven linears in bf16,
+  // [L, resident_stride] with block l's linear k at l * resident_stride + block_offset[k]; the
+  // blocks' compact linears are not held then, nor the bf16 scratch, so hooks->weight is refused
+  // with a resident base (check_hooks): a hook's weight is never read from or replaced by it.
+  bool resident = false;
+  int64_t resident_stride = 0;
+  DeviceBuffer<uint16_t> base16;
   // bf16 mode: the products' bf16 operands. xb [N, max in] an input (or the final norm's output),
-  // dyb [max(N * max out, logits chunk)] an upstream gradient, tb / dtb [N, r] the adapter's
+  // dyb [max(N * max out, logits chunk)] an upstream gradient (dyb2 [N, F]: the up projection's,
+  // beside the gate's in dyb, when SwiGLU's backward writes both), tb / dtb [N, r] the adapter's
   // product and its gradient.
-  DeviceBuffer<uint16_t> xb, dyb, tb, dtb;
+  DeviceBuffer<uint16_t> xb, dyb, dyb2, tb, dtb;
   DeviceBuffer<uint16_t> head_xb;  // bf16 mode: head_logits' rows of hidden states [rows, H]
+  // bf16 mode, fused (LOWBIT_TRAIN_FUSE unset or not 0): the kernels that produce a product's fp32
+  // input write its bf16 rounding too (RMSNorm into xb, SwiGLU into xb, SwiGLU's backward into
+  // dyb and dyb2), and xb is not cast again while it holds the input (xb_holds: the fp32 buffer
+  // whose values xb holds rounded, N * xb_count of them; null when none, e.g. after a dropped-out
+  // input took xb). The values are those of the one-launch-at-a-time path bit for bit (the same
+  // roundings of the same fp32 values, by the same kernels' code); only launches and memory
+  // traffic go. With fuse off, every product casts its operands itself.
+  bool fuse = true;
+  const float* xb_holds = nullptr;
+  int64_t xb_count = 0;
   std::unique_ptr<cuda::OpProfile> profile;  // LOWBIT_TRAIN_PROFILE=1
   const char* phase_now = nullptr;
   GpuModelBytes model_bytes;
@@ -200,10 +225,21 @@ struct CudaLlamaBackward::Impl {
   uint64_t seed = 0;
   int64_t B = 0, T = 0, N = 0;
 
-  Impl(const LlamaModel& m, int device, ComputePrecision p)
-      : model(m), c(m.config()), compute(p), bf16(p == ComputePrecision::Bf16), ctx(device) {
+  Impl(const LlamaModel& m, int device, const StepEngineOptions& o)
+      : model(m), c(m.config()), compute(o.compute), bf16(o.compute == ComputePrecision::Bf16), ctx(device) {
     const cudaStream_t s = ctx.stream();
     if (profile_requested()) profile = std::make_unique<cuda::OpProfile>(s);
+    fuse = bf16 && fusion_requested();
+    LB_CHECK(bf16 || o.base_resident != BaseResidency::On,
+             "--base-resident on with --compute {}: a resident base is the bf16 mode's", compute_precision_name(compute));
+    if (bf16) {
+      for (LinearKind k : kAllLinears) {
+        block_offset[size_t(k)] = block_elements;
+        block_elements += linear_out_features(c, k) * linear_in_features(c, k);
+      }
+    }
+    upload_head();
+    if (bf16 && o.base_resident != BaseResidency::Off) choose_resident(o);
     blocks.resize(size_t(c.num_hidden_layers));
     std::set<std::string> kinds;  // every block's linear kinds, for the log
     bool uniform = true;
@@ -221,9 +257,18 @@ struct CudaLlamaBackward::Impl {
       for (LinearKind k : kAllLinears) {
         const CompactLinear& w = lin[size_t(k)];
         upload_linear(w, g.linear[size_t(k)], s);
+        if (resident) continue;
         model_bytes.linears += int64_t(g.linear[size_t(k)].bytes());
         // bf16 rounds every linear into its scratch, F32 ones too.
         if (!bf16 && w.needs_scratch()) model_bytes.scratch = std::max(model_bytes.scratch, 4 * w.numel());
+      }
+      if (resident) {
+        // Expanded once, by the per-step path's kernels: the same values; then the compact form
+        // goes (nothing reads it again).
+        for (LinearKind k : kAllLinears)
+          expand_bf16(g.linear[size_t(k)], base16.get() + l * resident_stride + block_offset[size_t(k)]);
+        ctx.synchronize();
+        for (GpuLinear& x : g.linear) x = GpuLinear{};
       }
       ctx.synchronize();
       for (CompactLinear& w : lin) w.f32 = {}, w.half = {}, w.codes = {};
@@ -237,17 +282,23 @@ struct CudaLlamaBackward::Impl {
     }
     for (const auto& k : kinds) base_layout += (base_layout.empty() ? "" : " + ") + k;
     if (!uniform) layout.reset();
-    if (bf16) {
-      int64_t n = 0;
-      for (LinearKind k : kAllLinears) {
-        block_offset[size_t(k)] = n;
-        n += linear_out_features(c, k) * linear_in_features(c, k);
-      }
-      model_bytes.scratch = 2 * n;
-      scratch16.resize(size_t(n));
+    if (resident) {
+      model_bytes.resident = int64_t(base16.bytes());
+    } else if (bf16) {
+      model_bytes.scratch = 2 * block_elements;
+      scratch16.resize(size_t(block_elements));
     } else {
       scratch.resize(size_t(model_bytes.scratch / 4));
     }
+    model_bytes.norms = int64_t(final_norm.bytes());
+    for (const GpuBlock& b : blocks) model_bytes.norms += int64_t(b.input_norm.bytes() + b.post_norm.bytes());
+    model_bytes.head = int64_t(bf16 ? head16.bytes() : head.bytes());
+  }
+
+  // The final norm and the LM head (before the blocks: the resident base's choice sees the
+  // memory they leave).
+  void upload_head() {
+    const cudaStream_t s = stream();
     upload_f32(model.final_norm_weight(), final_norm, s);
     const size_t nhead = size_t(c.vocab_size * c.hidden_size);
     if (bf16) {
@@ -266,9 +317,39 @@ struct CudaLlamaBackward::Impl {
       cuda::upload(head.get(), model.lm_head_f32(), nhead, s);
       ctx.synchronize();
     }
-    model_bytes.norms = int64_t(final_norm.bytes());
-    for (const GpuBlock& b : blocks) model_bytes.norms += int64_t(b.input_norm.bytes() + b.post_norm.bytes());
-    model_bytes.head = int64_t(bf16 ? head16.bytes() : head.bytes());
+  }
+
+  // base_residency.h's choice for On or Auto, from the device's free memory now (the head and
+  // final norm held); allocates the resident base when chosen.
+  void choose_resident(const StepEngineOptions& o) {
+    resident_stride = resident_block_elements(c);
+    const int64_t need = 2 * c.num_hidden_layers * resident_stride;  // bytes
+    size_t free = 0, total = 0;
+    LB_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    // The blocks' norms go up after this: part of `other`.
+    const int64_t other = o.other_bytes + 2 * c.num_hidden_layers * c.hidden_size * 4;
+    constexpr double GiB = double(int64_t(1) << 30);
+    if (o.base_resident == BaseResidency::On) {
+      LB_CHECK(need + other <= int64_t(free),
+               "--base-resident on: the bf16 base needs {:.2f} GiB and the run's other buffers {:.2f} GiB, device {} "
+               "has {:.2f} GiB free",
+               double(need) / GiB, double(other) / GiB, ctx.name(), double(free) / GiB);
+    } else if (!resident_base_fits(need, int64_t(free), other)) {
+      return;
+    }
+    resident = true;
+    base16.resize(size_t(c.num_hidden_layers * resident_stride));
+    // The rounding's tail of each block is never read; zeroed so the buffer holds no garbage.
+    LB_CUDA_CHECK(cudaMemsetAsync(base16.get(), 0, base16.bytes(), stream()));
+  }
+
+  // w rounded to bf16 into dst [out * in] (the bf16 scratch's or the resident base's).
+  void expand_bf16(const GpuLinear& g, uint16_t* dst) {
+    if (g.kind == CompactKind::F32) {
+      cuda::to_bf16(g.f32.get(), dst, g.numel, stream());
+    } else {
+      cuda::expand_compact_weight_bf16(g.view, dst, stream());
+    }
   }
 
   // Marks the start of a phase (LOWBIT_TRAIN_PROFILE=1): what the stream runs from here to the
@@ -309,6 +390,17 @@ struct CudaLlamaBackward::Impl {
     dst.resize(size_t(n));
     cuda::to_bf16(src, dst.get(), n, stream());
   }
+  // xb = bf16(x [n]) unless it holds that already (fused mode).
+  void cast_input(const float* x, int64_t n) {
+    if (fuse && xb_holds == x && xb_count == n) return;
+    cast(x, xb, n);
+    note_xb(x, n);
+  }
+  // xb now holds bf16(x [n]) (x null: something not to be reused).
+  void note_xb(const float* x, int64_t n) {
+    xb_holds = fuse ? x : nullptr;
+    xb_count = n;
+  }
 
   // The fp32 weight [out, in] of a block's linear: hooks->weight's when given, else in place
   // (F32) or expanded into the scratch, which holds it until the next call.
@@ -335,6 +427,10 @@ struct CudaLlamaBackward::Impl {
   // model's own linears).
   const uint16_t* weight16(int64_t layer, LinearKind k) {
     LB_ASSERT(bf16);
+    if (resident) {
+      LB_ASSERT(!hooked_weights());  // check_hooks
+      return base16.get() + layer * resident_stride + block_offset[size_t(k)];
+    }
     uint16_t* dst = scratch16.get() + block_offset[size_t(k)];
     if (layer != cached_layer) {
       cached_layer = layer;
@@ -348,13 +444,8 @@ struct CudaLlamaBackward::Impl {
       cached[size_t(k)] = true;
       return dst;
     }
-    GpuLinear& g = blocks[size_t(layer)].linear[size_t(k)];
     phase(kPhaseExpand);
-    if (g.kind == CompactKind::F32) {
-      cuda::to_bf16(g.f32.get(), dst, g.numel, stream());
-    } else {
-      cuda::expand_compact_weight_bf16(g.view, dst, stream());
-    }
+    expand_bf16(blocks[size_t(layer)].linear[size_t(k)], dst);
     cached[size_t(k)] = true;
     return dst;
   }
@@ -457,7 +548,9 @@ struct CudaLlamaBackward::Impl {
     if (bf16) {
       xb.resize(size_t(N * wide));
       dyb.resize(size_t(N * wide));
+      if (fuse && backward) dyb2.resize(size_t(N * F));
     }
+    note_xb(nullptr, 0);  // xb may have been reallocated
     loss.resize(size_t(N));
     targets.resize(size_t(N));
   }
@@ -489,7 +582,7 @@ struct CudaLlamaBackward::Impl {
   // bf16, its output fp32; t, IEC's terms and y stay fp32.
   void linear_forward_bf16(int64_t layer, LinearKind k, const float* x, float* out_y) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cast(x, xb, N * in);
+    cast_input(x, N * in);
     const uint16_t* w = weight16(layer, k);
     phase(kPhaseForwardGemm);
     cuda::linear_bf16(ctx, xb.get(), w, out_y, N, in, out);
@@ -499,6 +592,7 @@ struct CudaLlamaBackward::Impl {
       phase(kPhaseOther);
       cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
       cast(xd.get(), xb, N * in);
+      note_xb(nullptr, 0);
     }
     const float scaling = float(lora->config.scaling());
     phase(kPhaseForwardGemm);
@@ -547,22 +641,27 @@ struct CudaLlamaBackward::Impl {
   }
 
   // The same in bf16: dy, t, dt and the (dropped-out) input rounded to bf16 for the products; dx,
-  // dA, dB, dt and IEC's terms accumulate in fp32.
+  // dA, dB, dt and IEC's terms accumulate in fp32. dy16: bf16(dy) when the caller has it (fused
+  // mode), else null.
   void linear_backward_bf16(int64_t layer, LinearKind k, const float* x, const float* dy, float* dxo,
-                            bool accumulate) {
+                            bool accumulate, const uint16_t* dy16 = nullptr) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cast(dy, dyb, N * out);
+    if (dy16 == nullptr) {
+      cast(dy, dyb, N * out);
+      dy16 = dyb.get();
+    }
     const uint16_t* w = weight16(layer, k);
     phase(kPhaseBackwardGemm);
-    cuda::linear_backward_bf16(ctx, nullptr, w, dyb.get(), dxo, nullptr, N, in, out, accumulate);
-    if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad_bf16(layer, k, x);
+    cuda::linear_backward_bf16(ctx, nullptr, w, dy16, dxo, nullptr, N, in, out, accumulate);
+    // dy16, not dyb: fused, the up projection's upstream gradient is in dyb2.
+    if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad_bf16(layer, k, x, dy16);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float scaling = float(lora->config.scaling());
     dt.resize(size_t(N * a->r));
     cast(a->t.get(), tb, N * a->r);
     phase(kPhaseBackwardGemm);
-    cuda::linear_backward_bf16(ctx, tb.get(), a->b16.get(), dyb.get(), dt.get(), a->db.get(), N, a->r, out, false,
+    cuda::linear_backward_bf16(ctx, tb.get(), a->b16.get(), dy16, dt.get(), a->db.get(), N, a->r, out, false,
                                scaling);
     if (a->iec) {
       cuda::chunk_sum_backward_f32(dy, a->t.get(), dt.get(), partial.get(), N, out, a->r, scaling, a->b_s, stream());
@@ -572,13 +671,14 @@ struct CudaLlamaBackward::Impl {
     }
     cast(dt.get(), dtb, N * a->r);
     if (!dropped()) {
-      cast(x, xb, N * in);
+      cast_input(x, N * in);
       phase(kPhaseBackwardGemm);
       cuda::linear_backward_bf16(ctx, xb.get(), a->a16.get(), dtb.get(), dxo, a->da.get(), N, in, a->r, true);
     } else {
       phase(kPhaseOther);
       cuda::dropout_mask_f32(x, xd.get(), N * in, mask_stream(layer, k), lora->config.dropout, false, stream());
       cast(xd.get(), xb, N * in);
+      note_xb(nullptr, 0);
       phase(kPhaseBackwardGemm);
       cuda::linear_backward_bf16(ctx, xb.get(), a->a16.get(), dtb.get(), dxd.get(), a->da.get(), N, in, a->r, false);
       phase(kPhaseOther);
@@ -599,10 +699,18 @@ struct CudaLlamaBackward::Impl {
       const int64_t H = e_.c.hidden_size;
       const float eps = float(e_.c.rms_norm_eps);
       e_.phase(kPhaseOther);
-      if (half == BlockHalf::Attention)
-        cuda::rmsnorm_f32(hid_, w_.input_norm.get(), e_.x1.get(), e_.N, H, eps, e_.stream());
-      else
-        cuda::rmsnorm_f32(e_.h_mid.get(), w_.post_norm.get(), e_.x2.get(), e_.N, H, eps, e_.stream());
+      const bool attn = half == BlockHalf::Attention;
+      const float* x = attn ? hid_ : e_.h_mid.get();
+      const float* w = attn ? w_.input_norm.get() : w_.post_norm.get();
+      float* y = attn ? e_.x1.get() : e_.x2.get();
+      if (e_.fuse) {
+        // The norm's output and its bf16 rounding, the next products' input (Q, K, V or gate, up).
+        cuda::rmsnorm_f32_bf16(x, w, y, e_.xb.get(), e_.N, H, eps, e_.stream());
+        e_.note_xb(y, e_.N * H);
+      } else {
+        cuda::rmsnorm_f32(x, w, y, e_.N, H, eps, e_.stream());
+        e_.note_xb(nullptr, 0);
+      }
     }
     void hooks(InputSite) override {}
     void products(InputSite s) override {
@@ -629,6 +737,7 @@ struct CudaLlamaBackward::Impl {
       cuda::rope_f32(e_.q.get(), e_.N, T, nh, hd / 2, qd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
       cuda::rope_f32(e_.k.get(), e_.N, T, nkv, hd / 2, kvd, e_.rope_cos.get(), e_.rope_sin.get(), false, s);
       e_.phase(kPhaseAttention);
+      if (e_.xb_holds == e_.att.get()) e_.note_xb(nullptr, 0);  // att is rewritten
       for (int64_t b = 0; b < e_.B; ++b) {
         const float* qb = e_.q.get() + b * T * qd;
         const float* kb = e_.k.get() + b * T * kvd;
@@ -643,7 +752,15 @@ struct CudaLlamaBackward::Impl {
     }
     void swiglu() override {
       e_.phase(kPhaseOther);
-      cuda::swiglu_f32(e_.gate.get(), e_.up.get(), e_.act.get(), e_.N * e_.c.intermediate_size, e_.stream());
+      const int64_t n = e_.N * e_.c.intermediate_size;
+      if (e_.fuse) {
+        // With its bf16 rounding: the down projection's input.
+        cuda::swiglu_f32_bf16(e_.gate.get(), e_.up.get(), e_.act.get(), e_.xb.get(), n, e_.stream());
+        e_.note_xb(e_.act.get(), n);
+      } else {
+        cuda::swiglu_f32(e_.gate.get(), e_.up.get(), e_.act.get(), n, e_.stream());
+        e_.note_xb(nullptr, 0);
+      }
     }
     void residual(BlockHalf half) override {
       const int64_t n = e_.N * e_.c.hidden_size;
@@ -670,20 +787,26 @@ struct CudaLlamaBackward::Impl {
   // dh [N, H]: in, the gradient at the block's output; out, at its input h_in.
   void block_backward(int64_t layer, const float* h_in, float* dh) {
     const GpuBlock& w = blocks[size_t(layer)];
-    const int64_t H = c.hidden_size, F = c.intermediate_size;
+    const int64_t F = c.intermediate_size;
     const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
     const int64_t qd = nh * hd, kvd = nkv * hd;
-    const float eps = float(c.rms_norm_eps);
     const cudaStream_t s = stream();
     // MLP: h_out = h_mid + down(silu(gate(x2)) * up(x2)), x2 = norm(h_mid).
     linear_backward(layer, LinearKind::Down, act.get(), dh, dact.get(), false);
     phase(kPhaseOther);
-    cuda::swiglu_backward_f32(gate.get(), up.get(), dact.get(), dgate.get(), dup.get(), N * F, s);
-    linear_backward(layer, LinearKind::Gate, x2.get(), dgate.get(), dx.get(), false);
-    linear_backward(layer, LinearKind::Up, x2.get(), dup.get(), dx.get(), true);
+    if (fuse) {
+      // The gate's and up's upstream gradients with their bf16 roundings (the products' operands).
+      cuda::swiglu_backward_f32_bf16(gate.get(), up.get(), dact.get(), dgate.get(), dup.get(), dyb.get(), dyb2.get(),
+                                     N * F, s);
+      linear_backward_bf16(layer, LinearKind::Gate, x2.get(), dgate.get(), dx.get(), false, dyb.get());
+      linear_backward_bf16(layer, LinearKind::Up, x2.get(), dup.get(), dx.get(), true, dyb2.get());
+    } else {
+      cuda::swiglu_backward_f32(gate.get(), up.get(), dact.get(), dgate.get(), dup.get(), N * F, s);
+      linear_backward(layer, LinearKind::Gate, x2.get(), dgate.get(), dx.get(), false);
+      linear_backward(layer, LinearKind::Up, x2.get(), dup.get(), dx.get(), true);
+    }
     phase(kPhaseOther);
-    cuda::rmsnorm_backward_f32(h_mid.get(), w.post_norm.get(), dx.get(), dn.get(), N, H, eps, s);
-    cuda::add_f32(dh, dn.get(), N * H, s);  // dh is now d h_mid
+    norm_backward_add(h_mid.get(), w.post_norm.get(), dh);  // dh is now d h_mid
     // Attention: h_mid = h_in + o(attn(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h_in).
     linear_backward(layer, LinearKind::O, att.get(), dh, datt.get(), false);
     phase(kPhaseAttention);
@@ -707,8 +830,19 @@ struct CudaLlamaBackward::Impl {
     linear_backward(layer, LinearKind::K, x1.get(), dk.get(), dx.get(), true);
     linear_backward(layer, LinearKind::V, x1.get(), dv.get(), dx.get(), true);
     phase(kPhaseOther);
-    cuda::rmsnorm_backward_f32(h_in, w.input_norm.get(), dx.get(), dn.get(), N, H, eps, s);
-    cuda::add_f32(dh, dn.get(), N * H, s);
+    norm_backward_add(h_in, w.input_norm.get(), dh);
+  }
+
+  // dh [N, H] += the gradient at x of rmsnorm(x) * w for the upstream gradient in dx: in one pass
+  // when fused (the same values: ops_backward.cuh's rmsnorm_backward_add_f32).
+  void norm_backward_add(const float* x, const float* w, float* dh) {
+    const float eps = float(c.rms_norm_eps);
+    if (fuse) {
+      cuda::rmsnorm_backward_add_f32(x, w, dx.get(), dh, N, c.hidden_size, eps, stream());
+    } else {
+      cuda::rmsnorm_backward_f32(x, w, dx.get(), dn.get(), N, c.hidden_size, eps, stream());
+      cuda::add_f32(dh, dn.get(), N * c.hidden_size, stream());
+    }
   }
 
   // How a backward call treats its adapters' gradients: per StepOptions (downloaded, or summed
@@ -757,15 +891,22 @@ struct CudaLlamaBackward::Impl {
     }
     // Final norm, LM head and loss in chunks of rows: the [N, V] logits never exist at once.
     phase(kPhaseHead);
-    cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
+    if (bf16) xb.resize(size_t(N * H));
+    if (fuse) {
+      cuda::rmsnorm_f32_bf16(h.get(), final_norm.get(), x1.get(), xb.get(), N, H, float(c.rms_norm_eps), s);
+    } else {
+      cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), s);
+      if (bf16) cuda::to_bf16(x1.get(), xb.get(), N * H, s);
+    }
+    note_xb(nullptr, 0);
     int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * V)));
     if (hooks != nullptr && hooks->max_chunk_rows > 0) chunk = std::min(chunk, hooks->max_chunk_rows);
     logits.resize(size_t(chunk * V));
-    if (bf16) {
-      xb.resize(size_t(N * H));
-      cuda::to_bf16(x1.get(), xb.get(), N * H, s);
-      if (backward) dyb.resize(size_t(chunk * V));
-    }
+    if (bf16 && backward) dyb.resize(size_t(chunk * V));
+    // Fused, the cross-entropy writes the logits' gradient into dyb itself; a hook's logits_loss
+    // writes it in fp32 into the logits, rounded into dyb below as in the one-launch path.
+    const bool hooked_loss = hooks != nullptr && bool(hooks->logits_loss);
+    const bool fused_loss = fuse && backward && !hooked_loss;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       if (bf16) {
@@ -773,16 +914,20 @@ struct CudaLlamaBackward::Impl {
       } else {
         mm(x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
       }
-      if (hooks != nullptr && hooks->logits_loss) {
+      if (hooked_loss) {
         res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
         phase(kPhaseHead);  // the hook may have marked its own phases
         LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
+      } else if (fused_loss) {
+        // The gradient straight into the head product's bf16 operand (the fp32 one has no reader).
+        cuda::cross_entropy_backward_bf16(logits.get(), targets.get() + r0, dyb.get(), loss.get() + r0, rows, V,
+                                          float(scale), s);
       } else {
         cuda::cross_entropy_backward_f32(logits.get(), targets.get() + r0, logits.get(), loss.get() + r0, rows, V,
                                          float(scale), s);
       }
       if (backward && bf16) {
-        cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
+        if (!fused_loss) cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
         cuda::linear_backward_bf16(ctx, nullptr, head16.get(), dyb.get(), dx.get() + r0 * H, nullptr, rows, H, V,
                                    false);
       } else if (backward) {
@@ -845,14 +990,15 @@ struct CudaLlamaBackward::Impl {
     mm_backward(x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
     hooks->weight_grad(layer, k, hook_dw.get());
   }
-  // The same in bf16: dy already rounded into dyb by the caller, x rounded into xb here; fp32 dW.
-  void hooked_weight_grad_bf16(int64_t layer, LinearKind k, const float* x) {
+  // The same in bf16: dy16 the caller's bf16(dy) (dyb, or dyb2 for the fused up projection), x
+  // rounded into xb here (fused: not again when xb holds it); fp32 dW.
+  void hooked_weight_grad_bf16(int64_t layer, LinearKind k, const float* x, const uint16_t* dy16) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
-    cast(x, xb, N * in);
+    cast_input(x, N * in);
     hook_dw.resize(size_t(in * out));
     LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
     phase(kPhaseBackwardGemm);
-    cuda::linear_backward_bf16(ctx, xb.get(), nullptr, dyb.get(), nullptr, hook_dw.get(), N, in, out, false);
+    cuda::linear_backward_bf16(ctx, xb.get(), nullptr, dy16, nullptr, hook_dw.get(), N, in, out, false);
     hooks->weight_grad(layer, k, hook_dw.get());
   }
 
@@ -884,6 +1030,7 @@ struct CudaLlamaBackward::Impl {
     ctx.synchronize();
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) block_forward(i, h.get());
     cuda::rmsnorm_f32(h.get(), final_norm.get(), x1.get(), N, H, float(c.rms_norm_eps), stream());
+    note_xb(nullptr, 0);
     collect_phases();
     return x1.get();
   }
@@ -1099,8 +1246,18 @@ struct CudaLlamaBackward::Impl {
   }
 };
 
+namespace {
+StepEngineOptions with_compute(ComputePrecision p) {
+  StepEngineOptions o;
+  o.compute = p;
+  return o;
+}
+}  // namespace
+
 CudaLlamaBackward::CudaLlamaBackward(const LlamaModel& model, int device, ComputePrecision compute)
-    : impl_(std::make_unique<Impl>(model, device, compute)) {}
+    : impl_(std::make_unique<Impl>(model, device, with_compute(compute))) {}
+CudaLlamaBackward::CudaLlamaBackward(const LlamaModel& model, int device, const StepEngineOptions& o)
+    : impl_(std::make_unique<Impl>(model, device, o)) {}
 CudaLlamaBackward::~CudaLlamaBackward() = default;
 
 std::string CudaLlamaBackward::device_name() const { return impl_->ctx.name(); }
@@ -1121,6 +1278,7 @@ StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch
 }
 
 StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks) {
+  check_hooks(&hooks);
   impl_->hooks = &hooks;
   struct Reset {
     Impl* impl;
@@ -1130,6 +1288,7 @@ StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const 
 }
 
 const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
+  check_hooks(hooks);
   impl_->hooks = hooks;
   struct Reset {
     Impl* impl;
@@ -1149,6 +1308,14 @@ void CudaLlamaBackward::head_logits(const float* hidden, float* logits, int64_t 
 }
 
 ComputePrecision CudaLlamaBackward::compute() const { return impl_->compute; }
+bool CudaLlamaBackward::base_resident() const { return impl_->resident; }
+
+void CudaLlamaBackward::check_hooks(const CudaStepHooks* hooks) const {
+  LB_CHECK(hooks == nullptr || !hooks->weight || !impl_->resident,
+           "training on the GPU: step hooks' weights (DB-LLM's student) with a resident bf16 base: the hook replaces "
+           "every block linear's weight and the resident base holds no scratch for it; build the engine with "
+           "--base-resident off");
+}
 
 void CudaLlamaBackward::mark_phase(const char* name) { impl_->phase(name); }
 
@@ -1202,7 +1369,7 @@ namespace {
 
 class CudaStepEngine final : public StepEngine {
  public:
-  CudaStepEngine(const LlamaModel& model, int device, ComputePrecision compute) : gpu_(model, device, compute) {}
+  CudaStepEngine(const LlamaModel& model, int device, const StepEngineOptions& o) : gpu_(model, device, o) {}
   std::string name() const override { return gpu_.device_name(); }
   StepResult forward_backward(const LoraAdapters* lora, const Batch& batch, const StepOptions& opt,
                               LoraAdapters* lora_grads, BaseGrads* base_grads) override {
@@ -1216,6 +1383,7 @@ class CudaStepEngine final : public StepEngine {
                         int64_t(cuda::peak_device_bytes()), gpu_.peak_in_use_bytes()};
   }
   ComputePrecision compute() const override { return gpu_.compute(); }
+  bool base_resident() const override { return gpu_.base_resident(); }
   bool profiling() const override { return gpu_.profiling(); }
   std::vector<PhaseSeconds> take_phase_seconds() override { return gpu_.take_phase_seconds(); }
   bool can_hold_adapters(const LoraAdapters& params) const override { return gpu_.can_hold_adapters(params); }
@@ -1241,8 +1409,9 @@ class CudaStepEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
-  return std::make_unique<CudaStepEngine>(model, d.index, compute);
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model,
+                                                  const StepEngineOptions& o) {
+  return std::make_unique<CudaStepEngine>(model, d.index, o);
 }
 
 }  // namespace lowbit::train

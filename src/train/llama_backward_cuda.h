@@ -41,7 +41,24 @@
 //   the block is in use within one call, never across calls); the weight gradient handed to
 //   hooks->weight_grad is an fp32 dW from the mode's product (bf16: x and dy rounded to bf16);
 //   the logits handed to hooks->logits_loss are fp32 from the mode's head product, and the
-//   gradient it writes there is rounded like the cross-entropy's in the bf16 mode.
+//   gradient it writes there is rounded like the cross-entropy's in the bf16 mode. Fusion (below)
+//   applies to hooked calls as to the others, with the same values: a hook's weight is rounded
+//   into the scratch like the model's, its dW reads the products' bf16 operands (the fused up
+//   projection's dy from dyb2), and a hook's logits gradient is rounded from the fp32 it writes.
+//   hooks->weight is refused on an engine with a resident base (its block linears live in the
+//   resident buffer, no scratch is held for a hook's): DB-LLM's engine (fdb_train_cuda.h) is
+//   built with the base per block (BaseResidency::Off), its teacher's linears expanded per visit.
+//
+// Fusion (bf16 mode): the kernels that produce a product's fp32 input also write its bf16 operand
+// (RMSNorm's output for Q, K, V or gate and up and for the LM head, SwiGLU's for the down
+// projection, SwiGLU's backward's dgate and dup for theirs), and an input already rounded is not
+// rounded again by the next product that reads it (Q, K and V share x1's, gate and up x2's, the
+// backward's LoRA A products reuse what the recomputation left), the cross-entropy writes the
+// logits' gradient as the LM head backward's bf16 operand only, and each RMSNorm's backward adds
+// its gradient into the residual stream's in the same pass. The fp32 values are computed by
+// the same kernels' code (and rounded as to_bf16 rounds them, added as add_f32 adds them), so a
+// fused step equals the one-launch-at-a-time step bit for bit; LOWBIT_TRAIN_FUSE=0 in the
+// environment when the engine is built runs the latter (for tests and timing).
 //
 // Phase timing: with LOWBIT_TRAIN_PROFILE=1 in the environment the engine records a CUDA event at
 // every change of phase (forward GEMMs, backward GEMMs, base expansion, attention, loss/LM head,
@@ -56,7 +73,11 @@
 // (backend/cuda/compact_weight.cuh), bit for bit the fp32 weight the CPU uses (the bf16 mode:
 // into a bf16 scratch of one block's seven linears, kept while the block is in use, so the
 // recomputation of a block and its backward expand it once). For QLoRA on
-// LLaMA-3-8B that is ~3.9 GB of linears instead of ~28 GB. The norms and the LM head are fp32
+// LLaMA-3-8B that is ~3.9 GB of linears instead of ~28 GB. The bf16 mode with a resident base
+// (train/base_residency.h) expands every block once, when the engine is built, into one bf16
+// buffer [layers, resident_block_elements()] kept for the engine's life, and drops the compact
+// form: the same values (the same kernel), so the same losses and gradients bit for bit, without
+// a step's expansions. The norms and the LM head are fp32
 // ([V, H]: 2.1 GB for LLaMA-3's vocabulary); the embedding table stays on the host (a step
 // gathers its rows there and uploads the [B*T, H] result). gpu_model_bytes() gives the total for a
 // configuration; model_bytes() what was allocated.
@@ -121,6 +142,11 @@ class CudaLlamaBackward {
   // Uploads `model`'s weights to GPU `device` for steps computing in `compute` (see
   // "Precision"). The model must outlive this object.
   CudaLlamaBackward(const LlamaModel& model, int device, ComputePrecision compute = ComputePrecision::Fp32);
+  // The same with the bf16 mode's base resident as `o` says (base_residency.h; o.base_resident
+  // as resolve_base_residency gives it: On or Auto in the bf16 mode only). On throws
+  // lowbit::Error naming --base-resident and both sizes when the device's free memory cannot
+  // take the bf16 base.
+  CudaLlamaBackward(const LlamaModel& model, int device, const StepEngineOptions& o);
   ~CudaLlamaBackward();
   CudaLlamaBackward(const CudaLlamaBackward&) = delete;
   CudaLlamaBackward& operator=(const CudaLlamaBackward&) = delete;
@@ -151,6 +177,8 @@ class CudaLlamaBackward {
   // Phase timing for hooks' users: what the stream runs from here to the next mark counts as
   // `name` (a string that lives as long as this object). Nothing without profiling().
   void mark_phase(const char* name);
+  // Whether the base is held expanded in bf16 (base_residency.h).
+  bool base_resident() const;
   // Phase timing (see above): whether LOWBIT_TRAIN_PROFILE=1 was set when this object was built,
   // and the device seconds per phase since the last call (then reset; phases marked since a
   // step's end are collected first).
@@ -176,11 +204,13 @@ class CudaLlamaBackward {
   std::optional<CompactLayout> uniform_layout() const;  // nullopt: the linears' layouts differ
   int64_t peak_in_use_bytes() const;
   // The weight [out, in] of block `layer`'s linear `k` as the GPU computes with it (expanded from
-  // its compact form like every use; in the bf16 mode the bf16 values, widened), downloaded: for
-  // tests.
+  // its compact form like every use, or read from the resident base; in the bf16 mode the bf16
+  // values, widened), downloaded: for tests.
   std::vector<float> download_weight(int64_t layer, LinearKind k);
 
  private:
+  // Throws lowbit::Error for hooks->weight on an engine with a resident base (see "Hooks").
+  void check_hooks(const CudaStepHooks* hooks) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

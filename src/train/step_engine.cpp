@@ -45,11 +45,19 @@ class CpuStepEngine final : public StepEngine {
 
 }  // namespace
 
-std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
-  check_compute_precision(d, compute);
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, const StepEngineOptions& o) {
+  check_compute_precision(d, o.compute);
+  StepEngineOptions r = o;
+  r.base_resident = resolve_base_residency(d, o.compute, o.base_resident);
   check_device_available(d);
-  if (d.is_cuda()) return make_cuda_step_engine(d, model, compute);
+  if (d.is_cuda()) return make_cuda_step_engine(d, model, r);
   return std::make_unique<CpuStepEngine>(model);
+}
+
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute) {
+  StepEngineOptions o;
+  o.compute = compute;
+  return make_step_engine(d, model, o);
 }
 
 }  // namespace lowbit::train

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "core/device.h"
+#include "train/base_residency.h"
 #include "train/compact_base.h"
 #include "train/compute_precision.h"
 #include "train/llama_backward.h"
@@ -54,6 +55,8 @@ class StepEngine {
   virtual std::optional<EngineMemory> memory() const { return std::nullopt; }
   // The precision of the step's matrix products (compute_precision.h).
   virtual ComputePrecision compute() const { return ComputePrecision::Fp32; }
+  // Whether the frozen base is held expanded for the whole run (base_residency.h).
+  virtual bool base_resident() const { return false; }
   // Phase timing: whether the engine times its phases (the GPU's does when the environment sets
   // LOWBIT_TRAIN_PROFILE=1; timing costs an event per phase change), and the seconds per phase
   // since the last call, in order of first appearance (then reset; empty when not timing).
@@ -84,14 +87,29 @@ class StepEngine {
   virtual void download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads);
 };
 
-// An engine for `model` (which must outlive it) on device `d` whose products run in `compute`
-// (fp32 unless asked: `lowbit finetune` chooses its device's default through
-// FinetuneOptions::compute). Throws lowbit::Error when the device is not available in this build
-// or on this machine, or does not run `compute` (the CPU runs fp32 only).
+// How an engine is built.
+struct StepEngineOptions {
+  // The precision of its products (fp32 unless asked: `lowbit finetune` chooses its device's
+  // default through FinetuneOptions::compute).
+  ComputePrecision compute = ComputePrecision::Fp32;
+  // Whether the bf16 mode keeps its base expanded (base_residency.h), as resolve_base_residency
+  // gives it for the device and precision (make_step_engine resolves it again: Auto where it does
+  // not apply becomes Off, On is refused).
+  BaseResidency base_resident = BaseResidency::Off;
+  // Auto's `other`: the run's adapters and step buffers (gpu_adapter_bytes + gpu_step_bytes).
+  int64_t other_bytes = 0;
+};
+
+// An engine for `model` (which must outlive it) on device `d` built as `o` says. Throws
+// lowbit::Error when the device is not available in this build or on this machine, or does not
+// run o.compute (the CPU runs fp32 only) or o.base_resident.
+std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model, const StepEngineOptions& o);
+// The same with o.compute = compute and the rest of StepEngineOptions' defaults.
 std::unique_ptr<StepEngine> make_step_engine(const Device& d, const LlamaModel& model,
                                              ComputePrecision compute = ComputePrecision::Fp32);
 
 // The CUDA engine (llama_backward_cuda.cpp; in a build without CUDA, a function that throws).
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model, ComputePrecision compute);
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel& model,
+                                                  const StepEngineOptions& o);
 
 }  // namespace lowbit::train

@@ -7,7 +7,7 @@
 
 namespace lowbit::train {
 
-std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel&, ComputePrecision) {
+std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaModel&, const StepEngineOptions&) {
   LB_CHECK(false, "training on {}: this lowbit was built without the CUDA backend", d.str());
   return nullptr;
 }

@@ -24,6 +24,9 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
   # The products' precision is recorded: fp32, the CPU's only mode.
   if grep -q '"compute": "fp32"' "$T/full/lowbit_adapter.json"; then ok; else
     bad "lowbit_adapter.json does not record \"compute\": \"fp32\""; fi
+  # So is the resident base's choice: auto, the default, is off on the CPU.
+  if grep -q '"base_resident": false' "$T/full/lowbit_adapter.json"; then ok; else
+    bad "lowbit_adapter.json does not record \"base_resident\": false"; fi
   expect_ok "stop after 2" "stopped after 2 steps" "$B" finetune "${A[@]}" -o "$T/part" --stop-after 2
   expect_err "existing run" "holds a run; pass --resume" "$B" finetune "${A[@]}" -o "$T/part"
   expect_ok "resume stop" "resumed from .* at step 2" "$B" finetune "${A[@]}" -o "$T/part" --resume --stop-after 1
@@ -63,6 +66,11 @@ if [[ -f "$S" && -f "$D/alpaca/alpaca_5000.json" ]]; then
     expect_err "--compute $p on the CPU" "--compute $p on device cpu: the CPU trains in fp32 only" \
       "$B" finetune --model "$S" --compute $p --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
   done
+  # A resident base is the GPU's bf16 mode's: on is refused on the CPU naming the option.
+  expect_err "--base-resident on on the CPU" "--base-resident on with --compute fp32 on device cpu" \
+    "$B" finetune --model "$S" --base-resident on --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
+  expect_err "--base-resident unknown" "--base-resident: maybe not in \{auto,on,off\}" \
+    "$B" finetune --model "$S" --base-resident maybe --data "$D/alpaca/alpaca_5000.json" -o "$T/x"
   if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi
 
   # Evaluation with the adapter (merged); another base model is refused.

@@ -48,6 +48,7 @@
 #include "fdb_fixture.h"
 #include "test_util.h"
 #include "train/dad.h"
+#include "train/distill.h"
 #include "train/fdb_train.h"
 #include "train/fdb_train_cuda.h"
 #include "train/llama_backward.h"
@@ -418,6 +419,33 @@ TEST(CudaFdbTrainPrecision, Bf16FollowsNewGroupParameters) {
     for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
 }
 
+// The bf16 distill step fuses its elementwise kernels as fine-tuning's does: with the fdb hooks
+// (the student's weights, dW from the products' bf16 operands, the DAD loss's logits gradient
+// rounded into the head's operand) a fused micro-batch equals LOWBIT_TRAIN_FUSE=0's bit for bit.
+TEST(CudaFdbTrainPrecision, Bf16FusedEqualsUnfused) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
+  unsetenv("LOWBIT_TRAIN_FUSE");
+  auto fused = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Bf16);
+  setenv("LOWBIT_TRAIN_FUSE", "0", 1);
+  auto unfused = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Bf16);
+  unsetenv("LOWBIT_TRAIN_FUSE");
+  for (const char* w : {"cross", "none"}) {
+    SCOPED_TRACE(w);
+    train::DadOptions dad;
+    dad.weight = train::parse_dad_weight(w);
+    const MicroOut got = micro(*fused, q, b, dad, 1.0 / 80.0), want = micro(*unfused, q, b, dad, 1.0 / 80.0);
+    EXPECT_EQ(got.sums.loss, want.sums.loss);
+    EXPECT_EQ(got.sums.kl, want.sums.kl);
+    EXPECT_EQ(got.sums.weight, want.sums.weight);
+    EXPECT_EQ(got.kl, want.kl);
+    for (size_t l = 0; l < q.size(); ++l)
+      for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+  }
+}
+
 // FdbTrainer in each fast mode: two steps of two micro-batches near the fp32 trainer's (the loss
 // curve's bar), the linears valid.
 TEST(CudaFdbTrainPrecision, TrainerStepsAreNearFp32) {
@@ -490,6 +518,61 @@ TEST(CudaFdbTrainPrecision, PhaseTimingNamesThePhases) {
       EXPECT_EQ(names.count(n), 1u) << n;
     EXPECT_EQ(names.count("fdb latent dW download"), 0u);
     EXPECT_GT(sum, 0);
+  }
+}
+
+// Generated data with bf16 compute: the record names both (its data the CPU's generation), and
+// the steps stay near the fp32 GPU run's on the same windows.
+TEST(CudaFdbTrain, GeneratedDataInBf16) {
+  REQUIRE_GPU();
+  train::DistillOptions o;
+  o.method = "dbllm:g=16";
+  o.steps = 2;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-4;
+  o.data = "generated";
+  o.gen.nsamples = 4;
+  o.gen.seqlen = 24;
+  o.gen.seed = 4;
+  o.device = "cuda";
+  const train::DistillResult fp32 = train::run_distill(tiny(), o, nullptr);
+  o.compute = "bf16";
+  const train::DistillResult bf16 = train::run_distill(tiny(), o, nullptr);
+  EXPECT_EQ(fp32.training["compute"], "fp32");
+  EXPECT_EQ(bf16.training["compute"], "bf16");
+  EXPECT_EQ(bf16.training["data"], fp32.training["data"]);
+  EXPECT_EQ(bf16.training["data"]["set"], "generated");
+  for (int step = 0; step < 2; ++step) {
+    const double a = fp32.training["log"][step]["loss"].get<double>();
+    const double g = bf16.training["log"][step]["loss"].get<double>();
+    EXPECT_NEAR(g, a, 1e-2 * a) << step;
+  }
+}
+
+// lowbit distill --data generated --device cuda: the windows are generated on the CPU whatever
+// the training device (train/generated_data.h), so the data identity is the CPU run's and the
+// first step, on the same windows, matches the CPU's to the micro-step's bars.
+TEST(CudaFdbTrain, GeneratedDataIsTheCpusWindows) {
+  REQUIRE_GPU();
+  train::DistillOptions o;
+  o.method = "dbllm:g=16";
+  o.steps = 2;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-4;
+  o.data = "generated";
+  o.gen.nsamples = 4;
+  o.gen.seqlen = 24;
+  o.gen.seed = 4;
+  const train::DistillResult cpu = train::run_distill(tiny(), o, nullptr);
+  o.device = "cuda";
+  const train::DistillResult gpu = train::run_distill(tiny(), o, nullptr);
+  EXPECT_EQ(gpu.training["data"], cpu.training["data"]);
+  EXPECT_EQ(gpu.training["data"]["set"], "generated");
+  for (int step = 0; step < 2; ++step) {
+    const double a = cpu.training["log"][step]["loss"].get<double>(), g = gpu.training["log"][step]["loss"].get<double>();
+    EXPECT_NEAR(g, a, (step == 0 ? 1e-5 : 1e-3) * a) << step;
   }
 }
 

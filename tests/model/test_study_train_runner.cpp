@@ -171,6 +171,59 @@ TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
     EXPECT_NE(md.find(label), std::string::npos) << md;
 }
 
+// A [[distill]] cell on generated windows: no calibration text in the spec or the cell (its
+// calibration "none"), the training record naming the generation, and the model `lowbit distill
+// --data generated` gives with the same options.
+TEST(StudyTrain, DistillOnGeneratedData) {
+  LOWBIT_REQUIRE_PATH(stories());
+  test::TempDir dir;
+  const std::string story = dir / "story.txt";
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "Once upon a time there was a little girl who liked to play in the park. ";
+  test::spit(story, text);
+  const std::string spec_path = dir / "gen.toml";
+  test::spit(spec_path, "[study]\nname = \"gen\"\nthreads = 1\n\n[[model]]\nname = \"stories\"\npath = \"" +
+                            stories() + "\"\n\n[eval]\nppl = [\"" + story + "\"]\nseqlen = 64\nlimit = 2\n\n"
+                            "[[distill]]\ng = 4\nsteps = 3\ngrad_accum = 2\nlr = 1e-3\ndata = \"generated\"\n"
+                            "gen_nsamples = 4\ngen_seqlen = 48\ngen_seed = 9\n");
+  const StudySpec spec = load_study_spec(spec_path);
+  EXPECT_FALSE(spec.needs_calibration());
+  run_study(spec, {}, {});
+  const ReportData r = load_report(spec.db);
+  ASSERT_EQ(r.cells.size(), 1u);
+  const CellRecord& c = r.cells[0];
+  EXPECT_EQ(c.calibration, "none");
+  EXPECT_NE(c.key.find("|none|dad:"), std::string::npos) << c.key;
+  EXPECT_NE(c.key.find(",data=generated,gen_nsamples=4,gen_seqlen=48,gen_seed=9,"), std::string::npos) << c.key;
+  const nlohmann::json t = nlohmann::json::parse(c.training);
+  EXPECT_EQ(t["data"]["set"], "generated");
+  EXPECT_EQ(t["data"]["seed"], 9);
+  // fp32, the default: recorded, and not in the key (which names compute, when not fp32, before
+  // the generation).
+  EXPECT_EQ(t["compute"], "fp32");
+  EXPECT_EQ(c.key.find("compute="), std::string::npos) << c.key;
+
+  train::DistillOptions o;
+  o.method = "dbllm:g=4";
+  o.steps = 3;
+  o.grad_accum = 2;
+  o.lr = 1e-3;
+  o.data = "generated";
+  o.gen.nsamples = 4;
+  o.gen.seqlen = 48;
+  o.gen.seed = 9;
+  const train::DistillResult d = train::run_distill(stories(), o, nullptr);
+  EXPECT_EQ(t["log"], d.training["log"]);
+  EXPECT_EQ(t["data"], d.training["data"]);
+  LlamaModel teacher(open_model(stories()));
+  write_quantized_checkpoint(dir / "dbllm", teacher, d.qm, nlohmann::json::object(), false);
+  auto tok = load_tokenizer(open_model(stories()).tokenizer_path);
+  auto windows = eval_windows(resolve_eval_set(story, ""), *tok, 64, BosMode::Default);
+  windows.resize(2);
+  ASSERT_EQ(r.results.size(), 1u);
+  EXPECT_EQ(perplexity(*load_model(dir / "dbllm"), windows).ppl, r.results[0].value);
+}
+
 TEST(StudyTrain, ResumeDoesNotRetrainFinishedCells) {
   require_files();
   test::TempDir a, b;

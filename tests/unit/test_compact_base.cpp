@@ -92,8 +92,22 @@ void expect_bytes(const train::CompactBase& base, const LlamaConfig& c, const tr
     EXPECT_EQ(got.norms, want.norms);
     EXPECT_EQ(got.head, want.head);
     EXPECT_EQ(got.scratch, want.scratch);
+    EXPECT_EQ(got.resident, 0);
     EXPECT_EQ(got.total(), want.total());
   }
+  // A resident bf16 base (base_residency.h): every block's seven linears in bf16, no compact
+  // linears, no scratch; ignored in the fp32 mode.
+  const train::GpuModelBytes r = base.bytes(c, train::ComputePrecision::Bf16, true),
+                             rw = train::gpu_model_bytes(c, l, train::ComputePrecision::Bf16, true);
+  EXPECT_EQ(r.linears, 0);
+  EXPECT_EQ(r.scratch, 0);
+  EXPECT_EQ(r.resident, 2 * c.num_hidden_layers * train::resident_block_elements(c));
+  EXPECT_EQ(r.head, 2 * c.vocab_size * c.hidden_size);
+  EXPECT_EQ(r.total(), rw.total());
+  EXPECT_EQ(r.resident, rw.resident);
+  EXPECT_EQ(base.bytes(c, train::ComputePrecision::Fp32, true).total(), base.bytes(c).total());
+  EXPECT_EQ(train::gpu_model_bytes(c, l, train::ComputePrecision::Fp32, true).total(),
+            train::gpu_model_bytes(c, l).total());
 }
 
 TEST(CompactBase, Nf4DoubleQuantIsExact) {
@@ -219,6 +233,39 @@ TEST(CompactBase, EightBillionShapes) {
   EXPECT_EQ(h.scratch, 2 * weights / c.num_hidden_layers);
   std::printf("in the bf16 mode: head %.2f GiB, scratch %.2f GiB, total %.2f GiB\n", double(h.head) / (1 << 30),
               double(h.scratch) / (1 << 30), double(h.total()) / (1 << 30));
+  // With a resident base: 2 bytes a weight (a block's 218,103,808 weights are a multiple of 128).
+  const train::GpuModelBytes r = train::gpu_model_bytes(c, l, train::ComputePrecision::Bf16, true);
+  EXPECT_EQ(train::resident_block_elements(c), weights / c.num_hidden_layers);
+  EXPECT_EQ(r.resident, 2 * weights);
+  EXPECT_EQ(r.linears + r.scratch, 0);
+  EXPECT_EQ(r.total(), r.resident + h.head + h.norms);
+  std::printf("with a resident bf16 base: base %.2f GiB, total %.2f GiB\n", double(r.resident) / (1 << 30),
+              double(r.total()) / (1 << 30));
+}
+
+// A resident block rounds up to 128 elements (each block 256-byte aligned).
+TEST(CompactBase, ResidentBlocksAreAligned) {
+  const LlamaConfig c = load_llama_config(std::string(LOWBIT_SOURCE_DIR) + "/bench/configs/llama3-tiny.json");
+  int64_t n = 0;
+  for (LinearKind k : kAllLinears) n += linear_out_features(c, k) * linear_in_features(c, k);
+  EXPECT_EQ(train::resident_block_elements(c) % 128, 0);
+  EXPECT_GE(train::resident_block_elements(c), n);
+  EXPECT_LT(train::resident_block_elements(c), n + 128);
+}
+
+// The step's buffers at LLaMA-3-8B's shapes, sequence 512, batch 1: the block checkpoints
+// (32 x 512 x 4096 fp32, 256 MiB), the logits chunk (256 MiB at most), the [N, F] intermediates;
+// the bf16 mode's operands add to them; more tokens, more bytes.
+TEST(CompactBase, StepBytes) {
+  const LlamaConfig c = load_llama_config(std::string(LOWBIT_SOURCE_DIR) + "/bench/configs/llama3-8b.json");
+  const int64_t fp32 = train::gpu_step_bytes(c, 1, 512), bf16 = train::gpu_step_bytes(c, 1, 512, train::ComputePrecision::Bf16);
+  const int64_t MiB = int64_t(1) << 20;
+  EXPECT_GT(fp32, 256 * MiB + 6 * 4 * 512 * c.intermediate_size);
+  EXPECT_LT(fp32, 2048 * MiB);
+  EXPECT_GT(bf16, fp32);
+  EXPECT_GT(train::gpu_step_bytes(c, 2, 512), fp32);
+  std::printf("LLaMA-3-8B step buffers at 1 x 512 tokens: %.2f GiB (fp32), %.2f GiB (bf16)\n", double(fp32) / (1 << 30),
+              double(bf16) / (1 << 30));
 }
 
 // The adapters' GPU bytes against the adapters lora.h builds: A, B, their gradients and the

@@ -16,6 +16,7 @@
 
 #include <sqlite3.h>
 
+#include <set>
 #include <sstream>
 
 namespace lowbit::study {
@@ -109,6 +110,77 @@ TEST(StudyTrainSpec, DistillGridAndKeys) {
   EXPECT_EQ(p.cells[1].g, 128);
 }
 
+// data = "generated": the cell reads no calibration text; its training key names the generation
+// (every option), so that it never shares a key with a calibration cell, whose key is unchanged.
+TEST(StudyTrainSpec, DistillOnGeneratedData) {
+  const StudySpec s = parse_study_spec(
+      spec_with("[[distill]]\ng = 64\ndata = [\"calib\", \"generated\"]\n\n"
+                "[[distill]]\ng = 64\ndata = \"generated\"\ngen_nsamples = 16\ngen_seqlen = 32\ngen_seed = [1, 2]\n"
+                "gen_first = \"sweep\"\ngen_greedy = 3\ngen_temperature = 0.7\ngen_top_k = 0\ngen_eos = \"continue\"\n"
+                "gen_bos = \"both\"\n"),
+      "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 4u);
+  EXPECT_EQ(s.methods[0].train.distill.data, "calib");
+  EXPECT_EQ(s.methods[1].train.distill.data, "generated");
+  const train::GenDataOptions& g = s.methods[3].train.distill.gen;
+  EXPECT_EQ(g.nsamples, 16);
+  EXPECT_EQ(g.seqlen, 32);
+  EXPECT_EQ(g.seed, 2u);
+  EXPECT_EQ(g.first, "sweep");
+  EXPECT_EQ(g.greedy, "3");
+  EXPECT_EQ(g.temperature, 0.7);
+  EXPECT_EQ(g.top_k, 0);
+  EXPECT_EQ(g.eos, "continue");
+  EXPECT_EQ(g.bos, "both");
+  const StudyPlan p = expand_plan(s);
+  const std::string calib_key = "m|dbllm:g=64|ptb:n=8,seqlen=64,seed=0,bos=auto|dad:steps=100,batch=1,grad_accum=4,"
+                                "lr=0.0001,warmup_ratio=0,max_grad_norm=1,dad=cross,gamma=1,train_beta=1,latent=0,"
+                                "latent_lr_scale=1";
+  EXPECT_EQ(p.cells[0].key, calib_key);
+  EXPECT_TRUE(p.cells[0].calibrated);
+  EXPECT_EQ(p.cells[1].key,
+            "m|dbllm:g=64|none|dad:steps=100,batch=1,grad_accum=4,lr=0.0001,warmup_ratio=0,max_grad_norm=1,dad=cross,"
+            "gamma=1,train_beta=1,latent=0,latent_lr_scale=1,data=generated,gen_nsamples=128,gen_seqlen=2048,"
+            "gen_seed=0,gen_first=random,gen_greedy=2-4,gen_temperature=1,gen_top_k=50,gen_eos=stop,gen_bos=window");
+  EXPECT_FALSE(p.cells[1].calibrated);
+  EXPECT_EQ(p.cells[1].calibration, "none");
+  EXPECT_NE(p.cells[2].key, p.cells[3].key);  // gen_seed 1 and 2
+  EXPECT_NE(p.cells[3].key.find("gen_seed=2,gen_first=sweep,gen_greedy=3,gen_temperature=0.7,gen_top_k=0,"
+                                "gen_eos=continue,gen_bos=both"),
+            std::string::npos);
+  // Generated data alone needs no calibration text.
+  EXPECT_FALSE(parse_study_spec(spec_with("[[distill]]\ndata = \"generated\"\n"), "/tmp/spec.toml", kNoFiles)
+                   .needs_calibration());
+  // Its batch is checked against the generated windows, not [calibration]'s.
+  EXPECT_NO_THROW(parse_study_spec(spec_with("[[distill]]\ndata = \"generated\"\nbatch = 16\ngen_nsamples = 16\n"),
+                                   "/tmp/spec.toml", kNoFiles));
+}
+
+TEST(StudyTrainSpec, BadGenerationOptionsNameTheLine) {
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"web\"\n")),
+            "/tmp/spec.toml:18:8: option 'data': \"web\" is not one of calib, generated");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_greedy = \"4-2\"\n")),
+            "/tmp/spec.toml:19:14: option 'gen_greedy': \"4-2\" is not N or \"LO-HI\" (non-negative integers, LO <= HI)");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_temperature = 0\n")),
+            "/tmp/spec.toml:19:19: option 'gen_temperature' = 0 is out of range [1e-06, 1000000]");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_top_k = -1\n")),
+            "/tmp/spec.toml:19:13: option 'gen_top_k' = -1 is out of range [0, 2147483648]");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_first = \"zipf\"\n")),
+            "/tmp/spec.toml:19:13: option 'gen_first': \"zipf\" is not one of random, sweep");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_eos = \"never\"\n")),
+            "/tmp/spec.toml:19:11: option 'gen_eos': \"never\" is not one of stop, continue");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_bos = \"on\"\n")),
+            "/tmp/spec.toml:19:11: option 'gen_bos': \"on\" is not one of window, both, off");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_nsamples = 0\n")),
+            "/tmp/spec.toml:19:16: option 'gen_nsamples' = 0 is out of range [1, 1048576]");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\ngen_seqlen = 1\n")),
+            "/tmp/spec.toml:19:14: option 'gen_seqlen' = 1 is out of range [2, 1048576]");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ndata = \"generated\"\nbatch = 4\ngen_nsamples = 2\n")),
+            "/tmp/spec.toml:17:1: --gen-nsamples 2 is fewer than one batch of 4");
+  EXPECT_EQ(error_of(spec_with("[[distill]]\ngen_seed = 3\n")),
+            "/tmp/spec.toml:18:12: option 'gen_seed' needs data = \"generated\" (this cell's data is \"calib\")");
+}
+
 TEST(StudyTrainSpec, ZipWalksTrainingOptionsTogether) {
   const StudySpec s = parse_study_spec(
       spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nsteps = [100, 200]\nseed = [0, 1]\n"
@@ -165,6 +237,34 @@ TEST(StudyTrainSpec, FinetuneDeviceIsTheStudysOrTheTables) {
             std::string::npos);
 }
 
+// base_resident (train/base_residency.h): auto, on or off, a boolean for on and off; it changes
+// no number, so a cell's key leaves it out (and a grid over it repeats one cell: refused); on
+// where it does not apply (the CPU) is refused.
+TEST(StudyTrainSpec, BaseResidentIsNotInTheKey) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const std::string table = "[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\n";
+  const StudySpec plain = parse_study_spec(cuda_study + table, "/tmp/spec.toml", kNoFiles);
+  EXPECT_EQ(plain.methods[0].train.finetune.base_resident, "auto");
+  const std::string key = expand_plan(plain).cells[0].key;
+  EXPECT_EQ(key.find("resident"), std::string::npos);
+  for (const auto& [value, want] : std::vector<std::pair<std::string, std::string>>{
+           {"\"on\"", "on"}, {"\"off\"", "off"}, {"\"auto\"", "auto"}, {"true", "on"}, {"false", "off"}}) {
+    SCOPED_TRACE(value);
+    const StudySpec s = parse_study_spec(cuda_study + table + "base_resident = " + value + "\n", "/tmp/spec.toml",
+                                         kNoFiles);
+    EXPECT_EQ(s.methods[0].train.finetune.base_resident, want);
+    EXPECT_EQ(expand_plan(s).cells[0].key, key);
+  }
+  EXPECT_NE(error_of(cuda_study + table + "base_resident = [\"on\", \"off\"]\n").find("appears twice in the grid"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with(table + "base_resident = \"on\"\n")).find("--base-resident on with --compute fp32 on "
+                                                                       "device cpu"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with(table + "base_resident = \"maybe\"\n")).find("--base-resident 'maybe': unknown value"),
+            std::string::npos);
+}
+
 // DB-LLM's distillation too: the study's device unless the table names one, not in the key.
 TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
   std::string cuda_study = spec_with("");
@@ -217,6 +317,30 @@ TEST(StudyTrainSpec, DistillComputeIsInTheKeyWhenNotFp32) {
   EXPECT_NE(error_of(spec_with("[[distill]]\ng = 64\ncompute = \"fp16\"\n"))
                 .find("--compute 'fp16': unknown precision"),
             std::string::npos);
+}
+
+// A cell with both a GPU compute mode and generated data names the compute first, then the
+// generation; fp32 generated cells keep datafree's key, and each axis gives its own cells.
+TEST(StudyTrainSpec, DistillComputeThenGeneratedDataInTheKey) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = 64\ndata = [\"calib\", \"generated\"]\n"
+                                                    "compute = [\"fp32\", \"bf16\"]\n",
+                                       "/tmp/spec.toml", kNoFiles);
+  const StudyPlan p = expand_plan(s);
+  ASSERT_EQ(p.cells.size(), 4u);
+  const std::string train = "dad:steps=100,batch=1,grad_accum=4,lr=0.0001,warmup_ratio=0,max_grad_norm=1,dad=cross,"
+                            "gamma=1,train_beta=1,latent=0,latent_lr_scale=1";
+  const std::string gen = ",data=generated,gen_nsamples=128,gen_seqlen=2048,gen_seed=0,gen_first=random,"
+                          "gen_greedy=2-4,gen_temperature=1,gen_top_k=50,gen_eos=stop,gen_bos=window";
+  const std::string calib_prefix = "m|dbllm:g=64|ptb:n=8,seqlen=64,seed=0,bos=auto|";
+  std::set<std::string> keys;
+  for (const auto& cell : p.cells) keys.insert(cell.key);
+  EXPECT_EQ(keys.size(), 4u);
+  EXPECT_EQ(keys.count(calib_prefix + train), 1u);
+  EXPECT_EQ(keys.count(calib_prefix + train + ",compute=bf16"), 1u);
+  EXPECT_EQ(keys.count("m|dbllm:g=64|none|" + train + gen), 1u);
+  EXPECT_EQ(keys.count("m|dbllm:g=64|none|" + train + ",compute=bf16" + gen), 1u);
 }
 
 // `lowbit distill`'s options: --compute checked with the others, before any work.
@@ -302,8 +426,9 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "/tmp/spec.toml:20:9: option 'batch': 1.5 is not an integer");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\nrank = 8\n")),
             "/tmp/spec.toml:20:1: unknown key 'rank' in [[finetune]] (known: adam_beta1, adam_beta2, adam_eps, alpha, "
-            "batch, compute, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, max_grad_norm, method, r, seed, "
-            "source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, zip)");
+            "base_resident, batch, compute, data, data_seed, device, dropout, eval_size, grad_accum, iec, limit, lr, "
+            "max_grad_norm, method, r, seed, source_max_len, steps, target_max_len, targets, warmup_ratio, weight_decay, "
+            "zip)");
   EXPECT_EQ(error_of(spec_with("[[finetune]]\nmethod = \"qlora\"\ndata = \"a.json\"\ntargets = \"qkv_proj\"\n")),
             "/tmp/spec.toml:20:11: unknown LoRA target 'qkv_proj' (known: q_proj, k_proj, v_proj, o_proj, gate_proj, "
             "up_proj, down_proj)");
@@ -323,8 +448,9 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "(two scales per group))");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nepochs = 2\n")),
             "/tmp/spec.toml:19:10: unknown key 'epochs' in [[distill]] (training options: steps, batch, grad_accum, "
-            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device, compute; and "
-            "the dbllm method's options)");
+            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device, compute, "
+            "data, gen_nsamples, gen_seqlen, gen_seed, gen_first, gen_greedy, gen_temperature, gen_top_k, gen_eos, "
+            "gen_bos; and the dbllm method's options)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = [64, 128]\nsteps = [1]\nzip = [\"g\", \"steps\"]\n")),
             "/tmp/spec.toml:17:1: distill: zipped options 'g' (2 values) and 'steps' (1 values) differ in length");
 }

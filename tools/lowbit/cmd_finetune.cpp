@@ -139,6 +139,12 @@ void register_finetune(CLI::App& app) {
                   "bf16 (bf16 base and activations, fp32 accumulation, fp32 adapters and AdamW) [default: bf16 on "
                   "cuda, fp32 on cpu]; LOWBIT_TRAIN_PROFILE=1 prints each GPU step's time per phase")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
+  cmd->add_option("--base-resident", o->base_resident,
+                  "bf16 compute on a GPU: expand the frozen base into bf16 once and keep it for the run (2 bytes a "
+                  "base weight; the same numbers bit for bit, no per-step expansion): on, off (expand each block per "
+                  "step from the compact base), or auto (on when it fits in 90% of the GPU's free memory after the "
+                  "rest of the run; off on the CPU and for fp32 or tf32 compute, where on is refused) [default: auto]")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->callback([o] { run(*o); });
 }
 

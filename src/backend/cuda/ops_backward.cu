@@ -2,6 +2,8 @@
 
 #include "backend/cuda/block_reduce.cuh"
 
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -24,7 +26,13 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t dim, float eps) {
+// The bf16 rounding's bit pattern (round to nearest even), mixed_gemm.cuh's to_bf16 of one value.
+__device__ __forceinline__ uint16_t bf16_bits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+
+// kBf16: also yb = bf16(y), from the very value stored in y (the fused kernels below share the
+// unfused kernels' code, so their fp32 outputs are the same bit for bit).
+template <bool kBf16>
+__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, uint16_t* yb, int64_t dim, float eps) {
   __shared__ double shared[kThreads];
   const float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y + int64_t(blockIdx.x) * dim;
@@ -32,9 +40,15 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) ss += double(xr[i]) * xr[i];
   ss = block_tree_sum<kThreads>(ss, shared);
   const float inv = 1.0f / sqrtf(float(ss) / float(dim) + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) yr[i] = (xr[i] * inv) * w[i];
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float v = (xr[i] * inv) * w[i];
+    yr[i] = v;
+    if constexpr (kBf16) yb[int64_t(blockIdx.x) * dim + i] = bf16_bits(v);
+  }
 }
 
+// kAdd: dx += the gradient (the residual stream's add, fused), else dx = it.
+template <bool kAdd>
 __global__ void rmsnorm_backward_kernel(const float* x, const float* w, const float* dy, float* dx, int64_t dim,
                                         float eps) {
   // y_i = x_i r w_i, r = (mean(x^2) + eps)^(-1/2):  dx_i = r w_i dy_i - x_i r^3 / dim sum_j w_j dy_j x_j.
@@ -49,7 +63,14 @@ __global__ void rmsnorm_backward_kernel(const float* x, const float* w, const fl
   dot = block_tree_sum<kThreads>(dot, shared);
   const double inv = 1.0 / sqrt(ss / double(dim) + eps);
   const double c = dot * inv * inv * inv / double(dim);
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) dx[off + i] = float(inv * w[i] * dy[off + i] - x[off + i] * c);
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float g = float(inv * w[i] * dy[off + i] - x[off + i] * c);
+    if constexpr (kAdd) {
+      dx[off + i] += g;  // add_kernel's fp32 sum of the same two values
+    } else {
+      dx[off + i] = g;
+    }
+  }
 }
 
 __global__ void rope_kernel(float* x, int64_t rows, int64_t T, int64_t heads, int64_t half, int64_t ld,
@@ -165,15 +186,19 @@ __global__ void attention_dkv_kernel(const float* p, const float* ds, const floa
   }
 }
 
-__global__ void swiglu_kernel(const float* gate, const float* up, float* out, int64_t n) {
+template <bool kBf16>
+__global__ void swiglu_kernel(const float* gate, const float* up, float* out, uint16_t* outb, int64_t n) {
   LB_GRID_STRIDE(i, n) {
     const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    const float v = g / (1.0f + expf(-g)) * up[i];
+    out[i] = v;
+    if constexpr (kBf16) outb[i] = bf16_bits(v);
   }
 }
 
+template <bool kBf16>
 __global__ void swiglu_backward_kernel(const float* gate, const float* up, const float* dout, float* dgate, float* dup,
-                                       int64_t n) {
+                                       uint16_t* dgateb, uint16_t* dupb, int64_t n) {
   LB_GRID_STRIDE(i, n) {
     // silu(g) = g s(g); silu'(g) = s(g) (1 + g (1 - s(g))).
     const float g = gate[i], u = up[i], d = dout[i];
@@ -182,20 +207,34 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
     const float du = d * g * s;
     dgate[i] = dg;
     dup[i] = du;
+    if constexpr (kBf16) {
+      dgateb[i] = bf16_bits(dg);
+      dupb[i] = bf16_bits(du);
+    }
   }
 }
 
 // One block per row.
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* dlogits, double* loss,
-                                     int64_t V, float scale) {
+// kBf16: the gradient written as its bf16 rounding into dlogits16 (dlogits unused), from the
+// very fp32 value the fp32 kernel stores.
+template <bool kBf16>
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* dlogits, uint16_t* dlogits16,
+                                     double* loss, int64_t V, float scale) {
   __shared__ float shared[kThreads];
   __shared__ double dshared[kThreads];
   const int64_t r = blockIdx.x;
   const float* l = logits + r * V;
-  float* d = dlogits + r * V;
+  float* d = kBf16 ? nullptr : dlogits + r * V;
+  uint16_t* d16 = kBf16 ? dlogits16 + r * V : nullptr;
   const int32_t tgt = targets[r];
   if (tgt < 0) {
-    for (int64_t i = threadIdx.x; i < V; i += kThreads) d[i] = 0.0f;
+    for (int64_t i = threadIdx.x; i < V; i += kThreads) {
+      if constexpr (kBf16) {
+        d16[i] = bf16_bits(0.0f);
+      } else {
+        d[i] = 0.0f;
+      }
+    }
     if (threadIdx.x == 0) loss[r] = 0.0;
     return;
   }
@@ -212,7 +251,12 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   if (threadIdx.x == 0) loss[r] = lse - lt;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
     const float p = float(exp(double(l[i]) - lse)) * scale;
-    d[i] = i == tgt ? p - scale : p;
+    const float g = i == tgt ? p - scale : p;
+    if constexpr (kBf16) {
+      d16[i] = bf16_bits(g);
+    } else {
+      d[i] = g;
+    }
   }
 }
 
@@ -331,14 +375,28 @@ void linear_backward_f32(const Context& ctx, const float* x, const float* w, con
 
 void rmsnorm_f32(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps, cudaStream_t s) {
   if (rows == 0) return;
-  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, y, dim, eps);
+  rmsnorm_kernel<false><<<unsigned(rows), kThreads, 0, s>>>(x, w, y, nullptr, dim, eps);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void rmsnorm_f32_bf16(const float* x, const float* w, float* y, uint16_t* yb, int64_t rows, int64_t dim, float eps,
+                      cudaStream_t s) {
+  if (rows == 0) return;
+  rmsnorm_kernel<true><<<unsigned(rows), kThreads, 0, s>>>(x, w, y, yb, dim, eps);
   LB_CUDA_LAUNCH_CHECK();
 }
 
 void rmsnorm_backward_f32(const float* x, const float* w, const float* dy, float* dx, int64_t rows, int64_t dim,
                           float eps, cudaStream_t s) {
   if (rows == 0) return;
-  rmsnorm_backward_kernel<<<unsigned(rows), kThreads, 0, s>>>(x, w, dy, dx, dim, eps);
+  rmsnorm_backward_kernel<false><<<unsigned(rows), kThreads, 0, s>>>(x, w, dy, dx, dim, eps);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void rmsnorm_backward_add_f32(const float* x, const float* w, const float* dy, float* dx, int64_t rows, int64_t dim,
+                              float eps, cudaStream_t s) {
+  if (rows == 0) return;
+  rmsnorm_backward_kernel<true><<<unsigned(rows), kThreads, 0, s>>>(x, w, dy, dx, dim, eps);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -453,21 +511,41 @@ void attention_backward_gemm_f32(const Context& ctx, const float* q, const float
 
 void swiglu_f32(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  swiglu_kernel<<<grid_for(n), kThreads, 0, s>>>(gate, up, out, n);
+  swiglu_kernel<false><<<grid_for(n), kThreads, 0, s>>>(gate, up, out, nullptr, n);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void swiglu_f32_bf16(const float* gate, const float* up, float* out, uint16_t* outb, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  swiglu_kernel<true><<<grid_for(n), kThreads, 0, s>>>(gate, up, out, outb, n);
   LB_CUDA_LAUNCH_CHECK();
 }
 
 void swiglu_backward_f32(const float* gate, const float* up, const float* dout, float* dgate, float* dup, int64_t n,
                          cudaStream_t s) {
   if (n == 0) return;
-  swiglu_backward_kernel<<<grid_for(n), kThreads, 0, s>>>(gate, up, dout, dgate, dup, n);
+  swiglu_backward_kernel<false><<<grid_for(n), kThreads, 0, s>>>(gate, up, dout, dgate, dup, nullptr, nullptr, n);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void swiglu_backward_f32_bf16(const float* gate, const float* up, const float* dout, float* dgate, float* dup,
+                              uint16_t* dgateb, uint16_t* dupb, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  swiglu_backward_kernel<true><<<grid_for(n), kThreads, 0, s>>>(gate, up, dout, dgate, dup, dgateb, dupb, n);
   LB_CUDA_LAUNCH_CHECK();
 }
 
 void cross_entropy_backward_f32(const float* logits, const int32_t* targets, float* dlogits, double* loss,
                                 int64_t rows, int64_t V, float scale, cudaStream_t s) {
   if (rows == 0) return;
-  cross_entropy_kernel<<<unsigned(rows), kThreads, 0, s>>>(logits, targets, dlogits, loss, V, scale);
+  cross_entropy_kernel<false><<<unsigned(rows), kThreads, 0, s>>>(logits, targets, dlogits, nullptr, loss, V, scale);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void cross_entropy_backward_bf16(const float* logits, const int32_t* targets, uint16_t* dlogits16, double* loss,
+                                 int64_t rows, int64_t V, float scale, cudaStream_t s) {
+  if (rows == 0) return;
+  cross_entropy_kernel<true><<<unsigned(rows), kThreads, 0, s>>>(logits, targets, nullptr, dlogits16, loss, V, scale);
   LB_CUDA_LAUNCH_CHECK();
 }
 

@@ -28,10 +28,20 @@ void linear_backward_f32(const Context& ctx, const float* x, const float* w, con
 
 // y = x / rms(x) * w per row (ops::rmsnorm); y may alias x. The sum of squares is taken in fp64.
 void rmsnorm_f32(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps, cudaStream_t s);
+// The same y, and yb [rows, dim] = its bf16 rounding (bit patterns, round to nearest even: what
+// mixed_gemm.cuh's to_bf16 of y gives), in one pass for the bf16 training mode. y is bit for bit
+// rmsnorm_f32's (one kernel's code, instantiated with and without the second store).
+void rmsnorm_f32_bf16(const float* x, const float* w, float* y, uint16_t* yb, int64_t rows, int64_t dim, float eps,
+                      cudaStream_t s);
 // dx [rows, dim] = the gradient at x of y = rmsnorm(x) * w for dy (ops::rmsnorm_backward with a
 // frozen w); dx must not alias x or dy.
 void rmsnorm_backward_f32(const float* x, const float* w, const float* dy, float* dx, int64_t rows, int64_t dim,
                           float eps, cudaStream_t s);
+// dx [rows, dim] += that gradient (a residual branch's, added to the stream's in one pass): bit
+// for bit rmsnorm_backward_f32 into a buffer, then add_f32 of it into dx. dx must not alias x or
+// dy.
+void rmsnorm_backward_add_f32(const float* x, const float* w, const float* dy, float* dx, int64_t rows, int64_t dim,
+                              float eps, cudaStream_t s);
 
 // In place on `rows` rows (position of row r: r % T, i.e. B sequences of T rows starting at 0)
 // of `heads` heads of hd = 2 * half values, row stride ld: transformers' rotate_half RoPE with
@@ -69,6 +79,13 @@ void swiglu_f32(const float* gate, const float* up, float* out, int64_t n, cudaS
 // alias dout.
 void swiglu_backward_f32(const float* gate, const float* up, const float* dout, float* dgate, float* dup, int64_t n,
                          cudaStream_t s);
+// The same two with the outputs' bf16 roundings beside them (outb; dgateb, dupb: to_bf16 of
+// out, dgate, dup), for the bf16 training mode: the fp32 outputs bit for bit the functions'
+// above (the same kernels' code, instantiated with the extra stores). The bf16 outputs must not
+// alias the inputs.
+void swiglu_f32_bf16(const float* gate, const float* up, float* out, uint16_t* outb, int64_t n, cudaStream_t s);
+void swiglu_backward_f32_bf16(const float* gate, const float* up, const float* dout, float* dgate, float* dup,
+                              uint16_t* dgateb, uint16_t* dupb, int64_t n, cudaStream_t s);
 
 // Cross-entropy of `rows` rows of logits [rows, V] (ops::cross_entropy_backward): dlogits =
 // scale * (softmax - onehot(target)) for rows with a target >= 0, zero rows for the others;
@@ -76,6 +93,11 @@ void swiglu_backward_f32(const float* gate, const float* up, const float* dout, 
 // The targets must be < V (the caller checks them).
 void cross_entropy_backward_f32(const float* logits, const int32_t* targets, float* dlogits, double* loss,
                                 int64_t rows, int64_t V, float scale, cudaStream_t s);
+// The same loss, with the gradient written only as its bf16 rounding dlogits16 [rows, V] (to_bf16
+// of the fp32 dlogits above, bit for bit: one kernel's code), for the bf16 training mode, whose LM
+// head backward reads nothing else. dlogits16 must not alias logits.
+void cross_entropy_backward_bf16(const float* logits, const int32_t* targets, uint16_t* dlogits16, double* loss,
+                                 int64_t rows, int64_t V, float scale, cudaStream_t s);
 
 // LoRA dropout's mask (train/llama_backward.cpp's keep_scale, bit for bit): element i of a
 // linear's input keeps keep(i) = (u(i) < p ? 0 : float(1 / (1 - p))) with
