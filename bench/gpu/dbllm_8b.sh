@@ -34,7 +34,9 @@
 # GRAD_ACCUM), SEQLEN 2048, NSAMPLES (BATCH * GRAD_ACCUM * STEPS windows), METHOD dbllm:g=128,
 # DAD cross, LR 1e-4, SEED 0, DEVICE cuda (cpu checks the script), CONFIG
 # bench/configs/llama3-8b.json (bench/configs/llama3-tiny.json for a check), THREADS 0, PYTHON
-# python3.
+# python3, COMPUTE fp32 (`lowbit distill --compute`: fp32, tf32 or bf16, the precision of the GPU
+# step's matrix products; the CPU takes fp32 only), PROFILE 0 (1: LOWBIT_TRAIN_PROFILE=1, each
+# step's device seconds per phase in WORK/distill-<L>L.log, the last step's printed).
 set -euo pipefail
 if [[ $# -lt 4 || $# -gt 5 ]]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -45,7 +47,7 @@ LAYERS=${5:-"2 4"}
 STEPS=${STEPS:-10} BATCH=${BATCH:-1} GRAD_ACCUM=${GRAD_ACCUM:-1} SEQLEN=${SEQLEN:-2048} SEED=${SEED:-0}
 NSAMPLES=${NSAMPLES:-$((BATCH * GRAD_ACCUM * STEPS))} METHOD=${METHOD:-dbllm:g=128} DAD=${DAD:-cross} LR=${LR:-1e-4}
 DEVICE=${DEVICE:-cuda} CONFIG=${CONFIG:-$ROOT/bench/configs/llama3-8b.json} THREADS=${THREADS:-0}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-python3} COMPUTE=${COMPUTE:-fp32} PROFILE=${PROFILE:-0}
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() { echo "dbllm_8b.sh: $*" >&2; exit 1; }
 
@@ -63,6 +65,9 @@ for v in BATCH GRAD_ACCUM SEQLEN NSAMPLES; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v '${!v}' must be a positive integer"
 done
 [[ "$DEVICE" == cuda || "$DEVICE" == cpu ]] || die "DEVICE '$DEVICE': cuda or cpu"
+[[ "$COMPUTE" == fp32 || "$COMPUTE" == tf32 || "$COMPUTE" == bf16 ]] || die "COMPUTE '$COMPUTE': fp32, tf32 or bf16"
+[[ "$DEVICE" == cuda || "$COMPUTE" == fp32 ]] || die "COMPUTE '$COMPUTE' on DEVICE cpu: the CPU trains in fp32 only"
+[[ "$PROFILE" == 0 || "$PROFILE" == 1 ]] || die "PROFILE '$PROFILE': 0 or 1"
 [[ "$METHOD" == dbllm* ]] || die "METHOD '$METHOD' is not a dbllm spec"
 LOWBIT=$(realpath "$1") DATA=$(realpath "$2") TOK=$(realpath "$4") WORK=$3
 "$PYTHON" -c "import torch, transformers, safetensors" || die "$PYTHON lacks torch, transformers or safetensors"
@@ -88,11 +93,16 @@ for L in $LAYERS; do
   fi
   D=$WORK/dbllm-${L}L
   rm -rf "$D"
-  log "$L layers: lowbit distill --method $METHOD, $STEPS steps on $DEVICE"
-  "$LOWBIT" distill --model "$M" --method "$METHOD" --calib ptb --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
-    --seed "$SEED" --data-dir "$DATA" --steps "$STEPS" --batch "$BATCH" --grad-accum "$GRAD_ACCUM" --lr "$LR" \
-    --dad "$DAD" --device "$DEVICE" --threads "$THREADS" -o "$D" > "$WORK/distill-${L}L.log" 2>&1 ||
+  log "$L layers: lowbit distill --method $METHOD, $STEPS steps on $DEVICE, --compute $COMPUTE"
+  LOWBIT_TRAIN_PROFILE=$PROFILE "$LOWBIT" distill --model "$M" --method "$METHOD" --calib ptb \
+    --nsamples "$NSAMPLES" --seqlen "$SEQLEN" --seed "$SEED" --data-dir "$DATA" --steps "$STEPS" --batch "$BATCH" \
+    --grad-accum "$GRAD_ACCUM" --lr "$LR" --dad "$DAD" --device "$DEVICE" --compute "$COMPUTE" \
+    --threads "$THREADS" -o "$D" > "$WORK/distill-${L}L.log" 2>&1 ||
     { tail -20 "$WORK/distill-${L}L.log" >&2; exit 1; }
+  if [[ "$PROFILE" == 1 ]]; then
+    grep "phases:" "$WORK/distill-${L}L.log" | tail -1 | sed "s/^/$L layers, /" >&2 ||
+      log "$L layers: no phase timing in the log (a CPU run has none)"
+  fi
   RUNS+=("$L=$D/model.safetensors")
 done
 
@@ -110,7 +120,8 @@ for arg in sys.argv[5:]:
     t = q["training"]
     el = t["elapsed"]
     per_step = (el[-1] - el[0]) / (len(el) - 1)
-    rows.append((int(layers), per_step, float(t.get("peak_gpu_bytes", 0.0)), t["device"], q["method"]["spec"]))
+    rows.append((int(layers), per_step, float(t.get("peak_gpu_bytes", 0.0)), t["device"], q["method"]["spec"],
+                 t.get("compute", "fp32")))
 
 def at32(points):
     if len(points) == 1:
@@ -126,14 +137,14 @@ def at32(points):
     return my + b * (32 - mx), f"line a + b L through {', '.join(str(p[0]) for p in points)} layers: a = {my - b * mx:.4g}, b = {b:.4g}"
 
 c = json.load(open(config))
-print(f"DB-LLM ({rows[0][4]}) distillation on {rows[0][3]}: {c['hidden_size']} hidden, {c['intermediate_size']} "
-      f"MLP, vocabulary {c['vocab_size']}; {batch * accum} x {seqlen} tokens per step\n")
+print(f"DB-LLM ({rows[0][4]}) distillation on {rows[0][3]} ({rows[0][5]} compute): {c['hidden_size']} hidden, "
+      f"{c['intermediate_size']} MLP, vocabulary {c['vocab_size']}; {batch * accum} x {seqlen} tokens per step\n")
 print("| layers | s / step | peak GPU memory (GiB) |")
 print("|---:|---:|---:|")
-for L, s, m, _, _ in sorted(rows):
+for L, s, m, *_ in sorted(rows):
     print(f"| {L} | {s:.3f} | {m / 2**30:.2f} |")
-t32, how_t = at32([(L, s) for L, s, _, _, _ in rows])
-m32, how_m = at32([(L, m) for L, _, m, _, _ in rows])
+t32, how_t = at32([(L, s) for L, s, *_ in rows])
+m32, how_m = at32([(L, m) for L, _, m, *_ in rows])
 print(f"| 32 (extrapolated) | {t32:.3f} | {m32 / 2**30:.2f} |\n")
 print(f"GPU minutes per 1,000 steps at 32 layers: {t32 * 1000 / 60:.1f}")
 print(f"(seconds per step: {how_t}; memory: {how_m})")

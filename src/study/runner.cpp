@@ -593,6 +593,9 @@ void Runner::run_cell(const Cell& cell, const std::vector<const Evaluation*>& pe
       // The training's identity without its loss log (the cell's record holds that once).
       json t = trained.record;
       t.erase("log");
+      // A distillation in fp32 (the default) keeps the identity it had before the option; tf32
+      // and bf16 are named, as the cell's key names them.
+      if (t.value("kind", "") == "distill" && t.value("compute", "fp32") == "fp32") t.erase("compute");
       id["training"] = t;
     }
     id["run"] = run_id_;

@@ -35,15 +35,17 @@
 //                  device ("cpu", "cuda", "cuda:N"; an axis like the others) says, the
 //                  evaluations (the adapters merged into the base's weights) on the study's
 //                  device
-//   [[distill]]    a DB-LLM row, as `lowbit distill` runs it (CPU) on the [calibration] windows
+//   [[distill]]    a DB-LLM row, as `lowbit distill` runs it on the [calibration] windows
 //                  or, with data = "generated", on windows the 16-bit model generates itself
 //                  (train/generated_data.h): the dbllm method's options (g, init, offset) and the
 //                  training options steps, batch, grad_accum, lr, warmup_ratio, max_grad_norm,
-//                  dad, gamma, train_beta, latent, latent_lr_scale, data ("calib" or
-//                  "generated"), gen_nsamples, gen_seqlen, gen_seed, gen_first, gen_greedy,
-//                  gen_temperature, gen_top_k, gen_eos, gen_bos (the command's, with its
-//                  defaults; the gen_* options only with data = "generated", whose cells have
-//                  calibration "none" and name the generation in their training key)
+//                  dad, gamma, train_beta, latent, latent_lr_scale, device, compute, data
+//                  ("calib" or "generated"), gen_nsamples, gen_seqlen, gen_seed, gen_first,
+//                  gen_greedy, gen_temperature, gen_top_k, gen_eos, gen_bos (the command's, with
+//                  its defaults; the gen_* options only with data = "generated", whose cells have
+//                  calibration "none"). The cell's training key names compute when it is not
+//                  fp32 (a GPU mode) and then the generation when data = "generated", in that
+//                  order: "...,latent_lr_scale=S,compute=bf16,data=generated,gen_nsamples=..."
 //                  In both, any value may be an array (an axis of the grid) and zip walks arrays
 //                  together, as in [[method]].
 //

@@ -59,9 +59,9 @@ const std::vector<std::string> kFinetuneKeys = {
     "base_resident"};
 const std::vector<std::string> kDistillKeys = {"steps", "batch", "grad_accum", "lr", "warmup_ratio", "max_grad_norm",
                                                "dad", "gamma", "train_beta", "latent", "latent_lr_scale",
-                                               "device", "data", "gen_nsamples", "gen_seqlen", "gen_seed",
-                                               "gen_first", "gen_greedy", "gen_temperature", "gen_top_k", "gen_eos",
-                                               "gen_bos"};
+                                               "device", "compute", "data", "gen_nsamples", "gen_seqlen",
+                                               "gen_seed", "gen_first", "gen_greedy", "gen_temperature", "gen_top_k",
+                                               "gen_eos", "gen_bos"};
 
 void set_finetune_option(train::FinetuneOptions& o, const std::string& k, const std::string& v) {
   constexpr int64_t kBig = int64_t(1) << 40;
@@ -102,6 +102,7 @@ void set_distill_option(train::DistillOptions& o, const std::string& k, const st
   else if (k == "latent") o.latent = bool_value(k, v);
   else if (k == "latent_lr_scale") o.latent_lr_scale = real_value(k, v, 0, 1e6);
   else if (k == "device") o.device = (void(parse_device(v)), v);
+  else if (k == "compute") o.compute = (void(train::parse_compute_precision(v)), v);
   else if (k == "data") {
     LB_CHECK(v == "calib" || v == "generated", "option 'data': \"{}\" is not one of calib, generated", v);
     o.data = v;
@@ -147,9 +148,14 @@ std::string finetune_key(const train::FinetuneOptions& o) {
 }
 
 std::string distill_key(const train::DistillOptions& o) {
-  // Generated data is named with all its options (so that it never shares a key with a
-  // calibration-text cell); calibration cells keep the keys they had before the option (their
-  // calibration is the cell's calibration key).
+  // As finetune_key: the products' precision is named when it is not fp32 (fp32, the default on
+  // every device, keeps the keys cells had before the option). Generated data is named after it
+  // with all its options (so that it never shares a key with a calibration-text cell);
+  // calibration cells keep the keys they had before the option (their calibration is the cell's
+  // calibration key). Both: "...,latent_lr_scale=S,compute=bf16,data=generated,gen_nsamples=...".
+  const train::ComputePrecision p = train::distill_compute(o);
+  const std::string compute =
+      p == train::ComputePrecision::Fp32 ? "" : fmt::format(",compute={}", train::compute_precision_name(p));
   std::string data;
   if (o.data == "generated") {
     const train::GenDataOptions& g = o.gen;
@@ -158,9 +164,9 @@ std::string distill_key(const train::DistillOptions& o) {
                        g.nsamples, g.seqlen, g.seed, g.first, g.greedy, g.temperature, g.top_k, g.eos, g.bos);
   }
   return fmt::format("dad:steps={},batch={},grad_accum={},lr={},warmup_ratio={},max_grad_norm={},dad={},gamma={},"
-                     "train_beta={},latent={},latent_lr_scale={}{}",
+                     "train_beta={},latent={},latent_lr_scale={}{}{}",
                      o.steps, o.batch, o.grad_accum, o.lr, o.warmup_ratio, o.max_grad_norm, o.dad, o.gamma,
-                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, data);
+                     o.train_beta ? 1 : 0, o.latent ? 1 : 0, o.latent_lr_scale, compute, data);
 }
 
 // A table's values as grid axes: each key with its values (an array's elements, or the one

@@ -30,6 +30,13 @@ void check_distill_options(const DistillOptions& o) {
   check_gen_data_options(o.gen);
   LB_CHECK(o.data != "generated" || o.gen.nsamples >= o.batch, "--gen-nsamples {} is fewer than one batch of {}",
            o.gen.nsamples, o.batch);
+  (void)distill_compute(o);
+}
+
+ComputePrecision distill_compute(const DistillOptions& o) {
+  const ComputePrecision p = o.compute.empty() ? ComputePrecision::Fp32 : parse_compute_precision(o.compute);
+  check_compute_precision(parse_device(o.device), p);
+  return p;
 }
 
 DistillResult run_distill(const std::string& model_path, const DistillOptions& o, const Calibration* calib_in,
@@ -52,6 +59,8 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
   // steps nothing trains, so the trainer stays on the host and no GPU is asked for.
   const Device train_device = parse_device(o.device);
   if (o.steps > 0) topt.device = train_device;
+  // Likewise the products' precision (checked against the device by check_distill_options).
+  if (o.steps > 0) topt.compute = distill_compute(o);
   LB_CHECK(generated || calib_in->nsamples >= o.batch, "--nsamples {} is fewer than one batch of {}",
            calib_in->nsamples, o.batch);
   // A GPU that this build or machine lacks is refused here, before the initialization.
@@ -113,7 +122,8 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
     log.push_back(rec);
     const double el = since(t_train);
     elapsed.push_back(el);
-    if (events.on_step) events.on_step({s + 1, o.steps, rec, el, el / double(s + 1) * double(o.steps - s - 1)});
+    if (events.on_step)
+      events.on_step({s + 1, o.steps, rec, el, el / double(s + 1) * double(o.steps - s - 1), st.phases});
   }
   res.train_seconds = since(t_train);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -126,7 +136,8 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
       {"max_grad_norm", o.max_grad_norm}, {"optimizer", "AdamW(beta1 0.9, beta2 0.999, eps 1e-8, wd 0)"},
       {"dad_weight", dad_weight_name(topt.dad.weight)}, {"dad_gamma", o.gamma}, {"temperature", 1},
       {"train_beta", o.train_beta}, {"latent", o.latent}, 
-      {"device", o.steps > 0 ? device_display_name(topt.device) : "cpu"}, {"latent_lr_scale", o.latent_lr_scale},
+      {"device", o.steps > 0 ? device_display_name(topt.device) : "cpu"},
+      {"compute", compute_precision_name(topt.compute)}, {"latent_lr_scale", o.latent_lr_scale},
       {"data", generated ? gen_data_identity(o.gen) : calib.identity()}, {"windows_seen", next},
       {"seconds", res.train_seconds}, {"log", log},
       {"elapsed", elapsed}};

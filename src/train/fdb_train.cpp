@@ -5,6 +5,7 @@
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/fdb_format.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -53,6 +54,7 @@ void fdb_rebinarize(QuantizedLinear& q, const float* w) {
 FdbTrainer::FdbTrainer(LlamaModel& student, const LlamaModel& teacher, FdbLinears linears, FdbTrainOptions opt)
     : student_(student), teacher_(teacher), q_(std::move(linears)), opt_(opt) {
   const LlamaConfig& c = student.config();
+  check_compute_precision(opt_.device, opt_.compute);
   LB_CHECK(int64_t(q_.size()) == c.num_hidden_layers, "fdb training: {} layers of fdb weights for a model of {}",
            q_.size(), c.num_hidden_layers);
   LB_CHECK(teacher.config().vocab_size == c.vocab_size && teacher.config().num_hidden_layers == c.num_hidden_layers &&
@@ -96,7 +98,7 @@ FdbTrainer::FdbTrainer(LlamaModel& student, const LlamaModel& teacher, FdbLinear
   warmup_ = warmup_steps(opt_.warmup_ratio, opt_.total_steps);
   if (opt_.device.is_cuda()) {
     check_device_available(opt_.device);
-    gpu_ = make_fdb_cuda_engine(opt_.device, teacher_, q_);
+    gpu_ = make_fdb_cuda_engine(opt_.device, teacher_, q_, 0, opt_.compute);
   } else {
     cpu_grads_ = BaseGrads::linears_only(c);
   }
@@ -165,6 +167,7 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
     st.weight += sums.weight * scale;
   }
   if (gpu_) gpu_->end_step(galpha);
+  const auto t_host = std::chrono::steady_clock::now();
   // Offsets that are not trained (or not stored) get no gradient.
   const bool any_beta = opt_.train_beta;
   double ss = 0;
@@ -204,6 +207,13 @@ FdbStepStats FdbTrainer::step(std::span<const Batch> micro) {
       }
     }
     refresh(l);
+  }
+  if (gpu_ && gpu_->profiling()) {
+    // The host's part first (wall time), then the device's, whose last phase (the uploads of
+    // refresh) is waited for by the take.
+    const double host = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_host).count();
+    st.phases = gpu_->take_phase_seconds();
+    st.phases.push_back({"host clipping and AdamW", host});
   }
   return st;
 }

@@ -19,7 +19,9 @@
 // loss as its logits loss; a GPU runs the same step in fdb_train_cuda.h's engine (forward,
 // backward, DAD loss and the group gradients on the GPU; clipping, AdamW and, with latent
 // weights, their update and re-binarization on the host, as on the CPU). With a GPU the
-// student model's host weights are not refreshed: the student lives on the GPU.
+// student model's host weights are not refreshed: the student lives on the GPU. A GPU step's
+// matrix products run in FdbTrainOptions::compute (train/compute_precision.h; fdb_train_cuda.h
+// says which); the CPU computes in fp32 only.
 //
 // Optimizer: AdamW (optimizer.h) on every trained vector, clipping by the global norm of all
 // of them, constant learning rate after a linear warmup. Each step's loss is the DAD loss
@@ -29,6 +31,7 @@
 #include "core/device.h"
 #include "model/llama_model.h"
 #include "quant/quantized_linear.h"
+#include "train/compute_precision.h"
 #include "train/dad.h"
 #include "train/fdb_train_cuda.h"
 #include "train/llama_backward.h"
@@ -58,6 +61,9 @@ struct FdbTrainOptions {
   double latent_lr_scale = 1.0;  // the latent weights' learning rate relative to the scales'
   DadOptions dad;
   Device device;  // cpu, or the GPU the step runs on (checked available by the constructor)
+  // The GPU step's products (fp32: the CPU's arithmetic up to summation order); anything but
+  // fp32 on the CPU is refused by the constructor.
+  ComputePrecision compute = ComputePrecision::Fp32;
 };
 
 struct FdbStepStats {
@@ -67,6 +73,10 @@ struct FdbStepStats {
   int64_t positions = 0;
   double grad_norm = 0;  // before clipping
   double lr = 0;
+  // On a GPU with LOWBIT_TRAIN_PROFILE=1: the step's device seconds per phase (fdb_train_cuda.h,
+  // "Phase timing") and the host's clipping, AdamW and re-binarization ("host clipping and
+  // AdamW", wall time); empty otherwise.
+  std::vector<PhaseSeconds> phases;
 };
 
 using FdbLinears = std::vector<std::array<QuantizedLinear, 7>>;  // [layer][LinearKind]

@@ -21,6 +21,22 @@
 // latent weights, their AdamW state and the re-binarization stay on the host, as on the CPU):
 // correct, but one full-weight transfer per linear per micro-batch.
 //
+// Precision (train/compute_precision.h, the engine's ComputePrecision): the matrix products of
+// both forwards, the backward, the dW handed to the group reduction, and the teacher's and
+// student's logits chunks run in it (CudaLlamaBackward's modes: fp32 SGEMM, TF32 tensor cores, or
+// bf16 operands with fp32 accumulation, the dequantized fdb weight rounded to bf16 in the last).
+// The DAD loss and its fp64 sums, the group-gradient reduction (fp64 per group), the dequantized
+// fdb weight itself and everything on the host (clipping, AdamW) are the same in every mode.
+//
+// Phase timing (LOWBIT_TRAIN_PROFILE=1, CudaLlamaBackward's): take_phase_seconds() gives the
+// device seconds since its last call of "teacher forward" (the teacher's whole forward to its
+// final norm and the copy of its hidden states), the student's step by the engine's phases
+// (forward GEMMs, backward GEMMs, attention, loss/LM head, norms/RoPE/SwiGLU/casts, base
+// expansion: in bf16 the rounding of the dequantized weights, host<->device transfers), and this
+// engine's own: "fdb dequantization", "fdb group gradients", "teacher logits", "DAD loss",
+// "fdb latent dW download" (latent weights only), "fdb gradients download" (end_step) and "fdb
+// parameters upload" (set_linear). kl_sum's work is not a step's and is not counted.
+//
 // Memory on the GPU: the 16-bit model as CudaLlamaBackward holds it (its compact block weights
 // and LM head), the fdb planes (2 bits per weight), the group parameters and their gradients (3
 // fp32 each per group, twice), three fp32 scratches of the largest linear (the dequantized fdb
@@ -29,8 +45,10 @@
 #pragma once
 
 #include "core/device.h"
+#include "train/compute_precision.h"
 #include "train/dad.h"
 #include "train/llama_backward.h"
+#include "train/step_engine.h"
 #include "quant/quantized_linear.h"
 
 #include <array>
@@ -64,14 +82,20 @@ class FdbCudaEngine {
   virtual double kl_sum(const Batch& b) = 0;
   // The most GPU memory the process's device buffers have held (both engines, the fdb state).
   virtual double peak_device_bytes() const = 0;
+  // The products' precision, and phase timing (see "Phase timing"; empty when not profiling).
+  virtual ComputePrecision compute() const = 0;
+  virtual bool profiling() const = 0;
+  virtual std::vector<PhaseSeconds> take_phase_seconds() = 0;
 };
 
 // An engine on GPU `d` for the 16-bit `teacher` (which must outlive it) whose student linears are
-// set from `linears` ([layer][LinearKind], fdb format, validated by the caller). max_chunk_rows >
-// 0 caps the rows of each logits chunk (CudaStepHooks::max_chunk_rows; for tests). In a build
-// without CUDA, throws lowbit::Error naming the device.
+// set from `linears` ([layer][LinearKind], fdb format, validated by the caller), computing its
+// products in `compute`. max_chunk_rows > 0 caps the rows of each logits chunk
+// (CudaStepHooks::max_chunk_rows; for tests). In a build without CUDA, throws lowbit::Error
+// naming the device.
 std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel& teacher,
                                                     const std::vector<std::array<QuantizedLinear, 7>>& linears,
-                                                    int64_t max_chunk_rows = 0);
+                                                    int64_t max_chunk_rows = 0,
+                                                    ComputePrecision compute = ComputePrecision::Fp32);
 
 }  // namespace lowbit::train

@@ -158,9 +158,14 @@ struct CudaLlamaBackward::Impl {
   int64_t block_elements = 0;  // the seven linears' out * in
   int64_t cached_layer = -1;
   std::array<bool, 7> cached{};
+  // Whether the cached linears came from hooks->weight (CudaStepHooks): a hooked weight may
+  // change between calls (DB-LLM's scales after an optimizer step) and the same engine runs
+  // unhooked too (DB-LLM's teacher), so a call with or after hooked weights starts uncached.
+  bool cached_hooked = false;
   // bf16 mode with a resident base (base_residency.h): every block's seven linears in bf16,
   // [L, resident_stride] with block l's linear k at l * resident_stride + block_offset[k]; the
-  // blocks' compact linears are not held then.
+  // blocks' compact linears are not held then, nor the bf16 scratch, so hooks->weight is refused
+  // with a resident base (check_hooks): a hook's weight is never read from or replaced by it.
   bool resident = false;
   int64_t resident_stride = 0;
   DeviceBuffer<uint16_t> base16;
@@ -169,6 +174,7 @@ struct CudaLlamaBackward::Impl {
   // beside the gate's in dyb, when SwiGLU's backward writes both), tb / dtb [N, r] the adapter's
   // product and its gradient.
   DeviceBuffer<uint16_t> xb, dyb, dyb2, tb, dtb;
+  DeviceBuffer<uint16_t> head_xb;  // bf16 mode: head_logits' rows of hidden states [rows, H]
   // bf16 mode, fused (LOWBIT_TRAIN_FUSE unset or not 0): the kernels that produce a product's fp32
   // input write its bf16 rounding too (RMSNorm into xb, SwiGLU into xb, SwiGLU's backward into
   // dyb and dyb2), and xb is not cast again while it holds the input (xb_holds: the fp32 buffer
@@ -408,16 +414,36 @@ struct CudaLlamaBackward::Impl {
     return scratch.get();
   }
 
-  // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call).
+  bool hooked_weights() const { return hooks != nullptr && bool(hooks->weight); }
+  // At the start of a call: the bf16 cache is dropped when this call's or the last call's weights
+  // are a hook's.
+  void start_weight_cache() {
+    if (hooked_weights() || cached_hooked) cached_layer = -1;
+    cached_hooked = hooked_weights();
+  }
+
+  // bf16 mode: the weight [out, in] rounded to bf16 in the bf16 scratch (until the next call);
+  // with hooks->weight, the hook's fp32 weight rounded (the bf16 of the fp32 weight, as for the
+  // model's own linears).
   const uint16_t* weight16(int64_t layer, LinearKind k) {
-    LB_ASSERT(bf16 && (hooks == nullptr || !hooks->weight));
-    if (resident) return base16.get() + layer * resident_stride + block_offset[size_t(k)];
+    LB_ASSERT(bf16);
+    if (resident) {
+      LB_ASSERT(!hooked_weights());  // check_hooks
+      return base16.get() + layer * resident_stride + block_offset[size_t(k)];
+    }
     uint16_t* dst = scratch16.get() + block_offset[size_t(k)];
     if (layer != cached_layer) {
       cached_layer = layer;
       cached.fill(false);
     }
     if (cached[size_t(k)]) return dst;
+    if (hooked_weights()) {
+      const float* w = hooks->weight(layer, k);
+      phase(kPhaseExpand);
+      cuda::to_bf16(w, dst, linear_out_features(c, k) * linear_in_features(c, k), stream());
+      cached[size_t(k)] = true;
+      return dst;
+    }
     phase(kPhaseExpand);
     expand_bf16(blocks[size_t(layer)].linear[size_t(k)], dst);
     cached[size_t(k)] = true;
@@ -627,6 +653,8 @@ struct CudaLlamaBackward::Impl {
     const uint16_t* w = weight16(layer, k);
     phase(kPhaseBackwardGemm);
     cuda::linear_backward_bf16(ctx, nullptr, w, dy16, dxo, nullptr, N, in, out, accumulate);
+    // dy16, not dyb: fused, the up projection's upstream gradient is in dyb2.
+    if (hooks != nullptr && hooks->weight_grad) hooked_weight_grad_bf16(layer, k, x, dy16);
     GpuAdapter* a = adapter(layer, k);
     if (a == nullptr) return;
     const float scaling = float(lora->config.scaling());
@@ -838,6 +866,7 @@ struct CudaLlamaBackward::Impl {
     model.embed(batch.tokens, host.data());
     alloc(batch.B, batch.T, backward);
     set_rope(T);
+    start_weight_cache();
     dropout_on = backward;
     seed = opt.dropout_seed;
     phase(kPhaseTransfer);
@@ -874,6 +903,10 @@ struct CudaLlamaBackward::Impl {
     if (hooks != nullptr && hooks->max_chunk_rows > 0) chunk = std::min(chunk, hooks->max_chunk_rows);
     logits.resize(size_t(chunk * V));
     if (bf16 && backward) dyb.resize(size_t(chunk * V));
+    // Fused, the cross-entropy writes the logits' gradient into dyb itself; a hook's logits_loss
+    // writes it in fp32 into the logits, rounded into dyb below as in the one-launch path.
+    const bool hooked_loss = hooks != nullptr && bool(hooks->logits_loss);
+    const bool fused_loss = fuse && backward && !hooked_loss;
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t rows = std::min(chunk, N - r0);
       if (bf16) {
@@ -881,10 +914,11 @@ struct CudaLlamaBackward::Impl {
       } else {
         mm(x1.get() + r0 * H, head.get(), logits.get(), rows, H, V);
       }
-      if (hooks != nullptr && hooks->logits_loss) {
+      if (hooked_loss) {
         res.loss_sum += hooks->logits_loss(r0, rows, V, logits.get());
+        phase(kPhaseHead);  // the hook may have marked its own phases
         LB_CUDA_CHECK(cudaMemsetAsync(loss.get() + r0, 0, size_t(rows) * sizeof(double), s));
-      } else if (fuse && backward) {
+      } else if (fused_loss) {
         // The gradient straight into the head product's bf16 operand (the fp32 one has no reader).
         cuda::cross_entropy_backward_bf16(logits.get(), targets.get() + r0, dyb.get(), loss.get() + r0, rows, V,
                                           float(scale), s);
@@ -893,7 +927,7 @@ struct CudaLlamaBackward::Impl {
                                          float(scale), s);
       }
       if (backward && bf16) {
-        if (!fuse) cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
+        if (!fused_loss) cuda::to_bf16(logits.get(), dyb.get(), rows * V, s);
         cuda::linear_backward_bf16(ctx, nullptr, head16.get(), dyb.get(), dx.get() + r0 * H, nullptr, rows, H, V,
                                    false);
       } else if (backward) {
@@ -946,14 +980,39 @@ struct CudaLlamaBackward::Impl {
     return res;
   }
 
-  // dW [out, in] = dy^T x of a block linear, handed to hooks->weight_grad.
+  // dW [out, in] = dy^T x of a block linear in the step's precision (fp32 or tf32), handed to
+  // hooks->weight_grad.
   void hooked_weight_grad(int64_t layer, LinearKind k, const float* x, const float* dy) {
     const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
     hook_dw.resize(size_t(in * out));
     LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
     // dW alone (dx null): the weight is not read.
-    cuda::linear_backward_f32(ctx, x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
+    mm_backward(x, nullptr, dy, nullptr, hook_dw.get(), N, in, out, false);
     hooks->weight_grad(layer, k, hook_dw.get());
+  }
+  // The same in bf16: dy16 the caller's bf16(dy) (dyb, or dyb2 for the fused up projection), x
+  // rounded into xb here (fused: not again when xb holds it); fp32 dW.
+  void hooked_weight_grad_bf16(int64_t layer, LinearKind k, const float* x, const uint16_t* dy16) {
+    const int64_t in = linear_in_features(c, k), out = linear_out_features(c, k);
+    cast_input(x, N * in);
+    hook_dw.resize(size_t(in * out));
+    LB_CUDA_CHECK(cudaMemsetAsync(hook_dw.get(), 0, size_t(in * out) * sizeof(float), stream()));
+    phase(kPhaseBackwardGemm);
+    cuda::linear_backward_bf16(ctx, xb.get(), nullptr, dy16, nullptr, hook_dw.get(), N, in, out, false);
+    hooks->weight_grad(layer, k, hook_dw.get());
+  }
+
+  // logits [rows, V] = hidden [rows, H] times the LM head, in the step's precision (bf16: the
+  // rows rounded to bf16 against the bf16 head), in the caller's phase.
+  void head_logits(const float* hidden, float* out, int64_t rows) {
+    const int64_t H = c.hidden_size, V = c.vocab_size;
+    if (bf16) {
+      head_xb.resize(size_t(rows * H));
+      cuda::to_bf16(hidden, head_xb.get(), rows * H, stream());
+      cuda::linear_bf16(ctx, head_xb.get(), head16.get(), out, rows, H, V);
+    } else {
+      mm(hidden, head.get(), out, rows, H, V);
+    }
   }
 
   // The forward alone to the final norm's output (x1).
@@ -962,6 +1021,7 @@ struct CudaLlamaBackward::Impl {
     const int64_t H = c.hidden_size;
     alloc(batch.B, batch.T, false);
     set_rope(T);
+    start_weight_cache();
     dropout_on = false;
     set_adapters(nullptr, false, false);
     std::vector<float> host(size_t(N * H));
@@ -1218,7 +1278,7 @@ StepResult CudaLlamaBackward::forward_loss(const LoraAdapters* lora, const Batch
 }
 
 StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const CudaStepHooks& hooks) {
-  check_hooks_precision();
+  check_hooks(&hooks);
   impl_->hooks = &hooks;
   struct Reset {
     Impl* impl;
@@ -1228,7 +1288,7 @@ StepResult CudaLlamaBackward::forward_backward_hooked(const Batch& batch, const 
 }
 
 const float* CudaLlamaBackward::forward_hidden(const Batch& batch, const CudaStepHooks* hooks) {
-  if (hooks != nullptr) check_hooks_precision();
+  check_hooks(hooks);
   impl_->hooks = hooks;
   struct Reset {
     Impl* impl;
@@ -1243,14 +1303,21 @@ const float* CudaLlamaBackward::lm_head() const {
   return impl_->head.get();
 }
 
+void CudaLlamaBackward::head_logits(const float* hidden, float* logits, int64_t rows) {
+  impl_->head_logits(hidden, logits, rows);
+}
+
 ComputePrecision CudaLlamaBackward::compute() const { return impl_->compute; }
 bool CudaLlamaBackward::base_resident() const { return impl_->resident; }
 
-void CudaLlamaBackward::check_hooks_precision() const {
-  LB_CHECK(impl_->compute == ComputePrecision::Fp32,
-           "training on the GPU: step hooks (DB-LLM's distillation) run in fp32 compute only, this engine computes in "
-           "{}", compute_precision_name(impl_->compute));
+void CudaLlamaBackward::check_hooks(const CudaStepHooks* hooks) const {
+  LB_CHECK(hooks == nullptr || !hooks->weight || !impl_->resident,
+           "training on the GPU: step hooks' weights (DB-LLM's student) with a resident bf16 base: the hook replaces "
+           "every block linear's weight and the resident base holds no scratch for it; build the engine with "
+           "--base-resident off");
 }
+
+void CudaLlamaBackward::mark_phase(const char* name) { impl_->phase(name); }
 
 bool CudaLlamaBackward::profiling() const { return impl_->profile != nullptr; }
 
@@ -1270,7 +1337,10 @@ void CudaLlamaBackward::held_adamw_step(double grad_norm, double max_grad_norm, 
 void CudaLlamaBackward::download_held(LoraAdapters* params, AdamWState* state, LoraAdapters* grads) {
   impl_->download_held(params, state, grads);
 }
-std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() { return impl_->take_phases(); }
+std::vector<PhaseSeconds> CudaLlamaBackward::take_phase_seconds() {
+  impl_->collect_phases();  // phases marked since the last call's end (mark_phase)
+  return impl_->take_phases();
+}
 
 const cuda::Context& CudaLlamaBackward::context() const { return impl_->ctx; }
 
@@ -1284,6 +1354,7 @@ std::vector<float> CudaLlamaBackward::download_weight(int64_t layer, LinearKind 
            impl_->c.num_hidden_layers);
   std::vector<float> out(size_t(linear_out_features(impl_->c, k) * linear_in_features(impl_->c, k)));
   if (impl_->bf16) {
+    impl_->start_weight_cache();  // the model's weights, not a hook's left in the cache
     cuda::DeviceBuffer<float> wide(out.size());
     cuda::from_bf16(impl_->weight16(layer, k), wide.get(), int64_t(out.size()), impl_->stream());
     cuda::download(out.data(), wide.get(), out.size(), impl_->stream());

@@ -35,7 +35,19 @@
 //         GEMM time, and PEFT's bf16 LoRA is the reference being matched. The master weights A,
 //         B (and IEC's scalars), their gradients and AdamW's moments stay fp32 (on the host),
 //         as do the residual stream, RMSNorm, RoPE, attention and its softmax, SwiGLU, the
-//         cross-entropy and IEC's group means. Hooks (CudaStepHooks) run in fp32 only.
+//         cross-entropy and IEC's group means.
+//   Hooks (CudaStepHooks) run in every mode: hooks->weight's fp32 weight is what the fp32 and
+//   tf32 products read, and what the bf16 mode rounds into its bf16 block scratch (cached while
+//   the block is in use within one call, never across calls); the weight gradient handed to
+//   hooks->weight_grad is an fp32 dW from the mode's product (bf16: x and dy rounded to bf16);
+//   the logits handed to hooks->logits_loss are fp32 from the mode's head product, and the
+//   gradient it writes there is rounded like the cross-entropy's in the bf16 mode. Fusion (below)
+//   applies to hooked calls as to the others, with the same values: a hook's weight is rounded
+//   into the scratch like the model's, its dW reads the products' bf16 operands (the fused up
+//   projection's dy from dyb2), and a hook's logits gradient is rounded from the fp32 it writes.
+//   hooks->weight is refused on an engine with a resident base (its block linears live in the
+//   resident buffer, no scratch is held for a hook's): DB-LLM's engine (fdb_train_cuda.h) is
+//   built with the base per block (BaseResidency::Off), its teacher's linears expanded per visit.
 //
 // Fusion (bf16 mode): the kernels that produce a product's fp32 input also write its bf16 operand
 // (RMSNorm's output for Q, K, V or gate and up and for the LM head, SwiGLU's for the down
@@ -51,7 +63,8 @@
 // Phase timing: with LOWBIT_TRAIN_PROFILE=1 in the environment the engine records a CUDA event at
 // every change of phase (forward GEMMs, backward GEMMs, base expansion, attention, loss/LM head,
 // the other elementwise kernels, host<->device transfers) and take_phase_seconds() hands out the
-// sums; without it, no event is recorded.
+// sums; without it, no event is recorded. A hooks' user marks its own work with mark_phase (a
+// hook's work is timed under the phase it marks until the engine marks its next one).
 //
 // The frozen base is held compact (train/compact_base.h): a quantized checkpoint's linears ("int",
 // "codebook" i.e. NF4, "icq") as their codes (4 bits for codes of up to 4 bits) and fp32 scales,
@@ -144,7 +157,7 @@ class CudaLlamaBackward {
                               LoraAdapters* lora_grads, BaseGrads* base_grads);
   StepResult forward_loss(const LoraAdapters* lora, const Batch& batch);
 
-  // For CudaStepHooks' users (no adapters; fp32 compute only, refused otherwise).
+  // For CudaStepHooks' users (no adapters; any compute precision).
   // forward_backward with the hooks; any may be empty (then the step's default: the
   // cross-entropy over the targets with StepOptions' loss_scale of 0, no weight gradients, the
   // model's weights).
@@ -156,11 +169,19 @@ class CudaLlamaBackward {
   // The LM head [V, H] on the device (fp32 and tf32 modes; the bf16 mode holds it in bf16 only
   // and refuses).
   const float* lm_head() const;
+  // logits [rows, V] = hidden [rows, H] (device) times the LM head, as the step computes its
+  // logits in this engine's precision (bf16: the rows rounded to bf16, the bf16 head, fp32
+  // accumulation and output). Runs on the stream, timed under the phase marked last.
+  void head_logits(const float* hidden, float* logits, int64_t rows);
   ComputePrecision compute() const;
+  // Phase timing for hooks' users: what the stream runs from here to the next mark counts as
+  // `name` (a string that lives as long as this object). Nothing without profiling().
+  void mark_phase(const char* name);
   // Whether the base is held expanded in bf16 (base_residency.h).
   bool base_resident() const;
   // Phase timing (see above): whether LOWBIT_TRAIN_PROFILE=1 was set when this object was built,
-  // and the device seconds per phase since the last call (then reset).
+  // and the device seconds per phase since the last call (then reset; phases marked since a
+  // step's end are collected first).
   bool profiling() const;
   std::vector<PhaseSeconds> take_phase_seconds();
 
@@ -188,7 +209,8 @@ class CudaLlamaBackward {
   std::vector<float> download_weight(int64_t layer, LinearKind k);
 
  private:
-  void check_hooks_precision() const;
+  // Throws lowbit::Error for hooks->weight on an engine with a resident base (see "Hooks").
+  void check_hooks(const CudaStepHooks* hooks) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -13,7 +13,8 @@ std::unique_ptr<StepEngine> make_cuda_step_engine(const Device& d, const LlamaMo
 }
 
 std::unique_ptr<FdbCudaEngine> make_fdb_cuda_engine(const Device& d, const LlamaModel&,
-                                                    const std::vector<std::array<QuantizedLinear, 7>>&, int64_t) {
+                                                    const std::vector<std::array<QuantizedLinear, 7>>&, int64_t,
+                                                    ComputePrecision) {
   LB_CHECK(false, "DB-LLM training on {}: this lowbit was built without the CUDA backend", d.str());
   return nullptr;
 }

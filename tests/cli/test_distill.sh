@@ -27,6 +27,9 @@ if [[ -f "$S" && -f "$D/ptb/ptb.train.txt" ]]; then
   expect_ok "inspect" "quantization  dbllm:g=4 \(dbllm:g=4,init=rtn,offset=1\)" "$B" inspect "$T/dad"
   expect_ok "ppl of trained" "PPL = [0-9.]+" "$B" ppl --model "$T/dad" "${P[@]}"
   if grep -aq 'dad_weight' "$T/dad/model.safetensors"; then ok; else bad "no training record in the metadata"; fi
+  # The products' precision is recorded (fp32: the default, and the CPU's only mode).
+  if grep -aq '\\"compute\\":\\"fp32\\"' "$T/dad/model.safetensors"; then ok; else
+    bad "the training record has no \"compute\": \"fp32\""; fi
 
   # Data-free: windows the model writes itself (no calibration text read: no --data-dir), the
   # data recorded in the checkpoint, and the same seed giving the same checkpoint.
@@ -36,6 +39,8 @@ if [[ -f "$S" && -f "$D/ptb/ptb.train.txt" ]]; then
     -o "$T/gen"
   if grep -aq 'LLM-QAT data-free' "$T/gen/model.safetensors"; then ok; else
     bad "no generated data identity in the metadata"; fi
+  if grep -aq '\\"compute\\":\\"fp32\\"' "$T/gen/model.safetensors"; then ok; else
+    bad "the generated run's training record has no \"compute\": \"fp32\""; fi
   expect_ok "generated again" "wrote" "$B" distill "${G[@]}" --steps 3 --grad-accum 2 --lr 1e-3 -o "$T/gen2"
   ppl_gen=$("$B" ppl --model "$T/gen" "${P[@]}" 2>/dev/null | grep -Eo "PPL = [0-9.]+")
   ppl_gen2=$("$B" ppl --model "$T/gen2" "${P[@]}" 2>/dev/null | grep -Eo "PPL = [0-9.]+")
@@ -59,6 +64,14 @@ if [[ -f "$S" && -f "$D/ptb/ptb.train.txt" ]]; then
     --data-dir "$D" --method "dbllm:init=gptq,offset=0" -o "$T/x"
   expect_err "missing gpu" "cuda:99" "$B" distill "${C[@]}" --device cuda:99 -o "$T/x"
   expect_err "bad device" "--device" "$B" distill "${C[@]}" --device gpu -o "$T/x"
+  # The CPU trains in fp32 only: tf32 and bf16 are refused naming the option and the device.
+  for p in bf16 tf32; do
+    expect_err "--compute $p on the CPU" "--compute $p on device cpu: the CPU trains in fp32 only" \
+      "$B" distill "${C[@]}" --compute $p -o "$T/x"
+  done
+  expect_err "--compute bf16 with generated data on the CPU" "--compute bf16 on device cpu" \
+    "$B" distill "${G[@]}" --compute bf16 -o "$T/x"
+  expect_err "unknown precision" "--compute: fp16 not in" "$B" distill "${C[@]}" --compute fp16 -o "$T/x"
   expect_err "existing output" "exists; remove it or pass --force" "$B" distill "${C[@]}" -o "$T/init"
   expect_err "missing data" "ptb" "$B" distill "${C0[@]}" --method "dbllm:g=4" --data-dir "$T/nodata" -o "$T/x"
   if [[ ! -e "$T/x" ]]; then ok; else bad "a refused run left output"; fi

@@ -19,6 +19,25 @@
 //                      nearly lr * sign(g), so fp32 noise in a near-zero gradient entry can move
 //                      that parameter by up to lr on one side only (the project's bar for a loss
 //                      curve).
+//
+// The faster precisions (--compute tf32|bf16, fdb_train_cuda.h's "Precision") against the fp32
+// step on the GPU, with test_cuda_train_precision.cpp's bars and their reasoning (every product's
+// operands rounded once, u = 2^-11 in tf32 and 2^-8 in bf16, ~3 u elementwise at the bottom of
+// the tiny model), each bar a tensor's norm and direction rather than its elements:
+//   group gradients    each linear's (alpha1, alpha2, beta) gradients: norm 2e-3 (tf32), 1e-2
+//                      (bf16) relative, cosine > 0.99999 (tf32), 0.999 (bf16): a group's
+//                      gradient is a fixed-order fp64 sum of its dW elements, so it carries the
+//                      dW's relative error, and the norm and direction of a tensor of >= 1,000
+//                      of them average it as they do for LoRA's A and B;
+//   loss, KL           2e-3 (tf32), 1e-2 (bf16) relative: twice the cross-entropy's bar, as the
+//                      KL is a difference of two rounded sets of logits (the teacher's and the
+//                      student's, each ~1 u relative noise) rather than one; the 2-bit
+//                      student's KL is far from zero, so the noise is a small part of it;
+//   mean DAD weight    H(p, q)^gamma, a sum of the same logits' terms: the cross-entropy's bar,
+//                      1e-3 (tf32), 5e-3 (bf16);
+//   two steps          the loss curve's bar, 1e-2 relative at every step.
+// The fp32 mode is the default and is what the tests above compare with the CPU; an engine made
+// with ComputePrecision::Fp32 named gives the default engine's numbers bit for bit.
 #include "backend/cuda/fdb_train.cuh"
 #include "core/error.h"
 #include "formats/checkpoint.h"
@@ -39,8 +58,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <set>
 #include <tuple>
 
 namespace lowbit {
@@ -267,6 +288,265 @@ TEST(CudaFdbTrain, TrainerStepsMatchTheCpu) {
     EXPECT_NEAR(kg, kc, 1e-3 * kc);
     for (const auto& layer : gpu.linears())
       for (const QuantizedLinear& x : layer) EXPECT_NO_THROW(x.validate("trained on the GPU"));
+  }
+}
+
+using train::ComputePrecision;
+
+double l2(const std::vector<float>& v) {
+  double s = 0;
+  for (float x : v) s += double(x) * x;
+  return std::sqrt(s);
+}
+
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double ab = 0;
+  for (size_t i = 0; i < a.size(); ++i) ab += double(a[i]) * b[i];
+  return ab / (l2(a) * l2(b));
+}
+
+struct FastBars {
+  double loss, weight, norm, cosine;
+};
+constexpr FastBars kTf32 = {2e-3, 1e-3, 2e-3, 0.99999};
+constexpr FastBars kBf16 = {1e-2, 5e-3, 1e-2, 0.999};
+
+// One micro-batch on engine e: its sums, group gradients and no-gradient KL.
+struct MicroOut {
+  train::DadSums sums;
+  train::FdbGradBuffers galpha;
+  double kl = 0;
+};
+MicroOut micro(train::FdbCudaEngine& e, const train::FdbLinears& q, const train::Batch& b,
+               const train::DadOptions& dad, double scale) {
+  MicroOut out;
+  out.galpha = zeros(q, false);
+  e.begin_step();
+  out.sums = e.micro_step(b, dad, scale, nullptr);
+  e.end_step(out.galpha);
+  out.kl = e.kl_sum(b);
+  return out;
+}
+
+// The fp32 mode is the default, and naming it changes nothing, bit for bit.
+TEST(CudaFdbTrainPrecision, Fp32IsTheDefault) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
+  auto dflt = train::make_fdb_cuda_engine(kGpu, teacher, q, 7);
+  auto named = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Fp32);
+  EXPECT_EQ(dflt->compute(), ComputePrecision::Fp32);
+  EXPECT_EQ(train::FdbTrainOptions{}.compute, ComputePrecision::Fp32);
+  const MicroOut a = micro(*dflt, q, b, {}, 1.0 / 80.0), c = micro(*named, q, b, {}, 1.0 / 80.0);
+  EXPECT_EQ(a.sums.loss, c.sums.loss);
+  EXPECT_EQ(a.sums.kl, c.sums.kl);
+  EXPECT_EQ(a.sums.weight, c.sums.weight);
+  EXPECT_EQ(a.kl, c.kl);
+  for (size_t l = 0; l < q.size(); ++l)
+    for (LinearKind k : kAllLinears) EXPECT_EQ(a.galpha[l][size_t(k)], c.galpha[l][size_t(k)]);
+}
+
+// One micro-batch in tf32 and in bf16 against the fp32 step (logits in chunks of 7 rows).
+TEST(CudaFdbTrainPrecision, FastStepsAreNearFp32) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
+  const double scale = 1.0 / 80.0;
+  train::DadOptions dad;  // cross, gamma 1: every term of the loss in play
+  auto fp32 = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Fp32);
+  const MicroOut want = micro(*fp32, q, b, dad, scale);
+  for (ComputePrecision p : {ComputePrecision::Tf32, ComputePrecision::Bf16}) {
+    SCOPED_TRACE(train::compute_precision_name(p));
+    const FastBars bar = p == ComputePrecision::Bf16 ? kBf16 : kTf32;
+    auto e = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, p);
+    EXPECT_EQ(e->compute(), p);
+    const MicroOut got = micro(*e, q, b, dad, scale);
+    EXPECT_NEAR(got.sums.loss, want.sums.loss, bar.loss * want.sums.loss);
+    EXPECT_NEAR(got.sums.kl, want.sums.kl, bar.loss * want.sums.kl);
+    EXPECT_NEAR(got.sums.weight, want.sums.weight, bar.weight * want.sums.weight);
+    EXPECT_NEAR(got.kl, want.kl, bar.loss * want.kl);
+    double worst_norm = 0, lowest_cos = 1, n2_got = 0, n2_want = 0;
+    for (size_t l = 0; l < q.size(); ++l)
+      for (LinearKind k : kAllLinears) {
+        const std::vector<float>& g = got.galpha[l][size_t(k)];
+        const std::vector<float>& w = want.galpha[l][size_t(k)];
+        const double dn = std::fabs(l2(g) - l2(w)) / l2(w), cs = cosine(g, w);
+        EXPECT_LT(dn, bar.norm) << "layer " << l << " " << linear_name(k);
+        EXPECT_GT(cs, bar.cosine) << "layer " << l << " " << linear_name(k);
+        worst_norm = std::max(worst_norm, dn);
+        lowest_cos = std::min(lowest_cos, cs);
+        n2_got += l2(g) * l2(g);
+        n2_want += l2(w) * l2(w);
+      }
+    EXPECT_NEAR(std::sqrt(n2_got), std::sqrt(n2_want), bar.norm * std::sqrt(n2_want));
+    std::printf("%s: DAD loss %.7f (fp32 %.7f), KL %.7f (fp32 %.7f); worst group-gradient norm error %.3g, lowest "
+                "cosine %.7f\n",
+                train::compute_precision_name(p), got.sums.loss, want.sums.loss, got.sums.kl, want.sums.kl,
+                worst_norm, lowest_cos);
+  }
+}
+
+// The bf16 mode caches a block's rounded weights while the block is in use; the student's come
+// from the fdb hook and change with set_linear, and the teacher runs on the same engine: a
+// micro-batch after new group parameters must be a fresh engine's with those parameters, bit
+// for bit (a stale cache would mix the teacher's, the old or the new student's weights).
+TEST(CudaFdbTrainPrecision, Bf16FollowsNewGroupParameters) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  train::FdbLinears moved = q;
+  for (auto& layer : moved)
+    for (QuantizedLinear& x : layer) {
+      Tensor& a = x.extras.at("fdb.alpha");
+      Tensor own = Tensor::empty(a.dtype(), a.shape());
+      for (int64_t i = 0; i < a.numel(); ++i) own.mutable_data_as<float>()[i] = a.data_as<float>()[i] * 1.25f;
+      a = std::move(own);
+    }
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(1, 32, teacher.config().vocab_size, 5);
+  auto reused = train::make_fdb_cuda_engine(kGpu, teacher, q, 0, ComputePrecision::Bf16);
+  (void)micro(*reused, q, b, {}, 1.0 / 32.0);
+  for (size_t l = 0; l < q.size(); ++l)
+    for (LinearKind k : kAllLinears) reused->set_linear(int64_t(l), k, moved[l][size_t(k)], false);
+  const MicroOut got = micro(*reused, moved, b, {}, 1.0 / 32.0);
+  auto fresh = train::make_fdb_cuda_engine(kGpu, teacher, moved, 0, ComputePrecision::Bf16);
+  const MicroOut want = micro(*fresh, moved, b, {}, 1.0 / 32.0);
+  EXPECT_EQ(got.sums.loss, want.sums.loss);
+  EXPECT_EQ(got.sums.kl, want.sums.kl);
+  EXPECT_EQ(got.kl, want.kl);
+  for (size_t l = 0; l < q.size(); ++l)
+    for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+}
+
+// The bf16 distill step fuses its elementwise kernels as fine-tuning's does: with the fdb hooks
+// (the student's weights, dW from the products' bf16 operands, the DAD loss's logits gradient
+// rounded into the head's operand) a fused micro-batch equals LOWBIT_TRAIN_FUSE=0's bit for bit.
+TEST(CudaFdbTrainPrecision, Bf16FusedEqualsUnfused) {
+  REQUIRE_GPU();
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const train::Batch b = random_batch(2, 40, teacher.config().vocab_size, 11);
+  unsetenv("LOWBIT_TRAIN_FUSE");
+  auto fused = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Bf16);
+  setenv("LOWBIT_TRAIN_FUSE", "0", 1);
+  auto unfused = train::make_fdb_cuda_engine(kGpu, teacher, q, 7, ComputePrecision::Bf16);
+  unsetenv("LOWBIT_TRAIN_FUSE");
+  for (const char* w : {"cross", "none"}) {
+    SCOPED_TRACE(w);
+    train::DadOptions dad;
+    dad.weight = train::parse_dad_weight(w);
+    const MicroOut got = micro(*fused, q, b, dad, 1.0 / 80.0), want = micro(*unfused, q, b, dad, 1.0 / 80.0);
+    EXPECT_EQ(got.sums.loss, want.sums.loss);
+    EXPECT_EQ(got.sums.kl, want.sums.kl);
+    EXPECT_EQ(got.sums.weight, want.sums.weight);
+    EXPECT_EQ(got.kl, want.kl);
+    for (size_t l = 0; l < q.size(); ++l)
+      for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+  }
+}
+
+// FdbTrainer in each fast mode: two steps of two micro-batches near the fp32 trainer's (the loss
+// curve's bar), the linears valid.
+TEST(CudaFdbTrainPrecision, TrainerStepsAreNearFp32) {
+  REQUIRE_GPU();
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const int64_t V = teacher.config().vocab_size;
+  const std::vector<train::Batch> micro_batches = {random_batch(1, 48, V, 21), random_batch(2, 24, V, 22)};
+  train::FdbTrainOptions opt;
+  opt.adamw.lr = 1e-4;
+  opt.total_steps = 2;
+  opt.device = kGpu;
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  LlamaModel s32(open_checkpoint(tiny()));
+  train::FdbTrainer fp32(s32, teacher, q, opt);
+  std::vector<train::FdbStepStats> want;
+  for (int step = 0; step < 2; ++step) want.push_back(fp32.step(micro_batches));
+  for (ComputePrecision p : {ComputePrecision::Tf32, ComputePrecision::Bf16}) {
+    SCOPED_TRACE(train::compute_precision_name(p));
+    opt.compute = p;
+    LlamaModel s(open_checkpoint(tiny()));
+    train::FdbTrainer t(s, teacher, q, opt);
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE(step);
+      const train::FdbStepStats g = t.step(micro_batches);
+      EXPECT_NEAR(g.loss, want[size_t(step)].loss, 1e-2 * want[size_t(step)].loss);
+      EXPECT_NEAR(g.kl, want[size_t(step)].kl, 1e-2 * want[size_t(step)].kl);
+      EXPECT_NEAR(g.grad_norm, want[size_t(step)].grad_norm, 1e-2 * want[size_t(step)].grad_norm);
+    }
+    for (const auto& layer : t.linears())
+      for (const QuantizedLinear& x : layer) EXPECT_NO_THROW(x.validate("trained in a fast mode"));
+  }
+}
+
+// LOWBIT_TRAIN_PROFILE=1: a GPU step reports its phases (the teacher's forward, the student's
+// engine phases, the fdb work, the transfers, the host's optimizer), each >= 0, and the timing
+// changes no number.
+TEST(CudaFdbTrainPrecision, PhaseTimingNamesThePhases) {
+  REQUIRE_GPU();
+  LlamaModel teacher(open_checkpoint(tiny()));
+  const int64_t V = teacher.config().vocab_size;
+  const std::vector<train::Batch> micro_batches = {random_batch(1, 48, V, 21), random_batch(2, 24, V, 22)};
+  const train::FdbLinears q = fdb_init("dbllm:g=16");
+  for (ComputePrecision p : {ComputePrecision::Fp32, ComputePrecision::Bf16}) {
+    SCOPED_TRACE(train::compute_precision_name(p));
+    train::FdbTrainOptions opt;
+    opt.device = kGpu;
+    opt.compute = p;
+    LlamaModel s0(open_checkpoint(tiny())), s1(open_checkpoint(tiny()));
+    train::FdbTrainer plain(s0, teacher, q, opt);
+    const train::FdbStepStats want = plain.step(micro_batches);
+    EXPECT_TRUE(want.phases.empty());
+    setenv("LOWBIT_TRAIN_PROFILE", "1", 1);
+    train::FdbTrainer timed(s1, teacher, q, opt);
+    unsetenv("LOWBIT_TRAIN_PROFILE");
+    const train::FdbStepStats got = timed.step(micro_batches);
+    EXPECT_EQ(got.loss, want.loss);
+    EXPECT_EQ(got.kl, want.kl);
+    EXPECT_EQ(got.grad_norm, want.grad_norm);
+    std::set<std::string> names;
+    double sum = 0;
+    for (const auto& ph : got.phases) {
+      EXPECT_TRUE(names.insert(ph.name).second) << "twice: " << ph.name;
+      EXPECT_GE(ph.seconds, 0) << ph.name;
+      sum += ph.seconds;
+      std::printf("  %-28s %.6f s\n", ph.name.c_str(), ph.seconds);
+    }
+    for (const char* n : {"teacher forward", "fdb dequantization", "fdb group gradients", "teacher logits",
+                          "DAD loss", "fdb gradients download", "fdb parameters upload", "forward GEMMs",
+                          "backward GEMMs", "attention", "host clipping and AdamW"})
+      EXPECT_EQ(names.count(n), 1u) << n;
+    EXPECT_EQ(names.count("fdb latent dW download"), 0u);
+    EXPECT_GT(sum, 0);
+  }
+}
+
+// Generated data with bf16 compute: the record names both (its data the CPU's generation), and
+// the steps stay near the fp32 GPU run's on the same windows.
+TEST(CudaFdbTrain, GeneratedDataInBf16) {
+  REQUIRE_GPU();
+  train::DistillOptions o;
+  o.method = "dbllm:g=16";
+  o.steps = 2;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-4;
+  o.data = "generated";
+  o.gen.nsamples = 4;
+  o.gen.seqlen = 24;
+  o.gen.seed = 4;
+  o.device = "cuda";
+  const train::DistillResult fp32 = train::run_distill(tiny(), o, nullptr);
+  o.compute = "bf16";
+  const train::DistillResult bf16 = train::run_distill(tiny(), o, nullptr);
+  EXPECT_EQ(fp32.training["compute"], "fp32");
+  EXPECT_EQ(bf16.training["compute"], "bf16");
+  EXPECT_EQ(bf16.training["data"], fp32.training["data"]);
+  EXPECT_EQ(bf16.training["data"]["set"], "generated");
+  for (int step = 0; step < 2; ++step) {
+    const double a = fp32.training["log"][step]["loss"].get<double>();
+    const double g = bf16.training["log"][step]["loss"].get<double>();
+    EXPECT_NEAR(g, a, 1e-2 * a) << step;
   }
 }
 

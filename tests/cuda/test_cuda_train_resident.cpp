@@ -221,6 +221,27 @@ TEST(CudaTrainResident, Fp32RefusesOn) {
             std::string::npos);
 }
 
+// A step hook's weights (DB-LLM's student, CudaStepHooks::weight) are refused on a resident
+// engine, which holds no scratch for them: the resident base is never read in a hook's place.
+// Hooks without weights (a logits loss alone) run on it.
+TEST(CudaTrainResident, WeightHooksRefuseResident) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  LlamaModel model(open_checkpoint(write_random_gqa_config(dir)));
+  train::CudaLlamaBackward gpu(model, 0, bf16(BaseResidency::On));
+  ASSERT_TRUE(gpu.base_resident());
+  const train::Batch b = random_batch(model.config().vocab_size, 3, 1, 8);
+  train::CudaStepHooks hooks;
+  cuda::DeviceBuffer<float> w(size_t(model.config().intermediate_size * model.config().hidden_size));
+  hooks.weight = [&](int64_t, LinearKind) -> const float* { return w.get(); };
+  EXPECT_NE(error_text([&] { gpu.forward_backward_hooked(b, hooks); }).find("--base-resident off"), std::string::npos);
+  EXPECT_NE(error_text([&] { gpu.forward_hidden(b, &hooks); }).find("resident bf16 base"), std::string::npos);
+  train::CudaStepHooks loss_only;
+  loss_only.logits_loss = [](int64_t, int64_t, int64_t, float*) { return 0.0; };
+  EXPECT_NO_THROW(gpu.forward_backward_hooked(b, loss_only));
+  EXPECT_NO_THROW(gpu.forward_hidden(b));
+}
+
 // `lowbit finetune --device cuda --base-resident on` against off (QLoRA on stories260K, as
 // test_cuda_train_precision.cpp's FinetuneDefaultsToBf16 runs it): the same loss log and
 // adapters bit for bit; the summary records the choice, which is not part of the run's

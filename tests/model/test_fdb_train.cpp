@@ -13,6 +13,7 @@
 #include "test_util.h"
 #include "train/fdb_train.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -204,6 +205,17 @@ TEST(FdbTrain, BadInputIsRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("cuda:99"), std::string::npos) << e.what();
   }
+  // The CPU computes in fp32 only: the GPU's precisions are refused naming the device. A CPU
+  // trainer's steps carry no phase timing.
+  for (train::ComputePrecision p : {train::ComputePrecision::Tf32, train::ComputePrecision::Bf16}) {
+    train::FdbTrainOptions o;
+    o.compute = p;
+    EXPECT_EQ(test::error_text([&] { train::FdbTrainer x(student, teacher, q, o); }),
+              fmt::format("--compute {} on device cpu: the CPU trains in fp32 only (tf32 and bf16 are GPU modes)",
+                          train::compute_precision_name(p)));
+  }
+  const std::vector<train::Batch> micro = {random_batch(1, 8, teacher.config().vocab_size, 3)};
+  EXPECT_TRUE(t.step(micro).phases.empty());
 }
 
 }  // namespace

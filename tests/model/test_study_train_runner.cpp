@@ -114,11 +114,16 @@ TEST(StudyTrain, CellsAreTheStandaloneTrainingsModels) {
                                                  BosMode::Default);
       train::DistillResult d = train::run_distill(stories(), o, calib);
       EXPECT_EQ(t["log"], d.training["log"]);
+      // The products' precision is recorded: fp32, the default on every device.
+      EXPECT_EQ(d.training["compute"], "fp32");
+      EXPECT_EQ(t["compute"], "fp32");
       {
-        // With no steps nothing trains: a GPU that is not there is not asked for.
+        // With no steps nothing trains: a GPU that is not there is not asked for, and a GPU
+        // precision is taken (checked against the device's kind only).
         train::DistillOptions z = o;
         z.steps = 0;
         z.device = "cuda:99";
+        z.compute = "bf16";
         EXPECT_NO_THROW(train::run_distill(stories(), z, calib));
       }
       LlamaModel teacher(open_model(stories()));
@@ -193,6 +198,10 @@ TEST(StudyTrain, DistillOnGeneratedData) {
   const nlohmann::json t = nlohmann::json::parse(c.training);
   EXPECT_EQ(t["data"]["set"], "generated");
   EXPECT_EQ(t["data"]["seed"], 9);
+  // fp32, the default: recorded, and not in the key (which names compute, when not fp32, before
+  // the generation).
+  EXPECT_EQ(t["compute"], "fp32");
+  EXPECT_EQ(c.key.find("compute="), std::string::npos) << c.key;
 
   train::DistillOptions o;
   o.method = "dbllm:g=4";

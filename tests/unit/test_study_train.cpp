@@ -16,6 +16,7 @@
 
 #include <sqlite3.h>
 
+#include <set>
 #include <sstream>
 
 namespace lowbit::study {
@@ -284,6 +285,92 @@ TEST(StudyTrainSpec, DistillDeviceIsTheStudysOrTheTables) {
             "/tmp/spec.toml:18:10: device 'gpu': expected cpu, cuda or cuda:N");
 }
 
+// What a distillation cell computes in: fp32 by default on every device (its key as before the
+// option), tf32 or bf16 named in the key; the GPU modes refused on the CPU at spec check, naming
+// the device, and an unknown mode refused naming the value.
+TEST(StudyTrainSpec, DistillComputeIsInTheKeyWhenNotFp32) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec dflt = parse_study_spec(cuda_study + "[[distill]]\ng = 64\n", "/tmp/spec.toml", kNoFiles);
+  const std::string key = expand_plan(dflt).cells[0].key;
+  EXPECT_EQ(key.find("compute="), std::string::npos);
+  EXPECT_EQ(dflt.methods[0].train.distill.compute, "");
+  EXPECT_EQ(train::distill_compute(dflt.methods[0].train.distill), train::ComputePrecision::Fp32);
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = 64\ncompute = [\"fp32\", \"tf32\", \"bf16\"]\n",
+                                       "/tmp/spec.toml", kNoFiles);
+  ASSERT_EQ(s.methods.size(), 3u);
+  const StudyPlan p = expand_plan(s);
+  EXPECT_EQ(s.methods[1].train.distill.compute, "tf32");
+  EXPECT_EQ(p.cells[0].key, key);
+  EXPECT_EQ(p.cells[1].key, key + ",compute=tf32");
+  EXPECT_EQ(p.cells[2].key, key + ",compute=bf16");
+  // The CPU's cell has the GPU's default key (the device is not in it).
+  const StudySpec cpu = parse_study_spec(spec_with("[[distill]]\ng = 64\ncompute = \"fp32\"\n"), "/tmp/spec.toml",
+                                         kNoFiles);
+  EXPECT_EQ(expand_plan(cpu).cells[0].key, key);
+  EXPECT_NE(error_of(spec_with("[[distill]]\ng = 64\ncompute = \"bf16\"\n"))
+                .find("--compute bf16 on device cpu: the CPU trains in fp32 only"),
+            std::string::npos);
+  EXPECT_NE(error_of(cuda_study + "[[distill]]\ng = 64\ndevice = \"cpu\"\ncompute = \"tf32\"\n")
+                .find("--compute tf32 on device cpu"),
+            std::string::npos);
+  EXPECT_NE(error_of(spec_with("[[distill]]\ng = 64\ncompute = \"fp16\"\n"))
+                .find("--compute 'fp16': unknown precision"),
+            std::string::npos);
+}
+
+// A cell with both a GPU compute mode and generated data names the compute first, then the
+// generation; fp32 generated cells keep datafree's key, and each axis gives its own cells.
+TEST(StudyTrainSpec, DistillComputeThenGeneratedDataInTheKey) {
+  std::string cuda_study = spec_with("");
+  cuda_study.insert(cuda_study.find('\n', cuda_study.find("name")) + 1, "device = \"cuda\"\n");
+  const StudySpec s = parse_study_spec(cuda_study + "[[distill]]\ng = 64\ndata = [\"calib\", \"generated\"]\n"
+                                                    "compute = [\"fp32\", \"bf16\"]\n",
+                                       "/tmp/spec.toml", kNoFiles);
+  const StudyPlan p = expand_plan(s);
+  ASSERT_EQ(p.cells.size(), 4u);
+  const std::string train = "dad:steps=100,batch=1,grad_accum=4,lr=0.0001,warmup_ratio=0,max_grad_norm=1,dad=cross,"
+                            "gamma=1,train_beta=1,latent=0,latent_lr_scale=1";
+  const std::string gen = ",data=generated,gen_nsamples=128,gen_seqlen=2048,gen_seed=0,gen_first=random,"
+                          "gen_greedy=2-4,gen_temperature=1,gen_top_k=50,gen_eos=stop,gen_bos=window";
+  const std::string calib_prefix = "m|dbllm:g=64|ptb:n=8,seqlen=64,seed=0,bos=auto|";
+  std::set<std::string> keys;
+  for (const auto& cell : p.cells) keys.insert(cell.key);
+  EXPECT_EQ(keys.size(), 4u);
+  EXPECT_EQ(keys.count(calib_prefix + train), 1u);
+  EXPECT_EQ(keys.count(calib_prefix + train + ",compute=bf16"), 1u);
+  EXPECT_EQ(keys.count("m|dbllm:g=64|none|" + train + gen), 1u);
+  EXPECT_EQ(keys.count("m|dbllm:g=64|none|" + train + ",compute=bf16" + gen), 1u);
+}
+
+// `lowbit distill`'s options: --compute checked with the others, before any work.
+TEST(StudyTrainSpec, DistillOptionsCheckTheCompute) {
+  train::DistillOptions o;
+  EXPECT_EQ(train::distill_compute(o), train::ComputePrecision::Fp32);
+  o.device = "cuda";
+  EXPECT_EQ(train::distill_compute(o), train::ComputePrecision::Fp32) << "fp32 is the default on a GPU too";
+  for (const char* c : {"fp32", "tf32", "bf16"}) {
+    o.compute = c;
+    EXPECT_NO_THROW(train::check_distill_options(o)) << c;
+    EXPECT_STREQ(train::compute_precision_name(train::distill_compute(o)), c);
+  }
+  o.device = "cpu";
+  for (const char* c : {"tf32", "bf16"}) {
+    o.compute = c;
+    try {
+      train::check_distill_options(o);
+      ADD_FAILURE() << "--compute " << c << " accepted on the CPU";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("--compute ") + c +
+                                           " on device cpu: the CPU trains in fp32 only (tf32 and bf16 are GPU modes)");
+    }
+  }
+  o.compute = "fp32";
+  EXPECT_NO_THROW(train::check_distill_options(o));
+  o.compute = "int8";
+  EXPECT_THROW(train::check_distill_options(o), Error);
+}
+
 // lowbit finetune's device is checked with its other options, before any work (whether the
 // device exists here is checked when the run starts).
 TEST(StudyTrainSpec, DistillOptionsCheckTheDevice) {
@@ -361,9 +448,9 @@ TEST(StudyTrainSpec, ErrorsNameTheLine) {
             "(two scales per group))");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = 128\nepochs = 2\n")),
             "/tmp/spec.toml:19:10: unknown key 'epochs' in [[distill]] (training options: steps, batch, grad_accum, "
-            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device, data, "
-            "gen_nsamples, gen_seqlen, gen_seed, gen_first, gen_greedy, gen_temperature, gen_top_k, gen_eos, gen_bos; "
-            "and the dbllm method's options)");
+            "lr, warmup_ratio, max_grad_norm, dad, gamma, train_beta, latent, latent_lr_scale, device, compute, "
+            "data, gen_nsamples, gen_seqlen, gen_seed, gen_first, gen_greedy, gen_temperature, gen_top_k, gen_eos, "
+            "gen_bos; and the dbllm method's options)");
   EXPECT_EQ(error_of(spec_with("[[distill]]\ng = [64, 128]\nsteps = [1]\nzip = [\"g\", \"steps\"]\n")),
             "/tmp/spec.toml:17:1: distill: zipped options 'g' (2 values) and 'steps' (1 values) differ in length");
 }

@@ -8,6 +8,8 @@
 // train/generated_data.h, where every choice is written down), written as a quantized checkpoint
 // whose metadata records the training. --steps 0 writes the initialization alone. --device cuda
 // runs the training steps on the GPU (train/fdb_train_cuda.h); the initialization stays on the CPU.
+// --compute tf32|bf16 runs the GPU step's matrix products faster (fp32, the default, is the CPU's
+// arithmetic); LOWBIT_TRAIN_PROFILE=1 prints each GPU step's time per phase.
 #include "commands.h"
 #include "progress.h"
 
@@ -26,7 +28,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <string>
 #include <string_view>
 
 namespace lowbit::cli {
@@ -72,6 +76,12 @@ void run(const Options& o) {
                make_method(o.method)->spec().resolved(), calib.set.name, calib.set.convention, calib.nsamples,
                calib.seqlen, calib.seed);
   }
+  if (o.steps > 0 && parse_device(o.device).is_cuda()) {
+    const char* profile = std::getenv("LOWBIT_TRAIN_PROFILE");
+    fmt::print(stderr, "training on {} ({} compute{})\n", o.device,
+               train::compute_precision_name(train::distill_compute(o)),
+               profile != nullptr && std::string(profile) == "1" ? "; timing its phases" : "");
+  }
   train::DistillEvents ev;
   const auto t_gen = Clock::now();
   int64_t gen_printed = 0;
@@ -91,6 +101,13 @@ void run(const Options& o) {
                "{} elapsed, ETA {}\n", st.step, st.steps, rec["loss"].get<double>(), rec["kl"].get<double>(),
                rec["weight"].get<double>(), rec["grad_norm"].get<double>(), rec["lr"].get<double>(),
                format_duration(st.elapsed), format_duration(st.eta));
+    if (!st.phases.empty()) {
+      double total = 0;
+      for (const auto& p : st.phases) total += p.seconds;
+      std::string line;
+      for (const auto& p : st.phases) line += fmt::format("{}{} {:.4f} s", line.empty() ? "" : ", ", p.name, p.seconds);
+      fmt::print(stderr, "step {} phases: {} (sum {:.4f} s)\n", st.step, line, total);
+    }
   };
   train::DistillResult r = train::run_distill(o.model, o, generated ? nullptr : &calib, ev);
   LlamaModel teacher(std::move(ck));
@@ -156,6 +173,11 @@ void register_distill(CLI::App& app) {
                   "generation context), off")
       ->capture_default_str();
   add_device_option(cmd, o->device);
+  cmd->add_option("--compute", o->compute,
+                  "precision of the GPU step's matrix products: fp32 (the CPU's arithmetic; the CPU's only mode), "
+                  "tf32 or bf16 (bf16 operands, fp32 accumulation; the DAD loss, group gradients and AdamW as in "
+                  "fp32) [default: fp32]; LOWBIT_TRAIN_PROFILE=1 prints each GPU step's time per phase")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--force", o->force, "replace the output directory if it exists");
   cmd->callback([o, cmd] {
