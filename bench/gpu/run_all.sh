@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs lowbit's GPU checks and benchmarks one after another on one GPU machine, each step's output
 # in OUT/STEP.log, a step whose log ends in "step done" skipped, so that the same command run
-# again (in a later session of a time-limited machine, say) continues where the last run stopped.
+# again (on a machine lent for short spells, say) continues where the last run stopped.
 # Steps run in the order given; each is cut at its own time limit (seconds) and the whole run at
 # BUDGET seconds, a step that cannot finish within what is left not started.
 #
