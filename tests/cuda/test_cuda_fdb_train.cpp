@@ -328,6 +328,17 @@ MicroOut micro(train::FdbCudaEngine& e, const train::FdbLinears& q, const train:
   return out;
 }
 
+// Two micro-batches that must agree bit for bit: the DAD sums, the KL and every group gradient.
+void expect_same_micro(const MicroOut& got, const MicroOut& want) {
+  EXPECT_EQ(got.sums.loss, want.sums.loss);
+  EXPECT_EQ(got.sums.kl, want.sums.kl);
+  EXPECT_EQ(got.sums.weight, want.sums.weight);
+  EXPECT_EQ(got.kl, want.kl);
+  ASSERT_EQ(got.galpha.size(), want.galpha.size());
+  for (size_t l = 0; l < want.galpha.size(); ++l)
+    for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+}
+
 // The fp32 mode is the default, and naming it changes nothing, bit for bit.
 TEST(CudaFdbTrainPrecision, Fp32IsTheDefault) {
   REQUIRE_GPU();
@@ -339,12 +350,7 @@ TEST(CudaFdbTrainPrecision, Fp32IsTheDefault) {
   EXPECT_EQ(dflt->compute(), ComputePrecision::Fp32);
   EXPECT_EQ(train::FdbTrainOptions{}.compute, ComputePrecision::Fp32);
   const MicroOut a = micro(*dflt, q, b, {}, 1.0 / 80.0), c = micro(*named, q, b, {}, 1.0 / 80.0);
-  EXPECT_EQ(a.sums.loss, c.sums.loss);
-  EXPECT_EQ(a.sums.kl, c.sums.kl);
-  EXPECT_EQ(a.sums.weight, c.sums.weight);
-  EXPECT_EQ(a.kl, c.kl);
-  for (size_t l = 0; l < q.size(); ++l)
-    for (LinearKind k : kAllLinears) EXPECT_EQ(a.galpha[l][size_t(k)], c.galpha[l][size_t(k)]);
+  expect_same_micro(a, c);
 }
 
 // One micro-batch in tf32 and in bf16 against the fp32 step (logits in chunks of 7 rows).
@@ -412,11 +418,7 @@ TEST(CudaFdbTrainPrecision, Bf16FollowsNewGroupParameters) {
   const MicroOut got = micro(*reused, moved, b, {}, 1.0 / 32.0);
   auto fresh = train::make_fdb_cuda_engine(kGpu, teacher, moved, 0, ComputePrecision::Bf16);
   const MicroOut want = micro(*fresh, moved, b, {}, 1.0 / 32.0);
-  EXPECT_EQ(got.sums.loss, want.sums.loss);
-  EXPECT_EQ(got.sums.kl, want.sums.kl);
-  EXPECT_EQ(got.kl, want.kl);
-  for (size_t l = 0; l < q.size(); ++l)
-    for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+  expect_same_micro(got, want);
 }
 
 // The bf16 distill step fuses its elementwise kernels as fine-tuning's does: with the fdb hooks
@@ -437,12 +439,7 @@ TEST(CudaFdbTrainPrecision, Bf16FusedEqualsUnfused) {
     train::DadOptions dad;
     dad.weight = train::parse_dad_weight(w);
     const MicroOut got = micro(*fused, q, b, dad, 1.0 / 80.0), want = micro(*unfused, q, b, dad, 1.0 / 80.0);
-    EXPECT_EQ(got.sums.loss, want.sums.loss);
-    EXPECT_EQ(got.sums.kl, want.sums.kl);
-    EXPECT_EQ(got.sums.weight, want.sums.weight);
-    EXPECT_EQ(got.kl, want.kl);
-    for (size_t l = 0; l < q.size(); ++l)
-      for (LinearKind k : kAllLinears) EXPECT_EQ(got.galpha[l][size_t(k)], want.galpha[l][size_t(k)]);
+    expect_same_micro(got, want);
   }
 }
 
