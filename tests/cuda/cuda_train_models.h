@@ -4,6 +4,7 @@
 #pragma once
 
 #include "test_util.h"
+#include "train/finetune.h"
 #include "train/llama_backward.h"
 #include "train/llama_backward_cuda.h"
 #include "train/lora.h"
@@ -18,6 +19,28 @@
 #include <vector>
 
 namespace lowbit::test {
+
+// The short run on stories260K and the Alpaca subset that the GPU fine-tuning tests compare across
+// devices, precisions and base residencies: 48 records (8 held out), sources of 64 and targets of
+// 32 tokens, batches of 2 in 2 micro-batches, lr 1e-3.
+inline train::FinetuneOptions small_alpaca_finetune(const std::string& model, const std::string& data,
+                                                    const std::string& method, int64_t steps,
+                                                    const std::string& device) {
+  train::FinetuneOptions o;
+  o.model = model;
+  o.method = method;
+  o.data = data;
+  o.steps = steps;
+  o.batch = 2;
+  o.grad_accum = 2;
+  o.lr = 1e-3;
+  o.limit = 48;
+  o.eval_size = 8;
+  o.source_max = 64;
+  o.target_max = 32;
+  o.device = device;
+  return o;
+}
 
 // A random-weight LLaMA with grouped-query attention (8 query heads on 2 key/value heads, head
 // dim 32), llama3 RoPE, a tied head and sizes past the kernels' 256-thread blocks.

@@ -398,19 +398,7 @@ TEST_P(CudaFinetune, LossCurveMatchesCpu) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(alpaca);
   auto run = [&](const std::string& device) {
-    train::FinetuneOptions o;
-    o.model = stories();
-    o.method = GetParam();
-    o.data = alpaca;
-    o.steps = 4;
-    o.batch = 2;
-    o.grad_accum = 2;
-    o.lr = 1e-3;
-    o.limit = 48;
-    o.eval_size = 8;
-    o.source_max = 64;
-    o.target_max = 32;
-    o.device = device;
+    train::FinetuneOptions o = test::small_alpaca_finetune(stories(), alpaca, GetParam(), 4, device);
     o.compute = "fp32";  // the parity mode (a GPU run's default is bf16)
     return train::run_finetune(o);
   };
