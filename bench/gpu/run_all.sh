@@ -11,7 +11,8 @@
 #   tests          test_cuda (TC, default: test_cuda beside LOWBIT; FILTER a gtest filter)
 #   decode         decode_8b.sh, CUDA-graph decode, then LOWBIT_CUDA_GRAPHS=0 on the same model
 #   peft           qlora_vs_peft.sh at 8B shapes, 4 layers (PEFT's wheel on PYTHONPATH), then the
-#                  same with BASE_RESIDENT=off LOWBIT_TRAIN_FUSE=0 (the step before those options)
+#                  same with BASE_RESIDENT=off LOWBIT_TRAIN_FUSE=0 (the step before those options),
+#                  then with LOWBIT_TRAIN_ATTENTION=tf32 (the attention's products on tensor cores)
 #   qlora8b        qlora_8b.sh, 32 layers, BASE_RESIDENT=off (the 12 GB target's configuration)
 #   dbllm8b        dbllm_8b.sh "2 4" (COMPUTE as set)
 #   ppl8b gptq8b   ppl_8b.sh, gptq_8b.sh (REF_LAYERS 2)
@@ -59,7 +60,8 @@ for s in "$@"; do
     decode)   run_step decode "$secs" bash -c "ROUNDS=\${ROUNDS:-2} bash '$B/decode_8b.sh' '$LOWBIT' '$DATA' '$WORK/d8' '$TOK' $PEAK_GBS &&
                 LOWBIT_CUDA_GRAPHS=0 ROUNDS=\${ROUNDS:-2} bash '$B/decode_8b.sh' '$LOWBIT' '$DATA' '$WORK/d8' '$TOK' $PEAK_GBS" ;;
     peft)     run_step peft "$secs" bash -c "STEPS=4 PROFILE=1 TOKENIZER_DIR='$TOK' bash '$B/qlora_vs_peft.sh' '$LOWBIT' '$WORK/p' 8b 4 &&
-                STEPS=4 PROFILE=1 BASE_RESIDENT=off LOWBIT_TRAIN_FUSE=0 TOKENIZER_DIR='$TOK' bash '$B/qlora_vs_peft.sh' '$LOWBIT' '$WORK/p0' 8b 4" ;;
+                STEPS=4 PROFILE=1 BASE_RESIDENT=off LOWBIT_TRAIN_FUSE=0 TOKENIZER_DIR='$TOK' bash '$B/qlora_vs_peft.sh' '$LOWBIT' '$WORK/p0' 8b 4 &&
+                STEPS=4 PROFILE=1 LOWBIT_TRAIN_ATTENTION=tf32 TOKENIZER_DIR='$TOK' bash '$B/qlora_vs_peft.sh' '$LOWBIT' '$WORK/p1' 8b 4" ;;
     qlora8b)  run_step qlora8b "$secs" env BASE_RESIDENT=off STEPS=${STEPS:-2} ACCUM=${ACCUM:-2} bash "$B/qlora_8b.sh" "$LOWBIT" "$WORK/q" "$TOK" 32 ;;
     dbllm8b)  run_step dbllm8b "$secs" env STEPS=${STEPS:-6} bash "$B/dbllm_8b.sh" "$LOWBIT" "$DATA" "$WORK/db8" "$TOK" "2 4" ;;
     ppl8b)    run_step ppl8b "$secs" bash "$B/ppl_8b.sh" "$LOWBIT" "$DATA" "$WORK/w8" "$TOK" ;;

@@ -56,8 +56,10 @@ FULLDIR="$WORK/llava-next-$SHAPE-full"
 python3 "$ROOT/scripts/device/llava_next_gpu_parity.py" "$LOWBIT" --dir "$FULLDIR" --shape "$SHAPE" \
   --text-layers "$FULL_TEXT_LAYERS" --vision-layers "$FULL_VISION_LAYERS" --save-dtype bfloat16 \
   --tokenizer "$TOKENIZER" --build-only 2> "$WORK/build-full.err"
-if [[ -n "$DATA" && -d "$DATA/wikitext2" ]]; then
+if [[ -n "$DATA" && -f "$DATA/wikitext2/wiki.train.raw" ]]; then
   CALIB=wikitext2 PPL_DEVICE=$DEVICE
+elif [[ -n "$DATA" && -d "$DATA/ptb" ]]; then  # WikiText2 train absent: PTB train, as the studies do
+  CALIB=ptb PPL_DEVICE=$DEVICE
 else  # no data: the quantization and the answers only
   CALIB="$ROOT/README.md" PPL_DEVICE=none DATA=${DATA:-$WORK}
 fi

@@ -2,6 +2,9 @@
 
 #include "core/error.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace lowbit::train {
 
 const char* compute_precision_name(ComputePrecision p) {
@@ -34,6 +37,13 @@ ComputePrecision resolve_compute_precision(const Device& d, std::string_view tex
   const ComputePrecision p = text.empty() ? default_compute_precision(d) : parse_compute_precision(text);
   check_compute_precision(d, p);
   return p;
+}
+
+bool tf32_attention_requested() {
+  const char* v = std::getenv("LOWBIT_TRAIN_ATTENTION");
+  if (v == nullptr || std::strcmp(v, "fp32") == 0) return false;
+  LB_CHECK(std::strcmp(v, "tf32") == 0, "LOWBIT_TRAIN_ATTENTION='{}': expected fp32 (the default) or tf32", v);
+  return true;
 }
 
 }  // namespace lowbit::train

@@ -11,7 +11,9 @@
 //          products, fp32 accumulation and outputs (train/llama_backward_cuda.h says which products)
 //
 // tf32 and bf16 also run the attention's products as fp32 SGEMMs (train/llama_backward_cuda.h)
-// rather than the fp32 mode's kernels: fp32 arithmetic in another summation order.
+// rather than the fp32 mode's kernels: fp32 arithmetic in another summation order; with
+// LOWBIT_TRAIN_ATTENTION=tf32 in the environment, on tensor cores with TF32 operands
+// (tf32_attention_requested; a run so made records "attention": "tf32" in its identity).
 //
 // A GPU run's default is bf16; the CPU takes fp32 only.
 #pragma once
@@ -40,5 +42,9 @@ ComputePrecision resolve_compute_precision(const Device& d, std::string_view tex
 
 // Throws lowbit::Error unless device d runs precision p.
 void check_compute_precision(const Device& d, ComputePrecision p);
+
+// LOWBIT_TRAIN_ATTENTION: true for "tf32", false when unset or "fp32"; throws lowbit::Error
+// naming the variable for anything else. Applies to the tf32 and bf16 modes only.
+bool tf32_attention_requested();
 
 }  // namespace lowbit::train

@@ -183,6 +183,10 @@ struct CudaLlamaBackward::Impl {
   // roundings of the same fp32 values, by the same kernels' code); only launches and memory
   // traffic go. With fuse off, every product casts its operands itself.
   bool fuse = true;
+  // tf32 and bf16 modes with LOWBIT_TRAIN_ATTENTION=tf32: the attention's products (scores,
+  // probabilities times values and their gradients) on tensor cores with TF32 operands and fp32
+  // accumulation (PEFT's bf16 autocast runs them with bf16 operands); otherwise pure fp32 SGEMMs.
+  bool attention_tf32 = false;
   const float* xb_holds = nullptr;
   int64_t xb_count = 0;
   std::unique_ptr<cuda::OpProfile> profile;  // LOWBIT_TRAIN_PROFILE=1
@@ -230,6 +234,7 @@ struct CudaLlamaBackward::Impl {
     const cudaStream_t s = ctx.stream();
     if (profile_requested()) profile = std::make_unique<cuda::OpProfile>(s);
     fuse = bf16 && fusion_requested();
+    attention_tf32 = compute != ComputePrecision::Fp32 && tf32_attention_requested();
     LB_CHECK(bf16 || o.base_resident != BaseResidency::On,
              "--base-resident on with --compute {}: a resident base is the bf16 mode's", compute_precision_name(compute));
     if (bf16) {
@@ -746,7 +751,7 @@ struct CudaLlamaBackward::Impl {
         if (e_.compute == ComputePrecision::Fp32) {
           cuda::attention_f32(qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd, s);
         } else {
-          cuda::attention_gemm_f32(e_.ctx, qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd);
+          cuda::attention_gemm_f32(e_.ctx, qb, kb, vb, ob, e_.probs.get(), T, nh, nkv, hd, e_.attention_tf32);
         }
       }
     }
@@ -820,7 +825,8 @@ struct CudaLlamaBackward::Impl {
                                      dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd, s);
       } else {
         cuda::attention_backward_gemm_f32(ctx, qb, kb, vb, gb, dq.get() + b * T * qd, dk.get() + b * T * kvd,
-                                          dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd);
+                                          dv.get() + b * T * kvd, probs.get(), dprobs.get(), T, nh, nkv, hd,
+                                          attention_tf32);
       }
     }
     phase(kPhaseOther);

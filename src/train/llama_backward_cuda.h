@@ -22,7 +22,10 @@
 //         (backend/cuda/mixed_gemm.cuh), so nothing else on the cuBLAS handle changes.
 //   Both fast modes run the attention's products as fp32 strided-batched SGEMMs
 //   (ops_backward.cuh's attention_gemm_f32: the fp32 mode's arithmetic in another summation
-//   order) instead of the fp32 mode's one-thread-per-output kernels.
+//   order) instead of the fp32 mode's one-thread-per-output kernels; with
+//   LOWBIT_TRAIN_ATTENTION=tf32 in the environment when the engine is built, the same calls on
+//   tensor cores with TF32 operands and fp32 accumulation (PEFT's bf16 autocast runs them with
+//   bf16 operands; the softmax, its gradient and every buffer stay fp32).
 //   bf16  the frozen base is expanded into a bf16 scratch (the bf16 rounding of the fp32 weight
 //         above: exact for bases whose dequantized values are bf16 already, as QLoRA's NF4 of a
 //         bf16 checkpoint is), the LM head is held in bf16, and every product takes bf16 operands

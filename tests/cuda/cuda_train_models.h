@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <span>
@@ -73,8 +74,8 @@ inline std::string write_random_gqa_config(const test::TempDir& dir) {
 }
 
 // B = 2 sequences of T = 64 random tokens: targets are the next tokens, except the first 10
-// positions of sequence 0 (a prompt), the last 9 of sequence 1 (padding, token 0) and each last
-// position.
+// positions of sequence 0 (a prompt), the last 9 of sequence 1 (padding, token 0; when B >= 2)
+// and each last position. T >= 2; shorter sequences keep at least one target per sequence.
 inline train::Batch random_batch(int64_t V, uint32_t seed, int64_t B = 2, int64_t T = 64) {
   std::mt19937 g(seed);
   train::Batch b;
@@ -83,11 +84,13 @@ inline train::Batch random_batch(int64_t V, uint32_t seed, int64_t B = 2, int64_
   b.tokens.resize(size_t(B * T));
   b.targets.assign(size_t(B * T), -100);
   for (auto& t : b.tokens) t = int32_t(g() % uint32_t(V));
-  for (int64_t t = T - 9; t < T; ++t) b.tokens[size_t(T + t)] = 0;
+  const int64_t prompt = std::min<int64_t>(10, T - 2), pad = std::min<int64_t>(9, T - 2);
+  if (B >= 2)
+    for (int64_t t = T - pad; t < T; ++t) b.tokens[size_t(T + t)] = 0;
   for (int64_t s = 0; s < B; ++s)
     for (int64_t t = 0; t + 1 < T; ++t) {
-      if (s == 0 && t < 10) continue;
-      if (s == 1 && t + 1 >= T - 9) continue;
+      if (s == 0 && t < prompt) continue;
+      if (s == 1 && t + 1 >= T - pad) continue;
       b.targets[size_t(s * T + t)] = b.tokens[size_t(s * T + t + 1)];
     }
   return b;

@@ -447,17 +447,26 @@ namespace {
 // One strided-batched SGEMM per head of a key/value group (jg = 0 .. group - 1), batched over the
 // nkv groups: head h = g * group + jg. Row-major [T, heads * hd] activations are column-major
 // [hd, T] blocks (ld heads * hd); row-major [T, T] probabilities are their column-major
-// transposes (ld T). Pure fp32 (the handle's default math mode: no TF32).
-void head_gemms(const Context& ctx, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-                float alpha, const float* a, int64_t lda, int64_t a_head, int64_t a_group, const float* b,
+// transposes (ld T). Pure fp32 (the handle's default math mode), or with tf32 the same call on
+// tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32, set per call: the handle's mode is not touched).
+void head_gemms(const Context& ctx, bool tf32, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n,
+                int64_t k, float alpha, const float* a, int64_t lda, int64_t a_head, int64_t a_group, const float* b,
                 int64_t ldb, int64_t b_head, int64_t b_group, float* c, int64_t ldc, int64_t c_head, int64_t c_group,
                 int64_t group, int64_t nkv, bool accumulate_over_group) {
   // x_head: the offset of head jg within a group's batch entry; x_group: the batch stride.
   for (int64_t jg = 0; jg < group; ++jg) {
     const float beta = accumulate_over_group && jg > 0 ? 1.0f : 0.0f;
-    LB_CUBLAS_CHECK(cublasSgemmStridedBatched(ctx.cublas(), ta, tb, int(m), int(n), int(k), &alpha, a + jg * a_head,
-                                              int(lda), a_group, b + jg * b_head, int(ldb), b_group, &beta,
-                                              c + jg * c_head, int(ldc), c_group, int(nkv)));
+    if (tf32) {
+      LB_CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas(), ta, tb, int(m), int(n), int(k), &alpha,
+                                                 a + jg * a_head, CUDA_R_32F, int(lda), a_group, b + jg * b_head,
+                                                 CUDA_R_32F, int(ldb), b_group, &beta, c + jg * c_head, CUDA_R_32F,
+                                                 int(ldc), c_group, int(nkv), CUBLAS_COMPUTE_32F_FAST_TF32,
+                                                 CUBLAS_GEMM_DEFAULT));
+    } else {
+      LB_CUBLAS_CHECK(cublasSgemmStridedBatched(ctx.cublas(), ta, tb, int(m), int(n), int(k), &alpha,
+                                                a + jg * a_head, int(lda), a_group, b + jg * b_head, int(ldb),
+                                                b_group, &beta, c + jg * c_head, int(ldc), c_group, int(nkv)));
+    }
   }
 }
 
@@ -466,46 +475,46 @@ void head_gemms(const Context& ctx, cublasOperation_t ta, cublasOperation_t tb, 
 // The same attention with its products as cuBLAS SGEMMs (scores and probabilities of every pair,
 // the causal mask applied by the softmax kernels, which read j <= i only and write zeros above).
 void attention_gemm_f32(const Context& ctx, const float* q, const float* k, const float* v, float* out, float* probs,
-                        int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
+                        int64_t T, int64_t nh, int64_t nkv, int64_t hd, bool tf32) {
   if (nkv <= 0 || nh % nkv != 0) throw_error("attention_gemm_f32: heads not a multiple of key/value heads");
   check_int(T * nh * hd, "sequence x features");
   const int64_t group = nh / nkv, qd = nh * hd, kvd = nkv * hd, TT = T * T;
   const float scale = 1.0f / std::sqrt(float(hd));
   // S_h^T [T(j), T(i)] = K_g [T, hd] Q_h^T: probs[h, i, j] = scale q_i,h . k_j,g.
-  head_gemms(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, kvd, 0, hd, q, qd, hd, group * hd, probs, T, TT,
+  head_gemms(ctx, tf32, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, kvd, 0, hd, q, qd, hd, group * hd, probs, T, TT,
              group * TT, group, nkv, false);
   attention_softmax_kernel<<<unsigned(nh * T), kThreads, 0, ctx.stream()>>>(probs, T);
   LB_CUDA_LAUNCH_CHECK();
   // out_h^T [hd, T(i)] = V_g^T [hd, T(j)] P_h^T.
-  head_gemms(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, v, kvd, 0, hd, probs, T, TT, group * TT, out, qd, hd,
+  head_gemms(ctx, tf32, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, v, kvd, 0, hd, probs, T, TT, group * TT, out, qd, hd,
              group * hd, group, nkv, false);
 }
 
 void attention_backward_gemm_f32(const Context& ctx, const float* q, const float* k, const float* v,
                                  const float* dout, float* dq, float* dk, float* dv, float* probs, float* dprobs,
-                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd) {
+                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, bool tf32) {
   if (nkv <= 0 || nh % nkv != 0) throw_error("attention_backward_gemm_f32: heads not a multiple of key/value heads");
   check_int(T * nh * hd, "sequence x features");
   const int64_t group = nh / nkv, qd = nh * hd, kvd = nkv * hd, TT = T * T;
   const float scale = 1.0f / std::sqrt(float(hd));
   const cudaStream_t s = ctx.stream();
   // P recomputed; dP_h = dO_h V_g^T (as the scores, dout for q and v for k).
-  head_gemms(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, kvd, 0, hd, q, qd, hd, group * hd, probs, T, TT,
+  head_gemms(ctx, tf32, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, scale, k, kvd, 0, hd, q, qd, hd, group * hd, probs, T, TT,
              group * TT, group, nkv, false);
   attention_softmax_kernel<<<unsigned(nh * T), kThreads, 0, s>>>(probs, T);
   LB_CUDA_LAUNCH_CHECK();
-  head_gemms(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, v, kvd, 0, hd, dout, qd, hd, group * hd, dprobs, T, TT,
+  head_gemms(ctx, tf32, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, 1.0f, v, kvd, 0, hd, dout, qd, hd, group * hd, dprobs, T, TT,
              group * TT, group, nkv, false);
   attention_dscores_kernel<<<unsigned(nh * T), kThreads, 0, s>>>(probs, dprobs, T);
   LB_CUDA_LAUNCH_CHECK();
   // dQ_h^T [hd, T(i)] = scale K_g^T [hd, T(j)] dS_h^T.
-  head_gemms(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, scale, k, kvd, 0, hd, dprobs, T, TT, group * TT, dq, qd, hd,
+  head_gemms(ctx, tf32, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, scale, k, kvd, 0, hd, dprobs, T, TT, group * TT, dq, qd, hd,
              group * hd, group, nkv, false);
   // dK_g^T [hd, T(j)] = scale sum over the group's heads of Q_h^T [hd, T(i)] dS_h; dV_g likewise
   // with dO_h and P_h (the heads added in order, as the kernels add them).
-  head_gemms(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, scale, q, qd, hd, group * hd, dprobs, T, TT, group * TT, dk, kvd,
+  head_gemms(ctx, tf32, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, scale, q, qd, hd, group * hd, dprobs, T, TT, group * TT, dk, kvd,
              0, hd, group, nkv, true);
-  head_gemms(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dout, qd, hd, group * hd, probs, T, TT, group * TT, dv,
+  head_gemms(ctx, tf32, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, dout, qd, hd, group * hd, probs, T, TT, group * TT, dv,
              kvd, 0, hd, group, nkv, true);
 }
 

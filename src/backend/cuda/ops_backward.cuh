@@ -62,16 +62,17 @@ void attention_backward_f32(const float* q, const float* k, const float* v, cons
                             float* dv, float* probs, float* dprobs, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
                             cudaStream_t s);
 
-// The same two with their products as cuBLAS strided-batched SGEMMs (pure fp32, the handle's
-// default math) on the context's stream, for the tf32 and bf16 training modes
-// (train/compute_precision.h): the same results in another summation order, the scores of every
-// pair computed (the softmax masks those above the diagonal), one SGEMM call per head of a
-// key/value group for each product. The fp32 mode keeps the kernels above.
+// The same two with their products as cuBLAS strided-batched GEMMs on the context's stream, for
+// the tf32 and bf16 training modes (train/compute_precision.h): the scores of every pair computed
+// (the softmax masks those above the diagonal), one call per head of a key/value group for each
+// product. tf32 false: pure fp32 SGEMMs (the handle's default math), the kernels' results in
+// another summation order; true: the products on tensor cores with TF32 operands (fp32
+// accumulation; buffers, softmax and its gradient stay fp32). The fp32 mode keeps the kernels above.
 void attention_gemm_f32(const Context& ctx, const float* q, const float* k, const float* v, float* out, float* probs,
-                        int64_t T, int64_t nh, int64_t nkv, int64_t hd);
+                        int64_t T, int64_t nh, int64_t nkv, int64_t hd, bool tf32 = false);
 void attention_backward_gemm_f32(const Context& ctx, const float* q, const float* k, const float* v,
                                  const float* dout, float* dq, float* dk, float* dv, float* probs, float* dprobs,
-                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd);
+                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, bool tf32 = false);
 
 // out [n] = silu(gate) * up; out may alias gate.
 void swiglu_f32(const float* gate, const float* up, float* out, int64_t n, cudaStream_t s);
