@@ -83,6 +83,32 @@ struct TempDir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
+// An environment variable set (value) or unset (nullptr) while the object lives, then restored.
+struct ScopedEnv {
+  std::string name, saved;
+  bool had = false;
+  ScopedEnv(const char* var, const char* value) : name(var) {
+    if (const char* v = std::getenv(var)) {
+      had = true;
+      saved = v;
+    }
+    if (value) {
+      ::setenv(var, value, 1);
+    } else {
+      ::unsetenv(var);
+    }
+  }
+  ~ScopedEnv() {
+    if (had) {
+      ::setenv(name.c_str(), saved.c_str(), 1);
+    } else {
+      ::unsetenv(name.c_str());
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
+
 // The message of the lowbit::Error that f throws; a test failure (and "") when it throws none.
 inline std::string error_text(const std::function<void()>& f) {
   try {

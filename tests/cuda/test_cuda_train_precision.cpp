@@ -376,7 +376,9 @@ void expect_near_fp32(const LlamaModel& m, ComputePrecision p, const train::Lora
 }
 
 // tf32 and bf16 steps against fp32: the random GQA model (bf16 weights; LoRA dropout 0.1, and
-// its NF4 + DQ base with IEC's scalars) and stories260K under QLoRA's NF4 + DQ base.
+// its NF4 + DQ base with IEC's scalars) and stories260K under QLoRA's NF4 + DQ base; with the
+// attention's products as fp32 SGEMMs (the default) and on TF32 tensor cores
+// (LOWBIT_TRAIN_ATTENTION=tf32, read when an engine is built; the fp32 reference ignores it).
 TEST(CudaTrainPrecision, Tf32AndBf16GradientsNearFp32) {
   REQUIRE_GPU();
   test::TempDir dir;
@@ -395,9 +397,13 @@ TEST(CudaTrainPrecision, Tf32AndBf16GradientsNearFp32) {
     const LlamaConfig& c = model->config();
     const train::LoraAdapters lora = random_lora(c, cs.dropout, 3, cs.iec && c.hidden_size % 8 == 0);
     const train::Batch batch = random_batch(c.vocab_size, 41);
-    for (ComputePrecision p : {ComputePrecision::Tf32, ComputePrecision::Bf16}) {
-      SCOPED_TRACE(train::compute_precision_name(p));
-      expect_near_fp32(*model, p, lora, batch);
+    for (const char* attention : {"fp32", "tf32"}) {
+      SCOPED_TRACE(std::string("attention ") + attention);
+      const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", attention);
+      for (ComputePrecision p : {ComputePrecision::Tf32, ComputePrecision::Bf16}) {
+        SCOPED_TRACE(train::compute_precision_name(p));
+        expect_near_fp32(*model, p, lora, batch);
+      }
     }
   }
 }

@@ -13,7 +13,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <functional>
 #include <string>
 
@@ -124,21 +123,20 @@ TEST(BaseResidency, FinetuneOptions) {
 // LOWBIT_TRAIN_ATTENTION: unset and fp32 keep the SGEMM attention, tf32 asks for tensor cores,
 // anything else is refused naming the variable and its value.
 TEST(ComputePrecision, AttentionVariable) {
-  const char* old = std::getenv("LOWBIT_TRAIN_ATTENTION");
-  const std::string saved = old ? old : "";
-  ::unsetenv("LOWBIT_TRAIN_ATTENTION");
-  EXPECT_FALSE(tf32_attention_requested());
-  ::setenv("LOWBIT_TRAIN_ATTENTION", "fp32", 1);
-  EXPECT_FALSE(tf32_attention_requested());
-  ::setenv("LOWBIT_TRAIN_ATTENTION", "tf32", 1);
-  EXPECT_TRUE(tf32_attention_requested());
-  ::setenv("LOWBIT_TRAIN_ATTENTION", "TF32", 1);
-  EXPECT_NE(error_text([] { tf32_attention_requested(); }).find("LOWBIT_TRAIN_ATTENTION='TF32'"), std::string::npos);
-  if (old) {
-    ::setenv("LOWBIT_TRAIN_ATTENTION", saved.c_str(), 1);
-  } else {
-    ::unsetenv("LOWBIT_TRAIN_ATTENTION");
+  {
+    const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", nullptr);
+    EXPECT_FALSE(tf32_attention_requested());
   }
+  {
+    const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "fp32");
+    EXPECT_FALSE(tf32_attention_requested());
+  }
+  {
+    const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "tf32");
+    EXPECT_TRUE(tf32_attention_requested());
+  }
+  const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "TF32");
+  EXPECT_NE(error_text([] { tf32_attention_requested(); }).find("LOWBIT_TRAIN_ATTENTION='TF32'"), std::string::npos);
 }
 
 }  // namespace
