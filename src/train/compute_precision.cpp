@@ -39,7 +39,8 @@ ComputePrecision resolve_compute_precision(const Device& d, std::string_view tex
   return p;
 }
 
-bool tf32_attention_requested() {
+bool tf32_attention(ComputePrecision p) {
+  if (p == ComputePrecision::Fp32) return false;
   const char* v = std::getenv("LOWBIT_TRAIN_ATTENTION");
   if (v == nullptr || std::strcmp(v, "fp32") == 0) return false;
   LB_CHECK(std::strcmp(v, "tf32") == 0, "LOWBIT_TRAIN_ATTENTION='{}': expected fp32 (the default) or tf32", v);

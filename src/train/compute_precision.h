@@ -13,7 +13,7 @@
 // tf32 and bf16 also run the attention's products as fp32 SGEMMs (train/llama_backward_cuda.h)
 // rather than the fp32 mode's kernels: fp32 arithmetic in another summation order; with
 // LOWBIT_TRAIN_ATTENTION=tf32 in the environment, on tensor cores with TF32 operands
-// (tf32_attention_requested; a run so made records "attention": "tf32" in its identity).
+// (tf32_attention; a run so made records "attention": "tf32" in its identity).
 //
 // A GPU run's default is bf16; the CPU takes fp32 only.
 #pragma once
@@ -43,8 +43,9 @@ ComputePrecision resolve_compute_precision(const Device& d, std::string_view tex
 // Throws lowbit::Error unless device d runs precision p.
 void check_compute_precision(const Device& d, ComputePrecision p);
 
-// LOWBIT_TRAIN_ATTENTION: true for "tf32", false when unset or "fp32"; throws lowbit::Error
-// naming the variable for anything else. Applies to the tf32 and bf16 modes only.
-bool tf32_attention_requested();
+// Whether precision p runs the attention's products with TF32 operands: never in fp32; in tf32
+// and bf16 when LOWBIT_TRAIN_ATTENTION is "tf32" (false when unset or "fp32"; throws
+// lowbit::Error naming the variable for anything else).
+bool tf32_attention(ComputePrecision p);
 
 }  // namespace lowbit::train

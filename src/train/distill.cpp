@@ -142,7 +142,7 @@ DistillResult run_distill(const std::string& model_path, const DistillOptions& o
       {"seconds", res.train_seconds}, {"log", log},
       {"elapsed", elapsed}};
   if (topt.device.is_cuda()) res.training["peak_gpu_bytes"] = trainer.peak_device_bytes();
-  if (o.steps > 0 && topt.compute != ComputePrecision::Fp32 && tf32_attention_requested())
+  if (o.steps > 0 && tf32_attention(topt.compute))
     res.training["attention"] = "tf32";  // LOWBIT_TRAIN_ATTENTION=tf32
   res.qm.method["training"] = res.training;
   return res;

@@ -235,7 +235,7 @@ FinetuneResult run_finetune(const FinetuneOptions& o, const FinetuneEvents& ev) 
   // Only off fp32: an fp32 run (every CPU run) keeps the identity it had before the option.
   if (compute != ComputePrecision::Fp32) run_id["compute"] = compute_precision_name(compute);
   // Only when asked (LOWBIT_TRAIN_ATTENTION=tf32 in a fast mode): other runs keep their identity.
-  if (compute != ComputePrecision::Fp32 && tf32_attention_requested()) run_id["attention"] = "tf32";
+  if (tf32_attention(compute)) run_id["attention"] = "tf32";
   // Only when given: a run from the seeded init keeps the identity it had before the option.
   if (!o.init_adapter.empty())
     run_id["init_adapter"] = {{"path", o.init_adapter},

@@ -234,7 +234,7 @@ struct CudaLlamaBackward::Impl {
     const cudaStream_t s = ctx.stream();
     if (profile_requested()) profile = std::make_unique<cuda::OpProfile>(s);
     fuse = bf16 && fusion_requested();
-    attention_tf32 = compute != ComputePrecision::Fp32 && tf32_attention_requested();
+    attention_tf32 = tf32_attention(compute);
     LB_CHECK(bf16 || o.base_resident != BaseResidency::On,
              "--base-resident on with --compute {}: a resident base is the bf16 mode's", compute_precision_name(compute));
     if (bf16) {

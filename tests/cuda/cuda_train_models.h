@@ -3,6 +3,10 @@
 // positions, and LoRA adapters with random B (and IEC scalars).
 #pragma once
 
+#include "formats/checkpoint.h"
+#include "quant/method.h"
+#include "quant/quantize.h"
+#include "quant/quantized_in_memory.h"
 #include "test_util.h"
 #include "train/finetune.h"
 #include "train/llama_backward.h"
@@ -14,12 +18,26 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
 #include <vector>
 
 namespace lowbit::test {
+
+// stories260K's llama2.c file in the test models.
+inline std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
+
+// The model at `path` with `spec` applied in memory ("" for the model as loaded).
+inline std::unique_ptr<LlamaModel> load_base(const std::string& path, const std::string& spec) {
+  Checkpoint source = open_checkpoint(path);
+  if (spec.empty()) return std::make_unique<LlamaModel>(std::move(source));
+  LlamaModel work(source);
+  auto method = make_method(spec);
+  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
+  return std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), {{"path", path}}));
+}
 
 // The short run on stories260K and the Alpaca subset that the GPU fine-tuning tests compare across
 // devices, precisions and base residencies: 48 records (8 held out), sources of 64 and targets of

@@ -71,7 +71,7 @@ constexpr double kScalarTol = 1e-3;
 // The bar of a gradient tensor: IEC's scalars are the one-element ones.
 double grad_tol(const std::vector<float>& v) { return v.size() == 1 ? kScalarTol : kGradTol; }
 
-std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
+using test::stories;
 std::string tiny() { return test::train_fixtures_dir() + "/tiny-llama3"; }
 
 // Each fp32 training kernel against its CPU twin (backend/ops.h, ops_backward.h), on shapes past

@@ -81,19 +81,11 @@ using test::random_lora;
 using test::up;
 using test::write_random_gqa_config;
 
-std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
+using test::stories;
 
 using test::error_text;
 
-// `spec` applied to the model at `path` ("" for the model as loaded).
-std::unique_ptr<LlamaModel> load_base(const std::string& path, const std::string& spec) {
-  Checkpoint source = open_checkpoint(path);
-  if (spec.empty()) return std::make_unique<LlamaModel>(std::move(source));
-  LlamaModel work(source);
-  auto method = make_method(spec);
-  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
-  return std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), {{"path", path}}));
-}
+using test::load_base;
 
 // v's values rounded to bf16 (core/dtype.h, to nearest even) and widened back.
 std::vector<float> bf16_rounded(const std::vector<float>& v) {

@@ -43,16 +43,9 @@ using test::random_batch;
 using test::random_lora;
 using test::write_random_gqa_config;
 
-std::string stories() { return test::models_dir() + "/stories260K/stories260K.bin"; }
+using test::stories;
 
-std::unique_ptr<LlamaModel> load_base(const std::string& path, const std::string& spec) {
-  Checkpoint source = open_checkpoint(path);
-  if (spec.empty()) return std::make_unique<LlamaModel>(std::move(source));
-  LlamaModel work(source);
-  auto method = make_method(spec);
-  QuantizedModel qm = quantize_model(work, *method, nullptr, {});
-  return std::make_unique<LlamaModel>(quantized_checkpoint_in_memory(source, std::move(qm), {{"path", path}}));
-}
+using test::load_base;
 
 train::StepEngineOptions bf16(BaseResidency r) {
   train::StepEngineOptions o;

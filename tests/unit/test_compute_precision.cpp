@@ -120,23 +120,27 @@ TEST(BaseResidency, FinetuneOptions) {
   EXPECT_EQ(finetune_base_residency(o), BaseResidency::Off);
 }
 
-// LOWBIT_TRAIN_ATTENTION: unset and fp32 keep the SGEMM attention, tf32 asks for tensor cores,
-// anything else is refused naming the variable and its value.
+// LOWBIT_TRAIN_ATTENTION: unset and fp32 keep the SGEMM attention, tf32 asks for tensor cores in
+// the tf32 and bf16 modes (the fp32 mode keeps its kernels), anything else is refused naming the
+// variable and its value.
 TEST(ComputePrecision, AttentionVariable) {
   {
     const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", nullptr);
-    EXPECT_FALSE(tf32_attention_requested());
+    EXPECT_FALSE(tf32_attention(ComputePrecision::Bf16));
   }
   {
     const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "fp32");
-    EXPECT_FALSE(tf32_attention_requested());
+    EXPECT_FALSE(tf32_attention(ComputePrecision::Bf16));
   }
   {
     const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "tf32");
-    EXPECT_TRUE(tf32_attention_requested());
+    EXPECT_TRUE(tf32_attention(ComputePrecision::Bf16));
+    EXPECT_TRUE(tf32_attention(ComputePrecision::Tf32));
+    EXPECT_FALSE(tf32_attention(ComputePrecision::Fp32)) << "fp32 keeps its kernels";
   }
   const test::ScopedEnv env("LOWBIT_TRAIN_ATTENTION", "TF32");
-  EXPECT_NE(error_text([] { tf32_attention_requested(); }).find("LOWBIT_TRAIN_ATTENTION='TF32'"), std::string::npos);
+  EXPECT_NE(error_text([] { tf32_attention(ComputePrecision::Bf16); }).find("LOWBIT_TRAIN_ATTENTION='TF32'"),
+            std::string::npos);
 }
 
 }  // namespace
