@@ -308,13 +308,25 @@ double relative_weight_error(const float* w, const float* q, int64_t n) {
   return den > 0 ? std::sqrt(num / den) : 0.0;
 }
 
-double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols,
-                             const std::vector<double>& h) {
-  // On at most 512 evenly spaced rows: the ratio is a per-row average, and a sample of rows
+OutputErrorRows output_error_rows(int64_t rows) {
+  // At most 512 evenly spaced rows: the ratio is a per-row average, and a sample of rows
   // estimates it well at a fraction of a full rows x cols x cols product.
   const int64_t step = std::max<int64_t>(1, rows / 512);
-  const int64_t n = (rows + step - 1) / step;
-  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols)), hf(h.begin(), h.end());
+  return {step, (rows + step - 1) / step};
+}
+
+double BlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                                  const std::vector<double>& h) const {
+  return relative_output_error(w, q, rows, cols, h);
+}
+
+double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                             const std::vector<double>& h) {
+  const auto [step, n] = output_error_rows(rows);
+  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols)), hf(h.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < int64_t(h.size()); ++j) hf[size_t(j)] = float(h[size_t(j)]);
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t r = i * step;

@@ -134,6 +134,13 @@ class BlockContext {
   using KlErrors = std::vector<std::vector<std::vector<double>>>;
   virtual KlErrors kl_errors(std::span<const KlSearchJob> jobs) const = 0;
 
+  // The relative output error of a quantized linear for its report (relative_output_error, on at
+  // most 512 evenly spaced rows of W, Q [rows, cols] host): the CPU computes it on the host, a GPU
+  // context on the device when h is a Hessian of its own collect() (the same values, up to the
+  // order of fp32 sums in the products).
+  virtual double output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                              const std::vector<double>& h) const;
+
   void report(const LinearReport& r) const { if (report_) report_(r); }
   void note(const std::string& s) const { if (note_) note_(s); }
 
@@ -203,7 +210,13 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
 
 // ||W - Q||_F / ||W||_F over n values.
 double relative_weight_error(const float* w, const float* q, int64_t n);
-// tr(dW H dW^T) / tr(W H W^T) for W, Q [rows, cols] and H [cols, cols] (fp64).
+// The rows relative_output_error samples: every `step`-th of `rows`, `count` of them.
+struct OutputErrorRows {
+  int64_t step = 1, count = 0;
+};
+OutputErrorRows output_error_rows(int64_t rows);
+// tr(dW H dW^T) / tr(W H W^T) for W, Q [rows, cols] and H [cols, cols] (fp64), on at most 512
+// evenly spaced rows (output_error_rows).
 double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols, const std::vector<double>& h);
 
 }  // namespace lowbit

@@ -126,7 +126,10 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
       cuda::download(h.data(), st.h.get(), h.size(), s);
       r->hessian.resize(h.size());
       const double scale = 2.0 / double(nseq_);
-      for (size_t j = 0; j < h.size(); ++j) r->hessian[j] = double(h[j]) * scale;
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < int64_t(h.size()); ++j) r->hessian[size_t(j)] = double(h[size_t(j)]) * scale;
+      // The device copy keeps the same values rounded to fp32 (device_hessian).
+      cuda::scale_f32_in_f64(st.h.get(), int64_t(h.size()), scale, s);
     }
     if (what.absmax) {
       r->absmax.resize(size_t(st.dim));
@@ -140,9 +143,54 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     }
     done[i] = r;
   }
+  std::erase_if(hessians_, [](const DeviceHessian& d) { return d.stats.expired(); });
+  for (size_t i = 0; i < sites.size(); ++i)
+    if (done[i] && what.hessian) hessians_.push_back({done[i], std::move(sites[i].h)});
+  gpu_.context().synchronize();
   StatsMap out;
   for (LinearKind k : kinds) out[k] = done[size_t(input_site(k))];
   return out;
+}
+
+const float* CudaBlockContext::device_hessian(const std::vector<double>& h) const {
+  for (const DeviceHessian& d : hessians_) {
+    const std::shared_ptr<const InputStats> st = d.stats.lock();
+    if (st && &st->hessian == &h && !h.empty()) return d.h.get();
+  }
+  return nullptr;
+}
+
+double CudaBlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                                      const std::vector<double>& h) const {
+  const float* hd = device_hessian(h);
+  if (hd == nullptr || int64_t(h.size()) != cols * cols) return BlockContext::output_error(w, q, rows, cols, h);
+  // relative_output_error's rows and arithmetic: fp32 products dW H and W H, fp64 sums.
+  const auto [step, n] = output_error_rows(rows);
+  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t r = i * step;
+      wr[size_t(i * cols + c)] = w[r * cols + c];
+      d[size_t(i * cols + c)] = w[r * cols + c] - q[r * cols + c];
+    }
+  const cudaStream_t s = gpu_.context().stream();
+  DeviceBuffer<float> dd(d.size()), wd(wr.size()), dh(d.size()), wh(wr.size());
+  cuda::upload(dd.get(), d.data(), d.size(), s);
+  cuda::upload(wd.get(), wr.data(), wr.size(), s);
+  cuda::linear_f32(gpu_.context(), dd.get(), cols, hd, cols, dh.get(), cols, n, cols, cols, false);
+  cuda::linear_f32(gpu_.context(), wd.get(), cols, hd, cols, wh.get(), cols, n, cols, cols, false);
+  DeviceBuffer<double> partial(size_t(2 * cuda::kSquaredDiffBlocks));
+  cuda::dot_partials(dh.get(), dd.get(), n * cols, partial.get(), s);
+  cuda::dot_partials(wh.get(), wd.get(), n * cols, partial.get() + cuda::kSquaredDiffBlocks, s);
+  std::vector<double> p(partial.size());
+  cuda::download(p.data(), partial.get(), p.size(), s);
+  double num = 0, den = 0;
+  for (int i = 0; i < cuda::kSquaredDiffBlocks; ++i) {
+    num += p[size_t(i)];
+    den += p[size_t(cuda::kSquaredDiffBlocks + i)];
+  }
+  return den > 0 ? num / den : 0.0;
 }
 
 BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind> kinds) const {

@@ -49,6 +49,15 @@ class CudaBlockContext final : public BlockContext {
   // sum runs there (cuda::linear_f32, cuda::clamped_softmax_kl_rows): the host evaluation's
   // arithmetic on the GPU's inputs, up to the order of fp32 sums in the products.
   KlErrors kl_errors(std::span<const KlSearchJob> jobs) const override;
+  // On the device when h is a Hessian of this context's collect() (device_hessian), else on the
+  // host.
+  double output_error(const float* w, const float* q, int64_t rows, int64_t cols,
+                      const std::vector<double>& h) const override;
+  // The device copy of a Hessian that collect() returned (InputStats::hessian) while those
+  // statistics live: fp32 values equal to float(h[i]), the host values rounded as a solve that
+  // uploads them would round them; null for any other vector. Saves the solves and the output
+  // error the host-to-device copy of the largest matrices of a block (14336^2 at 8B shapes).
+  const float* device_hessian(const std::vector<double>& h) const;
 
  private:
   // Runs the block with GPU weights gw over windows [w0, w0 + n) of the inputs, a chunk at a
@@ -64,6 +73,11 @@ class CudaBlockContext final : public BlockContext {
   int64_t chunk_;  // windows per forward
   mutable GpuBlockWeights gw_;
   mutable cuda::DeviceBuffer<float> scratch_;
+  struct DeviceHessian {
+    std::weak_ptr<const InputStats> stats;  // whose `hessian` this is
+    cuda::DeviceBuffer<float> h;
+  };
+  mutable std::vector<DeviceHessian> hessians_;
 };
 
 // run_block_by_block on the GPU of `ctx`; the same plan, the same callbacks, the same results up

@@ -192,24 +192,33 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float
                                            const std::vector<double>& h, const GptqOptions& opt, DType dtype) {
   if (!bctx.device().is_cuda()) return std::nullopt;
   // CudaBlockContext is the one context on a CUDA device.
-  cuda::Context& ctx = static_cast<const CudaBlockContext&>(bctx).gpu().context();
+  const auto& cctx = static_cast<const CudaBlockContext&>(bctx);
+  cuda::Context& ctx = cctx.gpu().context();
   const cudaStream_t s = ctx.stream();
   LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian of {} values for {} input features", h.size(), cols);
   DeviceBuffer<bf16> W(static_cast<size_t>(rows * cols));
   {
     std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows * cols; ++i) wb[size_t(i)] = f32_to_bf16(w[i]);
     cuda::upload(W.get(), reinterpret_cast<const bf16*>(wb.data()), wb.size(), s);
     ctx.synchronize();
   }
-  DeviceBuffer<float> H(static_cast<size_t>(cols * cols));
-  {
-    const std::vector<float> hf(h.begin(), h.end());
+  // The Hessian in fp32: the context's device copy of its own statistics (the same values),
+  // else uploaded.
+  DeviceBuffer<float> H;
+  const float* hd = cctx.device_hessian(h);
+  if (hd == nullptr) {
+    std::vector<float> hf(h.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < int64_t(h.size()); ++i) hf[size_t(i)] = float(h[size_t(i)]);
+    H.resize(hf.size());
     cuda::upload(H.get(), hf.data(), hf.size(), s);
     ctx.synchronize();
+    hd = H.get();
   }
   // The dequantized weight the kernel also writes is not needed: the caller dequantizes q.
-  GptqResult r = gptq_quantize_cuda(ctx, W.get(), H.get(), 1.0, rows, cols, opt, dtype, W.get());
+  GptqResult r = gptq_quantize_cuda(ctx, W.get(), hd, 1.0, rows, cols, opt, dtype, W.get());
   ctx.synchronize();
   return r;
 }

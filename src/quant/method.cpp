@@ -83,7 +83,7 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
   r.kind = k;
   r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
   if (hessian != nullptr && !hessian->empty())
-    r.output_rel_err = relative_output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
+    r.output_rel_err = ctx.output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
   std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
   r.note = note;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

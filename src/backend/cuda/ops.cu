@@ -505,7 +505,39 @@ __global__ void squared_diff_partials_kernel(const float* a, const float* b, int
   if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
 }
 
+// Per block: sum over the same grid-stride share of a * b in fp64, the same reduction tree.
+__global__ void dot_partials_kernel(const float* a, const float* b, int64_t n, double* partial) {
+  __shared__ double red[kThreads];
+  double acc = 0.0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    acc += double(a[i]) * double(b[i]);
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w /= 2) {
+    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}
+
+__global__ void scale_f32_in_f64_kernel(float* x, int64_t n, double scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = float(double(x[i]) * scale);
+}
+
 }  // namespace
+
+void dot_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s) {
+  dot_partials_kernel<<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
+  LB_CUDA_LAUNCH_CHECK();
+}
+
+void scale_f32_in_f64(float* x, int64_t n, double scale, cudaStream_t s) {
+  if (n == 0) return;
+  scale_f32_in_f64_kernel<<<unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096)), kThreads, 0, s>>>(
+      x, n, scale);
+  LB_CUDA_LAUNCH_CHECK();
+}
 
 void squared_diff_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s) {
   squared_diff_partials_kernel<<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);

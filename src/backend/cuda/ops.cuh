@@ -55,6 +55,12 @@ void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);
 // values: their sum, taken in order on the host, is a deterministic sum of squared differences.
 inline constexpr int kSquaredDiffBlocks = 512;
 void squared_diff_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s);
+// partial[0 .. kSquaredDiffBlocks) = sums of a[i] * b[i] (fp64 products and sums), in the shares
+// and order of squared_diff_partials.
+void dot_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s);
+// x[i] = float(double(x[i]) * scale): fp32 values scaled in fp64 and rounded once, as the host
+// rounds a double it computed from them.
+void scale_f32_in_f64(float* x, int64_t n, double scale, cudaStream_t s);
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);
 // out[r] = logsumexp(logits[r, :]) - logits[r, targets[r]] (fp32 logits, fp32 accumulation with
 // a running max shift, one pass over the row), and argmax[r] (first index on ties) when argmax
