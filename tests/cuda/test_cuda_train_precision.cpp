@@ -202,7 +202,10 @@ TEST(CudaTrainPrecision, Bf16ExpansionIsTheCpusRounding) {
 // plain multi-head attention at lengths off any tile. Pure fp32 SGEMMs: the same fp32 arithmetic
 // in another summation order, so the kernels' bar against the CPU, 1e-5 of each tensor's largest
 // value. TF32 operands (LOWBIT_TRAIN_ATTENTION=tf32): within 1e-2 of it (operands rounded to 10-bit
-// mantissas, relative error 2^-11 each), and not the fp32 result (the tensor cores did run).
+// mantissas, relative error 2^-11 each). CUBLAS_COMPUTE_32F_FAST_TF32 allows tensor cores without
+// requiring them: at these small shapes cuBLAS ran fp32 kernels on an H100 (results equal to the
+// SGEMMs'), so that the TF32 path runs on tensor cores is shown by the QLoRA bench's attention
+// time, not here.
 TEST(CudaTrainPrecision, GemmAttentionMatchesTheKernels) {
   REQUIRE_GPU();
   const cudaStream_t s = ctx().stream();
@@ -252,9 +255,6 @@ TEST(CudaTrainPrecision, GemmAttentionMatchesTheKernels) {
       }
       EXPECT_LT(test::rel_err(results[1][i], results[0][i]), 1e-5) << names[i];
       EXPECT_LT(test::rel_err(results[2][i], results[0][i]), 1e-2) << names[i] << " (tf32)";
-      if (sh.T > 1) {
-        EXPECT_NE(results[2][i], results[1][i]) << names[i] << ": the TF32 call gave the fp32 result";
-      }
     }
   }
 }
