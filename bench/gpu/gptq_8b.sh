@@ -12,7 +12,7 @@ M="$WORK/llama3-8b-random"
 mkdir -p "$WORK"
 [[ -f "$M/config.json" ]] || python3 "$ROOT/scripts/device/make_random_llama.py" "$ROOT/bench/configs/llama3-8b.json" \
   "$M" --tokenizer "$TOK"
-"$LOWBIT" quantize --model "$M" --method gptq:w=4,g=128 --calib ptb --nsamples 128 --seqlen 2048 --data-dir "$DATA" \
+LOWBIT_PHASE_PROFILE=1 "$LOWBIT" quantize --model "$M" --method gptq:w=4,g=128 --calib ptb --nsamples 128 --seqlen 2048 --data-dir "$DATA" \
   --device cuda --no-save --json > "$WORK/gptq_lowbit.json"
 if [[ "$REF_LAYERS" -gt 0 ]]; then
   python3 "$ROOT/scripts/device/gptq_torch_reference.py" "$M" --data-dir "$DATA" --layers "$REF_LAYERS" \

@@ -76,6 +76,8 @@ def gptq(cfg_path, lb_path, ref_path=None):
           f"{lb['calibration']['seqlen']}: {lb['wall_seconds']:.1f} s in all ({lb['quantize_seconds']:.1f} s quantizing), "
           f"peak GPU memory {gib(lb['peak_gpu_bytes']):.1f} GiB, peak host memory {gib(lb['peak_rss_bytes']):.1f} GiB, "
           f"on {lb['device']}")
+    for ph in lb.get("phases", []):  # LOWBIT_PHASE_PROFILE=1: "a/b" runs within "a"
+        print(f"  phase {ph['phase']:<40} {ph['seconds']:9.2f} s  ({ph['count']} x)")
     if ref_path:
         ref = load(ref_path)
         est = ref["estimated_model_seconds"]

@@ -2,6 +2,7 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "model/llama_block.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <optional>
 
 namespace lowbit {
 
@@ -42,6 +44,7 @@ void CpuBlockContext::run(const BlockWeights& w, int64_t w0, int64_t n, float* o
 }
 
 BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kinds, StatsRequest what) const {
+  const PhaseScope phase("collect");
   LB_CHECK(has_calibration(), "layer {}: this method needs calibration data", layer_);
   LB_ASSERT(!kinds.empty());
   // One statistics object per input site; the first requested linear of a site accumulates it.
@@ -253,13 +256,17 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
   for (int64_t i = 0; i < L; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
+    std::optional<PhaseScope> phase(std::in_place, "block weights");
     BlockWeights w = clone_block_weights(*model.block_weights(i));
+    phase.emplace("quantize_block");
     CpuBlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
         [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
         [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
     plan.quantize_block(ctx);
+    phase.reset();
     if (nseq > 0) {
+      const PhaseScope propagate("propagate");
       const BlockHooks* hooks = plan.propagation_hooks ? plan.propagation_hooks(i) : nullptr;
       // Methods that calibrate every block on the 16-bit model's activations propagate the block
       // as the checkpoint has it: their rewritten copy is released first and the block converted

@@ -2,6 +2,7 @@
 
 #include "backend/cuda/ops.cuh"
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "model/llama_block.h"
 
 #include <algorithm>
@@ -103,7 +104,10 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     for (auto* b : {&st.h, &st.absmax, &st.abssum})
       if (b->size() > 0) LB_CUDA_CHECK(cudaMemsetAsync(b->get(), 0, b->bytes(), s));
   }
+  const PhaseScope phase("collect");
+  std::optional<PhaseScope> sub(std::in_place, "collect/upload weights");
   gpu_.upload_weights(weights_, gw_);
+  sub.emplace("collect/forward");
   forward(gw_, 0, nseq_, [&](int64_t, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
     Site& st = sites[size_t(input_site(first))];
     if (!st.wanted) return;
@@ -111,6 +115,7 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     if (what.hessian) cuda::gram_accumulate(gpu_.context(), x, st.h.get(), rows, cols, ld);
     if (what.absmax || what.absmean) cuda::column_abs_stats(x, rows, cols, ld, st.absmax.get(), st.abssum.get(), s);
   }, nullptr, last);
+  sub.emplace("collect/download");
 
   const int64_t tokens = nseq_ * seqlen_;
   std::array<std::shared_ptr<const InputStats>, 4> done{};
@@ -162,6 +167,7 @@ const float* CudaBlockContext::device_hessian(const std::vector<double>& h) cons
 
 double CudaBlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
                                       const std::vector<double>& h) const {
+  const PhaseScope phase("finish_linear/output error");
   const float* hd = device_hessian(h);
   if (hd == nullptr || int64_t(h.size()) != cols * cols) return BlockContext::output_error(w, q, rows, cols, h);
   // relative_output_error's rows and arithmetic: fp32 products dW H and W H, fp64 sums.
@@ -457,14 +463,18 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
   for (int64_t i = 0; i < L; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
+    std::optional<PhaseScope> phase(std::in_place, "block weights");
     BlockWeights w = clone_block_weights(*model.block_weights(i));
+    phase.emplace("quantize_block");
     {
       CudaBlockContext bctx(
           gpu, i, w, hidden.get(), nseq, T, [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
           [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
       plan.quantize_block(bctx);
     }
+    phase.reset();
     if (nseq > 0) {
+      const PhaseScope propagate("propagate");
       LB_CHECK(!plan.propagation_hooks || plan.propagation_hooks(i) == nullptr,
                "layer {}: the GPU driver does not run propagation hooks", i);
       // As on the CPU: methods calibrating on the 16-bit activations propagate the block as the

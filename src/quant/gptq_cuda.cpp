@@ -1,9 +1,9 @@
 #include "quant/gptq_cuda.h"
 
-#include "calib/block_driver_cuda.h"
-
 #include "backend/cuda/gptq.cuh"
+#include "calib/block_driver_cuda.h"
 #include "core/error.h"
+#include "core/phase_profile.h"
 
 #include <fmt/format.h>
 
@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <optional>
 
 namespace lowbit {
 
@@ -192,6 +193,8 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float
                                            const std::vector<double>& h, const GptqOptions& opt, DType dtype) {
   if (!bctx.device().is_cuda()) return std::nullopt;
   // CudaBlockContext is the one context on a CUDA device.
+  const PhaseScope phase("gptq solve (GPU)");
+  std::optional<PhaseScope> sub(std::in_place, "gptq solve (GPU)/upload");
   const auto& cctx = static_cast<const CudaBlockContext&>(bctx);
   cuda::Context& ctx = cctx.gpu().context();
   const cudaStream_t s = ctx.stream();
@@ -218,6 +221,7 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float
     hd = H.get();
   }
   // The dequantized weight the kernel also writes is not needed: the caller dequantizes q.
+  sub.emplace("gptq solve (GPU)/solve and download");
   GptqResult r = gptq_quantize_cuda(ctx, W.get(), hd, 1.0, rows, cols, opt, dtype, W.get());
   ctx.synchronize();
   return r;

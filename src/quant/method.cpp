@@ -1,12 +1,14 @@
 #include "quant/method.h"
 
 #include "core/error.h"
+#include "core/phase_profile.h"
 
 #include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 
 namespace lowbit {
 
@@ -75,15 +77,19 @@ DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k)
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
                    std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
                    const std::string& note) {
+  const PhaseScope phase("finish_linear");
   Tensor& w = ctx.weights()[k];
   LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
+  std::optional<PhaseScope> sub(std::in_place, "finish_linear/validate, dequantize");
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
   Tensor deq = q.dequantize_f32();
+  sub.emplace("finish_linear/errors");
   LinearReport r;
   r.kind = k;
   r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
   if (hessian != nullptr && !hessian->empty())
     r.output_rel_err = ctx.output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
+  sub.emplace("finish_linear/store");
   std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
   r.note = note;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

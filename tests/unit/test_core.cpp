@@ -1,10 +1,13 @@
 #include "core/dtype.h"
 #include "core/hash.h"
+#include "core/phase_profile.h"
 #include "core/tensor.h"
 #include "core/utf8.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 
 namespace lowbit {
@@ -95,6 +98,32 @@ TEST(Utf8, Validation) {
   size_t i = 0;
   EXPECT_EQ(utf8_next(s, i), 0x1F600u);
   EXPECT_EQ(i, 4u);
+}
+
+// Phases add up their scopes' wall time per name, in the order they first ran, and only while
+// LOWBIT_PHASE_PROFILE is set.
+TEST(PhaseProfile, SumsScopesByNameWhenEnabled) {
+  const auto total = [](const std::string& name) {
+    for (const PhaseTotal& p : phase_profile_totals())
+      if (p.name == name) return p;
+    return PhaseTotal{};
+  };
+  {
+    const test::ScopedEnv off("LOWBIT_PHASE_PROFILE", "0");
+    const PhaseScope p("test/off");
+  }
+  EXPECT_EQ(total("test/off").count, 0);
+  const test::ScopedEnv on("LOWBIT_PHASE_PROFILE", "1");
+  for (int i = 0; i < 3; ++i) {
+    const PhaseScope p("test/on");
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(2)) {
+    }
+  }
+  const PhaseTotal t = total("test/on");
+  EXPECT_EQ(t.count, 3);
+  EXPECT_GE(t.seconds, 0.006);
+  EXPECT_LT(t.seconds, 5.0);
 }
 
 }  // namespace lowbit

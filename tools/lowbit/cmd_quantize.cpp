@@ -11,6 +11,7 @@
 #include "backend/ops.h"
 #include "calib/calib_data.h"
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "core/process.h"
 #include "formats/llava_next_checkpoint.h"
 #include "formats/tokenizer.h"
@@ -120,6 +121,7 @@ void run(const Options& o) {
       if (e.is_regular_file()) out_bytes += e.file_size();
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  print_phase_profile();
   if (o.json) {
     nlohmann::json j = {{"output", o.out}, {"method", qm.method}, {"calibration", qm.calibration},
                         {"quantize_seconds", qm.seconds}, {"block_seconds", block_seconds}, {"wall_seconds", wall},
@@ -127,6 +129,12 @@ void run(const Options& o) {
                         {"peak_rss_bytes", peak_rss_bytes()}, {"threads", num_threads()},
                         {"device", device_name}, {"peak_gpu_bytes", gpu_peak},
                         {"lowbit", {{"version", kVersion}, {"commit", kGitCommit}}}};
+    if (phase_profile_enabled()) {
+      nlohmann::json phases = nlohmann::json::array();
+      for (const PhaseTotal& p : phase_profile_totals())
+        phases.push_back({{"phase", p.name}, {"seconds", p.seconds}, {"count", p.count}});
+      j["phases"] = phases;
+    }
     fmt::print("{}\n", j.dump(1));
     return;
   }
