@@ -104,7 +104,7 @@ for c in $CONFIGS; do
   printf '%s\n' "$method" "$desc" "$spec" "$refargs" > "$D/config.txt"
   if [[ ! -s "$D/lowbit.json" ]]; then
     log "$c: lowbit quantize --method $spec on $DEVICE ($MODEL_LAYERS layers)"
-    "$LOWBIT" quantize --model "$M" --method "$spec" "${CAL[@]}" --save-calib "$D/windows.safetensors" \
+    LOWBIT_PHASE_PROFILE=1 "$LOWBIT" quantize --model "$M" --method "$spec" "${CAL[@]}" --save-calib "$D/windows.safetensors" \
       --device "$DEVICE" --threads "$THREADS" --no-save --json > "$D/lowbit.json.tmp" 2> "$D/lowbit.log" ||
       { tail -20 "$D/lowbit.log" >&2; exit 1; }
     mv "$D/lowbit.json.tmp" "$D/lowbit.json"

@@ -128,6 +128,9 @@ def methods(cfg_path, work, *names):
                        f"reference {', '.join(f'{t:.2f}' for t in ref_layers)} s "
                        f"({ref['quantize_seconds']:.1f} s quantizing {plural(ref['layers_run'], 'layer')}, "
                        f"{ref.get('model_dtype', ref['dtype'])})")
+        if lb.get("phases"):  # LOWBIT_PHASE_PROFILE=1: lowbit's wall seconds by phase ("a/b" within "a")
+            details.append(f"{name}: lowbit phases " + ", ".join(f"{p['phase']} {p['seconds']:.2f} s"
+                                                                  for p in lb["phases"]))
     if len(devices) != 1:
         sys.exit(f"the runs were made on different devices: {sorted(devices)}")
     (lb_dev, ref_dev), = devices

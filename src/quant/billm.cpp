@@ -1,19 +1,19 @@
 #include "quant/billm.h"
 
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "quant/formats/billm_format.h"
 #include "quant/formats/bit_plane.h"
 #include "quant/method.h"
 #include "quant/reference_numerics.h"
 
-#include <cblas.h>
-#include <fmt/format.h>
-
 #include <algorithm>
+#include <cblas.h>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -663,6 +663,7 @@ class Billm : public QuantMethod {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const InputStats& st = *stats.at(k);
+      std::optional<PhaseScope> solve(std::in_place, "billm solve (host)");
       const ObsHinv hinv = obs_hinv(st.hessian, w.dim(1), opt_.damp);
       BillmResult r = billm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
                                      linear_storage_dtype(ctx.model(), ctx.layer(), k));
@@ -684,6 +685,7 @@ class Billm : public QuantMethod {
                                      double(total) / double(r.blocks.size()), opt_.block);
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {} (the reference would fail)", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
+      solve.reset();
       finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
     }
   }

@@ -2,16 +2,16 @@
 
 #include "backend/ops.h"
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "quant/affine_grid.h"
 #include "quant/method.h"
 
-#include <cblas.h>
-#include <fmt/format.h>
-#include <omp.h>
-
 #include <algorithm>
+#include <cblas.h>
 #include <cmath>
 #include <numeric>
+#include <omp.h>
+#include <optional>
 
 namespace lowbit {
 
@@ -46,6 +46,7 @@ QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, 
 }
 
 std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t cols, double damp, double* damp_used) {
+  const PhaseScope phase("inverse factor (host)");
   double mean_diag = 0;
   for (int64_t c = 0; c < cols; ++c) mean_diag += h[size_t(c * cols + c)];
   mean_diag /= double(cols);
@@ -240,8 +241,11 @@ class Gptq : public QuantMethod {
         const DType dtype = linear_storage_dtype(ctx.model(), ctx.layer(), k);
         std::optional<GptqResult> on_device =
             gptq_quantize_on(ctx, w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+        std::optional<PhaseScope> solve;
+        if (!on_device) solve.emplace("gptq solve (host)");
         GptqResult r = on_device ? std::move(*on_device)
                                  : gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+        solve.reset();
         std::string note = fmt::format("loss {:.4g}", r.loss);
         if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
         if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);

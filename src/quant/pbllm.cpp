@@ -1,18 +1,18 @@
 #include "quant/pbllm.h"
 
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "quant/affine_grid.h"
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/pbllm_format.h"
 #include "quant/method.h"
 #include "quant/reference_numerics.h"
 
-#include <cblas.h>
-#include <fmt/format.h>
-#include <omp.h>
-
 #include <algorithm>
+#include <cblas.h>
 #include <cmath>
+#include <omp.h>
+#include <optional>
 
 // Built with -ffp-contract=off (src/CMakeLists.txt): the reference rounds every product and sum
 // on its own, and the binarized values must come out bit for bit.
@@ -215,6 +215,7 @@ class Pbllm : public QuantMethod {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const InputStats& st = *stats.at(k);
+      std::optional<PhaseScope> solve(std::in_place, "pbllm solve (host)");
       const ObsHinv hinv = obs_hinv(st.hessian, w.dim(1), opt_.damp);
       PbllmResult r = pbllm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
                                      linear_storage_dtype(ctx.model(), ctx.layer(), k));
@@ -229,6 +230,7 @@ class Pbllm : public QuantMethod {
                                      double(r.binarized) / double(r.w.size()));
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {} (the reference would fail)", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
+      solve.reset();
       finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
     }
   }

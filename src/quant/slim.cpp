@@ -1,22 +1,20 @@
 #include "quant/slim.h"
 
 #include "core/error.h"
+#include "core/phase_profile.h"
 #include "quant/affine_grid.h"
 #include "quant/formats/slim_format.h"
 #include "quant/gptq.h"
 #include "quant/method.h"
 
-#include <cblas.h>
-#include <fmt/format.h>
-#include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
-#include <omp.h>
-
 #include <algorithm>
+#include <cblas.h>
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <omp.h>
+#include <optional>
 
 namespace lowbit {
 
@@ -449,8 +447,10 @@ class Slim : public QuantMethod {
         const std::string name = linear_weight_name(ctx.layer(), k);
         bits = alloc_.at(name.substr(0, name.size() - 7));
       }
+      std::optional<PhaseScope> solve(std::in_place, "slim solve (host)");
       SlimResult r = slim_quantize(w.data_as<float>(), w.dim(0), w.dim(1), std::move(h[size_t(k)]), opt_, bits,
                                    count[size_t(k)], linear_storage_dtype(ctx.model(), ctx.layer(), k));
+      solve.reset();
       std::string note = fmt::format("loss {:.4g}, groups {}", r.loss, fmt::join(r.group_bits, ""));
       if (alloc_.empty()) note += fmt::format(", search count {}", count[size_t(k)]);
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
