@@ -7,8 +7,10 @@
 #include "quant/method.h"
 #include "quant/reference_numerics.h"
 
-#include <algorithm>
 #include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>

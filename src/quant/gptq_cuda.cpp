@@ -1,7 +1,8 @@
 #include "quant/gptq_cuda.h"
 
-#include "backend/cuda/gptq.cuh"
 #include "calib/block_driver_cuda.h"
+
+#include "backend/cuda/gptq.cuh"
 #include "core/error.h"
 #include "core/phase_profile.h"
 

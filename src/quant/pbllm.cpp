@@ -8,10 +8,12 @@
 #include "quant/method.h"
 #include "quant/reference_numerics.h"
 
-#include <algorithm>
 #include <cblas.h>
-#include <cmath>
+#include <fmt/format.h>
 #include <omp.h>
+
+#include <algorithm>
+#include <cmath>
 #include <optional>
 
 // Built with -ffp-contract=off (src/CMakeLists.txt): the reference rounds every product and sum

@@ -7,8 +7,10 @@
 #include "quant/formats/quip_format.h"
 #include "quant/method.h"
 
-#include <algorithm>
 #include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <optional>

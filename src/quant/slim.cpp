@@ -7,13 +7,17 @@
 #include "quant/gptq.h"
 #include "quant/method.h"
 
-#include <algorithm>
 #include <cblas.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <numeric>
-#include <omp.h>
 #include <optional>
 
 namespace lowbit {
