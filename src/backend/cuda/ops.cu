@@ -488,29 +488,24 @@ unsigned grid_stride_blocks(int64_t n) { return unsigned(std::min<int64_t>((n + 
 
 namespace {
 
-// Per block: sum over a grid-stride share of (a - b)^2 in fp64, a fixed reduction tree.
-__global__ void squared_diff_partials_kernel(const float* a, const float* b, int64_t n, double* partial) {
-  __shared__ double red[kThreads];
-  double acc = 0.0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const double d = double(a[i]) - double(b[i]);
-    acc += d * d;
+// Per block: sum over a grid-stride share of term(a[i], b[i]) (fp64), a fixed reduction tree.
+struct SquaredDiff {
+  __device__ double operator()(float a, float b) const {
+    const double d = double(a) - double(b);
+    return d * d;
   }
-  red[threadIdx.x] = acc;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w /= 2) {
-    if (int(threadIdx.x) < w) red[threadIdx.x] += red[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
-}
+};
+struct Product {
+  __device__ double operator()(float a, float b) const { return double(a) * double(b); }
+};
 
-// Per block: sum over the same grid-stride share of a * b in fp64, the same reduction tree.
-__global__ void dot_partials_kernel(const float* a, const float* b, int64_t n, double* partial) {
+template <class Term>
+__global__ void pair_sum_partials_kernel(const float* a, const float* b, int64_t n, double* partial) {
   __shared__ double red[kThreads];
+  const Term term;
   double acc = 0.0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    acc += double(a[i]) * double(b[i]);
+    acc += term(a[i], b[i]);
   red[threadIdx.x] = acc;
   __syncthreads();
   for (int w = kThreads / 2; w > 0; w /= 2) {
@@ -528,7 +523,7 @@ __global__ void scale_f32_in_f64_kernel(float* x, int64_t n, double scale) {
 }  // namespace
 
 void dot_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s) {
-  dot_partials_kernel<<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
+  pair_sum_partials_kernel<Product><<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
   LB_CUDA_LAUNCH_CHECK();
 }
 
@@ -540,7 +535,7 @@ void scale_f32_in_f64(float* x, int64_t n, double scale, cudaStream_t s) {
 }
 
 void squared_diff_partials(const float* a, const float* b, int64_t n, double* partial, cudaStream_t s) {
-  squared_diff_partials_kernel<<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
+  pair_sum_partials_kernel<SquaredDiff><<<kSquaredDiffBlocks, kThreads, 0, s>>>(a, b, n, partial);
   LB_CUDA_LAUNCH_CHECK();
 }
 
