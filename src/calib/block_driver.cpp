@@ -315,11 +315,22 @@ double relative_weight_error(const float* w, const float* q, int64_t n) {
   return den > 0 ? std::sqrt(num / den) : 0.0;
 }
 
-OutputErrorRows output_error_rows(int64_t rows) {
+OutputErrorSample output_error_sample(const float* w, const float* q, int64_t rows, int64_t cols) {
   // At most 512 evenly spaced rows: the ratio is a per-row average, and a sample of rows
   // estimates it well at a fraction of a full rows x cols x cols product.
   const int64_t step = std::max<int64_t>(1, rows / 512);
-  return {step, (rows + step - 1) / step};
+  OutputErrorSample s;
+  s.count = (rows + step - 1) / step;
+  s.w.resize(size_t(s.count * cols));
+  s.dw.resize(size_t(s.count * cols));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < s.count; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t r = i * step;
+      s.w[size_t(i * cols + c)] = w[r * cols + c];
+      s.dw[size_t(i * cols + c)] = w[r * cols + c] - q[r * cols + c];
+    }
+  return s;
 }
 
 double BlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
@@ -329,24 +340,18 @@ double BlockContext::output_error(const float* w, const float* q, int64_t rows, 
 
 double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols,
                              const std::vector<double>& h) {
-  const auto [step, n] = output_error_rows(rows);
-  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols)), hf(h.size());
+  const OutputErrorSample smp = output_error_sample(w, q, rows, cols);
+  const int64_t n = smp.count;
+  std::vector<float> hf(h.size());
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < int64_t(h.size()); ++j) hf[size_t(j)] = float(h[size_t(j)]);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t r = i * step;
-      wr[size_t(i * cols + c)] = w[r * cols + c];
-      d[size_t(i * cols + c)] = w[r * cols + c] - q[r * cols + c];
-    }
   std::vector<float> dh(size_t(n * cols)), wh(size_t(n * cols));
-  ops::linear(d.data(), hf.data(), dh.data(), n, cols, cols);
-  ops::linear(wr.data(), hf.data(), wh.data(), n, cols, cols);
+  ops::linear(smp.dw.data(), hf.data(), dh.data(), n, cols, cols);
+  ops::linear(smp.w.data(), hf.data(), wh.data(), n, cols, cols);
   double num = 0, den = 0;
   for (int64_t i = 0; i < n * cols; ++i) {
-    num += double(dh[size_t(i)]) * double(d[size_t(i)]);
-    den += double(wh[size_t(i)]) * double(wr[size_t(i)]);
+    num += double(dh[size_t(i)]) * double(smp.dw[size_t(i)]);
+    den += double(wh[size_t(i)]) * double(smp.w[size_t(i)]);
   }
   return den > 0 ? num / den : 0.0;
 }

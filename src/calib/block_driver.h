@@ -210,13 +210,15 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
 
 // ||W - Q||_F / ||W||_F over n values.
 double relative_weight_error(const float* w, const float* q, int64_t n);
-// The rows relative_output_error samples: every `step`-th of `rows`, `count` of them.
-struct OutputErrorRows {
-  int64_t step = 1, count = 0;
+// The rows of W and dW = W - Q ([rows, cols]) that relative_output_error sums over: at most 512,
+// evenly spaced, each [count, cols] row-major.
+struct OutputErrorSample {
+  int64_t count = 0;
+  std::vector<float> w, dw;
 };
-OutputErrorRows output_error_rows(int64_t rows);
-// tr(dW H dW^T) / tr(W H W^T) for W, Q [rows, cols] and H [cols, cols] (fp64), on at most 512
-// evenly spaced rows (output_error_rows).
+OutputErrorSample output_error_sample(const float* w, const float* q, int64_t rows, int64_t cols);
+// tr(dW H dW^T) / tr(W H W^T) for W, Q [rows, cols] and H [cols, cols] (fp64), on the rows of
+// output_error_sample.
 double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols, const std::vector<double>& h);
 
 }  // namespace lowbit

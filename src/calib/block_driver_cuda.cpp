@@ -171,19 +171,12 @@ double CudaBlockContext::output_error(const float* w, const float* q, int64_t ro
   const float* hd = device_hessian(h);
   if (hd == nullptr || int64_t(h.size()) != cols * cols) return BlockContext::output_error(w, q, rows, cols, h);
   // relative_output_error's rows and arithmetic: fp32 products dW H and W H, fp64 sums.
-  const auto [step, n] = output_error_rows(rows);
-  std::vector<float> d(size_t(n * cols)), wr(size_t(n * cols));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t r = i * step;
-      wr[size_t(i * cols + c)] = w[r * cols + c];
-      d[size_t(i * cols + c)] = w[r * cols + c] - q[r * cols + c];
-    }
+  const OutputErrorSample smp = output_error_sample(w, q, rows, cols);
+  const int64_t n = smp.count;
   const cudaStream_t s = gpu_.context().stream();
-  DeviceBuffer<float> dd(d.size()), wd(wr.size()), dh(d.size()), wh(wr.size());
-  cuda::upload(dd.get(), d.data(), d.size(), s);
-  cuda::upload(wd.get(), wr.data(), wr.size(), s);
+  DeviceBuffer<float> dd(smp.dw.size()), wd(smp.w.size()), dh(smp.dw.size()), wh(smp.w.size());
+  cuda::upload(dd.get(), smp.dw.data(), smp.dw.size(), s);
+  cuda::upload(wd.get(), smp.w.data(), smp.w.size(), s);
   cuda::linear_f32(gpu_.context(), dd.get(), cols, hd, cols, dh.get(), cols, n, cols, cols, false);
   cuda::linear_f32(gpu_.context(), wd.get(), cols, hd, cols, wh.get(), cols, n, cols, cols, false);
   DeviceBuffer<double> partial(size_t(2 * cuda::kSquaredDiffBlocks));
