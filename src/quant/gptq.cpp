@@ -6,11 +6,13 @@
 #include "quant/affine_grid.h"
 #include "quant/method.h"
 
-#include <algorithm>
 #include <cblas.h>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <omp.h>
 #include <optional>
 
 namespace lowbit {
@@ -241,11 +243,13 @@ class Gptq : public QuantMethod {
         const DType dtype = linear_storage_dtype(ctx.model(), ctx.layer(), k);
         std::optional<GptqResult> on_device =
             gptq_quantize_on(ctx, w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
-        std::optional<PhaseScope> solve;
-        if (!on_device) solve.emplace("gptq solve (host)");
-        GptqResult r = on_device ? std::move(*on_device)
-                                 : gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
-        solve.reset();
+        GptqResult r;
+        if (on_device) {
+          r = std::move(*on_device);
+        } else {
+          const PhaseScope solve("gptq solve (host)");
+          r = gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+        }
         std::string note = fmt::format("loss {:.4g}", r.loss);
         if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
         if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
