@@ -50,6 +50,7 @@ BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kind
   // One statistics object per input site; the first requested linear of a site accumulates it.
   std::array<std::shared_ptr<InputStats>, 4> site{};
   std::array<LinearKind, 4> owner{};
+  std::array<std::vector<double>, 4> hessian;  // per site, while it accumulates
   for (LinearKind k : kinds) {
     const int s = int(input_site(k));
     if (!site[size_t(s)]) {
@@ -65,12 +66,12 @@ BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kind
     if (st == nullptr || owner[size_t(s)] != k) return;
     if (st->dim == 0) {
       st->dim = cols;
-      if (what.hessian) st->hessian.assign(size_t(cols * cols), 0.0);
+      if (what.hessian) hessian[size_t(s)].assign(size_t(cols * cols), 0.0);
       if (what.absmax) st->absmax.assign(size_t(cols), 0.0f);
       if (what.absmean) st->absmean.assign(size_t(cols), 0.0);
     }
     LB_ASSERT(st->dim == cols);
-    if (what.hessian) ops::gram_accumulate(x, rows, cols, st->hessian.data());
+    if (what.hessian) ops::gram_accumulate(x, rows, cols, hessian[size_t(s)].data());
     if (what.absmax || what.absmean) {
       std::vector<double> sum(size_t(cols), 0.0);
       std::vector<float> mx(size_t(cols), 0.0f);
@@ -97,10 +98,12 @@ BlockContext::StatsMap CpuBlockContext::collect(std::span<const LinearKind> kind
     model_.run_block(layer_, weights_, h.data(), 1, seqlen_, 0, &hooks);
   }
   StatsMap out;
-  for (auto& st : site) {
+  for (size_t i = 0; i < site.size(); ++i) {
+    InputStats* st = site[i].get();
     if (!st) continue;
     const double scale = 2.0 / double(st->sequences);
-    for (double& v : st->hessian) v *= scale;
+    for (double& v : hessian[i]) v *= scale;
+    if (what.hessian) st->set_hessian(std::move(hessian[i]));
     for (double& v : st->absmean) v /= double(st->tokens);
   }
   for (LinearKind k : kinds) out[k] = site[size_t(input_site(k))];
@@ -112,6 +115,7 @@ BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind>
   LB_ASSERT(!kinds.empty());
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
   std::array<LinearKind, 4> owner{};
+  std::array<std::vector<double>, 4> hessian;  // per site, while it accumulates
   for (LinearKind k : kinds) {
     const int s = int(input_site(k));
     if (!site[size_t(s)]) {
@@ -257,7 +261,7 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     std::optional<PhaseScope> phase(std::in_place, "block weights");
-    BlockWeights w = clone_block_weights(*model.block_weights(i));
+    BlockWeights w = model.writable_block_weights(i);
     phase.emplace("quantize_block");
     CpuBlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
@@ -298,7 +302,7 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
   }
   for (int64_t i = 0; i < layer; ++i)
     for (int64_t s = 0; s < nseq; ++s) model.run_block(i, hidden.data() + s * T * H, 1, T);
-  BlockWeights w = clone_block_weights(*model.block_weights(layer));
+  BlockWeights w = model.writable_block_weights(layer);
   CpuBlockContext ctx(model, layer, w, hidden.data(), nseq, T, nullptr, nullptr);
   auto stats = ctx.collect(kAllLinears, what);
   if (weights_out) *weights_out = std::move(w);
@@ -306,13 +310,27 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
 }
 
 double relative_weight_error(const float* w, const float* q, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = double(w[i]) - double(q[i]);
-    num += d * d;
-    den += double(w[i]) * double(w[i]);
+  // Fixed chunks summed in order: the same value whatever the number of threads.
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> num(size_t(chunks), 0.0), den(size_t(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double a = 0, b = 0;
+    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+      const double d = double(w[i]) - double(q[i]);
+      a += d * d;
+      b += double(w[i]) * double(w[i]);
+    }
+    num[size_t(c)] = a;
+    den[size_t(c)] = b;
   }
-  return den > 0 ? std::sqrt(num / den) : 0.0;
+  double sn = 0, sd = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    sn += num[size_t(c)];
+    sd += den[size_t(c)];
+  }
+  return sd > 0 ? std::sqrt(sn / sd) : 0.0;
 }
 
 OutputErrorSample output_error_sample(const float* w, const float* q, int64_t rows, int64_t cols) {
@@ -334,8 +352,36 @@ OutputErrorSample output_error_sample(const float* w, const float* q, int64_t ro
 }
 
 double BlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
-                                  const std::vector<double>& h) const {
-  return relative_output_error(w, q, rows, cols, h);
+                                  const InputStats& stats) const {
+  return relative_output_error(w, q, rows, cols, stats.hessian());
+}
+
+const std::vector<double>& InputStats::hessian() const {
+  std::lock_guard<std::mutex> lock(hessian_mu_);
+  if (fetch_) {
+    hessian_ = fetch_();
+    fetch_ = nullptr;
+    LB_CHECK(int64_t(hessian_.size()) == dim * dim, "input statistics: a Hessian of {} values for {} features",
+             hessian_.size(), dim);
+  }
+  return hessian_;
+}
+
+bool InputStats::has_hessian() const {
+  std::lock_guard<std::mutex> lock(hessian_mu_);
+  return fetch_ != nullptr || !hessian_.empty();
+}
+
+void InputStats::set_hessian(std::vector<double> h) {
+  std::lock_guard<std::mutex> lock(hessian_mu_);
+  hessian_ = std::move(h);
+  fetch_ = nullptr;
+}
+
+void InputStats::set_hessian_source(std::function<std::vector<double>()> fetch) {
+  std::lock_guard<std::mutex> lock(hessian_mu_);
+  hessian_.clear();
+  fetch_ = std::move(fetch);
 }
 
 double relative_output_error(const float* w, const float* q, int64_t rows, int64_t cols,

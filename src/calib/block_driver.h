@@ -35,6 +35,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,12 +48,25 @@ struct InputStats {
   int64_t dim = 0;
   int64_t tokens = 0;     // rows seen
   int64_t sequences = 0;  // windows seen
-  // GPTQ's Hessian: 2 / sequences * sum over windows of X^T X  ([dim, dim], fp64; empty unless
-  // requested). GPTQ scales by the number of sequences, not tokens; methods that use it are
-  // invariant to the scale except through relative damping.
-  std::vector<double> hessian;
   std::vector<float> absmax;    // [dim] max |x_j| (empty unless requested)
   std::vector<double> absmean;  // [dim] mean |x_j| (empty unless requested)
+
+  // GPTQ's Hessian: 2 / sequences * sum over windows of X^T X  ([dim, dim], fp64, host; empty
+  // unless requested). GPTQ scales by the number of sequences, not tokens; methods that use it are
+  // invariant to the scale except through relative damping. A GPU context keeps the sums on the
+  // device and makes this host copy on the first call (CudaBlockContext::device_hessian), so a
+  // method that solves on the device never moves the largest matrices of a block (14336^2 at 8B
+  // shapes) to the host. Thread-safe.
+  const std::vector<double>& hessian() const;
+  bool has_hessian() const;
+  void set_hessian(std::vector<double> h);
+  // The host copy made on first use by `fetch` (called once; it returns the [dim, dim] values).
+  void set_hessian_source(std::function<std::vector<double>()> fetch);
+
+ private:
+  mutable std::mutex hessian_mu_;
+  mutable std::vector<double> hessian_;
+  mutable std::function<std::vector<double>()> fetch_;
 };
 
 struct StatsRequest {
@@ -135,11 +149,11 @@ class BlockContext {
   virtual KlErrors kl_errors(std::span<const KlSearchJob> jobs) const = 0;
 
   // The relative output error of a quantized linear for its report (relative_output_error, on at
-  // most 512 evenly spaced rows of W, Q [rows, cols] host): the CPU computes it on the host, a GPU
-  // context on the device when h is a Hessian of its own collect() (the same values, up to the
-  // order of fp32 sums in the products).
+  // most 512 evenly spaced rows of W, Q [rows, cols] host, with the Hessian of `stats`): the CPU
+  // computes it on the host, a GPU context on the device when `stats` come from its own collect()
+  // (the same values, up to the order of fp32 sums in the products).
   virtual double output_error(const float* w, const float* q, int64_t rows, int64_t cols,
-                              const std::vector<double>& h) const;
+                              const InputStats& stats) const;
 
   void report(const LinearReport& r) const { if (report_) report_(r); }
   void note(const std::string& s) const { if (note_) note_(s); }

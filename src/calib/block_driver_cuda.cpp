@@ -2,6 +2,7 @@
 
 #include "backend/cuda/ops.cuh"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/phase_profile.h"
 #include "model/llama_block.h"
 
@@ -53,11 +54,57 @@ void upload_rows_bf16(const float* src, int64_t rows, int64_t cols, bf16* dst, D
 
 }  // namespace
 
+const GpuBlockWeights& GpuBlockMirror::sync(const CudaModel& gpu, const BlockWeights& host,
+                                            std::span<const LinearKind> only) {
+  const auto print = [](const Tensor& t) {
+    LB_CHECK(t.data() != nullptr && t.is_contiguous(), "block weights: a tensor without contiguous host values");
+    return fingerprint64(t.data(), size_t(t.nbytes())) ^ (uint64_t(t.dtype()) << 56);
+  };
+  if (!shaped_) {
+    gpu.upload_weights(host, w_);
+    shaped_ = true;
+    print_[0] = print(host.input_norm);
+    print_[1] = print(host.post_norm);
+    for (LinearKind k : kAllLinears) print_[2 + size_t(k)] = print(host[k]);
+    return w_;
+  }
+  const cudaStream_t s = gpu.context().stream();
+  if (only.empty()) {
+    const std::array<std::pair<const Tensor*, cuda::DeviceBuffer<cuda::bf16>*>, 2> norms{
+        {{&host.input_norm, &w_.input_norm}, {&host.post_norm, &w_.post_norm}}};
+    for (size_t i = 0; i < norms.size(); ++i) {
+      const uint64_t p = print(*norms[i].first);
+      if (print_[i] == p) continue;
+      print_[i].reset();  // unknown until the upload is done
+      upload_as_bf16(*norms[i].first, *norms[i].second, s);
+      print_[i] = p;
+    }
+    only = kAllLinears;
+  }
+  std::vector<LinearKind> changed;
+  std::vector<uint64_t> prints;
+  for (LinearKind k : only) {
+    const uint64_t p = print(host[k]);
+    if (print_[2 + size_t(k)] == p) continue;
+    print_[2 + size_t(k)].reset();
+    changed.push_back(k);
+    prints.push_back(p);
+  }
+  if (!changed.empty()) gpu.upload_weights(host, w_, changed);
+  for (size_t i = 0; i < changed.size(); ++i) print_[2 + size_t(changed[i])] = prints[i];
+  return w_;
+}
+
 CudaBlockContext::CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& weights, float* hidden, int64_t nseq,
                                    int64_t seqlen, std::function<void(const LinearReport&)> report,
-                                   std::function<void(const std::string&)> note)
+                                   std::function<void(const std::string&)> note, GpuBlockMirror* mirror)
     : BlockContext(gpu.host(), layer, weights, nseq, seqlen, std::move(report), std::move(note)), gpu_(gpu),
-      hidden_(hidden), chunk_(windows_per_chunk(seqlen)) {}
+      hidden_(hidden), chunk_(windows_per_chunk(seqlen)),
+      own_mirror_(mirror ? nullptr : std::make_unique<GpuBlockMirror>()), mirror_(mirror ? mirror : own_mirror_.get()) {}
+
+const GpuBlockWeights& CudaBlockContext::device_weights(std::span<const LinearKind> only) const {
+  return mirror_->sync(gpu_, weights_, only);
+}
 
 void CudaBlockContext::forward(
     const GpuBlockWeights& gw, int64_t w0, int64_t n,
@@ -106,9 +153,9 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
   }
   const PhaseScope phase("collect");
   std::optional<PhaseScope> sub(std::in_place, "collect/upload weights");
-  gpu_.upload_weights(weights_, gw_);
+  const GpuBlockWeights& gw = device_weights();
   sub.emplace("collect/forward");
-  forward(gw_, 0, nseq_, [&](int64_t, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+  forward(gw, 0, nseq_, [&](int64_t, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
     Site& st = sites[size_t(input_site(first))];
     if (!st.wanted) return;
     LB_ASSERT(st.dim == cols);
@@ -119,6 +166,7 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
 
   const int64_t tokens = nseq_ * seqlen_;
   std::array<std::shared_ptr<const InputStats>, 4> done{};
+  std::vector<HeldHessian> held;
   for (size_t i = 0; i < sites.size(); ++i) {
     const Site& st = sites[i];
     if (!st.wanted) continue;
@@ -127,14 +175,20 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     r->tokens = tokens;
     r->sequences = nseq_;
     if (what.hessian) {
-      std::vector<float> h(size_t(st.dim * st.dim));
-      cuda::download(h.data(), st.h.get(), h.size(), s);
-      r->hessian.resize(h.size());
+      // The sums stay on the device (device_hessian); the host copy is made when a method asks.
+      auto sum = std::make_shared<const DeviceBuffer<float>>(std::move(sites[i].h));
       const double scale = 2.0 / double(nseq_);
+      r->set_hessian_source([sum, scale, n = st.dim * st.dim] {
+        const PhaseScope fetch("hessian to host");
+        std::vector<float> h(static_cast<size_t>(n));
+        // Synchronous: collect() finished every write to the sums before it returned.
+        LB_CUDA_CHECK(cudaMemcpy(h.data(), sum->get(), size_t(n) * sizeof(float), cudaMemcpyDeviceToHost));
+        std::vector<double> out(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < int64_t(h.size()); ++j) r->hessian[size_t(j)] = double(h[size_t(j)]) * scale;
-      // The device copy keeps the same values rounded to fp32 (device_hessian).
-      cuda::scale_f32_in_f64(st.h.get(), int64_t(h.size()), scale, s);
+        for (int64_t j = 0; j < n; ++j) out[size_t(j)] = double(h[size_t(j)]) * scale;
+        return out;
+      });
+      held.push_back({r, sum, scale});
     }
     if (what.absmax) {
       r->absmax.resize(size_t(st.dim));
@@ -148,29 +202,30 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
     }
     done[i] = r;
   }
-  std::erase_if(hessians_, [](const DeviceHessian& d) { return d.stats.expired(); });
-  for (size_t i = 0; i < sites.size(); ++i)
-    if (done[i] && what.hessian) hessians_.push_back({done[i], std::move(sites[i].h)});
+  std::erase_if(hessians_, [](const HeldHessian& d) { return d.stats.expired(); });
+  for (HeldHessian& d : held) hessians_.push_back(std::move(d));
   gpu_.context().synchronize();
   StatsMap out;
   for (LinearKind k : kinds) out[k] = done[size_t(input_site(k))];
   return out;
 }
 
-const float* CudaBlockContext::device_hessian(const std::vector<double>& h) const {
-  for (const DeviceHessian& d : hessians_) {
+std::optional<CudaBlockContext::DeviceHessian> CudaBlockContext::device_hessian(const InputStats& stats) const {
+  for (const HeldHessian& d : hessians_) {
     const std::shared_ptr<const InputStats> st = d.stats.lock();
-    if (st && &st->hessian == &h && !h.empty()) return d.h.get();
+    if (st.get() == &stats) return DeviceHessian{d.sum->get(), d.scale};
   }
-  return nullptr;
+  return std::nullopt;
 }
 
 double CudaBlockContext::output_error(const float* w, const float* q, int64_t rows, int64_t cols,
-                                      const std::vector<double>& h) const {
+                                      const InputStats& stats) const {
   const PhaseScope phase("finish_linear/output error");
-  const float* hd = device_hessian(h);
-  if (hd == nullptr || int64_t(h.size()) != cols * cols) return BlockContext::output_error(w, q, rows, cols, h);
-  // relative_output_error's rows and arithmetic: fp32 products dW H and W H, fp64 sums.
+  const std::optional<DeviceHessian> held = device_hessian(stats);
+  if (!held || stats.dim != cols) return BlockContext::output_error(w, q, rows, cols, stats);
+  const float* hd = held->sum;
+  // relative_output_error's rows and arithmetic: fp32 products dW H and W H, fp64 sums; H's
+  // scale cancels in the ratio, so the unscaled sums serve.
   const OutputErrorSample smp = output_error_sample(w, q, rows, cols);
   const int64_t n = smp.count;
   const cudaStream_t s = gpu_.context().stream();
@@ -212,8 +267,7 @@ BlockContext::Inputs CudaBlockContext::capture_inputs(std::span<const LinearKind
   DeviceBuffer<bf16> packed;
   DeviceBuffer<float> wide;
   const cudaStream_t s = gpu_.context().stream();
-  gpu_.upload_weights(weights_, gw_);
-  forward(gw_, 0, nseq_, [&](int64_t w0, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+  forward(device_weights(), 0, nseq_, [&](int64_t w0, LinearKind first, const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
     std::vector<float>* buf = site[size_t(input_site(first))].get();
     if (buf == nullptr) return;
     download_rows(x, rows, cols, ld, buf->data() + w0 * seqlen_ * cols, packed, wide, s);
@@ -304,8 +358,7 @@ BlockContext::KlErrors CudaBlockContext::kl_errors(std::span<const KlSearchJob> 
   DeviceBuffer<float> x(size_t(T * max_cols)), y(size_t(T * max_rows)), z(size_t(T * max_rows));
   DeviceBuffer<double> logq(size_t(T * max_rows)), row_kl{size_t(T)};
   const cuda::Context& cc = gpu_.context();
-  gpu_.upload_weights(weights_, gw_);
-  forward(gw_, 0, nseq_, [&](int64_t c0, LinearKind first, const bf16* xs, int64_t rows, int64_t cols, int64_t ld) {
+  forward(device_weights(), 0, nseq_, [&](int64_t c0, LinearKind first, const bf16* xs, int64_t rows, int64_t cols, int64_t ld) {
     for (int64_t b = 0; b < rows / T; ++b) {
       bool widened = false;
       for (size_t j = 0; j < jobs.size(); ++j) {
@@ -453,16 +506,17 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
     for (int64_t s = 0; s < nseq; ++s) gpu.embed((*plan.windows)[size_t(s)].data(), T, hidden.get() + s * T * H);
   }
   const int64_t chunk = windows_per_chunk(T);
+  GpuBlockMirror mirror;  // the block being quantized on the device, shared by its context and its propagation
   for (int64_t i = 0; i < L; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     std::optional<PhaseScope> phase(std::in_place, "block weights");
-    BlockWeights w = clone_block_weights(*model.block_weights(i));
+    BlockWeights w = model.writable_block_weights(i);
     phase.emplace("quantize_block");
     {
       CudaBlockContext bctx(
           gpu, i, w, hidden.get(), nseq, T, [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
-          [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
+          [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); }, &mirror);
       plan.quantize_block(bctx);
     }
     phase.reset();
@@ -477,8 +531,7 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
         w = BlockWeights{};
         source = model.block_weights(i);
       }
-      GpuBlockWeights gw;
-      gpu.upload_weights(source ? *source : w, gw);
+      const GpuBlockWeights& gw = mirror.sync(gpu, source ? *source : w);
       for (int64_t c0 = 0; c0 < nseq; c0 += chunk)
         gpu.run_block(i, gw, hidden.get() + c0 * T * H, std::min(chunk, nseq - c0), T);
       ctx.synchronize();
@@ -507,9 +560,12 @@ BlockContext::StatsMap layer_input_stats_cuda(LlamaModel& model, const std::vect
     for (int64_t c0 = 0; c0 < nseq; c0 += chunk)
       gpu.run_block(i, gw, hidden.get() + c0 * T * H, std::min(chunk, nseq - c0), T);
   }
-  BlockWeights w = clone_block_weights(*model.block_weights(layer));
+  BlockWeights w = model.writable_block_weights(layer);
   CudaBlockContext bctx(gpu, layer, w, hidden.get(), nseq, T, nullptr, nullptr);
   auto stats = bctx.collect(kAllLinears, what);
+  // The statistics outlive the context: their Hessians come to the host now.
+  if (what.hessian)
+    for (const auto& [k, st] : stats) st->hessian();
   ctx.synchronize();
   if (weights_out) *weights_out = std::move(w);
   return stats;

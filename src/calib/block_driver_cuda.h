@@ -24,14 +24,39 @@
 #include "calib/block_driver.h"
 #include "model/cuda_model.h"
 
+#include <array>
+#include <memory>
+#include <optional>
+
 namespace lowbit {
+
+// A block's weights on the GPU (bf16) kept in step with host weights: sync() uploads only the
+// tensors whose bytes changed since their last upload (fingerprint64 of each, with its dtype), so
+// the forwards of a method's collects, its device solves and the propagation after it share one
+// copy, and a rewritten linear moves once. Content-addressed: reused for the next block, it
+// uploads what differs.
+class GpuBlockMirror {
+ public:
+  // The device copy of `host` as it is now; `only`: the norms are left as they were and, of the
+  // linears, only these are brought up to date.
+  const GpuBlockWeights& sync(const CudaModel& gpu, const BlockWeights& host,
+                              std::span<const LinearKind> only = {});
+
+ private:
+  GpuBlockWeights w_;
+  bool shaped_ = false;
+  // The prints of what the device holds: input_norm, post_norm, then the linears by LinearKind.
+  std::array<std::optional<uint64_t>, 2 + 7> print_{};
+};
 
 class CudaBlockContext final : public BlockContext {
  public:
   // hidden: the block's calibration inputs on the GPU ([nseq * seqlen, hidden] fp32), which the
-  // driver propagates in place after the method returns.
+  // driver propagates in place after the method returns. mirror: the device copy of the block's
+  // weights the driver keeps (for the propagation after the method); null: the context's own.
   CudaBlockContext(CudaModel& gpu, int64_t layer, BlockWeights& weights, float* hidden, int64_t nseq, int64_t seqlen,
-                   std::function<void(const LinearReport&)> report, std::function<void(const std::string&)> note);
+                   std::function<void(const LinearReport&)> report, std::function<void(const std::string&)> note,
+                   GpuBlockMirror* mirror = nullptr);
   Device device() const override { return Device{Device::Kind::Cuda, gpu_.context().device()}; }
   std::string device_name() const override { return gpu_.context().name(); }
   // The model on the GPU (for solves that run on the context's device, e.g. gptq_quantize_on).
@@ -49,15 +74,22 @@ class CudaBlockContext final : public BlockContext {
   // sum runs there (cuda::linear_f32, cuda::clamped_softmax_kl_rows): the host evaluation's
   // arithmetic on the GPU's inputs, up to the order of fp32 sums in the products.
   KlErrors kl_errors(std::span<const KlSearchJob> jobs) const override;
-  // On the device when h is a Hessian of this context's collect() (device_hessian), else on the
+  // On the device when `stats` come from this context's collect() (device_hessian), else on the
   // host.
   double output_error(const float* w, const float* q, int64_t rows, int64_t cols,
-                      const std::vector<double>& h) const override;
-  // The device copy of a Hessian that collect() returned (InputStats::hessian) while those
-  // statistics live: fp32 values equal to float(h[i]), the host values rounded as a solve that
-  // uploads them would round them; null for any other vector. Saves the solves and the output
-  // error the host-to-device copy of the largest matrices of a block (14336^2 at 8B shapes).
-  const float* device_hessian(const std::vector<double>& h) const;
+                      const InputStats& stats) const override;
+  // The Hessian of statistics that this context's collect() returned, where it stays on the
+  // device: H = scale * sum (sum: the fp32 Gram sums, [dim, dim]), the values InputStats::hessian()
+  // fetches to the host (double(sum[i]) * scale) without the copy; nullopt for other statistics.
+  struct DeviceHessian {
+    const float* sum = nullptr;
+    double scale = 0;
+  };
+  std::optional<DeviceHessian> device_hessian(const InputStats& stats) const;
+  // The block's weights as weights() holds them now, on the device (bf16; `only`: as
+  // GpuBlockMirror::sync). Valid until the next call that syncs (collect, capture_inputs, kl_errors,
+  // another device_weights).
+  const GpuBlockWeights& device_weights(std::span<const LinearKind> only = {}) const;
 
  private:
   // Runs the block with GPU weights gw over windows [w0, w0 + n) of the inputs, a chunk at a
@@ -71,13 +103,15 @@ class CudaBlockContext final : public BlockContext {
   CudaModel& gpu_;
   float* hidden_;
   int64_t chunk_;  // windows per forward
-  mutable GpuBlockWeights gw_;
+  std::unique_ptr<GpuBlockMirror> own_mirror_;
+  GpuBlockMirror* mirror_;
   mutable cuda::DeviceBuffer<float> scratch_;
-  struct DeviceHessian {
-    std::weak_ptr<const InputStats> stats;  // whose `hessian` this is
-    cuda::DeviceBuffer<float> h;
+  struct HeldHessian {
+    std::weak_ptr<const InputStats> stats;  // whose Hessian this is
+    std::shared_ptr<const cuda::DeviceBuffer<float>> sum;
+    double scale = 0;
   };
-  mutable std::vector<DeviceHessian> hessians_;
+  mutable std::vector<HeldHessian> hessians_;
 };
 
 // run_block_by_block on the GPU of `ctx`; the same plan, the same callbacks, the same results up

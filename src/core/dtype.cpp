@@ -77,11 +77,13 @@ void convert_to_f32(DType from, const void* src, float* dst, int64_t n) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
     case DType::BF16: {
       const auto* s = static_cast<const uint16_t*>(src);
+#pragma omp parallel for schedule(static) if (n > (int64_t(1) << 18))
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
     case DType::F16: {
       const auto* s = static_cast<const uint16_t*>(src);
+#pragma omp parallel for schedule(static) if (n > (int64_t(1) << 18))
       for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }

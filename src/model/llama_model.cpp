@@ -18,6 +18,14 @@ Tensor as_f32(const WeightSource& w, const std::string& name) {
   return t.dtype() == DType::F32 ? t : t.to_f32();
 }
 
+// A contiguous tensor's copy in storage of its own.
+Tensor copy_tensor(const Tensor& t) {
+  LB_ASSERT(t.is_contiguous());
+  Tensor c = Tensor::empty(t.dtype(), t.shape());
+  std::memcpy(c.mutable_data(), t.data(), size_t(t.nbytes()));
+  return c;
+}
+
 // A linear kept in its stored 16-bit dtype (set_keep_16bit_weights).
 class Dense16Linear final : public LinearKernel {
  public:
@@ -58,22 +66,38 @@ void LlamaModel::ensure_positions(int64_t n) const {
   if (rope_.n_pos < n) rope_ = make_rope_table(ck_.config, n);
 }
 
+BlockWeights LlamaModel::load_block(int64_t i, bool own) const {
+  // fp32 tensors are the checkpoint's own unless `own` asks for copies; others are converted.
+  const auto f32 = [own](Tensor t) { return t.dtype() != DType::F32 ? t.to_f32() : own ? copy_tensor(t) : t; };
+  BlockWeights w;
+  w.input_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::AttnNorm, i)));
+  w.post_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::FfnNorm, i)));
+  for (LinearKind k : kAllLinears) {
+    Tensor t = ck_.weights->get(linear_weight_name(i, k));
+    if (!own && keep_16bit_ && (t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.is_contiguous())
+      w.kernel[size_t(k)] = std::make_shared<Dense16Linear>(std::move(t));
+    else
+      w[k] = f32(std::move(t));
+  }
+  return w;
+}
+
+BlockWeights LlamaModel::writable_block_weights(int64_t i) const {
+  LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (blocks_[size_t(i)]) return clone_block_weights(*blocks_[size_t(i)]);
+  }
+  return load_block(i, /*own=*/true);
+}
+
 std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {
   LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (blocks_[size_t(i)]) return blocks_[size_t(i)];
   }
-  auto w = std::make_shared<BlockWeights>();
-  w->input_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::AttnNorm, i));
-  w->post_norm = as_f32(*ck_.weights, hf_tensor_name(TensorKind::FfnNorm, i));
-  for (LinearKind k : kAllLinears) {
-    Tensor t = ck_.weights->get(linear_weight_name(i, k));
-    if (keep_16bit_ && (t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.is_contiguous())
-      w->kernel[size_t(k)] = std::make_shared<Dense16Linear>(std::move(t));
-    else
-      (*w)[k] = t.dtype() == DType::F32 ? t : t.to_f32();
-  }
+  auto w = std::make_shared<BlockWeights>(load_block(i, /*own=*/false));
   if (cache_blocks_) {
     std::lock_guard<std::mutex> lock(mu_);
     blocks_[size_t(i)] = w;
@@ -89,11 +113,7 @@ void LlamaModel::set_block_cache(bool on) {
 }
 
 BlockWeights clone_block_weights(const BlockWeights& w) {
-  auto copy = [](const Tensor& t) {
-    Tensor c = Tensor::empty(t.dtype(), t.shape());
-    std::memcpy(c.mutable_data(), t.data(), size_t(t.nbytes()));
-    return c;
-  };
+  const auto copy = copy_tensor;
   BlockWeights out;
   out.input_norm = copy(w.input_norm);
   out.post_norm = copy(w.post_norm);

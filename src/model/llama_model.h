@@ -89,6 +89,10 @@ class LlamaModel {
 
   // Block i's weights in fp32 (cached for reuse when the model is small enough).
   std::shared_ptr<const BlockWeights> block_weights(int64_t i) const;
+  // Block i's weights in fp32 as a writable copy of the caller's own (a quantization method's):
+  // the cached or replaced block cloned, else converted from the checkpoint once, without the
+  // clone.
+  BlockWeights writable_block_weights(int64_t i) const;
   // Replaces block i's weights (a quantized block's dequantized weights, for instance).
   void set_block_weights(int64_t i, std::shared_ptr<const BlockWeights> w);
   // Whether set_block_weights() replaced block i: its weights are then no longer the checkpoint's
@@ -166,6 +170,10 @@ class LlamaModel {
   const Tensor& final_norm_weight() const { return final_norm_w_; }
 
  private:
+  // Block i converted from the checkpoint (block_weights without the cache); own: every tensor in
+  // storage of its own (fp32 ones copied, no 16-bit kernels).
+  BlockWeights load_block(int64_t i, bool own) const;
+
   Checkpoint ck_;
   mutable std::mutex mu_;
   mutable RopeTable rope_;

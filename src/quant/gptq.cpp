@@ -242,18 +242,18 @@ class Gptq : public QuantMethod {
         const InputStats& st = *stats.at(k);
         const DType dtype = linear_storage_dtype(ctx.model(), ctx.layer(), k);
         std::optional<GptqResult> on_device =
-            gptq_quantize_on(ctx, w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+            gptq_quantize_on(ctx, k, w.dim(0), w.dim(1), st, opt_, dtype);
         GptqResult r;
         if (on_device) {
           r = std::move(*on_device);
         } else {
           const PhaseScope solve("gptq solve (host)");
-          r = gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian, opt_, dtype);
+          r = gptq_quantize(w.data_as<float>(), w.dim(0), w.dim(1), st.hessian(), opt_, dtype);
         }
         std::string note = fmt::format("loss {:.4g}", r.loss);
         if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
         if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-        finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
+        finish_linear(ctx, k, std::move(r.q), out, t0, &st, note);
       }
     }
   }

@@ -23,6 +23,7 @@
 //   spec: gptq:w=4,g=128,sym=0,act_order=0,static_groups=0,damp=0.01,block=128,true_seq=1
 #pragma once
 
+#include "formats/llama_tensors.h"
 #include "quant/quantized_linear.h"
 
 #include <optional>
@@ -49,12 +50,15 @@ struct GptqResult {
 };
 
 class BlockContext;
-// GPTQ's solve of W [rows, cols] (fp32, host) with H (fp64, host) on the device of `ctx` where that
-// device has one: on a GPU, gptq_quantize_cuda (gptq_cuda.h: the Hessian inverse by cuSOLVER, the
-// columns by a kernel, the lazy batch updates by cuBLAS; W read as bf16); nullopt on the CPU, and
-// in builds without CUDA, where the caller runs gptq_quantize. Same options, same decisions.
-std::optional<GptqResult> gptq_quantize_on(const BlockContext& ctx, const float* w, int64_t rows, int64_t cols,
-                                           const std::vector<double>& h, const GptqOptions& opt, DType dtype);
+struct InputStats;
+// GPTQ's solve of W = ctx.weights()[k] ([rows, cols], fp32 host) with the Hessian of `stats` on
+// the device of `ctx` where that device has one: on a GPU, gptq_quantize_cuda (gptq_cuda.h: the
+// Hessian inverse by cuSOLVER, the columns by a kernel, the lazy batch updates by cuBLAS), reading W
+// and H where the context keeps them (its bf16 copy of the block, the device sums of its collect());
+// nullopt on the CPU, and in builds without CUDA, where the caller runs gptq_quantize. Same
+// options, same decisions.
+std::optional<GptqResult> gptq_quantize_on(const BlockContext& ctx, LinearKind k, int64_t rows, int64_t cols,
+                                           const InputStats& stats, const GptqOptions& opt, DType dtype);
 
 // GPTQ's column order (the CPU and GPU implementations share it): with act_order, descending
 // diag (ties by index), else the identity. diag: H's diagonal, a dead column's counted as 1.

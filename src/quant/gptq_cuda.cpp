@@ -3,6 +3,7 @@
 #include "calib/block_driver_cuda.h"
 
 #include "backend/cuda/gptq.cuh"
+#include "quant/obs_hinv.h"
 #include "core/error.h"
 #include "core/phase_profile.h"
 
@@ -48,6 +49,59 @@ void potri_lower(cuda::Context& ctx, double* A, int64_t n) {
   LB_CHECK(h == 0, "cuSOLVER potri: singular factor (info {})", h);
 }
 
+// Hinv: the upper Cholesky factor of (H + damp mean_diag I)^-1 (fp32 [n, n] row-major; row-major
+// upper = column-major lower), H = h_scale * h_sum with the rows and columns in `perm` order and dead
+// inputs' zero diagonals set to 1, factored in fp64, the damping raised tenfold on failure (as
+// gptq_inverse_factor).
+DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const float* h_sum, double h_scale, const int32_t* perm,
+                                   int64_t n, double mean_diag, double damp, double* damp_used) {
+  const cudaStream_t s = ctx.stream();
+  DeviceBuffer<double> A(static_cast<size_t>(n * n));
+  for (int attempt = 0;; ++attempt) {
+    cuda::permute_scale_symmetric(h_sum, A.get(), n, perm, h_scale, s);
+    cuda::add_diagonal(A.get(), n, damp * mean_diag, s);
+    bool ok = potrf_lower(ctx, A.get(), n);
+    if (ok) {
+      potri_lower(ctx, A.get(), n);
+      ok = potrf_lower(ctx, A.get(), n);
+    }
+    if (ok) break;
+    LB_CHECK(attempt < 4, "the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
+    damp = damp > 0.0 ? damp * 10.0 : 0.01;
+  }
+  *damp_used = damp;
+  DeviceBuffer<float> hinv(static_cast<size_t>(n * n));
+  cuda::f64_to_f32(A.get(), hinv.get(), n * n, s);
+  return hinv;
+}
+
+// The Hessian's diagonal (h_scale * h_sum) on the host, and its dead inputs (zero diagonal).
+struct Diagonal {
+  std::vector<double> d;  // dead inputs: 1, as the factorization sets them
+  std::vector<uint8_t> dead;
+  int64_t dead_count = 0;
+  double mean = 0;
+};
+Diagonal hessian_diagonal(cuda::Context& ctx, const float* h_sum, double h_scale, int64_t n) {
+  const cudaStream_t s = ctx.stream();
+  DeviceBuffer<float> diag_d(static_cast<size_t>(n));
+  cuda::diagonal(h_sum, diag_d.get(), n, s);
+  std::vector<float> diag(static_cast<size_t>(n));
+  cuda::download(diag.data(), diag_d.get(), size_t(n), s);
+  Diagonal r;
+  r.d.resize(size_t(n));
+  r.dead.assign(size_t(n), 0);
+  for (int64_t c = 0; c < n; ++c) {
+    const bool dead = diag[size_t(c)] == 0.0f;
+    r.dead[size_t(c)] = dead;
+    r.dead_count += dead;
+    r.d[size_t(c)] = dead ? 1.0 : double(diag[size_t(c)]) * h_scale;
+    r.mean += r.d[size_t(c)];
+  }
+  r.mean /= double(n);
+  return r;
+}
+
 }  // namespace
 
 GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h_sum, double h_scale, int64_t rows,
@@ -66,16 +120,9 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
   if (per_channel) cuda::gptq_row_params(W.get(), rows, cols, 0, cols, maxq, opt.sym, scale.get(), zero.get(), 1, 0, s);
 
   // Dead inputs and the processing order, from the Hessian's diagonal.
-  DeviceBuffer<float> diag_d(static_cast<size_t>(cols));
-  cuda::diagonal(h_sum, diag_d.get(), cols, s);
-  std::vector<float> diag(static_cast<size_t>(cols));
-  cuda::download(diag.data(), diag_d.get(), size_t(cols), s);
-  std::vector<uint8_t> dead(static_cast<size_t>(cols), 0);
-  for (int64_t c = 0; c < cols; ++c)
-    if (diag[size_t(c)] == 0.0f) {
-      dead[size_t(c)] = 1;
-      ++res.dead_columns;
-    }
+  const Diagonal diag = hessian_diagonal(ctx, h_sum, h_scale, cols);
+  const std::vector<uint8_t>& dead = diag.dead;
+  res.dead_columns = diag.dead_count;
   if (res.dead_columns) {
     DeviceBuffer<uint8_t> dead_d(static_cast<size_t>(cols));
     cuda::upload(dead_d.get(), dead.data(), size_t(cols), s);
@@ -86,9 +133,7 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     for (int64_t g = 0; g < ngroups; ++g)
       cuda::gptq_row_params(W.get(), rows, cols, g * gs, std::min(cols, (g + 1) * gs) - g * gs, maxq, opt.sym,
                             scale.get(), zero.get(), ngroups, g, s);
-  std::vector<double> d(static_cast<size_t>(cols));
-  for (int64_t c = 0; c < cols; ++c) d[size_t(c)] = dead[size_t(c)] ? 1.0 : double(diag[size_t(c)]) * h_scale;
-  const std::vector<int64_t> order = gptq_column_order(d, opt.act_order);
+  const std::vector<int64_t> order = gptq_column_order(diag.d, opt.act_order);
   const std::vector<int32_t> perm(order.begin(), order.end());
   DeviceBuffer<int32_t> perm_d(static_cast<size_t>(cols));
   cuda::upload(perm_d.get(), perm.data(), size_t(cols), s);
@@ -99,29 +144,7 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     Wp.release();
   }
 
-  // Hinv: the upper Cholesky factor of (H + damp mean(diag H) I)^-1, in fp64, damping raised
-  // tenfold on failure. Column-major lower factors read row-major are the upper ones.
-  double mean_diag = 0;
-  for (int64_t c = 0; c < cols; ++c) mean_diag += dead[size_t(c)] ? 1.0 : double(diag[size_t(c)]) * h_scale;
-  mean_diag /= double(cols);
-  DeviceBuffer<double> A(static_cast<size_t>(cols * cols));
-  double damp = opt.damp;
-  for (int attempt = 0;; ++attempt) {
-    cuda::permute_scale_symmetric(h_sum, A.get(), cols, perm_d.get(), h_scale, s);
-    cuda::add_diagonal(A.get(), cols, damp * mean_diag, s);
-    bool ok = potrf_lower(ctx, A.get(), cols);
-    if (ok) {
-      potri_lower(ctx, A.get(), cols);
-      ok = potrf_lower(ctx, A.get(), cols);
-    }
-    if (ok) break;
-    LB_CHECK(attempt < 4, "gptq: the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);
-    damp = damp > 0.0 ? damp * 10.0 : 0.01;
-  }
-  res.damp = damp;
-  DeviceBuffer<float> hinv(static_cast<size_t>(cols * cols));
-  cuda::f64_to_f32(A.get(), hinv.get(), cols * cols, s);
-  A.release();
+  DeviceBuffer<float> hinv = inverse_factor(ctx, h_sum, h_scale, perm_d.get(), cols, diag.mean, opt.damp, &res.damp);
 
   // Column blocks, then the lazy batch update of every later column.
   const int64_t B = std::min<int64_t>(128, std::max<int64_t>(1, opt.block));
@@ -190,29 +213,29 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
   return res;
 }
 
-std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float* w, int64_t rows, int64_t cols,
-                                           const std::vector<double>& h, const GptqOptions& opt, DType dtype) {
+std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, LinearKind k, int64_t rows, int64_t cols,
+                                           const InputStats& stats, const GptqOptions& opt, DType dtype) {
   if (!bctx.device().is_cuda()) return std::nullopt;
   // CudaBlockContext is the one context on a CUDA device.
   const PhaseScope phase("gptq solve (GPU)");
-  std::optional<PhaseScope> sub(std::in_place, "gptq solve (GPU)/upload");
+  std::optional<PhaseScope> sub(std::in_place, "gptq solve (GPU)/weight and Hessian");
   const auto& cctx = static_cast<const CudaBlockContext&>(bctx);
   cuda::Context& ctx = cctx.gpu().context();
   const cudaStream_t s = ctx.stream();
-  LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian of {} values for {} input features", h.size(), cols);
-  DeviceBuffer<bf16> W(static_cast<size_t>(rows * cols));
-  {
-    std::vector<uint16_t> wb(static_cast<size_t>(rows * cols));
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < rows * cols; ++i) wb[size_t(i)] = f32_to_bf16(w[i]);
-    cuda::upload(W.get(), reinterpret_cast<const bf16*>(wb.data()), wb.size(), s);
-    ctx.synchronize();
-  }
-  // The Hessian in fp32: the context's device copy of its own statistics (the same values),
-  // else uploaded.
+  LB_CHECK(stats.dim == cols, "gptq: input statistics of {} features for a linear of {}", stats.dim, cols);
+  // W as the context holds the block on the device: bf16 of the host values.
+  const bf16* W = cctx.device_weights(std::array{k})[k];
+  LB_ASSERT(W != nullptr);
+  // H where collect() left it, else the host values uploaded (rounded to fp32).
   DeviceBuffer<float> H;
-  const float* hd = cctx.device_hessian(h);
-  if (hd == nullptr) {
+  const float* hd = nullptr;
+  double h_scale = 1.0;
+  if (const auto dh = cctx.device_hessian(stats)) {
+    hd = dh->sum;
+    h_scale = dh->scale;
+  } else {
+    const std::vector<double>& h = stats.hessian();
+    LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian of {} values for {} input features", h.size(), cols);
     std::vector<float> hf(h.size());
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < int64_t(h.size()); ++i) hf[size_t(i)] = float(h[size_t(i)]);
@@ -223,8 +246,35 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, const float
   }
   // The dequantized weight the kernel also writes is not needed: the caller dequantizes q.
   sub.emplace("gptq solve (GPU)/solve and download");
-  GptqResult r = gptq_quantize_cuda(ctx, W.get(), hd, 1.0, rows, cols, opt, dtype, W.get());
+  DeviceBuffer<bf16> deq(static_cast<size_t>(rows * cols));
+  GptqResult r = gptq_quantize_cuda(ctx, W, hd, h_scale, rows, cols, opt, dtype, deq.get());
   ctx.synchronize();
+  return r;
+}
+
+std::optional<ObsHinv> obs_hinv_device(const BlockContext& bctx, const InputStats& stats, int64_t cols, double damp) {
+  if (!bctx.device().is_cuda()) return std::nullopt;
+  const auto& cctx = static_cast<const CudaBlockContext&>(bctx);
+  const auto dh = cctx.device_hessian(stats);
+  if (!dh) return std::nullopt;
+  const PhaseScope phase("inverse factor (GPU)");
+  LB_CHECK(stats.dim == cols, "input statistics of {} features for a linear of {}", stats.dim, cols);
+  cuda::Context& ctx = cctx.gpu().context();
+  const cudaStream_t s = ctx.stream();
+  const Diagonal diag = hessian_diagonal(ctx, dh->sum, dh->scale, cols);
+  std::vector<int32_t> identity(static_cast<size_t>(cols));
+  std::iota(identity.begin(), identity.end(), 0);
+  DeviceBuffer<int32_t> perm(static_cast<size_t>(cols));
+  cuda::upload(perm.get(), identity.data(), identity.size(), s);
+  ObsHinv r;
+  const DeviceBuffer<float> hinv = inverse_factor(ctx, dh->sum, dh->scale, perm.get(), cols, diag.mean, damp, &r.damp);
+  r.u.resize(static_cast<size_t>(cols * cols));
+  cuda::download(r.u.data(), hinv.get(), r.u.size(), s);
+  // The factor's other triangle holds what the factorization left there; the host's is zero.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 1; i < cols; ++i) std::fill_n(r.u.data() + i * cols, i, 0.0f);
+  r.dead = diag.dead;
+  r.dead_columns = diag.dead_count;
   return r;
 }
 

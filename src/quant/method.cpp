@@ -75,7 +75,7 @@ DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k)
 }
 
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
-                   std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
+                   std::chrono::steady_clock::time_point started, const InputStats* stats,
                    const std::string& note) {
   const PhaseScope phase("finish_linear");
   Tensor& w = ctx.weights()[k];
@@ -87,8 +87,8 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
   LinearReport r;
   r.kind = k;
   r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
-  if (hessian != nullptr && !hessian->empty())
-    r.output_rel_err = ctx.output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *hessian);
+  if (stats != nullptr && stats->has_hessian())
+    r.output_rel_err = ctx.output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *stats);
   sub.emplace("finish_linear/store");
   std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
   r.note = note;

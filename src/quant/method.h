@@ -113,9 +113,10 @@ std::vector<std::string> method_help(const std::string& name);
 DType linear_storage_dtype(const LlamaModel& model, int64_t layer, LinearKind k);
 
 // Common end of quantizing one linear: writes q's dequantized weight into ctx.weights()[k],
-// reports the weight error (and the output error when `hessian` is given), and stores q.
+// reports the weight error (and the output error when `stats` with a Hessian are given), and
+// stores q.
 void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, QuantizedBlock& out,
-                   std::chrono::steady_clock::time_point started, const std::vector<double>* hessian,
+                   std::chrono::steady_clock::time_point started, const InputStats* stats,
                    const std::string& note);
 
 // The factories, one per method file.

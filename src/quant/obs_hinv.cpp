@@ -1,6 +1,7 @@
 #include "quant/obs_hinv.h"
 
 #include "core/error.h"
+#include "calib/block_driver.h"
 #include "quant/gptq.h"
 
 namespace lowbit {
@@ -18,6 +19,11 @@ ObsHinv obs_hinv(std::vector<double> h, int64_t cols, double damp) {
   r.u = gptq_inverse_factor(h, cols, damp, &damp);
   r.damp = damp;
   return r;
+}
+
+ObsHinv obs_hinv_on(const BlockContext& ctx, const InputStats& stats, int64_t cols, double damp) {
+  if (std::optional<ObsHinv> r = obs_hinv_device(ctx, stats, cols, damp)) return std::move(*r);
+  return obs_hinv(stats.hessian(), cols, damp);
 }
 
 }  // namespace lowbit

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace lowbit {
@@ -27,6 +28,15 @@ struct ObsHinv {
 
 // h: [cols, cols] fp64 (taken by value: it is modified).
 ObsHinv obs_hinv(std::vector<double> h, int64_t cols, double damp);
+
+class BlockContext;
+struct InputStats;
+// obs_hinv of the Hessian of `stats` on the device of `ctx`: on a GPU context whose collect()
+// returned `stats`, from its device copy of the Hessian (the same steps, cuSOLVER in fp64:
+// obs_hinv_device, defined with GPTQ's GPU solve), so that neither the Hessian nor the
+// factorization touches the host; elsewhere obs_hinv of stats.hessian().
+ObsHinv obs_hinv_on(const BlockContext& ctx, const InputStats& stats, int64_t cols, double damp);
+std::optional<ObsHinv> obs_hinv_device(const BlockContext& ctx, const InputStats& stats, int64_t cols, double damp);
 
 inline float obs_saliency(float w, float u_jj) { return (w * w) / (u_jj * u_jj); }
 

@@ -217,8 +217,8 @@ class Pbllm : public QuantMethod {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const InputStats& st = *stats.at(k);
+      const ObsHinv hinv = obs_hinv_on(ctx, st, w.dim(1), opt_.damp);
       std::optional<PhaseScope> solve(std::in_place, "pbllm solve (host)");
-      const ObsHinv hinv = obs_hinv(st.hessian, w.dim(1), opt_.damp);
       PbllmResult r = pbllm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
                                      linear_storage_dtype(ctx.model(), ctx.layer(), k));
       const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
@@ -233,7 +233,7 @@ class Pbllm : public QuantMethod {
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {} (the reference would fail)", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
       solve.reset();
-      finish_linear(ctx, k, std::move(r.q), out, t0, &st.hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, &st, note);
     }
   }
 

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace lowbit {
@@ -57,7 +58,11 @@ void QuantizedLinear::validate(const std::string& what) const {
   LB_CHECK(codes.empty() || int64_t(codes.size()) == rows * cols, "{}: {} codes for a [{}, {}] weight", what,
            codes.size(), rows, cols);
   const int maxq = (1 << bits) - 1;
-  for (uint8_t q : codes) LB_CHECK(q <= maxq, "{}: code {} exceeds {} bits", what, q, bits);
+  const int64_t n = int64_t(codes.size());
+  int top = 0;
+#pragma omp parallel for schedule(static) reduction(max : top) if (n > (int64_t(1) << 18))
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, int(codes[size_t(i)]));
+  LB_CHECK(top <= maxq, "{}: code {} exceeds {} bits", what, top, bits);
   if (!g_idx.empty()) {
     LB_CHECK(group_size > 0 && !flat_groups && int64_t(g_idx.size()) == cols,
              "{}: g_idx has {} entries for {} columns", what, g_idx.size(), cols);

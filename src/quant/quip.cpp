@@ -370,7 +370,7 @@ class Quip : public QuantMethod {
       const int64_t rows = w.dim(0), cols = w.dim(1);
       // sum x x^T / N from GPTQ's 2 / N sum x x^T.
       std::optional<PhaseScope> solve(std::in_place, "quip solve (host)");
-      std::vector<double> h = stats.at(k)->hessian;
+      std::vector<double> h = stats.at(k)->hessian();
       for (double& x : h) x *= 0.5;
       const uint64_t su = opt_.seed * 1000003ull + uint64_t(ctx.layer()) * 16ull + 2ull * uint64_t(k);
       Butterfly u, v;
@@ -383,7 +383,7 @@ class Quip : public QuantMethod {
       std::string note = fmt::format("proxy loss {:.4g}, scale {:.4g}", r.proxy_loss, r.scale);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
       solve.reset();
-      finish_linear(ctx, k, std::move(r.q), out, t0, &stats.at(k)->hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, stats.at(k).get(), note);
     }
   }
 

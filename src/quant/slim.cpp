@@ -419,7 +419,7 @@ class Slim : public QuantMethod {
     const auto stats = ctx.collect(kAllLinears, req);
     std::array<std::vector<double>, 7> h;
     std::array<int64_t, 7> count{};
-    for (LinearKind k : kAllLinears) h[size_t(k)] = stats.at(k)->hessian;
+    for (LinearKind k : kAllLinears) h[size_t(k)] = stats.at(k)->hessian();
 
     if (alloc_.empty()) {
       // SBA: salience on the edited Hessian, then the KL search over every calibration window.
@@ -459,7 +459,7 @@ class Slim : public QuantMethod {
       if (alloc_.empty()) note += fmt::format(", search count {}", count[size_t(k)]);
       if (r.damp != opt_.damp) note += fmt::format(", damping raised to {}", r.damp);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
-      finish_linear(ctx, k, std::move(r.q), out, t0, &stats.at(k)->hessian, note);
+      finish_linear(ctx, k, std::move(r.q), out, t0, stats.at(k).get(), note);
     }
   }
 

@@ -595,7 +595,7 @@ TEST(CudaCalib, InputStatsMatchCpu) {
     ASSERT_EQ(a.dim, b.dim) << linear_name(k);
     EXPECT_EQ(a.tokens, b.tokens);
     EXPECT_EQ(a.sequences, b.sequences);
-    const std::vector<float> ha(a.hessian.begin(), a.hessian.end()), hb(b.hessian.begin(), b.hessian.end());
+    const std::vector<float> ha(a.hessian().begin(), a.hessian().end()), hb(b.hessian().begin(), b.hessian().end());
     const std::vector<float> ma(a.absmean.begin(), a.absmean.end()), mb(b.absmean.begin(), b.absmean.end());
     const double eh = rel_err(ha, hb), ex = rel_err(a.absmax, b.absmax), em = rel_err(ma, mb);
     std::printf("layer %ld %s: hessian %.2e absmax %.2e absmean %.2e\n", long(layer), linear_name(k), eh, ex, em);

@@ -9,6 +9,7 @@
 #include "formats/checkpoint.h"
 #include "model/cuda_model.h"
 #include "quant/method.h"
+#include "quant/obs_hinv.h"
 #include "quant/quantize.h"
 #include "quant/quantize_device.h"
 #include "random_calibration.h"
@@ -79,7 +80,7 @@ TEST(CudaBlockContext, ForwardsMatchCpu) {
     ASSERT_EQ(x.dim, y.dim);
     EXPECT_EQ(x.tokens, y.tokens);
     EXPECT_EQ(x.sequences, y.sequences);
-    const double eh = rel_diff(y.hessian, x.hessian), ex = rel_diff(y.absmax, x.absmax),
+    const double eh = rel_diff(y.hessian(), x.hessian()), ex = rel_diff(y.absmax, x.absmax),
                  em = rel_diff(y.absmean, x.absmean);
     std::printf("collect %s: hessian %.2e absmax %.2e absmean %.2e\n", linear_name(k), eh, ex, em);
     EXPECT_LT(eh, 2e-2) << linear_name(k);
@@ -136,6 +137,62 @@ TEST(CudaBlockContext, ForwardsMatchCpu) {
     const double ma = pa->mse(trial), mb = pb->mse(trial);
     std::printf("probe %s: mse GPU %.6e CPU %.6e\n", linear_name(c.linear), mb, ma);
     EXPECT_NEAR(mb, ma, 3e-2 * ma) << linear_name(c.linear);
+  }
+}
+
+// The GPU context's Hessians stay on the device: the host copy a method fetches holds exactly the
+// device sums times the scale, and the inverse factor computed from the device copy matches the
+// host's (obs_hinv) up to the fp64 factorizations' last digits, its other triangle zero as there.
+TEST(CudaBlockContext, DeviceHessianAndInverseFactorMatchHost) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  TwoContexts t;
+  StatsRequest req;
+  req.hessian = true;
+  const auto stats = t.gpu_ctx->collect(kAllLinears, req);
+  for (LinearKind k : {LinearKind::Q, LinearKind::Down}) {
+    const InputStats& st = *stats.at(k);
+    const auto dh = t.gpu_ctx->device_hessian(st);
+    ASSERT_TRUE(dh.has_value()) << linear_name(k);
+    const int64_t n = st.dim;
+    std::vector<float> sum(size_t(n * n));
+    cuda::download(sum.data(), dh->sum, sum.size(), t.ctx.stream());
+    const std::vector<double>& h = st.hessian();
+    ASSERT_EQ(int64_t(h.size()), n * n);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n * n; ++i) differ += h[size_t(i)] != double(sum[size_t(i)]) * dh->scale;
+    EXPECT_EQ(differ, 0) << linear_name(k);
+
+    const ObsHinv gpu = obs_hinv_on(*t.gpu_ctx, st, n, 0.01);
+    const ObsHinv host = obs_hinv(h, n, 0.01);
+    ASSERT_EQ(gpu.u.size(), host.u.size());
+    EXPECT_EQ(gpu.dead, host.dead);
+    EXPECT_EQ(gpu.damp, host.damp);
+    double worst = 0, scale = 0;
+    int64_t lower = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const size_t x = size_t(i * n + j);
+        worst = std::max(worst, std::fabs(double(gpu.u[x]) - double(host.u[x])));
+        scale = std::max(scale, std::fabs(double(host.u[x])));
+        lower += j < i && gpu.u[x] != 0.0f;
+      }
+    std::printf("inverse factor %s: worst difference %.2e of the largest entry\n", linear_name(k), worst / scale);
+    EXPECT_LT(worst, 1e-5 * scale) << linear_name(k);
+    EXPECT_EQ(lower, 0) << linear_name(k);
+  }
+  // A rewritten linear reaches the device copy; the others stay.
+  Tensor& q = t.w_gpu[LinearKind::Q];
+  float* qv = q.mutable_data_as<float>();
+  for (int64_t i = 0; i < q.numel(); ++i) qv[i] = -qv[i];
+  for (LinearKind k : {LinearKind::Q, LinearKind::Up}) {
+    const Tensor& w = t.w_gpu[k];
+    std::vector<uint16_t> dev(size_t(w.numel()));
+    cuda::download(reinterpret_cast<cuda::bf16*>(dev.data()), t.gpu_ctx->device_weights()[k], dev.size(),
+                   t.ctx.stream());
+    int64_t differ = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) differ += dev[size_t(i)] != f32_to_bf16(w.data_as<float>()[i]);
+    EXPECT_EQ(differ, 0) << linear_name(k);
   }
 }
 

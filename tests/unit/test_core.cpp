@@ -7,6 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <chrono>
 #include <cmath>
 
@@ -83,6 +87,30 @@ TEST(Tensor, ToF32FromBf16) {
 TEST(Hash, Sha256Vectors) {
   EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+// The fingerprint sees every byte: a flipped bit anywhere (the tail words too) or a swap of two
+// words changes it; equal bytes give equal prints whatever the number of threads.
+TEST(Hash, FingerprintSeesEveryByte) {
+  std::vector<unsigned char> a(size_t(1) << 20 | 5);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<unsigned char>((i * 2654435761u) >> 13);
+  const uint64_t p = fingerprint64(a.data(), a.size());
+  std::vector<unsigned char> b = a;
+  EXPECT_EQ(fingerprint64(b.data(), b.size()), p);
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  EXPECT_EQ(fingerprint64(b.data(), b.size()), p);
+  omp_set_num_threads(threads);
+#endif
+  for (size_t at : {size_t(0), size_t(777), a.size() / 2, a.size() - 8, a.size() - 1}) {
+    b[at] ^= 0x10;
+    EXPECT_NE(fingerprint64(b.data(), b.size()), p) << "byte " << at;
+    b[at] = a[at];
+  }
+  std::swap_ranges(b.begin(), b.begin() + 8, b.begin() + 64);
+  EXPECT_NE(fingerprint64(b.data(), b.size()), p);
+  EXPECT_NE(fingerprint64(a.data(), a.size() - 1), p);  // the length counts
 }
 
 TEST(Utf8, Validation) {

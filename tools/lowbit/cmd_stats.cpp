@@ -60,7 +60,7 @@ void run(const Options& o) {
     if (!done.insert(st).second) continue;
     const std::string site = site_names[int(k)];
     Tensor hs = Tensor::empty(DType::F64, {st->dim, st->dim});
-    std::memcpy(hs.mutable_data(), st->hessian.data(), size_t(hs.nbytes()));
+    std::memcpy(hs.mutable_data(), st->hessian().data(), size_t(hs.nbytes()));
     out.add(site + ".hessian", hs);
     out.add(site + ".absmax", f32_tensor(st->absmax.data(), {st->dim}));
     std::vector<float> mean(st->absmean.begin(), st->absmean.end());
