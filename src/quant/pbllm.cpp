@@ -44,16 +44,20 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
 
   // 1. The salient grid, per row, from the original weight.
   std::vector<AffineParams> high(static_cast<size_t>(rows));
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) high[size_t(r)] = affine_minmax(w + r * cols, cols, 1, maxq, false);
 
   // 2. Dead columns zeroed; Wt[c, r] = W[r, c] so that a column is contiguous.
   std::vector<float> wt(size_t(cols * rows));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) wt[size_t(c * rows + r)] = hinv.dead[size_t(c)] ? 0.0f : w[r * cols + c];
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) wt[size_t(c * rows + r)] = hinv.dead[size_t(c)] ? 0.0f : w[r * cols + c];
 
-  // 3-4. Masks and binarizer parameters per column group, from the weight before any update.
+  // 3-4. Masks and binarizer parameters per column group, from the weight before any update (the
+  // groups in parallel).
   res.mask.assign(size_t(rows * cols), 0);
   std::vector<float> mu(size_t(rows * ngroups)), alpha(size_t(rows * ngroups));
+#pragma omp parallel for schedule(dynamic)
   for (int64_t g = 0; g < ngroups; ++g) {
     const int64_t c0 = g * gs;
     std::vector<float> score(size_t(rows * gs));
@@ -67,9 +71,8 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
     std::vector<float> sorted = score;
     std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
     const float thr = sorted[size_t(k)];
-#pragma omp parallel for schedule(static)
+    std::vector<float> m(static_cast<size_t>(gs)), d(static_cast<size_t>(gs));
     for (int64_t r = 0; r < rows; ++r) {
-      std::vector<float> m(static_cast<size_t>(gs)), d(static_cast<size_t>(gs));
       for (int64_t j = 0; j < gs; ++j) {
         const bool low = score[size_t(r * gs + j)] <= thr;
         res.mask[size_t(r * cols + c0 + j)] = low;
@@ -133,6 +136,7 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   res.loss = loss / 2.0;
 
   res.w.resize(size_t(rows * cols));
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) res.w[size_t(r * cols + c)] = qt[size_t(c * rows + r)];
 
