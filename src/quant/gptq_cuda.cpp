@@ -252,29 +252,39 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, LinearKind 
   return r;
 }
 
+DeviceObsHinv obs_hinv_cuda(cuda::Context& ctx, const float* h_sum, double h_scale, int64_t cols, double damp) {
+  const PhaseScope phase("inverse factor (GPU)");
+  const cudaStream_t s = ctx.stream();
+  const Diagonal diag = hessian_diagonal(ctx, h_sum, h_scale, cols);
+  std::vector<int32_t> identity(static_cast<size_t>(cols));
+  std::iota(identity.begin(), identity.end(), 0);
+  DeviceBuffer<int32_t> perm(static_cast<size_t>(cols));
+  cuda::upload(perm.get(), identity.data(), identity.size(), s);
+  DeviceObsHinv r;
+  r.u = inverse_factor(ctx, h_sum, h_scale, perm.get(), cols, diag.mean, damp, &r.damp);
+  r.dead = diag.dead;
+  r.dead_columns = diag.dead_count;
+  ctx.synchronize();
+  return r;
+}
+
 std::optional<ObsHinv> obs_hinv_device(const BlockContext& bctx, const InputStats& stats, int64_t cols, double damp) {
   if (!bctx.device().is_cuda()) return std::nullopt;
   const auto& cctx = static_cast<const CudaBlockContext&>(bctx);
   const auto dh = cctx.device_hessian(stats);
   if (!dh) return std::nullopt;
-  const PhaseScope phase("inverse factor (GPU)");
   LB_CHECK(stats.dim == cols, "input statistics of {} features for a linear of {}", stats.dim, cols);
   cuda::Context& ctx = cctx.gpu().context();
-  const cudaStream_t s = ctx.stream();
-  const Diagonal diag = hessian_diagonal(ctx, dh->sum, dh->scale, cols);
-  std::vector<int32_t> identity(static_cast<size_t>(cols));
-  std::iota(identity.begin(), identity.end(), 0);
-  DeviceBuffer<int32_t> perm(static_cast<size_t>(cols));
-  cuda::upload(perm.get(), identity.data(), identity.size(), s);
+  DeviceObsHinv d = obs_hinv_cuda(ctx, dh->sum, dh->scale, cols, damp);
   ObsHinv r;
-  const DeviceBuffer<float> hinv = inverse_factor(ctx, dh->sum, dh->scale, perm.get(), cols, diag.mean, damp, &r.damp);
   r.u.resize(static_cast<size_t>(cols * cols));
-  cuda::download(r.u.data(), hinv.get(), r.u.size(), s);
+  cuda::download(r.u.data(), d.u.get(), r.u.size(), ctx.stream());
   // The factor's other triangle holds what the factorization left there; the host's is zero.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 1; i < cols; ++i) std::fill_n(r.u.data() + i * cols, i, 0.0f);
-  r.dead = diag.dead;
-  r.dead_columns = diag.dead_count;
+  r.dead = std::move(d.dead);
+  r.dead_columns = d.dead_columns;
+  r.damp = d.damp;
   return r;
 }
 

@@ -15,4 +15,15 @@ namespace lowbit {
 GptqResult gptq_quantize_cuda(cuda::Context& ctx, const cuda::bf16* W, const float* h_sum, double h_scale,
                               int64_t rows, int64_t cols, const GptqOptions& opt, DType dtype, cuda::bf16* out);
 
+// obs_hinv (obs_hinv.h) on the GPU from a device Hessian H = h_scale * h_sum (fp32 sums [cols,
+// cols]): the same dead inputs, damping and retries, cuSOLVER in fp64; the factor stays on the
+// device (row-major upper; what lies below its diagonal is undefined).
+struct DeviceObsHinv {
+  cuda::DeviceBuffer<float> u;  // [cols, cols]
+  std::vector<uint8_t> dead;    // [cols]
+  int64_t dead_columns = 0;
+  double damp = 0;
+};
+DeviceObsHinv obs_hinv_cuda(cuda::Context& ctx, const float* h_sum, double h_scale, int64_t cols, double damp);
+
 }  // namespace lowbit

@@ -27,44 +27,39 @@ float sign_of(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
 }  // namespace
 
-PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const PbllmOptions& opt,
-                           DType dtype) {
-  LB_CHECK(int64_t(hinv.u.size()) == cols * cols && int64_t(hinv.dead.size()) == cols,
-           "pbllm: inverse Hessian factor of {} entries for {} columns", hinv.u.size(), cols);
+void pbllm_check(int64_t cols, const PbllmOptions& opt) {
   LB_CHECK(opt.low_frac > 0.0 && opt.low_frac < 1.0, "pbllm: low_frac {} is outside (0, 1)", opt.low_frac);
   LB_CHECK(opt.group_size > 0 && opt.block > 0 && opt.group_size % opt.block == 0 && cols % opt.group_size == 0,
            "pbllm: group size {} must be a multiple of the block {} and divide {} columns", opt.group_size, opt.block,
            cols);
+}
+
+PbllmPlan pbllm_plan(const float* w, int64_t rows, int64_t cols, const float* u_diag, const std::vector<uint8_t>& dead,
+                     const PbllmOptions& opt) {
+  pbllm_check(cols, opt);
+  LB_CHECK(int64_t(dead.size()) == cols, "pbllm: {} dead-input flags for {} columns", dead.size(), cols);
   const int maxq = (1 << opt.high_bit) - 1;
   const int64_t gs = opt.group_size, ngroups = cols / gs;
-  const std::vector<float>& u = hinv.u;
-  PbllmResult res;
-  res.damp = hinv.damp;
-  res.dead_columns = hinv.dead_columns;
-
+  PbllmPlan p;
   // 1. The salient grid, per row, from the original weight.
-  std::vector<AffineParams> high(static_cast<size_t>(rows));
+  p.high.resize(static_cast<size_t>(rows));
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) high[size_t(r)] = affine_minmax(w + r * cols, cols, 1, maxq, false);
+  for (int64_t r = 0; r < rows; ++r) p.high[size_t(r)] = affine_minmax(w + r * cols, cols, 1, maxq, false);
 
-  // 2. Dead columns zeroed; Wt[c, r] = W[r, c] so that a column is contiguous.
-  std::vector<float> wt(size_t(cols * rows));
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < cols; ++c)
-    for (int64_t r = 0; r < rows; ++r) wt[size_t(c * rows + r)] = hinv.dead[size_t(c)] ? 0.0f : w[r * cols + c];
-
-  // 3-4. Masks and binarizer parameters per column group, from the weight before any update (the
-  // groups in parallel).
-  res.mask.assign(size_t(rows * cols), 0);
-  std::vector<float> mu(size_t(rows * ngroups)), alpha(size_t(rows * ngroups));
+  // 3-4. Masks and binarizer parameters per column group, from the weight after step 2 (dead
+  // columns zeroed) and before any update; the groups in parallel.
+  p.mask.assign(size_t(rows * cols), 0);
+  p.mu.resize(size_t(rows * ngroups));
+  p.alpha.resize(size_t(rows * ngroups));
 #pragma omp parallel for schedule(dynamic)
   for (int64_t g = 0; g < ngroups; ++g) {
     const int64_t c0 = g * gs;
+    const auto at = [&](int64_t r, int64_t j) { return dead[size_t(c0 + j)] ? 0.0f : w[r * cols + c0 + j]; };
     std::vector<float> score(size_t(rows * gs));
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < gs; ++j) {
-        const float v = wt[size_t((c0 + j) * rows + r)];
-        score[size_t(r * gs + j)] = opt.hessian_metric ? obs_saliency(v, u[size_t((c0 + j) * cols + c0 + j)]) : std::fabs(v);
+        const float v = at(r, j);
+        score[size_t(r * gs + j)] = opt.hessian_metric ? obs_saliency(v, u_diag[c0 + j]) : std::fabs(v);
       }
     // The reference sorts and takes sorted[int(numel * low_frac)]; only the value matters.
     const auto k = int64_t(double(score.size()) * opt.low_frac);
@@ -75,18 +70,41 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t j = 0; j < gs; ++j) {
         const bool low = score[size_t(r * gs + j)] <= thr;
-        res.mask[size_t(r * cols + c0 + j)] = low;
-        m[size_t(j)] = wt[size_t((c0 + j) * rows + r)] * (low ? 1.0f : 0.0f);  // zero-filled, not left out
+        p.mask[size_t(r * cols + c0 + j)] = low;
+        m[size_t(j)] = at(r, j) * (low ? 1.0f : 0.0f);  // zero-filled, not left out
       }
       const float mean = torch_sum_f32(m.data(), gs) / float(gs);
       for (int64_t j = 0; j < gs; ++j) d[size_t(j)] = std::fabs(m[size_t(j)] - mean);
-      mu[size_t(r * ngroups + g)] = mean;
-      alpha[size_t(r * ngroups + g)] = torch_sum_f32(d.data(), gs) / float(gs);
+      p.mu[size_t(r * ngroups + g)] = mean;
+      p.alpha[size_t(r * ngroups + g)] = torch_sum_f32(d.data(), gs) / float(gs);
     }
   }
+  return p;
+}
+
+PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const PbllmOptions& opt,
+                           DType dtype) {
+  LB_CHECK(int64_t(hinv.u.size()) == cols * cols && int64_t(hinv.dead.size()) == cols,
+           "pbllm: inverse Hessian factor of {} entries for {} columns", hinv.u.size(), cols);
+  pbllm_check(cols, opt);
+  const int maxq = (1 << opt.high_bit) - 1;
+  const int64_t gs = opt.group_size, ngroups = cols / gs;
+  const std::vector<float>& u = hinv.u;
+  std::vector<float> u_diag(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) u_diag[size_t(c)] = u[size_t(c * cols + c)];
+  const PbllmPlan plan = pbllm_plan(w, rows, cols, u_diag.data(), hinv.dead, opt);
+
+  // 2. Dead columns zeroed; Wt[c, r] = W[r, c] so that a column is contiguous.
+  std::vector<float> wt(size_t(cols * rows));
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) wt[size_t(c * rows + r)] = hinv.dead[size_t(c)] ? 0.0f : w[r * cols + c];
 
   // 5. GPTQ with the mixed quantizer.
-  std::vector<uint8_t> sign(size_t(rows * cols), 0), code(size_t(rows * cols), 0), at_mean(size_t(rows * cols), 0);
+  PbllmColumns out;
+  out.sign.assign(size_t(rows * cols), 0);
+  out.code.assign(size_t(rows * cols), 0);
+  out.at_mean.assign(size_t(rows * cols), 0);
   std::vector<float> qt(size_t(cols * rows));
   const int64_t B = opt.block;
   std::vector<float> w1(size_t(B * rows)), err(size_t(B * rows));
@@ -106,15 +124,15 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
         for (int64_t r = r0; r < r1; ++r) {
           const size_t f = size_t(r * cols + col);
           float q;
-          if (res.mask[f]) {
-            const float m = mu[size_t(r * ngroups + g)], a = alpha[size_t(r * ngroups + g)];
+          if (plan.mask[f]) {
+            const float m = plan.mu[size_t(r * ngroups + g)], a = plan.alpha[size_t(r * ngroups + g)];
             const float s = sign_of(wi[r] - m);
             q = s * a + m;
-            sign[f] = s > 0.0f;
-            at_mean[f] = s == 0.0f;
+            out.sign[f] = s > 0.0f;
+            out.at_mean[f] = s == 0.0f;
           } else {
-            code[f] = affine_code(wi[r], high[size_t(r)], maxq);
-            q = affine_value(code[f], high[size_t(r)]);
+            out.code[f] = affine_code(wi[r], plan.high[size_t(r)], maxq);
+            q = affine_value(out.code[f], plan.high[size_t(r)]);
           }
           qt[size_t(col * rows + r)] = q;
           const float diff = wi[r] - q;
@@ -133,12 +151,23 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
                   u.data() + i1 * cols + i2, blasint(cols), err.data(), blasint(rows), 1.0f, wt.data() + i2 * rows,
                   blasint(rows));
   }
-  res.loss = loss / 2.0;
-
-  res.w.resize(size_t(rows * cols));
+  out.loss = loss;
+  out.w.resize(size_t(rows * cols));
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) res.w[size_t(r * cols + c)] = qt[size_t(c * rows + r)];
+    for (int64_t c = 0; c < cols; ++c) out.w[size_t(r * cols + c)] = qt[size_t(c * rows + r)];
+  return pbllm_result(plan, std::move(out), rows, cols, opt, dtype, hinv.damp, hinv.dead_columns);
+}
+
+PbllmResult pbllm_result(const PbllmPlan& plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
+                         DType dtype, double damp, int64_t dead_columns) {
+  const int64_t gs = opt.group_size, ngroups = cols / gs;
+  PbllmResult res;
+  res.damp = damp;
+  res.dead_columns = dead_columns;
+  res.loss = out.loss / 2.0;
+  res.w = std::move(out.w);
+  res.mask = plan.mask;
 
   // The stored form (formats/pbllm_format.h).
   QuantizedLinear& q = res.q;
@@ -148,19 +177,19 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   q.bits = 1;
   q.group_size = gs;
   q.dequant_dtype = dtype;
-  q.codes = sign;
+  q.codes = std::move(out.sign);
   q.scales.resize(static_cast<size_t>(rows));
   q.zeros.resize(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
-    q.scales[size_t(r)] = high[size_t(r)].scale;
-    q.zeros[size_t(r)] = high[size_t(r)].zero;
+    q.scales[size_t(r)] = plan.high[size_t(r)].scale;
+    q.zeros[size_t(r)] = plan.high[size_t(r)].zero;
   }
   std::vector<uint8_t> high_codes;
   std::vector<int32_t> at_list{0};
   for (size_t f = 0; f < res.mask.size(); ++f) {
-    if (!res.mask[f]) high_codes.push_back(code[f]);
+    if (!res.mask[f]) high_codes.push_back(out.code[f]);
     else ++res.binarized;
-    if (at_mean[f]) at_list.push_back(int32_t(f));
+    if (out.at_mean[f]) at_list.push_back(int32_t(f));
   }
   at_list[0] = int32_t(at_list.size() - 1);
   q.extras["mask"] = pack_plane(res.mask, rows, cols);
@@ -171,8 +200,8 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
   std::copy(at_list.begin(), at_list.end(), at.mutable_data_as<int32_t>());
   q.extras["at_mean"] = at;
   Tensor tm = Tensor::empty(DType::F32, {rows, ngroups}), ta = Tensor::empty(DType::F32, {rows, ngroups});
-  std::copy(mu.begin(), mu.end(), tm.mutable_data_as<float>());
-  std::copy(alpha.begin(), alpha.end(), ta.mutable_data_as<float>());
+  std::copy(plan.mu.begin(), plan.mu.end(), tm.mutable_data_as<float>());
+  std::copy(plan.alpha.begin(), plan.alpha.end(), ta.mutable_data_as<float>());
   q.extras["mu"] = tm;
   q.extras["alpha"] = ta;
   q.params["high_bit"] = opt.high_bit;
@@ -221,10 +250,17 @@ class Pbllm : public QuantMethod {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const InputStats& st = *stats.at(k);
-      const ObsHinv hinv = obs_hinv_on(ctx, st, w.dim(1), opt_.damp);
-      std::optional<PhaseScope> solve(std::in_place, "pbllm solve (host)");
-      PbllmResult r = pbllm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
-                                     linear_storage_dtype(ctx.model(), ctx.layer(), k));
+      const DType dtype = linear_storage_dtype(ctx.model(), ctx.layer(), k);
+      std::optional<PbllmResult> on_device = pbllm_quantize_on(ctx, w.data_as<float>(), w.dim(0), w.dim(1), st, opt_, dtype);
+      std::optional<PhaseScope> solve;
+      PbllmResult r;
+      if (on_device) {
+        r = std::move(*on_device);
+      } else {
+        const ObsHinv hinv = obs_hinv_on(ctx, st, w.dim(1), opt_.damp);
+        solve.emplace("pbllm solve (host)");
+        r = pbllm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_, dtype);
+      }
       const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
       r.q.validate(what);
       std::vector<float> deq(r.w.size());

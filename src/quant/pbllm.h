@@ -31,9 +31,11 @@
 //   spec: pbllm:low_frac=0.9,high_bit=8,metric=hessian,g=128,damp=0.01,block=128
 #pragma once
 
+#include "quant/affine_grid.h"
 #include "quant/obs_hinv.h"
 #include "quant/quantized_linear.h"
 
+#include <optional>
 #include <vector>
 
 namespace lowbit {
@@ -60,5 +62,37 @@ struct PbllmResult {
 // w: [rows, cols] fp32 (the original weight); hinv: from obs_hinv on this weight's Hessian.
 PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const PbllmOptions& opt,
                            DType dtype);
+
+class BlockContext;
+struct InputStats;
+// pbllm_quantize of w = ctx.weights()[k] ([rows, cols]) with the Hessian of `stats` on the device of
+// `ctx` where that device has one: on a GPU (pbllm_cuda.cpp), the inverse factor from the context's
+// device Hessian and the column loop (step 5) by a kernel and cuBLAS, with steps 1, 3-4
+// (pbllm_plan) on the host; nullopt on the CPU and in builds without CUDA, where the caller runs
+// pbllm_quantize. Same decisions; the lazy batch products sum in another order.
+std::optional<PbllmResult> pbllm_quantize_on(const BlockContext& ctx, const float* w, int64_t rows, int64_t cols,
+                                             const InputStats& stats, const PbllmOptions& opt, DType dtype);
+
+// The parts pbllm_quantize and the GPU path share.
+// Steps 1, 3-4: the salient grid per row, the masks and the binarizers' mu and alpha, from the
+// original weight (dead columns read as 0) and the inverse factor's diagonal u_diag [cols].
+struct PbllmPlan {
+  std::vector<AffineParams> high;  // [rows]
+  std::vector<uint8_t> mask;       // [rows, cols] 1 = binarized
+  std::vector<float> mu, alpha;    // [rows, cols / group_size]
+};
+PbllmPlan pbllm_plan(const float* w, int64_t rows, int64_t cols, const float* u_diag, const std::vector<uint8_t>& dead,
+                     const PbllmOptions& opt);
+// Step 5's outcome, [rows, cols] each.
+struct PbllmColumns {
+  std::vector<uint8_t> sign, code, at_mean;
+  std::vector<float> w;  // the quantized values
+  double loss = 0;       // sum of (w - q)^2 / U[i, i]^2
+};
+// The result and its stored form.
+PbllmResult pbllm_result(const PbllmPlan& plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
+                         DType dtype, double damp, int64_t dead_columns);
+// Throws unless the options and the column count fit together.
+void pbllm_check(int64_t cols, const PbllmOptions& opt);
 
 }  // namespace lowbit

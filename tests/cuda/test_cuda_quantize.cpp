@@ -10,6 +10,7 @@
 #include "model/cuda_model.h"
 #include "quant/method.h"
 #include "quant/obs_hinv.h"
+#include "quant/pbllm.h"
 #include "quant/quantize.h"
 #include "quant/quantize_device.h"
 #include "random_calibration.h"
@@ -19,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 
 namespace lowbit {
@@ -193,6 +195,57 @@ TEST(CudaBlockContext, DeviceHessianAndInverseFactorMatchHost) {
     int64_t differ = 0;
     for (int64_t i = 0; i < w.numel(); ++i) differ += dev[size_t(i)] != f32_to_bf16(w.data_as<float>()[i]);
     EXPECT_EQ(differ, 0) << linear_name(k);
+  }
+}
+
+// PB-LLM's GPU solve against its host solve on the same weights and the same (device-computed)
+// inverse factor: the same masks and binarizers, the first column block (which no lazy update has
+// reached, so its inputs are identical) bit for bit, and the later blocks, where cuBLAS and
+// OpenBLAS sum the updates in different orders, as good a quantization.
+TEST(CudaPbllm, GpuSolveMatchesHost) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  TwoContexts t;
+  StatsRequest req;
+  req.hessian = true;
+  const auto stats = t.gpu_ctx->collect(kAllLinears, req);
+  for (const double low_frac : {0.9, 0.8}) {
+    PbllmOptions opt;
+    opt.low_frac = low_frac;
+    opt.group_size = 64;
+    opt.block = 32;
+    for (LinearKind k : {LinearKind::Q, LinearKind::Down}) {
+      const Tensor& w = t.w_gpu[k];
+      const int64_t rows = w.dim(0), cols = w.dim(1);
+      const InputStats& st = *stats.at(k);
+      const std::optional<PbllmResult> gpu =
+          pbllm_quantize_on(*t.gpu_ctx, w.data_as<float>(), rows, cols, st, opt, DType::F32);
+      ASSERT_TRUE(gpu.has_value());
+      const PbllmResult host =
+          pbllm_quantize(w.data_as<float>(), rows, cols, obs_hinv_on(*t.gpu_ctx, st, cols, opt.damp), opt, DType::F32);
+      EXPECT_EQ(gpu->mask, host.mask) << linear_name(k);
+      EXPECT_EQ(gpu->q.extras.at("mu").numel(), host.q.extras.at("mu").numel());
+      EXPECT_EQ(0, std::memcmp(gpu->q.extras.at("mu").data(), host.q.extras.at("mu").data(),
+                               size_t(host.q.extras.at("mu").nbytes())));
+      EXPECT_EQ(0, std::memcmp(gpu->q.extras.at("alpha").data(), host.q.extras.at("alpha").data(),
+                               size_t(host.q.extras.at("alpha").nbytes())));
+      int64_t first_differ = 0, differ = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const bool d = gpu->w[size_t(r * cols + c)] != host.w[size_t(r * cols + c)];
+          differ += d;
+          first_differ += d && c < opt.block;
+        }
+      const std::span<const float> vw(w.data_as<float>(), size_t(w.numel()));
+      const double eg = rel_diff(gpu->w, vw), eh = rel_diff(host.w, vw);
+      std::printf("pbllm low_frac %.1f %s: %ld of %ld weights differ (%ld in the first block); error GPU %.5f host "
+                  "%.5f; loss GPU %.6g host %.6g\n", low_frac, linear_name(k), long(differ), long(rows * cols),
+                  long(first_differ), eg, eh, gpu->loss, host.loss);
+      EXPECT_EQ(first_differ, 0) << linear_name(k);
+      EXPECT_NEAR(eg, eh, 0.01 * eh) << linear_name(k);
+      EXPECT_NEAR(gpu->loss, host.loss, 0.02 * host.loss) << linear_name(k);
+      EXPECT_EQ(gpu->binarized, host.binarized);
+    }
   }
 }
 
