@@ -309,10 +309,12 @@ std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const 
     RowScratch sc(n);
     LaneScratch ls(lane_rows(n) ? n : 0);
     std::vector<float> e(size_t(group * n));
-#pragma omp for schedule(static)
+    // Every (group, candidate) pair is a task of its own: a block has few groups (one chunk of
+    // torch's sum spans up to 2^18 values), so the groups alone would leave most threads idle.
+#pragma omp for schedule(static) collapse(2)
     for (int64_t g = 0; g < ngroups; ++g) {
-      const int64_t r0 = g * group, r1 = std::min(rows, r0 + group), e0 = r0 * n, len = (r1 - r0) * n;
       for (int64_t c = 0; c < ncand; ++c) {
+        const int64_t r0 = g * group, r1 = std::min(rows, r0 + group), e0 = r0 * n, len = (r1 - r0) * n;
         for (int64_t r = r0; r < r1; r += kBatchRows)
           row_err(c, r, std::min(r1, r + kBatchRows), sc, ls, e.data() + (r - r0) * n);
         int64_t off = 0;
