@@ -232,6 +232,12 @@ class Pbllm : public QuantMethod {
   }
   bool needs_calibration() const override { return true; }
   double weight_bits() const override { return opt_.low_frac + (1.0 - opt_.low_frac) * opt_.high_bit; }
+  void check_device(const Device& d) const override {
+    // The GPU's column kernel takes lazy batches of at most 128 columns (pbllm_cuda.cpp).
+    LB_CHECK(!d.is_cuda() || opt_.block <= 128,
+             "pbllm on {}: block={} is not supported there (the GPU runs lazy batches of at most 128 columns); use "
+             "block<=128, or the CPU", d.str(), opt_.block);
+  }
   int64_t group_size() const override { return opt_.group_size; }
   void check_shapes(const LlamaConfig& c) const override {
     for (LinearKind k : kAllLinears) {

@@ -184,10 +184,14 @@ TEST(MethodContract, DevicesAreDeclaredAndRefusedBeforeWork) {
       }
     }
   }
-  // GPTQ's GPU path takes lazy batches of at most 128 columns: a larger block is refused there.
-  EXPECT_NO_THROW(make_method("gptq:block=256")->check_device(parse_device("cpu")));
-  EXPECT_THROW(make_method("gptq:block=256")->check_device(parse_device("cuda")), Error);
+  // GPTQ's and PB-LLM's GPU paths take lazy batches of at most 128 columns: a larger block is
+  // refused there.
+  for (const char* m : {"gptq:block=256", "pbllm:g=256,block=256"}) {
+    EXPECT_NO_THROW(make_method(m)->check_device(parse_device("cpu"))) << m;
+    EXPECT_THROW(make_method(m)->check_device(parse_device("cuda")), Error) << m;
+  }
   EXPECT_NO_THROW(make_method("gptq:block=128")->check_device(parse_device("cuda")));
+  EXPECT_NO_THROW(make_method("pbllm:g=256,block=128")->check_device(parse_device("cuda")));
 }
 
 TEST(MethodContract, GridAxesParseInTheSpec) {
