@@ -423,6 +423,7 @@ class Slim : public QuantMethod {
 
     if (alloc_.empty()) {
       // SBA: salience on the edited Hessian, then the KL search over every calibration window.
+      std::optional<PhaseScope> phase(std::in_place, "slim salience (host)");
       std::array<std::unique_ptr<SlimSearch>, 7> search;
       for (LinearKind k : kAllLinears) {
         const Tensor& w = ctx.weights()[k];
@@ -439,7 +440,9 @@ class Slim : public QuantMethod {
       std::vector<BlockContext::KlSearchJob> jobs;
       for (LinearKind k : kAllLinears)
         if (search[size_t(k)]->candidates() > 0) jobs.push_back({k, &search[size_t(k)]->kl_search()});
+      phase.emplace("slim KL search");
       const BlockContext::KlErrors errors = jobs.empty() ? BlockContext::KlErrors{} : ctx.kl_errors(jobs);
+      phase.reset();
       for (size_t j = 0; j < jobs.size(); ++j) count[size_t(jobs[j].linear)] = slim_pick_count(errors[j]);
     }
 
