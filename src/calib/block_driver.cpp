@@ -115,7 +115,6 @@ BlockContext::Inputs CpuBlockContext::capture_inputs(std::span<const LinearKind>
   LB_ASSERT(!kinds.empty());
   std::array<std::shared_ptr<std::vector<float>>, 4> site{};
   std::array<LinearKind, 4> owner{};
-  std::array<std::vector<double>, 4> hessian;  // per site, while it accumulates
   for (LinearKind k : kinds) {
     const int s = int(input_site(k));
     if (!site[size_t(s)]) {
@@ -359,10 +358,11 @@ double BlockContext::output_error(const float* w, const float* q, int64_t rows, 
 const std::vector<double>& InputStats::hessian() const {
   std::lock_guard<std::mutex> lock(hessian_mu_);
   if (fetch_) {
-    hessian_ = fetch_();
+    std::vector<double> h = fetch_();
+    LB_CHECK(int64_t(h.size()) == dim * dim, "input statistics: a Hessian of {} values for {} features", h.size(),
+             dim);
+    hessian_ = std::move(h);
     fetch_ = nullptr;
-    LB_CHECK(int64_t(hessian_.size()) == dim * dim, "input statistics: a Hessian of {} values for {} features",
-             hessian_.size(), dim);
   }
   return hessian_;
 }

@@ -178,11 +178,17 @@ BlockContext::StatsMap CudaBlockContext::collect(std::span<const LinearKind> kin
       // The sums stay on the device (device_hessian); the host copy is made when a method asks.
       auto sum = std::make_shared<const DeviceBuffer<float>>(std::move(sites[i].h));
       const double scale = 2.0 / double(nseq_);
-      r->set_hessian_source([sum, scale, n = st.dim * st.dim] {
+      r->set_hessian_source([sum, scale, n = st.dim * st.dim, device = gpu_.context().device()] {
         const PhaseScope fetch("hessian to host");
         std::vector<float> h(static_cast<size_t>(n));
-        // Synchronous: collect() finished every write to the sums before it returned.
-        LB_CUDA_CHECK(cudaMemcpy(h.data(), sum->get(), size_t(n) * sizeof(float), cudaMemcpyDeviceToHost));
+        // Synchronous, on the sums' device whichever the calling thread has selected: collect()
+        // finished every write to the sums before it returned.
+        int current = 0;
+        LB_CUDA_CHECK(cudaGetDevice(&current));
+        LB_CUDA_CHECK(cudaSetDevice(device));
+        const cudaError_t copied = cudaMemcpy(h.data(), sum->get(), size_t(n) * sizeof(float), cudaMemcpyDeviceToHost);
+        LB_CUDA_CHECK(cudaSetDevice(current));
+        LB_CUDA_CHECK(copied);
         std::vector<double> out(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < n; ++j) out[size_t(j)] = double(h[size_t(j)]) * scale;

@@ -84,11 +84,12 @@ BlockWeights LlamaModel::load_block(int64_t i, bool own) const {
 
 BlockWeights LlamaModel::writable_block_weights(int64_t i) const {
   LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
+  std::shared_ptr<const BlockWeights> held;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (blocks_[size_t(i)]) return clone_block_weights(*blocks_[size_t(i)]);
+    held = blocks_[size_t(i)];
   }
-  return load_block(i, /*own=*/true);
+  return held ? clone_block_weights(*held) : load_block(i, /*own=*/true);
 }
 
 std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {

@@ -55,7 +55,11 @@ __global__ void permute_scale_symmetric_kernel(const float* H, double* out, int6
                                                double scale) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / n, c = i % n;
-    double v = double(H[int64_t(perm[r]) * n + perm[c]]) * scale;
+    // The factorization reads the upper triangle of this (row-major) matrix; it is taken from the
+    // lower triangle of the permuted H, the half the host's factorization reads, so that the two
+    // agree bit for bit on their inputs even where the sums are not exactly symmetric.
+    const int64_t hi = r > c ? r : c, lo = r > c ? c : r;
+    double v = double(H[int64_t(perm[hi]) * n + perm[lo]]) * scale;
     if (r == c && v == 0.0) v = 1.0;  // a dead input
     out[i] = v;
   }
@@ -223,12 +227,9 @@ void gptq_block(const GptqBlockArgs& a, cudaStream_t s) {
     throw_error("gptq on the GPU: column blocks of 1.." + std::to_string(kBlockCols) + ", not " +
                 std::to_string(a.count));
   const size_t smem = size_t(a.count * a.count) * sizeof(float);
-  static bool configured = false;
-  if (!configured) {
-    LB_CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       int(kBlockCols * kBlockCols * sizeof(float))));
-    configured = true;
-  }
+  // Per launch: the opt-in to more than 48 KiB of shared memory holds for the current device only.
+  LB_CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     int(kBlockCols * kBlockCols * sizeof(float))));
   gptq_block_kernel<<<unsigned((a.rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock, smem, s>>>(a);
   LB_CUDA_LAUNCH_CHECK();
 }

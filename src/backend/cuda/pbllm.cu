@@ -63,12 +63,9 @@ void pbllm_block(const PbllmBlockArgs& a, cudaStream_t s) {
     throw_error("pbllm on the GPU: column blocks of 1.." + std::to_string(kBlockCols) + ", not " +
                 std::to_string(a.count));
   const size_t smem = size_t(a.count * a.count) * sizeof(float);
-  static bool configured = false;
-  if (!configured) {
-    LB_CUDA_CHECK(cudaFuncSetAttribute(pbllm_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       int(kBlockCols * kBlockCols * sizeof(float))));
-    configured = true;
-  }
+  // Per launch: the opt-in to more than 48 KiB of shared memory holds for the current device only.
+  LB_CUDA_CHECK(cudaFuncSetAttribute(pbllm_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     int(kBlockCols * kBlockCols * sizeof(float))));
   pbllm_block_kernel<<<unsigned((a.rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock, smem, s>>>(a);
   LB_CUDA_LAUNCH_CHECK();
 }
