@@ -85,6 +85,7 @@ std::optional<Butterfly> quip_stored_butterfly(const QuantizedLinear& q, const s
 void quip_dequantize(const QuantizedLinear& q, float* out) {
   const int64_t rows = q.rows, cols = q.cols;
   const int maxq = (1 << q.bits) - 1;
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows * cols; ++i) out[i] = quip_grid_value(q.codes[size_t(i)], q.scales[0], maxq);
   const auto u = quip_stored_butterfly(q, "u"), v = quip_stored_butterfly(q, "v");
   LB_CHECK(u.has_value() == v.has_value(), "quip format: U and V must be both present or both absent");
@@ -95,10 +96,12 @@ void quip_dequantize(const QuantizedLinear& q, float* out) {
                 blasint(rows), out, blasint(cols), 0.0f, t.data(), blasint(cols));  // U^T Wq
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(cols), blasint(cols), 1.0f, t.data(),
                 blasint(cols), V.data(), blasint(cols), 0.0f, out, blasint(cols));  // (U^T Wq) V
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < rows * cols; ++i) out[i] = h16(out[i]);
   }
   if (auto it = q.extras.find("s"); it != q.extras.end()) {
     const float* s = it->second.data_as<float>();
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = h16(out[r * cols + c] / s[c]);
   }
