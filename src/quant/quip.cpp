@@ -232,23 +232,32 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
                          const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype) {
   LB_CHECK(int64_t(h.size()) == cols * cols, "quip: Hessian has {} entries for {} columns", h.size(), cols);
   QuipResult res;
+  // Element by element (and per column) on all cores; the sums whose order matters stay serial.
   std::vector<float> wf(size_t(rows * cols)), hf(size_t(cols * cols));
-  for (size_t i = 0; i < wf.size(); ++i) wf[i] = h16(w[i]);
-  for (size_t i = 0; i < hf.size(); ++i) hf[i] = float(h[i]);
+  const int64_t nw = rows * cols, nh = cols * cols;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nw; ++i) wf[size_t(i)] = h16(w[i]);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nh; ++i) hf[size_t(i)] = float(h[size_t(i)]);
 
   if (opt.rescale) {
     float mx = 0;
-    for (float x : hf) mx = std::max(mx, std::fabs(x));
-    for (float& x : hf) x = x / mx;
+#pragma omp parallel for schedule(static) reduction(max : mx)
+    for (int64_t i = 0; i < nh; ++i) mx = std::max(mx, std::fabs(hf[size_t(i)]));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nh; ++i) hf[size_t(i)] = hf[size_t(i)] / mx;
     res.s.resize(size_t(cols));
+#pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < cols; ++c) {
       double e = 0;
       for (int64_t r = 0; r < rows; ++r) e += double(wf[size_t(r * cols + c)]) * double(wf[size_t(r * cols + c)]);
       const float dh = std::max(hf[size_t(c * cols + c)], 1e-8f), dw = std::max(float(e), 1e-8f);
       res.s[size_t(c)] = std::max(std::sqrt(std::sqrt(dh / dw)), 1e-8f);
     }
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) wf[size_t(r * cols + c)] = h16(wf[size_t(r * cols + c)] * res.s[size_t(c)]);
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < cols; ++i)
       for (int64_t j = 0; j < cols; ++j) {
         float& x = hf[size_t(i * cols + j)];
@@ -265,13 +274,15 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
     for (int64_t i = 0; i < cols; ++i) tr += hf[size_t(i * cols + i)];
     // n / (tr + 1e-8) as torch's __rtruediv__ computes it: reciprocal, then the product.
     const float f = (1.0f / (float(tr) + 1e-8f)) * float(cols);
-    for (float& x : hf) x = x * f;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nh; ++i) hf[size_t(i)] = hf[size_t(i)] * f;
     for (int64_t i = 0; i < cols; ++i) hf[size_t(i * cols + i)] += 0.01f;
     const std::vector<float> U = quip_butterfly_dense(*u), V = quip_butterfly_dense(*v);
     std::vector<float> t(size_t(std::max(rows * cols, cols * cols)));
     sgemm(U.data(), wf.data(), t.data(), rows, cols, rows, false, false);  // U W
     sgemm(t.data(), V.data(), wf.data(), rows, cols, cols, false, true);   // (U W) V^T
-    for (float& x : wf) x = h16(x);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nw; ++i) wf[size_t(i)] = h16(wf[size_t(i)]);
     sgemm(V.data(), hf.data(), t.data(), cols, cols, cols, false, false);  // V H
     sgemm(t.data(), V.data(), hf.data(), cols, cols, cols, false, true);   // (V H) V^T
   }
@@ -296,6 +307,7 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
   for (float x : wf) sq += h16(x * x);
   const float scale = h16(2.4f * h16(std::sqrt(h16(float(sq / double(wf.size()))))));
   std::vector<float> wt(wf.size());
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < wf.size(); ++i) {
     const float g = h16(h16(h16(h16(wf[i] / scale) + 1.0f) * 0.5f) * float(maxq));
     wt[i] = std::clamp(g, 0.0f, float(maxq));
@@ -316,6 +328,7 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
 
   // The proxy loss in the rotated basis, with the H LDLQ used.
   std::vector<float> dw(wf.size());
+#pragma omp parallel for schedule(static)
   for (size_t i = 0; i < wf.size(); ++i) dw[i] = quip_grid_value(q.codes[i], scale, maxq) - wf[i];
   // T = dW H a chunk of rows at a time (SGEMM), then the sum of dW * T in fp64: the rows x cols^2
   // products on BLAS, not in dependent fp64 chains (at 8B shapes a down_proj's 8.4e11).
