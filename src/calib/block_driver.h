@@ -87,7 +87,8 @@ struct LinearReport {
 // What a method sees of one block: its weights (fp32, host, writable), the calibration windows'
 // inputs, and the block's forward on them, run wherever the context lives (CpuBlockContext below,
 // CudaBlockContext in block_driver_cuda.h). Methods call only this interface, so one method runs on
-// every device; the statistics and buffers it returns are host memory either way.
+// every device; the statistics and buffers it returns are host memory either way (a GPU context's
+// Hessians come to the host when a method first reads them: InputStats::hessian).
 class BlockContext {
  public:
   using StatsMap = std::map<LinearKind, std::shared_ptr<const InputStats>>;

@@ -2,14 +2,18 @@
 // activations resident on the GPU and every forward of a block (BlockContext's collect,
 // capture_inputs, run and probe) run by CudaModel (bf16 products, fp32 residual stream). What a
 // method computes from those (Hessian solves, grids, searches, rounding) is the method's own
-// host code, the same code the CPU driver runs: one method, two devices. The exception is work
-// that needs every window's inputs again and again (SliM-LLM's KL search: kl_errors), which the
-// context runs where the inputs are.
+// host code, the same code the CPU driver runs: one method, two devices. The exceptions run where
+// the data is: work that needs every window's inputs again and again (SliM-LLM's KL search:
+// kl_errors), and the solves a method has written for the GPU (GPTQ's, PB-LLM's and the inverse
+// factor they share with BiLLM: gptq_cuda.h, pbllm.h), which read the block's weights and Hessians
+// from the context's device copies (device_weights, device_hessian) instead of the host's.
 //
 // Device memory: the calibration activations ([nseq * seqlen, hidden] fp32), one block's bf16
-// weights (two while a probe holds the block it judges), the forward's workspace for up to
-// about 16k rows, and what a call holds while it runs:
-//   collect         per requested input site an fp32 [dim, dim] Gram sum and two [dim] vectors;
+// weights (the mirror; two while a probe holds the block it judges), the forward's workspace for
+// up to about 16k rows, the Gram sums of the statistics a method still holds, and what a call
+// holds while it runs:
+//   collect         per requested input site an fp32 [dim, dim] Gram sum (kept while its
+//                   InputStats live) and two [dim] vectors;
 //   capture_inputs  a staging copy of one chunk's input (the inputs themselves go to the host);
 //   kl_errors       each search's fp32 matrices (w, start and each distinct delta: [out, in]),
 //                   one window's input in fp32 ([seqlen, in]), its outputs Y, Z (fp32) and
