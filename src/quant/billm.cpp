@@ -503,6 +503,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
     }
   out.m1.resize(size_t(numel));
   out.m2.resize(size_t(numel));
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < numel; ++i) {
     out.m2[size_t(i)] = absn[size_t(i)] >= out.info.split && not3[size_t(i)];
     out.m1[size_t(i)] = absn[size_t(i)] < out.info.split && not3[size_t(i)];
@@ -528,6 +529,7 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
 
   // Row-major working copy with dead columns zeroed.
   std::vector<float> wk(size_t(rows * cols));
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) wk[size_t(r * cols + c)] = hinv.dead[size_t(c)] ? 0.0f : w[r * cols + c];
 
@@ -543,6 +545,7 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
     const int64_t st = b * B, numel = rows * B;
     // a. Saliency of the current block.
     std::vector<float> s(static_cast<size_t>(numel));
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < B; ++j) {
         const float v = wk[size_t(r * cols + st + j)];
@@ -559,8 +562,11 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
     bra(wb, cols, bm.m1.data(), rows, B, 1, p1.data(), prm1.data(), s1.data());
     bra(wb, cols, bm.m2.data(), rows, B, 1, p2.data(), prm2.data(), s2.data());
     bra(wb, cols, bm.m3.data(), rows, B, 2, p3.data(), prm3.data(), s3.data());
-    // e. Errors without updates inside the block.
+    // e. Errors without updates inside the block; rows in parallel, each row's loss summed on its
+    // own and the rows' sums added in order.
     std::vector<float> err(static_cast<size_t>(numel));
+    std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       float* pr = res.params.data() + (r * nblk + b) * 8;
       pr[0] = prm1[size_t(2 * r)];
@@ -576,7 +582,7 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
         q += p3[i] * (bm.m3[i] ? 1.0f : 0.0f);
         const float d = u[size_t((st + j) * cols + st + j)];
         const float diff = wb[r * cols + j] - q;
-        loss += double((diff * diff) / (d * d));
+        row_loss[size_t(r)] += double((diff * diff) / (d * d));
         err[i] = diff / d;
         res.w[f] = q;
         const int8_t first = bm.m1[i] ? s1[i] : bm.m2[i] ? s2[i] : s3[i];
@@ -589,7 +595,9 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
         res.group[f] = bm.m1[i] ? 1 : bm.m2[i] ? 2 : 3;
       }
     }
+    for (double l : row_loss) loss += l;
     for (int64_t j = 0; j < B; ++j) colsal[size_t(st + j)] = bm.m3[size_t(j)];
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < B; ++j) wk[size_t(r * cols + st + j)] = res.w[size_t(r * cols + st + j)];
     if (st + B < cols)
