@@ -45,6 +45,35 @@ QuantRun quantize(LlamaModel& model, const std::string& spec, const Calibration*
   return r;
 }
 
+// The writable block a quantization method edits is the caller's own: whether the block comes
+// from the cache, from an fp32 checkpoint's tensors or from a conversion, rewriting it leaves what
+// the model reads unchanged.
+TEST(LlamaModel, WritableBlockWeightsAreTheCallersOwn) {
+  for (const char* name : {"llama3-mini-f32", "llama3-mini-bf16"})
+    for (const bool cache : {true, false}) {
+      const std::string dir = test::fixtures_dir() + "/models/" + name;
+      LOWBIT_REQUIRE_PATH(dir + "/config.json");
+      LlamaModel model(open_checkpoint(dir));
+      model.set_block_cache(cache);
+      const BlockWeights before = clone_block_weights(*model.block_weights(1));
+      BlockWeights w = model.writable_block_weights(1);
+      std::vector<Tensor*> tensors{&w.input_norm, &w.post_norm};
+      for (LinearKind k : kAllLinears) tensors.push_back(&w[k]);
+      for (Tensor* t : tensors) {
+        ASSERT_TRUE(t->writable()) << name;
+        float* v = t->mutable_data_as<float>();
+        for (int64_t i = 0; i < t->numel(); ++i) v[i] = -2.0f * v[i] + 1.0f;
+      }
+      const std::shared_ptr<const BlockWeights> after = model.block_weights(1);
+      const auto same = [](const Tensor& a, const Tensor& b) {
+        return a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), size_t(a.nbytes())) == 0;
+      };
+      EXPECT_TRUE(same(after->input_norm, before.input_norm)) << name << " cache " << cache;
+      EXPECT_TRUE(same(after->post_norm, before.post_norm)) << name << " cache " << cache;
+      for (LinearKind k : kAllLinears) EXPECT_TRUE(same((*after)[k], before[k])) << name << " " << linear_name(k);
+    }
+}
+
 TEST(QuantizeModel, CheckpointRoundTripsAndEvaluatesLikeTheInMemoryModel) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
