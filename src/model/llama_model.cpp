@@ -114,12 +114,11 @@ void LlamaModel::set_block_cache(bool on) {
 }
 
 BlockWeights clone_block_weights(const BlockWeights& w) {
-  const auto copy = copy_tensor;
   BlockWeights out;
-  out.input_norm = copy(w.input_norm);
-  out.post_norm = copy(w.post_norm);
+  out.input_norm = copy_tensor(w.input_norm);
+  out.post_norm = copy_tensor(w.post_norm);
   for (size_t i = 0; i < w.linear.size(); ++i)
-    if (w.linear[i].data() != nullptr) out.linear[i] = copy(w.linear[i]);
+    if (w.linear[i].data() != nullptr) out.linear[i] = copy_tensor(w.linear[i]);
   out.kernel = w.kernel;
   out.qkv = w.qkv;
   out.gate_up = w.gate_up;

@@ -104,6 +104,21 @@ Diagonal hessian_diagonal(cuda::Context& ctx, const float* h_sum, double h_scale
 
 }  // namespace
 
+void column_batches_cuda(cuda::Context& ctx, const float* hinv, float* W, const float* err, int64_t rows,
+                         int64_t cols, int64_t B, const std::function<void(int64_t i1, int64_t count)>& block) {
+  const float minus_one = -1.0f, one = 1.0f;
+  for (int64_t i1 = 0; i1 < cols; i1 += B) {
+    const int64_t count = std::min(B, cols - i1), i2 = i1 + count;
+    block(i1, count);
+    if (i2 < cols)
+      // Row-major W[:, i2:] -= Err [rows, count] . Hinv[i1:i2, i2:]; in column-major terms
+      // W^T[i2:, :] -= Hinv^T[i2:, i1:i2] Err^T.
+      LB_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(cols - i2), int(rows), int(count),
+                                  &minus_one, hinv + i1 * cols + i2, int(cols), err, int(count), &one, W + i2,
+                                  int(cols)));
+  }
+}
+
 GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h_sum, double h_scale, int64_t rows,
                               int64_t cols, const GptqOptions& opt, DType dtype, bf16* out) {
   const cudaStream_t s = ctx.stream();
@@ -168,19 +183,11 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
   a.maxq = maxq;
   a.sym = opt.sym;
   a.mode = per_channel ? 0 : opt.static_groups ? 2 : 1;
-  const float minus_one = -1.0f, one = 1.0f;
-  for (int64_t i1 = 0; i1 < cols; i1 += B) {
-    const int64_t count = std::min(B, cols - i1), i2 = i1 + count;
+  column_batches_cuda(ctx, hinv.get(), W.get(), err.get(), rows, cols, B, [&](int64_t i1, int64_t count) {
     a.i1 = i1;
     a.count = count;
     cuda::gptq_block(a, s);
-    if (i2 < cols)
-      // Row-major W[:, i2:] -= Err [rows, count] . Hinv[i1:i2, i2:]; in column-major terms
-      // W^T[i2:, :] -= Hinv^T[i2:, i1:i2] Err^T.
-      LB_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(cols - i2), int(rows), int(count),
-                                  &minus_one, hinv.get() + i1 * cols + i2, int(cols), err.get(), int(count), &one,
-                                  W.get() + i2, int(cols)));
-  }
+  });
 
   res.q = gptq_output(rows, cols, opt, dtype, order);
   QuantizedLinear& q = res.q;
@@ -202,7 +209,7 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const bf16* Wb, const float* h
     double h[2];
     cuda::download(h, sums.get(), 2, s);
     res.weight_rel_err = h[1] > 0 ? std::sqrt(h[0] / h[1]) : 0.0;
-    LB_CUDA_CHECK(cudaMemcpyAsync(out, deq.get(), deq.bytes(), cudaMemcpyDeviceToDevice, s));
+    if (out != nullptr) LB_CUDA_CHECK(cudaMemcpyAsync(out, deq.get(), deq.bytes(), cudaMemcpyDeviceToDevice, s));
   }
   cuda::download(q.codes.data(), codes_orig.get(), q.codes.size(), s);
   cuda::download(q.scales.data(), scale.get(), q.scales.size(), s);
@@ -244,10 +251,9 @@ std::optional<GptqResult> gptq_quantize_on(const BlockContext& bctx, LinearKind 
     ctx.synchronize();
     hd = H.get();
   }
-  // The dequantized weight the kernel also writes is not needed: the caller dequantizes q.
+  // No dequantized weight from the solve: the caller dequantizes q.
   sub.emplace("gptq solve (GPU)/solve and download");
-  DeviceBuffer<bf16> deq(static_cast<size_t>(rows * cols));
-  GptqResult r = gptq_quantize_cuda(ctx, W, hd, h_scale, rows, cols, opt, dtype, deq.get());
+  GptqResult r = gptq_quantize_cuda(ctx, W, hd, h_scale, rows, cols, opt, dtype, nullptr);
   ctx.synchronize();
   return r;
 }

@@ -86,13 +86,12 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
                            DType dtype) {
   LB_CHECK(int64_t(hinv.u.size()) == cols * cols && int64_t(hinv.dead.size()) == cols,
            "pbllm: inverse Hessian factor of {} entries for {} columns", hinv.u.size(), cols);
-  pbllm_check(cols, opt);
   const int maxq = (1 << opt.high_bit) - 1;
   const int64_t gs = opt.group_size, ngroups = cols / gs;
   const std::vector<float>& u = hinv.u;
   std::vector<float> u_diag(static_cast<size_t>(cols));
   for (int64_t c = 0; c < cols; ++c) u_diag[size_t(c)] = u[size_t(c * cols + c)];
-  const PbllmPlan plan = pbllm_plan(w, rows, cols, u_diag.data(), hinv.dead, opt);
+  PbllmPlan plan = pbllm_plan(w, rows, cols, u_diag.data(), hinv.dead, opt);
 
   // 2. Dead columns zeroed; Wt[c, r] = W[r, c] so that a column is contiguous.
   std::vector<float> wt(size_t(cols * rows));
@@ -156,10 +155,10 @@ PbllmResult pbllm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) out.w[size_t(r * cols + c)] = qt[size_t(c * rows + r)];
-  return pbllm_result(plan, std::move(out), rows, cols, opt, dtype, hinv.damp, hinv.dead_columns);
+  return pbllm_result(std::move(plan), std::move(out), rows, cols, opt, dtype, hinv.damp, hinv.dead_columns);
 }
 
-PbllmResult pbllm_result(const PbllmPlan& plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
+PbllmResult pbllm_result(PbllmPlan plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
                          DType dtype, double damp, int64_t dead_columns) {
   const int64_t gs = opt.group_size, ngroups = cols / gs;
   PbllmResult res;
@@ -167,7 +166,7 @@ PbllmResult pbllm_result(const PbllmPlan& plan, PbllmColumns out, int64_t rows, 
   res.dead_columns = dead_columns;
   res.loss = out.loss / 2.0;
   res.w = std::move(out.w);
-  res.mask = plan.mask;
+  res.mask = std::move(plan.mask);
 
   // The stored form (formats/pbllm_format.h).
   QuantizedLinear& q = res.q;

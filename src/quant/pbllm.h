@@ -90,7 +90,7 @@ struct PbllmColumns {
   double loss = 0;       // sum of (w - q)^2 / U[i, i]^2
 };
 // The result and its stored form.
-PbllmResult pbllm_result(const PbllmPlan& plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
+PbllmResult pbllm_result(PbllmPlan plan, PbllmColumns out, int64_t rows, int64_t cols, const PbllmOptions& opt,
                          DType dtype, double damp, int64_t dead_columns);
 // Throws unless the options and the column count fit together.
 void pbllm_check(int64_t cols, const PbllmOptions& opt);

@@ -39,7 +39,7 @@ std::optional<PbllmResult> pbllm_quantize_on(const BlockContext& bctx, const flo
     cuda::diagonal(h.u.get(), d.get(), cols, s);
     cuda::download(u_diag.data(), d.get(), u_diag.size(), s);
   }
-  const PbllmPlan plan = pbllm_plan(w, rows, cols, u_diag.data(), h.dead, opt);
+  PbllmPlan plan = pbllm_plan(w, rows, cols, u_diag.data(), h.dead, opt);
 
   sub.emplace("pbllm solve (GPU)/columns");
   const int64_t n = rows * cols, gs = opt.group_size, ngroups = cols / gs;
@@ -94,18 +94,11 @@ std::optional<PbllmResult> pbllm_quantize_on(const BlockContext& bctx, const flo
   a.group_size = gs;
   a.ngroups = ngroups;
   a.maxq = (1 << opt.high_bit) - 1;
-  const float minus_one = -1.0f, one = 1.0f;
-  for (int64_t i1 = 0; i1 < cols; i1 += B) {
-    const int64_t count = std::min(B, cols - i1), i2 = i1 + count;
+  column_batches_cuda(ctx, h.u.get(), W.get(), err.get(), rows, cols, B, [&](int64_t i1, int64_t count) {
     a.i1 = i1;
     a.count = count;
     cuda::pbllm_block(a, s);
-    if (i2 < cols)
-      // Row-major W[:, i2:] -= Err [rows, count] . U[i1:i2, i2:] (as GPTQ's GPU solve).
-      LB_CUBLAS_CHECK(cublasSgemm(ctx.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(cols - i2), int(rows), int(count),
-                                  &minus_one, h.u.get() + i1 * cols + i2, int(cols), err.get(), int(count), &one,
-                                  W.get() + i2, int(cols)));
-  }
+  });
   PbllmColumns out;
   out.sign.resize(size_t(n));
   out.code.resize(size_t(n));
@@ -119,7 +112,7 @@ std::optional<PbllmResult> pbllm_quantize_on(const BlockContext& bctx, const flo
   cuda::download(losses.data(), loss.get(), losses.size(), s);
   out.loss = std::accumulate(losses.begin(), losses.end(), 0.0);
   sub.emplace("pbllm solve (GPU)/stored form (host)");
-  return pbllm_result(plan, std::move(out), rows, cols, opt, dtype, h.damp, h.dead_columns);
+  return pbllm_result(std::move(plan), std::move(out), rows, cols, opt, dtype, h.damp, h.dead_columns);
 }
 
 }  // namespace lowbit

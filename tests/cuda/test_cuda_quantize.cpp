@@ -66,6 +66,12 @@ struct TwoContexts {
     cpu_ctx = std::make_unique<CpuBlockContext>(model, 1, w_cpu, hidden.data(), n, T, nullptr, nullptr);
     gpu_ctx = std::make_unique<CudaBlockContext>(gpu, 1, w_gpu, hidden_dev.get(), n, T, nullptr, nullptr);
   }
+  // The GPU context's statistics of all seven linears with their Hessians.
+  BlockContext::StatsMap gpu_hessians() const {
+    StatsRequest req;
+    req.hessian = true;
+    return gpu_ctx->collect(kAllLinears, req);
+  }
 };
 
 TEST(CudaBlockContext, ForwardsMatchCpu) {
@@ -149,9 +155,7 @@ TEST(CudaBlockContext, DeviceHessianAndInverseFactorMatchHost) {
   REQUIRE_GPU();
   LOWBIT_REQUIRE_PATH(mini() + "/config.json");
   TwoContexts t;
-  StatsRequest req;
-  req.hessian = true;
-  const auto stats = t.gpu_ctx->collect(kAllLinears, req);
+  const auto stats = t.gpu_hessians();
   for (LinearKind k : {LinearKind::Q, LinearKind::Down}) {
     const InputStats& st = *stats.at(k);
     const auto dh = t.gpu_ctx->device_hessian(st);
@@ -206,9 +210,7 @@ TEST(CudaPbllm, GpuSolveMatchesHost) {
   REQUIRE_GPU();
   LOWBIT_REQUIRE_PATH(mini() + "/config.json");
   TwoContexts t;
-  StatsRequest req;
-  req.hessian = true;
-  const auto stats = t.gpu_ctx->collect(kAllLinears, req);
+  const auto stats = t.gpu_hessians();
   for (const double low_frac : {0.9, 0.8}) {
     PbllmOptions opt;
     opt.low_frac = low_frac;

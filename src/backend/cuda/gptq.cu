@@ -1,14 +1,12 @@
 #include "backend/cuda/gptq.cuh"
 
+#include "backend/cuda/column_blocks.cuh"
+
 #include <cfloat>
-#include <string>
 
 namespace lowbit::cuda {
 
 namespace {
-
-constexpr int kBlockCols = 128;  // the largest column block gptq_block takes
-constexpr int kRowsPerBlock = 128;
 
 __device__ __forceinline__ void affine_params(float xmin, float xmax, int maxq, bool sym, float& scale, float& zero) {
   xmin = fminf(xmin, 0.0f);
@@ -90,17 +88,13 @@ __global__ void diagonal_kernel(const float* A, float* d, int64_t n) {
 
 // One thread per row: the row's slice of the column block lives in local memory; the block of
 // Hinv in shared memory. Rows are independent through the whole column block.
-__global__ void __launch_bounds__(kRowsPerBlock) gptq_block_kernel(GptqBlockArgs a) {
+__global__ void __launch_bounds__(kColumnBlockRows) gptq_block_kernel(GptqBlockArgs a) {
   extern __shared__ float hs[];  // [count, count], Hinv[i1 + i, i1 + j]
   const int64_t count = a.count;
-  for (int64_t idx = threadIdx.x; idx < count * count; idx += blockDim.x) {
-    const int64_t i = idx / count, j = idx % count;
-    hs[idx] = a.hinv[(a.i1 + i) * a.cols + a.i1 + j];
-  }
-  __syncthreads();
+  stage_factor_block(hs, a.hinv, a.cols, a.i1, count);
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= a.rows) return;
-  float w1[kBlockCols];
+  float w1[kColumnBlockCols];
   float* wrow = a.W + r * a.cols;
   for (int64_t j = 0; j < count; ++j) w1[j] = wrow[a.i1 + j];
   float scale = 0.0f, zero = 0.0f;
@@ -222,17 +216,7 @@ void diagonal(const float* A, float* d, int64_t n, cudaStream_t s) {
   LB_CUDA_LAUNCH_CHECK();
 }
 
-void gptq_block(const GptqBlockArgs& a, cudaStream_t s) {
-  if (a.count < 1 || a.count > kBlockCols)
-    throw_error("gptq on the GPU: column blocks of 1.." + std::to_string(kBlockCols) + ", not " +
-                std::to_string(a.count));
-  const size_t smem = size_t(a.count * a.count) * sizeof(float);
-  // Per launch: the opt-in to more than 48 KiB of shared memory holds for the current device only.
-  LB_CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     int(kBlockCols * kBlockCols * sizeof(float))));
-  gptq_block_kernel<<<unsigned((a.rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock, smem, s>>>(a);
-  LB_CUDA_LAUNCH_CHECK();
-}
+void gptq_block(const GptqBlockArgs& a, cudaStream_t s) { launch_column_block(gptq_block_kernel, a, "gptq", s); }
 
 void gptq_dequantize(const uint8_t* codes, const float* scale, const float* zero, const int32_t* g_idx, int64_t rows,
                      int64_t cols, int64_t group_size, int64_t ngroups, bf16* out, cudaStream_t s) {

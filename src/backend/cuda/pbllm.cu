@@ -1,29 +1,20 @@
 #include "backend/cuda/pbllm.cuh"
 
-#include "backend/cuda/cuda_util.h"
-
-#include <string>
+#include "backend/cuda/column_blocks.cuh"
 
 namespace lowbit::cuda {
 
 namespace {
 
-constexpr int kBlockCols = 128;  // the largest column block pbllm_block takes
-constexpr int kRowsPerBlock = 128;
-
 // One thread per row, as gptq_block_kernel: the row's slice of the column block in registers and
 // local memory, the block of the inverse factor in shared memory.
-__global__ void __launch_bounds__(kRowsPerBlock) pbllm_block_kernel(PbllmBlockArgs a) {
+__global__ void __launch_bounds__(kColumnBlockRows) pbllm_block_kernel(PbllmBlockArgs a) {
   extern __shared__ float hs[];  // [count, count], U[i1 + i, i1 + j]
   const int64_t count = a.count;
-  for (int64_t idx = threadIdx.x; idx < count * count; idx += blockDim.x) {
-    const int64_t i = idx / count, j = idx % count;
-    hs[idx] = a.hinv[(a.i1 + i) * a.cols + a.i1 + j];
-  }
-  __syncthreads();
+  stage_factor_block(hs, a.hinv, a.cols, a.i1, count);
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= a.rows) return;
-  float w1[kBlockCols];
+  float w1[kColumnBlockCols];
   const float* wrow = a.W + r * a.cols;
   for (int64_t j = 0; j < count; ++j) w1[j] = wrow[a.i1 + j];
   const int64_t g = a.i1 / a.group_size;
@@ -58,16 +49,6 @@ __global__ void __launch_bounds__(kRowsPerBlock) pbllm_block_kernel(PbllmBlockAr
 
 }  // namespace
 
-void pbllm_block(const PbllmBlockArgs& a, cudaStream_t s) {
-  if (a.count < 1 || a.count > kBlockCols)
-    throw_error("pbllm on the GPU: column blocks of 1.." + std::to_string(kBlockCols) + ", not " +
-                std::to_string(a.count));
-  const size_t smem = size_t(a.count * a.count) * sizeof(float);
-  // Per launch: the opt-in to more than 48 KiB of shared memory holds for the current device only.
-  LB_CUDA_CHECK(cudaFuncSetAttribute(pbllm_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     int(kBlockCols * kBlockCols * sizeof(float))));
-  pbllm_block_kernel<<<unsigned((a.rows + kRowsPerBlock - 1) / kRowsPerBlock), kRowsPerBlock, smem, s>>>(a);
-  LB_CUDA_LAUNCH_CHECK();
-}
+void pbllm_block(const PbllmBlockArgs& a, cudaStream_t s) { launch_column_block(pbllm_block_kernel, a, "pbllm", s); }
 
 }  // namespace lowbit::cuda
