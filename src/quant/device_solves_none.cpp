@@ -1,9 +1,10 @@
 // Builds without CUDA: the device entry points of the methods' solves (gptq_quantize_on,
-// obs_hinv_device, pbllm_quantize_on) decline, and each method solves on the host wherever its
+// obs_hinv_device, pbllm_quantize_on, quip_products_on) decline, and each method solves on the host wherever its
 // context lives (the CPU is the only device such a build runs).
 #include "quant/gptq.h"
 #include "quant/obs_hinv.h"
 #include "quant/pbllm.h"
+#include "quant/quip.h"
 
 namespace lowbit {
 
@@ -18,5 +19,7 @@ std::optional<PbllmResult> pbllm_quantize_on(const BlockContext&, const float*, 
                                              const PbllmOptions&, DType) {
   return std::nullopt;
 }
+
+std::unique_ptr<QuipProducts> quip_products_on(const BlockContext&) { return nullptr; }
 
 }  // namespace lowbit

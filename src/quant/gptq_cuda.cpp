@@ -21,21 +21,20 @@ namespace lowbit {
 using cuda::bf16;
 using cuda::DeviceBuffer;
 
-namespace {
-
-// Cholesky (lower, column-major) in place; false when not positive definite.
-bool potrf_lower(cuda::Context& ctx, double* A, int64_t n) {
+bool potrf_cuda(cuda::Context& ctx, double* A, int64_t n, bool lower) {
+  const cublasFillMode_t fill = lower ? CUBLAS_FILL_MODE_LOWER : CUBLAS_FILL_MODE_UPPER;
   int lwork = 0;
-  LB_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, int(n), A, int(n), &lwork));
+  LB_CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(ctx.cusolver(), fill, int(n), A, int(n), &lwork));
   DeviceBuffer<double> work(static_cast<size_t>(std::max(lwork, 1)));
   DeviceBuffer<int> info(1);
-  LB_CUSOLVER_CHECK(cusolverDnDpotrf(ctx.cusolver(), CUBLAS_FILL_MODE_LOWER, int(n), A, int(n), work.get(), lwork,
-                                     info.get()));
+  LB_CUSOLVER_CHECK(cusolverDnDpotrf(ctx.cusolver(), fill, int(n), A, int(n), work.get(), lwork, info.get()));
   int h = 0;
   cuda::download(&h, info.get(), 1, ctx.stream());
   LB_CHECK(h >= 0, "cuSOLVER potrf: invalid argument {}", -h);
   return h == 0;
 }
+
+namespace {
 
 void potri_lower(cuda::Context& ctx, double* A, int64_t n) {
   int lwork = 0;
@@ -60,10 +59,10 @@ DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const float* h_sum, doubl
   for (int attempt = 0;; ++attempt) {
     cuda::permute_scale_symmetric(h_sum, A.get(), n, perm, h_scale, s);
     cuda::add_diagonal(A.get(), n, damp * mean_diag, s);
-    bool ok = potrf_lower(ctx, A.get(), n);
+    bool ok = potrf_cuda(ctx, A.get(), n, true);
     if (ok) {
       potri_lower(ctx, A.get(), n);
-      ok = potrf_lower(ctx, A.get(), n);
+      ok = potrf_cuda(ctx, A.get(), n, true);
     }
     if (ok) break;
     LB_CHECK(attempt < 4, "the Hessian is not positive definite even with damping {} (x mean diagonal)", damp);

@@ -25,6 +25,11 @@ GptqResult gptq_quantize_cuda(cuda::Context& ctx, const cuda::bf16* W, const flo
 void column_batches_cuda(cuda::Context& ctx, const float* hinv, float* W, const float* err, int64_t rows,
                          int64_t cols, int64_t B, const std::function<void(int64_t i1, int64_t count)>& block);
 
+// Cholesky factor of the column-major symmetric A [n, n] (fp64, device) in place by cuSOLVER,
+// the lower (lower) or upper triangle written, the other left as it was; false when A is not
+// positive definite.
+bool potrf_cuda(cuda::Context& ctx, double* A, int64_t n, bool lower);
+
 // obs_hinv (obs_hinv.h) on the GPU from a device Hessian H = h_scale * h_sum (fp32 sums [cols,
 // cols]): the same dead inputs, damping and retries, cuSOLVER in fp64; the factor stays on the
 // device (row-major upper; what lies below its diagonal is undefined).

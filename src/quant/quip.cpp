@@ -59,7 +59,52 @@ void sgemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64
               blasint(k), 1.0f, a, blasint(a_t ? m : k), b, blasint(b_t ? k : n), 0.0f, c, blasint(n));
 }
 
+class HostProducts final : public QuipProducts {
+ public:
+  void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool a_t, bool b_t) override {
+    sgemm(a, b, c, m, n, k, a_t, b_t);
+  }
+  bool cholesky_lower(double* a, int64_t n) override { return ops::cholesky(a, n, false); }
+  void ldlq_begin(const float* lf, int64_t rows, int64_t d) override {
+    lf_ = lf;
+    rows_ = rows;
+    d_ = d;
+  }
+  void ldlq_accumulate(const float* e, int64_t b0, int64_t b1, float* acc) override {
+    const int64_t nb = b1 - b0;
+    if (b1 >= d_) {
+      std::fill(acc, acc + rows_ * nb, 0.0f);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows_), blasint(nb), blasint(d_ - b1), 1.0f, e + b1,
+                blasint(d_), lf_ + b1 * d_ + b0, blasint(d_), 0.0f, acc, blasint(nb));
+  }
+  // T = dW H a chunk of rows at a time (SGEMM), then the sum of dW * T in fp64: the rows x cols^2
+  // products on BLAS, not in dependent fp64 chains.
+  double quadratic_form(const float* dw, const float* h, int64_t rows, int64_t cols) override {
+    constexpr int64_t kChunkRows = 256;
+    std::vector<float> t(size_t(std::min(rows, kChunkRows) * cols));
+    double sum = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+      const int64_t n = std::min(kChunkRows, rows - r0);
+      const float* a = dw + r0 * cols;
+      sgemm(a, h, t.data(), n, cols, cols, false, false);
+      double part = 0;
+#pragma omp parallel for reduction(+ : part) schedule(static)
+      for (int64_t i = 0; i < n * cols; ++i) part += double(a[i]) * double(t[size_t(i)]);
+      sum += part;
+    }
+    return sum;
+  }
+
+ private:
+  const float* lf_ = nullptr;
+  int64_t rows_ = 0, d_ = 0;
+};
+
 }  // namespace
+
+std::unique_ptr<QuipProducts> quip_host_products() { return std::make_unique<HostProducts>(); }
 
 std::pair<int64_t, int64_t> quip_butterfly_factors(int64_t n) {
   const std::vector<int64_t> f = prime_factors(n);
@@ -158,29 +203,33 @@ std::vector<float> quip_butterfly_dense(const Butterfly& b) {
   return z;
 }
 
-std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols, const std::vector<float>& h, int bits,
-                                    int npasses) {
+std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols, const std::vector<float>& h,
+                                    int bits, int npasses, QuipProducts* products) {
+  std::unique_ptr<QuipProducts> host;
+  if (!products) products = (host = quip_host_products()).get();
   const int64_t d = cols;
   const float maxq = float((1 << bits) - 1);
   // L = chol(H) with unit diagonal, minus I: strictly lower, Lf[j * d + i] = L[j, i] / L[i, i].
-  std::vector<double> l(h.begin(), h.end());
-  LB_CHECK(ops::cholesky(l.data(), d, false), "quip: the preprocessed Hessian is not positive definite");
   std::vector<float> lf(size_t(d * d), 0.0f);
-  for (int64_t j = 0; j < d; ++j)
-    for (int64_t i = 0; i < j; ++i) lf[size_t(j * d + i)] = float(l[size_t(j * d + i)]) * (1.0f / float(l[size_t(i * d + i)]));
-  l = {};
+  {
+    const PhaseScope phase("quip solve/cholesky");
+    std::vector<double> l(h.begin(), h.end());
+    LB_CHECK(products->cholesky_lower(l.data(), d), "quip: the preprocessed Hessian is not positive definite");
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t i = 0; i < j; ++i)
+        lf[size_t(j * d + i)] = float(l[size_t(j * d + i)]) * (1.0f / float(l[size_t(i * d + i)]));
+  }
 
   // Reverse order in blocks: the contribution of the columns after a block is one GEMM.
+  const PhaseScope phase("quip solve/LDLQ");
   std::vector<float> what(wt, wt + rows * d), e(size_t(rows * d), 0.0f);
   const int64_t B = 128;
   std::vector<float> acc(size_t(rows * B));
+  products->ldlq_begin(lf.data(), rows, d);
   for (int64_t b1 = d; b1 > 0; b1 -= B) {
     const int64_t b0 = std::max<int64_t>(0, b1 - B), nb = b1 - b0;
-    if (b1 < d)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(nb), blasint(d - b1), 1.0f,
-                  e.data() + b1, blasint(d), lf.data() + b1 * d + b0, blasint(d), 0.0f, acc.data(), blasint(nb));
-    else
-      std::fill(acc.begin(), acc.end(), 0.0f);
+    products->ldlq_accumulate(e.data(), b0, b1, acc.data());
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       float* er = e.data() + r * d;
@@ -229,7 +278,10 @@ std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols,
 }
 
 QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::vector<double>& h,
-                         const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype) {
+                         const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype,
+                         QuipProducts* products) {
+  std::unique_ptr<QuipProducts> host;
+  if (!products) products = (host = quip_host_products()).get();
   LB_CHECK(int64_t(h.size()) == cols * cols, "quip: Hessian has {} entries for {} columns", h.size(), cols);
   QuipResult res;
   // Element by element (and per column) on all cores; the sums whose order matters stay serial.
@@ -277,14 +329,15 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nh; ++i) hf[size_t(i)] = hf[size_t(i)] * f;
     for (int64_t i = 0; i < cols; ++i) hf[size_t(i * cols + i)] += 0.01f;
+    const PhaseScope phase("quip solve/transforms");
     const std::vector<float> U = quip_butterfly_dense(*u), V = quip_butterfly_dense(*v);
     std::vector<float> t(size_t(std::max(rows * cols, cols * cols)));
-    sgemm(U.data(), wf.data(), t.data(), rows, cols, rows, false, false);  // U W
-    sgemm(t.data(), V.data(), wf.data(), rows, cols, cols, false, true);   // (U W) V^T
+    products->gemm(U.data(), wf.data(), t.data(), rows, cols, rows, false, false);  // U W
+    products->gemm(t.data(), V.data(), wf.data(), rows, cols, cols, false, true);   // (U W) V^T
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nw; ++i) wf[size_t(i)] = h16(wf[size_t(i)]);
-    sgemm(V.data(), hf.data(), t.data(), cols, cols, cols, false, false);  // V H
-    sgemm(t.data(), V.data(), hf.data(), cols, cols, cols, false, true);   // (V H) V^T
+    products->gemm(V.data(), hf.data(), t.data(), cols, cols, cols, false, false);  // V H
+    products->gemm(t.data(), V.data(), hf.data(), cols, cols, cols, false, true);  // (V H) V^T
   }
 
   // gptqH: dead inputs, then the relative damping.
@@ -312,7 +365,7 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
     const float g = h16(h16(h16(h16(wf[i] / scale) + 1.0f) * 0.5f) * float(maxq));
     wt[i] = std::clamp(g, 0.0f, float(maxq));
   }
-  std::vector<uint8_t> codes = quip_round_ldl(wt.data(), rows, cols, hf, opt.bits, opt.npasses);
+  std::vector<uint8_t> codes = quip_round_ldl(wt.data(), rows, cols, hf, opt.bits, opt.npasses, products);
 
   QuantizedLinear& q = res.q;
   q.format = &kQuipFormat;
@@ -330,20 +383,8 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
   std::vector<float> dw(wf.size());
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < wf.size(); ++i) dw[i] = quip_grid_value(q.codes[i], scale, maxq) - wf[i];
-  // T = dW H a chunk of rows at a time (SGEMM), then the sum of dW * T in fp64: the rows x cols^2
-  // products on BLAS, not in dependent fp64 chains (at 8B shapes a down_proj's 8.4e11).
-  constexpr int64_t kChunkRows = 256;
-  std::vector<float> t(size_t(std::min(rows, kChunkRows) * cols));
-  double loss = 0;
-  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-    const int64_t n = std::min(kChunkRows, rows - r0);
-    const float* a = dw.data() + r0 * cols;
-    sgemm(a, hf.data(), t.data(), n, cols, cols, false, false);
-    double part = 0;
-#pragma omp parallel for reduction(+ : part) schedule(static)
-    for (int64_t i = 0; i < n * cols; ++i) part += double(a[i]) * double(t[size_t(i)]);
-    loss += part;
-  }
+  const PhaseScope phase("quip solve/proxy loss");
+  const double loss = products->quadratic_form(dw.data(), hf.data(), rows, cols);
   res.proxy_loss = loss;
   res.w_rot = std::move(wf);
   res.h_rot = std::move(hf);
@@ -381,12 +422,15 @@ class Quip : public QuantMethod {
     StatsRequest req;
     req.hessian = true;
     const auto stats = ctx.collect(kAllLinears, req);
+    // The dense products on the context's GPU where it has one, else on the host.
+    std::unique_ptr<QuipProducts> products = quip_products_on(ctx);
+    if (!products) products = quip_host_products();
     for (LinearKind k : kAllLinears) {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const int64_t rows = w.dim(0), cols = w.dim(1);
       // sum x x^T / N from GPTQ's 2 / N sum x x^T.
-      std::optional<PhaseScope> solve(std::in_place, "quip solve (host)");
+      std::optional<PhaseScope> solve(std::in_place, "quip solve");
       std::vector<double> h = stats.at(k)->hessian();
       for (double& x : h) x *= 0.5;
       const uint64_t su = opt_.seed * 1000003ull + uint64_t(ctx.layer()) * 16ull + 2ull * uint64_t(k);
@@ -396,7 +440,7 @@ class Quip : public QuantMethod {
         v = quip_random_butterfly(cols, su + 1);
       }
       QuipResult r = quip_quantize(w.data_as<float>(), rows, cols, h, opt_, &u, &v,
-                                   linear_storage_dtype(ctx.model(), ctx.layer(), k));
+                                   linear_storage_dtype(ctx.model(), ctx.layer(), k), products.get());
       std::string note = fmt::format("proxy loss {:.4g}, scale {:.4g}", r.proxy_loss, r.scale);
       if (r.dead_columns) note += fmt::format(", {} dead inputs", r.dead_columns);
       solve.reset();

@@ -45,6 +45,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -90,15 +91,44 @@ struct QuipResult {
   int64_t dead_columns = 0;
 };
 
+// The dense work of quip_quantize (at 8B shapes a down_proj's V H V^T alone is 1.2e13 flops):
+// OpenBLAS and LAPACK on the host (quip_host_products), or cuBLAS SGEMM in fp32 (no TF32) and
+// cuSOLVER where the block's context lives on a GPU (quip_products_on). Every array is on the
+// host and row-major; the sums differ from the host's only in their order.
+class QuipProducts {
+ public:
+  virtual ~QuipProducts() = default;
+  // c [m, n] = op(a) op(b), op(x) = x^T when its flag is set (a: [m, k] or [k, m]).
+  virtual void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool a_t,
+                    bool b_t) = 0;
+  // The lower Cholesky factor of a [n, n] (fp64) in place, zeros above; false if a is not
+  // positive definite.
+  virtual bool cholesky_lower(double* a, int64_t n) = 0;
+  // LDLQ's reverse blocks: ldlq_begin takes the factor lf [d, d] for a weight of `rows` rows;
+  // then, block by block from the last, acc [rows, b1 - b0] = e[:, b1:d] . lf[b1:d, b0:b1], where
+  // e [rows, d] holds the final errors of columns b1 .. d-1 (the later columns unchanged since
+  // the previous call).
+  virtual void ldlq_begin(const float* lf, int64_t rows, int64_t d) = 0;
+  virtual void ldlq_accumulate(const float* e, int64_t b0, int64_t b1, float* acc) = 0;
+  // sum_ij dw[i, j] (dw h)[i, j] in fp64 (dw [rows, cols], h [cols, cols]).
+  virtual double quadratic_form(const float* dw, const float* h, int64_t rows, int64_t cols) = 0;
+};
+std::unique_ptr<QuipProducts> quip_host_products();
+class BlockContext;
+// The GPU's products when ctx lives on a CUDA device (null otherwise, and in builds without CUDA).
+std::unique_ptr<QuipProducts> quip_products_on(const BlockContext& ctx);
+
 // w: [rows, cols] (rounded to fp16 first); h: sum x x^T / N [cols, cols] fp64. u, v: the
 // butterflies (used only when opt.proj). The dequantized weight is quip_dequantize(q) (fp16 values).
+// products: where the dense work runs (null: the host).
 QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::vector<double>& h,
-                         const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype);
+                         const QuipOptions& opt, const Butterfly* u, const Butterfly* v, DType dtype,
+                         QuipProducts* products = nullptr);
 
 // The LDLQ rounding (vector_balance.py round_ldl) of wt [rows, cols] (grid units) with H
 // [cols, cols]: codes [rows, cols].
 std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols, const std::vector<float>& h,
-                                    int bits, int npasses);
+                                    int bits, int npasses, QuipProducts* products = nullptr);
 
 // Throws lowbit::Error naming the dimension unless the butterfly can handle it (both factors
 // > 1 and <= 1024).
