@@ -355,13 +355,126 @@ void sort_magnitudes(std::vector<float>& v) {
   std::memcpy(v.data(), a.data(), v.size() * sizeof(float));
 }
 
+// The searches on the host's cores: candidate_mses over (row group, candidate) tasks, rows
+// lane-wise where they fit (lane_rows) and by bra_rows otherwise.
+class HostSearches final : public BillmSearches {
+ public:
+  std::vector<float> salient_errors(const float* s, int64_t rows, int64_t n, const int32_t* rank,
+                                    int64_t nk) override {
+    const bool lanes = lane_rows(n);
+    // Every row's masks are the same two column masks.
+    std::vector<uint8_t> colmask(size_t(2 * nk * n));  // [k - 1][salient, rest][n]
+    for (int64_t k = 1; k <= nk; ++k)
+      for (int64_t j = 0; j < n; ++j) {
+        colmask[size_t((2 * (k - 1)) * n + j)] = rank[j] < k;
+        colmask[size_t((2 * (k - 1) + 1) * n + j)] = rank[j] >= k;
+      }
+    return candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls,
+                                        float* e) {
+      const uint8_t* sal = colmask.data() + 2 * c * n;
+      const uint8_t* other = sal + n;
+      if (lanes) {
+        if (ls.batch != r0) {
+          to_lanes(s + r0 * n, n, r1 - r0, n, ls.x.data());
+          ls.batch = r0;
+        }
+        const VecR zero{};
+        for (int64_t j = 0; j < n; ++j) {
+          ls.ma[size_t(j)] = zero + (sal[j] ? 1.0f : 0.0f);
+          ls.mb[size_t(j)] = zero + (other[j] ? 1.0f : 0.0f);
+        }
+        bra_lanes(ls.x.data(), ls.ma.data(), n, 2, ls.ga.data(), ls.res.data(), ls.tmp.data());
+        bra_lanes(ls.x.data(), ls.mb.data(), n, 2, ls.gb.data(), ls.res.data(), ls.tmp.data());
+        for (int64_t j = 0; j < n; ++j) {
+          const VecR d = ls.x[size_t(j)] - (ls.gb[size_t(j)] + ls.ga[size_t(j)]);
+          ls.tmp[size_t(j)] = d * d;
+        }
+        from_lanes(ls.tmp.data(), r1 - r0, n, e);
+        return;
+      }
+      BraJob jobs[kMaxJobs];
+      int nj = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* x = s + r * n;
+        jobs[nj++] = BraJob{x, sal, sc.ga.data() + (r - r0) * n};
+        jobs[nj++] = BraJob{x, other, sc.gb.data() + (r - r0) * n};
+      }
+      bra_rows(jobs, nj, n, 2, sc.res.data(), sc.tmp.data());
+      const float* x = s + r0 * n;
+      for (int64_t i = 0; i < (r1 - r0) * n; ++i) {
+        const float d = x[i] - (sc.gb[size_t(i)] + sc.ga[size_t(i)]);
+        e[i] = d * d;
+      }
+    });
+  }
+
+  std::vector<float> split_errors(const float* s, const float* absn, const uint8_t* not3, const float* g3,
+                                  int64_t rows, int64_t n, const std::vector<float>& splits) override {
+    const bool lanes = lane_rows(n);
+    const int64_t numel = rows * n;
+    std::vector<float> keepf(static_cast<size_t>(numel));
+    for (int64_t i = 0; i < numel; ++i) keepf[size_t(i)] = not3[i] ? 1.0f : 0.0f;
+    return candidate_mses(rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc,
+                                                            LaneScratch& ls, float* e) {
+      const float p = splits[size_t(c)];
+      const int64_t len = (r1 - r0) * n;
+      const float* x = s + r0 * n;
+      const float* an = absn + r0 * n;
+      const uint8_t* nt = not3 + r0 * n;
+      if (lanes) {
+        if (ls.batch != r0) {
+          to_lanes(x, n, r1 - r0, n, ls.x.data());
+          to_lanes(an, n, r1 - r0, n, ls.an.data());
+          to_lanes(keepf.data() + r0 * n, n, r1 - r0, n, ls.keep.data());
+          to_lanes(g3 + r0 * n, n, r1 - r0, n, ls.g3.data());
+          ls.batch = r0;
+        }
+        const VecR zero{}, one = zero + 1.0f, pv = zero + p;
+        for (int64_t j = 0; j < n; ++j) {
+          const VecR a = ls.an[size_t(j)];
+          const MaskR keep = ls.keep[size_t(j)] != zero;
+          ls.ma[size_t(j)] = (a < pv) & keep ? one : zero;   // below the split
+          ls.mb[size_t(j)] = (a >= pv) & keep ? one : zero;  // at or above it
+        }
+        bra_lanes(ls.x.data(), ls.ma.data(), n, 1, ls.ga.data(), ls.res.data(), ls.tmp.data());
+        bra_lanes(ls.x.data(), ls.mb.data(), n, 1, ls.gb.data(), ls.res.data(), ls.tmp.data());
+        for (int64_t j = 0; j < n; ++j) {
+          const VecR d = ls.x[size_t(j)] - ((ls.ga[size_t(j)] + ls.gb[size_t(j)]) + ls.g3[size_t(j)]);
+          ls.tmp[size_t(j)] = d * d;
+        }
+        from_lanes(ls.tmp.data(), r1 - r0, n, e);
+        return;
+      }
+      uint8_t* lo = sc.lo.data();  // below the split
+      uint8_t* hi = sc.hi.data();  // at or above it
+      for (int64_t i = 0; i < len; ++i) {
+        lo[i] = an[i] < p && nt[i];
+        hi[i] = an[i] >= p && nt[i];
+      }
+      BraJob jobs[kMaxJobs];
+      int nj = 0;
+      for (int64_t r = 0; r < r1 - r0; ++r) {
+        jobs[nj++] = BraJob{x + r * n, lo + r * n, sc.ga.data() + r * n};
+        jobs[nj++] = BraJob{x + r * n, hi + r * n, sc.gb.data() + r * n};
+      }
+      bra_rows(jobs, nj, n, 1, sc.res.data(), sc.tmp.data());
+      const float* g3r = g3 + r0 * n;
+      for (int64_t i = 0; i < len; ++i) {
+        const float d = x[i] - ((sc.ga[size_t(i)] + sc.gb[size_t(i)]) + g3r[i]);
+        e[i] = d * d;
+      }
+    });
+  }
+};
+
 struct BlockMasks {
   std::vector<uint8_t> m1, m2, m3;  // [rows * n]
   BillmBlock info;
 };
 
 // structural_guassian_distribution on the saliency s [rows, n].
-BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, int64_t up_lim) {
+BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, int64_t up_lim,
+                        BillmSearches& searches) {
   const int64_t numel = rows * n;
   std::vector<float> a(static_cast<size_t>(numel)), colsum(static_cast<size_t>(n));
   for (int64_t i = 0; i < numel; ++i) a[size_t(i)] = std::fabs(s[size_t(i)]);
@@ -371,53 +484,10 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   std::stable_sort(top.begin(), top.end(), [&](int64_t x, int64_t y) { return colsum[size_t(x)] > colsum[size_t(y)]; });
   for (int64_t i = 0; i < n; ++i) rank[size_t(top[size_t(i)])] = i;
 
-  const bool lanes = lane_rows(n);
   // Salient columns: k = 1 .. up_lim - 1, the k top-scoring columns (order 2) against the rest
-  // (order 2). Every row's masks are the same two column masks.
-  const int64_t nk = up_lim - 1;
-  std::vector<uint8_t> colmask(size_t(2 * nk * n));  // [k - 1][salient, rest][n]
-  for (int64_t k = 1; k < up_lim; ++k)
-    for (int64_t j = 0; j < n; ++j) {
-      colmask[size_t((2 * (k - 1)) * n + j)] = rank[size_t(j)] < k;
-      colmask[size_t((2 * (k - 1) + 1) * n + j)] = rank[size_t(j)] >= k;
-    }
-  const std::vector<float> ek =
-      candidate_mses(rows, n, nk, [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls, float* e) {
-        const uint8_t* sal = colmask.data() + 2 * c * n;
-        const uint8_t* other = sal + n;
-        if (lanes) {
-          if (ls.batch != r0) {
-            to_lanes(s.data() + r0 * n, n, r1 - r0, n, ls.x.data());
-            ls.batch = r0;
-          }
-          const VecR zero{};
-          for (int64_t j = 0; j < n; ++j) {
-            ls.ma[size_t(j)] = zero + (sal[j] ? 1.0f : 0.0f);
-            ls.mb[size_t(j)] = zero + (other[j] ? 1.0f : 0.0f);
-          }
-          bra_lanes(ls.x.data(), ls.ma.data(), n, 2, ls.ga.data(), ls.res.data(), ls.tmp.data());
-          bra_lanes(ls.x.data(), ls.mb.data(), n, 2, ls.gb.data(), ls.res.data(), ls.tmp.data());
-          for (int64_t j = 0; j < n; ++j) {
-            const VecR d = ls.x[size_t(j)] - (ls.gb[size_t(j)] + ls.ga[size_t(j)]);
-            ls.tmp[size_t(j)] = d * d;
-          }
-          from_lanes(ls.tmp.data(), r1 - r0, n, e);
-          return;
-        }
-        BraJob jobs[kMaxJobs];
-        int nj = 0;
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* x = s.data() + r * n;
-          jobs[nj++] = BraJob{x, sal, sc.ga.data() + (r - r0) * n};
-          jobs[nj++] = BraJob{x, other, sc.gb.data() + (r - r0) * n};
-        }
-        bra_rows(jobs, nj, n, 2, sc.res.data(), sc.tmp.data());
-        const float* x = s.data() + r0 * n;
-        for (int64_t i = 0; i < (r1 - r0) * n; ++i) {
-          const float d = x[i] - (sc.gb[size_t(i)] + sc.ga[size_t(i)]);
-          e[i] = d * d;
-        }
-      });
+  // (order 2).
+  std::vector<int32_t> rank32(rank.begin(), rank.end());
+  const std::vector<float> ek = searches.salient_errors(s.data(), rows, n, rank32.data(), up_lim - 1);
   BlockMasks out;
   float best = std::numeric_limits<float>::infinity();
   for (int64_t k = 1; k < up_lim; ++k)
@@ -431,8 +501,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       m3[size_t(r * n + j)] = rank[size_t(j)] < out.info.salient;
       not3[size_t(r * n + j)] = !m3[size_t(r * n + j)];
     }
-  std::vector<float> g3(static_cast<size_t>(numel)), keepf(static_cast<size_t>(numel));
-  for (int64_t i = 0; i < numel; ++i) keepf[size_t(i)] = not3[size_t(i)] ? 1.0f : 0.0f;
+  std::vector<float> g3(static_cast<size_t>(numel));
   bra(s.data(), n, m3.data(), rows, n, 2, g3.data(), nullptr, nullptr);
 
   // The split: quantiles of |S| with the salient entries 0.
@@ -443,57 +512,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
   const std::vector<float> levels = torch_linspace_f32(0.10f, 0.90f, 81);
   std::vector<float> splits(levels.size());
   for (size_t li = 0; li < levels.size(); ++li) splits[li] = numpy_quantile_f32(sorted, levels[li]);
-  const std::vector<float> ep = candidate_mses(
-      rows, n, int64_t(splits.size()), [&](int64_t c, int64_t r0, int64_t r1, RowScratch& sc, LaneScratch& ls,
-                                           float* e) {
-        const float p = splits[size_t(c)];
-        const int64_t len = (r1 - r0) * n;
-        const float* x = s.data() + r0 * n;
-        const float* an = absn.data() + r0 * n;
-        const uint8_t* nt = not3.data() + r0 * n;
-        if (lanes) {
-          if (ls.batch != r0) {
-            to_lanes(x, n, r1 - r0, n, ls.x.data());
-            to_lanes(an, n, r1 - r0, n, ls.an.data());
-            to_lanes(keepf.data() + r0 * n, n, r1 - r0, n, ls.keep.data());
-            to_lanes(g3.data() + r0 * n, n, r1 - r0, n, ls.g3.data());
-            ls.batch = r0;
-          }
-          const VecR zero{}, one = zero + 1.0f, pv = zero + p;
-          for (int64_t j = 0; j < n; ++j) {
-            const VecR a = ls.an[size_t(j)];
-            const MaskR keep = ls.keep[size_t(j)] != zero;
-            ls.ma[size_t(j)] = (a < pv) & keep ? one : zero;   // below the split
-            ls.mb[size_t(j)] = (a >= pv) & keep ? one : zero;  // at or above it
-          }
-          bra_lanes(ls.x.data(), ls.ma.data(), n, 1, ls.ga.data(), ls.res.data(), ls.tmp.data());
-          bra_lanes(ls.x.data(), ls.mb.data(), n, 1, ls.gb.data(), ls.res.data(), ls.tmp.data());
-          for (int64_t j = 0; j < n; ++j) {
-            const VecR d = ls.x[size_t(j)] - ((ls.ga[size_t(j)] + ls.gb[size_t(j)]) + ls.g3[size_t(j)]);
-            ls.tmp[size_t(j)] = d * d;
-          }
-          from_lanes(ls.tmp.data(), r1 - r0, n, e);
-          return;
-        }
-        uint8_t* lo = sc.lo.data();  // below the split
-        uint8_t* hi = sc.hi.data();  // at or above it
-        for (int64_t i = 0; i < len; ++i) {
-          lo[i] = an[i] < p && nt[i];
-          hi[i] = an[i] >= p && nt[i];
-        }
-        BraJob jobs[kMaxJobs];
-        int nj = 0;
-        for (int64_t r = 0; r < r1 - r0; ++r) {
-          jobs[nj++] = BraJob{x + r * n, lo + r * n, sc.ga.data() + r * n};
-          jobs[nj++] = BraJob{x + r * n, hi + r * n, sc.gb.data() + r * n};
-        }
-        bra_rows(jobs, nj, n, 1, sc.res.data(), sc.tmp.data());
-        const float* g3r = g3.data() + r0 * n;
-        for (int64_t i = 0; i < len; ++i) {
-          const float d = x[i] - ((sc.ga[size_t(i)] + sc.gb[size_t(i)]) + g3r[i]);
-          e[i] = d * d;
-        }
-      });
+  const std::vector<float> ep = searches.split_errors(s.data(), absn.data(), not3.data(), g3.data(), rows, n, splits);
   best = std::numeric_limits<float>::infinity();
   for (size_t li = 0; li < levels.size(); ++li)
     if (ep[li] < best) {
@@ -514,8 +533,12 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
 
 }  // namespace
 
+std::unique_ptr<BillmSearches> billm_host_searches() { return std::make_unique<HostSearches>(); }
+
 BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const BillmOptions& opt,
-                           DType dtype) {
+                           DType dtype, BillmSearches* searches) {
+  std::unique_ptr<BillmSearches> host;
+  if (!searches) searches = (host = billm_host_searches()).get();
   LB_CHECK(int64_t(hinv.u.size()) == cols * cols && int64_t(hinv.dead.size()) == cols,
            "billm: inverse Hessian factor of {} entries for {} columns", hinv.u.size(), cols);
   LB_CHECK(opt.block > 0 && cols % opt.block == 0, "billm: block {} does not divide {} columns", opt.block, cols);
@@ -552,7 +575,9 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
         s[size_t(r * B + j)] = opt.hessian_metric ? obs_saliency(v, u[size_t((st + j) * cols + st + j)]) : v;
       }
     // b-c. Masks.
-    BlockMasks bm = search_masks(s, rows, B, opt.up_lim);
+    std::optional<PhaseScope> phase(std::in_place, "billm solve/searches");
+    BlockMasks bm = search_masks(s, rows, B, opt.up_lim, *searches);
+    phase.reset();
     res.blocks.push_back(bm.info);
     // d. The block quantized once, on the weights.
     std::vector<float> p1(static_cast<size_t>(numel)), p2(static_cast<size_t>(numel)), p3(static_cast<size_t>(numel));
@@ -671,14 +696,17 @@ class Billm : public QuantMethod {
     StatsRequest req;
     req.hessian = true;
     const auto stats = ctx.collect(kAllLinears, req);
+    // The searches on the context's GPU where it has one, else on the host.
+    std::unique_ptr<BillmSearches> searches = billm_searches_on(ctx);
+    if (!searches) searches = billm_host_searches();
     for (LinearKind k : kAllLinears) {
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor& w = ctx.weights()[k];
       const InputStats& st = *stats.at(k);
       const ObsHinv hinv = obs_hinv_on(ctx, st, w.dim(1), opt_.damp);
-      std::optional<PhaseScope> solve(std::in_place, "billm solve (host)");
+      std::optional<PhaseScope> solve(std::in_place, "billm solve");
       BillmResult r = billm_quantize(w.data_as<float>(), w.dim(0), w.dim(1), hinv, opt_,
-                                     linear_storage_dtype(ctx.model(), ctx.layer(), k));
+                                     linear_storage_dtype(ctx.model(), ctx.layer(), k), searches.get());
       const std::string what = fmt::format("layer {} {}", ctx.layer(), linear_name(k));
       r.q.validate(what);
       std::vector<float> deq(r.w.size());

@@ -39,6 +39,7 @@
 #include "quant/obs_hinv.h"
 #include "quant/quantized_linear.h"
 
+#include <memory>
 #include <vector>
 
 namespace lowbit {
@@ -68,7 +69,30 @@ struct BillmResult {
 };
 
 // w: [rows, cols] fp32; hinv: from obs_hinv on this weight's Hessian.
+// The candidate errors of the two searches (steps b and c), where they run: on the host's cores
+// (billm_host_searches) or, where the block's context lives on a GPU, one GPU thread per
+// candidate and row (billm_searches_on; blocks of 8 to 128 columns, others on the host). Both
+// return the same bits: each error is torch.mean of the [rows, n] squared errors in the host's
+// order (backend/cuda/billm_rows.h). Arrays are on the host, row-major [rows, n].
+class BillmSearches {
+ public:
+  virtual ~BillmSearches() = default;
+  // Step b: for k = 1 .. nk, mean((s - (BRA(s, rest, 2) + BRA(s, top k, 2)))^2); rank [n] is
+  // column j's place in the descending column scores (the top k: rank < k).
+  virtual std::vector<float> salient_errors(const float* s, int64_t rows, int64_t n, const int32_t* rank,
+                                            int64_t nk) = 0;
+  // Step c: for each split p, mean((s - ((BRA(s, below, 1) + BRA(s, above, 1)) + g3))^2), below
+  // = keep and absn < p, above = keep and absn >= p.
+  virtual std::vector<float> split_errors(const float* s, const float* absn, const uint8_t* keep, const float* g3,
+                                          int64_t rows, int64_t n, const std::vector<float>& splits) = 0;
+};
+std::unique_ptr<BillmSearches> billm_host_searches();
+class BlockContext;
+// The GPU's searches when ctx lives on a CUDA device (null otherwise, and in builds without CUDA).
+std::unique_ptr<BillmSearches> billm_searches_on(const BlockContext& ctx);
+
+// searches: where steps b and c run (null: the host).
 BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const BillmOptions& opt,
-                           DType dtype);
+                           DType dtype, BillmSearches* searches = nullptr);
 
 }  // namespace lowbit

@@ -1,6 +1,7 @@
 // Builds without CUDA: the device entry points of the methods' solves (gptq_quantize_on,
-// obs_hinv_device, pbllm_quantize_on, quip_products_on) decline, and each method solves on the host wherever its
+// obs_hinv_device, pbllm_quantize_on, quip_products_on, billm_searches_on) decline, and each method solves on the host wherever its
 // context lives (the CPU is the only device such a build runs).
+#include "quant/billm.h"
 #include "quant/gptq.h"
 #include "quant/obs_hinv.h"
 #include "quant/pbllm.h"
@@ -21,5 +22,7 @@ std::optional<PbllmResult> pbllm_quantize_on(const BlockContext&, const float*, 
 }
 
 std::unique_ptr<QuipProducts> quip_products_on(const BlockContext&) { return nullptr; }
+
+std::unique_ptr<BillmSearches> billm_searches_on(const BlockContext&) { return nullptr; }
 
 }  // namespace lowbit

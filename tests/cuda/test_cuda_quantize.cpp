@@ -8,6 +8,7 @@
 #include "calib/calib_data.h"
 #include "formats/checkpoint.h"
 #include "model/cuda_model.h"
+#include "quant/billm.h"
 #include "quant/method.h"
 #include "quant/obs_hinv.h"
 #include "quant/pbllm.h"
@@ -20,6 +21,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -250,6 +252,66 @@ TEST(CudaPbllm, GpuSolveMatchesHost) {
       EXPECT_NEAR(gpu->loss, host.loss, 0.02 * host.loss) << linear_name(k);
       EXPECT_EQ(gpu->binarized, host.binarized);
     }
+  }
+}
+
+// BiLLM's searches on the GPU against the host's on the same inputs: every candidate's error bit
+// for bit (the mini model's block-1 weights as saliencies, blocks of 128, 64 and 24 columns),
+// then billm_quantize with each on the same inverse factor: the same salient counts and splits,
+// the same weights.
+TEST(CudaBillm, SearchesMatchHost) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  TwoContexts t;
+  const std::unique_ptr<BillmSearches> gpu = billm_searches_on(*t.gpu_ctx), host = billm_host_searches();
+  ASSERT_TRUE(gpu != nullptr);
+  EXPECT_TRUE(billm_searches_on(*t.cpu_ctx) == nullptr);
+  const Tensor& w = t.w_gpu[LinearKind::Down];
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  for (const int64_t n : {int64_t(128), int64_t(64), int64_t(24)}) {
+    std::vector<float> s(static_cast<size_t>(rows * n));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = w.data_as<float>()[r * cols + j];
+        s[size_t(r * n + j)] = v * v;
+      }
+    std::vector<int32_t> rank(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) rank[size_t(j)] = int32_t((j * 7) % n);
+    const int64_t nk = std::min<int64_t>(49, n - 1);
+    const std::vector<float> a = gpu->salient_errors(s.data(), rows, n, rank.data(), nk),
+                             b = host->salient_errors(s.data(), rows, n, rank.data(), nk);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "salient, n " << n;
+    std::vector<uint8_t> keep(s.size());
+    std::vector<float> absn(s.size()), g3(s.size());
+    for (size_t i = 0; i < s.size(); ++i) {
+      keep[i] = rank[i % size_t(n)] >= 2;
+      absn[i] = keep[i] ? s[i] : 0.0f;
+      g3[i] = keep[i] ? 0.0f : 0.5f * s[i];
+    }
+    std::vector<float> sorted = absn;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<float> splits;
+    for (int i = 1; i < 40; ++i) splits.push_back(sorted[sorted.size() * size_t(i) / 40]);
+    const std::vector<float> c = gpu->split_errors(s.data(), absn.data(), keep.data(), g3.data(), rows, n, splits),
+                             d = host->split_errors(s.data(), absn.data(), keep.data(), g3.data(), rows, n, splits);
+    ASSERT_EQ(c.size(), d.size());
+    EXPECT_EQ(0, std::memcmp(c.data(), d.data(), c.size() * sizeof(float))) << "split, n " << n;
+  }
+  const auto stats = t.gpu_hessians();
+  for (LinearKind k : {LinearKind::Q, LinearKind::Down}) {
+    const Tensor& wk = t.w_gpu[k];
+    BillmOptions opt;
+    opt.block = 64;
+    const ObsHinv hinv = obs_hinv_on(*t.gpu_ctx, *stats.at(k), wk.dim(1), opt.damp);
+    const BillmResult rg = billm_quantize(wk.data_as<float>(), wk.dim(0), wk.dim(1), hinv, opt, DType::F32, gpu.get());
+    const BillmResult rh = billm_quantize(wk.data_as<float>(), wk.dim(0), wk.dim(1), hinv, opt, DType::F32, host.get());
+    ASSERT_EQ(rg.blocks.size(), rh.blocks.size());
+    for (size_t b = 0; b < rh.blocks.size(); ++b) {
+      EXPECT_EQ(rg.blocks[b].salient, rh.blocks[b].salient) << linear_name(k) << " block " << b;
+      EXPECT_EQ(rg.blocks[b].split_index, rh.blocks[b].split_index) << linear_name(k) << " block " << b;
+    }
+    EXPECT_EQ(rg.w, rh.w) << linear_name(k);
   }
 }
 
