@@ -1,6 +1,7 @@
 // Builds without CUDA: the device entry points of the methods' solves (gptq_quantize_on,
-// obs_hinv_device, pbllm_quantize_on, quip_products_on, billm_searches_on) decline, and each method solves on the host wherever its
-// context lives (the CPU is the only device such a build runs).
+// gptq_inverse_factor_on, obs_hinv_device, pbllm_quantize_on, quip_products_on,
+// billm_searches_on) decline, and each method solves on the host wherever its context lives (the
+// CPU is the only device such a build runs).
 #include "quant/billm.h"
 #include "quant/gptq.h"
 #include "quant/obs_hinv.h"
@@ -11,6 +12,11 @@ namespace lowbit {
 
 std::optional<GptqResult> gptq_quantize_on(const BlockContext&, LinearKind, int64_t, int64_t, const InputStats&,
                                            const GptqOptions&, DType) {
+  return std::nullopt;
+}
+
+std::optional<std::vector<float>> gptq_inverse_factor_on(const BlockContext&, const std::vector<double>&, int64_t,
+                                                         double, double*) {
   return std::nullopt;
 }
 

@@ -69,6 +69,13 @@ std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t col
   return std::vector<float>(a.begin(), a.end());
 }
 
+InverseFactorFn inverse_factor_for(const BlockContext& ctx) {
+  return [&ctx](const std::vector<double>& h, int64_t cols, double damp, double* damp_used) {
+    std::optional<std::vector<float>> u = gptq_inverse_factor_on(ctx, h, cols, damp, damp_used);
+    return u ? std::move(*u) : gptq_inverse_factor(h, cols, damp, damp_used);
+  };
+}
+
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,
                          DType dtype) {
   LB_CHECK(int64_t(h.size()) == cols * cols, "gptq: Hessian has {} entries for {} columns", h.size(), cols);

@@ -26,6 +26,7 @@
 #include "formats/llama_tensors.h"
 #include "quant/quantized_linear.h"
 
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -72,6 +73,15 @@ QuantizedLinear gptq_output(int64_t rows, int64_t cols, const GptqOptions& opt, 
 // computed in fp64 and returned in fp32, with the escalation described above when the
 // factorization fails; *damp_used receives the relative damping finally used.
 std::vector<float> gptq_inverse_factor(const std::vector<double>& h, int64_t cols, double damp, double* damp_used);
+// The same factor made on the GPU (cuSOLVER, fp64) from the host's h when ctx lives on a GPU;
+// nullopt otherwise and in builds without CUDA.
+std::optional<std::vector<float>> gptq_inverse_factor_on(const BlockContext& ctx, const std::vector<double>& h,
+                                                         int64_t cols, double damp, double* damp_used);
+// gptq_inverse_factor's signature, for solves that take their factor from where the block lives.
+using InverseFactorFn = std::function<std::vector<float>(const std::vector<double>& h, int64_t cols, double damp,
+                                                         double* damp_used)>;
+// gptq_inverse_factor_on where it runs, else gptq_inverse_factor.
+InverseFactorFn inverse_factor_for(const BlockContext& ctx);
 
 // w: [rows, cols] fp32; h: [cols, cols] fp64 (taken by value: it is modified).
 GptqResult gptq_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const GptqOptions& opt,

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <optional>
 
@@ -49,15 +50,14 @@ void potri_lower(cuda::Context& ctx, double* A, int64_t n) {
 }
 
 // Hinv: the upper Cholesky factor of (H + damp mean_diag I)^-1 (fp32 [n, n] row-major; row-major
-// upper = column-major lower), H = h_scale * h_sum with the rows and columns in `perm` order and dead
-// inputs' zero diagonals set to 1, factored in fp64, the damping raised tenfold on failure (as
-// gptq_inverse_factor).
-DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const float* h_sum, double h_scale, const int32_t* perm,
-                                   int64_t n, double mean_diag, double damp, double* damp_used) {
+// upper = column-major lower), H written into A by fill (each attempt), factored in fp64, the
+// damping raised tenfold on failure (as gptq_inverse_factor).
+DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const std::function<void(double* A)>& fill, int64_t n,
+                                   double mean_diag, double damp, double* damp_used) {
   const cudaStream_t s = ctx.stream();
   DeviceBuffer<double> A(static_cast<size_t>(n * n));
   for (int attempt = 0;; ++attempt) {
-    cuda::permute_scale_symmetric(h_sum, A.get(), n, perm, h_scale, s);
+    fill(A.get());
     cuda::add_diagonal(A.get(), n, damp * mean_diag, s);
     bool ok = potrf_cuda(ctx, A.get(), n, true);
     if (ok) {
@@ -72,6 +72,15 @@ DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const float* h_sum, doubl
   DeviceBuffer<float> hinv(static_cast<size_t>(n * n));
   cuda::f64_to_f32(A.get(), hinv.get(), n * n, s);
   return hinv;
+}
+
+// The same from a device Hessian h_scale * h_sum with the rows and columns in `perm` order and dead
+// inputs' zero diagonals set to 1.
+DeviceBuffer<float> inverse_factor(cuda::Context& ctx, const float* h_sum, double h_scale, const int32_t* perm,
+                                   int64_t n, double mean_diag, double damp, double* damp_used) {
+  return inverse_factor(
+      ctx, [&](double* A) { cuda::permute_scale_symmetric(h_sum, A, n, perm, h_scale, ctx.stream()); }, n, mean_diag,
+      damp, damp_used);
 }
 
 // The Hessian's diagonal (h_scale * h_sum) on the host, and its dead inputs (zero diagonal).
@@ -291,6 +300,31 @@ std::optional<ObsHinv> obs_hinv_device(const BlockContext& bctx, const InputStat
   r.dead_columns = d.dead_columns;
   r.damp = d.damp;
   return r;
+}
+
+std::optional<std::vector<float>> gptq_inverse_factor_on(const BlockContext& bctx, const std::vector<double>& h,
+                                                         int64_t cols, double damp, double* damp_used) {
+  if (!bctx.device().is_cuda()) return std::nullopt;
+  LB_CHECK(int64_t(h.size()) == cols * cols, "inverse factor: Hessian of {} entries for {} columns", h.size(), cols);
+  const PhaseScope phase("inverse factor (GPU)");
+  cuda::Context& ctx = static_cast<const CudaBlockContext&>(bctx).gpu().context();
+  const cudaStream_t s = ctx.stream();
+  double mean_diag = 0;
+  for (int64_t c = 0; c < cols; ++c) mean_diag += h[size_t(c * cols + c)];
+  mean_diag /= double(cols);
+  DeviceBuffer<double> H(h.size());
+  cuda::upload(H.get(), h.data(), h.size(), s);
+  double used = damp;
+  DeviceBuffer<float> u = inverse_factor(
+      ctx, [&](double* A) { LB_CUDA_CHECK(cudaMemcpyAsync(A, H.get(), H.bytes(), cudaMemcpyDeviceToDevice, s)); }, cols,
+      mean_diag, damp, &used);
+  std::vector<float> out(h.size());
+  cuda::download(out.data(), u.get(), out.size(), s);
+  // Below the diagonal: what the factorization left there; the host's factor has zeros.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 1; i < cols; ++i) std::fill_n(out.data() + i * cols, i, 0.0f);
+  if (damp_used) *damp_used = used;
+  return out;
 }
 
 }  // namespace lowbit

@@ -240,7 +240,7 @@ SlimGroupFit slim_fit_group(const float* w1, int64_t rows, int64_t n, const floa
 }
 
 SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const SlimOptions& opt,
-                         std::vector<int> group_bits, int64_t count, DType dtype) {
+                         std::vector<int> group_bits, int64_t count, DType dtype, const InverseFactorFn& factor) {
   LB_CHECK(int64_t(h.size()) == cols * cols, "slim: Hessian has {} entries for {} columns", h.size(), cols);
   const int64_t gs = opt.group_size, ng = (cols + gs - 1) / gs;
   SlimResult res;
@@ -254,7 +254,8 @@ SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector
     std::fill(wt.begin() + c * rows, wt.begin() + (c + 1) * rows, 0.0f);
     ++res.dead_columns;
   }
-  const std::vector<float> hinv = gptq_inverse_factor(h, cols, opt.damp, &res.damp);
+  const std::vector<float> hinv =
+      factor ? factor(h, cols, opt.damp, &res.damp) : gptq_inverse_factor(h, cols, opt.damp, &res.damp);
   h = {};
 
   // The search's allocation is made on the fp32 salience with this factor; the quantizer then
@@ -420,17 +421,19 @@ class Slim : public QuantMethod {
     std::array<std::vector<double>, 7> h;
     std::array<int64_t, 7> count{};
     for (LinearKind k : kAllLinears) h[size_t(k)] = stats.at(k)->hessian();
+    // The inverse factors on the context's GPU where it has one.
+    const InverseFactorFn factor = inverse_factor_for(ctx);
 
     if (alloc_.empty()) {
       // SBA: salience on the edited Hessian, then the KL search over every calibration window.
-      std::optional<PhaseScope> phase(std::in_place, "slim salience (host)");
+      std::optional<PhaseScope> phase(std::in_place, "slim salience");
       std::array<std::unique_ptr<SlimSearch>, 7> search;
       for (LinearKind k : kAllLinears) {
         const Tensor& w = ctx.weights()[k];
         const int64_t cols = w.dim(1);
         slim_salience_hessian_edit(h[size_t(k)], cols);
         double used = 0;
-        const std::vector<float> u = gptq_inverse_factor(h[size_t(k)], cols, 0.0, &used);
+        const std::vector<float> u = factor(h[size_t(k)], cols, 0.0, &used);
         if (used != 0.0) ctx.note(fmt::format("slim: {} salience Hessian needed damping {}", linear_name(k), used));
         search[size_t(k)] = std::make_unique<SlimSearch>(
             w.data_as<float>(), w.dim(0), cols, opt_.group_size, opt_.bits,
@@ -456,7 +459,7 @@ class Slim : public QuantMethod {
       }
       std::optional<PhaseScope> solve(std::in_place, "slim solve (host)");
       SlimResult r = slim_quantize(w.data_as<float>(), w.dim(0), w.dim(1), std::move(h[size_t(k)]), opt_, bits,
-                                   count[size_t(k)], linear_storage_dtype(ctx.model(), ctx.layer(), k));
+                                   count[size_t(k)], linear_storage_dtype(ctx.model(), ctx.layer(), k), factor);
       solve.reset();
       std::string note = fmt::format("loss {:.4g}, groups {}", r.loss, fmt::join(r.group_bits, ""));
       if (alloc_.empty()) note += fmt::format(", search count {}", count[size_t(k)]);

@@ -68,6 +68,7 @@
 
 #include "calib/kl_search.h"
 #include "core/dtype.h"
+#include "quant/gptq.h"
 #include "quant/quantized_linear.h"
 
 #include <cstdint>
@@ -149,9 +150,11 @@ struct SlimResult {
 // GPTQ with per-group widths. h: the Hessian as the reference holds it at fasterquant (edited by
 // slim_salience_hessian_edit on the SBA path). Either group_bits is given (an allocation file:
 // every group asymmetric) or it is empty and `count` (from the search) allocates on the fp32
-// salience with this Hinv (and the sym quirk applies).
+// salience with this Hinv (and the sym quirk applies). factor: where Hinv is made (null:
+// gptq_inverse_factor on the host).
 SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector<double> h, const SlimOptions& opt,
-                         std::vector<int> group_bits, int64_t count, DType dtype);
+                         std::vector<int> group_bits, int64_t count, DType dtype,
+                         const InverseFactorFn& factor = nullptr);
 
 // A parsed allocation file: linear name (without ".weight") -> per-group widths.
 std::map<std::string, std::vector<int>> slim_read_allocation(const std::string& path);

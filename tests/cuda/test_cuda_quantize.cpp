@@ -9,6 +9,7 @@
 #include "formats/checkpoint.h"
 #include "model/cuda_model.h"
 #include "quant/billm.h"
+#include "quant/gptq.h"
 #include "quant/method.h"
 #include "quant/obs_hinv.h"
 #include "quant/pbllm.h"
@@ -253,6 +254,39 @@ TEST(CudaPbllm, GpuSolveMatchesHost) {
       EXPECT_EQ(gpu->binarized, host.binarized);
     }
   }
+}
+
+// The inverse factor made on the GPU from a host Hessian (SliM-LLM's, through inverse_factor_for)
+// against gptq_inverse_factor: the same damping, values to fp32 rounding, zeros below the
+// diagonal; a Hessian that needs more damping gets the same escalation.
+TEST(CudaInverseFactor, FromHostHessianMatchesHost) {
+  REQUIRE_GPU();
+  LOWBIT_REQUIRE_PATH(mini() + "/config.json");
+  TwoContexts t;
+  const auto stats = t.gpu_hessians();
+  for (LinearKind k : {LinearKind::Q, LinearKind::Down}) {
+    const std::vector<double> h = stats.at(k)->hessian();
+    const int64_t cols = stats.at(k)->dim;
+    double dg = 0, dh = 0;
+    const std::optional<std::vector<float>> g = gptq_inverse_factor_on(*t.gpu_ctx, h, cols, 0.01, &dg);
+    ASSERT_TRUE(g.has_value());
+    const std::vector<float> c = gptq_inverse_factor(h, cols, 0.01, &dh);
+    EXPECT_EQ(dg, dh);
+    EXPECT_LT(rel_diff(*g, c), 1e-5) << linear_name(k);
+    for (int64_t i = 1; i < cols; ++i)
+      for (int64_t j = 0; j < i; ++j) ASSERT_EQ((*g)[size_t(i * cols + j)], 0.0f);
+    const std::vector<float> via = inverse_factor_for(*t.gpu_ctx)(h, cols, 0.01, &dg);
+    EXPECT_EQ(via, *g);
+  }
+  EXPECT_FALSE(gptq_inverse_factor_on(*t.cpu_ctx, {1.0}, 1, 0.01, nullptr).has_value());
+  // Indefinite without damping: both raise it the same way.
+  const std::vector<double> bad = {1.0, 1.5, 1.5, 1.0};  // positive definite from damping 1 on
+  double dg = 0, dh = 0;
+  const auto g = gptq_inverse_factor_on(*t.gpu_ctx, bad, 2, 0.0, &dg);
+  ASSERT_TRUE(g.has_value());
+  const std::vector<float> c = gptq_inverse_factor(bad, 2, 0.0, &dh);
+  EXPECT_EQ(dg, dh);
+  EXPECT_LT(rel_diff(*g, c), 1e-6);
 }
 
 // BiLLM's searches on the GPU against the host's on the same inputs: every candidate's error bit
