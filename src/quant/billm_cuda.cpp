@@ -31,7 +31,7 @@ class CudaSearches final : public BillmSearches {
                                     int64_t nk) override {
     if (!fits(rows, n) || nk < 1) return host_->salient_errors(s, rows, n, rank, nk);
     const cudaStream_t st = ctx_.stream();
-    upload_transposed(s, rows, n, sT_, ht_);
+    upload_transposed(s, rows, n, sT_, hs_);
     rank_.resize(size_t(n));
     cuda::upload(rank_.get(), rank, size_t(n), st);
     e_.resize(size_t(nk * rows * n));
@@ -44,9 +44,9 @@ class CudaSearches final : public BillmSearches {
     const int64_t ncand = int64_t(splits.size());
     if (!fits(rows, n) || ncand < 1) return host_->split_errors(s, absn, keep, g3, rows, n, splits);
     const cudaStream_t st = ctx_.stream();
-    upload_transposed(s, rows, n, sT_, ht_);
-    upload_transposed(absn, rows, n, absT_, ht_);
-    upload_transposed(g3, rows, n, g3T_, ht_);
+    upload_transposed(s, rows, n, sT_, hs_);
+    upload_transposed(absn, rows, n, absT_, ha_);
+    upload_transposed(g3, rows, n, g3T_, hg_);
     upload_transposed(keep, rows, n, keepT_, hk_);
     splits_.resize(size_t(ncand));
     cuda::upload(splits_.get(), splits.data(), splits.size(), st);
@@ -63,7 +63,8 @@ class CudaSearches final : public BillmSearches {
   void upload_transposed(const T* src, int64_t rows, int64_t n, DeviceBuffer<T>& dst, std::vector<T>& staging) {
     transpose(src, rows, n, staging);
     dst.resize(staging.size());
-    // Pageable memory: the copy has left the staging buffer when the call returns.
+    // Each array has its own staging vector, rewritten only after the means' download has
+    // synchronized the stream.
     cuda::upload(dst.get(), staging.data(), staging.size(), ctx_.stream());
   }
 
@@ -82,7 +83,7 @@ class CudaSearches final : public BillmSearches {
   DeviceBuffer<float> sT_, absT_, g3T_, splits_, e_, partials_, mean_;
   DeviceBuffer<uint8_t> keepT_;
   DeviceBuffer<int32_t> rank_;
-  std::vector<float> ht_;
+  std::vector<float> hs_, ha_, hg_;  // staging of the transposed inputs
   std::vector<uint8_t> hk_;
 };
 

@@ -312,8 +312,16 @@ std::optional<std::vector<float>> gptq_inverse_factor_on(const BlockContext& bct
   double mean_diag = 0;
   for (int64_t c = 0; c < cols; ++c) mean_diag += h[size_t(c * cols + c)];
   mean_diag /= double(cols);
+  // The matrix made from h's lower triangle, as the host's factorization reads it (LAPACK's
+  // column-major upper); cuSOLVER's column-major lower is the row-major upper triangle.
+  std::vector<double> sym(h.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) sym[size_t(i * cols + j)] = h[size_t(std::max(i, j) * cols + std::min(i, j))];
   DeviceBuffer<double> H(h.size());
-  cuda::upload(H.get(), h.data(), h.size(), s);
+  cuda::upload(H.get(), sym.data(), sym.size(), s);
+  ctx.synchronize();
+  sym = {};
   double used = damp;
   DeviceBuffer<float> u = inverse_factor(
       ctx, [&](double* A) { LB_CUDA_CHECK(cudaMemcpyAsync(A, H.get(), H.bytes(), cudaMemcpyDeviceToDevice, s)); }, cols,

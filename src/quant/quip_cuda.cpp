@@ -54,7 +54,7 @@ class CudaProducts final : public QuipProducts {
     done_ = d;
     lf_.resize(size_t(d * d));
     e_.resize(size_t(rows * d));
-    cuda::upload(lf_.get(), lf, lf_.size(), s);
+    cuda::upload(lf_.get(), lf, size_t(d * d), s);  // lf_ may be larger: it only grows
   }
 
   void ldlq_accumulate(const float* e, int64_t b0, int64_t b1, float* acc) override {

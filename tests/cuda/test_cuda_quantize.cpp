@@ -395,18 +395,27 @@ TEST(CudaQuip, ProductsMatchHost) {
   bad[3] = -1.0;
   EXPECT_FALSE(gpu->cholesky_lower(bad.data(), 2));
 
-  for (const int bits : {2, 4}) {
+  // Then a narrower linear (320 columns: not a multiple of LDLQ's 128-column blocks) on the same
+  // products, whose buffers only grow.
+  const int64_t c2 = 320;
+  std::vector<double> h2(static_cast<size_t>(c2 * c2));
+  for (int64_t i = 0; i < c2; ++i)
+    for (int64_t j = 0; j < c2; ++j) h2[size_t(i * c2 + j)] = h[size_t(i * cols + j)];
+  for (const int bits : {2, 4, 3}) {
     QuipOptions opt;
     opt.bits = bits;
-    const Butterfly u = quip_random_butterfly(rows, 11), v = quip_random_butterfly(cols, 12);
-    const QuipResult rg = quip_quantize(w.data(), rows, cols, h, opt, &u, &v, DType::F16, gpu.get());
-    const QuipResult rh = quip_quantize(w.data(), rows, cols, h, opt, &u, &v, DType::F16, host.get());
+    const int64_t nc = bits == 3 ? c2 : cols;
+    const std::vector<double>& hh = bits == 3 ? h2 : h;
+    const Butterfly u = quip_random_butterfly(rows, 11), v = quip_random_butterfly(nc, 12);
+    const QuipResult rg = quip_quantize(w.data(), rows, nc, hh, opt, &u, &v, DType::F16, gpu.get());
+    const QuipResult rh = quip_quantize(w.data(), rows, nc, hh, opt, &u, &v, DType::F16, host.get());
     int64_t differ = 0;
     for (size_t i = 0; i < rh.q.codes.size(); ++i) differ += rg.q.codes[i] != rh.q.codes[i];
-    std::printf("quip w=%d: %ld of %ld codes differ; proxy loss GPU %.8g host %.8g; w_rot %.3g apart\n", bits,
-                long(differ), long(rows * cols), rg.proxy_loss, rh.proxy_loss, rel_diff(rg.w_rot, rh.w_rot));
+    std::printf("quip w=%d, %ld columns: %ld of %ld codes differ; proxy loss GPU %.8g host %.8g; w_rot %.3g apart\n",
+                bits, long(nc), long(differ), long(rows * nc), rg.proxy_loss, rh.proxy_loss,
+                rel_diff(rg.w_rot, rh.w_rot));
     EXPECT_EQ(rg.scale, rh.scale);
-    EXPECT_LE(differ, rows * cols / 1000);
+    EXPECT_LE(differ, rows * nc / 1000);
     EXPECT_NEAR(rg.proxy_loss, rh.proxy_loss, 1e-3 * rh.proxy_loss);
   }
 }
