@@ -76,7 +76,10 @@ struct Butterfly {
 
 // lowbit's seeded butterfly (see above).
 Butterfly quip_random_butterfly(int64_t n, uint64_t seed);
-// mul_ortho_butterfly applied to the identity: the dense operator [n, n] row-major (fp32).
+// mul_ortho_butterfly(b, x): out [n, q] = the butterfly applied to x [n, q] factor by factor (fp32).
+void quip_butterfly_apply(const Butterfly& b, const float* x, int64_t q, float* out);
+// mul_ortho_butterfly applied to the identity: the dense operator [n, n] row-major (fp32), bit for
+// bit, built entry by entry.
 std::vector<float> quip_butterfly_dense(const Butterfly& b);
 // Throws lowbit::Error unless b is a well-formed butterfly of dimension n.
 void quip_check_butterfly(const Butterfly& b, int64_t n, const std::string& what);

@@ -576,6 +576,18 @@ TEST(Quip, SeededButterfliesAreOrthogonalAndReproducible) {
   }
 }
 
+// The dense operator built entry by entry is the factor-by-factor product applied to the
+// identity, bit for bit (also with a factor of 1 and uneven factors).
+TEST(Quip, DenseButterflyIsTheAppliedButterfly) {
+  for (int64_t n : {int64_t(2), int64_t(6), int64_t(64), int64_t(320), int64_t(896), int64_t(1000)}) {
+    const Butterfly b = quip_random_butterfly(n, 3);
+    std::vector<float> eye(static_cast<size_t>(n * n), 0.0f), applied(static_cast<size_t>(n * n));
+    for (int64_t i = 0; i < n; ++i) eye[size_t(i * n + i)] = 1.0f;
+    quip_butterfly_apply(b, eye.data(), n, applied.data());
+    EXPECT_EQ(quip_butterfly_dense(b), applied) << n << " (" << b.p[0] << " x " << b.p[1] << ")";
+  }
+}
+
 // The whole per-linear pipeline with the reference's butterflies injected: rescaling, rotated W
 // and H, the fp16 grid coordinates, LDLQ codes (and greedy passes), the proxy loss and the final
 // un-rotated fp16 weight.
