@@ -247,7 +247,10 @@ std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols,
   std::vector<float> lf(size_t(d * d), 0.0f);
   {
     const PhaseScope phase("quip solve/cholesky");
-    std::vector<double> l(h.begin(), h.end());
+    std::vector<double> l(h.size());
+    const int64_t nh = int64_t(h.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nh; ++i) l[size_t(i)] = h[size_t(i)];
     LB_CHECK(products->cholesky_lower(l.data(), d), "quip: the preprocessed Hessian is not positive definite");
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < d; ++j)
@@ -307,7 +310,9 @@ std::vector<uint8_t> quip_round_ldl(const float* wt, int64_t rows, int64_t cols,
     }
   }
   std::vector<uint8_t> codes(size_t(rows * d));
-  for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t(what[i]);
+  const int64_t ncodes = rows * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < ncodes; ++i) codes[size_t(i)] = uint8_t(what[size_t(i)]);
   return codes;
 }
 
@@ -333,12 +338,21 @@ QuipResult quip_quantize(const float* w, int64_t rows, int64_t cols, const std::
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nh; ++i) hf[size_t(i)] = hf[size_t(i)] / mx;
     res.s.resize(size_t(cols));
+    // diag(W^T W) a strip of columns per task, each column's sum in row order, the strip's rows
+    // read contiguously.
+    constexpr int64_t kStrip = 64;
 #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < cols; ++c) {
-      double e = 0;
-      for (int64_t r = 0; r < rows; ++r) e += double(wf[size_t(r * cols + c)]) * double(wf[size_t(r * cols + c)]);
-      const float dh = std::max(hf[size_t(c * cols + c)], 1e-8f), dw = std::max(float(e), 1e-8f);
-      res.s[size_t(c)] = std::max(std::sqrt(std::sqrt(dh / dw)), 1e-8f);
+    for (int64_t c0 = 0; c0 < cols; c0 += kStrip) {
+      const int64_t c1 = std::min(cols, c0 + kStrip);
+      double e[kStrip] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = wf.data() + r * cols;
+        for (int64_t c = c0; c < c1; ++c) e[c - c0] += double(wr[c]) * double(wr[c]);
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        const float dh = std::max(hf[size_t(c * cols + c)], 1e-8f), dw = std::max(float(e[c - c0]), 1e-8f);
+        res.s[size_t(c)] = std::max(std::sqrt(std::sqrt(dh / dw)), 1e-8f);
+      }
     }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
@@ -466,7 +480,9 @@ class Quip : public QuantMethod {
       // sum x x^T / N from GPTQ's 2 / N sum x x^T.
       std::optional<PhaseScope> solve(std::in_place, "quip solve");
       std::vector<double> h = stats.at(k)->hessian();
-      for (double& x : h) x *= 0.5;
+      const int64_t nh = int64_t(h.size());
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < nh; ++i) h[size_t(i)] *= 0.5;
       const uint64_t su = opt_.seed * 1000003ull + uint64_t(ctx.layer()) * 16ull + 2ull * uint64_t(k);
       Butterfly u, v;
       if (opt_.proj) {
