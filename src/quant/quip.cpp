@@ -143,15 +143,19 @@ Butterfly quip_random_butterfly(int64_t n, uint64_t seed) {
     const int64_t p = b.p[size_t(f)], count = n / p;
     std::vector<float>& out = b.blocks[size_t(f)];
     out.resize(size_t(count * p * p));
-    std::vector<double> a(size_t(p * p));  // column-major: column j at a[j * p]
+    // The normals in the generator's order (block by block, each column-major: column j at
+    // a[j * p]), then the blocks orthogonalized on all cores.
+    std::vector<double> normals(size_t(count * p * p));
+    for (double& v : normals) v = gauss();
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < count; ++blk) {
-      for (double& v : a) v = gauss();
+      double* a = normals.data() + blk * p * p;
       // Gram-Schmidt, twice per column: Q with R's diagonal positive (Haar on O(p)).
       for (int64_t j = 0; j < p; ++j) {
-        double* qj = a.data() + j * p;
+        double* qj = a + j * p;
         for (int pass = 0; pass < 2; ++pass)
           for (int64_t i = 0; i < j; ++i) {
-            const double* qi = a.data() + i * p;
+            const double* qi = a + i * p;
             double d = 0;
             for (int64_t r = 0; r < p; ++r) d += qi[r] * qj[r];
             for (int64_t r = 0; r < p; ++r) qj[r] -= d * qi[r];

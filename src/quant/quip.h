@@ -30,8 +30,8 @@
 // row-major order); then x -> x[perm_out]. The reference draws the rotations from unseeded
 // scipy/torch RNGs; lowbit draws them from its own seeded generator (quip_random_butterfly):
 // Python's Mersenne Twister (core/py_random.h) seeded with the linear's seed, each p x p block
-// the Q factor of a matrix of standard normals (Box-Muller on random(), fp64 Householder QR,
-// columns signed so that R has a positive diagonal: Haar on O(p)), then perm_in and perm_out by
+// the Q factor of a matrix of standard normals (Box-Muller on random(); fp64 Gram-Schmidt, twice
+// per column, so that R has a positive diagonal: Haar on O(p)), then perm_in and perm_out by
 // random.shuffle of 0..n-1. Per linear the seeds are seed * 1000003 + layer * 16 + 2 * kind
 // (U) and that + 1 (V), stored with the linear.
 //
