@@ -646,11 +646,24 @@ BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const Obs
     if (colsal[size_t(c)]) sal_cols.push_back(c);
   const int64_t nsal = int64_t(sal_cols.size());
   std::vector<uint8_t> grp2(size_t(rows * cols)), s2bits(size_t(rows * nsal));
-  for (size_t f = 0; f < grp2.size(); ++f) grp2[f] = res.group[f] == 2;
-  for (int64_t r = 0; r < rows; ++r)
+  // Rows on all cores; the at-mean list in ascending order from each row's count.
+  std::vector<int64_t> at_start(size_t(rows + 1), 0);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) grp2[size_t(r * cols + c)] = res.group[size_t(r * cols + c)] == 2;
     for (int64_t i = 0; i < nsal; ++i) s2bits[size_t(r * nsal + i)] = sgn2[size_t(r * cols + sal_cols[size_t(i)])] > 0;
-  for (size_t e = 0; e < at_state.size(); ++e)
-    if (at_state[e]) at_list.push_back(int32_t(e));
+    int64_t n = 0;
+    for (int64_t e = 2 * r * cols; e < 2 * (r + 1) * cols; ++e) n += at_state[size_t(e)] != 0;
+    at_start[size_t(r + 1)] = n;
+  }
+  for (int64_t r = 0; r < rows; ++r) at_start[size_t(r + 1)] += at_start[size_t(r)];
+  at_list.resize(size_t(1 + at_start[size_t(rows)]));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t* dst = at_list.data() + 1 + at_start[size_t(r)];
+    for (int64_t e = 2 * r * cols; e < 2 * (r + 1) * cols; ++e)
+      if (at_state[size_t(e)]) *dst++ = int32_t(e);
+  }
   at_list[0] = int32_t(at_list.size() - 1);
   q.extras["salient"] = pack_plane(colsal, 1, cols);
   q.extras["group"] = pack_plane(grp2, rows, cols);
@@ -711,9 +724,13 @@ class Billm : public QuantMethod {
       r.q.validate(what);
       std::vector<float> deq(r.w.size());
       billm_dequantize(r.q, deq.data());
-      for (size_t i = 0; i < deq.size(); ++i)
-        LB_CHECK(deq[i] == r.w[i],
-                 "{}: the billm format does not reproduce weight {} ({} vs {})", what, i, deq[i], r.w[i]);
+      const int64_t nw = int64_t(deq.size());
+      int64_t first = nw;
+#pragma omp parallel for schedule(static) reduction(min : first)
+      for (int64_t i = 0; i < nw; ++i)
+        if (!(deq[size_t(i)] == r.w[size_t(i)])) first = std::min(first, i);
+      LB_CHECK(first == nw, "{}: the billm format does not reproduce weight {} ({} vs {})", what, first,
+               deq[size_t(first)], r.w[size_t(first)]);
       std::string sal;
       int64_t total = 0;
       for (const BillmBlock& b : r.blocks) {

@@ -4,6 +4,7 @@
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/example_random.h"
 
+#include <algorithm>
 #include <cmath>
 
 // Built with -ffp-contract=off (src/CMakeLists.txt): the values must match the reference's
@@ -72,15 +73,17 @@ void billm_dequantize(const QuantizedLinear& q, float* out) {
   const int32_t* at_e = at.data_as<int32_t>() + 1;
   const int64_t at_n = at.numel() - 1;
   const int64_t nsal = salient_count(q);
-  int64_t ai = 0;
-  auto sign = [&](bool positive, int64_t entry) {
-    if (ai < at_n && at_e[ai] == entry) {
-      ++ai;
-      return 0.0f;
-    }
-    return positive ? 1.0f : -1.0f;
-  };
+  // Rows on all cores: each row's at-mean entries start where the ascending list reaches the row.
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < q.rows; ++r) {
+    int64_t ai = std::lower_bound(at_e, at_e + at_n, int64_t(2 * r * q.cols)) - at_e;
+    auto sign = [&](bool positive, int64_t entry) {
+      if (ai < at_n && at_e[ai] == entry) {
+        ++ai;
+        return 0.0f;
+      }
+      return positive ? 1.0f : -1.0f;
+    };
     int64_t si = 0;  // salient column index within the row's sign2 plane
     for (int64_t c = 0; c < q.cols; ++c) {
       const int64_t f = r * q.cols + c;

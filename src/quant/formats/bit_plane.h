@@ -21,6 +21,8 @@ inline Tensor pack_plane(const std::vector<uint8_t>& bits, int64_t rows, int64_t
   const int64_t rb = plane_row_bytes(cols);
   Tensor t = Tensor::empty(DType::U8, {rows, rb});
   uint8_t* p = t.mutable_data_as<uint8_t>();
+  // Each row writes only its own bytes.
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)
       if (bits[size_t(r * cols + c)] != 0) p[r * rb + c / 8] |= uint8_t(1u << (c % 8));
