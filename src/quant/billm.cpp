@@ -8,6 +8,7 @@
 #include "quant/reference_numerics.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -335,21 +336,49 @@ std::vector<float> candidate_mses(int64_t rows, int64_t n, int64_t ncand, const 
 }
 
 // Ascending sort of magnitudes (no sign bit set: their bit patterns order as their values) by a
-// three-pass radix sort of the bit patterns; the sorted values are the same bits as std::sort's.
-// With a NaN the order is std::sort's, whatever that makes of it.
+// three-pass radix sort of the bit patterns on all cores (each thread counts and then places its
+// own slice, the slices in order: a stable pass); the sorted values are the same bits as
+// std::sort's. With a NaN the order is std::sort's, whatever that makes of it.
 void sort_magnitudes(std::vector<float>& v) {
-  if (std::any_of(v.begin(), v.end(), [](float x) { return std::isnan(x) || std::signbit(x); })) {
+  const int64_t n = int64_t(v.size());
+  bool special = false;
+#pragma omp parallel for schedule(static) reduction(|| : special)
+  for (int64_t i = 0; i < n; ++i) special = special || std::isnan(v[size_t(i)]) || std::signbit(v[size_t(i)]);
+  if (special) {
     std::sort(v.begin(), v.end());
     return;
   }
   constexpr int kBits = 11, kBuckets = 1 << kBits;
   std::vector<uint32_t> a(v.size()), b(v.size());
   std::memcpy(a.data(), v.data(), v.size() * sizeof(float));
+  const int nt = std::max(1, std::min<int>(omp_get_max_threads(), int(n / 65536) + 1));
+  std::vector<int64_t> start(size_t(nt) * kBuckets);
   for (int shift = 0; shift < 32; shift += kBits) {
-    std::vector<size_t> start(kBuckets + 1, 0);
-    for (uint32_t k : a) ++start[((k >> shift) & (kBuckets - 1)) + 1];
-    for (int i = 0; i < kBuckets; ++i) start[size_t(i + 1)] += start[size_t(i)];
-    for (uint32_t k : a) b[start[(k >> shift) & (kBuckets - 1)]++] = k;
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+      const int64_t i0 = n * t / nth, i1 = n * (t + 1) / nth;
+      int64_t* cnt = start.data() + size_t(t) * kBuckets;
+      std::fill(cnt, cnt + kBuckets, 0);
+      for (int64_t i = i0; i < i1; ++i) ++cnt[(a[size_t(i)] >> shift) & (kBuckets - 1)];
+#pragma omp barrier
+#pragma omp single
+      {
+        // Bucket-major, then thread order: each thread's first slot for each bucket.
+        int64_t pos = 0;
+        for (int k = 0; k < kBuckets; ++k)
+          for (int u = 0; u < nth; ++u) {
+            int64_t& c = start[size_t(u) * kBuckets + size_t(k)];
+            const int64_t here = c;
+            c = pos;
+            pos += here;
+          }
+      }
+      for (int64_t i = i0; i < i1; ++i) {
+        const uint32_t k = a[size_t(i)];
+        b[size_t(cnt[(k >> shift) & (kBuckets - 1)]++)] = k;
+      }
+    }
     a.swap(b);
   }
   std::memcpy(v.data(), a.data(), v.size() * sizeof(float));
@@ -477,6 +506,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
                         BillmSearches& searches) {
   const int64_t numel = rows * n;
   std::vector<float> a(static_cast<size_t>(numel)), colsum(static_cast<size_t>(n));
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < numel; ++i) a[size_t(i)] = std::fabs(s[size_t(i)]);
   torch_column_sums_f32(a.data(), rows, n, colsum.data());
   std::vector<int64_t> top(static_cast<size_t>(n)), rank(static_cast<size_t>(n));
@@ -496,6 +526,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
       out.info.salient = k;
     }
   std::vector<uint8_t> m3(static_cast<size_t>(numel)), not3(static_cast<size_t>(numel));
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < n; ++j) {
       m3[size_t(r * n + j)] = rank[size_t(j)] < out.info.salient;
@@ -506,6 +537,7 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
 
   // The split: quantiles of |S| with the salient entries 0.
   std::vector<float> absn(static_cast<size_t>(numel));
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < numel; ++i) absn[size_t(i)] = std::fabs(s[size_t(i)] * (not3[size_t(i)] ? 1.0f : 0.0f));
   std::vector<float> sorted = absn;
   sort_magnitudes(sorted);

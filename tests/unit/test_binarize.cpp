@@ -5,6 +5,7 @@
 // Each method runs twice: on the reference's own inverse-Hessian factor (fp32 from torch), which
 // pins every discrete decision, and from the Hessian through lowbit's factorization (fp64), where
 // only ties within rounding may move.
+#include "backend/ops.h"
 #include "core/error.h"
 #include "formats/llama_config.h"
 #include "formats/safetensors.h"
@@ -351,6 +352,49 @@ TEST(BinarizedFormats, ExactMeanIsAThirdState) {
   expect_format_exact(p.q, p.w, pbllm_dequantize);
   EXPECT_GT(pbllm_bits_per_weight(p.q), 1.0);
   EXPECT_GT(billm_bits_per_weight(b.q), 1.0);
+}
+
+// BiLLM's result does not depend on the thread count: 1024 rows x 256 columns in blocks of 128
+// (131,072 saliencies per block, enough for the split's sort to take several threads), with ties
+// and exact zeros, on 1 and on 2 threads: the same weights, masks, parameters and at-mean list.
+TEST(BinarizedMethods, BillmIsTheSameOnAnyThreadCount) {
+  const int64_t rows = 1024, cols = 256;
+  std::vector<float> w(size_t(rows * cols));
+  uint32_t x = 12345;
+  for (float& v : w) {
+    x = x * 1664525u + 1013904223u;
+    v = float(int32_t(x >> 8) % 2001 - 1000) * 1e-4f;  // repeated values and zeros
+  }
+  std::vector<double> h(size_t(cols * cols), 0.0);
+  for (int64_t c = 0; c < cols; ++c) {
+    h[size_t(c * cols + c)] = 1.0 + 0.05 * double(c % 13);
+    if (c + 1 < cols) h[size_t(c * cols + c + 1)] = h[size_t((c + 1) * cols + c)] = 0.2;
+  }
+  const ObsHinv hinv = obs_hinv(h, cols, 0.01);
+  const int threads = num_threads();
+  set_num_threads(1);
+  const BillmResult one = billm_quantize(w.data(), rows, cols, hinv, BillmOptions{}, DType::F32);
+  set_num_threads(2);
+  const BillmResult two = billm_quantize(w.data(), rows, cols, hinv, BillmOptions{}, DType::F32);
+  set_num_threads(threads);
+  ASSERT_EQ(one.blocks.size(), two.blocks.size());
+  for (size_t b = 0; b < one.blocks.size(); ++b) {
+    EXPECT_EQ(one.blocks[b].salient, two.blocks[b].salient);
+    EXPECT_EQ(one.blocks[b].split_index, two.blocks[b].split_index);
+  }
+  EXPECT_EQ(one.w, two.w);
+  EXPECT_EQ(one.group, two.group);
+  EXPECT_EQ(one.params, two.params);
+  for (const char* e : {"salient", "group", "sign2", "at_mean"}) {
+    const Tensor& a = one.q.extras.at(e);
+    const Tensor& b = two.q.extras.at(e);
+    ASSERT_EQ(a.nbytes(), b.nbytes()) << e;
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), size_t(a.nbytes()))) << e;
+  }
+  EXPECT_EQ(one.q.codes, two.q.codes);
+  std::vector<float> deq(w.size());
+  billm_dequantize(two.q, deq.data());
+  EXPECT_EQ(deq, two.w);
 }
 
 TEST(BinarizedFormats, CorruptExtrasAreRejected) {
