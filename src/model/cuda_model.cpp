@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 namespace lowbit {
 
@@ -20,13 +21,14 @@ void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
     LB_CUDA_CHECK(cudaStreamSynchronize(s));  // the source may be a temporary
     return;
   }
-  std::vector<uint16_t> host(static_cast<size_t>(n));
+  // Not zeroed first: every element is written below, its pages first touched by those threads.
+  const std::unique_ptr<uint16_t[]> host(new uint16_t[size_t(n)]);
   Tensor wide;  // fp32 values of a tensor in another dtype
   if (t.dtype() != DType::F32) wide = t.to_f32();
   const float* p = t.dtype() == DType::F32 ? t.data_as<float>() : wide.data_as<float>();
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) host[size_t(i)] = f32_to_bf16(p[i]);
-  cuda::upload(dst, reinterpret_cast<const bf16*>(host.data()), size_t(n), s);
+  cuda::upload(dst, reinterpret_cast<const bf16*>(host.get()), size_t(n), s);
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
