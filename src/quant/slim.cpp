@@ -175,6 +175,7 @@ SlimGroupFit slim_fit_group(const float* w1, int64_t rows, int64_t n, const floa
   f.zero.assign(size_t(rows), 0.0f);
   f.choice.assign(size_t(rows), 0);
   if (bits == 1) {
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) binary_params(w1 + r, n, rows, &f.scale[size_t(r)], &f.zero[size_t(r)]);
     return f;
   }
@@ -246,8 +247,9 @@ SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector
   SlimResult res;
 
   std::vector<float> wt(size_t(cols * rows));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) wt[size_t(c * rows + r)] = w[r * cols + c];
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) wt[size_t(c * rows + r)] = w[r * cols + c];
   for (int64_t c = 0; c < cols; ++c) {
     if (h[size_t(c * cols + c)] != 0.0) continue;
     h[size_t(c * cols + c)] = 1.0;
@@ -263,6 +265,7 @@ SlimResult slim_quantize(const float* w, int64_t rows, int64_t cols, std::vector
   bool sym = false;
   if (group_bits.empty()) {
     std::vector<float> wr(size_t(rows * cols));
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) wr[size_t(r * cols + c)] = wt[size_t(c * rows + r)];
     group_bits = slim_allocate(slim_group_salience(wr.data(), rows, cols, hinv.data(), gs, DType::F32), count, opt.bits);
