@@ -8,13 +8,13 @@
 // 4096x256, LLaMA-3-8B's q_proj rows over four blocks (the whole 4096-column linear takes 16
 // times as long).
 #include "backend/ops.h"
+#include "bench_args.h"
 #include "quant/billm.h"
 #include "quant/obs_hinv.h"
 
 #include <benchmark/benchmark.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 
 namespace {
@@ -61,19 +61,13 @@ void billm_layer(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (i + 1 < argc && std::strcmp(argv[i], "--threads") == 0) g_threads = std::atoi(argv[++i]);
-    else rest.push_back(argv[i]);
-  }
+  g_threads = lowbit::bench::init_with_threads(argc, argv);
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{576, 576}, {1536, 576}, {4096, 256}})
     benchmark::RegisterBenchmark("billm_block64", billm_layer)
         ->Args({rows, cols})
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->Iterations(1);
-  int n = int(rest.size());
-  benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -6,11 +6,11 @@
 // Shapes ([out, in]): 4096x4096 (q_proj / o_proj), 14336x4096 (gate_proj / up_proj) and
 // 4096x14336 (down_proj, whose 14336-column Hessian makes the Cholesky solve the larger part).
 #include "backend/ops.h"
+#include "bench_args.h"
 #include "quant/gptq.h"
 
 #include <benchmark/benchmark.h>
 
-#include <cstring>
 #include <random>
 
 namespace {
@@ -59,19 +59,13 @@ void gptq_layer(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (i + 1 < argc && std::strcmp(argv[i], "--threads") == 0) g_threads = std::atoi(argv[++i]);
-    else rest.push_back(argv[i]);
-  }
+  g_threads = lowbit::bench::init_with_threads(argc, argv);
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}})
     benchmark::RegisterBenchmark("gptq_w4_g128", gptq_layer)
         ->Args({rows, cols})
         ->Unit(benchmark::kSecond)
         ->UseRealTime()
         ->Iterations(1);
-  int n = int(rest.size());
-  benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

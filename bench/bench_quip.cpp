@@ -7,11 +7,11 @@
 //
 // Dimensions: 4096 (64 x 64, LLaMA-3-8B's hidden size) and 14336 (64 x 224, its MLP width).
 #include "backend/ops.h"
+#include "bench_args.h"
 #include "quant/quip.h"
 
 #include <benchmark/benchmark.h>
 
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -44,19 +44,13 @@ void applied(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (i + 1 < argc && std::strcmp(argv[i], "--threads") == 0) g_threads = std::atoi(argv[++i]);
-    else rest.push_back(argv[i]);
-  }
+  g_threads = lowbit::bench::init_with_threads(argc, argv);
   for (int64_t n : {int64_t(4096), int64_t(14336)}) {
     benchmark::RegisterBenchmark("quip_butterfly_dense", dense)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime()
         ->Iterations(1);
     benchmark::RegisterBenchmark("quip_butterfly_applied", applied)->Arg(n)->Unit(benchmark::kMillisecond)
         ->UseRealTime()->Iterations(1);
   }
-  int n = int(rest.size());
-  benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
