@@ -70,7 +70,7 @@ class CudaProducts final : public QuipProducts {
     const size_t width = size_t(done_ - b1) * sizeof(float), pitch = size_t(d_) * sizeof(float);
     LB_CUDA_CHECK(cudaMemcpy2DAsync(e_.get() + b1, pitch, e + b1, pitch, width, size_t(rows_), cudaMemcpyHostToDevice, s));
     done_ = b1;
-    if (acc_.size() < size_t(rows_ * nb)) acc_.resize(size_t(rows_ * nb));
+    acc_.resize(size_t(rows_ * nb));  // grows only
     // acc [rows, nb] = E[:, b1:d] . Lf[b1:d, b0:b1], row-major; column-major acc^T = Lf^T E^T.
     const float one = 1.0f, zero = 0.0f;
     LB_CUBLAS_CHECK(cublasSgemm(ctx_.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(nb), int(rows_), int(d_ - b1), &one,
