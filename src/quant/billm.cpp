@@ -8,8 +8,8 @@
 #include "quant/reference_numerics.h"
 
 #include <cblas.h>
-#include <omp.h>
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -509,15 +509,15 @@ BlockMasks search_masks(const std::vector<float>& s, int64_t rows, int64_t n, in
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < numel; ++i) a[size_t(i)] = std::fabs(s[size_t(i)]);
   torch_column_sums_f32(a.data(), rows, n, colsum.data());
-  std::vector<int64_t> top(static_cast<size_t>(n)), rank(static_cast<size_t>(n));
+  std::vector<int64_t> top(static_cast<size_t>(n));
+  std::vector<int32_t> rank(static_cast<size_t>(n));
   std::iota(top.begin(), top.end(), 0);
   std::stable_sort(top.begin(), top.end(), [&](int64_t x, int64_t y) { return colsum[size_t(x)] > colsum[size_t(y)]; });
-  for (int64_t i = 0; i < n; ++i) rank[size_t(top[size_t(i)])] = i;
+  for (int64_t i = 0; i < n; ++i) rank[size_t(top[size_t(i)])] = int32_t(i);
 
   // Salient columns: k = 1 .. up_lim - 1, the k top-scoring columns (order 2) against the rest
   // (order 2).
-  std::vector<int32_t> rank32(rank.begin(), rank.end());
-  const std::vector<float> ek = searches.salient_errors(s.data(), rows, n, rank32.data(), up_lim - 1);
+  const std::vector<float> ek = searches.salient_errors(s.data(), rows, n, rank.data(), up_lim - 1);
   BlockMasks out;
   float best = std::numeric_limits<float>::infinity();
   for (int64_t k = 1; k < up_lim; ++k)
