@@ -68,7 +68,6 @@ struct BillmResult {
   int64_t dead_columns = 0;
 };
 
-// w: [rows, cols] fp32; hinv: from obs_hinv on this weight's Hessian.
 // The candidate errors of the two searches (steps b and c), where they run: on the host's cores
 // (billm_host_searches) or, where the block's context lives on a GPU, one GPU thread per
 // candidate and row (billm_searches_on; blocks of 8 to 128 columns, others on the host). Both
@@ -91,7 +90,8 @@ class BlockContext;
 // The GPU's searches when ctx lives on a CUDA device (null otherwise, and in builds without CUDA).
 std::unique_ptr<BillmSearches> billm_searches_on(const BlockContext& ctx);
 
-// searches: where steps b and c run (null: the host).
+// w: [rows, cols] fp32; hinv: from obs_hinv on this weight's Hessian; searches: where steps b
+// and c run (null: the host).
 BillmResult billm_quantize(const float* w, int64_t rows, int64_t cols, const ObsHinv& hinv, const BillmOptions& opt,
                            DType dtype, BillmSearches* searches = nullptr);
 
