@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -61,6 +62,27 @@ struct QuantizedLinear {
   int64_t scale_index(int64_t r, int64_t c) const {
     if (flat_groups) return (r * cols + c) / group_size;
     return r * groups_per_row() + (g_idx.empty() ? c / group_size : g_idx[size_t(c)]);
+  }
+  // Calls f(c0, c1, s) for the runs [c0, c1) of row r's columns that share scale group s, in
+  // column order: scale_index(r, c) == s for every c of a run, without a division per weight
+  // (a g_idx gives runs of one column).
+  template <typename F>
+  void for_each_scale_run(int64_t r, F&& f) const {
+    if (flat_groups) {
+      const int64_t base = r * cols;
+      for (int64_t c = 0; c < cols;) {
+        const int64_t s = (base + c) / group_size;
+        const int64_t end = std::min(cols, (s + 1) * group_size - base);
+        f(c, end, s);
+        c = end;
+      }
+    } else if (!g_idx.empty()) {
+      const int64_t row0 = r * groups_per_row();
+      for (int64_t c = 0; c < cols; ++c) f(c, c + 1, row0 + g_idx[size_t(c)]);
+    } else {
+      const int64_t gpr = groups_per_row();
+      for (int64_t g = 0; g < gpr; ++g) f(g * group_size, std::min(cols, (g + 1) * group_size), r * gpr + g);
+    }
   }
   const char* format_name() const { return format->name; }
   // Dequantized weight, row-major [rows, cols], rounded to dequant_dtype's precision.

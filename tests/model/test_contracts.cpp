@@ -17,6 +17,7 @@
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "quant/quant_format.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
 #include "random_calibration.h"
@@ -27,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <tuple>
 #include <set>
 
@@ -346,6 +348,58 @@ TEST(FormatTable, EveryFormatsExampleRoundTripsAndIsChecked) {
         bad.codes[bad.codes.size() / 2] = uint8_t(1u << q.bits);
         EXPECT_NE(validation_error(bad).find("code"), std::string::npos) << validation_error(bad);
       }
+    }
+  }
+}
+
+// The group layouts the grids produce (groups that do not divide the columns, flat groups that
+// cross rows, an act-order g_idx): every column's run carries its scale_index, and the int and
+// codebook fast paths, which read scales by runs, equal their scalar references bit for bit.
+TEST(FormatTable, ScaleRunsCarryScaleIndexAndFastPathsFollowThem) {
+  struct Layout {
+    int64_t rows, cols, group;
+    bool flat, act_order;
+  };
+  for (const Layout& l : {Layout{5, 100, 32, false, false}, Layout{5, 100, 128, false, false},
+                          Layout{3, 100, 64, true, false}, Layout{4, 96, 7, true, false},
+                          Layout{6, 100, 32, false, true}}) {
+    SCOPED_TRACE(fmt::format("[{}, {}] group {} flat {} act_order {}", l.rows, l.cols, l.group, l.flat, l.act_order));
+    for (const char* name : {"int", "codebook"}) {
+      SCOPED_TRACE(name);
+      QuantizedLinear q;
+      q.format = &find_quant_format(name);
+      q.rows = l.rows;
+      q.cols = l.cols;
+      q.bits = 4;
+      q.group_size = l.group;
+      q.flat_groups = l.flat;
+      std::mt19937 rng(uint32_t(l.rows * 1000 + l.cols + l.group));
+      if (l.act_order)
+        for (int64_t c = 0; c < l.cols; ++c) q.g_idx.push_back(int32_t(rng() % uint32_t(q.groups_per_row())));
+      for (int64_t i = 0; i < l.rows * l.cols; ++i) q.codes.push_back(uint8_t(rng() % 16));
+      std::uniform_real_distribution<float> u(0.001f, 0.1f);
+      for (int64_t s = 0; s < q.num_scale_groups(); ++s) {
+        q.scales.push_back(u(rng));
+        if (std::string(name) == "int") q.zeros.push_back(float(rng() % 16));
+      }
+      if (std::string(name) == "codebook")
+        for (int i = 0; i < 16; ++i) q.codebook.push_back(-1.0f + float(i) / 7.5f);
+      ASSERT_NO_THROW(q.validate("runs"));
+
+      for (int64_t r = 0; r < l.rows; ++r) {
+        int64_t next = 0;
+        q.for_each_scale_run(r, [&](int64_t c0, int64_t c1, int64_t s) {
+          ASSERT_EQ(c0, next);
+          ASSERT_LT(c0, c1);
+          for (int64_t c = c0; c < c1; ++c) ASSERT_EQ(q.scale_index(r, c), s) << "row " << r << " column " << c;
+          next = c1;
+        });
+        EXPECT_EQ(next, l.cols) << "row " << r;
+      }
+      std::vector<float> ref(size_t(l.rows * l.cols)), fast(ref.size(), -1.0f);
+      q.format->dequantize(q, ref.data());
+      q.format->dequantize_fast(q, fast.data());
+      EXPECT_EQ(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(float)), 0);
     }
   }
 }

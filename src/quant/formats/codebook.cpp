@@ -24,11 +24,17 @@ void dequantize_ref(const QuantizedLinear& q, float* out) {
       out[r * q.cols + c] = q.codebook[q.codes[size_t(r * q.cols + c)]] * q.scales[size_t(q.scale_index(r, c))];
 }
 
+// The same products, rows in parallel, each group's scale read once per run.
 void dequantize_fast(const QuantizedLinear& q, float* out) {
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < q.cols; ++c)
-      out[r * q.cols + c] = q.codebook[q.codes[size_t(r * q.cols + c)]] * q.scales[size_t(q.scale_index(r, c))];
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const uint8_t* code = q.codes.data() + r * q.cols;
+    float* o = out + r * q.cols;
+    q.for_each_scale_run(r, [&](int64_t c0, int64_t c1, int64_t s) {
+      const float scale = q.scales[size_t(s)];
+      for (int64_t c = c0; c < c1; ++c) o[c] = q.codebook[code[c]] * scale;
+    });
+  }
 }
 
 double bits_per_weight(const QuantizedLinear& q) {

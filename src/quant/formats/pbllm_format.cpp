@@ -4,7 +4,9 @@
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/example_random.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace lowbit {
 
@@ -98,6 +100,52 @@ void pbllm_dequantize(const QuantizedLinear& q, float* out) {
     }
 }
 
+// The same values, rows on all cores: a row's first salient code is the count of salient weights
+// in the rows before it (a prefix sum of the mask's row counts), its first at-mean entry where the
+// ascending list reaches the row.
+void pbllm_dequantize_fast(const QuantizedLinear& q, float* out) {
+  const int64_t ngroups = q.cols / q.group_size;
+  const uint8_t* mask = q.extras.at("mask").data_as<uint8_t>();
+  const uint8_t* high = q.extras.at("high").data_as<uint8_t>();
+  const float* mu = q.extras.at("mu").data_as<float>();
+  const float* alpha = q.extras.at("alpha").data_as<float>();
+  const Tensor& at = q.extras.at("at_mean");
+  const int32_t* at_i = at.data_as<int32_t>() + 1;
+  const int64_t at_n = at.numel() - 1;
+  std::vector<int64_t> high_start(size_t(q.rows) + 1, 0);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < q.rows; ++r) {
+    int64_t binarized = 0;
+    for (int64_t c = 0; c < q.cols; ++c) binarized += plane_bit(mask, q.cols, r, c) ? 1 : 0;
+    high_start[size_t(r) + 1] = q.cols - binarized;
+  }
+  for (int64_t r = 0; r < q.rows; ++r) high_start[size_t(r) + 1] += high_start[size_t(r)];
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < q.rows; ++r) {
+    int64_t hi = high_start[size_t(r)];
+    int64_t ai = std::lower_bound(at_i, at_i + at_n, int64_t(r * q.cols)) - at_i;
+    const float scale = q.scales[size_t(r)], zero = q.zeros[size_t(r)];
+    for (int64_t g = 0; g < ngroups; ++g) {
+      const float a = alpha[r * ngroups + g], m = mu[r * ngroups + g];
+      for (int64_t c = g * q.group_size; c < (g + 1) * q.group_size; ++c) {
+        const int64_t f = r * q.cols + c;
+        float v;
+        if (plane_bit(mask, q.cols, r, c)) {
+          float s = q.codes[size_t(f)] != 0 ? 1.0f : -1.0f;
+          if (ai < at_n && at_i[ai] == f) {
+            s = 0.0f;
+            ++ai;
+          }
+          v = s * a + m;
+        } else {
+          v = scale * (float(high[hi++]) - zero);
+        }
+        out[f] = v;
+      }
+    }
+  }
+}
+
 double pbllm_bits_per_weight(const QuantizedLinear& q) {
   const double n = double(q.rows) * double(q.cols);
   const double planes = 2.0 * 8.0 * double(q.rows * plane_row_bytes(q.cols));
@@ -157,6 +205,7 @@ QuantizedLinear pbllm_example(int64_t rows, int64_t cols, uint64_t seed) {
 const QuantFormat kPbllmFormat = {"pbllm", 1,
                                   "binarized: sign * alpha[group] + mu[group] (sign 0 at the mean); salient: "
                                   "scale[row] * (code - zero[row])",
-                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate, nullptr, pbllm_example};
+                                  pbllm_dequantize, pbllm_bits_per_weight, pbllm_validate, pbllm_dequantize_fast,
+                                  pbllm_example};
 
 }  // namespace lowbit
