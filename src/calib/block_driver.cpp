@@ -256,16 +256,19 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
     }
     for (int64_t s = 0; s < nseq; ++s) model.embed((*plan.windows)[size_t(s)], hidden.data() + s * T * H);
   }
+  const auto scratch = std::make_shared<Tensor>();  // finish_linear's, shared by the blocks
+  BlockWeights spare;  // the last block's host weights, their memory reused by the next
   for (int64_t i = 0; i < L; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     std::optional<PhaseScope> phase(std::in_place, "block weights");
-    BlockWeights w = model.writable_block_weights(i);
+    BlockWeights w = model.writable_block_weights(i, std::move(spare));
     phase.emplace("quantize_block");
     CpuBlockContext ctx(
         model, i, w, hidden.data(), nseq, T,
         [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
         [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); });
+    ctx.share_dequant_scratch(scratch);
     plan.quantize_block(ctx);
     phase.reset();
     if (nseq > 0) {
@@ -283,6 +286,7 @@ void run_block_by_block(LlamaModel& model, const DriverPlan& plan, const DriverC
       const BlockWeights& prop = source ? *source : w;
       for (int64_t s = 0; s < nseq; ++s) model.run_block(i, prop, hidden.data() + s * T * H, 1, T, 0, hooks);
     }
+    spare = std::move(w);
     if (cb.on_block_done) cb.on_block_done(i, L, seconds_since(t0));
   }
 }
@@ -308,19 +312,24 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
   return stats;
 }
 
-double relative_weight_error(const float* w, const float* q, int64_t n) {
-  // Fixed chunks summed in order: the same value whatever the number of threads.
+namespace {
+
+// ||W - Q||_F / ||W||_F in fixed chunks summed in order (the same value whatever the number of
+// threads); with w_store (W itself), each chunk of W is overwritten by Q's once it is read.
+double weight_error(float* w_store, const float* w, const float* q, int64_t n) {
   constexpr int64_t kChunk = int64_t(1) << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> num(size_t(chunks), 0.0), den(size_t(chunks), 0.0);
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t i0 = c * kChunk, i1 = std::min(n, (c + 1) * kChunk);
     double a = 0, b = 0;
-    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const double d = double(w[i]) - double(q[i]);
       a += d * d;
       b += double(w[i]) * double(w[i]);
     }
+    if (w_store != nullptr) std::memcpy(w_store + i0, q + i0, size_t(i1 - i0) * sizeof(float));
     num[size_t(c)] = a;
     den[size_t(c)] = b;
   }
@@ -330,6 +339,17 @@ double relative_weight_error(const float* w, const float* q, int64_t n) {
     sd += den[size_t(c)];
   }
   return sd > 0 ? std::sqrt(sn / sd) : 0.0;
+}
+
+}  // namespace
+
+double relative_weight_error(const float* w, const float* q, int64_t n) { return weight_error(nullptr, w, q, n); }
+
+double relative_weight_error_and_store(float* w, const float* q, int64_t n) { return weight_error(w, w, q, n); }
+
+float* BlockContext::dequant_scratch(int64_t n) {
+  if (scratch_->numel() < n) *scratch_ = Tensor::empty(DType::F32, {n});
+  return scratch_->mutable_data_as<float>();
 }
 
 OutputErrorSample output_error_sample(const float* w, const float* q, int64_t rows, int64_t cols) {

@@ -159,6 +159,13 @@ class BlockContext {
   void report(const LinearReport& r) const { if (report_) report_(r); }
   void note(const std::string& s) const { if (note_) note_(s); }
 
+  // A buffer of at least n floats for finish_linear's dequantized weight (one linear at a time,
+  // from the thread running quantize_block). It is the context's own unless the driver shares one
+  // across blocks (share_dequant_scratch), so that each linear reuses pages already touched
+  // instead of faulting in a fresh weight-sized allocation; it grows to the largest linear.
+  float* dequant_scratch(int64_t n);
+  void share_dequant_scratch(std::shared_ptr<Tensor> scratch) { scratch_ = std::move(scratch); }
+
  protected:
   const LlamaModel& model_;
   int64_t layer_;
@@ -166,6 +173,9 @@ class BlockContext {
   int64_t nseq_, seqlen_;
   std::function<void(const LinearReport&)> report_;
   std::function<void(const std::string&)> note_;
+
+ private:
+  std::shared_ptr<Tensor> scratch_ = std::make_shared<Tensor>();
 };
 
 // The block on the CPU (LlamaModel::run_block), its inputs in host memory.
@@ -225,6 +235,8 @@ BlockContext::StatsMap layer_input_stats(LlamaModel& model, const std::vector<st
 
 // ||W - Q||_F / ||W||_F over n values.
 double relative_weight_error(const float* w, const float* q, int64_t n);
+// The same value, and W's n values replaced by Q's in the same pass.
+double relative_weight_error_and_store(float* w, const float* q, int64_t n);
 // The rows of W and dW = W - Q ([rows, cols]) that relative_output_error sums over: at most 512,
 // evenly spaced, each [count, cols] row-major.
 struct OutputErrorSample {

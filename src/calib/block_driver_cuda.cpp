@@ -513,16 +513,19 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
   }
   const int64_t chunk = windows_per_chunk(T);
   GpuBlockMirror mirror;  // the block being quantized on the device, shared by its context and its propagation
+  const auto scratch = std::make_shared<Tensor>();  // finish_linear's, shared by the blocks
+  BlockWeights spare;  // the last block's host weights, their memory reused by the next
   for (int64_t i = 0; i < L; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (cb.on_block_start) cb.on_block_start(i, L);
     std::optional<PhaseScope> phase(std::in_place, "block weights");
-    BlockWeights w = model.writable_block_weights(i);
+    BlockWeights w = model.writable_block_weights(i, std::move(spare));
     phase.emplace("quantize_block");
     {
       CudaBlockContext bctx(
           gpu, i, w, hidden.get(), nseq, T, [&](const LinearReport& r) { if (cb.on_linear) cb.on_linear(i, r); },
           [&](const std::string& s) { if (cb.on_note) cb.on_note(i, s); }, &mirror);
+      bctx.share_dequant_scratch(scratch);
       plan.quantize_block(bctx);
     }
     phase.reset();
@@ -542,6 +545,7 @@ void run_block_by_block_cuda(LlamaModel& model, const DriverPlan& plan, const Dr
         gpu.run_block(i, gw, hidden.get() + c0 * T * H, std::min(chunk, nseq - c0), T);
       ctx.synchronize();
     }
+    spare = std::move(w);
     if (cb.on_block_done)
       cb.on_block_done(i, L, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }

@@ -40,6 +40,9 @@ class Tensor {
   bool defined() const { return data_ != nullptr || numel() == 0; }
   bool is_contiguous() const;
   bool writable() const { return mutable_data_ != nullptr; }
+  // Whether this tensor is the only holder of its storage (no other tensor or view shares it):
+  // its memory may then be overwritten without any other tensor seeing the change.
+  bool sole_owner() const { return keepalive_ != nullptr && keepalive_.use_count() == 1; }
 
   const void* data() const { return data_; }
   void* mutable_data() const { return mutable_data_; }

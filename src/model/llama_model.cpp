@@ -66,30 +66,38 @@ void LlamaModel::ensure_positions(int64_t n) const {
   if (rope_.n_pos < n) rope_ = make_rope_table(ck_.config, n);
 }
 
-BlockWeights LlamaModel::load_block(int64_t i, bool own) const {
-  // fp32 tensors are the checkpoint's own unless `own` asks for copies; others are converted.
-  const auto f32 = [own](Tensor t) { return t.dtype() != DType::F32 ? t.to_f32() : own ? copy_tensor(t) : t; };
+BlockWeights LlamaModel::load_block(int64_t i, bool own, BlockWeights* reuse) const {
+  // fp32 tensors are the checkpoint's own unless `own` asks for copies; others are converted,
+  // into a tensor of `reuse` where one fits.
+  const auto f32 = [own](Tensor t, Tensor* spare) {
+    if (spare != nullptr && spare->dtype() == DType::F32 && spare->writable() && spare->is_contiguous() &&
+        spare->sole_owner() && spare->shape() == t.shape() && t.is_contiguous()) {
+      convert_to_f32(t.dtype(), t.data(), spare->mutable_data_as<float>(), t.numel());
+      return std::move(*spare);
+    }
+    return t.dtype() != DType::F32 ? t.to_f32() : own ? copy_tensor(t) : t;
+  };
   BlockWeights w;
-  w.input_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::AttnNorm, i)));
-  w.post_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::FfnNorm, i)));
+  w.input_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::AttnNorm, i)), reuse ? &reuse->input_norm : nullptr);
+  w.post_norm = f32(ck_.weights->get(hf_tensor_name(TensorKind::FfnNorm, i)), reuse ? &reuse->post_norm : nullptr);
   for (LinearKind k : kAllLinears) {
     Tensor t = ck_.weights->get(linear_weight_name(i, k));
     if (!own && keep_16bit_ && (t.dtype() == DType::BF16 || t.dtype() == DType::F16) && t.is_contiguous())
       w.kernel[size_t(k)] = std::make_shared<Dense16Linear>(std::move(t));
     else
-      w[k] = f32(std::move(t));
+      w[k] = f32(std::move(t), reuse ? &(*reuse)[k] : nullptr);
   }
   return w;
 }
 
-BlockWeights LlamaModel::writable_block_weights(int64_t i) const {
+BlockWeights LlamaModel::writable_block_weights(int64_t i, BlockWeights reuse) const {
   LB_ASSERT(i >= 0 && i < config().num_hidden_layers);
   std::shared_ptr<const BlockWeights> held;
   {
     std::lock_guard<std::mutex> lock(mu_);
     held = blocks_[size_t(i)];
   }
-  return held ? clone_block_weights(*held) : load_block(i, /*own=*/true);
+  return held ? clone_block_weights(*held) : load_block(i, /*own=*/true, &reuse);
 }
 
 std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {

@@ -82,15 +82,16 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
   LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
   std::optional<PhaseScope> sub(std::in_place, "finish_linear/validate, dequantize");
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
-  Tensor deq = q.dequantize_f32();
+  const int64_t n = q.rows * q.cols;
+  float* deq = ctx.dequant_scratch(n);
+  q.dequantize(deq);
   sub.emplace("finish_linear/errors");
   LinearReport r;
   r.kind = k;
-  r.weight_rel_err = relative_weight_error(w.data_as<float>(), deq.data_as<float>(), q.rows * q.cols);
   if (stats != nullptr && stats->has_hessian())
-    r.output_rel_err = ctx.output_error(w.data_as<float>(), deq.data_as<float>(), q.rows, q.cols, *stats);
-  sub.emplace("finish_linear/store");
-  std::memcpy(w.mutable_data(), deq.data(), size_t(deq.nbytes()));
+    r.output_rel_err = ctx.output_error(w.data_as<float>(), deq, q.rows, q.cols, *stats);
+  sub.emplace("finish_linear/weight error, store");
+  r.weight_rel_err = relative_weight_error_and_store(w.mutable_data_as<float>(), deq, n);
   r.note = note;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   out.linear[size_t(k)] = std::move(q);

@@ -74,6 +74,39 @@ TEST(LlamaModel, WritableBlockWeightsAreTheCallersOwn) {
     }
 }
 
+// Loading a block into the last block's tensors (`reuse`) gives the values a fresh load gives, in
+// the reused memory; a tensor something else still holds, or of another shape, is not written.
+TEST(LlamaModel, WritableBlockWeightsReuseOnlyTensorsNothingElseHolds) {
+  for (const char* name : {"llama3-mini-f32", "llama3-mini-bf16"}) {
+    const std::string dir = test::fixtures_dir() + "/models/" + name;
+    LOWBIT_REQUIRE_PATH(dir + "/config.json");
+    LlamaModel model(open_checkpoint(dir));
+    model.set_block_cache(false);
+    const BlockWeights fresh = model.writable_block_weights(1);
+    BlockWeights spare = model.writable_block_weights(0);
+    const Tensor held = spare[LinearKind::Down];  // shares its storage: not to be overwritten
+    const std::vector<float> held_before(held.data_as<float>(), held.data_as<float>() + held.numel());
+    spare[LinearKind::Up] = Tensor::empty(DType::F32, {3, 5});  // another shape: not reused
+    const void* q_mem = spare[LinearKind::Q].data();
+    const void* norm_mem = spare.input_norm.data();
+    const BlockWeights w = model.writable_block_weights(1, std::move(spare));
+    EXPECT_EQ(w[LinearKind::Q].data(), q_mem) << name;
+    EXPECT_EQ(w.input_norm.data(), norm_mem) << name;
+    EXPECT_NE(w[LinearKind::Down].data(), held.data()) << name;
+    EXPECT_EQ(std::memcmp(held.data(), held_before.data(), held_before.size() * sizeof(float)), 0) << name;
+    const auto same = [](const Tensor& a, const Tensor& b) {
+      return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+             std::memcmp(a.data(), b.data(), size_t(a.nbytes())) == 0;
+    };
+    EXPECT_TRUE(same(w.input_norm, fresh.input_norm)) << name;
+    EXPECT_TRUE(same(w.post_norm, fresh.post_norm)) << name;
+    for (LinearKind k : kAllLinears) {
+      EXPECT_TRUE(same(w[k], fresh[k])) << name << " " << linear_name(k);
+      EXPECT_TRUE(w[k].writable() && w[k].sole_owner()) << name << " " << linear_name(k);
+    }
+  }
+}
+
 TEST(QuantizeModel, CheckpointRoundTripsAndEvaluatesLikeTheInMemoryModel) {
   LOWBIT_REQUIRE_PATH(stories());
   LOWBIT_REQUIRE_PATH(test::data_dir() + "/ptb/ptb.valid.txt");
