@@ -16,20 +16,29 @@ using cuda::DeviceBuffer;
 void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
   LB_ASSERT(t.is_contiguous());
   const int64_t n = t.numel();
+  // Through the pinned staging buffers, a piece at a time: bf16 values copied, others rounded
+  // to bf16 on all cores (fp32 read in place; other dtypes widened to fp32 first).
   if (t.dtype() == DType::BF16) {
-    cuda::upload(dst, reinterpret_cast<const bf16*>(t.data()), size_t(n), s);
-    LB_CUDA_CHECK(cudaStreamSynchronize(s));  // the source may be a temporary
+    const auto* src = static_cast<const unsigned char*>(t.data());
+    cuda::upload_staged(dst, sizeof(bf16), size_t(n), [&](size_t i0, size_t i1, void* out) {
+      constexpr int64_t kPart = int64_t(1) << 20;  // bytes per thread's memcpy
+      const int64_t bytes = int64_t(i1 - i0) * int64_t(sizeof(bf16)), parts = (bytes + kPart - 1) / kPart;
+#pragma omp parallel for schedule(static) if (parts > 1)
+      for (int64_t j = 0; j < parts; ++j)
+        std::memcpy(static_cast<unsigned char*>(out) + j * kPart, src + i0 * sizeof(bf16) + size_t(j * kPart),
+                    size_t(std::min(kPart, bytes - j * kPart)));
+    }, s);
     return;
   }
-  // Not zeroed first: every element is written below, its pages first touched by those threads.
-  const std::unique_ptr<uint16_t[]> host(new uint16_t[size_t(n)]);
   Tensor wide;  // fp32 values of a tensor in another dtype
   if (t.dtype() != DType::F32) wide = t.to_f32();
   const float* p = t.dtype() == DType::F32 ? t.data_as<float>() : wide.data_as<float>();
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) host[size_t(i)] = f32_to_bf16(p[i]);
-  cuda::upload(dst, reinterpret_cast<const bf16*>(host.get()), size_t(n), s);
-  LB_CUDA_CHECK(cudaStreamSynchronize(s));
+  cuda::upload_staged(dst, sizeof(bf16), size_t(n), [&](size_t i0, size_t i1, void* out) {
+    auto* o = static_cast<uint16_t*>(out);
+    const int64_t m = int64_t(i1 - i0);
+#pragma omp parallel for schedule(static) if (m > 65536)
+    for (int64_t i = 0; i < m; ++i) o[i] = f32_to_bf16(p[int64_t(i0) + i]);
+  }, s);
 }
 
 void upload_as_bf16(const Tensor& t, DeviceBuffer<bf16>& dst, cudaStream_t s) {

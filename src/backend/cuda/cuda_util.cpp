@@ -3,7 +3,10 @@
 #include "core/error.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <map>
+#include <memory>
 
 namespace lowbit::cuda {
 
@@ -99,6 +102,64 @@ std::string device_name(int device) {
   LB_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
          std::to_string(p.totalGlobalMem >> 30) + " GiB)";
+}
+
+namespace {
+
+// Two pinned buffers and the events of the copies that last read them, per thread and device
+// (events belong to the device they were made on). Freed at thread exit; errors there (the
+// runtime may be unloading) are ignored.
+struct PinnedStaging {
+  static constexpr size_t kBytes = size_t(16) << 20;
+  std::array<void*, 2> buf{nullptr, nullptr};
+  std::array<cudaEvent_t, 2> copied{nullptr, nullptr};
+  std::array<bool, 2> pending{false, false};
+  PinnedStaging() {
+    for (size_t k = 0; k < 2; ++k) {
+      LB_CUDA_CHECK(cudaHostAlloc(&buf[k], kBytes, cudaHostAllocPortable));
+      LB_CUDA_CHECK(cudaEventCreateWithFlags(&copied[k], cudaEventDisableTiming));
+    }
+  }
+  ~PinnedStaging() {
+    for (size_t k = 0; k < 2; ++k) {
+      if (copied[k] != nullptr) (void)cudaEventDestroy(copied[k]);
+      if (buf[k] != nullptr) (void)cudaFreeHost(buf[k]);
+    }
+  }
+  PinnedStaging(const PinnedStaging&) = delete;
+  PinnedStaging& operator=(const PinnedStaging&) = delete;
+};
+
+PinnedStaging& pinned_staging() {
+  thread_local std::map<int, std::unique_ptr<PinnedStaging>> per_device;
+  int dev = 0;
+  LB_CUDA_CHECK(cudaGetDevice(&dev));
+  std::unique_ptr<PinnedStaging>& st = per_device[dev];
+  if (!st) st = std::make_unique<PinnedStaging>();
+  return *st;
+}
+
+}  // namespace
+
+void upload_staged(void* dst, size_t elem_bytes, size_t n,
+                   const std::function<void(size_t i0, size_t i1, void* out)>& fill, cudaStream_t s) {
+  LB_ASSERT(elem_bytes > 0 && elem_bytes <= PinnedStaging::kBytes);
+  PinnedStaging& st = pinned_staging();
+  const size_t per = PinnedStaging::kBytes / elem_bytes;
+  auto* d = static_cast<unsigned char*>(dst);
+  size_t k = 0;
+  for (size_t i0 = 0; i0 < n; i0 += per, k ^= 1) {
+    const size_t i1 = std::min(n, i0 + per);
+    // The copy that last read this buffer (two pieces ago, or a previous call's) must be done.
+    if (st.pending[k]) LB_CUDA_CHECK(cudaEventSynchronize(st.copied[k]));
+    st.pending[k] = false;
+    fill(i0, i1, st.buf[k]);
+    LB_CUDA_CHECK(cudaMemcpyAsync(d + i0 * elem_bytes, st.buf[k], (i1 - i0) * elem_bytes, cudaMemcpyHostToDevice, s));
+    LB_CUDA_CHECK(cudaEventRecord(st.copied[k], s));
+    st.pending[k] = true;
+  }
+  LB_CUDA_CHECK(cudaStreamSynchronize(s));
+  st.pending = {false, false};
 }
 
 }  // namespace lowbit::cuda

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -136,6 +137,15 @@ void download(T* dst, const T* src, size_t n, cudaStream_t s) {
   LB_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, s));
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
+
+// Uploads n elements of elem_bytes each to dst, produced on the host piece by piece:
+// fill(i0, i1, out) writes elements [i0, i1) to out (elem_bytes each). The pieces go through two
+// pinned staging buffers of the calling thread and device (16 MiB each), so that filling one piece
+// overlaps the DMA of the previous: pageable sources are copied by the driver at a fraction of
+// pinned speed, and a converted copy of a whole tensor would be one more weight-sized host
+// allocation. Returns when dst holds every element (stream s synchronized).
+void upload_staged(void* dst, size_t elem_bytes, size_t n,
+                   const std::function<void(size_t i0, size_t i1, void* out)>& fill, cudaStream_t s);
 
 // GPU time per op of the kernels one stream runs (ppl --profile): mark(name) records an event,
 // and everything launched until the next mark() or collect() counts as `name`. Time in which
