@@ -293,8 +293,9 @@ TEST(FormatTable, EveryFormatsExampleRoundTripsAndIsChecked) {
       expect_same_linear(f->example(rows, cols, seed), q, what);
       EXPECT_FALSE(same_bits(f->example(rows, cols, seed + 100).dequantize_as_stored(), q.dequantize_as_stored()));
 
-      // The scalar reference and the fast path agree bit for bit.
-      std::vector<float> ref(size_t(rows * cols)), fast(ref.size());
+      // The scalar reference and the fast path agree bit for bit, and write every weight (the
+      // buffers start as NaN: finish_linear dequantizes into a buffer that held another linear).
+      std::vector<float> ref(size_t(rows * cols), std::nanf("")), fast(ref.size(), std::nanf(""));
       f->dequantize(q, ref.data());
       for (float v : ref) ASSERT_TRUE(std::isfinite(v));
       if (f->dequantize_fast != nullptr) {
