@@ -1,6 +1,7 @@
 #include "quant/billm.h"
 
 #include "core/error.h"
+#include "core/parallel_find.h"
 #include "core/phase_profile.h"
 #include "quant/formats/billm_format.h"
 #include "quant/formats/bit_plane.h"
@@ -756,12 +757,9 @@ class Billm : public QuantMethod {
       r.q.validate(what);
       std::vector<float> deq(r.w.size());
       billm_dequantize(r.q, deq.data());
-      const int64_t nw = int64_t(deq.size());
-      int64_t first = nw;
-#pragma omp parallel for schedule(static) reduction(min : first)
-      for (int64_t i = 0; i < nw; ++i)
-        if (!(deq[size_t(i)] == r.w[size_t(i)])) first = std::min(first, i);
-      LB_CHECK(first == nw, "{}: the billm format does not reproduce weight {} ({} vs {})", what, first,
+      const int64_t first =
+          first_index_where(int64_t(deq.size()), [&](int64_t i) { return !(deq[size_t(i)] == r.w[size_t(i)]); });
+      LB_CHECK(first < 0, "{}: the billm format does not reproduce weight {} ({} vs {})", what, first,
                deq[size_t(first)], r.w[size_t(first)]);
       std::string sal;
       int64_t total = 0;

@@ -17,6 +17,8 @@
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "formats/safetensors.h"
+#include "quant/formats/bit_plane.h"
+#include "quant/formats/slim_format.h"
 #include "quant/quant_format.h"
 #include "quant/quantize.h"
 #include "quant/quantized_in_memory.h"
@@ -402,6 +404,37 @@ TEST(FormatTable, ScaleRunsCarryScaleIndexAndFastPathsFollowThem) {
       q.format->dequantize_fast(q, fast.data());
       EXPECT_EQ(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(float)), 0);
     }
+  }
+}
+
+// The formats' own code-range checks (run on all cores) name the first offending weight in row
+// order, as a serial scan would: a 1-bit SliM-LLM group's code above 2, a PB-LLM salient weight
+// with a sign code. Rows 400, 200 and 100 are spoiled; row 100 is named (600 rows: the search
+// splits them among threads).
+TEST(FormatTable, CodeRangeChecksNameTheFirstOffendingWeight) {
+  {
+    QuantizedLinear q = find_quant_format("slim").example(600, 128, 3);
+    const std::vector<int> gb = slim_group_bits(q);
+    const auto one_bit = std::find(gb.begin(), gb.end(), 1);
+    ASSERT_NE(one_bit, gb.end());
+    const int64_t c = int64_t(one_bit - gb.begin()) * q.group_size + 5;
+    for (int64_t r : {400, 200, 100}) q.codes[size_t(r * q.cols + c)] = 3;
+    EXPECT_NE(validation_error(q).find(fmt::format("code 3 at [100, {}]", c)), std::string::npos)
+        << validation_error(q);
+  }
+  {
+    QuantizedLinear q = find_quant_format("pbllm").example(600, 128, 3);
+    const uint8_t* mask = q.extras.at("mask").data_as<uint8_t>();
+    std::vector<int64_t> salient_cols;
+    for (int64_t r : {400, 200, 100}) {
+      int64_t c = 0;
+      while (c < q.cols && plane_bit(mask, q.cols, r, c)) ++c;
+      ASSERT_LT(c, q.cols) << "row " << r << " has no salient weight";
+      q.codes[size_t(r * q.cols + c)] = 1;
+      salient_cols.push_back(c);
+    }
+    EXPECT_NE(validation_error(q).find(fmt::format("sign code 1 at (100, {})", salient_cols[2])), std::string::npos)
+        << validation_error(q);
   }
 }
 

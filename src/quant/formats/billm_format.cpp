@@ -1,6 +1,7 @@
 #include "quant/formats/billm_format.h"
 
 #include "core/error.h"
+#include "core/parallel_find.h"
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/example_random.h"
 
@@ -36,7 +37,8 @@ void billm_validate(const QuantizedLinear& q, const std::string& what) {
            q.group_size, q.cols);
   LB_CHECK(int64_t(q.codes.size()) == q.rows * q.cols, "{}: {} sign codes for a [{}, {}] weight", what, q.codes.size(),
            q.rows, q.cols);
-  for (uint8_t c : q.codes) LB_CHECK(c <= 1, "{}: sign code {}", what, c);
+  const int64_t bad = first_index_where(int64_t(q.codes.size()), [&](int64_t i) { return q.codes[size_t(i)] > 1; });
+  LB_CHECK(bad < 0, "{}: sign code {} at weight {}", what, bad < 0 ? 0 : q.codes[size_t(bad)], bad);
   const Tensor& sal = extra(q, "salient", what);
   LB_CHECK(sal.dtype() == DType::U8 && sal.numel() == plane_row_bytes(q.cols), "{}: extras.salient is {} {}", what,
            dtype_name(sal.dtype()), sal.shape_str());

@@ -1,6 +1,7 @@
 #include "quant/formats/pbllm_format.h"
 
 #include "core/error.h"
+#include "core/parallel_find.h"
 #include "quant/formats/bit_plane.h"
 #include "quant/formats/example_random.h"
 
@@ -40,14 +41,21 @@ void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(high_bit >= 2 && high_bit <= 8, "{}: high_bit {} is outside 2..8", what, high_bit);
   const Tensor& mask = extra(q, "mask", what);
   check_tensor(mask, DType::U8, q.rows * plane_row_bytes(q.cols), what, "mask");
+  const uint8_t* mbits = mask.data_as<uint8_t>();
+  const auto bad_column = [&](int64_t r) -> int64_t {  // the row's first code above its mask's range
+    const uint8_t* code = q.codes.data() + r * q.cols;
+    for (int64_t c = 0; c < q.cols; ++c)
+      if (code[c] > (plane_bit(mbits, q.cols, r, c) ? 1 : 0)) return c;
+    return -1;
+  };
+  if (const int64_t r = first_index_where(q.rows, [&](int64_t row) { return bad_column(row) >= 0; }, q.cols); r >= 0) {
+    const int64_t c = bad_column(r);
+    fail("{}: sign code {} at ({}, {})", what, q.codes[size_t(r * q.cols + c)], r, c);
+  }
   int64_t binarized = 0;
+#pragma omp parallel for schedule(static) reduction(+ : binarized)
   for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < q.cols; ++c) {
-      const bool b = plane_bit(mask.data_as<uint8_t>(), q.cols, r, c);
-      binarized += b;
-      LB_CHECK(q.codes[size_t(r * q.cols + c)] <= (b ? 1 : 0), "{}: sign code {} at ({}, {})", what,
-               q.codes[size_t(r * q.cols + c)], r, c);
-    }
+    for (int64_t c = 0; c < q.cols; ++c) binarized += plane_bit(mbits, q.cols, r, c) ? 1 : 0;
   const Tensor& high = extra(q, "high", what);
   check_tensor(high, DType::U8, n - binarized, what, "high");
   const int maxq = (1 << high_bit) - 1;

@@ -1,6 +1,7 @@
 #include "quant/formats/slim_format.h"
 
 #include "core/error.h"
+#include "core/parallel_find.h"
 #include "quant/formats/example_random.h"
 
 #include <algorithm>
@@ -91,13 +92,21 @@ void slim_validate(const QuantizedLinear& q, const std::string& what) {
   LB_CHECK(int64_t(gb.size()) == ng, "{}: group bit-width table (extra group_bits) has {} entries for {} groups", what, gb.size(), ng);
   for (size_t g = 0; g < gb.size(); ++g)
     LB_CHECK(gb[g] >= 1 && gb[g] <= q.bits, "{}: group {} has {} bits, outside 1..{}", what, g, gb[g], q.bits);
-  for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < q.cols; ++c) {
-      const int b = gb[size_t(c / q.group_size)];
-      const int maxc = b == 1 ? 2 : (1 << b) - 1;
-      const uint8_t code = q.codes[size_t(r * q.cols + c)];
-      LB_CHECK(code <= maxc, "{}: code {} at [{}, {}] exceeds its {}-bit group's range", what, code, r, c, b);
-    }
+  std::vector<int> maxc(gb.size());  // a 1-bit group's codes: 0, 1 and 2 (at the mean)
+  for (size_t g = 0; g < gb.size(); ++g) maxc[g] = gb[g] == 1 ? 2 : (1 << gb[g]) - 1;
+  const auto bad_column = [&](int64_t r) -> int64_t {  // the row's first code out of its group's range
+    const uint8_t* code = q.codes.data() + r * q.cols;
+    for (int64_t g = 0; g < ng; ++g)
+      for (int64_t c = g * q.group_size; c < std::min(q.cols, (g + 1) * q.group_size); ++c)
+        if (int(code[c]) > maxc[size_t(g)]) return c;
+    return -1;
+  };
+  const int64_t r = first_index_where(q.rows, [&](int64_t row) { return bad_column(row) >= 0; }, q.cols);
+  if (r >= 0) {
+    const int64_t c = bad_column(r);
+    fail("{}: code {} at [{}, {}] exceeds its {}-bit group's range", what, q.codes[size_t(r * q.cols + c)], r, c,
+         gb[size_t(c / q.group_size)]);
+  }
   for (float s : q.scales) LB_CHECK(std::isfinite(s), "{}: non-finite scale", what);
   for (float z : q.zeros) LB_CHECK(std::isfinite(z), "{}: non-finite zero-point", what);
 }
