@@ -348,7 +348,7 @@ double relative_weight_error(const float* w, const float* q, int64_t n) { return
 double relative_weight_error_and_store(float* w, const float* q, int64_t n) { return weight_error(w, w, q, n); }
 
 float* BlockContext::dequant_scratch(int64_t n) {
-  if (scratch_->numel() < n) *scratch_ = Tensor::empty(DType::F32, {n});
+  if (scratch_->data() == nullptr || scratch_->numel() < n) *scratch_ = Tensor::empty(DType::F32, {n});
   return scratch_->mutable_data_as<float>();
 }
 

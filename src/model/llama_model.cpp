@@ -97,7 +97,11 @@ BlockWeights LlamaModel::writable_block_weights(int64_t i, BlockWeights reuse) c
     std::lock_guard<std::mutex> lock(mu_);
     held = blocks_[size_t(i)];
   }
-  return held ? clone_block_weights(*held) : load_block(i, /*own=*/true, &reuse);
+  if (held) {
+    reuse = BlockWeights{};  // released first: one block's weights in memory, not two
+    return clone_block_weights(*held);
+  }
+  return load_block(i, /*own=*/true, &reuse);
 }
 
 std::shared_ptr<const BlockWeights> LlamaModel::block_weights(int64_t i) const {

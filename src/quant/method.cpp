@@ -80,6 +80,7 @@ void finish_linear(BlockContext& ctx, LinearKind k, QuantizedLinear q, Quantized
   const PhaseScope phase("finish_linear");
   Tensor& w = ctx.weights()[k];
   LB_ASSERT(w.dim(0) == q.rows && w.dim(1) == q.cols);
+  LB_ASSERT(w.writable() && w.dtype() == DType::F32 && w.is_contiguous());
   std::optional<PhaseScope> sub(std::in_place, "finish_linear/validate, dequantize");
   q.validate(fmt::format("layer {} {}", ctx.layer(), linear_name(k)));
   const int64_t n = q.rows * q.cols;

@@ -116,14 +116,21 @@ struct PinnedStaging {
   std::array<bool, 2> pending{false, false};
   PinnedStaging() {
     for (size_t k = 0; k < 2; ++k) {
-      LB_CUDA_CHECK(cudaHostAlloc(&buf[k], kBytes, cudaHostAllocPortable));
-      LB_CUDA_CHECK(cudaEventCreateWithFlags(&copied[k], cudaEventDisableTiming));
+      cudaError_t e = cudaHostAlloc(&buf[k], kBytes, cudaHostAllocPortable);
+      if (e == cudaSuccess) e = cudaEventCreateWithFlags(&copied[k], cudaEventDisableTiming);
+      if (e != cudaSuccess) {
+        release();
+        LB_CUDA_CHECK(e);
+      }
     }
   }
-  ~PinnedStaging() {
+  ~PinnedStaging() { release(); }
+  void release() {
     for (size_t k = 0; k < 2; ++k) {
       if (copied[k] != nullptr) (void)cudaEventDestroy(copied[k]);
       if (buf[k] != nullptr) (void)cudaFreeHost(buf[k]);
+      copied[k] = nullptr;
+      buf[k] = nullptr;
     }
   }
   PinnedStaging(const PinnedStaging&) = delete;
@@ -139,11 +146,41 @@ PinnedStaging& pinned_staging() {
   return *st;
 }
 
+// Makes `device` current for its lifetime (restoring the previous one), so that the staging and its
+// events are those of the device that dst and the stream belong to.
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(int device) {
+    LB_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (device != previous_) LB_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~CurrentDevice() { (void)cudaSetDevice(previous_); }
+  CurrentDevice(const CurrentDevice&) = delete;
+  CurrentDevice& operator=(const CurrentDevice&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+int device_of(const void* p) {
+  cudaPointerAttributes a{};
+  LB_CUDA_CHECK(cudaPointerGetAttributes(&a, p));
+  if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) return a.device;
+  int current = 0;
+  LB_CUDA_CHECK(cudaGetDevice(&current));
+  return current;
+}
+
 }  // namespace
 
 void upload_staged(void* dst, size_t elem_bytes, size_t n,
                    const std::function<void(size_t i0, size_t i1, void* out)>& fill, cudaStream_t s) {
   LB_ASSERT(elem_bytes > 0 && elem_bytes <= PinnedStaging::kBytes);
+  if (n == 0) {
+    LB_CUDA_CHECK(cudaStreamSynchronize(s));
+    return;
+  }
+  const CurrentDevice on(device_of(dst));
   PinnedStaging& st = pinned_staging();
   const size_t per = PinnedStaging::kBytes / elem_bytes;
   auto* d = static_cast<unsigned char*>(dst);
@@ -154,8 +191,16 @@ void upload_staged(void* dst, size_t elem_bytes, size_t n,
     if (st.pending[k]) LB_CUDA_CHECK(cudaEventSynchronize(st.copied[k]));
     st.pending[k] = false;
     fill(i0, i1, st.buf[k]);
-    LB_CUDA_CHECK(cudaMemcpyAsync(d + i0 * elem_bytes, st.buf[k], (i1 - i0) * elem_bytes, cudaMemcpyHostToDevice, s));
-    LB_CUDA_CHECK(cudaEventRecord(st.copied[k], s));
+    const cudaError_t queued =
+        cudaMemcpyAsync(d + i0 * elem_bytes, st.buf[k], (i1 - i0) * elem_bytes, cudaMemcpyHostToDevice, s);
+    const cudaError_t recorded = queued == cudaSuccess ? cudaEventRecord(st.copied[k], s) : queued;
+    if (recorded != cudaSuccess) {
+      // No event to wait on: wait for the stream, so that no queued copy still reads a buffer
+      // the next call overwrites.
+      (void)cudaStreamSynchronize(s);
+      st.pending = {false, false};
+      LB_CUDA_CHECK(recorded);
+    }
     st.pending[k] = true;
   }
   LB_CUDA_CHECK(cudaStreamSynchronize(s));
