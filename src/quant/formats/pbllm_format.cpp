@@ -24,6 +24,13 @@ void check_tensor(const Tensor& t, DType dtype, int64_t numel, const std::string
            dtype_name(t.dtype()), t.shape_str(), numel, dtype_name(dtype));
 }
 
+// The binarized weights of row r (its mask bits).
+int64_t binarized_in_row(const uint8_t* mask, int64_t cols, int64_t r) {
+  int64_t n = 0;
+  for (int64_t c = 0; c < cols; ++c) n += plane_bit(mask, cols, r, c) ? 1 : 0;
+  return n;
+}
+
 }  // namespace
 
 void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
@@ -54,8 +61,7 @@ void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
   }
   int64_t binarized = 0;
 #pragma omp parallel for schedule(static) reduction(+ : binarized)
-  for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < q.cols; ++c) binarized += plane_bit(mbits, q.cols, r, c) ? 1 : 0;
+  for (int64_t r = 0; r < q.rows; ++r) binarized += binarized_in_row(mbits, q.cols, r);
   const Tensor& high = extra(q, "high", what);
   check_tensor(high, DType::U8, n - binarized, what, "high");
   const int maxq = (1 << high_bit) - 1;
@@ -79,78 +85,71 @@ void pbllm_validate(const QuantizedLinear& q, const std::string& what) {
   for (float s : q.scales) LB_CHECK(std::isfinite(s) && s > 0.0f, "{}: salient scale {} is not positive", what, s);
 }
 
-void pbllm_dequantize(const QuantizedLinear& q, float* out) {
-  const int64_t ngroups = q.cols / q.group_size;
-  const uint8_t* mask = q.extras.at("mask").data_as<uint8_t>();
-  const uint8_t* high = q.extras.at("high").data_as<uint8_t>();
-  const float* mu = q.extras.at("mu").data_as<float>();
-  const float* alpha = q.extras.at("alpha").data_as<float>();
-  const Tensor& at = q.extras.at("at_mean");
-  const int32_t* at_i = at.data_as<int32_t>() + 1;
-  const int64_t at_n = at.numel() - 1;
-  int64_t hi = 0, ai = 0;
-  for (int64_t r = 0; r < q.rows; ++r)
-    for (int64_t c = 0; c < q.cols; ++c) {
+namespace {
+
+// The planes and parameters of a validated pbllm linear, as its dequantizations read them.
+struct PbllmView {
+  int64_t ngroups;
+  const uint8_t* mask;
+  const uint8_t* high;
+  const float* mu;
+  const float* alpha;
+  const int32_t* at;  // at-mean positions, ascending
+  int64_t at_n;
+  explicit PbllmView(const QuantizedLinear& q)
+      : ngroups(q.cols / q.group_size), mask(q.extras.at("mask").data_as<uint8_t>()),
+        high(q.extras.at("high").data_as<uint8_t>()), mu(q.extras.at("mu").data_as<float>()),
+        alpha(q.extras.at("alpha").data_as<float>()), at(q.extras.at("at_mean").data_as<int32_t>() + 1),
+        at_n(q.extras.at("at_mean").numel() - 1) {}
+};
+
+// Row r of the weight into out: its salient codes read from high[hi], its at-mean positions from
+// at[ai] on, both advanced past the row.
+void dequantize_row(const QuantizedLinear& q, const PbllmView& v, int64_t r, int64_t& hi, int64_t& ai, float* out) {
+  const float scale = q.scales[size_t(r)], zero = q.zeros[size_t(r)];
+  for (int64_t g = 0; g < v.ngroups; ++g) {
+    const float a = v.alpha[r * v.ngroups + g], m = v.mu[r * v.ngroups + g];
+    for (int64_t c = g * q.group_size; c < (g + 1) * q.group_size; ++c) {
       const int64_t f = r * q.cols + c;
-      float v;
-      if (plane_bit(mask, q.cols, r, c)) {
-        const int64_t g = r * ngroups + c / q.group_size;
+      float w;
+      if (plane_bit(v.mask, q.cols, r, c)) {
         float s = q.codes[size_t(f)] != 0 ? 1.0f : -1.0f;
-        if (ai < at_n && at_i[ai] == f) {
+        if (ai < v.at_n && v.at[ai] == f) {
           s = 0.0f;
           ++ai;
         }
-        v = s * alpha[g] + mu[g];
+        w = s * a + m;
       } else {
-        v = q.scales[size_t(r)] * (float(high[hi++]) - q.zeros[size_t(r)]);
+        w = scale * (float(v.high[hi++]) - zero);
       }
-      out[f] = v;
+      out[f] = w;
     }
+  }
 }
 
-// The same values, rows on all cores: a row's first salient code is the count of salient weights
-// in the rows before it (a prefix sum of the mask's row counts), its first at-mean entry where the
-// ascending list reaches the row.
+}  // namespace
+
+// Row after row, each row's salient codes and at-mean positions where the previous row's ended.
+void pbllm_dequantize(const QuantizedLinear& q, float* out) {
+  const PbllmView v(q);
+  int64_t hi = 0, ai = 0;
+  for (int64_t r = 0; r < q.rows; ++r) dequantize_row(q, v, r, hi, ai, out);
+}
+
+// The same rows on all cores, each starting from positions found on its own: its first salient
+// code is the count of salient weights in the rows before it (a prefix sum of the mask's row
+// counts), its first at-mean entry where the ascending list reaches the row.
 void pbllm_dequantize_fast(const QuantizedLinear& q, float* out) {
-  const int64_t ngroups = q.cols / q.group_size;
-  const uint8_t* mask = q.extras.at("mask").data_as<uint8_t>();
-  const uint8_t* high = q.extras.at("high").data_as<uint8_t>();
-  const float* mu = q.extras.at("mu").data_as<float>();
-  const float* alpha = q.extras.at("alpha").data_as<float>();
-  const Tensor& at = q.extras.at("at_mean");
-  const int32_t* at_i = at.data_as<int32_t>() + 1;
-  const int64_t at_n = at.numel() - 1;
+  const PbllmView v(q);
   std::vector<int64_t> high_start(size_t(q.rows) + 1, 0);
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < q.rows; ++r) {
-    int64_t binarized = 0;
-    for (int64_t c = 0; c < q.cols; ++c) binarized += plane_bit(mask, q.cols, r, c) ? 1 : 0;
-    high_start[size_t(r) + 1] = q.cols - binarized;
-  }
+  for (int64_t r = 0; r < q.rows; ++r) high_start[size_t(r) + 1] = q.cols - binarized_in_row(v.mask, q.cols, r);
   for (int64_t r = 0; r < q.rows; ++r) high_start[size_t(r) + 1] += high_start[size_t(r)];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < q.rows; ++r) {
     int64_t hi = high_start[size_t(r)];
-    int64_t ai = std::lower_bound(at_i, at_i + at_n, int64_t(r * q.cols)) - at_i;
-    const float scale = q.scales[size_t(r)], zero = q.zeros[size_t(r)];
-    for (int64_t g = 0; g < ngroups; ++g) {
-      const float a = alpha[r * ngroups + g], m = mu[r * ngroups + g];
-      for (int64_t c = g * q.group_size; c < (g + 1) * q.group_size; ++c) {
-        const int64_t f = r * q.cols + c;
-        float v;
-        if (plane_bit(mask, q.cols, r, c)) {
-          float s = q.codes[size_t(f)] != 0 ? 1.0f : -1.0f;
-          if (ai < at_n && at_i[ai] == f) {
-            s = 0.0f;
-            ++ai;
-          }
-          v = s * a + m;
-        } else {
-          v = scale * (float(high[hi++]) - zero);
-        }
-        out[f] = v;
-      }
-    }
+    int64_t ai = std::lower_bound(v.at, v.at + v.at_n, int64_t(r * q.cols)) - v.at;
+    dequantize_row(q, v, r, hi, ai, out);
   }
 }
 
