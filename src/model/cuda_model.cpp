@@ -16,28 +16,22 @@ using cuda::DeviceBuffer;
 void upload_as_bf16(const Tensor& t, bf16* dst, cudaStream_t s) {
   LB_ASSERT(t.is_contiguous());
   const int64_t n = t.numel();
-  // Through the pinned staging buffers, a piece at a time: bf16 values copied, others rounded
-  // to bf16 on all cores (fp32 read in place; other dtypes widened to fp32 first).
-  if (t.dtype() == DType::BF16) {
-    const auto* src = static_cast<const unsigned char*>(t.data());
-    cuda::upload_staged(dst, sizeof(bf16), size_t(n), [&](size_t i0, size_t i1, void* out) {
-      constexpr int64_t kPart = int64_t(1) << 20;  // bytes per thread's memcpy
-      const int64_t bytes = int64_t(i1 - i0) * int64_t(sizeof(bf16)), parts = (bytes + kPart - 1) / kPart;
-#pragma omp parallel for schedule(static) if (parts > 1)
-      for (int64_t j = 0; j < parts; ++j)
-        std::memcpy(static_cast<unsigned char*>(out) + j * kPart, src + i0 * sizeof(bf16) + size_t(j * kPart),
-                    size_t(std::min(kPart, bytes - j * kPart)));
-    }, s);
-    return;
-  }
+  // Through the pinned staging buffers, a piece at a time, on all cores: bf16 values copied,
+  // others rounded to bf16 (fp32 read in place; other dtypes widened to fp32 first).
+  const uint16_t* b16 = t.dtype() == DType::BF16 ? t.data_as<uint16_t>() : nullptr;
   Tensor wide;  // fp32 values of a tensor in another dtype
-  if (t.dtype() != DType::F32) wide = t.to_f32();
-  const float* p = t.dtype() == DType::F32 ? t.data_as<float>() : wide.data_as<float>();
+  if (b16 == nullptr && t.dtype() != DType::F32) wide = t.to_f32();
+  const float* p = b16 != nullptr ? nullptr : t.dtype() == DType::F32 ? t.data_as<float>() : wide.data_as<float>();
   cuda::upload_staged(dst, sizeof(bf16), size_t(n), [&](size_t i0, size_t i1, void* out) {
     auto* o = static_cast<uint16_t*>(out);
     const int64_t m = int64_t(i1 - i0);
+    if (b16 != nullptr) {
 #pragma omp parallel for schedule(static) if (m > 65536)
-    for (int64_t i = 0; i < m; ++i) o[i] = f32_to_bf16(p[int64_t(i0) + i]);
+      for (int64_t i = 0; i < m; ++i) o[i] = b16[int64_t(i0) + i];
+    } else {
+#pragma omp parallel for schedule(static) if (m > 65536)
+      for (int64_t i = 0; i < m; ++i) o[i] = f32_to_bf16(p[int64_t(i0) + i]);
+    }
   }, s);
 }
 
